@@ -1,0 +1,126 @@
+"""Validation of a submitted DAG. Pure; errors name what to fix.
+
+The same checks run twice: at the API (so a bad submit never reaches the log) and
+in ``apply`` (so the state machine never trusts its input).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+
+import msgpack
+
+from . import limits
+from .commands import TaskSpec
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+
+
+class DagError(ValueError):
+    """``kind`` is one of: invalid, cycle, unknown_agent, unknown_dep, limit."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def check_id(what: str, value: str) -> None:
+    if not value:
+        raise DagError("invalid", f"{what} must not be empty")
+    if len(value) > limits.MAX_ID_CHARS:
+        raise DagError("limit", f"{what} {value[:40]!r}... is longer than {limits.MAX_ID_CHARS} characters")
+    if not _ID_RE.match(value):
+        raise DagError(
+            "invalid",
+            f"{what} {value!r} may contain only letters, digits and _ . : - (and must start with a letter "
+            "or digit)",
+        )
+
+
+def encoded_size(value: object) -> int:
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return len(data)
+
+
+def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
+    """Raise ``DagError`` if the DAG cannot be accepted."""
+    if not tasks:
+        raise DagError("invalid", "a run needs at least one task")
+    if len(tasks) > limits.MAX_TASKS_PER_RUN:
+        raise DagError("limit", f"a run has {len(tasks)} tasks; the limit is {limits.MAX_TASKS_PER_RUN}")
+    ids: dict[str, TaskSpec] = {}
+    for t in tasks:
+        check_id("task id", t.id)
+        if t.id in ids:
+            raise DagError("invalid", f"task id {t.id!r} is used twice; task ids must be unique in a run")
+        ids[t.id] = t
+    unknown_agents = sorted({t.agent for t in tasks if t.agent not in known_agents})
+    if unknown_agents:
+        offered = ", ".join(sorted(known_agents)) or "none yet"
+        raise DagError(
+            "unknown_agent",
+            f"unknown agent type(s) {', '.join(map(repr, unknown_agents))}; the cluster offers: {offered}",
+        )
+    for t in tasks:
+        if len(t.deps) > limits.MAX_DEPS_PER_TASK:
+            raise DagError("limit", f"task {t.id!r} has {len(t.deps)} deps; the limit is {limits.MAX_DEPS_PER_TASK}")
+        if len(set(t.deps)) != len(t.deps):
+            raise DagError("invalid", f"task {t.id!r} lists a dependency twice")
+        for d in t.deps:
+            if d not in ids:
+                raise DagError("unknown_dep", f"task {t.id!r} depends on {d!r}, which is not a task of this run")
+            if d == t.id:
+                raise DagError("cycle", f"task {t.id!r} depends on itself (cycle: {t.id} -> {t.id})")
+        if not 0 <= t.retries <= limits.MAX_RETRIES:
+            raise DagError("limit", f"task {t.id!r}: retries must be between 0 and {limits.MAX_RETRIES}")
+        if abs(t.priority) > limits.MAX_PRIORITY:
+            raise DagError("limit", f"task {t.id!r}: priority must be within +-{limits.MAX_PRIORITY}")
+        if not 0 <= t.timeout_ms <= limits.MAX_TIMEOUT_MS:
+            raise DagError("limit", f"task {t.id!r}: timeout_ms must be between 0 and {limits.MAX_TIMEOUT_MS}")
+        if not 0 <= t.retry_backoff_ms <= limits.MAX_BACKOFF_MS:
+            raise DagError(
+                "limit", f"task {t.id!r}: retry_backoff_ms must be between 0 and {limits.MAX_BACKOFF_MS}"
+            )
+        size = encoded_size(t.input)
+        if size > limits.MAX_TASK_INPUT_BYTES:
+            raise DagError(
+                "limit",
+                f"task {t.id!r}: input is {size} bytes encoded; the limit is {limits.MAX_TASK_INPUT_BYTES} "
+                "(store large data elsewhere and pass a reference)",
+            )
+    cycle = find_cycle(tasks)
+    if cycle:
+        raise DagError("cycle", "the DAG has a cycle: " + " -> ".join(cycle))
+
+
+def find_cycle(tasks: Sequence[TaskSpec]) -> list[str] | None:
+    """A cycle as a closed path ``[a, b, ..., a]``, or None. Deterministic (spec order)."""
+    deps = {t.id: t.deps for t in tasks}
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(deps, white)
+    for root in deps:
+        if color[root] != white:
+            continue
+        # Iterative DFS over "depends on" edges, keeping the grey path to report the cycle.
+        path: list[str] = [root]
+        iters = [iter(deps[root])]
+        color[root] = grey
+        while iters:
+            nxt = next(iters[-1], None)
+            if nxt is None:
+                color[path.pop()] = black
+                iters.pop()
+                continue
+            if nxt not in color:
+                continue
+            if color[nxt] == grey:
+                start = path.index(nxt)
+                cycle = path[start:] + [nxt]
+                cycle.reverse()  # report in execution order: a -> b means b depends on a
+                return cycle
+            if color[nxt] == white:
+                color[nxt] = grey
+                path.append(nxt)
+                iters.append(iter(deps[nxt]))
+    return None

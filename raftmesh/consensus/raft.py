@@ -1,0 +1,207 @@
+"""The Raft member: the only module that imports pysyncobj.
+
+``RaftMember`` runs a pysyncobj ``SyncObj`` whose single ``@replicated`` entry
+point takes the bytes of one batch of commands and applies it to a
+``StateMachine``. pysyncobj drives it from its own thread; the node talks to it
+through ``propose`` (callback-based, thread-safe) and reads state under ``lock``.
+
+Hazards handled here or documented for the caller:
+
+- pysyncobj's failure codes (LEADER_CHANGED, NOT_LEADER, DISCARDED, UNKNOWN_OUTCOME,
+  ...) do not mean "not applied": every failure is reported as ``unknown outcome``
+  and the caller retries with the same request ids (the state machine dedups).
+- Callbacks can be lost (e.g. after a snapshot install); callers time out.
+- ``apply`` never raises (``StateMachine.apply_batch`` turns errors into results).
+- ``useFork=False``: grpcio does not survive fork.
+- Snapshots go through the serializer hooks into one file (``SnapshotIO``), which
+  pysyncobj ships to lagging followers; loading one replaces the live state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import pickle as _so_pickle
+from pysyncobj.config import FAIL_REASON
+
+from .machine import Event, Result, StateMachine
+
+log = logging.getLogger(__name__)
+
+_FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
+
+
+class SnapshotIO(Protocol):
+    """Writes and reads the single snapshot file (implemented on LMDB by raftmesh.storage)."""
+
+    def write(self, path: str, raft_meta: bytes, state: bytes) -> None: ...
+
+    def read(self, path: str) -> tuple[bytes, bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RaftTimings:
+    """pysyncobj periods, tuned so an idle cluster commits in about a millisecond."""
+
+    heartbeat_s: float = 0.1
+    election_min_s: float = 1.0
+    election_max_s: float = 2.0
+    leader_fallback_s: float = 3.0
+    """A leader that hears from no majority for this long steps down."""
+    connection_timeout_s: float = 3.0
+    connection_retry_s: float = 0.5
+    poll_s: float = 0.02
+    log_compaction_entries: int = 20_000
+    log_compaction_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    self_addr: str
+    peer_addrs: tuple[str, ...]
+    journal_path: str
+    snapshot_path: str
+    password: str | None = None
+    timings: RaftTimings = RaftTimings()
+
+
+ProposeCallback = Callable[[list[Result] | None, str | None], None]
+"""(results, None) once applied locally, or (None, reason) when the outcome is unknown."""
+
+
+class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type information
+    def __init__(self, member: RaftMember, self_addr: str, peers: list[str], conf: SyncObjConf) -> None:
+        self._member = member
+        super().__init__(self_addr, peers, conf)
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply_batch(self, payload: bytes) -> list[Result]:
+        return self._member._apply(payload)
+
+
+class RaftMember:
+    def __init__(
+        self,
+        config: RaftConfig,
+        machine: StateMachine,
+        on_applied: Callable[[list[Event]], None],
+        snapshot_io: SnapshotIO,
+        on_restored: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.machine = machine
+        self.lock = threading.RLock()
+        """Held while applying; hold it to read ``machine.state`` from another thread."""
+        self._on_applied = on_applied
+        self._on_restored = on_restored
+        self._snapshot_io = snapshot_io
+        self._ready = threading.Event()
+        t = config.timings
+        conf = SyncObjConf(
+            autoTick=True,
+            autoTickPeriod=t.poll_s,
+            appendEntriesUseBatch=False,  # send at once: ~1 ms commits; we batch per log entry ourselves
+            appendEntriesPeriod=t.heartbeat_s,
+            raftMinTimeout=t.election_min_s,
+            raftMaxTimeout=t.election_max_s,
+            leaderFallbackTimeout=t.leader_fallback_s,
+            connectionTimeout=t.connection_timeout_s,
+            connectionRetryTime=t.connection_retry_s,
+            commandsWaitLeader=False,  # fail fast with MISSING_LEADER; the proposer retries
+            journalFile=config.journal_path,
+            fullDumpFile=config.snapshot_path,
+            serializer=self._serialize,
+            deserializer=self._deserialize,
+            useFork=False,
+            logCompactionMinEntries=t.log_compaction_entries,
+            logCompactionMinTime=t.log_compaction_s,
+            password=config.password,
+            onReady=self._ready.set,
+            dynamicMembershipChange=False,
+        )
+        peers = [p for p in config.peer_addrs if p != config.self_addr]
+        self._so = _SyncObj(self, config.self_addr, peers, conf)
+
+    # ---- called on pysyncobj's thread --------------------------------------
+
+    def _apply(self, payload: bytes) -> list[Result]:
+        with self.lock:
+            results, events = self.machine.apply_batch(payload)
+        try:
+            self._on_applied(events)
+        except Exception:  # the node's bookkeeping must never stall the log
+            log.exception("on_applied callback failed")
+        return results
+
+    def _serialize(self, path: str, raft_data: Any) -> None:
+        with self.lock:
+            state = self.machine.snapshot()
+        self._snapshot_io.write(path, _so_pickle.dumps(raft_data), state)
+
+    def _deserialize(self, path: str) -> Any:
+        meta, state = self._snapshot_io.read(path)
+        with self.lock:
+            self.machine.restore(state)
+        if self._on_restored is not None:
+            try:
+                self._on_restored()
+            except Exception:
+                log.exception("on_restored callback failed")
+        return _so_pickle.loads(meta)
+
+    # ---- API for the node (any thread) ---------------------------------------
+
+    def propose(self, payload: bytes, callback: ProposeCallback) -> None:
+        """Append one batch to the log; ``callback`` runs on pysyncobj's thread (or inline)."""
+
+        def done(res: Any, err: int) -> None:
+            if err == FAIL_REASON.SUCCESS:
+                callback(res, None)
+            else:
+                callback(None, _FAIL_NAMES.get(err, f"FAIL_{err}"))
+
+        self._so.apply_batch(payload, callback=done)
+
+    @property
+    def leader_addr(self) -> str | None:
+        leader = self._so._getLeader()
+        return None if leader is None else str(leader.address)
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self._so._isLeader())
+
+    @property
+    def term(self) -> int:
+        return int(self._so.raftCurrentTerm)
+
+    @property
+    def commit_index(self) -> int:
+        return int(self._so.raftCommitIndex)
+
+    @property
+    def last_applied(self) -> int:
+        return int(self._so.raftLastApplied)
+
+    @property
+    def has_quorum(self) -> bool:
+        return bool(self._so.hasQuorum)
+
+    @property
+    def ready(self) -> bool:
+        """Caught up with the leader's commit index at least once since start."""
+        return self._ready.is_set()
+
+    def connected_addrs(self) -> set[str]:
+        return {str(n.address) for n in self._so.otherNodes if self._so.isNodeConnected(n)}
+
+    def force_snapshot(self) -> None:
+        self._so.forceLogCompaction()
+
+    def destroy(self) -> None:
+        self._so.destroy_synchronous()

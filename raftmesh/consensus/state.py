@@ -1,0 +1,311 @@
+"""The replicated cluster state: data, canonical encoding, digest, derived indexes.
+
+Everything that is replicated lives in ``ClusterState``. Derived indexes (READY
+queue, tasks running per node, timeout heap) are rebuilt from the data on restore
+and are not part of the canonical encoding, so a restored replica has the same
+digest as one that applied the whole log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+from .commands import JsonValue, TaskSpec
+
+SNAPSHOT_FORMAT = 1
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    """Waiting for dependencies."""
+    READY = "READY"
+    """Dependencies succeeded; waiting for a slot (or for its retry backoff, see ``not_before_ms``)."""
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL_TASK = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+TERMINAL_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+TaskKey = tuple[str, str]
+"""(run_id, task_id)"""
+
+
+@dataclass(slots=True)
+class Member:
+    node_id: str
+    grpc: str
+    raft: str
+    agents: tuple[str, ...]
+    slots: int
+    incarnation: str
+    up: bool
+    registered_ms: int
+
+    def encode(self) -> list[Any]:
+        return [
+            self.node_id,
+            self.grpc,
+            self.raft,
+            list(self.agents),
+            self.slots,
+            self.incarnation,
+            self.up,
+            self.registered_ms,
+        ]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Member:
+        return cls(v[0], v[1], v[2], tuple(v[3]), v[4], v[5], v[6], v[7])
+
+
+@dataclass(slots=True)
+class TaskState:
+    spec: TaskSpec
+    status: TaskStatus
+    deps_waiting: int
+    """Dependencies not yet SUCCEEDED."""
+    dependents: list[str]
+    retries_left: int
+    attempt: int = 0
+    node: str = ""
+    token: int = 0
+    """Fencing token of the current attempt (the revision that granted it)."""
+    output: JsonValue = None
+    error: str = ""
+    not_before_ms: int = 0
+    ready_seq: int = 0
+    """Position in the FIFO of READY tasks (global, from ``ClusterState.seq``)."""
+    started_ms: int = 0
+    finished_ms: int = 0
+    deadline_ms: int = 0
+    """Timeout of the running attempt (0: none)."""
+
+    def encode(self) -> list[Any]:
+        return [
+            self.spec.to_map(),
+            self.status.value,
+            self.deps_waiting,
+            self.dependents,
+            self.retries_left,
+            self.attempt,
+            self.node,
+            self.token,
+            self.output,
+            self.error,
+            self.not_before_ms,
+            self.ready_seq,
+            self.started_ms,
+            self.finished_ms,
+            self.deadline_ms,
+        ]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> TaskState:
+        return cls(
+            TaskSpec.from_map(v[0]),
+            TaskStatus(v[1]),
+            v[2],
+            list(v[3]),
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            v[8],
+            v[9],
+            v[10],
+            v[11],
+            v[12],
+            v[13],
+            v[14],
+        )
+
+
+@dataclass(slots=True)
+class RunState:
+    run_id: str
+    status: RunStatus
+    tasks: dict[str, TaskState]
+    """In spec order."""
+    unfinished: int
+    """Tasks not in a terminal state."""
+    priority: int
+    idempotency_key: str
+    name: str
+    submitter: str
+    created_ms: int
+    finished_ms: int = 0
+    error: str = ""
+    revision: int = 0
+    """Revision of the last change to this run or any of its tasks."""
+
+    def encode(self) -> list[Any]:
+        return [
+            self.run_id,
+            self.status.value,
+            [t.encode() for t in self.tasks.values()],
+            self.unfinished,
+            self.priority,
+            self.idempotency_key,
+            self.name,
+            self.submitter,
+            self.created_ms,
+            self.finished_ms,
+            self.error,
+            self.revision,
+        ]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> RunState:
+        tasks = [TaskState.decode(t) for t in v[2]]
+        return cls(
+            v[0],
+            RunStatus(v[1]),
+            {t.spec.id: t for t in tasks},
+            v[3],
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            v[8],
+            v[9],
+            v[10],
+            v[11],
+        )
+
+
+@dataclass(slots=True)
+class ClusterState:
+    revision: int = 0
+    """Raised by every applied command that changes something; the fencing-token space."""
+    time_ms: int = 0
+    """max(ts_ms) of applied commands: the only clock the state machine knows."""
+    seq: int = 0
+    """Source of ``ready_seq`` (FIFO order of READY tasks)."""
+    members: dict[str, Member] = field(default_factory=dict)
+    runs: dict[str, RunState] = field(default_factory=dict)
+    idempotency: dict[str, str] = field(default_factory=dict)
+    """Idempotency key -> run id."""
+    dedup: OrderedDict[str, tuple[int, list[Any]]] = field(default_factory=OrderedDict)
+    """Request id -> (ts_ms, encoded result), oldest first."""
+    finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """Finished run ids, oldest finished first (for retention)."""
+
+    # Derived indexes: not encoded, rebuilt by ``rebuild_indexes``.
+    ready: dict[int, dict[TaskKey, None]] = field(default_factory=dict)
+    """priority -> READY tasks in FIFO order."""
+    running: dict[str, dict[TaskKey, None]] = field(default_factory=dict)
+    """node id -> tasks RUNNING there."""
+    timeouts: list[tuple[int, str, str, int]] = field(default_factory=list)
+    """Heap of (deadline_ms, run_id, task_id, attempt); entries go stale lazily."""
+
+    # ---- canonical encoding -------------------------------------------------
+
+    def encode(self) -> bytes:
+        """Canonical bytes: equal states encode equally (the snapshot and digest format)."""
+        body = [
+            SNAPSHOT_FORMAT,
+            self.revision,
+            self.time_ms,
+            self.seq,
+            [self.members[k].encode() for k in sorted(self.members)],
+            [self.runs[k].encode() for k in sorted(self.runs)],
+            sorted(self.idempotency.items()),
+            [[rid, ts, res] for rid, (ts, res) in self.dedup.items()],
+            list(self.finished),
+        ]
+        data: bytes = msgpack.packb(body, use_bin_type=True)
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> ClusterState:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if body[0] != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {body[0]} is not supported (this node reads {SNAPSHOT_FORMAT})")
+        state = cls(
+            revision=body[1],
+            time_ms=body[2],
+            seq=body[3],
+            members={m[0]: Member.decode(m) for m in body[4]},
+            runs={r[0]: RunState.decode(r) for r in body[5]},
+            idempotency={k: v for k, v in body[6]},
+            dedup=OrderedDict((rid, (ts, res)) for rid, ts, res in body[7]),
+            finished=OrderedDict((r, None) for r in body[8]),
+        )
+        state.rebuild_indexes()
+        return state
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.encode()).hexdigest()
+
+    # ---- derived indexes ----------------------------------------------------
+
+    def rebuild_indexes(self) -> None:
+        ready: list[tuple[int, int, TaskKey]] = []
+        self.running = {}
+        self.timeouts = []
+        for run in self.runs.values():
+            for t in run.tasks.values():
+                key = (run.run_id, t.spec.id)
+                if t.status is TaskStatus.READY:
+                    ready.append((t.spec.priority, t.ready_seq, key))
+                elif t.status is TaskStatus.RUNNING:
+                    self.running.setdefault(t.node, {})[key] = None
+                    if t.deadline_ms:
+                        self.timeouts.append((t.deadline_ms, run.run_id, t.spec.id, t.attempt))
+        ready.sort(key=lambda e: e[1])
+        self.ready = {}
+        for prio, _, key in ready:
+            self.ready.setdefault(prio, {})[key] = None
+        heapq.heapify(self.timeouts)
+
+    def index_snapshot(self) -> tuple[Any, Any, Any]:
+        """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
+        return (
+            {p: list(q) for p, q in self.ready.items() if q},
+            {n: sorted(q) for n, q in self.running.items() if q},
+            sorted(e for e in self.timeouts if self._timeout_live(e)),
+        )
+
+    def _timeout_live(self, entry: tuple[int, str, str, int]) -> bool:
+        deadline, run_id, task_id, attempt = entry
+        run = self.runs.get(run_id)
+        t = run.tasks.get(task_id) if run else None
+        return (
+            t is not None
+            and t.status is TaskStatus.RUNNING
+            and t.attempt == attempt
+            and t.deadline_ms == deadline
+        )
+
+    def next_deadline_ms(self) -> int | None:
+        """The earliest live timeout, so the leader knows when a tick is due."""
+        while self.timeouts and not self._timeout_live(self.timeouts[0]):
+            heapq.heappop(self.timeouts)
+        return self.timeouts[0][0] if self.timeouts else None
+
+    def task(self, run_id: str, task_id: str) -> TaskState | None:
+        run = self.runs.get(run_id)
+        return run.tasks.get(task_id) if run else None
+
+    def known_agents(self) -> set[str]:
+        agents: set[str] = set()
+        for m in self.members.values():
+            agents.update(m.agents)
+        return agents
