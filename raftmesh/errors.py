@@ -49,6 +49,10 @@ class RunNotFound(NotFound):
     pass
 
 
+class AlreadyExists(RaftmeshError):
+    code = "ALREADY_EXISTS"
+
+
 class FailedPrecondition(RaftmeshError):
     code = "FAILED_PRECONDITION"
 
@@ -102,6 +106,7 @@ _BY_CODE: dict[str, type[RaftmeshError]] = {
     for cls in (
         InvalidArgument,
         NotFound,
+        AlreadyExists,
         FailedPrecondition,
         Aborted,
         Unavailable,

@@ -20,8 +20,15 @@ PROTO_DIR = ROOT / "raftmesh" / "proto"
 def main() -> int:
     protos = sorted(str(p.relative_to(ROOT)) for p in PROTO_DIR.rglob("*.proto"))
     include = str(pathlib.Path(protoc.__file__).parent / "_proto")
-    args = ["protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={ROOT}", f"--pyi_out={ROOT}",
-            f"--grpc_python_out={ROOT}", *protos]
+    args = [
+        "protoc",
+        f"-I{ROOT}",
+        f"-I{include}",
+        f"--python_out={ROOT}",
+        f"--pyi_out={ROOT}",
+        f"--grpc_python_out={ROOT}",
+        *protos,
+    ]
     rc = protoc.main(args)
     if rc != 0:
         print("protoc failed", file=sys.stderr)

@@ -231,6 +231,23 @@ class CancelRun(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeDown(Command):
+    """The leader lost contact with a node: its attempts go back to READY (retries kept).
+
+    Only the incarnation named here is marked down, so a node that already
+    restarted and re-registered is not knocked out by a late ``node_down``.
+    """
+
+    TAG: ClassVar[str] = "node_down"
+    node_id: str = ""
+    incarnation: str = ""
+    reason: str = ""
+
+    def _fields(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "incarnation": self.incarnation, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier(Command):
     """Changes nothing; once applied locally, every earlier committed entry is too (read barrier)."""
 
@@ -320,6 +337,14 @@ def _decode_map(m: Any) -> Command:
         return _decode_fail(m, rid, ts)
     if tag == CancelRun.TAG:
         return CancelRun(rid, ts, run_id=_get(m, "run_id", str), reason=_get(m, "reason", str))
+    if tag == NodeDown.TAG:
+        return NodeDown(
+            rid,
+            ts,
+            node_id=_get(m, "node_id", str),
+            incarnation=_get(m, "incarnation", str),
+            reason=_get(m, "reason", str),
+        )
     if tag == Barrier.TAG:
         return Barrier(rid, ts)
     raise CommandDecodeError(f"unknown command tag {tag!r}")

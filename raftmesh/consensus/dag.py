@@ -14,7 +14,8 @@ import msgpack
 from . import limits
 from .commands import TaskSpec
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+# Used with fullmatch: "$" alone would accept a trailing newline.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
 
 
 class DagError(ValueError):
@@ -30,7 +31,7 @@ def check_id(what: str, value: str) -> None:
         raise DagError("invalid", f"{what} must not be empty")
     if len(value) > limits.MAX_ID_CHARS:
         raise DagError("limit", f"{what} {value[:40]!r}... is longer than {limits.MAX_ID_CHARS} characters")
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise DagError(
             "invalid",
             f"{what} {value!r} may contain only letters, digits and _ . : - (and must start with a letter "
@@ -62,14 +63,19 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
             "unknown_agent",
             f"unknown agent type(s) {', '.join(map(repr, unknown_agents))}; the cluster offers: {offered}",
         )
+    run_bytes = 0
     for t in tasks:
         if len(t.deps) > limits.MAX_DEPS_PER_TASK:
-            raise DagError("limit", f"task {t.id!r} has {len(t.deps)} deps; the limit is {limits.MAX_DEPS_PER_TASK}")
+            raise DagError(
+                "limit", f"task {t.id!r} has {len(t.deps)} deps; the limit is {limits.MAX_DEPS_PER_TASK}"
+            )
         if len(set(t.deps)) != len(t.deps):
             raise DagError("invalid", f"task {t.id!r} lists a dependency twice")
         for d in t.deps:
             if d not in ids:
-                raise DagError("unknown_dep", f"task {t.id!r} depends on {d!r}, which is not a task of this run")
+                raise DagError(
+                    "unknown_dep", f"task {t.id!r} depends on {d!r}, which is not a task of this run"
+                )
             if d == t.id:
                 raise DagError("cycle", f"task {t.id!r} depends on itself (cycle: {t.id} -> {t.id})")
         if not 0 <= t.retries <= limits.MAX_RETRIES:
@@ -77,7 +83,9 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
         if abs(t.priority) > limits.MAX_PRIORITY:
             raise DagError("limit", f"task {t.id!r}: priority must be within +-{limits.MAX_PRIORITY}")
         if not 0 <= t.timeout_ms <= limits.MAX_TIMEOUT_MS:
-            raise DagError("limit", f"task {t.id!r}: timeout_ms must be between 0 and {limits.MAX_TIMEOUT_MS}")
+            raise DagError(
+                "limit", f"task {t.id!r}: timeout_ms must be between 0 and {limits.MAX_TIMEOUT_MS}"
+            )
         if not 0 <= t.retry_backoff_ms <= limits.MAX_BACKOFF_MS:
             raise DagError(
                 "limit", f"task {t.id!r}: retry_backoff_ms must be between 0 and {limits.MAX_BACKOFF_MS}"
@@ -88,6 +96,14 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
                 "limit",
                 f"task {t.id!r}: input is {size} bytes encoded; the limit is {limits.MAX_TASK_INPUT_BYTES} "
                 "(store large data elsewhere and pass a reference)",
+            )
+        # Summed as we go, so an oversized run is refused after encoding at most the limit.
+        run_bytes += encoded_size(t.to_map())
+        if run_bytes > limits.MAX_RUN_SPEC_BYTES:
+            raise DagError(
+                "limit",
+                f"the run's tasks are over {limits.MAX_RUN_SPEC_BYTES} bytes encoded (at task {t.id!r}); "
+                "store large inputs elsewhere and pass references",
             )
     cycle = find_cycle(tasks)
     if cycle:
@@ -116,7 +132,7 @@ def find_cycle(tasks: Sequence[TaskSpec]) -> list[str] | None:
                 continue
             if color[nxt] == grey:
                 start = path.index(nxt)
-                cycle = path[start:] + [nxt]
+                cycle = [*path[start:], nxt]
                 cycle.reverse()  # report in execution order: a -> b means b depends on a
                 return cycle
             if color[nxt] == white:

@@ -29,6 +29,7 @@ from .commands import (
     Command,
     Complete,
     Fail,
+    NodeDown,
     RegisterNode,
     SubmitRun,
     Tick,
@@ -144,13 +145,16 @@ class StateMachine:
             if prior is not None:
                 return Result.decode(prior[1]), []
         self._events = []
+        revision = st.revision
         try:
             res = self._dispatch(cmd)
         except Exception as exc:  # a bug must not stall the log on every replica
             log.exception("apply failed for %s", type(cmd).__name__)
             return _reject("INTERNAL", f"apply failed: {type(exc).__name__}: {exc}"), []
         events, self._events = self._events, []
-        if res.ok and not isinstance(cmd, Barrier):
+        # Only a command that changed the state is remembered: an OK that changes nothing
+        # (a known idempotency key, cancelling a finished run) must leave the digest alone.
+        if res.ok and st.revision != revision:
             self._record(cmd, res)
         return res, events
 
@@ -178,7 +182,7 @@ class StateMachine:
             st.dedup[cmd.request_id] = (cmd.ts_ms, res.encode())
         horizon = st.time_ms - limits.DEDUP_RETENTION_MS
         while st.dedup:
-            rid, (ts, _) = next(iter(st.dedup.items()))
+            _, (ts, _) = next(iter(st.dedup.items()))
             if len(st.dedup) > limits.DEDUP_MAX_ENTRIES or ts < horizon:
                 st.dedup.popitem(last=False)
             else:
@@ -199,6 +203,8 @@ class StateMachine:
             return self._register(cmd)
         if isinstance(cmd, CancelRun):
             return self._cancel(cmd)
+        if isinstance(cmd, NodeDown):
+            return self._node_down(cmd)
         if isinstance(cmd, Barrier):
             return Result(value={"revision": self.state.revision})
         return _reject("INVALID_ARGUMENT", f"unsupported command {type(cmd).__name__}")
@@ -233,10 +239,24 @@ class StateMachine:
         self._events.append(MemberChanged(rev, cmd.node_id, True))
         return Result(value={"node_id": cmd.node_id})
 
+    def _node_down(self, cmd: NodeDown) -> Result:
+        m = self.state.members.get(cmd.node_id)
+        if m is None:
+            return _reject("NOT_FOUND", f"node {cmd.node_id!r} is not a member")
+        if not m.up or m.incarnation != cmd.incarnation:
+            return _reject("FAILED_PRECONDITION", f"node {cmd.node_id!r} incarnation {cmd.incarnation} is not up")
+        rev = self._advance(cmd)
+        m.up = False
+        self._requeue_node_tasks(cmd.node_id, rev, f"node {cmd.node_id} down: {cmd.reason or 'unreachable'}")
+        self._events.append(MemberChanged(rev, cmd.node_id, False))
+        return Result(value={"node_id": cmd.node_id})
+
     def _requeue_node_tasks(self, node_id: str, rev: int, why: str) -> None:
         """Attempts on a lost node go back to READY; this does not consume retries."""
         st = self.state
-        for run_id, task_id in list(st.running.get(node_id, {})):
+        # Sorted: the index's insertion order differs on a replica that rebuilt it from a snapshot,
+        # and the order decides each task's ready_seq (part of the state).
+        for run_id, task_id in sorted(st.running.get(node_id, {})):
             t = st.runs[run_id].tasks[task_id]
             self._unrun(run_id, t)
             t.error = f"attempt {t.attempt} lost: {why}"
@@ -254,6 +274,8 @@ class StateMachine:
             check_id("run id", cmd.run_id)
             if cmd.idempotency_key and len(cmd.idempotency_key) > limits.MAX_ID_CHARS:
                 raise DagError("limit", f"idempotency key is longer than {limits.MAX_ID_CHARS} characters")
+            if abs(cmd.priority) > limits.MAX_PRIORITY:
+                raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
             validate(cmd.tasks, st.known_agents())
         except DagError as exc:
             return _reject("INVALID_ARGUMENT", str(exc))

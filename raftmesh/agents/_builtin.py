@@ -1,0 +1,63 @@
+"""Built-in agents with exact semantics (tests and demos rely on them).
+
+- ``echo``: output = input.
+- ``sum``: output = ``input.get("value", 0)`` + the sum of all numeric upstream outputs.
+- ``sleep``: sleeps ``input["seconds"]``, output = input.
+- ``fail``: fails its first ``input["times"]`` attempts, then outputs input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ._context import TaskContext
+from ._registry import AgentRegistry
+
+
+class AgentInputError(ValueError):
+    """The task's input does not fit the agent; retrying will not help."""
+
+    retryable = False
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+async def echo(ctx: TaskContext) -> Any:
+    return ctx.input
+
+
+async def sum_agent(ctx: TaskContext) -> Any:
+    inp = ctx.input if ctx.input is not None else {}
+    if not isinstance(inp, dict):
+        raise AgentInputError('sum: input must be a map like {"value": 3} (or null)')
+    value = inp.get("value", 0)
+    if not _is_number(value):
+        raise AgentInputError(f"sum: input.value must be a number, not {type(value).__name__}")
+    return value + sum(v for v in ctx.upstream.values() if _is_number(v))
+
+
+async def sleep(ctx: TaskContext) -> Any:
+    inp = ctx.input
+    if not isinstance(inp, dict) or not _is_number(inp.get("seconds")) or inp["seconds"] < 0:
+        raise AgentInputError('sleep: input must be a map like {"seconds": 1.5}')
+    await asyncio.sleep(float(inp["seconds"]))
+    return inp
+
+
+async def fail(ctx: TaskContext) -> Any:
+    inp = ctx.input
+    if not isinstance(inp, dict) or not isinstance(inp.get("times"), int):
+        raise AgentInputError('fail: input must be a map like {"times": 2}')
+    if ctx.attempt <= inp["times"]:
+        raise RuntimeError(f"fail: attempt {ctx.attempt} fails on purpose (times={inp['times']})")
+    return inp
+
+
+def register_builtins(reg: AgentRegistry) -> None:
+    reg.register("echo", echo)
+    reg.register("sum", sum_agent)
+    reg.register("sleep", sleep)
+    reg.register("fail", fail)

@@ -1,0 +1,260 @@
+"""The ``raftmesh`` command. Its flags, ``--json`` shapes and exit codes are a
+contract relied on by scripts (README, "CLI"): extend, never break.
+
+Exit codes: 0 ok; 1 the run did not succeed (FAILED or CANCELLED); 2 bad input
+or usage; 3 not found; 4 cluster unavailable or deadline exceeded; 5 other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RaftmeshError,
+    Unavailable,
+)
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4, 5
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from ..client import Client
+
+    return Client(args.addresses, timeout_s=args.timeout, retry_deadline_s=max(args.timeout, 30.0))
+
+
+def _print_run(run: Any) -> None:
+    print(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
+    for t in run.tasks.values():
+        out = json.dumps(t.output) if t.output is not None else ""
+        if len(out) > 80:
+            out = out[:77] + "..."
+        where = f" on {t.node}" if t.node else ""
+        extra = f" error={t.error}" if t.error and t.status != "SUCCEEDED" else ""
+        print(f"  {t.id:<24} {t.status:<10} attempt={t.attempt}{where} {out}{extra}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        info = c.status(include_digest=args.digest)
+    if args.json:
+        data = info.to_json()
+        if args.digest:
+            data["digest"] = info.digest
+        _print_json(data)
+    else:
+        print(f"leader: {info.leader or '(none)'}  term: {info.term}  answered by: {info.node_id}")
+        for m in info.members:
+            print(
+                f"  {m.id:<8} grpc={m.grpc:<22} up={str(m.up).lower():<5} running={m.running}/{m.slots} "
+                f"agents={','.join(m.agents)}"
+            )
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ..client import DAG
+
+    dag = DAG.from_file(args.file)
+    with _client(args) as c:
+        run_id = c.submit(dag, idempotency_key=args.idempotency_key)
+        if not args.wait:
+            if args.json:
+                _print_json({"run_id": run_id})
+            else:
+                print(run_id)
+            return EXIT_OK
+        run = c.wait(run_id, timeout_s=args.wait_timeout)
+    if args.json:
+        _print_json(run.to_json())
+    else:
+        _print_run(run)
+    return EXIT_OK if run.status == "SUCCEEDED" else EXIT_RUN_FAILED
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        run = c.get(args.run_id, stale_ok=args.stale_ok)
+    if args.json:
+        _print_json(run.to_json())
+    else:
+        _print_run(run)
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        for ev in c.watch(args.run_id, timeout_s=args.wait_timeout):
+            if args.json:
+                d: dict[str, Any] = {"revision": ev.revision, "kind": ev.kind, "status": ev.status}
+                if ev.kind == "snapshot" and ev.run is not None:
+                    d["run"] = ev.run.to_json()
+                if ev.kind == "task":
+                    d.update(task_id=ev.task_id, attempt=ev.attempt, node=ev.node)
+                if ev.error:
+                    d["error"] = ev.error
+                print(json.dumps(d), flush=True)
+            elif ev.kind == "snapshot" and ev.run is not None:
+                print(f"[{ev.revision}] run {ev.run.run_id} is {ev.run.status}", flush=True)
+            elif ev.kind == "task":
+                print(f"[{ev.revision}] {ev.task_id} {ev.status} attempt={ev.attempt} {ev.node}", flush=True)
+            else:
+                print(f"[{ev.revision}] run {ev.status} {ev.error}", flush=True)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        status = c.cancel(args.run_id, args.reason)
+    if args.json:
+        _print_json({"run_id": args.run_id, "status": status})
+    else:
+        print(f"run {args.run_id}: {status}")
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        runs = c.list_runs(limit=args.limit, status=args.status)
+    if args.json:
+        _print_json({"runs": runs})
+    else:
+        for r in runs:
+            print(
+                f"{r['run_id']}  {r['status']:<10} tasks={r['tasks']} unfinished={r['unfinished']} {r['name']}"
+            )
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 only if every address answers the standard gRPC health check with SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from ..client import parse_addresses
+
+    results = {}
+    for addr in parse_addresses(args.addresses):
+        with grpc.insecure_channel(addr) as ch:
+            try:
+                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
+                results[addr] = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            except grpc.RpcError as exc:
+                results[addr] = f"UNREACHABLE ({exc.code().name})"
+    if args.json:
+        _print_json(results)
+    else:
+        for addr, st in results.items():
+            print(f"{addr} {st}")
+    return EXIT_OK if all(v == "SERVING" for v in results.values()) else EXIT_UNAVAILABLE
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from ..node.main import run_node
+
+    return run_node(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="raftmesh", description="A Raft-replicated cluster that runs DAGs of agent tasks."
+    )
+    p.add_argument(
+        "--addresses",
+        default=None,
+        help="node gRPC addresses host:port,... (default: env RAFTMESH_ADDRESSES)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="per-call timeout in seconds (default 10)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    n = sub.add_parser("node", help="run one node in the foreground")
+    n.add_argument("--config", help="JSON/YAML file with the same keys as these flags (flags win)")
+    n.add_argument("--id", help="node id, e.g. n1")
+    n.add_argument("--raft", help="HOST:PORT for Raft traffic")
+    n.add_argument("--grpc", help="HOST:PORT for the gRPC API")
+    n.add_argument("--peers", help="every member as ID=RAFT/GRPC,... (this node may be included)")
+    n.add_argument("--data-dir", help="directory for the journal and snapshots")
+    n.add_argument("--slots", type=int, help="attempts this node runs at once (default 64)")
+    n.add_argument("--agents", help="agent types to offer, comma-separated (default: all built-ins)")
+    n.add_argument("--log-level", default="INFO")
+    n.set_defaults(func=cmd_node)
+
+    s = sub.add_parser("status", help="cluster status")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--digest", action="store_true", help="include the answering replica's state digest")
+    s.set_defaults(func=cmd_status)
+
+    sb = sub.add_parser("submit", help="submit a DAG from a YAML or JSON file")
+    sb.add_argument("file")
+    sb.add_argument(
+        "--wait", action="store_true", help="wait for the run to end; exit 0 only if it SUCCEEDED"
+    )
+    sb.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait (default: forever)")
+    sb.add_argument("--idempotency-key", default=None, help="the same key always yields the same run")
+    sb.add_argument("--json", action="store_true")
+    sb.set_defaults(func=cmd_submit)
+
+    g = sub.add_parser("get", help="show a run")
+    g.add_argument("run_id")
+    g.add_argument(
+        "--stale-ok", action="store_true", help="read the answering node's replica without a barrier"
+    )
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_get)
+
+    w = sub.add_parser("watch", help="stream a run's events until it ends")
+    w.add_argument("run_id")
+    w.add_argument("--wait-timeout", type=float, default=None)
+    w.add_argument("--json", action="store_true", help="one JSON object per line")
+    w.set_defaults(func=cmd_watch)
+
+    c = sub.add_parser("cancel", help="cancel a run")
+    c.add_argument("run_id")
+    c.add_argument("--reason", default="")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cancel)
+
+    h = sub.add_parser("health", help="standard gRPC health check of every address; exit 0 if all SERVING")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_health)
+
+    r = sub.add_parser("runs", help="list runs, newest first")
+    r.add_argument("--limit", type=int, default=100)
+    r.add_argument("--status", choices=["RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_runs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InvalidArgument as exc:
+        print(f"raftmesh: invalid argument: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotFound as exc:
+        print(f"raftmesh: not found: {exc.message}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except (Unavailable, DeadlineExceeded) as exc:
+        print(f"raftmesh: cluster unavailable: {exc.message}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except RaftmeshError as exc:
+        print(f"raftmesh: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

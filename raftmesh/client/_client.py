@@ -1,0 +1,227 @@
+"""The synchronous Python client: fails over between nodes and retries safely.
+
+Every call may be retried: writes carry an idempotency key (submit) or are
+idempotent by nature (cancel), so UNAVAILABLE and DEADLINE_EXCEEDED are retried
+on the next node with exponential backoff and jitter until ``retry_deadline_s``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, error_for_code
+from ..proto.raftmesh.v1 import cluster_pb2 as pb
+from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ._dag import DAG
+from ._types import ClusterInfo, RunEvent, RunInfo
+
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def parse_addresses(addresses: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """A list, or a comma-separated string; None reads ``RAFTMESH_ADDRESSES``."""
+    if addresses is None:
+        addresses = os.environ.get("RAFTMESH_ADDRESSES", "")
+    if isinstance(addresses, str):
+        addresses = addresses.split(",")
+    out = [a.strip() for a in addresses if a and a.strip()]
+    if not out:
+        raise InvalidArgument("no node addresses: pass host:port,... or set RAFTMESH_ADDRESSES")
+    return out
+
+
+def _translate(exc: grpc.RpcError) -> RaftmeshError:
+    code = exc.code()
+    return error_for_code(code.name if code else "UNKNOWN", exc.details() or str(code))
+
+
+class Client:
+    """``Client(["127.0.0.1:7001", ...])`` or ``Client()`` with ``RAFTMESH_ADDRESSES`` set."""
+
+    def __init__(
+        self,
+        addresses: str | list[str] | tuple[str, ...] | None = None,
+        *,
+        timeout_s: float = 10.0,
+        retry_deadline_s: float = 30.0,
+    ) -> None:
+        self.addresses = parse_addresses(addresses)
+        self.timeout_s = timeout_s
+        self.retry_deadline_s = retry_deadline_s
+        self._channels: dict[str, grpc.Channel] = {}
+        self._current = random.randrange(len(self.addresses))
+
+    # ---- plumbing --------------------------------------------------------------
+
+    def _stub(self, addr: str) -> pb_grpc.ClusterStub:
+        ch = self._channels.get(addr)
+        if ch is None:
+            ch = grpc.insecure_channel(
+                addr,
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                ],
+            )
+            self._channels[addr] = ch
+        return pb_grpc.ClusterStub(ch)
+
+    def _rotate(self) -> None:
+        self._current = (self._current + 1) % len(self.addresses)
+
+    def _call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
+        deadline = time.monotonic() + self.retry_deadline_s
+        attempt = 0
+        while True:
+            addr = self.addresses[self._current]
+            try:
+                return getattr(self._stub(addr), method)(request, timeout=timeout_s or self.timeout_s)
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRYABLE or time.monotonic() >= deadline:
+                    raise _translate(exc) from None
+            self._rotate()
+            attempt += 1
+            time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- runs ----------------------------------------------------------------------
+
+    def submit(
+        self, dag: DAG | dict[str, Any], *, idempotency_key: str | None = None, name: str | None = None
+    ) -> str:
+        """Submit a run; returns its id. The same ``idempotency_key`` always returns the same id."""
+        if isinstance(dag, dict):
+            dag = DAG.from_dict(dag)
+        key = idempotency_key or uuid.uuid4().hex
+        req = pb.SubmitRunRequest(
+            idempotency_key=key,
+            name=name if name is not None else dag.name,
+            priority=dag.priority,
+            tasks=[
+                pb.TaskSpec(
+                    id=t.id,
+                    agent=t.agent,
+                    input_json="" if t.input is None else _dumps(t.input),
+                    deps=list(t.deps),
+                    retries=t.retries,
+                    priority=t.priority,
+                    timeout_ms=t.timeout_ms,
+                    retry_backoff_ms=t.retry_backoff_ms,
+                )
+                for t in dag.tasks.values()
+            ],
+        )
+        resp: pb.SubmitRunResponse = self._call("SubmitRun", req)
+        return resp.run_id
+
+    def get(self, run_id: str, *, stale_ok: bool = False) -> RunInfo:
+        return RunInfo.from_pb(self._call("GetRun", pb.GetRunRequest(run_id=run_id, stale_ok=stale_ok)))
+
+    def list_runs(self, limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
+        req = pb.ListRunsRequest(limit=limit)
+        if status:
+            req.status = pb.RunStatus.Value(f"RUN_STATUS_{status}")
+        resp: pb.ListRunsResponse = self._call("ListRuns", req)
+        return [
+            {
+                "run_id": r.run_id,
+                "status": pb.RunStatus.Name(r.status).removeprefix("RUN_STATUS_"),
+                "name": r.name,
+                "tasks": r.tasks,
+                "unfinished": r.unfinished,
+                "created_ms": r.created_ms,
+                "finished_ms": r.finished_ms,
+                "error": r.error,
+            }
+            for r in resp.runs
+        ]
+
+    def cancel(self, run_id: str, reason: str = "") -> str:
+        """Cancel a run; returns its status afterwards (idempotent)."""
+        resp: pb.CancelRunResponse = self._call(
+            "CancelRun", pb.CancelRunRequest(run_id=run_id, reason=reason)
+        )
+        return pb.RunStatus.Name(resp.status).removeprefix("RUN_STATUS_")
+
+    def watch(self, run_id: str, *, timeout_s: float | None = None) -> Iterator[RunEvent]:
+        """Events of a run until it ends: a snapshot first (again after any reconnect), then changes."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            addr = self.addresses[self._current]
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                stream = self._stub(addr).WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=remaining)
+                for e in stream:
+                    attempt = 0
+                    ev = RunEvent.from_pb(e)
+                    yield ev
+                    if ev.status in ("SUCCEEDED", "FAILED", "CANCELLED") and ev.kind in ("run", "snapshot"):
+                        return
+                return
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DeadlineExceeded(f"run {run_id} did not finish within {timeout_s} s") from None
+                if code not in _RETRYABLE:
+                    raise _translate(exc) from None
+            self._rotate()
+            attempt += 1
+            time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+
+    def wait(self, run_id: str, *, timeout_s: float | None = None) -> RunInfo:
+        """Block until the run ends; returns it with every task's output."""
+        for _ in self.watch(run_id, timeout_s=timeout_s):
+            pass
+        return self.get(run_id)
+
+    def run(self, dag: DAG | dict[str, Any], *, timeout_s: float | None = None, **kw: Any) -> RunInfo:
+        """Submit and wait."""
+        return self.wait(self.submit(dag, **kw), timeout_s=timeout_s)
+
+    # ---- cluster -----------------------------------------------------------------------
+
+    def status(self, *, include_digest: bool = False) -> ClusterInfo:
+        return ClusterInfo.from_pb(
+            self._call("ClusterStatus", pb.ClusterStatusRequest(include_digest=include_digest))
+        )
+
+    def status_of(self, address: str, *, include_digest: bool = False, timeout_s: float = 2.0) -> ClusterInfo:
+        """Status as one specific node sees it (no failover)."""
+        try:
+            return ClusterInfo.from_pb(
+                self._stub(address).ClusterStatus(
+                    pb.ClusterStatusRequest(include_digest=include_digest), timeout=timeout_s
+                )
+            )
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"task input is not JSON-serializable: {exc}") from exc

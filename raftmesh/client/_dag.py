@@ -1,0 +1,130 @@
+"""Building a DAG in Python, or loading one from a YAML/JSON file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidArgument
+
+_TASK_KEYS = {"id", "agent", "input", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task of a DAG under construction; pass it in another task's ``deps``."""
+
+    id: str
+    agent: str
+    input: Any = None
+    deps: tuple[str, ...] = ()
+    retries: int = 0
+    priority: int = 0
+    timeout_ms: int = 0
+    retry_backoff_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "agent": self.agent,
+            "input": self.input,
+            "deps": list(self.deps),
+            "retries": self.retries,
+            "priority": self.priority,
+            "timeout_ms": self.timeout_ms,
+            "retry_backoff_ms": self.retry_backoff_ms,
+        }
+
+
+@dataclass
+class DAG:
+    """A run to submit: tasks and their dependencies.
+
+    >>> dag = DAG("demo")
+    >>> a = dag.task("a", "echo", input=1)
+    >>> b = dag.task("b", "sum", deps=[a])
+    """
+
+    name: str = ""
+    priority: int = 0
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+    def task(
+        self,
+        id: str,
+        agent: str,
+        input: Any = None,
+        deps: list[Task | str] | tuple[Task | str, ...] = (),
+        retries: int = 0,
+        priority: int = 0,
+        timeout_ms: int = 0,
+        retry_backoff_ms: int = 0,
+    ) -> Task:
+        if id in self.tasks:
+            raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
+        dep_ids = tuple(d.id if isinstance(d, Task) else str(d) for d in deps)
+        t = Task(id, agent, input, dep_ids, retries, priority, timeout_ms, retry_backoff_ms)
+        self.tasks[id] = t
+        return t
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "priority": self.priority,
+            "tasks": [t.to_dict() for t in self.tasks.values()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "the DAG") -> DAG:
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+            raise InvalidArgument(f"{source} must be a map with a list under 'tasks'")
+        dag = cls(name=str(data.get("name", "")), priority=int(data.get("priority", 0)))
+        for i, t in enumerate(data["tasks"]):
+            if not isinstance(t, dict):
+                raise InvalidArgument(f"{source}: task #{i + 1} must be a map")
+            unknown = set(t) - _TASK_KEYS
+            if unknown:
+                raise InvalidArgument(
+                    f"{source}: task #{i + 1} has unknown field(s) {sorted(unknown)}; known: {sorted(_TASK_KEYS)}"
+                )
+            if "id" not in t or "agent" not in t:
+                raise InvalidArgument(f"{source}: task #{i + 1} needs 'id' and 'agent'")
+            deps = t.get("deps") or []
+            if not isinstance(deps, list):
+                raise InvalidArgument(f"{source}: task {t['id']!r}: deps must be a list of task ids")
+            try:
+                dag.task(
+                    str(t["id"]),
+                    str(t["agent"]),
+                    t.get("input"),
+                    [str(d) for d in deps],
+                    int(t.get("retries", 0)),
+                    int(t.get("priority", 0)),
+                    int(t.get("timeout_ms", 0)),
+                    int(t.get("retry_backoff_ms", 0)),
+                )
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc
+        return dag
+
+    @classmethod
+    def from_file(cls, path: str) -> DAG:
+        """Load ``{"tasks": [{"id", "agent", "input", "deps", "retries"}, ...]}`` from YAML or JSON."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise InvalidArgument(
+                f"{path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}"
+            ) from exc
+        return cls.from_dict(data, source=path)

@@ -1,0 +1,198 @@
+"""Plain result types returned by the SDK (no protobuf in user code)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..proto.raftmesh.v1 import cluster_pb2 as pb
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+def _task_status(v: int) -> str:
+    return pb.TaskStatus.Name(v).removeprefix("TASK_STATUS_")
+
+
+def _run_status(v: int) -> str:
+    return pb.RunStatus.Name(v).removeprefix("RUN_STATUS_")
+
+
+def _json(text: str) -> Any:
+    return json.loads(text) if text else None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    id: str
+    agent: str
+    status: str
+    attempt: int
+    node: str
+    output: Any
+    error: str
+    deps: tuple[str, ...]
+    token: int
+    started_ms: int
+    finished_ms: int
+
+    @classmethod
+    def from_pb(cls, t: pb.Task) -> TaskInfo:
+        return cls(
+            t.id,
+            t.agent,
+            _task_status(t.status),
+            t.attempt,
+            t.node,
+            _json(t.output_json),
+            t.error,
+            tuple(t.deps),
+            t.token,
+            t.started_ms,
+            t.finished_ms,
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    status: str
+    tasks: dict[str, TaskInfo]
+    error: str = ""
+    name: str = ""
+    created_ms: int = 0
+    finished_ms: int = 0
+    revision: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_pb(cls, r: pb.Run) -> RunInfo:
+        return cls(
+            r.run_id,
+            _run_status(r.status),
+            {t.id: TaskInfo.from_pb(t) for t in r.tasks},
+            r.error,
+            r.name,
+            r.created_ms,
+            r.finished_ms,
+            r.revision,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``--json`` shape (a stable contract)."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "error": self.error,
+            "tasks": {
+                t.id: {
+                    "status": t.status,
+                    "output": t.output,
+                    "node": t.node,
+                    "attempt": t.attempt,
+                    "error": t.error,
+                }
+                for t in self.tasks.values()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One event of ``Client.watch``: a snapshot, a task change or a run status change."""
+
+    revision: int
+    kind: str
+    """"snapshot", "task" or "run"."""
+    run: RunInfo | None = None
+    task_id: str = ""
+    status: str = ""
+    attempt: int = 0
+    node: str = ""
+    error: str = ""
+
+    @classmethod
+    def from_pb(cls, e: pb.RunEvent) -> RunEvent:
+        which = e.WhichOneof("event")
+        if which == "snapshot":
+            run = RunInfo.from_pb(e.snapshot)
+            return cls(e.revision, "snapshot", run=run, status=run.status)
+        if which == "task":
+            return cls(
+                e.revision,
+                "task",
+                task_id=e.task.task_id,
+                status=_task_status(e.task.status),
+                attempt=e.task.attempt,
+                node=e.task.node,
+            )
+        return cls(e.revision, "run", status=_run_status(e.run.status), error=e.run.error)
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    id: str
+    grpc: str
+    raft: str
+    up: bool
+    connected: bool
+    agents: tuple[str, ...]
+    slots: int
+    running: int
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    leader: str
+    term: int
+    members: list[MemberInfo] = field(default_factory=list)
+    node_id: str = ""
+    commit_index: int = 0
+    last_applied: int = 0
+    revision: int = 0
+    has_quorum: bool = False
+    digest: str = ""
+
+    @classmethod
+    def from_pb(cls, s: pb.ClusterStatusResponse) -> ClusterInfo:
+        return cls(
+            s.leader,
+            s.term,
+            [
+                MemberInfo(m.id, m.grpc, m.raft, m.up, m.connected, tuple(m.agents), m.slots, m.running)
+                for m in s.members
+            ],
+            s.node_id,
+            s.commit_index,
+            s.last_applied,
+            s.revision,
+            s.has_quorum,
+            s.digest,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``status --json`` shape (a stable contract)."""
+        return {
+            "leader": self.leader or None,
+            "term": self.term,
+            "node_id": self.node_id,
+            "commit_index": self.commit_index,
+            "revision": self.revision,
+            "members": [
+                {
+                    "id": m.id,
+                    "grpc": m.grpc,
+                    "raft": m.raft,
+                    "up": m.up,
+                    "connected": m.connected,
+                    "agents": list(m.agents),
+                    "slots": m.slots,
+                    "running": m.running,
+                }
+                for m in self.members
+            ],
+        }

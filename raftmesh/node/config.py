@@ -1,0 +1,134 @@
+"""Node configuration: frozen dataclasses, validated once at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..consensus.raft import RaftTimings
+from ..errors import InvalidArgument
+
+_ADDR_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    id: str
+    raft: str
+    grpc: str
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    raft: str
+    grpc: str
+    peers: tuple[Peer, ...]
+    """Every member of the cluster, this node included."""
+    data_dir: str
+    slots: int = 64
+    agents: tuple[str, ...] = ()
+    """Agent types offered (empty: all registered ones)."""
+    raft_password: str | None = None
+    timings: RaftTimings = field(default_factory=RaftTimings)
+    propose_timeout_s: float = 10.0
+    """How long one write is retried (same request id) before its outcome is reported unknown."""
+    commit_timeout_s: float = 3.0
+    """A batch with no answer from pysyncobj after this long is retried (lost callbacks)."""
+    node_down_after_s: float = 5.0
+    """The leader marks a member down after this long without a Raft connection to it."""
+
+    def peer_by_raft(self, addr: str) -> Peer | None:
+        return next((p for p in self.peers if p.raft == addr), None)
+
+    @property
+    def journal_path(self) -> str:
+        return os.path.join(self.data_dir, "raft.journal")
+
+    @property
+    def snapshot_path(self) -> str:
+        return os.path.join(self.data_dir, "snapshot.lmdb")
+
+
+def _check_addr(what: str, addr: str) -> None:
+    if not _ADDR_RE.match(addr):
+        raise InvalidArgument(f"{what} {addr!r} must look like HOST:PORT")
+    port = int(addr.rsplit(":", 1)[1])
+    if not 0 < port < 65536:
+        raise InvalidArgument(f"{what} {addr!r}: port must be 1-65535")
+
+
+def parse_peers(text: str) -> list[Peer]:
+    """``ID=RAFT/GRPC,...`` -> peers."""
+    peers = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if "=" not in item or "/" not in item:
+            raise InvalidArgument(f"peer {item!r} must look like ID=RAFT_HOST:PORT/GRPC_HOST:PORT")
+        pid, addrs = item.split("=", 1)
+        raft, grpc_addr = addrs.split("/", 1)
+        peers.append(Peer(pid.strip(), raft.strip(), grpc_addr.strip()))
+    return peers
+
+
+def build_config(
+    node_id: str,
+    raft: str,
+    grpc_addr: str,
+    peers: list[Peer],
+    data_dir: str,
+    slots: int = 64,
+    agents: tuple[str, ...] = (),
+    raft_password: str | None = None,
+    timings: RaftTimings | None = None,
+) -> NodeConfig:
+    """Validate and build a config; errors say what to fix."""
+    if not _ID_RE.match(node_id):
+        raise InvalidArgument(f"node id {node_id!r}: use 1-64 letters, digits, _ . -")
+    _check_addr("--raft", raft)
+    _check_addr("--grpc", grpc_addr)
+    if not 1 <= slots <= 100_000:
+        raise InvalidArgument("--slots must be between 1 and 100000")
+    all_peers = [p for p in peers if p.id != node_id]
+    for p in all_peers:
+        if not _ID_RE.match(p.id):
+            raise InvalidArgument(f"peer id {p.id!r}: use 1-64 letters, digits, _ . -")
+        _check_addr(f"peer {p.id} raft address", p.raft)
+        _check_addr(f"peer {p.id} grpc address", p.grpc)
+    me = Peer(node_id, raft, grpc_addr)
+    full = sorted([me, *all_peers], key=lambda p: p.id)
+    if len({p.id for p in full}) != len(full):
+        raise InvalidArgument("peer ids must be unique")
+    if len({p.raft for p in full}) != len(full):
+        raise InvalidArgument("raft addresses must be unique")
+    if not data_dir:
+        raise InvalidArgument("--data-dir is required")
+    return NodeConfig(
+        node_id=node_id,
+        raft=raft,
+        grpc=grpc_addr,
+        peers=tuple(full),
+        data_dir=os.path.abspath(data_dir),
+        slots=slots,
+        agents=agents,
+        raft_password=raft_password,
+        timings=timings or RaftTimings(),
+    )
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """A JSON or YAML file with the same keys as the command-line flags (id, raft, grpc, peers, ...)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{path}: the config must be a map")
+    return data

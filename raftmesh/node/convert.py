@@ -1,0 +1,95 @@
+"""Conversions between the wire (protobuf) and the state machine's types."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..consensus.commands import TaskSpec
+from ..consensus.state import RunState, RunStatus, TaskState, TaskStatus
+from ..errors import InvalidArgument
+from ..proto.raftmesh.v1 import cluster_pb2 as pb
+
+TASK_STATUS = {s: getattr(pb, f"TASK_STATUS_{s.value}") for s in TaskStatus}
+RUN_STATUS = {s: getattr(pb, f"RUN_STATUS_{s.value}") for s in RunStatus}
+RUN_STATUS_FROM_PB = {v: k for k, v in RUN_STATUS.items()}
+
+
+def dump_json(value: Any) -> str:
+    return "" if value is None else json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def load_json(what: str, text: str) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(
+            f'{what} is not valid JSON ({exc}); send a JSON value, e.g. {{"x": 1}}'
+        ) from exc
+
+
+def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
+    specs = []
+    for i, t in enumerate(req.tasks):
+        label = f"task {t.id!r}" if t.id else f"task #{i + 1}"
+        specs.append(
+            TaskSpec(
+                id=t.id,
+                agent=t.agent,
+                input=load_json(f"{label}: input_json", t.input_json),
+                deps=tuple(t.deps),
+                retries=t.retries,
+                priority=t.priority or req.priority,
+                timeout_ms=t.timeout_ms,
+                retry_backoff_ms=t.retry_backoff_ms,
+            )
+        )
+    return tuple(specs)
+
+
+def task_to_pb(t: TaskState) -> pb.Task:
+    return pb.Task(
+        id=t.spec.id,
+        agent=t.spec.agent,
+        status=TASK_STATUS[t.status],
+        attempt=t.attempt,
+        node=t.node,
+        output_json=dump_json(t.output),
+        error=t.error,
+        deps=list(t.spec.deps),
+        token=t.token,
+        retries_left=t.retries_left,
+        started_ms=t.started_ms,
+        finished_ms=t.finished_ms,
+        input_json=dump_json(t.spec.input),
+    )
+
+
+def run_to_pb(run: RunState) -> pb.Run:
+    return pb.Run(
+        run_id=run.run_id,
+        status=RUN_STATUS[run.status],
+        tasks=[task_to_pb(t) for t in run.tasks.values()],
+        error=run.error,
+        created_ms=run.created_ms,
+        finished_ms=run.finished_ms,
+        idempotency_key=run.idempotency_key,
+        name=run.name,
+        priority=run.priority,
+        revision=run.revision,
+    )
+
+
+def run_summary_to_pb(run: RunState) -> pb.RunSummary:
+    return pb.RunSummary(
+        run_id=run.run_id,
+        status=RUN_STATUS[run.status],
+        name=run.name,
+        tasks=len(run.tasks),
+        unfinished=run.unfinished,
+        created_ms=run.created_ms,
+        finished_ms=run.finished_ms,
+        error=run.error,
+    )

@@ -1,0 +1,89 @@
+"""``raftmesh node``: run one node in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from ..errors import InvalidArgument
+from .config import build_config, load_config_file, parse_peers
+from .runtime import NodeRuntime
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, carrying run/task ids when the record has them."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        d: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "node": self.node_id,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k in ("run_id", "task_id", "attempt"):
+            if hasattr(record, k):
+                d[k] = getattr(record, k)
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d)
+
+
+def _setting(args: argparse.Namespace, file_cfg: dict[str, Any], name: str, default: Any = None) -> Any:
+    v = getattr(args, name.replace("-", "_"), None)
+    if v is not None:
+        return v
+    return file_cfg.get(name, file_cfg.get(name.replace("-", "_"), default))
+
+
+def run_node(args: argparse.Namespace) -> int:
+    file_cfg = load_config_file(args.config) if args.config else {}
+    node_id = _setting(args, file_cfg, "id")
+    missing = [f"--{k}" for k in ("id", "raft", "grpc", "data-dir") if not _setting(args, file_cfg, k)]
+    if missing:
+        raise InvalidArgument(f"raftmesh node needs {', '.join(missing)} (or a --config file with them)")
+    peers_text = _setting(args, file_cfg, "peers", "")
+    peers = parse_peers(peers_text if isinstance(peers_text, str) else ",".join(peers_text))
+    agents = _setting(args, file_cfg, "agents", "")
+    agent_list = tuple(
+        a.strip() for a in (agents.split(",") if isinstance(agents, str) else agents) if a.strip()
+    )
+    cfg = build_config(
+        node_id=node_id,
+        raft=_setting(args, file_cfg, "raft"),
+        grpc_addr=_setting(args, file_cfg, "grpc"),
+        peers=peers,
+        data_dir=_setting(args, file_cfg, "data-dir"),
+        slots=int(_setting(args, file_cfg, "slots", 64)),
+        agents=agent_list,
+        raft_password=os.environ.get("RAFTMESH_RAFT_PASSWORD") or file_cfg.get("raft_password"),
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(cfg.node_id))
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), handlers=[handler])
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+
+    import uvloop
+
+    node = NodeRuntime(cfg)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, node.stop)
+        await node.run()
+
+    uvloop.run(main())
+    return 0

@@ -1,0 +1,216 @@
+"""The asyncio side of writes: batching commands into log entries and retrying them.
+
+Commands proposed while a batch is in flight accumulate and go out together as
+one log entry (group commit), so an idle cluster commits one command at once
+and a busy one amortises Raft over many. Every failure pysyncobj reports, and
+every batch with no answer within ``commit_timeout_s``, is an *unknown outcome*:
+the same commands (same request ids) are proposed again until ``deadline``;
+the state machine applies each request id once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..consensus.commands import Barrier, Command, encode_batch, encode_command
+from ..consensus.machine import Result
+from ..consensus.raft import RaftMember
+from ..errors import NoLeader, OutcomeUnknown
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_COMMANDS = 5000
+MAX_INFLIGHT_BATCHES = 4
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_request_id(prefix: str = "") -> str:
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+@dataclass(eq=False)
+class _Pending:
+    cmd: Command
+    size: int
+    future: asyncio.Future[Result]
+    deadline: float
+    attempts: int = 0
+
+
+@dataclass(eq=False)
+class _Batch:
+    items: list[_Pending]
+    timer: asyncio.TimerHandle | None = None
+    done: bool = False
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+class Proposer:
+    def __init__(
+        self,
+        raft: RaftMember,
+        loop: asyncio.AbstractEventLoop,
+        commit_timeout_s: float = 3.0,
+        default_timeout_s: float = 10.0,
+    ) -> None:
+        self._raft = raft
+        self._loop = loop
+        self._commit_timeout_s = commit_timeout_s
+        self._default_timeout_s = default_timeout_s
+        self._queue: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._inflight: dict[int, _Batch] = {}
+        self._ids = itertools.count()
+        self._barrier: asyncio.Future[Result] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches_sent = 0
+        self.commands_sent = 0
+
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._run(), name="proposer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
+        """Apply ``cmd`` through the log; its ``Result`` once applied on this node.
+
+        Raises ``NoLeader`` if no leader was known for the whole deadline and the
+        command was never handed to Raft, ``OutcomeUnknown`` if it may have been applied.
+        """
+        fut: asyncio.Future[Result] = self._loop.create_future()
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
+        self._enqueue(_Pending(cmd, len(encode_command(cmd)), fut, deadline))
+        return await fut
+
+    async def barrier(self, timeout_s: float | None = None) -> None:
+        """Return once this replica has applied every entry committed before the call."""
+        fut = self._barrier
+        if fut is None or fut.done():
+            fut = self._loop.create_future()
+            self._barrier = fut
+            deadline = time.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
+            self._enqueue(_Pending(Barrier(new_request_id("b-"), now_ms()), 32, fut, deadline))
+        await asyncio.shield(fut)
+
+    # ---- internals ------------------------------------------------------------
+
+    def _enqueue(self, p: _Pending) -> None:
+        self._queue.append(p)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # Let every coroutine that is ready this loop iteration add its command first.
+            await asyncio.sleep(0)
+            while self._queue and len(self._inflight) < MAX_INFLIGHT_BATCHES:
+                if self._raft.leader_addr is None:
+                    self._expire_waiting()
+                    self._loop.call_later(0.05, self._wake.set)
+                    break
+                self._send(self._take_batch())
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = 0
+        while self._queue and len(batch) < MAX_BATCH_COMMANDS:
+            p = self._queue[0]
+            if batch and size + p.size > MAX_BATCH_BYTES:
+                break
+            self._queue.popleft()
+            if p.future.done():
+                continue
+            batch.append(p)
+            size += p.size
+        return batch
+
+    def _expire_waiting(self) -> None:
+        now = time.monotonic()
+        keep: deque[_Pending] = deque()
+        for p in self._queue:
+            if p.future.done():
+                continue
+            if now >= p.deadline:
+                if p.attempts == 0:
+                    p.future.set_exception(NoLeader("no Raft leader is elected yet; retry shortly"))
+                else:
+                    p.future.set_exception(self._unknown(p))
+            else:
+                keep.append(p)
+        self._queue = keep
+
+    @staticmethod
+    def _unknown(p: _Pending) -> OutcomeUnknown:
+        return OutcomeUnknown(
+            f"the outcome of {p.cmd.TAG} {p.cmd.request_id} is unknown (no commit confirmed before the "
+            "deadline); retrying with the same request id / idempotency key is safe"
+        )
+
+    def _send(self, items: list[_Pending]) -> None:
+        if not items:
+            return
+        bid = next(self._ids)
+        batch = _Batch(items)
+        self._inflight[bid] = batch
+        for p in items:
+            p.attempts += 1
+            if p.future is self._barrier:
+                self._barrier = None  # later callers need a barrier proposed after them
+        payload = encode_batch([p.cmd for p in items])
+        batch.timer = self._loop.call_later(self._commit_timeout_s, self._on_done, bid, None, "TIMEOUT")
+        self.batches_sent += 1
+        self.commands_sent += len(items)
+
+        def callback(results: list[Result] | None, err: str | None) -> None:
+            self._loop.call_soon_threadsafe(self._on_done, bid, results, err)
+
+        try:
+            self._raft.propose(payload, callback)
+        except Exception as exc:  # pysyncobj raising here is a bug, but never lose the commands
+            log.exception("propose failed")
+            self._on_done(bid, None, f"EXCEPTION:{exc}")
+
+    def _on_done(self, bid: int, results: list[Result] | None, err: str | None) -> None:
+        batch = self._inflight.pop(bid, None)
+        if batch is None or batch.done:
+            return
+        batch.done = True
+        if batch.timer is not None:
+            batch.timer.cancel()
+        if results is not None and len(results) == len(batch.items):
+            for p, r in zip(batch.items, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(r)
+        else:
+            now = time.monotonic()
+            retry = []
+            for p in batch.items:
+                if p.future.done():
+                    continue
+                if now >= p.deadline:
+                    p.future.set_exception(self._unknown(p))
+                else:
+                    retry.append(p)
+            if retry:
+                log.debug("batch %d: %s; retrying %d commands", bid, err, len(retry))
+                delay = min(0.05 * (2 ** min(retry[0].attempts, 5)), 1.0)
+                self._loop.call_later(delay, self._requeue, retry)
+        self._wake.set()
+
+    def _requeue(self, items: list[_Pending]) -> None:
+        self._queue.extendleft(reversed([p for p in items if not p.future.done()]))
+        self._wake.set()

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Start, stop and poke a local raftmesh cluster.
+#
+#   scripts/cluster.sh up N [--base-port P] [--dir DIR]   start nodes n1..nN, wait for a leader
+#   scripts/cluster.sh down [--dir DIR]                   stop every node (TERM, then KILL after 10 s)
+#   scripts/cluster.sh status [--dir DIR]                 pids and cluster status
+#   scripts/cluster.sh kill ID [--dir DIR]                kill -9 one node
+#   scripts/cluster.sh restart ID [--dir DIR]             start a stopped/killed node again
+#
+# Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100).
+# Data and logs live in DIR/nI (DIR defaults to ./.cluster); DIR/env holds RAFTMESH_ADDRESSES.
+set -euo pipefail
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+[[ $# -ge 1 ]] || usage
+CMD=$1; shift
+ARG=""
+DIR=./.cluster
+BASE=7100
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --dir) DIR=$2; shift 2 ;;
+    --base-port) BASE=$2; shift 2 ;;
+    -h|--help) usage ;;
+    -*) die "unknown flag $1" ;;
+    *) [[ -z $ARG ]] || die "unexpected argument $1"; ARG=$1; shift ;;
+  esac
+done
+
+if command -v raftmesh >/dev/null 2>&1; then RM=(raftmesh); else RM=(python3 -m raftmesh.cli.main); fi
+[[ -n ${RAFTMESH_BIN:-} ]] && read -r -a RM <<<"$RAFTMESH_BIN"
+
+alive() { [[ -f $1/pid ]] && kill -0 "$(cat "$1/pid")" 2>/dev/null; }
+
+start_node() {  # start_node ID
+  local d=$DIR/$1
+  alive "$d" && die "$1 is already running (pid $(cat "$d/pid"))"
+  [[ -f $d/cmd ]] || die "no such node $1 in $DIR"
+  local -a cmd
+  mapfile -t cmd <"$d/cmd"
+  setsid "${cmd[@]}" >>"$d/node.log" 2>&1 </dev/null &
+  echo $! >"$d/pid"
+}
+
+wait_ready() {  # wait until every node answers health SERVING (a leader is known to all)
+  local addrs=$1 deadline=$((SECONDS + ${CLUSTER_WAIT_S:-60}))
+  until "${RM[@]}" --addresses "$addrs" --timeout 2 health >/dev/null 2>&1; do
+    if (( SECONDS >= deadline )); then
+      "${RM[@]}" --addresses "$addrs" --timeout 2 health >&2 || true
+      die "cluster did not become ready within ${CLUSTER_WAIT_S:-60}s; see $DIR/n*/node.log"
+    fi
+    sleep 0.2
+  done
+}
+
+case $CMD in
+  up)
+    N=${ARG:-3}
+    [[ $N =~ ^[0-9]+$ && $N -ge 1 && $N -le 49 ]] || die "N must be 1..49"
+    mkdir -p "$DIR"
+    DIR=$(cd "$DIR" && pwd)
+    peers=() addrs=()
+    for i in $(seq 1 "$N"); do
+      peers+=("n$i=127.0.0.1:$((BASE + 50 + i))/127.0.0.1:$((BASE + i))")
+      addrs+=("127.0.0.1:$((BASE + i))")
+    done
+    PEERS=$(IFS=,; echo "${peers[*]}")
+    ADDRS=$(IFS=,; echo "${addrs[*]}")
+    for i in $(seq 1 "$N"); do
+      d=$DIR/n$i
+      mkdir -p "$d"
+      alive "$d" && die "n$i is already running in $DIR (run: $0 down --dir $DIR)"
+      printf '%s\n' "${RM[@]}" node --id "n$i" --raft "127.0.0.1:$((BASE + 50 + i))" \
+        --grpc "127.0.0.1:$((BASE + i))" --peers "$PEERS" --data-dir "$d/data" >"$d/cmd"
+      start_node "n$i"
+    done
+    echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env"
+    wait_ready "$ADDRS"
+    echo "RAFTMESH_ADDRESSES=$ADDRS"
+    ;;
+  down)
+    [[ -d $DIR ]] || exit 0
+    pids=()
+    for d in "$DIR"/n*/; do
+      d=${d%/}
+      if alive "$d"; then pid=$(cat "$d/pid"); kill -TERM "$pid" 2>/dev/null || true; pids+=("$pid"); fi
+    done
+    deadline=$((SECONDS + 10))
+    for pid in "${pids[@]}"; do
+      while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -f "$DIR"/n*/pid
+    echo "stopped ${#pids[@]} node(s)"
+    ;;
+  status)
+    for d in "$DIR"/n*/; do
+      d=${d%/}; id=$(basename "$d")
+      if alive "$d"; then echo "$id running (pid $(cat "$d/pid"))"; else echo "$id stopped"; fi
+    done
+    [[ -f $DIR/env ]] && { source "$DIR/env"; export RAFTMESH_ADDRESSES; "${RM[@]}" status || true; }
+    ;;
+  kill)
+    [[ -n $ARG ]] || die "usage: $0 kill ID"
+    d=$DIR/$ARG
+    alive "$d" || die "$ARG is not running"
+    kill -KILL "$(cat "$d/pid")"
+    while alive "$d"; do sleep 0.05; done
+    rm -f "$d/pid"
+    echo "killed $ARG"
+    ;;
+  restart)
+    [[ -n $ARG ]] || die "usage: $0 restart ID"
+    d=$DIR/$ARG
+    if alive "$d"; then
+      pid=$(cat "$d/pid"); kill -TERM "$pid"
+      deadline=$((SECONDS + 10))
+      while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    start_node "$ARG"
+    source "$DIR/env"
+    wait_ready "$RAFTMESH_ADDRESSES"
+    echo "restarted $ARG (pid $(cat "$d/pid"))"
+    ;;
+  *) usage ;;
+esac
