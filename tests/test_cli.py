@@ -1,0 +1,136 @@
+"""The CLI contract (flags, --json shapes, exit codes) and scripts/cluster.sh, against real nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from raftmesh.localcluster import LocalCluster
+
+pytestmark = pytest.mark.e2e
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, addresses: str | None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("RAFTMESH_ADDRESSES", None)
+    if addresses is not None:
+        env["RAFTMESH_ADDRESSES"] = addresses
+    return subprocess.run(
+        [sys.executable, "-m", "raftmesh.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_cli_contract(cluster3: LocalCluster, tmp_path: pathlib.Path) -> None:
+    addrs = ",".join(cluster3.addresses)
+    st = cli("status", "--json", addresses=addrs)
+    assert st.returncode == 0, st.stderr
+    status = json.loads(st.stdout)
+    assert status["leader"] in {"n1", "n2", "n3"}
+    assert isinstance(status["term"], int)
+    assert {m["id"] for m in status["members"]} == {"n1", "n2", "n3"}
+    assert all({"id", "grpc", "up"} <= set(m) and m["up"] for m in status["members"])
+
+    # --addresses wins over the environment
+    st2 = cli("--addresses", cluster3.addresses[1], "status", "--json", addresses="127.0.0.1:1")
+    assert st2.returncode == 0, st2.stderr
+
+    dag = tmp_path / "dag.json"
+    dag.write_text(
+        json.dumps(
+            {
+                "tasks": [
+                    {"id": "a", "agent": "sum", "input": {"value": 2}},
+                    {"id": "b", "agent": "sum", "input": {"value": 3}, "deps": ["a"]},
+                    {"id": "c", "agent": "fail", "input": {"times": 1}, "retries": 1, "deps": ["a"]},
+                ]
+            }
+        )
+    )
+    sub = cli("submit", str(dag), "--wait", "--json", addresses=addrs)
+    assert sub.returncode == 0, sub.stderr
+    run = json.loads(sub.stdout)
+    assert run["status"] == "SUCCEEDED"
+    assert run["tasks"]["b"]["output"] == 5
+    assert run["tasks"]["c"]["attempt"] == 2
+    assert set(run["tasks"]["a"]) >= {"status", "output", "node", "attempt", "error"}
+
+    got = cli("get", run["run_id"], "--json", addresses=addrs)
+    assert got.returncode == 0 and json.loads(got.stdout)["run_id"] == run["run_id"]
+
+    # without --wait it prints the run id
+    plain = cli("submit", str(dag), addresses=addrs)
+    assert plain.returncode == 0 and plain.stdout.strip().startswith("r-")
+
+    # a run that fails exits 1
+    failing = tmp_path / "fail.yaml"
+    failing.write_text("tasks:\n  - {id: x, agent: fail, input: {times: 5}, retries: 1}\n")
+    res = cli("submit", str(failing), "--wait", "--json", addresses=addrs)
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["status"] == "FAILED"
+
+    # bad input exits 2 with a message that says what is wrong
+    cyc = tmp_path / "cycle.yaml"
+    cyc.write_text("tasks:\n  - {id: a, agent: echo, deps: [b]}\n  - {id: b, agent: echo, deps: [a]}\n")
+    res = cli("submit", str(cyc), "--wait", addresses=addrs)
+    assert res.returncode == 2 and "cycle" in res.stderr
+    assert cli("submit", str(tmp_path / "missing.yaml"), addresses=addrs).returncode == 2
+    assert cli("status", addresses=None).returncode == 2
+
+    # unknown run exits 3
+    assert cli("get", "r-nope", "--json", addresses=addrs).returncode == 3
+
+
+def _free_base() -> int:
+    for _ in range(50):
+        base = random.randrange(20000, 40000, 100)
+        ok = True
+        for p in [base + 1, base + 2, base + 3, base + 51, base + 52, base + 53]:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+def test_cluster_script(tmp_path: pathlib.Path) -> None:
+    script = str(ROOT / "scripts" / "cluster.sh")
+    d = str(tmp_path / "c")
+    env = {**os.environ, "RAFTMESH_BIN": f"{sys.executable} -m raftmesh.cli.main"}
+
+    def sh(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([script, *args, "--dir", d], capture_output=True, text=True, timeout=120, env=env)
+
+    try:
+        up = sh("up", "3", "--base-port", str(_free_base()))
+        assert up.returncode == 0, up.stderr
+        line = [ln for ln in up.stdout.splitlines() if ln.startswith("RAFTMESH_ADDRESSES=")][-1]
+        addrs = line.split("=", 1)[1]
+        assert pathlib.Path(d, "env").read_text().strip() == line
+        status = json.loads(cli("status", "--json", addresses=addrs).stdout)
+        ids = sorted(m["id"] for m in status["members"])
+        assert ids == ["n1", "n2", "n3"]
+        victim = "n2"
+        pid = int(pathlib.Path(d, victim, "pid").read_text())
+        assert sh("kill", victim).returncode == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        rs = sh("restart", victim)
+        assert rs.returncode == 0, rs.stderr
+        st = sh("status")
+        assert st.returncode == 0 and "n2 running" in st.stdout
+    finally:
+        down = sh("down")
+        assert down.returncode == 0, down.stderr
+    for n in ("n1", "n2", "n3"):
+        assert not pathlib.Path(d, n, "pid").exists()
