@@ -1,0 +1,161 @@
+"""DAG validation (``raftmesh.consensus.dag``): every rejection names what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from raftmesh.consensus import limits
+from raftmesh.consensus.commands import TaskSpec
+from raftmesh.consensus.dag import DagError, check_id, find_cycle, validate
+
+AGENTS = {"echo", "llm"}
+
+
+def t(task_id: str, *deps: str, agent: str = "echo", **kw: object) -> TaskSpec:
+    return TaskSpec(id=task_id, agent=agent, deps=deps, **kw)  # type: ignore[arg-type]
+
+
+def rejects(tasks: list[TaskSpec], kind: str, agents: set[str] = AGENTS) -> str:
+    with pytest.raises(DagError) as info:
+        validate(tasks, agents)
+    assert info.value.kind == kind, str(info.value)
+    return str(info.value)
+
+
+def test_valid_diamond_is_accepted() -> None:
+    validate([t("a"), t("b", "a"), t("c", "a", agent="llm"), t("d", "b", "c")], AGENTS)
+
+
+def test_deps_may_name_later_tasks() -> None:
+    # Spec order is not topological order; only cycles are errors.
+    validate([t("b", "a"), t("a")], AGENTS)
+    assert find_cycle([t("b", "a"), t("a")]) is None
+
+
+def test_empty_run_is_rejected() -> None:
+    assert "at least one task" in rejects([], "invalid")
+
+
+def test_task_ids_must_be_unique() -> None:
+    msg = rejects([t("a"), t("b"), t("a")], "invalid")
+    assert "'a'" in msg and "twice" in msg
+
+
+def test_unknown_dependency_is_named() -> None:
+    msg = rejects([t("a"), t("b", "a", "ghost")], "unknown_dep")
+    assert "'b'" in msg and "'ghost'" in msg
+
+
+def test_self_dependency_is_a_cycle() -> None:
+    msg = rejects([t("a", "a")], "cycle")
+    assert "a -> a" in msg
+
+
+def test_duplicate_dependency_is_rejected() -> None:
+    assert "twice" in rejects([t("a"), t("b", "a", "a")], "invalid")
+
+
+def test_cycle_of_two_is_named() -> None:
+    msg = rejects([t("a", "b"), t("b", "a")], "cycle")
+    assert "a -> b -> a" in msg
+
+
+def test_cycle_of_three_is_named_in_execution_order() -> None:
+    # b runs after a, c after b, a after c.
+    msg = rejects([t("a", "c"), t("b", "a"), t("c", "b")], "cycle")
+    assert "a -> b -> c -> a" in msg
+
+
+def test_cycle_behind_a_valid_prefix_is_found() -> None:
+    tasks = [t("root"), t("x", "root", "z"), t("y", "x"), t("z", "y"), t("leaf", "z")]
+    msg = rejects(tasks, "cycle")
+    assert "x -> y -> z -> x" in msg
+    assert find_cycle(tasks) == ["x", "y", "z", "x"]
+
+
+def test_find_cycle_is_deterministic() -> None:
+    tasks = [t("a", "b"), t("b", "a"), t("c", "d"), t("d", "c")]
+    assert find_cycle(tasks) == find_cycle(list(tasks)) == ["a", "b", "a"]
+
+
+def test_long_chain_is_not_a_cycle_and_does_not_recurse() -> None:
+    # Deeper than Python's recursion limit: the DFS must be iterative.
+    n = 5000
+    tasks = [t("t0")] + [t(f"t{i}", f"t{i - 1}") for i in range(1, n)]
+    validate(tasks, AGENTS)
+    closed = [t("t0", f"t{n - 1}"), *tasks[1:]]
+    assert "cycle" in rejects(closed, "cycle")
+
+
+def test_unknown_agent_lists_what_the_cluster_offers() -> None:
+    msg = rejects([t("a", agent="gpt"), t("b", agent="zzz")], "unknown_agent")
+    assert "'gpt'" in msg and "'zzz'" in msg
+    assert "echo, llm" in msg
+
+
+def test_unknown_agent_with_no_members_says_so() -> None:
+    assert "none yet" in rejects([t("a")], "unknown_agent", agents=set())
+
+
+def test_input_size_limit() -> None:
+    at_limit = "x" * (limits.MAX_TASK_INPUT_BYTES - 5)  # str header: 5 bytes
+    validate([t("a", input=at_limit)], AGENTS)
+    msg = rejects([t("a", input="x" * limits.MAX_TASK_INPUT_BYTES)], "limit")
+    assert "input" in msg and str(limits.MAX_TASK_INPUT_BYTES) in msg
+
+
+def test_whole_run_size_limit() -> None:
+    # Each input is under the per-task limit; together they exceed the run limit.
+    per_task = limits.MAX_TASK_INPUT_BYTES - 16
+    n = limits.MAX_RUN_SPEC_BYTES // per_task + 1
+    tasks = [t(f"t{i}", input="x" * per_task) for i in range(n)]
+    msg = rejects(tasks, "limit")
+    assert str(limits.MAX_RUN_SPEC_BYTES) in msg
+
+
+def test_task_count_limit() -> None:
+    tasks = [t(f"t{i}") for i in range(limits.MAX_TASKS_PER_RUN)]
+    validate(tasks, AGENTS)
+    msg = rejects([*tasks, t("one-more")], "limit")
+    assert str(limits.MAX_TASKS_PER_RUN) in msg
+
+
+@pytest.mark.parametrize("good", ["a", "A9", "run-1", "x_y.z:w", "9", "a" * limits.MAX_ID_CHARS])
+def test_good_ids(good: str) -> None:
+    check_id("task id", good)
+    validate([t(good)], AGENTS)
+
+
+@pytest.mark.parametrize("bad", ["", "-a", "_a", ".a", "a b", "a/b", "ä", "a\n", "a;b"])
+def test_bad_id_characters(bad: str) -> None:
+    with pytest.raises(DagError) as info:
+        check_id("task id", bad)
+    assert info.value.kind == "invalid"
+    assert "task id" in str(info.value)
+    rejects([t(bad)], "invalid")
+
+
+def test_id_length_limit() -> None:
+    with pytest.raises(DagError) as info:
+        check_id("run id", "a" * (limits.MAX_ID_CHARS + 1))
+    assert info.value.kind == "limit"
+    assert str(limits.MAX_ID_CHARS) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "good"),
+    [
+        ("retries", -1, limits.MAX_RETRIES),
+        ("retries", limits.MAX_RETRIES + 1, 0),
+        ("timeout_ms", -1, limits.MAX_TIMEOUT_MS),
+        ("timeout_ms", limits.MAX_TIMEOUT_MS + 1, 0),
+        ("retry_backoff_ms", -1, limits.MAX_BACKOFF_MS),
+        ("retry_backoff_ms", limits.MAX_BACKOFF_MS + 1, 0),
+        ("priority", limits.MAX_PRIORITY + 1, limits.MAX_PRIORITY),
+        ("priority", -limits.MAX_PRIORITY - 1, -limits.MAX_PRIORITY),
+    ],
+)
+def test_numeric_limits(field: str, bad: int, good: int) -> None:
+    validate([t("a", **{field: good})], AGENTS)
+    msg = rejects([t("a", **{field: bad})], "limit")
+    assert field in msg and "'a'" in msg
