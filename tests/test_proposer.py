@@ -1,0 +1,108 @@
+"""The proposer against pysyncobj's known traps, with a scripted fake Raft member.
+
+pysyncobj can report LEADER_CHANGED (or DISCARDED, NOT_LEADER, ...) for a command
+that *was* applied, and can lose a callback entirely (e.g. after a snapshot install).
+The proposer must treat all of these as unknown outcomes and retry with the same
+request ids; the state machine's dedup makes the retry apply once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from raftmesh.consensus.commands import RegisterNode, SubmitRun, TaskSpec
+from raftmesh.consensus.machine import Result, StateMachine
+from raftmesh.errors import NoLeader, OutcomeUnknown
+from raftmesh.node.proposer import Proposer
+
+
+class FakeRaft:
+    """Applies batches to a real StateMachine; ``script`` decides what each propose() reports."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.machine = StateMachine()
+        self.lock = threading.RLock()
+        self.script = list(script)
+        self.leader_addr: str | None = "127.0.0.1:1"
+        self.proposals = 0
+
+    def propose(self, payload: bytes, callback: Callable[[list[Result] | None, str | None], None]) -> None:
+        self.proposals += 1
+        action = self.script.pop(0) if self.script else "ok"
+
+        def later() -> None:
+            if action == "missing_leader":
+                callback(None, "MISSING_LEADER")
+                return
+            with self.lock:
+                results, _ = self.machine.apply_batch(payload)
+            if action == "ok":
+                callback(results, None)
+            elif action == "applied_then_leader_changed":
+                callback(None, "LEADER_CHANGED")
+            elif action == "applied_then_lost":
+                pass  # the callback never comes
+            else:
+                raise AssertionError(action)
+
+        threading.Thread(target=later).start()  # callbacks arrive on another thread, like pysyncobj's
+
+
+def register(rid: str = "reg-1") -> RegisterNode:
+    return RegisterNode(rid, 1000, node_id="n1", grpc="h:1", raft="h:2", agents=("echo",), slots=4, incarnation="i1")
+
+
+def submit(key: str) -> SubmitRun:
+    return SubmitRun(f"s-{key}", 2000, run_id=f"r-{key}", idempotency_key=key, tasks=(TaskSpec("a", "echo"),))
+
+
+async def _propose(raft: FakeRaft, cmds: list[Any], timeout_s: float = 5.0, commit_timeout_s: float = 0.2) -> list[Any]:
+    p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=commit_timeout_s)  # type: ignore[arg-type]
+    p.start()
+    try:
+        return await asyncio.gather(*(p.propose(c, timeout_s=timeout_s) for c in cmds), return_exceptions=True)
+    finally:
+        await p.stop()
+
+
+@pytest.mark.parametrize("trap", ["applied_then_leader_changed", "applied_then_lost", "missing_leader"])
+def test_unknown_outcomes_are_retried_and_apply_once(trap: str) -> None:
+    raft = FakeRaft([trap, trap, "ok"])
+    reg_result, sub_result = asyncio.run(_propose(raft, [register(), submit("k1")]))
+    assert isinstance(reg_result, Result) and reg_result.ok
+    assert isinstance(sub_result, Result) and sub_result.ok
+    assert sub_result.value == {"run_id": "r-k1", "created": True}
+    st = raft.machine.state
+    assert list(st.runs) == ["r-k1"]
+    # applied once: one register + one submit raised the revision twice, however many proposals
+    assert st.revision == 2
+    assert raft.proposals == 3
+
+
+def test_outcome_unknown_after_deadline() -> None:
+    raft = FakeRaft(["applied_then_lost"] * 100)
+    (res,) = asyncio.run(_propose(raft, [register()], timeout_s=0.5, commit_timeout_s=0.1))
+    assert isinstance(res, OutcomeUnknown)
+    assert "retrying with the same request id" in res.message
+    assert raft.machine.state.revision == 1  # it was applied: "unknown" never means "not applied"
+
+
+def test_no_leader_fails_fast_without_touching_the_log() -> None:
+    raft = FakeRaft([])
+    raft.leader_addr = None
+    (res,) = asyncio.run(_propose(raft, [register()], timeout_s=0.3))
+    assert isinstance(res, NoLeader)
+    assert raft.proposals == 0
+
+
+def test_concurrent_commands_share_log_entries() -> None:
+    raft = FakeRaft([])
+    cmds = [submit(f"k{i}") for i in range(200)]
+    results = asyncio.run(_propose(raft, [register(), *cmds]))
+    assert all(isinstance(r, Result) and r.ok for r in results)
+    assert raft.proposals < 20, f"{raft.proposals} log entries for 201 commands: not batched"
