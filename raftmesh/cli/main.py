@@ -147,7 +147,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     for addr in parse_addresses(args.addresses):
         with grpc.insecure_channel(addr) as ch:
             try:
-                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
+                )
                 results[addr] = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
             except grpc.RpcError as exc:
                 results[addr] = f"UNREACHABLE ({exc.code().name})"
@@ -186,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--data-dir", help="directory for the journal and snapshots")
     n.add_argument("--slots", type=int, help="attempts this node runs at once (default 64)")
     n.add_argument("--agents", help="agent types to offer, comma-separated (default: all built-ins)")
+    n.add_argument(
+        "--node-down-after",
+        type=float,
+        help="seconds without contact before the leader marks a node down (default 5)",
+    )
+    n.add_argument(
+        "--snapshot-entries",
+        type=int,
+        help="take a state snapshot after this many log entries (default 20000)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 

@@ -156,6 +156,8 @@ class ClusterInfo:
     revision: int = 0
     has_quorum: bool = False
     digest: str = ""
+    snapshots_loaded: int = 0
+    log_entries: int = 0
 
     @classmethod
     def from_pb(cls, s: pb.ClusterStatusResponse) -> ClusterInfo:
@@ -172,6 +174,8 @@ class ClusterInfo:
             s.revision,
             s.has_quorum,
             s.digest,
+            s.snapshots_loaded,
+            s.log_entries,
         )
 
     def to_json(self) -> dict[str, Any]:

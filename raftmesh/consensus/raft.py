@@ -101,6 +101,7 @@ class RaftMember:
         self._on_restored = on_restored
         self._snapshot_io = snapshot_io
         self._ready = threading.Event()
+        self.snapshots_loaded = 0
         t = config.timings
         conf = SyncObjConf(
             autoTick=True,
@@ -147,6 +148,7 @@ class RaftMember:
         meta, state = self._snapshot_io.read(path)
         with self.lock:
             self.machine.restore(state)
+        self.snapshots_loaded += 1
         if self._on_restored is not None:
             try:
                 self._on_restored()
@@ -196,6 +198,10 @@ class RaftMember:
     def ready(self) -> bool:
         """Caught up with the leader's commit index at least once since start."""
         return self._ready.is_set()
+
+    @property
+    def log_entries(self) -> int:
+        return int(self._so._getRaftLogSize())
 
     def connected_addrs(self) -> set[str]:
         return {str(n.address) for n in self._so.otherNodes if self._so.isNodeConnected(n)}

@@ -84,6 +84,7 @@ def build_config(
     agents: tuple[str, ...] = (),
     raft_password: str | None = None,
     timings: RaftTimings | None = None,
+    node_down_after_s: float = 5.0,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     if not _ID_RE.match(node_id):
@@ -106,6 +107,10 @@ def build_config(
         raise InvalidArgument("raft addresses must be unique")
     if not data_dir:
         raise InvalidArgument("--data-dir is required")
+    if not 0.5 <= node_down_after_s <= 3600:
+        raise InvalidArgument("--node-down-after must be between 0.5 and 3600 seconds")
+    if timings is not None and not 2 <= timings.log_compaction_entries <= 10_000_000:
+        raise InvalidArgument("--snapshot-entries must be between 2 and 10000000")
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -116,6 +121,7 @@ def build_config(
         agents=agents,
         raft_password=raft_password,
         timings=timings or RaftTimings(),
+        node_down_after_s=node_down_after_s,
     )
 
 

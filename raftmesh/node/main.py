@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
 from .config import build_config, load_config_file, parse_peers
 from .runtime import NodeRuntime
@@ -69,6 +70,8 @@ def run_node(args: argparse.Namespace) -> int:
         slots=int(_setting(args, file_cfg, "slots", 64)),
         agents=agent_list,
         raft_password=os.environ.get("RAFTMESH_RAFT_PASSWORD") or file_cfg.get("raft_password"),
+        timings=RaftTimings(log_compaction_entries=int(_setting(args, file_cfg, "snapshot-entries", 20_000))),
+        node_down_after_s=float(_setting(args, file_cfg, "node-down-after", 5.0)),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))

@@ -223,4 +223,6 @@ class NodeRuntime:
             revision=revision,
             has_quorum=self.raft.has_quorum,
             digest=digest,
+            snapshots_loaded=self.raft.snapshots_loaded,
+            log_entries=self.raft.log_entries,
         )

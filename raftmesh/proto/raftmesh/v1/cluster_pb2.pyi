@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -40,7 +38,7 @@ RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_CANCELLED: RunStatus
 
 class TaskSpec(_message.Message):
-    __slots__ = ("agent", "deps", "id", "input_json", "priority", "retries", "retry_backoff_ms", "timeout_ms")
+    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -57,10 +55,10 @@ class TaskSpec(_message.Message):
     priority: int
     timeout_ms: int
     retry_backoff_ms: int
-    def __init__(self, id: str | None = ..., agent: str | None = ..., input_json: str | None = ..., deps: _Iterable[str] | None = ..., retries: int | None = ..., priority: int | None = ..., timeout_ms: int | None = ..., retry_backoff_ms: int | None = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ...) -> None: ...
 
 class SubmitRunRequest(_message.Message):
-    __slots__ = ("idempotency_key", "name", "priority", "tasks")
+    __slots__ = ("tasks", "idempotency_key", "priority", "name")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -69,15 +67,15 @@ class SubmitRunRequest(_message.Message):
     idempotency_key: str
     priority: int
     name: str
-    def __init__(self, tasks: _Iterable[TaskSpec | _Mapping] | None = ..., idempotency_key: str | None = ..., priority: int | None = ..., name: str | None = ...) -> None: ...
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class SubmitRunResponse(_message.Message):
-    __slots__ = ("created", "run_id")
+    __slots__ = ("run_id", "created")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     created: bool
-    def __init__(self, run_id: str | None = ..., created: bool | None = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id", "stale_ok")
@@ -85,10 +83,10 @@ class GetRunRequest(_message.Message):
     STALE_OK_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     stale_ok: bool
-    def __init__(self, run_id: str | None = ..., stale_ok: bool | None = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("agent", "attempt", "deps", "error", "finished_ms", "id", "input_json", "node", "output_json", "retries_left", "started_ms", "status", "token")
+    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -115,10 +113,10 @@ class Task(_message.Message):
     started_ms: int
     finished_ms: int
     input_json: str
-    def __init__(self, id: str | None = ..., agent: str | None = ..., status: TaskStatus | str | None = ..., attempt: int | None = ..., node: str | None = ..., output_json: str | None = ..., error: str | None = ..., deps: _Iterable[str] | None = ..., token: int | None = ..., retries_left: int | None = ..., started_ms: int | None = ..., finished_ms: int | None = ..., input_json: str | None = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("created_ms", "error", "finished_ms", "idempotency_key", "name", "priority", "revision", "run_id", "status", "tasks")
+    __slots__ = ("run_id", "status", "tasks", "error", "created_ms", "finished_ms", "idempotency_key", "name", "priority", "revision")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -139,10 +137,10 @@ class Run(_message.Message):
     name: str
     priority: int
     revision: int
-    def __init__(self, run_id: str | None = ..., status: RunStatus | str | None = ..., tasks: _Iterable[Task | _Mapping] | None = ..., error: str | None = ..., created_ms: int | None = ..., finished_ms: int | None = ..., idempotency_key: str | None = ..., name: str | None = ..., priority: int | None = ..., revision: int | None = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("created_ms", "error", "finished_ms", "name", "run_id", "status", "tasks", "unfinished")
+    __slots__ = ("run_id", "status", "name", "tasks", "unfinished", "created_ms", "finished_ms", "error")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -159,7 +157,7 @@ class RunSummary(_message.Message):
     created_ms: int
     finished_ms: int
     error: str
-    def __init__(self, run_id: str | None = ..., status: RunStatus | str | None = ..., name: str | None = ..., tasks: int | None = ..., unfinished: int | None = ..., created_ms: int | None = ..., finished_ms: int | None = ..., error: str | None = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., name: _Optional[str] = ..., tasks: _Optional[int] = ..., unfinished: _Optional[int] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("limit", "status")
@@ -167,22 +165,22 @@ class ListRunsRequest(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     limit: int
     status: RunStatus
-    def __init__(self, limit: int | None = ..., status: RunStatus | str | None = ...) -> None: ...
+    def __init__(self, limit: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs",)
     RUNS_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[RunSummary]
-    def __init__(self, runs: _Iterable[RunSummary | _Mapping] | None = ...) -> None: ...
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: str | None = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("attempt", "node", "status", "task_id")
+    __slots__ = ("task_id", "status", "attempt", "node")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -191,18 +189,18 @@ class TaskEvent(_message.Message):
     status: TaskStatus
     attempt: int
     node: str
-    def __init__(self, task_id: str | None = ..., status: TaskStatus | str | None = ..., attempt: int | None = ..., node: str | None = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ...) -> None: ...
 
 class RunStatusEvent(_message.Message):
-    __slots__ = ("error", "status")
+    __slots__ = ("status", "error")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     status: RunStatus
     error: str
-    def __init__(self, status: RunStatus | str | None = ..., error: str | None = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("revision", "run", "snapshot", "task")
+    __slots__ = ("revision", "snapshot", "task", "run")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -211,32 +209,32 @@ class RunEvent(_message.Message):
     snapshot: Run
     task: TaskEvent
     run: RunStatusEvent
-    def __init__(self, revision: int | None = ..., snapshot: Run | _Mapping | None = ..., task: TaskEvent | _Mapping | None = ..., run: RunStatusEvent | _Mapping | None = ...) -> None: ...
+    def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[_Union[Run, _Mapping]] = ..., task: _Optional[_Union[TaskEvent, _Mapping]] = ..., run: _Optional[_Union[RunStatusEvent, _Mapping]] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
-    __slots__ = ("reason", "run_id")
+    __slots__ = ("run_id", "reason")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     reason: str
-    def __init__(self, run_id: str | None = ..., reason: str | None = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CancelRunResponse(_message.Message):
-    __slots__ = ("cancelled", "status")
+    __slots__ = ("status", "cancelled")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     status: RunStatus
     cancelled: bool
-    def __init__(self, status: RunStatus | str | None = ..., cancelled: bool | None = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., cancelled: _Optional[bool] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
     __slots__ = ("include_digest",)
     INCLUDE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     include_digest: bool
-    def __init__(self, include_digest: bool | None = ...) -> None: ...
+    def __init__(self, include_digest: _Optional[bool] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("agents", "connected", "grpc", "id", "raft", "running", "slots", "up")
+    __slots__ = ("id", "grpc", "raft", "up", "agents", "slots", "running", "connected")
     ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_FIELD_NUMBER: _ClassVar[int]
     RAFT_FIELD_NUMBER: _ClassVar[int]
@@ -253,10 +251,10 @@ class Member(_message.Message):
     slots: int
     running: int
     connected: bool
-    def __init__(self, id: str | None = ..., grpc: str | None = ..., raft: str | None = ..., up: bool | None = ..., agents: _Iterable[str] | None = ..., slots: int | None = ..., running: int | None = ..., connected: bool | None = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., grpc: _Optional[str] = ..., raft: _Optional[str] = ..., up: _Optional[bool] = ..., agents: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., connected: _Optional[bool] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("commit_index", "digest", "has_quorum", "last_applied", "leader", "members", "node_id", "revision", "term")
+    __slots__ = ("leader", "term", "members", "node_id", "commit_index", "last_applied", "revision", "has_quorum", "digest", "snapshots_loaded", "log_entries")
     LEADER_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +264,8 @@ class ClusterStatusResponse(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     HAS_QUORUM_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    LOG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     leader: str
     term: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
@@ -275,4 +275,6 @@ class ClusterStatusResponse(_message.Message):
     revision: int
     has_quorum: bool
     digest: str
-    def __init__(self, leader: str | None = ..., term: int | None = ..., members: _Iterable[Member | _Mapping] | None = ..., node_id: str | None = ..., commit_index: int | None = ..., last_applied: int | None = ..., revision: int | None = ..., has_quorum: bool | None = ..., digest: str | None = ...) -> None: ...
+    snapshots_loaded: int
+    log_entries: int
+    def __init__(self, leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., node_id: _Optional[str] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., revision: _Optional[int] = ..., has_quorum: _Optional[bool] = ..., digest: _Optional[str] = ..., snapshots_loaded: _Optional[int] = ..., log_entries: _Optional[int] = ...) -> None: ...
