@@ -54,18 +54,24 @@ class FakeRaft:
 
 
 def register(rid: str = "reg-1") -> RegisterNode:
-    return RegisterNode(rid, 1000, node_id="n1", grpc="h:1", raft="h:2", agents=("echo",), slots=4, incarnation="i1")
+    return RegisterNode(
+        rid, 1000, node_id="n1", grpc="h:1", raft="h:2", agents=("echo",), slots=4, incarnation="i1"
+    )
 
 
 def submit(key: str) -> SubmitRun:
     return SubmitRun(f"s-{key}", 2000, run_id=f"r-{key}", idempotency_key=key, tasks=(TaskSpec("a", "echo"),))
 
 
-async def _propose(raft: FakeRaft, cmds: list[Any], timeout_s: float = 5.0, commit_timeout_s: float = 0.2) -> list[Any]:
+async def _propose(
+    raft: FakeRaft, cmds: list[Any], timeout_s: float = 5.0, commit_timeout_s: float = 0.2
+) -> list[Any]:
     p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=commit_timeout_s)  # type: ignore[arg-type]
     p.start()
     try:
-        return await asyncio.gather(*(p.propose(c, timeout_s=timeout_s) for c in cmds), return_exceptions=True)
+        return await asyncio.gather(
+            *(p.propose(c, timeout_s=timeout_s) for c in cmds), return_exceptions=True
+        )
     finally:
         await p.stop()
 

@@ -27,6 +27,7 @@ from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.snapshots import LmdbSnapshotIO
 from .config import NodeConfig
 from .host import AgentHost
+from .peers import HeartbeatSender, PeerService
 from .proposer import Proposer, now_ms
 from .scheduler import Scheduler
 from .service import ClusterService
@@ -95,11 +96,13 @@ class NodeRuntime:
 
         server = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_ClusterServicer_to_server(ClusterService(self), server)
+        pb_grpc.add_PeerServicer_to_server(PeerService(self), server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 pb.DESCRIPTOR.services_by_name["Cluster"].full_name,
+                pb.DESCRIPTOR.services_by_name["Peer"].full_name,
                 "grpc.health.v1.Health",
                 reflection.SERVICE_NAME,
             ),
@@ -115,6 +118,7 @@ class NodeRuntime:
             asyncio.create_task(self.host.run(), name="host"),
             asyncio.create_task(self._register_loop(), name="register"),
             asyncio.create_task(self._health_loop(), name="health"),
+            asyncio.create_task(HeartbeatSender(self, lambda: self.host.running).run(), name="heartbeat"),
         ]
         try:
             await self._stopping.wait()

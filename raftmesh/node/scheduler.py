@@ -98,25 +98,26 @@ class Scheduler:
                 self._inflight.pop((a.run_id, a.task_id), None)
             self._wake.set()
 
-    def _check_liveness(self, now: int) -> None:
-        """Mark down members this leader has had no Raft connection to for ``node_down_after_s``.
+    def heard_from(self, node_id: str) -> None:
+        """A heartbeat arrived (``raftmesh.node.peers``)."""
+        self._last_seen[node_id] = time.monotonic()
 
-        A new leader starts every clock afresh, so a leader change never marks a node down by itself.
+    def _check_liveness(self, now: int) -> None:
+        """Mark down the members whose heartbeats stopped for ``node_down_after_s``.
+
+        A new leader starts every clock afresh (``_last_seen`` is cleared when this node
+        is not leading), so a leader change alone never marks a node down.
         """
         mono = time.monotonic()
-        connected = self._raft.connected_addrs()
         with self._raft.lock:
-            members = [
-                (m.node_id, m.raft, m.incarnation) for m in self._raft.machine.state.members.values() if m.up
-            ]
-        for node_id, raft_addr, incarnation in members:
-            if node_id == self._self_id or raft_addr in connected:
-                self._last_seen[node_id] = mono
+            members = [(m.node_id, m.incarnation) for m in self._raft.machine.state.members.values() if m.up]
+        for node_id, incarnation in members:
+            if node_id == self._self_id:
                 continue
             seen = self._last_seen.setdefault(node_id, mono)
             if mono - seen >= self._node_down_after_s and node_id not in self._down_inflight:
                 self._down_inflight.add(node_id)
-                reason = f"no Raft connection to the leader for {mono - seen:.1f} s"
+                reason = f"no heartbeat reached the leader for {mono - seen:.1f} s"
                 cmd = NodeDown(
                     new_request_id("d-"), now, node_id=node_id, incarnation=incarnation, reason=reason
                 )

@@ -278,3 +278,25 @@ class ClusterStatusResponse(_message.Message):
     snapshots_loaded: int
     log_entries: int
     def __init__(self, leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., node_id: _Optional[str] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., revision: _Optional[int] = ..., has_quorum: _Optional[bool] = ..., digest: _Optional[str] = ..., snapshots_loaded: _Optional[int] = ..., log_entries: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("node_id", "incarnation", "running", "ts_ms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    incarnation: str
+    running: int
+    ts_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., running: _Optional[int] = ..., ts_ms: _Optional[int] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("leader", "term", "up")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    leader: str
+    term: int
+    up: bool
+    def __init__(self, leader: _Optional[str] = ..., term: _Optional[int] = ..., up: _Optional[bool] = ...) -> None: ...

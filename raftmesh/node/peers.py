@@ -1,0 +1,100 @@
+"""Node-to-node liveness: every node streams heartbeats to the leader over gRPC.
+
+Heartbeats are sent from the node's event loop, so they prove that the agent
+host can still run and report tasks (a Raft connection alone only proves that
+pysyncobj's thread is alive). The leader's scheduler marks a member down when
+its heartbeats stop (``node_down``); the member learns it from the replicated
+state and registers again (rejoins) once it can reach the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from ..proto.raftmesh.v1 import cluster_pb2 as pb
+from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from .proposer import now_ms
+
+if TYPE_CHECKING:
+    from .runtime import NodeRuntime
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL_S = 0.5
+
+
+class PeerService(pb_grpc.PeerServicer):
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+
+    async def Heartbeat(
+        self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.HeartbeatResponse]:
+        node = self.node
+        async for hb in request_iterator:
+            leads = node.raft.is_leader
+            if leads:
+                node.scheduler.heard_from(hb.node_id)
+            with node.raft.lock:
+                m = node.raft.machine.state.members.get(hb.node_id)
+                up = m is not None and m.up and m.incarnation == hb.incarnation
+            yield pb.HeartbeatResponse(
+                leader=node.config.node_id if leads else "", term=node.raft.term, up=up
+            )
+
+
+class HeartbeatSender:
+    """Keeps one heartbeat stream open to whichever node leads."""
+
+    def __init__(self, node: NodeRuntime, running: Callable[[], int]) -> None:
+        self.node = node
+        self._running = running
+        self.acks = 0
+
+    def _leader_grpc(self) -> str | None:
+        addr = self.node.raft.leader_addr
+        if addr is None:
+            return None
+        peer = self.node.config.peer_by_raft(addr)
+        if peer is None or peer.id == self.node.config.node_id:
+            return None
+        return peer.grpc
+
+    async def run(self) -> None:
+        while True:
+            target = self._leader_grpc()
+            if target is None:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                await self._stream(target)
+            except grpc.aio.AioRpcError as exc:
+                log.debug("heartbeat stream to %s ended: %s", target, exc.code())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat stream to %s failed", target)
+            await asyncio.sleep(0.1)
+
+    async def _stream(self, target: str) -> None:
+        node = self.node
+
+        async def beats() -> AsyncIterator[pb.HeartbeatRequest]:
+            while self._leader_grpc() == target:
+                yield pb.HeartbeatRequest(
+                    node_id=node.config.node_id,
+                    incarnation=node.incarnation,
+                    running=self._running(),
+                    ts_ms=now_ms(),
+                )
+                await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = pb_grpc.PeerStub(channel).Heartbeat(beats())
+            async for _ack in call:
+                self.acks += 1
