@@ -137,8 +137,9 @@ class Client:
     def get(self, run_id: str, *, stale_ok: bool = False) -> RunInfo:
         return RunInfo.from_pb(self._call("GetRun", pb.GetRunRequest(run_id=run_id, stale_ok=stale_ok)))
 
-    def list_runs(self, limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
-        req = pb.ListRunsRequest(limit=limit)
+    def list_runs(self, limit: int = 100, status: str | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """Run summaries, newest first (``offset`` pages further back)."""
+        req = pb.ListRunsRequest(limit=limit, offset=offset)
         if status:
             req.status = pb.RunStatus.Value(f"RUN_STATUS_{status}")
         resp: pb.ListRunsResponse = self._call("ListRuns", req)
@@ -152,6 +153,7 @@ class Client:
                 "created_ms": r.created_ms,
                 "finished_ms": r.finished_ms,
                 "error": r.error,
+                "idempotency_key": r.idempotency_key,
             }
             for r in resp.runs
         ]

@@ -124,6 +124,8 @@ class RaftMember:
             password=config.password,
             onReady=self._ready.set,
             dynamicMembershipChange=False,
+            # pysyncobj would otherwise listen on 0.0.0.0 whatever host the address names.
+            bindAddress=config.self_addr,
         )
         peers = [p for p in config.peer_addrs if p != config.self_addr]
         self._so = _SyncObj(self, config.self_addr, peers, conf)

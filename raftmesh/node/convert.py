@@ -92,4 +92,5 @@ def run_summary_to_pb(run: RunState) -> pb.RunSummary:
         created_ms=run.created_ms,
         finished_ms=run.finished_ms,
         error=run.error,
+        idempotency_key=run.idempotency_key,
     )

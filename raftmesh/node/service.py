@@ -131,8 +131,12 @@ class ClusterService(pb_grpc.ClusterServicer):
         with self.node.raft.lock:
             runs: list[RunState] = list(self.node.raft.machine.state.runs.values())
             runs.sort(key=lambda r: (r.created_ms, r.run_id), reverse=True)
+            skip = request.offset
             for r in runs:
                 if want is None or r.status is want:
+                    if skip:
+                        skip -= 1
+                        continue
                     out.append(convert.run_summary_to_pb(r))
                     if len(out) >= limit:
                         break

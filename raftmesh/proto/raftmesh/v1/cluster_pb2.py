@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(raftmesh/proto/raftmesh/v1/cluster.proto\x12\x0braftmesh.v1\"\x98\x01\n\x08TaskSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x65ps\x18\x04 \x03(\t\x12\x0f\n\x07retries\x18\x05 \x01(\r\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x12\n\ntimeout_ms\x18\x07 \x01(\x04\x12\x18\n\x10retry_backoff_ms\x18\x08 \x01(\x04\"q\n\x10SubmitRunRequest\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.raftmesh.v1.TaskSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\"4\n\x11SubmitRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"1\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08stale_ok\x18\x02 \x01(\x08\"\xfd\x01\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.raftmesh.v1.TaskStatus\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x13\n\x0boutput_json\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0c\n\x04\x64\x65ps\x18\x08 \x03(\t\x12\r\n\x05token\x18\t \x01(\x04\x12\x14\n\x0cretries_left\x18\n \x01(\r\x12\x12\n\nstarted_ms\x18\x0b \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x0c \x01(\x04\x12\x12\n\ninput_json\x18\r \x01(\t\"\xe2\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\x12 \n\x05tasks\x18\x03 \x03(\x0b\x32\x11.raftmesh.v1.Task\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\ncreated_ms\x18\x05 \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x06 \x01(\x04\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x0c\n\x04name\x18\x08 \x01(\t\x12\x10\n\x08priority\x18\t \x01(\x05\x12\x10\n\x08revision\x18\n \x01(\x04\"\xad\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05tasks\x18\x04 \x01(\r\x12\x12\n\nunfinished\x18\x05 \x01(\r\x12\x12\n\ncreated_ms\x18\x06 \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x07 \x01(\x04\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"H\n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\"9\n\x10ListRunsResponse\x12%\n\x04runs\x18\x01 \x03(\x0b\x32\x17.raftmesh.v1.RunSummary\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"d\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.raftmesh.v1.TaskStatus\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04node\x18\x04 \x01(\t\"G\n\x0eRunStatusEvent\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x9f\x01\n\x08RunEvent\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12$\n\x08snapshot\x18\x02 \x01(\x0b\x32\x10.raftmesh.v1.RunH\x00\x12&\n\x04task\x18\x03 \x01(\x0b\x32\x16.raftmesh.v1.TaskEventH\x00\x12*\n\x03run\x18\x04 \x01(\x0b\x32\x1b.raftmesh.v1.RunStatusEventH\x00\x42\x07\n\x05\x65vent\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"N\n\x11\x43\x61ncelRunResponse\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\x12\x11\n\tcancelled\x18\x02 \x01(\x08\".\n\x14\x43lusterStatusRequest\x12\x16\n\x0einclude_digest\x18\x01 \x01(\x08\"\x7f\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04grpc\x18\x02 \x01(\t\x12\x0c\n\x04raft\x18\x03 \x01(\t\x12\n\n\x02up\x18\x04 \x01(\x08\x12\x0e\n\x06\x61gents\x18\x05 \x03(\t\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x0f\n\x07running\x18\x07 \x01(\r\x12\x11\n\tconnected\x18\x08 \x01(\x08\"\xfd\x01\n\x15\x43lusterStatusResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12$\n\x07members\x18\x03 \x03(\x0b\x32\x13.raftmesh.v1.Member\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x14\n\x0clast_applied\x18\x06 \x01(\x04\x12\x10\n\x08revision\x18\x07 \x01(\x04\x12\x12\n\nhas_quorum\x18\x08 \x01(\x08\x12\x0e\n\x06\x64igest\x18\t \x01(\t\x12\x18\n\x10snapshots_loaded\x18\n \x01(\x04\x12\x13\n\x0blog_entries\x18\x0b \x01(\x04\"X\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\r\n\x05ts_ms\x18\x04 \x01(\x04\"=\n\x11HeartbeatResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\n\n\x02up\x18\x03 \x01(\x08*\xc0\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x15\n\x11TASK_STATUS_READY\x10\x02\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x03\x12\x19\n\x15TASK_STATUS_SUCCEEDED\x10\x04\x12\x16\n\x12TASK_STATUS_FAILED\x10\x05\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x06*\x8a\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x04\x32\xbd\x03\n\x07\x43luster\x12J\n\tSubmitRun\x12\x1d.raftmesh.v1.SubmitRunRequest\x1a\x1e.raftmesh.v1.SubmitRunResponse\x12\x36\n\x06GetRun\x12\x1a.raftmesh.v1.GetRunRequest\x1a\x10.raftmesh.v1.Run\x12G\n\x08ListRuns\x12\x1c.raftmesh.v1.ListRunsRequest\x1a\x1d.raftmesh.v1.ListRunsResponse\x12\x41\n\x08WatchRun\x12\x1c.raftmesh.v1.WatchRunRequest\x1a\x15.raftmesh.v1.RunEvent0\x01\x12J\n\tCancelRun\x12\x1d.raftmesh.v1.CancelRunRequest\x1a\x1e.raftmesh.v1.CancelRunResponse\x12V\n\rClusterStatus\x12!.raftmesh.v1.ClusterStatusRequest\x1a\".raftmesh.v1.ClusterStatusResponse2V\n\x04Peer\x12N\n\tHeartbeat\x12\x1d.raftmesh.v1.HeartbeatRequest\x1a\x1e.raftmesh.v1.HeartbeatResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(raftmesh/proto/raftmesh/v1/cluster.proto\x12\x0braftmesh.v1\"\x98\x01\n\x08TaskSpec\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x65ps\x18\x04 \x03(\t\x12\x0f\n\x07retries\x18\x05 \x01(\r\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x12\n\ntimeout_ms\x18\x07 \x01(\x04\x12\x18\n\x10retry_backoff_ms\x18\x08 \x01(\x04\"q\n\x10SubmitRunRequest\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.raftmesh.v1.TaskSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\"4\n\x11SubmitRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"1\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08stale_ok\x18\x02 \x01(\x08\"\xfd\x01\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.raftmesh.v1.TaskStatus\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x13\n\x0boutput_json\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0c\n\x04\x64\x65ps\x18\x08 \x03(\t\x12\r\n\x05token\x18\t \x01(\x04\x12\x14\n\x0cretries_left\x18\n \x01(\r\x12\x12\n\nstarted_ms\x18\x0b \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x0c \x01(\x04\x12\x12\n\ninput_json\x18\r \x01(\t\"\xe2\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\x12 \n\x05tasks\x18\x03 \x03(\x0b\x32\x11.raftmesh.v1.Task\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\ncreated_ms\x18\x05 \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x06 \x01(\x04\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x0c\n\x04name\x18\x08 \x01(\t\x12\x10\n\x08priority\x18\t \x01(\x05\x12\x10\n\x08revision\x18\n \x01(\x04\"\xc6\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05tasks\x18\x04 \x01(\r\x12\x12\n\nunfinished\x18\x05 \x01(\r\x12\x12\n\ncreated_ms\x18\x06 \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x07 \x01(\x04\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\"X\n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\x12\x0e\n\x06offset\x18\x03 \x01(\r\"9\n\x10ListRunsResponse\x12%\n\x04runs\x18\x01 \x03(\x0b\x32\x17.raftmesh.v1.RunSummary\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"d\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.raftmesh.v1.TaskStatus\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04node\x18\x04 \x01(\t\"G\n\x0eRunStatusEvent\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x9f\x01\n\x08RunEvent\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12$\n\x08snapshot\x18\x02 \x01(\x0b\x32\x10.raftmesh.v1.RunH\x00\x12&\n\x04task\x18\x03 \x01(\x0b\x32\x16.raftmesh.v1.TaskEventH\x00\x12*\n\x03run\x18\x04 \x01(\x0b\x32\x1b.raftmesh.v1.RunStatusEventH\x00\x42\x07\n\x05\x65vent\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"N\n\x11\x43\x61ncelRunResponse\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.raftmesh.v1.RunStatus\x12\x11\n\tcancelled\x18\x02 \x01(\x08\".\n\x14\x43lusterStatusRequest\x12\x16\n\x0einclude_digest\x18\x01 \x01(\x08\"\x7f\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04grpc\x18\x02 \x01(\t\x12\x0c\n\x04raft\x18\x03 \x01(\t\x12\n\n\x02up\x18\x04 \x01(\x08\x12\x0e\n\x06\x61gents\x18\x05 \x03(\t\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x0f\n\x07running\x18\x07 \x01(\r\x12\x11\n\tconnected\x18\x08 \x01(\x08\"\xfd\x01\n\x15\x43lusterStatusResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12$\n\x07members\x18\x03 \x03(\x0b\x32\x13.raftmesh.v1.Member\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x14\n\x0clast_applied\x18\x06 \x01(\x04\x12\x10\n\x08revision\x18\x07 \x01(\x04\x12\x12\n\nhas_quorum\x18\x08 \x01(\x08\x12\x0e\n\x06\x64igest\x18\t \x01(\t\x12\x18\n\x10snapshots_loaded\x18\n \x01(\x04\x12\x13\n\x0blog_entries\x18\x0b \x01(\x04\"X\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\r\n\x05ts_ms\x18\x04 \x01(\x04\"=\n\x11HeartbeatResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\n\n\x02up\x18\x03 \x01(\x08*\xc0\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x15\n\x11TASK_STATUS_READY\x10\x02\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x03\x12\x19\n\x15TASK_STATUS_SUCCEEDED\x10\x04\x12\x16\n\x12TASK_STATUS_FAILED\x10\x05\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x06*\x8a\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x02\x12\x15\n\x11RUN_STATUS_FAILED\x10\x03\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x04\x32\xbd\x03\n\x07\x43luster\x12J\n\tSubmitRun\x12\x1d.raftmesh.v1.SubmitRunRequest\x1a\x1e.raftmesh.v1.SubmitRunResponse\x12\x36\n\x06GetRun\x12\x1a.raftmesh.v1.GetRunRequest\x1a\x10.raftmesh.v1.Run\x12G\n\x08ListRuns\x12\x1c.raftmesh.v1.ListRunsRequest\x1a\x1d.raftmesh.v1.ListRunsResponse\x12\x41\n\x08WatchRun\x12\x1c.raftmesh.v1.WatchRunRequest\x1a\x15.raftmesh.v1.RunEvent0\x01\x12J\n\tCancelRun\x12\x1d.raftmesh.v1.CancelRunRequest\x1a\x1e.raftmesh.v1.CancelRunResponse\x12V\n\rClusterStatus\x12!.raftmesh.v1.ClusterStatusRequest\x1a\".raftmesh.v1.ClusterStatusResponse2V\n\x04Peer\x12N\n\tHeartbeat\x12\x1d.raftmesh.v1.HeartbeatRequest\x1a\x1e.raftmesh.v1.HeartbeatResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftmesh.proto.raftmesh.v1.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATUS']._serialized_start=2317
-  _globals['_TASKSTATUS']._serialized_end=2509
-  _globals['_RUNSTATUS']._serialized_start=2512
-  _globals['_RUNSTATUS']._serialized_end=2650
+  _globals['_TASKSTATUS']._serialized_start=2358
+  _globals['_TASKSTATUS']._serialized_end=2550
+  _globals['_RUNSTATUS']._serialized_start=2553
+  _globals['_RUNSTATUS']._serialized_end=2691
   _globals['_TASKSPEC']._serialized_start=58
   _globals['_TASKSPEC']._serialized_end=210
   _globals['_SUBMITRUNREQUEST']._serialized_start=212
@@ -48,35 +48,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUN']._serialized_start=689
   _globals['_RUN']._serialized_end=915
   _globals['_RUNSUMMARY']._serialized_start=918
-  _globals['_RUNSUMMARY']._serialized_end=1091
-  _globals['_LISTRUNSREQUEST']._serialized_start=1093
-  _globals['_LISTRUNSREQUEST']._serialized_end=1165
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1167
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1224
-  _globals['_WATCHRUNREQUEST']._serialized_start=1226
-  _globals['_WATCHRUNREQUEST']._serialized_end=1259
-  _globals['_TASKEVENT']._serialized_start=1261
-  _globals['_TASKEVENT']._serialized_end=1361
-  _globals['_RUNSTATUSEVENT']._serialized_start=1363
-  _globals['_RUNSTATUSEVENT']._serialized_end=1434
-  _globals['_RUNEVENT']._serialized_start=1437
-  _globals['_RUNEVENT']._serialized_end=1596
-  _globals['_CANCELRUNREQUEST']._serialized_start=1598
-  _globals['_CANCELRUNREQUEST']._serialized_end=1648
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1650
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1728
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1730
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1776
-  _globals['_MEMBER']._serialized_start=1778
-  _globals['_MEMBER']._serialized_end=1905
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=1908
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2161
-  _globals['_HEARTBEATREQUEST']._serialized_start=2163
-  _globals['_HEARTBEATREQUEST']._serialized_end=2251
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2253
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2314
-  _globals['_CLUSTER']._serialized_start=2653
-  _globals['_CLUSTER']._serialized_end=3098
-  _globals['_PEER']._serialized_start=3100
-  _globals['_PEER']._serialized_end=3186
+  _globals['_RUNSUMMARY']._serialized_end=1116
+  _globals['_LISTRUNSREQUEST']._serialized_start=1118
+  _globals['_LISTRUNSREQUEST']._serialized_end=1206
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1208
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1265
+  _globals['_WATCHRUNREQUEST']._serialized_start=1267
+  _globals['_WATCHRUNREQUEST']._serialized_end=1300
+  _globals['_TASKEVENT']._serialized_start=1302
+  _globals['_TASKEVENT']._serialized_end=1402
+  _globals['_RUNSTATUSEVENT']._serialized_start=1404
+  _globals['_RUNSTATUSEVENT']._serialized_end=1475
+  _globals['_RUNEVENT']._serialized_start=1478
+  _globals['_RUNEVENT']._serialized_end=1637
+  _globals['_CANCELRUNREQUEST']._serialized_start=1639
+  _globals['_CANCELRUNREQUEST']._serialized_end=1689
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1691
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1769
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1771
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1817
+  _globals['_MEMBER']._serialized_start=1819
+  _globals['_MEMBER']._serialized_end=1946
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=1949
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2202
+  _globals['_HEARTBEATREQUEST']._serialized_start=2204
+  _globals['_HEARTBEATREQUEST']._serialized_end=2292
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2294
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2355
+  _globals['_CLUSTER']._serialized_start=2694
+  _globals['_CLUSTER']._serialized_end=3139
+  _globals['_PEER']._serialized_start=3141
+  _globals['_PEER']._serialized_end=3227
 # @@protoc_insertion_point(module_scope)

@@ -140,7 +140,7 @@ class Run(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("run_id", "status", "name", "tasks", "unfinished", "created_ms", "finished_ms", "error")
+    __slots__ = ("run_id", "status", "name", "tasks", "unfinished", "created_ms", "finished_ms", "error", "idempotency_key")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class RunSummary(_message.Message):
     CREATED_MS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: RunStatus
     name: str
@@ -157,15 +158,18 @@ class RunSummary(_message.Message):
     created_ms: int
     finished_ms: int
     error: str
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., name: _Optional[str] = ..., tasks: _Optional[int] = ..., unfinished: _Optional[int] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., name: _Optional[str] = ..., tasks: _Optional[int] = ..., unfinished: _Optional[int] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., error: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("limit", "status")
+    __slots__ = ("limit", "status", "offset")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     limit: int
     status: RunStatus
-    def __init__(self, limit: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ...) -> None: ...
+    offset: int
+    def __init__(self, limit: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs",)
