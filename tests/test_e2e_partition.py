@@ -1,0 +1,75 @@
+"""End to end with real partitions (one network namespace per node, nftables drops; needs root)."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import pytest
+
+from raftmesh import DAG
+from raftmesh.chaos.netns import NetnsLab, is_supported
+from raftmesh.errors import DeadlineExceeded, Unavailable
+from raftmesh.localcluster import LocalCluster, wait_until
+
+from .conftest import dump_logs
+from .test_e2e_durability import sleepers
+
+pytestmark = [pytest.mark.e2e, pytest.mark.netns]
+
+_OK, _WHY = is_supported()
+
+
+@pytest.mark.skipif(not _OK, reason=f"network namespaces unavailable: {_WHY}")
+def test_isolated_leader_commits_nothing_and_steps_down(tmp_path: pathlib.Path) -> None:
+    nodes = ["n1", "n2", "n3"]
+    with NetnsLab(nodes) as lab:
+        c = LocalCluster(
+            3,
+            base_dir=str(tmp_path),
+            hosts={n: lab.ip_of(n) for n in nodes},
+            exec_prefix=lab.exec_prefix,
+            extra_args=["--node-down-after", "3"],
+        )
+        try:
+            c.start()
+            leader = c.wait_ready()
+            others = [n for n in nodes if n != leader]
+            client = c.client([c.nodes[n].grpc for n in others], retry_deadline_s=60)
+            run_id = client.submit(sleepers(6, 2.0, "partition"))
+            wait_until(
+                lambda: any(t.status == "RUNNING" for t in client.get(run_id).tasks.values()),
+                30,
+                "tasks to start",
+            )
+
+            lab.partition([{leader}, set(others)])
+            cut = time.monotonic()
+            frozen_revision = c.status_of(leader).revision
+            # a write sent to the isolated old leader cannot commit
+            lonely = DAG("lonely")
+            lonely.task("a", "echo", input=1)
+            iso = c.client([c.nodes[leader].grpc], retry_deadline_s=0, timeout_s=6)
+            with pytest.raises((Unavailable, DeadlineExceeded)):
+                iso.submit(lonely, idempotency_key="written-to-isolated-leader")
+            # it steps down within a few seconds (leaderFallbackTimeout)
+            wait_until(lambda: c.status_of(leader).leader != leader, 15, "the isolated leader to step down")
+            assert time.monotonic() - cut < 15
+            # the majority elects a new leader and finishes the run, including the old leader's attempts
+            new_leader = c.wait_ready(among=others, timeout_s=30)
+            assert new_leader != leader
+            run = client.wait(run_id, timeout_s=90)
+            assert run.status == "SUCCEEDED", run.error
+            assert c.status_of(leader).revision == frozen_revision, "the isolated node applied something"
+
+            lab.heal()
+            c.wait_ready(timeout_s=60)
+            c.wait_converged(timeout_s=60)
+            keys = [r["idempotency_key"] for r in client.list_runs(limit=1000)]
+            assert "written-to-isolated-leader" not in keys, "an entry of the deposed leader was committed"
+            assert client.get(run_id).status == "SUCCEEDED"
+        except Exception:
+            dump_logs(c)
+            raise
+        finally:
+            c.close()
