@@ -43,6 +43,17 @@ def _str_tuple(m: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _lock_items(v: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(v, (list, tuple)):
+        raise CommandDecodeError("locks must be a list of [name, mode]")
+    out = []
+    for it in v:
+        if not (isinstance(it, (list, tuple)) and len(it) == 2 and all(isinstance(x, str) for x in it)):
+            raise CommandDecodeError("each lock must be [name, mode]")
+        out.append((it[0], it[1]))
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One task of a submitted DAG."""
@@ -57,9 +68,12 @@ class TaskSpec:
     """0 means no timeout."""
     retry_backoff_ms: int = 0
     """Base of the exponential backoff between retries (0: retry at once)."""
+    locks: tuple[tuple[str, str], ...] = ()
+    """(lock name, "shared" | "exclusive") held while an attempt runs, acquired all at once."""
 
     def to_map(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {"locks": [list(lk) for lk in self.locks]} if self.locks else {}
+        return extra | {
             "id": self.id,
             "agent": self.agent,
             "input": self.input,
@@ -83,6 +97,7 @@ class TaskSpec:
             priority=_get(m, "priority", int),
             timeout_ms=_get(m, "timeout_ms", int),
             retry_backoff_ms=_get(m, "retry_backoff_ms", int),
+            locks=_lock_items(m.get("locks", [])),
         )
 
 
@@ -248,6 +263,175 @@ class NodeDown(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class LockAcquire(Command):
+    """Acquire every lock in ``items`` at once, or wait up to ``wait_ms`` (0: try once)."""
+
+    TAG: ClassVar[str] = "lock_acquire"
+    owner: str = ""
+    items: tuple[tuple[str, str], ...] = ()
+    ttl_ms: int = 0
+    priority: int = 0
+    wait_ms: int = 0
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "items": [list(i) for i in self.items],
+            "ttl_ms": self.ttl_ms,
+            "priority": self.priority,
+            "wait_ms": self.wait_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LockRelease(Command):
+    """Release (``keep_alive=False``) or renew the lease of a held lock; a stale token is rejected."""
+
+    TAG: ClassVar[str] = "lock_release"
+    owner: str = ""
+    name: str = ""
+    token: int = 0
+    keep_alive: bool = False
+
+    def _fields(self) -> dict[str, Any]:
+        return {"owner": self.owner, "name": self.name, "token": self.token, "keep_alive": self.keep_alive}
+
+
+@dataclass(frozen=True, slots=True)
+class LockCancel(Command):
+    """The waiter gave up: drop the request, or release what it was granted meanwhile."""
+
+    TAG: ClassVar[str] = "lock_cancel"
+    lock_request_id: str = ""
+
+    def _fields(self) -> dict[str, Any]:
+        return {"lock_request_id": self.lock_request_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A write is applied only if its holder is still current.
+
+    Either a lock token (rejected if a newer grant of ``lock`` exists) or a task
+    attempt token (rejected unless that attempt is the task's running one).
+    """
+
+    lock: str = ""
+    token: int = 0
+    run_id: str = ""
+    task_id: str = ""
+
+    def encode(self) -> list[Any]:
+        return [self.lock, self.token, self.run_id, self.task_id]
+
+
+def _fence(v: Any) -> Fence | None:
+    if v is None:
+        return None
+    if not (isinstance(v, (list, tuple)) and len(v) == 4):
+        raise CommandDecodeError("fence must be [lock, token, run_id, task_id]")
+    lock, token, run_id, task_id = v
+    if not (isinstance(lock, str) and isinstance(run_id, str) and isinstance(task_id, str)):
+        raise CommandDecodeError("fence names must be strings")
+    if not isinstance(token, int) or isinstance(token, bool):
+        raise CommandDecodeError("fence token must be an int")
+    return Fence(lock, token, run_id, task_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """A transaction guard: ``target`` of ``key`` compared with ``operand``.
+
+    target: "value", "version", "mod" (mod_revision) or "create" (create_revision);
+    op: "=", "!=", "<", ">". A missing key has version/mod/create 0 and value None.
+    """
+
+    key: str
+    target: str
+    op: str
+    operand: JsonValue = None
+
+    def encode(self) -> list[Any]:
+        return [self.key, self.target, self.op, self.operand]
+
+
+@dataclass(frozen=True, slots=True)
+class KvOp:
+    """One operation of a transaction: "put" (value, lease), "delete" or "get"."""
+
+    kind: str
+    key: str
+    value: JsonValue = None
+    lease: int = 0
+
+    def encode(self) -> list[Any]:
+        return [self.kind, self.key, self.value, self.lease]
+
+
+@dataclass(frozen=True, slots=True)
+class KvTxn(Command):
+    """If every comparison holds, apply ``success``, else ``failure`` (etcd's Txn).
+
+    A plain put, delete or compare-and-set is a transaction too. ``fence`` guards the
+    whole transaction.
+    """
+
+    TAG: ClassVar[str] = "kv_txn"
+    compares: tuple[Compare, ...] = ()
+    success: tuple[KvOp, ...] = ()
+    failure: tuple[KvOp, ...] = ()
+    fence: Fence | None = None
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "compares": [c.encode() for c in self.compares],
+            "success": [o.encode() for o in self.success],
+            "failure": [o.encode() for o in self.failure],
+            "fence": self.fence.encode() if self.fence else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KvLease(Command):
+    """Grant (``lease`` 0, ``ttl_ms``), renew (``keep_alive``) or revoke a KV lease."""
+
+    TAG: ClassVar[str] = "kv_lease"
+    lease: int = 0
+    ttl_ms: int = 0
+    action: str = "grant"
+    """"grant", "keep_alive" or "revoke"."""
+
+    def _fields(self) -> dict[str, Any]:
+        return {"lease": self.lease, "ttl_ms": self.ttl_ms, "action": self.action}
+
+
+def _compares(v: Any) -> tuple[Compare, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise CommandDecodeError("compares must be a list")
+    out = []
+    for c in v:
+        if not (isinstance(c, (list, tuple)) and len(c) == 4 and all(isinstance(x, str) for x in c[:3])):
+            raise CommandDecodeError("a compare must be [key, target, op, operand]")
+        out.append(Compare(c[0], c[1], c[2], c[3]))
+    return tuple(out)
+
+
+def _ops(v: Any) -> tuple[KvOp, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise CommandDecodeError("ops must be a list")
+    out = []
+    for o in v:
+        if not (
+            isinstance(o, (list, tuple)) and len(o) == 4 and isinstance(o[0], str) and isinstance(o[1], str)
+        ):
+            raise CommandDecodeError("an op must be [kind, key, value, lease]")
+        if not isinstance(o[3], int) or isinstance(o[3], bool):
+            raise CommandDecodeError("an op's lease must be an int")
+        out.append(KvOp(o[0], o[1], o[2], o[3]))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier(Command):
     """Changes nothing; once applied locally, every earlier committed entry is too (read barrier)."""
 
@@ -344,6 +528,40 @@ def _decode_map(m: Any) -> Command:
             node_id=_get(m, "node_id", str),
             incarnation=_get(m, "incarnation", str),
             reason=_get(m, "reason", str),
+        )
+    if tag == LockAcquire.TAG:
+        return LockAcquire(
+            rid,
+            ts,
+            owner=_get(m, "owner", str),
+            items=_lock_items(_get(m, "items", (list, tuple))),
+            ttl_ms=_get(m, "ttl_ms", int),
+            priority=_get(m, "priority", int),
+            wait_ms=_get(m, "wait_ms", int),
+        )
+    if tag == LockRelease.TAG:
+        return LockRelease(
+            rid,
+            ts,
+            owner=_get(m, "owner", str),
+            name=_get(m, "name", str),
+            token=_get(m, "token", int),
+            keep_alive=_get(m, "keep_alive", bool),
+        )
+    if tag == LockCancel.TAG:
+        return LockCancel(rid, ts, lock_request_id=_get(m, "lock_request_id", str))
+    if tag == KvTxn.TAG:
+        return KvTxn(
+            rid,
+            ts,
+            compares=_compares(_get(m, "compares", (list, tuple))),
+            success=_ops(_get(m, "success", (list, tuple))),
+            failure=_ops(_get(m, "failure", (list, tuple))),
+            fence=_fence(m.get("fence")),
+        )
+    if tag == KvLease.TAG:
+        return KvLease(
+            rid, ts, lease=_get(m, "lease", int), ttl_ms=_get(m, "ttl_ms", int), action=_get(m, "action", str)
         )
     if tag == Barrier.TAG:
         return Barrier(rid, ts)

@@ -32,3 +32,41 @@ DEDUP_RETENTION_MS = 15 * 60 * 1000
 
 FINISHED_RUNS_RETAINED = 10_000
 """Finished runs kept in the state (oldest finished evicted first, with their idempotency keys)."""
+
+# ---- locks ------------------------------------------------------------------
+
+LOCK_AGING_MS = 1000
+"""One point of lock priority is worth this much waiting (priority ages; nothing starves)."""
+
+MAX_LOCK_PRIORITY = 100
+"""Lock request priority is 0..100: a waiter is overtaken for at most 100 s."""
+
+MAX_LOCKS_PER_REQUEST = 64
+MIN_LOCK_TTL_MS = 500
+MAX_LOCK_TTL_MS = 3600 * 1000
+MAX_LOCK_WAIT_MS = 3600 * 1000
+MAX_LOCK_RECORDS = 100_000
+"""Free locks are remembered (for fencing) up to this many names."""
+
+LOCK_ENDED_RETAINED = 10_000
+"""Outcomes of requests that ended without a grant (timed out, aborted, cancelled)."""
+
+MAX_LOCK_WAITERS = 100_000
+
+# ---- kv ---------------------------------------------------------------------
+
+MAX_KV_KEY_CHARS = 512
+MAX_KV_VALUE_BYTES = 256 * 1024
+"""Encoded (msgpack) size of one value."""
+
+MAX_KV_KEYS = 1_000_000
+MAX_TXN_OPS = 128
+"""Comparisons plus operations in one transaction."""
+
+KV_HISTORY_EVENTS = 10_000
+KV_HISTORY_BYTES = 64 * 1024 * 1024
+"""Watch history kept in the state (oldest dropped first); older revisions are compacted."""
+
+MIN_KV_LEASE_TTL_MS = 500
+MAX_KV_LEASE_TTL_MS = 24 * 3600 * 1000
+MAX_KV_LIST = 10_000

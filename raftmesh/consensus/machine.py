@@ -29,6 +29,11 @@ from .commands import (
     Command,
     Complete,
     Fail,
+    KvLease,
+    KvTxn,
+    LockAcquire,
+    LockCancel,
+    LockRelease,
     NodeDown,
     RegisterNode,
     SubmitRun,
@@ -36,6 +41,7 @@ from .commands import (
     Undecodable,
     decode_batch,
 )
+from .coordination import CoordinationMixin, KvChanged, LockChanged
 from .dag import DagError, check_id, encoded_size, validate
 from .state import (
     TERMINAL_RUN,
@@ -102,7 +108,7 @@ class MemberChanged:
     up: bool
 
 
-Event = TaskChanged | RunChanged | MemberChanged
+Event = TaskChanged | RunChanged | MemberChanged | LockChanged | KvChanged
 
 
 def backoff_ms(spec_backoff_ms: int, failures: int, run_id: str, task_id: str) -> int:
@@ -115,12 +121,14 @@ def backoff_ms(spec_backoff_ms: int, failures: int, run_id: str, task_id: str) -
     return base + jitter
 
 
-class StateMachine:
+class StateMachine(CoordinationMixin):
     """Owns a ``ClusterState`` and applies commands to it."""
 
     def __init__(self, state: ClusterState | None = None) -> None:
         self.state = state if state is not None else ClusterState()
         self._events: list[Event] = []
+        self._released: set[str] = set()
+        """Locks freed by the command being applied (waiters are granted before it returns)."""
 
     # ---- entry points -------------------------------------------------------
 
@@ -148,9 +156,17 @@ class StateMachine:
         revision = st.revision
         try:
             res = self._dispatch(cmd)
+            if st.revision != revision and self._released:
+                self._settle_locks(st.revision)
         except Exception as exc:  # a bug must not stall the log on every replica
             log.exception("apply failed for %s", type(cmd).__name__)
+            self._released.clear()
+            st.kv.emitted.clear()
             return _reject("INTERNAL", f"apply failed: {type(exc).__name__}: {exc}"), []
+        self._released.clear()
+        if st.kv.emitted:
+            self._events.extend(KvChanged(e.revision, e) for e in st.kv.emitted)
+            st.kv.emitted.clear()
         events, self._events = self._events, []
         # Only a command that changed the state is remembered: an OK that changes nothing
         # (a known idempotency key, cancelling a finished run) must leave the digest alone.
@@ -205,6 +221,16 @@ class StateMachine:
             return self._cancel(cmd)
         if isinstance(cmd, NodeDown):
             return self._node_down(cmd)
+        if isinstance(cmd, KvTxn):
+            return self._kv_txn(cmd)
+        if isinstance(cmd, LockAcquire):
+            return self._lock_acquire(cmd)
+        if isinstance(cmd, LockRelease):
+            return self._lock_release(cmd)
+        if isinstance(cmd, LockCancel):
+            return self._lock_cancel(cmd)
+        if isinstance(cmd, KvLease):
+            return self._kv_lease(cmd)
         if isinstance(cmd, Barrier):
             return Result(value={"revision": self.state.revision})
         return _reject("INVALID_ARGUMENT", f"unsupported command {type(cmd).__name__}")
@@ -244,7 +270,9 @@ class StateMachine:
         if m is None:
             return _reject("NOT_FOUND", f"node {cmd.node_id!r} is not a member")
         if not m.up or m.incarnation != cmd.incarnation:
-            return _reject("FAILED_PRECONDITION", f"node {cmd.node_id!r} incarnation {cmd.incarnation} is not up")
+            return _reject(
+                "FAILED_PRECONDITION", f"node {cmd.node_id!r} incarnation {cmd.incarnation} is not up"
+            )
         rev = self._advance(cmd)
         m.up = False
         self._requeue_node_tasks(cmd.node_id, rev, f"node {cmd.node_id} down: {cmd.reason or 'unreachable'}")
@@ -374,7 +402,9 @@ class StateMachine:
                 q.pop((run_id, t.spec.id), None)
 
     def _unrun(self, run_id: str, t: TaskState) -> None:
+        """Every way out of RUNNING goes through here: it also frees the attempt's locks."""
         if t.status is TaskStatus.RUNNING:
+            self._release_task_locks(t, run_id)
             q = self.state.running.get(t.node)
             if q is not None:
                 q.pop((run_id, t.spec.id), None)
@@ -385,6 +415,7 @@ class StateMachine:
         accepted: list[tuple[RunState, TaskState, str]] = []
         rejected: list[list[str]] = []
         planned: dict[str, int] = {}
+        planned_locks: dict[str, str] = {}
         seen: set[TaskKey] = set()
         for a in cmd.items:
             run = st.runs.get(a.run_id)
@@ -409,12 +440,16 @@ class StateMachine:
                 why = f"node {a.node_id!r} does not offer agent {t.spec.agent!r}"
             elif len(st.running.get(a.node_id, {})) + planned.get(a.node_id, 0) >= member.slots:
                 why = f"node {a.node_id!r} has no free slot"
+            else:
+                why = self._task_locks_free(t, a.run_id, planned_locks)
             if why:
                 rejected.append([a.run_id, a.task_id, why])
                 continue
             assert run is not None and t is not None
             seen.add((a.run_id, a.task_id))
             planned[a.node_id] = planned.get(a.node_id, 0) + 1
+            for name, mode in t.spec.locks:
+                planned_locks[name] = mode if planned_locks.get(name) != "exclusive" else "exclusive"
             accepted.append((run, t, a.node_id))
         if not accepted:
             return _reject("FAILED_PRECONDITION", f"no assignment applies: {rejected[:5]}")
@@ -428,6 +463,7 @@ class StateMachine:
             t.started_ms = st.time_ms
             t.deadline_ms = st.time_ms + t.spec.timeout_ms if t.spec.timeout_ms else 0
             st.running.setdefault(node_id, {})[(run.run_id, t.spec.id)] = None
+            self._grant_task_locks(t, run.run_id, rev)
             if t.deadline_ms:
                 heapq.heappush(st.timeouts, (t.deadline_ms, run.run_id, t.spec.id, t.attempt))
             run.revision = rev
@@ -539,9 +575,9 @@ class StateMachine:
         st = self.state
         now = max(st.time_ms, cmd.ts_ms)
         rev = self._advance(cmd)
-        expired = 0
+        expired = self._expire_locks(now, rev) + self._expire_kv(now, rev)
         while True:
-            st.next_deadline_ms()  # drop stale heap entries
+            st.next_task_deadline_ms()  # drop stale heap entries
             if not st.timeouts or st.timeouts[0][0] > now:
                 break
             _, run_id, task_id, attempt = heapq.heappop(st.timeouts)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .commands import Assignment
+from .coordination import task_owner
+from .locks import EXCLUSIVE
 from .state import ClusterState, TaskKey
 
 
@@ -40,6 +42,7 @@ def plan_assignments(
     if free_total <= 0:
         return out
     full_agents: set[str] = set()
+    planned_locks: dict[str, str] = {}
     for prio in sorted(state.ready, reverse=True):
         for key in state.ready[prio]:
             if key in inflight:
@@ -51,6 +54,17 @@ def plan_assignments(
             agent = t.spec.agent
             if agent in full_agents:
                 continue
+            if t.spec.locks:
+                # a task's declared locks must all be grantable now, and not promised to
+                # another task of this plan
+                if any(
+                    n in planned_locks and (m == EXCLUSIVE or planned_locks[n] == EXCLUSIVE)
+                    for n, m in t.spec.locks
+                ):
+                    continue
+                owner = task_owner(run_id, task_id, t.attempt + 1)
+                if not state.locks.can_grant(owner, tuple(sorted(t.spec.locks)), ahead_of=None):
+                    continue
             best: str | None = None
             best_ratio = 0.0
             for node_id in by_agent.get(agent, ()):
@@ -64,6 +78,8 @@ def plan_assignments(
                 continue
             load[best] += 1
             free_total -= 1
+            for n, m in t.spec.locks:
+                planned_locks[n] = EXCLUSIVE if EXCLUSIVE in (m, planned_locks.get(n)) else m
             out.append(Assignment(run_id, task_id, best, t.attempt + 1))
             if free_total <= 0 or len(out) >= max_items:
                 return out

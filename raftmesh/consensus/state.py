@@ -18,6 +18,8 @@ from typing import Any
 import msgpack
 
 from .commands import JsonValue, TaskSpec
+from .kv import KvStore
+from .locks import LockTable
 
 SNAPSHOT_FORMAT = 1
 
@@ -206,6 +208,8 @@ class ClusterState:
     """Request id -> (ts_ms, encoded result), oldest first."""
     finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
     """Finished run ids, oldest finished first (for retention)."""
+    locks: LockTable = field(default_factory=LockTable)
+    kv: KvStore = field(default_factory=KvStore)
 
     # Derived indexes: not encoded, rebuilt by ``rebuild_indexes``.
     ready: dict[int, dict[TaskKey, None]] = field(default_factory=dict)
@@ -229,6 +233,8 @@ class ClusterState:
             sorted(self.idempotency.items()),
             [[rid, ts, res] for rid, (ts, res) in self.dedup.items()],
             list(self.finished),
+            self.locks.encode(),
+            self.kv.encode(),
         ]
         data: bytes = msgpack.packb(body, use_bin_type=True)
         return data
@@ -237,7 +243,9 @@ class ClusterState:
     def decode(cls, data: bytes) -> ClusterState:
         body = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if body[0] != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {body[0]} is not supported (this node reads {SNAPSHOT_FORMAT})")
+            raise ValueError(
+                f"snapshot format {body[0]} is not supported (this node reads {SNAPSHOT_FORMAT})"
+            )
         state = cls(
             revision=body[1],
             time_ms=body[2],
@@ -247,6 +255,8 @@ class ClusterState:
             idempotency={k: v for k, v in body[6]},
             dedup=OrderedDict((rid, (ts, res)) for rid, ts, res in body[7]),
             finished=OrderedDict((r, None) for r in body[8]),
+            locks=LockTable.decode(body[9]),
+            kv=KvStore.decode(body[10]),
         )
         state.rebuild_indexes()
         return state
@@ -275,12 +285,14 @@ class ClusterState:
             self.ready.setdefault(prio, {})[key] = None
         heapq.heapify(self.timeouts)
 
-    def index_snapshot(self) -> tuple[Any, Any, Any]:
+    def index_snapshot(self) -> tuple[Any, ...]:
         """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
         return (
             {p: list(q) for p, q in self.ready.items() if q},
             {n: sorted(q) for n, q in self.running.items() if q},
             sorted(e for e in self.timeouts if self._timeout_live(e)),
+            sorted(e for e in self.locks.deadlines if self.locks._live(e)),
+            (list(self.kv.keys), self.kv.history_bytes, self.kv.next_deadline_ms()),
         )
 
     def _timeout_live(self, entry: tuple[int, str, str, int]) -> bool:
@@ -294,11 +306,19 @@ class ClusterState:
             and t.deadline_ms == deadline
         )
 
-    def next_deadline_ms(self) -> int | None:
-        """The earliest live timeout, so the leader knows when a tick is due."""
+    def next_task_deadline_ms(self) -> int | None:
         while self.timeouts and not self._timeout_live(self.timeouts[0]):
             heapq.heappop(self.timeouts)
         return self.timeouts[0][0] if self.timeouts else None
+
+    def next_deadline_ms(self) -> int | None:
+        """The earliest task timeout, lock lease or wait, or KV lease: when a tick is due."""
+        ds = [
+            d
+            for d in (self.next_task_deadline_ms(), self.locks.next_deadline_ms(), self.kv.next_deadline_ms())
+            if d
+        ]
+        return min(ds) if ds else None
 
     def task(self, run_id: str, task_id: str) -> TaskState | None:
         run = self.runs.get(run_id)

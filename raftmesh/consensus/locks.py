@@ -1,0 +1,354 @@
+"""The replicated lock table. Pure: driven by ``StateMachine``, tested without Raft.
+
+- Modes: ``shared`` (any number of shared holders) and ``exclusive``.
+- A grant's fencing token is the revision of the command that granted it; it only
+  grows, per lock and globally. ``last_token`` survives release, so a KV write
+  fenced with an older token of that lock is rejected.
+- Holders acquired by clients carry a lease (``ttl_ms``), renewed by keep-alive and
+  released when an applied tick passes the deadline. Holders acquired for a task
+  (owner ``task:<run>/<task>#<attempt>``) have no lease: the attempt's end releases
+  them in the same command that commits its result.
+- Waiters are ordered by ``order_key = enqueued_ms - priority * AGING_MS`` then
+  arrival: one point of priority is worth ``AGING_MS`` of waiting, so a waiter is
+  overtaken only by higher-priority waiters that arrive within a bounded time after
+  it (no starvation). A request of several locks is granted all at once or not at
+  all, and only when no conflicting waiter is ahead of it on any of its locks.
+- Deadlocks: after every change the wait-for graph (waiting owner -> owners holding
+  what it waits for) is searched; each cycle is broken deterministically by aborting
+  the lowest-priority, then youngest, waiting request in it, with a message naming
+  the cycle.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import limits
+
+SHARED = "shared"
+EXCLUSIVE = "exclusive"
+MODES = (SHARED, EXCLUSIVE)
+
+
+@dataclass(slots=True)
+class Holder:
+    owner: str
+    mode: str
+    token: int
+    request_id: str
+    ttl_ms: int
+    """0: no lease (held by a task attempt)."""
+    deadline_ms: int
+
+    def encode(self) -> list[Any]:
+        return [self.owner, self.mode, self.token, self.request_id, self.ttl_ms, self.deadline_ms]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Holder:
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5])
+
+
+@dataclass(slots=True)
+class Lock:
+    name: str
+    holders: dict[str, Holder] = field(default_factory=dict)
+    """owner -> holder, in grant order."""
+    queue: list[str] = field(default_factory=list)
+    """Request ids waiting for this lock, sorted by (order_key, seq)."""
+    last_token: int = 0
+
+    def encode(self) -> list[Any]:
+        return [self.name, [h.encode() for h in self.holders.values()], list(self.queue), self.last_token]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Lock:
+        holders = [Holder.decode(h) for h in v[1]]
+        return cls(v[0], {h.owner: h for h in holders}, list(v[2]), v[3])
+
+
+@dataclass(slots=True)
+class Request:
+    request_id: str
+    owner: str
+    items: tuple[tuple[str, str], ...]
+    """(lock name, mode), sorted by name."""
+    ttl_ms: int
+    priority: int
+    enqueued_ms: int
+    wait_deadline_ms: int
+    """0: wait forever."""
+    seq: int
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.enqueued_ms - self.priority * limits.LOCK_AGING_MS, self.seq)
+
+    def encode(self) -> list[Any]:
+        return [
+            self.request_id,
+            self.owner,
+            [list(i) for i in self.items],
+            self.ttl_ms,
+            self.priority,
+            self.enqueued_ms,
+            self.wait_deadline_ms,
+            self.seq,
+        ]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Request:
+        return cls(v[0], v[1], tuple((i[0], i[1]) for i in v[2]), v[3], v[4], v[5], v[6], v[7])
+
+
+@dataclass(frozen=True, slots=True)
+class LockOutcome:
+    """What happened to a request: granted (token), or ended without a grant (code, message)."""
+
+    request_id: str
+    owner: str
+    granted: bool
+    token: int = 0
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(slots=True)
+class LockTable:
+    locks: dict[str, Lock] = field(default_factory=dict)
+    waiting: dict[str, Request] = field(default_factory=dict)
+    ended: OrderedDict[str, list[Any]] = field(default_factory=OrderedDict)
+    """request id -> [code, message] of requests that ended without a grant (bounded)."""
+    seq: int = 0
+    # derived
+    deadlines: list[tuple[int, int, str, str]] = field(default_factory=list)
+    """Heap of (deadline_ms, kind 0=holder 1=waiter, lock name or request id, owner); stale lazily."""
+
+    # ---- encoding -----------------------------------------------------------
+
+    def encode(self) -> list[Any]:
+        return [
+            [self.locks[k].encode() for k in sorted(self.locks)],
+            [self.waiting[k].encode() for k in sorted(self.waiting)],
+            [[k, v] for k, v in self.ended.items()],
+            self.seq,
+        ]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> LockTable:
+        t = cls(
+            {lk[0]: Lock.decode(lk) for lk in v[0]},
+            {r[0]: Request.decode(r) for r in v[1]},
+            OrderedDict((k, val) for k, val in v[2]),
+            v[3],
+        )
+        t.rebuild()
+        return t
+
+    def rebuild(self) -> None:
+        self.deadlines = []
+        for lock in self.locks.values():
+            for h in lock.holders.values():
+                if h.deadline_ms:
+                    self.deadlines.append((h.deadline_ms, 0, lock.name, h.owner))
+        for r in self.waiting.values():
+            if r.wait_deadline_ms:
+                self.deadlines.append((r.wait_deadline_ms, 1, r.request_id, r.owner))
+        heapq.heapify(self.deadlines)
+
+    # ---- queries ------------------------------------------------------------
+
+    def status(self, request_id: str) -> LockOutcome | None:
+        """Where a request stands: granted, ended, or None while it waits (or is unknown)."""
+        if request_id in self.waiting:
+            return None
+        for lock in self.locks.values():
+            for h in lock.holders.values():
+                if h.request_id == request_id:
+                    return LockOutcome(request_id, h.owner, True, h.token)
+        ended = self.ended.get(request_id)
+        if ended is not None:
+            return LockOutcome(request_id, "", False, 0, ended[0], ended[1])
+        return None
+
+    def next_deadline_ms(self) -> int | None:
+        while self.deadlines and not self._live(self.deadlines[0]):
+            heapq.heappop(self.deadlines)
+        return self.deadlines[0][0] if self.deadlines else None
+
+    def _live(self, e: tuple[int, int, str, str]) -> bool:
+        deadline, kind, key, owner = e
+        if kind == 0:
+            lock = self.locks.get(key)
+            h = lock.holders.get(owner) if lock else None
+            return h is not None and h.deadline_ms == deadline
+        r = self.waiting.get(key)
+        return r is not None and r.wait_deadline_ms == deadline
+
+    # ---- transitions (callers validated the inputs) ----------------------------
+
+    def can_grant(
+        self, owner: str, items: tuple[tuple[str, str], ...], ahead_of: Request | None = None
+    ) -> bool:
+        """True if every lock is compatible with its holders and no conflicting waiter is ahead.
+
+        ``ahead_of`` is the request being considered (waiters ordered after it do not
+        block it); None means "behind every waiter" (a task's locks never jump the queue).
+        """
+        for name, mode in items:
+            lock = self.locks.get(name)
+            if lock is None:
+                continue
+            for h in lock.holders.values():
+                if h.owner != owner and (mode == EXCLUSIVE or h.mode == EXCLUSIVE):
+                    return False
+            for rid in lock.queue:
+                w = self.waiting[rid]
+                if ahead_of is not None and w.order >= ahead_of.order:
+                    break
+                wmode = dict(w.items)[name]
+                if w.owner != owner and (mode == EXCLUSIVE or wmode == EXCLUSIVE):
+                    return False
+        return True
+
+    def grant(
+        self,
+        owner: str,
+        items: tuple[tuple[str, str], ...],
+        token: int,
+        request_id: str,
+        ttl_ms: int,
+        now: int,
+    ) -> None:
+        deadline = now + ttl_ms if ttl_ms else 0
+        for name, mode in items:
+            lock = self.locks.setdefault(name, Lock(name))
+            lock.holders[owner] = Holder(owner, mode, token, request_id, ttl_ms, deadline)
+            lock.last_token = max(lock.last_token, token)
+            if deadline:
+                heapq.heappush(self.deadlines, (deadline, 0, name, owner))
+
+    def enqueue(self, r: Request) -> None:
+        self.waiting[r.request_id] = r
+        for name, _ in r.items:
+            lock = self.locks.setdefault(name, Lock(name))
+            lock.queue.append(r.request_id)
+            lock.queue.sort(key=lambda rid: self.waiting[rid].order)
+        if r.wait_deadline_ms:
+            heapq.heappush(self.deadlines, (r.wait_deadline_ms, 1, r.request_id, r.owner))
+
+    def dequeue(self, request_id: str, code: str, message: str) -> Request | None:
+        r = self.waiting.pop(request_id, None)
+        if r is None:
+            return None
+        for name, _ in r.items:
+            lock = self.locks.get(name)
+            if lock is not None and request_id in lock.queue:
+                lock.queue.remove(request_id)
+                self._forget_if_idle(lock)
+        self.ended[request_id] = [code, message]
+        while len(self.ended) > limits.LOCK_ENDED_RETAINED:
+            self.ended.popitem(last=False)
+        return r
+
+    def release(self, name: str, owner: str) -> Holder | None:
+        lock = self.locks.get(name)
+        if lock is None:
+            return None
+        h = lock.holders.pop(owner, None)
+        self._forget_if_idle(lock)
+        return h
+
+    def release_owner(self, owner: str, names: list[str]) -> list[str]:
+        released = []
+        for name in names:
+            if self.release(name, owner) is not None:
+                released.append(name)
+        return released
+
+    def _forget_if_idle(self, lock: Lock) -> None:
+        # A free lock keeps its record (last_token fences old holders' KV writes) while the
+        # table is under its size limit; past it, a lock that becomes idle is forgotten.
+        if lock.holders or lock.queue or len(self.locks) <= limits.MAX_LOCK_RECORDS:
+            return
+        del self.locks[lock.name]
+
+    def grant_waiters(self, names: set[str], token: int, now: int) -> list[LockOutcome]:
+        """Grant, in order, the waiters of ``names`` that can now be granted."""
+        granted: list[LockOutcome] = []
+        progress = True
+        while progress:
+            progress = False
+            candidates: dict[str, Request] = {}
+            for name in sorted(names):
+                lock = self.locks.get(name)
+                if lock is None:
+                    continue
+                for rid in lock.queue:
+                    candidates[rid] = self.waiting[rid]
+            for r in sorted(candidates.values(), key=lambda r: r.order):
+                if r.request_id not in self.waiting:
+                    continue
+                if self.can_grant(r.owner, r.items, ahead_of=r):
+                    self.waiting.pop(r.request_id)
+                    for name, _ in r.items:
+                        self.locks[name].queue.remove(r.request_id)
+                    self.grant(r.owner, r.items, token, r.request_id, r.ttl_ms, now)
+                    granted.append(LockOutcome(r.request_id, r.owner, True, token))
+                    names.update(n for n, _ in r.items)
+                    progress = True
+        return granted
+
+    # ---- deadlocks ----------------------------------------------------------------
+
+    def wait_for_graph(self) -> dict[str, list[tuple[str, str]]]:
+        """owner -> [(owner it waits for, lock name)], deterministic order."""
+        g: dict[str, list[tuple[str, str]]] = {}
+        for rid in sorted(self.waiting, key=lambda k: self.waiting[k].order):
+            r = self.waiting[rid]
+            for name, mode in r.items:
+                lock = self.locks.get(name)
+                if lock is None:
+                    continue
+                for h in lock.holders.values():
+                    if h.owner != r.owner and (mode == EXCLUSIVE or h.mode == EXCLUSIVE):
+                        g.setdefault(r.owner, []).append((h.owner, name))
+        return g
+
+    def find_cycle(self) -> list[tuple[str, str]] | None:
+        """A cycle as [(owner, lock it waits on)...], or None."""
+        g = self.wait_for_graph()
+        state: dict[str, int] = {}
+        for root in g:
+            if state.get(root):
+                continue
+            stack: list[tuple[str, int]] = [(root, 0)]
+            path: list[tuple[str, str]] = []
+            state[root] = 1
+            while stack:
+                node, i = stack[-1]
+                edges = g.get(node, [])
+                if i >= len(edges):
+                    stack.pop()
+                    state[node] = 2
+                    if path:
+                        path.pop()
+                    continue
+                stack[-1] = (node, i + 1)
+                nxt, lock_name = edges[i]
+                if state.get(nxt) == 1:
+                    cyc = [*path, (node, lock_name)]
+                    start = next(k for k, (o, _) in enumerate(cyc) if o == nxt)
+                    return cyc[start:]
+                if not state.get(nxt):
+                    state[nxt] = 1
+                    path.append((node, lock_name))
+                    stack.append((nxt, 0))
+        return None
+
+    def victim(self, cycle: list[tuple[str, str]]) -> Request:
+        owners = {o for o, _ in cycle}
+        cands = [r for r in self.waiting.values() if r.owner in owners]
+        return min(cands, key=lambda r: (r.priority, -r.seq))
