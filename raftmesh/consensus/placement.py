@@ -78,8 +78,10 @@ def plan_assignments(
                 continue
             load[best] += 1
             free_total -= 1
-            for n, m in t.spec.locks:
-                planned_locks[n] = EXCLUSIVE if EXCLUSIVE in (m, planned_locks.get(n)) else m
+            for lock_name, mode in t.spec.locks:
+                planned_locks[lock_name] = (
+                    EXCLUSIVE if EXCLUSIVE in (mode, planned_locks.get(lock_name)) else mode
+                )
             out.append(Assignment(run_id, task_id, best, t.attempt + 1))
             if free_total <= 0 or len(out) >= max_items:
                 return out
