@@ -58,10 +58,20 @@ class Client:
         self.retry_deadline_s = retry_deadline_s
         self._channels: dict[str, grpc.Channel] = {}
         self._current = random.randrange(len(self.addresses))
+        self.client_id = uuid.uuid4().hex[:12]
+        from ._coord import KvClient, LockClient
+
+        self.kv = KvClient(self)
+        """Versioned KV store: get/put/delete/cas/txn/list/watch/leases."""
+        self.locks = LockClient(self)
+        """The raw lock API; prefer ``lock(...)``."""
 
     # ---- plumbing --------------------------------------------------------------
 
     def _stub(self, addr: str) -> pb_grpc.ClusterStub:
+        return pb_grpc.ClusterStub(self._channel(addr))
+
+    def _channel(self, addr: str) -> grpc.Channel:
         ch = self._channels.get(addr)
         if ch is None:
             ch = grpc.insecure_channel(
@@ -74,18 +84,19 @@ class Client:
                 ],
             )
             self._channels[addr] = ch
-        return pb_grpc.ClusterStub(ch)
+        return ch
 
     def _rotate(self) -> None:
         self._current = (self._current + 1) % len(self.addresses)
 
-    def _call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
+    def _call(self, method: str, request: Any, timeout_s: float | None = None, stub: Any = None) -> Any:
         deadline = time.monotonic() + self.retry_deadline_s
         attempt = 0
+        make_stub = stub or self._stub
         while True:
             addr = self.addresses[self._current]
             try:
-                return getattr(self._stub(addr), method)(request, timeout=timeout_s or self.timeout_s)
+                return getattr(make_stub(addr), method)(request, timeout=timeout_s or self.timeout_s)
             except grpc.RpcError as exc:
                 if exc.code() not in _RETRYABLE or time.monotonic() >= deadline:
                     raise _translate(exc) from None
@@ -200,6 +211,36 @@ class Client:
     def run(self, dag: DAG | dict[str, Any], *, timeout_s: float | None = None, **kw: Any) -> RunInfo:
         """Submit and wait."""
         return self.wait(self.submit(dag, **kw), timeout_s=timeout_s)
+
+    # ---- locks ---------------------------------------------------------------------------
+
+    def lock(
+        self,
+        names: str | list[str],
+        *,
+        ttl_s: float = 10.0,
+        mode: str = "exclusive",
+        wait_s: float = 30.0,
+        priority: int = 0,
+        owner: str | None = None,
+    ) -> Any:
+        """``with client.lock("db:orders", ttl_s=10) as lease:`` — held (and renewed) inside the block.
+
+        ``lease.token`` is the fencing token; ``lease.fence()`` guards KV writes with it.
+        Several names are acquired all at once. Raises ``DeadlineExceeded`` if not granted
+        within ``wait_s`` and ``Aborted`` if chosen as a deadlock victim.
+        """
+        from ._coord import LockContext
+
+        return LockContext(
+            self,
+            [names] if isinstance(names, str) else list(names),
+            ttl_s=ttl_s,
+            mode=mode,
+            wait_s=wait_s,
+            priority=priority,
+            owner=owner,
+        )
 
     # ---- cluster -----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..agents import AgentRegistry, default_registry
 from ..consensus.commands import RegisterNode
+from ..consensus.coordination import LockChanged, LockOutcome
 from ..consensus.machine import Event, StateMachine
 from ..consensus.raft import RaftConfig, RaftMember
 from ..errors import RaftmeshError
@@ -26,6 +27,7 @@ from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.snapshots import LmdbSnapshotIO
 from .config import NodeConfig
+from .coordination_service import KvService, LocksService
 from .host import AgentHost
 from .peers import HeartbeatSender, PeerService
 from .proposer import Proposer, now_ms
@@ -53,6 +55,7 @@ class NodeRuntime:
         self.hub = WatchHub()
         self._stopping = asyncio.Event()
         self._registered = False
+        self._lock_waiters: dict[str, asyncio.Future[LockOutcome]] = {}
 
     # ---- wiring ---------------------------------------------------------------
 
@@ -67,6 +70,40 @@ class NodeRuntime:
         self.host.poke()
         if events:
             self.hub.publish(events)
+            if self._lock_waiters:
+                for ev in events:
+                    if isinstance(ev, LockChanged):
+                        fut = self._lock_waiters.get(ev.request_id)
+                        if fut is not None and not fut.done():
+                            fut.set_result(
+                                LockOutcome(
+                                    ev.request_id, ev.owner, ev.granted, ev.token, ev.code, ev.message
+                                )
+                            )
+
+    # ---- lock waits (used by the Locks service) ------------------------------------
+
+    def lock_waiter(self, request_id: str) -> asyncio.Future[LockOutcome]:
+        fut = self._lock_waiters.get(request_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._lock_waiters[request_id] = fut
+        return fut
+
+    def drop_lock_waiter(self, request_id: str) -> None:
+        self._lock_waiters.pop(request_id, None)
+
+    def lock_outcome(self, request_id: str) -> LockOutcome | None:
+        with self.raft.lock:
+            return self.raft.machine.state.locks.status(request_id)
+
+    def lock_deadline(self, request_id: str) -> int:
+        with self.raft.lock:
+            for lock in self.raft.machine.state.locks.locks.values():
+                for h in lock.holders.values():
+                    if h.request_id == request_id:
+                        return h.deadline_ms
+        return 0
 
     def _on_restored(self) -> None:
         loop = self.loop
@@ -97,12 +134,16 @@ class NodeRuntime:
         server = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_ClusterServicer_to_server(ClusterService(self), server)
         pb_grpc.add_PeerServicer_to_server(PeerService(self), server)
+        pb_grpc.add_KvServicer_to_server(KvService(self), server)
+        pb_grpc.add_LocksServicer_to_server(LocksService(self), server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 pb.DESCRIPTOR.services_by_name["Cluster"].full_name,
                 pb.DESCRIPTOR.services_by_name["Peer"].full_name,
+                pb.DESCRIPTOR.services_by_name["Kv"].full_name,
+                pb.DESCRIPTOR.services_by_name["Locks"].full_name,
                 "grpc.health.v1.Health",
                 reflection.SERVICE_NAME,
             ),

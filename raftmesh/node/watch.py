@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+from ..consensus.coordination import KvChanged
 from ..consensus.machine import Event, RunChanged, TaskChanged
 
 MAX_QUEUED = 10_000
@@ -23,6 +24,16 @@ RESYNC = object()
 class WatchHub:
     def __init__(self) -> None:
         self._subs: dict[str, set[asyncio.Queue[object]]] = {}
+        self._kv_subs: set[asyncio.Queue[object]] = set()
+
+    def subscribe_kv(self) -> asyncio.Queue[object]:
+        """Every KV change; the KV watch stream filters by key or prefix."""
+        q: asyncio.Queue[object] = asyncio.Queue()
+        self._kv_subs.add(q)
+        return q
+
+    def unsubscribe_kv(self, q: asyncio.Queue[object]) -> None:
+        self._kv_subs.discard(q)
 
     def subscribe(self, run_id: str) -> asyncio.Queue[object]:
         q: asyncio.Queue[object] = asyncio.Queue()
@@ -37,10 +48,17 @@ class WatchHub:
                 del self._subs[run_id]
 
     def publish(self, events: Iterable[Event]) -> None:
-        if not self._subs:
+        if not self._subs and not self._kv_subs:
             return
         for ev in events:
-            if isinstance(ev, (TaskChanged, RunChanged)):
+            if isinstance(ev, KvChanged):
+                for q in self._kv_subs:
+                    if q.qsize() >= MAX_QUEUED:
+                        _drain(q)
+                        q.put_nowait(RESYNC)
+                    else:
+                        q.put_nowait(ev)
+            elif isinstance(ev, (TaskChanged, RunChanged)):
                 for q in self._subs.get(ev.run_id, ()):
                     if q.qsize() >= MAX_QUEUED:
                         _drain(q)
@@ -49,10 +67,9 @@ class WatchHub:
                         q.put_nowait(ev)
 
     def resync_all(self) -> None:
-        for subs in self._subs.values():
-            for q in subs:
-                _drain(q)
-                q.put_nowait(RESYNC)
+        for q in [q for subs in self._subs.values() for q in subs] + list(self._kv_subs):
+            _drain(q)
+            q.put_nowait(RESYNC)
 
 
 def _drain(q: asyncio.Queue[object]) -> None:

@@ -304,3 +304,289 @@ class HeartbeatResponse(_message.Message):
     term: int
     up: bool
     def __init__(self, leader: _Optional[str] = ..., term: _Optional[int] = ..., up: _Optional[bool] = ...) -> None: ...
+
+class KvEntry(_message.Message):
+    __slots__ = ("key", "found", "value_json", "mod_revision", "create_revision", "version", "lease")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    found: bool
+    value_json: str
+    mod_revision: int
+    create_revision: int
+    version: int
+    lease: int
+    def __init__(self, key: _Optional[str] = ..., found: _Optional[bool] = ..., value_json: _Optional[str] = ..., mod_revision: _Optional[int] = ..., create_revision: _Optional[int] = ..., version: _Optional[int] = ..., lease: _Optional[int] = ...) -> None: ...
+
+class Fence(_message.Message):
+    __slots__ = ("lock", "token", "run_id", "task_id")
+    LOCK_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    lock: str
+    token: int
+    run_id: str
+    task_id: str
+    def __init__(self, lock: _Optional[str] = ..., token: _Optional[int] = ..., run_id: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
+
+class KvGetRequest(_message.Message):
+    __slots__ = ("key", "stale_ok")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STALE_OK_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    stale_ok: bool
+    def __init__(self, key: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
+
+class KvGetResponse(_message.Message):
+    __slots__ = ("entry", "revision")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    entry: KvEntry
+    revision: int
+    def __init__(self, entry: _Optional[_Union[KvEntry, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class KvListRequest(_message.Message):
+    __slots__ = ("prefix", "limit", "stale_ok")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    STALE_OK_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    limit: int
+    stale_ok: bool
+    def __init__(self, prefix: _Optional[str] = ..., limit: _Optional[int] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
+
+class KvListResponse(_message.Message):
+    __slots__ = ("entries", "revision")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[KvEntry]
+    revision: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[KvEntry, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class KvPutRequest(_message.Message):
+    __slots__ = ("key", "value_json", "lease", "fence", "request_id")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value_json: str
+    lease: int
+    fence: Fence
+    request_id: str
+    def __init__(self, key: _Optional[str] = ..., value_json: _Optional[str] = ..., lease: _Optional[int] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class KvDeleteRequest(_message.Message):
+    __slots__ = ("key", "fence", "request_id")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    fence: Fence
+    request_id: str
+    def __init__(self, key: _Optional[str] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class KvCompare(_message.Message):
+    __slots__ = ("key", "target", "op", "operand_json")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    OPERAND_JSON_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    target: str
+    op: str
+    operand_json: str
+    def __init__(self, key: _Optional[str] = ..., target: _Optional[str] = ..., op: _Optional[str] = ..., operand_json: _Optional[str] = ...) -> None: ...
+
+class KvOperation(_message.Message):
+    __slots__ = ("kind", "key", "value_json", "lease")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    key: str
+    value_json: str
+    lease: int
+    def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ..., value_json: _Optional[str] = ..., lease: _Optional[int] = ...) -> None: ...
+
+class KvTxnRequest(_message.Message):
+    __slots__ = ("compares", "success", "failure", "fence", "request_id")
+    COMPARES_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    compares: _containers.RepeatedCompositeFieldContainer[KvCompare]
+    success: _containers.RepeatedCompositeFieldContainer[KvOperation]
+    failure: _containers.RepeatedCompositeFieldContainer[KvOperation]
+    fence: Fence
+    request_id: str
+    def __init__(self, compares: _Optional[_Iterable[_Union[KvCompare, _Mapping]]] = ..., success: _Optional[_Iterable[_Union[KvOperation, _Mapping]]] = ..., failure: _Optional[_Iterable[_Union[KvOperation, _Mapping]]] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class KvOpResult(_message.Message):
+    __slots__ = ("kind", "entry", "deleted", "mod_revision")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    entry: KvEntry
+    deleted: bool
+    mod_revision: int
+    def __init__(self, kind: _Optional[str] = ..., entry: _Optional[_Union[KvEntry, _Mapping]] = ..., deleted: _Optional[bool] = ..., mod_revision: _Optional[int] = ...) -> None: ...
+
+class KvTxnResponse(_message.Message):
+    __slots__ = ("succeeded", "revision", "results")
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    succeeded: bool
+    revision: int
+    results: _containers.RepeatedCompositeFieldContainer[KvOpResult]
+    def __init__(self, succeeded: _Optional[bool] = ..., revision: _Optional[int] = ..., results: _Optional[_Iterable[_Union[KvOpResult, _Mapping]]] = ...) -> None: ...
+
+class KvWatchRequest(_message.Message):
+    __slots__ = ("key", "prefix", "from_revision")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    prefix: str
+    from_revision: int
+    def __init__(self, key: _Optional[str] = ..., prefix: _Optional[str] = ..., from_revision: _Optional[int] = ...) -> None: ...
+
+class KvWatchEvent(_message.Message):
+    __slots__ = ("revision", "kind", "entry")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    kind: str
+    entry: KvEntry
+    def __init__(self, revision: _Optional[int] = ..., kind: _Optional[str] = ..., entry: _Optional[_Union[KvEntry, _Mapping]] = ...) -> None: ...
+
+class KvLeaseRequest(_message.Message):
+    __slots__ = ("action", "lease", "ttl_ms", "request_id")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    lease: int
+    ttl_ms: int
+    request_id: str
+    def __init__(self, action: _Optional[str] = ..., lease: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class KvLeaseResponse(_message.Message):
+    __slots__ = ("lease", "ttl_ms", "deadline_ms", "deleted")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    lease: int
+    ttl_ms: int
+    deadline_ms: int
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lease: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., deleted: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LockItem(_message.Message):
+    __slots__ = ("name", "mode")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mode: str
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class LockAcquireRequest(_message.Message):
+    __slots__ = ("owner", "locks", "ttl_ms", "priority", "wait_ms", "request_id")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    LOCKS_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    locks: _containers.RepeatedCompositeFieldContainer[LockItem]
+    ttl_ms: int
+    priority: int
+    wait_ms: int
+    request_id: str
+    def __init__(self, owner: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., ttl_ms: _Optional[int] = ..., priority: _Optional[int] = ..., wait_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class LockAcquireResponse(_message.Message):
+    __slots__ = ("granted", "token", "request_id", "deadline_ms")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    token: int
+    request_id: str
+    deadline_ms: int
+    def __init__(self, granted: _Optional[bool] = ..., token: _Optional[int] = ..., request_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class LockReleaseRequest(_message.Message):
+    __slots__ = ("owner", "name", "token", "request_id")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    name: str
+    token: int
+    request_id: str
+    def __init__(self, owner: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class LockReleaseResponse(_message.Message):
+    __slots__ = ("token", "deadline_ms")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    token: int
+    deadline_ms: int
+    def __init__(self, token: _Optional[int] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class LockListRequest(_message.Message):
+    __slots__ = ("prefix", "stale_ok")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    STALE_OK_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    stale_ok: bool
+    def __init__(self, prefix: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
+
+class LockHolder(_message.Message):
+    __slots__ = ("owner", "mode", "token", "deadline_ms")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    mode: str
+    token: int
+    deadline_ms: int
+    def __init__(self, owner: _Optional[str] = ..., mode: _Optional[str] = ..., token: _Optional[int] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class LockInfo(_message.Message):
+    __slots__ = ("name", "holders", "waiters", "last_token")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    WAITERS_FIELD_NUMBER: _ClassVar[int]
+    LAST_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    holders: _containers.RepeatedCompositeFieldContainer[LockHolder]
+    waiters: _containers.RepeatedScalarFieldContainer[str]
+    last_token: int
+    def __init__(self, name: _Optional[str] = ..., holders: _Optional[_Iterable[_Union[LockHolder, _Mapping]]] = ..., waiters: _Optional[_Iterable[str]] = ..., last_token: _Optional[int] = ...) -> None: ...
+
+class LockListResponse(_message.Message):
+    __slots__ = ("locks",)
+    LOCKS_FIELD_NUMBER: _ClassVar[int]
+    locks: _containers.RepeatedCompositeFieldContainer[LockInfo]
+    def __init__(self, locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ...) -> None: ...

@@ -391,3 +391,550 @@ class Peer:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class KvStub:
+    """A versioned key-value store (etcd-like revisions) replicated through the log.
+    Values are JSON. Writes carry a request_id: a retry with the same id applies once.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Get = channel.unary_unary(
+                '/raftmesh.v1.Kv/Get',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvGetRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvGetResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/raftmesh.v1.Kv/List',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvListRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvListResponse.FromString,
+                _registered_method=True)
+        self.Put = channel.unary_unary(
+                '/raftmesh.v1.Kv/Put',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvPutRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/raftmesh.v1.Kv/Delete',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvDeleteRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnResponse.FromString,
+                _registered_method=True)
+        self.Txn = channel.unary_unary(
+                '/raftmesh.v1.Kv/Txn',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/raftmesh.v1.Kv/Watch',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvWatchRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvWatchEvent.FromString,
+                _registered_method=True)
+        self.Lease = channel.unary_unary(
+                '/raftmesh.v1.Kv/Lease',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvLeaseRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvLeaseResponse.FromString,
+                _registered_method=True)
+
+
+class KvServicer:
+    """A versioned key-value store (etcd-like revisions) replicated through the log.
+    Values are JSON. Writes carry a request_id: a retry with the same id applies once.
+    """
+
+    def Get(self, request, context):
+        """linearizable unless stale_ok
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """keys with a prefix, in key order
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Put(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Txn(self, request, context):
+        """compares, then success or failure ops
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Changes to a key or prefix after from_revision, then live ones; resume with the last revision seen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Lease(self, request, context):
+        """grant, keep_alive, revoke
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_KvServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvGetRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvGetResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvListRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvListResponse.SerializeToString,
+            ),
+            'Put': grpc.unary_unary_rpc_method_handler(
+                    servicer.Put,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvPutRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvDeleteRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvWatchRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvWatchEvent.SerializeToString,
+            ),
+            'Lease': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lease,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvLeaseRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvLeaseResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'raftmesh.v1.Kv', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('raftmesh.v1.Kv', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Kv:
+    """A versioned key-value store (etcd-like revisions) replicated through the log.
+    Values are JSON. Writes carry a request_id: a retry with the same id applies once.
+    """
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Kv/Get',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvGetRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Kv/List',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvListRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Put(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Kv/Put',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvPutRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Kv/Delete',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvDeleteRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Kv/Txn',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvTxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftmesh.v1.Kv/Watch',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvWatchRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvWatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Kv/Lease',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvLeaseRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.KvLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class LocksStub:
+    """Distributed locks with fencing tokens, replicated through the log.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Acquire = channel.unary_unary(
+                '/raftmesh.v1.Locks/Acquire',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockAcquireRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockAcquireResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/raftmesh.v1.Locks/Release',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseResponse.FromString,
+                _registered_method=True)
+        self.KeepAlive = channel.unary_unary(
+                '/raftmesh.v1.Locks/KeepAlive',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/raftmesh.v1.Locks/List',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockListRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockListResponse.FromString,
+                _registered_method=True)
+
+
+class LocksServicer:
+    """Distributed locks with fencing tokens, replicated through the log.
+    """
+
+    def Acquire(self, request, context):
+        """Acquire every named lock at once; waits up to wait_ms (0: try once).
+        A deadlock victim gets ABORTED with a message naming the cycle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepAlive(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LocksServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Acquire': grpc.unary_unary_rpc_method_handler(
+                    servicer.Acquire,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockAcquireRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockAcquireResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseResponse.SerializeToString,
+            ),
+            'KeepAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeepAlive,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockListRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockListResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'raftmesh.v1.Locks', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('raftmesh.v1.Locks', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Locks:
+    """Distributed locks with fencing tokens, replicated through the log.
+    """
+
+    @staticmethod
+    def Acquire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Locks/Acquire',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockAcquireRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockAcquireResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Locks/Release',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Locks/KeepAlive',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Locks/List',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockListRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,392 @@
+"""The ``Kv`` and ``Locks`` gRPC services (every node serves them).
+
+Writes are commands through the log (retried with the caller's request id);
+reads are linearizable through the read barrier unless ``stale_ok``. A lock
+acquire that has to wait is parked on this node until the applied log grants,
+aborts (deadlock) or times it out; if the caller's deadline passes first, the
+request is cancelled through the log so that nothing is granted to nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ..consensus.commands import Compare, Fence, KvLease, KvOp, KvTxn, LockAcquire, LockCancel, LockRelease
+from ..consensus.coordination import KvChanged, check_name
+from ..consensus.kv import DELETE, Entry, KvEvent
+from ..consensus.locks import EXCLUSIVE
+from ..consensus.machine import Result
+from ..errors import Aborted, InvalidArgument, error_for_code
+from ..proto.raftmesh.v1 import cluster_pb2 as pb
+from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from . import convert
+from .proposer import new_request_id, now_ms
+from .service import _rpc, _timeout
+from .watch import RESYNC
+
+if TYPE_CHECKING:
+    from .runtime import NodeRuntime
+
+MAX_KEY_CHARS = 512
+
+
+def _entry_pb(key: str, e: Entry | None) -> pb.KvEntry:
+    if e is None:
+        return pb.KvEntry(key=key, found=False)
+    return pb.KvEntry(
+        key=key,
+        found=True,
+        value_json=convert.dump_json(e.value) or "null",
+        mod_revision=e.mod_revision,
+        create_revision=e.create_revision,
+        version=e.version,
+        lease=e.lease,
+    )
+
+
+def _entry_from_json(d: dict[str, Any]) -> pb.KvEntry:
+    if not d.get("found"):
+        return pb.KvEntry(key=d["key"], found=False)
+    return pb.KvEntry(
+        key=d["key"],
+        found=True,
+        value_json=convert.dump_json(d["value"]) or "null",
+        mod_revision=d["mod_revision"],
+        create_revision=d["create_revision"],
+        version=d["version"],
+        lease=d["lease"],
+    )
+
+
+def _fence(f: pb.Fence, present: bool) -> Fence | None:
+    if not present:
+        return None
+    if bool(f.lock) == bool(f.run_id):
+        raise InvalidArgument("a fence names either a lock (lock, token) or a task (run_id, task_id, token)")
+    return Fence(f.lock, f.token, f.run_id, f.task_id)
+
+
+def _raise_for(res: Result) -> None:
+    if not res.ok:
+        raise error_for_code(res.code, res.message)
+
+
+def _txn_response(res: Result) -> pb.KvTxnResponse:
+    _raise_for(res)
+    out = []
+    for r in res.value["responses"]:
+        if r["kind"] == "get":
+            out.append(pb.KvOpResult(kind="get", entry=_entry_from_json(r)))
+        elif r["kind"] == "put":
+            out.append(
+                pb.KvOpResult(kind="put", entry=_entry_from_json(r["prev"]), mod_revision=r["mod_revision"])
+            )
+        else:
+            out.append(pb.KvOpResult(kind="delete", deleted=r["deleted"]))
+    return pb.KvTxnResponse(succeeded=res.value["succeeded"], revision=res.value["revision"], results=out)
+
+
+class KvService(pb_grpc.KvServicer):
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+
+    async def _read_barrier(self, stale_ok: bool, context: grpc.aio.ServicerContext) -> None:
+        if not stale_ok:
+            from .service import ClusterService
+
+            await ClusterService(self.node)._barrier(context)
+
+    async def _txn(self, cmd: KvTxn, context: grpc.aio.ServicerContext) -> pb.KvTxnResponse:
+        res = await self.node.proposer.propose(
+            cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
+        )
+        return _txn_response(res)
+
+    @staticmethod
+    def _check_key(key: str) -> None:
+        why = check_name("key", key, MAX_KEY_CHARS)
+        if why:
+            raise InvalidArgument(why)
+
+    @_rpc
+    async def Get(self, request: pb.KvGetRequest, context: grpc.aio.ServicerContext) -> pb.KvGetResponse:
+        self._check_key(request.key)
+        await self._read_barrier(request.stale_ok, context)
+        with self.node.raft.lock:
+            st = self.node.raft.machine.state
+            return pb.KvGetResponse(
+                entry=_entry_pb(request.key, st.kv.get(request.key)), revision=st.revision
+            )
+
+    @_rpc
+    async def List(self, request: pb.KvListRequest, context: grpc.aio.ServicerContext) -> pb.KvListResponse:
+        limit = request.limit or 1000
+        if limit > 10_000:
+            raise InvalidArgument("limit must be at most 10000")
+        await self._read_barrier(request.stale_ok, context)
+        with self.node.raft.lock:
+            st = self.node.raft.machine.state
+            items = st.kv.list_prefix(request.prefix, limit)
+            return pb.KvListResponse(entries=[_entry_pb(k, e) for k, e in items], revision=st.revision)
+
+    @_rpc
+    async def Put(self, request: pb.KvPutRequest, context: grpc.aio.ServicerContext) -> pb.KvTxnResponse:
+        self._check_key(request.key)
+        value = convert.load_json("value_json", request.value_json)
+        op = KvOp("put", request.key, value, request.lease)
+        cmd = KvTxn(
+            request.request_id or new_request_id("kv-"),
+            now_ms(),
+            success=(op,),
+            fence=_fence(request.fence, request.HasField("fence")),
+        )
+        return await self._txn(cmd, context)
+
+    @_rpc
+    async def Delete(
+        self, request: pb.KvDeleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.KvTxnResponse:
+        self._check_key(request.key)
+        cmd = KvTxn(
+            request.request_id or new_request_id("kv-"),
+            now_ms(),
+            success=(KvOp("delete", request.key),),
+            fence=_fence(request.fence, request.HasField("fence")),
+        )
+        return await self._txn(cmd, context)
+
+    @_rpc
+    async def Txn(self, request: pb.KvTxnRequest, context: grpc.aio.ServicerContext) -> pb.KvTxnResponse:
+        compares = tuple(
+            Compare(
+                c.key, c.target, c.op, convert.load_json(f"compare {c.key!r} operand_json", c.operand_json)
+            )
+            for c in request.compares
+        )
+
+        def ops(items: Any) -> tuple[KvOp, ...]:
+            return tuple(
+                KvOp(
+                    o.kind, o.key, convert.load_json(f"{o.kind} {o.key!r} value_json", o.value_json), o.lease
+                )
+                for o in items
+            )
+
+        cmd = KvTxn(
+            request.request_id or new_request_id("kv-"),
+            now_ms(),
+            compares=compares,
+            success=ops(request.success),
+            failure=ops(request.failure),
+            fence=_fence(request.fence, request.HasField("fence")),
+        )
+        return await self._txn(cmd, context)
+
+    @_rpc
+    async def Lease(
+        self, request: pb.KvLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.KvLeaseResponse:
+        cmd = KvLease(
+            request.request_id or new_request_id("kl-"),
+            now_ms(),
+            lease=request.lease,
+            ttl_ms=request.ttl_ms,
+            action=request.action or "grant",
+        )
+        res = await self.node.proposer.propose(
+            cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
+        )
+        _raise_for(res)
+        v = res.value
+        return pb.KvLeaseResponse(
+            lease=v["lease"],
+            ttl_ms=v.get("ttl_ms", 0),
+            deadline_ms=v.get("deadline_ms", 0),
+            deleted=v.get("deleted", []),
+        )
+
+    async def Watch(
+        self, request: pb.KvWatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.KvWatchEvent]:
+        node = self.node
+        exact = bool(request.key)
+        target = request.key or request.prefix
+        if request.key and request.prefix:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch either a key or a prefix, not both")
+        q = node.hub.subscribe_kv()
+        try:
+            try:
+                await self._read_barrier(False, context)
+            except Exception as exc:
+                code = getattr(exc, "code", "UNAVAILABLE")
+                await context.abort(grpc.StatusCode[code], str(exc))
+            last = request.from_revision
+            while True:
+                with node.raft.lock:
+                    st = node.raft.machine.state
+                    if last == 0:
+                        last = st.revision
+                        backlog: list[KvEvent] | None = []
+                    else:
+                        backlog = st.kv.events_since(last, target, exact)
+                    compacted = st.kv.compacted
+                if backlog is None:
+                    await context.abort(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"revision {last} is compacted (history starts after {compacted}); read the current value "
+                        "and watch from its revision",
+                    )
+                for ev in backlog or []:
+                    yield _watch_event(ev)
+                    last = ev.revision
+                while True:
+                    item = await q.get()
+                    if item is RESYNC:
+                        break  # re-read from the history: no gap, no duplicate
+                    assert isinstance(item, KvChanged)
+                    ev = item.event
+                    if ev.revision <= last:
+                        continue
+                    if (ev.key == target) if exact else ev.key.startswith(target):
+                        yield _watch_event(ev)
+                        last = ev.revision
+        finally:
+            node.hub.unsubscribe_kv(q)
+
+
+def _watch_event(ev: KvEvent) -> pb.KvWatchEvent:
+    if ev.kind == DELETE:
+        entry = pb.KvEntry(
+            key=ev.key, found=False, mod_revision=ev.mod_revision, create_revision=ev.create_revision
+        )
+    else:
+        entry = pb.KvEntry(
+            key=ev.key,
+            found=True,
+            value_json=convert.dump_json(ev.value) or "null",
+            mod_revision=ev.mod_revision,
+            create_revision=ev.create_revision,
+            version=ev.version,
+        )
+    return pb.KvWatchEvent(revision=ev.revision, kind=ev.kind, entry=entry)
+
+
+class LocksService(pb_grpc.LocksServicer):
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+
+    @_rpc
+    async def Acquire(
+        self, request: pb.LockAcquireRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LockAcquireResponse:
+        node = self.node
+        rid = request.request_id or new_request_id("lk-")
+        items = tuple((i.name, i.mode or EXCLUSIVE) for i in request.locks)
+        waiter = node.lock_waiter(rid)
+        try:
+            cmd = LockAcquire(
+                rid,
+                now_ms(),
+                owner=request.owner,
+                items=items,
+                ttl_ms=request.ttl_ms,
+                priority=request.priority,
+                wait_ms=request.wait_ms,
+            )
+            res = await node.proposer.propose(cmd, timeout_s=_timeout(context, node.config.propose_timeout_s))
+            _raise_for(res)
+            v = res.value
+            outcome = node.lock_outcome(rid)
+            if outcome is None and v.get("waiting"):
+                budget = request.wait_ms / 1000
+                remaining = context.time_remaining()
+                if remaining is not None:
+                    budget = min(budget, float(remaining) - 0.2)
+                try:
+                    outcome = await asyncio.wait_for(asyncio.shield(waiter), max(0.0, budget))
+                except TimeoutError:
+                    outcome = node.lock_outcome(rid)
+                    if outcome is None:
+                        # Give up through the log, so a grant cannot land on a caller that left.
+                        await node.proposer.propose(
+                            LockCancel(new_request_id("lc-"), now_ms(), lock_request_id=rid)
+                        )
+                        return pb.LockAcquireResponse(granted=False, request_id=rid)
+            if outcome is None:
+                return pb.LockAcquireResponse(granted=bool(v["granted"]), token=v["token"], request_id=rid)
+            if outcome.granted:
+                return pb.LockAcquireResponse(
+                    granted=True, token=outcome.token, request_id=rid, deadline_ms=node.lock_deadline(rid)
+                )
+            if outcome.code == "ABORTED":
+                raise Aborted(outcome.message)
+            return pb.LockAcquireResponse(granted=False, request_id=rid)
+        finally:
+            node.drop_lock_waiter(rid)
+
+    async def _release(
+        self, request: pb.LockReleaseRequest, keep_alive: bool, context: Any
+    ) -> pb.LockReleaseResponse:
+        if not request.name or not request.owner:
+            raise InvalidArgument("owner and name are required")
+        cmd = LockRelease(
+            request.request_id or new_request_id("lr-"),
+            now_ms(),
+            owner=request.owner,
+            name=request.name,
+            token=request.token,
+            keep_alive=keep_alive,
+        )
+        res = await self.node.proposer.propose(
+            cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
+        )
+        _raise_for(res)
+        return pb.LockReleaseResponse(
+            token=res.value.get("token", 0), deadline_ms=res.value.get("deadline_ms", 0)
+        )
+
+    @_rpc
+    async def Release(
+        self, request: pb.LockReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LockReleaseResponse:
+        return await self._release(request, False, context)
+
+    @_rpc
+    async def KeepAlive(
+        self, request: pb.LockReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LockReleaseResponse:
+        return await self._release(request, True, context)
+
+    @_rpc
+    async def List(
+        self, request: pb.LockListRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LockListResponse:
+        if not request.stale_ok:
+            from .service import ClusterService
+
+            await ClusterService(self.node)._barrier(context)
+        out = []
+        with self.node.raft.lock:
+            lt = self.node.raft.machine.state.locks
+            for name in sorted(lt.locks):
+                if not name.startswith(request.prefix):
+                    continue
+                lock = lt.locks[name]
+                out.append(
+                    pb.LockInfo(
+                        name=name,
+                        holders=[
+                            pb.LockHolder(
+                                owner=h.owner, mode=h.mode, token=h.token, deadline_ms=h.deadline_ms
+                            )
+                            for h in lock.holders.values()
+                        ],
+                        waiters=[lt.waiting[r].owner for r in lock.queue],
+                        last_token=lock.last_token,
+                    )
+                )
+        return pb.LockListResponse(locks=out)
