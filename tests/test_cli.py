@@ -24,7 +24,11 @@ def cli(*args: str, addresses: str | None, timeout: float = 60) -> subprocess.Co
     if addresses is not None:
         env["RAFTMESH_ADDRESSES"] = addresses
     return subprocess.run(
-        [sys.executable, "-m", "raftmesh.cli.main", *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "raftmesh.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -88,6 +92,45 @@ def test_cli_contract(cluster3: LocalCluster, tmp_path: pathlib.Path) -> None:
     assert cli("get", "r-nope", "--json", addresses=addrs).returncode == 3
 
 
+def test_cli_kv_and_lock_contract(cluster3: LocalCluster) -> None:
+    addrs = ",".join(cluster3.addresses)
+    put = cli("kv", "put", "cfg/a", '{"n": 1}', "--json", addresses=addrs)
+    assert put.returncode == 0, put.stderr
+    rev = json.loads(put.stdout)["mod_revision"]
+    got = json.loads(cli("kv", "get", "cfg/a", "--json", addresses=addrs).stdout)
+    assert got == {
+        "key": "cfg/a",
+        "value": {"n": 1},
+        "mod_revision": rev,
+        "create_revision": rev,
+        "version": 1,
+        "lease": 0,
+    }
+    assert [
+        e["key"] for e in json.loads(cli("kv", "list", "cfg/", "--json", addresses=addrs).stdout)["entries"]
+    ] == ["cfg/a"]
+    assert cli("kv", "get", "cfg/missing", addresses=addrs).returncode == 3
+    acq = cli("lock", "acquire", "db:orders", "--owner", "me", "--json", addresses=addrs)
+    assert acq.returncode == 0, acq.stderr
+    token = json.loads(acq.stdout)["token"]
+    busy = cli("lock", "acquire", "db:orders", "--owner", "you", "--json", addresses=addrs)
+    assert busy.returncode == 4 and json.loads(busy.stdout)["granted"] is False
+    listed = json.loads(cli("lock", "list", "--json", addresses=addrs).stdout)["locks"]
+    assert listed[0]["holders"][0]["owner"] == "me" and listed[0]["last_token"] == token
+    stale = cli("lock", "release", "db:orders", "--owner", "me", "--token", str(token - 1), addresses=addrs)
+    assert stale.returncode == 6 and "stale token" in stale.stderr
+    assert (
+        cli(
+            "lock", "release", "db:orders", "--owner", "me", "--token", str(token), addresses=addrs
+        ).returncode
+        == 0
+    )
+    fenced = cli(
+        "kv", "put", "cfg/a", "2", "--fence-lock", "db:orders", "--fence-token", "1", addresses=addrs
+    )
+    assert fenced.returncode == 6 and "newer grant" in fenced.stderr
+
+
 def _free_base() -> int:
     for _ in range(50):
         base = random.randrange(20000, 40000, 100)
@@ -109,7 +152,9 @@ def test_cluster_script(tmp_path: pathlib.Path) -> None:
     env = {**os.environ, "RAFTMESH_BIN": f"{sys.executable} -m raftmesh.cli.main"}
 
     def sh(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([script, *args, "--dir", d], capture_output=True, text=True, timeout=120, env=env)
+        return subprocess.run(
+            [script, *args, "--dir", d], capture_output=True, text=True, timeout=120, env=env
+        )
 
     try:
         up = sh("up", "3", "--base-port", str(_free_base()))

@@ -2,7 +2,8 @@
 contract relied on by scripts (README, "CLI"): extend, never break.
 
 Exit codes: 0 ok; 1 the run did not succeed (FAILED or CANCELLED); 2 bad input
-or usage; 3 not found; 4 cluster unavailable or deadline exceeded; 5 other error.
+or usage; 3 not found; 4 cluster unavailable, deadline exceeded, or a lock not
+granted; 5 other error; 6 aborted (stale fencing token, deadlock victim).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from typing import Any
 
 from ..errors import (
+    Aborted,
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
@@ -20,7 +22,15 @@ from ..errors import (
     Unavailable,
 )
 
-EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_ERROR, EXIT_ABORTED = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
 
 
 def _print_json(obj: Any) -> None:
@@ -161,6 +171,109 @@ def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_OK if all(v == "SERVING" for v in results.values()) else EXIT_UNAVAILABLE
 
 
+def _value(text: str) -> Any:
+    """A JSON value, or the text itself when it is not JSON (so `kv put k hello` works)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_kv(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.kv_cmd == "get":
+            e = c.kv.get(args.key, stale_ok=args.stale_ok)
+            if e is None:
+                raise NotFound(f"key {args.key!r} not found")
+            out: Any = e.to_json()
+            text = json.dumps(e.value)
+        elif args.kv_cmd == "put":
+            fence = None
+            if args.fence_lock:
+                from ..client._coord import fence_pb
+
+                fence = fence_pb(lock=args.fence_lock, token=args.fence_token)
+            rev = c.kv.put(args.key, _value(args.value), lease=args.lease, fence=fence)
+            out = {"key": args.key, "mod_revision": rev}
+            text = str(rev)
+        elif args.kv_cmd == "del":
+            deleted = c.kv.delete(args.key)
+            out = {"key": args.key, "deleted": deleted}
+            text = "deleted" if deleted else "not found"
+        elif args.kv_cmd == "list":
+            entries = c.kv.list(args.prefix, limit=args.limit)
+            out = {"entries": [e.to_json() for e in entries]}
+            text = "\n".join(f"{e.key} = {json.dumps(e.value)}  (rev {e.mod_revision})" for e in entries)
+        else:  # watch
+            for ev in c.kv.watch(
+                args.key or "",
+                prefix=args.prefix or "",
+                from_revision=args.from_revision,
+                timeout_s=args.wait_timeout,
+            ):
+                d = {"revision": ev.revision, "kind": ev.kind, "key": ev.key}
+                if ev.entry is not None:
+                    d["value"] = ev.entry.value
+                print(
+                    json.dumps(d)
+                    if args.json
+                    else f"[{ev.revision}] {ev.kind} {ev.key} {d.get('value', '')}",
+                    flush=True,
+                )
+            return EXIT_OK
+    if args.json:
+        _print_json(out)
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.lock_cmd == "acquire":
+            granted, token, rid = c.locks.acquire(
+                args.names.split(","),
+                owner=args.owner,
+                ttl_s=args.ttl,
+                mode=args.mode,
+                wait_s=args.wait,
+                priority=args.priority,
+            )
+            out: Any = {
+                "granted": granted,
+                "token": token,
+                "request_id": rid,
+                "owner": args.owner,
+                "names": args.names.split(","),
+            }
+            text = f"granted token={token} owner={args.owner}" if granted else "not granted"
+            code = EXIT_OK if granted else EXIT_UNAVAILABLE
+        elif args.lock_cmd == "release":
+            c.locks.release(args.owner, args.name, args.token)
+            out, text, code = {"released": True, "name": args.name}, "released", EXIT_OK
+        elif args.lock_cmd == "keepalive":
+            deadline = c.locks.keep_alive(args.owner, args.name, args.token)
+            out, text, code = (
+                {"name": args.name, "deadline_ms": deadline},
+                f"renewed until {deadline}",
+                EXIT_OK,
+            )
+        else:
+            locks = c.locks.list(args.prefix)
+            out = {"locks": locks}
+            text = "\n".join(
+                f"{lk['name']}: holders={[h['owner'] for h in lk['holders']]} waiters={lk['waiters']} "
+                f"last_token={lk['last_token']}"
+                for lk in locks
+            )
+            code = EXIT_OK
+    if args.json:
+        _print_json(out)
+    else:
+        print(text)
+    return code
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from ..node.main import run_node
 
@@ -240,6 +353,56 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true")
     h.set_defaults(func=cmd_health)
 
+    kv = sub.add_parser("kv", help="the replicated KV store")
+    kvs = kv.add_subparsers(dest="kv_cmd", required=True)
+    g2 = kvs.add_parser("get")
+    g2.add_argument("key")
+    g2.add_argument("--stale-ok", action="store_true")
+    p2 = kvs.add_parser("put", help="VALUE is JSON (or a plain string)")
+    p2.add_argument("key")
+    p2.add_argument("value")
+    p2.add_argument("--lease", type=int, default=0)
+    p2.add_argument(
+        "--fence-lock", default="", help="reject the write if this lock has a grant newer than --fence-token"
+    )
+    p2.add_argument("--fence-token", type=int, default=0)
+    d2 = kvs.add_parser("del")
+    d2.add_argument("key")
+    l2 = kvs.add_parser("list")
+    l2.add_argument("prefix", nargs="?", default="")
+    l2.add_argument("--limit", type=int, default=1000)
+    w2 = kvs.add_parser("watch", help="print changes until interrupted (or --wait-timeout)")
+    w2.add_argument("key", nargs="?", default="")
+    w2.add_argument("--prefix", default="")
+    w2.add_argument("--from-revision", type=int, default=0)
+    w2.add_argument("--wait-timeout", type=float, default=None)
+    for sp in (g2, p2, d2, l2, w2):
+        sp.add_argument("--json", action="store_true")
+    kv.set_defaults(func=cmd_kv)
+
+    lk = sub.add_parser("lock", help="distributed locks with fencing tokens")
+    lks = lk.add_subparsers(dest="lock_cmd", required=True)
+    a3 = lks.add_parser(
+        "acquire", help="acquire NAMES (comma-separated, all at once); held until TTL or release"
+    )
+    a3.add_argument("names")
+    a3.add_argument("--owner", required=True)
+    a3.add_argument("--ttl", type=float, default=30.0, help="lease seconds (renew with `lock keepalive`)")
+    a3.add_argument("--mode", choices=["exclusive", "shared"], default="exclusive")
+    a3.add_argument("--wait", type=float, default=0.0, help="seconds to wait (0: try once)")
+    a3.add_argument("--priority", type=int, default=0)
+    r3 = lks.add_parser("release")
+    k3 = lks.add_parser("keepalive")
+    for sp in (r3, k3):
+        sp.add_argument("name")
+        sp.add_argument("--owner", required=True)
+        sp.add_argument("--token", type=int, required=True)
+    li3 = lks.add_parser("list")
+    li3.add_argument("prefix", nargs="?", default="")
+    for sp in (a3, r3, k3, li3):
+        sp.add_argument("--json", action="store_true")
+    lk.set_defaults(func=cmd_lock)
+
     r = sub.add_parser("runs", help="list runs, newest first")
     r.add_argument("--limit", type=int, default=100)
     r.add_argument("--status", choices=["RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
@@ -255,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidArgument as exc:
         print(f"raftmesh: invalid argument: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except Aborted as exc:
+        print(f"raftmesh: aborted: {exc.message}", file=sys.stderr)
+        return EXIT_ABORTED
     except NotFound as exc:
         print(f"raftmesh: not found: {exc.message}", file=sys.stderr)
         return EXIT_NOT_FOUND
