@@ -67,3 +67,39 @@ def test_paused_node_is_marked_down_and_rejoins_fenced(tmp_path: pathlib.Path) -
         raise
     finally:
         c.close()
+
+
+def test_zombie_attempt_kv_write_is_fenced(tmp_path: pathlib.Path) -> None:
+    """A paused attempt is replaced; when it wakes, its fenced KV write is rejected."""
+    from raftmesh import DAG
+
+    c = LocalCluster(3, base_dir=str(tmp_path), extra_args=["--node-down-after", "2"])
+    try:
+        c.start()
+        c.wait_ready()
+        client = c.client(retry_deadline_s=60)
+        dag = DAG("fenced")
+        dag.task("w", "kv_put", input={"key": "fenced/result", "value": 42, "delay_seconds": 2.0})
+        run_id = client.submit(dag)
+
+        def running_on() -> str:
+            t = client.get(run_id).tasks["w"]
+            return t.node if t.status == "RUNNING" else ""
+
+        first = wait_until(running_on, 30, "the kv_put task to start")
+        c.pause(first)  # (if it is the leader, a new one is elected and requeues the task just the same)
+        run = client.wait(run_id, timeout_s=60)
+        assert run.status == "SUCCEEDED" and run.tasks["w"].node != first and run.tasks["w"].attempt >= 2
+        c.resume(first)  # the zombie attempt wakes up and tries to write
+        c.wait_ready(timeout_s=30)
+        c.wait_converged(timeout_s=30)
+        e = client.kv.get("fenced/result")
+        assert e is not None and e.version == 1, "the zombie attempt's write was accepted"
+        # Either the woken attempt was stopped (it learned it is fenced) or its write was rejected:
+        # which comes first is a race; that only the successor's write exists is the guarantee.
+        assert e.value == {"value": 42, "attempt": run.tasks["w"].attempt, "node": run.tasks["w"].node}
+    except Exception:
+        dump_logs(c)
+        raise
+    finally:
+        c.close()

@@ -30,9 +30,9 @@ from raftmesh.consensus import (
     Completion,
     Fail,
     Failure,
-    MemberChanged,
     RegisterNode,
     Result,
+    RunChanged,
     RunStatus,
     StateMachine,
     SubmitRun,
@@ -43,7 +43,19 @@ from raftmesh.consensus import (
     encode_batch,
     limits,
 )
-from raftmesh.consensus.commands import NodeDown
+from raftmesh.consensus.commands import (
+    Compare,
+    Fence,
+    KvLease,
+    KvOp,
+    KvTxn,
+    LockAcquire,
+    LockCancel,
+    LockRelease,
+    NodeDown,
+)
+from raftmesh.consensus.coordination import KvChanged, LockChanged, task_owner
+from raftmesh.consensus.locks import EXCLUSIVE, SHARED
 from raftmesh.consensus.state import TERMINAL_RUN, TERMINAL_TASK
 
 ENTRIES = 220
@@ -52,6 +64,11 @@ REPLICAS = 4
 FULL_CHECK_EVERY = 20
 """Entries between full invariant checks (in between, only the runs an entry touched)."""
 AGENT_TYPES = ("echo", "llm", "http")
+LOCK_NAMES = ("L0", "L1", "L2", "db")
+LOCK_OWNERS = ("o0", "o1", "o2", "o3", "o4")
+KV_KEYS = ("a/0", "a/1", "a/2", "b/0", "b/1", "c")
+COORD_SHARE = 0.25
+"""Share of generated commands that are lock or KV commands."""
 
 
 def seeds() -> list[int]:
@@ -98,6 +115,7 @@ class Generator:
         self.attempts: list[AttemptRecord] = []
         self.proposed: list[Command] = []
         self.keys: list[str] = []
+        self.lock_requests: list[str] = []
 
     @property
     def st(self) -> ClusterState:
@@ -124,7 +142,13 @@ class Generator:
         if new_incarnation or old is None:
             self.incarnations[node] += 1
         cmd = RegisterNode(
-            self.rid(), self.ts(), node, f"{node}:1", f"{node}:2", agents, slots,
+            self.rid(),
+            self.ts(),
+            node,
+            f"{node}:1",
+            f"{node}:2",
+            agents,
+            slots,
             f"inc-{self.incarnations[node]}",
         )
         self.nodes[node] = cmd
@@ -140,16 +164,23 @@ class Generator:
             earlier = [f"t{j}" for j in range(i)]
             deps = tuple(rng.sample(earlier, rng.randint(0, min(3, len(earlier)))))
             agent = rng.choice(offered) if rng.random() > 0.03 else "unknown-agent"
-            tasks.append(TaskSpec(
-                id=f"t{i}",
-                agent=agent,
-                input={"i": i, "blob": "x" * rng.randint(0, 20)},
-                deps=deps,
-                retries=rng.choice((0, 0, 1, 2, 3)),
-                priority=rng.randint(-1, 1),
-                timeout_ms=rng.choice((0, 0, 0, 60, 200, 800)),
-                retry_backoff_ms=rng.choice((0, 0, 20, 100)),
-            ))
+            tasks.append(
+                TaskSpec(
+                    id=f"t{i}",
+                    agent=agent,
+                    input={"i": i, "blob": "x" * rng.randint(0, 20)},
+                    deps=deps,
+                    retries=rng.choice((0, 0, 1, 2, 3)),
+                    priority=rng.randint(-1, 1),
+                    timeout_ms=rng.choice((0, 0, 0, 60, 200, 800)),
+                    retry_backoff_ms=rng.choice((0, 0, 20, 100)),
+                    locks=(
+                        ((rng.choice(("db", "db", "L0")), rng.choice((SHARED, EXCLUSIVE))),)
+                        if rng.random() < 0.15
+                        else ()
+                    ),
+                )
+            )
         rng.shuffle(tasks)  # spec order is not topological order
         key = ""
         if rng.random() < 0.3:
@@ -161,15 +192,17 @@ class Generator:
         """Scheduler-like: READY tasks past their backoff onto nodes with a free slot."""
         rng = self.rng
         st = self.st
-        free = {
-            n: m.slots - len(st.running.get(n, {})) for n, m in st.members.items() if m.up
-        }
+        free = {n: m.slots - len(st.running.get(n, {})) for n, m in st.members.items() if m.up}
         items = []
         for prio in sorted(st.ready, reverse=True):
             for run_id, task_id in st.ready[prio]:
                 t = st.runs[run_id].tasks[task_id]
                 if t.not_before_ms > self.now_ms and rng.random() < 0.9:
                     continue
+                if t.spec.locks and rng.random() < 0.9:
+                    owner = task_owner(run_id, task_id, t.attempt + 1)
+                    if not st.locks.can_grant(owner, tuple(sorted(t.spec.locks))):
+                        continue
                 nodes = [n for n in sorted(free) if free[n] > 0 and t.spec.agent in st.members[n].agents]
                 if rng.random() < 0.05:
                     nodes = sorted(st.members)  # a bad placement, rejected by the state machine
@@ -218,6 +251,86 @@ class Generator:
         ]
         return Fail(self.rid(), self.ts(), node, tuple(items_f))
 
+    def lock_command(self) -> Command | None:
+        rng = self.rng
+        lt = self.st.locks
+        roll = rng.random()
+        if roll < 0.5:
+            names = sorted(rng.sample(LOCK_NAMES, rng.choice((1, 1, 1, 2, 3))))
+            cmd = LockAcquire(
+                self.rid(),
+                self.ts(),
+                rng.choice(LOCK_OWNERS),
+                tuple((n, rng.choice((SHARED, EXCLUSIVE, EXCLUSIVE))) for n in names),
+                rng.choice((500, 1000, 3000)),
+                rng.randint(0, 3),
+                rng.choice((0, 0, 200, 1000, 5000)),
+            )
+            self.lock_requests.append(cmd.request_id)
+            return cmd
+        if roll < 0.85:
+            held = [(lk.name, h.owner, h.token) for lk in lt.locks.values() for h in lk.holders.values()]
+            if held and rng.random() < 0.9:
+                name, owner, token = rng.choice(sorted(held))
+                if rng.random() < 0.1:
+                    token -= rng.randint(1, 3)  # a stale holder
+            else:
+                name, owner, token = rng.choice(LOCK_NAMES), rng.choice(LOCK_OWNERS), rng.randint(0, 50)
+            return LockRelease(self.rid(), self.ts(), owner, name, token, rng.random() < 0.3)
+        if not self.lock_requests:
+            return None
+        return LockCancel(self.rid(), self.ts(), rng.choice(self.lock_requests[-20:]))
+
+    def fence(self) -> Fence | None:
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.15:
+            name = rng.choice(LOCK_NAMES)
+            lock = self.st.locks.locks.get(name)
+            last = lock.last_token if lock else 0
+            return Fence(name, last - rng.choice((0, 0, 0, 1, 5)))
+        if roll < 0.2:
+            pool = self.running() if rng.random() < 0.7 else self.attempts
+            if pool:
+                a = rng.choice(pool)
+                return Fence(run_id=a.run_id, task_id=a.task_id, token=a.token)
+        return None
+
+    def kv_command(self) -> Command:
+        rng = self.rng
+        kv = self.st.kv
+        roll = rng.random()
+        if roll < 0.15:
+            leases = sorted(kv.leases)
+            if leases and rng.random() < 0.6:
+                return KvLease(
+                    self.rid(), self.ts(), rng.choice(leases), 0, rng.choice(("keep_alive", "revoke"))
+                )
+            return KvLease(self.rid(), self.ts(), 0, rng.choice((500, 1000, 4000)), "grant")
+        key = rng.choice(KV_KEYS)
+        lease = rng.choice(sorted(kv.leases)) if kv.leases and rng.random() < 0.2 else 0
+        put = KvOp("put", key, {"v": rng.randint(0, 99)}, lease)
+        compares: tuple[Compare, ...] = ()
+        success: tuple[KvOp, ...]
+        failure: tuple[KvOp, ...] = ()
+        if roll < 0.5:
+            success = (put,)
+        elif roll < 0.6:
+            success = (KvOp("delete", key),)
+        elif roll < 0.8:  # compare-and-set on version or mod revision
+            e = kv.get(key)
+            target = rng.choice(("version", "mod"))
+            expected = (e.version if target == "version" else e.mod_revision) if e else 0
+            compares = (Compare(key, target, "=", expected + rng.choice((0, 0, 0, 1))),)
+            success = (put,)
+            failure = (KvOp("get", key),)
+        else:  # a multi-key transaction
+            other = rng.choice(KV_KEYS)
+            compares = (Compare(other, "version", ">", rng.randint(0, 2)),)
+            success = (put, KvOp("delete", other), KvOp("get", key))
+            failure = (KvOp("put", other, rng.randint(0, 9)), KvOp("get", key)) if rng.random() < 0.5 else ()
+        return KvTxn(self.rid(), self.ts(), compares, success, failure, self.fence())
+
     def next_batch(self) -> list[Command]:
         rng = self.rng
         self.now_ms += rng.choice((0, 1, 5, 20, 50, 150))
@@ -225,7 +338,9 @@ class Generator:
         for _ in range(rng.choice((1, 1, 1, 2, 3))):
             roll = rng.random()
             cmd: Command | None
-            if roll < 0.12:
+            if rng.random() < COORD_SHARE:
+                cmd = self.lock_command() if rng.random() < 0.5 else self.kv_command()
+            elif roll < 0.12:
                 cmd = self.submit()
             elif roll < 0.40:
                 cmd = self.assign()
@@ -264,11 +379,16 @@ class Checker:
         self.attempts: dict[tuple[str, str], int] = {}
         self.granted: dict[tuple[str, str], int] = {}
         self.first_results: dict[str, Result] = {}
+        self.last_tokens: dict[str, int] = {}
+        self.lock_grants = 0
+        self.kv_writes = 0
 
     def results(self, cmds: list[Command], results: list[Result], st: ClusterState, dups: set[str]) -> None:
         assert len(results) == len(cmds)
         for cmd, res in zip(cmds, results, strict=True):
             assert res.code != "INTERNAL", res
+            if isinstance(cmd, LockAcquire) and res.ok and res.value["granted"]:
+                self.lock_grants += 1
             if cmd.request_id in dups:
                 assert res == self.first_results[cmd.request_id], (cmd, res)
             elif res.ok and cmd.request_id in st.dedup:
@@ -276,6 +396,15 @@ class Checker:
 
     def events(self, events: list[Any], st: ClusterState) -> None:
         for ev in events:
+            if isinstance(ev, LockChanged):
+                if ev.granted:
+                    assert ev.token == ev.revision <= st.revision, ev
+                    self.lock_grants += 1
+                continue
+            if isinstance(ev, KvChanged):
+                assert ev.revision == ev.event.revision <= st.revision, ev
+                self.kv_writes += 1
+                continue
             if not isinstance(ev, TaskChanged):
                 continue
             key = (ev.run_id, ev.task_id)
@@ -325,9 +454,50 @@ class Checker:
                 assert all(t.status is TaskStatus.SUCCEEDED for t in run.tasks.values())
         for node, tasks in st.running.items():
             assert len(tasks) <= st.members[node].slots, f"{node} runs more tasks than it has slots"
+        self.coordination(st)
         if run_ids is None:
             rebuilt = ClusterState.decode(st.encode())
             assert rebuilt.index_snapshot() == st.index_snapshot()
+
+    def coordination(self, st: ClusterState) -> None:
+        """Lock and KV invariants (the tables are small: checked after every entry)."""
+        lt = st.locks
+        task_holders: dict[str, dict[str, tuple[str, int]]] = {}
+        for name, lock in lt.locks.items():
+            assert lock.last_token >= self.last_tokens.get(name, 0), f"last token of {name} went down"
+            self.last_tokens[name] = lock.last_token
+            assert lock.last_token <= st.revision
+            modes = [h.mode for h in lock.holders.values()]
+            assert EXCLUSIVE not in modes or len(modes) == 1, (
+                f"{name} is held exclusively with others: {modes}"
+            )
+            for h in lock.holders.values():
+                assert 0 < h.token <= lock.last_token
+                if h.owner.startswith("task:"):
+                    task_holders.setdefault(h.owner, {})[name] = (h.mode, h.token)
+            orders = [lt.waiting[r].order for r in lock.queue]
+            assert orders == sorted(orders), f"queue of {name} is out of order"
+            assert all(name in dict(lt.waiting[r].items) for r in lock.queue)
+        for rid, r in lt.waiting.items():
+            assert all(rid in lt.locks[n].queue for n, _ in r.items)
+        assert lt.find_cycle() is None, "a deadlock was left in place"
+        # Task locks: held exactly while the attempt runs, in the declared modes, with its token.
+        expected: dict[str, dict[str, tuple[str, int]]] = {}
+        for run in st.runs.values():
+            for t in run.tasks.values():
+                if t.status is TaskStatus.RUNNING and t.spec.locks:
+                    owner = task_owner(run.run_id, t.spec.id, t.attempt)
+                    expected[owner] = {n: (m, t.token) for n, m in t.spec.locks}
+        assert task_holders == expected
+        kv = st.kv
+        for key, e in kv.entries.items():
+            assert 0 < e.create_revision <= e.mod_revision <= st.revision and e.version >= 1
+            if e.lease:
+                assert key in kv.leases[e.lease].keys
+        for lease in kv.leases.values():
+            assert all(kv.entries[k].lease == lease.id for k in lease.keys)
+        revs = [ev.revision for ev in kv.history]
+        assert revs == sorted(revs) and all(r > kv.compacted for r in revs[:1])
 
 
 def simulate(seed: int) -> None:
@@ -347,7 +517,7 @@ def simulate(seed: int) -> None:
         checker.results(cmds, results, leader.sm.state, dups)
         checker.events(events, leader.sm.state)
         # Every change to a run emits an event naming it; a full check now and then.
-        touched = {ev.run_id for ev in events if not isinstance(ev, MemberChanged)}
+        touched = {ev.run_id for ev in events if isinstance(ev, (TaskChanged, RunChanged))}
         checker.state(leader.sm.state, None if len(log) % FULL_CHECK_EVERY == 0 else touched)
         gen.proposed.extend(cmds)
         for ev in events:
@@ -391,6 +561,8 @@ def simulate(seed: int) -> None:
     statuses = Counter(t.status for run in st.runs.values() for t in run.tasks.values())
     assert statuses[TaskStatus.SUCCEEDED] > 0
     assert checker.max_token > 0
+    assert checker.lock_grants > 0 and checker.kv_writes > 0
+    assert any(lock.last_token for lock in st.locks.locks.values())
 
 
 @pytest.mark.parametrize("seed", seeds())

@@ -4,6 +4,9 @@
 - ``sum``: output = ``input.get("value", 0)`` + the sum of all numeric upstream outputs.
 - ``sleep``: sleeps ``input["seconds"]``, output = input.
 - ``fail``: fails its first ``input["times"]`` attempts, then outputs input.
+- ``kv_put``: after ``input.get("delay_seconds", 0)`` seconds, writes
+  ``{"value": input["value"], "attempt", "node"}`` to ``input["key"]``, fenced by the
+  attempt's token (a zombie attempt's write is rejected); output = the mod_revision.
 """
 
 from __future__ import annotations
@@ -56,8 +59,21 @@ async def fail(ctx: TaskContext) -> Any:
     return inp
 
 
+async def kv_put(ctx: TaskContext) -> Any:
+    inp = ctx.input
+    if not isinstance(inp, dict) or not isinstance(inp.get("key"), str):
+        raise AgentInputError('kv_put: input must be a map like {"key": "k", "value": 1, "delay_seconds": 0}')
+    delay = inp.get("delay_seconds", 0)
+    if not _is_number(delay) or delay < 0:
+        raise AgentInputError("kv_put: delay_seconds must be a number >= 0")
+    await asyncio.sleep(float(delay))
+    record = {"value": inp.get("value"), "attempt": ctx.attempt, "node": ctx.node_id}
+    return await ctx.kv.put(inp["key"], record)
+
+
 def register_builtins(reg: AgentRegistry) -> None:
     reg.register("echo", echo)
     reg.register("sum", sum_agent)
     reg.register("sleep", sleep)
     reg.register("fail", fail)
+    reg.register("kv_put", kv_put)

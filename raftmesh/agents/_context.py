@@ -28,3 +28,7 @@ class TaskContext:
     trace_id: str
     logger: logging.LoggerAdapter[logging.Logger]
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    kv: Any = None
+    """The cluster KV store; writes are fenced by this attempt's token (``raftmesh.node.task_clients.TaskKv``)."""
+    locks: Any = None
+    """Locks owned by this attempt (``raftmesh.node.task_clients.TaskLocks``)."""

@@ -23,6 +23,38 @@ from ._dag import DAG
 from ._types import ClusterInfo, RunEvent, RunInfo
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+STREAM_SILENCE_S = 5.0
+"""Servers send a heartbeat every second on idle streams; this much silence means the node stalled."""
+
+
+class Watchdog:
+    """Cancels a streaming call that receives nothing for ``silence_s`` (a paused or cut-off node)."""
+
+    def __init__(self, call: Any, silence_s: float = STREAM_SILENCE_S) -> None:
+        import threading
+
+        self._call = call
+        self._silence_s = silence_s
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self.fired = False
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="stream-watchdog")
+        self._thread.start()
+
+    def feed(self) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            if time.monotonic() - self._last > self._silence_s:
+                self.fired = True
+                self._call.cancel()
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -59,6 +91,7 @@ class Client:
         self._channels: dict[str, grpc.Channel] = {}
         self._current = random.randrange(len(self.addresses))
         self.client_id = uuid.uuid4().hex[:12]
+        self._last_watch_addr = self.addresses[self._current]
         from ._coord import KvClient, LockClient
 
         self.kv = KvClient(self)
@@ -81,6 +114,13 @@ class Client:
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.initial_reconnect_backoff_ms", 100),
                     ("grpc.max_reconnect_backoff_ms", 1000),
+                    # A node that stops answering (paused, partitioned) breaks the connection within
+                    # ~4 s instead of leaving a stream hanging until its deadline.
+                    ("grpc.keepalive_time_ms", 2000),
+                    ("grpc.keepalive_timeout_ms", 2000),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.max_pings_without_data", 0),
+                    ("grpc.http2.min_time_between_pings_ms", 1000),
                 ],
             )
             self._channels[addr] = ch
@@ -176,27 +216,44 @@ class Client:
         )
         return pb.RunStatus.Name(resp.status).removeprefix("RUN_STATUS_")
 
-    def watch(self, run_id: str, *, timeout_s: float | None = None) -> Iterator[RunEvent]:
-        """Events of a run until it ends: a snapshot first (again after any reconnect), then changes."""
+    def watch(
+        self, run_id: str, *, timeout_s: float | None = None, status_only: bool = False
+    ) -> Iterator[RunEvent]:
+        """Events of a run until it ends: a snapshot first (again after any reconnect), then changes.
+
+        ``status_only`` streams just the run's status (a snapshot without tasks, then run events).
+        """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         attempt = 0
         while True:
             addr = self.addresses[self._current]
+            self._last_watch_addr = addr
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                stream = self._stub(addr).WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=remaining)
-                for e in stream:
-                    attempt = 0
-                    ev = RunEvent.from_pb(e)
-                    yield ev
-                    if ev.status in ("SUCCEEDED", "FAILED", "CANCELLED") and ev.kind in ("run", "snapshot"):
-                        return
-                return
+                req = pb.WatchRunRequest(run_id=run_id, status_only=status_only)
+                stream = self._stub(addr).WatchRun(req, timeout=remaining)
+                dog = Watchdog(stream)
+                try:
+                    for e in stream:
+                        dog.feed()
+                        attempt = 0
+                        ev = RunEvent.from_pb(e)
+                        if ev.kind == "heartbeat":
+                            continue
+                        yield ev
+                        if ev.status in ("SUCCEEDED", "FAILED", "CANCELLED") and ev.kind in (
+                            "run",
+                            "snapshot",
+                        ):
+                            return
+                    return
+                finally:
+                    dog.close()
             except grpc.RpcError as exc:
                 code = exc.code()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise DeadlineExceeded(f"run {run_id} did not finish within {timeout_s} s") from None
-                if code not in _RETRYABLE:
+                if code not in _RETRYABLE and not (code == grpc.StatusCode.CANCELLED and dog.fired):
                     raise _translate(exc) from None
             self._rotate()
             attempt += 1
@@ -204,9 +261,17 @@ class Client:
 
     def wait(self, run_id: str, *, timeout_s: float | None = None) -> RunInfo:
         """Block until the run ends; returns it with every task's output."""
-        for _ in self.watch(run_id, timeout_s=timeout_s):
+        for _ in self.watch(run_id, timeout_s=timeout_s, status_only=True):
             pass
-        return self.get(run_id)
+        # The node that streamed the end has applied it: read there without another barrier.
+        addr = self._last_watch_addr
+        try:
+            resp = self._stub(addr).GetRun(
+                pb.GetRunRequest(run_id=run_id, stale_ok=True), timeout=self.timeout_s
+            )
+            return RunInfo.from_pb(resp)
+        except grpc.RpcError:
+            return self.get(run_id)
 
     def run(self, dag: DAG | dict[str, Any], *, timeout_s: float | None = None, **kw: Any) -> RunInfo:
         """Submit and wait."""

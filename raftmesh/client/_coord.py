@@ -17,6 +17,7 @@ import grpc
 from ..errors import Aborted, DeadlineExceeded, InvalidArgument, RaftmeshError
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ._client import Watchdog
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -190,11 +191,18 @@ class KvClient:
                 stream = self._stub(addr).Watch(
                     pb.KvWatchRequest(key=key, prefix=prefix, from_revision=last), timeout=remaining
                 )
-                for ev in stream:
-                    attempt = 0
-                    last = ev.revision
-                    yield WatchEvent(ev.revision, ev.kind, ev.entry.key, KvEntry.from_pb(ev.entry))
-                return
+                dog = Watchdog(stream)
+                try:
+                    for ev in stream:
+                        dog.feed()
+                        attempt = 0
+                        if not ev.kind:
+                            continue  # heartbeat
+                        last = ev.revision
+                        yield WatchEvent(ev.revision, ev.kind, ev.entry.key, KvEntry.from_pb(ev.entry))
+                    return
+                finally:
+                    dog.close()
             except grpc.RpcError as exc:
                 code = exc.code()
                 if (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +56,7 @@ class DAG:
         id: str,
         agent: str,
         input: Any = None,
-        deps: list[Task | str] | tuple[Task | str, ...] = (),
+        deps: Sequence[Task | str] = (),
         retries: int = 0,
         priority: int = 0,
         timeout_ms: int = 0,

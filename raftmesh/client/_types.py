@@ -121,6 +121,8 @@ class RunEvent:
         if which == "snapshot":
             run = RunInfo.from_pb(e.snapshot)
             return cls(e.revision, "snapshot", run=run, status=run.status)
+        if which is None:
+            return cls(e.revision, "heartbeat")
         if which == "task":
             return cls(
                 e.revision,

@@ -147,6 +147,8 @@ class CoordinationMixin:
         if lt.can_grant(cmd.owner, items, ahead_of=probe):
             rev = self._advance(cmd)
             lt.grant(cmd.owner, items, rev, cmd.request_id, cmd.ttl_ms, now)
+            # A grant that overtook a waiter (priority) can close a wait-for cycle.
+            self._settle_locks(rev)
             return _ok({"request_id": cmd.request_id, "granted": True, "waiting": False, "token": rev})
         if cmd.wait_ms == 0:
             return _ok({"request_id": cmd.request_id, "granted": False, "waiting": False, "token": 0})
@@ -184,9 +186,13 @@ class CoordinationMixin:
             return _reject(
                 "ABORTED", f"stale token {cmd.token} for lock {cmd.name!r}; the current grant is {h.token}"
             )
+        if not h.ttl_ms:
+            # Only the attempt's end frees a task's lock (else another task could run alongside).
+            return _reject(
+                "FAILED_PRECONDITION",
+                f"lock {cmd.name!r} is held by a task attempt: it has no lease and is released when the attempt ends",
+            )
         if cmd.keep_alive:
-            if not h.ttl_ms:
-                return _reject("FAILED_PRECONDITION", f"lock {cmd.name!r} is held by a task and has no lease")
             rev = self._advance(cmd)
             now = self.state.time_ms
             h.deadline_ms = now + h.ttl_ms
@@ -213,12 +219,16 @@ class CoordinationMixin:
             return _ok({"cancelled": True, "released": []})
         out = lt.status(rid)
         if out is not None and out.granted:
-            rev = self._advance(cmd)
             names = [
                 lk.name
                 for lk in lt.locks.values()
                 if out.owner in lk.holders and lk.holders[out.owner].request_id == rid
             ]
+            if any(not lt.locks[n].holders[out.owner].ttl_ms for n in names):
+                return _reject(
+                    "FAILED_PRECONDITION", f"{rid!r} is a task attempt's grant; the attempt's end releases it"
+                )
+            rev = self._advance(cmd)
             lt.release_owner(out.owner, names)
             self._released.update(names)
             self._settle_locks(rev)
@@ -304,7 +314,7 @@ class CoordinationMixin:
         if fence.lock:
             lock = self.state.locks.locks.get(fence.lock)
             last = lock.last_token if lock else 0
-            if fence.token > last:
+            if fence.token <= 0 or fence.token > last:  # tokens start at 1; 0 is "none"
                 return f"token {fence.token} was never granted for lock {fence.lock!r}"
             if fence.token < last:
                 return f"fenced: lock {fence.lock!r} has a newer grant (token {last} > {fence.token})"
@@ -355,11 +365,25 @@ class CoordinationMixin:
         kv = self.state.kv
         ok = all(_compare_holds(c, kv.get(c.key)) for c in cmd.compares)
         ops: tuple[KvOp, ...] = cmd.success if ok else cmd.failure
-        writes = [o for o in ops if o.kind != "get"]
-        new_keys = sum(1 for o in writes if o.kind == "put" and o.key not in kv.entries)
-        if new_keys and len(kv.entries) + new_keys > limits.MAX_KV_KEYS:
+        # Walk the branch once: does it change anything (a delete of a missing key does not),
+        # and how many keys does the store hold afterwards?
+        exists: dict[str, bool] = {}
+        changes = False
+        keys = len(kv.entries)
+        for o in ops:
+            if o.kind == "get":
+                continue
+            present = exists.get(o.key, o.key in kv.entries)
+            if o.kind == "put":
+                changes = True
+                keys += 0 if present else 1
+            elif present:
+                changes = True
+                keys -= 1
+            exists[o.key] = o.kind == "put"
+        if keys > len(kv.entries) and keys > limits.MAX_KV_KEYS:
             return _reject("RESOURCE_EXHAUSTED", f"the store holds its limit of {limits.MAX_KV_KEYS} keys")
-        rev = self._advance(cmd) if writes else self.state.revision
+        rev = self._advance(cmd) if changes else self.state.revision
         responses: list[dict[str, Any]] = []
         for o in ops:
             if o.kind == "get":

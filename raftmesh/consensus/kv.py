@@ -80,12 +80,17 @@ class KvEvent:
 
     @classmethod
     def decode(cls, v: list[Any]) -> KvEvent:
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], value_size(v[3]) + len(v[2]))
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], event_size(v[1], v[2], v[3]))
 
 
 def value_size(value: Any) -> int:
     data: bytes = msgpack.packb(value, use_bin_type=True)
     return len(data)
+
+
+def event_size(kind: str, key: str, value: Any) -> int:
+    """What an event counts against ``KV_HISTORY_BYTES`` (the same when recorded and decoded)."""
+    return (value_size(value) if kind == PUT else 0) + len(key)
 
 
 @dataclass(slots=True)
@@ -170,7 +175,7 @@ class KvStore:
         if lease:
             self.leases[lease].keys.add(key)
         self._record(
-            KvEvent(rev, PUT, key, value, rev, e.create_revision, e.version, value_size(value) + len(key))
+            KvEvent(rev, PUT, key, value, rev, e.create_revision, e.version, event_size(PUT, key, value))
         )
         return prev, e
 
@@ -182,7 +187,9 @@ class KvStore:
         del self.keys[i]
         if prev.lease and prev.lease in self.leases:
             self.leases[prev.lease].keys.discard(key)
-        self._record(KvEvent(rev, DELETE, key, None, rev, prev.create_revision, 0, len(key)))
+        self._record(
+            KvEvent(rev, DELETE, key, None, rev, prev.create_revision, 0, event_size(DELETE, key, None))
+        )
         return prev
 
     def _record(self, ev: KvEvent) -> None:

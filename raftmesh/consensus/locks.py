@@ -14,9 +14,9 @@
   it (no starvation). A request of several locks is granted all at once or not at
   all, and only when no conflicting waiter is ahead of it on any of its locks.
 - Deadlocks: after every change the wait-for graph (waiting owner -> owners holding
-  what it waits for) is searched; each cycle is broken deterministically by aborting
-  the lowest-priority, then youngest, waiting request in it, with a message naming
-  the cycle.
+  what it waits for, or queued ahead of it with a conflicting mode) is searched; each
+  cycle is broken deterministically by aborting the lowest-priority, then youngest,
+  waiting request in it, with a message naming the cycle.
 """
 
 from __future__ import annotations
@@ -315,6 +315,13 @@ class LockTable:
                 for h in lock.holders.values():
                     if h.owner != r.owner and (mode == EXCLUSIVE or h.mode == EXCLUSIVE):
                         g.setdefault(r.owner, []).append((h.owner, name))
+                # A conflicting waiter ahead blocks it too (FIFO, as in ``can_grant``).
+                for wid in lock.queue:
+                    w = self.waiting[wid]
+                    if w.order >= r.order:
+                        break
+                    if w.owner != r.owner and (mode == EXCLUSIVE or dict(w.items)[name] == EXCLUSIVE):
+                        g.setdefault(r.owner, []).append((w.owner, name))
         return g
 
     def find_cycle(self) -> list[tuple[str, str]] | None:
@@ -349,6 +356,8 @@ class LockTable:
         return None
 
     def victim(self, cycle: list[tuple[str, str]]) -> Request:
-        owners = {o for o, _ in cycle}
-        cands = [r for r in self.waiting.values() if r.owner in owners]
+        # Only the requests that make up the cycle's edges: another waiting request of one
+        # of its owners would not break it.
+        edges = set(cycle)
+        cands = [r for r in self.waiting.values() if any((r.owner, n) in edges for n, _ in r.items)]
         return min(cands, key=lambda r: (r.priority, -r.seq))

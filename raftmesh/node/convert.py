@@ -67,11 +67,11 @@ def task_to_pb(t: TaskState) -> pb.Task:
     )
 
 
-def run_to_pb(run: RunState) -> pb.Run:
+def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
     return pb.Run(
         run_id=run.run_id,
         status=RUN_STATUS[run.status],
-        tasks=[task_to_pb(t) for t in run.tasks.values()],
+        tasks=[task_to_pb(t) for t in run.tasks.values()] if with_tasks else [],
         error=run.error,
         created_ms=run.created_ms,
         finished_ms=run.finished_ms,

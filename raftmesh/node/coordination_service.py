@@ -25,7 +25,7 @@ from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from . import convert
 from .proposer import new_request_id, now_ms
-from .service import _rpc, _timeout
+from .service import STREAM_HEARTBEAT_S, _rpc, _timeout
 from .watch import RESYNC
 
 if TYPE_CHECKING:
@@ -244,7 +244,11 @@ class KvService(pb_grpc.KvServicer):
                     yield _watch_event(ev)
                     last = ev.revision
                 while True:
-                    item = await q.get()
+                    try:
+                        item = await asyncio.wait_for(q.get(), STREAM_HEARTBEAT_S)
+                    except TimeoutError:
+                        yield pb.KvWatchEvent(revision=last)  # heartbeat: no kind, no entry
+                        continue
                     if item is RESYNC:
                         break  # re-read from the history: no gap, no duplicate
                     assert isinstance(item, KvChanged)

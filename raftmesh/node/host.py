@@ -27,6 +27,7 @@ from ..consensus.raft import RaftMember
 from ..consensus.state import TaskKey, TaskStatus
 from ..errors import RaftmeshError
 from .proposer import Proposer, new_request_id, now_ms
+from .task_clients import TaskKv, TaskLocks
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ class AgentHost:
             upstream=upstream,
             trace_id=run_id,
             logger=logger,
+            kv=TaskKv(self._raft, self._proposer, run_id, task_id, a.attempt, a.token),
+            locks=TaskLocks(self._proposer, run_id, task_id, a.attempt),
         )
         a.ctx = ctx
         sem = self._semaphores.get(agent)

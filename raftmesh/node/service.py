@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_LIST_RUNS = 1000
+STREAM_HEARTBEAT_S = 1.0
+"""Idle server streams send an empty event this often; clients treat 5 s of silence as a dead node."""
 _DAG_ERRORS = {"limit": LimitExceeded}
 
 
@@ -167,16 +169,21 @@ class ClusterService(pb_grpc.ClusterServicer):
                     if run is None:
                         raise RunNotFound(f"run {request.run_id!r} not found")
                     seen = st.revision
-                    snap = convert.run_to_pb(run)
+                    snap = convert.run_to_pb(run, with_tasks=not request.status_only)
                     done = run.status in TERMINAL_RUN
                 yield pb.RunEvent(revision=seen, snapshot=snap)
                 if done:
                     return
                 while True:
-                    ev = await q.get()
+                    try:
+                        ev = await asyncio.wait_for(q.get(), STREAM_HEARTBEAT_S)
+                    except TimeoutError:
+                        # An idle stream still says "alive" so clients can tell a stalled node.
+                        yield pb.RunEvent(revision=seen)
+                        continue
                     if ev is RESYNC:
                         break
-                    if isinstance(ev, TaskChanged) and ev.revision > seen:
+                    if isinstance(ev, TaskChanged) and ev.revision > seen and not request.status_only:
                         yield pb.RunEvent(
                             revision=ev.revision,
                             task=pb.TaskEvent(
