@@ -190,9 +190,11 @@ class Client:
 
     def list_runs(self, limit: int = 100, status: str | None = None, offset: int = 0) -> list[dict[str, Any]]:
         """Run summaries, newest first (``offset`` pages further back)."""
-        req = pb.ListRunsRequest(limit=limit, offset=offset)
-        if status:
-            req.status = pb.RunStatus.Value(f"RUN_STATUS_{status}")
+        req = pb.ListRunsRequest(
+            limit=limit,
+            offset=offset,
+            status=pb.RunStatus.Name(pb.RunStatus.Value(f"RUN_STATUS_{status}")) if status else None,
+        )
         resp: pb.ListRunsResponse = self._call("ListRuns", req)
         return [
             {

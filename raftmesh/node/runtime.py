@@ -14,7 +14,7 @@ import uuid
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1 import _async as health_aio  # the asyncio servicer (also exported as health.aio)
 from grpc_reflection.v1alpha import reflection
 
 from ..agents import AgentRegistry, default_registry
