@@ -61,6 +61,20 @@ def test_isolated_leader_commits_nothing_and_steps_down(tmp_path: pathlib.Path) 
             run = client.wait(run_id, timeout_s=90)
             assert run.status == "SUCCEEDED", run.error
             assert c.status_of(leader).revision == frozen_revision, "the isolated node applied something"
+            # Keep the partition well past the node-down timeout: the deposed leader is marked
+            # down, but the healthy follower of the majority keeps heartbeating the new leader.
+            follower = next(n for n in others if n != new_leader)
+
+            def old_leader_down() -> bool:
+                members = {m.id: m.up for m in c.status_of(new_leader).members}
+                return not members[leader]
+
+            wait_until(old_leader_down, 30, "the isolated old leader to be marked down")
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:  # observing a steady state for a while, not waiting for one
+                members = {m.id: m.up for m in c.status_of(new_leader).members}
+                assert members[follower], f"healthy follower {follower} was marked down during the partition"
+                time.sleep(0.2)
 
             lab.heal()
             c.wait_ready(timeout_s=60)

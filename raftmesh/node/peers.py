@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 0.5
+ACK_SILENCE_S = 2.0
+"""A stream whose acks stop for this long is dropped and opened again (to whoever leads then)."""
 
 
 class PeerService(pb_grpc.PeerServicer):
@@ -82,10 +84,18 @@ class HeartbeatSender:
             await asyncio.sleep(0.1)
 
     async def _stream(self, target: str) -> None:
+        """One stream to ``target``, cancelled when another node leads or acks stop coming.
+
+        Without the cancel, a stream to a leader that was cut off by a partition waits
+        forever for an answer, and this node never heartbeats the new leader (which then
+        marks it down).
+        """
         node = self.node
+        loop = asyncio.get_running_loop()
+        last_ack = loop.time()
 
         async def beats() -> AsyncIterator[pb.HeartbeatRequest]:
-            while self._leader_grpc() == target:
+            while True:
                 yield pb.HeartbeatRequest(
                     node_id=node.config.node_id,
                     incarnation=node.incarnation,
@@ -96,5 +106,20 @@ class HeartbeatSender:
 
         async with grpc.aio.insecure_channel(target) as channel:
             call = pb_grpc.PeerStub(channel).Heartbeat(beats())
-            async for _ack in call:
-                self.acks += 1
+
+            async def read() -> None:
+                nonlocal last_ack
+                async for _ack in call:
+                    self.acks += 1
+                    last_ack = loop.time()
+
+            reader = asyncio.ensure_future(read())
+            try:
+                while not reader.done():
+                    await asyncio.wait({reader}, timeout=0.2)
+                    if self._leader_grpc() != target or loop.time() - last_ack > ACK_SILENCE_S:
+                        call.cancel()
+                        break
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)

@@ -13,8 +13,8 @@ import os
 import uuid
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer (also exported as health.aio)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..agents import AgentRegistry, default_registry

@@ -39,6 +39,7 @@ class Scheduler:
         self._last_seen: dict[str, float] = {}
         """node id -> when this leader last had a Raft connection to it (monotonic)."""
         self._down_inflight: set[str] = set()
+        self._was_up: set[str] = set()
         self._wake = asyncio.Event()
         self._inflight: dict[TaskKey, str] = {}
         self._assigns = 0
@@ -58,6 +59,7 @@ class Scheduler:
             if not self._raft.is_leader:
                 self._inflight.clear()
                 self._last_seen.clear()
+                self._was_up.clear()
                 continue
             try:
                 self._step()
@@ -111,6 +113,11 @@ class Scheduler:
         mono = time.monotonic()
         with self._raft.lock:
             members = [(m.node_id, m.incarnation) for m in self._raft.machine.state.members.values() if m.up]
+        up_now = {node_id for node_id, _ in members}
+        for node_id in up_now - self._was_up:
+            # It just (re)joined: give it a full timeout to reach us, whatever we heard before.
+            self._last_seen[node_id] = mono
+        self._was_up = up_now
         for node_id, incarnation in members:
             if node_id == self._self_id:
                 continue
