@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="take a state snapshot after this many log entries (default 20000)",
     )
+    n.add_argument(
+        "--snapshot-seconds", type=float, help="also take a snapshot after this many seconds (default 600)"
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 

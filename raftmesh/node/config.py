@@ -111,6 +111,8 @@ def build_config(
         raise InvalidArgument("--node-down-after must be between 0.5 and 3600 seconds")
     if timings is not None and not 2 <= timings.log_compaction_entries <= 10_000_000:
         raise InvalidArgument("--snapshot-entries must be between 2 and 10000000")
+    if timings is not None and not 1 <= timings.log_compaction_s <= 10_000_000:
+        raise InvalidArgument("--snapshot-seconds must be between 1 and 10000000")
     return NodeConfig(
         node_id=node_id,
         raft=raft,

@@ -70,7 +70,10 @@ def run_node(args: argparse.Namespace) -> int:
         slots=int(_setting(args, file_cfg, "slots", 64)),
         agents=agent_list,
         raft_password=os.environ.get("RAFTMESH_RAFT_PASSWORD") or file_cfg.get("raft_password"),
-        timings=RaftTimings(log_compaction_entries=int(_setting(args, file_cfg, "snapshot-entries", 20_000))),
+        timings=RaftTimings(
+            log_compaction_entries=int(_setting(args, file_cfg, "snapshot-entries", 20_000)),
+            log_compaction_s=float(_setting(args, file_cfg, "snapshot-seconds", 600.0)),
+        ),
         node_down_after_s=float(_setting(args, file_cfg, "node-down-after", 5.0)),
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -39,7 +39,8 @@ class Scheduler:
         self._last_seen: dict[str, float] = {}
         """node id -> when this leader last had a Raft connection to it (monotonic)."""
         self._down_inflight: set[str] = set()
-        self._was_up: set[str] = set()
+        self._was_up: dict[str, tuple[str, int]] = {}
+        """node id -> (incarnation, registered_ms) of the member as last seen up."""
         self._wake = asyncio.Event()
         self._inflight: dict[TaskKey, str] = {}
         self._assigns = 0
@@ -112,11 +113,13 @@ class Scheduler:
         """
         mono = time.monotonic()
         with self._raft.lock:
-            members = [(m.node_id, m.incarnation) for m in self._raft.machine.state.members.values() if m.up]
-        up_now = {node_id for node_id, _ in members}
-        for node_id in up_now - self._was_up:
-            # It just (re)joined: give it a full timeout to reach us, whatever we heard before.
-            self._last_seen[node_id] = mono
+            ups = [m for m in self._raft.machine.state.members.values() if m.up]
+            members = [(m.node_id, m.incarnation) for m in ups]
+            up_now = {m.node_id: (m.incarnation, m.registered_ms) for m in ups}
+        for node_id, reg in up_now.items():
+            if self._was_up.get(node_id) != reg:
+                # It just joined, rejoined or restarted: a full timeout to reach us, whatever we heard before.
+                self._last_seen[node_id] = mono
         self._was_up = up_now
         for node_id, incarnation in members:
             if node_id == self._self_id:

@@ -1,0 +1,402 @@
+"""Run one chaos experiment end to end: cluster, workload, nemesis, heal, drain, audit, check.
+
+Timeline: start the nodes (``--snapshot-entries 10000000`` so every journal keeps the
+whole log for the audit), warm up with the workload alone, inject the seeded faults
+for the fault phase, cool down with the workload alone, stop the workload, heal
+everything, drain (every run terminal), read every run, wait until all replicas
+have the same digest, stop the nodes gracefully, replay their journals and check.
+
+Everything is cleaned up on the way out, also on Ctrl-C and SIGTERM: node processes
+by pid, the netns lab, proxies, and the data directory (unless ``keep_dir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from ..consensus.machine import StateMachine
+from ..consensus.raft import read_journal
+from ..errors import InvalidArgument
+from ..localcluster import LocalCluster, wait_until
+from ..verify.audit import Audit
+from . import netns
+from .checker import (
+    Phases,
+    ReplayCheck,
+    RunRecord,
+    TaskRecord,
+    check_history,
+    completions_ms,
+    largest_stall,
+    throughput,
+)
+from .nemesis import Nemesis, NetMode, available_faults, plan_schedule
+from .proxy import TcpProxy
+from .report import Report
+from .workload import Workload, now_ms
+
+SNAPSHOT_ENTRIES = 10_000_000
+"""Node log compaction threshold: high, so each journal holds the whole log to audit.
+
+pysyncobj also compacts after ``log_compaction_s`` (600 s) whatever the count, so a
+run whose nodes live longer than that audits a log with a prefix missing; the
+report says so rather than failing the replay check.
+"""
+LOG_COMPACTION_S = 600.0
+START_TIMEOUT_S = 60.0
+CONVERGE_TIMEOUT_S = 60.0
+LIST_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    nodes: int = 3
+    duration_min: float = 1.0
+    """Length of the fault phase, in minutes."""
+    seed: int = 0
+    net: NetMode = "none"
+    net_reason: str = ""
+    clients: int = 4
+    node_down_after_s: float = 5.0
+    keep_dir: bool = False
+    warmup_s: float | None = None
+    """Workload alone before the first fault (default: 10% of the fault phase, 6-20 s)."""
+    cooldown_s: float | None = None
+    drain_timeout_s: float = 120.0
+    base_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes not in (3, 5, 7):
+            raise InvalidArgument(f"--nodes must be 3, 5 or 7, got {self.nodes}")
+        if not 0 < self.duration_min <= 24 * 60:
+            raise InvalidArgument(f"--duration must be > 0 minutes (at most a day), got {self.duration_min}")
+        if not 1 <= self.clients <= 64:
+            raise InvalidArgument(f"--clients must be 1-64, got {self.clients}")
+        if self.net not in ("netns", "proxy", "none"):
+            raise InvalidArgument(f"--net must be netns, proxy or none, got {self.net!r}")
+
+    @property
+    def phase_s(self) -> float:
+        return self.duration_min * 60
+
+    @property
+    def warmup(self) -> float:
+        return self.warmup_s if self.warmup_s is not None else min(20.0, max(6.0, 0.1 * self.phase_s))
+
+    @property
+    def cooldown(self) -> float:
+        return self.cooldown_s if self.cooldown_s is not None else min(20.0, max(6.0, 0.1 * self.phase_s))
+
+
+def replay_command(cfg: ChaosConfig) -> str:
+    return (
+        f"scripts/chaos.py --net {cfg.net} --nodes {cfg.nodes} --duration {cfg.duration_min:g}"
+        f" --seed {cfg.seed} --clients {cfg.clients} --node-down-after {cfg.node_down_after_s:g}"
+    )
+
+
+def choose_net() -> tuple[NetMode, str]:
+    """netns if this machine supports it, else proxy; and why."""
+    ok, why = netns.is_supported()
+    if ok:
+        return "netns", "default: network namespaces are supported here"
+    return "proxy", f"default: netns unsupported here ({why}), so client links go through a userspace proxy"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the ``finally`` blocks clean up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Cleanup must not be interrupted half-way: SIGINT and SIGTERM are ignored meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def run_chaos(cfg: ChaosConfig, log: Callable[[str], None] = print) -> Report:
+    """Run the experiment and return its report (raises only if the harness itself fails)."""
+    with _sigterm_as_interrupt():
+        return _Run(cfg, log).run()
+
+
+class _Run:
+    def __init__(self, cfg: ChaosConfig, log: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self._log = log
+        self.t0 = time.monotonic()
+        self.base = cfg.base_dir or tempfile.mkdtemp(prefix=f"raftmesh-chaos-{cfg.seed}-")
+        os.makedirs(self.base, exist_ok=True)
+        self.lab: netns.NetnsLab | None = None
+        self.cluster: LocalCluster | None = None
+        self.proxies: dict[str, TcpProxy] = {}
+        self.workload: Workload | None = None
+        self.stop = threading.Event()
+        self.notes: list[str] = []
+
+    def log(self, msg: str) -> None:
+        self._log(f"[chaos +{time.monotonic() - self.t0:6.1f}s] {msg}")
+
+    def run(self) -> Report:
+        try:
+            return self._run()
+        finally:
+            with _signals_deferred():
+                self._cleanup()
+
+    # ---- the experiment -------------------------------------------------------------
+
+    def _run(self) -> Report:
+        cfg = self.cfg
+        ids = [f"n{i + 1}" for i in range(cfg.nodes)]
+        self.log(f"seed {cfg.seed}; --net {cfg.net} ({cfg.net_reason or 'chosen'}); data in {self.base}")
+        if cfg.net == "netns":
+            self.lab = netns.NetnsLab(ids).start()
+            self.log(f"netns lab {self.lab.run_name} on {self.lab.subnet}")
+        lab = self.lab
+        cluster = self.cluster = LocalCluster(
+            cfg.nodes,
+            base_dir=self.base,
+            hosts={i: lab.ip_of(i) for i in ids} if lab else {},
+            exec_prefix=lab.exec_prefix if lab else None,
+            extra_args=[
+                "--node-down-after",
+                str(cfg.node_down_after_s),
+                "--snapshot-entries",
+                str(SNAPSHOT_ENTRIES),
+                "--snapshot-seconds",
+                str(SNAPSHOT_ENTRIES),  # no time-based compaction either: the audit replays the whole log
+            ],
+        )
+        cluster.start(wait=True, timeout_s=START_TIMEOUT_S)
+        self.log(f"cluster up: {', '.join(f'{n.id}={n.grpc}' for n in cluster.nodes.values())}")
+        addresses = cluster.addresses
+        if cfg.net == "proxy":
+            for node_id, n in cluster.nodes.items():
+                host, port = n.grpc.rsplit(":", 1)
+                self.proxies[node_id] = TcpProxy(host, int(port), name=f"client->{node_id}")
+            addresses = [p.address for p in self.proxies.values()]
+            self.log(f"client links through proxies {addresses}")
+
+        kinds, skipped = available_faults(cfg.net, cfg.nodes)
+        schedule = plan_schedule(cfg.seed, cfg.phase_s, kinds)
+        self.log(f"{len(schedule)} faults planned from {[str(k) for k in kinds]}")
+        nemesis = Nemesis(cluster, lab, self.proxies, log=self.log)
+        workload = self.workload = Workload(addresses, cfg.seed, cfg.clients)
+
+        start_ms = now_ms()
+        workload.start()
+        self.log(f"warm-up {cfg.warmup:.0f} s")
+        self.stop.wait(cfg.warmup)
+        faults_start_ms = now_ms()
+        phase_end = time.monotonic() + cfg.phase_s
+        self.log(f"fault phase {cfg.phase_s:.0f} s")
+        nemesis.run(schedule, phase_end, self.stop)
+        self.stop.wait(max(0.0, phase_end - time.monotonic()))
+        faults_end_ms = now_ms()
+        self.log(f"cool-down {cfg.cooldown:.0f} s")
+        self.stop.wait(cfg.cooldown)
+        end_ms = now_ms()
+        stuck = workload.stop(timeout_s=workload.wait_timeout_s + 15)
+        if stuck:
+            self.notes.append(f"client threads still busy after the workload stopped: {stuck}")
+        ops = workload.snapshot()
+        self.log(f"workload stopped after {len(ops)} submits; healing and draining")
+
+        healed = nemesis.heal_all()
+        if healed:
+            self.notes.append(f"at the end: {', '.join(healed)}")
+        if nemesis.wait_whole() is None:
+            self.notes.append("the cluster was not whole (all up, one leader) 60 s after the final heal")
+        runs = self._drain_and_read(cluster)
+        digests, statuses = self._converge(cluster)
+        self._stop_nodes(cluster)
+        audit, replays, unaudited = self._audit_journals(cluster, statuses)
+
+        check = check_history(ops, runs, audit, digests, replays, unaudited)
+        log_stats = {}
+        if audit is not None:
+            attempts = sum(audit.starts.values())
+            log_stats = {
+                "commands": audit.commands,
+                "tasks_started": len(audit.starts),
+                "attempts": attempts,
+                "attempts_again": attempts - len(audit.starts),
+                "stale_results_rejected": audit.stale_rejected,
+            }
+        phases = Phases(start_ms, faults_start_ms, faults_end_ms, end_ms)
+        done = completions_ms(runs, {op.key for op in ops})
+        if cfg.keep_dir:
+            self.notes.append("--keep-dir: node data and logs were kept")
+        return Report(
+            seed=cfg.seed,
+            nodes=cfg.nodes,
+            net=cfg.net,
+            net_reason=cfg.net_reason,
+            duration_min=cfg.duration_min,
+            clients=cfg.clients,
+            node_down_after_s=cfg.node_down_after_s,
+            replay_command=replay_command(cfg),
+            not_injected=skipped,
+            phases=phases,
+            faults=nemesis.records,
+            check=check,
+            throughput=throughput(done, phases),
+            stall=largest_stall(done, phases, nemesis.records),
+            digests=digests,
+            replays=replays,
+            log_stats=log_stats,
+            operations=[op.to_json() for op in ops],
+            notes=self.notes,
+            data_dir=self.base if cfg.keep_dir else "",
+        )
+
+    def _drain_and_read(self, cluster: LocalCluster) -> dict[str, RunRecord]:
+        """Wait until no run is RUNNING, then read every run the cluster holds."""
+        client = cluster.client(retry_deadline_s=30)
+
+        def drained() -> bool:
+            return not client.list_runs(limit=1, status="RUNNING")
+
+        try:
+            wait_until(drained, self.cfg.drain_timeout_s, "every run to end", interval_s=0.5)
+        except TimeoutError as exc:
+            self.notes.append(f"drain: {exc}")
+        summaries: list[dict[str, Any]] = []
+        while True:
+            page = client.list_runs(limit=LIST_PAGE, offset=len(summaries))
+            summaries += page
+            if len(page) < LIST_PAGE:
+                break
+        runs: dict[str, RunRecord] = {}
+        for s in summaries:
+            info = client.get(s["run_id"], stale_ok=True)
+            tasks = {
+                t.id: TaskRecord(t.status, t.output, t.attempt, t.node, t.finished_ms, t.error)
+                for t in info.tasks.values()
+            }
+            runs[info.run_id] = RunRecord(info.run_id, s["idempotency_key"], info.status, info.error, tasks)
+        self.log(f"read {len(runs)} runs")
+        return runs
+
+    def _converge(self, cluster: LocalCluster) -> tuple[dict[str, tuple[int, str]], dict[str, Any]]:
+        try:
+            cluster.wait_converged(CONVERGE_TIMEOUT_S)
+        except TimeoutError as exc:
+            self.notes.append(f"replicas did not converge: {exc}")
+        statuses = {i: cluster.status_of(i, include_digest=True) for i in cluster.nodes}
+        digests = {i: (s.revision, s.digest) for i, s in statuses.items()}
+        self.log(f"replicas: {sorted(set(digests.values()))}")
+        return digests, statuses
+
+    def _stop_nodes(self, cluster: LocalCluster) -> None:
+        """Graceful stop of every node at once (stopping one by one lets the leader act meanwhile)."""
+        threads = [threading.Thread(target=cluster.stop_node, args=(i,)) for i in cluster.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _audit_journals(
+        self, cluster: LocalCluster, statuses: dict[str, Any]
+    ) -> tuple[Audit | None, list[ReplayCheck], str]:
+        """Replay each journal up to the index its node had applied when the digests were read.
+
+        The longest one goes through the ``Audit``; every one must reproduce the live digest.
+        A journal that lost its prefix to a snapshot is left out (it cannot reproduce the
+        state from an empty one); the third value says why nothing was audited, if so.
+        """
+        journals: dict[str, list[bytes]] = {}
+        compacted = []
+        for i, n in cluster.nodes.items():
+            if os.path.exists(os.path.join(n.data_dir, "snapshot.lmdb")):
+                compacted.append(i)
+                continue
+            try:
+                entries, _commit = read_journal(os.path.join(n.data_dir, "raft.journal"))
+            except Exception as exc:
+                self.notes.append(f"journal of {i} unreadable: {type(exc).__name__}: {exc}")
+                continue
+            journals[i] = [p for idx, _term, p in entries if idx <= statuses[i].last_applied]
+        if compacted:
+            self.notes.append(
+                f"{', '.join(compacted)} took or installed a snapshot, so their journals miss a prefix of "
+                f"the log and were not replayed (pysyncobj compacts after {LOG_COMPACTION_S:.0f} s of node "
+                "uptime whatever --snapshot-entries says)"
+            )
+        if not journals:
+            why = "every journal was compacted" if compacted and len(compacted) == len(cluster.nodes) else ""
+            return None, [], why
+        longest = max(journals, key=lambda i: len(journals[i]))
+        audit = Audit()
+        replays = []
+        for i, payloads in journals.items():
+            machine = audit.machine if i == longest else StateMachine()
+            for p in payloads:
+                if i == longest:
+                    audit.feed(p)
+                else:
+                    machine.apply_batch(p)
+            replays.append(
+                ReplayCheck(i, len(payloads), machine.state.revision, machine.digest(), statuses[i].digest)
+            )
+        self.log(f"audited {audit.commands} commands from {longest}'s journal")
+        return audit, replays, ""
+
+    # ---- cleanup -----------------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        self.stop.set()
+        if self.workload is not None:
+            self.workload.stop(timeout_s=5)
+        for p in self.proxies.values():
+            with contextlib.suppress(Exception):
+                p.close()
+        if self.cluster is not None:
+            for i, n in self.cluster.nodes.items():
+                # By pid: SIGCONT first if paused, then SIGTERM, SIGKILL after 5 s.
+                try:
+                    self.cluster.stop_node(i, timeout_s=5)
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        self.cluster.kill(i)
+                if n.alive:
+                    self.log(f"could not stop {i} (pid {n.pid})")
+            self.cluster.close()
+        if self.lab is not None:
+            self.lab.cleanup()
+        if not self.cfg.keep_dir:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+__all__ = ["ChaosConfig", "choose_net", "replay_command", "run_chaos"]

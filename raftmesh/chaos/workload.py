@@ -1,0 +1,222 @@
+"""The chaos workload: closed-loop clients submitting seeded DAGs and recording what they saw.
+
+Each client thread builds a DAG from its own seeded RNG, submits it under a unique
+idempotency key, records the operation (call/return times and the outcome the client
+observed), then waits a bounded time for the run to end. The record is the history
+the checker judges; the expected output of every task is computed here,
+independently of the cluster, from the built-in agents' documented semantics.
+
+A submit's outcome is ``ok`` (acknowledged: the client holds a run id), ``failed``
+(the cluster refused it before proposing it, so it must not exist) or ``unknown``
+(the client gave up on retrying: it may or may not have been applied).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..client import DAG, Client
+from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError
+
+Outcome = Literal["ok", "failed", "unknown"]
+
+SUM_VALUE_MAX = 1000
+SLEEP_S_MIN, SLEEP_S_MAX = 0.2, 1.0
+WAIT_TIMEOUT_S = 60.0
+"""How long a client waits for its run before moving on (the drain checks it later)."""
+RETRY_DEADLINE_S = 10.0
+"""The SDK's retry budget per call: short enough that some submits end unknown during faults."""
+PAUSE_AFTER_ERROR_S = 0.2
+
+# Codes the node returns before proposing anything, so the run cannot exist. Every other
+# error after the SDK's retries may follow an attempt that was applied: its outcome is unknown.
+_DEFINITE_FAILURES: tuple[type[RaftmeshError], ...] = (InvalidArgument,)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One DAG to submit and the output every task must end with."""
+
+    key: str
+    shape: str
+    dag: DAG
+    expected: dict[str, Any]
+
+
+def make_job(rng: random.Random, key: str) -> Job:
+    """A DAG of a mixed shape, with expected outputs computed from the agents' semantics.
+
+    Shapes: a chain of 3-6 ``sum`` tasks, or a 1 -> k -> 1 fan-out/fan-in of ``sum`` with
+    k in 3-8. Each may get 1-2 ``sleep`` tasks (0.2-1.0 s, so attempts are in flight when
+    faults land) as extra dependencies of ``sum`` tasks (their outputs are maps, which
+    ``sum`` ignores), and a ``fail`` task that fails its first attempt (retries 2).
+    """
+    dag = DAG(f"chaos {key}")
+    expected: dict[str, Any] = {}
+    sums: list[str] = []
+
+    def add_sum(tid: str, deps: Sequence[str]) -> None:
+        value = rng.randint(0, SUM_VALUE_MAX)
+        dag.task(tid, "sum", input={"value": value}, deps=list(deps))
+        expected[tid] = value + sum(expected[d] for d in deps if isinstance(expected[d], int))
+        sums.append(tid)
+
+    if rng.random() < 0.5:
+        shape = "chain"
+        length = rng.randint(3, 6)
+        for i in range(length):
+            add_sum(f"c{i}", [f"c{i - 1}"] if i else [])
+    else:
+        width = rng.randint(3, 8)
+        shape = f"fan{width}"
+        add_sum("src", [])
+        for i in range(width):
+            add_sum(f"m{i}", ["src"])
+        add_sum("sink", [f"m{i}" for i in range(width)])
+    extras: list[str] = []
+    for i in range(rng.randint(1, 2)):
+        seconds = round(rng.uniform(SLEEP_S_MIN, SLEEP_S_MAX), 2)
+        tid = f"sleep{i}"
+        dag.task(tid, "sleep", input={"seconds": seconds})
+        expected[tid] = {"seconds": seconds}
+        extras.append(tid)
+    if rng.random() < 0.5:
+        dag.task("flaky", "fail", input={"times": 1}, retries=2)
+        expected["flaky"] = {"times": 1}
+        extras.append("flaky")
+        shape += "+fail"
+    # Hang each extra under a random sum task that is not a root (roots keep the shape's head).
+    for tid in extras:
+        host = rng.choice(sums[1:])
+        dag.tasks[host] = dataclasses.replace(dag.tasks[host], deps=(*dag.tasks[host].deps, tid))
+    return Job(key, shape, dag, expected)
+
+
+@dataclass
+class Operation:
+    """One submit as the client saw it, then the run's state when its wait ended."""
+
+    client: int
+    index: int
+    key: str
+    shape: str
+    tasks: int
+    expected: dict[str, Any]
+    call_ms: int
+    return_ms: int = 0
+    outcome: Outcome = "unknown"
+    run_id: str = ""
+    error_code: str = ""
+    error: str = ""
+    wait_status: str = ""
+    """The run's status when the client stopped waiting ("" if it never waited)."""
+    wait_error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "index": self.index,
+            "key": self.key,
+            "shape": self.shape,
+            "tasks": self.tasks,
+            "call_ms": self.call_ms,
+            "return_ms": self.return_ms,
+            "outcome": self.outcome,
+            "run_id": self.run_id,
+            "error_code": self.error_code,
+            "error": self.error,
+            "wait_status": self.wait_status,
+            "wait_error": self.wait_error,
+        }
+
+
+@dataclass
+class Workload:
+    """``clients`` closed-loop threads against ``addresses``; ``start()``, then ``stop()``.
+
+    Operations are appended to ``operations`` (under a lock) as they are made, so a
+    crash of the harness still leaves the history so far.
+    """
+
+    addresses: list[str]
+    seed: int
+    clients: int = 4
+    retry_deadline_s: float = RETRY_DEADLINE_S
+    wait_timeout_s: float = WAIT_TIMEOUT_S
+    clock_ms: Callable[[], int] = now_ms
+    operations: list[Operation] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for c in range(self.clients):
+            t = threading.Thread(target=self._client_loop, args=(c,), name=f"chaos-client-{c}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def stop(self, timeout_s: float = 30.0) -> list[str]:
+        """Ask every client to stop after its current call; returns the threads still running."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in self._threads if t.is_alive()]
+
+    def snapshot(self) -> list[Operation]:
+        with self._lock:
+            return list(self.operations)
+
+    def _client_loop(self, client: int) -> None:
+        rng = random.Random(f"{self.seed}-client-{client}")
+        # Each thread has its own Client: failover state is per client, as with real users.
+        with Client(self.addresses, retry_deadline_s=self.retry_deadline_s) as sdk:
+            i = 0
+            while not self._stop.is_set():
+                job = make_job(rng, f"chaos-{self.seed}-{client}-{i}")
+                op = Operation(
+                    client, i, job.key, job.shape, len(job.dag.tasks), job.expected, self.clock_ms()
+                )
+                with self._lock:
+                    self.operations.append(op)
+                self._submit(sdk, job, op)
+                if op.outcome == "ok":
+                    self._wait(sdk, op)
+                else:
+                    self._stop.wait(PAUSE_AFTER_ERROR_S)  # back off a little, as a real client would
+                i += 1
+
+    def _submit(self, sdk: Client, job: Job, op: Operation) -> None:
+        try:
+            op.run_id = sdk.submit(job.dag, idempotency_key=job.key)
+            op.outcome = "ok"
+        except _DEFINITE_FAILURES as exc:
+            op.outcome, op.error_code, op.error = "failed", exc.code, exc.message
+        except RaftmeshError as exc:
+            op.outcome, op.error_code, op.error = "unknown", exc.code, exc.message
+        except Exception as exc:  # a transport error the SDK did not translate: may have been applied
+            op.outcome, op.error_code, op.error = "unknown", type(exc).__name__, str(exc)
+        finally:
+            op.return_ms = self.clock_ms()
+
+    def _wait(self, sdk: Client, op: Operation) -> None:
+        try:
+            op.wait_status = sdk.wait(op.run_id, timeout_s=self.wait_timeout_s).status
+        except DeadlineExceeded as exc:
+            op.wait_error = f"wait timed out: {exc.message}"
+        except RaftmeshError as exc:
+            op.wait_error = f"{exc.code}: {exc.message}"
+        except Exception as exc:
+            op.wait_error = f"{type(exc).__name__}: {exc}"
