@@ -21,14 +21,19 @@ def plan_assignments(
     now_ms: int,
     inflight: Mapping[TaskKey, str],
     max_items: int = 1000,
+    avoid: frozenset[str] = frozenset(),
 ) -> list[Assignment]:
-    """Assignments for READY tasks not already in flight (``inflight``: task -> node)."""
+    """Assignments for READY tasks not already in flight (``inflight``: task -> node).
+
+    ``avoid``: up members the leader has not heard from lately; new work skips them
+    until they are heard from again or marked down.
+    """
     load: dict[str, int] = {}
     slots: dict[str, int] = {}
     by_agent: dict[str, list[str]] = {}
     for node_id in sorted(state.members):
         m = state.members[node_id]
-        if not m.up or m.slots <= 0:
+        if not m.up or m.slots <= 0 or node_id in avoid:
             continue
         load[node_id] = len(state.running.get(node_id, ()))
         slots[node_id] = m.slots

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_ASSIGN_ITEMS = 1000
 MAX_INFLIGHT_ASSIGNS = 2
 IDLE_WAKE_S = 0.25
+SUSPECT_AFTER_S = 1.5
+"""No heartbeat for this long (3 missed beats): place no new work there until it is heard from again."""
 
 
 class Scheduler:
@@ -75,7 +77,7 @@ class Scheduler:
             due = st.next_deadline_ms()
             plan = []
             if self._assigns < MAX_INFLIGHT_ASSIGNS:
-                plan = plan_assignments(st, now, self._inflight, MAX_ASSIGN_ITEMS)
+                plan = plan_assignments(st, now, self._inflight, MAX_ASSIGN_ITEMS, self._suspects())
         if due is not None and due <= now and not self._tick_inflight:
             self._tick_inflight = True
             asyncio.get_running_loop().create_task(self._tick(now))
@@ -100,6 +102,10 @@ class Scheduler:
             for a in cmd.items:
                 self._inflight.pop((a.run_id, a.task_id), None)
             self._wake.set()
+
+    def _suspects(self) -> frozenset[str]:
+        mono = time.monotonic()
+        return frozenset(n for n, seen in self._last_seen.items() if mono - seen > SUSPECT_AFTER_S)
 
     def heard_from(self, node_id: str) -> None:
         """A heartbeat arrived (``raftmesh.node.peers``)."""
