@@ -219,11 +219,7 @@ class CoordinationMixin:
             return _ok({"cancelled": True, "released": []})
         out = lt.status(rid)
         if out is not None and out.granted:
-            names = [
-                lk.name
-                for lk in lt.locks.values()
-                if out.owner in lk.holders and lk.holders[out.owner].request_id == rid
-            ]
+            names = lt.held_names(rid)
             if any(not lt.locks[n].holders[out.owner].ttl_ms for n in names):
                 return _reject(
                     "FAILED_PRECONDITION", f"{rid!r} is a task attempt's grant; the attempt's end releases it"

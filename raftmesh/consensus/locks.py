@@ -125,6 +125,8 @@ class LockTable:
     # derived
     deadlines: list[tuple[int, int, str, str]] = field(default_factory=list)
     """Heap of (deadline_ms, kind 0=holder 1=waiter, lock name or request id, owner); stale lazily."""
+    by_request: dict[str, dict[str, None]] = field(default_factory=dict)
+    """request id -> names held under it (so a lookup by request id is not a scan of every lock)."""
 
     # ---- encoding -----------------------------------------------------------
 
@@ -149,8 +151,10 @@ class LockTable:
 
     def rebuild(self) -> None:
         self.deadlines = []
+        self.by_request = {}
         for lock in self.locks.values():
             for h in lock.holders.values():
+                self.by_request.setdefault(h.request_id, {})[lock.name] = None
                 if h.deadline_ms:
                     self.deadlines.append((h.deadline_ms, 0, lock.name, h.owner))
         for r in self.waiting.values():
@@ -164,14 +168,34 @@ class LockTable:
         """Where a request stands: granted, ended, or None while it waits (or is unknown)."""
         if request_id in self.waiting:
             return None
-        for lock in self.locks.values():
-            for h in lock.holders.values():
-                if h.request_id == request_id:
-                    return LockOutcome(request_id, h.owner, True, h.token)
+        held = self.holder_of(request_id)
+        if held is not None:
+            return LockOutcome(request_id, held[1].owner, True, held[1].token)
         ended = self.ended.get(request_id)
         if ended is not None:
             return LockOutcome(request_id, "", False, 0, ended[0], ended[1])
         return None
+
+    def holder_of(self, request_id: str) -> tuple[str, Holder] | None:
+        """(a lock name, the holder) granted under ``request_id``, if it still holds anything."""
+        names = self.by_request.get(request_id)
+        if not names:
+            return None
+        name = next(iter(names))
+        for h in self.locks[name].holders.values():
+            if h.request_id == request_id:
+                return name, h
+        return None
+
+    def held_names(self, request_id: str) -> list[str]:
+        return sorted(self.by_request.get(request_id, ()))
+
+    def _unindex(self, request_id: str, name: str) -> None:
+        names = self.by_request.get(request_id)
+        if names is not None:
+            names.pop(name, None)
+            if not names:
+                del self.by_request[request_id]
 
     def next_deadline_ms(self) -> int | None:
         while self.deadlines and not self._live(self.deadlines[0]):
@@ -225,7 +249,11 @@ class LockTable:
         deadline = now + ttl_ms if ttl_ms else 0
         for name, mode in items:
             lock = self.locks.setdefault(name, Lock(name))
+            old = lock.holders.get(owner)
+            if old is not None:
+                self._unindex(old.request_id, name)
             lock.holders[owner] = Holder(owner, mode, token, request_id, ttl_ms, deadline)
+            self.by_request.setdefault(request_id, {})[name] = None
             lock.last_token = max(lock.last_token, token)
             if deadline:
                 heapq.heappush(self.deadlines, (deadline, 0, name, owner))
@@ -258,6 +286,8 @@ class LockTable:
         if lock is None:
             return None
         h = lock.holders.pop(owner, None)
+        if h is not None:
+            self._unindex(h.request_id, name)
         self._forget_if_idle(lock)
         return h
 

@@ -103,11 +103,8 @@ class NodeRuntime:
 
     def lock_deadline(self, request_id: str) -> int:
         with self.raft.lock:
-            for lock in self.raft.machine.state.locks.locks.values():
-                for h in lock.holders.values():
-                    if h.request_id == request_id:
-                        return h.deadline_ms
-        return 0
+            held = self.raft.machine.state.locks.holder_of(request_id)
+        return held[1].deadline_ms if held is not None else 0
 
     def _on_restored(self) -> None:
         loop = self.loop
