@@ -41,6 +41,8 @@ class Scheduler:
         self._last_seen: dict[str, float] = {}
         """node id -> when this leader last had a Raft connection to it (monotonic)."""
         self._down_inflight: set[str] = set()
+        self._heard: set[str] = set()
+        """Members that heartbeated this node since it became leader."""
         self._was_up: dict[str, tuple[str, int]] = {}
         """node id -> (incarnation, registered_ms) of the member as last seen up."""
         self._wake = asyncio.Event()
@@ -63,6 +65,7 @@ class Scheduler:
                 self._inflight.clear()
                 self._last_seen.clear()
                 self._was_up.clear()
+                self._heard.clear()
                 continue
             try:
                 self._step()
@@ -104,12 +107,23 @@ class Scheduler:
             self._wake.set()
 
     def _suspects(self) -> frozenset[str]:
+        """Members to give no new work: not heard from since this node leads, or silent lately.
+
+        A new leader has no history, and right after a partition the member it lost touch
+        with is usually the old leader: waiting for a first heartbeat (healthy members send
+        one within about a second) keeps new work off it until node-down settles the matter.
+        """
         mono = time.monotonic()
-        return frozenset(n for n, seen in self._last_seen.items() if mono - seen > SUSPECT_AFTER_S)
+        with self._raft.lock:
+            members = [n for n, m in self._raft.machine.state.members.items() if m.up and n != self._self_id]
+        return frozenset(
+            n for n in members if n not in self._heard or mono - self._last_seen.get(n, 0.0) > SUSPECT_AFTER_S
+        )
 
     def heard_from(self, node_id: str) -> None:
         """A heartbeat arrived (``raftmesh.node.peers``)."""
         self._last_seen[node_id] = time.monotonic()
+        self._heard.add(node_id)
 
     def _check_liveness(self, now: int) -> None:
         """Mark down the members whose heartbeats stopped for ``node_down_after_s``.
