@@ -17,7 +17,17 @@ def test_top_level_exports() -> None:
 
 def test_client_exports() -> None:
     assert sorted(raftmesh.client.__all__) == sorted(
-        ["DAG", "Client", "ClusterInfo", "MemberInfo", "RunEvent", "RunInfo", "Task", "TaskInfo", "parse_addresses"]
+        [
+            "DAG",
+            "Client",
+            "ClusterInfo",
+            "MemberInfo",
+            "RunEvent",
+            "RunInfo",
+            "Task",
+            "TaskInfo",
+            "parse_addresses",
+        ]
     )
 
 

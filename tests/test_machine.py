@@ -96,8 +96,14 @@ class Cluster:
         ts: int | None = None,
     ) -> RegisterNode:
         return RegisterNode(
-            self.rid(), self.ts if ts is None else ts, node, f"{node}:50051", f"{node}:4321",
-            agents, slots, incarnation,
+            self.rid(),
+            self.ts if ts is None else ts,
+            node,
+            f"{node}:50051",
+            f"{node}:4321",
+            agents,
+            slots,
+            incarnation,
         )
 
     def submit(self, run_id: str, tasks: list[TaskSpec], key: str = "", rid: str | None = None) -> SubmitRun:
@@ -108,7 +114,9 @@ class Cluster:
         assert t is not None
         return t
 
-    def assign(self, *items: tuple[str, str, str], ts: int | None = None, attempt: int | None = None) -> Assign:
+    def assign(
+        self, *items: tuple[str, str, str], ts: int | None = None, attempt: int | None = None
+    ) -> Assign:
         return Assign(
             self.rid(),
             self.ts if ts is None else ts,
@@ -133,8 +141,15 @@ class Cluster:
             rid or self.rid(),
             self.ts,
             t.node if node is None else node,
-            (Completion(run_id, task_id, t.attempt if attempt is None else attempt,
-                        t.token if token is None else token, output),),
+            (
+                Completion(
+                    run_id,
+                    task_id,
+                    t.attempt if attempt is None else attempt,
+                    t.token if token is None else token,
+                    output,
+                ),
+            ),
         )
 
     def fail(
@@ -152,8 +167,16 @@ class Cluster:
             self.rid(),
             self.ts,
             t.node if node is None else node,
-            (Failure(run_id, task_id, t.attempt if attempt is None else attempt,
-                     t.token if token is None else token, error, retryable),),
+            (
+                Failure(
+                    run_id,
+                    task_id,
+                    t.attempt if attempt is None else attempt,
+                    t.token if token is None else token,
+                    error,
+                    retryable,
+                ),
+            ),
         )
 
     def tick(self, ts: int) -> Tick:
@@ -198,7 +221,13 @@ def test_register_node() -> None:
     res = c.ok(c.register("n1", agents=("llm", "echo", "llm"), slots=3))
     assert res.value == {"node_id": "n1"}
     m = c.st.members["n1"]
-    assert (m.agents, m.slots, m.up, m.incarnation, m.registered_ms) == (("echo", "llm"), 3, True, "inc-1", T0)
+    assert (m.agents, m.slots, m.up, m.incarnation, m.registered_ms) == (
+        ("echo", "llm"),
+        3,
+        True,
+        "inc-1",
+        T0,
+    )
     assert c.st.revision == 1 and c.st.time_ms == T0
     assert c.events == [MemberChanged(1, "n1", True)]
     assert c.st.known_agents() == {"echo", "llm"}
@@ -334,7 +363,9 @@ def test_assign_with_zero_slots_is_rejected() -> None:
         (("r1", "a", "n1"), -1, "not the next attempt"),
     ],
 )
-def test_assign_rejections_change_nothing(c: Cluster, item: tuple[str, str, str], attempt: int, why: str) -> None:
+def test_assign_rejections_change_nothing(
+    c: Cluster, item: tuple[str, str, str], attempt: int, why: str
+) -> None:
     c.ok(c.submit("r1", [spec("a"), spec("b", "a"), spec("l", agent="llm")]))
     res = c.unchanged(Assign(c.rid(), c.ts, (Assignment(*item, attempt),)), "FAILED_PRECONDITION")
     assert why in res.message
@@ -388,7 +419,10 @@ def test_complete_unblocks_dependents_only_when_all_deps_succeeded(c: Cluster) -
     c.run_task("r1", "a", output={"n": 1})
     assert c.task("r1", "a").output == {"n": 1}
     assert status(c, "r1") == {
-        "a": TaskStatus.SUCCEEDED, "b": TaskStatus.READY, "c": TaskStatus.READY, "d": TaskStatus.PENDING,
+        "a": TaskStatus.SUCCEEDED,
+        "b": TaskStatus.READY,
+        "c": TaskStatus.READY,
+        "d": TaskStatus.PENDING,
     }
     c.run_task("r1", "b")
     assert c.task("r1", "d").status is TaskStatus.PENDING  # fan-in: still waiting for c
@@ -409,11 +443,18 @@ def test_complete_batch_of_results(c: Cluster) -> None:
     c.ok(c.submit("r1", [spec("a"), spec("b"), spec("c", "a", "b")]))
     c.ok(c.assign(("r1", "a", "n1"), ("r1", "b", "n1")))
     tok = c.st.revision
-    res = c.ok(Complete(c.rid(), c.ts, "n1", (
-        Completion("r1", "a", 1, tok, 1),
-        Completion("r1", "b", 1, tok - 1, 2),  # stale token: rejected, the rest applies
-        Completion("r1", "a", 1, tok, 3),  # the same task twice
-    )))
+    res = c.ok(
+        Complete(
+            c.rid(),
+            c.ts,
+            "n1",
+            (
+                Completion("r1", "a", 1, tok, 1),
+                Completion("r1", "b", 1, tok - 1, 2),  # stale token: rejected, the rest applies
+                Completion("r1", "a", 1, tok, 3),  # the same task twice
+            ),
+        )
+    )
     assert res.value["accepted"] == 1 and len(res.value["rejected"]) == 2
     assert c.task("r1", "a").output == 1
     assert c.task("r1", "b").status is TaskStatus.RUNNING
@@ -463,7 +504,10 @@ def test_fail_with_retries_goes_back_to_ready_with_exponential_backoff(c: Cluste
         c.ts = c.st.time_ms
         c.ok(c.fail("r1", "a", error=f"e{attempt}"))
         assert (t.status, t.attempt, t.retries_left, t.error) == (
-            TaskStatus.READY, attempt, 3 - attempt, f"e{attempt}",
+            TaskStatus.READY,
+            attempt,
+            3 - attempt,
+            f"e{attempt}",
         )
         assert c.st.runs["r1"].status is RunStatus.RUNNING
         waits.append(t.not_before_ms - c.st.time_ms)
@@ -553,7 +597,9 @@ def test_cancel_run_cancels_unfinished_tasks(c: Cluster) -> None:
     res = c.ok(CancelRun(c.rid(), c.ts, "r1", "user asked"))
     assert res.value == {"status": "CANCELLED", "cancelled": True}
     assert status(c, "r1") == {
-        "a": TaskStatus.SUCCEEDED, "b": TaskStatus.CANCELLED, "c": TaskStatus.CANCELLED,
+        "a": TaskStatus.SUCCEEDED,
+        "b": TaskStatus.CANCELLED,
+        "c": TaskStatus.CANCELLED,
         "d": TaskStatus.CANCELLED,
     }
     run = c.st.runs["r1"]
@@ -730,8 +776,16 @@ def test_late_node_down_does_not_knock_out_a_new_incarnation(c: Cluster) -> None
 def all_commands() -> list[Command]:
     return [
         RegisterNode("r1", 1, "n1", "h:1", "h:2", ("echo", "llm"), 4, "inc"),
-        SubmitRun("r2", 2, "run", "key", (spec("a", input={"x": [1, 2.5, None, True]}), spec("b", "a")),
-                  3, "name", "me"),
+        SubmitRun(
+            "r2",
+            2,
+            "run",
+            "key",
+            (spec("a", input={"x": [1, 2.5, None, True]}), spec("b", "a")),
+            3,
+            "name",
+            "me",
+        ),
         Tick("r3", 3),
         Assign("r4", 4, (Assignment("run", "a", "n1", 1),)),
         Complete("r5", 5, "n1", (Completion("run", "a", 1, 7, {"ok": "yes"}),)),
@@ -750,13 +804,15 @@ def test_command_roundtrip(cmd: Command) -> None:
 
 def test_apply_batch_applies_in_order() -> None:
     sm = StateMachine()
-    payload = encode_batch([
-        RegisterNode("q1", T0, "n1", "", "", ("echo",), 2, "i"),
-        SubmitRun("q2", T0, "r1", "", (spec("a"), spec("b", "a")), 0, "", ""),
-        Assign("q3", T0 + 1, (Assignment("r1", "a", "n1", 1),)),
-        Complete("q4", T0 + 2, "n1", (Completion("r1", "a", 1, 3, "x"),)),
-        Complete("q5", T0 + 2, "n1", (Completion("r1", "a", 1, 3, "x"),)),  # new rid, stale now
-    ])
+    payload = encode_batch(
+        [
+            RegisterNode("q1", T0, "n1", "", "", ("echo",), 2, "i"),
+            SubmitRun("q2", T0, "r1", "", (spec("a"), spec("b", "a")), 0, "", ""),
+            Assign("q3", T0 + 1, (Assignment("r1", "a", "n1", 1),)),
+            Complete("q4", T0 + 2, "n1", (Completion("r1", "a", 1, 3, "x"),)),
+            Complete("q5", T0 + 2, "n1", (Completion("r1", "a", 1, 3, "x"),)),  # new rid, stale now
+        ]
+    )
     results, events = sm.apply_batch(payload)
     assert [r.code for r in results] == ["OK", "OK", "OK", "OK", "ABORTED"]
     assert sm.state.revision == 4
@@ -789,9 +845,25 @@ GARBAGE: list[bytes] = [
     msgpack_of([{"t": "assign", "v": 1, "rid": "x", "ts": 1, "items": [["r", "t", "n"]]}]),
     msgpack_of([{"t": "assign", "v": 1, "rid": "x", "ts": 1, "items": [["r", "t", "n", "1"]]}]),
     msgpack_of([{"t": "complete", "v": 1, "rid": "x", "ts": 1, "node_id": "n", "items": [[1, 2, 3, 4, 5]]}]),
-    msgpack_of([{"t": "fail", "v": 1, "rid": "x", "ts": 1, "node_id": "n", "items": [["r", "t", 1, 1, "e", 1]]}]),
-    msgpack_of([{"t": "submit_run", "v": 1, "rid": "x", "ts": 1, "run_id": "r", "key": "", "priority": 0,
-                 "name": "", "submitter": "", "tasks": [{"id": "a"}]}]),
+    msgpack_of(
+        [{"t": "fail", "v": 1, "rid": "x", "ts": 1, "node_id": "n", "items": [["r", "t", 1, 1, "e", 1]]}]
+    ),
+    msgpack_of(
+        [
+            {
+                "t": "submit_run",
+                "v": 1,
+                "rid": "x",
+                "ts": 1,
+                "run_id": "r",
+                "key": "",
+                "priority": 0,
+                "name": "",
+                "submitter": "",
+                "tasks": [{"id": "a"}],
+            }
+        ]
+    ),
     msgpack_of([{1: 2, "t": "tick", "v": 1, "rid": 5, "ts": 1.5}]),
 ]
 
@@ -846,8 +918,17 @@ def test_indexes_equal_a_rebuild_through_a_whole_scenario() -> None:
     c = Cluster()  # every Cluster.apply runs check_indexes; this scenario touches every transition
     c.ok(c.register("n1", slots=2))
     c.ok(c.register("n2", agents=("echo", "llm")))
-    c.ok(c.submit("r1", [spec("a", priority=5, timeout_ms=50, retries=2), spec("b", priority=-1),
-                        spec("c", "a", "b"), spec("d", agent="llm", timeout_ms=10)]))
+    c.ok(
+        c.submit(
+            "r1",
+            [
+                spec("a", priority=5, timeout_ms=50, retries=2),
+                spec("b", priority=-1),
+                spec("c", "a", "b"),
+                spec("d", agent="llm", timeout_ms=10),
+            ],
+        )
+    )
     c.ok(c.submit("r2", [spec("x", retries=1, retry_backoff_ms=10), spec("y", "x")]))
     c.ok(c.assign(("r1", "a", "n1"), ("r2", "x", "n1"), ("r1", "d", "n2")))
     c.ok(c.fail("r2", "x"))
