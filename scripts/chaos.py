@@ -3,9 +3,15 @@
 
     scripts/chaos.py [--nodes 3|5] [--duration MINUTES] [--seed N] [--net netns|proxy|none]
                      [--clients C] [--node-down-after S] [--keep-dir] [--json PATH]
+                     [--kv-clients N] [--kv-keys K] [--lock-clients N] [--lock-names L]
+                     [--no-dag] [--no-faults] [--unfenced-experiment] [--lin-timeout S]
 
-Starts --nodes node processes, runs --clients closed-loop clients submitting DAGs with
-unique idempotency keys, and during --duration minutes injects faults one at a time on
+Starts --nodes node processes and runs three workloads side by side: --clients
+closed-loop clients submitting DAGs with unique idempotency keys (--no-dag: none),
+--kv-clients clients doing get/put/cas/delete with unique values on --kv-keys keys,
+and --lock-clients lock holders that increment counters guarded by fencing tokens
+(an external counter in the harness and a lock-fenced KV key); some holders stall
+past their lease TTL on purpose. During --duration minutes it injects faults one at a time on
 a schedule drawn from --seed: kill -9 and restart of a random node and of the leader,
 SIGSTOP/SIGCONT pauses, and with --net netns (root) real partitions (isolate the
 leader or a follower, majority/minority halves, bridge, majorities ring) as nftables
@@ -15,8 +21,14 @@ injected (the report lists what was not). --net none: process faults only.
 
 At the end it heals, drains, checks (no acknowledged run lost, none duplicated, no
 unexpected run, one committed result per task, none from a fenced attempt, no task
-started early, equal replica digests, journal replay equal to the live state) and
-prints a report. Exit status: 0 no violation, 1 violations, 2 bad usage or the
+started early, equal replica digests, journal replay equal to the live state; the KV
+history linearizable per key; lock holds never overlapping in the log, no stale
+holder's fenced write accepted, no counter increment lost) and prints a report. A
+linearizability search that times out (--lin-timeout) is reported as inconclusive,
+not as a pass or a violation. --unfenced-experiment makes the holders also
+increment a counter that ignores tokens and prints what it lost next to the fenced
+one (expected corruption, not a violation). --no-faults runs the workloads without
+the nemesis. Exit status: 0 no violation, 1 violations, 2 bad usage or the
 harness failed, 130 interrupted. Nodes run with --snapshot-entries 10000000 so each
 journal holds the whole log for the audit. A failing seed replays with --seed (the
 report prints the command).
@@ -61,6 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cooldown", type=float, default=None, help="seconds after the last fault")
     p.add_argument("--keep-dir", action="store_true", help="keep node data and logs for debugging")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--kv-clients", type=int, default=3, help="KV workload clients (default 3; 0: none)")
+    p.add_argument("--kv-keys", type=int, default=4, help="keys the KV clients share (default 4)")
+    p.add_argument("--lock-clients", type=int, default=3, help="lock workload clients (default 3; 0: none)")
+    p.add_argument("--lock-names", type=int, default=2, help="locks the lock clients share (default 2)")
+    p.add_argument("--no-dag", action="store_true", help="run only the KV and lock workloads")
+    p.add_argument("--no-faults", action="store_true", help="inject no fault (workloads alone)")
+    p.add_argument(
+        "--unfenced-experiment",
+        action="store_true",
+        help="lock holders also write a counter that ignores tokens: shows what fencing prevents",
+    )
+    p.add_argument(
+        "--lin-timeout",
+        type=float,
+        default=60.0,
+        help="seconds for the linearizability search (default 60); past it the verdict is inconclusive",
+    )
     return p
 
 
@@ -85,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
             keep_dir=args.keep_dir,
             warmup_s=args.warmup,
             cooldown_s=args.cooldown,
+            dag=not args.no_dag,
+            kv_clients=args.kv_clients,
+            kv_keys=args.kv_keys,
+            lock_clients=args.lock_clients,
+            lock_names=args.lock_names,
+            unfenced_experiment=args.unfenced_experiment,
+            faults=not args.no_faults,
+            lin_timeout_s=args.lin_timeout,
         )
         report = run_chaos(cfg, log=log)
     except KeyboardInterrupt:

@@ -2,13 +2,18 @@
 
 The unit tests build histories by hand: a lost acknowledged run, a duplicate, an
 unexpected run, and a committed result from a fenced attempt fed to the audit as
-command batches. The end-to-end tests run ``scripts/chaos.py`` as a subprocess and
-expect exit 0 with no violation; the netns one needs root and is skipped otherwise.
+command batches; for the KV and lock workloads, a non-linearizable KV history,
+overlapping lock holds, a stale holder's fenced write let through by a broken
+machine, and counters that lost increments. The end-to-end tests run
+``scripts/chaos.py`` as a subprocess and expect exit 0 with no violation; the netns
+one needs root and is skipped otherwise. The unfenced experiment runs without
+faults and must show lost increments on the unfenced counter and none on the fenced one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -31,6 +36,7 @@ from raftmesh.chaos.checker import (
     REPLAY,
     UNEXPECTED,
     UNFINISHED,
+    Invariant,
     Phases,
     ReplayCheck,
     RunRecord,
@@ -39,6 +45,21 @@ from raftmesh.chaos.checker import (
     largest_stall,
     throughput,
 )
+from raftmesh.chaos.coord_check import (
+    COUNTER_LOST,
+    COUNTER_ORDER,
+    KV_COUNTER_LOST,
+    KV_ILLEGAL,
+    KV_REVISIONS,
+    LOCK_OVERLAP,
+    LOCK_STALE,
+    LOCK_TOKENS,
+    LOCK_UNLOGGED,
+    check_kv,
+    check_locks,
+)
+from raftmesh.chaos.kv_workload import HistoryClock, KvRecord
+from raftmesh.chaos.lock_workload import FencedCounter, LockRecord, UnfencedCounter
 from raftmesh.chaos.nemesis import (
     DURATION_S,
     FaultKind,
@@ -61,16 +82,22 @@ from raftmesh.consensus.commands import (
     Command,
     Complete,
     Completion,
+    Fence,
+    KvOp,
+    KvTxn,
+    LockAcquire,
+    LockRelease,
     NodeDown,
     RegisterNode,
     SubmitRun,
     TaskSpec,
+    Tick,
     encode_batch,
 )
 from raftmesh.consensus.dag import validate
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.state import TaskStatus
-from raftmesh.verify.audit import Audit
+from raftmesh.verify.audit import Audit, FencedWrite, LockHold, overlapping_holds, token_regressions
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAOS = ROOT / "scripts" / "chaos.py"
@@ -258,6 +285,223 @@ def test_the_audit_still_sees_early_starts() -> None:
     assert audit.early_starts == [("r1", "b")]
 
 
+# ---- KV histories ----------------------------------------------------------------------
+
+
+def kv(
+    client: str, kind: str, key: str, call: float, ret: float | None, output: Any = None, **kw: Any
+) -> KvRecord:
+    """A KV record; ``ret=None`` is an unknown outcome."""
+    r = KvRecord(client, 0, kind, key, call, **kw)
+    r.output = output
+    if ret is None:
+        r.outcome = "unknown"
+    else:
+        r.outcome, r.return_s = "ok", ret
+    return r
+
+
+def test_a_linearizable_kv_history_passes_and_unknown_writes_may_explain_reads() -> None:
+    records = [
+        kv("a", "put", "chaos-kv/x", 0, 1, value="a-0", revision=5),
+        kv("b", "get", "chaos-kv/x", 2, 3, "a-0", revision=5),
+        kv("a", "put", "chaos-kv/x", 4, None, value="a-1"),  # timed out: it may have happened...
+        kv("b", "get", "chaos-kv/x", 6, 7, "a-1", revision=9),  # ...and this read says it did
+        kv("b", "cas", "chaos-kv/x", 8, 9, True, value="b-2", expected="a-1", expected_revision=9),
+        kv("c", "get", "chaos-kv/x", 10, None),  # a failed read: dropped
+    ]
+    result = check_kv(records)
+    assert result.verdict == "ok" and result.violations == 0, result.explanation
+    assert result.dropped_reads == 1 and result.ops == {"ok": 4, "unknown": 1}
+
+
+def test_a_non_linearizable_kv_history_is_reported_illegal_with_an_explanation() -> None:
+    records = [
+        kv("a", "put", "chaos-kv/x", 0, 1, value="a-0", revision=5),
+        kv("a", "put", "chaos-kv/x", 2, 3, value="a-1", revision=6),
+        kv("b", "get", "chaos-kv/x", 4, 5, "a-0", revision=5),  # a stale read
+        kv("b", "get", "chaos-kv/y", 4, 5, None),  # another key, fine
+    ]
+    result = check_kv(records)
+    assert result.verdict == "illegal"
+    assert result.invariants[KV_ILLEGAL].count == 1 and result.violations == 1
+    assert "chaos-kv/x" in result.invariants[KV_ILLEGAL].examples[0]
+    assert "ILLEGAL" in result.explanation and "get('chaos-kv/x') -> 'a-0'" in result.explanation
+    assert "ILLEGAL" in result.summary and "state after it: value='a-1'" in result.summary
+
+
+def test_a_timed_out_linearizability_search_is_inconclusive_not_a_pass_nor_a_violation() -> None:
+    records = [kv("a", "put", "chaos-kv/x", 0, 1, value="a-0"), kv("b", "get", "chaos-kv/x", 2, 3, "a-0")]
+    result = check_kv(records, timeout_s=1e-9)
+    assert result.verdict == "unknown" and result.inconclusive
+    assert result.violations == 0
+    assert "inconclusive" in result.invariants[KV_ILLEGAL].unchecked
+
+
+def test_a_value_seen_with_two_revisions_is_reported() -> None:
+    records = [
+        kv("a", "put", "chaos-kv/x", 0, 1, value="a-0", revision=5),
+        kv("b", "get", "chaos-kv/x", 2, 3, "a-0", revision=7),
+    ]
+    assert check_kv(records).invariants[KV_REVISIONS].count == 1
+
+
+# ---- lock holds, fenced writes and counters -------------------------------------------------
+
+
+def hold(
+    owner: str, start: int, end: float, token: int, mode: str = "exclusive", lock: str = "L"
+) -> LockHold:
+    return LockHold(lock, owner, mode, token, start, token, 0, end, 0, 0, "released")
+
+
+def lock_audit(holds: list[LockHold], writes: tuple[FencedWrite, ...] | list[FencedWrite] = ()) -> Audit:
+    """An audit whose lock records are set by hand (no log replayed)."""
+    a = Audit()
+    a.locks.holds = list(holds)
+    a.locks.fenced_writes = list(writes)
+    return a
+
+
+def test_an_overlapping_grant_pair_is_reported() -> None:
+    a, b = hold("a", 1, 10, 1), hold("b", 5, 20, 5)
+    assert overlapping_holds([a, b]) == [(a, b)]
+    result = check_locks([], [], lock_audit([a, b]))
+    assert result.invariants[LOCK_OVERLAP].count == 1 and result.violations == 1
+    assert "overlaps" in result.invariants[LOCK_OVERLAP].examples[0]
+
+
+def test_handovers_shared_holds_and_other_locks_do_not_overlap() -> None:
+    holds = [
+        hold("a", 1, 5, 1),
+        hold("b", 5, 9, 5),  # granted by the command that released a's hold
+        hold("c", 9, 12, 9, mode="shared"),
+        hold("d", 10, 15, 10, mode="shared"),
+        hold("e", 2, math.inf, 2, lock="M"),
+    ]
+    assert overlapping_holds(holds) == []
+    assert overlapping_holds([*holds, hold("f", 14, 16, 14)])  # exclusive while d (shared) holds
+    assert token_regressions(holds) == []
+    regressed = [hold("a", 1, 2, 4), hold("b", 3, 4, 3)]
+    assert token_regressions(regressed)
+    assert check_locks([], [], lock_audit(regressed)).invariants[LOCK_TOKENS].count == 1
+
+
+def test_a_stale_accepted_write_is_reported() -> None:
+    stale = FencedWrite(7, 20, "L", 3, 9, True, "")
+    refused = FencedWrite(8, 20, "L", 3, 9, False, "ABORTED")
+    current = FencedWrite(9, 21, "L", 9, 9, True, "", (("chaos-lockctr/l0", 4, 5),))
+    result = check_locks([], [], lock_audit([], [stale, refused, current]))
+    assert result.invariants[LOCK_STALE].count == 1
+    assert "token 3" in result.invariants[LOCK_STALE].examples[0]
+    assert result.invariants[KV_COUNTER_LOST].count == 0
+    lost = FencedWrite(10, 22, "L", 9, 9, True, "", (("chaos-lockctr/l0", 5, 5),))
+    assert check_locks([], [], lock_audit([], [lost])).invariants[KV_COUNTER_LOST].count == 1
+
+
+class UnfencedKvMachine(StateMachine):
+    """Broken: KV writes fenced by a lock token are never refused."""
+
+    def _fence_error(self, fence: Any) -> str:
+        return ""
+
+
+def _stale_holder_log(audit: Audit) -> tuple[int, int]:
+    """a holds L (ttl 1 s), expires, b takes L, then a's late fenced write arrives; then b releases."""
+
+    def feed(*cmds: Command) -> Any:
+        audit.feed(encode_batch(list(cmds)))
+
+    feed(LockAcquire("acq-a", 1_000, owner="a", items=(("L", "exclusive"),), ttl_ms=1_000))
+    token_a = audit.locks.max_granted["L"]
+    feed(LockAcquire("acq-b", 1_100, owner="b", items=(("L", "exclusive"),), ttl_ms=1_000, wait_ms=5_000))
+    feed(Tick("tick", 2_500))  # a's lease ran out: b is granted in the same command
+    token_b = audit.locks.max_granted["L"]
+    put = KvOp("put", "chaos-lockctr/l0", 1)
+    feed(KvTxn("late-a", 2_600, success=(put,), fence=Fence("L", token_a)))
+    feed(LockRelease("rel-b", 2_700, owner="b", name="L", token=token_b))
+    return token_a, token_b
+
+
+def test_the_audit_turns_the_log_into_lock_holds() -> None:
+    audit = Audit()
+    token_a, token_b = _stale_holder_log(audit)
+    holds = audit.locks.holds
+    assert [(h.owner, h.token, h.end_reason) for h in holds] == [
+        ("a", token_a, "expired"),
+        ("b", token_b, "released"),
+    ]
+    a, b = holds
+    assert a.end == b.start and token_b > token_a
+    assert a.start_ms == 1_000 and a.end_ms == 2_500
+    assert overlapping_holds(holds) == []
+    # The real machine refused a's late write, and the audit saw it do so.
+    [w] = audit.locks.fenced_writes
+    assert (w.accepted, w.code, w.token, w.latest_grant) == (False, "ABORTED", token_a, token_b)
+    assert audit.locks.stale_writes == []
+
+
+def test_a_stale_holders_write_let_through_by_the_machine_is_reported() -> None:
+    audit = Audit(machine=UnfencedKvMachine())
+    token_a, token_b = _stale_holder_log(audit)
+    [w] = audit.locks.stale_writes
+    assert (w.token, w.latest_grant) == (token_a, token_b)
+    result = check_locks([], [], audit)
+    assert result.invariants[LOCK_STALE].count == 1 and result.violations == 1
+
+
+def test_a_grant_the_log_does_not_have_is_reported() -> None:
+    audit = Audit()
+    token_a, _ = _stale_holder_log(audit)
+    ok = LockRecord("c0", 0, "L", "a", "raw", 0.0, 0, outcome="granted", token=token_a)
+    ghost = LockRecord("c0", 1, "L", "ghost", "raw", 0.0, 0, outcome="granted", token=99)
+    result = check_locks([ok, ghost], [], audit)
+    assert result.invariants[LOCK_UNLOGGED].count == 1
+    assert "ghost" in result.invariants[LOCK_UNLOGGED].examples[0]
+
+
+def test_the_fenced_counter_refuses_a_stale_holder_and_the_unfenced_one_loses_increments() -> None:
+    clock = HistoryClock()
+    fenced, unfenced = FencedCounter("L", clock), UnfencedCounter("L", clock)
+    for c in (fenced, unfenced):
+        a = c.read(5)  # a holds token 5, reads, then stalls past its TTL
+        for _ in range(3):  # b (token 7) increments three times meanwhile
+            c.write(c.read(7) + 1, 7, "b")
+        c.write(a + 1, 5, "a")  # a wakes up and writes what it computed before
+    assert fenced.value == 3 and fenced.summary()["lost_increments"] == 0
+    assert fenced.summary()["rejected"] == 1
+    assert unfenced.value == 1 and unfenced.summary()["lost_increments"] == 3
+    assert unfenced.summary()["stale_accepted"] == 1
+    result = check_locks([], [fenced], None, "no journal in this test", unfenced=[unfenced])
+    assert result.violations == 0
+    assert result.invariants[LOCK_OVERLAP].unchecked == "no journal in this test"
+    exp = result.experiment()
+    assert (
+        exp is not None and exp["fenced"]["lost_increments"] == 0 and exp["unfenced"]["lost_increments"] == 3
+    )
+
+
+def test_a_counter_that_accepts_an_older_token_is_reported() -> None:
+    class Broken(FencedCounter):
+        def _accepts(self, token: int) -> bool:
+            return True
+
+    c = Broken("L", HistoryClock())
+    a = c.read(5)
+    c.write(c.read(7) + 1, 7, "b")
+    c.write(a + 1, 5, "a")
+    result = check_locks([], [c], None, "no journal")
+    assert result.invariants[COUNTER_ORDER].count == 1
+    assert result.invariants[COUNTER_LOST].count == 1
+
+
+def test_invariant_examples_are_bounded() -> None:
+    inv = Invariant("x")
+    for i in range(20):
+        inv.add(str(i))
+    assert inv.count == 20 and len(inv.examples) == 5
+
+
 # ---- workload, schedule and measures ---------------------------------------------------
 
 
@@ -331,7 +575,9 @@ def test_throughput_and_the_largest_stall_skip_time_without_quorum() -> None:
 # ---- real runs -------------------------------------------------------------------------
 
 
-def _run_chaos(tmp_path: Path, *args: str, timeout_s: float) -> tuple[dict[str, Any], str]:
+def _run_chaos(
+    tmp_path: Path, *args: str, timeout_s: float, faults: bool = True
+) -> tuple[dict[str, Any], str]:
     report = tmp_path / "report.json"
     (tmp_path / "tmp").mkdir()
     proc = subprocess.run(
@@ -348,8 +594,20 @@ def _run_chaos(tmp_path: Path, *args: str, timeout_s: float) -> tuple[dict[str, 
     data: dict[str, Any] = json.loads(report.read_text())
     assert data["ok"] and data["violations"] == 0
     assert all(v["count"] == 0 for v in data["invariants"].values())
-    assert data["operations"]["ok"] > 0 and data["faults"]
+    assert bool(data["faults"]) == faults
+    if data["workloads"]["dag_clients"]:
+        assert data["operations"]["ok"] > 0
     assert "--seed" in data["replay_command"]
+    if data["workloads"]["kv_clients"] or data["workloads"]["lock_clients"]:
+        kv = data["kv"]
+        assert kv["verdict"] == "ok", f"KV linearizability: {kv['verdict']} (inconclusive is not a pass here)"
+        assert kv["ops"]["ok"] > 0 and all(v["count"] == 0 for v in kv["invariants"].values())
+    if data["workloads"]["lock_clients"]:
+        locks = data["locks"]
+        assert all(v["count"] == 0 and not v["unchecked"] for v in locks["invariants"].values())
+        assert locks["stats"]["outcomes"]["granted"] > 0
+        assert locks["stats"]["stalled"] >= 1, "no holder stalled past its TTL"
+        assert all(c["lost_increments"] == 0 and c["accepted"] > 0 for c in locks["counters"])
     return data, proc.stderr
 
 
@@ -365,6 +623,9 @@ def test_chaos_netns_seed_7(tmp_path: Path) -> None:
     )
     kinds = {f["kind"] for f in data["faults"]}
     assert kinds & {"halves", "isolate-leader", "isolate-follower", "bridge"}, kinds
+    assert data["workloads"]["kv_clients"] == 3 and data["workloads"]["lock_clients"] == 3
+    # Stalled holders' late writes were refused by the state machine's fencing.
+    assert data["locks"]["stats"]["log"]["fenced_writes_rejected"] > 0
     assert len(data["journal_replays"]) == 3 and all(r["ok"] for r in data["journal_replays"])
     lab = re.search(r"netns lab (\S+)", log)
     assert lab is not None, "the run did not name its lab"
@@ -379,3 +640,21 @@ def test_chaos_process_faults_without_root(tmp_path: Path) -> None:
     )
     assert {f["kind"] for f in data["faults"]} <= {"kill-node", "kill-leader", "pause-node", "pause-leader"}
     assert not any((tmp_path / "tmp").glob("raftmesh-chaos-*")), "the data directory was left behind"
+
+
+@pytest.mark.e2e
+def test_the_unfenced_experiment_loses_increments_and_the_fenced_counter_none(tmp_path: Path) -> None:
+    """No faults, locks only: stalled holders (keep-alive off) write after their lease ran out."""
+    data, _ = _run_chaos(
+        tmp_path,
+        *("--net", "none", "--nodes", "3", "--seed", "5", "--no-faults", "--no-dag", "--kv-clients", "0"),
+        *("--duration", "0.2", "--warmup", "3", "--cooldown", "2", "--unfenced-experiment"),
+        timeout_s=60,
+        faults=False,
+    )
+    exp = data["locks"]["unfenced_experiment"]
+    fenced, unfenced = exp["fenced"], exp["unfenced"]
+    assert unfenced["lost_increments"] > 0 and unfenced["stale_accepted"] > 0, exp
+    assert fenced["lost_increments"] == 0 and fenced["stale_accepted"] == 0 and fenced["rejected"] > 0, exp
+    assert fenced["writes"] == unfenced["writes"]  # the same holders wrote both
+    assert data["locks"]["stats"]["log"]["fenced_writes_rejected"] > 0

@@ -1,6 +1,10 @@
 """The chaos report: everything a reader needs to judge a run, and to replay it.
 
 Built by the runner, printed as text and optionally written as JSON (same content).
+Sections: the faults, the DAG workload and its invariants, the KV workload (its
+linearizability verdict: an inconclusive search is shown as such and is not a
+violation), the locks (log and counter invariants) and, if it ran, the unfenced
+experiment side by side with the fenced counter.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checker import CheckResult, Phases, ReplayCheck, Stall
+from .checker import CheckResult, Invariant, Phases, ReplayCheck, Stall
+from .coord_check import KvCheck, LockCheck
 from .nemesis import FaultRecord
 
 
@@ -36,14 +41,27 @@ class Report:
     operations: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     data_dir: str = ""
+    workloads: dict[str, Any] = field(default_factory=dict)
+    """What ran: DAG clients (0: --no-dag), KV clients and keys, lock clients, names and TTL."""
+    kv: KvCheck | None = None
+    locks: LockCheck | None = None
+    kv_throughput: dict[str, float] = field(default_factory=dict)
+    """Acknowledged KV operations per second before, during and after the faults."""
+    kv_stall: Stall | None = None
+    kv_history: list[dict[str, Any]] = field(default_factory=list)
+    lock_history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def violations(self) -> int:
-        return self.check.violations
+        return (
+            self.check.violations
+            + (self.kv.violations if self.kv else 0)
+            + (self.locks.violations if self.locks else 0)
+        )
 
     @property
     def ok(self) -> bool:
-        return self.check.ok
+        return self.violations == 0
 
     def to_json(self) -> dict[str, Any]:
         o = self.check.outcomes
@@ -83,14 +101,147 @@ class Report:
             "digests": {n: {"revision": r, "digest": d} for n, (r, d) in self.digests.items()},
             "journal_replays": [{**vars(r), "ok": r.ok} for r in self.replays],
             "log_stats": self.log_stats,
+            "workloads": self.workloads,
+            "kv": None
+            if self.kv is None
+            else {
+                **self.kv.to_json(),
+                "throughput_ops_per_s": self.kv_throughput,
+                "largest_stall": vars(self.kv_stall) if self.kv_stall else None,
+            },
+            "locks": None if self.locks is None else self.locks.to_json(),
             "notes": self.notes,
             "data_dir": self.data_dir,
             "history": self.operations,
+            "kv_history": self.kv_history,
+            "lock_history": self.lock_history,
         }
 
 
 def _clock(ms: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
+
+
+def _invariant_lines(invariants: Any) -> list[str]:
+    lines = []
+    for inv in invariants:
+        assert isinstance(inv, Invariant)
+        if inv.unchecked:
+            lines.append(f"  [n/a ] {inv.name}: not checked: {inv.unchecked}")
+            continue
+        lines.append(f"  [{'ok  ' if inv.count == 0 else 'FAIL'}] {inv.name}: {inv.count}")
+        lines += [f"         {e}" for e in inv.examples]
+    return lines
+
+
+def _kv_lines(kv: KvCheck, throughput: dict[str, float], stall: Stall | None) -> list[str]:
+    ops = kv.ops
+    kinds = ", ".join(
+        f"{k} {sum(c.values())} ({c.get('ok', 0)} ok, {c.get('unknown', 0)} unknown, {c.get('failed', 0)} failed)"
+        for k, c in sorted(kv.by_kind.items())
+    )
+    verdicts = {
+        "ok": "LINEARIZABLE",
+        "illegal": "NOT LINEARIZABLE",
+        "unknown": "INCONCLUSIVE (search timed out; not a pass)",
+        "empty": "nothing to check",
+    }
+    lines = [
+        f"KV: {sum(ops.values()) + kv.dropped_reads} operations on {len(kv.keys)} keys:"
+        f" {ops.get('ok', 0)} ok, {ops.get('unknown', 0)} unknown outcome, {ops.get('failed', 0)} refused;"
+        f" {kv.dropped_reads} failed reads dropped",
+        f"  by kind: {kinds}",
+        f"  linearizability (KvModel, partitioned by key, {kv.checked_ops} operations, timeout {kv.timeout_s:g} s):"
+        f" {verdicts.get(kv.verdict, kv.verdict)} in {kv.elapsed_s:.1f} s",
+    ]
+    lines += [
+        f"    {p['key']}: {p['result']} ({p['ops']} operations, {p['unknown_outcome']} with unknown outcome)"
+        for p in kv.partitions
+    ]
+    if throughput:
+        lines.append(
+            f"  acknowledged KV operations/s: before {throughput['before']}, during {throughput['during']},"
+            f" after {throughput['after']}"
+        )
+    if stall is not None:
+        lines.append(
+            f"  largest window with no KV operation acknowledged while a majority could form: {stall.seconds} s"
+            + (f" (during {'; '.join(stall.faults)})" if stall.faults else "")
+        )
+    lines.append("KV invariants:")
+    lines += _invariant_lines(kv.invariants.values())
+    if kv.summary:
+        lines += [
+            "  checker explanation (the JSON report has the whole prefix):",
+            *(f"    {x}" for x in kv.summary.splitlines()),
+        ]
+    return lines
+
+
+def _lock_lines(lc: LockCheck, w: dict[str, Any]) -> list[str]:
+    s = lc.stats
+    out = s.get("outcomes", {})
+    lines = [
+        f"locks: {s.get('acquisitions', 0)} acquisitions: {out.get('granted', 0)} granted,"
+        f" {out.get('refused', 0)} refused (wait timed out), {out.get('unknown', 0)} unknown,"
+        f" {out.get('aborted', 0)} aborted; {s.get('lease_iterations', 0)} held with keep-alive"
+        f" ({s.get('leases_lost', 0)} leases lost)",
+        f"  releases: {_counts(s.get('releases', {}))}; stalled past the ttl: {s.get('stalled', 0)}"
+        f" (their counter writes: {_counts(s.get('stalled_counter_writes', {}))};"
+        f" their fenced KV writes: {_counts(s.get('stalled_kv_writes', {}))})",
+    ]
+    log = s.get("log")
+    if log:
+        lines.append(
+            f"  log: {log['holds']} holds, ended by {_counts(log['ended_by'])};"
+            f" lock-fenced KV writes {log['fenced_writes_accepted']} accepted,"
+            f" {log['fenced_writes_rejected']} rejected as stale by the state machine"
+        )
+    for c in lc.counters:
+        lines.append(
+            f"  fenced counter {c['name']}: {c['accepted']} writes accepted, {c['rejected']} rejected"
+            f" (stale token), final {c['final']}, lost increments {c['lost_increments']}"
+        )
+    if "late_accepted" in s:
+        lines.append(
+            f"  counter writes accepted after the writer's hold had ended in the log: {s['late_accepted']}"
+            " (harmless: no newer token had reached the counter yet; see coord_check's docstring)"
+        )
+    lines.append("lock invariants:")
+    lines += _invariant_lines(lc.invariants.values())
+    exp = lc.experiment()
+    if exp is not None:
+        f, u = exp["fenced"], exp["unfenced"]
+        rows = [
+            ("writes", "writes"),
+            ("accepted", "writes accepted"),
+            ("rejected", "writes rejected (stale token)"),
+            ("stale_accepted", "stale writes accepted"),
+            ("final", "final counter value"),
+            ("lost_increments", "lost increments (accepted - final)"),
+        ]
+        lines += [
+            "",
+            "unfenced experiment: the same holders, in the same critical sections, incremented a fenced and an"
+            " unfenced counter",
+            f"  (holders stalled past their ttl with keep-alive off: {s.get('stalled', 0)})",
+            f"  {'':<38}{'fenced':>10}{'unfenced':>10}",
+            *(f"  {label:<38}{f[k]:>10}{u[k]:>10}" for k, label in rows),
+        ]
+        if u["lost_increments"] > 0:
+            lines.append(
+                f"  => without fencing {u['lost_increments']} increment(s) were lost; with fencing"
+                f" {f['lost_increments']} (expected corruption, not a violation)"
+            )
+        else:
+            lines.append(
+                "  => no stale write overlapped another holder in this run: the experiment showed nothing"
+            )
+    return lines
+
+
+def _counts(c: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "none"
 
 
 def format_report(r: Report) -> str:
@@ -119,31 +270,43 @@ def format_report(r: Report) -> str:
         for kind, why in r.not_injected.items():
             by_reason.setdefault(why, []).append(kind)
         lines += [f"  {', '.join(kinds)}: {why}" for why, kinds in by_reason.items()]
+    w = r.workloads
     lines += [
         "",
-        f"operations: {o.ok + o.failed + o.unknown} submits: {o.ok} ok, {o.failed} failed, {o.unknown} unknown",
-        f"  ok: {o.ok_succeeded} SUCCEEDED, {len(o.ok_failed_with_reason)} FAILED with a recorded reason",
-        f"  unknown: {o.unknown_exists_terminal} exist and ended, {o.unknown_exists_running} exist unfinished,"
-        f" {o.unknown_absent} never created",
+        f"workloads: DAG {w.get('dag_clients', r.clients)} clients, KV {w.get('kv_clients', 0)} clients on"
+        f" {w.get('kv_keys', 0)} keys, locks {w.get('lock_clients', 0)} clients on {w.get('lock_names', 0)}"
+        f" names (ttl {w.get('lock_ttl_s', 0):g} s)"
+        + (", unfenced experiment" if w.get("unfenced_experiment") else ""),
+        "",
     ]
-    lines += [f"    {x}" for x in o.ok_failed_with_reason[:5]]
-    lines += [f"    unknown {k}: {v}" for k, v in list(o.unknown_runs.items())[:10]]
     t = r.throughput
-    lines += [
-        f"throughput (tasks completed/s): before {t['before']}, during {t['during']}, after {t['after']}",
-        f"largest window with no task completing while a majority could form: {r.stall.seconds} s"
-        f" ({_clock(r.stall.start_ms)} - {_clock(r.stall.end_ms)}"
-        + (f", during {'; '.join(r.stall.faults)}" if r.stall.faults else "")
-        + ")",
-        "",
-        "invariants:",
-    ]
-    for inv in r.check.invariants.values():
-        if inv.unchecked:
-            lines.append(f"  [n/a ] {inv.name}: not checked: {inv.unchecked}")
-            continue
-        lines.append(f"  [{'ok  ' if inv.count == 0 else 'FAIL'}] {inv.name}: {inv.count}")
-        lines += [f"         {e}" for e in inv.examples]
+    if w.get("dag_clients", r.clients):
+        lines += [
+            "DAG workload:",
+            f"operations: {o.ok + o.failed + o.unknown} submits: {o.ok} ok, {o.failed} failed,"
+            f" {o.unknown} unknown",
+            f"  ok: {o.ok_succeeded} SUCCEEDED, {len(o.ok_failed_with_reason)} FAILED with a recorded reason",
+            f"  unknown: {o.unknown_exists_terminal} exist and ended, {o.unknown_exists_running} exist"
+            f" unfinished, {o.unknown_absent} never created",
+        ]
+        lines += [f"    {x}" for x in o.ok_failed_with_reason[:5]]
+        lines += [f"    unknown {k}: {v}" for k, v in list(o.unknown_runs.items())[:10]]
+        lines += [
+            f"throughput (tasks completed/s): before {t['before']}, during {t['during']}, after {t['after']}",
+            f"largest window with no task completing while a majority could form: {r.stall.seconds} s"
+            f" ({_clock(r.stall.start_ms)} - {_clock(r.stall.end_ms)}"
+            + (f", during {'; '.join(r.stall.faults)}" if r.stall.faults else "")
+            + ")",
+        ]
+    else:
+        lines.append("DAG workload: not run (--no-dag)")
+    lines += ["", "cluster and DAG invariants:"]
+    lines += _invariant_lines(r.check.invariants.values())
+    if r.kv is not None:
+        lines += ["", *_kv_lines(r.kv, r.kv_throughput, r.kv_stall)]
+    if r.locks is not None:
+        lines += ["", *_lock_lines(r.locks, w)]
+    lines.append("")
     digests = {d for _, d in r.digests.values()}
     lines.append(
         f"replicas: {len(r.digests)} live, {len(digests)} distinct digest(s)"

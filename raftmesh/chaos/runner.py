@@ -1,10 +1,16 @@
-"""Run one chaos experiment end to end: cluster, workload, nemesis, heal, drain, audit, check.
+"""Run one chaos experiment end to end: cluster, workloads, nemesis, heal, drain, audit, check.
 
 Timeline: start the nodes (``--snapshot-entries 10000000`` so every journal keeps the
-whole log for the audit), warm up with the workload alone, inject the seeded faults
-for the fault phase, cool down with the workload alone, stop the workload, heal
+whole log for the audit), warm up with the workloads alone, inject the seeded faults
+for the fault phase, cool down with the workloads alone, stop the workloads, heal
 everything, drain (every run terminal), read every run, wait until all replicas
 have the same digest, stop the nodes gracefully, replay their journals and check.
+
+Three workloads run side by side, each optional: DAG submits (``workload``), KV
+clients (``kv_workload``) and lock holders writing fenced counters
+(``lock_workload``). Their KV calls share one history and one clock; it is checked
+for linearizability once the nodes are stopped (the search is CPU-bound and must
+not compete with them).
 
 Everything is cleaned up on the way out, also on Ctrl-C and SIGTERM: node processes
 by pid, the netns lab, proxies, and the data directory (unless ``keep_dir``).
@@ -40,6 +46,9 @@ from .checker import (
     largest_stall,
     throughput,
 )
+from .coord_check import LINEARIZABILITY_TIMEOUT_S, KvCheck, LockCheck, check_kv, check_locks
+from .kv_workload import HistoryClock, KvRecord, KvWorkload
+from .lock_workload import LockRecord, LockWorkload
 from .nemesis import Nemesis, NetMode, available_faults, plan_schedule
 from .proxy import TcpProxy
 from .report import Report
@@ -74,6 +83,17 @@ class ChaosConfig:
     cooldown_s: float | None = None
     drain_timeout_s: float = 120.0
     base_dir: str | None = None
+    dag: bool = True
+    """Run the DAG workload (``--no-dag``: only KV and locks)."""
+    kv_clients: int = 3
+    kv_keys: int = 4
+    lock_clients: int = 3
+    lock_names: int = 2
+    unfenced_experiment: bool = False
+    """Lock holders also write an unfenced counter: what fencing prevents, side by side."""
+    faults: bool = True
+    """``--no-faults``: the fault phase runs the workloads alone (a baseline, or the quick experiment)."""
+    lin_timeout_s: float = LINEARIZABILITY_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.nodes not in (3, 5, 7):
@@ -82,6 +102,16 @@ class ChaosConfig:
             raise InvalidArgument(f"--duration must be > 0 minutes (at most a day), got {self.duration_min}")
         if not 1 <= self.clients <= 64:
             raise InvalidArgument(f"--clients must be 1-64, got {self.clients}")
+        if not 0 <= self.kv_clients <= 64 or not 0 <= self.lock_clients <= 64:
+            raise InvalidArgument("--kv-clients and --lock-clients must be 0-64")
+        if not 1 <= self.kv_keys <= 100 or not 1 <= self.lock_names <= 100:
+            raise InvalidArgument("--kv-keys and --lock-names must be 1-100")
+        if self.unfenced_experiment and not self.lock_clients:
+            raise InvalidArgument("--unfenced-experiment needs lock clients (--lock-clients >= 1)")
+        if not (self.dag or self.kv_clients or self.lock_clients):
+            raise InvalidArgument("no workload: --no-dag with --kv-clients 0 and --lock-clients 0")
+        if self.lin_timeout_s <= 0:
+            raise InvalidArgument("--lin-timeout must be > 0 seconds")
         if self.net not in ("netns", "proxy", "none"):
             raise InvalidArgument(f"--net must be netns, proxy or none, got {self.net!r}")
 
@@ -99,10 +129,24 @@ class ChaosConfig:
 
 
 def replay_command(cfg: ChaosConfig) -> str:
-    return (
+    cmd = (
         f"scripts/chaos.py --net {cfg.net} --nodes {cfg.nodes} --duration {cfg.duration_min:g}"
         f" --seed {cfg.seed} --clients {cfg.clients} --node-down-after {cfg.node_down_after_s:g}"
+        f" --kv-clients {cfg.kv_clients} --kv-keys {cfg.kv_keys}"
+        f" --lock-clients {cfg.lock_clients} --lock-names {cfg.lock_names}"
     )
+    if cfg.warmup_s is not None:
+        cmd += f" --warmup {cfg.warmup_s:g}"
+    if cfg.cooldown_s is not None:
+        cmd += f" --cooldown {cfg.cooldown_s:g}"
+    for flag, on in (
+        ("--no-dag", not cfg.dag),
+        ("--no-faults", not cfg.faults),
+        ("--unfenced-experiment", cfg.unfenced_experiment),
+    ):
+        if on:
+            cmd += f" {flag}"
+    return cmd
 
 
 def choose_net() -> tuple[NetMode, str]:
@@ -161,6 +205,8 @@ class _Run:
         self.cluster: LocalCluster | None = None
         self.proxies: dict[str, TcpProxy] = {}
         self.workload: Workload | None = None
+        self.kv_workload: KvWorkload | None = None
+        self.lock_workload: LockWorkload | None = None
         self.stop = threading.Event()
         self.notes: list[str] = []
 
@@ -209,13 +255,35 @@ class _Run:
             self.log(f"client links through proxies {addresses}")
 
         kinds, skipped = available_faults(cfg.net, cfg.nodes)
+        if not cfg.faults:
+            skipped = {str(k): "--no-faults" for k in kinds}
+            kinds = []
         schedule = plan_schedule(cfg.seed, cfg.phase_s, kinds)
         self.log(f"{len(schedule)} faults planned from {[str(k) for k in kinds]}")
         nemesis = Nemesis(cluster, lab, self.proxies, log=self.log)
-        workload = self.workload = Workload(addresses, cfg.seed, cfg.clients)
+        clock = HistoryClock()
+        workload = self.workload = Workload(addresses, cfg.seed, cfg.clients if cfg.dag else 0)
+        kv_workload = self.kv_workload = KvWorkload(
+            addresses, cfg.seed, cfg.kv_clients, cfg.kv_keys, clock=clock
+        )
+        lock_workload = self.lock_workload = LockWorkload(
+            addresses,
+            cfg.seed,
+            cfg.lock_clients,
+            cfg.lock_names,
+            clock=clock,
+            unfenced=cfg.unfenced_experiment,
+        )
 
         start_ms = now_ms()
         workload.start()
+        kv_workload.start()
+        lock_workload.start()
+        self.log(
+            f"workloads: DAG {workload.clients} clients, KV {cfg.kv_clients} clients on {cfg.kv_keys} keys,"
+            f" locks {cfg.lock_clients} clients on {cfg.lock_names} names"
+            + (" (+ unfenced experiment)" if cfg.unfenced_experiment else "")
+        )
         self.log(f"warm-up {cfg.warmup:.0f} s")
         self.stop.wait(cfg.warmup)
         faults_start_ms = now_ms()
@@ -227,11 +295,16 @@ class _Run:
         self.log(f"cool-down {cfg.cooldown:.0f} s")
         self.stop.wait(cfg.cooldown)
         end_ms = now_ms()
-        stuck = workload.stop(timeout_s=workload.wait_timeout_s + 15)
+        stuck = self._stop_workloads()
         if stuck:
-            self.notes.append(f"client threads still busy after the workload stopped: {stuck}")
+            self.notes.append(f"client threads still busy after the workloads stopped: {stuck}")
         ops = workload.snapshot()
-        self.log(f"workload stopped after {len(ops)} submits; healing and draining")
+        kv_records = kv_workload.snapshot()
+        lock_records, lock_kv_records = lock_workload.snapshot()
+        self.log(
+            f"workloads stopped after {len(ops)} submits, {len(kv_records) + len(lock_kv_records)} KV calls,"
+            f" {len(lock_records)} lock acquisitions; healing and draining"
+        )
 
         healed = nemesis.heal_all()
         if healed:
@@ -244,6 +317,9 @@ class _Run:
         audit, replays, unaudited = self._audit_journals(cluster, statuses)
 
         check = check_history(ops, runs, audit, digests, replays, unaudited)
+        kv_check, lock_check = self._check_coordination(
+            kv_records + lock_kv_records, lock_records, lock_workload, audit, unaudited
+        )
         log_stats = {}
         if audit is not None:
             attempts = sum(audit.starts.values())
@@ -256,6 +332,7 @@ class _Run:
             }
         phases = Phases(start_ms, faults_start_ms, faults_end_ms, end_ms)
         done = completions_ms(runs, {op.key for op in ops})
+        kv_done = sorted(r.return_ms for r in kv_records + lock_kv_records if r.outcome == "ok")
         if cfg.keep_dir:
             self.notes.append("--keep-dir: node data and logs were kept")
         return Report(
@@ -279,7 +356,62 @@ class _Run:
             operations=[op.to_json() for op in ops],
             notes=self.notes,
             data_dir=self.base if cfg.keep_dir else "",
+            workloads={
+                "dag_clients": workload.clients,
+                "kv_clients": cfg.kv_clients,
+                "kv_keys": cfg.kv_keys,
+                "lock_clients": cfg.lock_clients,
+                "lock_names": cfg.lock_names,
+                "lock_ttl_s": lock_workload.ttl_s,
+                "unfenced_experiment": cfg.unfenced_experiment,
+                "faults": cfg.faults,
+            },
+            kv=kv_check,
+            locks=lock_check,
+            kv_throughput=throughput(kv_done, phases) if kv_check else {},
+            kv_stall=largest_stall(kv_done, phases, nemesis.records) if kv_check else None,
+            kv_history=[r.to_json() for r in kv_records + lock_kv_records],
+            lock_history=[r.to_json() for r in lock_records],
         )
+
+    def _stop_workloads(self) -> list[str]:
+        """Stop every workload at once (each finishes its current call), then wait for them."""
+        loads: list[Workload | KvWorkload | LockWorkload] = [
+            w for w in (self.workload, self.kv_workload, self.lock_workload) if w is not None
+        ]
+        for w in loads:
+            w.request_stop()
+        stuck: list[str] = []
+        timeout_s = (self.workload.wait_timeout_s if self.workload else 0.0) + 15
+        for w in loads:
+            stuck += w.stop(timeout_s=timeout_s)
+        return stuck
+
+    def _check_coordination(
+        self,
+        kv_records: list[KvRecord],
+        lock_records: list[LockRecord],
+        lock_workload: LockWorkload,
+        audit: Audit | None,
+        unaudited: str,
+    ) -> tuple[KvCheck | None, LockCheck | None]:
+        cfg = self.cfg
+        kv_check = lock_check = None
+        if cfg.kv_clients or cfg.lock_clients:
+            self.log(
+                f"checking linearizability of {len(kv_records)} KV calls (timeout {cfg.lin_timeout_s:g} s)"
+            )
+            kv_check = check_kv(kv_records, timeout_s=cfg.lin_timeout_s)
+            self.log(f"KV history: {kv_check.verdict} in {kv_check.elapsed_s:.1f} s")
+        if cfg.lock_clients:
+            lock_check = check_locks(
+                lock_records,
+                list(lock_workload.counters.values()),
+                audit,
+                unaudited,
+                list(lock_workload.unfenced_counters.values()),
+            )
+        return kv_check, lock_check
 
     def _drain_and_read(self, cluster: LocalCluster) -> dict[str, RunRecord]:
         """Wait until no run is RUNNING, then read every run the cluster holds."""
@@ -377,8 +509,12 @@ class _Run:
 
     def _cleanup(self) -> None:
         self.stop.set()
-        if self.workload is not None:
-            self.workload.stop(timeout_s=5)
+        for w in (self.workload, self.kv_workload, self.lock_workload):
+            if w is not None:
+                w.request_stop()
+        for w in (self.workload, self.kv_workload, self.lock_workload):
+            if w is not None:
+                w.stop(timeout_s=5)
         for p in self.proxies.values():
             with contextlib.suppress(Exception):
                 p.close()

@@ -167,6 +167,10 @@ class Workload:
             self._threads.append(t)
             t.start()
 
+    def request_stop(self) -> None:
+        """Ask every client to stop after its current call, without waiting (see ``stop``)."""
+        self._stop.set()
+
     def stop(self, timeout_s: float = 30.0) -> list[str]:
         """Ask every client to stop after its current call; returns the threads still running."""
         self._stop.set()

@@ -100,6 +100,9 @@ class Proposer:
         fut = self._barrier
         if fut is None or fut.done():
             fut = self._loop.create_future()
+            # Waiters may leave (their RPC was cancelled); retrieve the outcome so asyncio does not
+            # log "Future exception was never retrieved".
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._barrier = fut
             deadline = time.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
             self._enqueue(_Pending(Barrier(new_request_id("b-"), now_ms()), 32, fut, deadline))
