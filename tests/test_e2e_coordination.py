@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -126,3 +127,26 @@ def test_try_lock_timeout(cluster3: LocalCluster) -> None:
         pass
     # the abandoned request was cancelled: nobody but the holder is queued
     assert c.locks.list("busy")[0]["waiters"] == []
+
+
+def test_tasks_declaring_one_exclusive_lock_never_overlap(cluster3: LocalCluster) -> None:
+    from raftmesh import DAG
+
+    client = cluster3.client()
+    dag = DAG("locked")
+    for i in range(6):
+        dag.task(f"s{i}", "sleep", input={"seconds": 0.3}, locks=["db:orders"])
+    dag.task("free", "sleep", input={"seconds": 0.3})
+    run = client.run(dag, timeout_s=60)
+    assert run.status == "SUCCEEDED", run.error
+    spans = sorted((t.started_ms, t.finished_ms) for tid, t in run.tasks.items() if tid != "free")
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, f"two holders of db:orders overlapped: {spans}"
+    assert client.locks.list("db:orders")[0]["holders"] == []  # released with the last result
+
+
+def test_bad_task_lock_is_rejected(cluster3: LocalCluster) -> None:
+    from raftmesh.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="lock mode"):
+        cluster3.client().submit({"tasks": [{"id": "a", "agent": "echo", "locks": [["x", "sideways"]]}]})

@@ -178,6 +178,7 @@ class Client:
                     priority=t.priority,
                     timeout_ms=t.timeout_ms,
                     retry_backoff_ms=t.retry_backoff_ms,
+                    locks=[pb.LockItem(name=n, mode=m) for n, m in t.locks],
                 )
                 for t in dag.tasks.values()
             ],

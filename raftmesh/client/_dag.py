@@ -9,7 +9,17 @@ from typing import Any
 
 from ..errors import InvalidArgument
 
-_TASK_KEYS = {"id", "agent", "input", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms"}
+_TASK_KEYS = {
+    "id",
+    "agent",
+    "input",
+    "deps",
+    "retries",
+    "priority",
+    "timeout_ms",
+    "retry_backoff_ms",
+    "locks",
+}
 
 
 @dataclass(frozen=True)
@@ -24,9 +34,12 @@ class Task:
     priority: int = 0
     timeout_ms: int = 0
     retry_backoff_ms: int = 0
+    locks: tuple[tuple[str, str], ...] = ()
+    """(name, "exclusive" | "shared"): held while an attempt runs, acquired all at once."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "locks": [list(lk) for lk in self.locks],
             "id": self.id,
             "agent": self.agent,
             "input": self.input,
@@ -61,11 +74,15 @@ class DAG:
         priority: int = 0,
         timeout_ms: int = 0,
         retry_backoff_ms: int = 0,
+        locks: Sequence[str | tuple[str, str]] = (),
     ) -> Task:
         if id in self.tasks:
             raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
         dep_ids = tuple(d.id if isinstance(d, Task) else str(d) for d in deps)
-        t = Task(id, agent, input, dep_ids, retries, priority, timeout_ms, retry_backoff_ms)
+        lock_items = tuple(
+            (lk, "exclusive") if isinstance(lk, str) else (str(lk[0]), str(lk[1])) for lk in locks
+        )
+        t = Task(id, agent, input, dep_ids, retries, priority, timeout_ms, retry_backoff_ms, lock_items)
         self.tasks[id] = t
         return t
 
@@ -94,6 +111,13 @@ class DAG:
             deps = t.get("deps") or []
             if not isinstance(deps, list):
                 raise InvalidArgument(f"{source}: task {t['id']!r}: deps must be a list of task ids")
+            locks = t.get("locks") or []
+            if not isinstance(locks, list) or not all(
+                isinstance(lk, str) or (isinstance(lk, list) and len(lk) == 2) for lk in locks
+            ):
+                raise InvalidArgument(
+                    f"{source}: task {t['id']!r}: locks must be a list of names or [name, mode] pairs"
+                )
             try:
                 dag.task(
                     str(t["id"]),
@@ -104,6 +128,7 @@ class DAG:
                     int(t.get("priority", 0)),
                     int(t.get("timeout_ms", 0)),
                     int(t.get("retry_backoff_ms", 0)),
+                    [lk if isinstance(lk, str) else (lk[0], lk[1]) for lk in locks],
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc

@@ -90,6 +90,8 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
             raise DagError(
                 "limit", f"task {t.id!r}: retry_backoff_ms must be between 0 and {limits.MAX_BACKOFF_MS}"
             )
+        if t.locks:
+            _check_task_locks(t)
         size = encoded_size(t.input)
         if size > limits.MAX_TASK_INPUT_BYTES:
             raise DagError(
@@ -108,6 +110,31 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
     cycle = find_cycle(tasks)
     if cycle:
         raise DagError("cycle", "the DAG has a cycle: " + " -> ".join(cycle))
+
+
+def _check_task_locks(t: TaskSpec) -> None:
+    if len(t.locks) > limits.MAX_LOCKS_PER_REQUEST:
+        raise DagError(
+            "limit",
+            f"task {t.id!r} declares {len(t.locks)} locks; the limit is {limits.MAX_LOCKS_PER_REQUEST}",
+        )
+    names = [n for n, _ in t.locks]
+    if len(set(names)) != len(names):
+        raise DagError("invalid", f"task {t.id!r} declares a lock twice")
+    for name, mode in t.locks:
+        if mode not in ("exclusive", "shared"):
+            raise DagError("invalid", f"task {t.id!r}: lock mode {mode!r} must be exclusive or shared")
+        if (
+            not name
+            or len(name) > limits.MAX_KV_KEY_CHARS
+            or not name.isprintable()
+            or any(c.isspace() for c in name)
+        ):
+            raise DagError(
+                "invalid",
+                f"task {t.id!r}: lock name {name[:40]!r} must be 1-{limits.MAX_KV_KEY_CHARS} characters, "
+                "without spaces or control characters",
+            )
 
 
 def find_cycle(tasks: Sequence[TaskSpec]) -> list[str] | None:

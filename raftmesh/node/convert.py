@@ -44,6 +44,7 @@ def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
                 priority=t.priority or req.priority,
                 timeout_ms=t.timeout_ms,
                 retry_backoff_ms=t.retry_backoff_ms,
+                locks=tuple((lk.name, lk.mode or "exclusive") for lk in t.locks),
             )
         )
     return tuple(specs)
