@@ -125,7 +125,36 @@ class _WarmTransport(TCPTransport):  # type: ignore[misc]
 class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type information
     def __init__(self, member: RaftMember, self_addr: str, peers: list[str], conf: SyncObjConf) -> None:
         self._member = member
+        self._reset_floor: dict[Any, tuple[int, int]] = {}
         super().__init__(self_addr, peers, conf, transportClass=_WarmTransport)
+
+    # pysyncobj registers its (name-mangled) message handler with the transport in __init__;
+    # defining the same mangled name here puts this filter in front of it.
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        """Keep log reconciliation from livelocking (seen in 5-node chaos runs, seed 99).
+
+        A leader sends a lagging follower its whole tail as several messages and moves
+        ``nextIndex`` ahead optimistically. A diverged follower rejects each one: the first
+        rejection says "step back" (a term mismatch), the later ones "jump to my log's end".
+        pysyncobj applies every reset in turn, so the last one wins and the walk back to the
+        divergence point never progresses. Here a rejection may move ``nextIndex`` down but
+        never back above the smallest reset seen since that follower's last success; only a
+        success moves it forward, as Raft's decrement rule intends.
+        """
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" and self._isLeader():
+            term = int(self.raftCurrentTerm)
+            floor = self._reset_floor.get(node)
+            if floor is not None and floor[1] != term:
+                floor = None
+            if message.get("success"):
+                self._reset_floor.pop(node, None)
+            elif message.get("reset"):
+                nxt = int(message["next_node_idx"])
+                if floor is not None and nxt > floor[0]:
+                    message = dict(message, next_node_idx=floor[0])
+                else:
+                    self._reset_floor[node] = (nxt, term)
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, payload: bytes) -> list[Result]:
