@@ -85,11 +85,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -97,10 +95,21 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
+
+from _benchkit import (
+    Interrupted,
+    dask_cluster,
+    dask_importable,
+    environment,
+    finite,
+    interrupt,
+    percentile,
+    positive_int,
+    ratio,
+)
 
 from raftmesh.client import DAG, Client, Task
 from raftmesh.localcluster import LocalCluster
@@ -160,22 +169,6 @@ class WrongAnswer(AssertionError):
 
 
 # ---- statistics ------------------------------------------------------------------------------------
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear interpolation between order statistics (numpy's default)."""
-    xs = sorted(samples)
-    if not xs:
-        return math.nan
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
-        return None
-    return a / b
 
 
 @dataclass
@@ -300,74 +293,7 @@ class DaskBench:
             res.total_s.append(t1 - t0)
 
 
-@contextlib.contextmanager
-def dask_cluster(n_workers: int, local_dir: str) -> Iterator[tuple[Any, float]]:
-    """A Dask LocalCluster + Client on loopback; both closed on the way out, whatever happens."""
-    import dask.config
-    from dask.distributed import Client as DaskClient
-    from dask.distributed import LocalCluster as DaskLocalCluster
-
-    t0 = time.perf_counter()
-    cluster: Any = None
-    client: Any = None
-    # Every Dask server (the scheduler too) makes its scratch space under this directory, not under /tmp.
-    with dask.config.set({"temporary-directory": local_dir}):
-        try:
-            cluster = DaskLocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                local_directory=local_dir,
-            )
-            client = DaskClient(cluster)
-            client.wait_for_workers(n_workers, timeout=120)
-            yield client, time.perf_counter() - t0
-        finally:
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.close(timeout=10)
-            if cluster is not None:
-                with contextlib.suppress(Exception):
-                    cluster.close(timeout=20)
-
-
 # ---- environment and output ------------------------------------------------------------------------------
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def environment() -> dict[str, Any]:
-    usable: int | None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    return {
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": usable,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "versions": {
-            d: _version(d)
-            for d in ("raftmesh", "pysyncobj", "grpcio", "protobuf", "uvloop", "dask", "distributed")
-        },
-    }
-
-
-def dask_importable() -> tuple[bool, str]:
-    try:
-        import dask.distributed  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
-        return False, f"{type(exc).__name__}: {exc}"
-    return True, ""
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -494,13 +420,6 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {v}")
-    return v
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Benchmark raftmesh against a Dask distributed LocalCluster on this machine.",
@@ -514,18 +433,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     p.add_argument("--skip-dask", action="store_true", help="measure raftmesh only")
     return p.parse_args(argv)
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM: unwinds like KeyboardInterrupt so every cluster is stopped on the way out."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
 
 
 def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict[str, Any]:
@@ -673,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a Dask process interrupted half-way through its start may still write its scratch space late.
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     # Explicit handlers: Ctrl-C works even when started with SIGINT ignored (e.g. `cmd &` in a script).
-    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     t_start = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
@@ -693,21 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = render_table(report)
     if args.json:
         print(table, file=sys.stderr)
-        print(json.dumps(_finite(report), indent=2, allow_nan=False))
+        print(json.dumps(finite(report), indent=2, allow_nan=False))
     else:
         print(table)
     return 0
-
-
-def _finite(o: Any) -> Any:
-    """NaN and infinity are not JSON: they become null."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
 
 
 if __name__ == "__main__":

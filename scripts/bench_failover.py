@@ -120,8 +120,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from types import FrameType
 from typing import Any
+
+from _benchkit import Interrupted, finite, interrupt, percentile, positive_int
 
 from raftmesh.chaos.netns import NetnsLab, is_supported
 from raftmesh.client import DAG, Client, ClusterInfo, RunInfo
@@ -155,16 +156,6 @@ LEADER_FALLBACK_S = 3.0
 
 def log(msg: str) -> None:
     print(f"[bench_failover {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear interpolation between order statistics (numpy's default)."""
-    xs = sorted(samples)
-    if not xs:
-        return math.nan
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def summary(samples: Sequence[float | None]) -> dict[str, Any]:
@@ -875,34 +866,15 @@ def foreign_node_processes() -> int:
 # ---- main ---------------------------------------------------------------------------------------------------
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM: unwinds like KeyboardInterrupt so everything is stopped on the way out."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
-
-
 def _install_handlers() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, interrupt)
 
 
 def non_negative_int(text: str) -> int:
     v = int(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, not {v}")
-    return v
-
-
-def positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {v}")
     return v
 
 
@@ -1069,17 +1041,6 @@ def copy_logs(cluster: LocalCluster, dest: str) -> None:
             shutil.copy(n.log_path, os.path.join(dest, f"{n.id}.log"))
 
 
-def _finite(o: Any) -> Any:
-    """NaN and infinity are not JSON: they become null."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -1099,7 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = render(report)
     if args.json:
         print(table, file=sys.stderr)
-        print(json.dumps(_finite(report), indent=2, allow_nan=False))
+        print(json.dumps(finite(report), indent=2, allow_nan=False))
     else:
         print(table)
     return 0 if report["ok"] else 1
