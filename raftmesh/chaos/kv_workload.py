@@ -41,6 +41,7 @@ from ..client._coord import fence_pb
 from ..errors import Aborted, FailedPrecondition, InvalidArgument, RaftmeshError
 from ..verify.linearizability import Operation as LinOp
 from ..verify.models import Cas, Delete, Get, KvOp, Put
+from .workload import ClientThreads
 
 KvOutcome = Literal["ok", "failed", "unknown"]
 
@@ -235,12 +236,14 @@ P_GET, P_PUT, P_CAS = 0.40, 0.70, 0.95  # the rest: delete
 
 
 @dataclass
-class KvWorkload:
+class KvWorkload(ClientThreads):
     """``clients`` closed-loop threads on ``keys`` keys; ``start()``, then ``stop()``.
 
     Records are appended (under a lock) when an operation is called, so a record
     exists even for a call that never returns.
     """
+
+    THREAD_PREFIX = "chaos-kv"
 
     addresses: list[str]
     seed: int
@@ -250,32 +253,13 @@ class KvWorkload:
     records: list[KvRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
+        self._init_threads()
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
         self.recorder = KvRecorder(self.clock, self.records, self._lock)
 
     @property
     def key_names(self) -> list[str]:
         return [f"{KEY_PREFIX}k{j}" for j in range(self.keys)]
-
-    def start(self) -> None:
-        for c in range(self.clients):
-            t = threading.Thread(target=self._client_loop, args=(c,), name=f"chaos-kv-{c}", daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def request_stop(self) -> None:
-        """Ask every client to stop after its current call, without waiting (see ``stop``)."""
-        self._stop.set()
-
-    def stop(self, timeout_s: float = 30.0) -> list[str]:
-        """Ask every client to stop after its current call; returns the threads still running."""
-        self._stop.set()
-        deadline = time.monotonic() + timeout_s
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return [t.name for t in self._threads if t.is_alive()]
 
     def snapshot(self) -> list[KvRecord]:
         with self._lock:

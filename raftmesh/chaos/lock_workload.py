@@ -41,6 +41,7 @@ from ..client import Client
 from ..client._coord import Lease
 from ..errors import Aborted, RaftmeshError
 from .kv_workload import HistoryClock, KvRecord, KvRecorder, sdk_client
+from .workload import ClientThreads
 
 LOCK_PREFIX = "chaos-lock/"
 COUNTER_PREFIX = "chaos-lockctr/"
@@ -190,12 +191,14 @@ def counter_key(lock: str) -> str:
 
 
 @dataclass
-class LockWorkload:
+class LockWorkload(ClientThreads):
     """``clients`` lock-holder threads on ``locks`` lock names; ``start()``, then ``stop()``.
 
     KV calls on the counter keys go to ``kv_records`` (the same history as the KV
     workload's, so the linearizability check covers them too).
     """
+
+    THREAD_PREFIX = "chaos-lock"
 
     addresses: list[str]
     seed: int
@@ -210,9 +213,8 @@ class LockWorkload:
     kv_records: list[KvRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
+        self._init_threads()
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
         self.names = lock_names(self.locks)
         self.counters = {n: FencedCounter(n, self.clock) for n in self.names}
         self.unfenced_counters: dict[str, FencedCounter] = (
@@ -220,23 +222,9 @@ class LockWorkload:
         )
         self.recorder = KvRecorder(self.clock, self.kv_records, self._lock)
 
-    def start(self) -> None:
-        for c in range(self.clients):
-            t = threading.Thread(target=self._client_loop, args=(c,), name=f"chaos-lock-{c}", daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def request_stop(self) -> None:
-        """Ask every client to stop after its current call, without waiting (see ``stop``)."""
-        self._stop.set()
-
     def stop(self, timeout_s: float = 40.0) -> list[str]:
-        """Ask every client to stop after its iteration; returns the threads still running."""
-        self._stop.set()
-        deadline = time.monotonic() + timeout_s
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return [t.name for t in self._threads if t.is_alive()]
+        """Holders may be mid-stall (a sleep longer than the TTL): give them longer."""
+        return super().stop(timeout_s)
 
     def snapshot(self) -> tuple[list[LockRecord], list[KvRecord]]:
         with self._lock:

@@ -140,8 +140,44 @@ class Operation:
         }
 
 
+class ClientThreads:
+    """``clients`` threads each running ``_client_loop(c)`` until asked to stop (all workloads)."""
+
+    THREAD_PREFIX = "chaos-client"
+    clients: int
+    _stop: threading.Event
+    _threads: list[threading.Thread]
+
+    def _init_threads(self) -> None:
+        self._stop = threading.Event()
+        self._threads = []
+
+    def _client_loop(self, c: int) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        for c in range(self.clients):
+            t = threading.Thread(
+                target=self._client_loop, args=(c,), name=f"{self.THREAD_PREFIX}-{c}", daemon=True
+            )
+            self._threads.append(t)
+            t.start()
+
+    def request_stop(self) -> None:
+        """Ask every client to stop after its current call, without waiting (see ``stop``)."""
+        self._stop.set()
+
+    def stop(self, timeout_s: float = 30.0) -> list[str]:
+        """Ask every client to stop after its current call; returns the threads still running."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in self._threads if t.is_alive()]
+
+
 @dataclass
-class Workload:
+class Workload(ClientThreads):
     """``clients`` closed-loop threads against ``addresses``; ``start()``, then ``stop()``.
 
     Operations are appended to ``operations`` (under a lock) as they are made, so a
@@ -157,27 +193,8 @@ class Workload:
     operations: list[Operation] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
+        self._init_threads()
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> None:
-        for c in range(self.clients):
-            t = threading.Thread(target=self._client_loop, args=(c,), name=f"chaos-client-{c}", daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def request_stop(self) -> None:
-        """Ask every client to stop after its current call, without waiting (see ``stop``)."""
-        self._stop.set()
-
-    def stop(self, timeout_s: float = 30.0) -> list[str]:
-        """Ask every client to stop after its current call; returns the threads still running."""
-        self._stop.set()
-        deadline = time.monotonic() + timeout_s
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return [t.name for t in self._threads if t.is_alive()]
 
     def snapshot(self) -> list[Operation]:
         with self._lock:
