@@ -25,7 +25,7 @@ from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from . import convert
 from .proposer import new_request_id, now_ms
-from .service import STREAM_HEARTBEAT_S, _rpc, _timeout
+from .service import STREAM_HEARTBEAT_S, _rpc, _timeout, read_barrier
 from .watch import RESYNC
 
 if TYPE_CHECKING:
@@ -96,9 +96,7 @@ class KvService(pb_grpc.KvServicer):
 
     async def _read_barrier(self, stale_ok: bool, context: grpc.aio.ServicerContext) -> None:
         if not stale_ok:
-            from .service import ClusterService
-
-            await ClusterService(self.node)._barrier(context)
+            await read_barrier(self.node, context)
 
     async def _txn(self, cmd: KvTxn, context: grpc.aio.ServicerContext) -> pb.KvTxnResponse:
         res = await self.node.proposer.propose(
@@ -370,9 +368,7 @@ class LocksService(pb_grpc.LocksServicer):
         self, request: pb.LockListRequest, context: grpc.aio.ServicerContext
     ) -> pb.LockListResponse:
         if not request.stale_ok:
-            from .service import ClusterService
-
-            await ClusterService(self.node)._barrier(context)
+            await read_barrier(self.node, context)
         out = []
         with self.node.raft.lock:
             lt = self.node.raft.machine.state.locks

@@ -232,9 +232,14 @@ class ClusterService(pb_grpc.ClusterServicer):
         return self.node.status_pb(request.include_digest)
 
     async def _barrier(self, context: grpc.aio.ServicerContext) -> None:
-        if self.node.raft.leader_addr is None:
-            raise NoLeader("no Raft leader is elected yet; retry shortly, or read with stale_ok")
-        await self.node.proposer.barrier(timeout_s=_timeout(context, 5.0))
+        await read_barrier(self.node, context)
+
+
+async def read_barrier(node: NodeRuntime, context: grpc.aio.ServicerContext) -> None:
+    """Make this node's replica reflect every write committed before the call (linearizable reads)."""
+    if node.raft.leader_addr is None:
+        raise NoLeader("no Raft leader is elected yet; retry shortly, or read with stale_ok")
+    await node.proposer.barrier(timeout_s=_timeout(context, 5.0))
 
 
 def _timeout(context: grpc.aio.ServicerContext, default: float) -> float:
