@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -30,13 +31,33 @@ def dump_logs(cluster: LocalCluster, lines: int = 40) -> None:
 
 
 @pytest.fixture
-def cluster3(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Iterator[LocalCluster]:
-    c = LocalCluster(3, base_dir=str(tmp_path))
+def make_cluster(
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str]
+) -> Iterator[Callable[..., LocalCluster]]:
+    """``make_cluster(size=3, start=True, **LocalCluster kwargs)``: real node processes for this test.
+
+    Every cluster made is stopped (by its processes' pids) and its directory removed at the
+    end; if the test failed, each node's log tail is printed first.
+    """
+    made: list[LocalCluster] = []
+
+    def make(size: int = 3, start: bool = True, **kw: Any) -> LocalCluster:
+        c = LocalCluster(size, base_dir=os.path.join(str(tmp_path), f"cluster{len(made)}"), **kw)
+        made.append(c)
+        if start:
+            c.start()
+        return c
+
     try:
-        c.start()
-        yield c
+        yield make
     finally:
         rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            dump_logs(c)
-        c.close()
+        for c in made:
+            if rep is not None and rep.failed:
+                dump_logs(c)
+            c.close()
+
+
+@pytest.fixture
+def cluster3(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
+    return make_cluster(3)

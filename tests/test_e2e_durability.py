@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import pathlib
+from collections.abc import Callable
 
 import pytest
 
 from raftmesh import DAG
 from raftmesh.localcluster import LocalCluster, wait_until
-
-from .conftest import dump_logs
 
 pytestmark = pytest.mark.e2e
 
@@ -24,19 +22,9 @@ def sleepers(n: int, seconds: float, name: str = "sleepers") -> DAG:
 
 
 @pytest.fixture
-def cluster_small_snapshots(request: pytest.FixtureRequest, tmp_path: pathlib.Path):  # type: ignore[no-untyped-def]
+def cluster_small_snapshots(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
     # Snapshot every 50 log entries, so restarts and catch-up go through LMDB snapshot files.
-    c = LocalCluster(
-        3, base_dir=str(tmp_path), extra_args=["--snapshot-entries", "50", "--node-down-after", "3"]
-    )
-    try:
-        c.start()
-        yield c
-    finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            dump_logs(c)
-        c.close()
+    return make_cluster(3, extra_args=["--snapshot-entries", "50", "--node-down-after", "3"])
 
 
 def test_follower_kill_and_restart_rebuilds_the_same_state(cluster_small_snapshots: LocalCluster) -> None:
@@ -61,36 +49,29 @@ def test_follower_kill_and_restart_rebuilds_the_same_state(cluster_small_snapsho
     assert c.status_of(victim).snapshots_loaded >= 1
 
 
-def test_whole_cluster_crash_resumes_unfinished_runs(tmp_path: pathlib.Path) -> None:
-    c = LocalCluster(3, base_dir=str(tmp_path), extra_args=["--node-down-after", "3"])
-    try:
-        c.start()
-        client = c.client(retry_deadline_s=120)
-        run_id = client.submit(sleepers(10, 2.0, "crash"))
-        other = client.submit(_chain(5, "queued"))
-        wait_until(
-            lambda: any(t.status == "RUNNING" for t in client.get(run_id).tasks.values()),
-            30,
-            "tasks to start",
-        )
-        before = client.get(run_id)
-        for i in c.nodes:  # all at once
-            c.kill(i)
-        for i in c.nodes:
-            c.start_node(i)
-        c.wait_ready(timeout_s=60)
-        after_restart = client.get(run_id)
-        assert after_restart.status == "RUNNING"
-        assert set(after_restart.tasks) == set(before.tasks)
-        done = client.wait(run_id, timeout_s=120)
-        assert done.status == "SUCCEEDED", done.error
-        assert client.wait(other, timeout_s=60).status == "SUCCEEDED"
-        c.wait_converged(timeout_s=60)
-    except Exception:
-        dump_logs(c)
-        raise
-    finally:
-        c.close()
+def test_whole_cluster_crash_resumes_unfinished_runs(make_cluster: Callable[..., LocalCluster]) -> None:
+    c = make_cluster(3, extra_args=["--node-down-after", "3"])
+    client = c.client(retry_deadline_s=120)
+    run_id = client.submit(sleepers(10, 2.0, "crash"))
+    other = client.submit(_chain(5, "queued"))
+    wait_until(
+        lambda: any(t.status == "RUNNING" for t in client.get(run_id).tasks.values()),
+        30,
+        "tasks to start",
+    )
+    before = client.get(run_id)
+    for i in c.nodes:  # all at once
+        c.kill(i)
+    for i in c.nodes:
+        c.start_node(i)
+    c.wait_ready(timeout_s=60)
+    after_restart = client.get(run_id)
+    assert after_restart.status == "RUNNING"
+    assert set(after_restart.tasks) == set(before.tasks)
+    done = client.wait(run_id, timeout_s=120)
+    assert done.status == "SUCCEEDED", done.error
+    assert client.wait(other, timeout_s=60).status == "SUCCEEDED"
+    c.wait_converged(timeout_s=60)
 
 
 def test_wiped_node_catches_up_from_a_snapshot(cluster_small_snapshots: LocalCluster) -> None:
