@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftmesh import DAG
 from raftmesh.consensus.raft import read_journal
@@ -149,23 +152,22 @@ def test_kill_leader_mid_run(cluster3: LocalCluster) -> None:
     assert audit.early_starts == []
 
 
-def test_no_leader_is_unavailable(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    c = LocalCluster(3, base_dir=str(tmp_path))
-    try:
-        c.start_node("n1")  # one of three: no quorum, no leader
-        stub = pb_grpc.ClusterStub(grpc.insecure_channel(c.nodes["n1"].grpc))
-        req = pb.SubmitRunRequest(tasks=[pb.TaskSpec(id="a", agent="echo")], idempotency_key="k")
+def test_no_leader_is_unavailable(make_cluster: Callable[..., LocalCluster]) -> None:
+    c = make_cluster(3, start=False)
+    c.start_node("n1")  # one of three: no quorum, no leader
+    channel = grpc.insecure_channel(c.nodes["n1"].grpc)
+    stub = pb_grpc.ClusterStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
 
-        def unavailable() -> bool:
-            try:
-                stub.SubmitRun(req, timeout=5)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    return True
-                # before the node registers its agents the submit is rejected as invalid
-                assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,), exc
-            return False
+    def answers_health() -> bool:
+        # the node's gRPC server is up (it reports NOT_SERVING: it knows no leader)
+        resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        return resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
-        wait_until(unavailable, 30, "UNAVAILABLE from a node without quorum")
-    finally:
-        c.close()
+    wait_until(answers_health, 30, "n1 to answer the health check")
+    req = pb.SubmitRunRequest(tasks=[pb.TaskSpec(id="a", agent="echo")], idempotency_key="k")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SubmitRun(req, timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no Raft leader" in (err.value.details() or "")
+    channel.close()

@@ -82,6 +82,10 @@ class ClusterService(pb_grpc.ClusterServicer):
     ) -> pb.SubmitRunResponse:
         node = self.node
         specs = convert.task_specs_from_pb(request)
+        if node.raft.leader_addr is None:
+            # Known agent types come from the replicated state: without a leader there is no
+            # state to validate against, so say what is wrong (no leader), not "unknown agent".
+            raise NoLeader("no Raft leader is elected yet; retry shortly (with the same idempotency key)")
         key = request.idempotency_key
         with node.raft.lock:
             st = node.raft.machine.state
