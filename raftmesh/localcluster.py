@@ -91,6 +91,7 @@ class LocalCluster:
     exec_prefix: Callable[[str], list[str]] | None = None
     """Per-node command prefix (e.g. ``ip netns exec NS``)."""
     nodes: dict[str, NodeProc] = field(default_factory=dict)
+    _clients: list[Client] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._own_dir = self.base_dir is None
@@ -214,7 +215,7 @@ class LocalCluster:
                 self.stop_node(i, timeout_s=5.0)
             except Exception:
                 self.kill(i)
-        for c in getattr(self, "_clients", []):
+        for c in self._clients:
             c.close()
         if self._own_dir and self.base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -229,7 +230,7 @@ class LocalCluster:
 
     def client(self, addresses: list[str] | None = None, **kw: Any) -> Client:
         c = Client(addresses or self.addresses, **kw)
-        self.__dict__.setdefault("_clients", []).append(c)
+        self._clients.append(c)
         return c
 
     def status_of(self, node_id: str, include_digest: bool = False) -> Any:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..agents import AgentRegistry, TaskContext
@@ -51,7 +50,6 @@ class _Report:
     output: Any = None
     error: str = ""
     retryable: bool = True
-    started: float = field(default_factory=time.monotonic)
 
 
 class AgentHost:
@@ -70,8 +68,6 @@ class AgentHost:
         self._semaphores: dict[str, asyncio.Semaphore] = {
             d.name: asyncio.Semaphore(d.concurrency) for d in registry.agents.values() if d.concurrency > 0
         }
-        self.started_total = 0
-        self.completed_total = 0
 
     def poke(self) -> None:
         self._wake.set()
@@ -134,7 +130,6 @@ class AgentHost:
         for a, agent, inp, upstream, timeout_ms in to_start:
             self._active[a.key] = a
             a.task = loop.create_task(self._execute(a, agent, inp, upstream, timeout_ms))
-            self.started_total += 1
 
     def _cancel(self, a: _Attempt) -> None:
         if self._active.get(a.key) is a:
@@ -267,7 +262,6 @@ class AgentHost:
         for r in batch:
             if self._active.get(r.attempt.key) is r.attempt:
                 del self._active[r.attempt.key]
-            self.completed_total += 1
         self._wake.set()
 
     async def _deliver(self, cmd: Complete | Fail) -> bool:

@@ -56,7 +56,6 @@ class HeartbeatSender:
     def __init__(self, node: NodeRuntime, running: Callable[[], int]) -> None:
         self.node = node
         self._running = running
-        self.acks = 0
 
     def _leader_grpc(self) -> str | None:
         addr = self.node.raft.leader_addr
@@ -110,7 +109,6 @@ class HeartbeatSender:
             async def read() -> None:
                 nonlocal last_ack
                 async for _ack in call:
-                    self.acks += 1
                     last_ack = loop.time()
 
             reader = asyncio.ensure_future(read())

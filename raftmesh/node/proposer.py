@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..consensus.commands import Barrier, Command, encode_batch, encode_command
 from ..consensus.machine import Result
@@ -52,7 +52,6 @@ class _Batch:
     items: list[_Pending]
     timer: asyncio.TimerHandle | None = None
     done: bool = False
-    sent_at: float = field(default_factory=time.monotonic)
 
 
 class Proposer:
@@ -73,8 +72,6 @@ class Proposer:
         self._ids = itertools.count()
         self._barrier: asyncio.Future[Result] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.batches_sent = 0
-        self.commands_sent = 0
 
     def start(self) -> None:
         self._task = self._loop.create_task(self._run(), name="proposer")
@@ -175,8 +172,6 @@ class Proposer:
                 self._barrier = None  # later callers need a barrier proposed after them
         payload = encode_batch([p.cmd for p in items])
         batch.timer = self._loop.call_later(self._commit_timeout_s, self._on_done, bid, None, "TIMEOUT")
-        self.batches_sent += 1
-        self.commands_sent += len(items)
 
         def callback(results: list[Result] | None, err: str | None) -> None:
             self._loop.call_soon_threadsafe(self._on_done, bid, results, err)

@@ -49,7 +49,6 @@ class Scheduler:
         self._inflight: dict[TaskKey, str] = {}
         self._assigns = 0
         self._tick_inflight = False
-        self.assigned_total = 0
 
     def poke(self) -> None:
         self._wake.set()
@@ -94,9 +93,7 @@ class Scheduler:
     async def _assign(self, cmd: Assign) -> None:
         try:
             res = await self._proposer.propose(cmd, timeout_s=10.0)
-            if res.ok:
-                self.assigned_total += int(res.value["accepted"])
-            elif res.code != "FAILED_PRECONDITION":
+            if not res.ok and res.code != "FAILED_PRECONDITION":
                 log.warning("assign rejected: %s %s", res.code, res.message)
         except RaftmeshError as exc:
             log.info("assign outcome unknown (%s); the next plan re-reads the state", exc)
