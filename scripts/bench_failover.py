@@ -49,7 +49,7 @@ What is measured, per fault
 Median, p90 (linear interpolation) and max are reported for kills and for partitions, plus the
 steady-state gap between consecutive completions (the resolution of the completion figures).
 
-What bounds the figures (``raftmesh/consensus/raft.py`` ``RaftTimings``, node flags)
+What bounds the figures (``raftmesh/consensus/raft/member.py`` ``RaftTimings``, node flags)
 ------------------------------------------------------------------------------
 * Election: a follower starts an election after a random 1-2 s (``election_min_s``/``election_max_s``)
   without hearing the leader (heartbeat every 0.1 s). A new leader is expected 1-2 s after the fault,

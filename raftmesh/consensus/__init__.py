@@ -1,6 +1,6 @@
 """The replicated state machine (pure) and the Raft member that drives it.
 
-Only ``raftmesh.consensus.raft`` imports pysyncobj; everything else in this
+Only the ``raftmesh.consensus.raft`` package imports pysyncobj; everything else in this
 package is pure and testable without Raft, threads or a clock.
 """
 

@@ -1,4 +1,4 @@
-"""The Raft member: the only module that imports pysyncobj.
+"""The Raft member: pysyncobj's ``SyncObj`` driving the state machine.
 
 ``RaftMember`` runs a pysyncobj ``SyncObj`` whose single ``@replicated`` entry
 point takes the bytes of one batch of commands and applies it to a
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,10 +28,9 @@ from typing import Any, Protocol
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import pickle as _so_pickle
 from pysyncobj.config import FAIL_REASON
-from pysyncobj.tcp_connection import CONNECTION_STATE
-from pysyncobj.transport import TCPTransport
 
-from .machine import Event, Result, StateMachine
+from ..machine import Event, Result, StateMachine
+from .transport import WarmTransport
 
 log = logging.getLogger(__name__)
 
@@ -77,56 +75,11 @@ ProposeCallback = Callable[[list[Result] | None, str | None], None]
 """(results, None) once applied locally, or (None, reason) when the outcome is unknown."""
 
 
-LINK_PING_S = 1.0
-"""Every Raft link carries a message at least this often (must be < connection_timeout_s)."""
-
-
-CONNECT_TIMEOUT_S = 2.0
-"""A connect attempt that has not completed in this long is abandoned and retried."""
-
-
-class _WarmTransport(TCPTransport):  # type: ignore[misc]
-    """pysyncobj's TCP transport with two repairs, both seen under real partitions.
-
-    - A tiny message to every connected peer each second. pysyncobj checks a link's idle
-      timeout only when it sends, and then disconnects and drops the message.
-      Follower-to-follower links carry nothing while a leader lives, so the first vote
-      request of every election was dropped and elections needed extra rounds
-      (scripts/bench_failover.py: terms +2/+3 for each failover). The receiving SyncObj
-      ignores messages of a type it does not know.
-    - A connect timeout. pysyncobj never abandons a socket in CONNECTING and never retries
-      a link that is not DISCONNECTED; while packets are dropped the kernel backs off its
-      SYN retries (1, 3, 7, 15, 31, 63 s), so after a long partition a link could stay
-      down for a minute after the heal.
-    """
-
-    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
-        self._next_ping = 0.0
-        self._connecting_since: dict[Any, float] = {}
-        super().__init__(syncObj, selfNode, otherNodes)
-
-    def _onTick(self) -> None:
-        super()._onTick()
-        now = time.monotonic()
-        for node, conn in list(self._connections.items()):
-            if conn.state == CONNECTION_STATE.CONNECTING:
-                since = self._connecting_since.setdefault(node, now)
-                if now - since > CONNECT_TIMEOUT_S:
-                    del self._connecting_since[node]
-                    conn.disconnect()  # the transport reconnects after connection_retry_s
-            else:
-                self._connecting_since.pop(node, None)
-        if now >= self._next_ping:
-            self._next_ping = now + LINK_PING_S
-            for node in list(self._nodes):
-                self.send(node, {"type": "raftmesh_link_ping"})
-
-
 class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type information
     def __init__(self, member: RaftMember, self_addr: str, peers: list[str], conf: SyncObjConf) -> None:
         self._member = member
         self._reset_floor: dict[Any, tuple[int, int]] = {}
-        super().__init__(self_addr, peers, conf, transportClass=_WarmTransport)
+        super().__init__(self_addr, peers, conf, transportClass=WarmTransport)
 
     # pysyncobj registers its (name-mangled) message handler with the transport in __init__;
     # defining the same mangled name here puts this filter in front of it.
@@ -290,38 +243,3 @@ class RaftMember:
 
     def destroy(self) -> None:
         self._so.destroy_synchronous()
-
-
-def read_journal(path: str) -> tuple[list[tuple[int, int, bytes]], int]:
-    """The batches in a *stopped* node's journal, as (log index, term, payload), and its commit index.
-
-    For audits and tests: replaying the payloads through a fresh ``StateMachine``
-    reproduces every applied event. Entries before the last snapshot are gone.
-    """
-    import shutil
-    import tempfile
-
-    from pysyncobj.journal import FileJournal
-
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = f"{tmp}/journal"
-        shutil.copyfile(path, copy)
-        try:
-            shutil.copyfile(path + ".meta", copy + ".meta")
-        except FileNotFoundError:
-            pass
-        journal = FileJournal(copy)
-        try:
-            commit = int(journal.getRaftCommitIndex())
-            out: list[tuple[int, int, bytes]] = []
-            for i in range(len(journal)):
-                command, idx, term = journal[i]
-                data = bytes(command)
-                if not data or data[0] != 0:  # not a REGULAR command (no-op, membership, version)
-                    continue
-                call = _so_pickle.loads(data[1:])
-                if isinstance(call, tuple) and len(call) == 2 and call[1]:
-                    out.append((int(idx), int(term), bytes(call[1][0])))
-        finally:
-            journal._destroy()
-    return out, commit

@@ -1,0 +1,11 @@
+"""The Raft member: the only package that imports pysyncobj.
+
+- ``member``: ``RaftMember``, the ``SyncObj`` subclass with the one ``@replicated`` entry point.
+- ``transport``: pysyncobj's TCP transport with link pings and connect timeouts.
+- ``journal``: reading a stopped node's journal for audits and replay.
+"""
+
+from .journal import read_journal
+from .member import RaftConfig, RaftMember, RaftTimings, SnapshotIO
+
+__all__ = ["RaftConfig", "RaftMember", "RaftTimings", "SnapshotIO", "read_journal"]
