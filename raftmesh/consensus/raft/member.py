@@ -29,7 +29,8 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import pickle as _so_pickle
 from pysyncobj.config import FAIL_REASON
 
-from ..machine import Event, Result, StateMachine
+from ..machine import StateMachine
+from ..results import Event, Result
 from .transport import WarmTransport
 
 log = logging.getLogger(__name__)
