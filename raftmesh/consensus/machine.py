@@ -21,7 +21,7 @@ Rules (each one is tested):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import kv_commands, limits, lock_commands, members, runs, ticks
@@ -74,8 +74,12 @@ PROCESSORS: dict[type[Command], Processor] = {
 class StateMachine:
     """Owns a ``ClusterState`` and applies commands to it."""
 
-    def __init__(self, state: ClusterState | None = None) -> None:
+    def __init__(
+        self, state: ClusterState | None = None, processors: Mapping[type[Command], Processor] = PROCESSORS
+    ) -> None:
         self.state = state if state is not None else ClusterState()
+        # Replaceable so that a test can run a machine with one broken transition (the audit's tests).
+        self.processors = processors
 
     def apply_batch(self, payload: bytes) -> tuple[list[Result], list[Event]]:
         """Apply one log entry (a batch of commands). Never raises."""
@@ -98,7 +102,7 @@ class StateMachine:
         prior = st.dedup.get(cmd.request_id) if cmd.request_id else None
         if prior is not None:
             return decode_result(prior[1]), []
-        processor = PROCESSORS.get(type(cmd))
+        processor = self.processors.get(type(cmd))
         if processor is None:
             return Rejected(Code.INVALID_ARGUMENT, f"unsupported command {type(cmd).__name__}"), []
         ctx = ApplyContext(st, cmd.ts_ms)
