@@ -276,7 +276,7 @@ class LockCancelResult(Result):
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A key's entry as a transaction read it (a copy: results never alias the state)."""
+    """A key's entry as a transaction read it (frozen; the store replaces entries, never edits them)."""
 
     value: JsonValue
     mod_revision: int

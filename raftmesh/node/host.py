@@ -188,7 +188,7 @@ class AgentHost:
         try:
             json.dumps(output, allow_nan=False)
             size = limits.encoded_size(output)  # as the state machine measures it
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int beyond 64 bits
             self._report(_Report(a, False, error=f"output is not JSON-serializable: {exc}", retryable=False))
             return
         if size > limits.MAX_TASK_OUTPUT_BYTES:
