@@ -255,6 +255,24 @@ def test_register_rejects_bad_input(kw: dict[str, Any]) -> None:
     assert c.st.members == {}
 
 
+NODE_IDS = ["n1", "node-2.a_b", "zone:a", "x" * limits.MAX_ID_CHARS, "x" * (limits.MAX_ID_CHARS + 1)]
+NODE_IDS += ["", "bad id", "n\n", "-lead", "ü", "a/b"]
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_node_config_and_register_share_the_node_id_rule(node_id: str) -> None:
+    from raftmesh.errors import InvalidArgument
+    from raftmesh.node.config import build_config
+
+    try:
+        build_config(node_id, "127.0.0.1:1", "127.0.0.1:2", [], "data")
+        config_accepts = True
+    except InvalidArgument:
+        config_accepts = False
+    c = Cluster()
+    assert c.apply(c.register(node_id)).ok is config_accepts
+
+
 # ---- submit --------------------------------------------------------------------
 
 

@@ -8,11 +8,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..consensus import limits
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
 
 _ADDR_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +87,18 @@ def build_config(
     node_down_after_s: float = 5.0,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
-    if not _ID_RE.match(node_id):
-        raise InvalidArgument(f"node id {node_id!r}: use 1-64 letters, digits, _ . -")
+    why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
+    if why:
+        raise InvalidArgument(why)
     _check_addr("--raft", raft)
     _check_addr("--grpc", grpc_addr)
     if not 1 <= slots <= 100_000:
         raise InvalidArgument("--slots must be between 1 and 100000")
     all_peers = [p for p in peers if p.id != node_id]
     for p in all_peers:
-        if not _ID_RE.match(p.id):
-            raise InvalidArgument(f"peer id {p.id!r}: use 1-64 letters, digits, _ . -")
+        why = limits.id_error("peer id", p.id)
+        if why:
+            raise InvalidArgument(why)
         _check_addr(f"peer {p.id} raft address", p.raft)
         _check_addr(f"peer {p.id} grpc address", p.grpc)
     me = Peer(node_id, raft, grpc_addr)
