@@ -130,8 +130,8 @@ class KvService(pb_grpc.KvServicer):
     @_rpc
     async def List(self, request: pb.KvListRequest, context: grpc.aio.ServicerContext) -> pb.KvListResponse:
         limit = request.limit or 1000
-        if limit > 10_000:
-            raise InvalidArgument("limit must be at most 10000")
+        if limit > limits.MAX_KV_LIST:
+            raise InvalidArgument(f"limit must be at most {limits.MAX_KV_LIST}")
         await self._read_barrier(request.stale_ok, context)
         with self.node.raft.lock:
             st = self.node.raft.machine.state
