@@ -25,16 +25,17 @@ class ApplyContext:
     """Locks freed by this command; their waiters are granted before it returns."""
     start_revision: int = field(init=False)
 
+    def __post_init__(self) -> None:
+        self.start_revision = self.state.revision
+
     @property
     def now_ms(self) -> int:
         """State time as of this command: ``max(state time, ts_ms)``, before or after ``advance``."""
         return max(self.state.time_ms, self.ts_ms)
 
-    def __post_init__(self) -> None:
-        self.start_revision = self.state.revision
-
     @property
     def changed(self) -> bool:
+        """Whether the command changed the state (it called ``advance``)."""
         return self.start_revision != self.state.revision
 
     def advance(self) -> int:
