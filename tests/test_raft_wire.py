@@ -98,12 +98,32 @@ def test_transmission_guard_refuses_a_reassembled_exploit(tmp_path: Any) -> None
     evil = pickle.dumps(_Exploit(str(tmp_path / "pwned")), 2)
     guard = wire.TransmissionGuard()
     piece = {"type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1, "prevLogTerm": 1}
-    assert guard.admit("n2", dict(piece, transmission="start", data=evil[:10]))
-    assert not guard.admit("n2", dict(piece, transmission="finish", data=evil[10:]))
-    good = so_pickle.dumps((b"\x00" + so_pickle.dumps((0, (b"x" * 100,))), 5, 1))
-    assert guard.admit("n2", dict(piece, transmission="start", data=good[:50]))
-    assert guard.admit("n2", dict(piece, transmission="finish", data=good[50:]))
-    assert not guard.admit("n2", [1, 2])  # not a message at all
+    assert guard.admit("n2", dict(piece, transmission="start", data=evil[:10])) is not None
+    assert guard.admit("n2", dict(piece, transmission="finish", data=evil[10:])) is None
+    assert guard.admit("n2", [1, 2]) is None  # not a message at all
+
+
+def test_transmission_guard_relabels_pysyncobjs_early_finish() -> None:
+    """pysyncobj marks "finish" at the command's length; the pickled entry is longer."""
+    command = b"\x00" + so_pickle.dumps((0, (bytes(range(256)) * 300,)))
+    entry = so_pickle.dumps((command, 5, 1))
+    batch = 2**16
+    pieces = [entry[pos : pos + batch] for pos in range(0, len(entry), batch)]
+    # exactly as pysyncobj's __sendAppendEntries labels them
+    labels = [
+        "start" if pos == 0 else "finish" if pos + batch >= len(command) else "process"
+        for pos in range(0, len(entry), batch)
+    ]
+    assert labels.count("finish") >= 2, labels
+    guard = wire.TransmissionGuard()
+    piece = {"type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 4, "prevLogTerm": 1}
+    delivered = [
+        guard.admit("n2", dict(piece, transmission=label, data=data))
+        for label, data in zip(labels, pieces, strict=True)
+    ]
+    assert all(m is not None for m in delivered)
+    assert [m["transmission"] for m in delivered] == [*["start"], *["process"] * (len(pieces) - 2), "finish"]
+    assert so_pickle.loads(b"".join(m["data"] for m in delivered)) == (command, 5, 1)
 
 
 # ---- a live node ---------------------------------------------------------------------

@@ -9,7 +9,11 @@ node can lose acknowledged writes and let a node vote twice in one term.
   them (group commit) and then releases what waited for it (``on_synced``).
 - ``setCurrentTerm`` (term and vote) and the once-a-second commit index go through
   ``DurableMetaStore``: write a temp file, fsync it, rename, fsync the directory, so the
-  vote is on disk before pysyncobj sends the grant (it stores before it sends).
+  vote is on disk before pysyncobj sends the grant (it stores before it sends). Both sync
+  the entries first: a stored commit index never covers entries that are not on disk.
+- Before the journal drops entries a snapshot now holds (compaction, snapshot install),
+  the directory is fsynced: pysyncobj renamed the snapshot into place (it lives next to
+  the journal) and that rename must not be lost while the truncation survives.
 
 The ordering contract, kept by ``member._SyncObj`` and ``transport.WarmTransport``:
 
@@ -139,7 +143,12 @@ class DurableJournal:
         self._inner.add(command, idx, term)
         self._touch()
 
+    def _sync_directory(self) -> None:
+        if self.fsync:
+            fsync_path(os.path.dirname(os.path.abspath(self._path)) or ".", directory=True)
+
     def clear(self) -> None:
+        self._sync_directory()
         self._inner.clear()
         self._touch()
 
@@ -148,6 +157,7 @@ class DurableJournal:
         self._touch()
 
     def deleteEntriesTo(self, entryTo: int) -> None:
+        self._sync_directory()
         self._inner.deleteEntriesTo(entryTo)
         self._touch()
 
@@ -171,6 +181,7 @@ class DurableJournal:
         return int(self._inner.getRaftCommitIndex())
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        self.sync()  # the meta written with the vote also holds the commit index
         self._inner.setCurrentTerm(term, votedForNodeId)  # stores through DurableMetaStore
 
     def getCurrentTerm(self) -> int:

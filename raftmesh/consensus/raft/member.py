@@ -23,6 +23,7 @@ Hazards handled here or documented for the caller:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from pysyncobj.journal import FileJournal
 
 from ..machine import Event, Result, StateMachine
 from . import wire
-from .durable_journal import DurableJournal
+from .durable_journal import DurableJournal, fsync_path
 from .transport import WarmTransport
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,11 @@ class RaftMember:
         self._snapshot_io.write(path, _so_pickle.dumps(raft_data), state)
 
     def _deserialize(self, path: str) -> Any:
+        if self.config.fsync:
+            # A snapshot received from the leader was renamed into place unsynced; it must be on
+            # disk before pysyncobj clears the journal and acknowledges the install.
+            fsync_path(path)
+            fsync_path(os.path.dirname(os.path.abspath(path)), directory=True)
         meta, state = self._snapshot_io.read(path)
         with self.lock:
             self.machine.restore(state)

@@ -88,13 +88,14 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
         conn.disconnect()
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:
-        if not self._guard.admit(node, message):
+        admitted = self._guard.admit(node, message)
+        if admitted is None:
             self._guard.forget(node)
             conn = self._connections.get(node)
             if conn is not None:
                 conn.disconnect()
             return
-        super()._onMessageReceived(node, message)
+        super()._onMessageReceived(node, admitted)
 
     # ---- acknowledgements wait for the fsync -------------------------------------
 

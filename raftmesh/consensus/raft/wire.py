@@ -200,39 +200,55 @@ class TransmissionGuard:
 
     pysyncobj unpickles the concatenated pieces itself, unrestricted; this sees the same
     pieces first, bounds their total and refuses them unless ``loads`` accepts the whole.
+
+    pysyncobj's sender marks a piece "finish" when it reaches the length of the *command*,
+    not of the pickled entry, which is longer (the command's bytes are pickled once more),
+    so a large entry can get an early "finish" followed by more pieces. pysyncobj survived
+    that only by raising on the truncated pickle and appending the next piece. Here an
+    early "finish" whose bytes so far are a valid but truncated pickle is delivered as the
+    "process" piece it is.
     """
 
     def __init__(self) -> None:
         self._pieces: dict[Any, list[bytes]] = {}
         self._size: dict[Any, int] = {}
 
-    def admit(self, node: Any, message: Any) -> bool:
-        """False if ``message`` must be dropped and its connection closed."""
+    def admit(self, node: Any, message: Any) -> Any | None:
+        """The message to deliver (possibly relabelled), or None: drop it and close the link."""
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            return False
+            return None
         step = message.get("transmission")
         if message["type"] != "append_entries" or step is None:
-            return True
+            return message
         data = message.get("data")
-        if not isinstance(data, bytes):
-            return False
+        if not isinstance(data, bytes) or step not in ("start", "process", "finish"):
+            return None
         if step == "start":
             self._pieces[node], self._size[node] = [], 0
         elif node not in self._pieces:
-            return False
+            return None
         self._pieces[node].append(data)
         self._size[node] += len(data)
         if self._size[node] > MAX_MESSAGE_BYTES:
             self.forget(node)
-            return False
-        if step == "finish":
-            whole = b"".join(self._pieces.pop(node))
-            del self._size[node]
-            try:
-                loads(whole)
-            except Exception:
-                return False
-        return True
+            return None
+        if step != "finish":
+            return message
+        try:
+            loads(b"".join(self._pieces[node]))
+        except RefusedPickle:
+            self.forget(node)
+            return None
+        except (EOFError, pickle.UnpicklingError) as exc:
+            if isinstance(exc, EOFError) or "truncated" in str(exc):
+                return dict(message, transmission="process")
+            self.forget(node)
+            return None
+        except Exception:
+            self.forget(node)
+            return None
+        self.forget(node)
+        return message
 
     def forget(self, node: Any) -> None:
         self._pieces.pop(node, None)
