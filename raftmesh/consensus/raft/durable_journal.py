@@ -39,6 +39,9 @@ from pysyncobj.journal import FileJournal
 
 log = logging.getLogger(__name__)
 
+FSYNC_FAILED_EXIT = 74
+"""Process exit status when the journal cannot be fsynced (EX_IOERR)."""
+
 
 def fsync_path(path: str, directory: bool = False) -> None:
     fd = os.open(path, (os.O_RDONLY | os.O_DIRECTORY) if directory else os.O_RDONLY)
@@ -98,8 +101,6 @@ class DurableJournal:
         self.sync_s_total = 0.0
         self.on_synced: list[Callable[[], None]] = []
         """Run after every ``sync`` (held messages are released here)."""
-        self.before_sync: Callable[[], None] | None = None
-        """Test hook: runs just before each fsync of the journal file."""
         if fsync:
             # Whatever a previous run left unsynced is made durable before it is relied on.
             fsync_path(path)
@@ -119,11 +120,15 @@ class DurableJournal:
         """One fsync for everything appended since the last; then release waiters."""
         if not self._dirty:
             return
-        if self.before_sync is not None:
-            self.before_sync()
         covered = self._last_index()
         started = time.perf_counter()
-        fsync_path(self._path)
+        try:
+            fsync_path(self._path)
+        except OSError as exc:
+            # After a failed fsync the kernel may mark the lost pages clean, so a retry can
+            # "succeed" without the data: the only safe answer is to stop (as etcd does).
+            log.critical("fsync of the Raft journal %s failed (%s): stopping the node", self._path, exc)
+            os._exit(FSYNC_FAILED_EXIT)
         self.sync_s_total += time.perf_counter() - started
         self.syncs += 1
         self.synced_index = covered

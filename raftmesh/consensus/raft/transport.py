@@ -9,7 +9,13 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from .durable_journal import DurableJournal
-from .wire import BoundedConnection, TransmissionGuard
+from .wire import (
+    MAX_FRAME_BYTES,
+    MAX_HANDSHAKE_FRAME_BYTES,
+    MAX_UNKNOWN_CONNECTIONS,
+    BoundedConnection,
+    TransmissionGuard,
+)
 
 LINK_PING_S = 1.0
 """Every Raft link carries a message at least this often (must be < connection_timeout_s)."""
@@ -70,7 +76,10 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
             BoundedConnection.adopt(conn)
 
     def _onNewIncomingConnection(self, conn: Any) -> None:
-        BoundedConnection.adopt(conn)
+        BoundedConnection.adopt(conn, frame_limit=MAX_HANDSHAKE_FRAME_BYTES)
+        if len(self._unknownConnections) >= MAX_UNKNOWN_CONNECTIONS:
+            conn.disconnect()
+            return
         super()._onNewIncomingConnection(conn)
 
     def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
@@ -83,6 +92,8 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
             not key_exchange and isinstance(message, str) and message in self._nodeAddrToNode
         ):
             super()._onIncomingMessageReceived(conn, message)
+            if conn not in self._unknownConnections:  # the peer named itself: a member
+                conn.frame_limit = MAX_FRAME_BYTES
             return
         self._unknownConnections.discard(conn)
         conn.disconnect()

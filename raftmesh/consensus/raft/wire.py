@@ -44,6 +44,16 @@ third, so 32 MiB leaves headroom. Snapshot transfer frames carry 64 KiB chunks
 MAX_MESSAGE_BYTES = 64 * 2**20
 """Largest inflated (zlib-decompressed) message, and largest reassembled entry."""
 
+MAX_HANDSHAKE_FRAME_BYTES = 64 * 2**10
+"""Largest frame from a connection that has not yet named itself as a member.
+
+The handshake is a random key and an address, a few hundred bytes; a stranger must not
+make the node buffer ``MAX_FRAME_BYTES`` per connection it opens.
+"""
+
+MAX_UNKNOWN_CONNECTIONS = 64
+"""Incoming connections still in the handshake; more are closed as they are accepted."""
+
 
 class RefusedPickle(pickle.UnpicklingError):
     """The bytes name a global that no pysyncobj message uses."""
@@ -113,18 +123,21 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
     """
 
     recvLastTimestamp: int
+    frame_limit: int
+    """Largest frame accepted now: ``MAX_HANDSHAKE_FRAME_BYTES`` until the peer is known."""
     _rx: bytearray
     _scan: int
     """Offset of the next frame header not yet checked against ``MAX_FRAME_BYTES``."""
 
     @classmethod
-    def adopt(cls, conn: TcpConnection) -> BoundedConnection:
+    def adopt(cls, conn: TcpConnection, frame_limit: int = MAX_FRAME_BYTES) -> BoundedConnection:
         """Switch a connection pysyncobj just made to this read path.
 
         Called before the poller has delivered it any data (in accept, or on an outgoing
         connection not yet connected), so no byte is ever read the unbounded way.
         """
         conn.__class__ = cls
+        conn.frame_limit = frame_limit
         conn._rx = bytearray()
         conn._scan = 0
         assert isinstance(conn, cls)
@@ -160,12 +173,12 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
         # Check every header as soon as its 4 bytes are here, before the frame is buffered.
         while self._scan + 4 <= len(rx):
             (length,) = struct.unpack_from("i", rx, self._scan)
-            if not 0 <= length <= MAX_FRAME_BYTES:
-                self._refuse(f"frame announces {length} bytes (limit {MAX_FRAME_BYTES})")
+            if not 0 <= length <= self.frame_limit:
+                self._refuse(f"frame announces {length} bytes (limit {self.frame_limit})")
                 return False
             self._scan += 4 + length
         # Parse what is buffered before reading more (the poller is level-triggered).
-        return len(rx) <= MAX_FRAME_BYTES + 4
+        return len(rx) <= self.frame_limit + 4
 
     def _TcpConnection__processParseMessage(self) -> Any:
         rx = self._rx
