@@ -2,7 +2,7 @@
 
 Three real pysyncobj members (``RaftMember``) on loopback, in this process, with real
 journals in a temp dir. The test instruments what really happens, in one ordered trace:
-every ``os.fsync`` (by the file it syncs), every journal append and term/vote store,
+every ``os.fsync``/``os.fdatasync`` (by the file it syncs), every journal append and term/vote store,
 every leader commit-index advance, and every frame handed to a Raft socket. Then:
 
 - a follower's success ack for index i is sent only after an fsync of its journal that
@@ -64,17 +64,20 @@ class Harness:
 
 def _instrument(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     trace = h.trace
-    real_fsync = os.fsync
 
-    def fsync(fd: int) -> None:
-        path = os.readlink(f"/proc/self/fd/{fd}")
-        real_fsync(fd)
-        node = h.node_of_path(path)
-        if node is not None:
-            kind = "meta" if path.endswith((".meta", ".meta.tmp")) else "journal"
-            trace.add("fsync", node, kind)
+    def traced(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            real(fd)
+            node = h.node_of_path(path)
+            if node is not None:
+                kind = "meta" if path.endswith((".meta", ".meta.tmp")) else "journal"
+                trace.add("fsync", node, kind)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+        return sync
+
+    monkeypatch.setattr(os, "fsync", traced(os.fsync))
+    monkeypatch.setattr(os, "fdatasync", traced(os.fdatasync))
 
     real_send = BoundedConnection.send
 

@@ -245,6 +245,7 @@ class RaftMember:
             fsync_path(path)
             fsync_path(os.path.dirname(os.path.abspath(path)), directory=True)
         meta, state = self._snapshot_io.read(path)
+        raft_meta = wire.loads(meta)  # refused before anything is restored
         with self.lock:
             self.machine.restore(state)
         self.snapshots_loaded += 1
@@ -253,7 +254,7 @@ class RaftMember:
                 self._on_restored()
             except Exception:
                 log.exception("on_restored callback failed")
-        return wire.loads(meta)
+        return raft_meta
 
     # ---- API for the node (any thread) ---------------------------------------
 
