@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -255,3 +256,41 @@ def test_node_refuses_a_non_loopback_raft_address_without_a_secret(tmp_path: Any
         timeout=60,
     )
     assert p.returncode == 2 and "at least 16 characters" in p.stderr, p.stderr
+
+
+def test_node_takes_the_secret_file_and_unsafe_no_fsync_from_its_config(tmp_path: Any) -> None:
+    """The config-file keys reach the node: no 'no cluster secret' warning, the fsync warning."""
+    raft_port, grpc_port = free_ports(2)
+    secret = tmp_path / "raft.secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    os.chmod(secret, 0o600)
+    config = tmp_path / "node.json"
+    config.write_text(
+        json.dumps(
+            {
+                "id": "n1",
+                "raft": f"127.0.0.1:{raft_port}",
+                "grpc": f"127.0.0.1:{grpc_port}",
+                "data-dir": str(tmp_path / "data"),
+                "raft-secret-file": str(secret),
+                "unsafe-no-fsync": True,
+            }
+        )
+    )
+    log_path = tmp_path / "node.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAFTMESH_RAFT_SECRET", "RAFTMESH_RAFT_PASSWORD")}
+    with open(log_path, "wb") as log:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "raftmesh.cli.main", "node", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        wait_until(lambda: "serving gRPC" in log_path.read_text(), 60, "the node to serve")
+        text = log_path.read_text()
+        assert "--unsafe-no-fsync" in text
+        assert "no cluster secret" not in text
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
