@@ -123,6 +123,7 @@ class NodeRuntime:
             journal_path=cfg.journal_path,
             snapshot_path=cfg.snapshot_path,
             password=cfg.raft_password,
+            fsync=cfg.fsync,
             timings=cfg.timings,
         )
         self.raft = RaftMember(
