@@ -88,7 +88,8 @@ def test_values_at_the_limits_are_accepted_and_readable(value: Any) -> None:
         ([1, {"a": math.inf}], "$[1].a: inf"),
         (2**64, "out of range"),
         (b"x", "bytes is not a JSON value"),
-        ({1: "int key"}, "not a string"),
+        ({(1, 2): "tuple key"}, "not a string"),
+        ({2**64: "huge key"}, "out of range"),
         ({1, 2}, "set is not a JSON value"),
         (nested(limits.MAX_JSON_DEPTH + 1), "nested more than"),
         (nested(1_000_000), "nested more than"),  # iterative: no RecursionError
@@ -112,6 +113,30 @@ def test_every_accepted_value_is_readable_by_every_reader(value: Any) -> None:
     if values.problem(value) == "":
         readable(value)
         assert values.parse(dump_json(value)) == value
+
+
+keyed_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(codec=None)),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text() | st.integers() | st.floats() | st.booleans(), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(keyed_values)
+def test_the_fast_check_and_the_walk_agree(value: Any) -> None:
+    assert (values.problem(value) == "") == (values._walk(value) == ""), values._walk(value)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 63, 64, 65, 66, 200])
+@pytest.mark.parametrize("noise", ['"]]]]"', '"[[["', '"a\\\\"', '"\\"[{"', '{"k]": "{"}'])
+def test_depth_is_measured_on_structure_not_on_brackets_in_strings(depth: int, noise: str) -> None:
+    text = "[" * (depth - 1) + f"[{noise}, 1]" + "]" * (depth - 1)
+    value = json.loads(text)
+    assert (values.problem(value) == "") == (depth <= limits.MAX_JSON_DEPTH - (noise.startswith("{")))
 
 
 @settings(max_examples=200, deadline=None)

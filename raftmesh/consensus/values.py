@@ -6,7 +6,8 @@ encode poisons that read for everybody, forever. The rules are those of the two
 encodings a value goes through (msgpack in the log and snapshots, strict JSON on the
 wire), plus a depth bound so that no reader or writer recurses without limit:
 
-- JSON only: null, booleans, numbers, strings, arrays, objects with string keys;
+- JSON only: null, booleans, numbers, strings, arrays, objects (whose keys are strings,
+  or numbers, booleans or null, which JSON readers see as their text);
 - numbers finite (no ``NaN``, ``Infinity``, nor ``1e400``, which parses as infinity);
 - integers within what msgpack round-trips, ``-2**63 .. 2**64 - 1``;
 - strings valid Unicode (no lone surrogates such as ``"\\ud800"``: they have no UTF-8);
@@ -22,6 +23,8 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+import msgpack
 
 from . import limits
 
@@ -60,7 +63,49 @@ def parse(text: str) -> Any:
 
 
 def problem(value: Any) -> str:
-    """ "" if ``value`` may be stored, else what is wrong with it (bounded, never raises)."""
+    """ "" if ``value`` may be stored, else what is wrong with it (bounded, never raises).
+
+    Runs in ``apply`` on every replica, so the decision is made by C code, in about the time
+    of one encoding: the value must encode as strict JSON (finite numbers, JSON types) in
+    valid UTF-8 (no lone surrogates) and as msgpack (integers in range), and the JSON text
+    must nest at most ``MAX_JSON_DEPTH`` deep. Only a value that fails runs the walk that
+    says where the problem is.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        ok = _depth_within(text.encode("utf-8"), limits.MAX_JSON_DEPTH)
+        msgpack.packb(value, use_bin_type=True)
+    except (ValueError, TypeError, OverflowError, RecursionError):  # UnicodeEncodeError is a ValueError
+        ok = False
+    if ok:
+        return ""
+    return _walk(value) or "the value cannot be encoded as strict JSON and msgpack"
+
+
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+def _depth_within(text: bytes, max_depth: int) -> bool:
+    """Whether JSON text nests at most ``max_depth`` arrays/objects deep (C-speed passes).
+
+    Escaped backslashes and quotes are dropped first, so every quote left delimits a string;
+    then all but brackets and quotes, then the strings (the odd pieces between quotes: they
+    may hold brackets). Each pass then deletes the innermost arrays/objects: the text is
+    empty after ``max_depth`` passes exactly when nothing is nested deeper.
+    """
+    s = text.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    if b'"' in s:
+        s = b"".join(s.split(b'"')[::2])
+    s = s.replace(b"{", b"[").replace(b"}", b"]")
+    for _ in range(max_depth):
+        if not s:
+            return True
+        s = s.replace(b"[]", b"")
+    return not s
+
+
+def _walk(value: Any) -> str:
+    """The exact rules, value by value (iterative); "" or the first problem with its path."""
     why = _scalar_problem(value)
     if why is not None:
         return f"$: {why}" if why else ""
@@ -74,11 +119,14 @@ def problem(value: Any) -> str:
         items: Any
         if type(container) is dict:
             for k in container:
-                if type(k) is not str:
+                # JSON readers see a number, boolean or null key as its text, as json.dumps writes it.
+                why = _scalar_problem(k)
+                if why is None:
                     return f"{_render(path)}: object key {k!r:.40} is not a string"
-                if not _is_unicode(k):
-                    return f"{_render(path)}: an object key has a lone surrogate (not valid Unicode)"
-            items = container.items()
+                if why:
+                    return f"{_render(path)}: object key {k!r:.40}: {why}"
+            # A path names object members by their text, array items by their index.
+            items = ((k if type(k) is str else json.dumps(k), v) for k, v in container.items())
         else:
             items = enumerate(container)
         for key, item in items:
