@@ -156,18 +156,32 @@ def test_names_and_keys_with_control_characters_are_refused(channel: grpc.Channe
     assert submit(cl, "1", name="plain name, é ok").created
 
 
-def test_cli_escapes_control_characters(node1: LocalCluster) -> None:
+def test_cli_escapes_control_characters(node1: LocalCluster, channel: grpc.Channel) -> None:
+    # A cancel reason is free text (like an agent's error) and reaches the run's error as sent.
+    cl = pb_grpc.ClusterStub(channel)
+    run_id = submit(cl, "1", name="escapes").run_id
+    hostile = "\x1b[2J\x1b]0;pwned\x07\u202eevil"
+    cl.CancelRun(pb.CancelRunRequest(run_id=run_id, reason=hostile), timeout=30)
+    assert hostile in cl.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30).error
     env = {**os.environ, "RAFTMESH_ADDRESSES": ",".join(node1.addresses)}
     out = subprocess.run(
-        [sys.executable, "-m", "raftmesh.cli.main", "get", "r-\x1b[2Jx\u202e"],
+        [sys.executable, "-m", "raftmesh.cli.main", "get", run_id],
         capture_output=True,
         text=True,
         env=env,
         timeout=60,
     )
-    assert out.returncode == 3, out  # not found
-    assert "\x1b" not in out.stderr and "\u202e" not in out.stderr
-    assert "\\x1b[2Jx\\u202e" in out.stderr, out.stderr
+    assert out.returncode == 0, out
+    assert not any(c in out.stdout for c in "\x1b\x07\u202e"), out.stdout
+    assert "\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil" in out.stdout, out.stdout
+    js = subprocess.run(
+        [sys.executable, "-m", "raftmesh.cli.main", "get", run_id, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert json.loads(js.stdout)["error"].endswith(hostile)  # --json carries it exactly, escaped by JSON
 
 
 # ---- heartbeats --------------------------------------------------------------------

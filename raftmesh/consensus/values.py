@@ -34,7 +34,14 @@ MAX_INT = 2**64 - 1
 
 
 class BadValue(ValueError):
-    """A JSON text or value that must not be stored; the message says what to fix."""
+    """A JSON text or value that must not be stored; the message says what to fix.
+
+    ``syntax`` is true when the text is not JSON at all (the message is then the parser's).
+    """
+
+    def __init__(self, message: str, syntax: bool = False) -> None:
+        super().__init__(message)
+        self.syntax = syntax
 
 
 def _reject_constant(name: str) -> Any:
@@ -55,7 +62,7 @@ def parse(text: str) -> Any:
     except RecursionError:
         raise BadValue(f"nested more than {limits.MAX_JSON_DEPTH} arrays/objects deep") from None
     except ValueError as exc:  # JSONDecodeError, and int() of a number with too many digits
-        raise BadValue(f'not valid JSON ({exc}); send a JSON value, e.g. {{"x": 1}}') from None
+        raise BadValue(str(exc), syntax=True) from None
     why = problem(value)
     if why:
         raise BadValue(why)

@@ -24,6 +24,10 @@ def load_json(what: str, text: str) -> Any:
     try:
         return values.parse(text)
     except values.BadValue as exc:
+        if exc.syntax:
+            raise InvalidArgument(
+                f'{what} is not valid JSON ({exc}); send a JSON value, e.g. {{"x": 1}}'
+            ) from exc
         raise InvalidArgument(f"{what}: {exc}") from exc
 
 
