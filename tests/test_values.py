@@ -1,4 +1,4 @@
-"""The rules for what a client may store (values.py, ids.py) and the status-message clip. Pure.
+"""The rules for what a client may store (values.py, limits.request_id_error) and the status-message clip. Pure.
 
 Hypothesis generates JSON values of every shape: whatever the rules accept must survive
 every encoding a reader uses (msgpack in the log and snapshots, strict JSON on the wire).
