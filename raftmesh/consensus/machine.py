@@ -99,6 +99,9 @@ class StateMachine:
         st = self.state
         if isinstance(cmd, Barrier):  # never deduplicated, never recorded
             return BarrierResult(st.revision), []
+        why = limits.request_id_error("request id", cmd.request_id)
+        if why:  # it would be kept in the dedup table and echoed in errors
+            return Rejected(Code.INVALID_ARGUMENT, why), []
         prior = st.dedup.get(cmd.request_id) if cmd.request_id else None
         if prior is not None:
             return decode_result(prior[1]), []

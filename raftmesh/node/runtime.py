@@ -29,6 +29,7 @@ from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.snapshots import LmdbSnapshotIO
 from .config import NodeConfig
 from .coordination_service import KvService, LocksService
+from .decoding import guarded
 from .host import AgentHost
 from .peers import HeartbeatSender, PeerService
 from .proposer import Proposer, now_ms
@@ -135,10 +136,11 @@ class NodeRuntime:
         self.proposer.start()
 
         server = grpc.aio.server(options=GRPC_OPTIONS)
-        pb_grpc.add_ClusterServicer_to_server(ClusterService(self), server)
-        pb_grpc.add_PeerServicer_to_server(PeerService(self), server)
-        pb_grpc.add_KvServicer_to_server(KvService(self), server)
-        pb_grpc.add_LocksServicer_to_server(LocksService(self), server)
+        ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
+        pb_grpc.add_ClusterServicer_to_server(ClusterService(self), ours)
+        pb_grpc.add_PeerServicer_to_server(PeerService(self), ours)
+        pb_grpc.add_KvServicer_to_server(KvService(self), ours)
+        pb_grpc.add_LocksServicer_to_server(LocksService(self), ours)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
