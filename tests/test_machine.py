@@ -935,6 +935,14 @@ def test_apply_never_raises_on_unencodable_values(c: Cluster) -> None:
     assert res.code is Code.INVALID_ARGUMENT
 
 
+def test_a_request_id_reused_by_another_kind_of_command_is_refused(c: Cluster) -> None:
+    c.ok(c.submit("r1", [spec("a")], rid="same"))
+    # A cancel that reuses the submit's id must not be handed the submit's result.
+    res = c.unchanged(CancelRun("same", c.ts, "r1", "why"), Code.INVALID_ARGUMENT)
+    assert "already used by a submit_run command" in res.message
+    assert expect(c.apply(c.submit("r1", [spec("a")], rid="same")), SubmitRunResult).created is True
+
+
 def test_dedup_forgets_request_ids_after_retention(c: Cluster) -> None:
     cmd = c.submit("r1", [spec("a")], rid="old")
     c.ok(cmd)
