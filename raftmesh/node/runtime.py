@@ -215,9 +215,20 @@ class NodeRuntime:
             generation += 1
 
     async def _health_loop(self) -> None:
+        """SERVING iff this incarnation is registered and up in this node's applied state.
+
+        Not just "registered once": a node the cluster marked down (paused, cut off) is
+        NOT_SERVING until its re-registration is applied, and a restarted node is
+        NOT_SERVING until its own new incarnation is, so readiness checks can rely on it.
+        """
         serving = None
         while True:
-            ok = self._registered and self.raft.ready and self.raft.leader_addr is not None
+            ok = (
+                self._registered
+                and self.raft.ready
+                and self.raft.leader_addr is not None
+                and self._member_ok()
+            )
             if ok != serving:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING
