@@ -314,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--snapshot-seconds", type=float, help="also take a snapshot after this many seconds (default 600)"
     )
+    n.add_argument(
+        "--archive-applied",
+        action="store_true",
+        default=None,
+        help="also record every applied log entry in DATA_DIR/applied.lmdb, for audits (off by default)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 

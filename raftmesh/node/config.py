@@ -41,6 +41,8 @@ class NodeConfig:
     """A batch with no answer from pysyncobj after this long is retried (lost callbacks)."""
     node_down_after_s: float = 5.0
     """The leader marks a member down after this long without a Raft connection to it."""
+    archive_applied: bool = False
+    """Record every applied log entry in ``archive_path`` (audits across snapshots)."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -85,6 +87,7 @@ def build_config(
     raft_password: str | None = None,
     timings: RaftTimings | None = None,
     node_down_after_s: float = 5.0,
+    archive_applied: bool = False,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     if not _ID_RE.match(node_id):
@@ -124,6 +127,7 @@ def build_config(
         raft_password=raft_password,
         timings=timings or RaftTimings(),
         node_down_after_s=node_down_after_s,
+        archive_applied=archive_applied,
     )
 
 

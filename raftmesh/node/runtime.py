@@ -25,6 +25,7 @@ from ..consensus.raft import RaftConfig, RaftMember
 from ..errors import RaftmeshError
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ..storage.archive import AppliedArchive
 from ..storage.snapshots import LmdbSnapshotIO
 from .config import NodeConfig
 from .coordination_service import KvService, LocksService
@@ -124,8 +125,10 @@ class NodeRuntime:
             password=cfg.raft_password,
             timings=cfg.timings,
         )
+        archive = AppliedArchive(cfg.data_dir) if cfg.archive_applied else None
+        snapshot_io = archive.snapshot_io(LmdbSnapshotIO()) if archive else LmdbSnapshotIO()
         self.raft = RaftMember(
-            raft_cfg, StateMachine(), self._on_applied, LmdbSnapshotIO(), self._on_restored
+            raft_cfg, StateMachine(), self._on_applied, snapshot_io, self._on_restored, archive
         )
         self.proposer = Proposer(self.raft, self.loop, cfg.commit_timeout_s, cfg.propose_timeout_s)
         self.scheduler = Scheduler(self.raft, self.proposer, cfg.node_id, cfg.node_down_after_s)
@@ -173,6 +176,8 @@ class NodeRuntime:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.proposer.stop()
             await asyncio.to_thread(self.raft.destroy)
+            if archive is not None:
+                archive.close()
 
     def stop(self) -> None:
         self._stopping.set()

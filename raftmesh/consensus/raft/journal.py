@@ -28,12 +28,20 @@ def read_journal(path: str) -> tuple[list[tuple[int, int, bytes]], int]:
             out: list[tuple[int, int, bytes]] = []
             for i in range(len(journal)):
                 command, idx, term = journal[i]
-                data = bytes(command)
-                if not data or data[0] != 0:  # not a REGULAR command (no-op, membership, version)
-                    continue
-                call = _so_pickle.loads(data[1:])
-                if isinstance(call, tuple) and len(call) == 2 and call[1]:
-                    out.append((int(idx), int(term), bytes(call[1][0])))
+                payload = batch_payload(bytes(command))
+                if payload is not None:
+                    out.append((int(idx), int(term), payload))
         finally:
             journal._destroy()
     return out, commit
+
+
+def batch_payload(entry: bytes) -> bytes | None:
+    """The batch a raw pysyncobj log entry carries, or None for its own entries (no-op,
+    membership, version). For trusted local files only: the entry is unpickled."""
+    if not entry or entry[0] != 0:  # not a REGULAR command
+        return None
+    call = _so_pickle.loads(entry[1:])
+    if isinstance(call, tuple) and len(call) == 2 and call[1]:
+        return bytes(call[1][0])
+    return None

@@ -45,6 +45,15 @@ class SnapshotIO(Protocol):
     def read(self, path: str) -> tuple[bytes, bytes]: ...
 
 
+class AppliedArchive(Protocol):
+    """Records every log entry as it is applied (implemented on LMDB by raftmesh.storage).
+
+    ``record`` runs on pysyncobj's thread before the entry is applied and must never raise.
+    """
+
+    def record(self, index: int, entry: bytes) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RaftTimings:
     """pysyncobj periods, tuned so an idle cluster commits in about a millisecond."""
@@ -109,6 +118,16 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
                     self._reset_floor[node] = (nxt, term)
         SyncObj._SyncObj__onMessageReceived(self, node, message)
 
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
+        """Every applied entry (pysyncobj's own too, so the archive has no gaps) goes to the archive.
+
+        pysyncobj applies entry ``raftLastApplied + 1`` and advances the counter after this call.
+        """
+        archive = self._member.archive
+        if archive is not None:
+            archive.record(int(self.raftLastApplied) + 1, bytes(command))
+        return SyncObj._SyncObj__doApplyCommand(self, command)
+
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, payload: bytes) -> list[Result]:
         return self._member._apply(payload)
@@ -122,8 +141,10 @@ class RaftMember:
         on_applied: Callable[[list[Event]], None],
         snapshot_io: SnapshotIO,
         on_restored: Callable[[], None] | None = None,
+        archive: AppliedArchive | None = None,
     ) -> None:
         self.config = config
+        self.archive = archive
         self.machine = machine
         self.lock = threading.RLock()
         """Held while applying; hold it to read ``machine.state`` from another thread."""
