@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from .client import Client
 from .errors import RaftmeshError
 
@@ -254,9 +257,6 @@ class LocalCluster:
     def serving(self, node_id: str, timeout_s: float = 2.0) -> bool:
         """The node answers the gRPC health check with SERVING: it knows a leader and its
         current incarnation is registered and up in the state it has applied."""
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         with grpc.insecure_channel(self.nodes[node_id].grpc) as ch:
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
