@@ -125,7 +125,10 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         """
         archive = self._member.archive
         if archive is not None:
-            archive.record(int(self.raftLastApplied) + 1, bytes(command))
+            try:
+                archive.record(int(self.raftLastApplied) + 1, bytes(command))
+            except Exception:  # an archive must not stall the log (the audit then sees a gap)
+                log.exception("archive failed")
         return SyncObj._SyncObj__doApplyCommand(self, command)
 
     @replicated  # type: ignore[untyped-decorator]
