@@ -66,13 +66,15 @@ def test_snapshot_events_say_written_loaded_or_installed(tmp_path: Path) -> None
 def test_merge_reports_gaps_and_disagreements() -> None:
     n1 = ArchiveContents(entries={2: b"a", 3: b"b", 4: b"c", 8: b"g"})
     n2 = ArchiveContents(entries={2: b"a", 5: b"d", 8: b"G"}, conflicts=[(5, b"e")])
-    m = merge_archives({"n1": n1, "n2": n2}, 2, 10)
+    n3 = ArchiveContents(entries={8: b"G"})
+    m = merge_archives({"n1": n1, "n2": n2, "n3": n3}, 2, 10)
     assert [i for i, _ in m.entries] == [2, 3, 4, 5, 8]
     assert m.gaps == [(6, 7), (9, 10)]
-    assert m.disagreements == [8]
+    assert m.disagreements == {8: [["n2", "n3"], ["n1"]]}
+    assert dict(m.entries)[8] == b"G"  # the version most archives hold
     assert m.conflicts == {"n2": [5]}
     whole = merge_archives({"n1": n1, "n2": ArchiveContents(entries={5: b"d", 6: b"e", 7: b"f"})}, 2, 8)
-    assert whole.gaps == [] and whole.disagreements == []
+    assert whole.gaps == [] and whole.disagreements == {}
 
 
 def test_a_missing_archive_says_how_to_get_one(tmp_path: Path) -> None:
@@ -121,7 +123,7 @@ def test_the_union_of_archives_is_the_whole_log_across_snapshot_installs(
     archives = {i: read_archive(n.data_dir) for i, n in c.nodes.items()}
     last = max(st.last_applied for st in converged.values())
     merged = merge_archives(archives, 2, last)
-    assert merged.gaps == [] and merged.disagreements == [] and merged.conflicts == {}
+    assert merged.gaps == [] and merged.disagreements == {} and merged.conflicts == {}
     # the victim took a leader's snapshot instead of the entries it missed
     assert set(range(2, last + 1)) - set(archives[victim].entries), "the victim's archive has no gap"
     assert sum(a.count("snapshot_written") for a in archives.values()) >= 2

@@ -571,7 +571,10 @@ class _Run:
         merged = merge_archives(archives, FIRST_APPLIED_INDEX, max(targets.values()))
         stats["archived_entries"] = len(merged.entries)
         problems += [f"no archive holds log entries {a}-{b}" for a, b in merged.gaps]
-        problems += [f"archives disagree on entry {i}" for i in merged.disagreements]
+        problems += [
+            f"archives disagree on entry {i}: {' | '.join(','.join(nodes) for nodes in groups)}"
+            for i, groups in merged.disagreements.items()
+        ]
         problems += [
             f"{node} applied two different entries at index {i}"
             for node, idxs in merged.conflicts.items()

@@ -161,11 +161,12 @@ class MergedLog:
     first: int
     last: int
     entries: list[tuple[int, bytes]]
-    """(index, raw entry) for every index some archive holds, in order."""
+    """(index, raw entry) for every index some archive holds, in order; where archives
+    disagree, the entry most of them hold (the committed one, if a minority applied another)."""
     gaps: list[tuple[int, int]]
     """Inclusive index ranges no archive holds: the audit cannot vouch for them."""
-    disagreements: list[int]
-    """Indexes where two nodes archived different entries (a safety violation)."""
+    disagreements: dict[int, list[list[str]]]
+    """Index -> the nodes holding each version, most held first (any is a safety violation)."""
     conflicts: dict[str, list[int]]
     """Per node, indexes where it applied two different entries over time (a safety violation)."""
 
@@ -174,19 +175,24 @@ def merge_archives(archives: dict[str, ArchiveContents], first: int, last: int) 
     """Merge archives into one log from ``first`` to ``last`` and say what does not add up."""
     entries: list[tuple[int, bytes]] = []
     gaps: list[tuple[int, int]] = []
-    disagreements: list[int] = []
+    disagreements: dict[int, list[list[str]]] = {}
     gap_start: int | None = None
     for index in range(first, last + 1):
-        seen = {a.entries[index] for a in archives.values() if index in a.entries}
-        if not seen:
+        holders: dict[bytes, list[str]] = {}
+        for node, a in sorted(archives.items()):
+            entry = a.entries.get(index)
+            if entry is not None:
+                holders.setdefault(entry, []).append(node)
+        if not holders:
             gap_start = index if gap_start is None else gap_start
             continue
         if gap_start is not None:
             gaps.append((gap_start, index - 1))
             gap_start = None
-        if len(seen) > 1:
-            disagreements.append(index)
-        entries.append((index, min(seen)))
+        versions = sorted(holders.items(), key=lambda kv: (-len(kv[1]), kv[1]))
+        if len(versions) > 1:
+            disagreements[index] = [nodes for _, nodes in versions]
+        entries.append((index, versions[0][0]))
     if gap_start is not None:
         gaps.append((gap_start, last))
     conflicts = {n: sorted({i for i, _ in a.conflicts}) for n, a in archives.items() if a.conflicts}
