@@ -126,7 +126,11 @@ class NodeRuntime:
             timings=cfg.timings,
         )
         archive = AppliedArchive(cfg.data_dir) if cfg.archive_applied else None
-        snapshot_io = archive.snapshot_io(LmdbSnapshotIO()) if archive else LmdbSnapshotIO()
+        snapshot_io = (
+            archive.snapshot_io(LmdbSnapshotIO(), os.path.exists(cfg.snapshot_path))
+            if archive
+            else LmdbSnapshotIO()
+        )
         self.raft = RaftMember(
             raft_cfg, StateMachine(), self._on_applied, snapshot_io, self._on_restored, archive
         )

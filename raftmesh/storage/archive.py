@@ -63,7 +63,7 @@ class AppliedArchive:
         self._events = self._env.open_db(b"events")
         self._lock = threading.Lock()
         self._last_index = 0
-        """Last index recorded by this process (0: none yet, so a snapshot read is a load at start)."""
+        """Last index recorded by this process (noted with each event)."""
         self.failures = 0
         self.recorded = 0
 
@@ -95,9 +95,13 @@ class AppliedArchive:
         except Exception:
             log.exception("could not archive event %s", kind)
 
-    def snapshot_io(self, inner: _SnapshotIO) -> RecordingSnapshotIO:
-        """``inner`` with every snapshot written or read noted in this archive."""
-        return RecordingSnapshotIO(inner, self)
+    def snapshot_io(self, inner: _SnapshotIO, snapshot_at_start: bool) -> RecordingSnapshotIO:
+        """``inner`` with every snapshot written or read noted in this archive.
+
+        ``snapshot_at_start``: the node's own snapshot file exists as it starts, so pysyncobj's
+        first read is loading it (once, at start); every other read installs a leader's snapshot.
+        """
+        return RecordingSnapshotIO(inner, self, snapshot_at_start)
 
     def close(self) -> None:
         with self._lock:
@@ -105,12 +109,13 @@ class AppliedArchive:
 
 
 class RecordingSnapshotIO:
-    """A ``SnapshotIO`` that notes each snapshot in the archive: written; read before this process
-    applied any entry (loaded at start); read after (installed from the leader)."""
+    """A ``SnapshotIO`` that notes each snapshot in the archive: written, loaded at start (the
+    node's own), or installed (a leader's, replacing the state)."""
 
-    def __init__(self, inner: _SnapshotIO, archive: AppliedArchive) -> None:
+    def __init__(self, inner: _SnapshotIO, archive: AppliedArchive, snapshot_at_start: bool) -> None:
         self._inner = inner
         self._archive = archive
+        self._load_pending = snapshot_at_start
 
     def write(self, path: str, raft_meta: bytes, state: bytes) -> None:
         self._inner.write(path, raft_meta, state)
@@ -118,7 +123,8 @@ class RecordingSnapshotIO:
 
     def read(self, path: str) -> tuple[bytes, bytes]:
         out = self._inner.read(path)
-        self._archive.note("snapshot_installed" if self._archive._last_index else "snapshot_loaded")
+        self._archive.note("snapshot_loaded" if self._load_pending else "snapshot_installed")
+        self._load_pending = False
         return out
 
 
