@@ -328,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not fsync the Raft journal before acknowledging (faster; a power cut on every "
         "node can lose acknowledged writes)",
     )
+    n.add_argument(
+        "--archive-applied",
+        action="store_true",
+        default=None,
+        help="also record every applied log entry in DATA_DIR/applied.lmdb, for audits (off by default)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 

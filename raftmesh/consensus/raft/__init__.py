@@ -2,10 +2,18 @@
 
 - ``member``: ``RaftMember``, the ``SyncObj`` subclass with the one ``@replicated`` entry point.
 - ``transport``: pysyncobj's TCP transport with link pings and connect timeouts.
-- ``journal``: reading a stopped node's journal for audits and replay.
+- ``journal``: reading a stopped node's journal (or archived entries) for audits and replay.
 """
 
-from .journal import read_journal
-from .member import RaftConfig, RaftMember, RaftTimings, SnapshotIO
+from .journal import batch_payload, read_journal
+from .member import AppliedArchive, RaftConfig, RaftMember, RaftTimings, SnapshotIO
 
-__all__ = ["RaftConfig", "RaftMember", "RaftTimings", "SnapshotIO", "read_journal"]
+__all__ = [
+    "AppliedArchive",
+    "RaftConfig",
+    "RaftMember",
+    "RaftTimings",
+    "SnapshotIO",
+    "batch_payload",
+    "read_journal",
+]
