@@ -12,7 +12,8 @@ work proportional to the answer and never for encoding:
   to the run or any of its tasks raises, so polling an unchanged run costs O(1).
 - ``digest()`` is the state's canonical hash (``ClusterState.digest``) built from
   per-run encodings cached by revision: under the lock it encodes only the runs
-  that changed since the last digest plus the small tables, and hashes outside it.
+  that changed since the last digest and the small mutable tables, takes C-level
+  shallow copies of the large append-only ones, and encodes and hashes outside it.
   ``tests/test_reads.py`` checks it equals ``ClusterState.digest`` after every command.
 """
 
@@ -120,11 +121,25 @@ class ReadView:
                 hit = cached.get(rid)
                 if hit is None or hit[0] != run.revision:
                     fresh[rid] = (run.revision, run.encode())
+            # C-level shallow copies of the large tables, whose records apply replaces rather than
+            # changes (dedup results, finished ids, KV entries and history events, ended lock
+            # requests); the small mutable ones (members, held and waited locks, leases) are
+            # encoded here. This mirrors ClusterState.encode, and test_reads checks it equals it.
             idempotency = sorted(st.idempotency.items())
             dedup = list(st.dedup.items())
             finished = list(st.finished)
-            locks = st.locks.encode()
-            kv = st.kv.encode()
+            lt = st.locks
+            locks_live = [lt.locks[k].encode() for k in sorted(lt.locks)]
+            waiting = [lt.waiting[k].encode() for k in sorted(lt.waiting)]
+            ended = list(lt.ended.items())
+            lock_seq = lt.seq
+            kv = st.kv
+            entries = sorted(kv.entries.items())
+            leases = [kv.leases[k].encode() for k in sorted(kv.leases)]
+            history = list(kv.history)
+            compacted = kv.compacted
+        locks = [locks_live, waiting, [[k, v] for k, v in ended], lock_seq]
+        kv_body = [[[k, e.encode()] for k, e in entries], leases, [e.encode() for e in history], compacted]
         encoded = {rid: (rev, _packb(body)) for rid, (rev, body) in fresh.items()}
         h = hashlib.sha256()
         packer = msgpack.Packer(use_bin_type=True)
@@ -137,8 +152,8 @@ class ReadView:
             h.update(encoded[rid][1] if rid in encoded else cached[rid][1])
         h.update(_packb(idempotency))
         h.update(_packb([[rid, ts, res] for rid, (ts, res) in dedup]))
-        for v in (finished, locks, kv):
-            h.update(_packb(v))
+        for part in (finished, locks, kv_body):
+            h.update(_packb(part))
         with self._cache_lock:
             live = set(run_ids)
             self._encoded = {rid: e for rid, e in {**self._encoded, **encoded}.items() if rid in live}
