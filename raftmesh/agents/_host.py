@@ -178,8 +178,11 @@ class AgentHost:
         plan = self._reads.read(self.decide)
         for key in plan.stop:
             a = self._active.get(key)
-            if a is not None:
-                self._cancel(a)
+            if a is None:
+                continue
+            if a.task is not None and not a.task.done():  # not one that finished and awaits its report
+                log.info("attempt %d of %s/%s stopped: the cluster no longer runs it here", a.attempt, *a.key)
+            self._cancel(a)
         loop = asyncio.get_running_loop()
         for s in plan.start:
             a = _Attempt(s.key, s.attempt, s.token)
@@ -335,7 +338,9 @@ class AgentHost:
         while True:
             try:
                 res = await self._writer.propose(cmd, timeout_s=30.0)
-                if not res.ok and res.code is not Code.ABORTED:
+                if res.code is Code.ABORTED:
+                    log.info("%s rejected as fenced (a newer attempt exists): %s", cmd.TAG, res.message)
+                elif not res.ok:
                     log.warning("%s rejected: %s %s", cmd.TAG, res.code, res.message)
                 return True
             except RaftmeshError as exc:
