@@ -109,6 +109,12 @@ class PermissionDenied(RaftmeshError):
     code = "PERMISSION_DENIED"
 
 
+class DataLoss(RaftmeshError):
+    """Stored data is damaged or unreadable (e.g. a snapshot file fails its digest)."""
+
+    code = "DATA_LOSS"
+
+
 class Internal(RaftmeshError):
     """A bug on the node; the message is bounded and the node's log has the traceback."""
 
@@ -129,6 +135,7 @@ _BY_CODE: dict[str, type[RaftmeshError]] = {
         ResourceExhausted,
         Unauthenticated,
         PermissionDenied,
+        DataLoss,
         Internal,
     )
 }
