@@ -1,15 +1,15 @@
 """The ``raftmesh.v1.Cluster`` gRPC service, served by every node.
 
-Errors are translated to gRPC status codes in exactly one place (``_rpc``).
-Writes go through the Raft log (pysyncobj forwards a follower's entries to the
-leader); reads are linearizable through a read barrier unless ``stale_ok``.
+Errors become gRPC statuses in ``raftmesh.node.rpc`` (the one place, for every
+service). Writes go through the Raft log (pysyncobj forwards a follower's entries
+to the leader); reads are linearizable through a read barrier unless ``stale_ok``,
+and read the replica through ``NodeAccess.reads`` (O(answer) under the apply lock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -34,8 +34,6 @@ from . import convert, rpc
 from .access import NodeAccess
 from .proposer import new_request_id
 from .watch import RESYNC, WatchHub
-
-log = logging.getLogger(__name__)
 
 MAX_LIST_RUNS = 1000
 STREAM_HEARTBEAT_S = 1.0
