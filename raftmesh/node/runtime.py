@@ -73,8 +73,6 @@ class NodeRuntime:
         self.lock_waits = LockWaits()
         self._stopping = asyncio.Event()
         self._registered = False
-        self.serving = asyncio.Event()
-        """Set once the gRPC server listens (in-process tests wait for it)."""
 
     # ---- wiring ---------------------------------------------------------------
 
@@ -168,7 +166,6 @@ class NodeRuntime:
         if port == 0:
             raise RaftmeshError(f"cannot listen on {cfg.grpc} (address in use?)")
         await server.start()
-        self.serving.set()
         log.info("node %s serving gRPC on %s, Raft on %s", cfg.node_id, cfg.grpc, cfg.raft)
         tasks = [
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
