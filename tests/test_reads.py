@@ -149,3 +149,43 @@ def test_run_is_a_copy_encoded_outside_the_lock_and_cached_by_revision() -> None
     assert view.run("nope") is None
     summary = view.run("r1", with_tasks=False)
     assert summary is not None and list(summary.run.tasks) == []
+
+
+def test_a_large_run_is_encoded_off_the_event_loop_and_equals_the_state() -> None:
+    import asyncio
+
+    from raftmesh.node import reads as reads_mod
+
+    sm = StateMachine()
+    view = ReadView(Lock(), lambda: sm.state)
+    n = reads_mod.ENCODE_IN_THREAD_TASKS
+    sm.apply(
+        RegisterNode("reg", 1, node_id="n1", grpc="g", raft="r", agents=("echo",), slots=8, incarnation="i")
+    )
+    for cmd in (
+        SubmitRun("s1", 2, run_id="big", tasks=tuple(TaskSpec(f"t{i}", "echo") for i in range(n))),
+        SubmitRun("s2", 2, run_id="small", tasks=(TaskSpec("t", "echo"),)),
+    ):
+        assert sm.apply(cmd)[0].ok
+
+    async def read(run_id: str) -> tuple[object, bool]:
+        loop_thread = threading.get_ident()
+        seen: list[int] = []
+        real = view._encode_run
+
+        def encode(*args: object) -> object:
+            seen.append(threading.get_ident())
+            return real(*args)  # type: ignore[arg-type]
+
+        view._encode_run = encode  # type: ignore[method-assign]
+        try:
+            got = await view.run_async(run_id)
+        finally:
+            del view._encode_run
+        assert len(seen) == 1, seen
+        return got, seen[0] != loop_thread
+
+    (big, off_loop), (small, small_off_loop) = asyncio.run(read("big")), asyncio.run(read("small"))
+    assert off_loop and not small_off_loop
+    assert big is not None and big.run == convert.run_to_pb(sm.state.runs["big"])  # type: ignore[attr-defined]
+    assert small is not None and small.run == convert.run_to_pb(sm.state.runs["small"])  # type: ignore[attr-defined]

@@ -8,8 +8,9 @@ work proportional to the answer and never for encoding:
   needs (O(answer)) and return values that apply will not mutate afterwards.
 - ``run(run_id)`` copies the run's records (a shallow copy per task: spec, input
   and output are never mutated once applied) and encodes the protobuf outside
-  the lock. The encoding is cached by the run's ``revision``, which every change
-  to the run or any of its tasks raises, so polling an unchanged run costs O(1).
+  the lock (``run_async``: a large run in a worker thread, off the event loop).
+  The encoding is cached by the run's ``revision``, which every change to the
+  run or any of its tasks raises, so polling an unchanged run costs O(1).
 - ``digest()`` is the state's canonical hash (``ClusterState.digest``) built from
   per-run encodings cached by revision: under the lock it encodes only the runs
   that changed since the last digest and the small mutable tables, takes C-level
@@ -19,6 +20,7 @@ work proportional to the answer and never for encoding:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import operator
@@ -39,6 +41,8 @@ T = TypeVar("T")
 
 RUN_CACHE_ENTRIES = 16
 """Encoded runs kept for repeated GetRun/WatchRun of the same run at the same revision."""
+ENCODE_IN_THREAD_TASKS = 256
+"""Runs with at least this many tasks are encoded off the event loop (``run_async``)."""
 
 _TASK_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(TaskState)))
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunState) if f.name != "tasks")
@@ -84,20 +88,38 @@ class ReadView:
 
     def run(self, run_id: str, with_tasks: bool = True) -> RunRead | None:
         """The run as protobuf, and the replica's revision at the same instant (for watches)."""
+        got = self._take_run(run_id, with_tasks)
+        return got if got is None or isinstance(got, RunRead) else self._encode_run(*got)
+
+    async def run_async(self, run_id: str, with_tasks: bool = True) -> RunRead | None:
+        """``run``, encoding a large run in a worker thread so the event loop keeps serving."""
+        got = self._take_run(run_id, with_tasks)
+        if got is None or isinstance(got, RunRead):
+            return got
+        if len(got[3].tasks) >= ENCODE_IN_THREAD_TASKS:
+            return await asyncio.to_thread(self._encode_run, *got)
+        return self._encode_run(*got)
+
+    def _take_run(
+        self, run_id: str, with_tasks: bool
+    ) -> RunRead | tuple[tuple[str, bool], int, int, RunState] | None:
+        """Under the lock: the cached encoding if the run has not changed, else a copy to encode."""
         key = (run_id, with_tasks)
         with self._lock:
             st = self._state()
             run = st.runs.get(run_id)
             if run is None:
                 return None
-            state_revision = st.revision
-            revision = run.revision
             with self._cache_lock:
                 hit = self._runs_pb.get(key)
-            if hit is not None and hit[0] == revision:
-                return RunRead(state_revision, hit[1])
-            copy = copy_run(run, with_tasks)
-        msg = convert.run_to_pb(copy, with_tasks=with_tasks)
+            if hit is not None and hit[0] == run.revision:
+                return RunRead(st.revision, hit[1])
+            return key, st.revision, run.revision, copy_run(run, with_tasks)
+
+    def _encode_run(
+        self, key: tuple[str, bool], state_revision: int, revision: int, copy: RunState
+    ) -> RunRead:
+        msg = convert.run_to_pb(copy, with_tasks=key[1])
         with self._cache_lock:
             self._runs_pb[key] = (revision, msg)
             self._runs_pb.move_to_end(key)
@@ -106,7 +128,10 @@ class ReadView:
         return RunRead(state_revision, msg)
 
     def digest(self) -> tuple[int, str]:
-        """(revision, digest) of the local replica, equal to ``ClusterState.digest``."""
+        """(revision, digest) of the local replica, equal to ``ClusterState.digest``.
+
+        O(state) work outside the lock: callers on the event loop run it in a worker thread.
+        """
         with self._cache_lock:
             cached = dict(self._encoded)
         fresh: dict[str, tuple[int, list[Any]]] = {}

@@ -115,7 +115,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         _check_run_id(request.run_id)
         if not request.stale_ok:
             await self.node.barrier(context)
-        read = self.node.reads.run(request.run_id)
+        read = await self.node.reads.run_async(request.run_id)
         if read is None:
             raise RunNotFound(f"run {request.run_id!r} not found")
         return read.run
@@ -152,7 +152,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         q = self._hub.subscribe(request.run_id)
         try:
             while True:
-                read = node.reads.run(request.run_id, with_tasks=not request.status_only)
+                read = await node.reads.run_async(request.run_id, with_tasks=not request.status_only)
                 if read is None:
                     raise RunNotFound(f"run {request.run_id!r} not found")
                 seen, snap = read.revision, read.run
@@ -210,7 +210,9 @@ class ClusterService(pb_grpc.ClusterServicer):
     async def ClusterStatus(
         self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClusterStatusResponse:
-        return self._status(request.include_digest)
+        if request.include_digest:  # O(state) hashing: off the event loop
+            return await asyncio.to_thread(self._status, True)
+        return self._status(False)
 
 
 def _run_error(st: ClusterState, run_id: str) -> str:
