@@ -23,6 +23,13 @@ the background (the load that keeps apply busy), this script measures on the lea
 A baseline phase runs the same background run and writer with no reader, so the effect of the
 readers is the difference between the rows.
 
+Then, in this process and with no network, how long each read holds the apply lock, on a state
+shaped like the cluster's (five runs of ``--tasks`` tasks, 10,000 KV writes; one run changes
+between digests, as during a fan-out): what the node held it for before ``raftmesh.node.reads``
+(``convert.run_to_pb`` of the live run for GetRun, ``ClusterState.digest`` for the digest: the
+calls it made under the lock) next to ``ReadView``, median of 7. Skipped on code without
+``raftmesh.node.reads``.
+
 Usage::
 
     python scripts/bench_reads.py                 # defaults: 2,000 tasks, 10 s per phase
@@ -126,6 +133,100 @@ def phase(
     }
 
 
+def lock_hold(tasks: int) -> dict[str, float] | None:
+    """Apply-lock hold time per read in ms (median of 7), the old calls and ReadView, in process."""
+    try:
+        from raftmesh.node.reads import ReadView
+    except ImportError:
+        return None
+    from raftmesh.consensus.commands import (
+        Assign,
+        Complete,
+        Completion,
+        KvOp,
+        KvTxn,
+        RegisterNode,
+        SubmitRun,
+        TaskSpec,
+    )
+    from raftmesh.consensus.machine import StateMachine
+    from raftmesh.consensus.placement import plan_assignments
+    from raftmesh.node import convert
+
+    sm = StateMachine()
+    for n in ("n1", "n2", "n3"):
+        sm.apply(
+            RegisterNode(
+                f"reg-{n}", 1, node_id=n, grpc="g", raft=n, agents=("echo",), slots=10**5, incarnation="i"
+            )
+        )
+    for r in range(5):
+        specs = tuple(TaskSpec(f"t{i}", "echo", input={"i": i, "pad": "x" * 64}) for i in range(tasks + 1))
+        sm.apply(SubmitRun(f"s{r}", 2, run_id=f"r{r}", tasks=specs))
+        plan = plan_assignments(sm.state, 3, {}, 10**5)
+        sm.apply(Assign(f"a{r}", 3, tuple(plan)))
+        items = [
+            Completion(
+                a.run_id, a.task_id, a.attempt, sm.state.runs[a.run_id].tasks[a.task_id].token, {"i": 1}
+            )
+            for a in plan
+        ]
+        for k in range(0, len(items), 200):
+            sm.apply(Complete(f"c{r}-{k}", 4, "n1", tuple(items[k : k + 200])))
+    for i in range(10_000):
+        sm.apply(KvTxn(f"kv{i}", 5, success=(KvOp("put", f"k{i % 64}", i),)))
+
+    class TimedLock:
+        def __init__(self) -> None:
+            self.lock = threading.RLock()
+            self.held: list[float] = []
+            self._t0 = 0.0
+
+        def __enter__(self) -> None:
+            self.lock.acquire()
+            self._t0 = time.perf_counter()
+
+        def __exit__(self, *exc: object) -> None:
+            self.held.append(time.perf_counter() - self._t0)
+            self.lock.release()
+
+    lock = TimedLock()
+    view = ReadView(lock, lambda: sm.state)
+
+    def median_ms(fn: Callable[[], Any]) -> float:
+        held = []
+        for _ in range(7):
+            lock.held.clear()
+            fn()
+            held.append(sum(lock.held))
+        return percentile([h * 1000 for h in held], 50)
+
+    def old_get_run() -> None:
+        with lock:
+            convert.run_to_pb(sm.state.runs["r0"])
+
+    def old_digest() -> None:
+        with lock:
+            sm.state.digest()
+
+    def new_digest() -> None:
+        sm.state.runs["r4"].revision += 1  # one run in flux between digests
+        view.digest()
+
+    def new_get_run_changed() -> None:
+        sm.state.runs["r0"].revision += 1
+        view.run("r0")
+
+    view.digest()
+    return {
+        "get_run_before_ms": median_ms(old_get_run),
+        "get_run_after_changed_ms": median_ms(new_get_run_changed),
+        "get_run_after_unchanged_ms": median_ms(lambda: view.run("r0")),
+        "digest_before_ms": median_ms(old_digest),
+        "digest_after_ms": median_ms(new_digest),
+    }
+
+
 def render(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
@@ -175,6 +276,7 @@ def main() -> int:
         assert run.status == "SUCCEEDED" and len(run.tasks) == args.tasks + 1, run.status
         for reader in ("none", "get_run", "get_run_stale_ok", "status_digest"):
             report["phases"].append(phase(cluster, leader, args, big, reader))
+    report["lock_hold"] = lock_hold(args.tasks)
     print(render(report), file=sys.stderr)
     if args.json:
         print(json.dumps(finite(report), indent=2))
