@@ -248,6 +248,15 @@ def render(report: dict[str, Any]) -> str:
     lines.append(
         "   (ms; writes = one kv.put at a time on the leader, its latency includes any wait for apply)"
     )
+    hold = report.get("lock_hold")
+    if hold:
+        lines += [
+            "Apply-lock hold per read, in process (median of 7, ms): before (the calls made under the lock) -> ReadView",
+            f"   GetRun of a {cfg['tasks']:,}-task run   {hold['get_run_before_ms']:8.2f} -> "
+            f"{hold['get_run_after_changed_ms']:.2f} (run changed since the last read), "
+            f"{hold['get_run_after_unchanged_ms']:.3f} (unchanged)",
+            f"   status --digest              {hold['digest_before_ms']:8.2f} -> {hold['digest_after_ms']:.2f}",
+        ]
     return "\n".join(lines)
 
 
