@@ -27,7 +27,8 @@ from raftmesh.consensus.commands import (
     TaskSpec,
     Tick,
 )
-from raftmesh.consensus.machine import Result, StateMachine
+from raftmesh.consensus.machine import StateMachine
+from raftmesh.consensus.results import Result
 from raftmesh.errors import Internal, InvalidArgument, RaftmeshError, ResourceExhausted
 from raftmesh.node import proposer as proposer_mod
 from raftmesh.node import rpc
