@@ -17,6 +17,7 @@ import pytest
 
 from raftmesh.agents import AgentHost, AgentRegistry, TaskContext
 from raftmesh.clock import ManualClock
+from raftmesh.consensus import limits
 from raftmesh.consensus.commands import (
     Assign,
     Assignment,
@@ -321,7 +322,7 @@ def test_rpc_translates_errors_and_bounds_bug_messages() -> None:
     code, msg = rpc.status_of(KeyError("x" * 100_000), "ClusterService.GetRun")
     assert code is grpc.StatusCode.INTERNAL
     assert msg.startswith("internal error in ClusterService.GetRun: KeyError")
-    assert len(msg) <= rpc.MAX_STATUS_MESSAGE_CHARS
+    assert len(msg.encode()) <= limits.MAX_STATUS_MESSAGE_BYTES + 40  # clipped, plus "…(N more characters)"
     code, msg = rpc.status_of(RaftmeshError("y" * 10_000), "x")
-    assert code is grpc.StatusCode.UNKNOWN and len(msg) <= rpc.MAX_STATUS_MESSAGE_CHARS
+    assert code is grpc.StatusCode.UNKNOWN and msg.endswith("more characters)")
     assert Internal.code == "INTERNAL"
