@@ -2,8 +2,10 @@
 
 Every error names the gRPC status code it maps to (as the code's name, so this
 module imports nothing from grpc). The node translates errors to the wire in one
-place (``raftmesh.node.service``) and the SDK translates them back
+place (``raftmesh.node.rpc``) and the SDK translates them back
 (``raftmesh.client``), so a caller catches the same class on either side.
+Anything else that escapes a servicer is a bug and reaches the wire as
+``INTERNAL`` with a bounded message.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class NotFound(RaftmeshError):
 
 
 class RunNotFound(NotFound):
-    pass
+    """No run has that id (or it was dropped by retention; see README, "Limits")."""
 
 
 class AlreadyExists(RaftmeshError):
@@ -54,7 +56,15 @@ class AlreadyExists(RaftmeshError):
 
 
 class FailedPrecondition(RaftmeshError):
+    """The request is valid but the state does not allow it (e.g. a stale lock token on release)."""
+
     code = "FAILED_PRECONDITION"
+
+
+class OutOfRange(RaftmeshError):
+    """A revision outside what the node keeps (a watch from a compacted revision)."""
+
+    code = "OUT_OF_RANGE"
 
 
 class Aborted(RaftmeshError):
@@ -74,7 +84,7 @@ class Unavailable(RaftmeshError):
 
 
 class NoLeader(Unavailable):
-    pass
+    """No Raft leader is known; nothing was proposed, so retrying is safe."""
 
 
 class OutcomeUnknown(Unavailable):
@@ -86,6 +96,8 @@ class DeadlineExceeded(RaftmeshError):
 
 
 class ResourceExhausted(RaftmeshError):
+    """A bounded queue on the node is full (README, "Limits"); retry with backoff."""
+
     code = "RESOURCE_EXHAUSTED"
 
 
@@ -97,7 +109,15 @@ class PermissionDenied(RaftmeshError):
     code = "PERMISSION_DENIED"
 
 
+class DataLoss(RaftmeshError):
+    """Stored data is damaged or unreadable (e.g. a snapshot file fails its digest)."""
+
+    code = "DATA_LOSS"
+
+
 class Internal(RaftmeshError):
+    """A bug on the node; the message is bounded and the node's log has the traceback."""
+
     code = "INTERNAL"
 
 
@@ -109,11 +129,13 @@ _BY_CODE: dict[str, type[RaftmeshError]] = {
         AlreadyExists,
         FailedPrecondition,
         Aborted,
+        OutOfRange,
         Unavailable,
         DeadlineExceeded,
         ResourceExhausted,
         Unauthenticated,
         PermissionDenied,
+        DataLoss,
         Internal,
     )
 }

@@ -97,7 +97,8 @@ def test_lock_lease_expires_and_waiter_gets_it(cluster3: LocalCluster) -> None:
 def test_deadlock_is_broken_with_a_message_naming_the_cycle(cluster3: LocalCluster) -> None:
     c = cluster3.client()
     assert c.locks.acquire("x", owner="alice", wait_s=0)[0]
-    assert c.locks.acquire("y", owner="bob", wait_s=0)[0]
+    bob_has_y, bob_token, _ = c.locks.acquire("y", owner="bob", wait_s=0)
+    assert bob_has_y
     outcome: dict[str, object] = {}
 
     def alice_wants_y() -> None:
@@ -112,12 +113,15 @@ def test_deadlock_is_broken_with_a_message_naming_the_cycle(cluster3: LocalClust
     with pytest.raises(Aborted, match="deadlock") as err:
         c.locks.acquire("x", owner="bob", wait_s=20)  # bob is younger: he is the victim
     assert "alice" in err.value.message and "bob" in err.value.message
-    t.join(timeout=1)
-    assert t.is_alive() or outcome  # alice keeps waiting for y (bob still holds it)
-    c.locks.release("bob", "y", c.locks.list("y")[0]["holders"][0]["token"])
-    t.join(timeout=20)
-    granted = outcome["alice"]
-    assert isinstance(granted, tuple) and granted[0] is True
+    # Only bob's request was aborted: he still holds y and alice still waits for it ...
+    assert not outcome and t.is_alive()
+    assert any(lk["waiters"] == ["alice"] for lk in c.locks.list("y"))
+    # ... until he releases it, when she gets it.
+    c.locks.release("bob", "y", bob_token)
+    t.join(timeout=15)
+    assert not t.is_alive(), "alice was not granted y after bob released it"
+    granted, token, _ = outcome["alice"]  # type: ignore[misc]
+    assert granted is True and token > bob_token, outcome
 
 
 def test_try_lock_timeout(cluster3: LocalCluster) -> None:

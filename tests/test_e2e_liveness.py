@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
+from raftmesh.consensus.commands import KvTxn, decode_batch
+from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.raft import read_journal
 from raftmesh.localcluster import LocalCluster, wait_until
 
@@ -63,25 +65,67 @@ def test_zombie_attempt_kv_write_is_fenced(make_cluster: Callable[..., LocalClus
     from raftmesh import DAG
 
     c = make_cluster(3, extra_args=["--node-down-after", "2"])
-    c.wait_ready()
-    client = c.client(retry_deadline_s=60)
+    leader = c.wait_ready()
+    client = c.client([c.nodes[leader].grpc], retry_deadline_s=60)
+    # One writer per node (placement spreads least-loaded first), so one runs on a follower:
+    # pausing a follower keeps the leader, so the zombie's write is forwarded to it and committed
+    # (rejected) rather than lost with a deposed leader's log.
     dag = DAG("fenced")
-    dag.task("w", "kv_put", input={"key": "fenced/result", "value": 42, "delay_seconds": 2.0})
+    for i in range(3):
+        dag.task(f"w{i}", "kv_put", input={"key": f"fenced/w{i}", "value": 42, "delay_seconds": 2.0})
     run_id = client.submit(dag)
 
-    def running_on() -> str:
-        t = client.get(run_id).tasks["w"]
-        return t.node if t.status == "RUNNING" else ""
+    def on_a_follower() -> tuple[str, str, int, int] | None:
+        for t in client.get(run_id).tasks.values():
+            if t.status == "RUNNING" and t.node and t.node != leader:
+                return t.id, t.node, t.attempt, t.token
+        return None
 
-    first = wait_until(running_on, 30, "the kv_put task to start")
-    c.pause(first)  # (if it is the leader, a new one is elected and requeues the task just the same)
+    tid, zombie_node, zombie_attempt, zombie_token = wait_until(
+        on_a_follower, 30, "a kv_put task to start on a follower"
+    )
+    c.pause(zombie_node)
     run = client.wait(run_id, timeout_s=60)
-    assert run.status == "SUCCEEDED" and run.tasks["w"].node != first and run.tasks["w"].attempt >= 2
-    c.resume(first)  # the zombie attempt wakes up and tries to write
-    c.wait_ready(timeout_s=30)
+    assert run.status == "SUCCEEDED" and run.tasks[tid].node != zombie_node and run.tasks[tid].attempt >= 2
+    c.resume(zombie_node)  # the zombie attempt wakes up and writes with its old token
+
+    def zombie_write_outcome() -> str | None:
+        """The result code the leader's log gave the zombie's fenced write, once it is there."""
+        entries, _ = read_journal(c.nodes[leader].data_dir + "/raft.journal")
+        machine = StateMachine()
+        for _, _, payload in entries:
+            results, _ = machine.apply_batch(payload)
+            for cmd, res in zip(decode_batch(payload), results, strict=True):
+                fence = getattr(cmd, "fence", None)
+                if (
+                    isinstance(cmd, KvTxn)
+                    and fence is not None
+                    and (fence.run_id, fence.task_id, fence.token) == (run_id, tid, zombie_token)
+                ):
+                    return str(res.code)
+        return None
+
+    def zombie_ended() -> str | None:
+        """How the zombie attempt ended, from its node's log: stopped, or its write rejected.
+
+        Which comes first on waking is a race (the sleep's timer or the news from the leader);
+        a write that got out is rejected, and its failure report after it.
+        """
+        with open(c.nodes[zombie_node].log_path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        if f"attempt {zombie_attempt} of {run_id}/{tid} stopped" in text:
+            return "stopped"
+        if "fail rejected as fenced" in text and tid in text:
+            return "write rejected"
+        return None
+
+    ended = wait_until(zombie_ended, 30, "the zombie attempt to be stopped or its write rejected")
+    outcome = zombie_write_outcome()
+    if ended == "write rejected":
+        assert outcome == "ABORTED", f"the zombie attempt's write was not rejected: {outcome}"
+    else:
+        assert outcome in (None, "ABORTED"), f"the zombie attempt's write was not rejected: {outcome}"
     c.wait_converged(timeout_s=30)
-    e = client.kv.get("fenced/result")
+    e = client.kv.get(f"fenced/{tid}")
     assert e is not None and e.version == 1, "the zombie attempt's write was accepted"
-    # Either the woken attempt was stopped (it learned it is fenced) or its write was rejected:
-    # which comes first is a race; that only the successor's write exists is the guarantee.
-    assert e.value == {"value": 42, "attempt": run.tasks["w"].attempt, "node": run.tasks["w"].node}
+    assert e.value == {"value": 42, "attempt": run.tasks[tid].attempt, "node": run.tasks[tid].node}

@@ -31,6 +31,57 @@ def test_client_exports() -> None:
     )
 
 
+def test_agents_exports() -> None:
+    import raftmesh.agents
+
+    assert sorted(raftmesh.agents.__all__) == sorted(
+        ["AgentDef", "AgentHost", "AgentRegistry", "TaskContext", "TaskKv", "TaskLocks", "default_registry"]
+    )
+
+
+def test_error_classes_and_the_status_each_names() -> None:
+    """One hierarchy: every raftmesh error is a RaftmeshError and names its gRPC status."""
+    import raftmesh.errors as errors
+    from raftmesh.agents._builtin import AgentInputError
+    from raftmesh.storage.snapshots import SnapshotError
+    from raftmesh.verify import HistoryError
+
+    codes = {
+        name: cls.code
+        for name, cls in vars(errors).items()
+        if isinstance(cls, type) and issubclass(cls, errors.RaftmeshError)
+    }
+    assert codes == {
+        "RaftmeshError": "UNKNOWN",
+        "InvalidArgument": "INVALID_ARGUMENT",
+        "DagCycleError": "INVALID_ARGUMENT",
+        "UnknownAgentError": "INVALID_ARGUMENT",
+        "UnknownDependencyError": "INVALID_ARGUMENT",
+        "LimitExceeded": "INVALID_ARGUMENT",
+        "NotFound": "NOT_FOUND",
+        "RunNotFound": "NOT_FOUND",
+        "AlreadyExists": "ALREADY_EXISTS",
+        "FailedPrecondition": "FAILED_PRECONDITION",
+        "OutOfRange": "OUT_OF_RANGE",
+        "Aborted": "ABORTED",
+        "StaleToken": "ABORTED",
+        "Unavailable": "UNAVAILABLE",
+        "NoLeader": "UNAVAILABLE",
+        "OutcomeUnknown": "UNAVAILABLE",
+        "DeadlineExceeded": "DEADLINE_EXCEEDED",
+        "ResourceExhausted": "RESOURCE_EXHAUSTED",
+        "Unauthenticated": "UNAUTHENTICATED",
+        "PermissionDenied": "PERMISSION_DENIED",
+        "DataLoss": "DATA_LOSS",
+        "Internal": "INTERNAL",
+    }
+    for outside in (AgentInputError, SnapshotError, HistoryError):
+        assert issubclass(outside, errors.RaftmeshError), outside
+    # The SDK maps each status back to its base class.
+    assert type(errors.error_for_code("OUT_OF_RANGE", "m")) is errors.OutOfRange
+    assert type(errors.error_for_code("NO_SUCH_CODE", "m")) is errors.RaftmeshError
+
+
 def test_only_the_raft_package_imports_pysyncobj() -> None:
     import ast
     import pathlib

@@ -1,7 +1,7 @@
 """The Peer service on real gRPC (loopback, in process): which heartbeats count, and what is kept.
 
-The service runs over a real ``StateMachine`` and the real ``Scheduler``; the only stand-in
-is the holder that a ``RaftMember`` would be (a lock, the machine, "this node leads").
+The service runs over a real ``StateMachine``, the node's ``ReadView`` and the leader's real
+``Liveness``; the only stand-in is what a ``RaftMember`` would answer ("this node leads", term 1).
 """
 
 from __future__ import annotations
@@ -17,36 +17,25 @@ from typing import Any
 import grpc
 import pytest
 
+from raftmesh.clock import ManualClock
 from raftmesh.consensus.commands import NodeDown, RegisterNode
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.localcluster import free_ports
 from raftmesh.node.decoding import guarded
-from raftmesh.node.peers import PeerService, no_peer_identity
-from raftmesh.node.scheduler import Scheduler
+from raftmesh.node.liveness import Liveness
+from raftmesh.node.peers import PeerAccess, PeerService, no_peer_identity
+from raftmesh.node.reads import ReadView
 from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
 from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 
 
 @dataclass
 class Replica:
-    """What the Peer service and the scheduler read of a Raft member: its applied state."""
+    """The applied state the Peer service reads, and the leader's liveness it reports to."""
 
     machine: StateMachine = field(default_factory=StateMachine)
     lock: Any = field(default_factory=threading.RLock)
-    is_leader: bool = True
-    term: int = 1
-
-
-@dataclass
-class Config:
-    node_id: str = "n1"
-
-
-@dataclass
-class Node:
-    raft: Replica
-    scheduler: Scheduler
-    config: Config = field(default_factory=Config)
+    liveness: Liveness = field(default_factory=lambda: Liveness(ManualClock(), "n1", node_down_after_s=5.0))
 
 
 def register(raft: Replica, node_id: str, incarnation: str, ts: int = 1000) -> None:
@@ -67,17 +56,23 @@ def register(raft: Replica, node_id: str, incarnation: str, ts: int = 1000) -> N
 
 async def serve(
     identify: Callable[[Any], str | None] = no_peer_identity,
-) -> tuple[grpc.aio.Server, str, Node]:
+) -> tuple[grpc.aio.Server, str, Replica]:
     raft = Replica()
     for n in ("n1", "n2", "n3"):
         register(raft, n, f"inc{n}")
-    node = Node(raft, Scheduler(raft, None, "n1"))  # type: ignore[arg-type]  # no proposals in these tests
+    access = PeerAccess(
+        node_id="n1",
+        reads=ReadView(raft.lock, lambda: raft.machine.state),
+        is_leader=lambda: True,
+        term=lambda: 1,
+        heard_from=raft.liveness.heard_from,
+    )
     server = grpc.aio.server()
-    pb_grpc.add_PeerServicer_to_server(PeerService(node, identify), guarded(server))  # type: ignore[arg-type]
+    pb_grpc.add_PeerServicer_to_server(PeerService(access, identify), guarded(server))
     addr = f"127.0.0.1:{free_ports(1)[0]}"
     server.add_insecure_port(addr)
     await server.start()
-    return server, addr, node
+    return server, addr, raft
 
 
 async def beats(
@@ -109,7 +104,7 @@ def rand_id(rng: random.Random) -> str:
 def test_only_current_incarnations_of_up_members_count_and_maps_stay_bounded() -> None:
     async def main() -> None:
         server, addr, node = await serve()
-        sched = node.scheduler
+        sched = node.liveness
         try:
             rng = random.Random(7)
             junk = [hb(rand_id(rng), "inc") for _ in range(5000)]
@@ -119,9 +114,9 @@ def test_only_current_incarnations_of_up_members_count_and_maps_stay_bounded() -
             assert set(sched._last_seen) == {"n2", "n3"} and sched._heard == {"n2", "n3"}
 
             # A down member's heartbeats (even in its incarnation) do not bring it back or count.
-            res, _ = node.raft.machine.apply(NodeDown("d-1", 2000, "n3", "incn3", "test"))
+            res, _ = node.machine.apply(NodeDown("d-1", 2000, "n3", "incn3", "test"))
             assert res.ok, res
-            sched._check_liveness(3000)  # prunes the maps to the up members
+            sched.overdue(node.machine.state.members.values())  # prunes the maps to the up members
             assert set(sched._last_seen) <= {"n1", "n2"} and "n3" not in sched._heard
             out, code, _ = await beats(addr, [hb("n3", "incn3")])
             assert code == grpc.StatusCode.OK and not out[0].up and "n3" not in sched._heard
@@ -146,7 +141,7 @@ def test_a_peer_credential_must_match_the_node_id_claimed() -> None:
             assert code == grpc.StatusCode.OK and out[0].up
             _, code, msg = await beats(addr, [hb("n3", "incn3")])
             assert code == grpc.StatusCode.PERMISSION_DENIED and "n2" in msg
-            assert "n3" not in node.scheduler._heard
+            assert "n3" not in node.liveness._heard
         finally:
             await server.stop(None)
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..errors import InvalidArgument
 from ._context import TaskContext
 from ._registry import AgentRegistry
 
 
-class AgentInputError(ValueError):
+class AgentInputError(InvalidArgument, ValueError):
     """The task's input does not fit the agent; retrying will not help."""
 
     retryable = False

@@ -29,6 +29,6 @@ class TaskContext:
     logger: logging.LoggerAdapter[logging.Logger]
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     kv: Any = None
-    """The cluster KV store; writes are fenced by this attempt's token (``raftmesh.node.task_clients.TaskKv``)."""
+    """The cluster KV store; writes are fenced by this attempt's token (``raftmesh.agents.TaskKv``)."""
     locks: Any = None
-    """Locks owned by this attempt (``raftmesh.node.task_clients.TaskLocks``)."""
+    """Locks owned by this attempt (``raftmesh.agents.TaskLocks``)."""

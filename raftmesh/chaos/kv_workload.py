@@ -31,13 +31,13 @@ from __future__ import annotations
 import math
 import random
 import threading
-import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..client import Client
 from ..client._coord import fence_pb
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import Aborted, FailedPrecondition, InvalidArgument, RaftmeshError
 from ..verify.linearizability import Operation as LinOp
 from ..verify.models import Cas, Delete, Get, KvOp, Put
@@ -79,15 +79,15 @@ class HistoryClock:
     comparable across clients; wall ms place operations next to the fault timeline.
     """
 
-    def __init__(self) -> None:
-        self._origin = time.monotonic()
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
+        self._origin = clock.monotonic()
 
     def mono(self) -> float:
-        return round(time.monotonic() - self._origin, 6)
+        return round(self._clock.monotonic() - self._origin, 6)
 
-    @staticmethod
-    def wall_ms() -> int:
-        return int(time.time() * 1000)
+    def wall_ms(self) -> int:
+        return self._clock.now_ms()
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from ..clock import SYSTEM_CLOCK
 from ..localcluster import LocalCluster, wait_until
 from .netns import NetnsLab, bridge, groups_reachability, majorities_ring, resolve_reachability
 from .proxy import TcpProxy
@@ -184,7 +185,7 @@ class Nemesis:
     cluster: LocalCluster
     lab: NetnsLab | None = None
     client_proxies: Mapping[str, TcpProxy] = field(default_factory=dict)
-    clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+    clock_ms: Callable[[], int] = SYSTEM_CLOCK.now_ms
     log: Callable[[str], None] = lambda _msg: None
     records: list[FaultRecord] = field(default_factory=list)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..client import DAG, Client
+from ..clock import SYSTEM_CLOCK
 from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError
 
 Outcome = Literal["ok", "failed", "unknown"]
@@ -39,8 +40,8 @@ PAUSE_AFTER_ERROR_S = 0.2
 _DEFINITE_FAILURES: tuple[type[RaftmeshError], ...] = (InvalidArgument,)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+now_ms = SYSTEM_CLOCK.now_ms
+"""The harness's wall clock: the one in ``raftmesh.clock``."""
 
 
 @dataclass(frozen=True)

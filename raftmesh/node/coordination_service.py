@@ -10,8 +10,9 @@ request is cancelled through the log so that nothing is granted to nobody.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -34,16 +35,16 @@ from ..consensus.results import (
     Result,
     expect,
 )
-from ..errors import Aborted, InvalidArgument, clip_message
+from ..consensus.state import ClusterState
+from ..errors import Aborted, InvalidArgument, OutOfRange
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
-from . import convert
-from .proposer import new_request_id, now_ms
-from .service import STREAM_HEARTBEAT_S, _rpc, _timeout, read_barrier
-from .watch import RESYNC
-
-if TYPE_CHECKING:
-    from .runtime import NodeRuntime
+from . import convert, rpc
+from .access import NodeAccess
+from .lock_waits import LockWaits
+from .proposer import new_request_id
+from .service import STREAM_HEARTBEAT_S
+from .watch import RESYNC, WatchHub
 
 
 def _entry_pb(key: str, e: Entry | None) -> pb.KvEntry:
@@ -106,18 +107,16 @@ def _txn_response(res: Result) -> pb.KvTxnResponse:
 
 
 class KvService(pb_grpc.KvServicer):
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: NodeAccess, hub: WatchHub) -> None:
         self.node = node
+        self._hub = hub
 
     async def _read_barrier(self, stale_ok: bool, context: grpc.aio.ServicerContext) -> None:
         if not stale_ok:
-            await read_barrier(self.node, context)
+            await self.node.barrier(context)
 
     async def _txn(self, cmd: KvTxn, context: grpc.aio.ServicerContext) -> pb.KvTxnResponse:
-        res = await self.node.proposer.propose(
-            cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
-        )
-        return _txn_response(res)
+        return _txn_response(await self.node.propose(cmd, context))
 
     @staticmethod
     def _check_key(key: str) -> None:
@@ -125,54 +124,52 @@ class KvService(pb_grpc.KvServicer):
         if why:
             raise InvalidArgument(why)
 
-    @_rpc
+    @rpc.unary
     async def Get(self, request: pb.KvGetRequest, context: grpc.aio.ServicerContext) -> pb.KvGetResponse:
         self._check_key(request.key)
         await self._read_barrier(request.stale_ok, context)
-        with self.node.raft.lock:
-            st = self.node.raft.machine.state
-            return pb.KvGetResponse(
-                entry=_entry_pb(request.key, st.kv.get(request.key)), revision=st.revision
-            )
+        # Entries are replaced, never changed in place, by apply: a reference is a copy.
+        entry, revision = self.node.reads.read(lambda st: (st.kv.get(request.key), st.revision))
+        return pb.KvGetResponse(entry=_entry_pb(request.key, entry), revision=revision)
 
-    @_rpc
+    @rpc.unary
     async def List(self, request: pb.KvListRequest, context: grpc.aio.ServicerContext) -> pb.KvListResponse:
         limit = request.limit or 1000
         if limit > limits.MAX_KV_LIST:
             raise InvalidArgument(f"limit must be at most {limits.MAX_KV_LIST}")
         await self._read_barrier(request.stale_ok, context)
-        with self.node.raft.lock:
-            st = self.node.raft.machine.state
-            items = st.kv.list_prefix(request.prefix, limit)
-            return pb.KvListResponse(entries=[_entry_pb(k, e) for k, e in items], revision=st.revision)
+        items, revision = self.node.reads.read(
+            lambda st: (st.kv.list_prefix(request.prefix, limit), st.revision)
+        )
+        return pb.KvListResponse(entries=[_entry_pb(k, e) for k, e in items], revision=revision)
 
-    @_rpc
+    @rpc.unary
     async def Put(self, request: pb.KvPutRequest, context: grpc.aio.ServicerContext) -> pb.KvTxnResponse:
         self._check_key(request.key)
         value = convert.load_json("value_json", request.value_json)
         op = KvOp("put", request.key, value, request.lease)
         cmd = KvTxn(
             _request_id(request.request_id, "kv-"),
-            now_ms(),
+            self.node.clock.now_ms(),
             success=(op,),
             fence=_fence(request.fence, request.HasField("fence")),
         )
         return await self._txn(cmd, context)
 
-    @_rpc
+    @rpc.unary
     async def Delete(
         self, request: pb.KvDeleteRequest, context: grpc.aio.ServicerContext
     ) -> pb.KvTxnResponse:
         self._check_key(request.key)
         cmd = KvTxn(
             _request_id(request.request_id, "kv-"),
-            now_ms(),
+            self.node.clock.now_ms(),
             success=(KvOp("delete", request.key),),
             fence=_fence(request.fence, request.HasField("fence")),
         )
         return await self._txn(cmd, context)
 
-    @_rpc
+    @rpc.unary
     async def Txn(self, request: pb.KvTxnRequest, context: grpc.aio.ServicerContext) -> pb.KvTxnResponse:
         compares = tuple(
             Compare(
@@ -191,7 +188,7 @@ class KvService(pb_grpc.KvServicer):
 
         cmd = KvTxn(
             _request_id(request.request_id, "kv-"),
-            now_ms(),
+            self.node.clock.now_ms(),
             compares=compares,
             success=ops(request.success),
             failure=ops(request.failure),
@@ -199,25 +196,24 @@ class KvService(pb_grpc.KvServicer):
         )
         return await self._txn(cmd, context)
 
-    @_rpc
+    @rpc.unary
     async def Lease(
         self, request: pb.KvLeaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.KvLeaseResponse:
         cmd = KvLease(
             _request_id(request.request_id, "kl-"),
-            now_ms(),
+            self.node.clock.now_ms(),
             lease=request.lease,
             ttl_ms=request.ttl_ms,
             action=request.action or "grant",
         )
-        res = await self.node.proposer.propose(
-            cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
-        )
+        res = await self.node.propose(cmd, context)
         if isinstance(res, KvLeaseRevoked):
             return pb.KvLeaseResponse(lease=res.lease, deleted=list(res.deleted))
         lease = expect(res, KvLeaseResult)
         return pb.KvLeaseResponse(lease=lease.lease, ttl_ms=lease.ttl_ms, deadline_ms=lease.deadline_ms)
 
+    @rpc.stream
     async def Watch(
         self, request: pb.KvWatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.KvWatchEvent]:
@@ -225,27 +221,22 @@ class KvService(pb_grpc.KvServicer):
         exact = bool(request.key)
         target = request.key or request.prefix
         if request.key and request.prefix:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch either a key or a prefix, not both")
-        q = node.hub.subscribe_kv()
+            raise InvalidArgument("watch either a key or a prefix, not both")
+
+        def history(st: ClusterState, since: int) -> tuple[int, list[KvEvent] | None, int]:
+            """(revision to watch from, the events after it, compacted); O(events returned)."""
+            if since == 0:
+                return st.revision, [], st.kv.compacted
+            return since, st.kv.events_since(since, target, exact), st.kv.compacted
+
+        q = self._hub.subscribe_kv()
         try:
-            try:
-                await self._read_barrier(False, context)
-            except Exception as exc:
-                code = getattr(exc, "code", "UNAVAILABLE")
-                await context.abort(grpc.StatusCode[code], clip_message(str(exc)))
+            await self._read_barrier(False, context)
             last = request.from_revision
             while True:
-                with node.raft.lock:
-                    st = node.raft.machine.state
-                    if last == 0:
-                        last = st.revision
-                        backlog: list[KvEvent] | None = []
-                    else:
-                        backlog = st.kv.events_since(last, target, exact)
-                    compacted = st.kv.compacted
+                last, backlog, compacted = node.reads.read(functools.partial(history, since=last))
                 if backlog is None:
-                    await context.abort(
-                        grpc.StatusCode.OUT_OF_RANGE,
+                    raise OutOfRange(
                         f"revision {last} is compacted (history starts after {compacted}); read the current value "
                         "and watch from its revision",
                     )
@@ -268,7 +259,7 @@ class KvService(pb_grpc.KvServicer):
                         yield _watch_event(ev)
                         last = ev.revision
         finally:
-            node.hub.unsubscribe_kv(q)
+            self._hub.unsubscribe_kv(q)
 
 
 def _watch_event(ev: KvEvent) -> pb.KvWatchEvent:
@@ -289,30 +280,30 @@ def _watch_event(ev: KvEvent) -> pb.KvWatchEvent:
 
 
 class LocksService(pb_grpc.LocksServicer):
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: NodeAccess, waits: LockWaits) -> None:
         self.node = node
+        self._waits = waits
 
-    @_rpc
+    @rpc.unary
     async def Acquire(
         self, request: pb.LockAcquireRequest, context: grpc.aio.ServicerContext
     ) -> pb.LockAcquireResponse:
         node = self.node
         rid = _request_id(request.request_id, "lk-")
         items = tuple((i.name, i.mode or EXCLUSIVE) for i in request.locks)
-        waiter = node.lock_waiter(rid)
+        waiter = self._waits.waiter(rid)
         try:
             cmd = LockAcquire(
                 rid,
-                now_ms(),
+                self.node.clock.now_ms(),
                 owner=request.owner,
                 items=items,
                 ttl_ms=request.ttl_ms,
                 priority=request.priority,
                 wait_ms=request.wait_ms,
             )
-            res = await node.proposer.propose(cmd, timeout_s=_timeout(context, node.config.propose_timeout_s))
-            v = expect(res, LockAcquireResult)
-            outcome = node.lock_outcome(rid)
+            v = expect(await node.propose(cmd, context), LockAcquireResult)
+            outcome = node.reads.read(lambda st: st.locks.status(rid))
             if outcome is None and v.waiting:
                 budget = request.wait_ms / 1000
                 remaining = context.time_remaining()
@@ -321,24 +312,24 @@ class LocksService(pb_grpc.LocksServicer):
                 try:
                     outcome = await asyncio.wait_for(asyncio.shield(waiter), max(0.0, budget))
                 except TimeoutError:
-                    outcome = node.lock_outcome(rid)
+                    outcome = node.reads.read(lambda st: st.locks.status(rid))
                     if outcome is None:
                         # Give up through the log, so a grant cannot land on a caller that left.
-                        await node.proposer.propose(
-                            LockCancel(new_request_id("lc-"), now_ms(), lock_request_id=rid)
+                        await node.writer.propose(
+                            LockCancel(new_request_id("lc-"), node.clock.now_ms(), lock_request_id=rid)
                         )
                         return pb.LockAcquireResponse(granted=False, request_id=rid)
             if outcome is None:
                 return pb.LockAcquireResponse(granted=v.granted, token=v.token, request_id=rid)
             if outcome.granted:
                 return pb.LockAcquireResponse(
-                    granted=True, token=outcome.token, request_id=rid, deadline_ms=node.lock_deadline(rid)
+                    granted=True, token=outcome.token, request_id=rid, deadline_ms=_lock_deadline(node, rid)
                 )
             if outcome.code is Code.ABORTED:
                 raise Aborted(outcome.message)
             return pb.LockAcquireResponse(granted=False, request_id=rid)
         finally:
-            node.drop_lock_waiter(rid)
+            self._waits.drop(rid)
 
     async def _release(
         self, request: pb.LockReleaseRequest, keep_alive: bool, context: Any
@@ -347,55 +338,63 @@ class LocksService(pb_grpc.LocksServicer):
             raise InvalidArgument("owner and name are required")
         cmd = LockRelease(
             _request_id(request.request_id, "lr-"),
-            now_ms(),
+            self.node.clock.now_ms(),
             owner=request.owner,
             name=request.name,
             token=request.token,
             keep_alive=keep_alive,
         )
-        res = await self.node.proposer.propose(
-            cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
-        )
+        res = await self.node.propose(cmd, context)
         if isinstance(res, LockKeepAliveResult):
             return pb.LockReleaseResponse(token=res.token, deadline_ms=res.deadline_ms)
         return pb.LockReleaseResponse(token=expect(res, LockReleaseResult).token)
 
-    @_rpc
+    @rpc.unary
     async def Release(
         self, request: pb.LockReleaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.LockReleaseResponse:
         return await self._release(request, False, context)
 
-    @_rpc
+    @rpc.unary
     async def KeepAlive(
         self, request: pb.LockReleaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.LockReleaseResponse:
         return await self._release(request, True, context)
 
-    @_rpc
+    @rpc.unary
     async def List(
         self, request: pb.LockListRequest, context: grpc.aio.ServicerContext
     ) -> pb.LockListResponse:
         if not request.stale_ok:
-            await read_barrier(self.node, context)
-        out = []
-        with self.node.raft.lock:
-            lt = self.node.raft.machine.state.locks
-            for name in sorted(lt.locks):
-                if not name.startswith(request.prefix):
-                    continue
-                lock = lt.locks[name]
-                out.append(
-                    pb.LockInfo(
-                        name=name,
-                        holders=[
-                            pb.LockHolder(
-                                owner=h.owner, mode=h.mode, token=h.token, deadline_ms=h.deadline_ms
-                            )
-                            for h in lock.holders.values()
-                        ],
-                        waiters=[lt.waiting[r].owner for r in lock.queue],
-                        last_token=lock.last_token,
-                    )
-                )
-        return pb.LockListResponse(locks=out)
+            await self.node.barrier(context)
+        return pb.LockListResponse(locks=self.node.reads.read(lambda st: _lock_infos(st, request.prefix)))
+
+
+def _lock_deadline(node: NodeAccess, request_id: str) -> int:
+    def deadline(st: ClusterState) -> int:
+        held = st.locks.holder_of(request_id)
+        return held[1].deadline_ms if held is not None else 0
+
+    return node.reads.read(deadline)
+
+
+def _lock_infos(st: ClusterState, prefix: str) -> list[pb.LockInfo]:
+    """Encoded under the apply lock: O(answer), and a lock record is a few scalars per holder."""
+    lt = st.locks
+    out = []
+    for name in sorted(lt.locks):
+        if not name.startswith(prefix):
+            continue
+        lock = lt.locks[name]
+        out.append(
+            pb.LockInfo(
+                name=name,
+                holders=[
+                    pb.LockHolder(owner=h.owner, mode=h.mode, token=h.token, deadline_ms=h.deadline_ms)
+                    for h in lock.holders.values()
+                ],
+                waiters=[lt.waiting[r].owner for r in lock.queue],
+                last_token=lock.last_token,
+            )
+        )
+    return out

@@ -10,20 +10,21 @@ state and registers again (rejoins) once it can reach the cluster.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import grpc
 
+from ..clock import Clock
 from ..consensus import limits
-from ..errors import clip_message
+from ..consensus.state import ClusterState
+from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
-from .proposer import now_ms
-
-if TYPE_CHECKING:
-    from .runtime import NodeRuntime
+from . import rpc
+from .reads import ReadView
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,18 @@ def no_peer_identity(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class PeerAccess:
+    """What the Peer service may use of its node."""
+
+    node_id: str
+    reads: ReadView
+    is_leader: Callable[[], bool]
+    term: Callable[[], int]
+    heard_from: Callable[[str], None]
+    """The leader's liveness (``raftmesh.node.liveness``)."""
+
+
 class PeerService(pb_grpc.PeerServicer):
     """Answers heartbeats; the leader counts one only from an up member in its current incarnation.
 
@@ -58,12 +71,13 @@ class PeerService(pb_grpc.PeerServicer):
 
     def __init__(
         self,
-        node: NodeRuntime,
+        node: PeerAccess,
         identify: Callable[[grpc.aio.ServicerContext], str | None] = no_peer_identity,
     ) -> None:
         self.node = node
         self._identify = identify
 
+    @rpc.stream
     async def Heartbeat(
         self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.HeartbeatResponse]:
@@ -71,47 +85,54 @@ class PeerService(pb_grpc.PeerServicer):
         async for hb in request_iterator:
             why = limits.id_error("node_id", hb.node_id) or limits.id_error("incarnation", hb.incarnation)
             if why:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, clip_message(f"heartbeat: {why}"))
+                raise InvalidArgument(f"heartbeat: {why}")
             proven = self._identify(context)
             if proven is not None and proven != hb.node_id:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"heartbeat for node {hb.node_id!r} from a peer authenticated as {proven!r}",
+                raise PermissionDenied(
+                    f"heartbeat for node {hb.node_id!r} from a peer authenticated as {proven!r}"
                 )
-            with node.raft.lock:
-                m = node.raft.machine.state.members.get(hb.node_id)
-                current = m is not None and m.incarnation == hb.incarnation
-                up = current and m is not None and m.up
-            if m is not None and not current:
-                # The member's incarnation is not echoed: it is what a heartbeat has to know.
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"node {hb.node_id!r} is registered with another incarnation than "
-                    f"{hb.incarnation!r}; this process is not that member (register again)",
-                )
-            leads = node.raft.is_leader
-            if leads and up:
-                node.scheduler.heard_from(hb.node_id)
-            yield pb.HeartbeatResponse(
-                leader=node.config.node_id if leads else "", term=node.raft.term, up=up
+            known, current, up = node.reads.read(
+                functools.partial(_membership, node_id=hb.node_id, incarnation=hb.incarnation)
             )
+            if known and not current:
+                # The member's incarnation is not echoed: it is what a heartbeat has to know.
+                raise FailedPrecondition(
+                    f"node {hb.node_id!r} is registered with another incarnation than "
+                    f"{hb.incarnation!r}; this process is not that member (register again)"
+                )
+            leads = node.is_leader()
+            if leads and up:
+                node.heard_from(hb.node_id)
+            yield pb.HeartbeatResponse(leader=node.node_id if leads else "", term=node.term(), up=up)
+
+
+def _membership(st: ClusterState, node_id: str, incarnation: str) -> tuple[bool, bool, bool]:
+    """(a member, in this incarnation, up) for a heartbeat's sender."""
+    m = st.members.get(node_id)
+    current = m is not None and m.incarnation == incarnation
+    return m is not None, current, current and m is not None and m.up
 
 
 class HeartbeatSender:
     """Keeps one heartbeat stream open to whichever node leads."""
 
-    def __init__(self, node: NodeRuntime, running: Callable[[], int]) -> None:
-        self.node = node
+    def __init__(
+        self,
+        node_id: str,
+        incarnation: str,
+        leader_grpc: Callable[[], str | None],
+        running: Callable[[], int],
+        clock: Clock,
+    ) -> None:
+        self._node_id = node_id
+        self._incarnation = incarnation
+        self._leader = leader_grpc
         self._running = running
+        self._clock = clock
 
     def _leader_grpc(self) -> str | None:
-        addr = self.node.raft.leader_addr
-        if addr is None:
-            return None
-        peer = self.node.config.peer_by_raft(addr)
-        if peer is None or peer.id == self.node.config.node_id:
-            return None
-        return peer.grpc
+        """The leader's gRPC address, or None if there is none or it is this node."""
+        return self._leader()
 
     async def run(self) -> None:
         while True:
@@ -136,17 +157,16 @@ class HeartbeatSender:
         forever for an answer, and this node never heartbeats the new leader (which then
         marks it down).
         """
-        node = self.node
         loop = asyncio.get_running_loop()
         last_ack = loop.time()
 
         async def beats() -> AsyncIterator[pb.HeartbeatRequest]:
             while True:
                 yield pb.HeartbeatRequest(
-                    node_id=node.config.node_id,
-                    incarnation=node.incarnation,
+                    node_id=self._node_id,
+                    incarnation=self._incarnation,
                     running=self._running(),
-                    ts_ms=now_ms(),
+                    ts_ms=self._clock.now_ms(),
                 )
                 await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 

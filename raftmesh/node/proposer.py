@@ -6,6 +6,12 @@ and a busy one amortises Raft over many. Every failure pysyncobj reports, and
 every batch with no answer within ``commit_timeout_s``, is an *unknown outcome*:
 the same commands (same request ids) are proposed again until ``deadline``;
 the state machine applies each request id once.
+
+The queue of commands not yet handed to Raft is bounded (``MAX_QUEUED_COMMANDS``,
+``MAX_QUEUED_BYTES``): a caller that finds it full waits for room until its own
+deadline, and then gets ``ResourceExhausted`` (its command was never proposed,
+so retrying later is safe). A gRPC caller sees RESOURCE_EXHAUSTED only after
+its deadline's worth of waiting, which is what a deadline promises.
 """
 
 from __future__ import annotations
@@ -13,25 +19,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..consensus.commands import Barrier, Command, encode_batch, encode_command
 from ..consensus.raft import RaftMember
 from ..consensus.results import Result
-from ..errors import NoLeader, OutcomeUnknown
+from ..errors import NoLeader, OutcomeUnknown, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 MAX_BATCH_COMMANDS = 5000
 MAX_INFLIGHT_BATCHES = 4
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+MAX_QUEUED_COMMANDS = 20_000
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+"""Commands waiting to be handed to Raft (not counting retries of commands already admitted)."""
 
 
 def new_request_id(prefix: str = "") -> str:
@@ -61,9 +66,13 @@ class Proposer:
         loop: asyncio.AbstractEventLoop,
         commit_timeout_s: float = 3.0,
         default_timeout_s: float = 10.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._raft = raft
         self._loop = loop
+        self._clock = clock
+        self._queued_bytes = 0
+        self._room = asyncio.Event()
         self._commit_timeout_s = commit_timeout_s
         self._default_timeout_s = default_timeout_s
         self._queue: deque[_Pending] = deque()
@@ -85,12 +94,37 @@ class Proposer:
         """Apply ``cmd`` through the log; its ``Result`` once applied on this node.
 
         Raises ``NoLeader`` if no leader was known for the whole deadline and the
-        command was never handed to Raft, ``OutcomeUnknown`` if it may have been applied.
+        command was never handed to Raft, ``ResourceExhausted`` if the queue stayed
+        full for the whole deadline (never proposed), ``OutcomeUnknown`` if it may
+        have been applied.
         """
         fut: asyncio.Future[Result] = self._loop.create_future()
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
-        self._enqueue(_Pending(cmd, len(encode_command(cmd)), fut, deadline))
+        deadline = self._clock.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
+        size = len(encode_command(cmd))
+        await self._wait_for_room(size, deadline)
+        self._queued_bytes += size
+        self._enqueue(_Pending(cmd, size, fut, deadline))
         return await fut
+
+    def _full(self, size: int) -> bool:
+        return bool(self._queue) and (
+            len(self._queue) >= MAX_QUEUED_COMMANDS or self._queued_bytes + size > MAX_QUEUED_BYTES
+        )
+
+    async def _wait_for_room(self, size: int, deadline: float) -> None:
+        while self._full(size):
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                raise ResourceExhausted(
+                    f"this node's proposal queue is full ({len(self._queue)} commands, "
+                    f"{self._queued_bytes} bytes; limits {MAX_QUEUED_COMMANDS} and {MAX_QUEUED_BYTES}) "
+                    "and did not drain before the deadline; nothing was proposed, retry with backoff"
+                )
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), remaining)
+            except TimeoutError:
+                pass
 
     async def barrier(self, timeout_s: float | None = None) -> None:
         """Return once this replica has applied every entry committed before the call."""
@@ -101,8 +135,12 @@ class Proposer:
             # log "Future exception was never retrieved".
             fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._barrier = fut
-            deadline = time.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
-            self._enqueue(_Pending(Barrier(new_request_id("b-"), now_ms()), 32, fut, deadline))
+            deadline = self._clock.monotonic() + (
+                timeout_s if timeout_s is not None else self._default_timeout_s
+            )
+            # A barrier is 32 bytes and one per batch in flight: it does not wait for room.
+            self._queued_bytes += 32
+            self._enqueue(_Pending(Barrier(new_request_id("b-"), self._clock.now_ms()), 32, fut, deadline))
         await asyncio.shield(fut)
 
     # ---- internals ------------------------------------------------------------
@@ -132,19 +170,27 @@ class Proposer:
             if batch and size + p.size > MAX_BATCH_BYTES:
                 break
             self._queue.popleft()
+            self._dequeued(p)
             if p.future.done():
                 continue
             batch.append(p)
             size += p.size
         return batch
 
+    def _dequeued(self, p: _Pending) -> None:
+        if p.attempts == 0:  # retries were admitted once already and are not counted again
+            self._queued_bytes -= p.size
+            self._room.set()
+
     def _expire_waiting(self) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         keep: deque[_Pending] = deque()
         for p in self._queue:
             if p.future.done():
+                self._dequeued(p)
                 continue
             if now >= p.deadline:
+                self._dequeued(p)
                 if p.attempts == 0:
                     p.future.set_exception(NoLeader("no Raft leader is elected yet; retry shortly"))
                 else:
@@ -194,7 +240,7 @@ class Proposer:
                 if not p.future.done():
                     p.future.set_result(r)
         else:
-            now = time.monotonic()
+            now = self._clock.monotonic()
             retry = []
             for p in batch.items:
                 if p.future.done():

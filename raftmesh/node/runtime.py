@@ -2,7 +2,10 @@
 
 Threads: pysyncobj runs its own thread and applies the log there; everything
 else runs on one asyncio (uvloop) loop. Applied events cross over with
-``call_soon_threadsafe``; reads of the state take ``raft.lock``.
+``call_soon_threadsafe``; every read of the state goes through one ``ReadView``
+(``raftmesh.node.reads``). The runtime wires the parts: each gRPC service gets a
+narrow ``NodeAccess`` (propose, barrier, read), the scheduler and the agent host
+get a reader, a writer and the clock, never the runtime itself.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import uuid
 
 import grpc
@@ -17,23 +21,27 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer (also ex
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..agents import AgentRegistry, default_registry
+from ..agents import AgentHost, AgentRegistry, default_registry
+from ..clock import SYSTEM_CLOCK, Clock
 from ..consensus.commands import RegisterNode
-from ..consensus.locks import LockOutcome
 from ..consensus.machine import StateMachine
 from ..consensus.raft import RaftConfig, RaftMember
-from ..consensus.results import Event, LockChanged
+from ..consensus.results import Event
+from ..consensus.state import ClusterState
 from ..errors import RaftmeshError
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.archive import AppliedArchive
 from ..storage.snapshots import LmdbSnapshotIO
+from .access import NodeAccess
 from .config import NodeConfig
 from .coordination_service import KvService, LocksService
 from .decoding import guarded
-from .host import AgentHost
-from .peers import HeartbeatSender, PeerService
-from .proposer import Proposer, now_ms
+from .liveness import Liveness
+from .lock_waits import LockWaits
+from .peers import HeartbeatSender, PeerAccess, PeerService
+from .proposer import Proposer
+from .reads import ReadView
 from .scheduler import Scheduler
 from .service import ClusterService
 from .watch import WatchHub
@@ -53,16 +61,19 @@ GRPC_OPTIONS = [
 
 
 class NodeRuntime:
-    def __init__(self, config: NodeConfig, registry: AgentRegistry | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, registry: AgentRegistry | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
         reg = registry or default_registry()
         self.registry = reg.subset(list(config.agents)) if config.agents else reg
+        self.clock = clock
         self.incarnation = uuid.uuid4().hex[:12]
         self.loop: asyncio.AbstractEventLoop | None = None
         self.hub = WatchHub()
+        self.lock_waits = LockWaits()
         self._stopping = asyncio.Event()
         self._registered = False
-        self._lock_waiters: dict[str, asyncio.Future[LockOutcome]] = {}
 
     # ---- wiring ---------------------------------------------------------------
 
@@ -77,39 +88,10 @@ class NodeRuntime:
         self.host.poke()
         if events:
             self.hub.publish(events)
-            if self._lock_waiters:
-                for ev in events:
-                    if isinstance(ev, LockChanged):
-                        fut = self._lock_waiters.get(ev.request_id)
-                        if fut is not None and not fut.done():
-                            fut.set_result(
-                                LockOutcome(
-                                    ev.request_id, ev.owner, ev.granted, ev.token, ev.code, ev.message
-                                )
-                            )
-
-    # ---- lock waits (used by the Locks service) ------------------------------------
-
-    def lock_waiter(self, request_id: str) -> asyncio.Future[LockOutcome]:
-        fut = self._lock_waiters.get(request_id)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._lock_waiters[request_id] = fut
-        return fut
-
-    def drop_lock_waiter(self, request_id: str) -> None:
-        self._lock_waiters.pop(request_id, None)
-
-    def lock_outcome(self, request_id: str) -> LockOutcome | None:
-        with self.raft.lock:
-            return self.raft.machine.state.locks.status(request_id)
-
-    def lock_deadline(self, request_id: str) -> int:
-        with self.raft.lock:
-            held = self.raft.machine.state.locks.holder_of(request_id)
-        return held[1].deadline_ms if held is not None else 0
+            self.lock_waits.applied(events)
 
     def _on_restored(self) -> None:
+        self.reads.restored()
         loop = self.loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self.hub.resync_all)
@@ -128,26 +110,52 @@ class NodeRuntime:
             fsync=cfg.fsync,
             timings=cfg.timings,
         )
+        machine = StateMachine()
+        # RaftMember's constructor may load a snapshot (calling _on_restored) before its lock
+        # exists for a ReadView: this placeholder has nothing cached and is replaced at once.
+        self.reads = ReadView(threading.RLock(), lambda: machine.state)
         archive = AppliedArchive(cfg.data_dir) if cfg.archive_applied else None
         snapshot_io = (
             archive.snapshot_io(LmdbSnapshotIO(), os.path.exists(cfg.snapshot_path))
             if archive
             else LmdbSnapshotIO()
         )
-        self.raft = RaftMember(
-            raft_cfg, StateMachine(), self._on_applied, snapshot_io, self._on_restored, archive
+        self.raft = RaftMember(raft_cfg, machine, self._on_applied, snapshot_io, self._on_restored, archive)
+        raft = self.raft
+        self.reads = ReadView(raft.lock, lambda: raft.machine.state)
+        clock = self.clock
+        self.proposer = Proposer(raft, self.loop, cfg.commit_timeout_s, cfg.propose_timeout_s, clock)
+        self.scheduler = Scheduler(
+            self.reads,
+            self.proposer,
+            lambda: raft.is_leader,
+            cfg.node_id,
+            Liveness(clock, cfg.node_id, cfg.node_down_after_s),
+            clock,
         )
-        self.proposer = Proposer(self.raft, self.loop, cfg.commit_timeout_s, cfg.propose_timeout_s)
-        self.scheduler = Scheduler(self.raft, self.proposer, cfg.node_id, cfg.node_down_after_s)
-        self.host = AgentHost(cfg.node_id, self.incarnation, self.registry, self.raft, self.proposer)
+        self.host = AgentHost(
+            cfg.node_id,
+            self.incarnation,
+            self.registry,
+            self.reads,
+            self.proposer,
+            clock,
+            ready=lambda: raft.ready,
+        )
         self.proposer.start()
 
+        access = NodeAccess(
+            self.proposer, self.reads, clock, lambda: raft.leader_addr is not None, cfg.propose_timeout_s
+        )
+        peer_access = PeerAccess(
+            cfg.node_id, self.reads, lambda: raft.is_leader, lambda: raft.term, self.scheduler.heard_from
+        )
         server = grpc.aio.server(options=GRPC_OPTIONS)
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
-        pb_grpc.add_ClusterServicer_to_server(ClusterService(self), ours)
-        pb_grpc.add_PeerServicer_to_server(PeerService(self), ours)
-        pb_grpc.add_KvServicer_to_server(KvService(self), ours)
-        pb_grpc.add_LocksServicer_to_server(LocksService(self), ours)
+        pb_grpc.add_ClusterServicer_to_server(ClusterService(access, self.hub, self.status_pb), ours)
+        pb_grpc.add_PeerServicer_to_server(PeerService(peer_access), ours)
+        pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
+        pb_grpc.add_LocksServicer_to_server(LocksService(access, self.lock_waits), ours)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -171,7 +179,12 @@ class NodeRuntime:
             asyncio.create_task(self.host.run(), name="host"),
             asyncio.create_task(self._register_loop(), name="register"),
             asyncio.create_task(self._health_loop(), name="health"),
-            asyncio.create_task(HeartbeatSender(self, lambda: self.host.running).run(), name="heartbeat"),
+            asyncio.create_task(
+                HeartbeatSender(
+                    cfg.node_id, self.incarnation, self._leader_grpc, lambda: self.host.running, clock
+                ).run(),
+                name="heartbeat",
+            ),
         ]
         try:
             await self._stopping.wait()
@@ -191,9 +204,21 @@ class NodeRuntime:
         self._stopping.set()
 
     def _member_ok(self) -> bool:
-        with self.raft.lock:
-            m = self.raft.machine.state.members.get(self.config.node_id)
+        def ok(st: ClusterState) -> bool:
+            m = st.members.get(self.config.node_id)
             return m is not None and m.up and m.incarnation == self.incarnation
+
+        return self.reads.read(ok)
+
+    def _leader_grpc(self) -> str | None:
+        """Where heartbeats go: the leader's gRPC address, unless this node leads (or none does)."""
+        addr = self.raft.leader_addr
+        if addr is None:
+            return None
+        peer = self.config.peer_by_raft(addr)
+        if peer is None or peer.id == self.config.node_id:
+            return None
+        return peer.grpc
 
     async def _register_loop(self) -> None:
         """Register this incarnation, and register again whenever the cluster marks it down (rejoin)."""
@@ -201,7 +226,7 @@ class NodeRuntime:
         while True:
             cmd = RegisterNode(
                 request_id=f"register-{self.config.node_id}-{self.incarnation}-{generation}",
-                ts_ms=now_ms(),
+                ts_ms=self.clock.now_ms(),
                 node_id=self.config.node_id,
                 grpc=self.config.grpc,
                 raft=self.config.raft,
@@ -264,9 +289,9 @@ class NodeRuntime:
 
     def status_pb(self, include_digest: bool = False) -> pb.ClusterStatusResponse:
         connected = self.raft.connected_addrs()
-        members = []
-        with self.raft.lock:
-            st = self.raft.machine.state
+
+        def view(st: ClusterState) -> tuple[list[pb.Member], int]:
+            members = []
             for p in self.config.peers:
                 m = st.members.get(p.id)
                 members.append(
@@ -281,8 +306,16 @@ class NodeRuntime:
                         connected=p.raft in connected or p.id == self.config.node_id,
                     )
                 )
-            revision = st.revision
-            digest = st.digest() if include_digest else ""
+            return members, st.revision
+
+        # The digest is taken first and the members after it: the revision reported is the
+        # digest's (a later apply may show in the members, never the other way round).
+        digest = ""
+        if include_digest:
+            revision, digest = self.reads.digest()
+            members, _ = self.reads.read(view)
+        else:
+            members, revision = self.reads.read(view)
         return pb.ClusterStatusResponse(
             leader=self.leader_id(),
             term=self.raft.term,

@@ -12,40 +12,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
 
+from ..clock import Clock
 from ..consensus.codes import Code
-from ..consensus.commands import Assign, NodeDown, Tick
+from ..consensus.commands import Assign, Command, NodeDown, Tick
 from ..consensus.placement import plan_assignments
-from ..consensus.raft import RaftMember
-from ..consensus.state import TaskKey
+from ..consensus.state import ClusterState, TaskKey
 from ..errors import RaftmeshError
-from .proposer import Proposer, new_request_id, now_ms
+from .access import Writer
+from .liveness import Liveness
+from .proposer import new_request_id
+from .reads import ReadView
 
 log = logging.getLogger(__name__)
 
 MAX_ASSIGN_ITEMS = 1000
 MAX_INFLIGHT_ASSIGNS = 2
 IDLE_WAKE_S = 0.25
-SUSPECT_AFTER_S = 1.5
-"""No heartbeat for this long (3 missed beats): place no new work there until it is heard from again."""
 
 
 class Scheduler:
     def __init__(
-        self, raft: RaftMember, proposer: Proposer, self_id: str, node_down_after_s: float = 5.0
+        self,
+        reads: ReadView,
+        writer: Writer,
+        is_leader: Callable[[], bool],
+        self_id: str,
+        liveness: Liveness,
+        clock: Clock,
     ) -> None:
-        self._raft = raft
-        self._proposer = proposer
+        self._reads = reads
+        self._writer = writer
+        self._is_leader = is_leader
         self._self_id = self_id
-        self._node_down_after_s = node_down_after_s
-        self._last_seen: dict[str, float] = {}
-        """node id -> when this leader last had a Raft connection to it (monotonic)."""
+        self.liveness = liveness
+        self._clock = clock
         self._down_inflight: set[str] = set()
-        self._heard: set[str] = set()
-        """Members that heartbeated this node since it became leader."""
-        self._was_up: dict[str, tuple[str, int]] = {}
-        """node id -> (incarnation, registered_ms) of the member as last seen up."""
         self._wake = asyncio.Event()
         self._inflight: dict[TaskKey, str] = {}
         self._assigns = 0
@@ -54,6 +57,10 @@ class Scheduler:
     def poke(self) -> None:
         self._wake.set()
 
+    def heard_from(self, node_id: str) -> None:
+        """A heartbeat arrived (``raftmesh.node.peers``)."""
+        self.liveness.heard_from(node_id)
+
     async def run(self) -> None:
         while True:
             try:
@@ -61,39 +68,60 @@ class Scheduler:
             except TimeoutError:
                 pass
             self._wake.clear()
-            if not self._raft.is_leader:
+            if not self._is_leader():
                 self._inflight.clear()
-                self._last_seen.clear()
-                self._was_up.clear()
-                self._heard.clear()
+                self.liveness.reset()
                 continue
             try:
-                self._step()
+                for cmd in self._reads.read(self.decide):
+                    asyncio.get_running_loop().create_task(self._propose(cmd))
             except Exception:
                 log.exception("scheduler step failed")
 
-    def _step(self) -> None:
-        now = now_ms()
-        self._check_liveness(now)
-        with self._raft.lock:
-            st = self._raft.machine.state
-            due = st.next_deadline_ms()
-            plan = []
-            if self._assigns < MAX_INFLIGHT_ASSIGNS:
-                plan = plan_assignments(st, now, self._inflight, MAX_ASSIGN_ITEMS, self._suspects())
+    def decide(self, st: ClusterState) -> list[Command]:
+        """What this leader proposes now, given the state and the clock (no I/O).
+
+        Runs under the apply lock: the work is the placement plan, bounded by
+        ``MAX_ASSIGN_ITEMS``. What it returns is recorded as in flight until
+        ``_propose`` settles it, so the next step does not propose it again.
+        """
+        now = self._clock.now_ms()
+        ups = [m for m in st.members.values() if m.up]
+        cmds: list[Command] = []
+        for o in self.liveness.overdue(ups):
+            if o.node_id in self._down_inflight:
+                continue
+            self._down_inflight.add(o.node_id)
+            reason = f"no heartbeat reached the leader for {o.silent_s:.1f} s"
+            cmds.append(
+                NodeDown(
+                    new_request_id("d-"), now, node_id=o.node_id, incarnation=o.incarnation, reason=reason
+                )
+            )
+        due = st.next_deadline_ms()
         if due is not None and due <= now and not self._tick_inflight:
             self._tick_inflight = True
-            asyncio.get_running_loop().create_task(self._tick(now))
-        if plan:
-            for a in plan:
-                self._inflight[(a.run_id, a.task_id)] = a.node_id
-            self._assigns += 1
-            cmd = Assign(new_request_id("a-"), now, tuple(plan))
-            asyncio.get_running_loop().create_task(self._assign(cmd))
+            cmds.append(Tick(new_request_id("t-"), now))
+        if self._assigns < MAX_INFLIGHT_ASSIGNS:
+            plan = plan_assignments(st, now, self._inflight, MAX_ASSIGN_ITEMS, self.liveness.suspects(ups))
+            if plan:
+                for a in plan:
+                    self._inflight[(a.run_id, a.task_id)] = a.node_id
+                self._assigns += 1
+                cmds.append(Assign(new_request_id("a-"), now, tuple(plan)))
+        return cmds
+
+    async def _propose(self, cmd: Command) -> None:
+        if isinstance(cmd, Assign):
+            await self._assign(cmd)
+        elif isinstance(cmd, NodeDown):
+            await self._node_down(cmd)
+        elif isinstance(cmd, Tick):
+            await self._tick(cmd)
 
     async def _assign(self, cmd: Assign) -> None:
         try:
-            res = await self._proposer.propose(cmd, timeout_s=10.0)
+            res = await self._writer.propose(cmd, timeout_s=10.0)
             if not res.ok and res.code is not Code.FAILED_PRECONDITION:
                 log.warning("assign rejected: %s %s", res.code, res.message)
         except RaftmeshError as exc:
@@ -104,59 +132,9 @@ class Scheduler:
                 self._inflight.pop((a.run_id, a.task_id), None)
             self._wake.set()
 
-    def _suspects(self) -> frozenset[str]:
-        """Members to give no new work: not heard from since this node leads, or silent lately.
-
-        A new leader has no history, and right after a partition the member it lost touch
-        with is usually the old leader: waiting for a first heartbeat (healthy members send
-        one within about a second) keeps new work off it until node-down settles the matter.
-        """
-        mono = time.monotonic()
-        with self._raft.lock:
-            members = [n for n, m in self._raft.machine.state.members.items() if m.up and n != self._self_id]
-        return frozenset(
-            n for n in members if n not in self._heard or mono - self._last_seen.get(n, 0.0) > SUSPECT_AFTER_S
-        )
-
-    def heard_from(self, node_id: str) -> None:
-        """A heartbeat arrived (``raftmesh.node.peers``)."""
-        self._last_seen[node_id] = time.monotonic()
-        self._heard.add(node_id)
-
-    def _check_liveness(self, now: int) -> None:
-        """Mark down the members whose heartbeats stopped for ``node_down_after_s``.
-
-        A new leader starts every clock afresh (``_last_seen`` is cleared when this node
-        is not leading), so a leader change alone never marks a node down.
-        """
-        mono = time.monotonic()
-        with self._raft.lock:
-            ups = [m for m in self._raft.machine.state.members.values() if m.up]
-            members = [(m.node_id, m.incarnation) for m in ups]
-            up_now = {m.node_id: (m.incarnation, m.registered_ms) for m in ups}
-        for node_id, reg in up_now.items():
-            if self._was_up.get(node_id) != reg:
-                # It just joined, rejoined or restarted: a full timeout to reach us, whatever we heard before.
-                self._last_seen[node_id] = mono
-        self._was_up = up_now
-        for gone in [n for n in self._last_seen if n not in up_now]:  # bounded by the up members
-            del self._last_seen[gone]
-        self._heard.intersection_update(up_now)
-        for node_id, incarnation in members:
-            if node_id == self._self_id:
-                continue
-            seen = self._last_seen.setdefault(node_id, mono)
-            if mono - seen >= self._node_down_after_s and node_id not in self._down_inflight:
-                self._down_inflight.add(node_id)
-                reason = f"no heartbeat reached the leader for {mono - seen:.1f} s"
-                cmd = NodeDown(
-                    new_request_id("d-"), now, node_id=node_id, incarnation=incarnation, reason=reason
-                )
-                asyncio.get_running_loop().create_task(self._node_down(cmd))
-
     async def _node_down(self, cmd: NodeDown) -> None:
         try:
-            res = await self._proposer.propose(cmd, timeout_s=5.0)
+            res = await self._writer.propose(cmd, timeout_s=5.0)
             log.warning("node %s marked down (%s): %s", cmd.node_id, cmd.reason, res.code)
         except RaftmeshError as exc:
             log.info("node_down %s failed: %s", cmd.node_id, exc)
@@ -164,9 +142,9 @@ class Scheduler:
             self._down_inflight.discard(cmd.node_id)
             self._wake.set()
 
-    async def _tick(self, ts: int) -> None:
+    async def _tick(self, cmd: Tick) -> None:
         try:
-            await self._proposer.propose(Tick(new_request_id("t-"), ts), timeout_s=5.0)
+            await self._writer.propose(cmd, timeout_s=5.0)
         except RaftmeshError as exc:
             log.info("tick failed: %s", exc)
         finally:

@@ -1,17 +1,16 @@
 """The ``raftmesh.v1.Cluster`` gRPC service, served by every node.
 
-Errors are translated to gRPC status codes in exactly one place (``_rpc``).
-Writes go through the Raft log (pysyncobj forwards a follower's entries to the
-leader); reads are linearizable through a read barrier unless ``stale_ok``.
+Errors become gRPC statuses in ``raftmesh.node.rpc`` (the one place, for every
+service). Writes go through the Raft log (pysyncobj forwards a follower's entries
+to the leader); reads are linearizable through a read barrier unless ``stale_ok``,
+and read the replica through ``NodeAccess.reads`` (O(answer) under the apply lock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -19,53 +18,32 @@ from ..consensus import limits
 from ..consensus.commands import CancelRun, SubmitRun
 from ..consensus.dag import DagError, validate
 from ..consensus.results import CancelRunResult, RunChanged, SubmitRunResult, TaskChanged, expect
-from ..consensus.state import TERMINAL_RUN, RunState
+from ..consensus.state import TERMINAL_RUN, ClusterState, RunState
 from ..errors import (
+    DagCycleError,
     InvalidArgument,
     LimitExceeded,
     NoLeader,
-    RaftmeshError,
     RunNotFound,
-    clip_message,
+    UnknownAgentError,
+    UnknownDependencyError,
 )
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
-from . import convert
-from .proposer import new_request_id, now_ms
-from .watch import RESYNC
-
-if TYPE_CHECKING:
-    from .runtime import NodeRuntime
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
+from . import convert, rpc
+from .access import NodeAccess
+from .proposer import new_request_id
+from .watch import RESYNC, WatchHub
 
 MAX_LIST_RUNS = 1000
 STREAM_HEARTBEAT_S = 1.0
 """Idle server streams send an empty event this often; clients treat 5 s of silence as a dead node."""
-_DAG_ERRORS = {"limit": LimitExceeded}
-
-
-def _rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Translate raftmesh errors (and bugs) to gRPC statuses: the one place that does."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: ClusterService, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await fn(self, request, context)
-        except RaftmeshError as exc:
-            await context.abort(grpc.StatusCode[exc.code], clip_message(exc.message))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("%s failed", fn.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, clip_message(f"internal error: {type(exc).__name__}: {exc}")
-            )
-        raise AssertionError("unreachable")  # context.abort raises
-
-    return wrapper
+_DAG_ERRORS: dict[str, type[InvalidArgument]] = {
+    "limit": LimitExceeded,
+    "cycle": DagCycleError,
+    "unknown_agent": UnknownAgentError,
+    "unknown_dep": UnknownDependencyError,
+}
 
 
 def _check_run_id(run_id: str) -> None:
@@ -77,28 +55,36 @@ def _check_run_id(run_id: str) -> None:
         )
 
 
+StatusFn = Callable[[bool], pb.ClusterStatusResponse]
+"""include_digest -> this node's view of the cluster (``NodeRuntime.status_pb``)."""
+
+
 class ClusterService(pb_grpc.ClusterServicer):
-    def __init__(self, node: NodeRuntime) -> None:
+    def __init__(self, node: NodeAccess, hub: WatchHub, status: StatusFn) -> None:
         self.node = node
+        self._hub = hub
+        self._status = status
 
     # ---- runs -------------------------------------------------------------
 
-    @_rpc
+    @rpc.unary
     async def SubmitRun(
         self, request: pb.SubmitRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitRunResponse:
         node = self.node
         specs = convert.task_specs_from_pb(request)
-        if node.raft.leader_addr is None:
+        if not node.has_leader():
             # Known agent types come from the replicated state: without a leader there is no
             # state to validate against, so say what is wrong (no leader), not "unknown agent".
             raise NoLeader("no Raft leader is elected yet; retry shortly (with the same idempotency key)")
         key = request.idempotency_key
-        with node.raft.lock:
-            st = node.raft.machine.state
-            if key and key in st.idempotency:
-                return pb.SubmitRunResponse(run_id=st.idempotency[key], created=False)
-            known = st.known_agents()
+
+        def lookup(st: ClusterState) -> tuple[str | None, set[str]]:
+            return (st.idempotency.get(key) if key else None), st.known_agents()
+
+        existing, known = node.reads.read(lookup)
+        if existing is not None:
+            return pb.SubmitRunResponse(run_id=existing, created=False)
         try:
             validate(specs, known)
         except DagError as exc:
@@ -112,7 +98,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             raise InvalidArgument(why)
         cmd = SubmitRun(
             request_id=f"s-{key}" if key else new_request_id("s-"),
-            ts_ms=now_ms(),
+            ts_ms=node.clock.now_ms(),
             run_id=new_request_id("r-")[:14],
             idempotency_key=key,
             tasks=specs,
@@ -120,22 +106,21 @@ class ClusterService(pb_grpc.ClusterServicer):
             name=request.name,
             submitter=context.peer() or "",
         )
-        res = await node.proposer.propose(cmd, timeout_s=_timeout(context, node.config.propose_timeout_s))
+        res = await node.propose(cmd, context)
         out = expect(res, SubmitRunResult)
         return pb.SubmitRunResponse(run_id=out.run_id, created=out.created)
 
-    @_rpc
+    @rpc.unary
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
         _check_run_id(request.run_id)
         if not request.stale_ok:
-            await self._barrier(context)
-        with self.node.raft.lock:
-            run = self.node.raft.machine.state.runs.get(request.run_id)
-            if run is None:
-                raise RunNotFound(f"run {request.run_id!r} not found")
-            return convert.run_to_pb(run)
+            await self.node.barrier(context)
+        read = await self.node.reads.run_async(request.run_id)
+        if read is None:
+            raise RunNotFound(f"run {request.run_id!r} not found")
+        return read.run
 
-    @_rpc
+    @rpc.unary
     async def ListRuns(
         self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRunsResponse:
@@ -143,48 +128,35 @@ class ClusterService(pb_grpc.ClusterServicer):
         if limit > MAX_LIST_RUNS:
             raise InvalidArgument(f"limit must be at most {MAX_LIST_RUNS}")
         want = convert.RUN_STATUS_FROM_PB.get(request.status) if request.status else None
-        await self._barrier(context)
-        out: list[pb.RunSummary] = []
-        with self.node.raft.lock:
-            runs: list[RunState] = list(self.node.raft.machine.state.runs.values())
-            runs.sort(key=lambda r: (r.created_ms, r.run_id), reverse=True)
-            skip = request.offset
-            for r in runs:
-                if want is None or r.status is want:
-                    if skip:
-                        skip -= 1
-                        continue
-                    out.append(convert.run_summary_to_pb(r))
-                    if len(out) >= limit:
-                        break
-        return pb.ListRunsResponse(runs=out)
+        await self.node.barrier(context)
 
+        def page(st: ClusterState) -> list[pb.RunSummary]:
+            # Sorting references is O(runs log runs) with no encoding; only the page is encoded
+            # (a summary is a few scalars).
+            runs: list[RunState] = sorted(
+                st.runs.values(), key=lambda r: (r.created_ms, r.run_id), reverse=True
+            )
+            if want is not None:
+                runs = [r for r in runs if r.status is want]
+            return [convert.run_summary_to_pb(r) for r in runs[request.offset : request.offset + limit]]
+
+        return pb.ListRunsResponse(runs=self.node.reads.read(page))
+
+    @rpc.stream
     async def WatchRun(
-        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.RunEvent]:
-        try:
-            async for ev in self._watch(request, context):
-                yield ev
-        except RaftmeshError as exc:
-            await context.abort(grpc.StatusCode[exc.code], clip_message(exc.message))
-
-    async def _watch(
         self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RunEvent]:
         _check_run_id(request.run_id)
         node = self.node
-        await self._barrier(context)
-        q = node.hub.subscribe(request.run_id)
+        await node.barrier(context)
+        q = self._hub.subscribe(request.run_id)
         try:
             while True:
-                with node.raft.lock:
-                    st = node.raft.machine.state
-                    run = st.runs.get(request.run_id)
-                    if run is None:
-                        raise RunNotFound(f"run {request.run_id!r} not found")
-                    seen = st.revision
-                    snap = convert.run_to_pb(run, with_tasks=not request.status_only)
-                    done = run.status in TERMINAL_RUN
+                read = await node.reads.run_async(request.run_id, with_tasks=not request.status_only)
+                if read is None:
+                    raise RunNotFound(f"run {request.run_id!r} not found")
+                seen, snap = read.revision, read.run
+                done = convert.RUN_STATUS_FROM_PB[snap.status] in TERMINAL_RUN
                 yield pb.RunEvent(revision=seen, snapshot=snap)
                 if done:
                     return
@@ -208,9 +180,7 @@ class ClusterService(pb_grpc.ClusterServicer):
                             ),
                         )
                     elif isinstance(ev, RunChanged) and ev.revision > seen:
-                        with node.raft.lock:
-                            r = node.raft.machine.state.runs.get(ev.run_id)
-                            err = r.error if r is not None else ""
+                        err = node.reads.read(functools.partial(_run_error, run_id=ev.run_id))
                         yield pb.RunEvent(
                             revision=ev.revision,
                             run=pb.RunStatusEvent(status=convert.RUN_STATUS[ev.status], error=err),
@@ -218,43 +188,33 @@ class ClusterService(pb_grpc.ClusterServicer):
                         if ev.status in TERMINAL_RUN:
                             return
         finally:
-            node.hub.unsubscribe(request.run_id, q)
+            self._hub.unsubscribe(request.run_id, q)
 
-    @_rpc
+    @rpc.unary
     async def CancelRun(
         self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelRunResponse:
         _check_run_id(request.run_id)
         if len(request.reason) > 1024:
             raise InvalidArgument("reason is longer than 1024 characters")
-        cmd = CancelRun(new_request_id("x-"), now_ms(), run_id=request.run_id, reason=request.reason)
-        res = await self.node.proposer.propose(
-            cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
+        cmd = CancelRun(
+            new_request_id("x-"), self.node.clock.now_ms(), run_id=request.run_id, reason=request.reason
         )
+        res = await self.node.propose(cmd, context)
         out = expect(res, CancelRunResult)
         return pb.CancelRunResponse(status=convert.RUN_STATUS[out.status], cancelled=out.cancelled)
 
     # ---- cluster ------------------------------------------------------------
 
-    @_rpc
+    @rpc.unary
     async def ClusterStatus(
         self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClusterStatusResponse:
-        return self.node.status_pb(request.include_digest)
-
-    async def _barrier(self, context: grpc.aio.ServicerContext) -> None:
-        await read_barrier(self.node, context)
-
-
-async def read_barrier(node: NodeRuntime, context: grpc.aio.ServicerContext) -> None:
-    """Make this node's replica reflect every write committed before the call (linearizable reads)."""
-    if node.raft.leader_addr is None:
-        raise NoLeader("no Raft leader is elected yet; retry shortly, or read with stale_ok")
-    await node.proposer.barrier(timeout_s=_timeout(context, 5.0))
+        if request.include_digest:  # O(state) hashing: off the event loop
+            return await asyncio.to_thread(self._status, True)
+        return self._status(False)
 
 
-def _timeout(context: grpc.aio.ServicerContext, default: float) -> float:
-    remaining = context.time_remaining()
-    if remaining is None:
-        return default
-    return max(0.05, min(default, float(remaining) - 0.05))
+def _run_error(st: ClusterState, run_id: str) -> str:
+    r = st.runs.get(run_id)
+    return r.error if r is not None else ""

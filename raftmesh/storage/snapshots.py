@@ -17,13 +17,15 @@ import os
 
 import lmdb
 
+from ..errors import DataLoss
+
 FORMAT = b"raftmesh-snapshot-1"
 CHUNK_BYTES = 4 * 1024 * 1024
 MAP_SIZE_MIN = 64 * 1024 * 1024
 
 
-class SnapshotError(RuntimeError):
-    pass
+class SnapshotError(DataLoss, RuntimeError):
+    """A snapshot file that is not ours or is damaged."""
 
 
 class LmdbSnapshotIO:

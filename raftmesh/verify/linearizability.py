@@ -47,6 +47,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
+from ..errors import InvalidArgument
+
 Time = int | float
 """A call or return time: any totally ordered clock reading (ticks, seconds)."""
 
@@ -65,7 +67,7 @@ UNKNOWN_OUTPUT: Final = _Unknown.UNKNOWN_OUTPUT
 """The output of an operation whose response was never seen; models accept any output for it."""
 
 
-class HistoryError(ValueError):
+class HistoryError(InvalidArgument, ValueError):
     """A history is malformed (a return before its call, a return with no call...)."""
 
 

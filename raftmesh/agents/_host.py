@@ -9,6 +9,13 @@ the state machine, not here.
 
 It runs nothing until this process's registration (its incarnation) is applied,
 so a restarted node never resumes attempts that the cluster has already requeued.
+
+``decide(state)`` is the whole reconcile decision (which attempts to start, which
+to stop) as a function of the state and the attempts running here, with no I/O;
+the node hands the host a reader, a writer and a clock, nothing of its own.
+
+Finished attempts wait in a bounded list (``MAX_PENDING_REPORTS``) for the next
+flush; an attempt that finds it full waits for room before it reports.
 """
 
 from __future__ import annotations
@@ -16,22 +23,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..agents import AgentRegistry, TaskContext
+from ..clock import Clock
 from ..consensus import limits
 from ..consensus.codes import Code
 from ..consensus.commands import Complete, Completion, Fail, Failure
-from ..consensus.raft import RaftMember
-from ..consensus.state import TaskKey, TaskStatus
+from ..consensus.state import ClusterState, TaskKey, TaskStatus
 from ..errors import RaftmeshError
-from .proposer import Proposer, new_request_id, now_ms
-from .task_clients import TaskKv, TaskLocks
+from ._context import TaskContext
+from ._registry import AgentRegistry
+from ._task_clients import Reader, TaskKv, TaskLocks, Writer
 
 log = logging.getLogger(__name__)
 
 MAX_REPORT_ITEMS = 2000
+"""Results per flush (one ``complete`` and one ``fail`` command)."""
+MAX_PENDING_REPORTS = 10_000
+"""Finished attempts waiting for a flush; more wait for room (the node's slots keep it far lower)."""
 
 
 @dataclass(eq=False)
@@ -42,6 +54,26 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     ctx: TaskContext | None = None
     reported: bool = False
+
+
+@dataclass(frozen=True)
+class Start:
+    """An attempt assigned to this node that is not running here yet."""
+
+    key: TaskKey
+    attempt: int
+    token: int
+    agent: str
+    input: Any
+    upstream: dict[str, Any]
+    timeout_ms: int
+
+
+@dataclass
+class Reconcile:
+    start: list[Start] = field(default_factory=list)
+    stop: list[TaskKey] = field(default_factory=list)
+    """Attempts running here that the cluster no longer wants (fenced, cancelled, moved)."""
 
 
 @dataclass(eq=False)
@@ -55,15 +87,26 @@ class _Report:
 
 class AgentHost:
     def __init__(
-        self, node_id: str, incarnation: str, registry: AgentRegistry, raft: RaftMember, proposer: Proposer
+        self,
+        node_id: str,
+        incarnation: str,
+        registry: AgentRegistry,
+        reads: Reader,
+        writer: Writer,
+        clock: Clock,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
         self._registry = registry
-        self._raft = raft
-        self._proposer = proposer
+        self._reads = reads
+        self._writer = writer
+        self._clock = clock
+        self._ready = ready
+        """The local replica has caught up with the leader at least once (nothing to run before)."""
         self._active: dict[TaskKey, _Attempt] = {}
         self._reports: list[_Report] = []
+        self._report_room = asyncio.Event()
         self._wake = asyncio.Event()
         self._report_wake = asyncio.Event()
         self._semaphores: dict[str, asyncio.Semaphore] = {
@@ -96,41 +139,55 @@ class AgentHost:
                 if a.task is not None:
                     a.task.cancel()
 
+    def decide(self, st: ClusterState) -> Reconcile:
+        """Which attempts to start and stop, given the state and what runs here (no I/O)."""
+        out = Reconcile()
+        me = st.members.get(self.node_id)
+        if me is None or me.incarnation != self.incarnation or not me.up:
+            wanted: dict[TaskKey, None] = {}
+        else:
+            wanted = st.running.get(self.node_id, {})
+        for key in wanted:
+            run = st.runs[key[0]]
+            t = run.tasks[key[1]]
+            cur = self._active.get(key)
+            if cur is not None and cur.attempt == t.attempt:
+                continue
+            if cur is not None:  # an older attempt of ours: stop it
+                out.stop.append(key)
+            upstream = {d: run.tasks[d].output for d in t.spec.deps}
+            out.start.append(
+                Start(key, t.attempt, t.token, t.spec.agent, t.spec.input, upstream, t.spec.timeout_ms)
+            )
+        for key, a in self._active.items():
+            if key in wanted:
+                continue
+            cur_t = st.task(*key)
+            if (
+                cur_t is None
+                or cur_t.status is not TaskStatus.RUNNING
+                or cur_t.attempt != a.attempt
+                or cur_t.node != self.node_id
+            ):
+                out.stop.append(key)
+        return out
+
     def _reconcile(self) -> None:
-        if not self._raft.ready:
+        if not self._ready():
             return
-        to_start: list[tuple[_Attempt, str, Any, dict[str, Any], int]] = []
-        with self._raft.lock:
-            st = self._raft.machine.state
-            me = st.members.get(self.node_id)
-            if me is None or me.incarnation != self.incarnation or not me.up:
-                wanted: dict[TaskKey, None] = {}
-            else:
-                wanted = st.running.get(self.node_id, {})
-            for key in wanted:
-                t = st.runs[key[0]].tasks[key[1]]
-                cur = self._active.get(key)
-                if cur is not None and cur.attempt == t.attempt:
-                    continue
-                if cur is not None:  # an older attempt of ours: stop it
-                    self._cancel(cur)
-                upstream = {d: st.runs[key[0]].tasks[d].output for d in t.spec.deps}
-                a = _Attempt(key, t.attempt, t.token)
-                to_start.append((a, t.spec.agent, t.spec.input, upstream, t.spec.timeout_ms))
-            stale = [a for k, a in self._active.items() if k not in wanted]
-            for a in stale:
-                cur_t = st.task(*a.key)
-                if (
-                    cur_t is None
-                    or cur_t.status is not TaskStatus.RUNNING
-                    or cur_t.attempt != a.attempt
-                    or cur_t.node != self.node_id
-                ):
-                    self._cancel(a)
+        plan = self._reads.read(self.decide)
+        for key in plan.stop:
+            a = self._active.get(key)
+            if a is None:
+                continue
+            if a.task is not None and not a.task.done():  # not one that finished and awaits its report
+                log.info("attempt %d of %s/%s stopped: the cluster no longer runs it here", a.attempt, *a.key)
+            self._cancel(a)
         loop = asyncio.get_running_loop()
-        for a, agent, inp, upstream, timeout_ms in to_start:
-            self._active[a.key] = a
-            a.task = loop.create_task(self._execute(a, agent, inp, upstream, timeout_ms))
+        for s in plan.start:
+            a = _Attempt(s.key, s.attempt, s.token)
+            self._active[s.key] = a
+            a.task = loop.create_task(self._execute(a, s.agent, s.input, s.upstream, s.timeout_ms))
 
     def _cancel(self, a: _Attempt) -> None:
         if self._active.get(a.key) is a:
@@ -146,7 +203,9 @@ class AgentHost:
         run_id, task_id = a.key
         adef = self._registry.get(agent)
         if adef is None:
-            self._report(_Report(a, False, error=f"agent {agent!r} is not offered by node {self.node_id}"))
+            await self._report(
+                _Report(a, False, error=f"agent {agent!r} is not offered by node {self.node_id}")
+            )
             return
         logger = logging.LoggerAdapter(
             logging.getLogger(f"raftmesh.agent.{agent}"),
@@ -162,8 +221,8 @@ class AgentHost:
             upstream=upstream,
             trace_id=run_id,
             logger=logger,
-            kv=TaskKv(self._raft, self._proposer, run_id, task_id, a.attempt, a.token),
-            locks=TaskLocks(self._proposer, run_id, task_id, a.attempt),
+            kv=TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token),
+            locks=TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt),
         )
         a.ctx = ctx
         sem = self._semaphores.get(agent)
@@ -179,20 +238,24 @@ class AgentHost:
         except asyncio.CancelledError:
             raise  # the cluster no longer wants this attempt: report nothing
         except TimeoutError:
-            self._report(_Report(a, False, error=f"attempt {a.attempt} timed out after {timeout_ms} ms"))
+            await self._report(
+                _Report(a, False, error=f"attempt {a.attempt} timed out after {timeout_ms} ms")
+            )
             return
         except Exception as exc:
             retryable = bool(getattr(exc, "retryable", True))
-            self._report(_Report(a, False, error=f"{type(exc).__name__}: {exc}", retryable=retryable))
+            await self._report(_Report(a, False, error=f"{type(exc).__name__}: {exc}", retryable=retryable))
             return
         try:
             json.dumps(output, allow_nan=False)
             size = limits.encoded_size(output)  # as the state machine measures it
         except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int beyond 64 bits
-            self._report(_Report(a, False, error=f"output is not JSON-serializable: {exc}", retryable=False))
+            await self._report(
+                _Report(a, False, error=f"output is not JSON-serializable: {exc}", retryable=False)
+            )
             return
         if size > limits.MAX_TASK_OUTPUT_BYTES:
-            self._report(
+            await self._report(
                 _Report(
                     a,
                     False,
@@ -201,9 +264,12 @@ class AgentHost:
                 )
             )
             return
-        self._report(_Report(a, True, output=output))
+        await self._report(_Report(a, True, output=output))
 
-    def _report(self, r: _Report) -> None:
+    async def _report(self, r: _Report) -> None:
+        while len(self._reports) >= MAX_PENDING_REPORTS:
+            self._report_room.clear()
+            await self._report_room.wait()
         self._reports.append(r)
         self._report_wake.set()
 
@@ -214,17 +280,18 @@ class AgentHost:
             await asyncio.sleep(0)  # gather the results that finished in this loop iteration
             while self._reports:
                 batch, self._reports = self._reports[:MAX_REPORT_ITEMS], self._reports[MAX_REPORT_ITEMS:]
+                self._report_room.set()
                 await self._flush(batch)
 
     async def _flush(self, batch: list[_Report]) -> None:
-        ts = now_ms()
+        ts = self._clock.now_ms()
         done = [r for r in batch if r.ok]
         failed = [r for r in batch if not r.ok]
         cmds: list[Complete | Fail] = []
         if done:
             cmds.append(
                 Complete(
-                    new_request_id("c-"),
+                    f"c-{uuid.uuid4().hex}",
                     ts,
                     self.node_id,
                     tuple(
@@ -238,7 +305,7 @@ class AgentHost:
         if failed:
             cmds.append(
                 Fail(
-                    new_request_id("f-"),
+                    f"f-{uuid.uuid4().hex}",
                     ts,
                     self.node_id,
                     tuple(
@@ -270,21 +337,22 @@ class AgentHost:
         """Propose until applied (same request id every time) or until we stop being its node."""
         while True:
             try:
-                res = await self._proposer.propose(cmd, timeout_s=30.0)
-                if not res.ok and res.code is not Code.ABORTED:
+                res = await self._writer.propose(cmd, timeout_s=30.0)
+                if res.code is Code.ABORTED:
+                    log.info("%s rejected as fenced (a newer attempt exists): %s", cmd.TAG, res.message)
+                elif not res.ok:
                     log.warning("%s rejected: %s %s", cmd.TAG, res.code, res.message)
                 return True
             except RaftmeshError as exc:
                 log.info("%s %s: %s; retrying", cmd.TAG, cmd.request_id, exc)
-                if not self._still_mine(cmd):
+                if not self._reads.read(lambda st: _still_mine(st, cmd)):
                     return False
-                await asyncio.sleep(0.5)
+                await self._clock.sleep(0.5)
 
-    def _still_mine(self, cmd: Complete | Fail) -> bool:
-        with self._raft.lock:
-            st = self._raft.machine.state
-            for it in cmd.items:
-                t = st.task(it.run_id, it.task_id)
-                if t is not None and t.status is TaskStatus.RUNNING and t.attempt == it.attempt:
-                    return True
-        return False
+
+def _still_mine(st: ClusterState, cmd: Complete | Fail) -> bool:
+    for it in cmd.items:
+        t = st.task(it.run_id, it.task_id)
+        if t is not None and t.status is TaskStatus.RUNNING and t.attempt == it.attempt:
+            return True
+    return False

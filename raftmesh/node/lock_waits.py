@@ -1,0 +1,39 @@
+"""Lock acquires parked on this node until the applied log decides them.
+
+The Locks service parks a waiting acquire here by request id; the runtime feeds
+every applied ``LockChanged`` event in, which resolves the matching waiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from ..consensus.locks import LockOutcome
+from ..consensus.results import Event, LockChanged
+
+
+class LockWaits:
+    def __init__(self) -> None:
+        self._waiters: dict[str, asyncio.Future[LockOutcome]] = {}
+
+    def waiter(self, request_id: str) -> asyncio.Future[LockOutcome]:
+        fut = self._waiters.get(request_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters[request_id] = fut
+        return fut
+
+    def drop(self, request_id: str) -> None:
+        self._waiters.pop(request_id, None)
+
+    def applied(self, events: Iterable[Event]) -> None:
+        if not self._waiters:
+            return
+        for ev in events:
+            if isinstance(ev, LockChanged):
+                fut = self._waiters.get(ev.request_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(
+                        LockOutcome(ev.request_id, ev.owner, ev.granted, ev.token, ev.code, ev.message)
+                    )

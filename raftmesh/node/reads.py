@@ -1,0 +1,185 @@
+"""The node's one read path into its local replica.
+
+pysyncobj applies the log on its own thread, holding the apply lock; every read
+from the event loop goes through ``ReadView``, which holds that lock only for
+work proportional to the answer and never for encoding:
+
+- ``read(fn)`` runs ``fn`` under the lock. ``fn`` must copy out the few records it
+  needs (O(answer)) and return values that apply will not mutate afterwards.
+- ``run(run_id)`` copies the run's records (a shallow copy per task: spec, input
+  and output are never mutated once applied) and encodes the protobuf outside
+  the lock (``run_async``: a large run in a worker thread, off the event loop).
+  The encoding is cached by the run's ``revision``, which every change to the
+  run or any of its tasks raises, so polling an unchanged run costs O(1).
+- ``digest()`` is the state's canonical hash (``ClusterState.digest``) built from
+  per-run encodings cached by revision: under the lock it encodes only the runs
+  that changed since the last digest and the small mutable tables, takes C-level
+  shallow copies of the large append-only ones, and encodes and hashes outside it.
+  ``tests/test_reads.py`` checks it equals ``ClusterState.digest`` after every command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import operator
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgpack
+
+from ..consensus.state import SNAPSHOT_FORMAT, ClusterState, RunState, TaskState
+from ..proto.raftmesh.v1 import cluster_pb2 as pb
+from . import convert
+
+T = TypeVar("T")
+
+RUN_CACHE_ENTRIES = 16
+"""Encoded runs kept for repeated GetRun/WatchRun of the same run at the same revision."""
+ENCODE_IN_THREAD_TASKS = 256
+"""Runs with at least this many tasks are encoded off the event loop (``run_async``)."""
+
+_TASK_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(TaskState)))
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunState) if f.name != "tasks")
+
+
+def _packb(value: Any) -> bytes:
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return data
+
+
+def copy_run(run: RunState, with_tasks: bool = True) -> RunState:
+    """A copy that apply will not change: O(tasks) attribute reads, no encoding."""
+    tasks = {k: TaskState(*_TASK_FIELDS(t)) for k, t in run.tasks.items()} if with_tasks else {}
+    return RunState(**{n: getattr(run, n) for n in _RUN_FIELDS}, tasks=tasks)
+
+
+@dataclass(frozen=True)
+class RunRead:
+    revision: int
+    """The replica's revision when the run was read: every event above it is news to the reader."""
+    run: pb.Run
+
+
+class ReadView:
+    def __init__(self, lock: AbstractContextManager[Any], state: Callable[[], ClusterState]) -> None:
+        self._lock = lock
+        self._state = state
+        self._runs_pb: OrderedDict[tuple[str, bool], tuple[int, pb.Run]] = OrderedDict()
+        self._encoded: dict[str, tuple[int, bytes]] = {}
+        """run id -> (revision, msgpack of RunState.encode()) for ``digest``."""
+        self._cache_lock = threading.Lock()
+
+    def read(self, fn: Callable[[ClusterState], T]) -> T:
+        """``fn(state)`` under the apply lock; ``fn`` copies out O(answer) and encodes nothing."""
+        with self._lock:
+            return fn(self._state())
+
+    def restored(self) -> None:
+        """A snapshot replaced the state: cached encodings may describe runs that no longer exist."""
+        with self._cache_lock:
+            self._runs_pb.clear()
+            self._encoded.clear()
+
+    def run(self, run_id: str, with_tasks: bool = True) -> RunRead | None:
+        """The run as protobuf, and the replica's revision at the same instant (for watches)."""
+        got = self._take_run(run_id, with_tasks)
+        return got if got is None or isinstance(got, RunRead) else self._encode_run(*got)
+
+    async def run_async(self, run_id: str, with_tasks: bool = True) -> RunRead | None:
+        """``run``, encoding a large run in a worker thread so the event loop keeps serving."""
+        got = self._take_run(run_id, with_tasks)
+        if got is None or isinstance(got, RunRead):
+            return got
+        if len(got[3].tasks) >= ENCODE_IN_THREAD_TASKS:
+            return await asyncio.to_thread(self._encode_run, *got)
+        return self._encode_run(*got)
+
+    def _take_run(
+        self, run_id: str, with_tasks: bool
+    ) -> RunRead | tuple[tuple[str, bool], int, int, RunState] | None:
+        """Under the lock: the cached encoding if the run has not changed, else a copy to encode."""
+        key = (run_id, with_tasks)
+        with self._lock:
+            st = self._state()
+            run = st.runs.get(run_id)
+            if run is None:
+                return None
+            with self._cache_lock:
+                hit = self._runs_pb.get(key)
+            if hit is not None and hit[0] == run.revision:
+                return RunRead(st.revision, hit[1])
+            return key, st.revision, run.revision, copy_run(run, with_tasks)
+
+    def _encode_run(
+        self, key: tuple[str, bool], state_revision: int, revision: int, copy: RunState
+    ) -> RunRead:
+        msg = convert.run_to_pb(copy, with_tasks=key[1])
+        with self._cache_lock:
+            self._runs_pb[key] = (revision, msg)
+            self._runs_pb.move_to_end(key)
+            while len(self._runs_pb) > RUN_CACHE_ENTRIES:
+                self._runs_pb.popitem(last=False)
+        return RunRead(state_revision, msg)
+
+    def digest(self) -> tuple[int, str]:
+        """(revision, digest) of the local replica, equal to ``ClusterState.digest``.
+
+        O(state) work outside the lock: callers on the event loop run it in a worker thread.
+        """
+        with self._cache_lock:
+            cached = dict(self._encoded)
+        fresh: dict[str, tuple[int, list[Any]]] = {}
+        with self._lock:
+            st = self._state()
+            revision = st.revision
+            head = [SNAPSHOT_FORMAT, st.revision, st.time_ms, st.seq]
+            members = [st.members[k].encode() for k in sorted(st.members)]
+            run_ids = sorted(st.runs)
+            for rid in run_ids:
+                run = st.runs[rid]
+                hit = cached.get(rid)
+                if hit is None or hit[0] != run.revision:
+                    fresh[rid] = (run.revision, run.encode())
+            # C-level shallow copies of the large tables, whose records apply replaces rather than
+            # changes (dedup results, finished ids, KV entries and history events, ended lock
+            # requests); the small mutable ones (members, held and waited locks, leases) are
+            # encoded here. This mirrors ClusterState.encode, and test_reads checks it equals it.
+            idempotency = sorted(st.idempotency.items())
+            dedup = list(st.dedup.items())
+            finished = list(st.finished)
+            lt = st.locks
+            locks_live = [lt.locks[k].encode() for k in sorted(lt.locks)]
+            waiting = [lt.waiting[k].encode() for k in sorted(lt.waiting)]
+            ended = list(lt.ended.items())
+            lock_seq = lt.seq
+            kv = st.kv
+            entries = sorted(kv.entries.items())
+            leases = [kv.leases[k].encode() for k in sorted(kv.leases)]
+            history = list(kv.history)
+            compacted = kv.compacted
+        locks = [locks_live, waiting, [[k, v] for k, v in ended], lock_seq]
+        kv_body = [[[k, e.encode()] for k, e in entries], leases, [e.encode() for e in history], compacted]
+        encoded = {rid: (rev, _packb(body)) for rid, (rev, body) in fresh.items()}
+        h = hashlib.sha256()
+        packer = msgpack.Packer(use_bin_type=True)
+        h.update(packer.pack_array_header(11))
+        for scalar in head:
+            h.update(_packb(scalar))
+        h.update(_packb(members))
+        h.update(packer.pack_array_header(len(run_ids)))
+        for rid in run_ids:
+            h.update(encoded[rid][1] if rid in encoded else cached[rid][1])
+        h.update(_packb(idempotency))
+        h.update(_packb([[rid, ts, tag, res] for rid, (ts, tag, res) in dedup]))
+        for part in (finished, locks, kv_body):
+            h.update(_packb(part))
+        with self._cache_lock:
+            live = set(run_ids)
+            self._encoded = {rid: e for rid, e in {**self._encoded, **encoded}.items() if rid in live}
+        return revision, h.hexdigest()

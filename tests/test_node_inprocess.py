@@ -1,0 +1,160 @@
+"""Integration: one node in this process (NodeRuntime on an asyncio loop in a thread), real gRPC on 127.0.0.1.
+
+The layer between the unit tests (no network) and the end-to-end tests (real node
+processes): submit/get/watch, KV and locks go through the SDK and the wire, and a
+test can look at the node's own state to check what the wire said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from raftmesh import DAG, Client
+from raftmesh.consensus import limits
+from raftmesh.errors import InvalidArgument, NotFound, OutOfRange, RaftmeshError
+from raftmesh.localcluster import free_ports, wait_until
+from raftmesh.node.config import Peer, build_config
+from raftmesh.node.runtime import NodeRuntime
+
+
+@dataclass
+class InProcessNode:
+    runtime: NodeRuntime
+    address: str
+    client: Client
+
+    def state(self, fn: object) -> object:
+        return self.runtime.reads.read(fn)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def node(tmp_path: os.PathLike[str]) -> Iterator[InProcessNode]:
+    raft_port, grpc_port = free_ports(2)
+    raft, grpc_addr = f"127.0.0.1:{raft_port}", f"127.0.0.1:{grpc_port}"
+    cfg = build_config(
+        "n1", raft, grpc_addr, [Peer("n1", raft, grpc_addr)], os.path.join(str(tmp_path), "n1"), slots=8
+    )
+    runtime = NodeRuntime(cfg)
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(runtime.run())
+        except BaseException as exc:  # surfaced by the fixture, not lost in the thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=serve, name="node-n1", daemon=True)
+    thread.start()
+    client = Client([grpc_addr], timeout_s=10.0)
+    try:
+
+        def ready() -> bool:
+            if failure:
+                raise failure[0]
+            try:
+                st = client.status()
+            except RaftmeshError:
+                return False
+            return st.leader == "n1" and any(m.id == "n1" and m.up for m in st.members)
+
+        wait_until(ready, 30.0, "the in-process node to lead and register")
+        yield InProcessNode(runtime, grpc_addr, client)
+    finally:
+        client.close()
+        loop = runtime.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(runtime.stop)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the node did not stop"
+        assert not failure, failure
+
+
+def fan_out(n: int) -> DAG:
+    dag = DAG("inproc")
+    seed = dag.task("seed", "sum", input={"value": 1})
+    parts = [dag.task(f"p{i}", "sum", input={"value": i}, deps=[seed]) for i in range(n)]
+    dag.task("total", "sum", deps=parts)
+    return dag
+
+
+def test_submit_get_and_watch_a_run(node: InProcessNode) -> None:
+    c = node.client
+    run_id = c.submit(fan_out(20), idempotency_key="k1")
+    assert c.submit(fan_out(20), idempotency_key="k1") == run_id  # same key, same run
+    events = list(c.watch(run_id, timeout_s=30))
+    assert events[0].kind == "snapshot"
+    assert events[-1].status == "SUCCEEDED"
+    run = c.get(run_id)
+    # seed = 1; p_i = i + 1; total = sum(p_i) = sum(range(20)) + 20
+    assert run.status == "SUCCEEDED" and run.tasks["total"].output == sum(range(20)) + 20
+    stale = c.get(run_id, stale_ok=True)
+    assert stale.tasks["total"].output == run.tasks["total"].output
+    assert [r["run_id"] for r in c.list_runs()] == [run_id]
+
+
+def test_errors_reach_the_wire_with_their_status(node: InProcessNode) -> None:
+    c = node.client
+    with pytest.raises(NotFound, match="not found"):
+        c.get("r-missing")
+    dag = DAG("cycle")
+    dag.task("a", "echo", deps=["b"])
+    dag.task("b", "echo", deps=["a"])
+    with pytest.raises(InvalidArgument, match="cycle"):
+        c.submit(dag)
+
+
+def test_status_digest_is_the_replicas_digest(node: InProcessNode) -> None:
+    node.client.kv.put("d/x", 1)
+
+    def same() -> bool:
+        st = node.client.status(include_digest=True)
+        mine = node.state(lambda s: (s.revision, s.digest()))
+        return (st.revision, st.digest) == mine
+
+    wait_until(same, 10.0, "status --digest to match the replica at the same revision")
+
+
+def test_kv_put_get_cas_list_and_watch(node: InProcessNode) -> None:
+    kv = node.client.kv
+    rev = kv.put("cfg/a", {"v": 1})
+    entry = kv.get("cfg/a")
+    assert entry is not None and entry.value == {"v": 1} and entry.mod_revision == rev
+    assert kv.cas("cfg/a", rev, {"v": 2})
+    assert not kv.cas("cfg/a", rev, {"v": 3})  # rev is no longer the key's mod_revision
+    kv.put("cfg/b", 2)
+    assert [e.key for e in kv.list("cfg/")] == ["cfg/a", "cfg/b"]
+    events = list(kv.watch(prefix="cfg/", from_revision=rev, timeout_s=2.0))
+    assert [(e.kind, e.key) for e in events] == [("put", "cfg/a"), ("put", "cfg/b")]
+    assert node.state(lambda s: s.kv.get("cfg/a").value) == {"v": 2}  # type: ignore[union-attr]
+
+
+def test_kv_watch_from_a_compacted_revision_is_out_of_range(
+    node: InProcessNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node runs in this process, so a smaller history limit applies to it (one replica).
+    monkeypatch.setattr(limits, "KV_HISTORY_EVENTS", 3)
+    kv = node.client.kv
+    first = kv.put("w/a", 0)
+    for i in range(1, 6):
+        kv.put("w/a", i)
+    assert node.state(lambda s: s.kv.compacted) >= first  # type: ignore[operator]
+    with pytest.raises(OutOfRange, match="compacted"):
+        next(iter(kv.watch("w/a", from_revision=first - 1, timeout_s=5.0)))
+
+
+def test_locks_acquire_release_and_fencing(node: InProcessNode) -> None:
+    locks = node.client.locks
+    granted, token, _ = locks.acquire("db", owner="alice", ttl_s=10, wait_s=1)
+    assert granted and token > 0
+    granted_b, _, _ = locks.acquire("db", owner="bob", ttl_s=10, wait_s=0.3)
+    assert not granted_b
+    assert [lk["name"] for lk in locks.list()] == ["db"]
+    locks.release("alice", "db", token)
+    granted_b, token_b, _ = locks.acquire("db", owner="bob", ttl_s=10, wait_s=1)
+    assert granted_b and token_b > token

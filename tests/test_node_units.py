@@ -1,0 +1,328 @@
+"""The node's decisions as functions of (state, clock): no network, no sleeps.
+
+Liveness (which members to mark down, which to give no new work), the scheduler's
+step (what the leader proposes for a given state and time) and the agent host's
+reconcile (which attempts to start and stop) are each driven by a real
+``StateMachine`` and a ``ManualClock`` that a test moves by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import grpc
+import pytest
+
+from raftmesh.agents import AgentHost, AgentRegistry, TaskContext
+from raftmesh.clock import ManualClock
+from raftmesh.consensus import limits
+from raftmesh.consensus.commands import (
+    Assign,
+    Assignment,
+    Command,
+    NodeDown,
+    RegisterNode,
+    SubmitRun,
+    TaskSpec,
+    Tick,
+)
+from raftmesh.consensus.machine import StateMachine
+from raftmesh.consensus.results import Result
+from raftmesh.errors import Internal, InvalidArgument, RaftmeshError, ResourceExhausted
+from raftmesh.node import proposer as proposer_mod
+from raftmesh.node import rpc
+from raftmesh.node.liveness import Liveness
+from raftmesh.node.proposer import Proposer
+from raftmesh.node.reads import ReadView
+from raftmesh.node.scheduler import Scheduler
+
+NODES = ("n1", "n2", "n3")
+
+
+def register(sm: StateMachine, node: str, incarnation: str = "i1", ts: int = 1) -> None:
+    res, _ = sm.apply(
+        RegisterNode(
+            f"reg-{node}-{incarnation}",
+            ts,
+            node_id=node,
+            grpc=f"g-{node}",
+            raft=f"r-{node}",
+            agents=("echo", "block"),
+            slots=4,
+            incarnation=incarnation,
+        )
+    )
+    assert res.ok, res
+
+
+def cluster(tasks: int = 0, timeout_ms: int = 0) -> StateMachine:
+    sm = StateMachine()
+    for n in NODES:
+        register(sm, n)
+    if tasks:
+        specs = tuple(TaskSpec(f"t{i}", "echo", timeout_ms=timeout_ms) for i in range(tasks))
+        res, _ = sm.apply(SubmitRun("s1", 2, run_id="r1", tasks=specs))
+        assert res.ok, res
+    return sm
+
+
+class Unused:
+    """A writer for code under test that must decide, not propose: any call fails the test."""
+
+    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
+        raise AssertionError(f"proposed {cmd.TAG} while only deciding")
+
+    async def barrier(self, timeout_s: float | None = None) -> None:
+        raise AssertionError("barrier while only deciding")
+
+
+def reads_of(sm: StateMachine) -> ReadView:
+    return ReadView(threading.RLock(), lambda: sm.state)
+
+
+# ---- the clock ------------------------------------------------------------------------
+
+
+def test_manual_clock_sleep_returns_only_when_advanced_past_its_deadline() -> None:
+    clock = ManualClock()
+
+    async def scenario() -> list[str]:
+        woke: list[str] = []
+
+        async def sleeper(name: str, s: float) -> None:
+            await clock.sleep(s)
+            woke.append(name)
+
+        tasks = [asyncio.create_task(sleeper("short", 1.0)), asyncio.create_task(sleeper("long", 5.0))]
+        await asyncio.sleep(0)
+        clock.advance(0.5)
+        await asyncio.sleep(0)
+        assert woke == []
+        clock.advance(0.5)
+        await asyncio.sleep(0)
+        assert woke == ["short"]
+        clock.advance(10)
+        await asyncio.gather(*tasks)
+        return woke
+
+    start_ms = clock.now_ms()
+    assert asyncio.run(scenario()) == ["short", "long"]
+    assert clock.now_ms() == start_ms + 11_000
+    with pytest.raises(ValueError):
+        clock.advance(-1)
+
+
+# ---- liveness --------------------------------------------------------------------------
+
+
+def test_a_silent_member_is_overdue_after_node_down_after_and_a_heard_one_is_not() -> None:
+    sm = cluster()
+    clock = ManualClock()
+    live = Liveness(clock, "n1", node_down_after_s=5.0)
+    ups = list(sm.state.members.values())
+    assert live.overdue(ups) == []  # every clock starts when the member is first seen up
+    clock.advance(4.9)
+    live.heard_from("n2")
+    assert live.overdue(ups) == []
+    clock.advance(0.1)
+    overdue = live.overdue(ups)
+    assert [(o.node_id, o.incarnation) for o in overdue] == [("n3", "i1")]  # never n1: this node
+    assert overdue[0].silent_s == pytest.approx(5.0)
+    clock.advance(5.0)
+    assert {o.node_id for o in live.overdue(ups)} == {"n2", "n3"}
+
+
+def test_a_member_that_rejoined_gets_a_full_timeout_again() -> None:
+    sm = cluster()
+    clock = ManualClock()
+    live = Liveness(clock, "n1", node_down_after_s=5.0)
+    live.overdue(sm.state.members.values())
+    clock.advance(6.0)
+    assert {o.node_id for o in live.overdue(sm.state.members.values())} == {"n2", "n3"}
+    register(sm, "n3", incarnation="i2", ts=clock.now_ms())  # restarted: a new incarnation
+    assert {o.node_id for o in live.overdue(sm.state.members.values())} == {"n2"}
+
+
+def test_suspects_are_members_not_heard_since_leading_or_silent_lately() -> None:
+    sm = cluster()
+    clock = ManualClock()
+    live = Liveness(clock, "n1", node_down_after_s=5.0, suspect_after_s=1.5)
+    ups = list(sm.state.members.values())
+    assert live.suspects(ups) == {"n2", "n3"}  # a new leader waits for a first heartbeat
+    live.heard_from("n2")
+    live.heard_from("n3")
+    assert live.suspects(ups) == frozenset()
+    clock.advance(1.0)
+    live.heard_from("n3")
+    clock.advance(1.0)
+    assert live.suspects(ups) == {"n2"}
+    live.reset()
+    assert live.suspects(ups) == {"n2", "n3"}
+
+
+# ---- the scheduler's step --------------------------------------------------------------
+
+
+def scheduler(sm: StateMachine, clock: ManualClock, heard: tuple[str, ...] = ("n2", "n3")) -> Scheduler:
+    live = Liveness(clock, "n1", node_down_after_s=5.0)
+    for n in heard:
+        live.heard_from(n)
+    return Scheduler(reads_of(sm), Unused(), lambda: True, "n1", live, clock)
+
+
+def test_scheduler_assigns_ready_tasks_once_and_not_to_suspects() -> None:
+    sm = cluster(tasks=6)
+    clock = ManualClock(start_ms=10_000)
+    s = scheduler(sm, clock, heard=("n2",))  # n3 not heard from: no new work there
+    (cmd,) = s.decide(sm.state)
+    assert isinstance(cmd, Assign) and cmd.ts_ms == 10_000
+    placed = {a.node_id for a in cmd.items}
+    assert placed == {"n1", "n2"}
+    assert len(cmd.items) == 6
+    # The plan is in flight: the next step proposes nothing for the same tasks.
+    assert s.decide(sm.state) == []
+
+
+def test_scheduler_proposes_node_down_for_silent_members_once() -> None:
+    sm = cluster()
+    clock = ManualClock()
+    s = scheduler(sm, clock)
+    assert s.decide(sm.state) == []
+    clock.advance(5.0)
+    s.heard_from("n2")
+    cmds = s.decide(sm.state)
+    assert [(type(c), c.node_id) for c in cmds if isinstance(c, NodeDown)] == [(NodeDown, "n3")]
+    assert s.decide(sm.state) == []  # in flight: not proposed twice
+
+
+def test_scheduler_ticks_when_a_task_timeout_is_due() -> None:
+    sm = cluster(tasks=1, timeout_ms=2000)
+    clock = ManualClock(start_ms=10_000)
+    s = scheduler(sm, clock)
+    (assign,) = s.decide(sm.state)
+    assert isinstance(assign, Assign)
+    res, _ = sm.apply(assign)
+    assert res.ok, res
+    assert not any(isinstance(c, Tick) for c in s.decide(sm.state))
+    clock.advance(2.0)
+    (tick,) = [c for c in s.decide(sm.state) if isinstance(c, Tick)]
+    assert tick.ts_ms == 12_000
+
+
+# ---- the agent host's reconcile ---------------------------------------------------------
+
+
+def test_host_starts_its_assigned_attempts_and_stops_fenced_ones() -> None:
+    sm = cluster(tasks=1)
+    clock = ManualClock()
+    started: list[tuple[str, int]] = []
+    cancelled: list[int] = []
+
+    async def scenario() -> None:
+        gate = asyncio.Event()  # never set: the attempt runs until it is stopped
+
+        async def block(ctx: TaskContext) -> Any:
+            started.append((ctx.task_id, ctx.attempt))
+            try:
+                await gate.wait()
+            except asyncio.CancelledError:
+                cancelled.append(ctx.attempt)
+                raise
+            return None
+
+        registry = AgentRegistry()
+        registry.register("echo", block)
+        host = AgentHost("n1", "i1", registry, reads_of(sm), Unused(), clock)
+        assert host.decide(sm.state).start == []  # nothing assigned yet
+        res, _ = sm.apply(Assign("a1", 3, (Assignment("r1", "t0", "n1", 1),)))
+        assert res.ok, res
+        plan = host.decide(sm.state)
+        assert [(s.key, s.attempt, s.token) for s in plan.start] == [(("r1", "t0"), 1, sm.state.revision)]
+        host._reconcile()
+        await asyncio.sleep(0)
+        assert started == [("t0", 1)] and host.running == 1
+        assert host.decide(sm.state).start == []  # already running here
+        # The cluster marks n1 down: its attempt is requeued and fenced, so the host stops it.
+        res, _ = sm.apply(NodeDown("d1", 4, node_id="n1", incarnation="i1", reason="test"))
+        assert res.ok, res
+        assert host.decide(sm.state).stop == [("r1", "t0")]
+        host._reconcile()
+        await asyncio.sleep(0)
+        assert cancelled == [1] and host.running == 0
+
+    asyncio.run(scenario())
+
+
+def test_host_of_another_incarnation_runs_nothing() -> None:
+    sm = cluster(tasks=1)
+    res, _ = sm.apply(Assign("a1", 3, (Assignment("r1", "t0", "n1", 1),)))
+    assert res.ok, res
+    registry = AgentRegistry()
+    host = AgentHost("n1", "an-older-process", registry, reads_of(sm), Unused(), ManualClock())
+    assert host.decide(sm.state).start == []
+
+
+# ---- bounded proposer queue ---------------------------------------------------------------
+
+
+class NoLeaderRaft:
+    """A Raft member that never has a leader, so commands stay queued until their deadlines."""
+
+    leader_addr = None
+
+    def propose(self, payload: bytes, callback: Any) -> None:
+        raise AssertionError("nothing may be proposed without a leader")
+
+
+def test_a_full_proposer_queue_answers_resource_exhausted_at_the_callers_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(proposer_mod, "MAX_QUEUED_COMMANDS", 2)
+
+    async def scenario() -> list[Any]:
+        p = Proposer(NoLeaderRaft(), asyncio.get_running_loop())  # type: ignore[arg-type]
+        p.start()
+        try:
+            cmds = [Tick(f"t{i}", 1) for i in range(3)]
+            return await asyncio.gather(
+                p.propose(cmds[0], timeout_s=1.0),
+                p.propose(cmds[1], timeout_s=1.0),
+                p.propose(cmds[2], timeout_s=0.1),
+                return_exceptions=True,
+            )
+        finally:
+            await p.stop()
+
+    first, second, third = asyncio.run(scenario())
+    assert isinstance(third, ResourceExhausted), third
+    assert "queue is full" in third.message and "nothing was proposed" in third.message
+    # The two admitted ones waited for a leader for their whole deadline.
+    assert type(first).__name__ == "NoLeader" and type(second).__name__ == "NoLeader"
+
+
+# ---- errors to the wire -------------------------------------------------------------------
+
+
+def test_every_error_class_names_a_grpc_status() -> None:
+    import raftmesh.errors as errors
+
+    classes = [
+        v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, errors.RaftmeshError)
+    ]
+    assert len(classes) > 10
+    for cls in classes:
+        assert hasattr(grpc.StatusCode, cls.code), cls
+
+
+def test_rpc_translates_errors_and_bounds_bug_messages() -> None:
+    code, msg = rpc.status_of(InvalidArgument("name is too long"), "ClusterService.SubmitRun")
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and msg == "name is too long"
+    code, msg = rpc.status_of(KeyError("x" * 100_000), "ClusterService.GetRun")
+    assert code is grpc.StatusCode.INTERNAL
+    assert msg.startswith("internal error in ClusterService.GetRun: KeyError")
+    assert len(msg.encode()) <= limits.MAX_STATUS_MESSAGE_BYTES + 40  # clipped, plus "…(N more characters)"
+    code, msg = rpc.status_of(RaftmeshError("y" * 10_000), "x")
+    assert code is grpc.StatusCode.UNKNOWN and msg.endswith("more characters)")
+    assert Internal.code == "INTERNAL"
