@@ -69,20 +69,35 @@ def test_zombie_attempt_kv_write_is_fenced(make_cluster: Callable[..., LocalClus
     client = c.client([c.nodes[leader].grpc], retry_deadline_s=60)
     # One writer per node (placement spreads least-loaded first), so one runs on a follower:
     # pausing a follower keeps the leader, so the zombie's write is forwarded to it and committed
-    # (rejected) rather than lost with a deposed leader's log.
-    dag = DAG("fenced")
-    for i in range(3):
-        dag.task(f"w{i}", "kv_put", input={"key": f"fenced/w{i}", "value": 42, "delay_seconds": 2.0})
-    run_id = client.submit(dag)
+    # (rejected) rather than lost with a deposed leader's log. A leader places work only on
+    # members it has heard from, so a run submitted right after the election may run wholly on
+    # the leader: then submit another (each round writes keys of its own).
+    rounds = 0
+
+    def submit_round() -> str:
+        nonlocal rounds
+        rounds += 1
+        dag = DAG(f"fenced-{rounds}")
+        for i in range(3):
+            dag.task(
+                f"w{i}", "kv_put", input={"key": f"fenced/{rounds}/w{i}", "value": 42, "delay_seconds": 2.0}
+            )
+        return client.submit(dag)
+
+    run_id = submit_round()
 
     def on_a_follower() -> tuple[str, str, int, int] | None:
-        for t in client.get(run_id).tasks.values():
+        nonlocal run_id
+        run = client.get(run_id)
+        for t in run.tasks.values():
             if t.status == "RUNNING" and t.node and t.node != leader:
                 return t.id, t.node, t.attempt, t.token
+        if run.status != "RUNNING" and rounds < 10:
+            run_id = submit_round()
         return None
 
     tid, zombie_node, zombie_attempt, zombie_token = wait_until(
-        on_a_follower, 30, "a kv_put task to start on a follower"
+        on_a_follower, 60, "a kv_put task to start on a follower"
     )
     c.pause(zombie_node)
     run = client.wait(run_id, timeout_s=60)
@@ -126,6 +141,6 @@ def test_zombie_attempt_kv_write_is_fenced(make_cluster: Callable[..., LocalClus
     else:
         assert outcome in (None, "ABORTED"), f"the zombie attempt's write was not rejected: {outcome}"
     c.wait_converged(timeout_s=30)
-    e = client.kv.get(f"fenced/{tid}")
+    e = client.kv.get(f"fenced/{rounds}/{tid}")
     assert e is not None and e.version == 1, "the zombie attempt's write was accepted"
     assert e.value == {"value": 42, "attempt": run.tasks[tid].attempt, "node": run.tasks[tid].node}
