@@ -30,6 +30,7 @@ from pysyncobj import pickle as _so_pickle
 from pysyncobj.config import FAIL_REASON
 
 from ..machine import Event, Result, StateMachine
+from .replication import Replication
 from .transport import WarmTransport
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
     def __init__(self, member: RaftMember, self_addr: str, peers: list[str], conf: SyncObjConf) -> None:
         self._member = member
         self._reset_floor: dict[Any, tuple[int, int]] = {}
+        self._replication = Replication(self)
         super().__init__(self_addr, peers, conf, transportClass=WarmTransport)
+        self._replication.check_config()
+        self.addOnTickCallback(self._replication.on_tick)
 
     # pysyncobj registers its (name-mangled) message handler with the transport in __init__;
     # defining the same mangled name here puts this filter in front of it.
@@ -107,7 +111,17 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
                     message = dict(message, next_node_idx=floor[0])
                 else:
                     self._reset_floor[node] = (nxt, term)
-        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        if not self._replication.on_message(node, message):
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    # Replication (AppendEntries both ways, forwarding of large commands) is raftmesh's own:
+    # pysyncobj truncated acknowledged entries and could not send a large entry (replication.py).
+    def _SyncObj__sendAppendEntries(self) -> None:
+        self._replication.send_append_entries()
+
+    def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:
+        if not self._replication.forward_if_large(command, callback, commandType):
+            SyncObj._applyCommand(self, command, callback, commandType)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, payload: bytes) -> list[Result]:
