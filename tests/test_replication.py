@@ -245,10 +245,23 @@ def wire_bytes(message: dict[str, Any]) -> int:
     return len(zlib.compress(so_pickle.dumps(message), 3)) + 4
 
 
+def test_chunks_go_out_in_their_smaller_form_and_come_back_exact() -> None:
+    text = large_command(rep.CHUNK_BYTES)[: rep.CHUNK_BYTES]  # doubled UTF-8, cut mid-character
+    binary = bytes(range(256)) * (rep.CHUNK_BYTES // 256)
+    for chunk in (text, binary, b"", b"\xed\xa0\x80\xff\xc3"):
+        wire = rep._to_wire(chunk)
+        assert rep._from_wire(so_pickle.loads(so_pickle.dumps(wire))) == chunk
+    assert isinstance(rep._to_wire(text), str) and isinstance(rep._to_wire(binary), bytes)
+    assert len(so_pickle.dumps(rep._to_wire(text))) < 0.6 * len(so_pickle.dumps(text))
+
+
 def test_every_message_the_leader_builds_fits_in_a_frame() -> None:
     worst = bytes([0xFF]) * rep.CHUNK_BYTES  # every byte doubles in pysyncobj's pickle
-    chunk = chunks((worst, 10, 3), prev=9, prev_term=3, term=3, commit=9)[0]
-    assert wire_bytes(chunk) <= rep.MAX_FRAME_BYTES
+    for data in (worst, large_command(rep.CHUNK_BYTES)[: rep.CHUNK_BYTES]):
+        chunk = chunks((data, 10, 3), prev=9, prev_term=3, term=3, commit=9)[0]
+        assert wire_bytes(chunk) <= rep.MAX_FRAME_BYTES
+        chunk["data"] = rep._to_wire(data)
+        assert wire_bytes(chunk) <= rep.MAX_FRAME_BYTES
     per_entry = rep.APPEND_BATCH_BYTES // 1000 - rep.ENTRY_OVERHEAD_BYTES
     batch = [(bytes([0x80 + i % 128]) * per_entry, 10 + i, 3) for i in range(1000)]
     assert wire_bytes(append(3, 9, 3, batch, 9)) <= rep.MAX_FRAME_BYTES

@@ -49,8 +49,17 @@ ENTRY_OVERHEAD_BYTES = 64
 APPEND_BATCH_ENTRIES = 5000
 """At most this many entries in one AppendEntries message."""
 
-CHUNK_BYTES = 512 * 1024
+CHUNK_BYTES = 256 * 1024
 """Raw bytes of a streamed entry (or forwarded command) in one chunk message."""
+
+STREAM_BUDGET_S = 0.05
+"""Time one tick may spend queueing chunks (beyond its first chunk).
+
+The transport pickles and zlib-compresses every message on the tick thread, ~25 ms for a chunk
+of non-ASCII text: an entry queued all at once starved the heartbeats to other followers for
+seconds, and they elected a new leader. Streams continue on the next tick, most advanced
+first, so one follower (a majority of 3) has the entry as soon as possible.
+"""
 
 STREAM_WINDOW_BYTES = 2 * 1024 * 1024
 """Another chunk is queued to a peer only while less than this is still unsent on its link.
@@ -63,8 +72,9 @@ MAX_STREAMED_BYTES = 64 * 1024 * 1024
 """A peer refuses to assemble a streamed entry or command larger than this (largest legal entry: ~17 MB)."""
 
 MAX_FRAME_BYTES = 2 * max(APPEND_BATCH_BYTES, CHUNK_BYTES) + 64 * 1024
-"""Bound on any AppendEntries, chunk or forwarded-command frame raftmesh sends (pysyncobj's pickle
-protocol 2 at most doubles bytes, zlib adds < 0.1%); the transport accepts frames of 16 MiB."""
+"""Bound on any AppendEntries, chunk or forwarded-command frame raftmesh sends: pysyncobj's pickle
+(protocol 2) at most doubles bytes, a chunk goes as text only when that is smaller, zlib adds
+< 0.1%. The transport accepts frames of 16 MiB."""
 
 ENTRY_CHUNK = "raftmesh_entry_chunk"
 COMMAND_CHUNK = "raftmesh_command_chunk"
@@ -109,6 +119,7 @@ class Replication:
         self._large_commands: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._large_commands_lock = threading.Lock()
         self._warned_legacy = False
+        self._budget_end = 0.0
 
     def check_config(self) -> None:
         if self._so._SyncObj__conf.dynamicMembershipChange:
@@ -133,6 +144,7 @@ class Replication:
 
     def on_tick(self) -> None:
         """Queue more chunks of every stream whose peer's link has room; admit queued large commands."""
+        self._budget_end = _monotonic() + STREAM_BUDGET_S
         self._admit_large_commands()
         self._pump_entry_streams()
         self._pump_command_streams()
@@ -263,7 +275,7 @@ class Replication:
             # the consistency check and it streams the entry again from the start.
             self._entry_inbound.pop(node, None)
             return
-        asm.buf += data
+        asm.buf += _from_wire(data)
         if len(asm.buf) < size:
             so._SyncObj__sendNextNodeIdx(node, success=False, reset=False)  # keeps the leader's quorum alive
             return
@@ -281,6 +293,7 @@ class Replication:
         conf = so._SyncObj__conf
         so._SyncObj__newAppendEntriesTime = _monotonic() + conf.appendEntriesPeriod
         start = _monotonic()
+        self._budget_end = start + STREAM_BUDGET_S
         raft_log = so._SyncObj__raftLog
         transport = so._SyncObj__transport
         connected = so._SyncObj__connectedNodes
@@ -299,22 +312,14 @@ class Replication:
                     entries = self._batch(nxt)
                     if len(entries) == 1 and _cost(entries[0]) > APPEND_BATCH_BYTES:
                         if not self._stream_entry(node, prev_idx, prev_term, entries[0]):
-                            break  # the rest is queued as the link drains (on_tick)
+                            # The rest is queued on later ticks (on_tick); meanwhile, a heartbeat.
+                            self._send_append(node, prev_idx, prev_term, [])
+                            break
                         next_index[node] = entries[0][1] + 1
                     else:
                         if entries:
                             next_index[node] = entries[-1][1] + 1
-                        transport.send(
-                            node,
-                            {
-                                "type": "append_entries",
-                                "term": so._SyncObj__raftCurrentTerm,
-                                "commit_index": so._SyncObj__raftCommitIndex,
-                                "entries": entries,
-                                "prevLogIdx": prev_idx,
-                                "prevLogTerm": prev_term,
-                            },
-                        )
+                        self._send_append(node, prev_idx, prev_term, entries)
                         if node not in connected:
                             break
                 else:  # the follower needs the snapshot: pysyncobj's transfer, unchanged
@@ -339,6 +344,20 @@ class Replication:
                 send_single = False
                 if _monotonic() - start > conf.appendEntriesPeriod:
                     break
+
+    def _send_append(self, node: Any, prev_idx: int, prev_term: int, entries: list[Entry]) -> None:
+        so = self._so
+        so._SyncObj__transport.send(
+            node,
+            {
+                "type": "append_entries",
+                "term": so._SyncObj__raftCurrentTerm,
+                "commit_index": so._SyncObj__raftCommitIndex,
+                "entries": entries,
+                "prevLogIdx": prev_idx,
+                "prevLogTerm": prev_term,
+            },
+        )
 
     def _batch(self, first: int) -> list[Entry]:
         """Entries from ``first`` within the message budget; an entry over budget comes alone."""
@@ -386,7 +405,7 @@ class Replication:
         if so._SyncObj__raftState != _RAFT_STATE.LEADER:
             self._entry_streams.clear()
             return
-        for node, st in list(self._entry_streams.items()):
+        for node, st in sorted(self._entry_streams.items(), key=lambda item: -item[1].offset):
             entry_idx = st.key[3]
             if st.key[0] != so._SyncObj__raftCurrentTerm or so._SyncObj__raftNextIndex.get(node) != entry_idx:
                 del self._entry_streams[node]
@@ -404,11 +423,13 @@ class Replication:
         transport = self._so._SyncObj__transport
         size = len(st.data)
         while st.offset < size:
-            if st.offset > 0 and _unsent_bytes(transport, st.node) >= STREAM_WINDOW_BYTES:
+            if st.offset > 0 and (
+                _monotonic() >= self._budget_end or _unsent_bytes(transport, st.node) >= STREAM_WINDOW_BYTES
+            ):
                 return False
             chunk = st.data[st.offset : st.offset + CHUNK_BYTES]
             msg = fill(st.header)
-            msg.update(offset=st.offset, size=size, data=chunk)
+            msg.update(offset=st.offset, size=size, data=_to_wire(chunk))
             if not transport.send(st.node, msg):
                 return False
             st.offset += len(chunk)
@@ -460,7 +481,7 @@ class Replication:
     def _pump_command_streams(self) -> None:
         so = self._so
         keep: list[_Outbound] = []
-        for st in self._command_streams:
+        for st in sorted(self._command_streams, key=lambda st: -st.offset):
             rid = st.key[0]
             # A leader change fails the command's callback (pysyncobj's __onLeaderChanged): stop.
             if st.node != so._SyncObj__raftLeader or (
@@ -488,7 +509,7 @@ class Replication:
         if asm is None or asm.size != size or offset != len(asm.buf):
             pending.pop(rid, None)  # the follower's callback times out and its proposer retries
             return
-        asm.buf += m["data"]
+        asm.buf += _from_wire(m["data"])
         if len(asm.buf) < size:
             return
         del pending[rid]
@@ -498,6 +519,27 @@ class Replication:
         if rid is not None:
             message["request_id"] = rid
         SyncObj._SyncObj__onMessageReceived(self._so, node, message)
+
+
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+
+
+def _to_wire(chunk: bytes) -> bytes | str:
+    """``chunk`` in the form pysyncobj's transport pickles smaller.
+
+    Its pickle (protocol 2) writes each byte >= 0x80 of a ``bytes`` as two, and each character of
+    a ``str`` as its UTF-8. A command holding non-ASCII text is mostly valid UTF-8 (doubled once
+    already, by pysyncobj's own pickle of the call), so as text it goes out at about its own size
+    instead of twice it, and the transport's zlib, the leader's main cost, has half the input.
+    Lossless: undecodable bytes become lone surrogates and come back (``_from_wire``).
+    """
+    text = chunk.decode("utf-8", "surrogateescape")
+    as_bytes = 2 * len(chunk) - len(chunk.translate(None, _HIGH_BYTES))
+    return text if len(text.encode("utf-8", "surrogatepass")) < as_bytes else chunk
+
+
+def _from_wire(data: bytes | str) -> bytes:
+    return data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
 
 
 def _cost(entry: Entry) -> int:
