@@ -21,7 +21,7 @@ from pysyncobj import pickle as so_pickle
 
 from raftmesh.consensus.commands import Barrier, encode_batch
 from raftmesh.consensus.machine import StateMachine
-from raftmesh.consensus.raft import RaftConfig, RaftMember
+from raftmesh.consensus.raft import RaftConfig, RaftMember, compaction
 from raftmesh.consensus.raft import replication as rep
 from raftmesh.localcluster import free_ports, wait_until
 from raftmesh.storage.snapshots import LmdbSnapshotIO
@@ -268,3 +268,22 @@ def test_every_message_the_leader_builds_fits_in_a_frame() -> None:
     tiny = [(b"\x01", 10 + i, 3) for i in range(rep.APPEND_BATCH_ENTRIES)]  # many small entries
     assert wire_bytes(append(3, 9, 3, tiny, 9)) <= rep.MAX_FRAME_BYTES
     assert rep.MAX_FRAME_BYTES < 16 * 1024 * 1024
+
+
+def test_a_large_journal_is_compacted_before_its_offsets_overflow(
+    follower: Follower, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pysyncobj's journal addresses 4 GiB; it is compacted by size, not only by count or period."""
+    monkeypatch.setattr(compaction, "JOURNAL_COMPACT_BYTES", 2 * 1024 * 1024)
+    f = follower
+    big = [(large_command(200_000), i, 1) for i in range(2, 14)]  # 12 entries of ~400 KB
+    for k in range(0, len(big), 3):
+        f.send(append(1, big[k][1] - 1, 0 if k == 0 else 1, big[k : k + 3], commit=big[k][1] + 2))
+    assert f.commit_index == 13
+
+    def compacted() -> bool:
+        size = compaction.journal_bytes(f.so._SyncObj__raftLog)
+        return size is not None and size < 2 * 1024 * 1024 and f.member.log_entries <= 3
+
+    wait_until(compacted, 20, "the follower to compact its journal")
+    assert f.so._SyncObj__raftLog[-1][1] == 13  # nothing committed was lost: the snapshot covers it

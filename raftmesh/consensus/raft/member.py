@@ -30,6 +30,7 @@ from pysyncobj import pickle as _so_pickle
 from pysyncobj.config import FAIL_REASON
 
 from ..machine import Event, Result, StateMachine
+from .compaction import SizeCompaction
 from .replication import Replication
 from .transport import WarmTransport
 
@@ -84,6 +85,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         super().__init__(self_addr, peers, conf, transportClass=WarmTransport)
         self._replication.check_config()
         self.addOnTickCallback(self._replication.on_tick)
+        self.addOnTickCallback(SizeCompaction(self).on_tick)
 
     # pysyncobj registers its (name-mangled) message handler with the transport in __init__;
     # defining the same mangled name here puts this filter in front of it.
