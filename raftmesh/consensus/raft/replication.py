@@ -3,25 +3,25 @@
 ``_SyncObj`` routes three pysyncobj paths here (``member.py``); everything else is pysyncobj's.
 
 Receiving (pysyncobj 0.3.17 ``SyncObj.__onMessageReceived``, the ``append_entries`` branch,
-syncobj.py lines 943-1037). pysyncobj deleted every entry after ``prevLogIdx`` whenever it had
-any and appended the batch again, so a re-sent older batch left a follower's log shorter than
-what it had acknowledged; and it set the commit index to min(leaderCommit, last log index),
-which can cover entries no message of this leader has verified (a stale tail, or any tail
-during a snapshot transfer). Here, as Raft §5.3 says: an existing entry is deleted, with all
-that follow it, only if it conflicts with a new one (same index, different term); and
-commitIndex = min(leaderCommit, index of the last new entry), never lowered.
+syncobj.py lines 945-1035). pysyncobj deleted every entry after ``prevLogIdx`` whenever it had
+any (line 991) and appended the batch again, so a re-sent older batch left a follower's log
+shorter than what it had acknowledged; and it set the commit index to min(leaderCommit, last
+log index) (line 1033), which can cover entries no message of this leader has verified (a
+stale tail, or any tail during a snapshot transfer). Here, as Raft §5.3 says: an existing
+entry is deleted, with all that follow it, only if it conflicts with a new one (same index,
+different term); and commitIndex = min(leaderCommit, index of the last new entry), never lowered.
 
 Sending (``SyncObj.__sendAppendEntries``, lines 1251-1337). pysyncobj pickled an entry longer
 than ``appendEntriesBatchSizeBytes`` and sent the pickle in chunks, but chose the last chunk by
-the length of the raw command, which its pickle exceeds (up to twice, for bytes >= 0x80): the
-follower unpickled a truncated entry (``EOFError`` in its tick thread), the leader re-sent the
-whole entry every heartbeat, queued tens of MB and lost its term, again and again. A batch
-whose last entry was large went out as one message of unbounded size. Here an entry larger
-than ``APPEND_BATCH_BYTES`` is streamed alone as numbered chunks of its raw bytes (offset and
-total size in every chunk, so the follower knows when it has all of it), with at most
-``STREAM_WINDOW_BYTES`` queued per peer. A follower forwards a large command to the leader
-(pysyncobj's ``apply_command``, one message) the same way. So every Raft frame raftmesh sends
-is under ``MAX_FRAME_BYTES``.
+the length of the raw command (line 1281), which its pickle exceeds (up to twice, for bytes
+>= 0x80): the follower unpickled a truncated entry (``EOFError`` in its tick thread), the
+leader re-sent the whole entry every heartbeat, queued tens of MB and lost its term, again and
+again. A batch whose last entry was large went out as one message of unbounded size. Here an
+entry larger than ``APPEND_BATCH_BYTES`` is streamed alone as numbered chunks of its raw bytes
+(offset and total size in every chunk, so the follower knows when it has all of it), with at
+most ``STREAM_WINDOW_BYTES`` queued per peer and ``STREAM_BUDGET_S`` spent per tick. A follower
+forwards a large command to the leader (pysyncobj's ``apply_command``, one message) the same
+way. So every Raft frame raftmesh sends is under ``MAX_FRAME_BYTES``.
 """
 
 from __future__ import annotations
