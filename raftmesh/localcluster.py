@@ -8,6 +8,7 @@ process is stopped by its own pid; ``close()`` removes what the cluster made.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -90,6 +91,11 @@ class LocalCluster:
     """Per-node host (e.g. a network namespace's address); default ``host``."""
     exec_prefix: Callable[[str], list[str]] | None = None
     """Per-node command prefix (e.g. ``ip netns exec NS``)."""
+    raft_secret: bool = True
+    """Generate a cluster secret (``base_dir/raft.secret``, mode 0600) and pass it to every node."""
+    unsafe_no_fsync: bool = False
+    """Run every node with ``--unsafe-no-fsync``."""
+    secret_path: str | None = field(default=None, init=False)
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     _clients: list[Client] = field(default_factory=list, init=False, repr=False)
 
@@ -102,6 +108,16 @@ class LocalCluster:
         peers = ",".join(
             f"{i}={addr[i]}:{ports[k]}/{addr[i]}:{ports[self.size + k]}" for k, i in enumerate(ids)
         )
+        secure: list[str] = []
+        if self.raft_secret:
+            os.makedirs(self.base_dir, exist_ok=True)
+            self.secret_path = path = os.path.join(self.base_dir, "raft.secret")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            secure = ["--raft-secret-file", path]
+        if self.unsafe_no_fsync:
+            secure.append("--unsafe-no-fsync")
         for k, i in enumerate(ids):
             d = os.path.join(self.base_dir, i)
             os.makedirs(d, exist_ok=True)
@@ -122,6 +138,7 @@ class LocalCluster:
                 os.path.join(d, "data"),
                 "--slots",
                 str(self.slots),
+                *secure,
                 *self.extra_args,
             ]
             self.nodes[i] = NodeProc(

@@ -52,9 +52,9 @@ The comparison is about the cost of durability, plainly. raftmesh replicates eve
 submitted run, every batch of task assignments, every batch of results, and a barrier entry for each
 linearizable read) through a Raft log on all nodes, and a change counts only once a majority has it
 in its journal, so an acknowledged run survives a kill -9 of any node and the loss of any minority of
-nodes, including the one that accepted it. (The journal is pysyncobj's mmap'd file and is not
-fsynced per entry, so a power loss of every node at once can still lose the latest writes; see the
-README.) Dask's scheduler is a single in-memory process: nothing is written to disk or to another
+nodes, including the one that accepted it. Each node fsyncs its journal before it acknowledges
+entries (one fsync per batch), so it also survives a power loss of every node; ``--fsync-compare``
+shows what that costs. Dask's scheduler is a single in-memory process: nothing is written to disk or to another
 process before a task counts, and if the scheduler dies every result and pending task is gone. Dask
 is the baseline of "how fast can this be without durability"; the ratios show what raftmesh pays for
 it (or, for tasks/s above 1, that its batching wins back more than durability costs here).
@@ -74,6 +74,12 @@ Usage::
     python scripts/bench.py                    # defaults: 3 nodes, 2,000 tasks, 50 runs, 3 repeats
     python scripts/bench.py --json > out.json  # JSON on stdout, the table on stderr
     python scripts/bench.py --skip-dask        # raftmesh only
+    python scripts/bench.py --skip-dask --fsync-compare  # raftmesh with fsync vs --unsafe-no-fsync
+
+``--fsync-compare`` starts a second raftmesh cluster with ``--unsafe-no-fsync`` next to the first
+(both up for the whole run, their fan-out repeats interleaved, the same latency runs) and prints
+fsync / no-fsync ratios for tasks/s and latency. Both clusters keep their data under the
+temporary directory (``TMPDIR``): point it at the disk you want to measure.
 
 Dask is an optional dependency: ``pip install -e '.[bench]'`` (the project's "bench" extra contains
 ``dask[distributed]``). Everything started is stopped, and the temporary directory removed, also on
@@ -380,6 +386,42 @@ def render_table(report: dict[str, Any]) -> str:
             f"p50 {f_lat['p50_ms']:.2f} ms, p99 {f_lat['p99_ms']:.2f} ms"
         )
     lines.append("")
+    nf = report.get("raftmesh_unsafe_no_fsync")
+    if nf:
+        fr = report["ratios_fsync_over_no_fsync"]
+
+        def frow(label: str, a: float, b: float, ratio_v: float | None, spec: str) -> str:
+            return f"   {label:<26}{_fmt(a, spec):>12}{_fmt(b, spec):>14}{_fmt(ratio_v, '.2f'):>16}"
+
+        lines += [
+            "3. The cost of fsync: the same workloads on a second cluster started with --unsafe-no-fsync",
+            f"   {'':<26}{'fsync':>12}{'no fsync':>14}{'fsync/no fsync':>16}",
+            frow(
+                "fan-out tasks/s",
+                rm["fan_out"]["tasks_per_s_median"],
+                nf["fan_out"]["tasks_per_s_median"],
+                fr["fan_out_tasks_per_s"],
+                ",.0f",
+            ),
+            frow("latency p50 ms", r_lat["p50_ms"], nf["latency"]["p50_ms"], fr["latency_p50"], ".2f"),
+            frow("latency p99 ms", r_lat["p99_ms"], nf["latency"]["p99_ms"], fr["latency_p99"], ".2f"),
+            frow(
+                "spaced p50 ms",
+                r_sp["p50_ms"],
+                nf["latency_spaced"]["p50_ms"],
+                fr["latency_spaced_p50"],
+                ".2f",
+            ),
+            frow(
+                "spaced p99 ms",
+                r_sp["p99_ms"],
+                nf["latency_spaced"]["p99_ms"],
+                fr["latency_spaced_p99"],
+                ".2f",
+            ),
+            "   tasks/s < 1 = fsync slower; latency > 1 = fsync slower.",
+            "",
+        ]
     if dk:
         lines.append(
             "Ratios are raftmesh/Dask: tasks/s < 1 = raftmesh slower; latency > 1 = raftmesh slower.\n"
@@ -432,6 +474,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--slots", type=positive_int, default=64, help="raftmesh task slots per node (default 64)")
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     p.add_argument("--skip-dask", action="store_true", help="measure raftmesh only")
+    p.add_argument(
+        "--fsync-compare",
+        action="store_true",
+        help="also run a raftmesh cluster with --unsafe-no-fsync side by side and print the ratios",
+    )
     return p.parse_args(argv)
 
 
@@ -467,6 +514,24 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         f"node pids {[n.pid for n in rcluster.nodes.values()]}"
     )
 
+    nf_name = "raftmesh --unsafe-no-fsync"
+    rm_nf: RaftmeshBench | None = None
+    nf_startup = math.nan
+    if args.fsync_compare:
+        log(f"starting a second raftmesh LocalCluster with --unsafe-no-fsync ({args.nodes} nodes)")
+        t0 = time.perf_counter()
+        ncluster = LocalCluster(
+            args.nodes,
+            base_dir=os.path.join(tmp, "raftmesh-no-fsync"),
+            slots=args.slots,
+            unsafe_no_fsync=True,
+        )
+        stack.callback(ncluster.close)
+        ncluster.start(timeout_s=60)
+        nf_startup = time.perf_counter() - t0
+        nf_leader = ncluster.wait_ready()
+        rm_nf = RaftmeshBench(ncluster.client([ncluster.nodes[nf_leader].grpc]))
+
     dk: DaskBench | None = None
     dk_startup = math.nan
     if dask_skipped is None:
@@ -476,6 +541,8 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         log(f"Dask ready in {dk_startup:.2f} s")
 
     systems: list[tuple[str, RaftmeshBench | DaskBench]] = [("raftmesh", rm)]
+    if rm_nf is not None:
+        systems.append((nf_name, rm_nf))
     if dk is not None:
         systems.append(("Dask", dk))
 
@@ -502,7 +569,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     for name, sysb in measured:
         for k in range(WARMUP_RUNS):
             sysb.single(-1 - k, None)
-        spacings = (False, True) if name in ("raftmesh", "Dask") else (False,)
+        spacings = (False, True) if name in ("raftmesh", "Dask", nf_name) else (False,)
         for spaced in spacings:
             res = lat[(name, spaced)] = LatencyResult()
             for k in range(args.runs):
@@ -548,10 +615,30 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
                 else None
             ),
         },
+        "raftmesh_unsafe_no_fsync": None,
+        "ratios_fsync_over_no_fsync": None,
         "dask": None,
         "dask_skipped": dask_skipped,
         "ratios_raftmesh_over_dask": None,
     }
+    if rm_nf is not None:
+        nf: dict[str, Any] = {
+            "startup_s": nf_startup,
+            "fan_out": summarize_fan_out(fan[nf_name], total),
+            "latency": lat[(nf_name, False)].summary(),
+            "latency_spaced": lat[(nf_name, True)].summary(),
+        }
+        report["raftmesh_unsafe_no_fsync"] = nf
+        rf: dict[str, Any] = report["raftmesh"]
+        report["ratios_fsync_over_no_fsync"] = {
+            "fan_out_tasks_per_s": ratio(
+                rf["fan_out"]["tasks_per_s_median"], nf["fan_out"]["tasks_per_s_median"]
+            ),
+            "latency_p50": ratio(rf["latency"]["p50_ms"], nf["latency"]["p50_ms"]),
+            "latency_p99": ratio(rf["latency"]["p99_ms"], nf["latency"]["p99_ms"]),
+            "latency_spaced_p50": ratio(rf["latency_spaced"]["p50_ms"], nf["latency_spaced"]["p50_ms"]),
+            "latency_spaced_p99": ratio(rf["latency_spaced"]["p99_ms"], nf["latency_spaced"]["p99_ms"]),
+        }
     if dk is not None:
         d: dict[str, Any] = {
             "startup_s": dk_startup,

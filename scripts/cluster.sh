@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start, stop and poke a local raftmesh cluster.
 #
-#   scripts/cluster.sh up N [--base-port P] [--dir DIR]   start nodes n1..nN, wait for a leader
+#   scripts/cluster.sh up N [--base-port P] [--dir DIR] [--unsafe-no-fsync]
+#                                                         start nodes n1..nN, wait for a leader
 #   scripts/cluster.sh down [--dir DIR]                   stop every node (TERM, then KILL after 10 s)
 #   scripts/cluster.sh status [--dir DIR]                 pids and cluster status
 #   scripts/cluster.sh kill ID [--dir DIR]                kill -9 one node
@@ -9,9 +10,11 @@
 #
 # Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100).
 # Data and logs live in DIR/nI (DIR defaults to ./.cluster); DIR/env holds RAFTMESH_ADDRESSES.
+# `up` makes DIR/raft.secret (mode 0600, kept across runs): every node authenticates and
+# encrypts Raft traffic with it. --unsafe-no-fsync is passed to every node.
 set -euo pipefail
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -19,10 +22,12 @@ CMD=$1; shift
 ARG=""
 DIR=./.cluster
 BASE=7100
+NODE_FLAGS=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) DIR=$2; shift 2 ;;
     --base-port) BASE=$2; shift 2 ;;
+    --unsafe-no-fsync) NODE_FLAGS+=(--unsafe-no-fsync); shift ;;
     -h|--help) usage ;;
     -*) die "unknown flag $1" ;;
     *) [[ -z $ARG ]] || die "unexpected argument $1"; ARG=$1; shift ;;
@@ -66,6 +71,9 @@ case $CMD in
       peers+=("n$i=127.0.0.1:$((BASE + 50 + i))/127.0.0.1:$((BASE + i))")
       addrs+=("127.0.0.1:$((BASE + i))")
     done
+    if [[ ! -s $DIR/raft.secret ]]; then
+      (umask 077; od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/raft.secret")
+    fi
     PEERS=$(IFS=,; echo "${peers[*]}")
     ADDRS=$(IFS=,; echo "${addrs[*]}")
     for i in $(seq 1 "$N"); do
@@ -73,7 +81,8 @@ case $CMD in
       mkdir -p "$d"
       alive "$d" && die "n$i is already running in $DIR (run: $0 down --dir $DIR)"
       printf '%s\n' "${RM[@]}" node --id "n$i" --raft "127.0.0.1:$((BASE + 50 + i))" \
-        --grpc "127.0.0.1:$((BASE + i))" --peers "$PEERS" --data-dir "$d/data" >"$d/cmd"
+        --grpc "127.0.0.1:$((BASE + i))" --peers "$PEERS" --data-dir "$d/data" \
+        --raft-secret-file "$DIR/raft.secret" ${NODE_FLAGS[@]+"${NODE_FLAGS[@]}"} >"$d/cmd"
       start_node "n$i"
     done
     echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env"

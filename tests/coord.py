@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raftmesh.consensus import Result
+from raftmesh.consensus import Code, Result
 from raftmesh.consensus.commands import (
     Compare,
     Fence,
@@ -19,8 +19,16 @@ from raftmesh.consensus.commands import (
     LockCancel,
     LockRelease,
 )
-from raftmesh.consensus.coordination import KvChanged, LockChanged
 from raftmesh.consensus.locks import EXCLUSIVE, Holder, Lock
+from raftmesh.consensus.results import (
+    GetResponse,
+    KvChanged,
+    KvTxnResult,
+    LockAcquireResult,
+    LockChanged,
+    Record,
+    expect,
+)
 from tests.test_machine import T0, Cluster
 
 __all__ = ["T0", "Coord"]
@@ -55,16 +63,15 @@ class Coord(Cluster):
 
     def granted(self, cmd: LockAcquire) -> int:
         """Apply an acquire that must be granted at once; returns its token."""
-        v = self.ok(cmd).value
-        assert v["granted"] and not v["waiting"], v
-        token: int = v["token"]
-        assert token == self.st.revision
-        return token
+        v = expect(self.ok(cmd), LockAcquireResult)
+        assert v.granted and not v.waiting, v
+        assert v.token == self.st.revision
+        return v.token
 
     def waits(self, cmd: LockAcquire) -> None:
         """Apply an acquire that must be queued."""
-        v = self.ok(cmd).value
-        assert v == {"request_id": cmd.request_id, "granted": False, "waiting": True, "token": 0}, v
+        v = self.ok(cmd)
+        assert v == LockAcquireResult(cmd.request_id, granted=False, waiting=True, token=0), v
         assert cmd.request_id in self.st.locks.waiting
 
     def lock(self, name: str) -> Lock:
@@ -109,8 +116,15 @@ class Coord(Cluster):
     def kv_events(self, since: int = 0) -> list[KvChanged]:
         return [e for e in self.events[since:] if isinstance(e, KvChanged)]
 
-    def get(self, key: str) -> dict[str, Any]:
-        """A read through the log (a txn of one get): changes nothing."""
-        res: Result = self.unchanged(self.txn(success=(KvOp("get", key),)), "OK")
-        out: dict[str, Any] = res.value["responses"][0]
-        return out
+    def get(self, key: str) -> Record | None:
+        """A read through the log (a txn of one get): changes nothing. None: no such key."""
+        res: Result = self.unchanged(self.txn(success=(KvOp("get", key),)), Code.OK)
+        [out] = expect(res, KvTxnResult).responses
+        assert isinstance(out, GetResponse) and out.key == key
+        return out.record
+
+    def read(self, key: str) -> Record:
+        """``get`` of a key that must exist."""
+        record = self.get(key)
+        assert record is not None, key
+        return record

@@ -19,6 +19,7 @@ import random
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ from raftmesh.chaos.netns import (
     resolve_reachability,
 )
 from raftmesh.chaos.workload import Operation, make_job
+from raftmesh.consensus import kv_commands, runs, tasks
+from raftmesh.consensus.codes import Code
 from raftmesh.consensus.commands import (
     Assign,
     Assignment,
@@ -94,8 +97,10 @@ from raftmesh.consensus.commands import (
     Tick,
     encode_batch,
 )
+from raftmesh.consensus.context import ApplyContext
 from raftmesh.consensus.dag import validate
-from raftmesh.consensus.machine import StateMachine
+from raftmesh.consensus.machine import PROCESSORS, StateMachine
+from raftmesh.consensus.results import Rejected, ReportResult, Result
 from raftmesh.consensus.state import TaskStatus
 from raftmesh.verify.audit import Audit, FencedWrite, LockHold, overlapping_holds, token_regressions
 
@@ -191,15 +196,23 @@ def test_a_missing_audit_is_a_violation_unless_the_run_says_why() -> None:
 # ---- the audit on hand-made command batches --------------------------------------------
 
 
-class UnfencedMachine(StateMachine):
-    """A state machine whose fencing is broken: any result for a RUNNING task is accepted."""
+def _unfenced_complete(ctx: ApplyContext, cmd: Complete) -> Result:
+    """Broken: any result for a RUNNING task is accepted, whatever its attempt, token or node."""
+    hits = []
+    for c in cmd.items:
+        t = ctx.state.task(c.run_id, c.task_id)
+        if t is not None and t.status is TaskStatus.RUNNING:
+            hits.append((ctx.state.runs[c.run_id], t, c.output))
+    if not hits:
+        return Rejected(Code.ABORTED, "not running")
+    rev = ctx.advance()
+    for r, t, output in hits:
+        tasks.succeed(ctx, r, t, output, rev)
+    return ReportResult(len(hits))
 
-    def _fenced(self, node_id: str, run_id: str, task_id: str, attempt: int, token: int) -> tuple[str, Any]:
-        r = self.state.runs.get(run_id)
-        t = r.tasks.get(task_id) if r else None
-        if r is None or t is None or t.status is not TaskStatus.RUNNING:
-            return "not running", None
-        return "", (r, t)
+
+def UnfencedMachine() -> StateMachine:
+    return StateMachine(processors={**PROCESSORS, Complete: _unfenced_complete})
 
 
 def _fenced_history(audit: Audit) -> None:
@@ -258,18 +271,16 @@ def test_a_repeated_completion_is_not_a_second_result() -> None:
 
 
 def test_the_audit_still_sees_early_starts() -> None:
-    class EagerMachine(StateMachine):
+    def eager_submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         """Broken: every task is READY at submit, dependencies or not."""
+        res = runs.submit(ctx, cmd)
+        r = ctx.state.runs[cmd.run_id]
+        for t in r.tasks.values():
+            if t.status is TaskStatus.PENDING:
+                tasks.make_ready(ctx, r, t, ctx.state.revision, 0)
+        return res
 
-        def _submit(self, cmd: SubmitRun) -> Any:
-            res = super()._submit(cmd)
-            run = self.state.runs[cmd.run_id]
-            for t in run.tasks.values():
-                if t.status is TaskStatus.PENDING:
-                    self._make_ready(run, t, self.state.revision, 0)
-            return res
-
-    audit = Audit(machine=EagerMachine())
+    audit = Audit(machine=StateMachine(processors={**PROCESSORS, SubmitRun: eager_submit}))
     specs = (TaskSpec("a", "sum"), TaskSpec("b", "sum", deps=("a",)))
     audit.feed(
         encode_batch(
@@ -399,11 +410,13 @@ def test_a_stale_accepted_write_is_reported() -> None:
     assert check_locks([], [], lock_audit([], [lost])).invariants[KV_COUNTER_LOST].count == 1
 
 
-class UnfencedKvMachine(StateMachine):
-    """Broken: KV writes fenced by a lock token are never refused."""
+def _unfenced_txn(ctx: ApplyContext, cmd: KvTxn) -> Result:
+    """Broken: KV writes fenced by a lock token are never refused (the fence is dropped)."""
+    return kv_commands.txn(ctx, replace(cmd, fence=None))
 
-    def _fence_error(self, fence: Any) -> str:
-        return ""
+
+def UnfencedKvMachine() -> StateMachine:
+    return StateMachine(processors={**PROCESSORS, KvTxn: _unfenced_txn})
 
 
 def _stale_holder_log(audit: Audit) -> tuple[int, int]:

@@ -165,6 +165,15 @@ def test_cluster_script(tmp_path: pathlib.Path) -> None:
         status = json.loads(cli("status", "--json", addresses=addrs).stdout)
         ids = sorted(m["id"] for m in status["members"])
         assert ids == ["n1", "n2", "n3"]
+        # the cluster secret: private to its owner, handed to every node by path, never on argv
+        secret_file = pathlib.Path(d, "raft.secret")
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        secret = secret_file.read_text().strip()
+        assert len(secret) == 64
+        for n in ("n1", "n2", "n3"):
+            node_pid = pathlib.Path(d, n, "pid").read_text().strip()
+            argv = pathlib.Path(f"/proc/{node_pid}/cmdline").read_bytes().split(b"\0")
+            assert str(secret_file).encode() in argv and secret.encode() not in b" ".join(argv)
         victim = "n2"
         pid = int(pathlib.Path(d, victim, "pid").read_text())
         assert sh("kill", victim).returncode == 0

@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import pytest
 
-from raftmesh.consensus import ClusterState, TaskStatus, limits
+from raftmesh.consensus import ClusterState, Code, TaskStatus, limits
 from raftmesh.consensus.commands import Compare, Fence, KvOp, NodeDown
 from raftmesh.consensus.kv import DELETE, PUT, KvEvent
+from raftmesh.consensus.results import (
+    DeleteResponse,
+    GetResponse,
+    KvLeaseResult,
+    KvLeaseRevoked,
+    KvTxnResult,
+    PutResponse,
+    Record,
+    expect,
+)
 from tests.coord import T0, Coord
 from tests.test_machine import spec
 
@@ -22,42 +32,31 @@ def c() -> Coord:
 
 
 def put_rev(c: Coord, key: str, value: object, lease: int = 0, fence: Fence | None = None) -> int:
-    res = c.ok(c.put(key, value, lease=lease, fence=fence))
-    assert res.value["succeeded"] is True
-    rev: int = res.value["revision"]
-    assert rev == c.st.revision
-    return rev
+    res = expect(c.ok(c.put(key, value, lease=lease, fence=fence)), KvTxnResult)
+    assert res.succeeded is True
+    assert res.revision == c.st.revision
+    return res.revision
 
 
 # ---- put / get / delete ------------------------------------------------------------------
 
 
 def test_put_get_delete_with_etcd_revisions(c: Coord) -> None:
-    assert c.get("k") == {"kind": "get", "key": "k", "found": False}
+    assert c.get("k") is None
     r1 = put_rev(c, "k", {"a": 1})
-    assert c.get("k") == {
-        "kind": "get",
-        "key": "k",
-        "found": True,
-        "value": {"a": 1},
-        "mod_revision": r1,
-        "create_revision": r1,
-        "version": 1,
-        "lease": 0,
-    }
+    assert c.get("k") == Record({"a": 1}, mod_revision=r1, create_revision=r1, version=1, lease=0)
     c.ok(c.put("other", 0))  # other keys' writes raise the revision, not k's version
     res = c.ok(c.put("k", [1, 2]))
     r2 = c.st.revision
     assert r2 == r1 + 2
-    [resp] = res.value["responses"]
-    assert resp["kind"] == "put" and (resp["mod_revision"], resp["version"]) == (r2, 2)
-    assert resp["prev"]["value"] == {"a": 1} and resp["prev"]["mod_revision"] == r1
+    [resp] = expect(res, KvTxnResult).responses
+    assert resp == PutResponse("k", r2, 2, prev=Record({"a": 1}, r1, r1, 1, 0))
     e = c.st.kv.get("k")
     assert e is not None and (e.mod_revision, e.create_revision, e.version) == (r2, r1, 2)
     # Delete, then create again: a new create_revision and version 1.
     res = c.ok(c.delete("k"))
-    assert res.value["responses"] == [{"kind": "delete", "key": "k", "deleted": True}]
-    assert c.get("k")["found"] is False
+    assert expect(res, KvTxnResult).responses == (DeleteResponse("k", deleted=True),)
+    assert c.get("k") is None
     r4 = put_rev(c, "k", "again")
     e = c.st.kv.get("k")
     assert e is not None and (e.mod_revision, e.create_revision, e.version) == (r4, r4, 1)
@@ -66,16 +65,12 @@ def test_put_get_delete_with_etcd_revisions(c: Coord) -> None:
 def test_values_are_json_like_and_stored_as_given(c: Coord) -> None:
     for i, value in enumerate((None, True, 0, -5, 1.5, "", "ü", [], {}, {"n": [1, {"x": None}]})):
         c.ok(c.put(f"v{i}", value))
-        assert c.get(f"v{i}")["value"] == value
+        assert c.read(f"v{i}").value == value
 
 
 def test_delete_of_a_missing_key_changes_nothing(c: Coord) -> None:
-    res = c.unchanged(c.delete("nope"), "OK")
-    assert res.value == {
-        "succeeded": True,
-        "revision": c.st.revision,
-        "responses": [{"kind": "delete", "key": "nope", "deleted": False}],
-    }
+    res = c.unchanged(c.delete("nope"), Code.OK)
+    assert res == KvTxnResult(True, c.st.revision, (DeleteResponse("nope", deleted=False),))
     assert not c.st.kv.history
 
 
@@ -101,7 +96,7 @@ def cas(c: Coord, key: str, target: str, expected: object, value: object) -> boo
     before = c.st.revision
     res = c.apply(cmd)
     assert res.ok, res
-    ok: bool = res.value["succeeded"]
+    ok = expect(res, KvTxnResult).succeeded
     assert c.st.revision == before + (1 if ok else 0)
     return ok
 
@@ -110,19 +105,19 @@ def test_compare_and_set_on_version(c: Coord) -> None:
     # Expected version 0: the key must not exist (create-if-absent).
     assert cas(c, "k", "version", 0, "first") is True
     assert cas(c, "k", "version", 0, "second") is False
-    assert c.get("k")["value"] == "first"
+    assert c.read("k").value == "first"
     assert cas(c, "k", "version", 2, "x") is False
     assert cas(c, "k", "version", 1, "second") is True
-    assert c.get("k")["value"] == "second" and c.get("k")["version"] == 2
+    assert c.read("k").value == "second" and c.read("k").version == 2
 
 
 def test_compare_and_set_on_mod_revision(c: Coord) -> None:
     assert cas(c, "k", "mod", 0, "first") is True
-    mod = c.get("k")["mod_revision"]
+    mod = c.read("k").mod_revision
     c.ok(c.put("k", "interloper"))
     assert cas(c, "k", "mod", mod, "lost update") is False
-    assert c.get("k")["value"] == "interloper"
-    assert cas(c, "k", "mod", c.get("k")["mod_revision"], "ok") is True
+    assert c.read("k").value == "interloper"
+    assert cas(c, "k", "mod", c.read("k").mod_revision, "ok") is True
 
 
 def test_compare_targets_and_ops(c: Coord) -> None:
@@ -130,9 +125,8 @@ def test_compare_targets_and_ops(c: Coord) -> None:
     c.ok(c.put("k", 20))
 
     def holds(*cmp: Compare) -> bool:
-        res = c.unchanged(c.txn(compares=cmp), "OK")
-        ok: bool = res.value["succeeded"]
-        return ok
+        res = c.unchanged(c.txn(compares=cmp), Code.OK)
+        return expect(res, KvTxnResult).succeeded
 
     assert holds(Compare("k", "value", "=", 20))
     assert holds(Compare("k", "value", ">", 15), Compare("k", "value", "<", 25))
@@ -148,9 +142,9 @@ def test_compare_targets_and_ops(c: Coord) -> None:
 def test_multi_key_txn_runs_success_or_failure_ops(c: Coord) -> None:
     c.ok(c.put("acct/a", 100))
     c.ok(c.put("acct/b", 0))
-    va, vb = c.get("acct/a")["version"], c.get("acct/b")["version"]
+    va, vb = c.read("acct/a").version, c.read("acct/b").version
 
-    def transfer(amount: int, ver_a: int, ver_b: int) -> dict[str, object]:
+    def transfer(amount: int, ver_a: int, ver_b: int) -> KvTxnResult:
         a, b = c.st.kv.entries["acct/a"].value, c.st.kv.entries["acct/b"].value
         res = c.apply(
             c.txn(
@@ -164,45 +158,50 @@ def test_multi_key_txn_runs_success_or_failure_ops(c: Coord) -> None:
                 failure=(KvOp("get", "acct/a"), KvOp("get", "acct/b")),
             )
         )
-        assert res.ok, res
-        out: dict[str, object] = res.value
-        return out
+        return expect(res, KvTxnResult)
 
     before = c.st.revision
     out = transfer(30, va, vb)
     rev = c.st.revision
     assert rev == before + 1  # one revision for the whole transaction
-    assert out["succeeded"] is True and out["revision"] == rev
-    responses = out["responses"]
-    assert isinstance(responses, list) and [r["kind"] for r in responses] == ["put", "put", "get", "delete"]
+    assert out.succeeded is True and out.revision == rev
+    responses = out.responses
+    assert [type(r) for r in responses] == [PutResponse, PutResponse, GetResponse, DeleteResponse]
     # A get after a put in the same transaction sees the put.
-    assert responses[2]["value"] == 70 and responses[2]["mod_revision"] == rev
-    assert responses[3] == {"kind": "delete", "key": "pending", "deleted": False}
+    got = responses[2]
+    assert isinstance(got, GetResponse) and got.record is not None
+    assert got.record.value == 70 and got.record.mod_revision == rev
+    assert responses[3] == DeleteResponse("pending", deleted=False)
     assert c.st.kv.entries["acct/a"].mod_revision == c.st.kv.entries["acct/b"].mod_revision == rev
     # Stale versions: the failure branch runs, returns both entries and writes nothing.
     out = transfer(30, va, vb)
-    assert out["succeeded"] is False and c.st.revision == rev and out["revision"] == rev
-    responses = out["responses"]
-    assert isinstance(responses, list)
-    assert [(r["key"], r["value"], r["version"]) for r in responses] == [("acct/a", 70, 2), ("acct/b", 30, 2)]
+    assert out.succeeded is False and c.st.revision == rev and out.revision == rev
+    assert [
+        (r.key, r.record.value, r.record.version)
+        for r in out.responses
+        if isinstance(r, GetResponse) and r.record is not None
+    ] == [("acct/a", 70, 2), ("acct/b", 30, 2)]
+    assert len(out.responses) == 2
 
 
 def test_txn_whose_branch_has_no_writes_changes_nothing(c: Coord) -> None:
     c.ok(c.put("k", 1))
     # Reads only.
-    c.unchanged(c.txn(success=(KvOp("get", "k"), KvOp("get", "x"))), "OK")
+    c.unchanged(c.txn(success=(KvOp("get", "k"), KvOp("get", "x"))), Code.OK)
     # A failing compare with an empty failure branch.
-    res = c.unchanged(c.txn(compares=(Compare("k", "value", "=", 2),), success=(KvOp("put", "k", 2),)), "OK")
-    assert res.value == {"succeeded": False, "revision": c.st.revision, "responses": []}
+    res = c.unchanged(
+        c.txn(compares=(Compare("k", "value", "=", 2),), success=(KvOp("put", "k", 2),)), Code.OK
+    )
+    assert res == KvTxnResult(False, c.st.revision, ())
     # Deleting only keys that do not exist.
-    c.unchanged(c.txn(success=(KvOp("delete", "x"), KvOp("delete", "y"))), "OK")
+    c.unchanged(c.txn(success=(KvOp("delete", "x"), KvOp("delete", "y"))), Code.OK)
 
 
 def test_txn_put_then_delete_of_a_new_key_is_a_change(c: Coord) -> None:
     before = c.st.revision
     res = c.ok(c.txn(success=(KvOp("put", "tmp", 1), KvOp("delete", "tmp"))))
     assert c.st.revision == before + 1 and "tmp" not in c.st.kv.entries
-    assert res.value["responses"][1] == {"kind": "delete", "key": "tmp", "deleted": True}
+    assert expect(res, KvTxnResult).responses[1] == DeleteResponse("tmp", deleted=True)
     assert [(e.kind, e.key) for e in c.st.kv.history] == [(PUT, "tmp"), (DELETE, "tmp")]
 
 
@@ -253,7 +252,7 @@ def test_limits_are_rejected_with_invalid_argument_and_change_nothing(c: Coord) 
         c.put("k", 2, fence=Fence("bad lock name", 1)),
     ]
     for cmd in cases:
-        c.unchanged(cmd, "INVALID_ARGUMENT")
+        c.unchanged(cmd, Code.INVALID_ARGUMENT)
     # Just under the limits is fine.
     fits = "x" * (limits.MAX_KV_VALUE_BYTES - 5)  # msgpack str32 header: 5 bytes
     c.ok(c.put("big", fits))
@@ -265,7 +264,7 @@ def test_key_count_limit(c: Coord, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "MAX_KV_KEYS", 2)
     c.ok(c.put("a", 1))
     c.ok(c.put("b", 1))
-    c.unchanged(c.put("c", 1), "RESOURCE_EXHAUSTED")
+    c.unchanged(c.put("c", 1), Code.RESOURCE_EXHAUSTED)
     c.ok(c.put("a", 2))  # overwriting is fine
     c.ok(c.txn(success=(KvOp("delete", "a"), KvOp("put", "c", 1))))
 
@@ -275,9 +274,9 @@ def test_key_count_limit(c: Coord, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def grant(c: Coord, ttl: int, ts: int | None = None) -> int:
     res = c.ok(c.lease("grant", ttl=ttl, ts=ts))
-    lease: int = res.value["lease"]
+    lease = expect(res, KvLeaseResult).lease
     assert lease == c.st.revision
-    assert res.value == {"lease": lease, "ttl_ms": ttl, "deadline_ms": c.st.time_ms + ttl}
+    assert res == KvLeaseResult(lease, ttl_ms=ttl, deadline_ms=c.st.time_ms + ttl)
     return lease
 
 
@@ -286,7 +285,7 @@ def test_lease_expiry_by_tick_deletes_its_keys(c: Coord) -> None:
     c.ok(c.put("s/1", "a", lease=lease))
     c.ok(c.put("s/2", "b", lease=lease))
     c.ok(c.put("keep", "c"))
-    assert c.get("s/1")["lease"] == lease
+    assert c.read("s/1").lease == lease
     assert c.st.kv.leases[lease].keys == {"s/1", "s/2"}
     assert c.st.next_deadline_ms() == T0 + 1000
     # Later commands of other kinds expire nothing.
@@ -301,9 +300,9 @@ def test_lease_expiry_by_tick_deletes_its_keys(c: Coord) -> None:
         (rev, DELETE, "s/1"),
         (rev, DELETE, "s/2"),
     ]
-    c.unchanged(c.put("s/3", 1, lease=lease), "INVALID_ARGUMENT")
-    c.unchanged(c.lease("keep_alive", lease), "NOT_FOUND")
-    c.unchanged(c.lease("revoke", lease), "NOT_FOUND")
+    c.unchanged(c.put("s/3", 1, lease=lease), Code.INVALID_ARGUMENT)
+    c.unchanged(c.lease("keep_alive", lease), Code.NOT_FOUND)
+    c.unchanged(c.lease("revoke", lease), Code.NOT_FOUND)
 
 
 def test_lease_expires_at_its_deadline_only(c: Coord) -> None:
@@ -319,7 +318,7 @@ def test_lease_keep_alive_extends(c: Coord) -> None:
     lease = grant(c, 1000, ts=T0)
     c.ok(c.put("s", 1, lease=lease))
     res = c.ok(c.lease("keep_alive", lease, ts=T0 + 700))
-    assert res.value == {"lease": lease, "ttl_ms": 1000, "deadline_ms": T0 + 1700}
+    assert res == KvLeaseResult(lease, ttl_ms=1000, deadline_ms=T0 + 1700)
     c.ok(c.tick(T0 + 1500))
     assert "s" in c.st.kv.entries
     c.ok(c.lease("keep_alive", lease, ts=T0 + 1500))  # renew again, same clock as the tick
@@ -340,18 +339,18 @@ def test_lease_revoke_deletes_its_keys_only(c: Coord) -> None:
     c.ok(c.put("c", 2, lease=other))  # moved to another lease
     assert c.st.kv.leases[lease].keys == {"a"}
     res = c.ok(c.lease("revoke", lease))
-    assert res.value == {"lease": lease, "deleted": ["a"]}
+    assert res == KvLeaseRevoked(lease, deleted=("a",))
     assert sorted(c.st.kv.entries) == ["b", "c"]
     c.ok(c.delete("c"))
     assert c.st.kv.leases[other].keys == set()
 
 
 def test_lease_validation(c: Coord) -> None:
-    c.unchanged(c.lease("grant", ttl=limits.MIN_KV_LEASE_TTL_MS - 1), "INVALID_ARGUMENT")
-    c.unchanged(c.lease("grant", ttl=limits.MAX_KV_LEASE_TTL_MS + 1), "INVALID_ARGUMENT")
+    c.unchanged(c.lease("grant", ttl=limits.MIN_KV_LEASE_TTL_MS - 1), Code.INVALID_ARGUMENT)
+    c.unchanged(c.lease("grant", ttl=limits.MAX_KV_LEASE_TTL_MS + 1), Code.INVALID_ARGUMENT)
     lease = grant(c, limits.MIN_KV_LEASE_TTL_MS)
-    c.unchanged(c.lease("renew", lease), "INVALID_ARGUMENT")
-    c.unchanged(c.lease("keep_alive", lease + 1), "NOT_FOUND")
+    c.unchanged(c.lease("renew", lease), Code.INVALID_ARGUMENT)
+    c.unchanged(c.lease("keep_alive", lease + 1), Code.NOT_FOUND)
 
 
 # ---- fenced writes ------------------------------------------------------------------------------
@@ -366,18 +365,18 @@ def test_write_fenced_by_a_lock_token(c: Coord) -> None:
     c.ok(c.tick(T0 + 1000))
     t2 = c.holders("L")["b"]
     assert t2 > t1
-    res = c.unchanged(c.put("res", "late write from a", fence=Fence("L", t1)), "ABORTED")
+    res = c.unchanged(c.put("res", "late write from a", fence=Fence("L", t1)), Code.ABORTED)
     assert "newer grant" in res.message
-    c.unchanged(c.delete("res", fence=Fence("L", t1)), "ABORTED")
+    c.unchanged(c.delete("res", fence=Fence("L", t1)), Code.ABORTED)
     # Fenced before compares: even a txn whose branch would only read is rejected.
-    c.unchanged(c.txn(success=(KvOp("get", "res"),), fence=Fence("L", t1)), "ABORTED")
+    c.unchanged(c.txn(success=(KvOp("get", "res"),), fence=Fence("L", t1)), Code.ABORTED)
     put_rev(c, "res", "from b", fence=Fence("L", t2))
     # Tokens never granted for this lock.
-    res = c.unchanged(c.put("res", "x", fence=Fence("L", t2 + 100)), "ABORTED")
+    res = c.unchanged(c.put("res", "x", fence=Fence("L", t2 + 100)), Code.ABORTED)
     assert "never granted" in res.message
-    c.unchanged(c.put("res", "x", fence=Fence("never-locked", 1)), "ABORTED")
-    c.unchanged(c.put("res", "x", fence=Fence("never-locked", 0)), "ABORTED")
-    assert c.get("res")["value"] == "from b"
+    c.unchanged(c.put("res", "x", fence=Fence("never-locked", 1)), Code.ABORTED)
+    c.unchanged(c.put("res", "x", fence=Fence("never-locked", 0)), Code.ABORTED)
+    assert c.read("res").value == "from b"
     # After b releases, its token is still the last grant: its writes still pass (etcd-like:
     # fencing rejects only holders overtaken by a newer grant).
     c.ok(c.release("b", "L", t2))
@@ -388,7 +387,7 @@ def test_write_fenced_by_a_shared_lock_grant(c: Coord) -> None:
     t1 = c.granted(c.acquire("r1", ("L", "shared")))
     t2 = c.granted(c.acquire("r2", ("L", "shared")))
     put_rev(c, "k", 1, fence=Fence("L", t2))
-    c.unchanged(c.put("k", 2, fence=Fence("L", t1)), "ABORTED")  # a newer grant exists
+    c.unchanged(c.put("k", 2, fence=Fence("L", t1)), Code.ABORTED)  # a newer grant exists
 
 
 def test_write_fenced_by_a_task_attempt(c: Coord) -> None:
@@ -398,22 +397,22 @@ def test_write_fenced_by_a_task_attempt(c: Coord) -> None:
     c.ok(c.assign(("r1", "a", "n1"), ("r1", "b", "n1")))
     tok = c.task("r1", "a").token
     put_rev(c, "out/a", 1, fence=Fence(run_id="r1", task_id="a", token=tok))
-    c.unchanged(c.put("out/a", 2, fence=Fence(run_id="r1", task_id="a", token=tok - 1)), "ABORTED")
-    c.unchanged(c.put("out/a", 2, fence=Fence(run_id="r1", task_id="zz", token=tok)), "ABORTED")
-    c.unchanged(c.put("out/a", 2, fence=Fence(run_id="nope", task_id="a", token=tok)), "ABORTED")
+    c.unchanged(c.put("out/a", 2, fence=Fence(run_id="r1", task_id="a", token=tok - 1)), Code.ABORTED)
+    c.unchanged(c.put("out/a", 2, fence=Fence(run_id="r1", task_id="zz", token=tok)), Code.ABORTED)
+    c.unchanged(c.put("out/a", 2, fence=Fence(run_id="nope", task_id="a", token=tok)), Code.ABORTED)
     # The attempt is lost with its node and requeued: its token no longer writes.
     c.ok(NodeDown(c.rid(), c.ts, "n1", "inc-1", "lost"))
     assert c.task("r1", "a").status is TaskStatus.READY
-    res = c.unchanged(c.put("out/a", 3, fence=Fence(run_id="r1", task_id="a", token=tok)), "ABORTED")
+    res = c.unchanged(c.put("out/a", 3, fence=Fence(run_id="r1", task_id="a", token=tok)), Code.ABORTED)
     assert "no longer running" in res.message
     c.ok(c.assign(("r1", "a", "n2")))
     tok2 = c.task("r1", "a").token
-    c.unchanged(c.put("out/a", 3, fence=Fence(run_id="r1", task_id="a", token=tok)), "ABORTED")
+    c.unchanged(c.put("out/a", 3, fence=Fence(run_id="r1", task_id="a", token=tok)), Code.ABORTED)
     put_rev(c, "out/a", 3, fence=Fence(run_id="r1", task_id="a", token=tok2))
     # Once the attempt completes, not even its own token writes.
     c.ok(c.complete("r1", "a"))
-    c.unchanged(c.put("out/a", 4, fence=Fence(run_id="r1", task_id="a", token=tok2)), "ABORTED")
-    assert c.get("out/a")["value"] == 3
+    c.unchanged(c.put("out/a", 4, fence=Fence(run_id="r1", task_id="a", token=tok2)), Code.ABORTED)
+    assert c.read("out/a").value == 3
 
 
 # ---- watch history -------------------------------------------------------------------------------

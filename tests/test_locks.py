@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import pytest
 
-from raftmesh.consensus import CancelRun, ClusterState, RunStatus, StateMachine, TaskStatus, limits
+from raftmesh.consensus import CancelRun, ClusterState, Code, RunStatus, StateMachine, TaskStatus, limits
 from raftmesh.consensus.commands import Fence, KvOp, LockAcquire, NodeDown
-from raftmesh.consensus.coordination import LockChanged, task_owner
-from raftmesh.consensus.locks import SHARED
+from raftmesh.consensus.locks import SHARED, task_owner
 from raftmesh.consensus.placement import plan_assignments
+from raftmesh.consensus.results import (
+    AssignResult,
+    ItemRejected,
+    LockAcquireResult,
+    LockCancelResult,
+    LockChanged,
+    LockKeepAliveResult,
+    LockReleaseResult,
+    expect,
+)
 from tests.coord import T0, Coord
 from tests.test_machine import spec
 
@@ -35,15 +44,11 @@ def test_shared_holders_coexist_and_exclude_exclusive(c: Coord) -> None:
     assert t2 > t1
     assert c.holders("L") == {"a": t1, "b": t2}
     # An exclusive request is refused while any shared holder remains.
-    res = c.unchanged(c.acquire("x", "L"), "OK")
-    assert res.value == {
-        "request_id": res.value["request_id"],
-        "granted": False,
-        "waiting": False,
-        "token": 0,
-    }
+    cmd = c.acquire("x", "L")
+    res = c.unchanged(cmd, Code.OK)
+    assert res == LockAcquireResult(cmd.request_id, granted=False, waiting=False, token=0)
     c.ok(c.release("a", "L", t1))
-    c.unchanged(c.acquire("x", "L"), "OK")
+    c.unchanged(c.acquire("x", "L"), Code.OK)
     c.ok(c.release("b", "L", t2))
     t3 = c.granted(c.acquire("x", "L"))
     assert c.holders("L") == {"x": t3}
@@ -53,8 +58,8 @@ def test_shared_holders_coexist_and_exclude_exclusive(c: Coord) -> None:
 def test_exclusive_holder_excludes_shared_and_exclusive(c: Coord) -> None:
     t = c.granted(c.acquire("a", "L"))
     for owner, mode in (("b", S), ("c", "exclusive")):
-        v = c.unchanged(c.acquire(owner, ("L", mode)), "OK").value
-        assert (v["granted"], v["waiting"]) == (False, False)
+        v = expect(c.unchanged(c.acquire(owner, ("L", mode)), Code.OK), LockAcquireResult)
+        assert (v.granted, v.waiting) == (False, False)
     # Another lock is independent.
     c.granted(c.acquire("b", "M"))
     assert c.holders("L") == {"a": t}
@@ -63,7 +68,7 @@ def test_exclusive_holder_excludes_shared_and_exclusive(c: Coord) -> None:
 def test_try_lock_does_not_enqueue_and_changes_nothing(c: Coord) -> None:
     t = c.granted(c.acquire("a", "L"))
     try_cmd = c.acquire("b", "L", "M", wait=0)
-    c.unchanged(try_cmd, "OK")
+    c.unchanged(try_cmd, Code.OK)
     assert c.queue("L") == [] and c.st.locks.waiting == {}
     assert "M" not in c.st.locks.locks  # all or nothing: M was not taken either
     assert try_cmd.request_id not in c.st.dedup
@@ -99,22 +104,22 @@ def test_lock_requests_are_validated(c: Coord) -> None:
         ),
     ]
     for cmd in bad:
-        c.unchanged(cmd, "INVALID_ARGUMENT")
+        c.unchanged(cmd, Code.INVALID_ARGUMENT)
     c.ok(c.acquire("a", "L", ttl=limits.MIN_LOCK_TTL_MS, prio=limits.MAX_LOCK_PRIORITY))
     # Holding or already waiting for a lock, or reusing a lock request id.
-    res = c.unchanged(c.acquire("a", "L", wait=1000), "FAILED_PRECONDITION")
+    res = c.unchanged(c.acquire("a", "L", wait=1000), Code.FAILED_PRECONDITION)
     assert "already holds" in res.message
     w = c.acquire("b", "L", wait=1000)
     c.waits(w)
-    res = c.unchanged(c.acquire("b", "L", "M", wait=1000), "FAILED_PRECONDITION")
+    res = c.unchanged(c.acquire("b", "L", "M", wait=1000), Code.FAILED_PRECONDITION)
     assert "already waiting" in res.message
     c.ok(c.cancel(w.request_id))
     # A retry of the request id returns its first result (dedup) and changes nothing.
-    res = c.unchanged(c.acquire("c", "L", wait=1000, rid=w.request_id), "OK")
-    assert res.value["waiting"] is True
+    res = c.unchanged(c.acquire("c", "L", wait=1000, rid=w.request_id), Code.OK)
+    assert expect(res, LockAcquireResult).waiting is True
     # Once dedup has forgotten it, the id is still known to the lock table: refused.
     c.st.dedup.clear()
-    res = c.unchanged(c.acquire("c", "L", wait=1000, rid=w.request_id), "FAILED_PRECONDITION")
+    res = c.unchanged(c.acquire("c", "L", wait=1000, rid=w.request_id), Code.FAILED_PRECONDITION)
     assert "already used" in res.message
 
 
@@ -152,7 +157,7 @@ def test_writer_is_not_starved_by_a_stream_of_readers(c: Coord) -> None:
     for r in readers:
         c.waits(r)
     # Even a try-lock reader does not slip in.
-    assert c.unchanged(c.acquire("r9", ("L", S)), "OK").value["granted"] is False
+    assert expect(c.unchanged(c.acquire("r9", ("L", S)), Code.OK), LockAcquireResult).granted is False
     n = len(c.events)
     c.ok(c.release("r0", "L", r0))
     rev = c.st.revision
@@ -240,16 +245,16 @@ def test_wait_timeout_expires_only_on_an_applied_tick_past_the_deadline(c: Coord
         "w",
         False,
         0,
-        "DEADLINE_EXCEEDED",
+        Code.DEADLINE_EXCEEDED,
     )
     out = c.st.locks.status(w.request_id)
-    assert out is not None and (out.granted, out.code) == (False, "DEADLINE_EXCEEDED")
+    assert out is not None and (out.granted, out.code) == (False, Code.DEADLINE_EXCEEDED)
     assert c.holders("L") == {"h": t}
     # The timed-out waiter is not granted later, and its request id cannot be reused.
     c.ok(c.release("h", "L", t))
     assert c.holders("L") == {}
-    res = c.unchanged(c.acquire("w", "L", rid=w.request_id), "OK")  # a retry: the first result
-    assert res.value["waiting"] is True
+    res = c.unchanged(c.acquire("w", "L", rid=w.request_id), Code.OK)  # a retry: the first result
+    assert expect(res, LockAcquireResult).waiting is True
 
 
 def test_wait_deadline_is_inclusive_on_the_tick(c: Coord) -> None:
@@ -278,7 +283,7 @@ def test_lease_expiry_by_tick_releases_and_grants_the_next_waiter(c: Coord) -> N
     assert rev > t1
     # The expired holder can neither renew nor release.
     for keep in (True, False):
-        res = c.unchanged(c.release("a", "L", t1, keep_alive=keep), "ABORTED")
+        res = c.unchanged(c.release("a", "L", t1, keep_alive=keep), Code.ABORTED)
         assert "does not hold" in res.message
 
 
@@ -294,7 +299,7 @@ def test_lease_expires_at_its_deadline_only(c: Coord) -> None:
 def test_keep_alive_extends_the_lease(c: Coord) -> None:
     t = c.granted(c.acquire("a", "L", ttl=1000, ts=T0))
     res = c.ok(c.release("a", "L", t, keep_alive=True, ts=T0 + 800))
-    assert res.value == {"deadline_ms": T0 + 1800, "token": t}
+    assert res == LockKeepAliveResult(token=t, deadline_ms=T0 + 1800)
     assert c.holder("L", "a").deadline_ms == T0 + 1800
     assert c.st.next_deadline_ms() == T0 + 1800
     c.ok(c.tick(T0 + 1500))
@@ -322,15 +327,15 @@ def test_release_or_keep_alive_with_a_stale_token_is_rejected(c: Coord) -> None:
     t2 = c.granted(c.acquire("a", "L"))
     assert t2 > t1
     for keep in (False, True):
-        res = c.unchanged(c.release("a", "L", t1, keep_alive=keep), "ABORTED")
+        res = c.unchanged(c.release("a", "L", t1, keep_alive=keep), Code.ABORTED)
         assert "stale token" in res.message
-        c.unchanged(c.release("a", "L", t2 + 5, keep_alive=keep), "ABORTED")
-        c.unchanged(c.release("b", "L", t2, keep_alive=keep), "ABORTED")  # not the holder
-        c.unchanged(c.release("a", "nope", t2, keep_alive=keep), "ABORTED")
+        c.unchanged(c.release("a", "L", t2 + 5, keep_alive=keep), Code.ABORTED)
+        c.unchanged(c.release("b", "L", t2, keep_alive=keep), Code.ABORTED)  # not the holder
+        c.unchanged(c.release("a", "nope", t2, keep_alive=keep), Code.ABORTED)
     assert c.holders("L") == {"a": t2}
     res = c.ok(c.release("a", "L", t2))
-    assert res.value == {"released": True, "token": t2}
-    c.unchanged(c.release("a", "L", t2), "ABORTED")  # released twice
+    assert res == LockReleaseResult(token=t2)
+    c.unchanged(c.release("a", "L", t2), Code.ABORTED)  # released twice
 
 
 def test_tokens_strictly_increase_per_lock_across_grants(c: Coord) -> None:
@@ -401,7 +406,7 @@ def test_multi_lock_shared_and_exclusive_mix(c: Coord) -> None:
 
 
 def _abort_event(c: Coord, n: int) -> LockChanged:
-    aborted = [e for e in c.lock_events(n) if e.code == "ABORTED"]
+    aborted = [e for e in c.lock_events(n) if e.code is Code.ABORTED]
     assert len(aborted) == 1, c.lock_events(n)
     return aborted[0]
 
@@ -413,9 +418,9 @@ def test_deadlock_of_two_aborts_the_youngest_request(c: Coord) -> None:
     c.waits(ra)
     n = len(c.events)
     rb = c.acquire("B", "L1", wait=60_000, ts=T0 + 1)
-    v = c.ok(rb).value
-    assert (v["granted"], v["waiting"], v["code"]) == (False, False, "ABORTED")
-    msg = v["message"]
+    v = expect(c.ok(rb), LockAcquireResult)
+    assert (v.granted, v.waiting, v.end_code) == (False, False, Code.ABORTED)
+    msg = v.end_message
     assert "deadlock" in msg and rb.request_id in msg
     assert "A waits for B on lock 'L2'" in msg and "B waits for A on lock 'L1'" in msg
     ev = _abort_event(c, n)
@@ -440,7 +445,7 @@ def test_deadlock_of_two_aborts_the_lowest_priority_request_first(c: Coord) -> N
     assert (ev.request_id, ev.owner) == (ra.request_id, "A")
     assert "A waits for B on lock 'L2'" in ev.message and "B waits for A on lock 'L1'" in ev.message
     out = c.st.locks.status(ra.request_id)
-    assert out is not None and out.code == "ABORTED"
+    assert out is not None and out.code is Code.ABORTED
 
 
 def test_deadlock_of_three_is_broken_and_names_the_cycle(c: Coord) -> None:
@@ -469,7 +474,7 @@ def test_deadlock_of_three_with_equal_priorities_aborts_the_youngest(c: Coord) -
         c.waits(r)
     n = len(c.events)
     rc = c.acquire("C", "L1", wait=60_000)
-    assert c.ok(rc).value["code"] == "ABORTED"
+    assert expect(c.ok(rc), LockAcquireResult).end_code is Code.ABORTED
     assert _abort_event(c, n).request_id == rc.request_id
 
 
@@ -540,7 +545,7 @@ def test_deadlock_is_broken_identically_on_every_replica(c: Coord) -> None:
     ]
     leader = StateMachine()
     outcomes = [leader.apply(cmd) for cmd in cmds]
-    assert any(isinstance(e, LockChanged) and e.code == "ABORTED" for _, evs in outcomes for e in evs)
+    assert any(isinstance(e, LockChanged) and e.code is Code.ABORTED for _, evs in outcomes for e in evs)
     for cut in range(len(cmds)):
         replica = StateMachine()
         for cmd in cmds[:cut]:
@@ -563,19 +568,19 @@ def test_cancel_of_a_waiting_request_removes_it_and_admits_those_behind(c: Coord
     c.waits(r1)
     n = len(c.events)
     res = c.ok(c.cancel(w.request_id))
-    assert res.value == {"cancelled": True, "released": []}
+    assert res == LockCancelResult(cancelled=True, released=())
     rev = c.st.revision
     assert w.request_id not in c.st.locks.waiting
     assert [(e.request_id, e.granted, e.code) for e in c.lock_events(n)] == [
-        (w.request_id, False, "CANCELLED"),
-        (r1.request_id, True, ""),
+        (w.request_id, False, Code.CANCELLED),
+        (r1.request_id, True, Code.OK),
     ]
     assert c.holders("L") == {"r0": t0, "r1": rev}
     out = c.st.locks.status(w.request_id)
-    assert out is not None and out.code == "CANCELLED"
+    assert out is not None and out.code is Code.CANCELLED
     # Cancelling again, or an unknown request, changes nothing.
-    assert c.unchanged(c.cancel(w.request_id), "OK").value == {"cancelled": False, "released": []}
-    assert c.unchanged(c.cancel("nope"), "OK").value["cancelled"] is False
+    assert c.unchanged(c.cancel(w.request_id), Code.OK) == LockCancelResult(cancelled=False, released=())
+    assert c.unchanged(c.cancel("nope"), Code.OK) == LockCancelResult(cancelled=False)
 
 
 def test_cancel_of_a_granted_request_releases_it(c: Coord) -> None:
@@ -584,11 +589,11 @@ def test_cancel_of_a_granted_request_releases_it(c: Coord) -> None:
     w = c.acquire("w", "L2", wait=60_000)
     c.waits(w)
     res = c.ok(c.cancel(m.request_id))
-    assert res.value == {"cancelled": True, "released": ["L1", "L2"]}
+    assert res == LockCancelResult(cancelled=True, released=("L1", "L2"))
     assert c.holders("L1") == {}
     assert c.holders("L2") == {"w": c.st.revision} and c.st.revision > t
     # The released grant's token is stale now.
-    c.unchanged(c.release("m", "L1", t), "ABORTED")
+    c.unchanged(c.release("m", "L1", t), Code.ABORTED)
 
 
 # ---- task-declared locks ------------------------------------------------------------------
@@ -610,15 +615,18 @@ def test_tasks_declaring_the_same_exclusive_lock_never_run_concurrently(tc: Coor
     assert [(a.run_id, a.task_id) for a in plan] == [("r1", "a")]  # one plan never holds both
     # One command naming both: the second is rejected.
     res = c.ok(c.assign(("r1", "a", "n1"), ("r2", "b", "n2")))
-    assert res.value["accepted"] == 1
-    assert res.value["rejected"] == [["r2", "b", "lock 'db' is planned for another task in this command"]]
+    assert res == AssignResult(
+        token=c.st.revision,
+        accepted=1,
+        rejected=(ItemRejected("r2", "b", "lock 'db' is planned for another task in this command"),),
+    )
     a = c.task("r1", "a")
     owner = task_owner("r1", "a", 1)
     assert c.holders("db") == {owner: a.token}
     assert c.holder("db", owner).ttl_ms == 0  # no lease: the attempt's end releases it
     # While a runs: b is neither planned nor assignable.
     assert plan_assignments(c.st, c.ts, {}) == []
-    res = c.unchanged(c.assign(("r2", "b", "n2")), "FAILED_PRECONDITION")
+    res = c.unchanged(c.assign(("r2", "b", "n2")), Code.FAILED_PRECONDITION)
     assert "locks are held" in res.message
     # a completes: the lock is released in that same command, and b can run.
     c.ok(c.complete("r1", "a"))
@@ -636,9 +644,9 @@ def test_shared_task_locks_run_together_but_exclude_an_exclusive_one(tc: Coord) 
     assert [(p.run_id, p.task_id) for p in plan] == [("r1", "a"), ("r1", "b")]
     c.ok(c.assign(("r1", "a", "n1"), ("r1", "b", "n2")))
     assert len(c.holders("db")) == 2
-    c.unchanged(c.assign(("r2", "x", "n1")), "FAILED_PRECONDITION")
+    c.unchanged(c.assign(("r2", "x", "n1")), Code.FAILED_PRECONDITION)
     c.ok(c.complete("r1", "a"))
-    c.unchanged(c.assign(("r2", "x", "n1")), "FAILED_PRECONDITION")
+    c.unchanged(c.assign(("r2", "x", "n1")), Code.FAILED_PRECONDITION)
     c.ok(c.complete("r1", "b"))
     assert [(p.run_id, p.task_id) for p in plan_assignments(c.st, c.ts, {})] == [("r2", "x")]
     c.ok(c.assign(("r2", "x", "n1")))
@@ -651,7 +659,7 @@ def test_task_lock_waits_for_client_holders_and_waiters(tc: Coord) -> None:
     t = c.granted(c.acquire("client", "db"))
     c.ok(c.submit("r1", [spec("a", locks=(("db", "exclusive"),))]))
     assert plan_assignments(c.st, c.ts, {}) == []
-    c.unchanged(c.assign(("r1", "a", "n1")), "FAILED_PRECONDITION")
+    c.unchanged(c.assign(("r1", "a", "n1")), Code.FAILED_PRECONDITION)
     w = c.acquire("client2", "db", wait=60_000)
     c.waits(w)
     c.ok(c.release("client", "db", t))
@@ -695,7 +703,7 @@ def test_failure_with_retry_releases_task_locks(tc: Coord) -> None:
     _granted_in_last_command(tc, w, n)
     # The retry cannot start while the client holds the lock.
     assert plan_assignments(tc.st, tc.ts, {}) == []
-    tc.unchanged(tc.assign(("r1", "a", "n1")), "FAILED_PRECONDITION")
+    tc.unchanged(tc.assign(("r1", "a", "n1")), Code.FAILED_PRECONDITION)
 
 
 def test_node_down_requeue_releases_task_locks(tc: Coord) -> None:
@@ -730,7 +738,7 @@ def test_stale_attempt_cannot_touch_the_next_attempts_lock(tc: Coord) -> None:
     new = c.task("r1", "a").token
     assert new > old and c.holders("db") == {task_owner("r1", "a", 2): new}
     # A KV write fenced by the first attempt's lock grant is stale.
-    c.unchanged(c.put("k", 1, fence=Fence("db", old)), "ABORTED")
+    c.unchanged(c.put("k", 1, fence=Fence("db", old)), Code.ABORTED)
     c.ok(c.put("k", 1, fence=Fence("db", new)))
 
 
@@ -741,10 +749,10 @@ def test_task_held_lock_cannot_be_released_or_renewed_by_a_client(tc: Coord) -> 
     c.ok(c.assign(("r1", "a", "n1")))
     owner = task_owner("r1", "a", 1)
     token = c.task("r1", "a").token
-    c.unchanged(c.release(owner, "db", token, keep_alive=True), "FAILED_PRECONDITION")
+    c.unchanged(c.release(owner, "db", token, keep_alive=True), Code.FAILED_PRECONDITION)
     # Only the attempt's end frees it: otherwise b could start while a still runs.
-    c.unchanged(c.release(owner, "db", token), "FAILED_PRECONDITION")
-    c.unchanged(c.cancel(owner), "FAILED_PRECONDITION")
+    c.unchanged(c.release(owner, "db", token), Code.FAILED_PRECONDITION)
+    c.unchanged(c.cancel(owner), Code.FAILED_PRECONDITION)
     assert c.holders("db") == {owner: token}
     assert plan_assignments(c.st, c.ts, {}) == []
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from raftmesh.consensus.commands import RegisterNode, SubmitRun, TaskSpec
-from raftmesh.consensus.machine import Result, StateMachine
+from raftmesh.consensus.machine import StateMachine
+from raftmesh.consensus.results import Result, SubmitRunResult
 from raftmesh.errors import NoLeader, OutcomeUnknown
 from raftmesh.node.proposer import Proposer
 
@@ -82,7 +83,7 @@ def test_unknown_outcomes_are_retried_and_apply_once(trap: str) -> None:
     reg_result, sub_result = asyncio.run(_propose(raft, [register(), submit("k1")]))
     assert isinstance(reg_result, Result) and reg_result.ok
     assert isinstance(sub_result, Result) and sub_result.ok
-    assert sub_result.value == {"run_id": "r-k1", "created": True}
+    assert sub_result == SubmitRunResult("r-k1", created=True)
     st = raft.machine.state
     assert list(st.runs) == ["r-k1"]
     # applied once: one register + one submit raised the revision twice, however many proposals

@@ -30,6 +30,7 @@ from raftmesh.consensus import (
     Assignment,
     CancelRun,
     ClusterState,
+    Code,
     Command,
     Complete,
     Completion,
@@ -59,9 +60,9 @@ from raftmesh.consensus.commands import (
     LockRelease,
     NodeDown,
 )
-from raftmesh.consensus.coordination import KvChanged, LockChanged, task_owner
-from raftmesh.consensus.locks import EXCLUSIVE, SHARED
+from raftmesh.consensus.locks import EXCLUSIVE, SHARED, task_owner
 from raftmesh.consensus.raft import replication
+from raftmesh.consensus.results import KvChanged, LockAcquireResult, LockChanged
 from raftmesh.consensus.state import TERMINAL_RUN, TERMINAL_TASK
 
 ENTRIES = 220
@@ -422,8 +423,8 @@ class Checker:
     def results(self, cmds: list[Command], results: list[Result], st: ClusterState, dups: set[str]) -> None:
         assert len(results) == len(cmds)
         for cmd, res in zip(cmds, results, strict=True):
-            assert res.code != "INTERNAL", res
-            if isinstance(cmd, LockAcquire) and res.ok and res.value["granted"]:
+            assert res.code is not Code.INTERNAL, res
+            if isinstance(res, LockAcquireResult) and res.granted:
                 self.lock_grants += 1
             if cmd.request_id in dups:
                 assert res == self.first_results[cmd.request_id], (cmd, res)

@@ -314,6 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--snapshot-seconds", type=float, help="also take a snapshot after this many seconds (default 600)"
     )
+    n.add_argument(
+        "--raft-secret-file",
+        help="file holding the cluster secret that authenticates and encrypts Raft traffic "
+        "(or env RAFTMESH_RAFT_SECRET); required unless --raft is a loopback address",
+    )
+    n.add_argument(
+        "--unsafe-no-fsync",
+        action="store_true",
+        default=None,
+        help="do not fsync the Raft journal before acknowledging (faster; a power cut on every "
+        "node can lose acknowledged writes)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 

@@ -1,9 +1,19 @@
 """The replicated state machine (pure) and the Raft member that drives it.
 
 Only the ``raftmesh.consensus.raft`` package imports pysyncobj; everything else in this
-package is pure and testable without Raft, threads or a clock.
+package is pure and testable without Raft, threads or a clock:
+
+- ``commands``: typed commands in, ``results``: typed results and events out
+  (``codes``: their status codes);
+- ``machine``: the thin FSM (dedup, dispatch, never-raise, snapshot, digest), over
+  ``context.ApplyContext``;
+- processors: ``members``, ``runs`` (with ``tasks``, the task transitions), ``ticks``,
+  ``lock_commands``, ``kv_commands``;
+- data: ``state`` (with ``locks``, ``kv``), ``dag`` (DAG validation), ``placement``,
+  ``limits`` (every limit and the checks that apply them).
 """
 
+from .codes import Code
 from .commands import (
     Assign,
     Assignment,
@@ -21,7 +31,18 @@ from .commands import (
     decode_batch,
     encode_batch,
 )
-from .machine import Event, MemberChanged, Result, RunChanged, StateMachine, TaskChanged
+from .machine import StateMachine
+from .results import (
+    Event,
+    KvChanged,
+    LockChanged,
+    MemberChanged,
+    Rejected,
+    Result,
+    RunChanged,
+    TaskChanged,
+    expect,
+)
 from .state import ClusterState, RunStatus, TaskStatus
 
 __all__ = [
@@ -30,14 +51,18 @@ __all__ = [
     "Barrier",
     "CancelRun",
     "ClusterState",
+    "Code",
     "Command",
     "Complete",
     "Completion",
     "Event",
     "Fail",
     "Failure",
+    "KvChanged",
+    "LockChanged",
     "MemberChanged",
     "RegisterNode",
+    "Rejected",
     "Result",
     "RunChanged",
     "RunStatus",
@@ -49,4 +74,5 @@ __all__ = [
     "Tick",
     "decode_batch",
     "encode_batch",
+    "expect",
 ]

@@ -6,16 +6,10 @@ in ``apply`` (so the state machine never trusts its input).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
-
-import msgpack
 
 from . import limits
 from .commands import TaskSpec
-
-# Used with fullmatch: "$" alone would accept a trailing newline.
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
 
 
 class DagError(ValueError):
@@ -27,21 +21,10 @@ class DagError(ValueError):
 
 
 def check_id(what: str, value: str) -> None:
-    if not value:
-        raise DagError("invalid", f"{what} must not be empty")
-    if len(value) > limits.MAX_ID_CHARS:
-        raise DagError("limit", f"{what} {value[:40]!r}... is longer than {limits.MAX_ID_CHARS} characters")
-    if not _ID_RE.fullmatch(value):
-        raise DagError(
-            "invalid",
-            f"{what} {value!r} may contain only letters, digits and _ . : - (and must start with a letter "
-            "or digit)",
-        )
-
-
-def encoded_size(value: object) -> int:
-    data: bytes = msgpack.packb(value, use_bin_type=True)
-    return len(data)
+    """Raise ``DagError`` unless ``value`` is a valid id (the rule is ``limits.id_error``)."""
+    why = limits.id_error(what, value)
+    if why:
+        raise DagError("limit" if len(value) > limits.MAX_ID_CHARS else "invalid", why)
 
 
 def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
@@ -92,7 +75,7 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
             )
         if t.locks:
             _check_task_locks(t)
-        size = encoded_size(t.input)
+        size = limits.encoded_size(t.input)
         if size > limits.MAX_TASK_INPUT_BYTES:
             raise DagError(
                 "limit",
@@ -100,7 +83,7 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
                 "(store large data elsewhere and pass a reference)",
             )
         # Summed as we go, so an oversized run is refused after encoding at most the limit.
-        run_bytes += encoded_size(t.to_map())
+        run_bytes += limits.encoded_size(t.to_map())
         if run_bytes > limits.MAX_RUN_SPEC_BYTES:
             raise DagError(
                 "limit",
@@ -124,17 +107,9 @@ def _check_task_locks(t: TaskSpec) -> None:
     for name, mode in t.locks:
         if mode not in ("exclusive", "shared"):
             raise DagError("invalid", f"task {t.id!r}: lock mode {mode!r} must be exclusive or shared")
-        if (
-            not name
-            or len(name) > limits.MAX_KV_KEY_CHARS
-            or not name.isprintable()
-            or any(c.isspace() for c in name)
-        ):
-            raise DagError(
-                "invalid",
-                f"task {t.id!r}: lock name {name[:40]!r} must be 1-{limits.MAX_KV_KEY_CHARS} characters, "
-                "without spaces or control characters",
-            )
+        why = limits.name_error("lock name", name, limits.MAX_LOCK_NAME_CHARS)
+        if why:
+            raise DagError("invalid", f"task {t.id!r}: {why}")
 
 
 def find_cycle(tasks: Sequence[TaskSpec]) -> list[str] | None:

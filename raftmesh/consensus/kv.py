@@ -1,11 +1,12 @@
-"""The replicated, versioned KV store. Pure: driven by ``StateMachine``.
+"""The replicated, versioned KV store: the data layer (``kv_commands`` applies commands to it).
 
 Like etcd's data model: every write gets ``mod_revision`` = the revision of the
 command that made it; ``create_revision`` is kept until the key is deleted;
 ``version`` counts writes since creation. Leases (``ttl_ms``) hold keys that are
 deleted when an applied tick passes the lease's deadline. A bounded history of
 changes (``history``) lets a watch resume from any revision it still holds; older
-revisions are compacted (the watcher must re-read).
+revisions are compacted (the watcher must re-read). Every write returns the events it
+recorded, for the command processor to emit.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
-
-import msgpack
 
 from . import limits
 
@@ -83,14 +82,9 @@ class KvEvent:
         return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], event_size(v[1], v[2], v[3]))
 
 
-def value_size(value: Any) -> int:
-    data: bytes = msgpack.packb(value, use_bin_type=True)
-    return len(data)
-
-
 def event_size(kind: str, key: str, value: Any) -> int:
     """What an event counts against ``KV_HISTORY_BYTES`` (the same when recorded and decoded)."""
-    return (value_size(value) if kind == PUT else 0) + len(key)
+    return (limits.encoded_size(value) if kind == PUT else 0) + len(key)
 
 
 @dataclass(slots=True)
@@ -105,8 +99,6 @@ class KvStore:
     """Sorted keys, for prefix listing."""
     history_bytes: int = 0
     lease_deadlines: list[tuple[int, int]] = field(default_factory=list)
-    emitted: list[KvEvent] = field(default_factory=list)
-    """Events of the command being applied; the state machine drains them."""
 
     def encode(self) -> list[Any]:
         return [
@@ -162,7 +154,7 @@ class KvStore:
 
     # ---- writes (callers validated; ``rev`` is the command's revision) -------------
 
-    def put(self, key: str, value: Any, rev: int, lease: int) -> tuple[Entry | None, Entry]:
+    def put(self, key: str, value: Any, rev: int, lease: int) -> tuple[Entry | None, Entry, KvEvent]:
         prev = self.entries.get(key)
         if prev is None:
             e = Entry(value, rev, rev, 1, lease)
@@ -174,12 +166,12 @@ class KvStore:
         self.entries[key] = e
         if lease:
             self.leases[lease].keys.add(key)
-        self._record(
-            KvEvent(rev, PUT, key, value, rev, e.create_revision, e.version, event_size(PUT, key, value))
-        )
-        return prev, e
+        ev = KvEvent(rev, PUT, key, value, rev, e.create_revision, e.version, event_size(PUT, key, value))
+        self._record(ev)
+        return prev, e, ev
 
-    def delete(self, key: str, rev: int) -> Entry | None:
+    def delete(self, key: str, rev: int) -> tuple[Entry, KvEvent] | None:
+        """The deleted entry and its event, or None if the key did not exist."""
         prev = self.entries.pop(key, None)
         if prev is None:
             return None
@@ -187,13 +179,11 @@ class KvStore:
         del self.keys[i]
         if prev.lease and prev.lease in self.leases:
             self.leases[prev.lease].keys.discard(key)
-        self._record(
-            KvEvent(rev, DELETE, key, None, rev, prev.create_revision, 0, event_size(DELETE, key, None))
-        )
-        return prev
+        ev = KvEvent(rev, DELETE, key, None, rev, prev.create_revision, 0, event_size(DELETE, key, None))
+        self._record(ev)
+        return prev, ev
 
     def _record(self, ev: KvEvent) -> None:
-        self.emitted.append(ev)
         self.history.append(ev)
         self.history_bytes += ev.size
         while self.history and (
@@ -217,16 +207,20 @@ class KvStore:
         heapq.heappush(self.lease_deadlines, (lease.deadline_ms, lease_id))
         return lease
 
-    def revoke(self, lease_id: int, rev: int) -> list[str]:
+    def revoke(self, lease_id: int, rev: int) -> tuple[list[str], list[KvEvent]]:
+        """The keys the lease held (deleted with it) and the events of their deletion."""
         lease = self.leases.pop(lease_id, None)
         if lease is None:
-            return []
+            return [], []
         deleted = sorted(lease.keys)
+        events: list[KvEvent] = []
         for k in deleted:
             e = self.entries.get(k)
             if e is not None and e.lease == lease_id:
-                self.delete(k, rev)
-        return deleted
+                gone = self.delete(k, rev)
+                if gone is not None:
+                    events.append(gone[1])
+        return deleted, events
 
     def next_deadline_ms(self) -> int | None:
         while self.lease_deadlines:
@@ -237,12 +231,14 @@ class KvStore:
             heapq.heappop(self.lease_deadlines)
         return None
 
-    def expire(self, now: int, rev: int) -> list[int]:
+    def expire(self, now: int, rev: int) -> tuple[list[int], list[KvEvent]]:
+        """Revoke the leases whose deadline ``now`` passed: their ids and the deletions' events."""
         expired: list[int] = []
+        events: list[KvEvent] = []
         while True:
             d = self.next_deadline_ms()
             if d is None or d > now:
-                return expired
+                return expired, events
             _, lid = heapq.heappop(self.lease_deadlines)
-            self.revoke(lid, rev)
+            events.extend(self.revoke(lid, rev)[1])
             expired.append(lid)

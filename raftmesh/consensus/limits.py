@@ -1,6 +1,17 @@
-"""Every limit the state machine enforces, in one place (README "Limits" lists them)."""
+"""Every limit the state machine enforces, in one place (README "Limits" lists them).
+
+The checks that more than one place applies (the API before proposing, ``apply``
+after) are defined here too, so there is one rule for each: ``id_error`` for ids,
+``name_error`` for KV keys, lock names and lock owners, ``encoded_size`` for every
+size limit given in bytes.
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgpack
 
 MAX_ID_CHARS = 128
 """Run ids, task ids, node ids, agent type names and idempotency keys."""
@@ -14,7 +25,7 @@ MAX_RUN_SPEC_BYTES = 8 * 1024 * 1024
 """Encoded size of a whole submitted run."""
 
 MAX_TASK_OUTPUT_BYTES = 1024 * 1024
-"""Encoded size of one task's output; a larger output fails the attempt."""
+"""Encoded (msgpack) size of one task's output; a larger output fails the attempt."""
 
 MAX_ERROR_CHARS = 4096
 """Error messages are truncated to this length."""
@@ -41,6 +52,7 @@ LOCK_AGING_MS = 1000
 MAX_LOCK_PRIORITY = 100
 """Lock request priority is 0..100: a waiter is overtaken for at most 100 s."""
 
+MAX_LOCK_NAME_CHARS = 512
 MAX_LOCKS_PER_REQUEST = 64
 MIN_LOCK_TTL_MS = 500
 MAX_LOCK_TTL_MS = 3600 * 1000
@@ -70,3 +82,40 @@ KV_HISTORY_BYTES = 64 * 1024 * 1024
 MIN_KV_LEASE_TTL_MS = 500
 MAX_KV_LEASE_TTL_MS = 24 * 3600 * 1000
 MAX_KV_LIST = 10_000
+
+
+# ---- the checks --------------------------------------------------------------
+
+# Used with fullmatch: "$" alone would accept a trailing newline.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
+
+
+def id_error(what: str, value: str) -> str:
+    """ "" if ``value`` is a valid id (run, task, node, agent type), else what is wrong with it."""
+    if not value:
+        return f"{what} must not be empty"
+    if len(value) > MAX_ID_CHARS:
+        return f"{what} {value[:40]!r}... is longer than {MAX_ID_CHARS} characters"
+    if not _ID_RE.fullmatch(value):
+        return (
+            f"{what} {value!r} may contain only letters, digits and _ . : - (and must start with a letter "
+            "or digit)"
+        )
+    return ""
+
+
+def name_error(what: str, value: str, max_chars: int) -> str:
+    """ "" if ``value`` is a usable KV key, lock name or owner, else what is wrong with it."""
+    if not value:
+        return f"{what} must not be empty"
+    if len(value) > max_chars:
+        return f"{what} {value[:40]!r}... is longer than {max_chars} characters"
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return f"{what} {value[:40]!r} may not contain spaces or control characters"
+    return ""
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of ``value`` encoded as the log and the state store it (msgpack)."""
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return len(data)

@@ -1,4 +1,4 @@
-"""The replicated lock table. Pure: driven by ``StateMachine``, tested without Raft.
+"""The replicated lock table: the data layer (``lock_commands`` applies commands to it).
 
 - Modes: ``shared`` (any number of shared holders) and ``exclusive``.
 - A grant's fencing token is the revision of the command that granted it; it only
@@ -27,10 +27,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import limits
+from .codes import Code
 
 SHARED = "shared"
 EXCLUSIVE = "exclusive"
 MODES = (SHARED, EXCLUSIVE)
+
+
+def task_owner(run_id: str, task_id: str, attempt: int) -> str:
+    """The owner name under which a task attempt holds the locks its task declares."""
+    return f"task:{run_id}/{task_id}#{attempt}"
 
 
 @dataclass(slots=True)
@@ -111,7 +117,7 @@ class LockOutcome:
     owner: str
     granted: bool
     token: int = 0
-    code: str = ""
+    code: Code = Code.OK
     message: str = ""
 
 
@@ -173,7 +179,7 @@ class LockTable:
             return LockOutcome(request_id, held[1].owner, True, held[1].token)
         ended = self.ended.get(request_id)
         if ended is not None:
-            return LockOutcome(request_id, "", False, 0, ended[0], ended[1])
+            return LockOutcome(request_id, "", False, 0, Code(ended[0]), ended[1])
         return None
 
     def holder_of(self, request_id: str) -> tuple[str, Holder] | None:
@@ -267,7 +273,7 @@ class LockTable:
         if r.wait_deadline_ms:
             heapq.heappush(self.deadlines, (r.wait_deadline_ms, 1, r.request_id, r.owner))
 
-    def dequeue(self, request_id: str, code: str, message: str) -> Request | None:
+    def dequeue(self, request_id: str, code: Code, message: str) -> Request | None:
         r = self.waiting.pop(request_id, None)
         if r is None:
             return None
@@ -276,7 +282,7 @@ class LockTable:
             if lock is not None and request_id in lock.queue:
                 lock.queue.remove(request_id)
                 self._forget_if_idle(lock)
-        self.ended[request_id] = [code, message]
+        self.ended[request_id] = [code.value, message]
         while len(self.ended) > limits.LOCK_ENDED_RETAINED:
             self.ended.popitem(last=False)
         return r

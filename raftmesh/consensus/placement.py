@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .commands import Assignment
-from .coordination import task_owner
-from .locks import EXCLUSIVE
+from .locks import EXCLUSIVE, task_owner
 from .state import ClusterState, TaskKey
 
 

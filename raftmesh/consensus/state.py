@@ -21,7 +21,8 @@ from .commands import JsonValue, TaskSpec
 from .kv import KvStore
 from .locks import LockTable
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+"""2: results in the dedup table are typed (``results.encode_result``)."""
 
 
 class TaskStatus(StrEnum):

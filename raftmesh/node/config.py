@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..consensus import limits
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
 
 _ADDR_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,9 @@ class NodeConfig:
     agents: tuple[str, ...] = ()
     """Agent types offered (empty: all registered ones)."""
     raft_password: str | None = None
+    """Cluster secret for the Raft transport (``--raft-secret-file`` or env); never on argv."""
+    fsync: bool = True
+    """fsync the Raft journal before acknowledging entries (``--unsafe-no-fsync`` turns it off)."""
     timings: RaftTimings = field(default_factory=RaftTimings)
     propose_timeout_s: float = 10.0
     """How long one write is retried (same request id) before its outcome is reported unknown."""
@@ -62,6 +66,29 @@ def _check_addr(what: str, addr: str) -> None:
         raise InvalidArgument(f"{what} {addr!r}: port must be 1-65535")
 
 
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost``: the only places Raft may listen without a secret."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret_file(path: str) -> str:
+    """The cluster secret from ``path`` (surrounding whitespace stripped)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        raise InvalidArgument(f"--raft-secret-file {path!r}: {exc.strerror}") from exc
+    if len(secret) < 16:
+        raise InvalidArgument(f"--raft-secret-file {path!r}: the secret must be at least 16 characters")
+    return secret
+
+
 def parse_peers(text: str) -> list[Peer]:
     """``ID=RAFT/GRPC,...`` -> peers."""
     peers = []
@@ -85,18 +112,21 @@ def build_config(
     raft_password: str | None = None,
     timings: RaftTimings | None = None,
     node_down_after_s: float = 5.0,
+    fsync: bool = True,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
-    if not _ID_RE.match(node_id):
-        raise InvalidArgument(f"node id {node_id!r}: use 1-64 letters, digits, _ . -")
+    why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
+    if why:
+        raise InvalidArgument(why)
     _check_addr("--raft", raft)
     _check_addr("--grpc", grpc_addr)
     if not 1 <= slots <= 100_000:
         raise InvalidArgument("--slots must be between 1 and 100000")
     all_peers = [p for p in peers if p.id != node_id]
     for p in all_peers:
-        if not _ID_RE.match(p.id):
-            raise InvalidArgument(f"peer id {p.id!r}: use 1-64 letters, digits, _ . -")
+        why = limits.id_error("peer id", p.id)
+        if why:
+            raise InvalidArgument(why)
         _check_addr(f"peer {p.id} raft address", p.raft)
         _check_addr(f"peer {p.id} grpc address", p.grpc)
     me = Peer(node_id, raft, grpc_addr)
@@ -107,6 +137,12 @@ def build_config(
         raise InvalidArgument("raft addresses must be unique")
     if not data_dir:
         raise InvalidArgument("--data-dir is required")
+    if not raft_password and not is_loopback_host(raft.rsplit(":", 1)[0]):
+        raise InvalidArgument(
+            f"--raft {raft} is not a loopback address and no cluster secret is set: anyone who "
+            "reaches the Raft port could join the cluster. Pass --raft-secret-file PATH (the same "
+            "file on every node; scripts/cluster.sh makes one) or set RAFTMESH_RAFT_SECRET"
+        )
     if not 0.5 <= node_down_after_s <= 3600:
         raise InvalidArgument("--node-down-after must be between 0.5 and 3600 seconds")
     if timings is not None and not 2 <= timings.log_compaction_entries <= 10_000_000:
@@ -122,6 +158,7 @@ def build_config(
         slots=slots,
         agents=agents,
         raft_password=raft_password,
+        fsync=fsync,
         timings=timings or RaftTimings(),
         node_down_after_s=node_down_after_s,
     )

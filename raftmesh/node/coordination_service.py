@@ -15,12 +15,26 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from ..consensus import limits
+from ..consensus.codes import Code
 from ..consensus.commands import Compare, Fence, KvLease, KvOp, KvTxn, LockAcquire, LockCancel, LockRelease
-from ..consensus.coordination import KvChanged, check_name
 from ..consensus.kv import DELETE, Entry, KvEvent
 from ..consensus.locks import EXCLUSIVE
-from ..consensus.machine import Result
-from ..errors import Aborted, InvalidArgument, error_for_code
+from ..consensus.results import (
+    DeleteResponse,
+    GetResponse,
+    KvChanged,
+    KvLeaseResult,
+    KvLeaseRevoked,
+    KvTxnResult,
+    LockAcquireResult,
+    LockKeepAliveResult,
+    LockReleaseResult,
+    Record,
+    Result,
+    expect,
+)
+from ..errors import Aborted, InvalidArgument
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from . import convert
@@ -30,8 +44,6 @@ from .watch import RESYNC
 
 if TYPE_CHECKING:
     from .runtime import NodeRuntime
-
-MAX_KEY_CHARS = 512
 
 
 def _entry_pb(key: str, e: Entry | None) -> pb.KvEntry:
@@ -48,17 +60,17 @@ def _entry_pb(key: str, e: Entry | None) -> pb.KvEntry:
     )
 
 
-def _entry_from_json(d: dict[str, Any]) -> pb.KvEntry:
-    if not d.get("found"):
-        return pb.KvEntry(key=d["key"], found=False)
+def _record_pb(key: str, r: Record | None) -> pb.KvEntry:
+    if r is None:
+        return pb.KvEntry(key=key, found=False)
     return pb.KvEntry(
-        key=d["key"],
+        key=key,
         found=True,
-        value_json=convert.dump_json(d["value"]) or "null",
-        mod_revision=d["mod_revision"],
-        create_revision=d["create_revision"],
-        version=d["version"],
-        lease=d["lease"],
+        value_json=convert.dump_json(r.value) or "null",
+        mod_revision=r.mod_revision,
+        create_revision=r.create_revision,
+        version=r.version,
+        lease=r.lease,
     )
 
 
@@ -70,24 +82,19 @@ def _fence(f: pb.Fence, present: bool) -> Fence | None:
     return Fence(f.lock, f.token, f.run_id, f.task_id)
 
 
-def _raise_for(res: Result) -> None:
-    if not res.ok:
-        raise error_for_code(res.code, res.message)
-
-
 def _txn_response(res: Result) -> pb.KvTxnResponse:
-    _raise_for(res)
+    txn = expect(res, KvTxnResult)
     out = []
-    for r in res.value["responses"]:
-        if r["kind"] == "get":
-            out.append(pb.KvOpResult(kind="get", entry=_entry_from_json(r)))
-        elif r["kind"] == "put":
-            out.append(
-                pb.KvOpResult(kind="put", entry=_entry_from_json(r["prev"]), mod_revision=r["mod_revision"])
-            )
+    for r in txn.responses:
+        if isinstance(r, GetResponse):
+            out.append(pb.KvOpResult(kind="get", entry=_record_pb(r.key, r.record)))
+        elif isinstance(r, DeleteResponse):
+            out.append(pb.KvOpResult(kind="delete", deleted=r.deleted))
         else:
-            out.append(pb.KvOpResult(kind="delete", deleted=r["deleted"]))
-    return pb.KvTxnResponse(succeeded=res.value["succeeded"], revision=res.value["revision"], results=out)
+            out.append(
+                pb.KvOpResult(kind="put", entry=_record_pb(r.key, r.prev), mod_revision=r.mod_revision)
+            )
+    return pb.KvTxnResponse(succeeded=txn.succeeded, revision=txn.revision, results=out)
 
 
 class KvService(pb_grpc.KvServicer):
@@ -106,7 +113,7 @@ class KvService(pb_grpc.KvServicer):
 
     @staticmethod
     def _check_key(key: str) -> None:
-        why = check_name("key", key, MAX_KEY_CHARS)
+        why = limits.name_error("key", key, limits.MAX_KV_KEY_CHARS)
         if why:
             raise InvalidArgument(why)
 
@@ -123,8 +130,8 @@ class KvService(pb_grpc.KvServicer):
     @_rpc
     async def List(self, request: pb.KvListRequest, context: grpc.aio.ServicerContext) -> pb.KvListResponse:
         limit = request.limit or 1000
-        if limit > 10_000:
-            raise InvalidArgument("limit must be at most 10000")
+        if limit > limits.MAX_KV_LIST:
+            raise InvalidArgument(f"limit must be at most {limits.MAX_KV_LIST}")
         await self._read_barrier(request.stale_ok, context)
         with self.node.raft.lock:
             st = self.node.raft.machine.state
@@ -198,14 +205,10 @@ class KvService(pb_grpc.KvServicer):
         res = await self.node.proposer.propose(
             cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
         )
-        _raise_for(res)
-        v = res.value
-        return pb.KvLeaseResponse(
-            lease=v["lease"],
-            ttl_ms=v.get("ttl_ms", 0),
-            deadline_ms=v.get("deadline_ms", 0),
-            deleted=v.get("deleted", []),
-        )
+        if isinstance(res, KvLeaseRevoked):
+            return pb.KvLeaseResponse(lease=res.lease, deleted=list(res.deleted))
+        lease = expect(res, KvLeaseResult)
+        return pb.KvLeaseResponse(lease=lease.lease, ttl_ms=lease.ttl_ms, deadline_ms=lease.deadline_ms)
 
     async def Watch(
         self, request: pb.KvWatchRequest, context: grpc.aio.ServicerContext
@@ -300,10 +303,9 @@ class LocksService(pb_grpc.LocksServicer):
                 wait_ms=request.wait_ms,
             )
             res = await node.proposer.propose(cmd, timeout_s=_timeout(context, node.config.propose_timeout_s))
-            _raise_for(res)
-            v = res.value
+            v = expect(res, LockAcquireResult)
             outcome = node.lock_outcome(rid)
-            if outcome is None and v.get("waiting"):
+            if outcome is None and v.waiting:
                 budget = request.wait_ms / 1000
                 remaining = context.time_remaining()
                 if remaining is not None:
@@ -319,12 +321,12 @@ class LocksService(pb_grpc.LocksServicer):
                         )
                         return pb.LockAcquireResponse(granted=False, request_id=rid)
             if outcome is None:
-                return pb.LockAcquireResponse(granted=bool(v["granted"]), token=v["token"], request_id=rid)
+                return pb.LockAcquireResponse(granted=v.granted, token=v.token, request_id=rid)
             if outcome.granted:
                 return pb.LockAcquireResponse(
                     granted=True, token=outcome.token, request_id=rid, deadline_ms=node.lock_deadline(rid)
                 )
-            if outcome.code == "ABORTED":
+            if outcome.code is Code.ABORTED:
                 raise Aborted(outcome.message)
             return pb.LockAcquireResponse(granted=False, request_id=rid)
         finally:
@@ -346,10 +348,9 @@ class LocksService(pb_grpc.LocksServicer):
         res = await self.node.proposer.propose(
             cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
         )
-        _raise_for(res)
-        return pb.LockReleaseResponse(
-            token=res.value.get("token", 0), deadline_ms=res.value.get("deadline_ms", 0)
-        )
+        if isinstance(res, LockKeepAliveResult):
+            return pb.LockReleaseResponse(token=res.token, deadline_ms=res.deadline_ms)
+        return pb.LockReleaseResponse(token=expect(res, LockReleaseResult).token)
 
     @_rpc
     async def Release(

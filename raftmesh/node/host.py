@@ -21,6 +21,7 @@ from typing import Any
 
 from ..agents import AgentRegistry, TaskContext
 from ..consensus import limits
+from ..consensus.codes import Code
 from ..consensus.commands import Complete, Completion, Fail, Failure
 from ..consensus.raft import RaftMember
 from ..consensus.state import TaskKey, TaskStatus
@@ -185,8 +186,9 @@ class AgentHost:
             self._report(_Report(a, False, error=f"{type(exc).__name__}: {exc}", retryable=retryable))
             return
         try:
-            size = len(json.dumps(output, allow_nan=False))
-        except (TypeError, ValueError) as exc:
+            json.dumps(output, allow_nan=False)
+            size = limits.encoded_size(output)  # as the state machine measures it
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int beyond 64 bits
             self._report(_Report(a, False, error=f"output is not JSON-serializable: {exc}", retryable=False))
             return
         if size > limits.MAX_TASK_OUTPUT_BYTES:
@@ -194,7 +196,7 @@ class AgentHost:
                 _Report(
                     a,
                     False,
-                    error=f"output is {size} bytes; the limit is {limits.MAX_TASK_OUTPUT_BYTES}",
+                    error=f"output is {size} bytes encoded; the limit is {limits.MAX_TASK_OUTPUT_BYTES}",
                     retryable=False,
                 )
             )
@@ -269,7 +271,7 @@ class AgentHost:
         while True:
             try:
                 res = await self._proposer.propose(cmd, timeout_s=30.0)
-                if not res.ok and res.code not in ("ABORTED",):
+                if not res.ok and res.code is not Code.ABORTED:
                     log.warning("%s rejected: %s %s", cmd.TAG, res.code, res.message)
                 return True
             except RaftmeshError as exc:

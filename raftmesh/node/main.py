@@ -14,7 +14,7 @@ from typing import Any
 
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
-from .config import build_config, load_config_file, parse_peers
+from .config import build_config, load_config_file, parse_peers, read_secret_file
 from .runtime import NodeRuntime
 
 
@@ -57,6 +57,14 @@ def run_node(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"raftmesh node needs {', '.join(missing)} (or a --config file with them)")
     peers_text = _setting(args, file_cfg, "peers", "")
     peers = parse_peers(peers_text if isinstance(peers_text, str) else ",".join(peers_text))
+    secret_file = _setting(args, file_cfg, "raft-secret-file")
+    secret = (
+        read_secret_file(secret_file)
+        if secret_file
+        else os.environ.get("RAFTMESH_RAFT_SECRET")
+        or os.environ.get("RAFTMESH_RAFT_PASSWORD")
+        or file_cfg.get("raft_password")
+    )
     agents = _setting(args, file_cfg, "agents", "")
     agent_list = tuple(
         a.strip() for a in (agents.split(",") if isinstance(agents, str) else agents) if a.strip()
@@ -69,7 +77,8 @@ def run_node(args: argparse.Namespace) -> int:
         data_dir=_setting(args, file_cfg, "data-dir"),
         slots=int(_setting(args, file_cfg, "slots", 64)),
         agents=agent_list,
-        raft_password=os.environ.get("RAFTMESH_RAFT_PASSWORD") or file_cfg.get("raft_password"),
+        raft_password=secret or None,
+        fsync=not bool(_setting(args, file_cfg, "unsafe-no-fsync", False)),
         timings=RaftTimings(
             log_compaction_entries=int(_setting(args, file_cfg, "snapshot-entries", 20_000)),
             log_compaction_s=float(_setting(args, file_cfg, "snapshot-seconds", 600.0)),
@@ -80,6 +89,11 @@ def run_node(args: argparse.Namespace) -> int:
     handler.setFormatter(JsonFormatter(cfg.node_id))
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), handlers=[handler])
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    log = logging.getLogger("raftmesh.node")
+    if not cfg.raft_password:
+        log.warning("no cluster secret: Raft traffic on %s is unauthenticated (loopback only)", cfg.raft)
+    if not cfg.fsync:
+        log.warning("--unsafe-no-fsync: a power cut on every node can lose acknowledged writes")
 
     import uvloop
 

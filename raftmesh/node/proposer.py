@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..consensus.commands import Barrier, Command, encode_batch, encode_command
-from ..consensus.machine import Result
 from ..consensus.raft import RaftMember
+from ..consensus.results import Result
 from ..errors import NoLeader, OutcomeUnknown
 
 log = logging.getLogger(__name__)

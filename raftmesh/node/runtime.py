@@ -19,9 +19,10 @@ from grpc_reflection.v1alpha import reflection
 
 from ..agents import AgentRegistry, default_registry
 from ..consensus.commands import RegisterNode
-from ..consensus.coordination import LockChanged, LockOutcome
-from ..consensus.machine import Event, StateMachine
+from ..consensus.locks import LockOutcome
+from ..consensus.machine import StateMachine
 from ..consensus.raft import RaftConfig, RaftMember
+from ..consensus.results import Event, LockChanged
 from ..errors import RaftmeshError
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
@@ -122,6 +123,7 @@ class NodeRuntime:
             journal_path=cfg.journal_path,
             snapshot_path=cfg.snapshot_path,
             password=cfg.raft_password,
+            fsync=cfg.fsync,
             timings=cfg.timings,
         )
         self.raft = RaftMember(

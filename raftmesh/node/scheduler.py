@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 
+from ..consensus.codes import Code
 from ..consensus.commands import Assign, NodeDown, Tick
 from ..consensus.placement import plan_assignments
 from ..consensus.raft import RaftMember
@@ -93,7 +94,7 @@ class Scheduler:
     async def _assign(self, cmd: Assign) -> None:
         try:
             res = await self._proposer.propose(cmd, timeout_s=10.0)
-            if not res.ok and res.code != "FAILED_PRECONDITION":
+            if not res.ok and res.code is not Code.FAILED_PRECONDITION:
                 log.warning("assign rejected: %s %s", res.code, res.message)
         except RaftmeshError as exc:
             log.info("assign outcome unknown (%s); the next plan re-reads the state", exc)

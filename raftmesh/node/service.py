@@ -17,7 +17,7 @@ import grpc
 
 from ..consensus.commands import CancelRun, SubmitRun
 from ..consensus.dag import DagError, validate
-from ..consensus.machine import Result, RunChanged, TaskChanged
+from ..consensus.results import CancelRunResult, RunChanged, SubmitRunResult, TaskChanged, expect
 from ..consensus.state import TERMINAL_RUN, RunState
 from ..errors import (
     InvalidArgument,
@@ -25,7 +25,6 @@ from ..errors import (
     NoLeader,
     RaftmeshError,
     RunNotFound,
-    error_for_code,
 )
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
@@ -63,11 +62,6 @@ def _rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         raise AssertionError("unreachable")  # context.abort raises
 
     return wrapper
-
-
-def _raise_for(res: Result) -> None:
-    if not res.ok:
-        raise error_for_code(res.code, res.message)
 
 
 class ClusterService(pb_grpc.ClusterServicer):
@@ -109,8 +103,8 @@ class ClusterService(pb_grpc.ClusterServicer):
             submitter=context.peer() or "",
         )
         res = await node.proposer.propose(cmd, timeout_s=_timeout(context, node.config.propose_timeout_s))
-        _raise_for(res)
-        return pb.SubmitRunResponse(run_id=res.value["run_id"], created=bool(res.value["created"]))
+        out = expect(res, SubmitRunResult)
+        return pb.SubmitRunResponse(run_id=out.run_id, created=out.created)
 
     @_rpc
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
@@ -222,10 +216,8 @@ class ClusterService(pb_grpc.ClusterServicer):
         res = await self.node.proposer.propose(
             cmd, timeout_s=_timeout(context, self.node.config.propose_timeout_s)
         )
-        _raise_for(res)
-        return pb.CancelRunResponse(
-            status=getattr(pb, f"RUN_STATUS_{res.value['status']}"), cancelled=bool(res.value["cancelled"])
-        )
+        out = expect(res, CancelRunResult)
+        return pb.CancelRunResponse(status=convert.RUN_STATUS[out.status], cancelled=out.cancelled)
 
     # ---- cluster ------------------------------------------------------------
 

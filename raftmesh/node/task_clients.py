@@ -12,9 +12,9 @@ import uuid
 from typing import Any
 
 from ..consensus.commands import Compare, Fence, KvOp, KvTxn, LockAcquire, LockRelease
-from ..consensus.coordination import task_owner
+from ..consensus.locks import task_owner
 from ..consensus.raft import RaftMember
-from ..errors import error_for_code
+from ..consensus.results import DeleteResponse, KvTxnResult, LockAcquireResult, LockReleaseResult, expect
 from .proposer import Proposer, now_ms
 
 
@@ -33,25 +33,23 @@ class TaskKv:
             e = self._raft.machine.state.kv.get(key)
             return None if e is None else e.value
 
-    async def _txn(self, cmd: KvTxn) -> dict[str, Any]:
-        res = await self._proposer.propose(cmd)
-        if not res.ok:
-            raise error_for_code(res.code, res.message)
-        value: dict[str, Any] = res.value
-        return value
+    async def _txn(self, cmd: KvTxn) -> KvTxnResult:
+        return expect(await self._proposer.propose(cmd), KvTxnResult)
 
     async def put(self, key: str, value: Any) -> int:
         """Write, fenced by this attempt; returns the new mod_revision."""
         v = await self._txn(
             KvTxn(uuid.uuid4().hex, now_ms(), success=(KvOp("put", key, value),), fence=self.fence)
         )
-        return int(v["revision"])
+        return v.revision
 
     async def delete(self, key: str) -> bool:
         v = await self._txn(
             KvTxn(uuid.uuid4().hex, now_ms(), success=(KvOp("delete", key),), fence=self.fence)
         )
-        return bool(v["responses"][0]["deleted"])
+        [r] = v.responses
+        assert isinstance(r, DeleteResponse)
+        return r.deleted
 
     async def cas(self, key: str, expected_revision: int, value: Any) -> bool:
         v = await self._txn(
@@ -63,7 +61,7 @@ class TaskKv:
                 fence=self.fence,
             )
         )
-        return bool(v["succeeded"])
+        return v.succeeded
 
 
 class TaskLocks:
@@ -78,14 +76,11 @@ class TaskLocks:
         cmd = LockAcquire(
             uuid.uuid4().hex, now_ms(), owner=self.owner, items=((name, mode),), ttl_ms=int(ttl_s * 1000)
         )
-        res = await self._proposer.propose(cmd)
-        if not res.ok:
-            raise error_for_code(res.code, res.message)
-        return int(res.value["token"]) if res.value["granted"] else None
+        out = expect(await self._proposer.propose(cmd), LockAcquireResult)
+        return out.token if out.granted else None
 
     async def release(self, name: str, token: int) -> None:
         res = await self._proposer.propose(
             LockRelease(uuid.uuid4().hex, now_ms(), owner=self.owner, name=name, token=token)
         )
-        if not res.ok:
-            raise error_for_code(res.code, res.message)
+        expect(res, LockReleaseResult)

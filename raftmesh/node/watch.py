@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from ..consensus.coordination import KvChanged
-from ..consensus.machine import Event, RunChanged, TaskChanged
+from ..consensus.results import Event, KvChanged, RunChanged, TaskChanged
 
 MAX_QUEUED = 10_000
 

@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..consensus.codes import Code
 from ..consensus.commands import (
     Command,
     Complete,
@@ -42,9 +43,19 @@ from ..consensus.commands import (
     Undecodable,
     decode_batch,
 )
-from ..consensus.coordination import LockChanged
 from ..consensus.locks import EXCLUSIVE
-from ..consensus.machine import Event, Result, RunChanged, StateMachine, TaskChanged
+from ..consensus.machine import StateMachine
+from ..consensus.results import (
+    Event,
+    KvTxnResult,
+    LockAcquireResult,
+    LockChanged,
+    ReportResult,
+    Result,
+    RunChanged,
+    SubmitRunResult,
+    TaskChanged,
+)
 from ..consensus.state import TaskStatus
 
 TaskKey = tuple[str, str]
@@ -179,10 +190,10 @@ class LockAudit:
             latest, prev = pre
             accepted = res.ok and changed
             puts: tuple[tuple[str, Any, Any], ...] = ()
-            if accepted:
-                ops = cmd.success if res.value.get("succeeded") else cmd.failure
+            if accepted and isinstance(res, KvTxnResult):
+                ops = cmd.success if res.succeeded else cmd.failure
                 puts = tuple((o.key, prev.get(o.key), o.value) for o in ops if o.kind == "put")
-            if accepted or res.code == "ABORTED":
+            if accepted or res.code is Code.ABORTED:
                 self.fenced_writes.append(
                     FencedWrite(
                         index,
@@ -195,9 +206,9 @@ class LockAudit:
                         puts,
                     )
                 )
-        if isinstance(cmd, LockAcquire) and res.ok and res.value.get("granted"):
+        if isinstance(cmd, LockAcquire) and isinstance(res, LockAcquireResult) and res.granted:
             for name, _ in cmd.items:
-                self._granted(name, int(res.value["token"]))
+                self._granted(name, res.token)
         for ev in events:
             if isinstance(ev, LockChanged) and ev.granted:
                 lt = st.locks
@@ -304,17 +315,22 @@ class Audit:
             self.locks.after(self.commands, cmd, res, events, self.machine, changed, pre)
             self._check_fencing(cmd, res, events)
             self._check(events)
-            if isinstance(cmd, SubmitRun) and res.ok and events and cmd.idempotency_key:
-                self.runs_by_key.setdefault(cmd.idempotency_key, []).append(str(res.value["run_id"]))
+            if (
+                isinstance(cmd, SubmitRun)
+                and isinstance(res, SubmitRunResult)
+                and events
+                and cmd.idempotency_key
+            ):
+                self.runs_by_key.setdefault(cmd.idempotency_key, []).append(res.run_id)
 
     def _check_fencing(self, cmd: Command, res: Result, events: list[Event]) -> None:
         # Compared with the starts seen *before* this command: a result cannot start its own attempt.
         if not isinstance(cmd, (Complete, Fail)):
             return
-        if not res.ok:
-            self.stale_rejected += len(cmd.items) if res.code == "ABORTED" else 0
+        if not isinstance(res, ReportResult):
+            self.stale_rejected += len(cmd.items) if res.code is Code.ABORTED else 0
             return
-        rejected = {(r[0], r[1]) for r in (res.value or {}).get("rejected", [])}
+        rejected = {(r.run_id, r.task_id) for r in res.rejected}
         self.stale_rejected += len(rejected)
         changed = {
             (e.run_id, e.task_id)

@@ -21,6 +21,7 @@ JOURNAL_COMPACT_BYTES = 1024 * 1024 * 1024
 
 def journal_bytes(journal: Any) -> int | None:
     """Bytes of records in pysyncobj's ``FileJournal`` (None for a journal without a file)."""
+    journal = getattr(journal, "_inner", journal)  # durable_journal.DurableJournal wraps it
     offset = getattr(journal, "_FileJournal__currentOffset", None)
     return None if offset is None else int(offset)
 

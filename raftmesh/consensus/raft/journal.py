@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 
-from pysyncobj import pickle as _so_pickle
 from pysyncobj.journal import FileJournal
+
+from .wire import loads
 
 
 def read_journal(path: str) -> tuple[list[tuple[int, int, bytes]], int]:
@@ -31,7 +32,7 @@ def read_journal(path: str) -> tuple[list[tuple[int, int, bytes]], int]:
                 data = bytes(command)
                 if not data or data[0] != 0:  # not a REGULAR command (no-op, membership, version)
                     continue
-                call = _so_pickle.loads(data[1:])
+                call = loads(data[1:])  # a journal holds what peers sent: no code runs
                 if isinstance(call, tuple) and len(call) == 2 and call[1]:
                     out.append((int(idx), int(term), bytes(call[1][0])))
         finally:

@@ -15,11 +15,15 @@ Hazards handled here or documented for the caller:
 - ``useFork=False``: grpcio does not survive fork.
 - Snapshots go through the serializer hooks into one file (``SnapshotIO``), which
   pysyncobj ships to lagging followers; loading one replaces the live state.
+- Durability (``durable_journal``): entries are fsynced, once per tick for all of them,
+  before they are acknowledged or counted toward a commit; ``fsync=False`` opts out.
+- Nothing from the network or a snapshot is unpickled but through ``wire.loads``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +32,13 @@ from typing import Any, Protocol
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import pickle as _so_pickle
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.journal import FileJournal
 
-from ..machine import Event, Result, StateMachine
+from ..machine import StateMachine
+from ..results import Event, Result
+from . import wire
 from .compaction import SizeCompaction
+from .durable_journal import DurableJournal, fsync_path
 from .replication import Replication
 from .transport import WarmTransport
 
@@ -70,6 +78,9 @@ class RaftConfig:
     journal_path: str
     snapshot_path: str
     password: str | None = None
+    """Cluster secret: Raft frames are encrypted and authenticated (Fernet) when set."""
+    fsync: bool = True
+    """fsync the journal before acknowledging entries; False is ``--unsafe-no-fsync``."""
     timings: RaftTimings = RaftTimings()
 
 
@@ -77,15 +88,67 @@ ProposeCallback = Callable[[list[Result] | None, str | None], None]
 """(results, None) once applied locally, or (None, reason) when the outcome is unknown."""
 
 
+_PICKLED_COMMANDS = (b"\x00", b"\x02", b"\x03")
+"""pysyncobj command kinds whose payload it unpickles: REGULAR, MEMBERSHIP, VERSION."""
+
+
 class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type information
-    def __init__(self, member: RaftMember, self_addr: str, peers: list[str], conf: SyncObjConf) -> None:
+    def __init__(
+        self, member: RaftMember, self_addr: str, peers: list[str], conf: SyncObjConf, fsync: bool
+    ) -> None:
         self._member = member
         self._reset_floor: dict[Any, tuple[int, int]] = {}
         self._replication = Replication(self)
-        super().__init__(self_addr, peers, conf, transportClass=WarmTransport)
+        self._fsync = fsync
+        self.journal: DurableJournal | None = None
+
+        def transport(so: Any, me: Any, others: Any) -> WarmTransport:
+            return WarmTransport(so, me, others, journal=so.journal)  # set by the journal setter below
+
+        super().__init__(self_addr, peers, conf, transportClass=transport)
+        if self.journal is not None:
+            self.addOnTickCallback(self.journal.sync)  # the leader syncs what it appended before polling
         self._replication.check_config()
         self.addOnTickCallback(self._replication.on_tick)
         self.addOnTickCallback(SizeCompaction(self).on_tick)
+
+    # pysyncobj assigns its journal once, in __init__, before it makes the transport or reads
+    # term, vote and commit index back; this data descriptor wraps it as it is assigned.
+    @property
+    def _SyncObj__raftLog(self) -> Any:
+        return self.__dict__["_raft_log"]
+
+    @_SyncObj__raftLog.setter
+    def _SyncObj__raftLog(self, journal: Any) -> None:
+        if isinstance(journal, FileJournal):
+            journal = self.journal = DurableJournal(journal, self.conf.journalFile, self._fsync)
+        self.__dict__["_raft_log"] = journal
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        if self.journal is None:
+            super()._onTick(timeToWait)
+            return
+        # The tick starts with the leader counting its own log toward the commit quorum:
+        # everything in it must be on disk by then (a no-op unless something skipped a sync).
+        self.journal.sync()
+        super()._onTick(timeToWait)
+        # Group commit: one fsync for the entries appended while polling, then the held acks.
+        self.journal.sync()
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
+        """Refuse a command pysyncobj would unpickle if it names a global no command uses.
+
+        Entries come from the leader over the wire; with a restricted frame unpickler the
+        command bytes inside them are the next place a stranger could put code. Refusing is
+        deterministic (every replica refuses the same bytes), so replicas stay identical.
+        """
+        if command[:1] in _PICKLED_COMMANDS:
+            try:
+                wire.loads(command[1:])
+            except Exception as exc:
+                log.error("refusing log entry: %s", exc)
+                return None
+        return SyncObj._SyncObj__doApplyCommand(self, command)
 
     # pysyncobj registers its (name-mangled) message handler with the transport in __init__;
     # defining the same mangled name here puts this filter in front of it.
@@ -174,7 +237,7 @@ class RaftMember:
             bindAddress=config.self_addr,
         )
         peers = [p for p in config.peer_addrs if p != config.self_addr]
-        self._so = _SyncObj(self, config.self_addr, peers, conf)
+        self._so = _SyncObj(self, config.self_addr, peers, conf, fsync=config.fsync)
 
     # ---- called on pysyncobj's thread --------------------------------------
 
@@ -193,7 +256,13 @@ class RaftMember:
         self._snapshot_io.write(path, _so_pickle.dumps(raft_data), state)
 
     def _deserialize(self, path: str) -> Any:
+        if self.config.fsync:
+            # A snapshot received from the leader was renamed into place unsynced; it must be on
+            # disk before pysyncobj clears the journal and acknowledges the install.
+            fsync_path(path)
+            fsync_path(os.path.dirname(os.path.abspath(path)), directory=True)
         meta, state = self._snapshot_io.read(path)
+        raft_meta = wire.loads(meta)  # refused before anything is restored
         with self.lock:
             self.machine.restore(state)
         self.snapshots_loaded += 1
@@ -202,7 +271,7 @@ class RaftMember:
                 self._on_restored()
             except Exception:
                 log.exception("on_restored callback failed")
-        return _so_pickle.loads(meta)
+        return raft_meta
 
     # ---- API for the node (any thread) ---------------------------------------
 
@@ -253,6 +322,12 @@ class RaftMember:
 
     def connected_addrs(self) -> set[str]:
         return {str(n.address) for n in self._so.otherNodes if self._so.isNodeConnected(n)}
+
+    @property
+    def journal_syncs(self) -> int:
+        """fsyncs of the journal since start (0 with ``fsync=False``)."""
+        journal = self._so.journal
+        return journal.syncs if journal is not None else 0
 
     def force_snapshot(self) -> None:
         self._so.forceLogCompaction()

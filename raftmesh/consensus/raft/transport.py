@@ -8,12 +8,39 @@ from typing import Any
 from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
+from .durable_journal import DurableJournal
+from .replication import COMMAND_CHUNK, ENTRY_CHUNK
+from .wire import (
+    MAX_FRAME_BYTES,
+    MAX_HANDSHAKE_FRAME_BYTES,
+    MAX_UNKNOWN_CONNECTIONS,
+    BoundedConnection,
+    TransmissionGuard,
+)
+
 LINK_PING_S = 1.0
 """Every Raft link carries a message at least this often (must be < connection_timeout_s)."""
 
 
 CONNECT_TIMEOUT_S = 2.0
 """A connect attempt that has not completed in this long is abandoned and retried."""
+
+SENT_BEFORE_SYNC = frozenset(
+    {
+        "append_entries",
+        "apply_command",
+        "apply_command_response",
+        "raftmesh_link_ping",
+        ENTRY_CHUNK,
+        COMMAND_CHUNK,
+    }
+)
+"""Message types that claim nothing about this node's log being on disk.
+
+Every other outgoing message (a follower's ``next_node_idx`` ack, a vote) waits while
+the journal has unsynced entries; the leader's ``append_entries`` go out at once, so
+its fsync overlaps the followers' (Raft thesis 10.2.1).
+"""
 
 
 class WarmTransport(TCPTransport):  # type: ignore[misc]
@@ -29,12 +56,84 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
       a link that is not DISCONNECTED; while packets are dropped the kernel backs off its
       SYN retries (1, 3, 7, 15, 31, 63 s), so after a long partition a link could stay
       down for a minute after the heal.
+
+    And two for safety: every connection reads through ``wire.BoundedConnection``
+    (bounded frames, restricted unpickling, checked reassembly), and messages that
+    acknowledge log entries wait for the fsync that covers them (``SENT_BEFORE_SYNC``).
     """
 
-    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
+    def __init__(
+        self, syncObj: Any, selfNode: Any, otherNodes: Any, journal: DurableJournal | None = None
+    ) -> None:
         self._next_ping = 0.0
         self._connecting_since: dict[Any, float] = {}
+        self._guard = TransmissionGuard()
+        self._journal = journal
+        self._held: list[tuple[Any, Any]] = []
+        self._held_nodes: set[Any] = set()
+        if journal is not None:
+            journal.on_synced.append(self._release_held)
         super().__init__(syncObj, selfNode, otherNodes)
+
+    # ---- wire safety -------------------------------------------------------------
+
+    def addNode(self, node: Any) -> None:
+        super().addNode(node)
+        conn = self._connections.get(node)
+        if conn is not None:
+            BoundedConnection.adopt(conn)
+
+    def _onNewIncomingConnection(self, conn: Any) -> None:
+        BoundedConnection.adopt(conn, frame_limit=MAX_HANDSHAKE_FRAME_BYTES)
+        if len(self._unknownConnections) >= MAX_UNKNOWN_CONNECTIONS:
+            conn.disconnect()
+            return
+        super()._onNewIncomingConnection(conn)
+
+    def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
+        # Before a peer is known it may say only its random key (with a secret) and then
+        # its Raft address. pysyncobj would also take "readonly" (a member that is sent the
+        # whole log) and admin "utility" commands (add, remove, transfer leadership...);
+        # raftmesh uses neither, so a stranger gets no further than the handshake.
+        key_exchange = bool(self._syncObj.encryptor) and not conn.sendRandKey
+        if (key_exchange and isinstance(message, bytes)) or (
+            not key_exchange and isinstance(message, str) and message in self._nodeAddrToNode
+        ):
+            super()._onIncomingMessageReceived(conn, message)
+            if conn not in self._unknownConnections:  # the peer named itself: a member
+                conn.frame_limit = MAX_FRAME_BYTES
+            return
+        self._unknownConnections.discard(conn)
+        conn.disconnect()
+
+    def _onMessageReceived(self, node: Any, message: Any) -> None:
+        admitted = self._guard.admit(node, message)
+        if admitted is None:
+            self._guard.forget(node)
+            conn = self._connections.get(node)
+            if conn is not None:
+                conn.disconnect()
+            return
+        super()._onMessageReceived(node, admitted)
+
+    # ---- acknowledgements wait for the fsync -------------------------------------
+
+    def send(self, node: Any, message: Any) -> bool:
+        journal = self._journal
+        kind = message.get("type") if isinstance(message, dict) else None
+        if journal is not None and (
+            node in self._held_nodes or (journal.dirty and kind not in SENT_BEFORE_SYNC)
+        ):
+            self._held.append((node, message))  # per-node order is kept: later ones queue behind
+            self._held_nodes.add(node)
+            return True
+        return bool(super().send(node, message))
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        self._held_nodes.clear()
+        for node, message in held:
+            super().send(node, message)
 
     def _onTick(self) -> None:
         super()._onTick()

@@ -1,0 +1,479 @@
+"""What applying a command produces: a typed result per command kind, and events.
+
+A result is a frozen dataclass; a rejection is ``Rejected(code, message)`` for any
+command kind, and changes nothing. ``ok``, ``code`` and ``message`` read alike on
+every result, so a caller that only needs success or failure does not care which
+kind it holds; a caller that reads fields uses ``expect(res, SubmitRunResult)``,
+which raises the rejection's error (``raftmesh.errors``) instead.
+
+Results are remembered in the replicated dedup table, so each has a canonical
+encoding (``encode_result``/``decode_result``): a decoded result equals the original.
+
+Events say what changed, for the node to act on (wake a watcher, a lock waiter,
+the scheduler). They are returned by ``apply`` and never stored in the state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from ..errors import RaftmeshError, error_for_code
+from .codes import Code
+from .commands import JsonValue
+from .kv import KvEvent
+from .state import RunStatus, TaskStatus
+
+# ---- results ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Base of every result. Subclasses are the successes; ``Rejected`` is the failure."""
+
+    TAG: ClassVar[str] = ""
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    @property
+    def code(self) -> Code:
+        return Code.OK
+
+    @property
+    def message(self) -> str:
+        return ""
+
+    def _encode(self) -> list[Any]:
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected(Result):
+    """The command was not applied; ``code`` says why in gRPC terms, ``message`` what to fix."""
+
+    TAG: ClassVar[str] = "rejected"
+    code: Code = field()
+    message: str = field()
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+    def error(self) -> RaftmeshError:
+        """The error a caller raises for this rejection (the class is chosen by the code's name)."""
+        return error_for_code(self.code, self.message)
+
+    def _encode(self) -> list[Any]:
+        return [self.code.value, self.message]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> Rejected:
+        return cls(Code(v[0]), v[1])
+
+
+@dataclass(frozen=True, slots=True)
+class MemberResult(Result):
+    """``RegisterNode`` and ``NodeDown``."""
+
+    TAG: ClassVar[str] = "member"
+    node_id: str
+
+    def _encode(self) -> list[Any]:
+        return [self.node_id]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> MemberResult:
+        return cls(v[0])
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRunResult(Result):
+    """``created`` is False when the idempotency key named an existing run (``run_id``)."""
+
+    TAG: ClassVar[str] = "submit_run"
+    run_id: str
+    created: bool
+
+    def _encode(self) -> list[Any]:
+        return [self.run_id, self.created]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> SubmitRunResult:
+        return cls(v[0], v[1])
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRunResult(Result):
+    """``cancelled`` is False when the run had already finished (``status``)."""
+
+    TAG: ClassVar[str] = "cancel_run"
+    status: RunStatus
+    cancelled: bool
+
+    def _encode(self) -> list[Any]:
+        return [self.status.value, self.cancelled]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> CancelRunResult:
+        return cls(RunStatus(v[0]), v[1])
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRejected:
+    """One item of a batched command that did not apply, and why."""
+
+    run_id: str
+    task_id: str
+    reason: str
+
+    def encode(self) -> list[Any]:
+        return [self.run_id, self.task_id, self.reason]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> ItemRejected:
+        return cls(v[0], v[1], v[2])
+
+
+@dataclass(frozen=True, slots=True)
+class AssignResult(Result):
+    """``token``: the fencing token of every accepted assignment (the command's revision)."""
+
+    TAG: ClassVar[str] = "assign"
+    token: int
+    accepted: int
+    rejected: tuple[ItemRejected, ...] = ()
+
+    def _encode(self) -> list[Any]:
+        return [self.token, self.accepted, [r.encode() for r in self.rejected]]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> AssignResult:
+        return cls(v[0], v[1], tuple(ItemRejected.decode(r) for r in v[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult(Result):
+    """``Complete`` and ``Fail``: the items applied, and the ones fenced out."""
+
+    TAG: ClassVar[str] = "report"
+    accepted: int
+    rejected: tuple[ItemRejected, ...] = ()
+
+    def _encode(self) -> list[Any]:
+        return [self.accepted, [r.encode() for r in self.rejected]]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> ReportResult:
+        return cls(v[0], tuple(ItemRejected.decode(r) for r in v[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class TickResult(Result):
+    """``expired``: task timeouts, lock leases and waits, and KV leases that ended."""
+
+    TAG: ClassVar[str] = "tick"
+    expired: int
+    time_ms: int
+
+    def _encode(self) -> list[Any]:
+        return [self.expired, self.time_ms]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> TickResult:
+        return cls(v[0], v[1])
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierResult(Result):
+    TAG: ClassVar[str] = "barrier"
+    revision: int
+
+    def _encode(self) -> list[Any]:
+        return [self.revision]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> BarrierResult:
+        return cls(v[0])
+
+
+@dataclass(frozen=True, slots=True)
+class LockAcquireResult(Result):
+    """Granted now (``token``), queued (``waiting``), or not granted.
+
+    A request that was queued and ended within the same command (aborted as the victim
+    of a deadlock it closed) has ``granted`` and ``waiting`` False and says why in
+    ``end_code``/``end_message``.
+    """
+
+    TAG: ClassVar[str] = "lock_acquire"
+    request_id: str
+    granted: bool
+    waiting: bool
+    token: int
+    end_code: Code = Code.OK
+    end_message: str = ""
+
+    def _encode(self) -> list[Any]:
+        return [
+            self.request_id,
+            self.granted,
+            self.waiting,
+            self.token,
+            self.end_code.value,
+            self.end_message,
+        ]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> LockAcquireResult:
+        return cls(v[0], v[1], v[2], v[3], Code(v[4]), v[5])
+
+
+@dataclass(frozen=True, slots=True)
+class LockReleaseResult(Result):
+    TAG: ClassVar[str] = "lock_release"
+    token: int
+
+    def _encode(self) -> list[Any]:
+        return [self.token]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> LockReleaseResult:
+        return cls(v[0])
+
+
+@dataclass(frozen=True, slots=True)
+class LockKeepAliveResult(Result):
+    TAG: ClassVar[str] = "lock_keep_alive"
+    token: int
+    deadline_ms: int
+
+    def _encode(self) -> list[Any]:
+        return [self.token, self.deadline_ms]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> LockKeepAliveResult:
+        return cls(v[0], v[1])
+
+
+@dataclass(frozen=True, slots=True)
+class LockCancelResult(Result):
+    """``cancelled`` False: the request was unknown or had already ended."""
+
+    TAG: ClassVar[str] = "lock_cancel"
+    cancelled: bool
+    released: tuple[str, ...] = ()
+    """Locks the request had been granted meanwhile, now released."""
+
+    def _encode(self) -> list[Any]:
+        return [self.cancelled, list(self.released)]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> LockCancelResult:
+        return cls(v[0], tuple(v[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A key's entry as a transaction read it (frozen; the store replaces entries, never edits them)."""
+
+    value: JsonValue
+    mod_revision: int
+    create_revision: int
+    version: int
+    lease: int
+
+    def encode(self) -> list[Any]:
+        return [self.value, self.mod_revision, self.create_revision, self.version, self.lease]
+
+    @classmethod
+    def decode(cls, v: list[Any] | None) -> Record | None:
+        return None if v is None else cls(v[0], v[1], v[2], v[3], v[4])
+
+
+def _record(r: Record | None) -> list[Any] | None:
+    return None if r is None else r.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class GetResponse:
+    key: str
+    record: Record | None
+    """None: the key does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class PutResponse:
+    key: str
+    mod_revision: int
+    version: int
+    prev: Record | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResponse:
+    key: str
+    deleted: bool
+    """False: the key did not exist."""
+
+
+OpResponse = GetResponse | PutResponse | DeleteResponse
+
+
+def _encode_op(r: OpResponse) -> list[Any]:
+    if isinstance(r, GetResponse):
+        return ["get", r.key, _record(r.record)]
+    if isinstance(r, PutResponse):
+        return ["put", r.key, r.mod_revision, r.version, _record(r.prev)]
+    return ["delete", r.key, r.deleted]
+
+
+def _decode_op(v: list[Any]) -> OpResponse:
+    if v[0] == "get":
+        return GetResponse(v[1], Record.decode(v[2]))
+    if v[0] == "put":
+        return PutResponse(v[1], v[2], v[3], Record.decode(v[4]))
+    return DeleteResponse(v[1], v[2])
+
+
+@dataclass(frozen=True, slots=True)
+class KvTxnResult(Result):
+    """Which branch ran (``succeeded``: every comparison held) and one response per operation."""
+
+    TAG: ClassVar[str] = "kv_txn"
+    succeeded: bool
+    revision: int
+    """The revision of the writes (the store's revision if the branch changed nothing)."""
+    responses: tuple[OpResponse, ...] = ()
+
+    def _encode(self) -> list[Any]:
+        return [self.succeeded, self.revision, [_encode_op(r) for r in self.responses]]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> KvTxnResult:
+        return cls(v[0], v[1], tuple(_decode_op(r) for r in v[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class KvLeaseResult(Result):
+    """A granted or renewed lease."""
+
+    TAG: ClassVar[str] = "kv_lease"
+    lease: int
+    ttl_ms: int
+    deadline_ms: int
+
+    def _encode(self) -> list[Any]:
+        return [self.lease, self.ttl_ms, self.deadline_ms]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> KvLeaseResult:
+        return cls(v[0], v[1], v[2])
+
+
+@dataclass(frozen=True, slots=True)
+class KvLeaseRevoked(Result):
+    TAG: ClassVar[str] = "kv_lease_revoked"
+    lease: int
+    deleted: tuple[str, ...] = ()
+    """The keys the lease held, deleted with it."""
+
+    def _encode(self) -> list[Any]:
+        return [self.lease, list(self.deleted)]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> KvLeaseRevoked:
+        return cls(v[0], tuple(v[1]))
+
+
+RESULT_TYPES: tuple[type[Result], ...] = (
+    Rejected,
+    MemberResult,
+    SubmitRunResult,
+    CancelRunResult,
+    AssignResult,
+    ReportResult,
+    TickResult,
+    BarrierResult,
+    LockAcquireResult,
+    LockReleaseResult,
+    LockKeepAliveResult,
+    LockCancelResult,
+    KvTxnResult,
+    KvLeaseResult,
+    KvLeaseRevoked,
+)
+_BY_TAG: dict[str, Any] = {cls.TAG: cls for cls in RESULT_TYPES}
+
+
+def encode_result(res: Result) -> list[Any]:
+    """``[tag, *fields]``: msgpack-ready and canonical (what the dedup table stores)."""
+    return [res.TAG, *res._encode()]
+
+
+def decode_result(v: list[Any]) -> Result:
+    decoded: Result = _BY_TAG[v[0]]._decode(v[1:])
+    return decoded
+
+
+R = TypeVar("R", bound=Result)
+
+
+def expect(res: Result, kind: type[R]) -> R:
+    """``res`` as ``kind``; a rejection raises its error (``Rejected.error``)."""
+    if isinstance(res, kind):
+        return res
+    if isinstance(res, Rejected):
+        raise res.error()
+    raise TypeError(f"expected a {kind.__name__}, got {res!r}")
+
+
+# ---- events ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskChanged:
+    revision: int
+    run_id: str
+    task_id: str
+    status: TaskStatus
+    attempt: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunChanged:
+    revision: int
+    run_id: str
+    status: RunStatus
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    revision: int
+    node_id: str
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LockChanged:
+    """A waiting request was granted or ended (the node serving that waiter wakes up)."""
+
+    revision: int
+    request_id: str
+    owner: str
+    granted: bool
+    token: int
+    code: Code = Code.OK
+    """Why a request ended without a grant: ABORTED, DEADLINE_EXCEEDED or CANCELLED."""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KvChanged:
+    revision: int
+    event: KvEvent
+
+
+Event = TaskChanged | RunChanged | MemberChanged | LockChanged | KvChanged

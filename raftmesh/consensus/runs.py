@@ -1,0 +1,220 @@
+"""Run commands: submit, cancel, and the attempt lifecycle (assign, complete, fail).
+
+Processors over an ``ApplyContext`` (see ``context.py``). A batched command (assign,
+complete, fail) applies the items that are valid and reports the others in its
+result; it is rejected only when no item applies. Completions and failures are fenced:
+an item whose (attempt, token, node) is not the task's current attempt is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import limits
+from .codes import Code
+from .commands import Assign, CancelRun, Complete, Fail, SubmitRun
+from .context import ApplyContext
+from .dag import DagError, check_id, validate
+from .lock_commands import task_locks_free
+from .locks import EXCLUSIVE
+from .results import (
+    AssignResult,
+    CancelRunResult,
+    ItemRejected,
+    Rejected,
+    ReportResult,
+    Result,
+    RunChanged,
+    SubmitRunResult,
+)
+from .state import TERMINAL_RUN, RunState, RunStatus, TaskKey, TaskState, TaskStatus
+from .tasks import fail_attempt, finish_run, make_ready, start, succeed
+
+MAX_REJECTIONS_SHOWN = 5
+"""Item rejections quoted in the message of a command rejected as a whole."""
+
+
+def _quote(rejected: list[ItemRejected]) -> str:
+    return str([[r.run_id, r.task_id, r.reason] for r in rejected[:MAX_REJECTIONS_SHOWN]])
+
+
+def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
+    st = ctx.state
+    if cmd.idempotency_key:
+        existing = st.idempotency.get(cmd.idempotency_key)
+        if existing is not None:
+            return SubmitRunResult(existing, created=False)
+    try:
+        check_id("run id", cmd.run_id)
+        if cmd.idempotency_key and len(cmd.idempotency_key) > limits.MAX_ID_CHARS:
+            raise DagError("limit", f"idempotency key is longer than {limits.MAX_ID_CHARS} characters")
+        if abs(cmd.priority) > limits.MAX_PRIORITY:
+            raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
+        validate(cmd.tasks, st.known_agents())
+    except DagError as exc:
+        return Rejected(Code.INVALID_ARGUMENT, str(exc))
+    if cmd.run_id in st.runs:
+        return Rejected(Code.ALREADY_EXISTS, f"run id {cmd.run_id!r} already exists")
+    rev = ctx.advance()
+    dependents: dict[str, list[str]] = {t.id: [] for t in cmd.tasks}
+    for t in cmd.tasks:
+        for d in t.deps:
+            dependents[d].append(t.id)
+    run = RunState(
+        run_id=cmd.run_id,
+        status=RunStatus.RUNNING,
+        tasks={},
+        unfinished=len(cmd.tasks),
+        priority=cmd.priority,
+        idempotency_key=cmd.idempotency_key,
+        name=cmd.name,
+        submitter=cmd.submitter,
+        created_ms=st.time_ms,
+        revision=rev,
+    )
+    st.runs[cmd.run_id] = run
+    if cmd.idempotency_key:
+        st.idempotency[cmd.idempotency_key] = cmd.run_id
+    for spec in cmd.tasks:
+        task = TaskState(
+            spec=spec,
+            status=TaskStatus.PENDING,
+            deps_waiting=len(spec.deps),
+            dependents=dependents[spec.id],
+            retries_left=spec.retries,
+        )
+        run.tasks[spec.id] = task
+        if not spec.deps:
+            make_ready(ctx, run, task, rev, not_before_ms=0)
+    ctx.emit(RunChanged(rev, cmd.run_id, RunStatus.RUNNING))
+    return SubmitRunResult(cmd.run_id, created=True)
+
+
+def cancel(ctx: ApplyContext, cmd: CancelRun) -> Result:
+    run = ctx.state.runs.get(cmd.run_id)
+    if run is None:
+        return Rejected(Code.NOT_FOUND, f"run {cmd.run_id!r} not found")
+    if run.status in TERMINAL_RUN:
+        return CancelRunResult(run.status, cancelled=False)
+    rev = ctx.advance()
+    finish_run(ctx, run, RunStatus.CANCELLED, rev, f"run cancelled: {cmd.reason or 'cancelled'}")
+    return CancelRunResult(run.status, cancelled=True)
+
+
+def assign(ctx: ApplyContext, cmd: Assign) -> Result:
+    st = ctx.state
+    now = ctx.now_ms
+    accepted: list[tuple[RunState, TaskState, str]] = []
+    rejected: list[ItemRejected] = []
+    planned: dict[str, int] = {}
+    planned_locks: dict[str, str] = {}
+    seen: set[TaskKey] = set()
+    for a in cmd.items:
+        run = st.runs.get(a.run_id)
+        t = run.tasks.get(a.task_id) if run else None
+        member = st.members.get(a.node_id)
+        why = ""
+        if run is None or t is None:
+            why = "no such task"
+        elif (a.run_id, a.task_id) in seen:
+            why = "assigned twice in one command"
+        elif run.status is not RunStatus.RUNNING:
+            why = f"run is {run.status.value}"
+        elif t.status is not TaskStatus.READY:
+            why = f"task is {t.status.value}"
+        elif a.attempt != t.attempt + 1:
+            why = f"attempt {a.attempt} is not the next attempt ({t.attempt + 1})"
+        elif t.not_before_ms > now:
+            why = "retry backoff has not passed"
+        elif member is None or not member.up:
+            why = f"node {a.node_id!r} is not an up member"
+        elif t.spec.agent not in member.agents:
+            why = f"node {a.node_id!r} does not offer agent {t.spec.agent!r}"
+        elif len(st.running.get(a.node_id, {})) + planned.get(a.node_id, 0) >= member.slots:
+            why = f"node {a.node_id!r} has no free slot"
+        else:
+            why = task_locks_free(ctx, t, a.run_id, planned_locks)
+        if why:
+            rejected.append(ItemRejected(a.run_id, a.task_id, why))
+            continue
+        assert run is not None and t is not None
+        seen.add((a.run_id, a.task_id))
+        planned[a.node_id] = planned.get(a.node_id, 0) + 1
+        for name, mode in t.spec.locks:
+            planned_locks[name] = mode if planned_locks.get(name) != EXCLUSIVE else EXCLUSIVE
+        accepted.append((run, t, a.node_id))
+    if not accepted:
+        return Rejected(Code.FAILED_PRECONDITION, f"no assignment applies: {_quote(rejected)}")
+    rev = ctx.advance()
+    for run, t, node_id in accepted:
+        start(ctx, run, t, node_id, rev)
+    return AssignResult(token=rev, accepted=len(accepted), rejected=tuple(rejected))
+
+
+def _fenced(
+    ctx: ApplyContext, node_id: str, run_id: str, task_id: str, attempt: int, token: int
+) -> tuple[str, tuple[RunState, TaskState] | None]:
+    """Why a result from this attempt must be rejected, or "" and the (run, task) if it is current."""
+    run = ctx.state.runs.get(run_id)
+    t = run.tasks.get(task_id) if run else None
+    if run is None or t is None:
+        return "no such task", None
+    if t.status is not TaskStatus.RUNNING:
+        return f"task is {t.status.value}", None
+    if t.attempt != attempt or t.token != token:
+        return f"stale attempt {attempt} (token {token}); current is {t.attempt} (token {t.token})", None
+    if t.node != node_id:
+        return f"attempt runs on {t.node!r}, not {node_id!r}", None
+    return "", (run, t)
+
+
+def complete(ctx: ApplyContext, cmd: Complete) -> Result:
+    accepted: list[tuple[RunState, TaskState, Any]] = []
+    rejected: list[ItemRejected] = []
+    too_big: list[tuple[RunState, TaskState, str]] = []
+    seen: set[TaskKey] = set()
+    for c in cmd.items:
+        why, hit = _fenced(ctx, cmd.node_id, c.run_id, c.task_id, c.attempt, c.token)
+        if not why and (c.run_id, c.task_id) in seen:
+            why = "completed twice in one command"
+        if why or hit is None:
+            rejected.append(ItemRejected(c.run_id, c.task_id, why))
+            continue
+        seen.add((c.run_id, c.task_id))
+        size = limits.encoded_size(c.output)
+        if size > limits.MAX_TASK_OUTPUT_BYTES:
+            msg = f"output is {size} bytes encoded; the limit is {limits.MAX_TASK_OUTPUT_BYTES}"
+            too_big.append((hit[0], hit[1], msg))
+        else:
+            accepted.append((hit[0], hit[1], c.output))
+    if not accepted and not too_big:
+        return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
+    rev = ctx.advance()
+    for run, t, output in accepted:
+        succeed(ctx, run, t, output, rev)
+    for run, t, msg in too_big:
+        if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
+            fail_attempt(ctx, run, t, msg, retryable=False, rev=rev)
+    return ReportResult(accepted=len(accepted) + len(too_big), rejected=tuple(rejected))
+
+
+def fail(ctx: ApplyContext, cmd: Fail) -> Result:
+    accepted: list[tuple[RunState, TaskState, str, bool]] = []
+    rejected: list[ItemRejected] = []
+    seen: set[TaskKey] = set()
+    for f in cmd.items:
+        why, hit = _fenced(ctx, cmd.node_id, f.run_id, f.task_id, f.attempt, f.token)
+        if not why and (f.run_id, f.task_id) in seen:
+            why = "failed twice in one command"
+        if why or hit is None:
+            rejected.append(ItemRejected(f.run_id, f.task_id, why))
+            continue
+        seen.add((f.run_id, f.task_id))
+        accepted.append((hit[0], hit[1], f.error[: limits.MAX_ERROR_CHARS], f.retryable))
+    if not accepted:
+        return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
+    rev = ctx.advance()
+    for run, t, error, retryable in accepted:
+        if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
+            fail_attempt(ctx, run, t, error, retryable, rev)
+    return ReportResult(accepted=len(accepted), rejected=tuple(rejected))

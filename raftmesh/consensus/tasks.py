@@ -1,0 +1,172 @@
+"""Task transitions shared by the run, member and tick processors.
+
+READY (queued for a slot), RUNNING (an attempt on a node, holding its declared locks),
+and the terminal SUCCEEDED/FAILED/CANCELLED; a run ends when its last task does, or
+when one fails for good. Every function here is called after ``ctx.advance()`` with
+the command's revision ``rev``, keeps the derived indexes in step and emits what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from typing import Any
+
+from . import limits
+from .context import ApplyContext
+from .lock_commands import grant_task_locks, release_task_locks
+from .results import RunChanged, TaskChanged
+from .state import TERMINAL_TASK, RunState, RunStatus, TaskState, TaskStatus
+
+
+def backoff_ms(spec_backoff_ms: int, failures: int, run_id: str, task_id: str) -> int:
+    """Exponential backoff with deterministic jitter (up to +25%, derived from the ids)."""
+    if spec_backoff_ms <= 0:
+        return 0
+    base: int = min(spec_backoff_ms << max(0, failures - 1), limits.MAX_BACKOFF_MS)
+    h = hashlib.blake2b(f"{run_id}/{task_id}/{failures}".encode(), digest_size=4).digest()
+    jitter = int.from_bytes(h, "big") % (base // 4 + 1)
+    return base + jitter
+
+
+def make_ready(ctx: ApplyContext, run: RunState, t: TaskState, rev: int, not_before_ms: int) -> None:
+    st = ctx.state
+    st.seq += 1
+    t.status = TaskStatus.READY
+    t.ready_seq = st.seq
+    t.not_before_ms = not_before_ms
+    t.node = ""
+    t.deadline_ms = 0
+    st.ready.setdefault(t.spec.priority, {})[(run.run_id, t.spec.id)] = None
+    run.revision = rev
+    ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, ""))
+
+
+def unready(ctx: ApplyContext, run_id: str, t: TaskState) -> None:
+    if t.status is TaskStatus.READY:
+        q = ctx.state.ready.get(t.spec.priority)
+        if q is not None:
+            q.pop((run_id, t.spec.id), None)
+
+
+def unrun(ctx: ApplyContext, run_id: str, t: TaskState) -> None:
+    """Every way out of RUNNING goes through here: it also frees the attempt's locks."""
+    if t.status is TaskStatus.RUNNING:
+        release_task_locks(ctx, t, run_id)
+        q = ctx.state.running.get(t.node)
+        if q is not None:
+            q.pop((run_id, t.spec.id), None)
+
+
+def start(ctx: ApplyContext, run: RunState, t: TaskState, node_id: str, rev: int) -> None:
+    """READY -> RUNNING on ``node_id``: a new attempt whose fencing token is ``rev``."""
+    st = ctx.state
+    unready(ctx, run.run_id, t)
+    t.status = TaskStatus.RUNNING
+    t.attempt += 1
+    t.node = node_id
+    t.token = rev
+    t.started_ms = st.time_ms
+    t.deadline_ms = st.time_ms + t.spec.timeout_ms if t.spec.timeout_ms else 0
+    st.running.setdefault(node_id, {})[(run.run_id, t.spec.id)] = None
+    grant_task_locks(ctx, t, run.run_id, rev)
+    if t.deadline_ms:
+        heapq.heappush(st.timeouts, (t.deadline_ms, run.run_id, t.spec.id, t.attempt))
+    run.revision = rev
+    ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, node_id))
+
+
+def succeed(ctx: ApplyContext, run: RunState, t: TaskState, output: Any, rev: int) -> None:
+    unrun(ctx, run.run_id, t)
+    t.status = TaskStatus.SUCCEEDED
+    t.output = output
+    t.error = ""
+    t.finished_ms = ctx.state.time_ms
+    t.deadline_ms = 0
+    run.unfinished -= 1
+    run.revision = rev
+    ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, t.node))
+    for dep_id in t.dependents:
+        d = run.tasks[dep_id]
+        d.deps_waiting -= 1
+        if d.deps_waiting == 0 and d.status is TaskStatus.PENDING:
+            make_ready(ctx, run, d, rev, not_before_ms=0)
+    if run.unfinished == 0 and run.status is RunStatus.RUNNING:
+        finish_run(ctx, run, RunStatus.SUCCEEDED, rev, "")
+
+
+def fail_attempt(
+    ctx: ApplyContext, run: RunState, t: TaskState, error: str, retryable: bool, rev: int
+) -> None:
+    """The running attempt failed: retry after the backoff while retries last, else fail the run."""
+    st = ctx.state
+    unrun(ctx, run.run_id, t)
+    t.error = error
+    t.deadline_ms = 0
+    if retryable and t.retries_left > 0:
+        t.retries_left -= 1
+        failures = t.spec.retries - t.retries_left
+        delay = backoff_ms(t.spec.retry_backoff_ms, failures, run.run_id, t.spec.id)
+        make_ready(ctx, run, t, rev, not_before_ms=st.time_ms + delay if delay else 0)
+        return
+    t.status = TaskStatus.FAILED
+    t.finished_ms = st.time_ms
+    run.unfinished -= 1
+    run.revision = rev
+    ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, t.node))
+    finish_run(ctx, run, RunStatus.FAILED, rev, f"task {t.spec.id!r} failed: {error}")
+
+
+def finish_run(ctx: ApplyContext, run: RunState, status: RunStatus, rev: int, error: str) -> None:
+    """End a run; its unfinished tasks are cancelled (hosts stop running attempts)."""
+    st = ctx.state
+    for t in run.tasks.values():
+        if t.status in TERMINAL_TASK:
+            continue
+        unready(ctx, run.run_id, t)
+        unrun(ctx, run.run_id, t)
+        t.status = TaskStatus.CANCELLED
+        t.finished_ms = st.time_ms
+        if not t.error:
+            t.error = error
+        ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, t.node))
+    run.unfinished = 0
+    run.status = status
+    run.finished_ms = st.time_ms
+    run.error = "" if status is RunStatus.SUCCEEDED else error
+    run.revision = rev
+    ctx.emit(RunChanged(rev, run.run_id, status))
+    st.finished[run.run_id] = None
+    while len(st.finished) > limits.FINISHED_RUNS_RETAINED:
+        old_id, _ = st.finished.popitem(last=False)
+        old = st.runs.pop(old_id, None)
+        if old is not None and old.idempotency_key:
+            st.idempotency.pop(old.idempotency_key, None)
+
+
+def requeue_node_tasks(ctx: ApplyContext, node_id: str, rev: int, why: str) -> None:
+    """Attempts on a lost node go back to READY; this does not consume retries."""
+    st = ctx.state
+    # Sorted: the index's insertion order differs on a replica that rebuilt it from a snapshot,
+    # and the order decides each task's ready_seq (part of the state).
+    for run_id, task_id in sorted(st.running.get(node_id, {})):
+        run = st.runs[run_id]
+        t = run.tasks[task_id]
+        unrun(ctx, run_id, t)
+        t.error = f"attempt {t.attempt} lost: {why}"
+        make_ready(ctx, run, t, rev, not_before_ms=0)
+
+
+def expire_timeouts(ctx: ApplyContext, now: int, rev: int) -> int:
+    """Fail the attempts whose timeout ``now`` passed (retryable); how many."""
+    st = ctx.state
+    expired = 0
+    while True:
+        st.next_task_deadline_ms()  # drop stale heap entries
+        if not st.timeouts or st.timeouts[0][0] > now:
+            return expired
+        _, run_id, task_id, attempt = heapq.heappop(st.timeouts)
+        run = st.runs[run_id]
+        t = run.tasks[task_id]
+        fail_attempt(ctx, run, t, f"attempt {attempt} timed out after {t.spec.timeout_ms} ms", True, rev)
+        expired += 1

@@ -1,0 +1,21 @@
+"""The leader's periodic ``tick``: the only way time passes in the state machine.
+
+It carries the leader's clock; applying it ends what that time has passed: lock
+leases and waits, KV leases (deleting their keys), and task attempts' timeouts.
+"""
+
+from __future__ import annotations
+
+from . import kv_commands, lock_commands
+from .commands import Tick
+from .context import ApplyContext
+from .results import Result, TickResult
+from .tasks import expire_timeouts
+
+
+def tick(ctx: ApplyContext, cmd: Tick) -> Result:
+    now = ctx.now_ms
+    rev = ctx.advance()
+    expired = lock_commands.expire(ctx, now) + kv_commands.expire(ctx, now)
+    expired += expire_timeouts(ctx, now, rev)
+    return TickResult(expired, ctx.state.time_ms)

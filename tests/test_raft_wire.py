@@ -1,0 +1,296 @@
+"""The Raft port runs no code for anyone and holds no more than a bounded frame (issue 7, item 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pysyncobj import pickle as so_pickle
+from pysyncobj.encryptor import getEncryptor
+from pysyncobj.node import TCPNode
+
+from raftmesh import DAG
+from raftmesh.consensus.raft import wire
+from raftmesh.localcluster import LocalCluster, free_ports, wait_until
+
+# ---- the restricted unpickler ------------------------------------------------------
+
+
+class _Exploit:
+    """Unpickling this (with plain pickle) creates ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, ...]]:
+        return (os.system, (f"touch {self.path}",))
+
+
+def _real_messages() -> list[Any]:
+    command = b"\x00" + so_pickle.dumps((0, (b"\x91\x80payload",)))
+    node = TCPNode("127.0.0.1:7151")
+    return [
+        {
+            "type": "append_entries",
+            "term": 3,
+            "commit_index": 9,
+            "entries": [(command, 10, 3)],
+            "prevLogIdx": 9,
+            "prevLogTerm": 3,
+        },
+        {"type": "append_entries", "term": 3, "commit_index": 9, "serialized": (b"chunk", True, False)},
+        {"type": "next_node_idx", "next_node_idx": 11, "reset": False, "success": True},
+        {"type": "request_vote", "term": 4, "last_log_index": 10, "last_log_term": 3},
+        {"type": "response_vote", "term": 4},
+        {"type": "apply_command", "command": command, "request_id": 7},
+        (os.urandom(32), {"type": "raftmesh_link_ping"}),
+        b"",
+        ((command, 10, 3), (command, 9, 3), {node, TCPNode("127.0.0.1:7152")}),  # snapshot meta
+        0,
+        "127.0.0.1:7151",
+    ]
+
+
+@pytest.mark.parametrize("message", _real_messages())
+def test_loads_accepts_what_pysyncobj_sends(message: Any) -> None:
+    data = so_pickle.dumps(message)  # pysyncobj's own encoder (protocol 2)
+    assert wire.loads(data) == message
+
+
+def test_loads_refuses_code_and_allocation_bombs(tmp_path: Any) -> None:
+    marker = tmp_path / "pwned"
+    with pytest.raises(wire.RefusedPickle, match=r"posix\.system"):
+        wire.loads(pickle.dumps(_Exploit(str(marker)), 2))
+    with pytest.raises(wire.RefusedPickle, match=r"builtins\.open"):
+        wire.loads(
+            b"cbuiltins\nopen\n(X"
+            + struct.pack("<I", len(str(marker)))
+            + str(marker).encode()
+            + b"X\x01\x00\x00\x00wtR."
+        )
+    # bytes(2**31) would allocate 2 GiB; only bytes() is admitted
+    with pytest.raises(wire.RefusedPickle, match="bytes"):
+        wire.loads(b"c__builtin__\nbytes\n(J\xff\xff\xff\x7ftR.")
+    # _codecs.encode with an inflating codec
+    with pytest.raises(wire.RefusedPickle, match="codec"):
+        wire.loads(pickle.dumps(b"x", 2).replace(b"latin1", b"zlib_c"))
+    assert not marker.exists()
+
+
+def test_inflate_is_bounded() -> None:
+    bomb = zlib.compress(b"\0" * (wire.MAX_MESSAGE_BYTES + 1), 9)
+    assert len(bomb) < 100_000
+    with pytest.raises(wire.FrameRefused, match="inflates past"):
+        wire.inflate(bomb)
+    assert wire.inflate(zlib.compress(b"ok")) == b"ok"
+
+
+def test_transmission_guard_refuses_a_reassembled_exploit(tmp_path: Any) -> None:
+    evil = pickle.dumps(_Exploit(str(tmp_path / "pwned")), 2)
+    guard = wire.TransmissionGuard()
+    piece = {"type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1, "prevLogTerm": 1}
+    assert guard.admit("n2", dict(piece, transmission="start", data=evil[:10])) is not None
+    assert guard.admit("n2", dict(piece, transmission="finish", data=evil[10:])) is None
+    assert guard.admit("n2", [1, 2]) is None  # not a message at all
+
+
+def test_transmission_guard_relabels_pysyncobjs_early_finish() -> None:
+    """pysyncobj marks "finish" at the command's length; the pickled entry is longer."""
+    command = b"\x00" + so_pickle.dumps((0, (bytes(range(256)) * 300,)))
+    entry = so_pickle.dumps((command, 5, 1))
+    batch = 2**16
+    pieces = [entry[pos : pos + batch] for pos in range(0, len(entry), batch)]
+    # exactly as pysyncobj's __sendAppendEntries labels them
+    labels = [
+        "start" if pos == 0 else "finish" if pos + batch >= len(command) else "process"
+        for pos in range(0, len(entry), batch)
+    ]
+    assert labels.count("finish") >= 2, labels
+    guard = wire.TransmissionGuard()
+    piece = {"type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 4, "prevLogTerm": 1}
+    delivered = [
+        guard.admit("n2", dict(piece, transmission=label, data=data))
+        for label, data in zip(labels, pieces, strict=True)
+    ]
+    assert all(m is not None for m in delivered)
+    assert [m["transmission"] for m in delivered] == [*["start"], *["process"] * (len(pieces) - 2), "finish"]
+    assert so_pickle.loads(b"".join(m["data"] for m in delivered)) == (command, 5, 1)
+
+
+# ---- a live node ---------------------------------------------------------------------
+
+
+def _frame(payload: bytes, secret: str | None = None) -> bytes:
+    """A frame exactly as pysyncobj's TcpConnection.send builds one."""
+    data = zlib.compress(payload, 3)
+    if secret is not None:
+        data = getEncryptor(secret).encrypt_at_time(data, int(time.monotonic()))
+    return struct.pack("i", len(data)) + data
+
+
+def _connect(addr: str) -> socket.socket:
+    host, port = addr.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def _closed_by_peer(sock: socket.socket, timeout_s: float = 10.0, trickle: bytes = b"") -> bool:
+    """True once the node closes the connection (optionally trickling bytes meanwhile)."""
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if trickle:
+                sock.sendall(trickle)
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:  # reset / broken pipe: closed
+            return True
+    return False
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _refusals(c: LocalCluster, node: str) -> int:
+    with open(c.nodes[node].log_path, encoding="utf-8", errors="replace") as f:
+        return f.read().count("closing Raft connection")
+
+
+def _attack_and_check(c: LocalCluster, marker: Any, secret: str | None) -> None:
+    target = "n1"
+    n = c.nodes[target]
+    assert n.pid is not None
+    rss_before = _rss_kb(n.pid)
+    evil = pickle.dumps(_Exploit(str(marker)), 2)
+    attempts = [_frame(evil)]  # plaintext: refused by authentication, or by the unpickler
+    if secret is not None:
+        attempts.append(_frame(evil, secret))  # a leaked secret reaches the unpickler: refused there
+    attempts.append(struct.pack("i", -1) + b"x" * 64)
+    attempts.append(struct.pack("i", wire.MAX_FRAME_BYTES + 1) + b"x" * 64)
+    for frame in attempts:
+        with _connect(n.raft) as s:
+            s.sendall(frame)
+            assert _closed_by_peer(s), "the node kept a refused connection open"
+
+    # 2 GiB announced, then a trickle: closed after the header, nothing buffered
+    with _connect(n.raft) as s:
+        s.sendall(struct.pack("i", 2**31 - 1))
+        assert _closed_by_peer(s, trickle=b"\0" * 1024)
+
+    assert not marker.exists(), "the exploit ran"
+    assert n.alive
+    wait_until(lambda: _refusals(c, target) >= len(attempts) + 1, 10, "every refusal to be logged")
+    assert _rss_kb(n.pid) - rss_before < 50_000, "the node grew while refusing frames"
+
+    # the cluster still commits: a run submitted through the attacked node finishes
+    dag = DAG("after-attack")
+    dag.task("a", "sum", input={"value": 1})
+    dag.task("b", "sum", input={"value": 2}, deps=["a"])
+    run = c.client([n.grpc]).run(dag, timeout_s=60)
+    assert run.status == "SUCCEEDED", run.error
+    assert run.tasks["b"].output == 3
+
+
+@pytest.mark.e2e
+def test_secure_cluster_refuses_malicious_frames(
+    make_cluster: Callable[..., LocalCluster], tmp_path: Any
+) -> None:
+    c = make_cluster(3)
+    assert c.secret_path is not None and os.stat(c.secret_path).st_mode & 0o777 == 0o600
+    with open(c.secret_path) as f:
+        secret = f.read().strip()
+    _attack_and_check(c, tmp_path / "pwned", secret)
+
+
+@pytest.mark.e2e
+def test_loopback_cluster_without_secret_refuses_malicious_frames(
+    make_cluster: Callable[..., LocalCluster], tmp_path: Any
+) -> None:
+    c = make_cluster(3, raft_secret=False)
+    _attack_and_check(c, tmp_path / "pwned", None)
+
+
+def test_node_refuses_a_non_loopback_raft_address_without_a_secret(tmp_path: Any) -> None:
+    raft_port, grpc_port = free_ports(2)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAFTMESH_RAFT_SECRET", "RAFTMESH_RAFT_PASSWORD")}
+    argv = [
+        sys.executable,
+        "-m",
+        "raftmesh.cli.main",
+        "node",
+        "--id",
+        "n1",
+        "--grpc",
+        f"127.0.0.1:{grpc_port}",
+    ]
+    argv += ["--data-dir", str(tmp_path / "d")]
+    p = subprocess.run(
+        [*argv, "--raft", f"0.0.0.0:{raft_port}"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 2, p.stderr
+    assert "no cluster secret" in p.stderr and "--raft-secret-file" in p.stderr
+    short = tmp_path / "short.secret"
+    short.write_text("abc\n")
+    p = subprocess.run(
+        [*argv, "--raft", f"0.0.0.0:{raft_port}", "--raft-secret-file", str(short)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2 and "at least 16 characters" in p.stderr, p.stderr
+
+
+def test_node_takes_the_secret_file_and_unsafe_no_fsync_from_its_config(tmp_path: Any) -> None:
+    """The config-file keys reach the node: no 'no cluster secret' warning, the fsync warning."""
+    raft_port, grpc_port = free_ports(2)
+    secret = tmp_path / "raft.secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    os.chmod(secret, 0o600)
+    config = tmp_path / "node.json"
+    config.write_text(
+        json.dumps(
+            {
+                "id": "n1",
+                "raft": f"127.0.0.1:{raft_port}",
+                "grpc": f"127.0.0.1:{grpc_port}",
+                "data-dir": str(tmp_path / "data"),
+                "raft-secret-file": str(secret),
+                "unsafe-no-fsync": True,
+            }
+        )
+    )
+    log_path = tmp_path / "node.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAFTMESH_RAFT_SECRET", "RAFTMESH_RAFT_PASSWORD")}
+    with open(log_path, "wb") as log:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "raftmesh.cli.main", "node", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        wait_until(lambda: "serving gRPC" in log_path.read_text(), 60, "the node to serve")
+        text = log_path.read_text()
+        assert "--unsafe-no-fsync" in text
+        assert "no cluster secret" not in text
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
