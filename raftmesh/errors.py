@@ -122,3 +122,22 @@ _BY_CODE: dict[str, type[RaftmeshError]] = {
 def error_for_code(code: str, message: str) -> RaftmeshError:
     """The most specific error class for a status code name (used by the SDK)."""
     return _BY_CODE.get(code, RaftmeshError)(message)
+
+
+def clip_message(message: str, max_bytes: int | None = None) -> str:
+    """``message`` as it may go into a gRPC status: valid UTF-8, at most ``max_bytes`` (plus a count).
+
+    grpc sends the message percent-encoded in a trailer (at most 3 bytes per byte) and the
+    client refuses trailers over 16 KiB, so an error that echoes a long input (an id, a cycle)
+    would reach the client as RESOURCE_EXHAUSTED instead of the error. Lone surrogates (which
+    have no UTF-8) are replaced.
+    """
+    # Imported here: the consensus package imports this module (results name their errors).
+    from .consensus.limits import MAX_STATUS_MESSAGE_BYTES
+
+    limit = MAX_STATUS_MESSAGE_BYTES if max_bytes is None else max_bytes
+    data = message.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    head = data[:limit].decode("utf-8", "ignore")
+    return f"{head}…({len(message) - len(head)} more characters)"

@@ -20,6 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from .client import Client
 from .errors import RaftmeshError
 
@@ -268,34 +271,58 @@ class LocalCluster:
             return leader if leader in live else None
         return None
 
+    def serving(self, node_id: str, timeout_s: float = 2.0) -> bool:
+        """The node answers the gRPC health check with SERVING: it knows a leader and its
+        current incarnation is registered and up in the state it has applied."""
+        with grpc.insecure_channel(self.nodes[node_id].grpc) as ch:
+            try:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+                )
+            except grpc.RpcError:
+                return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
     def wait_ready(self, timeout_s: float = 60.0, among: Sequence[str] | None = None) -> str:
-        """Wait until the live nodes agree on a leader and all are registered up; returns the leader."""
+        """Wait until the live nodes agree on a leader and each is SERVING; returns the leader.
+
+        SERVING (not the ``up`` flag of a member, which a quickly restarted node still
+        carries from its previous incarnation) means each node has applied its own
+        current registration, so nothing of the restart is still to commit.
+        """
         live = list(among or [n for n in self.nodes if self.nodes[n].alive and not self.nodes[n].paused])
 
         def ready() -> str | None:
             leader = self.leader(live)
-            if leader is None:
+            if leader is None or not all(self.serving(i) for i in live):
                 return None
-            st = self.status_of(live[0])
-            up = {m.id for m in st.members if m.up}
-            return leader if set(live) <= up else None
+            return leader
 
-        return str(wait_until(ready, timeout_s, f"a leader agreed by {live}"))
+        return str(wait_until(ready, timeout_s, f"a leader agreed by {live}, each of them SERVING"))
 
     def digests(self, among: Sequence[str] | None = None) -> dict[str, tuple[int, str]]:
-        """(last_applied, digest) per live node."""
-        out = {}
-        for i in among or [n for n in self.nodes if self.nodes[n].alive and not self.nodes[n].paused]:
-            st = self.status_of(i, include_digest=True)
-            out[i] = (st.revision, st.digest)
-        return out
+        """(revision, digest) per live node."""
+        return {i: (st.revision, st.digest) for i, st in self.statuses(among).items()}
+
+    def statuses(self, among: Sequence[str] | None = None) -> dict[str, Any]:
+        """Each live node's status, with its state digest."""
+        ids = among or [n for n in self.nodes if self.nodes[n].alive and not self.nodes[n].paused]
+        return {i: self.status_of(i, include_digest=True) for i in ids}
+
+    def wait_converged_statuses(
+        self, timeout_s: float = 30.0, among: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Wait until every live replica has the same revision and digest; returns the statuses
+        of that one poll. Compare against these, never against a later read: a tick or a
+        registration may commit meanwhile (all replicas equal again, one revision later)."""
+
+        def same() -> dict[str, Any] | None:
+            sts = self.statuses(among)
+            return sts if len({(st.revision, st.digest) for st in sts.values()}) == 1 else None
+
+        return dict(wait_until(same, timeout_s, "replicas to converge"))
 
     def wait_converged(self, timeout_s: float = 30.0, among: Sequence[str] | None = None) -> str:
         """Wait until every live replica has the same revision and digest; returns the digest."""
-
-        def same() -> str | None:
-            d = self.digests(among)
-            vals = set(d.values())
-            return next(iter(vals))[1] if len(vals) == 1 else None
-
-        return str(wait_until(same, timeout_s, "replicas to converge"))
+        sts = self.wait_converged_statuses(timeout_s, among)
+        return str(next(iter(sts.values())).digest)

@@ -5,6 +5,7 @@
                      [--clients C] [--node-down-after S] [--keep-dir] [--json PATH]
                      [--kv-clients N] [--kv-keys K] [--lock-clients N] [--lock-names L]
                      [--no-dag] [--no-faults] [--unfenced-experiment] [--lin-timeout S]
+                     [--snapshot-every ENTRIES]
 
 Starts --nodes node processes and runs three workloads side by side: --clients
 closed-loop clients submitting DAGs with unique idempotency keys (--no-dag: none),
@@ -30,8 +31,12 @@ increment a counter that ignores tokens and prints what it lost next to the fenc
 one (expected corruption, not a violation). --no-faults runs the workloads without
 the nemesis. Exit status: 0 no violation, 1 violations, 2 bad usage or the
 harness failed, 130 interrupted. Nodes run with --snapshot-entries 10000000 so each
-journal holds the whole log for the audit. A failing seed replays with --seed (the
-report prints the command).
+journal holds the whole log for the audit. --snapshot-every N instead snapshots every
+N log entries (e.g. 300), so snapshots are taken and installed under the faults; the
+nodes then run with --archive-applied and the replay audit reads the union of their
+archives of applied entries (a gap or a disagreement in it is a violation), and the
+report counts the snapshots written, installed and loaded. A failing seed replays
+with --seed (the report prints the command).
 """
 
 from __future__ import annotations
@@ -90,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds for the linearizability search (default 60); past it the verdict is inconclusive",
     )
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=None,
+        metavar="ENTRIES",
+        help="snapshot every ENTRIES log entries (e.g. 300); the audit reads archives of applied entries",
+    )
     return p
 
 
@@ -122,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             unfenced_experiment=args.unfenced_experiment,
             faults=not args.no_faults,
             lin_timeout_s=args.lin_timeout,
+            snapshot_entries=args.snapshot_every,
         )
         report = run_chaos(cfg, log=log)
     except KeyboardInterrupt:

@@ -6,15 +6,18 @@
 #   scripts/cluster.sh down [--dir DIR]                   stop every node (TERM, then KILL after 10 s)
 #   scripts/cluster.sh status [--dir DIR]                 pids and cluster status
 #   scripts/cluster.sh kill ID [--dir DIR]                kill -9 one node
-#   scripts/cluster.sh restart ID [--dir DIR]             start a stopped/killed node again
+#   scripts/cluster.sh restart ID [--wait] [--dir DIR]    start a stopped/killed node again
 #
 # Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100).
 # Data and logs live in DIR/nI (DIR defaults to ./.cluster); DIR/env holds RAFTMESH_ADDRESSES.
 # `up` makes DIR/raft.secret (mode 0600, kept across runs): every node authenticates and
 # encrypts Raft traffic with it. --unsafe-no-fsync is passed to every node.
+# restart returns once that node serves, or, while fewer than a majority of the nodes
+# run, once it answers (saying the cluster has no quorum yet), so a crashed cluster can be
+# restarted node by node; --wait waits for a ready cluster (every node serving) instead.
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -23,9 +26,11 @@ ARG=""
 DIR=./.cluster
 BASE=7100
 NODE_FLAGS=()
+WAIT=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) DIR=$2; shift 2 ;;
+    --wait) WAIT=1; shift ;;
     --base-port) BASE=$2; shift 2 ;;
     --unsafe-no-fsync) NODE_FLAGS+=(--unsafe-no-fsync); shift ;;
     -h|--help) usage ;;
@@ -59,6 +64,30 @@ wait_ready() {  # wait until every node answers health SERVING (a leader is know
     sleep 0.2
   done
 }
+
+health_of() {  # health_of ADDR: SERVING, NOT_SERVING or UNREACHABLE
+  local out
+  out=$("${RM[@]}" --addresses "$1" --timeout 2 health --json 2>/dev/null || true)
+  case $out in
+    *'"NOT_SERVING"'*) echo NOT_SERVING ;;
+    *'"SERVING"'*) echo SERVING ;;
+    *) echo UNREACHABLE ;;
+  esac
+}
+
+wait_node() {  # wait_node ID ADDR STATES...: until the node's health is one of STATES
+  local id=$1 addr=$2 deadline=$((SECONDS + ${CLUSTER_WAIT_S:-60})) h
+  shift 2
+  while true; do
+    h=$(health_of "$addr")
+    for want in "$@"; do [[ $h == "$want" ]] && return 0; done
+    alive "$DIR/$id" || die "$id exited; see $DIR/$id/node.log"
+    (( SECONDS < deadline )) || die "$id did not become $* within ${CLUSTER_WAIT_S:-60}s (it is $h); see $DIR/$id/node.log"
+    sleep 0.2
+  done
+}
+
+[[ $WAIT == 0 || $CMD == restart ]] || die "--wait is a flag of restart only"
 
 case $CMD in
   up)
@@ -131,8 +160,29 @@ case $CMD in
     fi
     start_node "$ARG"
     source "$DIR/env"
-    wait_ready "$RAFTMESH_ADDRESSES"
-    echo "restarted $ARG (pid $(cat "$d/pid"))"
+    if (( WAIT )); then
+      wait_ready "$RAFTMESH_ADDRESSES"
+      echo "restarted $ARG (pid $(cat "$d/pid")); the cluster is ready"
+      exit 0
+    fi
+    total=0 running=0
+    for nd in "$DIR"/n*/; do
+      nd=${nd%/}
+      [[ -f $nd/cmd ]] || continue
+      total=$((total + 1))
+      alive "$nd" && running=$((running + 1))
+    done
+    majority=$((total / 2 + 1))
+    addr=$(grep -A1 -x -- --grpc "$d/cmd" | tail -n 1)
+    if (( running < majority )); then
+      # It cannot serve before a majority runs: that it answers is all there is to wait for.
+      wait_node "$ARG" "$addr" SERVING NOT_SERVING
+      echo "restarted $ARG (pid $(cat "$d/pid")); the cluster has no quorum yet: $running of $total" \
+        "nodes running, a majority needs $majority (restart more nodes; restart --wait waits for a ready cluster)"
+    else
+      wait_node "$ARG" "$addr" SERVING
+      echo "restarted $ARG (pid $(cat "$d/pid")); it serves ($running of $total nodes running)"
+    fi
     ;;
   *) usage ;;
 esac

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from raftmesh.chaos.checker import (
+    ARCHIVE,
     AUDIT_MISSING,
     BAD_OUTPUT,
     DIVERGED,
@@ -191,6 +192,24 @@ def test_a_missing_audit_is_a_violation_unless_the_run_says_why() -> None:
     compacted = check_history([op("k1")], {"r-k1": run("k1")}, None, {}, (), "every journal was compacted")
     assert compacted.ok
     assert compacted.invariants[FENCED].unchecked and compacted.invariants[EARLY].unchecked
+
+
+def test_a_gap_or_a_disagreement_in_the_archives_is_a_violation() -> None:
+    problems = ["no archive holds log entries 120-130", "archives disagree on entry 200"]
+    result = check_history([], {}, Audit(), {}, (), "", problems)
+    assert result.invariants[ARCHIVE].count == 2 and not result.ok
+    assert check_history([], {}, Audit(), {}, (), "", []).ok
+
+
+def test_snapshot_mode_is_validated_and_replayable() -> None:
+    from raftmesh.chaos.runner import ChaosConfig, replay_command
+    from raftmesh.errors import InvalidArgument
+
+    cfg = ChaosConfig(seed=3, snapshot_entries=300)
+    assert replay_command(cfg).endswith("--snapshot-every 300")
+    assert "--snapshot-every" not in replay_command(ChaosConfig(seed=3))
+    with pytest.raises(InvalidArgument, match="--snapshot-every"):
+        ChaosConfig(snapshot_entries=1)
 
 
 # ---- the audit on hand-made command batches --------------------------------------------
@@ -657,6 +676,24 @@ def test_chaos_process_faults_without_root(tmp_path: Path) -> None:
     )
     assert {f["kind"] for f in data["faults"]} <= {"kill-node", "kill-leader", "pause-node", "pause-leader"}
     assert not any((tmp_path / "tmp").glob("raftmesh-chaos-*")), "the data directory was left behind"
+
+
+@pytest.mark.e2e
+def test_chaos_with_frequent_snapshots(tmp_path: Path) -> None:
+    """Snapshots every 100 entries under process faults: taken and installed, every check runs
+    (the replay audit on the union of the nodes' archives of applied entries)."""
+    data, _ = _run_chaos(
+        tmp_path,
+        *("--net", "none", "--nodes", "3", "--duration", "0.3", "--seed", "23", "--snapshot-every", "100"),
+        timeout_s=240,
+    )
+    stats = data["log_stats"]
+    assert stats["snapshots_written"] >= 3, stats
+    assert stats["snapshots_installed"] >= 1, stats  # the restarted node lagged past a snapshot
+    assert stats["commands"] > 0 and stats["archived_entries"] > 0
+    assert len(data["journal_replays"]) == 3
+    assert all(r["ok"] and r["source"] == "archives" for r in data["journal_replays"])
+    assert data["workloads"]["snapshot_entries"] == 100
 
 
 @pytest.mark.e2e

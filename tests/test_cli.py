@@ -9,6 +9,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -188,3 +189,50 @@ def test_cluster_script(tmp_path: pathlib.Path) -> None:
         assert down.returncode == 0, down.stderr
     for n in ("n1", "n2", "n3"):
         assert not pathlib.Path(d, n, "pid").exists()
+
+
+def test_cluster_script_restarts_a_crashed_cluster_node_by_node(tmp_path: pathlib.Path) -> None:
+    """kill -9 of every node, then `restart` one by one: each returns once that node serves,
+    or, before a majority runs, once it answers, saying that there is no quorum yet."""
+    script = str(ROOT / "scripts" / "cluster.sh")
+    d = str(tmp_path / "c")
+    env = {**os.environ, "RAFTMESH_BIN": f"{sys.executable} -m raftmesh.cli.main"}
+
+    def sh(*args: str, **extra_env: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        t0 = time.monotonic()
+        res = subprocess.run(
+            [script, *args, "--dir", d], capture_output=True, text=True, timeout=120, env={**env, **extra_env}
+        )
+        return res, time.monotonic() - t0
+
+    try:
+        up, _ = sh("up", "3", "--base-port", str(_free_base()))
+        assert up.returncode == 0, up.stderr
+        addrs = [ln for ln in up.stdout.splitlines() if ln.startswith("RAFTMESH_ADDRESSES=")][-1].split(
+            "=", 1
+        )[1]
+        for n in ("n1", "n2", "n3"):
+            assert sh("kill", n)[0].returncode == 0
+        # --wait waits for a ready cluster, which cannot exist with one node of three
+        waited, _ = sh("restart", "n1", "--wait", CLUSTER_WAIT_S="3")
+        assert waited.returncode == 1 and "did not become ready" in waited.stderr, waited
+        first, took = sh("restart", "n1")
+        assert first.returncode == 0, first.stderr
+        assert "no quorum yet: 1 of 3 nodes running, a majority needs 2" in first.stdout, first.stdout
+        assert took < 30, f"restart of the first node took {took:.1f} s"
+        assert cli("health", addresses=addrs.split(",")[0]).returncode != 0  # it answers, not SERVING
+        second, took = sh("restart", "n2")
+        assert second.returncode == 0, second.stderr
+        assert "it serves (2 of 3 nodes running)" in second.stdout, second.stdout
+        assert took < 30, f"restart of the second node took {took:.1f} s"
+        third, _ = sh("restart", "n3", "--wait")
+        assert third.returncode == 0 and "the cluster is ready" in third.stdout, third
+        assert cli("health", addresses=addrs).returncode == 0
+        dag = tmp_path / "dag.yaml"
+        dag.write_text("tasks:\n  - {id: a, agent: sum, input: {value: 2}}\n")
+        run = cli("submit", str(dag), "--wait", "--json", addresses=addrs)
+        assert run.returncode == 0 and json.loads(run.stdout)["status"] == "SUCCEEDED", run.stderr
+        assert sh("up", "3", "--wait")[0].returncode == 1  # --wait belongs to restart
+    finally:
+        down, _ = sh("down")
+        assert down.returncode == 0, down.stderr

@@ -8,9 +8,8 @@ import pytest
 
 from raftmesh.consensus.raft import read_journal
 from raftmesh.localcluster import LocalCluster, wait_until
-from raftmesh.verify.audit import audit_payloads
 
-from .test_e2e_durability import sleepers
+from .test_e2e_durability import audit_through, sleepers
 
 pytestmark = pytest.mark.e2e
 
@@ -45,16 +44,16 @@ def test_paused_node_is_marked_down_and_rejoins_fenced(make_cluster: Callable[..
         return next(m for m in c.status_of(leader).members if m.id == victim).up
 
     wait_until(back_up, 30, f"{victim} to rejoin")
-    digest = c.wait_converged(timeout_s=30)
+    c.wait_ready(timeout_s=30)  # the victim SERVING again: it has applied its re-registration
+    converged = c.wait_converged_statuses(timeout_s=30)[leader]
     final = client.get(run_id)
     assert {t.id: (t.node, t.attempt) for t in final.tasks.values()} == {
         t.id: (t.node, t.attempt) for t in run.tasks.values()
     }, "a fenced attempt changed a finished run"
-    assert c.status_of(leader).revision > revision_before  # the rejoin itself went through the log
+    assert converged.revision > revision_before  # the rejoin itself went through the log
     c.stop_node(leader)
     entries, _ = read_journal(c.nodes[leader].data_dir + "/raft.journal")
-    audit = audit_payloads([p for _, _, p in entries])
-    assert audit.machine.digest() == digest
+    audit = audit_through([p for _, _, p in entries], converged.revision, converged.digest)
     assert audit.duplicated == []
     assert all(audit.results[(run_id, t)] == 1 for t in run.tasks)
 

@@ -613,7 +613,7 @@ def test_oversized_output_fails_the_attempt_without_retry(c: Cluster) -> None:
 def test_output_at_the_limit_is_accepted(c: Cluster) -> None:
     c.ok(c.submit("r1", [spec("a")]))
     c.ok(c.assign(("r1", "a", "n1")))
-    c.ok(c.complete("r1", "a", output=b"x" * (limits.MAX_TASK_OUTPUT_BYTES - 5)))  # bin32 header: 5
+    c.ok(c.complete("r1", "a", output="x" * (limits.MAX_TASK_OUTPUT_BYTES - 5)))  # str32 header: 5
     assert c.task("r1", "a").status is TaskStatus.SUCCEEDED
 
 
@@ -926,10 +926,21 @@ def test_apply_never_raises_on_unencodable_values(c: Cluster) -> None:
     c.unchanged(c.submit("r1", [spec("a", input={1, 2})]))
     c.ok(c.submit("r1", [spec("a")]))
     c.ok(c.assign(("r1", "a", "n1")))
-    res = c.unchanged(c.complete("r1", "a", output=object()))
-    assert not res.ok
+    # An output that is not JSON fails the attempt (like an oversized one): no reader could encode it.
+    c.ok(c.complete("r1", "a", output=object()))
+    t = c.task("r1", "a")
+    assert (t.status, t.output) == (TaskStatus.FAILED, None)
+    assert "not a JSON value" in t.error
     res, _ = c.sm.apply(Undecodable("bad"))  # type: ignore[arg-type]
     assert res.code is Code.INVALID_ARGUMENT
+
+
+def test_a_request_id_reused_by_another_kind_of_command_is_refused(c: Cluster) -> None:
+    c.ok(c.submit("r1", [spec("a")], rid="same"))
+    # A cancel that reuses the submit's id must not be handed the submit's result.
+    res = c.unchanged(CancelRun("same", c.ts, "r1", "why"), Code.INVALID_ARGUMENT)
+    assert "already used by a submit_run command" in res.message
+    assert expect(c.apply(c.submit("r1", [spec("a")], rid="same")), SubmitRunResult).created is True
 
 
 def test_dedup_forgets_request_ids_after_retention(c: Cluster) -> None:

@@ -34,6 +34,7 @@ EARLY = "tasks started before their dependencies"
 DIVERGED = "replicas with a different digest"
 REPLAY = "journal replay differs from the live state"
 AUDIT_MISSING = "committed log not audited"
+ARCHIVE = "archived log with a gap or a disagreement"
 
 INVARIANTS = (
     LOST,
@@ -49,6 +50,7 @@ INVARIANTS = (
     DIVERGED,
     REPLAY,
     AUDIT_MISSING,
+    ARCHIVE,
 )
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -77,13 +79,15 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class ReplayCheck:
-    """The journal of ``node`` replayed up to the live revision."""
+    """The journal of ``node`` (or the union of the archives) replayed up to its applied index."""
 
     node: str
     entries: int
     revision: int
     digest: str
     live_digest: str
+    source: str = "journal"
+    """``journal``: this node's; ``archives``: the union of every node's archive of applied entries."""
 
     @property
     def ok(self) -> bool:
@@ -141,12 +145,14 @@ def check_history(
     digests: Mapping[str, tuple[int, str]],
     replays: Sequence[ReplayCheck] = (),
     audit_unavailable: str = "",
+    archive_problems: Sequence[str] = (),
 ) -> CheckResult:
     """Every invariant of the chaos run; ``runs`` are all the runs the cluster holds.
 
     With no ``audit``, the log invariants are violations (``committed log not audited``)
     unless ``audit_unavailable`` says why they could not be checked; they are then
-    reported as unchecked, not as passed.
+    reported as unchecked, not as passed. ``archive_problems``: what the merge of the nodes'
+    archives of applied entries found (gaps, disagreements); each is a violation.
     """
     inv = {name: Invariant(name) for name in INVARIANTS}
     out = Outcomes()
@@ -216,8 +222,10 @@ def check_history(
         if not rp.ok:
             inv[REPLAY].add(
                 f"{rp.node}: {rp.entries} entries to revision {rp.revision} give {rp.digest[:16]}, "
-                f"live {rp.live_digest[:16]}"
+                f"live {rp.live_digest[:16]} ({rp.source})"
             )
+    for problem in archive_problems:
+        inv[ARCHIVE].add(problem)
     return CheckResult(inv, out)
 
 

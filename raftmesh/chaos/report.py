@@ -313,16 +313,24 @@ def format_report(r: Report) -> str:
         + (f" ({next(iter(digests))[:16]}...)" if len(digests) == 1 else "")
     )
     for rp in r.replays:
+        what = f"journal {rp.node}" if rp.source == "journal" else f"archives up to {rp.node}'s applied index"
         lines.append(
-            f"  journal {rp.node}: {rp.entries} entries replayed to revision {rp.revision}:"
+            f"  {what}: {rp.entries} entries replayed to revision {rp.revision}:"
             f" {'equal to' if rp.ok else 'DIFFERS from'} the live digest"
         )
-    if r.log_stats:
+    if r.log_stats and "commands" in r.log_stats:
         s = r.log_stats
         lines.append(
             f"audited log: {s['commands']} commands; {s['tasks_started']} tasks started in {s['attempts']}"
             f" attempts ({s['attempts_again']} re-runs after a failure or a lost node);"
             f" {s['stale_results_rejected']} stale results rejected by fencing"
+        )
+    if r.log_stats and "snapshots_written" in r.log_stats:
+        s = r.log_stats
+        lines.append(
+            f"snapshots: {s['snapshots_written']} written, {s['snapshots_installed']} installed from a leader,"
+            f" {s['snapshots_loaded']} loaded at a node's start; the audit read"
+            f" {s.get('archived_entries', 0)} archived log entries"
         )
     lines += [f"note: {n}" for n in r.notes]
     if r.data_dir:

@@ -1,10 +1,13 @@
 """Run one chaos experiment end to end: cluster, workloads, nemesis, heal, drain, audit, check.
 
 Timeline: start the nodes (``--snapshot-entries 10000000`` so every journal keeps the
-whole log for the audit), warm up with the workloads alone, inject the seeded faults
+whole log for the audit; or, with ``snapshot_entries``, frequent snapshots and
+``--archive-applied``, so the audit reads the nodes' archives of applied entries
+instead, see ``raftmesh.storage.archive``), warm up with the workloads alone, inject the seeded faults
 for the fault phase, cool down with the workloads alone, stop the workloads, heal
 everything, drain (every run terminal), read every run, wait until all replicas
-have the same digest, stop the nodes gracefully, replay their journals and check.
+have the same digest, stop the nodes gracefully, replay their journals (or archives)
+and check.
 
 Three workloads run side by side, each optional: DAG submits (``workload``), KV
 clients (``kv_workload``) and lock holders writing fenced counters
@@ -31,9 +34,10 @@ from types import FrameType
 from typing import Any
 
 from ..consensus.machine import StateMachine
-from ..consensus.raft import read_journal
+from ..consensus.raft import batch_payload, read_journal
 from ..errors import InvalidArgument
 from ..localcluster import LocalCluster, wait_until
+from ..storage.archive import ArchiveContents, merge_archives, read_archive
 from ..verify.audit import Audit
 from . import netns
 from .checker import (
@@ -62,6 +66,9 @@ run whose nodes live longer than that audits a log with a prefix missing; the
 report says so rather than failing the replay check.
 """
 LOG_COMPACTION_S = 600.0
+SNAPSHOT_EVERY_MIN, SNAPSHOT_EVERY_MAX = 20, 1_000_000
+FIRST_APPLIED_INDEX = 2
+"""pysyncobj's log starts with an entry at index 1 that is never applied."""
 START_TIMEOUT_S = 60.0
 CONVERGE_TIMEOUT_S = 60.0
 LIST_PAGE = 1000
@@ -94,6 +101,10 @@ class ChaosConfig:
     faults: bool = True
     """``--no-faults``: the fault phase runs the workloads alone (a baseline, or the quick experiment)."""
     lin_timeout_s: float = LINEARIZABILITY_TIMEOUT_S
+    snapshot_entries: int | None = None
+    """Snapshot every this many log entries (``--snapshot-every``), so snapshots are taken and
+    installed under faults; the replay audit then reads the nodes' archives of applied entries.
+    None: no snapshots, the audit replays the journals."""
 
     def __post_init__(self) -> None:
         if self.nodes not in (3, 5, 7):
@@ -114,6 +125,13 @@ class ChaosConfig:
             raise InvalidArgument("--lin-timeout must be > 0 seconds")
         if self.net not in ("netns", "proxy", "none"):
             raise InvalidArgument(f"--net must be netns, proxy or none, got {self.net!r}")
+        if self.snapshot_entries is not None and not (
+            SNAPSHOT_EVERY_MIN <= self.snapshot_entries <= SNAPSHOT_EVERY_MAX
+        ):
+            raise InvalidArgument(
+                f"--snapshot-every must be {SNAPSHOT_EVERY_MIN}-{SNAPSHOT_EVERY_MAX} log entries,"
+                f" got {self.snapshot_entries}"
+            )
 
     @property
     def phase_s(self) -> float:
@@ -139,6 +157,8 @@ def replay_command(cfg: ChaosConfig) -> str:
         cmd += f" --warmup {cfg.warmup_s:g}"
     if cfg.cooldown_s is not None:
         cmd += f" --cooldown {cfg.cooldown_s:g}"
+    if cfg.snapshot_entries is not None:
+        cmd += f" --snapshot-every {cfg.snapshot_entries}"
     for flag, on in (
         ("--no-dag", not cfg.dag),
         ("--no-faults", not cfg.faults),
@@ -239,9 +259,10 @@ class _Run:
                 "--node-down-after",
                 str(cfg.node_down_after_s),
                 "--snapshot-entries",
-                str(SNAPSHOT_ENTRIES),
+                str(cfg.snapshot_entries or SNAPSHOT_ENTRIES),
                 "--snapshot-seconds",
-                str(SNAPSHOT_ENTRIES),  # no time-based compaction either: the audit replays the whole log
+                str(SNAPSHOT_ENTRIES),  # no time-based compaction: the audit replays the whole log
+                *(["--archive-applied"] if cfg.snapshot_entries else []),
             ],
         )
         cluster.start(wait=True, timeout_s=START_TIMEOUT_S)
@@ -314,9 +335,16 @@ class _Run:
         runs = self._drain_and_read(cluster)
         digests, statuses = self._converge(cluster)
         self._stop_nodes(cluster)
-        audit, replays, unaudited = self._audit_journals(cluster, statuses)
+        archive_problems: list[str] = []
+        snapshot_stats: dict[str, int] = {}
+        if cfg.snapshot_entries:
+            audit, replays, unaudited, archive_problems, snapshot_stats = self._audit_archives(
+                cluster, statuses
+            )
+        else:
+            audit, replays, unaudited = self._audit_journals(cluster, statuses)
 
-        check = check_history(ops, runs, audit, digests, replays, unaudited)
+        check = check_history(ops, runs, audit, digests, replays, unaudited, archive_problems)
         kv_check, lock_check = self._check_coordination(
             kv_records + lock_kv_records, lock_records, lock_workload, audit, unaudited
         )
@@ -330,6 +358,7 @@ class _Run:
                 "attempts_again": attempts - len(audit.starts),
                 "stale_results_rejected": audit.stale_rejected,
             }
+        log_stats.update(snapshot_stats)
         phases = Phases(start_ms, faults_start_ms, faults_end_ms, end_ms)
         done = completions_ms(runs, {op.key for op in ops})
         kv_done = sorted(r.return_ms for r in kv_records + lock_kv_records if r.outcome == "ok")
@@ -365,6 +394,7 @@ class _Run:
                 "lock_ttl_s": lock_workload.ttl_s,
                 "unfenced_experiment": cfg.unfenced_experiment,
                 "faults": cfg.faults,
+                "snapshot_entries": cfg.snapshot_entries or 0,
             },
             kv=kv_check,
             locks=lock_check,
@@ -442,11 +472,14 @@ class _Run:
         return runs
 
     def _converge(self, cluster: LocalCluster) -> tuple[dict[str, tuple[int, str]], dict[str, Any]]:
+        """The statuses of the poll that found every replica equal (compared as such: a later
+        read could catch a tick committed meanwhile and report a false divergence), or, if
+        they never converge, of one read of each."""
         try:
-            cluster.wait_converged(CONVERGE_TIMEOUT_S)
+            statuses = cluster.wait_converged_statuses(CONVERGE_TIMEOUT_S, among=list(cluster.nodes))
         except TimeoutError as exc:
             self.notes.append(f"replicas did not converge: {exc}")
-        statuses = {i: cluster.status_of(i, include_digest=True) for i in cluster.nodes}
+            statuses = cluster.statuses(among=list(cluster.nodes))
         digests = {i: (s.revision, s.digest) for i, s in statuses.items()}
         self.log(f"replicas: {sorted(set(digests.values()))}")
         return digests, statuses
@@ -504,6 +537,75 @@ class _Run:
             )
         self.log(f"audited {audit.commands} commands from {longest}'s journal")
         return audit, replays, ""
+
+    def _audit_archives(
+        self, cluster: LocalCluster, statuses: dict[str, Any]
+    ) -> tuple[Audit | None, list[ReplayCheck], str, list[str], dict[str, int]]:
+        """Audit the union of the nodes' archives of applied entries (snapshot mode).
+
+        Each archive misses what its node took from a snapshot; their union must hold every
+        index up to the last applied one, and agree wherever two hold the same index. One
+        replay of it goes through the ``Audit``; its state at each node's applied index must
+        be that node's live digest. Returns the audit, the replays, why nothing was audited
+        (never: an unreadable archive is a problem), the problems and snapshot counts.
+        """
+        problems: list[str] = []
+        archives: dict[str, ArchiveContents] = {}
+        for i, n in cluster.nodes.items():
+            try:
+                archives[i] = read_archive(n.data_dir)
+            except Exception as exc:
+                problems.append(f"archive of {i} unreadable: {type(exc).__name__}: {exc}")
+        stats = {
+            "snapshots_written": sum(a.count("snapshot_written") for a in archives.values()),
+            "snapshots_loaded": sum(a.count("snapshot_loaded") for a in archives.values()),
+            "snapshots_installed": sum(a.count("snapshot_installed") for a in archives.values()),
+        }
+        self.log(
+            f"snapshots: {stats['snapshots_written']} written, {stats['snapshots_installed']} installed"
+            f" from a leader, {stats['snapshots_loaded']} loaded at a node's start"
+        )
+        if not archives:
+            return None, [], "", problems, stats
+        targets = {i: int(st.last_applied) for i, st in statuses.items()}
+        merged = merge_archives(archives, FIRST_APPLIED_INDEX, max(targets.values()))
+        stats["archived_entries"] = len(merged.entries)
+        problems += [f"no archive holds log entries {a}-{b}" for a, b in merged.gaps]
+        problems += [
+            f"archives disagree on entry {i}: {' | '.join(','.join(nodes) for nodes in groups)}"
+            for i, groups in merged.disagreements.items()
+        ]
+        problems += [
+            f"{node} applied two different entries at index {i}"
+            for node, idxs in merged.conflicts.items()
+            for i in idxs
+        ]
+        audit = Audit()
+        at: dict[str, tuple[int, int, str]] = {}
+        pending = sorted(targets.items(), key=lambda kv: kv[1])
+        batches = 0
+
+        def settle(upto: int) -> None:
+            while pending and pending[0][1] <= upto:
+                node, _ = pending.pop(0)
+                at[node] = (batches, audit.machine.state.revision, audit.machine.digest())
+
+        for index, entry in merged.entries:
+            settle(index - 1)
+            payload = batch_payload(entry)
+            if payload is not None:
+                audit.feed(payload)
+                batches += 1
+        settle(max(targets.values()))
+        replays = [
+            ReplayCheck(i, n, rev, dig, statuses[i].digest, source="archives")
+            for i, (n, rev, dig) in at.items()
+        ]
+        self.log(
+            f"audited {audit.commands} commands from the union of {len(archives)} archives"
+            f" ({len(merged.entries)} entries, {len(merged.gaps)} gap(s))"
+        )
+        return audit, replays, "", problems, stats
 
     # ---- cleanup -----------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+import unicodedata
+from typing import Any, TextIO
 
+from ..consensus.limits import UNPRINTABLE_CATEGORIES
 from ..errors import (
     Aborted,
     DeadlineExceeded,
@@ -326,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not fsync the Raft journal before acknowledging (faster; a power cut on every "
         "node can lose acknowledged writes)",
     )
+    n.add_argument(
+        "--archive-applied",
+        action="store_true",
+        default=None,
+        help="also record every applied log entry in DATA_DIR/applied.lmdb, for audits (off by default)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 
@@ -426,8 +434,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def escape_control(text: str) -> str:
+    """``text`` with control, format and line-separator characters escaped (``\\x1b``), newlines kept.
+
+    Names, ids, outputs and error messages come from other users of the cluster; printed raw,
+    an escape sequence in one could rewrite the terminal of whoever lists runs.
+    """
+    if text.isascii() and text.replace("\n", "").isprintable():
+        return text
+    return "".join(
+        c
+        if c == "\n" or unicodedata.category(c) not in UNPRINTABLE_CATEGORIES
+        else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in text
+    )
+
+
+class _EscapingWriter:
+    """A text stream that escapes what it is given (``escape_control``) before writing it."""
+
+    def __init__(self, inner: TextIO) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        return self._inner.write(escape_control(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is cmd_node:
+        return _run(args)
+    # Every line a person reads goes through here; --json output is escaped by json.dumps already.
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _EscapingWriter(out), _EscapingWriter(err)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except InvalidArgument as exc:

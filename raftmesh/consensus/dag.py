@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from . import limits
+from . import limits, values
 from .commands import TaskSpec
 
 
@@ -75,6 +75,9 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
             )
         if t.locks:
             _check_task_locks(t)
+        why = values.problem(t.input)
+        if why:
+            raise DagError("invalid", f"task {t.id!r}: input {why}")
         size = limits.encoded_size(t.input)
         if size > limits.MAX_TASK_INPUT_BYTES:
             raise DagError(
@@ -92,7 +95,20 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
             )
     cycle = find_cycle(tasks)
     if cycle:
-        raise DagError("cycle", "the DAG has a cycle: " + " -> ".join(cycle))
+        raise DagError("cycle", "the DAG has a cycle: " + describe_cycle(cycle))
+
+
+CYCLE_SHOWN = 8
+"""Tasks of a cycle named in an error; the rest are counted (a message must fit a status trailer)."""
+
+
+def describe_cycle(cycle: Sequence[str]) -> str:
+    """``a -> b -> a``; a long cycle shows its first tasks and counts the others."""
+    names = [c if len(c) <= 40 else c[:40] + "…" for c in cycle]
+    if len(names) <= CYCLE_SHOWN + 1:
+        return " -> ".join(names)
+    hidden = len(names) - 1 - CYCLE_SHOWN
+    return " -> ".join(names[:CYCLE_SHOWN]) + f" -> …({hidden} more) -> " + names[-1]
 
 
 def _check_task_locks(t: TaskSpec) -> None:

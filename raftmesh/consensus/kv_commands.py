@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import limits
+from . import limits, values
 from .codes import Code
 from .commands import Compare, Fence, KvLease, KvOp, KvTxn
 from .context import ApplyContext
@@ -88,6 +88,9 @@ def _validate_txn(ctx: ApplyContext, cmd: KvTxn) -> str:
             return f"compare target {c.target!r} must be value, version, mod or create"
         if c.op not in _OPS:
             return f"compare op {c.op!r} must be =, !=, < or >"
+        why = values.problem(c.operand)
+        if why:
+            return f"compare {c.key!r}: operand {why}"
     for op in (*cmd.success, *cmd.failure):
         why = limits.name_error("key", op.key, limits.MAX_KV_KEY_CHARS)
         if why:
@@ -95,6 +98,9 @@ def _validate_txn(ctx: ApplyContext, cmd: KvTxn) -> str:
         if op.kind not in _KINDS:
             return f"op kind {op.kind!r} must be put, delete or get"
         if op.kind == "put":
+            why = values.problem(op.value)
+            if why:
+                return f"value of {op.key!r}: {why}"
             size = limits.encoded_size(op.value)
             if size > limits.MAX_KV_VALUE_BYTES:
                 return (

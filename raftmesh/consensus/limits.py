@@ -9,6 +9,7 @@ size limit given in bytes.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 import msgpack
@@ -26,6 +27,15 @@ MAX_RUN_SPEC_BYTES = 8 * 1024 * 1024
 
 MAX_TASK_OUTPUT_BYTES = 1024 * 1024
 """Encoded (msgpack) size of one task's output; a larger output fails the attempt."""
+
+MAX_JSON_DEPTH = 64
+"""Arrays/objects nested in one JSON value (task inputs and outputs, KV values)."""
+
+MAX_REQUEST_ID_CHARS = 256
+"""Request ids (Kv, Locks) and idempotency keys as carried in a request id; printable text."""
+
+MAX_STATUS_MESSAGE_BYTES = 1024
+"""UTF-8 bytes of a gRPC status message; longer ones are clipped with "…(N more)"."""
 
 MAX_ERROR_CHARS = 4096
 """Error messages are truncated to this length."""
@@ -119,3 +129,27 @@ def encoded_size(value: Any) -> int:
     """Bytes of ``value`` encoded as the log and the state store it (msgpack)."""
     data: bytes = msgpack.packb(value, use_bin_type=True)
     return len(data)
+
+
+def request_id_error(what: str, value: str) -> str:
+    """ "" if ``value`` is a usable request id ("" means "choose one for me"), else what is wrong.
+
+    A request id is kept in the replicated dedup table and echoed in errors and logs, so
+    it is bounded and printable (idempotency keys follow this rule too).
+    """
+    if len(value) > MAX_REQUEST_ID_CHARS:
+        return f"{what} is {len(value)} characters long; the limit is {MAX_REQUEST_ID_CHARS}"
+    if not printable(value):
+        return f"{what} {value[:40]!r} may not contain control characters"
+    return ""
+
+
+UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories that move a terminal's cursor, reorder or hide text (e.g. ESC, U+202E)."""
+
+
+def printable(text: str) -> bool:
+    """True if ``text`` has no control, format or line-separator characters (spaces are fine)."""
+    return (text.isascii() and text.isprintable()) or not any(
+        unicodedata.category(c) in UNPRINTABLE_CATEGORIES for c in text
+    )

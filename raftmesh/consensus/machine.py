@@ -99,9 +99,19 @@ class StateMachine:
         st = self.state
         if isinstance(cmd, Barrier):  # never deduplicated, never recorded
             return BarrierResult(st.revision), []
+        why = limits.request_id_error("request id", cmd.request_id)
+        if why:  # it would be kept in the dedup table and echoed in errors
+            return Rejected(Code.INVALID_ARGUMENT, why), []
         prior = st.dedup.get(cmd.request_id) if cmd.request_id else None
         if prior is not None:
-            return decode_result(prior[1]), []
+            if prior[1] != cmd.TAG:
+                # A reused id must not hand one kind of command another kind's result.
+                return Rejected(
+                    Code.INVALID_ARGUMENT,
+                    f"request id {cmd.request_id!r} was already used by a {prior[1]} command; "
+                    "use a new request id for each operation",
+                ), []
+            return decode_result(prior[2]), []
         processor = self.processors.get(type(cmd))
         if processor is None:
             return Rejected(Code.INVALID_ARGUMENT, f"unsupported command {type(cmd).__name__}"), []
@@ -132,10 +142,10 @@ class StateMachine:
     def _record(self, cmd: Command, res: Result) -> None:
         st = self.state
         if cmd.request_id:
-            st.dedup[cmd.request_id] = (cmd.ts_ms, encode_result(res))
+            st.dedup[cmd.request_id] = (cmd.ts_ms, cmd.TAG, encode_result(res))
         horizon = st.time_ms - limits.DEDUP_RETENTION_MS
         while st.dedup:
-            _, (ts, _) = next(iter(st.dedup.items()))
+            _, (ts, _, _) = next(iter(st.dedup.items()))
             if len(st.dedup) > limits.DEDUP_MAX_ENTRIES or ts < horizon:
                 st.dedup.popitem(last=False)
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import limits
+from . import limits, values
 from .codes import Code
 from .commands import Assign, CancelRun, Complete, Fail, SubmitRun
 from .context import ApplyContext
@@ -171,7 +171,7 @@ def _fenced(
 def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     accepted: list[tuple[RunState, TaskState, Any]] = []
     rejected: list[ItemRejected] = []
-    too_big: list[tuple[RunState, TaskState, str]] = []
+    refused: list[tuple[RunState, TaskState, str]] = []
     seen: set[TaskKey] = set()
     for c in cmd.items:
         why, hit = _fenced(ctx, cmd.node_id, c.run_id, c.task_id, c.attempt, c.token)
@@ -181,21 +181,25 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
             rejected.append(ItemRejected(c.run_id, c.task_id, why))
             continue
         seen.add((c.run_id, c.task_id))
-        size = limits.encoded_size(c.output)
-        if size > limits.MAX_TASK_OUTPUT_BYTES:
+        # An output no reader could encode, or too big, fails the attempt (not retried).
+        why = values.problem(c.output)
+        size = 0 if why else limits.encoded_size(c.output)
+        if why:
+            refused.append((hit[0], hit[1], f"output is not storable: {why}"))
+        elif size > limits.MAX_TASK_OUTPUT_BYTES:
             msg = f"output is {size} bytes encoded; the limit is {limits.MAX_TASK_OUTPUT_BYTES}"
-            too_big.append((hit[0], hit[1], msg))
+            refused.append((hit[0], hit[1], msg))
         else:
             accepted.append((hit[0], hit[1], c.output))
-    if not accepted and not too_big:
+    if not accepted and not refused:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
     for run, t, output in accepted:
         succeed(ctx, run, t, output, rev)
-    for run, t, msg in too_big:
+    for run, t, msg in refused:
         if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
             fail_attempt(ctx, run, t, msg, retryable=False, rev=rev)
-    return ReportResult(accepted=len(accepted) + len(too_big), rejected=tuple(rejected))
+    return ReportResult(accepted=len(accepted) + len(refused), rejected=tuple(rejected))
 
 
 def fail(ctx: ApplyContext, cmd: Fail) -> Result:

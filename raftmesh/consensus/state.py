@@ -22,7 +22,7 @@ from .kv import KvStore
 from .locks import LockTable
 
 SNAPSHOT_FORMAT = 2
-"""2: results in the dedup table are typed (``results.encode_result``)."""
+"""2: results in the dedup table are typed (``results.encode_result``) and name the command kind."""
 
 
 class TaskStatus(StrEnum):
@@ -205,7 +205,8 @@ class ClusterState:
     runs: dict[str, RunState] = field(default_factory=dict)
     idempotency: dict[str, str] = field(default_factory=dict)
     """Idempotency key -> run id."""
-    dedup: OrderedDict[str, tuple[int, list[Any]]] = field(default_factory=OrderedDict)
+    dedup: OrderedDict[str, tuple[int, str, list[Any]]] = field(default_factory=OrderedDict)
+    """request id -> (ts_ms, command tag, encoded result), oldest first."""
     """Request id -> (ts_ms, encoded result), oldest first."""
     finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
     """Finished run ids, oldest finished first (for retention)."""
@@ -232,7 +233,7 @@ class ClusterState:
             [self.members[k].encode() for k in sorted(self.members)],
             [self.runs[k].encode() for k in sorted(self.runs)],
             sorted(self.idempotency.items()),
-            [[rid, ts, res] for rid, (ts, res) in self.dedup.items()],
+            [[rid, ts, tag, res] for rid, (ts, tag, res) in self.dedup.items()],
             list(self.finished),
             self.locks.encode(),
             self.kv.encode(),
@@ -254,7 +255,7 @@ class ClusterState:
             members={m[0]: Member.decode(m) for m in body[4]},
             runs={r[0]: RunState.decode(r) for r in body[5]},
             idempotency={k: v for k, v in body[6]},
-            dedup=OrderedDict((rid, (ts, res)) for rid, ts, res in body[7]),
+            dedup=OrderedDict((rid, (ts, tag, res)) for rid, ts, tag, res in body[7]),
             finished=OrderedDict((r, None) for r in body[8]),
             locks=LockTable.decode(body[9]),
             kv=KvStore.decode(body[10]),

@@ -45,6 +45,8 @@ class NodeConfig:
     """A batch with no answer from pysyncobj after this long is retried (lost callbacks)."""
     node_down_after_s: float = 5.0
     """The leader marks a member down after this long without a Raft connection to it."""
+    archive_applied: bool = False
+    """Record every applied log entry in ``archive_path`` (audits across snapshots)."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -113,6 +115,7 @@ def build_config(
     timings: RaftTimings | None = None,
     node_down_after_s: float = 5.0,
     fsync: bool = True,
+    archive_applied: bool = False,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -161,6 +164,7 @@ def build_config(
         fsync=fsync,
         timings=timings or RaftTimings(),
         node_down_after_s=node_down_after_s,
+        archive_applied=archive_applied,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..consensus import values
 from ..consensus.commands import TaskSpec
 from ..consensus.state import RunState, RunStatus, TaskState, TaskStatus
 from ..errors import InvalidArgument
@@ -20,20 +21,20 @@ def dump_json(value: Any) -> str:
 
 
 def load_json(what: str, text: str) -> Any:
-    if not text:
-        return None
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise InvalidArgument(
-            f'{what} is not valid JSON ({exc}); send a JSON value, e.g. {{"x": 1}}'
-        ) from exc
+        return values.parse(text)
+    except values.BadValue as exc:
+        if exc.syntax:
+            raise InvalidArgument(
+                f'{what} is not valid JSON ({exc}); send a JSON value, e.g. {{"x": 1}}'
+            ) from exc
+        raise InvalidArgument(f"{what}: {exc}") from exc
 
 
 def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
     specs = []
     for i, t in enumerate(req.tasks):
-        label = f"task {t.id!r}" if t.id else f"task #{i + 1}"
+        label = f"task {t.id[:40]!r}" if t.id else f"task #{i + 1}"
         specs.append(
             TaskSpec(
                 id=t.id,

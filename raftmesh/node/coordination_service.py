@@ -34,7 +34,7 @@ from ..consensus.results import (
     Result,
     expect,
 )
-from ..errors import Aborted, InvalidArgument
+from ..errors import Aborted, InvalidArgument, clip_message
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from . import convert
@@ -72,6 +72,14 @@ def _record_pb(key: str, r: Record | None) -> pb.KvEntry:
         version=r.version,
         lease=r.lease,
     )
+
+
+def _request_id(given: str, prefix: str) -> str:
+    """The caller's request id (checked: it is kept in the replicated dedup table), or a new one."""
+    why = limits.request_id_error("request_id", given)
+    if why:
+        raise InvalidArgument(why)
+    return given or new_request_id(prefix)
 
 
 def _fence(f: pb.Fence, present: bool) -> Fence | None:
@@ -144,7 +152,7 @@ class KvService(pb_grpc.KvServicer):
         value = convert.load_json("value_json", request.value_json)
         op = KvOp("put", request.key, value, request.lease)
         cmd = KvTxn(
-            request.request_id or new_request_id("kv-"),
+            _request_id(request.request_id, "kv-"),
             now_ms(),
             success=(op,),
             fence=_fence(request.fence, request.HasField("fence")),
@@ -157,7 +165,7 @@ class KvService(pb_grpc.KvServicer):
     ) -> pb.KvTxnResponse:
         self._check_key(request.key)
         cmd = KvTxn(
-            request.request_id or new_request_id("kv-"),
+            _request_id(request.request_id, "kv-"),
             now_ms(),
             success=(KvOp("delete", request.key),),
             fence=_fence(request.fence, request.HasField("fence")),
@@ -182,7 +190,7 @@ class KvService(pb_grpc.KvServicer):
             )
 
         cmd = KvTxn(
-            request.request_id or new_request_id("kv-"),
+            _request_id(request.request_id, "kv-"),
             now_ms(),
             compares=compares,
             success=ops(request.success),
@@ -196,7 +204,7 @@ class KvService(pb_grpc.KvServicer):
         self, request: pb.KvLeaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.KvLeaseResponse:
         cmd = KvLease(
-            request.request_id or new_request_id("kl-"),
+            _request_id(request.request_id, "kl-"),
             now_ms(),
             lease=request.lease,
             ttl_ms=request.ttl_ms,
@@ -224,7 +232,7 @@ class KvService(pb_grpc.KvServicer):
                 await self._read_barrier(False, context)
             except Exception as exc:
                 code = getattr(exc, "code", "UNAVAILABLE")
-                await context.abort(grpc.StatusCode[code], str(exc))
+                await context.abort(grpc.StatusCode[code], clip_message(str(exc)))
             last = request.from_revision
             while True:
                 with node.raft.lock:
@@ -289,7 +297,7 @@ class LocksService(pb_grpc.LocksServicer):
         self, request: pb.LockAcquireRequest, context: grpc.aio.ServicerContext
     ) -> pb.LockAcquireResponse:
         node = self.node
-        rid = request.request_id or new_request_id("lk-")
+        rid = _request_id(request.request_id, "lk-")
         items = tuple((i.name, i.mode or EXCLUSIVE) for i in request.locks)
         waiter = node.lock_waiter(rid)
         try:
@@ -338,7 +346,7 @@ class LocksService(pb_grpc.LocksServicer):
         if not request.name or not request.owner:
             raise InvalidArgument("owner and name are required")
         cmd = LockRelease(
-            request.request_id or new_request_id("lr-"),
+            _request_id(request.request_id, "lr-"),
             now_ms(),
             owner=request.owner,
             name=request.name,

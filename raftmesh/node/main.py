@@ -49,6 +49,12 @@ def _setting(args: argparse.Namespace, file_cfg: dict[str, Any], name: str, defa
     return file_cfg.get(name, file_cfg.get(name.replace("-", "_"), default))
 
 
+def _flag(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise InvalidArgument(f"archive-applied must be true or false in the config file, got {v!r}")
+
+
 def run_node(args: argparse.Namespace) -> int:
     file_cfg = load_config_file(args.config) if args.config else {}
     node_id = _setting(args, file_cfg, "id")
@@ -84,6 +90,7 @@ def run_node(args: argparse.Namespace) -> int:
             log_compaction_s=float(_setting(args, file_cfg, "snapshot-seconds", 600.0)),
         ),
         node_down_after_s=float(_setting(args, file_cfg, "node-down-after", 5.0)),
+        archive_applied=_flag(_setting(args, file_cfg, "archive-applied", False)),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))

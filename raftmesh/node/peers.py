@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from ..consensus import limits
+from ..errors import clip_message
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from .proposer import now_ms
@@ -30,21 +32,66 @@ ACK_SILENCE_S = 2.0
 """A stream whose acks stop for this long is dropped and opened again (to whoever leads then)."""
 
 
+def no_peer_identity(context: grpc.aio.ServicerContext) -> str | None:
+    """The node id a peer's transport credential proves, or None if the transport proves none.
+
+    The gRPC transport is insecure today, so no heartbeat carries proof of who sent it: the
+    leader checks what it can (a well-formed node id of a member, that member's current
+    incarnation) and bounds what it keeps. Once peers authenticate (a certificate or
+    cluster secret), pass ``PeerService`` an ``identify`` that returns the authenticated id.
+    """
+    return None
+
+
 class PeerService(pb_grpc.PeerServicer):
-    def __init__(self, node: NodeRuntime) -> None:
+    """Answers heartbeats; the leader counts one only from an up member in its current incarnation.
+
+    A heartbeat keeps a member from being marked down, so it is taken on these terms:
+    the node id and incarnation are well formed (INVALID_ARGUMENT); if the transport proves
+    an identity, it is the node id claimed (PERMISSION_DENIED); the member's incarnation in
+    the replicated state is the one sent (FAILED_PRECONDITION: the sender is not the current
+    process of that node, e.g. the old process of a restarted node; it must register again).
+    An unknown or down node id is answered ``up=False`` and nothing is recorded (a node may
+    heartbeat before its registration commits), so the leader's liveness maps only ever hold
+    members.
+    """
+
+    def __init__(
+        self,
+        node: NodeRuntime,
+        identify: Callable[[grpc.aio.ServicerContext], str | None] = no_peer_identity,
+    ) -> None:
         self.node = node
+        self._identify = identify
 
     async def Heartbeat(
         self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.HeartbeatResponse]:
         node = self.node
         async for hb in request_iterator:
-            leads = node.raft.is_leader
-            if leads:
-                node.scheduler.heard_from(hb.node_id)
+            why = limits.id_error("node_id", hb.node_id) or limits.id_error("incarnation", hb.incarnation)
+            if why:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, clip_message(f"heartbeat: {why}"))
+            proven = self._identify(context)
+            if proven is not None and proven != hb.node_id:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"heartbeat for node {hb.node_id!r} from a peer authenticated as {proven!r}",
+                )
             with node.raft.lock:
                 m = node.raft.machine.state.members.get(hb.node_id)
-                up = m is not None and m.up and m.incarnation == hb.incarnation
+                current = m is not None and m.incarnation == hb.incarnation
+                up = current and m is not None and m.up
+            if m is not None and not current:
+                # The member's incarnation is not echoed: it is what a heartbeat has to know.
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"node {hb.node_id!r} is registered with another incarnation than "
+                    f"{hb.incarnation!r}; this process is not that member (register again)",
+                )
+            leads = node.raft.is_leader
+            if leads and up:
+                node.scheduler.heard_from(hb.node_id)
             yield pb.HeartbeatResponse(
                 leader=node.config.node_id if leads else "", term=node.raft.term, up=up
             )

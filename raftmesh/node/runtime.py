@@ -26,9 +26,11 @@ from ..consensus.results import Event, LockChanged
 from ..errors import RaftmeshError
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ..storage.archive import AppliedArchive
 from ..storage.snapshots import LmdbSnapshotIO
 from .config import NodeConfig
 from .coordination_service import KvService, LocksService
+from .decoding import guarded
 from .host import AgentHost
 from .peers import HeartbeatSender, PeerService
 from .proposer import Proposer, now_ms
@@ -126,8 +128,14 @@ class NodeRuntime:
             fsync=cfg.fsync,
             timings=cfg.timings,
         )
+        archive = AppliedArchive(cfg.data_dir) if cfg.archive_applied else None
+        snapshot_io = (
+            archive.snapshot_io(LmdbSnapshotIO(), os.path.exists(cfg.snapshot_path))
+            if archive
+            else LmdbSnapshotIO()
+        )
         self.raft = RaftMember(
-            raft_cfg, StateMachine(), self._on_applied, LmdbSnapshotIO(), self._on_restored
+            raft_cfg, StateMachine(), self._on_applied, snapshot_io, self._on_restored, archive
         )
         self.proposer = Proposer(self.raft, self.loop, cfg.commit_timeout_s, cfg.propose_timeout_s)
         self.scheduler = Scheduler(self.raft, self.proposer, cfg.node_id, cfg.node_down_after_s)
@@ -135,10 +143,11 @@ class NodeRuntime:
         self.proposer.start()
 
         server = grpc.aio.server(options=GRPC_OPTIONS)
-        pb_grpc.add_ClusterServicer_to_server(ClusterService(self), server)
-        pb_grpc.add_PeerServicer_to_server(PeerService(self), server)
-        pb_grpc.add_KvServicer_to_server(KvService(self), server)
-        pb_grpc.add_LocksServicer_to_server(LocksService(self), server)
+        ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
+        pb_grpc.add_ClusterServicer_to_server(ClusterService(self), ours)
+        pb_grpc.add_PeerServicer_to_server(PeerService(self), ours)
+        pb_grpc.add_KvServicer_to_server(KvService(self), ours)
+        pb_grpc.add_LocksServicer_to_server(LocksService(self), ours)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -175,6 +184,8 @@ class NodeRuntime:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.proposer.stop()
             await asyncio.to_thread(self.raft.destroy)
+            if archive is not None:
+                archive.close()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -217,9 +228,20 @@ class NodeRuntime:
             generation += 1
 
     async def _health_loop(self) -> None:
+        """SERVING iff this incarnation is registered and up in this node's applied state.
+
+        Not just "registered once": a node the cluster marked down (paused, cut off) is
+        NOT_SERVING until its re-registration is applied, and a restarted node is
+        NOT_SERVING until its own new incarnation is, so readiness checks can rely on it.
+        """
         serving = None
         while True:
-            ok = self._registered and self.raft.ready and self.raft.leader_addr is not None
+            ok = (
+                self._registered
+                and self.raft.ready
+                and self.raft.leader_addr is not None
+                and self._member_ok()
+            )
             if ok != serving:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING

@@ -139,6 +139,9 @@ class Scheduler:
                 # It just joined, rejoined or restarted: a full timeout to reach us, whatever we heard before.
                 self._last_seen[node_id] = mono
         self._was_up = up_now
+        for gone in [n for n in self._last_seen if n not in up_now]:  # bounded by the up members
+            del self._last_seen[gone]
+        self._heard.intersection_update(up_now)
         for node_id, incarnation in members:
             if node_id == self._self_id:
                 continue

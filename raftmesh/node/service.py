@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from ..consensus import limits
 from ..consensus.commands import CancelRun, SubmitRun
 from ..consensus.dag import DagError, validate
 from ..consensus.results import CancelRunResult, RunChanged, SubmitRunResult, TaskChanged, expect
@@ -25,6 +26,7 @@ from ..errors import (
     NoLeader,
     RaftmeshError,
     RunNotFound,
+    clip_message,
 )
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
@@ -53,15 +55,26 @@ def _rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         try:
             return await fn(self, request, context)
         except RaftmeshError as exc:
-            await context.abort(grpc.StatusCode[exc.code], exc.message)
+            await context.abort(grpc.StatusCode[exc.code], clip_message(exc.message))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, clip_message(f"internal error: {type(exc).__name__}: {exc}")
+            )
         raise AssertionError("unreachable")  # context.abort raises
 
     return wrapper
+
+
+def _check_run_id(run_id: str) -> None:
+    if not run_id:
+        raise InvalidArgument("run_id is required")
+    if len(run_id) > limits.MAX_ID_CHARS:
+        raise InvalidArgument(
+            f"run_id is {len(run_id)} characters long; run ids are at most {limits.MAX_ID_CHARS}"
+        )
 
 
 class ClusterService(pb_grpc.ClusterServicer):
@@ -92,6 +105,11 @@ class ClusterService(pb_grpc.ClusterServicer):
             raise _DAG_ERRORS.get(exc.kind, InvalidArgument)(str(exc)) from exc
         if len(request.name) > 256:
             raise InvalidArgument("name is longer than 256 characters")
+        if not limits.printable(request.name):
+            raise InvalidArgument(f"name {request.name[:40]!r} may not contain control characters")
+        why = limits.request_id_error("idempotency_key", key)
+        if why:
+            raise InvalidArgument(why)
         cmd = SubmitRun(
             request_id=f"s-{key}" if key else new_request_id("s-"),
             ts_ms=now_ms(),
@@ -108,8 +126,7 @@ class ClusterService(pb_grpc.ClusterServicer):
 
     @_rpc
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
-        if not request.run_id:
-            raise InvalidArgument("run_id is required")
+        _check_run_id(request.run_id)
         if not request.stale_ok:
             await self._barrier(context)
         with self.node.raft.lock:
@@ -149,13 +166,12 @@ class ClusterService(pb_grpc.ClusterServicer):
             async for ev in self._watch(request, context):
                 yield ev
         except RaftmeshError as exc:
-            await context.abort(grpc.StatusCode[exc.code], exc.message)
+            await context.abort(grpc.StatusCode[exc.code], clip_message(exc.message))
 
     async def _watch(
         self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RunEvent]:
-        if not request.run_id:
-            raise InvalidArgument("run_id is required")
+        _check_run_id(request.run_id)
         node = self.node
         await self._barrier(context)
         q = node.hub.subscribe(request.run_id)
@@ -208,8 +224,7 @@ class ClusterService(pb_grpc.ClusterServicer):
     async def CancelRun(
         self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelRunResponse:
-        if not request.run_id:
-            raise InvalidArgument("run_id is required")
+        _check_run_id(request.run_id)
         if len(request.reason) > 1024:
             raise InvalidArgument("reason is longer than 1024 characters")
         cmd = CancelRun(new_request_id("x-"), now_ms(), run_id=request.run_id, reason=request.reason)

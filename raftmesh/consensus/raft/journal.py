@@ -29,12 +29,20 @@ def read_journal(path: str) -> tuple[list[tuple[int, int, bytes]], int]:
             out: list[tuple[int, int, bytes]] = []
             for i in range(len(journal)):
                 command, idx, term = journal[i]
-                data = bytes(command)
-                if not data or data[0] != 0:  # not a REGULAR command (no-op, membership, version)
-                    continue
-                call = loads(data[1:])  # a journal holds what peers sent: no code runs
-                if isinstance(call, tuple) and len(call) == 2 and call[1]:
-                    out.append((int(idx), int(term), bytes(call[1][0])))
+                payload = batch_payload(bytes(command))
+                if payload is not None:
+                    out.append((int(idx), int(term), payload))
         finally:
             journal._destroy()
     return out, commit
+
+
+def batch_payload(entry: bytes) -> bytes | None:
+    """The batch a raw pysyncobj log entry carries, or None for its own entries (no-op,
+    membership, version). Unpickled with the restricted unpickler: a journal holds what peers sent."""
+    if not entry or entry[0] != 0:  # not a REGULAR command
+        return None
+    call = loads(entry[1:])
+    if isinstance(call, tuple) and len(call) == 2 and call[1]:
+        return bytes(call[1][0])
+    return None

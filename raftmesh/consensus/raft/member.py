@@ -55,6 +55,15 @@ class SnapshotIO(Protocol):
     def read(self, path: str) -> tuple[bytes, bytes]: ...
 
 
+class AppliedArchive(Protocol):
+    """Records every log entry as it is applied (implemented on LMDB by raftmesh.storage).
+
+    ``record`` runs on pysyncobj's thread before the entry is applied and must never raise.
+    """
+
+    def record(self, index: int, entry: bytes) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RaftTimings:
     """pysyncobj periods, tuned so an idle cluster commits in about a millisecond."""
@@ -141,7 +150,17 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         Entries come from the leader over the wire; with a restricted frame unpickler the
         command bytes inside them are the next place a stranger could put code. Refusing is
         deterministic (every replica refuses the same bytes), so replicas stay identical.
+
+        Every entry pysyncobj applies (its own too, so the archive has no gaps) is recorded
+        in the applied archive first, when there is one; pysyncobj applies entry
+        ``raftLastApplied + 1`` and advances the counter after this call.
         """
+        archive = self._member.archive
+        if archive is not None:
+            try:
+                archive.record(int(self.raftLastApplied) + 1, bytes(command))
+            except Exception:  # an archive must not stall the log (the audit then sees a gap)
+                log.exception("archive failed")
         if command[:1] in _PICKLED_COMMANDS:
             try:
                 wire.loads(command[1:])
@@ -201,8 +220,10 @@ class RaftMember:
         on_applied: Callable[[list[Event]], None],
         snapshot_io: SnapshotIO,
         on_restored: Callable[[], None] | None = None,
+        archive: AppliedArchive | None = None,
     ) -> None:
         self.config = config
+        self.archive = archive
         self.machine = machine
         self.lock = threading.RLock()
         """Held while applying; hold it to read ``machine.state`` from another thread."""
