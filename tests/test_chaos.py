@@ -544,9 +544,10 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
     assert [j.dag.to_dict() for j in a] == [j.dag.to_dict() for j in b]
     shapes = {j.shape.split("+")[0][:3] for j in a}
     assert shapes == {"cha", "fan"}
+    assert 1 <= sum("+large" in j.shape for j in a) <= 15
     for job in a:
         specs = tuple(TaskSpec(**{**t.to_dict(), "deps": tuple(t.deps)}) for t in job.dag.tasks.values())
-        validate(specs, {"sum", "sleep", "fail"})
+        validate(specs, {"sum", "sleep", "fail", "echo"})
         assert set(job.expected) == set(job.dag.tasks)
         # Recompute each sum from its upstream outputs: value + numeric upstream outputs.
         for tid, t in job.dag.tasks.items():
@@ -555,6 +556,9 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
                 assert job.expected[tid] == t.input["value"] + sum(u for u in ups if isinstance(u, int))
             elif t.agent == "fail":
                 assert t.retries == 2 and t.input == {"times": 1}
+            elif t.agent == "echo":  # large non-ASCII text, near the input limit
+                assert job.expected[tid] == t.input and 40_000 <= len(t.input["text"]) <= 85_000
+                assert all(ord(ch) >= 0x4E00 for ch in t.input["text"])
             else:
                 assert t.agent == "sleep" and 0.2 <= t.input["seconds"] <= 1.0
 

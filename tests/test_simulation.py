@@ -7,6 +7,10 @@ same log; some of them snapshot and restore, or crash back to an older snapshot 
 replay the log from there. All replicas must agree after every entry (digest and
 derived indexes), and invariants are checked along the way.
 
+Some task inputs and KV values are large non-ASCII text (up to the limits), and every entry
+larger than a replication batch reaches the other replicas the way a follower assembles it from
+the leader's chunks (``consensus/raft/replication.py``), so a lossy wire form would diverge.
+
 A failure names its seed. Replay one with ``RAFTMESH_SIM_SEED=<seed> pytest tests/test_simulation.py``.
 """
 
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pysyncobj import pickle as so_pickle
 
 from raftmesh.consensus import (
     Assign,
@@ -56,6 +61,7 @@ from raftmesh.consensus.commands import (
     NodeDown,
 )
 from raftmesh.consensus.locks import EXCLUSIVE, SHARED, task_owner
+from raftmesh.consensus.raft import replication
 from raftmesh.consensus.results import KvChanged, LockAcquireResult, LockChanged
 from raftmesh.consensus.state import TERMINAL_RUN, TERMINAL_TASK
 
@@ -70,6 +76,31 @@ LOCK_OWNERS = ("o0", "o1", "o2", "o3", "o4")
 KV_KEYS = ("a/0", "a/1", "a/2", "b/0", "b/1", "c")
 COORD_SHARE = 0.25
 """Share of generated commands that are lock or KV commands."""
+LARGE_SHARE = 0.04
+"""Share of task inputs and KV values that are large non-ASCII text."""
+
+
+def large_text(rng: random.Random, max_bytes: int) -> str:
+    """CJK text (3 bytes a character in UTF-8) of up to ``max_bytes``; often right at it."""
+    chars = (max_bytes - 64) // 3
+    if rng.random() < 0.5:
+        chars = rng.randint(chars // 8, chars)
+    return "".join(map(chr, rng.choices(range(0x4E00, 0x9FA0), k=chars)))
+
+
+def over_the_wire(payload: bytes) -> bytes:
+    """``payload`` as a follower assembles it, if the leader would stream its entry in chunks."""
+    command = b"\x00" + so_pickle.dumps((0, (payload,)))  # the log entry pysyncobj makes of it
+    if len(command) + replication.ENTRY_OVERHEAD_BYTES <= replication.APPEND_BATCH_BYTES:
+        return payload
+    step = replication.CHUNK_BYTES
+    frames = [
+        so_pickle.dumps(replication._to_wire(command[o : o + step])) for o in range(0, len(command), step)
+    ]
+    assembled = b"".join(replication._from_wire(so_pickle.loads(f)) for f in frames)
+    _, (received,) = so_pickle.loads(assembled[1:])
+    assert isinstance(received, bytes)
+    return received
 
 
 def seeds() -> list[int]:
@@ -169,7 +200,9 @@ class Generator:
                 TaskSpec(
                     id=f"t{i}",
                     agent=agent,
-                    input={"i": i, "blob": "x" * rng.randint(0, 20)},
+                    input={"i": i, "blob": "x" * rng.randint(0, 20)}
+                    if rng.random() > LARGE_SHARE
+                    else {"i": i, "text": large_text(rng, limits.MAX_TASK_INPUT_BYTES)},
                     deps=deps,
                     retries=rng.choice((0, 0, 1, 2, 3)),
                     priority=rng.randint(-1, 1),
@@ -310,7 +343,10 @@ class Generator:
             return KvLease(self.rid(), self.ts(), 0, rng.choice((500, 1000, 4000)), "grant")
         key = rng.choice(KV_KEYS)
         lease = rng.choice(sorted(kv.leases)) if kv.leases and rng.random() < 0.2 else 0
-        put = KvOp("put", key, {"v": rng.randint(0, 99)}, lease)
+        value = {"v": rng.randint(0, 99)}
+        if rng.random() < LARGE_SHARE:
+            value["text"] = large_text(rng, limits.MAX_KV_VALUE_BYTES)
+        put = KvOp("put", key, value, lease)
         compares: tuple[Compare, ...] = ()
         success: tuple[KvOp, ...]
         failure: tuple[KvOp, ...] = ()
@@ -508,11 +544,13 @@ def simulate(seed: int) -> None:
     gen = Generator(rng, leader.sm)
     checker = Checker()
     log: list[bytes] = []
+    streamed = [0]
 
     def append(cmds: list[Command]) -> None:
         dups = {c.request_id for c in cmds if c.request_id in checker.first_results}
         payload = encode_batch(cmds)
-        log.append(payload)
+        log.append(over_the_wire(payload))  # what the other replicas apply
+        streamed[0] += log[-1] is not payload
         results, events = leader.sm.apply_batch(payload)
         leader.applied += 1
         checker.results(cmds, results, leader.sm.state, dups)
@@ -564,6 +602,7 @@ def simulate(seed: int) -> None:
     assert checker.max_token > 0
     assert checker.lock_grants > 0 and checker.kv_writes > 0
     assert any(lock.last_token for lock in st.locks.locks.values())
+    assert streamed[0] > 0, "no entry was large enough to be streamed"
 
 
 @pytest.mark.parametrize("seed", seeds())
@@ -575,6 +614,38 @@ def test_replicas_agree(seed: int) -> None:
             f"simulation seed {seed} failed: {exc}\n"
             f"replay with: RAFTMESH_SIM_SEED={seed} pytest tests/test_simulation.py"
         ) from exc
+
+
+def test_entries_at_the_limits_survive_the_wire_and_apply_alike() -> None:
+    """The largest run and a large transaction, streamed to a replica, apply there as on the leader."""
+    rng = random.Random(1)
+    leader, follower = StateMachine(), StateMachine()
+    gen = Generator(rng, leader)
+    n_tasks = limits.MAX_RUN_SPEC_BYTES // limits.MAX_TASK_INPUT_BYTES - 1
+    text = large_text(random.Random(2), limits.MAX_TASK_INPUT_BYTES - 64)
+    tasks = tuple(
+        TaskSpec(id=f"t{i}", agent="echo", input={"i": i, "text": text[i:] + text[:i]})
+        for i in range(n_tasks)
+    )
+    values = tuple(KvOp("put", f"k{i}", {"text": text[:i] + text[i:]}) for i in range(30))
+    batches: list[list[Command]] = [
+        [gen.register("n0", new_incarnation=True)],
+        [SubmitRun("r-1", 1000, "run-big", "", tasks, 0, "big", "sim")],
+        [KvTxn("r-2", 1001, (), values, ())],
+    ]
+    for cmds in batches[1:]:
+        payload = encode_batch(cmds)
+        assert over_the_wire(payload) is not payload, "not large enough to be streamed"
+    for cmds in batches:
+        payload = encode_batch(cmds)
+        wire = over_the_wire(payload)
+        assert wire == payload
+        (result,), _ = leader.apply_batch(payload)
+        assert result.ok, result
+        follower.apply_batch(wire)
+    assert len(encode_batch(batches[1])) > 7_500_000
+    assert leader.state.runs["run-big"].tasks["t3"].spec.input == tasks[3].input
+    assert leader.digest() == follower.digest()
 
 
 def test_simulation_is_deterministic() -> None:

@@ -34,6 +34,11 @@ WAIT_TIMEOUT_S = 60.0
 RETRY_DEADLINE_S = 10.0
 """The SDK's retry budget per call: short enough that some submits end unknown during faults."""
 PAUSE_AFTER_ERROR_S = 0.2
+LARGE_INPUT_SHARE = 0.1
+"""Share of runs with 1-3 ``echo`` tasks carrying large non-ASCII text: their submits and
+completions are log entries far above pysyncobj's batch size (which once wedged a cluster)."""
+LARGE_INPUT_CHARS = (40_000, 85_000)
+"""Characters of CJK text (3 bytes each in UTF-8) in one large input: up to ~250 KB, near the limit."""
 
 # Codes the node returns before proposing anything, so the run cannot exist. Every other
 # error after the SDK's retries may follow an attempt that was applied: its outcome is unknown.
@@ -60,7 +65,9 @@ def make_job(rng: random.Random, key: str) -> Job:
     Shapes: a chain of 3-6 ``sum`` tasks, or a 1 -> k -> 1 fan-out/fan-in of ``sum`` with
     k in 3-8. Each may get 1-2 ``sleep`` tasks (0.2-1.0 s, so attempts are in flight when
     faults land) as extra dependencies of ``sum`` tasks (their outputs are maps, which
-    ``sum`` ignores), and a ``fail`` task that fails its first attempt (retries 2).
+    ``sum`` ignores), and a ``fail`` task that fails its first attempt (retries 2). A seeded
+    ``LARGE_INPUT_SHARE`` of jobs also get ``echo`` tasks with large non-ASCII inputs; that
+    choice comes from an RNG of its own (seeded by ``key``), so the other draws are unchanged.
     """
     dag = DAG(f"chaos {key}")
     expected: dict[str, Any] = {}
@@ -96,6 +103,17 @@ def make_job(rng: random.Random, key: str) -> Job:
         expected["flaky"] = {"times": 1}
         extras.append("flaky")
         shape += "+fail"
+    large = random.Random(f"{key}-large")
+    if large.random() < LARGE_INPUT_SHARE:
+        for i in range(large.randint(1, 3)):
+            text = "".join(
+                map(chr, large.choices(range(0x4E00, 0x9FA0), k=large.randint(*LARGE_INPUT_CHARS)))
+            )
+            tid = f"large{i}"
+            dag.task(tid, "echo", input={"text": text})
+            expected[tid] = {"text": text}
+            extras.append(tid)
+        shape += "+large"
     # Hang each extra under a random sum task that is not a root (roots keep the shape's head).
     for tid in extras:
         host = rng.choice(sums[1:])

@@ -37,6 +37,9 @@ MAX_INFLIGHT_BATCHES = 4
 MAX_QUEUED_COMMANDS = 20_000
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 """Commands waiting to be handed to Raft (not counting retries of commands already admitted)."""
+COMMIT_TIMEOUT_S_PER_MIB = 1.0
+"""Added to ``commit_timeout_s`` per MiB of a batch: a large entry takes seconds to stream to the
+followers (consensus/raft/replication.py), and a retry before it commits appends it again."""
 
 
 def new_request_id(prefix: str = "") -> str:
@@ -217,7 +220,8 @@ class Proposer:
             if p.future is self._barrier:
                 self._barrier = None  # later callers need a barrier proposed after them
         payload = encode_batch([p.cmd for p in items])
-        batch.timer = self._loop.call_later(self._commit_timeout_s, self._on_done, bid, None, "TIMEOUT")
+        timeout_s = self._commit_timeout_s + COMMIT_TIMEOUT_S_PER_MIB * len(payload) / (1024 * 1024)
+        batch.timer = self._loop.call_later(timeout_s, self._on_done, bid, None, "TIMEOUT")
 
         def callback(results: list[Result] | None, err: str | None) -> None:
             self._loop.call_soon_threadsafe(self._on_done, bid, results, err)

@@ -37,7 +37,9 @@ from pysyncobj.journal import FileJournal
 from ..machine import StateMachine
 from ..results import Event, Result
 from . import wire
+from .compaction import SizeCompaction
 from .durable_journal import DurableJournal, fsync_path
+from .replication import Replication
 from .transport import WarmTransport
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
     ) -> None:
         self._member = member
         self._reset_floor: dict[Any, tuple[int, int]] = {}
+        self._replication = Replication(self)
         self._fsync = fsync
         self.journal: DurableJournal | None = None
 
@@ -114,6 +117,9 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         super().__init__(self_addr, peers, conf, transportClass=transport)
         if self.journal is not None:
             self.addOnTickCallback(self.journal.sync)  # the leader syncs what it appended before polling
+        self._replication.check_config()
+        self.addOnTickCallback(self._replication.on_tick)
+        self.addOnTickCallback(SizeCompaction(self).on_tick)
 
     # pysyncobj assigns its journal once, in __init__, before it makes the transport or reads
     # term, vote and commit index back; this data descriptor wraps it as it is assigned.
@@ -189,7 +195,17 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
                     message = dict(message, next_node_idx=floor[0])
                 else:
                     self._reset_floor[node] = (nxt, term)
-        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        if not self._replication.on_message(node, message):
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    # Replication (AppendEntries both ways, forwarding of large commands) is raftmesh's own:
+    # pysyncobj truncated acknowledged entries and could not send a large entry (replication.py).
+    def _SyncObj__sendAppendEntries(self) -> None:
+        self._replication.send_append_entries()
+
+    def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:
+        if not self._replication.forward_if_large(command, callback, commandType):
+            SyncObj._applyCommand(self, command, callback, commandType)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, payload: bytes) -> list[Result]:

@@ -9,6 +9,7 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from .durable_journal import DurableJournal
+from .replication import COMMAND_CHUNK, ENTRY_CHUNK
 from .wire import (
     MAX_FRAME_BYTES,
     MAX_HANDSHAKE_FRAME_BYTES,
@@ -25,7 +26,14 @@ CONNECT_TIMEOUT_S = 2.0
 """A connect attempt that has not completed in this long is abandoned and retried."""
 
 SENT_BEFORE_SYNC = frozenset(
-    {"append_entries", "apply_command", "apply_command_response", "raftmesh_link_ping"}
+    {
+        "append_entries",
+        "apply_command",
+        "apply_command_response",
+        "raftmesh_link_ping",
+        ENTRY_CHUNK,
+        COMMAND_CHUNK,
+    }
 )
 """Message types that claim nothing about this node's log being on disk.
 
