@@ -142,7 +142,8 @@ class AgentHost:
         finally:
             reporter.cancel()
             for a in self._active.values():
-                if a.task is not None:
+                if a.task is not None and not a.task.done():
+                    log.info("attempt %d of %s/%s stopped: the node is stopping", a.attempt, *a.key)
                     a.task.cancel()
 
     def decide(self, st: ClusterState) -> Reconcile:
