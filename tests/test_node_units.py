@@ -9,6 +9,7 @@ reconcile (which attempts to start and stop) are each driven by a real
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -30,7 +31,7 @@ from raftmesh.consensus.commands import (
 )
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.results import Result
-from raftmesh.errors import Internal, InvalidArgument, RaftmeshError, ResourceExhausted
+from raftmesh.errors import Internal, InvalidArgument, OutcomeUnknown, RaftmeshError, ResourceExhausted
 from raftmesh.node import proposer as proposer_mod
 from raftmesh.node import rpc
 from raftmesh.node.liveness import Liveness
@@ -251,6 +252,82 @@ def test_host_starts_its_assigned_attempts_and_stops_fenced_ones() -> None:
         host._reconcile()
         await asyncio.sleep(0)
         assert cancelled == [1] and host.running == 0
+
+    asyncio.run(scenario())
+
+
+class MachineWriter:
+    """Applies each command to the state machine at once, as a one-node log would.
+
+    ``fail_with`` makes proposals fail the way they do while the leader is out of reach.
+    """
+
+    def __init__(self, sm: StateMachine) -> None:
+        self.sm = sm
+        self.fail_with: RaftmeshError | None = None
+
+    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
+        if self.fail_with is not None:
+            raise self.fail_with
+        res, _ = self.sm.apply(cmd)
+        return res
+
+    async def barrier(self, timeout_s: float | None = None) -> None:
+        return None
+
+
+def test_host_says_how_each_attempt_ends(caplog: pytest.LogCaptureFixture) -> None:
+    """Accepted, fenced, undeliverable or stopped: every attempt's end is a line at INFO."""
+    caplog.set_level(logging.INFO, logger="raftmesh.agents._host")
+    sm = cluster(tasks=4)
+    writer = MachineWriter(sm)
+
+    def said(how: str) -> str | None:
+        for r in caplog.records:
+            if r.levelno == logging.INFO and r.getMessage().startswith(how):
+                return r.getMessage()
+        return None
+
+    async def settle(how: str) -> str:
+        for _ in range(100):  # the attempt, its report and the flush take a few loop turns
+            line = said(how)
+            if line is not None:
+                return line
+            await asyncio.sleep(0)
+        raise AssertionError(f"never logged {how!r}: {[r.getMessage() for r in caplog.records]}")
+
+    async def scenario() -> None:
+        gates = {f"t{i}": asyncio.Event() for i in range(4)}
+
+        async def put_when_let(ctx: TaskContext) -> Any:
+            await gates[ctx.task_id].wait()
+            return await ctx.kv.put(f"k/{ctx.task_id}", ctx.attempt)
+
+        registry = AgentRegistry()
+        registry.register("echo", put_when_let)
+        host = AgentHost("n1", "i1", registry, reads_of(sm), writer, ManualClock())
+        reporter = asyncio.get_running_loop().create_task(host._report_loop())
+        res, _ = sm.apply(Assign("a1", 3, tuple(Assignment("r1", f"t{i}", "n1", 1) for i in range(4))))
+        assert res.ok, res
+        host._reconcile()
+        await settle("attempt 1 of r1/t3 started")
+        gates["t3"].set()
+        assert await settle("attempt 1 of r1/t3 succeeded") == "attempt 1 of r1/t3 succeeded"
+        # n1 is marked down: every attempt left is fenced, and the host has not reconciled yet
+        res, _ = sm.apply(NodeDown("d1", 4, node_id="n1", incarnation="i1", reason="test"))
+        assert res.ok, res
+        gates["t0"].set()  # its write is rejected, and then its failure report
+        line = await settle("attempt 1 of r1/t0 failed: StaleToken")
+        assert "; its result was rejected as fenced: " in line, line
+        writer.fail_with = OutcomeUnknown("the leader is out of reach")
+        gates["t1"].set()  # its write and its report get no answer; the task is no longer n1's
+        line = await settle("attempt 1 of r1/t1 failed: OutcomeUnknown: the leader is out of reach")
+        assert "; its result was not delivered" in line, line
+        host._reconcile()
+        await settle("attempt 1 of r1/t2 stopped")
+        assert host.running == 0
+        assert sm.state.kv.get("k/t3") is not None and sm.state.kv.get("k/t0") is None
+        reporter.cancel()
 
     asyncio.run(scenario())
 

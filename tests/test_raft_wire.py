@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -18,10 +19,14 @@ import pytest
 from pysyncobj import pickle as so_pickle
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.node import TCPNode
+from pysyncobj.poller import createPoller
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
 from raftmesh import DAG
-from raftmesh.consensus.raft import wire
+from raftmesh.consensus.machine import StateMachine
+from raftmesh.consensus.raft import RaftConfig, RaftMember, RaftTimings, wire
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
+from raftmesh.storage.snapshots import LmdbSnapshotIO
 
 # ---- the restricted unpickler ------------------------------------------------------
 
@@ -127,7 +132,7 @@ def test_transmission_guard_relabels_pysyncobjs_early_finish() -> None:
     assert so_pickle.loads(b"".join(m["data"] for m in delivered)) == (command, 5, 1)
 
 
-# ---- a live node ---------------------------------------------------------------------
+# ---- the handshake ----------------------------------------------------------------------
 
 
 def _frame(payload: bytes, secret: str | None = None) -> bytes:
@@ -136,6 +141,182 @@ def _frame(payload: bytes, secret: str | None = None) -> bytes:
     if secret is not None:
         data = getEncryptor(secret).encrypt_at_time(data, int(time.monotonic()))
     return struct.pack("i", len(data)) + data
+
+
+def _loopback_pair() -> tuple[socket.socket, socket.socket]:
+    """(the peer's end, ours) of one TCP connection on loopback."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        theirs = socket.create_connection(srv.getsockname(), timeout=10)
+        ours, _ = srv.accept()
+    ours.setblocking(False)
+    return theirs, ours
+
+
+def _pump(poller: Any, done: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Run the poller (as pysyncobj's tick does) until ``done()``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        poller.poll(0.05)
+
+
+def _incoming(poller: Any, sock: socket.socket, names_itself: bool) -> tuple[Any, list[Any]]:
+    """An incoming connection as ``WarmTransport`` adopts it, and the messages it delivers.
+
+    With ``names_itself`` its first message ends the handshake (``WarmTransport`` then raises
+    the limit); otherwise it stays in the handshake (a key exchange has more to come).
+    """
+    got: list[Any] = []
+    conn = wire.BoundedConnection.adopt(
+        TcpConnection(poller, socket=sock, timeout=30.0), frame_limit=wire.MAX_HANDSHAKE_FRAME_BYTES
+    )
+
+    def on_message(message: Any) -> None:
+        got.append(message)
+        if names_itself:
+            conn.frame_limit = wire.MAX_FRAME_BYTES
+
+    conn.setOnMessageReceivedCallback(on_message)
+    return conn, got
+
+
+def _send_in_background(sock: socket.socket, data: bytes) -> threading.Thread:
+    sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+    sender.start()
+    return sender
+
+
+def test_a_large_frame_right_behind_the_peers_name_is_read() -> None:
+    """A member names itself and at once sends a catch-up AppendEntries (up to a MiB).
+
+    Both arrive in one read; the handshake limit (64 KiB) is for the frames before the name.
+    """
+    poller = createPoller("auto")
+    theirs, ours = _loopback_pair()
+    conn, got = _incoming(poller, ours, names_itself=True)
+    catch_up = {
+        "type": "append_entries",
+        "term": 2,
+        "commit_index": 7,
+        "entries": [(os.urandom(300_000), 7, 2)],  # incompressible: a frame of ~450 KB
+        "prevLogIdx": 6,
+        "prevLogTerm": 2,
+    }
+    big = _frame(so_pickle.dumps(catch_up))
+    assert len(big) > wire.MAX_HANDSHAKE_FRAME_BYTES
+    sender = _send_in_background(theirs, _frame(so_pickle.dumps("127.0.0.1:7152")) + big)
+    try:
+        _pump(poller, lambda: len(got) == 2 or conn.state == CONNECTION_STATE.DISCONNECTED, "both messages")
+        assert got == ["127.0.0.1:7152", catch_up]
+        assert conn.state == CONNECTION_STATE.CONNECTED
+    finally:
+        conn.disconnect()
+        theirs.close()
+        sender.join(10)
+
+
+def test_frames_of_the_handshake_keep_the_handshake_limit() -> None:
+    poller = createPoller("auto")
+    # a first frame over the limit: refused on its header
+    theirs, ours = _loopback_pair()
+    conn, got = _incoming(poller, ours, names_itself=True)
+    theirs.sendall(struct.pack("i", wire.MAX_HANDSHAKE_FRAME_BYTES + 1) + b"x" * 64)
+    _pump(poller, lambda: conn.state == CONNECTION_STATE.DISCONNECTED, "the refusal")
+    assert got == []
+    theirs.close()
+    # a second one, buffered behind a first that did not end the handshake: refused too
+    theirs, ours = _loopback_pair()
+    conn, got = _incoming(poller, ours, names_itself=False)
+    big = _frame(os.urandom(wire.MAX_HANDSHAKE_FRAME_BYTES))
+    sender = _send_in_background(theirs, _frame(so_pickle.dumps(os.urandom(32))) + big)
+    try:
+        _pump(poller, lambda: conn.state == CONNECTION_STATE.DISCONNECTED, "the refusal")
+        assert len(got) == 1
+    finally:
+        theirs.close()
+        sender.join(10)
+
+
+def _frames_available(sock: socket.socket, buf: bytearray, secret: str) -> list[Any]:
+    """Every whole frame the peer has sent so far (its sends on loopback are already here)."""
+    sock.setblocking(False)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        buf += data
+    out = []
+    while len(buf) >= 4:
+        (length,) = struct.unpack_from("i", buf, 0)
+        if len(buf) - 4 < length:
+            break
+        payload = getEncryptor(secret).decrypt(bytes(buf[4 : 4 + length]))
+        out.append(so_pickle.loads(zlib.decompress(payload)))
+        del buf[: 4 + length]
+    return out
+
+
+def test_an_outgoing_link_sends_nothing_before_the_peer_answers_its_key(tmp_path: Any) -> None:
+    """A peer whose kernel accepted the connection but whose process does not run (SIGSTOP).
+
+    The member sends its random key; every later message must carry the key the peer answers
+    with. pysyncobj sent messages meanwhile without one, and the peer, on waking, closed the
+    link on the first ("ValueError: not enough values to unpack").
+    """
+    secret = "a-cluster-secret"
+    peer_addr, self_addr = sorted(f"127.0.0.1:{p}" for p in free_ports(2))  # the higher connects
+    listener = socket.create_server(("127.0.0.1", int(peer_addr.rsplit(":", 1)[1])))
+    member = RaftMember(
+        RaftConfig(
+            self_addr=self_addr,
+            peer_addrs=(self_addr, peer_addr),
+            journal_path=str(tmp_path / "raft.journal"),
+            snapshot_path=str(tmp_path / "snapshot.lmdb"),
+            password=secret,
+            timings=RaftTimings(connection_timeout_s=60.0),  # the silent peer is not timed out
+        ),
+        StateMachine(),
+        lambda events: None,
+        LmdbSnapshotIO(),
+    )
+    try:
+        transport = member._so._SyncObj__transport
+        (peer,) = member._so._SyncObj__otherNodes
+        tried_while_connected: list[Any] = []
+        real_send = transport.send
+
+        def record_send(node: Any, message: Any) -> Any:
+            connected = transport._connections[peer].state == CONNECTION_STATE.CONNECTED
+            sent = real_send(node, message)
+            if node == peer and connected:
+                tried_while_connected.append(message)
+            return sent
+
+        transport.send = record_send
+        listener.settimeout(10)
+        sock, _ = listener.accept()
+        buf = bytearray()
+        # Its Raft messages and link pings (one a second) go to this peer while the link is up.
+        wait_until(lambda: len(tried_while_connected) >= 3, 10, "the member to try sending to the peer")
+        frames = _frames_available(sock, buf, secret)
+        assert len(frames) == 1 and isinstance(frames[0], bytes), frames  # its key, and nothing else
+        ours = os.urandom(32)
+        sock.sendall(_frame(so_pickle.dumps((frames[0], ours)), secret))
+        got: list[Any] = []
+        wait_until(lambda: got.extend(_frames_available(sock, buf, secret)) or len(got) >= 2, 10, "messages")
+        assert all(isinstance(m, tuple) and len(m) == 2 and m[0] == ours for m in got), got
+        assert got[0][1] == self_addr  # it names itself first
+        sock.close()
+    finally:
+        member.destroy()
+        listener.close()
+
+
+# ---- a live node ---------------------------------------------------------------------
 
 
 def _connect(addr: str) -> socket.socket:

@@ -14,6 +14,9 @@ so a restarted node never resumes attempts that the cluster has already requeued
 to stop) as a function of the state and the attempts running here, with no I/O;
 the node hands the host a reader, a writer and a clock, nothing of its own.
 
+Every attempt says at INFO when it starts and how it ends: stopped, or finished with its
+result accepted, rejected as fenced, or not delivered because the cluster moved on.
+
 Finished attempts wait in a bounded list (``MAX_PENDING_REPORTS``) for the next
 flush; an attempt that finds it full waits for room before it reports.
 """
@@ -32,6 +35,7 @@ from ..clock import Clock
 from ..consensus import limits
 from ..consensus.codes import Code
 from ..consensus.commands import Complete, Completion, Fail, Failure
+from ..consensus.results import Rejected, ReportResult, Result
 from ..consensus.state import ClusterState, TaskKey, TaskStatus
 from ..errors import RaftmeshError
 from ._context import TaskContext
@@ -44,6 +48,8 @@ MAX_REPORT_ITEMS = 2000
 """Results per flush (one ``complete`` and one ``fail`` command)."""
 MAX_PENDING_REPORTS = 10_000
 """Finished attempts waiting for a flush; more wait for room (the node's slots keep it far lower)."""
+MAX_LOGGED_ERROR_CHARS = 500
+"""An agent's error as quoted in the host's log line for its attempt (the state keeps more)."""
 
 
 @dataclass(eq=False)
@@ -136,7 +142,8 @@ class AgentHost:
         finally:
             reporter.cancel()
             for a in self._active.values():
-                if a.task is not None:
+                if a.task is not None and not a.task.done():
+                    log.info("attempt %d of %s/%s stopped: the node is stopping", a.attempt, *a.key)
                     a.task.cancel()
 
     def decide(self, st: ClusterState) -> Reconcile:
@@ -180,11 +187,13 @@ class AgentHost:
             a = self._active.get(key)
             if a is None:
                 continue
-            if a.task is not None and not a.task.done():  # not one that finished and awaits its report
+            # One that finished already has its report queued: the flush logs how that ends.
+            if a.task is not None and not a.task.done():
                 log.info("attempt %d of %s/%s stopped: the cluster no longer runs it here", a.attempt, *a.key)
             self._cancel(a)
         loop = asyncio.get_running_loop()
         for s in plan.start:
+            log.info("attempt %d of %s/%s started (token %d)", s.attempt, *s.key, s.token)
             a = _Attempt(s.key, s.attempt, s.token)
             self._active[s.key] = a
             a.task = loop.create_task(self._execute(a, s.agent, s.input, s.upstream, s.timeout_ms))
@@ -285,69 +294,87 @@ class AgentHost:
 
     async def _flush(self, batch: list[_Report]) -> None:
         ts = self._clock.now_ms()
-        done = [r for r in batch if r.ok]
-        failed = [r for r in batch if not r.ok]
-        cmds: list[Complete | Fail] = []
-        if done:
-            cmds.append(
-                Complete(
-                    f"c-{uuid.uuid4().hex}",
-                    ts,
-                    self.node_id,
-                    tuple(
-                        Completion(
-                            r.attempt.key[0], r.attempt.key[1], r.attempt.attempt, r.attempt.token, r.output
-                        )
-                        for r in done
-                    ),
-                )
-            )
-        if failed:
-            cmds.append(
-                Fail(
-                    f"f-{uuid.uuid4().hex}",
-                    ts,
-                    self.node_id,
-                    tuple(
-                        Failure(
-                            r.attempt.key[0],
-                            r.attempt.key[1],
-                            r.attempt.attempt,
-                            r.attempt.token,
-                            r.error,
-                            r.retryable,
-                        )
-                        for r in failed
-                    ),
-                )
-            )
+        groups = [g for g in ([r for r in batch if r.ok], [r for r in batch if not r.ok]) if g]
+        cmds = [self._command(g, ts) for g in groups]
         # Both commands are proposed together so the proposer puts them in one log entry.
         results = await asyncio.gather(*(self._deliver(c) for c in cmds))
-        for ok in results:
-            if not ok:
-                log.warning(
-                    "results of %d attempts could not be delivered; the attempts will be retried", len(batch)
-                )
+        for group, res in zip(groups, results, strict=True):
+            _log_outcomes(group, res)
         for r in batch:
             if self._active.get(r.attempt.key) is r.attempt:
                 del self._active[r.attempt.key]
         self._wake.set()
 
-    async def _deliver(self, cmd: Complete | Fail) -> bool:
-        """Propose until applied (same request id every time) or until we stop being its node."""
+    def _command(self, group: list[_Report], ts: int) -> Complete | Fail:
+        if group[0].ok:
+            return Complete(
+                f"c-{uuid.uuid4().hex}",
+                ts,
+                self.node_id,
+                tuple(
+                    Completion(*r.attempt.key, r.attempt.attempt, r.attempt.token, r.output) for r in group
+                ),
+            )
+        return Fail(
+            f"f-{uuid.uuid4().hex}",
+            ts,
+            self.node_id,
+            tuple(
+                Failure(*r.attempt.key, r.attempt.attempt, r.attempt.token, r.error, r.retryable)
+                for r in group
+            ),
+        )
+
+    async def _deliver(self, cmd: Complete | Fail) -> Result | None:
+        """Propose until applied (same request id every time): its result, or None once no
+        item is this node's to report any more (the cluster has requeued or finished them)."""
         while True:
             try:
-                res = await self._writer.propose(cmd, timeout_s=30.0)
-                if res.code is Code.ABORTED:
-                    log.info("%s rejected as fenced (a newer attempt exists): %s", cmd.TAG, res.message)
-                elif not res.ok:
-                    log.warning("%s rejected: %s %s", cmd.TAG, res.code, res.message)
-                return True
+                return await self._writer.propose(cmd, timeout_s=30.0)
             except RaftmeshError as exc:
                 log.info("%s %s: %s; retrying", cmd.TAG, cmd.request_id, exc)
                 if not self._reads.read(lambda st: _still_mine(st, cmd)):
-                    return False
+                    return None
                 await self._clock.sleep(0.5)
+
+
+def _log_outcomes(group: list[_Report], res: Result | None) -> None:
+    """Say at INFO how each reported attempt ended (the state machine decided; this only tells)."""
+    fenced: dict[TaskKey, str] = {}
+    if isinstance(res, ReportResult):
+        fenced = {(it.run_id, it.task_id): it.reason for it in res.rejected}
+    elif isinstance(res, Rejected) and res.code is Code.ABORTED:  # every item was fenced
+        fenced = {r.attempt.key: res.message for r in group}
+    for r in group:
+        a = r.attempt
+        how = "succeeded" if r.ok else f"failed: {r.error[:MAX_LOGGED_ERROR_CHARS]}"
+        if res is None:
+            log.info(
+                "attempt %d of %s/%s %s; its result was not delivered and the cluster no longer "
+                "runs it here (a newer attempt exists or the run ended)",
+                a.attempt,
+                *a.key,
+                how,
+            )
+        elif a.key in fenced:
+            log.info(
+                "attempt %d of %s/%s %s; its result was rejected as fenced: %s",
+                a.attempt,
+                *a.key,
+                how,
+                fenced[a.key],
+            )
+        elif isinstance(res, Rejected):
+            log.warning(
+                "attempt %d of %s/%s %s; its result was rejected: %s %s",
+                a.attempt,
+                *a.key,
+                how,
+                res.code.name,
+                res.message,
+            )
+        else:
+            log.info("attempt %d of %s/%s %s", a.attempt, *a.key, how)
 
 
 def _still_mine(st: ClusterState, cmd: Complete | Fail) -> bool:

@@ -57,9 +57,10 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
       SYN retries (1, 3, 7, 15, 31, 63 s), so after a long partition a link could stay
       down for a minute after the heal.
 
-    And two for safety: every connection reads through ``wire.BoundedConnection``
-    (bounded frames, restricted unpickling, checked reassembly), and messages that
-    acknowledge log entries wait for the fsync that covers them (``SENT_BEFORE_SYNC``).
+    And three for safety: every connection reads through ``wire.BoundedConnection``
+    (bounded frames, restricted unpickling, checked reassembly); messages that
+    acknowledge log entries wait for the fsync that covers them (``SENT_BEFORE_SYNC``);
+    and with a cluster secret nothing goes out on a link before its key exchange ends.
     """
 
     def __init__(
@@ -127,13 +128,24 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
             self._held.append((node, message))  # per-node order is kept: later ones queue behind
             self._held_nodes.add(node)
             return True
+        return self._send_now(node, message)
+
+    def _send_now(self, node: Any, message: Any) -> bool:
+        conn = self._connections.get(node)
+        if conn is not None and conn.encryptor and not conn.sendRandKey:
+            # pysyncobj marks an outgoing link CONNECTED when its TCP connect completes, before
+            # the peer's random key arrives, and sent meanwhile without the key: the peer closed
+            # the link on the first such message (a SIGSTOPped peer's kernel still accepts, so
+            # it read a backlog of them on waking). Dropped instead, like a message to a peer
+            # that is not connected; Raft sends again.
+            return False
         return bool(super().send(node, message))
 
     def _release_held(self) -> None:
         held, self._held = self._held, []
         self._held_nodes.clear()
         for node, message in held:
-            super().send(node, message)
+            self._send_now(node, message)
 
     def _onTick(self) -> None:
         super()._onTick()

@@ -127,7 +127,7 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
     """Largest frame accepted now: ``MAX_HANDSHAKE_FRAME_BYTES`` until the peer is known."""
     _rx: bytearray
     _scan: int
-    """Offset of the next frame header not yet checked against ``MAX_FRAME_BYTES``."""
+    """Offset of the next frame header not yet checked against ``frame_limit``."""
 
     @classmethod
     def adopt(cls, conn: TcpConnection, frame_limit: int = MAX_FRAME_BYTES) -> BoundedConnection:
@@ -170,14 +170,20 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
             return False
         rx = self._rx
         rx += incoming
-        # Check every header as soon as its 4 bytes are here, before the frame is buffered.
-        while self._scan + 4 <= len(rx):
+        # Check every header as soon as its 4 bytes are here, before the frame is buffered. In the
+        # handshake only the first frame's: the frames a peer sends right behind the one naming
+        # it (a catch-up AppendEntries of up to a MiB) are a member's, and parsing the first may
+        # end the handshake.
+        handshake = self.frame_limit < MAX_FRAME_BYTES
+        while self._scan + 4 <= len(rx) and not (handshake and self._scan):
             (length,) = struct.unpack_from("i", rx, self._scan)
             if not 0 <= length <= self.frame_limit:
                 self._refuse(f"frame announces {length} bytes (limit {self.frame_limit})")
                 return False
             self._scan += 4 + length
         # Parse what is buffered before reading more (the poller is level-triggered).
+        if handshake:
+            return not self._scan or len(rx) < self._scan
         return len(rx) <= self.frame_limit + 4
 
     def _TcpConnection__processParseMessage(self) -> Any:
@@ -185,6 +191,9 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
         if len(rx) < 4:
             return None
         (length,) = struct.unpack_from("i", rx, 0)
+        if not 0 <= length <= self.frame_limit:  # one buffered behind the handshake, not yet checked
+            self._refuse(f"frame announces {length} bytes (limit {self.frame_limit})")
+            return None
         if len(rx) - 4 < length:
             return None
         data = bytes(rx[4 : 4 + length])
@@ -204,7 +213,7 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
             self._refuse(f"{type(exc).__name__}: {exc}")
             return None
         del rx[: 4 + length]
-        self._scan -= 4 + length
+        self._scan = max(0, self._scan - (4 + length))
         return message
 
 
