@@ -173,3 +173,37 @@ def test_undecodable_heartbeat_bytes_are_invalid_argument() -> None:
             await server.stop(None)
 
     asyncio.run(main())
+
+
+def test_a_sender_knows_when_the_leader_counts_it() -> None:
+    """``HeartbeatSender.counted`` (which SERVING waits for) follows the leader's answers."""
+    from raftmesh.clock import SystemClock
+    from raftmesh.node.peers import HeartbeatSender
+
+    async def until(pred: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not pred():
+            assert loop.time() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        server, addr, node = await serve()
+        sender = HeartbeatSender("n4", "incn4", lambda: addr, lambda: 0, SystemClock())
+        task = asyncio.ensure_future(sender.run())
+        try:
+            # Not a member yet (its registration has not committed): answered, not counted.
+            await until(lambda: sender.acks >= 2, "two answers")
+            assert not sender.counted and "n4" not in node.liveness._heard
+            register(node, "n4", "incn4")
+            await until(lambda: sender.counted, "the leader to count n4")
+            assert "n4" in node.liveness._heard
+            res, _ = node.machine.apply(NodeDown("d-4", 3000, "n4", "incn4", "test"))
+            assert res.ok, res
+            await until(lambda: not sender.counted, "the leader to stop counting n4 once it is down")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await server.stop(None)
+
+    asyncio.run(main())

@@ -129,6 +129,12 @@ class HeartbeatSender:
         self._leader = leader_grpc
         self._running = running
         self._clock = clock
+        self.counted = False
+        """The leader's latest answer said it counts this node (an up member in this incarnation).
+
+        Until then the leader places no work here: readiness (SERVING) waits for it."""
+        self.acks = 0
+        """Answers received from leaders since start."""
 
     def _leader_grpc(self) -> str | None:
         """The leader's gRPC address, or None if there is none or it is this node."""
@@ -138,6 +144,7 @@ class HeartbeatSender:
         while True:
             target = self._leader_grpc()
             if target is None:
+                self.counted = False
                 await asyncio.sleep(0.1)
                 continue
             try:
@@ -148,6 +155,7 @@ class HeartbeatSender:
                 raise
             except Exception:
                 log.exception("heartbeat stream to %s failed", target)
+            self.counted = False  # until the next leader answers
             await asyncio.sleep(0.1)
 
     async def _stream(self, target: str) -> None:
@@ -175,8 +183,10 @@ class HeartbeatSender:
 
             async def read() -> None:
                 nonlocal last_ack
-                async for _ack in call:
+                async for ack in call:
                     last_ack = loop.time()
+                    self.acks += 1
+                    self.counted = bool(ack.up and ack.leader)
 
             reader = asyncio.ensure_future(read())
             try:

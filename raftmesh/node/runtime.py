@@ -174,17 +174,15 @@ class NodeRuntime:
             raise RaftmeshError(f"cannot listen on {cfg.grpc} (address in use?)")
         await server.start()
         log.info("node %s serving gRPC on %s, Raft on %s", cfg.node_id, cfg.grpc, cfg.raft)
+        self.heartbeats = HeartbeatSender(
+            cfg.node_id, self.incarnation, self._leader_grpc, lambda: self.host.running, clock
+        )
         tasks = [
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.host.run(), name="host"),
             asyncio.create_task(self._register_loop(), name="register"),
             asyncio.create_task(self._health_loop(), name="health"),
-            asyncio.create_task(
-                HeartbeatSender(
-                    cfg.node_id, self.incarnation, self._leader_grpc, lambda: self.host.running, clock
-                ).run(),
-                name="heartbeat",
-            ),
+            asyncio.create_task(self.heartbeats.run(), name="heartbeat"),
         ]
         try:
             await self._stopping.wait()
@@ -253,11 +251,15 @@ class NodeRuntime:
             generation += 1
 
     async def _health_loop(self) -> None:
-        """SERVING iff this incarnation is registered and up in this node's applied state.
+        """SERVING iff this incarnation is registered and up in this node's applied state, and
+        the leader counts it (this node leads, or the leader's last heartbeat answer said so).
 
         Not just "registered once": a node the cluster marked down (paused, cut off) is
         NOT_SERVING until its re-registration is applied, and a restarted node is
         NOT_SERVING until its own new incarnation is, so readiness checks can rely on it.
+        The leader places work only on members it has heard from since it became leader:
+        without the last condition a run submitted right after "ready" could run wholly on
+        the leader.
         """
         serving = None
         while True:
@@ -266,6 +268,7 @@ class NodeRuntime:
                 and self.raft.ready
                 and self.raft.leader_addr is not None
                 and self._member_ok()
+                and (self.raft.is_leader or self.heartbeats.counted)
             )
             if ok != serving:
                 status = (
