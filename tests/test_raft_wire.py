@@ -475,3 +475,29 @@ def test_node_takes_the_secret_file_and_unsafe_no_fsync_from_its_config(tmp_path
     finally:
         p.terminate()
         p.wait(timeout=20)
+
+
+@pytest.mark.parametrize("key", ["unsafe-no-fsync", "archive-applied"])
+def test_a_boolean_config_key_given_as_a_string_is_a_usage_error(tmp_path: Any, key: str) -> None:
+    """``"false"`` (a string) must not read as true: for unsafe-no-fsync it would drop durability."""
+    raft_port, grpc_port = free_ports(2)
+    config = tmp_path / "node.json"
+    config.write_text(
+        json.dumps(
+            {
+                "id": "n1",
+                "raft": f"127.0.0.1:{raft_port}",
+                "grpc": f"127.0.0.1:{grpc_port}",
+                "data-dir": str(tmp_path / "data"),
+                key: "false",
+            }
+        )
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "raftmesh.cli.main", "node", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2, p.stderr
+    assert f"{key} must be true or false" in p.stderr

@@ -49,10 +49,11 @@ def _setting(args: argparse.Namespace, file_cfg: dict[str, Any], name: str, defa
     return file_cfg.get(name, file_cfg.get(name.replace("-", "_"), default))
 
 
-def _flag(v: Any) -> bool:
+def _flag(name: str, v: Any) -> bool:
+    """A boolean setting: a config file's ``"false"`` (a string) must not read as true."""
     if isinstance(v, bool):
         return v
-    raise InvalidArgument(f"archive-applied must be true or false in the config file, got {v!r}")
+    raise InvalidArgument(f"{name} must be true or false in the config file, got {v!r}")
 
 
 def run_node(args: argparse.Namespace) -> int:
@@ -84,13 +85,13 @@ def run_node(args: argparse.Namespace) -> int:
         slots=int(_setting(args, file_cfg, "slots", 64)),
         agents=agent_list,
         raft_password=secret or None,
-        fsync=not bool(_setting(args, file_cfg, "unsafe-no-fsync", False)),
+        fsync=not _flag("unsafe-no-fsync", _setting(args, file_cfg, "unsafe-no-fsync", False)),
         timings=RaftTimings(
             log_compaction_entries=int(_setting(args, file_cfg, "snapshot-entries", 20_000)),
             log_compaction_s=float(_setting(args, file_cfg, "snapshot-seconds", 600.0)),
         ),
         node_down_after_s=float(_setting(args, file_cfg, "node-down-after", 5.0)),
-        archive_applied=_flag(_setting(args, file_cfg, "archive-applied", False)),
+        archive_applied=_flag("archive-applied", _setting(args, file_cfg, "archive-applied", False)),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))
