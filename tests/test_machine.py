@@ -1058,3 +1058,17 @@ def test_purity_check_catches_forbidden_imports(tmp_path: Path) -> None:
     also = tmp_path / "also.py"
     also.write_text("from . import raft, limits\n")
     assert imported_modules(also) == {"raft"}
+
+
+def test_apply_checks_run_names_idempotency_keys_and_cancel_reasons_itself(c: Cluster) -> None:
+    """What the boundary refuses, apply refuses too: a raw command cannot bypass the API."""
+    bad_name = SubmitRun(c.rid(), c.ts, "r1", "", (spec("a"),), 0, "run\x1b[2J", "tester")
+    c.unchanged(bad_name, Code.INVALID_ARGUMENT)
+    long_name = SubmitRun(
+        c.rid(), c.ts, "r1", "", (spec("a"),), 0, "n" * (limits.MAX_RUN_NAME_CHARS + 1), "t"
+    )
+    c.unchanged(long_name, Code.INVALID_ARGUMENT)
+    c.unchanged(c.submit("r1", [spec("a")], key="key\nwith newline"), Code.INVALID_ARGUMENT)
+    c.ok(c.submit("r1", [spec("a")]))
+    reason = "x" * (limits.MAX_CANCEL_REASON_CHARS + 1)
+    c.unchanged(CancelRun(c.rid(), c.ts, "r1", reason), Code.INVALID_ARGUMENT)

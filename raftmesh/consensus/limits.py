@@ -39,6 +39,10 @@ MAX_STATUS_MESSAGE_BYTES = 1024
 
 MAX_ERROR_CHARS = 4096
 """Error messages are truncated to this length."""
+MAX_RUN_NAME_CHARS = 256
+"""A run's name; no control, format or line-separator characters (``printable``)."""
+MAX_CANCEL_REASON_CHARS = 1024
+"""A cancel request's reason (it becomes the cancelled tasks' error)."""
 
 MAX_RETRIES = 100
 MAX_PRIORITY = 1_000_000

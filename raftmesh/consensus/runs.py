@@ -48,6 +48,14 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         check_id("run id", cmd.run_id)
         if cmd.idempotency_key and len(cmd.idempotency_key) > limits.MAX_ID_CHARS:
             raise DagError("limit", f"idempotency key is longer than {limits.MAX_ID_CHARS} characters")
+        # The boundary checks these too; apply checks them so nothing a client sends bypasses them.
+        why = limits.request_id_error("idempotency key", cmd.idempotency_key)
+        if why:
+            raise DagError("invalid", why)
+        if len(cmd.name) > limits.MAX_RUN_NAME_CHARS:
+            raise DagError("limit", f"name is longer than {limits.MAX_RUN_NAME_CHARS} characters")
+        if not limits.printable(cmd.name):
+            raise DagError("invalid", f"name {cmd.name[:40]!r} may not contain control characters")
         if abs(cmd.priority) > limits.MAX_PRIORITY:
             raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
         validate(cmd.tasks, st.known_agents())
@@ -94,6 +102,10 @@ def cancel(ctx: ApplyContext, cmd: CancelRun) -> Result:
     run = ctx.state.runs.get(cmd.run_id)
     if run is None:
         return Rejected(Code.NOT_FOUND, f"run {cmd.run_id!r} not found")
+    if len(cmd.reason) > limits.MAX_CANCEL_REASON_CHARS:
+        return Rejected(
+            Code.INVALID_ARGUMENT, f"reason is longer than {limits.MAX_CANCEL_REASON_CHARS} characters"
+        )
     if run.status in TERMINAL_RUN:
         return CancelRunResult(run.status, cancelled=False)
     rev = ctx.advance()

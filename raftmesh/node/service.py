@@ -89,8 +89,8 @@ class ClusterService(pb_grpc.ClusterServicer):
             validate(specs, known)
         except DagError as exc:
             raise _DAG_ERRORS.get(exc.kind, InvalidArgument)(str(exc)) from exc
-        if len(request.name) > 256:
-            raise InvalidArgument("name is longer than 256 characters")
+        if len(request.name) > limits.MAX_RUN_NAME_CHARS:
+            raise InvalidArgument(f"name is longer than {limits.MAX_RUN_NAME_CHARS} characters")
         if not limits.printable(request.name):
             raise InvalidArgument(f"name {request.name[:40]!r} may not contain control characters")
         why = limits.request_id_error("idempotency_key", key)
@@ -195,8 +195,8 @@ class ClusterService(pb_grpc.ClusterServicer):
         self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelRunResponse:
         _check_run_id(request.run_id)
-        if len(request.reason) > 1024:
-            raise InvalidArgument("reason is longer than 1024 characters")
+        if len(request.reason) > limits.MAX_CANCEL_REASON_CHARS:
+            raise InvalidArgument(f"reason is longer than {limits.MAX_CANCEL_REASON_CHARS} characters")
         cmd = CancelRun(
             new_request_id("x-"), self.node.clock.now_ms(), run_id=request.run_id, reason=request.reason
         )
