@@ -216,15 +216,13 @@ def test_cluster_script_restarts_a_crashed_cluster_node_by_node(tmp_path: pathli
         # --wait waits for a ready cluster, which cannot exist with one node of three
         waited, _ = sh("restart", "n1", "--wait", CLUSTER_WAIT_S="3")
         assert waited.returncode == 1 and "did not become ready" in waited.stderr, waited
-        first, took = sh("restart", "n1")
+        first, _ = sh("restart", "n1")
         assert first.returncode == 0, first.stderr
         assert "no quorum yet: 1 of 3 nodes running, a majority needs 2" in first.stdout, first.stdout
-        assert took < 30, f"restart of the first node took {took:.1f} s"
         assert cli("health", addresses=addrs.split(",")[0]).returncode != 0  # it answers, not SERVING
-        second, took = sh("restart", "n2")
+        second, _ = sh("restart", "n2")
         assert second.returncode == 0, second.stderr
         assert "it serves (2 of 3 nodes running)" in second.stdout, second.stdout
-        assert took < 30, f"restart of the second node took {took:.1f} s"
         third, _ = sh("restart", "n3", "--wait")
         assert third.returncode == 0 and "the cluster is ready" in third.stdout, third
         assert cli("health", addresses=addrs).returncode == 0

@@ -278,9 +278,13 @@ def test_forged_heartbeats_do_not_keep_a_dead_node_up(make_cluster: Callable[...
     assert incarnation_of(c, victim) != old_incarnation
     late: dict[str, int] = {}
     stop = threading.Event()
-    t = threading.Thread(target=forge, args=(c.nodes[leader].grpc, stop, [(victim, old_incarnation)], late))
+    t = threading.Thread(
+        target=forge, args=(c.nodes[leader].grpc, stop, [(victim, old_incarnation)], late), daemon=True
+    )
     t.start()
-    wait_until(lambda: late, 30, "the old incarnation's heartbeat to be answered")
-    stop.set()
-    t.join(timeout=35)
+    try:
+        wait_until(lambda: late, 30, "the old incarnation's heartbeat to be answered")
+    finally:
+        stop.set()
+        t.join(timeout=35)
     assert set(late) == {"FAILED_PRECONDITION"}, late

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -59,10 +58,7 @@ def test_a_run_of_the_largest_non_ascii_inputs_commits_through_leader_and_follow
         for i in range(limits.MAX_RUN_SPEC_BYTES // limits.MAX_TASK_INPUT_BYTES - 1):  # 31 inputs: ~7.8 MB
             dag.task(f"t{i}", "echo", input={"text": cjk_text(rng, chars)})
         client = cluster3.client([cluster3.nodes[node].grpc], timeout_s=60, retry_deadline_s=60)
-        t0 = time.monotonic()
-        run_id = client.submit(dag)
-        took = time.monotonic() - t0
-        assert took < 30, f"the submit via {node} took {took:.1f} s to commit"
+        run_id = client.submit(dag)  # before the fix it never committed (the client's 60 s deadline)
         wait_until(
             lambda c=client, r=run_id: run_status(c, r) == "SUCCEEDED", 120, f"the run via {node} to succeed"
         )

@@ -627,7 +627,7 @@ def test_entries_at_the_limits_survive_the_wire_and_apply_alike() -> None:
         TaskSpec(id=f"t{i}", agent="echo", input={"i": i, "text": text[i:] + text[:i]})
         for i in range(n_tasks)
     )
-    values = tuple(KvOp("put", f"k{i}", {"text": text[:i] + text[i:]}) for i in range(30))
+    values = tuple(KvOp("put", f"k{i}", {"text": text[i:] + text[:i]}) for i in range(30))
     batches: list[list[Command]] = [
         [gen.register("n0", new_incarnation=True)],
         [SubmitRun("r-1", 1000, "run-big", "", tasks, 0, "big", "sim")],
