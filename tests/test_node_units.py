@@ -31,6 +31,7 @@ from raftmesh.consensus.commands import (
 )
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.results import Result
+from raftmesh.consensus.state import TaskStatus
 from raftmesh.errors import Internal, InvalidArgument, OutcomeUnknown, RaftmeshError, ResourceExhausted
 from raftmesh.node import proposer as proposer_mod
 from raftmesh.node import rpc
@@ -403,3 +404,34 @@ def test_rpc_translates_errors_and_bounds_bug_messages() -> None:
     code, msg = rpc.status_of(RaftmeshError("y" * 10_000), "x")
     assert code is grpc.StatusCode.UNKNOWN and msg.endswith("more characters)")
     assert Internal.code == "INTERNAL"
+
+
+def test_host_fails_an_output_no_reader_could_store_without_retry() -> None:
+    """A 1,000-deep output (json.dumps raised RecursionError here, killing the attempt silently)."""
+    sm = cluster(tasks=1)
+
+    async def deep(ctx: TaskContext) -> Any:
+        out: Any = 1
+        for _ in range(1000):
+            out = [out]
+        return out
+
+    async def scenario() -> None:
+        registry = AgentRegistry()
+        registry.register("echo", deep)
+        host = AgentHost("n1", "i1", registry, reads_of(sm), MachineWriter(sm), ManualClock())
+        reporter = asyncio.get_running_loop().create_task(host._report_loop())
+        res, _ = sm.apply(Assign("a1", 3, (Assignment("r1", "t0", "n1", 1),)))
+        assert res.ok, res
+        host._reconcile()
+        for _ in range(100):  # the attempt, its report and the flush take a few loop turns
+            t = sm.state.task("r1", "t0")
+            if t is not None and t.status is TaskStatus.FAILED:
+                break
+            await asyncio.sleep(0)
+        t = sm.state.task("r1", "t0")
+        assert t is not None and t.status is TaskStatus.FAILED, t
+        assert "output is not storable" in t.error and "deep" in t.error, t.error
+        reporter.cancel()
+
+    asyncio.run(scenario())

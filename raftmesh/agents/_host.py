@@ -24,7 +24,6 @@ flush; an attempt that finds it full waits for room before it reports.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import Clock
-from ..consensus import limits
+from ..consensus import limits, values
 from ..consensus.codes import Code
 from ..consensus.commands import Complete, Completion, Fail, Failure
 from ..consensus.results import Rejected, ReportResult, Result
@@ -253,16 +252,14 @@ class AgentHost:
             return
         except Exception as exc:
             retryable = bool(getattr(exc, "retryable", True))
-            await self._report(_Report(a, False, error=f"{type(exc).__name__}: {exc}", retryable=retryable))
+            error = f"{type(exc).__name__}: {exc}"[: limits.MAX_ERROR_CHARS]  # apply keeps no more
+            await self._report(_Report(a, False, error=error, retryable=retryable))
             return
-        try:
-            json.dumps(output, allow_nan=False)
-            size = limits.encoded_size(output)  # as the state machine measures it
-        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int beyond 64 bits
-            await self._report(
-                _Report(a, False, error=f"output is not JSON-serializable: {exc}", retryable=False)
-            )
+        why = values.problem(output)  # the rule apply enforces; never raises (deep nesting included)
+        if why:
+            await self._report(_Report(a, False, error=f"output is not storable: {why}", retryable=False))
             return
+        size = limits.encoded_size(output)  # as the state machine measures it
         if size > limits.MAX_TASK_OUTPUT_BYTES:
             await self._report(
                 _Report(
