@@ -17,7 +17,7 @@
 # restarted node by node; --wait waits for a ready cluster (every node serving) instead.
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -157,6 +157,7 @@ case $CMD in
       deadline=$((SECONDS + 10))
       while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.1; done
       kill -KILL "$pid" 2>/dev/null || true
+      while alive "$d"; do sleep 0.05; done  # start_node refuses a node that still runs
     fi
     start_node "$ARG"
     source "$DIR/env"
