@@ -259,15 +259,15 @@ def test_every_message_the_leader_builds_fits_in_a_frame() -> None:
     worst = bytes([0xFF]) * rep.CHUNK_BYTES  # every byte doubles in pysyncobj's pickle
     for data in (worst, large_command(rep.CHUNK_BYTES)[: rep.CHUNK_BYTES]):
         chunk = chunks((data, 10, 3), prev=9, prev_term=3, term=3, commit=9)[0]
-        assert wire_bytes(chunk) <= rep.MAX_FRAME_BYTES
+        assert wire_bytes(chunk) <= rep.MAX_SENT_FRAME_BYTES
         chunk["data"] = rep._to_wire(data)
-        assert wire_bytes(chunk) <= rep.MAX_FRAME_BYTES
+        assert wire_bytes(chunk) <= rep.MAX_SENT_FRAME_BYTES
     per_entry = rep.APPEND_BATCH_BYTES // 1000 - rep.ENTRY_OVERHEAD_BYTES
     batch = [(bytes([0x80 + i % 128]) * per_entry, 10 + i, 3) for i in range(1000)]
-    assert wire_bytes(append(3, 9, 3, batch, 9)) <= rep.MAX_FRAME_BYTES
+    assert wire_bytes(append(3, 9, 3, batch, 9)) <= rep.MAX_SENT_FRAME_BYTES
     tiny = [(b"\x01", 10 + i, 3) for i in range(rep.APPEND_BATCH_ENTRIES)]  # many small entries
-    assert wire_bytes(append(3, 9, 3, tiny, 9)) <= rep.MAX_FRAME_BYTES
-    assert rep.MAX_FRAME_BYTES < 16 * 1024 * 1024
+    assert wire_bytes(append(3, 9, 3, tiny, 9)) <= rep.MAX_SENT_FRAME_BYTES
+    assert rep.MAX_SENT_FRAME_BYTES < 16 * 1024 * 1024
 
 
 def test_a_large_journal_is_compacted_before_its_offsets_overflow(

@@ -21,7 +21,7 @@ entry larger than ``APPEND_BATCH_BYTES`` is streamed alone as numbered chunks of
 (offset and total size in every chunk, so the follower knows when it has all of it), with at
 most ``STREAM_WINDOW_BYTES`` queued per peer and ``STREAM_BUDGET_S`` spent per tick. A follower
 forwards a large command to the leader (pysyncobj's ``apply_command``, one message) the same
-way. So every Raft frame raftmesh sends is under ``MAX_FRAME_BYTES``.
+way. So every Raft frame raftmesh sends is under ``MAX_SENT_FRAME_BYTES``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from pysyncobj import SyncObj
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.monotonic import monotonic as _monotonic
 from pysyncobj.syncobj import _RAFT_STATE
+
+from .wire import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +70,15 @@ pysyncobj's connection copies its whole send buffer on every partial send; a bou
 keeps a large entry from costing time quadratic in its size on the leader's tick thread.
 """
 
-MAX_STREAMED_BYTES = 64 * 1024 * 1024
-"""A peer refuses to assemble a streamed entry or command larger than this.
-
-The largest legal entry is ~33 MB: one command at the 16 MiB gRPC message limit (a KV
-transaction of UTF-8 text), doubled by pysyncobj's pickle. Measured: it commits in 3-5 s.
-"""
-
-MAX_FRAME_BYTES = 2 * max(APPEND_BATCH_BYTES, CHUNK_BYTES) + 64 * 1024
+MAX_SENT_FRAME_BYTES = 2 * max(APPEND_BATCH_BYTES, CHUNK_BYTES) + 64 * 1024
 """Bound on any AppendEntries, chunk or forwarded-command frame raftmesh sends: pysyncobj's pickle
 (protocol 2) at most doubles bytes, a chunk goes as text only when that is smaller, zlib adds
-< 0.1%. The transport accepts frames of 16 MiB."""
+< 0.1%. The receiver accepts ``wire.MAX_FRAME_BYTES`` (32 MiB).
+
+A peer refuses to assemble a streamed entry or command larger than ``wire.MAX_MESSAGE_BYTES``
+(64 MiB). The largest legal entry is ~33 MB: one command at the 16 MiB gRPC message limit (a KV
+transaction of UTF-8 text), doubled by pysyncobj's pickle. Measured: it commits in 3-5 s.
+"""
 
 ENTRY_CHUNK = "raftmesh_entry_chunk"
 COMMAND_CHUNK = "raftmesh_command_chunk"
@@ -267,7 +267,7 @@ class Replication:
         size, offset, data = int(m["size"]), int(m["offset"]), m["data"]
         if offset == 0:
             self._entry_inbound.pop(node, None)
-            if size > MAX_STREAMED_BYTES:
+            if size > MAX_MESSAGE_BYTES:
                 log.error("refusing a streamed entry of %d bytes from %s", size, node)
                 return
             if not self._prev_matches(node, m["prevLogIdx"], m["prevLogTerm"]):
@@ -503,7 +503,7 @@ class Replication:
         rid, size, offset = m["request_id"], int(m["size"]), int(m["offset"])
         pending = self._command_inbound.setdefault(node, collections.OrderedDict())
         if offset == 0:
-            if size > MAX_STREAMED_BYTES:
+            if size > MAX_MESSAGE_BYTES:
                 log.error("refusing a forwarded command of %d bytes from %s", size, node)
                 return
             pending[rid] = _Inbound((rid,), size, bytearray())

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 32 * 2**20
 """Largest frame accepted on the Raft port, as announced by its length prefix.
 
-raftmesh keeps every message it sends under 16 MiB of pickle; Fernet's base64 adds a
-third, so 32 MiB leaves headroom. Snapshot transfer frames carry 64 KiB chunks
+raftmesh keeps every message it sends under ``replication.MAX_SENT_FRAME_BYTES`` (~1.1 MiB;
+tested under 16 MiB); with Fernet's base64 (a third more) 32 MiB leaves wide headroom. Snapshot transfer frames carry 64 KiB chunks
 (pysyncobj's ``logCompactionBatchSize``), far below it.
 """
 
