@@ -107,6 +107,16 @@ def test_errors_reach_the_wire_with_their_status(node: InProcessNode) -> None:
     dag.task("b", "echo", deps=["a"])
     with pytest.raises(InvalidArgument, match="cycle"):
         c.submit(dag)
+    # A run status this server does not know is an error, not "any status".
+    import grpc
+
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(node.address) as ch, pytest.raises(grpc.RpcError) as err:
+        pb_grpc.ClusterStub(ch).ListRuns(pb.ListRunsRequest(status=99), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert "unknown run status 99" in (err.value.details() or "")
 
 
 def test_status_digest_is_the_replicas_digest(node: InProcessNode) -> None:

@@ -128,6 +128,8 @@ class ClusterService(pb_grpc.ClusterServicer):
         if limit > MAX_LIST_RUNS:
             raise InvalidArgument(f"limit must be at most {MAX_LIST_RUNS}")
         want = convert.RUN_STATUS_FROM_PB.get(request.status) if request.status else None
+        if request.status and want is None:  # a status this server does not know: not "any status"
+            raise InvalidArgument(f"unknown run status {request.status}")
         await self.node.barrier(context)
 
         def page(st: ClusterState) -> list[pb.RunSummary]:
