@@ -477,9 +477,20 @@ def test_node_takes_the_secret_file_and_unsafe_no_fsync_from_its_config(tmp_path
         p.wait(timeout=20)
 
 
-@pytest.mark.parametrize("key", ["unsafe-no-fsync", "archive-applied"])
-def test_a_boolean_config_key_given_as_a_string_is_a_usage_error(tmp_path: Any, key: str) -> None:
-    """``"false"`` (a string) must not read as true: for unsafe-no-fsync it would drop durability."""
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("unsafe-no-fsync", "false", "must be true or false"),
+        ("archive-applied", "false", "must be true or false"),
+        ("slots", "many", "must be a number"),
+        ("node-down-after", "soon", "must be a number"),
+    ],
+)
+def test_a_config_value_of_the_wrong_type_is_a_usage_error(
+    tmp_path: Any, key: str, value: str, says: str
+) -> None:
+    """``"false"`` (a string) must not read as true: for unsafe-no-fsync it would drop durability;
+    a number that is not one is a usage error naming the key, not a traceback."""
     raft_port, grpc_port = free_ports(2)
     config = tmp_path / "node.json"
     config.write_text(
@@ -489,7 +500,7 @@ def test_a_boolean_config_key_given_as_a_string_is_a_usage_error(tmp_path: Any, 
                 "raft": f"127.0.0.1:{raft_port}",
                 "grpc": f"127.0.0.1:{grpc_port}",
                 "data-dir": str(tmp_path / "data"),
-                key: "false",
+                key: value,
             }
         )
     )
@@ -500,4 +511,4 @@ def test_a_boolean_config_key_given_as_a_string_is_a_usage_error(tmp_path: Any, 
         timeout=60,
     )
     assert p.returncode == 2, p.stderr
-    assert f"{key} must be true or false" in p.stderr
+    assert f"{key} {says}" in p.stderr, p.stderr

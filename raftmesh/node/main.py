@@ -56,6 +56,14 @@ def _flag(name: str, v: Any) -> bool:
     raise InvalidArgument(f"{name} must be true or false in the config file, got {v!r}")
 
 
+def _number(name: str, v: Any, kind: type[int] | type[float]) -> Any:
+    """A numeric setting; a config file's ``"x"`` is a usage error that names the key."""
+    try:
+        return kind(v)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{name} must be a number, got {str(v)[:40]!r}") from None
+
+
 def run_node(args: argparse.Namespace) -> int:
     file_cfg = load_config_file(args.config) if args.config else {}
     node_id = _setting(args, file_cfg, "id")
@@ -82,15 +90,19 @@ def run_node(args: argparse.Namespace) -> int:
         grpc_addr=_setting(args, file_cfg, "grpc"),
         peers=peers,
         data_dir=_setting(args, file_cfg, "data-dir"),
-        slots=int(_setting(args, file_cfg, "slots", 64)),
+        slots=_number("slots", _setting(args, file_cfg, "slots", 64), int),
         agents=agent_list,
         raft_password=secret or None,
         fsync=not _flag("unsafe-no-fsync", _setting(args, file_cfg, "unsafe-no-fsync", False)),
         timings=RaftTimings(
-            log_compaction_entries=int(_setting(args, file_cfg, "snapshot-entries", 20_000)),
-            log_compaction_s=float(_setting(args, file_cfg, "snapshot-seconds", 600.0)),
+            log_compaction_entries=_number(
+                "snapshot-entries", _setting(args, file_cfg, "snapshot-entries", 20_000), int
+            ),
+            log_compaction_s=_number(
+                "snapshot-seconds", _setting(args, file_cfg, "snapshot-seconds", 600.0), float
+            ),
         ),
-        node_down_after_s=float(_setting(args, file_cfg, "node-down-after", 5.0)),
+        node_down_after_s=_number("node-down-after", _setting(args, file_cfg, "node-down-after", 5.0), float),
         archive_applied=_flag("archive-applied", _setting(args, file_cfg, "archive-applied", False)),
     )
     handler = logging.StreamHandler(sys.stderr)
