@@ -79,11 +79,16 @@ def stats(samples: list[float]) -> dict[str, float | int]:
     }
 
 
-def loop(stop: threading.Event, fn: Callable[[], Any], out: list[float]) -> None:
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
+def loop(stop: threading.Event, fn: Callable[[], Any], out: list[float], errors: list[BaseException]) -> None:
+    """Call ``fn`` back to back; a failed call ends the loop and is kept (the phase then fails:
+    stats of part of the window would be reported as if they covered all of it)."""
+    try:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    except Exception as exc:
+        errors.append(exc)
 
 
 def phase(
@@ -94,6 +99,7 @@ def phase(
     stop = threading.Event()
     writes: list[float] = []
     reads: list[float] = []
+    errors: list[BaseException] = []
     threads = []
     k = [0]
 
@@ -101,7 +107,7 @@ def phase(
         k[0] += 1
         client.kv.put(f"bench/{k[0] % 64}", k[0])
 
-    threads.append(threading.Thread(target=loop, args=(stop, put, writes), daemon=True))
+    threads.append(threading.Thread(target=loop, args=(stop, put, writes, errors), daemon=True))
     channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)])
     stub = pb_grpc.ClusterStub(channel)
     readers = {
@@ -114,7 +120,7 @@ def phase(
     if fn is not None:
         n = 1 if reader == "status_digest" else args.readers
         for _ in range(n):
-            threads.append(threading.Thread(target=loop, args=(stop, fn, reads), daemon=True))
+            threads.append(threading.Thread(target=loop, args=(stop, fn, reads, errors), daemon=True))
     bg = client.submit(fan_out(f"bg-{reader}", args.tasks))
     for t in threads:
         t.start()
@@ -123,6 +129,8 @@ def phase(
     for t in threads:
         t.join(timeout=60)
     channel.close()
+    if errors:
+        raise RuntimeError(f"phase {reader!r}: {len(errors)} measuring thread(s) failed: {errors[0]!r}")
     run = client.wait(bg, timeout_s=300)
     assert run.status == "SUCCEEDED", run.status
     return {

@@ -55,8 +55,8 @@ def node(tmp_path: os.PathLike[str]) -> Iterator[InProcessNode]:
     try:
 
         def ready() -> bool:
-            if failure:
-                raise failure[0]
+            if failure:  # a node that died at start: stop waiting (wait_until would retry an exception)
+                return True
             try:
                 st = client.status()
             except RaftmeshError:
@@ -64,6 +64,8 @@ def node(tmp_path: os.PathLike[str]) -> Iterator[InProcessNode]:
             return st.leader == "n1" and any(m.id == "n1" and m.up for m in st.members)
 
         wait_until(ready, 30.0, "the in-process node to lead and register")
+        if failure:
+            raise failure[0]
         yield InProcessNode(runtime, grpc_addr, client)
     finally:
         client.close()
