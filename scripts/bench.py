@@ -621,42 +621,33 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         "dask_skipped": dask_skipped,
         "ratios_raftmesh_over_dask": None,
     }
+
+    def summary(name: str, startup_s: float | None) -> dict[str, Any]:
+        return {
+            "startup_s": startup_s,
+            "fan_out": summarize_fan_out(fan[name], total),
+            "latency": lat[(name, False)].summary(),
+            "latency_spaced": lat[(name, True)].summary(),
+        }
+
+    def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
+        """a/b for the figures both sides report."""
+        return {
+            "fan_out_tasks_per_s": ratio(
+                a["fan_out"]["tasks_per_s_median"], b["fan_out"]["tasks_per_s_median"]
+            ),
+            "latency_p50": ratio(a["latency"]["p50_ms"], b["latency"]["p50_ms"]),
+            "latency_p99": ratio(a["latency"]["p99_ms"], b["latency"]["p99_ms"]),
+            "latency_spaced_p50": ratio(a["latency_spaced"]["p50_ms"], b["latency_spaced"]["p50_ms"]),
+            "latency_spaced_p99": ratio(a["latency_spaced"]["p99_ms"], b["latency_spaced"]["p99_ms"]),
+        }
+
     if rm_nf is not None:
-        nf: dict[str, Any] = {
-            "startup_s": nf_startup,
-            "fan_out": summarize_fan_out(fan[nf_name], total),
-            "latency": lat[(nf_name, False)].summary(),
-            "latency_spaced": lat[(nf_name, True)].summary(),
-        }
-        report["raftmesh_unsafe_no_fsync"] = nf
-        rf: dict[str, Any] = report["raftmesh"]
-        report["ratios_fsync_over_no_fsync"] = {
-            "fan_out_tasks_per_s": ratio(
-                rf["fan_out"]["tasks_per_s_median"], nf["fan_out"]["tasks_per_s_median"]
-            ),
-            "latency_p50": ratio(rf["latency"]["p50_ms"], nf["latency"]["p50_ms"]),
-            "latency_p99": ratio(rf["latency"]["p99_ms"], nf["latency"]["p99_ms"]),
-            "latency_spaced_p50": ratio(rf["latency_spaced"]["p50_ms"], nf["latency_spaced"]["p50_ms"]),
-            "latency_spaced_p99": ratio(rf["latency_spaced"]["p99_ms"], nf["latency_spaced"]["p99_ms"]),
-        }
+        report["raftmesh_unsafe_no_fsync"] = nf = summary(nf_name, nf_startup)
+        report["ratios_fsync_over_no_fsync"] = ratios(report["raftmesh"], nf)
     if dk is not None:
-        d: dict[str, Any] = {
-            "startup_s": dk_startup,
-            "fan_out": summarize_fan_out(fan["Dask"], total),
-            "latency": lat[("Dask", False)].summary(),
-            "latency_spaced": lat[("Dask", True)].summary(),
-        }
-        report["dask"] = d
-        r: dict[str, Any] = report["raftmesh"]
-        report["ratios_raftmesh_over_dask"] = {
-            "fan_out_tasks_per_s": ratio(
-                r["fan_out"]["tasks_per_s_median"], d["fan_out"]["tasks_per_s_median"]
-            ),
-            "latency_p50": ratio(r["latency"]["p50_ms"], d["latency"]["p50_ms"]),
-            "latency_p99": ratio(r["latency"]["p99_ms"], d["latency"]["p99_ms"]),
-            "latency_spaced_p50": ratio(r["latency_spaced"]["p50_ms"], d["latency_spaced"]["p50_ms"]),
-            "latency_spaced_p99": ratio(r["latency_spaced"]["p99_ms"], d["latency_spaced"]["p99_ms"]),
-        }
+        report["dask"] = d = summary("Dask", dk_startup)
+        report["ratios_raftmesh_over_dask"] = ratios(report["raftmesh"], d)
     return report
 
 
