@@ -148,8 +148,7 @@ class AgentHost:
     def decide(self, st: ClusterState) -> Reconcile:
         """Which attempts to start and stop, given the state and what runs here (no I/O)."""
         out = Reconcile()
-        me = st.members.get(self.node_id)
-        if me is None or me.incarnation != self.incarnation or not me.up:
+        if not st.up_member(self.node_id, self.incarnation):
             wanted: dict[TaskKey, None] = {}
         else:
             wanted = st.running.get(self.node_id, {})

@@ -327,6 +327,11 @@ class ClusterState:
         run = self.runs.get(run_id)
         return run.tasks.get(task_id) if run else None
 
+    def up_member(self, node_id: str, incarnation: str) -> bool:
+        """Whether ``node_id`` is an up member in exactly this incarnation (the node's own process)."""
+        m = self.members.get(node_id)
+        return m is not None and m.up and m.incarnation == incarnation
+
     def known_agents(self) -> set[str]:
         agents: set[str] = set()
         for m in self.members.values():

@@ -109,8 +109,7 @@ class PeerService(pb_grpc.PeerServicer):
 def _membership(st: ClusterState, node_id: str, incarnation: str) -> tuple[bool, bool, bool]:
     """(a member, in this incarnation, up) for a heartbeat's sender."""
     m = st.members.get(node_id)
-    current = m is not None and m.incarnation == incarnation
-    return m is not None, current, current and m is not None and m.up
+    return m is not None, m is not None and m.incarnation == incarnation, st.up_member(node_id, incarnation)
 
 
 class HeartbeatSender:

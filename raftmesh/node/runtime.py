@@ -202,11 +202,7 @@ class NodeRuntime:
         self._stopping.set()
 
     def _member_ok(self) -> bool:
-        def ok(st: ClusterState) -> bool:
-            m = st.members.get(self.config.node_id)
-            return m is not None and m.up and m.incarnation == self.incarnation
-
-        return self.reads.read(ok)
+        return self.reads.read(lambda st: st.up_member(self.config.node_id, self.incarnation))
 
     def _leader_grpc(self) -> str | None:
         """Where heartbeats go: the leader's gRPC address, unless this node leads (or none does)."""
