@@ -8,11 +8,12 @@ an item whose (attempt, token, node) is not the task's current attempt is refuse
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from . import limits, values
 from .codes import Code
-from .commands import Assign, CancelRun, Complete, Fail, SubmitRun
+from .commands import Assign, CancelRun, Complete, Completion, Fail, Failure, SubmitRun
 from .context import ApplyContext
 from .dag import DagError, check_id, validate
 from .lock_commands import task_locks_free
@@ -180,29 +181,43 @@ def _fenced(
     return "", (run, t)
 
 
+Report = TypeVar("Report", Completion, Failure)
+
+
+def _current(
+    ctx: ApplyContext, node_id: str, items: Sequence[Report], verb: str
+) -> tuple[list[tuple[Report, RunState, TaskState]], list[ItemRejected]]:
+    """The items that report on a current attempt (once each), and the rejected rest."""
+    current: list[tuple[Report, RunState, TaskState]] = []
+    rejected: list[ItemRejected] = []
+    seen: set[TaskKey] = set()
+    for item in items:
+        why, hit = _fenced(ctx, node_id, item.run_id, item.task_id, item.attempt, item.token)
+        if not why and (item.run_id, item.task_id) in seen:
+            why = f"{verb} twice in one command"
+        if why or hit is None:
+            rejected.append(ItemRejected(item.run_id, item.task_id, why))
+            continue
+        seen.add((item.run_id, item.task_id))
+        current.append((item, hit[0], hit[1]))
+    return current, rejected
+
+
 def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     accepted: list[tuple[RunState, TaskState, Any]] = []
-    rejected: list[ItemRejected] = []
     refused: list[tuple[RunState, TaskState, str]] = []
-    seen: set[TaskKey] = set()
-    for c in cmd.items:
-        why, hit = _fenced(ctx, cmd.node_id, c.run_id, c.task_id, c.attempt, c.token)
-        if not why and (c.run_id, c.task_id) in seen:
-            why = "completed twice in one command"
-        if why or hit is None:
-            rejected.append(ItemRejected(c.run_id, c.task_id, why))
-            continue
-        seen.add((c.run_id, c.task_id))
+    current, rejected = _current(ctx, cmd.node_id, cmd.items, "completed")
+    for c, run, t in current:
         # An output no reader could encode, or too big, fails the attempt (not retried).
         why = values.problem(c.output)
         size = 0 if why else limits.encoded_size(c.output)
         if why:
-            refused.append((hit[0], hit[1], f"output is not storable: {why}"))
+            refused.append((run, t, f"output is not storable: {why}"))
         elif size > limits.MAX_TASK_OUTPUT_BYTES:
             msg = f"output is {size} bytes encoded; the limit is {limits.MAX_TASK_OUTPUT_BYTES}"
-            refused.append((hit[0], hit[1], msg))
+            refused.append((run, t, msg))
         else:
-            accepted.append((hit[0], hit[1], c.output))
+            accepted.append((run, t, c.output))
     if not accepted and not refused:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
@@ -215,18 +230,8 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
 
 
 def fail(ctx: ApplyContext, cmd: Fail) -> Result:
-    accepted: list[tuple[RunState, TaskState, str, bool]] = []
-    rejected: list[ItemRejected] = []
-    seen: set[TaskKey] = set()
-    for f in cmd.items:
-        why, hit = _fenced(ctx, cmd.node_id, f.run_id, f.task_id, f.attempt, f.token)
-        if not why and (f.run_id, f.task_id) in seen:
-            why = "failed twice in one command"
-        if why or hit is None:
-            rejected.append(ItemRejected(f.run_id, f.task_id, why))
-            continue
-        seen.add((f.run_id, f.task_id))
-        accepted.append((hit[0], hit[1], f.error[: limits.MAX_ERROR_CHARS], f.retryable))
+    current, rejected = _current(ctx, cmd.node_id, cmd.items, "failed")
+    accepted = [(run, t, f.error[: limits.MAX_ERROR_CHARS], f.retryable) for f, run, t in current]
     if not accepted:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
