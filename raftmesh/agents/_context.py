@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..consensus.commands import NO_USAGE, Usage
+
 
 @dataclass
 class TaskContext:
@@ -32,3 +34,14 @@ class TaskContext:
     """The cluster KV store; writes are fenced by this attempt's token (``raftmesh.agents.TaskKv``)."""
     locks: Any = None
     """Locks owned by this attempt (``raftmesh.agents.TaskLocks``)."""
+    agents: Any = None
+    """The node's ``AgentRegistry`` (an agent may call another registered agent type as a tool)."""
+    usage: Usage = NO_USAGE
+    """What this attempt consumed so far; committed with its completion or failure."""
+
+    def report_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
+        """Add to this attempt's usage (summed per task and per run in ``raftmesh get``)."""
+        if tokens_in < 0 or tokens_out < 0 or not 0 <= cost < float("inf"):
+            raise ValueError("report_usage: tokens and cost must be finite and >= 0")
+        u = self.usage
+        self.usage = Usage(u.tokens_in + int(tokens_in), u.tokens_out + int(tokens_out), u.cost + float(cost))

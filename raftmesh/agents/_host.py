@@ -33,7 +33,7 @@ from typing import Any
 from ..clock import Clock
 from ..consensus import limits, values
 from ..consensus.codes import Code
-from ..consensus.commands import Complete, Completion, Fail, Failure
+from ..consensus.commands import NO_USAGE, Complete, Completion, Fail, Failure, Usage
 from ..consensus.results import Rejected, ReportResult, Result
 from ..consensus.state import ClusterState, TaskKey, TaskStatus
 from ..errors import RaftmeshError
@@ -88,6 +88,7 @@ class _Report:
     output: Any = None
     error: str = ""
     retryable: bool = True
+    usage: Usage = NO_USAGE
 
 
 class AgentHost:
@@ -230,6 +231,7 @@ class AgentHost:
             logger=logger,
             kv=TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token),
             locks=TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt),
+            agents=self._registry,
         )
         a.ctx = ctx
         sem = self._semaphores.get(agent)
@@ -272,6 +274,8 @@ class AgentHost:
         await self._report(_Report(a, True, output=output))
 
     async def _report(self, r: _Report) -> None:
+        if r.attempt.ctx is not None:
+            r.usage = r.attempt.ctx.usage
         while len(self._reports) >= MAX_PENDING_REPORTS:
             self._report_room.clear()
             await self._report_room.wait()
@@ -308,7 +312,8 @@ class AgentHost:
                 ts,
                 self.node_id,
                 tuple(
-                    Completion(*r.attempt.key, r.attempt.attempt, r.attempt.token, r.output) for r in group
+                    Completion(*r.attempt.key, r.attempt.attempt, r.attempt.token, r.output, r.usage)
+                    for r in group
                 ),
             )
         return Fail(
@@ -316,7 +321,7 @@ class AgentHost:
             ts,
             self.node_id,
             tuple(
-                Failure(*r.attempt.key, r.attempt.attempt, r.attempt.token, r.error, r.retryable)
+                Failure(*r.attempt.key, r.attempt.attempt, r.attempt.token, r.error, r.retryable, r.usage)
                 for r in group
             ),
         )

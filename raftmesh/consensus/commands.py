@@ -188,12 +188,48 @@ class Assign(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What an attempt consumed, as its agent reported it (``TaskContext.report_usage``)."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+    def encode(self) -> list[Any]:
+        return [self.tokens_in, self.tokens_out, self.cost]
+
+    @classmethod
+    def decode(cls, v: Any) -> Usage:
+        if not (isinstance(v, (list, tuple)) and len(v) == 3):
+            raise CommandDecodeError("usage must be [tokens_in, tokens_out, cost]")
+        ti, to, cost = v
+        if not (
+            _is_int(ti) and _is_int(to) and isinstance(cost, (int, float)) and not isinstance(cost, bool)
+        ):
+            raise CommandDecodeError("usage tokens must be ints and cost a number")
+        if ti < 0 or to < 0 or not 0 <= cost < float("inf"):
+            raise CommandDecodeError("usage figures must be finite and >= 0")
+        return cls(ti, to, float(cost))
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens_in or self.tokens_out or self.cost)
+
+
+NO_USAGE = Usage()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     run_id: str
     task_id: str
     attempt: int
     token: int
     output: JsonValue = None
+    usage: Usage = NO_USAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +243,11 @@ class Complete(Command):
     def _fields(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
-            "items": [[c.run_id, c.task_id, c.attempt, c.token, c.output] for c in self.items],
+            # usage is appended only when reported: entries without it keep their old form
+            "items": [
+                [c.run_id, c.task_id, c.attempt, c.token, c.output, *([c.usage.encode()] if c.usage else [])]
+                for c in self.items
+            ],
         }
 
 
@@ -220,6 +260,7 @@ class Failure:
     error: str
     retryable: bool = True
     """False for errors that retrying cannot fix (e.g. output over the limit)."""
+    usage: Usage = NO_USAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +272,11 @@ class Fail(Command):
     def _fields(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
-            "items": [[f.run_id, f.task_id, f.attempt, f.token, f.error, f.retryable] for f in self.items],
+            "items": [
+                [f.run_id, f.task_id, f.attempt, f.token, f.error, f.retryable]
+                + ([f.usage.encode()] if f.usage else [])
+                for f in self.items
+            ],
         }
 
 
@@ -455,28 +500,34 @@ def _decode_assign(m: dict[str, Any], rid: str, ts: int) -> Assign:
 def _decode_complete(m: dict[str, Any], rid: str, ts: int) -> Complete:
     items = []
     for it in _get(m, "items", (list, tuple)):
-        if not (isinstance(it, (list, tuple)) and len(it) == 5):
-            raise CommandDecodeError("complete item must be [run_id, task_id, attempt, token, output]")
-        run_id, task_id, attempt, token, output = it
+        if not (isinstance(it, (list, tuple)) and len(it) in (5, 6)):
+            raise CommandDecodeError(
+                "complete item must be [run_id, task_id, attempt, token, output, usage?]"
+            )
+        run_id, task_id, attempt, token, output = it[:5]
+        usage = Usage.decode(it[5]) if len(it) == 6 else NO_USAGE
         if not (isinstance(run_id, str) and isinstance(task_id, str)):
             raise CommandDecodeError("complete item ids must be strings")
         if not (isinstance(attempt, int) and isinstance(token, int)):
             raise CommandDecodeError("complete item attempt and token must be ints")
-        items.append(Completion(run_id, task_id, attempt, token, output))
+        items.append(Completion(run_id, task_id, attempt, token, output, usage))
     return Complete(rid, ts, _get(m, "node_id", str), tuple(items))
 
 
 def _decode_fail(m: dict[str, Any], rid: str, ts: int) -> Fail:
     items = []
     for it in _get(m, "items", (list, tuple)):
-        if not (isinstance(it, (list, tuple)) and len(it) == 6):
-            raise CommandDecodeError("fail item must be [run_id, task_id, attempt, token, error, retryable]")
-        run_id, task_id, attempt, token, error, retryable = it
+        if not (isinstance(it, (list, tuple)) and len(it) in (6, 7)):
+            raise CommandDecodeError(
+                "fail item must be [run_id, task_id, attempt, token, error, retryable, usage?]"
+            )
+        run_id, task_id, attempt, token, error, retryable = it[:6]
+        usage = Usage.decode(it[6]) if len(it) == 7 else NO_USAGE
         if not (isinstance(run_id, str) and isinstance(task_id, str) and isinstance(error, str)):
             raise CommandDecodeError("fail item ids and error must be strings")
         if not (isinstance(attempt, int) and isinstance(token, int) and isinstance(retryable, bool)):
             raise CommandDecodeError("fail item attempt/token must be ints, retryable a bool")
-        items.append(Failure(run_id, task_id, attempt, token, error, retryable))
+        items.append(Failure(run_id, task_id, attempt, token, error, retryable, usage))
     return Fail(rid, ts, _get(m, "node_id", str), tuple(items))
 
 
