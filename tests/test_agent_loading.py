@@ -2,14 +2,16 @@
 setup/teardown, and ``raftmesh node --agents-module`` / ``LocalCluster(agents_modules=...)``.
 
 Unit tests load real files and real installed-distribution layouts (a ``*.dist-info`` on
-sys.path).
+sys.path); the e2e tests start real node processes on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 import raftmesh
+from raftmesh import DAG
 from raftmesh.agents import (
     AgentDefinitionError,
     AgentLoadError,
@@ -30,6 +33,8 @@ from raftmesh.agents import (
     load_agents,
 )
 from raftmesh.agents._setup import set_up, tear_down
+from raftmesh.localcluster import LocalCluster, free_ports, wait_until
+from tests.test_cli import _free_base
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 USER_AGENTS = str(ROOT / "tests" / "data" / "user_agents.py")
@@ -585,3 +590,216 @@ def test_an_entry_point_that_fails_to_import_names_it_and_the_line(
     assert msg.startswith(f"entry point 'broken' = {mod!r} (group raftmesh.agents, raftmesh_broken_dist 1.0)")
     assert f"ImportError: needs a GPU driver at {tmp_path / mod}.py:3" in msg, msg
     assert load_agents([], entry_points=False).names()  # the node's choice: builtins still load
+
+
+# ---- the node ------------------------------------------------------------------------
+
+
+def node_argv(tmp_path: pathlib.Path, *extra: str) -> tuple[list[str], list[socket.socket]]:
+    """``raftmesh node`` argv on two ports this test holds bound (so a node that got as far
+    as binding them would fail differently)."""
+    socks = []
+    for port in free_ports(2):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        socks.append(s)
+    raft, grpc_addr = (f"127.0.0.1:{s.getsockname()[1]}" for s in socks)
+    argv = [
+        sys.executable,
+        "-m",
+        "raftmesh.cli.main",
+        "node",
+        "--id",
+        "n1",
+        "--raft",
+        raft,
+        "--grpc",
+        grpc_addr,
+        "--data-dir",
+        str(tmp_path / "data"),
+        *extra,
+    ]
+    return argv, socks
+
+
+def run_node(tmp_path: pathlib.Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv, socks = node_argv(tmp_path, *extra)
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.e2e
+def test_node_with_a_bad_module_exits_2_naming_file_and_line_before_starting(tmp_path: pathlib.Path) -> None:
+    bad = write(tmp_path / "bad.py", "import raftmesh\n\n\nraise KeyError('OPENAI_API_KEY')\n")
+    res = run_node(tmp_path, "--agents-module", USER_AGENTS, "--agents-module", bad)
+    assert res.returncode == 2, res
+    assert (
+        f"raftmesh: invalid argument: agents module {bad!r}: KeyError: 'OPENAI_API_KEY' at {bad}:4"
+        in res.stderr
+    )
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "data").exists()  # no Raft journal, no snapshot: nothing was started
+    dup = write(tmp_path / "dup.py", 'import raftmesh\n@raftmesh.agent("greet")\nasync def g(c): pass\n')
+    res = run_node(tmp_path, "--agents-module", USER_AGENTS, "--agents-module", dup)
+    assert res.returncode == 2 and f"declared twice: at {USER_AGENTS}:14 and at {dup}:2" in res.stderr, res
+    res = run_node(tmp_path, "--agents-module", str(tmp_path / "missing.py"))
+    assert res.returncode == 2 and f"no such file {tmp_path / 'missing.py'}" in res.stderr, res
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.e2e
+def test_node_agents_unknown_and_the_config_key(tmp_path: pathlib.Path) -> None:
+    res = run_node(tmp_path, "--agents", "echo,nope")
+    assert res.returncode == 2, res
+    assert "--agents names 'nope', which no loaded module declares; loaded: echo, fail, kv_put" in res.stderr
+    assert "Traceback" not in res.stderr
+    # agents_modules in --config, as a list and as a comma-separated string
+    bad = write(tmp_path / "bad.py", "import raftmesh\nraise RuntimeError('x')\n")
+    for value in ([USER_AGENTS], f"{USER_AGENTS}, {bad}"):
+        cfg = tmp_path / "node.json"
+        cfg.write_text(json.dumps({"agents_modules": value}))
+        res = run_node(tmp_path, "--config", str(cfg), "--agents", "greet,nope")
+        assert res.returncode == 2, res
+        if isinstance(value, list):
+            assert "loaded: add_sync, counter, echo, fail, greet, kv_put, shout, sleep, sum" in res.stderr, (
+                res
+            )
+        else:
+            assert f"agents module {bad!r}: RuntimeError: x at {bad}:2" in res.stderr, res
+    cfg.write_text(json.dumps({"agents_modules": 7}))
+    res = run_node(tmp_path, "--config", str(cfg))
+    assert res.returncode == 2 and "agents_modules must be a list of strings" in res.stderr, res
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.e2e
+def test_node_whose_class_agent_setup_raises_stops_at_start_naming_it(tmp_path: pathlib.Path) -> None:
+    mod = write(
+        tmp_path / "failing_setup.py",
+        """
+        import raftmesh
+
+
+        @raftmesh.agent("needs_db")
+        class NeedsDb:
+            def setup(self, node):
+                raise ConnectionError(f"no database for {node.node_id}")
+
+            async def run(self, ctx):
+                return None
+        """,
+    )
+    res = run_node(tmp_path, "--agents-module", mod)
+    assert res.returncode == 5, res
+    assert (
+        f"agent 'needs_db': setup(node) failed: ConnectionError: no database for n1 at {mod}:7" in res.stderr
+    )
+    assert not (tmp_path / "data" / "raft.journal").exists()
+
+
+@pytest.mark.e2e
+def test_local_cluster_runs_the_users_async_def_and_class_agents(
+    make_cluster: Callable[..., LocalCluster], tmp_path: pathlib.Path, modname: Callable[[str], str]
+) -> None:
+    pkg = modname("named_agents")
+    write(
+        tmp_path / f"{pkg}.py",
+        """
+        import raftmesh
+
+
+        @raftmesh.agent("by_name")
+        async def by_name(ctx):
+            return {"via": "module name", "input": ctx.input}
+        """,
+    )
+    c: LocalCluster = make_cluster(
+        1, agents_modules=[os.path.relpath(USER_AGENTS), pkg], env={"PYTHONPATH": str(tmp_path)}
+    )
+    members = c.client().status().members
+    offered = set(members[0].agents)
+    assert {"greet", "add_sync", "counter", "shout", "by_name", "echo", "sum"} <= offered, offered
+    dag = DAG("user-agents")
+    g = dag.task("g", "greet", input={"name": "ada"})
+    s = dag.task("s", "sum", input={"value": 3})
+    n = dag.task("n", "add_sync", input={"value": 2}, deps=[s])
+    k1 = dag.task("k1", "counter", input=1, deps=[g])
+    dag.task("k2", "counter", input=2, deps=[k1])
+    dag.task("sh", "shout", input="quiet", deps=[n])
+    dag.task("m", "by_name", input=[1])
+    run = c.client().run(dag, timeout_s=60)
+    assert run.status == "SUCCEEDED", run
+    out = {t: run.tasks[t].output for t in run.tasks}
+    assert out["g"] == {"hello": "ada", "node": "n1"}
+    assert out["n"] == {"sum": 5, "off_loop": True}  # a plain def succeeded, off the event loop
+    assert out["k1"] == {"setups": 1, "node": "n1", "input": 1}
+    assert out["k2"] == {"setups": 1, "node": "n1", "input": 2}  # one instance, set up once
+    assert out["sh"] == "QUIET"
+    assert out["m"] == {"via": "module name", "input": [1]}
+    agent_dir = pathlib.Path(c.nodes["n1"].data_dir, "agents", "counter")
+    pid = c.nodes["n1"].pid
+    assert (agent_dir / "setup.log").read_text() == f"n1 pid {pid}\n"
+    c.stop_node("n1")  # SIGTERM: teardown runs in the node as it stops
+    assert (agent_dir / "teardown.log").read_text() == f"n1 pid {pid}\n"
+    c.start_node("n1")  # a restart sets the agent up again in its new process
+    c.wait_ready()
+    wait_until(lambda: len((agent_dir / "setup.log").read_text().splitlines()) == 2, 30, "setup again")
+
+
+@pytest.mark.e2e
+def test_cluster_script_passes_agents_modules_to_every_node_and_restart_keeps_them(
+    tmp_path: pathlib.Path,
+) -> None:
+    script = str(ROOT / "scripts" / "cluster.sh")
+    d = str(tmp_path / "c")
+    env = {**os.environ, "RAFTMESH_BIN": f"{sys.executable} -m raftmesh.cli.main"}
+    base = _free_base()
+
+    def sh(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [script, *args, "--dir", d], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+        )
+
+    bad = write(tmp_path / "bad.py", "import raftmesh\nraise RuntimeError('no')\n")
+    try:
+        up = sh("up", "2", "--base-port", str(base), "--agents-module", bad)
+        assert up.returncode == 1 and "exited at start" in up.stderr, up
+        assert f"agents module {bad!r}: RuntimeError: no at {bad}:2" in up.stderr, up.stderr
+    finally:
+        sh("down")
+    try:
+        rel = os.path.relpath(USER_AGENTS, ROOT)
+        up = sh("up", "3", "--base-port", str(base), "--agents-module", rel)
+        assert up.returncode == 0, up.stderr
+        addrs = [ln for ln in up.stdout.splitlines() if ln.startswith("RAFTMESH_ADDRESSES=")][-1].split("=")[
+            1
+        ]
+        with raftmesh.Client(addrs.split(",")) as client:
+            for m in client.status().members:
+                assert {"greet", "counter", "add_sync"} <= set(m.agents), m
+            assert sh("restart", "n2", "--agents-module", rel).returncode == 1  # a flag of up only
+            assert sh("kill", "n2").returncode == 0
+            rs = subprocess.run(
+                [script, "restart", "n2", "--wait", "--dir", d],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+                cwd="/",
+            )
+            assert rs.returncode == 0, rs.stderr  # from another directory: the path was made absolute
+            for m in client.status().members:
+                assert {"greet", "counter", "add_sync"} <= set(m.agents), m
+            dag = DAG("script")
+            for i in range(6):
+                dag.task(f"g{i}", "greet", input={"name": str(i)})
+            run = client.run(dag, timeout_s=60)
+            assert run.status == "SUCCEEDED", run
+    finally:
+        down = sh("down")
+        assert down.returncode == 0, down.stderr

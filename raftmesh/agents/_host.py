@@ -24,6 +24,7 @@ flush; an attempt that finds it full waits for room before it reports.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -239,7 +240,9 @@ class AgentHost:
             if sem is not None:
                 await sem.acquire()
             try:
-                coro = adef.fn(ctx)
+                # A plain def runs in the loop's default (bounded) thread pool, never on the loop.
+                fn = adef.fn
+                coro = fn(ctx) if inspect.iscoroutinefunction(fn) else asyncio.to_thread(fn, ctx)
                 output = await (asyncio.wait_for(coro, timeout_ms / 1000) if timeout_ms else coro)
             finally:
                 if sem is not None:

@@ -34,6 +34,8 @@ class NodeConfig:
     slots: int = 64
     agents: tuple[str, ...] = ()
     """Agent types offered (empty: all registered ones)."""
+    agents_modules: tuple[str, ...] = ()
+    """Agent modules loaded at start (``--agents-module``: file paths or module names)."""
     raft_password: str | None = None
     """Cluster secret for the Raft transport (``--raft-secret-file`` or env); never on argv."""
     fsync: bool = True
@@ -116,6 +118,7 @@ def build_config(
     node_down_after_s: float = 5.0,
     fsync: bool = True,
     archive_applied: bool = False,
+    agents_modules: tuple[str, ...] = (),
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -152,6 +155,8 @@ def build_config(
         raise InvalidArgument("--snapshot-entries must be between 2 and 10000000")
     if timings is not None and not 1 <= timings.log_compaction_s <= 10_000_000:
         raise InvalidArgument("--snapshot-seconds must be between 1 and 10000000")
+    if any(not isinstance(m, str) or not m.strip() for m in agents_modules):
+        raise InvalidArgument("--agents-module must be a file path or a module name (not empty)")
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -165,6 +170,7 @@ def build_config(
         timings=timings or RaftTimings(),
         node_down_after_s=node_down_after_s,
         archive_applied=archive_applied,
+        agents_modules=tuple(m.strip() for m in agents_modules),
     )
 
 
