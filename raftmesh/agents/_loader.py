@@ -42,7 +42,7 @@ MAX_ERROR_CHARS = 1000
 """An exception's own message as quoted in a load error (the place is always kept)."""
 
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-_lock = threading.Lock()  # loads compare sys.modules before and after an import
+_lock = threading.RLock()  # loads compare sys.modules around an import; a module may load others
 
 
 class AgentLoadError(InvalidArgument):
