@@ -1,8 +1,14 @@
 """raftmesh: a Raft-replicated, peer-to-peer cluster that runs DAGs of agent tasks."""
 
-from .agents import agent
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .client import DAG, Client, ClusterInfo, RunEvent, RunInfo, TaskInfo
 from .errors import RaftmeshError
+
+if TYPE_CHECKING:
+    from .agents import agent
 
 __version__ = "0.1.0"
 
@@ -17,3 +23,13 @@ __all__ = [
     "__version__",
     "agent",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``raftmesh.agent`` loads the agents package (and the state machine it uses) on first use:
+    # a program that only uses the client does not pay for importing it.
+    if name == "agent":
+        from .agents import agent
+
+        return agent
+    raise AttributeError(f"module 'raftmesh' has no attribute {name!r}")

@@ -63,6 +63,18 @@ def modname() -> Iterator[Callable[[str], str]]:
 # ---- the decorator ------------------------------------------------------------------
 
 
+def test_raftmesh_agent_is_loaded_on_first_use() -> None:
+    """A program that only uses the client does not import the agents package."""
+    code = (
+        "import sys, raftmesh\n"
+        "assert 'raftmesh.agents' not in sys.modules\n"
+        "from raftmesh import agent\n"
+        "assert agent is sys.modules['raftmesh.agents'].agent\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
 def test_decorated_async_def_takes_the_defaults_and_is_returned_unchanged() -> None:
     @raftmesh.agent("t_async")
     async def fn(ctx: Any) -> Any:
