@@ -334,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also record every applied log entry in DATA_DIR/applied.lmdb, for audits (off by default)",
     )
+    n.add_argument(
+        "--preempt-priority",
+        type=int,
+        help="READY tasks of at least this priority preempt lower-priority running attempts when no "
+        "slot is free (default: off)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 

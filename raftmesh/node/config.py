@@ -47,6 +47,8 @@ class NodeConfig:
     """The leader marks a member down after this long without a Raft connection to it."""
     archive_applied: bool = False
     """Record every applied log entry in ``archive_path`` (audits across snapshots)."""
+    preempt_priority: int | None = None
+    """READY tasks of at least this priority preempt lower running ones when no slot is free (None: off)."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -116,6 +118,7 @@ def build_config(
     node_down_after_s: float = 5.0,
     fsync: bool = True,
     archive_applied: bool = False,
+    preempt_priority: int | None = None,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -152,6 +155,8 @@ def build_config(
         raise InvalidArgument("--snapshot-entries must be between 2 and 10000000")
     if timings is not None and not 1 <= timings.log_compaction_s <= 10_000_000:
         raise InvalidArgument("--snapshot-seconds must be between 1 and 10000000")
+    if preempt_priority is not None and abs(preempt_priority) > limits.MAX_PRIORITY:
+        raise InvalidArgument(f"--preempt-priority must be within +-{limits.MAX_PRIORITY}")
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -165,6 +170,7 @@ def build_config(
         timings=timings or RaftTimings(),
         node_down_after_s=node_down_after_s,
         archive_applied=archive_applied,
+        preempt_priority=preempt_priority,
     )
 
 
