@@ -357,6 +357,8 @@ class _Run:
                 "attempts": attempts,
                 "attempts_again": attempts - len(audit.starts),
                 "stale_results_rejected": audit.stale_rejected,
+                "dead_letters_requeued": sum(audit.requeues.values()),
+                "attempts_preempted": audit.preemptions,
             }
         log_stats.update(snapshot_stats)
         phases = Phases(start_ms, faults_start_ms, faults_end_ms, end_ms)
@@ -464,10 +466,26 @@ class _Run:
         for s in summaries:
             info = client.get(s["run_id"], stale_ok=True)
             tasks = {
-                t.id: TaskRecord(t.status, t.output, t.attempt, t.node, t.finished_ms, t.error)
+                t.id: TaskRecord(
+                    t.status,
+                    t.output,
+                    t.attempt,
+                    t.node,
+                    t.finished_ms,
+                    t.error,
+                    (t.usage.tokens_in, t.usage.tokens_out, t.usage.cost),
+                )
                 for t in info.tasks.values()
             }
-            runs[info.run_id] = RunRecord(info.run_id, s["idempotency_key"], info.status, info.error, tasks)
+            u = info.usage
+            runs[info.run_id] = RunRecord(
+                info.run_id,
+                s["idempotency_key"],
+                info.status,
+                info.error,
+                tasks,
+                (u.tokens_in, u.tokens_out, u.cost),
+            )
         self.log(f"read {len(runs)} runs")
         return runs
 
