@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from raftmesh.clock import ManualClock
+from raftmesh.consensus import limits
 from raftmesh.consensus.commands import Assign, Command, Preempt, RegisterNode, SubmitRun, TaskSpec
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.state import TaskStatus
+from raftmesh.errors import InvalidArgument
+from raftmesh.node.config import build_config
 from raftmesh.node.liveness import Liveness
 from raftmesh.node.scheduler import Scheduler
 
@@ -151,3 +156,11 @@ def test_only_attempts_strictly_below_the_waiting_priority_are_victims() -> None
     assert sm.state.task("mid", "m").status is TaskStatus.RUNNING
     submit(sm, "mid2", TaskSpec("m", "echo", priority=1), ts=clock.now_ms())
     assert s.decide(sm.state) == []  # every running attempt is at priority >= 1
+
+
+def test_preempt_priority_is_validated_once_at_start() -> None:
+    cfg = build_config("n1", "127.0.0.1:1", "127.0.0.1:2", [], "data", preempt_priority=5)
+    assert cfg.preempt_priority == 5
+    assert build_config("n1", "127.0.0.1:1", "127.0.0.1:2", [], "data").preempt_priority is None
+    with pytest.raises(InvalidArgument, match="preempt-priority"):
+        build_config("n1", "127.0.0.1:1", "127.0.0.1:2", [], "data", preempt_priority=limits.MAX_PRIORITY + 1)

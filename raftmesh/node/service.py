@@ -247,7 +247,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             attempt = self.node.reads.read(
                 functools.partial(_dead_attempt, run_id=request.run_id, task_id=request.task_id)
             )
-        rid = f"rt-{request.request_id}" if request.request_id else new_request_id("rt-")
+        rid = request.request_id or new_request_id("rt-")  # as the Kv and Locks services take theirs
         cmd = RetryTask(
             rid, self.node.clock.now_ms(), run_id=request.run_id, task_id=request.task_id, attempt=attempt
         )
