@@ -622,6 +622,15 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
                 assert t.agent == "sleep" and 0.2 <= t.input["seconds"] <= 1.0
 
 
+def test_urgent_jobs_change_only_their_priority() -> None:
+    plain = [make_job(random.Random("s"), f"k{i}") for i in range(40)]
+    urgent = [make_job(random.Random("s"), f"k{i}", urgent_priority=7) for i in range(40)]
+    assert [j.dag.tasks for j in plain] == [j.dag.tasks for j in urgent]
+    priorities = [j.dag.priority for j in urgent]
+    assert set(priorities) == {0, 7} and 3 <= priorities.count(7) <= 20
+    assert all(("+urgent" in j.shape) == (j.dag.priority == 7) for j in urgent)
+
+
 def test_the_schedule_is_seeded_fits_the_phase_and_covers_every_kind() -> None:
     kinds, skipped = available_faults("netns", 5)
     assert FaultKind.MAJORITIES_RING in kinds and FaultKind.CLIENT_CUT in skipped
@@ -730,10 +739,17 @@ def test_chaos_netns_seed_7(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_chaos_process_faults_without_root(tmp_path: Path) -> None:
+    """Also the lifecycle under faults: dead letters retried (requeued once each, checked against
+    the log) and urgent runs preempting attempts on 2-slot nodes (never a fenced result)."""
     data, _ = _run_chaos(
-        tmp_path, "--net", "none", "--nodes", "3", "--duration", "0.3", "--seed", "11", timeout_s=240
+        tmp_path,
+        *("--net", "none", "--nodes", "3", "--duration", "0.3", "--seed", "11", "--preempt-priority", "5"),
+        timeout_s=240,
     )
     assert {f["kind"] for f in data["faults"]} <= {"kill-node", "kill-leader", "pause-node", "pause-leader"}
+    # At most one requeue per retried dead letter (a retry whose every call timed out may have none).
+    assert 0 < data["log_stats"]["dead_letters_requeued"] <= data["operations"]["dead_letters_retried"]
+    assert data["log_stats"]["attempts_preempted"] > 0
     assert not any((tmp_path / "tmp").glob("raftmesh-chaos-*")), "the data directory was left behind"
 
 

@@ -332,7 +332,9 @@ def format_report(r: Report) -> str:
         lines.append(
             f"audited log: {s['commands']} commands; {s['tasks_started']} tasks started in {s['attempts']}"
             f" attempts ({s['attempts_again']} re-runs after a failure or a lost node);"
-            f" {s['stale_results_rejected']} stale results rejected by fencing"
+            f" {s['stale_results_rejected']} stale results rejected by fencing;"
+            f" {s.get('dead_letters_requeued', 0)} dead letters requeued,"
+            f" {s.get('attempts_preempted', 0)} attempts preempted"
         )
     if r.log_stats and "snapshots_written" in r.log_stats:
         s = r.log_stats

@@ -44,6 +44,8 @@ PAUSE_AFTER_ERROR_S = 0.2
 LARGE_INPUT_SHARE = 0.1
 """Share of runs with 1-3 ``echo`` tasks carrying large non-ASCII text: their submits and
 completions are log entries far above pysyncobj's batch size (which once wedged a cluster)."""
+URGENT_SHARE = 0.25
+"""With an urgent priority (chaos ``--preempt-priority``): share of runs submitted at it."""
 DEAD_LETTER_SHARE = 0.2
 """Share of jobs with a ``doomed`` task (fails attempts 1 and 2 with one retry): a dead letter."""
 DOOMED = "doomed"
@@ -79,7 +81,7 @@ def sum_usage(value: int) -> tuple[int, int, float]:
     return value, 1 + value % 7, COST_UNIT * (value % 5)
 
 
-def make_job(rng: random.Random, key: str) -> Job:
+def make_job(rng: random.Random, key: str, urgent_priority: int | None = None) -> Job:
     """A DAG of a mixed shape, with expected outputs computed from the agents' semantics.
 
     Shapes: a chain of 3-6 ``sum`` tasks, or a 1 -> k -> 1 fan-out/fan-in of ``sum`` with
@@ -150,6 +152,9 @@ def make_job(rng: random.Random, key: str) -> Job:
         host = dead.choice(sums[1:])
         dag.tasks[host] = dataclasses.replace(dag.tasks[host], deps=(*dag.tasks[host].deps, DOOMED))
         shape += "+dead"
+    if urgent_priority is not None and random.Random(f"{key}-urgent").random() < URGENT_SHARE:
+        dag.priority = urgent_priority  # every task's default: it preempts the others' attempts
+        shape += "+urgent"
     return Job(key, shape, dag, expected, usage, doomed)
 
 
@@ -268,6 +273,8 @@ class Workload(ClientThreads):
     wait_timeout_s: float = WAIT_TIMEOUT_S
     clock_ms: Callable[[], int] = now_ms
     operations: list[Operation] = field(default_factory=list)
+    urgent_priority: int | None = None
+    """A share of the runs get this priority (``URGENT_SHARE``); None: every run at 0."""
 
     def __post_init__(self) -> None:
         self._init_threads()
@@ -283,7 +290,7 @@ class Workload(ClientThreads):
         with Client(self.addresses, retry_deadline_s=self.retry_deadline_s) as sdk:
             i = 0
             while not self._stop.is_set():
-                job = make_job(rng, f"chaos-{self.seed}-{client}-{i}")
+                job = make_job(rng, f"chaos-{self.seed}-{client}-{i}", self.urgent_priority)
                 op = Operation(
                     client, i, job.key, job.shape, len(job.dag.tasks), job.expected, self.clock_ms()
                 )
