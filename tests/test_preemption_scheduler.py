@@ -164,3 +164,26 @@ def test_preempt_priority_is_validated_once_at_start() -> None:
     assert build_config("n1", "127.0.0.1:1", "127.0.0.1:2", [], "data").preempt_priority is None
     with pytest.raises(InvalidArgument, match="preempt-priority"):
         build_config("n1", "127.0.0.1:1", "127.0.0.1:2", [], "data", preempt_priority=limits.MAX_PRIORITY + 1)
+
+
+def test_a_new_leader_repeating_a_preemption_costs_no_second_victim() -> None:
+    """The old leader's preemption commits after leadership moved; the new leader, which never
+    saw it in flight, planned the same one from the same state: the log applies it once."""
+    sm = two_nodes()
+    clock = ManualClock(start_ms=10_000)
+    old = sched(sm, clock, threshold=5)
+    fill(sm, old, clock)
+    submit(sm, "high", TaskSpec("h", "echo", priority=9), ts=clock.now_ms())
+    (first,) = old.decide(sm.state)
+    new = sched(sm, clock, threshold=5)  # a fresh scheduler: what a new leader starts with
+    (again,) = new.decide(sm.state)
+    assert isinstance(first, Preempt) and isinstance(again, Preempt)
+    assert [(p.run_id, p.token) for p in again.items] == [(p.run_id, p.token) for p in first.items]
+    res, _ = sm.apply(first)
+    assert res.ok, res
+    res, _ = sm.apply(again)
+    assert not res.ok and "task is READY" in res.message  # stale: the victim was already preempted
+    preempted = [k for k in ("low0", "low1", "low2", "low3") if sm.state.task(k, "t").preempted_by]
+    assert preempted == ["low0"]
+    (assign,) = new.decide(sm.state)
+    assert isinstance(assign, Assign) and [a.run_id for a in assign.items] == ["high"]
