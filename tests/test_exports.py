@@ -31,11 +31,15 @@ def test_client_exports() -> None:
             "DAG",
             "Client",
             "ClusterInfo",
+            "DeadLetterInfo",
             "MemberInfo",
+            "PreemptionInfo",
+            "RetryInfo",
             "RunEvent",
             "RunInfo",
             "Task",
             "TaskInfo",
+            "UsageInfo",
             "parse_addresses",
         ]
     )

@@ -1,7 +1,9 @@
 """Built-in agents with exact semantics (tests and demos rely on them).
 
 - ``echo``: output = input.
-- ``sum``: output = ``input.get("value", 0)`` + the sum of all numeric upstream outputs.
+- ``sum``: output = ``input.get("value", 0)`` + the sum of all numeric upstream outputs;
+  ``input.usage`` (``{"tokens_in", "tokens_out", "cost"}``, optional) is reported as the
+  attempt's usage (the chaos workload checks the sums).
 - ``sleep``: sleeps ``input["seconds"]``, output = input.
 - ``fail``: fails its first ``input["times"]`` attempts, then outputs input.
 - ``kv_put``: after ``input.get("delay_seconds", 0)`` seconds, writes
@@ -40,6 +42,14 @@ async def sum_agent(ctx: TaskContext) -> Any:
     value = inp.get("value", 0)
     if not _is_number(value):
         raise AgentInputError(f"sum: input.value must be a number, not {type(value).__name__}")
+    usage = inp.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise AgentInputError('sum: input.usage must be a map like {"tokens_in": 3, "cost": 0.5}')
+        try:
+            ctx.report_usage(**{k: usage[k] for k in ("tokens_in", "tokens_out", "cost") if k in usage})
+        except (TypeError, ValueError) as exc:
+            raise AgentInputError(f"sum: input.usage: {exc}") from exc
     return value + sum(v for v in ctx.upstream.values() if _is_number(v))
 
 

@@ -24,6 +24,84 @@ def _json(text: str) -> Any:
 
 
 @dataclass(frozen=True)
+class UsageInfo:
+    """What attempts reported (``TaskContext.report_usage``), summed."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+    @classmethod
+    def from_pb(cls, u: pb.Usage) -> UsageInfo:
+        return cls(u.tokens_in, u.tokens_out, u.cost)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost": self.cost}
+
+
+@dataclass(frozen=True)
+class PreemptionInfo:
+    by_run_id: str
+    by_task_id: str
+    attempt: int
+    """The attempt that was stopped (requeued without using a retry)."""
+    at_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "by_run_id": self.by_run_id,
+            "by_task_id": self.by_task_id,
+            "attempt": self.attempt,
+            "at_ms": self.at_ms,
+        }
+
+
+@dataclass(frozen=True)
+class DeadLetterInfo:
+    """A task that failed for good (``Client.dead_letters``); ``Client.retry`` requeues it."""
+
+    run_id: str
+    task_id: str
+    agent: str
+    attempt: int
+    error: str
+    finished_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``dead-letters --json`` item shape (a stable contract)."""
+        return {
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "agent": self.agent,
+            "attempt": self.attempt,
+            "error": self.error,
+            "finished_ms": self.finished_ms,
+        }
+
+
+@dataclass(frozen=True)
+class RetryInfo:
+    """The answer of ``Client.retry``: ``requeued`` False means an earlier call already did."""
+
+    run_id: str
+    task_id: str
+    requeued: bool
+    attempt: int
+    status: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``retry --json`` shape (a stable contract)."""
+        return {
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "requeued": self.requeued,
+            "already_requeued": not self.requeued,
+            "attempt": self.attempt,
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     id: str
     agent: str
@@ -36,6 +114,8 @@ class TaskInfo:
     token: int
     started_ms: int
     finished_ms: int
+    usage: UsageInfo = UsageInfo()
+    preempted_by: tuple[PreemptionInfo, ...] = ()
 
     @classmethod
     def from_pb(cls, t: pb.Task) -> TaskInfo:
@@ -51,6 +131,8 @@ class TaskInfo:
             t.token,
             t.started_ms,
             t.finished_ms,
+            UsageInfo.from_pb(t.usage),
+            tuple(PreemptionInfo(p.by_run_id, p.by_task_id, p.attempt, p.at_ms) for p in t.preempted_by),
         )
 
 
@@ -64,6 +146,7 @@ class RunInfo:
     created_ms: int = 0
     finished_ms: int = 0
     revision: int = 0
+    usage: UsageInfo = UsageInfo()
 
     @property
     def done(self) -> bool:
@@ -80,6 +163,7 @@ class RunInfo:
             r.created_ms,
             r.finished_ms,
             r.revision,
+            UsageInfo.from_pb(r.usage),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -95,9 +179,12 @@ class RunInfo:
                     "node": t.node,
                     "attempt": t.attempt,
                     "error": t.error,
+                    "usage": t.usage.to_json(),
+                    "preempted_by": [p.to_json() for p in t.preempted_by],
                 }
                 for t in self.tasks.values()
             },
+            "usage": self.usage.to_json(),
         }
 
 

@@ -291,6 +291,65 @@ class CancelRun(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class RetryTask(Command):
+    """Requeue a dead letter: the task FAILED at ``attempt`` goes back to READY with its retries.
+
+    Naming the attempt makes a repeated command harmless: once requeued, the task is no
+    longer dead at that attempt, and the command reports "already requeued".
+    """
+
+    TAG: ClassVar[str] = "retry_task"
+    run_id: str = ""
+    task_id: str = ""
+    attempt: int = 0
+
+    def _fields(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "task_id": self.task_id, "attempt": self.attempt}
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    """Stop the victim's attempt (fenced by its attempt and token) so that ``by`` can take its slot."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    token: int
+    by_run_id: str
+    by_task_id: str
+
+    def encode(self) -> list[Any]:
+        return [self.run_id, self.task_id, self.attempt, self.token, self.by_run_id, self.by_task_id]
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt(Command):
+    """The leader's preemptions: each victim is requeued without consuming its retries."""
+
+    TAG: ClassVar[str] = "preempt"
+    items: tuple[Preemption, ...] = ()
+
+    def _fields(self) -> dict[str, Any]:
+        return {"items": [p.encode() for p in self.items]}
+
+
+def _decode_preempt(m: dict[str, Any], rid: str, ts: int) -> Preempt:
+    items = []
+    for it in _get(m, "items", (list, tuple)):
+        if not (isinstance(it, (list, tuple)) and len(it) == 6):
+            raise CommandDecodeError(
+                "preempt item must be [run_id, task_id, attempt, token, by_run_id, by_task_id]"
+            )
+        run_id, task_id, attempt, token, by_run, by_task = it
+        if not all(isinstance(x, str) for x in (run_id, task_id, by_run, by_task)):
+            raise CommandDecodeError("preempt item ids must be strings")
+        if not (_is_int(attempt) and _is_int(token)):
+            raise CommandDecodeError("preempt item attempt and token must be ints")
+        items.append(Preemption(run_id, task_id, attempt, token, by_run, by_task))
+    return Preempt(rid, ts, tuple(items))
+
+
+@dataclass(frozen=True, slots=True)
 class NodeDown(Command):
     """The leader lost contact with a node: its attempts go back to READY (retries kept).
 
@@ -614,6 +673,16 @@ def _decode_map(m: Any) -> Command:
         return KvLease(
             rid, ts, lease=_get(m, "lease", int), ttl_ms=_get(m, "ttl_ms", int), action=_get(m, "action", str)
         )
+    if tag == RetryTask.TAG:
+        return RetryTask(
+            rid,
+            ts,
+            run_id=_get(m, "run_id", str),
+            task_id=_get(m, "task_id", str),
+            attempt=_get(m, "attempt", int),
+        )
+    if tag == Preempt.TAG:
+        return _decode_preempt(m, rid, ts)
     if tag == Barrier.TAG:
         return Barrier(rid, ts)
     raise CommandDecodeError(f"unknown command tag {tag!r}")

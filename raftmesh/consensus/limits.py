@@ -58,6 +58,21 @@ DEDUP_RETENTION_MS = 15 * 60 * 1000
 FINISHED_RUNS_RETAINED = 10_000
 """Finished runs kept in the state (oldest finished evicted first, with their idempotency keys)."""
 
+# ---- dead letters, preemption, usage -------------------------------------------
+
+MAX_DEAD_LETTERS_LISTED = 1000
+"""Dead letters one ``ListDeadLetters`` call returns (newest first)."""
+
+MAX_PREEMPTED_BY = 16
+"""Preemptions remembered on a task (``preempted_by``; the oldest are dropped)."""
+
+MAX_PREEMPT_ITEMS = 64
+"""Preemptions in one ``preempt`` command (the leader proposes far fewer)."""
+
+MAX_USAGE_TOKENS = 2**53
+MAX_USAGE_COST = 1e15
+"""Usage sums saturate here (JSON-safe integers; a sum never overflows the encoding)."""
+
 # ---- locks ------------------------------------------------------------------
 
 LOCK_AGING_MS = 1000

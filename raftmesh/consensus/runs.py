@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from . import limits, values
+from . import limits, usage, values
 from .codes import Code
 from .commands import Assign, CancelRun, Complete, Completion, Fail, Failure, SubmitRun
 from .context import ApplyContext
@@ -221,6 +221,8 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     if not accepted and not refused:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
+    for c, run, t in current:  # every current attempt reported: charge it whatever its outcome
+        usage.charge(run, t, c.usage)
     for run, t, output in accepted:
         succeed(ctx, run, t, output, rev)
     for run, t, msg in refused:
@@ -235,6 +237,8 @@ def fail(ctx: ApplyContext, cmd: Fail) -> Result:
     if not accepted:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
+    for f, run, t in current:
+        usage.charge(run, t, f.usage)
     for run, t, error, retryable in accepted:
         if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
             fail_attempt(ctx, run, t, error, retryable, rev)

@@ -8,6 +8,7 @@ digest as one that applied the whole log.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 from collections import OrderedDict
@@ -17,12 +18,15 @@ from typing import Any
 
 import msgpack
 
-from .commands import JsonValue, TaskSpec
+from .commands import NO_USAGE, JsonValue, TaskSpec, Usage
 from .kv import KvStore
 from .locks import LockTable
 
-SNAPSHOT_FORMAT = 2
-"""2: results in the dedup table are typed (``results.encode_result``) and name the command kind."""
+SNAPSHOT_FORMAT = 3
+"""2: results in the dedup table are typed (``results.encode_result``) and name the command kind.
+3: tasks and runs end with their usage sums; tasks with ``preempted_by`` and ``requeued_attempt``.
+A format-2 snapshot still loads (the new fields start empty)."""
+READABLE_FORMATS = frozenset({2, SNAPSHOT_FORMAT})
 
 
 class TaskStatus(StrEnum):
@@ -99,6 +103,12 @@ class TaskState:
     finished_ms: int = 0
     deadline_ms: int = 0
     """Timeout of the running attempt (0: none)."""
+    usage: Usage = NO_USAGE
+    """Summed over the attempts whose completion or failure was accepted (fenced reports add nothing)."""
+    preempted_by: tuple[tuple[str, str, int, int], ...] = ()
+    """(run id, task id, preempted attempt, time_ms) of the newest preemptions, oldest first (bounded)."""
+    requeued_attempt: int = 0
+    """The last attempt at which this task was requeued from the dead letters (``RetryTask``)."""
 
     def encode(self) -> list[Any]:
         return [
@@ -117,6 +127,9 @@ class TaskState:
             self.started_ms,
             self.finished_ms,
             self.deadline_ms,
+            self.usage.encode(),
+            [list(p) for p in self.preempted_by],
+            self.requeued_attempt,
         ]
 
     @classmethod
@@ -137,6 +150,9 @@ class TaskState:
             v[12],
             v[13],
             v[14],
+            Usage.decode(v[15]) if len(v) > 15 else NO_USAGE,
+            tuple((p[0], p[1], p[2], p[3]) for p in v[16]) if len(v) > 16 else (),
+            v[17] if len(v) > 17 else 0,
         )
 
 
@@ -157,6 +173,8 @@ class RunState:
     error: str = ""
     revision: int = 0
     """Revision of the last change to this run or any of its tasks."""
+    usage: Usage = NO_USAGE
+    """Sum of its tasks' usage, kept as a running sum (O(1) per report)."""
 
     def encode(self) -> list[Any]:
         return [
@@ -172,6 +190,7 @@ class RunState:
             self.finished_ms,
             self.error,
             self.revision,
+            self.usage.encode(),
         ]
 
     @classmethod
@@ -190,7 +209,12 @@ class RunState:
             v[9],
             v[10],
             v[11],
+            Usage.decode(v[12]) if len(v) > 12 else NO_USAGE,
         )
+
+
+DeadLetter = tuple[int, str, str]
+"""(finished_ms, run_id, task_id) of a FAILED task: the dead-letter index's sort key."""
 
 
 @dataclass(slots=True)
@@ -220,6 +244,8 @@ class ClusterState:
     """node id -> tasks RUNNING there."""
     timeouts: list[tuple[int, str, str, int]] = field(default_factory=list)
     """Heap of (deadline_ms, run_id, task_id, attempt); entries go stale lazily."""
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    """FAILED tasks of retained runs, sorted (oldest first): read newest first in O(limit)."""
 
     # ---- canonical encoding -------------------------------------------------
 
@@ -244,7 +270,7 @@ class ClusterState:
     @classmethod
     def decode(cls, data: bytes) -> ClusterState:
         body = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if body[0] != SNAPSHOT_FORMAT:
+        if body[0] not in READABLE_FORMATS:
             raise ValueError(
                 f"snapshot format {body[0]} is not supported (this node reads {SNAPSHOT_FORMAT})"
             )
@@ -272,10 +298,13 @@ class ClusterState:
         ready: list[tuple[int, int, TaskKey]] = []
         self.running = {}
         self.timeouts = []
+        self.dead_letters = []
         for run in self.runs.values():
             for t in run.tasks.values():
                 key = (run.run_id, t.spec.id)
-                if t.status is TaskStatus.READY:
+                if t.status is TaskStatus.FAILED:
+                    self.dead_letters.append((t.finished_ms, run.run_id, t.spec.id))
+                elif t.status is TaskStatus.READY:
                     ready.append((t.spec.priority, t.ready_seq, key))
                 elif t.status is TaskStatus.RUNNING:
                     self.running.setdefault(t.node, {})[key] = None
@@ -286,6 +315,7 @@ class ClusterState:
         for prio, _, key in ready:
             self.ready.setdefault(prio, {})[key] = None
         heapq.heapify(self.timeouts)
+        self.dead_letters.sort()
 
     def index_snapshot(self) -> tuple[Any, ...]:
         """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
@@ -296,7 +326,20 @@ class ClusterState:
             # A set: a renewal or re-grant to the same deadline may push a duplicate heap entry.
             sorted({e for e in self.locks.deadlines if self.locks._live(e)}),
             (list(self.kv.keys), self.kv.history_bytes, self.kv.next_deadline_ms()),
+            list(self.dead_letters),
         )
+
+    def add_dead_letter(self, entry: DeadLetter) -> None:
+        # finished_ms is state time, which never decreases: the insert is at (or near) the end.
+        bisect.insort(self.dead_letters, entry)
+
+    def drop_dead_letters(self, finished_ms: int, run_id: str) -> None:
+        """Forget the run's dead letters that finished at ``finished_ms`` (contiguous in the index)."""
+        i = bisect.bisect_left(self.dead_letters, (finished_ms, run_id, ""))
+        j = i
+        while j < len(self.dead_letters) and self.dead_letters[j][:2] == (finished_ms, run_id):
+            j += 1
+        del self.dead_letters[i:j]
 
     def _timeout_live(self, entry: tuple[int, str, str, int]) -> bool:
         deadline, run_id, task_id, attempt = entry

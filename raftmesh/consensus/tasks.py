@@ -111,6 +111,7 @@ def fail_attempt(
         return
     t.status = TaskStatus.FAILED
     t.finished_ms = st.time_ms
+    st.add_dead_letter((t.finished_ms, run.run_id, t.spec.id))
     run.unfinished -= 1
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, t.node))
@@ -143,6 +144,9 @@ def finish_run(ctx: ApplyContext, run: RunState, status: RunStatus, rev: int, er
         old = st.runs.pop(old_id, None)
         if old is not None and old.idempotency_key:
             st.idempotency.pop(old.idempotency_key, None)
+        if old is not None and old.status is RunStatus.FAILED:
+            # Its failed task ended the run, at the run's finished_ms: O(log n), not a walk of its tasks.
+            st.drop_dead_letters(old.finished_ms, old_id)
 
 
 def requeue_node_tasks(ctx: ApplyContext, node_id: str, rev: int, why: str) -> None:

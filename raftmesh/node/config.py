@@ -49,6 +49,8 @@ class NodeConfig:
     """The leader marks a member down after this long without a Raft connection to it."""
     archive_applied: bool = False
     """Record every applied log entry in ``archive_path`` (audits across snapshots)."""
+    preempt_priority: int | None = None
+    """READY tasks of at least this priority preempt lower running ones when no slot is free (None: off)."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -119,6 +121,7 @@ def build_config(
     fsync: bool = True,
     archive_applied: bool = False,
     agents_modules: tuple[str, ...] = (),
+    preempt_priority: int | None = None,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -157,6 +160,8 @@ def build_config(
         raise InvalidArgument("--snapshot-seconds must be between 1 and 10000000")
     if any(not isinstance(m, str) or not m.strip() for m in agents_modules):
         raise InvalidArgument("--agents-module must be a file path or a module name (not empty)")
+    if preempt_priority is not None and abs(preempt_priority) > limits.MAX_PRIORITY:
+        raise InvalidArgument(f"--preempt-priority must be within +-{limits.MAX_PRIORITY}")
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -171,6 +176,7 @@ def build_config(
         node_down_after_s=node_down_after_s,
         archive_applied=archive_applied,
         agents_modules=tuple(m.strip() for m in agents_modules),
+        preempt_priority=preempt_priority,
     )
 
 

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from ..consensus import values
-from ..consensus.commands import TaskSpec
+from ..consensus.commands import TaskSpec, Usage
+from ..consensus.dead_letters import DeadLetterView
 from ..consensus.state import RunState, RunStatus, TaskState, TaskStatus
 from ..errors import InvalidArgument
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
@@ -66,6 +67,26 @@ def task_to_pb(t: TaskState) -> pb.Task:
         started_ms=t.started_ms,
         finished_ms=t.finished_ms,
         input_json=dump_json(t.spec.input),
+        usage=usage_to_pb(t.usage),
+        preempted_by=[
+            pb.Preemption(by_run_id=r, by_task_id=k, attempt=a, at_ms=at) for r, k, a, at in t.preempted_by
+        ],
+        requeued_attempt=t.requeued_attempt,
+    )
+
+
+def usage_to_pb(u: Usage) -> pb.Usage:
+    return pb.Usage(tokens_in=u.tokens_in, tokens_out=u.tokens_out, cost=u.cost)
+
+
+def dead_letter_to_pb(d: DeadLetterView) -> pb.DeadLetter:
+    return pb.DeadLetter(
+        run_id=d.run_id,
+        task_id=d.task_id,
+        agent=d.agent,
+        attempt=d.attempt,
+        error=d.error,
+        finished_ms=d.finished_ms,
     )
 
 
@@ -81,6 +102,7 @@ def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
         name=run.name,
         priority=run.priority,
         revision=run.revision,
+        usage=usage_to_pb(run.usage),
     )
 
 

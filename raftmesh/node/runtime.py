@@ -165,6 +165,7 @@ class NodeRuntime:
             cfg.node_id,
             Liveness(clock, cfg.node_id, cfg.node_down_after_s),
             clock,
+            preempt_priority=cfg.preempt_priority,
         )
         self.host = AgentHost(
             cfg.node_id,

@@ -15,15 +15,25 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from ..consensus import limits
-from ..consensus.commands import CancelRun, SubmitRun
+from ..consensus.commands import CancelRun, RetryTask, SubmitRun
 from ..consensus.dag import DagError, validate
-from ..consensus.results import CancelRunResult, RunChanged, SubmitRunResult, TaskChanged, expect
-from ..consensus.state import TERMINAL_RUN, ClusterState, RunState
+from ..consensus.dead_letters import list_dead_letters
+from ..consensus.results import (
+    CancelRunResult,
+    RetryTaskResult,
+    RunChanged,
+    SubmitRunResult,
+    TaskChanged,
+    expect,
+)
+from ..consensus.state import TERMINAL_RUN, ClusterState, RunState, TaskStatus
 from ..errors import (
     DagCycleError,
+    FailedPrecondition,
     InvalidArgument,
     LimitExceeded,
     NoLeader,
+    NotFound,
     RunNotFound,
     UnknownAgentError,
     UnknownDependencyError,
@@ -206,6 +216,46 @@ class ClusterService(pb_grpc.ClusterServicer):
         out = expect(res, CancelRunResult)
         return pb.CancelRunResponse(status=convert.RUN_STATUS[out.status], cancelled=out.cancelled)
 
+    # ---- dead letters ---------------------------------------------------------
+
+    @rpc.unary
+    async def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDeadLettersResponse:
+        limit = request.limit or 100
+        if limit > limits.MAX_DEAD_LETTERS_LISTED:
+            raise InvalidArgument(f"limit must be at most {limits.MAX_DEAD_LETTERS_LISTED}")
+        await self.node.barrier(context)
+        # O(limit) under the lock: the state keeps the dead letters sorted (consensus.dead_letters).
+        dead = self.node.reads.read(functools.partial(list_dead_letters, limit=limit))
+        return pb.ListDeadLettersResponse(dead_letters=[convert.dead_letter_to_pb(d) for d in dead])
+
+    @rpc.unary
+    async def RetryTask(
+        self, request: pb.RetryTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RetryTaskResponse:
+        _check_run_id(request.run_id)
+        why = limits.id_error("task_id", request.task_id) or limits.request_id_error(
+            "request_id", request.request_id
+        )
+        if why:
+            raise InvalidArgument(why)
+        attempt = request.attempt
+        if attempt == 0:
+            # "The current dead attempt": pinned here, so the command applies once whoever repeats it.
+            await self.node.barrier(context)
+            attempt = self.node.reads.read(
+                functools.partial(_dead_attempt, run_id=request.run_id, task_id=request.task_id)
+            )
+        rid = request.request_id or new_request_id("rt-")  # as the Kv and Locks services take theirs
+        cmd = RetryTask(
+            rid, self.node.clock.now_ms(), run_id=request.run_id, task_id=request.task_id, attempt=attempt
+        )
+        out = expect(await self.node.propose(cmd, context), RetryTaskResult)
+        return pb.RetryTaskResponse(
+            requeued=out.requeued, attempt=out.attempt, status=convert.TASK_STATUS[out.status]
+        )
+
     # ---- cluster ------------------------------------------------------------
 
     @rpc.unary
@@ -220,3 +270,21 @@ class ClusterService(pb_grpc.ClusterServicer):
 def _run_error(st: ClusterState, run_id: str) -> str:
     r = st.runs.get(run_id)
     return r.error if r is not None else ""
+
+
+def _dead_attempt(st: ClusterState, run_id: str, task_id: str) -> int:
+    """The attempt a retry of this task names: its dead one, or the one it was last requeued at."""
+    run = st.runs.get(run_id)
+    if run is None:
+        raise RunNotFound(f"run {run_id!r} not found (never submitted, or evicted)")
+    t = run.tasks.get(task_id)
+    if t is None:
+        raise NotFound(f"run {run_id!r} has no task {task_id!r}")
+    if t.status is TaskStatus.FAILED:
+        return t.attempt
+    if t.requeued_attempt:
+        return t.requeued_attempt  # answered "already requeued" by the state machine
+    raise FailedPrecondition(
+        f"task {task_id!r} of run {run_id!r} is {t.status.value}, not a dead letter "
+        "(only a task that failed for good can be retried)"
+    )

@@ -88,7 +88,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json")
+    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "usage", "preempted_by", "requeued_attempt")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,9 @@ class Task(_message.Message):
     STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REQUEUED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
     status: TaskStatus
@@ -115,10 +118,35 @@ class Task(_message.Message):
     started_ms: int
     finished_ms: int
     input_json: str
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ...) -> None: ...
+    usage: Usage
+    preempted_by: _containers.RepeatedCompositeFieldContainer[Preemption]
+    requeued_attempt: int
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("tokens_in", "tokens_out", "cost")
+    TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    tokens_in: int
+    tokens_out: int
+    cost: float
+    def __init__(self, tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., cost: _Optional[float] = ...) -> None: ...
+
+class Preemption(_message.Message):
+    __slots__ = ("by_run_id", "by_task_id", "attempt", "at_ms")
+    BY_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    BY_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    by_run_id: str
+    by_task_id: str
+    attempt: int
+    at_ms: int
+    def __init__(self, by_run_id: _Optional[str] = ..., by_task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., at_ms: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "status", "tasks", "error", "created_ms", "finished_ms", "idempotency_key", "name", "priority", "revision")
+    __slots__ = ("run_id", "status", "tasks", "error", "created_ms", "finished_ms", "idempotency_key", "name", "priority", "revision", "usage")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +157,7 @@ class Run(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: RunStatus
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
@@ -139,7 +168,8 @@ class Run(_message.Message):
     name: str
     priority: int
     revision: int
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+    usage: Usage
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class RunSummary(_message.Message):
     __slots__ = ("run_id", "status", "name", "tasks", "unfinished", "created_ms", "finished_ms", "error", "idempotency_key")
@@ -594,3 +624,53 @@ class LockListResponse(_message.Message):
     LOCKS_FIELD_NUMBER: _ClassVar[int]
     locks: _containers.RepeatedCompositeFieldContainer[LockInfo]
     def __init__(self, locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("run_id", "task_id", "agent", "attempt", "error", "finished_ms")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task_id: str
+    agent: str
+    attempt: int
+    error: str
+    finished_ms: int
+    def __init__(self, run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., agent: _Optional[str] = ..., attempt: _Optional[int] = ..., error: _Optional[str] = ..., finished_ms: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("dead_letters",)
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ...) -> None: ...
+
+class RetryTaskRequest(_message.Message):
+    __slots__ = ("run_id", "task_id", "attempt", "request_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task_id: str
+    attempt: int
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RetryTaskResponse(_message.Message):
+    __slots__ = ("requeued", "attempt", "status")
+    REQUEUED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    requeued: bool
+    attempt: int
+    status: TaskStatus
+    def __init__(self, requeued: _Optional[bool] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ...) -> None: ...
