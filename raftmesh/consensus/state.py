@@ -17,12 +17,13 @@ from typing import Any
 
 import msgpack
 
-from .commands import JsonValue, TaskSpec
+from .commands import AgentOffer, JsonValue, TaskSpec
 from .kv import KvStore
 from .locks import LockTable
 
-SNAPSHOT_FORMAT = 2
-"""2: results in the dedup table are typed (``results.encode_result``) and name the command kind."""
+SNAPSHOT_FORMAT = 3
+"""2: results in the dedup table are typed (``results.encode_result``) and name the command kind.
+3: a member carries its agent offers and its breakers (``Member.offers``, ``Member.breakers``)."""
 
 
 class TaskStatus(StrEnum):
@@ -51,15 +52,36 @@ TaskKey = tuple[str, str]
 
 
 @dataclass(slots=True)
+class Breaker:
+    """The circuit breaker of one agent type on one node (``breakers.py`` owns the rules).
+
+    Closed while ``open_until_ms`` is 0; open until then; half-open (one probe) after it.
+    A member keeps only breakers that are not closed-and-clean, so the encoding stays small.
+    """
+
+    failures: int = 0
+    """Consecutive failed attempts (reset by a success)."""
+    open_until_ms: int = 0
+
+    def encode(self) -> list[Any]:
+        return [self.failures, self.open_until_ms]
+
+
+@dataclass(slots=True)
 class Member:
     node_id: str
     grpc: str
     raft: str
     agents: tuple[str, ...]
+    """The offered type names, sorted (kept for readers that predate ``offers``)."""
     slots: int
     incarnation: str
     up: bool
     registered_ms: int
+    offers: dict[str, AgentOffer] = field(default_factory=dict)
+    """agent type -> its offer; the same names as ``agents``."""
+    breakers: dict[str, Breaker] = field(default_factory=dict)
+    """agent type -> breaker, only for types with failures or an open breaker."""
 
     def encode(self) -> list[Any]:
         return [
@@ -71,11 +93,25 @@ class Member:
             self.incarnation,
             self.up,
             self.registered_ms,
+            [self.offers[k].encode() for k in sorted(self.offers)],
+            [[k, *self.breakers[k].encode()] for k in sorted(self.breakers)],
         ]
 
     @classmethod
     def decode(cls, v: list[Any]) -> Member:
-        return cls(v[0], v[1], v[2], tuple(v[3]), v[4], v[5], v[6], v[7])
+        offers = (AgentOffer.decode(o) for o in v[8])
+        return cls(
+            v[0],
+            v[1],
+            v[2],
+            tuple(v[3]),
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            {o.name: o for o in offers},
+            {b[0]: Breaker(b[1], b[2]) for b in v[9]},
+        )
 
 
 @dataclass(slots=True)
@@ -218,6 +254,8 @@ class ClusterState:
     """priority -> READY tasks in FIFO order."""
     running: dict[str, dict[TaskKey, None]] = field(default_factory=dict)
     """node id -> tasks RUNNING there."""
+    running_agent: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(node id, agent type) -> attempts of that type RUNNING there (per-agent concurrency)."""
     timeouts: list[tuple[int, str, str, int]] = field(default_factory=list)
     """Heap of (deadline_ms, run_id, task_id, attempt); entries go stale lazily."""
 
@@ -271,6 +309,7 @@ class ClusterState:
     def rebuild_indexes(self) -> None:
         ready: list[tuple[int, int, TaskKey]] = []
         self.running = {}
+        self.running_agent = {}
         self.timeouts = []
         for run in self.runs.values():
             for t in run.tasks.values():
@@ -279,6 +318,8 @@ class ClusterState:
                     ready.append((t.spec.priority, t.ready_seq, key))
                 elif t.status is TaskStatus.RUNNING:
                     self.running.setdefault(t.node, {})[key] = None
+                    na = (t.node, t.spec.agent)
+                    self.running_agent[na] = self.running_agent.get(na, 0) + 1
                     if t.deadline_ms:
                         self.timeouts.append((t.deadline_ms, run.run_id, t.spec.id, t.attempt))
         ready.sort(key=lambda e: e[1])
@@ -296,6 +337,7 @@ class ClusterState:
             # A set: a renewal or re-grant to the same deadline may push a duplicate heap entry.
             sorted({e for e in self.locks.deadlines if self.locks._live(e)}),
             (list(self.kv.keys), self.kv.history_bytes, self.kv.next_deadline_ms()),
+            dict(sorted(self.running_agent.items())),
         )
 
     def _timeout_live(self, entry: tuple[int, str, str, int]) -> bool:
@@ -337,3 +379,12 @@ class ClusterState:
         for m in self.members.values():
             agents.update(m.agents)
         return agents
+
+    def offered_capabilities(self) -> dict[str, set[tuple[str, ...]]]:
+        """agent type -> the capability sets its members (up or down) offer it with."""
+        out: dict[str, set[tuple[str, ...]]] = {}
+        for m in self.members.values():
+            for name in m.agents:
+                o = m.offers.get(name)
+                out.setdefault(name, set()).add(o.capabilities if o else ())
+        return out
