@@ -19,9 +19,11 @@ def test_client_exports() -> None:
     assert sorted(raftmesh.client.__all__) == sorted(
         [
             "DAG",
+            "BreakerInfo",
             "Client",
             "ClusterInfo",
             "MemberInfo",
+            "OfferInfo",
             "RunEvent",
             "RunInfo",
             "Task",

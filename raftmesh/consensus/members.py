@@ -5,6 +5,7 @@ to READY. Processors over an ``ApplyContext`` (see ``context.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from . import limits
@@ -12,7 +13,7 @@ from .codes import Code
 from .commands import AgentOffer, NodeDown, RegisterNode
 from .context import ApplyContext
 from .results import MemberChanged, MemberResult, Rejected, Result
-from .state import Member
+from .state import ClusterState, Member
 from .tasks import requeue_node_tasks
 
 
@@ -111,3 +112,20 @@ def node_down(ctx: ApplyContext, cmd: NodeDown) -> Result:
     requeue_node_tasks(ctx, cmd.node_id, rev, f"node {cmd.node_id} down: {cmd.reason or 'unreachable'}")
     ctx.emit(MemberChanged(rev, cmd.node_id, False))
     return MemberResult(cmd.node_id)
+
+
+def task_defaults(state: ClusterState, agents: Iterable[str]) -> dict[str, AgentOffer]:
+    """The offer whose ``timeout_ms``/``retries`` a task of each type takes when it sets none.
+
+    Deterministic: the up member with the lowest node id that offers the type, else (none
+    up) the lowest node id of any member that offered it. The API resolves this before
+    logging a submit, so the logged task spec is explicit and apply never looks it up.
+    """
+    want = set(agents)
+    out: dict[str, AgentOffer] = {}
+    fallback: dict[str, AgentOffer] = {}
+    for node_id in sorted(state.members):
+        m = state.members[node_id]
+        for a in want.intersection(m.offers):
+            (out if m.up else fallback).setdefault(a, m.offers[a])
+    return fallback | out

@@ -185,13 +185,36 @@ def plan_assignments(
     return out
 
 
-def waiting_reason(state: ClusterState, run_id: str, t: TaskState, now_ms: int) -> str:
-    """Why a READY task is not running yet ("" if it is not READY or a node can take it now).
+def waiting_reasons(state: ClusterState, run_id: str, task_ids: Iterable[str], now_ms: int) -> dict[str, str]:
+    """Why each READY task of ``task_ids`` is not running yet (tasks a node can take now, or
+    that are not READY, are left out). Derived at read time from the local replica and the
+    reader's clock: never replicated. O(tasks + members x distinct (agent, requires))."""
+    run = state.runs.get(run_id)
+    out: dict[str, str] = {}
+    if run is None:
+        return out
+    groups: dict[tuple[str, tuple[str, ...]], str] = {}
+    for task_id in task_ids:
+        t = run.tasks.get(task_id)
+        if t is None or t.status is not TaskStatus.READY:
+            continue
+        why = _task_wait(state, run_id, t, now_ms)
+        if not why:
+            gkey = (t.spec.agent, t.spec.requires)
+            if gkey not in groups:
+                groups[gkey] = _nodes_wait(state, t.spec, now_ms)
+            why = groups[gkey]
+        if why:
+            out[task_id] = why
+    return out
 
-    O(members); derived at read time from the local replica and the reader's clock.
-    """
-    if t.status is not TaskStatus.READY:
-        return ""
+
+def waiting_reason(state: ClusterState, run_id: str, t: TaskState, now_ms: int) -> str:
+    """``waiting_reasons`` for one task ("" if it is not READY or a node can take it now)."""
+    return waiting_reasons(state, run_id, (t.spec.id,), now_ms).get(t.spec.id, "")
+
+
+def _task_wait(state: ClusterState, run_id: str, t: TaskState, now_ms: int) -> str:
     spec = t.spec
     if t.not_before_ms > now_ms:
         return f"retry backoff until {format_ms(t.not_before_ms)}"
@@ -199,6 +222,10 @@ def waiting_reason(state: ClusterState, run_id: str, t: TaskState, now_ms: int) 
         owner = task_owner(run_id, spec.id, t.attempt + 1)
         if not state.locks.can_grant(owner, tuple(sorted(spec.locks)), ahead_of=None):
             return "waiting for locks " + ", ".join(repr(n) for n, _ in spec.locks)
+    return ""
+
+
+def _nodes_wait(state: ClusterState, spec: TaskSpec, now_ms: int) -> str:
     offering: list[tuple[Member, AgentOffer]] = []
     for node_id in sorted(state.members):
         m = state.members[node_id]
@@ -222,7 +249,7 @@ def waiting_reason(state: ClusterState, run_id: str, t: TaskState, now_ms: int) 
         node_running = len(state.running.get(m.node_id, ()))
         if not room(m, o, node_running, state.running_agent.get((m.node_id, spec.agent), 0), now_ms):
             return ""
-    return f"every eligible node is busy ({len(offering)} offer {what})"
+    return f"every eligible node is busy ({len(offering)} live node(s) offer {what})"
 
 
 def format_ms(ms: int) -> str:
