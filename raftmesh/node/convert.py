@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..consensus import breakers, values
+from ..consensus import values
+from ..consensus.breakers import state_of
 from ..consensus.commands import AgentOffer, TaskSpec
 from ..consensus.state import ClusterState, Member, RunState, RunStatus, TaskState, TaskStatus
 from ..errors import InvalidArgument
@@ -125,7 +126,7 @@ def member_extras_to_pb(st: ClusterState, m: Member, now_ms: int) -> dict[str, A
     breakers = [
         pb.AgentBreaker(
             agent=a,
-            state=breakers.state_of(b, now_ms).value,
+            state=state_of(b, now_ms).value,
             failures=b.failures,
             open_until_ms=b.open_until_ms,
         )
