@@ -73,12 +73,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {m.id:<8} grpc={m.grpc:<22} up={str(m.up).lower():<5} running={m.running}/{m.slots} "
                 f"agents={','.join(m.agents)}"
             )
+            # one line per offer that placement treats specially; plain ones are in agents=
             for o in m.offers:
-                caps = f" capabilities={','.join(o.capabilities)}" if o.capabilities else ""
-                conc = f" concurrency={o.concurrency}" if o.concurrency else ""
-                print(f"      {o.agent}: running={o.running}{conc}{caps}")
+                if o.capabilities or o.concurrency:
+                    caps = f" capabilities={','.join(o.capabilities)}" if o.capabilities else ""
+                    conc = f"/{o.concurrency}" if o.concurrency else ""
+                    print(f"      {o.agent}: running={o.running}{conc}{caps}")
             for b in m.breakers:
-                until = f" until {b.open_until_ms}" if b.state == "open" else ""
+                until = f" until_ms={b.open_until_ms}" if b.state != "closed" else ""
                 print(f"      breaker {b.agent}: {b.state} failures={b.failures}{until}")
     return EXIT_OK
 
