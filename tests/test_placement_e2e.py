@@ -116,7 +116,7 @@ def cli(addresses: list[str], *args: str) -> Any:
         env=env,
     )
     assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    return json.loads(res.stdout) if "--json" in args else res.stdout
 
 
 def test_placement_by_capability_defaults_breakers_and_waiting_reasons(
@@ -180,6 +180,8 @@ def test_placement_by_capability_defaults_breakers_and_waiting_reasons(
                 assert b["open_until_ms"] > 0
             else:
                 assert m["breakers"] == []
+        text = cli(addresses, "status")
+        assert "breaker flaky: open failures=1" in text and "work: running=0 capabilities=fp64,gpu" in text
         c.cancel(flaky)
 
         # n3 goes away: a task needing fp64 is still accepted (n3 offered it once) and waits,
@@ -202,6 +204,7 @@ def test_placement_by_capability_defaults_breakers_and_waiting_reasons(
             "no live node offers agent 'work' with capabilities [gpu, fp64]"
         )
         assert c.get(stuck).tasks["t"].status == "READY"
+        assert "waiting: no live node offers agent 'work'" in cli(addresses, "get", stuck)
         assert c.get(stuck).tasks["t"].requires == ("gpu", "fp64")
 
 
