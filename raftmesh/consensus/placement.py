@@ -14,7 +14,7 @@ rule (``unfit``), so a plan computed from a slightly stale view is safe.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from .breakers import BreakerState, state_of
 from .commands import AgentOffer, Assignment, TaskSpec
@@ -22,10 +22,10 @@ from .locks import EXCLUSIVE, task_owner
 from .state import ClusterState, Member, TaskKey, TaskState, TaskStatus
 
 
-def offer_fits(m: Member, agent: str, requires: Iterable[str]) -> AgentOffer | None:
+def offer_fits(m: Member, agent: str, requires: Collection[str]) -> AgentOffer | None:
     """``m``'s offer of ``agent`` if it has every capability in ``requires``."""
     o = m.offers.get(agent)
-    if o is None or not set(requires).issubset(o.capabilities):
+    if o is None or (requires and not set(requires).issubset(o.capabilities)):
         return None
     return o
 
@@ -65,9 +65,10 @@ def unfit(
     offer = m.offers.get(spec.agent)
     if offer is None:
         return f"node {node_id!r} does not offer agent {spec.agent!r}"
-    missing = sorted(set(spec.requires).difference(offer.capabilities))
-    if missing:
-        return f"node {node_id!r} offers {spec.agent!r} without capabilities {_caps(missing)}"
+    if spec.requires:
+        missing = sorted(set(spec.requires).difference(offer.capabilities))
+        if missing:
+            return f"node {node_id!r} offers {spec.agent!r} without capabilities {_caps(missing)}"
     node_running = len(state.running.get(node_id, ())) + planned_node
     type_running = state.running_agent.get((node_id, spec.agent), 0) + planned_type
     return room(m, offer, node_running, type_running, now_ms)
@@ -160,13 +161,16 @@ def plan_assignments(
             best_ratio = 0.0
             for m, offer in group:
                 node_id = m.node_id
+                node_running = load[node_id]
+                if node_running >= m.slots:
+                    continue
+                ratio = node_running / m.slots
+                if best is not None and ratio >= best_ratio:
+                    continue  # cheap filters first: ``room`` (the rule) only for a better node
                 type_running = state.running_agent.get((node_id, agent), 0) + type_load.get(
                     (node_id, agent), 0
                 )
-                if room(m, offer, load[node_id], type_running, now_ms):
-                    continue
-                ratio = load[node_id] / m.slots
-                if best is None or ratio < best_ratio:
+                if not room(m, offer, node_running, type_running, now_ms):
                     best, best_ratio = node_id, ratio
             if best is None:
                 # loads only grow during a plan: no later task of this group fits either
