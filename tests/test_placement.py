@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from raftmesh.agents import AgentRegistry
 from raftmesh.consensus import Code, Result, limits
 from raftmesh.consensus.commands import (
     AgentOffer,
@@ -26,6 +29,7 @@ from raftmesh.consensus.placement import (
     waiting_reasons,
 )
 from raftmesh.consensus.results import AssignResult
+from raftmesh.node.runtime import agent_offers
 
 
 def _machine(tasks: int) -> StateMachine:
@@ -213,3 +217,19 @@ def test_task_defaults_come_from_the_lowest_up_node_offering_the_type() -> None:
     for n in ("n2", "n3"):
         sm.apply(NodeDown(f"d-{n}", T, n, "i", "gone"))
     assert task_defaults(sm.state, ["w"])["w"].retries == 3  # none up: the lowest id of all
+
+
+def test_a_node_offers_what_its_registry_defines_and_refuses_to_start_with_a_bad_agent() -> None:
+    async def fn(ctx: object) -> None:
+        return None
+
+    reg = AgentRegistry()
+    reg.register("work", fn, capabilities=["gpu", "cpu"], concurrency=2, retries=3, breaker_failures=0)
+    reg.register("echo", fn)
+    assert agent_offers(reg) == (
+        AgentOffer("echo"),
+        AgentOffer("work", ("cpu", "gpu"), concurrency=2, breaker_failures=0, retries=3),
+    )
+    reg.register("bad", fn, capabilities=["has space"])
+    with pytest.raises(ValueError, match="agent 'bad' cannot be offered: agent 'bad': capability"):
+        agent_offers(reg)
