@@ -182,7 +182,7 @@ class ClusterService(pb_grpc.ClusterServicer):
                 read = await node.reads.run_async(request.run_id, with_tasks=not request.status_only)
                 if read is None:
                     raise RunNotFound(f"run {request.run_id!r} not found")
-                seen, snap = read.revision, read.run
+                seen, snap = read.revision, self._with_waiting_reasons(read.run)
                 done = convert.RUN_STATUS_FROM_PB[snap.status] in TERMINAL_RUN
                 yield pb.RunEvent(revision=seen, snapshot=snap)
                 if done:
