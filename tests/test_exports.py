@@ -29,12 +29,14 @@ def test_client_exports() -> None:
     assert sorted(raftmesh.client.__all__) == sorted(
         [
             "DAG",
+            "BreakerInfo",
             "Client",
             "ClusterInfo",
             "DeadLetterInfo",
             "MemberInfo",
             "PreemptionInfo",
             "RetryInfo",
+            "OfferInfo",
             "RunEvent",
             "RunInfo",
             "Task",

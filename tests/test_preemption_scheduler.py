@@ -13,7 +13,15 @@ import pytest
 
 from raftmesh.clock import ManualClock
 from raftmesh.consensus import limits
-from raftmesh.consensus.commands import Assign, Command, Preempt, RegisterNode, SubmitRun, TaskSpec
+from raftmesh.consensus.commands import (
+    AgentOffer,
+    Assign,
+    Command,
+    Preempt,
+    RegisterNode,
+    SubmitRun,
+    TaskSpec,
+)
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.state import TaskStatus
 from raftmesh.errors import InvalidArgument
@@ -187,3 +195,20 @@ def test_a_new_leader_repeating_a_preemption_costs_no_second_victim() -> None:
     assert preempted == ["low0"]
     (assign,) = new.decide(sm.state)
     assert isinstance(assign, Assign) and [a.run_id for a in assign.items] == ["high"]
+
+
+def test_victims_are_taken_only_where_the_waiting_task_could_run_by_capability() -> None:
+    """Placement's eligibility is the rule: a victim on a node whose offer lacks a required
+    capability frees nothing for the waiting task."""
+    sm = StateMachine()
+    gpu = AgentOffer("echo", capabilities=("gpu",))
+    apply(sm, RegisterNode(rid(), 1, "n1", "g-n1", "r-n1", ("echo",), 2, "i1"))
+    apply(sm, RegisterNode(rid(), 1, "n2", "g-n2", "r-n2", ("echo",), 2, "i1", offers=(gpu,)))
+    clock = ManualClock(start_ms=10_000)
+    s = sched(sm, clock, threshold=5)
+    fill(sm, s, clock)
+    submit(sm, "high", TaskSpec("h", "echo", priority=9, requires=("gpu",)), ts=clock.now_ms())
+    (cmd,) = s.decide(sm.state)
+    assert isinstance(cmd, Preempt)
+    (p,) = cmd.items
+    assert sm.state.task(p.run_id, p.task_id).node == "n2"  # the lowest attempt on n1 is not taken

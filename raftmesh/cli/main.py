@@ -60,6 +60,8 @@ def _print_run(run: Any) -> None:
             out = out[:77] + "..."
         where = f" on {t.node}" if t.node else ""
         extra = f" error={t.error}" if t.error and t.status != "SUCCEEDED" else ""
+        if t.waiting_reason:
+            extra += f" waiting: {t.waiting_reason}"
         print(f"  {t.id:<24} {t.status:<10} attempt={t.attempt}{where} {out}{extra}")
         if t.usage.tokens_in or t.usage.tokens_out or t.usage.cost:
             print(f"  {'':<24} {_usage_text(t.usage)}")
@@ -82,6 +84,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {m.id:<8} grpc={m.grpc:<22} up={str(m.up).lower():<5} running={m.running}/{m.slots} "
                 f"agents={','.join(m.agents)}"
             )
+            # one line per offer that placement treats specially; plain ones are in agents=
+            for o in m.offers:
+                if o.capabilities or o.concurrency:
+                    caps = f" capabilities={','.join(o.capabilities)}" if o.capabilities else ""
+                    conc = f"/{o.concurrency}" if o.concurrency else ""
+                    print(f"      {o.agent}: running={o.running}{conc}{caps}")
+            for b in m.breakers:
+                until = f" until_ms={b.open_until_ms}" if b.state != "closed" else ""
+                print(f"      breaker {b.agent}: {b.state} failures={b.failures}{until}")
     return EXIT_OK
 
 

@@ -3,9 +3,11 @@
 from ._client import Client, parse_addresses
 from ._dag import DAG, Task
 from ._types import (
+    BreakerInfo,
     ClusterInfo,
     DeadLetterInfo,
     MemberInfo,
+    OfferInfo,
     PreemptionInfo,
     RetryInfo,
     RunEvent,
@@ -16,10 +18,12 @@ from ._types import (
 
 __all__ = [
     "DAG",
+    "BreakerInfo",
     "Client",
     "ClusterInfo",
     "DeadLetterInfo",
     "MemberInfo",
+    "OfferInfo",
     "PreemptionInfo",
     "RetryInfo",
     "RunEvent",

@@ -174,11 +174,12 @@ class Client:
                     agent=t.agent,
                     input_json="" if t.input is None else _dumps(t.input),
                     deps=list(t.deps),
-                    retries=t.retries,
+                    retries=t.retries,  # None leaves the field unset: the agent's default
                     priority=t.priority,
                     timeout_ms=t.timeout_ms,
                     retry_backoff_ms=t.retry_backoff_ms,
                     locks=[pb.LockItem(name=n, mode=m) for n, m in t.locks],
+                    requires=list(t.requires),
                 )
                 for t in dag.tasks.values()
             ],

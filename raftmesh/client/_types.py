@@ -116,6 +116,9 @@ class TaskInfo:
     finished_ms: int
     usage: UsageInfo = UsageInfo()
     preempted_by: tuple[PreemptionInfo, ...] = ()
+    waiting_reason: str = ""
+    """Why a READY task is not running yet (derived when read; "" otherwise)."""
+    requires: tuple[str, ...] = ()
 
     @classmethod
     def from_pb(cls, t: pb.Task) -> TaskInfo:
@@ -133,6 +136,8 @@ class TaskInfo:
             t.finished_ms,
             UsageInfo.from_pb(t.usage),
             tuple(PreemptionInfo(p.by_run_id, p.by_task_id, p.attempt, p.at_ms) for p in t.preempted_by),
+            t.waiting_reason,
+            tuple(t.requires),
         )
 
 
@@ -181,6 +186,7 @@ class RunInfo:
                     "error": t.error,
                     "usage": t.usage.to_json(),
                     "preempted_by": [p.to_json() for p in t.preempted_by],
+                    "waiting_reason": t.waiting_reason,
                 }
                 for t in self.tasks.values()
             },
@@ -223,6 +229,44 @@ class RunEvent:
 
 
 @dataclass(frozen=True)
+class OfferInfo:
+    """An agent type as a member offers it."""
+
+    agent: str
+    capabilities: tuple[str, ...]
+    concurrency: int
+    running: int
+    breaker_failures: int
+    breaker_cooldown_ms: int
+    timeout_ms: int
+    retries: int
+
+    @classmethod
+    def from_pb(cls, o: pb.AgentOffer) -> OfferInfo:
+        return cls(
+            o.agent,
+            tuple(o.capabilities),
+            o.concurrency,
+            o.running,
+            o.breaker_failures,
+            o.breaker_cooldown_ms,
+            o.timeout_ms,
+            o.retries,
+        )
+
+
+@dataclass(frozen=True)
+class BreakerInfo:
+    """The circuit breaker of one agent type on one member (closed ones with no failures are left out)."""
+
+    agent: str
+    state: str
+    """"closed", "open" or "half_open"."""
+    failures: int
+    open_until_ms: int
+
+
+@dataclass(frozen=True)
 class MemberInfo:
     id: str
     grpc: str
@@ -232,6 +276,8 @@ class MemberInfo:
     agents: tuple[str, ...]
     slots: int
     running: int
+    offers: tuple[OfferInfo, ...] = ()
+    breakers: tuple[BreakerInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -254,7 +300,18 @@ class ClusterInfo:
             s.leader,
             s.term,
             [
-                MemberInfo(m.id, m.grpc, m.raft, m.up, m.connected, tuple(m.agents), m.slots, m.running)
+                MemberInfo(
+                    m.id,
+                    m.grpc,
+                    m.raft,
+                    m.up,
+                    m.connected,
+                    tuple(m.agents),
+                    m.slots,
+                    m.running,
+                    tuple(OfferInfo.from_pb(o) for o in m.offers),
+                    tuple(BreakerInfo(b.agent, b.state, b.failures, b.open_until_ms) for b in m.breakers),
+                )
                 for m in s.members
             ],
             s.node_id,
@@ -285,6 +342,28 @@ class ClusterInfo:
                     "agents": list(m.agents),
                     "slots": m.slots,
                     "running": m.running,
+                    "offers": [
+                        {
+                            "agent": o.agent,
+                            "capabilities": list(o.capabilities),
+                            "concurrency": o.concurrency,
+                            "running": o.running,
+                            "timeout_ms": o.timeout_ms,
+                            "retries": o.retries,
+                            "breaker_failures": o.breaker_failures,
+                            "breaker_cooldown_ms": o.breaker_cooldown_ms,
+                        }
+                        for o in m.offers
+                    ],
+                    "breakers": [
+                        {
+                            "agent": b.agent,
+                            "state": b.state,
+                            "failures": b.failures,
+                            "open_until_ms": b.open_until_ms,
+                        }
+                        for b in m.breakers
+                    ],
                 }
                 for m in self.members
             ],

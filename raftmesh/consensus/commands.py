@@ -70,9 +70,14 @@ class TaskSpec:
     """Base of the exponential backoff between retries (0: retry at once)."""
     locks: tuple[tuple[str, str], ...] = ()
     """(lock name, "shared" | "exclusive") held while an attempt runs, acquired all at once."""
+    requires: tuple[str, ...] = ()
+    """Capabilities the node's offer of ``agent`` must all have (``placement``)."""
 
     def to_map(self) -> dict[str, Any]:
+        # Optional keys are written only when set: specs without them keep their old form.
         extra: dict[str, Any] = {"locks": [list(lk) for lk in self.locks]} if self.locks else {}
+        if self.requires:
+            extra["requires"] = list(self.requires)
         return extra | {
             "id": self.id,
             "agent": self.agent,
@@ -98,6 +103,7 @@ class TaskSpec:
             timeout_ms=_get(m, "timeout_ms", int),
             retry_backoff_ms=_get(m, "retry_backoff_ms", int),
             locks=_lock_items(m.get("locks", [])),
+            requires=_str_tuple(m, "requires") if "requires" in m else (),
         )
 
 
@@ -119,6 +125,54 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentOffer:
+    """One agent type as a node offers it: what placement matches and the type's policy.
+
+    The policy is the offering node's own (``raftmesh.agents.AgentDef``): its breaker
+    threshold and cool-down, and the defaults a task of this type takes when it sets none.
+    """
+
+    name: str
+    capabilities: tuple[str, ...] = ()
+    """Sorted, unique."""
+    concurrency: int = 0
+    """Attempts of this type running at once on the node (0: bounded by its slots only)."""
+    breaker_failures: int = 5
+    """Consecutive failed attempts that open the breaker (0: never opens)."""
+    breaker_cooldown_ms: int = 30_000
+    timeout_ms: int = 0
+    retries: int = 0
+
+    def encode(self) -> list[Any]:
+        return [
+            self.name,
+            list(self.capabilities),
+            self.concurrency,
+            self.breaker_failures,
+            self.breaker_cooldown_ms,
+            self.timeout_ms,
+            self.retries,
+        ]
+
+    @classmethod
+    def decode(cls, v: Any) -> AgentOffer:
+        """Types only; bounds are the processor's (``members.offer_error``)."""
+        if not (isinstance(v, (list, tuple)) and len(v) == 7):
+            raise CommandDecodeError(
+                "an offer must be [name, capabilities, concurrency, breaker_failures, "
+                "breaker_cooldown_ms, timeout_ms, retries]"
+            )
+        name, caps, *numbers = v
+        if not isinstance(name, str):
+            raise CommandDecodeError("an offer's name must be a string")
+        if not (isinstance(caps, (list, tuple)) and all(isinstance(c, str) for c in caps)):
+            raise CommandDecodeError(f"offer {name[:40]!r}: capabilities must be a list of strings")
+        if not all(_is_int(n) for n in numbers):
+            raise CommandDecodeError(f"offer {name[:40]!r}: numbers must be ints")
+        return cls(name, tuple(caps), *numbers)
+
+
+@dataclass(frozen=True, slots=True)
 class RegisterNode(Command):
     """A node announces itself (at start and after a restart: a new incarnation)."""
 
@@ -129,9 +183,13 @@ class RegisterNode(Command):
     agents: tuple[str, ...] = ()
     slots: int = 0
     incarnation: str = ""
+    offers: tuple[AgentOffer, ...] = ()
+    """One per name in ``agents`` (none: every type is offered with no capabilities and the
+    default policy, as registrations from before offers existed)."""
 
     def _fields(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {"offers": [o.encode() for o in self.offers]} if self.offers else {}
+        return extra | {
             "node_id": self.node_id,
             "grpc": self.grpc,
             "raft": self.raft,
@@ -609,6 +667,9 @@ def _decode_map(m: Any) -> Command:
             agents=_str_tuple(m, "agents"),
             slots=_get(m, "slots", int),
             incarnation=_get(m, "incarnation", str),
+            offers=tuple(AgentOffer.decode(o) for o in _get(m, "offers", (list, tuple)))
+            if "offers" in m
+            else (),
         )
     if tag == SubmitRun.TAG:
         return SubmitRun(

@@ -49,6 +49,19 @@ MAX_PRIORITY = 1_000_000
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_BACKOFF_MS = 3600 * 1000
 
+# ---- agent offers and placement -----------------------------------------------
+
+MAX_AGENT_TYPES_PER_NODE = 256
+"""Agent types one node may offer (``RegisterNode``)."""
+MAX_CAPABILITIES = 64
+"""Capabilities one agent offer lists, and capabilities one task ``requires``; each is an id."""
+MAX_AGENT_CONCURRENCY = 100_000
+"""An offer's per-node concurrency (0: bounded by the node's slots only)."""
+MAX_NODE_SLOTS = 100_000
+MAX_BREAKER_FAILURES = 1000
+"""An offer's breaker threshold (0: the breaker never opens)."""
+MAX_BREAKER_COOLDOWN_MS = 24 * 3600 * 1000
+
 DEDUP_MAX_ENTRIES = 100_000
 """Request ids remembered for exactly-once retries (oldest forgotten first)."""
 

@@ -4,8 +4,10 @@ Two halves, both pure:
 
 - ``plan_preemptions`` (the leader's scheduler calls it): for each READY task of
   priority >= the threshold that is due and has no free eligible slot, the victim is
-  the lowest-priority RUNNING attempt below it on a node that could serve it (up, not
-  avoided, offering its agent type); among equals the one started last (least work
+  the lowest-priority RUNNING attempt below it on a node that could serve it (placement's
+  ``eligible_nodes``: up, not avoided, offering its type with the capabilities it requires,
+  breaker not open; where the type's concurrency is used up, only a victim of the same
+  type frees a place); among equals the one started last (least work
   lost), then by id. One victim per waiting task; the caller skips tasks whose
   preemption is still in flight, so a slow commit does not cost a second victim.
 - ``preempt`` (apply): each item is fenced by the victim's attempt and token and
@@ -25,6 +27,7 @@ from .codes import Code
 from .commands import Preempt, Preemption
 from .context import ApplyContext
 from .locks import task_owner
+from .placement import eligible_nodes
 from .results import ItemRejected, PreemptResult, Rejected, Result
 from .state import ClusterState, RunState, TaskKey, TaskState, TaskStatus
 from .tasks import make_ready, unrun
@@ -33,10 +36,12 @@ MAX_WAITING_EXAMINED = 32
 """High-priority waiting tasks one plan looks at (each may scan the running attempts)."""
 
 
-def serves(state: ClusterState, node_id: str, t: TaskState) -> bool:
-    """Whether ``node_id`` could run ``t`` (placement will own the full rule: capabilities)."""
-    m = state.members.get(node_id)
-    return m is not None and m.up and m.slots > 0 and t.spec.agent in m.agents
+def _type_full(state: ClusterState, node_id: str, agent: str) -> bool:
+    """Whether ``agent``'s per-node concurrency on ``node_id`` is used up (a slot freed by a
+    victim of another type would not let a task of this type start there)."""
+    offer = state.members[node_id].offers.get(agent)
+    conc = offer.concurrency if offer is not None else 0
+    return conc > 0 and state.running_agent.get((node_id, agent), 0) >= conc
 
 
 def plan_preemptions(
@@ -81,8 +86,12 @@ def plan_preemptions(
                 owner = task_owner(run_id, task_id, t.attempt + 1)
                 if not state.locks.can_grant(owner, tuple(sorted(t.spec.locks)), ahead_of=None):
                     continue  # a slot would not start it: its locks are held
-            candidates = [n for n in load if serves(state, n, t)]
-            if not candidates or any(load[n] < state.members[n].slots for n in candidates):
+            # placement's rule: the offer matches (capabilities) and the breaker is not open
+            candidates = [n for n in eligible_nodes(state, t.spec, now_ms, avoid) if n in load]
+            full_type = {n for n in candidates if _type_full(state, n, t.spec.agent)}
+            if not candidates or any(
+                load[n] < state.members[n].slots and n not in full_type for n in candidates
+            ):
                 continue  # nothing to take, or a free slot that placement will give it
             examined += 1
             if victims is None:
@@ -94,6 +103,8 @@ def plan_preemptions(
                 if v_key in chosen or v_key in busy_victims or v_node not in candidates:
                     continue
                 v = state.runs[v_run].tasks[v_task]
+                if v_node in full_type and v.spec.agent != t.spec.agent:
+                    continue  # freeing this slot leaves the type's concurrency full there
                 chosen.add(v_key)
                 out.append(Preemption(v_run, v_task, v.attempt, v.token, run_id, task_id))
                 break

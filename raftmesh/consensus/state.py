@@ -18,14 +18,16 @@ from typing import Any
 
 import msgpack
 
-from .commands import NO_USAGE, JsonValue, TaskSpec, Usage
+from .commands import NO_USAGE, AgentOffer, JsonValue, TaskSpec, Usage
 from .kv import KvStore
 from .locks import LockTable
 
 SNAPSHOT_FORMAT = 3
 """2: results in the dedup table are typed (``results.encode_result``) and name the command kind.
-3: tasks and runs end with their usage sums; tasks with ``preempted_by`` and ``requeued_attempt``.
-A format-2 snapshot still loads (the new fields start empty)."""
+3: tasks and runs end with their usage sums; tasks with ``preempted_by`` and ``requeued_attempt``;
+a member carries its agent offers and its breakers (``Member.offers``, ``Member.breakers``).
+A format-2 snapshot still loads (the new fields start empty; members offer their agents with
+default policy)."""
 READABLE_FORMATS = frozenset({2, SNAPSHOT_FORMAT})
 
 
@@ -55,15 +57,36 @@ TaskKey = tuple[str, str]
 
 
 @dataclass(slots=True)
+class Breaker:
+    """The circuit breaker of one agent type on one node (``breakers.py`` owns the rules).
+
+    Closed while ``open_until_ms`` is 0; open until then; half-open (one probe) after it.
+    A member keeps only breakers that are not closed-and-clean, so the encoding stays small.
+    """
+
+    failures: int = 0
+    """Consecutive failed attempts (reset by a success)."""
+    open_until_ms: int = 0
+
+    def encode(self) -> list[Any]:
+        return [self.failures, self.open_until_ms]
+
+
+@dataclass(slots=True)
 class Member:
     node_id: str
     grpc: str
     raft: str
     agents: tuple[str, ...]
+    """The offered type names, sorted (kept for readers that predate ``offers``)."""
     slots: int
     incarnation: str
     up: bool
     registered_ms: int
+    offers: dict[str, AgentOffer] = field(default_factory=dict)
+    """agent type -> its offer; the same names as ``agents``."""
+    breakers: dict[str, Breaker] = field(default_factory=dict)
+    """agent type -> breaker, only for types with failures or an open breaker."""
 
     def encode(self) -> list[Any]:
         return [
@@ -75,11 +98,26 @@ class Member:
             self.incarnation,
             self.up,
             self.registered_ms,
+            [self.offers[k].encode() for k in sorted(self.offers)],
+            [[k, *self.breakers[k].encode()] for k in sorted(self.breakers)],
         ]
 
     @classmethod
     def decode(cls, v: list[Any]) -> Member:
-        return cls(v[0], v[1], v[2], tuple(v[3]), v[4], v[5], v[6], v[7])
+        # A format-2 member has no offers: its agents are offered with the default policy.
+        offers = [AgentOffer.decode(o) for o in v[8]] if len(v) > 8 else [AgentOffer(a) for a in v[3]]
+        return cls(
+            v[0],
+            v[1],
+            v[2],
+            tuple(v[3]),
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            {o.name: o for o in offers},
+            {b[0]: Breaker(b[1], b[2]) for b in (v[9] if len(v) > 9 else ())},
+        )
 
 
 @dataclass(slots=True)
@@ -242,6 +280,8 @@ class ClusterState:
     """priority -> READY tasks in FIFO order."""
     running: dict[str, dict[TaskKey, None]] = field(default_factory=dict)
     """node id -> tasks RUNNING there."""
+    running_agent: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(node id, agent type) -> attempts of that type RUNNING there (per-agent concurrency)."""
     timeouts: list[tuple[int, str, str, int]] = field(default_factory=list)
     """Heap of (deadline_ms, run_id, task_id, attempt); entries go stale lazily."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -297,6 +337,7 @@ class ClusterState:
     def rebuild_indexes(self) -> None:
         ready: list[tuple[int, int, TaskKey]] = []
         self.running = {}
+        self.running_agent = {}
         self.timeouts = []
         self.dead_letters = []
         for run in self.runs.values():
@@ -308,6 +349,8 @@ class ClusterState:
                     ready.append((t.spec.priority, t.ready_seq, key))
                 elif t.status is TaskStatus.RUNNING:
                     self.running.setdefault(t.node, {})[key] = None
+                    na = (t.node, t.spec.agent)
+                    self.running_agent[na] = self.running_agent.get(na, 0) + 1
                     if t.deadline_ms:
                         self.timeouts.append((t.deadline_ms, run.run_id, t.spec.id, t.attempt))
         ready.sort(key=lambda e: e[1])
@@ -327,6 +370,7 @@ class ClusterState:
             sorted({e for e in self.locks.deadlines if self.locks._live(e)}),
             (list(self.kv.keys), self.kv.history_bytes, self.kv.next_deadline_ms()),
             list(self.dead_letters),
+            dict(sorted(self.running_agent.items())),
         )
 
     def add_dead_letter(self, entry: DeadLetter) -> None:
@@ -380,3 +424,12 @@ class ClusterState:
         for m in self.members.values():
             agents.update(m.agents)
         return agents
+
+    def offered_capabilities(self) -> dict[str, set[tuple[str, ...]]]:
+        """agent type -> the capability sets its members (up or down) offer it with."""
+        out: dict[str, set[tuple[str, ...]]] = {}
+        for m in self.members.values():
+            for name in m.agents:
+                o = m.offers.get(name)
+                out.setdefault(name, set()).add(o.capabilities if o else ())
+        return out

@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from ..consensus import limits
-from ..consensus.commands import CancelRun, RetryTask, SubmitRun
+from ..consensus.commands import AgentOffer, CancelRun, RetryTask, SubmitRun
 from ..consensus.dag import DagError, validate
 from ..consensus.dead_letters import list_dead_letters
+from ..consensus.members import task_defaults
+from ..consensus.placement import waiting_reasons
 from ..consensus.results import (
     CancelRunResult,
     RetryTaskResult,
@@ -89,12 +91,19 @@ class ClusterService(pb_grpc.ClusterServicer):
             raise NoLeader("no Raft leader is elected yet; retry shortly (with the same idempotency key)")
         key = request.idempotency_key
 
-        def lookup(st: ClusterState) -> tuple[str | None, set[str]]:
-            return (st.idempotency.get(key) if key else None), st.known_agents()
+        def lookup(
+            st: ClusterState,
+        ) -> tuple[str | None, dict[str, set[tuple[str, ...]]], dict[str, AgentOffer]]:
+            # O(members x agent types): the same scan the state machine makes for the submit.
+            defaults = task_defaults(st, {t.agent for t in request.tasks})
+            return (st.idempotency.get(key) if key else None), st.offered_capabilities(), defaults
 
-        existing, known = node.reads.read(lookup)
+        existing, known, defaults = node.reads.read(lookup)
         if existing is not None:
             return pb.SubmitRunResponse(run_id=existing, created=False)
+        # Unset retries/timeout_ms take the agent type's defaults here, before the command is
+        # logged: the logged spec is explicit, so apply never depends on who offers what.
+        specs = convert.with_defaults(request, specs, defaults)
         try:
             validate(specs, known)
         except DagError as exc:
@@ -128,7 +137,23 @@ class ClusterService(pb_grpc.ClusterServicer):
         read = await self.node.reads.run_async(request.run_id)
         if read is None:
             raise RunNotFound(f"run {request.run_id!r} not found")
-        return read.run
+        return self._with_waiting_reasons(read.run)
+
+    def _with_waiting_reasons(self, run: pb.Run) -> pb.Run:
+        """``run`` with each READY task's ``waiting_reason``: derived now from this replica and
+        this node's clock (it changes with every member and breaker, so it is never cached)."""
+        ready = [t.id for t in run.tasks if t.status == pb.TASK_STATUS_READY]
+        if not ready:
+            return run
+        now = self.node.clock.now_ms()
+        reasons = self.node.reads.read(lambda st: waiting_reasons(st, run.run_id, ready, now))
+        if not reasons:
+            return run
+        out = pb.Run()
+        out.CopyFrom(run)  # the cached encoding is shared: never changed in place
+        for t in out.tasks:
+            t.waiting_reason = reasons.get(t.id, "")
+        return out
 
     @rpc.unary
     async def ListRuns(
@@ -167,7 +192,7 @@ class ClusterService(pb_grpc.ClusterServicer):
                 read = await node.reads.run_async(request.run_id, with_tasks=not request.status_only)
                 if read is None:
                     raise RunNotFound(f"run {request.run_id!r} not found")
-                seen, snap = read.revision, read.run
+                seen, snap = read.revision, self._with_waiting_reasons(read.run)
                 done = convert.RUN_STATUS_FROM_PB[snap.status] in TERMINAL_RUN
                 yield pb.RunEvent(revision=seen, snapshot=snap)
                 if done:
