@@ -7,6 +7,7 @@
 - ``kv_put``: after ``input.get("delay_seconds", 0)`` seconds, writes
   ``{"value": input["value"], "attempt", "node"}`` to ``input["key"]``, fenced by the
   attempt's token (a zombie attempt's write is rejected); output = the mod_revision.
+- ``http``: one HTTP(S) call, idempotent across attempts (``raftmesh.agents._http``).
 """
 
 from __future__ import annotations
@@ -78,3 +79,7 @@ def register_builtins(reg: AgentRegistry) -> None:
     reg.register("sleep", sleep)
     reg.register("fail", fail)
     reg.register("kv_put", kv_put)
+    # Imported here: it imports AgentInputError from this module.
+    from ._http import http_agent
+
+    reg.register("http", http_agent)
