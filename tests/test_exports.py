@@ -9,7 +9,17 @@ import raftmesh.consensus
 
 def test_top_level_exports() -> None:
     assert sorted(raftmesh.__all__) == sorted(
-        ["DAG", "Client", "ClusterInfo", "RaftmeshError", "RunEvent", "RunInfo", "TaskInfo", "__version__"]
+        [
+            "DAG",
+            "Client",
+            "ClusterInfo",
+            "RaftmeshError",
+            "RunEvent",
+            "RunInfo",
+            "TaskInfo",
+            "__version__",
+            "tool",
+        ]
     )
     for name in raftmesh.__all__:
         assert hasattr(raftmesh, name)

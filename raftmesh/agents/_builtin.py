@@ -8,6 +8,7 @@
   ``{"value": input["value"], "attempt", "node"}`` to ``input["key"]``, fenced by the
   attempt's token (a zombie attempt's write is rejected); output = the mod_revision.
 - ``http``: one HTTP(S) call, idempotent across attempts (``raftmesh.agents._http``).
+- ``llm``: an OpenAI-compatible chat completion with a tool-calling loop (``raftmesh.agents._llm``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def register_builtins(reg: AgentRegistry) -> None:
     reg.register("sleep", sleep)
     reg.register("fail", fail)
     reg.register("kv_put", kv_put)
-    # Imported here: it imports AgentInputError from this module.
+    # Imported here: they import AgentInputError from this module.
     from ._http import http_agent
+    from ._llm import llm_agent
 
     reg.register("http", http_agent)
+    reg.register("llm", llm_agent)
