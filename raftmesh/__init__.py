@@ -6,14 +6,5 @@ from .errors import RaftmeshError
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DAG",
-    "Client",
-    "ClusterInfo",
-    "RaftmeshError",
-    "RunEvent",
-    "RunInfo",
-    "TaskInfo",
-    "__version__",
-    "tool",
-]
+__all__ = ["DAG", "Client", "ClusterInfo", "RaftmeshError", "RunEvent", "RunInfo", "TaskInfo", "__version__"]
+__all__ += ["tool"]  # @raftmesh.tool (kept on its own line: other parts of issue 8 extend the list)
