@@ -63,6 +63,10 @@ def test_post_json_and_text_bodies_and_headers_reach_the_server(server: _Server)
     assert seen["headers"]["Content-Type"] == "application/json"
     out = call({"method": "PUT", "url": server.url + "/echo", "body": "raw text"})
     assert out["body"]["body"] == "raw text"
+    ctx = ctx_for({"method": "POST", "url": server.url + "/echo", "json_from": "writer"})
+    ctx.upstream = {"writer": {"report": "# Incident"}}
+    out = asyncio.run(http_agent(ctx))
+    assert out["body"]["body"] == '{"report":"# Incident"}'
 
 
 def test_idempotency_key_is_stable_across_attempts_and_lineage_is_separate(server: _Server) -> None:
@@ -130,7 +134,8 @@ def test_response_body_is_size_limited(server: _Server) -> None:
         ({"url": "http://h/", "headers": {"bad name": "v"}}, "not a header name"),
         ({"url": "http://h/", "headers": {f"X-{i}": "v" for i in range(65)}}, "at most 64 headers"),
         ({"url": "http://h/", "headers": {"X-A": "v" * 9000}}, "at most 8192"),
-        ({"url": "http://h/", "json": {}, "body": "x"}, "not both"),
+        ({"url": "http://h/", "json": {}, "body": "x"}, "one of json, body and json_from"),
+        ({"url": "http://h/", "json_from": "nodep"}, "not a dependency"),
         ({"url": "http://h/", "timeout_s": 0}, "timeout_s"),
         ({"url": "http://h/", "max_body_bytes": 10**9}, "max_body_bytes"),
         ({"url": "http://h/", "verb": "GET"}, "unknown input key"),

@@ -5,8 +5,11 @@ Input::
     {"method": "POST", "url": "https://api.example.com/tickets",
      "headers": {"Accept": "application/json"},
      "headers_env": {"Authorization": "TICKETS_TOKEN"},   # value read from the node's environment
-     "json": {...} | "body": "text",
+     "json": {...} | "body": "text" | "json_from": "<a dependency's task id>",
      "timeout_s": 30, "follow_redirects": false, "max_body_bytes": 262144}
+
+``json_from`` sends the output of one of the task's dependencies as the JSON body (a
+report written by an upstream task, say).
 
 Output: ``{"status": 201, "headers": {name: value}, "body": <decoded JSON, or text>}``.
 
@@ -62,6 +65,7 @@ _INPUT_KEYS = frozenset(
         "headers",
         "headers_env",
         "json",
+        "json_from",
         "body",
         "timeout_s",
         "follow_redirects",
@@ -138,8 +142,11 @@ def parse_input(inp: Any) -> dict[str, Any]:
     secret = _headers(inp, "headers_env")
     if len(headers) + len(secret) > MAX_REQUEST_HEADERS:
         raise _bad(f"at most {MAX_REQUEST_HEADERS} headers (headers and headers_env together)")
-    if "json" in inp and "body" in inp:
-        raise _bad("give json or body, not both")
+    if sum(k in inp for k in ("json", "body", "json_from")) > 1:
+        raise _bad("give one of json, body and json_from")
+    src = inp.get("json_from")
+    if src is not None and not isinstance(src, str):
+        raise _bad("json_from must be the task id of one of this task's dependencies")
     body = inp.get("body")
     if body is not None and (not isinstance(body, str) or len(body.encode()) > MAX_REQUEST_BODY_BYTES):
         raise _bad(f"body must be a string of at most {MAX_REQUEST_BODY_BYTES} bytes (or use json)")
@@ -159,6 +166,7 @@ def parse_input(inp: Any) -> dict[str, Any]:
         "headers_env": secret,
         "json": inp.get("json"),
         "has_json": "json" in inp,
+        "json_from": src,
         "body": body,
         "timeout_s": float(timeout),
         "follow_redirects": follow,
@@ -207,7 +215,11 @@ async def http_agent(ctx: TaskContext) -> Any:
         **secret,
     }
     kw: dict[str, Any] = {}
-    if req["has_json"]:
+    if req["json_from"] is not None:
+        if req["json_from"] not in ctx.upstream:
+            raise _bad(f"json_from: {req['json_from']!r} is not a dependency of this task")
+        kw["json"] = ctx.upstream[req["json_from"]]
+    elif req["has_json"]:
         kw["json"] = req["json"]
     elif req["body"] is not None:
         kw["content"] = req["body"].encode()
