@@ -350,6 +350,17 @@ def test_bad_input_is_a_clear_non_retryable_error(inp: Any, says: str) -> None:
     assert exc.value.retryable is False
 
 
+def test_a_process_isolated_agent_is_not_a_tool() -> None:
+    reg = default_registry()
+
+    async def heavy(ctx: TaskContext) -> Any:
+        return None
+
+    reg.register("heavy", heavy, isolation="process", memory_mb=256)
+    with pytest.raises(AgentInputError, match="worker process"):
+        run(ctx_for({"prompt": "x", "model": "m", "tools": ["heavy"]}, reg))
+
+
 def test_fake_server_process_lists_models_and_stops_on_sigterm(tmp_path: Any) -> None:
     script = tmp_path / "s.json"
     script.write_text(json.dumps({"rules": [{"when": {"model": "scripted-1"}, "reply": {"content": "x"}}]}))

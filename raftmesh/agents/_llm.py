@@ -202,10 +202,14 @@ def _tool_entry(t: Any, ctx: TaskContext) -> tuple[str, dict[str, Any]]:
     if td is not None:
         return name, td.schema()
     registry = ctx.agents
-    if registry is None or registry.get(name) is None:
+    adef = registry.get(name) if registry is not None else None
+    if adef is None:
         raise _bad(
             f"tools: {name!r} is neither a @raftmesh.tool function nor an agent type on node {ctx.node_id}"
         )
+    if adef.isolation == "process":
+        # A tool runs in-line in this node process: its memory and CPU limits would not hold.
+        raise _bad(f"tools: agent {name!r} runs isolated in a worker process; run it as a task of its own")
     desc = spec.get("description", f"Runs the {name!r} agent; the arguments object is its input.")
     params = spec.get("parameters", {"type": "object"})
     if not isinstance(desc, str) or not isinstance(params, dict):
