@@ -60,7 +60,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.seen.append(rec)
         parts = self.path.strip("/").split("/")
         if parts[0] == "json":
-            self._send(200, json.dumps({"ok": True, "items": [1, 2, 3]}).encode(), extra={"X-Custom": "yes"})
+            self._send(
+                200,
+                json.dumps({"ok": True, "items": [1, 2, 3]}).encode(),
+                extra={"X-Custom": "yes", "Set-Cookie": "session=abc123"},
+            )
         elif parts[0] == "text":
             self._send(200, b"plain words", "text/plain; charset=utf-8")
         elif parts[0] == "status":

@@ -47,6 +47,7 @@ def test_get_json_outputs_status_headers_and_decoded_body(server: _Server) -> No
     assert out["status"] == 200
     assert out["body"] == {"ok": True, "items": [1, 2, 3]}
     assert out["headers"]["x-custom"] == "yes"
+    assert "set-cookie" not in out["headers"]  # a session credential: outputs are replicated
     assert limits.encoded_size(out) < limits.MAX_TASK_OUTPUT_BYTES
     text = call({"url": server.url + "/text", "method": "get"})
     assert text["body"] == "plain words"

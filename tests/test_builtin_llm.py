@@ -21,12 +21,14 @@ import raftmesh
 from raftmesh import DAG
 from raftmesh.agents import AgentRegistry, TaskContext, default_registry
 from raftmesh.agents._builtin import AgentInputError
-from raftmesh.agents._llm import MAX_TOOL_RESULT_CHARS, LlmCallFailed, llm_agent
+from raftmesh.agents._llm import MAX_TOOL_RESULT_CHARS, LlmCallFailed, llm_agent, tool_call_id
 from raftmesh.agents._tools import ToolInputError, check_args, get_tool
 from raftmesh.consensus.commands import Usage
 from raftmesh.errors import InvalidArgument
 from raftmesh.localcluster import LocalCluster
 from raftmesh.testing import FakeLLM
+
+from .http_server import local_http_server
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -166,7 +168,7 @@ def test_tool_loop_with_an_agent_type_as_tool(fake: FakeLLM) -> None:
 
     async def runbook(ctx: TaskContext) -> Any:
         ctx.report_usage(tokens_in=7, cost=0.5)  # a tool's own usage counts for the calling attempt
-        return {"runbook": f"restart {ctx.input['service']}", "run": ctx.run_id}
+        return {"runbook": f"restart {ctx.input['service']}", "run": ctx.run_id, "task": ctx.task_id}
 
     reg.register("runbook", runbook)
     fake.set_script(
@@ -201,9 +203,24 @@ def test_tool_loop_with_an_agent_type_as_tool(fake: FakeLLM) -> None:
         "parameters": params,
     }
     results = [m["content"] for m in second["messages"] if m["role"] == "tool"]
-    assert json.loads(results[0]) == {"runbook": "restart checkout", "run": "r-1"}
+    task = tool_call_id("t1", "runbook", {"service": "checkout"})
+    assert json.loads(results[0]) == {"runbook": "restart checkout", "run": "r-1", "task": task}
     assert results[1].startswith("error: 'nope' is not one of the tools offered")
     assert ctx.usage.tokens_in >= 1 + 7 and ctx.usage.cost == 0.5
+
+
+def test_http_as_a_tool_gets_one_idempotency_key_per_call(fake: FakeLLM) -> None:
+    with local_http_server() as srv:
+        calls = [{"name": "http", "arguments": {"url": f"{srv.url}/{p}"}} for p in ("echo", "json", "echo")]
+        fake.set_script([{"when": {"tool_result": False}, "reply": {"tool_calls": calls}}])
+        for _ in range(2):  # the second run stands for a retried attempt of the same task
+            run(ctx_for({"prompt": "fetch", "model": "m", "tools": ["http"]}))
+        with srv.lock:
+            keys = [r["headers"]["Idempotency-Key"] for r in srv.seen]
+    assert len(keys) == 6
+    first, again = keys[:3], keys[3:]
+    assert first[0] != first[1] and first[0] == first[2]  # the same call made twice is one effect
+    assert again == first
 
 
 def test_tool_errors_and_big_results_go_back_to_the_model(fake: FakeLLM) -> None:

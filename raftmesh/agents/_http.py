@@ -50,6 +50,8 @@ MAX_RESPONSE_BODY_BYTES = 256 * 1024
 """Response body read per call; a larger one fails the attempt (well under the task output limit)."""
 MAX_RESPONSE_HEADERS = 64
 """Response headers kept in the output (the rest are dropped, ``headers_dropped`` counts them)."""
+DROPPED_RESPONSE_HEADERS = frozenset({"set-cookie", "set-cookie2"})
+"""Session credentials: the output is replicated to every node and shown by ``raftmesh get``."""
 MAX_TIMEOUT_S = 300.0
 DEFAULT_TIMEOUT_S = 30.0
 MAX_REDIRECTS = 5
@@ -273,11 +275,13 @@ async def http_agent(ctx: TaskContext) -> Any:
         )
     out_headers: dict[str, str] = {}
     for name, value in resp.headers.multi_items():
+        if name in DROPPED_RESPONSE_HEADERS:
+            continue
         if name in out_headers:
             out_headers[name] += ", " + value
         elif len(out_headers) < MAX_RESPONSE_HEADERS:
             out_headers[name] = value
-    dropped = len({n for n, _ in resp.headers.multi_items()}) - len(out_headers)
+    dropped = len({n for n, _ in resp.headers.multi_items()} - DROPPED_RESPONSE_HEADERS) - len(out_headers)
     out: dict[str, Any] = {"status": status, "headers": out_headers, "body": body}
     if dropped:
         out["headers_dropped"] = dropped

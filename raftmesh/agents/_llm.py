@@ -20,7 +20,8 @@ every error and never logged.
 
 Tools are ``@raftmesh.tool`` functions of this process, else agent types of the node's
 registry (called in-line with a context derived from the task's: same run, fencing token and
-cancellation, the model's arguments as input). ``max_steps`` bounds the model calls. Each
+cancellation, the model's arguments as input, and a ``task_id`` per tool and arguments so an
+``http`` tool's idempotency key differs between calls). ``max_steps`` bounds the model calls. Each
 step's token usage is reported (``ctx.report_usage``). A 429 is retried in the agent after
 ``Retry-After`` (or an exponential backoff) plus jitter, a bounded number of times; then the
 attempt fails retryably, like 408, 5xx and network errors; other 4xx fail it for good.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
@@ -241,7 +243,9 @@ async def _call_tool(ctx: TaskContext, name: str, raw_args: Any) -> str:
             adef = ctx.agents.get(name) if ctx.agents is not None else None
             if adef is None or name == "llm":
                 return f"error: there is no tool named {name!r}"
-            sub = dataclasses.replace(ctx, input=args, upstream={}, usage=NO_USAGE)
+            sub = dataclasses.replace(
+                ctx, task_id=tool_call_id(ctx.task_id, name, args), input=args, upstream={}, usage=NO_USAGE
+            )
             if inspect.iscoroutinefunction(adef.fn):
                 result = await adef.fn(sub)
             else:
@@ -259,6 +263,17 @@ async def _call_tool(ctx: TaskContext, name: str, raw_args: Any) -> str:
         return _clip(f"error: {type(exc).__name__}: {exc}", MAX_TOOL_RESULT_CHARS)
     text = result if isinstance(result, str) else json.dumps(result, default=str)
     return _clip(text, MAX_TOOL_RESULT_CHARS)
+
+
+def tool_call_id(task_id: str, tool: str, args: Any) -> str:
+    """The ``task_id`` an agent called as a tool sees: one per (tool, arguments) of the task.
+
+    An ``http`` tool derives its ``Idempotency-Key`` from it: two different calls in one
+    conversation must not share a key, and the same call made again by a retried attempt
+    should (its effect is then applied once).
+    """
+    digest = hashlib.sha256(json.dumps([tool, args], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{task_id}.{tool}.{digest}"
 
 
 def _retry_after_s(resp: httpx.Response) -> float | None:
