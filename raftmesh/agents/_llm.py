@@ -316,7 +316,9 @@ async def _post(
             wait = _retry_after_s(resp)
             if i == tries_429 or (wait is not None and wait > MAX_RETRY_AFTER_S):
                 raise LlmCallFailed(
-                    f"llm: rate limited (429) {i + 1} time(s); Retry-After {wait}", retryable=True
+                    f"llm: rate limited (429) {i + 1} time(s)"
+                    + (f"; the server asks to wait {wait:g} s" if wait is not None else ""),
+                    retryable=True,
                 )
             if wait is None:
                 wait = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**i) * _rng.uniform(0.5, 1.0)
