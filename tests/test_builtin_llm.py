@@ -280,6 +280,13 @@ def test_error_statuses(fake: FakeLLM, status: int, retryable: bool) -> None:
     assert exc.value.retryable is retryable and f"HTTP {status}" in str(exc.value)
 
 
+def test_a_slow_endpoint_times_out_retryably(fake: FakeLLM) -> None:
+    fake.set_script([{"delay_s": 2, "reply": {"content": "late"}}])
+    with pytest.raises(LlmCallFailed, match="timed out") as exc:
+        run(ctx_for({"prompt": "hi", "model": "m", "timeout_s": 0.3}))
+    assert exc.value.retryable is True
+
+
 def test_response_format_json(fake: FakeLLM) -> None:
     rf = {"type": "json_object"}
     out = run(ctx_for({"prompt": "Summarise", "model": "m", "response_format": rf}))
