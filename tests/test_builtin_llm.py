@@ -109,6 +109,8 @@ def test_tool_schema_is_derived_from_type_hints() -> None:
 
     with pytest.raises(ValueError, match="needs a type hint"):
         raftmesh.tool(no_hints)
+    with pytest.raises(ValueError, match="letters, digits"):
+        raftmesh.tool(name="ns.search")(lookup_service)
 
 
 def test_a_prompt_gives_the_final_message_and_reports_usage(fake: FakeLLM) -> None:

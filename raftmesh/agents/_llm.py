@@ -40,7 +40,6 @@ import inspect
 import json
 import os
 import random
-import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,7 +49,7 @@ import httpx
 from ..consensus.commands import NO_USAGE
 from ._builtin import AgentInputError
 from ._context import TaskContext
-from ._tools import ToolInputError, get_tool
+from ._tools import TOOL_NAME_RE, ToolInputError, get_tool
 
 MAX_STEPS = 32
 DEFAULT_MAX_STEPS = 8
@@ -77,7 +76,6 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 API_KEY_ENV_PREFIX = "RAFTMESH_LLM_"
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
-_TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what OpenAI-compatible APIs accept
 _INPUT_KEYS = frozenset(
     {
         "prompt",
@@ -196,7 +194,7 @@ def _tool_entry(t: Any, ctx: TaskContext) -> tuple[str, dict[str, Any]]:
     """(name, OpenAI tools entry) of one ``tools`` item: a name, or {name, description, parameters}."""
     spec: dict[str, Any] = t if isinstance(t, dict) else {"name": t}
     name = spec.get("name")
-    if not isinstance(name, str) or not _TOOL_NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not TOOL_NAME_RE.fullmatch(name):
         raise _bad(f"tools: {str(name)[:40]!r} is not a tool name (1-64 letters, digits, _ or -)")
     if name == "llm":
         raise _bad("tools: llm may not call itself as a tool")

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Union, overload
 
-from ..consensus import limits
-
+TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What OpenAI-compatible APIs accept as a function name."""
 MAX_TOOL_DESCRIPTION_CHARS = 1024
 """A tool's description as sent to the model (the docstring's first paragraph, clipped)."""
 
@@ -96,9 +97,8 @@ def tool(
 
 def register_tool(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> ToolDef:
     tname = name or fn.__name__
-    why = limits.id_error("tool name", tname)
-    if why:
-        raise ValueError(why)
+    if not TOOL_NAME_RE.fullmatch(tname):
+        raise ValueError(f"tool name {tname[:80]!r}: 1-64 letters, digits, _ or - (what chat APIs accept)")
     old = _TOOLS.get(tname)
     if old is not None and _origin(old.fn) != _origin(fn):
         raise ValueError(f"tool {tname!r} is already declared by {_origin(old.fn)}")
