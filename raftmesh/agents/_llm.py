@@ -49,6 +49,7 @@ import httpx
 from ..consensus.commands import NO_USAGE
 from ._builtin import AgentInputError
 from ._context import TaskContext
+from ._http import tls_context
 from ._tools import TOOL_NAME_RE, ToolInputError, get_tool
 
 MAX_STEPS = 32
@@ -411,7 +412,7 @@ async def llm_agent(ctx: TaskContext) -> Any:
         if k in inp:
             body[k] = inp[k]
     price = opt["price"]
-    async with httpx.AsyncClient(timeout=opt["timeout"]) as client:
+    async with httpx.AsyncClient(timeout=opt["timeout"], verify=tls_context()) as client:
         for step in range(1, opt["steps"] + 1):
             if _size(msgs) > MAX_CONVERSATION_CHARS:
                 raise LlmCallFailed(
