@@ -101,6 +101,7 @@ class IncidentAPI(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: IncidentAPI
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

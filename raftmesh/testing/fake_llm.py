@@ -196,6 +196,7 @@ class FakeLLM(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: FakeLLM
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read /_requests
