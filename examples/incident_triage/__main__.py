@@ -74,12 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         api.stop()
 
 
-def _usage(t: Any) -> str:
-    u = getattr(t, "usage", None)  # summed per task by the cluster (issue 8, lifecycle part)
-    if not u:
+def _usage(x: Any) -> str:
+    u = getattr(x, "usage", None)  # summed per task and run by the cluster (the lifecycle part of issue 8)
+    if u is None or not (u.tokens_in or u.tokens_out):
         return ""
-    tin, tout = (u.get("tokens_in", 0), u.get("tokens_out", 0)) if isinstance(u, dict) else u[:2]
-    return f"  [{tin} tokens in, {tout} out]"
+    return f"  [{u.tokens_in} tokens in, {u.tokens_out} out]"
 
 
 def _as_json(run: Any) -> dict[str, Any]:
@@ -93,6 +92,7 @@ def _as_json(run: Any) -> dict[str, Any]:
                 "node": t.node,
                 "output": t.output,
                 "error": t.error,
+                "usage": t.usage.to_json() if hasattr(t, "usage") else None,
             }
             for tid, t in run.tasks.items()
         },
@@ -100,7 +100,7 @@ def _as_json(run: Any) -> dict[str, Any]:
 
 
 def _print(run: Any, api: IncidentAPI) -> None:
-    print(f"\n== run {run.run_id}: {run.status}")
+    print(f"\n== run {run.run_id}: {run.status}{_usage(run)}")
     for tid in (
         "alert",
         "logs_analyst",
