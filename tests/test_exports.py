@@ -19,6 +19,7 @@ def test_top_level_exports() -> None:
             "TaskInfo",
             "__version__",
             "agent",
+            "tool",
         ]
     )
     for name in raftmesh.__all__:

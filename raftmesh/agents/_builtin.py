@@ -9,6 +9,8 @@
 - ``kv_put``: after ``input.get("delay_seconds", 0)`` seconds, writes
   ``{"value": input["value"], "attempt", "node"}`` to ``input["key"]``, fenced by the
   attempt's token (a zombie attempt's write is rejected); output = the mod_revision.
+- ``http``: one HTTP(S) call, idempotent across attempts (``raftmesh.agents._http``).
+- ``llm``: an OpenAI-compatible chat completion with a tool-calling loop (``raftmesh.agents._llm``).
 """
 
 from __future__ import annotations
@@ -89,3 +91,9 @@ def register_builtins(reg: AgentRegistry) -> None:
     # Its failures are scripted by the task's input, not a sign of a broken node: no breaker.
     reg.register("fail", fail, breaker_failures=0)
     reg.register("kv_put", kv_put)
+    # Imported here: they import AgentInputError from this module.
+    from ._http import http_agent
+    from ._llm import llm_agent
+
+    reg.register("http", http_agent)
+    reg.register("llm", llm_agent)

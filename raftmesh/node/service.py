@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from ..agents._llm import input_secret_error
 from ..consensus import limits
 from ..consensus.commands import AgentOffer, CancelRun, RetryTask, SubmitRun
 from ..consensus.dag import DagError, validate
@@ -108,6 +109,10 @@ class ClusterService(pb_grpc.ClusterServicer):
             validate(specs, known)
         except DagError as exc:
             raise _DAG_ERRORS.get(exc.kind, InvalidArgument)(str(exc)) from exc
+        for t in specs:  # a secret in an input would be replicated to every log and snapshot
+            why = input_secret_error(t.agent, t.input)
+            if why:
+                raise InvalidArgument(f"task {t.id!r}: {why}")
         if len(request.name) > limits.MAX_RUN_NAME_CHARS:
             raise InvalidArgument(f"name is longer than {limits.MAX_RUN_NAME_CHARS} characters")
         if not limits.printable(request.name):
