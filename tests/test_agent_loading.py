@@ -217,6 +217,11 @@ def test_a_setup_that_raises_names_the_agent_and_tears_down_the_others(tmp_path:
         ({"capabilities": "gpu"}, "capabilities must be a list of names"),
         ({"capabilities": ["has space"]}, "capability 'has space' may contain only"),
         ({"capabilities": [3]}, "capability 3 must be a string"),
+        # the limits a node's registration is checked against (limits.py): refused here, not at start
+        ({"concurrency": 100_001}, "concurrency must be at most 100000"),
+        ({"breaker_failures": 1001}, "breaker_failures must be at most 1000"),
+        ({"breaker_cooldown_ms": 86_400_001}, "breaker_cooldown_ms must be at most 86400000"),
+        ({"capabilities": [f"c{i}" for i in range(65)]}, "65 capabilities; the limit is 64"),
     ],
 )
 def test_bad_arguments_fail_at_decoration_with_a_clear_error(kwargs: dict[str, Any], message: str) -> None:

@@ -109,6 +109,8 @@ def _capabilities(name: str, caps: Any) -> frozenset[str]:
         if why:
             raise _fail(name, why)
         out.append(c)
+    if len(set(out)) > limits.MAX_CAPABILITIES:
+        raise _fail(name, f"{len(set(out))} capabilities; the limit is {limits.MAX_CAPABILITIES}")
     return frozenset(out)
 
 
@@ -215,13 +217,15 @@ def agent(
         raise _fail(name, f"isolation must be one of {', '.join(map(repr, ISOLATIONS))}, not {isolation!r}")
     caps = _capabilities(name, capabilities)
     numbers = {
-        "concurrency": _count(name, "concurrency", concurrency),
+        "concurrency": _count(name, "concurrency", concurrency, limits.MAX_AGENT_CONCURRENCY),
         "timeout_ms": _count(name, "timeout_ms", timeout_ms, limits.MAX_TIMEOUT_MS),
         "retries": _count(name, "retries", retries, limits.MAX_RETRIES),
         "memory_mb": _count(name, "memory_mb", memory_mb),
         "cpu_seconds": _count(name, "cpu_seconds", cpu_seconds),
-        "breaker_failures": _count(name, "breaker_failures", breaker_failures),
-        "breaker_cooldown_ms": _count(name, "breaker_cooldown_ms", breaker_cooldown_ms),
+        "breaker_failures": _count(name, "breaker_failures", breaker_failures, limits.MAX_BREAKER_FAILURES),
+        "breaker_cooldown_ms": _count(
+            name, "breaker_cooldown_ms", breaker_cooldown_ms, limits.MAX_BREAKER_COOLDOWN_MS
+        ),
     }
     if (memory_mb or cpu_seconds) and isolation != "process":
         raise _fail(name, "memory_mb and cpu_seconds limit a worker process: add isolation='process'")
