@@ -24,6 +24,8 @@ flush; an attempt that finds it full waits for room before it reports.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -37,8 +39,10 @@ from ..consensus.commands import NO_USAGE, Complete, Completion, Fail, Failure, 
 from ..consensus.results import Rejected, ReportResult, Result
 from ..consensus.state import ClusterState, TaskKey, TaskStatus
 from ..errors import RaftmeshError
-from ._context import TaskContext
-from ._registry import AgentRegistry
+from ._context import SyncTaskContext, TaskContext
+from ._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE, ProcessPool, ThreadPool
+from ._registry import AgentDef, AgentRegistry, default_registry
+from ._sync_clients import SyncKv, SyncLocks, dispatch, loop_call
 from ._task_clients import Reader, TaskKv, TaskLocks, Writer
 
 log = logging.getLogger(__name__)
@@ -91,6 +95,30 @@ class _Report:
     usage: Usage = NO_USAGE
 
 
+class _AttemptFailed(Exception):
+    """An attempt failed with an error already worded for the user (a worker's report or death)."""
+
+    def __init__(self, error: str, retryable: bool = True) -> None:
+        super().__init__(error)
+        self.error = error
+        self.retryable = retryable
+
+
+_BUILTIN_NAMES = frozenset(default_registry().names())
+
+
+def isolation_of(adef: AgentDef) -> str:
+    """Where ``adef``'s attempts run: its ``isolation``, except that a plain ``def`` never runs
+    on the node's loop (it would block heartbeats and every other task): it runs in a thread."""
+    if adef.isolation == "async" and not _is_async(adef.fn):
+        return "thread"
+    return adef.isolation
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
 class AgentHost:
     def __init__(
         self,
@@ -101,6 +129,8 @@ class AgentHost:
         writer: Writer,
         clock: Clock,
         ready: Callable[[], bool] = lambda: True,
+        thread_pool_size: int = THREAD_POOL_SIZE,
+        process_pool_size: int = PROCESS_POOL_SIZE,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
@@ -115,6 +145,8 @@ class AgentHost:
         self._report_room = asyncio.Event()
         self._wake = asyncio.Event()
         self._report_wake = asyncio.Event()
+        self.threads = ThreadPool(thread_pool_size)
+        self.processes = ProcessPool(node_id, process_pool_size)
         self._semaphores: dict[str, asyncio.Semaphore] = {
             d.name: asyncio.Semaphore(d.concurrency) for d in registry.agents.values() if d.concurrency > 0
         }
@@ -145,6 +177,10 @@ class AgentHost:
                 if a.task is not None and not a.task.done():
                     log.info("attempt %d of %s/%s stopped: the node is stopping", a.attempt, *a.key)
                     a.task.cancel()
+                if a.ctx is not None:
+                    a.ctx.cancelled.set()
+            self.processes.close()
+            self.threads.close()
 
     def decide(self, st: ClusterState) -> Reconcile:
         """Which attempts to start and stop, given the state and what runs here (no I/O)."""
@@ -215,11 +251,14 @@ class AgentHost:
                 _Report(a, False, error=f"agent {agent!r} is not offered by node {self.node_id}")
             )
             return
+        mode = isolation_of(adef)
         logger = logging.LoggerAdapter(
             logging.getLogger(f"raftmesh.agent.{agent}"),
             {"run_id": run_id, "task_id": task_id, "attempt": a.attempt},
         )
-        ctx = TaskContext(
+        kv = TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token)
+        locks = TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt)
+        fields: dict[str, Any] = dict(
             run_id=run_id,
             task_id=task_id,
             attempt=a.attempt,
@@ -229,27 +268,36 @@ class AgentHost:
             upstream=upstream,
             trace_id=run_id,
             logger=logger,
-            kv=TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token),
-            locks=TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt),
             agents=self._registry,
         )
+        ctx: TaskContext
+        if mode == "async":
+            ctx = TaskContext(**fields, kv=kv, locks=locks)
+        else:
+            call = loop_call(kv, locks, asyncio.get_running_loop())
+            ctx = SyncTaskContext(**fields, kv=SyncKv(call), locks=SyncLocks(call))
         a.ctx = ctx
         sem = self._semaphores.get(agent)
         try:
             if sem is not None:
                 await sem.acquire()
             try:
-                coro = adef.fn(ctx)
-                output = await (asyncio.wait_for(coro, timeout_ms / 1000) if timeout_ms else coro)
+                work = self._run_in(mode, adef, ctx, kv, locks)
+                output = await (asyncio.wait_for(work, timeout_ms / 1000) if timeout_ms else work)
             finally:
                 if sem is not None:
                     sem.release()
         except asyncio.CancelledError:
+            ctx.cancelled.set()  # a thread agent polls it; a process worker was killed
             raise  # the cluster no longer wants this attempt: report nothing
         except TimeoutError:
+            ctx.cancelled.set()
             await self._report(
                 _Report(a, False, error=f"attempt {a.attempt} timed out after {timeout_ms} ms")
             )
+            return
+        except _AttemptFailed as failed:
+            await self._report(_Report(a, False, error=failed.error, retryable=failed.retryable))
             return
         except Exception as exc:
             retryable = bool(getattr(exc, "retryable", True))
@@ -272,6 +320,40 @@ class AgentHost:
             )
             return
         await self._report(_Report(a, True, output=output))
+
+    async def _run_in(self, mode: str, adef: AgentDef, ctx: TaskContext, kv: TaskKv, locks: TaskLocks) -> Any:
+        """The attempt's output, run where its agent's isolation says; raises what the agent raised."""
+        if mode == "async":
+            out = adef.fn(ctx)
+            return await out if inspect.isawaitable(out) else out
+        if mode == "thread":
+            out = await self.threads.run(functools.partial(adef.fn, ctx))
+            if inspect.isawaitable(out):  # a plain def that returned a coroutine: finish it here
+                out = await out
+            return out
+        if not adef.source and adef.name not in _BUILTIN_NAMES:
+            raise _AttemptFailed(
+                f"agent {adef.name!r} has isolation 'process' but no source module a worker "
+                "could load it from (register it from a module)",
+                retryable=False,
+            )
+        request = {
+            "source": adef.source,
+            "agent": adef.name,
+            "run_id": ctx.run_id,
+            "task_id": ctx.task_id,
+            "attempt": ctx.attempt,
+            "token": ctx.token,
+            "input": ctx.input,
+            "upstream": ctx.upstream,
+        }
+        res = await self.processes.run(
+            request, functools.partial(dispatch, kv, locks), adef.memory_mb, adef.cpu_seconds
+        )
+        ctx.usage = res.usage
+        if not res.ok:
+            raise _AttemptFailed(res.error[: limits.MAX_ERROR_CHARS], res.retryable)
+        return res.output
 
     async def _report(self, r: _Report) -> None:
         if r.attempt.ctx is not None:
