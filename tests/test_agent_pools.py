@@ -188,6 +188,7 @@ def test_cancelling_an_attempt_kills_its_worker(pool: ProcessPool, tmp_path: Any
 
     async def main() -> int:
         attempt = asyncio.ensure_future(pool.run(request("wait_process", pid_file=pid_file), Calls()))
+
         async def written() -> None:
             while not read_text(pid_file):
                 await asyncio.sleep(0.02)
