@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 from typing import Any
 
@@ -112,3 +113,22 @@ def read_text(path: str) -> str:
             return f.read()
     except FileNotFoundError:
         return ""
+
+
+def worker_children() -> list[int]:
+    """Live (not zombie) agent worker processes whose parent is this process."""
+    me = str(os.getpid())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z" and b"raftmesh.agents._worker" in cmd:
+            found.append(int(entry))
+    return found

@@ -23,7 +23,7 @@ from raftmesh.errors import StaleToken
 from raftmesh.localcluster import wait_until
 
 from . import isolation_agents
-from .isolation_cluster import os_pid_alive, read_text
+from .isolation_cluster import os_pid_alive, read_text, worker_children
 
 SOURCE = isolation_agents.SOURCE
 
@@ -67,9 +67,8 @@ def pool() -> Iterator[ProcessPool]:
     try:
         yield p
     finally:
-        pids = p.pids
         p.close()
-        assert not [pid for pid in pids if os_pid_alive(pid)], "workers left running"
+        wait_until(lambda: not worker_children(), 10.0, "every worker to be gone")
 
 
 def test_a_plain_def_never_runs_on_the_loop() -> None:
@@ -212,3 +211,34 @@ def test_load_agent_names_what_is_missing() -> None:
     with pytest.raises(LookupError, match="no register_agents"):
         load_agent("json", "x")
     assert load_agent("", "echo").name == "echo"
+
+
+def test_pool_sizes_are_node_settings_with_bounds(tmp_path: Any) -> None:
+    from raftmesh.errors import InvalidArgument
+    from raftmesh.node.config import Peer, build_config
+
+    peers = [Peer("n1", "127.0.0.1:1", "127.0.0.1:2")]
+    cfg = build_config(
+        "n1", "127.0.0.1:1", "127.0.0.1:2", peers, str(tmp_path), agent_threads=3, agent_processes=2
+    )
+    assert (cfg.agent_threads, cfg.agent_processes) == (3, 2)
+    with pytest.raises(InvalidArgument, match="--agent-threads must be between 1 and 1024"):
+        build_config("n1", "127.0.0.1:1", "127.0.0.1:2", peers, str(tmp_path), agent_threads=0)
+    with pytest.raises(InvalidArgument, match="--agent-processes must be between 1 and 256"):
+        build_config("n1", "127.0.0.1:1", "127.0.0.1:2", peers, str(tmp_path), agent_processes=1000)
+
+
+def test_an_attempt_cancelled_while_its_worker_starts_leaves_no_worker(pool: ProcessPool) -> None:
+    async def main() -> None:
+        attempt = asyncio.ensure_future(pool.run(request("echo", source=""), Calls()))
+        await asyncio.sleep(0)  # the attempt runs up to waiting for its worker to start
+        assert pool.spawned == 0
+        attempt.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        while pool.spawned == 0:  # the spawn goes on in the pool's I/O thread
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert pool.spawned == 1 and pool.pids == []
+    wait_until(lambda: not worker_children(), 10.0, "the worker started for the cancelled attempt to stop")

@@ -39,6 +39,10 @@ THREAD_POOL_SIZE = 16
 """``thread`` attempts running at once on one node; more wait for a free thread."""
 PROCESS_POOL_SIZE = max(1, min(4, os.cpu_count() or 1))
 """``process`` workers on one node (each runs one attempt at a time); more attempts wait."""
+MAX_THREAD_POOL_SIZE = 1024
+"""The most ``--agent-threads`` accepts."""
+MAX_PROCESS_POOL_SIZE = 256
+"""The most ``--agent-processes`` accepts."""
 WORKER_EXIT_WAIT_S = 5.0
 """How long a stopping node waits for an idle worker's teardown before killing it."""
 
@@ -203,9 +207,19 @@ class ProcessPool:
             if w.alive():
                 return w
             self._discard(w)
-        w = await self._io_call(self._spawn)
+        spawn = asyncio.get_running_loop().run_in_executor(self._io, self._spawn)
+        try:
+            w = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            # Cancelled while the worker starts: it is not ours to use, stop it once it exists.
+            spawn.add_done_callback(self._drop_spawned)
+            raise
         self._workers.add(w)
         return w
+
+    def _drop_spawned(self, spawn: asyncio.Future[_Worker]) -> None:
+        if not spawn.cancelled() and spawn.exception() is None:
+            self._discard(spawn.result())
 
     def _discard(self, w: _Worker) -> None:
         w.kill()

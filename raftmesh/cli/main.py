@@ -304,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--slots", type=int, help="attempts this node runs at once (default 64)")
     n.add_argument("--agents", help="agent types to offer, comma-separated (default: all built-ins)")
     n.add_argument(
+        "--agent-threads", type=int, help="threads running 'thread' agents' attempts at once (default 16)"
+    )
+    n.add_argument(
+        "--agent-processes",
+        type=int,
+        help="worker processes running 'process' agents' attempts at once (default min(4, CPUs))",
+    )
+    n.add_argument(
         "--node-down-after",
         type=float,
         help="seconds without contact before the leader marks a node down (default 5)",

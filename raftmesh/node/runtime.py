@@ -141,6 +141,8 @@ class NodeRuntime:
             self.proposer,
             clock,
             ready=lambda: raft.ready,
+            thread_pool_size=cfg.agent_threads,
+            process_pool_size=cfg.agent_processes,
         )
         self.proposer.start()
 
