@@ -108,11 +108,11 @@ def test_thread_pool_runs_at_most_its_size_and_drops_cancelled_waiters() -> None
         while tp.busy < 2:
             await asyncio.sleep(0.01)
         waiter.cancel()  # queued behind the busy threads: it must never start
+        with pytest.raises(asyncio.CancelledError):
+            await waiter  # (the loop passes the cancellation on to the queued call meanwhile)
         release.set()
         assert sorted(await asyncio.gather(*jobs)) == [0, 1, 2]
         assert peak == 2
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
         assert started == []
         tp.close()
 
@@ -232,7 +232,6 @@ def test_an_attempt_cancelled_while_its_worker_starts_leaves_no_worker(pool: Pro
     async def main() -> None:
         attempt = asyncio.ensure_future(pool.run(request("echo", source=""), Calls()))
         await asyncio.sleep(0)  # the attempt runs up to waiting for its worker to start
-        assert pool.spawned == 0
         attempt.cancel()
         with pytest.raises(asyncio.CancelledError):
             await attempt
