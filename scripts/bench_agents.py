@@ -11,7 +11,10 @@ What is measured
 2. Attempt overhead, end to end: one-task runs of the same empty agents on a 3-node cluster
    (``submit`` -> SUCCEEDED seen by ``get``, the modes interleaved), p50/p99 and ratios. Most of
    this is the Raft commits of the start and the result, the same in every mode.
-3. Heartbeat gaps on one node while an agent spins a CPU in pure Python for ``--seconds``
+3. Cancellation: from calling ``cancel`` (it commits through Raft) to the attempt stopped on the node, per mode
+   (``--cancels`` rounds): the async attempt gone from the host, the thread agent's function
+   returned (it polls ``ctx.cancelled``), the process worker dead.
+4. Heartbeat gaps on one node while an agent spins a CPU in pure Python for ``--seconds``
    (default 10): an idle baseline, then a ``thread`` agent, then a ``process`` agent, one after
    the other in the same run. Per phase: the gaps between answered heartbeats of that node
    (sent every 0.5 s; the leader stops placing work after 1.5 s of silence and marks a node
@@ -43,6 +46,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +60,7 @@ from raftmesh.agents._context import SyncTaskContext
 from raftmesh.agents._pools import ProcessPool, ThreadPool
 from raftmesh.localcluster import wait_until
 from tests import isolation_agents
-from tests.isolation_cluster import MixedCluster, gaps
+from tests.isolation_cluster import MixedCluster, gaps, os_pid_alive, read_text
 
 MODES = ("async", "thread", "process")
 
@@ -153,6 +157,44 @@ def cluster_overhead(mixed: MixedCluster, iterations: int) -> dict[str, dict[str
     return with_ratios({m: summary(samples[m], 1e3) for m in MODES})
 
 
+def cancel_once(mixed: MixedCluster, mode: str, name: str, pid_file: str) -> float:
+    """Seconds from calling ``cancel`` to the attempt stopped on n1: the async attempt gone
+    from the host, the thread agent's function returned (it polls ``ctx.cancelled``), the
+    process worker dead."""
+    c = mixed.client
+    host = mixed.runtime.host
+    assert c is not None
+    agent, inp = {
+        "async": ("wait_async", None),
+        "thread": ("spin_thread", {"seconds": 120}),
+        "process": ("wait_process", {"pid_file": pid_file}),
+    }[mode]
+    run_id = c.submit(one_task(name, agent, inp))
+    wait_until(lambda: c.get(run_id).tasks["t"].status == "RUNNING", 30, f"{agent} to run")
+    stopped: Callable[[], bool]
+    if mode == "process":
+        wait_until(lambda: read_text(pid_file), 30, "the worker to start")
+        pid = int(read_text(pid_file))
+        stopped = lambda: not os_pid_alive(pid)  # noqa: E731
+    elif mode == "thread":
+        wait_until(lambda: mixed.on_loop(lambda: host.threads.busy) > 0, 30, "the thread")
+        stopped = lambda: mixed.on_loop(lambda: host.threads.busy) == 0  # noqa: E731
+    else:
+        stopped = lambda: mixed.on_loop(lambda: host.running) == 0  # noqa: E731
+    t0 = time.perf_counter()
+    c.cancel(run_id)
+    wait_until(stopped, 30, f"the {mode} attempt to stop", interval_s=0.002)
+    return time.perf_counter() - t0
+
+
+def cancel_latency(mixed: MixedCluster, rounds: int, tmp: str) -> dict[str, dict[str, Any]]:
+    samples: dict[str, list[float]] = {m: [] for m in MODES}
+    for i in range(rounds):
+        for m in MODES:
+            samples[m].append(cancel_once(mixed, m, f"cancel-{m}-{i}", os.path.join(tmp, f"pid-{i}")))
+    return {m: summary(samples[m], 1e3) for m in MODES}
+
+
 def spin_phase(mixed: MixedCluster, agent: str | None, seconds: float) -> dict[str, Any]:
     """Heartbeat gaps, loop lag and echo latency on n1 while ``agent`` spins (None: idle)."""
     c = mixed.client
@@ -210,6 +252,7 @@ def main() -> int:
     ap.add_argument(
         "--seconds", type=positive_int, default=10, help="spin (and baseline) duration (default 10)"
     )
+    ap.add_argument("--cancels", type=positive_int, default=10, help="cancellations per mode (default 10)")
     ap.add_argument("--json", action="store_true", help="JSON on stdout, the table on stderr")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, interrupt)
@@ -241,6 +284,10 @@ def main() -> int:
                 f"x async p50 {r['p50_vs_async']:5.2f}  p99 {r['p99_vs_async']:5.2f}",
                 file=out,
             )
+        result["cancel_ms"] = cancel = cancel_latency(mixed, args.cancels, base)
+        print(f"cancel call -> attempt stopped on n1 ({args.cancels} per mode, ms)", file=out)
+        for m, r in cancel.items():
+            print(f"  {m:<8} p50 {r['p50']:7.1f}  max {r['max']:7.1f}", file=out)
         phases = [spin_phase(mixed, a, args.seconds) for a in (None, "spin_thread", "spin_process")]
         result["heartbeats"] = phases
         print(f"n1 while an agent spins a CPU for {args.seconds} s (heartbeats every 500 ms)", file=out)

@@ -6,6 +6,7 @@ A worker process loads this module by name (``AgentDef.source``) and calls
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import time
@@ -72,6 +73,10 @@ def _pid_and_wait(ctx: Any) -> int:
     return os.getpid()
 
 
+async def _wait_async(ctx: TaskContext) -> None:
+    await asyncio.sleep(MAX_WAIT_S)
+
+
 def _kv_and_usage(ctx: Any) -> dict[str, Any]:
     """Uses ctx.kv through the worker's pipe and reports usage."""
     rev = ctx.kv.put(ctx.input["key"], {"from": "worker", "attempt": ctx.attempt})
@@ -124,6 +129,7 @@ def register_agents(reg: AgentRegistry) -> None:
     add("cpu_limited", _spin_forever, "process", cpu_seconds=1)
     add("zombie_put_thread", _wait_cancelled_then_put, "thread")
     add("wait_process", _pid_and_wait, "process")
+    add("wait_async", _wait_async, "async")
     add("kv_usage_process", _kv_and_usage, "process")
     add("async_in_worker", _async_in_worker, "process")
     counter = Counter()

@@ -18,7 +18,7 @@ from raftmesh import DAG
 from raftmesh.localcluster import wait_until
 from raftmesh.node.liveness import SUSPECT_AFTER_S
 
-from .isolation_cluster import MixedCluster, gaps, os_pid_alive, read_text
+from .isolation_cluster import MixedCluster, gaps, os_pid_alive, read_text, worker_children
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +30,8 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixedCluster]:
         yield c
     finally:
         c.close()
+        # A stopping node stops its workers (by pid) before it returns.
+        wait_until(lambda: not worker_children(), 10.0, "n1's agent workers to be gone")
 
 
 def one_task(name: str, agent: str, inp: Any = None, **kw: Any) -> DAG:
@@ -96,6 +98,7 @@ def test_a_segfault_fails_only_its_attempts_and_the_node_carries_on(mixed: Mixed
     c = mixed.client
     assert c is not None
     member_before = mixed.n1_member()
+    acks_from = len(mixed.ack_times())
     run = c.run(one_task("segv", "segfault", retries=1), timeout_s=60)
     assert run.status == "FAILED"
     t = run.tasks["t"]
@@ -108,6 +111,8 @@ def test_a_segfault_fails_only_its_attempts_and_the_node_carries_on(mixed: Mixed
     assert entry is not None and entry.value == {"from": "worker", "attempt": 1}
     assert mixed.local.serving("n1")
     assert mixed.n1_member().registered_ms == member_before.registered_ms
+    wait_until(lambda: len(mixed.ack_times()) >= acks_from + 3, 10.0, "more heartbeats")
+    assert max(gaps(mixed.ack_times()[acks_from:])) < SUSPECT_AFTER_S
 
 
 def _wait_running(mixed: MixedCluster, run_id: str) -> None:
