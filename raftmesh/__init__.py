@@ -1,8 +1,35 @@
 """raftmesh: a Raft-replicated, peer-to-peer cluster that runs DAGs of agent tasks."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .client import DAG, Client, ClusterInfo, RunEvent, RunInfo, TaskInfo
 from .errors import RaftmeshError
 
+if TYPE_CHECKING:
+    from .agents import agent
+
 __version__ = "0.1.0"
 
-__all__ = ["DAG", "Client", "ClusterInfo", "RaftmeshError", "RunEvent", "RunInfo", "TaskInfo", "__version__"]
+__all__ = [
+    "DAG",
+    "Client",
+    "ClusterInfo",
+    "RaftmeshError",
+    "RunEvent",
+    "RunInfo",
+    "TaskInfo",
+    "__version__",
+    "agent",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # ``raftmesh.agent`` loads the agents package (and the state machine it uses) on first use:
+    # a program that only uses the client does not pay for importing it.
+    if name == "agent":
+        from .agents import agent
+
+        return agent
+    raise AttributeError(f"module 'raftmesh' has no attribute {name!r}")

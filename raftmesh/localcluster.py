@@ -98,6 +98,8 @@ class LocalCluster:
     """Generate a cluster secret (``base_dir/raft.secret``, mode 0600) and pass it to every node."""
     unsafe_no_fsync: bool = False
     """Run every node with ``--unsafe-no-fsync``."""
+    agents_modules: Sequence[str] = ()
+    """Agent modules every node loads (``--agents-module``: ``.py`` paths, made absolute, or module names)."""
     secret_path: str | None = field(default=None, init=False)
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     _clients: list[Client] = field(default_factory=list, init=False, repr=False)
@@ -111,16 +113,18 @@ class LocalCluster:
         peers = ",".join(
             f"{i}={addr[i]}:{ports[k]}/{addr[i]}:{ports[self.size + k]}" for k, i in enumerate(ids)
         )
-        secure: list[str] = []
+        node_flags: list[str] = []
         if self.raft_secret:
             os.makedirs(self.base_dir, exist_ok=True)
             self.secret_path = path = os.path.join(self.base_dir, "raft.secret")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32) + "\n")
-            secure = ["--raft-secret-file", path]
+            node_flags = ["--raft-secret-file", path]
         if self.unsafe_no_fsync:
-            secure.append("--unsafe-no-fsync")
+            node_flags.append("--unsafe-no-fsync")
+        for m in self.agents_modules:
+            node_flags += ["--agents-module", os.path.abspath(m) if m.endswith(".py") else m]
         for k, i in enumerate(ids):
             d = os.path.join(self.base_dir, i)
             os.makedirs(d, exist_ok=True)
@@ -141,7 +145,7 @@ class LocalCluster:
                 os.path.join(d, "data"),
                 "--slots",
                 str(self.slots),
-                *secure,
+                *node_flags,
                 *self.extra_args,
             ]
             self.nodes[i] = NodeProc(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start, stop and poke a local raftmesh cluster.
 #
-#   scripts/cluster.sh up N [--base-port P] [--dir DIR] [--unsafe-no-fsync]
+#   scripts/cluster.sh up N [--base-port P] [--dir DIR] [--unsafe-no-fsync] [--agents-module PATH|MODULE]...
 #                                                         start nodes n1..nN, wait for a leader
 #   scripts/cluster.sh down [--dir DIR]                   stop every node (TERM, then KILL after 10 s)
 #   scripts/cluster.sh status [--dir DIR]                 pids and cluster status
@@ -11,13 +11,15 @@
 # Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100).
 # Data and logs live in DIR/nI (DIR defaults to ./.cluster); DIR/env holds RAFTMESH_ADDRESSES.
 # `up` makes DIR/raft.secret (mode 0600, kept across runs): every node authenticates and
-# encrypts Raft traffic with it. --unsafe-no-fsync is passed to every node.
+# encrypts Raft traffic with it. --unsafe-no-fsync and each --agents-module (a .py path is
+# made absolute) are passed to every node, and kept by restart; a node that exits at start
+# (e.g. a module that fails to import) fails `up` at once with its message.
 # restart returns once that node serves, or, while fewer than a majority of the nodes
 # run, once it answers (saying the cluster has no quorum yet), so a crashed cluster can be
 # restarted node by node; --wait waits for a ready cluster (every node serving) instead.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -33,6 +35,12 @@ while [[ $# -gt 0 ]]; do
     --wait) WAIT=1; shift ;;
     --base-port) BASE=$2; shift 2 ;;
     --unsafe-no-fsync) NODE_FLAGS+=(--unsafe-no-fsync); shift ;;
+    --agents-module)
+      [[ $# -ge 2 && -n $2 ]] || die "--agents-module needs a PATH or MODULE"
+      m=$2
+      # Nodes may be restarted from another directory: a file path is kept absolute.
+      if [[ $m == *.py && $m != /* ]]; then m=$PWD/$m; fi
+      NODE_FLAGS+=(--agents-module "$m"); shift 2 ;;
     -h|--help) usage ;;
     -*) die "unknown flag $1" ;;
     *) [[ -z $ARG ]] || die "unexpected argument $1"; ARG=$1; shift ;;
@@ -54,9 +62,16 @@ start_node() {  # start_node ID
   echo $! >"$d/pid"
 }
 
-wait_ready() {  # wait until every node answers health SERVING (a leader is known to all)
-  local addrs=$1 deadline=$((SECONDS + ${CLUSTER_WAIT_S:-60}))
+wait_ready() {  # wait_ready ADDRS [IDS...]: until every node answers health SERVING; IDS just started
+  local addrs=$1 deadline=$((SECONDS + ${CLUSTER_WAIT_S:-60})) id
+  shift
   until "${RM[@]}" --addresses "$addrs" --timeout 2 health >/dev/null 2>&1; do
+    for id in "$@"; do
+      if ! alive "$DIR/$id"; then
+        tail -n 5 "$DIR/$id/node.log" >&2
+        die "$id exited at start; see $DIR/$id/node.log"
+      fi
+    done
     if (( SECONDS >= deadline )); then
       "${RM[@]}" --addresses "$addrs" --timeout 2 health >&2 || true
       die "cluster did not become ready within ${CLUSTER_WAIT_S:-60}s; see $DIR/n*/node.log"
@@ -88,6 +103,8 @@ wait_node() {  # wait_node ID ADDR STATES...: until the node's health is one of 
 }
 
 [[ $WAIT == 0 || $CMD == restart ]] || die "--wait is a flag of restart only"
+[[ $CMD == up || " ${NODE_FLAGS[*]-} " != *" --agents-module "* ]] ||
+  die "--agents-module is a flag of up (restart keeps what up was given)"
 
 case $CMD in
   up)
@@ -115,7 +132,7 @@ case $CMD in
       start_node "n$i"
     done
     echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env"
-    wait_ready "$ADDRS"
+    wait_ready "$ADDRS" $(seq -f 'n%g' 1 "$N")
     echo "RAFTMESH_ADDRESSES=$ADDRS"
     ;;
   down)

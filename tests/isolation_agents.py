@@ -1,7 +1,7 @@
 """Agents that misbehave on purpose, for the isolation tests and ``scripts/bench_agents.py``.
 
-A worker process loads this module by name (``AgentDef.source``) and calls
-``register_agents`` to find an agent, as the node did.
+A node loads them with ``--agents-module tests.isolation_agents:register_agents`` (a callable
+that takes the registry); a process worker loads the same source again to find one by name.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from raftmesh.agents import AgentRegistry, TaskContext
 from raftmesh.errors import StaleToken
 
-SOURCE = "tests.isolation_agents"
+SOURCE = "tests.isolation_agents:register_agents"
 MAX_WAIT_S = 120.0
 """No agent here waits longer than this for a cancellation (a stuck test ends anyway)."""
 

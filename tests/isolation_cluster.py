@@ -6,8 +6,8 @@ between them, so n1 joins as a follower and heartbeats the leader over gRPC. n1 
 ``scripts/bench_agents.py``) can read its heartbeat sender and agent pools directly.
 Only n1 offers the test agents, so every task of those types runs on n1.
 
-In-process rather than a third node process because a node cannot load an agent module
-from the command line yet (``--agents-module``); the agent host under test is the same.
+In-process rather than a third node process so that the tests can watch n1's heartbeat
+answers and agent pools from inside; n1 loads the agents as any node does (``agents_modules``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import threading
 from typing import Any
 
-from raftmesh.agents import default_registry
 from raftmesh.client import Client
 from raftmesh.localcluster import LocalCluster, wait_until
 from raftmesh.node.config import build_config, parse_peers
@@ -33,10 +32,10 @@ class MixedCluster:
         n1 = self.local.nodes["n1"]
         argv = n1.argv
         peers = parse_peers(argv[argv.index("--peers") + 1])
-        cfg = build_config("n1", n1.raft, n1.grpc, peers, n1.data_dir, slots=slots)
-        reg = default_registry()
-        isolation_agents.register_agents(reg)
-        self.runtime = NodeRuntime(cfg, reg)
+        cfg = build_config(
+            "n1", n1.raft, n1.grpc, peers, n1.data_dir, slots=slots, agents_modules=(isolation_agents.SOURCE,)
+        )
+        self.runtime = NodeRuntime(cfg)
         self._thread: threading.Thread | None = None
         self._failure: list[BaseException] = []
         self.client: Client | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,6 @@ import pytest
 from raftmesh.agents import AgentRegistry
 from raftmesh.agents._host import isolation_of
 from raftmesh.agents._pools import ProcessPool, ThreadPool
-from raftmesh.agents._worker import load_agent
 from raftmesh.errors import StaleToken
 from raftmesh.localcluster import wait_until
 
@@ -26,6 +26,7 @@ from . import isolation_agents
 from .isolation_cluster import os_pid_alive, read_text, worker_children
 
 SOURCE = isolation_agents.SOURCE
+NODE_DIR = os.path.join(tempfile.gettempdir(), "raftmesh-test-agent-pools")
 
 
 def request(agent: str, source: str = SOURCE, **inp: Any) -> dict[str, Any]:
@@ -38,6 +39,7 @@ def request(agent: str, source: str = SOURCE, **inp: Any) -> dict[str, Any]:
         "token": 7,
         "input": inp,
         "upstream": {"dep": 1},
+        "node": {"data_dir": NODE_DIR, "grpc": "", "addresses": []},
     }
 
 
@@ -205,12 +207,12 @@ def test_cancelling_an_attempt_kills_its_worker(pool: ProcessPool, tmp_path: Any
     assert pid not in pool.pids
 
 
-def test_load_agent_names_what_is_missing() -> None:
-    with pytest.raises(LookupError, match="registers no agent 'nope'"):
-        load_agent(SOURCE, "nope")
-    with pytest.raises(LookupError, match="no register_agents"):
-        load_agent("json", "x")
-    assert load_agent("", "echo").name == "echo"
+def test_a_worker_that_cannot_load_its_agent_fails_the_attempt_and_says_why(pool: ProcessPool) -> None:
+    async def main() -> None:
+        res = await pool.run(request("nope"), Calls())
+        assert not res.ok and "declares no agent 'nope'" in res.error
+
+    asyncio.run(main())
 
 
 def test_pool_sizes_are_node_settings_with_bounds(tmp_path: Any) -> None:

@@ -127,8 +127,8 @@ def test_cancelling_a_run_stops_a_thread_attempt_and_its_late_write_is_fenced(
     marker = os.path.join(str(tmp_path), "zombie")
     run_id = c.submit(one_task("zombie", "zombie_put_thread", {"key": "zombie-key", "marker": marker}))
     _wait_running(mixed, run_id)
-    busy_before = mixed.on_loop(lambda: mixed.runtime.host.threads.busy)
-    assert busy_before >= 1
+    # RUNNING is committed before n1's host starts the attempt: wait for its thread.
+    wait_until(lambda: mixed.on_loop(lambda: mixed.runtime.host.threads.busy) >= 1, 30, "the agent's thread")
     c.cancel(run_id, reason="test")
     # The agent waits on ctx.cancelled, then writes: the write must be rejected as fenced.
     wait_until(lambda: read_text(marker), 5.0, "the thread agent to see ctx.cancelled and try its write")

@@ -9,7 +9,17 @@ import raftmesh.consensus
 
 def test_top_level_exports() -> None:
     assert sorted(raftmesh.__all__) == sorted(
-        ["DAG", "Client", "ClusterInfo", "RaftmeshError", "RunEvent", "RunInfo", "TaskInfo", "__version__"]
+        [
+            "DAG",
+            "Client",
+            "ClusterInfo",
+            "RaftmeshError",
+            "RunEvent",
+            "RunInfo",
+            "TaskInfo",
+            "__version__",
+            "agent",
+        ]
     )
     for name in raftmesh.__all__:
         assert hasattr(raftmesh, name)
@@ -35,13 +45,36 @@ def test_agents_exports() -> None:
     import raftmesh.agents
 
     assert sorted(raftmesh.agents.__all__) == sorted(
-        ["AgentDef", "AgentHost", "AgentRegistry", "TaskContext", "TaskKv", "TaskLocks", "default_registry"]
+        [
+            "ENTRY_POINT_GROUP",
+            "AgentDef",
+            "AgentDefinitionError",
+            "AgentHost",
+            "AgentLoadError",
+            "AgentNode",
+            "AgentRegistry",
+            "AgentSetupError",
+            "DuplicateAgentError",
+            "TaskContext",
+            "TaskKv",
+            "TaskLocks",
+            "agent",
+            "default_registry",
+            "load_agent",
+            "load_agents",
+        ]
     )
 
 
 def test_error_classes_and_the_status_each_names() -> None:
     """One hierarchy: every raftmesh error is a RaftmeshError and names its gRPC status."""
     import raftmesh.errors as errors
+    from raftmesh.agents import (
+        AgentDefinitionError,
+        AgentLoadError,
+        AgentSetupError,
+        DuplicateAgentError,
+    )
     from raftmesh.agents._builtin import AgentInputError
     from raftmesh.storage.snapshots import SnapshotError
     from raftmesh.verify import HistoryError
@@ -75,7 +108,16 @@ def test_error_classes_and_the_status_each_names() -> None:
         "DataLoss": "DATA_LOSS",
         "Internal": "INTERNAL",
     }
-    for outside in (AgentInputError, SnapshotError, HistoryError):
+    outside_errors = (
+        AgentInputError,
+        AgentDefinitionError,
+        AgentLoadError,
+        DuplicateAgentError,
+        AgentSetupError,
+        SnapshotError,
+        HistoryError,
+    )
+    for outside in outside_errors:
         assert issubclass(outside, errors.RaftmeshError), outside
     # The SDK maps each status back to its base class.
     assert type(errors.error_for_code("OUT_OF_RANGE", "m")) is errors.OutOfRange

@@ -1,8 +1,28 @@
 """Agents: the units of work a node offers, the context a task runs in, and the host that runs them."""
 
 from ._context import TaskContext
+from ._declare import AgentDefinitionError, agent
 from ._host import AgentHost
-from ._registry import AgentDef, AgentRegistry, default_registry
+from ._loader import ENTRY_POINT_GROUP, AgentLoadError, load_agent, load_agents
+from ._registry import AgentDef, AgentRegistry, DuplicateAgentError, default_registry
+from ._setup import AgentNode, AgentSetupError
 from ._task_clients import TaskKv, TaskLocks
 
-__all__ = ["AgentDef", "AgentHost", "AgentRegistry", "TaskContext", "TaskKv", "TaskLocks", "default_registry"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AgentDef",
+    "AgentDefinitionError",
+    "AgentHost",
+    "AgentLoadError",
+    "AgentNode",
+    "AgentRegistry",
+    "AgentSetupError",
+    "DuplicateAgentError",
+    "TaskContext",
+    "TaskKv",
+    "TaskLocks",
+    "agent",
+    "default_registry",
+    "load_agent",
+    "load_agents",
+]

@@ -24,9 +24,12 @@ flush; an attempt that finds it full waits for room before it reports.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
+import os
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ from ..errors import RaftmeshError
 from ._context import SyncTaskContext, TaskContext
 from ._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE, ProcessPool, ThreadPool
 from ._registry import AgentDef, AgentRegistry, default_registry
+from ._setup import AgentNode
 from ._sync_clients import SyncKv, SyncLocks, dispatch, loop_call
 from ._task_clients import Reader, TaskKv, TaskLocks, Writer
 
@@ -131,6 +135,7 @@ class AgentHost:
         ready: Callable[[], bool] = lambda: True,
         thread_pool_size: int = THREAD_POOL_SIZE,
         process_pool_size: int = PROCESS_POOL_SIZE,
+        agent_node: Callable[[str], AgentNode] | None = None,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
@@ -145,11 +150,23 @@ class AgentHost:
         self._report_room = asyncio.Event()
         self._wake = asyncio.Event()
         self._report_wake = asyncio.Event()
+        self._agent_node = agent_node or self._scratch_node
+        """What a process worker passes a class agent's ``setup(node)`` (the runtime's ``agent_node``)."""
         self.threads = ThreadPool(thread_pool_size)
         self.processes = ProcessPool(node_id, process_pool_size)
         self._semaphores: dict[str, asyncio.Semaphore] = {
             d.name: asyncio.Semaphore(d.concurrency) for d in registry.agents.values() if d.concurrency > 0
         }
+
+    def _scratch_node(self, agent: str) -> AgentNode:
+        """A host made without a runtime (tests): a temporary directory per agent type."""
+        return AgentNode(
+            self.node_id,
+            agent,
+            os.path.join(tempfile.gettempdir(), f"raftmesh-{self.node_id}", agent),
+            "",
+            (),
+        )
 
     def poke(self) -> None:
         self._wake.set()
@@ -346,6 +363,7 @@ class AgentHost:
             "token": ctx.token,
             "input": ctx.input,
             "upstream": ctx.upstream,
+            "node": dataclasses.asdict(self._agent_node(adef.name)),
         }
         res = await self.processes.run(
             request, functools.partial(dispatch, kv, locks), adef.memory_mb, adef.cpu_seconds

@@ -169,6 +169,7 @@ class ProcessPool:
         )
         self.spawned = 0
         """Workers started since the pool was made (a replaced worker counts again)."""
+        self._closed = False
 
     @property
     def pids(self) -> list[int]:
@@ -226,7 +227,10 @@ class ProcessPool:
         self._workers.discard(w)
         # Reaped and its pipe closed off the loop, after it is gone: closing the pipe now could
         # hand its descriptor number to a new worker while a cancelled read still uses it.
-        self._io.submit(_reap, w)
+        if self._closed:  # the node is stopping: its attempts' last cleanups come after close()
+            threading.Thread(target=_reap, args=(w,), name="agent-reap", daemon=True).start()
+        else:
+            self._io.submit(_reap, w)
 
     async def run(
         self, request: dict[str, Any], handle: Handler, memory_mb: int = 0, cpu_seconds: int = 0
@@ -269,6 +273,7 @@ class ProcessPool:
 
     def close(self) -> None:
         """Stop every worker: idle ones are asked to tear down, the rest (and stragglers) killed."""
+        self._closed = True
         for w in self._idle:
             try:
                 w.conn.send_bytes(encode({"t": "stop"}))

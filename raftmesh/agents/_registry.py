@@ -1,4 +1,4 @@
-"""Agent registration: a type name -> an async function (and its limits)."""
+"""Agent registration: a type name -> an ``AgentDef`` (the code that runs an attempt, and its policy)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InvalidArgument
 from ._context import TaskContext
 
 AgentFn = Callable[[TaskContext], Awaitable[Any]]
@@ -14,10 +15,16 @@ AgentFn = Callable[[TaskContext], Awaitable[Any]]
 ISOLATIONS = ("async", "thread", "process")
 
 
+class DuplicateAgentError(InvalidArgument, ValueError):
+    """Two different agents were registered under one type name."""
+
+
 @dataclass(frozen=True)
 class AgentDef:
     name: str
     fn: AgentFn
+    """Runs one attempt: ``async def fn(ctx)``, or a plain ``def fn(ctx)`` (isolation ``thread`` or
+    ``process``); for a class agent, ``run`` of the process's one instance."""
     capabilities: frozenset[str] = frozenset()
     concurrency: int = 0
     """Attempts of this agent running at once on one node (0: bounded by the node's slots only)."""
@@ -45,26 +52,59 @@ class AgentDef:
     """A class agent's ``teardown()``: when that process stops."""
 
 
+def code_origin(obj: Any) -> str:
+    """``file:line`` where a function was defined ("" if it has no code object)."""
+    code = getattr(obj, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+
+
 @dataclass
 class AgentRegistry:
     agents: dict[str, AgentDef] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    """Where each agent was declared (``file:line``, or ``built-in``): duplicate errors name both."""
+
+    def add(self, d: AgentDef | Any, origin: str = "") -> AgentDef:
+        """Register an ``AgentDef``, or an object decorated with ``@raftmesh.agent``.
+
+        Adding the same agent again (the same code, e.g. a module reached through two sources)
+        changes nothing; a different agent under a taken name raises ``DuplicateAgentError``.
+        """
+        if not isinstance(d, AgentDef):
+            from ._declare import declaration_of
+
+            decl = declaration_of(d)
+            if decl is None:
+                raise TypeError(f"{d!r} is neither an AgentDef nor decorated with @raftmesh.agent")
+            d, origin = decl.agent, origin or decl.origin
+        cur = self.agents.get(d.name)
+        if cur is not None and cur.fn is d.fn:
+            return cur
+        origin = origin or code_origin(d.fn) or "(unknown place)"
+        if cur is not None:
+            raise DuplicateAgentError(
+                f"agent type {d.name!r} is declared twice: at {self.origins.get(d.name) or '(unknown place)'}"
+                f" and at {origin} (rename one of them)"
+            )
+        self.agents[d.name] = d
+        self.origins[d.name] = origin
+        return d
 
     def register(self, name: str, fn: AgentFn, **options: Any) -> AgentDef:
         """Register ``fn`` as agent type ``name``; ``options`` are ``AgentDef`` fields."""
-        if name in self.agents:
-            raise ValueError(f"agent type {name!r} is already registered")
         if "capabilities" in options:
             options["capabilities"] = frozenset(options["capabilities"])
-        d = AgentDef(name, fn, **options)
-        self.agents[name] = d
-        return d
+        return self.add(AgentDef(name, fn, **options))
 
-    def agent(self, name: str, **kw: Any) -> Callable[[AgentFn], AgentFn]:
-        """Decorator form of ``register``."""
+    def agent(self, name: str, **kw: Any) -> Callable[[Any], Any]:
+        """Decorator form of ``register``, with the arguments and checks of ``@raftmesh.agent``."""
+        from ._declare import agent
 
-        def deco(fn: AgentFn) -> AgentFn:
-            self.register(name, fn, **kw)
-            return fn
+        declare = agent(name, **kw)
+
+        def deco(obj: Any) -> Any:
+            self.add(declare(obj))
+            return obj
 
         return deco
 
@@ -78,7 +118,7 @@ class AgentRegistry:
         missing = [n for n in names if n not in self.agents]
         if missing:
             raise ValueError(f"unknown agent type(s) {missing}; known: {self.names()}")
-        return AgentRegistry({n: self.agents[n] for n in names})
+        return AgentRegistry({n: self.agents[n] for n in names}, {n: self.origins.get(n, "") for n in names})
 
 
 def default_registry() -> AgentRegistry:
@@ -87,4 +127,6 @@ def default_registry() -> AgentRegistry:
 
     reg = AgentRegistry()
     _builtin.register_builtins(reg)
+    for name in reg.agents:
+        reg.origins[name] = "built-in"
     return reg

@@ -1,7 +1,7 @@
 """The inside of a ``process`` worker: a spawned Python process that runs one attempt at a time.
 
-It loads agents by (source, name) the first time it is asked for them (a class
-agent's ``setup`` runs then, once per worker), sets the attempt's limits, runs it,
+It loads agents by (source, name) with the node's loader (``load_agent``) the first time
+it is asked for them (a class agent's ``setup(node)`` runs then, once per worker), sets the attempt's limits, runs it,
 and answers over its pipe. Messages are msgpack maps, one per ``send_bytes``:
 
 - node -> worker: ``{"t": "run", ...}`` (one attempt), ``{"t": "reply", ...}`` (a KV or
@@ -20,23 +20,21 @@ This module must import nothing that loads grpc: it is what a spawned worker imp
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import inspect
 import logging
 import math
 import os
 import resource
 import signal
-import sys
 from multiprocessing.connection import Connection
-from types import ModuleType
 from typing import Any
 
 import msgpack
 
 from ._context import SyncTaskContext
-from ._registry import AgentDef, AgentRegistry, default_registry
+from ._loader import load_agent
+from ._registry import AgentDef
+from ._setup import AgentNode, set_up_in_worker, tear_down_in_worker
 from ._sync_clients import AsyncKv, AsyncLocks, SyncKv, SyncLocks, remote_error
 
 WORKER_PATH_ENV = "RAFTMESH_WORKER_SYS_PATH"
@@ -57,44 +55,6 @@ def decode(data: bytes) -> dict[str, Any]:
     if not isinstance(msg, dict):
         raise ValueError("a worker message must be a map")
     return msg
-
-
-def _import_source(source: str) -> ModuleType:
-    """A module by file path (``agents/mine.py``) or importable name (``mypkg.agents``)."""
-    if source.endswith(".py") or os.sep in source:
-        name = "raftmesh_agents_" + os.path.splitext(os.path.basename(source))[0]
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(name, source)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load agents from {source!r}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-    return importlib.import_module(source)
-
-
-def load_agent(source: str, name: str) -> AgentDef:
-    """The agent ``name`` as registered by ``source`` ("" = the built-ins).
-
-    The one place a worker finds agents: point it at the node's module loader once
-    that exists. Until then a module registers its agents in a function
-    ``register_agents(registry: AgentRegistry)``.
-    """
-    if source:
-        module = _import_source(source)
-        register = getattr(module, "register_agents", None)
-        if not callable(register):
-            raise LookupError(f"{source!r} has no register_agents(registry) function")
-        reg = AgentRegistry()
-        register(reg)
-    else:
-        reg = default_registry()
-    adef = reg.get(name)
-    if adef is None:
-        raise LookupError(f"{source or 'the built-ins'} registers no agent {name!r}")
-    return adef
 
 
 class _Pipe:
@@ -141,13 +101,6 @@ def _set_limits(memory_mb: int, cpu_seconds: int) -> list[tuple[int, tuple[int, 
     return saved
 
 
-class _NodeInfo:
-    """What a class agent's ``setup(node)`` gets in a worker (the node's runtime is in another process)."""
-
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-
-
 def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDef], node_id: str) -> bool:
     """One attempt; False if this worker must exit after it (its memory may be corrupt)."""
     source, name = str(msg["source"]), str(msg["agent"])
@@ -158,8 +111,17 @@ def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDe
         adef = loaded.get((source, name))
         if adef is None:
             adef = load_agent(source, name)
-            if adef.setup is not None:
-                adef.setup(_NodeInfo(node_id))
+            node = msg.get("node") or {}
+            set_up_in_worker(
+                adef,
+                AgentNode(
+                    node_id,
+                    name,
+                    str(node.get("data_dir", "")),
+                    str(node.get("grpc", "")),
+                    tuple(str(a) for a in node.get("addresses", ())),
+                ),
+            )
             loaded[(source, name)] = adef
         is_async = inspect.iscoroutinefunction(adef.fn)
         kv, locks = SyncKv(pipe.call), SyncLocks(pipe.call)
@@ -251,11 +213,10 @@ def worker_main(conn: Connection, node_id: str) -> None:
                 return
     finally:
         for adef in loaded.values():
-            if adef.teardown is not None:
-                try:
-                    adef.teardown()
-                except Exception:
-                    log.exception("teardown of agent %s failed", adef.name)
+            try:
+                tear_down_in_worker(adef)
+            except Exception:
+                log.exception("teardown of agent %s failed", adef.name)
 
 
 def main(argv: list[str]) -> None:

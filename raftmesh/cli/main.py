@@ -302,7 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--peers", help="every member as ID=RAFT/GRPC,... (this node may be included)")
     n.add_argument("--data-dir", help="directory for the journal and snapshots")
     n.add_argument("--slots", type=int, help="attempts this node runs at once (default 64)")
-    n.add_argument("--agents", help="agent types to offer, comma-separated (default: all built-ins)")
+    n.add_argument(
+        "--agents", help="agent types to offer, comma-separated, among those loaded (default: all loaded)"
+    )
+    n.add_argument(
+        "--agents-module",
+        dest="agents_modules",
+        action="append",
+        metavar="PATH|MODULE",
+        help="load the agents declared in this Python file or importable module (repeatable)",
+    )
     n.add_argument(
         "--agent-threads", type=int, help="threads running 'thread' agents' attempts at once (default 16)"
     )

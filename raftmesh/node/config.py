@@ -35,6 +35,8 @@ class NodeConfig:
     slots: int = 64
     agents: tuple[str, ...] = ()
     """Agent types offered (empty: all registered ones)."""
+    agents_modules: tuple[str, ...] = ()
+    """Agent modules loaded at start (``--agents-module``: file paths or module names)."""
     raft_password: str | None = None
     """Cluster secret for the Raft transport (``--raft-secret-file`` or env); never on argv."""
     fsync: bool = True
@@ -123,6 +125,7 @@ def build_config(
     archive_applied: bool = False,
     agent_threads: int = THREAD_POOL_SIZE,
     agent_processes: int = PROCESS_POOL_SIZE,
+    agents_modules: tuple[str, ...] = (),
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -163,6 +166,8 @@ def build_config(
         raise InvalidArgument(f"--agent-threads must be between 1 and {MAX_THREAD_POOL_SIZE}")
     if not 1 <= agent_processes <= MAX_PROCESS_POOL_SIZE:
         raise InvalidArgument(f"--agent-processes must be between 1 and {MAX_PROCESS_POOL_SIZE}")
+    if any(not isinstance(m, str) or not m.strip() for m in agents_modules):
+        raise InvalidArgument("--agents-module must be a file path or a module name (not empty)")
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -178,6 +183,7 @@ def build_config(
         archive_applied=archive_applied,
         agent_threads=agent_threads,
         agent_processes=agent_processes,
+        agents_modules=tuple(m.strip() for m in agents_modules),
     )
 
 

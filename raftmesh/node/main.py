@@ -65,6 +65,16 @@ def _number(name: str, v: Any, kind: type[int] | type[float]) -> Any:
         raise InvalidArgument(f"{name} must be a number, got {str(v)[:40]!r}") from None
 
 
+def _names(name: str, v: Any) -> tuple[str, ...]:
+    """A list setting: a list of strings, or one comma-separated string."""
+    items = v.split(",") if isinstance(v, str) else v
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise InvalidArgument(
+            f"{name} must be a list of strings or a comma-separated string, got {str(v)[:40]!r}"
+        )
+    return tuple(i.strip() for i in items if i.strip())
+
+
 def run_node(args: argparse.Namespace) -> int:
     file_cfg = load_config_file(args.config) if args.config else {}
     node_id = _setting(args, file_cfg, "id")
@@ -82,9 +92,8 @@ def run_node(args: argparse.Namespace) -> int:
         or file_cfg.get("raft_password")
     )
     agents = _setting(args, file_cfg, "agents", "")
-    agent_list = tuple(
-        a.strip() for a in (agents.split(",") if isinstance(agents, str) else agents) if a.strip()
-    )
+    agent_list = _names("agents", agents)
+    modules = _names("agents_modules", _setting(args, file_cfg, "agents-modules", ()))
     cfg = build_config(
         node_id=node_id,
         raft=_setting(args, file_cfg, "raft"),
@@ -111,6 +120,7 @@ def run_node(args: argparse.Namespace) -> int:
         agent_processes=_number(
             "agent-processes", _setting(args, file_cfg, "agent-processes", PROCESS_POOL_SIZE), int
         ),
+        agents_modules=modules,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))

@@ -21,14 +21,15 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer (also ex
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..agents import AgentHost, AgentRegistry, default_registry
+from ..agents import AgentDef, AgentHost, AgentNode, AgentRegistry, load_agents
+from ..agents._setup import set_up, tear_down
 from ..clock import SYSTEM_CLOCK, Clock
 from ..consensus.commands import RegisterNode
 from ..consensus.machine import StateMachine
 from ..consensus.raft import RaftConfig, RaftMember
 from ..consensus.results import Event
 from ..consensus.state import ClusterState
-from ..errors import RaftmeshError
+from ..errors import InvalidArgument, RaftmeshError
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.archive import AppliedArchive
@@ -60,13 +61,26 @@ GRPC_OPTIONS = [
 ]
 
 
+def offered_agents(loaded: AgentRegistry, names: tuple[str, ...]) -> AgentRegistry:
+    """The agents this node offers: ``--agents`` picks among the loaded ones (all by default)."""
+    missing = [n for n in names if n not in loaded.agents]
+    if missing:
+        raise InvalidArgument(
+            f"--agents names {', '.join(map(repr, missing))}, which no loaded module declares; "
+            f"loaded: {', '.join(loaded.names())} (load more with --agents-module)"
+        )
+    return loaded.subset(list(names)) if names else loaded
+
+
 class NodeRuntime:
     def __init__(
         self, config: NodeConfig, registry: AgentRegistry | None = None, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.config = config
-        reg = registry or default_registry()
-        self.registry = reg.subset(list(config.agents)) if config.agents else reg
+        self.registry = offered_agents(
+            registry if registry is not None else load_agents(config.agents_modules), config.agents
+        )
+        self._set_up: list[AgentDef] = []
         self.clock = clock
         self.incarnation = uuid.uuid4().hex[:12]
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -97,10 +111,29 @@ class NodeRuntime:
             loop.call_soon_threadsafe(self.hub.resync_all)
             loop.call_soon_threadsafe(self._applied, [])
 
+    def agent_node(self, agent: str) -> AgentNode:
+        """What a class agent's ``setup(node)`` receives on this node."""
+        cfg = self.config
+        return AgentNode(
+            cfg.node_id,
+            agent,
+            os.path.join(cfg.data_dir, "agents", agent),
+            cfg.grpc,
+            tuple(p.grpc for p in cfg.peers),
+        )
+
     async def run(self) -> None:
+        os.makedirs(self.config.data_dir, exist_ok=True)
+        # Class agents are set up before Raft or gRPC start: one that fails leaves nothing half-started.
+        self._set_up = await set_up(self.registry, self.agent_node)
+        try:
+            await self._serve()
+        finally:
+            await tear_down(self._set_up)
+
+    async def _serve(self) -> None:
         cfg = self.config
         self.loop = asyncio.get_running_loop()
-        os.makedirs(cfg.data_dir, exist_ok=True)
         raft_cfg = RaftConfig(
             self_addr=cfg.raft,
             peer_addrs=tuple(p.raft for p in cfg.peers),
@@ -143,6 +176,7 @@ class NodeRuntime:
             ready=lambda: raft.ready,
             thread_pool_size=cfg.agent_threads,
             process_pool_size=cfg.agent_processes,
+            agent_node=self.agent_node,
         )
         self.proposer.start()
 
