@@ -98,10 +98,11 @@ class Counter:
         Counter.setups += 1
         self.pid = os.getpid()
         self.runs = 0
+        self.data_dir = node.data_dir
 
-    def run(self, ctx: Any) -> dict[str, int]:
+    def run(self, ctx: Any) -> dict[str, Any]:
         self.runs += 1
-        return {"pid": self.pid, "runs": self.runs, "setups": Counter.setups}
+        return {"pid": self.pid, "runs": self.runs, "setups": Counter.setups, "data_dir": self.data_dir}
 
 
 def _nothing(ctx: Any) -> None:

@@ -18,6 +18,7 @@ from raftmesh import DAG
 from raftmesh.localcluster import wait_until
 from raftmesh.node.liveness import SUSPECT_AFTER_S
 
+from . import isolation_agents
 from .isolation_cluster import MixedCluster, gaps, os_pid_alive, read_text, worker_children
 
 pytestmark = pytest.mark.e2e
@@ -171,3 +172,24 @@ def test_a_task_timeout_sets_ctx_cancelled_for_a_thread_attempt(mixed: MixedClus
     wait_until(
         lambda: mixed.on_loop(lambda: mixed.runtime.host.threads.busy) == 0, 5.0, "the thread to return"
     )
+
+
+def test_process_agents_in_node_processes_loaded_with_agents_module(make_cluster: Any) -> None:
+    """Real node processes (``--agents-module``): a process agent's worker loads the module the
+    node loaded, sets a class agent up once per worker with the node's AgentNode, proxies
+    ctx.kv to its node, and a segfault fails only its attempt."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cluster = make_cluster(3, agents_modules=[isolation_agents.SOURCE], env={"PYTHONPATH": repo}, slots=4)
+    c = cluster.client()
+    counts = [c.run(one_task(f"count-{i}", "counter_process"), timeout_s=60) for i in range(3)]
+    assert all(r.status == "SUCCEEDED" for r in counts), [r.error for r in counts]
+    for r in counts:
+        out = r.tasks["t"].output
+        assert out["setups"] == 1 and out["data_dir"].endswith(os.path.join("agents", "counter_process"))
+    segv = c.run(one_task("segv", "segfault"), timeout_s=60)
+    assert segv.status == "FAILED" and segv.tasks["t"].error == "worker exited with signal SIGSEGV"
+    kv = c.run(one_task("kv", "kv_usage_process", {"key": "from-node-process"}), timeout_s=60)
+    assert kv.status == "SUCCEEDED", kv.error
+    entry = c.kv.get("from-node-process")
+    assert entry is not None and entry.value == {"from": "worker", "attempt": 1}
+    assert all(cluster.serving(n) for n in cluster.nodes)
