@@ -55,6 +55,7 @@ def test_agents_exports() -> None:
             "AgentRegistry",
             "AgentSetupError",
             "DuplicateAgentError",
+            "SyncTaskContext",
             "TaskContext",
             "TaskKv",
             "TaskLocks",

@@ -14,6 +14,13 @@ so a restarted node never resumes attempts that the cluster has already requeued
 to stop) as a function of the state and the attempts running here, with no I/O;
 the node hands the host a reader, a writer and a clock, nothing of its own.
 
+Each attempt runs where its agent's isolation says (``isolation_of``): ``async`` on the
+loop, ``thread`` in the host's bounded ``ThreadPool`` (a plain ``def`` always), ``process``
+in a worker of its ``ProcessPool`` (``raftmesh.agents._pools``). Stopping an attempt
+cancels its task, sets ``ctx.cancelled`` (what a thread agent can see) and kills its
+worker; a thread that ignores it runs on, and its result and late writes are discarded
+(reported nowhere, fenced by the state machine).
+
 Every attempt says at INFO when it starts and how it ends: stopped, or finished with its
 result accepted, rejected as fenced, or not delivered because the cluster moved on.
 
