@@ -9,6 +9,7 @@ from .errors import RaftmeshError
 
 if TYPE_CHECKING:
     from .agents import agent
+    from .agents._tools import tool
 
 __version__ = "0.1.0"
 
@@ -22,14 +23,19 @@ __all__ = [
     "TaskInfo",
     "__version__",
     "agent",
+    "tool",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # ``raftmesh.agent`` loads the agents package (and the state machine it uses) on first use:
-    # a program that only uses the client does not pay for importing it.
+    # ``raftmesh.agent`` and ``raftmesh.tool`` load the agents package (and the state machine it
+    # uses) on first use: a program that only uses the client does not pay for importing it.
     if name == "agent":
         from .agents import agent
 
         return agent
+    if name == "tool":
+        from .agents._tools import tool
+
+        return tool
     raise AttributeError(f"module 'raftmesh' has no attribute {name!r}")

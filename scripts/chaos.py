@@ -5,7 +5,7 @@
                      [--clients C] [--node-down-after S] [--keep-dir] [--json PATH]
                      [--kv-clients N] [--kv-keys K] [--lock-clients N] [--lock-names L]
                      [--no-dag] [--no-faults] [--unfenced-experiment] [--lin-timeout S]
-                     [--snapshot-every ENTRIES]
+                     [--snapshot-every ENTRIES] [--preempt-priority N]
 
 Starts --nodes node processes and runs three workloads side by side: --clients
 closed-loop clients submitting DAGs with unique idempotency keys (--no-dag: none),
@@ -37,6 +37,14 @@ nodes then run with --archive-applied and the replay audit reads the union of th
 archives of applied entries (a gap or a disagreement in it is a violation), and the
 report counts the snapshots written, installed and loaded. A failing seed replays
 with --seed (the report prints the command).
+
+Every run also exercises dead letters and usage: a share of the DAGs carry a task
+that fails for good, and their clients retry it during the faults (a call, the same
+call again, a fresh call); the checker holds the log to one requeue per acknowledged
+retry, and every run's usage to the sum of what its accepted attempts reported.
+--preempt-priority N runs the nodes with that flag and 2 slots each and submits a
+quarter of the DAGs at priority N, so they preempt running attempts under the faults
+(a preempted attempt's result must never commit: the fencing invariants cover it).
 """
 
 from __future__ import annotations
@@ -102,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ENTRIES",
         help="snapshot every ENTRIES log entries (e.g. 300); the audit reads archives of applied entries",
     )
+    p.add_argument(
+        "--preempt-priority",
+        type=int,
+        default=None,
+        metavar="N",
+        help="nodes preempt for runs of priority >= N (2 slots each); a quarter of the DAGs are urgent",
+    )
     return p
 
 
@@ -135,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             faults=not args.no_faults,
             lin_timeout_s=args.lin_timeout,
             snapshot_entries=args.snapshot_every,
+            preempt_priority=args.preempt_priority,
         )
         report = run_chaos(cfg, log=log)
     except KeyboardInterrupt:

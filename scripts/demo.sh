@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine to a real cluster doing real work: install, start 3 nodes, run a fan-out/fan-in DAG,
-# print the result, stop the nodes.   scripts/demo.sh [DAG file, default examples/fanout.yaml]
+# print the result, stop the nodes; then run the multi-agent example (examples/incident_triage) on a
+# local cluster against the fake OpenAI-compatible server.   scripts/demo.sh [DAG file, default examples/fanout.yaml]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -16,3 +17,7 @@ source "$DIR/env"; export RAFTMESH_ADDRESSES
 raftmesh status
 echo "== running ${1:-examples/fanout.yaml}"
 raftmesh submit "${1:-examples/fanout.yaml}" --wait
+scripts/cluster.sh down --dir "$DIR" >/dev/null
+echo "== multi-agent example: incident triage (http fetch, 3 llm analysts with tools, reviewer, writer)"
+echo "   against the fake OpenAI-compatible server; README 'Built-in agents' shows how to use a real model"
+"$VENV/bin/python" -m examples.incident_triage --nodes 3

@@ -303,7 +303,7 @@ def test_registry_add_rejects_a_second_agent_under_a_name_and_keeps_the_same_one
 def test_load_a_file_builtins_first_with_sources_and_origins() -> None:
     reg = load_agents([USER_AGENTS], entry_points=False)
     assert reg.names() == sorted(
-        ["echo", "sum", "sleep", "fail", "kv_put", "greet", "add_sync", "counter", "shout"]
+        ["echo", "sum", "sleep", "fail", "kv_put", "http", "llm", "greet", "add_sync", "counter", "shout"]
     )
     assert reg.origins["echo"] == "built-in" and reg.agents["echo"].source == ""
     for name, line in (("greet", '@raftmesh.agent("greet"'), ("counter", '@raftmesh.agent("counter")')):
@@ -668,7 +668,10 @@ def test_node_with_a_bad_module_exits_2_naming_file_and_line_before_starting(tmp
 def test_node_agents_unknown_and_the_config_key(tmp_path: pathlib.Path) -> None:
     res = run_node(tmp_path, "--agents", "echo,nope")
     assert res.returncode == 2, res
-    assert "--agents names 'nope', which no loaded module declares; loaded: echo, fail, kv_put" in res.stderr
+    assert (
+        "--agents names 'nope', which no loaded module declares; loaded: echo, fail, http, kv_put, llm"
+        in res.stderr
+    )
     assert "Traceback" not in res.stderr
     # agents_modules in --config, as a list and as a comma-separated string
     bad = write(tmp_path / "bad.py", "import raftmesh\nraise RuntimeError('x')\n")
@@ -678,9 +681,10 @@ def test_node_agents_unknown_and_the_config_key(tmp_path: pathlib.Path) -> None:
         res = run_node(tmp_path, "--config", str(cfg), "--agents", "greet,nope")
         assert res.returncode == 2, res
         if isinstance(value, list):
-            assert "loaded: add_sync, counter, echo, fail, greet, kv_put, shout, sleep, sum" in res.stderr, (
-                res
-            )
+            assert (
+                "loaded: add_sync, counter, echo, fail, greet, http, kv_put, llm, shout, sleep, sum"
+                in res.stderr
+            ), res
         else:
             assert f"agents module {bad!r}: RuntimeError: x at {bad}:2" in res.stderr, res
     cfg.write_text(json.dumps({"agents_modules": 7}))

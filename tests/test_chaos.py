@@ -36,8 +36,11 @@ from raftmesh.chaos.checker import (
     LOST,
     PHANTOM,
     REPLAY,
+    REQUEUED_TWICE,
+    RETRY_LOST,
     UNEXPECTED,
     UNFINISHED,
+    USAGE,
     Invariant,
     Phases,
     ReplayCheck,
@@ -77,7 +80,7 @@ from raftmesh.chaos.netns import (
     majorities_ring,
     resolve_reachability,
 )
-from raftmesh.chaos.workload import Operation, make_job
+from raftmesh.chaos.workload import DOOMED, Operation, RetryCall, make_job
 from raftmesh.consensus import kv_commands, runs, tasks
 from raftmesh.consensus.codes import Code
 from raftmesh.consensus.commands import (
@@ -176,6 +179,53 @@ def test_a_failed_run_with_a_recorded_reason_is_not_a_violation() -> None:
     result = check([op("k1")], [failed])
     assert result.ok
     assert len(result.outcomes.ok_failed_with_reason) == 1
+
+
+def _retried(key: str, outcome: str = "ok") -> Operation:
+    o = op(key, expected={"a": 1, DOOMED: {"times": 2}})
+    o.doomed = True
+    o.retries = [RetryCall("rq", 1, 2, outcome, requeued=True)]  # type: ignore[arg-type]
+    return o
+
+
+def _doomed_run(key: str, status: str = "SUCCEEDED") -> RunRecord:
+    tasks = {"a": TaskRecord(status, 1), DOOMED: TaskRecord(status, {"times": 2})}
+    return RunRecord(f"r-{key}", key, status, "", tasks)
+
+
+def test_an_acknowledged_retry_must_requeue_exactly_once_and_its_run_succeed() -> None:
+    audit = Audit()
+    audit.requeues.update({("r-k1", DOOMED): 1, ("r-k3", DOOMED): 1, ("r-k4", DOOMED): 2})
+    ops = [_retried("k1"), _retried("k2"), _retried("k3"), _retried("k4"), _retried("k5", "unknown")]
+    runs = [_doomed_run("k1"), _doomed_run("k2"), _doomed_run("k3", "FAILED"), _doomed_run("k4")]
+    runs.append(_doomed_run("k5", "FAILED"))  # retried with no answer: may stay failed
+    result = check(ops, runs, audit)
+    lost = result.invariants[RETRY_LOST]
+    assert lost.count == 3, lost.examples  # k2 never requeued, k3 did not succeed, k4 twice
+    assert (
+        result.invariants[REQUEUED_TWICE].count == 1
+        and "r-k4" in result.invariants[REQUEUED_TWICE].examples[0]
+    )
+    assert (result.outcomes.dead_letters, result.outcomes.retry_unknown) == (5, 1)
+    clean = check([_retried("k1")], [_doomed_run("k1")], audit)
+    assert clean.invariants[RETRY_LOST].count == 0 and clean.invariants[REQUEUED_TWICE].count == 1
+
+
+def test_usage_must_sum_per_run_and_match_the_one_accepted_report() -> None:
+    o = op("k1")
+    o.usage = {"a": (3, 1, 0.25)}
+    good = RunRecord(
+        "r-k1", "k1", "SUCCEEDED", "", {"a": TaskRecord("SUCCEEDED", 1, usage=(3, 1, 0.25))}, (3, 1, 0.25)
+    )
+    assert check([o], [good]).ok
+    twice = RunRecord(
+        "r-k1", "k1", "SUCCEEDED", "", {"a": TaskRecord("SUCCEEDED", 1, usage=(6, 2, 0.5))}, (6, 2, 0.5)
+    )
+    bad_sum = RunRecord(
+        "r-k1", "k1", "SUCCEEDED", "", {"a": TaskRecord("SUCCEEDED", 1, usage=(3, 1, 0.25))}, (4, 1, 0.25)
+    )
+    for rec in (twice, bad_sum):
+        assert check([o], [rec]).invariants[USAGE].count == 1
 
 
 def test_diverged_replicas_and_a_bad_replay_are_reported() -> None:
@@ -545,6 +595,13 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
     shapes = {j.shape.split("+")[0][:3] for j in a}
     assert shapes == {"cha", "fan"}
     assert 1 <= sum("+large" in j.shape for j in a) <= 15
+    assert 3 <= sum(j.doomed for j in a) <= 20
+    for job in a:  # every sum task reports its usage; the job knows what one attempt reports
+        sums = {tid for tid, t in job.dag.tasks.items() if t.agent == "sum"}
+        assert set(job.usage) == sums
+        for tid in sums:
+            u = job.dag.tasks[tid].input["usage"]
+            assert (u["tokens_in"], u["tokens_out"], u["cost"]) == job.usage[tid]
     for job in a:
         specs = tuple(TaskSpec(**{**t.to_dict(), "deps": tuple(t.deps)}) for t in job.dag.tasks.values())
         validate(specs, {"sum", "sleep", "fail", "echo"})
@@ -554,6 +611,8 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
             if t.agent == "sum":
                 ups = [job.expected[d] for d in t.deps]
                 assert job.expected[tid] == t.input["value"] + sum(u for u in ups if isinstance(u, int))
+            elif t.agent == "fail" and tid == DOOMED:  # fails both attempts: a dead letter
+                assert job.doomed and t.retries == 1 and t.input == {"times": 2}
             elif t.agent == "fail":
                 assert t.retries == 2 and t.input == {"times": 1}
             elif t.agent == "echo":  # large non-ASCII text, near the input limit
@@ -561,6 +620,15 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
                 assert all(ord(ch) >= 0x4E00 for ch in t.input["text"])
             else:
                 assert t.agent == "sleep" and 0.2 <= t.input["seconds"] <= 1.0
+
+
+def test_urgent_jobs_change_only_their_priority() -> None:
+    plain = [make_job(random.Random("s"), f"k{i}") for i in range(40)]
+    urgent = [make_job(random.Random("s"), f"k{i}", urgent_priority=7) for i in range(40)]
+    assert [j.dag.tasks for j in plain] == [j.dag.tasks for j in urgent]
+    priorities = [j.dag.priority for j in urgent]
+    assert set(priorities) == {0, 7} and 3 <= priorities.count(7) <= 20
+    assert all(("+urgent" in j.shape) == (j.dag.priority == 7) for j in urgent)
 
 
 def test_the_schedule_is_seeded_fits_the_phase_and_covers_every_kind() -> None:
@@ -671,10 +739,17 @@ def test_chaos_netns_seed_7(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_chaos_process_faults_without_root(tmp_path: Path) -> None:
+    """Also the lifecycle under faults: dead letters retried (requeued once each, checked against
+    the log) and urgent runs preempting attempts on 2-slot nodes (never a fenced result)."""
     data, _ = _run_chaos(
-        tmp_path, "--net", "none", "--nodes", "3", "--duration", "0.3", "--seed", "11", timeout_s=240
+        tmp_path,
+        *("--net", "none", "--nodes", "3", "--duration", "0.3", "--seed", "11", "--preempt-priority", "5"),
+        timeout_s=240,
     )
     assert {f["kind"] for f in data["faults"]} <= {"kill-node", "kill-leader", "pause-node", "pause-leader"}
+    # At most one requeue per retried dead letter (a retry whose every call timed out may have none).
+    assert 0 < data["log_stats"]["dead_letters_requeued"] <= data["operations"]["dead_letters_retried"]
+    assert data["log_stats"]["attempts_preempted"] > 0
     assert not any((tmp_path / "tmp").glob("raftmesh-chaos-*")), "the data directory was left behind"
 
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from pathlib import Path
+
 import pytest
 
+from raftmesh.client import DAG
 from raftmesh.consensus import limits
-from raftmesh.consensus.commands import TaskSpec
+from raftmesh.consensus.commands import AgentOffer, TaskSpec
 from raftmesh.consensus.dag import DagError, check_id, find_cycle, validate
+from raftmesh.errors import InvalidArgument
+from raftmesh.node import convert
+from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
 
 AGENTS = {"echo", "llm"}
 
@@ -15,7 +22,7 @@ def t(task_id: str, *deps: str, agent: str = "echo", **kw: object) -> TaskSpec:
     return TaskSpec(id=task_id, agent=agent, deps=deps, **kw)  # type: ignore[arg-type]
 
 
-def rejects(tasks: list[TaskSpec], kind: str, agents: set[str] = AGENTS) -> str:
+def rejects(tasks: list[TaskSpec], kind: str, agents: Collection[str] = AGENTS) -> str:
     with pytest.raises(DagError) as info:
         validate(tasks, agents)
     assert info.value.kind == kind, str(info.value)
@@ -159,3 +166,61 @@ def test_numeric_limits(field: str, bad: int, good: int) -> None:
     validate([t("a", **{field: good})], AGENTS)
     msg = rejects([t("a", **{field: bad})], "limit")
     assert field in msg and "'a'" in msg
+
+
+# ---- requires and agent defaults (the DAG file, the SDK, the wire) ---------------------
+
+
+def test_requires_is_checked_for_form_and_against_what_members_offered() -> None:
+    offered = {"echo": {()}, "llm": {("gpu",), ("gpu", "vision")}}
+    validate([t("a", agent="llm", requires=("gpu", "vision"))], offered)
+    validate([t("a", agent="echo")], offered)
+    msg = rejects([t("a", agent="llm", requires=("tpu",))], "unserved", offered)
+    assert "requires capabilities [tpu] of agent 'llm'" in msg and "[gpu, vision]" in msg
+    assert "start a node whose agent offers them" in msg
+    rejects([t("a", requires=("gpu", "gpu"))], "invalid")
+    rejects([t("a", requires=("",))], "invalid")
+    rejects([t("a", requires=tuple(f"c{i}" for i in range(limits.MAX_CAPABILITIES + 1)))], "limit")
+
+
+def test_requires_travels_in_the_spec_only_when_set() -> None:
+    plain = TaskSpec("a", "echo")
+    assert "requires" not in plain.to_map()  # the old wire form, byte for byte
+    with_caps = TaskSpec("a", "echo", requires=("gpu",))
+    assert TaskSpec.from_map(with_caps.to_map()) == with_caps
+    assert TaskSpec.from_map(plain.to_map()) == plain
+
+
+def test_dag_files_take_requires_and_leave_unset_defaults_to_the_agent(tmp_path: Path) -> None:
+    path = tmp_path / "dag.yaml"
+    path.write_text(
+        "tasks:\n"
+        "  - {id: a, agent: llm, requires: [gpu]}\n"
+        "  - {id: b, agent: llm, retries: 0, timeout_ms: 500, deps: [a]}\n"
+    )
+    dag = DAG.from_file(str(path))
+    a, b = dag.tasks["a"], dag.tasks["b"]
+    assert (a.requires, a.retries, a.timeout_ms) == (("gpu",), None, None)
+    assert (b.requires, b.retries, b.timeout_ms) == ((), 0, 500)
+    with pytest.raises(InvalidArgument, match="requires must be a list"):
+        DAG.from_dict({"tasks": [{"id": "a", "agent": "x", "requires": "gpu"}]})
+    with pytest.raises(InvalidArgument, match="requires must be a list"):
+        DAG().task("a", "x", requires="gpu")
+
+
+def test_the_api_fills_unset_retries_and_timeout_from_the_agent_offer() -> None:
+    req = pb.SubmitRunRequest(
+        tasks=[
+            pb.TaskSpec(id="a", agent="llm"),
+            pb.TaskSpec(id="b", agent="llm", retries=0, timeout_ms=0),
+            pb.TaskSpec(id="c", agent="llm", retries=1),
+            pb.TaskSpec(id="d", agent="echo", requires=["x"]),
+        ]
+    )
+    specs = convert.task_specs_from_pb(req)
+    offers = {"llm": AgentOffer("llm", retries=4, timeout_ms=9000)}
+    a, b, c, d = convert.with_defaults(req, specs, offers)
+    assert (a.retries, a.timeout_ms) == (4, 9000)
+    assert (b.retries, b.timeout_ms) == (0, 0)  # explicitly set: kept
+    assert (c.retries, c.timeout_ms) == (1, 9000)
+    assert (d.retries, d.timeout_ms, d.requires) == (0, 0, ("x",))  # no offer: 0

@@ -19,6 +19,7 @@ def test_top_level_exports() -> None:
             "TaskInfo",
             "__version__",
             "agent",
+            "tool",
         ]
     )
     for name in raftmesh.__all__:
@@ -29,13 +30,19 @@ def test_client_exports() -> None:
     assert sorted(raftmesh.client.__all__) == sorted(
         [
             "DAG",
+            "BreakerInfo",
             "Client",
             "ClusterInfo",
+            "DeadLetterInfo",
             "MemberInfo",
+            "PreemptionInfo",
+            "RetryInfo",
+            "OfferInfo",
             "RunEvent",
             "RunInfo",
             "Task",
             "TaskInfo",
+            "UsageInfo",
             "parse_addresses",
         ]
     )

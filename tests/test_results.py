@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from raftmesh import errors
-from raftmesh.consensus import Code, RunStatus
+from raftmesh.consensus import Code, RunStatus, TaskStatus
 from raftmesh.consensus.results import (
     RESULT_TYPES,
     AssignResult,
@@ -27,11 +27,13 @@ from raftmesh.consensus.results import (
     LockKeepAliveResult,
     LockReleaseResult,
     MemberResult,
+    PreemptResult,
     PutResponse,
     Record,
     Rejected,
     ReportResult,
     Result,
+    RetryTaskResult,
     SubmitRunResult,
     TickResult,
     decode_result,
@@ -75,6 +77,10 @@ SAMPLES: list[Result] = [
     KvTxnResult(False, 12),
     KvLeaseResult(11, ttl_ms=1000, deadline_ms=1_001_000),
     KvLeaseRevoked(11, deleted=("a", "b")),
+    RetryTaskResult(requeued=True, attempt=2, status=TaskStatus.READY),
+    RetryTaskResult(requeued=False, attempt=2, status=TaskStatus.RUNNING),
+    PreemptResult(1, (ItemRejected("r1", "v", "task is SUCCEEDED"),)),
+    PreemptResult(2),
 ]
 
 

@@ -59,10 +59,14 @@ from raftmesh.consensus.commands import (
     LockCancel,
     LockRelease,
     NodeDown,
+    Preempt,
+    Preemption,
+    RetryTask,
+    Usage,
 )
 from raftmesh.consensus.locks import EXCLUSIVE, SHARED, task_owner
 from raftmesh.consensus.raft import replication
-from raftmesh.consensus.results import KvChanged, LockAcquireResult, LockChanged
+from raftmesh.consensus.results import KvChanged, LockAcquireResult, LockChanged, RetryTaskResult
 from raftmesh.consensus.state import TERMINAL_RUN, TERMINAL_TASK
 
 ENTRIES = 220
@@ -277,13 +281,40 @@ class Generator:
                 output: Any = {"from": a.node, "attempt": a.attempt}
                 if rng.random() < 0.003:
                     output = "x" * (limits.MAX_TASK_OUTPUT_BYTES + 1)
-                items_c.append(Completion(a.run_id, a.task_id, a.attempt, a.token, output))
+                usage = Usage(rng.randint(0, 50), rng.randint(0, 5), rng.randint(0, 8) / 8)
+                items_c.append(Completion(a.run_id, a.task_id, a.attempt, a.token, output, usage))
             return Complete(self.rid(), self.ts(), node, tuple(items_c))
         items_f = [
             Failure(a.run_id, a.task_id, a.attempt, a.token, f"error {rng.randint(0, 9)}", rng.random() < 0.8)
             for a in picked
         ]
         return Fail(self.rid(), self.ts(), node, tuple(items_f))
+
+    def retry_dead_letter(self) -> Command | None:
+        """An operator retries a dead letter: mostly at its dead attempt, some stale or wrong."""
+        rng = self.rng
+        dead = self.st.dead_letters
+        if not dead:
+            return None
+        _, run_id, task_id = rng.choice(dead)
+        attempt = self.st.runs[run_id].tasks[task_id].attempt + (
+            0 if rng.random() < 0.8 else rng.choice((-1, 1))
+        )
+        return RetryTask(self.rid(), self.ts(), run_id=run_id, task_id=task_id, attempt=attempt)
+
+    def preempt(self) -> Command | None:
+        """The leader preempts a running attempt for a READY task (mostly a current view)."""
+        rng = self.rng
+        running = self.running()
+        pool = running if running and rng.random() < 0.85 else self.attempts
+        waiting = [key for prio in sorted(self.st.ready) for key in self.st.ready[prio]]
+        if not pool or not waiting:
+            return None
+        v = rng.choice(pool)
+        by = max(waiting, key=lambda k: self.st.runs[k[0]].tasks[k[1]].spec.priority)
+        if rng.random() < 0.3:
+            by = rng.choice(waiting)
+        return Preempt(self.rid(), self.ts(), (Preemption(v.run_id, v.task_id, v.attempt, v.token, *by),))
 
     def lock_command(self) -> Command | None:
         rng = self.rng
@@ -398,8 +429,10 @@ class Generator:
                 node = self.nodes[rng.choice(sorted(self.nodes))]
                 inc = node.incarnation if rng.random() < 0.8 else "inc-0"
                 cmd = NodeDown(self.rid(), self.ts(), node.node_id, inc, "sim")
+            elif roll < 0.975:
+                cmd = self.retry_dead_letter()
             else:
-                cmd = None
+                cmd = self.preempt()
             if cmd is not None:
                 batch.append(cmd)
         return batch
@@ -419,6 +452,8 @@ class Checker:
         self.last_tokens: dict[str, int] = {}
         self.lock_grants = 0
         self.kv_writes = 0
+        self.requeued: Counter[tuple[str, str, int]] = Counter()
+        """(run, task, dead attempt) -> requeues applied (exactly once, whatever the request id)."""
 
     def results(self, cmds: list[Command], results: list[Result], st: ClusterState, dups: set[str]) -> None:
         assert len(results) == len(cmds)
@@ -430,6 +465,11 @@ class Checker:
                 assert res == self.first_results[cmd.request_id], (cmd, res)
             elif res.ok and cmd.request_id in st.dedup:
                 self.first_results.setdefault(cmd.request_id, res)
+            fresh = cmd.request_id not in dups  # a replayed request id returns its first answer
+            if fresh and isinstance(cmd, RetryTask) and isinstance(res, RetryTaskResult) and res.requeued:
+                key = (cmd.run_id, cmd.task_id, cmd.attempt)
+                self.requeued[key] += 1
+                assert self.requeued[key] == 1, f"{key} requeued twice"
 
     def events(self, events: list[Any], st: ClusterState) -> None:
         for ev in events:
@@ -485,6 +525,11 @@ class Checker:
                 if t.status not in TERMINAL_TASK:
                     unfinished += 1
             assert run.unfinished == unfinished, run.run_id
+            # Usage: the run's running sum is its tasks' sums (costs are eighths: exact in any order).
+            tasks_usage = [t.usage for t in run.tasks.values()]
+            total = (sum(u.tokens_in for u in tasks_usage), sum(u.tokens_out for u in tasks_usage))
+            assert (run.usage.tokens_in, run.usage.tokens_out) == total, run.run_id
+            assert run.usage.cost == sum(u.cost for u in tasks_usage), run.run_id
             if run.status in TERMINAL_RUN:
                 assert unfinished == 0
             if run.status is RunStatus.SUCCEEDED:

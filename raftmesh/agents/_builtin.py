@@ -1,12 +1,16 @@
 """Built-in agents with exact semantics (tests and demos rely on them).
 
 - ``echo``: output = input.
-- ``sum``: output = ``input.get("value", 0)`` + the sum of all numeric upstream outputs.
+- ``sum``: output = ``input.get("value", 0)`` + the sum of all numeric upstream outputs;
+  ``input.usage`` (``{"tokens_in", "tokens_out", "cost"}``, optional) is reported as the
+  attempt's usage (the chaos workload checks the sums).
 - ``sleep``: sleeps ``input["seconds"]``, output = input.
 - ``fail``: fails its first ``input["times"]`` attempts, then outputs input.
 - ``kv_put``: after ``input.get("delay_seconds", 0)`` seconds, writes
   ``{"value": input["value"], "attempt", "node"}`` to ``input["key"]``, fenced by the
   attempt's token (a zombie attempt's write is rejected); output = the mod_revision.
+- ``http``: one HTTP(S) call, idempotent across attempts (``raftmesh.agents._http``).
+- ``llm``: an OpenAI-compatible chat completion with a tool-calling loop (``raftmesh.agents._llm``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ async def sum_agent(ctx: TaskContext) -> Any:
     value = inp.get("value", 0)
     if not _is_number(value):
         raise AgentInputError(f"sum: input.value must be a number, not {type(value).__name__}")
+    usage = inp.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise AgentInputError('sum: input.usage must be a map like {"tokens_in": 3, "cost": 0.5}')
+        try:
+            ctx.report_usage(**{k: usage[k] for k in ("tokens_in", "tokens_out", "cost") if k in usage})
+        except (TypeError, ValueError) as exc:
+            raise AgentInputError(f"sum: input.usage: {exc}") from exc
     return value + sum(v for v in ctx.upstream.values() if _is_number(v))
 
 
@@ -76,5 +88,12 @@ def register_builtins(reg: AgentRegistry) -> None:
     reg.register("echo", echo)
     reg.register("sum", sum_agent)
     reg.register("sleep", sleep)
-    reg.register("fail", fail)
+    # Its failures are scripted by the task's input, not a sign of a broken node: no breaker.
+    reg.register("fail", fail, breaker_failures=0)
     reg.register("kv_put", kv_put)
+    # Imported here: they import AgentInputError from this module.
+    from ._http import http_agent
+    from ._llm import llm_agent
+
+    reg.register("http", http_agent)
+    reg.register("llm", llm_agent)

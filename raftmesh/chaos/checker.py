@@ -16,7 +16,7 @@ from typing import Any
 
 from ..verify.audit import Audit
 from .nemesis import FaultRecord
-from .workload import Operation
+from .workload import DOOMED, Operation
 
 EXAMPLES_MAX = 5
 
@@ -35,6 +35,9 @@ DIVERGED = "replicas with a different digest"
 REPLAY = "journal replay differs from the live state"
 AUDIT_MISSING = "committed log not audited"
 ARCHIVE = "archived log with a gap or a disagreement"
+REQUEUED_TWICE = "dead letters requeued more than once"
+RETRY_LOST = "acknowledged retries not requeued once, or whose run did not succeed"
+USAGE = "runs whose usage is not the sum of what their accepted attempts reported"
 
 INVARIANTS = (
     LOST,
@@ -51,9 +54,16 @@ INVARIANTS = (
     REPLAY,
     AUDIT_MISSING,
     ARCHIVE,
+    REQUEUED_TWICE,
+    RETRY_LOST,
+    USAGE,
 )
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+Usage = tuple[int, int, float]
+"""(tokens_in, tokens_out, cost)"""
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class TaskRecord:
     node: str = ""
     finished_ms: int = 0
     error: str = ""
+    usage: Usage = (0, 0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class RunRecord:
     status: str
     error: str = ""
     tasks: Mapping[str, TaskRecord] = field(default_factory=dict)
+    usage: Usage = (0, 0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,14 @@ class Outcomes:
     unknown_absent: int = 0
     unknown_runs: dict[str, str] = field(default_factory=dict)
     """Each unknown-outcome key -> what became of it: its run's status, or "never created"."""
+    dead_letters: int = 0
+    """Acknowledged runs whose doomed task was found dead and retried."""
+    retry_calls: int = 0
+    retry_requeued: int = 0
+    """Retry calls answered "requeued" (a repeat with the same request id repeats the answer)."""
+    retry_already: int = 0
+    """Retry calls answered "already requeued"."""
+    retry_unknown: int = 0
 
 
 @dataclass
@@ -198,6 +218,13 @@ def check_history(
                 inv[UNFINISHED].add(f"{op.key}: run {run.run_id} is {run.status}")
             elif run.status == "SUCCEEDED":
                 _check_outputs(op, run, inv)
+            if run.status in TERMINAL:
+                _check_usage(op, run, inv)
+        _check_retries(op, run, audit, inv, out)
+    if audit is not None:
+        for (run_id, task_id), n in sorted(audit.requeues.items()):
+            if n > 1:
+                inv[REQUEUED_TWICE].add(f"{run_id}/{task_id}: requeued {n} times by the log")
 
     if audit is None and audit_unavailable:
         for name in (DUPLICATED_RESULTS, FENCED, EARLY):
@@ -256,6 +283,48 @@ def _check_outputs(op: Operation, run: RunRecord, inv: dict[str, Invariant]) -> 
         inv[BAD_OUTPUT].add(
             f"{op.key} ({run.run_id}): {', '.join(wrong + [f'{t} unexpected' for t in extra])}"
         )
+
+
+def _check_retries(
+    op: Operation, run: RunRecord | None, audit: Audit | None, inv: dict[str, Invariant], out: Outcomes
+) -> None:
+    if not op.retries:
+        return
+    out.dead_letters += 1
+    out.retry_calls += len(op.retries)
+    out.retry_requeued += sum(1 for r in op.retries if r.outcome == "ok" and r.requeued)
+    out.retry_already += sum(1 for r in op.retries if r.outcome == "ok" and not r.requeued)
+    out.retry_unknown += sum(1 for r in op.retries if r.outcome != "ok")
+    if not op.retry_acknowledged:
+        return
+    requeues = audit.requeues.get((op.run_id, DOOMED), 0) if audit is not None else 1
+    if requeues != 1:
+        inv[RETRY_LOST].add(f"{op.key} ({op.run_id}): retry acknowledged, the log requeued {requeues} times")
+    elif run is None or run.status != "SUCCEEDED":
+        status = run.status if run else "missing"
+        inv[RETRY_LOST].add(f"{op.key} ({op.run_id}): retry acknowledged, the run ended {status}")
+
+
+def _check_usage(op: Operation, run: RunRecord, inv: dict[str, Invariant]) -> None:
+    """Run usage == the sum of its tasks'; a SUCCEEDED sum task's == its one accepted report."""
+    total = (
+        sum(t.usage[0] for t in run.tasks.values()),
+        sum(t.usage[1] for t in run.tasks.values()),
+        sum(t.usage[2] for t in run.tasks.values()),
+    )
+    wrong = [] if total == tuple(run.usage) else [f"run {run.usage} != sum of tasks {total}"]
+    for tid, want in sorted(op.usage.items()):
+        t = run.tasks.get(tid)
+        if t is not None and t.status == "SUCCEEDED" and tuple(t.usage) != tuple(want):
+            wrong.append(f"{tid} {t.usage} (reported once: {want})")
+        elif (
+            t is not None
+            and t.status != "SUCCEEDED"
+            and any(a > b for a, b in zip(t.usage, want, strict=True))
+        ):
+            wrong.append(f"{tid} {t.status} {t.usage}: more than one accepted report {want}")
+    if wrong:
+        inv[USAGE].add(f"{op.key} ({run.run_id}): {'; '.join(wrong)}")
 
 
 # ---- timeline measures -------------------------------------------------------------------

@@ -91,6 +91,11 @@ class Report:
                 "unknown_exists_running": o.unknown_exists_running,
                 "unknown_absent": o.unknown_absent,
                 "unknown_runs": o.unknown_runs,
+                "dead_letters_retried": o.dead_letters,
+                "retry_calls": o.retry_calls,
+                "retry_requeued": o.retry_requeued,
+                "retry_already_requeued": o.retry_already,
+                "retry_unknown": o.retry_unknown,
             },
             "throughput_tasks_per_s": self.throughput,
             "largest_stall": vars(self.stall),
@@ -289,6 +294,10 @@ def format_report(r: Report) -> str:
             f"  unknown: {o.unknown_exists_terminal} exist and ended, {o.unknown_exists_running} exist"
             f" unfinished, {o.unknown_absent} never created",
         ]
+        lines.append(
+            f"  dead letters retried: {o.dead_letters} ({o.retry_calls} retry calls: {o.retry_requeued}"
+            f" requeued, {o.retry_already} already requeued, {o.retry_unknown} unknown or refused)"
+        )
         lines += [f"    {x}" for x in o.ok_failed_with_reason[:5]]
         lines += [f"    unknown {k}: {v}" for k, v in list(o.unknown_runs.items())[:10]]
         lines += [
@@ -323,7 +332,9 @@ def format_report(r: Report) -> str:
         lines.append(
             f"audited log: {s['commands']} commands; {s['tasks_started']} tasks started in {s['attempts']}"
             f" attempts ({s['attempts_again']} re-runs after a failure or a lost node);"
-            f" {s['stale_results_rejected']} stale results rejected by fencing"
+            f" {s['stale_results_rejected']} stale results rejected by fencing;"
+            f" {s.get('dead_letters_requeued', 0)} dead letters requeued,"
+            f" {s.get('attempts_preempted', 0)} attempts preempted"
         )
     if r.log_stats and "snapshots_written" in r.log_stats:
         s = r.log_stats

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from ..consensus import limits
 from ..consensus.machine import StateMachine
 from ..consensus.raft import batch_payload, read_journal
 from ..errors import InvalidArgument
@@ -72,6 +73,8 @@ FIRST_APPLIED_INDEX = 2
 START_TIMEOUT_S = 60.0
 CONVERGE_TIMEOUT_S = 60.0
 LIST_PAGE = 1000
+PREEMPT_SLOTS = 2
+"""Slots per node with ``--preempt-priority``: few enough that urgent runs find every slot busy."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class ChaosConfig:
     """Snapshot every this many log entries (``--snapshot-every``), so snapshots are taken and
     installed under faults; the replay audit then reads the nodes' archives of applied entries.
     None: no snapshots, the audit replays the journals."""
+    preempt_priority: int | None = None
+    """Nodes run with ``--preempt-priority`` and ``PREEMPT_SLOTS`` slots; a share of the DAG runs
+    get this priority, so they preempt attempts of the others while the faults go on."""
 
     def __post_init__(self) -> None:
         if self.nodes not in (3, 5, 7):
@@ -125,6 +131,10 @@ class ChaosConfig:
             raise InvalidArgument("--lin-timeout must be > 0 seconds")
         if self.net not in ("netns", "proxy", "none"):
             raise InvalidArgument(f"--net must be netns, proxy or none, got {self.net!r}")
+        if self.preempt_priority is not None and not 1 <= self.preempt_priority <= limits.MAX_PRIORITY:
+            raise InvalidArgument(
+                f"--preempt-priority must be 1-{limits.MAX_PRIORITY}, got {self.preempt_priority}"
+            )
         if self.snapshot_entries is not None and not (
             SNAPSHOT_EVERY_MIN <= self.snapshot_entries <= SNAPSHOT_EVERY_MAX
         ):
@@ -159,6 +169,8 @@ def replay_command(cfg: ChaosConfig) -> str:
         cmd += f" --cooldown {cfg.cooldown_s:g}"
     if cfg.snapshot_entries is not None:
         cmd += f" --snapshot-every {cfg.snapshot_entries}"
+    if cfg.preempt_priority is not None:
+        cmd += f" --preempt-priority {cfg.preempt_priority}"
     for flag, on in (
         ("--no-dag", not cfg.dag),
         ("--no-faults", not cfg.faults),
@@ -263,7 +275,9 @@ class _Run:
                 "--snapshot-seconds",
                 str(SNAPSHOT_ENTRIES),  # no time-based compaction: the audit replays the whole log
                 *(["--archive-applied"] if cfg.snapshot_entries else []),
+                *(["--preempt-priority", str(cfg.preempt_priority)] if cfg.preempt_priority else []),
             ],
+            slots=PREEMPT_SLOTS if cfg.preempt_priority else LocalCluster.slots,
         )
         cluster.start(wait=True, timeout_s=START_TIMEOUT_S)
         self.log(f"cluster up: {', '.join(f'{n.id}={n.grpc}' for n in cluster.nodes.values())}")
@@ -283,7 +297,9 @@ class _Run:
         self.log(f"{len(schedule)} faults planned from {[str(k) for k in kinds]}")
         nemesis = Nemesis(cluster, lab, self.proxies, log=self.log)
         clock = HistoryClock()
-        workload = self.workload = Workload(addresses, cfg.seed, cfg.clients if cfg.dag else 0)
+        workload = self.workload = Workload(
+            addresses, cfg.seed, cfg.clients if cfg.dag else 0, urgent_priority=cfg.preempt_priority
+        )
         kv_workload = self.kv_workload = KvWorkload(
             addresses, cfg.seed, cfg.kv_clients, cfg.kv_keys, clock=clock
         )
@@ -357,6 +373,8 @@ class _Run:
                 "attempts": attempts,
                 "attempts_again": attempts - len(audit.starts),
                 "stale_results_rejected": audit.stale_rejected,
+                "dead_letters_requeued": sum(audit.requeues.values()),
+                "attempts_preempted": audit.preemptions,
             }
         log_stats.update(snapshot_stats)
         phases = Phases(start_ms, faults_start_ms, faults_end_ms, end_ms)
@@ -395,6 +413,7 @@ class _Run:
                 "unfenced_experiment": cfg.unfenced_experiment,
                 "faults": cfg.faults,
                 "snapshot_entries": cfg.snapshot_entries or 0,
+                "preempt_priority": cfg.preempt_priority,
             },
             kv=kv_check,
             locks=lock_check,
@@ -464,10 +483,26 @@ class _Run:
         for s in summaries:
             info = client.get(s["run_id"], stale_ok=True)
             tasks = {
-                t.id: TaskRecord(t.status, t.output, t.attempt, t.node, t.finished_ms, t.error)
+                t.id: TaskRecord(
+                    t.status,
+                    t.output,
+                    t.attempt,
+                    t.node,
+                    t.finished_ms,
+                    t.error,
+                    (t.usage.tokens_in, t.usage.tokens_out, t.usage.cost),
+                )
                 for t in info.tasks.values()
             }
-            runs[info.run_id] = RunRecord(info.run_id, s["idempotency_key"], info.status, info.error, tasks)
+            u = info.usage
+            runs[info.run_id] = RunRecord(
+                info.run_id,
+                s["idempotency_key"],
+                info.status,
+                info.error,
+                tasks,
+                (u.tokens_in, u.tokens_out, u.cost),
+            )
         self.log(f"read {len(runs)} runs")
         return runs
 

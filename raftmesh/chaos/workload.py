@@ -9,6 +9,13 @@ independently of the cluster, from the built-in agents' documented semantics.
 A submit's outcome is ``ok`` (acknowledged: the client holds a run id), ``failed``
 (the cluster refused it before proposing it, so it must not exist) or ``unknown``
 (the client gave up on retrying: it may or may not have been applied).
+
+Dead letters: a seeded share of jobs carry a ``doomed`` task that fails both its
+attempts, so the run fails with a dead letter. The client then retries it the way a
+nervous operator would, while the faults go on: the same call twice (one request id)
+and a fresh call; each answer is recorded (``RetryCall``) and the run is waited for
+again. The checker holds the log to "requeued exactly once". Every ``sum`` task
+reports a usage derived from its value, so the checker can compare the sums.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ PAUSE_AFTER_ERROR_S = 0.2
 LARGE_INPUT_SHARE = 0.1
 """Share of runs with 1-3 ``echo`` tasks carrying large non-ASCII text: their submits and
 completions are log entries far above pysyncobj's batch size (which once wedged a cluster)."""
+URGENT_SHARE = 0.25
+"""With an urgent priority (chaos ``--preempt-priority``): share of runs submitted at it."""
+DEAD_LETTER_SHARE = 0.2
+"""Share of jobs with a ``doomed`` task (fails attempts 1 and 2 with one retry): a dead letter."""
+DOOMED = "doomed"
+COST_UNIT = 0.125
+"""Sum tasks report cost in eighths: exact in binary, so sums compare exactly in any order."""
 LARGE_INPUT_CHARS = (40_000, 85_000)
 """Characters of CJK text (3 bytes each in UTF-8) in one large input: up to ~250 KB, near the limit."""
 
@@ -57,9 +71,17 @@ class Job:
     shape: str
     dag: DAG
     expected: dict[str, Any]
+    usage: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    """Per task: the usage one attempt reports (sum tasks; exactly one attempt is accepted)."""
+    doomed: bool = False
 
 
-def make_job(rng: random.Random, key: str) -> Job:
+def sum_usage(value: int) -> tuple[int, int, float]:
+    """What a sum task of this value reports (no RNG draw: seeds keep their other draws)."""
+    return value, 1 + value % 7, COST_UNIT * (value % 5)
+
+
+def make_job(rng: random.Random, key: str, urgent_priority: int | None = None) -> Job:
     """A DAG of a mixed shape, with expected outputs computed from the agents' semantics.
 
     Shapes: a chain of 3-6 ``sum`` tasks, or a 1 -> k -> 1 fan-out/fan-in of ``sum`` with
@@ -73,9 +95,13 @@ def make_job(rng: random.Random, key: str) -> Job:
     expected: dict[str, Any] = {}
     sums: list[str] = []
 
+    usage: dict[str, tuple[int, int, float]] = {}
+
     def add_sum(tid: str, deps: Sequence[str]) -> None:
         value = rng.randint(0, SUM_VALUE_MAX)
-        dag.task(tid, "sum", input={"value": value}, deps=list(deps))
+        u = usage[tid] = sum_usage(value)
+        report = {"tokens_in": u[0], "tokens_out": u[1], "cost": u[2]}
+        dag.task(tid, "sum", input={"value": value, "usage": report}, deps=list(deps))
         expected[tid] = value + sum(expected[d] for d in deps if isinstance(expected[d], int))
         sums.append(tid)
 
@@ -118,7 +144,33 @@ def make_job(rng: random.Random, key: str) -> Job:
     for tid in extras:
         host = rng.choice(sums[1:])
         dag.tasks[host] = dataclasses.replace(dag.tasks[host], deps=(*dag.tasks[host].deps, tid))
-    return Job(key, shape, dag, expected)
+    dead = random.Random(f"{key}-dead")  # its own RNG: the draws above stay what they were
+    doomed = dead.random() < DEAD_LETTER_SHARE
+    if doomed:
+        dag.task(DOOMED, "fail", input={"times": 2}, retries=1)
+        expected[DOOMED] = {"times": 2}
+        host = dead.choice(sums[1:])
+        dag.tasks[host] = dataclasses.replace(dag.tasks[host], deps=(*dag.tasks[host].deps, DOOMED))
+        shape += "+dead"
+    if urgent_priority is not None and random.Random(f"{key}-urgent").random() < URGENT_SHARE:
+        dag.priority = urgent_priority  # every task's default: it preempts the others' attempts
+        shape += "+urgent"
+    return Job(key, shape, dag, expected, usage, doomed)
+
+
+@dataclass
+class RetryCall:
+    """One ``retry`` of a dead letter as the client saw it."""
+
+    request_id: str
+    call_ms: int
+    return_ms: int = 0
+    outcome: Outcome = "unknown"
+    requeued: bool = False
+    error_code: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
 
 
 @dataclass
@@ -140,9 +192,20 @@ class Operation:
     wait_status: str = ""
     """The run's status when the client stopped waiting ("" if it never waited)."""
     wait_error: str = ""
+    usage: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    """Per task: the usage its one accepted attempt reported (see ``Job.usage``)."""
+    doomed: bool = False
+    retries: list[RetryCall] = field(default_factory=list)
+
+    @property
+    def retry_acknowledged(self) -> bool:
+        """A retry call came back OK (requeued, or already requeued): the requeue must be in the log."""
+        return any(r.outcome == "ok" for r in self.retries)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "doomed": self.doomed,
+            "retries": [r.to_json() for r in self.retries],
             "client": self.client,
             "index": self.index,
             "key": self.key,
@@ -210,6 +273,8 @@ class Workload(ClientThreads):
     wait_timeout_s: float = WAIT_TIMEOUT_S
     clock_ms: Callable[[], int] = now_ms
     operations: list[Operation] = field(default_factory=list)
+    urgent_priority: int | None = None
+    """A share of the runs get this priority (``URGENT_SHARE``); None: every run at 0."""
 
     def __post_init__(self) -> None:
         self._init_threads()
@@ -225,15 +290,18 @@ class Workload(ClientThreads):
         with Client(self.addresses, retry_deadline_s=self.retry_deadline_s) as sdk:
             i = 0
             while not self._stop.is_set():
-                job = make_job(rng, f"chaos-{self.seed}-{client}-{i}")
+                job = make_job(rng, f"chaos-{self.seed}-{client}-{i}", self.urgent_priority)
                 op = Operation(
                     client, i, job.key, job.shape, len(job.dag.tasks), job.expected, self.clock_ms()
                 )
+                op.usage, op.doomed = job.usage, job.doomed
                 with self._lock:
                     self.operations.append(op)
                 self._submit(sdk, job, op)
                 if op.outcome == "ok":
                     self._wait(sdk, op)
+                    if op.doomed and op.wait_status == "FAILED":
+                        self._retry_dead_letter(sdk, op)
                 else:
                     self._stop.wait(PAUSE_AFTER_ERROR_S)  # back off a little, as a real client would
                 i += 1
@@ -260,3 +328,28 @@ class Workload(ClientThreads):
             op.wait_error = f"{exc.code}: {exc.message}"
         except Exception as exc:
             op.wait_error = f"{type(exc).__name__}: {exc}"
+
+    def _retry_dead_letter(self, sdk: Client, op: Operation) -> None:
+        """Retry the doomed task: a call, the same call again (one request id), a fresh call."""
+        try:
+            t = sdk.get(op.run_id).tasks.get(DOOMED)
+        except RaftmeshError:
+            return
+        if t is None or t.status != "FAILED":
+            return  # node losses do not use retries: the task may have succeeded, or another failed
+        rid = f"{op.key}-retry"
+        for request_id in (rid, rid, f"{rid}-again"):
+            call = RetryCall(request_id, self.clock_ms())
+            op.retries.append(call)
+            try:
+                got = sdk.retry(op.run_id, DOOMED, attempt=t.attempt, request_id=request_id)
+                call.outcome, call.requeued = "ok", got.requeued
+            except _DEFINITE_FAILURES as exc:
+                call.outcome, call.error_code = "failed", exc.code
+            except RaftmeshError as exc:
+                call.outcome, call.error_code = "unknown", exc.code
+            except Exception as exc:
+                call.outcome, call.error_code = "unknown", type(exc).__name__
+            finally:
+                call.return_ms = self.clock_ms()
+        self._wait(sdk, op)

@@ -3,7 +3,8 @@ contract relied on by scripts (README, "CLI"): extend, never break.
 
 Exit codes: 0 ok; 1 the run did not succeed (FAILED or CANCELLED); 2 bad input
 or usage; 3 not found; 4 cluster unavailable, deadline exceeded, or a lock not
-granted; 5 other error; 6 aborted (stale fencing token, deadlock victim).
+granted; 5 other error (e.g. FAILED_PRECONDITION: `retry` of a task that is not a
+dead letter); 6 aborted (stale fencing token, deadlock victim).
 """
 
 from __future__ import annotations
@@ -45,15 +46,27 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(args.addresses, timeout_s=args.timeout, retry_deadline_s=max(args.timeout, 30.0))
 
 
+def _usage_text(u: Any) -> str:
+    return f"usage: tokens_in={u.tokens_in} tokens_out={u.tokens_out} cost={u.cost:g}"
+
+
 def _print_run(run: Any) -> None:
     print(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
+    if run.usage.tokens_in or run.usage.tokens_out or run.usage.cost:
+        print(f"  {_usage_text(run.usage)}")
     for t in run.tasks.values():
         out = json.dumps(t.output) if t.output is not None else ""
         if len(out) > 80:
             out = out[:77] + "..."
         where = f" on {t.node}" if t.node else ""
         extra = f" error={t.error}" if t.error and t.status != "SUCCEEDED" else ""
+        if t.waiting_reason:
+            extra += f" waiting: {t.waiting_reason}"
         print(f"  {t.id:<24} {t.status:<10} attempt={t.attempt}{where} {out}{extra}")
+        if t.usage.tokens_in or t.usage.tokens_out or t.usage.cost:
+            print(f"  {'':<24} {_usage_text(t.usage)}")
+        for p in t.preempted_by:
+            print(f"  {'':<24} attempt {p.attempt} preempted by {p.by_run_id}/{p.by_task_id} at {p.at_ms}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -71,6 +84,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {m.id:<8} grpc={m.grpc:<22} up={str(m.up).lower():<5} running={m.running}/{m.slots} "
                 f"agents={','.join(m.agents)}"
             )
+            # one line per offer that placement treats specially; plain ones are in agents=
+            for o in m.offers:
+                if o.capabilities or o.concurrency:
+                    caps = f" capabilities={','.join(o.capabilities)}" if o.capabilities else ""
+                    conc = f"/{o.concurrency}" if o.concurrency else ""
+                    print(f"      {o.agent}: running={o.running}{conc}{caps}")
+            for b in m.breakers:
+                until = f" until_ms={b.open_until_ms}" if b.state != "closed" else ""
+                print(f"      breaker {b.agent}: {b.state} failures={b.failures}{until}")
     return EXIT_OK
 
 
@@ -145,6 +167,30 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print(
                 f"{r['run_id']}  {r['status']:<10} tasks={r['tasks']} unfinished={r['unfinished']} {r['name']}"
             )
+    return EXIT_OK
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        dead = c.dead_letters(limit=args.limit)
+    if args.json:
+        _print_json({"dead_letters": [d.to_json() for d in dead]})
+    else:
+        for d in dead:
+            print(f"{d.run_id}  {d.task_id:<24} agent={d.agent} attempt={d.attempt} error={d.error}")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Exit 0 when requeued or already requeued; 3 unknown run/task; 5 not a dead letter."""
+    with _client(args) as c:
+        r = c.retry(args.run_id, args.task_id, attempt=args.attempt, request_id=args.request_id)
+    if args.json:
+        _print_json(r.to_json())
+    elif r.requeued:
+        print(f"requeued {r.run_id}/{r.task_id} (attempt {r.attempt} failed; now {r.status})")
+    else:
+        print(f"already requeued {r.run_id}/{r.task_id} (attempt {r.attempt}; now {r.status})")
     return EXIT_OK
 
 
@@ -351,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also record every applied log entry in DATA_DIR/applied.lmdb, for audits (off by default)",
     )
+    n.add_argument(
+        "--preempt-priority",
+        type=int,
+        help="READY tasks of at least this priority preempt lower-priority running attempts when no "
+        "slot is free (default: off)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 
@@ -442,6 +494,30 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (a3, r3, k3, li3):
         sp.add_argument("--json", action="store_true")
     lk.set_defaults(func=cmd_lock)
+
+    dl = sub.add_parser(
+        "dead-letters", help="tasks that failed for good (retries exhausted) in retained runs, newest first"
+    )
+    dl.add_argument("--limit", type=int, default=100, help="at most this many (default 100, max 1000)")
+    dl.add_argument("--json", action="store_true")
+    dl.set_defaults(func=cmd_dead_letters)
+
+    rt = sub.add_parser(
+        "retry",
+        help="requeue a dead letter (its run goes back to RUNNING); applies once however often repeated",
+    )
+    rt.add_argument("run_id")
+    rt.add_argument("task_id")
+    rt.add_argument(
+        "--attempt", type=int, default=0, help="the dead attempt to requeue (default: the task's current one)"
+    )
+    rt.add_argument(
+        "--request-id",
+        default=None,
+        help="repeat a call with the same id to have it applied once (default: new)",
+    )
+    rt.add_argument("--json", action="store_true")
+    rt.set_defaults(func=cmd_retry)
 
     r = sub.add_parser("runs", help="list runs, newest first")
     r.add_argument("--limit", type=int, default=100)

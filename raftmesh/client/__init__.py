@@ -2,16 +2,34 @@
 
 from ._client import Client, parse_addresses
 from ._dag import DAG, Task
-from ._types import ClusterInfo, MemberInfo, RunEvent, RunInfo, TaskInfo
+from ._types import (
+    BreakerInfo,
+    ClusterInfo,
+    DeadLetterInfo,
+    MemberInfo,
+    OfferInfo,
+    PreemptionInfo,
+    RetryInfo,
+    RunEvent,
+    RunInfo,
+    TaskInfo,
+    UsageInfo,
+)
 
 __all__ = [
     "DAG",
+    "BreakerInfo",
     "Client",
     "ClusterInfo",
+    "DeadLetterInfo",
     "MemberInfo",
+    "OfferInfo",
+    "PreemptionInfo",
+    "RetryInfo",
     "RunEvent",
     "RunInfo",
     "Task",
     "TaskInfo",
+    "UsageInfo",
     "parse_addresses",
 ]

@@ -20,7 +20,7 @@ from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, error_for
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ._dag import DAG
-from ._types import ClusterInfo, RunEvent, RunInfo
+from ._types import ClusterInfo, DeadLetterInfo, RetryInfo, RunEvent, RunInfo
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 STREAM_SILENCE_S = 5.0
@@ -174,11 +174,12 @@ class Client:
                     agent=t.agent,
                     input_json="" if t.input is None else _dumps(t.input),
                     deps=list(t.deps),
-                    retries=t.retries,
+                    retries=t.retries,  # None leaves the field unset: the agent's default
                     priority=t.priority,
                     timeout_ms=t.timeout_ms,
                     retry_backoff_ms=t.retry_backoff_ms,
                     locks=[pb.LockItem(name=n, mode=m) for n, m in t.locks],
+                    requires=list(t.requires),
                 )
                 for t in dag.tasks.values()
             ],
@@ -218,6 +219,42 @@ class Client:
             "CancelRun", pb.CancelRunRequest(run_id=run_id, reason=reason)
         )
         return pb.RunStatus.Name(resp.status).removeprefix("RUN_STATUS_")
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetterInfo]:
+        """Tasks that failed for good in retained runs, newest first (at most 1000)."""
+        if limit < 0:
+            raise InvalidArgument(f"limit must be >= 0 (0: the default 100), got {limit}")
+        resp: pb.ListDeadLettersResponse = self._call(
+            "ListDeadLetters", pb.ListDeadLettersRequest(limit=limit)
+        )
+        return [
+            DeadLetterInfo(d.run_id, d.task_id, d.agent, d.attempt, d.error, d.finished_ms)
+            for d in resp.dead_letters
+        ]
+
+    def retry(
+        self, run_id: str, task_id: str, *, attempt: int = 0, request_id: str | None = None
+    ) -> RetryInfo:
+        """Requeue a dead letter (its run goes back to RUNNING), exactly once.
+
+        ``attempt``: the dead attempt to requeue (0: the task's current one). Asked again,
+        by a retry of this call or a new one, the answer is ``requeued=False`` (already
+        requeued). Raises ``NotFound`` for an unknown run or task and ``FailedPrecondition``
+        for a task that is not a dead letter.
+        """
+        if attempt < 0:
+            raise InvalidArgument(f"attempt must be >= 0 (0: the task's current dead attempt), got {attempt}")
+        req = pb.RetryTaskRequest(
+            run_id=run_id, task_id=task_id, attempt=attempt, request_id=request_id or uuid.uuid4().hex
+        )
+        resp: pb.RetryTaskResponse = self._call("RetryTask", req)
+        return RetryInfo(
+            run_id,
+            task_id,
+            resp.requeued,
+            resp.attempt,
+            pb.TaskStatus.Name(resp.status).removeprefix("TASK_STATUS_"),
+        )
 
     def watch(
         self, run_id: str, *, timeout_s: float | None = None, status_only: bool = False

@@ -19,6 +19,7 @@ _TASK_KEYS = {
     "timeout_ms",
     "retry_backoff_ms",
     "locks",
+    "requires",
 }
 
 
@@ -30,15 +31,20 @@ class Task:
     agent: str
     input: Any = None
     deps: tuple[str, ...] = ()
-    retries: int = 0
+    retries: int | None = None
+    """None: the agent type's default (``retries=`` of its registration), else 0."""
     priority: int = 0
-    timeout_ms: int = 0
+    timeout_ms: int | None = None
+    """None: the agent type's default; 0: no timeout."""
     retry_backoff_ms: int = 0
     locks: tuple[tuple[str, str], ...] = ()
     """(name, "exclusive" | "shared"): held while an attempt runs, acquired all at once."""
+    requires: tuple[str, ...] = ()
+    """Capabilities the node's agent must offer (``placement``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "requires": list(self.requires),
             "locks": [list(lk) for lk in self.locks],
             "id": self.id,
             "agent": self.agent,
@@ -70,19 +76,34 @@ class DAG:
         agent: str,
         input: Any = None,
         deps: Sequence[Task | str] = (),
-        retries: int = 0,
+        retries: int | None = None,
         priority: int = 0,
-        timeout_ms: int = 0,
+        timeout_ms: int | None = None,
         retry_backoff_ms: int = 0,
         locks: Sequence[str | tuple[str, str]] = (),
+        requires: Sequence[str] = (),
     ) -> Task:
+        """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults."""
         if id in self.tasks:
             raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
         dep_ids = tuple(d.id if isinstance(d, Task) else str(d) for d in deps)
         lock_items = tuple(
             (lk, "exclusive") if isinstance(lk, str) else (str(lk[0]), str(lk[1])) for lk in locks
         )
-        t = Task(id, agent, input, dep_ids, retries, priority, timeout_ms, retry_backoff_ms, lock_items)
+        if isinstance(requires, str):
+            raise InvalidArgument(f"task {id!r}: requires must be a list of capabilities, not a string")
+        t = Task(
+            id,
+            agent,
+            input,
+            dep_ids,
+            retries,
+            priority,
+            timeout_ms,
+            retry_backoff_ms,
+            lock_items,
+            tuple(str(c) for c in requires),
+        )
         self.tasks[id] = t
         return t
 
@@ -118,17 +139,24 @@ class DAG:
                 raise InvalidArgument(
                     f"{source}: task {t['id']!r}: locks must be a list of names or [name, mode] pairs"
                 )
+            requires = t.get("requires") or []
+            if not isinstance(requires, list) or not all(isinstance(c, str) for c in requires):
+                raise InvalidArgument(
+                    f"{source}: task {t['id']!r}: requires must be a list of capability names"
+                )
             try:
                 dag.task(
                     str(t["id"]),
                     str(t["agent"]),
                     t.get("input"),
                     [str(d) for d in deps],
-                    int(t.get("retries", 0)),
+                    # absent (or null): the agent type's default
+                    None if t.get("retries") is None else int(t["retries"]),
                     int(t.get("priority", 0)),
-                    int(t.get("timeout_ms", 0)),
+                    None if t.get("timeout_ms") is None else int(t["timeout_ms"]),
                     int(t.get("retry_backoff_ms", 0)),
                     [lk if isinstance(lk, str) else (lk[0], lk[1]) for lk in locks],
+                    requires,
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc

@@ -24,6 +24,84 @@ def _json(text: str) -> Any:
 
 
 @dataclass(frozen=True)
+class UsageInfo:
+    """What attempts reported (``TaskContext.report_usage``), summed."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+    @classmethod
+    def from_pb(cls, u: pb.Usage) -> UsageInfo:
+        return cls(u.tokens_in, u.tokens_out, u.cost)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost": self.cost}
+
+
+@dataclass(frozen=True)
+class PreemptionInfo:
+    by_run_id: str
+    by_task_id: str
+    attempt: int
+    """The attempt that was stopped (requeued without using a retry)."""
+    at_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "by_run_id": self.by_run_id,
+            "by_task_id": self.by_task_id,
+            "attempt": self.attempt,
+            "at_ms": self.at_ms,
+        }
+
+
+@dataclass(frozen=True)
+class DeadLetterInfo:
+    """A task that failed for good (``Client.dead_letters``); ``Client.retry`` requeues it."""
+
+    run_id: str
+    task_id: str
+    agent: str
+    attempt: int
+    error: str
+    finished_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``dead-letters --json`` item shape (a stable contract)."""
+        return {
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "agent": self.agent,
+            "attempt": self.attempt,
+            "error": self.error,
+            "finished_ms": self.finished_ms,
+        }
+
+
+@dataclass(frozen=True)
+class RetryInfo:
+    """The answer of ``Client.retry``: ``requeued`` False means an earlier call already did."""
+
+    run_id: str
+    task_id: str
+    requeued: bool
+    attempt: int
+    status: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``retry --json`` shape (a stable contract)."""
+        return {
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "requeued": self.requeued,
+            "already_requeued": not self.requeued,
+            "attempt": self.attempt,
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     id: str
     agent: str
@@ -36,6 +114,11 @@ class TaskInfo:
     token: int
     started_ms: int
     finished_ms: int
+    usage: UsageInfo = UsageInfo()
+    preempted_by: tuple[PreemptionInfo, ...] = ()
+    waiting_reason: str = ""
+    """Why a READY task is not running yet (derived when read; "" otherwise)."""
+    requires: tuple[str, ...] = ()
 
     @classmethod
     def from_pb(cls, t: pb.Task) -> TaskInfo:
@@ -51,6 +134,10 @@ class TaskInfo:
             t.token,
             t.started_ms,
             t.finished_ms,
+            UsageInfo.from_pb(t.usage),
+            tuple(PreemptionInfo(p.by_run_id, p.by_task_id, p.attempt, p.at_ms) for p in t.preempted_by),
+            t.waiting_reason,
+            tuple(t.requires),
         )
 
 
@@ -64,6 +151,7 @@ class RunInfo:
     created_ms: int = 0
     finished_ms: int = 0
     revision: int = 0
+    usage: UsageInfo = UsageInfo()
 
     @property
     def done(self) -> bool:
@@ -80,6 +168,7 @@ class RunInfo:
             r.created_ms,
             r.finished_ms,
             r.revision,
+            UsageInfo.from_pb(r.usage),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -95,9 +184,13 @@ class RunInfo:
                     "node": t.node,
                     "attempt": t.attempt,
                     "error": t.error,
+                    "usage": t.usage.to_json(),
+                    "preempted_by": [p.to_json() for p in t.preempted_by],
+                    "waiting_reason": t.waiting_reason,
                 }
                 for t in self.tasks.values()
             },
+            "usage": self.usage.to_json(),
         }
 
 
@@ -136,6 +229,44 @@ class RunEvent:
 
 
 @dataclass(frozen=True)
+class OfferInfo:
+    """An agent type as a member offers it."""
+
+    agent: str
+    capabilities: tuple[str, ...]
+    concurrency: int
+    running: int
+    breaker_failures: int
+    breaker_cooldown_ms: int
+    timeout_ms: int
+    retries: int
+
+    @classmethod
+    def from_pb(cls, o: pb.AgentOffer) -> OfferInfo:
+        return cls(
+            o.agent,
+            tuple(o.capabilities),
+            o.concurrency,
+            o.running,
+            o.breaker_failures,
+            o.breaker_cooldown_ms,
+            o.timeout_ms,
+            o.retries,
+        )
+
+
+@dataclass(frozen=True)
+class BreakerInfo:
+    """The circuit breaker of one agent type on one member (closed ones with no failures are left out)."""
+
+    agent: str
+    state: str
+    """"closed", "open" or "half_open"."""
+    failures: int
+    open_until_ms: int
+
+
+@dataclass(frozen=True)
 class MemberInfo:
     id: str
     grpc: str
@@ -145,6 +276,8 @@ class MemberInfo:
     agents: tuple[str, ...]
     slots: int
     running: int
+    offers: tuple[OfferInfo, ...] = ()
+    breakers: tuple[BreakerInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,7 +300,18 @@ class ClusterInfo:
             s.leader,
             s.term,
             [
-                MemberInfo(m.id, m.grpc, m.raft, m.up, m.connected, tuple(m.agents), m.slots, m.running)
+                MemberInfo(
+                    m.id,
+                    m.grpc,
+                    m.raft,
+                    m.up,
+                    m.connected,
+                    tuple(m.agents),
+                    m.slots,
+                    m.running,
+                    tuple(OfferInfo.from_pb(o) for o in m.offers),
+                    tuple(BreakerInfo(b.agent, b.state, b.failures, b.open_until_ms) for b in m.breakers),
+                )
                 for m in s.members
             ],
             s.node_id,
@@ -198,6 +342,28 @@ class ClusterInfo:
                     "agents": list(m.agents),
                     "slots": m.slots,
                     "running": m.running,
+                    "offers": [
+                        {
+                            "agent": o.agent,
+                            "capabilities": list(o.capabilities),
+                            "concurrency": o.concurrency,
+                            "running": o.running,
+                            "timeout_ms": o.timeout_ms,
+                            "retries": o.retries,
+                            "breaker_failures": o.breaker_failures,
+                            "breaker_cooldown_ms": o.breaker_cooldown_ms,
+                        }
+                        for o in m.offers
+                    ],
+                    "breakers": [
+                        {
+                            "agent": b.agent,
+                            "state": b.state,
+                            "failures": b.failures,
+                            "open_until_ms": b.open_until_ms,
+                        }
+                        for b in m.breakers
+                    ],
                 }
                 for m in self.members
             ],

@@ -7,8 +7,9 @@ package is pure and testable without Raft, threads or a clock:
   (``codes``: their status codes);
 - ``machine``: the thin FSM (dedup, dispatch, never-raise, snapshot, digest), over
   ``context.ApplyContext``;
-- processors: ``members``, ``runs`` (with ``tasks``, the task transitions), ``ticks``,
-  ``lock_commands``, ``kv_commands``;
+- processors: ``members``, ``runs`` (with ``tasks``, the task transitions, and ``usage``,
+  the usage sums), ``dead_letters`` (listing and requeue), ``preemption`` (its plan and
+  its command), ``ticks``, ``lock_commands``, ``kv_commands``;
 - data: ``state`` (with ``locks``, ``kv``), ``dag`` (DAG validation), ``placement``,
   ``limits`` (every limit and the checks that apply them).
 """

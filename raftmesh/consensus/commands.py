@@ -70,9 +70,14 @@ class TaskSpec:
     """Base of the exponential backoff between retries (0: retry at once)."""
     locks: tuple[tuple[str, str], ...] = ()
     """(lock name, "shared" | "exclusive") held while an attempt runs, acquired all at once."""
+    requires: tuple[str, ...] = ()
+    """Capabilities the node's offer of ``agent`` must all have (``placement``)."""
 
     def to_map(self) -> dict[str, Any]:
+        # Optional keys are written only when set: specs without them keep their old form.
         extra: dict[str, Any] = {"locks": [list(lk) for lk in self.locks]} if self.locks else {}
+        if self.requires:
+            extra["requires"] = list(self.requires)
         return extra | {
             "id": self.id,
             "agent": self.agent,
@@ -98,6 +103,7 @@ class TaskSpec:
             timeout_ms=_get(m, "timeout_ms", int),
             retry_backoff_ms=_get(m, "retry_backoff_ms", int),
             locks=_lock_items(m.get("locks", [])),
+            requires=_str_tuple(m, "requires") if "requires" in m else (),
         )
 
 
@@ -119,6 +125,54 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentOffer:
+    """One agent type as a node offers it: what placement matches and the type's policy.
+
+    The policy is the offering node's own (``raftmesh.agents.AgentDef``): its breaker
+    threshold and cool-down, and the defaults a task of this type takes when it sets none.
+    """
+
+    name: str
+    capabilities: tuple[str, ...] = ()
+    """Sorted, unique."""
+    concurrency: int = 0
+    """Attempts of this type running at once on the node (0: bounded by its slots only)."""
+    breaker_failures: int = 5
+    """Consecutive failed attempts that open the breaker (0: never opens)."""
+    breaker_cooldown_ms: int = 30_000
+    timeout_ms: int = 0
+    retries: int = 0
+
+    def encode(self) -> list[Any]:
+        return [
+            self.name,
+            list(self.capabilities),
+            self.concurrency,
+            self.breaker_failures,
+            self.breaker_cooldown_ms,
+            self.timeout_ms,
+            self.retries,
+        ]
+
+    @classmethod
+    def decode(cls, v: Any) -> AgentOffer:
+        """Types only; bounds are the processor's (``members.offer_error``)."""
+        if not (isinstance(v, (list, tuple)) and len(v) == 7):
+            raise CommandDecodeError(
+                "an offer must be [name, capabilities, concurrency, breaker_failures, "
+                "breaker_cooldown_ms, timeout_ms, retries]"
+            )
+        name, caps, *numbers = v
+        if not isinstance(name, str):
+            raise CommandDecodeError("an offer's name must be a string")
+        if not (isinstance(caps, (list, tuple)) and all(isinstance(c, str) for c in caps)):
+            raise CommandDecodeError(f"offer {name[:40]!r}: capabilities must be a list of strings")
+        if not all(_is_int(n) for n in numbers):
+            raise CommandDecodeError(f"offer {name[:40]!r}: numbers must be ints")
+        return cls(name, tuple(caps), *numbers)
+
+
+@dataclass(frozen=True, slots=True)
 class RegisterNode(Command):
     """A node announces itself (at start and after a restart: a new incarnation)."""
 
@@ -129,9 +183,13 @@ class RegisterNode(Command):
     agents: tuple[str, ...] = ()
     slots: int = 0
     incarnation: str = ""
+    offers: tuple[AgentOffer, ...] = ()
+    """One per name in ``agents`` (none: every type is offered with no capabilities and the
+    default policy, as registrations from before offers existed)."""
 
     def _fields(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {"offers": [o.encode() for o in self.offers]} if self.offers else {}
+        return extra | {
             "node_id": self.node_id,
             "grpc": self.grpc,
             "raft": self.raft,
@@ -288,6 +346,65 @@ class CancelRun(Command):
 
     def _fields(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTask(Command):
+    """Requeue a dead letter: the task FAILED at ``attempt`` goes back to READY with its retries.
+
+    Naming the attempt makes a repeated command harmless: once requeued, the task is no
+    longer dead at that attempt, and the command reports "already requeued".
+    """
+
+    TAG: ClassVar[str] = "retry_task"
+    run_id: str = ""
+    task_id: str = ""
+    attempt: int = 0
+
+    def _fields(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "task_id": self.task_id, "attempt": self.attempt}
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    """Stop the victim's attempt (fenced by its attempt and token) so that ``by`` can take its slot."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    token: int
+    by_run_id: str
+    by_task_id: str
+
+    def encode(self) -> list[Any]:
+        return [self.run_id, self.task_id, self.attempt, self.token, self.by_run_id, self.by_task_id]
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt(Command):
+    """The leader's preemptions: each victim is requeued without consuming its retries."""
+
+    TAG: ClassVar[str] = "preempt"
+    items: tuple[Preemption, ...] = ()
+
+    def _fields(self) -> dict[str, Any]:
+        return {"items": [p.encode() for p in self.items]}
+
+
+def _decode_preempt(m: dict[str, Any], rid: str, ts: int) -> Preempt:
+    items = []
+    for it in _get(m, "items", (list, tuple)):
+        if not (isinstance(it, (list, tuple)) and len(it) == 6):
+            raise CommandDecodeError(
+                "preempt item must be [run_id, task_id, attempt, token, by_run_id, by_task_id]"
+            )
+        run_id, task_id, attempt, token, by_run, by_task = it
+        if not all(isinstance(x, str) for x in (run_id, task_id, by_run, by_task)):
+            raise CommandDecodeError("preempt item ids must be strings")
+        if not (_is_int(attempt) and _is_int(token)):
+            raise CommandDecodeError("preempt item attempt and token must be ints")
+        items.append(Preemption(run_id, task_id, attempt, token, by_run, by_task))
+    return Preempt(rid, ts, tuple(items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,6 +667,9 @@ def _decode_map(m: Any) -> Command:
             agents=_str_tuple(m, "agents"),
             slots=_get(m, "slots", int),
             incarnation=_get(m, "incarnation", str),
+            offers=tuple(AgentOffer.decode(o) for o in _get(m, "offers", (list, tuple)))
+            if "offers" in m
+            else (),
         )
     if tag == SubmitRun.TAG:
         return SubmitRun(
@@ -614,6 +734,16 @@ def _decode_map(m: Any) -> Command:
         return KvLease(
             rid, ts, lease=_get(m, "lease", int), ttl_ms=_get(m, "ttl_ms", int), action=_get(m, "action", str)
         )
+    if tag == RetryTask.TAG:
+        return RetryTask(
+            rid,
+            ts,
+            run_id=_get(m, "run_id", str),
+            task_id=_get(m, "task_id", str),
+            attempt=_get(m, "attempt", int),
+        )
+    if tag == Preempt.TAG:
+        return _decode_preempt(m, rid, ts)
     if tag == Barrier.TAG:
         return Barrier(rid, ts)
     raise CommandDecodeError(f"unknown command tag {tag!r}")

@@ -6,14 +6,14 @@ in ``apply`` (so the state machine never trusts its input).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from . import limits, values
 from .commands import TaskSpec
 
 
 class DagError(ValueError):
-    """``kind`` is one of: invalid, cycle, unknown_agent, unknown_dep, limit."""
+    """``kind`` is one of: invalid, cycle, unknown_agent, unserved, unknown_dep, limit."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -27,8 +27,15 @@ def check_id(what: str, value: str) -> None:
         raise DagError("limit" if len(value) > limits.MAX_ID_CHARS else "invalid", why)
 
 
-def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
-    """Raise ``DagError`` if the DAG cannot be accepted."""
+def validate(
+    tasks: Sequence[TaskSpec], known_agents: Collection[str] | Mapping[str, Collection[tuple[str, ...]]]
+) -> None:
+    """Raise ``DagError`` if the DAG cannot be accepted.
+
+    ``known_agents``: the agent types any member (up or down) has offered; as a map
+    (``ClusterState.offered_capabilities``) also the capability sets each was offered with,
+    so a task whose ``requires`` no member ever offered is refused too.
+    """
     if not tasks:
         raise DagError("invalid", "a run needs at least one task")
     if len(tasks) > limits.MAX_TASKS_PER_RUN:
@@ -48,6 +55,10 @@ def validate(tasks: Sequence[TaskSpec], known_agents: Collection[str]) -> None:
         )
     run_bytes = 0
     for t in tasks:
+        if t.requires:
+            _check_requires(t)
+            if isinstance(known_agents, Mapping):
+                _check_served(t, known_agents[t.agent])
         if len(t.deps) > limits.MAX_DEPS_PER_TASK:
             raise DagError(
                 "limit", f"task {t.id!r} has {len(t.deps)} deps; the limit is {limits.MAX_DEPS_PER_TASK}"
@@ -109,6 +120,39 @@ def describe_cycle(cycle: Sequence[str]) -> str:
         return " -> ".join(names)
     hidden = len(names) - 1 - CYCLE_SHOWN
     return " -> ".join(names[:CYCLE_SHOWN]) + f" -> …({hidden} more) -> " + names[-1]
+
+
+OFFERS_SHOWN = 4
+"""Capability sets quoted when a task's requirement is unserved (a message must fit a trailer)."""
+
+
+def _check_requires(t: TaskSpec) -> None:
+    if len(t.requires) > limits.MAX_CAPABILITIES:
+        raise DagError(
+            "limit",
+            f"task {t.id!r} requires {len(t.requires)} capabilities; the limit is {limits.MAX_CAPABILITIES}",
+        )
+    for c in t.requires:
+        why = limits.id_error(f"task {t.id!r}: capability", c)
+        if why:
+            raise DagError("invalid", why)
+    if len(set(t.requires)) != len(t.requires):
+        raise DagError("invalid", f"task {t.id!r} requires a capability twice")
+
+
+def _check_served(t: TaskSpec, offered: Collection[tuple[str, ...]]) -> None:
+    need = set(t.requires)
+    if any(need.issubset(caps) for caps in offered):
+        return
+    shown = sorted(offered)[:OFFERS_SHOWN]
+    sets = "; ".join("[" + ", ".join(c[:8]) + (", …" if len(c) > 8 else "") + "]" for c in shown)
+    more = f" and {len(offered) - len(shown)} more" if len(offered) > len(shown) else ""
+    raise DagError(
+        "unserved",
+        f"task {t.id!r} requires capabilities [{', '.join(sorted(need))}] of agent {t.agent!r}, "
+        f"but no member has ever offered {t.agent!r} with all of them (offered with: {sets}{more}); "
+        "drop the missing capabilities from requires, or start a node whose agent offers them",
+    )
 
 
 def _check_task_locks(t: TaskSpec) -> None:

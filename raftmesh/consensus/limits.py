@@ -49,6 +49,19 @@ MAX_PRIORITY = 1_000_000
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 MAX_BACKOFF_MS = 3600 * 1000
 
+# ---- agent offers and placement -----------------------------------------------
+
+MAX_AGENT_TYPES_PER_NODE = 256
+"""Agent types one node may offer (``RegisterNode``)."""
+MAX_CAPABILITIES = 64
+"""Capabilities one agent offer lists, and capabilities one task ``requires``; each is an id."""
+MAX_AGENT_CONCURRENCY = 100_000
+"""An offer's per-node concurrency (0: bounded by the node's slots only)."""
+MAX_NODE_SLOTS = 100_000
+MAX_BREAKER_FAILURES = 1000
+"""An offer's breaker threshold (0: the breaker never opens)."""
+MAX_BREAKER_COOLDOWN_MS = 24 * 3600 * 1000
+
 DEDUP_MAX_ENTRIES = 100_000
 """Request ids remembered for exactly-once retries (oldest forgotten first)."""
 
@@ -57,6 +70,21 @@ DEDUP_RETENTION_MS = 15 * 60 * 1000
 
 FINISHED_RUNS_RETAINED = 10_000
 """Finished runs kept in the state (oldest finished evicted first, with their idempotency keys)."""
+
+# ---- dead letters, preemption, usage -------------------------------------------
+
+MAX_DEAD_LETTERS_LISTED = 1000
+"""Dead letters one ``ListDeadLetters`` call returns (newest first)."""
+
+MAX_PREEMPTED_BY = 16
+"""Preemptions remembered on a task (``preempted_by``; the oldest are dropped)."""
+
+MAX_PREEMPT_ITEMS = 64
+"""Preemptions in one ``preempt`` command (the leader proposes far fewer)."""
+
+MAX_USAGE_TOKENS = 2**53
+MAX_USAGE_COST = 1e15
+"""Usage sums saturate here (JSON-safe integers; a sum never overflows the encoding)."""
 
 # ---- locks ------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import kv_commands, limits, lock_commands, members, runs, ticks
+from . import dead_letters, kv_commands, limits, lock_commands, members, preemption, runs, ticks
 from .codes import Code
 from .commands import (
     Assign,
@@ -39,7 +39,9 @@ from .commands import (
     LockCancel,
     LockRelease,
     NodeDown,
+    Preempt,
     RegisterNode,
+    RetryTask,
     SubmitRun,
     Tick,
     Undecodable,
@@ -67,6 +69,8 @@ PROCESSORS: dict[type[Command], Processor] = {
     LockCancel: lock_commands.cancel,
     KvTxn: kv_commands.txn,
     KvLease: kv_commands.lease,
+    RetryTask: dead_letters.retry,
+    Preempt: preemption.preempt,
 }
 """The processor of each command type (``Barrier`` is answered here: it changes nothing)."""
 

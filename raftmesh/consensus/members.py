@@ -5,29 +5,84 @@ to READY. Processors over an ``ApplyContext`` (see ``context.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
+
 from . import limits
 from .codes import Code
-from .commands import NodeDown, RegisterNode
+from .commands import AgentOffer, NodeDown, RegisterNode
 from .context import ApplyContext
 from .results import MemberChanged, MemberResult, Rejected, Result
-from .state import Member
+from .state import ClusterState, Member
 from .tasks import requeue_node_tasks
+
+
+def offer_error(o: AgentOffer) -> str:
+    """ "" if ``o`` is an acceptable offer, else what is wrong with it (the node's registry
+    checks its agents with this at start, ``apply`` checks every registration)."""
+    why = limits.id_error("agent type", o.name)
+    if why:
+        return why
+    label = f"agent {o.name!r}"
+    if len(o.capabilities) > limits.MAX_CAPABILITIES:
+        return f"{label} lists {len(o.capabilities)} capabilities; the limit is {limits.MAX_CAPABILITIES}"
+    for c in o.capabilities:
+        why = limits.id_error(f"{label}: capability", c)
+        if why:
+            return why
+    if len(set(o.capabilities)) != len(o.capabilities):
+        return f"{label} lists a capability twice"
+    bounds = (
+        ("concurrency", o.concurrency, limits.MAX_AGENT_CONCURRENCY),
+        ("breaker_failures", o.breaker_failures, limits.MAX_BREAKER_FAILURES),
+        ("breaker_cooldown_ms", o.breaker_cooldown_ms, limits.MAX_BREAKER_COOLDOWN_MS),
+        ("timeout_ms", o.timeout_ms, limits.MAX_TIMEOUT_MS),
+        ("retries", o.retries, limits.MAX_RETRIES),
+    )
+    for what, value, top in bounds:
+        if not 0 <= value <= top:
+            return f"{label}: {what} must be between 0 and {top} (got {value})"
+    return ""
+
+
+def _offers(cmd: RegisterNode) -> tuple[str, dict[str, AgentOffer]]:
+    """The registration's offers by name, or what is wrong with them."""
+    if len(cmd.agents) > limits.MAX_AGENT_TYPES_PER_NODE:
+        return f"a node may offer at most {limits.MAX_AGENT_TYPES_PER_NODE} agent types", {}
+    for a in cmd.agents:
+        why = limits.id_error("agent type", a)
+        if why:
+            return why, {}
+    if not cmd.offers:  # a registration from before offers: every type with the default policy
+        return "", {a: AgentOffer(a) for a in cmd.agents}
+    offers = {o.name: o for o in cmd.offers}
+    if len(offers) != len(cmd.offers) or set(offers) != set(cmd.agents):
+        return "offers must name each type in agents exactly once", {}
+    for o in cmd.offers:
+        why = offer_error(o)
+        if why:
+            return why, {}
+    return "", {k: replace(o, capabilities=tuple(sorted(o.capabilities))) for k, o in offers.items()}
 
 
 def register(ctx: ApplyContext, cmd: RegisterNode) -> Result:
     why = limits.id_error("node id", cmd.node_id)
-    for a in cmd.agents:
-        why = why or limits.id_error("agent type", a)
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
-    if cmd.slots < 0:
-        return Rejected(Code.INVALID_ARGUMENT, "slots must be >= 0")
+    why, offers = _offers(cmd)
+    if why:
+        return Rejected(Code.INVALID_ARGUMENT, why)
+    if not 0 <= cmd.slots <= limits.MAX_NODE_SLOTS:
+        return Rejected(Code.INVALID_ARGUMENT, f"slots must be between 0 and {limits.MAX_NODE_SLOTS}")
     st = ctx.state
     rev = ctx.advance()
     old = st.members.get(cmd.node_id)
     if old is not None and old.incarnation != cmd.incarnation:
         # The node restarted: whatever it was running died with the old process.
         requeue_node_tasks(ctx, cmd.node_id, rev, "node restarted")
+    # Breakers outlive a restart (they are the node's record, not its process's); a type no
+    # longer offered drops its breaker.
+    kept = {a: b for a, b in old.breakers.items() if a in offers} if old is not None else {}
     st.members[cmd.node_id] = Member(
         cmd.node_id,
         cmd.grpc,
@@ -37,6 +92,8 @@ def register(ctx: ApplyContext, cmd: RegisterNode) -> Result:
         cmd.incarnation,
         True,
         st.time_ms,
+        offers,
+        kept,
     )
     ctx.emit(MemberChanged(rev, cmd.node_id, True))
     return MemberResult(cmd.node_id)
@@ -55,3 +112,20 @@ def node_down(ctx: ApplyContext, cmd: NodeDown) -> Result:
     requeue_node_tasks(ctx, cmd.node_id, rev, f"node {cmd.node_id} down: {cmd.reason or 'unreachable'}")
     ctx.emit(MemberChanged(rev, cmd.node_id, False))
     return MemberResult(cmd.node_id)
+
+
+def task_defaults(state: ClusterState, agents: Iterable[str]) -> dict[str, AgentOffer]:
+    """The offer whose ``timeout_ms``/``retries`` a task of each type takes when it sets none.
+
+    Deterministic: the up member with the lowest node id that offers the type, else (none
+    up) the lowest node id of any member that offered it. The API resolves this before
+    logging a submit, so the logged task spec is explicit and apply never looks it up.
+    """
+    want = set(agents)
+    out: dict[str, AgentOffer] = {}
+    fallback: dict[str, AgentOffer] = {}
+    for node_id in sorted(state.members):
+        m = state.members[node_id]
+        for a in want.intersection(m.offers):
+            (out if m.up else fallback).setdefault(a, m.offers[a])
+    return fallback | out

@@ -1,18 +1,97 @@
 """Placement: which READY task goes to which node. Pure; the leader's scheduler calls it.
 
-Highest priority first, FIFO within a priority; among the up members that offer
-the task's agent type and have a free slot, the least loaded (running / slots)
-wins, ties broken by node id. The state machine re-validates every assignment,
-so a plan computed from a slightly stale view is safe (stale items are rejected).
+A node serves a task when it is an up member whose offer of the task's agent type has
+every capability the task ``requires``, with a free node slot, a free slot under the
+offer's per-node ``concurrency``, and that type's breaker there not open (half-open:
+one probe attempt at a time, see ``breakers.py``). Highest priority first, FIFO within
+a priority; among the nodes that serve a task, the least loaded (running / slots) wins,
+ties broken by node id. The state machine re-validates every assignment with the same
+rule (``unfit``), so a plan computed from a slightly stale view is safe.
+
+``waiting_reason`` says why a READY task is not placed; reads derive it on demand
+(it depends on the clock and on every member, so it is never replicated).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 
-from .commands import Assignment
+from .breakers import BreakerState, state_of
+from .commands import AgentOffer, Assignment, TaskSpec
 from .locks import EXCLUSIVE, task_owner
-from .state import ClusterState, TaskKey
+from .state import ClusterState, Member, TaskKey, TaskState, TaskStatus
+
+
+def offer_fits(m: Member, agent: str, requires: Collection[str]) -> AgentOffer | None:
+    """``m``'s offer of ``agent`` if it has every capability in ``requires``."""
+    o = m.offers.get(agent)
+    if o is None or (requires and not set(requires).issubset(o.capabilities)):
+        return None
+    return o
+
+
+def room(m: Member, offer: AgentOffer, node_running: int, type_running: int, now_ms: int) -> str:
+    """Why ``m`` cannot start one more attempt of ``offer``'s type ("" if it can), given the
+    attempts running there (``node_running``) and of that type (``type_running``)."""
+    if node_running >= m.slots:
+        return f"node {m.node_id!r} has no free slot"
+    if offer.concurrency and type_running >= offer.concurrency:
+        return f"node {m.node_id!r} runs {offer.concurrency} {offer.name!r} attempts (its concurrency)"
+    b = m.breakers.get(offer.name)
+    state = state_of(b, now_ms)
+    if state is BreakerState.OPEN and b is not None:
+        return f"breaker for {offer.name!r} on node {m.node_id!r} is open until {format_ms(b.open_until_ms)}"
+    if state is BreakerState.HALF_OPEN and type_running:
+        return f"breaker for {offer.name!r} on node {m.node_id!r} is half-open and its probe is running"
+    return ""
+
+
+def unfit(
+    state: ClusterState,
+    node_id: str,
+    spec: TaskSpec,
+    now_ms: int,
+    planned_node: int = 0,
+    planned_type: int = 0,
+) -> str:
+    """Why ``node_id`` cannot take an attempt of ``spec`` now ("" if it can).
+
+    ``planned_*``: attempts already promised to that node (in total, of this type) by the
+    same plan or command, not yet in the state.
+    """
+    m = state.members.get(node_id)
+    if m is None or not m.up:
+        return f"node {node_id!r} is not an up member"
+    offer = m.offers.get(spec.agent)
+    if offer is None:
+        return f"node {node_id!r} does not offer agent {spec.agent!r}"
+    if spec.requires:
+        missing = sorted(set(spec.requires).difference(offer.capabilities))
+        if missing:
+            return f"node {node_id!r} offers {spec.agent!r} without capabilities {_caps(missing)}"
+    node_running = len(state.running.get(node_id, ())) + planned_node
+    type_running = state.running_agent.get((node_id, spec.agent), 0) + planned_type
+    return room(m, offer, node_running, type_running, now_ms)
+
+
+def serves(state: ClusterState, node_id: str, spec: TaskSpec, now_ms: int) -> bool:
+    """Whether ``node_id`` could start an attempt of ``spec`` now (the rule ``apply`` enforces)."""
+    return not unfit(state, node_id, spec, now_ms)
+
+
+def eligible_nodes(
+    state: ClusterState, spec: TaskSpec, now_ms: int, avoid: frozenset[str] = frozenset()
+) -> list[str]:
+    """Up members (not in ``avoid``) that could run ``spec`` if they had room: the offer
+    matches and the type's breaker there is not open. Sorted by node id."""
+    out = []
+    for node_id in sorted(state.members):
+        m = state.members[node_id]
+        if not m.up or node_id in avoid or offer_fits(m, spec.agent, spec.requires) is None:
+            continue
+        if state_of(m.breakers.get(spec.agent), now_ms) is not BreakerState.OPEN:
+            out.append(node_id)
+    return out
 
 
 def plan_assignments(
@@ -27,25 +106,28 @@ def plan_assignments(
     ``avoid``: up members the leader has not heard from lately; new work skips them
     until they are heard from again or marked down.
     """
+    live: list[Member] = []
     load: dict[str, int] = {}
-    slots: dict[str, int] = {}
-    by_agent: dict[str, list[str]] = {}
     for node_id in sorted(state.members):
         m = state.members[node_id]
         if not m.up or m.slots <= 0 or node_id in avoid:
             continue
+        live.append(m)
         load[node_id] = len(state.running.get(node_id, ()))
-        slots[node_id] = m.slots
-        for a in m.agents:
-            by_agent.setdefault(a, []).append(node_id)
-    for node_id in inflight.values():
-        if node_id in load:
+    type_load: dict[tuple[str, str], int] = {}
+    for key, node_id in inflight.items():
+        t = state.task(*key)
+        if node_id in load and t is not None:
             load[node_id] += 1
-    free_total = sum(max(0, slots[n] - load[n]) for n in load)
+            na = (node_id, t.spec.agent)
+            type_load[na] = type_load.get(na, 0) + 1
+    free_total = sum(max(0, m.slots - load[m.node_id]) for m in live)
     out: list[Assignment] = []
     if free_total <= 0:
         return out
-    full_agents: set[str] = set()
+    # (agent, requires) -> the live members whose offer matches, with the offer
+    groups: dict[tuple[str, tuple[str, ...]], list[tuple[Member, AgentOffer]]] = {}
+    full: set[tuple[str, tuple[str, ...]]] = set()
     planned_locks: dict[str, str] = {}
     for prio in sorted(state.ready, reverse=True):
         for key in state.ready[prio]:
@@ -56,7 +138,8 @@ def plan_assignments(
             if t.not_before_ms > now_ms:
                 continue
             agent = t.spec.agent
-            if agent in full_agents:
+            gkey = (agent, t.spec.requires)
+            if gkey in full:
                 continue
             if t.spec.locks:
                 # a task's declared locks must all be grantable now, and not promised to
@@ -69,18 +152,32 @@ def plan_assignments(
                 owner = task_owner(run_id, task_id, t.attempt + 1)
                 if not state.locks.can_grant(owner, tuple(sorted(t.spec.locks)), ahead_of=None):
                     continue
+            group = groups.get(gkey)
+            if group is None:
+                group = groups[gkey] = [
+                    (m, o) for m in live if (o := offer_fits(m, agent, t.spec.requires)) is not None
+                ]
             best: str | None = None
             best_ratio = 0.0
-            for node_id in by_agent.get(agent, ()):
-                if load[node_id] >= slots[node_id]:
+            for m, offer in group:
+                node_id = m.node_id
+                node_running = load[node_id]
+                if node_running >= m.slots:
                     continue
-                ratio = load[node_id] / slots[node_id]
-                if best is None or ratio < best_ratio:
+                ratio = node_running / m.slots
+                if best is not None and ratio >= best_ratio:
+                    continue  # cheap filters first: ``room`` (the rule) only for a better node
+                type_running = state.running_agent.get((node_id, agent), 0) + type_load.get(
+                    (node_id, agent), 0
+                )
+                if not room(m, offer, node_running, type_running, now_ms):
                     best, best_ratio = node_id, ratio
             if best is None:
-                full_agents.add(agent)
+                # loads only grow during a plan: no later task of this group fits either
+                full.add(gkey)
                 continue
             load[best] += 1
+            type_load[(best, agent)] = type_load.get((best, agent), 0) + 1
             free_total -= 1
             for lock_name, mode in t.spec.locks:
                 planned_locks[lock_name] = (
@@ -90,3 +187,96 @@ def plan_assignments(
             if free_total <= 0 or len(out) >= max_items:
                 return out
     return out
+
+
+def waiting_reasons(state: ClusterState, run_id: str, task_ids: Iterable[str], now_ms: int) -> dict[str, str]:
+    """Why each READY task of ``task_ids`` is not running yet (tasks a node can take now, or
+    that are not READY, are left out). Derived at read time from the local replica and the
+    reader's clock: never replicated. O(tasks + members x distinct (agent, requires))."""
+    run = state.runs.get(run_id)
+    out: dict[str, str] = {}
+    if run is None:
+        return out
+    groups: dict[tuple[str, tuple[str, ...]], str] = {}
+    for task_id in task_ids:
+        t = run.tasks.get(task_id)
+        if t is None or t.status is not TaskStatus.READY:
+            continue
+        why = _task_wait(state, run_id, t, now_ms)
+        if not why:
+            gkey = (t.spec.agent, t.spec.requires)
+            if gkey not in groups:
+                groups[gkey] = _nodes_wait(state, t.spec, now_ms)
+            why = groups[gkey]
+        if why:
+            out[task_id] = why
+    return out
+
+
+def waiting_reason(state: ClusterState, run_id: str, t: TaskState, now_ms: int) -> str:
+    """``waiting_reasons`` for one task ("" if it is not READY or a node can take it now)."""
+    return waiting_reasons(state, run_id, (t.spec.id,), now_ms).get(t.spec.id, "")
+
+
+def _task_wait(state: ClusterState, run_id: str, t: TaskState, now_ms: int) -> str:
+    spec = t.spec
+    if t.not_before_ms > now_ms:
+        return f"retry backoff until {format_ms(t.not_before_ms)}"
+    if spec.locks:
+        owner = task_owner(run_id, spec.id, t.attempt + 1)
+        if not state.locks.can_grant(owner, tuple(sorted(spec.locks)), ahead_of=None):
+            return "waiting for locks " + ", ".join(repr(n) for n, _ in spec.locks)
+    return ""
+
+
+def _nodes_wait(state: ClusterState, spec: TaskSpec, now_ms: int) -> str:
+    offering: list[tuple[Member, AgentOffer]] = []
+    for node_id in sorted(state.members):
+        m = state.members[node_id]
+        o = offer_fits(m, spec.agent, spec.requires) if m.up else None
+        if o is not None:
+            offering.append((m, o))
+    what = f"agent {spec.agent!r}" + (f" with capabilities {_caps(spec.requires)}" if spec.requires else "")
+    if not offering:
+        return f"no live node offers {what}"
+    open_until = [
+        b.open_until_ms
+        for m, _ in offering
+        if (b := m.breakers.get(spec.agent)) is not None and state_of(b, now_ms) is BreakerState.OPEN
+    ]
+    if len(open_until) == len(offering):
+        return (
+            f"breaker open for {spec.agent!r} on every node offering it "
+            f"(next probe at {format_ms(min(open_until))})"
+        )
+    for m, o in offering:
+        node_running = len(state.running.get(m.node_id, ()))
+        if not room(m, o, node_running, state.running_agent.get((m.node_id, spec.agent), 0), now_ms):
+            return ""
+    return f"every eligible node is busy ({len(offering)} live node(s) offer {what})"
+
+
+def format_ms(ms: int) -> str:
+    """A state time (ms since the epoch) as UTC ISO 8601, for messages.
+
+    Computed by hand (days to a civil date, H. Hinnant's algorithm): this package imports
+    no clock module, not even ``datetime``.
+    """
+    days, rest = divmod(ms, 86_400_000)
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
+    h, rest = divmod(rest, 3_600_000)
+    mi, rest = divmod(rest, 60_000)
+    sec, milli = divmod(rest, 1000)
+    return f"{year:04d}-{month:02d}-{day:02d}T{h:02d}:{mi:02d}:{sec:02d}.{milli:03d}Z"
+
+
+def _caps(caps: Iterable[str]) -> str:
+    return "[" + ", ".join(caps) + "]"

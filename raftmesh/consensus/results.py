@@ -387,6 +387,41 @@ class KvLeaseRevoked(Result):
         return cls(v[0], tuple(v[1]))
 
 
+@dataclass(frozen=True, slots=True)
+class RetryTaskResult(Result):
+    """``requeued`` False: an earlier command already requeued the task at that attempt."""
+
+    TAG: ClassVar[str] = "retry_task"
+    requeued: bool
+    attempt: int
+    """The dead attempt the command named (the next attempt is ``attempt + 1``)."""
+    status: TaskStatus
+    """The task's status afterwards."""
+
+    def _encode(self) -> list[Any]:
+        return [self.requeued, self.attempt, self.status.value]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> RetryTaskResult:
+        return cls(v[0], v[1], TaskStatus(v[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptResult(Result):
+    """The preemptions that applied, and the stale ones refused."""
+
+    TAG: ClassVar[str] = "preempt"
+    accepted: int
+    rejected: tuple[ItemRejected, ...] = ()
+
+    def _encode(self) -> list[Any]:
+        return [self.accepted, [r.encode() for r in self.rejected]]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> PreemptResult:
+        return cls(v[0], tuple(ItemRejected.decode(r) for r in v[1]))
+
+
 RESULT_TYPES: tuple[type[Result], ...] = (
     Rejected,
     MemberResult,
@@ -403,6 +438,8 @@ RESULT_TYPES: tuple[type[Result], ...] = (
     KvTxnResult,
     KvLeaseResult,
     KvLeaseRevoked,
+    RetryTaskResult,
+    PreemptResult,
 )
 _BY_TAG: dict[str, Any] = {cls.TAG: cls for cls in RESULT_TYPES}
 

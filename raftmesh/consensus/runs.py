@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from . import limits, values
+from . import limits, usage, values
 from .codes import Code
 from .commands import Assign, CancelRun, Complete, Completion, Fail, Failure, SubmitRun
 from .context import ApplyContext
 from .dag import DagError, check_id, validate
 from .lock_commands import task_locks_free
 from .locks import EXCLUSIVE
+from .placement import unfit
 from .results import (
     AssignResult,
     CancelRunResult,
@@ -59,7 +60,7 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
             raise DagError("invalid", f"name {cmd.name[:40]!r} may not contain control characters")
         if abs(cmd.priority) > limits.MAX_PRIORITY:
             raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
-        validate(cmd.tasks, st.known_agents())
+        validate(cmd.tasks, st.offered_capabilities())
     except DagError as exc:
         return Rejected(Code.INVALID_ARGUMENT, str(exc))
     if cmd.run_id in st.runs:
@@ -120,12 +121,12 @@ def assign(ctx: ApplyContext, cmd: Assign) -> Result:
     accepted: list[tuple[RunState, TaskState, str]] = []
     rejected: list[ItemRejected] = []
     planned: dict[str, int] = {}
+    planned_type: dict[tuple[str, str], int] = {}
     planned_locks: dict[str, str] = {}
     seen: set[TaskKey] = set()
     for a in cmd.items:
         run = st.runs.get(a.run_id)
         t = run.tasks.get(a.task_id) if run else None
-        member = st.members.get(a.node_id)
         why = ""
         if run is None or t is None:
             why = "no such task"
@@ -139,20 +140,17 @@ def assign(ctx: ApplyContext, cmd: Assign) -> Result:
             why = f"attempt {a.attempt} is not the next attempt ({t.attempt + 1})"
         elif t.not_before_ms > now:
             why = "retry backoff has not passed"
-        elif member is None or not member.up:
-            why = f"node {a.node_id!r} is not an up member"
-        elif t.spec.agent not in member.agents:
-            why = f"node {a.node_id!r} does not offer agent {t.spec.agent!r}"
-        elif len(st.running.get(a.node_id, {})) + planned.get(a.node_id, 0) >= member.slots:
-            why = f"node {a.node_id!r} has no free slot"
         else:
-            why = task_locks_free(ctx, t, a.run_id, planned_locks)
+            na = (a.node_id, t.spec.agent)
+            why = unfit(st, a.node_id, t.spec, now, planned.get(a.node_id, 0), planned_type.get(na, 0))
+            why = why or task_locks_free(ctx, t, a.run_id, planned_locks)
         if why:
             rejected.append(ItemRejected(a.run_id, a.task_id, why))
             continue
         assert run is not None and t is not None
         seen.add((a.run_id, a.task_id))
         planned[a.node_id] = planned.get(a.node_id, 0) + 1
+        planned_type[(a.node_id, t.spec.agent)] = planned_type.get((a.node_id, t.spec.agent), 0) + 1
         for name, mode in t.spec.locks:
             planned_locks[name] = mode if planned_locks.get(name) != EXCLUSIVE else EXCLUSIVE
         accepted.append((run, t, a.node_id))
@@ -221,6 +219,8 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     if not accepted and not refused:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
+    for c, run, t in current:  # every current attempt reported: charge it whatever its outcome
+        usage.charge(run, t, c.usage)
     for run, t, output in accepted:
         succeed(ctx, run, t, output, rev)
     for run, t, msg in refused:
@@ -235,6 +235,8 @@ def fail(ctx: ApplyContext, cmd: Fail) -> Result:
     if not accepted:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
+    for f, run, t in current:
+        usage.charge(run, t, f.usage)
     for run, t, error, retryable in accepted:
         if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
             fail_attempt(ctx, run, t, error, retryable, rev)

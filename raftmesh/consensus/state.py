@@ -8,6 +8,7 @@ digest as one that applied the whole log.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 from collections import OrderedDict
@@ -17,12 +18,17 @@ from typing import Any
 
 import msgpack
 
-from .commands import JsonValue, TaskSpec
+from .commands import NO_USAGE, AgentOffer, JsonValue, TaskSpec, Usage
 from .kv import KvStore
 from .locks import LockTable
 
-SNAPSHOT_FORMAT = 2
-"""2: results in the dedup table are typed (``results.encode_result``) and name the command kind."""
+SNAPSHOT_FORMAT = 3
+"""2: results in the dedup table are typed (``results.encode_result``) and name the command kind.
+3: tasks and runs end with their usage sums; tasks with ``preempted_by`` and ``requeued_attempt``;
+a member carries its agent offers and its breakers (``Member.offers``, ``Member.breakers``).
+A format-2 snapshot still loads (the new fields start empty; members offer their agents with
+default policy)."""
+READABLE_FORMATS = frozenset({2, SNAPSHOT_FORMAT})
 
 
 class TaskStatus(StrEnum):
@@ -51,15 +57,36 @@ TaskKey = tuple[str, str]
 
 
 @dataclass(slots=True)
+class Breaker:
+    """The circuit breaker of one agent type on one node (``breakers.py`` owns the rules).
+
+    Closed while ``open_until_ms`` is 0; open until then; half-open (one probe) after it.
+    A member keeps only breakers that are not closed-and-clean, so the encoding stays small.
+    """
+
+    failures: int = 0
+    """Consecutive failed attempts (reset by a success)."""
+    open_until_ms: int = 0
+
+    def encode(self) -> list[Any]:
+        return [self.failures, self.open_until_ms]
+
+
+@dataclass(slots=True)
 class Member:
     node_id: str
     grpc: str
     raft: str
     agents: tuple[str, ...]
+    """The offered type names, sorted (kept for readers that predate ``offers``)."""
     slots: int
     incarnation: str
     up: bool
     registered_ms: int
+    offers: dict[str, AgentOffer] = field(default_factory=dict)
+    """agent type -> its offer; the same names as ``agents``."""
+    breakers: dict[str, Breaker] = field(default_factory=dict)
+    """agent type -> breaker, only for types with failures or an open breaker."""
 
     def encode(self) -> list[Any]:
         return [
@@ -71,11 +98,26 @@ class Member:
             self.incarnation,
             self.up,
             self.registered_ms,
+            [self.offers[k].encode() for k in sorted(self.offers)],
+            [[k, *self.breakers[k].encode()] for k in sorted(self.breakers)],
         ]
 
     @classmethod
     def decode(cls, v: list[Any]) -> Member:
-        return cls(v[0], v[1], v[2], tuple(v[3]), v[4], v[5], v[6], v[7])
+        # A format-2 member has no offers: its agents are offered with the default policy.
+        offers = [AgentOffer.decode(o) for o in v[8]] if len(v) > 8 else [AgentOffer(a) for a in v[3]]
+        return cls(
+            v[0],
+            v[1],
+            v[2],
+            tuple(v[3]),
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            {o.name: o for o in offers},
+            {b[0]: Breaker(b[1], b[2]) for b in (v[9] if len(v) > 9 else ())},
+        )
 
 
 @dataclass(slots=True)
@@ -99,6 +141,12 @@ class TaskState:
     finished_ms: int = 0
     deadline_ms: int = 0
     """Timeout of the running attempt (0: none)."""
+    usage: Usage = NO_USAGE
+    """Summed over the attempts whose completion or failure was accepted (fenced reports add nothing)."""
+    preempted_by: tuple[tuple[str, str, int, int], ...] = ()
+    """(run id, task id, preempted attempt, time_ms) of the newest preemptions, oldest first (bounded)."""
+    requeued_attempt: int = 0
+    """The last attempt at which this task was requeued from the dead letters (``RetryTask``)."""
 
     def encode(self) -> list[Any]:
         return [
@@ -117,6 +165,9 @@ class TaskState:
             self.started_ms,
             self.finished_ms,
             self.deadline_ms,
+            self.usage.encode(),
+            [list(p) for p in self.preempted_by],
+            self.requeued_attempt,
         ]
 
     @classmethod
@@ -137,6 +188,9 @@ class TaskState:
             v[12],
             v[13],
             v[14],
+            Usage.decode(v[15]) if len(v) > 15 else NO_USAGE,
+            tuple((p[0], p[1], p[2], p[3]) for p in v[16]) if len(v) > 16 else (),
+            v[17] if len(v) > 17 else 0,
         )
 
 
@@ -157,6 +211,8 @@ class RunState:
     error: str = ""
     revision: int = 0
     """Revision of the last change to this run or any of its tasks."""
+    usage: Usage = NO_USAGE
+    """Sum of its tasks' usage, kept as a running sum (O(1) per report)."""
 
     def encode(self) -> list[Any]:
         return [
@@ -172,6 +228,7 @@ class RunState:
             self.finished_ms,
             self.error,
             self.revision,
+            self.usage.encode(),
         ]
 
     @classmethod
@@ -190,7 +247,12 @@ class RunState:
             v[9],
             v[10],
             v[11],
+            Usage.decode(v[12]) if len(v) > 12 else NO_USAGE,
         )
+
+
+DeadLetter = tuple[int, str, str]
+"""(finished_ms, run_id, task_id) of a FAILED task: the dead-letter index's sort key."""
 
 
 @dataclass(slots=True)
@@ -218,8 +280,12 @@ class ClusterState:
     """priority -> READY tasks in FIFO order."""
     running: dict[str, dict[TaskKey, None]] = field(default_factory=dict)
     """node id -> tasks RUNNING there."""
+    running_agent: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(node id, agent type) -> attempts of that type RUNNING there (per-agent concurrency)."""
     timeouts: list[tuple[int, str, str, int]] = field(default_factory=list)
     """Heap of (deadline_ms, run_id, task_id, attempt); entries go stale lazily."""
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    """FAILED tasks of retained runs, sorted (oldest first): read newest first in O(limit)."""
 
     # ---- canonical encoding -------------------------------------------------
 
@@ -244,7 +310,7 @@ class ClusterState:
     @classmethod
     def decode(cls, data: bytes) -> ClusterState:
         body = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if body[0] != SNAPSHOT_FORMAT:
+        if body[0] not in READABLE_FORMATS:
             raise ValueError(
                 f"snapshot format {body[0]} is not supported (this node reads {SNAPSHOT_FORMAT})"
             )
@@ -271,14 +337,20 @@ class ClusterState:
     def rebuild_indexes(self) -> None:
         ready: list[tuple[int, int, TaskKey]] = []
         self.running = {}
+        self.running_agent = {}
         self.timeouts = []
+        self.dead_letters = []
         for run in self.runs.values():
             for t in run.tasks.values():
                 key = (run.run_id, t.spec.id)
-                if t.status is TaskStatus.READY:
+                if t.status is TaskStatus.FAILED:
+                    self.dead_letters.append((t.finished_ms, run.run_id, t.spec.id))
+                elif t.status is TaskStatus.READY:
                     ready.append((t.spec.priority, t.ready_seq, key))
                 elif t.status is TaskStatus.RUNNING:
                     self.running.setdefault(t.node, {})[key] = None
+                    na = (t.node, t.spec.agent)
+                    self.running_agent[na] = self.running_agent.get(na, 0) + 1
                     if t.deadline_ms:
                         self.timeouts.append((t.deadline_ms, run.run_id, t.spec.id, t.attempt))
         ready.sort(key=lambda e: e[1])
@@ -286,6 +358,7 @@ class ClusterState:
         for prio, _, key in ready:
             self.ready.setdefault(prio, {})[key] = None
         heapq.heapify(self.timeouts)
+        self.dead_letters.sort()
 
     def index_snapshot(self) -> tuple[Any, ...]:
         """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
@@ -296,7 +369,21 @@ class ClusterState:
             # A set: a renewal or re-grant to the same deadline may push a duplicate heap entry.
             sorted({e for e in self.locks.deadlines if self.locks._live(e)}),
             (list(self.kv.keys), self.kv.history_bytes, self.kv.next_deadline_ms()),
+            list(self.dead_letters),
+            dict(sorted(self.running_agent.items())),
         )
+
+    def add_dead_letter(self, entry: DeadLetter) -> None:
+        # finished_ms is state time, which never decreases: the insert is at (or near) the end.
+        bisect.insort(self.dead_letters, entry)
+
+    def drop_dead_letters(self, finished_ms: int, run_id: str) -> None:
+        """Forget the run's dead letters that finished at ``finished_ms`` (contiguous in the index)."""
+        i = bisect.bisect_left(self.dead_letters, (finished_ms, run_id, ""))
+        j = i
+        while j < len(self.dead_letters) and self.dead_letters[j][:2] == (finished_ms, run_id):
+            j += 1
+        del self.dead_letters[i:j]
 
     def _timeout_live(self, entry: tuple[int, str, str, int]) -> bool:
         deadline, run_id, task_id, attempt = entry
@@ -337,3 +424,12 @@ class ClusterState:
         for m in self.members.values():
             agents.update(m.agents)
         return agents
+
+    def offered_capabilities(self) -> dict[str, set[tuple[str, ...]]]:
+        """agent type -> the capability sets its members (up or down) offer it with."""
+        out: dict[str, set[tuple[str, ...]]] = {}
+        for m in self.members.values():
+            for name in m.agents:
+                o = m.offers.get(name)
+                out.setdefault(name, set()).add(o.capabilities if o else ())
+        return out

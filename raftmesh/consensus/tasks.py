@@ -13,6 +13,7 @@ import heapq
 from typing import Any
 
 from . import limits
+from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
 from .results import RunChanged, TaskChanged
@@ -54,8 +55,14 @@ def unrun(ctx: ApplyContext, run_id: str, t: TaskState) -> None:
     if t.status is TaskStatus.RUNNING:
         release_task_locks(ctx, t, run_id)
         q = ctx.state.running.get(t.node)
-        if q is not None:
-            q.pop((run_id, t.spec.id), None)
+        if q is not None and (run_id, t.spec.id) in q:
+            del q[(run_id, t.spec.id)]
+            na = (t.node, t.spec.agent)
+            left = ctx.state.running_agent.get(na, 0) - 1
+            if left > 0:
+                ctx.state.running_agent[na] = left
+            else:
+                ctx.state.running_agent.pop(na, None)
 
 
 def start(ctx: ApplyContext, run: RunState, t: TaskState, node_id: str, rev: int) -> None:
@@ -69,6 +76,7 @@ def start(ctx: ApplyContext, run: RunState, t: TaskState, node_id: str, rev: int
     t.started_ms = st.time_ms
     t.deadline_ms = st.time_ms + t.spec.timeout_ms if t.spec.timeout_ms else 0
     st.running.setdefault(node_id, {})[(run.run_id, t.spec.id)] = None
+    st.running_agent[(node_id, t.spec.agent)] = st.running_agent.get((node_id, t.spec.agent), 0) + 1
     grant_task_locks(ctx, t, run.run_id, rev)
     if t.deadline_ms:
         heapq.heappush(st.timeouts, (t.deadline_ms, run.run_id, t.spec.id, t.attempt))
@@ -77,6 +85,8 @@ def start(ctx: ApplyContext, run: RunState, t: TaskState, node_id: str, rev: int
 
 
 def succeed(ctx: ApplyContext, run: RunState, t: TaskState, output: Any, rev: int) -> None:
+    """The running attempt succeeded (a committed outcome: it closes the type's breaker there)."""
+    record_outcome(ctx, t, ok=True)
     unrun(ctx, run.run_id, t)
     t.status = TaskStatus.SUCCEEDED
     t.output = output
@@ -98,8 +108,13 @@ def succeed(ctx: ApplyContext, run: RunState, t: TaskState, output: Any, rev: in
 def fail_attempt(
     ctx: ApplyContext, run: RunState, t: TaskState, error: str, retryable: bool, rev: int
 ) -> None:
-    """The running attempt failed: retry after the backoff while retries last, else fail the run."""
+    """The running attempt failed: retry after the backoff while retries last, else fail the run.
+
+    Only for outcomes of the attempt itself (its failure, its timeout, its refused output):
+    each counts toward the type's breaker on its node. A lost or fenced attempt is not one.
+    """
     st = ctx.state
+    record_outcome(ctx, t, ok=False)
     unrun(ctx, run.run_id, t)
     t.error = error
     t.deadline_ms = 0
@@ -111,6 +126,7 @@ def fail_attempt(
         return
     t.status = TaskStatus.FAILED
     t.finished_ms = st.time_ms
+    st.add_dead_letter((t.finished_ms, run.run_id, t.spec.id))
     run.unfinished -= 1
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, t.node))
@@ -143,6 +159,9 @@ def finish_run(ctx: ApplyContext, run: RunState, status: RunStatus, rev: int, er
         old = st.runs.pop(old_id, None)
         if old is not None and old.idempotency_key:
             st.idempotency.pop(old.idempotency_key, None)
+        if old is not None and old.status is RunStatus.FAILED:
+            # Its failed task ended the run, at the run's finished_ms: O(log n), not a walk of its tasks.
+            st.drop_dead_letters(old.finished_ms, old_id)
 
 
 def requeue_node_tasks(ctx: ApplyContext, node_id: str, rev: int, why: str) -> None:

@@ -54,6 +54,8 @@ class NodeConfig:
     """Threads that run ``thread`` agents' attempts (``--agent-threads``)."""
     agent_processes: int = PROCESS_POOL_SIZE
     """Worker processes that run ``process`` agents' attempts (``--agent-processes``)."""
+    preempt_priority: int | None = None
+    """READY tasks of at least this priority preempt lower running ones when no slot is free (None: off)."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -126,6 +128,7 @@ def build_config(
     agent_threads: int = THREAD_POOL_SIZE,
     agent_processes: int = PROCESS_POOL_SIZE,
     agents_modules: tuple[str, ...] = (),
+    preempt_priority: int | None = None,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -168,6 +171,8 @@ def build_config(
         raise InvalidArgument(f"--agent-processes must be between 1 and {MAX_PROCESS_POOL_SIZE}")
     if any(not isinstance(m, str) or not m.strip() for m in agents_modules):
         raise InvalidArgument("--agents-module must be a file path or a module name (not empty)")
+    if preempt_priority is not None and abs(preempt_priority) > limits.MAX_PRIORITY:
+        raise InvalidArgument(f"--preempt-priority must be within +-{limits.MAX_PRIORITY}")
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -184,6 +189,7 @@ def build_config(
         agent_threads=agent_threads,
         agent_processes=agent_processes,
         agents_modules=tuple(m.strip() for m in agents_modules),
+        preempt_priority=preempt_priority,
     )
 
 

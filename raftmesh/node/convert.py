@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..consensus import values
-from ..consensus.commands import TaskSpec
-from ..consensus.state import RunState, RunStatus, TaskState, TaskStatus
+from ..consensus.breakers import state_of
+from ..consensus.commands import AgentOffer, TaskSpec, Usage
+from ..consensus.dead_letters import DeadLetterView
+from ..consensus.state import ClusterState, Member, RunState, RunStatus, TaskState, TaskStatus
 from ..errors import InvalidArgument
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 
@@ -32,6 +36,7 @@ def load_json(what: str, text: str) -> Any:
 
 
 def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
+    """The request's tasks; unset ``retries``/``timeout_ms`` are 0 until ``with_defaults``."""
     specs = []
     for i, t in enumerate(req.tasks):
         label = f"task {t.id[:40]!r}" if t.id else f"task #{i + 1}"
@@ -46,13 +51,33 @@ def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
                 timeout_ms=t.timeout_ms,
                 retry_backoff_ms=t.retry_backoff_ms,
                 locks=tuple((lk.name, lk.mode or "exclusive") for lk in t.locks),
+                requires=tuple(t.requires),
             )
         )
     return tuple(specs)
 
 
+def with_defaults(
+    req: pb.SubmitRunRequest, specs: tuple[TaskSpec, ...], defaults: Mapping[str, AgentOffer]
+) -> tuple[TaskSpec, ...]:
+    """``specs`` (from ``req``) with each unset ``retries``/``timeout_ms`` taken from the
+    agent type's offer (``members.task_defaults``); a type with no offer keeps 0."""
+    out = []
+    for t, spec in zip(req.tasks, specs, strict=True):
+        offer = defaults.get(spec.agent)
+        if offer is not None and not (t.HasField("retries") and t.HasField("timeout_ms")):
+            spec = replace(
+                spec,
+                retries=t.retries if t.HasField("retries") else offer.retries,
+                timeout_ms=t.timeout_ms if t.HasField("timeout_ms") else offer.timeout_ms,
+            )
+        out.append(spec)
+    return tuple(out)
+
+
 def task_to_pb(t: TaskState) -> pb.Task:
     return pb.Task(
+        requires=list(t.spec.requires),
         id=t.spec.id,
         agent=t.spec.agent,
         status=TASK_STATUS[t.status],
@@ -66,6 +91,26 @@ def task_to_pb(t: TaskState) -> pb.Task:
         started_ms=t.started_ms,
         finished_ms=t.finished_ms,
         input_json=dump_json(t.spec.input),
+        usage=usage_to_pb(t.usage),
+        preempted_by=[
+            pb.Preemption(by_run_id=r, by_task_id=k, attempt=a, at_ms=at) for r, k, a, at in t.preempted_by
+        ],
+        requeued_attempt=t.requeued_attempt,
+    )
+
+
+def usage_to_pb(u: Usage) -> pb.Usage:
+    return pb.Usage(tokens_in=u.tokens_in, tokens_out=u.tokens_out, cost=u.cost)
+
+
+def dead_letter_to_pb(d: DeadLetterView) -> pb.DeadLetter:
+    return pb.DeadLetter(
+        run_id=d.run_id,
+        task_id=d.task_id,
+        agent=d.agent,
+        attempt=d.attempt,
+        error=d.error,
+        finished_ms=d.finished_ms,
     )
 
 
@@ -81,7 +126,35 @@ def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
         name=run.name,
         priority=run.priority,
         revision=run.revision,
+        usage=usage_to_pb(run.usage),
     )
+
+
+def member_extras_to_pb(st: ClusterState, m: Member, now_ms: int) -> dict[str, Any]:
+    """The ``offers`` and ``breakers`` fields of a status ``Member`` (breaker state at ``now_ms``)."""
+    offers = [
+        pb.AgentOffer(
+            agent=o.name,
+            capabilities=list(o.capabilities),
+            concurrency=o.concurrency,
+            breaker_failures=o.breaker_failures,
+            breaker_cooldown_ms=o.breaker_cooldown_ms,
+            timeout_ms=o.timeout_ms,
+            retries=o.retries,
+            running=st.running_agent.get((m.node_id, o.name), 0),
+        )
+        for _, o in sorted(m.offers.items())
+    ]
+    breakers = [
+        pb.AgentBreaker(
+            agent=a,
+            state=state_of(b, now_ms).value,
+            failures=b.failures,
+            open_until_ms=b.open_until_ms,
+        )
+        for a, b in sorted(m.breakers.items())
+    ]
+    return {"offers": offers, "breakers": breakers}
 
 
 def run_summary_to_pb(run: RunState) -> pb.RunSummary:

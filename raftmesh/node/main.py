@@ -75,6 +75,10 @@ def _names(name: str, v: Any) -> tuple[str, ...]:
     return tuple(i.strip() for i in items if i.strip())
 
 
+def _optional_int(name: str, v: Any) -> int | None:
+    return None if v is None else int(_number(name, v, int))
+
+
 def run_node(args: argparse.Namespace) -> int:
     file_cfg = load_config_file(args.config) if args.config else {}
     node_id = _setting(args, file_cfg, "id")
@@ -121,6 +125,7 @@ def run_node(args: argparse.Namespace) -> int:
             "agent-processes", _setting(args, file_cfg, "agent-processes", PROCESS_POOL_SIZE), int
         ),
         agents_modules=modules,
+        preempt_priority=_optional_int("preempt-priority", _setting(args, file_cfg, "preempt-priority")),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))

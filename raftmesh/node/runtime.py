@@ -24,8 +24,10 @@ from grpc_reflection.v1alpha import reflection
 from ..agents import AgentDef, AgentHost, AgentNode, AgentRegistry, load_agents
 from ..agents._setup import set_up, tear_down
 from ..clock import SYSTEM_CLOCK, Clock
-from ..consensus.commands import RegisterNode
+from ..consensus import limits
+from ..consensus.commands import AgentOffer, RegisterNode
 from ..consensus.machine import StateMachine
+from ..consensus.members import offer_error
 from ..consensus.raft import RaftConfig, RaftMember
 from ..consensus.results import Event
 from ..consensus.state import ClusterState
@@ -34,6 +36,7 @@ from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.archive import AppliedArchive
 from ..storage.snapshots import LmdbSnapshotIO
+from . import convert
 from .access import NodeAccess
 from .config import NodeConfig
 from .coordination_service import KvService, LocksService
@@ -72,6 +75,33 @@ def offered_agents(loaded: AgentRegistry, names: tuple[str, ...]) -> AgentRegist
     return loaded.subset(list(names)) if names else loaded
 
 
+def agent_offers(registry: AgentRegistry) -> tuple[AgentOffer, ...]:
+    """What this node registers for each agent type it offers (capabilities and policy).
+
+    Checked here with the state machine's own rule, so a bad agent definition stops the
+    node at start instead of having its registration rejected by the cluster forever.
+    """
+    offers = []
+    for name in registry.names():
+        d = registry.agents[name]
+        offer = AgentOffer(
+            name=name,
+            capabilities=tuple(sorted(d.capabilities)),
+            concurrency=d.concurrency,
+            breaker_failures=d.breaker_failures,
+            breaker_cooldown_ms=d.breaker_cooldown_ms,
+            timeout_ms=d.timeout_ms,
+            retries=d.retries,
+        )
+        why = offer_error(offer)
+        if why:
+            raise InvalidArgument(f"agent {name!r} cannot be offered: {why}")
+        offers.append(offer)
+    if len(offers) > limits.MAX_AGENT_TYPES_PER_NODE:
+        raise InvalidArgument(f"a node may offer at most {limits.MAX_AGENT_TYPES_PER_NODE} agent types")
+    return tuple(offers)
+
+
 class NodeRuntime:
     def __init__(
         self, config: NodeConfig, registry: AgentRegistry | None = None, clock: Clock = SYSTEM_CLOCK
@@ -80,6 +110,7 @@ class NodeRuntime:
         self.registry = offered_agents(
             registry if registry is not None else load_agents(config.agents_modules), config.agents
         )
+        self.offers = agent_offers(self.registry)
         self._set_up: list[AgentDef] = []
         self.clock = clock
         self.incarnation = uuid.uuid4().hex[:12]
@@ -165,6 +196,7 @@ class NodeRuntime:
             cfg.node_id,
             Liveness(clock, cfg.node_id, cfg.node_down_after_s),
             clock,
+            preempt_priority=cfg.preempt_priority,
         )
         self.host = AgentHost(
             cfg.node_id,
@@ -260,9 +292,10 @@ class NodeRuntime:
                 node_id=self.config.node_id,
                 grpc=self.config.grpc,
                 raft=self.config.raft,
-                agents=tuple(self.registry.names()),
+                agents=tuple(o.name for o in self.offers),
                 slots=self.config.slots,
                 incarnation=self.incarnation,
+                offers=self.offers,
             )
             while True:
                 try:
@@ -325,6 +358,8 @@ class NodeRuntime:
     def status_pb(self, include_digest: bool = False) -> pb.ClusterStatusResponse:
         connected = self.raft.connected_addrs()
 
+        now_ms = self.clock.now_ms()
+
         def view(st: ClusterState) -> tuple[list[pb.Member], int]:
             members = []
             for p in self.config.peers:
@@ -339,6 +374,7 @@ class NodeRuntime:
                         slots=m.slots if m else 0,
                         running=len(st.running.get(p.id, ())),
                         connected=p.raft in connected or p.id == self.config.node_id,
+                        **(convert.member_extras_to_pb(st, m, now_ms) if m else {}),
                     )
                 )
             return members, st.revision

@@ -6,6 +6,11 @@ It keeps no state that matters: a new leader rebuilds its view from the
 replicated state alone. Tasks proposed but not yet applied are remembered in
 ``_inflight`` so they are not proposed twice; the state machine rejects any
 assignment that no longer fits, so a stale plan is harmless.
+
+With ``preempt_priority`` set, a waiting task of at least that priority that finds
+no free slot preempts one lower running attempt (``consensus.preemption``). Each
+waiting task has at most one preemption in flight (``_preempting``), and a victim
+is not chosen twice, so a slow commit never costs extra victims.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from collections.abc import Callable
 
 from ..clock import Clock
 from ..consensus.codes import Code
-from ..consensus.commands import Assign, Command, NodeDown, Tick
+from ..consensus.commands import Assign, Command, NodeDown, Preempt, Tick
 from ..consensus.placement import plan_assignments
+from ..consensus.preemption import plan_preemptions
 from ..consensus.state import ClusterState, TaskKey
 from ..errors import RaftmeshError
 from .access import Writer
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_ASSIGN_ITEMS = 1000
 MAX_INFLIGHT_ASSIGNS = 2
 IDLE_WAKE_S = 0.25
+MAX_PREEMPTIONS_PER_STEP = 8
 
 
 class Scheduler:
@@ -41,6 +48,7 @@ class Scheduler:
         self_id: str,
         liveness: Liveness,
         clock: Clock,
+        preempt_priority: int | None = None,
     ) -> None:
         self._reads = reads
         self._writer = writer
@@ -53,6 +61,9 @@ class Scheduler:
         self._inflight: dict[TaskKey, str] = {}
         self._assigns = 0
         self._tick_inflight = False
+        self._preempt_priority = preempt_priority
+        self._preempting: dict[TaskKey, TaskKey] = {}
+        """Waiting task -> the victim of its preemption in flight."""
 
     def poke(self) -> None:
         self._wake.set()
@@ -70,6 +81,7 @@ class Scheduler:
             self._wake.clear()
             if not self._is_leader():
                 self._inflight.clear()
+                self._preempting.clear()
                 self.liveness.reset()
                 continue
             try:
@@ -109,6 +121,21 @@ class Scheduler:
                     self._inflight[(a.run_id, a.task_id)] = a.node_id
                 self._assigns += 1
                 cmds.append(Assign(new_request_id("a-"), now, tuple(plan)))
+        if self._preempt_priority is not None:
+            preempt = plan_preemptions(
+                st,
+                now,
+                self._preempt_priority,
+                self._inflight,
+                skip=self._preempting,
+                busy_victims=set(self._preempting.values()),
+                avoid=self.liveness.suspects(ups),
+                max_items=MAX_PREEMPTIONS_PER_STEP,
+            )
+            if preempt:
+                for p in preempt:
+                    self._preempting[(p.by_run_id, p.by_task_id)] = (p.run_id, p.task_id)
+                cmds.append(Preempt(new_request_id("p-"), now, tuple(preempt)))
         return cmds
 
     async def _propose(self, cmd: Command) -> None:
@@ -118,6 +145,8 @@ class Scheduler:
             await self._node_down(cmd)
         elif isinstance(cmd, Tick):
             await self._tick(cmd)
+        elif isinstance(cmd, Preempt):
+            await self._preempt(cmd)
 
     async def _assign(self, cmd: Assign) -> None:
         try:
@@ -149,4 +178,20 @@ class Scheduler:
             log.info("tick failed: %s", exc)
         finally:
             self._tick_inflight = False
+            self._wake.set()
+
+    async def _preempt(self, cmd: Preempt) -> None:
+        try:
+            res = await self._writer.propose(cmd, timeout_s=5.0)
+            if res.ok:
+                log.info(
+                    "preempted %d attempt(s): %s", len(cmd.items), [(p.run_id, p.task_id) for p in cmd.items]
+                )
+            elif res.code is not Code.FAILED_PRECONDITION:
+                log.warning("preempt rejected: %s %s", res.code, res.message)
+        except RaftmeshError as exc:
+            log.info("preempt outcome unknown (%s); the next plan re-reads the state", exc)
+        finally:
+            for p in cmd.items:
+                self._preempting.pop((p.by_run_id, p.by_task_id), None)
             self._wake.set()

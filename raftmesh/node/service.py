@@ -14,16 +14,29 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from ..agents._llm import input_secret_error
 from ..consensus import limits
-from ..consensus.commands import CancelRun, SubmitRun
+from ..consensus.commands import AgentOffer, CancelRun, RetryTask, SubmitRun
 from ..consensus.dag import DagError, validate
-from ..consensus.results import CancelRunResult, RunChanged, SubmitRunResult, TaskChanged, expect
-from ..consensus.state import TERMINAL_RUN, ClusterState, RunState
+from ..consensus.dead_letters import list_dead_letters
+from ..consensus.members import task_defaults
+from ..consensus.placement import waiting_reasons
+from ..consensus.results import (
+    CancelRunResult,
+    RetryTaskResult,
+    RunChanged,
+    SubmitRunResult,
+    TaskChanged,
+    expect,
+)
+from ..consensus.state import TERMINAL_RUN, ClusterState, RunState, TaskStatus
 from ..errors import (
     DagCycleError,
+    FailedPrecondition,
     InvalidArgument,
     LimitExceeded,
     NoLeader,
+    NotFound,
     RunNotFound,
     UnknownAgentError,
     UnknownDependencyError,
@@ -79,16 +92,27 @@ class ClusterService(pb_grpc.ClusterServicer):
             raise NoLeader("no Raft leader is elected yet; retry shortly (with the same idempotency key)")
         key = request.idempotency_key
 
-        def lookup(st: ClusterState) -> tuple[str | None, set[str]]:
-            return (st.idempotency.get(key) if key else None), st.known_agents()
+        def lookup(
+            st: ClusterState,
+        ) -> tuple[str | None, dict[str, set[tuple[str, ...]]], dict[str, AgentOffer]]:
+            # O(members x agent types): the same scan the state machine makes for the submit.
+            defaults = task_defaults(st, {t.agent for t in request.tasks})
+            return (st.idempotency.get(key) if key else None), st.offered_capabilities(), defaults
 
-        existing, known = node.reads.read(lookup)
+        existing, known, defaults = node.reads.read(lookup)
         if existing is not None:
             return pb.SubmitRunResponse(run_id=existing, created=False)
+        # Unset retries/timeout_ms take the agent type's defaults here, before the command is
+        # logged: the logged spec is explicit, so apply never depends on who offers what.
+        specs = convert.with_defaults(request, specs, defaults)
         try:
             validate(specs, known)
         except DagError as exc:
             raise _DAG_ERRORS.get(exc.kind, InvalidArgument)(str(exc)) from exc
+        for t in specs:  # a secret in an input would be replicated to every log and snapshot
+            why = input_secret_error(t.agent, t.input)
+            if why:
+                raise InvalidArgument(f"task {t.id!r}: {why}")
         if len(request.name) > limits.MAX_RUN_NAME_CHARS:
             raise InvalidArgument(f"name is longer than {limits.MAX_RUN_NAME_CHARS} characters")
         if not limits.printable(request.name):
@@ -118,7 +142,23 @@ class ClusterService(pb_grpc.ClusterServicer):
         read = await self.node.reads.run_async(request.run_id)
         if read is None:
             raise RunNotFound(f"run {request.run_id!r} not found")
-        return read.run
+        return self._with_waiting_reasons(read.run)
+
+    def _with_waiting_reasons(self, run: pb.Run) -> pb.Run:
+        """``run`` with each READY task's ``waiting_reason``: derived now from this replica and
+        this node's clock (it changes with every member and breaker, so it is never cached)."""
+        ready = [t.id for t in run.tasks if t.status == pb.TASK_STATUS_READY]
+        if not ready:
+            return run
+        now = self.node.clock.now_ms()
+        reasons = self.node.reads.read(lambda st: waiting_reasons(st, run.run_id, ready, now))
+        if not reasons:
+            return run
+        out = pb.Run()
+        out.CopyFrom(run)  # the cached encoding is shared: never changed in place
+        for t in out.tasks:
+            t.waiting_reason = reasons.get(t.id, "")
+        return out
 
     @rpc.unary
     async def ListRuns(
@@ -157,7 +197,7 @@ class ClusterService(pb_grpc.ClusterServicer):
                 read = await node.reads.run_async(request.run_id, with_tasks=not request.status_only)
                 if read is None:
                     raise RunNotFound(f"run {request.run_id!r} not found")
-                seen, snap = read.revision, read.run
+                seen, snap = read.revision, self._with_waiting_reasons(read.run)
                 done = convert.RUN_STATUS_FROM_PB[snap.status] in TERMINAL_RUN
                 yield pb.RunEvent(revision=seen, snapshot=snap)
                 if done:
@@ -206,6 +246,46 @@ class ClusterService(pb_grpc.ClusterServicer):
         out = expect(res, CancelRunResult)
         return pb.CancelRunResponse(status=convert.RUN_STATUS[out.status], cancelled=out.cancelled)
 
+    # ---- dead letters ---------------------------------------------------------
+
+    @rpc.unary
+    async def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDeadLettersResponse:
+        limit = request.limit or 100
+        if limit > limits.MAX_DEAD_LETTERS_LISTED:
+            raise InvalidArgument(f"limit must be at most {limits.MAX_DEAD_LETTERS_LISTED}")
+        await self.node.barrier(context)
+        # O(limit) under the lock: the state keeps the dead letters sorted (consensus.dead_letters).
+        dead = self.node.reads.read(functools.partial(list_dead_letters, limit=limit))
+        return pb.ListDeadLettersResponse(dead_letters=[convert.dead_letter_to_pb(d) for d in dead])
+
+    @rpc.unary
+    async def RetryTask(
+        self, request: pb.RetryTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RetryTaskResponse:
+        _check_run_id(request.run_id)
+        why = limits.id_error("task_id", request.task_id) or limits.request_id_error(
+            "request_id", request.request_id
+        )
+        if why:
+            raise InvalidArgument(why)
+        attempt = request.attempt
+        if attempt == 0:
+            # "The current dead attempt": pinned here, so the command applies once whoever repeats it.
+            await self.node.barrier(context)
+            attempt = self.node.reads.read(
+                functools.partial(_dead_attempt, run_id=request.run_id, task_id=request.task_id)
+            )
+        rid = request.request_id or new_request_id("rt-")  # as the Kv and Locks services take theirs
+        cmd = RetryTask(
+            rid, self.node.clock.now_ms(), run_id=request.run_id, task_id=request.task_id, attempt=attempt
+        )
+        out = expect(await self.node.propose(cmd, context), RetryTaskResult)
+        return pb.RetryTaskResponse(
+            requeued=out.requeued, attempt=out.attempt, status=convert.TASK_STATUS[out.status]
+        )
+
     # ---- cluster ------------------------------------------------------------
 
     @rpc.unary
@@ -220,3 +300,21 @@ class ClusterService(pb_grpc.ClusterServicer):
 def _run_error(st: ClusterState, run_id: str) -> str:
     r = st.runs.get(run_id)
     return r.error if r is not None else ""
+
+
+def _dead_attempt(st: ClusterState, run_id: str, task_id: str) -> int:
+    """The attempt a retry of this task names: its dead one, or the one it was last requeued at."""
+    run = st.runs.get(run_id)
+    if run is None:
+        raise RunNotFound(f"run {run_id!r} not found (never submitted, or evicted)")
+    t = run.tasks.get(task_id)
+    if t is None:
+        raise NotFound(f"run {run_id!r} has no task {task_id!r}")
+    if t.status is TaskStatus.FAILED:
+        return t.attempt
+    if t.requeued_attempt:
+        return t.requeued_attempt  # answered "already requeued" by the state machine
+    raise FailedPrecondition(
+        f"task {task_id!r} of run {run_id!r} is {t.status.value}, not a dead letter "
+        "(only a task that failed for good can be retried)"
+    )

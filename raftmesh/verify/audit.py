@@ -38,6 +38,8 @@ from ..consensus.commands import (
     LockCancel,
     LockRelease,
     NodeDown,
+    Preempt,
+    RetryTask,
     SubmitRun,
     Tick,
     Undecodable,
@@ -50,8 +52,10 @@ from ..consensus.results import (
     KvTxnResult,
     LockAcquireResult,
     LockChanged,
+    PreemptResult,
     ReportResult,
     Result,
+    RetryTaskResult,
     RunChanged,
     SubmitRunResult,
     TaskChanged,
@@ -302,6 +306,10 @@ class Audit:
     stale_rejected: int = 0
     """Results the machine rejected as fenced (shows the fencing path was exercised)."""
     locks: LockAudit = field(default_factory=LockAudit)
+    requeues: Counter[TaskKey] = field(default_factory=Counter)
+    """(run, task) -> times a ``retry_task`` requeued it from the dead letters."""
+    preemptions: int = 0
+    """Attempts preempted by ``preempt`` commands."""
 
     def feed(self, payload: bytes) -> None:
         for cmd in decode_batch(payload):
@@ -315,6 +323,10 @@ class Audit:
             self.locks.after(self.commands, cmd, res, events, self.machine, changed, pre)
             self._check_fencing(cmd, res, events)
             self._check(events)
+            if changed and isinstance(cmd, RetryTask) and isinstance(res, RetryTaskResult) and res.requeued:
+                self.requeues[(cmd.run_id, cmd.task_id)] += 1
+            if changed and isinstance(cmd, Preempt) and isinstance(res, PreemptResult):
+                self.preemptions += res.accepted
             if (
                 isinstance(cmd, SubmitRun)
                 and isinstance(res, SubmitRunResult)

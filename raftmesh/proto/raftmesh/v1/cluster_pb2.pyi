@@ -38,7 +38,7 @@ RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_CANCELLED: RunStatus
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks")
+    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class TaskSpec(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     RETRY_BACKOFF_MS_FIELD_NUMBER: _ClassVar[int]
     LOCKS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
     input_json: str
@@ -57,7 +58,8 @@ class TaskSpec(_message.Message):
     timeout_ms: int
     retry_backoff_ms: int
     locks: _containers.RepeatedCompositeFieldContainer[LockItem]
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ...) -> None: ...
+    requires: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitRunRequest(_message.Message):
     __slots__ = ("tasks", "idempotency_key", "priority", "name")
@@ -88,7 +90,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json")
+    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +104,11 @@ class Task(_message.Message):
     STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REQUEUED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
     status: TaskStatus
@@ -115,10 +122,37 @@ class Task(_message.Message):
     started_ms: int
     finished_ms: int
     input_json: str
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ...) -> None: ...
+    waiting_reason: str
+    requires: _containers.RepeatedScalarFieldContainer[str]
+    usage: Usage
+    preempted_by: _containers.RepeatedCompositeFieldContainer[Preemption]
+    requeued_attempt: int
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("tokens_in", "tokens_out", "cost")
+    TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    tokens_in: int
+    tokens_out: int
+    cost: float
+    def __init__(self, tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., cost: _Optional[float] = ...) -> None: ...
+
+class Preemption(_message.Message):
+    __slots__ = ("by_run_id", "by_task_id", "attempt", "at_ms")
+    BY_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    BY_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    by_run_id: str
+    by_task_id: str
+    attempt: int
+    at_ms: int
+    def __init__(self, by_run_id: _Optional[str] = ..., by_task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., at_ms: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "status", "tasks", "error", "created_ms", "finished_ms", "idempotency_key", "name", "priority", "revision")
+    __slots__ = ("run_id", "status", "tasks", "error", "created_ms", "finished_ms", "idempotency_key", "name", "priority", "revision", "usage")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +163,7 @@ class Run(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: RunStatus
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
@@ -139,7 +174,8 @@ class Run(_message.Message):
     name: str
     priority: int
     revision: int
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+    usage: Usage
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class RunSummary(_message.Message):
     __slots__ = ("run_id", "status", "name", "tasks", "unfinished", "created_ms", "finished_ms", "error", "idempotency_key")
@@ -242,7 +278,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self, include_digest: _Optional[bool] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("id", "grpc", "raft", "up", "agents", "slots", "running", "connected")
+    __slots__ = ("id", "grpc", "raft", "up", "agents", "slots", "running", "connected", "offers", "breakers")
     ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_FIELD_NUMBER: _ClassVar[int]
     RAFT_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +287,8 @@ class Member(_message.Message):
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    BREAKERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     grpc: str
     raft: str
@@ -259,7 +297,41 @@ class Member(_message.Message):
     slots: int
     running: int
     connected: bool
-    def __init__(self, id: _Optional[str] = ..., grpc: _Optional[str] = ..., raft: _Optional[str] = ..., up: _Optional[bool] = ..., agents: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., connected: _Optional[bool] = ...) -> None: ...
+    offers: _containers.RepeatedCompositeFieldContainer[AgentOffer]
+    breakers: _containers.RepeatedCompositeFieldContainer[AgentBreaker]
+    def __init__(self, id: _Optional[str] = ..., grpc: _Optional[str] = ..., raft: _Optional[str] = ..., up: _Optional[bool] = ..., agents: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., connected: _Optional[bool] = ..., offers: _Optional[_Iterable[_Union[AgentOffer, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[AgentBreaker, _Mapping]]] = ...) -> None: ...
+
+class AgentOffer(_message.Message):
+    __slots__ = ("agent", "capabilities", "concurrency", "breaker_failures", "breaker_cooldown_ms", "timeout_ms", "retries", "running")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_COOLDOWN_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    concurrency: int
+    breaker_failures: int
+    breaker_cooldown_ms: int
+    timeout_ms: int
+    retries: int
+    running: int
+    def __init__(self, agent: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., breaker_failures: _Optional[int] = ..., breaker_cooldown_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retries: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
+
+class AgentBreaker(_message.Message):
+    __slots__ = ("agent", "state", "failures", "open_until_ms")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    state: str
+    failures: int
+    open_until_ms: int
+    def __init__(self, agent: _Optional[str] = ..., state: _Optional[str] = ..., failures: _Optional[int] = ..., open_until_ms: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
     __slots__ = ("leader", "term", "members", "node_id", "commit_index", "last_applied", "revision", "has_quorum", "digest", "snapshots_loaded", "log_entries")
@@ -594,3 +666,53 @@ class LockListResponse(_message.Message):
     LOCKS_FIELD_NUMBER: _ClassVar[int]
     locks: _containers.RepeatedCompositeFieldContainer[LockInfo]
     def __init__(self, locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("run_id", "task_id", "agent", "attempt", "error", "finished_ms")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task_id: str
+    agent: str
+    attempt: int
+    error: str
+    finished_ms: int
+    def __init__(self, run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., agent: _Optional[str] = ..., attempt: _Optional[int] = ..., error: _Optional[str] = ..., finished_ms: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("dead_letters",)
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ...) -> None: ...
+
+class RetryTaskRequest(_message.Message):
+    __slots__ = ("run_id", "task_id", "attempt", "request_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task_id: str
+    attempt: int
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RetryTaskResponse(_message.Message):
+    __slots__ = ("requeued", "attempt", "status")
+    REQUEUED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    requeued: bool
+    attempt: int
+    status: TaskStatus
+    def __init__(self, requeued: _Optional[bool] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ...) -> None: ...

@@ -64,6 +64,16 @@ class ClusterStub:
                 request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/raftmesh.v1.Cluster/ListDeadLetters',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RetryTask = channel.unary_unary(
+                '/raftmesh.v1.Cluster/RetryTask',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RetryTaskRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RetryTaskResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -109,6 +119,22 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Tasks that failed for good (retries exhausted or a non-retryable error) in retained runs,
+        newest first. Linearizable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryTask(self, request, context):
+        """Requeue a dead letter (its retries given back, its run RUNNING again), exactly once:
+        asked again, it answers requeued=false ("already requeued").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +167,16 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ClusterStatusRequest.FromString,
                     response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RetryTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTask,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RetryTaskRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RetryTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +341,60 @@ class Cluster:
             '/raftmesh.v1.Cluster/ClusterStatus',
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ClusterStatusRequest.SerializeToString,
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Cluster/ListDeadLetters',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListDeadLettersRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Cluster/RetryTask',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RetryTaskRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RetryTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,102 @@
+"""Dead letters: tasks that failed for good while their run is retained, and their requeue.
+
+A task is a dead letter when it is FAILED: it exhausted its retries, or failed
+non-retryably, and so failed its run. ``ClusterState.dead_letters`` is a derived
+index of them sorted by (finished_ms, run id, task id), maintained where tasks fail
+(``tasks.fail_attempt``), are requeued (here) and where runs are evicted
+(``tasks.finish_run``), and rebuilt from the tasks on restore. A listing reads it
+from the end: newest first in O(limit), with no walk of the retained runs.
+
+``RetryTask`` names the attempt it expects dead. Applied once it requeues; applied
+again (a repeated command, or the same request re-proposed under a new id) the task
+is no longer dead at that attempt and it answers "already requeued", changing nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import limits
+from .codes import Code
+from .commands import RetryTask
+from .context import ApplyContext
+from .results import Rejected, Result, RetryTaskResult, RunChanged, TaskChanged
+from .state import ClusterState, RunStatus, TaskStatus
+from .tasks import make_ready
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterView:
+    """One dead letter as a listing shows it (copied out of the state)."""
+
+    run_id: str
+    task_id: str
+    agent: str
+    attempt: int
+    error: str
+    finished_ms: int
+
+
+def list_dead_letters(st: ClusterState, limit: int) -> list[DeadLetterView]:
+    """The newest ``limit`` dead letters, newest first: O(limit)."""
+    out: list[DeadLetterView] = []
+    for finished_ms, run_id, task_id in reversed(st.dead_letters):
+        if len(out) >= limit:
+            break
+        t = st.task(run_id, task_id)
+        if t is None or t.status is not TaskStatus.FAILED:  # the index is kept exact; this is a guard
+            continue
+        out.append(DeadLetterView(run_id, task_id, t.spec.agent, t.attempt, t.error, finished_ms))
+    return out
+
+
+def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
+    st = ctx.state
+    why = limits.id_error("run id", cmd.run_id) or limits.id_error("task id", cmd.task_id)
+    if why:
+        return Rejected(Code.INVALID_ARGUMENT, why)
+    if cmd.attempt <= 0:
+        return Rejected(Code.INVALID_ARGUMENT, f"attempt must be >= 1 (got {cmd.attempt})")
+    run = st.runs.get(cmd.run_id)
+    if run is None:
+        return Rejected(Code.NOT_FOUND, f"run {cmd.run_id!r} not found (never submitted, or evicted)")
+    t = run.tasks.get(cmd.task_id)
+    if t is None:
+        return Rejected(Code.NOT_FOUND, f"run {cmd.run_id!r} has no task {cmd.task_id!r}")
+    if t.status is not TaskStatus.FAILED or t.attempt != cmd.attempt:
+        if 0 < cmd.attempt <= t.requeued_attempt:
+            return RetryTaskResult(requeued=False, attempt=cmd.attempt, status=t.status)
+        return Rejected(
+            Code.FAILED_PRECONDITION,
+            f"task {cmd.task_id!r} of run {cmd.run_id!r} is not a dead letter at attempt {cmd.attempt}: "
+            f"it is {t.status.value} at attempt {t.attempt}",
+        )
+    rev = ctx.advance()
+    st.drop_dead_letters(t.finished_ms, run.run_id)
+    # The run is live again: out of the finished list (so it is not evicted while it runs).
+    st.finished.pop(run.run_id, None)
+    run.status = RunStatus.RUNNING
+    run.finished_ms = 0
+    run.error = ""
+    t.retries_left = t.spec.retries
+    t.requeued_attempt = t.attempt
+    t.finished_ms = 0
+    t.status = TaskStatus.PENDING  # made READY below with the tasks its failure cancelled
+    # O(tasks of the run): the run's failure cancelled every unfinished task; each goes back to
+    # PENDING, or READY if its dependencies have succeeded (deps_waiting stayed exact).
+    unfinished = 0
+    for other in run.tasks.values():
+        if other.status is TaskStatus.CANCELLED or other is t:
+            if other is not t:
+                other.error = ""
+                other.finished_ms = 0
+                other.status = TaskStatus.PENDING
+                ctx.emit(TaskChanged(rev, run.run_id, other.spec.id, other.status, other.attempt, ""))
+            if other.deps_waiting == 0:
+                make_ready(ctx, run, other, rev, not_before_ms=0)
+        if other.status not in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+            unfinished += 1
+    run.unfinished = unfinished
+    run.revision = rev
+    ctx.emit(RunChanged(rev, run.run_id, RunStatus.RUNNING))
+    return RetryTaskResult(requeued=True, attempt=cmd.attempt, status=t.status)
