@@ -1,6 +1,6 @@
 """Agents: the units of work a node offers, the context a task runs in, and the host that runs them."""
 
-from ._context import TaskContext
+from ._context import SyncTaskContext, TaskContext
 from ._declare import AgentDefinitionError, agent
 from ._host import AgentHost
 from ._loader import ENTRY_POINT_GROUP, AgentLoadError, load_agent, load_agents
@@ -18,6 +18,7 @@ __all__ = [
     "AgentRegistry",
     "AgentSetupError",
     "DuplicateAgentError",
+    "SyncTaskContext",
     "TaskContext",
     "TaskKv",
     "TaskLocks",

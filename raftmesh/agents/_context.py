@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,3 +46,16 @@ class TaskContext:
             raise ValueError("report_usage: tokens and cost must be finite and >= 0")
         u = self.usage
         self.usage = Usage(u.tokens_in + int(tokens_in), u.tokens_out + int(tokens_out), u.cost + float(cost))
+
+
+@dataclass
+class SyncTaskContext(TaskContext):
+    """What a ``thread`` or ``process`` agent receives: the same attempt, usable without a loop.
+
+    ``cancelled`` is a ``threading.Event``: poll ``ctx.cancelled.is_set()`` or sleep with
+    ``ctx.cancelled.wait(seconds)``. ``kv`` and ``locks`` have the async clients' methods as
+    plain blocking calls (``ctx.kv.put(key, value)``), still fenced by the attempt's token.
+    """
+
+    # A thread cannot await an asyncio.Event; the same name keeps agents portable across modes.
+    cancelled: threading.Event = field(default_factory=threading.Event)  # type: ignore[assignment]

@@ -14,6 +14,13 @@ so a restarted node never resumes attempts that the cluster has already requeued
 to stop) as a function of the state and the attempts running here, with no I/O;
 the node hands the host a reader, a writer and a clock, nothing of its own.
 
+Each attempt runs where its agent's isolation says (``isolation_of``): ``async`` on the
+loop, ``thread`` in the host's bounded ``ThreadPool`` (a plain ``def`` always), ``process``
+in a worker of its ``ProcessPool`` (``raftmesh.agents._pools``). Stopping an attempt
+cancels its task, sets ``ctx.cancelled`` (what a thread agent can see) and kills its
+worker; a thread that ignores it runs on, and its result and late writes are discarded
+(reported nowhere, fenced by the state machine).
+
 Every attempt says at INFO when it starts and how it ends: stopped, or finished with its
 result accepted, rejected as fenced, or not delivered because the cluster moved on.
 
@@ -24,8 +31,12 @@ flush; an attempt that finds it full waits for room before it reports.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import inspect
 import logging
+import os
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,8 +49,11 @@ from ..consensus.commands import NO_USAGE, Complete, Completion, Fail, Failure, 
 from ..consensus.results import Rejected, ReportResult, Result
 from ..consensus.state import ClusterState, TaskKey, TaskStatus
 from ..errors import RaftmeshError
-from ._context import TaskContext
-from ._registry import AgentRegistry
+from ._context import SyncTaskContext, TaskContext
+from ._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE, ProcessPool, ThreadPool
+from ._registry import AgentDef, AgentRegistry, default_registry
+from ._setup import AgentNode
+from ._sync_clients import SyncKv, SyncLocks, dispatch, loop_call
 from ._task_clients import Reader, TaskKv, TaskLocks, Writer
 
 log = logging.getLogger(__name__)
@@ -92,6 +106,30 @@ class _Report:
     usage: Usage = NO_USAGE
 
 
+class _AttemptFailed(Exception):
+    """An attempt failed with an error already worded for the user (a worker's report or death)."""
+
+    def __init__(self, error: str, retryable: bool = True) -> None:
+        super().__init__(error)
+        self.error = error
+        self.retryable = retryable
+
+
+_BUILTIN_NAMES = frozenset(default_registry().names())
+
+
+def isolation_of(adef: AgentDef) -> str:
+    """Where ``adef``'s attempts run: its ``isolation``, except that a plain ``def`` never runs
+    on the node's loop (it would block heartbeats and every other task): it runs in a thread."""
+    if adef.isolation == "async" and not _is_async(adef.fn):
+        return "thread"
+    return adef.isolation
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
 class AgentHost:
     def __init__(
         self,
@@ -102,6 +140,9 @@ class AgentHost:
         writer: Writer,
         clock: Clock,
         ready: Callable[[], bool] = lambda: True,
+        thread_pool_size: int = THREAD_POOL_SIZE,
+        process_pool_size: int = PROCESS_POOL_SIZE,
+        agent_node: Callable[[str], AgentNode] | None = None,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
@@ -116,9 +157,23 @@ class AgentHost:
         self._report_room = asyncio.Event()
         self._wake = asyncio.Event()
         self._report_wake = asyncio.Event()
+        self._agent_node = agent_node or self._scratch_node
+        """What a process worker passes a class agent's ``setup(node)`` (the runtime's ``agent_node``)."""
+        self.threads = ThreadPool(thread_pool_size)
+        self.processes = ProcessPool(node_id, process_pool_size)
         self._semaphores: dict[str, asyncio.Semaphore] = {
             d.name: asyncio.Semaphore(d.concurrency) for d in registry.agents.values() if d.concurrency > 0
         }
+
+    def _scratch_node(self, agent: str) -> AgentNode:
+        """A host made without a runtime (tests): a temporary directory per agent type."""
+        return AgentNode(
+            self.node_id,
+            agent,
+            os.path.join(tempfile.gettempdir(), f"raftmesh-{self.node_id}", agent),
+            "",
+            (),
+        )
 
     def poke(self) -> None:
         self._wake.set()
@@ -146,6 +201,10 @@ class AgentHost:
                 if a.task is not None and not a.task.done():
                     log.info("attempt %d of %s/%s stopped: the node is stopping", a.attempt, *a.key)
                     a.task.cancel()
+                if a.ctx is not None:
+                    a.ctx.cancelled.set()
+            self.processes.close()
+            self.threads.close()
 
     def decide(self, st: ClusterState) -> Reconcile:
         """Which attempts to start and stop, given the state and what runs here (no I/O)."""
@@ -216,11 +275,14 @@ class AgentHost:
                 _Report(a, False, error=f"agent {agent!r} is not offered by node {self.node_id}")
             )
             return
+        mode = isolation_of(adef)
         logger = logging.LoggerAdapter(
             logging.getLogger(f"raftmesh.agent.{agent}"),
             {"run_id": run_id, "task_id": task_id, "attempt": a.attempt},
         )
-        ctx = TaskContext(
+        kv = TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token)
+        locks = TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt)
+        fields: dict[str, Any] = dict(
             run_id=run_id,
             task_id=task_id,
             attempt=a.attempt,
@@ -230,29 +292,36 @@ class AgentHost:
             upstream=upstream,
             trace_id=run_id,
             logger=logger,
-            kv=TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token),
-            locks=TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt),
             agents=self._registry,
         )
+        ctx: TaskContext
+        if mode == "async":
+            ctx = TaskContext(**fields, kv=kv, locks=locks)
+        else:
+            call = loop_call(kv, locks, asyncio.get_running_loop())
+            ctx = SyncTaskContext(**fields, kv=SyncKv(call), locks=SyncLocks(call))
         a.ctx = ctx
         sem = self._semaphores.get(agent)
         try:
             if sem is not None:
                 await sem.acquire()
             try:
-                # A plain def runs in the loop's default (bounded) thread pool, never on the loop.
-                fn = adef.fn
-                coro = fn(ctx) if inspect.iscoroutinefunction(fn) else asyncio.to_thread(fn, ctx)
-                output = await (asyncio.wait_for(coro, timeout_ms / 1000) if timeout_ms else coro)
+                work = self._run_in(mode, adef, ctx, kv, locks)
+                output = await (asyncio.wait_for(work, timeout_ms / 1000) if timeout_ms else work)
             finally:
                 if sem is not None:
                     sem.release()
         except asyncio.CancelledError:
+            ctx.cancelled.set()  # a thread agent polls it; a process worker was killed
             raise  # the cluster no longer wants this attempt: report nothing
         except TimeoutError:
+            ctx.cancelled.set()
             await self._report(
                 _Report(a, False, error=f"attempt {a.attempt} timed out after {timeout_ms} ms")
             )
+            return
+        except _AttemptFailed as failed:
+            await self._report(_Report(a, False, error=failed.error, retryable=failed.retryable))
             return
         except Exception as exc:
             retryable = bool(getattr(exc, "retryable", True))
@@ -275,6 +344,41 @@ class AgentHost:
             )
             return
         await self._report(_Report(a, True, output=output))
+
+    async def _run_in(self, mode: str, adef: AgentDef, ctx: TaskContext, kv: TaskKv, locks: TaskLocks) -> Any:
+        """The attempt's output, run where its agent's isolation says; raises what the agent raised."""
+        if mode == "async":
+            out = adef.fn(ctx)
+            return await out if inspect.isawaitable(out) else out
+        if mode == "thread":
+            out = await self.threads.run(functools.partial(adef.fn, ctx))
+            if inspect.isawaitable(out):  # a plain def that returned a coroutine: finish it here
+                out = await out
+            return out
+        if not adef.source and adef.name not in _BUILTIN_NAMES:
+            raise _AttemptFailed(
+                f"agent {adef.name!r} has isolation 'process' but no source module a worker "
+                "could load it from (register it from a module)",
+                retryable=False,
+            )
+        request = {
+            "source": adef.source,
+            "agent": adef.name,
+            "run_id": ctx.run_id,
+            "task_id": ctx.task_id,
+            "attempt": ctx.attempt,
+            "token": ctx.token,
+            "input": ctx.input,
+            "upstream": ctx.upstream,
+            "node": dataclasses.asdict(self._agent_node(adef.name)),
+        }
+        res = await self.processes.run(
+            request, functools.partial(dispatch, kv, locks), adef.memory_mb, adef.cpu_seconds
+        )
+        ctx.usage = res.usage
+        if not res.ok:
+            raise _AttemptFailed(res.error[: limits.MAX_ERROR_CHARS], res.retryable)
+        return res.output
 
     async def _report(self, r: _Report) -> None:
         if r.attempt.ctx is not None:

@@ -359,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="load the agents declared in this Python file or importable module (repeatable)",
     )
     n.add_argument(
+        "--agent-threads", type=int, help="threads running 'thread' agents' attempts at once (default 16)"
+    )
+    n.add_argument(
+        "--agent-processes",
+        type=int,
+        help="worker processes running 'process' agents' attempts at once (default min(4, CPUs))",
+    )
+    n.add_argument(
         "--node-down-after",
         type=float,
         help="seconds without contact before the leader marks a node down (default 5)",

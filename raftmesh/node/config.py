@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..agents._pools import MAX_PROCESS_POOL_SIZE, MAX_THREAD_POOL_SIZE, PROCESS_POOL_SIZE, THREAD_POOL_SIZE
 from ..consensus import limits
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
@@ -49,6 +50,10 @@ class NodeConfig:
     """The leader marks a member down after this long without a Raft connection to it."""
     archive_applied: bool = False
     """Record every applied log entry in ``archive_path`` (audits across snapshots)."""
+    agent_threads: int = THREAD_POOL_SIZE
+    """Threads that run ``thread`` agents' attempts (``--agent-threads``)."""
+    agent_processes: int = PROCESS_POOL_SIZE
+    """Worker processes that run ``process`` agents' attempts (``--agent-processes``)."""
     preempt_priority: int | None = None
     """READY tasks of at least this priority preempt lower running ones when no slot is free (None: off)."""
 
@@ -120,6 +125,8 @@ def build_config(
     node_down_after_s: float = 5.0,
     fsync: bool = True,
     archive_applied: bool = False,
+    agent_threads: int = THREAD_POOL_SIZE,
+    agent_processes: int = PROCESS_POOL_SIZE,
     agents_modules: tuple[str, ...] = (),
     preempt_priority: int | None = None,
 ) -> NodeConfig:
@@ -158,6 +165,10 @@ def build_config(
         raise InvalidArgument("--snapshot-entries must be between 2 and 10000000")
     if timings is not None and not 1 <= timings.log_compaction_s <= 10_000_000:
         raise InvalidArgument("--snapshot-seconds must be between 1 and 10000000")
+    if not 1 <= agent_threads <= MAX_THREAD_POOL_SIZE:
+        raise InvalidArgument(f"--agent-threads must be between 1 and {MAX_THREAD_POOL_SIZE}")
+    if not 1 <= agent_processes <= MAX_PROCESS_POOL_SIZE:
+        raise InvalidArgument(f"--agent-processes must be between 1 and {MAX_PROCESS_POOL_SIZE}")
     if any(not isinstance(m, str) or not m.strip() for m in agents_modules):
         raise InvalidArgument("--agents-module must be a file path or a module name (not empty)")
     if preempt_priority is not None and abs(preempt_priority) > limits.MAX_PRIORITY:
@@ -175,6 +186,8 @@ def build_config(
         timings=timings or RaftTimings(),
         node_down_after_s=node_down_after_s,
         archive_applied=archive_applied,
+        agent_threads=agent_threads,
+        agent_processes=agent_processes,
         agents_modules=tuple(m.strip() for m in agents_modules),
         preempt_priority=preempt_priority,
     )

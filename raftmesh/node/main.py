@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from ..agents._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
 from .config import build_config, load_config_file, parse_peers, read_secret_file
@@ -117,6 +118,12 @@ def run_node(args: argparse.Namespace) -> int:
         ),
         node_down_after_s=_number("node-down-after", _setting(args, file_cfg, "node-down-after", 5.0), float),
         archive_applied=_flag("archive-applied", _setting(args, file_cfg, "archive-applied", False)),
+        agent_threads=_number(
+            "agent-threads", _setting(args, file_cfg, "agent-threads", THREAD_POOL_SIZE), int
+        ),
+        agent_processes=_number(
+            "agent-processes", _setting(args, file_cfg, "agent-processes", PROCESS_POOL_SIZE), int
+        ),
         agents_modules=modules,
         preempt_priority=_optional_int("preempt-priority", _setting(args, file_cfg, "preempt-priority")),
     )

@@ -10,6 +10,7 @@ state and registers again (rejoins) once it can reach the cluster.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,8 @@ from .reads import ReadView
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 0.5
+MAX_ACK_TIMES = 4096
+"""Ack arrival times a sender keeps (about half an hour of heartbeats)."""
 ACK_SILENCE_S = 2.0
 """A stream whose acks stop for this long is dropped and opened again (to whoever leads then)."""
 
@@ -134,6 +137,9 @@ class HeartbeatSender:
         Until then the leader places no work here: readiness (SERVING) waits for it."""
         self.acks = 0
         """Answers received from leaders since start."""
+        self.ack_times: collections.deque[float] = collections.deque(maxlen=MAX_ACK_TIMES)
+        """When the latest answers arrived (loop time): the gaps between them are what the
+        leader's liveness sees of this node (a stalled loop shows as a long gap)."""
 
     def _leader_grpc(self) -> str | None:
         """The leader's gRPC address, or None if there is none or it is this node."""
@@ -185,6 +191,7 @@ class HeartbeatSender:
                 async for ack in call:
                     last_ack = loop.time()
                     self.acks += 1
+                    self.ack_times.append(last_ack)
                     self.counted = bool(ack.up and ack.leader)
 
             reader = asyncio.ensure_future(read())

@@ -206,6 +206,9 @@ class NodeRuntime:
             self.proposer,
             clock,
             ready=lambda: raft.ready,
+            thread_pool_size=cfg.agent_threads,
+            process_pool_size=cfg.agent_processes,
+            agent_node=self.agent_node,
         )
         self.proposer.start()
 
