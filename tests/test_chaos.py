@@ -603,7 +603,18 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
             u = job.dag.tasks[tid].input["usage"]
             assert (u["tokens_in"], u["tokens_out"], u["cost"]) == job.usage[tid]
     for job in a:
-        specs = tuple(TaskSpec(**{**t.to_dict(), "deps": tuple(t.deps)}) for t in job.dag.tasks.values())
+        # retries/timeout_ms left None take the agent's default at the API (0 for the built-ins)
+        specs = tuple(
+            TaskSpec(
+                **{
+                    **t.to_dict(),
+                    "deps": tuple(t.deps),
+                    "retries": t.retries or 0,
+                    "timeout_ms": t.timeout_ms or 0,
+                }
+            )
+            for t in job.dag.tasks.values()
+        )
         validate(specs, {"sum", "sleep", "fail", "echo"})
         assert set(job.expected) == set(job.dag.tasks)
         # Recompute each sum from its upstream outputs: value + numeric upstream outputs.
