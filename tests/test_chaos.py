@@ -80,7 +80,7 @@ from raftmesh.chaos.netns import (
     majorities_ring,
     resolve_reachability,
 )
-from raftmesh.chaos.workload import DOOMED, Operation, RetryCall, make_job
+from raftmesh.chaos.workload import DOOMED, SLEEP_AGENTS, Operation, RetryCall, make_job
 from raftmesh.consensus import kv_commands, runs, tasks
 from raftmesh.consensus.codes import Code
 from raftmesh.consensus.commands import (
@@ -615,7 +615,7 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
             )
             for t in job.dag.tasks.values()
         )
-        validate(specs, {"sum", "sleep", "fail", "echo"})
+        validate(specs, {"sum", "sleep", "sleep_thread", "sleep_process", "fail", "echo"})
         assert set(job.expected) == set(job.dag.tasks)
         # Recompute each sum from its upstream outputs: value + numeric upstream outputs.
         for tid, t in job.dag.tasks.items():
@@ -630,7 +630,10 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
                 assert job.expected[tid] == t.input and 40_000 <= len(t.input["text"]) <= 85_000
                 assert all(ord(ch) >= 0x4E00 for ch in t.input["text"])
             else:
-                assert t.agent == "sleep" and 0.2 <= t.input["seconds"] <= 1.0
+                assert t.agent in SLEEP_AGENTS and 0.2 <= t.input["seconds"] <= 1.0
+                assert job.expected[tid] == t.input
+    # every isolation mode is drawn: the chaos nodes run sleeps on the loop, in threads, in workers
+    assert {t.agent for j in a for t in j.dag.tasks.values() if "sleep" in t.agent} == set(SLEEP_AGENTS)
 
 
 def test_urgent_jobs_change_only_their_priority() -> None:

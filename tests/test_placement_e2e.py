@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,12 +55,22 @@ class Node:
     thread: threading.Thread
     failure: list[BaseException] = field(default_factory=list)
 
+    def _where(self) -> str:
+        """Where a node that does not stop is stuck: its thread's stack and its loop's tasks."""
+        frame = sys._current_frames().get(self.thread.ident or 0)
+        out = ["thread:\n", *(traceback.format_stack(frame) if frame else ["(gone)\n"])]
+        loop = self.runtime.loop
+        for t in asyncio.all_tasks(loop) if loop is not None and not loop.is_closed() else ():
+            out.append(f"task {t.get_name()}:\n")
+            out.extend(traceback.format_stack(t.get_stack()[-1], limit=3) if t.get_stack() else [])
+        return "".join(out)
+
     def stop(self) -> None:
         loop = self.runtime.loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self.runtime.stop)
         self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the node did not stop"
+        assert not self.thread.is_alive(), "the node did not stop:\n" + self._where()
         assert not self.failure, self.failure
 
 

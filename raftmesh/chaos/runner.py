@@ -57,7 +57,7 @@ from .lock_workload import LockRecord, LockWorkload
 from .nemesis import Nemesis, NetMode, available_faults, plan_schedule
 from .proxy import TcpProxy
 from .report import Report
-from .workload import Workload, now_ms
+from .workload import AGENTS_MODULE, Workload, now_ms
 
 SNAPSHOT_ENTRIES = 10_000_000
 """Node log compaction threshold: high, so each journal holds the whole log to audit.
@@ -278,6 +278,7 @@ class _Run:
                 *(["--preempt-priority", str(cfg.preempt_priority)] if cfg.preempt_priority else []),
             ],
             slots=PREEMPT_SLOTS if cfg.preempt_priority else LocalCluster.slots,
+            agents_modules=[AGENTS_MODULE],
         )
         cluster.start(wait=True, timeout_s=START_TIMEOUT_S)
         self.log(f"cluster up: {', '.join(f'{n.id}={n.grpc}' for n in cluster.nodes.values())}")

@@ -41,6 +41,10 @@ WAIT_TIMEOUT_S = 60.0
 RETRY_DEADLINE_S = 10.0
 """The SDK's retry budget per call: short enough that some submits end unknown during faults."""
 PAUSE_AFTER_ERROR_S = 0.2
+SLEEP_AGENTS = ("sleep", "sleep_thread", "sleep_process")
+"""The same sleep run on the node's loop, in its thread pool and in a worker process
+(``raftmesh.chaos.agents``, loaded by every chaos node)."""
+AGENTS_MODULE = "raftmesh.chaos.agents"
 LARGE_INPUT_SHARE = 0.1
 """Share of runs with 1-3 ``echo`` tasks carrying large non-ASCII text: their submits and
 completions are log entries far above pysyncobj's batch size (which once wedged a cluster)."""
@@ -87,7 +91,7 @@ def make_job(rng: random.Random, key: str, urgent_priority: int | None = None) -
     Shapes: a chain of 3-6 ``sum`` tasks, or a 1 -> k -> 1 fan-out/fan-in of ``sum`` with
     k in 3-8. Each may get 1-2 ``sleep`` tasks (0.2-1.0 s, so attempts are in flight when
     faults land) as extra dependencies of ``sum`` tasks (their outputs are maps, which
-    ``sum`` ignores), and a ``fail`` task that fails its first attempt (retries 2). A seeded
+    ``sum`` ignores; each in an isolation mode drawn from ``SLEEP_AGENTS``), and a ``fail`` task that fails its first attempt (retries 2). A seeded
     ``LARGE_INPUT_SHARE`` of jobs also get ``echo`` tasks with large non-ASCII inputs; that
     choice comes from an RNG of its own (seeded by ``key``), so the other draws are unchanged.
     """
@@ -118,10 +122,11 @@ def make_job(rng: random.Random, key: str, urgent_priority: int | None = None) -
             add_sum(f"m{i}", ["src"])
         add_sum("sink", [f"m{i}" for i in range(width)])
     extras: list[str] = []
+    isolation = random.Random(f"{key}-isolation")  # its own RNG: the other draws stay unchanged
     for i in range(rng.randint(1, 2)):
         seconds = round(rng.uniform(SLEEP_S_MIN, SLEEP_S_MAX), 2)
         tid = f"sleep{i}"
-        dag.task(tid, "sleep", input={"seconds": seconds})
+        dag.task(tid, isolation.choice(SLEEP_AGENTS), input={"seconds": seconds})
         expected[tid] = {"seconds": seconds}
         extras.append(tid)
     if rng.random() < 0.5:

@@ -1,0 +1,39 @@
+"""Agents the chaos nodes load (``--agents-module raftmesh.chaos.agents``).
+
+``sleep_thread`` and ``sleep_process`` have the built-in ``sleep``'s semantics (sleep
+``input["seconds"]``, output the input) but run in the ``thread`` and ``process`` isolation
+modes, so kills, partitions, fencing and preemption also land on attempts running in a
+worker thread or a worker process, and the checker holds their results to the same rules.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import raftmesh
+from raftmesh.agents import SyncTaskContext
+from raftmesh.agents._builtin import AgentInputError
+
+
+def _sleep(ctx: SyncTaskContext) -> Any:
+    inp = ctx.input
+    seconds = inp.get("seconds") if isinstance(inp, dict) else None
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+        raise AgentInputError('input must be a map like {"seconds": 1.5}')
+    deadline = time.monotonic() + float(seconds)
+    # Wakes at once when the attempt is cancelled (thread mode; a process worker is killed).
+    while (left := deadline - time.monotonic()) > 0:
+        if ctx.cancelled.wait(left):
+            break
+    return inp
+
+
+@raftmesh.agent("sleep_thread", isolation="thread")
+def sleep_thread(ctx: SyncTaskContext) -> Any:
+    return _sleep(ctx)
+
+
+@raftmesh.agent("sleep_process", isolation="process")
+def sleep_process(ctx: SyncTaskContext) -> Any:
+    return _sleep(ctx)
