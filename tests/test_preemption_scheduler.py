@@ -212,3 +212,29 @@ def test_victims_are_taken_only_where_the_waiting_task_could_run_by_capability()
     assert isinstance(cmd, Preempt)
     (p,) = cmd.items
     assert sm.state.task(p.run_id, p.task_id).node == "n2"  # the lowest attempt on n1 is not taken
+
+
+@pytest.mark.parametrize("yields", range(6))
+def test_the_scheduler_and_host_loops_stop_when_cancelled_as_they_are_woken(yields: int) -> None:
+    """A node's stop cancels these loops; a cancellation landing just as the loop's wake
+    event is set must end them (asyncio.wait_for on 3.11 swallowed it: a stop that hung)."""
+    from raftmesh.agents import AgentHost, default_registry
+
+    from .test_node_units import Unused
+
+    async def go() -> None:
+        sm = two_nodes()
+        clock = ManualClock(start_ms=10_000)
+        s = sched(sm, clock, threshold=None)
+        host = AgentHost("n1", "i1", default_registry(), reads_of(sm), Unused(), clock)
+        for loop_owner in (s, host):
+            task = asyncio.get_running_loop().create_task(loop_owner.run())
+            await asyncio.sleep(0.01)  # parked on its wake event
+            loop_owner.poke()
+            for _ in range(yields):
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=2.0)
+            assert done, f"{type(loop_owner).__name__}.run outlived its cancellation"
+
+    asyncio.run(go())

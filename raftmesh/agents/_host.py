@@ -187,7 +187,10 @@ class AgentHost:
         try:
             while True:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), 0.5)
+                    # Not asyncio.wait_for: on 3.11 it swallows a cancellation that lands as the
+                    # event is set, and this loop would then outlive the node's stop.
+                    async with asyncio.timeout(0.5):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
                 self._wake.clear()
@@ -306,8 +309,8 @@ class AgentHost:
             if sem is not None:
                 await sem.acquire()
             try:
-                work = self._run_in(mode, adef, ctx, kv, locks)
-                output = await (asyncio.wait_for(work, timeout_ms / 1000) if timeout_ms else work)
+                async with asyncio.timeout(timeout_ms / 1000 if timeout_ms else None):
+                    output = await self._run_in(mode, adef, ctx, kv, locks)
             finally:
                 if sem is not None:
                     sem.release()

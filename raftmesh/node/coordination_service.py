@@ -245,7 +245,8 @@ class KvService(pb_grpc.KvServicer):
                     last = ev.revision
                 while True:
                     try:
-                        item = await asyncio.wait_for(q.get(), STREAM_HEARTBEAT_S)
+                        async with asyncio.timeout(STREAM_HEARTBEAT_S):
+                            item = await q.get()
                     except TimeoutError:
                         yield pb.KvWatchEvent(revision=last)  # heartbeat: no kind, no entry
                         continue
@@ -310,7 +311,8 @@ class LocksService(pb_grpc.LocksServicer):
                 if remaining is not None:
                     budget = min(budget, float(remaining) - 0.2)
                 try:
-                    outcome = await asyncio.wait_for(asyncio.shield(waiter), max(0.0, budget))
+                    async with asyncio.timeout(max(0.0, budget)):
+                        outcome = await asyncio.shield(waiter)
                 except TimeoutError:
                     outcome = node.reads.read(lambda st: st.locks.status(rid))
                     if outcome is None:

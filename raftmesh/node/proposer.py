@@ -125,7 +125,8 @@ class Proposer:
                 )
             self._room.clear()
             try:
-                await asyncio.wait_for(self._room.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._room.wait()
             except TimeoutError:
                 pass
 

@@ -75,7 +75,10 @@ class Scheduler:
     async def run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), IDLE_WAKE_S)
+                # Not asyncio.wait_for: on 3.11 it swallows a cancellation that lands as the
+                # event is set, and this loop would then outlive the node's stop.
+                async with asyncio.timeout(IDLE_WAKE_S):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -204,7 +204,8 @@ class ClusterService(pb_grpc.ClusterServicer):
                     return
                 while True:
                     try:
-                        ev = await asyncio.wait_for(q.get(), STREAM_HEARTBEAT_S)
+                        async with asyncio.timeout(STREAM_HEARTBEAT_S):
+                            ev = await q.get()
                     except TimeoutError:
                         # An idle stream still says "alive" so clients can tell a stalled node.
                         yield pb.RunEvent(revision=seen)
