@@ -88,6 +88,19 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+async def read_bounded(resp: httpx.Response, limit: int) -> bytes | None:
+    """A streamed response's body, or None as soon as it grows over ``limit`` bytes (the
+    rest is never buffered)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class HttpCallFailed(Exception):
     """The endpoint answered with an error status, or could not be reached."""
 
@@ -249,20 +262,15 @@ async def http_agent(ctx: TaskContext) -> Any:
             ) as client,
             client.stream(method, url, headers=headers, **kw) as resp,
         ):
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    # The status is known, but the body is not usable: the same call would be too big again.
-                    raise HttpCallFailed(
-                        f"{method} {url}: response body is over {limit} bytes (status {resp.status_code}); "
-                        "ask for less (paging, a filter) or raise max_body_bytes up to "
-                        f"{MAX_RESPONSE_BODY_BYTES}",
-                        retryable=False,
-                    )
-                chunks.append(chunk)
-            content = b"".join(chunks)
+            content = await read_bounded(resp, limit)
+            if content is None:
+                # The status is known, but the body is not usable: the same call would be too big again.
+                raise HttpCallFailed(
+                    f"{method} {url}: response body is over {limit} bytes (status {resp.status_code}); "
+                    "ask for less (paging, a filter) or raise max_body_bytes up to "
+                    f"{MAX_RESPONSE_BODY_BYTES}",
+                    retryable=False,
+                )
     except httpx.TimeoutException as exc:
         raise HttpCallFailed(
             f"{method} {url}: timed out after {req['timeout_s']:g} s ({type(exc).__name__})", retryable=True

@@ -49,7 +49,7 @@ import httpx
 from ..consensus.commands import NO_USAGE
 from ._builtin import AgentInputError
 from ._context import TaskContext
-from ._http import tls_context
+from ._http import read_bounded, tls_context
 from ._tools import TOOL_NAME_RE, ToolInputError, get_tool
 
 MAX_STEPS = 32
@@ -294,15 +294,11 @@ async def _post(
     for i in range(tries_429 + 1):
         try:
             async with client.stream("POST", ep.url, headers=headers, json=body) as resp:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise LlmCallFailed(
-                            f"llm: the response is over {MAX_RESPONSE_BYTES} bytes", retryable=False
-                        )
-                    chunks.append(chunk)
+                content = await read_bounded(resp, MAX_RESPONSE_BYTES)
+                if content is None:
+                    raise LlmCallFailed(
+                        f"llm: the response is over {MAX_RESPONSE_BYTES} bytes", retryable=False
+                    )
         except httpx.TimeoutException:
             raise LlmCallFailed(f"llm: {ep.url} timed out", retryable=True) from None
         except httpx.TransportError as exc:
@@ -310,7 +306,7 @@ async def _post(
                 _redact(f"llm: {ep.url}: {type(exc).__name__}: {exc}", ep.key), True
             ) from None
         status = resp.status_code
-        text = b"".join(chunks).decode("utf-8", errors="replace")
+        text = content.decode("utf-8", errors="replace")
         if status == 429:
             wait = _retry_after_s(resp)
             if i == tries_429 or (wait is not None and wait > MAX_RETRY_AFTER_S):
