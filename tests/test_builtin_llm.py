@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import pytest
 
 import raftmesh
 from raftmesh import DAG
-from raftmesh.agents import AgentRegistry, TaskContext, default_registry
+from raftmesh.agents import AgentRegistry, SyncTaskContext, TaskContext, default_registry
 from raftmesh.agents._builtin import AgentInputError
 from raftmesh.agents._llm import MAX_TOOL_RESULT_CHARS, LlmCallFailed, llm_agent, tool_call_id
 from raftmesh.agents._tools import ToolInputError, check_args, get_tool
@@ -444,3 +445,56 @@ def test_llm_task_with_an_agent_tool_through_a_real_node(
     with open(cluster.nodes["n1"].log_path, encoding="utf-8") as f:
         node_log = f.read()
     assert "analyst" in node_log and KEY not in node_log
+
+
+def test_a_plain_def_agent_as_a_tool_gets_the_context_a_thread_agent_gets(fake: FakeLLM) -> None:
+    """It runs off the loop with a ``SyncTaskContext`` (a ``threading.Event`` to poll; blocking
+    kv/locks when the attempt has them), not the async context whose calls return coroutines."""
+    reg = default_registry()
+    seen: list[Any] = []
+
+    def inventory(ctx: SyncTaskContext) -> Any:
+        seen.append((type(ctx).__name__, ctx.cancelled.is_set(), threading.current_thread().name))
+        ctx.report_usage(tokens_out=3)
+        return {"hosts": 4, "task": ctx.task_id}
+
+    reg.register("inventory", inventory)
+    fake.set_script(
+        [
+            {
+                "when": {"tool_result": False},
+                "reply": {"tool_calls": [{"name": "inventory", "arguments": {}}]},
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+            }
+        ]
+    )
+    ctx = ctx_for({"prompt": "How many hosts?", "model": "m", "tools": [{"name": "inventory"}]}, reg)
+    run(ctx)
+    ((kind, cancelled, thread),) = seen
+    assert (kind, cancelled) == ("SyncTaskContext", False) and thread != "MainThread"
+    results = [m["content"] for m in bodies(fake)[1]["messages"] if m["role"] == "tool"]
+    assert json.loads(results[0]) == {"hosts": 4, "task": tool_call_id("t1", "inventory", {})}
+    assert ctx.usage.tokens_out >= 1 + 3
+
+
+@raftmesh.tool
+def count_hosts(region: str, ctx: SyncTaskContext) -> dict[str, Any]:
+    """Hosts in a region."""
+    ctx.report_usage(cost=0.25)
+    return {"region": region, "ctx": type(ctx).__name__, "cancelled": ctx.cancelled.is_set()}
+
+
+def test_a_plain_def_tool_taking_ctx_gets_the_blocking_view(fake: FakeLLM) -> None:
+    fake.set_script(
+        [
+            {
+                "when": {"tool_result": False},
+                "reply": {"tool_calls": [{"name": "count_hosts", "arguments": {"region": "eu"}}]},
+            }
+        ]
+    )
+    ctx = ctx_for({"prompt": "Hosts in eu?", "model": "m", "tools": ["count_hosts"]})
+    run(ctx)
+    results = [m["content"] for m in bodies(fake)[1]["messages"] if m["role"] == "tool"]
+    assert json.loads(results[0]) == {"region": "eu", "ctx": "SyncTaskContext", "cancelled": False}
+    assert ctx.usage.cost == 0.25  # the tool's usage counts for the calling attempt

@@ -48,8 +48,9 @@ import httpx
 
 from ..consensus.commands import NO_USAGE
 from ._builtin import AgentInputError
-from ._context import TaskContext
+from ._context import SyncTaskContext, TaskContext
 from ._http import read_bounded, tls_context
+from ._sync_clients import SyncKv, SyncLocks, loop_call
 from ._tools import TOOL_NAME_RE, ToolInputError, get_tool
 
 MAX_STEPS = 32
@@ -226,6 +227,19 @@ def _redact(text: str, key: str) -> str:
     return text.replace(key, "***") if key else text
 
 
+def _sync_context(ctx: TaskContext, changes: dict[str, Any]) -> SyncTaskContext:
+    """``ctx`` as a plain-``def`` agent expects it (``SyncTaskContext``), with ``changes``."""
+    fields = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(TaskContext)} | changes
+    del fields["cancelled"]  # the sync view has its own threading.Event
+    if ctx.kv is not None and ctx.locks is not None:
+        call = loop_call(ctx.kv, ctx.locks, asyncio.get_running_loop())
+        fields |= {"kv": SyncKv(call), "locks": SyncLocks(call)}
+    sub = SyncTaskContext(**fields)
+    if ctx.cancelled.is_set():
+        sub.cancelled.set()
+    return sub
+
+
 async def _call_tool(ctx: TaskContext, name: str, raw_args: Any) -> str:
     """The tool's result as text for the model; a failing tool is reported to the model, not raised."""
     try:
@@ -237,18 +251,36 @@ async def _call_tool(ctx: TaskContext, name: str, raw_args: Any) -> str:
     try:
         td = get_tool(name)
         if td is not None:
-            result = await td.call(args, ctx)
+            if td.wants_ctx and not inspect.iscoroutinefunction(td.fn):
+                # a plain def runs in a thread: it gets the blocking view, like a thread agent
+                view = _sync_context(ctx, {"usage": NO_USAGE})
+                result = await td.call(args, view)
+                u = view.usage
+                ctx.report_usage(tokens_in=u.tokens_in, tokens_out=u.tokens_out, cost=u.cost)
+            else:
+                result = await td.call(args, ctx)
         else:
             adef = ctx.agents.get(name) if ctx.agents is not None else None
             if adef is None or name == "llm":
                 return f"error: there is no tool named {name!r}"
-            sub = dataclasses.replace(
-                ctx, task_id=tool_call_id(ctx.task_id, name, args), input=args, upstream={}, usage=NO_USAGE
-            )
+            changes: dict[str, Any] = {
+                "task_id": tool_call_id(ctx.task_id, name, args),
+                "input": args,
+                "upstream": {},
+                "usage": NO_USAGE,
+            }
+            sub: TaskContext
             if inspect.iscoroutinefunction(adef.fn):
+                sub = dataclasses.replace(ctx, **changes)
                 result = await adef.fn(sub)
             else:
-                result = await asyncio.to_thread(adef.fn, sub)
+                # A plain def gets what it gets as a thread agent: blocking kv/locks, a threading.Event.
+                sub = _sync_context(ctx, changes)
+                try:
+                    result = await asyncio.to_thread(adef.fn, sub)
+                except asyncio.CancelledError:
+                    sub.cancelled.set()
+                    raise
                 if inspect.isawaitable(result):
                     result = await result
             u = sub.usage
