@@ -80,7 +80,7 @@ from raftmesh.chaos.netns import (
     majorities_ring,
     resolve_reachability,
 )
-from raftmesh.chaos.workload import DOOMED, SLEEP_AGENTS, Operation, RetryCall, make_job
+from raftmesh.chaos.workload import DOOMED, DOOMED_AGENT, SLEEP_AGENTS, Operation, RetryCall, make_job
 from raftmesh.consensus import kv_commands, runs, tasks
 from raftmesh.consensus.codes import Code
 from raftmesh.consensus.commands import (
@@ -615,14 +615,14 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
             )
             for t in job.dag.tasks.values()
         )
-        validate(specs, {"sum", "sleep", "sleep_thread", "sleep_process", "fail", "echo"})
+        validate(specs, {"sum", "sleep", "sleep_thread", "sleep_process", "fail", "fail_breaker", "echo"})
         assert set(job.expected) == set(job.dag.tasks)
         # Recompute each sum from its upstream outputs: value + numeric upstream outputs.
         for tid, t in job.dag.tasks.items():
             if t.agent == "sum":
                 ups = [job.expected[d] for d in t.deps]
                 assert job.expected[tid] == t.input["value"] + sum(u for u in ups if isinstance(u, int))
-            elif t.agent == "fail" and tid == DOOMED:  # fails both attempts: a dead letter
+            elif t.agent == DOOMED_AGENT and tid == DOOMED:  # fails both attempts: a dead letter
                 assert job.doomed and t.retries == 1 and t.input == {"times": 2}
             elif t.agent == "fail":
                 assert t.retries == 2 and t.input == {"times": 1}

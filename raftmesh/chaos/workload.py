@@ -11,7 +11,8 @@ A submit's outcome is ``ok`` (acknowledged: the client holds a run id), ``failed
 (the client gave up on retrying: it may or may not have been applied).
 
 Dead letters: a seeded share of jobs carry a ``doomed`` task that fails both its
-attempts, so the run fails with a dead letter. The client then retries it the way a
+attempts, so the run fails with a dead letter. Its agent (``fail_breaker``) opens its
+circuit breaker on the node at each failure, so breakers open, probe and close throughout. The client then retries it the way a
 nervous operator would, while the faults go on: the same call twice (one request id)
 and a fresh call; each answer is recorded (``RetryCall``) and the run is waited for
 again. The checker holds the log to "requeued exactly once". Every ``sum`` task
@@ -53,6 +54,8 @@ URGENT_SHARE = 0.25
 DEAD_LETTER_SHARE = 0.2
 """Share of jobs with a ``doomed`` task (fails attempts 1 and 2 with one retry): a dead letter."""
 DOOMED = "doomed"
+DOOMED_AGENT = "fail_breaker"
+"""``fail`` with a breaker that opens on one failure (``raftmesh.chaos.agents``)."""
 COST_UNIT = 0.125
 """Sum tasks report cost in eighths: exact in binary, so sums compare exactly in any order."""
 LARGE_INPUT_CHARS = (40_000, 85_000)
@@ -152,7 +155,7 @@ def make_job(rng: random.Random, key: str, urgent_priority: int | None = None) -
     dead = random.Random(f"{key}-dead")  # its own RNG: the draws above stay what they were
     doomed = dead.random() < DEAD_LETTER_SHARE
     if doomed:
-        dag.task(DOOMED, "fail", input={"times": 2}, retries=1)
+        dag.task(DOOMED, DOOMED_AGENT, input={"times": 2}, retries=1)
         expected[DOOMED] = {"times": 2}
         host = dead.choice(sums[1:])
         dag.tasks[host] = dataclasses.replace(dag.tasks[host], deps=(*dag.tasks[host].deps, DOOMED))
