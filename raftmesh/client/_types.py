@@ -119,6 +119,8 @@ class TaskInfo:
     waiting_reason: str = ""
     """Why a READY task is not running yet (derived when read; "" otherwise)."""
     requires: tuple[str, ...] = ()
+    requeued_attempt: int = 0
+    """The last dead attempt ``retry`` requeued (0: never)."""
 
     @classmethod
     def from_pb(cls, t: pb.Task) -> TaskInfo:
@@ -138,6 +140,7 @@ class TaskInfo:
             tuple(PreemptionInfo(p.by_run_id, p.by_task_id, p.attempt, p.at_ms) for p in t.preempted_by),
             t.waiting_reason,
             tuple(t.requires),
+            t.requeued_attempt,
         )
 
 
@@ -187,6 +190,8 @@ class RunInfo:
                     "usage": t.usage.to_json(),
                     "preempted_by": [p.to_json() for p in t.preempted_by],
                     "waiting_reason": t.waiting_reason,
+                    "requires": list(t.requires),
+                    "requeued_attempt": t.requeued_attempt,
                 }
                 for t in self.tasks.values()
             },
