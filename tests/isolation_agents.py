@@ -105,6 +105,19 @@ class Counter:
         return {"pid": self.pid, "runs": self.runs, "setups": Counter.setups, "data_dir": self.data_dir}
 
 
+class AsyncClient:
+    """A class agent whose async ``setup`` builds loop-bound state (as a real client would)."""
+
+    async def setup(self, node: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ready = asyncio.Event()  # bound to the loop the first time it is awaited
+        self.ready.set()
+
+    async def run(self, ctx: Any) -> dict[str, Any]:
+        await self.ready.wait()
+        return {"same_loop": asyncio.get_running_loop() is self.loop}
+
+
 def _nothing(ctx: Any) -> None:
     return None
 
@@ -135,6 +148,8 @@ def register_agents(reg: AgentRegistry) -> None:
     add("async_in_worker", _async_in_worker, "process")
     counter = Counter()
     add("counter_process", counter.run, "process", setup=counter.setup)
+    client = AsyncClient()
+    add("async_client_process", client.run, "process", setup=client.setup)
     add("empty_async", _nothing_async, "async")
     add("empty_thread", _nothing, "thread")
     add("empty_process", _nothing, "process")

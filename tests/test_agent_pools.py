@@ -107,8 +107,9 @@ def test_thread_pool_runs_at_most_its_size_and_drops_cancelled_waiters() -> None
 
         jobs = [asyncio.ensure_future(tp.run(lambda i=i: job(i))) for i in range(3)]
         waiter = asyncio.ensure_future(tp.run(lambda: never(99)))
-        while tp.busy < 2:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):  # a deadline, not a hang, if the pool never gets busy
+            while tp.busy < 2:
+                await asyncio.sleep(0.01)
         waiter.cancel()  # queued behind the busy threads: it must never start
         with pytest.raises(asyncio.CancelledError):
             await waiter  # (the loop passes the cancellation on to the queued call meanwhile)
@@ -133,6 +134,17 @@ def test_worker_runs_agents_reuses_itself_and_sets_up_class_agents_once(pool: Pr
         assert (first.output["runs"], second.output["runs"]) == (1, 2)
         assert second.output["setups"] == 1  # setup once per worker process, not per attempt
         assert first.output["pid"] in pool.pids and first.output["pid"] != os.getpid()
+
+    asyncio.run(main())
+
+
+def test_an_async_setup_and_the_attempts_share_the_workers_loop(pool: ProcessPool) -> None:
+    """What an async ``setup`` builds (bound to its loop) stays usable in every attempt."""
+
+    async def main() -> None:
+        for _ in range(2):
+            out = await pool.run(request("async_client_process"), Calls())
+            assert out.ok and out.output == {"same_loop": True}, out
 
     asyncio.run(main())
 
@@ -237,8 +249,9 @@ def test_an_attempt_cancelled_while_its_worker_starts_leaves_no_worker(pool: Pro
         attempt.cancel()
         with pytest.raises(asyncio.CancelledError):
             await attempt
-        while pool.spawned == 0:  # the spawn goes on in the pool's I/O thread
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while pool.spawned == 0:  # the spawn goes on in the pool's I/O thread
+                await asyncio.sleep(0.01)
 
     asyncio.run(main())
     assert pool.spawned == 1 and pool.pids == []

@@ -83,14 +83,14 @@ def set_up_in_worker(d: AgentDef, node: AgentNode) -> None:
         return
     os.makedirs(node.data_dir, exist_ok=True)
     try:
-        _finish_sync(d.setup(node))
+        finish_in_worker(d.setup(node))
     except Exception as exc:
         raise AgentSetupError(f"agent {d.name!r}: setup(node) failed: {_told(exc)}") from exc
 
 
 def tear_down_in_worker(d: AgentDef) -> None:
     if d.teardown is not None:
-        _finish_sync(d.teardown())
+        finish_in_worker(d.teardown())
 
 
 async def _finish(result: Any) -> None:
@@ -98,13 +98,29 @@ async def _finish(result: Any) -> None:
         await result
 
 
-def _finish_sync(result: Any) -> None:
+_worker_loop: asyncio.AbstractEventLoop | None = None
+
+
+def worker_loop() -> asyncio.AbstractEventLoop:
+    """The one event loop of a process worker: an async ``setup``, every async attempt and
+    ``teardown`` run on it, so what ``setup`` built (a client, a pool, a lock) stays usable
+    (with a loop per call it would be tied to a closed loop by the first attempt)."""
+    global _worker_loop
+    if _worker_loop is None or _worker_loop.is_closed():
+        _worker_loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_worker_loop)
+    return _worker_loop
+
+
+def finish_in_worker(result: Any) -> Any:
+    """``result``, awaited on the worker's loop if it is awaitable."""
     if inspect.isawaitable(result):
+        return worker_loop().run_until_complete(_awaited(result))
+    return result
 
-        async def wait() -> None:
-            await result
 
-        asyncio.run(wait())
+async def _awaited(aw: Any) -> Any:
+    return await aw
 
 
 def _told(exc: BaseException) -> str:

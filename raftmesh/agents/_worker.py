@@ -19,7 +19,6 @@ This module must import nothing that loads grpc: it is what a spawned worker imp
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import math
@@ -34,7 +33,7 @@ import msgpack
 from ._context import SyncTaskContext
 from ._loader import load_agent
 from ._registry import AgentDef
-from ._setup import AgentNode, set_up_in_worker, tear_down_in_worker
+from ._setup import AgentNode, finish_in_worker, set_up_in_worker, tear_down_in_worker
 from ._sync_clients import AsyncKv, AsyncLocks, SyncKv, SyncLocks, remote_error
 
 WORKER_PATH_ENV = "RAFTMESH_WORKER_SYS_PATH"
@@ -143,9 +142,7 @@ def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDe
         )
         saved = _set_limits(memory_mb, cpu_seconds)
         try:
-            out = adef.fn(ctx)
-            if inspect.isawaitable(out):
-                out = asyncio.run(_awaited(out))
+            out = finish_in_worker(adef.fn(ctx))
         finally:
             for which, old in saved:
                 resource.setrlimit(which, old)
@@ -188,10 +185,6 @@ def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDe
         )
     pipe.conn.send_bytes(data)
     return keep
-
-
-async def _awaited(aw: Any) -> Any:
-    return await aw
 
 
 def worker_main(conn: Connection, node_id: str) -> None:
