@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -51,7 +52,7 @@ from ._builtin import AgentInputError
 from ._context import SyncTaskContext, TaskContext
 from ._http import read_bounded, tls_context
 from ._sync_clients import SyncKv, SyncLocks, loop_call
-from ._tools import TOOL_NAME_RE, ToolInputError, get_tool
+from ._tools import TOOL_NAME_RE, TOOL_THREADS, ToolInputError, get_tool
 
 MAX_STEPS = 32
 DEFAULT_MAX_STEPS = 8
@@ -277,7 +278,7 @@ async def _call_tool(ctx: TaskContext, name: str, raw_args: Any) -> str:
                 # A plain def gets what it gets as a thread agent: blocking kv/locks, a threading.Event.
                 sub = _sync_context(ctx, changes)
                 try:
-                    result = await asyncio.to_thread(adef.fn, sub)
+                    result = await TOOL_THREADS.run(functools.partial(adef.fn, sub))
                 except asyncio.CancelledError:
                     sub.cancelled.set()
                     raise

@@ -45,7 +45,11 @@ def loop_call(kv: TaskKv, locks: TaskLocks, loop: asyncio.AbstractEventLoop) -> 
 
     def call(target: str, op: str, args: list[Any], kw: dict[str, Any]) -> Any:
         fut = asyncio.run_coroutine_threadsafe(dispatch(kv, locks, target, op, args, kw), loop)
-        return fut.result(timeout=CALL_TIMEOUT_S)
+        try:
+            return fut.result(timeout=CALL_TIMEOUT_S)
+        except TimeoutError:
+            fut.cancel()  # the agent is told it failed: stop the call on the loop too (not left running)
+            raise
 
     return call
 

@@ -16,7 +16,7 @@ Tools live in one table per process (they are code, like agent types, not replic
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
 import re
 import types
@@ -24,6 +24,8 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Union, overload
+
+from ._pools import THREAD_POOL_SIZE, ThreadPool
 
 TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What OpenAI-compatible APIs accept as a function name."""
@@ -59,8 +61,13 @@ class ToolDef:
         if inspect.iscoroutinefunction(self.fn):
             return await self.fn(**kw)
         # A plain def may block: keep the node's event loop (and its heartbeats) free.
-        return await asyncio.to_thread(self.fn, **kw)
+        return await TOOL_THREADS.run(functools.partial(self.fn, **kw))
 
+
+TOOL_THREADS = ThreadPool(THREAD_POOL_SIZE)
+"""Where plain-``def`` tools run (agent types called as tools too): daemon threads, like the
+host's pool, so a tool stuck in a call never keeps a stopping node alive (the loop's default
+executor would: its threads are joined at exit)."""
 
 _TOOLS: dict[str, ToolDef] = {}
 

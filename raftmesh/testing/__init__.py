@@ -45,16 +45,16 @@ class FakeLLM:
 
     def _read_url(self, timeout_s: float) -> str:
         assert self.proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                if "listening on " in line:
-                    return line.split("listening on ", 1)[1].strip()
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    line = self.proc.stdout.readline()
+                    if not line:
+                        break
+                    if "listening on " in line:
+                        return line.split("listening on ", 1)[1].strip()
         raise RuntimeError(
             f"fake_llm (pid {self.proc.pid}) did not say where it listens within {timeout_s} s"
         )
