@@ -279,6 +279,21 @@ def test_stale_preemptions_are_rejected(c: Cluster) -> None:
     c.unchanged(_preempt(c, "low", "l1"), Code.FAILED_PRECONDITION)  # the preemptor is placed
 
 
+def test_one_command_takes_at_most_one_victim_per_waiting_task(c: Cluster) -> None:
+    _full(c)
+    a, b = c.task("low", "l1"), c.task("low", "l3")
+    items = (
+        Preemption("low", "l1", a.attempt, a.token, "high", "h"),
+        Preemption("low", "l3", b.attempt, b.token, "high", "h"),
+    )
+    res = expect(c.ok(Preempt(c.rid(), c.ts, items)), PreemptResult)
+    assert res.accepted == 1
+    assert [(r.task_id, r.reason) for r in res.rejected] == [
+        ("l3", "task high/h already preempts another attempt in this command")
+    ]
+    assert c.task("low", "l3").status is TaskStatus.RUNNING
+
+
 def test_preempted_by_is_bounded(c: Cluster) -> None:
     c.ok(c.submit("low", [spec("l", priority=0)]))
     c.ok(c.submit("high", [spec("h", priority=10)]))

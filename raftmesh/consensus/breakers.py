@@ -19,7 +19,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from .context import ApplyContext
-from .state import Breaker, Member, TaskState
+from .state import Breaker, TaskState
 
 MAX_STREAK = 2**31
 """The failure streak is capped (it only ever needs to reach the threshold)."""
@@ -35,10 +35,6 @@ def state_of(b: Breaker | None, now_ms: int) -> BreakerState:
     if b is None or not b.open_until_ms:
         return BreakerState.CLOSED
     return BreakerState.OPEN if now_ms < b.open_until_ms else BreakerState.HALF_OPEN
-
-
-def breaker_of(m: Member, agent: str) -> Breaker | None:
-    return m.breakers.get(agent)
 
 
 def record_outcome(ctx: ApplyContext, t: TaskState, ok: bool) -> None:

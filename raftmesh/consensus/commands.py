@@ -625,7 +625,7 @@ def _decode_complete(m: dict[str, Any], rid: str, ts: int) -> Complete:
         usage = Usage.decode(it[5]) if len(it) == 6 else NO_USAGE
         if not (isinstance(run_id, str) and isinstance(task_id, str)):
             raise CommandDecodeError("complete item ids must be strings")
-        if not (isinstance(attempt, int) and isinstance(token, int)):
+        if not (_is_int(attempt) and _is_int(token)):
             raise CommandDecodeError("complete item attempt and token must be ints")
         items.append(Completion(run_id, task_id, attempt, token, output, usage))
     return Complete(rid, ts, _get(m, "node_id", str), tuple(items))
@@ -642,7 +642,7 @@ def _decode_fail(m: dict[str, Any], rid: str, ts: int) -> Fail:
         usage = Usage.decode(it[6]) if len(it) == 7 else NO_USAGE
         if not (isinstance(run_id, str) and isinstance(task_id, str) and isinstance(error, str)):
             raise CommandDecodeError("fail item ids and error must be strings")
-        if not (isinstance(attempt, int) and isinstance(token, int) and isinstance(retryable, bool)):
+        if not (_is_int(attempt) and _is_int(token) and isinstance(retryable, bool)):
             raise CommandDecodeError("fail item attempt/token must be ints, retryable a bool")
         items.append(Failure(run_id, task_id, attempt, token, error, retryable, usage))
     return Fail(rid, ts, _get(m, "node_id", str), tuple(items))

@@ -136,6 +136,8 @@ def preempt(ctx: ApplyContext, cmd: Preempt) -> Result:
     accepted: list[tuple[Preemption, RunState, TaskState]] = []
     rejected: list[ItemRejected] = []
     seen: set[TaskKey] = set()
+    seen_by: set[TaskKey] = set()
+    """One victim per waiting task: a plan never names a preempting task twice."""
     for p in cmd.items:
         run = st.runs.get(p.run_id)
         t = run.tasks.get(p.task_id) if run else None
@@ -145,6 +147,8 @@ def preempt(ctx: ApplyContext, cmd: Preempt) -> Result:
             why = "no such task"
         elif (p.run_id, p.task_id) in seen:
             why = "preempted twice in one command"
+        elif (p.by_run_id, p.by_task_id) in seen_by:
+            why = f"task {p.by_run_id}/{p.by_task_id} already preempts another attempt in this command"
         elif t.status is not TaskStatus.RUNNING:
             why = f"task is {t.status.value}"
         elif t.attempt != p.attempt or t.token != p.token:
@@ -160,6 +164,7 @@ def preempt(ctx: ApplyContext, cmd: Preempt) -> Result:
             continue
         assert run is not None and t is not None
         seen.add((p.run_id, p.task_id))
+        seen_by.add((p.by_run_id, p.by_task_id))
         accepted.append((p, run, t))
     if not accepted:
         quoted = [[r.run_id, r.task_id, r.reason] for r in rejected[:5]]
