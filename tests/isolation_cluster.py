@@ -41,6 +41,13 @@ class MixedCluster:
         self.client: Client | None = None
 
     def start(self, timeout_s: float = 60.0) -> MixedCluster:
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.close()  # n2 and n3 are processes: a failed start must not leave them running
+            raise
+
+    def _start(self, timeout_s: float) -> MixedCluster:
         self.local.start_node("n2")
         self.local.start_node("n3")
         wait_until(lambda: self.local.leader(["n2", "n3"]), timeout_s, "n2 and n3 to elect a leader")
@@ -80,6 +87,9 @@ class MixedCluster:
         return self.local.leader(["n2", "n3"])
 
     def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
         try:
             loop = self.runtime.loop
             if self._thread is not None and loop is not None and not loop.is_closed():

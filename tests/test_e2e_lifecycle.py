@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from raftmesh.localcluster import LocalCluster
+from raftmesh.localcluster import LocalCluster, wait_until
 
 from .test_cli import cli
 
 pytestmark = pytest.mark.e2e
-
-
-def _poll(what: str, fn: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_dead_letters_and_retry_exactly_once(cluster3: LocalCluster, tmp_path: pathlib.Path) -> None:
@@ -81,7 +69,7 @@ def test_dead_letters_and_retry_exactly_once(cluster3: LocalCluster, tmp_path: p
         got = json.loads(cli("get", run_id, "--json", addresses=addrs).stdout)
         return got if got["status"] != "RUNNING" else None
 
-    final = _poll("the requeued run to end", done)
+    final = wait_until(done, 60.0, "the requeued run to end")
     assert final["status"] == "SUCCEEDED", final
     assert (final["tasks"]["x"]["attempt"], final["tasks"]["y"]["status"]) == (3, "SUCCEEDED")
     assert json.loads(cli("dead-letters", "--json", addresses=addrs).stdout)["dead_letters"] == []
@@ -110,7 +98,7 @@ def test_a_high_priority_task_preempts_a_running_low_one(
         got = json.loads(cli("get", low_id, "--json", addresses=addrs).stdout)
         return all(t["status"] == "RUNNING" for t in got["tasks"].values())
 
-    _poll("every slot to be busy", all_running)
+    wait_until(all_running, 60.0, "every slot to be busy")
     high = tmp_path / "high.yaml"
     high.write_text("tasks:\n  - {id: h, agent: echo, input: urgent, priority: 9}\n")
     res = cli("submit", str(high), "--wait", "--wait-timeout", "60", "--json", addresses=addrs)
