@@ -222,6 +222,8 @@ def test_a_setup_that_raises_names_the_agent_and_tears_down_the_others(tmp_path:
         ({"breaker_failures": 1001}, "breaker_failures must be at most 1000"),
         ({"breaker_cooldown_ms": 86_400_001}, "breaker_cooldown_ms must be at most 86400000"),
         ({"capabilities": [f"c{i}" for i in range(65)]}, "65 capabilities; the limit is 64"),
+        ({"memory_mb": 2**21, "isolation": "process"}, "memory_mb must be at most 1048576"),
+        ({"cpu_seconds": 10**7, "isolation": "process"}, "cpu_seconds must be at most 604800"),
     ],
 )
 def test_bad_arguments_fail_at_decoration_with_a_clear_error(kwargs: dict[str, Any], message: str) -> None:

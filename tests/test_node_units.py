@@ -435,3 +435,14 @@ def test_host_fails_an_output_no_reader_could_store_without_retry() -> None:
         reporter.cancel()
 
     asyncio.run(scenario())
+
+
+def test_numeric_config_values_are_whole_numbers_where_a_count_is_meant() -> None:
+    from raftmesh.errors import InvalidArgument
+    from raftmesh.node.main import _number
+
+    assert _number("slots", 3.0, int) == 3 and _number("slots", "4", int) == 4
+    assert _number("node-down-after", 2.5, float) == 2.5
+    for bad in (2.9, True):
+        with pytest.raises(InvalidArgument, match="slots must be a whole number"):
+            _number("slots", bad, int)

@@ -84,6 +84,12 @@ def _record(decl: Declaration, globals_id: int) -> None:
         _by_module[decl.module] = (globals_id, decls)
 
 
+MAX_MEMORY_MB = 1024 * 1024
+"""``memory_mb`` at most 1 TiB (a larger value would overflow setrlimit in the worker)."""
+MAX_CPU_SECONDS = 7 * 24 * 3600
+"""``cpu_seconds`` at most 7 days (the longest task timeout)."""
+
+
 def _fail(name: str, why: str) -> AgentDefinitionError:
     return AgentDefinitionError(f"@raftmesh.agent({name!r}): {why}")
 
@@ -220,8 +226,8 @@ def agent(
         "concurrency": _count(name, "concurrency", concurrency, limits.MAX_AGENT_CONCURRENCY),
         "timeout_ms": _count(name, "timeout_ms", timeout_ms, limits.MAX_TIMEOUT_MS),
         "retries": _count(name, "retries", retries, limits.MAX_RETRIES),
-        "memory_mb": _count(name, "memory_mb", memory_mb),
-        "cpu_seconds": _count(name, "cpu_seconds", cpu_seconds),
+        "memory_mb": _count(name, "memory_mb", memory_mb, MAX_MEMORY_MB),
+        "cpu_seconds": _count(name, "cpu_seconds", cpu_seconds, MAX_CPU_SECONDS),
         "breaker_failures": _count(name, "breaker_failures", breaker_failures, limits.MAX_BREAKER_FAILURES),
         "breaker_cooldown_ms": _count(
             name, "breaker_cooldown_ms", breaker_cooldown_ms, limits.MAX_BREAKER_COOLDOWN_MS

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -279,11 +280,15 @@ class ProcessPool:
                 w.conn.send_bytes(encode({"t": "stop"}))
             except OSError:
                 pass
+        # One deadline for all: idle workers tear down in parallel, so a stop waits at most
+        # WORKER_EXIT_WAIT_S for them together (it runs on the node's loop as it stops).
+        deadline = time.monotonic() + WORKER_EXIT_WAIT_S
         for w in list(self._workers):
             if w in self._idle:
-                w.join(WORKER_EXIT_WAIT_S)
+                w.join(max(0.0, deadline - time.monotonic()))
             w.kill()
-            w.join(WORKER_EXIT_WAIT_S)
+        for w in list(self._workers):
+            w.join(max(0.0, deadline - time.monotonic()) + 1.0)  # killed: gone within moments
             w.conn.close()
         self._idle.clear()
         self._workers.clear()

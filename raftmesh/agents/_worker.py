@@ -25,11 +25,13 @@ import math
 import os
 import resource
 import signal
+import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
 import msgpack
 
+from ..log_format import JsonFormatter
 from ._context import SyncTaskContext
 from ._loader import load_agent
 from ._registry import AgentDef
@@ -191,7 +193,9 @@ def worker_main(conn: Connection, node_id: str) -> None:
     """Entry point of a spawned worker: serve attempts until told to stop or the pipe closes."""
     # The node stops its workers itself: a Ctrl-C on its terminal must not kill one mid-attempt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s worker %(process)d %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)  # the node's stderr: the same JSON lines as the node's
+    handler.setFormatter(JsonFormatter(node_id))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     pipe = _Pipe(conn)
     loaded: dict[tuple[str, str], AgentDef] = {}
     try:

@@ -4,43 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 from ..agents._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
+from ..log_format import JsonFormatter
 from .config import build_config, load_config_file, parse_peers, read_secret_file
 from .runtime import NodeRuntime
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, carrying run/task ids when the record has them."""
-
-    def __init__(self, node_id: str) -> None:
-        super().__init__()
-        self.node_id = node_id
-
-    def format(self, record: logging.LogRecord) -> str:
-        d: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "node": self.node_id,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for k in ("run_id", "task_id", "attempt"):
-            if hasattr(record, k):
-                d[k] = getattr(record, k)
-        if record.exc_info:
-            d["exc"] = self.formatException(record.exc_info)
-        return json.dumps(d)
 
 
 def _setting(args: argparse.Namespace, file_cfg: dict[str, Any], name: str, default: Any = None) -> Any:
@@ -59,6 +34,9 @@ def _flag(name: str, v: Any) -> bool:
 
 def _number(name: str, v: Any, kind: type[int] | type[float]) -> Any:
     """A numeric setting; a config file's ``"x"`` is a usage error that names the key."""
+    # A config file's true or 2.9 for a count is a mistake, not 1 or 2.
+    if isinstance(v, bool) or (kind is int and isinstance(v, float) and not v.is_integer()):
+        raise InvalidArgument(f"{name} must be a whole number, got {str(v)[:40]!r}")
     try:
         return kind(v)
     except (TypeError, ValueError):
