@@ -170,3 +170,27 @@ def test_locks_acquire_release_and_fencing(node: InProcessNode) -> None:
     locks.release("alice", "db", token)
     granted_b, token_b, _ = locks.acquire("db", owner="bob", ttl_s=10, wait_s=1)
     assert granted_b and token_b > token
+
+
+def test_dead_letter_and_retry_requests_are_checked_at_the_boundary(node: InProcessNode) -> None:
+    """Bad ListDeadLetters / RetryTask requests are INVALID_ARGUMENT with a short message."""
+    import grpc
+
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+    bad = [
+        ("ListDeadLetters", pb.ListDeadLettersRequest(limit=1001), "1000"),
+        ("RetryTask", pb.RetryTaskRequest(run_id="r-1", task_id=""), "task_id"),
+        ("RetryTask", pb.RetryTaskRequest(run_id="x" * 5000, task_id="t"), "run id"),
+        ("RetryTask", pb.RetryTaskRequest(run_id="r-1", task_id="t", request_id="a\x00b"), "request_id"),
+        ("RetryTask", pb.RetryTaskRequest(run_id="r-1", task_id="t", request_id="q" * 300), "request_id"),
+    ]
+    with grpc.insecure_channel(node.address) as ch:
+        stub = pb_grpc.ClusterStub(ch)
+        for method, req, says in bad:
+            with pytest.raises(grpc.RpcError) as err:
+                getattr(stub, method)(req, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, req, err.value)
+            details = err.value.details() or ""
+            assert says in details and len(details.encode()) <= 1100, (method, details)
