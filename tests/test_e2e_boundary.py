@@ -159,7 +159,9 @@ def test_names_and_keys_with_control_characters_are_refused(channel: grpc.Channe
 def test_cli_escapes_control_characters(node1: LocalCluster, channel: grpc.Channel) -> None:
     # A cancel reason is free text (like an agent's error) and reaches the run's error as sent.
     cl = pb_grpc.ClusterStub(channel)
-    run_id = submit(cl, "1", name="escapes").run_id
+    # A task that outlives the cancel: an echo could finish first, and a finished run keeps no reason.
+    task = pb.TaskSpec(id="a", agent="sleep", input_json='{"seconds": 30}')
+    run_id = cl.SubmitRun(pb.SubmitRunRequest(name="escapes", tasks=[task]), timeout=30).run_id
     hostile = "\x1b[2J\x1b]0;pwned\x07\u202eevil"
     cl.CancelRun(pb.CancelRunRequest(run_id=run_id, reason=hostile), timeout=30)
     assert hostile in cl.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30).error

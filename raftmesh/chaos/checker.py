@@ -59,7 +59,7 @@ INVARIANTS = (
     USAGE,
 )
 
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "COMPENSATED", "COMPENSATION_FAILED"})
 
 
 Usage = tuple[int, int, float]

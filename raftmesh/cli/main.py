@@ -521,7 +521,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("runs", help="list runs, newest first")
     r.add_argument("--limit", type=int, default=100)
-    r.add_argument("--status", choices=["RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    r.add_argument(
+        "--status",
+        choices=[
+            "RUNNING",
+            "SUCCEEDED",
+            "FAILED",
+            "CANCELLED",
+            "PAUSED",
+            "COMPENSATING",
+            "COMPENSATED",
+            "COMPENSATION_FAILED",
+        ],
+    )
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_runs)
     return p

@@ -20,7 +20,7 @@ from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, error_for
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ._dag import DAG
-from ._types import ClusterInfo, DeadLetterInfo, RetryInfo, RunEvent, RunInfo
+from ._types import TERMINAL, ClusterInfo, DeadLetterInfo, RetryInfo, RunEvent, RunInfo
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 STREAM_SILENCE_S = 5.0
@@ -281,7 +281,7 @@ class Client:
                         if ev.kind == "heartbeat":
                             continue
                         yield ev
-                        if ev.status in ("SUCCEEDED", "FAILED", "CANCELLED") and ev.kind in (
+                        if ev.status in TERMINAL and ev.kind in (
                             "run",
                             "snapshot",
                         ):

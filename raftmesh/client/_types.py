@@ -8,7 +8,8 @@ from typing import Any
 
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "COMPENSATED", "COMPENSATION_FAILED"})
+"""Run statuses that never change again."""
 
 
 def _task_status(v: int) -> str:

@@ -72,12 +72,48 @@ class TaskSpec:
     """(lock name, "shared" | "exclusive") held while an attempt runs, acquired all at once."""
     requires: tuple[str, ...] = ()
     """Capabilities the node's offer of ``agent`` must all have (``placement``)."""
+    # ---- workflow keys (issue 9); each is optional and validated in ``dag.validate`` ----
+    when: JsonValue = None
+    """A condition on upstream outputs (``conditions.py``); false: the task is SKIPPED."""
+    trigger: str = ""
+    """When the dependencies let it start: "" (all succeeded), "any_succeeded" or "all_done"."""
+    map: str = ""
+    """An upstream task id: one instance ``ID[i]`` per item of its output list (``groups``)."""
+    max_parallel: int = 0
+    """Map instances running at once (0: unbounded)."""
+    replicas: int = 0
+    """Run the task this many times in parallel and fuse the answers (0: once, as a plain task)."""
+    fusion: str = ""
+    """vote | weighted | merge | best | first."""
+    quorum: int = 0
+    """Successful replicas that decide (0: the fusion's default)."""
+    weights: tuple[float, ...] = ()
+    agents: tuple[str, ...] = ()
+    """Agent types the replicas use in turn (empty: ``agent`` for every replica)."""
+    judge: str = ""
+    """Agent type that scores the replicas for ``fusion: best``."""
+    approval: Approval | None = None
+    compensate: Compensation | None = None
 
     def to_map(self) -> dict[str, Any]:
         # Optional keys are written only when set: specs without them keep their old form.
         extra: dict[str, Any] = {"locks": [list(lk) for lk in self.locks]} if self.locks else {}
         if self.requires:
             extra["requires"] = list(self.requires)
+        for key in _FLOW_SCALARS:
+            v = getattr(self, key)
+            if v:
+                extra[key] = v
+        if self.when is not None:
+            extra["when"] = self.when
+        if self.weights:
+            extra["weights"] = list(self.weights)
+        if self.agents:
+            extra["agents"] = list(self.agents)
+        if self.approval is not None:
+            extra["approval"] = self.approval.encode()
+        if self.compensate is not None:
+            extra["compensate"] = self.compensate.encode()
         return extra | {
             "id": self.id,
             "agent": self.agent,
@@ -104,7 +140,106 @@ class TaskSpec:
             retry_backoff_ms=_get(m, "retry_backoff_ms", int),
             locks=_lock_items(m.get("locks", [])),
             requires=_str_tuple(m, "requires") if "requires" in m else (),
+            when=m.get("when"),
+            trigger=_opt(m, "trigger", str, ""),
+            map=_opt(m, "map", str, ""),
+            max_parallel=_opt(m, "max_parallel", int, 0),
+            replicas=_opt(m, "replicas", int, 0),
+            fusion=_opt(m, "fusion", str, ""),
+            quorum=_opt(m, "quorum", int, 0),
+            weights=_floats(m, "weights") if "weights" in m else (),
+            agents=_str_tuple(m, "agents") if "agents" in m else (),
+            judge=_opt(m, "judge", str, ""),
+            approval=Approval.decode(m["approval"]) if "approval" in m else None,
+            compensate=Compensation.decode(m["compensate"]) if "compensate" in m else None,
         )
+
+
+_FLOW_SCALARS = ("trigger", "map", "max_parallel", "replicas", "fusion", "quorum", "judge")
+"""TaskSpec keys written to the map only when set (not 0 / "")."""
+
+
+def _opt(m: dict[str, Any], key: str, typ: type, default: Any) -> Any:
+    return _get(m, key, typ) if key in m else default
+
+
+def _floats(m: dict[str, Any], key: str) -> tuple[float, ...]:
+    values = _get(m, key, (list, tuple))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise CommandDecodeError(f"field {key!r} must be a list of numbers")
+    return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A gate before the task runs: it waits in WAITING_APPROVAL until approved or rejected."""
+
+    prompt: str = ""
+    timeout_ms: int = 0
+    """0: wait for ever."""
+    on_timeout: str = "reject"
+    """"reject" or "approve"."""
+
+    def encode(self) -> list[Any]:
+        return [self.prompt, self.timeout_ms, self.on_timeout]
+
+    @classmethod
+    def decode(cls, v: Any) -> Approval:
+        if not (isinstance(v, (list, tuple)) and len(v) == 3):
+            raise CommandDecodeError("approval must be [prompt, timeout_ms, on_timeout]")
+        prompt, timeout_ms, on_timeout = v
+        if not (isinstance(prompt, str) and _is_int(timeout_ms) and isinstance(on_timeout, str)):
+            raise CommandDecodeError("approval prompt and on_timeout must be strings, timeout_ms an int")
+        return cls(prompt, timeout_ms, on_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Compensation:
+    """What undoes a succeeded task when its run fails or is cancelled (a saga step)."""
+
+    agent: str
+    input: JsonValue = None
+
+    def encode(self) -> list[Any]:
+        return [self.agent, self.input]
+
+    @classmethod
+    def decode(cls, v: Any) -> Compensation:
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str)):
+            raise CommandDecodeError("compensate must be [agent, input]")
+        return cls(v[0], v[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Hard limits on what a run may spend (0: no limit); ``budgets.py`` enforces them."""
+
+    max_tasks: int = 0
+    """Tasks the run may have, counting map instances, replicas and spawned tasks."""
+    max_seconds: float = 0.0
+    """From submission, in state time."""
+    max_cost: float = 0.0
+    max_tokens: int = 0
+    """tokens_in + tokens_out."""
+
+    def encode(self) -> list[Any]:
+        return [self.max_tasks, self.max_seconds, self.max_cost, self.max_tokens]
+
+    @classmethod
+    def decode(cls, v: Any) -> Budget:
+        if not (isinstance(v, (list, tuple)) and len(v) == 4):
+            raise CommandDecodeError("budget must be [max_tasks, max_seconds, max_cost, max_tokens]")
+        mt, ms, mc, mk = v
+        if not (_is_int(mt) and _is_int(mk) and _is_number(ms) and _is_number(mc)):
+            raise CommandDecodeError("budget max_tasks and max_tokens must be ints, the others numbers")
+        return cls(mt, float(ms), float(mc), mk)
+
+    def __bool__(self) -> bool:
+        return bool(self.max_tasks or self.max_seconds or self.max_cost or self.max_tokens)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +343,11 @@ class SubmitRun(Command):
     priority: int = 0
     name: str = ""
     submitter: str = ""
+    budget: Budget | None = None
 
     def _fields(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {"budget": self.budget.encode()} if self.budget else {}
+        return extra | {
             "run_id": self.run_id,
             "key": self.idempotency_key,
             "tasks": [t.to_map() for t in self.tasks],
@@ -288,6 +425,19 @@ class Completion:
     token: int
     output: JsonValue = None
     usage: Usage = NO_USAGE
+    spawn: tuple[TaskSpec, ...] = ()
+    """Tasks the attempt adds to its run (``ctx.spawn``): applied atomically with this completion."""
+    spawn_wait: bool = True
+    """Whether the task's dependents wait for what it spawned (it stays WAITING_CHILDREN until then)."""
+
+    def encode(self) -> list[Any]:
+        # usage and spawn are appended only when present: entries without them keep their old form
+        item = [self.run_id, self.task_id, self.attempt, self.token, self.output]
+        if self.usage or self.spawn:
+            item.append(self.usage.encode())
+        if self.spawn:
+            item.append([self.spawn_wait, [t.to_map() for t in self.spawn]])
+        return item
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,11 +451,7 @@ class Complete(Command):
     def _fields(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
-            # usage is appended only when reported: entries without it keep their old form
-            "items": [
-                [c.run_id, c.task_id, c.attempt, c.token, c.output, *([c.usage.encode()] if c.usage else [])]
-                for c in self.items
-            ],
+            "items": [c.encode() for c in self.items],
         }
 
 
@@ -363,6 +509,64 @@ class RetryTask(Command):
 
     def _fields(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "task_id": self.task_id, "attempt": self.attempt}
+
+
+@dataclass(frozen=True, slots=True)
+class ApproveTask(Command):
+    """Decide the approval gate ``gate`` of a task WAITING_APPROVAL (applied once per gate)."""
+
+    TAG: ClassVar[str] = "approve_task"
+    run_id: str = ""
+    task_id: str = ""
+    gate: int = 0
+    """The gate's id (the revision that opened it): a decision for an older gate changes nothing."""
+    approve: bool = True
+    by: str = ""
+    """Who decided (the client's principal)."""
+    comment: str = ""
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "gate": self.gate,
+            "approve": self.approve,
+            "by": self.by,
+            "comment": self.comment,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRun(Command):
+    """Nothing new of the run starts; running attempts finish (or are requeued: ``cancel_running``)."""
+
+    TAG: ClassVar[str] = "pause_run"
+    run_id: str = ""
+    cancel_running: bool = False
+
+    def _fields(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "cancel_running": self.cancel_running}
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRun(Command):
+    TAG: ClassVar[str] = "resume_run"
+    run_id: str = ""
+
+    def _fields(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+
+@dataclass(frozen=True, slots=True)
+class RerunTask(Command):
+    """The task and everything downstream of it go back to be run again with new attempts."""
+
+    TAG: ClassVar[str] = "rerun_task"
+    run_id: str = ""
+    task_id: str = ""
+
+    def _fields(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "task_id": self.task_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,17 +821,26 @@ def _decode_assign(m: dict[str, Any], rid: str, ts: int) -> Assign:
 def _decode_complete(m: dict[str, Any], rid: str, ts: int) -> Complete:
     items = []
     for it in _get(m, "items", (list, tuple)):
-        if not (isinstance(it, (list, tuple)) and len(it) in (5, 6)):
+        if not (isinstance(it, (list, tuple)) and len(it) in (5, 6, 7)):
             raise CommandDecodeError(
-                "complete item must be [run_id, task_id, attempt, token, output, usage?]"
+                "complete item must be [run_id, task_id, attempt, token, output, usage?, [wait, spawn]?]"
             )
         run_id, task_id, attempt, token, output = it[:5]
-        usage = Usage.decode(it[5]) if len(it) == 6 else NO_USAGE
+        usage = Usage.decode(it[5]) if len(it) >= 6 else NO_USAGE
+        spawn: tuple[TaskSpec, ...] = ()
+        wait = True
+        if len(it) == 7:
+            sp = it[6]
+            if not (isinstance(sp, (list, tuple)) and len(sp) == 2 and isinstance(sp[0], bool)):
+                raise CommandDecodeError("a completion's spawn must be [wait, [task specs]]")
+            if not isinstance(sp[1], (list, tuple)):
+                raise CommandDecodeError("a completion's spawned tasks must be a list")
+            wait, spawn = sp[0], tuple(TaskSpec.from_map(t) for t in sp[1])
         if not (isinstance(run_id, str) and isinstance(task_id, str)):
             raise CommandDecodeError("complete item ids must be strings")
         if not (_is_int(attempt) and _is_int(token)):
             raise CommandDecodeError("complete item attempt and token must be ints")
-        items.append(Completion(run_id, task_id, attempt, token, output, usage))
+        items.append(Completion(run_id, task_id, attempt, token, output, usage, spawn, wait))
     return Complete(rid, ts, _get(m, "node_id", str), tuple(items))
 
 
@@ -681,6 +894,7 @@ def _decode_map(m: Any) -> Command:
             priority=_get(m, "priority", int),
             name=_get(m, "name", str),
             submitter=_get(m, "submitter", str),
+            budget=Budget.decode(m["budget"]) if "budget" in m else None,
         )
     if tag == Tick.TAG:
         return Tick(rid, ts)
@@ -744,6 +958,25 @@ def _decode_map(m: Any) -> Command:
         )
     if tag == Preempt.TAG:
         return _decode_preempt(m, rid, ts)
+    if tag == ApproveTask.TAG:
+        return ApproveTask(
+            rid,
+            ts,
+            run_id=_get(m, "run_id", str),
+            task_id=_get(m, "task_id", str),
+            gate=_get(m, "gate", int),
+            approve=_get(m, "approve", bool),
+            by=_get(m, "by", str),
+            comment=_get(m, "comment", str),
+        )
+    if tag == PauseRun.TAG:
+        return PauseRun(
+            rid, ts, run_id=_get(m, "run_id", str), cancel_running=_get(m, "cancel_running", bool)
+        )
+    if tag == ResumeRun.TAG:
+        return ResumeRun(rid, ts, run_id=_get(m, "run_id", str))
+    if tag == RerunTask.TAG:
+        return RerunTask(rid, ts, run_id=_get(m, "run_id", str), task_id=_get(m, "task_id", str))
     if tag == Barrier.TAG:
         return Barrier(rid, ts)
     raise CommandDecodeError(f"unknown command tag {tag!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from . import limits, values
+from . import conditions, limits, values
 from .commands import TaskSpec
 
 
@@ -86,6 +86,7 @@ def validate(
             )
         if t.locks:
             _check_task_locks(t)
+        _check_flow(t)
         why = values.problem(t.input)
         if why:
             raise DagError("invalid", f"task {t.id!r}: input {why}")
@@ -153,6 +154,24 @@ def _check_served(t: TaskSpec, offered: Collection[tuple[str, ...]]) -> None:
         f"but no member has ever offered {t.agent!r} with all of them (offered with: {sets}{more}); "
         "drop the missing capabilities from requires, or start a node whose agent offers them",
     )
+
+
+TRIGGERS = ("all_succeeded", "any_succeeded", "all_done")
+
+
+def _check_flow(t: TaskSpec) -> None:
+    """The workflow keys of one task: ``when`` and ``trigger``."""
+    if t.trigger and t.trigger not in TRIGGERS:
+        raise DagError(
+            "invalid", f"task {t.id!r}: trigger {t.trigger!r} must be one of {', '.join(TRIGGERS)}"
+        )
+    if t.trigger and not t.deps:
+        raise DagError("invalid", f"task {t.id!r}: trigger needs deps (it says which of them must succeed)")
+    if t.when is not None:
+        try:
+            conditions.check(t.when, t.deps, f"task {t.id!r}: when")
+        except conditions.ConditionError as exc:
+            raise DagError("invalid", str(exc)) from None
 
 
 def _check_task_locks(t: TaskSpec) -> None:

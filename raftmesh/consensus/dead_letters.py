@@ -78,6 +78,7 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     run.status = RunStatus.RUNNING
     run.finished_ms = 0
     run.error = ""
+    run.reason = ""
     t.retries_left = t.spec.retries
     t.requeued_attempt = t.attempt
     t.finished_ms = 0

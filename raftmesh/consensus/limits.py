@@ -86,6 +86,29 @@ MAX_USAGE_TOKENS = 2**53
 MAX_USAGE_COST = 1e15
 """Usage sums saturate here (JSON-safe integers; a sum never overflows the encoding)."""
 
+# ---- workflows: conditions, maps, replicas, spawn, approvals, budgets ----------
+
+MAX_CONDITION_NODES = 64
+"""Comparisons and combinators in one ``when``."""
+MAX_CONDITION_DEPTH = 8
+"""How deep all/any/not nest in one ``when``."""
+MAX_CONDITION_PATH_CHARS = 256
+
+MAX_ATTEMPT_HISTORY = 16
+"""Ended attempts remembered per task (``TaskState.history``; the oldest are dropped)."""
+
+MAX_MAP_ITEMS = 1000
+"""Instances one ``map`` may expand to (a longer output list fails the map)."""
+MAX_REPLICAS = 16
+MAX_SPAWN_TASKS = 1000
+"""Tasks one completion may spawn."""
+MAX_SPAWN_DEPTH = 8
+"""Spawned tasks may spawn in turn, this many levels deep."""
+MAX_APPROVAL_PROMPT_CHARS = 2000
+MAX_APPROVAL_TIMEOUT_MS = 30 * 24 * 3600 * 1000
+MAX_COMMENT_CHARS = 2000
+MAX_PRINCIPAL_CHARS = 128
+
 # ---- locks ------------------------------------------------------------------
 
 LOCK_AGING_MS = 1000

@@ -30,7 +30,7 @@ from .results import (
     SubmitRunResult,
 )
 from .state import TERMINAL_RUN, RunState, RunStatus, TaskKey, TaskState, TaskStatus
-from .tasks import fail_attempt, finish_run, make_ready, start, succeed
+from .tasks import activate, cascade, fail_attempt, finish_run, start, succeed
 
 MAX_REJECTIONS_SHOWN = 5
 """Item rejections quoted in the message of a command rejected as a whole."""
@@ -81,6 +81,7 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         submitter=cmd.submitter,
         created_ms=st.time_ms,
         revision=rev,
+        budget=cmd.budget,
     )
     st.runs[cmd.run_id] = run
     if cmd.idempotency_key:
@@ -94,9 +95,12 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
             retries_left=spec.retries,
         )
         run.tasks[spec.id] = task
-        if not spec.deps:
-            make_ready(ctx, run, task, rev, not_before_ms=0)
     ctx.emit(RunChanged(rev, cmd.run_id, RunStatus.RUNNING))
+    for spec in cmd.tasks:
+        if not spec.deps:
+            task = run.tasks[spec.id]
+            if activate(ctx, run, task, rev):
+                cascade(ctx, run, task, rev)
     return SubmitRunResult(cmd.run_id, created=True)
 
 
@@ -111,7 +115,7 @@ def cancel(ctx: ApplyContext, cmd: CancelRun) -> Result:
     if run.status in TERMINAL_RUN:
         return CancelRunResult(run.status, cancelled=False)
     rev = ctx.advance()
-    finish_run(ctx, run, RunStatus.CANCELLED, rev, f"run cancelled: {cmd.reason or 'cancelled'}")
+    finish_run(ctx, run, RunStatus.CANCELLED, rev, f"run cancelled: {cmd.reason or 'cancelled'}", "CANCELLED")
     return CancelRunResult(run.status, cancelled=True)
 
 

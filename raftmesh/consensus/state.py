@@ -18,17 +18,19 @@ from typing import Any
 
 import msgpack
 
-from .commands import NO_USAGE, AgentOffer, JsonValue, TaskSpec, Usage
+from .commands import NO_USAGE, AgentOffer, Budget, JsonValue, TaskSpec, Usage
 from .kv import KvStore
 from .locks import LockTable
 
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 """2: results in the dedup table are typed (``results.encode_result``) and name the command kind.
 3: tasks and runs end with their usage sums; tasks with ``preempted_by`` and ``requeued_attempt``;
 a member carries its agent offers and its breakers (``Member.offers``, ``Member.breakers``).
 A format-2 snapshot still loads (the new fields start empty; members offer their agents with
-default policy)."""
-READABLE_FORMATS = frozenset({2, SNAPSHOT_FORMAT})
+default policy).
+4: tasks end with the workflow fields (``deps_skipped`` ... ``depth``), runs with ``budget`` and
+``reason``. Format 2 and 3 snapshots still load (the new fields start empty)."""
+READABLE_FORMATS = frozenset({2, 3, SNAPSHOT_FORMAT})
 
 
 class TaskStatus(StrEnum):
@@ -40,6 +42,12 @@ class TaskStatus(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"
+    """Its ``when`` was false, or its dependencies were skipped and its trigger needs them."""
+    WAITING_APPROVAL = "WAITING_APPROVAL"
+    """Its approval gate is open (``TaskState.gate``): it runs once approved."""
+    WAITING_CHILDREN = "WAITING_CHILDREN"
+    """A map, a replicated task, or a spawner with ``wait``: done once its children are."""
 
 
 class RunStatus(StrEnum):
@@ -47,10 +55,26 @@ class RunStatus(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    PAUSED = "PAUSED"
+    """Nothing new starts; running attempts finish."""
+    COMPENSATING = "COMPENSATING"
+    """It failed or was cancelled, and the compensations of its succeeded tasks are running."""
+    COMPENSATED = "COMPENSATED"
+    COMPENSATION_FAILED = "COMPENSATION_FAILED"
 
 
-TERMINAL_TASK = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
-TERMINAL_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_TASK = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.SKIPPED})
+TERMINAL_RUN = frozenset(
+    {
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+        RunStatus.COMPENSATED,
+        RunStatus.COMPENSATION_FAILED,
+    }
+)
+SCHEDULABLE_RUN = frozenset({RunStatus.RUNNING, RunStatus.COMPENSATING})
+"""Runs whose READY tasks may be assigned (a PAUSED run starts nothing)."""
 
 TaskKey = tuple[str, str]
 """(run_id, task_id)"""
@@ -121,6 +145,85 @@ class Member:
 
 
 @dataclass(slots=True)
+class Gate:
+    """An approval gate: opened when the task could start, decided once."""
+
+    id: int
+    """The revision that opened it (a rerun opens a new gate with a new id)."""
+    opened_ms: int
+    deadline_ms: int = 0
+    """When ``on_timeout`` decides it (0: never)."""
+    decision: str = ""
+    """"" while open; "approved", "rejected", or "timed_out" + the on_timeout action."""
+    by: str = ""
+    comment: str = ""
+    decided_ms: int = 0
+
+    def encode(self) -> list[Any]:
+        return [
+            self.id,
+            self.opened_ms,
+            self.deadline_ms,
+            self.decision,
+            self.by,
+            self.comment,
+            self.decided_ms,
+        ]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Gate:
+        return cls(*v)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """An ended attempt of a task, kept so that reruns and retries leave a readable history."""
+
+    attempt: int
+    node: str
+    started_ms: int
+    finished_ms: int
+    outcome: str
+    """SUCCEEDED, FAILED, CANCELLED, or why it ended early (lost, preempted, paused, rerun)."""
+    error: str = ""
+    output: JsonValue = None
+    """Kept only for an output a rerun replaced."""
+
+    def encode(self) -> list[Any]:
+        return [
+            self.attempt,
+            self.node,
+            self.started_ms,
+            self.finished_ms,
+            self.outcome,
+            self.error,
+            self.output,
+        ]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Attempt:
+        return cls(*v)
+
+
+def _task_flow(v: list[Any]) -> tuple[Any, ...]:
+    """The workflow fields of an encoded task (defaults for a format-2/3 task)."""
+    if len(v) <= 18:
+        return ()
+    return (
+        v[18],
+        v[19],
+        v[20],
+        list(v[21]),
+        v[22],
+        v[23],
+        v[24],
+        Gate.decode(v[25]) if v[25] is not None else None,
+        [Attempt.decode(a) for a in v[26]],
+        v[27],
+    )
+
+
+@dataclass(slots=True)
 class TaskState:
     spec: TaskSpec
     status: TaskStatus
@@ -147,6 +250,27 @@ class TaskState:
     """(run id, task id, preempted attempt, time_ms) of the newest preemptions, oldest first (bounded)."""
     requeued_attempt: int = 0
     """The last attempt at which this task was requeued from the dead letters (``RetryTask``)."""
+    # ---- workflow fields (issue 9) ----
+    deps_skipped: int = 0
+    """Dependencies that ended SKIPPED (the trigger rule reads it)."""
+    parent: str = ""
+    """The task this one is a child of: its map, replicated task, spawner or compensated task."""
+    origin: str = ""
+    """How it came to be: "" (submitted), "map", "replica", "judge", "spawn", "compensation"."""
+    children: list[str] = field(default_factory=list)
+    """Its children's ids, in creation order."""
+    children_waiting: int = 0
+    """Children not yet ended that this task waits for (WAITING_CHILDREN while > 0)."""
+    item: JsonValue = None
+    """A map instance's item (``ctx.item``)."""
+    index: int = 0
+    """A map instance's or replica's position among its siblings."""
+    gate: Gate | None = None
+    """Its approval gate, once opened."""
+    history: list[Attempt] = field(default_factory=list)
+    """Its ended attempts, oldest first (bounded by ``limits.MAX_ATTEMPT_HISTORY``)."""
+    depth: int = 0
+    """Spawn depth: 0 for submitted tasks, the spawner's depth + 1 for spawned ones."""
 
     def encode(self) -> list[Any]:
         return [
@@ -168,6 +292,16 @@ class TaskState:
             self.usage.encode(),
             [list(p) for p in self.preempted_by],
             self.requeued_attempt,
+            self.deps_skipped,
+            self.parent,
+            self.origin,
+            self.children,
+            self.children_waiting,
+            self.item,
+            self.index,
+            self.gate.encode() if self.gate else None,
+            [a.encode() for a in self.history],
+            self.depth,
         ]
 
     @classmethod
@@ -191,6 +325,7 @@ class TaskState:
             Usage.decode(v[15]) if len(v) > 15 else NO_USAGE,
             tuple((p[0], p[1], p[2], p[3]) for p in v[16]) if len(v) > 16 else (),
             v[17] if len(v) > 17 else 0,
+            *_task_flow(v),
         )
 
 
@@ -213,6 +348,9 @@ class RunState:
     """Revision of the last change to this run or any of its tasks."""
     usage: Usage = NO_USAGE
     """Sum of its tasks' usage, kept as a running sum (O(1) per report)."""
+    budget: Budget | None = None
+    reason: str = ""
+    """Why it ended as it did, as a code: "" (succeeded), TASK_FAILED, CANCELLED, BUDGET_EXCEEDED, ..."""
 
     def encode(self) -> list[Any]:
         return [
@@ -229,6 +367,8 @@ class RunState:
             self.error,
             self.revision,
             self.usage.encode(),
+            self.budget.encode() if self.budget else None,
+            self.reason,
         ]
 
     @classmethod
@@ -248,6 +388,8 @@ class RunState:
             v[10],
             v[11],
             Usage.decode(v[12]) if len(v) > 12 else NO_USAGE,
+            Budget.decode(v[13]) if len(v) > 13 and v[13] is not None else None,
+            v[14] if len(v) > 14 else "",
         )
 
 

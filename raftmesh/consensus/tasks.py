@@ -12,7 +12,7 @@ import hashlib
 import heapq
 from typing import Any
 
-from . import limits
+from . import conditions, groups, limits
 from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
@@ -88,21 +88,93 @@ def succeed(ctx: ApplyContext, run: RunState, t: TaskState, output: Any, rev: in
     """The running attempt succeeded (a committed outcome: it closes the type's breaker there)."""
     record_outcome(ctx, t, ok=True)
     unrun(ctx, run.run_id, t)
-    t.status = TaskStatus.SUCCEEDED
     t.output = output
     t.error = ""
-    t.finished_ms = ctx.state.time_ms
     t.deadline_ms = 0
+    end_task(ctx, run, t, TaskStatus.SUCCEEDED, rev)
+
+
+def end_task(ctx: ApplyContext, run: RunState, t: TaskState, status: TaskStatus, rev: int) -> None:
+    """``t`` ends SUCCEEDED or SKIPPED (not RUNNING any more): what waited on it moves on.
+
+    Dependents whose dependencies have all ended are activated; a parent hears of its child
+    (``groups.child_ended``); the run succeeds when nothing is left. One worklist, not
+    recursion: a chain of 10,000 skipped tasks must not exhaust the stack.
+    """
+    mark_ended(ctx, run, t, status, rev)
+    cascade(ctx, run, t, rev)
+
+
+def cascade(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> None:
+    """What follows from ``t`` having ended SUCCEEDED or SKIPPED (already marked)."""
+    work = [t]
+    while work:
+        e = work.pop()
+        if e.parent:
+            done = groups.child_ended(ctx, run, e, rev)
+            if done is not None:
+                mark_ended(ctx, run, done, TaskStatus.SUCCEEDED, rev)
+                work.append(done)
+        skipped = e.status is TaskStatus.SKIPPED
+        for dep_id in e.dependents:
+            d = run.tasks[dep_id]
+            d.deps_waiting -= 1
+            d.deps_skipped += skipped
+            if d.deps_waiting == 0 and d.status is TaskStatus.PENDING and activate(ctx, run, d, rev):
+                work.append(d)
+    if run.unfinished == 0 and run.status in (RunStatus.RUNNING, RunStatus.PAUSED):
+        finish_run(ctx, run, RunStatus.SUCCEEDED, rev, "")
+
+
+def mark_ended(ctx: ApplyContext, run: RunState, t: TaskState, status: TaskStatus, rev: int) -> None:
+    """Set a terminal-for-now status (SUCCEEDED, SKIPPED) and count the task as ended."""
+    t.status = status
+    t.finished_ms = ctx.state.time_ms
     run.unfinished -= 1
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, t.node))
-    for dep_id in t.dependents:
-        d = run.tasks[dep_id]
-        d.deps_waiting -= 1
-        if d.deps_waiting == 0 and d.status is TaskStatus.PENDING:
-            make_ready(ctx, run, d, rev, not_before_ms=0)
-    if run.unfinished == 0 and run.status is RunStatus.RUNNING:
-        finish_run(ctx, run, RunStatus.SUCCEEDED, rev, "")
+
+
+def activate(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
+    """A PENDING task whose dependencies have all ended (or that has none) decides what it does.
+
+    SKIPPED when its trigger or its ``when`` says so; otherwise it goes on to ``begin``.
+    Returns whether ``t`` ended here (skipped, or a group with nothing to wait for), already
+    marked with ``mark_ended``: the caller then ``cascade``s from it.
+    """
+    why = skip_reason(run, t)
+    if why:
+        t.error = why
+        mark_ended(ctx, run, t, TaskStatus.SKIPPED, rev)
+        return True
+    return begin(ctx, run, t, rev)
+
+
+def begin(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
+    """The task may run (its conditions held, its gate, if any, was approved): READY, or its
+    children start (map instances, replicas). Returns whether it ended here (marked), as
+    ``activate``."""
+    make_ready(ctx, run, t, rev, not_before_ms=0)
+    return False
+
+
+def skip_reason(run: RunState, t: TaskState) -> str:
+    """Why a task whose dependencies have all ended is skipped ("" if it is not)."""
+    spec = t.spec
+    trigger = spec.trigger or "all_succeeded"
+    if spec.deps and t.deps_skipped:
+        if trigger == "all_succeeded":
+            return "skipped: a dependency was skipped (set trigger: any_succeeded or all_done to run anyway)"
+        if trigger == "any_succeeded" and t.deps_skipped == len(spec.deps):
+            return "skipped: no dependency succeeded (trigger: any_succeeded)"
+    if spec.when is not None and not conditions.evaluate(spec.when, spec.deps, lambda d: _output_of(run, d)):
+        return "skipped: its when condition is false"
+    return ""
+
+
+def _output_of(run: RunState, task_id: str) -> Any:
+    d = run.tasks.get(task_id)
+    return d.output if d is not None and d.status is TaskStatus.SUCCEEDED else conditions.MISSING
 
 
 def fail_attempt(
@@ -130,11 +202,16 @@ def fail_attempt(
     run.unfinished -= 1
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, t.node))
-    finish_run(ctx, run, RunStatus.FAILED, rev, f"task {t.spec.id!r} failed: {error}")
+    finish_run(ctx, run, RunStatus.FAILED, rev, f"task {t.spec.id!r} failed: {error}", reason="TASK_FAILED")
 
 
-def finish_run(ctx: ApplyContext, run: RunState, status: RunStatus, rev: int, error: str) -> None:
-    """End a run; its unfinished tasks are cancelled (hosts stop running attempts)."""
+def finish_run(
+    ctx: ApplyContext, run: RunState, status: RunStatus, rev: int, error: str, reason: str = ""
+) -> None:
+    """End a run; its unfinished tasks are cancelled (hosts stop running attempts).
+
+    ``reason`` is the code of why it ended (``RunState.reason``), "" for a success.
+    """
     st = ctx.state
     # Only a run with unfinished tasks is walked: the last completion of a large run stays O(1).
     for t in run.tasks.values() if run.unfinished else ():
@@ -151,6 +228,7 @@ def finish_run(ctx: ApplyContext, run: RunState, status: RunStatus, rev: int, er
     run.status = status
     run.finished_ms = st.time_ms
     run.error = "" if status is RunStatus.SUCCEEDED else error
+    run.reason = reason
     run.revision = rev
     ctx.emit(RunChanged(rev, run.run_id, status))
     st.finished[run.run_id] = None

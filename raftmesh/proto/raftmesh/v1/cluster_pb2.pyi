@@ -16,6 +16,9 @@ class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATUS_SUCCEEDED: _ClassVar[TaskStatus]
     TASK_STATUS_FAILED: _ClassVar[TaskStatus]
     TASK_STATUS_CANCELLED: _ClassVar[TaskStatus]
+    TASK_STATUS_SKIPPED: _ClassVar[TaskStatus]
+    TASK_STATUS_WAITING_APPROVAL: _ClassVar[TaskStatus]
+    TASK_STATUS_WAITING_CHILDREN: _ClassVar[TaskStatus]
 
 class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,6 +27,10 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATUS_SUCCEEDED: _ClassVar[RunStatus]
     RUN_STATUS_FAILED: _ClassVar[RunStatus]
     RUN_STATUS_CANCELLED: _ClassVar[RunStatus]
+    RUN_STATUS_PAUSED: _ClassVar[RunStatus]
+    RUN_STATUS_COMPENSATING: _ClassVar[RunStatus]
+    RUN_STATUS_COMPENSATED: _ClassVar[RunStatus]
+    RUN_STATUS_COMPENSATION_FAILED: _ClassVar[RunStatus]
 TASK_STATUS_UNSPECIFIED: TaskStatus
 TASK_STATUS_PENDING: TaskStatus
 TASK_STATUS_READY: TaskStatus
@@ -31,11 +38,18 @@ TASK_STATUS_RUNNING: TaskStatus
 TASK_STATUS_SUCCEEDED: TaskStatus
 TASK_STATUS_FAILED: TaskStatus
 TASK_STATUS_CANCELLED: TaskStatus
+TASK_STATUS_SKIPPED: TaskStatus
+TASK_STATUS_WAITING_APPROVAL: TaskStatus
+TASK_STATUS_WAITING_CHILDREN: TaskStatus
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_RUNNING: RunStatus
 RUN_STATUS_SUCCEEDED: RunStatus
 RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_CANCELLED: RunStatus
+RUN_STATUS_PAUSED: RunStatus
+RUN_STATUS_COMPENSATING: RunStatus
+RUN_STATUS_COMPENSATED: RunStatus
+RUN_STATUS_COMPENSATION_FAILED: RunStatus
 
 class TaskSpec(_message.Message):
     __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires")
