@@ -351,6 +351,8 @@ class RunState:
     budget: Budget | None = None
     reason: str = ""
     """Why it ended as it did, as a code: "" (succeeded), TASK_FAILED, CANCELLED, BUDGET_EXCEEDED, ..."""
+    spawned_bytes: int = 0
+    """Encoded size of the task specs its attempts spawned (bounded by ``MAX_SPAWNED_BYTES_PER_RUN``)."""
 
     def encode(self) -> list[Any]:
         return [
@@ -369,6 +371,7 @@ class RunState:
             self.usage.encode(),
             self.budget.encode() if self.budget else None,
             self.reason,
+            self.spawned_bytes,
         ]
 
     @classmethod
@@ -390,6 +393,7 @@ class RunState:
             Usage.decode(v[12]) if len(v) > 12 else NO_USAGE,
             Budget.decode(v[13]) if len(v) > 13 and v[13] is not None else None,
             v[14] if len(v) > 14 else "",
+            v[15] if len(v) > 15 else 0,
         )
 
 

@@ -86,12 +86,18 @@ def start(ctx: ApplyContext, run: RunState, t: TaskState, node_id: str, rev: int
 
 def succeed(ctx: ApplyContext, run: RunState, t: TaskState, output: Any, rev: int) -> None:
     """The running attempt succeeded (a committed outcome: it closes the type's breaker there)."""
+    attempt_succeeded(ctx, run, t, output)
+    end_task(ctx, run, t, TaskStatus.SUCCEEDED, rev)
+
+
+def attempt_succeeded(ctx: ApplyContext, run: RunState, t: TaskState, output: Any) -> None:
+    """The running attempt's success, before the task's status moves on (a spawner that
+    waits for its children keeps the output and ends later)."""
     record_outcome(ctx, t, ok=True)
     unrun(ctx, run.run_id, t)
     t.output = output
     t.error = ""
     t.deadline_ms = 0
-    end_task(ctx, run, t, TaskStatus.SUCCEEDED, rev)
 
 
 def end_task(ctx: ApplyContext, run: RunState, t: TaskState, status: TaskStatus, rev: int) -> None:
@@ -174,7 +180,11 @@ def skip_reason(run: RunState, t: TaskState) -> str:
 
 def _output_of(run: RunState, task_id: str) -> Any:
     d = run.tasks.get(task_id)
-    return d.output if d is not None and d.status is TaskStatus.SUCCEEDED else conditions.MISSING
+    if d is None:
+        return conditions.MISSING
+    # A spawner waiting for what it spawned (its attempt ran: attempt > 0) has its final output.
+    final = d.status is TaskStatus.SUCCEEDED or (d.status is TaskStatus.WAITING_CHILDREN and d.attempt > 0)
+    return d.output if final else conditions.MISSING
 
 
 def fail_attempt(
