@@ -18,7 +18,7 @@ tasks that depend on it. Without ``wait`` the spawner SUCCEEDS at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import limits
@@ -40,6 +40,8 @@ class Claims:
 
     ids: set[str] = field(default_factory=set)
     bytes: int = 0
+    offered: Mapping[str, Collection[tuple[str, ...]]] | None = None
+    """``ClusterState.offered_capabilities``, computed once per command (O(members x types))."""
 
     @property
     def count(self) -> int:
@@ -91,8 +93,10 @@ def check(
                     f"task {t.id[:40]!r} depends on {d[:40]!r}, which is neither a spawned task, the "
                     f"spawner {sid!r} nor a task of the run that has succeeded"
                 )
+    if claims.offered is None:
+        claims.offered = st.offered_capabilities()
     try:
-        validate(specs, st.offered_capabilities(), outside)
+        validate(specs, claims.offered, outside)
     except DagError as exc:
         return str(exc)
     size = spec_bytes(specs)
