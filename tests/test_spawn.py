@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from raftmesh import DAG
-from raftmesh.agents import TaskContext
+from raftmesh.agents import SpawnError, TaskContext
 from raftmesh.agents._pools import _outcome
-from raftmesh.agents._spawn import SpawnError, fragment_maps, task_specs
+from raftmesh.agents._spawn import fragment_maps, task_specs
 from raftmesh.client import Task
 from raftmesh.consensus import CancelRun, Code, RunStatus, StateMachine, SubmitRun, TaskStatus, limits
 from raftmesh.consensus.budgets import BUDGET_EXCEEDED
