@@ -39,7 +39,8 @@ class Claims:
     """What earlier items of the same command spawn in one run (they are not applied yet)."""
 
     ids: set[str] = field(default_factory=set)
-    bytes: int = 0
+    size: int = 0
+    """Encoded bytes of their specs."""
     offered: Mapping[str, Collection[tuple[str, ...]]] | None = None
     """``ClusterState.offered_capabilities``, computed once per command (O(members x types))."""
 
@@ -100,9 +101,9 @@ def check(
     except DagError as exc:
         return str(exc)
     size = spec_bytes(specs)
-    if run.spawned_bytes + claims.bytes + size > limits.MAX_SPAWNED_BYTES_PER_RUN:
+    if run.spawned_bytes + claims.size + size > limits.MAX_SPAWNED_BYTES_PER_RUN:
         return (
-            f"the run's spawned tasks would be {run.spawned_bytes + claims.bytes + size} bytes encoded; "
+            f"the run's spawned tasks would be {run.spawned_bytes + claims.size + size} bytes encoded; "
             f"the limit is {limits.MAX_SPAWNED_BYTES_PER_RUN} (store large inputs elsewhere and pass references)"
         )
     return ""
@@ -114,7 +115,7 @@ def spec_bytes(specs: Sequence[TaskSpec]) -> int:
 
 def claim(claims: Claims, specs: Sequence[TaskSpec]) -> None:
     claims.ids.update(t.id for t in specs)
-    claims.bytes += spec_bytes(specs)
+    claims.size += spec_bytes(specs)
 
 
 def add(
