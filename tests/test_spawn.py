@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
 
 from raftmesh import DAG
-from raftmesh.agents import SpawnError, TaskContext
+from raftmesh.agents import AgentHost, AgentRegistry, SpawnError, TaskContext
 from raftmesh.agents._pools import _outcome
 from raftmesh.agents._spawn import fragment_maps, task_specs
 from raftmesh.client import Task
+from raftmesh.clock import ManualClock
 from raftmesh.consensus import CancelRun, Code, RunStatus, StateMachine, SubmitRun, TaskStatus, limits
 from raftmesh.consensus.budgets import BUDGET_EXCEEDED
 from raftmesh.consensus.commands import (
     AgentOffer,
+    Assign,
+    Assignment,
     Budget,
     Complete,
     Completion,
+    RegisterNode,
     RetryTask,
     TaskSpec,
     decode_command,
@@ -26,6 +31,7 @@ from raftmesh.consensus.commands import (
 )
 from raftmesh.consensus.results import RunChanged, TaskChanged
 from tests.test_machine import Cluster, check_indexes, spec, status
+from tests.test_node_units import MachineWriter, reads_of
 
 S = TaskStatus
 
@@ -473,3 +479,83 @@ def test_retrying_a_dead_letter_resumes_a_waiting_spawner_without_running_it_aga
     c.run_task("r", "other")
     c.run_task("r", "after")
     assert c.st.runs["r"].status is RunStatus.SUCCEEDED
+
+
+# ---- the host: what a spawning attempt reports ----------------------------------------------
+
+
+class RecordingWriter(MachineWriter):
+    def __init__(self, sm: StateMachine) -> None:
+        super().__init__(sm)
+        self.commands: list[Any] = []
+
+    async def propose(self, cmd: Any, timeout_s: float | None = None) -> Any:
+        self.commands.append(cmd)
+        return await super().propose(cmd, timeout_s)
+
+
+def test_the_host_reports_each_spawn_in_its_own_command_with_explicit_specs() -> None:
+    sm = StateMachine()
+    offers = (AgentOffer("planner"), AgentOffer("echo", retries=2, timeout_ms=9000))
+    res, _ = sm.apply(RegisterNode("reg", 1, "n1", "g", "r", ("planner", "echo"), 8, "i1", offers))
+    assert res.ok, res
+    tasks = (TaskSpec("p0", "planner"), TaskSpec("p1", "planner"), TaskSpec("e", "echo"))
+    res, _ = sm.apply(SubmitRun("s1", 2, run_id="r1", tasks=tasks, priority=5))
+    assert res.ok, res
+    res, _ = sm.apply(SubmitRun("s2", 2, run_id="r2", tasks=(TaskSpec("bad", "planner"),)))
+    assert res.ok, res
+
+    async def planner(ctx: TaskContext) -> Any:
+        if ctx.task_id == "bad":
+            ctx.spawn([{"id": "leak", "agent": "llm", "input": {"api_key": "sk-1"}}])
+        else:
+            ctx.spawn(
+                [
+                    {"id": f"{ctx.task_id}-a", "agent": "echo"},
+                    {"id": f"{ctx.task_id}-b", "agent": "echo", "retries": 0, "priority": 1},
+                ]
+            )
+        return ctx.task_id
+
+    async def echo(ctx: TaskContext) -> Any:
+        return ctx.input
+
+    async def scenario() -> None:
+        registry = AgentRegistry()
+        registry.register("planner", planner)
+        registry.register("echo", echo)
+        writer = RecordingWriter(sm)
+        host = AgentHost("n1", "i1", registry, reads_of(sm), writer, ManualClock())
+        reporter = asyncio.get_running_loop().create_task(host._report_loop())
+        items = (*(Assignment("r1", t.id, "n1", 1) for t in tasks), Assignment("r2", "bad", "n1", 1))
+        res, _ = sm.apply(Assign("a1", 3, items))
+        assert res.ok, res
+        host._reconcile()
+        for _ in range(200):  # the attempts, their reports and the flush take a few loop turns
+            if sm.state.runs["r1"].tasks["e"].status is not TaskStatus.RUNNING and host.running == 0:
+                break
+            await asyncio.sleep(0)
+        reporter.cancel()
+        run = sm.state.runs["r1"]
+        assert run.tasks["p0"].status is TaskStatus.WAITING_CHILDREN and run.tasks["p0"].output == "p0"
+        a, b = run.tasks["p1-a"].spec, run.tasks["p1-b"].spec
+        # Unset: the agent type's defaults and the run's priority, as at submit.
+        assert (a.retries, a.timeout_ms, a.priority) == (2, 9000, 5)
+        assert (b.retries, b.timeout_ms, b.priority) == (0, 9000, 1)
+        bad = sm.state.runs["r2"].tasks["bad"]
+        assert bad.status is TaskStatus.FAILED and "may not carry api_key" in bad.error
+        assert "leak" not in sm.state.runs["r2"].tasks
+        completes = [c for c in writer.commands if isinstance(c, Complete)]
+        spawning = [c for c in completes if any(i.spawn for i in c.items)]
+        assert sorted(len(c.items) for c in spawning) == [1, 1]  # each spawn in a command of its own
+
+    asyncio.run(scenario())
+
+
+def test_ctx_spawn_bounds_what_one_attempt_spawns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_SPAWNED_BYTES_PER_RUN", 300)
+    x = ctx()
+    x.spawn([{"id": "a", "agent": "echo", "input": "x" * 100}])
+    with pytest.raises(SpawnError, match="over 300 bytes encoded"):
+        x.spawn([{"id": "b", "agent": "echo", "input": "y" * 200}])
+    assert [m["id"] for m in x.spawns.tasks] == ["a"]

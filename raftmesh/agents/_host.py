@@ -433,9 +433,12 @@ class AgentHost:
 
     async def _flush(self, batch: list[_Report]) -> None:
         ts = self._clock.now_ms()
-        groups = [g for g in ([r for r in batch if r.ok], [r for r in batch if not r.ok]) if g]
+        plain = ([r for r in batch if r.ok and not r.spawn], [r for r in batch if not r.ok])
+        # A completion that spawns (up to MAX_SPAWNED_BYTES_PER_RUN of specs) goes in a command
+        # of its own, so several large spawns never add up to one oversized command.
+        groups = [g for g in plain if g] + [[r] for r in batch if r.ok and r.spawn]
         cmds = [self._command(g, ts) for g in groups]
-        # Both commands are proposed together so the proposer puts them in one log entry.
+        # The commands are proposed together so the proposer puts them in as few log entries as fit.
         results = await asyncio.gather(*(self._deliver(c) for c in cmds))
         for group, res in zip(groups, results, strict=True):
             _log_outcomes(group, res)

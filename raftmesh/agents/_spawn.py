@@ -68,6 +68,8 @@ class Spawns:
         self.tasks: list[dict[str, Any]] = []
         self.wait: bool | None = None
         """None until the first call; one attempt's spawns are all waited for, or none."""
+        self.size = 0
+        """Encoded bytes of ``tasks`` (bounded like a run's spawned tasks)."""
 
     def add(self, spawner_id: str, fragment: Any, wait: bool) -> list[str]:
         if not isinstance(wait, bool):
@@ -86,6 +88,7 @@ class Spawns:
                 f"ctx.spawn: this attempt would spawn {total} tasks; the limit is {limits.MAX_SPAWN_TASKS}"
             )
         seen = {str(t["id"]) for t in self.tasks}
+        size = self.size
         for m in maps:
             tid = str(m["id"])
             why = limits.id_error("ctx.spawn: task id", tid)
@@ -99,11 +102,17 @@ class Spawns:
             why = values.problem(m.get("input"))
             if why:
                 raise SpawnError(f"ctx.spawn: task {tid!r}: input {why}")
-            size = limits.encoded_size(m.get("input"))
-            if size > limits.MAX_TASK_INPUT_BYTES:
+            input_size = limits.encoded_size(m.get("input"))
+            if input_size > limits.MAX_TASK_INPUT_BYTES:
                 raise SpawnError(
-                    f"ctx.spawn: task {tid!r}: input is {size} bytes encoded; the limit is "
+                    f"ctx.spawn: task {tid!r}: input is {input_size} bytes encoded; the limit is "
                     f"{limits.MAX_TASK_INPUT_BYTES}"
+                )
+            size += limits.encoded_size(m)
+            if size > limits.MAX_SPAWNED_BYTES_PER_RUN:
+                raise SpawnError(
+                    f"ctx.spawn: this attempt's spawned tasks are over {limits.MAX_SPAWNED_BYTES_PER_RUN} "
+                    "bytes encoded (a run's limit); store large inputs elsewhere and pass references"
                 )
         shapes = [TaskSpec(str(m["id"]), str(m["agent"]), deps=tuple(m["deps"])) for m in self.tasks + maps]
         cycle = find_cycle(shapes)
@@ -111,6 +120,7 @@ class Spawns:
             raise SpawnError("ctx.spawn: the spawned tasks have a cycle: " + describe_cycle(cycle))
         self.tasks.extend(maps)
         self.wait = wait
+        self.size = size
         return [str(m["id"]) for m in maps]
 
 
