@@ -226,7 +226,8 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     for c, run, t in current:  # every current attempt reported: charge it whatever its outcome
         usage.charge(run, t, c.usage)
     for run, t, output in accepted:
-        succeed(ctx, run, t, output, rev)
+        if t.status is TaskStatus.RUNNING:  # an earlier item may have ended it (a replica's quorum)
+            succeed(ctx, run, t, output, rev)
     for run, t, msg in refused:
         if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
             fail_attempt(ctx, run, t, msg, retryable=False, rev=rev)
