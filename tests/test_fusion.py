@@ -363,3 +363,39 @@ def test_replicas_still_share_a_node_when_only_one_fits() -> None:
     c.ok(c.register("n2", agents=("llm",)))
     c.ok(c.submit("r", [rep("q", 3, "vote")]))
     assert _plan(c) == {"q#0": "n1", "q#1": "n1", "q#2": "n1"}
+
+
+# ---- dead letters ------------------------------------------------------------------------
+
+
+def test_retrying_a_run_resumes_its_replicas_not_the_superseded_ones(c: Cluster) -> None:
+    from raftmesh.consensus.commands import RetryTask
+
+    c.ok(c.submit("r", [rep("q", 3, "first"), rep("v", 3, "vote"), spec("boom")]))
+    answer(c, "r", "q#0", "fast")  # q decided: q#1, q#2 superseded
+    answer(c, "r", "v#0", "yes")
+    start(c, "r", "v#1", "n2")
+    give_up(c, "r", "boom")  # fails the run: v and v#1, v#2 are cancelled
+    assert c.st.runs["r"].status is RunStatus.FAILED
+    c.ok(RetryTask(c.rid(), c.ts, "r", "boom", 1))
+    s = status(c, "r")
+    assert s["q"] is TaskStatus.SUCCEEDED and s["q#1"] is s["q#2"] is TaskStatus.CANCELLED
+    assert s["v"] is TaskStatus.WAITING_CHILDREN and s["v#1"] is s["v#2"] is TaskStatus.READY
+    assert c.task("r", "v").children_waiting == 2
+    run = c.st.runs["r"]
+    assert run.unfinished == sum(
+        t.status not in (TaskStatus.SUCCEEDED, TaskStatus.CANCELLED) for t in run.tasks.values()
+    )
+    answer(c, "r", "boom", 1)
+    answer(c, "r", "v#2", "yes")
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED and out(c, "r", "v")["answer"] == "yes"
+    assert c.st.runs["r"].unfinished == 0
+
+
+def test_a_replicated_task_whose_quorum_was_lost_is_not_requeued(c: Cluster) -> None:
+    from raftmesh.consensus.commands import RetryTask
+
+    c.ok(c.submit("r", [rep("q", 2, "vote", quorum=2)]))
+    give_up(c, "r", "q#0")
+    res = c.unchanged(RetryTask(c.rid(), c.ts, "r", "q", 1), Code.FAILED_PRECONDITION)
+    assert "its replicas' quorum was lost" in res.message
