@@ -7,6 +7,7 @@ import json
 import pytest
 
 from raftmesh import DAG
+from raftmesh.errors import InvalidArgument
 from raftmesh.localcluster import LocalCluster
 
 from .test_cli import cli
@@ -46,4 +47,9 @@ def test_three_replicas_vote_on_three_nodes(cluster3: LocalCluster) -> None:
     out = run.tasks["q"].output
     assert out["answer"] == {"times": 9}
     assert run.tasks["q#2"].status in ("FAILED", "CANCELLED")  # it may lose the race to the quorum
+
+    bad = DAG("no-rule")
+    bad.task("q", "echo", replicas=3)
+    with pytest.raises(InvalidArgument, match="replicas need a fusion rule"):
+        client.submit(bad)
     cluster3.wait_converged()

@@ -399,3 +399,99 @@ def test_a_replicated_task_whose_quorum_was_lost_is_not_requeued(c: Cluster) -> 
     give_up(c, "r", "q#0")
     res = c.unchanged(RetryTask(c.rid(), c.ts, "r", "q", 1), Code.FAILED_PRECONDITION)
     assert "its replicas' quorum was lost" in res.message
+
+
+# ---- the surface: SDK builder, spec files, the wire, get --json ------------------------------
+
+
+def test_dag_builder_and_yaml_carry_the_replica_keys_to_the_wire(tmp_path: Any) -> None:
+    from raftmesh import DAG
+    from raftmesh.errors import InvalidArgument
+    from raftmesh.node import convert
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+
+    path = tmp_path / "dag.yaml"
+    path.write_text(
+        "tasks:\n"
+        "  - {id: q, agent: llm, replicas: 3, fusion: weighted, quorum: 3, weights: [2, 1, 1.5],\n"
+        "     agents: [llm, echo]}\n"
+        "  - {id: b, agent: llm, replicas: 2, fusion: best, judge: critic, deps: [q]}\n"
+    )
+    dag = DAG.from_file(str(path))
+    q = dag.tasks["q"]
+    assert (q.replicas, q.fusion, q.quorum, q.weights, q.agents) == (
+        3,
+        "weighted",
+        3,
+        (2.0, 1.0, 1.5),
+        ("llm", "echo"),
+    )
+    built = DAG()
+    built.task(
+        "q", "llm", replicas=3, fusion="weighted", quorum=3, weights=[2, 1, 1.5], agents=["llm", "echo"]
+    )
+    assert built.tasks["q"] == q
+    assert DAG.from_dict(dag.to_dict()).tasks == dag.tasks
+    with pytest.raises(InvalidArgument, match="weights must be a list of numbers"):
+        DAG.from_dict({"tasks": [{"id": "a", "agent": "x", "replicas": 2, "weights": "1,2"}]})
+    with pytest.raises(InvalidArgument, match="replicas must be a whole number"):
+        DAG.from_dict({"tasks": [{"id": "a", "agent": "x", "replicas": "3"}]})
+    with pytest.raises(InvalidArgument, match="agents must be a list"):
+        DAG().task("a", "x", replicas=2, fusion="vote", agents="llm")
+
+    req = pb.SubmitRunRequest(
+        tasks=[
+            pb.TaskSpec(
+                id=t.id,
+                agent=t.agent,
+                deps=list(t.deps),
+                replicas=t.replicas,
+                fusion=t.fusion,
+                quorum=t.quorum,
+                weights=list(t.weights),
+                agents=list(t.agents),
+                judge=t.judge,
+            )
+            for t in dag.tasks.values()
+        ]
+    )
+    specs = convert.task_specs_from_pb(req)
+    assert specs[0].weights == (2.0, 1.0, 1.5) and specs[0].agents == ("llm", "echo")
+    assert (specs[1].fusion, specs[1].judge) == ("best", "critic")
+    assert TaskSpec.from_map(specs[0].to_map()) == specs[0]  # as the log carries it
+    assert "replicas" not in TaskSpec("a", "echo").to_map()  # an unreplicated spec keeps its old form
+
+
+def test_get_shows_the_replicas_and_their_votes_while_the_vote_goes_on(c: Cluster) -> None:
+    from raftmesh.client import RunInfo
+    from raftmesh.node import convert
+
+    c.ok(c.submit("r", [rep("q", 3, "vote"), spec("plain")]))
+    answer(c, "r", "q#0", "Paris", node="n1")
+    start(c, "r", "q#1", "n2")
+    give_up(c, "r", "q#2", node="n3")
+    shown = RunInfo.from_pb(convert.run_to_pb(c.st.runs["r"])).to_json()["tasks"]
+    assert shown["plain"]["fusion"] is None
+    f = shown["q"]["fusion"]
+    assert (f["rule"], f["count"], f["quorum"], f["weights"], f["agents"], f["judge"]) == (
+        "vote",
+        3,
+        2,
+        [],
+        [],
+        "",
+    )
+    assert f["replicas"] == [
+        {"id": "q#0", "agent": "echo", "node": "n1", "status": "SUCCEEDED", "vote": 0, "error": ""},
+        {"id": "q#1", "agent": "echo", "node": "n2", "status": "RUNNING", "vote": None, "error": ""},
+        {
+            "id": "q#2",
+            "agent": "echo",
+            "node": "n3",
+            "status": "FAILED",
+            "vote": None,
+            "error": "model unreachable",
+        },
+    ]
+    assert f["tally"] == [{"answer": "Paris", "votes": 1, "replicas": ["q#0"]}]
+    assert shown["q#1"]["status"] == "RUNNING"
