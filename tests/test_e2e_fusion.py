@@ -38,6 +38,9 @@ def test_three_replicas_vote_on_three_nodes(cluster3: LocalCluster) -> None:
         (f"q#{i}", "SUCCEEDED", 0) for i in range(3)
     ]
     assert shown["tally"] == [{"answer": {"seconds": 0.3}, "votes": 3, "replicas": ["q#0", "q#1", "q#2"]}]
+    human = cli("get", run.run_id, addresses=",".join(cluster3.addresses))
+    assert human.returncode == 0, human.stderr
+    assert "fusion vote, quorum 3 of 3: q#0 SUCCEEDED vote=0 on " in human.stdout
 
     # a replica that fails for good is outvoted, not fatal: echo, echo and fail compete
     dag = DAG("vote-with-a-failure")

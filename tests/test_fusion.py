@@ -230,6 +230,15 @@ def test_weighted_averages_numbers_and_numeric_values(c: Cluster) -> None:
     assert [e["weight"] for e in o["replicas"]] == [1.0, 2.0, 1.0]
 
 
+def test_weighted_waits_past_a_replica_of_weight_0(c: Cluster) -> None:
+    c.ok(c.submit("r", [rep("q", 3, "weighted", quorum=1, weights=(0.0, 1.0, 1.0))]))
+    answer(c, "r", "q#0", 100)
+    assert status(c, "r")["q"] is TaskStatus.WAITING_CHILDREN
+    answer(c, "r", "q#2", 4)
+    o = out(c, "r")
+    assert o["answer"] == 4.0 and o["replicas"][0]["error"] == "its weight is 0"
+
+
 def test_weighted_does_not_count_a_non_number(c: Cluster) -> None:
     c.ok(c.submit("r", [rep("q", 2, "weighted", quorum=2)]))
     answer(c, "r", "q#0", 1)

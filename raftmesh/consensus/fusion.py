@@ -11,7 +11,8 @@ order), so a replica's late or fenced report can never sway it:
 - ``vote``: the answer that ``quorum`` replicas gave (JSON equality, ``conditions.json_equal``;
   default quorum: a majority, ``N // 2 + 1``);
 - ``weighted``: the weighted average of ``quorum`` numeric answers (an output that is a
-  number, or a map with a numeric ``value``; ``weights[i]`` for replica ``i``, default 1);
+  number, or a map with a numeric ``value``; ``weights[i]`` for replica ``i``, default 1; a
+  replica of weight 0 does not count);
 - ``merge``: the deep merge of ``quorum`` map answers; where two disagree on a key the lower
   replica index wins and the disagreement is listed in ``conflicts``;
 - ``best``: of ``quorum`` answers, the highest ``score`` (a number in each output), or, with
@@ -201,6 +202,8 @@ def tally(run: RunState, parent: TaskState) -> Tally:
     for r in reps:
         if r.status is TaskStatus.SUCCEEDED:
             value, why = _contribution(spec.fusion, bool(spec.judge), r.output)
+            if not why and spec.weights and spec.weights[r.index] == 0:
+                why = "its weight is 0"
             if why:
                 out.unusable[r.spec.id] = why
                 continue
@@ -320,7 +323,7 @@ def _decide(ctx: ApplyContext, run: RunState, parent: TaskState, rev: int) -> bo
     if spec.fusion == "weighted":
         weights = {r.spec.id: spec.weights[r.index] if spec.weights else 1.0 for r, _ in tl.counted}
         total = sum(weights[r.spec.id] for r, _ in tl.counted)
-        if total <= 0:
+        if total <= 0:  # cannot happen (a weight-0 answer does not count); never divide by 0 in apply
             fail_parent(ctx, run, parent, "weighted: the replicas that answered all have weight 0", rev)
             return False
         avg = sum(weights[r.spec.id] * v for r, v in tl.counted) / total
