@@ -220,6 +220,7 @@ class Generator:
                         if rng.random() < 0.15
                         else ()
                     ),
+                    **replica_keys(random.Random(f"{run_id}/{i}"), offered),
                 )
             )
         rng.shuffle(tasks)  # spec order is not topological order
@@ -282,6 +283,11 @@ class Generator:
             items_c = []
             for a in picked:
                 output: Any = {"from": a.node, "attempt": a.attempt}
+                if "#" in a.task_id:  # a replica or a judge: answers that agree, or that fuse
+                    pick = random.Random(
+                        f"{a.run_id}/{a.task_id}/{a.attempt}"
+                    )  # the main stream stays as it was
+                    output = pick.choice((1, 2, {"value": 2, "score": 3, "k": {"n": 1}}, {"choice": 0}))
                 if rng.random() < 0.003:
                     output = "x" * (limits.MAX_TASK_OUTPUT_BYTES + 1)
                 usage = Usage(rng.randint(0, 50), rng.randint(0, 5), rng.randint(0, 8) / 8)
@@ -577,7 +583,14 @@ class Checker:
             if run.status in TERMINAL_RUN:
                 assert unfinished == 0
             if run.status is RunStatus.SUCCEEDED:
-                assert all(t.status is TaskStatus.SUCCEEDED for t in run.tasks.values())
+                assert all(
+                    t.status is TaskStatus.SUCCEEDED
+                    or (t.origin == "replica" and t.status in (TaskStatus.CANCELLED, TaskStatus.FAILED))
+                    for t in run.tasks.values()
+                )
+            for t in run.tasks.values():
+                if t.spec.replicas and t.status is TaskStatus.SUCCEEDED:
+                    fused_from_committed(run, t)
         for node, tasks in st.running.items():
             assert len(tasks) <= st.members[node].slots, f"{node} runs more tasks than it has slots"
         self.coordination(st)
@@ -694,6 +707,41 @@ def simulate(seed: int) -> None:
     assert streamed[0] > 0, "no entry was large enough to be streamed"
     spawned = [t for run in st.runs.values() for t in run.tasks.values() if t.origin == "spawn"]
     assert spawned, "no completion spawned a task"
+
+
+def replica_keys(rng: random.Random, offered: list[str]) -> dict[str, Any]:
+    """Now and then a task with competing replicas (some of them invalid: rejected at submit).
+
+    ``rng`` is derived from the task's ids, not the generator's stream, so the rest of the
+    workload draws what it drew before replicas were added."""
+    if rng.random() > 0.12:
+        return {}
+    n = rng.randint(1, 4)
+    fusion = rng.choice(("vote", "vote", "weighted", "merge", "best", "first"))
+    keys: dict[str, Any] = {"replicas": n, "fusion": fusion, "quorum": rng.randint(0, n)}
+    if fusion == "first":
+        keys["quorum"] = rng.choice((0, 1))
+    if fusion == "best" and rng.random() < 0.5:
+        keys["judge"] = rng.choice(offered)
+    if rng.random() < 0.3:
+        keys["agents"] = tuple(rng.sample(offered, min(len(offered), rng.randint(1, n))))
+    if fusion == "weighted" and rng.random() < 0.5:
+        keys["weights"] = tuple(float(rng.randint(0, 3)) for _ in range(n))
+    return keys
+
+
+def fused_from_committed(run: Any, t: Any) -> None:
+    """A fused output quotes its replicas' committed outputs, and only succeeded ones count."""
+    out = t.output
+    assert out["fusion"] == t.spec.fusion and len(out["replicas"]) == t.spec.replicas
+    for e in out["replicas"]:
+        child = run.tasks[e["id"]]
+        assert child.parent == t.spec.id and child.origin == "replica"
+        if e["status"] == "SUCCEEDED":
+            assert child.status is TaskStatus.SUCCEEDED
+            assert out.get("outputs_omitted") or e["output"] == child.output
+        else:
+            assert e["output"] is None and child.status is not TaskStatus.SUCCEEDED
 
 
 @pytest.mark.parametrize("seed", seeds())

@@ -40,6 +40,12 @@ def task_pb(t: Task) -> pb.TaskSpec:
         retry_backoff_ms=t.retry_backoff_ms,
         locks=[pb.LockItem(name=n, mode=m) for n, m in t.locks],
         requires=list(t.requires),
+        replicas=t.replicas,
+        fusion=t.fusion,
+        quorum=t.quorum,
+        weights=list(t.weights),
+        agents=list(t.agents),
+        judge=t.judge,
     )
 
 

@@ -20,6 +20,7 @@ _TASK_KEYS = {
     "retry_backoff_ms",
     "locks",
     "requires",
+    *("replicas", "fusion", "quorum", "weights", "agents", "judge"),
 }
 
 
@@ -41,9 +42,33 @@ class Task:
     """(name, "exclusive" | "shared"): held while an attempt runs, acquired all at once."""
     requires: tuple[str, ...] = ()
     """Capabilities the node's agent must offer (``placement``)."""
+    replicas: int = 0
+    """Run the task this many times in parallel and fuse the answers (0: once)."""
+    fusion: str = ""
+    """vote | weighted | merge | best | first (required with ``replicas``)."""
+    quorum: int = 0
+    """Successful replicas that decide (0: a majority; first: 1)."""
+    weights: tuple[float, ...] = ()
+    """weighted: one weight per replica."""
+    agents: tuple[str, ...] = ()
+    """Agent types the replicas use in turn (replica i: ``agents[i % len(agents)]``)."""
+    judge: str = ""
+    """best: the agent type that scores the candidates."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        replicated = (
+            {
+                "replicas": self.replicas,
+                "fusion": self.fusion,
+                "quorum": self.quorum,
+                "weights": list(self.weights),
+                "agents": list(self.agents),
+                "judge": self.judge,
+            }
+            if self.replicas or self.fusion
+            else {}
+        )
+        return replicated | {
             "requires": list(self.requires),
             "locks": [list(lk) for lk in self.locks],
             "id": self.id,
@@ -82,8 +107,19 @@ class DAG:
         retry_backoff_ms: int = 0,
         locks: Sequence[str | tuple[str, str]] = (),
         requires: Sequence[str] = (),
+        *,
+        replicas: int = 0,
+        fusion: str = "",
+        quorum: int = 0,
+        weights: Sequence[float] = (),
+        agents: Sequence[str] = (),
+        judge: str = "",
     ) -> Task:
-        """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults."""
+        """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults.
+
+        ``replicas=N, fusion=...``: N replicas compete and their answers are fused (README
+        "Competing replicas"); the cluster validates the combination at submit.
+        """
         if id in self.tasks:
             raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
         dep_ids = tuple(d.id if isinstance(d, Task) else str(d) for d in deps)
@@ -92,6 +128,8 @@ class DAG:
         )
         if isinstance(requires, str):
             raise InvalidArgument(f"task {id!r}: requires must be a list of capabilities, not a string")
+        if isinstance(agents, str):
+            raise InvalidArgument(f"task {id!r}: agents must be a list of agent types, not a string")
         t = Task(
             id,
             agent,
@@ -103,6 +141,12 @@ class DAG:
             retry_backoff_ms,
             lock_items,
             tuple(str(c) for c in requires),
+            replicas,
+            fusion,
+            quorum,
+            tuple(weights),
+            tuple(agents),
+            judge,
         )
         self.tasks[id] = t
         return t
@@ -157,6 +201,7 @@ class DAG:
                     int(t.get("retry_backoff_ms", 0)),
                     [lk if isinstance(lk, str) else (lk[0], lk[1]) for lk in locks],
                     requires,
+                    **_replica_keys(t, source),
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc
@@ -182,3 +227,32 @@ class DAG:
                 f"{path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}"
             ) from exc
         return cls.from_dict(data, source=path)
+
+
+def _replica_keys(t: dict[str, Any], source: str) -> dict[str, Any]:
+    """The replica keys of a task map from a spec file (absent: not replicated)."""
+    who = f"{source}: task {t['id']!r}"
+    weights = t.get("weights") or []
+    if not isinstance(weights, list) or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
+    ):
+        raise InvalidArgument(f"{who}: weights must be a list of numbers, one per replica")
+    agents = t.get("agents") or []
+    if not isinstance(agents, list) or not all(isinstance(a, str) for a in agents):
+        raise InvalidArgument(f"{who}: agents must be a list of agent types")
+    for key in ("replicas", "quorum"):
+        v = t.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise InvalidArgument(f"{who}: {key} must be a whole number")
+    for key in ("fusion", "judge"):
+        v = t.get(key)
+        if v is not None and not isinstance(v, str):
+            raise InvalidArgument(f"{who}: {key} must be a string")
+    return {
+        "replicas": t.get("replicas") or 0,
+        "fusion": t.get("fusion") or "",
+        "quorum": t.get("quorum") or 0,
+        "weights": [float(w) for w in weights],
+        "agents": agents,
+        "judge": t.get("judge") or "",
+    }

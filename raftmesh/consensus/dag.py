@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Container, Mapping, Sequence
 
-from . import conditions, limits, values
+from . import conditions, fusion, limits, values
 from .commands import TaskSpec
 
 
@@ -92,6 +92,9 @@ def validate(
         if t.locks:
             _check_task_locks(t)
         _check_flow(t)
+        bad = fusion.problem(t, known_agents)
+        if bad:
+            raise DagError(*bad)
         why = values.problem(t.input)
         if why:
             raise DagError("invalid", f"task {t.id!r}: input {why}")

@@ -241,7 +241,7 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     for c, run, t in current:  # every current attempt reported: charge it whatever its outcome
         usage.charge(run, t, c.usage)
     for run, t, c in accepted:
-        if t.status is not TaskStatus.RUNNING:  # an earlier item ended the run (a spawned task's start)
+        if t.status is not TaskStatus.RUNNING:  # an earlier item may have ended it (a replica's quorum)
             continue
         if c.spawn:
             spawn.add(ctx, run, t, c.output, c.spawn, c.spawn_wait, rev)

@@ -489,7 +489,7 @@ class ClusterState:
         for run in self.runs.values():
             for t in run.tasks.values():
                 key = (run.run_id, t.spec.id)
-                if t.status is TaskStatus.FAILED:
+                if t.status is TaskStatus.FAILED and t.origin != "replica":  # see fusion.replica_failed
                     self.dead_letters.append((t.finished_ms, run.run_id, t.spec.id))
                 elif t.status is TaskStatus.READY:
                     ready.append((t.spec.priority, t.ready_seq, key))

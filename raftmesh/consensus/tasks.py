@@ -12,12 +12,12 @@ import hashlib
 import heapq
 from typing import Any
 
-from . import conditions, groups, limits
+from . import conditions, fusion, groups, limits
 from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
 from .results import RunChanged, TaskChanged
-from .state import TERMINAL_TASK, RunState, RunStatus, TaskState, TaskStatus
+from .state import TERMINAL_RUN, TERMINAL_TASK, RunState, RunStatus, TaskState, TaskStatus
 
 
 def backoff_ms(spec_backoff_ms: int, failures: int, run_id: str, task_id: str) -> int:
@@ -148,6 +148,8 @@ def activate(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
     Returns whether ``t`` ended here (skipped, or a group with nothing to wait for), already
     marked with ``mark_ended``: the caller then ``cascade``s from it.
     """
+    if run.status in TERMINAL_RUN:
+        return False  # an earlier activation ended the run (its budget): nothing more starts
     why = skip_reason(run, t)
     if why:
         t.error = why
@@ -160,6 +162,8 @@ def begin(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
     """The task may run (its conditions held, its gate, if any, was approved): READY, or its
     children start (map instances, replicas). Returns whether it ended here (marked), as
     ``activate``."""
+    if t.spec.replicas:
+        return fusion.expand(ctx, run, t, rev)
     make_ready(ctx, run, t, rev, not_before_ms=0)
     return False
 
@@ -205,6 +209,9 @@ def fail_attempt(
         failures = t.spec.retries - t.retries_left
         delay = backoff_ms(t.spec.retry_backoff_ms, failures, run.run_id, t.spec.id)
         make_ready(ctx, run, t, rev, not_before_ms=st.time_ms + delay if delay else 0)
+        return
+    if t.origin == "replica":  # one replica's failure fails the run only if its quorum is lost
+        fusion.replica_failed(ctx, run, t, rev)
         return
     t.status = TaskStatus.FAILED
     t.finished_ms = st.time_ms

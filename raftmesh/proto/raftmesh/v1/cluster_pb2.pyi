@@ -52,7 +52,7 @@ RUN_STATUS_COMPENSATED: RunStatus
 RUN_STATUS_COMPENSATION_FAILED: RunStatus
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires")
+    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires", "replicas", "fusion", "quorum", "weights", "agents", "judge")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,12 @@ class TaskSpec(_message.Message):
     RETRY_BACKOFF_MS_FIELD_NUMBER: _ClassVar[int]
     LOCKS_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
     input_json: str
@@ -73,7 +79,13 @@ class TaskSpec(_message.Message):
     retry_backoff_ms: int
     locks: _containers.RepeatedCompositeFieldContainer[LockItem]
     requires: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ...) -> None: ...
+    replicas: int
+    fusion: str
+    quorum: int
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    agents: _containers.RepeatedScalarFieldContainer[str]
+    judge: str
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., fusion: _Optional[str] = ..., quorum: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ..., agents: _Optional[_Iterable[str]] = ..., judge: _Optional[str] = ...) -> None: ...
 
 class SubmitRunRequest(_message.Message):
     __slots__ = ("tasks", "idempotency_key", "priority", "name")
@@ -104,7 +116,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt")
+    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt", "fusion")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +135,7 @@ class Task(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     PREEMPTED_BY_FIELD_NUMBER: _ClassVar[int]
     REQUEUED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
     status: TaskStatus
@@ -141,7 +154,48 @@ class Task(_message.Message):
     usage: Usage
     preempted_by: _containers.RepeatedCompositeFieldContainer[Preemption]
     requeued_attempt: int
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ...) -> None: ...
+    fusion: Fusion
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ...) -> None: ...
+
+class Fusion(_message.Message):
+    __slots__ = ("rule", "replicas", "quorum", "weights", "agents", "judge", "standings", "tally_json")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
+    STANDINGS_FIELD_NUMBER: _ClassVar[int]
+    TALLY_JSON_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    replicas: int
+    quorum: int
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    agents: _containers.RepeatedScalarFieldContainer[str]
+    judge: str
+    standings: _containers.RepeatedCompositeFieldContainer[ReplicaStanding]
+    tally_json: str
+    def __init__(self, rule: _Optional[str] = ..., replicas: _Optional[int] = ..., quorum: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ..., agents: _Optional[_Iterable[str]] = ..., judge: _Optional[str] = ..., standings: _Optional[_Iterable[_Union[ReplicaStanding, _Mapping]]] = ..., tally_json: _Optional[str] = ...) -> None: ...
+
+class ReplicaStanding(_message.Message):
+    __slots__ = ("id", "agent", "node", "status", "vote", "weight", "score", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VOTE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    agent: str
+    node: str
+    status: TaskStatus
+    vote: int
+    weight: float
+    score: float
+    error: str
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., node: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., vote: _Optional[int] = ..., weight: _Optional[float] = ..., score: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("tokens_in", "tokens_out", "cost")
