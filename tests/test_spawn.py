@@ -559,3 +559,16 @@ def test_ctx_spawn_bounds_what_one_attempt_spawns(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(SpawnError, match="over 300 bytes encoded"):
         x.spawn([{"id": "b", "agent": "echo", "input": "y" * 200}])
     assert [m["id"] for m in x.spawns.tasks] == ["a"]
+
+
+def test_a_spawned_task_may_be_replicated(c: Cluster) -> None:
+    specs = task_specs(fragment_maps([{"id": "v", "agent": "echo", "replicas": 3, "fusion": "vote"}]), 0, {})
+    c.ok(spawning(c, "r", "plan", list(specs)))
+    v = c.task("r", "v")
+    assert (v.parent, v.origin, v.status) == ("plan", "spawn", S.WAITING_CHILDREN)
+    assert v.children == ["v#0", "v#1", "v#2"] and c.task("r", "v#0").depth == 1
+    for replica in v.children:
+        if c.task("r", replica).status is S.READY:
+            c.run_task("r", replica, output="yes")
+    assert c.task("r", "v").status is S.SUCCEEDED and c.task("r", "v").output["answer"] == "yes"
+    assert status(c, "r")["plan"] is S.SUCCEEDED and status(c, "r")["after"] is S.READY
