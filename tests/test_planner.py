@@ -5,6 +5,7 @@ the spawned plan with the planner's completion."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -15,8 +16,8 @@ from raftmesh.agents import TaskContext, default_registry
 from raftmesh.agents._builtin import AgentInputError
 from raftmesh.agents._planner import REJECTED, PlanRejected, parse_plan, planner_agent
 from raftmesh.agents._spawn import task_specs
-from raftmesh.consensus import TaskStatus, limits
-from raftmesh.consensus.commands import Complete, Completion
+from raftmesh.consensus import RunStatus, TaskStatus, limits
+from raftmesh.consensus.commands import Budget, Complete, Completion
 from raftmesh.consensus.members import task_defaults
 from raftmesh.consensus.state import ClusterState
 from raftmesh.testing import FakeLLM, plan_rules
@@ -58,12 +59,17 @@ class Replica:
 
 @pytest.fixture
 def c() -> Cluster:
-    """Run r1: ``seed`` (SUCCEEDED) -> ``plan`` (the planner, RUNNING on n1)."""
+    """Run r1: ``seed`` (SUCCEEDED) -> ``plan`` and ``plan2`` (planners, RUNNING on n1)."""
     cl = Cluster()
     cl.ok(cl.register("n1", agents=("echo", "sum", "llm", "planner")))
-    cl.ok(cl.submit("r1", [spec("seed"), spec("plan", "seed", agent="planner")]))
+    cl.ok(
+        cl.submit(
+            "r1",
+            [spec("seed"), spec("plan", "seed", agent="planner"), spec("plan2", "seed", agent="planner")],
+        )
+    )
     cl.run_task("r1", "seed", output=5)
-    cl.ok(cl.assign(("r1", "plan", "n1")))
+    cl.ok(cl.assign(("r1", "plan", "n1"), ("r1", "plan2", "n1")))
     return cl
 
 
@@ -144,6 +150,23 @@ def test_an_invalid_plan_is_repaired_once(c: Cluster, fake: FakeLLM, bad: Any, e
     apply_completion(c, ctx, out)  # the repaired plan is one apply takes
 
 
+def test_interleaved_conversations_each_get_their_scripted_sequence(c: Cluster, fake: FakeLLM) -> None:
+    """``assistant_turns`` keys a reply to the conversation, not to the order requests arrive."""
+    bad = [{"id": "x", "agent": "nope"}]
+    rules = plan_rules(bad, [{"id": "alpha1", "agent": "echo"}], goal_contains="alpha")
+    fake.set_script(rules + plan_rules(bad, [{"id": "beta1", "agent": "echo"}], goal_contains="beta"))
+    one, two = ctx_for(c, {"goal": "alpha"}), ctx_for(c, {"goal": "beta"}, task_id="plan2")
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(planner_agent(one), planner_agent(two)))
+
+    assert asyncio.run(both()) == [
+        {"goal": "alpha", "plan": ["alpha1"], "repairs": 1},
+        {"goal": "beta", "plan": ["beta1"], "repairs": 1},
+    ]
+    assert len(fake.requests()) == 4
+
+
 def test_repairs_exhausted_fail_for_good_with_the_last_error(c: Cluster, fake: FakeLLM) -> None:
     cyclic = [{"id": "x", "agent": "echo", "deps": ["x"]}]
     fake.set_script(plan_rules(cyclic, cyclic, cyclic, [{"id": "x", "agent": "nope"}]))
@@ -166,6 +189,22 @@ def test_allowed_agents_and_max_tasks_are_the_planners_own_rules(c: Cluster, fak
     ctx = ctx_for(c, {"goal": "g", "max_tasks": 2, "max_repairs": 1})
     assert plan(ctx)["plan"] == ["a", "b"]
     assert "the plan has 3 tasks; at most 2" in fake.requests()[1]["body"]["messages"][-1]["content"]
+
+
+def test_a_plan_over_the_runs_task_budget_is_repaired(fake: FakeLLM) -> None:
+    c = Cluster()
+    c.ok(c.register("n1", agents=("echo", "sum", "planner")))
+    sub = c.submit("r1", [spec("seed"), spec("plan", "seed", agent="planner")])
+    c.ok(dataclasses.replace(sub, budget=Budget(max_tasks=4)))
+    c.run_task("r1", "seed", output=5)
+    c.ok(c.assign(("r1", "plan", "n1")))
+    fake.set_script(plan_rules(GOOD, GOOD[:2]))
+    ctx = ctx_for(c, {"goal": "g"})
+    assert plan(ctx) == {"goal": "g", "plan": ["a", "b"], "repairs": 1}
+    repair = fake.requests()[1]["body"]["messages"][-1]["content"]
+    assert "BUDGET_EXCEEDED: max_tasks is 4; the run has 2 tasks and would add 3" in repair
+    apply_completion(c, ctx, {})
+    assert c.st.runs["r1"].status is RunStatus.RUNNING
 
 
 def test_the_usage_of_every_model_call_is_reported(c: Cluster, fake: FakeLLM) -> None:

@@ -38,6 +38,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from ..client._dag import _TASK_KEYS
 from ..consensus import budgets, limits
 from ..consensus import spawn as spawn_rules
 from ..consensus.commands import NO_USAGE, TaskSpec
@@ -65,6 +66,7 @@ REJECTED = "The plan was rejected:"
 
 _OWN_KEYS = frozenset({"goal", "agent", "max_repairs", "allowed_agents", "max_tasks", "wait", "system"})
 _PASSED_KEYS = _LLM_KEYS - {"prompt", "system", "messages"}
+_BASIC_KEYS = frozenset({"id", "agent", "input", "deps"})
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)```", re.S)
 
 
@@ -162,6 +164,7 @@ class RunView:
 
 
 def run_view(st: ClusterState, run_id: str, task_id: str, allowed: Collection[str] | None) -> RunView:
+    """The run ``run_id`` as its planner task ``task_id`` describes it to the model."""
     run = st.runs.get(run_id)
     tasks = run.tasks if run is not None else {}
     me = tasks.get(task_id)
@@ -173,13 +176,17 @@ def run_view(st: ClusterState, run_id: str, task_id: str, allowed: Collection[st
     )
 
 
-def plan_specs(st: ClusterState, run_id: str, maps: list[dict[str, Any]]) -> tuple[TaskSpec, ...]:
+def spec_defaults(st: ClusterState, run_id: str, agents: Collection[str]) -> tuple[int, dict[str, Any]]:
+    """The run's priority and the agent types' offers a plan's unset keys take (as the host's)."""
+    run = st.runs.get(run_id)
+    return (run.priority if run is not None else 0), task_defaults(st, agents)
+
+
+def plan_specs(maps: list[dict[str, Any]], priority: int, defaults: dict[str, Any]) -> tuple[TaskSpec, ...]:
     """The plan as the state machine would take it from ``ctx.spawn``: the submit conversion,
     the run's priority, the agent types' default retries/timeout where the plan sets none."""
-    run = st.runs.get(run_id)
-    defaults = task_defaults(st, {str(m.get("agent")) for m in maps})
     try:
-        return task_specs(maps, run.priority if run is not None else 0, defaults)
+        return task_specs(maps, priority, defaults)
     except SpawnError as exc:
         raise _Invalid(str(exc)) from None
 
@@ -272,8 +279,8 @@ def system_prompt(opt: _Options, view: RunView) -> str:
         '{"tasks": [{"id": "fetch", "agent": "echo", "input": {"x": 1}, "deps": []}, '
         '{"id": "total", "agent": "sum", "input": {"value": 0}, "deps": ["fetch"]}]}',
         "A task receives the outputs of its deps. Task ids are unique, use letters, digits and _ . : - "
-        f"(at most {limits.MAX_ID_CHARS} characters), and the plan has no cycle. Optional task keys: "
-        "retries, timeout_ms, priority, retry_backoff_ms, locks, requires.",
+        f"(at most {limits.MAX_ID_CHARS} characters), and the plan has no cycle. Optional task keys "
+        f"(as in a raftmesh DAG file): {', '.join(sorted(_TASK_KEYS - _BASIC_KEYS))}.",
         f"Agent types you may use: {_names(view.agents) or 'none'}.",
         f"Task ids already in the run (do not reuse them): {_names(view.used) or 'none'}.",
         "A task may also depend on these tasks of the run, which succeeded (it receives their "
@@ -330,12 +337,20 @@ async def planner_agent(ctx: TaskContext) -> Any:
         reply = await _ask(ctx, opt, msgs)
         try:
             maps = parse_plan(reply)
-
-            def checked(st: ClusterState, maps: list[dict[str, Any]] = maps) -> None:
-                specs = plan_specs(st, run_id, maps)
-                check_plan(st, run_id, task_id, specs, opt.allowed, opt.max_tasks)
-
-            reads.read(checked)
+            agents = {str(m["agent"]) for m in maps}
+            specs = plan_specs(
+                maps, *reads.read(functools.partial(spec_defaults, run_id=run_id, agents=agents))
+            )
+            reads.read(
+                functools.partial(
+                    check_plan,
+                    run_id=run_id,
+                    task_id=task_id,
+                    specs=specs,
+                    allowed=opt.allowed,
+                    max_tasks=opt.max_tasks,
+                )
+            )
             ids = ctx.spawn(maps, wait=opt.wait)
         except (_Invalid, SpawnError) as exc:
             error = str(exc)
