@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 
+from raftmesh import DAG
+from raftmesh.agents import TaskContext
+from raftmesh.agents._pools import _outcome
+from raftmesh.agents._spawn import SpawnError, fragment_maps, task_specs
+from raftmesh.client import Task
 from raftmesh.consensus import CancelRun, Code, RunStatus, StateMachine, SubmitRun, TaskStatus, limits
 from raftmesh.consensus.budgets import BUDGET_EXCEEDED
 from raftmesh.consensus.commands import (
+    AgentOffer,
     Budget,
     Complete,
     Completion,
@@ -333,3 +340,103 @@ def test_a_paused_or_ended_run_takes_no_spawn(c: Cluster) -> None:
     cmd = spawning(c, "r", "plan", [spec("x")])
     c.ok(CancelRun(c.rid(), c.ts, "r", ""))
     c.unchanged(cmd, Code.ABORTED)
+
+
+# ---- ctx.spawn: what an attempt can check without the run -------------------------------------
+
+
+def ctx(task_id: str = "plan") -> TaskContext:
+    log = logging.LoggerAdapter(logging.getLogger("test"), {})
+    return TaskContext("r", task_id, 1, 7, "n1", None, {}, "r", log)
+
+
+def test_ctx_spawn_takes_a_dag_a_list_of_tasks_or_spec_maps() -> None:
+    x = ctx()
+    dag = DAG()
+    a = dag.task("a", "echo", input={"k": 1})
+    dag.task("b", "sum", deps=[a, "plan"], retries=2)
+    assert x.spawn(dag) == ["a", "b"]
+    assert x.spawn([Task("c", "echo", deps=("b",))]) == ["c"]
+    assert x.spawn([{"id": "d", "agent": "echo", "deps": ["c"], "locks": ["l"], "requires": ["gpu"]}]) == [
+        "d"
+    ]
+    assert [m["id"] for m in x.spawns.tasks] == ["a", "b", "c", "d"] and x.spawns.wait is True
+    # What travels (over a worker's pipe too) is the spec loader's own form.
+    assert x.spawns.tasks[1] == dag.tasks["b"].to_dict()
+    assert x.spawns.tasks[3]["locks"] == [["l", "exclusive"]]
+
+
+@pytest.mark.parametrize(
+    ("fragment", "message"),
+    [
+        ("a", "takes a raftmesh.DAG, a list of raftmesh.Task or a list of task spec maps, not str"),
+        ([1], "task #1 is a int"),
+        ([], "the fragment has no tasks"),
+        ([{"id": "a"}], "needs 'id' and 'agent'"),
+        ([{"id": "a", "agent": "echo", "colour": 1}], "unknown field(s) ['colour']"),
+        ([{"id": "a", "agent": "echo"}, {"id": "a", "agent": "echo"}], "used twice"),
+        ([{"id": "a#1", "agent": "echo"}], "may contain only letters"),
+        ([{"id": "plan", "agent": "echo"}], "the spawning task's own id"),
+        ([{"id": "a", "agent": "echo", "deps": ["b"]}, {"id": "b", "agent": "echo", "deps": ["a"]}], "cycle"),
+        ([{"id": "a", "agent": "echo", "input": {"x": float("nan")}}], "input $.x: nan is not a JSON number"),
+        ([{"id": "a", "agent": "echo", "input": "x" * (limits.MAX_TASK_INPUT_BYTES + 1)}], "bytes encoded"),
+    ],
+)
+def test_ctx_spawn_refuses_a_bad_fragment_at_once(fragment: Any, message: str) -> None:
+    x = ctx()
+    with pytest.raises(SpawnError) as err:
+        x.spawn(fragment)
+    assert message in str(err.value)
+    assert err.value.retryable is False  # uncaught, it fails the attempt for good
+    assert x.spawns.tasks == []
+
+
+def test_ctx_spawn_calls_accumulate_and_are_checked_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = ctx()
+    x.spawn([{"id": "a", "agent": "echo", "deps": ["b"]}])  # b is not spawned (yet): the run may have it
+    with pytest.raises(SpawnError, match="already spawned by this attempt"):
+        x.spawn([{"id": "a", "agent": "echo"}])
+    with pytest.raises(SpawnError, match="cycle: "):
+        x.spawn([{"id": "b", "agent": "echo", "deps": ["a"]}])
+    assert x.spawn([{"id": "c", "agent": "echo", "deps": ["a"]}]) == ["c"]
+    with pytest.raises(
+        SpawnError, match=r"wait=False after an earlier ctx\.spawn of this attempt with wait=True"
+    ):
+        x.spawn([{"id": "d", "agent": "echo"}], wait=False)
+    monkeypatch.setattr(limits, "MAX_SPAWN_TASKS", 3)
+    with pytest.raises(SpawnError, match="would spawn 4 tasks; the limit is 3"):
+        x.spawn([{"id": "d", "agent": "echo"}, {"id": "e", "agent": "echo"}])
+    assert [m["id"] for m in x.spawns.tasks] == ["a", "c"]  # a refused call adds nothing
+
+
+def test_task_specs_are_explicit_as_a_submit_logs_them() -> None:
+    maps = fragment_maps(
+        [
+            {"id": "a", "agent": "echo", "input": {"k": 1}},
+            {"id": "b", "agent": "echo", "retries": 0, "timeout_ms": 0, "priority": 3, "deps": ["a"]},
+            {"id": "c", "agent": "other"},
+        ]
+    )
+    offer = AgentOffer("echo", retries=2, timeout_ms=5000)
+    a, b, c3 = task_specs(maps, run_priority=7, defaults={"echo": offer})
+    assert (a.input, a.retries, a.timeout_ms, a.priority) == ({"k": 1}, 2, 5000, 7)
+    assert (b.retries, b.timeout_ms, b.priority, b.deps) == (0, 0, 3, ("a",))
+    assert (c3.retries, c3.timeout_ms) == (0, 0)  # an agent type nobody offers keeps 0 (apply refuses it)
+    with pytest.raises(SpawnError, match="may not carry api_key"):
+        task_specs(fragment_maps([{"id": "x", "agent": "llm", "input": {"api_key": "k"}}]), 0, {})
+
+
+@pytest.mark.parametrize(
+    ("msg", "ok", "spawn"),
+    [
+        ({"t": "done", "ok": True, "output": 1}, True, ()),
+        ({"t": "done", "ok": True, "output": 1, "spawn": [False, [{"id": "a"}]]}, True, ({"id": "a"},)),
+        ({"t": "done", "ok": True, "output": 1, "spawn": [1, [{"id": "a"}]]}, False, ()),
+        ({"t": "done", "ok": True, "output": 1, "spawn": [True, ["a"]]}, False, ()),
+    ],
+)
+def test_a_workers_spawn_is_read_strictly(msg: dict[str, Any], ok: bool, spawn: tuple[Any, ...]) -> None:
+    out = _outcome(msg)
+    assert (out.ok, out.spawn) == (ok, spawn)
+    if spawn:
+        assert out.spawn_wait is False
