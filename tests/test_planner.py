@@ -14,8 +14,9 @@ import pytest
 
 from raftmesh.agents import TaskContext, default_registry
 from raftmesh.agents._builtin import AgentInputError
-from raftmesh.agents._planner import REJECTED, PlanRejected, parse_plan, planner_agent
+from raftmesh.agents._planner import _KEY_HINTS, REJECTED, PlanRejected, parse_plan, planner_agent
 from raftmesh.agents._spawn import task_specs
+from raftmesh.client._dag import _TASK_KEYS
 from raftmesh.consensus import RunStatus, TaskStatus, limits
 from raftmesh.consensus.commands import Budget, Complete, Completion
 from raftmesh.consensus.members import task_defaults
@@ -115,6 +116,8 @@ def test_a_valid_plan_is_spawned_and_apply_takes_it(c: Cluster, fake: FakeLLM) -
     system, user, upstream = req["body"]["messages"]
     assert "echo" in system["content"] and "planner" in system["content"]
     assert "seed" in system["content"]  # an id in use, and a succeeded task to depend on
+    for key in _KEY_HINTS:  # workflow keys are explained once the spec loader takes them
+        assert (f"\n{key}: " in system["content"]) == (key in _TASK_KEYS), key
     assert user["content"] == "Goal: add one and two"
     assert '"seed": 5' in upstream["content"]  # the planner's upstream reaches the model
     apply_completion(c, ctx, out)

@@ -67,6 +67,14 @@ REJECTED = "The plan was rejected:"
 _OWN_KEYS = frozenset({"goal", "agent", "max_repairs", "allowed_agents", "max_tasks", "wait", "system"})
 _PASSED_KEYS = _LLM_KEYS - {"prompt", "system", "messages"}
 _BASIC_KEYS = frozenset({"id", "agent", "input", "deps"})
+_KEY_HINTS = {
+    "when": 'a condition on a dep\'s output, e.g. {"path": "fetch.count", "op": ">", "value": 3}; false skips the task',
+    "map": "a dep whose output is a list: the task runs once per item and outputs the list of results",
+    "replicas": "run the task N times in parallel and fuse the answers (with fusion: vote|weighted|merge|best|first)",
+    "approval": 'a human approves before it runs, e.g. {"prompt": "Deploy?"}',
+    "compensate": 'undoes it if the run fails, e.g. {"agent": "echo", "input": {}}',
+}
+"""What the prompt says of the workflow keys the spec loader takes (named only once it does)."""
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)```", re.S)
 
 
@@ -287,6 +295,7 @@ def system_prompt(opt: _Options, view: RunView) -> str:
         f"outputs): {_names(view.succeeded) or 'none'}.",
         f"At most {opt.max_tasks} tasks.",
     ]
+    lines += [f"{k}: {hint}." for k, hint in _KEY_HINTS.items() if k in _TASK_KEYS]
     if opt.system:
         lines.append(opt.system)
     return "\n".join(lines)
