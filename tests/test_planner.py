@@ -302,3 +302,35 @@ def test_a_planner_too_deep_to_spawn_asks_no_model(c: Cluster, fake: FakeLLM) ->
 )
 def test_parse_plan_tolerates_fences_and_prose(reply: Any) -> None:
     assert [m["id"] for m in parse_plan(reply)] == ["a"]
+
+
+def test_a_json_response_format_reaches_the_model_and_its_parsed_reply_is_the_plan(
+    c: Cluster, fake: FakeLLM
+) -> None:
+    fake.set_script(plan_rules({"tasks": GOOD}))  # unfenced: what a json_object reply looks like
+    ctx = ctx_for(c, {"goal": "g", "response_format": {"type": "json_object"}, "seed": 7})
+    assert plan(ctx)["plan"] == ["a", "b", "total"]
+    (req,) = fake.requests()
+    assert req["body"]["response_format"] == {"type": "json_object"} and req["body"]["seed"] == 7
+
+
+def test_the_fake_models_plan_rules_answer_by_turn_fenced_or_not(fake: FakeLLM) -> None:
+    import httpx
+
+    from raftmesh.agents._planner import PROMPT_MARKER
+
+    fake.set_script(
+        plan_rules([1], [2], goal_contains="alpha", fenced=True) + plan_rules([3], goal_contains="beta")
+    )
+
+    def ask(*roles: str, goal: str = "alpha") -> str:
+        msgs = [{"role": "system", "content": PROMPT_MARKER}, {"role": "user", "content": goal}]
+        msgs += [{"role": r, "content": "x"} for r in roles]
+        body = {"model": "m", "messages": msgs}
+        out = httpx.post(fake.base_url + "/chat/completions", json=body, timeout=10).json()
+        return str(out["choices"][0]["message"]["content"])
+
+    assert ask("assistant", "user") == "```json\n[\n 2\n]\n```"
+    assert ask() == "```json\n[\n 1\n]\n```"
+    assert ask() == "```json\n[\n 1\n]\n```"  # keyed by the conversation, not used up
+    assert ask(goal="beta") == "[\n 3\n]"
