@@ -10,11 +10,19 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from raftmesh.agents import TaskContext, default_registry
 from raftmesh.agents._builtin import AgentInputError
-from raftmesh.agents._planner import _KEY_HINTS, REJECTED, PlanRejected, parse_plan, planner_agent
+from raftmesh.agents._planner import (
+    _KEY_HINTS,
+    PROMPT_MARKER,
+    REJECTED,
+    PlanRejected,
+    parse_plan,
+    planner_agent,
+)
 from raftmesh.agents._spawn import task_specs
 from raftmesh.client._dag import _TASK_KEYS
 from raftmesh.consensus import RunStatus, TaskStatus, limits
@@ -315,10 +323,6 @@ def test_a_json_response_format_reaches_the_model_and_its_parsed_reply_is_the_pl
 
 
 def test_the_fake_models_plan_rules_answer_by_turn_fenced_or_not(fake: FakeLLM) -> None:
-    import httpx
-
-    from raftmesh.agents._planner import PROMPT_MARKER
-
     fake.set_script(
         plan_rules([1], [2], goal_contains="alpha", fenced=True) + plan_rules([3], goal_contains="beta")
     )
