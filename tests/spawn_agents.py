@@ -53,6 +53,13 @@ def plan_process(ctx: Any) -> Any:
     return {"width": len(ctx.input["items"]), "spawned": ctx.spawn(dag)}
 
 
+async def plan_slow(ctx: TaskContext) -> Any:
+    """Spawns one ``sleep`` task of input["seconds"]: long enough to watch the spawner wait."""
+    return {
+        "spawned": ctx.spawn([{"id": "nap", "agent": "sleep", "input": {"seconds": ctx.input["seconds"]}}])
+    }
+
+
 async def width_sum(ctx: TaskContext) -> Any:
     """The spawned tasks' outputs summed, plus the planner's output ``width`` (its upstream)."""
     total = 0
@@ -75,6 +82,7 @@ def register_agents(reg: AgentRegistry) -> None:
     reg.register("plan_async", plan_async, source=SOURCE)
     reg.register("plan_thread", plan_thread, isolation="thread", source=SOURCE)
     reg.register("plan_process", plan_process, isolation="process", source=SOURCE)
+    reg.register("plan_slow", plan_slow, source=SOURCE)
     reg.register("width_sum", width_sum, source=SOURCE)
     reg.register("upstream", upstream, source=SOURCE)
     reg.register("bad_spawn", bad_spawn, source=SOURCE)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import pytest
 
 from raftmesh import DAG
+from raftmesh.localcluster import wait_until
 from tests import spawn_agents
+from tests.test_cli import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +32,18 @@ def test_agents_spawn_sub_dags_in_async_thread_and_process_mode(make_cluster: An
     }
     no_wait = c.submit(planned("plan_async", [4], wait=False))
     bad = c.submit(planned("bad_spawn", []))
+    slow_dag = DAG("slow")
+    slow_dag.task("report", "upstream", deps=[slow_dag.task("plan", "plan_slow", input={"seconds": 3})])
+    slow = c.submit(slow_dag)
+    # While what it spawned runs, the spawner waits (its output already there) and so does its dependent.
+    waiting = wait_until(
+        lambda: (r := c.get(slow)).tasks.get("nap") is not None and r.tasks["nap"].status == "RUNNING" and r,
+        60,
+        "the spawned nap to run",
+    )
+    assert waiting.tasks["plan"].status == "WAITING_CHILDREN", waiting.tasks["plan"]
+    assert waiting.tasks["plan"].output == {"spawned": ["nap"]}
+    assert waiting.tasks["report"].status == "PENDING"
     for agent, run_id in runs.items():
         run = c.wait(run_id, timeout_s=120)
         assert run.status == "SUCCEEDED", (agent, run.error)
@@ -39,6 +54,12 @@ def test_agents_spawn_sub_dags_in_async_thread_and_process_mode(make_cluster: An
         # wait=True: the planner's dependent ran after what it spawned, reading the planner's output.
         assert report.output == {"plan": plan.output}
         assert report.started_ms >= total.finished_ms >= plan.finished_ms, agent
+    got = cli("get", runs["plan_async"], "--json", addresses=",".join(cluster.addresses))
+    assert got.returncode == 0, got.stderr
+    shown = json.loads(got.stdout)
+    assert shown["tasks"]["total"]["status"] == "SUCCEEDED" and shown["tasks"]["total"]["output"] == 17
+    assert shown["spawned_bytes"] > 0
+    assert c.wait(slow, timeout_s=120).status == "SUCCEEDED"
     run = c.wait(no_wait, timeout_s=120)
     assert run.status == "SUCCEEDED", run.error
     assert run.tasks["total"].output == 16 + 1

@@ -62,6 +62,7 @@ def test_agents_exports() -> None:
             "AgentRegistry",
             "AgentSetupError",
             "DuplicateAgentError",
+            "SpawnError",
             "SyncTaskContext",
             "TaskContext",
             "TaskKv",

@@ -146,6 +146,9 @@ class Generator:
         self.now_ms = 1_000_000
         self.n_rid = 0
         self.n_run = 0
+        self.n_spawned = 0
+        # Spawns draw from their own stream, so the seeds' other choices (and what they cover) stay.
+        self.spawn_rng = random.Random(repr(rng.getstate()[1][:8]))
         self.nodes: dict[str, RegisterNode] = {}
         self.incarnations: Counter[str] = Counter()
         self.attempts: list[AttemptRecord] = []
@@ -282,13 +285,39 @@ class Generator:
                 if rng.random() < 0.003:
                     output = "x" * (limits.MAX_TASK_OUTPUT_BYTES + 1)
                 usage = Usage(rng.randint(0, 50), rng.randint(0, 5), rng.randint(0, 8) / 8)
-                items_c.append(Completion(a.run_id, a.task_id, a.attempt, a.token, output, usage))
+                spawn, wait = self.spawn(a) if self.spawn_rng.random() < 0.3 else ((), True)
+                items_c.append(
+                    Completion(a.run_id, a.task_id, a.attempt, a.token, output, usage, spawn, wait)
+                )
             return Complete(self.rid(), self.ts(), node, tuple(items_c))
         items_f = [
             Failure(a.run_id, a.task_id, a.attempt, a.token, f"error {rng.randint(0, 9)}", rng.random() < 0.8)
             for a in picked
         ]
         return Fail(self.rid(), self.ts(), node, tuple(items_f))
+
+    def spawn(self, a: AttemptRecord) -> tuple[tuple[TaskSpec, ...], bool]:
+        """What a completing attempt spawns: mostly valid, sometimes an id or a dependency the run refuses."""
+        rng = self.spawn_rng
+        run = self.st.runs.get(a.run_id)
+        existing = sorted(run.tasks) if run is not None else [a.task_id]
+        offered = sorted(self.st.known_agents()) or ["echo"]
+        specs: list[TaskSpec] = []
+        for _ in range(rng.randint(1, 3)):
+            self.n_spawned += 1
+            sid = f"s{self.n_spawned}" if rng.random() > 0.03 else rng.choice(existing)
+            choices = (
+                [t.id for t in specs]
+                + [a.task_id] * 2
+                + ([rng.choice(existing)] if rng.random() < 0.1 else [])
+            )
+            deps = tuple(sorted(set(rng.sample(choices, rng.randint(0, min(2, len(choices)))))))
+            specs.append(
+                TaskSpec(
+                    id=sid, agent=rng.choice(offered), input={"s": sid}, deps=deps, retries=rng.choice((0, 1))
+                )
+            )
+        return tuple(specs), rng.random() < 0.7
 
     def retry_dead_letter(self) -> Command | None:
         """An operator retries a dead letter: mostly at its dead attempt, some stale or wrong."""
@@ -511,7 +540,22 @@ class Checker:
                 self.tokens[key] = t.token
                 assert t.token <= st.revision
                 assert 0 <= t.retries_left <= t.spec.retries
-                deps_ok = all(run.tasks[d].status is TaskStatus.SUCCEEDED for d in t.spec.deps)
+                # A spawned task may read its spawner while the spawner waits for it (its output is
+                # final); a run that ends meanwhile cancels the waiting spawner.
+                spawner_ok = t.parent in t.spec.deps and (
+                    run.tasks[t.parent].status is TaskStatus.WAITING_CHILDREN
+                    or (run.status in TERMINAL_RUN and run.tasks[t.parent].status is TaskStatus.CANCELLED)
+                )
+                deps_ok = all(
+                    run.tasks[d].status is TaskStatus.SUCCEEDED or (d == t.parent and spawner_ok)
+                    for d in t.spec.deps
+                )
+                if t.origin == "spawn":  # no spawned task lost or duplicated: its spawner lists it once
+                    assert run.tasks[t.parent].children.count(t.spec.id) == 1, key
+                    assert t.depth == run.tasks[t.parent].depth + 1, key
+                if t.status is TaskStatus.WAITING_CHILDREN:
+                    waiting = [c for c in t.children if run.tasks[c].status not in TERMINAL_TASK]
+                    assert 0 < t.children_waiting == len(waiting), key
                 if t.status in (TaskStatus.READY, TaskStatus.RUNNING, TaskStatus.SUCCEEDED):
                     assert deps_ok, f"{key} is {t.status} before all its deps succeeded"
                 if t.status is TaskStatus.PENDING:
@@ -648,6 +692,8 @@ def simulate(seed: int) -> None:
     assert checker.lock_grants > 0 and checker.kv_writes > 0
     assert any(lock.last_token for lock in st.locks.locks.values())
     assert streamed[0] > 0, "no entry was large enough to be streamed"
+    spawned = [t for run in st.runs.values() for t in run.tasks.values() if t.origin == "spawn"]
+    assert spawned, "no completion spawned a task"
 
 
 @pytest.mark.parametrize("seed", seeds())

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from raftmesh import DAG
-from raftmesh.agents import TaskContext
+from raftmesh.agents import SpawnError, TaskContext
 from raftmesh.agents._pools import _outcome
-from raftmesh.agents._spawn import SpawnError, fragment_maps, task_specs
+from raftmesh.agents._spawn import fragment_maps, task_specs
 from raftmesh.client import Task
 from raftmesh.consensus import CancelRun, Code, RunStatus, StateMachine, SubmitRun, TaskStatus, limits
 from raftmesh.consensus.budgets import BUDGET_EXCEEDED
@@ -19,6 +19,7 @@ from raftmesh.consensus.commands import (
     Budget,
     Complete,
     Completion,
+    RetryTask,
     TaskSpec,
     decode_command,
     encode_command,
@@ -440,3 +441,35 @@ def test_a_workers_spawn_is_read_strictly(msg: dict[str, Any], ok: bool, spawn: 
     assert (out.ok, out.spawn) == (ok, spawn)
     if spawn:
         assert out.spawn_wait is False
+
+
+def test_retrying_a_dead_letter_resumes_a_waiting_spawner_without_running_it_again() -> None:
+    c = Cluster()
+    c.ok(c.register("n1", slots=10))
+    c.ok(c.submit("r", [spec("plan"), spec("other"), spec("after", "plan")]))
+    started(c, "r", "plan", "other")
+    c.ok(spawning(c, "r", "plan", [spec("x", "plan"), spec("y")], output={"kept": 1}))
+    c.run_task("r", "y")
+    c.ok(c.fail("r", "other", retryable=False))  # the run fails: the waiting spawner is cancelled
+    assert status(c, "r") == {
+        "plan": S.CANCELLED,
+        "other": S.FAILED,
+        "after": S.CANCELLED,
+        "x": S.CANCELLED,
+        "y": S.SUCCEEDED,
+    }
+    c.ok(RetryTask(c.rid(), c.ts, "r", "other", 1))
+    # The spawner waits again, its output kept; what it spawned and did not finish runs again.
+    assert status(c, "r") == {
+        "plan": S.WAITING_CHILDREN,
+        "other": S.READY,
+        "after": S.PENDING,
+        "x": S.READY,
+        "y": S.SUCCEEDED,
+    }
+    assert c.task("r", "plan").output == {"kept": 1} and c.task("r", "plan").children_waiting == 1
+    c.run_task("r", "x")
+    assert status(c, "r")["plan"] is S.SUCCEEDED and c.task("r", "plan").attempt == 1
+    c.run_task("r", "other")
+    c.run_task("r", "after")
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED

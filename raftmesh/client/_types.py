@@ -156,6 +156,8 @@ class RunInfo:
     finished_ms: int = 0
     revision: int = 0
     usage: UsageInfo = UsageInfo()
+    spawned_bytes: int = 0
+    """Encoded size of the task specs its attempts spawned (``ctx.spawn``; limited per run)."""
 
     @property
     def done(self) -> bool:
@@ -173,6 +175,7 @@ class RunInfo:
             r.finished_ms,
             r.revision,
             UsageInfo.from_pb(r.usage),
+            r.spawned_bytes,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -197,6 +200,7 @@ class RunInfo:
                 for t in self.tasks.values()
             },
             "usage": self.usage.to_json(),
+            "spawned_bytes": self.spawned_bytes,
         }
 
 

@@ -91,9 +91,11 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
             if other is not t:
                 other.error = ""
                 other.finished_ms = 0
-                other.status = TaskStatus.PENDING
+                # One that had succeeded and waited for its children (a spawner) waits for them
+                # again, its output kept: it does not run twice, nor spawn twice.
+                other.status = TaskStatus.WAITING_CHILDREN if other.children_waiting else TaskStatus.PENDING
                 ctx.emit(TaskChanged(rev, run.run_id, other.spec.id, other.status, other.attempt, ""))
-            if other.deps_waiting == 0:
+            if other.status is TaskStatus.PENDING and other.deps_waiting == 0:
                 make_ready(ctx, run, other, rev, not_before_ms=0)
         if other.status not in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
             unfinished += 1

@@ -210,6 +210,7 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     refused: list[tuple[RunState, TaskState, str]] = []
     over_budget: list[tuple[RunState, str]] = []
     claims: dict[str, spawn.Claims] = {}  # what earlier items spawn, per run
+    offered = None  # the agent types and capabilities members offered, looked up once
     current, rejected = _current(ctx, cmd.node_id, cmd.items, "completed")
     for c, run, t in current:
         # An output no reader could encode, or too big, fails the attempt (not retried).
@@ -221,8 +222,9 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
             msg = f"output is {size} bytes encoded; the limit is {limits.MAX_TASK_OUTPUT_BYTES}"
             refused.append((run, t, msg))
         elif c.spawn:
-            claimed = claims.setdefault(run.run_id, spawn.Claims())
+            claimed = claims.setdefault(run.run_id, spawn.Claims(offered=offered))
             bad = spawn.check(ctx.state, run, t, c.spawn, claimed)
+            offered = claimed.offered
             over = "" if bad else budgets.tasks_over(run, claimed.count + len(c.spawn))
             if bad:
                 refused.append((run, t, f"spawn refused: {bad}"[: limits.MAX_ERROR_CHARS]))

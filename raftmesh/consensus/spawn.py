@@ -18,7 +18,7 @@ tasks that depend on it. Without ``wait`` the spawner SUCCEEDS at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import limits
@@ -39,7 +39,10 @@ class Claims:
     """What earlier items of the same command spawn in one run (they are not applied yet)."""
 
     ids: set[str] = field(default_factory=set)
-    bytes: int = 0
+    size: int = 0
+    """Encoded bytes of their specs."""
+    offered: Mapping[str, Collection[tuple[str, ...]]] | None = None
+    """``ClusterState.offered_capabilities``, computed once per command (O(members x types))."""
 
     @property
     def count(self) -> int:
@@ -91,14 +94,16 @@ def check(
                     f"task {t.id[:40]!r} depends on {d[:40]!r}, which is neither a spawned task, the "
                     f"spawner {sid!r} nor a task of the run that has succeeded"
                 )
+    if claims.offered is None:
+        claims.offered = st.offered_capabilities()
     try:
-        validate(specs, st.offered_capabilities(), outside)
+        validate(specs, claims.offered, outside)
     except DagError as exc:
         return str(exc)
     size = spec_bytes(specs)
-    if run.spawned_bytes + claims.bytes + size > limits.MAX_SPAWNED_BYTES_PER_RUN:
+    if run.spawned_bytes + claims.size + size > limits.MAX_SPAWNED_BYTES_PER_RUN:
         return (
-            f"the run's spawned tasks would be {run.spawned_bytes + claims.bytes + size} bytes encoded; "
+            f"the run's spawned tasks would be {run.spawned_bytes + claims.size + size} bytes encoded; "
             f"the limit is {limits.MAX_SPAWNED_BYTES_PER_RUN} (store large inputs elsewhere and pass references)"
         )
     return ""
@@ -110,7 +115,7 @@ def spec_bytes(specs: Sequence[TaskSpec]) -> int:
 
 def claim(claims: Claims, specs: Sequence[TaskSpec]) -> None:
     claims.ids.update(t.id for t in specs)
-    claims.bytes += spec_bytes(specs)
+    claims.size += spec_bytes(specs)
 
 
 def add(

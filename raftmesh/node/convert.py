@@ -127,6 +127,7 @@ def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
         priority=run.priority,
         revision=run.revision,
         usage=usage_to_pb(run.usage),
+        spawned_bytes=run.spawned_bytes,
     )
 
 
