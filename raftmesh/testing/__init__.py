@@ -1,4 +1,5 @@
-"""Test and demo helpers that are real processes: ``FakeLLM`` runs ``python -m raftmesh.testing.fake_llm``."""
+"""Test and demo helpers that are real processes: ``FakeLLM`` runs ``python -m raftmesh.testing.fake_llm``
+(``plan_rules`` scripts it to answer the ``planner`` agent)."""
 
 from __future__ import annotations
 
