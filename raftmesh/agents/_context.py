@@ -40,6 +40,9 @@ class TaskContext:
     """The node's ``AgentRegistry`` (an agent may call another registered agent type as a tool)."""
     usage: Usage = NO_USAGE
     """What this attempt consumed so far; committed with its completion or failure."""
+    reads: Any = None
+    """The node's local replica (``raftmesh.agents._task_clients.Reader``: ``reads.read(fn)`` calls
+    ``fn(ClusterState)`` under its lock; it may be a moment behind the leader). Async agents only."""
     spawns: Spawns = field(default_factory=Spawns, init=False, repr=False, compare=False)
     """What this attempt spawned so far (``spawn``); added to the run with its completion."""
 

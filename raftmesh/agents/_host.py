@@ -304,7 +304,7 @@ class AgentHost:
         )
         ctx: TaskContext
         if mode == "async":
-            ctx = TaskContext(**fields, kv=kv, locks=locks)
+            ctx = TaskContext(**fields, kv=kv, locks=locks, reads=self._reads)
         else:
             call = loop_call(kv, locks, asyncio.get_running_loop())
             ctx = SyncTaskContext(**fields, kv=SyncKv(call), locks=SyncLocks(call))
