@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from . import limits, usage, values
+from . import budgets, limits, usage, values
 from .codes import Code
-from .commands import Assign, CancelRun, Complete, Completion, Fail, Failure, SubmitRun
+from .commands import Assign, CancelRun, Complete, Completion, Fail, Failure, SubmitRun, Usage
 from .context import ApplyContext
 from .dag import DagError, check_id, validate
 from .lock_commands import task_locks_free
@@ -29,7 +29,7 @@ from .results import (
     RunChanged,
     SubmitRunResult,
 )
-from .state import TERMINAL_RUN, RunState, RunStatus, TaskKey, TaskState, TaskStatus
+from .state import SCHEDULABLE_RUN, TERMINAL_RUN, RunState, RunStatus, TaskKey, TaskState, TaskStatus
 from .tasks import activate, cascade, fail_attempt, finish_run, start, succeed
 
 MAX_REJECTIONS_SHOWN = 5
@@ -61,6 +61,9 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         if abs(cmd.priority) > limits.MAX_PRIORITY:
             raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
         validate(cmd.tasks, st.offered_capabilities())
+        why = budgets.problem(cmd.budget, len(cmd.tasks)) if cmd.budget is not None else ""
+        if why:
+            raise DagError("limit", why)
     except DagError as exc:
         return Rejected(Code.INVALID_ARGUMENT, str(exc))
     if cmd.run_id in st.runs:
@@ -81,9 +84,10 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         submitter=cmd.submitter,
         created_ms=st.time_ms,
         revision=rev,
-        budget=cmd.budget,
+        budget=budgets.normal(cmd.budget),
     )
     st.runs[cmd.run_id] = run
+    budgets.track(st, run)
     if cmd.idempotency_key:
         st.idempotency[cmd.idempotency_key] = cmd.run_id
     for spec in cmd.tasks:
@@ -136,7 +140,7 @@ def assign(ctx: ApplyContext, cmd: Assign) -> Result:
             why = "no such task"
         elif (a.run_id, a.task_id) in seen:
             why = "assigned twice in one command"
-        elif run.status is not RunStatus.RUNNING:
+        elif run.status not in SCHEDULABLE_RUN:
             why = f"run is {run.status.value}"
         elif t.status is not TaskStatus.READY:
             why = f"task is {t.status.value}"
@@ -206,32 +210,49 @@ def _current(
 
 
 def complete(ctx: ApplyContext, cmd: Complete) -> Result:
-    accepted: list[tuple[RunState, TaskState, Any]] = []
-    refused: list[tuple[RunState, TaskState, str]] = []
+    accepted: list[tuple[RunState, TaskState, Any, Usage]] = []
+    refused: list[tuple[RunState, TaskState, str, Usage]] = []
     current, rejected = _current(ctx, cmd.node_id, cmd.items, "completed")
     for c, run, t in current:
         # An output no reader could encode, or too big, fails the attempt (not retried).
         why = values.problem(c.output)
         size = 0 if why else limits.encoded_size(c.output)
         if why:
-            refused.append((run, t, f"output is not storable: {why}"))
+            refused.append((run, t, f"output is not storable: {why}", c.usage))
         elif size > limits.MAX_TASK_OUTPUT_BYTES:
             msg = f"output is {size} bytes encoded; the limit is {limits.MAX_TASK_OUTPUT_BYTES}"
-            refused.append((run, t, msg))
+            refused.append((run, t, msg, c.usage))
         else:
-            accepted.append((run, t, c.output))
+            accepted.append((run, t, c.output, c.usage))
     if not accepted and not refused:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
-    for c, run, t in current:  # every current attempt reported: charge it whatever its outcome
-        usage.charge(run, t, c.usage)
-    for run, t, output in accepted:
-        if t.status is TaskStatus.RUNNING:  # an earlier item may have ended it (a replica's quorum)
+    # Every current attempt reported: each is charged whatever its outcome, in item order, and
+    # the budget is checked after each charge, so the report that reaches it stops the run and
+    # a later item of the same run (cancelled by then) starts nothing.
+    for run, t, output, u in accepted:
+        usage.charge(run, t, u)
+        if t.status is not TaskStatus.RUNNING:  # an earlier item ended it (its run, a replica's quorum)
+            continue
+        over = budgets.usage_over(run)
+        if over:
+            budgets.succeed_over(ctx, run, t, output, over, rev)
+        else:
             succeed(ctx, run, t, output, rev)
-    for run, t, msg in refused:
+    for run, t, msg, u in refused:
+        usage.charge(run, t, u)
         if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
             fail_attempt(ctx, run, t, msg, retryable=False, rev=rev)
+        _check_usage(ctx, run, rev)
     return ReportResult(accepted=len(accepted) + len(refused), rejected=tuple(rejected))
+
+
+def _check_usage(ctx: ApplyContext, run: RunState, rev: int) -> None:
+    """After a failure's charge: a bound run whose usage reached its budget ends (a retry it
+    was about to make, now READY, is cancelled with the rest)."""
+    over = budgets.usage_over(run)
+    if over:
+        budgets.exceed(ctx, run, over, rev)
 
 
 def fail(ctx: ApplyContext, cmd: Fail) -> Result:
@@ -240,9 +261,9 @@ def fail(ctx: ApplyContext, cmd: Fail) -> Result:
     if not accepted:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
-    for f, run, t in current:
+    for (f, run, t), (_, _, error, retryable) in zip(current, accepted, strict=True):
         usage.charge(run, t, f.usage)
-    for run, t, error, retryable in accepted:
         if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
             fail_attempt(ctx, run, t, error, retryable, rev)
+        _check_usage(ctx, run, rev)
     return ReportResult(accepted=len(accepted), rejected=tuple(rejected))
