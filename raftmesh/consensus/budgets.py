@@ -101,6 +101,11 @@ def track(st: ClusterState, run: RunState) -> None:
     d = run.budget_deadline_ms()
     if d:
         heapq.heappush(st.budget_deadlines, (d, run.run_id))
+    # Entries of ended runs go stale and leave only from the top: drop them once they are most
+    # of the heap (amortized O(1) per push), so a year-long max_seconds cannot pile them up.
+    if len(st.budget_deadlines) > 2 * len(st.runs) + 64:
+        st.budget_deadlines = [e for e in st.budget_deadlines if st.budget_live(e)]
+        heapq.heapify(st.budget_deadlines)
 
 
 def expire(ctx: ApplyContext, now: int, rev: int) -> int:

@@ -528,7 +528,7 @@ class ClusterState:
             list(self.dead_letters),
             dict(sorted(self.running_agent.items())),
             # A set: a run made RUNNING again (a requeued dead letter) pushes its deadline again.
-            sorted({e for e in self.budget_deadlines if self._budget_live(e)}),
+            sorted({e for e in self.budget_deadlines if self.budget_live(e)}),
         )
 
     def add_dead_letter(self, entry: DeadLetter) -> None:
@@ -554,12 +554,13 @@ class ClusterState:
             and t.deadline_ms == deadline
         )
 
-    def _budget_live(self, entry: tuple[int, str]) -> bool:
+    def budget_live(self, entry: tuple[int, str]) -> bool:
+        """Whether a ``budget_deadlines`` entry is the deadline of a bound run."""
         run = self.runs.get(entry[1])
         return run is not None and run.status in BUDGET_BOUND and run.budget_deadline_ms() == entry[0]
 
     def next_budget_deadline_ms(self) -> int | None:
-        while self.budget_deadlines and not self._budget_live(self.budget_deadlines[0]):
+        while self.budget_deadlines and not self.budget_live(self.budget_deadlines[0]):
             heapq.heappop(self.budget_deadlines)
         return self.budget_deadlines[0][0] if self.budget_deadlines else None
 
