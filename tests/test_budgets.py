@@ -16,8 +16,9 @@ from raftmesh.consensus import (
     StateMachine,
     SubmitRun,
     TaskStatus,
+    limits,
 )
-from raftmesh.consensus.commands import Budget, Compensation, Failure, TaskSpec, Usage
+from raftmesh.consensus.commands import Budget, Compensation, Failure, RetryTask, TaskSpec, Usage
 from raftmesh.consensus.state import ClusterState
 from tests.test_machine import Cluster, check_indexes, spec, status
 
@@ -164,3 +165,25 @@ def test_a_budget_exceeded_saga_compensates(c: Cluster) -> None:
     assert status(c, "r")["a~compensate"] is TaskStatus.READY
     c.run_task("r", "a~compensate")
     assert run.status is RunStatus.COMPENSATED and run.reason == "BUDGET_EXCEEDED"
+
+
+def test_a_dead_letter_of_a_run_whose_budget_is_spent_is_not_requeued(c: Cluster) -> None:
+    c.ok(submit(c, "r", [spec("a"), spec("b")], Budget(max_cost=1.0, max_seconds=60)))
+    c.ok(c.assign(("r", "a", "n1"), ("r", "b", "n1")))
+    t = c.task("r", "a")
+    # A refused output fails the run (TASK_FAILED) with the report's usage over the budget.
+    big = "x" * (limits.MAX_TASK_OUTPUT_BYTES + 1)
+    c.ok(Complete(c.rid(), c.ts, "n1", (Completion("r", "a", t.attempt, t.token, big, Usage(cost=2.0)),)))
+    run = c.st.runs["r"]
+    assert run.status is RunStatus.FAILED and run.reason == "TASK_FAILED"
+    res = c.unchanged(RetryTask(c.rid(), c.ts, run_id="r", task_id="a", attempt=1), Code.FAILED_PRECONDITION)
+    assert "cannot run again: BUDGET_EXCEEDED: cost 2.00 reached max_cost 1.00" in res.message
+    # max_seconds: a retry after the deadline is refused as well.
+    c.ok(submit(c, "s", [spec("a")], Budget(max_seconds=1)))
+    c.ok(c.assign(("s", "a", "n1")))
+    c.ok(c.fail("s", "a", retryable=False))
+    late = RetryTask(c.rid(), c.st.runs["s"].created_ms + 1000, run_id="s", task_id="a", attempt=1)
+    assert "its max_seconds 1 ran out" in c.unchanged(late, Code.FAILED_PRECONDITION).message
+    ok = RetryTask(c.rid(), c.ts, run_id="s", task_id="a", attempt=1)
+    c.ok(ok)  # within it: requeued, and its deadline tracked again (check_indexes compares)
+    assert c.st.next_budget_deadline_ms() == c.st.runs["s"].created_ms + 1000

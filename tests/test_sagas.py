@@ -15,9 +15,11 @@ from raftmesh.consensus import (
     StateMachine,
     SubmitRun,
     TaskStatus,
+    groups,
     limits,
 )
 from raftmesh.consensus.commands import Budget, Compensation, RetryTask, Usage
+from raftmesh.consensus.context import ApplyContext
 from raftmesh.consensus.dead_letters import list_dead_letters
 from raftmesh.consensus.state import SCHEDULABLE_RUN, ClusterState
 from tests.test_machine import Cluster, check_indexes, spec, status
@@ -240,3 +242,20 @@ def test_evicting_a_compensated_run_drops_its_dead_letters(
     c.ok(c.submit("s", [spec("a")]))
     c.run_task("s", "a")
     assert "r" not in c.st.runs and c.st.dead_letters == []
+
+
+def test_children_are_compensated_before_their_parent_and_after_what_waited_on_it(c: Cluster) -> None:
+    # p spawned k (added here as spawn.py will: groups.add_child); q ran after p, so after k too.
+    c.ok(c.submit("r", [comp("p"), comp("q", "p"), spec("f", "q")]))
+    c.ok(c.assign(("r", "p", "n1")))
+    run = c.st.runs["r"]
+    p = c.task("r", "p")
+    k = groups.add_child(ApplyContext(c.st, c.ts), run, p, comp("k"), "spawn", waited=False)
+    k.status = TaskStatus.SUCCEEDED
+    run.unfinished -= 1
+    c.ok(c.complete("r", "p"))
+    c.run_task("r", "q")
+    fail_for_good(c, "r", "f")
+    assert c.task("r", "p~compensate").spec.deps == ("p", "q~compensate", "k~compensate")
+    assert c.task("r", "k~compensate").spec.deps == ("k", "q~compensate")
+    assert ready(c, "r") == {"q~compensate"}

@@ -68,9 +68,18 @@ def tasks_over(run: RunState, n: int) -> str:
 
 def usage_over(run: RunState) -> str:
     """Why the run's usage has reached its ``max_cost``/``max_tokens`` ("" if it has not, or is not bound)."""
+    return spent(run) if run.status in BOUND else ""
+
+
+def spent(run: RunState, now_ms: int = 0) -> str:
+    """Why the run's budget is used up, whatever its status ("" if it is not): its usage reached
+    ``max_cost``/``max_tokens``, or (given ``now_ms``) its ``max_seconds`` passed."""
     b = run.budget
-    if b is None or run.status not in BOUND:
+    if b is None:
         return ""
+    deadline = run.budget_deadline_ms()
+    if now_ms and deadline and now_ms >= deadline:
+        return f"{BUDGET_EXCEEDED}: its max_seconds {b.max_seconds:g} ran out"
     if b.max_cost and run.usage.cost >= b.max_cost:
         return f"{BUDGET_EXCEEDED}: cost {run.usage.cost:.2f} reached max_cost {b.max_cost:.2f}"
     tokens = run.usage.tokens_in + run.usage.tokens_out

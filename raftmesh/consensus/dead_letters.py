@@ -84,6 +84,9 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
             f"run {cmd.run_id!r} is {run.status.value}: its compensations ran, so its tasks cannot be "
             "requeued; submit a new run",
         )
+    why = budgets.spent(run, ctx.now_ms)
+    if why:  # revived, it would start what its budget no longer allows
+        return Rejected(Code.FAILED_PRECONDITION, f"run {cmd.run_id!r} cannot run again: {why}")
     rev = ctx.advance()
     st.drop_dead_letters(t.finished_ms, run.run_id)
     # The run is live again: out of the finished list (so it is not evicted while it runs).
