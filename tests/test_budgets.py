@@ -16,9 +16,12 @@ from raftmesh.consensus import (
     StateMachine,
     SubmitRun,
     TaskStatus,
+    budgets,
+    groups,
     limits,
 )
 from raftmesh.consensus.commands import Budget, Compensation, Failure, RetryTask, TaskSpec, Usage
+from raftmesh.consensus.context import ApplyContext
 from raftmesh.consensus.state import ClusterState
 from tests.test_machine import Cluster, check_indexes, spec, status
 
@@ -187,3 +190,24 @@ def test_a_dead_letter_of_a_run_whose_budget_is_spent_is_not_requeued(c: Cluster
     ok = RetryTask(c.rid(), c.ts, run_id="s", task_id="a", attempt=1)
     c.ok(ok)  # within it: requeued, and its deadline tracked again (check_indexes compares)
     assert c.st.next_budget_deadline_ms() == c.st.runs["s"].created_ms + 1000
+
+
+def test_max_tasks_counts_children(c: Cluster) -> None:
+    c.ok(submit(c, "r", [spec("a"), spec("b")], Budget(max_tasks=3)))
+    run = c.st.runs["r"]
+    assert budgets.tasks_over(run, 1) == ""
+    groups.add_child(ApplyContext(c.st, c.ts), run, run.tasks["a"], spec("a#0"), "replica")
+    why = budgets.tasks_over(run, 1)
+    assert why == "BUDGET_EXCEEDED: max_tasks is 3; the run has 3 tasks and would add 1"
+
+
+def test_stale_budget_deadlines_are_compacted(c: Cluster) -> None:
+    for i in range(40):
+        c.ok(submit(c, f"r{i}", [spec("a")], Budget(max_seconds=3600)))
+        c.run_task(f"r{i}", "a")  # ended: its deadline entry is stale from now on
+    c.ok(submit(c, "live", [spec("a")], Budget(max_seconds=3600)))
+    for _ in range(2 * len(c.st.runs) + 64):
+        budgets.track(c.st, c.st.runs["r0"])  # pushes a stale entry each time
+    # Uncompacted it would hold 41 + 146 entries, none of them at the top yet.
+    assert len(c.st.budget_deadlines) <= 2 * len(c.st.runs) + 64
+    assert c.st.next_budget_deadline_ms() == c.st.runs["live"].budget_deadline_ms()
