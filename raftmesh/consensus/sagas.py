@@ -52,7 +52,8 @@ def start(ctx: ApplyContext, run: RunState, rev: int, error: str, reason: str) -
     """The run failed or was cancelled (its unfinished tasks are cancelled): make it COMPENSATING
     with its compensation tasks, the first ones READY. False (nothing done) if none is due.
 
-    O(tasks + dependency edges of the run), once per run.
+    Once per run: a walk of its tasks and dependency edges, each edge carrying the nearest
+    compensable tasks after it (O(tasks + edges) when few tasks compensate).
     """
     ids = {t.spec.id: None for t in run.tasks.values() if compensable(t)}
     if not ids:
