@@ -259,3 +259,15 @@ def test_children_are_compensated_before_their_parent_and_after_what_waited_on_i
     assert c.task("r", "p~compensate").spec.deps == ("p", "q~compensate", "k~compensate")
     assert c.task("r", "k~compensate").spec.deps == ("k", "q~compensate")
     assert ready(c, "r") == {"q~compensate"}
+
+
+def test_a_replicated_task_is_compensated_once_not_per_replica(c: Cluster) -> None:
+    c.ok(c.submit("r", [comp("x", replicas=3, fusion="vote"), spec("f", "x")]))
+    for i in range(2):  # a majority of the 3 agree: x succeeds, the third replica is cancelled
+        c.run_task("r", f"x#{i}", output={"answer": 42})
+    assert status(c, "r")["x"] is TaskStatus.SUCCEEDED
+    fail_for_good(c, "r", "f")
+    comps = [t for t in c.st.runs["r"].tasks.values() if t.origin == "compensation"]
+    assert [(t.spec.id, t.spec.deps) for t in comps] == [("x~compensate", ("x",))]
+    c.run_task("r", "x~compensate")
+    assert c.st.runs["r"].status is RunStatus.COMPENSATED
