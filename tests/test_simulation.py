@@ -46,11 +46,15 @@ from raftmesh.consensus import (
     TaskSpec,
     TaskStatus,
     Tick,
+    budgets,
     encode_batch,
     limits,
+    sagas,
 )
 from raftmesh.consensus.commands import (
+    Budget,
     Compare,
+    Compensation,
     Fence,
     KvLease,
     KvOp,
@@ -69,6 +73,8 @@ from raftmesh.consensus.raft import replication
 from raftmesh.consensus.results import KvChanged, LockAcquireResult, LockChanged, RetryTaskResult
 from raftmesh.consensus.state import TERMINAL_RUN, TERMINAL_TASK
 
+COMPENSATION_STATES = (RunStatus.COMPENSATING, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED)
+
 ENTRIES = 220
 """Log entries per seed."""
 REPLICAS = 4
@@ -82,6 +88,11 @@ COORD_SHARE = 0.25
 """Share of generated commands that are lock or KV commands."""
 LARGE_SHARE = 0.04
 """Share of task inputs and KV values that are large non-ASCII text."""
+
+
+def saga_step(rng: random.Random, offered: list[str], i: int) -> Compensation | None:
+    """A quarter of the tasks undo themselves with some offered agent (ids-derived randomness)."""
+    return Compensation(rng.choice(offered), {"undo": i}) if rng.random() < 0.25 else None
 
 
 def large_text(rng: random.Random, max_bytes: int) -> str:
@@ -221,6 +232,7 @@ class Generator:
                         else ()
                     ),
                     **replica_keys(random.Random(f"{run_id}/{i}"), offered),
+                    compensate=saga_step(random.Random(f"{run_id}/{i}/compensate"), offered, i),
                 )
             )
         rng.shuffle(tasks)  # spec order is not topological order
@@ -228,7 +240,18 @@ class Generator:
         if rng.random() < 0.3:
             key = rng.choice(self.keys) if self.keys and rng.random() < 0.4 else f"key-{self.n_run}"
             self.keys.append(key)
-        return SubmitRun(self.rid(), self.ts(), run_id, key, tuple(tasks), rng.randint(0, 3), run_id, "sim")
+        budget = None
+        brng = random.Random(f"{run_id}/budget")  # ids-derived: the rest of the workload is unchanged
+        if brng.random() < 0.25:  # tight enough that some runs end BUDGET_EXCEEDED
+            budget = Budget(
+                brng.choice((0, len(tasks), len(tasks) + 2)),
+                brng.choice((0.0, 0.0, 0.5, 3.0)),
+                brng.choice((0.0, 1.0, 3.0)),
+                brng.choice((0, 0, 60, 200)),
+            )
+        return SubmitRun(
+            self.rid(), self.ts(), run_id, key, tuple(tasks), rng.randint(0, 3), run_id, "sim", budget
+        )
 
     def assign(self) -> Assign | None:
         """Scheduler-like: READY tasks past their backoff onto nodes with a free slot."""
@@ -562,10 +585,18 @@ class Checker:
                 if t.status is TaskStatus.WAITING_CHILDREN:
                     waiting = [c for c in t.children if run.tasks[c].status not in TERMINAL_TASK]
                     assert 0 < t.children_waiting == len(waiting), key
+                if t.origin == "compensation":  # all_done: it runs once its deps ended, however
+                    deps_ok = all(run.tasks[d].status in TERMINAL_TASK for d in t.spec.deps)
+                    parent = run.tasks[t.parent]
+                    assert t.spec.id == t.parent + "~compensate" and t.spec.deps[0] == t.parent
+                    assert parent.status is TaskStatus.SUCCEEDED and parent.spec.compensate is not None
+                    assert run.status in COMPENSATION_STATES, key
+                elif run.status is RunStatus.COMPENSATING:
+                    assert t.status in TERMINAL_TASK, f"{key} is {t.status} while its run compensates"
                 if t.status in (TaskStatus.READY, TaskStatus.RUNNING, TaskStatus.SUCCEEDED):
                     assert deps_ok, f"{key} is {t.status} before all its deps succeeded"
                 if t.status is TaskStatus.PENDING:
-                    assert run.status is RunStatus.RUNNING and not deps_ok
+                    assert run.status in (RunStatus.RUNNING, RunStatus.COMPENSATING) and not deps_ok
                 if t.status is TaskStatus.SUCCEEDED:
                     assert self.succeeded[key] == 1
                 if t.status is TaskStatus.RUNNING:
@@ -591,6 +622,17 @@ class Checker:
             for t in run.tasks.values():
                 if t.spec.replicas and t.status is TaskStatus.SUCCEEDED:
                     fused_from_committed(run, t)
+            # Sagas: each succeeded compensable task has exactly one compensation, and only then.
+            comps = {t.parent for t in run.tasks.values() if t.origin == "compensation"}
+            if run.status in COMPENSATION_STATES:
+                assert comps == {t.spec.id for t in run.tasks.values() if sagas.compensable(t)}
+            else:
+                assert not comps, run.run_id
+            if run.status is RunStatus.COMPENSATED:
+                assert all(t.status is TaskStatus.SUCCEEDED for t in sagas.steps(run))
+            # Budgets: a run still bound by its budget has not used it up.
+            if run.status is RunStatus.RUNNING:
+                assert budgets.spent(run) == "", run.run_id
         for node, tasks in st.running.items():
             assert len(tasks) <= st.members[node].slots, f"{node} runs more tasks than it has slots"
         self.coordination(st)
@@ -639,7 +681,7 @@ class Checker:
         assert revs == sorted(revs) and all(r > kv.compacted for r in revs[:1])
 
 
-def simulate(seed: int) -> None:
+def simulate(seed: int) -> ClusterState:
     rng = random.Random(seed)
     replicas = [Replica() for _ in range(REPLICAS)]
     leader = replicas[0]  # never snapshots: it applies every entry exactly once
@@ -707,6 +749,17 @@ def simulate(seed: int) -> None:
     assert streamed[0] > 0, "no entry was large enough to be streamed"
     spawned = [t for run in st.runs.values() for t in run.tasks.values() if t.origin == "spawn"]
     assert spawned, "no completion spawned a task"
+    return st
+
+
+def test_the_simulation_reaches_sagas_and_budgets() -> None:
+    """The generator drives runs through compensation and over their budgets (a few fixed seeds)."""
+    ends: Counter[str] = Counter()
+    for seed in range(6):
+        for run in simulate(seed).runs.values():
+            ends[run.status.value] += 1
+            ends[run.reason] += 1
+    assert ends["COMPENSATED"] and ends["COMPENSATION_FAILED"] and ends[budgets.BUDGET_EXCEEDED], ends
 
 
 def replica_keys(rng: random.Random, offered: list[str]) -> dict[str, Any]:

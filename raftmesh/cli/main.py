@@ -66,6 +66,13 @@ def _print_run(run: Any) -> None:
     print(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
     if run.usage.tokens_in or run.usage.tokens_out or run.usage.cost:
         print(f"  {_usage_text(run.usage)}")
+    if run.reason:
+        print(f"  reason: {run.reason}")
+    if run.budget is not None:
+        limits = ", ".join(f"{k}={v:g}" for k, v in run.budget.items() if v)
+        print(f"  budget: {limits or 'none'}")
+    for step in run.compensations:
+        print(f"  compensation of {step.task_id}: {step.status} attempt={step.attempt}")
     for t in run.tasks.values():
         out = json.dumps(t.output) if t.output is not None else ""
         if len(out) > 80:
@@ -114,8 +121,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from ..client import DAG
 
     dag = DAG.from_file(args.file)
+    flags = {k: getattr(args, k) for k in ("max_tasks", "max_seconds", "max_cost", "max_tokens")}
+    budget = {k: v for k, v in flags.items() if v is not None}  # each replaces the file's figure
     with _client(args) as c:
-        run_id = c.submit(dag, idempotency_key=args.idempotency_key)
+        run_id = c.submit(dag, idempotency_key=args.idempotency_key, budget=budget or None)
         if not args.wait:
             if args.json:
                 _print_json({"run_id": run_id})
@@ -433,6 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait (default: forever)")
     sb.add_argument("--idempotency-key", default=None, help="the same key always yields the same run")
     sb.add_argument("--json", action="store_true")
+    budget = sb.add_argument_group(
+        "run budget (replaces the spec file's budget: figure by figure; 0: no limit)"
+    )
+    budget.add_argument(
+        "--max-tasks", type=int, default=None, help="tasks the run may have, children included"
+    )
+    budget.add_argument("--max-seconds", type=float, default=None, help="seconds from submission")
+    budget.add_argument("--max-cost", type=float, default=None, help="summed reported cost")
+    budget.add_argument("--max-tokens", type=int, default=None, help="summed reported tokens (in + out)")
     sb.set_defaults(func=cmd_submit)
 
     g = sub.add_parser("get", help="show a run")

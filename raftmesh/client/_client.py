@@ -19,7 +19,7 @@ import grpc
 from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, error_for_code
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
-from ._dag import DAG, Task
+from ._dag import DAG, Task, check_budget
 from ._types import TERMINAL, ClusterInfo, DeadLetterInfo, RetryInfo, RunEvent, RunInfo
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -46,6 +46,12 @@ def task_pb(t: Task) -> pb.TaskSpec:
         weights=list(t.weights),
         agents=list(t.agents),
         judge=t.judge,
+        compensate=pb.Compensation(
+            agent=t.compensate["agent"],
+            input_json="" if t.compensate["input"] is None else _dumps(t.compensate["input"]),
+        )
+        if t.compensate is not None
+        else None,
     )
 
 
@@ -180,17 +186,27 @@ class Client:
     # ---- runs ----------------------------------------------------------------------
 
     def submit(
-        self, dag: DAG | dict[str, Any], *, idempotency_key: str | None = None, name: str | None = None
+        self,
+        dag: DAG | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        name: str | None = None,
+        budget: dict[str, float] | None = None,
     ) -> str:
-        """Submit a run; returns its id. The same ``idempotency_key`` always returns the same id."""
+        """Submit a run; returns its id. The same ``idempotency_key`` always returns the same id.
+
+        ``budget`` (any of ``max_tasks``, ``max_seconds``, ``max_cost``, ``max_tokens``) replaces
+        the DAG's budget figure by figure."""
         if isinstance(dag, dict):
             dag = DAG.from_dict(dag)
+        figures = (dag.budget or {}) | (check_budget(budget) or {})
         key = idempotency_key or uuid.uuid4().hex
         req = pb.SubmitRunRequest(
             idempotency_key=key,
             name=name if name is not None else dag.name,
             priority=dag.priority,
             tasks=[task_pb(t) for t in dag.tasks.values()],
+            budget=_budget_pb(figures),
         )
         resp: pb.SubmitRunResponse = self._call("SubmitRun", req)
         return resp.run_id
@@ -216,6 +232,7 @@ class Client:
                 "created_ms": r.created_ms,
                 "finished_ms": r.finished_ms,
                 "error": r.error,
+                "reason": r.reason,
                 "idempotency_key": r.idempotency_key,
             }
             for r in resp.runs
@@ -381,3 +398,17 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"task input is not JSON-serializable: {exc}") from exc
+
+
+def _budget_pb(figures: dict[str, float]) -> pb.Budget | None:
+    if not figures:
+        return None
+    try:
+        return pb.Budget(
+            max_tasks=int(figures.get("max_tasks", 0)),
+            max_seconds=figures.get("max_seconds", 0.0),
+            max_cost=figures.get("max_cost", 0.0),
+            max_tokens=int(figures.get("max_tokens", 0)),
+        )
+    except ValueError as exc:  # an integer past uint64
+        raise InvalidArgument(f"budget: {exc}") from exc

@@ -21,7 +21,50 @@ _TASK_KEYS = {
     "locks",
     "requires",
     *("replicas", "fusion", "quorum", "weights", "agents", "judge"),
+    "compensate",
 }
+
+BUDGET_KEYS = ("max_tasks", "max_seconds", "max_cost", "max_tokens")
+"""A run budget's figures (0 or absent: no limit); tasks and tokens are whole numbers."""
+
+
+def check_budget(budget: Any, source: str = "budget") -> dict[str, float] | None:
+    """``budget`` as a map of its figures (None: no budget), or InvalidArgument saying what to fix.
+
+    The cluster checks the bounds; this checks the shape, so a typo is not silently no limit.
+    """
+    if budget is None:
+        return None
+    if not isinstance(budget, dict):
+        raise InvalidArgument(f"{source} must be a map with any of {', '.join(BUDGET_KEYS)}")
+    unknown = sorted(set(budget) - set(BUDGET_KEYS))
+    if unknown:
+        raise InvalidArgument(f"{source} has unknown key(s) {unknown}; known: {list(BUDGET_KEYS)}")
+    out: dict[str, float] = {}
+    for k, v in budget.items():
+        whole = k in ("max_tasks", "max_tokens")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not float(v).is_integer()):
+            kind = "a whole number" if whole else "a number"
+            raise InvalidArgument(f"{source}: {k} must be {kind} >= 0 (0: no limit), not {v!r}")
+        if not v >= 0:
+            raise InvalidArgument(f"{source}: {k} must be >= 0 (0: no limit), not {v!r}")
+        out[k] = int(v) if whole else float(v)
+    return out
+
+
+def check_compensate(value: Any, task_id: str) -> dict[str, Any] | None:
+    """A task's ``compensate`` step as ``{"agent": TYPE, "input": ...}`` (None: none)."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("agent"), str)
+        or set(value) - {"agent", "input"}
+    ):
+        raise InvalidArgument(
+            f"task {task_id!r}: compensate must be a map {{agent: TYPE, input: ...}} (input optional)"
+        )
+    return {"agent": value["agent"], "input": value.get("input")}
 
 
 @dataclass(frozen=True)
@@ -55,6 +98,10 @@ class Task:
     judge: str = ""
     """best: the agent type that scores the candidates."""
 
+    compensate: dict[str, Any] | None = None
+    """Saga step ``{"agent": TYPE, "input": ...}``: undoes this task if it succeeded and the run
+    fails or is cancelled (README "Sagas and budgets")."""
+
     def to_dict(self) -> dict[str, Any]:
         replicated = (
             {
@@ -68,18 +115,23 @@ class Task:
             if self.replicas or self.fusion
             else {}
         )
-        return replicated | {
-            "requires": list(self.requires),
-            "locks": [list(lk) for lk in self.locks],
-            "id": self.id,
-            "agent": self.agent,
-            "input": self.input,
-            "deps": list(self.deps),
-            "retries": self.retries,
-            "priority": self.priority,
-            "timeout_ms": self.timeout_ms,
-            "retry_backoff_ms": self.retry_backoff_ms,
-        }
+        extra: dict[str, Any] = {"compensate": self.compensate} if self.compensate is not None else {}
+        return (
+            replicated
+            | extra
+            | {
+                "requires": list(self.requires),
+                "locks": [list(lk) for lk in self.locks],
+                "id": self.id,
+                "agent": self.agent,
+                "input": self.input,
+                "deps": list(self.deps),
+                "retries": self.retries,
+                "priority": self.priority,
+                "timeout_ms": self.timeout_ms,
+                "retry_backoff_ms": self.retry_backoff_ms,
+            }
+        )
 
 
 @dataclass
@@ -94,6 +146,11 @@ class DAG:
     name: str = ""
     priority: int = 0
     tasks: dict[str, Task] = field(default_factory=dict)
+    budget: dict[str, float] | None = None
+    """Run budget: any of ``max_tasks``, ``max_seconds``, ``max_cost``, ``max_tokens`` (0: no limit)."""
+
+    def __post_init__(self) -> None:
+        self.budget = check_budget(self.budget)
 
     def task(
         self,
@@ -114,6 +171,7 @@ class DAG:
         weights: Sequence[float] = (),
         agents: Sequence[str] = (),
         judge: str = "",
+        compensate: dict[str, Any] | None = None,
     ) -> Task:
         """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults.
 
@@ -147,12 +205,14 @@ class DAG:
             tuple(weights),
             tuple(agents),
             judge,
+            check_compensate(compensate, id),
         )
         self.tasks[id] = t
         return t
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {"budget": self.budget} if self.budget is not None else {}
+        return extra | {
             "name": self.name,
             "priority": self.priority,
             "tasks": [t.to_dict() for t in self.tasks.values()],
@@ -162,7 +222,11 @@ class DAG:
     def from_dict(cls, data: Any, source: str = "the DAG") -> DAG:
         if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
             raise InvalidArgument(f"{source} must be a map with a list under 'tasks'")
-        dag = cls(name=str(data.get("name", "")), priority=int(data.get("priority", 0)))
+        dag = cls(
+            name=str(data.get("name", "")),
+            priority=int(data.get("priority", 0)),
+            budget=check_budget(data.get("budget"), f"{source}: budget"),
+        )
         for i, t in enumerate(data["tasks"]):
             if not isinstance(t, dict):
                 raise InvalidArgument(f"{source}: task #{i + 1} must be a map")
@@ -202,6 +266,7 @@ class DAG:
                     [lk if isinstance(lk, str) else (lk[0], lk[1]) for lk in locks],
                     requires,
                     **_replica_keys(t, source),
+                    compensate=t.get("compensate"),
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc

@@ -178,6 +178,56 @@ class FusionInfo:
 
 
 @dataclass(frozen=True)
+class CompensationInfo:
+    """One compensation of a saga (``RunInfo.compensations``): its task is also in ``tasks``."""
+
+    task_id: str
+    """The compensated task."""
+    compensation_id: str
+    agent: str
+    status: str
+    attempt: int
+    node: str
+    error: str
+    output: Any
+    started_ms: int
+    finished_ms: int
+    after: tuple[str, ...]
+    """The compensations it waited for (reverse dependency order)."""
+
+    @classmethod
+    def from_pb(cls, c: pb.CompensationStep) -> CompensationInfo:
+        return cls(
+            c.task_id,
+            c.compensation_id,
+            c.agent,
+            _task_status(c.status),
+            c.attempt,
+            c.node,
+            c.error,
+            _json(c.output_json),
+            c.started_ms,
+            c.finished_ms,
+            tuple(c.after),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "compensation_id": self.compensation_id,
+            "agent": self.agent,
+            "status": self.status,
+            "attempt": self.attempt,
+            "node": self.node,
+            "error": self.error,
+            "output": self.output,
+            "started_ms": self.started_ms,
+            "finished_ms": self.finished_ms,
+            "after": list(self.after),
+        }
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     id: str
     agent: str
@@ -199,6 +249,8 @@ class TaskInfo:
     """The last dead attempt ``retry`` requeued (0: never)."""
     fusion: FusionInfo | None = None
     """Set for a task submitted with ``replicas``: its rule and its replicas' standing."""
+    compensate: dict[str, Any] | None = None
+    """Its saga step ``{"agent", "input"}``, if it declares one."""
 
     @classmethod
     def from_pb(cls, t: pb.Task) -> TaskInfo:
@@ -220,6 +272,9 @@ class TaskInfo:
             tuple(t.requires),
             t.requeued_attempt,
             FusionInfo.from_pb(t.fusion) if t.HasField("fusion") else None,
+            {"agent": t.compensate.agent, "input": _json(t.compensate.input_json)}
+            if t.HasField("compensate")
+            else None,
         )
 
 
@@ -236,6 +291,13 @@ class RunInfo:
     usage: UsageInfo = UsageInfo()
     spawned_bytes: int = 0
     """Encoded size of the task specs its attempts spawned (``ctx.spawn``; limited per run)."""
+    reason: str = ""
+    """Why it ended as it did: TASK_FAILED, CANCELLED, BUDGET_EXCEEDED, ... ("" succeeded or running)."""
+    budget: dict[str, float] | None = None
+    """``max_tasks``, ``max_seconds``, ``max_cost``, ``max_tokens`` (0: no limit), or None."""
+    budget_deadline_ms: int = 0
+    """When ``max_seconds`` runs out (0: no such limit)."""
+    compensations: tuple[CompensationInfo, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -254,7 +316,33 @@ class RunInfo:
             r.revision,
             UsageInfo.from_pb(r.usage),
             r.spawned_bytes,
+            r.reason,
+            {
+                "max_tasks": r.budget.max_tasks,
+                "max_seconds": r.budget.max_seconds,
+                "max_cost": r.budget.max_cost,
+                "max_tokens": r.budget.max_tokens,
+            }
+            if r.HasField("budget")
+            else None,
+            r.budget_deadline_ms,
+            tuple(CompensationInfo.from_pb(c) for c in r.compensations),
         )
+
+    def budget_json(self) -> dict[str, Any] | None:
+        """The budget with the usage against it (``used``); seconds only once the run ended."""
+        if self.budget is None:
+            return None
+        ended = self.finished_ms and self.status in TERMINAL
+        return self.budget | {
+            "deadline_ms": self.budget_deadline_ms,
+            "used": {
+                "tasks": len(self.tasks) - len(self.compensations),
+                "seconds": (self.finished_ms - self.created_ms) / 1000 if ended else None,
+                "cost": self.usage.cost,
+                "tokens": self.usage.tokens_in + self.usage.tokens_out,
+            },
+        }
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's ``--json`` shape (a stable contract)."""
@@ -275,11 +363,15 @@ class RunInfo:
                     "requires": list(t.requires),
                     "requeued_attempt": t.requeued_attempt,
                     "fusion": t.fusion.to_json() if t.fusion is not None else None,
+                    "compensate": t.compensate,
                 }
                 for t in self.tasks.values()
             },
             "usage": self.usage.to_json(),
             "spawned_bytes": self.spawned_bytes,
+            "reason": self.reason,
+            "budget": self.budget_json(),
+            "compensations": [c.to_json() for c in self.compensations],
         }
 
 

@@ -51,7 +51,10 @@ def validate(
         if t.id in ids:
             raise DagError("invalid", f"task id {t.id!r} is used twice; task ids must be unique in a run")
         ids[t.id] = t
-    unknown_agents = sorted({t.agent for t in tasks if t.agent not in known_agents})
+    unknown_agents = sorted(
+        {t.agent for t in tasks if t.agent not in known_agents}
+        | {t.compensate.agent for t in tasks if t.compensate and t.compensate.agent not in known_agents}
+    )
     if unknown_agents:
         offered = ", ".join(sorted(known_agents)) or "none yet"
         raise DagError(
@@ -95,16 +98,9 @@ def validate(
         bad = fusion.problem(t, known_agents)
         if bad:
             raise DagError(*bad)
-        why = values.problem(t.input)
-        if why:
-            raise DagError("invalid", f"task {t.id!r}: input {why}")
-        size = limits.encoded_size(t.input)
-        if size > limits.MAX_TASK_INPUT_BYTES:
-            raise DagError(
-                "limit",
-                f"task {t.id!r}: input is {size} bytes encoded; the limit is {limits.MAX_TASK_INPUT_BYTES} "
-                "(store large data elsewhere and pass a reference)",
-            )
+        if t.compensate is not None:
+            _check_input(t, "compensate input", t.compensate.input)
+        _check_input(t, "input", t.input)
         # Summed as we go, so an oversized run is refused after encoding at most the limit.
         run_bytes += limits.encoded_size(t.to_map())
         if run_bytes > limits.MAX_RUN_SPEC_BYTES:
@@ -180,6 +176,20 @@ def _check_flow(t: TaskSpec) -> None:
             conditions.check(t.when, t.deps, f"task {t.id!r}: when")
         except conditions.ConditionError as exc:
             raise DagError("invalid", str(exc)) from None
+
+
+def _check_input(t: TaskSpec, what: str, value: object) -> None:
+    """A task's ``input`` (or its ``compensate`` input): storable JSON within the input limit."""
+    why = values.problem(value)
+    if why:
+        raise DagError("invalid", f"task {t.id!r}: {what} {why}")
+    size = limits.encoded_size(value)
+    if size > limits.MAX_TASK_INPUT_BYTES:
+        raise DagError(
+            "limit",
+            f"task {t.id!r}: {what} is {size} bytes encoded; the limit is {limits.MAX_TASK_INPUT_BYTES} "
+            "(store large data elsewhere and pass a reference)",
+        )
 
 
 def _check_task_locks(t: TaskSpec) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import limits
+from . import budgets, limits
 from .codes import Code
 from .commands import RetryTask
 from .context import ApplyContext
@@ -78,6 +78,15 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
             f"task {cmd.task_id!r} of run {cmd.run_id!r} is not a dead letter at attempt {cmd.attempt}: "
             f"it is {t.status.value} at attempt {t.attempt}",
         )
+    if run.status in (RunStatus.COMPENSATING, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED):
+        return Rejected(
+            Code.FAILED_PRECONDITION,
+            f"run {cmd.run_id!r} is {run.status.value}: its compensations ran, so its tasks cannot be "
+            "requeued; submit a new run",
+        )
+    why = budgets.spent(run, ctx.now_ms)
+    if why:  # revived, it would start what its budget no longer allows
+        return Rejected(Code.FAILED_PRECONDITION, f"run {cmd.run_id!r} cannot run again: {why}")
     rev = ctx.advance()
     st.drop_dead_letters(t.finished_ms, run.run_id)
     # The run is live again: out of the finished list (so it is not evicted while it runs).
@@ -117,5 +126,6 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
         p.children_waiting = sum(1 for c in p.children if run.tasks[c].status not in TERMINAL_TASK)
     run.unfinished = unfinished
     run.revision = rev
+    budgets.track(st, run)
     ctx.emit(RunChanged(rev, run.run_id, RunStatus.RUNNING))
     return RetryTaskResult(requeued=True, attempt=cmd.attempt, status=t.status)

@@ -392,6 +392,7 @@ def _cancel_rest(ctx: ApplyContext, run: RunState, parent: TaskState, tl: Tally,
         run.unfinished -= 1
         parent.children_waiting = max(0, parent.children_waiting - 1)
         ctx.emit(TaskChanged(rev, run.run_id, r.spec.id, r.status, r.attempt, r.node))
+        tasks.cancel_descendants(ctx, run, r, SUPERSEDED, rev)
     run.revision = rev
 
 

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from . import budgets, limits, spawn, usage, values
 from .codes import Code
-from .commands import Assign, CancelRun, Complete, Completion, Fail, Failure, SubmitRun
+from .commands import Assign, CancelRun, Complete, Completion, Fail, Failure, SubmitRun, Usage
 from .context import ApplyContext
 from .dag import DagError, check_id, validate
 from .lock_commands import task_locks_free
@@ -29,7 +29,7 @@ from .results import (
     RunChanged,
     SubmitRunResult,
 )
-from .state import TERMINAL_RUN, RunState, RunStatus, TaskKey, TaskState, TaskStatus
+from .state import SCHEDULABLE_RUN, TERMINAL_RUN, RunState, RunStatus, TaskKey, TaskState, TaskStatus
 from .tasks import activate, cascade, fail_attempt, finish_run, start, succeed
 
 MAX_REJECTIONS_SHOWN = 5
@@ -61,6 +61,9 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         if abs(cmd.priority) > limits.MAX_PRIORITY:
             raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
         validate(cmd.tasks, st.offered_capabilities())
+        why = budgets.problem(cmd.budget, len(cmd.tasks)) if cmd.budget is not None else ""
+        if why:
+            raise DagError("limit", why)
     except DagError as exc:
         return Rejected(Code.INVALID_ARGUMENT, str(exc))
     if cmd.run_id in st.runs:
@@ -81,9 +84,10 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         submitter=cmd.submitter,
         created_ms=st.time_ms,
         revision=rev,
-        budget=cmd.budget,
+        budget=budgets.normal(cmd.budget),
     )
     st.runs[cmd.run_id] = run
+    budgets.track(st, run)
     if cmd.idempotency_key:
         st.idempotency[cmd.idempotency_key] = cmd.run_id
     for spec in cmd.tasks:
@@ -136,7 +140,7 @@ def assign(ctx: ApplyContext, cmd: Assign) -> Result:
             why = "no such task"
         elif (a.run_id, a.task_id) in seen:
             why = "assigned twice in one command"
-        elif run.status is not RunStatus.RUNNING:
+        elif run.status not in SCHEDULABLE_RUN:
             why = f"run is {run.status.value}"
         elif t.status is not TaskStatus.READY:
             why = f"task is {t.status.value}"
@@ -207,8 +211,8 @@ def _current(
 
 def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     accepted: list[tuple[RunState, TaskState, Completion]] = []
-    refused: list[tuple[RunState, TaskState, str]] = []
-    over_budget: list[tuple[RunState, str]] = []
+    refused: list[tuple[RunState, TaskState, str, Usage]] = []
+    over_budget: list[tuple[RunState, TaskState, str, Usage]] = []
     claims: dict[str, spawn.Claims] = {}  # what earlier items spawn, per run
     offered = None  # the agent types and capabilities members offered, looked up once
     current, rejected = _current(ctx, cmd.node_id, cmd.items, "completed")
@@ -217,19 +221,19 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
         why = values.problem(c.output)
         size = 0 if why else limits.encoded_size(c.output)
         if why:
-            refused.append((run, t, f"output is not storable: {why}"))
+            refused.append((run, t, f"output is not storable: {why}", c.usage))
         elif size > limits.MAX_TASK_OUTPUT_BYTES:
             msg = f"output is {size} bytes encoded; the limit is {limits.MAX_TASK_OUTPUT_BYTES}"
-            refused.append((run, t, msg))
+            refused.append((run, t, msg, c.usage))
         elif c.spawn:
             claimed = claims.setdefault(run.run_id, spawn.Claims(offered=offered))
             bad = spawn.check(ctx.state, run, t, c.spawn, claimed)
             offered = claimed.offered
             over = "" if bad else budgets.tasks_over(run, claimed.count + len(c.spawn))
             if bad:
-                refused.append((run, t, f"spawn refused: {bad}"[: limits.MAX_ERROR_CHARS]))
+                refused.append((run, t, f"spawn refused: {bad}"[: limits.MAX_ERROR_CHARS], c.usage))
             elif over:
-                over_budget.append((run, over))
+                over_budget.append((run, t, over, c.usage))
             else:
                 spawn.claim(claimed, c.spawn)
                 accepted.append((run, t, c))
@@ -238,22 +242,38 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     if not accepted and not refused and not over_budget:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
-    for c, run, t in current:  # every current attempt reported: charge it whatever its outcome
-        usage.charge(run, t, c.usage)
+    # Every current attempt reported: each is charged whatever its outcome, in item order, and
+    # the budget is checked after each charge, so the report that reaches it stops the run and
+    # a later item of the same run (cancelled by then) starts nothing.
     for run, t, c in accepted:
-        if t.status is not TaskStatus.RUNNING:  # an earlier item may have ended it (a replica's quorum)
+        usage.charge(run, t, c.usage)
+        if t.status is not TaskStatus.RUNNING:  # an earlier item ended it (its run, a replica's quorum)
             continue
-        if c.spawn:
+        over = budgets.usage_over(run)
+        if over:  # its work is kept, but nothing follows from it: it spawns nothing either
+            budgets.succeed_over(ctx, run, t, c.output, over, rev)
+        elif c.spawn:
             spawn.add(ctx, run, t, c.output, c.spawn, c.spawn_wait, rev)
         else:
             succeed(ctx, run, t, c.output, rev)
-    for run, why in over_budget:
-        if run.status not in TERMINAL_RUN:
+    for run, t, why, u in over_budget:  # a spawn over max_tasks ends the run
+        usage.charge(run, t, u)
+        if run.status in budgets.BOUND:
             budgets.exceed(ctx, run, why, rev)
-    for run, t, msg in refused:
+    for run, t, msg, u in refused:
+        usage.charge(run, t, u)
         if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
             fail_attempt(ctx, run, t, msg, retryable=False, rev=rev)
+        _check_usage(ctx, run, rev)
     return ReportResult(accepted=len(accepted) + len(refused) + len(over_budget), rejected=tuple(rejected))
+
+
+def _check_usage(ctx: ApplyContext, run: RunState, rev: int) -> None:
+    """After a failure's charge: a bound run whose usage reached its budget ends (a retry it
+    was about to make, now READY, is cancelled with the rest)."""
+    over = budgets.usage_over(run)
+    if over:
+        budgets.exceed(ctx, run, over, rev)
 
 
 def fail(ctx: ApplyContext, cmd: Fail) -> Result:
@@ -262,9 +282,9 @@ def fail(ctx: ApplyContext, cmd: Fail) -> Result:
     if not accepted:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
-    for f, run, t in current:
+    for (f, run, t), (_, _, error, retryable) in zip(current, accepted, strict=True):
         usage.charge(run, t, f.usage)
-    for run, t, error, retryable in accepted:
         if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
             fail_attempt(ctx, run, t, error, retryable, rev)
+        _check_usage(ctx, run, rev)
     return ReportResult(accepted=len(accepted), rejected=tuple(rejected))

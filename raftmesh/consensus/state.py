@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -73,6 +74,8 @@ TERMINAL_RUN = frozenset(
         RunStatus.COMPENSATION_FAILED,
     }
 )
+BUDGET_BOUND = frozenset({RunStatus.RUNNING, RunStatus.PAUSED})
+"""Runs whose budget binds (``budgets.BOUND``; a saga's compensations are not stopped)."""
 SCHEDULABLE_RUN = frozenset({RunStatus.RUNNING, RunStatus.COMPENSATING})
 """Runs whose READY tasks may be assigned (a PAUSED run starts nothing)."""
 
@@ -354,6 +357,11 @@ class RunState:
     spawned_bytes: int = 0
     """Encoded size of the task specs its attempts spawned (bounded by ``MAX_SPAWNED_BYTES_PER_RUN``)."""
 
+    def budget_deadline_ms(self) -> int:
+        """When its ``max_seconds`` runs out, in state time (0: no such limit)."""
+        b = self.budget
+        return self.created_ms + math.ceil(b.max_seconds * 1000) if b is not None and b.max_seconds else 0
+
     def encode(self) -> list[Any]:
         return [
             self.run_id,
@@ -432,6 +440,8 @@ class ClusterState:
     """Heap of (deadline_ms, run_id, task_id, attempt); entries go stale lazily."""
     dead_letters: list[DeadLetter] = field(default_factory=list)
     """FAILED tasks of retained runs, sorted (oldest first): read newest first in O(limit)."""
+    budget_deadlines: list[tuple[int, str]] = field(default_factory=list)
+    """Heap of (max_seconds deadline, run_id) of RUNNING/PAUSED runs; entries go stale lazily."""
 
     # ---- canonical encoding -------------------------------------------------
 
@@ -486,7 +496,10 @@ class ClusterState:
         self.running_agent = {}
         self.timeouts = []
         self.dead_letters = []
+        self.budget_deadlines = []
         for run in self.runs.values():
+            if run.status in BUDGET_BOUND and run.budget_deadline_ms():
+                self.budget_deadlines.append((run.budget_deadline_ms(), run.run_id))
             for t in run.tasks.values():
                 key = (run.run_id, t.spec.id)
                 if t.status is TaskStatus.FAILED and t.origin != "replica":  # see fusion.replica_failed
@@ -504,6 +517,7 @@ class ClusterState:
         for prio, _, key in ready:
             self.ready.setdefault(prio, {})[key] = None
         heapq.heapify(self.timeouts)
+        heapq.heapify(self.budget_deadlines)
         self.dead_letters.sort()
 
     def index_snapshot(self) -> tuple[Any, ...]:
@@ -517,6 +531,8 @@ class ClusterState:
             (list(self.kv.keys), self.kv.history_bytes, self.kv.next_deadline_ms()),
             list(self.dead_letters),
             dict(sorted(self.running_agent.items())),
+            # A set: a run made RUNNING again (a requeued dead letter) pushes its deadline again.
+            sorted({e for e in self.budget_deadlines if self.budget_live(e)}),
         )
 
     def add_dead_letter(self, entry: DeadLetter) -> None:
@@ -542,16 +558,31 @@ class ClusterState:
             and t.deadline_ms == deadline
         )
 
+    def budget_live(self, entry: tuple[int, str]) -> bool:
+        """Whether a ``budget_deadlines`` entry is the deadline of a bound run."""
+        run = self.runs.get(entry[1])
+        return run is not None and run.status in BUDGET_BOUND and run.budget_deadline_ms() == entry[0]
+
+    def next_budget_deadline_ms(self) -> int | None:
+        while self.budget_deadlines and not self.budget_live(self.budget_deadlines[0]):
+            heapq.heappop(self.budget_deadlines)
+        return self.budget_deadlines[0][0] if self.budget_deadlines else None
+
     def next_task_deadline_ms(self) -> int | None:
         while self.timeouts and not self._timeout_live(self.timeouts[0]):
             heapq.heappop(self.timeouts)
         return self.timeouts[0][0] if self.timeouts else None
 
     def next_deadline_ms(self) -> int | None:
-        """The earliest task timeout, lock lease or wait, or KV lease: when a tick is due."""
+        """The earliest task timeout, lock lease or wait, KV lease or run budget: when a tick is due."""
         ds = [
             d
-            for d in (self.next_task_deadline_ms(), self.locks.next_deadline_ms(), self.kv.next_deadline_ms())
+            for d in (
+                self.next_task_deadline_ms(),
+                self.locks.next_deadline_ms(),
+                self.kv.next_deadline_ms(),
+                self.next_budget_deadline_ms(),
+            )
             if d
         ]
         return min(ds) if ds else None

@@ -12,7 +12,7 @@ import hashlib
 import heapq
 from typing import Any
 
-from . import conditions, fusion, groups, limits
+from . import conditions, fusion, groups, limits, sagas
 from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
@@ -130,6 +130,8 @@ def cascade(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> None:
                 work.append(d)
     if run.unfinished == 0 and run.status in (RunStatus.RUNNING, RunStatus.PAUSED):
         finish_run(ctx, run, RunStatus.SUCCEEDED, rev, "")
+    elif run.unfinished == 0 and run.status is RunStatus.COMPENSATING:
+        sagas.conclude(ctx, run, rev)
 
 
 def mark_ended(ctx: ApplyContext, run: RunState, t: TaskState, status: TaskStatus, rev: int) -> None:
@@ -219,7 +221,31 @@ def fail_attempt(
     run.unfinished -= 1
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, t.node))
+    if t.origin == sagas.ORIGIN:  # a failed compensation is recorded; the others go on (all_done)
+        cascade(ctx, run, t, rev)
+        return
     finish_run(ctx, run, RunStatus.FAILED, rev, f"task {t.spec.id!r} failed: {error}", reason="TASK_FAILED")
+
+
+def cancel_descendants(ctx: ApplyContext, run: RunState, t: TaskState, why: str, rev: int) -> None:
+    """Cancel what ``t`` started that has not ended: its children, theirs, and so on (a replica
+    superseded after it spawned must not leave its spawned tasks running)."""
+    work = list(t.children)
+    while work:
+        c = run.tasks.get(work.pop())
+        if c is None or c.status in TERMINAL_TASK:
+            continue
+        unready(ctx, run.run_id, c)
+        unrun(ctx, run.run_id, c)
+        c.status = TaskStatus.CANCELLED
+        c.error = why
+        c.finished_ms = ctx.state.time_ms
+        c.deadline_ms = 0
+        c.children_waiting = 0
+        run.unfinished -= 1
+        run.revision = rev
+        ctx.emit(TaskChanged(rev, run.run_id, c.spec.id, c.status, c.attempt, c.node))
+        work.extend(c.children)
 
 
 def finish_run(
@@ -227,7 +253,9 @@ def finish_run(
 ) -> None:
     """End a run; its unfinished tasks are cancelled (hosts stop running attempts).
 
-    ``reason`` is the code of why it ended (``RunState.reason``), "" for a success.
+    ``reason`` is the code of why it ended (``RunState.reason``), "" for a success. A run that
+    fails or is cancelled with succeeded compensable tasks goes COMPENSATING instead
+    (``sagas.start``); one cancelled while COMPENSATING ends COMPENSATION_FAILED.
     """
     st = ctx.state
     # Only a run with unfinished tasks is walked: the last completion of a large run stays O(1).
@@ -242,6 +270,12 @@ def finish_run(
             t.error = error
         ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, t.node))
     run.unfinished = 0
+    if run.status is RunStatus.COMPENSATING and status not in sagas.ENDS:
+        # Cancelled while compensating: the compensations left were cancelled above; the run
+        # keeps the error and reason it failed with.
+        status, error, reason = RunStatus.COMPENSATION_FAILED, run.error, run.reason
+    elif status in sagas.TRIGGERS and sagas.start(ctx, run, rev, error, reason):
+        return
     run.status = status
     run.finished_ms = st.time_ms
     run.error = "" if status is RunStatus.SUCCEEDED else error
@@ -257,6 +291,8 @@ def finish_run(
         if old is not None and old.status is RunStatus.FAILED:
             # Its failed task ended the run, at the run's finished_ms: O(log n), not a walk of its tasks.
             st.drop_dead_letters(old.finished_ms, old_id)
+        elif old is not None and old.status in sagas.ENDS:
+            sagas.drop_dead_letters(st, old)
 
 
 def requeue_node_tasks(ctx: ApplyContext, node_id: str, rev: int, why: str) -> None:

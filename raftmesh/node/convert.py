@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..consensus import fusion, values
+from ..consensus import budgets, fusion, sagas, values
 from ..consensus.breakers import state_of
-from ..consensus.commands import AgentOffer, TaskSpec, Usage
+from ..consensus.commands import AgentOffer, Budget, Compensation, TaskSpec, Usage
 from ..consensus.dead_letters import DeadLetterView
 from ..consensus.state import ClusterState, Member, RunState, RunStatus, TaskState, TaskStatus
 from ..errors import InvalidArgument
@@ -58,9 +58,52 @@ def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
                 weights=tuple(t.weights),
                 agents=tuple(t.agents),
                 judge=t.judge,
+                compensate=Compensation(
+                    t.compensate.agent, load_json(f"{label}: compensate.input_json", t.compensate.input_json)
+                )
+                if t.HasField("compensate")
+                else None,
             )
         )
     return tuple(specs)
+
+
+def budget_from_pb(req: pb.SubmitRunRequest) -> Budget | None:
+    """The request's budget (None: unset, or every figure 0), checked as ``apply`` checks it."""
+    if not req.HasField("budget"):
+        return None
+    b = req.budget
+    budget = Budget(b.max_tasks, b.max_seconds, b.max_cost, b.max_tokens)
+    why = budgets.problem(budget, len(req.tasks))
+    if why:
+        raise InvalidArgument(why)
+    return budgets.normal(budget)
+
+
+def budget_to_pb(b: Budget) -> pb.Budget:
+    return pb.Budget(
+        max_tasks=b.max_tasks, max_seconds=b.max_seconds, max_cost=b.max_cost, max_tokens=b.max_tokens
+    )
+
+
+def compensations_to_pb(run: RunState) -> list[pb.CompensationStep]:
+    """The saga record: each compensation task, with the compensated task and what it waited for."""
+    return [
+        pb.CompensationStep(
+            task_id=t.parent,
+            compensation_id=t.spec.id,
+            agent=t.spec.agent,
+            status=TASK_STATUS[t.status],
+            attempt=t.attempt,
+            node=t.node,
+            error=t.error,
+            output_json=dump_json(t.output),
+            started_ms=t.started_ms,
+            finished_ms=t.finished_ms,
+            after=list(t.spec.deps[1:]),
+        )
+        for t in sagas.steps(run)
+    ]
 
 
 def with_defaults(
@@ -104,6 +147,11 @@ def task_to_pb(t: TaskState, run: RunState | None = None) -> pb.Task:
             pb.Preemption(by_run_id=r, by_task_id=k, attempt=a, at_ms=at) for r, k, a, at in t.preempted_by
         ],
         requeued_attempt=t.requeued_attempt,
+        compensate=pb.Compensation(
+            agent=t.spec.compensate.agent, input_json=dump_json(t.spec.compensate.input)
+        )
+        if t.spec.compensate is not None
+        else None,
     )
 
 
@@ -164,6 +212,10 @@ def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
         revision=run.revision,
         usage=usage_to_pb(run.usage),
         spawned_bytes=run.spawned_bytes,
+        budget=budget_to_pb(run.budget) if run.budget is not None else None,
+        reason=run.reason,
+        compensations=compensations_to_pb(run) if with_tasks else [],
+        budget_deadline_ms=run.budget_deadline_ms(),
     )
 
 
@@ -205,4 +257,5 @@ def run_summary_to_pb(run: RunState) -> pb.RunSummary:
         finished_ms=run.finished_ms,
         error=run.error,
         idempotency_key=run.idempotency_key,
+        reason=run.reason,
     )

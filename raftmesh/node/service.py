@@ -86,6 +86,7 @@ class ClusterService(pb_grpc.ClusterServicer):
     ) -> pb.SubmitRunResponse:
         node = self.node
         specs = convert.task_specs_from_pb(request)
+        budget = convert.budget_from_pb(request)
         if not node.has_leader():
             # Known agent types come from the replicated state: without a leader there is no
             # state to validate against, so say what is wrong (no leader), not "unknown agent".
@@ -111,6 +112,8 @@ class ClusterService(pb_grpc.ClusterServicer):
             raise _DAG_ERRORS.get(exc.kind, InvalidArgument)(str(exc)) from exc
         for t in specs:  # a secret in an input would be replicated to every log and snapshot
             why = input_secret_error(t.agent, t.input)
+            if not why and t.compensate is not None:
+                why = input_secret_error(t.compensate.agent, t.compensate.input)
             if why:
                 raise InvalidArgument(f"task {t.id!r}: {why}")
         if len(request.name) > limits.MAX_RUN_NAME_CHARS:
@@ -129,6 +132,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             priority=request.priority,
             name=request.name,
             submitter=context.peer() or "",
+            budget=budget,
         )
         res = await node.propose(cmd, context)
         out = expect(res, SubmitRunResult)
