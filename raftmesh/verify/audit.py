@@ -60,7 +60,7 @@ from ..consensus.results import (
     SubmitRunResult,
     TaskChanged,
 )
-from ..consensus.state import TaskStatus
+from ..consensus.state import TaskState, TaskStatus
 
 TaskKey = tuple[str, str]
 
@@ -376,7 +376,7 @@ class Audit:
                 run = st.runs.get(ev.run_id)
                 if run is not None:
                     t = run.tasks[ev.task_id]
-                    if any(run.tasks[d].status is not TaskStatus.SUCCEEDED for d in t.spec.deps):
+                    if any(not _dependency_met(t, run.tasks[d]) for d in t.spec.deps):
                         self.early_starts.append(key)
 
     @property
@@ -387,6 +387,14 @@ class Audit:
     def duplicated_runs(self) -> dict[str, list[str]]:
         """Idempotency keys under which the log created more than one run."""
         return {k: v for k, v in sorted(self.runs_by_key.items()) if len(v) > 1}
+
+
+def _dependency_met(t: TaskState, d: TaskState) -> bool:
+    """``d`` SUCCEEDED, or ``d`` spawned ``t`` and waits for its children: a spawned task may read
+    its spawner's output, final once the spawner's attempt succeeded (``tasks._output_of``)."""
+    if d.status is TaskStatus.SUCCEEDED:
+        return True
+    return d.status is TaskStatus.WAITING_CHILDREN and d.attempt > 0 and t.parent == d.spec.id
 
 
 def audit_payloads(payloads: list[bytes]) -> Audit:
