@@ -25,10 +25,13 @@ from typing import Any
 
 import pytest
 
+from raftmesh.chaos.agents import compensation_key
 from raftmesh.chaos.checker import (
     ARCHIVE,
     AUDIT_MISSING,
     BAD_OUTPUT,
+    BUDGET,
+    COMPENSATION,
     DIVERGED,
     DUPLICATED_RUNS,
     EARLY,
@@ -38,10 +41,13 @@ from raftmesh.chaos.checker import (
     REPLAY,
     REQUEUED_TWICE,
     RETRY_LOST,
+    SPAWN,
     UNEXPECTED,
     UNFINISHED,
     USAGE,
+    VOTE,
     Invariant,
+    KvEntryRecord,
     Phases,
     ReplayCheck,
     RunRecord,
@@ -80,7 +86,20 @@ from raftmesh.chaos.netns import (
     majorities_ring,
     resolve_reachability,
 )
-from raftmesh.chaos.workload import DOOMED, DOOMED_AGENT, SLEEP_AGENTS, Operation, RetryCall, make_job
+from raftmesh.chaos.workload import (
+    COST_UNIT,
+    DOOMED,
+    DOOMED_AGENT,
+    SLEEP_AGENTS,
+    WORKFLOW_SHARE,
+    Job,
+    Operation,
+    RetryCall,
+    make_job,
+    make_workflow_job,
+    next_job,
+)
+from raftmesh.client._client import task_pb
 from raftmesh.consensus import kv_commands, runs, tasks
 from raftmesh.consensus.codes import Code
 from raftmesh.consensus.commands import (
@@ -106,6 +125,8 @@ from raftmesh.consensus.dag import validate
 from raftmesh.consensus.machine import PROCESSORS, StateMachine
 from raftmesh.consensus.results import Rejected, ReportResult, Result
 from raftmesh.consensus.state import TaskStatus
+from raftmesh.node.convert import task_specs_from_pb
+from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
 from raftmesh.verify.audit import Audit, FencedWrite, LockHold, overlapping_holds, token_regressions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,6 +384,33 @@ def test_the_audit_still_sees_early_starts() -> None:
         )
     )
     assert audit.early_starts == [("r1", "b")]
+
+
+def test_a_spawned_task_may_start_while_its_spawner_waits_for_it() -> None:
+    """It reads its spawner's output, final once the spawner's attempt succeeded: not an early start."""
+    audit = Audit()
+    specs = (TaskSpec("p", "sum"), TaskSpec("after", "sum", deps=("p",)))
+    audit.feed(
+        encode_batch(
+            [
+                RegisterNode(
+                    "r", 1, node_id="n1", grpc="h:1", raft="h:2", agents=("sum",), slots=4, incarnation="a"
+                ),
+                SubmitRun("s", 2, run_id="r1", idempotency_key="k", tasks=specs),
+                Assign("a1", 3, (Assignment("r1", "p", "n1", 1),)),
+            ]
+        )
+    )
+    token = audit.latest_start[("r1", "p")].token
+    child = TaskSpec("c", "sum", deps=("p",))
+    audit.feed(
+        encode_batch(
+            [Complete("c1", 4, node_id="n1", items=(Completion("r1", "p", 1, token, 1, spawn=(child,)),))]
+        )
+    )
+    assert audit.machine.state.runs["r1"].tasks["p"].status is TaskStatus.WAITING_CHILDREN
+    audit.feed(encode_batch([Assign("a2", 5, (Assignment("r1", "c", "n1", 1),))]))
+    assert audit.starts[("r1", "c")] == 1 and audit.early_starts == []
 
 
 # ---- KV histories ----------------------------------------------------------------------
@@ -636,6 +684,201 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
     assert {t.agent for j in a for t in j.dag.tasks.values() if "sleep" in t.agent} == set(SLEEP_AGENTS)
 
 
+CHAOS_AGENTS = {
+    "sum", "sleep", "sleep_thread", "sleep_process", "fail", "fail_breaker", "echo",
+    "spawner", "slow_sum", "slow_sum_off", "spend", "undo_once",
+}  # fmt: skip
+
+
+def test_workflow_jobs_are_a_seeded_share_and_leave_the_other_draws_unchanged() -> None:
+    rng_plain, rng_next = random.Random("s"), random.Random("s")
+    plain = [make_job(rng_plain, f"k{i}") for i in range(200)]
+    mixed = [next_job(rng_next, f"k{i}") for i in range(200)]
+    workflows = [j for j in mixed if j.workflow]
+    assert 0.5 * WORKFLOW_SHARE * 200 <= len(workflows) <= 1.5 * WORKFLOW_SHARE * 200
+    assert {j.workflow["kind"] for j in workflows} == {"flow", "saga", "budget"}
+    for p, m in zip(plain, mixed, strict=True):  # a workflow replaces its plain job, nothing else moves
+        if not m.workflow:
+            assert p.dag.to_dict() == m.dag.to_dict()
+    again = [next_job(random.Random("s"), "k-same") for _ in range(2)]
+    assert again[0].dag.to_dict() == again[1].dag.to_dict()
+
+
+def _workflow_jobs(kind: str, n: int = 30) -> list[Job]:
+    jobs = [make_workflow_job(random.Random(f"wf{i}"), f"k{i}") for i in range(200)]
+    return [j for j in jobs if j.workflow["kind"] == kind][:n]
+
+
+def test_workflow_jobs_are_valid_and_know_what_each_task_must_end_with() -> None:
+    for kind in ("flow", "saga", "budget"):
+        jobs = _workflow_jobs(kind)
+        assert jobs, kind
+        for job in jobs:
+            specs = task_specs_from_pb(
+                pb.SubmitRunRequest(tasks=[task_pb(t) for t in job.dag.tasks.values()])
+            )
+            validate(specs, CHAOS_AGENTS)
+            assert set(job.expected) <= set(job.dag.tasks)
+    for job in _workflow_jobs("flow"):
+        spec = job.dag.tasks["spawn"].input["tasks"]
+        outs = job.workflow["spawn"]["outputs"]
+        assert 2 <= len(spec) <= 4 and len(outs) == len(spec)
+        for i, s in enumerate(spec):  # sum semantics: value + the outputs of its fragment deps
+            assert all(d < i for d in s["deps"]) and outs[i] == s["value"] + sum(outs[d] for d in s["deps"])
+        vote = job.dag.tasks["vote"]
+        assert (vote.replicas, vote.fusion) == (3, "vote")
+        assert sorted(vote.agents) == ["slow_sum", "slow_sum", "slow_sum_off"]
+        assert job.workflow["vote"]["answer"] == vote.input["value"] + job.expected["w0"]
+        assert job.expect_status == "SUCCEEDED"
+    for job in _workflow_jobs("saga"):
+        assert job.expect_status == "COMPENSATED"
+        assert [t.compensate is not None for t in job.dag.tasks.values()] == [True, True, False]
+        assert job.dag.tasks["s3"].input == {"times": 1000} and job.dag.tasks["s3"].retries == 0
+    for job in _workflow_jobs("budget"):
+        w, costs = job.workflow["budget"], {t: u[2] for t, u in job.usage.items()}
+        fan = [c for t, c in costs.items() if t.startswith("f")]
+        # Always reached inside the fan: above src's cost, at most src's plus the fan's.
+        assert costs["src"] < w["max_cost"] <= costs["src"] + sum(fan)
+        assert job.dag.budget == {"max_cost": w["max_cost"]}
+        assert w["bound"] == max(sum(fan), costs["src"], costs["sink"])
+        assert all(c / COST_UNIT == int(c / COST_UNIT) for c in costs.values())
+
+
+def _wf_op(job: Job) -> Operation:
+    o = op(job.key, expected=job.expected)
+    o.workflow, o.expect_status, o.usage = job.workflow, job.expect_status, job.usage
+    return o
+
+
+def _flow_run(job: Job, attempt: int = 2, **changes: Any) -> RunRecord:
+    """The run a correct cluster ends the flow job with (the spawner's committed attempt given)."""
+    w = job.workflow
+    tasks = {tid: TaskRecord("SUCCEEDED", out, 1) for tid, out in job.expected.items()}
+    ids = [f"sp{attempt}-{i}" for i in range(len(w["spawn"]["outputs"]))]
+    tasks["spawn"] = TaskRecord("SUCCEEDED", {"attempt": attempt, "spawned": ids}, attempt)
+    tasks.update(
+        {tid: TaskRecord("SUCCEEDED", o, 1) for tid, o in zip(ids, w["spawn"]["outputs"], strict=True)}
+    )
+    answer, listed = w["vote"]["answer"], []
+    for i, agent in enumerate(w["vote"]["agents"]):
+        own = answer + (agent == "slow_sum_off")
+        tasks[f"vote#{i}"] = TaskRecord("SUCCEEDED", own, 1)
+        listed.append({"id": f"vote#{i}", "status": "SUCCEEDED", "output": own, "vote": 0})
+    tasks["vote"] = TaskRecord("SUCCEEDED", {"answer": answer, "replicas": listed})
+    tasks.update(changes)
+    return RunRecord(f"r-{job.key}", job.key, "SUCCEEDED", "", tasks)
+
+
+def test_spawned_tasks_must_be_the_committed_attempts_each_once_with_its_output() -> None:
+    job = _workflow_jobs("flow")[0]
+    assert check([_wf_op(job)], [_flow_run(job)]).ok
+    r = _flow_run(job)
+    lost = replace(r, tasks={t: v for t, v in r.tasks.items() if t != "sp2-0"})
+    dup = replace(r, tasks={**r.tasks, "sp1-0": TaskRecord("SUCCEEDED", 1)})
+    wrong = replace(r, tasks={**r.tasks, "sp2-1": TaskRecord("SUCCEEDED", -1)})
+    for bad, what in ((lost, "lost ['sp2-0']"), (dup, "another attempt"), (wrong, "sp2-1 SUCCEEDED with -1")):
+        result = check([_wf_op(job)], [bad])
+        assert result.invariants[SPAWN].count == 1 and what in result.invariants[SPAWN].examples[0], what
+    failed = RunRecord(
+        r.run_id, job.key, "FAILED", "x", {"spawn": TaskRecord("FAILED", None), "sp1-0": r.tasks["sp2-0"]}
+    )
+    assert check([_wf_op(job)], [failed]).invariants[SPAWN].count == 1  # a failed attempt spawns nothing
+
+
+def test_a_vote_must_be_fused_from_the_replicas_committed_outputs() -> None:
+    job = _workflow_jobs("flow")[0]
+    r = _flow_run(job)
+    vote = r.tasks["vote"].output
+    off = next(i for i, a in enumerate(job.workflow["vote"]["agents"]) if a == "slow_sum_off")
+    # The dissenter cancelled once the quorum was reached: still a clean vote.
+    listed = [dict(e) for e in vote["replicas"]]
+    listed[off] |= {"status": "CANCELLED", "output": None, "vote": None}
+    cancelled = replace(
+        r,
+        tasks={
+            **r.tasks,
+            f"vote#{off}": TaskRecord("CANCELLED", None),
+            "vote": TaskRecord("SUCCEEDED", {**vote, "replicas": listed}),
+        },
+    )
+    assert check([_wf_op(job)], [cancelled]).ok
+    bad_answer = replace(r, tasks={**r.tasks, "vote": TaskRecord("SUCCEEDED", {**vote, "answer": -5})})
+    # The fused output lists a replica output its task never committed.
+    other = listed[(off + 1) % 3]["id"]
+    forged = replace(r, tasks={**r.tasks, other: TaskRecord("CANCELLED", None)})
+    for bad in (bad_answer, forged):
+        assert check([_wf_op(job)], [bad]).invariants[VOTE].count == 1
+
+
+def _saga(
+    job: Job, status: str = "COMPENSATED", writes: dict[str, tuple[int, int]] | None = None
+) -> RunRecord:
+    """s1, s2 succeeded, s3 failed; each compensation committed at attempt 2, the KV written as ``writes``
+    says (step -> (writer attempt, version)); s2 undone first."""
+    run_id = f"r-{job.key}"
+    writes = writes if writes is not None else {"s1": (1, 1), "s2": (2, 1)}
+    tasks = {
+        "s1": TaskRecord("SUCCEEDED", job.expected["s1"], 1),
+        "s2": TaskRecord("SUCCEEDED", job.expected["s2"], 1),
+        "s3": TaskRecord("FAILED", None, 1, error="failed"),
+    }
+    kv = {}
+    for rev, s in ((20, "s1"), (10, "s2")):
+        tasks[f"{s}~compensate"] = TaskRecord(
+            "SUCCEEDED", {"undone": s, "by_attempt": writes.get(s, (2, 1))[0]}, 2
+        )
+        if s in writes:
+            kv[compensation_key(run_id, s)] = KvEntryRecord({"attempt": writes[s][0]}, writes[s][1], rev)
+    return RunRecord(run_id, job.key, status, "task s3 failed", tasks, reason="TASK_FAILED",
+                     compensations=("s2", "s1"), kv=kv)  # fmt: skip
+
+
+def test_each_compensation_must_be_applied_once_in_reverse_order() -> None:
+    job = _workflow_jobs("saga")[0]
+    result = check([_wf_op(job)], [_saga(job)])
+    assert result.ok, {n: i.examples for n, i in result.invariants.items() if i.count}
+    assert result.outcomes.workflows["compensations found applied by a lost attempt"] == 1
+    twice = _saga(job, writes={"s1": (1, 2), "s2": (2, 1)})
+    missing = _saga(job, writes={"s1": (1, 1)})
+    ended = _saga(job, status="FAILED")
+    for bad, what in ((twice, "written 2 times"), (missing, "never written"), (ended, "ended FAILED")):
+        inv = check([_wf_op(job)], [bad]).invariants[COMPENSATION]
+        assert inv.count == 1 and what in inv.examples[0], (what, inv.examples)
+    r = _saga(job)
+    out_of_order = replace(
+        r, kv={k: replace(e, create_revision=30 - e.create_revision) for k, e in r.kv.items()}
+    )
+    assert "before" in check([_wf_op(job)], [out_of_order]).invariants[COMPENSATION].examples[0]
+
+
+def test_a_budget_is_overspent_at_most_by_the_attempts_in_flight() -> None:
+    job = _workflow_jobs("budget")[0]
+    w, u = job.workflow["budget"], job.usage
+    # src, then the fan in order until the cost reaches max_cost: the report that reached it ends it.
+    tasks, cost = {"src": TaskRecord("SUCCEEDED", 0, 1, usage=u["src"])}, u["src"][2]
+    for tid in sorted(t for t in u if t.startswith("f")):
+        if cost >= w["max_cost"]:
+            tasks[tid] = TaskRecord("CANCELLED", None)
+            continue
+        tasks[tid] = TaskRecord("SUCCEEDED", 0, 1, usage=u[tid])
+        cost += u[tid][2]
+    total = tuple(sum(t.usage[i] for t in tasks.values()) for i in range(3))
+    good = RunRecord(
+        f"r-{job.key}", job.key, "FAILED", "BUDGET_EXCEEDED: ...", tasks, total, "BUDGET_EXCEEDED"
+    )  # type: ignore[arg-type]
+    result = check([_wf_op(job)], [good])
+    assert result.ok, {n: i.examples for n, i in result.invariants.items() if i.count}
+    assert result.outcomes.workflows["budgets reached"] == 1
+    # Every fan report debited after the limit was reached, and the sink started.
+    late = {t: TaskRecord("SUCCEEDED", 0, 1, usage=v) for t, v in u.items()}
+    total = tuple(sum(t.usage[i] for t in late.values()) for i in range(3))
+    over = RunRecord(good.run_id, job.key, "FAILED", "x", late, total, "BUDGET_EXCEEDED")  # type: ignore[arg-type]
+    inv = check([_wf_op(job)], [over]).invariants[BUDGET]
+    assert inv.count == 1 and "sink ran after" in inv.examples[0]
+    succeeded = replace(good, status="SUCCEEDED", reason="")
+    assert check([_wf_op(job)], [succeeded]).invariants[BUDGET].count == 1
+
+
 def test_urgent_jobs_change_only_their_priority() -> None:
     plain = [make_job(random.Random("s"), f"k{i}") for i in range(40)]
     urgent = [make_job(random.Random("s"), f"k{i}", urgent_priority=7) for i in range(40)]
@@ -754,7 +997,8 @@ def test_chaos_netns_seed_7(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_chaos_process_faults_without_root(tmp_path: Path) -> None:
     """Also the lifecycle under faults: dead letters retried (requeued once each, checked against
-    the log) and urgent runs preempting attempts on 2-slot nodes (never a fenced result)."""
+    the log), urgent runs preempting attempts on 2-slot nodes (never a fenced result), and the
+    workflow shapes (spawn, votes, sagas, budgets) held to their invariants."""
     data, _ = _run_chaos(
         tmp_path,
         *("--net", "none", "--nodes", "3", "--duration", "0.3", "--seed", "11", "--preempt-priority", "5"),
@@ -764,6 +1008,11 @@ def test_chaos_process_faults_without_root(tmp_path: Path) -> None:
     # At most one requeue per retried dead letter (a retry whose every call timed out may have none).
     assert 0 < data["log_stats"]["dead_letters_requeued"] <= data["operations"]["dead_letters_retried"]
     assert data["log_stats"]["attempts_preempted"] > 0
+    # The workflow shapes ran under the faults and were checked (their invariants are 0 above).
+    wf = data["operations"]["workflows"]
+    for what in ("flow runs", "saga runs", "budget runs", "spawned tasks checked", "votes checked"):
+        assert wf.get(what, 0) > 0, (what, wf)
+    assert wf.get("compensations checked", 0) > 0 and wf.get("budgets reached", 0) > 0, wf
     assert not any((tmp_path / "tmp").glob("raftmesh-chaos-*")), "the data directory was left behind"
 
 

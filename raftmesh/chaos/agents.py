@@ -9,10 +9,24 @@ checker's "every retried dead letter's run succeeds" holds them to never wedging
 ``input["seconds"]``, output the input) but run in the ``thread`` and ``process`` isolation
 modes, so kills, partitions, fencing and preemption also land on attempts running in a
 worker thread or a worker process, and the checker holds their results to the same rules.
+
+The workflow jobs' agents (``raftmesh.chaos.workload.make_workflow_job``), each deterministic
+so the checker knows every output:
+
+- ``spawner`` spawns ``input["tasks"]`` as ``sum`` tasks ``sp<attempt>-<i>`` (the attempt in the
+  id: were two attempts' spawns ever both added, the run would hold both sets) and outputs
+  ``{"attempt", "spawned"}``;
+- ``slow_sum`` is ``sum`` after ``input["seconds"]`` (replicas in flight when faults land);
+  ``slow_sum_off`` answers one more, the dissenting replica of a vote;
+- ``spend`` sleeps ``input["seconds"]``, reports ``input["usage"]`` and outputs ``input["value"]``;
+- ``undo_once`` is the compensating agent: it records the compensation under
+  ``chaos/comp/<run>/<task>`` with a fenced create-if-absent, so the side effect is applied
+  once whatever attempts ran, and the key shows which attempt applied it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -49,3 +63,76 @@ def sleep_process(ctx: SyncTaskContext) -> Any:
 @raftmesh.agent("fail_breaker", breaker_failures=1, breaker_cooldown_ms=BREAKER_COOLDOWN_MS)
 async def fail_breaker(ctx: TaskContext) -> Any:
     return await fail(ctx)
+
+
+COMPENSATION_PREFIX = "chaos/comp/"
+
+
+def compensation_key(run_id: str, task_id: str) -> str:
+    return f"{COMPENSATION_PREFIX}{run_id}/{task_id}"
+
+
+def spawned_id(attempt: int, i: int) -> str:
+    return f"sp{attempt}-{i}"
+
+
+@raftmesh.agent("spawner")
+async def spawner(ctx: TaskContext) -> Any:
+    inp = ctx.input
+    specs = inp.get("tasks") if isinstance(inp, dict) else None
+    if not isinstance(specs, list):
+        raise AgentInputError('input must be a map like {"tasks": [{"value": 1, "deps": [0]}]}')
+    await asyncio.sleep(float(inp.get("seconds", 0)))
+    fragment = [
+        {
+            "id": spawned_id(ctx.attempt, i),
+            "agent": "sum",
+            "input": {"value": s["value"]},
+            # A task with no dependency in the fragment hangs under its spawner (whose output,
+            # a map, ``sum`` ignores).
+            "deps": [spawned_id(ctx.attempt, d) for d in s["deps"]] or [ctx.task_id],
+        }
+        for i, s in enumerate(specs)
+    ]
+    return {"attempt": ctx.attempt, "spawned": ctx.spawn(fragment, wait=True)}
+
+
+async def _slow_sum(ctx: TaskContext, offset: int) -> Any:
+    inp = ctx.input
+    if not isinstance(inp, dict) or not isinstance(inp.get("value"), int):
+        raise AgentInputError('input must be a map like {"value": 3, "seconds": 0.2}')
+    await asyncio.sleep(float(inp.get("seconds", 0)))
+    ups = sum(v for v in ctx.upstream.values() if isinstance(v, int) and not isinstance(v, bool))
+    return inp["value"] + ups + offset
+
+
+@raftmesh.agent("slow_sum")
+async def slow_sum(ctx: TaskContext) -> Any:
+    return await _slow_sum(ctx, 0)
+
+
+@raftmesh.agent("slow_sum_off")
+async def slow_sum_off(ctx: TaskContext) -> Any:
+    return await _slow_sum(ctx, 1)
+
+
+@raftmesh.agent("spend")
+async def spend(ctx: TaskContext) -> Any:
+    inp = ctx.input
+    if not isinstance(inp, dict) or not isinstance(inp.get("usage"), dict):
+        raise AgentInputError('input must be a map like {"value": 1, "seconds": 0.2, "usage": {"cost": 0.5}}')
+    await asyncio.sleep(float(inp.get("seconds", 0)))
+    ctx.report_usage(**inp["usage"])
+    return inp.get("value")
+
+
+@raftmesh.agent("undo_once")
+async def undo_once(ctx: TaskContext) -> Any:
+    task = ctx.input["task"]
+    key = compensation_key(ctx.run_id, task)
+    record = {"task": task, "attempt": ctx.attempt, "node": ctx.node_id}
+    # Fenced: once a newer attempt exists this raises StaleToken and writes nothing.
+    if await ctx.kv.cas(key, 0, record):
+        return {"undone": task, "by_attempt": ctx.attempt}
+    done = await ctx.kv.get(key)  # an earlier attempt applied it (its node was lost before it reported)
+    return {"undone": task, "by_attempt": done["attempt"] if isinstance(done, dict) else None}

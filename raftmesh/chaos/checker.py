@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..verify.audit import Audit
+from .agents import compensation_key, spawned_id
 from .nemesis import FaultRecord
 from .workload import DOOMED, Operation
 
@@ -38,6 +39,10 @@ ARCHIVE = "archived log with a gap or a disagreement"
 REQUEUED_TWICE = "dead letters requeued more than once"
 RETRY_LOST = "acknowledged retries not requeued once, or whose run did not succeed"
 USAGE = "runs whose usage is not the sum of what their accepted attempts reported"
+SPAWN = "spawned tasks lost or duplicated"
+COMPENSATION = "compensations not applied exactly once"
+BUDGET = "budgets overspent by more than the attempts running when reached"
+VOTE = "votes not fused from committed results"
 
 INVARIANTS = (
     LOST,
@@ -57,6 +62,10 @@ INVARIANTS = (
     REQUEUED_TWICE,
     RETRY_LOST,
     USAGE,
+    SPAWN,
+    COMPENSATION,
+    BUDGET,
+    VOTE,
 )
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "COMPENSATED", "COMPENSATION_FAILED"})
@@ -78,6 +87,15 @@ class TaskRecord:
 
 
 @dataclass(frozen=True)
+class KvEntryRecord:
+    """A KV entry the workflow checks read (the compensations' records)."""
+
+    value: Any
+    version: int
+    create_revision: int
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """A run as the cluster reports it after the drain."""
 
@@ -87,6 +105,11 @@ class RunRecord:
     error: str = ""
     tasks: Mapping[str, TaskRecord] = field(default_factory=dict)
     usage: Usage = (0, 0, 0.0)
+    reason: str = ""
+    compensations: tuple[str, ...] = ()
+    """The task ids of the run's compensation record, one per step, in its order."""
+    kv: Mapping[str, KvEntryRecord] = field(default_factory=dict)
+    """The KV entries under ``chaos/comp/<run>/`` (saga runs), by key."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +165,14 @@ class Outcomes:
     retry_already: int = 0
     """Retry calls answered "already requeued"."""
     retry_unknown: int = 0
+    workflows: dict[str, int] = field(default_factory=dict)
+    """What the workflow checks covered: runs of each shape, spawned tasks, votes,
+    compensations (and how many were run again after a lost attempt), budgets reached."""
+    budget_overspend_max: float = 0.0
+    """The largest ``usage.cost - max_cost`` of a run stopped by its budget."""
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.workflows[what] = self.workflows.get(what, 0) + n
 
 
 @dataclass
@@ -220,6 +251,8 @@ def check_history(
                 _check_outputs(op, run, inv)
             if run.status in TERMINAL:
                 _check_usage(op, run, inv)
+                if op.workflow:
+                    _check_workflow(op, run, inv, out)
         _check_retries(op, run, audit, inv, out)
     if audit is not None:
         for (run_id, task_id), n in sorted(audit.requeues.items()):
@@ -264,6 +297,8 @@ def _check_acknowledged(
         return
     if run.run_id != op.run_id:
         inv[DUPLICATED_RUNS].add(f"{op.key}: acknowledged as {op.run_id}, the key's run is {run.run_id}")
+    if op.workflow and op.expect_status != "SUCCEEDED":
+        return  # a saga or a budget: its own invariant judges how the run ended
     if run.status == "SUCCEEDED":
         out.ok_succeeded += 1
     elif run.status == "FAILED" and run.error:
@@ -278,7 +313,7 @@ def _check_outputs(op: Operation, run: RunRecord, inv: dict[str, Invariant]) -> 
         for tid, want in sorted(op.expected.items())
         if tid not in run.tasks or run.tasks[tid].output != want or run.tasks[tid].status != "SUCCEEDED"
     ]
-    extra = sorted(set(run.tasks) - set(op.expected))
+    extra = sorted(t for t in set(run.tasks) - set(op.expected) if not _workflow_owned(op, t))
     if wrong or extra:
         inv[BAD_OUTPUT].add(
             f"{op.key} ({run.run_id}): {', '.join(wrong + [f'{t} unexpected' for t in extra])}"
@@ -325,6 +360,193 @@ def _check_usage(op: Operation, run: RunRecord, inv: dict[str, Invariant]) -> No
             wrong.append(f"{tid} {t.status} {t.usage}: more than one accepted report {want}")
     if wrong:
         inv[USAGE].add(f"{op.key} ({run.run_id}): {'; '.join(wrong)}")
+
+
+# ---- workflows ----------------------------------------------------------------------------
+
+
+def _workflow_owned(op: Operation, task_id: str) -> bool:
+    """Tasks the workflow checks judge (spawner, spawned tasks, replicas), not ``op.expected``."""
+    wf = op.workflow
+    if "spawn" in wf and (task_id == wf["spawn"]["task"] or _spawned_attempt(task_id) is not None):
+        return True
+    return "vote" in wf and (task_id == wf["vote"]["task"] or task_id.startswith(wf["vote"]["task"] + "#"))
+
+
+def _spawned_attempt(task_id: str) -> int | None:
+    """The spawner attempt a task id ``sp<attempt>-<i>`` names, or None."""
+    head, sep, tail = task_id.partition("-")
+    if sep and head[:2] == "sp" and head[2:].isdigit() and tail.isdigit():
+        return int(head[2:])
+    return None
+
+
+def _check_workflow(op: Operation, run: RunRecord, inv: dict[str, Invariant], out: Outcomes) -> None:
+    wf = op.workflow
+    out.count(f"{wf['kind']} runs")
+    where = f"{op.key} ({run.run_id})"
+    for name, check in (
+        ("spawn", _check_spawn),
+        ("vote", _check_vote),
+        ("saga", _check_saga),
+        ("budget", _check_budget),
+    ):
+        if name in wf and (problems := check(wf[name], run, out)):
+            inv[{"spawn": SPAWN, "vote": VOTE, "saga": COMPENSATION, "budget": BUDGET}[name]].add(
+                f"{where}: {'; '.join(problems)}"
+            )
+
+
+def _check_spawn(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:
+    """Exactly the spawner's committed attempt's tasks, each once; on success each with its output."""
+    spawner = run.tasks.get(w["task"])
+    spawned = {tid for tid in run.tasks if _spawned_attempt(tid) is not None}
+    if spawner is None:
+        return [f"the spawner {w['task']} is missing"]
+    if spawner.status != "SUCCEEDED":
+        # A failed, cancelled or fenced attempt spawns nothing.
+        return [f"{sorted(spawned)} exist but the spawner ended {spawner.status}"] if spawned else []
+    a = spawner.attempt
+    want = [spawned_id(a, i) for i in range(len(w["outputs"]))]
+    problems = []
+    got = spawner.output if isinstance(spawner.output, dict) else {}
+    if got.get("attempt") != a or got.get("spawned") != want:
+        problems.append(f"spawner output {spawner.output!r} (committed attempt {a}, expected spawned {want})")
+    if lost := sorted(set(want) - spawned):
+        problems.append(f"lost {lost}")
+    if stray := sorted(spawned - set(want)):
+        problems.append(f"spawned by another attempt than the committed {a}: {stray}")
+    if run.status == "SUCCEEDED":
+        for tid, expected in zip(want, w["outputs"], strict=True):
+            t = run.tasks.get(tid)
+            if t is not None and (t.status != "SUCCEEDED" or t.output != expected):
+                problems.append(f"{tid} {t.status} with {t.output!r} (expected {expected!r})")
+        out.count("spawned tasks checked", len(want))
+    return problems
+
+
+def _check_vote(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:
+    """The fused answer is the majority of the replicas' committed outputs, as the output lists them."""
+    t = run.tasks.get(w["task"])
+    if t is None:
+        return [f"the replicated task {w['task']} is missing"]
+    if t.status != "SUCCEEDED":
+        return [f"{w['task']} ended {t.status} in a SUCCEEDED run"] if run.status == "SUCCEEDED" else []
+    o = t.output if isinstance(t.output, dict) else {}
+    listed = o.get("replicas") or []
+    problems = []
+    ids = [f"{w['task']}#{i}" for i in range(len(w["agents"]))]
+    if [e.get("id") for e in listed] != ids:
+        return [f"the output lists replicas {[e.get('id') for e in listed]}, expected {ids}"]
+    committed: list[Any] = []
+    for e, agent in zip(listed, w["agents"], strict=True):
+        r = run.tasks.get(e["id"])
+        if r is None:
+            problems.append(f"replica {e['id']} is not a task of the run")
+            continue
+        own = w["answer"] + (1 if agent == "slow_sum_off" else 0)
+        if r.status == "SUCCEEDED":
+            committed.append(r.output)
+            if r.output != own:
+                problems.append(
+                    f"replica {e['id']} ({agent}) committed {r.output!r}, its agent answers {own}"
+                )
+        if e.get("status") != r.status or (r.status == "SUCCEEDED" and e.get("output") != r.output):
+            problems.append(
+                f"the output lists {e['id']} {e.get('status')} with {e.get('output')!r};"
+                f" the replica task is {r.status} with {r.output!r}"
+            )
+        if e.get("status") != "SUCCEEDED" and e.get("vote") is not None:
+            problems.append(f"{e['id']} {e.get('status')} has a vote")
+    majority = len(ids) // 2 + 1
+    if o.get("answer") != w["answer"] or committed.count(w["answer"]) < majority:
+        problems.append(
+            f"answer {o.get('answer')!r}, expected {w['answer']!r} from a majority of {majority};"
+            f" committed replica outputs {committed}"
+        )
+    out.count("votes checked")
+    return problems
+
+
+def _check_saga(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:
+    """One compensation per succeeded compensable step, its KV record written once, in reverse order."""
+    problems = []
+    done = [s for s in w["steps"] if s in run.tasks and run.tasks[s].status == "SUCCEEDED"]
+    if run.status not in ("COMPENSATED", "COMPENSATION_FAILED") and done:
+        problems.append(f"ended {run.status} with succeeded compensable steps {done}")
+    if run.status == "COMPENSATION_FAILED":
+        failed = [
+            s
+            for s in done
+            if (c := run.tasks.get(f"{s}~compensate")) is not None and c.status == "FAILED" and c.error
+        ]
+        if not failed:
+            problems.append("ended COMPENSATION_FAILED with no compensation failed for a recorded reason")
+        out.count("sagas ended COMPENSATION_FAILED")
+    if sorted(run.compensations) != sorted(done):
+        problems.append(f"compensation record {list(run.compensations)} for succeeded steps {done}")
+    comps = sorted(t for t in run.tasks if t.endswith("~compensate"))
+    if comps != sorted(f"{s}~compensate" for s in done):
+        problems.append(f"compensation tasks {comps} for succeeded steps {done}")
+    created: dict[str, int] = {}
+    for s in w["steps"]:
+        key = compensation_key(run.run_id, s)
+        e = run.kv.get(key)
+        c = run.tasks.get(f"{s}~compensate")
+        if s not in done:
+            if e is not None:
+                problems.append(f"{s} was not compensable yet {key} was written")
+            continue
+        if c is None:
+            continue
+        out.count("compensations checked")
+        if e is None:
+            if c.status == "SUCCEEDED":
+                problems.append(f"{s}~compensate SUCCEEDED but {key} was never written")
+            continue
+        created[s] = e.create_revision
+        writer = e.value.get("attempt") if isinstance(e.value, dict) else None
+        if e.version != 1:
+            problems.append(f"{key} written {e.version} times (last by attempt {writer})")
+        if c.status == "SUCCEEDED":
+            by = c.output.get("by_attempt") if isinstance(c.output, dict) else None
+            if by != writer or not isinstance(writer, int) or writer > c.attempt:
+                problems.append(
+                    f"{s}~compensate committed attempt {c.attempt} says applied by {by!r}; {key} says {writer!r}"
+                )
+            elif writer < c.attempt:
+                out.count("compensations found applied by a lost attempt")
+    # Reverse dependency order: a step is undone only after the steps that ran after it.
+    steps = [s for s in w["steps"] if s in created]
+    for earlier, later in itertools.pairwise(steps):
+        if created[earlier] < created[later]:
+            problems.append(
+                f"{earlier} undone (revision {created[earlier]}) before {later} ({created[later]})"
+            )
+    return problems
+
+
+def _check_budget(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:
+    """Reached (its fan always reaches it), stopped by the report that reached it, and overspent by
+    at most what could be in flight at once; nothing started after it."""
+    max_cost, cost = w["max_cost"], run.usage[2]
+    if run.status != "FAILED" or run.reason != "BUDGET_EXCEEDED":
+        return [f"ended {run.status} (reason {run.reason!r}), expected FAILED BUDGET_EXCEEDED at cost {cost}"]
+    out.count("budgets reached")
+    over = cost - max_cost
+    out.budget_overspend_max = max(out.budget_overspend_max, over)
+    problems = []
+    if over < 0:
+        problems.append(f"stopped at cost {cost} below max_cost {max_cost}")
+    if over > w["bound"]:
+        problems.append(f"cost {cost} overspends max_cost {max_cost} by more than the fan's {w['bound']}")
+    reports = [t.usage[2] for t in run.tasks.values() if t.usage[2] > 0]
+    if reports and not any(cost - c < max_cost for c in reports):
+        problems.append(f"cost {cost}: a report after the one that reached max_cost {max_cost} was debited")
+    never = run.tasks.get(w["never"])
+    if never is not None and never.status == "SUCCEEDED":
+        problems.append(f"{w['never']} ran after the budget was reached")
+    return problems
 
 
 # ---- timeline measures -------------------------------------------------------------------

@@ -96,6 +96,8 @@ class Report:
                 "retry_requeued": o.retry_requeued,
                 "retry_already_requeued": o.retry_already,
                 "retry_unknown": o.retry_unknown,
+                "workflows": o.workflows,
+                "budget_overspend_max": o.budget_overspend_max,
             },
             "throughput_tasks_per_s": self.throughput,
             "largest_stall": vars(self.stall),
@@ -298,6 +300,10 @@ def format_report(r: Report) -> str:
             f"  dead letters retried: {o.dead_letters} ({o.retry_calls} retry calls: {o.retry_requeued}"
             f" requeued, {o.retry_already} already requeued, {o.retry_unknown} unknown or refused)"
         )
+        if o.workflows:
+            lines.append(
+                f"  workflows: {_counts(o.workflows)}; largest budget overspend {o.budget_overspend_max:g}"
+            )
         lines += [f"    {x}" for x in o.ok_failed_with_reason[:5]]
         lines += [f"    unknown {k}: {v}" for k, v in list(o.unknown_runs.items())[:10]]
         lines += [

@@ -41,7 +41,9 @@ from ..localcluster import LocalCluster, wait_until
 from ..storage.archive import ArchiveContents, merge_archives, read_archive
 from ..verify.audit import Audit
 from . import netns
+from .agents import COMPENSATION_PREFIX
 from .checker import (
+    KvEntryRecord,
     Phases,
     ReplayCheck,
     RunRecord,
@@ -73,6 +75,8 @@ FIRST_APPLIED_INDEX = 2
 START_TIMEOUT_S = 60.0
 CONVERGE_TIMEOUT_S = 60.0
 LIST_PAGE = 1000
+UNFINISHED_STATUSES = ("RUNNING", "COMPENSATING", "PAUSED")
+"""Run statuses the drain waits out (a PAUSED run waits for its client's resume)."""
 PREEMPT_SLOTS = 2
 """Slots per node with ``--preempt-priority``: few enough that urgent runs find every slot busy."""
 
@@ -464,11 +468,12 @@ class _Run:
         return kv_check, lock_check
 
     def _drain_and_read(self, cluster: LocalCluster) -> dict[str, RunRecord]:
-        """Wait until no run is RUNNING, then read every run the cluster holds."""
+        """Wait until no run is RUNNING or COMPENSATING, then read every run the cluster holds
+        (and the compensation records its saga runs wrote in the KV)."""
         client = cluster.client(retry_deadline_s=30)
 
         def drained() -> bool:
-            return not client.list_runs(limit=1, status="RUNNING")
+            return not any(client.list_runs(limit=1, status=s) for s in UNFINISHED_STATUSES)
 
         try:
             wait_until(drained, self.cfg.drain_timeout_s, "every run to end", interval_s=0.5)
@@ -496,6 +501,13 @@ class _Run:
                 for t in info.tasks.values()
             }
             u = info.usage
+            kv = {}
+            if info.compensations:
+                prefix = f"{COMPENSATION_PREFIX}{info.run_id}/"
+                kv = {
+                    e.key: KvEntryRecord(e.value, e.version, e.create_revision)
+                    for e in client.kv.list(prefix, limit=LIST_PAGE)
+                }
             runs[info.run_id] = RunRecord(
                 info.run_id,
                 s["idempotency_key"],
@@ -503,6 +515,9 @@ class _Run:
                 info.error,
                 tasks,
                 (u.tokens_in, u.tokens_out, u.cost),
+                info.reason,
+                tuple(c.task_id for c in info.compensations),
+                kv,
             )
         self.log(f"read {len(runs)} runs")
         return runs

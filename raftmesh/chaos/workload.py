@@ -17,6 +17,12 @@ nervous operator would, while the faults go on: the same call twice (one request
 and a fresh call; each answer is recorded (``RetryCall``) and the run is waited for
 again. The checker holds the log to "requeued exactly once". Every ``sum`` task
 reports a usage derived from its value, so the checker can compare the sums.
+
+Workflows: a seeded ``WORKFLOW_SHARE`` of jobs (drawn from an RNG of their own; the client's
+RNG still draws the plain job it replaces, so a seed's other jobs are unchanged) are one of
+``make_workflow_job``'s shapes: a run that spawns a sub-DAG and votes among 3 replicas, a
+saga whose third step fails for good after two compensable ones, or a run whose fan-out
+reaches its ``max_cost`` budget. Their agents are in ``raftmesh.chaos.agents``.
 """
 
 from __future__ import annotations
@@ -58,6 +64,13 @@ DOOMED_AGENT = "fail_breaker"
 """``fail`` with a breaker that opens on one failure (``raftmesh.chaos.agents``)."""
 COST_UNIT = 0.125
 """Sum tasks report cost in eighths: exact in binary, so sums compare exactly in any order."""
+WORKFLOW_SHARE = 0.3
+"""Share of jobs that are a workflow shape (``make_workflow_job``) instead of a plain DAG."""
+WORKFLOW_KINDS = (("flow", 0.5), ("saga", 0.25), ("budget", 0.25))
+REPLICAS = 3
+VOTE_AGENTS = ("slow_sum", "slow_sum", "slow_sum_off")
+"""Two replicas give the answer, one a different one: the vote needs the majority."""
+FLOW_SLEEP_S = (0.1, 0.6)
 LARGE_INPUT_CHARS = (40_000, 85_000)
 """Characters of CJK text (3 bytes each in UTF-8) in one large input: up to ~250 KB, near the limit."""
 
@@ -81,6 +94,9 @@ class Job:
     usage: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     """Per task: the usage one attempt reports (sum tasks; exactly one attempt is accepted)."""
     doomed: bool = False
+    expect_status: str = "SUCCEEDED"
+    workflow: dict[str, Any] = field(default_factory=dict)
+    """What the workflow checks need (``make_workflow_job``); empty for a plain job."""
 
 
 def sum_usage(value: int) -> tuple[int, int, float]:
@@ -166,6 +182,111 @@ def make_job(rng: random.Random, key: str, urgent_priority: int | None = None) -
     return Job(key, shape, dag, expected, usage, doomed)
 
 
+def make_workflow_job(rng: random.Random, key: str) -> Job:
+    """A workflow shape, with what the checker must find (``Job.workflow``).
+
+    - ``flow``: ``w0`` -> ``spawn`` (a ``spawner`` that spawns 2-4 ``sum`` tasks with wait=True)
+      -> ``after``; ``w0`` -> ``vote`` (3 replicas, fusion vote, one of them the dissenting
+      ``slow_sum_off``); ``after`` + ``vote`` -> ``end``. SUCCEEDS.
+    - ``saga``: ``s1`` -> ``s2`` (each compensated by ``undo_once``) -> ``s3`` (fails for good):
+      ends COMPENSATED, ``s2`` undone before ``s1``.
+    - ``budget``: ``src`` -> 3-5 ``spend`` tasks in parallel -> ``sink``, with a ``max_cost``
+      above ``src``'s cost and at most the fan's: the fan always reaches it, so the run ends
+      FAILED with reason BUDGET_EXCEEDED and ``sink`` never starts.
+    """
+    r = rng.random()
+    kind = WORKFLOW_KINDS[-1][0]
+    for name, share in WORKFLOW_KINDS:
+        if r < share:
+            kind = name
+            break
+        r -= share
+    dag = DAG(f"chaos {key} {kind}")
+    expected: dict[str, Any] = {}
+    usage: dict[str, tuple[int, int, float]] = {}
+    wf: dict[str, Any] = {"kind": kind}
+
+    def seconds() -> float:
+        return round(rng.uniform(*FLOW_SLEEP_S), 2)
+
+    if kind == "flow":
+        v0 = rng.randint(0, SUM_VALUE_MAX)
+        dag.task("w0", "sum", input={"value": v0})
+        expected["w0"] = v0
+        specs = []
+        outputs: list[int] = []
+        for i in range(rng.randint(2, 4)):
+            deps = sorted(rng.sample(range(i), rng.randint(0, min(i, 2))))
+            value = rng.randint(0, SUM_VALUE_MAX)
+            specs.append({"value": value, "deps": deps})
+            outputs.append(value + sum(outputs[d] for d in deps))
+        dag.task("spawn", "spawner", input={"seconds": seconds(), "tasks": specs}, deps=["w0"], retries=2)
+        va = rng.randint(0, SUM_VALUE_MAX)
+        dag.task("after", "sum", input={"value": va}, deps=["spawn"])  # the spawner's output is a map
+        expected["after"] = va
+        agents = list(VOTE_AGENTS)
+        rng.shuffle(agents)
+        vv = rng.randint(0, SUM_VALUE_MAX)
+        dag.task(
+            "vote",
+            "slow_sum",
+            input={"value": vv, "seconds": seconds()},
+            deps=["w0"],
+            retries=2,
+            replicas=REPLICAS,
+            fusion="vote",
+            agents=agents,
+        )
+        ve = rng.randint(0, SUM_VALUE_MAX)
+        dag.task("end", "sum", input={"value": ve}, deps=["after", "vote"])  # the fused output is a map
+        expected["end"] = ve + va
+        wf["spawn"] = {"task": "spawn", "outputs": outputs}
+        wf["vote"] = {"task": "vote", "answer": vv + v0, "agents": agents}
+        return Job(key, "workflow:flow", dag, expected, usage, workflow=wf)
+    if kind == "saga":
+        v1, v2 = rng.randint(0, SUM_VALUE_MAX), rng.randint(0, SUM_VALUE_MAX)
+        undo = {"agent": "undo_once", "input": {"key": key}}
+        dag.task("s1", "sum", input={"value": v1}, retries=2, compensate=undo)
+        dag.task("s2", "sum", input={"value": v2}, deps=["s1"], retries=2, compensate=undo)
+        dag.task("s3", "fail", input={"times": 1000}, deps=["s2"], retries=0)
+        expected.update(s1=v1, s2=v1 + v2)
+        wf["saga"] = {"steps": ["s1", "s2"], "fails": "s3"}
+        return Job(key, "workflow:saga", dag, expected, usage, expect_status="COMPENSATED", workflow=wf)
+    width = rng.randint(3, 5)
+
+    def add_spend(tid: str, deps: Sequence[str], units: int) -> None:
+        u = usage[tid] = (units, 1, COST_UNIT * units)
+        report = {"tokens_in": u[0], "tokens_out": u[1], "cost": u[2]}
+        value = rng.randint(0, SUM_VALUE_MAX)
+        dag.task(tid, "spend", input={"value": value, "seconds": seconds(), "usage": report}, deps=list(deps))
+        expected[tid] = value
+
+    add_spend("src", [], rng.randint(1, 4))
+    fan = [f"f{i}" for i in range(width)]
+    fan_units = [rng.randint(1, 4) for _ in fan]
+    for tid, units in zip(fan, fan_units, strict=True):
+        add_spend(tid, ["src"], units)
+    add_spend("sink", fan, rng.randint(1, 4))
+    max_cost = usage["src"][2] + COST_UNIT * rng.randint(1, sum(fan_units))
+    dag.budget = {"max_cost": max_cost}
+    wf["budget"] = {
+        "max_cost": max_cost,
+        # What can be in flight at once: the fan (src and sink run alone, and cost less).
+        "bound": max(COST_UNIT * sum(fan_units), usage["src"][2], usage["sink"][2]),
+        "never": "sink",
+    }
+    return Job(key, "workflow:budget", dag, expected, usage, expect_status="FAILED", workflow=wf)
+
+
+def next_job(rng: random.Random, key: str, urgent_priority: int | None = None) -> Job:
+    """The client's next job: the plain one its RNG draws, or (a seeded share) a workflow."""
+    job = make_job(rng, key, urgent_priority)
+    wf = random.Random(f"{key}-workflow")  # its own RNG: the client's draws stay what they were
+    if wf.random() < WORKFLOW_SHARE:
+        return make_workflow_job(wf, key)
+    return job
+
+
 @dataclass
 class RetryCall:
     """One ``retry`` of a dead letter as the client saw it."""
@@ -204,6 +325,8 @@ class Operation:
     """Per task: the usage its one accepted attempt reported (see ``Job.usage``)."""
     doomed: bool = False
     retries: list[RetryCall] = field(default_factory=list)
+    expect_status: str = "SUCCEEDED"
+    workflow: dict[str, Any] = field(default_factory=dict)
 
     @property
     def retry_acknowledged(self) -> bool:
@@ -213,6 +336,7 @@ class Operation:
     def to_json(self) -> dict[str, Any]:
         return {
             "doomed": self.doomed,
+            "workflow": self.workflow,
             "retries": [r.to_json() for r in self.retries],
             "client": self.client,
             "index": self.index,
@@ -298,11 +422,12 @@ class Workload(ClientThreads):
         with Client(self.addresses, retry_deadline_s=self.retry_deadline_s) as sdk:
             i = 0
             while not self._stop.is_set():
-                job = make_job(rng, f"chaos-{self.seed}-{client}-{i}", self.urgent_priority)
+                job = next_job(rng, f"chaos-{self.seed}-{client}-{i}", self.urgent_priority)
                 op = Operation(
                     client, i, job.key, job.shape, len(job.dag.tasks), job.expected, self.clock_ms()
                 )
                 op.usage, op.doomed = job.usage, job.doomed
+                op.expect_status, op.workflow = job.expect_status, job.workflow
                 with self._lock:
                     self.operations.append(op)
                 self._submit(sdk, job, op)
