@@ -45,6 +45,12 @@ retry, and every run's usage to the sum of what its accepted attempts reported.
 --preempt-priority N runs the nodes with that flag and 2 slots each and submits a
 quarter of the DAGs at priority N, so they preempt running attempts under the faults
 (a preempted attempt's result must never commit: the fencing invariants cover it).
+
+A seeded 30% of the DAGs are workflows: a spawner with a 3-replica vote, a saga whose third
+step fails after two compensable ones, a fan-out that reaches its max_cost budget. The checker
+holds them to: no spawned task lost or duplicated, votes fused from committed results only,
+each compensation applied once (its fenced KV record written once, in reverse order), no
+budget overspent by more than the attempts that could be running when it was reached.
 """
 
 from __future__ import annotations
