@@ -783,6 +783,14 @@ def test_spawned_tasks_must_be_the_committed_attempts_each_once_with_its_output(
         r.run_id, job.key, "FAILED", "x", {"spawn": TaskRecord("FAILED", None), "sp1-0": r.tasks["sp2-0"]}
     )
     assert check([_wf_op(job)], [failed]).invariants[SPAWN].count == 1  # a failed attempt spawns nothing
+    # Cancelled with its run while it waited for its children: they stay, from its attempt only.
+    kept = {t: v for t, v in r.tasks.items() if t.startswith("sp2-")}
+    cancelled = RunRecord(
+        r.run_id, job.key, "FAILED", "x", {"spawn": TaskRecord("CANCELLED", None, 2), **kept}
+    )
+    assert check([_wf_op(job)], [cancelled]).invariants[SPAWN].count == 0
+    stray = replace(cancelled, tasks={**cancelled.tasks, "sp1-0": TaskRecord("CANCELLED", None)})
+    assert check([_wf_op(job)], [stray]).invariants[SPAWN].count == 1
 
 
 def test_a_vote_must_be_fused_from_the_replicas_committed_outputs() -> None:

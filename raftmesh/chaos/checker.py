@@ -404,8 +404,15 @@ def _check_spawn(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:
     if spawner is None:
         return [f"the spawner {w['task']} is missing"]
     if spawner.status != "SUCCEEDED":
-        # A failed, cancelled or fenced attempt spawns nothing.
-        return [f"{sorted(spawned)} exist but the spawner ended {spawner.status}"] if spawned else []
+        # A failed or fenced attempt spawns nothing; a spawner cancelled with its run (while it
+        # waited for its children) keeps what its last, successful attempt spawned.
+        a = spawner.attempt if spawner.status != "FAILED" else None
+        stray = sorted(t for t in spawned if _spawned_attempt(t) != a or t not in _ids(a, w))
+        return (
+            [f"{stray} exist but the spawner ended {spawner.status} at attempt {spawner.attempt}"]
+            if stray
+            else []
+        )
     a = spawner.attempt
     want = [spawned_id(a, i) for i in range(len(w["outputs"]))]
     problems = []
@@ -423,6 +430,10 @@ def _check_spawn(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:
                 problems.append(f"{tid} {t.status} with {t.output!r} (expected {expected!r})")
         out.count("spawned tasks checked", len(want))
     return problems
+
+
+def _ids(attempt: int | None, w: dict[str, Any]) -> list[str]:
+    return [] if attempt is None else [spawned_id(attempt, i) for i in range(len(w["outputs"]))]
 
 
 def _check_vote(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:
