@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import limits
+from . import approvals, limits
 from .codes import Code
 from .commands import RetryTask
 from .context import ApplyContext
 from .results import Rejected, Result, RetryTaskResult, RunChanged, TaskChanged
-from .state import ClusterState, RunStatus, TaskStatus
+from .state import ClusterState, RunStatus, TaskState, TaskStatus
 from .tasks import make_ready
 
 
@@ -86,6 +86,7 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     # O(tasks of the run): the run's failure cancelled every unfinished task; each goes back to
     # PENDING, or READY if its dependencies have succeeded (deps_waiting stayed exact).
     unfinished = 0
+    gated: list[TaskState] = []
     for other in run.tasks.values():
         if other.status is TaskStatus.CANCELLED or other is t:
             if other is not t:
@@ -94,10 +95,15 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
                 other.status = TaskStatus.PENDING
                 ctx.emit(TaskChanged(rev, run.run_id, other.spec.id, other.status, other.attempt, ""))
             if other.deps_waiting == 0:
-                make_ready(ctx, run, other, rev, not_before_ms=0)
+                if approvals.must_wait(other):  # its gate was open or rejected: a new gate
+                    gated.append(other)
+                else:
+                    make_ready(ctx, run, other, rev, not_before_ms=0)
         if other.status not in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
             unfinished += 1
     run.unfinished = unfinished
+    for other in gated:
+        approvals.open_gate(ctx, run, other, rev)
     run.revision = rev
     ctx.emit(RunChanged(rev, run.run_id, RunStatus.RUNNING))
     return RetryTaskResult(requeued=True, attempt=cmd.attempt, status=t.status)

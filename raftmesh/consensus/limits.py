@@ -108,6 +108,9 @@ MAX_APPROVAL_PROMPT_CHARS = 2000
 MAX_APPROVAL_TIMEOUT_MS = 30 * 24 * 3600 * 1000
 MAX_COMMENT_CHARS = 2000
 MAX_PRINCIPAL_CHARS = 128
+"""Who decided an approval (``by``)."""
+MAX_APPROVALS_LISTED = 1000
+"""Open gates one ``ListApprovals`` call returns (oldest first; page on with its cursor)."""
 
 # ---- locks ------------------------------------------------------------------
 

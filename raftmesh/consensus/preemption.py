@@ -171,8 +171,8 @@ def preempt(ctx: ApplyContext, cmd: Preempt) -> Result:
         return Rejected(Code.FAILED_PRECONDITION, f"no preemption applies: {quoted}")
     rev = ctx.advance()
     for p, run, t in accepted:
-        unrun(ctx, run.run_id, t)
         t.error = f"attempt {t.attempt} preempted by {p.by_run_id}/{p.by_task_id}"
+        unrun(ctx, run.run_id, t, "preempted", t.error)
         entry = (p.by_run_id, p.by_task_id, t.attempt, st.time_ms)
         t.preempted_by = (*t.preempted_by, entry)[-limits.MAX_PREEMPTED_BY :]
         make_ready(ctx, run, t, rev, not_before_ms=0)
