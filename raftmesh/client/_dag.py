@@ -20,7 +20,29 @@ _TASK_KEYS = {
     "retry_backoff_ms",
     "locks",
     "requires",
+    "approval",
 }
+_APPROVAL_KEYS = {"prompt", "timeout_ms", "on_timeout"}
+
+
+def _approval(task_id: str, value: Any) -> dict[str, Any] | None:
+    """An ``approval`` as the builder keeps it: ``{prompt, timeout_ms, on_timeout}`` (None: no gate)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - _APPROVAL_KEYS:
+        raise InvalidArgument(
+            f"task {task_id!r}: approval must be a map with keys among {sorted(_APPROVAL_KEYS)}, "
+            'e.g. {"prompt": "Deploy?", "timeout_ms": 3600000, "on_timeout": "reject"}'
+        )
+    prompt, timeout_ms = value.get("prompt", ""), value.get("timeout_ms", 0)
+    on_timeout = value.get("on_timeout", "reject")
+    if not isinstance(prompt, str) or not isinstance(on_timeout, str):
+        raise InvalidArgument(f"task {task_id!r}: approval prompt and on_timeout must be strings")
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 0:
+        raise InvalidArgument(
+            f"task {task_id!r}: approval timeout_ms must be an integer >= 0 (0: wait for ever)"
+        )
+    return {"prompt": prompt, "timeout_ms": timeout_ms, "on_timeout": on_timeout}
 
 
 @dataclass(frozen=True)
@@ -41,9 +63,12 @@ class Task:
     """(name, "exclusive" | "shared"): held while an attempt runs, acquired all at once."""
     requires: tuple[str, ...] = ()
     """Capabilities the node's agent must offer (``placement``)."""
+    approval: dict[str, Any] | None = None
+    """``{prompt, timeout_ms, on_timeout}``: the task waits in WAITING_APPROVAL until decided."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra = {"approval": dict(self.approval)} if self.approval is not None else {}
+        return extra | {
             "requires": list(self.requires),
             "locks": [list(lk) for lk in self.locks],
             "id": self.id,
@@ -82,8 +107,13 @@ class DAG:
         retry_backoff_ms: int = 0,
         locks: Sequence[str | tuple[str, str]] = (),
         requires: Sequence[str] = (),
+        approval: dict[str, Any] | None = None,
     ) -> Task:
-        """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults."""
+        """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults.
+
+        ``approval``: ``{"prompt": ..., "timeout_ms": 0, "on_timeout": "reject"}`` gates the task:
+        it waits in WAITING_APPROVAL until ``Client.approve`` (or its timeout) decides.
+        """
         if id in self.tasks:
             raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
         dep_ids = tuple(d.id if isinstance(d, Task) else str(d) for d in deps)
@@ -103,6 +133,7 @@ class DAG:
             retry_backoff_ms,
             lock_items,
             tuple(str(c) for c in requires),
+            _approval(id, approval),
         )
         self.tasks[id] = t
         return t
@@ -157,6 +188,7 @@ class DAG:
                     int(t.get("retry_backoff_ms", 0)),
                     [lk if isinstance(lk, str) else (lk[0], lk[1]) for lk in locks],
                     requires,
+                    approval=t.get("approval"),
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc
