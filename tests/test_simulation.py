@@ -50,6 +50,8 @@ from raftmesh.consensus import (
     limits,
 )
 from raftmesh.consensus.commands import (
+    Approval,
+    ApproveTask,
     Compare,
     Fence,
     KvLease,
@@ -59,14 +61,24 @@ from raftmesh.consensus.commands import (
     LockCancel,
     LockRelease,
     NodeDown,
+    PauseRun,
     Preempt,
     Preemption,
+    RerunTask,
+    ResumeRun,
     RetryTask,
     Usage,
 )
 from raftmesh.consensus.locks import EXCLUSIVE, SHARED, task_owner
 from raftmesh.consensus.raft import replication
-from raftmesh.consensus.results import KvChanged, LockAcquireResult, LockChanged, RetryTaskResult
+from raftmesh.consensus.results import (
+    ApproveTaskResult,
+    KvChanged,
+    LockAcquireResult,
+    LockChanged,
+    RerunTaskResult,
+    RetryTaskResult,
+)
 from raftmesh.consensus.state import TERMINAL_RUN, TERMINAL_TASK
 
 ENTRIES = 220
@@ -80,6 +92,8 @@ LOCK_OWNERS = ("o0", "o1", "o2", "o3", "o4")
 KV_KEYS = ("a/0", "a/1", "a/2", "b/0", "b/1", "c")
 COORD_SHARE = 0.25
 """Share of generated commands that are lock or KV commands."""
+CONTROL_SHARE = 0.06
+"""Share of generated commands that decide approval gates, pause, resume or rerun."""
 LARGE_SHARE = 0.04
 """Share of task inputs and KV values that are large non-ASCII text."""
 
@@ -217,6 +231,9 @@ class Generator:
                         if rng.random() < 0.15
                         else ()
                     ),
+                    approval=Approval("ok?", rng.choice((0, 0, 300)), rng.choice(("reject", "approve")))
+                    if rng.random() < 0.12
+                    else None,
                 )
             )
         rng.shuffle(tasks)  # spec order is not topological order
@@ -316,6 +333,45 @@ class Generator:
             by = rng.choice(waiting)
         return Preempt(self.rid(), self.ts(), (Preemption(v.run_id, v.task_id, v.attempt, v.token, *by),))
 
+    def control_command(self) -> Command | None:
+        """An operator decides a gate (now and then a stale or decided one), pauses, resumes, reruns."""
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.45:
+            gates = [
+                (t.gate.id, run.run_id, t.spec.id)
+                for run in self.st.runs.values()
+                for t in run.tasks.values()
+                if t.gate
+            ]
+            if not gates:
+                return None
+            open_gates = self.st.open_gates
+            gate, run_id, task_id = (
+                rng.choice(open_gates) if open_gates and rng.random() < 0.8 else rng.choice(gates)
+            )
+            if rng.random() < 0.08:
+                gate -= 1  # a late decision naming an older gate
+            return ApproveTask(
+                self.rid(),
+                self.ts(),
+                run_id,
+                task_id,
+                gate,
+                rng.random() < 0.75,
+                rng.choice(("ana", "bob")),
+                "",
+            )
+        run_ids = sorted(self.st.runs)
+        if not run_ids:
+            return None
+        run_id = rng.choice(run_ids)
+        if roll < 0.65:
+            return PauseRun(self.rid(), self.ts(), run_id, rng.random() < 0.5)
+        if roll < 0.85:
+            return ResumeRun(self.rid(), self.ts(), run_id)
+        return RerunTask(self.rid(), self.ts(), run_id, rng.choice(sorted(self.st.runs[run_id].tasks)))
+
     def lock_command(self) -> Command | None:
         rng = self.rng
         lt = self.st.locks
@@ -408,6 +464,8 @@ class Generator:
             cmd: Command | None
             if rng.random() < COORD_SHARE:
                 cmd = self.lock_command() if rng.random() < 0.5 else self.kv_command()
+            elif rng.random() < CONTROL_SHARE:
+                cmd = self.control_command()
             elif roll < 0.12:
                 cmd = self.submit()
             elif roll < 0.40:
@@ -454,6 +512,10 @@ class Checker:
         self.kv_writes = 0
         self.requeued: Counter[tuple[str, str, int]] = Counter()
         """(run, task, dead attempt) -> requeues applied (exactly once, whatever the request id)."""
+        self.decided: dict[tuple[str, str, int], tuple[str, str, int]] = {}
+        """(run, task, gate) -> (decision, by, decided_ms): a gate is decided once and never changes."""
+        self.decisions: Counter[tuple[str, str, int]] = Counter()
+        self.reruns = 0
 
     def results(self, cmds: list[Command], results: list[Result], st: ClusterState, dups: set[str]) -> None:
         assert len(results) == len(cmds)
@@ -470,6 +532,16 @@ class Checker:
                 key = (cmd.run_id, cmd.task_id, cmd.attempt)
                 self.requeued[key] += 1
                 assert self.requeued[key] == 1, f"{key} requeued twice"
+            if fresh and isinstance(cmd, ApproveTask) and isinstance(res, ApproveTaskResult) and res.applied:
+                gate_key = (cmd.run_id, cmd.task_id, cmd.gate)
+                self.decisions[gate_key] += 1
+                assert self.decisions[gate_key] == 1, f"gate {gate_key} decided twice"
+            if fresh and isinstance(cmd, RerunTask) and isinstance(res, RerunTaskResult):
+                # The reset tasks may succeed again, each once more.
+                self.reruns += 1
+                for t in st.runs[cmd.run_id].tasks.values():
+                    if t.status is not TaskStatus.SUCCEEDED:
+                        self.succeeded[(cmd.run_id, t.spec.id)] = 0
 
     def events(self, events: list[Any], st: ClusterState) -> None:
         for ev in events:
@@ -512,10 +584,22 @@ class Checker:
                 assert t.token <= st.revision
                 assert 0 <= t.retries_left <= t.spec.retries
                 deps_ok = all(run.tasks[d].status is TaskStatus.SUCCEEDED for d in t.spec.deps)
-                if t.status in (TaskStatus.READY, TaskStatus.RUNNING, TaskStatus.SUCCEEDED):
+                if t.status in (
+                    TaskStatus.READY,
+                    TaskStatus.RUNNING,
+                    TaskStatus.SUCCEEDED,
+                    TaskStatus.WAITING_APPROVAL,
+                ):
                     assert deps_ok, f"{key} is {t.status} before all its deps succeeded"
                 if t.status is TaskStatus.PENDING:
-                    assert run.status is RunStatus.RUNNING and not deps_ok
+                    assert run.status in (RunStatus.RUNNING, RunStatus.PAUSED) and not deps_ok
+                if t.status in (TaskStatus.READY, TaskStatus.RUNNING) and t.spec.approval is not None:
+                    assert t.gate is not None and t.gate.decision == "approved", f"{key} ran past its gate"
+                if t.gate is not None and t.gate.decision:
+                    was = self.decided.setdefault(
+                        (*key, t.gate.id), (t.gate.decision, t.gate.by, t.gate.decided_ms)
+                    )
+                    assert was == (t.gate.decision, t.gate.by, t.gate.decided_ms), f"gate of {key} changed"
                 if t.status is TaskStatus.SUCCEEDED:
                     assert self.succeeded[key] == 1
                 if t.status is TaskStatus.RUNNING:
@@ -648,6 +732,7 @@ def simulate(seed: int) -> None:
     assert checker.lock_grants > 0 and checker.kv_writes > 0
     assert any(lock.last_token for lock in st.locks.locks.values())
     assert streamed[0] > 0, "no entry was large enough to be streamed"
+    assert checker.decisions, "no approval gate was decided"
 
 
 @pytest.mark.parametrize("seed", seeds())
