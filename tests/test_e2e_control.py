@@ -74,6 +74,15 @@ def test_parallel_approvals_resolved_independently_from_the_cli(cluster3: LocalC
     assert got["tasks"]["y"]["status"] == "FAILED" and "rejected by 'bob'" in got["tasks"]["y"]["error"]
     assert got["tasks"]["x"]["approval"] == {"prompt": "Ship x?", "timeout_ms": 0, "on_timeout": "reject"}
     assert open_gates() == []
+    assert cli("approvals", "--limit", "5000", "--json", addresses=addrs).returncode == 2
+    assert cli("pause", "no-such-run", "--json", addresses=addrs).returncode == 3
+    refused = cli("pause", run_id, "--json", addresses=addrs)  # the run has failed
+    assert refused.returncode == 5 and "only a RUNNING run can be paused" in refused.stderr
+    rerun = cli("rerun", run_id, "y", "--json", addresses=addrs)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["reopened"] and json.loads(rerun.stdout)["status"] == "WAITING_APPROVAL"
+    gates = wait_until(lambda: open_gates(), 30, "y's new gate")
+    assert [g["task_id"] for g in gates] == ["y"] and gates[0]["gate"] > gy["id"]
     cluster3.wait_converged()
 
 

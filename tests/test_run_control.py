@@ -6,7 +6,7 @@ import pytest
 
 from raftmesh.consensus import CancelRun, Code, RunStatus, TaskStatus, limits
 from raftmesh.consensus.commands import PauseRun, ResumeRun
-from raftmesh.consensus.placement import plan_assignments
+from raftmesh.consensus.placement import plan_assignments, waiting_reason
 from raftmesh.consensus.results import RerunTaskResult, RunControlResult
 from raftmesh.consensus.state import TaskState
 from tests.test_machine import Cluster, check_indexes, spec, status
@@ -50,6 +50,7 @@ def test_pause_starts_nothing_running_attempts_finish_resume_goes_on(c: Cluster)
     assert {(a.run_id, a.task_id) for a in plan_assignments(c.st, c.ts, {}, 10)} == {("other", "x")}
     res = c.unchanged(c.assign(("r", "b", "n1")), Code.FAILED_PRECONDITION)
     assert "run is PAUSED" in res.message
+    assert waiting_reason(c.st, "r", c.task("r", "b"), c.ts) == "its run is paused (raftmesh resume)"
     # the running attempt finishes; its dependent becomes READY, still held back
     c.ok(c.complete("r", "a"))
     assert status(c, "r")["c"] is TaskStatus.READY and ("r", "c") not in queued(c)
