@@ -250,3 +250,35 @@ def test_rerun_of_a_rejected_task_opens_a_new_gate(c: Cluster) -> None:
     c.ok(approve(c, "r", "g"))
     c.run_task("r", "g")
     assert c.st.runs["r"].status is RunStatus.SUCCEEDED
+
+
+def test_the_sdk_builder_and_spec_files_carry_the_approval(tmp_path: Any) -> None:
+    from raftmesh import DAG
+    from raftmesh.errors import InvalidArgument
+    from raftmesh.node import convert
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+
+    path = tmp_path / "gated.yaml"
+    path.write_text(
+        "tasks:\n"
+        "  - {id: a, agent: echo}\n"
+        "  - id: g\n"
+        "    agent: echo\n"
+        "    deps: [a]\n"
+        "    approval: {prompt: 'Ship it?', timeout_ms: 60000, on_timeout: approve}\n"
+    )
+    dag = DAG.from_file(str(path))
+    want = {"prompt": "Ship it?", "timeout_ms": 60000, "on_timeout": "approve"}
+    assert dag.tasks["g"].approval == want and dag.tasks["a"].approval is None
+    assert dag.to_dict()["tasks"][1]["approval"] == want and "approval" not in dag.to_dict()["tasks"][0]
+    built = DAG().task("g", "echo", approval={"prompt": "ok?"})
+    assert built.approval == {"prompt": "ok?", "timeout_ms": 0, "on_timeout": "reject"}
+    for bad in ("yes", {"prompt": "x", "when": 1}, {"timeout_ms": -1}, {"timeout_ms": True}, {"prompt": 3}):
+        with pytest.raises(InvalidArgument, match="approval"):
+            DAG.from_dict({"tasks": [{"id": "g", "agent": "echo", "approval": bad}]})
+    # what the SDK sends is what the state machine gets
+    req = pb.SubmitRunRequest(
+        tasks=[pb.TaskSpec(id="g", agent="echo", approval=pb.ApprovalSpec(prompt="Ship it?", timeout_ms=5))]
+    )
+    (got,) = convert.task_specs_from_pb(req)
+    assert got.approval == Approval("Ship it?", 5, "reject")
