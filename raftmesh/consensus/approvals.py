@@ -1,7 +1,8 @@
 """Approval gates: a task with an ``approval`` waits in WAITING_APPROVAL until someone decides.
 
-``tasks.begin`` opens the gate when the task could start (``open_gate``): the gate's id is
-the revision that opened it, so a rerun of the task opens a gate with a new id. The gate is
+``tasks.begin`` opens the gate when the task could start (``open_gate``): every gate gets
+its own id, unique and increasing (from ``ClusterState.seq``), so a rerun of the task opens a
+gate with a new id. The gate is
 decided exactly once, by ``ApproveTask`` (``approve``) or by its timeout on a tick
 (``expire_gates``, decided as ``on_timeout`` says, by "timeout"):
 
@@ -70,15 +71,16 @@ def must_wait(t: TaskState) -> bool:
 
 
 def open_gate(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> None:
-    """``t`` could start: it waits in WAITING_APPROVAL behind a new gate whose id is ``rev``."""
+    """``t`` could start: it waits in WAITING_APPROVAL behind a new gate with a new id."""
     st = ctx.state
     assert t.spec.approval is not None
     timeout_ms = t.spec.approval.timeout_ms
-    t.gate = Gate(rev, st.time_ms, st.time_ms + timeout_ms if timeout_ms else 0)
+    st.seq += 1
+    t.gate = Gate(st.seq, st.time_ms, st.time_ms + timeout_ms if timeout_ms else 0)
     t.status = TaskStatus.WAITING_APPROVAL
-    bisect.insort(st.open_gates, (rev, run.run_id, t.spec.id))
+    st.open_gates.append((st.seq, run.run_id, t.spec.id))  # the newest id: the end of the sorted list
     if t.gate.deadline_ms:
-        heapq.heappush(st.gate_deadlines, (t.gate.deadline_ms, run.run_id, t.spec.id, rev))
+        heapq.heappush(st.gate_deadlines, (t.gate.deadline_ms, run.run_id, t.spec.id, st.seq))
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, ""))
 

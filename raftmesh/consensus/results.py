@@ -434,7 +434,7 @@ class ApproveTaskResult(Result):
     comment: str
     decided_ms: int
     status: TaskStatus
-    """The task's status after the decision (as of the command that decided)."""
+    """The task's status as of this answer (after the decision)."""
 
     def _encode(self) -> list[Any]:
         return [

@@ -149,7 +149,8 @@ class Gate:
     """An approval gate: opened when the task could start, decided once."""
 
     id: int
-    """The revision that opened it (a rerun opens a new gate with a new id)."""
+    """Unique and increasing, drawn from ``ClusterState.seq`` when it opens (a rerun opens a new
+    gate with a new id; gates opened by one command still differ)."""
     opened_ms: int
     deadline_ms: int = 0
     """When ``on_timeout`` decides it (0: never)."""
