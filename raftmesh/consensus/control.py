@@ -168,22 +168,25 @@ def _plan(run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected
             if d not in back and d in run.tasks:
                 back.add(d)
                 stack.append(d)
+    # Walked in run order, never in set order: the message of a refusal is part of the result.
     drop: set[str] = set()
-    stack = [c for b in back for c in run.tasks[b].children]
+    stack = [c for k in run.tasks if k in back for c in run.tasks[k].children]
     while stack:
         c = stack.pop()
         if c not in drop and c in run.tasks:
             drop.add(c)
             stack.extend(run.tasks[c].children)
     back -= drop
-    for b in back:
+    reset = [k for k in run.tasks if k in back]
+    dropped = [k for k in run.tasks if k in drop]
+    for b in reset:
         o = run.tasks[b]
         if o.parent and o.parent not in back:
             return Rejected(
                 Code.FAILED_PRECONDITION,
                 f"rerunning {t.spec.id!r} would reach {b!r}, a child of {o.parent!r}; rerun {o.parent!r}",
             )
-    for c in drop:
+    for c in dropped:
         for d in run.tasks[c].dependents:
             if d not in drop and d not in back:
                 return Rejected(
@@ -199,7 +202,7 @@ def _plan(run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected
                     f"run {run.run_id!r} failed at task {o.spec.id!r}, which is not downstream of "
                     f"{t.spec.id!r}: rerun {o.spec.id!r} (or a task upstream of it) to reopen the run",
                 )
-    return [k for k in run.tasks if k in back], [k for k in run.tasks if k in drop]
+    return reset, dropped
 
 
 def _stop(ctx: ApplyContext, run: RunState, t: TaskState, why: str) -> bool:
