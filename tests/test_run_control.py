@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftmesh.consensus import CancelRun, Code, RunStatus, TaskStatus, limits
+from raftmesh.consensus import CancelRun, Code, Complete, Completion, RunStatus, TaskStatus, limits
 from raftmesh.consensus.commands import PauseRun, ResumeRun
 from raftmesh.consensus.placement import plan_assignments, waiting_reason
 from raftmesh.consensus.results import RerunTaskResult, RunControlResult
@@ -234,40 +234,49 @@ def test_rerun_of_a_skipped_task_evaluates_its_condition_again(c: Cluster) -> No
     assert status(c, "r")["b"] is TaskStatus.READY
 
 
-def test_rerun_drops_children_of_reset_tasks(c: Cluster) -> None:
+def _spawn_children(c: Cluster, parent: str, n: int, first: int = 0, waited: bool = True) -> None:
+    """``parent`` (READY) becomes a waiting spawner of ``n`` children, through ``groups``, as
+    spawn/map/replicas do (their processors are not on this branch; the transition is theirs)."""
     from raftmesh.consensus import groups
+    from raftmesh.consensus.context import ApplyContext
+    from raftmesh.consensus.tasks import activate, unready
 
+    run = c.st.runs["r"]
+    p = run.tasks[parent]
+    ctx = ApplyContext(c.st, c.ts)
+    rev = ctx.advance()
+    if p.status is TaskStatus.READY:
+        unready(ctx, "r", p)
+        p.status = TaskStatus.WAITING_CHILDREN
+    for i in range(first, first + n):
+        child = groups.add_child(
+            ctx, run, p, spec(groups.child_id(parent, "spawn", i)), "spawn", waited=waited
+        )
+        activate(ctx, run, child, rev)
+    check_indexes(c.sm)
+
+
+def test_rerun_drops_children_of_reset_tasks(c: Cluster) -> None:
     c.ok(c.submit("r", [spec("a"), spec("m", "a")]))
     c.run_task("r", "a")
     run = c.st.runs["r"]
     m = c.task("r", "m")
-    # m spawns two children and waits for them (what map, replicas and spawn do through groups)
-    c.ok(c.assign(("r", "m", "n1")))
-    m.status = TaskStatus.WAITING_CHILDREN
-    c.sm.state.running.get("n1", {}).pop(("r", "m"), None)
-    c.sm.state.running_agent.clear()
-    from raftmesh.consensus.context import ApplyContext
-    from raftmesh.consensus.tasks import activate
-
-    ctx = ApplyContext(c.st, c.ts)
-    rev = ctx.advance()
-    for i in range(2):
-        child = groups.add_child(ctx, run, m, spec(groups.child_id("m", "spawn", i)), "spawn")
-        activate(ctx, run, child, rev)
-    check_indexes(c.sm)
+    _spawn_children(c, "m", 2)
     c.ok(c.assign(("r", "m#0", "n1")))
+    token = c.task("r", "m#0").token
     res = c.ok(c.rerun("r", "a"))
     assert isinstance(res, RerunTaskResult) and res.reset == 2 and res.dropped == 2
     assert list(run.tasks) == ["a", "m"] and run.unfinished == 2 and m.children == []
+    assert m.status is TaskStatus.PENDING and m.children_waiting == 0
     assert c.st.running.get("n1", {}) == {}
+    # the dropped child's running attempt is fenced
+    late = Complete(c.rid(), c.ts, "n1", (Completion("r", "m#0", 1, token, "late"),))
+    res = c.unchanged(late, Code.ABORTED)
+    assert "no such task" in res.message
     # a child cannot be rerun alone
     c.run_task("r", "a")
-    c.ok(c.assign(("r", "m", "n1")))
-    ctx = ApplyContext(c.st, c.ts)
-    ctx.advance()
-    groups.add_child(ctx, run, m, spec("m#5"), "spawn", waited=False)
-    run.tasks["m#5"].status = TaskStatus.SKIPPED
-    run.unfinished -= 1
+    _spawn_children(c, "m", 1, first=5)
+    c.run_task("r", "m#5")
     res = c.unchanged(c.rerun("r", "m#5"), Code.FAILED_PRECONDITION)
     assert "is a spawn task of 'm'; rerun 'm' instead" in res.message
 
