@@ -317,3 +317,18 @@ def test_snapshot_restore_of_paused_and_rerun_runs(c: Cluster) -> None:
     c.ok(resume(c, "p"))
     assert queued(c) == [("q", "a"), ("p", "b")]
     assert c.task("q", "a").history[0].output == {"v": 1}
+
+
+def test_a_paused_runs_task_preempts_nothing(c: Cluster) -> None:
+    from raftmesh.consensus.commands import Preempt, Preemption
+
+    c.ok(c.submit("low", [spec("v", priority=-5)]))
+    c.ok(c.assign(("low", "v", "n1")))
+    c.ok(c.submit("hi", [spec("w", priority=5)]))
+    c.ok(pause(c, "hi"))
+    v = c.task("low", "v")
+    res = c.unchanged(
+        Preempt(c.rid(), c.ts, (Preemption("low", "v", v.attempt, v.token, "hi", "w"),)),
+        Code.FAILED_PRECONDITION,
+    )
+    assert "run hi is PAUSED" in res.message
