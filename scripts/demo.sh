@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine to a real cluster doing real work: install, start 3 nodes, run a fan-out/fan-in DAG,
 # print the result, stop the nodes; then run the multi-agent example (examples/incident_triage) on a
-# local cluster against the fake OpenAI-compatible server.   scripts/demo.sh [DAG file, default examples/fanout.yaml]
+# local cluster against the fake OpenAI-compatible server, and the planner example (examples/planner).   scripts/demo.sh [DAG file, default examples/fanout.yaml]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -21,3 +21,5 @@ scripts/cluster.sh down --dir "$DIR" >/dev/null
 echo "== multi-agent example: incident triage (http fetch, 3 llm analysts with tools, reviewer, writer)"
 echo "   against the fake OpenAI-compatible server; README 'Built-in agents' shows how to use a real model"
 "$VENV/bin/python" -m examples.incident_triage --nodes 3
+echo "== planner example: the model's plan is checked, repaired once and spawned into the run"
+"$VENV/bin/python" -m examples.planner --nodes 3

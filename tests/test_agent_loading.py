@@ -310,7 +310,20 @@ def test_registry_add_rejects_a_second_agent_under_a_name_and_keeps_the_same_one
 def test_load_a_file_builtins_first_with_sources_and_origins() -> None:
     reg = load_agents([USER_AGENTS], entry_points=False)
     assert reg.names() == sorted(
-        ["echo", "sum", "sleep", "fail", "kv_put", "http", "llm", "greet", "add_sync", "counter", "shout"]
+        [
+            "echo",
+            "sum",
+            "sleep",
+            "fail",
+            "kv_put",
+            "http",
+            "llm",
+            "planner",
+            "greet",
+            "add_sync",
+            "counter",
+            "shout",
+        ]
     )
     assert reg.origins["echo"] == "built-in" and reg.agents["echo"].source == ""
     for name, line in (("greet", '@raftmesh.agent("greet"'), ("counter", '@raftmesh.agent("counter")')):
@@ -689,7 +702,7 @@ def test_node_agents_unknown_and_the_config_key(tmp_path: pathlib.Path) -> None:
         assert res.returncode == 2, res
         if isinstance(value, list):
             assert (
-                "loaded: add_sync, counter, echo, fail, greet, http, kv_put, llm, shout, sleep, sum"
+                "loaded: add_sync, counter, echo, fail, greet, http, kv_put, llm, planner, shout, sleep, sum"
                 in res.stderr
             ), res
         else:

@@ -138,7 +138,17 @@ def test_placement_by_capability_defaults_breakers_and_waiting_reasons(
         # status --json shows every member's offers
         status = cli(addresses, "status", "--json")
         by_id = {m["id"]: m for m in status["members"]}
-        assert by_id["n3"]["agents"] == ["echo", "fail", "http", "kv_put", "llm", "sleep", "sum", "work"]
+        assert by_id["n3"]["agents"] == [
+            "echo",
+            "fail",
+            "http",
+            "kv_put",
+            "llm",
+            "planner",
+            "sleep",
+            "sum",
+            "work",
+        ]
         work3 = next(o for o in by_id["n3"]["offers"] if o["agent"] == "work")
         assert work3 == {
             "agent": "work",

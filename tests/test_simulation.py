@@ -69,6 +69,7 @@ from raftmesh.consensus.commands import (
     RetryTask,
     Usage,
 )
+from raftmesh.consensus.fusion import SUPERSEDED
 from raftmesh.consensus.locks import EXCLUSIVE, SHARED, task_owner
 from raftmesh.consensus.raft import replication
 from raftmesh.consensus.results import (
@@ -92,7 +93,7 @@ LOCK_OWNERS = ("o0", "o1", "o2", "o3", "o4")
 KV_KEYS = ("a/0", "a/1", "a/2", "b/0", "b/1", "c")
 COORD_SHARE = 0.25
 """Share of generated commands that are lock or KV commands."""
-CONTROL_SHARE = 0.06
+CONTROL_SHARE = 0.03
 """Share of generated commands that decide approval gates, pause, resume or rerun."""
 LARGE_SHARE = 0.04
 """Share of task inputs and KV values that are large non-ASCII text."""
@@ -160,6 +161,9 @@ class Generator:
         self.now_ms = 1_000_000
         self.n_rid = 0
         self.n_run = 0
+        self.n_spawned = 0
+        # Spawns draw from their own stream, so the seeds' other choices (and what they cover) stay.
+        self.spawn_rng = random.Random(repr(rng.getstate()[1][:8]))
         self.nodes: dict[str, RegisterNode] = {}
         self.incarnations: Counter[str] = Counter()
         self.attempts: list[AttemptRecord] = []
@@ -231,9 +235,8 @@ class Generator:
                         if rng.random() < 0.15
                         else ()
                     ),
-                    approval=Approval("ok?", rng.choice((0, 0, 300)), rng.choice(("reject", "approve")))
-                    if rng.random() < 0.12
-                    else None,
+                    **replica_keys(random.Random(f"{run_id}/{i}"), offered),
+                    approval=gate_of(random.Random(f"{run_id}/{i}/gate")),
                 )
             )
         rng.shuffle(tasks)  # spec order is not topological order
@@ -296,16 +299,47 @@ class Generator:
             items_c = []
             for a in picked:
                 output: Any = {"from": a.node, "attempt": a.attempt}
+                if "#" in a.task_id:  # a replica or a judge: answers that agree, or that fuse
+                    pick = random.Random(
+                        f"{a.run_id}/{a.task_id}/{a.attempt}"
+                    )  # the main stream stays as it was
+                    output = pick.choice((1, 2, {"value": 2, "score": 3, "k": {"n": 1}}, {"choice": 0}))
                 if rng.random() < 0.003:
                     output = "x" * (limits.MAX_TASK_OUTPUT_BYTES + 1)
                 usage = Usage(rng.randint(0, 50), rng.randint(0, 5), rng.randint(0, 8) / 8)
-                items_c.append(Completion(a.run_id, a.task_id, a.attempt, a.token, output, usage))
+                spawn, wait = self.spawn(a) if self.spawn_rng.random() < 0.3 else ((), True)
+                items_c.append(
+                    Completion(a.run_id, a.task_id, a.attempt, a.token, output, usage, spawn, wait)
+                )
             return Complete(self.rid(), self.ts(), node, tuple(items_c))
         items_f = [
             Failure(a.run_id, a.task_id, a.attempt, a.token, f"error {rng.randint(0, 9)}", rng.random() < 0.8)
             for a in picked
         ]
         return Fail(self.rid(), self.ts(), node, tuple(items_f))
+
+    def spawn(self, a: AttemptRecord) -> tuple[tuple[TaskSpec, ...], bool]:
+        """What a completing attempt spawns: mostly valid, sometimes an id or a dependency the run refuses."""
+        rng = self.spawn_rng
+        run = self.st.runs.get(a.run_id)
+        existing = sorted(run.tasks) if run is not None else [a.task_id]
+        offered = sorted(self.st.known_agents()) or ["echo"]
+        specs: list[TaskSpec] = []
+        for _ in range(rng.randint(1, 3)):
+            self.n_spawned += 1
+            sid = f"s{self.n_spawned}" if rng.random() > 0.03 else rng.choice(existing)
+            choices = (
+                [t.id for t in specs]
+                + [a.task_id] * 2
+                + ([rng.choice(existing)] if rng.random() < 0.1 else [])
+            )
+            deps = tuple(sorted(set(rng.sample(choices, rng.randint(0, min(2, len(choices)))))))
+            specs.append(
+                TaskSpec(
+                    id=sid, agent=rng.choice(offered), input={"s": sid}, deps=deps, retries=rng.choice((0, 1))
+                )
+            )
+        return tuple(specs), rng.random() < 0.7
 
     def retry_dead_letter(self) -> Command | None:
         """An operator retries a dead letter: mostly at its dead attempt, some stale or wrong."""
@@ -333,9 +367,11 @@ class Generator:
             by = rng.choice(waiting)
         return Preempt(self.rid(), self.ts(), (Preemption(v.run_id, v.task_id, v.attempt, v.token, *by),))
 
-    def control_command(self) -> Command | None:
-        """An operator decides a gate (now and then a stale or decided one), pauses, resumes, reruns."""
-        rng = self.rng
+    def control_command(self, rng: random.Random) -> Command | None:
+        """An operator decides a gate (now and then a stale or decided one), pauses, resumes, reruns.
+
+        ``rng`` is derived, not the generator's stream, so the rest of the workload draws what it
+        drew before run control was added."""
         roll = rng.random()
         if roll < 0.45:
             gates = [
@@ -464,8 +500,6 @@ class Generator:
             cmd: Command | None
             if rng.random() < COORD_SHARE:
                 cmd = self.lock_command() if rng.random() < 0.5 else self.kv_command()
-            elif rng.random() < CONTROL_SHARE:
-                cmd = self.control_command()
             elif roll < 0.12:
                 cmd = self.submit()
             elif roll < 0.40:
@@ -493,6 +527,11 @@ class Generator:
                 cmd = self.preempt()
             if cmd is not None:
                 batch.append(cmd)
+        crng = random.Random(f"control/{self.n_rid}/{self.now_ms}")
+        if crng.random() < CONTROL_SHARE:
+            control = self.control_command(crng)
+            if control is not None:
+                batch.append(control)
         return batch
 
 
@@ -539,9 +578,23 @@ class Checker:
             if fresh and isinstance(cmd, RerunTask) and isinstance(res, RerunTaskResult):
                 # The reset tasks may succeed again, each once more.
                 self.reruns += 1
-                for t in st.runs[cmd.run_id].tasks.values():
+                run = st.runs[cmd.run_id]
+                for t in run.tasks.values():
                     if t.status is not TaskStatus.SUCCEEDED:
                         self.succeeded[(cmd.run_id, t.spec.id)] = 0
+                # Dropped children are gone; an expansion (in this command or later) may bring
+                # their ids back as new tasks, counted afresh.
+                fresh_ids = {
+                    k
+                    for k in self.attempts
+                    if k[0] == cmd.run_id
+                    and (k[1] not in run.tasks or run.tasks[k[1]].attempt < self.attempts[k])
+                }
+                for seen in (self.tokens, self.attempts, self.granted, self.succeeded):
+                    for key in [
+                        k for k in seen if k in fresh_ids or (k[0] == cmd.run_id and k[1] not in run.tasks)
+                    ]:
+                        del seen[key]
 
     def events(self, events: list[Any], st: ClusterState) -> None:
         for ev in events:
@@ -583,7 +636,22 @@ class Checker:
                 self.tokens[key] = t.token
                 assert t.token <= st.revision
                 assert 0 <= t.retries_left <= t.spec.retries
-                deps_ok = all(run.tasks[d].status is TaskStatus.SUCCEEDED for d in t.spec.deps)
+                # A spawned task may read its spawner while the spawner waits for it (its output is
+                # final); a run that ends meanwhile cancels the waiting spawner.
+                spawner_ok = t.parent in t.spec.deps and (
+                    run.tasks[t.parent].status is TaskStatus.WAITING_CHILDREN
+                    or (run.status in TERMINAL_RUN and run.tasks[t.parent].status is TaskStatus.CANCELLED)
+                )
+                deps_ok = all(
+                    run.tasks[d].status is TaskStatus.SUCCEEDED or (d == t.parent and spawner_ok)
+                    for d in t.spec.deps
+                )
+                if t.origin == "spawn":  # no spawned task lost or duplicated: its spawner lists it once
+                    assert run.tasks[t.parent].children.count(t.spec.id) == 1, key
+                    assert t.depth == run.tasks[t.parent].depth + 1, key
+                if t.status is TaskStatus.WAITING_CHILDREN:
+                    waiting = [c for c in t.children if run.tasks[c].status not in TERMINAL_TASK]
+                    assert 0 < t.children_waiting == len(waiting), key
                 if t.status in (
                     TaskStatus.READY,
                     TaskStatus.RUNNING,
@@ -617,7 +685,16 @@ class Checker:
             if run.status in TERMINAL_RUN:
                 assert unfinished == 0
             if run.status is RunStatus.SUCCEEDED:
-                assert all(t.status is TaskStatus.SUCCEEDED for t in run.tasks.values())
+                assert all(
+                    t.status is TaskStatus.SUCCEEDED
+                    or (t.origin == "replica" and t.status in (TaskStatus.CANCELLED, TaskStatus.FAILED))
+                    # what a superseded replica had spawned is cancelled with it
+                    or (t.status is TaskStatus.CANCELLED and t.error == SUPERSEDED)
+                    for t in run.tasks.values()
+                )
+            for t in run.tasks.values():
+                if t.spec.replicas and t.status is TaskStatus.SUCCEEDED:
+                    fused_from_committed(run, t)
         for node, tasks in st.running.items():
             assert len(tasks) <= st.members[node].slots, f"{node} runs more tasks than it has slots"
         self.coordination(st)
@@ -732,7 +809,52 @@ def simulate(seed: int) -> None:
     assert checker.lock_grants > 0 and checker.kv_writes > 0
     assert any(lock.last_token for lock in st.locks.locks.values())
     assert streamed[0] > 0, "no entry was large enough to be streamed"
-    assert checker.decisions, "no approval gate was decided"
+    assert checker.decided, "no approval gate was decided"
+    spawned = [t for run in st.runs.values() for t in run.tasks.values() if t.origin == "spawn"]
+    assert spawned, "no completion spawned a task"
+
+
+def gate_of(rng: random.Random) -> Approval | None:
+    """Now and then an approval gate, with a timeout that approves or rejects (a derived ``rng``,
+    as ``replica_keys`` does)."""
+    if rng.random() > 0.12:
+        return None
+    return Approval("ok?", rng.choice((0, 0, 300)), rng.choice(("reject", "approve")))
+
+
+def replica_keys(rng: random.Random, offered: list[str]) -> dict[str, Any]:
+    """Now and then a task with competing replicas (some of them invalid: rejected at submit).
+
+    ``rng`` is derived from the task's ids, not the generator's stream, so the rest of the
+    workload draws what it drew before replicas were added."""
+    if rng.random() > 0.12:
+        return {}
+    n = rng.randint(1, 4)
+    fusion = rng.choice(("vote", "vote", "weighted", "merge", "best", "first"))
+    keys: dict[str, Any] = {"replicas": n, "fusion": fusion, "quorum": rng.randint(0, n)}
+    if fusion == "first":
+        keys["quorum"] = rng.choice((0, 1))
+    if fusion == "best" and rng.random() < 0.5:
+        keys["judge"] = rng.choice(offered)
+    if rng.random() < 0.3:
+        keys["agents"] = tuple(rng.sample(offered, min(len(offered), rng.randint(1, n))))
+    if fusion == "weighted" and rng.random() < 0.5:
+        keys["weights"] = tuple(float(rng.randint(0, 3)) for _ in range(n))
+    return keys
+
+
+def fused_from_committed(run: Any, t: Any) -> None:
+    """A fused output quotes its replicas' committed outputs, and only succeeded ones count."""
+    out = t.output
+    assert out["fusion"] == t.spec.fusion and len(out["replicas"]) == t.spec.replicas
+    for e in out["replicas"]:
+        child = run.tasks[e["id"]]
+        assert child.parent == t.spec.id and child.origin == "replica"
+        if e["status"] == "SUCCEEDED":
+            assert child.status is TaskStatus.SUCCEEDED
+            assert out.get("outputs_omitted") or e["output"] == child.output
+        else:
+            assert e["output"] is None and child.status is not TaskStatus.SUCCEEDED
 
 
 @pytest.mark.parametrize("seed", seeds())

@@ -6,6 +6,7 @@ from ._host import AgentHost
 from ._loader import ENTRY_POINT_GROUP, AgentLoadError, load_agent, load_agents
 from ._registry import AgentDef, AgentRegistry, DuplicateAgentError, default_registry
 from ._setup import AgentNode, AgentSetupError
+from ._spawn import SpawnError
 from ._task_clients import TaskKv, TaskLocks
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "AgentRegistry",
     "AgentSetupError",
     "DuplicateAgentError",
+    "SpawnError",
     "SyncTaskContext",
     "TaskContext",
     "TaskKv",

@@ -11,6 +11,8 @@
   attempt's token (a zombie attempt's write is rejected); output = the mod_revision.
 - ``http``: one HTTP(S) call, idempotent across attempts (``raftmesh.agents._http``).
 - ``llm``: an OpenAI-compatible chat completion with a tool-calling loop (``raftmesh.agents._llm``).
+- ``planner``: asks a model for a plan, validates it as submit would and spawns it
+  (``raftmesh.agents._planner``).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def register_builtins(reg: AgentRegistry) -> None:
     # Imported here: they import AgentInputError from this module.
     from ._http import http_agent
     from ._llm import llm_agent
+    from ._planner import planner_agent
 
     reg.register("http", http_agent)
     reg.register("llm", llm_agent)
+    reg.register("planner", planner_agent)

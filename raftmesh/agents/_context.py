@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..consensus.commands import NO_USAGE, Usage
+from ._spawn import Spawns
 
 
 @dataclass
@@ -39,6 +40,11 @@ class TaskContext:
     """The node's ``AgentRegistry`` (an agent may call another registered agent type as a tool)."""
     usage: Usage = NO_USAGE
     """What this attempt consumed so far; committed with its completion or failure."""
+    reads: Any = None
+    """The node's local replica (``raftmesh.agents._task_clients.Reader``: ``reads.read(fn)`` calls
+    ``fn(ClusterState)`` under its lock; it may be a moment behind the leader). Async agents only."""
+    spawns: Spawns = field(default_factory=Spawns, init=False, repr=False, compare=False)
+    """What this attempt spawned so far (``spawn``); added to the run with its completion."""
 
     def report_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
         """Add to this attempt's usage (summed per task and per run in ``raftmesh get``)."""
@@ -46,6 +52,21 @@ class TaskContext:
             raise ValueError("report_usage: tokens and cost must be finite and >= 0")
         u = self.usage
         self.usage = Usage(u.tokens_in + int(tokens_in), u.tokens_out + int(tokens_out), u.cost + float(cost))
+
+    def spawn(self, fragment: Any, wait: bool = True) -> list[str]:
+        """Add tasks to this run when this attempt succeeds; returns their ids.
+
+        ``fragment``: a ``raftmesh.DAG``, a list of ``raftmesh.Task`` or a list of task spec
+        maps (the keys of a task in a spec file). A spawned task may depend on tasks of the
+        fragment, on this task (it reads this attempt's output) or on tasks of the run that
+        already SUCCEEDED. Calls accumulate; nothing is added if the attempt fails, is
+        cancelled or fenced. ``wait=True``: this task stays WAITING_CHILDREN until what it
+        spawned has ended, so its dependents run after them (they still read this task's own
+        output); ``wait=False``: it succeeds at once. Raises ``SpawnError`` (not retried)
+        for what is wrong within the fragment; what is wrong against the run (an id already
+        used, an unknown agent type, depth, limits, budget) fails the attempt with the reason.
+        """
+        return self.spawns.add(self.task_id, fragment, wait)
 
 
 @dataclass

@@ -45,7 +45,8 @@ from typing import Any
 from ..clock import Clock
 from ..consensus import limits, values
 from ..consensus.codes import Code
-from ..consensus.commands import NO_USAGE, Complete, Completion, Fail, Failure, Usage
+from ..consensus.commands import NO_USAGE, Complete, Completion, Fail, Failure, TaskSpec, Usage
+from ..consensus.members import task_defaults
 from ..consensus.results import Rejected, ReportResult, Result
 from ..consensus.state import ClusterState, TaskKey, TaskStatus
 from ..errors import RaftmeshError
@@ -53,6 +54,7 @@ from ._context import SyncTaskContext, TaskContext
 from ._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE, ProcessPool, ThreadPool
 from ._registry import AgentDef, AgentRegistry, default_registry
 from ._setup import AgentNode
+from ._spawn import SpawnError, task_specs
 from ._sync_clients import SyncKv, SyncLocks, dispatch, loop_call
 from ._task_clients import Reader, TaskKv, TaskLocks, Writer
 
@@ -104,6 +106,9 @@ class _Report:
     error: str = ""
     retryable: bool = True
     usage: Usage = NO_USAGE
+    spawn: tuple[TaskSpec, ...] = ()
+    """What a successful attempt spawned (``ctx.spawn``), committed with its completion."""
+    spawn_wait: bool = True
 
 
 class _AttemptFailed(Exception):
@@ -220,7 +225,9 @@ class AgentHost:
             run = st.runs[key[0]]
             t = run.tasks[key[1]]
             cur = self._active.get(key)
-            if cur is not None and cur.attempt == t.attempt:
+            # The token too: a task id can come back with its attempts counted afresh (a rerun
+            # drops a map's or replicated task's children and expands them again).
+            if cur is not None and cur.attempt == t.attempt and cur.token == t.token:
                 continue
             if cur is not None:  # an older attempt of ours: stop it
                 out.stop.append(key)
@@ -236,6 +243,7 @@ class AgentHost:
                 cur_t is None
                 or cur_t.status is not TaskStatus.RUNNING
                 or cur_t.attempt != a.attempt
+                or cur_t.token != a.token
                 or cur_t.node != self.node_id
             ):
                 out.stop.append(key)
@@ -299,7 +307,7 @@ class AgentHost:
         )
         ctx: TaskContext
         if mode == "async":
-            ctx = TaskContext(**fields, kv=kv, locks=locks)
+            ctx = TaskContext(**fields, kv=kv, locks=locks, reads=self._reads)
         else:
             call = loop_call(kv, locks, asyncio.get_running_loop())
             ctx = SyncTaskContext(**fields, kv=SyncKv(call), locks=SyncLocks(call))
@@ -346,7 +354,29 @@ class AgentHost:
                 )
             )
             return
-        await self._report(_Report(a, True, output=output))
+        spawn: tuple[TaskSpec, ...] = ()
+        if ctx.spawns.tasks:
+            try:
+                spawn = self._spawn_specs(run_id, ctx.spawns.tasks)
+            except SpawnError as exc:
+                await self._report(
+                    _Report(a, False, error=str(exc)[: limits.MAX_ERROR_CHARS], retryable=False)
+                )
+                return
+        await self._report(
+            _Report(a, True, output=output, spawn=spawn, spawn_wait=ctx.spawns.wait is not False)
+        )
+
+    def _spawn_specs(self, run_id: str, maps: list[dict[str, Any]]) -> tuple[TaskSpec, ...]:
+        """The spawned tasks, explicit as a submit logs them (the run's priority, the agent
+        types' retries/timeout where unset): apply never looks up who offers what."""
+
+        def look(st: ClusterState) -> tuple[int, dict[str, Any]]:
+            run = st.runs.get(run_id)
+            return (run.priority if run else 0), task_defaults(st, {str(m.get("agent")) for m in maps})
+
+        priority, defaults = self._reads.read(look)
+        return task_specs(maps, priority, defaults)
 
     async def _run_in(self, mode: str, adef: AgentDef, ctx: TaskContext, kv: TaskKv, locks: TaskLocks) -> Any:
         """The attempt's output, run where its agent's isolation says; raises what the agent raised."""
@@ -379,6 +409,8 @@ class AgentHost:
             request, functools.partial(dispatch, kv, locks), adef.memory_mb, adef.cpu_seconds
         )
         ctx.usage = res.usage
+        if res.ok and res.spawn:
+            ctx.spawns.tasks, ctx.spawns.wait = list(res.spawn), res.spawn_wait
         if not res.ok:
             raise _AttemptFailed(res.error[: limits.MAX_ERROR_CHARS], res.retryable)
         return res.output
@@ -404,9 +436,12 @@ class AgentHost:
 
     async def _flush(self, batch: list[_Report]) -> None:
         ts = self._clock.now_ms()
-        groups = [g for g in ([r for r in batch if r.ok], [r for r in batch if not r.ok]) if g]
+        plain = ([r for r in batch if r.ok and not r.spawn], [r for r in batch if not r.ok])
+        # A completion that spawns (up to MAX_SPAWNED_BYTES_PER_RUN of specs) goes in a command
+        # of its own, so several large spawns never add up to one oversized command.
+        groups = [g for g in plain if g] + [[r] for r in batch if r.ok and r.spawn]
         cmds = [self._command(g, ts) for g in groups]
-        # Both commands are proposed together so the proposer puts them in one log entry.
+        # The commands are proposed together so the proposer puts them in as few log entries as fit.
         results = await asyncio.gather(*(self._deliver(c) for c in cmds))
         for group, res in zip(groups, results, strict=True):
             _log_outcomes(group, res)
@@ -422,7 +457,15 @@ class AgentHost:
                 ts,
                 self.node_id,
                 tuple(
-                    Completion(*r.attempt.key, r.attempt.attempt, r.attempt.token, r.output, r.usage)
+                    Completion(
+                        *r.attempt.key,
+                        r.attempt.attempt,
+                        r.attempt.token,
+                        r.output,
+                        r.usage,
+                        r.spawn,
+                        r.spawn_wait,
+                    )
                     for r in group
                 ),
             )

@@ -230,7 +230,7 @@ def _redact(text: str, key: str) -> str:
 
 def _sync_context(ctx: TaskContext, changes: dict[str, Any]) -> SyncTaskContext:
     """``ctx`` as a plain-``def`` agent expects it (``SyncTaskContext``), with ``changes``."""
-    fields = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(TaskContext)} | changes
+    fields = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(TaskContext) if f.init} | changes
     del fields["cancelled"]  # the sync view has its own threading.Event
     if ctx.kv is not None and ctx.locks is not None:
         call = loop_call(ctx.kv, ctx.locks, asyncio.get_running_loop())

@@ -110,6 +110,9 @@ class Outcome:
     error: str = ""
     retryable: bool = True
     usage: Usage = NO_USAGE
+    spawn: tuple[dict[str, Any], ...] = ()
+    """The spawn maps of a successful attempt (``ctx.spawn`` in the worker)."""
+    spawn_wait: bool = True
 
 
 class _Worker:
@@ -323,7 +326,18 @@ def _outcome(msg: dict[str, Any]) -> Outcome:
         except (TypeError, ValueError):
             pass
     if msg.get("ok"):
-        return Outcome(True, output=msg.get("output"), usage=usage)
+        sp = msg.get("spawn")
+        if sp is None:
+            return Outcome(True, output=msg.get("output"), usage=usage)
+        if not (
+            isinstance(sp, list)
+            and len(sp) == 2
+            and isinstance(sp[0], bool)
+            and isinstance(sp[1], list)
+            and all(isinstance(m, dict) for m in sp[1])
+        ):
+            return Outcome(False, error="the worker sent a malformed spawn", retryable=False, usage=usage)
+        return Outcome(True, output=msg.get("output"), usage=usage, spawn=tuple(sp[1]), spawn_wait=sp[0])
     return Outcome(
         False, error=str(msg.get("error", "")), retryable=bool(msg.get("retryable", True)), usage=usage
     )

@@ -149,6 +149,8 @@ def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDe
             for which, old in saved:
                 resource.setrlimit(which, old)
         reply = {"t": "done", "ok": True, "output": out}
+        if ctx.spawns.tasks:  # sent with the success only: a failed attempt spawns nothing
+            reply["spawn"] = [ctx.spawns.wait is not False, ctx.spawns.tasks]
         try:
             data = encode({**reply, "usage": ctx.usage.encode()})
         except (TypeError, ValueError, OverflowError) as exc:

@@ -50,6 +50,18 @@ def _usage_text(u: Any) -> str:
     return f"usage: tokens_in={u.tokens_in} tokens_out={u.tokens_out} cost={u.cost:g}"
 
 
+def _fusion_text(f: Any) -> str:
+    """One line for a replicated task: its rule and what each replica counts for so far."""
+    parts = []
+    for r in f.standings:
+        counts = r.to_json(f.rule)
+        mark = next(
+            (f" {k}={counts[k]}" for k in ("vote", "weight", "score") if counts.get(k) is not None), ""
+        )
+        parts.append(f"{r.id} {r.status}{mark}" + (f" on {r.node}" if r.node else ""))
+    return f"fusion {f.rule}, quorum {f.quorum} of {f.replicas}: " + ", ".join(parts)
+
+
 def _print_run(run: Any) -> None:
     print(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
     if run.usage.tokens_in or run.usage.tokens_out or run.usage.cost:
@@ -67,6 +79,8 @@ def _print_run(run: Any) -> None:
             print(f"  {'':<24} {_usage_text(t.usage)}")
         for p in t.preempted_by:
             print(f"  {'':<24} attempt {p.attempt} preempted by {p.by_run_id}/{p.by_task_id} at {p.at_ms}")
+        if t.fusion is not None:
+            print(f"  {'':<24} {_fusion_text(t.fusion)}")
         if t.gate is not None:
             g = t.gate
             said = f" by {g.by}" + (f": {g.comment}" if g.comment else "") if g.decision else ""

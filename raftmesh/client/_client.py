@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
-from ._dag import DAG
+from ._dag import DAG, Task
 from ._types import (
     TERMINAL,
     ApprovalInfo,
@@ -44,6 +44,29 @@ from ._types import (
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 STREAM_SILENCE_S = 5.0
 """Servers send a heartbeat every second on idle streams; this much silence means the node stalled."""
+
+
+def task_pb(t: Task) -> pb.TaskSpec:
+    """A task as the wire carries it (a submit's tasks, and what ``ctx.spawn`` adds to a run)."""
+    return pb.TaskSpec(
+        id=t.id,
+        agent=t.agent,
+        input_json="" if t.input is None else _dumps(t.input),
+        deps=list(t.deps),
+        retries=t.retries,  # None leaves the field unset: the agent's default
+        priority=t.priority,
+        timeout_ms=t.timeout_ms,
+        retry_backoff_ms=t.retry_backoff_ms,
+        locks=[pb.LockItem(name=n, mode=m) for n, m in t.locks],
+        requires=list(t.requires),
+        replicas=t.replicas,
+        fusion=t.fusion,
+        quorum=t.quorum,
+        weights=list(t.weights),
+        agents=list(t.agents),
+        judge=t.judge,
+        approval=pb.ApprovalSpec(**t.approval) if t.approval is not None else None,
+    )
 
 
 class Watchdog:
@@ -187,22 +210,7 @@ class Client:
             idempotency_key=key,
             name=name if name is not None else dag.name,
             priority=dag.priority,
-            tasks=[
-                pb.TaskSpec(
-                    id=t.id,
-                    agent=t.agent,
-                    input_json="" if t.input is None else _dumps(t.input),
-                    deps=list(t.deps),
-                    retries=t.retries,  # None leaves the field unset: the agent's default
-                    priority=t.priority,
-                    timeout_ms=t.timeout_ms,
-                    retry_backoff_ms=t.retry_backoff_ms,
-                    locks=[pb.LockItem(name=n, mode=m) for n, m in t.locks],
-                    requires=list(t.requires),
-                    approval=pb.ApprovalSpec(**t.approval) if t.approval is not None else None,
-                )
-                for t in dag.tasks.values()
-            ],
+            tasks=[task_pb(t) for t in dag.tasks.values()],
         )
         resp: pb.SubmitRunResponse = self._call("SubmitRun", req)
         return resp.run_id

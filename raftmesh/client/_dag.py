@@ -20,6 +20,7 @@ _TASK_KEYS = {
     "retry_backoff_ms",
     "locks",
     "requires",
+    *("replicas", "fusion", "quorum", "weights", "agents", "judge"),
     "approval",
 }
 _APPROVAL_KEYS = {"prompt", "timeout_ms", "on_timeout"}
@@ -63,23 +64,51 @@ class Task:
     """(name, "exclusive" | "shared"): held while an attempt runs, acquired all at once."""
     requires: tuple[str, ...] = ()
     """Capabilities the node's agent must offer (``placement``)."""
+    replicas: int = 0
+    """Run the task this many times in parallel and fuse the answers (0: once)."""
+    fusion: str = ""
+    """vote | weighted | merge | best | first (required with ``replicas``)."""
+    quorum: int = 0
+    """Successful replicas that decide (0: a majority; first: 1)."""
+    weights: tuple[float, ...] = ()
+    """weighted: one weight per replica."""
+    agents: tuple[str, ...] = ()
+    """Agent types the replicas use in turn (replica i: ``agents[i % len(agents)]``)."""
+    judge: str = ""
+    """best: the agent type that scores the candidates."""
     approval: dict[str, Any] | None = None
     """``{prompt, timeout_ms, on_timeout}``: the task waits in WAITING_APPROVAL until decided."""
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {"approval": dict(self.approval)} if self.approval is not None else {}
-        return extra | {
-            "requires": list(self.requires),
-            "locks": [list(lk) for lk in self.locks],
-            "id": self.id,
-            "agent": self.agent,
-            "input": self.input,
-            "deps": list(self.deps),
-            "retries": self.retries,
-            "priority": self.priority,
-            "timeout_ms": self.timeout_ms,
-            "retry_backoff_ms": self.retry_backoff_ms,
-        }
+        replicated = (
+            {
+                "replicas": self.replicas,
+                "fusion": self.fusion,
+                "quorum": self.quorum,
+                "weights": list(self.weights),
+                "agents": list(self.agents),
+                "judge": self.judge,
+            }
+            if self.replicas or self.fusion
+            else {}
+        )
+        gated = {"approval": dict(self.approval)} if self.approval is not None else {}
+        return (
+            gated
+            | replicated
+            | {
+                "requires": list(self.requires),
+                "locks": [list(lk) for lk in self.locks],
+                "id": self.id,
+                "agent": self.agent,
+                "input": self.input,
+                "deps": list(self.deps),
+                "retries": self.retries,
+                "priority": self.priority,
+                "timeout_ms": self.timeout_ms,
+                "retry_backoff_ms": self.retry_backoff_ms,
+            }
+        )
 
 
 @dataclass
@@ -107,12 +136,22 @@ class DAG:
         retry_backoff_ms: int = 0,
         locks: Sequence[str | tuple[str, str]] = (),
         requires: Sequence[str] = (),
+        *,
+        replicas: int = 0,
+        fusion: str = "",
+        quorum: int = 0,
+        weights: Sequence[float] = (),
+        agents: Sequence[str] = (),
+        judge: str = "",
         approval: dict[str, Any] | None = None,
     ) -> Task:
         """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults.
 
-        ``approval``: ``{"prompt": ..., "timeout_ms": 0, "on_timeout": "reject"}`` gates the task:
-        it waits in WAITING_APPROVAL until ``Client.approve`` (or its timeout) decides.
+        ``replicas=N, fusion=...``: N replicas compete and their answers are fused (README
+        "Competing replicas"); the cluster validates the combination at submit.
+
+        ``approval={"prompt": ..., "timeout_ms": 0, "on_timeout": "reject"}`` gates the task: it
+        waits in WAITING_APPROVAL until ``Client.approve`` (or its timeout) decides.
         """
         if id in self.tasks:
             raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
@@ -122,6 +161,8 @@ class DAG:
         )
         if isinstance(requires, str):
             raise InvalidArgument(f"task {id!r}: requires must be a list of capabilities, not a string")
+        if isinstance(agents, str):
+            raise InvalidArgument(f"task {id!r}: agents must be a list of agent types, not a string")
         t = Task(
             id,
             agent,
@@ -133,6 +174,12 @@ class DAG:
             retry_backoff_ms,
             lock_items,
             tuple(str(c) for c in requires),
+            replicas,
+            fusion,
+            quorum,
+            tuple(weights),
+            tuple(agents),
+            judge,
             _approval(id, approval),
         )
         self.tasks[id] = t
@@ -188,6 +235,7 @@ class DAG:
                     int(t.get("retry_backoff_ms", 0)),
                     [lk if isinstance(lk, str) else (lk[0], lk[1]) for lk in locks],
                     requires,
+                    **_replica_keys(t, source),
                     approval=t.get("approval"),
                 )
             except (TypeError, ValueError) as exc:
@@ -214,3 +262,32 @@ class DAG:
                 f"{path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}"
             ) from exc
         return cls.from_dict(data, source=path)
+
+
+def _replica_keys(t: dict[str, Any], source: str) -> dict[str, Any]:
+    """The replica keys of a task map from a spec file (absent: not replicated)."""
+    who = f"{source}: task {t['id']!r}"
+    weights = t.get("weights") or []
+    if not isinstance(weights, list) or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
+    ):
+        raise InvalidArgument(f"{who}: weights must be a list of numbers, one per replica")
+    agents = t.get("agents") or []
+    if not isinstance(agents, list) or not all(isinstance(a, str) for a in agents):
+        raise InvalidArgument(f"{who}: agents must be a list of agent types")
+    for key in ("replicas", "quorum"):
+        v = t.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise InvalidArgument(f"{who}: {key} must be a whole number")
+    for key in ("fusion", "judge"):
+        v = t.get(key)
+        if v is not None and not isinstance(v, str):
+            raise InvalidArgument(f"{who}: {key} must be a string")
+    return {
+        "replicas": t.get("replicas") or 0,
+        "fusion": t.get("fusion") or "",
+        "quorum": t.get("quorum") or 0,
+        "weights": [float(w) for w in weights],
+        "agents": agents,
+        "judge": t.get("judge") or "",
+    }

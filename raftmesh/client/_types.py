@@ -103,6 +103,81 @@ class RetryInfo:
 
 
 @dataclass(frozen=True)
+class ReplicaInfo:
+    """One replica of a replicated task and what it counts for."""
+
+    id: str
+    agent: str
+    node: str
+    status: str
+    vote: int | None = None
+    """vote: its answer's index in ``FusionInfo.tally`` (None: no usable answer)."""
+    weight: float | None = None
+    score: float | None = None
+    error: str = ""
+
+    def to_json(self, rule: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "agent": self.agent, "node": self.node, "status": self.status}
+        key = {"vote": "vote", "weighted": "weight", "best": "score"}.get(rule)
+        if key:
+            out[key] = getattr(self, key)
+        out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
+class FusionInfo:
+    """A replicated task's rule (``replicas`` + ``fusion``) and where its replicas stand."""
+
+    rule: str
+    replicas: int
+    quorum: int
+    weights: tuple[float, ...]
+    agents: tuple[str, ...]
+    judge: str
+    standings: tuple[ReplicaInfo, ...]
+    tally: tuple[Any, ...] = ()
+    """vote: [{"answer", "votes", "replicas"}] so far."""
+
+    @classmethod
+    def from_pb(cls, f: pb.Fusion) -> FusionInfo:
+        return cls(
+            f.rule,
+            f.replicas,
+            f.quorum,
+            tuple(f.weights),
+            tuple(f.agents),
+            f.judge,
+            tuple(
+                ReplicaInfo(
+                    r.id,
+                    r.agent,
+                    r.node,
+                    _task_status(r.status),
+                    r.vote if r.HasField("vote") else None,
+                    r.weight if r.HasField("weight") else None,
+                    r.score if r.HasField("score") else None,
+                    r.error,
+                )
+                for r in f.standings
+            ),
+            tuple(_json(f.tally_json) or ()),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "count": self.replicas,
+            "quorum": self.quorum,
+            "weights": list(self.weights),
+            "agents": list(self.agents),
+            "judge": self.judge,
+            "replicas": [r.to_json(self.rule) for r in self.standings],
+            "tally": list(self.tally),
+        }
+
+
+@dataclass(frozen=True)
 class GateInfo:
     """A task's approval gate (``TaskInfo.gate``): ``decision`` is "" while it is open."""
 
@@ -279,6 +354,8 @@ class TaskInfo:
     requires: tuple[str, ...] = ()
     requeued_attempt: int = 0
     """The last dead attempt ``retry`` requeued (0: never)."""
+    fusion: FusionInfo | None = None
+    """Set for a task submitted with ``replicas``: its rule and its replicas' standing."""
     gate: GateInfo | None = None
     """Its approval gate, once opened."""
     history: tuple[AttemptInfo, ...] = ()
@@ -305,6 +382,7 @@ class TaskInfo:
             t.waiting_reason,
             tuple(t.requires),
             t.requeued_attempt,
+            FusionInfo.from_pb(t.fusion) if t.HasField("fusion") else None,
             GateInfo.from_pb(t.gate) if t.HasField("gate") else None,
             tuple(AttemptInfo.from_pb(a) for a in t.history),
             {
@@ -328,6 +406,8 @@ class RunInfo:
     finished_ms: int = 0
     revision: int = 0
     usage: UsageInfo = UsageInfo()
+    spawned_bytes: int = 0
+    """Encoded size of the task specs its attempts spawned (``ctx.spawn``; limited per run)."""
 
     @property
     def done(self) -> bool:
@@ -345,6 +425,7 @@ class RunInfo:
             r.finished_ms,
             r.revision,
             UsageInfo.from_pb(r.usage),
+            r.spawned_bytes,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -365,6 +446,7 @@ class RunInfo:
                     "waiting_reason": t.waiting_reason,
                     "requires": list(t.requires),
                     "requeued_attempt": t.requeued_attempt,
+                    "fusion": t.fusion.to_json() if t.fusion is not None else None,
                     "approval": t.approval,
                     "gate": t.gate.to_json() if t.gate else None,
                     "history": [a.to_json() for a in t.history],
@@ -372,6 +454,7 @@ class RunInfo:
                 for t in self.tasks.values()
             },
             "usage": self.usage.to_json(),
+            "spawned_bytes": self.spawned_bytes,
         }
 
 

@@ -18,7 +18,7 @@ run reopens, as ``dead_letters.retry`` does: its cancelled tasks come back too.
 
 from __future__ import annotations
 
-from . import approvals, limits
+from . import approvals, limits, usage
 from .codes import Code
 from .commands import PauseRun, RerunTask, ResumeRun
 from .context import ApplyContext
@@ -115,8 +115,20 @@ def rerun(ctx: ApplyContext, cmd: RerunTask) -> Result:
         run.reason = ""
         ctx.emit(RunChanged(rev, run.run_id, run.status))
     why = f"task {t.spec.id!r} is rerun"
+    # What a dropped child spent stays spent: its usage moves to the reset task it hung from
+    # (the run's sum is unchanged and still its tasks' sum; a budget is never refunded).
+    gone = set(dropped)
+    heirs: dict[str, str] = {}
     for cid in dropped:
-        _drop(ctx, run, run.tasks[cid], why, rev)
+        heir = run.tasks[cid].parent
+        while heir in gone:
+            heir = run.tasks[heir].parent
+        heirs[cid] = heir
+    for cid in dropped:
+        c = run.tasks[cid]
+        heir_t = run.tasks[heirs[cid]]
+        heir_t.usage = usage.add(heir_t.usage, c.usage)
+        _drop(ctx, run, c, why, rev)
     for rid in reset:
         _reset(ctx, run, run.tasks[rid], why, rev)
     for rid in reset:

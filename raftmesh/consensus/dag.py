@@ -6,9 +6,9 @@ in ``apply`` (so the state machine never trusts its input).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Container, Mapping, Sequence
 
-from . import approvals, conditions, limits, values
+from . import approvals, conditions, fusion, limits, values
 from .commands import TaskSpec
 
 
@@ -28,13 +28,18 @@ def check_id(what: str, value: str) -> None:
 
 
 def validate(
-    tasks: Sequence[TaskSpec], known_agents: Collection[str] | Mapping[str, Collection[tuple[str, ...]]]
+    tasks: Sequence[TaskSpec],
+    known_agents: Collection[str] | Mapping[str, Collection[tuple[str, ...]]],
+    outside: Container[str] = (),
 ) -> None:
     """Raise ``DagError`` if the DAG cannot be accepted.
 
     ``known_agents``: the agent types any member (up or down) has offered; as a map
     (``ClusterState.offered_capabilities``) also the capability sets each was offered with,
     so a task whose ``requires`` no member ever offered is refused too.
+
+    ``outside``: ids a task may depend on besides those of ``tasks`` (tasks ``ctx.spawn``
+    adds may depend on their spawner and on tasks of the run that already succeeded).
     """
     if not tasks:
         raise DagError("invalid", "a run needs at least one task")
@@ -66,7 +71,7 @@ def validate(
         if len(set(t.deps)) != len(t.deps):
             raise DagError("invalid", f"task {t.id!r} lists a dependency twice")
         for d in t.deps:
-            if d not in ids:
+            if d not in ids and d not in outside:
                 raise DagError(
                     "unknown_dep", f"task {t.id!r} depends on {d!r}, which is not a task of this run"
                 )
@@ -87,6 +92,9 @@ def validate(
         if t.locks:
             _check_task_locks(t)
         _check_flow(t)
+        bad = fusion.problem(t, known_agents)
+        if bad:
+            raise DagError(*bad)
         why = values.problem(t.input)
         if why:
             raise DagError("invalid", f"task {t.id!r}: input {why}")

@@ -20,8 +20,9 @@ from . import approvals, limits
 from .codes import Code
 from .commands import RetryTask
 from .context import ApplyContext
+from .fusion import SUPERSEDED
 from .results import Rejected, Result, RetryTaskResult, RunChanged, TaskChanged
-from .state import ClusterState, RunStatus, TaskState, TaskStatus
+from .state import TERMINAL_TASK, ClusterState, RunStatus, TaskState, TaskStatus
 from .tasks import make_ready
 
 
@@ -63,6 +64,12 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     t = run.tasks.get(cmd.task_id)
     if t is None:
         return Rejected(Code.NOT_FOUND, f"run {cmd.run_id!r} has no task {cmd.task_id!r}")
+    if t.spec.replicas and t.status is TaskStatus.FAILED:
+        return Rejected(
+            Code.FAILED_PRECONDITION,
+            f"task {cmd.task_id!r} of run {cmd.run_id!r} failed because its replicas' quorum was lost; "
+            "their failures are final, so it cannot be requeued: submit the run again",
+        )
     if t.status is not TaskStatus.FAILED or t.attempt != cmd.attempt:
         if 0 < cmd.attempt <= t.requeued_attempt:
             return RetryTaskResult(requeued=False, attempt=cmd.attempt, status=t.status)
@@ -85,22 +92,33 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     t.status = TaskStatus.PENDING  # made READY below with the tasks its failure cancelled
     # O(tasks of the run): the run's failure cancelled every unfinished task; each goes back to
     # PENDING, or READY if its dependencies have succeeded (deps_waiting stayed exact).
+    # A replica superseded by its quorum stays cancelled; a replicated task waits for its
+    # replicas again (they follow it in the run's order).
     unfinished = 0
+    waiting: list[TaskState] = []
     gated: list[TaskState] = []
     for other in run.tasks.values():
-        if other.status is TaskStatus.CANCELLED or other is t:
+        if (other.status is TaskStatus.CANCELLED and other.error != SUPERSEDED) or other is t:
             if other is not t:
                 other.error = ""
                 other.finished_ms = 0
                 other.status = TaskStatus.PENDING
+            # A group waits for its children again: a replicated task, or a spawner that had
+            # succeeded and waited (its output kept: it neither runs nor spawns twice).
+            if (other.spec.replicas and other.children) or (other is not t and other.children_waiting):
+                other.status = TaskStatus.WAITING_CHILDREN
+                waiting.append(other)
+            if other is not t:
                 ctx.emit(TaskChanged(rev, run.run_id, other.spec.id, other.status, other.attempt, ""))
-            if other.deps_waiting == 0:
+            if other.status is TaskStatus.PENDING and other.deps_waiting == 0:
                 if approvals.must_wait(other):  # its gate was open or rejected: a new gate
                     gated.append(other)
                 else:
                     make_ready(ctx, run, other, rev, not_before_ms=0)
-        if other.status not in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+        if other.status not in TERMINAL_TASK:
             unfinished += 1
+    for p in waiting:
+        p.children_waiting = sum(1 for c in p.children if run.tasks[c].status not in TERMINAL_TASK)
     run.unfinished = unfinished
     for other in gated:
         approvals.open_gate(ctx, run, other, rev)

@@ -104,6 +104,8 @@ MAX_SPAWN_TASKS = 1000
 """Tasks one completion may spawn."""
 MAX_SPAWN_DEPTH = 8
 """Spawned tasks may spawn in turn, this many levels deep."""
+MAX_SPAWNED_BYTES_PER_RUN = MAX_RUN_SPEC_BYTES
+"""Encoded size of all the task specs a run's attempts spawn, together (as a submit's tasks)."""
 MAX_APPROVAL_PROMPT_CHARS = 2000
 MAX_APPROVAL_TIMEOUT_MS = 30 * 24 * 3600 * 1000
 MAX_COMMENT_CHARS = 2000

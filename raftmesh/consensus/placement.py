@@ -5,8 +5,10 @@ every capability the task ``requires``, with a free node slot, a free slot under
 offer's per-node ``concurrency``, and that type's breaker there not open (half-open:
 one probe attempt at a time, see ``breakers.py``). Highest priority first, FIFO within
 a priority; among the nodes that serve a task, the least loaded (running / slots) wins,
-ties broken by node id. The state machine re-validates every assignment with the same
-rule (``unfit``), so a plan computed from a slightly stale view is safe.
+ties broken by node id; a replica (``fusion.py``) prefers a node where no sibling replica
+runs or is being placed, so competing answers come from different nodes where possible.
+The state machine re-validates every assignment with the same rule (``unfit``), so a
+plan computed from a slightly stale view is safe.
 
 ``waiting_reason`` says why a READY task is not placed; reads derive it on demand
 (it depends on the clock and on every member, so it is never replicated).
@@ -129,6 +131,7 @@ def plan_assignments(
     groups: dict[tuple[str, tuple[str, ...]], list[tuple[Member, AgentOffer]]] = {}
     full: set[tuple[str, tuple[str, ...]]] = set()
     planned_locks: dict[str, str] = {}
+    planned: dict[TaskKey, str] = {}
     for prio in sorted(state.ready, reverse=True):
         for key in state.ready[prio]:
             if key in inflight:
@@ -157,21 +160,23 @@ def plan_assignments(
                 group = groups[gkey] = [
                     (m, o) for m in live if (o := offer_fits(m, agent, t.spec.requires)) is not None
                 ]
+            crowded = sibling_nodes(state, run_id, t, inflight, planned) if t.origin == "replica" else ()
             best: str | None = None
-            best_ratio = 0.0
+            best_rank = (False, 0.0)
             for m, offer in group:
                 node_id = m.node_id
                 node_running = load[node_id]
                 if node_running >= m.slots:
                     continue
-                ratio = node_running / m.slots
-                if best is not None and ratio >= best_ratio:
+                # a node without a sibling replica first (independent answers), then the least loaded
+                rank = (node_id in crowded, node_running / m.slots)
+                if best is not None and rank >= best_rank:
                     continue  # cheap filters first: ``room`` (the rule) only for a better node
                 type_running = state.running_agent.get((node_id, agent), 0) + type_load.get(
                     (node_id, agent), 0
                 )
                 if not room(m, offer, node_running, type_running, now_ms):
-                    best, best_ratio = node_id, ratio
+                    best, best_rank = node_id, rank
             if best is None:
                 # loads only grow during a plan: no later task of this group fits either
                 full.add(gkey)
@@ -184,8 +189,34 @@ def plan_assignments(
                     EXCLUSIVE if EXCLUSIVE in (mode, planned_locks.get(lock_name)) else mode
                 )
             out.append(Assignment(run_id, task_id, best, t.attempt + 1))
+            planned[key] = best
             if free_total <= 0 or len(out) >= max_items:
                 return out
+    return out
+
+
+def sibling_nodes(
+    state: ClusterState,
+    run_id: str,
+    t: TaskState,
+    inflight: Mapping[TaskKey, str],
+    planned: Mapping[TaskKey, str],
+) -> set[str]:
+    """Nodes running, or about to run, another replica of ``t``'s parent (placement avoids
+    them where another node fits, and never refuses a task for it). O(replicas)."""
+    run = state.runs[run_id]
+    parent = run.tasks.get(t.parent)
+    out: set[str] = set()
+    for sib_id in parent.children if parent is not None else ():
+        if sib_id == t.spec.id:
+            continue
+        key = (run_id, sib_id)
+        sib = run.tasks[sib_id]
+        if sib.status is TaskStatus.RUNNING:
+            out.add(sib.node)
+        node = planned.get(key) or inflight.get(key)
+        if node:
+            out.add(node)
     return out
 
 

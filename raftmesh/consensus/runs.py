@@ -9,9 +9,9 @@ an item whose (attempt, token, node) is not the task's current attempt is refuse
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from . import limits, usage, values
+from . import budgets, limits, spawn, usage, values
 from .codes import Code
 from .commands import Assign, CancelRun, Complete, Completion, Fail, Failure, SubmitRun
 from .context import ApplyContext
@@ -206,8 +206,11 @@ def _current(
 
 
 def complete(ctx: ApplyContext, cmd: Complete) -> Result:
-    accepted: list[tuple[RunState, TaskState, Any]] = []
+    accepted: list[tuple[RunState, TaskState, Completion]] = []
     refused: list[tuple[RunState, TaskState, str]] = []
+    over_budget: list[tuple[RunState, str]] = []
+    claims: dict[str, spawn.Claims] = {}  # what earlier items spawn, per run
+    offered = None  # the agent types and capabilities members offered, looked up once
     current, rejected = _current(ctx, cmd.node_id, cmd.items, "completed")
     for c, run, t in current:
         # An output no reader could encode, or too big, fails the attempt (not retried).
@@ -218,19 +221,39 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
         elif size > limits.MAX_TASK_OUTPUT_BYTES:
             msg = f"output is {size} bytes encoded; the limit is {limits.MAX_TASK_OUTPUT_BYTES}"
             refused.append((run, t, msg))
+        elif c.spawn:
+            claimed = claims.setdefault(run.run_id, spawn.Claims(offered=offered))
+            bad = spawn.check(ctx.state, run, t, c.spawn, claimed)
+            offered = claimed.offered
+            over = "" if bad else budgets.tasks_over(run, claimed.count + len(c.spawn))
+            if bad:
+                refused.append((run, t, f"spawn refused: {bad}"[: limits.MAX_ERROR_CHARS]))
+            elif over:
+                over_budget.append((run, over))
+            else:
+                spawn.claim(claimed, c.spawn)
+                accepted.append((run, t, c))
         else:
-            accepted.append((run, t, c.output))
-    if not accepted and not refused:
+            accepted.append((run, t, c))
+    if not accepted and not refused and not over_budget:
         return Rejected(Code.ABORTED, f"every result was fenced: {_quote(rejected)}")
     rev = ctx.advance()
     for c, run, t in current:  # every current attempt reported: charge it whatever its outcome
         usage.charge(run, t, c.usage)
-    for run, t, output in accepted:
-        succeed(ctx, run, t, output, rev)
+    for run, t, c in accepted:
+        if t.status is not TaskStatus.RUNNING:  # an earlier item may have ended it (a replica's quorum)
+            continue
+        if c.spawn:
+            spawn.add(ctx, run, t, c.output, c.spawn, c.spawn_wait, rev)
+        else:
+            succeed(ctx, run, t, c.output, rev)
+    for run, why in over_budget:
+        if run.status not in TERMINAL_RUN:
+            budgets.exceed(ctx, run, why, rev)
     for run, t, msg in refused:
         if t.status is TaskStatus.RUNNING:  # an earlier item may have failed the run
             fail_attempt(ctx, run, t, msg, retryable=False, rev=rev)
-    return ReportResult(accepted=len(accepted) + len(refused), rejected=tuple(rejected))
+    return ReportResult(accepted=len(accepted) + len(refused) + len(over_budget), rejected=tuple(rejected))
 
 
 def fail(ctx: ApplyContext, cmd: Fail) -> Result:

@@ -353,6 +353,8 @@ class RunState:
     budget: Budget | None = None
     reason: str = ""
     """Why it ended as it did, as a code: "" (succeeded), TASK_FAILED, CANCELLED, BUDGET_EXCEEDED, ..."""
+    spawned_bytes: int = 0
+    """Encoded size of the task specs its attempts spawned (bounded by ``MAX_SPAWNED_BYTES_PER_RUN``)."""
 
     def encode(self) -> list[Any]:
         return [
@@ -371,6 +373,7 @@ class RunState:
             self.usage.encode(),
             self.budget.encode() if self.budget else None,
             self.reason,
+            self.spawned_bytes,
         ]
 
     @classmethod
@@ -392,6 +395,7 @@ class RunState:
             Usage.decode(v[12]) if len(v) > 12 else NO_USAGE,
             Budget.decode(v[13]) if len(v) > 13 and v[13] is not None else None,
             v[14] if len(v) > 14 else "",
+            v[15] if len(v) > 15 else 0,
         )
 
 
@@ -493,7 +497,7 @@ class ClusterState:
         for run in self.runs.values():
             for t in run.tasks.values():
                 key = (run.run_id, t.spec.id)
-                if t.status is TaskStatus.FAILED:
+                if t.status is TaskStatus.FAILED and t.origin != "replica":  # see fusion.replica_failed
                     self.dead_letters.append((t.finished_ms, run.run_id, t.spec.id))
                 elif t.status is TaskStatus.READY:
                     if run.status is not RunStatus.PAUSED:  # a paused run's tasks wait outside the queue

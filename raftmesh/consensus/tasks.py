@@ -12,12 +12,12 @@ import hashlib
 import heapq
 from typing import Any
 
-from . import approvals, conditions, groups, limits
+from . import approvals, conditions, fusion, groups, limits
 from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
 from .results import RunChanged, TaskChanged
-from .state import TERMINAL_TASK, Attempt, RunState, RunStatus, TaskState, TaskStatus
+from .state import TERMINAL_RUN, TERMINAL_TASK, Attempt, RunState, RunStatus, TaskState, TaskStatus
 
 
 def backoff_ms(spec_backoff_ms: int, failures: int, run_id: str, task_id: str) -> int:
@@ -94,12 +94,18 @@ def start(ctx: ApplyContext, run: RunState, t: TaskState, node_id: str, rev: int
 
 def succeed(ctx: ApplyContext, run: RunState, t: TaskState, output: Any, rev: int) -> None:
     """The running attempt succeeded (a committed outcome: it closes the type's breaker there)."""
+    attempt_succeeded(ctx, run, t, output)
+    end_task(ctx, run, t, TaskStatus.SUCCEEDED, rev)
+
+
+def attempt_succeeded(ctx: ApplyContext, run: RunState, t: TaskState, output: Any) -> None:
+    """The running attempt's success, before the task's status moves on (a spawner that
+    waits for its children keeps the output and ends later)."""
     record_outcome(ctx, t, ok=True)
     unrun(ctx, run.run_id, t, "SUCCEEDED")
     t.output = output
     t.error = ""
     t.deadline_ms = 0
-    end_task(ctx, run, t, TaskStatus.SUCCEEDED, rev)
 
 
 def end_task(ctx: ApplyContext, run: RunState, t: TaskState, status: TaskStatus, rev: int) -> None:
@@ -150,6 +156,8 @@ def activate(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
     Returns whether ``t`` ended here (skipped, or a group with nothing to wait for), already
     marked with ``mark_ended``: the caller then ``cascade``s from it.
     """
+    if run.status in TERMINAL_RUN:
+        return False  # an earlier activation ended the run (its budget): nothing more starts
     why = skip_reason(run, t)
     if why:
         t.error = why
@@ -169,6 +177,8 @@ def begin(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
     if approvals.must_wait(t):
         approvals.open_gate(ctx, run, t, rev)
         return False
+    if t.spec.replicas:
+        return fusion.expand(ctx, run, t, rev)
     make_ready(ctx, run, t, rev, not_before_ms=0)
     return False
 
@@ -189,7 +199,11 @@ def skip_reason(run: RunState, t: TaskState) -> str:
 
 def _output_of(run: RunState, task_id: str) -> Any:
     d = run.tasks.get(task_id)
-    return d.output if d is not None and d.status is TaskStatus.SUCCEEDED else conditions.MISSING
+    if d is None:
+        return conditions.MISSING
+    # A spawner waiting for what it spawned (its attempt ran: attempt > 0) has its final output.
+    final = d.status is TaskStatus.SUCCEEDED or (d.status is TaskStatus.WAITING_CHILDREN and d.attempt > 0)
+    return d.output if final else conditions.MISSING
 
 
 def fail_attempt(
@@ -210,6 +224,9 @@ def fail_attempt(
         failures = t.spec.retries - t.retries_left
         delay = backoff_ms(t.spec.retry_backoff_ms, failures, run.run_id, t.spec.id)
         make_ready(ctx, run, t, rev, not_before_ms=st.time_ms + delay if delay else 0)
+        return
+    if t.origin == "replica":  # one replica's failure fails the run only if its quorum is lost
+        fusion.replica_failed(ctx, run, t, rev)
         return
     fail_task(ctx, run, t, error, rev)
 

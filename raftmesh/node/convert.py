@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..consensus import values
+from ..consensus import fusion, values
 from ..consensus.approvals import ApprovalView
 from ..consensus.breakers import state_of
 from ..consensus.commands import AgentOffer, Approval, TaskSpec, Usage
@@ -53,6 +53,12 @@ def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
                 retry_backoff_ms=t.retry_backoff_ms,
                 locks=tuple((lk.name, lk.mode or "exclusive") for lk in t.locks),
                 requires=tuple(t.requires),
+                replicas=t.replicas,
+                fusion=t.fusion,
+                quorum=t.quorum,
+                weights=tuple(t.weights),
+                agents=tuple(t.agents),
+                judge=t.judge,
                 approval=approval_from_pb(t.approval) if t.HasField("approval") else None,
             )
         )
@@ -130,8 +136,10 @@ def with_defaults(
     return tuple(out)
 
 
-def task_to_pb(t: TaskState) -> pb.Task:
+def task_to_pb(t: TaskState, run: RunState | None = None) -> pb.Task:
+    """``run``: the task's run, to show where a replicated task's replicas stand."""
     return pb.Task(
+        fusion=fusion_to_pb(run, t) if run is not None and t.spec.replicas else None,
         requires=list(t.spec.requires),
         id=t.spec.id,
         agent=t.spec.agent,
@@ -155,6 +163,34 @@ def task_to_pb(t: TaskState) -> pb.Task:
     )
 
 
+def fusion_to_pb(run: RunState, t: TaskState) -> pb.Fusion:
+    spec = t.spec
+    standings = [
+        pb.ReplicaStanding(
+            id=e["id"],
+            agent=e["agent"],
+            node=e["node"],
+            status=TASK_STATUS[TaskStatus(e["status"])],
+            vote=e.get("vote"),
+            weight=e.get("weight"),
+            score=e.get("score"),
+            error=e["error"],
+        )
+        for e in fusion.standings(run, t)
+    ]
+    tally = fusion.vote_tally(run, t) if spec.fusion == "vote" else []
+    return pb.Fusion(
+        rule=spec.fusion,
+        replicas=spec.replicas,
+        quorum=fusion.quorum_of(spec),
+        weights=list(spec.weights),
+        agents=list(spec.agents),
+        judge=spec.judge,
+        standings=standings,
+        tally_json=dump_json(tally) if tally else "",
+    )
+
+
 def usage_to_pb(u: Usage) -> pb.Usage:
     return pb.Usage(tokens_in=u.tokens_in, tokens_out=u.tokens_out, cost=u.cost)
 
@@ -174,7 +210,7 @@ def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
     return pb.Run(
         run_id=run.run_id,
         status=RUN_STATUS[run.status],
-        tasks=[task_to_pb(t) for t in run.tasks.values()] if with_tasks else [],
+        tasks=[task_to_pb(t, run) for t in run.tasks.values()] if with_tasks else [],
         error=run.error,
         created_ms=run.created_ms,
         finished_ms=run.finished_ms,
@@ -183,6 +219,7 @@ def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
         priority=run.priority,
         revision=run.revision,
         usage=usage_to_pb(run.usage),
+        spawned_bytes=run.spawned_bytes,
     )
 
 

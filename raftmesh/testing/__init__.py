@@ -1,4 +1,5 @@
-"""Test and demo helpers that are real processes: ``FakeLLM`` runs ``python -m raftmesh.testing.fake_llm``."""
+"""Test and demo helpers that are real processes: ``FakeLLM`` runs ``python -m raftmesh.testing.fake_llm``
+(``plan_rules`` scripts it to answer the ``planner`` agent)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,27 @@ import sys
 import time
 import urllib.request
 from typing import Any
+
+
+def plan_rules(*plans: Any, goal_contains: str = "", fenced: bool = False) -> list[dict[str, Any]]:
+    """Fake-model rules that answer the ``planner`` agent: ``plans[i]`` on the call made after
+    ``i`` repair messages (``assistant_turns``), so a bad plan then a good one is deterministic.
+
+    A plan is a JSON value (sent as JSON text, in a ```json block with ``fenced``) or a string
+    sent as it is. ``goal_contains`` keeps the rules to conversations whose goal contains it.
+    """
+    from ..agents._planner import PROMPT_MARKER
+
+    when: dict[str, Any] = {"system_contains": PROMPT_MARKER}
+    if goal_contains:
+        when["any_contains"] = goal_contains
+    return [
+        {
+            "when": {**when, "assistant_turns": i},
+            "reply": {"content": p} if isinstance(p, str) else {"json": p, "fenced": fenced},
+        }
+        for i, p in enumerate(plans)
+    ]
 
 
 class FakeLLM:

@@ -15,12 +15,20 @@ A script is a JSON list of rules (or ``{"rules": [...]}``); the first rule that 
 request and has uses left answers it::
 
     {"when": {"model": "m", "system_contains": "log analyst", "last_contains": "deploy",
-              "any_contains": "...", "tools": true, "tool_result": false, "response_format": "json_object"},
+              "any_contains": "...", "tools": true, "tool_result": false, "response_format": "json_object",
+              "assistant_turns": 1},
      "times": 2,                          # answer at most twice (then the next rule matches)
      "delay_s": 0.2,                      # answer after this long
      "status": 429, "retry_after": 1,     # an error status (with a Retry-After header)
      "reply": {"content": "...", "tool_calls": [{"name": "search_logs", "arguments": {"q": "x"}}]},
      "usage": {"prompt_tokens": 12, "completion_tokens": 3}}
+
+``assistant_turns`` counts the assistant messages already in the conversation: 0 on its first
+call, 1 after one reply was answered (a tool result, or a planner's repair message), and so
+on. It depends on the request alone, so a scripted sequence (a bad plan, then a good one once
+the model is told what was wrong) stays deterministic when attempts are retried or requests
+of several tasks interleave, unlike ``times``. ``"reply": {"json": VALUE}`` answers
+``VALUE`` as JSON text; with ``"fenced": true`` inside a ```json block, as models often do.
 
 Without a matching rule the answer is deterministic: if tools are offered and the
 conversation holds no tool result yet, call the first tool (arguments from its schema: an
@@ -102,6 +110,8 @@ def _matches(when: dict[str, Any], req: dict[str, Any]) -> bool:
         if k == "tool_result" and any(m.get("role") == "tool" for m in msgs) != v:
             return False
         if k == "response_format" and (req.get("response_format") or {}).get("type") != v:
+            return False
+        if k == "assistant_turns" and sum(m.get("role") == "assistant" for m in msgs) != v:
             return False
     return True
 
@@ -284,6 +294,9 @@ class Handler(BaseHTTPRequestHandler):
             extra = {"Retry-After": str(rule["retry_after"])} if "retry_after" in rule else {}
             return self._error(int(rule["status"]), rule.get("message", "scripted error"), extra)
         reply = rule["reply"] if rule is not None and "reply" in rule else default_reply(req)
+        if "json" in reply:
+            text = json.dumps(reply["json"], indent=1)
+            reply = {**reply, "content": f"```json\n{text}\n```" if reply.get("fenced") else text}
         self._send(200, completion(req, reply, rule.get("usage") if rule else None, n))
 
 

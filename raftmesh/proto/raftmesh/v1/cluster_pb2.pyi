@@ -52,7 +52,7 @@ RUN_STATUS_COMPENSATED: RunStatus
 RUN_STATUS_COMPENSATION_FAILED: RunStatus
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires", "approval")
+    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires", "replicas", "fusion", "quorum", "weights", "agents", "judge", "approval")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,12 @@ class TaskSpec(_message.Message):
     RETRY_BACKOFF_MS_FIELD_NUMBER: _ClassVar[int]
     LOCKS_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
@@ -74,8 +80,14 @@ class TaskSpec(_message.Message):
     retry_backoff_ms: int
     locks: _containers.RepeatedCompositeFieldContainer[LockItem]
     requires: _containers.RepeatedScalarFieldContainer[str]
+    replicas: int
+    fusion: str
+    quorum: int
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    agents: _containers.RepeatedScalarFieldContainer[str]
+    judge: str
     approval: ApprovalSpec
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., fusion: _Optional[str] = ..., quorum: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ..., agents: _Optional[_Iterable[str]] = ..., judge: _Optional[str] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ...) -> None: ...
 
 class ApprovalSpec(_message.Message):
     __slots__ = ("prompt", "timeout_ms", "on_timeout")
@@ -152,7 +164,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt", "approval", "gate", "history")
+    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt", "fusion", "approval", "gate", "history")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +183,7 @@ class Task(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     PREEMPTED_BY_FIELD_NUMBER: _ClassVar[int]
     REQUEUED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
@@ -192,10 +205,51 @@ class Task(_message.Message):
     usage: Usage
     preempted_by: _containers.RepeatedCompositeFieldContainer[Preemption]
     requeued_attempt: int
+    fusion: Fusion
     approval: ApprovalSpec
     gate: ApprovalGate
     history: _containers.RepeatedCompositeFieldContainer[TaskAttempt]
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ..., gate: _Optional[_Union[ApprovalGate, _Mapping]] = ..., history: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ..., gate: _Optional[_Union[ApprovalGate, _Mapping]] = ..., history: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ...) -> None: ...
+
+class Fusion(_message.Message):
+    __slots__ = ("rule", "replicas", "quorum", "weights", "agents", "judge", "standings", "tally_json")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
+    STANDINGS_FIELD_NUMBER: _ClassVar[int]
+    TALLY_JSON_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    replicas: int
+    quorum: int
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    agents: _containers.RepeatedScalarFieldContainer[str]
+    judge: str
+    standings: _containers.RepeatedCompositeFieldContainer[ReplicaStanding]
+    tally_json: str
+    def __init__(self, rule: _Optional[str] = ..., replicas: _Optional[int] = ..., quorum: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ..., agents: _Optional[_Iterable[str]] = ..., judge: _Optional[str] = ..., standings: _Optional[_Iterable[_Union[ReplicaStanding, _Mapping]]] = ..., tally_json: _Optional[str] = ...) -> None: ...
+
+class ReplicaStanding(_message.Message):
+    __slots__ = ("id", "agent", "node", "status", "vote", "weight", "score", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VOTE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    agent: str
+    node: str
+    status: TaskStatus
+    vote: int
+    weight: float
+    score: float
+    error: str
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., node: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., vote: _Optional[int] = ..., weight: _Optional[float] = ..., score: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("tokens_in", "tokens_out", "cost")
@@ -220,7 +274,7 @@ class Preemption(_message.Message):
     def __init__(self, by_run_id: _Optional[str] = ..., by_task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., at_ms: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "status", "tasks", "error", "created_ms", "finished_ms", "idempotency_key", "name", "priority", "revision", "usage")
+    __slots__ = ("run_id", "status", "tasks", "error", "created_ms", "finished_ms", "idempotency_key", "name", "priority", "revision", "usage", "spawned_bytes")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +286,7 @@ class Run(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    SPAWNED_BYTES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: RunStatus
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
@@ -243,7 +298,8 @@ class Run(_message.Message):
     priority: int
     revision: int
     usage: Usage
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    spawned_bytes: int
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., spawned_bytes: _Optional[int] = ...) -> None: ...
 
 class RunSummary(_message.Message):
     __slots__ = ("run_id", "status", "name", "tasks", "unfinished", "created_ms", "finished_ms", "error", "idempotency_key")
