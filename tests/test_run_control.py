@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from raftmesh.consensus import CancelRun, Code, Complete, Completion, RunStatus, TaskStatus, limits
-from raftmesh.consensus.commands import PauseRun, ResumeRun
+from raftmesh.consensus import (
+    CancelRun,
+    Code,
+    Complete,
+    Completion,
+    Fail,
+    Failure,
+    RunStatus,
+    TaskStatus,
+    limits,
+)
+from raftmesh.consensus.commands import PauseRun, ResumeRun, Usage
 from raftmesh.consensus.placement import plan_assignments, waiting_reason
 from raftmesh.consensus.results import RerunTaskResult, RunControlResult
 from raftmesh.consensus.state import TaskState
 from tests.test_machine import Cluster, check_indexes, spec, status
+from tests.test_spawn import spawning
 
 
 @pytest.fixture
@@ -234,51 +245,51 @@ def test_rerun_of_a_skipped_task_evaluates_its_condition_again(c: Cluster) -> No
     assert status(c, "r")["b"] is TaskStatus.READY
 
 
-def _spawn_children(c: Cluster, parent: str, n: int, first: int = 0, waited: bool = True) -> None:
-    """``parent`` (READY) becomes a waiting spawner of ``n`` children, through ``groups``, as
-    spawn/map/replicas do (their processors are not on this branch; the transition is theirs)."""
-    from raftmesh.consensus import groups
-    from raftmesh.consensus.context import ApplyContext
-    from raftmesh.consensus.tasks import activate, unready
-
-    run = c.st.runs["r"]
-    p = run.tasks[parent]
-    ctx = ApplyContext(c.st, c.ts)
-    rev = ctx.advance()
-    if p.status is TaskStatus.READY:
-        unready(ctx, "r", p)
-        p.status = TaskStatus.WAITING_CHILDREN
-    for i in range(first, first + n):
-        child = groups.add_child(
-            ctx, run, p, spec(groups.child_id(parent, "spawn", i)), "spawn", waited=waited
-        )
-        activate(ctx, run, child, rev)
-    check_indexes(c.sm)
-
-
 def test_rerun_drops_children_of_reset_tasks(c: Cluster) -> None:
     c.ok(c.submit("r", [spec("a"), spec("m", "a")]))
     c.run_task("r", "a")
     run = c.st.runs["r"]
     m = c.task("r", "m")
-    _spawn_children(c, "m", 2)
-    c.ok(c.assign(("r", "m#0", "n1")))
-    token = c.task("r", "m#0").token
+    c.ok(c.assign(("r", "m", "n1")))
+    c.ok(spawning(c, "r", "m", [spec("s0"), spec("s1")], wait=True))
+    assert m.status is TaskStatus.WAITING_CHILDREN and m.children == ["s0", "s1"]
+    c.ok(c.assign(("r", "s0", "n1"), ("r", "s1", "n1")))
+    token = c.task("r", "s0").token
+    s1 = c.task("r", "s1")
+    spent = Failure("r", "s1", s1.attempt, s1.token, "boom", True, Usage(5, 1, 0.5))
+    c.ok(Fail(c.rid(), c.ts, "n1", (spent,)))  # its report's usage is charged
     res = c.ok(c.rerun("r", "a"))
     assert isinstance(res, RerunTaskResult) and res.reset == 2 and res.dropped == 2
     assert list(run.tasks) == ["a", "m"] and run.unfinished == 2 and m.children == []
     assert m.status is TaskStatus.PENDING and m.children_waiting == 0
+    assert [(h.attempt, h.outcome, h.output) for h in m.history] == [(1, "SUCCEEDED", "plan")]
     assert c.st.running.get("n1", {}) == {}
     # the dropped child's running attempt is fenced
-    late = Complete(c.rid(), c.ts, "n1", (Completion("r", "m#0", 1, token, "late"),))
+    late = Complete(c.rid(), c.ts, "n1", (Completion("r", "s0", 1, token, "late"),))
     res = c.unchanged(late, Code.ABORTED)
     assert "no such task" in res.message
-    # a child cannot be rerun alone
+    # what the dropped children spent stays spent: it moves to the reset task they hung from
+    assert m.usage == Usage(5, 1, 0.5) and run.usage == Usage(5, 1, 0.5)
+    # the spawner runs and spawns again; a child cannot be rerun alone
     c.run_task("r", "a")
-    _spawn_children(c, "m", 1, first=5)
-    c.run_task("r", "m#5")
-    res = c.unchanged(c.rerun("r", "m#5"), Code.FAILED_PRECONDITION)
+    c.ok(c.assign(("r", "m", "n1")))
+    c.ok(spawning(c, "r", "m", [spec("s0")], wait=False))
+    c.run_task("r", "s0")
+    assert run.status is RunStatus.SUCCEEDED
+    res = c.unchanged(c.rerun("r", "s0"), Code.FAILED_PRECONDITION)
     assert "is a spawn task of 'm'; rerun 'm' instead" in res.message
+
+
+def test_a_superseded_replica_is_cancelled_with_what_it_spawned(c: Cluster) -> None:
+    c.ok(c.submit("r", [spec("q", replicas=3, fusion="first", quorum=1)]))
+    c.ok(c.assign(("r", "q#0", "n1"), ("r", "q#1", "n1")))
+    c.ok(spawning(c, "r", "q#0", [spec("sub", "q#0")], wait=True))
+    c.ok(c.assign(("r", "sub", "n1")))
+    c.ok(c.complete("r", "q#1", "answer"))  # the quorum: q is decided, the rest are superseded
+    st = status(c, "r")
+    assert st["q"] is TaskStatus.SUCCEEDED and c.st.runs["r"].status is RunStatus.SUCCEEDED
+    assert st["q#0"] is st["sub"] is st["q#2"] is TaskStatus.CANCELLED
+    assert c.task("r", "sub").error == "superseded: quorum reached" and c.st.running.get("n1", {}) == {}
 
 
 def test_history_is_bounded_and_records_every_way_an_attempt_ends(c: Cluster) -> None:

@@ -243,7 +243,7 @@ def _reset(ctx: ApplyContext, run: RunState, r: TaskState, why: str, rev: int) -
     """``r`` goes back to PENDING, with its output kept in its history."""
     if not _stop(ctx, run, r, why):
         run.unfinished += 1
-    if r.status is TaskStatus.SUCCEEDED and r.output is not None:
+    if r.output is not None:  # SUCCEEDED, or a spawner waiting for its children with its output
         last = r.history[-1] if r.history else None
         if (
             last is not None
