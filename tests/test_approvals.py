@@ -283,3 +283,17 @@ def test_the_sdk_builder_and_spec_files_carry_the_approval(tmp_path: Any) -> Non
     )
     (got,) = convert.task_specs_from_pb(req)
     assert got.approval == Approval("Ship it?", 5, "reject")
+
+
+def test_a_spawned_task_may_wait_for_approval(c: Cluster) -> None:
+    from tests.test_spawn import spawning
+
+    c.ok(c.submit("r", [spec("plan"), spec("after", "plan")]))
+    c.ok(c.assign(("r", "plan", "n1")))
+    c.ok(spawning(c, "r", "plan", [spec("deploy", approval=Approval("Deploy?"))], wait=True))
+    assert c.task("r", "deploy").status is TaskStatus.WAITING_APPROVAL
+    assert [(v.task_id, v.prompt) for v in list_approvals(c.st, "r")] == [("deploy", "Deploy?")]
+    c.ok(approve(c, "r", "deploy"))
+    c.run_task("r", "deploy")
+    c.run_task("r", "after")
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED
