@@ -41,7 +41,7 @@ from raftmesh.consensus import (
     encode_batch,
     limits,
 )
-from raftmesh.consensus.commands import NodeDown, Undecodable, decode_command, encode_command
+from raftmesh.consensus.commands import NodeDown, RerunTask, Undecodable, decode_command, encode_command
 from raftmesh.consensus.results import (
     AssignResult,
     BarrierResult,
@@ -193,6 +193,9 @@ class Cluster:
 
     def tick(self, ts: int) -> Tick:
         return Tick(self.rid(), ts)
+
+    def rerun(self, run_id: str, task_id: str) -> RerunTask:
+        return RerunTask(self.rid(), self.ts, run_id, task_id)
 
     def run_task(self, run_id: str, task_id: str, node: str = "n1", output: Any = "out") -> None:
         self.ok(self.assign((run_id, task_id, node)))

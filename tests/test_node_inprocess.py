@@ -30,7 +30,7 @@ class InProcessNode:
     client: Client
 
     def state(self, fn: object) -> object:
-        return self.runtime.reads.read(fn)  # type: ignore[arg-type]
+        return self.runtime.reads.read(fn)
 
 
 @pytest.fixture
@@ -194,3 +194,52 @@ def test_dead_letter_and_retry_requests_are_checked_at_the_boundary(node: InProc
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, req, err.value)
             details = err.value.details() or ""
             assert says in details and len(details.encode()) <= 1100, (method, details)
+
+
+def test_approval_and_run_control_requests_are_checked_at_the_boundary(node: InProcessNode) -> None:
+    """Bad ApproveTask / ListApprovals / PauseRun / ResumeRun / RerunTask requests and specs are
+    INVALID_ARGUMENT with a short message that says what to fix."""
+    import grpc
+
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+    def approve(**kw: object) -> pb.ApproveTaskRequest:
+        return pb.ApproveTaskRequest(**({"run_id": "r-1", "task_id": "t", "gate": 5} | kw))
+
+    gated = pb.TaskSpec(id="g", agent="echo", approval=pb.ApprovalSpec(prompt="p", on_timeout="later"))
+    bad = [
+        ("ApproveTask", approve(gate=0), "gate is required"),
+        ("ApproveTask", approve(task_id=""), "task id"),
+        ("ApproveTask", approve(run_id=""), "run_id"),
+        ("ApproveTask", approve(by="a b"), "by"),
+        ("ApproveTask", approve(by="x" * 200), "by"),
+        ("ApproveTask", approve(comment="c" * 3000), "comment"),
+        ("ApproveTask", approve(comment="\x1b[2J"), "control characters"),
+        ("ApproveTask", approve(request_id="q" * 300), "request_id"),
+        ("ListApprovals", pb.ListApprovalsRequest(limit=1001), "1000"),
+        ("ListApprovals", pb.ListApprovalsRequest(run_id="x" * 5000), "run_id"),
+        ("PauseRun", pb.PauseRunRequest(run_id=""), "run_id"),
+        ("PauseRun", pb.PauseRunRequest(run_id="r-1", request_id="a\x00b"), "request_id"),
+        ("ResumeRun", pb.ResumeRunRequest(run_id="x" * 5000), "run_id"),
+        ("RerunTask", pb.RerunTaskRequest(run_id="r-1", task_id=""), "task id"),
+        ("SubmitRun", pb.SubmitRunRequest(tasks=[gated]), "on_timeout"),
+    ]
+    with grpc.insecure_channel(node.address) as ch:
+        stub = pb_grpc.ClusterStub(ch)
+        for method, req, says in bad:
+            with pytest.raises(grpc.RpcError) as err:
+                getattr(stub, method)(req, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, req, err.value)
+            details = err.value.details() or ""
+            assert says in details and len(details.encode()) <= 1100, (method, details)
+        for method, req in [
+            ("ApproveTask", approve(run_id="no-such-run")),
+            ("PauseRun", pb.PauseRunRequest(run_id="no-such-run")),
+            ("ResumeRun", pb.ResumeRunRequest(run_id="no-such-run")),
+            ("RerunTask", pb.RerunTaskRequest(run_id="no-such-run", task_id="t")),
+            ("ListApprovals", pb.ListApprovalsRequest(run_id="no-such-run")),
+        ]:
+            with pytest.raises(grpc.RpcError) as err:
+                getattr(stub, method)(req, timeout=10)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND, (method, err.value)

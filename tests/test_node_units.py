@@ -257,6 +257,37 @@ def test_host_starts_its_assigned_attempts_and_stops_fenced_ones() -> None:
     asyncio.run(scenario())
 
 
+def test_host_stops_an_attempt_whose_task_id_came_back_under_a_new_token() -> None:
+    """A rerun drops a group's children and expands them again under the same ids, attempts
+    counted afresh: attempt 1 of the new task is not the old attempt 1 still running here."""
+    sm = cluster(tasks=1)
+
+    async def scenario() -> None:
+        gate = asyncio.Event()
+
+        async def block(ctx: TaskContext) -> Any:
+            await gate.wait()
+
+        registry = AgentRegistry()
+        registry.register("echo", block)
+        host = AgentHost("n1", "i1", registry, reads_of(sm), Unused(), ManualClock())
+        res, _ = sm.apply(Assign("a1", 3, (Assignment("r1", "t0", "n1", 1),)))
+        assert res.ok, res
+        host._reconcile()
+        await asyncio.sleep(0)
+        old = sm.state.runs["r1"].tasks["t0"].token
+        # the state as a re-expanded child leaves it: the same id, attempt 1, a later token
+        sm.state.runs["r1"].tasks["t0"].token = old + 7
+        plan = host.decide(sm.state)
+        assert plan.stop == [("r1", "t0")]
+        assert [(s.key, s.attempt, s.token) for s in plan.start] == [(("r1", "t0"), 1, old + 7)]
+        host._reconcile()
+        await asyncio.sleep(0)
+        gate.set()
+
+    asyncio.run(scenario())
+
+
 class MachineWriter:
     """Applies each command to the state machine at once, as a one-node log would.
 

@@ -13,6 +13,7 @@ from raftmesh import errors
 from raftmesh.consensus import Code, RunStatus, TaskStatus
 from raftmesh.consensus.results import (
     RESULT_TYPES,
+    ApproveTaskResult,
     AssignResult,
     BarrierResult,
     CancelRunResult,
@@ -32,8 +33,10 @@ from raftmesh.consensus.results import (
     Record,
     Rejected,
     ReportResult,
+    RerunTaskResult,
     Result,
     RetryTaskResult,
+    RunControlResult,
     SubmitRunResult,
     TickResult,
     decode_result,
@@ -81,6 +84,11 @@ SAMPLES: list[Result] = [
     RetryTaskResult(requeued=False, attempt=2, status=TaskStatus.RUNNING),
     PreemptResult(1, (ItemRejected("r1", "v", "task is SUCCEEDED"),)),
     PreemptResult(2),
+    ApproveTaskResult(True, 7, "approved", "ana", "ship it", 1000, TaskStatus.READY),
+    ApproveTaskResult(False, 9, "rejected", "timeout", "", 0, TaskStatus.FAILED),
+    RunControlResult(RunStatus.PAUSED, True, 2),
+    RunControlResult(RunStatus.RUNNING, False),
+    RerunTaskResult(3, 1, True, TaskStatus.WAITING_APPROVAL, RunStatus.RUNNING),
 ]
 
 

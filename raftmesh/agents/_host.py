@@ -225,7 +225,9 @@ class AgentHost:
             run = st.runs[key[0]]
             t = run.tasks[key[1]]
             cur = self._active.get(key)
-            if cur is not None and cur.attempt == t.attempt:
+            # The token too: a task id can come back with its attempts counted afresh (a rerun
+            # drops a map's or replicated task's children and expands them again).
+            if cur is not None and cur.attempt == t.attempt and cur.token == t.token:
                 continue
             if cur is not None:  # an older attempt of ours: stop it
                 out.stop.append(key)
@@ -241,6 +243,7 @@ class AgentHost:
                 cur_t is None
                 or cur_t.status is not TaskStatus.RUNNING
                 or cur_t.attempt != a.attempt
+                or cur_t.token != a.token
                 or cur_t.node != self.node_id
             ):
                 out.stop.append(key)

@@ -88,6 +88,10 @@ def _print_run(run: Any) -> None:
             print(f"  {'':<24} attempt {p.attempt} preempted by {p.by_run_id}/{p.by_task_id} at {p.at_ms}")
         if t.fusion is not None:
             print(f"  {'':<24} {_fusion_text(t.fusion)}")
+        if t.gate is not None:
+            g = t.gate
+            said = f" by {g.by}" + (f": {g.comment}" if g.comment else "") if g.decision else ""
+            print(f"  {'':<24} gate {g.id}: {g.decision or 'open'}{said}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -214,6 +218,75 @@ def cmd_retry(args: argparse.Namespace) -> int:
         print(f"requeued {r.run_id}/{r.task_id} (attempt {r.attempt} failed; now {r.status})")
     else:
         print(f"already requeued {r.run_id}/{r.task_id} (attempt {r.attempt}; now {r.status})")
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Exit 0 when decided (or already decided so); 3 unknown run/task; 5 no open gate, or decided
+    the other way."""
+    with _client(args) as c:
+        d = c.approve(
+            args.run_id,
+            args.task_id,
+            reject=args.reject,
+            comment=args.comment,
+            by=args.by,
+            request_id=args.request_id,
+        )
+    if args.json:
+        _print_json(d.to_json())
+    else:
+        already = "" if d.applied else " (already)"
+        print(f"{d.decision}{already} {d.run_id}/{d.task_id} gate {d.gate} by {d.by}; task is {d.status}")
+    return EXIT_OK
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        gates = c.approvals(run_id=args.run, limit=args.limit)
+    if args.json:
+        _print_json({"approvals": [g.to_json() for g in gates]})
+    else:
+        for g in gates:
+            print(f"{g.run_id}  {g.task_id:<24} gate={g.gate} {g.prompt}")
+    return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Exit 0 when paused (or already); 3 unknown run; 5 a finished or compensating run."""
+    with _client(args) as c:
+        r = c.pause(args.run_id, cancel_running=args.cancel_running)
+    if args.json:
+        _print_json(r.to_json())
+    else:
+        stopped = f"; {r.stopped} running attempt(s) stopped and requeued" if r.stopped else ""
+        print(f"run {r.run_id}: {r.status}" + ("" if r.changed else " (already)") + stopped)
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Exit 0 when resumed (or not paused); 3 unknown run; 5 a finished run."""
+    with _client(args) as c:
+        r = c.resume(args.run_id)
+    if args.json:
+        _print_json(r.to_json())
+    else:
+        print(f"run {r.run_id}: {r.status}" + ("" if r.changed else " (was not paused)"))
+    return EXIT_OK
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Exit 0 when rerun; 3 unknown run/task; 5 a task that has not ended, or a compensated run."""
+    with _client(args) as c:
+        r = c.rerun(args.run_id, args.task_id)
+    if args.json:
+        _print_json(r.to_json())
+    else:
+        reopened = "; the run reopened" if r.reopened else ""
+        print(
+            f"rerun {r.run_id}/{r.task_id}: now {r.status}; {r.reset} task(s) reset, "
+            f"{r.dropped} child task(s) dropped{reopened}"
+        )
     return EXIT_OK
 
 
@@ -550,6 +623,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(func=cmd_retry)
+
+    ap = sub.add_parser("approve", help="approve (or --reject) a task's open approval gate, exactly once")
+    ap.add_argument("run_id")
+    ap.add_argument("task_id")
+    ap.add_argument("--reject", action="store_true", help="reject: the task fails, and its run")
+    ap.add_argument("--comment", default="")
+    ap.add_argument("--by", default=None, help="who decides (default: the OS user)")
+    ap.add_argument(
+        "--request-id",
+        default=None,
+        help="repeat a call with the same id to have it applied once (default: new)",
+    )
+    ap.add_argument("--json", action="store_true")
+    ap.set_defaults(func=cmd_approve)
+
+    al = sub.add_parser("approvals", help="open approval gates, oldest first")
+    al.add_argument("--run", default=None, help="only this run's gates")
+    al.add_argument("--limit", type=int, default=100, help="at most this many (default 100, max 1000)")
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=cmd_approvals)
+
+    pa = sub.add_parser("pause", help="pause a run: nothing new starts (running attempts finish)")
+    pa.add_argument("run_id")
+    pa.add_argument(
+        "--cancel-running", action="store_true", help="stop running attempts too (requeued, no retry used)"
+    )
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(func=cmd_pause)
+
+    rs = sub.add_parser("resume", help="resume a paused run")
+    rs.add_argument("run_id")
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(func=cmd_resume)
+
+    rr = sub.add_parser(
+        "rerun", help="run an ended task and everything downstream of it again (a finished run reopens)"
+    )
+    rr.add_argument("run_id")
+    rr.add_argument("task_id")
+    rr.add_argument("--json", action="store_true")
+    rr.set_defaults(func=cmd_rerun)
 
     r = sub.add_parser("runs", help="list runs, newest first")
     r.add_argument("--limit", type=int, default=100)

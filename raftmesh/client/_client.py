@@ -7,6 +7,7 @@ on the next node with exponential backoff and jitter until ``retry_deadline_s``.
 
 from __future__ import annotations
 
+import getpass
 import os
 import random
 import time
@@ -16,11 +17,29 @@ from typing import Any
 
 import grpc
 
-from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, error_for_code
+from ..errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RaftmeshError,
+    error_for_code,
+)
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ._dag import DAG, Task, check_budget
-from ._types import TERMINAL, ClusterInfo, DeadLetterInfo, RetryInfo, RunEvent, RunInfo
+from ._types import (
+    TERMINAL,
+    ApprovalInfo,
+    ClusterInfo,
+    DeadLetterInfo,
+    DecisionInfo,
+    RerunInfo,
+    RetryInfo,
+    RunControlInfo,
+    RunEvent,
+    RunInfo,
+)
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 STREAM_SILENCE_S = 5.0
@@ -52,6 +71,7 @@ def task_pb(t: Task) -> pb.TaskSpec:
         )
         if t.compensate is not None
         else None,
+        approval=pb.ApprovalSpec(**t.approval) if t.approval is not None else None,
     )
 
 
@@ -281,6 +301,102 @@ class Client:
             pb.TaskStatus.Name(resp.status).removeprefix("TASK_STATUS_"),
         )
 
+    def approve(
+        self,
+        run_id: str,
+        task_id: str,
+        reject: bool = False,
+        comment: str = "",
+        by: str | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> DecisionInfo:
+        """Approve (or ``reject``) the task's open approval gate, exactly once.
+
+        The gate's id is read first and sent with the decision, so the call (and its retries)
+        can only decide that gate, never one a later rerun opens. Deciding a decided gate the
+        same way again answers with the first decision (``applied=False``); the other way
+        raises ``FailedPrecondition`` naming who decided. ``by`` defaults to the OS user.
+        """
+        run = self.get(run_id)
+        t = run.tasks.get(task_id)
+        if t is None:
+            raise NotFound(f"run {run_id!r} has no task {task_id!r}")
+        if t.gate is None:
+            raise FailedPrecondition(
+                f"task {task_id!r} of run {run_id!r} has no approval gate open (it is {t.status})"
+                + ("" if t.approval else "; it has no approval")
+            )
+        req = pb.ApproveTaskRequest(
+            run_id=run_id,
+            task_id=task_id,
+            gate=t.gate.id,
+            reject=reject,
+            by=_principal() if by is None else by,
+            comment=comment,
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        resp: pb.ApproveTaskResponse = self._call("ApproveTask", req)
+        return DecisionInfo(
+            run_id,
+            task_id,
+            resp.applied,
+            resp.gate,
+            resp.decision,
+            resp.by,
+            resp.comment,
+            resp.decided_ms,
+            pb.TaskStatus.Name(resp.status).removeprefix("TASK_STATUS_"),
+        )
+
+    def approvals(
+        self, run_id: str | None = None, limit: int = 100, after: ApprovalInfo | None = None
+    ) -> list[ApprovalInfo]:
+        """Open approval gates, oldest first, cluster-wide or of one run (at most 1000 a call;
+        pass the last one as ``after`` for the next page)."""
+        if limit < 0:
+            raise InvalidArgument(f"limit must be >= 0 (0: the default 100), got {limit}")
+        req = pb.ListApprovalsRequest(run_id=run_id or "", limit=limit)
+        if after is not None:
+            req.after_gate, req.after_run_id, req.after_task_id = after.gate, after.run_id, after.task_id
+        resp: pb.ListApprovalsResponse = self._call("ListApprovals", req)
+        return [
+            ApprovalInfo(
+                a.run_id, a.task_id, a.gate, a.agent, a.prompt, a.opened_ms, a.deadline_ms, a.on_timeout
+            )
+            for a in resp.approvals
+        ]
+
+    def pause(
+        self, run_id: str, cancel_running: bool = False, *, request_id: str | None = None
+    ) -> RunControlInfo:
+        """Pause a run: nothing new starts; running attempts finish, or with ``cancel_running``
+        are stopped and requeued (no retry used). Idempotent."""
+        req = pb.PauseRunRequest(
+            run_id=run_id, cancel_running=cancel_running, request_id=request_id or uuid.uuid4().hex
+        )
+        return _control_info(run_id, self._call("PauseRun", req))
+
+    def resume(self, run_id: str, *, request_id: str | None = None) -> RunControlInfo:
+        """Resume a paused run (its READY tasks queue again). Idempotent."""
+        req = pb.ResumeRunRequest(run_id=run_id, request_id=request_id or uuid.uuid4().hex)
+        return _control_info(run_id, self._call("ResumeRun", req))
+
+    def rerun(self, run_id: str, task_id: str, *, request_id: str | None = None) -> RerunInfo:
+        """Run an ended task and everything downstream of it again (new attempts; upstream outputs
+        kept; earlier attempts stay in each task's ``history``). A finished run reopens."""
+        req = pb.RerunTaskRequest(run_id=run_id, task_id=task_id, request_id=request_id or uuid.uuid4().hex)
+        resp: pb.RerunTaskResponse = self._call("RerunTask", req)
+        return RerunInfo(
+            run_id,
+            task_id,
+            resp.reset,
+            resp.dropped,
+            resp.reopened,
+            pb.TaskStatus.Name(resp.status).removeprefix("TASK_STATUS_"),
+            pb.RunStatus.Name(resp.run_status).removeprefix("RUN_STATUS_"),
+        )
+
     def watch(
         self, run_id: str, *, timeout_s: float | None = None, status_only: bool = False
     ) -> Iterator[RunEvent]:
@@ -412,3 +528,17 @@ def _budget_pb(figures: dict[str, float]) -> pb.Budget | None:
         )
     except ValueError as exc:  # an integer past uint64
         raise InvalidArgument(f"budget: {exc}") from exc
+
+
+def _principal() -> str:
+    """Who decides by default: the OS user ("" lets the node name the caller's address)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (getuser raises OSError or KeyError)
+        return ""
+
+
+def _control_info(run_id: str, resp: pb.RunControlResponse) -> RunControlInfo:
+    return RunControlInfo(
+        run_id, pb.RunStatus.Name(resp.status).removeprefix("RUN_STATUS_"), resp.changed, resp.stopped
+    )

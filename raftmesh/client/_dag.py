@@ -22,7 +22,30 @@ _TASK_KEYS = {
     "requires",
     *("replicas", "fusion", "quorum", "weights", "agents", "judge"),
     "compensate",
+    "approval",
 }
+_APPROVAL_KEYS = {"prompt", "timeout_ms", "on_timeout"}
+
+
+def _approval(task_id: str, value: Any) -> dict[str, Any] | None:
+    """An ``approval`` as the builder keeps it: ``{prompt, timeout_ms, on_timeout}`` (None: no gate)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - _APPROVAL_KEYS:
+        raise InvalidArgument(
+            f"task {task_id!r}: approval must be a map with keys among {sorted(_APPROVAL_KEYS)}, "
+            'e.g. {"prompt": "Deploy?", "timeout_ms": 3600000, "on_timeout": "reject"}'
+        )
+    prompt, timeout_ms = value.get("prompt", ""), value.get("timeout_ms", 0)
+    on_timeout = value.get("on_timeout", "reject")
+    if not isinstance(prompt, str) or not isinstance(on_timeout, str):
+        raise InvalidArgument(f"task {task_id!r}: approval prompt and on_timeout must be strings")
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 0:
+        raise InvalidArgument(
+            f"task {task_id!r}: approval timeout_ms must be an integer >= 0 (0: wait for ever)"
+        )
+    return {"prompt": prompt, "timeout_ms": timeout_ms, "on_timeout": on_timeout}
+
 
 BUDGET_KEYS = ("max_tasks", "max_seconds", "max_cost", "max_tokens")
 """A run budget's figures (0 or absent: no limit); tasks and tokens are whole numbers."""
@@ -97,6 +120,8 @@ class Task:
     """Agent types the replicas use in turn (replica i: ``agents[i % len(agents)]``)."""
     judge: str = ""
     """best: the agent type that scores the candidates."""
+    approval: dict[str, Any] | None = None
+    """``{prompt, timeout_ms, on_timeout}``: the task waits in WAITING_APPROVAL until decided."""
 
     compensate: dict[str, Any] | None = None
     """Saga step ``{"agent": TYPE, "input": ...}``: undoes this task if it succeeded and the run
@@ -116,8 +141,10 @@ class Task:
             else {}
         )
         extra: dict[str, Any] = {"compensate": self.compensate} if self.compensate is not None else {}
+        gated = {"approval": dict(self.approval)} if self.approval is not None else {}
         return (
-            replicated
+            gated
+            | replicated
             | extra
             | {
                 "requires": list(self.requires),
@@ -172,11 +199,15 @@ class DAG:
         agents: Sequence[str] = (),
         judge: str = "",
         compensate: dict[str, Any] | None = None,
+        approval: dict[str, Any] | None = None,
     ) -> Task:
         """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults.
 
         ``replicas=N, fusion=...``: N replicas compete and their answers are fused (README
         "Competing replicas"); the cluster validates the combination at submit.
+
+        ``approval={"prompt": ..., "timeout_ms": 0, "on_timeout": "reject"}`` gates the task: it
+        waits in WAITING_APPROVAL until ``Client.approve`` (or its timeout) decides.
         """
         if id in self.tasks:
             raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
@@ -206,6 +237,7 @@ class DAG:
             tuple(agents),
             judge,
             check_compensate(compensate, id),
+            _approval(id, approval),
         )
         self.tasks[id] = t
         return t
@@ -267,6 +299,7 @@ class DAG:
                     requires,
                     **_replica_keys(t, source),
                     compensate=t.get("compensate"),
+                    approval=t.get("approval"),
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc

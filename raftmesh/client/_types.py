@@ -228,6 +228,163 @@ class CompensationInfo:
 
 
 @dataclass(frozen=True)
+class GateInfo:
+    """A task's approval gate (``TaskInfo.gate``): ``decision`` is "" while it is open."""
+
+    id: int
+    opened_ms: int
+    deadline_ms: int
+    decision: str
+    by: str
+    comment: str
+    decided_ms: int
+
+    @classmethod
+    def from_pb(cls, g: pb.ApprovalGate) -> GateInfo:
+        return cls(g.id, g.opened_ms, g.deadline_ms, g.decision, g.by, g.comment, g.decided_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "opened_ms": self.opened_ms,
+            "deadline_ms": self.deadline_ms,
+            "decision": self.decision,
+            "by": self.by,
+            "comment": self.comment,
+            "decided_ms": self.decided_ms,
+        }
+
+
+@dataclass(frozen=True)
+class AttemptInfo:
+    """An ended attempt (``TaskInfo.history``); ``output`` is kept for an output a rerun replaced."""
+
+    attempt: int
+    node: str
+    started_ms: int
+    finished_ms: int
+    outcome: str
+    error: str
+    output: Any = None
+
+    @classmethod
+    def from_pb(cls, a: pb.TaskAttempt) -> AttemptInfo:
+        return cls(a.attempt, a.node, a.started_ms, a.finished_ms, a.outcome, a.error, _json(a.output_json))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "node": self.node,
+            "started_ms": self.started_ms,
+            "finished_ms": self.finished_ms,
+            "outcome": self.outcome,
+            "error": self.error,
+            "output": self.output,
+        }
+
+
+@dataclass(frozen=True)
+class ApprovalInfo:
+    """An open approval gate (``Client.approvals``)."""
+
+    run_id: str
+    task_id: str
+    gate: int
+    agent: str
+    prompt: str
+    opened_ms: int
+    deadline_ms: int
+    on_timeout: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``approvals --json`` item shape (a stable contract)."""
+        return {
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "gate": self.gate,
+            "agent": self.agent,
+            "prompt": self.prompt,
+            "opened_ms": self.opened_ms,
+            "deadline_ms": self.deadline_ms,
+            "on_timeout": self.on_timeout,
+        }
+
+
+@dataclass(frozen=True)
+class DecisionInfo:
+    """The answer of ``Client.approve``: ``applied`` False means the gate was already decided so."""
+
+    run_id: str
+    task_id: str
+    applied: bool
+    gate: int
+    decision: str
+    by: str
+    comment: str
+    decided_ms: int
+    status: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``approve --json`` shape (a stable contract)."""
+        return {
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "applied": self.applied,
+            "already_decided": not self.applied,
+            "gate": self.gate,
+            "decision": self.decision,
+            "by": self.by,
+            "comment": self.comment,
+            "decided_ms": self.decided_ms,
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class RunControlInfo:
+    """The answer of ``Client.pause`` / ``resume``: ``changed`` False means it already was so."""
+
+    run_id: str
+    status: str
+    changed: bool
+    stopped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``pause --json`` / ``resume --json`` shape (a stable contract)."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "changed": self.changed,
+            "stopped": self.stopped,
+        }
+
+
+@dataclass(frozen=True)
+class RerunInfo:
+    """The answer of ``Client.rerun``."""
+
+    run_id: str
+    task_id: str
+    reset: int
+    dropped: int
+    reopened: bool
+    status: str
+    run_status: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``rerun --json`` shape (a stable contract)."""
+        return {
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "reset": self.reset,
+            "dropped": self.dropped,
+            "reopened": self.reopened,
+            "status": self.status,
+            "run_status": self.run_status,
+        }
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     id: str
     agent: str
@@ -251,6 +408,12 @@ class TaskInfo:
     """Set for a task submitted with ``replicas``: its rule and its replicas' standing."""
     compensate: dict[str, Any] | None = None
     """Its saga step ``{"agent", "input"}``, if it declares one."""
+    gate: GateInfo | None = None
+    """Its approval gate, once opened."""
+    history: tuple[AttemptInfo, ...] = ()
+    """Its ended attempts, oldest first (the newest 16)."""
+    approval: dict[str, Any] | None = None
+    """Its ``approval`` spec (prompt, timeout_ms, on_timeout), if it has one."""
 
     @classmethod
     def from_pb(cls, t: pb.Task) -> TaskInfo:
@@ -274,6 +437,15 @@ class TaskInfo:
             FusionInfo.from_pb(t.fusion) if t.HasField("fusion") else None,
             {"agent": t.compensate.agent, "input": _json(t.compensate.input_json)}
             if t.HasField("compensate")
+            else None,
+            GateInfo.from_pb(t.gate) if t.HasField("gate") else None,
+            tuple(AttemptInfo.from_pb(a) for a in t.history),
+            {
+                "prompt": t.approval.prompt,
+                "timeout_ms": t.approval.timeout_ms,
+                "on_timeout": t.approval.on_timeout,
+            }
+            if t.HasField("approval")
             else None,
         )
 
@@ -364,6 +536,9 @@ class RunInfo:
                     "requeued_attempt": t.requeued_attempt,
                     "fusion": t.fusion.to_json() if t.fusion is not None else None,
                     "compensate": t.compensate,
+                    "approval": t.approval,
+                    "gate": t.gate.to_json() if t.gate else None,
+                    "history": [a.to_json() for a in t.history],
                 }
                 for t in self.tasks.values()
             },

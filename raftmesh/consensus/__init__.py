@@ -9,7 +9,8 @@ package is pure and testable without Raft, threads or a clock:
   ``context.ApplyContext``;
 - processors: ``members``, ``runs`` (with ``tasks``, the task transitions, and ``usage``,
   the usage sums), ``dead_letters`` (listing and requeue), ``preemption`` (its plan and
-  its command), ``ticks``, ``lock_commands``, ``kv_commands``;
+  its command), ``approvals`` (gates: open, decide, time out, list), ``control`` (pause,
+  resume, rerun), ``ticks``, ``lock_commands``, ``kv_commands``;
 - data: ``state`` (with ``locks``, ``kv``), ``dag`` (DAG validation), ``placement``,
   ``limits`` (every limit and the checks that apply them).
 """

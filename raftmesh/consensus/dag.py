@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Container, Mapping, Sequence
 
-from . import conditions, fusion, limits, values
+from . import approvals, conditions, fusion, limits, values
 from .commands import TaskSpec
 
 
@@ -171,6 +171,10 @@ def _check_flow(t: TaskSpec) -> None:
         )
     if t.trigger and not t.deps:
         raise DagError("invalid", f"task {t.id!r}: trigger needs deps (it says which of them must succeed)")
+    if t.approval is not None:
+        why = approvals.spec_error(t.id, t.approval)
+        if why:
+            raise DagError("invalid", why)
     if t.when is not None:
         try:
             conditions.check(t.when, t.deps, f"task {t.id!r}: when")

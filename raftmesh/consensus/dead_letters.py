@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import budgets, limits
+from . import approvals, budgets, limits
 from .codes import Code
 from .commands import RetryTask
 from .context import ApplyContext
@@ -105,6 +105,7 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     # replicas again (they follow it in the run's order).
     unfinished = 0
     waiting: list[TaskState] = []
+    gated: list[TaskState] = []
     for other in run.tasks.values():
         if (other.status is TaskStatus.CANCELLED and other.error != SUPERSEDED) or other is t:
             if other is not t:
@@ -119,12 +120,17 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
             if other is not t:
                 ctx.emit(TaskChanged(rev, run.run_id, other.spec.id, other.status, other.attempt, ""))
             if other.status is TaskStatus.PENDING and other.deps_waiting == 0:
-                make_ready(ctx, run, other, rev, not_before_ms=0)
+                if approvals.must_wait(other):  # its gate was open or rejected: a new gate
+                    gated.append(other)
+                else:
+                    make_ready(ctx, run, other, rev, not_before_ms=0)
         if other.status not in TERMINAL_TASK:
             unfinished += 1
     for p in waiting:
         p.children_waiting = sum(1 for c in p.children if run.tasks[c].status not in TERMINAL_TASK)
     run.unfinished = unfinished
+    for other in gated:
+        approvals.open_gate(ctx, run, other, rev)
     run.revision = rev
     budgets.track(st, run)
     ctx.emit(RunChanged(rev, run.run_id, RunStatus.RUNNING))

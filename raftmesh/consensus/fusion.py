@@ -36,7 +36,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import budgets, conditions, groups, limits, tasks
+from . import approvals, budgets, conditions, groups, limits, tasks
 from .commands import TaskSpec
 from .context import ApplyContext
 from .results import TaskChanged
@@ -378,21 +378,28 @@ def _merge_into(
 
 
 def _cancel_rest(ctx: ApplyContext, run: RunState, parent: TaskState, tl: Tally, rev: int) -> None:
-    """The quorum is reached: the replicas still READY or RUNNING are not needed any more."""
+    """The quorum is reached: the replicas still READY or RUNNING are not needed any more, nor
+    what they spawned and still wait for (a spawned task must not outlive its cancelled spawner)."""
     st = ctx.state
     for r in tl.replicas:
         if r.status in TERMINAL_TASK:
             continue
-        tasks.unready(ctx, run.run_id, r)
-        tasks.unrun(ctx, run.run_id, r)
-        r.status = TaskStatus.CANCELLED
-        r.error = SUPERSEDED
-        r.finished_ms = st.time_ms
-        r.deadline_ms = 0
-        run.unfinished -= 1
         parent.children_waiting = max(0, parent.children_waiting - 1)
-        ctx.emit(TaskChanged(rev, run.run_id, r.spec.id, r.status, r.attempt, r.node))
-        tasks.cancel_descendants(ctx, run, r, SUPERSEDED, rev)
+        work = [r]
+        while work:
+            x = work.pop()
+            if x.status in TERMINAL_TASK:
+                continue
+            work.extend(run.tasks[c] for c in reversed(x.children) if c in run.tasks)
+            tasks.unready(ctx, run.run_id, x)
+            tasks.unrun(ctx, run.run_id, x)
+            approvals.close_gate(ctx, run.run_id, x)
+            x.status = TaskStatus.CANCELLED
+            x.error = SUPERSEDED
+            x.finished_ms = st.time_ms
+            x.deadline_ms = 0
+            run.unfinished -= 1
+            ctx.emit(TaskChanged(rev, run.run_id, x.spec.id, x.status, x.attempt, x.node))
     run.revision = rev
 
 

@@ -110,11 +110,14 @@ MAX_APPROVAL_PROMPT_CHARS = 2000
 MAX_APPROVAL_TIMEOUT_MS = 30 * 24 * 3600 * 1000
 MAX_COMMENT_CHARS = 2000
 MAX_PRINCIPAL_CHARS = 128
+"""Who decided an approval (``by``)."""
 MAX_BUDGET_TASKS = 1_000_000
 MAX_BUDGET_SECONDS = 365 * 24 * 3600
 """A run budget's ``max_seconds`` (a year; 0 means no limit, as for every budget figure)."""
 MAX_BUDGET_COST = MAX_USAGE_COST
 MAX_BUDGET_TOKENS = MAX_USAGE_TOKENS
+MAX_APPROVALS_LISTED = 1000
+"""Open gates one ``ListApprovals`` call returns (oldest first; page on with its cursor)."""
 
 # ---- locks ------------------------------------------------------------------
 

@@ -24,9 +24,21 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import dead_letters, kv_commands, limits, lock_commands, members, preemption, runs, ticks
+from . import (
+    approvals,
+    control,
+    dead_letters,
+    kv_commands,
+    limits,
+    lock_commands,
+    members,
+    preemption,
+    runs,
+    ticks,
+)
 from .codes import Code
 from .commands import (
+    ApproveTask,
     Assign,
     Barrier,
     CancelRun,
@@ -39,8 +51,11 @@ from .commands import (
     LockCancel,
     LockRelease,
     NodeDown,
+    PauseRun,
     Preempt,
     RegisterNode,
+    RerunTask,
+    ResumeRun,
     RetryTask,
     SubmitRun,
     Tick,
@@ -71,6 +86,10 @@ PROCESSORS: dict[type[Command], Processor] = {
     KvLease: kv_commands.lease,
     RetryTask: dead_letters.retry,
     Preempt: preemption.preempt,
+    ApproveTask: approvals.approve,
+    PauseRun: control.pause,
+    ResumeRun: control.resume,
+    RerunTask: control.rerun,
 }
 """The processor of each command type (``Barrier`` is answered here: it changes nothing)."""
 

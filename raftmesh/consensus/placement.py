@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Mapping
 from .breakers import BreakerState, state_of
 from .commands import AgentOffer, Assignment, TaskSpec
 from .locks import EXCLUSIVE, task_owner
-from .state import ClusterState, Member, TaskKey, TaskState, TaskStatus
+from .state import ClusterState, Member, RunStatus, TaskKey, TaskState, TaskStatus
 
 
 def offer_fits(m: Member, agent: str, requires: Collection[str]) -> AgentOffer | None:
@@ -232,6 +232,9 @@ def waiting_reasons(state: ClusterState, run_id: str, task_ids: Iterable[str], n
     for task_id in task_ids:
         t = run.tasks.get(task_id)
         if t is None or t.status is not TaskStatus.READY:
+            continue
+        if run.status is RunStatus.PAUSED:
+            out[task_id] = "its run is paused (raftmesh resume)"
             continue
         why = _task_wait(state, run_id, t, now_ms)
         if not why:

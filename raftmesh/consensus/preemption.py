@@ -29,7 +29,7 @@ from .context import ApplyContext
 from .locks import task_owner
 from .placement import eligible_nodes
 from .results import ItemRejected, PreemptResult, Rejected, Result
-from .state import ClusterState, RunState, TaskKey, TaskState, TaskStatus
+from .state import SCHEDULABLE_RUN, ClusterState, RunState, TaskKey, TaskState, TaskStatus
 from .tasks import make_ready, unrun
 
 MAX_WAITING_EXAMINED = 32
@@ -157,6 +157,8 @@ def preempt(ctx: ApplyContext, cmd: Preempt) -> Result:
             why = f"no preempting task {p.by_run_id}/{p.by_task_id}"
         elif by.status is not TaskStatus.READY:
             why = f"preempting task {p.by_run_id}/{p.by_task_id} is {by.status.value}, not waiting"
+        elif (by_run := st.runs[p.by_run_id]).status not in SCHEDULABLE_RUN:
+            why = f"preempting task's run {p.by_run_id} is {by_run.status.value}: it may start nothing"
         elif by.spec.priority <= t.spec.priority:
             why = f"preempting task's priority {by.spec.priority} is not above {t.spec.priority}"
         if why:
@@ -171,8 +173,8 @@ def preempt(ctx: ApplyContext, cmd: Preempt) -> Result:
         return Rejected(Code.FAILED_PRECONDITION, f"no preemption applies: {quoted}")
     rev = ctx.advance()
     for p, run, t in accepted:
-        unrun(ctx, run.run_id, t)
         t.error = f"attempt {t.attempt} preempted by {p.by_run_id}/{p.by_task_id}"
+        unrun(ctx, run.run_id, t, "preempted", t.error)
         entry = (p.by_run_id, p.by_task_id, t.attempt, st.time_ms)
         t.preempted_by = (*t.preempted_by, entry)[-limits.MAX_PREEMPTED_BY :]
         make_ready(ctx, run, t, rev, not_before_ms=0)

@@ -422,6 +422,75 @@ class PreemptResult(Result):
         return cls(v[0], tuple(ItemRejected.decode(r) for r in v[1]))
 
 
+@dataclass(frozen=True, slots=True)
+class ApproveTaskResult(Result):
+    """The gate's decision; ``applied`` False when an earlier command had decided it so already."""
+
+    TAG: ClassVar[str] = "approve_task"
+    applied: bool
+    gate: int
+    decision: str
+    by: str
+    comment: str
+    decided_ms: int
+    status: TaskStatus
+    """The task's status as of this answer (after the decision)."""
+
+    def _encode(self) -> list[Any]:
+        return [
+            self.applied,
+            self.gate,
+            self.decision,
+            self.by,
+            self.comment,
+            self.decided_ms,
+            self.status.value,
+        ]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> ApproveTaskResult:
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5], TaskStatus(v[6]))
+
+
+@dataclass(frozen=True, slots=True)
+class RunControlResult(Result):
+    """``PauseRun`` and ``ResumeRun``: ``changed`` False when the run already was as asked."""
+
+    TAG: ClassVar[str] = "run_control"
+    status: RunStatus
+    changed: bool
+    stopped: int = 0
+    """Running attempts a pause with ``cancel_running`` stopped (and requeued)."""
+
+    def _encode(self) -> list[Any]:
+        return [self.status.value, self.changed, self.stopped]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> RunControlResult:
+        return cls(RunStatus(v[0]), v[1], v[2])
+
+
+@dataclass(frozen=True, slots=True)
+class RerunTaskResult(Result):
+    """``reset``: tasks sent back (the task and its downstream; a reopened run's cancelled ones);
+    ``dropped``: children of reset tasks removed from the run; ``reopened``: the run had finished."""
+
+    TAG: ClassVar[str] = "rerun_task"
+    reset: int
+    dropped: int
+    reopened: bool
+    status: TaskStatus
+    """The task's status afterwards (READY, WAITING_APPROVAL, PENDING behind a reset dependency...)."""
+    run_status: RunStatus
+
+    def _encode(self) -> list[Any]:
+        return [self.reset, self.dropped, self.reopened, self.status.value, self.run_status.value]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> RerunTaskResult:
+        return cls(v[0], v[1], v[2], TaskStatus(v[3]), RunStatus(v[4]))
+
+
 RESULT_TYPES: tuple[type[Result], ...] = (
     Rejected,
     MemberResult,
@@ -440,6 +509,9 @@ RESULT_TYPES: tuple[type[Result], ...] = (
     KvLeaseRevoked,
     RetryTaskResult,
     PreemptResult,
+    ApproveTaskResult,
+    RunControlResult,
+    RerunTaskResult,
 )
 _BY_TAG: dict[str, Any] = {cls.TAG: cls for cls in RESULT_TYPES}
 

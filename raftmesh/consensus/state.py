@@ -152,12 +152,14 @@ class Gate:
     """An approval gate: opened when the task could start, decided once."""
 
     id: int
-    """The revision that opened it (a rerun opens a new gate with a new id)."""
+    """Unique and increasing, drawn from ``ClusterState.seq`` when it opens (a rerun opens a new
+    gate with a new id; gates opened by one command still differ)."""
     opened_ms: int
     deadline_ms: int = 0
     """When ``on_timeout`` decides it (0: never)."""
     decision: str = ""
-    """"" while open; "approved", "rejected", or "timed_out" + the on_timeout action."""
+    """"" while open, then "approved" or "rejected" (a timeout decides as ``on_timeout`` says,
+    with ``by`` "timeout")."""
     by: str = ""
     comment: str = ""
     decided_ms: int = 0
@@ -442,6 +444,10 @@ class ClusterState:
     """FAILED tasks of retained runs, sorted (oldest first): read newest first in O(limit)."""
     budget_deadlines: list[tuple[int, str]] = field(default_factory=list)
     """Heap of (max_seconds deadline, run_id) of RUNNING/PAUSED runs; entries go stale lazily."""
+    open_gates: list[tuple[int, str, str]] = field(default_factory=list)
+    """(gate id, run_id, task_id) of every task WAITING_APPROVAL, sorted: oldest gate first."""
+    gate_deadlines: list[tuple[int, str, str, int]] = field(default_factory=list)
+    """Heap of (deadline_ms, run_id, task_id, gate id) of open gates with a timeout; stale lazily."""
 
     # ---- canonical encoding -------------------------------------------------
 
@@ -497,6 +503,8 @@ class ClusterState:
         self.timeouts = []
         self.dead_letters = []
         self.budget_deadlines = []
+        self.open_gates = []
+        self.gate_deadlines = []
         for run in self.runs.values():
             if run.status in BUDGET_BOUND and run.budget_deadline_ms():
                 self.budget_deadlines.append((run.budget_deadline_ms(), run.run_id))
@@ -505,7 +513,12 @@ class ClusterState:
                 if t.status is TaskStatus.FAILED and t.origin != "replica":  # see fusion.replica_failed
                     self.dead_letters.append((t.finished_ms, run.run_id, t.spec.id))
                 elif t.status is TaskStatus.READY:
-                    ready.append((t.spec.priority, t.ready_seq, key))
+                    if run.status is not RunStatus.PAUSED:  # a paused run's tasks wait outside the queue
+                        ready.append((t.spec.priority, t.ready_seq, key))
+                elif t.status is TaskStatus.WAITING_APPROVAL and t.gate is not None:
+                    self.open_gates.append((t.gate.id, run.run_id, t.spec.id))
+                    if t.gate.deadline_ms:
+                        self.gate_deadlines.append((t.gate.deadline_ms, run.run_id, t.spec.id, t.gate.id))
                 elif t.status is TaskStatus.RUNNING:
                     self.running.setdefault(t.node, {})[key] = None
                     na = (t.node, t.spec.agent)
@@ -519,6 +532,8 @@ class ClusterState:
         heapq.heapify(self.timeouts)
         heapq.heapify(self.budget_deadlines)
         self.dead_letters.sort()
+        self.open_gates.sort()
+        heapq.heapify(self.gate_deadlines)
 
     def index_snapshot(self) -> tuple[Any, ...]:
         """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
@@ -533,6 +548,8 @@ class ClusterState:
             dict(sorted(self.running_agent.items())),
             # A set: a run made RUNNING again (a requeued dead letter) pushes its deadline again.
             sorted({e for e in self.budget_deadlines if self.budget_live(e)}),
+            list(self.open_gates),
+            sorted(e for e in self.gate_deadlines if self.gate_live(e)),
         )
 
     def add_dead_letter(self, entry: DeadLetter) -> None:
@@ -546,6 +563,29 @@ class ClusterState:
         while j < len(self.dead_letters) and self.dead_letters[j][:2] == (finished_ms, run_id):
             j += 1
         del self.dead_letters[i:j]
+
+    def drop_dead_letter(self, entry: DeadLetter) -> None:
+        """Forget one dead letter (a task that is run again)."""
+        i = bisect.bisect_left(self.dead_letters, entry)
+        if i < len(self.dead_letters) and self.dead_letters[i] == entry:
+            del self.dead_letters[i]
+
+    def gate_live(self, entry: tuple[int, str, str, int]) -> bool:
+        """Whether a ``gate_deadlines`` entry is still the deadline of an open gate."""
+        deadline, run_id, task_id, gate_id = entry
+        t = self.task(run_id, task_id)
+        return (
+            t is not None
+            and t.status is TaskStatus.WAITING_APPROVAL
+            and t.gate is not None
+            and t.gate.id == gate_id
+            and t.gate.deadline_ms == deadline
+        )
+
+    def next_gate_deadline_ms(self) -> int | None:
+        while self.gate_deadlines and not self.gate_live(self.gate_deadlines[0]):
+            heapq.heappop(self.gate_deadlines)
+        return self.gate_deadlines[0][0] if self.gate_deadlines else None
 
     def _timeout_live(self, entry: tuple[int, str, str, int]) -> bool:
         deadline, run_id, task_id, attempt = entry
@@ -574,7 +614,8 @@ class ClusterState:
         return self.timeouts[0][0] if self.timeouts else None
 
     def next_deadline_ms(self) -> int | None:
-        """The earliest task timeout, lock lease or wait, KV lease or run budget: when a tick is due."""
+        """The earliest task timeout, lock lease or wait, KV lease, run budget or approval timeout:
+        when a tick is due."""
         ds = [
             d
             for d in (
@@ -582,6 +623,7 @@ class ClusterState:
                 self.locks.next_deadline_ms(),
                 self.kv.next_deadline_ms(),
                 self.next_budget_deadline_ms(),
+                self.next_gate_deadline_ms(),
             )
             if d
         ]

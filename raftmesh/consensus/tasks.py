@@ -12,12 +12,12 @@ import hashlib
 import heapq
 from typing import Any
 
-from . import conditions, fusion, groups, limits, sagas
+from . import approvals, conditions, fusion, groups, limits, sagas
 from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
 from .results import RunChanged, TaskChanged
-from .state import TERMINAL_RUN, TERMINAL_TASK, RunState, RunStatus, TaskState, TaskStatus
+from .state import TERMINAL_RUN, TERMINAL_TASK, Attempt, RunState, RunStatus, TaskState, TaskStatus
 
 
 def backoff_ms(spec_backoff_ms: int, failures: int, run_id: str, task_id: str) -> int:
@@ -38,7 +38,8 @@ def make_ready(ctx: ApplyContext, run: RunState, t: TaskState, rev: int, not_bef
     t.not_before_ms = not_before_ms
     t.node = ""
     t.deadline_ms = 0
-    st.ready.setdefault(t.spec.priority, {})[(run.run_id, t.spec.id)] = None
+    if run.status is not RunStatus.PAUSED:  # a paused run's READY tasks wait outside the queue
+        st.ready.setdefault(t.spec.priority, {})[(run.run_id, t.spec.id)] = None
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, ""))
 
@@ -50,9 +51,16 @@ def unready(ctx: ApplyContext, run_id: str, t: TaskState) -> None:
             q.pop((run_id, t.spec.id), None)
 
 
-def unrun(ctx: ApplyContext, run_id: str, t: TaskState) -> None:
-    """Every way out of RUNNING goes through here: it also frees the attempt's locks."""
+def unrun(ctx: ApplyContext, run_id: str, t: TaskState, outcome: str = "CANCELLED", error: str = "") -> None:
+    """Every way out of RUNNING goes through here: it frees the attempt's locks and records the
+    ended attempt in the task's history (``outcome``: SUCCEEDED, FAILED, CANCELLED, or why it
+    was stopped early: lost, preempted, paused, rerun)."""
     if t.status is TaskStatus.RUNNING:
+        st = ctx.state
+        ended = Attempt(t.attempt, t.node, t.started_ms, st.time_ms, outcome, error[: limits.MAX_ERROR_CHARS])
+        t.history.append(ended)
+        if len(t.history) > limits.MAX_ATTEMPT_HISTORY:
+            del t.history[: -limits.MAX_ATTEMPT_HISTORY]
         release_task_locks(ctx, t, run_id)
         q = ctx.state.running.get(t.node)
         if q is not None and (run_id, t.spec.id) in q:
@@ -94,7 +102,7 @@ def attempt_succeeded(ctx: ApplyContext, run: RunState, t: TaskState, output: An
     """The running attempt's success, before the task's status moves on (a spawner that
     waits for its children keeps the output and ends later)."""
     record_outcome(ctx, t, ok=True)
-    unrun(ctx, run.run_id, t)
+    unrun(ctx, run.run_id, t, "SUCCEEDED")
     t.output = output
     t.error = ""
     t.deadline_ms = 0
@@ -163,7 +171,14 @@ def activate(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
 def begin(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
     """The task may run (its conditions held, its gate, if any, was approved): READY, or its
     children start (map instances, replicas). Returns whether it ended here (marked), as
-    ``activate``."""
+    ``activate``.
+
+    A task with an ``approval`` whose gate is not approved opens a gate and waits in
+    WAITING_APPROVAL instead; ``approvals.decide`` calls ``begin`` again once it is approved.
+    """
+    if approvals.must_wait(t):
+        approvals.open_gate(ctx, run, t, rev)
+        return False
     if t.spec.replicas:
         return fusion.expand(ctx, run, t, rev)
     make_ready(ctx, run, t, rev, not_before_ms=0)
@@ -203,7 +218,7 @@ def fail_attempt(
     """
     st = ctx.state
     record_outcome(ctx, t, ok=False)
-    unrun(ctx, run.run_id, t)
+    unrun(ctx, run.run_id, t, "FAILED", error)
     t.error = error
     t.deadline_ms = 0
     if retryable and t.retries_left > 0:
@@ -215,7 +230,16 @@ def fail_attempt(
     if t.origin == "replica":  # one replica's failure fails the run only if its quorum is lost
         fusion.replica_failed(ctx, run, t, rev)
         return
+    fail_task(ctx, run, t, error, rev)
+
+
+def fail_task(
+    ctx: ApplyContext, run: RunState, t: TaskState, error: str, rev: int, reason: str = "TASK_FAILED"
+) -> None:
+    """``t`` (not RUNNING any more) FAILS for good, a dead letter, and fails its run."""
+    st = ctx.state
     t.status = TaskStatus.FAILED
+    t.error = error
     t.finished_ms = st.time_ms
     st.add_dead_letter((t.finished_ms, run.run_id, t.spec.id))
     run.unfinished -= 1
@@ -224,28 +248,7 @@ def fail_attempt(
     if t.origin == sagas.ORIGIN:  # a failed compensation is recorded; the others go on (all_done)
         cascade(ctx, run, t, rev)
         return
-    finish_run(ctx, run, RunStatus.FAILED, rev, f"task {t.spec.id!r} failed: {error}", reason="TASK_FAILED")
-
-
-def cancel_descendants(ctx: ApplyContext, run: RunState, t: TaskState, why: str, rev: int) -> None:
-    """Cancel what ``t`` started that has not ended: its children, theirs, and so on (a replica
-    superseded after it spawned must not leave its spawned tasks running)."""
-    work = list(t.children)
-    while work:
-        c = run.tasks.get(work.pop())
-        if c is None or c.status in TERMINAL_TASK:
-            continue
-        unready(ctx, run.run_id, c)
-        unrun(ctx, run.run_id, c)
-        c.status = TaskStatus.CANCELLED
-        c.error = why
-        c.finished_ms = ctx.state.time_ms
-        c.deadline_ms = 0
-        c.children_waiting = 0
-        run.unfinished -= 1
-        run.revision = rev
-        ctx.emit(TaskChanged(rev, run.run_id, c.spec.id, c.status, c.attempt, c.node))
-        work.extend(c.children)
+    finish_run(ctx, run, RunStatus.FAILED, rev, f"task {t.spec.id!r} failed: {error}", reason=reason)
 
 
 def finish_run(
@@ -263,7 +266,8 @@ def finish_run(
         if t.status in TERMINAL_TASK:
             continue
         unready(ctx, run.run_id, t)
-        unrun(ctx, run.run_id, t)
+        unrun(ctx, run.run_id, t, "CANCELLED", error)
+        approvals.close_gate(ctx, run.run_id, t)
         t.status = TaskStatus.CANCELLED
         t.finished_ms = st.time_ms
         if not t.error:
@@ -303,7 +307,7 @@ def requeue_node_tasks(ctx: ApplyContext, node_id: str, rev: int, why: str) -> N
     for run_id, task_id in sorted(st.running.get(node_id, {})):
         run = st.runs[run_id]
         t = run.tasks[task_id]
-        unrun(ctx, run_id, t)
+        unrun(ctx, run_id, t, "lost", why)
         t.error = f"attempt {t.attempt} lost: {why}"
         make_ready(ctx, run, t, rev, not_before_ms=0)
 

@@ -1,13 +1,13 @@
 """The leader's periodic ``tick``: the only way time passes in the state machine.
 
 It carries the leader's clock; applying it ends what that time has passed: lock
-leases and waits, KV leases (deleting their keys), task attempts' timeouts, and runs'
-``max_seconds`` budgets.
+leases and waits, KV leases (deleting their keys), task attempts' timeouts, runs'
+``max_seconds`` budgets, and approval gates' timeouts (decided as their ``on_timeout`` says).
 """
 
 from __future__ import annotations
 
-from . import budgets, kv_commands, lock_commands
+from . import approvals, budgets, kv_commands, lock_commands
 from .commands import Tick
 from .context import ApplyContext
 from .results import Result, TickResult
@@ -20,4 +20,5 @@ def tick(ctx: ApplyContext, cmd: Tick) -> Result:
     expired = lock_commands.expire(ctx, now) + kv_commands.expire(ctx, now)
     expired += expire_timeouts(ctx, now, rev)
     expired += budgets.expire(ctx, now, rev)
+    expired += approvals.expire_gates(ctx, now, rev)
     return TickResult(expired, ctx.state.time_ms)

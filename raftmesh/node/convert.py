@@ -8,8 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 from ..consensus import budgets, fusion, sagas, values
+from ..consensus.approvals import ApprovalView
 from ..consensus.breakers import state_of
-from ..consensus.commands import AgentOffer, Budget, Compensation, TaskSpec, Usage
+from ..consensus.commands import AgentOffer, Approval, Budget, Compensation, TaskSpec, Usage
 from ..consensus.dead_letters import DeadLetterView
 from ..consensus.state import ClusterState, Member, RunState, RunStatus, TaskState, TaskStatus
 from ..errors import InvalidArgument
@@ -63,6 +64,7 @@ def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
                 )
                 if t.HasField("compensate")
                 else None,
+                approval=approval_from_pb(t.approval) if t.HasField("approval") else None,
             )
         )
     return tuple(specs)
@@ -104,6 +106,59 @@ def compensations_to_pb(run: RunState) -> list[pb.CompensationStep]:
         )
         for t in sagas.steps(run)
     ]
+
+
+def approval_from_pb(a: pb.ApprovalSpec) -> Approval:
+    return Approval(a.prompt, a.timeout_ms, a.on_timeout or "reject")
+
+
+def approval_to_pb(a: Approval) -> pb.ApprovalSpec:
+    return pb.ApprovalSpec(prompt=a.prompt, timeout_ms=a.timeout_ms, on_timeout=a.on_timeout)
+
+
+def control_fields(t: TaskState) -> dict[str, Any]:
+    """The approval, gate and attempt history of a ``Task`` message."""
+    out: dict[str, Any] = {
+        "history": [
+            pb.TaskAttempt(
+                attempt=a.attempt,
+                node=a.node,
+                started_ms=a.started_ms,
+                finished_ms=a.finished_ms,
+                outcome=a.outcome,
+                error=a.error,
+                output_json=dump_json(a.output),
+            )
+            for a in t.history
+        ]
+    }
+    if t.spec.approval is not None:
+        out["approval"] = approval_to_pb(t.spec.approval)
+    g = t.gate
+    if g is not None:
+        out["gate"] = pb.ApprovalGate(
+            id=g.id,
+            opened_ms=g.opened_ms,
+            deadline_ms=g.deadline_ms,
+            decision=g.decision,
+            by=g.by,
+            comment=g.comment,
+            decided_ms=g.decided_ms,
+        )
+    return out
+
+
+def approval_view_to_pb(v: ApprovalView) -> pb.PendingApproval:
+    return pb.PendingApproval(
+        run_id=v.run_id,
+        task_id=v.task_id,
+        gate=v.gate,
+        agent=v.agent,
+        prompt=v.prompt,
+        opened_ms=v.opened_ms,
+        deadline_ms=v.deadline_ms,
+        on_timeout=v.on_timeout,
+    )
 
 
 def with_defaults(
@@ -152,6 +207,7 @@ def task_to_pb(t: TaskState, run: RunState | None = None) -> pb.Task:
         )
         if t.spec.compensate is not None
         else None,
+        **control_fields(t),
     )
 
 

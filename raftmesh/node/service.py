@@ -15,16 +15,28 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from ..agents._llm import input_secret_error
-from ..consensus import limits
-from ..consensus.commands import AgentOffer, CancelRun, RetryTask, SubmitRun
+from ..consensus import approvals, limits
+from ..consensus.commands import (
+    AgentOffer,
+    ApproveTask,
+    CancelRun,
+    PauseRun,
+    RerunTask,
+    ResumeRun,
+    RetryTask,
+    SubmitRun,
+)
 from ..consensus.dag import DagError, validate
 from ..consensus.dead_letters import list_dead_letters
 from ..consensus.members import task_defaults
 from ..consensus.placement import waiting_reasons
 from ..consensus.results import (
+    ApproveTaskResult,
     CancelRunResult,
+    RerunTaskResult,
     RetryTaskResult,
     RunChanged,
+    RunControlResult,
     SubmitRunResult,
     TaskChanged,
     expect,
@@ -291,6 +303,132 @@ class ClusterService(pb_grpc.ClusterServicer):
             requeued=out.requeued, attempt=out.attempt, status=convert.TASK_STATUS[out.status]
         )
 
+    # ---- approvals, pause and rerun -------------------------------------------
+
+    @rpc.unary
+    async def ApproveTask(
+        self, request: pb.ApproveTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ApproveTaskResponse:
+        _check_run_id(request.run_id)
+        by = request.by or context.peer() or "anonymous"
+        why = (
+            approvals.task_id_error(request.task_id)
+            or limits.request_id_error("request_id", request.request_id)
+            or limits.name_error("by", by, limits.MAX_PRINCIPAL_CHARS)
+            or approvals.text_error("comment", request.comment, limits.MAX_COMMENT_CHARS)
+        )
+        if why:
+            raise InvalidArgument(why)
+        if request.gate == 0:
+            # Not "the open gate": a retried call would then decide a gate opened after the first.
+            raise InvalidArgument(
+                "gate is required: the id of the task's gate (GetRun's task.gate.id, or ListApprovals)"
+            )
+        cmd = ApproveTask(
+            request.request_id or new_request_id("ap-"),
+            self.node.clock.now_ms(),
+            run_id=request.run_id,
+            task_id=request.task_id,
+            gate=request.gate,
+            approve=not request.reject,
+            by=by,
+            comment=request.comment,
+        )
+        out = expect(await self.node.propose(cmd, context), ApproveTaskResult)
+        return pb.ApproveTaskResponse(
+            applied=out.applied,
+            gate=out.gate,
+            decision=out.decision,
+            by=out.by,
+            comment=out.comment,
+            decided_ms=out.decided_ms,
+            status=convert.TASK_STATUS[out.status],
+        )
+
+    @rpc.unary
+    async def ListApprovals(
+        self, request: pb.ListApprovalsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListApprovalsResponse:
+        limit = request.limit or 100
+        if limit > limits.MAX_APPROVALS_LISTED:
+            raise InvalidArgument(f"limit must be at most {limits.MAX_APPROVALS_LISTED}")
+        if request.run_id:
+            _check_run_id(request.run_id)
+        if (
+            len(request.after_run_id) > limits.MAX_ID_CHARS
+            or len(request.after_task_id) > 2 * limits.MAX_ID_CHARS
+        ):
+            raise InvalidArgument("after_run_id or after_task_id is longer than any id")
+        after = (
+            (request.after_gate, request.after_run_id, request.after_task_id)
+            if request.after_gate or request.after_run_id or request.after_task_id
+            else None
+        )
+        await self.node.barrier(context)
+
+        def read(st: ClusterState) -> list[approvals.ApprovalView] | None:
+            if request.run_id and request.run_id not in st.runs:
+                return None
+            return approvals.list_approvals(st, request.run_id, limit + 1, after)
+
+        views = self.node.reads.read(read)
+        if views is None:
+            raise RunNotFound(f"run {request.run_id!r} not found")
+        return pb.ListApprovalsResponse(
+            approvals=[convert.approval_view_to_pb(v) for v in views[:limit]], more=len(views) > limit
+        )
+
+    def _control_ids(self, request_id: str, run_id: str, task_id: str | None = None) -> None:
+        _check_run_id(run_id)
+        why = limits.request_id_error("request_id", request_id)
+        if task_id is not None:
+            why = why or approvals.task_id_error(task_id)
+        if why:
+            raise InvalidArgument(why)
+
+    @rpc.unary
+    async def PauseRun(
+        self, request: pb.PauseRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RunControlResponse:
+        self._control_ids(request.request_id, request.run_id)
+        cmd = PauseRun(
+            request.request_id or new_request_id("pa-"),
+            self.node.clock.now_ms(),
+            run_id=request.run_id,
+            cancel_running=request.cancel_running,
+        )
+        return _control_pb(expect(await self.node.propose(cmd, context), RunControlResult))
+
+    @rpc.unary
+    async def ResumeRun(
+        self, request: pb.ResumeRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RunControlResponse:
+        self._control_ids(request.request_id, request.run_id)
+        cmd = ResumeRun(
+            request.request_id or new_request_id("re-"), self.node.clock.now_ms(), run_id=request.run_id
+        )
+        return _control_pb(expect(await self.node.propose(cmd, context), RunControlResult))
+
+    @rpc.unary
+    async def RerunTask(
+        self, request: pb.RerunTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RerunTaskResponse:
+        self._control_ids(request.request_id, request.run_id, request.task_id)
+        cmd = RerunTask(
+            request.request_id or new_request_id("rr-"),
+            self.node.clock.now_ms(),
+            run_id=request.run_id,
+            task_id=request.task_id,
+        )
+        out = expect(await self.node.propose(cmd, context), RerunTaskResult)
+        return pb.RerunTaskResponse(
+            reset=out.reset,
+            dropped=out.dropped,
+            reopened=out.reopened,
+            status=convert.TASK_STATUS[out.status],
+            run_status=convert.RUN_STATUS[out.run_status],
+        )
+
     # ---- cluster ------------------------------------------------------------
 
     @rpc.unary
@@ -322,4 +460,10 @@ def _dead_attempt(st: ClusterState, run_id: str, task_id: str) -> int:
     raise FailedPrecondition(
         f"task {task_id!r} of run {run_id!r} is {t.status.value}, not a dead letter "
         "(only a task that failed for good can be retried)"
+    )
+
+
+def _control_pb(out: RunControlResult) -> pb.RunControlResponse:
+    return pb.RunControlResponse(
+        status=convert.RUN_STATUS[out.status], changed=out.changed, stopped=out.stopped
     )

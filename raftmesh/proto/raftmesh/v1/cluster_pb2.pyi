@@ -52,7 +52,7 @@ RUN_STATUS_COMPENSATED: RunStatus
 RUN_STATUS_COMPENSATION_FAILED: RunStatus
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires", "replicas", "fusion", "quorum", "weights", "agents", "judge", "compensate")
+    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires", "replicas", "fusion", "quorum", "weights", "agents", "judge", "compensate", "approval")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class TaskSpec(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     COMPENSATE_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
     input_json: str
@@ -87,7 +88,8 @@ class TaskSpec(_message.Message):
     agents: _containers.RepeatedScalarFieldContainer[str]
     judge: str
     compensate: Compensation
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., fusion: _Optional[str] = ..., quorum: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ..., agents: _Optional[_Iterable[str]] = ..., judge: _Optional[str] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ...) -> None: ...
+    approval: ApprovalSpec
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., fusion: _Optional[str] = ..., quorum: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ..., agents: _Optional[_Iterable[str]] = ..., judge: _Optional[str] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ...) -> None: ...
 
 class Compensation(_message.Message):
     __slots__ = ("agent", "input_json")
@@ -135,6 +137,52 @@ class CompensationStep(_message.Message):
     after: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, task_id: _Optional[str] = ..., compensation_id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., error: _Optional[str] = ..., output_json: _Optional[str] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., after: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class ApprovalSpec(_message.Message):
+    __slots__ = ("prompt", "timeout_ms", "on_timeout")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    timeout_ms: int
+    on_timeout: str
+    def __init__(self, prompt: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., on_timeout: _Optional[str] = ...) -> None: ...
+
+class ApprovalGate(_message.Message):
+    __slots__ = ("id", "opened_ms", "deadline_ms", "decision", "by", "comment", "decided_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OPENED_MS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_MS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    opened_ms: int
+    deadline_ms: int
+    decision: str
+    by: str
+    comment: str
+    decided_ms: int
+    def __init__(self, id: _Optional[int] = ..., opened_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., decision: _Optional[str] = ..., by: _Optional[str] = ..., comment: _Optional[str] = ..., decided_ms: _Optional[int] = ...) -> None: ...
+
+class TaskAttempt(_message.Message):
+    __slots__ = ("attempt", "node", "started_ms", "finished_ms", "outcome", "error", "output_json")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    node: str
+    started_ms: int
+    finished_ms: int
+    outcome: str
+    error: str
+    output_json: str
+    def __init__(self, attempt: _Optional[int] = ..., node: _Optional[str] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., output_json: _Optional[str] = ...) -> None: ...
+
 class SubmitRunRequest(_message.Message):
     __slots__ = ("tasks", "idempotency_key", "priority", "name", "budget")
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -166,7 +214,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt", "fusion", "compensate")
+    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt", "fusion", "compensate", "approval", "gate", "history")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +235,9 @@ class Task(_message.Message):
     REQUEUED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
     COMPENSATE_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
     status: TaskStatus
@@ -207,7 +258,10 @@ class Task(_message.Message):
     requeued_attempt: int
     fusion: Fusion
     compensate: Compensation
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ...) -> None: ...
+    approval: ApprovalSpec
+    gate: ApprovalGate
+    history: _containers.RepeatedCompositeFieldContainer[TaskAttempt]
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ..., gate: _Optional[_Union[ApprovalGate, _Mapping]] = ..., history: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ...) -> None: ...
 
 class Fusion(_message.Message):
     __slots__ = ("rule", "replicas", "quorum", "weights", "agents", "judge", "standings", "tally_json")
@@ -838,6 +892,136 @@ class RetryTaskRequest(_message.Message):
     attempt: int
     request_id: str
     def __init__(self, run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ApproveTaskRequest(_message.Message):
+    __slots__ = ("run_id", "task_id", "gate", "reject", "by", "comment", "request_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    REJECT_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task_id: str
+    gate: int
+    reject: bool
+    by: str
+    comment: str
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., gate: _Optional[int] = ..., reject: _Optional[bool] = ..., by: _Optional[str] = ..., comment: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ApproveTaskResponse(_message.Message):
+    __slots__ = ("applied", "gate", "decision", "by", "comment", "decided_ms", "status")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    gate: int
+    decision: str
+    by: str
+    comment: str
+    decided_ms: int
+    status: TaskStatus
+    def __init__(self, applied: _Optional[bool] = ..., gate: _Optional[int] = ..., decision: _Optional[str] = ..., by: _Optional[str] = ..., comment: _Optional[str] = ..., decided_ms: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ...) -> None: ...
+
+class ListApprovalsRequest(_message.Message):
+    __slots__ = ("run_id", "limit", "after_gate", "after_run_id", "after_task_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_GATE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    limit: int
+    after_gate: int
+    after_run_id: str
+    after_task_id: str
+    def __init__(self, run_id: _Optional[str] = ..., limit: _Optional[int] = ..., after_gate: _Optional[int] = ..., after_run_id: _Optional[str] = ..., after_task_id: _Optional[str] = ...) -> None: ...
+
+class PendingApproval(_message.Message):
+    __slots__ = ("run_id", "task_id", "gate", "agent", "prompt", "opened_ms", "deadline_ms", "on_timeout")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    OPENED_MS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task_id: str
+    gate: int
+    agent: str
+    prompt: str
+    opened_ms: int
+    deadline_ms: int
+    on_timeout: str
+    def __init__(self, run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., gate: _Optional[int] = ..., agent: _Optional[str] = ..., prompt: _Optional[str] = ..., opened_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., on_timeout: _Optional[str] = ...) -> None: ...
+
+class ListApprovalsResponse(_message.Message):
+    __slots__ = ("approvals", "more")
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    approvals: _containers.RepeatedCompositeFieldContainer[PendingApproval]
+    more: bool
+    def __init__(self, approvals: _Optional[_Iterable[_Union[PendingApproval, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class PauseRunRequest(_message.Message):
+    __slots__ = ("run_id", "cancel_running", "request_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    cancel_running: bool
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., cancel_running: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ResumeRunRequest(_message.Message):
+    __slots__ = ("run_id", "request_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RunControlResponse(_message.Message):
+    __slots__ = ("status", "changed", "stopped")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    status: RunStatus
+    changed: bool
+    stopped: int
+    def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., changed: _Optional[bool] = ..., stopped: _Optional[int] = ...) -> None: ...
+
+class RerunTaskRequest(_message.Message):
+    __slots__ = ("run_id", "task_id", "request_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task_id: str
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RerunTaskResponse(_message.Message):
+    __slots__ = ("reset", "dropped", "reopened", "status", "run_status")
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    REOPENED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RUN_STATUS_FIELD_NUMBER: _ClassVar[int]
+    reset: int
+    dropped: int
+    reopened: bool
+    status: TaskStatus
+    run_status: RunStatus
+    def __init__(self, reset: _Optional[int] = ..., dropped: _Optional[int] = ..., reopened: _Optional[bool] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., run_status: _Optional[_Union[RunStatus, str]] = ...) -> None: ...
 
 class RetryTaskResponse(_message.Message):
     __slots__ = ("requeued", "attempt", "status")
