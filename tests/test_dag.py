@@ -224,3 +224,15 @@ def test_the_api_fills_unset_retries_and_timeout_from_the_agent_offer() -> None:
     assert (b.retries, b.timeout_ms) == (0, 0)  # explicitly set: kept
     assert (c.retries, c.timeout_ms) == (1, 9000)
     assert (d.retries, d.timeout_ms, d.requires) == (0, 0, ("x",))  # no offer: 0
+
+
+def test_the_builder_keeps_compensate_and_approval_apart() -> None:
+    """Both keys given to ``DAG.task`` land on their own fields (the merge of approvals and
+    sagas once passed them to ``Task`` in each other's places)."""
+    dag = DAG()
+    approval = {"prompt": "ok?", "timeout_ms": 0, "on_timeout": "reject"}
+    t = dag.task("a", "sum", compensate={"agent": "undo", "input": 1}, approval=approval)
+    assert t.compensate == {"agent": "undo", "input": 1}
+    assert t.approval == approval
+    gated = dag.task("b", "sum", approval=approval)
+    assert gated.compensate is None and gated.approval == approval

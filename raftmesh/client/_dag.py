@@ -236,8 +236,8 @@ class DAG:
             tuple(weights),
             tuple(agents),
             judge,
-            check_compensate(compensate, id),
-            _approval(id, approval),
+            compensate=check_compensate(compensate, id),
+            approval=_approval(id, approval),
         )
         self.tasks[id] = t
         return t
