@@ -27,6 +27,7 @@ import pytest
 
 from raftmesh.chaos.agents import compensation_key
 from raftmesh.chaos.checker import (
+    APPROVAL,
     ARCHIVE,
     AUDIT_MISSING,
     BAD_OUTPUT,
@@ -87,11 +88,13 @@ from raftmesh.chaos.netns import (
     resolve_reachability,
 )
 from raftmesh.chaos.workload import (
+    APPROVER,
     COST_UNIT,
     DOOMED,
     DOOMED_AGENT,
     SLEEP_AGENTS,
     WORKFLOW_SHARE,
+    ApproveCall,
     Job,
     Operation,
     RetryCall,
@@ -729,7 +732,12 @@ def test_workflow_jobs_are_valid_and_know_what_each_task_must_end_with() -> None
         assert (vote.replicas, vote.fusion) == (3, "vote")
         assert sorted(vote.agents) == ["slow_sum", "slow_sum", "slow_sum_off"]
         assert job.workflow["vote"]["answer"] == vote.input["value"] + job.expected["w0"]
-        assert job.expect_status == "SUCCEEDED"
+        gate, reject = job.dag.tasks["gate"], job.workflow["approval"]["reject"]
+        assert gate.approval is not None and gate.approval["on_timeout"] == "reject"
+        assert job.expect_status == ("FAILED" if reject else "SUCCEEDED")
+        assert ("gate" in job.expected) == (not reject)
+    flows = _workflow_jobs("flow", 200)
+    assert 0 < sum(j.workflow["approval"]["reject"] for j in flows) < len(flows) / 2
     for job in _workflow_jobs("saga"):
         assert job.expect_status == "COMPENSATED"
         assert [t.compensate is not None for t in job.dag.tasks.values()] == [True, True, False]
@@ -765,6 +773,11 @@ def _flow_run(job: Job, attempt: int = 2, **changes: Any) -> RunRecord:
         tasks[f"vote#{i}"] = TaskRecord("SUCCEEDED", own, 1)
         listed.append({"id": f"vote#{i}", "status": "SUCCEEDED", "output": own, "vote": 0})
     tasks["vote"] = TaskRecord("SUCCEEDED", {"answer": answer, "replicas": listed})
+    if "gate" in job.expected:  # approved at 100, ran at 150
+        gate = (7, "approved", APPROVER, 100)
+        tasks["gate"] = TaskRecord(
+            "SUCCEEDED", job.expected["gate"], 1, gate=gate, history=((1, "SUCCEEDED", 150),)
+        )
     tasks.update(changes)
     return RunRecord(f"r-{job.key}", job.key, "SUCCEEDED", "", tasks)
 
@@ -816,6 +829,44 @@ def test_a_vote_must_be_fused_from_the_replicas_committed_outputs() -> None:
     forged = replace(r, tasks={**r.tasks, other: TaskRecord("CANCELLED", None)})
     for bad in (bad_answer, forged):
         assert check([_wf_op(job)], [bad]).invariants[VOTE].count == 1
+
+
+def _approved(job: Job, *answers: tuple[str, bool, str]) -> Operation:
+    """The flow's op with the client's approve calls: (request id, applied, decision) each answered."""
+    o = _wf_op(job)
+    o.approvals = [ApproveCall(rid, 1, 2, "ok", applied, decision, 7) for rid, applied, decision in answers]
+    return o
+
+
+def test_an_approval_must_be_applied_once_as_first_acknowledged_and_run_only_after_it() -> None:
+    job = next(j for j in _workflow_jobs("flow", 200) if not j.workflow["approval"]["reject"])
+    calls = (("rq", True, "approved"), ("rq", True, "approved"), ("rq-again", False, "approved"))
+    result = check([_approved(job, *calls)], [_flow_run(job)])
+    assert result.ok, {n: i.examples for n, i in result.invariants.items() if i.count}
+    assert result.outcomes.workflows["gates approved"] == 1
+    gate_t = _flow_run(job).tasks["gate"]
+    flipped = _flow_run(job, gate=replace(gate_t, gate=(7, "rejected", APPROVER, 100)))
+    twice = _approved(job, ("rq", True, "approved"), ("rq-again", True, "approved"))
+    early = _flow_run(job, gate=replace(gate_t, history=((1, "SUCCEEDED", 50),)))
+    again = _flow_run(job, gate=replace(gate_t, history=((1, "SUCCEEDED", 150), (2, "SUCCEEDED", 160))))
+    for o, r, what in (
+        (_approved(job, *calls), flipped, "decided 'rejected'"),
+        (twice, _flow_run(job), "applied by 2 request ids"),
+        (_approved(job, *calls), early, "before its approval"),
+        (_approved(job, *calls), again, "succeeded 2 times"),
+    ):
+        inv = check([o], [r]).invariants[APPROVAL]
+        assert inv.count == 1 and what in inv.examples[0], (what, inv.examples)
+    rejected = next(j for j in _workflow_jobs("flow", 200) if j.workflow["approval"]["reject"])
+    r = _flow_run(rejected)
+    ran = replace(r, status="FAILED", reason="APPROVAL_REJECTED", tasks={**r.tasks, "gate": TaskRecord(
+        "SUCCEEDED", 1, 1, gate=(7, "rejected", APPROVER, 100), history=((1, "SUCCEEDED", 150),))})  # fmt: skip
+    inv = check([_approved(rejected, ("rq", True, "rejected"))], [ran]).invariants[APPROVAL]
+    assert inv.count == 1 and "ran" in inv.examples[0]
+    clean = replace(
+        ran, tasks={**ran.tasks, "gate": TaskRecord("FAILED", None, 0, gate=(7, "rejected", APPROVER, 100))}
+    )
+    assert check([_approved(rejected, ("rq", True, "rejected"))], [clean]).invariants[APPROVAL].count == 0
 
 
 def _saga(
@@ -1006,7 +1057,7 @@ def test_chaos_netns_seed_7(tmp_path: Path) -> None:
 def test_chaos_process_faults_without_root(tmp_path: Path) -> None:
     """Also the lifecycle under faults: dead letters retried (requeued once each, checked against
     the log), urgent runs preempting attempts on 2-slot nodes (never a fenced result), and the
-    workflow shapes (spawn, votes, sagas, budgets) held to their invariants."""
+    workflow shapes (spawn, votes, approvals, sagas, budgets) held to their invariants."""
     data, _ = _run_chaos(
         tmp_path,
         *("--net", "none", "--nodes", "3", "--duration", "0.3", "--seed", "11", "--preempt-priority", "5"),
@@ -1018,7 +1069,14 @@ def test_chaos_process_faults_without_root(tmp_path: Path) -> None:
     assert data["log_stats"]["attempts_preempted"] > 0
     # The workflow shapes ran under the faults and were checked (their invariants are 0 above).
     wf = data["operations"]["workflows"]
-    for what in ("flow runs", "saga runs", "budget runs", "spawned tasks checked", "votes checked"):
+    for what in (
+        "flow runs",
+        "saga runs",
+        "budget runs",
+        "spawned tasks checked",
+        "votes checked",
+        "gates approved",
+    ):
         assert wf.get(what, 0) > 0, (what, wf)
     assert wf.get("compensations checked", 0) > 0 and wf.get("budgets reached", 0) > 0, wf
     assert not any((tmp_path / "tmp").glob("raftmesh-chaos-*")), "the data directory was left behind"

@@ -17,7 +17,7 @@ from typing import Any
 from ..verify.audit import Audit
 from .agents import compensation_key, spawned_id
 from .nemesis import FaultRecord
-from .workload import DOOMED, Operation
+from .workload import APPROVER, DOOMED, Operation
 
 EXAMPLES_MAX = 5
 
@@ -43,6 +43,7 @@ SPAWN = "spawned tasks lost or duplicated"
 COMPENSATION = "compensations not applied exactly once"
 BUDGET = "budgets overspent by more than the attempts running when reached"
 VOTE = "votes not fused from committed results"
+APPROVAL = "approvals not applied exactly once"
 
 INVARIANTS = (
     LOST,
@@ -66,6 +67,7 @@ INVARIANTS = (
     COMPENSATION,
     BUDGET,
     VOTE,
+    APPROVAL,
 )
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "COMPENSATED", "COMPENSATION_FAILED"})
@@ -84,6 +86,11 @@ class TaskRecord:
     finished_ms: int = 0
     error: str = ""
     usage: Usage = (0, 0, 0.0)
+    gate: tuple[int, str, str, int] | None = None
+    """Its approval gate once opened: (id, decision ("" while open), by, decided_ms)."""
+    history: tuple[tuple[int, str, int], ...] = ()
+    """Its ended attempts: (attempt, outcome, started_ms)."""
+    started_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -395,6 +402,61 @@ def _check_workflow(op: Operation, run: RunRecord, inv: dict[str, Invariant], ou
             inv[{"spawn": SPAWN, "vote": VOTE, "saga": COMPENSATION, "budget": BUDGET}[name]].add(
                 f"{where}: {'; '.join(problems)}"
             )
+    if "approval" in wf and (problems := _check_approval(op, run, out)):
+        inv[APPROVAL].add(f"{where}: {'; '.join(problems)}")
+
+
+def _check_approval(op: Operation, run: RunRecord, out: Outcomes) -> list[str]:
+    """The gate's decision is the client's first acknowledged one and every answer agrees; one
+    call applied it; the task ran only after an approval, succeeding at most once."""
+    w = op.workflow["approval"]
+    t = run.tasks.get(w["task"])
+    if t is None:
+        return [f"the gated task {w['task']} is missing"]
+    calls = op.approvals
+    out.count("approve calls", len(calls))
+    acked = [c for c in calls if c.outcome == "ok"]
+    applied = {c.request_id for c in acked if c.applied}
+    if len(acked) < len(calls):
+        out.count("approve calls unknown or refused", len(calls) - len(acked))
+    problems = []
+    if t.gate is None:
+        if acked:
+            problems.append(f"an approve call was answered {acked[0].decision} but {w['task']} has no gate")
+        elif t.attempt or t.history:
+            problems.append(f"{w['task']} ran without a gate ({t.status}, attempt {t.attempt})")
+        return problems
+    gid, decision, by, decided_ms = t.gate
+    if decision:
+        out.count(f"gates {decision}" + (" by timeout" if by == "timeout" else ""))
+    if acked:
+        first = acked[0].decision
+        if decision != first or any(c.decision != first or c.gate != gid for c in acked):
+            problems.append(
+                f"gate {gid} decided {decision or 'nothing'!r} by {by!r}; the client's answers"
+                f" {[(c.request_id, c.decision, c.gate) for c in acked]}"
+            )
+        if first != ("rejected" if w["reject"] else "approved"):
+            problems.append(f"the client asked reject={w['reject']}, its first answer was {first!r}")
+    if len(applied) > 1:
+        problems.append(f"applied by {len(applied)} request ids: {sorted(applied)}")
+    if applied and by != APPROVER:
+        problems.append(f"a call was answered applied but gate {gid} was decided by {by!r}")
+    starts = [s for _, _outcome, s in t.history] + ([t.started_ms] if t.started_ms else [])
+    succeeded = sum(1 for _, outcome, _ in t.history if outcome == "SUCCEEDED")
+    if decision != "approved":
+        if t.attempt or t.history or t.status == "SUCCEEDED":
+            problems.append(
+                f"{w['task']} ran (attempt {t.attempt}, {t.status}) though its gate is {decision!r}"
+            )
+        if decision == "rejected" and (run.status != "FAILED" or run.reason != "APPROVAL_REJECTED"):
+            problems.append(f"rejected, yet the run ended {run.status} (reason {run.reason!r})")
+    else:
+        if any(s < decided_ms for s in starts):
+            problems.append(f"{w['task']} started at {min(starts)} before its approval at {decided_ms}")
+        if succeeded > 1:
+            problems.append(f"{w['task']} succeeded {succeeded} times")
+    return problems
 
 
 def _check_spawn(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:

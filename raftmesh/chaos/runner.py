@@ -497,6 +497,9 @@ class _Run:
                     t.finished_ms,
                     t.error,
                     (t.usage.tokens_in, t.usage.tokens_out, t.usage.cost),
+                    None if t.gate is None else (t.gate.id, t.gate.decision, t.gate.by, t.gate.decided_ms),
+                    tuple((a.attempt, a.outcome, a.started_ms) for a in t.history),
+                    t.started_ms,
                 )
                 for t in info.tasks.values()
             }

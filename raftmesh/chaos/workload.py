@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from ..client import DAG, Client
 from ..clock import SYSTEM_CLOCK
-from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError
+from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RaftmeshError
 
 Outcome = Literal["ok", "failed", "unknown"]
 
@@ -71,12 +71,21 @@ REPLICAS = 3
 VOTE_AGENTS = ("slow_sum", "slow_sum", "slow_sum_off")
 """Two replicas give the answer, one a different one: the vote needs the majority."""
 FLOW_SLEEP_S = (0.1, 0.6)
+APPROVAL_REJECT_SHARE = 0.25
+"""Share of flow jobs whose approval gate the client rejects (the run then fails)."""
+APPROVAL_TIMEOUT_MS = 45_000
+"""A gate no acknowledged call decided (every call's outcome unknown) is rejected by its
+timeout, so the run still ends before the drain gives up."""
+APPROVER = "chaos-approver"
+POLL_S = 0.2
 LARGE_INPUT_CHARS = (40_000, 85_000)
 """Characters of CJK text (3 bytes each in UTF-8) in one large input: up to ~250 KB, near the limit."""
 
 # Codes the node returns before proposing anything, so the run cannot exist. Every other
 # error after the SDK's retries may follow an attempt that was applied: its outcome is unknown.
 _DEFINITE_FAILURES: tuple[type[RaftmeshError], ...] = (InvalidArgument,)
+_REFUSED: tuple[type[RaftmeshError], ...] = (*_DEFINITE_FAILURES, FailedPrecondition)
+"""An approve call the cluster refused (decided the other way, no gate): applied nothing."""
 
 
 now_ms = SYSTEM_CLOCK.now_ms
@@ -187,7 +196,8 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
 
     - ``flow``: ``w0`` -> ``spawn`` (a ``spawner`` that spawns 2-4 ``sum`` tasks with wait=True)
       -> ``after``; ``w0`` -> ``vote`` (3 replicas, fusion vote, one of them the dissenting
-      ``slow_sum_off``); ``after`` + ``vote`` -> ``end``. SUCCEEDS.
+      ``slow_sum_off``); ``w0`` -> ``gate`` (an approval gate the client decides: approved it
+      SUCCEEDS, rejected, a seeded ``APPROVAL_REJECT_SHARE``, the run FAILS); all -> ``end``.
     - ``saga``: ``s1`` -> ``s2`` (each compensated by ``undo_once``) -> ``s3`` (fails for good):
       ends COMPENSATED, ``s2`` undone before ``s1``.
     - ``budget``: ``src`` -> 3-5 ``spend`` tasks in parallel -> ``sink``, with a ``max_cost``
@@ -237,12 +247,22 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
             fusion="vote",
             agents=agents,
         )
+        vg = rng.randint(0, SUM_VALUE_MAX)
+        reject = rng.random() < APPROVAL_REJECT_SHARE
+        approval = {"prompt": f"chaos {key}", "timeout_ms": APPROVAL_TIMEOUT_MS, "on_timeout": "reject"}
+        dag.task("gate", "sum", input={"value": vg}, deps=["w0"], approval=approval)
         ve = rng.randint(0, SUM_VALUE_MAX)
-        dag.task("end", "sum", input={"value": ve}, deps=["after", "vote"])  # the fused output is a map
-        expected["end"] = ve + va
+        # The fused output is a map: ``end`` adds only after's and gate's numbers.
+        dag.task("end", "sum", input={"value": ve}, deps=["after", "vote", "gate"])
+        if not reject:
+            expected["gate"] = vg + v0
+            expected["end"] = ve + va + vg + v0
         wf["spawn"] = {"task": "spawn", "outputs": outputs}
         wf["vote"] = {"task": "vote", "answer": vv + v0, "agents": agents}
-        return Job(key, "workflow:flow", dag, expected, usage, workflow=wf)
+        wf["approval"] = {"task": "gate", "reject": reject}
+        shape = "workflow:flow" + ("+rejected" if reject else "")
+        status = "FAILED" if reject else "SUCCEEDED"
+        return Job(key, shape, dag, expected, usage, expect_status=status, workflow=wf)
     if kind == "saga":
         v1, v2 = rng.randint(0, SUM_VALUE_MAX), rng.randint(0, SUM_VALUE_MAX)
         undo = {"agent": "undo_once", "input": {"key": key}}
@@ -303,6 +323,24 @@ class RetryCall:
 
 
 @dataclass
+class ApproveCall:
+    """One ``approve`` of the flow's gate as the client saw it."""
+
+    request_id: str
+    call_ms: int
+    return_ms: int = 0
+    outcome: Outcome = "unknown"
+    """ok: answered; failed: refused (FAILED_PRECONDITION: decided the other way, no gate); unknown."""
+    applied: bool = False
+    decision: str = ""
+    gate: int = 0
+    error_code: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
 class Operation:
     """One submit as the client saw it, then the run's state when its wait ended."""
 
@@ -327,6 +365,7 @@ class Operation:
     retries: list[RetryCall] = field(default_factory=list)
     expect_status: str = "SUCCEEDED"
     workflow: dict[str, Any] = field(default_factory=dict)
+    approvals: list[ApproveCall] = field(default_factory=list)
 
     @property
     def retry_acknowledged(self) -> bool:
@@ -337,6 +376,7 @@ class Operation:
         return {
             "doomed": self.doomed,
             "workflow": self.workflow,
+            "approvals": [a.to_json() for a in self.approvals],
             "retries": [r.to_json() for r in self.retries],
             "client": self.client,
             "index": self.index,
@@ -432,6 +472,8 @@ class Workload(ClientThreads):
                     self.operations.append(op)
                 self._submit(sdk, job, op)
                 if op.outcome == "ok":
+                    if "approval" in op.workflow:
+                        self._decide(sdk, op)
                     self._wait(sdk, op)
                     if op.doomed and op.wait_status == "FAILED":
                         self._retry_dead_letter(sdk, op)
@@ -461,6 +503,46 @@ class Workload(ClientThreads):
             op.wait_error = f"{exc.code}: {exc.message}"
         except Exception as exc:
             op.wait_error = f"{type(exc).__name__}: {exc}"
+
+    def _decide(self, sdk: Client, op: Operation) -> None:
+        """Once the gate is open, decide it as the job says: a call, the same call again (one
+        request id), a fresh call; each answer is recorded (``ApproveCall``)."""
+        w = op.workflow["approval"]
+        deadline = time.monotonic() + self.wait_timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                t = sdk.get(op.run_id).tasks.get(w["task"])
+            except RaftmeshError:
+                t = None
+            if t is not None and t.gate is not None and not t.gate.decision:
+                break
+            if t is not None and t.status not in ("PENDING", "WAITING_APPROVAL"):
+                return  # the run failed before the gate opened, or its timeout decided it
+            self._stop.wait(POLL_S)
+        else:
+            return
+        rid = f"{op.key}-approve"
+        for request_id in (rid, rid, f"{rid}-again"):
+            call = ApproveCall(request_id, self.clock_ms())
+            op.approvals.append(call)
+            try:
+                d = sdk.approve(
+                    op.run_id,
+                    w["task"],
+                    reject=w["reject"],
+                    by=APPROVER,
+                    comment=op.key,
+                    request_id=request_id,
+                )
+                call.outcome, call.applied, call.decision, call.gate = "ok", d.applied, d.decision, d.gate
+            except _REFUSED as exc:
+                call.outcome, call.error_code = "failed", exc.code
+            except RaftmeshError as exc:
+                call.outcome, call.error_code = "unknown", exc.code
+            except Exception as exc:
+                call.outcome, call.error_code = "unknown", type(exc).__name__
+            finally:
+                call.return_ms = self.clock_ms()
 
     def _retry_dead_letter(self, sdk: Client, op: Operation) -> None:
         """Retry the doomed task: a call, the same call again (one request id), a fresh call."""
