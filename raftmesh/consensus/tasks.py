@@ -12,7 +12,7 @@ import hashlib
 import heapq
 from typing import Any
 
-from . import conditions, fusion, groups, limits, sagas
+from . import conditions, fusion, groups, limits, maps, sagas
 from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
@@ -166,6 +166,8 @@ def begin(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
     ``activate``."""
     if t.spec.replicas:
         return fusion.expand(ctx, run, t, rev)
+    if t.spec.map:
+        return maps.expand(ctx, run, t, rev)
     make_ready(ctx, run, t, rev, not_before_ms=0)
     return False
 
@@ -215,6 +217,13 @@ def fail_attempt(
     if t.origin == "replica":  # one replica's failure fails the run only if its quorum is lost
         fusion.replica_failed(ctx, run, t, rev)
         return
+    fail_task(ctx, run, t, error, rev)
+
+
+def fail_task(ctx: ApplyContext, run: RunState, t: TaskState, error: str, rev: int) -> None:
+    """``t`` (not RUNNING) fails for good, and so does its run: a dead letter."""
+    st = ctx.state
+    t.error = error[: limits.MAX_ERROR_CHARS]
     t.status = TaskStatus.FAILED
     t.finished_ms = st.time_ms
     st.add_dead_letter((t.finished_ms, run.run_id, t.spec.id))

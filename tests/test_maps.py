@@ -1,0 +1,226 @@
+"""``map`` + ``max_parallel`` in the pure state machine: expansion, order, bounds, failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from raftmesh.consensus import ClusterState, Code, RunStatus, SubmitRun, TaskStatus, limits
+from raftmesh.consensus.commands import Budget
+from raftmesh.consensus.dag import DagError, validate
+from raftmesh.consensus.machine import StateMachine
+from tests.test_machine import Cluster, check_indexes, spec, status
+
+
+@pytest.fixture
+def c() -> Cluster:
+    cluster = Cluster()
+    cluster.ok(cluster.register("n1", slots=64))
+    return cluster
+
+
+def submit_map(c: Cluster, run_id: str = "r", **kw: Any) -> None:
+    c.ok(c.submit(run_id, [spec("src"), spec("m", "src", map="src", **kw), spec("after", "m")]))
+
+
+def ready(c: Cluster, run_id: str = "r") -> list[str]:
+    return [tid for tid, s in status(c, run_id).items() if s is TaskStatus.READY]
+
+
+def test_expands_one_instance_per_item_in_order(c: Cluster) -> None:
+    submit_map(c)
+    c.run_task("r", "src", output=["a", "b", "c"])
+    m = c.task("r", "m")
+    assert m.status is TaskStatus.WAITING_CHILDREN
+    assert m.children == ["m[0]", "m[1]", "m[2]"] and m.children_waiting == 3
+    for i, item in enumerate(["a", "b", "c"]):
+        inst = c.task("r", f"m[{i}]")
+        assert (inst.parent, inst.origin, inst.index, inst.item) == ("m", "map", i, item)
+        assert inst.spec.map == "" and inst.spec.agent == "echo" and inst.spec.deps == ("src",)
+    assert ready(c) == ["m[0]", "m[1]", "m[2]"]
+    # Instances end out of order; the output follows the items' order.
+    for i in (2, 0, 1):
+        c.run_task("r", f"m[{i}]", output={"i": i})
+    assert c.task("r", "m").status is TaskStatus.SUCCEEDED
+    assert c.task("r", "m").output == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert status(c, "r")["after"] is TaskStatus.READY
+    c.run_task("r", "after")
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED
+
+
+def test_max_parallel_releases_the_next_as_instances_end(c: Cluster) -> None:
+    submit_map(c, max_parallel=2)
+    c.run_task("r", "src", output=[10, 11, 12, 13, 14])
+    assert ready(c) == ["m[0]", "m[1]"]
+    assert status(c, "r")["m[2]"] is TaskStatus.PENDING
+    c.ok(c.assign(("r", "m[0]", "n1"), ("r", "m[1]", "n1")))
+    c.ok(c.complete("r", "m[1]", 1))
+    assert ready(c) == ["m[2]"]
+    c.ok(c.assign(("r", "m[2]", "n1")))
+    c.ok(c.complete("r", "m[0]", 0))
+    c.ok(c.complete("r", "m[2]", 2))
+    assert ready(c) == ["m[3]", "m[4]"]
+    # Never more than max_parallel READY/RUNNING at once.
+    live = [s for k, s in status(c, "r").items() if k.startswith("m[")]
+    assert sum(s in (TaskStatus.READY, TaskStatus.RUNNING) for s in live) == 2
+    c.run_task("r", "m[4]", output=4)
+    c.run_task("r", "m[3]", output=3)
+    assert c.task("r", "m").output == [0, 1, 2, 3, 4]
+
+
+def test_an_empty_list_succeeds_at_once(c: Cluster) -> None:
+    submit_map(c)
+    c.run_task("r", "src", output=[])
+    m = c.task("r", "m")
+    assert (m.status, m.output, m.children) == (TaskStatus.SUCCEEDED, [], [])
+    assert ready(c) == ["after"]
+
+
+@pytest.mark.parametrize(
+    ("output", "fix"),
+    [({"a": 1}, "is dict, not a list"), ("abc", "is str, not a list"), (None, "is null, not a list")],
+)
+def test_an_output_that_is_not_a_list_fails_the_map_and_the_run(c: Cluster, output: Any, fix: str) -> None:
+    submit_map(c)
+    c.run_task("r", "src", output=output)
+    m = c.task("r", "m")
+    assert m.status is TaskStatus.FAILED and fix in m.error and "'src'" in m.error
+    run = c.st.runs["r"]
+    assert (run.status, run.reason) == (RunStatus.FAILED, "TASK_FAILED")
+    assert "map: the output of 'src'" in run.error
+    assert status(c, "r")["after"] is TaskStatus.CANCELLED
+    assert ("r", "m") in [(d[1], d[2]) for d in c.st.dead_letters]
+
+
+def test_too_many_items_fails_the_map(c: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_MAP_ITEMS", 3)
+    submit_map(c)
+    c.run_task("r", "src", output=[1, 2, 3, 4])
+    assert c.task("r", "m").status is TaskStatus.FAILED
+    assert "has 4 items; a map expands to at most 3" in c.task("r", "m").error
+    assert len(c.st.runs["r"].tasks) == 3
+
+
+def test_the_budget_bounds_the_expansion(c: Cluster) -> None:
+    tasks = (spec("src"), spec("m", "src", map="src"))
+    c.ok(SubmitRun(c.rid(), c.ts, "r", "", tasks, 0, "r", "t", Budget(max_tasks=4)))
+    c.run_task("r", "src", output=[1, 2, 3])
+    run = c.st.runs["r"]
+    assert (run.status, run.reason) == (RunStatus.FAILED, "BUDGET_EXCEEDED")
+    assert "max_tasks is 4; the run has 2 tasks and would add 3" in run.error
+    assert len(run.tasks) == 2  # nothing was added
+
+
+def test_an_instance_that_fails_for_good_fails_the_run(c: Cluster) -> None:
+    submit_map(c, max_parallel=1)
+    c.run_task("r", "src", output=["x", "y"])
+    c.ok(c.assign(("r", "m[0]", "n1")))
+    c.ok(c.fail("r", "m[0]", "bad item", retryable=False))
+    run = c.st.runs["r"]
+    assert run.status is RunStatus.FAILED and "task 'm[0]' failed: bad item" in run.error
+    st = status(c, "r")
+    assert st["m"] is st["m[1]"] is st["after"] is TaskStatus.CANCELLED
+
+
+def test_instances_are_retried_with_the_map_tasks_retries(c: Cluster) -> None:
+    submit_map(c, retries=1)
+    c.run_task("r", "src", output=["x"])
+    c.ok(c.assign(("r", "m[0]", "n1")))
+    c.ok(c.fail("r", "m[0]", "flaky"))
+    inst = c.task("r", "m[0]")
+    assert (inst.status, inst.retries_left) == (TaskStatus.READY, 0)
+    c.ok(c.assign(("r", "m[0]", "n1")))
+    assert c.task("r", "m[0]").attempt == 2
+    c.ok(c.complete("r", "m[0]", "second"))
+    assert c.task("r", "m").output == ["second"]
+
+
+def test_a_skipped_source_maps_over_nothing_when_the_trigger_lets_it_run(c: Cluster) -> None:
+    c.ok(
+        c.submit(
+            "r",
+            [
+                spec("a"),
+                spec("src", "a", when={"path": "a", "op": "==", "value": "never"}),
+                spec("m", "src", map="src", trigger="all_done"),
+                spec("plain", "src", map="src"),
+            ],
+        )
+    )
+    c.run_task("r", "a")
+    st = status(c, "r")
+    assert st["src"] is st["plain"] is TaskStatus.SKIPPED
+    assert st["m"] is TaskStatus.SUCCEEDED and c.task("r", "m").output == []
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED
+
+
+def test_a_false_when_skips_the_map_without_expanding(c: Cluster) -> None:
+    c.ok(
+        c.submit(
+            "r", [spec("src"), spec("m", "src", map="src", when={"path": "src.0", "op": "==", "value": 9})]
+        )
+    )
+    c.run_task("r", "src", output=[1, 2])
+    assert c.task("r", "m").status is TaskStatus.SKIPPED and c.task("r", "m").children == []
+
+
+def test_a_map_over_a_map(c: Cluster) -> None:
+    c.ok(c.submit("r", [spec("src"), spec("m", "src", map="src"), spec("mm", "m", map="m")]))
+    c.run_task("r", "src", output=[1, 2])
+    c.run_task("r", "m[0]", output=["a"])
+    c.run_task("r", "m[1]", output=["b"])
+    assert c.task("r", "mm").children == ["mm[0]", "mm[1]"]
+    assert [c.task("r", f"mm[{i}]").item for i in (0, 1)] == [["a"], ["b"]]
+
+
+def test_snapshot_restore_mid_map_continues_identically(c: Cluster) -> None:
+    submit_map(c, max_parallel=2)
+    c.run_task("r", "src", output=list(range(5)))
+    c.ok(c.assign(("r", "m[0]", "n1"), ("r", "m[1]", "n1")))
+    c.ok(c.complete("r", "m[0]", "o0"))
+    # A replica restored from this snapshot, fed the same commands, stays equal.
+    restored = Cluster()
+    restored.sm = StateMachine()
+    restored.sm.state = ClusterState.decode(c.st.encode())
+    assert restored.st.index_snapshot() == c.st.index_snapshot()
+    assert restored.sm.digest() == c.sm.digest()
+    for cmd in [c.complete("r", "m[1]", "o1"), c.assign(("r", "m[2]", "n1"), ("r", "m[3]", "n1"))]:
+        a, b = c.apply(cmd), restored.apply(cmd)
+        assert a == b and a.ok
+        assert c.sm.digest() == restored.sm.digest()
+    for i in (2, 3):
+        c.ok(c.complete("r", f"m[{i}]", f"o{i}"))
+    c.run_task("r", "m[4]", output="o4")
+    assert c.task("r", "m").output == ["o0", "o1", "o2", "o3", "o4"]
+    check_indexes(c.sm)
+
+
+def test_the_run_is_cancelled_mid_map(c: Cluster) -> None:
+    from raftmesh.consensus import CancelRun
+
+    submit_map(c, max_parallel=1)
+    c.run_task("r", "src", output=[1, 2])
+    c.ok(c.assign(("r", "m[0]", "n1")))
+    c.ok(CancelRun(c.rid(), c.ts, "r", "stop"))
+    st = status(c, "r")
+    assert st["m"] is st["m[0]"] is st["m[1]"] is TaskStatus.CANCELLED
+    assert c.st.running.get("n1", {}) == {}
+    # The fenced instance's late completion changes nothing.
+    c.unchanged(c.complete("r", "m[0]", "late"), Code.ABORTED)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "fix"),
+    [
+        ([spec("a"), spec("m", map="a")], "must be one of its deps"),
+        ([spec("a"), spec("m", "a", max_parallel=2)], "max_parallel needs map"),
+        ([spec("a"), spec("m", "a", map="a", max_parallel=-1)], "max_parallel must be between"),
+        ([spec("a"), spec("m", "a", map="a", max_parallel=limits.MAX_MAP_ITEMS + 1)], "max_parallel"),
+        ([spec("a"), spec("m", "a", map="a", replicas=3, fusion="vote")], "cannot be combined"),
+    ],
+)
+def test_validation_at_submit(c: Cluster, tasks: list[Any], fix: str) -> None:
+    with pytest.raises(DagError, match=fix):
+        validate(tasks, {"echo"})
+    c.unchanged(c.submit("r", tasks), Code.INVALID_ARGUMENT)
