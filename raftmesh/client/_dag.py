@@ -22,6 +22,10 @@ _TASK_KEYS = {
     "requires",
     *("replicas", "fusion", "quorum", "weights", "agents", "judge"),
     "compensate",
+    "when",
+    "trigger",
+    "map",
+    "max_parallel",
 }
 
 BUDGET_KEYS = ("max_tasks", "max_seconds", "max_cost", "max_tokens")
@@ -97,6 +101,15 @@ class Task:
     """Agent types the replicas use in turn (replica i: ``agents[i % len(agents)]``)."""
     judge: str = ""
     """best: the agent type that scores the candidates."""
+    when: Any = None
+    """A condition on upstream outputs, e.g. ``{"path": "fetch.count", "op": ">", "value": 3}``;
+    false: the task is SKIPPED."""
+    trigger: str = ""
+    """"" (all deps succeeded), "any_succeeded" or "all_done": whether skipped deps let it run."""
+    map: str = ""
+    """An upstream task id: one instance per item of its output list (``ctx.item``)."""
+    max_parallel: int = 0
+    """Map instances running at once (0: no bound)."""
 
     compensate: dict[str, Any] | None = None
     """Saga step ``{"agent": TYPE, "input": ...}``: undoes this task if it succeeded and the run
@@ -116,9 +129,20 @@ class Task:
             else {}
         )
         extra: dict[str, Any] = {"compensate": self.compensate} if self.compensate is not None else {}
+        flow: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("when", self.when),
+                ("trigger", self.trigger),
+                ("map", self.map),
+                ("max_parallel", self.max_parallel),
+            )
+            if v
+        }
         return (
             replicated
             | extra
+            | flow
             | {
                 "requires": list(self.requires),
                 "locks": [list(lk) for lk in self.locks],
@@ -172,15 +196,27 @@ class DAG:
         agents: Sequence[str] = (),
         judge: str = "",
         compensate: dict[str, Any] | None = None,
+        when: Any = None,
+        trigger: str = "",
+        map: Task | str | None = None,
+        max_parallel: int = 0,
     ) -> Task:
         """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults.
 
         ``replicas=N, fusion=...``: N replicas compete and their answers are fused (README
         "Competing replicas"); the cluster validates the combination at submit.
+
+        ``when``: a condition on upstream outputs (false: SKIPPED); ``trigger``: "any_succeeded"
+        or "all_done" to run although some deps were skipped; ``map``: an upstream task whose
+        output list the task maps over (added to ``deps`` if missing), ``max_parallel`` instances
+        at once (0: no bound).
         """
         if id in self.tasks:
             raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
         dep_ids = tuple(d.id if isinstance(d, Task) else str(d) for d in deps)
+        map_id = map.id if isinstance(map, Task) else str(map or "")
+        if map_id and map_id not in dep_ids:
+            dep_ids += (map_id,)
         lock_items = tuple(
             (lk, "exclusive") if isinstance(lk, str) else (str(lk[0]), str(lk[1])) for lk in locks
         )
@@ -205,6 +241,10 @@ class DAG:
             tuple(weights),
             tuple(agents),
             judge,
+            when,
+            str(trigger or ""),
+            map_id,
+            int(max_parallel),
             check_compensate(compensate, id),
         )
         self.tasks[id] = t
@@ -267,6 +307,10 @@ class DAG:
                     requires,
                     **_replica_keys(t, source),
                     compensate=t.get("compensate"),
+                    when=t.get("when"),
+                    trigger=t.get("trigger") or "",
+                    map=t.get("map"),
+                    max_parallel=int(t.get("max_parallel") or 0),
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc

@@ -251,6 +251,22 @@ class TaskInfo:
     """Set for a task submitted with ``replicas``: its rule and its replicas' standing."""
     compensate: dict[str, Any] | None = None
     """Its saga step ``{"agent", "input"}``, if it declares one."""
+    parent: str = ""
+    """The task this one is a child of (a map instance's map task, ...); "" if submitted."""
+    origin: str = ""
+    """"" (submitted), "map", "replica", "judge", "spawn" or "compensation"."""
+    index: int = 0
+    """A map instance's (or replica's) position among its siblings."""
+    item: Any = None
+    """A map instance's item."""
+    children: tuple[str, ...] = ()
+    children_waiting: int = 0
+    depth: int = 0
+    """Spawn depth (0: submitted)."""
+    when: Any = None
+    trigger: str = ""
+    map: str = ""
+    max_parallel: int = 0
 
     @classmethod
     def from_pb(cls, t: pb.Task) -> TaskInfo:
@@ -275,6 +291,17 @@ class TaskInfo:
             {"agent": t.compensate.agent, "input": _json(t.compensate.input_json)}
             if t.HasField("compensate")
             else None,
+            t.parent,
+            t.origin,
+            t.index,
+            _json(t.item_json),
+            tuple(t.children),
+            t.children_waiting,
+            t.depth,
+            _json(t.when_json),
+            t.trigger,
+            t.map,
+            t.max_parallel,
         )
 
 
@@ -364,6 +391,17 @@ class RunInfo:
                     "requeued_attempt": t.requeued_attempt,
                     "fusion": t.fusion.to_json() if t.fusion is not None else None,
                     "compensate": t.compensate,
+                    "parent": t.parent,
+                    "origin": t.origin,
+                    "index": t.index,
+                    "item": t.item,
+                    "children": list(t.children),
+                    "children_waiting": t.children_waiting,
+                    "depth": t.depth,
+                    "when": t.when,
+                    "trigger": t.trigger,
+                    "map": t.map,
+                    "max_parallel": t.max_parallel,
                 }
                 for t in self.tasks.values()
             },
