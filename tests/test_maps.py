@@ -224,3 +224,60 @@ def test_validation_at_submit(c: Cluster, tasks: list[Any], fix: str) -> None:
     with pytest.raises(DagError, match=fix):
         validate(tasks, {"echo"})
     c.unchanged(c.submit("r", tasks), Code.INVALID_ARGUMENT)
+
+
+def test_retrying_a_dead_instance_resumes_the_map_where_it_stopped(c: Cluster) -> None:
+    from raftmesh.consensus.commands import RetryTask
+
+    submit_map(c, max_parallel=2)
+    c.run_task("r", "src", output=list(range(5)))
+    c.ok(c.assign(("r", "m[0]", "n1"), ("r", "m[1]", "n1")))
+    c.ok(c.complete("r", "m[0]", "o0"))
+    c.ok(c.fail("r", "m[1]", "bad", retryable=False))
+    assert c.st.runs["r"].status is RunStatus.FAILED
+    c.ok(RetryTask(c.rid(), c.ts, run_id="r", task_id="m[1]", attempt=1))
+    st = status(c, "r")
+    assert c.st.runs["r"].status is RunStatus.RUNNING
+    assert st["m"] is TaskStatus.WAITING_CHILDREN and st["after"] is TaskStatus.PENDING
+    # m[1] again, and m[2] that m[0]'s end had released; m[3], m[4] still wait for their turn.
+    assert ready(c) == ["m[1]", "m[2]"] or sorted(ready(c)) == ["m[1]", "m[2]"]
+    assert st["m[3]"] is st["m[4]"] is TaskStatus.PENDING
+    assert c.st.runs["r"].unfinished == 6
+    for i in (1, 2, 3, 4):
+        c.run_task("r", f"m[{i}]", output=f"o{i}")
+    assert c.task("r", "m").output == ["o0", "o1", "o2", "o3", "o4"]
+    c.run_task("r", "after")
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED
+
+
+def test_a_map_that_failed_to_expand_is_not_retried(c: Cluster) -> None:
+    from raftmesh.consensus.commands import RetryTask
+
+    submit_map(c)
+    c.run_task("r", "src", output="not a list")
+    res = c.unchanged(RetryTask(c.rid(), c.ts, run_id="r", task_id="m", attempt=0), Code.FAILED_PRECONDITION)
+    assert "rerun its source" in res.message
+
+
+def test_retry_leaves_skipped_tasks_ended(c: Cluster) -> None:
+    from raftmesh.consensus.commands import RetryTask
+
+    c.ok(
+        c.submit("r", [spec("a"), spec("s", "a", when={"path": "a", "op": "==", "value": 0}), spec("b", "a")])
+    )
+    c.run_task("r", "a", output=1)
+    c.ok(c.assign(("r", "b", "n1")))
+    c.ok(c.fail("r", "b", retryable=False))
+    c.ok(RetryTask(c.rid(), c.ts, run_id="r", task_id="b", attempt=1))
+    assert c.st.runs["r"].unfinished == 1 and status(c, "r")["s"] is TaskStatus.SKIPPED
+    c.run_task("r", "b")
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("ref", "ok"),
+    [("m[0]", True), ("m[999999]", True), ("m#2", True), ("a.b:c[12]", True), ("m", True)]
+    + [(bad, False) for bad in ("m[01]", "m[]", "m[1", "[1]", "m[0][1]", "m#1]", "m[-1]", "m[1]\n", "")],
+)
+def test_a_request_may_name_a_child_task(ref: str, ok: bool) -> None:
+    assert (limits.task_ref_error("task id", ref) == "") is ok
