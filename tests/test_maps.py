@@ -281,3 +281,25 @@ def test_retry_leaves_skipped_tasks_ended(c: Cluster) -> None:
 )
 def test_a_request_may_name_a_child_task(ref: str, ok: bool) -> None:
     assert (limits.task_ref_error("task id", ref) == "") is ok
+
+
+def test_a_map_failing_mid_batch_leaves_the_other_completions_of_its_run_cancelled(c: Cluster) -> None:
+    c.ok(c.submit("r", [spec("src"), spec("other"), spec("m", "src", map="src")]))
+    c.ok(c.assign(("r", "src", "n1"), ("r", "other", "n1")))
+    src, other = c.task("r", "src"), c.task("r", "other")
+    from raftmesh.consensus import Complete, Completion
+
+    c.ok(
+        Complete(
+            c.rid(),
+            c.ts,
+            "n1",
+            (
+                Completion("r", "src", src.attempt, src.token, {"not": "a list"}),
+                Completion("r", "other", other.attempt, other.token, "late"),
+            ),
+        )
+    )
+    run = c.st.runs["r"]
+    assert run.status is RunStatus.FAILED and run.unfinished == 0
+    assert status(c, "r")["other"] is TaskStatus.CANCELLED
