@@ -303,3 +303,25 @@ def test_a_map_failing_mid_batch_leaves_the_other_completions_of_its_run_cancell
     run = c.st.runs["r"]
     assert run.status is RunStatus.FAILED and run.unfinished == 0
     assert status(c, "r")["other"] is TaskStatus.CANCELLED
+
+
+def test_a_superseded_replica_takes_what_it_spawned_with_it(c: Cluster) -> None:
+    """Found by the simulation once it also drew maps: a replica waiting for tasks it spawned
+    was cancelled when its quorum was reached elsewhere, and its spawned tasks ran on."""
+    from raftmesh.consensus import Complete, Completion
+    from raftmesh.consensus.commands import NO_USAGE, TaskSpec
+
+    c.ok(c.submit("r", [spec("q", replicas=2, fusion="first")]))
+    c.ok(c.assign(("r", "q#0", "n1"), ("r", "q#1", "n1")))
+    q1 = c.task("r", "q#1")
+    fragment = (TaskSpec("s1", "echo", deps=("q#1",)),)
+    c.ok(
+        Complete(
+            c.rid(), c.ts, "n1", (Completion("r", "q#1", q1.attempt, q1.token, 1, NO_USAGE, fragment, True),)
+        )
+    )
+    assert c.task("r", "q#1").status is TaskStatus.WAITING_CHILDREN
+    assert c.task("r", "s1").status is TaskStatus.READY
+    c.ok(c.complete("r", "q#0", 2))
+    assert c.task("r", "s1").status is TaskStatus.CANCELLED and c.st.runs["r"].status is RunStatus.SUCCEEDED
+    assert c.st.runs["r"].unfinished == 0 and all(not q for q in c.st.ready.values())
