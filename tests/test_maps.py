@@ -325,3 +325,34 @@ def test_a_superseded_replica_takes_what_it_spawned_with_it(c: Cluster) -> None:
     c.ok(c.complete("r", "q#0", 2))
     assert c.task("r", "s1").status is TaskStatus.CANCELLED and c.st.runs["r"].status is RunStatus.SUCCEEDED
     assert c.st.runs["r"].unfinished == 0 and all(not q for q in c.st.ready.values())
+
+
+def test_the_log_audit_accepts_triggers_and_maps() -> None:
+    """The audit (``raftmesh.verify``) replays the log: a start after a skip its trigger allows,
+    and map instances, are neither early starts nor duplicated results."""
+    from raftmesh.consensus import encode_batch
+    from raftmesh.verify.audit import Audit
+
+    c = Cluster()
+    log: list[bytes] = []
+    apply = c.apply
+
+    def recorded(cmd: Any) -> Any:
+        log.append(encode_batch([cmd]))
+        return apply(cmd)
+
+    c.apply = recorded  # type: ignore[method-assign]
+    c.ok(c.register("n1"))
+    skip = {"path": "src", "op": "==", "value": "never"}
+    c.ok(c.submit("r", [spec("src"), spec("s", "src", when=skip), spec("j", "s", trigger="all_done")]))
+    c.ok(c.submit("q", [spec("src"), spec("m", "src", map="src", max_parallel=1)]))
+    c.run_task("r", "src", output=[1, 2])
+    c.run_task("r", "j")
+    c.run_task("q", "src", output=[1, 2])
+    c.run_task("q", "m[0]")
+    c.run_task("q", "m[1]")
+    audit = Audit()
+    for payload in log:
+        audit.feed(payload)
+    assert audit.early_starts == [] and audit.duplicated == [] and audit.fenced == []
+    assert audit.run_status == {"r": "SUCCEEDED", "q": "SUCCEEDED"}
