@@ -356,3 +356,18 @@ def test_the_log_audit_accepts_triggers_and_maps() -> None:
         audit.feed(payload)
     assert audit.early_starts == [] and audit.duplicated == [] and audit.fenced == []
     assert audit.run_status == {"r": "SUCCEEDED", "q": "SUCCEEDED"}
+
+
+def test_a_failed_replica_is_not_a_dead_letter_to_retry(c: Cluster) -> None:
+    """RetryTask takes a child's id now (``ID#i``): a replica that failed without failing its
+    run is refused, not requeued into a run that never stopped."""
+    from raftmesh.consensus.commands import RetryTask
+
+    c.ok(c.submit("r", [spec("q", replicas=3, fusion="vote")]))
+    c.ok(c.assign(("r", "q#0", "n1")))
+    c.ok(c.fail("r", "q#0", retryable=False))
+    assert c.task("r", "q#0").status is TaskStatus.FAILED and c.st.runs["r"].status is RunStatus.RUNNING
+    res = c.unchanged(
+        RetryTask(c.rid(), c.ts, run_id="r", task_id="q#0", attempt=1), Code.FAILED_PRECONDITION
+    )
+    assert "not a dead letter" in res.message
