@@ -371,3 +371,11 @@ def test_a_failed_replica_is_not_a_dead_letter_to_retry(c: Cluster) -> None:
         RetryTask(c.rid(), c.ts, run_id="r", task_id="q#0", attempt=1), Code.FAILED_PRECONDITION
     )
     assert "not a dead letter" in res.message
+
+
+def test_a_map_may_not_take_the_run_over_its_task_limit(c: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_TASKS_PER_RUN", 5)
+    submit_map(c)
+    c.run_task("r", "src", output=[1, 2, 3])
+    m = c.task("r", "m")
+    assert m.status is TaskStatus.FAILED and "may have at most 5" in m.error and m.children == []

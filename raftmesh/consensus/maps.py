@@ -14,8 +14,9 @@ and nothing here needs a derived index.
 When the last instance ends the map task SUCCEEDS with the list of its instances'
 outputs in index order. An instance that fails for good fails the run (as any task).
 An empty list succeeds at once with ``[]``. An output that is not a list, a list over
-``limits.MAX_MAP_ITEMS``, or one that would break the run's ``max_tasks`` budget fails
-the map task, and so the run, with an error that says which.
+``limits.MAX_MAP_ITEMS`` or one that would take the run over ``limits.MAX_TASKS_PER_RUN``
+fails the map task, and so the run, with an error that says which; one that would break
+the run's ``max_tasks`` budget fails the run with reason BUDGET_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ def expand(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
             t,
             f"map: the output of {t.spec.map!r} has {len(items)} items; "
             f"a map expands to at most {limits.MAX_MAP_ITEMS}",
+            rev,
+        )
+        return False
+    if len(run.tasks) + len(items) > limits.MAX_TASKS_PER_RUN:
+        tasks.fail_task(
+            ctx,
+            run,
+            t,
+            f"map: the output of {t.spec.map!r} has {len(items)} items; the run has {len(run.tasks)} tasks "
+            f"and may have at most {limits.MAX_TASKS_PER_RUN}",
             rev,
         )
         return False
