@@ -379,3 +379,26 @@ def test_a_map_may_not_take_the_run_over_its_task_limit(c: Cluster, monkeypatch:
     c.run_task("r", "src", output=[1, 2, 3])
     m = c.task("r", "m")
     assert m.status is TaskStatus.FAILED and "may have at most 5" in m.error and m.children == []
+
+
+def test_a_map_is_compensated_once_not_per_instance(c: Cluster) -> None:
+    from raftmesh.consensus.commands import Compensation
+
+    c.ok(
+        c.submit(
+            "r",
+            [
+                spec("src"),
+                spec("m", "src", map="src", compensate=Compensation("echo", {"undo": True})),
+                spec("z", "m"),
+            ],
+        )
+    )
+    c.run_task("r", "src", output=[1, 2])
+    assert all(c.task("r", f"m[{i}]").spec.compensate is None for i in (0, 1))
+    c.run_task("r", "m[0]")
+    c.run_task("r", "m[1]")
+    c.ok(c.assign(("r", "z", "n1")))
+    c.ok(c.fail("r", "z", retryable=False))
+    comp = [t.spec.id for t in c.st.runs["r"].tasks.values() if t.origin == "compensation"]
+    assert comp == ["m~compensate"] and c.st.runs["r"].status is RunStatus.COMPENSATING

@@ -80,8 +80,9 @@ def expand(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
     t.status = TaskStatus.WAITING_CHILDREN
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, ""))
-    # The instance keeps what it runs with; what shapes the group stays on the map task.
-    base = replace(t.spec, when=None, map="", max_parallel=0, approval=None)
+    # The instance keeps what it runs with; what shapes the group stays on the map task, and so
+    # does its compensation (one for the map, as for replicas: ``sagas``).
+    base = replace(t.spec, when=None, map="", max_parallel=0, approval=None, compensate=None)
     children = [
         groups.add_child(
             ctx,
