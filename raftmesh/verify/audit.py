@@ -294,7 +294,8 @@ class Audit:
     starts: Counter[TaskKey] = field(default_factory=Counter)
     """(run, task) -> attempts started (RUNNING transitions)."""
     early_starts: list[TaskKey] = field(default_factory=list)
-    """Tasks that started while a dependency had not SUCCEEDED (must stay empty)."""
+    """Tasks that started while a dependency had not SUCCEEDED (or been SKIPPED, for a task whose
+    trigger allows it) (must stay empty)."""
     latest_start: dict[TaskKey, Start] = field(default_factory=dict)
     fenced: list[FencedResult] = field(default_factory=list)
     """Accepted results from fenced attempts (must stay empty)."""
@@ -376,7 +377,13 @@ class Audit:
                 run = st.runs.get(ev.run_id)
                 if run is not None:
                     t = run.tasks[ev.task_id]
-                    if any(run.tasks[d].status is not TaskStatus.SUCCEEDED for d in t.spec.deps):
+                    # A skipped dependency lets a task start only when its trigger says so.
+                    ok = (
+                        (TaskStatus.SUCCEEDED, TaskStatus.SKIPPED)
+                        if t.spec.trigger
+                        else (TaskStatus.SUCCEEDED,)
+                    )
+                    if any(run.tasks[d].status not in ok for d in t.spec.deps):
                         self.early_starts.append(key)
 
     @property
