@@ -194,6 +194,11 @@ def test_dead_letter_and_retry_requests_are_checked_at_the_boundary(node: InProc
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, req, err.value)
             details = err.value.details() or ""
             assert says in details and len(details.encode()) <= 1100, (method, details)
+        # A map instance's id (ID[i]) is a task a retry may name: past the boundary, to the state.
+        for task_id, code in (("m[0]", grpc.StatusCode.NOT_FOUND), ("m[0", grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.RetryTask(pb.RetryTaskRequest(run_id="r-none", task_id=task_id, attempt=1), timeout=10)
+            assert err.value.code() == code, (task_id, err.value)
 
 
 def test_approval_and_run_control_requests_are_checked_at_the_boundary(node: InProcessNode) -> None:

@@ -84,7 +84,7 @@ from raftmesh.consensus.results import (
     RerunTaskResult,
     RetryTaskResult,
 )
-from raftmesh.consensus.state import TERMINAL_RUN, TERMINAL_TASK
+from raftmesh.consensus.state import TERMINAL_RUN, TERMINAL_TASK, RunState, TaskState
 
 COMPENSATION_STATES = (RunStatus.COMPENSATING, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED)
 
@@ -102,6 +102,8 @@ COORD_SHARE = 0.25
 CONTROL_SHARE = 0.03
 """Share of generated commands that decide approval gates, pause, resume or rerun."""
 LARGE_SHARE = 0.04
+ENDED_OK = (TaskStatus.SUCCEEDED, TaskStatus.SKIPPED)
+"""What a dependency ends as when its dependents may go on (their trigger decides)."""
 """Share of task inputs and KV values that are large non-ASCII text."""
 
 
@@ -181,6 +183,9 @@ class Generator:
         self.proposed: list[Command] = []
         self.keys: list[str] = []
         self.lock_requests: list[str] = []
+        # Workflow keys and list outputs draw from their own stream (seeded from the seed's, without
+        # consuming it), so adding them left the rest of each seed's log as it was.
+        self.flow_rng = random.Random(f"flow/{rng.getstate()[1][:8]}")
 
     @property
     def st(self) -> ClusterState:
@@ -229,6 +234,26 @@ class Generator:
             earlier = [f"t{j}" for j in range(i)]
             deps = tuple(rng.sample(earlier, rng.randint(0, min(3, len(earlier)))))
             agent = rng.choice(offered) if rng.random() > 0.03 else "unknown-agent"
+            flow: dict[str, Any] = {}
+            frng = self.flow_rng
+            if deps and frng.random() < 0.25:
+                d = frng.choice(deps)
+                flow["when"] = frng.choice(
+                    (
+                        {"path": f"{d}.attempt", "op": "==", "value": 1},
+                        {"path": f"{d}.0", "op": "exists"},
+                        {"not": {"path": f"{d}.from", "op": "in", "value": ["n0", "n1"]}},
+                    )
+                )
+            if deps and frng.random() < 0.2:
+                flow["trigger"] = frng.choice(("any_succeeded", "all_done"))
+            if deps and frng.random() < 0.25:  # outputs are lists often enough (``results``)
+                flow["map"] = frng.choice(deps)
+                flow["max_parallel"] = frng.choice((0, 1, 2))
+            replicated = replica_keys(random.Random(f"{run_id}/{i}"), offered)
+            if replicated:  # map and replicas do not combine (a submit would be refused for it)
+                flow.pop("map", None)
+                flow.pop("max_parallel", None)
             tasks.append(
                 TaskSpec(
                     id=f"t{i}",
@@ -246,9 +271,10 @@ class Generator:
                         if rng.random() < 0.15
                         else ()
                     ),
-                    **replica_keys(random.Random(f"{run_id}/{i}"), offered),
+                    **replicated,
                     compensate=saga_step(random.Random(f"{run_id}/{i}/compensate"), offered, i),
                     approval=gate_of(random.Random(f"{run_id}/{i}/gate")),
+                    **flow,
                 )
             )
         rng.shuffle(tasks)  # spec order is not topological order
@@ -308,6 +334,11 @@ class Generator:
             if t.status is TaskStatus.RUNNING
         ]
 
+    def mapped(self, a: AttemptRecord) -> bool:
+        """Whether a task of the attempt's run maps over its output (then it is mostly a list)."""
+        run = self.st.runs.get(a.run_id)
+        return run is not None and any(t.spec.map == a.task_id for t in run.tasks.values())
+
     def results(self) -> Command | None:
         """A completion or failure batch from one node: mostly current attempts, some stale."""
         rng = self.rng
@@ -327,6 +358,8 @@ class Generator:
                         f"{a.run_id}/{a.task_id}/{a.attempt}"
                     )  # the main stream stays as it was
                     output = pick.choice((1, 2, {"value": 2, "score": 3, "k": {"n": 1}}, {"choice": 0}))
+                elif self.flow_rng.random() < (0.85 if self.mapped(a) else 0.3):  # a list (maybe empty)
+                    output = [{"from": a.node, "k": k} for k in range(self.flow_rng.randint(0, 4))]
                 if rng.random() < 0.003:
                     output = "x" * (limits.MAX_TASK_OUTPUT_BYTES + 1)
                 usage = Usage(rng.randint(0, 50), rng.randint(0, 5), rng.randint(0, 8) / 8)
@@ -573,6 +606,7 @@ class Checker:
         self.lock_grants = 0
         self.kv_writes = 0
         self.requeued: Counter[tuple[str, str, int]] = Counter()
+        self.maps_done = 0
         """(run, task, dead attempt) -> requeues applied (exactly once, whatever the request id)."""
         self.decided: dict[tuple[str, str, int], tuple[str, str, int]] = {}
         """(run, task, gate) -> (decision, by, decided_ms): a gate is decided once and never changes."""
@@ -661,16 +695,26 @@ class Checker:
                 assert 0 <= t.retries_left <= t.spec.retries
                 # A spawned task may read its spawner while the spawner waits for it (its output is
                 # final); a run that ends meanwhile cancels the waiting spawner.
-                spawner_ok = t.parent in t.spec.deps and (
-                    run.tasks[t.parent].status is TaskStatus.WAITING_CHILDREN
-                    or (
-                        run.status in (*TERMINAL_RUN, RunStatus.COMPENSATING)
-                        and run.tasks[t.parent].status is TaskStatus.CANCELLED
+                # A replica superseded by its quorum is cancelled with what it spawned and had not ended.
+                spawner = run.tasks.get(t.parent)
+                spawner_ok = (
+                    spawner is not None
+                    and t.parent in t.spec.deps
+                    and (
+                        spawner.status is TaskStatus.WAITING_CHILDREN
+                        or (
+                            spawner.status is TaskStatus.CANCELLED
+                            and run.status in (*TERMINAL_RUN, RunStatus.COMPENSATING)
+                        )
+                        or (spawner.status is TaskStatus.CANCELLED and spawner.error == SUPERSEDED)
                     )
                 )
                 deps_ok = all(
                     run.tasks[d].status is TaskStatus.SUCCEEDED or (d == t.parent and spawner_ok)
                     for d in t.spec.deps
+                )
+                deps_ended = all(
+                    run.tasks[d].status in ENDED_OK or (d == t.parent and spawner_ok) for d in t.spec.deps
                 )
                 if t.origin == "spawn":  # no spawned task lost or duplicated: its spawner lists it once
                     assert run.tasks[t.parent].children.count(t.spec.id) == 1, key
@@ -679,7 +723,7 @@ class Checker:
                     waiting = [c for c in t.children if run.tasks[c].status not in TERMINAL_TASK]
                     assert 0 < t.children_waiting == len(waiting), key
                 if t.origin == "compensation":  # all_done: it runs once its deps ended, however
-                    deps_ok = all(run.tasks[d].status in TERMINAL_TASK for d in t.spec.deps)
+                    deps_ok = deps_ended = all(run.tasks[d].status in TERMINAL_TASK for d in t.spec.deps)
                     parent = run.tasks[t.parent]
                     assert t.spec.id == t.parent + "~compensate" and t.spec.deps[0] == t.parent
                     assert parent.status is TaskStatus.SUCCEEDED and parent.spec.compensate is not None
@@ -690,12 +734,22 @@ class Checker:
                     TaskStatus.READY,
                     TaskStatus.RUNNING,
                     TaskStatus.SUCCEEDED,
+                    TaskStatus.SKIPPED,
                     TaskStatus.WAITING_APPROVAL,
                 ):
-                    assert deps_ok, f"{key} is {t.status} before all its deps succeeded"
+                    assert deps_ended, f"{key} is {t.status} before all its deps ended"
+                    # a replica or map instance started as its group did: by the group's trigger
+                    group = run.tasks[t.parent] if t.origin in ("replica", "map") else t
+                    assert deps_ok or group.spec.trigger or t.status is TaskStatus.SKIPPED, (
+                        f"{key} ran after a skip"
+                    )
                 if t.status is TaskStatus.PENDING:
-                    assert run.status in (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.COMPENSATING)
-                    assert not deps_ok, key
+                    # a map instance waits for its turn (max_parallel) with its deps ended
+                    held = t.origin == "map" and run.tasks[t.parent].status is TaskStatus.WAITING_CHILDREN
+                    assert run.status in (RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.COMPENSATING), key
+                    assert not deps_ended or held, key
+                if t.spec.map:
+                    self.map_task(run, t)
                 if t.status in (TaskStatus.READY, TaskStatus.RUNNING) and t.spec.approval is not None:
                     assert t.gate is not None and t.gate.decision == "approved", f"{key} ran past its gate"
                 if t.gate is not None and t.gate.decision:
@@ -721,7 +775,7 @@ class Checker:
                 assert unfinished == 0
             if run.status is RunStatus.SUCCEEDED:
                 assert all(
-                    t.status is TaskStatus.SUCCEEDED
+                    t.status in ENDED_OK
                     or (t.origin == "replica" and t.status in (TaskStatus.CANCELLED, TaskStatus.FAILED))
                     # what a superseded replica had spawned is cancelled with it
                     or (t.status is TaskStatus.CANCELLED and t.error == SUPERSEDED)
@@ -747,6 +801,23 @@ class Checker:
         if run_ids is None:
             rebuilt = ClusterState.decode(st.encode())
             assert rebuilt.index_snapshot() == st.index_snapshot()
+
+    def map_task(self, run: RunState, t: TaskState) -> None:
+        """A map waits for exactly its unfinished instances, at most max_parallel of them live,
+        and succeeds with their outputs in order, one instance per item of its source's list."""
+        kids = [run.tasks[c] for c in t.children]
+        assert [k.index for k in kids] == list(range(len(kids)))
+        assert all(k.parent == t.spec.id and k.origin == "map" for k in kids)
+        if t.status is TaskStatus.WAITING_CHILDREN:
+            assert t.children_waiting == sum(k.status not in TERMINAL_TASK for k in kids)
+            live = sum(k.status in (TaskStatus.READY, TaskStatus.RUNNING) for k in kids)
+            assert not t.spec.max_parallel or live <= t.spec.max_parallel, (t.spec.id, live)
+        if t.status is TaskStatus.SUCCEEDED:
+            source = run.tasks[t.spec.map]
+            items = source.output if source.status is TaskStatus.SUCCEEDED else []
+            assert [k.item for k in kids] == items
+            assert t.output == [k.output if k.status is TaskStatus.SUCCEEDED else None for k in kids]
+            self.maps_done += 1
 
     def coordination(self, st: ClusterState) -> None:
         """Lock and KV invariants (the tables are small: checked after every entry)."""
@@ -789,7 +860,7 @@ class Checker:
         assert revs == sorted(revs) and all(r > kv.compacted for r in revs[:1])
 
 
-def simulate(seed: int) -> ClusterState:
+def simulate(seed: int) -> tuple[ClusterState, Checker]:
     rng = random.Random(seed)
     replicas = [Replica() for _ in range(REPLICAS)]
     leader = replicas[0]  # never snapshots: it applies every entry exactly once
@@ -858,7 +929,7 @@ def simulate(seed: int) -> ClusterState:
     COVERED["streamed"] += streamed[0]
     COVERED["decided gates"] += len(checker.decided)
     COVERED["spawned"] += sum(t.origin == "spawn" for run in st.runs.values() for t in run.tasks.values())
-    return st
+    return st, checker
 
 
 COVERED: Counter[str] = Counter()
@@ -871,7 +942,7 @@ def test_the_simulation_reaches_every_workflow_path() -> None:
     ends: Counter[str] = Counter()
     COVERED.clear()
     for seed in range(6):
-        for run in simulate(seed).runs.values():
+        for run in simulate(seed)[0].runs.values():
             ends[run.status.value] += 1
             ends[run.reason] += 1
     assert ends["COMPENSATED"] and ends["COMPENSATION_FAILED"] and ends[budgets.BUDGET_EXCEEDED], ends
@@ -930,6 +1001,20 @@ def test_replicas_agree(seed: int) -> None:
             f"simulation seed {seed} failed: {exc}\n"
             f"replay with: RAFTMESH_SIM_SEED={seed} pytest tests/test_simulation.py"
         ) from exc
+
+
+def test_the_log_exercises_when_and_map() -> None:
+    """The workflow shapes are not drowned out: seeds skip tasks and finish and fail maps."""
+    seen: Counter[str] = Counter()
+    for seed in range(8):  # runs fail early often (spawns, replicas): a few seeds see few maps
+        st, checker = simulate(seed)
+        seen["maps done"] += checker.maps_done
+        for run in st.runs.values():
+            for t in run.tasks.values():
+                seen[t.status.value] += 1
+                seen["instances"] += t.origin == "map"
+                seen["map failed"] += t.status is TaskStatus.FAILED and "a map needs a list" in t.error
+    assert all(seen[k] > 0 for k in ("maps done", "SKIPPED", "instances", "map failed")), seen
 
 
 def test_entries_at_the_limits_survive_the_wire_and_apply_alike() -> None:

@@ -45,6 +45,10 @@ class TaskContext:
     ``fn(ClusterState)`` under its lock; it may be a moment behind the leader). Async agents only."""
     spawns: Spawns = field(default_factory=Spawns, init=False, repr=False, compare=False)
     """What this attempt spawned so far (``spawn``); added to the run with its completion."""
+    item: Any = None
+    """A map instance's item of its source's output list (None for a task that is not one)."""
+    index: int = 0
+    """A map instance's position in that list."""
 
     def report_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
         """Add to this attempt's usage (summed per task and per run in ``raftmesh get``)."""

@@ -89,6 +89,9 @@ class Start:
     input: Any
     upstream: dict[str, Any]
     timeout_ms: int
+    item: Any = None
+    """A map instance's item (``ctx.item``) and its position (``ctx.index``)."""
+    index: int = 0
 
 
 @dataclass
@@ -233,7 +236,17 @@ class AgentHost:
                 out.stop.append(key)
             upstream = {d: run.tasks[d].output for d in t.spec.deps}
             out.start.append(
-                Start(key, t.attempt, t.token, t.spec.agent, t.spec.input, upstream, t.spec.timeout_ms)
+                Start(
+                    key,
+                    t.attempt,
+                    t.token,
+                    t.spec.agent,
+                    t.spec.input,
+                    upstream,
+                    t.spec.timeout_ms,
+                    t.item,
+                    t.index,
+                )
             )
         for key, a in self._active.items():
             if key in wanted:
@@ -266,7 +279,9 @@ class AgentHost:
             log.info("attempt %d of %s/%s started (token %d)", s.attempt, *s.key, s.token)
             a = _Attempt(s.key, s.attempt, s.token)
             self._active[s.key] = a
-            a.task = loop.create_task(self._execute(a, s.agent, s.input, s.upstream, s.timeout_ms))
+            a.task = loop.create_task(
+                self._execute(a, s.agent, s.input, s.upstream, s.timeout_ms, item=s.item, index=s.index)
+            )
 
     def _cancel(self, a: _Attempt) -> None:
         if self._active.get(a.key) is a:
@@ -277,7 +292,15 @@ class AgentHost:
             a.task.cancel()
 
     async def _execute(
-        self, a: _Attempt, agent: str, inp: Any, upstream: dict[str, Any], timeout_ms: int
+        self,
+        a: _Attempt,
+        agent: str,
+        inp: Any,
+        upstream: dict[str, Any],
+        timeout_ms: int,
+        *,
+        item: Any = None,
+        index: int = 0,
     ) -> None:
         run_id, task_id = a.key
         adef = self._registry.get(agent)
@@ -304,6 +327,8 @@ class AgentHost:
             trace_id=run_id,
             logger=logger,
             agents=self._registry,
+            item=item,
+            index=index,
         )
         ctx: TaskContext
         if mode == "async":
@@ -403,6 +428,8 @@ class AgentHost:
             "token": ctx.token,
             "input": ctx.input,
             "upstream": ctx.upstream,
+            "item": ctx.item,
+            "index": ctx.index,
             "node": dataclasses.asdict(self._agent_node(adef.name)),
         }
         res = await self.processes.run(

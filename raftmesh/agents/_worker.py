@@ -141,6 +141,8 @@ def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDe
             ),
             kv=AsyncKv(kv) if is_async else kv,
             locks=AsyncLocks(locks) if is_async else locks,
+            item=msg.get("item"),
+            index=msg.get("index", 0),
         )
         saved = _set_limits(memory_mb, cpu_seconds)
         try:

@@ -73,25 +73,47 @@ def _print_run(run: Any) -> None:
         print(f"  budget: {limits or 'none'}")
     for step in run.compensations:
         print(f"  compensation of {step.task_id}: {step.status} attempt={step.attempt}")
-    for t in run.tasks.values():
-        out = json.dumps(t.output) if t.output is not None else ""
-        if len(out) > 80:
-            out = out[:77] + "..."
-        where = f" on {t.node}" if t.node else ""
+    # Children (map instances, replicas, spawned tasks) are listed under their parent, indented.
+    todo = [(t, 0) for t in reversed(run.tasks.values()) if not t.parent or t.parent not in run.tasks]
+    while todo:
+        t, level = todo.pop()
+        _print_task(t, level, run.tasks)
+        todo.extend((run.tasks[c], level + 1) for c in reversed(t.children) if c in run.tasks)
+
+
+_ENDED_TASK = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "SKIPPED"})
+
+
+def _print_task(t: Any, level: int, tasks: dict[str, Any]) -> None:
+    out = json.dumps(t.output) if t.output is not None else ""
+    if len(out) > 80:
+        out = out[:77] + "..."
+    where = f" on {t.node}" if t.node else ""
+    if t.status == "SKIPPED":
+        extra = f" ({t.error})" if t.error else ""
+    else:
         extra = f" error={t.error}" if t.error and t.status != "SUCCEEDED" else ""
-        if t.waiting_reason:
-            extra += f" waiting: {t.waiting_reason}"
-        print(f"  {t.id:<24} {t.status:<10} attempt={t.attempt}{where} {out}{extra}")
-        if t.usage.tokens_in or t.usage.tokens_out or t.usage.cost:
-            print(f"  {'':<24} {_usage_text(t.usage)}")
-        for p in t.preempted_by:
-            print(f"  {'':<24} attempt {p.attempt} preempted by {p.by_run_id}/{p.by_task_id} at {p.at_ms}")
-        if t.fusion is not None:
-            print(f"  {'':<24} {_fusion_text(t.fusion)}")
-        if t.gate is not None:
-            g = t.gate
-            said = f" by {g.by}" + (f": {g.comment}" if g.comment else "") if g.decision else ""
-            print(f"  {'':<24} gate {g.id}: {g.decision or 'open'}{said}")
+    if t.waiting_reason:
+        extra += f" waiting: {t.waiting_reason}"
+    if t.children:
+        ended = sum(1 for c in t.children if c in tasks and tasks[c].status in _ENDED_TASK)
+        extra += f" children={ended}/{len(t.children)} ended"
+    if t.origin == "map":
+        item = json.dumps(t.item)
+        extra += f" item={item if len(item) <= 40 else item[:37] + '...'}"
+    name = "  " * level + t.id
+    attempt = f" attempt={t.attempt}" if t.attempt or not t.children else ""
+    print(f"  {name:<24} {t.status:<10}{attempt}{where} {out}{extra}".rstrip())
+    if t.usage.tokens_in or t.usage.tokens_out or t.usage.cost:
+        print(f"  {'':<24} {_usage_text(t.usage)}")
+    for p in t.preempted_by:
+        print(f"  {'':<24} attempt {p.attempt} preempted by {p.by_run_id}/{p.by_task_id} at {p.at_ms}")
+    if t.fusion is not None:
+        print(f"  {'':<24} {_fusion_text(t.fusion)}")
+    if t.gate is not None:
+        g = t.gate
+        said = f" by {g.by}" + (f": {g.comment}" if g.comment else "") if g.decision else ""
+        print(f"  {'':<24} gate {g.id}: {g.decision or 'open'}{said}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

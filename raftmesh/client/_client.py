@@ -72,6 +72,10 @@ def task_pb(t: Task) -> pb.TaskSpec:
         if t.compensate is not None
         else None,
         approval=pb.ApprovalSpec(**t.approval) if t.approval is not None else None,
+        when_json="" if t.when is None else _dumps(t.when),
+        trigger=t.trigger,
+        map=t.map,
+        max_parallel=t.max_parallel,
     )
 
 

@@ -23,6 +23,10 @@ _TASK_KEYS = {
     *("replicas", "fusion", "quorum", "weights", "agents", "judge"),
     "compensate",
     "approval",
+    "when",
+    "trigger",
+    "map",
+    "max_parallel",
 }
 _APPROVAL_KEYS = {"prompt", "timeout_ms", "on_timeout"}
 
@@ -122,7 +126,15 @@ class Task:
     """best: the agent type that scores the candidates."""
     approval: dict[str, Any] | None = None
     """``{prompt, timeout_ms, on_timeout}``: the task waits in WAITING_APPROVAL until decided."""
-
+    when: Any = None
+    """A condition on upstream outputs, e.g. ``{"path": "fetch.count", "op": ">", "value": 3}``;
+    false: the task is SKIPPED."""
+    trigger: str = ""
+    """"" (all deps succeeded), "any_succeeded" or "all_done": whether skipped deps let it run."""
+    map: str = ""
+    """An upstream task id: one instance per item of its output list (``ctx.item``)."""
+    max_parallel: int = 0
+    """Map instances running at once (0: no bound)."""
     compensate: dict[str, Any] | None = None
     """Saga step ``{"agent": TYPE, "input": ...}``: undoes this task if it succeeded and the run
     fails or is cancelled (README "Sagas and budgets")."""
@@ -142,10 +154,21 @@ class Task:
         )
         extra: dict[str, Any] = {"compensate": self.compensate} if self.compensate is not None else {}
         gated = {"approval": dict(self.approval)} if self.approval is not None else {}
+        flow: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("when", self.when),
+                ("trigger", self.trigger),
+                ("map", self.map),
+                ("max_parallel", self.max_parallel),
+            )
+            if v
+        }
         return (
             gated
             | replicated
             | extra
+            | flow
             | {
                 "requires": list(self.requires),
                 "locks": [list(lk) for lk in self.locks],
@@ -200,6 +223,10 @@ class DAG:
         judge: str = "",
         compensate: dict[str, Any] | None = None,
         approval: dict[str, Any] | None = None,
+        when: Any = None,
+        trigger: str = "",
+        map: Task | str | None = None,
+        max_parallel: int = 0,
     ) -> Task:
         """Add a task. ``retries``/``timeout_ms`` left None take the agent type's defaults.
 
@@ -208,10 +235,17 @@ class DAG:
 
         ``approval={"prompt": ..., "timeout_ms": 0, "on_timeout": "reject"}`` gates the task: it
         waits in WAITING_APPROVAL until ``Client.approve`` (or its timeout) decides.
+        ``when``: a condition on upstream outputs (false: SKIPPED); ``trigger``: "any_succeeded"
+        or "all_done" to run although some deps were skipped; ``map``: an upstream task whose
+        output list the task maps over (added to ``deps`` if missing), ``max_parallel`` instances
+        at once (0: no bound).
         """
         if id in self.tasks:
             raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
         dep_ids = tuple(d.id if isinstance(d, Task) else str(d) for d in deps)
+        map_id = map.id if isinstance(map, Task) else str(map or "")
+        if map_id and map_id not in dep_ids:
+            dep_ids += (map_id,)
         lock_items = tuple(
             (lk, "exclusive") if isinstance(lk, str) else (str(lk[0]), str(lk[1])) for lk in locks
         )
@@ -236,6 +270,10 @@ class DAG:
             tuple(weights),
             tuple(agents),
             judge,
+            when=when,
+            trigger=str(trigger or ""),
+            map=map_id,
+            max_parallel=int(max_parallel),
             compensate=check_compensate(compensate, id),
             approval=_approval(id, approval),
         )
@@ -300,6 +338,10 @@ class DAG:
                     **_replica_keys(t, source),
                     compensate=t.get("compensate"),
                     approval=t.get("approval"),
+                    when=t.get("when"),
+                    trigger=t.get("trigger") or "",
+                    map=t.get("map"),
+                    max_parallel=int(t.get("max_parallel") or 0),
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc

@@ -414,6 +414,22 @@ class TaskInfo:
     """Its ended attempts, oldest first (the newest 16)."""
     approval: dict[str, Any] | None = None
     """Its ``approval`` spec (prompt, timeout_ms, on_timeout), if it has one."""
+    parent: str = ""
+    """The task this one is a child of (a map instance's map task, ...); "" if submitted."""
+    origin: str = ""
+    """"" (submitted), "map", "replica", "judge", "spawn" or "compensation"."""
+    index: int = 0
+    """A map instance's (or replica's) position among its siblings."""
+    item: Any = None
+    """A map instance's item."""
+    children: tuple[str, ...] = ()
+    children_waiting: int = 0
+    depth: int = 0
+    """Spawn depth (0: submitted)."""
+    when: Any = None
+    trigger: str = ""
+    map: str = ""
+    max_parallel: int = 0
 
     @classmethod
     def from_pb(cls, t: pb.Task) -> TaskInfo:
@@ -447,6 +463,17 @@ class TaskInfo:
             }
             if t.HasField("approval")
             else None,
+            t.parent,
+            t.origin,
+            t.index,
+            _json(t.item_json),
+            tuple(t.children),
+            t.children_waiting,
+            t.depth,
+            _json(t.when_json),
+            t.trigger,
+            t.map,
+            t.max_parallel,
         )
 
 
@@ -539,6 +566,17 @@ class RunInfo:
                     "approval": t.approval,
                     "gate": t.gate.to_json() if t.gate else None,
                     "history": [a.to_json() for a in t.history],
+                    "parent": t.parent,
+                    "origin": t.origin,
+                    "index": t.index,
+                    "item": t.item,
+                    "children": list(t.children),
+                    "children_waiting": t.children_waiting,
+                    "depth": t.depth,
+                    "when": t.when,
+                    "trigger": t.trigger,
+                    "map": t.map,
+                    "max_parallel": t.max_parallel,
                 }
                 for t in self.tasks.values()
             },

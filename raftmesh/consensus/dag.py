@@ -164,7 +164,8 @@ TRIGGERS = ("all_succeeded", "any_succeeded", "all_done")
 
 
 def _check_flow(t: TaskSpec) -> None:
-    """The workflow keys of one task: ``when`` and ``trigger``."""
+    """The workflow keys of one task: ``when``, ``trigger``, ``map`` and ``max_parallel``."""
+    _check_map(t)
     if t.trigger and t.trigger not in TRIGGERS:
         raise DagError(
             "invalid", f"task {t.id!r}: trigger {t.trigger!r} must be one of {', '.join(TRIGGERS)}"
@@ -193,6 +194,23 @@ def _check_input(t: TaskSpec, what: str, value: object) -> None:
             "limit",
             f"task {t.id!r}: {what} is {size} bytes encoded; the limit is {limits.MAX_TASK_INPUT_BYTES} "
             "(store large data elsewhere and pass a reference)",
+        )
+
+
+def _check_map(t: TaskSpec) -> None:
+    if t.max_parallel and not t.map:
+        raise DagError("invalid", f"task {t.id!r}: max_parallel needs map (it bounds the map's instances)")
+    if not t.map:
+        return
+    if t.map not in t.deps:
+        raise DagError(
+            "invalid",
+            f"task {t.id!r}: map {t.map[:40]!r} must be one of its deps (add it to deps; "
+            "the SDK and the YAML/JSON loader add it for you)",
+        )
+    if not 0 <= t.max_parallel <= limits.MAX_MAP_ITEMS:
+        raise DagError(
+            "limit", f"task {t.id!r}: max_parallel must be between 0 (no bound) and {limits.MAX_MAP_ITEMS}"
         )
 
 

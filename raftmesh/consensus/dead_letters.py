@@ -14,6 +14,7 @@ is no longer dead at that attempt and it answers "already requeued", changing no
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from . import approvals, budgets, limits
@@ -22,7 +23,7 @@ from .commands import RetryTask
 from .context import ApplyContext
 from .fusion import SUPERSEDED
 from .results import Rejected, Result, RetryTaskResult, RunChanged, TaskChanged
-from .state import TERMINAL_TASK, ClusterState, RunStatus, TaskState, TaskStatus
+from .state import TERMINAL_TASK, ClusterState, RunState, RunStatus, TaskState, TaskStatus
 from .tasks import make_ready
 
 
@@ -53,11 +54,9 @@ def list_dead_letters(st: ClusterState, limit: int) -> list[DeadLetterView]:
 
 def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     st = ctx.state
-    why = limits.id_error("run id", cmd.run_id) or limits.id_error("task id", cmd.task_id)
+    why = limits.id_error("run id", cmd.run_id) or limits.task_ref_error("task id", cmd.task_id)
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
-    if cmd.attempt <= 0:
-        return Rejected(Code.INVALID_ARGUMENT, f"attempt must be >= 1 (got {cmd.attempt})")
     run = st.runs.get(cmd.run_id)
     if run is None:
         return Rejected(Code.NOT_FOUND, f"run {cmd.run_id!r} not found (never submitted, or evicted)")
@@ -69,6 +68,21 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
             Code.FAILED_PRECONDITION,
             f"task {cmd.task_id!r} of run {cmd.run_id!r} failed because its replicas' quorum was lost; "
             "their failures are final, so it cannot be requeued: submit the run again",
+        )
+    if t.status is TaskStatus.FAILED and t.spec.map and not t.children:
+        return Rejected(
+            Code.FAILED_PRECONDITION,
+            f"task {cmd.task_id!r} of run {cmd.run_id!r} failed to expand its map ({t.error[:200]}); "
+            "retrying it would read the same output: rerun its source instead",
+        )
+    if cmd.attempt <= 0:
+        return Rejected(Code.INVALID_ARGUMENT, f"attempt must be >= 1 (got {cmd.attempt})")
+    if t.status is TaskStatus.FAILED and not _is_dead_letter(st, t.finished_ms, run.run_id, t.spec.id):
+        # A replica that failed without failing its run (its group decides): nothing to requeue.
+        return Rejected(
+            Code.FAILED_PRECONDITION,
+            f"task {cmd.task_id!r} of run {cmd.run_id!r} failed without failing its run, so it is not "
+            f"a dead letter; its parent {t.parent!r} decides what its failure means",
         )
     if t.status is not TaskStatus.FAILED or t.attempt != cmd.attempt:
         if 0 < cmd.attempt <= t.requeued_attempt:
@@ -103,6 +117,7 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     # PENDING, or READY if its dependencies have succeeded (deps_waiting stayed exact).
     # A replica superseded by its quorum stays cancelled; a replicated task waits for its
     # replicas again (they follow it in the run's order).
+    # A map instance is READY again only if its map had released it (``_released``).
     unfinished = 0
     waiting: list[TaskState] = []
     gated: list[TaskState] = []
@@ -119,7 +134,7 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
                 waiting.append(other)
             if other is not t:
                 ctx.emit(TaskChanged(rev, run.run_id, other.spec.id, other.status, other.attempt, ""))
-            if other.status is TaskStatus.PENDING and other.deps_waiting == 0:
+            if other.status is TaskStatus.PENDING and other.deps_waiting == 0 and _released(run, other):
                 if approvals.must_wait(other):  # its gate was open or rejected: a new gate
                     gated.append(other)
                 else:
@@ -135,3 +150,17 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     budgets.track(st, run)
     ctx.emit(RunChanged(rev, run.run_id, RunStatus.RUNNING))
     return RetryTaskResult(requeued=True, attempt=cmd.attempt, status=t.status)
+
+
+def _is_dead_letter(st: ClusterState, finished_ms: int, run_id: str, task_id: str) -> bool:
+    i = bisect.bisect_left(st.dead_letters, (finished_ms, run_id, task_id))
+    return i < len(st.dead_letters) and st.dead_letters[i] == (finished_ms, run_id, task_id)
+
+
+def _released(run: RunState, t: TaskState) -> bool:
+    """Whether ``t`` may be READY again: a map instance only if its map had released it
+    (instances are released in order, one per instance ended: ``maps``)."""
+    parent = run.tasks.get(t.parent) if t.origin == "map" else None
+    if parent is None or parent.spec.max_parallel <= 0:
+        return True
+    return t.index < parent.spec.max_parallel + len(parent.children) - parent.children_waiting

@@ -179,6 +179,16 @@ def id_error(what: str, value: str) -> str:
     return ""
 
 
+_CHILD_ID_RE = re.compile(r"(.+?)(?:\[(?:0|[1-9][0-9]{0,5})\]|#(?:0|[1-9][0-9]{0,5}))")
+
+
+def task_ref_error(what: str, value: str) -> str:
+    """``id_error`` for a task named in a request: a submitted id, or a child's id
+    (``ID[i]`` a map instance, ``ID#i`` a replica: ``groups.child_id``)."""
+    m = _CHILD_ID_RE.fullmatch(value)
+    return id_error(what, m.group(1) if m else value)
+
+
 def name_error(what: str, value: str, max_chars: int) -> str:
     """ "" if ``value`` is a usable KV key, lock name or owner, else what is wrong with it."""
     if not value:

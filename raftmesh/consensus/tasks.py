@@ -12,7 +12,7 @@ import hashlib
 import heapq
 from typing import Any
 
-from . import approvals, conditions, fusion, groups, limits, sagas
+from . import approvals, conditions, fusion, groups, limits, maps, sagas
 from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
@@ -181,6 +181,8 @@ def begin(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
         return False
     if t.spec.replicas:
         return fusion.expand(ctx, run, t, rev)
+    if t.spec.map:
+        return maps.expand(ctx, run, t, rev)
     make_ready(ctx, run, t, rev, not_before_ms=0)
     return False
 
@@ -238,6 +240,7 @@ def fail_task(
 ) -> None:
     """``t`` (not RUNNING any more) FAILS for good, a dead letter, and fails its run."""
     st = ctx.state
+    error = error[: limits.MAX_ERROR_CHARS]
     t.status = TaskStatus.FAILED
     t.error = error
     t.finished_ms = st.time_ms

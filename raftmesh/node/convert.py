@@ -41,12 +41,15 @@ def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
     specs = []
     for i, t in enumerate(req.tasks):
         label = f"task {t.id[:40]!r}" if t.id else f"task #{i + 1}"
+        deps = tuple(t.deps)
+        if t.map and t.map not in deps:  # a map's source is a dependency whether listed or not
+            deps += (t.map,)
         specs.append(
             TaskSpec(
                 id=t.id,
                 agent=t.agent,
                 input=load_json(f"{label}: input_json", t.input_json),
-                deps=tuple(t.deps),
+                deps=deps,
                 retries=t.retries,
                 priority=t.priority or req.priority,
                 timeout_ms=t.timeout_ms,
@@ -65,6 +68,10 @@ def task_specs_from_pb(req: pb.SubmitRunRequest) -> tuple[TaskSpec, ...]:
                 if t.HasField("compensate")
                 else None,
                 approval=approval_from_pb(t.approval) if t.HasField("approval") else None,
+                when=load_json(f"{label}: when_json", t.when_json),
+                trigger=t.trigger,
+                map=t.map,
+                max_parallel=t.max_parallel,
             )
         )
     return tuple(specs)
@@ -208,6 +215,17 @@ def task_to_pb(t: TaskState, run: RunState | None = None) -> pb.Task:
         if t.spec.compensate is not None
         else None,
         **control_fields(t),
+        parent=t.parent,
+        origin=t.origin,
+        index=t.index,
+        item_json=dump_json(t.item),
+        children=t.children,
+        children_waiting=t.children_waiting,
+        depth=t.depth,
+        when_json=dump_json(t.spec.when),
+        trigger=t.spec.trigger,
+        map=t.spec.map,
+        max_parallel=t.spec.max_parallel,
     )
 
 

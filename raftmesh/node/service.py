@@ -282,7 +282,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         self, request: pb.RetryTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.RetryTaskResponse:
         _check_run_id(request.run_id)
-        why = limits.id_error("task_id", request.task_id) or limits.request_id_error(
+        why = limits.task_ref_error("task_id", request.task_id) or limits.request_id_error(
             "request_id", request.request_id
         )
         if why:

@@ -294,7 +294,8 @@ class Audit:
     starts: Counter[TaskKey] = field(default_factory=Counter)
     """(run, task) -> attempts started (RUNNING transitions)."""
     early_starts: list[TaskKey] = field(default_factory=list)
-    """Tasks that started while a dependency had not SUCCEEDED (must stay empty)."""
+    """Tasks that started while a dependency had not SUCCEEDED (or been SKIPPED, for a task whose
+    trigger allows it) (must stay empty)."""
     latest_start: dict[TaskKey, Start] = field(default_factory=dict)
     fenced: list[FencedResult] = field(default_factory=list)
     """Accepted results from fenced attempts (must stay empty)."""
@@ -390,10 +391,13 @@ class Audit:
 
 
 def _dependency_met(t: TaskState, d: TaskState) -> bool:
-    """``d`` SUCCEEDED, or ``d`` spawned ``t`` and waits for its children: a spawned task may read
-    its spawner's output, final once the spawner's attempt succeeded (``tasks._output_of``)."""
+    """``d`` SUCCEEDED (or SKIPPED, if ``t``'s trigger lets it run anyway), or ``d`` spawned ``t``
+    and waits for its children: a spawned task may read its spawner's output, final once the
+    spawner's attempt succeeded (``tasks._output_of``)."""
     if d.status is TaskStatus.SUCCEEDED:
         return True
+    if d.status is TaskStatus.SKIPPED:  # lets a task start only when its trigger says so
+        return bool(t.spec.trigger)
     return d.status is TaskStatus.WAITING_CHILDREN and d.attempt > 0 and t.parent == d.spec.id
 
 

@@ -52,7 +52,7 @@ RUN_STATUS_COMPENSATED: RunStatus
 RUN_STATUS_COMPENSATION_FAILED: RunStatus
 
 class TaskSpec(_message.Message):
-    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires", "replicas", "fusion", "quorum", "weights", "agents", "judge", "compensate", "approval")
+    __slots__ = ("id", "agent", "input_json", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms", "locks", "requires", "replicas", "fusion", "quorum", "weights", "agents", "judge", "compensate", "approval", "when_json", "trigger", "map", "max_parallel")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,10 @@ class TaskSpec(_message.Message):
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     COMPENSATE_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    WHEN_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     id: str
     agent: str
     input_json: str
@@ -89,7 +93,11 @@ class TaskSpec(_message.Message):
     judge: str
     compensate: Compensation
     approval: ApprovalSpec
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., fusion: _Optional[str] = ..., quorum: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ..., agents: _Optional[_Iterable[str]] = ..., judge: _Optional[str] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ...) -> None: ...
+    when_json: str
+    trigger: str
+    map: str
+    max_parallel: int
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., input_json: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retry_backoff_ms: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., fusion: _Optional[str] = ..., quorum: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ..., agents: _Optional[_Iterable[str]] = ..., judge: _Optional[str] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ..., when_json: _Optional[str] = ..., trigger: _Optional[str] = ..., map: _Optional[str] = ..., max_parallel: _Optional[int] = ...) -> None: ...
 
 class Compensation(_message.Message):
     __slots__ = ("agent", "input_json")
@@ -214,7 +222,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt", "fusion", "compensate", "approval", "gate", "history")
+    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt", "parent", "origin", "index", "item_json", "children", "children_waiting", "depth", "when_json", "trigger", "map", "max_parallel", "fusion", "compensate", "approval", "gate", "history")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +241,17 @@ class Task(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     PREEMPTED_BY_FIELD_NUMBER: _ClassVar[int]
     REQUEUED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ITEM_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_WAITING_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    WHEN_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
     COMPENSATE_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
@@ -256,12 +275,23 @@ class Task(_message.Message):
     usage: Usage
     preempted_by: _containers.RepeatedCompositeFieldContainer[Preemption]
     requeued_attempt: int
+    parent: str
+    origin: str
+    index: int
+    item_json: str
+    children: _containers.RepeatedScalarFieldContainer[str]
+    children_waiting: int
+    depth: int
+    when_json: str
+    trigger: str
+    map: str
+    max_parallel: int
     fusion: Fusion
     compensate: Compensation
     approval: ApprovalSpec
     gate: ApprovalGate
     history: _containers.RepeatedCompositeFieldContainer[TaskAttempt]
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ..., gate: _Optional[_Union[ApprovalGate, _Mapping]] = ..., history: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ..., parent: _Optional[str] = ..., origin: _Optional[str] = ..., index: _Optional[int] = ..., item_json: _Optional[str] = ..., children: _Optional[_Iterable[str]] = ..., children_waiting: _Optional[int] = ..., depth: _Optional[int] = ..., when_json: _Optional[str] = ..., trigger: _Optional[str] = ..., map: _Optional[str] = ..., max_parallel: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ..., gate: _Optional[_Union[ApprovalGate, _Mapping]] = ..., history: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ...) -> None: ...
 
 class Fusion(_message.Message):
     __slots__ = ("rule", "replicas", "quorum", "weights", "agents", "judge", "standings", "tally_json")
