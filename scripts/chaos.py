@@ -46,7 +46,7 @@ retry, and every run's usage to the sum of what its accepted attempts reported.
 quarter of the DAGs at priority N, so they preempt running attempts under the faults
 (a preempted attempt's result must never commit: the fencing invariants cover it).
 
-A seeded 30% of the DAGs are workflows: a spawner with a 3-replica vote and an approval gate
+A seeded 30% of the DAGs are workflows: a spawner with a 3-replica vote, a map and an approval gate
 its client approves or rejects (a call, the same call again, a fresh call), a saga whose third
 step fails after two compensable ones, a fan-out that reaches its max_cost budget. The checker
 holds them to: no spawned task lost or duplicated, votes fused from committed results only,

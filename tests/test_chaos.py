@@ -689,7 +689,7 @@ def test_jobs_are_seeded_valid_and_their_expected_outputs_follow_the_agents() ->
 
 CHAOS_AGENTS = {
     "sum", "sleep", "sleep_thread", "sleep_process", "fail", "fail_breaker", "echo",
-    "spawner", "slow_sum", "slow_sum_off", "spend", "undo_once",
+    "spawner", "slow_sum", "slow_sum_off", "spend", "undo_once", "item_sum",
 }  # fmt: skip
 
 
@@ -721,7 +721,7 @@ def test_workflow_jobs_are_valid_and_know_what_each_task_must_end_with() -> None
                 pb.SubmitRunRequest(tasks=[task_pb(t) for t in job.dag.tasks.values()])
             )
             validate(specs, CHAOS_AGENTS)
-            assert set(job.expected) <= set(job.dag.tasks)
+            assert {t.partition("[")[0] for t in job.expected} <= set(job.dag.tasks)  # map instances: ID[i]
     for job in _workflow_jobs("flow"):
         spec = job.dag.tasks["spawn"].input["tasks"]
         outs = job.workflow["spawn"]["outputs"]
@@ -732,6 +732,10 @@ def test_workflow_jobs_are_valid_and_know_what_each_task_must_end_with() -> None
         assert (vote.replicas, vote.fusion) == (3, "vote")
         assert sorted(vote.agents) == ["slow_sum", "slow_sum", "slow_sum_off"]
         assert job.workflow["vote"]["answer"] == vote.input["value"] + job.expected["w0"]
+        each, items = job.dag.tasks["each"], job.dag.tasks["items"].input
+        assert (each.map, each.max_parallel, each.agent) == ("items", 2, "item_sum") and 2 <= len(items) <= 4
+        assert job.expected["each"] == [each.input["value"] + it for it in items]
+        assert [job.expected[f"each[{i}]"] for i in range(len(items))] == job.expected["each"]
         gate, reject = job.dag.tasks["gate"], job.workflow["approval"]["reject"]
         assert gate.approval is not None and gate.approval["on_timeout"] == "reject"
         assert job.expect_status == ("FAILED" if reject else "SUCCEEDED")

@@ -18,6 +18,7 @@ so the checker knows every output:
   ``{"attempt", "spawned"}``;
 - ``slow_sum`` is ``sum`` after ``input["seconds"]`` (replicas in flight when faults land);
   ``slow_sum_off`` answers one more, the dissenting replica of a vote;
+- ``item_sum`` (a map instance) outputs ``input["value"]`` plus its item;
 - ``spend`` sleeps ``input["seconds"]``, reports ``input["usage"]`` and outputs ``input["value"]``;
 - ``undo_once`` is the compensating agent: it records the compensation under
   ``chaos/comp/<run>/<task>`` with a fenced create-if-absent, so the side effect is applied
@@ -114,6 +115,14 @@ async def slow_sum(ctx: TaskContext) -> Any:
 @raftmesh.agent("slow_sum_off")
 async def slow_sum_off(ctx: TaskContext) -> Any:
     return await _slow_sum(ctx, 1)
+
+
+@raftmesh.agent("item_sum")
+async def item_sum(ctx: TaskContext) -> Any:
+    inp = ctx.input
+    if not isinstance(inp, dict) or not isinstance(inp.get("value"), int) or not isinstance(ctx.item, int):
+        raise AgentInputError('input must be a map like {"value": 3}, mapped over a list of integers')
+    return inp["value"] + ctx.item
 
 
 @raftmesh.agent("spend")

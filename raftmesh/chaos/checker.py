@@ -402,6 +402,8 @@ def _check_workflow(op: Operation, run: RunRecord, inv: dict[str, Invariant], ou
             inv[{"spawn": SPAWN, "vote": VOTE, "saga": COMPENSATION, "budget": BUDGET}[name]].add(
                 f"{where}: {'; '.join(problems)}"
             )
+    if "map" in wf and run.status == "SUCCEEDED":  # its instances are in op.expected (BAD_OUTPUT)
+        out.count("map instances checked", wf["map"]["items"])
     if "approval" in wf and (problems := _check_approval(op, run, out)):
         inv[APPROVAL].add(f"{where}: {'; '.join(problems)}")
 

@@ -196,7 +196,8 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
 
     - ``flow``: ``w0`` -> ``spawn`` (a ``spawner`` that spawns 2-4 ``sum`` tasks with wait=True)
       -> ``after``; ``w0`` -> ``vote`` (3 replicas, fusion vote, one of them the dissenting
-      ``slow_sum_off``); ``w0`` -> ``gate`` (an approval gate the client decides: approved it
+      ``slow_sum_off``); ``w0`` -> ``items`` (a list) -> ``each`` (a map of ``item_sum`` over
+      it, 2 at a time: each instance's output is in ``expected``); ``w0`` -> ``gate`` (an approval gate the client decides: approved it
       SUCCEEDS, rejected, a seeded ``APPROVAL_REJECT_SHARE``, the run FAILS); all -> ``end``.
     - ``saga``: ``s1`` -> ``s2`` (each compensated by ``undo_once``) -> ``s3`` (fails for good):
       ends COMPENSATED, ``s2`` undone before ``s1``.
@@ -247,19 +248,27 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
             fusion="vote",
             agents=agents,
         )
+        items = [rng.randint(0, SUM_VALUE_MAX) for _ in range(rng.randint(2, 4))]
+        dag.task("items", "echo", input=items, deps=["w0"])
+        vm = rng.randint(0, SUM_VALUE_MAX)
+        dag.task("each", "item_sum", input={"value": vm}, map="items", max_parallel=2)
+        expected["items"] = items
+        expected["each"] = [vm + it for it in items]
+        expected.update({f"each[{i}]": vm + it for i, it in enumerate(items)})
         vg = rng.randint(0, SUM_VALUE_MAX)
         reject = rng.random() < APPROVAL_REJECT_SHARE
         approval = {"prompt": f"chaos {key}", "timeout_ms": APPROVAL_TIMEOUT_MS, "on_timeout": "reject"}
         dag.task("gate", "sum", input={"value": vg}, deps=["w0"], approval=approval)
         ve = rng.randint(0, SUM_VALUE_MAX)
-        # The fused output is a map: ``end`` adds only after's and gate's numbers.
-        dag.task("end", "sum", input={"value": ve}, deps=["after", "vote", "gate"])
+        # The fused output is a map and the map's a list: ``end`` adds only after's and gate's numbers.
+        dag.task("end", "sum", input={"value": ve}, deps=["after", "vote", "gate", "each"])
         if not reject:
             expected["gate"] = vg + v0
             expected["end"] = ve + va + vg + v0
         wf["spawn"] = {"task": "spawn", "outputs": outputs}
         wf["vote"] = {"task": "vote", "answer": vv + v0, "agents": agents}
         wf["approval"] = {"task": "gate", "reject": reject}
+        wf["map"] = {"task": "each", "items": len(items)}
         shape = "workflow:flow" + ("+rejected" if reject else "")
         status = "FAILED" if reject else "SUCCEEDED"
         return Job(key, shape, dag, expected, usage, expect_status=status, workflow=wf)
