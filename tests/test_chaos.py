@@ -917,14 +917,20 @@ def test_each_compensation_must_be_applied_once_in_reverse_order() -> None:
 def test_a_budget_is_overspent_at_most_by_the_attempts_in_flight() -> None:
     job = _workflow_jobs("budget")[0]
     w, u = job.workflow["budget"], job.usage
-    # src, then the fan in order until the cost reaches max_cost: the report that reached it ends it.
-    tasks, cost = {"src": TaskRecord("SUCCEEDED", 0, 1, usage=u["src"])}, u["src"][2]
-    for tid in sorted(t for t in u if t.startswith("f")):
+    # src, then the fan one report at a time (finished at 10, 11, ...) until the cost reaches
+    # max_cost: the report that reached it ends it; the fan's last task reports in that same
+    # command (it was running: charged too).
+    tasks, cost = {"src": TaskRecord("SUCCEEDED", 0, 1, finished_ms=1, usage=u["src"])}, u["src"][2]
+    fan = sorted(t for t in u if t.startswith("f"))
+    at = 10
+    for tid in fan[:-1]:
         if cost >= w["max_cost"]:
             tasks[tid] = TaskRecord("CANCELLED", None)
             continue
-        tasks[tid] = TaskRecord("SUCCEEDED", 0, 1, usage=u[tid])
+        at += 1
+        tasks[tid] = TaskRecord("SUCCEEDED", 0, 1, finished_ms=at, usage=u[tid])
         cost += u[tid][2]
+    tasks[fan[-1]] = TaskRecord("SUCCEEDED", 0, 1, finished_ms=at, usage=u[fan[-1]])
     total = tuple(sum(t.usage[i] for t in tasks.values()) for i in range(3))
     good = RunRecord(
         f"r-{job.key}", job.key, "FAILED", "BUDGET_EXCEEDED: ...", tasks, total, "BUDGET_EXCEEDED"
@@ -932,12 +938,15 @@ def test_a_budget_is_overspent_at_most_by_the_attempts_in_flight() -> None:
     result = check([_wf_op(job)], [good])
     assert result.ok, {n: i.examples for n, i in result.invariants.items() if i.count}
     assert result.outcomes.workflows["budgets reached"] == 1
-    # Every fan report debited after the limit was reached, and the sink started.
-    late = {t: TaskRecord("SUCCEEDED", 0, 1, usage=v) for t, v in u.items()}
+    # Every fan report debited, each in a command of its own after the limit was reached, and
+    # the sink started.
+    late = {t: TaskRecord("SUCCEEDED", 0, 1, finished_ms=i, usage=v) for i, (t, v) in enumerate(u.items())}
     total = tuple(sum(t.usage[i] for t in late.values()) for i in range(3))
     over = RunRecord(good.run_id, job.key, "FAILED", "x", late, total, "BUDGET_EXCEEDED")  # type: ignore[arg-type]
     inv = check([_wf_op(job)], [over]).invariants[BUDGET]
-    assert inv.count == 1 and "sink ran after" in inv.examples[0]
+    assert (
+        inv.count == 1 and "sink ran after" in inv.examples[0] and "reports debited after" in inv.examples[0]
+    )
     succeeded = replace(good, status="SUCCEEDED", reason="")
     assert check([_wf_op(job)], [succeeded]).invariants[BUDGET].count == 1
 

@@ -602,8 +602,8 @@ def _check_saga(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:
 
 
 def _check_budget(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]:
-    """Reached (its fan always reaches it), stopped by the report that reached it, and overspent by
-    at most what could be in flight at once; nothing started after it."""
+    """Reached (its fan always reaches it), stopped by the command that reached it, and overspent
+    by at most what could be in flight at once; nothing started after it."""
     max_cost, cost = w["max_cost"], run.usage[2]
     if run.status != "FAILED" or run.reason != "BUDGET_EXCEEDED":
         return [f"ended {run.status} (reason {run.reason!r}), expected FAILED BUDGET_EXCEEDED at cost {cost}"]
@@ -615,9 +615,19 @@ def _check_budget(w: dict[str, Any], run: RunRecord, out: Outcomes) -> list[str]
         problems.append(f"stopped at cost {cost} below max_cost {max_cost}")
     if over > w["bound"]:
         problems.append(f"cost {cost} overspends max_cost {max_cost} by more than the fan's {w['bound']}")
-    reports = [t.usage[2] for t in run.tasks.values() if t.usage[2] > 0]
-    if reports and not any(cost - c < max_cost for c in reports):
-        problems.append(f"cost {cost}: a report after the one that reached max_cost {max_cost} was debited")
+    # The command whose reports reached the limit charges every report it carries (each attempt
+    # was running when the limit was reached: its work is done); a later command charges none.
+    # One command's items end at one state time, so "later" is a later finished_ms.
+    reports = sorted((t.finished_ms, t.usage[2], tid) for tid, t in run.tasks.items() if t.usage[2] > 0)
+    total, reached_ms = 0.0, None
+    for at, c, _ in reports:
+        total += c
+        if total >= max_cost:
+            reached_ms = at
+            break
+    late = [f"{tid} at {at}" for at, _, tid in reports if reached_ms is not None and at > reached_ms]
+    if late:
+        problems.append(f"reports debited after max_cost {max_cost} was reached at {reached_ms}: {late}")
     never = run.tasks.get(w["never"])
     if never is not None and never.status == "SUCCEEDED":
         problems.append(f"{w['never']} ran after the budget was reached")

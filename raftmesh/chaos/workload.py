@@ -20,9 +20,10 @@ reports a usage derived from its value, so the checker can compare the sums.
 
 Workflows: a seeded ``WORKFLOW_SHARE`` of jobs (drawn from an RNG of their own; the client's
 RNG still draws the plain job it replaces, so a seed's other jobs are unchanged) are one of
-``make_workflow_job``'s shapes: a run that spawns a sub-DAG and votes among 3 replicas, a
-saga whose third step fails for good after two compensable ones, or a run whose fan-out
-reaches its ``max_cost`` budget. Their agents are in ``raftmesh.chaos.agents``.
+``make_workflow_job``'s shapes: a run that spawns a sub-DAG, votes among 3 replicas, maps
+over a list and waits for an approval its client gives (or refuses), a saga whose third step
+fails for good after two compensable ones, or a run whose fan-out reaches its ``max_cost``
+budget. Their agents are in ``raftmesh.chaos.agents``.
 """
 
 from __future__ import annotations
@@ -197,8 +198,9 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
     - ``flow``: ``w0`` -> ``spawn`` (a ``spawner`` that spawns 2-4 ``sum`` tasks with wait=True)
       -> ``after``; ``w0`` -> ``vote`` (3 replicas, fusion vote, one of them the dissenting
       ``slow_sum_off``); ``w0`` -> ``items`` (a list) -> ``each`` (a map of ``item_sum`` over
-      it, 2 at a time: each instance's output is in ``expected``); ``w0`` -> ``gate`` (an approval gate the client decides: approved it
-      SUCCEEDS, rejected, a seeded ``APPROVAL_REJECT_SHARE``, the run FAILS); all -> ``end``.
+      it, 2 at a time: each instance's output is in ``expected``); ``w0`` -> ``gate`` (an
+      approval gate the client decides: approved it SUCCEEDS, rejected, a seeded
+      ``APPROVAL_REJECT_SHARE``, the run FAILS); all -> ``end``.
     - ``saga``: ``s1`` -> ``s2`` (each compensated by ``undo_once``) -> ``s3`` (fails for good):
       ends COMPENSATED, ``s2`` undone before ``s1``.
     - ``budget``: ``src`` -> 3-5 ``spend`` tasks in parallel -> ``sink``, with a ``max_cost``
@@ -300,7 +302,7 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
     dag.budget = {"max_cost": max_cost}
     wf["budget"] = {
         "max_cost": max_cost,
-        # What can be in flight at once: the fan (src and sink run alone, and cost less).
+        # What can be in flight at once: the fan, or src or sink alone.
         "bound": max(COST_UNIT * sum(fan_units), usage["src"][2], usage["sink"][2]),
         "never": "sink",
     }
