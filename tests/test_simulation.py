@@ -805,7 +805,7 @@ class Checker:
     def map_task(self, run: RunState, t: TaskState) -> None:
         """A map waits for exactly its unfinished instances, at most max_parallel of them live,
         and succeeds with their outputs in order, one instance per item of its source's list."""
-        kids = [run.tasks[c] for c in t.children]
+        kids = [run.tasks[c] for c in t.children if run.tasks[c].origin == "map"]
         assert [k.index for k in kids] == list(range(len(kids)))
         assert all(k.parent == t.spec.id and k.origin == "map" for k in kids)
         if t.status is TaskStatus.WAITING_CHILDREN:
