@@ -75,8 +75,9 @@ FIRST_APPLIED_INDEX = 2
 START_TIMEOUT_S = 60.0
 CONVERGE_TIMEOUT_S = 60.0
 LIST_PAGE = 1000
-UNFINISHED_STATUSES = ("RUNNING", "COMPENSATING", "PAUSED")
-"""Run statuses the drain waits out (a PAUSED run waits for its client's resume)."""
+UNFINISHED_STATUSES = ("RUNNING", "COMPENSATING")
+"""Run statuses the drain waits out (a PAUSED run would wait for a resume: no workload pauses one,
+and one left PAUSED is reported unfinished)."""
 PREEMPT_SLOTS = 2
 """Slots per node with ``--preempt-priority``: few enough that urgent runs find every slot busy."""
 
