@@ -364,6 +364,11 @@ class Client:
             request_id=request_id or uuid.uuid4().hex,
         )
         resp: pb.ApproveTaskResponse = self._call("ApproveTask", req)
+        if resp.gate != req.gate:  # a node answering for another gate (a reused request id)
+            raise InvalidArgument(
+                f"request id {req.request_id!r} was answered for gate {resp.gate}, not gate {req.gate} "
+                f"of task {task_id!r}; use a new request id for each operation"
+            )
         return DecisionInfo(
             run_id,
             task_id,
