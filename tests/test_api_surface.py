@@ -145,3 +145,11 @@ def test_the_host_reports_a_spawn_it_cannot_convert_instead_of_losing_the_attemp
         assert "replicas must be between 0 and" in p.error and p.attempt == 1
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("argv", [["pause", "R"], ["resume", "R"], ["rerun", "R", "T"]])
+def test_every_control_write_takes_a_request_id(argv: list[str]) -> None:
+    from raftmesh.cli.main import build_parser
+
+    assert build_parser().parse_args([*argv, "--request-id", "fixed-1"]).request_id == "fixed-1"
+    assert build_parser().parse_args(argv).request_id is None

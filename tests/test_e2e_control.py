@@ -78,11 +78,19 @@ def test_parallel_approvals_resolved_independently_from_the_cli(cluster3: LocalC
     assert cli("pause", "no-such-run", "--json", addresses=addrs).returncode == 3
     refused = cli("pause", run_id, "--json", addresses=addrs)  # the run has failed
     assert refused.returncode == 5 and "only a RUNNING run can be paused" in refused.stderr
-    rerun = cli("rerun", run_id, "y", "--json", addresses=addrs)
+    rerun_rid = uuid.uuid4().hex
+    rerun = cli("rerun", run_id, "y", "--request-id", rerun_rid, "--json", addresses=addrs)
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["reopened"] and json.loads(rerun.stdout)["status"] == "WAITING_APPROVAL"
+    # repeated with its request id: the first answer, not a second rerun
+    rerun_again = cli("rerun", run_id, "y", "--request-id", rerun_rid, "--json", addresses=addrs)
+    assert rerun_again.returncode == 0 and json.loads(rerun_again.stdout) == json.loads(rerun.stdout)
     gates = wait_until(lambda: open_gates(), 30, "y's new gate")
     assert [g["task_id"] for g in gates] == ["y"] and gates[0]["gate"] > gy["id"]
+    # the request id of the decision of y's first gate does not decide its new one
+    reused = cli(*args, "--request-id", rid, addresses=addrs)
+    assert reused.returncode == 2 and f"request id {rid!r} was already used for" in reused.stderr
+    assert [g["task_id"] for g in open_gates()] == ["y"]
     cluster3.wait_converged()
 
 
