@@ -24,7 +24,13 @@ def test_parallel_approvals_resolved_independently_from_the_cli(cluster3: LocalC
     dag = DAG("gated")
     a = dag.task("a", "echo", input="go")
     x = dag.task("x", "echo", input="x", deps=[a], approval={"prompt": "Ship x?"})
-    dag.task("y", "echo", input="y", deps=[a], approval={"prompt": "Ship y?", "on_timeout": "reject"})
+    dag.task(
+        "y",
+        "echo",
+        input="y",
+        deps=[a],
+        approval={"prompt": "Ship y?\nIt touches prod.", "on_timeout": "reject"},
+    )
     dag.task("after_x", "echo", deps=[x])
     run_id = client.submit(dag)
 
@@ -35,7 +41,10 @@ def test_parallel_approvals_resolved_independently_from_the_cli(cluster3: LocalC
         return gates
 
     gates = wait_until(lambda: (g := open_gates()) and len(g) == 2 and g, 30, "both gates open")
-    assert {g["task_id"]: g["prompt"] for g in gates} == {"x": "Ship x?", "y": "Ship y?"}
+    assert {g["task_id"]: g["prompt"] for g in gates} == {"x": "Ship x?", "y": "Ship y?\nIt touches prod."}
+    listing = cli("approvals", "--run", run_id, addresses=addrs)
+    assert listing.returncode == 0 and listing.stdout.count("\n") == 2  # one line a gate
+    assert "Ship y?\\nIt touches prod." in listing.stdout
     everywhere = json.loads(cli("approvals", "--json", addresses=addrs).stdout)["approvals"]
     assert {(g["run_id"], g["task_id"]) for g in everywhere} >= {(run_id, "x"), (run_id, "y")}
 

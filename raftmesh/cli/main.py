@@ -263,6 +263,11 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line of a listing: a newline in it shows as ``\\n`` (and a backslash doubles)."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def cmd_approvals(args: argparse.Namespace) -> int:
     with _client(args) as c:
         gates = c.approvals(run_id=args.run, limit=args.limit)
@@ -270,7 +275,7 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         _print_json({"approvals": [g.to_json() for g in gates]})
     else:
         for g in gates:
-            print(f"{g.run_id}  {g.task_id:<24} gate={g.gate} {g.prompt}")
+            print(f"{g.run_id}  {g.task_id:<24} gate={g.gate} {_one_line(g.prompt)}")
     return EXIT_OK
 
 
