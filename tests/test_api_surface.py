@@ -42,7 +42,7 @@ WRONG_TYPE: list[tuple[dict[str, Any], str]] = [
     ({"map": False}, "map must be the id of an upstream task"),
     ({"trigger": {"x": 1}}, "trigger must be a string"),
     ({"retries": 1.5}, "retries must be a whole number"),
-    ({"deps": [1]}, "deps must be a list"),
+    ({"deps": [True]}, "deps must be a list"),
 ]
 
 
@@ -67,6 +67,15 @@ def test_ctx_spawn_refuses_an_out_of_range_key_at_the_call(keys: dict[str, Any],
 def test_task_pb_names_the_task_and_key_of_a_value_the_wire_cannot_carry() -> None:
     with pytest.raises(InvalidArgument, match="task 'a': replicas does not fit the wire format"):
         task_pb(Task("a", "echo", replicas=-1))
+
+
+def test_numeric_ids_read_as_their_digits_in_deps_and_map_too() -> None:
+    dag = DAG.from_dict(
+        {"tasks": [{"id": 1, "agent": "echo"}, {"id": 2, "agent": "echo", "deps": [1], "map": 1}]}
+    )
+    assert dag.tasks["2"].deps == ("1",) and dag.tasks["2"].map == "1"
+    with pytest.raises(InvalidArgument, match="deps must be a list"):
+        DAG.from_dict({"tasks": [{"id": "a", "agent": "echo", "deps": [["b"]]}]})
 
 
 def test_the_run_priority_must_fit_too() -> None:

@@ -379,7 +379,7 @@ class DAG:
                     str(t["id"]),
                     str(t["agent"]),
                     t.get("input"),
-                    deps,
+                    [_id(d) for d in deps],
                     t.get("retries"),  # absent (or null): the agent type's default
                     _or(t.get("priority"), 0),
                     t.get("timeout_ms"),
@@ -391,7 +391,7 @@ class DAG:
                     approval=t.get("approval"),
                     when=t.get("when"),
                     trigger=_or(t.get("trigger"), ""),
-                    map=t.get("map"),
+                    map=_id(t.get("map")),
                     max_parallel=_or(t.get("max_parallel"), 0),
                 )
             except (TypeError, ValueError) as exc:
@@ -418,6 +418,12 @@ class DAG:
                 f"{path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}"
             ) from exc
         return cls.from_dict(data, source=path)
+
+
+def _id(value: Any) -> Any:
+    """A task id in a spec file: a number is read as its digits (as ``id: 1`` is); anything
+    else but a string is left for the checks to refuse (``map: [a]`` is not ``"['a']"``)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _or(value: Any, default: Any) -> Any:
