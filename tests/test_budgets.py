@@ -23,6 +23,9 @@ from raftmesh.consensus import (
 from raftmesh.consensus.commands import Budget, Compensation, Failure, RetryTask, TaskSpec, Usage
 from raftmesh.consensus.context import ApplyContext
 from raftmesh.consensus.state import ClusterState
+from raftmesh.errors import InvalidArgument
+from raftmesh.node import convert
+from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
 from tests.test_machine import Cluster, check_indexes, spec, status
 
 
@@ -211,3 +214,16 @@ def test_stale_budget_deadlines_are_compacted(c: Cluster) -> None:
     # Uncompacted it would hold 41 + 146 entries, none of them at the top yet.
     assert len(c.st.budget_deadlines) <= 2 * len(c.st.runs) + 64
     assert c.st.next_budget_deadline_ms() == c.st.runs["live"].budget_deadline_ms()
+
+
+def test_max_tasks_at_submit_counts_replicas_and_judges(c: Cluster) -> None:
+    """A run whose fixed children alone break max_tasks could never succeed: refused at once."""
+    replicated = [spec("v", replicas=3, fusion="vote"), spec("b", replicas=2, fusion="best", judge="echo")]
+    res = c.unchanged(submit(c, "r", replicated, Budget(max_tasks=7)), Code.INVALID_ARGUMENT)
+    assert "max_tasks is 7 but the run has 8 tasks (replicas and judges included)" in res.message
+    c.ok(submit(c, "r", replicated, Budget(max_tasks=8)))
+    req = pb.SubmitRunRequest(
+        tasks=[pb.TaskSpec(id="v", agent="echo", replicas=3, fusion="vote")], budget=pb.Budget(max_tasks=3)
+    )
+    with pytest.raises(InvalidArgument, match="max_tasks is 3 but the run has 4 tasks"):
+        convert.budget_from_pb(req)

@@ -97,6 +97,17 @@ def test_validate_rejects_bad_when_and_trigger_at_submit() -> None:
         validate([spec("a", trigger="all_done")], {"echo"})
 
 
+def test_a_when_is_bounded_in_bytes() -> None:
+    def big(n: int) -> dict[str, Any]:
+        return {"path": "a.k", "op": "in", "value": ["x" * 1000] * n}
+
+    validate([spec("a"), spec("b", "a", when=big(60))], {"echo"})
+    with pytest.raises(
+        DagError, match=f"when is .* bytes encoded; the limit is {limits.MAX_CONDITION_BYTES}"
+    ):
+        validate([spec("a"), spec("b", "a", when=big(400))], {"echo"})
+
+
 # ---- in the state machine --------------------------------------------------------
 
 

@@ -24,7 +24,13 @@ def test_parallel_approvals_resolved_independently_from_the_cli(cluster3: LocalC
     dag = DAG("gated")
     a = dag.task("a", "echo", input="go")
     x = dag.task("x", "echo", input="x", deps=[a], approval={"prompt": "Ship x?"})
-    dag.task("y", "echo", input="y", deps=[a], approval={"prompt": "Ship y?", "on_timeout": "reject"})
+    dag.task(
+        "y",
+        "echo",
+        input="y",
+        deps=[a],
+        approval={"prompt": "Ship y?\nIt touches prod.", "on_timeout": "reject"},
+    )
     dag.task("after_x", "echo", deps=[x])
     run_id = client.submit(dag)
 
@@ -35,7 +41,10 @@ def test_parallel_approvals_resolved_independently_from_the_cli(cluster3: LocalC
         return gates
 
     gates = wait_until(lambda: (g := open_gates()) and len(g) == 2 and g, 30, "both gates open")
-    assert {g["task_id"]: g["prompt"] for g in gates} == {"x": "Ship x?", "y": "Ship y?"}
+    assert {g["task_id"]: g["prompt"] for g in gates} == {"x": "Ship x?", "y": "Ship y?\nIt touches prod."}
+    listing = cli("approvals", "--run", run_id, addresses=addrs)
+    assert listing.returncode == 0 and listing.stdout.count("\n") == 2  # one line a gate
+    assert "Ship y?\\nIt touches prod." in listing.stdout
     everywhere = json.loads(cli("approvals", "--json", addresses=addrs).stdout)["approvals"]
     assert {(g["run_id"], g["task_id"]) for g in everywhere} >= {(run_id, "x"), (run_id, "y")}
 
@@ -78,11 +87,19 @@ def test_parallel_approvals_resolved_independently_from_the_cli(cluster3: LocalC
     assert cli("pause", "no-such-run", "--json", addresses=addrs).returncode == 3
     refused = cli("pause", run_id, "--json", addresses=addrs)  # the run has failed
     assert refused.returncode == 5 and "only a RUNNING run can be paused" in refused.stderr
-    rerun = cli("rerun", run_id, "y", "--json", addresses=addrs)
+    rerun_rid = uuid.uuid4().hex
+    rerun = cli("rerun", run_id, "y", "--request-id", rerun_rid, "--json", addresses=addrs)
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["reopened"] and json.loads(rerun.stdout)["status"] == "WAITING_APPROVAL"
+    # repeated with its request id: the first answer, not a second rerun
+    rerun_again = cli("rerun", run_id, "y", "--request-id", rerun_rid, "--json", addresses=addrs)
+    assert rerun_again.returncode == 0 and json.loads(rerun_again.stdout) == json.loads(rerun.stdout)
     gates = wait_until(lambda: open_gates(), 30, "y's new gate")
     assert [g["task_id"] for g in gates] == ["y"] and gates[0]["gate"] > gy["id"]
+    # the request id of the decision of y's first gate does not decide its new one
+    reused = cli(*args, "--request-id", rid, addresses=addrs)
+    assert reused.returncode == 2 and f"request id {rid!r} was already used for" in reused.stderr
+    assert [g["task_id"] for g in open_gates()] == ["y"]
     cluster3.wait_converged()
 
 

@@ -11,6 +11,7 @@ from raftmesh.consensus.commands import Budget, Complete, Completion, TaskSpec
 from raftmesh.consensus.dag import DagError, validate
 from raftmesh.consensus.placement import plan_assignments
 from tests.test_machine import Cluster, check_indexes, spec, status
+from tests.test_spawn import spawning
 
 
 @pytest.fixture
@@ -62,7 +63,9 @@ def out(c: Cluster, run: str, task_id: str = "q") -> Any:
         ({"replicas": 3, "fusion": "first", "quorum": 2}, "quorum must be 1 or unset"),
         ({"replicas": 2, "fusion": "weighted", "weights": (1.0,)}, "one per replica"),
         ({"replicas": 2, "fusion": "weighted", "weights": (1.0, float("nan"))}, "finite numbers >= 0"),
-        ({"replicas": 2, "fusion": "weighted", "weights": (0.0, 0.0)}, "at least one of them > 0"),
+        ({"replicas": 2, "fusion": "weighted", "weights": (0.0, 0.0)}, r"fewer than the quorum \(2\)"),
+        ({"replicas": 3, "fusion": "weighted", "weights": (1.0, 0.0, 0.0)}, "weights give 1 replica"),
+        ({"replicas": 3, "fusion": "weighted", "weights": (1, 0, 1), "quorum": 3}, r"quorum \(3\)"),
         ({"replicas": 2, "fusion": "weighted", "weights": (-1.0, 2.0)}, "finite numbers >= 0"),
         ({"replicas": 2, "fusion": "vote", "weights": (1.0, 1.0)}, "weights apply to fusion weighted"),
         ({"replicas": 2, "fusion": "vote", "agents": ("echo", "nope")}, "unknown agent type"),
@@ -101,12 +104,18 @@ def test_replicas_start_as_children_with_the_parent_waiting(c: Cluster) -> None:
 
 
 def test_replicas_count_against_the_budget(c: Cluster) -> None:
-    c.ok(
+    # at submit: the replicas are sure to come, so a max_tasks below them is refused at once
+    res = c.unchanged(
         SubmitRun(
             c.rid(), c.ts, "r", "", (spec("a"), rep("q", 3, "vote", "a")), 0, "r", "t", Budget(max_tasks=4)
-        )
+        ),
+        Code.INVALID_ARGUMENT,
     )
-    c.run_task("r", "a")
+    assert "max_tasks is 4 but the run has 5 tasks" in res.message
+    # spawned: the spawn itself fits, its replicas do not
+    c.ok(SubmitRun(c.rid(), c.ts, "r", "", (spec("a"),), 0, "r", "t", Budget(max_tasks=3)))
+    c.ok(c.assign(("r", "a", "n1")))
+    c.ok(spawning(c, "r", "a", [rep("q", 3, "vote")]))
     run = c.st.runs["r"]
     assert run.status is RunStatus.FAILED and run.reason == "BUDGET_EXCEEDED"
     assert "would add 3" in run.error and "q#0" not in run.tasks

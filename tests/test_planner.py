@@ -147,6 +147,8 @@ def test_a_valid_plan_is_spawned_and_apply_takes_it(c: Cluster, fake: FakeLLM) -
         ([{"id": "x", "agent": "echo", "deps": ["nowhere"]}], "depends on 'nowhere'"),
         ("I would first fetch the data, then sum it.", "no JSON"),
         ({"steps": []}, 'JSON list of tasks, or {"tasks": [...]}'),
+        ([{"id": "x", "agent": "echo", "retries": -1}], "retries must be between 0 and"),
+        ([{"id": "x", "agent": "echo", "max_parallel": 2**40}], "max_parallel must be between 0 and"),
     ],
 )
 def test_an_invalid_plan_is_repaired_once(c: Cluster, fake: FakeLLM, bad: Any, error: str) -> None:

@@ -388,6 +388,10 @@ class AgentHost:
                     _Report(a, False, error=str(exc)[: limits.MAX_ERROR_CHARS], retryable=False)
                 )
                 return
+            except Exception as exc:  # never leave the attempt unreported (it would stay RUNNING)
+                error = f"ctx.spawn: the spawned tasks could not be converted: {type(exc).__name__}: {exc}"
+                await self._report(_Report(a, False, error=error[: limits.MAX_ERROR_CHARS], retryable=False))
+                return
         await self._report(
             _Report(a, True, output=output, spawn=spawn, spawn_wait=ctx.spawns.wait is not False)
         )

@@ -142,6 +142,8 @@ def task_specs(
         specs = convert.with_defaults(req, convert.task_specs_from_pb(req), defaults)
     except InvalidArgument as exc:
         raise SpawnError(str(exc)) from None
+    except (ValueError, TypeError) as exc:  # a value the checks above let through: still the fragment's fault
+        raise SpawnError(f"ctx.spawn: {exc}") from None
     for t in specs:  # a secret in an input would be replicated to every log and snapshot
         why = input_secret_error(t.agent, t.input)
         if why:

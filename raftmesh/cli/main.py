@@ -263,6 +263,11 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line of a listing: a newline in it shows as ``\\n`` (and a backslash doubles)."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def cmd_approvals(args: argparse.Namespace) -> int:
     with _client(args) as c:
         gates = c.approvals(run_id=args.run, limit=args.limit)
@@ -270,14 +275,14 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         _print_json({"approvals": [g.to_json() for g in gates]})
     else:
         for g in gates:
-            print(f"{g.run_id}  {g.task_id:<24} gate={g.gate} {g.prompt}")
+            print(f"{g.run_id}  {g.task_id:<24} gate={g.gate} {_one_line(g.prompt)}")
     return EXIT_OK
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
     """Exit 0 when paused (or already); 3 unknown run; 5 a finished or compensating run."""
     with _client(args) as c:
-        r = c.pause(args.run_id, cancel_running=args.cancel_running)
+        r = c.pause(args.run_id, cancel_running=args.cancel_running, request_id=args.request_id)
     if args.json:
         _print_json(r.to_json())
     else:
@@ -289,7 +294,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     """Exit 0 when resumed (or not paused); 3 unknown run; 5 a finished run."""
     with _client(args) as c:
-        r = c.resume(args.run_id)
+        r = c.resume(args.run_id, request_id=args.request_id)
     if args.json:
         _print_json(r.to_json())
     else:
@@ -300,7 +305,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_rerun(args: argparse.Namespace) -> int:
     """Exit 0 when rerun; 3 unknown run/task; 5 a task that has not ended, or a compensated run."""
     with _client(args) as c:
-        r = c.rerun(args.run_id, args.task_id)
+        r = c.rerun(args.run_id, args.task_id, request_id=args.request_id)
     if args.json:
         _print_json(r.to_json())
     else:
@@ -444,6 +449,14 @@ def cmd_node(args: argparse.Namespace) -> int:
     from ..node.main import run_node
 
     return run_node(args)
+
+
+def _request_id_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--request-id",
+        default=None,
+        help="repeat a call with the same id to have it applied once (default: new)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -671,11 +684,13 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument(
         "--cancel-running", action="store_true", help="stop running attempts too (requeued, no retry used)"
     )
+    _request_id_flag(pa)
     pa.add_argument("--json", action="store_true")
     pa.set_defaults(func=cmd_pause)
 
     rs = sub.add_parser("resume", help="resume a paused run")
     rs.add_argument("run_id")
+    _request_id_flag(rs)
     rs.add_argument("--json", action="store_true")
     rs.set_defaults(func=cmd_resume)
 
@@ -684,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rr.add_argument("run_id")
     rr.add_argument("task_id")
+    _request_id_flag(rr)
     rr.add_argument("--json", action="store_true")
     rr.set_defaults(func=cmd_rerun)
 

@@ -7,6 +7,7 @@ on the next node with exponential backoff and jitter until ``retry_deadline_s``.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import random
@@ -47,7 +48,29 @@ STREAM_SILENCE_S = 5.0
 
 
 def task_pb(t: Task) -> pb.TaskSpec:
-    """A task as the wire carries it (a submit's tasks, and what ``ctx.spawn`` adds to a run)."""
+    """A task as the wire carries it (a submit's tasks, and what ``ctx.spawn`` adds to a run).
+
+    InvalidArgument naming the task and the key if a value does not fit its wire type (the
+    builder checks them; this keeps a Task made by hand from escaping as a bare ValueError).
+    """
+    try:
+        return _task_pb(t)
+    except (ValueError, TypeError) as exc:
+        key = next((k for k, v in vars(t).items() if not _fits(k, v)), "")
+        named = f"{key} " if key else ""
+        raise InvalidArgument(f"task {t.id!r}: {named}does not fit the wire format: {exc}") from None
+
+
+def _fits(key: str, value: Any) -> bool:
+    """Whether one Task field converts alone (only to name the culprit of a failed conversion)."""
+    try:
+        _task_pb(dataclasses.replace(Task("x", "x"), **{key: value}))
+    except (ValueError, TypeError, KeyError):
+        return False
+    return True
+
+
+def _task_pb(t: Task) -> pb.TaskSpec:
     return pb.TaskSpec(
         id=t.id,
         agent=t.agent,
@@ -341,6 +364,11 @@ class Client:
             request_id=request_id or uuid.uuid4().hex,
         )
         resp: pb.ApproveTaskResponse = self._call("ApproveTask", req)
+        if resp.gate != req.gate:  # a node answering for another gate (a reused request id)
+            raise InvalidArgument(
+                f"request id {req.request_id!r} was answered for gate {resp.gate}, not gate {req.gate} "
+                f"of task {task_id!r}; use a new request id for each operation"
+            )
         return DecisionInfo(
             run_id,
             task_id,

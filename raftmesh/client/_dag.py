@@ -29,6 +29,27 @@ _TASK_KEYS = {
     "max_parallel",
 }
 _APPROVAL_KEYS = {"prompt", "timeout_ms", "on_timeout"}
+_RUN_KEYS = ("name", "priority", "budget", "tasks")
+
+UINT32 = (0, 2**32 - 1)
+UINT64 = (0, 2**64 - 1)
+INT32 = (-(2**31), 2**31 - 1)
+"""The wire types of a task's integer keys (cluster.proto): a value outside fails at submit."""
+
+
+def whole(who: str, key: str, value: Any, bounds: tuple[int, int]) -> int:
+    """``value`` if it is an integer within ``bounds``, else InvalidArgument naming ``who`` and ``key``.
+
+    Checked where a task is built, so submit, the CLI and ``ctx.spawn`` refuse it at the call
+    instead of the protobuf conversion raising a bare ValueError later.
+    """
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{who}: {key} must be a whole number, not {value!r}")
+    if not lo <= value <= hi:
+        floor = "0" if lo == 0 else str(lo)
+        raise InvalidArgument(f"{who}: {key} must be between {floor} and {hi}, not {value}")
+    return value
 
 
 def _approval(task_id: str, value: Any) -> dict[str, Any] | None:
@@ -44,7 +65,7 @@ def _approval(task_id: str, value: Any) -> dict[str, Any] | None:
     on_timeout = value.get("on_timeout", "reject")
     if not isinstance(prompt, str) or not isinstance(on_timeout, str):
         raise InvalidArgument(f"task {task_id!r}: approval prompt and on_timeout must be strings")
-    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 0:
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 0 <= timeout_ms <= UINT64[1]:
         raise InvalidArgument(
             f"task {task_id!r}: approval timeout_ms must be an integer >= 0 (0: wait for ever)"
         )
@@ -149,15 +170,18 @@ class Task:
                 "agents": list(self.agents),
                 "judge": self.judge,
             }
-            if self.replicas or self.fusion
+            # any one set: all go, so the cluster judges the combination (a quorum without
+            # replicas is refused at submit and by ctx.spawn alike, never dropped)
+            if any((self.replicas, self.fusion, self.quorum, self.weights, self.agents, self.judge))
             else {}
         )
         extra: dict[str, Any] = {"compensate": self.compensate} if self.compensate is not None else {}
         gated = {"approval": dict(self.approval)} if self.approval is not None else {}
-        flow: dict[str, Any] = {
+        # a falsy condition (False, {}, 0) is still a condition: only None means none
+        flow: dict[str, Any] = {"when": self.when} if self.when is not None else {}
+        flow |= {
             k: v
             for k, v in (
-                ("when", self.when),
                 ("trigger", self.trigger),
                 ("map", self.map),
                 ("max_parallel", self.max_parallel),
@@ -200,6 +224,9 @@ class DAG:
     """Run budget: any of ``max_tasks``, ``max_seconds``, ``max_cost``, ``max_tokens`` (0: no limit)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise InvalidArgument(f"the run's name must be a string, not {self.name!r}")
+        whole("the run", "priority", self.priority, INT32)
         self.budget = check_budget(self.budget)
 
     def task(
@@ -240,10 +267,29 @@ class DAG:
         output list the task maps over (added to ``deps`` if missing), ``max_parallel`` instances
         at once (0: no bound).
         """
+        if not isinstance(id, str) or not isinstance(agent, str):
+            raise InvalidArgument(f"task {id!r}: id and agent must be strings")
         if id in self.tasks:
             raise InvalidArgument(f"task id {id!r} is used twice; task ids must be unique in a run")
-        dep_ids = tuple(d.id if isinstance(d, Task) else str(d) for d in deps)
-        map_id = map.id if isinstance(map, Task) else str(map or "")
+        _check_keys(
+            f"task {id!r}",
+            deps=deps,
+            retries=retries,
+            priority=priority,
+            timeout_ms=timeout_ms,
+            retry_backoff_ms=retry_backoff_ms,
+            replicas=replicas,
+            fusion=fusion,
+            quorum=quorum,
+            weights=weights,
+            agents=agents,
+            judge=judge,
+            trigger=trigger,
+            map=map,
+            max_parallel=max_parallel,
+        )
+        dep_ids = tuple(d.id if isinstance(d, Task) else d for d in deps)
+        map_id = map.id if isinstance(map, Task) else (map or "")
         if map_id and map_id not in dep_ids:
             dep_ids += (map_id,)
         lock_items = tuple(
@@ -267,13 +313,13 @@ class DAG:
             replicas,
             fusion,
             quorum,
-            tuple(weights),
+            tuple(float(w) for w in weights),
             tuple(agents),
             judge,
             when=when,
-            trigger=str(trigger or ""),
+            trigger=trigger,
             map=map_id,
-            max_parallel=int(max_parallel),
+            max_parallel=max_parallel,
             compensate=check_compensate(compensate, id),
             approval=_approval(id, approval),
         )
@@ -292,9 +338,15 @@ class DAG:
     def from_dict(cls, data: Any, source: str = "the DAG") -> DAG:
         if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
             raise InvalidArgument(f"{source} must be a map with a list under 'tasks'")
+        unknown_keys = sorted(str(k) for k in set(data) - set(_RUN_KEYS))
+        if unknown_keys:  # e.g. max_cost beside tasks: a budget the run would silently not have
+            raise InvalidArgument(
+                f"{source} has unknown top-level key(s) {unknown_keys}; known: {list(_RUN_KEYS)} "
+                "(a budget's figures go under 'budget')"
+            )
         dag = cls(
-            name=str(data.get("name", "")),
-            priority=int(data.get("priority", 0)),
+            name=_or(data.get("name"), ""),
+            priority=_or(data.get("priority"), 0),
             budget=check_budget(data.get("budget"), f"{source}: budget"),
         )
         for i, t in enumerate(data["tasks"]):
@@ -327,21 +379,20 @@ class DAG:
                     str(t["id"]),
                     str(t["agent"]),
                     t.get("input"),
-                    [str(d) for d in deps],
-                    # absent (or null): the agent type's default
-                    None if t.get("retries") is None else int(t["retries"]),
-                    int(t.get("priority", 0)),
-                    None if t.get("timeout_ms") is None else int(t["timeout_ms"]),
-                    int(t.get("retry_backoff_ms", 0)),
+                    [_id(d) for d in deps],
+                    t.get("retries"),  # absent (or null): the agent type's default
+                    _or(t.get("priority"), 0),
+                    t.get("timeout_ms"),
+                    _or(t.get("retry_backoff_ms"), 0),
                     [lk if isinstance(lk, str) else (lk[0], lk[1]) for lk in locks],
                     requires,
                     **_replica_keys(t, source),
                     compensate=t.get("compensate"),
                     approval=t.get("approval"),
                     when=t.get("when"),
-                    trigger=t.get("trigger") or "",
-                    map=t.get("map"),
-                    max_parallel=int(t.get("max_parallel") or 0),
+                    trigger=_or(t.get("trigger"), ""),
+                    map=_id(t.get("map")),
+                    max_parallel=_or(t.get("max_parallel"), 0),
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidArgument(f"{source}: task {t.get('id')!r}: {exc}") from exc
@@ -367,6 +418,59 @@ class DAG:
                 f"{path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}"
             ) from exc
         return cls.from_dict(data, source=path)
+
+
+def _id(value: Any) -> Any:
+    """A task id in a spec file: a number is read as its digits (as ``id: 1`` is); anything
+    else but a string is left for the checks to refuse (``map: [a]`` is not ``"['a']"``)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _or(value: Any, default: Any) -> Any:
+    """A spec key's value, ``default`` when absent or null (a wrong type is left for the checks)."""
+    return default if value is None else value
+
+
+def _check_keys(
+    who: str,
+    *,
+    deps: Any,
+    retries: Any,
+    priority: Any,
+    timeout_ms: Any,
+    retry_backoff_ms: Any,
+    replicas: Any,
+    fusion: Any,
+    quorum: Any,
+    weights: Any,
+    agents: Any,
+    judge: Any,
+    trigger: Any,
+    map: Any,
+    max_parallel: Any,
+) -> None:
+    """InvalidArgument unless every key of a task has its type and fits its wire type."""
+    if isinstance(deps, (str, bytes)) or not all(isinstance(d, (Task, str)) for d in deps):
+        raise InvalidArgument(f"{who}: deps must be a list of task ids or Tasks")
+    if retries is not None:
+        whole(who, "retries", retries, UINT32)
+    whole(who, "priority", priority, INT32)
+    if timeout_ms is not None:
+        whole(who, "timeout_ms", timeout_ms, UINT64)
+    whole(who, "retry_backoff_ms", retry_backoff_ms, UINT64)
+    for key, value in (("replicas", replicas), ("quorum", quorum), ("max_parallel", max_parallel)):
+        whole(who, key, value, UINT32)
+    for key, value in (("fusion", fusion), ("judge", judge), ("trigger", trigger)):
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{who}: {key} must be a string, not {value!r}")
+    if isinstance(weights, (str, bytes)) or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
+    ):
+        raise InvalidArgument(f"{who}: weights must be a list of numbers, one per replica")
+    if not all(isinstance(a, str) for a in agents):
+        raise InvalidArgument(f"{who}: agents must be a list of agent types")
+    if map is not None and not isinstance(map, (Task, str)):
+        raise InvalidArgument(f"{who}: map must be the id of an upstream task, not {map!r}")
 
 
 def _replica_keys(t: dict[str, Any], source: str) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from . import limits, tasks
 from .breakers import record_outcome
@@ -32,8 +33,25 @@ BOUND = BUDGET_BOUND
 """Runs whose budget is enforced (RUNNING, PAUSED)."""
 
 
+class _Fixed(Protocol):
+    """A submitted task (``TaskSpec`` or its protobuf): what it adds to the run for sure."""
+
+    @property
+    def replicas(self) -> int: ...
+
+    @property
+    def judge(self) -> str: ...
+
+
+def fixed_tasks(specs: Iterable[_Fixed]) -> int:
+    """Tasks a run will have whatever its outputs: each task, its replicas and its judge (map
+    instances and spawned tasks depend on outputs, so only ``tasks_over`` can count them)."""
+    return sum(1 + t.replicas + (1 if t.judge else 0) for t in specs)
+
+
 def problem(b: Budget, n_tasks: int) -> str:
-    """What is wrong with a submitted budget for a run of ``n_tasks`` tasks ("" if nothing)."""
+    """What is wrong with a submitted budget for a run that has ``n_tasks`` tasks for sure
+    (``fixed_tasks``) ("" if nothing): a max_tasks below it could never succeed."""
     figures: list[tuple[str, Any, float]] = [
         ("max_tasks", b.max_tasks, limits.MAX_BUDGET_TASKS),
         ("max_seconds", b.max_seconds, limits.MAX_BUDGET_SECONDS),
@@ -44,7 +62,10 @@ def problem(b: Budget, n_tasks: int) -> str:
         if not ((isinstance(v, int) or math.isfinite(v)) and 0 <= v <= most):
             return f"budget {name} must be a finite number between 0 (no limit) and {most:g}; got {v!r}"
     if b.max_tasks and n_tasks > b.max_tasks:
-        return f"budget max_tasks is {b.max_tasks} but the run has {n_tasks} tasks; raise max_tasks"
+        return (
+            f"budget max_tasks is {b.max_tasks} but the run has {n_tasks} tasks (replicas and judges "
+            "included); raise max_tasks"
+        )
     return ""
 
 

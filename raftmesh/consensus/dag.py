@@ -177,6 +177,16 @@ def _check_flow(t: TaskSpec) -> None:
         if why:
             raise DagError("invalid", why)
     if t.when is not None:
+        why = values.problem(t.when)
+        if why:
+            raise DagError("invalid", f"task {t.id!r}: when {why}")
+        size = limits.encoded_size(t.when)
+        if size > limits.MAX_CONDITION_BYTES:
+            raise DagError(
+                "limit",
+                f"task {t.id!r}: when is {size} bytes encoded; the limit is {limits.MAX_CONDITION_BYTES} "
+                "(compare against fewer or shorter values)",
+            )
         try:
             conditions.check(t.when, t.deps, f"task {t.id!r}: when")
         except conditions.ConditionError as exc:

@@ -79,8 +79,15 @@ def problem(
                 "invalid",
                 f"{who}: weights lists {len(t.weights)} numbers; give one per replica ({t.replicas})",
             )
-        if not all(math.isfinite(w) and w >= 0 for w in t.weights) or not any(w > 0 for w in t.weights):
-            return "invalid", f"{who}: weights must be finite numbers >= 0, at least one of them > 0"
+        if not all(math.isfinite(w) and w >= 0 for w in t.weights):
+            return "invalid", f"{who}: weights must be finite numbers >= 0"
+        counted = sum(1 for w in t.weights if w > 0)  # a replica of weight 0 does not count
+        if counted < quorum_of(t):
+            return (
+                "invalid",
+                f"{who}: weights give {counted} replica(s) a weight > 0, fewer than the quorum "
+                f"({quorum_of(t)}): the task could never be decided",
+            )
     if t.agents:
         if len(t.agents) > t.replicas:
             return "invalid", f"{who}: agents lists {len(t.agents)} types for {t.replicas} replicas"

@@ -93,6 +93,8 @@ MAX_CONDITION_NODES = 64
 MAX_CONDITION_DEPTH = 8
 """How deep all/any/not nest in one ``when``."""
 MAX_CONDITION_PATH_CHARS = 256
+MAX_CONDITION_BYTES = 64 * 1024
+"""Encoded bytes of one ``when`` (its comparison values included): it is kept with the task."""
 
 MAX_ATTEMPT_HISTORY = 16
 """Ended attempts remembered per task (``TaskState.history``; the oldest are dropped)."""

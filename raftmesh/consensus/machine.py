@@ -20,6 +20,7 @@ Rules (each one is tested):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -63,7 +64,14 @@ from .commands import (
     decode_batch,
 )
 from .context import ApplyContext
-from .results import BarrierResult, Event, Rejected, Result, decode_result, encode_result
+from .results import (
+    BarrierResult,
+    Event,
+    Rejected,
+    Result,
+    decode_result,
+    encode_result,
+)
 from .state import ClusterState
 
 log = logging.getLogger(__name__)
@@ -92,6 +100,30 @@ PROCESSORS: dict[type[Command], Processor] = {
     RerunTask: control.rerun,
 }
 """The processor of each command type (``Barrier`` is answered here: it changes nothing)."""
+
+_TARGETS: dict[type[Command], tuple[tuple[str, ...], Callable[[Any], tuple[str, ...]]]] = {
+    ApproveTask: (
+        ("run", "task", "gate", "decision"),
+        lambda c: (c.run_id, c.task_id, str(c.gate), "approve" if c.approve else "reject"),
+    ),
+    RetryTask: (("run", "task", "attempt"), lambda c: (c.run_id, c.task_id, str(c.attempt))),
+    RerunTask: (("run", "task"), lambda c: (c.run_id, c.task_id)),
+    PauseRun: (("run",), lambda c: (c.run_id,)),
+    ResumeRun: (("run",), lambda c: (c.run_id,)),
+}
+"""What a command names, kept in its recorded result: the same request id reused for another
+run, task or gate must not be answered with this one's result (the other stays undone)."""
+
+
+def target_of(cmd: Command) -> tuple[str, ...]:
+    """What ``cmd`` names (() for a command whose result keeps no target)."""
+    entry = _TARGETS.get(type(cmd))
+    return entry[1](cmd) if entry is not None else ()
+
+
+def _describe(cmd: Command, target: tuple[str, ...]) -> str:
+    names = _TARGETS[type(cmd)][0]
+    return f"{cmd.TAG} of " + ", ".join(f"{n} {v!r}" for n, v in zip(names, target, strict=False))
 
 
 class StateMachine:
@@ -134,7 +166,15 @@ class StateMachine:
                     f"request id {cmd.request_id!r} was already used by a {prior[1]} command; "
                     "use a new request id for each operation",
                 ), []
-            return decode_result(prior[2]), []
+            answer = decode_result(prior[2])
+            before, now = getattr(answer, "target", ()), target_of(cmd)
+            if before and before != now:
+                return Rejected(
+                    Code.INVALID_ARGUMENT,
+                    f"request id {cmd.request_id!r} was already used for {_describe(cmd, before)}, "
+                    f"not {_describe(cmd, now)}; use a new request id for each operation",
+                ), []
+            return answer, []
         processor = self.processors.get(type(cmd))
         if processor is None:
             return Rejected(Code.INVALID_ARGUMENT, f"unsupported command {type(cmd).__name__}"), []
@@ -165,6 +205,9 @@ class StateMachine:
     def _record(self, cmd: Command, res: Result) -> None:
         st = self.state
         if cmd.request_id:
+            target = target_of(cmd)
+            if target:
+                res = dataclasses.replace(res, target=target)  # type: ignore[call-arg]
             st.dedup[cmd.request_id] = (cmd.ts_ms, cmd.TAG, encode_result(res))
         horizon = st.time_ms - limits.DEDUP_RETENTION_MS
         while st.dedup:

@@ -397,13 +397,17 @@ class RetryTaskResult(Result):
     """The dead attempt the command named (the next attempt is ``attempt + 1``)."""
     status: TaskStatus
     """The task's status afterwards."""
+    target: tuple[str, ...] = field(default=(), compare=False)
+    """What the command named (``machine.target_of``), set when the dedup table records the
+    result: a reused request id naming something else is refused. (): recorded before it.
+    Bookkeeping, not part of the answer (a retry's answer equals the first)."""
 
     def _encode(self) -> list[Any]:
-        return [self.requeued, self.attempt, self.status.value]
+        return [self.requeued, self.attempt, self.status.value, list(self.target)]
 
     @classmethod
     def _decode(cls, v: list[Any]) -> RetryTaskResult:
-        return cls(v[0], v[1], TaskStatus(v[2]))
+        return cls(v[0], v[1], TaskStatus(v[2]), _target(v, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +439,10 @@ class ApproveTaskResult(Result):
     decided_ms: int
     status: TaskStatus
     """The task's status as of this answer (after the decision)."""
+    target: tuple[str, ...] = field(default=(), compare=False)
+    """What the command named (``machine.target_of``), set when the dedup table records the
+    result: a reused request id naming something else is refused. (): recorded before it.
+    Bookkeeping, not part of the answer (a retry's answer equals the first)."""
 
     def _encode(self) -> list[Any]:
         return [
@@ -445,11 +453,12 @@ class ApproveTaskResult(Result):
             self.comment,
             self.decided_ms,
             self.status.value,
+            list(self.target),
         ]
 
     @classmethod
     def _decode(cls, v: list[Any]) -> ApproveTaskResult:
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], TaskStatus(v[6]))
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5], TaskStatus(v[6]), _target(v, 7))
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,13 +470,17 @@ class RunControlResult(Result):
     changed: bool
     stopped: int = 0
     """Running attempts a pause with ``cancel_running`` stopped (and requeued)."""
+    target: tuple[str, ...] = field(default=(), compare=False)
+    """What the command named (``machine.target_of``), set when the dedup table records the
+    result: a reused request id naming something else is refused. (): recorded before it.
+    Bookkeeping, not part of the answer (a retry's answer equals the first)."""
 
     def _encode(self) -> list[Any]:
-        return [self.status.value, self.changed, self.stopped]
+        return [self.status.value, self.changed, self.stopped, list(self.target)]
 
     @classmethod
     def _decode(cls, v: list[Any]) -> RunControlResult:
-        return cls(RunStatus(v[0]), v[1], v[2])
+        return cls(RunStatus(v[0]), v[1], v[2], _target(v, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,13 +495,29 @@ class RerunTaskResult(Result):
     status: TaskStatus
     """The task's status afterwards (READY, WAITING_APPROVAL, PENDING behind a reset dependency...)."""
     run_status: RunStatus
+    target: tuple[str, ...] = field(default=(), compare=False)
+    """What the command named (``machine.target_of``), set when the dedup table records the
+    result: a reused request id naming something else is refused. (): recorded before it.
+    Bookkeeping, not part of the answer (a retry's answer equals the first)."""
 
     def _encode(self) -> list[Any]:
-        return [self.reset, self.dropped, self.reopened, self.status.value, self.run_status.value]
+        return [
+            self.reset,
+            self.dropped,
+            self.reopened,
+            self.status.value,
+            self.run_status.value,
+            list(self.target),
+        ]
 
     @classmethod
     def _decode(cls, v: list[Any]) -> RerunTaskResult:
-        return cls(v[0], v[1], v[2], TaskStatus(v[3]), RunStatus(v[4]))
+        return cls(v[0], v[1], v[2], TaskStatus(v[3]), RunStatus(v[4]), _target(v, 5))
+
+
+def _target(v: list[Any], i: int) -> tuple[str, ...]:
+    """A result's ``target`` at ``v[i]``; () in an encoding from before targets were kept."""
+    return tuple(str(x) for x in v[i]) if len(v) > i else ()
 
 
 RESULT_TYPES: tuple[type[Result], ...] = (

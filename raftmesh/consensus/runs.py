@@ -61,7 +61,7 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         if abs(cmd.priority) > limits.MAX_PRIORITY:
             raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
         validate(cmd.tasks, st.offered_capabilities())
-        why = budgets.problem(cmd.budget, len(cmd.tasks)) if cmd.budget is not None else ""
+        why = budgets.problem(cmd.budget, budgets.fixed_tasks(cmd.tasks)) if cmd.budget is not None else ""
         if why:
             raise DagError("limit", why)
     except DagError as exc:

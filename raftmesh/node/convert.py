@@ -83,7 +83,7 @@ def budget_from_pb(req: pb.SubmitRunRequest) -> Budget | None:
         return None
     b = req.budget
     budget = Budget(b.max_tasks, b.max_seconds, b.max_cost, b.max_tokens)
-    why = budgets.problem(budget, len(req.tasks))
+    why = budgets.problem(budget, budgets.fixed_tasks(req.tasks))
     if why:
         raise InvalidArgument(why)
     return budgets.normal(budget)
