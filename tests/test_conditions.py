@@ -205,3 +205,11 @@ def test_budget_max_tasks_and_exceed(c: Cluster) -> None:
     assert budgets.tasks_over(run, 1) == ""
     assert "max_tasks is 3; the run has 2 tasks and would add 2" in budgets.tasks_over(run, 2)
     check_indexes(c.sm)
+
+
+def test_a_unicode_digit_key_is_a_missing_key_not_an_apply_error(c: Cluster) -> None:
+    # "²".isdigit() is true but int("²") raises: apply must not fail halfway on such a path.
+    c.ok(c.submit("r", [spec("a"), spec("b", "a", when={"path": "a.²", "op": "exists"})]))
+    c.run_task("r", "a", output=[1, 2, 3])
+    assert status(c, "r")["b"] is TaskStatus.SKIPPED
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED

@@ -148,7 +148,7 @@ def _resolve(value: Any, keys: list[str]) -> Any:
     for k in keys:
         if isinstance(value, Mapping):
             value = value.get(k, _MISSING)
-        elif isinstance(value, list) and k.isdigit():
+        elif isinstance(value, list) and k.isascii() and k.isdigit():  # "²".isdigit(), but int() refuses it
             i = int(k)
             value = value[i] if i < len(value) else _MISSING
         else:
