@@ -402,3 +402,24 @@ def test_a_map_is_compensated_once_not_per_instance(c: Cluster) -> None:
     c.ok(c.fail("r", "z", retryable=False))
     comp = [t.spec.id for t in c.st.runs["r"].tasks.values() if t.origin == "compensation"]
     assert comp == ["m~compensate"] and c.st.runs["r"].status is RunStatus.COMPENSATING
+
+
+def test_a_map_over_a_spawner_waiting_for_its_children_expands_its_output(c: Cluster) -> None:
+    from raftmesh.consensus.commands import Complete, Completion
+
+    c.ok(c.submit("r", [spec("p")]))
+    c.ok(c.assign(("r", "p", "n1")))
+    p = c.task("r", "p")
+    done = Completion(
+        "r", "p", p.attempt, p.token, [1, 2, 3], spawn=(spec("m", "p", map="p"),), spawn_wait=True
+    )
+    c.ok(Complete(c.rid(), c.ts, "n1", (done,)))
+    # p waits for m with its final output: m maps over it, not over nothing
+    assert c.task("r", "p").status is TaskStatus.WAITING_CHILDREN
+    m = c.task("r", "m")
+    assert m.status is TaskStatus.WAITING_CHILDREN and m.children == ["m[0]", "m[1]", "m[2]"]
+    for i in range(3):
+        c.run_task("r", f"m[{i}]", output=i * 10)
+    assert c.task("r", "m").output == [0, 10, 20]
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED
+    check_indexes(c.sm)

@@ -36,8 +36,14 @@ def expand(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
     (an empty list: SUCCEEDED, marked), as ``tasks.begin``. A map that fails here fails
     its run and returns False (nothing is left to cascade)."""
     source = run.tasks[t.spec.map]
-    # A skipped source (trigger any_succeeded / all_done let the map run anyway) has no items.
-    items = source.output if source.status is TaskStatus.SUCCEEDED else []
+    # A skipped source (trigger any_succeeded / all_done let the map run anyway) has no items; a
+    # spawner waiting for its children (a map spawned with wait=True) has its final output.
+    items = [] if source.status is TaskStatus.SKIPPED else source.output
+    if not (source.status is TaskStatus.SKIPPED or tasks.output_is_final(source)):
+        tasks.fail_task(
+            ctx, run, t, f"map: {t.spec.map!r} is {source.status.value}; it has no output yet", rev
+        )
+        return False
     if not isinstance(items, list):
         kind = "null" if items is None else type(items).__name__
         tasks.fail_task(

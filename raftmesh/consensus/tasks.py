@@ -201,13 +201,15 @@ def skip_reason(run: RunState, t: TaskState) -> str:
     return ""
 
 
+def output_is_final(t: TaskState) -> bool:
+    """Whether ``t.output`` is what its dependents read: it SUCCEEDED, or it is a spawner waiting
+    for what it spawned (its attempt ran: attempt > 0; a map or replica group has no output yet)."""
+    return t.status is TaskStatus.SUCCEEDED or (t.status is TaskStatus.WAITING_CHILDREN and t.attempt > 0)
+
+
 def _output_of(run: RunState, task_id: str) -> Any:
     d = run.tasks.get(task_id)
-    if d is None:
-        return conditions.MISSING
-    # A spawner waiting for what it spawned (its attempt ran: attempt > 0) has its final output.
-    final = d.status is TaskStatus.SUCCEEDED or (d.status is TaskStatus.WAITING_CHILDREN and d.attempt > 0)
-    return d.output if final else conditions.MISSING
+    return d.output if d is not None and output_is_final(d) else conditions.MISSING
 
 
 def fail_attempt(
