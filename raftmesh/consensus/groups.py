@@ -92,9 +92,11 @@ def add_child(
         depth=parent.depth + (origin == "spawn"),
     )
     run.tasks[spec.id] = child
+    # Every dependency lists the child, ended or not: a rerun of an ended one resets the child
+    # with it (``control``), as it resets a submitted dependent.
     for d in spec.deps:
         dt = run.tasks.get(d)
-        if dt is not None and dt.status not in (TaskStatus.SUCCEEDED, TaskStatus.SKIPPED):
+        if dt is not None:
             dt.dependents.append(spec.id)
     parent.children.append(spec.id)
     if waited:

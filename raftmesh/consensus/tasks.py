@@ -130,7 +130,9 @@ def cascade(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> None:
                 mark_ended(ctx, run, done, TaskStatus.SUCCEEDED, rev)
                 work.append(done)
         skipped = e.status is TaskStatus.SKIPPED
-        for dep_id in e.dependents:
+        # A copy: a dependent activated here may add children that depend on ``e`` (a map's
+        # instances on its source); they start with ``e`` counted as ended.
+        for dep_id in list(e.dependents):
             d = run.tasks[dep_id]
             d.deps_waiting -= 1
             d.deps_skipped += skipped
