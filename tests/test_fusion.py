@@ -112,13 +112,13 @@ def test_replicas_count_against_the_budget(c: Cluster) -> None:
         Code.INVALID_ARGUMENT,
     )
     assert "max_tasks is 4 but the run has 5 tasks" in res.message
-    # spawned: the spawn itself fits, its replicas do not
+    # spawned: the task fits, not with its replicas (counted as a submit counts them)
     c.ok(SubmitRun(c.rid(), c.ts, "r", "", (spec("a"),), 0, "r", "t", Budget(max_tasks=3)))
     c.ok(c.assign(("r", "a", "n1")))
     c.ok(spawning(c, "r", "a", [rep("q", 3, "vote")]))
     run = c.st.runs["r"]
     assert run.status is RunStatus.FAILED and run.reason == "BUDGET_EXCEEDED"
-    assert "would add 3" in run.error and "q#0" not in run.tasks
+    assert "would add 4" in run.error and "q" not in run.tasks
 
 
 # ---- the rules -------------------------------------------------------------------------

@@ -586,3 +586,43 @@ def test_a_spawned_task_is_a_dependent_of_a_dependency_that_already_succeeded(c:
     st = status(c, "r2")
     assert st["s"] is not S.READY or st["x"] is S.SUCCEEDED
     check_indexes(c.sm)
+
+
+def _grow_then_spawn(c: Cluster, budget: Budget | None) -> RunStatus:
+    """One Complete: ``src`` ends (its map expands to 2), then ``s`` spawns 2 tasks."""
+    tasks = (spec("src"), spec("s"), spec("m", "src", map="src"))
+    c.ok(SubmitRun(c.rid(), c.ts, "g", "", tasks, 0, "g", "t", budget))
+    started(c, "g", "src", "s")
+    a, b = c.task("g", "src"), c.task("g", "s")
+    c.ok(
+        Complete(
+            c.rid(),
+            c.ts,
+            "n1",
+            (
+                Completion("g", "src", a.attempt, a.token, [1, 2]),
+                Completion(
+                    "g", "s", b.attempt, b.token, "ok", spawn=(spec("k1"), spec("k2")), spawn_wait=False
+                ),
+            ),
+        )
+    )
+    check_indexes(c.sm)
+    return c.st.runs["g"].status
+
+
+def test_a_spawn_is_judged_against_max_tasks_after_the_earlier_items_of_its_command(c: Cluster) -> None:
+    assert _grow_then_spawn(c, Budget(max_tasks=6)) is RunStatus.FAILED
+    run = c.st.runs["g"]
+    assert run.reason == BUDGET_EXCEEDED and "has 5 tasks and would add 2" in run.error
+    assert len(run.tasks) == 5 and "k1" not in run.tasks
+
+
+def test_a_spawn_is_judged_against_the_task_limit_after_the_earlier_items_of_its_command(
+    c: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_TASKS_PER_RUN", 6)
+    assert _grow_then_spawn(c, None) is RunStatus.FAILED
+    s = c.task("g", "s")
+    assert s.status is S.FAILED and "spawn refused: the run would have 7 tasks; the limit is 6" in s.error
+    assert "k1" not in c.st.runs["g"].tasks

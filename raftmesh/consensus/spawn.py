@@ -21,14 +21,14 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from . import limits
+from . import budgets, limits
 from .commands import TaskSpec
 from .context import ApplyContext
 from .dag import DagError, validate
 from .groups import add_child
 from .results import TaskChanged
 from .state import ClusterState, RunState, RunStatus, TaskState, TaskStatus
-from .tasks import activate, attempt_succeeded, cascade, succeed
+from .tasks import activate, attempt_succeeded, cascade, fail_attempt, succeed
 
 GROWING_RUN = (RunStatus.RUNNING, RunStatus.PAUSED)
 """Run statuses in which an attempt may add tasks (not while compensating or ended)."""
@@ -80,7 +80,7 @@ def check(
             f"task {sid!r} is itself at spawn depth {spawner.depth}; spawned tasks may nest at most "
             f"{limits.MAX_SPAWN_DEPTH} levels deep"
         )
-    total = len(run.tasks) + claims.count + len(specs)
+    total = len(run.tasks) + claims.count + budgets.fixed_tasks(specs)
     if total > limits.MAX_TASKS_PER_RUN:
         return f"the run would have {total} tasks; the limit is {limits.MAX_TASKS_PER_RUN}"
     ids = {t.id for t in specs}
@@ -127,7 +127,21 @@ def add(
     wait: bool,
     rev: int,
 ) -> None:
-    """The spawner's running attempt succeeded with ``output`` and adds ``specs`` (``check``ed)."""
+    """The spawner's running attempt succeeded with ``output`` and adds ``specs`` (``check``ed).
+
+    ``check`` ran before the command applied anything: an earlier item of the same command may
+    have grown the run since (a map expanded, replicas started). Over the run's task limit the
+    attempt fails (not retried), over ``max_tasks`` the run ends, as ``check`` would have said.
+    """
+    n = budgets.fixed_tasks(specs)
+    if len(run.tasks) + n > limits.MAX_TASKS_PER_RUN:
+        why = f"spawn refused: the run would have {len(run.tasks) + n} tasks; the limit is {limits.MAX_TASKS_PER_RUN}"
+        fail_attempt(ctx, run, spawner, why, retryable=False, rev=rev)
+        return
+    over = budgets.tasks_over(run, n)
+    if over:
+        budgets.exceed(ctx, run, over, rev)
+        return
     run.spawned_bytes += spec_bytes(specs)
     sid = spawner.spec.id
     if wait:
