@@ -513,3 +513,30 @@ def test_get_shows_the_replicas_and_their_votes_while_the_vote_goes_on(c: Cluste
     ]
     assert f["tally"] == [{"answer": "Paris", "votes": 1, "replicas": ["q#0"]}]
     assert shown["q#1"]["status"] == "RUNNING"
+
+
+def test_replicas_count_toward_the_task_limit_at_submit(c: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_TASKS_PER_RUN", 10)
+    res = c.unchanged(c.submit("r", [rep(f"q{i}", 3, "vote") for i in range(3)]), Code.INVALID_ARGUMENT)
+    assert "a run has 12 tasks (replicas and judges included); the limit is 10" in res.message
+    c.ok(c.submit("r", [rep("q0", 3, "vote"), rep("q1", 4, "vote")]))  # 9 tasks fit
+
+
+def test_replicas_that_would_take_a_grown_run_over_the_task_limit_fail_their_task(
+    c: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_TASKS_PER_RUN", 10)
+    c.ok(c.submit("r", [spec("src"), spec("m", "src", map="src"), spec("a")]))
+    start(c, "r", "a", "n1")
+    c.ok(
+        spawning(c, "r", "a", [spec("b"), rep("q", 3, "vote", "b")], wait=False)
+    )  # 5 tasks, 8 with q's replicas
+    start(c, "r", "src", "n1")
+    c.ok(c.complete("r", "src", [1, 2, 3, 4]))  # the map grows the run to 9 first
+    start(c, "r", "b", "n1")
+    c.ok(c.complete("r", "b", "go"))
+    q = c.task("r", "q")
+    assert q.status is TaskStatus.FAILED and "3 replicas would take the run from 9 tasks" in q.error
+    assert "the limit of 10" in q.error and "q#0" not in c.st.runs["r"].tasks
+    assert c.st.runs["r"].status is RunStatus.FAILED
+    check_indexes(c.sm)

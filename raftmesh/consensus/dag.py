@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Container, Mapping, Sequence
 
-from . import approvals, conditions, fusion, limits, values
+from . import approvals, budgets, conditions, fusion, limits, values
 from .commands import TaskSpec
 
 
@@ -43,8 +43,12 @@ def validate(
     """
     if not tasks:
         raise DagError("invalid", "a run needs at least one task")
-    if len(tasks) > limits.MAX_TASKS_PER_RUN:
-        raise DagError("limit", f"a run has {len(tasks)} tasks; the limit is {limits.MAX_TASKS_PER_RUN}")
+    n_tasks = budgets.fixed_tasks(tasks)
+    if n_tasks > limits.MAX_TASKS_PER_RUN:
+        raise DagError(
+            "limit",
+            f"a run has {n_tasks} tasks (replicas and judges included); the limit is {limits.MAX_TASKS_PER_RUN}",
+        )
     ids: dict[str, TaskSpec] = {}
     for t in tasks:
         check_id("task id", t.id)
@@ -101,8 +105,9 @@ def validate(
         if t.compensate is not None:
             _check_input(t, "compensate input", t.compensate.input)
         _check_input(t, "input", t.input)
-        # Summed as we go, so an oversized run is refused after encoding at most the limit.
-        run_bytes += limits.encoded_size(t.to_map())
+        # Summed as we go, so an oversized run is refused after encoding at most the limit. Each
+        # replica keeps a copy of its task's spec.
+        run_bytes += limits.encoded_size(t.to_map()) * (1 + t.replicas)
         if run_bytes > limits.MAX_RUN_SPEC_BYTES:
             raise DagError(
                 "limit",

@@ -131,7 +131,15 @@ def quorum_of(spec: TaskSpec) -> int:
 def expand(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
     """``t`` may run: its replicas start and it waits for them. Returns False (it never ends here)."""
     spec = t.spec
-    why = budgets.tasks_over(run, spec.replicas)
+    n = spec.replicas + (1 if spec.judge else 0)  # the judge, added later, is reserved here
+    if len(run.tasks) + n > limits.MAX_TASKS_PER_RUN:
+        why = (
+            f"replicas: {spec.replicas} replicas{' and a judge' if spec.judge else ''} would take the run "
+            f"from {len(run.tasks)} tasks over the limit of {limits.MAX_TASKS_PER_RUN}"
+        )
+        tasks.fail_task(ctx, run, t, why, rev)
+        return False
+    why = budgets.tasks_over(run, n)
     if why:
         budgets.exceed(ctx, run, why, rev)
         return False
