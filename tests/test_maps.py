@@ -423,3 +423,16 @@ def test_a_map_over_a_spawner_waiting_for_its_children_expands_its_output(c: Clu
     assert c.task("r", "m").output == [0, 10, 20]
     assert c.st.runs["r"].status is RunStatus.SUCCEEDED
     check_indexes(c.sm)
+
+
+def test_a_map_whose_instances_would_copy_too_large_a_spec_fails(
+    c: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_MAP_SPEC_BYTES", 20_000)
+    c.ok(c.submit("r", [spec("src"), spec("m", "src", map="src", input="x" * 2000)]))
+    c.run_task("r", "src", output=list(range(50)))  # 50 copies of a ~2 KB spec: ~100 KB
+    m = c.task("r", "m")
+    assert m.status is TaskStatus.FAILED
+    assert "50 instances" in m.error and "the limit is 20000" in m.error and "reference" in m.error
+    assert "m[0]" not in c.st.runs["r"].tasks and c.st.runs["r"].status is RunStatus.FAILED
+    check_indexes(c.sm)

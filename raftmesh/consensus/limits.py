@@ -101,6 +101,9 @@ MAX_ATTEMPT_HISTORY = 16
 
 MAX_MAP_ITEMS = 1000
 """Instances one ``map`` may expand to (a longer output list fails the map)."""
+MAX_MAP_SPEC_BYTES = MAX_RUN_SPEC_BYTES
+"""Items x the encoded size of a map task's spec: each instance keeps a copy of the spec (its
+input included), so a larger expansion fails the map instead of growing the state that much."""
 MAX_REPLICAS = 16
 MAX_SPAWN_TASKS = 1000
 """Tasks one completion may spawn."""

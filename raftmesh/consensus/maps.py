@@ -14,9 +14,10 @@ and nothing here needs a derived index.
 When the last instance ends the map task SUCCEEDS with the list of its instances'
 outputs in index order. An instance that fails for good fails the run (as any task).
 An empty list succeeds at once with ``[]``. An output that is not a list, a list over
-``limits.MAX_MAP_ITEMS`` or one that would take the run over ``limits.MAX_TASKS_PER_RUN``
-fails the map task, and so the run, with an error that says which; one that would break
-the run's ``max_tasks`` budget fails the run with reason BUDGET_EXCEEDED.
+``limits.MAX_MAP_ITEMS``, one that would take the run over ``limits.MAX_TASKS_PER_RUN`` or
+copy the spec over ``limits.MAX_MAP_SPEC_BYTES`` fails the map task, and so the run, with an
+error that says which; one that would break the run's ``max_tasks`` budget fails the run with
+reason BUDGET_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ def expand(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> bool:
             t,
             f"map: the output of {t.spec.map!r} has {len(items)} items; the run has {len(run.tasks)} tasks "
             f"and may have at most {limits.MAX_TASKS_PER_RUN}",
+            rev,
+        )
+        return False
+    # Every instance keeps a copy of the spec: bound what the expansion adds to the state.
+    spec_size = limits.encoded_size(t.spec.to_map()) if items else 0
+    if len(items) * spec_size > limits.MAX_MAP_SPEC_BYTES:
+        tasks.fail_task(
+            ctx,
+            run,
+            t,
+            f"map: {len(items)} instances of a {spec_size}-byte task spec would be {len(items) * spec_size} "
+            f"bytes; the limit is {limits.MAX_MAP_SPEC_BYTES} (pass a reference, not a large input)",
             rev,
         )
         return False
