@@ -540,7 +540,8 @@ class ClusterState:
         return (
             {p: list(q) for p, q in self.ready.items() if q},
             {n: sorted(q) for n, q in self.running.items() if q},
-            sorted(e for e in self.timeouts if self._timeout_live(e)),
+            # A set: a child re-created by a rerun may start attempt 1 again at the same time.
+            sorted({e for e in self.timeouts if self._timeout_live(e)}),
             # A set: a renewal or re-grant to the same deadline may push a duplicate heap entry.
             sorted({e for e in self.locks.deadlines if self.locks._live(e)}),
             (list(self.kv.keys), self.kv.history_bytes, self.kv.next_deadline_ms()),
