@@ -15,6 +15,7 @@ from raftmesh.consensus import (
     StateMachine,
     SubmitRun,
     TaskStatus,
+    dag,
     groups,
     limits,
 )
@@ -271,3 +272,58 @@ def test_a_replicated_task_is_compensated_once_not_per_replica(c: Cluster) -> No
     assert [(t.spec.id, t.spec.deps) for t in comps] == [("x~compensate", ("x",))]
     c.run_task("r", "x~compensate")
     assert c.st.runs["r"].status is RunStatus.COMPENSATED
+
+
+def spawn_from(
+    c: Cluster, run_id: str, task_id: str, fragment: list[Any], wait: bool, output: Any = "x"
+) -> None:
+    c.ok(c.assign((run_id, task_id, "n1")))
+    t = c.task(run_id, task_id)
+    done = Completion(run_id, task_id, t.attempt, t.token, output, spawn=tuple(fragment), spawn_wait=wait)
+    c.ok(Complete(c.rid(), c.ts, "n1", (done,)))
+
+
+def run_compensations(c: Cluster, run_id: str) -> None:
+    """Run every READY compensation until none is left (a compensation PENDING for ever fails this)."""
+    for _ in range(50):
+        todo = sorted(ready(c, run_id))
+        if not todo:
+            break
+        for tid in todo:
+            c.run_task(run_id, tid)
+    assert c.st.runs[run_id].status is RunStatus.COMPENSATED, status(c, run_id)
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        [comp("s", "a")],  # a child that depends on its spawner is among the spawner's dependents
+        [comp("s", "a"), comp("t", "a")],  # two such siblings: each was "after" the other
+        [comp("s", "a"), comp("t", "s"), comp("u")],
+        [comp("s")],
+    ],
+    ids=["one", "siblings", "chain", "no-deps"],
+)
+@pytest.mark.parametrize("wait", [False, True])
+def test_compensations_of_spawned_tasks_never_wait_on_themselves(
+    c: Cluster, fragment: list[Any], wait: bool
+) -> None:
+    c.ok(c.submit("r", [comp("a"), spec("b", "a"), spec("z")]))
+    spawn_from(c, "r", "a", fragment, wait)
+    for f in fragment:
+        c.run_task("r", f.id)
+    if not wait:
+        c.run_task("r", "b")
+    fail_for_good(c, "r", "z")
+    comps = [t.spec for t in c.st.runs["r"].tasks.values() if t.origin == "compensation"]
+    assert {s.id for s in comps} == {"a~compensate", *(f"{f.id}~compensate" for f in fragment)}
+    assert dag.find_cycle(comps) is None
+    for s in comps:  # a compensation never waits on itself, and the spawner's comes after its children's
+        assert s.id not in s.deps
+    a_deps = c.task("r", "a~compensate").spec.deps
+    assert all(
+        f"{f.id}~compensate" in a_deps
+        or any(f"{f.id}~compensate" in c.task("r", d).spec.deps for d in a_deps[1:])
+        for f in fragment
+    )
+    run_compensations(c, "r")

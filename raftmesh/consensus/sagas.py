@@ -108,11 +108,15 @@ def drop_dead_letters(st: ClusterState, run: RunState) -> None:
 
 
 def _successors(run: RunState, t: TaskState) -> list[str]:
-    """Tasks that ran after ``t``: its dependents, its children, and what waited on its parent."""
+    """Tasks that ran after ``t``: its dependents, its children, and what waited on its parent.
+
+    Not ``t`` itself nor its siblings: a child spawned with ``wait=False`` may depend on its
+    spawner, so it and its siblings are among the parent's dependents, yet they did not run
+    after one another for that (each would wait on the other's compensation for ever)."""
     out = [*t.dependents, *t.children]
     parent = run.tasks.get(t.parent) if t.parent else None
     if parent is not None:
-        out.extend(parent.dependents)
+        out.extend(s for s in parent.dependents if s != t.spec.id and s not in parent.children)
     return [s for s in out if s in run.tasks and run.tasks[s].origin != ORIGIN]
 
 
@@ -133,6 +137,8 @@ def _reverse_order(run: RunState, ids: dict[str, None]) -> tuple[list[str], dict
                 stack.pop()
                 acc: dict[str, None] = {}
                 for s in _successors(run, run.tasks[node]):
+                    if s not in near:  # still being walked: a cycle; never a compensation waiting on itself
+                        continue
                     if s in ids:
                         acc[s] = None
                     else:
