@@ -13,12 +13,13 @@ again through ``tasks.activate`` (READY, or a new approval gate), the others wai
 with their dependency counts recomputed; running downstream attempts are stopped;
 children of reset tasks (map instances, replicas, spawned tasks) are dropped from the run;
 upstream outputs are kept, superseded outputs move to the tasks' histories. A finished
-run reopens, as ``dead_letters.retry`` does: its cancelled tasks come back too.
+run reopens, as ``dead_letters.retry`` does: its cancelled tasks come back as they were
+(``dead_letters.revive``: spawned tasks too; a spawner or a map waits for its children again).
 """
 
 from __future__ import annotations
 
-from . import approvals, budgets, limits, usage
+from . import approvals, budgets, dead_letters, limits, usage
 from .codes import Code
 from .commands import PauseRun, RerunTask, ResumeRun
 from .context import ApplyContext
@@ -135,6 +136,11 @@ def rerun(ctx: ApplyContext, cmd: RerunTask) -> Result:
         _drop(ctx, run, c, why, rev)
     for rid in reset:
         _reset(ctx, run, run.tasks[rid], why, rev)
+    if reopened:
+        # What the run's end cancelled comes back as it was, as a retry brings it back (not
+        # reset: a spawner whose attempt succeeded waits for its children again, its spawned
+        # tasks run, a map keeps its finished instances).
+        dead_letters.revive(ctx, run, rev)
     for rid in reset:
         r = run.tasks[rid]
         r.deps_waiting = sum(
@@ -172,13 +178,6 @@ def _plan(run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected
         )
     back = {t.spec.id}
     stack = [t.spec.id]
-    if run.status in TERMINAL_RUN:
-        # Reopening: the tasks the run's end cancelled come back too (not the cancelled children
-        # of a task that stays as it is, such as a fused task's surplus replicas).
-        for o in run.tasks.values():
-            if o.status is TaskStatus.CANCELLED and not o.parent and o.spec.id not in back:
-                back.add(o.spec.id)
-                stack.append(o.spec.id)
     while stack:
         for d in run.tasks[stack.pop()].dependents:
             if d not in back and d in run.tasks:
