@@ -24,7 +24,16 @@ from .codes import Code
 from .commands import PauseRun, RerunTask, ResumeRun
 from .context import ApplyContext
 from .results import Rejected, RerunTaskResult, Result, RunChanged, RunControlResult, TaskChanged
-from .state import TERMINAL_RUN, TERMINAL_TASK, Attempt, RunState, RunStatus, TaskState, TaskStatus
+from .state import (
+    TERMINAL_RUN,
+    TERMINAL_TASK,
+    Attempt,
+    ClusterState,
+    RunState,
+    RunStatus,
+    TaskState,
+    TaskStatus,
+)
 from .tasks import activate, cascade, make_ready, unready, unrun
 
 COMPENSATION_RUN = frozenset({RunStatus.COMPENSATING, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED})
@@ -101,7 +110,7 @@ def rerun(ctx: ApplyContext, cmd: RerunTask) -> Result:
     t = run.tasks.get(cmd.task_id)
     if t is None:
         return Rejected(Code.NOT_FOUND, f"run {cmd.run_id!r} has no task {cmd.task_id!r}")
-    plan = _plan(run, t)
+    plan = _plan(ctx.state, run, t)
     if isinstance(plan, Rejected):
         return plan
     reset, dropped = plan
@@ -156,7 +165,7 @@ def rerun(ctx: ApplyContext, cmd: RerunTask) -> Result:
     return RerunTaskResult(len(reset), len(dropped), reopened, t.status, run.status)
 
 
-def _plan(run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected:
+def _plan(st: ClusterState, run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected:
     """The tasks a rerun of ``t`` sends back and the children it drops (run order), or why not."""
     where = f"task {t.spec.id!r} of run {run.run_id!r}"
     if run.status in COMPENSATION_RUN:
@@ -211,7 +220,13 @@ def _plan(run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected
                 )
     if run.status is RunStatus.FAILED:
         for o in run.tasks.values():
-            if o.status is TaskStatus.FAILED and o.spec.id not in back and o.spec.id not in drop:
+            # The task that failed the run, not a replica that failed without failing it.
+            if (
+                o.status is TaskStatus.FAILED
+                and o.spec.id not in back
+                and o.spec.id not in drop
+                and dead_letters.is_dead_letter(st, o.finished_ms, run.run_id, o.spec.id)
+            ):
                 return Rejected(
                     Code.FAILED_PRECONDITION,
                     f"run {run.run_id!r} failed at task {o.spec.id!r}, which is not downstream of "

@@ -77,7 +77,7 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
         )
     if cmd.attempt <= 0:
         return Rejected(Code.INVALID_ARGUMENT, f"attempt must be >= 1 (got {cmd.attempt})")
-    if t.status is TaskStatus.FAILED and not _is_dead_letter(st, t.finished_ms, run.run_id, t.spec.id):
+    if t.status is TaskStatus.FAILED and not is_dead_letter(st, t.finished_ms, run.run_id, t.spec.id):
         # A replica that failed without failing its run (its group decides): nothing to requeue.
         return Rejected(
             Code.FAILED_PRECONDITION,
@@ -159,7 +159,8 @@ def revive(ctx: ApplyContext, run: RunState, rev: int, requeued: TaskState | Non
         approvals.open_gate(ctx, run, other, rev)
 
 
-def _is_dead_letter(st: ClusterState, finished_ms: int, run_id: str, task_id: str) -> bool:
+def is_dead_letter(st: ClusterState, finished_ms: int, run_id: str, task_id: str) -> bool:
+    """Whether that FAILED task failed its run (a replica may fail without): O(log n)."""
     i = bisect.bisect_left(st.dead_letters, (finished_ms, run_id, task_id))
     return i < len(st.dead_letters) and st.dead_letters[i] == (finished_ms, run_id, task_id)
 
