@@ -386,3 +386,19 @@ def test_a_spawner_with_compensate_refused_for_max_tasks_is_compensated(c: Clust
     comps = {t.parent: t.spec.deps for t in c.st.runs["r"].tasks.values() if t.origin == "compensation"}
     assert comps == {"b": ("b",), "a": ("a", "b~compensate")}
     run_compensations(c, "r")
+
+
+def test_compensations_of_nested_spawns_form_no_cycle(c: Cluster) -> None:
+    c.ok(c.submit("r", [comp("a"), comp("b", "a"), spec("z")]))
+    spawn_from(c, "r", "a", [comp("s", "a"), comp("t", "a")], wait=False)
+    c.run_task("r", "t")
+    spawn_from(c, "r", "s", [comp("g", "s"), comp("h", "s", "t")], wait=False)
+    for tid in ("g", "h", "b"):
+        c.run_task("r", tid)
+    fail_for_good(c, "r", "z")
+    comps = [t.spec for t in c.st.runs["r"].tasks.values() if t.origin == "compensation"]
+    assert {s.id for s in comps} == {f"{x}~compensate" for x in "abstgh"}
+    assert dag.find_cycle(comps) is None
+    deps = {s.id: s.deps for s in comps}
+    assert "g~compensate" in deps["s~compensate"] and "h~compensate" in deps["s~compensate"]
+    run_compensations(c, "r")
