@@ -343,3 +343,51 @@ def test_a_paused_runs_task_preempts_nothing(c: Cluster) -> None:
         Code.FAILED_PRECONDITION,
     )
     assert "run hi is PAUSED" in res.message
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_rerun_that_reopens_a_run_brings_spawned_work_back_as_it_was(c: Cluster, wait: bool) -> None:
+    """What the run's end cancelled comes back as a retry brings it back: the spawned task runs
+    (it is not lost for having a parent) and the spawner, whose attempt succeeded, is not run again."""
+    c.ok(c.submit("r", [spec("a"), spec("z")]))
+    c.ok(c.assign(("r", "a", "n1")))
+    c.ok(spawning(c, "r", "a", [spec("s")], wait=wait, output="a-out"))
+    c.ok(c.assign(("r", "z", "n1")))
+    c.ok(c.fail("r", "z", retryable=False))
+    assert status(c, "r")["s"] is TaskStatus.CANCELLED
+    res = c.ok(c.rerun("r", "z"))
+    assert isinstance(res, RerunTaskResult) and res.reopened and (res.reset, res.dropped) == (1, 0)
+    st = status(c, "r")
+    a_now = TaskStatus.WAITING_CHILDREN if wait else TaskStatus.SUCCEEDED
+    assert (st["a"], st["s"], st["z"]) == (a_now, TaskStatus.READY, TaskStatus.READY)
+    assert c.task("r", "a").output == "a-out" and c.task("r", "a").attempt == 1
+    assert c.st.runs["r"].unfinished == 2 + wait
+    check_indexes(c.sm)
+    c.run_task("r", "z")
+    assert c.st.runs["r"].status is RunStatus.RUNNING  # s has not run yet
+    c.run_task("r", "s")
+    run = c.st.runs["r"]
+    assert run.status is RunStatus.SUCCEEDED
+    assert c.task("r", "a").attempt == 1 and c.task("r", "a").output == "a-out"
+    assert status(c, "r") == {"a": TaskStatus.SUCCEEDED, "z": TaskStatus.SUCCEEDED, "s": TaskStatus.SUCCEEDED}
+
+
+def test_rerun_of_the_task_that_failed_the_run_ignores_a_replica_that_failed_without(c: Cluster) -> None:
+    c.ok(c.submit("r", [spec("v", replicas=3, fusion="vote"), spec("z", "v"), spec("y")]))
+    c.ok(c.assign(("r", "v#0", "n1")))
+    c.ok(c.fail("r", "v#0", retryable=False))  # the quorum is still reachable: v goes on
+    c.run_task("r", "v#1", output="A")
+    c.run_task("r", "v#2", output="A")
+    assert status(c, "r")["v"] is TaskStatus.SUCCEEDED
+    c.ok(c.assign(("r", "z", "n1")))
+    c.ok(c.fail("r", "z", retryable=False))
+    assert c.st.runs["r"].status is RunStatus.FAILED
+    res = c.unchanged(c.rerun("r", "y"), Code.FAILED_PRECONDITION)  # still refused, naming z
+    assert "failed at task 'z'" in res.message
+    res = c.ok(c.rerun("r", "z"))
+    assert isinstance(res, RerunTaskResult) and res.reopened
+    assert status(c, "r")["v#0"] is TaskStatus.FAILED and status(c, "r")["v"] is TaskStatus.SUCCEEDED
+    check_indexes(c.sm)
+    c.run_task("r", "z")
+    c.run_task("r", "y")
+    assert c.st.runs["r"].status is RunStatus.SUCCEEDED

@@ -15,6 +15,7 @@ from raftmesh.consensus import (
     StateMachine,
     SubmitRun,
     TaskStatus,
+    dag,
     groups,
     limits,
 )
@@ -271,3 +272,133 @@ def test_a_replicated_task_is_compensated_once_not_per_replica(c: Cluster) -> No
     assert [(t.spec.id, t.spec.deps) for t in comps] == [("x~compensate", ("x",))]
     c.run_task("r", "x~compensate")
     assert c.st.runs["r"].status is RunStatus.COMPENSATED
+
+
+def spawn_from(
+    c: Cluster, run_id: str, task_id: str, fragment: list[Any], wait: bool, output: Any = "x"
+) -> None:
+    c.ok(c.assign((run_id, task_id, "n1")))
+    t = c.task(run_id, task_id)
+    done = Completion(run_id, task_id, t.attempt, t.token, output, spawn=tuple(fragment), spawn_wait=wait)
+    c.ok(Complete(c.rid(), c.ts, "n1", (done,)))
+
+
+def run_compensations(c: Cluster, run_id: str) -> None:
+    """Run every READY compensation until none is left (a compensation PENDING for ever fails this)."""
+    for _ in range(50):
+        todo = sorted(ready(c, run_id))
+        if not todo:
+            break
+        for tid in todo:
+            c.run_task(run_id, tid)
+    assert c.st.runs[run_id].status is RunStatus.COMPENSATED, status(c, run_id)
+    check_indexes(c.sm)
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        [comp("s", "a")],  # a child that depends on its spawner is among the spawner's dependents
+        [comp("s", "a"), comp("t", "a")],  # two such siblings: each was "after" the other
+        [comp("s", "a"), comp("t", "s"), comp("u")],
+        [comp("s")],
+    ],
+    ids=["one", "siblings", "chain", "no-deps"],
+)
+@pytest.mark.parametrize("wait", [False, True])
+def test_compensations_of_spawned_tasks_never_wait_on_themselves(
+    c: Cluster, fragment: list[Any], wait: bool
+) -> None:
+    c.ok(c.submit("r", [comp("a"), spec("b", "a"), spec("z")]))
+    spawn_from(c, "r", "a", fragment, wait)
+    for f in fragment:
+        c.run_task("r", f.id)
+    if not wait:
+        c.run_task("r", "b")
+    fail_for_good(c, "r", "z")
+    comps = [t.spec for t in c.st.runs["r"].tasks.values() if t.origin == "compensation"]
+    assert {s.id for s in comps} == {"a~compensate", *(f"{f.id}~compensate" for f in fragment)}
+    assert dag.find_cycle(comps) is None
+    for s in comps:  # a compensation never waits on itself, and the spawner's comes after its children's
+        assert s.id not in s.deps
+    a_deps = c.task("r", "a~compensate").spec.deps
+    assert all(
+        f"{f.id}~compensate" in a_deps
+        or any(f"{f.id}~compensate" in c.task("r", d).spec.deps for d in a_deps[1:])
+        for f in fragment
+    )
+    run_compensations(c, "r")
+
+
+def test_work_that_succeeded_inside_a_cancelled_group_is_compensated(c: Cluster) -> None:
+    """A spawner whose attempt succeeded (WAITING_CHILDREN when the run failed) and a map one of
+    whose instances succeeded did work: each is compensated, after what ran after it."""
+    c.ok(
+        c.submit(
+            "r",
+            [
+                comp("a"),
+                comp("p", "a"),
+                comp("m", "a", map="a"),
+                comp("v", replicas=3, fusion="vote", quorum=3),
+            ],
+        )
+    )
+    c.run_task("r", "a", output=[1, 2])
+    spawn_from(c, "r", "p", [spec("k")], wait=True, output="did-side-effect")
+    c.run_task("r", "m[0]")
+    c.run_task("r", "v#0", output="A")
+    fail_for_good(c, "r", "k")
+    st = status(c, "r")
+    assert (st["p"], st["m"], st["m[1]"], st["v"], st["v#1"]) == (TaskStatus.CANCELLED,) * 5
+    run = c.st.runs["r"]
+    assert run.status is RunStatus.COMPENSATING
+    comps = {t.parent: t.spec.deps for t in run.tasks.values() if t.origin == "compensation"}
+    assert set(comps) == {"a", "p", "m", "v"}
+    assert set(comps["a"]) == {"a", "p~compensate", "m~compensate"}
+    assert comps["p"] == ("p",) and comps["m"] == ("m",) and comps["v"] == ("v",)
+    assert c.task("r", "p~compensate").spec.input == {"task": "p", "input": None, "compensate": UNDO.input}
+    run_compensations(c, "r")
+
+
+def test_a_spawner_refused_for_max_tasks_is_compensated(c: Cluster) -> None:
+    """Its attempt did its work; the spawn is refused and the run ends for its budget, the work
+    kept (SUCCEEDED, as a completion over max_cost) so the saga undoes it."""
+    budgeted = SubmitRun(
+        c.rid(), c.ts, "r", "", (comp("a"), spec("b", "a")), 0, "r", "t", Budget(max_tasks=2)
+    )
+    c.ok(budgeted)
+    c.run_task("r", "a")
+    spawn_from(c, "r", "b", [spec("k")], wait=True, output="did-side-effect")
+    run = c.st.runs["r"]
+    assert run.reason == "BUDGET_EXCEEDED" and "max_tasks is 2" in run.error
+    assert c.task("r", "b").status is TaskStatus.SUCCEEDED and c.task("r", "b").output == "did-side-effect"
+    assert "k" not in run.tasks
+    comps = {t.parent: t.spec.deps for t in run.tasks.values() if t.origin == "compensation"}
+    assert comps == {"a": ("a",)}  # b has no compensate: walked through
+    run_compensations(c, "r")
+
+
+def test_a_spawner_with_compensate_refused_for_max_tasks_is_compensated(c: Cluster) -> None:
+    c.ok(SubmitRun(c.rid(), c.ts, "r", "", (comp("a"), comp("b", "a")), 0, "r", "t", Budget(max_tasks=2)))
+    c.run_task("r", "a")
+    spawn_from(c, "r", "b", [spec("k")], wait=False)
+    comps = {t.parent: t.spec.deps for t in c.st.runs["r"].tasks.values() if t.origin == "compensation"}
+    assert comps == {"b": ("b",), "a": ("a", "b~compensate")}
+    run_compensations(c, "r")
+
+
+def test_compensations_of_nested_spawns_form_no_cycle(c: Cluster) -> None:
+    c.ok(c.submit("r", [comp("a"), comp("b", "a"), spec("z")]))
+    spawn_from(c, "r", "a", [comp("s", "a"), comp("t", "a")], wait=False)
+    c.run_task("r", "t")
+    spawn_from(c, "r", "s", [comp("g", "s"), comp("h", "s", "t")], wait=False)
+    for tid in ("g", "h", "b"):
+        c.run_task("r", tid)
+    fail_for_good(c, "r", "z")
+    comps = [t.spec for t in c.st.runs["r"].tasks.values() if t.origin == "compensation"]
+    assert {s.id for s in comps} == {f"{x}~compensate" for x in "abstgh"}
+    assert dag.find_cycle(comps) is None
+    deps = {s.id: s.deps for s in comps}
+    assert "g~compensate" in deps["s~compensate"] and "h~compensate" in deps["s~compensate"]
+    run_compensations(c, "r")

@@ -726,7 +726,7 @@ class Checker:
                     deps_ok = deps_ended = all(run.tasks[d].status in TERMINAL_TASK for d in t.spec.deps)
                     parent = run.tasks[t.parent]
                     assert t.spec.id == t.parent + "~compensate" and t.spec.deps[0] == t.parent
-                    assert parent.status is TaskStatus.SUCCEEDED and parent.spec.compensate is not None
+                    assert sagas.compensable(run, parent), key
                     assert run.status in COMPENSATION_STATES, key
                 elif run.status is RunStatus.COMPENSATING:
                     assert t.status in TERMINAL_TASK, f"{key} is {t.status} while its run compensates"
@@ -784,10 +784,10 @@ class Checker:
             for t in run.tasks.values():
                 if t.spec.replicas and t.status is TaskStatus.SUCCEEDED:
                     fused_from_committed(run, t)
-            # Sagas: each succeeded compensable task has exactly one compensation, and only then.
+            # Sagas: each compensable task (it did work) has exactly one compensation, and only then.
             comps = {t.parent for t in run.tasks.values() if t.origin == "compensation"}
             if run.status in COMPENSATION_STATES:
-                assert comps == {t.spec.id for t in run.tasks.values() if sagas.compensable(t)}
+                assert comps == {t.spec.id for t in run.tasks.values() if sagas.compensable(run, t)}
             else:
                 assert not comps, run.run_id
             if run.status is RunStatus.COMPENSATED:

@@ -13,17 +13,27 @@ again through ``tasks.activate`` (READY, or a new approval gate), the others wai
 with their dependency counts recomputed; running downstream attempts are stopped;
 children of reset tasks (map instances, replicas, spawned tasks) are dropped from the run;
 upstream outputs are kept, superseded outputs move to the tasks' histories. A finished
-run reopens, as ``dead_letters.retry`` does: its cancelled tasks come back too.
+run reopens, as ``dead_letters.retry`` does: its cancelled tasks come back as they were
+(``dead_letters.revive``: spawned tasks too; a spawner or a map waits for its children again).
 """
 
 from __future__ import annotations
 
-from . import approvals, budgets, limits, usage
+from . import approvals, budgets, dead_letters, limits, usage
 from .codes import Code
 from .commands import PauseRun, RerunTask, ResumeRun
 from .context import ApplyContext
 from .results import Rejected, RerunTaskResult, Result, RunChanged, RunControlResult, TaskChanged
-from .state import TERMINAL_RUN, TERMINAL_TASK, Attempt, RunState, RunStatus, TaskState, TaskStatus
+from .state import (
+    TERMINAL_RUN,
+    TERMINAL_TASK,
+    Attempt,
+    ClusterState,
+    RunState,
+    RunStatus,
+    TaskState,
+    TaskStatus,
+)
 from .tasks import activate, cascade, make_ready, unready, unrun
 
 COMPENSATION_RUN = frozenset({RunStatus.COMPENSATING, RunStatus.COMPENSATED, RunStatus.COMPENSATION_FAILED})
@@ -100,7 +110,7 @@ def rerun(ctx: ApplyContext, cmd: RerunTask) -> Result:
     t = run.tasks.get(cmd.task_id)
     if t is None:
         return Rejected(Code.NOT_FOUND, f"run {cmd.run_id!r} has no task {cmd.task_id!r}")
-    plan = _plan(run, t)
+    plan = _plan(ctx.state, run, t)
     if isinstance(plan, Rejected):
         return plan
     reset, dropped = plan
@@ -135,6 +145,11 @@ def rerun(ctx: ApplyContext, cmd: RerunTask) -> Result:
         _drop(ctx, run, c, why, rev)
     for rid in reset:
         _reset(ctx, run, run.tasks[rid], why, rev)
+    if reopened:
+        # What the run's end cancelled comes back as it was, as a retry brings it back (not
+        # reset: a spawner whose attempt succeeded waits for its children again, its spawned
+        # tasks run, a map keeps its finished instances).
+        dead_letters.revive(ctx, run, rev)
     for rid in reset:
         r = run.tasks[rid]
         r.deps_waiting = sum(
@@ -150,7 +165,7 @@ def rerun(ctx: ApplyContext, cmd: RerunTask) -> Result:
     return RerunTaskResult(len(reset), len(dropped), reopened, t.status, run.status)
 
 
-def _plan(run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected:
+def _plan(st: ClusterState, run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected:
     """The tasks a rerun of ``t`` sends back and the children it drops (run order), or why not."""
     where = f"task {t.spec.id!r} of run {run.run_id!r}"
     if run.status in COMPENSATION_RUN:
@@ -172,13 +187,6 @@ def _plan(run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected
         )
     back = {t.spec.id}
     stack = [t.spec.id]
-    if run.status in TERMINAL_RUN:
-        # Reopening: the tasks the run's end cancelled come back too (not the cancelled children
-        # of a task that stays as it is, such as a fused task's surplus replicas).
-        for o in run.tasks.values():
-            if o.status is TaskStatus.CANCELLED and not o.parent and o.spec.id not in back:
-                back.add(o.spec.id)
-                stack.append(o.spec.id)
     while stack:
         for d in run.tasks[stack.pop()].dependents:
             if d not in back and d in run.tasks:
@@ -212,7 +220,13 @@ def _plan(run: RunState, t: TaskState) -> tuple[list[str], list[str]] | Rejected
                 )
     if run.status is RunStatus.FAILED:
         for o in run.tasks.values():
-            if o.status is TaskStatus.FAILED and o.spec.id not in back and o.spec.id not in drop:
+            # The task that failed the run, not a replica that failed without failing it.
+            if (
+                o.status is TaskStatus.FAILED
+                and o.spec.id not in back
+                and o.spec.id not in drop
+                and dead_letters.is_dead_letter(st, o.finished_ms, run.run_id, o.spec.id)
+            ):
                 return Rejected(
                     Code.FAILED_PRECONDITION,
                     f"run {run.run_id!r} failed at task {o.spec.id!r}, which is not downstream of "

@@ -77,7 +77,7 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
         )
     if cmd.attempt <= 0:
         return Rejected(Code.INVALID_ARGUMENT, f"attempt must be >= 1 (got {cmd.attempt})")
-    if t.status is TaskStatus.FAILED and not _is_dead_letter(st, t.finished_ms, run.run_id, t.spec.id):
+    if t.status is TaskStatus.FAILED and not is_dead_letter(st, t.finished_ms, run.run_id, t.spec.id):
         # A replica that failed without failing its run (its group decides): nothing to requeue.
         return Rejected(
             Code.FAILED_PRECONDITION,
@@ -113,26 +113,37 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     t.requeued_attempt = t.attempt
     t.finished_ms = 0
     t.status = TaskStatus.PENDING  # made READY below with the tasks its failure cancelled
-    # O(tasks of the run): the run's failure cancelled every unfinished task; each goes back to
-    # PENDING, or READY if its dependencies have succeeded (deps_waiting stayed exact).
-    # A replica superseded by its quorum stays cancelled; a replicated task waits for its
-    # replicas again (they follow it in the run's order).
-    # A map instance is READY again only if its map had released it (``_released``).
+    revive(ctx, run, rev, t)
+    run.revision = rev
+    budgets.track(st, run)
+    ctx.emit(RunChanged(rev, run.run_id, RunStatus.RUNNING))
+    return RetryTaskResult(requeued=True, attempt=cmd.attempt, status=t.status)
+
+
+def revive(ctx: ApplyContext, run: RunState, rev: int, requeued: TaskState | None = None) -> None:
+    """A finished run reopens (``retry``, ``control.rerun``): the tasks its end cancelled come
+    back, and ``requeued`` (already PENDING) with them; ``run.unfinished`` is recounted.
+
+    O(tasks of the run): the run's end cancelled every unfinished task; each goes back to
+    PENDING, or READY if its dependencies have succeeded (deps_waiting stayed exact).
+    A replica superseded by its quorum stays cancelled; a replicated task waits for its
+    replicas again (they follow it in the run's order); so does a spawner whose attempt had
+    succeeded and that waited for its children (its output kept: it neither runs nor spawns
+    twice). A map instance is READY again only if its map had released it (``_released``).
+    """
     unfinished = 0
     waiting: list[TaskState] = []
     gated: list[TaskState] = []
     for other in run.tasks.values():
-        if (other.status is TaskStatus.CANCELLED and other.error != SUPERSEDED) or other is t:
-            if other is not t:
+        if (other.status is TaskStatus.CANCELLED and other.error != SUPERSEDED) or other is requeued:
+            if other is not requeued:
                 other.error = ""
                 other.finished_ms = 0
                 other.status = TaskStatus.PENDING
-            # A group waits for its children again: a replicated task, or a spawner that had
-            # succeeded and waited (its output kept: it neither runs nor spawns twice).
-            if (other.spec.replicas and other.children) or (other is not t and other.children_waiting):
+            if (other.spec.replicas and other.children) or (other is not requeued and other.children_waiting):
                 other.status = TaskStatus.WAITING_CHILDREN
                 waiting.append(other)
-            if other is not t:
+            if other is not requeued:
                 ctx.emit(TaskChanged(rev, run.run_id, other.spec.id, other.status, other.attempt, ""))
             if other.status is TaskStatus.PENDING and other.deps_waiting == 0 and _released(run, other):
                 if approvals.must_wait(other):  # its gate was open or rejected: a new gate
@@ -146,13 +157,10 @@ def retry(ctx: ApplyContext, cmd: RetryTask) -> Result:
     run.unfinished = unfinished
     for other in gated:
         approvals.open_gate(ctx, run, other, rev)
-    run.revision = rev
-    budgets.track(st, run)
-    ctx.emit(RunChanged(rev, run.run_id, RunStatus.RUNNING))
-    return RetryTaskResult(requeued=True, attempt=cmd.attempt, status=t.status)
 
 
-def _is_dead_letter(st: ClusterState, finished_ms: int, run_id: str, task_id: str) -> bool:
+def is_dead_letter(st: ClusterState, finished_ms: int, run_id: str, task_id: str) -> bool:
+    """Whether that FAILED task failed its run (a replica may fail without): O(log n)."""
     i = bisect.bisect_left(st.dead_letters, (finished_ms, run_id, task_id))
     return i < len(st.dead_letters) and st.dead_letters[i] == (finished_ms, run_id, task_id)
 

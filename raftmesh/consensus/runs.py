@@ -212,7 +212,7 @@ def _current(
 def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     accepted: list[tuple[RunState, TaskState, Completion]] = []
     refused: list[tuple[RunState, TaskState, str, Usage]] = []
-    over_budget: list[tuple[RunState, TaskState, str, Usage]] = []
+    over_budget: list[tuple[RunState, TaskState, str, Completion]] = []
     claims: dict[str, spawn.Claims] = {}  # what earlier items spawn, per run
     offered = None  # the agent types and capabilities members offered, looked up once
     current, rejected = _current(ctx, cmd.node_id, cmd.items, "completed")
@@ -233,7 +233,7 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
             if bad:
                 refused.append((run, t, f"spawn refused: {bad}"[: limits.MAX_ERROR_CHARS], c.usage))
             elif over:
-                over_budget.append((run, t, over, c.usage))
+                over_budget.append((run, t, over, c))
             else:
                 spawn.claim(claimed, c.spawn)
                 accepted.append((run, t, c))
@@ -256,9 +256,12 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
             spawn.add(ctx, run, t, c.output, c.spawn, c.spawn_wait, rev)
         else:
             succeed(ctx, run, t, c.output, rev)
-    for run, t, why, u in over_budget:  # a spawn over max_tasks ends the run
-        usage.charge(run, t, u)
-        if run.status in budgets.BOUND:
+    for run, t, why, c in over_budget:  # a spawn over max_tasks ends the run
+        usage.charge(run, t, c.usage)
+        if run.status in budgets.BOUND and t.status is TaskStatus.RUNNING:
+            # Its work is kept (a saga compensates it), as a completion over max_cost: it spawns nothing.
+            budgets.succeed_over(ctx, run, t, c.output, why, rev)
+        elif run.status in budgets.BOUND:
             budgets.exceed(ctx, run, why, rev)
     for run, t, msg, u in refused:
         usage.charge(run, t, u)

@@ -1,9 +1,10 @@
 """Sagas: undoing what a failed or cancelled run did, through its tasks' ``compensate`` steps.
 
 When a run fails (a task failed for good, a rejected approval, its budget) or is cancelled,
-``tasks.finish_run`` cancels what is unfinished and asks ``start``. If some task that
-SUCCEEDED declares ``compensate: {agent, input}``, the run goes COMPENSATING instead of
-ending: each such task ``X`` gets one compensation task ``X~compensate`` (a child of ``X``
+``tasks.finish_run`` cancels what is unfinished and asks ``start``. If some task that did
+work (``compensable``: it SUCCEEDED, its own attempt succeeded though the run's end cancelled
+it, or some of its map instances or replicas SUCCEEDED) declares ``compensate: {agent,
+input}``, the run goes COMPENSATING instead of ending: each such task ``X`` gets one compensation task ``X~compensate`` (a child of ``X``
 with origin "compensation"; ``~`` cannot appear in a submitted id) that is placed, fenced,
 retried and timed out like any task, with ``X``'s retries, backoff, timeout and priority.
 
@@ -44,8 +45,24 @@ def compensation_id(task_id: str) -> str:
     return task_id + SUFFIX
 
 
-def compensable(t: TaskState) -> bool:
-    return t.status is TaskStatus.SUCCEEDED and t.spec.compensate is not None and t.origin != ORIGIN
+GROUP_ORIGINS = frozenset({"map", "replica"})
+"""Children that do a task's own work (its map instances, its replicas), so the task undoes them."""
+
+
+def compensable(run: RunState, t: TaskState) -> bool:
+    """Whether ``t`` did work its ``compensate`` step must undo: it SUCCEEDED; or its own attempt
+    succeeded (it has an output) though the run's end cancelled it, as a spawner waiting for its
+    children; or it is a map or a replicated task one of whose instances or replicas SUCCEEDED."""
+    if t.spec.compensate is None or t.origin == ORIGIN:
+        return False
+    if t.status is TaskStatus.SUCCEEDED or t.output is not None:
+        return True
+    return any(
+        (c := run.tasks.get(cid)) is not None
+        and c.origin in GROUP_ORIGINS
+        and c.status is TaskStatus.SUCCEEDED
+        for cid in t.children
+    )
 
 
 def start(ctx: ApplyContext, run: RunState, rev: int, error: str, reason: str) -> bool:
@@ -55,7 +72,7 @@ def start(ctx: ApplyContext, run: RunState, rev: int, error: str, reason: str) -
     Once per run: a walk of its tasks and dependency edges, each edge carrying the nearest
     compensable tasks after it (O(tasks + edges) when few tasks compensate).
     """
-    ids = {t.spec.id: None for t in run.tasks.values() if compensable(t)}
+    ids = {t.spec.id: None for t in run.tasks.values() if compensable(run, t)}
     if not ids:
         return False
     order, after = _reverse_order(run, ids)
@@ -80,7 +97,11 @@ def start(ctx: ApplyContext, run: RunState, rev: int, error: str, reason: str) -
             retry_backoff_ms=x.spec.retry_backoff_ms,
             trigger="all_done",
         )
-        added.append(groups.add_child(ctx, run, x, spec, ORIGIN, waited=False))
+        c = groups.add_child(ctx, run, x, spec, ORIGIN, waited=False)
+        if x.status is not TaskStatus.SUCCEEDED:  # cancelled or failed: ended, it is not waited for
+            c.deps_waiting -= 1
+            x.dependents.remove(c.spec.id)
+        added.append(c)
     for c in added:
         if c.deps_waiting == 0 and c.status is TaskStatus.PENDING and tasks.activate(ctx, run, c, rev):
             tasks.cascade(ctx, run, c, rev)
@@ -108,11 +129,15 @@ def drop_dead_letters(st: ClusterState, run: RunState) -> None:
 
 
 def _successors(run: RunState, t: TaskState) -> list[str]:
-    """Tasks that ran after ``t``: its dependents, its children, and what waited on its parent."""
+    """Tasks that ran after ``t``: its dependents, its children, and what waited on its parent.
+
+    Not ``t`` itself nor its siblings: a child spawned with ``wait=False`` may depend on its
+    spawner, so it and its siblings are among the parent's dependents, yet they did not run
+    after one another for that (each would wait on the other's compensation for ever)."""
     out = [*t.dependents, *t.children]
     parent = run.tasks.get(t.parent) if t.parent else None
     if parent is not None:
-        out.extend(parent.dependents)
+        out.extend(s for s in parent.dependents if s != t.spec.id and s not in parent.children)
     return [s for s in out if s in run.tasks and run.tasks[s].origin != ORIGIN]
 
 
@@ -133,6 +158,8 @@ def _reverse_order(run: RunState, ids: dict[str, None]) -> tuple[list[str], dict
                 stack.pop()
                 acc: dict[str, None] = {}
                 for s in _successors(run, run.tasks[node]):
+                    if s not in near:  # still being walked: a cycle; never a compensation waiting on itself
+                        continue
                     if s in ids:
                         acc[s] = None
                     else:
