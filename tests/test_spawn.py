@@ -617,6 +617,8 @@ def test_a_spawn_is_judged_against_max_tasks_after_the_earlier_items_of_its_comm
     run = c.st.runs["g"]
     assert run.reason == BUDGET_EXCEEDED and "has 5 tasks and would add 2" in run.error
     assert len(run.tasks) == 5 and "k1" not in run.tasks
+    # its attempt's work is kept (a saga compensates it), as when the command's own check refuses
+    assert c.task("g", "s").status is S.SUCCEEDED and c.task("g", "s").output == "ok"
 
 
 def test_a_spawn_is_judged_against_the_task_limit_after_the_earlier_items_of_its_command(

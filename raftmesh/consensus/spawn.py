@@ -131,7 +131,8 @@ def add(
 
     ``check`` ran before the command applied anything: an earlier item of the same command may
     have grown the run since (a map expanded, replicas started). Over the run's task limit the
-    attempt fails (not retried), over ``max_tasks`` the run ends, as ``check`` would have said.
+    attempt fails (not retried); over ``max_tasks`` the spawner succeeds without spawning and the run
+    ends, as ``check`` would have said.
     """
     n = budgets.fixed_tasks(specs)
     if len(run.tasks) + n > limits.MAX_TASKS_PER_RUN:
@@ -139,8 +140,8 @@ def add(
         fail_attempt(ctx, run, spawner, why, retryable=False, rev=rev)
         return
     over = budgets.tasks_over(run, n)
-    if over:
-        budgets.exceed(ctx, run, over, rev)
+    if over:  # as runs.complete's own check: the work is kept (a saga compensates it), nothing spawns
+        budgets.succeed_over(ctx, run, spawner, output, over, rev)
         return
     run.spawned_bytes += spec_bytes(specs)
     sid = spawner.spec.id
