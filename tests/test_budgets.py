@@ -83,6 +83,10 @@ def test_a_completion_that_reaches_max_cost_ends_the_run(c: Cluster) -> None:
     assert c.st.running.get("n1", {}) == {}
     c.unchanged(late, Code.ABORTED)  # its late report is fenced
     c.unchanged(c.assign(("r", "c", "n1"), attempt=1), Code.FAILED_PRECONDITION)
+    # c counts b as ended (a run reopened later must find c ready, not waiting on b for ever),
+    # and b's history says its attempt succeeded.
+    assert c.task("r", "c").deps_waiting == 0
+    assert [a.outcome for a in c.task("r", "b").history] == ["SUCCEEDED"]
 
 
 def test_the_second_completion_of_one_batch_starts_nothing(c: Cluster) -> None:

@@ -116,13 +116,18 @@ def exceed(ctx: ApplyContext, run: RunState, why: str, rev: int) -> None:
 
 def succeed_over(ctx: ApplyContext, run: RunState, t: TaskState, output: Any, why: str, rev: int) -> None:
     """``t``'s completion reached the budget: its work is kept (SUCCEEDED with its output, so a
-    saga compensates it) but nothing follows from it (no dependent starts); the run ends."""
+    saga compensates it) but nothing follows from it (no dependent starts); the run ends.
+
+    Its dependents still count it as ended (``deps_waiting``), so that a run reopened later
+    (``RerunTask``, ``RetryTask``) finds their counts exact."""
     record_outcome(ctx, t, ok=True)
-    tasks.unrun(ctx, run.run_id, t)
+    tasks.unrun(ctx, run.run_id, t, "SUCCEEDED")
     t.output = output
     t.error = ""
     t.deadline_ms = 0
     tasks.mark_ended(ctx, run, t, TaskStatus.SUCCEEDED, rev)
+    for dep_id in t.dependents:
+        run.tasks[dep_id].deps_waiting -= 1
     exceed(ctx, run, why, rev)
 
 
