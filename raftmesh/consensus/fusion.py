@@ -40,7 +40,7 @@ from . import approvals, budgets, conditions, groups, limits, tasks
 from .commands import TaskSpec
 from .context import ApplyContext
 from .results import TaskChanged
-from .state import TERMINAL_TASK, RunState, RunStatus, TaskState, TaskStatus
+from .state import TERMINAL_TASK, RunState, TaskState, TaskStatus
 
 RULES = ("vote", "weighted", "merge", "best", "first")
 SUPERSEDED = "superseded: quorum reached"
@@ -311,7 +311,7 @@ def replica_failed(ctx: ApplyContext, run: RunState, t: TaskState, rev: int) -> 
     parent.children_waiting = max(0, parent.children_waiting - 1)
     why = _unreachable(parent.spec, tally(run, parent))
     if why:
-        fail_parent(ctx, run, parent, why, rev)
+        tasks.fail_task(ctx, run, parent, why, rev)
 
 
 def _decide(ctx: ApplyContext, run: RunState, parent: TaskState, rev: int) -> bool:
@@ -320,7 +320,7 @@ def _decide(ctx: ApplyContext, run: RunState, parent: TaskState, rev: int) -> bo
     if not _reached(spec, tl):
         why = _unreachable(spec, tl)
         if why:
-            fail_parent(ctx, run, parent, why, rev)
+            tasks.fail_task(ctx, run, parent, why, rev)
         return False
     _cancel_rest(ctx, run, parent, tl, rev)
     if spec.judge:
@@ -339,11 +339,11 @@ def _decide(ctx: ApplyContext, run: RunState, parent: TaskState, rev: int) -> bo
         weights = {r.spec.id: spec.weights[r.index] if spec.weights else 1.0 for r, _ in tl.counted}
         total = sum(weights[r.spec.id] for r, _ in tl.counted)
         if total <= 0:  # cannot happen (a weight-0 answer does not count); never divide by 0 in apply
-            fail_parent(ctx, run, parent, "weighted: the replicas that answered all have weight 0", rev)
+            tasks.fail_task(ctx, run, parent, "weighted: the replicas that answered all have weight 0", rev)
             return False
         avg = sum(weights[r.spec.id] * v for r, v in tl.counted) / total
         if not math.isfinite(avg):
-            fail_parent(ctx, run, parent, "weighted: the average is not a finite number", rev)
+            tasks.fail_task(ctx, run, parent, "weighted: the average is not a finite number", rev)
             return False
         return _settle(ctx, run, parent, tl, avg, {}, "weight", weights, rev)
     if spec.fusion == "merge":
@@ -463,7 +463,7 @@ def _settle(
         size = limits.encoded_size(output)
         if size > limits.MAX_TASK_OUTPUT_BYTES:
             why = f"the fused output is {size} bytes encoded; the limit is {limits.MAX_TASK_OUTPUT_BYTES}"
-            fail_parent(ctx, run, parent, why, rev)
+            tasks.fail_task(ctx, run, parent, why, rev)
             return False
     parent.output = output
     parent.error = ""
@@ -492,7 +492,7 @@ def _start_judge(ctx: ApplyContext, run: RunState, parent: TaskState, tl: Tally,
             f"the judge's input (the candidates' outputs) is {size} bytes encoded; the limit is "
             f"{limits.MAX_TASK_INPUT_BYTES} (have the replicas return smaller answers)"
         )
-        fail_parent(ctx, run, parent, why, rev)
+        tasks.fail_task(ctx, run, parent, why, rev)
         return
     judge_spec = TaskSpec(
         id=spec.id + JUDGE_SUFFIX,
@@ -531,29 +531,12 @@ def _on_judge_ended(ctx: ApplyContext, run: RunState, parent: TaskState, judge: 
     tl = tally(run, parent)
     chosen, scores, why = _judged(judge.output, len(tl.counted))
     if why:
-        fail_parent(ctx, run, parent, f"{judge.spec.id}: {why}", rev)
+        tasks.fail_task(ctx, run, parent, f"{judge.spec.id}: {why}", rev)
         return False
     winner = tl.counted[chosen][0]
     per = {r.spec.id: scores[i] for i, (r, _) in enumerate(tl.counted)} if scores else {}
     extra = {"chosen": winner.spec.id, "judge": judge.spec.id, "judge_output": judge.output}
     return _settle(ctx, run, parent, tl, winner.output, extra, "score", per, rev)
-
-
-# ---- failing the parent ----------------------------------------------------------------
-
-
-def fail_parent(ctx: ApplyContext, run: RunState, parent: TaskState, error: str, rev: int) -> None:
-    """The parent fails for good (a dead letter, as a task that used its retries), and its run."""
-    st = ctx.state
-    parent.error = error[: limits.MAX_ERROR_CHARS]
-    parent.status = TaskStatus.FAILED
-    parent.finished_ms = st.time_ms
-    st.add_dead_letter((parent.finished_ms, run.run_id, parent.spec.id))
-    run.unfinished -= 1
-    run.revision = rev
-    ctx.emit(TaskChanged(rev, run.run_id, parent.spec.id, parent.status, parent.attempt, parent.node))
-    msg = f"task {parent.spec.id!r} failed: {parent.error}"
-    tasks.finish_run(ctx, run, RunStatus.FAILED, rev, msg, reason="TASK_FAILED")
 
 
 # ---- reading ---------------------------------------------------------------------------
