@@ -321,9 +321,13 @@ class RegisterNode(Command):
     offers: tuple[AgentOffer, ...] = ()
     """One per name in ``agents`` (none: every type is offered with no capabilities and the
     default policy, as registrations from before offers existed)."""
+    actors: tuple[ActorOffer, ...] = ()
+    """Actor types (``@raftmesh.actor``) this node can activate (``messages``)."""
 
     def _fields(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"offers": [o.encode() for o in self.offers]} if self.offers else {}
+        if self.actors:
+            extra["actors"] = [a.encode() for a in self.actors]
         return extra | {
             "node_id": self.node_id,
             "grpc": self.grpc,
@@ -686,22 +690,27 @@ class Fence:
     token: int = 0
     run_id: str = ""
     task_id: str = ""
+    actor: str = ""
+    """Or an actor activation (``TYPE/KEY``) with ``token`` its epoch: rejected unless that
+    activation is the key's current one (``messages.fence_error``)."""
 
     def encode(self) -> list[Any]:
-        return [self.lock, self.token, self.run_id, self.task_id]
+        base: list[Any] = [self.lock, self.token, self.run_id, self.task_id]
+        return [*base, self.actor] if self.actor else base
 
 
 def _fence(v: Any) -> Fence | None:
     if v is None:
         return None
-    if not (isinstance(v, (list, tuple)) and len(v) == 4):
-        raise CommandDecodeError("fence must be [lock, token, run_id, task_id]")
-    lock, token, run_id, task_id = v
-    if not (isinstance(lock, str) and isinstance(run_id, str) and isinstance(task_id, str)):
+    if not (isinstance(v, (list, tuple)) and len(v) in (4, 5)):
+        raise CommandDecodeError("fence must be [lock, token, run_id, task_id(, actor)]")
+    lock, token, run_id, task_id, *rest = v
+    actor = rest[0] if rest else ""
+    if not all(isinstance(x, str) for x in (lock, run_id, task_id, actor)):
         raise CommandDecodeError("fence names must be strings")
     if not isinstance(token, int) or isinstance(token, bool):
         raise CommandDecodeError("fence token must be an int")
-    return Fence(lock, token, run_id, task_id)
+    return Fence(lock, token, run_id, task_id, actor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -883,6 +892,9 @@ def _decode_map(m: Any) -> Command:
             offers=tuple(AgentOffer.decode(o) for o in _get(m, "offers", (list, tuple)))
             if "offers" in m
             else (),
+            actors=tuple(ActorOffer.decode(a) for a in _get(m, "actors", (list, tuple)))
+            if "actors" in m
+            else (),
         )
     if tag == SubmitRun.TAG:
         return SubmitRun(
@@ -979,7 +991,305 @@ def _decode_map(m: Any) -> Command:
         return RerunTask(rid, ts, run_id=_get(m, "run_id", str), task_id=_get(m, "task_id", str))
     if tag == Barrier.TAG:
         return Barrier(rid, ts)
+    decode = _MESSAGING_DECODERS.get(tag)
+    if decode is not None:
+        decoded: Command = decode(m, rid, ts)
+        return decoded
     raise CommandDecodeError(f"unknown command tag {tag!r}")
+
+
+# ---- agent messaging (issue 10: README "Messages") ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActorOffer:
+    """An actor type as a node offers it: what placement of its activations matches."""
+
+    name: str
+    capabilities: tuple[str, ...] = ()
+    """Sorted, unique."""
+    max_activations: int = 0
+    """Activations of this type the node hosts at once (0: ``limits.MAX_ACTIVATIONS_PER_NODE``)."""
+
+    def encode(self) -> list[Any]:
+        return [self.name, list(self.capabilities), self.max_activations]
+
+    @classmethod
+    def decode(cls, v: Any) -> ActorOffer:
+        """Types only; bounds are the processor's."""
+        if not (isinstance(v, (list, tuple)) and len(v) == 3):
+            raise CommandDecodeError("an actor offer must be [name, capabilities, max_activations]")
+        name, caps, most = v
+        if not isinstance(name, str):
+            raise CommandDecodeError("an actor offer's name must be a string")
+        if not (isinstance(caps, (list, tuple)) and all(isinstance(c, str) for c in caps)):
+            raise CommandDecodeError(f"actor offer {name[:40]!r}: capabilities must be a list of strings")
+        if not _is_int(most):
+            raise CommandDecodeError(f"actor offer {name[:40]!r}: max_activations must be an int")
+        return cls(name, tuple(caps), most)
+
+
+Payload = Any
+"""A message payload: ``bytes`` (opaque) or a JSON value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An agent message (protobuf ``raftmesh.v1.AgentMessage``) as the log and the peer streams carry it.
+
+    ``target`` is an actor address ``TYPE/KEY``, or "" for a publish to ``topic``.
+    ``sender`` says who sent it (an actor address, ``task:RUN/TASK``, ``client:NAME`` or
+    ``node:ID``). ``sent_ms`` + ``ttl_ms`` is its expiry (0: ``limits.DEFAULT_MESSAGE_TTL_MS``
+    is filled in by the API before it is sent). ``reply_to`` is the node id a reply goes to
+    (requests only); ``source`` is the topic source: a type subscription delivers a publish
+    to ``TYPE/<source>``.
+    """
+
+    id: str
+    sender: str
+    target: str = ""
+    topic: str = ""
+    type: str = ""
+    payload: Payload = None
+    correlation_id: str = ""
+    trace_id: str = ""
+    priority: int = 0
+    ttl_ms: int = 0
+    sent_ms: int = 0
+    durable: bool = False
+    reply_to: str = ""
+    source: str = ""
+    epoch: int = 0
+    """A reply's: the epoch of the activation that answered (a stale one is dropped)."""
+
+    @property
+    def expires_ms(self) -> int:
+        return self.sent_ms + self.ttl_ms
+
+    def encode(self) -> list[Any]:
+        return [
+            self.id,
+            self.sender,
+            self.target,
+            self.topic,
+            self.type,
+            self.payload,
+            self.correlation_id,
+            self.trace_id,
+            self.priority,
+            self.ttl_ms,
+            self.sent_ms,
+            self.durable,
+            self.reply_to,
+            self.source,
+            self.epoch,
+        ]
+
+    @classmethod
+    def decode(cls, v: Any) -> Message:
+        """Types only; bounds are ``messages.message_error``'s."""
+        if not (isinstance(v, (list, tuple)) and len(v) == 15):
+            raise CommandDecodeError("a message must be a list of its 15 fields")
+        strs = (0, 1, 2, 3, 4, 6, 7, 12, 13)
+        if not all(isinstance(v[i], str) for i in strs):
+            raise CommandDecodeError(
+                "a message's id, sender, target, topic, type, ids and source are strings"
+            )
+        if not all(_is_int(v[i]) for i in (8, 9, 10, 14)) or not isinstance(v[11], bool):
+            raise CommandDecodeError("a message's priority, ttl_ms, sent_ms, epoch are ints; durable a bool")
+        return cls(*v)
+
+
+def _messages(v: Any) -> tuple[Message, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise CommandDecodeError("messages must be a list")
+    return tuple(Message.decode(x) for x in v)
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessages(Command):
+    """Commit durable messages: each goes to its target's mailbox (activating the target if it
+    has no activation), a publish to every subscriber's mailbox and the topic's retained log.
+
+    All or nothing: a full mailbox (RESOURCE_EXHAUSTED) or a bad message rejects the command.
+    ``fence``: the sending attempt's or activation's (a stale sender sends nothing).
+    """
+
+    TAG: ClassVar[str] = "send_messages"
+    messages: tuple[Message, ...] = ()
+    fence: Fence | None = None
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "messages": [x.encode() for x in self.messages],
+            "fence": self.fence.encode() if self.fence else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AckMessage(Command):
+    """A handler's turn, committed at once: the mailbox ack (``seq``; 0 for a fast-path message,
+    which has no mailbox entry), the KV writes, the durable messages it sent and its reply.
+
+    Applied only if ``epoch`` is ``address``'s current activation and ``seq`` is the mailbox's
+    next unacknowledged message; an ack of a message already acknowledged changes nothing
+    (effect-once). ``reply`` (a request's answer) is kept for ``limits.REPLY_RETENTION_MS``
+    so a requester that retries gets it.
+    """
+
+    TAG: ClassVar[str] = "ack_message"
+    node_id: str = ""
+    address: str = ""
+    epoch: int = 0
+    seq: int = 0
+    kv: tuple[KvOp, ...] = ()
+    sends: tuple[Message, ...] = ()
+    reply: Message | None = None
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "address": self.address,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "kv": [o.encode() for o in self.kv],
+            "sends": [x.encode() for x in self.sends],
+            "reply": self.reply.encode() if self.reply else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Activate(Command):
+    """Give ``address`` an activation (placed by ``apply``) if it has none: the first fast-path
+    message to a key. Answers the activation either way."""
+
+    TAG: ClassVar[str] = "activate"
+    address: str = ""
+
+    def _fields(self) -> dict[str, Any]:
+        return {"address": self.address}
+
+
+@dataclass(frozen=True, slots=True)
+class RenewActivations(Command):
+    """The hosting node extends the leases of its activations ((address, epoch) pairs)."""
+
+    TAG: ClassVar[str] = "renew_activations"
+    node_id: str = ""
+    incarnation: str = ""
+    items: tuple[tuple[str, int], ...] = ()
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "incarnation": self.incarnation,
+            "items": [list(i) for i in self.items],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Deactivate(Command):
+    """The hosting node gives up an idle activation (refused while its mailbox holds messages)."""
+
+    TAG: ClassVar[str] = "deactivate"
+    node_id: str = ""
+    address: str = ""
+    epoch: int = 0
+
+    def _fields(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "address": self.address, "epoch": self.epoch}
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeTopic(Command):
+    """Subscribe (or unsubscribe) an actor type ``TYPE`` or key ``TYPE/KEY`` to ``topic``."""
+
+    TAG: ClassVar[str] = "subscribe_topic"
+    topic: str = ""
+    subscriber: str = ""
+    subscribe: bool = True
+
+    def _fields(self) -> dict[str, Any]:
+        return {"topic": self.topic, "subscriber": self.subscriber, "subscribe": self.subscribe}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDeadLetter:
+    """A message that was not delivered, and why (``expired``, ``undeliverable: ...``)."""
+
+    message: Message
+    reason: str
+
+    def encode(self) -> list[Any]:
+        return [self.message.encode(), self.reason]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDeadLetters(Command):
+    """A node records fast-path messages it gave up on, so no loss is silent."""
+
+    TAG: ClassVar[str] = "record_dead_letters"
+    node_id: str = ""
+    items: tuple[MessageDeadLetter, ...] = ()
+
+    def _fields(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "items": [i.encode() for i in self.items]}
+
+
+def _decode_ack(m: dict[str, Any], rid: str, ts: int) -> AckMessage:
+    reply = m.get("reply")
+    return AckMessage(
+        rid,
+        ts,
+        node_id=_get(m, "node_id", str),
+        address=_get(m, "address", str),
+        epoch=_get(m, "epoch", int),
+        seq=_get(m, "seq", int),
+        kv=_ops(_get(m, "kv", (list, tuple))),
+        sends=_messages(_get(m, "sends", (list, tuple))),
+        reply=Message.decode(reply) if reply is not None else None,
+    )
+
+
+def _decode_renew(m: dict[str, Any], rid: str, ts: int) -> RenewActivations:
+    items = []
+    for it in _get(m, "items", (list, tuple)):
+        if not (isinstance(it, (list, tuple)) and len(it) == 2 and isinstance(it[0], str) and _is_int(it[1])):
+            raise CommandDecodeError("a renewal must be [address, epoch]")
+        items.append((it[0], it[1]))
+    return RenewActivations(
+        rid, ts, node_id=_get(m, "node_id", str), incarnation=_get(m, "incarnation", str), items=tuple(items)
+    )
+
+
+def _decode_dead_letters(m: dict[str, Any], rid: str, ts: int) -> RecordDeadLetters:
+    items = []
+    for it in _get(m, "items", (list, tuple)):
+        if not (isinstance(it, (list, tuple)) and len(it) == 2 and isinstance(it[1], str)):
+            raise CommandDecodeError("a dead letter must be [message, reason]")
+        items.append(MessageDeadLetter(Message.decode(it[0]), it[1]))
+    return RecordDeadLetters(rid, ts, node_id=_get(m, "node_id", str), items=tuple(items))
+
+
+_MESSAGING_DECODERS: dict[str, Any] = {
+    SendMessages.TAG: lambda m, rid, ts: SendMessages(
+        rid, ts, messages=_messages(_get(m, "messages", (list, tuple))), fence=_fence(m.get("fence"))
+    ),
+    AckMessage.TAG: _decode_ack,
+    Activate.TAG: lambda m, rid, ts: Activate(rid, ts, address=_get(m, "address", str)),
+    RenewActivations.TAG: _decode_renew,
+    Deactivate.TAG: lambda m, rid, ts: Deactivate(
+        rid, ts, node_id=_get(m, "node_id", str), address=_get(m, "address", str), epoch=_get(m, "epoch", int)
+    ),
+    SubscribeTopic.TAG: lambda m, rid, ts: SubscribeTopic(
+        rid,
+        ts,
+        topic=_get(m, "topic", str),
+        subscriber=_get(m, "subscriber", str),
+        subscribe=_get(m, "subscribe", bool),
+    ),
+    RecordDeadLetters.TAG: _decode_dead_letters,
+}
 
 
 @dataclass(frozen=True, slots=True)

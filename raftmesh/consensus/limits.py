@@ -163,6 +163,61 @@ MIN_KV_LEASE_TTL_MS = 500
 MAX_KV_LEASE_TTL_MS = 24 * 3600 * 1000
 MAX_KV_LIST = 10_000
 
+# ---- agent messaging (README "Messages") ------------------------------------
+
+MAX_ADDRESS_CHARS = 256
+"""An actor address ``TYPE/KEY``: TYPE an id, KEY printable text without spaces."""
+MAX_TOPIC_CHARS = 256
+MAX_MESSAGE_TYPE_CHARS = 128
+MAX_MESSAGE_ID_CHARS = 128
+"""Message ids and correlation ids (printable, no spaces); trace ids too."""
+MAX_MESSAGE_PAYLOAD_BYTES = 256 * 1024
+"""Encoded size of one message's payload (bytes or JSON)."""
+MAX_MESSAGE_PRIORITY = 1000
+"""Message priority is -1000..1000: higher goes first (FIFO within one priority per sender)."""
+DEFAULT_MESSAGE_TTL_MS = 60 * 1000
+"""A message sent with ttl_ms 0 gets this TTL."""
+MAX_MESSAGE_TTL_MS = 7 * 24 * 3600 * 1000
+MAX_MESSAGES_PER_SEND = 256
+"""Durable messages in one ``SendMessages`` (one API call, one handler turn's sends)."""
+MAX_MAILBOX_MESSAGES = 10_000
+"""Durable messages waiting in one address's mailbox; a send to a full one is RESOURCE_EXHAUSTED."""
+MAX_QUEUED_MESSAGES = 200_000
+"""Durable messages waiting in all mailboxes together."""
+MAX_ACTIVATIONS = 100_000
+"""Activations in the cluster at once."""
+MAX_ACTIVATIONS_PER_NODE = 10_000
+"""Activations one node hosts at once (an actor offer may set fewer for its type)."""
+ACTIVATION_LEASE_MS = 6_000
+"""An activation's lease; its node renews it every third of that. A node that stops renewing
+(dead, cut off) loses its activations this long after its last renewal."""
+MAX_ACTOR_TYPES_PER_NODE = 256
+MAX_SUBSCRIBERS_PER_TOPIC = 1_000
+"""Subscribers (actor types or keys) of one topic: the fan-out of one publish."""
+MAX_SUBSCRIPTIONS = 100_000
+"""(topic, subscriber) pairs in the cluster."""
+MAX_TOPICS_RETAINED = 10_000
+"""Topics whose durable publishes are retained (the oldest-written topic's log is dropped first)."""
+MAX_TOPIC_RETAINED = 100
+"""Durable publishes kept per topic for ``subscribe --from-start`` (oldest dropped first)."""
+MAX_MESSAGE_DEAD_LETTERS = 10_000
+"""Message dead letters kept in the state (oldest dropped first; the total is counted)."""
+MAX_MESSAGE_DEAD_LETTERS_LISTED = 1_000
+MAX_RETAINED_REPLIES = 10_000
+"""Replies to durable requests kept for a requester that asks again (oldest dropped first)."""
+REPLY_RETENTION_MS = 10 * 60 * 1000
+# Node-local limits of the fast path (``raftmesh.messaging``):
+MAX_INBOX_MESSAGES = 10_000
+"""Fast-path messages waiting for one activation's handler; the peer refuses more (the sender
+retries with backoff until the TTL)."""
+MAX_UNACKED_PER_PEER = 10_000
+"""Fast-path messages a node sends to one peer and keeps until acknowledged; a send beyond it
+waits (backpressure)."""
+SEEN_MESSAGE_IDS = 100_000
+"""Message ids a node remembers to drop duplicates of fast-path messages (oldest forgotten)."""
+MAX_PENDING_REQUESTS = 10_000
+"""Requests one node waits on at once (RESOURCE_EXHAUSTED beyond)."""
+
 
 # ---- the checks --------------------------------------------------------------
 
@@ -233,3 +288,13 @@ def printable(text: str) -> bool:
     return (text.isascii() and text.isprintable()) or not any(
         unicodedata.category(c) in UNPRINTABLE_CATEGORIES for c in text
     )
+
+
+def address_error(what: str, value: str) -> str:
+    """ "" if ``value`` is an actor address ``TYPE/KEY`` (TYPE an id, KEY a name), else what is wrong."""
+    kind, slash, key = value.partition("/")
+    if not slash:
+        return f"{what} {value[:40]!r} must be TYPE/KEY (an actor type, a slash, a key)"
+    if len(value) > MAX_ADDRESS_CHARS:
+        return f"{what} {value[:40]!r}... is longer than {MAX_ADDRESS_CHARS} characters"
+    return id_error(f"{what}'s type", kind) or name_error(f"{what}'s key", key, MAX_ADDRESS_CHARS)

@@ -515,6 +515,94 @@ class RerunTaskResult(Result):
         return cls(v[0], v[1], v[2], TaskStatus(v[3]), RunStatus(v[4]), _target(v, 5))
 
 
+# ---- agent messaging (``message_commands``) ----
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesSent(Result):
+    """``SendMessages``: per message, its sequence number (a publish: its topic log's) and the
+    addresses it was queued for (a publish: every subscriber's)."""
+
+    TAG: ClassVar[str] = "messages_sent"
+    seqs: tuple[int, ...]
+    targets: tuple[tuple[str, ...], ...]
+
+    def _encode(self) -> list[Any]:
+        return [list(self.seqs), [list(t) for t in self.targets]]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> MessagesSent:
+        return cls(tuple(v[0]), tuple(tuple(t) for t in v[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAcked(Result):
+    """``AckMessage``: ``applied`` False means the message had already been acknowledged (or
+    expired): nothing of this turn was applied, as is right for a redelivered message."""
+
+    TAG: ClassVar[str] = "message_acked"
+    applied: bool
+    revision: int
+
+    def _encode(self) -> list[Any]:
+        return [self.applied, self.revision]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> MessageAcked:
+        return cls(v[0], v[1])
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationResult(Result):
+    """``Activate``: the address's activation (``created`` if this command granted it)."""
+
+    TAG: ClassVar[str] = "activation"
+    address: str
+    node: str
+    epoch: int
+    deadline_ms: int
+    created: bool
+
+    def _encode(self) -> list[Any]:
+        return [self.address, self.node, self.epoch, self.deadline_ms, self.created]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> ActivationResult:
+        return cls(v[0], v[1], v[2], v[3], v[4])
+
+
+@dataclass(frozen=True, slots=True)
+class RenewResult(Result):
+    """``RenewActivations`` and ``Deactivate``: the addresses whose activation this node no
+    longer holds (expired and moved, or given up): it must stop handling them."""
+
+    TAG: ClassVar[str] = "renew"
+    renewed: int
+    lost: tuple[str, ...]
+
+    def _encode(self) -> list[Any]:
+        return [self.renewed, list(self.lost)]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> RenewResult:
+        return cls(v[0], tuple(v[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedResult(Result):
+    """``SubscribeTopic`` and ``RecordDeadLetters``: whether anything changed / how many recorded."""
+
+    TAG: ClassVar[str] = "changed"
+    count: int
+
+    def _encode(self) -> list[Any]:
+        return [self.count]
+
+    @classmethod
+    def _decode(cls, v: list[Any]) -> ChangedResult:
+        return cls(v[0])
+
+
 def _target(v: list[Any], i: int) -> tuple[str, ...]:
     """A result's ``target`` at ``v[i]``; () in an encoding from before targets were kept."""
     return tuple(str(x) for x in v[i]) if len(v) > i else ()
@@ -541,6 +629,11 @@ RESULT_TYPES: tuple[type[Result], ...] = (
     ApproveTaskResult,
     RunControlResult,
     RerunTaskResult,
+    MessagesSent,
+    MessageAcked,
+    ActivationResult,
+    RenewResult,
+    ChangedResult,
 )
 _BY_TAG: dict[str, Any] = {cls.TAG: cls for cls in RESULT_TYPES}
 
@@ -614,4 +707,44 @@ class KvChanged:
     event: KvEvent
 
 
-Event = TaskChanged | RunChanged | MemberChanged | LockChanged | KvChanged
+@dataclass(frozen=True, slots=True)
+class MessageQueued:
+    """Durable messages were queued for ``address`` (hosted by ``node``, "" if unplaced)."""
+
+    revision: int
+    address: str
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationChanged:
+    """``address`` was activated on ``node`` with ``epoch``, or (``active`` False) lost it."""
+
+    revision: int
+    address: str
+    node: str
+    epoch: int
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPublished:
+    """A durable publish was committed to ``topic`` (client subscribers stream it)."""
+
+    revision: int
+    topic: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyCommitted:
+    """A durable request's reply was committed (the requester on ``reply_to`` wakes up)."""
+
+    revision: int
+    correlation_id: str
+    reply_to: str
+
+
+MessageEvent = MessageQueued | ActivationChanged | TopicPublished | ReplyCommitted
+
+Event = TaskChanged | RunChanged | MemberChanged | LockChanged | KvChanged | MessageEvent

@@ -19,11 +19,12 @@ from typing import Any
 
 import msgpack
 
-from .commands import NO_USAGE, AgentOffer, Budget, JsonValue, TaskSpec, Usage
+from .commands import NO_USAGE, ActorOffer, AgentOffer, Budget, JsonValue, TaskSpec, Usage
 from .kv import KvStore
 from .locks import LockTable
+from .messages import MessageStore
 
-SNAPSHOT_FORMAT = 4
+SNAPSHOT_FORMAT = 5
 """2: results in the dedup table are typed (``results.encode_result``) and name the command kind.
 3: tasks and runs end with their usage sums; tasks with ``preempted_by`` and ``requeued_attempt``;
 a member carries its agent offers and its breakers (``Member.offers``, ``Member.breakers``).
@@ -31,7 +32,7 @@ A format-2 snapshot still loads (the new fields start empty; members offer their
 default policy).
 4: tasks end with the workflow fields (``deps_skipped`` ... ``depth``), runs with ``budget`` and
 ``reason``. Format 2 and 3 snapshots still load (the new fields start empty)."""
-READABLE_FORMATS = frozenset({2, 3, SNAPSHOT_FORMAT})
+READABLE_FORMATS = frozenset({2, 3, 4, SNAPSHOT_FORMAT})
 
 
 class TaskStatus(StrEnum):
@@ -114,6 +115,8 @@ class Member:
     """agent type -> its offer; the same names as ``agents``."""
     breakers: dict[str, Breaker] = field(default_factory=dict)
     """agent type -> breaker, only for types with failures or an open breaker."""
+    actors: dict[str, ActorOffer] = field(default_factory=dict)
+    """actor type -> its offer (``@raftmesh.actor`` types this node can activate)."""
 
     def encode(self) -> list[Any]:
         return [
@@ -127,6 +130,7 @@ class Member:
             self.registered_ms,
             [self.offers[k].encode() for k in sorted(self.offers)],
             [[k, *self.breakers[k].encode()] for k in sorted(self.breakers)],
+            [self.actors[k].encode() for k in sorted(self.actors)],
         ]
 
     @classmethod
@@ -144,6 +148,7 @@ class Member:
             v[7],
             {o.name: o for o in offers},
             {b[0]: Breaker(b[1], b[2]) for b in (v[9] if len(v) > 9 else ())},
+            {a[0]: ActorOffer.decode(a) for a in (v[10] if len(v) > 10 else ())},
         )
 
 
@@ -430,6 +435,8 @@ class ClusterState:
     """Finished run ids, oldest finished first (for retention)."""
     locks: LockTable = field(default_factory=LockTable)
     kv: KvStore = field(default_factory=KvStore)
+    messages: MessageStore = field(default_factory=MessageStore)
+    """Actor activations, durable mailboxes, topics, message dead letters (``messages``)."""
 
     # Derived indexes: not encoded, rebuilt by ``rebuild_indexes``.
     ready: dict[int, dict[TaskKey, None]] = field(default_factory=dict)
@@ -465,6 +472,7 @@ class ClusterState:
             list(self.finished),
             self.locks.encode(),
             self.kv.encode(),
+            self.messages.encode(),
         ]
         data: bytes = msgpack.packb(body, use_bin_type=True)
         return data
@@ -487,6 +495,7 @@ class ClusterState:
             finished=OrderedDict((r, None) for r in body[8]),
             locks=LockTable.decode(body[9]),
             kv=KvStore.decode(body[10]),
+            messages=MessageStore.decode(body[11]) if len(body) > 11 else MessageStore(),
         )
         state.rebuild_indexes()
         return state
@@ -534,6 +543,7 @@ class ClusterState:
         self.dead_letters.sort()
         self.open_gates.sort()
         heapq.heapify(self.gate_deadlines)
+        self.messages.rebuild_indexes()
 
     def index_snapshot(self) -> tuple[Any, ...]:
         """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
@@ -551,6 +561,7 @@ class ClusterState:
             sorted({e for e in self.budget_deadlines if self.budget_live(e)}),
             list(self.open_gates),
             sorted(e for e in self.gate_deadlines if self.gate_live(e)),
+            self.messages.index_snapshot(),
         )
 
     def add_dead_letter(self, entry: DeadLetter) -> None:
@@ -625,6 +636,7 @@ class ClusterState:
                 self.kv.next_deadline_ms(),
                 self.next_budget_deadline_ms(),
                 self.next_gate_deadline_ms(),
+                self.messages.next_deadline_ms(),
             )
             if d
         ]

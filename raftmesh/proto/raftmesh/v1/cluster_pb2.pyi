@@ -575,6 +575,28 @@ class ClusterStatusResponse(_message.Message):
     log_entries: int
     def __init__(self, leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., node_id: _Optional[str] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., revision: _Optional[int] = ..., has_quorum: _Optional[bool] = ..., digest: _Optional[str] = ..., snapshots_loaded: _Optional[int] = ..., log_entries: _Optional[int] = ...) -> None: ...
 
+class PeerFrame(_message.Message):
+    __slots__ = ("node_id", "incarnation", "messages", "acks")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    incarnation: str
+    messages: _containers.RepeatedCompositeFieldContainer[AgentMessage]
+    acks: _containers.RepeatedCompositeFieldContainer[PeerAck]
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[AgentMessage, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[PeerAck, _Mapping]]] = ...) -> None: ...
+
+class PeerAck(_message.Message):
+    __slots__ = ("id", "error", "retry")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    error: str
+    retry: bool
+    def __init__(self, id: _Optional[str] = ..., error: _Optional[str] = ..., retry: _Optional[bool] = ...) -> None: ...
+
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id", "incarnation", "running", "ts_ms")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -1062,3 +1084,157 @@ class RetryTaskResponse(_message.Message):
     attempt: int
     status: TaskStatus
     def __init__(self, requeued: _Optional[bool] = ..., attempt: _Optional[int] = ..., status: _Optional[_Union[TaskStatus, str]] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("id", "sender", "target", "topic", "type", "payload_bytes", "payload_json", "correlation_id", "trace_id", "priority", "ttl_ms", "durable", "sent_ms", "source", "reply_to", "epoch", "seq")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
+    SENT_MS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    sender: str
+    target: str
+    topic: str
+    type: str
+    payload_bytes: bytes
+    payload_json: str
+    correlation_id: str
+    trace_id: str
+    priority: int
+    ttl_ms: int
+    durable: bool
+    sent_ms: int
+    source: str
+    reply_to: str
+    epoch: int
+    seq: int
+    def __init__(self, id: _Optional[str] = ..., sender: _Optional[str] = ..., target: _Optional[str] = ..., topic: _Optional[str] = ..., type: _Optional[str] = ..., payload_bytes: _Optional[bytes] = ..., payload_json: _Optional[str] = ..., correlation_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., priority: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., durable: _Optional[bool] = ..., sent_ms: _Optional[int] = ..., source: _Optional[str] = ..., reply_to: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class SendMessageRequest(_message.Message):
+    __slots__ = ("message", "request_id")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    message: AgentMessage
+    request_id: str
+    def __init__(self, message: _Optional[_Union[AgentMessage, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SendMessageResponse(_message.Message):
+    __slots__ = ("id", "seq", "targets")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    seq: int
+    targets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., seq: _Optional[int] = ..., targets: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MessageRequest(_message.Message):
+    __slots__ = ("message", "timeout_s")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    message: AgentMessage
+    timeout_s: float
+    def __init__(self, message: _Optional[_Union[AgentMessage, _Mapping]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class MessageReply(_message.Message):
+    __slots__ = ("reply",)
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    reply: AgentMessage
+    def __init__(self, reply: _Optional[_Union[AgentMessage, _Mapping]] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("topic", "from_start")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    FROM_START_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    from_start: bool
+    def __init__(self, topic: _Optional[str] = ..., from_start: _Optional[bool] = ...) -> None: ...
+
+class MessageDeadLettersRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class MessageDeadLetter(_message.Message):
+    __slots__ = ("message", "reason", "node", "recorded_ms", "seq")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_MS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    message: AgentMessage
+    reason: str
+    node: str
+    recorded_ms: int
+    seq: int
+    def __init__(self, message: _Optional[_Union[AgentMessage, _Mapping]] = ..., reason: _Optional[str] = ..., node: _Optional[str] = ..., recorded_ms: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class MessageDeadLettersResponse(_message.Message):
+    __slots__ = ("dead_letters", "total")
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    dead_letters: _containers.RepeatedCompositeFieldContainer[MessageDeadLetter]
+    total: int
+    def __init__(self, dead_letters: _Optional[_Iterable[_Union[MessageDeadLetter, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class SubscribeActorRequest(_message.Message):
+    __slots__ = ("topic", "subscriber", "unsubscribe", "request_id")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBER_FIELD_NUMBER: _ClassVar[int]
+    UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    subscriber: str
+    unsubscribe: bool
+    request_id: str
+    def __init__(self, topic: _Optional[str] = ..., subscriber: _Optional[str] = ..., unsubscribe: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SubscribeActorResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...
+
+class ListActivationsRequest(_message.Message):
+    __slots__ = ("prefix", "limit")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    limit: int
+    def __init__(self, prefix: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ActivationInfo(_message.Message):
+    __slots__ = ("address", "node", "epoch", "granted_ms", "lease_deadline_ms", "queued")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_MS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    node: str
+    epoch: int
+    granted_ms: int
+    lease_deadline_ms: int
+    queued: int
+    def __init__(self, address: _Optional[str] = ..., node: _Optional[str] = ..., epoch: _Optional[int] = ..., granted_ms: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+
+class ListActivationsResponse(_message.Message):
+    __slots__ = ("activations",)
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    activations: _containers.RepeatedCompositeFieldContainer[ActivationInfo]
+    def __init__(self, activations: _Optional[_Iterable[_Union[ActivationInfo, _Mapping]]] = ...) -> None: ...

@@ -640,6 +640,11 @@ class PeerStub:
                 request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.Exchange = channel.stream_stream(
+                '/raftmesh.v1.Peer/Exchange',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.PeerFrame.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.PeerFrame.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -654,6 +659,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request_iterator, context):
+        """Fast-path agent messages (README "Messages"): one stream per pair of nodes carries
+        messages and their acks both ways; the first frame from the dialling node says who it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -661,6 +674,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.HeartbeatRequest.FromString,
                     response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.PeerFrame.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.PeerFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -691,6 +709,33 @@ class Peer:
             '/raftmesh.v1.Peer/Heartbeat',
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftmesh.v1.Peer/Exchange',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.PeerFrame.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.PeerFrame.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1238,6 +1283,319 @@ class Locks:
             '/raftmesh.v1.Locks/List',
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockListRequest.SerializeToString,
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.LockListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class MessagesStub:
+    """---- agent messaging (README "Messages") ----------------------------------------
+
+    Messages between addressable agents (actors, TYPE/KEY), tasks and clients. Fast
+    (durable=false): over the peer streams, at least once and in order per sender while
+    the sender's and the target's nodes live. Durable: committed to the log before Send
+    returns, processed once (the handler's ack commits with its effects).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Send = channel.unary_unary(
+                '/raftmesh.v1.Messages/Send',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SendMessageRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SendMessageResponse.FromString,
+                _registered_method=True)
+        self.Request = channel.unary_unary(
+                '/raftmesh.v1.Messages/Request',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageReply.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/raftmesh.v1.Messages/Subscribe',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.AgentMessage.FromString,
+                _registered_method=True)
+        self.DeadLetters = channel.unary_unary(
+                '/raftmesh.v1.Messages/DeadLetters',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageDeadLettersRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.SubscribeActor = channel.unary_unary(
+                '/raftmesh.v1.Messages/SubscribeActor',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubscribeActorRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubscribeActorResponse.FromString,
+                _registered_method=True)
+        self.ListActivations = channel.unary_unary(
+                '/raftmesh.v1.Messages/ListActivations',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListActivationsRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListActivationsResponse.FromString,
+                _registered_method=True)
+
+
+class MessagesServicer:
+    """---- agent messaging (README "Messages") ----------------------------------------
+
+    Messages between addressable agents (actors, TYPE/KEY), tasks and clients. Fast
+    (durable=false): over the peer streams, at least once and in order per sender while
+    the sender's and the target's nodes live. Durable: committed to the log before Send
+    returns, processed once (the handler's ack commits with its effects).
+    """
+
+    def Send(self, request, context):
+        """Send to an actor (target TYPE/KEY) or publish (topic set, target empty).
+        Fast: answers once the target's node has accepted it; durable: once committed.
+        A full mailbox is RESOURCE_EXHAUSTED; an actor type no node offers FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Request(self, request, context):
+        """Send a request and wait for the reply (DEADLINE_EXCEEDED after timeout_s).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """A topic's publishes: its retained durable ones first (from_start), then live ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeadLetters(self, request, context):
+        """Messages that were not delivered (expired, undeliverable), newest first. Linearizable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribeActor(self, request, context):
+        """Subscribe an actor type (TYPE: a publish reaches TYPE/<source>) or key (TYPE/KEY) to a topic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListActivations(self, request, context):
+        """Current activations (which node hosts each actor key, its epoch), by address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MessagesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Send': grpc.unary_unary_rpc_method_handler(
+                    servicer.Send,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SendMessageRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SendMessageResponse.SerializeToString,
+            ),
+            'Request': grpc.unary_unary_rpc_method_handler(
+                    servicer.Request,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageReply.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubscribeRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.AgentMessage.SerializeToString,
+            ),
+            'DeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeadLetters,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageDeadLettersRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageDeadLettersResponse.SerializeToString,
+            ),
+            'SubscribeActor': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubscribeActor,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubscribeActorRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubscribeActorResponse.SerializeToString,
+            ),
+            'ListActivations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActivations,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListActivationsRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListActivationsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'raftmesh.v1.Messages', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('raftmesh.v1.Messages', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Messages:
+    """---- agent messaging (README "Messages") ----------------------------------------
+
+    Messages between addressable agents (actors, TYPE/KEY), tasks and clients. Fast
+    (durable=false): over the peer streams, at least once and in order per sender while
+    the sender's and the target's nodes live. Durable: committed to the log before Send
+    returns, processed once (the handler's ack commits with its effects).
+    """
+
+    @staticmethod
+    def Send(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Messages/Send',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SendMessageRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SendMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Request(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Messages/Request',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftmesh.v1.Messages/Subscribe',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubscribeRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.AgentMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Messages/DeadLetters',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageDeadLettersRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.MessageDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeActor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Messages/SubscribeActor',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubscribeActorRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubscribeActorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActivations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Messages/ListActivations',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListActivationsRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.ListActivationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

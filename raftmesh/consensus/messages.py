@@ -1,0 +1,267 @@
+"""Replicated state of agent messaging: activations, durable mailboxes, topics, dead letters.
+
+An addressable agent (an actor) is ``TYPE/KEY``. Its activation is a lease granted by
+``apply`` (``message_commands``): at most one per address, on one node, with an epoch
+(the revision that granted it, so epochs only grow). Every write an activation makes
+carries its epoch and is rejected once another activation holds the address: a node
+that was cut off can still run a handler, but nothing it commits lands.
+
+A durable message sits in its target's mailbox under a sequence number (one counter for
+every mailbox, so a number is never reused) until the handler's ``AckMessage`` removes
+it together with the handler's effects; one that outlives its TTL moves to the dead
+letters instead. Publishes are kept per topic (the newest ``MAX_TOPIC_RETAINED``) for
+subscribers that read from the start.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import limits, values
+from .commands import Message, MessageDeadLetter
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """(TYPE, KEY) of an actor address ``TYPE/KEY`` (the key may itself contain ``/``)."""
+    kind, _, key = address.partition("/")
+    return kind, key
+
+
+@dataclass(slots=True)
+class Activation:
+    """The lease of one actor address on one node process."""
+
+    address: str
+    node: str
+    incarnation: str
+    epoch: int
+    """The revision that granted it; every write of the activation carries it."""
+    granted_ms: int
+    deadline_ms: int
+    """State time the lease ends unless renewed (``RenewActivations``)."""
+
+    def encode(self) -> list[Any]:
+        return [self.address, self.node, self.incarnation, self.epoch, self.granted_ms, self.deadline_ms]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Activation:
+        return cls(*v)
+
+
+@dataclass(slots=True)
+class Queued:
+    """A durable message waiting in a mailbox."""
+
+    seq: int
+    message: Message
+    enqueued_ms: int
+
+    def encode(self) -> list[Any]:
+        return [self.seq, self.message.encode(), self.enqueued_ms]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Queued:
+        return cls(v[0], Message.decode(v[1]), v[2])
+
+
+@dataclass(slots=True)
+class Mailbox:
+    """The durable messages of one address not yet acknowledged, in sequence order."""
+
+    address: str
+    queue: OrderedDict[int, Queued] = field(default_factory=OrderedDict)
+    acked: int = 0
+    """Messages acknowledged since the mailbox was created (for status and tests)."""
+
+    def encode(self) -> list[Any]:
+        return [self.address, [q.encode() for q in self.queue.values()], self.acked]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Mailbox:
+        return cls(v[0], OrderedDict((q[0], Queued.decode(q)) for q in v[1]), v[2])
+
+
+@dataclass(slots=True)
+class Published:
+    """A durable publish, as a topic's retained log keeps it."""
+
+    seq: int
+    message: Message
+    published_ms: int
+
+    def encode(self) -> list[Any]:
+        return [self.seq, self.message.encode(), self.published_ms]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Published:
+        return cls(v[0], Message.decode(v[1]), v[2])
+
+
+@dataclass(slots=True)
+class DeadMessage:
+    """A message that was not delivered (``reason``), in the order recorded."""
+
+    seq: int
+    recorded_ms: int
+    letter: MessageDeadLetter
+    node: str
+    """The node that recorded it ("" for the state machine itself: a mailbox TTL)."""
+
+    def encode(self) -> list[Any]:
+        return [self.seq, self.recorded_ms, self.letter.encode(), self.node]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> DeadMessage:
+        return cls(v[0], v[1], MessageDeadLetter(Message.decode(v[2][0]), v[2][1]), v[3])
+
+
+@dataclass(slots=True)
+class MessageStore:
+    """Everything messaging keeps in the replicated state (one element of the snapshot)."""
+
+    seq: int = 0
+    """Last sequence number given to a mailbox message, publish or dead letter."""
+    activations: dict[str, Activation] = field(default_factory=dict)
+    mailboxes: dict[str, Mailbox] = field(default_factory=dict)
+    """Only addresses with queued messages have one."""
+    subscriptions: dict[str, dict[str, None]] = field(default_factory=dict)
+    """topic -> subscribers (``TYPE`` or ``TYPE/KEY``)."""
+    topics: dict[str, deque[Published]] = field(default_factory=dict)
+    """topic -> its newest durable publishes (``limits.MAX_TOPIC_RETAINED``)."""
+    dead_letters: deque[DeadMessage] = field(default_factory=deque)
+    """The newest ``limits.MAX_MESSAGE_DEAD_LETTERS``, oldest first."""
+    dead_letters_total: int = 0
+    """Every dead letter ever recorded (those evicted from the list included)."""
+    replies: OrderedDict[str, tuple[int, Message]] = field(default_factory=OrderedDict)
+    """correlation id -> (ms kept, reply) of durable requests, oldest first."""
+
+    # Derived indexes: not encoded, rebuilt by ``rebuild_indexes``.
+    by_node: dict[str, dict[str, None]] = field(default_factory=dict)
+    """node id -> addresses activated there."""
+    lease_deadlines: list[tuple[int, str, int]] = field(default_factory=list)
+    """Heap of (deadline_ms, address, epoch); entries go stale lazily."""
+    expiries: list[tuple[int, str, int]] = field(default_factory=list)
+    """Heap of (expires_ms, address, seq) of queued messages; entries go stale lazily."""
+    unplaced: dict[str, None] = field(default_factory=dict)
+    """Addresses with queued messages and no activation (placed by the next tick that can)."""
+
+    def encode(self) -> list[Any]:
+        return [
+            self.seq,
+            [self.activations[a].encode() for a in sorted(self.activations)],
+            [self.mailboxes[a].encode() for a in sorted(self.mailboxes)],
+            [[t, sorted(subs)] for t, subs in sorted(self.subscriptions.items())],
+            [[t, [p.encode() for p in log]] for t, log in sorted(self.topics.items())],
+            [d.encode() for d in self.dead_letters],
+            self.dead_letters_total,
+            [[cid, ms, m.encode()] for cid, (ms, m) in self.replies.items()],
+        ]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> MessageStore:
+        store = cls(
+            seq=v[0],
+            activations={a[0]: Activation.decode(a) for a in v[1]},
+            mailboxes={m[0]: Mailbox.decode(m) for m in v[2]},
+            subscriptions={t: dict.fromkeys(subs) for t, subs in v[3]},
+            topics={t: deque(Published.decode(p) for p in log) for t, log in v[4]},
+            dead_letters=deque(DeadMessage.decode(d) for d in v[5]),
+            dead_letters_total=v[6],
+            replies=OrderedDict((cid, (ms, Message.decode(m))) for cid, ms, m in v[7]),
+        )
+        store.rebuild_indexes()
+        return store
+
+    def rebuild_indexes(self) -> None:
+        self.by_node = {}
+        self.lease_deadlines = []
+        self.expiries = []
+        self.unplaced = {}
+        for a in self.activations.values():
+            self.by_node.setdefault(a.node, {})[a.address] = None
+            self.lease_deadlines.append((a.deadline_ms, a.address, a.epoch))
+        for box in self.mailboxes.values():
+            for q in box.queue.values():
+                self.expiries.append((q.message.expires_ms, box.address, q.seq))
+            if box.queue and box.address not in self.activations:
+                self.unplaced[box.address] = None
+        heapq.heapify(self.lease_deadlines)
+        heapq.heapify(self.expiries)
+
+    def lease_live(self, entry: tuple[int, str, int]) -> bool:
+        a = self.activations.get(entry[1])
+        return a is not None and a.epoch == entry[2] and a.deadline_ms == entry[0]
+
+    def expiry_live(self, entry: tuple[int, str, int]) -> bool:
+        box = self.mailboxes.get(entry[1])
+        return box is not None and entry[2] in box.queue
+
+    def index_snapshot(self) -> tuple[Any, ...]:
+        """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
+        return (
+            {n: sorted(a) for n, a in self.by_node.items() if a},
+            sorted({e for e in self.lease_deadlines if self.lease_live(e)}),
+            sorted({e for e in self.expiries if self.expiry_live(e)}),
+            sorted(self.unplaced),
+        )
+
+    def next_deadline_ms(self) -> int | None:
+        """The earliest lease end or message expiry (a tick is due then)."""
+        while self.lease_deadlines and not self.lease_live(self.lease_deadlines[0]):
+            heapq.heappop(self.lease_deadlines)
+        while self.expiries and not self.expiry_live(self.expiries[0]):
+            heapq.heappop(self.expiries)
+        ds = [h[0][0] for h in (self.lease_deadlines, self.expiries) if h]
+        return min(ds) if ds else None
+
+
+def _token_error(what: str, value: str, max_chars: int) -> str:
+    """ "" for an empty or well-formed id-like field (printable, no spaces, bounded)."""
+    return limits.name_error(what, value, max_chars) if value else ""
+
+
+def message_error(m: Message) -> str:
+    """ "" if ``m`` may be sent (both paths, checked at the API and again in ``apply``), else why.
+
+    A send names a ``target`` (``TYPE/KEY``) or a ``topic``, not both. Bounds: ids and types
+    are printable names, the payload is bytes or a storable JSON value within
+    ``MAX_MESSAGE_PAYLOAD_BYTES``, priority and TTL within their limits. O(size of the message).
+    """
+    why = (
+        limits.name_error("message id", m.id, limits.MAX_MESSAGE_ID_CHARS)
+        or _token_error("sender", m.sender, limits.MAX_ADDRESS_CHARS)
+        or _token_error("message type", m.type, limits.MAX_MESSAGE_TYPE_CHARS)
+        or _token_error("correlation id", m.correlation_id, limits.MAX_MESSAGE_ID_CHARS)
+        or _token_error("trace id", m.trace_id, limits.MAX_MESSAGE_ID_CHARS)
+        or _token_error("reply_to", m.reply_to, limits.MAX_ID_CHARS)
+        or _token_error("source", m.source, limits.MAX_ADDRESS_CHARS)
+    )
+    if why:
+        return why
+    if bool(m.target) == bool(m.topic):
+        return "a message names either a target (TYPE/KEY) or a topic (to publish), not both and not neither"
+    if m.target:
+        why = limits.address_error("target", m.target)
+    else:
+        why = limits.name_error("topic", m.topic, limits.MAX_TOPIC_CHARS)
+    if why:
+        return why
+    if not -limits.MAX_MESSAGE_PRIORITY <= m.priority <= limits.MAX_MESSAGE_PRIORITY:
+        return (
+            f"priority {m.priority} is outside -{limits.MAX_MESSAGE_PRIORITY}..{limits.MAX_MESSAGE_PRIORITY}"
+        )
+    if not 0 <= m.ttl_ms <= limits.MAX_MESSAGE_TTL_MS:
+        return f"ttl_ms {m.ttl_ms} is outside 0..{limits.MAX_MESSAGE_TTL_MS}"
+    if m.sent_ms < 0 or m.epoch < 0:
+        return "sent_ms and epoch must not be negative"
+    if not isinstance(m.payload, bytes):
+        why = values.problem(m.payload)
+        if why:
+            return f"payload: {why}"
+    size = limits.encoded_size(m.payload)
+    if size > limits.MAX_MESSAGE_PAYLOAD_BYTES:
+        return f"payload is {size} bytes encoded; the limit is {limits.MAX_MESSAGE_PAYLOAD_BYTES}"
+    return ""
