@@ -21,6 +21,7 @@ from raftmesh.chaos.message_check import (
     MSG_REORDERED_FAST,
     MSG_REPLY,
     MSG_STATE,
+    MSG_STUCK,
     MSG_TWICE,
     DeadRecord,
     Effect,
@@ -135,8 +136,9 @@ def test_an_acknowledged_durable_message_without_effect_is_lost_unless_dead_lett
     lost = h.call("durable", effects=0)
     expired = h.call("durable", effects=0, ttl_ms=100)
     h.call("durable", outcome="unknown", effects=0)  # may never have been committed
-    result = h.check([DeadRecord(expired.mid, "expired")])
-    assert counts(result) == {MSG_LOST: 1}
+    stuck = h.call("durable", effects=0)
+    result = h.check([DeadRecord(expired.mid, "expired")], queued=[stuck.mid])
+    assert counts(result) == {MSG_LOST: 1, MSG_STUCK: 1}
     assert lost.mid in result.invariants[MSG_LOST].examples[0]
     assert result.stats["dead_lettered_acknowledged"] == {"durable: expired": 1}
 

@@ -23,6 +23,14 @@ so the checker knows every output:
 - ``undo_once`` is the compensating agent: it records the compensation under
   ``chaos/comp/<run>/<task>`` with a fenced create-if-absent, so the side effect is applied
   once whatever attempts ran, and the key shows which attempt applied it.
+
+The message workload's actor (``raftmesh.chaos.message_workload``): ``chaos_log`` records each
+turn it handles as one KV record written in the turn's ack (``ctx.kv``), keyed by the turn's
+ordinal ``n``, which it keeps in ``ctx.state`` (saved in the same ack): the records are then
+exactly the committed turns (their mod_revision the commit order), each with the message's
+sender, path and sequence number, the activation's epoch and node, when the turn started and
+when the message expired (``raftmesh.chaos.message_check`` judges them). A request's reply
+is ``{"n", "epoch", "node"}``: the checker finds the turn that answered.
 """
 
 from __future__ import annotations
@@ -145,3 +153,31 @@ async def undo_once(ctx: TaskContext) -> Any:
         return {"undone": task, "by_attempt": ctx.attempt}
     done = await ctx.kv.get(key)  # an earlier attempt applied it (its node was lost before it reported)
     return {"undone": task, "by_attempt": done["attempt"] if isinstance(done, dict) else None}
+
+
+ACTOR_TYPE = "chaos_log"
+EFFECT_PREFIX = "chaos-msg/eff/"
+"""``<prefix><address>/<n:09d>/<id>``: one record per committed turn of a chaos actor."""
+
+
+def effect_key(address: str, n: int, mid: str) -> str:
+    return f"{EFFECT_PREFIX}{address}/{n:09d}/{mid}"
+
+
+def effect_record(
+    payload: Any, mid: str, epoch: int, node: str, n: int, start_ms: int, expires_ms: int
+) -> dict[str, Any]:
+    """What a ``chaos_log`` turn writes, from the message it handled."""
+    p = payload if isinstance(payload, dict) else {}
+    return {
+        "id": p.get("id", mid),
+        "s": p.get("s", ""),
+        "p": p.get("p", ""),
+        "q": p.get("q", 0),
+        "mid": mid,
+        "epoch": epoch,
+        "node": node,
+        "n": n,
+        "start_ms": start_ms,
+        "expires_ms": expires_ms,
+    }

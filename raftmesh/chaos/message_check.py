@@ -11,8 +11,9 @@ whether the actor's state continued from the last committed turn.
 
 Invariants (each must be 0):
 
-- durable messages lost: an acknowledged durable send or request with no committed effect
-  and no dead letter;
+- durable messages lost: an acknowledged durable send or request with no committed effect,
+  no dead letter, and not still in its mailbox; one still queued once the cluster was whole
+  again and drained is counted on its own (handled late is not lost, but never is a bug);
 - effects applied twice: a durable message with two effects, a record written twice (an ack
   re-applied), or a fast message handled twice by one activation (its receiver's dedup
   failed). A fast message handled again after its target moved to another node (or its
@@ -63,8 +64,10 @@ MSG_EXPIRED = "expired messages delivered"
 MSG_REPLY = "replies to requests whose effect did not commit"
 MSG_PHANTOM = "effects of messages never sent or refused"
 MSG_STATE = "actor state not continuing from the last committed turn"
+MSG_STUCK = "acknowledged durable messages still queued after the drain"
 MESSAGE_INVARIANTS = (
     MSG_LOST,
+    MSG_STUCK,
     MSG_TWICE,
     MSG_REORDERED_DURABLE,
     MSG_REORDERED_FAST,
@@ -177,8 +180,10 @@ def check_messages(
     audit: MessageAudit | None = None,
     audit_unavailable: str = "",
     fast_slack_ms: int = FAST_EXPIRY_SLACK_MS,
+    queued: Iterable[str] = (),
 ) -> MessageCheck:
-    """Every message invariant (see the module docstring)."""
+    """Every message invariant (see the module docstring). ``queued``: the logical ids of the
+    durable messages still in a mailbox at the end (from the audited log's final state)."""
     inv = {name: Invariant(name) for name in MESSAGE_INVARIANTS}
     out = MessageCheck(inv)
     by_mid: dict[str, list[Effect]] = {}
@@ -214,7 +219,7 @@ def check_messages(
         "ordered_pairs_checked": Counter(),
     }
     known = {c.mid: c for c in calls}
-    _check_calls(calls, by_mid, dead_by_mid, spans, by_address, kills, inv, stats)
+    _check_calls(calls, by_mid, dead_by_mid, set(queued), spans, by_address, kills, inv, stats)
     _check_order(calls, by_mid, inv, stats)
     _check_addresses(by_address, inv)
     expired: dict[str, str] = {}
@@ -263,6 +268,7 @@ def _check_calls(
     calls: Sequence[MessageCall],
     by_mid: Mapping[str, list[Effect]],
     dead_by_mid: Mapping[str, list[DeadRecord]],
+    queued: set[str],
     spans: Mapping[str, list[ActivationSpan]],
     by_address: Mapping[str, list[Effect]],
     kills: Sequence[Kill],
@@ -292,6 +298,9 @@ def _check_calls(
         dl = dead_by_mid.get(c.mid)
         if dl:
             stats["dead_lettered_acknowledged"][f"{c.path}: {dl[0].reason.split(':')[0]}"] += 1
+            continue
+        if c.path == "durable" and c.mid in queued:
+            inv[MSG_STUCK].add(f"{c.mid} to {c.target} ({c.kind}, acknowledged at {c.return_ms})")
             continue
         if c.path == "durable":
             inv[MSG_LOST].add(
