@@ -371,3 +371,9 @@ def test_the_audit_judges_every_applied_ack_against_the_activation_before_it() -
     assert [a.index for a in audit.stale_acks] == [4]
     assert [(a.index, a.logical_id) for a in audit.expired_acks] == [(5, "m0-d1")]
     assert [a.index for a in audit.unqueued_acks] == [6]
+    # The host retries an ack with one request id until it hears back: the machine echoes the
+    # first answer (applied) and applies nothing, even though the epoch has moved on since.
+    m.state.dedup["a1"] = (2_000, "ack_message", b"")
+    _activate(m, T, "n2", 20, 70_000)
+    _step(audit, m, 7, ok, MessageAcked(True, 5))
+    assert len(audit.acks) == 4 and [a.index for a in audit.stale_acks] == [4]

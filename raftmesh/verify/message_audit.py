@@ -99,9 +99,10 @@ class AppliedAck:
         )
 
 
-_Pre = tuple[dict[str, tuple[str, str, int, int]], tuple[str, str, int] | None]
-"""(address -> (node, incarnation, epoch, deadline_ms)) before the command, and for a durable
-ack, the queued message's (id, logical id, expires_ms) or None if the seq was not queued."""
+_Pre = tuple[dict[str, tuple[str, str, int, int]], tuple[str, str, int] | None, bool]
+"""(address -> (node, incarnation, epoch, deadline_ms)) before the command; for a durable ack,
+the queued message's (id, logical id, expires_ms) or None if the seq was not queued; and
+whether the command's request id was applied before (the machine then only echoes its result)."""
 
 
 @dataclass
@@ -131,10 +132,11 @@ class MessageAudit:
             q = box.queue.get(cmd.seq) if box is not None else None
             if q is not None:
                 queued = (q.message.id, logical_id(q.message.payload, q.message.id), q.message.expires_ms)
-        return acts, queued
+        repeat = bool(cmd.request_id) and cmd.request_id in machine.state.dedup
+        return acts, queued, repeat
 
     def after(self, index: int, cmd: Command, res: Result, machine: StateMachine, pre: _Pre) -> None:
-        before, queued = pre
+        before, queued, repeat = pre
         st = machine.state
         now = st.time_ms
         after = st.messages.activations
@@ -172,7 +174,7 @@ class MessageAudit:
             span = ActivationSpan(address, a.node, a.incarnation, a.epoch, index, now, a.deadline_ms)
             self.spans.append(span)
             self._open[address] = span
-        if isinstance(cmd, AckMessage):
+        if isinstance(cmd, AckMessage) and not repeat:  # a retried ack is judged where it applied
             self._ack(index, now, cmd, res, before, queued)
 
     def _ack(
