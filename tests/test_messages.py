@@ -383,6 +383,8 @@ def test_a_publish_fans_out_to_type_and_key_subscribers_and_is_retained(c: Mesh)
     assert sorted(sent.targets[0]) == ["bidder/alice", "room/lot7"]  # the type and key legs coincide
     seq = sent.seqs[0]
     assert c.queued("room/lot7") == [seq] and c.queued("bidder/alice") == [seq]
+    leg = c.st.messages.mailboxes["bidder/alice"].queue[seq].message
+    assert (leg.target, leg.topic, leg.id) == ("bidder/alice", "bids", p.id)  # each leg names its subscriber
     assert [x.seq for x in c.st.messages.topics["bids"]] == [seq]
     assert TopicPublished(c.st.revision, "bids", seq) in c.events
     assert c.dead_reasons() == [(p.id, "undeliverable to ghost/lot7: no node offers actor type 'ghost'")]

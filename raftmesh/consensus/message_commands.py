@@ -5,8 +5,8 @@ Processors over an ``ApplyContext`` (see ``context.py``); the state is ``message
 and placement is ``activations``. Each validates its command completely before it advances.
 
 - ``SendMessages``: all or nothing. Each message gets one ``seq`` (a publish: the same seq in
-  every subscriber's mailbox and in the topic's retained log) and activates a target that has
-  none (or leaves it unplaced). A message already past its TTL when committed goes straight
+  every subscriber's mailbox, where its copy names that subscriber as ``target``, and in the
+  topic's retained log) and activates a target that has none (or leaves it unplaced). A message already past its TTL when committed goes straight
   to the dead letters. ``ttl_ms`` 0 means ``DEFAULT_MESSAGE_TTL_MS`` and ``sent_ms`` 0 the
   command's time, so a proposer that leaves them unset still gets a bounded, live message.
 - ``AckMessage``: one handler turn. Fenced by the activation's epoch (ABORTED when stale). A
@@ -43,6 +43,7 @@ from .messages import (
     MessageStore,
     Published,
     Queued,
+    dead_letter_error,
     message_error,
     reply_error,
     split_address,
@@ -188,7 +189,8 @@ def _commit_sends(ctx: ApplyContext, plan: _Plan, rev: int) -> MessagesSent:
             box = store.mailboxes.get(a)
             if box is None:
                 box = store.mailboxes[a] = Mailbox(a)
-            box.queue[seq] = Queued(seq, m, now)
+            # A publish leg names the subscriber it is for (its handler, its dead letter).
+            box.queue[seq] = Queued(seq, m if m.target else replace(m, target=a), now)
             store.queued += 1
             heapq.heappush(store.expiries, (m.expires_ms, a, seq))
             touched[a] = None
@@ -418,7 +420,7 @@ def record_dead_letters(ctx: ApplyContext, cmd: RecordDeadLetters) -> Result:
     for i, d in enumerate(cmd.items):
         if why:
             break
-        bad = message_error(d.message) and reply_error(d.message)
+        bad = dead_letter_error(d.message)
         if bad:
             why = f"dead letter {i}: {bad}"
         elif (

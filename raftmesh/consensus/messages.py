@@ -314,6 +314,19 @@ def reply_error(m: Message) -> str:
     return _fields_error(m) or (limits.address_error("target", m.target) if m.target else "")
 
 
+def dead_letter_error(m: Message) -> str:
+    """ "" if ``m`` may be recorded as a dead letter: any well-formed message, request, publish
+    leg (target and topic both set: the subscriber it was for) or reply."""
+    why = _fields_error(m)
+    if why:
+        return why
+    if not (m.target or m.topic or m.correlation_id):
+        return "a dead letter names its target, topic or the request it answers"
+    if m.target:
+        why = limits.address_error("target", m.target)
+    return why or (limits.name_error("topic", m.topic, limits.MAX_TOPIC_CHARS) if m.topic else "")
+
+
 def _fields_error(m: Message) -> str:
     """What ``message_error`` and ``reply_error`` check alike: ids, bounds, the payload."""
     why = (
