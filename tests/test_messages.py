@@ -6,10 +6,12 @@ Every applied command is checked for index and encoding round-trip equality (``C
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from raftmesh.clock import ManualClock
 from raftmesh.consensus import Code, limits
 from raftmesh.consensus.commands import (
     AckMessage,
@@ -43,7 +45,10 @@ from raftmesh.consensus.results import (
     TopicPublished,
     expect,
 )
+from raftmesh.node.liveness import Liveness
+from raftmesh.node.scheduler import Scheduler
 from tests.test_machine import Cluster
+from tests.test_node_units import MachineWriter, reads_of
 
 LEASE = limits.ACTIVATION_LEASE_MS
 
@@ -441,3 +446,30 @@ def test_a_snapshot_restores_every_messaging_structure(c: Mesh) -> None:
     copy = type(c.st).decode(c.st.encode())
     assert copy.digest() == c.st.digest() and copy.messages.encode() == c.st.messages.encode()
     assert copy.messages.index_snapshot() == c.st.messages.index_snapshot()
+
+
+# ---- the leader ticks when messaging's deadlines are due -----------------------------------------
+
+
+def test_the_scheduler_ticks_when_a_lease_or_a_message_ttl_is_due(c: Mesh) -> None:
+    clock = ManualClock(start_ms=c.ts)
+    s = Scheduler(reads_of(c.sm), MachineWriter(c.sm), lambda: True, "n1", Liveness(clock, "n1", 60.0), clock)
+    m = c.msg("room/a", ttl_ms=LEASE // 2)
+    c.sent(m)
+    c.ok(Activate(c.rid(), c.ts, address="room/b"))
+    assert [x for x in s.decide(c.st) if isinstance(x, Tick)] == []  # nothing due yet
+
+    def step() -> None:
+        async def go() -> None:
+            for cmd in s.decide(c.st):
+                await s._propose(cmd)
+
+        asyncio.run(go())
+
+    clock.advance(LEASE / 2000)  # the message's TTL
+    step()
+    assert c.queued("room/a") == [] and c.dead_reasons() == [(m.id, "expired")]
+    assert "room/b" in c.st.messages.activations
+    clock.advance(LEASE / 2000)  # the leases (room/a's went idle: dropped, not moved)
+    step()
+    assert c.st.messages.activations == {}
