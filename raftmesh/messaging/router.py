@@ -104,6 +104,18 @@ def reply_error(m: Message) -> str:
     return message_error(dataclasses.replace(m, target="", topic="reply"))
 
 
+def delivery_error(m: Message) -> str:
+    """ "" if ``m`` may go to its target actor: a message's bounds; a publish's copy for one
+    subscriber keeps its topic (the handler may dispatch on it)."""
+    if not m.target:
+        return "a message to an actor names its target"
+    if not m.topic:
+        return message_error(m)
+    return message_error(dataclasses.replace(m, topic="")) or limits.name_error(
+        "topic", m.topic, limits.MAX_TOPIC_CHARS
+    )
+
+
 class MessageRouter:
     """Routes messages for one node.
 
@@ -645,7 +657,7 @@ class MessageRouter:
         elif kind == BROADCAST:
             why = message_error(msg) or ("" if msg.topic else "a broadcast names a topic")
         elif kind == TO_ACTOR:
-            why = message_error(msg) or ("" if msg.target else "a message to an actor names its target")
+            why = delivery_error(msg)
         else:
             why = f"unknown message kind {kind}"
         if why:
@@ -818,16 +830,16 @@ class MessageRouter:
         why = limits.id_error("node_id", peer) or limits.id_error("incarnation", first.incarnation)
         if why:
             raise InvalidArgument(f"peer stream: {why}")
-        if peer >= self.node_id:
-            raise FailedPrecondition(
-                f"node {peer!r} dialled node {self.node_id!r}: between two nodes, the one with the "
-                "smaller id dials (one stream per pair)"
-            )
         known, current = self._reads.read(lambda st: _member(st, peer, first.incarnation))
         if not current:
             raise FailedPrecondition(
                 f"node {peer!r} is not a member here in incarnation {first.incarnation!r}"
                 + ("" if known else " (not a member yet: register first)")
+            )
+        if peer >= self.node_id:
+            raise FailedPrecondition(
+                f"node {peer!r} dialled node {self.node_id!r}: between two nodes, the one with the "
+                "smaller id dials (one stream per pair)"
             )
         link = self._link(peer)
         session = self._open(link, first.incarnation)
