@@ -8,6 +8,7 @@ redelivered after its target moved, a loss on a killed node) not to.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from raftmesh.chaos.message_check import (
@@ -30,11 +31,25 @@ from raftmesh.chaos.message_check import (
     MessageCheck,
     check_messages,
 )
+from raftmesh.consensus import message_commands
 from raftmesh.consensus.codes import Code
-from raftmesh.consensus.commands import AckMessage, Deactivate, Message, RegisterNode, Tick
-from raftmesh.consensus.machine import StateMachine
+from raftmesh.consensus.commands import (
+    AckMessage,
+    ActorOffer,
+    Command,
+    Deactivate,
+    KvOp,
+    Message,
+    RegisterNode,
+    SendMessages,
+    Tick,
+    encode_batch,
+)
+from raftmesh.consensus.context import ApplyContext
+from raftmesh.consensus.machine import PROCESSORS, StateMachine
 from raftmesh.consensus.messages import Activation, Mailbox, Queued
-from raftmesh.consensus.results import MessageAcked, Rejected
+from raftmesh.consensus.results import MessageAcked, Rejected, Result
+from raftmesh.verify.audit import Audit
 from raftmesh.verify.message_audit import ActivationSpan, MessageAudit
 
 T = "chaos_log/k0"
@@ -377,3 +392,71 @@ def test_the_audit_judges_every_applied_ack_against_the_activation_before_it() -
     _activate(m, T, "n2", 20, 70_000)
     _step(audit, m, 7, ok, MessageAcked(True, 5))
     assert len(audit.acks) == 4 and [a.index for a in audit.stale_acks] == [4]
+
+
+# ---- the audit on the real machine's log ------------------------------------------------------
+
+
+def _unfenced_ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
+    """A broken machine: it applies a turn under whatever activation the address has now."""
+    a = ctx.state.messages.activations.get(cmd.address)
+    if a is not None:
+        cmd = replace(cmd, epoch=a.epoch, node_id=a.node)
+    return message_commands.ack(ctx, cmd)
+
+
+def _moved_activation_log(audit: Audit) -> tuple[int, int]:
+    """k0 is activated; its node stops renewing (paused), the lease runs out and a tick re-places
+    k0 (a message is queued) with a new epoch; then the paused activation's late turn for a fast
+    message (seq 0) arrives with its old epoch. Returns (old epoch, new epoch)."""
+
+    def feed(*cmds: Command) -> None:
+        audit.feed(encode_batch(list(cmds)))
+
+    for node in ("n1", "n2"):
+        feed(
+            RegisterNode(
+                f"reg-{node}",
+                1_000,
+                node,
+                f"{node}:1",
+                f"{node}:2",
+                (),
+                1,
+                "i1",
+                actors=(ActorOffer("chaos_log"),),
+            )
+        )
+    msg = Message(
+        "m0-d1", "client:m0", T, payload={"id": "m0-d1"}, sent_ms=1_000, ttl_ms=60_000, durable=True
+    )
+    feed(SendMessages("send-1", 1_100, messages=(msg,)))
+    old = audit.machine.state.messages.activations[T]
+    feed(Tick("tick", old.deadline_ms + 1))
+    new = audit.machine.state.messages.activations[T]
+    assert new.epoch > old.epoch  # placement may pick the same node: a new activation all the same
+    put = KvOp("put", "chaos-msg/eff/x", {"late": True})
+    feed(
+        AckMessage(
+            "late-turn", old.deadline_ms + 50, node_id=old.node, address=T, epoch=old.epoch, seq=0, kv=(put,)
+        )
+    )
+    return old.epoch, new.epoch
+
+
+def test_the_real_machine_refuses_a_moved_activations_turn_and_the_audit_agrees() -> None:
+    audit = Audit()
+    _moved_activation_log(audit)
+    ma = audit.messages
+    assert ma.acks_rejected == 1 and not ma.acks and not ma.early_grants and not ma.epoch_regressions
+    assert [s.end_reason for s in ma.spans] == ["tick", ""]
+    assert counts(check_messages([], [], [], audit=audit.messages)) == {}
+
+
+def test_a_stale_turn_let_through_by_the_machine_is_a_double_activation() -> None:
+    audit = Audit(machine=StateMachine(processors={**PROCESSORS, AckMessage: _unfenced_ack}))
+    old, new = _moved_activation_log(audit)
+    [stale] = audit.messages.stale_acks
+    assert (stale.epoch, stale.current_epoch) == (old, new)
+    result = check_messages([], [], [], audit=audit.messages)
+    assert counts(result) == {MSG_DOUBLE: 1}
