@@ -379,7 +379,7 @@ class _Run:
         effects: list[Effect] = []
         live_dead: list[DeadRecord] = []
         if cfg.message_clients:
-            effects, live_dead = self._drain_messages(cluster, message_workload)
+            effects, live_dead = self._drain_messages(cluster, message_workload, message_calls)
         digests, statuses = self._converge(cluster)
         self._stop_nodes(cluster)
         archive_problems: list[str] = []
@@ -505,19 +505,31 @@ class _Run:
         return kv_check, lock_check
 
     def _drain_messages(
-        self, cluster: LocalCluster, mw: MessageWorkload
+        self, cluster: LocalCluster, mw: MessageWorkload, calls: list[MessageCall]
     ) -> tuple[list[Effect], list[DeadRecord]]:
-        """Wait until no chaos actor has a durable message queued and their effects stopped
-        growing, then read every effect and the listed dead letters (the audit has them all)."""
+        """Wait until no chaos actor has a durable message queued, every acknowledged durable
+        message has its turn or a dead letter (an unplaced mailbox is not listed with the
+        activations) and the turns stopped growing; then read every turn and the listed dead
+        letters (the audit has them all)."""
         client = cluster.client(retry_deadline_s=30)
         targets = mw.target_names
+        durable = {c.mid for c in calls if c.path == "durable" and c.outcome == "ok"}
         seen: list[int] = []
+
+        def dead_letters() -> list[DeadRecord]:
+            return [
+                DeadRecord(logical_id(d.message.payload, d.message.id), d.reason, d.node, d.recorded_ms)
+                for d in client.messages.dead_letters(limit=limits.MAX_MESSAGE_DEAD_LETTERS_LISTED)
+            ]
 
         def settled() -> bool:
             queued = sum(a.queued for a in client.messages.activations(prefix=f"{ACTOR_TYPE}/", limit=1000))
             effects, _ = read_effects(client, targets)
             seen.append(len(effects))
-            return queued == 0 and len(seen) >= 3 and seen[-1] == seen[-3]
+            pending = durable - {e.mid for e in effects}
+            if pending:
+                pending -= {d.mid for d in dead_letters()}
+            return not queued and not pending and len(seen) >= 3 and seen[-1] == seen[-3]
 
         try:
             wait_until(settled, MESSAGE_DRAIN_S, "every chaos actor's mailbox to empty", interval_s=1.0)
@@ -525,10 +537,7 @@ class _Run:
             self.notes.append(f"message drain: {exc}")
         effects, problems = read_effects(client, targets)
         self.notes += problems
-        dead = [
-            DeadRecord(logical_id(d.message.payload, d.message.id), d.reason, d.node, d.recorded_ms)
-            for d in client.messages.dead_letters(limit=limits.MAX_MESSAGE_DEAD_LETTERS_LISTED)
-        ]
+        dead = dead_letters()
         self.log(f"read {len(effects)} message effects, {len(dead)} dead letters")
         return effects, dead
 
