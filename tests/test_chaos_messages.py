@@ -460,3 +460,24 @@ def test_a_stale_turn_let_through_by_the_machine_is_a_double_activation() -> Non
     assert (stale.epoch, stale.current_epoch) == (old, new)
     result = check_messages([], [], [], audit=audit.messages)
     assert counts(result) == {MSG_DOUBLE: 1}
+
+
+def test_a_relays_forwards_must_take_effect_once_each_and_in_its_order() -> None:
+    relay, sink = "chaos_relay/k0", "chaos_log/k1"
+    h = History()
+    forwards = []
+    for _ in range(3):
+        c = h.call("durable", target=relay)
+        r = h.effects[-1] = Effect(**{**vars(h.effects[-1]), "to": sink})
+        forwards.append(MessageCall(relay, "durable", "send", r.n, f"{c.mid}.r", sink, r.start_ms))
+    for f in forwards:
+        h.effect(f)
+    assert counts(h.check()) == {} and h.check().stats["relayed"] == 3
+    lost = h.effects.pop()  # the last forward never took effect
+    assert counts(h.check()) == {MSG_LOST: 1}
+    h.effects.append(lost)
+    swap(h.effects, -2, -1)
+    assert counts(h.check()) == {MSG_REORDERED_DURABLE: 1}
+    swap(h.effects, -2, -1)
+    h.effect(forwards[0])  # sent on twice
+    assert counts(h.check()) == {MSG_TWICE: 1}

@@ -30,7 +30,11 @@ ordinal ``n``, which it keeps in ``ctx.state`` (saved in the same ack): the reco
 exactly the committed turns (their mod_revision the commit order), each with the message's
 sender, path and sequence number, the activation's epoch and node, when the turn started and
 when the message expired (``raftmesh.chaos.message_check`` judges them). A request's reply
-is ``{"n", "epoch", "node"}``: the checker finds the turn that answered.
+is ``{"n", "epoch", "node"}``: the checker finds the turn that answered. ``chaos_relay`` does the
+same and, in the same turn, sends the message on durably (``ctx.send``, committed with the ack)
+to the ``chaos_log`` actor named in its payload, as ``<id>.r`` from its own address with its
+turn's ``n`` as the sequence number: the forward must take effect once for each committed relay
+turn, and in the relay's order.
 """
 
 from __future__ import annotations
@@ -156,6 +160,7 @@ async def undo_once(ctx: TaskContext) -> Any:
 
 
 ACTOR_TYPE = "chaos_log"
+RELAY_TYPE = "chaos_relay"
 EFFECT_PREFIX = "chaos-msg/eff/"
 """``<prefix><address>/<n:09d>/<id>``: one record per committed turn of a chaos actor."""
 
@@ -164,10 +169,15 @@ def effect_key(address: str, n: int, mid: str) -> str:
     return f"{EFFECT_PREFIX}{address}/{n:09d}/{mid}"
 
 
+def relayed_id(mid: str) -> str:
+    """The logical id of what a relay sends on for message ``mid``."""
+    return f"{mid}.r"
+
+
 def effect_record(
     payload: Any, mid: str, epoch: int, node: str, n: int, start_ms: int, expires_ms: int
 ) -> dict[str, Any]:
-    """What a ``chaos_log`` turn writes, from the message it handled."""
+    """What a chaos actor's turn writes, from the message it handled."""
     p = payload if isinstance(payload, dict) else {}
     return {
         "id": p.get("id", mid),

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..verify.message_audit import ActivationSpan, MessageAudit
+from .agents import relayed_id
 from .checker import Invariant
 
 Path = Literal["durable", "fast"]
@@ -131,6 +132,8 @@ class Effect:
     """The record's mod_revision: the commit order."""
     version: int = 1
     """More than 1: the record was written again (a turn applied twice)."""
+    to: str = ""
+    """A relay's turn: where it sent the message on (durably, with its ack)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,18 @@ class MessageCheck:
         }
 
 
+def relayed_calls(effects: Iterable[Effect]) -> list[MessageCall]:
+    """The durable sends the relays' committed turns made, as calls of the relay (its sequence
+    is the turn's ``n``): each committed with its turn, before the relay's next turn began."""
+    return [
+        MessageCall(
+            e.address, "durable", "send", e.n, relayed_id(e.mid), e.to, e.start_ms, 0, e.start_ms, "ok"
+        )
+        for e in effects
+        if e.to
+    ]
+
+
 def kills_of(faults: Iterable[Any]) -> list[Kill]:
     """The kill -9s of a fault timeline (``FaultRecord``s)."""
     return [Kill(n, f.start_ms) for f in faults if f.kind in KILL_KINDS for n in f.targets]
@@ -186,6 +201,8 @@ def check_messages(
     durable messages still in a mailbox at the end (from the audited log's final state)."""
     inv = {name: Invariant(name) for name in MESSAGE_INVARIANTS}
     out = MessageCheck(inv)
+    relayed = relayed_calls(effects)
+    client_calls, calls = calls, [*calls, *relayed]
     by_mid: dict[str, list[Effect]] = {}
     for e in effects:
         by_mid.setdefault(e.mid, []).append(e)
@@ -204,7 +221,7 @@ def check_messages(
         es.sort(key=lambda e: e.revision)
 
     stats: dict[str, Any] = {
-        "calls": dict(Counter(f"{c.path} {c.kind} {c.outcome}" for c in calls)),
+        "calls": dict(Counter(f"{c.path} {c.kind} {c.outcome}" for c in client_calls)),
         "effects": len(effects),
         "addresses": len(by_address),
         "epochs": sum(len({e.epoch for e in es}) for es in by_address.values()),
@@ -217,6 +234,7 @@ def check_messages(
         "fast_lost_explanations": [],
         "latest_fast_start_after_expiry_ms": 0,
         "ordered_pairs_checked": Counter(),
+        "relayed": len(relayed),
     }
     known = {c.mid: c for c in calls}
     _check_calls(calls, by_mid, dead_by_mid, set(queued), spans, by_address, kills, inv, stats)

@@ -24,13 +24,15 @@ from typing import Any
 from ..client import Client
 from ..consensus import limits
 from ..errors import FailedPrecondition, InvalidArgument, RaftmeshError, ResourceExhausted
-from .agents import ACTOR_TYPE, EFFECT_PREFIX
+from .agents import ACTOR_TYPE, EFFECT_PREFIX, RELAY_TYPE
 from .kv_workload import HistoryClock
 from .message_check import Effect, MessageCall, MsgOutcome
 from .workload import ClientThreads
 
 DURABLE_SHARE = 0.5
 REQUEST_SHARE = 0.3
+RELAY_SHARE = 0.2
+"""Share of the durable sends that go through a ``chaos_relay`` (its turn sends them on)."""
 SHORT_TTL_SHARE = 0.1
 SHORT_TTL_MS = (200, 1500)
 """Short enough that a message waiting out a fault expires (and is dead-lettered, never handled)."""
@@ -50,6 +52,10 @@ def target_names(n: int) -> list[str]:
     return [f"{ACTOR_TYPE}/k{j}" for j in range(n)]
 
 
+def relay_names(n: int) -> list[str]:
+    return [f"{RELAY_TYPE}/k{j}" for j in range(n)]
+
+
 def parse_effect(address: str, value: Any, mod_revision: int, version: int) -> Effect | None:
     if not isinstance(value, dict):
         return None
@@ -67,6 +73,7 @@ def parse_effect(address: str, value: Any, mod_revision: int, version: int) -> E
             int(value["expires_ms"]),
             mod_revision,
             version,
+            str(value.get("to", "")),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -110,6 +117,11 @@ class MessageWorkload(ClientThreads):
     def target_names(self) -> list[str]:
         return target_names(self.targets)
 
+    @property
+    def addresses_used(self) -> list[str]:
+        """Every chaos actor the senders may reach: the logs and the relays."""
+        return target_names(self.targets) + relay_names(self.targets)
+
     def snapshot(self) -> list[MessageCall]:
         with self._lock:
             return list(self.records)
@@ -118,6 +130,7 @@ class MessageWorkload(ClientThreads):
         rng = random.Random(f"{self.seed}-msg-{c}")
         sender = f"m{c}"
         targets = self.target_names
+        relays = relay_names(self.targets)
         seqs = {"durable": 0, "fast": 0}
         with Client(self.addresses, timeout_s=CALL_TIMEOUT_S, retry_deadline_s=RETRY_DEADLINE_S) as sdk:
             while not self._stop.is_set():
@@ -128,13 +141,18 @@ class MessageWorkload(ClientThreads):
                 short = rng.random() < SHORT_TTL_SHARE
                 ttl_ms = rng.randint(*SHORT_TTL_MS) if short else TTL_MS
                 pause = rng.uniform(*PAUSE_S)
+                relay = rng.random() < RELAY_SHARE and path == "durable" and kind == "send"
+                relay_to = rng.choice(relays)
                 seqs[path] += 1
                 seq = seqs[path]
                 mid = f"{self.seed}-{sender}-{path[0]}{seq}"
+                payload: dict[str, Any] = {"id": mid, "s": sender, "p": path, "q": seq}
+                if relay:  # through a relay, which sends it on to ``target``
+                    payload["to"], target = target, relay_to
                 rec = MessageCall(sender, path, kind, seq, mid, target, self.clock.wall_ms(), ttl_ms)  # type: ignore[arg-type]
                 with self._lock:
                     self.records.append(rec)
-                self._call(sdk, rec, {"id": mid, "s": sender, "p": path, "q": seq})
+                self._call(sdk, rec, payload)
                 self._stop.wait(PAUSE_AFTER_ERROR_S if rec.outcome != "ok" else pause)
 
     def _call(self, sdk: Client, rec: MessageCall, payload: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ from ..storage.archive import ArchiveContents, merge_archives, read_archive
 from ..verify.audit import Audit
 from ..verify.message_audit import logical_id
 from . import netns
-from .agents import ACTOR_TYPE, COMPENSATION_PREFIX
+from .agents import COMPENSATION_PREFIX, relayed_id
 from .checker import (
     KvEntryRecord,
     Phases,
@@ -512,7 +512,7 @@ class _Run:
         activations) and the turns stopped growing; then read every turn and the listed dead
         letters (the audit has them all)."""
         client = cluster.client(retry_deadline_s=30)
-        targets = mw.target_names
+        targets = mw.addresses_used
         durable = {c.mid for c in calls if c.path == "durable" and c.outcome == "ok"}
         seen: list[int] = []
 
@@ -523,10 +523,10 @@ class _Run:
             ]
 
         def settled() -> bool:
-            queued = sum(a.queued for a in client.messages.activations(prefix=f"{ACTOR_TYPE}/", limit=1000))
+            queued = sum(a.queued for a in client.messages.activations(prefix="chaos_", limit=1000))
             effects, _ = read_effects(client, targets)
             seen.append(len(effects))
-            pending = durable - {e.mid for e in effects}
+            pending = (durable | {relayed_id(e.mid) for e in effects if e.to}) - {e.mid for e in effects}
             if pending:
                 pending -= {d.mid for d in dead_letters()}
             return not queued and not pending and len(seen) >= 3 and seen[-1] == seen[-3]
