@@ -262,12 +262,13 @@ def _message_lines(mc: MessageCheck, w: dict[str, Any]) -> list[str]:
 
     lines = [
         f"messages: {sum(calls.values())} calls by {w.get('message_clients', 0)} senders to"
-        f" {w.get('message_targets', 0)} actors: durable {n('durable', 'ok')} ok, {n('durable', 'unknown')} unknown,"
+        f" {w.get('message_targets', 0)} chaos_log and as many chaos_relay actors: durable {n('durable', 'ok')} ok, {n('durable', 'unknown')} unknown,"
         f" {n('durable', 'failed')} refused; fast {n('fast', 'ok')} ok, {n('fast', 'unknown')} unknown,"
         f" {n('fast', 'failed')} refused",
         f"  by kind: {_counts(calls)}",
         f"  committed turns {s.get('effects', 0)} on {s.get('addresses', 0)} actors over {s.get('epochs', 0)}"
-        f" activations (epochs); unknown-outcome calls that took effect {s.get('unknown_with_effect', 0)},"
+        f" activations (epochs), {s.get('relayed', 0)} of them a relay's durable send on;"
+        f" unknown-outcome calls that took effect {s.get('unknown_with_effect', 0)},"
         f" that did not {s.get('unknown_without_effect', 0)}",
         f"  dead letters: {_counts(s.get('dead_letters', {}))}; acknowledged messages dead-lettered instead of"
         f" handled: {_counts(s.get('dead_lettered_acknowledged', {}))}",
