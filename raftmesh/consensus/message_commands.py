@@ -94,7 +94,6 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
             durable=True,
             sent_ms=m.sent_ms or now,
             ttl_ms=m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS,
-            epoch=0,
         )
         if offered is None:
             offered = activations.offered_types(st)
