@@ -473,3 +473,19 @@ def test_the_scheduler_ticks_when_a_lease_or_a_message_ttl_is_due(c: Mesh) -> No
     clock.advance(LEASE / 2000)  # the leases (room/a's went idle: dropped, not moved)
     step()
     assert c.st.messages.activations == {}
+
+
+def test_the_cluster_caps_and_malformed_fences_and_renewals(c: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_ACTIVATIONS", 1)
+    c.ok(Activate(c.rid(), c.ts, address="room/a"))
+    c.unchanged(Activate(c.rid(), c.ts, address="room/b"), Code.RESOURCE_EXHAUSTED)
+    c.sent(c.msg("room/b"))  # a durable message waits for room instead
+    assert "room/b" in c.st.messages.unplaced
+    bad = KvTxn(c.rid(), c.ts, success=(KvOp("put", "k", 1),), fence=Fence(actor="no-slash", token=1))
+    c.unchanged(bad, Code.INVALID_ARGUMENT)
+    monkeypatch.setattr(limits, "MAX_ACTIVATIONS_PER_NODE", 1)
+    items = (("room/a", 1), ("room/b", 1))
+    cmd = RenewActivations(c.rid(), c.ts, node_id="n1", incarnation="inc-1", items=items)
+    c.unchanged(cmd, Code.INVALID_ARGUMENT)
+    monkeypatch.setattr(limits, "MAX_ACTOR_TYPES_PER_NODE", 1)
+    c.unchanged(c.node("n5", "room", "bidder"), Code.INVALID_ARGUMENT)
