@@ -392,7 +392,8 @@ def test_a_publish_fans_out_to_type_and_key_subscribers_and_is_retained(c: Mesh)
     assert (leg.target, leg.topic, leg.id) == ("bidder/alice", "bids", p.id)  # each leg names its subscriber
     assert [x.seq for x in c.st.messages.topics["bids"]] == [seq]
     assert TopicPublished(c.st.revision, "bids", seq) in c.events
-    assert c.dead_reasons() == [(p.id, "undeliverable to ghost/lot7: no node offers actor type 'ghost'")]
+    assert c.dead_reasons() == [(p.id, "undeliverable: no node offers actor type 'ghost'")]
+    assert c.st.messages.dead_letters[0].letter.message.target == "ghost/lot7"
     c.sent(c.msg("", 1, topic="bids"))
     assert c.queued("room/default") != []
     c.ok(sub(c, "bids", "room", subscribe=False))

@@ -70,8 +70,9 @@ class _Plan:
     """Validated sends, ready to commit: each message (normalized) and the mailboxes it goes to."""
 
     items: list[tuple[Message, tuple[str, ...]]] = field(default_factory=list)
-    dead: list[tuple[int, str]] = field(default_factory=list)
-    """(index in items, reason) of messages (or fan-out legs) recorded as dead letters instead."""
+    dead: list[tuple[int, str, str]] = field(default_factory=list)
+    """(index in items, address or "", reason) of messages (or publish legs) recorded as dead
+    letters instead."""
 
 
 def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected | None, _Plan]:
@@ -98,7 +99,7 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
         if offered is None:
             offered = activations.offered_types(st)
         if m.expires_ms <= now:
-            plan.dead.append((len(plan.items), "expired before it was committed"))
+            plan.dead.append((len(plan.items), "", "expired before it was committed"))
             plan.items.append((m, ()))
             continue
         if m.target:
@@ -118,7 +119,7 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
                 why = limits.address_error("subscriber", address)
                 if why or kind not in offered:
                     reason = why or f"no node offers actor type {kind!r}"
-                    plan.dead.append((len(plan.items), f"undeliverable to {address[:80]}: {reason}"))
+                    plan.dead.append((len(plan.items), address, f"undeliverable: {reason}"))
                     continue
                 found[address] = None
             targets = tuple(found)
@@ -167,14 +168,14 @@ def _commit_sends(ctx: ApplyContext, plan: _Plan, rev: int) -> MessagesSent:
     st = ctx.state
     store = st.messages
     now = st.time_ms
-    dead: dict[int, list[str]] = {}
-    for i, reason in plan.dead:
-        dead.setdefault(i, []).append(reason)
+    dead: dict[int, list[tuple[str, str]]] = {}
+    for i, address, reason in plan.dead:
+        dead.setdefault(i, []).append((address, reason))
     seqs: list[int] = []
     touched: dict[str, None] = {}
     for i, (m, targets) in enumerate(plan.items):
-        for reason in dead.get(i, ()):
-            add_dead_letter(store, m, reason, "", now)
+        for address, reason in dead.get(i, ()):
+            add_dead_letter(store, replace(m, target=address) if address else m, reason, "", now)
         if m.expires_ms <= now:
             seqs.append(store.seq)  # its dead letter's
             continue
