@@ -70,7 +70,7 @@ FULL_CHECK_EVERY = 5
 
 def seeds() -> list[int]:
     replay = os.environ.get("RAFTMESH_SIM_SEED")
-    return [int(s) for s in replay.split(",")] if replay else list(range(12))
+    return [int(s) for s in replay.split(",")] if replay else list(range(10))
 
 
 @dataclass

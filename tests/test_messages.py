@@ -490,3 +490,20 @@ def test_the_cluster_caps_and_malformed_fences_and_renewals(c: Mesh, monkeypatch
     c.unchanged(cmd, Code.INVALID_ARGUMENT)
     monkeypatch.setattr(limits, "MAX_ACTOR_TYPES_PER_NODE", 1)
     c.unchanged(c.node("n5", "room", "bidder"), Code.INVALID_ARGUMENT)
+
+
+def test_renewals_and_acks_leave_bounded_heaps_on_every_replica(c: Mesh) -> None:
+    """Followers never ask for the next deadline (only the leader does): the heaps must stay
+    bounded by themselves."""
+    c.sent(c.msg("room/keep", ttl_ms=limits.MAX_MESSAGE_TTL_MS))  # a live entry at the heap's top
+    epoch = c.act("room/keep").epoch
+    for _ in range(300):
+        c.ts += 100
+        c.renew("n1", ("room/keep", epoch))
+        [seq] = c.sent(c.msg("room/other", ttl_ms=limits.MAX_MESSAGE_TTL_MS)).seqs
+        c.ok(c.ack("room/other", seq))
+        c.sent(c.msg("", 1, topic="t"))
+    store = c.st.messages
+    assert len(store.lease_deadlines) <= 2 * len(store.activations) + 64
+    assert len(store.expiries) <= 2 * store.queued + 64
+    assert len(store.topic_order) <= 2 * len(store.topics) + 64

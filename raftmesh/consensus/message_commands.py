@@ -217,7 +217,9 @@ def send(ctx: ApplyContext, cmd: SendMessages) -> Result:
     if fenced:
         return Rejected(Code.ABORTED, fenced)
     rev = ctx.advance()
-    return _commit_sends(ctx, plan, rev)
+    sent = _commit_sends(ctx, plan, rev)
+    ctx.state.messages.compact()
+    return sent
 
 
 def _unqueue(store: MessageStore, box: Mailbox, seq: int) -> Queued:
@@ -297,6 +299,7 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
     if cmd.reply is not None:
         reply_to = cmd.reply.reply_to or (q.message.reply_to if q else "")
         _keep_reply(ctx, replace(cmd.reply, epoch=cmd.epoch, reply_to=reply_to), rev)
+    store.compact()
     return MessageAcked(True, rev)
 
 
@@ -351,6 +354,7 @@ def renew(ctx: ApplyContext, cmd: RenewActivations) -> Result:
         ctx.advance()
         for a in keep:
             activations.renew(store, a, st.time_ms)
+        store.compact()
     return RenewResult(len(keep), tuple(lost))
 
 
@@ -456,4 +460,5 @@ def expire(ctx: ApplyContext, now: int, rev: int) -> int:
     if freed:
         activations.fill(ctx, freed, rev)
     trim_replies(store, now)
+    store.compact()
     return n + ended

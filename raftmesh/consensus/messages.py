@@ -243,6 +243,23 @@ class MessageStore:
             sorted({e for e in self.topic_order if self.topic_live(e)}),
         )
 
+    def compact(self) -> None:
+        """Drop stale heap entries once they outnumber the live ones (amortized O(1) per entry).
+
+        Renewals, acks and publishes leave stale entries behind live ones, where the lazy pops
+        at the top never reach them; without this a follower's heaps would grow with every
+        renewal. Only live entries decide anything, so replicas that compact at different
+        moments still agree."""
+        if len(self.lease_deadlines) > 2 * len(self.activations) + 64:
+            self.lease_deadlines = [e for e in self.lease_deadlines if self.lease_live(e)]
+            heapq.heapify(self.lease_deadlines)
+        if len(self.expiries) > 2 * self.queued + 64:
+            self.expiries = [e for e in self.expiries if self.expiry_live(e)]
+            heapq.heapify(self.expiries)
+        if len(self.topic_order) > 2 * len(self.topics) + 64:
+            self.topic_order = [e for e in self.topic_order if self.topic_live(e)]
+            heapq.heapify(self.topic_order)
+
     # ---- maintained together with the indexes (``message_commands`` and ``activations``) ----
 
     def set_unplaced(self, address: str, waiting: bool) -> None:
