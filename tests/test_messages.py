@@ -31,7 +31,7 @@ from raftmesh.consensus.commands import (
     SubscribeTopic,
     Tick,
 )
-from raftmesh.consensus.messages import Activation
+from raftmesh.consensus.messages import Activation, in_delivery_order
 from raftmesh.consensus.results import (
     ActivationChanged,
     ActivationResult,
@@ -507,3 +507,11 @@ def test_renewals_and_acks_leave_bounded_heaps_on_every_replica(c: Mesh) -> None
     assert len(store.lease_deadlines) <= 2 * len(store.activations) + 64
     assert len(store.expiries) <= 2 * store.queued + 64
     assert len(store.topic_order) <= 2 * len(store.topics) + 64
+
+
+def test_a_handler_takes_the_highest_priority_first_then_commit_order(c: Mesh) -> None:
+    low, high1, high2 = c.msg("room/a", priority=-1), c.msg("room/a", priority=5), c.msg("room/a", priority=5)
+    c.sent(low, high1)
+    c.sent(high2, c.msg("room/a"))
+    order = [q.message.id for q in in_delivery_order(c.st.messages.mailboxes["room/a"])]
+    assert order[:2] == [high1.id, high2.id] and order[-1] == low.id

@@ -45,6 +45,7 @@ from .messages import (
     Queued,
     dead_letter_error,
     message_error,
+    publish_targets,
     reply_error,
     split_address,
 )
@@ -113,8 +114,7 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
             targets: tuple[str, ...] = (m.target,)
         else:
             found: dict[str, None] = {}
-            for sub in sorted(store.subscriptions.get(m.topic, ())):
-                address = sub if "/" in sub else f"{sub}/{m.source or 'default'}"
+            for address in publish_targets(store, m.topic, m.source):
                 kind = split_address(address)[0]
                 why = limits.address_error("subscriber", address)
                 if why or kind not in offered:

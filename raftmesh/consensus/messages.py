@@ -291,6 +291,26 @@ class MessageStore:
         return min(ds) if ds else None
 
 
+def subscriber_address(subscriber: str, source: str) -> str:
+    """Where a publish goes for one subscriber: ``TYPE/KEY`` as is, a type ``TYPE`` to
+    ``TYPE/<source>`` (``TYPE/default`` for a publish without a source). Both paths use this."""
+    return subscriber if "/" in subscriber else f"{subscriber}/{source or 'default'}"
+
+
+def publish_targets(store: MessageStore, topic: str, source: str) -> list[str]:
+    """The addresses a publish to ``topic`` reaches, each once, in sorted subscriber order."""
+    out: dict[str, None] = {}
+    for sub in sorted(store.subscriptions.get(topic, ())):
+        out[subscriber_address(sub, source)] = None
+    return list(out)
+
+
+def in_delivery_order(box: Mailbox) -> list[Queued]:
+    """A mailbox's messages in the order a handler takes them: the highest priority first, in
+    sequence (commit) order within a priority, so FIFO per sender holds within a priority."""
+    return sorted(box.queue.values(), key=lambda q: (-q.message.priority, q.seq))
+
+
 def fence_error(store: MessageStore, address: str, epoch: int) -> str:
     """ "" if ``epoch`` is ``address``'s current activation, else why its write is fenced out."""
     a = store.activations.get(address)
