@@ -7,6 +7,7 @@ Every applied command is checked for index and encoding round-trip equality (``C
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -46,6 +47,7 @@ from raftmesh.consensus.results import (
     expect,
 )
 from raftmesh.node.liveness import Liveness
+from raftmesh.node.reads import ReadView
 from raftmesh.node.scheduler import Scheduler
 from tests.test_machine import Cluster
 from tests.test_node_units import MachineWriter, reads_of
@@ -515,3 +517,14 @@ def test_a_handler_takes_the_highest_priority_first_then_commit_order(c: Mesh) -
     c.sent(high2, c.msg("room/a"))
     order = [q.message.id for q in in_delivery_order(c.st.messages.mailboxes["room/a"])]
     assert order[:2] == [high1.id, high2.id] and order[-1] == low.id
+
+
+def test_the_read_views_digest_covers_messaging(c: Mesh) -> None:
+    """``status --digest`` (the read view's incremental digest) equals the state's."""
+    view = ReadView(threading.RLock(), lambda: c.st)
+    c.ok(SubscribeTopic(c.rid(), c.ts, topic="t", subscriber="room"))
+    for cmd in (c.send(c.msg("room/a")), c.send(c.msg("", 1, topic="t"))):
+        c.ok(cmd)
+        assert view.digest() == (c.st.revision, c.st.digest())
+    c.ok(c.ack("room/a", c.queued("room/a")[0]))
+    assert view.digest() == (c.st.revision, c.st.digest())
