@@ -146,7 +146,8 @@ class MessageStore:
     expiries: list[tuple[int, str, int]] = field(default_factory=list)
     """Heap of (expires_ms, address, seq) of queued messages; entries go stale lazily."""
     unplaced: dict[str, None] = field(default_factory=dict)
-    """Addresses with queued messages and no activation (placed by the next tick that can)."""
+    """Addresses with queued messages and no activation: no up node offering the type has room
+    (``activations.fill`` places them as soon as one has)."""
     unplaced_by_type: dict[str, dict[str, None]] = field(default_factory=dict)
     """actor type -> its unplaced addresses (placed when a node offering it gains room)."""
     type_load: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -223,7 +224,7 @@ class MessageStore:
 
     def topic_live(self, entry: tuple[int, str]) -> bool:
         log = self.topics.get(entry[1])
-        return bool(log) and log[-1].seq == entry[0]  # type: ignore[index]
+        return log is not None and bool(log) and log[-1].seq == entry[0]
 
     def index_snapshot(self) -> tuple[Any, ...]:
         """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
