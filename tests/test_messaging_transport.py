@@ -23,7 +23,17 @@ import grpc
 import pytest
 
 from raftmesh.clock import SYSTEM_CLOCK, Clock
-from raftmesh.consensus.commands import Command, Message, RecordDeadLetters, RegisterNode
+from raftmesh.consensus import machine as machine_mod
+from raftmesh.consensus.commands import (
+    AckMessage,
+    Activate,
+    ActorOffer,
+    Command,
+    Message,
+    RecordDeadLetters,
+    RegisterNode,
+    SendMessages,
+)
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.messages import Activation, Published
 from raftmesh.consensus.results import ActivationChanged, Event, Result, TopicPublished
@@ -150,7 +160,17 @@ async def start(clocks: dict[str, Clock] | None = None) -> Cluster:
     for node, port in zip(NODES, ports, strict=True):
         c.addrs[node] = f"127.0.0.1:{port}"
         res, _ = c.machine.apply(
-            RegisterNode(f"reg-{node}", 1000, node, c.addrs[node], "127.0.0.1:1", ("echo",), 4, f"inc{node}")
+            RegisterNode(
+                f"reg-{node}",
+                1000,
+                node,
+                c.addrs[node],
+                "127.0.0.1:1",
+                ("echo",),
+                4,
+                f"inc{node}",
+                actors=(ActorOffer("echo"),),
+            )
         )
         assert res.ok, res
     for node in NODES:
@@ -534,6 +554,79 @@ def test_an_invalid_message_from_a_peer_is_refused_for_good() -> None:
                         break
             assert acks[0].tag == 1 and not acks[0].retry and "invalid message" in acks[0].error
             assert not c.hosts["n2"].got
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def applies(*cmds: type[Command]) -> Any:
+    """Skip a test that needs the messaging commands applied until consensus registers them."""
+    missing = [c.__name__ for c in cmds if c not in machine_mod.PROCESSORS]
+    return pytest.mark.skipif(
+        bool(missing),
+        reason=f"{', '.join(missing)} not applied yet: consensus/message_commands.py (branch mcons) is not merged",
+    )
+
+
+@applies(Activate)
+def test_a_target_with_no_activation_is_activated_through_the_log_then_delivered_there() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            await c.routers["n3"].send(msg("client:x", "echo/new", 1))
+            a = c.machine.state.messages.activations["echo/new"]
+            assert [m.payload for m in c.hosts[a.node].got] == [1]
+            assert sum(isinstance(p, Activate) for p in c.proposed) == 1
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(RecordDeadLetters)
+def test_fast_path_dead_letters_land_in_the_replicated_list() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/a", "n2", 3)
+            c.hosts["n2"].refuse = lambda m: Refused("no actor type echo here", retry=False)
+            with pytest.raises(FailedPrecondition):
+                await c.routers["n1"].send(msg("client:x", "echo/a", 5))
+            await until(lambda: len(c.machine.state.messages.dead_letters) == 1)
+            d = c.machine.state.messages.dead_letters[0]
+            assert d.node == "n1" and d.letter.message.payload == 5 and "no actor type" in d.letter.reason
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(SendMessages, AckMessage)
+def test_a_durable_request_is_committed_and_answered_by_the_reply_in_the_handlers_ack() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            req = msg("client:x", "echo/d", 9, durable=True)
+            waiting = asyncio.ensure_future(c.routers["n1"].request(req, timeout_s=5))
+            await until(lambda: "echo/d" in c.machine.state.messages.mailboxes)
+            st = c.machine.state.messages
+            queued = next(iter(st.mailboxes["echo/d"].queue.values()))
+            a = st.activations["echo/d"]
+            assert queued.message.reply_to == "n1"
+            # The handler's turn on the activation's node: one AckMessage carrying the reply.
+            reply = Message(
+                id="r1", sender="echo/d", correlation_id=req.id, reply_to="n1", payload=10, epoch=a.epoch
+            )
+            res = await c.propose(
+                AckMessage("ack-1", SYSTEM_CLOCK.now_ms(), a.node, "echo/d", a.epoch, queued.seq, reply=reply)
+            )
+            assert res.ok, res
+            got = await asyncio.wait_for(waiting, 5)
+            assert got.payload == 10 and got.correlation_id == req.id
+            # Asked again with the same id: the reply kept in the state answers at once.
+            again = await c.routers["n1"].request(req, timeout_s=1)
+            assert again.payload == 10
         finally:
             await c.stop()
 
