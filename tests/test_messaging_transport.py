@@ -360,7 +360,8 @@ def test_a_stream_cut_mid_flight_loses_and_repeats_nothing() -> None:
             # and comes back on the same address; n1 dials again and sends what was unanswered.
             await c.servers["n2"].stop(None)
             await c.serve("n2")
-            await asyncio.wait_for(asyncio.gather(*sends), 20)
+            async with asyncio.timeout(20):
+                await asyncio.gather(*sends)
             assert payloads(c.hosts["n2"], "client:x", "echo/a") == list(range(total))
             assert r.stats["sessions_opened"] >= 2
         finally:
@@ -439,7 +440,8 @@ def test_fast_publish_reaches_subscribers_and_every_nodes_client_streams() -> No
                 0
             ].target == "echo/src1"
             assert [m.target for m in c.hosts["n3"].got] == ["echo/k"]
-            got = await asyncio.wait_for(asyncio.gather(*firsts.values()), 5)
+            async with asyncio.timeout(5):
+                got = await asyncio.gather(*firsts.values())
             assert [m.id for m in got] == ["p1"] * 3
             for s in streams.values():
                 await s.aclose()
@@ -470,7 +472,8 @@ def test_subscribe_from_start_reads_the_retained_log_then_live_durable_publishes
             nxt = asyncio.ensure_future(anext(s))
             await asyncio.sleep(0.01)
             publish(3)
-            assert (await asyncio.wait_for(nxt, 5)).payload == 3
+            async with asyncio.timeout(5):
+                assert (await nxt).payload == 3
             await s.aclose()
         finally:
             await c.stop()
@@ -622,7 +625,8 @@ def test_a_durable_request_is_committed_and_answered_by_the_reply_in_the_handler
                 AckMessage("ack-1", SYSTEM_CLOCK.now_ms(), a.node, "echo/d", a.epoch, queued.seq, reply=reply)
             )
             assert res.ok, res
-            got = await asyncio.wait_for(waiting, 5)
+            async with asyncio.timeout(5):
+                got = await waiting
             assert got.payload == 10 and got.correlation_id == req.id
             # Asked again with the same id: the reply kept in the state answers at once.
             again = await c.routers["n1"].request(req, timeout_s=1)
