@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
 import itertools
 import logging
 from collections import deque
@@ -186,7 +185,8 @@ class MessageRouter:
         self._sessions = itertools.count(1)
         self._submitted = 0
         """Fast messages ever queued: a new lane starts numbering above it (see ``_lane``)."""
-        self._expiries: list[tuple[int, int, Out]] = []
+        self._stalled: dict[Lane, None] = {}
+        """Lanes with no activation to go to yet, or in a backoff (``_expire`` looks at them)."""
         self._running = False
 
     def attach(self, deliver: Deliver) -> None:
@@ -233,20 +233,20 @@ class MessageRouter:
             await asyncio.sleep(MAINTAIN_INTERVAL_S)
 
     def _expire(self, now_ms: int) -> None:
-        heap = self._expiries
-        while heap and heap[0][0] <= now_ms:
-            _, _, o = heapq.heappop(heap)
-            if o.future is not None and o.future.done():
-                continue
-            if o.link is None and o.lane is None:
-                continue  # answered
-            if o.waiting:
+        """Dead-letters waiting messages whose TTL passed where nothing is being sent: lanes with
+        no activation yet or in a backoff, and everything for a peer with no stream. (A message
+        about to be transmitted is checked then; one transmitted is the receiver's to judge.)"""
+        lanes = [ln for ln in self._stalled if ln.link is None or ln.held]
+        self._stalled = dict.fromkeys(lanes)
+        for link in self._links.values():
+            if not link.connected:
+                lanes.extend(link.lanes)
+                for o in [o for o in link.unordered if now_ms >= o.msg.expires_ms]:
+                    link.unordered.remove(o)
+                    self._expired(o, now_ms)
+        for lane in lanes:
+            for o in [o for o in lane.entries if o.waiting and now_ms >= o.msg.expires_ms]:
                 self._expired(o, now_ms)
-            else:  # transmitted: the receiver decides; look again if its stream breaks
-                heapq.heappush(heap, (now_ms + 1000, o.tag, o))
-
-    def _track(self, o: Out) -> None:
-        heapq.heappush(self._expiries, (o.msg.expires_ms, o.tag, o))
 
     # ---- sending ------------------------------------------------------------------
 
@@ -282,7 +282,6 @@ class MessageRouter:
         o = Out(msg, TO_ACTOR, next(self._tags), lane, lane.next_seq, fut)
         lane.next_seq += 1
         lane.entries.append(o)
-        self._track(o)
         self.stats["sent"] += 1
         if lane.link is not None:
             lane.link.queue(o)
@@ -304,6 +303,7 @@ class MessageRouter:
         if where is not None:
             self._move(lane, *where)
         else:
+            self._stalled[lane] = None
             self._activate(lane.key[1])
 
     def _move(self, lane: Lane, node: str, epoch: int) -> None:
@@ -368,7 +368,6 @@ class MessageRouter:
                 self.stats["broadcasts_dropped"] += 1
                 continue
             o = Out(msg, BROADCAST, next(self._tags), None, 0, None)
-            self._track(o)
             link.queue(o)
         if futs:
             await asyncio.gather(*futs, return_exceptions=True)
@@ -436,7 +435,6 @@ class MessageRouter:
             self._on_reply(reply)
             return
         o = Out(reply, REPLY, next(self._tags), None, 0, None)
-        self._track(o)
         self._link(node).queue(o)
 
     def _on_reply(self, msg: Message) -> None:
@@ -486,6 +484,7 @@ class MessageRouter:
         if link is not None:
             link.ready.pop(lane, None)
         lane.held = True
+        self._stalled[lane] = None
         lane.backoff_s = min(max(lane.backoff_s * 2, RETRY_MIN_S), RETRY_MAX_S)
         asyncio.get_running_loop().call_later(lane.backoff_s, self._release, lane)
 
@@ -501,6 +500,7 @@ class MessageRouter:
             if lane.link is not None:
                 lane.link.drop_lane(lane)
             lane.node = ""
+            self._stalled[lane] = None
             self._activate(lane.key[1])
         elif lane.link is None or where[0] != lane.node:
             self._move(lane, *where)
