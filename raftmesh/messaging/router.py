@@ -185,6 +185,8 @@ class MessageRouter:
         self._sessions = itertools.count(1)
         self._submitted = 0
         """Fast messages ever queued: a new lane starts numbering above it (see ``_lane``)."""
+        self._aborts: dict[str, Callable[[], bool]] = {}
+        """peer -> cancels the stream this node dialled to it."""
         self._stalled: dict[Lane, None] = {}
         """Lanes with no activation to go to yet, or in a backoff (``_expire`` looks at them)."""
         self._running = False
@@ -228,7 +230,10 @@ class MessageRouter:
                     log.info(
                         "peer stream to %s: nothing heard for %.1fs; reconnecting", link.peer, ACK_SILENCE_S
                     )
+                    abort = self._aborts.pop(link.peer, None)
                     link.reset()
+                    if abort is not None:
+                        abort()  # a write blocked on a dead connection returns at once
             self._expire(self._clock.now_ms())
             await asyncio.sleep(MAINTAIN_INTERVAL_S)
 
@@ -419,7 +424,10 @@ class MessageRouter:
             self._waiting.pop(msg.id, None)
 
     def reply(self, reply: Message) -> None:
-        """Send a handler's answer to a fast request to ``reply.reply_to`` (the requesting node)."""
+        """Send a handler's answer to a fast request back to the requesting node: ``reply_to`` is
+        the request's (that node), ``correlation_id`` the request's id, ``epoch`` the handler's
+        activation's. Sent (and resent) like a message; one that cannot be delivered before
+        its TTL is counted (``replies_undelivered``): its requester has given up by then."""
         node = reply.reply_to
         if not node:
             raise InvalidArgument("a reply names the requesting node in reply_to")
@@ -793,6 +801,7 @@ class MessageRouter:
             if hello.node_id != link.peer:
                 raise Unavailable(f"the node at {link.peer}'s address says it is {hello.node_id!r}")
             session = self._open(link, hello.incarnation)
+            self._aborts[link.peer] = call.cancel
 
             async def read() -> None:
                 while True:
@@ -816,6 +825,8 @@ class MessageRouter:
                 self._close(link, session)
             return True
         finally:
+            if self._aborts.get(link.peer) == call.cancel:
+                del self._aborts[link.peer]
             call.cancel()
 
     async def serve_exchange(
