@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
+from raftmesh.chaos.proxy import TcpProxy
 from raftmesh.clock import SYSTEM_CLOCK, Clock
 from raftmesh.consensus import machine as machine_mod
 from raftmesh.consensus.commands import (
@@ -154,9 +155,14 @@ class Cluster:
             await s.stop(None)
 
 
-async def start(clocks: dict[str, Clock] | None = None) -> Cluster:
+async def start(
+    clocks: dict[str, Clock] | None = None,
+    ports: list[int] | None = None,
+    dial: dict[tuple[str, str], str] | None = None,
+) -> Cluster:
+    """Three nodes; ``dial[(a, b)]``: the address node ``a`` dials ``b`` at (a proxy)."""
     c = Cluster()
-    ports = free_ports(len(NODES))
+    ports = ports or free_ports(len(NODES))
     for node, port in zip(NODES, ports, strict=True):
         c.addrs[node] = f"127.0.0.1:{port}"
         res, _ = c.machine.apply(
@@ -175,7 +181,10 @@ async def start(clocks: dict[str, Clock] | None = None) -> Cluster:
         assert res.ok, res
     for node in NODES:
         clock = (clocks or {}).get(node, SYSTEM_CLOCK)
-        router = MessageRouter(node, f"inc{node}", c.reads(), c, clock, c.addrs.get)
+        routes = {b: addr for (a, b), addr in (dial or {}).items() if a == node}
+        router = MessageRouter(
+            node, f"inc{node}", c.reads(), c, clock, lambda n, r=routes: r.get(n) or c.addrs.get(n)
+        )
         host = Host(node, router=router)
         router.attach(host)
         c.routers[node], c.hosts[node] = router, host
@@ -366,6 +375,37 @@ def test_a_stream_cut_mid_flight_loses_and_repeats_nothing() -> None:
             assert r.stats["sessions_opened"] >= 2
         finally:
             await c.stop()
+
+    asyncio.run(main())
+
+
+def test_a_peer_gone_silent_mid_flight_is_dialled_again_and_nothing_is_lost_or_repeated() -> None:
+    async def main() -> None:
+        ports = free_ports(len(NODES))
+        with TcpProxy("127.0.0.1", ports[1]) as proxy:  # n1 -> n2 goes through it
+            c = await start(ports=ports, dial={("n1", "n2"): proxy.address})
+            try:
+                c.activate("echo/a", "n2", 3)
+                r = c.routers["n1"]
+                total = 1000
+                sends = [asyncio.ensure_future(r.send(msg("client:x", "echo/a", n))) for n in range(total)]
+                await until(lambda: len(c.hosts["n2"].got) >= 100)
+                # Everything in flight is held (no error, no data: a partition as TCP sees one).
+                await asyncio.to_thread(proxy.block, "hold")
+                sends += [
+                    asyncio.ensure_future(r.send(msg("client:x", "echo/a", n)))
+                    for n in range(total, 2 * total)
+                ]
+                await until(
+                    lambda: r.stats["sessions_opened"] >= 1 and not r.status()["links"]["n2"]["connected"]
+                )
+                await asyncio.to_thread(proxy.unblock)
+                async with asyncio.timeout(30):
+                    await asyncio.gather(*sends)
+                assert payloads(c.hosts["n2"], "client:x", "echo/a") == list(range(2 * total))
+                assert r.stats["sessions_opened"] >= 2
+            finally:
+                await c.stop()
 
     asyncio.run(main())
 
