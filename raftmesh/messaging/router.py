@@ -25,7 +25,7 @@ import grpc
 from ..clock import Clock
 from ..consensus import limits
 from ..consensus.commands import Activate, Fence, Message, MessageDeadLetter, RecordDeadLetters, SendMessages
-from ..consensus.messages import message_error
+from ..consensus.messages import message_error, reply_error
 from ..consensus.results import (
     ActivationChanged,
     ActivationResult,
@@ -96,11 +96,11 @@ def _retrieve(f: asyncio.Future[Any]) -> None:
         f.exception()
 
 
-def reply_error(m: Message) -> str:
-    """ "" if ``m`` may travel as a reply (a message's bounds; its target may be any sender)."""
-    if not m.correlation_id:
-        return "a reply names the request's id in correlation_id"
-    return message_error(dataclasses.replace(m, target="", topic="reply"))
+def _reason(text: str) -> str:
+    """A dead letter's reason as the state machine takes it: printable, bounded (a peer's
+    refusal text is a stranger's)."""
+    text = "".join(c if limits.printable(c) else "?" for c in text[: limits.MAX_DEAD_LETTER_REASON_CHARS])
+    return text or "undeliverable"
 
 
 def delivery_error(m: Message) -> str:
@@ -427,7 +427,7 @@ class MessageRouter:
         """Send a handler's answer to a fast request back to the requesting node: ``reply_to`` is
         the request's (that node), ``correlation_id`` the request's id, ``epoch`` the handler's
         activation's. Sent (and resent) like a message; one that cannot be delivered before
-        its TTL is counted (``replies_undelivered``): its requester has given up by then."""
+        its TTL is dead-lettered (and counted: ``replies_undelivered``)."""
         node = reply.reply_to
         if not node:
             raise InvalidArgument("a reply names the requesting node in reply_to")
@@ -564,13 +564,13 @@ class MessageRouter:
         o.lane = None
         if o.kind == REPLY:
             self.stats["replies_undelivered"] += 1
-            log.info("reply %s to node %s not delivered: %s", o.msg.correlation_id, o.msg.reply_to, reason)
+            self.dead_letter(o.msg, reason)
         elif o.kind == BROADCAST:
             self.stats["broadcasts_dropped"] += 1
         else:
             self.dead_letter(o.msg, reason)
         if o.future is not None and not o.future.done():
-            o.future.set_exception(exc if exc is not None else FailedPrecondition(reason))
+            o.future.set_exception(exc if exc is not None else FailedPrecondition(_reason(reason)))
 
     def dead_letter(self, msg: Message, reason: str) -> None:
         """Record a fast-path message this node gave up on (batched into ``RecordDeadLetters``);
@@ -579,7 +579,7 @@ class MessageRouter:
         if len(self._dead) >= limits.MAX_PENDING_DEAD_LETTERS:
             self._dead.popleft()
             self.stats["dead_letters_dropped"] += 1
-        self._dead.append(MessageDeadLetter(msg, reason[:1000]))
+        self._dead.append(MessageDeadLetter(msg, _reason(reason)))
         self._dead_wake.set()
 
     async def _flush_dead_letters(self) -> None:
@@ -587,7 +587,7 @@ class MessageRouter:
             await self._dead_wake.wait()
             self._dead_wake.clear()
             while self._dead:
-                n = min(len(self._dead), limits.MAX_MESSAGES_PER_SEND)
+                n = min(len(self._dead), limits.MAX_DEAD_LETTERS_PER_RECORD)
                 items = tuple(self._dead.popleft() for _ in range(n))
                 cmd = RecordDeadLetters(new_request_id("dl-"), self._clock.now_ms(), self.node_id, items)
                 delay = 0.05
