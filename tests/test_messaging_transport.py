@@ -31,6 +31,7 @@ from raftmesh.consensus.commands import (
     ActorOffer,
     Command,
     Message,
+    NodeDown,
     RecordDeadLetters,
     RegisterNode,
     SendMessages,
@@ -671,6 +672,28 @@ def test_a_durable_request_is_committed_and_answered_by_the_reply_in_the_handler
             # Asked again with the same id: the reply kept in the state answers at once.
             again = await c.routers["n1"].request(req, timeout_s=1)
             assert again.payload == 10
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(Activate)
+def test_a_type_no_member_offers_fails_at_once_and_one_with_no_room_waits_until_its_ttl() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            with pytest.raises(FailedPrecondition, match="no node offers actor type 'nobody'"):
+                await c.routers["n1"].send(msg("client:x", "nobody/1", 1))
+            for node in NODES:  # every node that offers echo is down: an activation has to wait
+                res, _ = c.machine.apply(NodeDown(f"down-{node}", 2000, node, f"inc{node}", "test"))
+                assert res.ok, res
+            with pytest.raises(DeadlineExceeded):
+                await c.routers["n1"].send(msg("client:x", "echo/later", 2, ttl_ms=300))
+            assert sum(isinstance(p, Activate) for p in c.proposed) >= 3  # tried again while it waited
+            await until(lambda: len(c.machine.state.messages.dead_letters) == 2)
+            reasons = [d.letter.reason for d in c.machine.state.messages.dead_letters]
+            assert "no node offers" in reasons[0] and "expired" in reasons[1], reasons
         finally:
             await c.stop()
 

@@ -23,9 +23,9 @@ from typing import Any
 import grpc
 
 from ..clock import Clock
-from ..consensus import limits
+from ..consensus import activations, limits
 from ..consensus.commands import Activate, Fence, Message, MessageDeadLetter, RecordDeadLetters, SendMessages
-from ..consensus.messages import message_error, reply_error
+from ..consensus.messages import message_error, reply_error, split_address
 from ..consensus.results import (
     ActivationChanged,
     ActivationResult,
@@ -79,7 +79,8 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 _FINAL_ACTIVATE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
-"""``Activate`` rejections that will not change by retrying (no member ever offered the type)."""
+"""``Activate`` rejections that do not change by retrying, unless some member offers the type
+(then no up node has room yet: the message waits, until its TTL, for one that does)."""
 
 
 @dataclass(eq=False)
@@ -303,6 +304,10 @@ class MessageRouter:
 
         return self._reads.read(find)
 
+    def _offered(self, address: str) -> bool:
+        kind = split_address(address)[0]
+        return self._reads.read(lambda st: kind in activations.offered_types(st))
+
     def _route(self, lane: Lane) -> None:
         where = self._where(lane.key[1])
         if where is not None:
@@ -347,7 +352,11 @@ class MessageRouter:
                         res = None
                     if isinstance(res, ActivationResult) and res.node:
                         where = (res.node, res.epoch)
-                    elif isinstance(res, Rejected) and res.code in _FINAL_ACTIVATE:
+                    elif (
+                        isinstance(res, Rejected)
+                        and res.code in _FINAL_ACTIVATE
+                        and not self._offered(address)
+                    ):
                         for lane in list(self._by_target.get(address, ())):
                             for o in list(lane.entries):
                                 self._give_up(o, f"undeliverable: {res.message}", res.error())
