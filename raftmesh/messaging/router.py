@@ -1,12 +1,11 @@
 """``MessageRouter``: every message that leaves or reaches this node goes through it.
 
-Fast path (README "Messages"): one ``Peer.Exchange`` stream per pair of nodes, dialled by
-the node with the smaller id (the other waits for it), carrying frames of messages and
-acks both ways. A frame holds everything queued when the writer comes round (no timer:
-a lone message goes at once, a burst shares frames). Lanes, retries and the order they
-keep are ``links``'; duplicates and order on the receiving side are ``intake``'s;
-client topic streams are ``topics``'. The log is touched only to ``Activate`` a target
-with no activation and to record fast-path dead letters (``RecordDeadLetters``, batched).
+Fast path (README "Messages"): the streams between nodes are ``streams``'; lanes, retries
+and the order they keep are ``links``'; duplicates and order on the receiving side are
+``intake``'s; client topic streams are ``topics``'. The router decides where each message
+goes and what becomes of it (delivered, sent again, dead-lettered), and wakes requesters.
+The log is touched only to ``Activate`` a target with no activation and to record fast-path
+dead letters (``RecordDeadLetters``, batched); durable sends are one ``SendMessages``.
 """
 
 from __future__ import annotations
@@ -44,40 +43,26 @@ from ..errors import (
     InvalidArgument,
     RaftmeshError,
     ResourceExhausted,
-    Unavailable,
 )
 from ..node.access import Writer
 from ..node.proposer import new_request_id
 from ..node.reads import ReadView
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
-from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from .api import Deliver, Sent
 from .intake import Intake
 from .links import BROADCAST, REPLY, TO_ACTOR, Lane, Link, Out
+from .streams import PeerStreams
 from .topics import TopicStreams
 from .wire import message_from_pb
 
 log = logging.getLogger(__name__)
 
-_EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009 (missing from grpc's type stubs)
 
-ACK_SILENCE_S = 3.0
-"""A stream with messages unanswered and nothing heard from the peer for this long is dropped
-and dialled again (the peer's loop or the network is stuck; HTTP/2 alone may not notice)."""
 MAINTAIN_INTERVAL_S = 0.1
 RETRY_MIN_S = 0.005
 RETRY_MAX_S = 1.0
 """Backoff of a lane after a refusal with ``retry`` (moved, not activated yet, inbox full)."""
-DIAL_MIN_S = 0.05
-DIAL_MAX_S = 1.0
 ACTIVATE_TIMEOUT_S = 5.0
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 _FINAL_ACTIVATE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
 """``Activate`` rejections that do not change by retrying, unless some member offers the type
 (then no up node has room yet: the message waits, until its TTL, for one that does)."""
@@ -178,16 +163,21 @@ class MessageRouter:
         self._topics = TopicStreams(reads)
         self._waiting: dict[str, _Waiter] = {}
         self._activating: dict[str, asyncio.Task[None]] = {}
-        self._dials: dict[str, asyncio.Task[None]] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._dead: deque[MessageDeadLetter] = deque()
         self._dead_wake = asyncio.Event()
         self._tags = itertools.count(1)
-        self._sessions = itertools.count(1)
         self._submitted = 0
         """Fast messages ever queued: a new lane starts numbering above it (see ``_lane``)."""
-        self._aborts: dict[str, Callable[[], bool]] = {}
-        """peer -> cancels the stream this node dialled to it."""
+        self._streams = PeerStreams(
+            node_id,
+            incarnation,
+            reads,
+            grpc_of,
+            lambda link: link.take(self._expiry_check()),
+            self._on_frame,
+            self.stats,
+        )
         self._stalled: dict[Lane, None] = {}
         """Lanes with no activation to go to yet, or in a backoff (``_expire`` looks at them)."""
         self._running = False
@@ -206,12 +196,12 @@ class MessageRouter:
             await asyncio.gather(self._maintain(), self._flush_dead_letters())
         finally:
             self._running = False
-            tasks = [*self._dials.values(), *self._pumps.values(), *self._activating.values()]
+            tasks = [*self._pumps.values(), *self._activating.values()]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._dials.clear()
             self._pumps.clear()
+            await self._streams.stop()
 
     async def _maintain(self) -> None:
         """Dials every member with a larger id, drops stuck streams, expires waiting messages."""
@@ -221,20 +211,7 @@ class MessageRouter:
             for peer in members:
                 if peer > self.node_id:
                     self._link(peer)
-            now = loop.time()
-            for link in list(self._links.values()):
-                if (
-                    link.session
-                    and link.waiting_since is not None
-                    and now - link.waiting_since > ACK_SILENCE_S
-                ):
-                    log.info(
-                        "peer stream to %s: nothing heard for %.1fs; reconnecting", link.peer, ACK_SILENCE_S
-                    )
-                    abort = self._aborts.pop(link.peer, None)
-                    link.reset()
-                    if abort is not None:
-                        abort()  # a write blocked on a dead connection returns at once
+            self._streams.check_silence(list(self._links.values()), loop.time())
             self._expire(self._clock.now_ms())
             await asyncio.sleep(MAINTAIN_INTERVAL_S)
 
@@ -719,8 +696,8 @@ class MessageRouter:
         if link.local:
             if peer not in self._pumps:
                 self._pumps[peer] = loop.create_task(self._pump_local(link), name="local messages")
-        elif self.node_id < peer and peer not in self._dials:
-            self._dials[peer] = loop.create_task(self._dial_loop(link), name=f"peer stream {peer}")
+        else:
+            self._streams.dial(link)
 
     def _kicked(self, link: Link) -> None:
         link.kick()
@@ -747,147 +724,11 @@ class MessageRouter:
                 error, retry = self._receive(self.node_id, self.incarnation, o.msg, o.kind, o.seq, base)
                 self._on_ack(link, o.tag, error, retry)
 
-    def _open(self, link: Link, peer_incarnation: str) -> int:
-        if link.session:
-            link.reset()
-        link.session = next(self._sessions)
-        link.peer_incarnation = peer_incarnation
-        self.stats["sessions_opened"] += 1
-        link.kick()
-        return link.session
-
-    def _close(self, link: Link, session: int) -> None:
-        if link.session == session:
-            link.reset()
-
-    async def _next_frame(self, link: Link, session: int) -> pb.PeerFrame | None:
-        while link.session == session:
-            outs, acks = link.take(self._expiry_check())
-            if outs or acks:
-                if outs and link.waiting_since is None:
-                    link.waiting_since = asyncio.get_running_loop().time()
-                return link.frame(self.node_id, self.incarnation, outs, acks)
-            link.wake.clear()
-            await link.wake.wait()
-        return None
-
-    async def _dial_loop(self, link: Link) -> None:
-        backoff = DIAL_MIN_S
-        channel: grpc.aio.Channel | None = None
-        address = None
-        try:
-            while True:
-                target = self._grpc_of(link.peer)
-                if target is not None:
-                    if target != address:
-                        if channel is not None:
-                            await channel.close(None)
-                        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-                        address = target
-                    assert channel is not None
-                    try:
-                        if await self._dial_once(link, channel):
-                            backoff = DIAL_MIN_S
-                    except grpc.aio.AioRpcError as exc:
-                        log.debug("peer stream to %s: %s %s", link.peer, exc.code(), exc.details())
-                    except RaftmeshError as exc:
-                        log.info("peer stream to %s: %s", link.peer, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, DIAL_MAX_S)
-        finally:
-            if channel is not None:
-                await channel.close(None)
-
-    async def _dial_once(self, link: Link, channel: grpc.aio.Channel) -> bool:
-        """One stream to ``link.peer``; True if it opened."""
-        call = pb_grpc.PeerStub(channel).Exchange()
-        try:
-            await call.write(pb.PeerFrame(node_id=self.node_id, incarnation=self.incarnation))
-            hello = await call.read()
-            if hello is _EOF:
-                return False
-            assert isinstance(hello, pb.PeerFrame)
-            if hello.node_id != link.peer:
-                raise Unavailable(f"the node at {link.peer}'s address says it is {hello.node_id!r}")
-            session = self._open(link, hello.incarnation)
-            self._aborts[link.peer] = call.cancel
-
-            async def read() -> None:
-                while True:
-                    f = await call.read()
-                    if f is _EOF or link.session != session:
-                        return
-                    assert isinstance(f, pb.PeerFrame)
-                    self._on_frame(link, f)
-
-            reader = asyncio.ensure_future(read())
-            reader.add_done_callback(lambda _: self._close(link, session))
-            try:
-                while True:
-                    frame = await self._next_frame(link, session)
-                    if frame is None:
-                        break
-                    await call.write(frame)
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-                self._close(link, session)
-            return True
-        finally:
-            if self._aborts.get(link.peer) == call.cancel:
-                del self._aborts[link.peer]
-            call.cancel()
-
-    async def serve_exchange(
+    def serve_exchange(
         self, request_iterator: AsyncIterator[pb.PeerFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PeerFrame]:
-        frames = request_iterator.__aiter__()
-        try:
-            first = await frames.__anext__()
-        except StopAsyncIteration:
-            return
-        peer = first.node_id
-        why = limits.id_error("node_id", peer) or limits.id_error("incarnation", first.incarnation)
-        if why:
-            raise InvalidArgument(f"peer stream: {why}")
-        known, current = self._reads.read(lambda st: _member(st, peer, first.incarnation))
-        if not current:
-            raise FailedPrecondition(
-                f"node {peer!r} is not a member here in incarnation {first.incarnation!r}"
-                + ("" if known else " (not a member yet: register first)")
-            )
-        if peer >= self.node_id:
-            raise FailedPrecondition(
-                f"node {peer!r} dialled node {self.node_id!r}: between two nodes, the one with the "
-                "smaller id dials (one stream per pair)"
-            )
-        link = self._link(peer)
-        session = self._open(link, first.incarnation)
-        failed: list[BaseException] = []
-
-        async def read() -> None:
-            try:
-                async for f in frames:
-                    if link.session != session:
-                        return
-                    self._on_frame(link, f)
-            except RaftmeshError as exc:
-                failed.append(exc)
-
-        reader = asyncio.ensure_future(read())
-        reader.add_done_callback(lambda _: self._close(link, session))
-        try:
-            yield pb.PeerFrame(node_id=self.node_id, incarnation=self.incarnation)
-            while True:
-                frame = await self._next_frame(link, session)
-                if frame is None:
-                    break
-                yield frame
-            if failed:
-                raise failed[0]
-        finally:
-            reader.cancel()
-            self._close(link, session)
+        """The ``Peer.Exchange`` stream another node dialled (``streams.PeerStreams.serve``)."""
+        return self._streams.serve(request_iterator, self._link)
 
     # ---- events, streams, status -----------------------------------------------------
 
@@ -940,11 +781,6 @@ class MessageRouter:
             topic_streams=self._topics.count,
         )
         return out
-
-
-def _member(st: ClusterState, node: str, incarnation: str) -> tuple[bool, bool]:
-    m = st.members.get(node)
-    return m is not None, m is not None and m.incarnation == incarnation
 
 
 def _fanout(st: ClusterState, topic: str, source: str) -> tuple[list[str], list[str]]:
