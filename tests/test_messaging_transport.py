@@ -698,3 +698,30 @@ def test_a_type_no_member_offers_fails_at_once_and_one_with_no_room_waits_until_
             await c.stop()
 
     asyncio.run(main())
+
+
+def test_messages_follow_an_activation_that_moved_in_order() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/m", "n2", 3)
+            r = c.routers["n1"]
+            await asyncio.gather(*(r.send(msg("client:x", "echo/m", n)) for n in range(50)))
+            # The activation moves to n3; n2 now refuses (it no longer holds it). The sender learns
+            # of the move from n2's refusal alone (no event here): it looks at its replica again.
+            c.hosts["n2"].refuse = lambda m: Refused("not activated here", retry=True)
+            with c.lock:
+                st = c.machine.state.messages
+                st.activations["echo/m"] = Activation("echo/m", "n3", "incn3", 9, 0, 2**62)
+            await asyncio.gather(*(r.send(msg("client:x", "echo/m", n)) for n in range(50, 100)))
+            assert payloads(c.hosts["n2"], "client:x", "echo/m") == list(range(50))
+            assert payloads(c.hosts["n3"], "client:x", "echo/m") == list(range(50, 100))
+            # And with the event (as apply emits it): straight to the new node.
+            c.activate("echo/m", "n1", 12)
+            c.hosts["n3"].refuse = lambda m: Refused("not activated here", retry=True)
+            await asyncio.gather(*(r.send(msg("client:x", "echo/m", n)) for n in range(100, 150)))
+            assert payloads(c.hosts["n1"], "client:x", "echo/m") == list(range(100, 150))
+        finally:
+            await c.stop()
+
+    asyncio.run(main())

@@ -743,7 +743,7 @@ class MessageRouter:
                     self._topics.durable(ev.topic, ev.seq)
             elif isinstance(ev, ActivationChanged):
                 for lane in list(self._by_target.get(ev.address, ())):
-                    if ev.active and ev.node != lane.node:
+                    if ev.active:  # granted (or granted again): the lane goes there, with its epoch
                         self._move(lane, ev.node, ev.epoch)
                     elif not ev.active and ev.node == lane.node and not lane.held:
                         if lane.link is not None:
