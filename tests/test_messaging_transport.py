@@ -465,7 +465,10 @@ def test_fast_publish_reaches_subscribers_and_every_nodes_client_streams() -> No
             c.activate("echo/k", "n3", 4)
             streams = {n: c.routers[n].subscribe("news", from_start=False) for n in NODES}
             firsts = {n: asyncio.ensure_future(anext(s)) for n, s in streams.items()}
-            await asyncio.sleep(0.05)  # let each stream register before the publish
+            # Each node tells its peers which topics it streams to clients; n1 broadcasts there.
+            await until(
+                lambda: all(c.routers["n1"].status()["links"][n]["peer_topics"] == 1 for n in ("n2", "n3"))
+            )
             p = Message(
                 id="p1",
                 sender="client:x",

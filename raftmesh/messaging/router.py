@@ -160,7 +160,7 @@ class MessageRouter:
         self._lanes: dict[tuple[str, str, int], Lane] = {}
         self._by_target: dict[str, dict[Lane, None]] = {}
         self._intake = Intake()
-        self._topics = TopicStreams(reads)
+        self._topics = TopicStreams(reads, self._topics_changed)
         self._waiting: dict[str, _Waiter] = {}
         self._activating: dict[str, asyncio.Task[None]] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
@@ -177,6 +177,7 @@ class MessageRouter:
             lambda link: link.take(self._expiry_check()),
             self._on_frame,
             self.stats,
+            self._topics.topics,
         )
         self._stalled: dict[Lane, None] = {}
         """Lanes with no activation to go to yet, or in a backoff (``_expire`` looks at them)."""
@@ -355,6 +356,8 @@ class MessageRouter:
             if node == self.node_id:
                 continue
             link = self._link(node)
+            if msg.topic not in link.peer_topics:
+                continue  # no client stream there wants it
             if not link.room.is_set():
                 self.stats["broadcasts_dropped"] += 1
                 continue
@@ -663,6 +666,10 @@ class MessageRouter:
             raise InvalidArgument(
                 f"a frame on the stream of node {link.peer!r} says it is from {f.node_id!r}"
             )
+        if f.topics_sent:
+            if len(f.topics) > limits.MAX_TOPIC_STREAMS:
+                raise InvalidArgument(f"a node names at most {limits.MAX_TOPIC_STREAMS} topics it streams")
+            link.peer_topics = frozenset(f.topics)
         for a in f.acks:
             self._on_ack(link, a.tag, a.error, a.retry)
         n = len(f.messages)
@@ -724,6 +731,13 @@ class MessageRouter:
                 error, retry = self._receive(self.node_id, self.incarnation, o.msg, o.kind, o.seq, base)
                 self._on_ack(link, o.tag, error, retry)
 
+    def _topics_changed(self) -> None:
+        topics = self._topics.topics()
+        for link in self._links.values():
+            if not link.local:
+                link.topics_out = topics
+                link.kick()
+
     def serve_exchange(
         self, request_iterator: AsyncIterator[pb.PeerFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PeerFrame]:
@@ -773,7 +787,12 @@ class MessageRouter:
         out: dict[str, Any] = dict(self.stats)
         out.update(
             links={
-                p: {"connected": ln.connected, "outstanding": ln.outstanding} for p, ln in self._links.items()
+                p: {
+                    "connected": ln.connected,
+                    "outstanding": ln.outstanding,
+                    "peer_topics": len(ln.peer_topics),
+                }
+                for p, ln in self._links.items()
             },
             lanes=len(self._lanes),
             pending_requests=len(self._waiting),

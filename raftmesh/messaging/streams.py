@@ -53,6 +53,7 @@ class PeerStreams:
         take: Callable[[Link], tuple[list[Out], list[pb.PeerAck]]],
         on_frame: Callable[[Link, pb.PeerFrame], None],
         stats: dict[str, int],
+        topics: Callable[[], list[str]],
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
@@ -61,6 +62,7 @@ class PeerStreams:
         self._take = take
         self._on_frame = on_frame
         self._stats = stats
+        self._topics = topics
         self._sessions = itertools.count(1)
         self._dials: dict[str, asyncio.Task[None]] = {}
         self._aborts: dict[str, Callable[[], bool]] = {}
@@ -94,6 +96,7 @@ class PeerStreams:
     def _open(self, link: Link, peer_incarnation: str) -> int:
         if link.session:
             link.reset()
+        link.topics_out = self._topics()
         link.session = next(self._sessions)
         link.peer_incarnation = peer_incarnation
         self._stats["sessions_opened"] += 1
@@ -107,7 +110,7 @@ class PeerStreams:
     async def _next_frame(self, link: Link, session: int) -> pb.PeerFrame | None:
         while link.session == session:
             outs, acks = self._take(link)
-            if outs or acks:
+            if outs or acks or link.topics_out is not None:
                 if outs and link.waiting_since is None:
                     link.waiting_since = asyncio.get_running_loop().time()
                 return link.frame(self.node_id, self.incarnation, outs, acks)
