@@ -21,17 +21,18 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer (also ex
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..agents import AgentDef, AgentHost, AgentNode, AgentRegistry, load_agents
+from ..agents import ActorHost, AgentDef, AgentHost, AgentNode, AgentRegistry, load_agents
 from ..agents._setup import set_up, tear_down
 from ..clock import SYSTEM_CLOCK, Clock
 from ..consensus import limits
-from ..consensus.commands import AgentOffer, RegisterNode
+from ..consensus.commands import ActorOffer, AgentOffer, RegisterNode
 from ..consensus.machine import StateMachine
 from ..consensus.members import offer_error
 from ..consensus.raft import RaftConfig, RaftMember
 from ..consensus.results import Event
 from ..consensus.state import ClusterState
 from ..errors import InvalidArgument, RaftmeshError
+from ..messaging import MessageRouter
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.archive import AppliedArchive
@@ -102,6 +103,16 @@ def agent_offers(registry: AgentRegistry) -> tuple[AgentOffer, ...]:
     return tuple(offers)
 
 
+def actor_offers(registry: AgentRegistry) -> tuple[ActorOffer, ...]:
+    """What this node registers for each actor type it can activate (``@raftmesh.actor``)."""
+    if len(registry.actors) > limits.MAX_ACTOR_TYPES_PER_NODE:
+        raise InvalidArgument(f"a node may offer at most {limits.MAX_ACTOR_TYPES_PER_NODE} actor types")
+    return tuple(
+        ActorOffer(d.name, tuple(sorted(d.capabilities)), d.max_activations)
+        for d in (registry.actors[n] for n in sorted(registry.actors))
+    )
+
+
 class NodeRuntime:
     def __init__(
         self, config: NodeConfig, registry: AgentRegistry | None = None, clock: Clock = SYSTEM_CLOCK
@@ -111,6 +122,7 @@ class NodeRuntime:
             registry if registry is not None else load_agents(config.agents_modules), config.agents
         )
         self.offers = agent_offers(self.registry)
+        self.actor_offers = actor_offers(self.registry)
         self._set_up: list[AgentDef] = []
         self.clock = clock
         self.incarnation = uuid.uuid4().hex[:12]
@@ -131,6 +143,7 @@ class NodeRuntime:
     def _applied(self, events: list[Event]) -> None:
         self.scheduler.poke()
         self.host.poke()
+        self.actors.poke()
         if events:
             self.hub.publish(events)
             self.lock_waits.applied(events)
@@ -198,6 +211,9 @@ class NodeRuntime:
             clock,
             preempt_priority=cfg.preempt_priority,
         )
+        self.router = MessageRouter(
+            cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of
+        )
         self.host = AgentHost(
             cfg.node_id,
             self.incarnation,
@@ -209,7 +225,19 @@ class NodeRuntime:
             thread_pool_size=cfg.agent_threads,
             process_pool_size=cfg.agent_processes,
             agent_node=self.agent_node,
+            router=self.router,
         )
+        self.actors = ActorHost(
+            cfg.node_id,
+            self.incarnation,
+            self.registry,
+            self.reads,
+            self.proposer,
+            clock,
+            self.router,
+            ready=lambda: raft.ready,
+        )
+        self.router.attach(self.actors)
         self.proposer.start()
 
         access = NodeAccess(
@@ -248,6 +276,7 @@ class NodeRuntime:
         tasks = [
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.host.run(), name="host"),
+            asyncio.create_task(self.actors.run(), name="actors"),
             asyncio.create_task(self._register_loop(), name="register"),
             asyncio.create_task(self._health_loop(), name="health"),
             asyncio.create_task(self.heartbeats.run(), name="heartbeat"),
@@ -271,6 +300,15 @@ class NodeRuntime:
 
     def _member_ok(self) -> bool:
         return self.reads.read(lambda st: st.up_member(self.config.node_id, self.incarnation))
+
+    def _grpc_of(self, node_id: str) -> str | None:
+        """A member's gRPC address as the replicated state has it (where the router dials)."""
+
+        def look(st: ClusterState) -> str | None:
+            m = st.members.get(node_id)
+            return m.grpc if m is not None else None
+
+        return self.reads.read(look)
 
     def _leader_grpc(self) -> str | None:
         """Where heartbeats go: the leader's gRPC address, unless this node leads (or none does)."""
@@ -296,6 +334,7 @@ class NodeRuntime:
                 slots=self.config.slots,
                 incarnation=self.incarnation,
                 offers=self.offers,
+                actors=self.actor_offers,
             )
             while True:
                 try:
@@ -309,6 +348,7 @@ class NodeRuntime:
             self._registered = True
             log.info("node %s registered (incarnation %s)", self.config.node_id, self.incarnation)
             self.host.poke()
+            self.actors.poke()
             # Stay here while the state says we are up; a node_down sends us round again.
             while self.raft.ready is False or self._member_ok():
                 await asyncio.sleep(0.5)
