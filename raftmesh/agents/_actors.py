@@ -86,9 +86,9 @@ def reply_to(
     """The answer to request ``msg`` from activation ``address``@``epoch``.
 
     Routed by ``reply_to`` (the requesting node) and ``correlation_id`` (the request's id);
-    its target is the requester when that is an address (an actor, ``task:RUN/TASK``),
-    else the answering actor itself (a client has no address)."""
-    target = msg.sender if msg.sender and not limits.address_error("", msg.sender) else address
+    its target is the requester when that is an address (an actor, ``task:RUN/TASK``);
+    a client has none."""
+    target = msg.sender if msg.sender and not limits.address_error("", msg.sender) else ""
     return Message(
         id=new_message_id(),
         sender=address,
@@ -103,6 +103,18 @@ def reply_to(
         reply_to=msg.reply_to,
         epoch=epoch,
     )
+
+
+def _reply_problem(reply: Message) -> str:
+    """What ``message_error`` checks of a reply that has no target (a client's): its payload."""
+    if not isinstance(reply.payload, bytes):
+        why = values.problem(reply.payload)
+        if why:
+            return f"payload: {why}"
+    size = limits.encoded_size(reply.payload)
+    if size > limits.MAX_MESSAGE_PAYLOAD_BYTES:
+        return f"payload is {size} bytes encoded; the limit is {limits.MAX_MESSAGE_PAYLOAD_BYTES}"
+    return ""
 
 
 class ActorKv:
@@ -566,7 +578,7 @@ class ActorHost:
             reply = None
             if msg.reply_to:
                 reply = reply_to(msg, w.address, w.epoch, out, self._clock.now_ms())
-                why = message_error(reply)
+                why = message_error(reply) if reply.target else _reply_problem(reply)
                 if why:
                     raise InvalidArgument(f"the reply: {why}")
         except asyncio.CancelledError:
