@@ -12,6 +12,7 @@ import asyncio
 import heapq
 import os
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterator
 from typing import Any
@@ -25,8 +26,9 @@ from raftmesh.agents._loader import AgentLoadError
 from raftmesh.agents._registry import DuplicateAgentError
 from raftmesh.clock import ManualClock
 from raftmesh.consensus import limits
-from raftmesh.consensus.commands import Message
+from raftmesh.consensus.commands import Message, SendMessages
 from raftmesh.consensus.messages import Activation, Mailbox, Queued
+from raftmesh.consensus.results import MessagesSent
 from raftmesh.consensus.state import ClusterState, Member
 from raftmesh.node.reads import ReadView
 from raftmesh.node.runtime import actor_offers
@@ -307,3 +309,103 @@ def node(tmp_path: Any) -> Iterator[Any]:
         thread.join(timeout=30)
         assert not thread.is_alive(), "the node did not stop"
         assert not failure, failure
+
+
+def _durable(runtime: Any, *msgs: Message) -> Any:
+    """Commit durable messages the way the router's durable path does (one SendMessages)."""
+    cmd = SendMessages(f"s-{uuid.uuid4().hex}", runtime.clock.now_ms(), messages=msgs)
+    res = _run(runtime, runtime.proposer.propose(cmd))
+    assert isinstance(res, MessagesSent), res
+    return res
+
+
+def _out(runtime: Any, i: str, target: str = "", payload: Any = None, **kw: Any) -> Message:
+    return Message(
+        id=i,
+        sender=kw.pop("sender", "client:test"),
+        target=target,
+        payload=payload,
+        ttl_ms=kw.pop("ttl_ms", 60_000),
+        sent_ms=runtime.clock.now_ms(),
+        **kw,
+    )
+
+
+def _kv(runtime: Any, key: str) -> Any:
+    def value(st: ClusterState) -> Any:
+        e = st.kv.get(key)
+        return None if e is None else e.value
+
+    return runtime.reads.read(value)
+
+
+def _queued(runtime: Any, address: str) -> int:
+    return int(runtime.reads.read(lambda st: len(st.messages.mailboxes.get(address, Mailbox(address)).queue)))
+
+
+def test_durable_messages_are_handled_once_each_with_their_state(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    _durable(node, *(_out(node, f"m{i}", "counter/a", i) for i in range(20)))
+    wait_until(lambda: (_kv(node, "actors/counter/a") or {}).get("n") == 20, 30.0, "20 turns of counter/a")
+    st = _kv(node, "actors/counter/a")
+    assert st["seen"] == list(range(20))  # in order, each once
+    wait_until(lambda: _queued(node, "counter/a") == 0, 10.0, "the mailbox to empty")
+    act = node.reads.read(lambda s: s.messages.activations["counter/a"])
+    assert act.node == "n1" and node.actors.activations() == {"counter/a": act.epoch}
+    assert node.actors.stats["acks"] >= 20 and node.actors.stats["acks_not_applied"] == 0
+
+
+def test_a_turns_durable_sends_and_kv_commit_with_its_ack(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    _durable(node, _out(node, "r1", "relay/r", {"to": "counter/c", "value": "hello"}))
+    wait_until(lambda: (_kv(node, "actors/counter/c") or {}).get("n") == 1, 30.0, "counter/c got the relay")
+    assert _kv(node, "actors/counter/c")["seen"] == ["hello"]
+    assert _kv(node, "relayed/r1") == "hello"
+
+
+def test_durable_publish_reaches_the_declared_type_subscriber(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    wait_until(
+        lambda: node.reads.read(lambda st: "listener" in st.messages.subscriptions.get("news", {})),
+        10.0,
+        "the node to subscribe listener to news",
+    )
+    _durable(node, _out(node, "p1", topic="news", payload="extra", source="s1"))
+    wait_until(lambda: (_kv(node, "actors/listener/s1") or {}).get("got") == ["extra"], 30.0, "listener/s1")
+
+
+def test_a_failing_handler_is_dead_lettered_and_acked(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    _durable(node, _out(node, "bad1", "flaky/x", "boom"))
+
+    def dead() -> list[Any]:
+        return list(
+            node.reads.read(lambda st: [d for d in st.messages.dead_letters if d.letter.message.id == "bad1"])
+        )
+
+    wait_until(dead, 30.0, "the failed message's dead letter")
+    [d] = dead()
+    assert "handler failed 3 times" in d.letter.reason and "cannot handle 'boom'" in d.letter.reason
+    wait_until(lambda: _queued(node, "flaky/x") == 0, 10.0, "the failed message to leave the mailbox")
+
+
+def test_an_idle_activation_is_given_up_and_comes_back_with_its_state(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    def epoch() -> int | None:
+        a = node.reads.read(lambda st: st.messages.activations.get("sleepy/s"))
+        return None if a is None else int(a.epoch)
+
+    _durable(node, _out(node, "s1", "sleepy/s", 1))
+    wait_until(lambda: (_kv(node, "actors/sleepy/s") or {}).get("activations") == 1, 30.0, "first activation")
+    first = epoch()
+    wait_until(lambda: epoch() is None, 30.0, "the idle activation to be given up")
+    assert "sleepy/s" not in node.actors.activations()
+    _durable(node, _out(node, "s2", "sleepy/s", 2))
+    wait_until(lambda: (_kv(node, "actors/sleepy/s") or {}).get("activations") == 2, 30.0, "re-activation")
+    second = epoch()
+    assert first is not None and second is not None and second > first
