@@ -242,6 +242,8 @@ class _Worker:
     task: asyncio.Task[None] | None = None
     instance: Any = None
     state: dict[str, Any] = field(default_factory=dict)
+    saved: Any = None
+    """``state`` as last committed (a turn writes it when it differs, ``on_activate``'s changes too)."""
     last_active: float = 0.0
     stopped: bool = False
     deactivating: bool = False
@@ -489,6 +491,7 @@ class ActorHost:
                 log.info("actor %s waits to load its state: %s", w.address, exc)
                 await self._clock.sleep(RETRY_BACKOFF_S)
         w.state = self._load_state(w.address)
+        w.saved = copy.deepcopy(w.state)
         w.instance = w.adef.cls()
         hook = getattr(w.instance, "on_activate", None)
         if hook is not None:
@@ -569,8 +572,9 @@ class ActorHost:
             state = ctx.state
             if not isinstance(state, dict):
                 raise InvalidArgument(f"ctx.state must stay a dict, not {type(state).__name__}")
+            w.state = state  # the handler may have assigned a new dict
             ops = dict(ctx.kv.ops)
-            if state != before:
+            if state != w.saved:
                 why = values.problem(state)
                 if why:
                     raise InvalidArgument(f"ctx.state is not storable: {why}")
@@ -613,7 +617,10 @@ class ActorHost:
             if not res.applied:  # handled before (a redelivery): its first turn's effects stand
                 self.stats["acks_not_applied"] += 1
                 w.state = self._load_state(w.address)
+                w.saved = copy.deepcopy(w.state)
                 return
+            if state_key(w.address) in ops:
+                w.saved = copy.deepcopy(state)
             if reply is not None and not msg.durable:
                 self._router.reply(reply)
             return
