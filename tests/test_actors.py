@@ -409,3 +409,60 @@ def test_an_idle_activation_is_given_up_and_comes_back_with_its_state(node: Any)
     wait_until(lambda: (_kv(node, "actors/sleepy/s") or {}).get("activations") == 2, 30.0, "re-activation")
     second = epoch()
     assert first is not None and second is not None and second > first
+
+
+# ---- the fast path and requests (through the node's router) ---------------------------------
+
+
+def test_fast_send_and_request_reach_the_activation(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    for i in range(5):
+        _run(node, node.router.send(_out(node, f"f{i}", "counter/f", i)))
+    wait_until(lambda: (_kv(node, "actors/counter/f") or {}).get("n") == 5, 30.0, "5 fast turns")
+    assert _kv(node, "actors/counter/f")["seen"] == list(range(5))  # FIFO from one sender
+    reply = _run(node, node.router.request(_out(node, "q1", "counter/f", "q", reply_to="n1"), 10.0))
+    act = node.reads.read(lambda st: st.messages.activations["counter/f"])
+    assert reply.correlation_id == "q1" and reply.epoch == act.epoch
+    assert reply.payload == {"n": 6, "node": "n1", "epoch": act.epoch}
+
+
+def test_durable_request_is_answered_through_the_log(node: Any) -> None:
+    reply = _run(
+        node, node.router.request(_out(node, "dq1", "counter/d", "x", durable=True, reply_to="n1"), 10.0)
+    )
+    assert reply.payload["n"] == 1 and reply.correlation_id == "dq1"
+    kept = node.reads.read(lambda st: st.messages.replies.get("dq1"))
+    assert kept is not None and kept[1].payload == reply.payload
+
+
+def test_a_request_inside_a_turn_and_a_failing_handlers_error_reply(node: Any) -> None:
+    from raftmesh.agents import HandlerError
+    from raftmesh.agents._messaging import reply_payload
+
+    reply = _run(
+        node,
+        node.router.request(
+            _out(node, "a1", "asker/a", {"to": "counter/g", "value": 7}, reply_to="n1"), 20.0
+        ),
+    )
+    assert reply.payload["n"] == 1 and _kv(node, "actors/counter/g")["seen"] == [7]
+    err = _run(node, node.router.request(_out(node, "b1", "flaky/y", "bad", reply_to="n1"), 20.0))
+    with pytest.raises(HandlerError, match="cannot handle 'bad'"):
+        reply_payload(err)
+
+
+def test_task_agents_send_and_request(node: Any) -> None:
+    from raftmesh import DAG, Client
+
+    client = Client([node.config.grpc], timeout_s=10.0)
+    try:
+        dag = DAG("talk")
+        dag.task("t", "messenger", input={"to": "counter/t"})
+        run = client.run(dag, timeout_s=60)
+        assert run.status == "SUCCEEDED", run
+        # the durable send was committed before the request was made: the request is turn 2
+        assert run.tasks["t"].output["n"] == 2
+        assert _kv(node, "actors/counter/t")["seen"] == ["from-task", "ask"]
+    finally:
+        client.close()
