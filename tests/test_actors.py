@@ -156,7 +156,7 @@ def _host(st: ClusterState, clock: ManualClock | None = None) -> ActorHost:
     reg = load_agents([AGENTS], entry_points=False)
     reads = ReadView(threading.RLock(), lambda: st)
     # The writer and router are never reached by these tests: decide/accept/_next do no I/O.
-    return ActorHost("n1", "inc1", reg, reads, None, clock or ManualClock(), None, ready=lambda: False)  # type: ignore[arg-type]
+    return ActorHost("n1", "inc1", reg, reads, None, clock or ManualClock(), ready=lambda: False)  # type: ignore[arg-type]
 
 
 def test_decide_starts_this_incarnations_activations_only() -> None:

@@ -270,7 +270,7 @@ class ActorHost:
         reads: Reader,
         writer: Writer,
         clock: Clock,
-        router: Router,
+        router: Router | None = None,
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.node_id = node_id
@@ -279,7 +279,8 @@ class ActorHost:
         self._reads = reads
         self._writer = writer
         self._clock = clock
-        self._router = router
+        self._router: Router | None = router
+        """The node's router (set by ``attach_router`` once the node has made it)."""
         self._ready = ready
         self._workers: dict[str, _Worker] = {}
         self._wake = asyncio.Event()
@@ -300,6 +301,15 @@ class ActorHost:
         }
 
     # ---- what the router and the runtime call --------------------------------------
+
+    def attach_router(self, router: Router) -> None:
+        self._router = router
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise RaftmeshError("the node's message router is not attached yet")
+        return self._router
 
     def poke(self) -> None:
         self._wake.set()
@@ -541,7 +551,7 @@ class ActorHost:
     def _context(self, w: _Worker, msg: Message | None) -> tuple[ActorContext, list[Message]]:
         sends: list[Message] = []
         messenger = Messenger(
-            self._router,
+            self.router,
             self._clock,
             self.node_id,
             w.address,
@@ -594,7 +604,7 @@ class ActorHost:
         w.failures.pop(msg.id, None)
         if seq == 0 and not ops and not sends and (reply is None or not msg.durable):
             if reply is not None:
-                self._router.reply(reply)
+                self.router.reply(reply)
             return
         cmd = AckMessage(
             f"ack-{uuid.uuid4().hex}",
@@ -622,7 +632,7 @@ class ActorHost:
             if state_key(w.address) in ops:
                 w.saved = copy.deepcopy(state)
             if reply is not None and not msg.durable:
-                self._router.reply(reply)
+                self.router.reply(reply)
             return
         # Rejected, not fenced: the turn's effects are not acceptable (a full mailbox, a limit).
         w.state = before
@@ -688,7 +698,7 @@ class ActorHost:
             if isinstance(res, MessageAcked):
                 w.handled[seq] = None
         if reply is not None and not msg.durable:
-            self._router.reply(reply)
+            self.router.reply(reply)
 
     async def _deactivate(self, w: _Worker) -> bool:
         """Give an idle activation up (refused while durable messages wait for it)."""

@@ -187,6 +187,10 @@ class AgentHost:
             (),
         )
 
+    def attach_router(self, router: Router) -> None:
+        """The node's message router, once it exists (``ctx.send``/``request``/``publish``)."""
+        self._router = router
+
     def poke(self) -> None:
         self._wake.set()
 

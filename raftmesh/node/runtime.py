@@ -32,7 +32,7 @@ from ..consensus.raft import RaftConfig, RaftMember
 from ..consensus.results import Event
 from ..consensus.state import ClusterState
 from ..errors import InvalidArgument, RaftmeshError
-from ..messaging import MessageRouter
+from ..messaging.router import MessageRouter
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.archive import AppliedArchive
@@ -141,9 +141,9 @@ class NodeRuntime:
             loop.call_soon_threadsafe(self._applied, events)
 
     def _applied(self, events: list[Event]) -> None:
+        self.actors.poke()
         self.scheduler.poke()
         self.host.poke()
-        self.actors.poke()
         if events:
             self.hub.publish(events)
             self.lock_waits.applied(events)
@@ -211,9 +211,6 @@ class NodeRuntime:
             clock,
             preempt_priority=cfg.preempt_priority,
         )
-        self.router = MessageRouter(
-            cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of
-        )
         self.host = AgentHost(
             cfg.node_id,
             self.incarnation,
@@ -225,7 +222,6 @@ class NodeRuntime:
             thread_pool_size=cfg.agent_threads,
             process_pool_size=cfg.agent_processes,
             agent_node=self.agent_node,
-            router=self.router,
         )
         self.actors = ActorHost(
             cfg.node_id,
@@ -234,11 +230,12 @@ class NodeRuntime:
             self.reads,
             self.proposer,
             clock,
-            self.router,
             ready=lambda: raft.ready,
         )
-        self.router.attach(self.actors)
         self.proposer.start()
+        self.router = MessageRouter(
+            cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of
+        )
 
         access = NodeAccess(
             self.proposer, self.reads, clock, lambda: raft.leader_addr is not None, cfg.propose_timeout_s
@@ -273,10 +270,14 @@ class NodeRuntime:
         self.heartbeats = HeartbeatSender(
             cfg.node_id, self.incarnation, self._leader_grpc, lambda: self.host.running, clock
         )
+        # ctx.send/request/publish of task agents and actors; actors take the router's fast messages
+        self.host.attach_router(self.router)
+        self.actors.attach_router(self.router)
+        self.router.attach(self.actors)
         tasks = [
+            asyncio.create_task(self.actors.run(), name="actors"),
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.host.run(), name="host"),
-            asyncio.create_task(self.actors.run(), name="actors"),
             asyncio.create_task(self._register_loop(), name="register"),
             asyncio.create_task(self._health_loop(), name="health"),
             asyncio.create_task(self.heartbeats.run(), name="heartbeat"),
@@ -302,13 +303,13 @@ class NodeRuntime:
         return self.reads.read(lambda st: st.up_member(self.config.node_id, self.incarnation))
 
     def _grpc_of(self, node_id: str) -> str | None:
-        """A member's gRPC address as the replicated state has it (where the router dials)."""
+        """A member's gRPC address (where the router dials it), from the replica."""
 
-        def look(st: ClusterState) -> str | None:
+        def find(st: ClusterState) -> str | None:
             m = st.members.get(node_id)
-            return m.grpc if m is not None else None
+            return m.grpc if m is not None and m.grpc else None
 
-        return self.reads.read(look)
+        return self.reads.read(find)
 
     def _leader_grpc(self) -> str | None:
         """Where heartbeats go: the leader's gRPC address, unless this node leads (or none does)."""
