@@ -64,3 +64,14 @@ async def messenger(ctx: Any) -> Any:
     """A task that sends a durable message and asks for an answer."""
     await ctx.send(ctx.input["to"], "from-task", durable=True)
     return await ctx.request(ctx.input["to"], "ask", timeout_s=10.0)
+
+
+@raftmesh.actor("sink", idle_s=0)
+class Sink:
+    """Counts in memory only: its turns change nothing but the mailbox (acks pipelined)."""
+
+    count = 0
+
+    async def on_message(self, ctx: Any, msg: Any) -> Any:
+        Sink.count += 1
+        return None

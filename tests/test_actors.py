@@ -466,3 +466,16 @@ def test_task_agents_send_and_request(node: Any) -> None:
         assert _kv(node, "actors/counter/t")["seen"] == ["from-task", "ask"]
     finally:
         client.close()
+
+
+def test_effect_free_turns_are_acked_each_once_while_the_next_ones_run(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    sink = node.registry.actors["sink"].cls
+    before = sink.count
+    for b in range(0, 500, 250):
+        _durable(node, *(_out(node, f"k{i}", "sink/s", i) for i in range(b, b + 250)))
+    wait_until(lambda: _queued(node, "sink/s") == 0, 60.0, "the sink's mailbox to empty")
+    assert sink.count - before == 500  # each handled once
+    acked = node.reads.read(lambda st: st.messages.mailboxes.get("sink/s"))
+    assert acked is None and node.actors.stats["acks_not_applied"] == 0

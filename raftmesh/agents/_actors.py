@@ -70,6 +70,8 @@ RENEW_EVERY_S = limits.ACTIVATION_LEASE_MS / 3000
 MAX_RENEW_ITEMS = 1000
 """Activations per ``RenewActivations`` command."""
 MAX_HANDLER_ATTEMPTS = 3
+MAX_INFLIGHT_ACKS = 64
+"""Effect-free acks (a turn that changed nothing but its mailbox) in flight per activation."""
 RETRY_BACKOFF_S = 0.2
 MAX_PENDING_DEAD_LETTERS = 1000
 """Dead letters waiting for the next ``RecordDeadLetters``; more wait for the flush."""
@@ -239,6 +241,8 @@ class _Worker:
     handled: dict[int, None] = field(default_factory=dict)
     """Durable seqs acked here that the replica may still show queued."""
     failures: dict[str, int] = field(default_factory=dict)
+    inflight: set[asyncio.Task[None]] = field(default_factory=set)
+    """Effect-free acks being committed while the next turns run."""
     task: asyncio.Task[None] | None = None
     instance: Any = None
     state: dict[str, Any] = field(default_factory=dict)
@@ -442,6 +446,8 @@ class ActorHost:
         log.info("actor %s (epoch %d) stopped here: %s", w.address, w.epoch, why)
         if w.task is not None and not w.task.done() and w.task is not asyncio.current_task():
             w.task.cancel()
+        for t in list(w.inflight):  # fenced anyway: the activation is not ours any more
+            t.cancel()
         for _, _, msg in w.inbox:  # never silently: the sender's router sees these as accepted
             self._dead_letter(msg, f"undeliverable: {w.address} was deactivated on {self.node_id} ({why})")
         w.inbox.clear()
@@ -617,6 +623,9 @@ class ActorHost:
             sends=tuple(sends),
             reply=reply if msg.durable else None,
         )
+        if seq and not ops and not sends and reply is None:
+            await self._ack_in_background(w, cmd)
+            return
         res = await self._commit(w, cmd)
         if res is None:
             return
@@ -638,6 +647,33 @@ class ActorHost:
         w.state = before
         assert isinstance(res, Rejected)
         await self._handler_failed(w, msg, seq, arrival, res.error())
+
+    async def _ack_in_background(self, w: _Worker, cmd: AckMessage) -> None:
+        """An ack that carries nothing but the mailbox seq does not hold the next turn up.
+
+        Its outcome cannot change what the next turn computes (no state, KV, sends or reply),
+        so up to ``MAX_INFLIGHT_ACKS`` of them are in flight at once and the proposer commits
+        them together: a consumer's throughput is then not one commit per message. A turn
+        with effects still waits for its own ack (its successor builds on its state).
+        """
+        w.handled[cmd.seq] = None  # picked no more while its ack is in flight
+        while len(w.inflight) >= MAX_INFLIGHT_ACKS:
+            await asyncio.wait(w.inflight, return_when=asyncio.FIRST_COMPLETED)
+
+        async def ack() -> None:
+            res = await self._commit(w, cmd)
+            if isinstance(res, MessageAcked):
+                self.stats["acks"] += 1
+                if not res.applied:
+                    self.stats["acks_not_applied"] += 1
+            elif isinstance(res, Rejected):
+                log.warning("actor %s: ack of seq %d rejected: %s", w.address, cmd.seq, res.message)
+                w.handled.pop(cmd.seq, None)  # handled again (its turn had no effect to repeat)
+                w.wake.set()
+
+        t = asyncio.get_running_loop().create_task(ack(), name=f"ack {w.address}#{cmd.seq}")
+        w.inflight.add(t)
+        t.add_done_callback(w.inflight.discard)
 
     async def _commit(self, w: _Worker, cmd: Command) -> Result | None:
         """Propose ``cmd`` (the same request id until applied); None if the activation is lost."""
@@ -702,6 +738,8 @@ class ActorHost:
 
     async def _deactivate(self, w: _Worker) -> bool:
         """Give an idle activation up (refused while durable messages wait for it)."""
+        if w.inflight:
+            await asyncio.wait(set(w.inflight))
         w.deactivating = True
         try:
             try:
