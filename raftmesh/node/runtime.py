@@ -144,6 +144,7 @@ class NodeRuntime:
         self.actors.poke()
         self.scheduler.poke()
         self.host.poke()
+        self.router.applied(events)
         if events:
             self.hub.publish(events)
             self.lock_waits.applied(events)
@@ -246,7 +247,7 @@ class NodeRuntime:
         server = grpc.aio.server(options=GRPC_OPTIONS)
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
         pb_grpc.add_ClusterServicer_to_server(ClusterService(access, self.hub, self.status_pb), ours)
-        pb_grpc.add_PeerServicer_to_server(PeerService(peer_access), ours)
+        pb_grpc.add_PeerServicer_to_server(PeerService(peer_access, router=self.router), ours)
         pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
         pb_grpc.add_LocksServicer_to_server(LocksService(access, self.lock_waits), ours)
         self.health = health_aio.HealthServicer()
@@ -281,6 +282,7 @@ class NodeRuntime:
             asyncio.create_task(self._register_loop(), name="register"),
             asyncio.create_task(self._health_loop(), name="health"),
             asyncio.create_task(self.heartbeats.run(), name="heartbeat"),
+            asyncio.create_task(self.router.run(), name="messages"),
         ]
         try:
             await self._stopping.wait()
