@@ -62,8 +62,8 @@ class Sleepy:
 @raftmesh.agent("messenger")
 async def messenger(ctx: Any) -> Any:
     """A task that sends a durable message and asks for an answer."""
-    await ctx.send(ctx.input["to"], "from-task", durable=True)
-    return await ctx.request(ctx.input["to"], "ask", timeout_s=10.0)
+    await ctx.send(ctx.input["to"], ctx.input.get("send", "from-task"), durable=True)
+    return await ctx.request(ctx.input["to"], "ask", timeout_s=ctx.input.get("timeout_s", 10.0))
 
 
 @raftmesh.actor("sink", idle_s=0)

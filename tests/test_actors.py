@@ -479,3 +479,32 @@ def test_effect_free_turns_are_acked_each_once_while_the_next_ones_run(node: Any
     assert sink.count - before == 500  # each handled once
     acked = node.reads.read(lambda st: st.messages.mailboxes.get("sink/s"))
     assert acked is None and node.actors.stats["acks_not_applied"] == 0
+
+
+# ---- a real cluster: the activation moves when its node dies ------------------------------------
+
+
+@pytest.mark.e2e
+def test_an_activation_moves_after_its_node_is_killed_and_keeps_its_state(make_cluster: Any) -> None:
+    from raftmesh import DAG
+
+    c = make_cluster(3, agents_modules=[AGENTS])
+    client = c.client()
+
+    def talk(run: str, send: str) -> Any:
+        dag = DAG(run)
+        dag.task("t", "messenger", input={"to": "counter/k", "send": send, "timeout_s": 60.0})
+        info = client.run(dag, timeout_s=120)
+        assert info.status == "SUCCEEDED", info
+        return info.tasks["t"].output
+
+    first = talk("before", "one")
+    assert first["n"] == 2
+    c.kill(first["node"])
+    second = talk("after", "two")
+    # another node, a newer epoch, and the state the last committed turn left: the durable
+    # send queued while no live node held the key was handled there, then the request
+    assert second["node"] != first["node"] and second["epoch"] > first["epoch"]
+    assert second["n"] == 4
+    entry = client.kv.get("actors/counter/k")
+    assert entry is not None and entry.value["seen"] == ["one", "ask", "two", "ask"]
