@@ -75,3 +75,10 @@ class Sink:
     async def on_message(self, ctx: Any, msg: Any) -> Any:
         Sink.count += 1
         return None
+
+
+@raftmesh.agent("messenger_sync", isolation="thread")
+def messenger_sync(ctx: Any) -> Any:
+    """The same from a thread agent: blocking calls."""
+    ctx.send(ctx.input["to"], "from-thread", durable=True)
+    return ctx.request(ctx.input["to"], "ask", timeout_s=10.0)

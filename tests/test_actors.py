@@ -257,6 +257,25 @@ def test_next_skips_seqs_acked_here_until_the_replica_drops_them() -> None:
     assert 1 not in w.handled  # forgotten once the replica no longer shows it
 
 
+def test_applied_events_wake_the_worker_or_ask_for_a_reconcile() -> None:
+    from raftmesh.consensus.results import ActivationChanged, MessageQueued
+
+    st = _state(Activation("counter/a", "n1", "inc1", 5, 0, 6000))
+    host = _host(st)
+    w = _Worker("counter/a", 5, host._actors["counter"], 0.0)
+    host._workers["counter/a"] = w
+    host.applied([MessageQueued(7, "counter/a", "n1"), MessageQueued(7, "counter/b", "n2")])
+    assert w.wake.is_set() and not host._wake.is_set()  # a queued message: only its worker
+    host.applied([MessageQueued(9, "counter/new", "n1")])  # no worker yet: reconcile
+    assert host._wake.is_set()
+    host._wake.clear()
+    host.applied([ActivationChanged(10, "counter/c", "n2", 10, True)])
+    assert host._wake.is_set()
+    host._wake.clear()
+    host.applied([])  # the state was replaced (a snapshot): reconcile everything
+    assert host._wake.is_set()
+
+
 def test_state_key() -> None:
     assert state_key("counter/a/b") == "actors/counter/a/b"
 
@@ -464,6 +483,12 @@ def test_task_agents_send_and_request(node: Any) -> None:
         # the durable send was committed before the request was made: the request is turn 2
         assert run.tasks["t"].output["n"] == 2
         assert _kv(node, "actors/counter/t")["seen"] == ["from-task", "ask"]
+        dag = DAG("talk-sync")
+        dag.task("t", "messenger_sync", input={"to": "counter/u"})
+        run = client.run(dag, timeout_s=60)
+        assert run.status == "SUCCEEDED", run
+        assert run.tasks["t"].output["n"] == 2
+        assert _kv(node, "actors/counter/u")["seen"] == ["from-thread", "ask"]
     finally:
         client.close()
 

@@ -52,7 +52,16 @@ from ..consensus.commands import (
     SubscribeTopic,
 )
 from ..consensus.messages import Activation, Mailbox, message_error, split_address
-from ..consensus.results import MessageAcked, Rejected, RenewResult, Result
+from ..consensus.results import (
+    ActivationChanged,
+    Event,
+    MemberChanged,
+    MessageAcked,
+    MessageQueued,
+    Rejected,
+    RenewResult,
+    Result,
+)
 from ..consensus.state import ClusterState
 from ..errors import InvalidArgument, RaftmeshError
 from ..messaging.api import Refused
@@ -316,7 +325,25 @@ class ActorHost:
         return self._router
 
     def poke(self) -> None:
+        """Reconcile with the replica soon (everything: activations, mailboxes)."""
         self._wake.set()
+
+    def applied(self, events: list[Event]) -> None:
+        """After an applied batch: wake the workers whose mailbox got messages; reconcile
+        fully only when activations or members changed (or the state was replaced: no events),
+        so a busy cluster does not cost a pass over every activation here per batch."""
+        if not events:
+            self.poke()
+            return
+        for e in events:
+            if isinstance(e, MessageQueued) and e.node == self.node_id:
+                w = self._workers.get(e.address)
+                if w is None:
+                    self.poke()
+                else:
+                    w.wake.set()
+            elif isinstance(e, (ActivationChanged, MemberChanged)):
+                self.poke()
 
     @property
     def running(self) -> int:

@@ -141,7 +141,7 @@ class NodeRuntime:
             loop.call_soon_threadsafe(self._applied, events)
 
     def _applied(self, events: list[Event]) -> None:
-        self.actors.poke()
+        self.actors.applied(events)
         self.scheduler.poke()
         self.host.poke()
         self.router.applied(events)
