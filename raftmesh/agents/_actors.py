@@ -223,6 +223,10 @@ class ActorContext:
     async def request(
         self, target: str, payload: Any, *, timeout_s: float = 30.0, durable: bool = False, type: str = ""
     ) -> Any:
+        if target == self.address:
+            raise InvalidArgument(
+                f"{self.address} cannot request itself: its own turn would wait for itself until the timeout"
+            )
         return await self._messenger.request(target, payload, timeout_s=timeout_s, durable=durable, type=type)
 
     async def publish(
