@@ -384,7 +384,7 @@ def test_a_turns_durable_sends_and_kv_commit_with_its_ack(node: Any) -> None:
     assert _kv(node, "relayed/r1") == "hello"
 
 
-def test_durable_publish_reaches_the_declared_type_subscriber(node: Any) -> None:
+def test_durable_and_fast_publishes_reach_the_declared_type_subscriber(node: Any) -> None:
     from raftmesh.localcluster import wait_until
 
     wait_until(
@@ -394,6 +394,10 @@ def test_durable_publish_reaches_the_declared_type_subscriber(node: Any) -> None
     )
     _durable(node, _out(node, "p1", topic="news", payload="extra", source="s1"))
     wait_until(lambda: (_kv(node, "actors/listener/s1") or {}).get("got") == ["extra"], 30.0, "listener/s1")
+    _run(node, node.router.send(_out(node, "p2", topic="news", payload="fast", source="s1")))
+    wait_until(
+        lambda: (_kv(node, "actors/listener/s1") or {}).get("got") == ["extra", "fast"], 30.0, "the fast one"
+    )
 
 
 def test_a_failing_handler_is_dead_lettered_and_acked(node: Any) -> None:
