@@ -1,4 +1,4 @@
-"""``@raftmesh.agent``: declare an agent type in a Python module.
+"""``@raftmesh.agent`` and ``@raftmesh.actor``: declare an agent or actor type in a Python module.
 
 How a declaration reaches a registry: the decorator needs none. It checks its arguments
 (a mistake fails the import of the module, at the decorator's line), builds the
@@ -14,6 +14,9 @@ takes a decorated object directly (a node built in-process, a test).
 
 A module executed again (imported afresh after a failed import) replaces its earlier
 declarations; a reloaded one replaces each declaration made at the same line.
+
+An actor declaration (``ActorDef``) travels the same way and lands in ``AgentRegistry.actors``
+(a namespace of its own: an agent and an actor may share a name).
 """
 
 from __future__ import annotations
