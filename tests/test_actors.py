@@ -30,6 +30,7 @@ from raftmesh.consensus.commands import Message, SendMessages
 from raftmesh.consensus.messages import Activation, Mailbox, Queued
 from raftmesh.consensus.results import MessagesSent
 from raftmesh.consensus.state import ClusterState, Member
+from raftmesh.messaging.router import MessageRouter
 from raftmesh.node.reads import ReadView
 from raftmesh.node.runtime import actor_offers
 
@@ -155,8 +156,11 @@ def _msg(i: str, target: str = "counter/a", priority: int = 0, sent_ms: int = 1_
 def _host(st: ClusterState, clock: ManualClock | None = None) -> ActorHost:
     reg = load_agents([AGENTS], entry_points=False)
     reads = ReadView(threading.RLock(), lambda: st)
-    # The writer and router are never reached by these tests: decide/accept/_next do no I/O.
-    return ActorHost("n1", "inc1", reg, reads, None, clock or ManualClock(), ready=lambda: False)  # type: ignore[arg-type]
+    clock = clock or ManualClock()
+    # The writer is never reached by these tests (decide/accept/_next do no I/O); the router
+    # only keeps the dead letters for a flush that never runs here.
+    router = MessageRouter("n1", "inc1", reads, None, clock, lambda n: None)  # type: ignore[arg-type]
+    return ActorHost("n1", "inc1", reg, reads, None, clock, router, ready=lambda: False)  # type: ignore[arg-type]
 
 
 def test_decide_starts_this_incarnations_activations_only() -> None:
@@ -237,7 +241,8 @@ def test_next_takes_the_highest_priority_fifo_within_one_across_both_paths() -> 
     # f1 (7); then priority 5: the durable path first on a tie, by seq, then the fast one;
     # then 1, then 0 (durable before fast on the tie again); expired ones never handled
     assert order == ["f1", "d4", "d7", "f0", "d8", "d3", "f2"]
-    assert [d.message.id for d in host._dead] == ["gone"] and "expired" in host._dead[0].reason
+    dead = list(host.router._dead)  # type: ignore[attr-defined]
+    assert [d.message.id for d in dead] == ["gone"] and "expired" in dead[0].reason
 
 
 def test_next_skips_seqs_acked_here_until_the_replica_drops_them() -> None:

@@ -46,8 +46,6 @@ from ..consensus.commands import (
     Fence,
     KvOp,
     Message,
-    MessageDeadLetter,
-    RecordDeadLetters,
     RenewActivations,
     SubscribeTopic,
 )
@@ -82,9 +80,6 @@ MAX_HANDLER_ATTEMPTS = 3
 MAX_INFLIGHT_ACKS = 64
 """Effect-free acks (a turn that changed nothing but its mailbox) in flight per activation."""
 RETRY_BACKOFF_S = 0.2
-MAX_PENDING_DEAD_LETTERS = 1000
-"""Dead letters waiting for the next ``RecordDeadLetters``; more wait for the flush."""
-MAX_DEAD_LETTERS_PER_COMMAND = 200
 
 
 def state_key(address: str) -> str:
@@ -303,8 +298,6 @@ class ActorHost:
         self._wake = asyncio.Event()
         self._renew_now = asyncio.Event()
         self._arrivals = itertools.count()
-        self._dead: list[MessageDeadLetter] = []
-        self._dead_wake = asyncio.Event()
         self.stats: dict[str, int] = {
             "turns": 0,
             "acks": 0,
@@ -388,7 +381,6 @@ class ActorHost:
         loop = asyncio.get_running_loop()
         helpers = [
             loop.create_task(self._renew_loop(), name="actors-renew"),
-            loop.create_task(self._dead_letter_loop(), name="actors-dead-letters"),
             loop.create_task(self._subscribe_declared(), name="actors-subscribe"),
         ]
         try:
@@ -724,6 +716,8 @@ class ActorHost:
     ) -> None:
         self.stats["handler_errors"] += 1
         n = w.failures.get(msg.id, 0) + 1
+        if len(w.failures) >= limits.MAX_INBOX_MESSAGES:  # ones that expired before their retry
+            w.failures.clear()
         w.failures[msg.id] = n
         log.warning(
             "actor %s: message %s failed (attempt %d of %d): %s: %s",
@@ -834,32 +828,10 @@ class ActorHost:
                 w.wake.set()
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
+        """Record ``msg`` as not handled (the router batches it into ``RecordDeadLetters``)."""
         self.stats["dead_lettered"] += 1
         log.warning("message %s to %s dead-lettered: %s", msg.id, msg.target or msg.topic, reason)
-        if len(self._dead) >= MAX_PENDING_DEAD_LETTERS:
-            self._dead.pop(0)
-            log.error("dead letters are not being recorded (no quorum?): the oldest pending one is dropped")
-        self._dead.append(MessageDeadLetter(msg, reason[: limits.MAX_ERROR_CHARS]))
-        self._dead_wake.set()
-
-    async def _dead_letter_loop(self) -> None:
-        while True:
-            await self._dead_wake.wait()
-            self._dead_wake.clear()
-            while self._dead:
-                batch = self._dead[:MAX_DEAD_LETTERS_PER_COMMAND]
-                cmd = RecordDeadLetters(
-                    f"dl-{uuid.uuid4().hex}", self._clock.now_ms(), node_id=self.node_id, items=tuple(batch)
-                )
-                try:
-                    res = await self._writer.propose(cmd, timeout_s=30.0)
-                except RaftmeshError as exc:
-                    log.info("dead letters not recorded yet: %s", exc)
-                    await self._clock.sleep(RETRY_BACKOFF_S)
-                    continue
-                if not res.ok:
-                    log.error("dead letters rejected: %s", res)
-                del self._dead[: len(batch)]
+        self.router.dead_letter(msg, reason[: limits.MAX_DEAD_LETTER_REASON_CHARS])
 
     async def _subscribe_declared(self) -> None:
         """Subscribe each actor type to the topics it declares (once per node start; idempotent)."""

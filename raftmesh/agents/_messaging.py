@@ -38,6 +38,8 @@ class Router(Protocol):
 
     def reply(self, reply: Message) -> None: ...
 
+    def dead_letter(self, msg: Message, reason: str) -> None: ...
+
 
 def new_message_id() -> str:
     return uuid.uuid4().hex
