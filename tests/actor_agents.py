@@ -54,6 +54,7 @@ class Flaky:
 class Sleepy:
     async def on_activate(self, ctx: Any) -> None:
         ctx.state["activations"] = ctx.state.get("activations", 0) + 1
+        ctx.kv.put(f"woke/{ctx.key}", ctx.epoch)  # committed with on_activate's own ack
 
     async def on_message(self, ctx: Any, msg: Any) -> Any:
         return ctx.state.get("activations", 0)

@@ -437,6 +437,7 @@ def test_an_idle_activation_is_given_up_and_comes_back_with_its_state(node: Any)
     wait_until(lambda: (_kv(node, "actors/sleepy/s") or {}).get("activations") == 2, 30.0, "re-activation")
     second = epoch()
     assert first is not None and second is not None and second > first
+    assert _kv(node, "woke/s") == second
 
 
 # ---- the fast path and requests (through the node's router) ---------------------------------

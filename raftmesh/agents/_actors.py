@@ -530,12 +530,50 @@ class ActorHost:
         w.instance = w.adef.cls()
         hook = getattr(w.instance, "on_activate", None)
         if hook is not None:
-            ctx, _ = self._context(w, None)
-            try:
-                await hook(ctx)
-            except Exception:
-                log.exception("actor %s on_activate raised (the activation goes on)", w.address)
+            await self._on_activate(w, hook)
         w.ready = True
+
+    async def _on_activate(self, w: _Worker, hook: Any) -> None:
+        """Run ``on_activate``; what it wrote (``ctx.state``, ``ctx.kv``, durable sends) commits
+        as one ack of its own (seq 0), like a turn's. If it raises, nothing of it is kept and
+        the activation goes on."""
+        ctx, sends = self._context(w, None)
+        try:
+            await hook(ctx)
+            if not isinstance(ctx.state, dict):
+                raise InvalidArgument(f"ctx.state must stay a dict, not {type(ctx.state).__name__}")
+            ops = dict(ctx.kv.ops)
+            if ctx.state != w.saved:
+                why = values.problem(ctx.state)
+                if why:
+                    raise InvalidArgument(f"ctx.state is not storable: {why}")
+                ops[state_key(w.address)] = KvOp("put", state_key(w.address), ctx.state)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "actor %s on_activate raised (nothing of it is kept; the activation goes on)", w.address
+            )
+            w.state = copy.deepcopy(w.saved)
+            return
+        w.state = ctx.state
+        if not ops and not sends:
+            return
+        cmd = AckMessage(
+            f"ack-{uuid.uuid4().hex}",
+            self._clock.now_ms(),
+            node_id=self.node_id,
+            address=w.address,
+            epoch=w.epoch,
+            kv=tuple(ops.values()),
+            sends=tuple(sends),
+        )
+        res = await self._commit(w, cmd)
+        if isinstance(res, MessageAcked) and res.applied:
+            w.saved = copy.deepcopy(w.state)
+        elif res is not None:
+            log.warning("actor %s: what on_activate wrote was rejected: %s", w.address, res)
+            w.state = copy.deepcopy(w.saved)
 
     def _load_state(self, address: str) -> dict[str, Any]:
         def value(st: ClusterState) -> Any:
