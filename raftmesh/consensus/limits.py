@@ -203,6 +203,10 @@ MAX_TOPIC_RETAINED = 100
 MAX_MESSAGE_DEAD_LETTERS = 10_000
 """Message dead letters kept in the state (oldest dropped first; the total is counted)."""
 MAX_MESSAGE_DEAD_LETTERS_LISTED = 1_000
+MAX_ACTIVATIONS_LISTED = 1_000
+"""``ListActivations`` / ``raftmesh actors``: activations per call."""
+MAX_REQUEST_TIMEOUT_MS = 3600 * 1000
+"""The longest a ``Messages.Request`` waits for its reply."""
 MAX_RETAINED_REPLIES = 10_000
 """Replies to durable requests kept for a requester that asks again (oldest dropped first)."""
 REPLY_RETENTION_MS = 10 * 60 * 1000

@@ -32,6 +32,7 @@ from ..consensus.raft import RaftConfig, RaftMember
 from ..consensus.results import Event
 from ..consensus.state import ClusterState
 from ..errors import InvalidArgument, RaftmeshError
+from ..messaging import MessageRouter
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.archive import AppliedArchive
@@ -43,6 +44,7 @@ from .coordination_service import KvService, LocksService
 from .decoding import guarded
 from .liveness import Liveness
 from .lock_waits import LockWaits
+from .messages_service import MessagesService
 from .peers import HeartbeatSender, PeerAccess, PeerService
 from .proposer import Proposer
 from .reads import ReadView
@@ -224,6 +226,10 @@ class NodeRuntime:
         pb_grpc.add_PeerServicer_to_server(PeerService(peer_access), ours)
         pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
         pb_grpc.add_LocksServicer_to_server(LocksService(access, self.lock_waits), ours)
+        self.router = MessageRouter(
+            cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._member_grpc
+        )
+        pb_grpc.add_MessagesServicer_to_server(MessagesService(access, self.router), ours)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -232,6 +238,7 @@ class NodeRuntime:
                 pb.DESCRIPTOR.services_by_name["Peer"].full_name,
                 pb.DESCRIPTOR.services_by_name["Kv"].full_name,
                 pb.DESCRIPTOR.services_by_name["Locks"].full_name,
+                pb.DESCRIPTOR.services_by_name["Messages"].full_name,
                 "grpc.health.v1.Health",
                 reflection.SERVICE_NAME,
             ),
@@ -271,6 +278,10 @@ class NodeRuntime:
 
     def _member_ok(self) -> bool:
         return self.reads.read(lambda st: st.up_member(self.config.node_id, self.incarnation))
+
+    def _member_grpc(self, node_id: str) -> str | None:
+        """A member's gRPC address as the replicated state has it (the router dials it)."""
+        return self.reads.read(lambda st: m.grpc if (m := st.members.get(node_id)) else None)
 
     def _leader_grpc(self) -> str | None:
         """Where heartbeats go: the leader's gRPC address, unless this node leads (or none does)."""
