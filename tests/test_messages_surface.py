@@ -1,0 +1,248 @@
+"""The messaging surface (README "Messages"): the ``Messages`` gRPC service's validation and
+statuses, ``client.messages`` and the CLI's JSON shapes and exit codes.
+
+The first half serves ``MessagesService`` on loopback in this process over a real state machine
+(``MachineWriter``: each command applied at once, as a one-node log would) and the node's real
+``MessageRouter``: what a bad request gets never depends on the other nodes. The e2e half runs a
+real 3-node cluster (``tests/messaging_actors.py`` declares the actors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from raftmesh.client import Client
+from raftmesh.clock import SYSTEM_CLOCK
+from raftmesh.consensus import StateMachine, limits
+from raftmesh.consensus.commands import Message, MessageDeadLetter
+from raftmesh.consensus.messages import Activation, DeadMessage, Mailbox, Queued
+from raftmesh.errors import InvalidArgument
+from raftmesh.localcluster import free_ports
+from raftmesh.messaging import MessageRouter
+from raftmesh.node.access import NodeAccess
+from raftmesh.node.messages_service import MessagesService, client_sender, send_request_id, subscriber_error
+from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from tests.test_cli import cli
+from tests.test_node_units import MachineWriter, reads_of
+
+
+@dataclass
+class Served:
+    sm: StateMachine
+    address: str
+    stub: pb_grpc.MessagesStub
+    client: Client
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    """``MessagesService`` on 127.0.0.1 over a state machine, in a loop thread of its own."""
+    sm = StateMachine()
+    reads = reads_of(sm)
+    writer = MachineWriter(sm)
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop: asyncio.Event | None = None
+
+    async def serve() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        router = MessageRouter("n1", "inc1", reads, writer, SYSTEM_CLOCK, lambda _n: None)
+        access = NodeAccess(writer, reads, SYSTEM_CLOCK, lambda: True, 5.0)
+        server = grpc.aio.server()
+        pb_grpc.add_MessagesServicer_to_server(MessagesService(access, router), server)
+        server.add_insecure_port(address)
+        await server.start()
+        started.set()
+        await stop.wait()
+        await server.stop(0.5)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert started.wait(10), "the service did not start"
+    channel = grpc.insecure_channel(address)
+    client = Client([address], timeout_s=5.0, retry_deadline_s=5.0)
+    try:
+        yield Served(sm, address, pb_grpc.MessagesStub(channel), client)
+    finally:
+        client.close()
+        channel.close()
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        loop.close()
+
+
+def status_of(call: object) -> tuple[grpc.StatusCode, str]:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    raise AssertionError("the call succeeded")
+
+
+def msg(**kw: object) -> pb.AgentMessage:
+    fields: dict[str, object] = {"target": "counter/a", "payload_json": "1"}
+    fields.update(kw)
+    return pb.AgentMessage(**fields)  # type: ignore[arg-type]
+
+
+BAD_SENDS: list[tuple[pb.AgentMessage, str]] = [
+    (msg(target="counter"), "must be TYPE/KEY"),
+    (msg(target="bad type/k"), "target's type"),
+    (msg(target="counter/a", topic="news"), "either a target"),
+    (msg(target=""), "either a target"),
+    (msg(priority=limits.MAX_MESSAGE_PRIORITY + 1), "priority 1001 is outside"),
+    (msg(ttl_ms=limits.MAX_MESSAGE_TTL_MS + 1), "ttl_ms"),
+    (msg(payload_json="{nope"), "payload_json"),
+    (msg(payload_bytes=b"x" * (limits.MAX_MESSAGE_PAYLOAD_BYTES + 1)), "payload is"),
+    (msg(sender="counter/b"), "a client's sender is client:NAME"),
+    (msg(sender="task:r1/t1"), "a client's sender is client:NAME"),
+    (msg(id="has space"), "message id"),
+    (msg(type="x" * (limits.MAX_MESSAGE_TYPE_CHARS + 1)), "message type"),
+    (msg(target="", topic="news", correlation_id="c1"), "a publish has no correlation_id"),
+]
+
+
+@pytest.mark.parametrize(("message", "says"), BAD_SENDS)
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_bad_send_is_invalid_argument_saying_what_to_fix(
+    served: Served, message: pb.AgentMessage, says: str, durable: bool
+) -> None:
+    message.durable = durable
+    code, details = status_of(lambda: served.stub.Send(pb.SendMessageRequest(message=message), timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert says in details
+
+
+def test_bad_requests_and_reads_are_invalid_argument(served: Served) -> None:
+    s = served.stub
+    cases = [
+        (
+            lambda: s.Request(pb.MessageRequest(message=msg(target="", topic="t")), timeout=5),
+            "names a target",
+        ),
+        (lambda: s.Request(pb.MessageRequest(message=msg(), timeout_s=-1), timeout=5), "timeout_s -1"),
+        (lambda: s.Request(pb.MessageRequest(message=msg(), timeout_s=1e9), timeout=5), "is outside"),
+        (lambda: s.Request(pb.MessageRequest(message=msg(target="x")), timeout=5), "TYPE/KEY"),
+        (lambda: s.DeadLetters(pb.MessageDeadLettersRequest(limit=100_000), timeout=5), "limit must be"),
+        (lambda: s.ListActivations(pb.ListActivationsRequest(limit=100_000), timeout=5), "limit must be"),
+        (lambda: s.ListActivations(pb.ListActivationsRequest(prefix="x" * 1000), timeout=5), "prefix"),
+        (
+            lambda: s.SubscribeActor(pb.SubscribeActorRequest(topic="t", subscriber="a b"), timeout=5),
+            "subscriber",
+        ),
+        (lambda: s.SubscribeActor(pb.SubscribeActorRequest(topic="", subscriber="a"), timeout=5), "topic"),
+        (
+            lambda: s.Send(pb.SendMessageRequest(message=msg(), request_id="\x1b"), timeout=5),
+            "control characters",
+        ),
+        (lambda: next(iter(s.Subscribe(pb.SubscribeRequest(topic="a b"), timeout=5))), "topic"),
+    ]
+    for call, says in cases:
+        code, details = status_of(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (says, code, details)
+        assert says in details, (says, details)
+
+
+def test_the_sdk_refuses_what_no_node_would_take_before_calling() -> None:
+    with Client(["127.0.0.1:1"], timeout_s=1, retry_deadline_s=0) as c:
+        m = c.messages
+        for call, says in [
+            (lambda: m.send("counter/a", {1, 2}), "neither bytes nor JSON"),
+            (lambda: m.send("counter/a", 1, ttl_ms=-1), "ttl_ms -1"),
+            (lambda: m.send("counter/a", 1, priority=5000), "priority 5000"),
+            (lambda: m.send("counter/a", float("nan")), "JSON"),
+            (lambda: m.request("counter/a", 1, timeout_s=0), "timeout_s 0"),
+            (lambda: m.subscribe(""), "topic"),
+            (lambda: m.dead_letters(limit=-1), "limit"),
+            (lambda: m.activations(limit=-1), "limit"),
+        ]:
+            with pytest.raises(InvalidArgument, match=says):
+                call()
+
+
+def test_a_client_is_one_sender_across_connections_and_a_durable_send_one_command() -> None:
+    assert (
+        client_sender("ipv4:127.0.0.1:53211")
+        == client_sender("ipv4:127.0.0.1:40001")
+        == "client:ipv4:127.0.0.1"
+    )
+    assert client_sender("ipv6:[::1]:5000") == "client:ipv6:[::1]"
+    assert client_sender("") == "client:unknown"
+    assert send_request_id("client:a", "m1") == send_request_id("client:a", "m1")
+    assert send_request_id("client:a", "m1") != send_request_id("client:b", "m1")
+    assert limits.request_id_error("request_id", send_request_id("client:" + "x" * 250, "y" * 128)) == ""
+    assert subscriber_error("counter") == "" and subscriber_error("counter/k1") == ""
+    assert subscriber_error("") and subscriber_error("a b") and subscriber_error("a b/k")
+
+
+def _fill(sm: StateMachine) -> None:
+    """Activations, a mailbox and dead letters, as the state machine keeps them."""
+    store = sm.state.messages
+    for i, address in enumerate(["counter/b", "counter/a", "bidder/x"]):
+        store.activations[address] = Activation(address, f"n{i + 1}", "inc", 10 + i, 1_000, 7_000)
+    store.mailboxes["counter/a"] = Mailbox("counter/a")
+    for seq in (4, 5):
+        m = Message(f"m{seq}", "client:x", target="counter/a", ttl_ms=1000, sent_ms=900, durable=True)
+        store.mailboxes["counter/a"].queue[seq] = Queued(seq, m, 900)
+    for seq in (6, 7, 8):
+        m = Message(f"d{seq}", "client:x", target="counter/a", payload=b"\x00\x01", ttl_ms=5, sent_ms=1)
+        store.dead_letters.append(DeadMessage(seq, 2_000 + seq, MessageDeadLetter(m, "expired"), ""))
+    store.dead_letters_total = 12
+    store.rebuild_indexes()
+
+
+def test_activations_and_dead_letters_read_the_replicated_state(served: Served) -> None:
+    _fill(served.sm)
+    m = served.client.messages
+    acts = m.activations()
+    assert [a.address for a in acts] == ["bidder/x", "counter/a", "counter/b"]
+    a = next(a for a in acts if a.address == "counter/a")
+    assert a.to_json() == {
+        "address": "counter/a",
+        "node": "n2",
+        "epoch": 11,
+        "granted_ms": 1_000,
+        "lease_deadline_ms": 7_000,
+        "queued": 2,
+    }
+    assert [a.address for a in m.activations("counter/", limit=1)] == ["counter/a"]
+    dead = m.dead_letters(limit=2)
+    assert [d.seq for d in dead] == [8, 7]  # newest first
+    d = dead[0].to_json()
+    assert d["reason"] == "expired" and d["node"] == "" and d["recorded_ms"] == 2_008
+    assert d["message"]["payload"] == {"bytes_hex": "0001"} and d["message"]["id"] == "d8"
+    total = served.stub.DeadLetters(pb.MessageDeadLettersRequest(), timeout=5).total
+    assert total == 12
+
+
+def test_cli_messaging_exit_codes_without_a_cluster(served: Served) -> None:
+    """2: bad input (said by the CLI or by the node); 4: no node reachable."""
+    bad_json = cli("send", "counter/a", "{nope", addresses=served.address)
+    assert bad_json.returncode == 2 and "payload must be JSON" in bad_json.stderr
+    bad_target = cli("send", "counter", "1", "--json", addresses=served.address)
+    assert bad_target.returncode == 2 and "TYPE/KEY" in bad_target.stderr
+    assert cli("subscribe", "t", "--count", "0", addresses=served.address).returncode == 2
+    assert cli("publish", "t", "1", addresses=None).returncode == 2
+    assert cli("--timeout", "1", "actors", "--json", addresses="127.0.0.1:1", timeout=120).returncode == 4
+    _fill(served.sm)
+    acts = cli("actors", "--json", "--prefix", "counter/", addresses=served.address)
+    assert acts.returncode == 0, acts.stderr
+    assert [a["address"] for a in json.loads(acts.stdout)["activations"]] == ["counter/a", "counter/b"]
+    dead = cli("dead-letters", "--messages", "--json", "--limit", "1", addresses=served.address)
+    assert dead.returncode == 0, dead.stderr
+    (one,) = json.loads(dead.stdout)["dead_letters"]
+    assert set(one) == {"message", "reason", "node", "recorded_ms", "seq"} and one["seq"] == 8
+    assert set(one["message"]) >= {"id", "sender", "target", "topic", "type", "payload", "ttl_ms", "durable"}
