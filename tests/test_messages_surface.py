@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -246,3 +248,14 @@ def test_cli_messaging_exit_codes_without_a_cluster(served: Served) -> None:
     (one,) = json.loads(dead.stdout)["dead_letters"]
     assert set(one) == {"message", "reason", "node", "recorded_ms", "seq"} and one["seq"] == 8
     assert set(one["message"]) >= {"id", "sender", "target", "topic", "type", "payload", "ttl_ms", "durable"}
+
+
+def test_every_messaging_limit_has_a_row_in_the_readme_limits_table() -> None:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    source = (root / "raftmesh/consensus/limits.py").read_text()
+    block = source.split("# ---- agent messaging", 1)[1].split("# ---- the checks", 1)[0]
+    names = re.findall(r"^([A-Z_]+) = ", block, re.M)
+    assert len(names) > 20, names
+    readme = (root / "README.md").read_text()
+    table = readme.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
+    assert [n for n in names if f"`{n}`" not in table and f"`{n}," not in table] == []
