@@ -14,8 +14,9 @@ import json
 import pathlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -26,7 +27,7 @@ from raftmesh.consensus import StateMachine, limits
 from raftmesh.consensus.commands import Message, MessageDeadLetter
 from raftmesh.consensus.messages import Activation, DeadMessage, Mailbox, Queued
 from raftmesh.errors import InvalidArgument
-from raftmesh.localcluster import free_ports
+from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.messaging import MessageRouter
 from raftmesh.node.access import NodeAccess
 from raftmesh.node.messages_service import MessagesService, client_sender, send_request_id, subscriber_error
@@ -259,3 +260,148 @@ def test_every_messaging_limit_has_a_row_in_the_readme_limits_table() -> None:
     readme = (root / "README.md").read_text()
     table = readme.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
     assert [n for n in names if f"`{n}`" not in table and f"`{n}," not in table] == []
+
+
+# ---- end to end: a real 3-node cluster ----------------------------------------------------
+
+
+@pytest.fixture
+def actors3(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
+    from tests import messaging_actors
+
+    repo = str(pathlib.Path(__file__).resolve().parent.parent)
+    return make_cluster(3, agents_modules=[messaging_actors.SOURCE], env={"PYTHONPATH": repo})
+
+
+def state_of(c: Client, address: str) -> dict[str, Any]:
+    reply = c.messages.request(address, {"get": True}, timeout_s=20)
+    out: dict[str, Any] = reply.payload
+    return out
+
+
+@pytest.mark.e2e
+def test_both_paths_deliver_in_order_per_sender_and_the_cli_shapes(actors3: LocalCluster) -> None:
+    c = actors3.client()
+    m = c.messages
+    senders = {"fast": actors3.client(), "durable": actors3.client()}  # one sender per path
+
+    def send_all(path: str) -> None:
+        for i in range(20):
+            sent = senders[path].messages.send("tally/o", {"seq": i}, durable=path == "durable")
+            assert sent.targets == ("tally/o",) and (sent.seq > 0) == (path == "durable")
+
+    threads = [threading.Thread(target=send_all, args=(p,)) for p in senders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    got = wait_until(lambda: (s := state_of(c, "tally/o"))["state"].get("n") == 40 and s, 60, "40 handled")
+    assert got["state"].get("reordered", 0) == 0
+    assert set(got["state"]["last"].values()) == {19}
+    (act,) = m.activations("tally/o")
+    assert act.node == got["node"] and act.epoch == got["epoch"] and act.queued == 0
+
+    # the same durable id sent again is the same message: queued (and handled) once
+    first = m.send("tally/o", {"seq": 100}, durable=True, id="once-1")
+    again = m.send("tally/o", {"seq": 100}, durable=True, id="once-1")
+    assert again.seq == first.seq
+    wait_until(lambda: state_of(c, "tally/o")["state"]["n"] == 41, 30, "the durable send handled")
+    assert state_of(c, "tally/o")["state"].get("duplicates", 0) == 0
+
+    addrs = ",".join(actors3.addresses)
+    sent_cli = cli("send", "tally/cli", '{"seq": 1}', "--durable", "--json", addresses=addrs)
+    assert sent_cli.returncode == 0, sent_cli.stderr
+    out = json.loads(sent_cli.stdout)
+    assert set(out) == {"id", "seq", "targets"} and out["seq"] > 0 and out["targets"] == ["tally/cli"]
+    req = cli("request", "tally/cli", '{"get": true}', "--timeout", "20", "--json", addresses=addrs)
+    assert req.returncode == 0, req.stderr
+    reply = json.loads(req.stdout)
+    assert reply["payload"]["state"]["n"] == 1 and reply["epoch"] > 0 and reply["correlation_id"]
+    acts = json.loads(cli("actors", "--prefix", "tally/", "--json", addresses=addrs).stdout)["activations"]
+    assert {a["address"] for a in acts} == {"tally/o", "tally/cli"}
+    nobody = cli("send", "nosuchtype/x", "1", "--durable", addresses=addrs)
+    assert nobody.returncode == 5 and "FAILED_PRECONDITION" in nobody.stderr, nobody.stderr
+
+
+@pytest.mark.e2e
+def test_topics_reach_subscribed_actors_and_client_streams(actors3: LocalCluster) -> None:
+    c = actors3.client()
+    addrs = ",".join(actors3.addresses)
+    pub = cli("publish", "bids", '{"ask": 12}', "--durable", "--source", "lamp", "--json", addresses=addrs)
+    assert pub.returncode == 0, pub.stderr
+    assert json.loads(pub.stdout)["targets"] == ["board/lamp"]
+    wait_until(lambda: state_of(c, "board/lamp") == [{"ask": 12}], 30, "the board got the bid")
+    assert c.messages.subscribe_actor("bids", "tally/bids") is True
+    assert c.messages.subscribe_actor("bids", "tally/bids") is False  # already subscribed
+    sent = c.messages.publish("bids", {"ask": 13}, durable=True, source="lamp")
+    assert set(sent.targets) == {"board/lamp", "tally/bids"}
+    # a client stream from the start replays the retained durable publishes
+    sub = cli(
+        "subscribe", "bids", "--from-start", "--count", "2", "--wait-timeout", "30", "--json", addresses=addrs
+    )
+    assert sub.returncode == 0, sub.stderr
+    lines = [json.loads(x) for x in sub.stdout.splitlines()]
+    assert [x["payload"] for x in lines] == [{"ask": 12}, {"ask": 13}]
+    assert all(x["topic"] == "bids" and x["durable"] for x in lines)
+    # and a live one sees a fast publish made after it started
+    with c.messages.subscribe("bids") as stream:
+        seen: list[Any] = []
+
+        def read() -> None:
+            for msg in stream:
+                seen.append(msg.payload)
+                return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+
+        def published() -> bool:
+            c.messages.publish("bids", {"ask": 14}, source="lamp")
+            reader.join(timeout=1)
+            return bool(seen)
+
+        wait_until(published, 30, "a live subscriber to see a fast publish")
+        assert seen[0] == {"ask": 14}
+    timed_out = cli("subscribe", "quiet", "--count", "1", "--wait-timeout", "2", "--json", addresses=addrs)
+    assert timed_out.returncode == 4
+
+
+@pytest.mark.e2e
+def test_ttl_sends_what_expires_to_the_dead_letters_on_both_paths(actors3: LocalCluster) -> None:
+    c = actors3.client()
+    m = c.messages
+    m.send("slow/d", {"sleep_s": 4}, durable=True, id="d-busy")
+    expiring = [m.send("slow/d", {"n": i}, durable=True, ttl_ms=500, id=f"d-exp-{i}").id for i in range(3)]
+    m.send("slow/f", {"sleep_s": 4}, id="f-busy")
+    fast = [m.send("slow/f", {"n": i}, ttl_ms=500, id=f"f-exp-{i}").id for i in range(3)]
+
+    def dead() -> dict[str, str]:
+        return {d.message.id: d.reason for d in m.dead_letters(limit=100)}
+
+    got = wait_until(lambda: (d := dead()) and set(expiring + fast) <= set(d) and d, 60, "6 dead letters")
+    assert all("expired" in got[i] for i in expiring + fast), got
+    assert state_of(c, "slow/d") == ["d-busy"] and state_of(c, "slow/f") == ["f-busy"]
+    addrs = ",".join(actors3.addresses)
+    listed = json.loads(cli("dead-letters", "--messages", "--json", addresses=addrs).stdout)["dead_letters"]
+    assert set(expiring + fast) <= {d["message"]["id"] for d in listed}
+
+
+@pytest.mark.e2e
+def test_an_activation_moves_after_its_node_is_killed_and_keeps_its_state(actors3: LocalCluster) -> None:
+    c = actors3.client(timeout_s=5.0, retry_deadline_s=60.0)
+    m = c.messages
+    for i in range(5):
+        m.send("tally/mover", {"seq": i}, durable=True)
+    first = wait_until(lambda: (s := state_of(c, "tally/mover"))["state"]["n"] == 5 and s, 30, "5 handled")
+    actors3.kill(first["node"])
+    for i in range(5, 10):  # queued while the key has no live activation: handled once it moves
+        m.send("tally/mover", {"seq": i}, durable=True)
+    moved = wait_until(
+        lambda: (a := m.activations("tally/mover")) and a[0].node != first["node"] and a[0],
+        60,
+        "the activation to move off the killed node",
+    )
+    assert moved.epoch > first["epoch"]
+    after = wait_until(lambda: (s := state_of(c, "tally/mover"))["state"]["n"] == 10 and s, 60, "10 handled")
+    assert after["node"] == moved.node and after["epoch"] == moved.epoch
+    assert after["state"].get("reordered", 0) == 0 and after["state"].get("duplicates", 0) == 0
