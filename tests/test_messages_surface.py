@@ -285,16 +285,24 @@ def test_both_paths_deliver_in_order_per_sender_and_the_cli_shapes(actors3: Loca
     m = c.messages
     senders = {"fast": actors3.client(), "durable": actors3.client()}  # one sender per path
 
+    wrong: list[object] = []
+
     def send_all(path: str) -> None:
         for i in range(20):
-            sent = senders[path].messages.send("tally/o", {"seq": i}, durable=path == "durable")
-            assert sent.targets == ("tally/o",) and (sent.seq > 0) == (path == "durable")
+            try:
+                sent = senders[path].messages.send("tally/o", {"seq": i}, durable=path == "durable")
+            except Exception as exc:  # reported by the test, not lost in the thread
+                wrong.append(exc)
+                return
+            if sent.targets != ("tally/o",) or (sent.seq > 0) != (path == "durable"):
+                wrong.append(sent)
 
     threads = [threading.Thread(target=send_all, args=(p,)) for p in senders]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    assert wrong == []
     got = wait_until(lambda: (s := state_of(c, "tally/o"))["state"].get("n") == 40 and s, 60, "40 handled")
     assert got["state"].get("reordered", 0) == 0
     assert set(got["state"]["last"].values()) == {19}
