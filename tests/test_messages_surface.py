@@ -24,9 +24,9 @@ import pytest
 from raftmesh.client import Client
 from raftmesh.clock import SYSTEM_CLOCK
 from raftmesh.consensus import StateMachine, limits
-from raftmesh.consensus.commands import Message, MessageDeadLetter
+from raftmesh.consensus.commands import ActorOffer, Message, MessageDeadLetter, RegisterNode, SendMessages
 from raftmesh.consensus.messages import Activation, DeadMessage, Mailbox, Queued
-from raftmesh.errors import InvalidArgument
+from raftmesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.messaging import MessageRouter
 from raftmesh.node.access import NodeAccess
@@ -229,6 +229,46 @@ def test_activations_and_dead_letters_read_the_replicated_state(served: Served) 
     assert d["message"]["payload"] == {"bytes_hex": "0001"} and d["message"]["id"] == "d8"
     total = served.stub.DeadLetters(pb.MessageDeadLettersRequest(), timeout=5).total
     assert total == 12
+
+
+def test_a_durable_send_commits_once_per_sender_and_id_and_says_why_not(served: Served) -> None:
+    now = SYSTEM_CLOCK.now_ms()
+    offer = (ActorOffer("counter"),)
+    res, _ = served.sm.apply(RegisterNode("reg-n1", now, "n1", "n1:1", "n1:2", (), 1, "inc", actors=offer))
+    assert res.ok, res
+    m = served.client.messages
+    first = m.send("counter/a", {"n": 1}, durable=True, id="x1")
+    assert first.seq > 0 and first.targets == ("counter/a",)
+    assert m.send("counter/a", {"n": 1}, durable=True, id="x1") == first  # a retry: the same message
+    with Client([served.address], timeout_s=5.0) as other:  # another sender's x1 is another message
+        assert other.messages.send("counter/a", {"n": 2}, durable=True, id="x1").seq > first.seq
+    raw = served.stub.Send(pb.SendMessageRequest(message=msg(durable=True)), timeout=5)
+    queued = [q.message for q in served.sm.state.messages.mailboxes["counter/a"].queue.values()]
+    assert [q.id for q in queued] == ["x1", "x1", raw.id]
+    assert queued[0].sender == m.sender and queued[2].sender == "client:ipv4:127.0.0.1"
+    assert all(q.durable and q.ttl_ms == limits.DEFAULT_MESSAGE_TTL_MS and q.sent_ms >= now for q in queued)
+    (act,) = m.activations()
+    assert (act.address, act.node, act.queued) == ("counter/a", "n1", 3) and act.epoch > 0
+
+    with pytest.raises(FailedPrecondition, match="no node offers actor type 'ghost'"):
+        m.send("ghost/a", 1, durable=True)
+    assert m.subscribe_actor("news", "counter") is True
+    assert m.subscribe_actor("news", "counter") is False
+    published = m.publish("news", "hi", durable=True, source="s1")
+    assert published.targets == ("counter/s1",) and published.seq > 0
+
+    room = limits.MAX_MAILBOX_MESSAGES - 3
+    for start in range(0, room, limits.MAX_MESSAGES_PER_SEND):
+        batch = tuple(
+            Message(f"fill{i}", "client:t", "counter/a", ttl_ms=600_000, sent_ms=now, durable=True)
+            for i in range(start, min(room, start + limits.MAX_MESSAGES_PER_SEND))
+        )
+        res, _ = served.sm.apply(SendMessages(f"fill-{start}", now, messages=batch))
+        assert res.ok, res
+    with pytest.raises(ResourceExhausted, match="mailbox of 'counter/a' is full"):
+        m.send("counter/a", 1, durable=True)
+    full = cli("send", "counter/a", "1", "--durable", addresses=served.address)
+    assert full.returncode == 5 and "RESOURCE_EXHAUSTED" in full.stderr
 
 
 def test_cli_messaging_exit_codes_without_a_cluster(served: Served) -> None:
