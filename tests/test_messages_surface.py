@@ -10,6 +10,7 @@ real 3-node cluster (``tests/messaging_actors.py`` declares the actors).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import pathlib
 import re
@@ -20,6 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from raftmesh.client import Client
 from raftmesh.clock import SYSTEM_CLOCK
@@ -189,6 +191,50 @@ def test_a_client_is_one_sender_across_connections_and_a_durable_send_one_comman
     assert limits.request_id_error("request_id", send_request_id("client:" + "x" * 250, "y" * 128)) == ""
     assert subscriber_error("counter") == "" and subscriber_error("counter/k1") == ""
     assert subscriber_error("") and subscriber_error("a b") and subscriber_error("a b/k")
+
+
+def test_the_sdk_surface_is_the_documented_one() -> None:
+    from raftmesh.client._messages import MessagesClient
+
+    def params(name: str) -> list[str]:
+        sig = inspect.signature(getattr(MessagesClient, name))
+        return [f"{p.kind.name}:{p.name}={p.default!r}" for p in list(sig.parameters.values())[1:]]
+
+    pos, kw = "POSITIONAL_OR_KEYWORD", "KEYWORD_ONLY"
+    empty = "<class 'inspect._empty'>"
+    assert params("send") == [
+        f"{pos}:target={empty}",
+        f"{pos}:payload={empty}",
+        f"{kw}:durable=False",
+        f"{kw}:type=''",
+        f"{kw}:ttl_ms=0",
+        f"{kw}:priority=0",
+        f"{kw}:id=None",
+    ]
+    assert params("request") == [
+        f"{pos}:target={empty}",
+        f"{pos}:payload={empty}",
+        f"{kw}:timeout_s=30.0",
+        f"{kw}:durable=False",
+        f"{kw}:type=''",
+    ]
+    assert params("publish") == [
+        f"{pos}:topic={empty}",
+        f"{pos}:payload={empty}",
+        f"{kw}:durable=False",
+        f"{kw}:source=''",
+        f"{kw}:type=''",
+    ]
+    assert params("subscribe") == [f"{pos}:topic={empty}", f"{kw}:from_start=False"]
+    assert params("dead_letters") == [f"{pos}:limit=100"]
+    assert params("subscribe_actor") == [
+        f"{pos}:topic={empty}",
+        f"{pos}:subscriber={empty}",
+        f"{pos}:unsubscribe=False",
+    ]
+    assert params("activations") == [f"{pos}:prefix=''", f"{pos}:limit=100"]
+    with Client(["127.0.0.1:1"]) as c:
+        assert c.messages is c.messages and c.messages.sender == f"client:{c.client_id}"
 
 
 def _fill(sm: StateMachine) -> None:
@@ -367,6 +413,8 @@ def test_both_paths_deliver_in_order_per_sender_and_the_cli_shapes(actors3: Loca
     assert reply["payload"]["state"]["n"] == 1 and reply["epoch"] > 0 and reply["correlation_id"]
     acts = json.loads(cli("actors", "--prefix", "tally/", "--json", addresses=addrs).stdout)["activations"]
     assert {a["address"] for a in acts} == {"tally/o", "tally/cli"}
+    with grpc.insecure_channel(actors3.addresses[0]) as ch:  # served, and listed by reflection
+        assert "raftmesh.v1.Messages" in ProtoReflectionDescriptorDatabase(ch).get_services()
     nobody = cli("send", "nosuchtype/x", "1", "--durable", addresses=addrs)
     assert nobody.returncode == 5 and "FAILED_PRECONDITION" in nobody.stderr, nobody.stderr
 
