@@ -207,6 +207,9 @@ MAX_TOPIC_RETAINED = 100
 MAX_MESSAGE_DEAD_LETTERS = 10_000
 """Message dead letters kept in the state (oldest dropped first; the total is counted)."""
 MAX_MESSAGE_DEAD_LETTERS_LISTED = 1_000
+MAX_DEAD_LETTERS_PER_RECORD = 256
+"""Fast-path dead letters one node records in one ``RecordDeadLetters`` (it batches)."""
+MAX_DEAD_LETTER_REASON_CHARS = 512
 MAX_RETAINED_REPLIES = 10_000
 """Replies to durable requests kept for a requester that asks again (oldest dropped first)."""
 REPLY_RETENTION_MS = 10 * 60 * 1000
