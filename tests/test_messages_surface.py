@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import json
 import pathlib
 import re
@@ -501,3 +502,24 @@ def test_an_activation_moves_after_its_node_is_killed_and_keeps_its_state(actors
     after = wait_until(lambda: (s := state_of(c, "tally/mover"))["state"]["n"] == 10 and s, 60, "10 handled")
     assert after["node"] == moved.node and after["epoch"] == moved.epoch
     assert after["state"].get("reordered", 0) == 0 and after["state"].get("duplicates", 0) == 0
+
+
+@pytest.mark.e2e
+def test_a_client_stream_fails_over_when_its_node_dies(actors3: LocalCluster) -> None:
+    c = actors3.client(timeout_s=5.0, retry_deadline_s=60.0)
+    c.messages.publish("feed", {"i": 0}, durable=True)
+    with c.messages.subscribe("feed", from_start=True) as sub:
+        stream = iter(sub)
+        assert next(stream).payload == {"i": 0}
+        on = c.addresses[c._current]  # the node this stream reads from
+        victim = next(n for n, p in actors3.nodes.items() if p.grpc == on)
+        actors3.kill(victim)
+        others = actors3.client([a for a in actors3.addresses if a != on], retry_deadline_s=60.0)
+        others.messages.publish("feed", {"i": 1}, durable=True)
+        guard = threading.Timer(60.0, sub.close)  # a stream that never fails over ends the test
+        guard.start()
+        try:
+            after = [m.payload for m in itertools.islice(stream, 1)]
+        finally:
+            guard.cancel()
+    assert after == [{"i": 1}]  # the retained {"i": 0} read again on the new node is dropped
