@@ -29,7 +29,7 @@ from raftmesh.clock import SYSTEM_CLOCK
 from raftmesh.consensus import StateMachine, limits
 from raftmesh.consensus.commands import ActorOffer, Message, MessageDeadLetter, RegisterNode, SendMessages
 from raftmesh.consensus.messages import Activation, DeadMessage, Mailbox, Queued
-from raftmesh.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from raftmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.messaging import MessageRouter
 from raftmesh.node.access import NodeAccess
@@ -481,6 +481,10 @@ def test_ttl_sends_what_expires_to_the_dead_letters_on_both_paths(actors3: Local
     addrs = ",".join(actors3.addresses)
     listed = json.loads(cli("dead-letters", "--messages", "--json", addresses=addrs).stdout)["dead_letters"]
     assert set(expiring + fast) <= {d["message"]["id"] for d in listed}
+    late = cli("request", "slow/t", '{"sleep_s": 3}', "--timeout", "1", addresses=addrs)
+    assert late.returncode == 4 and "DEADLINE" not in late.stdout, (late.returncode, late.stderr)
+    with pytest.raises(DeadlineExceeded):
+        m.request("slow/t", {"sleep_s": 3}, timeout_s=1)
 
 
 @pytest.mark.e2e
