@@ -416,8 +416,9 @@ def test_both_paths_deliver_in_order_per_sender_and_the_cli_shapes(actors3: Loca
     assert {a["address"] for a in acts} == {"tally/o", "tally/cli"}
     with grpc.insecure_channel(actors3.addresses[0]) as ch:  # served, and listed by reflection
         assert "raftmesh.v1.Messages" in ProtoReflectionDescriptorDatabase(ch).get_services()
-    nobody = cli("send", "nosuchtype/x", "1", "--durable", addresses=addrs)
-    assert nobody.returncode == 5 and "FAILED_PRECONDITION" in nobody.stderr, nobody.stderr
+    for path in (["--durable"], []):  # both paths refuse a type no node offers, at once
+        nobody = cli("send", "nosuchtype/x", "1", *path, addresses=addrs)
+        assert nobody.returncode == 5 and "FAILED_PRECONDITION" in nobody.stderr, nobody.stderr
 
 
 @pytest.mark.e2e
