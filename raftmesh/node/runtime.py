@@ -44,6 +44,7 @@ from .coordination_service import KvService, LocksService
 from .decoding import guarded
 from .liveness import Liveness
 from .lock_waits import LockWaits
+from .messages_service import MessagesService
 from .peers import HeartbeatSender, PeerAccess, PeerService
 from .proposer import Proposer
 from .reads import ReadView
@@ -250,6 +251,7 @@ class NodeRuntime:
         pb_grpc.add_PeerServicer_to_server(PeerService(peer_access, router=self.router), ours)
         pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
         pb_grpc.add_LocksServicer_to_server(LocksService(access, self.lock_waits), ours)
+        pb_grpc.add_MessagesServicer_to_server(MessagesService(access, self.router), ours)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -258,6 +260,7 @@ class NodeRuntime:
                 pb.DESCRIPTOR.services_by_name["Peer"].full_name,
                 pb.DESCRIPTOR.services_by_name["Kv"].full_name,
                 pb.DESCRIPTOR.services_by_name["Locks"].full_name,
+                pb.DESCRIPTOR.services_by_name["Messages"].full_name,
                 "grpc.health.v1.Health",
                 reflection.SERVICE_NAME,
             ),
