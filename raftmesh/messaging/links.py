@@ -118,6 +118,9 @@ class Link:
         self.unordered: deque[Out] = deque()
         self.inflight: dict[int, Out] = {}
         self.acks: list[pb.PeerAck] = []
+        self.acks_room = asyncio.Event()
+        """Clear while ``MAX_PENDING_ACKS`` acks wait to be sent: the stream's reader waits."""
+        self.acks_room.set()
         self.wake = asyncio.Event()
         self.session = 0
         """Generation of the current stream (0: none open); a frame of an older one is ignored."""
@@ -128,6 +131,10 @@ class Link:
         """Messages routed here and not yet answered (backpressure: ``MAX_UNACKED_PER_PEER``)."""
         self.room = asyncio.Event()
         self.room.set()
+        self.topics_out: list[str] | None = None
+        """This node's client stream topics, to tell the peer in the next frame (None: told)."""
+        self.peer_topics: frozenset[str] = frozenset()
+        """The topics the peer has client streams for (its fast publishes' broadcasts go there)."""
 
     @property
     def connected(self) -> bool:
@@ -196,6 +203,7 @@ class Link:
             if lane.entries and not lane.held:
                 self.ready[lane] = None
         self.acks.clear()  # the peer resends what it did not hear answered
+        self.acks_room.set()
         self.waiting_since = None
         self.wake.set()
 
@@ -205,6 +213,7 @@ class Link:
         """The next frame's messages and acks (higher priority lanes first)."""
         acks = self.acks
         self.acks = []
+        self.acks_room.set()
         outs: list[Out] = []
         size = 0
         cap = limits.MAX_PEER_FRAME_MESSAGES
@@ -247,6 +256,10 @@ class Link:
 
     def frame(self, node_id: str, incarnation: str, outs: list[Out], acks: list[pb.PeerAck]) -> pb.PeerFrame:
         f = pb.PeerFrame(node_id=node_id, incarnation=incarnation, acks=acks)
+        if self.topics_out is not None:
+            f.topics.extend(self.topics_out)
+            f.topics_sent = True
+            self.topics_out = None
         if outs:
             f.messages.extend([o.to_pb() for o in outs])
             f.tags.extend([o.tag for o in outs])

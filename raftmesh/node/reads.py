@@ -163,7 +163,7 @@ class ReadView:
             leases = [kv.leases[k].encode() for k in sorted(kv.leases)]
             history = list(kv.history)
             compacted = kv.compacted
-            # Messaging state is small and mutable in place (mailboxes, leases): encoded here.
+            # Mailboxes change in place (queued, acknowledged): encoded under the lock.
             messages = st.messages.encode()
         locks = [locks_live, waiting, [[k, v] for k, v in ended], lock_seq]
         kv_body = [[[k, e.encode()] for k, e in entries], leases, [e.encode() for e in history], compacted]
