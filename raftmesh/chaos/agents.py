@@ -46,6 +46,7 @@ from typing import Any
 import raftmesh
 from raftmesh.agents import SyncTaskContext, TaskContext
 from raftmesh.agents._builtin import AgentInputError, fail
+from raftmesh.clock import SYSTEM_CLOCK
 
 BREAKER_COOLDOWN_MS = 500
 
@@ -191,3 +192,30 @@ def effect_record(
         "start_ms": start_ms,
         "expires_ms": expires_ms,
     }
+
+
+@raftmesh.actor(ACTOR_TYPE)
+class ChaosLog:
+    async def on_message(self, ctx: Any, msg: raftmesh.Message) -> Any:
+        start_ms = SYSTEM_CLOCK.now_ms()  # first: the turn's start, compared with the expiry
+        n = int(ctx.state.get("n", 0)) + 1
+        ctx.state["n"] = n
+        rec = effect_record(msg.payload, msg.id, ctx.epoch, ctx.node_id, n, start_ms, msg.expires_ms)
+        ctx.kv.put(effect_key(ctx.address, n, rec["id"]), rec)
+        return {"n": n, "epoch": ctx.epoch, "node": ctx.node_id}
+
+
+@raftmesh.actor(RELAY_TYPE)
+class ChaosRelay:
+    async def on_message(self, ctx: Any, msg: raftmesh.Message) -> Any:
+        start_ms = SYSTEM_CLOCK.now_ms()
+        n = int(ctx.state.get("n", 0)) + 1
+        ctx.state["n"] = n
+        rec = effect_record(msg.payload, msg.id, ctx.epoch, ctx.node_id, n, start_ms, msg.expires_ms)
+        to = msg.payload.get("to") if isinstance(msg.payload, dict) else None
+        if isinstance(to, str) and to:
+            rec["to"] = to
+            forward = {"id": relayed_id(rec["id"]), "s": ctx.address, "p": "durable", "q": n}
+            await ctx.send(to, forward, durable=True)
+        ctx.kv.put(effect_key(ctx.address, n, rec["id"]), rec)
+        return {"n": n, "epoch": ctx.epoch, "node": ctx.node_id}
