@@ -230,6 +230,7 @@ def check_messages(
         "unknown_with_effect": 0,
         "unknown_without_effect": 0,
         "fast_redelivered_after_move": 0,
+        "fast_redelivered_examples": [],
         "fast_lost_explained": 0,
         "fast_lost_explanations": [],
         "latest_fast_start_after_expiry_ms": 0,
@@ -354,6 +355,8 @@ def _duplicates(
         )
         if moved and a.epoch != b.epoch:
             stats["fast_redelivered_after_move"] += 1
+            if len(stats["fast_redelivered_examples"]) < 5:
+                stats["fast_redelivered_examples"].append(f"{c.mid} to {c.target}: {where}")
         else:
             inv[MSG_TWICE].add(
                 f"{c.mid} (fast {c.kind} to {c.target}) handled twice by one node's activations: {where}"

@@ -276,6 +276,7 @@ def _message_lines(mc: MessageCheck, w: dict[str, Any]) -> list[str]:
         *(f"    {x}" for x in s.get("fast_lost_explanations", [])),
         f"  fast messages handled again after their target moved (at least once):"
         f" {s.get('fast_redelivered_after_move', 0)}",
+        *(f"    {x}" for x in s.get("fast_redelivered_examples", [])),
         f"  ordered pairs checked: {_counts(s.get('ordered_pairs_checked', {}))}; latest fast turn start after"
         f" its expiry within the slack: {s.get('latest_fast_start_after_expiry_ms', 0)} ms",
     ]
