@@ -412,6 +412,8 @@ def test_both_paths_deliver_in_order_per_sender_and_the_cli_shapes(actors3: Loca
     assert req.returncode == 0, req.stderr
     reply = json.loads(req.stdout)
     assert reply["payload"]["state"]["n"] == 1 and reply["epoch"] > 0 and reply["correlation_id"]
+    durable_reply = c.messages.request("tally/cli", {"get": True}, durable=True, timeout_s=20)
+    assert durable_reply.payload["state"]["n"] == 1 and durable_reply.epoch == reply["epoch"]
     acts = json.loads(cli("actors", "--prefix", "tally/", "--json", addresses=addrs).stdout)["activations"]
     assert {a["address"] for a in acts} == {"tally/o", "tally/cli"}
     with grpc.insecure_channel(actors3.addresses[0]) as ch:  # served, and listed by reflection
