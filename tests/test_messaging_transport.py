@@ -771,3 +771,39 @@ def test_messages_follow_an_activation_that_moved_in_order() -> None:
             await c.stop()
 
     asyncio.run(main())
+
+
+@applies(SendMessages, AckMessage)
+def test_a_durable_request_retried_through_another_node_wakes_there_on_the_committed_reply() -> None:
+    """The SDK's failover: committed through n1 (reply_to n1), asked again with the same id through
+    n2 before the reply commits. n2 waits on that id: the ReplyCommitted (reply_to n1) wakes it."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            req = msg("client:x", "echo/f", 9, durable=True)
+            first = asyncio.ensure_future(c.routers["n1"].request(req, timeout_s=5))
+            await until(lambda: "echo/f" in c.machine.state.messages.mailboxes)
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            sends = sum(isinstance(p, SendMessages) for p in c.proposed)
+            retried = asyncio.ensure_future(c.routers["n2"].request(req, timeout_s=5))
+            await until(lambda: sum(isinstance(p, SendMessages) for p in c.proposed) > sends)
+            st = c.machine.state.messages
+            queued = next(iter(st.mailboxes["echo/f"].queue.values()))
+            assert queued.message.reply_to == "n1"
+            a = st.activations["echo/f"]
+            reply = Message(
+                id="r1", sender="echo/f", correlation_id=req.id, reply_to="n1", payload=10, epoch=a.epoch
+            )
+            res = await c.propose(
+                AckMessage("ack-f", SYSTEM_CLOCK.now_ms(), a.node, "echo/f", a.epoch, queued.seq, reply=reply)
+            )
+            assert res.ok, res
+            async with asyncio.timeout(5):
+                got = await retried
+            assert got.payload == 10
+        finally:
+            await c.stop()
+
+    asyncio.run(main())

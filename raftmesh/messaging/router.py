@@ -752,8 +752,9 @@ class MessageRouter:
         """Called on the loop after every applied batch (replies, publishes, activations moved)."""
         for ev in events:
             if isinstance(ev, ReplyCommitted):
-                if ev.reply_to == self.node_id:
-                    self._durable_reply(ev.correlation_id)
+                # Not only reply_to: a request retried through this node (the SDK's failover)
+                # waits here on the same id while the committed copy names the first node.
+                self._durable_reply(ev.correlation_id)
             elif isinstance(ev, TopicPublished):
                 if self._topics.has(ev.topic):
                     self._topics.durable(ev.topic, ev.seq)
