@@ -12,6 +12,7 @@ tests that need the messaging commands applied are skipped until they are regist
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import threading
 import time
@@ -37,7 +38,7 @@ from raftmesh.consensus.commands import (
     SendMessages,
 )
 from raftmesh.consensus.machine import StateMachine
-from raftmesh.consensus.messages import Activation, Published
+from raftmesh.consensus.messages import Activation, Mailbox, Published
 from raftmesh.consensus.results import ActivationChanged, Event, Result, TopicPublished
 from raftmesh.errors import DeadlineExceeded, FailedPrecondition
 from raftmesh.localcluster import free_ports
@@ -803,6 +804,57 @@ def test_a_durable_request_retried_through_another_node_wakes_there_on_the_commi
             async with asyncio.timeout(5):
                 got = await retried
             assert got.payload == 10
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(SendMessages, AckMessage)
+def test_a_durable_request_from_another_sender_with_the_same_id_is_its_own_and_gets_its_own_reply() -> None:
+    """Ids are per sender: bob reusing alice's request id is queued as his own request and never
+    reads the reply kept for alice."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            alice = Message(
+                id="order-1",
+                sender="client:alice",
+                target="echo/r",
+                payload="alice's",
+                sent_ms=SYSTEM_CLOCK.now_ms(),
+                ttl_ms=30_000,
+                durable=True,
+            )
+
+            async def answer(n: int, payload: str) -> None:
+                await until(
+                    lambda: len(c.machine.state.messages.mailboxes.get("echo/r", Mailbox("")).queue) == 1
+                )
+                st = c.machine.state.messages
+                queued = next(iter(st.mailboxes["echo/r"].queue.values()))
+                a = st.activations["echo/r"]
+                reply = Message(
+                    id=f"r{n}",
+                    sender="echo/r",
+                    correlation_id="order-1",
+                    reply_to="n1",
+                    payload=payload,
+                    epoch=a.epoch,
+                )
+                ack = AckMessage(
+                    f"ack-r{n}", SYSTEM_CLOCK.now_ms(), a.node, "echo/r", a.epoch, queued.seq, reply=reply
+                )
+                assert (await c.propose(ack)).ok
+
+            waiting = asyncio.ensure_future(c.routers["n1"].request(alice, timeout_s=5))
+            await answer(1, "secret for alice")
+            assert (await waiting).payload == "secret for alice"
+            bob = dataclasses.replace(alice, sender="client:bob", payload="bob's")
+            asking = asyncio.ensure_future(c.routers["n2"].request(bob, timeout_s=5))
+            await answer(2, "for bob")
+            assert (await asking).payload == "for bob"
         finally:
             await c.stop()
 

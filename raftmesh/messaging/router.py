@@ -24,7 +24,7 @@ import grpc
 from ..clock import Clock
 from ..consensus import activations, limits
 from ..consensus.commands import Activate, Fence, Message, MessageDeadLetter, RecordDeadLetters, SendMessages
-from ..consensus.messages import message_error, reply_error, split_address
+from ..consensus.messages import message_error, reply_error, reply_key, split_address
 from ..consensus.results import (
     ActivationChanged,
     ActivationResult,
@@ -53,7 +53,7 @@ from .intake import Intake
 from .links import BROADCAST, REPLY, TO_ACTOR, Lane, Link, Out
 from .streams import PeerStreams
 from .topics import TopicStreams
-from .wire import message_from_pb
+from .wire import message_from_pb, send_request_id
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ _FINAL_ACTIVATE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
 @dataclass(eq=False)
 class _Waiter:
     target: str
+    sender: str
     durable: bool
     future: asyncio.Future[Message]
     epoch: int = 0
@@ -368,7 +369,7 @@ class MessageRouter:
         return Sent(msg.id, 0, tuple(subs))
 
     async def _send_durable(self, msg: Message, fence: Fence | None, request_id: str) -> Sent:
-        rid = request_id or f"msg-{msg.id}"
+        rid = request_id or send_request_id(msg.sender, msg.id)
         res = await self._writer.propose(SendMessages(rid, self._clock.now_ms(), (msg,), fence))
         if isinstance(res, MessagesSent):
             return Sent(msg.id, res.seqs[0] if res.seqs else 0, res.targets[0] if res.targets else ())
@@ -392,12 +393,12 @@ class MessageRouter:
                 f"this node waits on {limits.MAX_PENDING_REQUESTS} requests already; retry with backoff"
             )
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        w = _Waiter(msg.target, msg.durable, fut)
+        w = _Waiter(msg.target, msg.sender, msg.durable, fut)
         self._waiting[msg.id] = w
         try:
             async with asyncio.timeout(timeout_s):
                 if msg.durable:
-                    done = self._reads.read(lambda st: _reply_of(st, msg.id))
+                    done = self._reads.read(lambda st: _reply_of(st, msg.sender, msg.id))
                     if done is not None:
                         return done
                     await self._send_durable(msg, fence, "")
@@ -776,7 +777,7 @@ class MessageRouter:
         w = self._waiting.get(correlation_id)
         if w is None or not w.durable or w.future.done():
             return
-        reply = self._reads.read(lambda st: _reply_of(st, correlation_id))
+        reply = self._reads.read(lambda st: _reply_of(st, w.sender, correlation_id))
         if reply is not None:
             w.future.set_result(reply)
 
@@ -813,6 +814,6 @@ def _fanout(st: ClusterState, topic: str, source: str) -> tuple[list[str], list[
     return list(subs), [n for n, m in st.members.items() if m.up]
 
 
-def _reply_of(st: ClusterState, correlation_id: str) -> Message | None:
-    kept = st.messages.replies.get(correlation_id)
+def _reply_of(st: ClusterState, requester: str, correlation_id: str) -> Message | None:
+    kept = st.messages.replies.get(reply_key(requester, correlation_id))
     return kept[1] if kept is not None else None
