@@ -859,3 +859,40 @@ def test_a_durable_request_from_another_sender_with_the_same_id_is_its_own_and_g
             await c.stop()
 
     asyncio.run(main())
+
+
+@applies(RecordDeadLetters)
+def test_a_stopping_node_dead_letters_what_it_still_sends_and_records_every_dead_letter() -> None:
+    """The runtime's shutdown: the actor host has stopped (its inboxes dead-lettered through the
+    router), then ``drain`` gives up every message still waiting and records them all before the
+    router and the proposer stop."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            r = c.routers["n1"]
+            c.activate("echo/w", "n9", 4)  # a node n1 cannot reach: what it sends there waits
+            c.hosts["n2"].refuse = lambda m: Refused("not activated here yet", retry=True)
+            c.activate("echo/v", "n2", 5)
+            sends = [
+                asyncio.ensure_future(r.send(msg("client:x", t, i)))
+                for i in range(3)
+                for t in ("echo/w", "echo/v")
+            ]
+            await until(lambda: r.stats["refused_retry"] > 0)
+            r.dead_letter(
+                msg("client:x", "echo/z", 1),
+                "undeliverable: echo/z was deactivated on n1 (the node is stopping)",
+            )
+            async with asyncio.timeout(5):
+                await r.drain(5.0)
+            reasons = [d.letter.reason for d in c.machine.state.messages.dead_letters]
+            assert len(reasons) == 7, reasons
+            assert sum("the sending node n1 stopped" in why for why in reasons) == 6, reasons
+            for s in await asyncio.gather(*sends, return_exceptions=True):
+                assert isinstance(s, FailedPrecondition), s
+            assert r.status()["lanes"] == 0 and r.status()["pending_dead_letters"] == 0
+        finally:
+            await c.stop()
+
+    asyncio.run(main())

@@ -167,6 +167,9 @@ class MessageRouter:
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._dead: deque[MessageDeadLetter] = deque()
         self._dead_wake = asyncio.Event()
+        self._dead_idle = asyncio.Event()
+        """Set while no dead letter waits to be recorded (``drain`` waits for it)."""
+        self._dead_idle.set()
         self._tags = itertools.count(1)
         self._submitted = 0
         """Fast messages ever queued: a new lane starts numbering above it (see ``_lane``)."""
@@ -204,6 +207,34 @@ class MessageRouter:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._pumps.clear()
             await self._streams.stop()
+
+    async def drain(self, timeout_s: float) -> None:
+        """The node is stopping (its actor host already stopped): every message still waiting to
+        be sent or acknowledged is dead-lettered, and the dead letters are recorded, within
+        ``timeout_s``. Called while ``run`` and the proposer still run, before they stop."""
+        for lane in list(self._lanes.values()):
+            lane.held = False  # its backoff timer finds it empty
+            for o in list(lane.entries):
+                self._give_up(o, self._stopped_reason(o))
+        for link in list(self._links.values()):
+            for o in list(link.unordered):
+                link.unordered.remove(o)
+                self._give_up(o, self._stopped_reason(o))
+        if not self._running:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._dead_idle.wait()
+        except TimeoutError:
+            log.warning("node stopping: %d dead letters not recorded", len(self._dead))
+
+    def _stopped_reason(self, o: Out) -> str:
+        if o.inflight > 0 and o.link is not None and not o.link.local:
+            return (
+                f"undeliverable: the sending node {self.node_id} stopped with it unacknowledged; "
+                f"node {o.link.peer} may have taken it"
+            )
+        return f"undeliverable: the sending node {self.node_id} stopped before it was sent"
 
     async def _maintain(self) -> None:
         """Dials every member with a larger id, drops stuck streams, expires waiting messages."""
@@ -570,10 +601,13 @@ class MessageRouter:
             self._dead.popleft()
             self.stats["dead_letters_dropped"] += 1
         self._dead.append(MessageDeadLetter(msg, _reason(reason)))
+        self._dead_idle.clear()
         self._dead_wake.set()
 
     async def _flush_dead_letters(self) -> None:
         while True:
+            if not self._dead:
+                self._dead_idle.set()
             await self._dead_wake.wait()
             self._dead_wake.clear()
             while self._dead:
