@@ -737,7 +737,8 @@ def test_a_type_no_member_offers_fails_at_once_and_one_with_no_room_waits_until_
                 assert res.ok, res
             with pytest.raises(DeadlineExceeded):
                 await c.routers["n1"].send(msg("client:x", "echo/later", 2, ttl_ms=300))
-            assert sum(isinstance(p, Activate) for p in c.proposed) >= 3  # tried again while it waited
+            # Only nobody/1's: while no node can take echo/later it waits without asking the log.
+            assert sum(isinstance(p, Activate) for p in c.proposed) == 1
             await until(lambda: len(c.machine.state.messages.dead_letters) == 2)
             reasons = [d.letter.reason for d in c.machine.state.messages.dead_letters]
             assert "no node offers" in reasons[0] and "expired" in reasons[1], reasons
@@ -892,6 +893,43 @@ def test_a_stopping_node_dead_letters_what_it_still_sends_and_records_every_dead
             for s in await asyncio.gather(*sends, return_exceptions=True):
                 assert isinstance(s, FailedPrecondition), s
             assert r.status()["lanes"] == 0 and r.status()["pending_dead_letters"] == 0
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(Activate)
+def test_no_activate_goes_to_the_log_while_no_node_can_take_the_target() -> None:
+    """Every node offering the type is down: the replica's placement says so, and the router waits
+    for a membership change instead of proposing an ``Activate`` per address per retry."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            for node in NODES:
+                assert c.machine.apply(NodeDown(f"down-{node}", 2000, node, f"inc{node}", "test"))[0].ok
+            r = c.routers["n1"]
+            sends = [asyncio.ensure_future(r.send(msg("client:x", f"echo/k{i}", i))) for i in range(30)]
+            await until(lambda: r.status()["lanes"] == 30)
+            await asyncio.sleep(1.0)  # what must not happen meanwhile: a log entry per address
+            assert not [p for p in c.proposed if isinstance(p, Activate)]
+            back = RegisterNode(
+                "reg-n2-again",
+                3000,
+                "n2",
+                c.addrs["n2"],
+                "127.0.0.1:1",
+                ("echo",),
+                4,
+                "incn2",
+                actors=(ActorOffer("echo"),),
+            )
+            assert (await c.propose(back)).ok  # MemberChanged: the waiting addresses are placed now
+            async with asyncio.timeout(10):
+                await asyncio.gather(*sends)
+            assert {m.target for m in c.hosts["n2"].got} == {f"echo/k{i}" for i in range(30)}
+            assert len([p for p in c.proposed if isinstance(p, Activate)]) == 30
         finally:
             await c.stop()
 

@@ -29,6 +29,7 @@ from ..consensus.results import (
     ActivationChanged,
     ActivationResult,
     Event,
+    MemberChanged,
     MessagesSent,
     Rejected,
     ReplyCommitted,
@@ -63,6 +64,9 @@ RETRY_MIN_S = 0.005
 RETRY_MAX_S = 1.0
 """Backoff of a lane after a refusal with ``retry`` (moved, not activated yet, inbox full)."""
 ACTIVATE_TIMEOUT_S = 5.0
+NO_ROOM_RECHECK_S = (0.5, 4.0)
+"""While the replica says no node can take an address, it is checked again on every membership or
+activation change, and at least this often (doubling): no ``Activate`` goes to the log for it."""
 _FINAL_ACTIVATE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
 """``Activate`` rejections that do not change by retrying, unless some member offers the type
 (then no up node has room yet: the message waits, until its TTL, for one that does)."""
@@ -164,6 +168,9 @@ class MessageRouter:
         self._topics = TopicStreams(reads, self._topics_changed)
         self._waiting: dict[str, _Waiter] = {}
         self._activating: dict[str, asyncio.Task[None]] = {}
+        self._room: dict[str, asyncio.Event] = {}
+        """actor type -> set (and replaced) when a member or an activation changes: the addresses
+        of that type waiting for room look at the placement again (one event per type)."""
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._dead: deque[MessageDeadLetter] = deque()
         self._dead_wake = asyncio.Event()
@@ -348,9 +355,16 @@ class MessageRouter:
     async def _activation(self, address: str) -> None:
         """Until the address has an activation (or cannot have one), then routes its lanes there."""
         delay = 0.01
+        no_room = NO_ROOM_RECHECK_S[0]
         try:
             while self._by_target.get(address):
                 where = self._where(address)
+                if where is None and not self._placeable(address):
+                    # The replica's own placement says no node can take it: asking the log would
+                    # only add an entry (per address, per retry) that is rejected or waits.
+                    await self._room_for(address, no_room)
+                    no_room = min(no_room * 2, NO_ROOM_RECHECK_S[1])
+                    continue
                 if where is None:
                     try:
                         res = await self._writer.propose(
@@ -379,6 +393,27 @@ class MessageRouter:
                 delay = min(delay * 2, 0.5)
         finally:
             self._activating.pop(address, None)
+
+    def _placeable(self, address: str) -> bool:
+        """Whether an ``Activate`` of ``address`` can be granted now, by the state machine's own
+        placement on this replica (a type no member offers is left for the log to refuse)."""
+        kind = split_address(address)[0]
+
+        def check(st: ClusterState) -> bool:
+            return kind not in activations.offered_types(st) or activations.place(st, address) is not None
+
+        return self._reads.read(check)
+
+    async def _room_for(self, address: str, timeout_s: float) -> None:
+        kind = split_address(address)[0]
+        room = self._room.get(kind)
+        if room is None:
+            room = self._room[kind] = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await room.wait()
+        except TimeoutError:
+            pass
 
     async def _publish(self, msg: Message) -> Sent:
         subs, nodes = self._reads.read(lambda st: _fanout(st, msg.topic, msg.source))
@@ -785,6 +820,16 @@ class MessageRouter:
 
     def applied(self, events: list[Event]) -> None:
         """Called on the loop after every applied batch (replies, publishes, activations moved)."""
+        if self._room and (
+            not events  # a snapshot was installed
+            or any(
+                isinstance(ev, MemberChanged) or (isinstance(ev, ActivationChanged) and not ev.active)
+                for ev in events
+            )
+        ):
+            for room in self._room.values():
+                room.set()
+            self._room.clear()
         for ev in events:
             if isinstance(ev, ReplyCommitted):
                 # Not only reply_to: a request retried through this node (the SDK's failover)
