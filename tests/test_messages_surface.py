@@ -528,3 +528,78 @@ def test_a_client_stream_fails_over_when_its_node_dies(actors3: LocalCluster) ->
         finally:
             guard.cancel()
     assert after == [{"i": 1}]  # the retained {"i": 0} read again on the new node is dropped
+
+
+class _CutAfterRequest(MessagesService):
+    """The real service, but the first ``Request``'s answer is lost after the request was delivered
+    and answered (the node's connection to the client broke): the client sees ``UNAVAILABLE``."""
+
+    cut = 1
+
+    async def Request(self, request: pb.MessageRequest, context: grpc.aio.ServicerContext) -> pb.MessageReply:
+        reply = await super().Request(request, context)
+        if self.cut:
+            self.cut -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost")
+        return reply
+
+
+def test_a_fast_request_retried_after_unavailable_is_a_new_attempt_and_gets_its_reply() -> None:
+    """Fast is at least once: the SDK's retry of a fast request carries a fresh id, so the node
+    that took the first attempt does not drop the retry as a duplicate (it would never answer)."""
+    sm = StateMachine()
+    assert sm.apply(
+        RegisterNode(
+            "reg-n1", 1, "n1", "127.0.0.1:1", "127.0.0.1:2", (), 1, "inc1", actors=(ActorOffer("echo"),)
+        )
+    )[0].ok
+    sm.state.messages.activations["echo/q"] = Activation("echo/q", "n1", "inc1", 3, 1, 2**62)
+    sm.state.messages.rebuild_indexes()
+    reads, writer = reads_of(sm), MachineWriter(sm)
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    taken: list[Message] = []
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop: asyncio.Event | None = None
+
+    async def serve() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        router = MessageRouter("n1", "inc1", reads, writer, SYSTEM_CLOCK, lambda _n: None)
+
+        class Host:
+            def accept(self, m: Message) -> None:
+                taken.append(m)
+                answer = Message(
+                    f"r-{m.id}", m.target, correlation_id=m.id, reply_to=m.reply_to, payload=len(taken)
+                )
+                asyncio.get_running_loop().call_soon(router.reply, answer)
+
+        router.attach(Host())
+        running = asyncio.create_task(router.run())
+        server = grpc.aio.server()
+        access = NodeAccess(writer, reads, SYSTEM_CLOCK, lambda: True, 5.0)
+        pb_grpc.add_MessagesServicer_to_server(_CutAfterRequest(access, router), server)
+        server.add_insecure_port(address)
+        await server.start()
+        started.set()
+        await stop.wait()
+        await server.stop(0.5)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10), "the service did not start"
+        with Client([address], timeout_s=5.0, retry_deadline_s=5.0) as client:
+            reply = client.messages.request("echo/q", "hi", timeout_s=5)
+        assert reply.payload == 2 and len(taken) == 2
+        assert taken[0].id != taken[1].id and reply.correlation_id == taken[1].id
+    finally:
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        loop.close()
