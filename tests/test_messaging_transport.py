@@ -36,6 +36,7 @@ from raftmesh.consensus.commands import (
     RecordDeadLetters,
     RegisterNode,
     SendMessages,
+    SubscribeTopic,
 )
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.messages import Activation, Mailbox, Published
@@ -930,6 +931,27 @@ def test_no_activate_goes_to_the_log_while_no_node_can_take_the_target() -> None
                 await asyncio.gather(*sends)
             assert {m.target for m in c.hosts["n2"].got} == {f"echo/k{i}" for i in range(30)}
             assert len([p for p in c.proposed if isinstance(p, Activate)]) == 30
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(SubscribeTopic)
+def test_a_fast_publish_names_only_the_subscribers_it_reached() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            for sub, node, epoch in (("echo/s", "n2", 5), ("echo/t", "n3", 6)):
+                res, _ = c.machine.apply(
+                    SubscribeTopic(f"st-{sub}", 3000, topic="t", subscriber=sub, subscribe=True)
+                )
+                assert res.ok, res
+                c.activate(sub, node, epoch)
+            c.hosts["n2"].refuse = lambda m: Refused("undeliverable: handler gone", retry=False)
+            sent = await c.routers["n1"].send(dataclasses.replace(msg("client:x", "", 1), topic="t"))
+            assert sent.targets == ("echo/t",), sent
+            await until(lambda: len(c.machine.state.messages.dead_letters) == 1)
         finally:
             await c.stop()
 

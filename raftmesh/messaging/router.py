@@ -430,9 +430,11 @@ class MessageRouter:
                 continue
             o = Out(msg, BROADCAST, next(self._tags), None, 0, None)
             link.queue(o)
-        if futs:
-            await asyncio.gather(*futs, return_exceptions=True)
-        return Sent(msg.id, 0, tuple(subs))
+        done = await asyncio.gather(*futs, return_exceptions=True)
+        # Only the subscribers whose node took it (the others' copies are dead letters).
+        return Sent(
+            msg.id, 0, tuple(a for a, d in zip(subs, done, strict=True) if not isinstance(d, BaseException))
+        )
 
     async def _send_durable(self, msg: Message, fence: Fence | None, request_id: str) -> Sent:
         rid = request_id or send_request_id(msg.sender, msg.id)
