@@ -956,3 +956,26 @@ def test_a_fast_publish_names_only_the_subscribers_it_reached() -> None:
             await c.stop()
 
     asyncio.run(main())
+
+
+def test_a_message_sent_but_unacknowledged_when_its_ttl_passes_says_its_receiver_may_have_it() -> None:
+    async def main() -> None:
+        ports = free_ports(len(NODES))
+        with TcpProxy("127.0.0.1", ports[1]) as proxy:  # n1 -> n2 goes through it
+            c = await start(ports=ports, dial={("n1", "n2"): proxy.address})
+            try:
+                c.activate("echo/u", "n2", 3)
+                r = c.routers["n1"]
+                await r.send(msg("client:x", "echo/u", 0))
+                await asyncio.to_thread(proxy.block, "hold")  # transmitted, never answered
+                with pytest.raises(DeadlineExceeded, match="unacknowledged"):
+                    async with asyncio.timeout(20):
+                        await r.send(msg("client:x", "echo/u", 1, ttl_ms=1500))
+                await until(lambda: len(c.machine.state.messages.dead_letters) == 1)
+                [dead] = c.machine.state.messages.dead_letters
+                assert "unacknowledged; node n2 may have taken it" in dead.letter.reason, dead.letter.reason
+            finally:
+                await asyncio.to_thread(proxy.unblock)
+                await c.stop()
+
+    asyncio.run(main())

@@ -236,7 +236,7 @@ class MessageRouter:
             log.warning("node stopping: %d dead letters not recorded", len(self._dead))
 
     def _stopped_reason(self, o: Out) -> str:
-        if o.inflight > 0 and o.link is not None and not o.link.local:
+        if o.transmitted and o.link is not None and not o.link.local:
             return (
                 f"undeliverable: the sending node {self.node_id} stopped with it unacknowledged; "
                 f"node {o.link.peer} may have taken it"
@@ -605,11 +605,20 @@ class MessageRouter:
             lane.link = None
 
     def _expired(self, o: Out, now_ms: int) -> None:
+        head = f"expired: its TTL ({o.msg.ttl_ms} ms) passed on node {self.node_id}"
+        if o.link is None:
+            why = f"{head} before its target had an activation"
+        elif o.transmitted:  # its stream broke before the answer came: it may have been handled
+            why = f"{head} with it unacknowledged; node {o.link.peer} may have taken it"
+        else:
+            why = f"{head} before it was sent to node {o.link.peer}"
         self._give_up(
             o,
-            f"expired: its TTL ({o.msg.ttl_ms} ms) passed on node {self.node_id} before "
-            + (f"node {o.link.peer} took it" if o.link is not None else "its target had an activation"),
-            DeadlineExceeded(f"message {o.msg.id!r} to {o.msg.target or o.msg.topic} expired undelivered"),
+            why,
+            DeadlineExceeded(
+                f"message {o.msg.id!r} to {o.msg.target or o.msg.topic} expired "
+                + ("unacknowledged (it may have been delivered)" if o.transmitted else "undelivered")
+            ),
         )
 
     def _give_up(self, o: Out, reason: str, exc: RaftmeshError | None = None) -> None:
