@@ -43,6 +43,7 @@ from raftmesh.consensus.messages import Activation, Mailbox, Published
 from raftmesh.consensus.results import ActivationChanged, Event, Result, TopicPublished
 from raftmesh.errors import DeadlineExceeded, FailedPrecondition
 from raftmesh.localcluster import free_ports
+from raftmesh.messaging import streams
 from raftmesh.messaging.api import Refused
 from raftmesh.messaging.intake import Intake
 from raftmesh.messaging.links import TO_ACTOR, Lane, Link, Out
@@ -977,5 +978,29 @@ def test_a_message_sent_but_unacknowledged_when_its_ttl_passes_says_its_receiver
             finally:
                 await asyncio.to_thread(proxy.unblock)
                 await c.stop()
+
+    asyncio.run(main())
+
+
+def test_a_stream_that_never_greets_is_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams, "HELLO_TIMEOUT_S", 0.3)
+
+    async def main() -> None:
+        c = await start()
+        try:
+
+            async def silent() -> Any:
+                await asyncio.sleep(30)
+                yield pb.PeerFrame()
+
+            async with grpc.aio.insecure_channel(c.addrs["n2"]) as ch:
+                call = pb_grpc.PeerStub(ch).Exchange(silent())
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    async with asyncio.timeout(10):
+                        async for _ in call:
+                            pass
+                assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
+        finally:
+            await c.stop()
 
     asyncio.run(main())
