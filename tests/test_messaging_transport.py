@@ -45,7 +45,7 @@ from raftmesh.errors import DeadlineExceeded, FailedPrecondition
 from raftmesh.localcluster import free_ports
 from raftmesh.messaging import streams
 from raftmesh.messaging.api import Refused
-from raftmesh.messaging.intake import Intake
+from raftmesh.messaging.intake import Intake, Verdict
 from raftmesh.messaging.links import TO_ACTOR, Lane, Link, Out
 from raftmesh.messaging.router import MessageRouter
 from raftmesh.node.decoding import guarded
@@ -241,12 +241,23 @@ def test_intake_takes_each_lane_in_order_and_drops_duplicates() -> None:
     assert not it.check(lane, 5, 5, ("m5x", "b/1")).deliver  # below next: a duplicate
     assert it.check(lane, 6, 6, ("m6", "b/1")).deliver
     it.taken(lane, 6, ("m6", "b/1"))
-    assert not it.check(lane, 9, 9, ("m6", "b/1")).deliver  # an id seen before
+    assert not it.check(lane, 10, 9, ("m6", "b/1")).deliver  # an id seen before
     assert it.check(lane, 9, 9, ("m9", "b/1")).deliver  # the sender gave up on 7 and 8 (base moved)
     for i in range(5):  # lanes are bounded; a forgotten one restarts at the base
         it.taken(("n1", "i", "a/1", f"x/{i}", 0), 1, (f"y{i}", f"x/{i}"))
     assert len(it) == 2
     assert it.check(lane, 9, 9, ("m9", "b/1")).deliver
+
+
+def test_intake_a_duplicate_id_at_a_lanes_next_number_moves_the_lane_past_it() -> None:
+    """The same message sent again under a new lane number (its lane was forgotten and made
+    again): dropped by id, and the next number is taken at once, with no refusal round trip."""
+    it = Intake()
+    lane = ("n1", "i", "a/1", "b/1", 0)
+    assert it.check(lane, 1, 1, ("m1", "b/1")).deliver
+    it.taken(lane, 1, ("m1", "b/1"))
+    assert it.check(lane, 2, 2, ("m1", "b/1")) == Verdict(False)
+    assert it.check(lane, 3, 2, ("m3", "b/1")).deliver
 
 
 def test_a_link_sends_higher_priority_lanes_first_and_rewinds_what_a_stream_lost() -> None:
