@@ -32,6 +32,7 @@ from raftmesh.consensus.messages import Activation, DeadMessage, Mailbox, Queued
 from raftmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.messaging import MessageRouter
+from raftmesh.messaging.router import PUBLIC_COUNTERS
 from raftmesh.node.access import NodeAccess
 from raftmesh.node.messages_service import MessagesService, client_sender, send_request_id, subscriber_error
 from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
@@ -413,6 +414,12 @@ def test_both_paths_deliver_in_order_per_sender_and_the_cli_shapes(actors3: Loca
     reply = json.loads(req.stdout)
     assert reply["payload"]["state"]["n"] == 1 and reply["epoch"] > 0 and reply["correlation_id"]
     acts = json.loads(cli("actors", "--prefix", "tally/", "--json", addresses=addrs).stdout)["activations"]
+    # Every node's fast-path counters, in its status: the 20 fast sends went through some node.
+    counted = [
+        json.loads(cli("status", "--json", addresses=a).stdout)["messaging"] for a in actors3.addresses
+    ]
+    assert all(set(n) == set(PUBLIC_COUNTERS) for n in counted), counted
+    assert sum(n["sent"] for n in counted) >= 20 and sum(n["delivered"] for n in counted) >= 20, counted
     assert {a["address"] for a in acts} == {"tally/o", "tally/cli"}
     with grpc.insecure_channel(actors3.addresses[0]) as ch:  # served, and listed by reflection
         assert "raftmesh.v1.Messages" in ProtoReflectionDescriptorDatabase(ch).get_services()

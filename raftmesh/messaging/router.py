@@ -67,6 +67,22 @@ ACTIVATE_TIMEOUT_S = 5.0
 NO_ROOM_RECHECK_S = (0.5, 4.0)
 """While the replica says no node can take an address, it is checked again on every membership or
 activation change, and at least this often (doubling): no ``Activate`` goes to the log for it."""
+PUBLIC_COUNTERS = (
+    "sent",
+    "delivered",
+    "duplicates",
+    "out_of_order",
+    "late_replies",
+    "stale_replies",
+    "request_timeouts",
+    "dead_lettered",
+    "dead_letters_dropped",
+    "broadcasts_dropped",
+)
+"""``stats`` counters shown to users: messages this node sent and delivered to its actors,
+duplicates and out-of-order messages it dropped or refused, replies too late or from an older
+activation, requests that timed out, dead letters (and those dropped unrecorded), and topic
+broadcasts to other nodes' client streams that were dropped."""
 _FINAL_ACTIVATE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
 """``Activate`` rejections that do not change by retrying, unless some member offers the type
 (then no up node has room yet: the message waits, until its TTL, for one that does)."""
@@ -876,6 +892,10 @@ class MessageRouter:
         if why:
             raise InvalidArgument(why)
         return self._topics.subscribe(topic, from_start)
+
+    def counters(self) -> dict[str, int]:
+        """The counters a user sees (``raftmesh status --json`` ``messaging``)."""
+        return {k: self.stats[k] for k in PUBLIC_COUNTERS}
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.stats)

@@ -454,4 +454,5 @@ class NodeRuntime:
             digest=digest,
             snapshots_loaded=self.raft.snapshots_loaded,
             log_entries=self.raft.log_entries,
+            messaging=self.router.counters(),
         )
