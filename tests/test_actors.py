@@ -27,7 +27,7 @@ from raftmesh.agents._registry import DuplicateAgentError
 from raftmesh.clock import ManualClock
 from raftmesh.consensus import limits
 from raftmesh.consensus.commands import Message, SendMessages
-from raftmesh.consensus.messages import Activation, Mailbox, Queued
+from raftmesh.consensus.messages import Activation, Mailbox, Queued, reply_key
 from raftmesh.consensus.results import MessagesSent
 from raftmesh.consensus.state import ClusterState, Member
 from raftmesh.messaging.router import MessageRouter
@@ -461,7 +461,7 @@ def test_durable_request_is_answered_through_the_log(node: Any) -> None:
         node, node.router.request(_out(node, "dq1", "counter/d", "x", durable=True, reply_to="n1"), 10.0)
     )
     assert reply.payload["n"] == 1 and reply.correlation_id == "dq1"
-    kept = node.reads.read(lambda st: st.messages.replies.get("dq1"))
+    kept = node.reads.read(lambda st: st.messages.replies.get(reply_key("client:test", "dq1")))
     assert kept is not None and kept[1].payload == reply.payload
 
 

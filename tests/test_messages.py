@@ -32,7 +32,7 @@ from raftmesh.consensus.commands import (
     SubscribeTopic,
     Tick,
 )
-from raftmesh.consensus.messages import Activation, in_delivery_order
+from raftmesh.consensus.messages import Activation, in_delivery_order, reply_key
 from raftmesh.consensus.results import (
     ActivationChanged,
     ActivationResult,
@@ -230,7 +230,9 @@ def test_an_ack_commits_the_turn_atomically_and_once(c: Mesh) -> None:
     assert c.st.kv.get("actors/room/a").value == {"n": 1}  # type: ignore[union-attr]
     assert len(c.queued("ledger/x")) == 1 and c.queued("room/a") == []
     assert "room/a" not in c.st.messages.mailboxes
-    kept = c.st.messages.replies["req-9"][1]
+    # Kept for the request's sender (ids are per sender): another's request "req-9" is not answered by it.
+    assert list(c.st.messages.replies) == [reply_key("client:t", "req-9")]
+    kept = c.st.messages.replies[reply_key("client:t", "req-9")][1]
     assert (kept.epoch, kept.reply_to) == (c.act("room/a").epoch, "n2")
     assert ReplyCommitted(res.revision, "req-9", "n2") in c.events
     # Redelivered and handled again: the same seq applies nothing.
@@ -434,8 +436,8 @@ def test_replies_are_kept_once_and_forgotten_by_age_and_count(
     for i in range(3):
         c.ok(c.ack("room/a", 0, reply=c.msg("", i, correlation_id=f"q{i}", reply_to="n2")))
     c.ok(c.ack("room/a", 0, reply=c.msg("", "again", correlation_id="q2")))
-    assert list(c.st.messages.replies) == ["q1", "q2"]
-    assert c.st.messages.replies["q2"][1].payload == 2  # the first answer stands
+    assert list(c.st.messages.replies) == [reply_key("", "q1"), reply_key("", "q2")]
+    assert c.st.messages.replies[reply_key("", "q2")][1].payload == 2  # the first answer stands
     c.ts += limits.REPLY_RETENTION_MS + 1
     c.renew("n1", ("room/a", c.act("room/a").epoch))
     c.tick(c.ts)

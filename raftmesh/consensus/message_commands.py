@@ -47,6 +47,7 @@ from .messages import (
     message_error,
     publish_targets,
     reply_error,
+    reply_key,
     split_address,
 )
 from .results import (
@@ -231,11 +232,12 @@ def _unqueue(store: MessageStore, box: Mailbox, seq: int) -> Queued:
     return q
 
 
-def _keep_reply(ctx: ApplyContext, reply: Message, rev: int) -> None:
+def _keep_reply(ctx: ApplyContext, reply: Message, requester: str, rev: int) -> None:
     store = ctx.state.messages
     now = ctx.state.time_ms
-    if reply.correlation_id not in store.replies:  # the first answer stands (a retried request reads it)
-        store.replies[reply.correlation_id] = (now, reply)
+    key = reply_key(requester, reply.correlation_id)
+    if key not in store.replies:  # the first answer stands (a retried request reads it)
+        store.replies[key] = (now, reply)
         ctx.emit(ReplyCommitted(rev, reply.correlation_id, reply.reply_to))
     trim_replies(store, now)
 
@@ -298,7 +300,9 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
         _commit_sends(ctx, plan, rev)
     if cmd.reply is not None:
         reply_to = cmd.reply.reply_to or (q.message.reply_to if q else "")
-        _keep_reply(ctx, replace(cmd.reply, epoch=cmd.epoch, reply_to=reply_to), rev)
+        # Keyed by who asked (the queued request's sender): ids are per sender.
+        requester = q.message.sender if q is not None else cmd.reply.target
+        _keep_reply(ctx, replace(cmd.reply, epoch=cmd.epoch, reply_to=reply_to), requester, rev)
     store.compact()
     return MessageAcked(True, rev)
 
