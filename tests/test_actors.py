@@ -21,7 +21,7 @@ import pytest
 
 import raftmesh
 from raftmesh.agents import ActorContext, AgentDefinitionError, AgentRegistry, load_agents
-from raftmesh.agents._actors import ActorHost, _Worker, state_key
+from raftmesh.agents._actors import MAX_HANDLER_ATTEMPTS, ActorHost, _Worker, state_key
 from raftmesh.agents._loader import AgentLoadError
 from raftmesh.agents._registry import DuplicateAgentError
 from raftmesh.clock import ManualClock
@@ -33,6 +33,8 @@ from raftmesh.consensus.state import ClusterState, Member
 from raftmesh.messaging.router import MessageRouter
 from raftmesh.node.reads import ReadView
 from raftmesh.node.runtime import actor_offers
+from tests.test_messages import Mesh
+from tests.test_node_units import MachineWriter, reads_of
 
 HERE = os.path.dirname(__file__)
 AGENTS = os.path.join(HERE, "actor_agents.py")
@@ -279,6 +281,86 @@ def test_applied_events_wake_the_worker_or_ask_for_a_reconcile() -> None:
     host._wake.clear()
     host.applied([])  # the state was replaced (a snapshot): reconcile everything
     assert host._wake.is_set()
+
+
+# ---- turns against the real state machine (a one-node log, no I/O) --------------------------
+
+
+class _SteppingClock(ManualClock):
+    """Time moves only by the code's own sleeps: a backoff ends at once, its length on the clock."""
+
+    async def sleep(self, seconds: float) -> None:
+        self.advance(max(seconds, 0.0))
+        await asyncio.sleep(0)
+
+
+def _machine_host() -> tuple[Mesh, ActorHost, _SteppingClock]:
+    """A host of node n1 (incarnation inc1) whose writes apply to a real state machine."""
+    c = Mesh()
+    c.ok(c.node("n1", "counter", "relay", "asker", "flaky", incarnation="inc1"))
+    clock = _SteppingClock(start_ms=c.ts)
+    reg = load_agents([AGENTS], entry_points=False)
+    reads = reads_of(c.sm)
+    writer = MachineWriter(c.sm)
+    router = MessageRouter("n1", "inc1", reads, writer, clock, lambda n: None)  # type: ignore[arg-type]
+    host = ActorHost("n1", "inc1", reg, reads, writer, clock, router, ready=lambda: False)  # type: ignore[arg-type]
+    return c, host, clock
+
+
+def _machine_worker(c: Mesh, host: ActorHost, address: str) -> _Worker:
+    a = c.act(address)
+    w = _Worker(address, a.epoch, host._actors[address.split("/")[0]], host._clock.monotonic() + 1000)
+    w.instance = w.adef.cls()
+    host._workers[address] = w
+    return w
+
+
+async def _turns(host: ActorHost, w: _Worker, most: int) -> int:
+    """Run up to ``most`` turns (fewer if the worker has nothing left); how many ran."""
+    for n in range(most):
+        item = host._next(w)
+        if item is None:
+            return n
+        await host._turn(w, *item)
+    return most
+
+
+def test_a_full_downstream_mailbox_holds_the_turn_back_instead_of_dead_lettering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "MAX_MAILBOX_MESSAGES", 1)
+    c, host, clock = _machine_host()
+    c.sent(c.msg("counter/b", 0, durable=True))
+    seq = c.sent(c.msg("relay/a", {"to": "counter/b", "value": 1}, durable=True, id="d1")).seqs[0]
+    w = _machine_worker(c, host, "relay/a")
+
+    async def go() -> None:
+        start = clock.monotonic()
+        assert await _turns(host, w, 5) == 5  # every turn's ack meets the full mailbox
+        assert c.queued("relay/a") == [seq] and host.stats["held_back"] == 5
+        assert host.stats["dead_lettered"] == 0 and not c.st.messages.dead_letters
+        assert clock.monotonic() - start > 5 * 0.2  # the backoff grows
+        c.ok(c.ack("counter/b", c.queued("counter/b")[0]))  # room again
+        assert await _turns(host, w, 5) == 1
+        assert c.queued("relay/a") == [] and len(c.queued("counter/b")) == 1
+        assert not w.held and not w.failures
+
+    asyncio.run(go())
+
+
+def test_a_turn_whose_ack_is_rejected_for_good_is_dead_lettered_after_the_attempts() -> None:
+    c, host, _ = _machine_host()
+    c.sent(c.msg("relay/a", {"to": "nobody/x", "value": 1}, durable=True, id="d1"))
+    w = _machine_worker(c, host, "relay/a")
+
+    async def go() -> None:
+        # FAILED_PRECONDITION (no node offers "nobody"): not back-pressure, so each counts.
+        assert await _turns(host, w, 10) == MAX_HANDLER_ATTEMPTS
+        assert c.queued("relay/a") == []
+        assert host.stats["dead_lettered"] == 1 and host.stats["held_back"] == 0
+        assert not w.failures
+
+    asyncio.run(go())
 
 
 def test_state_key() -> None:

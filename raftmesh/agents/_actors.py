@@ -19,9 +19,12 @@ local clock (last renewal sent + lease - ``LEASE_MARGIN_S``), so a cut-off node 
 before another node is granted the address. The state machine's epoch fencing is what
 makes a late write harmless anyway.
 
-A handler that raises is tried again (``MAX_HANDLER_ATTEMPTS`` in all, state rolled
-back each time); then the message is dead-lettered with the error (a request gets an
-error reply) and acknowledged, so one bad message never blocks a mailbox.
+A handler that raises, or whose ack is rejected (other than for back-pressure), is tried
+again (``MAX_HANDLER_ATTEMPTS`` in all, state rolled back each time); then the message is
+dead-lettered with the error (a request gets an error reply) and acknowledged, so one bad
+message never blocks a mailbox. An ack rejected for a full mailbox or KV
+(RESOURCE_EXHAUSTED) is back-pressure: the turn is tried again with a growing backoff
+until the message's TTL ends it.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ MAX_HANDLER_ATTEMPTS = 3
 MAX_INFLIGHT_ACKS = 64
 """Effect-free acks (a turn that changed nothing but its mailbox) in flight per activation."""
 RETRY_BACKOFF_S = 0.2
+MAX_HELD_BACKOFF_S = 5.0
+"""The longest wait before a turn whose ack met a full mailbox or KV is tried again."""
 
 
 def state_key(address: str) -> str:
@@ -249,6 +254,9 @@ class _Worker:
     handled: dict[int, None] = field(default_factory=dict)
     """Durable seqs acked here that the replica may still show queued."""
     failures: dict[str, int] = field(default_factory=dict)
+    """Message id -> handler attempts that failed (raised, or their ack was rejected)."""
+    held: dict[str, int] = field(default_factory=dict)
+    """Message id -> turns whose ack met back-pressure (RESOURCE_EXHAUSTED)."""
     inflight: set[asyncio.Task[None]] = field(default_factory=set)
     """Effect-free acks being committed while the next turns run."""
     task: asyncio.Task[None] | None = None
@@ -304,6 +312,7 @@ class ActorHost:
             "acks_not_applied": 0,
             "fenced": 0,
             "handler_errors": 0,
+            "held_back": 0,
             "dead_lettered": 0,
             "activated": 0,
             "deactivated": 0,
@@ -664,8 +673,8 @@ class ActorHost:
             w.state = before
             await self._handler_failed(w, msg, seq, arrival, exc)
             return
-        w.failures.pop(msg.id, None)
         if seq == 0 and not ops and not sends and (reply is None or not msg.durable):
+            self._succeeded(w, msg)
             if reply is not None:
                 self.router.reply(reply)
             return
@@ -681,6 +690,7 @@ class ActorHost:
             reply=reply if msg.durable else None,
         )
         if seq and not ops and not sends and reply is None:
+            self._succeeded(w, msg)  # nothing of it can be rejected but a lost activation
             await self._ack_in_background(w, cmd)
             return
         res = await self._commit(w, cmd)
@@ -688,6 +698,7 @@ class ActorHost:
             return
         if isinstance(res, MessageAcked):
             self.stats["acks"] += 1
+            self._succeeded(w, msg)
             if seq:
                 w.handled[seq] = None
             if not res.applied:  # handled before (a redelivery): its first turn's effects stand
@@ -700,10 +711,35 @@ class ActorHost:
             if reply is not None and not msg.durable:
                 self.router.reply(reply)
             return
-        # Rejected, not fenced: the turn's effects are not acceptable (a full mailbox, a limit).
+        # Rejected, not fenced: the turn's effects are not acceptable. A full mailbox or KV is
+        # back-pressure: the turn is tried again later, until the message's TTL ends it. Any
+        # other rejection (an unknown target type, too many writes) will not pass on a retry:
+        # it counts as a handler failure, so the message is dead-lettered after the attempts.
         w.state = before
         assert isinstance(res, Rejected)
+        if res.code is Code.RESOURCE_EXHAUSTED:
+            await self._held_back(w, msg, seq, arrival, res)
+            return
         await self._handler_failed(w, msg, seq, arrival, res.error())
+
+    def _succeeded(self, w: _Worker, msg: Message) -> None:
+        """The turn of ``msg`` is done (its ack applied, or it needed none): forget its failures."""
+        w.failures.pop(msg.id, None)
+        w.held.pop(msg.id, None)
+
+    async def _held_back(self, w: _Worker, msg: Message, seq: int, arrival: int, res: Rejected) -> None:
+        """The turn's effects met a full mailbox or KV: try the message again after a backoff
+        that grows to ``MAX_HELD_BACKOFF_S``. Its TTL bounds the retries (an expired durable one
+        is the tick's to dead-letter; an expired fast one ``_next`` dead-letters)."""
+        n = w.held.get(msg.id, 0) + 1
+        if len(w.held) >= limits.MAX_INBOX_MESSAGES:  # ones that expired before their retry
+            w.held.clear()
+        w.held[msg.id] = n
+        self.stats["held_back"] += 1
+        log.info("actor %s: the turn of message %s is held back (%d): %s", w.address, msg.id, n, res.message)
+        if seq == 0:
+            heapq.heappush(w.inbox, (-msg.priority, arrival, msg))
+        await self._clock.sleep(min(RETRY_BACKOFF_S * 2 ** min(n, 8), MAX_HELD_BACKOFF_S))
 
     async def _ack_in_background(self, w: _Worker, cmd: AckMessage) -> None:
         """An ack that carries nothing but the mailbox seq does not hold the next turn up.
