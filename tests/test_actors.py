@@ -359,6 +359,11 @@ def test_a_turn_whose_ack_is_rejected_for_good_is_dead_lettered_after_the_attemp
         assert c.queued("relay/a") == []
         assert host.stats["dead_lettered"] == 1 and host.stats["held_back"] == 0
         assert not w.failures
+        # Dead-lettered by the ack that unqueued it (one command), not by a later batch.
+        [dead] = c.st.messages.dead_letters
+        assert dead.letter.message.id == "d1" and dead.node == "n1"
+        assert dead.letter.reason.startswith(f"handler failed {MAX_HANDLER_ATTEMPTS} times: FailedPrecondition")
+        assert not host.router._dead  # type: ignore[attr-defined]
 
     asyncio.run(go())
 

@@ -809,13 +809,15 @@ class ActorHost:
             return
         w.failures.pop(msg.id, None)
         reason = f"handler failed {MAX_HANDLER_ATTEMPTS} times: {error_payload(exc)['error']}"
-        self._dead_letter(msg, reason)
+        reason = reason[: limits.MAX_DEAD_LETTER_REASON_CHARS]
         reply = (
             reply_to(msg, w.address, w.epoch, error_payload(exc), self._clock.now_ms(), error=True)
             if msg.reply_to
             else None
         )
         if seq:
+            # Unqueued and dead-lettered by one command: a crash cannot lose the dead letter, and
+            # a fenced ack leaves the message queued for the next activation, not dead-lettered.
             cmd = AckMessage(
                 f"ack-{uuid.uuid4().hex}",
                 self._clock.now_ms(),
@@ -824,10 +826,16 @@ class ActorHost:
                 epoch=w.epoch,
                 seq=seq,
                 reply=reply if msg.durable else None,
+                dead_letter=reason,
             )
             res = await self._commit(w, cmd)
             if isinstance(res, MessageAcked):
                 w.handled[seq] = None
+                if res.applied:
+                    self.stats["dead_lettered"] += 1
+                    log.warning("message %s to %s dead-lettered: %s", msg.id, w.address, reason)
+        else:
+            self._dead_letter(msg, reason)
         if reply is not None and not msg.durable:
             self.router.reply(reply)
 

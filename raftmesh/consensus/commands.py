@@ -1134,7 +1134,9 @@ class AckMessage(Command):
     Applied only if ``epoch`` is ``address``'s current activation (else ABORTED) and ``seq`` is
     still queued in its mailbox (any queued one: a handler takes the highest priority first); an
     ack of a message already acknowledged or expired changes nothing (effect-once). ``reply`` (a request's answer) is kept for ``limits.REPLY_RETENTION_MS``
-    so a requester that retries gets it.
+    so a requester that retries gets it. ``dead_letter`` (a reason; with a ``seq``) records the
+    message as a dead letter as it is unqueued: the handler gave up on it, in one command so
+    it is never both handled and dead-lettered, nor lost between the two.
     """
 
     TAG: ClassVar[str] = "ack_message"
@@ -1145,9 +1147,10 @@ class AckMessage(Command):
     kv: tuple[KvOp, ...] = ()
     sends: tuple[Message, ...] = ()
     reply: Message | None = None
+    dead_letter: str = ""
 
     def _fields(self) -> dict[str, Any]:
-        return {
+        out = {
             "node_id": self.node_id,
             "address": self.address,
             "epoch": self.epoch,
@@ -1156,6 +1159,9 @@ class AckMessage(Command):
             "sends": [x.encode() for x in self.sends],
             "reply": self.reply.encode() if self.reply else None,
         }
+        if self.dead_letter:  # only when set: entries written before the field decode the same
+            out["dead_letter"] = self.dead_letter
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -1248,6 +1254,7 @@ def _decode_ack(m: dict[str, Any], rid: str, ts: int) -> AckMessage:
         kv=_ops(_get(m, "kv", (list, tuple))),
         sends=_messages(_get(m, "sends", (list, tuple))),
         reply=Message.decode(reply) if reply is not None else None,
+        dead_letter=_get(m, "dead_letter", str) if "dead_letter" in m else "",
     )
 
 
