@@ -26,7 +26,7 @@ from raftmesh.agents._loader import AgentLoadError
 from raftmesh.agents._registry import DuplicateAgentError
 from raftmesh.clock import ManualClock
 from raftmesh.consensus import limits
-from raftmesh.consensus.commands import Message, SendMessages
+from raftmesh.consensus.commands import AckMessage, Message, SendMessages
 from raftmesh.consensus.messages import Activation, Mailbox, Queued
 from raftmesh.consensus.results import MessagesSent
 from raftmesh.consensus.state import ClusterState, Member
@@ -344,6 +344,42 @@ def test_a_full_downstream_mailbox_holds_the_turn_back_instead_of_dead_lettering
         assert await _turns(host, w, 5) == 1
         assert c.queued("relay/a") == [] and len(c.queued("counter/b")) == 1
         assert not w.held and not w.failures
+
+    asyncio.run(go())
+
+
+class _RecordingWriter(MachineWriter):
+    """Applies to the real machine and keeps what was proposed."""
+
+    def __init__(self, sm: Any) -> None:
+        super().__init__(sm)
+        self.cmds: list[Any] = []
+
+    async def propose(self, cmd: Any, timeout_s: float | None = None) -> Any:
+        self.cmds.append(cmd)
+        return await super().propose(cmd, timeout_s)
+
+
+def test_a_turn_run_again_sends_the_same_message_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids derive from (sender, handled message, n-th send): a retried turn's sends dedup."""
+    monkeypatch.setattr(limits, "MAX_MAILBOX_MESSAGES", 1)
+    c, host, _ = _machine_host()
+    writer = _RecordingWriter(c.sm)
+    host._writer = writer
+    c.sent(c.msg("counter/b", 0, durable=True))
+    c.sent(c.msg("relay/a", {"to": "counter/b", "value": 1}, durable=True, id="d1"))
+    w = _machine_worker(c, host, "relay/a")
+
+    async def go() -> None:
+        assert await _turns(host, w, 2) == 2  # d1 twice: held back by the full mailbox
+        c.ok(c.ack("counter/b", c.queued("counter/b")[0]))
+        assert await _turns(host, w, 1) == 1  # d1 again: applied
+        c.ok(c.ack("counter/b", c.queued("counter/b")[0]))
+        c.sent(c.msg("relay/a", {"to": "counter/b", "value": 2}, durable=True, id="d2"))
+        assert await _turns(host, w, 1) == 1  # d2
+        ids = [cmd.sends[0].id for cmd in writer.cmds if isinstance(cmd, AckMessage)]
+        assert len(ids) == 4 and ids[0] == ids[1] == ids[2] != ids[3]
+        assert c.queued("relay/a") == []
 
     asyncio.run(go())
 

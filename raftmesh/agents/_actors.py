@@ -66,7 +66,7 @@ from ..consensus.results import (
 from ..consensus.state import ClusterState
 from ..errors import InvalidArgument, RaftmeshError
 from ..messaging.api import Refused
-from ._messaging import ERROR_REPLY_TYPE, Messenger, Router, error_payload, new_message_id
+from ._messaging import ERROR_REPLY_TYPE, Messenger, Router, derived_message_id, error_payload
 from ._registry import ActorDef, AgentRegistry
 from ._task_clients import Reader, Writer
 
@@ -101,7 +101,7 @@ def reply_to(
     a client has none."""
     target = msg.sender if msg.sender and not limits.address_error("", msg.sender) else ""
     return Message(
-        id=new_message_id(),
+        id=derived_message_id("reply", address, msg.id),
         sender=address,
         target=target,
         type=ERROR_REPLY_TYPE if error else msg.type,
@@ -630,6 +630,9 @@ class ActorHost:
             Fence(actor=w.address, token=w.epoch),
             trace_id=msg.trace_id if msg is not None else "",
             buffer=sends,
+            # What a turn sends is named by what it handles (an ``on_activate`` by its epoch), so
+            # a turn run again after a crash, a handler error or a redelivery sends the same ids.
+            id_seed=f"{w.address}\x00{msg.id}" if msg is not None else f"{w.address}\x00activate@{w.epoch}",
         )
         ctx = ActorContext(
             w.address,

@@ -10,6 +10,8 @@ fenced by the sender's epoch or attempt token.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import uuid
 from typing import Any, Protocol
 
@@ -45,6 +47,14 @@ def new_message_id() -> str:
     return uuid.uuid4().hex
 
 
+def derived_message_id(*parts: object) -> str:
+    """A message id that is the same whenever ``parts`` are: what a retried or redelivered turn
+    sends again carries the id its first try sent, so the receiver's dedup (fast) and the kept
+    reply (durable request) make it count once."""
+    h = hashlib.sha256("\x00".join(str(p) for p in parts).encode())
+    return h.hexdigest()[:32]
+
+
 def error_payload(exc: BaseException) -> dict[str, str]:
     return {"error": f"{type(exc).__name__}: {exc}"[: limits.MAX_ERROR_CHARS]}
 
@@ -69,6 +79,7 @@ class Messenger:
         fence: Fence | None,
         trace_id: str = "",
         buffer: list[Message] | None = None,
+        id_seed: str = "",
     ) -> None:
         self._router = router
         self._clock = clock
@@ -78,6 +89,10 @@ class Messenger:
         self.trace_id = trace_id
         self.buffer = buffer
         """Durable sends and publishes wait here for the turn's ack (None: committed at once)."""
+        self.id_seed = id_seed
+        """Set: the n-th message gets an id derived from (seed, n, target, topic), so a turn run
+        again for the same message sends the same ids (else each message gets a random one)."""
+        self._sent = 0
 
     def message(
         self,
@@ -92,8 +107,9 @@ class Messenger:
         source: str = "",
         reply_to: str = "",
     ) -> Message:
+        n, self._sent = self._sent, self._sent + 1
         msg = Message(
-            id=new_message_id(),
+            id=derived_message_id(self.id_seed, n, target, topic) if self.id_seed else new_message_id(),
             sender=self.sender,
             target=target,
             topic=topic,
@@ -163,6 +179,11 @@ class Messenger:
             ttl_ms=max(1, int(timeout_s * 1000)),
             reply_to=self.node_id,
         )
+        if not durable:
+            # A fast request asked again must reach the handler again: the receiver would drop a
+            # repeated id as a duplicate and the retried turn would wait for no answer. A durable
+            # one keeps its derived id: asked again, it finds the reply the log kept.
+            msg = dataclasses.replace(msg, id=new_message_id())
         try:
             # The router has its own deadline; this one guards against a router that never answers.
             async with asyncio.timeout(timeout_s + 5.0):
