@@ -26,7 +26,7 @@ from raftmesh.agents._loader import AgentLoadError
 from raftmesh.agents._registry import DuplicateAgentError
 from raftmesh.clock import ManualClock
 from raftmesh.consensus import limits
-from raftmesh.consensus.commands import AckMessage, Message, SendMessages
+from raftmesh.consensus.commands import AckMessage, Activate, Message, SendMessages
 from raftmesh.consensus.messages import Activation, Mailbox, Queued
 from raftmesh.consensus.results import MessagesSent
 from raftmesh.consensus.state import ClusterState, Member
@@ -380,6 +380,48 @@ def test_a_turn_run_again_sends_the_same_message_ids(monkeypatch: pytest.MonkeyP
         ids = [cmd.sends[0].id for cmd in writer.cmds if isinstance(cmd, AckMessage)]
         assert len(ids) == 4 and ids[0] == ids[1] == ids[2] != ids[3]
         assert c.queued("relay/a") == []
+
+    asyncio.run(go())
+
+
+def test_a_fast_message_arriving_while_a_deactivation_waits_is_refused_retryable() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    w = _machine_worker(c, host, "counter/a")
+
+    async def go() -> None:
+        gate = asyncio.Event()
+        last_ack = asyncio.get_running_loop().create_task(gate.wait())  # a turn's background ack
+        w.inflight.add(last_ack)
+        d = asyncio.get_running_loop().create_task(host._deactivate(w))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        refused = host.accept(_msg("late", sent_ms=clock.now_ms()))
+        assert refused is not None and refused.retry and "deactivated" in refused.reason
+        gate.set()
+        assert await d
+        assert not host.router._dead and "counter/a" not in c.st.messages.activations  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+
+
+def test_a_newer_epoch_on_the_same_node_keeps_the_fast_inbox() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    epoch = c.act("counter/a").epoch
+
+    async def go() -> None:
+        old = _Worker("counter/a", epoch - 1, host._actors["counter"], clock.monotonic() + 100)
+        host._workers["counter/a"] = old
+        m = _msg("waiting", sent_ms=clock.now_ms())
+        heapq.heappush(old.inbox, (0, 1, m))
+        host._ready = lambda: True
+        host._reconcile()
+        new = host._workers["counter/a"]
+        assert new is not old and new.epoch == epoch and old.stopped
+        assert [x for _, _, x in new.inbox] == [m] and not host.router._dead  # type: ignore[attr-defined]
+        host._stop(new, "test over", forward=False)
+        await asyncio.sleep(0)
 
     asyncio.run(go())
 

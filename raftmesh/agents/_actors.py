@@ -306,6 +306,8 @@ class ActorHost:
         self._wake = asyncio.Event()
         self._renew_now = asyncio.Event()
         self._arrivals = itertools.count()
+        self._forwarding: set[asyncio.Task[None]] = set()
+        """Fast messages of a stopped worker being sent on to the address's next activation."""
         self.stats: dict[str, int] = {
             "turns": 0,
             "acks": 0,
@@ -317,6 +319,7 @@ class ActorHost:
             "activated": 0,
             "deactivated": 0,
             "refused": 0,
+            "forwarded": 0,
         }
 
     # ---- what the router and the runtime call --------------------------------------
@@ -405,10 +408,10 @@ class ActorHost:
                 except Exception:
                     log.exception("actor host reconcile failed")
         finally:
-            for t in helpers:
+            for t in helpers + list(self._forwarding):
                 t.cancel()
             for w in list(self._workers.values()):
-                self._stop(w, "the node is stopping")
+                self._stop(w, "the node is stopping", forward=False)
 
     # ---- reconcile ----------------------------------------------------------------------
 
@@ -444,9 +447,13 @@ class ActorHost:
         if not self._ready():
             return
         plan = self._reads.read(self.decide)
+        restarted = {a.address for a in plan.start}
+        carried: dict[str, list[tuple[int, int, Message]]] = {}
         for address in plan.stop:
             w = self._workers.get(address)
             if w is not None:
+                if address in restarted:  # a newer epoch here: its fast messages stay here
+                    carried[address], w.inbox = w.inbox, []
                 self._stop(w, "the cluster no longer has it here")
         now_ms, mono = self._clock.now_ms(), self._clock.monotonic()
         for a in plan.start:
@@ -460,6 +467,7 @@ class ActorHost:
                 mono + left_ms / 1000 - LEASE_MARGIN_S,
             )
             w.last_active = mono
+            w.inbox = carried.pop(a.address, [])
             self._workers[a.address] = w
             w.task = asyncio.get_running_loop().create_task(self._work(w), name=f"actor {a.address}")
             self.stats["activated"] += 1
@@ -469,7 +477,7 @@ class ActorHost:
         for address in plan.wake:
             self._workers[address].wake.set()
 
-    def _stop(self, w: _Worker, why: str) -> None:
+    def _stop(self, w: _Worker, why: str, forward: bool = True) -> None:
         if self._workers.get(w.address) is w:
             del self._workers[w.address]
         if w.stopped:
@@ -480,9 +488,31 @@ class ActorHost:
             w.task.cancel()
         for t in list(w.inflight):  # fenced anyway: the activation is not ours any more
             t.cancel()
-        for _, _, msg in w.inbox:  # never silently: the sender's router sees these as accepted
-            self._dead_letter(msg, f"undeliverable: {w.address} was deactivated on {self.node_id} ({why})")
+        # Accepted (the sender's router will not resend them): sent on to wherever the address
+        # is activated next, through this node's router; dead-lettered only if that fails or
+        # the node is stopping. Never silently.
+        msgs = [m for _, _, m in sorted(w.inbox, key=lambda e: e[:2])]
         w.inbox.clear()
+        if msgs and forward and self._router is not None:
+            self._forward(msgs, f"{w.address} was deactivated on {self.node_id} ({why})")
+        else:
+            for msg in msgs:
+                self._dead_letter(msg, f"undeliverable: {w.address} was deactivated on {self.node_id} ({why})")
+
+    def _forward(self, msgs: list[Message], why: str) -> None:
+        async def go() -> None:
+            for msg in msgs:
+                try:
+                    await self.router.send(msg)
+                    self.stats["forwarded"] += 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._dead_letter(msg, f"undeliverable: {why}; not sent on: {exc}")
+
+        t = asyncio.get_running_loop().create_task(go(), name=f"forward {len(msgs)} from {self.node_id}")
+        self._forwarding.add(t)
+        t.add_done_callback(self._forwarding.discard)
 
     # ---- one activation -----------------------------------------------------------------
 
@@ -843,11 +873,16 @@ class ActorHost:
             self.router.reply(reply)
 
     async def _deactivate(self, w: _Worker) -> bool:
-        """Give an idle activation up (refused while durable messages wait for it)."""
-        if w.inflight:
-            await asyncio.wait(set(w.inflight))
+        """Give an idle activation up (refused while durable messages wait for it).
+
+        ``accept`` refuses (retryable) from the first line on: a fast message taken while the
+        last acks commit would otherwise be dead-lettered with the worker."""
         w.deactivating = True
         try:
+            if w.inflight:
+                await asyncio.wait(set(w.inflight))
+            if w.inbox:  # taken before this began (not by accept since): handle it first
+                return False
             try:
                 res = await self._writer.propose(
                     Deactivate(
