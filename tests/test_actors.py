@@ -426,6 +426,33 @@ def test_a_newer_epoch_on_the_same_node_keeps_the_fast_inbox() -> None:
     asyncio.run(go())
 
 
+def test_a_turn_sends_nothing_at_once_after_its_lease_may_have_ended() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="asker/a"))
+    w = _machine_worker(c, host, "asker/a")
+    m = Message("q1", "client:t", "asker/a", payload={"to": "counter/b", "value": 1}, ttl_ms=60_000, sent_ms=clock.now_ms())
+
+    async def go() -> None:
+        ctx, _ = host._context(w, m)
+        w.valid_until = clock.monotonic()  # not renewed in time (a node cut off mid-turn)
+        for call in (
+            ctx.send("counter/b", 1),
+            ctx.publish("news", 1),
+            ctx.request("counter/b", 1, timeout_s=1.0),
+            ctx.request("counter/b", 1, timeout_s=1.0, durable=True),
+        ):
+            with pytest.raises(raftmesh.errors.StaleToken, match="lease"):
+                await call
+        await ctx.send("counter/b", 1, durable=True)  # buffered: its ack is fenced by the epoch
+        # The turn that met it is not a handler failure: the message waits for a renewed lease.
+        await host._turn(w, m, 0, 7)
+        assert not w.failures and host.stats["handler_errors"] == 0
+        assert [(a, x.id) for _, a, x in w.inbox] == [(7, "q1")]
+        assert not host.router._dead  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+
+
 def test_a_turn_whose_ack_is_rejected_for_good_is_dead_lettered_after_the_attempts() -> None:
     c, host, _ = _machine_host()
     c.sent(c.msg("relay/a", {"to": "nobody/x", "value": 1}, durable=True, id="d1"))

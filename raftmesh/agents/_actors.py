@@ -663,6 +663,7 @@ class ActorHost:
             # What a turn sends is named by what it handles (an ``on_activate`` by its epoch), so
             # a turn run again after a crash, a handler error or a redelivery sends the same ids.
             id_seed=f"{w.address}\x00{msg.id}" if msg is not None else f"{w.address}\x00activate@{w.epoch}",
+            lease_problem=lambda: self._lease_problem(w),
         )
         ctx = ActorContext(
             w.address,
@@ -675,6 +676,18 @@ class ActorHost:
             self._logger(w.address, w.epoch),
         )
         return ctx, sends
+
+    def _lease_problem(self, w: _Worker) -> str:
+        """Why ``w`` must not send at once any more: its lease may have ended by the local clock
+        (a long turn on a node cut off from the leader), so another node may hold the address."""
+        if w.stopped:
+            return f"{w.address} (epoch {w.epoch}) no longer runs on node {self.node_id}"
+        if self._clock.monotonic() >= w.valid_until:
+            return (
+                f"{w.address}'s lease (epoch {w.epoch}) on node {self.node_id} may have ended: "
+                "not renewed in time; its turn sends nothing more"
+            )
+        return ""
 
     async def _turn(self, w: _Worker, msg: Message, seq: int, arrival: int) -> None:
         self.stats["turns"] += 1
@@ -704,6 +717,15 @@ class ActorHost:
             raise
         except Exception as exc:
             w.state = before
+            if self._lease_problem(w):
+                # Not the handler's fault: the turn runs again once the lease is renewed (or the
+                # next activation handles the message). A fast one goes back to the inbox.
+                log.info("actor %s: turn of %s ended: %s", w.address, msg.id, exc)
+                if seq == 0 and w.stopped:
+                    self._forward([msg], f"{w.address} stopped on {self.node_id} during its turn")
+                elif seq == 0:
+                    heapq.heappush(w.inbox, (-msg.priority, arrival, msg))
+                return
             await self._handler_failed(w, msg, seq, arrival, exc)
             return
         if seq == 0 and not ops and not sends and (reply is None or not msg.durable):

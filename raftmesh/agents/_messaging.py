@@ -13,13 +13,14 @@ import asyncio
 import dataclasses
 import hashlib
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..clock import Clock
 from ..consensus import limits
 from ..consensus.commands import Fence, Message
 from ..consensus.messages import message_error
-from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError
+from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, StaleToken
 from ..messaging.api import Sent
 
 ERROR_REPLY_TYPE = "raftmesh.error"
@@ -80,6 +81,7 @@ class Messenger:
         trace_id: str = "",
         buffer: list[Message] | None = None,
         id_seed: str = "",
+        lease_problem: Callable[[], str] | None = None,
     ) -> None:
         self._router = router
         self._clock = clock
@@ -93,6 +95,14 @@ class Messenger:
         """Set: the n-th message gets an id derived from (seed, n, target, topic), so a turn run
         again for the same message sends the same ids (else each message gets a random one)."""
         self._sent = 0
+        self.lease_problem = lease_problem
+        """Why the sender may no longer act ("" while it may): checked before anything leaves
+        at once. The state machine fences only what goes through the log."""
+
+    def _check_lease(self) -> None:
+        why = self.lease_problem() if self.lease_problem is not None else ""
+        if why:
+            raise StaleToken(why)
 
     def message(
         self,
@@ -136,6 +146,7 @@ class Messenger:
                 )
             self.buffer.append(msg)
             return Sent(msg.id)
+        self._check_lease()
         return await self._router.send(msg, self.fence)
 
     async def send(
@@ -179,6 +190,7 @@ class Messenger:
             ttl_ms=max(1, int(timeout_s * 1000)),
             reply_to=self.node_id,
         )
+        self._check_lease()
         if not durable:
             # A fast request asked again must reach the handler again: the receiver would drop a
             # repeated id as a duplicate and the retried turn would wait for no answer. A durable
