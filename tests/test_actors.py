@@ -430,7 +430,14 @@ def test_a_turn_sends_nothing_at_once_after_its_lease_may_have_ended() -> None:
     c, host, clock = _machine_host()
     c.ok(Activate(c.rid(), c.ts, address="asker/a"))
     w = _machine_worker(c, host, "asker/a")
-    m = Message("q1", "client:t", "asker/a", payload={"to": "counter/b", "value": 1}, ttl_ms=60_000, sent_ms=clock.now_ms())
+    m = Message(
+        "q1",
+        "client:t",
+        "asker/a",
+        payload={"to": "counter/b", "value": 1},
+        ttl_ms=60_000,
+        sent_ms=clock.now_ms(),
+    )
 
     async def go() -> None:
         ctx, _ = host._context(w, m)
@@ -467,7 +474,9 @@ def test_a_turn_whose_ack_is_rejected_for_good_is_dead_lettered_after_the_attemp
         # Dead-lettered by the ack that unqueued it (one command), not by a later batch.
         [dead] = c.st.messages.dead_letters
         assert dead.letter.message.id == "d1" and dead.node == "n1"
-        assert dead.letter.reason.startswith(f"handler failed {MAX_HANDLER_ATTEMPTS} times: FailedPrecondition")
+        assert dead.letter.reason.startswith(
+            f"handler failed {MAX_HANDLER_ATTEMPTS} times: FailedPrecondition"
+        )
         assert not host.router._dead  # type: ignore[attr-defined]
 
     asyncio.run(go())

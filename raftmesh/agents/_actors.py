@@ -497,7 +497,9 @@ class ActorHost:
             self._forward(msgs, f"{w.address} was deactivated on {self.node_id} ({why})")
         else:
             for msg in msgs:
-                self._dead_letter(msg, f"undeliverable: {w.address} was deactivated on {self.node_id} ({why})")
+                self._dead_letter(
+                    msg, f"undeliverable: {w.address} was deactivated on {self.node_id} ({why})"
+                )
 
     def _forward(self, msgs: list[Message], why: str) -> None:
         async def go() -> None:

@@ -438,10 +438,7 @@ def record_dead_letters(ctx: ApplyContext, cmd: RecordDeadLetters) -> Result:
         if why:
             break
         bad = dead_letter_error(d.message)
-        if bad:
-            why = f"dead letter {i}: {bad}"
-        else:
-            why = _reason_error(f"dead letter {i}: the reason", d.reason)
+        why = f"dead letter {i}: {bad}" if bad else _reason_error(f"dead letter {i}: the reason", d.reason)
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
     ctx.advance()
