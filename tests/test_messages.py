@@ -144,6 +144,22 @@ def test_register_keeps_actor_offers_sorted_and_checks_their_bounds(c: Mesh) -> 
 # ---- durable sends, placement, activation ----------------------------------------------------
 
 
+def test_offered_types_are_an_index_kept_by_registrations(c: Mesh) -> None:
+    """A send checks its target type against a per-type count (O(1)), not every member."""
+    assert c.st.actor_offers == {"room": 2, "bidder": 1}
+    c.ok(c.node("n2", "bidder", incarnation="inc-2"))  # re-registered with other offers
+    assert c.st.actor_offers == {"room": 1, "bidder": 2}
+    c.ok(c.node("n1", incarnation="inc-2"))
+    assert c.st.actor_offers == {"bidder": 1}
+    assert (
+        "no node offers actor type 'room'"
+        in c.unchanged(c.send(c.msg("room/a")), Code.FAILED_PRECONDITION).message
+    )
+    c.st.actor_offers.clear()
+    c.st.rebuild_indexes()
+    assert c.st.actor_offers == {"bidder": 1}
+
+
 def test_send_activates_the_target_on_the_least_loaded_node(c: Mesh) -> None:
     sent = c.sent(c.msg("room/a"))
     rev = c.st.revision

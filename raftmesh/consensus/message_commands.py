@@ -85,7 +85,7 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
             Code.INVALID_ARGUMENT, f"at most {limits.MAX_MESSAGES_PER_SEND} messages are sent at once"
         ), plan
     now = ctx.now_ms
-    offered: set[str] | None = None
+    offered: dict[str, int] | None = None
     adds: dict[str, int] = {}
     for i, m in enumerate(msgs):
         why = message_error(m)
