@@ -460,6 +460,28 @@ def test_a_turn_sends_nothing_at_once_after_its_lease_may_have_ended() -> None:
     asyncio.run(go())
 
 
+def test_ctx_locks_are_held_by_the_activation_and_fenced_by_its_epoch() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    w = _machine_worker(c, host, "counter/a")
+    old = _Worker("counter/a", w.epoch - 1, w.adef, clock.monotonic() + 100)
+
+    async def go() -> None:
+        ctx, _ = host._context(w, None)
+        assert ctx.locks.owner == f"actor:counter/a@{w.epoch}"
+        token = await ctx.locks.try_acquire("L", ttl_s=10.0)
+        assert token is not None and c.st.locks.locks["L"].holders[ctx.locks.owner].token == token
+        assert await ctx.locks.keep_alive("L", token) > 0
+        deposed, _ = host._context(old, None)
+        with pytest.raises(raftmesh.errors.StaleToken, match="counter/a"):
+            await deposed.locks.try_acquire("M", ttl_s=10.0)
+        assert "M" not in c.st.locks.locks
+        await ctx.locks.release("L", token)
+        assert not c.st.locks.locks.get("L") or not c.st.locks.locks["L"].holders
+
+    asyncio.run(go())
+
+
 def test_a_turn_whose_ack_is_rejected_for_good_is_dead_lettered_after_the_attempts() -> None:
     c, host, _ = _machine_host()
     c.sent(c.msg("relay/a", {"to": "nobody/x", "value": 1}, durable=True, id="d1"))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import heapq
 import itertools
 import logging
@@ -48,6 +49,8 @@ from ..consensus.commands import (
     Deactivate,
     Fence,
     KvOp,
+    LockAcquire,
+    LockRelease,
     Message,
     RenewActivations,
     SubscribeTopic,
@@ -56,15 +59,19 @@ from ..consensus.messages import Activation, Mailbox, message_error, split_addre
 from ..consensus.results import (
     ActivationChanged,
     Event,
+    LockAcquireResult,
+    LockKeepAliveResult,
+    LockReleaseResult,
     MemberChanged,
     MessageAcked,
     MessageQueued,
     Rejected,
     RenewResult,
     Result,
+    expect,
 )
 from ..consensus.state import ClusterState
-from ..errors import InvalidArgument, RaftmeshError
+from ..errors import InvalidArgument, RaftmeshError, StaleToken
 from ..messaging.api import Refused
 from ._messaging import ERROR_REPLY_TYPE, Messenger, Router, derived_message_id, error_payload
 from ._registry import ActorDef, AgentRegistry
@@ -173,6 +180,60 @@ class ActorKv:
         self.ops[key] = KvOp("delete", key)
 
 
+def _stale(res: Result) -> Result:
+    if isinstance(res, Rejected) and res.code is Code.ABORTED:
+        raise StaleToken(res.message)
+    return res
+
+
+class ActorLocks:
+    """Locks under a lease, held by one activation (owner ``actor:TYPE/KEY@EPOCH``) and fenced
+    by its epoch: a request or renewal from an activation that is no longer current is
+    rejected (``StaleToken``), so a deposed activation never takes or keeps a lock."""
+
+    def __init__(self, writer: Writer, clock: Clock, address: str, epoch: int) -> None:
+        self._writer = writer
+        self._clock = clock
+        self.fence = Fence(actor=address, token=epoch)
+        owner = f"actor:{address}@{epoch}"
+        if len(owner) > limits.MAX_ID_CHARS:  # an address may be longer than an owner name
+            digest = hashlib.sha256(address.encode()).hexdigest()[:16]
+            owner = f"actor:{address[:64]}~{digest}@{epoch}"
+        self.owner = owner
+
+    async def try_acquire(self, name: str, *, ttl_s: float = 30.0, mode: str = "exclusive") -> int | None:
+        """The fencing token, or None if the lock is not free now."""
+        cmd = LockAcquire(
+            uuid.uuid4().hex,
+            self._clock.now_ms(),
+            owner=self.owner,
+            items=((name, mode),),
+            ttl_ms=int(ttl_s * 1000),
+            fence=self.fence,
+        )
+        out = expect(_stale(await self._writer.propose(cmd)), LockAcquireResult)
+        return out.token if out.granted else None
+
+    async def keep_alive(self, name: str, token: int) -> int:
+        """Extend the lease of a held lock; its new deadline (state time, ms)."""
+        cmd = LockRelease(
+            uuid.uuid4().hex,
+            self._clock.now_ms(),
+            owner=self.owner,
+            name=name,
+            token=token,
+            keep_alive=True,
+            fence=self.fence,
+        )
+        return expect(_stale(await self._writer.propose(cmd)), LockKeepAliveResult).deadline_ms
+
+    async def release(self, name: str, token: int) -> None:
+        res = await self._writer.propose(
+            LockRelease(uuid.uuid4().hex, self._clock.now_ms(), owner=self.owner, name=name, token=token)
+        )
+        expect(res, LockReleaseResult)
+
+
 class ActorContext:
     """What ``on_message(self, ctx, msg)`` (and ``on_activate(self, ctx)``) receives for one turn.
 
@@ -192,6 +253,7 @@ class ActorContext:
         kv: ActorKv,
         messenger: Messenger,
         logger: logging.LoggerAdapter[logging.Logger],
+        locks: ActorLocks,
     ) -> None:
         self.address = address
         self.type, self.key = split_address(address)
@@ -202,6 +264,7 @@ class ActorContext:
         self.state = state
         self.kv = kv
         self.logger = logger
+        self.locks = locks
         self._messenger = messenger
         self.replied = False
         self.reply_value: Any = None
@@ -676,6 +739,7 @@ class ActorHost:
             ActorKv(self._reads, self._writer),
             messenger,
             self._logger(w.address, w.epoch),
+            ActorLocks(self._writer, self._clock, w.address, w.epoch),
         )
         return ctx, sends
 
