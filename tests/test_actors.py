@@ -9,6 +9,7 @@ real router), with messages sent through the node's own router.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import os
 import threading
@@ -80,6 +81,8 @@ def test_public_names() -> None:
         ({"topics": "news"}, "async def on_message(self, ctx, msg): pass", "list of topic names"),
         ({"topics": ["bad topic"]}, "async def on_message(self, ctx, msg): pass", "topic"),
         ({"idle_s": -1}, "async def on_message(self, ctx, msg): pass", "idle_s"),
+        ({"timeout_s": -1}, "async def on_message(self, ctx, msg): pass", "timeout_s"),
+        ({"timeout_s": True}, "async def on_message(self, ctx, msg): pass", "timeout_s"),
         ({"max_activations": 10**9}, "async def on_message(self, ctx, msg): pass", "max_activations"),
         ({"capabilities": "gpu"}, "async def on_message(self, ctx, msg): pass", "capabilities"),
     ],
@@ -478,6 +481,31 @@ def test_ctx_locks_are_held_by_the_activation_and_fenced_by_its_epoch() -> None:
         assert "M" not in c.st.locks.locks
         await ctx.locks.release("L", token)
         assert not c.st.locks.locks.get("L") or not c.st.locks.locks["L"].holders
+
+    asyncio.run(go())
+
+
+class _Hung:
+    """A handler that never returns."""
+
+    async def on_message(self, ctx: Any, msg: Any) -> Any:
+        await asyncio.Event().wait()
+
+
+def test_a_hung_handler_is_cancelled_after_timeout_s_and_counts_as_a_failure() -> None:
+    assert load_agents([AGENTS], entry_points=False).actors["counter"].timeout_s == 60.0  # the default
+    c, host, _ = _machine_host()
+    c.sent(c.msg("counter/a", 1, durable=True, id="d1"))
+    w = _machine_worker(c, host, "counter/a")
+    w.adef = dataclasses.replace(w.adef, cls=_Hung, timeout_s=0.05)
+    w.instance = _Hung()
+
+    async def go() -> None:
+        async with asyncio.timeout(20):
+            assert await _turns(host, w, 10) == MAX_HANDLER_ATTEMPTS
+        assert c.queued("counter/a") == []
+        [dead] = c.st.messages.dead_letters
+        assert "DeadlineExceeded" in dead.letter.reason and "timeout_s=0.05" in dead.letter.reason
 
     asyncio.run(go())
 

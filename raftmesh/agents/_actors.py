@@ -71,7 +71,7 @@ from ..consensus.results import (
     expect,
 )
 from ..consensus.state import ClusterState
-from ..errors import InvalidArgument, RaftmeshError, StaleToken
+from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, StaleToken
 from ..messaging.api import Refused
 from ._messaging import ERROR_REPLY_TYPE, Messenger, Router, derived_message_id, error_payload
 from ._registry import ActorDef, AgentRegistry
@@ -178,6 +178,11 @@ class ActorKv:
             raise InvalidArgument(f"ctx.kv.delete: {why}")
         self.ops.pop(key, None)
         self.ops[key] = KvOp("delete", key)
+
+
+def _turn_limit(adef: ActorDef) -> asyncio.Timeout:
+    """The deadline of one turn (``@raftmesh.actor(timeout_s=)``; 0: none)."""
+    return asyncio.timeout(adef.timeout_s or None)
 
 
 def _stale(res: Result) -> Result:
@@ -643,7 +648,8 @@ class ActorHost:
         the activation goes on."""
         ctx, sends = self._context(w, None)
         try:
-            await hook(ctx)
+            async with _turn_limit(w.adef):
+                await hook(ctx)
             if not isinstance(ctx.state, dict):
                 raise InvalidArgument(f"ctx.state must stay a dict, not {type(ctx.state).__name__}")
             ops = dict(ctx.kv.ops)
@@ -760,7 +766,8 @@ class ActorHost:
         before = copy.deepcopy(w.state)
         ctx, sends = self._context(w, msg)
         try:
-            out = await w.instance.on_message(ctx, msg)
+            async with _turn_limit(w.adef) as limit:
+                out = await w.instance.on_message(ctx, msg)
             if ctx.replied:
                 out = ctx.reply_value
             state = ctx.state
@@ -783,6 +790,10 @@ class ActorHost:
             raise
         except Exception as exc:
             w.state = before
+            if isinstance(exc, TimeoutError) and limit.expired():
+                exc = DeadlineExceeded(
+                    f"on_message ran longer than timeout_s={w.adef.timeout_s:g} s: cancelled"
+                )
             if self._lease_problem(w):
                 # Not the handler's fault: the turn runs again once the lease is renewed (or the
                 # next activation handles the message). A fast one goes back to the inbox.
