@@ -86,7 +86,7 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
             Code.INVALID_ARGUMENT, f"at most {limits.MAX_MESSAGES_PER_SEND} messages are sent at once"
         ), plan
     now = ctx.now_ms
-    offered: set[str] | None = None
+    offered: dict[str, int] | None = None
     adds: dict[str, int] = {}
     for i, m in enumerate(msgs):
         why = message_error(m)
@@ -268,6 +268,10 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
         why = kv_commands.validate_txn(ctx, KvTxn(cmd.request_id, cmd.ts_ms, success=cmd.kv, fence=fence))
     if not why and cmd.reply is not None:
         why = reply_error(cmd.reply)
+    if not why and cmd.dead_letter:
+        why = _reason_error("dead_letter", cmd.dead_letter)
+        if not why and (not cmd.seq or cmd.kv or cmd.sends):
+            why = "dead_letter gives up a queued message (a seq): its turn writes and sends nothing"
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
     rejected, plan = _plan_sends(ctx, cmd.sends)
@@ -294,7 +298,10 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
             add_dead_letter(store, q.message, EXPIRED, "", st.time_ms)
             return MessageAcked(False, rev)
         _unqueue(store, box, cmd.seq)
-        box.acked += 1
+        if cmd.dead_letter:
+            add_dead_letter(store, q.message, cmd.dead_letter, cmd.node_id, st.time_ms)
+        else:
+            box.acked += 1
     kv_commands.write_ops(ctx, cmd.kv, rev)
     if plan.items:
         _commit_sends(ctx, plan, rev)
@@ -421,6 +428,12 @@ def subscribe(ctx: ApplyContext, cmd: SubscribeTopic) -> Result:
     return ChangedResult(1)
 
 
+def _reason_error(what: str, reason: str) -> str:
+    if not reason or len(reason) > limits.MAX_DEAD_LETTER_REASON_CHARS or not limits.printable(reason):
+        return f"{what} must be printable text of 1 to {limits.MAX_DEAD_LETTER_REASON_CHARS} characters"
+    return ""
+
+
 def record_dead_letters(ctx: ApplyContext, cmd: RecordDeadLetters) -> Result:
     why = limits.id_error("node id", cmd.node_id)
     if not why and not 1 <= len(cmd.items) <= limits.MAX_DEAD_LETTERS_PER_RECORD:
@@ -429,14 +442,7 @@ def record_dead_letters(ctx: ApplyContext, cmd: RecordDeadLetters) -> Result:
         if why:
             break
         bad = dead_letter_error(d.message)
-        if bad:
-            why = f"dead letter {i}: {bad}"
-        elif (
-            not d.reason
-            or len(d.reason) > limits.MAX_DEAD_LETTER_REASON_CHARS
-            or not limits.printable(d.reason)
-        ):
-            why = f"dead letter {i}: the reason must be printable text of 1 to {limits.MAX_DEAD_LETTER_REASON_CHARS} characters"
+        why = f"dead letter {i}: {bad}" if bad else _reason_error(f"dead letter {i}: the reason", d.reason)
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
     ctx.advance()

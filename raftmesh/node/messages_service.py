@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
