@@ -85,6 +85,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -178,9 +179,20 @@ def losses(seqs: range, acked: set[int], failed: set[int], got: dict[int, list[i
         "lost": len(lost),
         "lost_acknowledged": len([s for s in lost if s in acked]),
         "duplicates": sum(len(got[s]) - 1 for s in handled),
-        "first_lost": lost[0] if lost else None,
-        "last_lost": lost[-1] if lost else None,
+        "lost_ranges": ranges([s - seqs.start for s in lost]),
     }
+
+
+def ranges(xs: list[int], most: int = 4) -> str:
+    """ "a-b, c-d, ..." of sorted ints (offsets in the stream), the first ``most`` runs."""
+    runs: list[list[int]] = []
+    for x in xs:
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    shown = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs[:most])
+    return shown + (f", ... ({len(runs)} runs)" if len(runs) > most else "")
 
 
 # ---- AutoGen ---------------------------------------------------------------------------------------------
@@ -550,6 +562,18 @@ class RaftmeshSide:
         got = self.effects.wait_for(seqs, settle_s)
         return e2e_summary(seqs, got, t_first, failed=len(failed))
 
+    def activate_subscriber(self) -> str:
+        """Publish once (a seq outside every stream) so that benchsub/default is placed; its node."""
+        asyncio.run(self._publishes(range(10**12, 10**12 + 1), True, None, {}, self.leader))
+        deadline = time.monotonic() + READY_S
+        while True:
+            try:
+                return self.host_of(SUBSCRIBER)
+            except WrongAnswer:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def host_of(self, address: str) -> str:
         import grpc
 
@@ -565,13 +589,29 @@ class RaftmeshSide:
                 return str(a.node)
         raise WrongAnswer(f"raftmesh: {address} has no activation")
 
+    def dead_letters(self, seqs: range) -> Counter[str]:
+        """The reasons the cluster's dead-letter list gives for publishes of ``seqs`` (never silent)."""
+        import grpc
+
+        from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+        from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(self.cluster.nodes[self.leader].grpc) as ch:
+            r = pb_grpc.MessagesStub(ch).DeadLetters(pb.MessageDeadLettersRequest(limit=1000), timeout=10)
+        out: Counter[str] = Counter()
+        for d in r.dead_letters:
+            p = d.message.payload_bytes
+            if p[:20].isdigit() and int(p[:20]) in seqs:
+                out[d.reason] += 1
+        return out
+
     def kill_scenario(
         self, what: str, durable: bool, n: int, base: int, rate: float, settle_s: float
     ) -> dict[str, Any]:
         """what: "leader" or "host" (the node hosting benchsub/default); killed after n/3 publishes,
         restarted after 2n/3."""
         self.leader = self.cluster.wait_ready()
-        host = self.host_of(SUBSCRIBER)
+        host = self.activate_subscriber()
         victim = self.leader if what == "leader" else host
         notes = [f"leader {self.leader}, {SUBSCRIBER} on {host}; killed {victim}"]
 
@@ -591,6 +631,10 @@ class RaftmeshSide:
         out = losses(seqs, acked, failed, got)
         self.leader = self.cluster.wait_ready()
         out["moved_to"] = self.host_of(SUBSCRIBER)
+        dead = self.dead_letters(seqs)
+        out["dead_lettered"] = sum(dead.values())
+        if dead:
+            notes.append("dead letters: " + ", ".join(f"{n} {why}" for why, n in dead.most_common()))
         notes.append(f"{SUBSCRIBER} now on {out['moved_to']}")
         out["notes"] = notes
         if durable and out["lost_acknowledged"]:
@@ -661,6 +705,8 @@ def render(report: dict[str, Any]) -> str:
                 f"  {label:<40}{r['sent']:>7}{_f(r['acknowledged'], 'd'):>7}{r['failed_calls']:>7}{r['lost']:>7}"
                 f"{_f(r['lost_acknowledged'], 'd'):>11}{r['duplicates']:>7}"
             )
+            if r["lost"]:
+                lines.append(f"  {'':<6}lost: publishes {r['lost_ranges']} of the stream (0-based)")
             for note in r.get("notes", []):
                 lines.append(f"  {'':<6}{note}")
     goals = report.get("goals")
@@ -701,10 +747,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small counts (a smoke test, not a measurement)")
     p.add_argument("--skip-autogen", action="store_true")
     p.add_argument("--skip-raftmesh", action="store_true")
-    p.add_argument("--skip-kills", action="store_true")
+    p.add_argument(
+        "--only",
+        default="rr,inflight,publish,kills",
+        help="comma-separated scenarios to run, of rr,inflight,publish,kills (default: all)",
+    )
     p.add_argument("--autogen-venv", default=default_autogen_venv())
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table on stderr)")
     a = p.parse_args(argv)
+    unknown = set(a.only.split(",")) - {"rr", "inflight", "publish", "kills"}
+    if unknown:
+        p.error(f"--only: unknown scenario(s) {sorted(unknown)}; choose from rr,inflight,publish,kills")
     if a.quick:
         a.requests, a.inflight_requests, a.publishes, a.stream, a.rate, a.settle = (
             100,
@@ -746,18 +799,21 @@ def run(a: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict[st
         shown = json.dumps(finite({k: v for k, v in r.items() if k != "notes"}))
         log(f"{scen:9} {col:8} {shown} ({time.perf_counter() - t:.1f} s)")
 
+    only = set(a.only.split(","))
     for scen, n in (("rr", a.requests), ("inflight", a.inflight_requests)):
+        if scen not in only:
+            continue
         if rm:
             step(scen, "fast", getattr(rm, scen), n, False)
             step(scen, "durable", getattr(rm, scen), n, True)
         if ag:
             step(scen, "autogen", getattr(ag, scen), n)
-    if rm:
+    if rm and "publish" in only:
         step("publish", "fast", rm.publish, a.publishes, next(base), False, a.settle)
         step("publish", "durable", rm.publish, a.publishes, next(base), True, a.settle)
-    if ag:
+    if ag and "publish" in only:
         step("publish", "autogen", ag.publish, a.publishes, next(base), a.settle)
-    if not a.skip_kills:
+    if "kills" in only:
         if rm:
             for durable in (False, True):
                 for what, victim in (("leader", "the leader"), ("host", "the subscriber's node")):
