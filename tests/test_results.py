@@ -13,10 +13,12 @@ from raftmesh import errors
 from raftmesh.consensus import Code, RunStatus, TaskStatus
 from raftmesh.consensus.results import (
     RESULT_TYPES,
+    ActivationResult,
     ApproveTaskResult,
     AssignResult,
     BarrierResult,
     CancelRunResult,
+    ChangedResult,
     DeleteResponse,
     GetResponse,
     ItemRejected,
@@ -28,10 +30,13 @@ from raftmesh.consensus.results import (
     LockKeepAliveResult,
     LockReleaseResult,
     MemberResult,
+    MessageAcked,
+    MessagesSent,
     PreemptResult,
     PutResponse,
     Record,
     Rejected,
+    RenewResult,
     ReportResult,
     RerunTaskResult,
     Result,
@@ -89,6 +94,11 @@ SAMPLES: list[Result] = [
     RunControlResult(RunStatus.PAUSED, True, 2),
     RunControlResult(RunStatus.RUNNING, False),
     RerunTaskResult(3, 1, True, TaskStatus.WAITING_APPROVAL, RunStatus.RUNNING),
+    MessagesSent((4, 5), (("a/1",), ("a/1", "b/x"))),
+    MessageAcked(False, 12),
+    ActivationResult("a/1", "n1", 3, 9000, True),
+    RenewResult(2, ("a/2",)),
+    ChangedResult(1),
 ]
 
 

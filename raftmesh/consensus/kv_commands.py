@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import limits, values
+from . import limits, messages, values
 from .codes import Code
 from .commands import Compare, Fence, KvLease, KvOp, KvTxn
 from .context import ApplyContext
@@ -57,11 +57,14 @@ def _compare_holds(c: Compare, e: Entry | None) -> bool:
         return False
 
 
-def _fence_error(ctx: ApplyContext, fence: Fence | None) -> str:
-    """ "" if the fence's holder is still current, else why the write is fenced out."""
+def fence_error(ctx: ApplyContext, fence: Fence | None) -> str:
+    """ "" if the fence's holder (lock grant, task attempt or actor activation) is still current,
+    else why the write is fenced out."""
     if fence is None:
         return ""
     st = ctx.state
+    if fence.actor:
+        return messages.fence_error(st.messages, fence.actor, fence.token)
     if fence.lock:
         lock = st.locks.locks.get(fence.lock)
         last = lock.last_token if lock else 0
@@ -76,7 +79,7 @@ def _fence_error(ctx: ApplyContext, fence: Fence | None) -> str:
     return ""
 
 
-def _validate_txn(ctx: ApplyContext, cmd: KvTxn) -> str:
+def validate_txn(ctx: ApplyContext, cmd: KvTxn) -> str:
     kv = ctx.state.kv
     if len(cmd.compares) + len(cmd.success) + len(cmd.failure) > limits.MAX_TXN_OPS:
         return f"a transaction has at most {limits.MAX_TXN_OPS} comparisons and operations"
@@ -108,25 +111,41 @@ def _validate_txn(ctx: ApplyContext, cmd: KvTxn) -> str:
                 )
             if op.lease and op.lease not in kv.leases:
                 return f"lease {op.lease} does not exist (expired or revoked)"
-    if cmd.fence is not None and cmd.fence.lock:
-        why = limits.name_error("fence lock", cmd.fence.lock, limits.MAX_LOCK_NAME_CHARS)
+    return fence_shape_error(cmd.fence)
+
+
+def fence_shape_error(fence: Fence | None) -> str:
+    """ "" if a fence's names are well-formed (whether it still holds is ``fence_error``'s)."""
+    if fence is not None and fence.lock:
+        why = limits.name_error("fence lock", fence.lock, limits.MAX_LOCK_NAME_CHARS)
         if why:
             return why
+    if fence is not None and fence.actor:
+        return limits.address_error("fence actor", fence.actor)
     return ""
 
 
 def txn(ctx: ApplyContext, cmd: KvTxn) -> Result:
-    why = _validate_txn(ctx, cmd)
+    why = validate_txn(ctx, cmd)
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
-    fenced = _fence_error(ctx, cmd.fence)
+    fenced = fence_error(ctx, cmd.fence)
     if fenced:
         return Rejected(Code.ABORTED, fenced)
     kv = ctx.state.kv
     ok = all(_compare_holds(c, kv.get(c.key)) for c in cmd.compares)
     ops: tuple[KvOp, ...] = cmd.success if ok else cmd.failure
-    # Walk the branch once: does it change anything (a delete of a missing key does not),
-    # and how many keys does the store hold afterwards?
+    changes, full = plan_ops(ctx, ops)
+    if full:
+        return Rejected(Code.RESOURCE_EXHAUSTED, full)
+    rev = ctx.advance() if changes else ctx.state.revision
+    return KvTxnResult(ok, rev, write_ops(ctx, ops, rev))
+
+
+def plan_ops(ctx: ApplyContext, ops: tuple[KvOp, ...]) -> tuple[bool, str]:
+    """Walk the ops once: do they change anything (a delete of a missing key does not), and
+    ("" or why) would the store go over ``MAX_KV_KEYS``?"""
+    kv = ctx.state.kv
     exists: dict[str, bool] = {}
     changes = False
     keys = len(kv.entries)
@@ -142,8 +161,13 @@ def txn(ctx: ApplyContext, cmd: KvTxn) -> Result:
             keys -= 1
         exists[o.key] = o.kind == "put"
     if keys > len(kv.entries) and keys > limits.MAX_KV_KEYS:
-        return Rejected(Code.RESOURCE_EXHAUSTED, f"the store holds its limit of {limits.MAX_KV_KEYS} keys")
-    rev = ctx.advance() if changes else ctx.state.revision
+        return changes, f"the store holds its limit of {limits.MAX_KV_KEYS} keys"
+    return changes, ""
+
+
+def write_ops(ctx: ApplyContext, ops: tuple[KvOp, ...], rev: int) -> tuple[OpResponse, ...]:
+    """Apply validated ops at revision ``rev`` (emitting their events)."""
+    kv = ctx.state.kv
     responses: list[OpResponse] = []
     for o in ops:
         if o.kind == "get":
@@ -157,7 +181,7 @@ def txn(ctx: ApplyContext, cmd: KvTxn) -> Result:
             if gone is not None:
                 ctx.emit(KvChanged(rev, gone[1]))
             responses.append(DeleteResponse(o.key, gone is not None))
-    return KvTxnResult(ok, rev, tuple(responses))
+    return tuple(responses)
 
 
 def lease(ctx: ApplyContext, cmd: KvLease) -> Result:

@@ -203,6 +203,9 @@ MAX_TOPIC_RETAINED = 100
 MAX_MESSAGE_DEAD_LETTERS = 10_000
 """Message dead letters kept in the state (oldest dropped first; the total is counted)."""
 MAX_MESSAGE_DEAD_LETTERS_LISTED = 1_000
+MAX_DEAD_LETTERS_PER_RECORD = 256
+"""Fast-path dead letters one node records in one ``RecordDeadLetters`` (it batches)."""
+MAX_DEAD_LETTER_REASON_CHARS = 512
 MAX_RETAINED_REPLIES = 10_000
 """Replies to durable requests kept for a requester that asks again (oldest dropped first)."""
 REPLY_RETENTION_MS = 10 * 60 * 1000
@@ -217,6 +220,20 @@ SEEN_MESSAGE_IDS = 100_000
 """Message ids a node remembers to drop duplicates of fast-path messages (oldest forgotten)."""
 MAX_PENDING_REQUESTS = 10_000
 """Requests one node waits on at once (RESOURCE_EXHAUSTED beyond)."""
+MAX_PEER_FRAME_MESSAGES = 1_024
+"""Messages in one peer stream frame (a peer sending more is INVALID_ARGUMENT)."""
+MAX_PEER_FRAME_BYTES = 4 * 1024 * 1024
+"""A sender starts a new frame once one holds this many bytes of messages."""
+MAX_RECEIVE_LANES = 100_000
+"""(sending node, sender, target, priority) lanes a node remembers the next number of (oldest
+forgotten: a forgotten lane restarts at the sender's oldest unacknowledged message)."""
+MAX_TOPIC_STREAMS = 1_000
+"""Client ``Subscribe`` streams one node serves at once (RESOURCE_EXHAUSTED beyond)."""
+MAX_TOPIC_STREAM_BACKLOG = 10_000
+"""Publishes waiting for one slow client stream; beyond it the stream ends RESOURCE_EXHAUSTED."""
+MAX_PENDING_DEAD_LETTERS = 10_000
+"""Fast-path dead letters a node holds until ``RecordDeadLetters`` commits them (oldest dropped
+first, counted in the router's stats)."""
 
 
 # ---- the checks --------------------------------------------------------------

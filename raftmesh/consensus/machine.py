@@ -2,7 +2,7 @@
 
 It owns what every command shares: request-id deduplication, dispatch from a table
 to the processor of the command's type (``members``, ``runs``, ``ticks``,
-``lock_commands``, ``kv_commands``), the never-raise guard, and the digest,
+``lock_commands``, ``kv_commands``, ``message_commands``), the never-raise guard, and the digest,
 snapshot and restore of the state. The transitions themselves live in the processors.
 
 Rules (each one is tested):
@@ -33,18 +33,22 @@ from . import (
     limits,
     lock_commands,
     members,
+    message_commands,
     preemption,
     runs,
     ticks,
 )
 from .codes import Code
 from .commands import (
+    AckMessage,
+    Activate,
     ApproveTask,
     Assign,
     Barrier,
     CancelRun,
     Command,
     Complete,
+    Deactivate,
     Fail,
     KvLease,
     KvTxn,
@@ -54,11 +58,15 @@ from .commands import (
     NodeDown,
     PauseRun,
     Preempt,
+    RecordDeadLetters,
     RegisterNode,
+    RenewActivations,
     RerunTask,
     ResumeRun,
     RetryTask,
+    SendMessages,
     SubmitRun,
+    SubscribeTopic,
     Tick,
     Undecodable,
     decode_batch,
@@ -98,6 +106,13 @@ PROCESSORS: dict[type[Command], Processor] = {
     PauseRun: control.pause,
     ResumeRun: control.resume,
     RerunTask: control.rerun,
+    SendMessages: message_commands.send,
+    AckMessage: message_commands.ack,
+    Activate: message_commands.activate,
+    RenewActivations: message_commands.renew,
+    Deactivate: message_commands.deactivate,
+    SubscribeTopic: message_commands.subscribe,
+    RecordDeadLetters: message_commands.record_dead_letters,
 }
 """The processor of each command type (``Barrier`` is answered here: it changes nothing)."""
 

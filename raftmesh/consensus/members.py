@@ -1,6 +1,11 @@
 """Member commands: a node registers (at start, and as a new incarnation after a
 restart) or is marked down by the leader; either way its running attempts go back
 to READY. Processors over an ``ApplyContext`` (see ``context.py``).
+
+Actor activations: a new incarnation's registration drops the old process's at once (re-placing
+those with queued messages); a registration places unplaced addresses of the types it offers.
+``NodeDown`` leaves them to their leases: a node that is only cut off may still be handling
+until its own lease guard stops it, so moving them earlier would run two at once.
 """
 
 from __future__ import annotations
@@ -8,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from . import limits
+from . import activations, limits
 from .codes import Code
-from .commands import AgentOffer, NodeDown, RegisterNode
+from .commands import ActorOffer, AgentOffer, NodeDown, RegisterNode
 from .context import ApplyContext
 from .results import MemberChanged, MemberResult, Rejected, Result
 from .state import ClusterState, Member
@@ -45,6 +50,39 @@ def offer_error(o: AgentOffer) -> str:
     return ""
 
 
+def actor_offer_error(o: ActorOffer) -> str:
+    """ "" if ``o`` is an acceptable actor offer, else what is wrong with it (``offer_error``'s
+    counterpart for ``@raftmesh.actor`` types)."""
+    why = limits.id_error("actor type", o.name)
+    if why:
+        return why
+    label = f"actor {o.name!r}"
+    if len(o.capabilities) > limits.MAX_CAPABILITIES:
+        return f"{label} lists {len(o.capabilities)} capabilities; the limit is {limits.MAX_CAPABILITIES}"
+    for c in o.capabilities:
+        why = limits.id_error(f"{label}: capability", c)
+        if why:
+            return why
+    if len(set(o.capabilities)) != len(o.capabilities):
+        return f"{label} lists a capability twice"
+    if not 0 <= o.max_activations <= limits.MAX_ACTIVATIONS_PER_NODE:
+        return f"{label}: max_activations must be between 0 and {limits.MAX_ACTIVATIONS_PER_NODE}"
+    return ""
+
+
+def _actors(cmd: RegisterNode) -> tuple[str, dict[str, ActorOffer]]:
+    if len(cmd.actors) > limits.MAX_ACTOR_TYPES_PER_NODE:
+        return f"a node may offer at most {limits.MAX_ACTOR_TYPES_PER_NODE} actor types", {}
+    for o in cmd.actors:
+        why = actor_offer_error(o)
+        if why:
+            return why, {}
+    out = {o.name: replace(o, capabilities=tuple(sorted(o.capabilities))) for o in cmd.actors}
+    if len(out) != len(cmd.actors):
+        return "an actor type is offered twice", {}
+    return "", out
+
+
 def _offers(cmd: RegisterNode) -> tuple[str, dict[str, AgentOffer]]:
     """The registration's offers by name, or what is wrong with them."""
     if len(cmd.agents) > limits.MAX_AGENT_TYPES_PER_NODE:
@@ -70,6 +108,8 @@ def register(ctx: ApplyContext, cmd: RegisterNode) -> Result:
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
     why, offers = _offers(cmd)
+    if not why:
+        why, actors = _actors(cmd)
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
     if not 0 <= cmd.slots <= limits.MAX_NODE_SLOTS:
@@ -94,7 +134,12 @@ def register(ctx: ApplyContext, cmd: RegisterNode) -> Result:
         st.time_ms,
         offers,
         kept,
+        actors,
     )
+    room = {cmd.node_id}
+    if old is not None and old.incarnation != cmd.incarnation:
+        room |= activations.drop_node(ctx, cmd.node_id, cmd.incarnation, rev)
+    activations.fill(ctx, room, rev)
     ctx.emit(MemberChanged(rev, cmd.node_id, True))
     return MemberResult(cmd.node_id)
 

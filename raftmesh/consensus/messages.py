@@ -147,6 +147,17 @@ class MessageStore:
     """Heap of (expires_ms, address, seq) of queued messages; entries go stale lazily."""
     unplaced: dict[str, None] = field(default_factory=dict)
     """Addresses with queued messages and no activation (placed by the next tick that can)."""
+    unplaced_by_type: dict[str, dict[str, None]] = field(default_factory=dict)
+    """actor type -> its unplaced addresses (placed when a node offering it gains room)."""
+    type_load: dict[str, dict[str, int]] = field(default_factory=dict)
+    """node id -> actor type -> activations of that type there (``max_activations``)."""
+    queued: int = 0
+    """Messages in all mailboxes (``MAX_QUEUED_MESSAGES``)."""
+    subscription_count: int = 0
+    """(topic, subscriber) pairs (``MAX_SUBSCRIPTIONS``)."""
+    topic_order: list[tuple[int, str]] = field(default_factory=list)
+    """Heap of (seq of the topic's newest publish, topic): the oldest-written retained log is
+    dropped first. Entries go stale lazily."""
 
     def encode(self) -> list[Any]:
         return [
@@ -180,16 +191,27 @@ class MessageStore:
         self.lease_deadlines = []
         self.expiries = []
         self.unplaced = {}
+        self.unplaced_by_type = {}
+        self.type_load = {}
+        self.queued = 0
         for a in self.activations.values():
             self.by_node.setdefault(a.node, {})[a.address] = None
             self.lease_deadlines.append((a.deadline_ms, a.address, a.epoch))
+            load = self.type_load.setdefault(a.node, {})
+            kind = split_address(a.address)[0]
+            load[kind] = load.get(kind, 0) + 1
         for box in self.mailboxes.values():
+            self.queued += len(box.queue)
             for q in box.queue.values():
                 self.expiries.append((q.message.expires_ms, box.address, q.seq))
             if box.queue and box.address not in self.activations:
                 self.unplaced[box.address] = None
+                self.unplaced_by_type.setdefault(split_address(box.address)[0], {})[box.address] = None
+        self.subscription_count = sum(len(s) for s in self.subscriptions.values())
+        self.topic_order = [(log[-1].seq, t) for t, log in self.topics.items() if log]
         heapq.heapify(self.lease_deadlines)
         heapq.heapify(self.expiries)
+        heapq.heapify(self.topic_order)
 
     def lease_live(self, entry: tuple[int, str, int]) -> bool:
         a = self.activations.get(entry[1])
@@ -199,6 +221,10 @@ class MessageStore:
         box = self.mailboxes.get(entry[1])
         return box is not None and entry[2] in box.queue
 
+    def topic_live(self, entry: tuple[int, str]) -> bool:
+        log = self.topics.get(entry[1])
+        return bool(log) and log[-1].seq == entry[0]  # type: ignore[index]
+
     def index_snapshot(self) -> tuple[Any, ...]:
         """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
         return (
@@ -206,7 +232,37 @@ class MessageStore:
             sorted({e for e in self.lease_deadlines if self.lease_live(e)}),
             sorted({e for e in self.expiries if self.expiry_live(e)}),
             sorted(self.unplaced),
+            {k: sorted(a) for k, a in self.unplaced_by_type.items() if a},
+            {
+                n: {k: c for k, c in sorted(load.items()) if c}
+                for n, load in self.type_load.items()
+                if any(load.values())
+            },
+            self.queued,
+            self.subscription_count,
+            sorted({e for e in self.topic_order if self.topic_live(e)}),
         )
+
+    # ---- maintained together with the indexes (``message_commands`` and ``activations``) ----
+
+    def set_unplaced(self, address: str, waiting: bool) -> None:
+        kind = split_address(address)[0]
+        if waiting:
+            self.unplaced[address] = None
+            self.unplaced_by_type.setdefault(kind, {})[address] = None
+            return
+        self.unplaced.pop(address, None)
+        by_type = self.unplaced_by_type.get(kind)
+        if by_type is not None:
+            by_type.pop(address, None)
+            if not by_type:
+                del self.unplaced_by_type[kind]
+
+    def load_of(self, node: str) -> int:
+        return len(self.by_node.get(node, ()))
+
+    def type_load_of(self, node: str, kind: str) -> int:
+        return self.type_load.get(node, {}).get(kind, 0)
 
     def next_deadline_ms(self) -> int | None:
         """The earliest lease end or message expiry (a tick is due then)."""
@@ -216,6 +272,16 @@ class MessageStore:
             heapq.heappop(self.expiries)
         ds = [h[0][0] for h in (self.lease_deadlines, self.expiries) if h]
         return min(ds) if ds else None
+
+
+def fence_error(store: MessageStore, address: str, epoch: int) -> str:
+    """ "" if ``epoch`` is ``address``'s current activation, else why its write is fenced out."""
+    a = store.activations.get(address)
+    if a is None:
+        return f"fenced: actor {address!r} has no activation (epoch {epoch} ended)"
+    if a.epoch != epoch:
+        return f"fenced: actor {address!r} is activated with epoch {a.epoch}, not {epoch}"
+    return ""
 
 
 def _token_error(what: str, value: str, max_chars: int) -> str:
@@ -230,6 +296,39 @@ def message_error(m: Message) -> str:
     are printable names, the payload is bytes or a storable JSON value within
     ``MAX_MESSAGE_PAYLOAD_BYTES``, priority and TTL within their limits. O(size of the message).
     """
+    why = _fields_error(m)
+    if why:
+        return why
+    if bool(m.target) == bool(m.topic):
+        return "a message names either a target (TYPE/KEY) or a topic (to publish), not both and not neither"
+    if m.target:
+        return limits.address_error("target", m.target)
+    return limits.name_error("topic", m.topic, limits.MAX_TOPIC_CHARS)
+
+
+def reply_error(m: Message) -> str:
+    """ "" if ``m`` may be kept as a reply (``AckMessage.reply``): it answers a request
+    (``correlation_id``) and is bounded like any message; it needs no target."""
+    if not m.correlation_id:
+        return "a reply names the request it answers (correlation_id)"
+    return _fields_error(m) or (limits.address_error("target", m.target) if m.target else "")
+
+
+def dead_letter_error(m: Message) -> str:
+    """ "" if ``m`` may be recorded as a dead letter: any well-formed message, request, publish
+    leg (target and topic both set: the subscriber it was for) or reply."""
+    why = _fields_error(m)
+    if why:
+        return why
+    if not (m.target or m.topic or m.correlation_id):
+        return "a dead letter names its target, topic or the request it answers"
+    if m.target:
+        why = limits.address_error("target", m.target)
+    return why or (limits.name_error("topic", m.topic, limits.MAX_TOPIC_CHARS) if m.topic else "")
+
+
+def _fields_error(m: Message) -> str:
+    """What ``message_error`` and ``reply_error`` check alike: ids, bounds, the payload."""
     why = (
         limits.name_error("message id", m.id, limits.MAX_MESSAGE_ID_CHARS)
         or _token_error("sender", m.sender, limits.MAX_ADDRESS_CHARS)
@@ -239,14 +338,6 @@ def message_error(m: Message) -> str:
         or _token_error("reply_to", m.reply_to, limits.MAX_ID_CHARS)
         or _token_error("source", m.source, limits.MAX_ADDRESS_CHARS)
     )
-    if why:
-        return why
-    if bool(m.target) == bool(m.topic):
-        return "a message names either a target (TYPE/KEY) or a topic (to publish), not both and not neither"
-    if m.target:
-        why = limits.address_error("target", m.target)
-    else:
-        why = limits.name_error("topic", m.topic, limits.MAX_TOPIC_CHARS)
     if why:
         return why
     if not -limits.MAX_MESSAGE_PRIORITY <= m.priority <= limits.MAX_MESSAGE_PRIORITY:

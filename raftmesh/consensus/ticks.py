@@ -2,12 +2,13 @@
 
 It carries the leader's clock; applying it ends what that time has passed: lock
 leases and waits, KV leases (deleting their keys), task attempts' timeouts, runs'
-``max_seconds`` budgets, and approval gates' timeouts (decided as their ``on_timeout`` says).
+``max_seconds`` budgets, approval gates' timeouts (decided as their ``on_timeout`` says), and
+messaging's: queued messages' TTLs, activation leases, old replies (``message_commands.expire``).
 """
 
 from __future__ import annotations
 
-from . import approvals, budgets, kv_commands, lock_commands
+from . import approvals, budgets, kv_commands, lock_commands, message_commands
 from .commands import Tick
 from .context import ApplyContext
 from .results import Result, TickResult
@@ -21,4 +22,5 @@ def tick(ctx: ApplyContext, cmd: Tick) -> Result:
     expired += expire_timeouts(ctx, now, rev)
     expired += budgets.expire(ctx, now, rev)
     expired += approvals.expire_gates(ctx, now, rev)
+    expired += message_commands.expire(ctx, now, rev)
     return TickResult(expired, ctx.state.time_ms)

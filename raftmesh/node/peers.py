@@ -15,17 +15,21 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
 from ..clock import Clock
 from ..consensus import limits
 from ..consensus.state import ClusterState
-from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from ..errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from . import rpc
 from .reads import ReadView
+
+if TYPE_CHECKING:
+    from ..messaging.router import MessageRouter
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +80,23 @@ class PeerService(pb_grpc.PeerServicer):
         self,
         node: PeerAccess,
         identify: Callable[[grpc.aio.ServicerContext], str | None] = no_peer_identity,
+        router: MessageRouter | None = None,
     ) -> None:
         self.node = node
         self._identify = identify
+        self._router = router
+
+    @rpc.stream
+    async def Exchange(
+        self, request_iterator: AsyncIterator[pb.PeerFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PeerFrame]:
+        """Fast-path messages and acks with one peer node (``raftmesh.messaging.router``)."""
+        if self._router is None:
+            raise Unavailable("this node does not route agent messages")
+        proven = self._identify(context)
+        frames = request_iterator if proven is None else _proven(request_iterator, proven)
+        async for frame in self._router.serve_exchange(frames, context):
+            yield frame
 
     @rpc.stream
     async def Heartbeat(
@@ -107,6 +125,16 @@ class PeerService(pb_grpc.PeerServicer):
             if leads and up:
                 node.heard_from(hb.node_id)
             yield pb.HeartbeatResponse(leader=node.node_id if leads else "", term=node.term(), up=up)
+
+
+async def _proven(frames: AsyncIterator[pb.PeerFrame], proven: str) -> AsyncIterator[pb.PeerFrame]:
+    """The frames of a stream whose transport proves ``proven``: each must say it is from it."""
+    async for f in frames:
+        if f.node_id != proven:
+            raise PermissionDenied(
+                f"peer frame for node {f.node_id!r} from a peer authenticated as {proven!r}"
+            )
+        yield f
 
 
 def _membership(st: ClusterState, node_id: str, incarnation: str) -> tuple[bool, bool, bool]:

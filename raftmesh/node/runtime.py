@@ -32,6 +32,7 @@ from ..consensus.raft import RaftConfig, RaftMember
 from ..consensus.results import Event
 from ..consensus.state import ClusterState
 from ..errors import InvalidArgument, RaftmeshError
+from ..messaging.router import MessageRouter
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..storage.archive import AppliedArchive
@@ -131,6 +132,7 @@ class NodeRuntime:
     def _applied(self, events: list[Event]) -> None:
         self.scheduler.poke()
         self.host.poke()
+        self.router.applied(events)
         if events:
             self.hub.publish(events)
             self.lock_waits.applied(events)
@@ -211,6 +213,9 @@ class NodeRuntime:
             agent_node=self.agent_node,
         )
         self.proposer.start()
+        self.router = MessageRouter(
+            cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of
+        )
 
         access = NodeAccess(
             self.proposer, self.reads, clock, lambda: raft.leader_addr is not None, cfg.propose_timeout_s
@@ -221,7 +226,7 @@ class NodeRuntime:
         server = grpc.aio.server(options=GRPC_OPTIONS)
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
         pb_grpc.add_ClusterServicer_to_server(ClusterService(access, self.hub, self.status_pb), ours)
-        pb_grpc.add_PeerServicer_to_server(PeerService(peer_access), ours)
+        pb_grpc.add_PeerServicer_to_server(PeerService(peer_access, router=self.router), ours)
         pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
         pb_grpc.add_LocksServicer_to_server(LocksService(access, self.lock_waits), ours)
         self.health = health_aio.HealthServicer()
@@ -251,6 +256,7 @@ class NodeRuntime:
             asyncio.create_task(self._register_loop(), name="register"),
             asyncio.create_task(self._health_loop(), name="health"),
             asyncio.create_task(self.heartbeats.run(), name="heartbeat"),
+            asyncio.create_task(self.router.run(), name="messages"),
         ]
         try:
             await self._stopping.wait()
@@ -271,6 +277,15 @@ class NodeRuntime:
 
     def _member_ok(self) -> bool:
         return self.reads.read(lambda st: st.up_member(self.config.node_id, self.incarnation))
+
+    def _grpc_of(self, node_id: str) -> str | None:
+        """A member's gRPC address (where the router dials it), from the replica."""
+
+        def find(st: ClusterState) -> str | None:
+            m = st.members.get(node_id)
+            return m.grpc if m is not None and m.grpc else None
+
+        return self.reads.read(find)
 
     def _leader_grpc(self) -> str | None:
         """Where heartbeats go: the leader's gRPC address, unless this node leads (or none does)."""

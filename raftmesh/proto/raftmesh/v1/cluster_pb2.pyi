@@ -576,26 +576,36 @@ class ClusterStatusResponse(_message.Message):
     def __init__(self, leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., node_id: _Optional[str] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., revision: _Optional[int] = ..., has_quorum: _Optional[bool] = ..., digest: _Optional[str] = ..., snapshots_loaded: _Optional[int] = ..., log_entries: _Optional[int] = ...) -> None: ...
 
 class PeerFrame(_message.Message):
-    __slots__ = ("node_id", "incarnation", "messages", "acks")
+    __slots__ = ("node_id", "incarnation", "messages", "acks", "tags", "lane_seqs", "lane_bases", "kinds")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    LANE_SEQS_FIELD_NUMBER: _ClassVar[int]
+    LANE_BASES_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     incarnation: str
     messages: _containers.RepeatedCompositeFieldContainer[AgentMessage]
     acks: _containers.RepeatedCompositeFieldContainer[PeerAck]
-    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[AgentMessage, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[PeerAck, _Mapping]]] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[int]
+    lane_seqs: _containers.RepeatedScalarFieldContainer[int]
+    lane_bases: _containers.RepeatedScalarFieldContainer[int]
+    kinds: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[AgentMessage, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[PeerAck, _Mapping]]] = ..., tags: _Optional[_Iterable[int]] = ..., lane_seqs: _Optional[_Iterable[int]] = ..., lane_bases: _Optional[_Iterable[int]] = ..., kinds: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PeerAck(_message.Message):
-    __slots__ = ("id", "error", "retry")
+    __slots__ = ("id", "error", "retry", "tag")
     ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
     id: str
     error: str
     retry: bool
-    def __init__(self, id: _Optional[str] = ..., error: _Optional[str] = ..., retry: _Optional[bool] = ...) -> None: ...
+    tag: int
+    def __init__(self, id: _Optional[str] = ..., error: _Optional[str] = ..., retry: _Optional[bool] = ..., tag: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id", "incarnation", "running", "ts_ms")

@@ -1,0 +1,540 @@
+"""The fast path's transport on real gRPC (loopback, in process): routers of three nodes.
+
+Each node is a real ``MessageRouter`` serving ``Peer.Exchange`` through its real
+``PeerService``; the nodes share one real ``StateMachine`` as their replica (commands a
+router proposes are applied to it and the events fed to every router, as Raft would).
+The actor host is a recording ``Deliver`` (what arrived, in which order; it can refuse),
+which is what the transport promises things to. Activations are written into the replica
+as ``Activate``'s apply writes them (that apply is the consensus part, tested there);
+tests that need the messaging commands applied are skipped until they are registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+from raftmesh.clock import SYSTEM_CLOCK, Clock
+from raftmesh.consensus.commands import Command, Message, RecordDeadLetters, RegisterNode
+from raftmesh.consensus.machine import StateMachine
+from raftmesh.consensus.messages import Activation, Published
+from raftmesh.consensus.results import ActivationChanged, Event, Result, TopicPublished
+from raftmesh.errors import DeadlineExceeded, FailedPrecondition
+from raftmesh.localcluster import free_ports
+from raftmesh.messaging.api import Refused
+from raftmesh.messaging.intake import Intake
+from raftmesh.messaging.router import MessageRouter
+from raftmesh.node.decoding import guarded
+from raftmesh.node.peers import PeerAccess, PeerService
+from raftmesh.node.reads import ReadView
+from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+NODES = ("n1", "n2", "n3")
+_ids = itertools.count(1)
+
+
+class OffsetClock:
+    """The system clock moved by ``offset_ms`` (a node whose clock runs ahead)."""
+
+    def __init__(self, offset_ms: int) -> None:
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        return SYSTEM_CLOCK.now_ms() + self.offset_ms
+
+    def monotonic(self) -> float:
+        return SYSTEM_CLOCK.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass
+class Host:
+    """The actor host of one node as the router sees it: records what it took."""
+
+    node: str
+    got: list[Message] = field(default_factory=list)
+    refuse: Callable[[Message], Refused | None] = lambda m: None
+    router: MessageRouter | None = None
+    answer: bool = True
+    epoch_of: Callable[[str], int] = lambda a: 0
+
+    def accept(self, msg: Message) -> Refused | None:
+        why = self.refuse(msg)
+        if why is not None:
+            return why
+        self.got.append(msg)
+        if msg.reply_to and self.answer and self.router is not None:
+            router = self.router
+            reply = Message(
+                id=f"r-{msg.id}",
+                sender=msg.target,
+                correlation_id=msg.id,
+                reply_to=msg.reply_to,
+                payload={"echo": msg.payload, "by": self.node},
+                epoch=self.epoch_of(msg.target),
+            )
+            asyncio.get_running_loop().call_soon(router.reply, reply)
+        return None
+
+
+@dataclass
+class Cluster:
+    machine: StateMachine = field(default_factory=StateMachine)
+    lock: Any = field(default_factory=threading.RLock)
+    routers: dict[str, MessageRouter] = field(default_factory=dict)
+    hosts: dict[str, Host] = field(default_factory=dict)
+    servers: dict[str, grpc.aio.Server] = field(default_factory=dict)
+    addrs: dict[str, str] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    proposed: list[Command] = field(default_factory=list)
+
+    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
+        self.proposed.append(cmd)
+        with self.lock:
+            res, events = self.machine.apply(cmd)
+        self.applied(events)
+        return res
+
+    async def barrier(self, timeout_s: float | None = None) -> None:
+        return None
+
+    def applied(self, events: list[Event]) -> None:
+        for r in self.routers.values():
+            r.applied(events)
+
+    def reads(self) -> ReadView:
+        return ReadView(self.lock, lambda: self.machine.state)
+
+    def activate(self, address: str, node: str, epoch: int) -> None:
+        """What ``Activate``'s apply leaves in the replica, and the event it emits."""
+        with self.lock:
+            st = self.machine.state.messages
+            old = st.activations.get(address)
+            if old is not None:
+                st.by_node.get(old.node, {}).pop(address, None)
+            st.activations[address] = Activation(address, node, f"inc{node}", epoch, 0, 2**62)
+            st.by_node.setdefault(node, {})[address] = None
+        self.applied([ActivationChanged(epoch, address, node, epoch, True)])
+
+    async def serve(self, node: str) -> None:
+        router = self.routers[node]
+        access = PeerAccess(node, self.reads(), lambda: False, lambda: 1, lambda n: None)
+        server = grpc.aio.server()
+        pb_grpc.add_PeerServicer_to_server(PeerService(access, router=router), guarded(server))
+        server.add_insecure_port(self.addrs[node])
+        await server.start()
+        self.servers[node] = server
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for s in self.servers.values():
+            await s.stop(None)
+
+
+async def start(clocks: dict[str, Clock] | None = None) -> Cluster:
+    c = Cluster()
+    ports = free_ports(len(NODES))
+    for node, port in zip(NODES, ports, strict=True):
+        c.addrs[node] = f"127.0.0.1:{port}"
+        res, _ = c.machine.apply(
+            RegisterNode(f"reg-{node}", 1000, node, c.addrs[node], "127.0.0.1:1", ("echo",), 4, f"inc{node}")
+        )
+        assert res.ok, res
+    for node in NODES:
+        clock = (clocks or {}).get(node, SYSTEM_CLOCK)
+        router = MessageRouter(node, f"inc{node}", c.reads(), c, clock, c.addrs.get)
+        host = Host(node, router=router)
+        router.attach(host)
+        c.routers[node], c.hosts[node] = router, host
+        await c.serve(node)
+        c.tasks.append(asyncio.create_task(router.run()))
+    return c
+
+
+def msg(sender: str, target: str, n: int, **kw: Any) -> Message:
+    return Message(
+        id=f"m{next(_ids)}",
+        sender=sender,
+        target=target,
+        payload=n,
+        sent_ms=SYSTEM_CLOCK.now_ms(),
+        ttl_ms=kw.pop("ttl_ms", 30_000),
+        **kw,
+    )
+
+
+async def until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.01)
+
+
+def payloads(host: Host, sender: str, target: str) -> list[Any]:
+    return [m.payload for m in host.got if m.sender == sender and m.target == target]
+
+
+# ---- the receiving side alone -----------------------------------------------------
+
+
+def test_intake_takes_each_lane_in_order_and_drops_duplicates() -> None:
+    it = Intake(max_lanes=2, max_seen=100)
+    lane = ("n1", "i", "a/1", "b/1", 0)
+    assert it.check(lane, 5, 5, ("m5", "b/1")).deliver  # an unknown lane starts at the sender's base
+    it.taken(lane, 5, ("m5", "b/1"))
+    assert it.check(lane, 7, 6, ("m7", "b/1")).retry  # 6 is missing: refused, sent again later
+    assert not it.check(lane, 5, 5, ("m5x", "b/1")).deliver  # below next: a duplicate
+    assert it.check(lane, 6, 6, ("m6", "b/1")).deliver
+    it.taken(lane, 6, ("m6", "b/1"))
+    assert not it.check(lane, 9, 9, ("m6", "b/1")).deliver  # an id seen before
+    assert it.check(lane, 9, 9, ("m9", "b/1")).deliver  # the sender gave up on 7 and 8 (base moved)
+    for i in range(5):  # lanes are bounded; a forgotten one restarts at the base
+        it.taken(("n1", "i", "a/1", f"x/{i}", 0), 1, (f"y{i}", f"x/{i}"))
+    assert len(it) == 2
+    assert it.check(lane, 9, 9, ("m9", "b/1")).deliver
+
+
+# ---- over real streams -------------------------------------------------------------
+
+
+def test_fast_sends_arrive_once_in_order_per_sender_and_target_local_and_remote() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/a", "n2", 7)
+            c.activate("echo/b", "n1", 8)
+            c.activate("echo/c", "n3", 9)
+            # 64 in flight at a time from several senders to actors on three nodes.
+            sem = asyncio.Semaphore(64)
+
+            async def one(src: str, sender: str, target: str, n: int) -> None:
+                async with sem:
+                    sent = await c.routers[src].send(msg(sender, target, n))
+                    assert sent.targets == (target,)
+
+            jobs = []
+            for n in range(300):
+                for sender, src in (("client:x", "n1"), ("client:y", "n3")):
+                    for target in ("echo/a", "echo/b", "echo/c"):
+                        jobs.append(one(src, sender, target, n))
+            # Sends of one sender are issued in order (the order a client's calls are made).
+            await asyncio.gather(*jobs)
+            for node, target in (("n2", "echo/a"), ("n1", "echo/b"), ("n3", "echo/c")):
+                for sender in ("client:x", "client:y"):
+                    assert payloads(c.hosts[node], sender, target) == list(range(300)), (node, sender)
+            assert all(r.stats["dead_lettered"] == 0 for r in c.routers.values())
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_a_refused_message_is_retried_and_later_ones_wait_for_it() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/a", "n2", 3)
+            refusals = {"left": 5}
+
+            def full(m: Message) -> Refused | None:
+                if m.payload == 10 and refusals["left"] > 0:
+                    refusals["left"] -= 1
+                    return Refused("inbox full", retry=True)
+                return None
+
+            c.hosts["n2"].refuse = full
+            await asyncio.gather(*(c.routers["n1"].send(msg("client:x", "echo/a", n)) for n in range(40)))
+            assert payloads(c.hosts["n2"], "client:x", "echo/a") == list(range(40))
+            assert refusals["left"] == 0 and c.routers["n1"].stats["refused_retry"] >= 5
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_a_final_refusal_raises_is_dead_lettered_and_the_lane_goes_on() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/a", "n3", 3)
+            c.hosts["n3"].refuse = lambda m: (
+                Refused("no actor type echo here", retry=False) if m.payload == 1 else None
+            )
+            r = c.routers["n1"]
+            results = await asyncio.gather(
+                *(r.send(msg("client:x", "echo/a", n)) for n in range(4)), return_exceptions=True
+            )
+            assert isinstance(results[1], FailedPrecondition) and "no actor type" in results[1].message
+            assert payloads(c.hosts["n3"], "client:x", "echo/a") == [0, 2, 3]
+            assert r.stats["dead_lettered"] == 1
+            await until(lambda: any(isinstance(p, RecordDeadLetters) for p in c.proposed))
+            dl = next(p for p in c.proposed if isinstance(p, RecordDeadLetters))
+            assert (
+                dl.node_id == "n1"
+                and dl.items[0].message.payload == 1
+                and "no actor type" in dl.items[0].reason
+            )
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_ttl_expiry_on_either_side_is_a_dead_letter_never_silent() -> None:
+    async def main() -> None:
+        # n3's clock runs ten minutes ahead: what n1 sends it has expired by n3's clock.
+        c = await start({"n3": OffsetClock(600_000)})
+        try:
+            c.activate("echo/late", "n3", 4)
+            with pytest.raises(FailedPrecondition, match="expired"):
+                await c.routers["n1"].send(msg("client:x", "echo/late", 1))
+            assert c.routers["n3"].stats["expired_received"] == 1 and not c.hosts["n3"].got
+
+            # A target whose node cannot be reached: the message waits, then expires at the sender.
+            await c.servers["n2"].stop(None)
+            c.activate("echo/gone", "n2", 5)
+            t0 = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                await c.routers["n1"].send(msg("client:x", "echo/gone", 2, ttl_ms=400))
+            assert time.monotonic() - t0 < 5
+            r = c.routers["n1"]
+            assert r.stats["dead_lettered"] == 2
+            await until(lambda: sum(isinstance(p, RecordDeadLetters) for p in c.proposed) >= 1)
+            reasons = [i.reason for p in c.proposed if isinstance(p, RecordDeadLetters) for i in p.items]
+            await until(
+                lambda: len([i for p in c.proposed if isinstance(p, RecordDeadLetters) for i in p.items]) == 2
+            )
+            reasons = [i.reason for p in c.proposed if isinstance(p, RecordDeadLetters) for i in p.items]
+            assert any("expired" in x and "n3" in x for x in reasons), reasons
+            assert any("expired" in x and "n2" in x for x in reasons), reasons
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_a_stream_cut_mid_flight_loses_and_repeats_nothing() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/a", "n2", 3)
+            r = c.routers["n1"]
+            total = 2000
+            sends = [asyncio.ensure_future(r.send(msg("client:x", "echo/a", n))) for n in range(total)]
+            await until(lambda: len(c.hosts["n2"].got) >= 200)
+            # Cut: n2's server goes away mid-flight (every stream breaks, acks in flight are lost)
+            # and comes back on the same address; n1 dials again and sends what was unanswered.
+            await c.servers["n2"].stop(None)
+            await c.serve("n2")
+            await asyncio.wait_for(asyncio.gather(*sends), 20)
+            assert payloads(c.hosts["n2"], "client:x", "echo/a") == list(range(total))
+            assert r.stats["sessions_opened"] >= 2
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_request_reply_and_late_and_stale_replies_are_dropped_and_counted() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/a", "n2", 7)
+            c.hosts["n2"].epoch_of = lambda a: 7
+            r = c.routers["n1"]
+            reply = await r.request(msg("client:x", "echo/a", 41), timeout_s=5)
+            assert reply.payload == {"echo": 41, "by": "n2"} and reply.correlation_id.startswith("m")
+            # Local target: no stream, same promises.
+            c.activate("echo/b", "n1", 8)
+            reply = await r.request(msg("client:x", "echo/b", 42), timeout_s=5)
+            assert reply.payload == {"echo": 42, "by": "n1"}
+
+            # No answer in time: DEADLINE_EXCEEDED; the answer that comes later is counted, not kept.
+            c.hosts["n2"].answer = False
+            late = msg("client:x", "echo/a", 43)
+            with pytest.raises(DeadlineExceeded):
+                await r.request(late, timeout_s=0.2)
+            c.routers["n2"].reply(
+                Message(
+                    id="r-late", sender="echo/a", correlation_id=late.id, reply_to="n1", payload=1, epoch=7
+                )
+            )
+            await until(lambda: r.stats["late_replies"] == 1)
+
+            # A reply from an older activation than the one the requester knows is dropped.
+            stale = msg("client:x", "echo/a", 44)
+            waiting = asyncio.ensure_future(r.request(stale, timeout_s=1.0))
+            await until(lambda: any(m.id == stale.id for m in c.hosts["n2"].got))
+            c.routers["n2"].reply(
+                Message(
+                    id="r-stale", sender="echo/a", correlation_id=stale.id, reply_to="n1", payload=1, epoch=6
+                )
+            )
+            await until(lambda: r.stats["stale_replies"] == 1)
+            with pytest.raises(DeadlineExceeded):
+                await waiting
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_fast_publish_reaches_subscribers_and_every_nodes_client_streams() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            with c.lock:
+                c.machine.state.messages.subscriptions["news"] = {"echo": None, "echo/k": None}
+            c.activate("echo/src1", "n2", 3)
+            c.activate("echo/k", "n3", 4)
+            streams = {n: c.routers[n].subscribe("news", from_start=False) for n in NODES}
+            firsts = {n: asyncio.ensure_future(anext(s)) for n, s in streams.items()}
+            await asyncio.sleep(0.05)  # let each stream register before the publish
+            p = Message(
+                id="p1",
+                sender="client:x",
+                topic="news",
+                source="src1",
+                payload="hi",
+                sent_ms=SYSTEM_CLOCK.now_ms(),
+                ttl_ms=30_000,
+            )
+            sent = await c.routers["n1"].send(p)
+            assert sorted(sent.targets) == ["echo/k", "echo/src1"]
+            assert [m.payload for m in c.hosts["n2"].got] == ["hi"] and c.hosts["n2"].got[
+                0
+            ].target == "echo/src1"
+            assert [m.target for m in c.hosts["n3"].got] == ["echo/k"]
+            got = await asyncio.wait_for(asyncio.gather(*firsts.values()), 5)
+            assert [m.id for m in got] == ["p1"] * 3
+            for s in streams.values():
+                await s.aclose()
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_subscribe_from_start_reads_the_retained_log_then_live_durable_publishes() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+
+            def publish(seq: int) -> None:
+                m = Message(id=f"d{seq}", sender="client:x", topic="t", payload=seq, durable=True)
+                with c.lock:
+                    c.machine.state.messages.topics.setdefault("t", __import__("collections").deque()).append(
+                        Published(seq, m, 0)
+                    )
+                c.applied([TopicPublished(seq, "t", seq)])
+
+            publish(1)
+            publish(2)
+            s = c.routers["n2"].subscribe("t", from_start=True)
+            assert (await anext(s)).payload == 1
+            assert (await anext(s)).payload == 2
+            nxt = asyncio.ensure_future(anext(s))
+            await asyncio.sleep(0.01)
+            publish(3)
+            assert (await asyncio.wait_for(nxt, 5)).payload == 3
+            await s.aclose()
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_exchange_refuses_strangers_and_malformed_frames() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+
+            async def exchange(frames: list[pb.PeerFrame], to: str = "n2") -> tuple[grpc.StatusCode, str]:
+                async def gen() -> Any:
+                    for f in frames:
+                        yield f
+                    await asyncio.sleep(0.5)
+
+                async with grpc.aio.insecure_channel(c.addrs[to]) as ch:
+                    call = pb_grpc.PeerStub(ch).Exchange(gen())
+                    try:
+                        async for _ in call:
+                            pass
+                    except grpc.aio.AioRpcError as exc:
+                        return exc.code(), exc.details() or ""
+                return grpc.StatusCode.OK, ""
+
+            code, why = await exchange([pb.PeerFrame(node_id="stranger", incarnation="x")])
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and "not a member" in why
+            code, why = await exchange([pb.PeerFrame(node_id="n1", incarnation="old")])
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            code, why = await exchange([pb.PeerFrame(node_id="n3", incarnation="incn3")])
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and "smaller id dials" in why
+            bad = pb.PeerFrame(node_id="n1", incarnation="incn1", messages=[pb.AgentMessage(id="x")])
+            code, why = await exchange([pb.PeerFrame(node_id="n1", incarnation="incn1"), bad])
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "one tag" in why, why
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_an_invalid_message_from_a_peer_is_refused_for_good() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/a", "n2", 3)
+            frames: list[pb.PeerFrame] = [pb.PeerFrame(node_id="n1", incarnation="incn1")]
+            m = pb.AgentMessage(
+                id="bad id",
+                sender="client:x",
+                target="echo/a",
+                payload_json="1",
+                ttl_ms=1000,
+                sent_ms=SYSTEM_CLOCK.now_ms(),
+            )
+            frames.append(
+                pb.PeerFrame(
+                    node_id="n1",
+                    incarnation="incn1",
+                    messages=[m],
+                    tags=[1],
+                    lane_seqs=[1],
+                    lane_bases=[1],
+                    kinds=[0],
+                )
+            )
+
+            async def gen() -> Any:
+                for f in frames:
+                    yield f
+                await asyncio.sleep(2)
+
+            acks: list[pb.PeerAck] = []
+            async with grpc.aio.insecure_channel(c.addrs["n2"]) as ch:
+                call = pb_grpc.PeerStub(ch).Exchange(gen())
+                async for f in call:
+                    acks.extend(f.acks)
+                    if acks:
+                        call.cancel()
+                        break
+            assert acks[0].tag == 1 and not acks[0].retry and "invalid message" in acks[0].error
+            assert not c.hosts["n2"].got
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
