@@ -31,7 +31,11 @@ Scenarios:
 1. request/response one at a time (``--requests``, default 2,000, after 50 untimed): p50/p99 of the
    round trip at the driver, and messages/s = requests / wall time.
 2. 64 requests in flight (``--inflight-requests``, default 5,000): 64 lanes each issuing its next request
-   when the previous one answered; msg/s = requests / wall time, p50/p99 per request.
+   when the previous one answered; msg/s = requests / wall time, p50/p99 per request. All go to one
+   agent on both systems. AutoGen runs one agent's handlers concurrently (a task per message);
+   a raftmesh activation takes one turn at a time, and a durable turn ends with its ack committed,
+   so one durable key is bounded by the commit latency. A raftmesh-only row therefore also spreads
+   the 64 lanes over 64 keys (``benchecho/s0`` .. ``s63``, activated by an untimed round first).
 3. publish to a subscriber end to end (``--publishes``, default 5,000): msg/s = publishes / (the last
    one's handling at the subscriber - the first publish call). AutoGen's ``publish_message`` returns
    before anything is sent, so its driver publishes in a tight loop; raftmesh's ``Send`` answers once
@@ -476,7 +480,7 @@ class RaftmeshSide:
             durable=durable,
         )
 
-    async def _requests(self, n: int, window: int, durable: bool) -> tuple[list[int], int]:
+    async def _requests(self, n: int, window: int, durable: bool, keys: int = 1) -> tuple[list[int], int]:
         from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
 
         chans, stubs = await self._channels(self.order_from(self.leader))
@@ -486,7 +490,8 @@ class RaftmeshSide:
 
             async def lane(i: int) -> None:
                 for s in seqs:
-                    req = pb.MessageRequest(message=self._msg(s, durable, target=ECHO), timeout_s=CALL_S)
+                    target = ECHO if keys == 1 else f"benchecho/s{s % keys}"
+                    req = pb.MessageRequest(message=self._msg(s, durable, target=target), timeout_s=CALL_S)
                     t0 = time.monotonic_ns()
                     r = await self._call(stubs, i, "Request", req, GIVE_UP_S)
                     lat.append(time.monotonic_ns() - t0)
@@ -506,6 +511,11 @@ class RaftmeshSide:
 
     def inflight(self, n: int, durable: bool) -> dict[str, Any]:
         return latency_summary(*asyncio.run(self._requests(n, WINDOW, durable)))
+
+    def spread(self, n: int, durable: bool) -> dict[str, Any]:
+        """64 in flight, each lane to its own key (benchecho/s0..s63, activated by an untimed round)."""
+        asyncio.run(self._requests(WINDOW, WINDOW, durable, keys=WINDOW))
+        return latency_summary(*asyncio.run(self._requests(n, WINDOW, durable, keys=WINDOW)))
 
     async def _publishes(
         self,
@@ -672,11 +682,12 @@ def render(report: dict[str, Any]) -> str:
     ]
     cols = [("raftmesh fast", "fast"), ("raftmesh durable", "durable"), ("AutoGen", "autogen")]
 
-    def row(label: str, scen: str, key: str, spec: str) -> str:
+    def row(label: str, scen: str, key: str, spec: str, ag_scen: str | None = None) -> str:
+        """ag_scen: the AutoGen scenario the ratios are to (default: the same one)."""
         s = f"  {label:<34}"
         for _, k in cols:
             s += f"{_f(res.get(scen, {}).get(k, {}).get(key), spec):>18}"
-        ag = res.get(scen, {}).get("autogen", {}).get(key)
+        ag = res.get(ag_scen or scen, {}).get("autogen", {}).get(key)
         for k in ("fast", "durable"):
             s += f"{_f(ratio(res.get(scen, {}).get(k, {}).get(key), ag), '.2f'):>10}"
         return s
@@ -692,6 +703,11 @@ def render(report: dict[str, Any]) -> str:
         if scen != "publish":
             lines.append(row("p50 ms", scen, "p50_ms", ".2f"))
             lines.append(row("p99 ms", scen, "p99_ms", ".2f"))
+        if scen == "inflight" and res.get("spread"):
+            lines.append(f"  raftmesh over {WINDOW} keys (a lane each; ratios to AutoGen's one agent above):")
+            lines.append(row("msg/s", "spread", "msg_per_s", ",.0f", "inflight"))
+            lines.append(row("p50 ms", "spread", "p50_ms", ".2f", "inflight"))
+            lines.append(row("p99 ms", "spread", "p99_ms", ".2f", "inflight"))
     kills = res.get("kills", {})
     if kills:
         lines.append(
@@ -773,7 +789,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(a: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict[str, Any]:
     effects = EffectLog(os.path.join(tmp, "effects.log"))
     load0 = os.getloadavg()
-    res: dict[str, dict[str, Any]] = {"rr": {}, "inflight": {}, "publish": {}, "kills": {}}
+    res: dict[str, dict[str, Any]] = {"rr": {}, "inflight": {}, "spread": {}, "publish": {}, "kills": {}}
     autogen_skipped = "--skip-autogen was given" if a.skip_autogen else None
     ag: AutogenSide | None = None
     if not a.skip_autogen:
@@ -808,6 +824,9 @@ def run(a: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict[st
             step(scen, "durable", getattr(rm, scen), n, True)
         if ag:
             step(scen, "autogen", getattr(ag, scen), n)
+    if rm and "inflight" in only:
+        step("spread", "fast", rm.spread, a.inflight_requests, False)
+        step("spread", "durable", rm.spread, a.inflight_requests, True)
     if rm and "publish" in only:
         step("publish", "fast", rm.publish, a.publishes, next(base), False, a.settle)
         step("publish", "durable", rm.publish, a.publishes, next(base), True, a.settle)
