@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from raftmesh.consensus import ClusterState, StateMachine, encode_batch, limits
+from raftmesh.consensus import ClusterState, StateMachine, activations, encode_batch, limits
 from raftmesh.consensus.commands import (
     AckMessage,
     Activate,
@@ -70,7 +70,7 @@ FULL_CHECK_EVERY = 5
 
 def seeds() -> list[int]:
     replay = os.environ.get("RAFTMESH_SIM_SEED")
-    return [int(s) for s in replay.split(",")] if replay else list(range(12))
+    return [int(s) for s in replay.split(",")] if replay else list(range(10))
 
 
 @dataclass
@@ -162,7 +162,13 @@ class Checker:
         store = st.messages
         for address, a in store.activations.items():
             assert a.address == address and self.epochs.get(address) == a.epoch
+            # A restarted node's old activations went with its old process.
+            assert st.members[a.node].incarnation == a.incarnation
             assert address in store.by_node[a.node]
+        self.counts["unplaced seen"] += len(store.unplaced)
+        for address in store.unplaced:
+            assert address not in store.activations and store.mailboxes[address].queue
+            assert activations.place(st, address) is None, f"{address} waits though a node has room"
         # Turn sends are queued too: learn them from the mailboxes (their seqs are new).
         for address, box in store.mailboxes.items():
             assert box.queue, "an empty mailbox is kept"
@@ -383,6 +389,9 @@ def simulate(seed: int) -> Checker:
                 )
                 assert r.sm.state.index_snapshot() == st.index_snapshot()
     checker.state(leader.sm.state)
+    checker.counts["expired"] += sum(
+        d.letter.reason == "expired" for d in leader.sm.state.messages.dead_letters
+    )
     for r in replicas:
         r.catch_up(log)
     assert len({r.sm.digest() for r in replicas}) == 1, f"seed {seed}: replicas ended with different digests"
@@ -417,5 +426,7 @@ def test_the_simulation_reaches_every_messaging_path() -> None:
         "Deactivate",
         "RecordDeadLetters",
         "rejected ABORTED",
+        "unplaced seen",
+        "expired",
     ):
         assert COVERED[what] > 0, f"no seed reached {what!r}: {dict(COVERED)}"

@@ -7,6 +7,7 @@ Every applied command is checked for index and encoding round-trip equality (``C
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from raftmesh.consensus.commands import (
     SubscribeTopic,
     Tick,
 )
-from raftmesh.consensus.messages import Activation
+from raftmesh.consensus.messages import Activation, in_delivery_order
 from raftmesh.consensus.results import (
     ActivationChanged,
     ActivationResult,
@@ -46,6 +47,7 @@ from raftmesh.consensus.results import (
     expect,
 )
 from raftmesh.node.liveness import Liveness
+from raftmesh.node.reads import ReadView
 from raftmesh.node.scheduler import Scheduler
 from tests.test_machine import Cluster
 from tests.test_node_units import MachineWriter, reads_of
@@ -392,7 +394,8 @@ def test_a_publish_fans_out_to_type_and_key_subscribers_and_is_retained(c: Mesh)
     assert (leg.target, leg.topic, leg.id) == ("bidder/alice", "bids", p.id)  # each leg names its subscriber
     assert [x.seq for x in c.st.messages.topics["bids"]] == [seq]
     assert TopicPublished(c.st.revision, "bids", seq) in c.events
-    assert c.dead_reasons() == [(p.id, "undeliverable to ghost/lot7: no node offers actor type 'ghost'")]
+    assert c.dead_reasons() == [(p.id, "undeliverable: no node offers actor type 'ghost'")]
+    assert c.st.messages.dead_letters[0].letter.message.target == "ghost/lot7"
     c.sent(c.msg("", 1, topic="bids"))
     assert c.queued("room/default") != []
     c.ok(sub(c, "bids", "room", subscribe=False))
@@ -473,3 +476,55 @@ def test_the_scheduler_ticks_when_a_lease_or_a_message_ttl_is_due(c: Mesh) -> No
     clock.advance(LEASE / 2000)  # the leases (room/a's went idle: dropped, not moved)
     step()
     assert c.st.messages.activations == {}
+
+
+def test_the_cluster_caps_and_malformed_fences_and_renewals(c: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_ACTIVATIONS", 1)
+    c.ok(Activate(c.rid(), c.ts, address="room/a"))
+    c.unchanged(Activate(c.rid(), c.ts, address="room/b"), Code.RESOURCE_EXHAUSTED)
+    c.sent(c.msg("room/b"))  # a durable message waits for room instead
+    assert "room/b" in c.st.messages.unplaced
+    bad = KvTxn(c.rid(), c.ts, success=(KvOp("put", "k", 1),), fence=Fence(actor="no-slash", token=1))
+    c.unchanged(bad, Code.INVALID_ARGUMENT)
+    monkeypatch.setattr(limits, "MAX_ACTIVATIONS_PER_NODE", 1)
+    items = (("room/a", 1), ("room/b", 1))
+    cmd = RenewActivations(c.rid(), c.ts, node_id="n1", incarnation="inc-1", items=items)
+    c.unchanged(cmd, Code.INVALID_ARGUMENT)
+    monkeypatch.setattr(limits, "MAX_ACTOR_TYPES_PER_NODE", 1)
+    c.unchanged(c.node("n5", "room", "bidder"), Code.INVALID_ARGUMENT)
+
+
+def test_renewals_and_acks_leave_bounded_heaps_on_every_replica(c: Mesh) -> None:
+    """Followers never ask for the next deadline (only the leader does): the heaps must stay
+    bounded by themselves."""
+    c.sent(c.msg("room/keep", ttl_ms=limits.MAX_MESSAGE_TTL_MS))  # a live entry at the heap's top
+    epoch = c.act("room/keep").epoch
+    for _ in range(300):
+        c.ts += 100
+        c.renew("n1", ("room/keep", epoch))
+        [seq] = c.sent(c.msg("room/other", ttl_ms=limits.MAX_MESSAGE_TTL_MS)).seqs
+        c.ok(c.ack("room/other", seq))
+        c.sent(c.msg("", 1, topic="t"))
+    store = c.st.messages
+    assert len(store.lease_deadlines) <= 2 * len(store.activations) + 64
+    assert len(store.expiries) <= 2 * store.queued + 64
+    assert len(store.topic_order) <= 2 * len(store.topics) + 64
+
+
+def test_a_handler_takes_the_highest_priority_first_then_commit_order(c: Mesh) -> None:
+    low, high1, high2 = c.msg("room/a", priority=-1), c.msg("room/a", priority=5), c.msg("room/a", priority=5)
+    c.sent(low, high1)
+    c.sent(high2, c.msg("room/a"))
+    order = [q.message.id for q in in_delivery_order(c.st.messages.mailboxes["room/a"])]
+    assert order[:2] == [high1.id, high2.id] and order[-1] == low.id
+
+
+def test_the_read_views_digest_covers_messaging(c: Mesh) -> None:
+    """``status --digest`` (the read view's incremental digest) equals the state's."""
+    view = ReadView(threading.RLock(), lambda: c.st)
+    c.ok(SubscribeTopic(c.rid(), c.ts, topic="t", subscriber="room"))
+    for cmd in (c.send(c.msg("room/a")), c.send(c.msg("", 1, topic="t"))):
+        c.ok(cmd)
+        assert view.digest() == (c.st.revision, c.st.digest())
+    c.ok(c.ack("room/a", c.queued("room/a")[0]))
+    assert view.digest() == (c.st.revision, c.st.digest())

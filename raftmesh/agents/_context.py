@@ -49,6 +49,46 @@ class TaskContext:
     """A map instance's item of its source's output list (None for a task that is not one)."""
     index: int = 0
     """A map instance's position in that list."""
+    messages: Any = None
+    """Sends of this attempt (``raftmesh.agents._messaging.Messenger``, sender ``task:RUN/TASK``,
+    durable ones fenced by the attempt's token); None where the node has no router."""
+
+    def _messenger(self) -> Any:
+        if self.messages is None:
+            raise RuntimeError(
+                "ctx.send/request/publish are available to async and thread agents on a node "
+                "(not in process isolation)"
+            )
+        return self.messages
+
+    async def send(
+        self,
+        target: str,
+        payload: Any,
+        *,
+        durable: bool = False,
+        type: str = "",
+        ttl_ms: int = 0,
+        priority: int = 0,
+    ) -> Any:
+        """Send to actor ``target`` (``TYPE/KEY``); a durable one is committed when this returns."""
+        return await self._messenger().send(
+            target, payload, durable=durable, type=type, ttl_ms=ttl_ms, priority=priority
+        )
+
+    async def request(
+        self, target: str, payload: Any, *, timeout_s: float = 30.0, durable: bool = False, type: str = ""
+    ) -> Any:
+        """The reply's payload (``DeadlineExceeded`` after ``timeout_s``)."""
+        return await self._messenger().request(
+            target, payload, timeout_s=timeout_s, durable=durable, type=type
+        )
+
+    async def publish(
+        self, topic: str, payload: Any, *, durable: bool = False, source: str = "", type: str = ""
+    ) -> Any:
+        """Publish to ``topic``'s subscribers."""
+        return await self._messenger().publish(topic, payload, durable=durable, source=source, type=type)
 
     def report_usage(self, tokens_in: int = 0, tokens_out: int = 0, cost: float = 0.0) -> None:
         """Add to this attempt's usage (summed per task and per run in ``raftmesh get``)."""
@@ -84,3 +124,41 @@ class SyncTaskContext(TaskContext):
 
     # A thread cannot await an asyncio.Event; the same name keeps agents portable across modes.
     cancelled: threading.Event = field(default_factory=threading.Event)  # type: ignore[assignment]
+    loop: asyncio.AbstractEventLoop | None = None
+    """The node's loop (``send``/``request``/``publish`` run there and block this thread)."""
+
+    def _blocking(self, coro: Any, timeout_s: float) -> Any:
+        if self.loop is None:
+            coro.close()
+            raise RuntimeError("ctx.send/request/publish are not available in process isolation")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout_s)
+
+    def send(
+        self,
+        target: str,
+        payload: Any,
+        *,
+        durable: bool = False,
+        type: str = "",
+        ttl_ms: int = 0,
+        priority: int = 0,
+    ) -> Any:
+        """``TaskContext.send`` as a blocking call."""
+        coro = TaskContext.send(
+            self, target, payload, durable=durable, type=type, ttl_ms=ttl_ms, priority=priority
+        )
+        return self._blocking(coro, 120.0)
+
+    def request(
+        self, target: str, payload: Any, *, timeout_s: float = 30.0, durable: bool = False, type: str = ""
+    ) -> Any:
+        """``TaskContext.request`` as a blocking call."""
+        coro = TaskContext.request(self, target, payload, timeout_s=timeout_s, durable=durable, type=type)
+        return self._blocking(coro, timeout_s + 10.0)
+
+    def publish(
+        self, topic: str, payload: Any, *, durable: bool = False, source: str = "", type: str = ""
+    ) -> Any:
+        """``TaskContext.publish`` as a blocking call."""
+        coro = TaskContext.publish(self, topic, payload, durable=durable, source=source, type=type)
+        return self._blocking(coro, 120.0)

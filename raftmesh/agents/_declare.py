@@ -1,4 +1,4 @@
-"""``@raftmesh.agent``: declare an agent type in a Python module.
+"""``@raftmesh.agent`` and ``@raftmesh.actor``: declare an agent or actor type in a Python module.
 
 How a declaration reaches a registry: the decorator needs none. It checks its arguments
 (a mistake fails the import of the module, at the decorator's line), builds the
@@ -14,6 +14,9 @@ takes a decorated object directly (a node built in-process, a test).
 
 A module executed again (imported afresh after a failed import) replaces its earlier
 declarations; a reloaded one replaces each declaration made at the same line.
+
+An actor declaration (``ActorDef``) travels the same way and lands in ``AgentRegistry.actors``
+(a namespace of its own: an agent and an actor may share a name).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, TypeVar
 
 from ..consensus import limits
 from ..errors import InvalidArgument
-from ._registry import ISOLATIONS, AgentDef
+from ._registry import ISOLATIONS, ActorDef, AgentDef
 
 T = TypeVar("T")
 
@@ -43,7 +46,7 @@ class AgentDefinitionError(InvalidArgument, ValueError):
 
 @dataclass(frozen=True)
 class Declaration:
-    agent: AgentDef
+    agent: AgentDef | ActorDef
     module: str
     """The module that executed the decorator."""
     file: str
@@ -286,5 +289,108 @@ def agent(
             raise _fail(name, f"cannot mark {obj!r} as an agent (decorate a function or class)") from None
         _record(decl, id(frame.f_globals))
         return obj
+
+    return deco
+
+
+MAX_ACTOR_IDLE_S = 7 * 24 * 3600.0
+"""``idle_s`` at most 7 days (an activation renews its lease meanwhile)."""
+
+
+def actor(
+    name: str,
+    *,
+    topics: Iterable[str] = (),
+    capabilities: Iterable[str] = (),
+    idle_s: float = 300.0,
+    max_activations: int = 0,
+) -> Callable[[T], T]:
+    """Declare actor type ``name`` (addresses ``name/KEY``) on a class with a no-argument
+    constructor and ``async def on_message(self, ctx, msg)`` (optional ``async def
+    on_activate(self, ctx)``, called once per activation before its first message).
+
+    ``topics``: the node subscribes this type to them at start (a publish with source S
+    reaches ``name/S``, ``name/default`` without one). ``capabilities``: placement puts
+    activations on nodes whose offer has them. ``idle_s``: an activation with no message for
+    that long gives its lease up (0: never). ``max_activations``: per node (0: the node's
+    limit). The class is returned unchanged. See README "Messages".
+    """
+
+    def fail(why: str) -> AgentDefinitionError:
+        return AgentDefinitionError(f"@raftmesh.actor({name!r}): {why}")
+
+    if not isinstance(name, str):
+        raise AgentDefinitionError(f"@raftmesh.actor: the actor type must be a string, not {name!r}")
+    why = limits.id_error("actor type", name)
+    if why:
+        raise fail(why)
+    if isinstance(topics, str) or not isinstance(topics, Iterable):
+        raise fail(f'topics must be a list of topic names like ["prices"], not {topics!r}')
+    tops: list[str] = []
+    for t in topics:
+        if not isinstance(t, str):
+            raise fail(f"topic {t!r} must be a string")
+        why = limits.name_error("topic", t, limits.MAX_TOPIC_CHARS)
+        if why:
+            raise fail(why)
+        if t not in tops:
+            tops.append(t)
+    try:
+        caps = _capabilities(name, capabilities)
+    except AgentDefinitionError as exc:
+        raise fail(exc.message.partition(": ")[2]) from None
+    if (
+        isinstance(idle_s, bool)
+        or not isinstance(idle_s, (int, float))
+        or not 0 <= idle_s <= MAX_ACTOR_IDLE_S
+    ):
+        raise fail(f"idle_s must be a number of seconds in 0..{MAX_ACTOR_IDLE_S:g}, not {idle_s!r}")
+    if (
+        not isinstance(max_activations, int)
+        or isinstance(max_activations, bool)
+        or not 0 <= max_activations <= limits.MAX_ACTIVATIONS_PER_NODE
+    ):
+        raise fail(f"max_activations must be an integer in 0..{limits.MAX_ACTIVATIONS_PER_NODE}")
+
+    def deco(cls: T) -> T:
+        frame = sys._getframe(1)
+        module = str(frame.f_globals.get("__name__", ""))
+        file, line = frame.f_code.co_filename, frame.f_lineno
+        if not inspect.isclass(cls):
+            raise fail(
+                f"decorate a class with async def on_message(self, ctx, msg), not {type(cls).__name__}"
+            )
+        on_message = getattr(cls, "on_message", None)
+        if not inspect.iscoroutinefunction(on_message) or not _accepts(on_message, 3):
+            raise fail(f"class {cls.__qualname__} must define async def on_message(self, ctx, msg)")
+        on_activate = getattr(cls, "on_activate", None)
+        if on_activate is not None and (
+            not inspect.iscoroutinefunction(on_activate) or not _accepts(on_activate, 2)
+        ):
+            raise fail(f"{cls.__qualname__}.on_activate must be async def on_activate(self, ctx)")
+        try:
+            inspect.signature(cls).bind()
+        except TypeError:
+            raise fail(f"class {cls.__qualname__} must be constructible with no arguments") from None
+        except ValueError:
+            pass
+        source = (
+            str(frame.f_globals.get("__file__") or file)
+            if module == "__main__" or module.startswith(FILE_MODULE_PREFIX)
+            else module
+        )
+        d = ActorDef(
+            name,
+            cls,
+            topics=tuple(tops),
+            capabilities=caps,
+            idle_s=float(idle_s),
+            max_activations=max_activations,
+            source=source,
+        )
+        decl = Declaration(d, module, file, line, next(_seq))
+        setattr(cls, ATTRIBUTE, decl)
+        _record(decl, id(frame.f_globals))
+        return cls
 
     return deco

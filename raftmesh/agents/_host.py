@@ -45,12 +45,13 @@ from typing import Any
 from ..clock import Clock
 from ..consensus import limits, values
 from ..consensus.codes import Code
-from ..consensus.commands import NO_USAGE, Complete, Completion, Fail, Failure, TaskSpec, Usage
+from ..consensus.commands import NO_USAGE, Complete, Completion, Fail, Failure, Fence, TaskSpec, Usage
 from ..consensus.members import task_defaults
 from ..consensus.results import Rejected, ReportResult, Result
 from ..consensus.state import ClusterState, TaskKey, TaskStatus
 from ..errors import RaftmeshError
 from ._context import SyncTaskContext, TaskContext
+from ._messaging import Messenger, Router
 from ._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE, ProcessPool, ThreadPool
 from ._registry import AgentDef, AgentRegistry, default_registry
 from ._setup import AgentNode
@@ -151,8 +152,11 @@ class AgentHost:
         thread_pool_size: int = THREAD_POOL_SIZE,
         process_pool_size: int = PROCESS_POOL_SIZE,
         agent_node: Callable[[str], AgentNode] | None = None,
+        router: Router | None = None,
     ) -> None:
         self.node_id = node_id
+        self._router = router
+        """The node's message router (``ctx.send``/``request``/``publish``); None: not offered."""
         self.incarnation = incarnation
         self._registry = registry
         self._reads = reads
@@ -182,6 +186,10 @@ class AgentHost:
             "",
             (),
         )
+
+    def attach_router(self, router: Router) -> None:
+        """The node's message router, once it exists (``ctx.send``/``request``/``publish``)."""
+        self._router = router
 
     def poke(self) -> None:
         self._wake.set()
@@ -330,12 +338,22 @@ class AgentHost:
             item=item,
             index=index,
         )
+        if self._router is not None and mode != "process":
+            fields["messages"] = Messenger(
+                self._router,
+                self._clock,
+                self.node_id,
+                f"task:{run_id}/{task_id}",
+                Fence(run_id=run_id, task_id=task_id, token=a.token),
+                trace_id=run_id,
+            )
         ctx: TaskContext
         if mode == "async":
             ctx = TaskContext(**fields, kv=kv, locks=locks, reads=self._reads)
         else:
-            call = loop_call(kv, locks, asyncio.get_running_loop())
-            ctx = SyncTaskContext(**fields, kv=SyncKv(call), locks=SyncLocks(call))
+            loop = asyncio.get_running_loop()
+            call = loop_call(kv, locks, loop)
+            ctx = SyncTaskContext(**fields, kv=SyncKv(call), locks=SyncLocks(call), loop=loop)
         a.ctx = ctx
         sem = self._semaphores.get(agent)
         try:

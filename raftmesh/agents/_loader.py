@@ -110,20 +110,23 @@ def _load(reg: AgentRegistry, source: str, what: str) -> None:
         raise AgentLoadError(f"{what}: {attr!r} is not a module, an agent or a callable taking the registry")
     scratch = AgentRegistry()
     _guard(what, own, lambda: obj(scratch))
-    if not scratch.agents:
+    if not scratch.agents and not scratch.actors:
         raise AgentLoadError(f"{what}: {attr}(registry) registered no agent")
     for name in scratch.names():
         d = scratch.agents[name]
         if not d.source:  # a process worker calls the same callable to find it again
             d = dataclasses.replace(d, source=source)
         _add(reg, what, d, scratch.origins.get(name, ""))
+    for name in sorted(scratch.actors):
+        _add(reg, what, scratch.actors[name], scratch.actor_origins.get(name, ""))
 
 
 def _collect(reg: AgentRegistry, what: str, modules: Iterable[str]) -> None:
     decls = declared_in(modules)
     if not decls:
         raise AgentLoadError(
-            f"{what} declares no agent (decorate an async def, a def or a class with @raftmesh.agent)"
+            f"{what} declares no agent (decorate an async def, a def or a class with @raftmesh.agent,"
+            " or a class with @raftmesh.actor)"
         )
     for decl in decls:
         _add(reg, what, decl.agent, decl.origin)

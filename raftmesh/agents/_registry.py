@@ -52,6 +52,26 @@ class AgentDef:
     """A class agent's ``teardown()``: when that process stops."""
 
 
+@dataclass(frozen=True)
+class ActorDef:
+    """An addressable agent type (``@raftmesh.actor``): a class with ``on_message(self, ctx, msg)``.
+
+    One instance per activation (``TYPE/KEY``), made with no arguments when the key is
+    activated on a node (``raftmesh.agents._actors``).
+    """
+
+    name: str
+    cls: type
+    topics: tuple[str, ...] = ()
+    """Topics the node subscribes this type to at start (a publish reaches ``TYPE/<source>``)."""
+    capabilities: frozenset[str] = frozenset()
+    idle_s: float = 300.0
+    """An activation with no message for this long gives its lease up (0: never)."""
+    max_activations: int = 0
+    """Activations of this type one node hosts at once (0: ``limits.MAX_ACTIVATIONS_PER_NODE``)."""
+    source: str = ""
+
+
 def code_origin(obj: Any) -> str:
     """``file:line`` where a function was defined ("" if it has no code object)."""
     code = getattr(obj, "__code__", None)
@@ -63,20 +83,28 @@ class AgentRegistry:
     agents: dict[str, AgentDef] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
     """Where each agent was declared (``file:line``, or ``built-in``): duplicate errors name both."""
+    actors: dict[str, ActorDef] = field(default_factory=dict)
+    """Actor types (``@raftmesh.actor``), by type name (a namespace of their own)."""
+    actor_origins: dict[str, str] = field(default_factory=dict)
 
-    def add(self, d: AgentDef | Any, origin: str = "") -> AgentDef:
-        """Register an ``AgentDef``, or an object decorated with ``@raftmesh.agent``.
+    def add(self, d: AgentDef | ActorDef | Any, origin: str = "") -> Any:
+        """Register an ``AgentDef`` or ``ActorDef``, or an object decorated with ``@raftmesh.agent``
+        or ``@raftmesh.actor``; returns the definition registered.
 
         Adding the same agent again (the same code, e.g. a module reached through two sources)
         changes nothing; a different agent under a taken name raises ``DuplicateAgentError``.
         """
-        if not isinstance(d, AgentDef):
+        if not isinstance(d, (AgentDef, ActorDef)):
             from ._declare import declaration_of
 
             decl = declaration_of(d)
             if decl is None:
-                raise TypeError(f"{d!r} is neither an AgentDef nor decorated with @raftmesh.agent")
+                raise TypeError(
+                    f"{d!r} is neither an AgentDef nor decorated with @raftmesh.agent or @raftmesh.actor"
+                )
             d, origin = decl.agent, origin or decl.origin
+        if isinstance(d, ActorDef):
+            return self._add_actor(d, origin)
         cur = self.agents.get(d.name)
         if cur is not None and cur.fn is d.fn:
             return cur
@@ -88,6 +116,20 @@ class AgentRegistry:
             )
         self.agents[d.name] = d
         self.origins[d.name] = origin
+        return d
+
+    def _add_actor(self, d: ActorDef, origin: str) -> ActorDef:
+        cur = self.actors.get(d.name)
+        if cur is not None and cur.cls is d.cls:
+            return cur
+        origin = origin or code_origin(getattr(d.cls, "on_message", None)) or "(unknown place)"
+        if cur is not None:
+            raise DuplicateAgentError(
+                f"actor type {d.name!r} is declared twice: at "
+                f"{self.actor_origins.get(d.name) or '(unknown place)'} and at {origin} (rename one of them)"
+            )
+        self.actors[d.name] = d
+        self.actor_origins[d.name] = origin
         return d
 
     def register(self, name: str, fn: AgentFn, **options: Any) -> AgentDef:
@@ -118,7 +160,13 @@ class AgentRegistry:
         missing = [n for n in names if n not in self.agents]
         if missing:
             raise ValueError(f"unknown agent type(s) {missing}; known: {self.names()}")
-        return AgentRegistry({n: self.agents[n] for n in names}, {n: self.origins.get(n, "") for n in names})
+        # ``--agents`` picks task agents; a node offers every actor type it loaded.
+        return AgentRegistry(
+            {n: self.agents[n] for n in names},
+            {n: self.origins.get(n, "") for n in names},
+            dict(self.actors),
+            dict(self.actor_origins),
+        )
 
 
 def default_registry() -> AgentRegistry:

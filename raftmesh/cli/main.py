@@ -220,6 +220,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
+    if args.messages:
+        from .messages import print_dead_letters
+
+        return print_dead_letters(args)
     with _client(args) as c:
         dead = c.dead_letters(limit=args.limit)
     if args.json:
@@ -639,6 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dead-letters", help="tasks that failed for good (retries exhausted) in retained runs, newest first"
     )
     dl.add_argument("--limit", type=int, default=100, help="at most this many (default 100, max 1000)")
+    dl.add_argument(
+        "--messages", action="store_true", help="agent messages that were not delivered, instead of tasks"
+    )
     dl.add_argument("--json", action="store_true")
     dl.set_defaults(func=cmd_dead_letters)
 
@@ -720,6 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_runs)
+
+    from .messages import add_parsers
+
+    add_parsers(sub)
     return p
 
 

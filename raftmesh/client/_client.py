@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -41,6 +41,9 @@ from ._types import (
     RunEvent,
     RunInfo,
 )
+
+if TYPE_CHECKING:
+    from ._messages import MessagesClient
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 STREAM_SILENCE_S = 5.0
@@ -173,6 +176,16 @@ class Client:
         """Versioned KV store: get/put/delete/cas/txn/list/watch/leases."""
         self.locks = LockClient(self)
         """The raw lock API; prefer ``lock(...)``."""
+        self._messages: MessagesClient | None = None
+
+    @property
+    def messages(self) -> MessagesClient:
+        """Agent messaging: send/request/publish/subscribe, dead letters, activations."""
+        if self._messages is None:  # imported on first use: it loads the message codec
+            from ._messages import MessagesClient
+
+            self._messages = MessagesClient(self)
+        return self._messages
 
     # ---- plumbing --------------------------------------------------------------
 

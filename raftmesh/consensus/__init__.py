@@ -10,8 +10,9 @@ package is pure and testable without Raft, threads or a clock:
 - processors: ``members``, ``runs`` (with ``tasks``, the task transitions, and ``usage``,
   the usage sums), ``dead_letters`` (listing and requeue), ``preemption`` (its plan and
   its command), ``approvals`` (gates: open, decide, time out, list), ``control`` (pause,
-  resume, rerun), ``ticks``, ``lock_commands``, ``kv_commands``;
-- data: ``state`` (with ``locks``, ``kv``), ``dag`` (DAG validation), ``placement``,
+  resume, rerun), ``ticks``, ``lock_commands``, ``kv_commands``, ``message_commands``
+  (agent messaging, with ``activations``: placement and leases of actor activations);
+- data: ``state`` (with ``locks``, ``kv``, ``messages``), ``dag`` (DAG validation), ``placement``,
   ``limits`` (every limit and the checks that apply them).
 """
 

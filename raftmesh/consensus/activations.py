@@ -32,16 +32,22 @@ def offered_types(st: ClusterState) -> set[str]:
     return out
 
 
-def _room(st: ClusterState, node_id: str, kind: str) -> bool:
+def _free(st: ClusterState, node_id: str, kind: str) -> int:
+    """How many more activations of ``kind`` the member ``node_id`` can take now."""
     m = st.members[node_id]
     offer = m.actors.get(kind)
     if offer is None or not m.up:
-        return False
+        return 0
     store = st.messages
     cap = min(offer.max_activations or limits.MAX_ACTIVATIONS_PER_NODE, limits.MAX_ACTIVATIONS_PER_NODE)
-    return (
-        store.load_of(node_id) < limits.MAX_ACTIVATIONS_PER_NODE and store.type_load_of(node_id, kind) < cap
+    free = min(
+        limits.MAX_ACTIVATIONS_PER_NODE - store.load_of(node_id), cap - store.type_load_of(node_id, kind)
     )
+    return max(0, free)
+
+
+def _room(st: ClusterState, node_id: str, kind: str) -> bool:
+    return _free(st, node_id, kind) > 0
 
 
 def place(st: ClusterState, address: str) -> str | None:
@@ -142,7 +148,11 @@ def fill(ctx: ApplyContext, nodes: set[str], rev: int) -> int:
         kinds = set(store.unplaced_by_type)  # near the global cap: any type may have been held by it
     placed = 0
     for kind in sorted(kinds.intersection(store.unplaced_by_type)):
-        for address in sorted(store.unplaced_by_type[kind]):
+        # At most this many can be placed: order only those, not every waiting address.
+        room = min(
+            sum(_free(st, n, kind) for n in st.members), limits.MAX_ACTIVATIONS - len(store.activations)
+        )
+        for address in heapq.nsmallest(room, store.unplaced_by_type[kind]):
             node = place(st, address)
             if node is None:
                 break

@@ -1131,9 +1131,9 @@ class AckMessage(Command):
     """A handler's turn, committed at once: the mailbox ack (``seq``; 0 for a fast-path message,
     which has no mailbox entry), the KV writes, the durable messages it sent and its reply.
 
-    Applied only if ``epoch`` is ``address``'s current activation and ``seq`` is the mailbox's
-    next unacknowledged message; an ack of a message already acknowledged changes nothing
-    (effect-once). ``reply`` (a request's answer) is kept for ``limits.REPLY_RETENTION_MS``
+    Applied only if ``epoch`` is ``address``'s current activation (else ABORTED) and ``seq`` is
+    still queued in its mailbox (any queued one: a handler takes the highest priority first); an
+    ack of a message already acknowledged or expired changes nothing (effect-once). ``reply`` (a request's answer) is kept for ``limits.REPLY_RETENTION_MS``
     so a requester that retries gets it.
     """
 

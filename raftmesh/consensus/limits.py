@@ -178,6 +178,8 @@ MAX_MESSAGE_PRIORITY = 1000
 DEFAULT_MESSAGE_TTL_MS = 60 * 1000
 """A message sent with ttl_ms 0 gets this TTL."""
 MAX_MESSAGE_TTL_MS = 7 * 24 * 3600 * 1000
+MAX_REQUEST_TIMEOUT_MS = 3600 * 1000
+"""The longest a ``Messages.Request`` waits for its reply."""
 MAX_MESSAGES_PER_SEND = 256
 """Durable messages in one ``SendMessages`` (one API call, one handler turn's sends)."""
 MAX_MAILBOX_MESSAGES = 10_000
@@ -188,6 +190,8 @@ MAX_ACTIVATIONS = 100_000
 """Activations in the cluster at once."""
 MAX_ACTIVATIONS_PER_NODE = 10_000
 """Activations one node hosts at once (an actor offer may set fewer for its type)."""
+MAX_ACTIVATIONS_LISTED = 1_000
+"""``ListActivations`` / ``raftmesh actors``: activations per call."""
 ACTIVATION_LEASE_MS = 6_000
 """An activation's lease; its node renews it every third of that. A node that stops renewing
 (dead, cut off) loses its activations this long after its last renewal."""

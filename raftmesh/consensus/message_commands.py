@@ -45,6 +45,7 @@ from .messages import (
     Queued,
     dead_letter_error,
     message_error,
+    publish_targets,
     reply_error,
     split_address,
 )
@@ -70,8 +71,9 @@ class _Plan:
     """Validated sends, ready to commit: each message (normalized) and the mailboxes it goes to."""
 
     items: list[tuple[Message, tuple[str, ...]]] = field(default_factory=list)
-    dead: list[tuple[int, str]] = field(default_factory=list)
-    """(index in items, reason) of messages (or fan-out legs) recorded as dead letters instead."""
+    dead: list[tuple[int, str, str]] = field(default_factory=list)
+    """(index in items, address or "", reason) of messages (or publish legs) recorded as dead
+    letters instead."""
 
 
 def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected | None, _Plan]:
@@ -94,12 +96,11 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
             durable=True,
             sent_ms=m.sent_ms or now,
             ttl_ms=m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS,
-            epoch=0,
         )
         if offered is None:
             offered = activations.offered_types(st)
         if m.expires_ms <= now:
-            plan.dead.append((len(plan.items), "expired before it was committed"))
+            plan.dead.append((len(plan.items), "", "expired before it was committed"))
             plan.items.append((m, ()))
             continue
         if m.target:
@@ -113,13 +114,12 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
             targets: tuple[str, ...] = (m.target,)
         else:
             found: dict[str, None] = {}
-            for sub in sorted(store.subscriptions.get(m.topic, ())):
-                address = sub if "/" in sub else f"{sub}/{m.source or 'default'}"
+            for address in publish_targets(store, m.topic, m.source):
                 kind = split_address(address)[0]
                 why = limits.address_error("subscriber", address)
                 if why or kind not in offered:
                     reason = why or f"no node offers actor type {kind!r}"
-                    plan.dead.append((len(plan.items), f"undeliverable to {address[:80]}: {reason}"))
+                    plan.dead.append((len(plan.items), address, f"undeliverable: {reason}"))
                     continue
                 found[address] = None
             targets = tuple(found)
@@ -168,14 +168,14 @@ def _commit_sends(ctx: ApplyContext, plan: _Plan, rev: int) -> MessagesSent:
     st = ctx.state
     store = st.messages
     now = st.time_ms
-    dead: dict[int, list[str]] = {}
-    for i, reason in plan.dead:
-        dead.setdefault(i, []).append(reason)
+    dead: dict[int, list[tuple[str, str]]] = {}
+    for i, address, reason in plan.dead:
+        dead.setdefault(i, []).append((address, reason))
     seqs: list[int] = []
     touched: dict[str, None] = {}
     for i, (m, targets) in enumerate(plan.items):
-        for reason in dead.get(i, ()):
-            add_dead_letter(store, m, reason, "", now)
+        for address, reason in dead.get(i, ()):
+            add_dead_letter(store, replace(m, target=address) if address else m, reason, "", now)
         if m.expires_ms <= now:
             seqs.append(store.seq)  # its dead letter's
             continue
@@ -217,7 +217,9 @@ def send(ctx: ApplyContext, cmd: SendMessages) -> Result:
     if fenced:
         return Rejected(Code.ABORTED, fenced)
     rev = ctx.advance()
-    return _commit_sends(ctx, plan, rev)
+    sent = _commit_sends(ctx, plan, rev)
+    ctx.state.messages.compact()
+    return sent
 
 
 def _unqueue(store: MessageStore, box: Mailbox, seq: int) -> Queued:
@@ -297,6 +299,7 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
     if cmd.reply is not None:
         reply_to = cmd.reply.reply_to or (q.message.reply_to if q else "")
         _keep_reply(ctx, replace(cmd.reply, epoch=cmd.epoch, reply_to=reply_to), rev)
+    store.compact()
     return MessageAcked(True, rev)
 
 
@@ -351,6 +354,7 @@ def renew(ctx: ApplyContext, cmd: RenewActivations) -> Result:
         ctx.advance()
         for a in keep:
             activations.renew(store, a, st.time_ms)
+        store.compact()
     return RenewResult(len(keep), tuple(lost))
 
 
@@ -456,4 +460,5 @@ def expire(ctx: ApplyContext, now: int, rev: int) -> int:
     if freed:
         activations.fill(ctx, freed, rev)
     trim_replies(store, now)
+    store.compact()
     return n + ended

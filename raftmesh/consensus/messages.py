@@ -146,7 +146,8 @@ class MessageStore:
     expiries: list[tuple[int, str, int]] = field(default_factory=list)
     """Heap of (expires_ms, address, seq) of queued messages; entries go stale lazily."""
     unplaced: dict[str, None] = field(default_factory=dict)
-    """Addresses with queued messages and no activation (placed by the next tick that can)."""
+    """Addresses with queued messages and no activation: no up node offering the type has room
+    (``activations.fill`` places them as soon as one has)."""
     unplaced_by_type: dict[str, dict[str, None]] = field(default_factory=dict)
     """actor type -> its unplaced addresses (placed when a node offering it gains room)."""
     type_load: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -223,7 +224,7 @@ class MessageStore:
 
     def topic_live(self, entry: tuple[int, str]) -> bool:
         log = self.topics.get(entry[1])
-        return bool(log) and log[-1].seq == entry[0]  # type: ignore[index]
+        return log is not None and bool(log) and log[-1].seq == entry[0]
 
     def index_snapshot(self) -> tuple[Any, ...]:
         """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
@@ -242,6 +243,23 @@ class MessageStore:
             self.subscription_count,
             sorted({e for e in self.topic_order if self.topic_live(e)}),
         )
+
+    def compact(self) -> None:
+        """Drop stale heap entries once they outnumber the live ones (amortized O(1) per entry).
+
+        Renewals, acks and publishes leave stale entries behind live ones, where the lazy pops
+        at the top never reach them; without this a follower's heaps would grow with every
+        renewal. Only live entries decide anything, so replicas that compact at different
+        moments still agree."""
+        if len(self.lease_deadlines) > 2 * len(self.activations) + 64:
+            self.lease_deadlines = [e for e in self.lease_deadlines if self.lease_live(e)]
+            heapq.heapify(self.lease_deadlines)
+        if len(self.expiries) > 2 * self.queued + 64:
+            self.expiries = [e for e in self.expiries if self.expiry_live(e)]
+            heapq.heapify(self.expiries)
+        if len(self.topic_order) > 2 * len(self.topics) + 64:
+            self.topic_order = [e for e in self.topic_order if self.topic_live(e)]
+            heapq.heapify(self.topic_order)
 
     # ---- maintained together with the indexes (``message_commands`` and ``activations``) ----
 
@@ -272,6 +290,26 @@ class MessageStore:
             heapq.heappop(self.expiries)
         ds = [h[0][0] for h in (self.lease_deadlines, self.expiries) if h]
         return min(ds) if ds else None
+
+
+def subscriber_address(subscriber: str, source: str) -> str:
+    """Where a publish goes for one subscriber: ``TYPE/KEY`` as is, a type ``TYPE`` to
+    ``TYPE/<source>`` (``TYPE/default`` for a publish without a source). Both paths use this."""
+    return subscriber if "/" in subscriber else f"{subscriber}/{source or 'default'}"
+
+
+def publish_targets(store: MessageStore, topic: str, source: str) -> list[str]:
+    """The addresses a publish to ``topic`` reaches, each once, in sorted subscriber order."""
+    out: dict[str, None] = {}
+    for sub in sorted(store.subscriptions.get(topic, ())):
+        out[subscriber_address(sub, source)] = None
+    return list(out)
+
+
+def in_delivery_order(box: Mailbox) -> list[Queued]:
+    """A mailbox's messages in the order a handler takes them: the highest priority first, in
+    sequence (commit) order within a priority, so FIFO per sender holds within a priority."""
+    return sorted(box.queue.values(), key=lambda q: (-q.message.priority, q.seq))
 
 
 def fence_error(store: MessageStore, address: str, epoch: int) -> str:

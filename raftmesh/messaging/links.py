@@ -128,6 +128,10 @@ class Link:
         """Messages routed here and not yet answered (backpressure: ``MAX_UNACKED_PER_PEER``)."""
         self.room = asyncio.Event()
         self.room.set()
+        self.topics_out: list[str] | None = None
+        """This node's client stream topics, to tell the peer in the next frame (None: told)."""
+        self.peer_topics: frozenset[str] = frozenset()
+        """The topics the peer has client streams for (its fast publishes' broadcasts go there)."""
 
     @property
     def connected(self) -> bool:
@@ -247,6 +251,10 @@ class Link:
 
     def frame(self, node_id: str, incarnation: str, outs: list[Out], acks: list[pb.PeerAck]) -> pb.PeerFrame:
         f = pb.PeerFrame(node_id=node_id, incarnation=incarnation, acks=acks)
+        if self.topics_out is not None:
+            f.topics.extend(self.topics_out)
+            f.topics_sent = True
+            self.topics_out = None
         if outs:
             f.messages.extend([o.to_pb() for o in outs])
             f.tags.extend([o.tag for o in outs])

@@ -1,19 +1,17 @@
 """``MessageRouter``: every message that leaves or reaches this node goes through it.
 
-Fast path (README "Messages"): one ``Peer.Exchange`` stream per pair of nodes, dialled by
-the node with the smaller id (the other waits for it), carrying frames of messages and
-acks both ways. A frame holds everything queued when the writer comes round (no timer:
-a lone message goes at once, a burst shares frames). Lanes, retries and the order they
-keep are ``links``'; duplicates and order on the receiving side are ``intake``'s;
-client topic streams are ``topics``'. The log is touched only to ``Activate`` a target
-with no activation and to record fast-path dead letters (``RecordDeadLetters``, batched).
+Fast path (README "Messages"): the streams between nodes are ``streams``'; lanes, retries
+and the order they keep are ``links``'; duplicates and order on the receiving side are
+``intake``'s; client topic streams are ``topics``'. The router decides where each message
+goes and what becomes of it (delivered, sent again, dead-lettered), and wakes requesters.
+The log is touched only to ``Activate`` a target with no activation and to record fast-path
+dead letters (``RecordDeadLetters``, batched); durable sends are one ``SendMessages``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
 import itertools
 import logging
 from collections import deque
@@ -24,9 +22,9 @@ from typing import Any
 import grpc
 
 from ..clock import Clock
-from ..consensus import limits
+from ..consensus import activations, limits
 from ..consensus.commands import Activate, Fence, Message, MessageDeadLetter, RecordDeadLetters, SendMessages
-from ..consensus.messages import message_error
+from ..consensus.messages import message_error, reply_error, split_address
 from ..consensus.results import (
     ActivationChanged,
     ActivationResult,
@@ -45,42 +43,29 @@ from ..errors import (
     InvalidArgument,
     RaftmeshError,
     ResourceExhausted,
-    Unavailable,
 )
 from ..node.access import Writer
 from ..node.proposer import new_request_id
 from ..node.reads import ReadView
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
-from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from .api import Deliver, Sent
 from .intake import Intake
 from .links import BROADCAST, REPLY, TO_ACTOR, Lane, Link, Out
+from .streams import PeerStreams
 from .topics import TopicStreams
 from .wire import message_from_pb
 
 log = logging.getLogger(__name__)
 
-_EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009 (missing from grpc's type stubs)
 
-ACK_SILENCE_S = 3.0
-"""A stream with messages unanswered and nothing heard from the peer for this long is dropped
-and dialled again (the peer's loop or the network is stuck; HTTP/2 alone may not notice)."""
 MAINTAIN_INTERVAL_S = 0.1
 RETRY_MIN_S = 0.005
 RETRY_MAX_S = 1.0
 """Backoff of a lane after a refusal with ``retry`` (moved, not activated yet, inbox full)."""
-DIAL_MIN_S = 0.05
-DIAL_MAX_S = 1.0
 ACTIVATE_TIMEOUT_S = 5.0
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 _FINAL_ACTIVATE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
-"""``Activate`` rejections that will not change by retrying (no member ever offered the type)."""
+"""``Activate`` rejections that do not change by retrying, unless some member offers the type
+(then no up node has room yet: the message waits, until its TTL, for one that does)."""
 
 
 @dataclass(eq=False)
@@ -97,11 +82,11 @@ def _retrieve(f: asyncio.Future[Any]) -> None:
         f.exception()
 
 
-def reply_error(m: Message) -> str:
-    """ "" if ``m`` may travel as a reply (a message's bounds; its target may be any sender)."""
-    if not m.correlation_id:
-        return "a reply names the request's id in correlation_id"
-    return message_error(dataclasses.replace(m, target="", topic="reply"))
+def _reason(text: str) -> str:
+    """A dead letter's reason as the state machine takes it: printable, bounded (a peer's
+    refusal text is a stranger's)."""
+    text = "".join(c if limits.printable(c) else "?" for c in text[: limits.MAX_DEAD_LETTER_REASON_CHARS])
+    return text or "undeliverable"
 
 
 def delivery_error(m: Message) -> str:
@@ -175,18 +160,27 @@ class MessageRouter:
         self._lanes: dict[tuple[str, str, int], Lane] = {}
         self._by_target: dict[str, dict[Lane, None]] = {}
         self._intake = Intake()
-        self._topics = TopicStreams(reads)
+        self._topics = TopicStreams(reads, self._topics_changed)
         self._waiting: dict[str, _Waiter] = {}
         self._activating: dict[str, asyncio.Task[None]] = {}
-        self._dials: dict[str, asyncio.Task[None]] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._dead: deque[MessageDeadLetter] = deque()
         self._dead_wake = asyncio.Event()
         self._tags = itertools.count(1)
-        self._sessions = itertools.count(1)
         self._submitted = 0
         """Fast messages ever queued: a new lane starts numbering above it (see ``_lane``)."""
-        self._expiries: list[tuple[int, int, Out]] = []
+        self._streams = PeerStreams(
+            node_id,
+            incarnation,
+            reads,
+            grpc_of,
+            lambda link: link.take(self._expiry_check()),
+            self._on_frame,
+            self.stats,
+            self._topics.topics,
+        )
+        self._stalled: dict[Lane, None] = {}
+        """Lanes with no activation to go to yet, or in a backoff (``_expire`` looks at them)."""
         self._running = False
 
     def attach(self, deliver: Deliver) -> None:
@@ -203,12 +197,12 @@ class MessageRouter:
             await asyncio.gather(self._maintain(), self._flush_dead_letters())
         finally:
             self._running = False
-            tasks = [*self._dials.values(), *self._pumps.values(), *self._activating.values()]
+            tasks = [*self._pumps.values(), *self._activating.values()]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._dials.clear()
             self._pumps.clear()
+            await self._streams.stop()
 
     async def _maintain(self) -> None:
         """Dials every member with a larger id, drops stuck streams, expires waiting messages."""
@@ -218,35 +212,25 @@ class MessageRouter:
             for peer in members:
                 if peer > self.node_id:
                     self._link(peer)
-            now = loop.time()
-            for link in list(self._links.values()):
-                if (
-                    link.session
-                    and link.waiting_since is not None
-                    and now - link.waiting_since > ACK_SILENCE_S
-                ):
-                    log.info(
-                        "peer stream to %s: nothing heard for %.1fs; reconnecting", link.peer, ACK_SILENCE_S
-                    )
-                    link.reset()
+            self._streams.check_silence(list(self._links.values()), loop.time())
             self._expire(self._clock.now_ms())
             await asyncio.sleep(MAINTAIN_INTERVAL_S)
 
     def _expire(self, now_ms: int) -> None:
-        heap = self._expiries
-        while heap and heap[0][0] <= now_ms:
-            _, _, o = heapq.heappop(heap)
-            if o.future is not None and o.future.done():
-                continue
-            if o.link is None and o.lane is None:
-                continue  # answered
-            if o.waiting:
+        """Dead-letters waiting messages whose TTL passed where nothing is being sent: lanes with
+        no activation yet or in a backoff, and everything for a peer with no stream. (A message
+        about to be transmitted is checked then; one transmitted is the receiver's to judge.)"""
+        lanes = [ln for ln in self._stalled if ln.link is None or ln.held]
+        self._stalled = dict.fromkeys(lanes)
+        for link in self._links.values():
+            if not link.connected:
+                lanes.extend(link.lanes)
+                for o in [o for o in link.unordered if now_ms >= o.msg.expires_ms]:
+                    link.unordered.remove(o)
+                    self._expired(o, now_ms)
+        for lane in lanes:
+            for o in [o for o in lane.entries if o.waiting and now_ms >= o.msg.expires_ms]:
                 self._expired(o, now_ms)
-            else:  # transmitted: the receiver decides; look again if its stream breaks
-                heapq.heappush(heap, (now_ms + 1000, o.tag, o))
-
-    def _track(self, o: Out) -> None:
-        heapq.heappush(self._expiries, (o.msg.expires_ms, o.tag, o))
 
     # ---- sending ------------------------------------------------------------------
 
@@ -282,7 +266,6 @@ class MessageRouter:
         o = Out(msg, TO_ACTOR, next(self._tags), lane, lane.next_seq, fut)
         lane.next_seq += 1
         lane.entries.append(o)
-        self._track(o)
         self.stats["sent"] += 1
         if lane.link is not None:
             lane.link.queue(o)
@@ -299,11 +282,16 @@ class MessageRouter:
 
         return self._reads.read(find)
 
+    def _offered(self, address: str) -> bool:
+        kind = split_address(address)[0]
+        return self._reads.read(lambda st: kind in activations.offered_types(st))
+
     def _route(self, lane: Lane) -> None:
         where = self._where(lane.key[1])
         if where is not None:
             self._move(lane, *where)
         else:
+            self._stalled[lane] = None
             self._activate(lane.key[1])
 
     def _move(self, lane: Lane, node: str, epoch: int) -> None:
@@ -342,7 +330,11 @@ class MessageRouter:
                         res = None
                     if isinstance(res, ActivationResult) and res.node:
                         where = (res.node, res.epoch)
-                    elif isinstance(res, Rejected) and res.code in _FINAL_ACTIVATE:
+                    elif (
+                        isinstance(res, Rejected)
+                        and res.code in _FINAL_ACTIVATE
+                        and not self._offered(address)
+                    ):
                         for lane in list(self._by_target.get(address, ())):
                             for o in list(lane.entries):
                                 self._give_up(o, f"undeliverable: {res.message}", res.error())
@@ -364,11 +356,12 @@ class MessageRouter:
             if node == self.node_id:
                 continue
             link = self._link(node)
+            if msg.topic not in link.peer_topics:
+                continue  # no client stream there wants it
             if not link.room.is_set():
                 self.stats["broadcasts_dropped"] += 1
                 continue
             o = Out(msg, BROADCAST, next(self._tags), None, 0, None)
-            self._track(o)
             link.queue(o)
         if futs:
             await asyncio.gather(*futs, return_exceptions=True)
@@ -420,7 +413,10 @@ class MessageRouter:
             self._waiting.pop(msg.id, None)
 
     def reply(self, reply: Message) -> None:
-        """Send a handler's answer to a fast request to ``reply.reply_to`` (the requesting node)."""
+        """Send a handler's answer to a fast request back to the requesting node: ``reply_to`` is
+        the request's (that node), ``correlation_id`` the request's id, ``epoch`` the handler's
+        activation's. Sent (and resent) like a message; one that cannot be delivered before
+        its TTL is dead-lettered (and counted: ``replies_undelivered``)."""
         node = reply.reply_to
         if not node:
             raise InvalidArgument("a reply names the requesting node in reply_to")
@@ -436,7 +432,6 @@ class MessageRouter:
             self._on_reply(reply)
             return
         o = Out(reply, REPLY, next(self._tags), None, 0, None)
-        self._track(o)
         self._link(node).queue(o)
 
     def _on_reply(self, msg: Message) -> None:
@@ -486,6 +481,7 @@ class MessageRouter:
         if link is not None:
             link.ready.pop(lane, None)
         lane.held = True
+        self._stalled[lane] = None
         lane.backoff_s = min(max(lane.backoff_s * 2, RETRY_MIN_S), RETRY_MAX_S)
         asyncio.get_running_loop().call_later(lane.backoff_s, self._release, lane)
 
@@ -501,6 +497,7 @@ class MessageRouter:
             if lane.link is not None:
                 lane.link.drop_lane(lane)
             lane.node = ""
+            self._stalled[lane] = None
             self._activate(lane.key[1])
         elif lane.link is None or where[0] != lane.node:
             self._move(lane, *where)
@@ -556,13 +553,13 @@ class MessageRouter:
         o.lane = None
         if o.kind == REPLY:
             self.stats["replies_undelivered"] += 1
-            log.info("reply %s to node %s not delivered: %s", o.msg.correlation_id, o.msg.reply_to, reason)
+            self.dead_letter(o.msg, reason)
         elif o.kind == BROADCAST:
             self.stats["broadcasts_dropped"] += 1
         else:
             self.dead_letter(o.msg, reason)
         if o.future is not None and not o.future.done():
-            o.future.set_exception(exc if exc is not None else FailedPrecondition(reason))
+            o.future.set_exception(exc if exc is not None else FailedPrecondition(_reason(reason)))
 
     def dead_letter(self, msg: Message, reason: str) -> None:
         """Record a fast-path message this node gave up on (batched into ``RecordDeadLetters``);
@@ -571,7 +568,7 @@ class MessageRouter:
         if len(self._dead) >= limits.MAX_PENDING_DEAD_LETTERS:
             self._dead.popleft()
             self.stats["dead_letters_dropped"] += 1
-        self._dead.append(MessageDeadLetter(msg, reason[:1000]))
+        self._dead.append(MessageDeadLetter(msg, _reason(reason)))
         self._dead_wake.set()
 
     async def _flush_dead_letters(self) -> None:
@@ -579,7 +576,7 @@ class MessageRouter:
             await self._dead_wake.wait()
             self._dead_wake.clear()
             while self._dead:
-                n = min(len(self._dead), limits.MAX_MESSAGES_PER_SEND)
+                n = min(len(self._dead), limits.MAX_DEAD_LETTERS_PER_RECORD)
                 items = tuple(self._dead.popleft() for _ in range(n))
                 cmd = RecordDeadLetters(new_request_id("dl-"), self._clock.now_ms(), self.node_id, items)
                 delay = 0.05
@@ -669,6 +666,10 @@ class MessageRouter:
             raise InvalidArgument(
                 f"a frame on the stream of node {link.peer!r} says it is from {f.node_id!r}"
             )
+        if f.topics_sent:
+            if len(f.topics) > limits.MAX_TOPIC_STREAMS:
+                raise InvalidArgument(f"a node names at most {limits.MAX_TOPIC_STREAMS} topics it streams")
+            link.peer_topics = frozenset(f.topics)
         for a in f.acks:
             self._on_ack(link, a.tag, a.error, a.retry)
         n = len(f.messages)
@@ -702,8 +703,8 @@ class MessageRouter:
         if link.local:
             if peer not in self._pumps:
                 self._pumps[peer] = loop.create_task(self._pump_local(link), name="local messages")
-        elif self.node_id < peer and peer not in self._dials:
-            self._dials[peer] = loop.create_task(self._dial_loop(link), name=f"peer stream {peer}")
+        else:
+            self._streams.dial(link)
 
     def _kicked(self, link: Link) -> None:
         link.kick()
@@ -730,144 +731,18 @@ class MessageRouter:
                 error, retry = self._receive(self.node_id, self.incarnation, o.msg, o.kind, o.seq, base)
                 self._on_ack(link, o.tag, error, retry)
 
-    def _open(self, link: Link, peer_incarnation: str) -> int:
-        if link.session:
-            link.reset()
-        link.session = next(self._sessions)
-        link.peer_incarnation = peer_incarnation
-        self.stats["sessions_opened"] += 1
-        link.kick()
-        return link.session
+    def _topics_changed(self) -> None:
+        topics = self._topics.topics()
+        for link in self._links.values():
+            if not link.local:
+                link.topics_out = topics
+                link.kick()
 
-    def _close(self, link: Link, session: int) -> None:
-        if link.session == session:
-            link.reset()
-
-    async def _next_frame(self, link: Link, session: int) -> pb.PeerFrame | None:
-        while link.session == session:
-            outs, acks = link.take(self._expiry_check())
-            if outs or acks:
-                if outs and link.waiting_since is None:
-                    link.waiting_since = asyncio.get_running_loop().time()
-                return link.frame(self.node_id, self.incarnation, outs, acks)
-            link.wake.clear()
-            await link.wake.wait()
-        return None
-
-    async def _dial_loop(self, link: Link) -> None:
-        backoff = DIAL_MIN_S
-        channel: grpc.aio.Channel | None = None
-        address = None
-        try:
-            while True:
-                target = self._grpc_of(link.peer)
-                if target is not None:
-                    if target != address:
-                        if channel is not None:
-                            await channel.close(None)
-                        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-                        address = target
-                    assert channel is not None
-                    try:
-                        if await self._dial_once(link, channel):
-                            backoff = DIAL_MIN_S
-                    except grpc.aio.AioRpcError as exc:
-                        log.debug("peer stream to %s: %s %s", link.peer, exc.code(), exc.details())
-                    except RaftmeshError as exc:
-                        log.info("peer stream to %s: %s", link.peer, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, DIAL_MAX_S)
-        finally:
-            if channel is not None:
-                await channel.close(None)
-
-    async def _dial_once(self, link: Link, channel: grpc.aio.Channel) -> bool:
-        """One stream to ``link.peer``; True if it opened."""
-        call = pb_grpc.PeerStub(channel).Exchange()
-        try:
-            await call.write(pb.PeerFrame(node_id=self.node_id, incarnation=self.incarnation))
-            hello = await call.read()
-            if hello is _EOF:
-                return False
-            assert isinstance(hello, pb.PeerFrame)
-            if hello.node_id != link.peer:
-                raise Unavailable(f"the node at {link.peer}'s address says it is {hello.node_id!r}")
-            session = self._open(link, hello.incarnation)
-
-            async def read() -> None:
-                while True:
-                    f = await call.read()
-                    if f is _EOF or link.session != session:
-                        return
-                    assert isinstance(f, pb.PeerFrame)
-                    self._on_frame(link, f)
-
-            reader = asyncio.ensure_future(read())
-            reader.add_done_callback(lambda _: self._close(link, session))
-            try:
-                while True:
-                    frame = await self._next_frame(link, session)
-                    if frame is None:
-                        break
-                    await call.write(frame)
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-                self._close(link, session)
-            return True
-        finally:
-            call.cancel()
-
-    async def serve_exchange(
+    def serve_exchange(
         self, request_iterator: AsyncIterator[pb.PeerFrame], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.PeerFrame]:
-        frames = request_iterator.__aiter__()
-        try:
-            first = await frames.__anext__()
-        except StopAsyncIteration:
-            return
-        peer = first.node_id
-        why = limits.id_error("node_id", peer) or limits.id_error("incarnation", first.incarnation)
-        if why:
-            raise InvalidArgument(f"peer stream: {why}")
-        known, current = self._reads.read(lambda st: _member(st, peer, first.incarnation))
-        if not current:
-            raise FailedPrecondition(
-                f"node {peer!r} is not a member here in incarnation {first.incarnation!r}"
-                + ("" if known else " (not a member yet: register first)")
-            )
-        if peer >= self.node_id:
-            raise FailedPrecondition(
-                f"node {peer!r} dialled node {self.node_id!r}: between two nodes, the one with the "
-                "smaller id dials (one stream per pair)"
-            )
-        link = self._link(peer)
-        session = self._open(link, first.incarnation)
-        failed: list[BaseException] = []
-
-        async def read() -> None:
-            try:
-                async for f in frames:
-                    if link.session != session:
-                        return
-                    self._on_frame(link, f)
-            except RaftmeshError as exc:
-                failed.append(exc)
-
-        reader = asyncio.ensure_future(read())
-        reader.add_done_callback(lambda _: self._close(link, session))
-        try:
-            yield pb.PeerFrame(node_id=self.node_id, incarnation=self.incarnation)
-            while True:
-                frame = await self._next_frame(link, session)
-                if frame is None:
-                    break
-                yield frame
-            if failed:
-                raise failed[0]
-        finally:
-            reader.cancel()
-            self._close(link, session)
+        """The ``Peer.Exchange`` stream another node dialled (``streams.PeerStreams.serve``)."""
+        return self._streams.serve(request_iterator, self._link)
 
     # ---- events, streams, status -----------------------------------------------------
 
@@ -882,7 +757,7 @@ class MessageRouter:
                     self._topics.durable(ev.topic, ev.seq)
             elif isinstance(ev, ActivationChanged):
                 for lane in list(self._by_target.get(ev.address, ())):
-                    if ev.active and ev.node != lane.node:
+                    if ev.active:  # granted (or granted again): the lane goes there, with its epoch
                         self._move(lane, ev.node, ev.epoch)
                     elif not ev.active and ev.node == lane.node and not lane.held:
                         if lane.link is not None:
@@ -912,7 +787,12 @@ class MessageRouter:
         out: dict[str, Any] = dict(self.stats)
         out.update(
             links={
-                p: {"connected": ln.connected, "outstanding": ln.outstanding} for p, ln in self._links.items()
+                p: {
+                    "connected": ln.connected,
+                    "outstanding": ln.outstanding,
+                    "peer_topics": len(ln.peer_topics),
+                }
+                for p, ln in self._links.items()
             },
             lanes=len(self._lanes),
             pending_requests=len(self._waiting),
@@ -920,11 +800,6 @@ class MessageRouter:
             topic_streams=self._topics.count,
         )
         return out
-
-
-def _member(st: ClusterState, node: str, incarnation: str) -> tuple[bool, bool]:
-    m = st.members.get(node)
-    return m is not None, m is not None and m.incarnation == incarnation
 
 
 def _fanout(st: ClusterState, topic: str, source: str) -> tuple[list[str], list[str]]:

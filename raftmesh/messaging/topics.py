@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from ..consensus import limits
 from ..consensus.commands import Message
@@ -24,13 +24,18 @@ _OVERFLOW = object()
 
 
 class TopicStreams:
-    def __init__(self, reads: ReadView) -> None:
+    def __init__(self, reads: ReadView, changed: Callable[[], None] = lambda: None) -> None:
         self._reads = reads
+        self._changed = changed
+        """Called when a topic gains its first stream or loses its last (peers are told)."""
         self._streams: dict[str, set[asyncio.Queue[object]]] = {}
         self.count = 0
 
     def has(self, topic: str) -> bool:
         return topic in self._streams
+
+    def topics(self) -> list[str]:
+        return sorted(self._streams)
 
     def _put(self, topic: str, item: object) -> None:
         for q in self._streams.get(topic, ()):
@@ -56,8 +61,11 @@ class TopicStreams:
                 "subscribe on another node or retry later"
             )
         q: asyncio.Queue[object] = asyncio.Queue()
+        first = topic not in self._streams
         self._streams.setdefault(topic, set()).add(q)
         self.count += 1
+        if first:
+            self._changed()
         try:
             retained = self._reads.read(lambda st: _retained(st, topic))
             last = retained[-1][0] if retained else 0
@@ -91,6 +99,7 @@ class TopicStreams:
                 subs.discard(q)
                 if not subs:
                     del self._streams[topic]
+                    self._changed()
             self.count -= 1
 
 

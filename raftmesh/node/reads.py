@@ -163,12 +163,14 @@ class ReadView:
             leases = [kv.leases[k].encode() for k in sorted(kv.leases)]
             history = list(kv.history)
             compacted = kv.compacted
+            # Mailboxes change in place (queued, acknowledged): encoded under the lock.
+            messages = st.messages.encode()
         locks = [locks_live, waiting, [[k, v] for k, v in ended], lock_seq]
         kv_body = [[[k, e.encode()] for k, e in entries], leases, [e.encode() for e in history], compacted]
         encoded = {rid: (rev, _packb(body)) for rid, (rev, body) in fresh.items()}
         h = hashlib.sha256()
         packer = msgpack.Packer(use_bin_type=True)
-        h.update(packer.pack_array_header(11))
+        h.update(packer.pack_array_header(12))
         for scalar in head:
             h.update(_packb(scalar))
         h.update(_packb(members))
@@ -177,7 +179,7 @@ class ReadView:
             h.update(encoded[rid][1] if rid in encoded else cached[rid][1])
         h.update(_packb(idempotency))
         h.update(_packb([[rid, ts, tag, res] for rid, (ts, tag, res) in dedup]))
-        for part in (finished, locks, kv_body):
+        for part in (finished, locks, kv_body, messages):
             h.update(_packb(part))
         with self._cache_lock:
             live = set(run_ids)

@@ -21,11 +21,11 @@ from grpc_health.v1 import _async as health_aio  # the asyncio servicer (also ex
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..agents import AgentDef, AgentHost, AgentNode, AgentRegistry, load_agents
+from ..agents import ActorHost, AgentDef, AgentHost, AgentNode, AgentRegistry, load_agents
 from ..agents._setup import set_up, tear_down
 from ..clock import SYSTEM_CLOCK, Clock
 from ..consensus import limits
-from ..consensus.commands import AgentOffer, RegisterNode
+from ..consensus.commands import ActorOffer, AgentOffer, RegisterNode
 from ..consensus.machine import StateMachine
 from ..consensus.members import offer_error
 from ..consensus.raft import RaftConfig, RaftMember
@@ -44,6 +44,7 @@ from .coordination_service import KvService, LocksService
 from .decoding import guarded
 from .liveness import Liveness
 from .lock_waits import LockWaits
+from .messages_service import MessagesService
 from .peers import HeartbeatSender, PeerAccess, PeerService
 from .proposer import Proposer
 from .reads import ReadView
@@ -103,6 +104,16 @@ def agent_offers(registry: AgentRegistry) -> tuple[AgentOffer, ...]:
     return tuple(offers)
 
 
+def actor_offers(registry: AgentRegistry) -> tuple[ActorOffer, ...]:
+    """What this node registers for each actor type it can activate (``@raftmesh.actor``)."""
+    if len(registry.actors) > limits.MAX_ACTOR_TYPES_PER_NODE:
+        raise InvalidArgument(f"a node may offer at most {limits.MAX_ACTOR_TYPES_PER_NODE} actor types")
+    return tuple(
+        ActorOffer(d.name, tuple(sorted(d.capabilities)), d.max_activations)
+        for d in (registry.actors[n] for n in sorted(registry.actors))
+    )
+
+
 class NodeRuntime:
     def __init__(
         self, config: NodeConfig, registry: AgentRegistry | None = None, clock: Clock = SYSTEM_CLOCK
@@ -112,6 +123,7 @@ class NodeRuntime:
             registry if registry is not None else load_agents(config.agents_modules), config.agents
         )
         self.offers = agent_offers(self.registry)
+        self.actor_offers = actor_offers(self.registry)
         self._set_up: list[AgentDef] = []
         self.clock = clock
         self.incarnation = uuid.uuid4().hex[:12]
@@ -130,6 +142,7 @@ class NodeRuntime:
             loop.call_soon_threadsafe(self._applied, events)
 
     def _applied(self, events: list[Event]) -> None:
+        self.actors.applied(events)
         self.scheduler.poke()
         self.host.poke()
         self.router.applied(events)
@@ -212,6 +225,15 @@ class NodeRuntime:
             process_pool_size=cfg.agent_processes,
             agent_node=self.agent_node,
         )
+        self.actors = ActorHost(
+            cfg.node_id,
+            self.incarnation,
+            self.registry,
+            self.reads,
+            self.proposer,
+            clock,
+            ready=lambda: raft.ready,
+        )
         self.proposer.start()
         self.router = MessageRouter(
             cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of
@@ -229,6 +251,7 @@ class NodeRuntime:
         pb_grpc.add_PeerServicer_to_server(PeerService(peer_access, router=self.router), ours)
         pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
         pb_grpc.add_LocksServicer_to_server(LocksService(access, self.lock_waits), ours)
+        pb_grpc.add_MessagesServicer_to_server(MessagesService(access, self.router), ours)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -237,6 +260,7 @@ class NodeRuntime:
                 pb.DESCRIPTOR.services_by_name["Peer"].full_name,
                 pb.DESCRIPTOR.services_by_name["Kv"].full_name,
                 pb.DESCRIPTOR.services_by_name["Locks"].full_name,
+                pb.DESCRIPTOR.services_by_name["Messages"].full_name,
                 "grpc.health.v1.Health",
                 reflection.SERVICE_NAME,
             ),
@@ -250,7 +274,12 @@ class NodeRuntime:
         self.heartbeats = HeartbeatSender(
             cfg.node_id, self.incarnation, self._leader_grpc, lambda: self.host.running, clock
         )
+        # ctx.send/request/publish of task agents and actors; actors take the router's fast messages
+        self.host.attach_router(self.router)
+        self.actors.attach_router(self.router)
+        self.router.attach(self.actors)
         tasks = [
+            asyncio.create_task(self.actors.run(), name="actors"),
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.host.run(), name="host"),
             asyncio.create_task(self._register_loop(), name="register"),
@@ -311,6 +340,7 @@ class NodeRuntime:
                 slots=self.config.slots,
                 incarnation=self.incarnation,
                 offers=self.offers,
+                actors=self.actor_offers,
             )
             while True:
                 try:
@@ -324,6 +354,7 @@ class NodeRuntime:
             self._registered = True
             log.info("node %s registered (incarnation %s)", self.config.node_id, self.incarnation)
             self.host.poke()
+            self.actors.poke()
             # Stay here while the state says we are up; a node_down sends us round again.
             while self.raft.ready is False or self._member_ok():
                 await asyncio.sleep(0.5)

@@ -576,7 +576,7 @@ class ClusterStatusResponse(_message.Message):
     def __init__(self, leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., node_id: _Optional[str] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., revision: _Optional[int] = ..., has_quorum: _Optional[bool] = ..., digest: _Optional[str] = ..., snapshots_loaded: _Optional[int] = ..., log_entries: _Optional[int] = ...) -> None: ...
 
 class PeerFrame(_message.Message):
-    __slots__ = ("node_id", "incarnation", "messages", "acks", "tags", "lane_seqs", "lane_bases", "kinds")
+    __slots__ = ("node_id", "incarnation", "messages", "acks", "tags", "lane_seqs", "lane_bases", "kinds", "topics", "topics_sent")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -585,6 +585,8 @@ class PeerFrame(_message.Message):
     LANE_SEQS_FIELD_NUMBER: _ClassVar[int]
     LANE_BASES_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_SENT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     incarnation: str
     messages: _containers.RepeatedCompositeFieldContainer[AgentMessage]
@@ -593,7 +595,9 @@ class PeerFrame(_message.Message):
     lane_seqs: _containers.RepeatedScalarFieldContainer[int]
     lane_bases: _containers.RepeatedScalarFieldContainer[int]
     kinds: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[AgentMessage, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[PeerAck, _Mapping]]] = ..., tags: _Optional[_Iterable[int]] = ..., lane_seqs: _Optional[_Iterable[int]] = ..., lane_bases: _Optional[_Iterable[int]] = ..., kinds: _Optional[_Iterable[int]] = ...) -> None: ...
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    topics_sent: bool
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[AgentMessage, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[PeerAck, _Mapping]]] = ..., tags: _Optional[_Iterable[int]] = ..., lane_seqs: _Optional[_Iterable[int]] = ..., lane_bases: _Optional[_Iterable[int]] = ..., kinds: _Optional[_Iterable[int]] = ..., topics: _Optional[_Iterable[str]] = ..., topics_sent: _Optional[bool] = ...) -> None: ...
 
 class PeerAck(_message.Message):
     __slots__ = ("id", "error", "retry", "tag")

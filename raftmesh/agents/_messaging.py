@@ -1,0 +1,172 @@
+"""``send`` / ``request`` / ``publish`` as an agent sees them (actor turns and task attempts).
+
+A ``Messenger`` builds the ``Message`` (id, sender, sent time, default TTL, the trace id of
+what is being handled), checks it with the state machine's own rule (``message_error``)
+and hands it to the node's ``MessageRouter``. Durable sends of an actor turn are buffered
+(``buffer``) and committed with the turn's ``AckMessage``; everything else goes at once,
+fenced by the sender's epoch or attempt token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, Protocol
+
+from ..clock import Clock
+from ..consensus import limits
+from ..consensus.commands import Fence, Message
+from ..consensus.messages import message_error
+from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError
+from ..messaging.api import Sent
+
+ERROR_REPLY_TYPE = "raftmesh.error"
+"""The ``type`` of a reply telling the requester that the handler raised (payload
+``{"error": "Type: message"}``); ``request`` raises ``HandlerError`` for it."""
+
+
+class HandlerError(RaftmeshError):
+    """The actor that handled a request raised instead of answering (its error is the message)."""
+
+
+class Router(Protocol):
+    """What agents need of the node's ``raftmesh.messaging.MessageRouter``."""
+
+    async def send(self, msg: Message, fence: Fence | None = None) -> Sent: ...
+
+    async def request(self, msg: Message, timeout_s: float, fence: Fence | None = None) -> Message: ...
+
+    def reply(self, reply: Message) -> None: ...
+
+    def dead_letter(self, msg: Message, reason: str) -> None: ...
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def error_payload(exc: BaseException) -> dict[str, str]:
+    return {"error": f"{type(exc).__name__}: {exc}"[: limits.MAX_ERROR_CHARS]}
+
+
+def reply_payload(reply: Message) -> Any:
+    """A reply's payload, or ``HandlerError`` if the handler raised."""
+    if reply.type == ERROR_REPLY_TYPE:
+        err = reply.payload.get("error") if isinstance(reply.payload, dict) else None
+        raise HandlerError(f"{reply.sender or 'the handler'} failed: {err or reply.payload!r}")
+    return reply.payload
+
+
+class Messenger:
+    """Sends for one sender: an actor address (``TYPE/KEY``) or a task (``task:RUN/TASK``)."""
+
+    def __init__(
+        self,
+        router: Router,
+        clock: Clock,
+        node_id: str,
+        sender: str,
+        fence: Fence | None,
+        trace_id: str = "",
+        buffer: list[Message] | None = None,
+    ) -> None:
+        self._router = router
+        self._clock = clock
+        self.node_id = node_id
+        self.sender = sender
+        self.fence = fence
+        self.trace_id = trace_id
+        self.buffer = buffer
+        """Durable sends and publishes wait here for the turn's ack (None: committed at once)."""
+
+    def message(
+        self,
+        *,
+        target: str = "",
+        topic: str = "",
+        payload: Any = None,
+        durable: bool = False,
+        type: str = "",
+        ttl_ms: int = 0,
+        priority: int = 0,
+        source: str = "",
+        reply_to: str = "",
+    ) -> Message:
+        msg = Message(
+            id=new_message_id(),
+            sender=self.sender,
+            target=target,
+            topic=topic,
+            type=type,
+            payload=payload,
+            trace_id=self.trace_id,
+            priority=priority,
+            ttl_ms=ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS,
+            sent_ms=self._clock.now_ms(),
+            durable=durable,
+            reply_to=reply_to,
+            source=source,
+        )
+        why = message_error(msg)
+        if why:
+            raise InvalidArgument(why)
+        return msg
+
+    async def _out(self, msg: Message) -> Sent:
+        if msg.durable and self.buffer is not None:
+            if len(self.buffer) >= limits.MAX_MESSAGES_PER_SEND:
+                raise InvalidArgument(
+                    f"a turn sends at most {limits.MAX_MESSAGES_PER_SEND} durable messages (its ack carries them)"
+                )
+            self.buffer.append(msg)
+            return Sent(msg.id)
+        return await self._router.send(msg, self.fence)
+
+    async def send(
+        self,
+        target: str,
+        payload: Any,
+        *,
+        durable: bool = False,
+        type: str = "",
+        ttl_ms: int = 0,
+        priority: int = 0,
+    ) -> Sent:
+        """Send to actor ``target`` (``TYPE/KEY``); a durable one of an actor turn commits with its ack."""
+        return await self._out(
+            self.message(
+                target=target, payload=payload, durable=durable, type=type, ttl_ms=ttl_ms, priority=priority
+            )
+        )
+
+    async def publish(
+        self, topic: str, payload: Any, *, durable: bool = False, source: str = "", type: str = ""
+    ) -> Sent:
+        """Publish to every subscriber of ``topic`` (a type subscriber gets it at ``TYPE/<source>``)."""
+        return await self._out(
+            self.message(topic=topic, payload=payload, durable=durable, source=source, type=type)
+        )
+
+    async def request(
+        self, target: str, payload: Any, *, timeout_s: float = 30.0, durable: bool = False, type: str = ""
+    ) -> Any:
+        """The reply's payload; ``DeadlineExceeded`` after ``timeout_s``, ``HandlerError`` if the
+        handler raised. A durable request is committed at once (not with the turn's ack: the
+        turn waits for its answer)."""
+        if not 0 < timeout_s <= limits.MAX_MESSAGE_TTL_MS / 1000:
+            raise InvalidArgument(f"timeout_s must be in (0, {limits.MAX_MESSAGE_TTL_MS // 1000}]")
+        msg = self.message(
+            target=target,
+            payload=payload,
+            durable=durable,
+            type=type,
+            ttl_ms=max(1, int(timeout_s * 1000)),
+            reply_to=self.node_id,
+        )
+        try:
+            # The router has its own deadline; this one guards against a router that never answers.
+            async with asyncio.timeout(timeout_s + 5.0):
+                reply = await self._router.request(msg, timeout_s, self.fence)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no reply from {target} within {timeout_s:g} s") from None
+        return reply_payload(reply)

@@ -1,0 +1,355 @@
+"""``client.messages``: send, request, publish and subscribe (README "Messages").
+
+Every message gets its id here (unless given) and the sender ``client:<client id>``, so a
+call retried on another node is the same message: a durable send commits once (the node
+derives its request id from the sender and the id), a fast one is dropped as a duplicate
+by the receiving node, a durable request finds the reply already committed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ..consensus import limits
+from ..consensus.commands import Message
+from ..errors import DeadlineExceeded, InvalidArgument
+from ..messaging.api import Sent
+from ..messaging.wire import message_from_pb
+from ..proto.raftmesh.v1 import cluster_pb2 as pb
+from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ._client import Watchdog, _translate
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+REPLY_MARGIN_S = 5.0
+"""How much longer than its own timeout a call waits for the node to answer."""
+SEEN_IDS = 10_000
+"""Message ids a subscription remembers, to drop what a reconnection delivers again."""
+
+
+@dataclass(frozen=True)
+class ActivationInfo:
+    address: str
+    node: str
+    epoch: int
+    granted_ms: int
+    lease_deadline_ms: int
+    queued: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "node": self.node,
+            "epoch": self.epoch,
+            "granted_ms": self.granted_ms,
+            "lease_deadline_ms": self.lease_deadline_ms,
+            "queued": self.queued,
+        }
+
+
+@dataclass(frozen=True)
+class MessageDeadLetterInfo:
+    message: Message
+    reason: str
+    node: str
+    recorded_ms: int
+    seq: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "message": message_json(self.message),
+            "reason": self.reason,
+            "node": self.node,
+            "recorded_ms": self.recorded_ms,
+            "seq": self.seq,
+        }
+
+
+def message_json(m: Message) -> dict[str, Any]:
+    """A message as ``--json`` prints it (a bytes payload as ``{"bytes_hex": ...}``)."""
+    payload = {"bytes_hex": m.payload.hex()} if isinstance(m.payload, bytes) else m.payload
+    return {
+        "id": m.id,
+        "sender": m.sender,
+        "target": m.target,
+        "topic": m.topic,
+        "type": m.type,
+        "payload": payload,
+        "correlation_id": m.correlation_id,
+        "trace_id": m.trace_id,
+        "priority": m.priority,
+        "ttl_ms": m.ttl_ms,
+        "sent_ms": m.sent_ms,
+        "durable": m.durable,
+        "source": m.source,
+        "epoch": m.epoch,
+    }
+
+
+def _message_pb(
+    msg_id: str,
+    sender: str,
+    payload: Any,
+    *,
+    target: str = "",
+    topic: str = "",
+    type: str = "",
+    durable: bool = False,
+    ttl_ms: int = 0,
+    priority: int = 0,
+    source: str = "",
+) -> pb.AgentMessage:
+    if not 0 <= ttl_ms <= limits.MAX_MESSAGE_TTL_MS:
+        raise InvalidArgument(f"ttl_ms {ttl_ms} is outside 0..{limits.MAX_MESSAGE_TTL_MS}")
+    if not -limits.MAX_MESSAGE_PRIORITY <= priority <= limits.MAX_MESSAGE_PRIORITY:
+        raise InvalidArgument(
+            f"priority {priority} is outside -{limits.MAX_MESSAGE_PRIORITY}..{limits.MAX_MESSAGE_PRIORITY}"
+        )
+    m = pb.AgentMessage(
+        id=msg_id,
+        sender=sender,
+        target=target,
+        topic=topic,
+        type=type,
+        durable=durable,
+        ttl_ms=ttl_ms,
+        priority=priority,
+        source=source,
+    )
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        m.payload_bytes = bytes(payload)
+    else:
+        try:
+            m.payload_json = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"payload is neither bytes nor JSON-serializable: {exc}") from None
+    return m
+
+
+class MessagesClient:
+    """``client.messages``. Durable calls fail over and retry UNAVAILABLE and DEADLINE_EXCEEDED
+    (idempotent by message id); fast ones retry UNAVAILABLE (at least once: the receiving node
+    drops a duplicate id) and answer DEADLINE_EXCEEDED as final (the TTL or timeout passed)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+        self.sender = f"client:{client.client_id}"
+
+    def _stub(self, addr: str) -> pb_grpc.MessagesStub:
+        return pb_grpc.MessagesStub(self._c._channel(addr))
+
+    def _call(self, method: str, request: Any, timeout_s: float, retry_deadline: bool) -> Any:
+        deadline = time.monotonic() + max(self._c.retry_deadline_s, timeout_s)
+        retryable = {grpc.StatusCode.UNAVAILABLE}
+        if retry_deadline:
+            retryable.add(grpc.StatusCode.DEADLINE_EXCEEDED)
+        attempt = 0
+        while True:
+            addr = self._c.addresses[self._c._current]
+            try:
+                return getattr(self._stub(addr), method)(request, timeout=timeout_s)
+            except grpc.RpcError as exc:
+                if exc.code() not in retryable or time.monotonic() >= deadline:
+                    raise _translate(exc) from None
+            self._c._rotate()
+            attempt += 1
+            time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+
+    def _send(self, m: pb.AgentMessage) -> Sent:
+        if m.durable:
+            timeout_s = self._c.timeout_s
+        else:  # a fast send is answered once the target's node took it, or when its TTL ran out
+            timeout_s = (m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS) / 1000 + REPLY_MARGIN_S
+        resp: pb.SendMessageResponse = self._call(
+            "Send", pb.SendMessageRequest(message=m), timeout_s, retry_deadline=m.durable
+        )
+        return Sent(resp.id, resp.seq, tuple(resp.targets))
+
+    def send(
+        self,
+        target: str,
+        payload: Any,
+        *,
+        durable: bool = False,
+        type: str = "",
+        ttl_ms: int = 0,
+        priority: int = 0,
+        id: str | None = None,
+    ) -> Sent:
+        """Send ``payload`` (bytes or a JSON value) to the actor ``target`` (``TYPE/KEY``).
+
+        Fast (default): returns once the target's node accepted it. ``durable``: once it is
+        committed to the target's mailbox (``Sent.seq``); the same ``id`` sent again is the same
+        message. Raises ``ResourceExhausted`` for a full mailbox, ``FailedPrecondition`` if no
+        node ever offered the actor type, ``DeadlineExceeded`` if a fast message's TTL ran out
+        (it is then in the dead letters)."""
+        m = _message_pb(
+            id or uuid.uuid4().hex,
+            self.sender,
+            payload,
+            target=target,
+            type=type,
+            durable=durable,
+            ttl_ms=ttl_ms,
+            priority=priority,
+        )
+        return self._send(m)
+
+    def publish(
+        self, topic: str, payload: Any, *, durable: bool = False, source: str = "", type: str = ""
+    ) -> Sent:
+        """Publish to every subscriber of ``topic`` (``Sent.targets``: the actors it reached;
+        durable: also kept in the topic's retained log, ``Sent.seq``)."""
+        m = _message_pb(
+            uuid.uuid4().hex, self.sender, payload, topic=topic, type=type, durable=durable, source=source
+        )
+        return self._send(m)
+
+    def request(
+        self, target: str, payload: Any, *, timeout_s: float = 30.0, durable: bool = False, type: str = ""
+    ) -> Message:
+        """Send a request and return the reply (a ``raftmesh.Message``: ``reply.payload``).
+
+        Raises ``DeadlineExceeded`` if no reply came within ``timeout_s``."""
+        if not 0 < timeout_s <= limits.MAX_REQUEST_TIMEOUT_MS / 1000:
+            raise InvalidArgument(
+                f"timeout_s {timeout_s:g} is outside (0, {limits.MAX_REQUEST_TIMEOUT_MS // 1000}]"
+            )
+        m = _message_pb(uuid.uuid4().hex, self.sender, payload, target=target, type=type, durable=durable)
+        end = time.monotonic() + timeout_s
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded(f"no reply from {target} within {timeout_s:g} s")
+            try:
+                resp: pb.MessageReply = self._call(
+                    "Request",
+                    pb.MessageRequest(message=m, timeout_s=left),
+                    left + REPLY_MARGIN_S,
+                    retry_deadline=False,
+                )
+                return message_from_pb(resp.reply)
+            except DeadlineExceeded:
+                if not durable or time.monotonic() >= end:
+                    raise
+                # A durable request asked again (same id) finds its committed reply, if any.
+
+    def subscribe(self, topic: str, *, from_start: bool = False) -> Subscription:
+        """The topic's publishes as they come (``from_start``: its retained durable ones first).
+
+        Iterate it; ``close()`` (or ``with``) ends it. Reconnects to another node if its node
+        fails; what was published while it reconnected may be missed (fast publishes) unless
+        ``from_start`` (durable ones are read again from the retained log, duplicates dropped)."""
+        if len(topic) > limits.MAX_TOPIC_CHARS or not topic:
+            raise InvalidArgument(f"topic must be 1..{limits.MAX_TOPIC_CHARS} characters")
+        return Subscription(self, topic, from_start)
+
+    def dead_letters(self, limit: int = 100) -> list[MessageDeadLetterInfo]:
+        """Messages that were not delivered (expired, undeliverable), newest first."""
+        if limit < 0:
+            raise InvalidArgument(f"limit must be >= 0 (0: the default 100), got {limit}")
+        resp: pb.MessageDeadLettersResponse = self._call(
+            "DeadLetters", pb.MessageDeadLettersRequest(limit=limit), self._c.timeout_s, True
+        )
+        return [
+            MessageDeadLetterInfo(message_from_pb(d.message), d.reason, d.node, d.recorded_ms, d.seq)
+            for d in resp.dead_letters
+        ]
+
+    def subscribe_actor(self, topic: str, subscriber: str, unsubscribe: bool = False) -> bool:
+        """Subscribe an actor type (``TYPE``: a publish reaches ``TYPE/<source>``) or key
+        (``TYPE/KEY``) to ``topic``; whether anything changed. Idempotent."""
+        req = pb.SubscribeActorRequest(
+            topic=topic, subscriber=subscriber, unsubscribe=unsubscribe, request_id=uuid.uuid4().hex
+        )
+        resp: pb.SubscribeActorResponse = self._call("SubscribeActor", req, self._c.timeout_s, True)
+        return resp.changed
+
+    def activations(self, prefix: str = "", limit: int = 100) -> list[ActivationInfo]:
+        """Current activations by address (which node hosts each actor key, its epoch)."""
+        if limit < 0:
+            raise InvalidArgument(f"limit must be >= 0 (0: the default 100), got {limit}")
+        resp: pb.ListActivationsResponse = self._call(
+            "ListActivations", pb.ListActivationsRequest(prefix=prefix, limit=limit), self._c.timeout_s, True
+        )
+        return [
+            ActivationInfo(a.address, a.node, a.epoch, a.granted_ms, a.lease_deadline_ms, a.queued)
+            for a in resp.activations
+        ]
+
+
+class Subscription:
+    """An open ``subscribe``: iterate for messages; ``close()`` ends it (from any thread)."""
+
+    def __init__(self, messages: MessagesClient, topic: str, from_start: bool) -> None:
+        self._m = messages
+        self.topic = topic
+        self._from_start = from_start
+        self._closed = threading.Event()
+        self._call: Any = None
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def close(self) -> None:
+        self._closed.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Message]:
+        c = self._m._c
+        attempt = 0
+        while not self._closed.is_set():
+            addr = c.addresses[c._current]
+            dog: Watchdog | None = None
+            try:
+                call = self._m._stub(addr).Subscribe(
+                    pb.SubscribeRequest(topic=self.topic, from_start=self._from_start)
+                )
+                self._call = call
+                if self._closed.is_set():
+                    call.cancel()
+                dog = Watchdog(call)
+                for m in call:
+                    dog.feed()
+                    attempt = 0
+                    if not m.id:
+                        continue  # heartbeat
+                    if m.id in self._seen:
+                        continue  # delivered before a reconnection
+                    self._seen[m.id] = None
+                    if len(self._seen) > SEEN_IDS:
+                        self._seen.popitem(last=False)
+                    yield message_from_pb(m)
+                return
+            except grpc.RpcError as exc:
+                if self._closed.is_set():
+                    return
+                code = exc.code()
+                fired = dog is not None and dog.fired
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or (
+                    code == grpc.StatusCode.CANCELLED and not fired
+                ):
+                    raise _translate(exc) from None
+            finally:
+                if dog is not None:
+                    dog.close()
+            c._rotate()
+            attempt += 1
+            time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))

@@ -1,0 +1,545 @@
+"""Actors: ``@raftmesh.actor``, the node's ``ActorHost`` and agents' ``ctx.send/request/publish``.
+
+The first half checks the declaration, the registry, the node's offers and the host's
+decisions against hand-built replicated states (no I/O). The second half runs the host
+for real: a node in this process (``NodeRuntime`` on its own loop and thread, real Raft,
+real router), with messages sent through the node's own router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+import raftmesh
+from raftmesh.agents import ActorContext, AgentDefinitionError, AgentRegistry, load_agents
+from raftmesh.agents._actors import ActorHost, _Worker, state_key
+from raftmesh.agents._loader import AgentLoadError
+from raftmesh.agents._registry import DuplicateAgentError
+from raftmesh.clock import ManualClock
+from raftmesh.consensus import limits
+from raftmesh.consensus.commands import Message, SendMessages
+from raftmesh.consensus.messages import Activation, Mailbox, Queued
+from raftmesh.consensus.results import MessagesSent
+from raftmesh.consensus.state import ClusterState, Member
+from raftmesh.messaging.router import MessageRouter
+from raftmesh.node.reads import ReadView
+from raftmesh.node.runtime import actor_offers
+
+HERE = os.path.dirname(__file__)
+AGENTS = os.path.join(HERE, "actor_agents.py")
+
+
+# ---- declaration and registry ------------------------------------------------------------
+
+
+def test_actor_declaration_is_loaded_with_the_module() -> None:
+    reg = load_agents([AGENTS], entry_points=False)
+    assert {"counter", "relay", "asker", "listener", "flaky", "sleepy"} <= set(reg.actors)
+    assert "messenger" in reg.agents and "counter" not in reg.agents
+    listener = reg.actors["listener"]
+    assert listener.topics == ("news",) and listener.idle_s == 0
+    assert reg.actors["sleepy"].idle_s == 0.5
+    # ``--agents`` picks task agents; actor types stay offered
+    assert set(reg.subset(["messenger"]).actors) == set(reg.actors)
+    offers = {o.name: o for o in actor_offers(reg)}
+    assert set(offers) == set(reg.actors) and offers["counter"].max_activations == 0
+
+
+def test_public_names() -> None:
+    assert raftmesh.Message is Message
+    assert raftmesh.ActorContext is ActorContext
+    assert callable(raftmesh.actor)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "body", "needle"),
+    [
+        ({}, "def on_message(self, ctx, msg): pass", "async def on_message"),
+        ({}, "async def on_message(self, ctx): pass", "async def on_message"),
+        (
+            {},
+            "async def on_message(self, ctx, msg): pass\n    def on_activate(self, ctx): pass",
+            "on_activate",
+        ),
+        (
+            {},
+            "def __init__(self, x): pass\n    async def on_message(self, ctx, msg): pass",
+            "no arguments",
+        ),
+        ({"topics": "news"}, "async def on_message(self, ctx, msg): pass", "list of topic names"),
+        ({"topics": ["bad topic"]}, "async def on_message(self, ctx, msg): pass", "topic"),
+        ({"idle_s": -1}, "async def on_message(self, ctx, msg): pass", "idle_s"),
+        ({"max_activations": 10**9}, "async def on_message(self, ctx, msg): pass", "max_activations"),
+        ({"capabilities": "gpu"}, "async def on_message(self, ctx, msg): pass", "capabilities"),
+    ],
+)
+def test_bad_actor_declarations_say_what_to_fix(kwargs: dict[str, Any], body: str, needle: str) -> None:
+    ns: dict[str, Any] = {"raftmesh": raftmesh, "kwargs": kwargs}
+    src = f"@raftmesh.actor('thing', **kwargs)\nclass Thing:\n    {body}\n"
+    with pytest.raises(AgentDefinitionError) as e:
+        exec(compile(src, "<actor>", "exec"), ns)
+    assert needle in str(e.value) and "@raftmesh.actor('thing')" in str(e.value)
+
+
+def test_bad_actor_type_name() -> None:
+    with pytest.raises(AgentDefinitionError, match="actor type"):
+        raftmesh.actor("no/slash")
+    with pytest.raises(AgentDefinitionError, match="must be a string"):
+        raftmesh.actor(3)  # type: ignore[arg-type]
+
+
+def test_a_function_is_not_an_actor() -> None:
+    with pytest.raises(AgentDefinitionError, match="decorate a class"):
+
+        @raftmesh.actor("fn")
+        async def fn(ctx: Any, msg: Any) -> None:
+            pass
+
+
+def test_duplicate_actor_types_name_both_places(tmp_path: Any) -> None:
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    for p in (a, b):
+        p.write_text(
+            "import raftmesh\n\n@raftmesh.actor('dup')\nclass D:\n    async def on_message(self, ctx, msg):\n"
+            "        return 1\n"
+        )
+    with pytest.raises(AgentLoadError) as e:
+        load_agents([str(a), str(b)], entry_points=False)
+    assert "actor type 'dup' is declared twice" in str(e.value)
+    assert "a.py:3" in str(e.value) and "b.py:3" in str(e.value)
+    reg = AgentRegistry()
+    from raftmesh.agents._declare import declaration_of
+
+    loaded = load_agents([str(a)], entry_points=False)
+    reg.add(loaded.actors["dup"])
+    reg.add(loaded.actors["dup"])  # the same class again changes nothing
+    assert declaration_of(loaded.actors["dup"].cls) is not None
+    with pytest.raises(DuplicateAgentError):
+        reg.add(load_agents([str(b)], entry_points=False).actors["dup"])
+
+
+def test_actor_and_agent_names_are_separate_namespaces(tmp_path: Any) -> None:
+    p = tmp_path / "both.py"
+    p.write_text(
+        "import raftmesh\n\n@raftmesh.actor('same')\nclass A:\n    async def on_message(self, ctx, msg):\n"
+        "        return 1\n\n@raftmesh.agent('same')\nasync def same(ctx):\n    return 2\n"
+    )
+    reg = load_agents([str(p)], entry_points=False)
+    assert "same" in reg.actors and "same" in reg.agents
+
+
+# ---- the host's decisions (hand-built states, no I/O) ---------------------------------------
+
+
+def _state(*acts: Activation, up: bool = True, incarnation: str = "inc1") -> ClusterState:
+    st = ClusterState()
+    st.members["n1"] = Member("n1", "g", "r", (), 1, incarnation, up, 0)
+    for a in acts:
+        st.messages.activations[a.address] = a
+    st.messages.rebuild_indexes()
+    return st
+
+
+def _msg(i: str, target: str = "counter/a", priority: int = 0, sent_ms: int = 1_700_000_000_000) -> Message:
+    return Message(id=i, sender="client:t", target=target, priority=priority, ttl_ms=60_000, sent_ms=sent_ms)
+
+
+def _host(st: ClusterState, clock: ManualClock | None = None) -> ActorHost:
+    reg = load_agents([AGENTS], entry_points=False)
+    reads = ReadView(threading.RLock(), lambda: st)
+    clock = clock or ManualClock()
+    # The writer is never reached by these tests (decide/accept/_next do no I/O); the router
+    # only keeps the dead letters for a flush that never runs here.
+    router = MessageRouter("n1", "inc1", reads, None, clock, lambda n: None)  # type: ignore[arg-type]
+    return ActorHost("n1", "inc1", reg, reads, None, clock, router, ready=lambda: False)  # type: ignore[arg-type]
+
+
+def test_decide_starts_this_incarnations_activations_only() -> None:
+    st = _state(
+        Activation("counter/a", "n1", "inc1", 5, 0, 6000),
+        Activation("counter/b", "n1", "old", 3, 0, 6000),  # an earlier process's
+        Activation("counter/c", "n2", "x", 4, 0, 6000),  # another node's
+        Activation("nosuch/d", "n1", "inc1", 6, 0, 6000),  # a type this node did not load
+    )
+    plan = _host(st).decide(st)
+    assert [a.address for a in plan.start] == ["counter/a"] and plan.stop == []
+    assert _host(st).decide(_state(*st.messages.activations.values(), up=False)).start == []
+
+
+def test_decide_stops_moved_and_restarts_newer_epochs() -> None:
+    st = _state(Activation("counter/a", "n1", "inc1", 9, 0, 6000))
+    host = _host(st)
+    host._workers["counter/a"] = _Worker("counter/a", 5, host._actors["counter"], 0.0)  # an older epoch
+    host._workers["counter/z"] = _Worker("counter/z", 2, host._actors["counter"], 0.0)  # gone from the state
+    plan = host.decide(st)
+    assert sorted(plan.stop) == ["counter/a", "counter/z"]
+    assert [(a.address, a.epoch) for a in plan.start] == [("counter/a", 9)]
+
+
+def test_decide_wakes_workers_with_queued_messages() -> None:
+    st = _state(Activation("counter/a", "n1", "inc1", 5, 0, 6000))
+    st.messages.mailboxes["counter/a"] = Mailbox("counter/a", OrderedDict({1: Queued(1, _msg("m1"), 0)}))
+    host = _host(st)
+    host._workers["counter/a"] = _Worker("counter/a", 5, host._actors["counter"], 0.0)
+    plan = host.decide(st)
+    assert plan.start == [] and plan.stop == [] and plan.wake == ["counter/a"]
+
+
+def test_accept_refuses_with_the_reason() -> None:
+    clock = ManualClock()
+    st = _state(Activation("counter/a", "n1", "inc1", 5, 0, 6000))
+    host = _host(st, clock)
+    now = clock.now_ms()
+    r = host.accept(_msg("x", sent_ms=now - 120_000))
+    assert r is not None and not r.retry and "expired" in r.reason
+    r = host.accept(_msg("x", target="nosuch/a", sent_ms=now))
+    assert r is not None and not r.retry and "does not offer actor type 'nosuch'" in r.reason
+    r = host.accept(_msg("x", sent_ms=now))
+    assert r is not None and r.retry and "not activated" in r.reason
+    w = _Worker("counter/a", 5, host._actors["counter"], clock.monotonic() + 10)
+    host._workers["counter/a"] = w
+    assert host.accept(_msg("ok", sent_ms=now)) is None and len(w.inbox) == 1
+    w.valid_until = clock.monotonic() - 1  # the lease may have ended: stop taking messages
+    r = host.accept(_msg("y", sent_ms=now))
+    assert r is not None and r.retry and "lease" in r.reason
+    w.valid_until = clock.monotonic() + 10
+    w.inbox = [(0, i, _msg(f"f{i}", sent_ms=now)) for i in range(limits.MAX_INBOX_MESSAGES)]
+    r = host.accept(_msg("z", sent_ms=now))
+    assert r is not None and r.retry and "inbox is full" in r.reason
+
+
+def test_next_takes_the_highest_priority_fifo_within_one_across_both_paths() -> None:
+    clock = ManualClock()
+    now = clock.now_ms()
+    st = _state(Activation("counter/a", "n1", "inc1", 5, 0, 6000))
+    box = Mailbox("counter/a")
+    for seq, prio in ((3, 0), (4, 5), (7, 5), (8, 1)):
+        box.queue[seq] = Queued(seq, _msg(f"d{seq}", priority=prio, sent_ms=now), 0)
+    box.queue[9] = Queued(9, _msg("late", priority=9, sent_ms=now - 120_000), 0)  # expired: the tick's
+    st.messages.mailboxes["counter/a"] = box
+    host = _host(st, clock)
+    w = _Worker("counter/a", 5, host._actors["counter"], clock.monotonic() + 10)
+    host._workers["counter/a"] = w
+    for i, prio in ((0, 5), (1, 7), (2, 0)):
+        heapq.heappush(w.inbox, (-prio, 10 + i, _msg(f"f{i}", priority=prio, sent_ms=now)))
+    heapq.heappush(w.inbox, (-8, 99, _msg("gone", priority=8, sent_ms=now - 120_000)))
+    order = []
+    while (item := host._next(w)) is not None:
+        msg, seq, _ = item
+        order.append(msg.id)
+        if seq:
+            del box.queue[seq]  # what the ack does in the replica
+    # f1 (7); then priority 5: the durable path first on a tie, by seq, then the fast one;
+    # then 1, then 0 (durable before fast on the tie again); expired ones never handled
+    assert order == ["f1", "d4", "d7", "f0", "d8", "d3", "f2"]
+    dead = list(host.router._dead)  # type: ignore[attr-defined]
+    assert [d.message.id for d in dead] == ["gone"] and "expired" in dead[0].reason
+
+
+def test_next_skips_seqs_acked_here_until_the_replica_drops_them() -> None:
+    clock = ManualClock()
+    st = _state(Activation("counter/a", "n1", "inc1", 5, 0, 6000))
+    box = Mailbox("counter/a")
+    for seq in (1, 2):
+        box.queue[seq] = Queued(seq, _msg(f"d{seq}", sent_ms=clock.now_ms()), 0)
+    st.messages.mailboxes["counter/a"] = box
+    host = _host(st, clock)
+    w = _Worker("counter/a", 5, host._actors["counter"], clock.monotonic() + 10)
+    w.handled[1] = None
+    item = host._next(w)
+    assert item is not None and item[1] == 2
+    del box.queue[1]
+    host._next(w)
+    assert 1 not in w.handled  # forgotten once the replica no longer shows it
+
+
+def test_applied_events_wake_the_worker_or_ask_for_a_reconcile() -> None:
+    from raftmesh.consensus.results import ActivationChanged, MessageQueued
+
+    st = _state(Activation("counter/a", "n1", "inc1", 5, 0, 6000))
+    host = _host(st)
+    w = _Worker("counter/a", 5, host._actors["counter"], 0.0)
+    host._workers["counter/a"] = w
+    host.applied([MessageQueued(7, "counter/a", "n1"), MessageQueued(7, "counter/b", "n2")])
+    assert w.wake.is_set() and not host._wake.is_set()  # a queued message: only its worker
+    host.applied([MessageQueued(9, "counter/new", "n1")])  # no worker yet: reconcile
+    assert host._wake.is_set()
+    host._wake.clear()
+    host.applied([ActivationChanged(10, "counter/c", "n2", 10, True)])
+    assert host._wake.is_set()
+    host._wake.clear()
+    host.applied([])  # the state was replaced (a snapshot): reconcile everything
+    assert host._wake.is_set()
+
+
+def test_state_key() -> None:
+    assert state_key("counter/a/b") == "actors/counter/a/b"
+
+
+# ---- the host on a real node ----------------------------------------------------------------
+
+
+def _run(runtime: Any, coro: Coroutine[Any, Any, Any], timeout_s: float = 30.0) -> Any:
+    return asyncio.run_coroutine_threadsafe(coro, runtime.loop).result(timeout_s)
+
+
+@pytest.fixture
+def node(tmp_path: Any) -> Iterator[Any]:
+    from raftmesh.localcluster import free_ports, wait_until
+    from raftmesh.node.config import Peer, build_config
+    from raftmesh.node.runtime import NodeRuntime
+
+    raft_port, grpc_port = free_ports(2)
+    raft, grpc_addr = f"127.0.0.1:{raft_port}", f"127.0.0.1:{grpc_port}"
+    cfg = build_config("n1", raft, grpc_addr, [Peer("n1", raft, grpc_addr)], str(tmp_path / "n1"), slots=8)
+    runtime = NodeRuntime(cfg, registry=load_agents([AGENTS], entry_points=False))
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(runtime.run())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=serve, name="node-n1", daemon=True)
+    thread.start()
+    try:
+
+        def ready() -> bool:
+            if failure:
+                return True
+            loop = runtime.loop
+            if loop is None or not hasattr(runtime, "raft") or not runtime.raft.is_leader:
+                return False
+            return bool(runtime.reads.read(lambda st: st.up_member("n1", runtime.incarnation)))
+
+        wait_until(ready, 30.0, "the in-process node to lead and register")
+        if failure:
+            raise failure[0]
+        yield runtime
+    finally:
+        loop = runtime.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(runtime.stop)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the node did not stop"
+        assert not failure, failure
+
+
+def _durable(runtime: Any, *msgs: Message) -> Any:
+    """Commit durable messages the way the router's durable path does (one SendMessages)."""
+    cmd = SendMessages(f"s-{uuid.uuid4().hex}", runtime.clock.now_ms(), messages=msgs)
+    res = _run(runtime, runtime.proposer.propose(cmd))
+    assert isinstance(res, MessagesSent), res
+    return res
+
+
+def _out(runtime: Any, i: str, target: str = "", payload: Any = None, **kw: Any) -> Message:
+    return Message(
+        id=i,
+        sender=kw.pop("sender", "client:test"),
+        target=target,
+        payload=payload,
+        ttl_ms=kw.pop("ttl_ms", 60_000),
+        sent_ms=runtime.clock.now_ms(),
+        **kw,
+    )
+
+
+def _kv(runtime: Any, key: str) -> Any:
+    def value(st: ClusterState) -> Any:
+        e = st.kv.get(key)
+        return None if e is None else e.value
+
+    return runtime.reads.read(value)
+
+
+def _queued(runtime: Any, address: str) -> int:
+    return int(runtime.reads.read(lambda st: len(st.messages.mailboxes.get(address, Mailbox(address)).queue)))
+
+
+def test_durable_messages_are_handled_once_each_with_their_state(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    _durable(node, *(_out(node, f"m{i}", "counter/a", i) for i in range(20)))
+    wait_until(lambda: (_kv(node, "actors/counter/a") or {}).get("n") == 20, 30.0, "20 turns of counter/a")
+    st = _kv(node, "actors/counter/a")
+    assert st["seen"] == list(range(20))  # in order, each once
+    wait_until(lambda: _queued(node, "counter/a") == 0, 10.0, "the mailbox to empty")
+    act = node.reads.read(lambda s: s.messages.activations["counter/a"])
+    assert act.node == "n1" and node.actors.activations() == {"counter/a": act.epoch}
+    assert node.actors.stats["acks"] >= 20 and node.actors.stats["acks_not_applied"] == 0
+
+
+def test_a_turns_durable_sends_and_kv_commit_with_its_ack(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    _durable(node, _out(node, "r1", "relay/r", {"to": "counter/c", "value": "hello"}))
+    wait_until(lambda: (_kv(node, "actors/counter/c") or {}).get("n") == 1, 30.0, "counter/c got the relay")
+    assert _kv(node, "actors/counter/c")["seen"] == ["hello"]
+    assert _kv(node, "relayed/r1") == "hello"
+
+
+def test_durable_and_fast_publishes_reach_the_declared_type_subscriber(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    wait_until(
+        lambda: node.reads.read(lambda st: "listener" in st.messages.subscriptions.get("news", {})),
+        10.0,
+        "the node to subscribe listener to news",
+    )
+    _durable(node, _out(node, "p1", topic="news", payload="extra", source="s1"))
+    wait_until(lambda: (_kv(node, "actors/listener/s1") or {}).get("got") == ["extra"], 30.0, "listener/s1")
+    _run(node, node.router.send(_out(node, "p2", topic="news", payload="fast", source="s1")))
+    wait_until(
+        lambda: (_kv(node, "actors/listener/s1") or {}).get("got") == ["extra", "fast"], 30.0, "the fast one"
+    )
+
+
+def test_a_failing_handler_is_dead_lettered_and_acked(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    _durable(node, _out(node, "bad1", "flaky/x", "boom"))
+
+    def dead() -> list[Any]:
+        return list(
+            node.reads.read(lambda st: [d for d in st.messages.dead_letters if d.letter.message.id == "bad1"])
+        )
+
+    wait_until(dead, 30.0, "the failed message's dead letter")
+    [d] = dead()
+    assert "handler failed 3 times" in d.letter.reason and "cannot handle 'boom'" in d.letter.reason
+    wait_until(lambda: _queued(node, "flaky/x") == 0, 10.0, "the failed message to leave the mailbox")
+
+
+def test_an_idle_activation_is_given_up_and_comes_back_with_its_state(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    def epoch() -> int | None:
+        a = node.reads.read(lambda st: st.messages.activations.get("sleepy/s"))
+        return None if a is None else int(a.epoch)
+
+    _durable(node, _out(node, "s1", "sleepy/s", 1))
+    wait_until(lambda: (_kv(node, "actors/sleepy/s") or {}).get("activations") == 1, 30.0, "first activation")
+    first = epoch()
+    wait_until(lambda: epoch() is None, 30.0, "the idle activation to be given up")
+    assert "sleepy/s" not in node.actors.activations()
+    _durable(node, _out(node, "s2", "sleepy/s", 2))
+    wait_until(lambda: (_kv(node, "actors/sleepy/s") or {}).get("activations") == 2, 30.0, "re-activation")
+    second = epoch()
+    assert first is not None and second is not None and second > first
+    assert _kv(node, "woke/s") == second
+
+
+# ---- the fast path and requests (through the node's router) ---------------------------------
+
+
+def test_fast_send_and_request_reach_the_activation(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    for i in range(5):
+        _run(node, node.router.send(_out(node, f"f{i}", "counter/f", i)))
+    wait_until(lambda: (_kv(node, "actors/counter/f") or {}).get("n") == 5, 30.0, "5 fast turns")
+    assert _kv(node, "actors/counter/f")["seen"] == list(range(5))  # FIFO from one sender
+    reply = _run(node, node.router.request(_out(node, "q1", "counter/f", "q", reply_to="n1"), 10.0))
+    act = node.reads.read(lambda st: st.messages.activations["counter/f"])
+    assert reply.correlation_id == "q1" and reply.epoch == act.epoch
+    assert reply.payload == {"n": 6, "node": "n1", "epoch": act.epoch}
+
+
+def test_durable_request_is_answered_through_the_log(node: Any) -> None:
+    reply = _run(
+        node, node.router.request(_out(node, "dq1", "counter/d", "x", durable=True, reply_to="n1"), 10.0)
+    )
+    assert reply.payload["n"] == 1 and reply.correlation_id == "dq1"
+    kept = node.reads.read(lambda st: st.messages.replies.get("dq1"))
+    assert kept is not None and kept[1].payload == reply.payload
+
+
+def test_a_request_inside_a_turn_and_a_failing_handlers_error_reply(node: Any) -> None:
+    from raftmesh.agents import HandlerError
+    from raftmesh.agents._messaging import reply_payload
+
+    reply = _run(
+        node,
+        node.router.request(
+            _out(node, "a1", "asker/a", {"to": "counter/g", "value": 7}, reply_to="n1"), 20.0
+        ),
+    )
+    assert reply.payload["n"] == 1 and _kv(node, "actors/counter/g")["seen"] == [7]
+    err = _run(node, node.router.request(_out(node, "b1", "flaky/y", "bad", reply_to="n1"), 20.0))
+    with pytest.raises(HandlerError, match="cannot handle 'bad'"):
+        reply_payload(err)
+
+
+def test_task_agents_send_and_request(node: Any) -> None:
+    from raftmesh import DAG, Client
+
+    client = Client([node.config.grpc], timeout_s=10.0)
+    try:
+        dag = DAG("talk")
+        dag.task("t", "messenger", input={"to": "counter/t"})
+        run = client.run(dag, timeout_s=60)
+        assert run.status == "SUCCEEDED", run
+        # the durable send was committed before the request was made: the request is turn 2
+        assert run.tasks["t"].output["n"] == 2
+        assert _kv(node, "actors/counter/t")["seen"] == ["from-task", "ask"]
+        dag = DAG("talk-sync")
+        dag.task("t", "messenger_sync", input={"to": "counter/u"})
+        run = client.run(dag, timeout_s=60)
+        assert run.status == "SUCCEEDED", run
+        assert run.tasks["t"].output["n"] == 2
+        assert _kv(node, "actors/counter/u")["seen"] == ["from-thread", "ask"]
+    finally:
+        client.close()
+
+
+def test_effect_free_turns_are_acked_each_once_while_the_next_ones_run(node: Any) -> None:
+    from raftmesh.localcluster import wait_until
+
+    sink = node.registry.actors["sink"].cls
+    before = sink.count
+    for b in range(0, 500, 250):
+        _durable(node, *(_out(node, f"k{i}", "sink/s", i) for i in range(b, b + 250)))
+    wait_until(lambda: _queued(node, "sink/s") == 0, 60.0, "the sink's mailbox to empty")
+    assert sink.count - before == 500  # each handled once
+    acked = node.reads.read(lambda st: st.messages.mailboxes.get("sink/s"))
+    assert acked is None and node.actors.stats["acks_not_applied"] == 0
+
+
+# ---- a real cluster: the activation moves when its node dies ------------------------------------
+
+
+@pytest.mark.e2e
+def test_an_activation_moves_after_its_node_is_killed_and_keeps_its_state(make_cluster: Any) -> None:
+    from raftmesh import DAG
+
+    c = make_cluster(3, agents_modules=[AGENTS])
+    client = c.client()
+
+    def talk(run: str, send: str) -> Any:
+        dag = DAG(run)
+        dag.task("t", "messenger", input={"to": "counter/k", "send": send, "timeout_s": 60.0})
+        info = client.run(dag, timeout_s=120)
+        assert info.status == "SUCCEEDED", info
+        return info.tasks["t"].output
+
+    first = talk("before", "one")
+    assert first["n"] == 2
+    c.kill(first["node"])
+    second = talk("after", "two")
+    # another node, a newer epoch, and the state the last committed turn left: the durable
+    # send queued while no live node held the key was handled there, then the request
+    assert second["node"] != first["node"] and second["epoch"] > first["epoch"]
+    assert second["n"] == 4
+    entry = client.kv.get("actors/counter/k")
+    assert entry is not None and entry.value["seen"] == ["one", "ask", "two", "ask"]
