@@ -12,8 +12,9 @@ it imports only the standard library and AutoGen. One role per process:
 Every role prints ``{"event": "ready"}`` on stdout once it serves/registered. The driver then reads one
 JSON command a line on stdin and answers each with one JSON line (progress events may come first):
 
-    {"op": "rr", "n": N}                      N requests one at a time; the latency of each (ns)
-    {"op": "inflight", "n": N, "window": W}   N requests, W in flight; the latency of each, the wall time
+    {"op": "rr", "n": N, "max_s": S}          N requests one at a time (none started after S s);
+                                              the latency of each (ns), the wall time
+    {"op": "inflight", "n": N, "window": W, "max_s": S}   the same with W in flight
     {"op": "publish", "n": N, "base": B}      N publishes of seq B..B+N-1 as fast as publish_message returns
     {"op": "stream", "n": N, "base": B, "rate": R, "marks": [K, ...]}
                                               N publishes paced at R/s; after the K-th one it prints
@@ -143,17 +144,19 @@ class Driver:
             raise RuntimeError(f"wrong reply to request {seq}: {r!r}")
         return time.monotonic_ns() - t0
 
-    async def rr(self, n: int) -> dict[str, Any]:
-        t0 = time.monotonic_ns()
-        lat = [await self.request(i) for i in range(n)]
-        return {"latency_ns": lat, "wall_ns": time.monotonic_ns() - t0}
+    async def rr(self, n: int, max_s: float) -> dict[str, Any]:
+        return await self.inflight(n, 1, max_s)
 
-    async def inflight(self, n: int, window: int) -> dict[str, Any]:
+    async def inflight(self, n: int, window: int, max_s: float) -> dict[str, Any]:
+        """n requests on ``window`` lanes; no new one after ``max_s`` seconds."""
         lat: list[int] = []
         it = iter(range(n))
+        stop = time.monotonic() + max_s
 
         async def lane() -> None:
             for i in it:
+                if time.monotonic() >= stop:
+                    return
                 lat.append(await self.request(i))
 
         t0 = time.monotonic_ns()
