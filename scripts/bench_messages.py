@@ -45,7 +45,8 @@ Scenarios:
    one's handling at the subscriber - the first publish call). AutoGen's ``publish_message`` returns
    before anything is sent, so its driver publishes in a tight loop; raftmesh's ``Send`` answers once
    the subscriber's node accepted (fast) or the log committed (durable) it, so its driver keeps 64 in
-   flight.
+   flight. A second row is the rate at which the calls returned (for raftmesh: were acknowledged), so
+   a gap between the two is the subscriber's handling falling behind.
 4. kills mid-stream (``--stream`` publishes, default 4,000, paced at ``--rate``/s, default 400): a kill -9
    after the first third, a restart after the second third, then wait until every publish was handled
    or nothing new arrived for ``--settle`` s. AutoGen: kill its host (restarted on the same port), and
@@ -357,7 +358,7 @@ class AutogenSide:
         r = self.driver.call({"op": "publish", "n": n, "base": base}, 600)
         seqs = range(base, base + n)
         got = self.effects.wait_for(seqs, settle_s)
-        return e2e_summary(seqs, got, r["t_first_ns"], failed=r["errors"])
+        return e2e_summary(seqs, got, r["t_first_ns"], r["t_last_ns"], failed=r["errors"])
 
     def kill_scenario(self, what: str, n: int, base: int, rate: float, settle_s: float) -> dict[str, Any]:
         """what: "host" (kill -9 the host, start a new one on the same port) or "sub" (the subscriber's
@@ -406,7 +407,10 @@ class AutogenSide:
         return out
 
 
-def e2e_summary(seqs: range, got: dict[int, list[int]], t_first_ns: int, failed: int) -> dict[str, Any]:
+def e2e_summary(
+    seqs: range, got: dict[int, list[int]], t_first_ns: int, t_calls_done_ns: int, failed: int
+) -> dict[str, Any]:
+    """msg/s end to end (first call to last handling); calls_per_s: until the last call returned."""
     handled = [min(got[s]) for s in seqs if s in got]
     missing = len(seqs) - len(handled)
     if missing:
@@ -414,7 +418,14 @@ def e2e_summary(seqs: range, got: dict[int, list[int]], t_first_ns: int, failed:
             f"{missing} of {len(seqs)} publishes never reached the subscriber (no fault injected)"
         )
     wall = (max(handled) - t_first_ns) / 1e9
-    return {"n": len(seqs), "msg_per_s": len(seqs) / wall, "wall_s": wall, "failed_calls": failed}
+    calls = (t_calls_done_ns - t_first_ns) / 1e9
+    return {
+        "n": len(seqs),
+        "msg_per_s": len(seqs) / wall,
+        "wall_s": wall,
+        "calls_per_s": len(seqs) / calls if calls > 0 else None,
+        "failed_calls": failed,
+    }
 
 
 # ---- raftmesh ------------------------------------------------------------------------------------------------
@@ -581,8 +592,9 @@ class RaftmeshSide:
     def publish(self, n: int, base: int, durable: bool, settle_s: float) -> dict[str, Any]:
         seqs = range(base, base + n)
         t_first, _, failed = asyncio.run(self._publishes(seqs, durable, None, {}, self.leader))
+        t_calls_done = time.monotonic_ns()
         got = self.effects.wait_for(seqs, settle_s)
-        return e2e_summary(seqs, got, t_first, failed=len(failed))
+        return e2e_summary(seqs, got, t_first, t_calls_done, failed=len(failed))
 
     def activate_subscriber(self) -> str:
         """Publish once (a seq outside every stream) so that benchsub/default is placed; its node."""
@@ -714,6 +726,8 @@ def render(report: dict[str, Any]) -> str:
     ):
         lines.append(f" {title}")
         lines.append(row("msg/s", scen, "msg_per_s", ",.0f"))
+        if scen == "publish":
+            lines.append(row("publish calls returned, /s", scen, "calls_per_s", ",.0f"))
         if scen != "publish":
             lines.append(row("p50 ms", scen, "p50_ms", ".2f"))
             lines.append(row("p99 ms", scen, "p99_ms", ".2f"))
