@@ -18,6 +18,9 @@ def test_top_level_exports() -> None:
             "RunInfo",
             "TaskInfo",
             "__version__",
+            "ActorContext",
+            "Message",
+            "actor",
             "agent",
             "tool",
         ]
@@ -62,6 +65,11 @@ def test_agents_exports() -> None:
     assert sorted(raftmesh.agents.__all__) == sorted(
         [
             "ENTRY_POINT_GROUP",
+            "ActorContext",
+            "ActorDef",
+            "ActorHost",
+            "HandlerError",
+            "actor",
             "AgentDef",
             "AgentDefinitionError",
             "AgentHost",

@@ -33,7 +33,13 @@ from raftmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgumen
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.messaging import MessageRouter
 from raftmesh.node.access import NodeAccess
-from raftmesh.node.messages_service import MessagesService, client_sender, send_request_id, subscriber_error
+from raftmesh.node.messages_service import (
+    MessagesService,
+    client_sender,
+    request_message_id,
+    send_request_id,
+    subscriber_error,
+)
 from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
 from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from tests.test_cli import cli
@@ -189,6 +195,9 @@ def test_a_client_is_one_sender_across_connections_and_a_durable_send_one_comman
     assert client_sender("") == "client:unknown"
     assert send_request_id("client:a", "m1") == send_request_id("client:a", "m1")
     assert send_request_id("client:a", "m1") != send_request_id("client:b", "m1")
+    assert request_message_id("client:a", "m1") == request_message_id("client:a", "m1")
+    assert request_message_id("client:a", "m1") != request_message_id("client:b", "m1")
+    assert limits.name_error("id", request_message_id("client:a", "m1"), limits.MAX_MESSAGE_ID_CHARS) == ""
     assert limits.request_id_error("request_id", send_request_id("client:" + "x" * 250, "y" * 128)) == ""
     assert subscriber_error("counter") == "" and subscriber_error("counter/k1") == ""
     assert subscriber_error("") and subscriber_error("a b") and subscriber_error("a b/k")
@@ -412,6 +421,20 @@ def test_both_paths_deliver_in_order_per_sender_and_the_cli_shapes(actors3: Loca
     assert req.returncode == 0, req.stderr
     reply = json.loads(req.stdout)
     assert reply["payload"]["state"]["n"] == 1 and reply["epoch"] > 0 and reply["correlation_id"]
+    durable_reply = c.messages.request("tally/cli", {"get": True}, durable=True, timeout_s=20)
+    counts = []
+    for sender in ("client:a", "client:b"):  # one id, two senders: two requests, two replies
+        request = pb.MessageRequest(
+            message=pb.AgentMessage(
+                id="same", sender=sender, target="tally/cli", payload_json='{"seq": 5}', durable=True
+            ),
+            timeout_s=20,
+        )
+        with grpc.insecure_channel(actors3.addresses[0]) as ch:
+            answer = pb_grpc.MessagesStub(ch).Request(request, timeout=30).reply
+        counts.append(json.loads(answer.payload_json)["state"]["n"])
+    assert counts == [2, 3]
+    assert durable_reply.payload["state"]["n"] == 1 and durable_reply.epoch == reply["epoch"]
     acts = json.loads(cli("actors", "--prefix", "tally/", "--json", addresses=addrs).stdout)["activations"]
     assert {a["address"] for a in acts} == {"tally/o", "tally/cli"}
     with grpc.insecure_channel(actors3.addresses[0]) as ch:  # served, and listed by reflection

@@ -43,6 +43,7 @@ from raftmesh.errors import DeadlineExceeded, FailedPrecondition
 from raftmesh.localcluster import free_ports
 from raftmesh.messaging.api import Refused
 from raftmesh.messaging.intake import Intake
+from raftmesh.messaging.links import TO_ACTOR, Lane, Link, Out
 from raftmesh.messaging.router import MessageRouter
 from raftmesh.node.decoding import guarded
 from raftmesh.node.peers import PeerAccess, PeerService
@@ -194,6 +195,13 @@ async def start(
     return c
 
 
+async def quiet(c: Cluster, node: str) -> None:
+    """Stop ``node``'s router (its streams end; its peers keep theirs to the others)."""
+    task = c.tasks[NODES.index(node)]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def msg(sender: str, target: str, n: int, **kw: Any) -> Message:
     return Message(
         id=f"m{next(_ids)}",
@@ -236,6 +244,39 @@ def test_intake_takes_each_lane_in_order_and_drops_duplicates() -> None:
         it.taken(("n1", "i", "a/1", f"x/{i}", 0), 1, (f"y{i}", f"x/{i}"))
     assert len(it) == 2
     assert it.check(lane, 9, 9, ("m9", "b/1")).deliver
+
+
+def test_a_link_sends_higher_priority_lanes_first_and_rewinds_what_a_stream_lost() -> None:
+    async def main() -> None:
+        link = Link("n2", local=False)
+        lanes = {p: Lane(("a/1", "b/1", p), next_seq=1) for p in (0, 5)}
+        tags = itertools.count(1)
+        outs = []
+        for p, lane in lanes.items():
+            for n in range(3):
+                o = Out(msg("a/1", "b/1", n, priority=p), TO_ACTOR, next(tags), lane, lane.next_seq, None)
+                lane.next_seq += 1
+                lane.entries.append(o)
+                outs.append(o)
+            link.add_lane(lane)
+        sent, _ = link.take(lambda o: False)
+        assert [(o.msg.priority, o.seq) for o in sent] == [(5, 1), (5, 2), (5, 3), (0, 1), (0, 2), (0, 3)]
+        assert link.take(lambda o: False) == ([], [])
+        # The receiver refused priority 5's second message: it and the third go again, in order.
+        lanes[5].rewind_to(sent[1])
+        link.ready[lanes[5]] = None
+        again, _ = link.take(lambda o: False)
+        assert [(o.msg.priority, o.seq, o.inflight) for o in again] == [(5, 2, 2), (5, 3, 2)]
+        # The stream broke: everything unanswered is sent again on the next one, from each lane's start.
+        link.reset()
+        assert all(o.inflight == 0 and o.waiting for o in outs) and not link.inflight
+        again, _ = link.take(lambda o: False)
+        assert [o.seq for o in again] == [1, 2, 3, 1, 2, 3]
+        # A frame ends at its byte budget; the rest waits for the next (the writer is woken again).
+        link.reset()
+        assert len(link.take(lambda o: False, max_bytes=1)[0]) == 1 and link.wake.is_set()
+
+    asyncio.run(main())
 
 
 # ---- over real streams -------------------------------------------------------------
@@ -545,6 +586,7 @@ def test_exchange_refuses_strangers_and_malformed_frames() -> None:
                         return exc.code(), exc.details() or ""
                 return grpc.StatusCode.OK, ""
 
+            await quiet(c, "n1")  # this test speaks for n1: its own router must not dial meanwhile
             code, why = await exchange([pb.PeerFrame(node_id="stranger", incarnation="x")])
             assert code == grpc.StatusCode.FAILED_PRECONDITION and "not a member" in why
             code, why = await exchange([pb.PeerFrame(node_id="n1", incarnation="old")])
@@ -565,6 +607,7 @@ def test_an_invalid_message_from_a_peer_is_refused_for_good() -> None:
         c = await start()
         try:
             c.activate("echo/a", "n2", 3)
+            await quiet(c, "n1")  # this test speaks for n1: its own router must not dial meanwhile
             frames: list[pb.PeerFrame] = [pb.PeerFrame(node_id="n1", incarnation="incn1")]
             m = pb.AgentMessage(
                 id="bad id",

@@ -228,6 +228,10 @@ MAX_PEER_FRAME_MESSAGES = 1_024
 """Messages in one peer stream frame (a peer sending more is INVALID_ARGUMENT)."""
 MAX_PEER_FRAME_BYTES = 4 * 1024 * 1024
 """A sender starts a new frame once one holds this many bytes of messages."""
+MAX_PENDING_ACKS = 65_536
+"""Acks a node owes one peer before it stops reading that peer's stream until they are sent
+(a peer that sends without reading cannot make them pile up; two nodes that both stopped
+would be unstuck by the silence check, which drops the stream)."""
 MAX_RECEIVE_LANES = 100_000
 """(sending node, sender, target, priority) lanes a node remembers the next number of (oldest
 forgotten: a forgotten lane restarts at the sender's oldest unacknowledged message)."""

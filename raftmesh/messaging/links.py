@@ -118,6 +118,9 @@ class Link:
         self.unordered: deque[Out] = deque()
         self.inflight: dict[int, Out] = {}
         self.acks: list[pb.PeerAck] = []
+        self.acks_room = asyncio.Event()
+        """Clear while ``MAX_PENDING_ACKS`` acks wait to be sent: the stream's reader waits."""
+        self.acks_room.set()
         self.wake = asyncio.Event()
         self.session = 0
         """Generation of the current stream (0: none open); a frame of an older one is ignored."""
@@ -200,6 +203,7 @@ class Link:
             if lane.entries and not lane.held:
                 self.ready[lane] = None
         self.acks.clear()  # the peer resends what it did not hear answered
+        self.acks_room.set()
         self.waiting_since = None
         self.wake.set()
 
@@ -209,6 +213,7 @@ class Link:
         """The next frame's messages and acks (higher priority lanes first)."""
         acks = self.acks
         self.acks = []
+        self.acks_room.set()
         outs: list[Out] = []
         size = 0
         cap = limits.MAX_PEER_FRAME_MESSAGES

@@ -683,6 +683,8 @@ class MessageRouter:
                 m = f.messages[i]
                 error, retry = self._take_remote(link, m, f.kinds[i], f.lane_seqs[i], f.lane_bases[i])
                 acks.append(pb.PeerAck(id=m.id, error=error, retry=retry, tag=f.tags[i]))
+            if len(acks) >= limits.MAX_PENDING_ACKS:
+                link.acks_room.clear()
             link.kick()
         link.waiting_since = asyncio.get_running_loop().time() if link.inflight else None
 

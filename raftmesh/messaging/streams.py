@@ -166,6 +166,7 @@ class PeerStreams:
                         return
                     assert isinstance(f, pb.PeerFrame)
                     self._on_frame(link, f)
+                    await link.acks_room.wait()
 
             reader = asyncio.ensure_future(read())
             reader.add_done_callback(lambda _: self._close(link, session))
@@ -220,6 +221,7 @@ class PeerStreams:
                     if link.session != session:
                         return
                     self._on_frame(link, f)
+                    await link.acks_room.wait()
             except RaftmeshError as exc:
                 failed.append(exc)
 

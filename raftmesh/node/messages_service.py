@@ -64,6 +64,13 @@ def send_request_id(sender: str, message_id: str) -> str:
     return f"msg-{digest}"
 
 
+def request_message_id(sender: str, message_id: str) -> str:
+    """The id a client's request travels under: a node keys its waiting requests, and the state
+    machine a durable request's kept reply, by id alone; made the client's own here, one client
+    can neither collide with another's request nor be answered with its reply."""
+    return "rq-" + hashlib.sha256(f"{sender}\n{message_id}".encode()).hexdigest()[:40]
+
+
 def _bad(why: str) -> None:
     if why:
         raise InvalidArgument(why)
@@ -127,6 +134,7 @@ class MessagesService(pb_grpc.MessagesServicer):
         msg = self._message(request.message, context)
         if not msg.target:
             raise InvalidArgument("a request names a target (TYPE/KEY): a topic has no one reply")
+        msg = dataclasses.replace(msg, id=request_message_id(msg.sender, msg.id))
         remaining = context.time_remaining()
         if remaining is not None:  # answer DEADLINE_EXCEEDED ourselves, before the caller gives up
             timeout_s = max(0.05, min(timeout_s, float(remaining) - 0.05))
