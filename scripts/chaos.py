@@ -6,6 +6,7 @@
                      [--kv-clients N] [--kv-keys K] [--lock-clients N] [--lock-names L]
                      [--no-dag] [--no-faults] [--unfenced-experiment] [--lin-timeout S]
                      [--snapshot-every ENTRIES] [--preempt-priority N]
+                     [--message-clients N] [--message-targets T]
 
 Starts --nodes node processes and runs three workloads side by side: --clients
 closed-loop clients submitting DAGs with unique idempotency keys (--no-dag: none),
@@ -53,6 +54,17 @@ holds them to: no spawned task lost or duplicated, votes fused from committed re
 each approval applied once (as first acknowledged, never flipped, the task run only after it),
 each compensation applied once (its fenced KV record written once, in reverse order), no
 budget overspent by more than the attempts that could be running when it was reached.
+
+--message-clients N adds N message senders (default 0): each sends closed-loop, one call at a
+time, durable and fast sends and requests, with its own id and a sequence number per path, to
+--message-targets chaos actors (``chaos_log/k<j>``, raftmesh.chaos.agents) that record every
+turn in the fenced KV (sender, sequence, message id, epoch, node) atomically with its ack; a
+tenth of the messages get a TTL short enough to expire during a fault. After the drain the
+checker reports durable messages lost or still queued, handler effects applied twice,
+reordering per sender on each path, double activations (stale epochs committing, activations
+overlapping, a grant while another lease ran, from the effects and the audited log), expired
+messages delivered, replies without their committed turn (each must be 0), and the fast-path
+losses explained by the death of the node holding them.
 """
 
 from __future__ import annotations
@@ -125,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="nodes preempt for runs of priority >= N (2 slots each); a quarter of the DAGs are urgent",
     )
+    p.add_argument(
+        "--message-clients",
+        type=int,
+        default=0,
+        help="message senders: durable and fast sends and requests to chaos actors (default 0: none)",
+    )
+    p.add_argument(
+        "--message-targets", type=int, default=4, help="chaos actors the senders share (default 4)"
+    )
     return p
 
 
@@ -159,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             lin_timeout_s=args.lin_timeout,
             snapshot_entries=args.snapshot_every,
             preempt_priority=args.preempt_priority,
+            message_clients=args.message_clients,
+            message_targets=args.message_targets,
         )
         report = run_chaos(cfg, log=log)
     except KeyboardInterrupt:

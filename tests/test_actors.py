@@ -9,6 +9,7 @@ real router), with messages sent through the node's own router.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import os
 import threading
@@ -21,18 +22,20 @@ import pytest
 
 import raftmesh
 from raftmesh.agents import ActorContext, AgentDefinitionError, AgentRegistry, load_agents
-from raftmesh.agents._actors import ActorHost, _Worker, state_key
+from raftmesh.agents._actors import MAX_HANDLER_ATTEMPTS, ActorHost, _Worker, state_key
 from raftmesh.agents._loader import AgentLoadError
 from raftmesh.agents._registry import DuplicateAgentError
 from raftmesh.clock import ManualClock
 from raftmesh.consensus import limits
-from raftmesh.consensus.commands import Message, SendMessages
-from raftmesh.consensus.messages import Activation, Mailbox, Queued
+from raftmesh.consensus.commands import AckMessage, Activate, Message, SendMessages
+from raftmesh.consensus.messages import Activation, Mailbox, Queued, reply_key
 from raftmesh.consensus.results import MessagesSent
 from raftmesh.consensus.state import ClusterState, Member
 from raftmesh.messaging.router import MessageRouter
 from raftmesh.node.reads import ReadView
 from raftmesh.node.runtime import actor_offers
+from tests.test_messages import Mesh
+from tests.test_node_units import MachineWriter, reads_of
 
 HERE = os.path.dirname(__file__)
 AGENTS = os.path.join(HERE, "actor_agents.py")
@@ -78,6 +81,8 @@ def test_public_names() -> None:
         ({"topics": "news"}, "async def on_message(self, ctx, msg): pass", "list of topic names"),
         ({"topics": ["bad topic"]}, "async def on_message(self, ctx, msg): pass", "topic"),
         ({"idle_s": -1}, "async def on_message(self, ctx, msg): pass", "idle_s"),
+        ({"timeout_s": -1}, "async def on_message(self, ctx, msg): pass", "timeout_s"),
+        ({"timeout_s": True}, "async def on_message(self, ctx, msg): pass", "timeout_s"),
         ({"max_activations": 10**9}, "async def on_message(self, ctx, msg): pass", "max_activations"),
         ({"capabilities": "gpu"}, "async def on_message(self, ctx, msg): pass", "capabilities"),
     ],
@@ -281,6 +286,252 @@ def test_applied_events_wake_the_worker_or_ask_for_a_reconcile() -> None:
     assert host._wake.is_set()
 
 
+# ---- turns against the real state machine (a one-node log, no I/O) --------------------------
+
+
+class _SteppingClock(ManualClock):
+    """Time moves only by the code's own sleeps: a backoff ends at once, its length on the clock."""
+
+    async def sleep(self, seconds: float) -> None:
+        self.advance(max(seconds, 0.0))
+        await asyncio.sleep(0)
+
+
+def _machine_host() -> tuple[Mesh, ActorHost, _SteppingClock]:
+    """A host of node n1 (incarnation inc1) whose writes apply to a real state machine."""
+    c = Mesh()
+    c.ok(c.node("n1", "counter", "relay", "asker", "flaky", incarnation="inc1"))
+    clock = _SteppingClock(start_ms=c.ts)
+    reg = load_agents([AGENTS], entry_points=False)
+    reads = reads_of(c.sm)
+    writer = MachineWriter(c.sm)
+    router = MessageRouter("n1", "inc1", reads, writer, clock, lambda n: None)  # type: ignore[arg-type]
+    host = ActorHost("n1", "inc1", reg, reads, writer, clock, router, ready=lambda: False)  # type: ignore[arg-type]
+    return c, host, clock
+
+
+def _machine_worker(c: Mesh, host: ActorHost, address: str) -> _Worker:
+    a = c.act(address)
+    w = _Worker(address, a.epoch, host._actors[address.split("/")[0]], host._clock.monotonic() + 1000)
+    w.instance = w.adef.cls()
+    host._workers[address] = w
+    return w
+
+
+async def _turns(host: ActorHost, w: _Worker, most: int) -> int:
+    """Run up to ``most`` turns (fewer if the worker has nothing left); how many ran."""
+    for n in range(most):
+        item = host._next(w)
+        if item is None:
+            return n
+        await host._turn(w, *item)
+    return most
+
+
+def test_a_full_downstream_mailbox_holds_the_turn_back_instead_of_dead_lettering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "MAX_MAILBOX_MESSAGES", 1)
+    c, host, clock = _machine_host()
+    c.sent(c.msg("counter/b", 0, durable=True))
+    seq = c.sent(c.msg("relay/a", {"to": "counter/b", "value": 1}, durable=True, id="d1")).seqs[0]
+    w = _machine_worker(c, host, "relay/a")
+
+    async def go() -> None:
+        start = clock.monotonic()
+        assert await _turns(host, w, 5) == 5  # every turn's ack meets the full mailbox
+        assert c.queued("relay/a") == [seq] and host.stats["held_back"] == 5
+        assert host.stats["dead_lettered"] == 0 and not c.st.messages.dead_letters
+        assert clock.monotonic() - start > 5 * 0.2  # the backoff grows
+        c.ok(c.ack("counter/b", c.queued("counter/b")[0]))  # room again
+        assert await _turns(host, w, 5) == 1
+        assert c.queued("relay/a") == [] and len(c.queued("counter/b")) == 1
+        assert not w.held and not w.failures
+
+    asyncio.run(go())
+
+
+class _RecordingWriter(MachineWriter):
+    """Applies to the real machine and keeps what was proposed."""
+
+    def __init__(self, sm: Any) -> None:
+        super().__init__(sm)
+        self.cmds: list[Any] = []
+
+    async def propose(self, cmd: Any, timeout_s: float | None = None) -> Any:
+        self.cmds.append(cmd)
+        return await super().propose(cmd, timeout_s)
+
+
+def test_a_turn_run_again_sends_the_same_message_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids derive from (sender, handled message, n-th send): a retried turn's sends dedup."""
+    monkeypatch.setattr(limits, "MAX_MAILBOX_MESSAGES", 1)
+    c, host, _ = _machine_host()
+    writer = _RecordingWriter(c.sm)
+    host._writer = writer
+    c.sent(c.msg("counter/b", 0, durable=True))
+    c.sent(c.msg("relay/a", {"to": "counter/b", "value": 1}, durable=True, id="d1"))
+    w = _machine_worker(c, host, "relay/a")
+
+    async def go() -> None:
+        assert await _turns(host, w, 2) == 2  # d1 twice: held back by the full mailbox
+        c.ok(c.ack("counter/b", c.queued("counter/b")[0]))
+        assert await _turns(host, w, 1) == 1  # d1 again: applied
+        c.ok(c.ack("counter/b", c.queued("counter/b")[0]))
+        c.sent(c.msg("relay/a", {"to": "counter/b", "value": 2}, durable=True, id="d2"))
+        assert await _turns(host, w, 1) == 1  # d2
+        ids = [cmd.sends[0].id for cmd in writer.cmds if isinstance(cmd, AckMessage)]
+        assert len(ids) == 4 and ids[0] == ids[1] == ids[2] != ids[3]
+        assert c.queued("relay/a") == []
+
+    asyncio.run(go())
+
+
+def test_a_fast_message_arriving_while_a_deactivation_waits_is_refused_retryable() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    w = _machine_worker(c, host, "counter/a")
+
+    async def go() -> None:
+        gate = asyncio.Event()
+        last_ack = asyncio.get_running_loop().create_task(gate.wait())  # a turn's background ack
+        w.inflight.add(last_ack)
+        d = asyncio.get_running_loop().create_task(host._deactivate(w))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        refused = host.accept(_msg("late", sent_ms=clock.now_ms()))
+        assert refused is not None and refused.retry and "deactivated" in refused.reason
+        gate.set()
+        assert await d
+        assert not host.router._dead and "counter/a" not in c.st.messages.activations  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+
+
+def test_a_newer_epoch_on_the_same_node_keeps_the_fast_inbox() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    epoch = c.act("counter/a").epoch
+
+    async def go() -> None:
+        old = _Worker("counter/a", epoch - 1, host._actors["counter"], clock.monotonic() + 100)
+        host._workers["counter/a"] = old
+        m = _msg("waiting", sent_ms=clock.now_ms())
+        heapq.heappush(old.inbox, (0, 1, m))
+        host._ready = lambda: True
+        host._reconcile()
+        new = host._workers["counter/a"]
+        assert new is not old and new.epoch == epoch and old.stopped
+        assert [x for _, _, x in new.inbox] == [m] and not host.router._dead  # type: ignore[attr-defined]
+        host._stop(new, "test over", forward=False)
+        await asyncio.sleep(0)
+
+    asyncio.run(go())
+
+
+def test_a_turn_sends_nothing_at_once_after_its_lease_may_have_ended() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="asker/a"))
+    w = _machine_worker(c, host, "asker/a")
+    m = Message(
+        "q1",
+        "client:t",
+        "asker/a",
+        payload={"to": "counter/b", "value": 1},
+        ttl_ms=60_000,
+        sent_ms=clock.now_ms(),
+    )
+
+    async def go() -> None:
+        ctx, _ = host._context(w, m)
+        w.valid_until = clock.monotonic()  # not renewed in time (a node cut off mid-turn)
+        for call in (
+            ctx.send("counter/b", 1),
+            ctx.publish("news", 1),
+            ctx.request("counter/b", 1, timeout_s=1.0),
+            ctx.request("counter/b", 1, timeout_s=1.0, durable=True),
+        ):
+            with pytest.raises(raftmesh.errors.StaleToken, match="lease"):
+                await call
+        await ctx.send("counter/b", 1, durable=True)  # buffered: its ack is fenced by the epoch
+        # The turn that met it is not a handler failure: the message waits for a renewed lease.
+        await host._turn(w, m, 0, 7)
+        assert not w.failures and host.stats["handler_errors"] == 0
+        assert [(a, x.id) for _, a, x in w.inbox] == [(7, "q1")]
+        assert not host.router._dead  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+
+
+def test_ctx_locks_are_held_by_the_activation_and_fenced_by_its_epoch() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    w = _machine_worker(c, host, "counter/a")
+    old = _Worker("counter/a", w.epoch - 1, w.adef, clock.monotonic() + 100)
+
+    async def go() -> None:
+        ctx, _ = host._context(w, None)
+        assert ctx.locks.owner == f"actor:counter/a@{w.epoch}"
+        token = await ctx.locks.try_acquire("L", ttl_s=10.0)
+        assert token is not None and c.st.locks.locks["L"].holders[ctx.locks.owner].token == token
+        assert await ctx.locks.keep_alive("L", token) > 0
+        deposed, _ = host._context(old, None)
+        with pytest.raises(raftmesh.errors.StaleToken, match="counter/a"):
+            await deposed.locks.try_acquire("M", ttl_s=10.0)
+        assert "M" not in c.st.locks.locks
+        await ctx.locks.release("L", token)
+        assert not c.st.locks.locks.get("L") or not c.st.locks.locks["L"].holders
+
+    asyncio.run(go())
+
+
+class _Hung:
+    """A handler that never returns."""
+
+    async def on_message(self, ctx: Any, msg: Any) -> Any:
+        await asyncio.Event().wait()
+
+
+def test_a_hung_handler_is_cancelled_after_timeout_s_and_counts_as_a_failure() -> None:
+    assert load_agents([AGENTS], entry_points=False).actors["counter"].timeout_s == 60.0  # the default
+    c, host, _ = _machine_host()
+    c.sent(c.msg("counter/a", 1, durable=True, id="d1"))
+    w = _machine_worker(c, host, "counter/a")
+    w.adef = dataclasses.replace(w.adef, cls=_Hung, timeout_s=0.05)
+    w.instance = _Hung()
+
+    async def go() -> None:
+        async with asyncio.timeout(20):
+            assert await _turns(host, w, 10) == MAX_HANDLER_ATTEMPTS
+        assert c.queued("counter/a") == []
+        [dead] = c.st.messages.dead_letters
+        assert "DeadlineExceeded" in dead.letter.reason and "timeout_s=0.05" in dead.letter.reason
+
+    asyncio.run(go())
+
+
+def test_a_turn_whose_ack_is_rejected_for_good_is_dead_lettered_after_the_attempts() -> None:
+    c, host, _ = _machine_host()
+    c.sent(c.msg("relay/a", {"to": "nobody/x", "value": 1}, durable=True, id="d1"))
+    w = _machine_worker(c, host, "relay/a")
+
+    async def go() -> None:
+        # FAILED_PRECONDITION (no node offers "nobody"): not back-pressure, so each counts.
+        assert await _turns(host, w, 10) == MAX_HANDLER_ATTEMPTS
+        assert c.queued("relay/a") == []
+        assert host.stats["dead_lettered"] == 1 and host.stats["held_back"] == 0
+        assert not w.failures
+        # Dead-lettered by the ack that unqueued it (one command), not by a later batch.
+        [dead] = c.st.messages.dead_letters
+        assert dead.letter.message.id == "d1" and dead.node == "n1"
+        assert dead.letter.reason.startswith(
+            f"handler failed {MAX_HANDLER_ATTEMPTS} times: FailedPrecondition"
+        )
+        assert not host.router._dead  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+
+
 def test_state_key() -> None:
     assert state_key("counter/a/b") == "actors/counter/a/b"
 
@@ -461,7 +712,7 @@ def test_durable_request_is_answered_through_the_log(node: Any) -> None:
         node, node.router.request(_out(node, "dq1", "counter/d", "x", durable=True, reply_to="n1"), 10.0)
     )
     assert reply.payload["n"] == 1 and reply.correlation_id == "dq1"
-    kept = node.reads.read(lambda st: st.messages.replies.get("dq1"))
+    kept = node.reads.read(lambda st: st.messages.replies.get(reply_key("client:test", "dq1")))
     assert kept is not None and kept[1].payload == reply.payload
 
 

@@ -1041,6 +1041,10 @@ def _run_chaos(
         assert locks["stats"]["outcomes"]["granted"] > 0
         assert locks["stats"]["stalled"] >= 1, "no holder stalled past its TTL"
         assert all(c["lost_increments"] == 0 and c["accepted"] > 0 for c in locks["counters"])
+    if data["workloads"].get("message_clients"):
+        msgs = data["messages"]
+        assert all(v["count"] == 0 for v in msgs["invariants"].values()), msgs["invariants"]
+        assert isinstance(msgs["stats"]["log"], dict), msgs["stats"]["log"]  # the log was audited
     return data, proc.stderr
 
 
@@ -1129,3 +1133,24 @@ def test_the_unfenced_experiment_loses_increments_and_the_fenced_counter_none(tm
     assert fenced["lost_increments"] == 0 and fenced["stale_accepted"] == 0 and fenced["rejected"] > 0, exp
     assert fenced["writes"] == unfenced["writes"]  # the same holders wrote both
     assert data["locks"]["stats"]["log"]["fenced_writes_rejected"] > 0
+
+
+@pytest.mark.e2e
+def test_chaos_messages_under_process_faults(tmp_path: Path) -> None:
+    """Message senders only, under kills and pauses: both paths, sends and requests, each
+    acknowledged message taking effect once and in order, activations moving between nodes."""
+    data, _ = _run_chaos(
+        tmp_path,
+        *("--net", "none", "--nodes", "3", "--duration", "0.4", "--seed", "31", "--no-dag"),
+        *("--kv-clients", "0", "--lock-clients", "0", "--message-clients", "3"),
+        timeout_s=300,
+    )
+    stats = data["messages"]["stats"]
+    calls = stats["calls"]
+    for path in ("durable", "fast"):
+        for kind in ("send", "request"):
+            assert calls.get(f"{path} {kind} ok", 0) > 0, calls
+    assert stats["effects"] > 0 and stats["log"]["acks_applied"] == stats["effects"]  # one record per turn
+    assert stats["ordered_pairs_checked"]["durable"] > 0 and stats["ordered_pairs_checked"]["fast"] > 0
+    assert stats["log"]["activations"] > data["workloads"]["message_targets"], "no activation moved"
+    assert len(data["message_history"]) == sum(calls.values())

@@ -8,10 +8,24 @@ round-trip equality (``Cluster.apply``).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from raftmesh.consensus import CancelRun, ClusterState, Code, RunStatus, StateMachine, TaskStatus, limits
-from raftmesh.consensus.commands import Fence, KvOp, LockAcquire, NodeDown
+from raftmesh.consensus.commands import (
+    Activate,
+    ActorOffer,
+    Deactivate,
+    Fence,
+    KvOp,
+    LockAcquire,
+    LockRelease,
+    NodeDown,
+    RegisterNode,
+    decode_command,
+    encode_command,
+)
 from raftmesh.consensus.locks import SHARED, task_owner
 from raftmesh.consensus.placement import plan_assignments
 from raftmesh.consensus.results import (
@@ -779,3 +793,40 @@ def test_lock_table_round_trips_through_the_canonical_encoding(tc: Coord) -> Non
     assert copy.locks.encode() == c.st.locks.encode()
     assert copy.encode() == c.st.encode()
     assert copy.next_deadline_ms() == c.st.next_deadline_ms()
+
+
+def test_a_lock_request_fenced_by_a_stale_actor_epoch_is_rejected(c: Coord) -> None:
+    c.ok(RegisterNode(c.rid(), c.ts, "n9", "n9:1", "n9:2", (), 1, "i9", actors=(ActorOffer("room"),)))
+    c.ok(Activate(c.rid(), c.ts, address="room/a"))
+    epoch = c.st.messages.activations["room/a"].epoch
+    stale, current = Fence(actor="room/a", token=epoch - 1), Fence(actor="room/a", token=epoch)
+
+    def acquire(owner: str, fence: Fence) -> LockAcquire:
+        return LockAcquire(
+            c.rid(), c.ts, owner=owner, items=(("L", "exclusive"),), ttl_ms=10_000, fence=fence
+        )
+
+    res = c.unchanged(acquire("actor:room/a@old", stale), Code.ABORTED)
+    assert "room/a" in res.message
+    c.unchanged(acquire("actor:x", Fence(actor="bad address")), Code.INVALID_ARGUMENT)
+    got = c.ok(acquire(f"actor:room/a@{epoch}", current))
+    assert isinstance(got, LockAcquireResult) and got.granted
+    owner = f"actor:room/a@{epoch}"
+    renew = LockRelease(c.rid(), c.ts, owner=owner, name="L", token=got.token, keep_alive=True, fence=current)
+    assert isinstance(c.ok(renew), LockKeepAliveResult)
+    # The activation is given a newer epoch: its old holder may not extend the lock, only free it.
+    c.ok(Deactivate(c.rid(), c.ts, node_id="n9", address="room/a", epoch=epoch))
+    c.ok(Activate(c.rid(), c.ts, address="room/a"))
+    assert c.st.messages.activations["room/a"].epoch > epoch
+    c.unchanged(replace(renew, request_id=c.rid()), Code.ABORTED)
+    assert isinstance(c.ok(replace(renew, request_id=c.rid(), keep_alive=False)), LockReleaseResult)
+
+
+def test_lock_commands_without_a_fence_encode_as_before() -> None:
+    acq = LockAcquire("r", 1, owner="o", items=(("L", "exclusive"),), ttl_ms=10_000)
+    rel = LockRelease("r", 1, owner="o", name="L", token=3)
+    for cmd in (acq, rel):
+        assert "fence" not in cmd.to_map()
+        assert decode_command(encode_command(cmd)) == cmd
+        fenced = replace(cmd, fence=Fence(actor="room/a", token=7))
+        assert decode_command(encode_command(fenced)) == fenced

@@ -95,6 +95,8 @@ class Checker:
     sent: dict[tuple[str, int], Message] = field(default_factory=dict)
     """(address, seq) -> the message queued there."""
     acked: set[tuple[str, int]] = field(default_factory=set)
+    given_up: set[tuple[str, int]] = field(default_factory=set)
+    """Unqueued by an ack with a dead-letter reason (the handler gave up on them)."""
     counts: Counter[str] = field(default_factory=Counter)
 
     def results(
@@ -114,9 +116,15 @@ class Checker:
                     assert cmd.epoch == self.epochs.get(cmd.address), f"a stale epoch's turn applied: {cmd}"
                 if cmd.seq and res.applied:
                     key = (cmd.address, cmd.seq)
-                    assert key in self.sent and key not in self.acked, f"ack applied twice: {key}"
+                    assert key in self.sent and key not in self.acked | self.given_up, (
+                        f"ack applied twice: {key}"
+                    )
                     now = max(time_before_ms, cmd.ts_ms)
                     assert now < self.sent[key].expires_ms, f"an expired message was acknowledged: {key}"
+                    if cmd.dead_letter:
+                        self.given_up.add(key)
+                        self.counts["given up"] += 1
+                        continue
                     self.acked.add(key)
                     self.counts["acked"] += 1
                     self.queue(cmd.sends, None)
@@ -179,6 +187,9 @@ class Checker:
         for (address, seq), m in self.sent.items():
             box = store.mailboxes.get(address)
             if (address, seq) in self.acked or (box is not None and seq in box.queue):
+                continue
+            if (address, seq) in self.given_up:
+                assert dead[(m.id, address)] > 0, f"message {address}#{seq} given up without a dead letter"
                 continue
             # Neither queued nor acknowledged: it must have expired and be a dead letter.
             assert m.expires_ms <= st.time_ms, f"message {address}#{seq} lost before its TTL"
@@ -257,6 +268,17 @@ class Generator:
             old = self.rng.choice(self.old_epochs)
             address, epoch, node = old
         ts = self.ts + self.rng.choice((0, 0, 0, 1_500))  # sometimes the turn ends past a short TTL
+        if self.rng.random() < 0.1:  # the handler gave up: unqueued and dead-lettered at once
+            return AckMessage(
+                self.rid(),
+                ts,
+                node_id=node,
+                address=address,
+                epoch=epoch,
+                seq=seq,
+                reply=reply,
+                dead_letter="handler failed 3 times: E",
+            )
         return AckMessage(
             self.rid(),
             ts,
@@ -419,6 +441,7 @@ def test_the_simulation_reaches_every_messaging_path() -> None:
             COVERED.update(simulate(seed).counts)
     for what in (
         "acked",
+        "given up",
         "ack not applied",
         "activations",
         "deactivations",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,8 +32,10 @@ from raftmesh.consensus.commands import (
     SendMessages,
     SubscribeTopic,
     Tick,
+    decode_command,
+    encode_command,
 )
-from raftmesh.consensus.messages import Activation, in_delivery_order
+from raftmesh.consensus.messages import Activation, in_delivery_order, reply_key
 from raftmesh.consensus.results import (
     ActivationChanged,
     ActivationResult,
@@ -141,6 +144,22 @@ def test_register_keeps_actor_offers_sorted_and_checks_their_bounds(c: Mesh) -> 
 # ---- durable sends, placement, activation ----------------------------------------------------
 
 
+def test_offered_types_are_an_index_kept_by_registrations(c: Mesh) -> None:
+    """A send checks its target type against a per-type count (O(1)), not every member."""
+    assert c.st.actor_offers == {"room": 2, "bidder": 1}
+    c.ok(c.node("n2", "bidder", incarnation="inc-2"))  # re-registered with other offers
+    assert c.st.actor_offers == {"room": 1, "bidder": 2}
+    c.ok(c.node("n1", incarnation="inc-2"))
+    assert c.st.actor_offers == {"bidder": 1}
+    assert (
+        "no node offers actor type 'room'"
+        in c.unchanged(c.send(c.msg("room/a")), Code.FAILED_PRECONDITION).message
+    )
+    c.st.actor_offers.clear()
+    c.st.rebuild_indexes()
+    assert c.st.actor_offers == {"bidder": 1}
+
+
 def test_send_activates_the_target_on_the_least_loaded_node(c: Mesh) -> None:
     sent = c.sent(c.msg("room/a"))
     rev = c.st.revision
@@ -230,7 +249,9 @@ def test_an_ack_commits_the_turn_atomically_and_once(c: Mesh) -> None:
     assert c.st.kv.get("actors/room/a").value == {"n": 1}  # type: ignore[union-attr]
     assert len(c.queued("ledger/x")) == 1 and c.queued("room/a") == []
     assert "room/a" not in c.st.messages.mailboxes
-    kept = c.st.messages.replies["req-9"][1]
+    # Kept for the request's sender (ids are per sender): another's request "req-9" is not answered by it.
+    assert list(c.st.messages.replies) == [reply_key("client:t", "req-9")]
+    kept = c.st.messages.replies[reply_key("client:t", "req-9")][1]
     assert (kept.epoch, kept.reply_to) == (c.act("room/a").epoch, "n2")
     assert ReplyCommitted(res.revision, "req-9", "n2") in c.events
     # Redelivered and handled again: the same seq applies nothing.
@@ -348,6 +369,38 @@ def test_an_ack_after_the_ttl_is_not_applied_and_dead_letters_it(c: Mesh) -> Non
     assert c.dead_reasons() == [(m.id, "expired")]
 
 
+def test_an_ack_that_gives_up_dead_letters_the_message_in_the_same_command(c: Mesh) -> None:
+    m = c.msg("room/a", reply_to="n9")
+    [seq] = c.sent(m).seqs
+    a = c.act("room/a")
+    for bad in (
+        c.ack("room/a", 0, dead_letter="gave up"),  # a fast message has no mailbox entry
+        c.ack("room/a", seq, dead_letter="gave up", kv=(KvOp("put", "x", 1),)),
+        c.ack("room/a", seq, dead_letter="\x00"),
+        c.ack("room/a", seq, dead_letter="x" * (limits.MAX_DEAD_LETTER_REASON_CHARS + 1)),
+    ):
+        assert c.unchanged(bad, Code.INVALID_ARGUMENT).message
+    # A fenced give-up leaves the message queued for the next activation: not dead-lettered.
+    c.unchanged(c.ack("room/a", seq, epoch=a.epoch - 1, dead_letter="gave up"), Code.ABORTED)
+    assert c.queued("room/a") == [seq] and c.dead_reasons() == []
+    err = Message("r1", "room/a", "", correlation_id=m.id, reply_to="n9", payload={"error": "E"})
+    res = expect(c.ok(c.ack("room/a", seq, dead_letter="handler failed 3 times: E", reply=err)), MessageAcked)
+    assert res.applied and c.queued("room/a") == []
+    assert c.dead_reasons() == [(m.id, "handler failed 3 times: E")]
+    assert c.st.messages.dead_letters[-1].node == "n1" and m.id in c.st.messages.replies
+    # Effect-once: a retried give-up (another request id) applies nothing more.
+    assert not expect(c.ok(c.ack("room/a", seq, dead_letter="again")), MessageAcked).applied
+    assert len(c.st.messages.dead_letters) == 1
+
+
+def test_an_ack_without_a_dead_letter_encodes_as_before() -> None:
+    plain = AckMessage("r", 1, node_id="n1", address="room/a", epoch=3, seq=4)
+    assert "dead_letter" not in plain.to_map()
+    assert decode_command(encode_command(plain)) == plain
+    given_up = replace(plain, dead_letter="gave up")
+    assert decode_command(encode_command(given_up)) == given_up
+
+
 def test_recorded_dead_letters_are_bounded_and_counted(c: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "MAX_MESSAGE_DEAD_LETTERS", 3)
     items = tuple(MessageDeadLetter(c.msg("room/a"), "undeliverable: peer gone") for _ in range(5))
@@ -434,8 +487,8 @@ def test_replies_are_kept_once_and_forgotten_by_age_and_count(
     for i in range(3):
         c.ok(c.ack("room/a", 0, reply=c.msg("", i, correlation_id=f"q{i}", reply_to="n2")))
     c.ok(c.ack("room/a", 0, reply=c.msg("", "again", correlation_id="q2")))
-    assert list(c.st.messages.replies) == ["q1", "q2"]
-    assert c.st.messages.replies["q2"][1].payload == 2  # the first answer stands
+    assert list(c.st.messages.replies) == [reply_key("", "q1"), reply_key("", "q2")]
+    assert c.st.messages.replies[reply_key("", "q2")][1].payload == 2  # the first answer stands
     c.ts += limits.REPLY_RETENTION_MS + 1
     c.renew("n1", ("room/a", c.act("room/a").epoch))
     c.tick(c.ts)

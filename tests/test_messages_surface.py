@@ -32,6 +32,7 @@ from raftmesh.consensus.messages import Activation, DeadMessage, Mailbox, Queued
 from raftmesh.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.messaging import MessageRouter
+from raftmesh.messaging.router import PUBLIC_COUNTERS
 from raftmesh.node.access import NodeAccess
 from raftmesh.node.messages_service import (
     MessagesService,
@@ -436,6 +437,12 @@ def test_both_paths_deliver_in_order_per_sender_and_the_cli_shapes(actors3: Loca
     assert counts == [2, 3]
     assert durable_reply.payload["state"]["n"] == 1 and durable_reply.epoch == reply["epoch"]
     acts = json.loads(cli("actors", "--prefix", "tally/", "--json", addresses=addrs).stdout)["activations"]
+    # Every node's fast-path counters, in its status: the 20 fast sends went through some node.
+    counted = [
+        json.loads(cli("status", "--json", addresses=a).stdout)["messaging"] for a in actors3.addresses
+    ]
+    assert all(set(n) == set(PUBLIC_COUNTERS) for n in counted), counted
+    assert sum(n["sent"] for n in counted) >= 20 and sum(n["delivered"] for n in counted) >= 20, counted
     assert {a["address"] for a in acts} == {"tally/o", "tally/cli"}
     with grpc.insecure_channel(actors3.addresses[0]) as ch:  # served, and listed by reflection
         assert "raftmesh.v1.Messages" in ProtoReflectionDescriptorDatabase(ch).get_services()
@@ -551,3 +558,78 @@ def test_a_client_stream_fails_over_when_its_node_dies(actors3: LocalCluster) ->
         finally:
             guard.cancel()
     assert after == [{"i": 1}]  # the retained {"i": 0} read again on the new node is dropped
+
+
+class _CutAfterRequest(MessagesService):
+    """The real service, but the first ``Request``'s answer is lost after the request was delivered
+    and answered (the node's connection to the client broke): the client sees ``UNAVAILABLE``."""
+
+    cut = 1
+
+    async def Request(self, request: pb.MessageRequest, context: grpc.aio.ServicerContext) -> pb.MessageReply:
+        reply = await super().Request(request, context)
+        if self.cut:
+            self.cut -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost")
+        return reply
+
+
+def test_a_fast_request_retried_after_unavailable_is_a_new_attempt_and_gets_its_reply() -> None:
+    """Fast is at least once: the SDK's retry of a fast request carries a fresh id, so the node
+    that took the first attempt does not drop the retry as a duplicate (it would never answer)."""
+    sm = StateMachine()
+    assert sm.apply(
+        RegisterNode(
+            "reg-n1", 1, "n1", "127.0.0.1:1", "127.0.0.1:2", (), 1, "inc1", actors=(ActorOffer("echo"),)
+        )
+    )[0].ok
+    sm.state.messages.activations["echo/q"] = Activation("echo/q", "n1", "inc1", 3, 1, 2**62)
+    sm.state.messages.rebuild_indexes()
+    reads, writer = reads_of(sm), MachineWriter(sm)
+    (port,) = free_ports(1)
+    address = f"127.0.0.1:{port}"
+    taken: list[Message] = []
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop: asyncio.Event | None = None
+
+    async def serve() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        router = MessageRouter("n1", "inc1", reads, writer, SYSTEM_CLOCK, lambda _n: None)
+
+        class Host:
+            def accept(self, m: Message) -> None:
+                taken.append(m)
+                answer = Message(
+                    f"r-{m.id}", m.target, correlation_id=m.id, reply_to=m.reply_to, payload=len(taken)
+                )
+                asyncio.get_running_loop().call_soon(router.reply, answer)
+
+        router.attach(Host())
+        running = asyncio.create_task(router.run())
+        server = grpc.aio.server()
+        access = NodeAccess(writer, reads, SYSTEM_CLOCK, lambda: True, 5.0)
+        pb_grpc.add_MessagesServicer_to_server(_CutAfterRequest(access, router), server)
+        server.add_insecure_port(address)
+        await server.start()
+        started.set()
+        await stop.wait()
+        await server.stop(0.5)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10), "the service did not start"
+        with Client([address], timeout_s=5.0, retry_deadline_s=5.0) as client:
+            reply = client.messages.request("echo/q", "hi", timeout_s=5)
+        assert reply.payload == 2 and len(taken) == 2
+        assert taken[0].id != taken[1].id and reply.correlation_id == taken[1].id
+    finally:
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        loop.close()

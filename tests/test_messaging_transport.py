@@ -12,6 +12,7 @@ tests that need the messaging commands applied are skipped until they are regist
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import threading
 import time
@@ -35,14 +36,16 @@ from raftmesh.consensus.commands import (
     RecordDeadLetters,
     RegisterNode,
     SendMessages,
+    SubscribeTopic,
 )
 from raftmesh.consensus.machine import StateMachine
-from raftmesh.consensus.messages import Activation, Published
+from raftmesh.consensus.messages import Activation, Mailbox, Published
 from raftmesh.consensus.results import ActivationChanged, Event, Result, TopicPublished
 from raftmesh.errors import DeadlineExceeded, FailedPrecondition
 from raftmesh.localcluster import free_ports
+from raftmesh.messaging import streams
 from raftmesh.messaging.api import Refused
-from raftmesh.messaging.intake import Intake
+from raftmesh.messaging.intake import Intake, Verdict
 from raftmesh.messaging.links import TO_ACTOR, Lane, Link, Out
 from raftmesh.messaging.router import MessageRouter
 from raftmesh.node.decoding import guarded
@@ -238,12 +241,23 @@ def test_intake_takes_each_lane_in_order_and_drops_duplicates() -> None:
     assert not it.check(lane, 5, 5, ("m5x", "b/1")).deliver  # below next: a duplicate
     assert it.check(lane, 6, 6, ("m6", "b/1")).deliver
     it.taken(lane, 6, ("m6", "b/1"))
-    assert not it.check(lane, 9, 9, ("m6", "b/1")).deliver  # an id seen before
+    assert not it.check(lane, 10, 9, ("m6", "b/1")).deliver  # an id seen before
     assert it.check(lane, 9, 9, ("m9", "b/1")).deliver  # the sender gave up on 7 and 8 (base moved)
     for i in range(5):  # lanes are bounded; a forgotten one restarts at the base
         it.taken(("n1", "i", "a/1", f"x/{i}", 0), 1, (f"y{i}", f"x/{i}"))
     assert len(it) == 2
     assert it.check(lane, 9, 9, ("m9", "b/1")).deliver
+
+
+def test_intake_a_duplicate_id_at_a_lanes_next_number_moves_the_lane_past_it() -> None:
+    """The same message sent again under a new lane number (its lane was forgotten and made
+    again): dropped by id, and the next number is taken at once, with no refusal round trip."""
+    it = Intake()
+    lane = ("n1", "i", "a/1", "b/1", 0)
+    assert it.check(lane, 1, 1, ("m1", "b/1")).deliver
+    it.taken(lane, 1, ("m1", "b/1"))
+    assert it.check(lane, 2, 2, ("m1", "b/1")) == Verdict(False)
+    assert it.check(lane, 3, 2, ("m3", "b/1")).deliver
 
 
 def test_a_link_sends_higher_priority_lanes_first_and_rewinds_what_a_stream_lost() -> None:
@@ -736,7 +750,8 @@ def test_a_type_no_member_offers_fails_at_once_and_one_with_no_room_waits_until_
                 assert res.ok, res
             with pytest.raises(DeadlineExceeded):
                 await c.routers["n1"].send(msg("client:x", "echo/later", 2, ttl_ms=300))
-            assert sum(isinstance(p, Activate) for p in c.proposed) >= 3  # tried again while it waited
+            # Only nobody/1's: while no node can take echo/later it waits without asking the log.
+            assert sum(isinstance(p, Activate) for p in c.proposed) == 1
             await until(lambda: len(c.machine.state.messages.dead_letters) == 2)
             reasons = [d.letter.reason for d in c.machine.state.messages.dead_letters]
             assert "no node offers" in reasons[0] and "expired" in reasons[1], reasons
@@ -767,6 +782,235 @@ def test_messages_follow_an_activation_that_moved_in_order() -> None:
             c.hosts["n3"].refuse = lambda m: Refused("not activated here", retry=True)
             await asyncio.gather(*(r.send(msg("client:x", "echo/m", n)) for n in range(100, 150)))
             assert payloads(c.hosts["n1"], "client:x", "echo/m") == list(range(100, 150))
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(SendMessages, AckMessage)
+def test_a_durable_request_retried_through_another_node_wakes_there_on_the_committed_reply() -> None:
+    """The SDK's failover: committed through n1 (reply_to n1), asked again with the same id through
+    n2 before the reply commits. n2 waits on that id: the ReplyCommitted (reply_to n1) wakes it."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            req = msg("client:x", "echo/f", 9, durable=True)
+            first = asyncio.ensure_future(c.routers["n1"].request(req, timeout_s=5))
+            await until(lambda: "echo/f" in c.machine.state.messages.mailboxes)
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            sends = sum(isinstance(p, SendMessages) for p in c.proposed)
+            retried = asyncio.ensure_future(c.routers["n2"].request(req, timeout_s=5))
+            await until(lambda: sum(isinstance(p, SendMessages) for p in c.proposed) > sends)
+            st = c.machine.state.messages
+            queued = next(iter(st.mailboxes["echo/f"].queue.values()))
+            assert queued.message.reply_to == "n1"
+            a = st.activations["echo/f"]
+            reply = Message(
+                id="r1", sender="echo/f", correlation_id=req.id, reply_to="n1", payload=10, epoch=a.epoch
+            )
+            res = await c.propose(
+                AckMessage("ack-f", SYSTEM_CLOCK.now_ms(), a.node, "echo/f", a.epoch, queued.seq, reply=reply)
+            )
+            assert res.ok, res
+            async with asyncio.timeout(5):
+                got = await retried
+            assert got.payload == 10
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(SendMessages, AckMessage)
+def test_a_durable_request_from_another_sender_with_the_same_id_is_its_own_and_gets_its_own_reply() -> None:
+    """Ids are per sender: bob reusing alice's request id is queued as his own request and never
+    reads the reply kept for alice."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            alice = Message(
+                id="order-1",
+                sender="client:alice",
+                target="echo/r",
+                payload="alice's",
+                sent_ms=SYSTEM_CLOCK.now_ms(),
+                ttl_ms=30_000,
+                durable=True,
+            )
+
+            async def answer(n: int, payload: str) -> None:
+                await until(
+                    lambda: len(c.machine.state.messages.mailboxes.get("echo/r", Mailbox("")).queue) == 1
+                )
+                st = c.machine.state.messages
+                queued = next(iter(st.mailboxes["echo/r"].queue.values()))
+                a = st.activations["echo/r"]
+                reply = Message(
+                    id=f"r{n}",
+                    sender="echo/r",
+                    correlation_id="order-1",
+                    reply_to="n1",
+                    payload=payload,
+                    epoch=a.epoch,
+                )
+                ack = AckMessage(
+                    f"ack-r{n}", SYSTEM_CLOCK.now_ms(), a.node, "echo/r", a.epoch, queued.seq, reply=reply
+                )
+                assert (await c.propose(ack)).ok
+
+            waiting = asyncio.ensure_future(c.routers["n1"].request(alice, timeout_s=5))
+            await answer(1, "secret for alice")
+            assert (await waiting).payload == "secret for alice"
+            bob = dataclasses.replace(alice, sender="client:bob", payload="bob's")
+            asking = asyncio.ensure_future(c.routers["n2"].request(bob, timeout_s=5))
+            await answer(2, "for bob")
+            assert (await asking).payload == "for bob"
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(RecordDeadLetters)
+def test_a_stopping_node_dead_letters_what_it_still_sends_and_records_every_dead_letter() -> None:
+    """The runtime's shutdown: the actor host has stopped (its inboxes dead-lettered through the
+    router), then ``drain`` gives up every message still waiting and records them all before the
+    router and the proposer stop."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            r = c.routers["n1"]
+            c.activate("echo/w", "n9", 4)  # a node n1 cannot reach: what it sends there waits
+            c.hosts["n2"].refuse = lambda m: Refused("not activated here yet", retry=True)
+            c.activate("echo/v", "n2", 5)
+            sends = [
+                asyncio.ensure_future(r.send(msg("client:x", t, i)))
+                for i in range(3)
+                for t in ("echo/w", "echo/v")
+            ]
+            await until(lambda: r.stats["refused_retry"] > 0)
+            r.dead_letter(
+                msg("client:x", "echo/z", 1),
+                "undeliverable: echo/z was deactivated on n1 (the node is stopping)",
+            )
+            async with asyncio.timeout(5):
+                await r.drain(5.0)
+            reasons = [d.letter.reason for d in c.machine.state.messages.dead_letters]
+            assert len(reasons) == 7, reasons
+            assert sum("the sending node n1 stopped" in why for why in reasons) == 6, reasons
+            for s in await asyncio.gather(*sends, return_exceptions=True):
+                assert isinstance(s, FailedPrecondition), s
+            assert r.status()["lanes"] == 0 and r.status()["pending_dead_letters"] == 0
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(Activate)
+def test_no_activate_goes_to_the_log_while_no_node_can_take_the_target() -> None:
+    """Every node offering the type is down: the replica's placement says so, and the router waits
+    for a membership change instead of proposing an ``Activate`` per address per retry."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            for node in NODES:
+                assert c.machine.apply(NodeDown(f"down-{node}", 2000, node, f"inc{node}", "test"))[0].ok
+            r = c.routers["n1"]
+            sends = [asyncio.ensure_future(r.send(msg("client:x", f"echo/k{i}", i))) for i in range(30)]
+            await until(lambda: r.status()["lanes"] == 30)
+            await asyncio.sleep(1.0)  # what must not happen meanwhile: a log entry per address
+            assert not [p for p in c.proposed if isinstance(p, Activate)]
+            back = RegisterNode(
+                "reg-n2-again",
+                3000,
+                "n2",
+                c.addrs["n2"],
+                "127.0.0.1:1",
+                ("echo",),
+                4,
+                "incn2",
+                actors=(ActorOffer("echo"),),
+            )
+            assert (await c.propose(back)).ok  # MemberChanged: the waiting addresses are placed now
+            async with asyncio.timeout(10):
+                await asyncio.gather(*sends)
+            assert {m.target for m in c.hosts["n2"].got} == {f"echo/k{i}" for i in range(30)}
+            assert len([p for p in c.proposed if isinstance(p, Activate)]) == 30
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(SubscribeTopic)
+def test_a_fast_publish_names_only_the_subscribers_it_reached() -> None:
+    async def main() -> None:
+        c = await start()
+        try:
+            for sub, node, epoch in (("echo/s", "n2", 5), ("echo/t", "n3", 6)):
+                res, _ = c.machine.apply(
+                    SubscribeTopic(f"st-{sub}", 3000, topic="t", subscriber=sub, subscribe=True)
+                )
+                assert res.ok, res
+                c.activate(sub, node, epoch)
+            c.hosts["n2"].refuse = lambda m: Refused("undeliverable: handler gone", retry=False)
+            sent = await c.routers["n1"].send(dataclasses.replace(msg("client:x", "", 1), topic="t"))
+            assert sent.targets == ("echo/t",), sent
+            await until(lambda: len(c.machine.state.messages.dead_letters) == 1)
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_a_message_sent_but_unacknowledged_when_its_ttl_passes_says_its_receiver_may_have_it() -> None:
+    async def main() -> None:
+        ports = free_ports(len(NODES))
+        with TcpProxy("127.0.0.1", ports[1]) as proxy:  # n1 -> n2 goes through it
+            c = await start(ports=ports, dial={("n1", "n2"): proxy.address})
+            try:
+                c.activate("echo/u", "n2", 3)
+                r = c.routers["n1"]
+                await r.send(msg("client:x", "echo/u", 0))
+                await asyncio.to_thread(proxy.block, "hold")  # transmitted, never answered
+                with pytest.raises(DeadlineExceeded, match="unacknowledged"):
+                    async with asyncio.timeout(20):
+                        await r.send(msg("client:x", "echo/u", 1, ttl_ms=1500))
+                await until(lambda: len(c.machine.state.messages.dead_letters) == 1)
+                [dead] = c.machine.state.messages.dead_letters
+                assert "unacknowledged; node n2 may have taken it" in dead.letter.reason, dead.letter.reason
+            finally:
+                await asyncio.to_thread(proxy.unblock)
+                await c.stop()
+
+    asyncio.run(main())
+
+
+def test_a_stream_that_never_greets_is_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams, "HELLO_TIMEOUT_S", 0.3)
+
+    async def main() -> None:
+        c = await start()
+        try:
+
+            async def silent() -> Any:
+                await asyncio.sleep(30)
+                yield pb.PeerFrame()
+
+            async with grpc.aio.insecure_channel(c.addrs["n2"]) as ch:
+                call = pb_grpc.PeerStub(ch).Exchange(silent())
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    async with asyncio.timeout(10):
+                        async for _ in call:
+                            pass
+                assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
         finally:
             await c.stop()
 

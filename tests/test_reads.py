@@ -16,12 +16,14 @@ from raftmesh.consensus.commands import (
     KvOp,
     KvTxn,
     LockAcquire,
+    Message,
     RegisterNode,
     SubmitRun,
     TaskSpec,
     Tick,
 )
 from raftmesh.consensus.machine import StateMachine
+from raftmesh.consensus.messages import Activation, Mailbox, Queued
 from raftmesh.consensus.placement import plan_assignments
 from raftmesh.consensus.state import TaskStatus
 from raftmesh.node import convert
@@ -125,6 +127,22 @@ def test_digest_equals_the_state_digest_after_every_command() -> None:
     restored.restore(sm.snapshot())
     sm.state = restored.state
     view.restored()
+    assert view.digest() == (sm.state.revision, sm.state.digest())
+
+
+def test_the_digest_covers_the_messaging_state() -> None:
+    """A mailbox, an activation: the node's digest must move with them as the state's does (it
+    once left them out, so a live replica's digest never matched its journal's replay)."""
+    sm = StateMachine()
+    view = ReadView(Lock(), lambda: sm.state)
+    store = sm.state.messages
+    before = view.digest()
+    store.activations["a/k"] = Activation("a/k", "n1", "i1", 3, 0, 6_000)
+    box = store.mailboxes["a/k"] = Mailbox("a/k")
+    box.queue[1] = Queued(1, Message("m1", "client:x", "a/k", durable=True), 0)
+    store.seq = 1
+    assert view.digest() == (sm.state.revision, sm.state.digest()) != before
+    box.queue.pop(1)
     assert view.digest() == (sm.state.revision, sm.state.digest())
 
 

@@ -19,15 +19,19 @@ local clock (last renewal sent + lease - ``LEASE_MARGIN_S``), so a cut-off node 
 before another node is granted the address. The state machine's epoch fencing is what
 makes a late write harmless anyway.
 
-A handler that raises is tried again (``MAX_HANDLER_ATTEMPTS`` in all, state rolled
-back each time); then the message is dead-lettered with the error (a request gets an
-error reply) and acknowledged, so one bad message never blocks a mailbox.
+A handler that raises, or whose ack is rejected (other than for back-pressure), is tried
+again (``MAX_HANDLER_ATTEMPTS`` in all, state rolled back each time); then the message is
+dead-lettered with the error (a request gets an error reply) and acknowledged, so one bad
+message never blocks a mailbox. An ack rejected for a full mailbox or KV
+(RESOURCE_EXHAUSTED) is back-pressure: the turn is tried again with a growing backoff
+until the message's TTL ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import heapq
 import itertools
 import logging
@@ -45,6 +49,8 @@ from ..consensus.commands import (
     Deactivate,
     Fence,
     KvOp,
+    LockAcquire,
+    LockRelease,
     Message,
     RenewActivations,
     SubscribeTopic,
@@ -53,17 +59,21 @@ from ..consensus.messages import Activation, Mailbox, message_error, split_addre
 from ..consensus.results import (
     ActivationChanged,
     Event,
+    LockAcquireResult,
+    LockKeepAliveResult,
+    LockReleaseResult,
     MemberChanged,
     MessageAcked,
     MessageQueued,
     Rejected,
     RenewResult,
     Result,
+    expect,
 )
 from ..consensus.state import ClusterState
-from ..errors import InvalidArgument, RaftmeshError
+from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, StaleToken
 from ..messaging.api import Refused
-from ._messaging import ERROR_REPLY_TYPE, Messenger, Router, error_payload, new_message_id
+from ._messaging import ERROR_REPLY_TYPE, Messenger, Router, derived_message_id, error_payload
 from ._registry import ActorDef, AgentRegistry
 from ._task_clients import Reader, Writer
 
@@ -80,6 +90,8 @@ MAX_HANDLER_ATTEMPTS = 3
 MAX_INFLIGHT_ACKS = 64
 """Effect-free acks (a turn that changed nothing but its mailbox) in flight per activation."""
 RETRY_BACKOFF_S = 0.2
+MAX_HELD_BACKOFF_S = 5.0
+"""The longest wait before a turn whose ack met a full mailbox or KV is tried again."""
 
 
 def state_key(address: str) -> str:
@@ -96,7 +108,7 @@ def reply_to(
     a client has none."""
     target = msg.sender if msg.sender and not limits.address_error("", msg.sender) else ""
     return Message(
-        id=new_message_id(),
+        id=derived_message_id("reply", address, msg.id),
         sender=address,
         target=target,
         type=ERROR_REPLY_TYPE if error else msg.type,
@@ -168,6 +180,65 @@ class ActorKv:
         self.ops[key] = KvOp("delete", key)
 
 
+def _turn_limit(adef: ActorDef) -> asyncio.Timeout:
+    """The deadline of one turn (``@raftmesh.actor(timeout_s=)``; 0: none)."""
+    return asyncio.timeout(adef.timeout_s or None)
+
+
+def _stale(res: Result) -> Result:
+    if isinstance(res, Rejected) and res.code is Code.ABORTED:
+        raise StaleToken(res.message)
+    return res
+
+
+class ActorLocks:
+    """Locks under a lease, held by one activation (owner ``actor:TYPE/KEY@EPOCH``) and fenced
+    by its epoch: a request or renewal from an activation that is no longer current is
+    rejected (``StaleToken``), so a deposed activation never takes or keeps a lock."""
+
+    def __init__(self, writer: Writer, clock: Clock, address: str, epoch: int) -> None:
+        self._writer = writer
+        self._clock = clock
+        self.fence = Fence(actor=address, token=epoch)
+        owner = f"actor:{address}@{epoch}"
+        if len(owner) > limits.MAX_ID_CHARS:  # an address may be longer than an owner name
+            digest = hashlib.sha256(address.encode()).hexdigest()[:16]
+            owner = f"actor:{address[:64]}~{digest}@{epoch}"
+        self.owner = owner
+
+    async def try_acquire(self, name: str, *, ttl_s: float = 30.0, mode: str = "exclusive") -> int | None:
+        """The fencing token, or None if the lock is not free now."""
+        cmd = LockAcquire(
+            uuid.uuid4().hex,
+            self._clock.now_ms(),
+            owner=self.owner,
+            items=((name, mode),),
+            ttl_ms=int(ttl_s * 1000),
+            fence=self.fence,
+        )
+        out = expect(_stale(await self._writer.propose(cmd)), LockAcquireResult)
+        return out.token if out.granted else None
+
+    async def keep_alive(self, name: str, token: int) -> int:
+        """Extend the lease of a held lock; its new deadline (state time, ms)."""
+        cmd = LockRelease(
+            uuid.uuid4().hex,
+            self._clock.now_ms(),
+            owner=self.owner,
+            name=name,
+            token=token,
+            keep_alive=True,
+            fence=self.fence,
+        )
+        return expect(_stale(await self._writer.propose(cmd)), LockKeepAliveResult).deadline_ms
+
+    async def release(self, name: str, token: int) -> None:
+        res = await self._writer.propose(
+            LockRelease(uuid.uuid4().hex, self._clock.now_ms(), owner=self.owner, name=name, token=token)
+        )
+        expect(res, LockReleaseResult)
+
+
 class ActorContext:
     """What ``on_message(self, ctx, msg)`` (and ``on_activate(self, ctx)``) receives for one turn.
 
@@ -187,6 +258,7 @@ class ActorContext:
         kv: ActorKv,
         messenger: Messenger,
         logger: logging.LoggerAdapter[logging.Logger],
+        locks: ActorLocks,
     ) -> None:
         self.address = address
         self.type, self.key = split_address(address)
@@ -197,6 +269,7 @@ class ActorContext:
         self.state = state
         self.kv = kv
         self.logger = logger
+        self.locks = locks
         self._messenger = messenger
         self.replied = False
         self.reply_value: Any = None
@@ -249,6 +322,9 @@ class _Worker:
     handled: dict[int, None] = field(default_factory=dict)
     """Durable seqs acked here that the replica may still show queued."""
     failures: dict[str, int] = field(default_factory=dict)
+    """Message id -> handler attempts that failed (raised, or their ack was rejected)."""
+    held: dict[str, int] = field(default_factory=dict)
+    """Message id -> turns whose ack met back-pressure (RESOURCE_EXHAUSTED)."""
     inflight: set[asyncio.Task[None]] = field(default_factory=set)
     """Effect-free acks being committed while the next turns run."""
     task: asyncio.Task[None] | None = None
@@ -298,16 +374,20 @@ class ActorHost:
         self._wake = asyncio.Event()
         self._renew_now = asyncio.Event()
         self._arrivals = itertools.count()
+        self._forwarding: set[asyncio.Task[None]] = set()
+        """Fast messages of a stopped worker being sent on to the address's next activation."""
         self.stats: dict[str, int] = {
             "turns": 0,
             "acks": 0,
             "acks_not_applied": 0,
             "fenced": 0,
             "handler_errors": 0,
+            "held_back": 0,
             "dead_lettered": 0,
             "activated": 0,
             "deactivated": 0,
             "refused": 0,
+            "forwarded": 0,
         }
 
     # ---- what the router and the runtime call --------------------------------------
@@ -396,10 +476,10 @@ class ActorHost:
                 except Exception:
                     log.exception("actor host reconcile failed")
         finally:
-            for t in helpers:
+            for t in helpers + list(self._forwarding):
                 t.cancel()
             for w in list(self._workers.values()):
-                self._stop(w, "the node is stopping")
+                self._stop(w, "the node is stopping", forward=False)
 
     # ---- reconcile ----------------------------------------------------------------------
 
@@ -435,9 +515,13 @@ class ActorHost:
         if not self._ready():
             return
         plan = self._reads.read(self.decide)
+        restarted = {a.address for a in plan.start}
+        carried: dict[str, list[tuple[int, int, Message]]] = {}
         for address in plan.stop:
             w = self._workers.get(address)
             if w is not None:
+                if address in restarted:  # a newer epoch here: its fast messages stay here
+                    carried[address], w.inbox = w.inbox, []
                 self._stop(w, "the cluster no longer has it here")
         now_ms, mono = self._clock.now_ms(), self._clock.monotonic()
         for a in plan.start:
@@ -451,6 +535,7 @@ class ActorHost:
                 mono + left_ms / 1000 - LEASE_MARGIN_S,
             )
             w.last_active = mono
+            w.inbox = carried.pop(a.address, [])
             self._workers[a.address] = w
             w.task = asyncio.get_running_loop().create_task(self._work(w), name=f"actor {a.address}")
             self.stats["activated"] += 1
@@ -460,7 +545,7 @@ class ActorHost:
         for address in plan.wake:
             self._workers[address].wake.set()
 
-    def _stop(self, w: _Worker, why: str) -> None:
+    def _stop(self, w: _Worker, why: str, forward: bool = True) -> None:
         if self._workers.get(w.address) is w:
             del self._workers[w.address]
         if w.stopped:
@@ -471,9 +556,33 @@ class ActorHost:
             w.task.cancel()
         for t in list(w.inflight):  # fenced anyway: the activation is not ours any more
             t.cancel()
-        for _, _, msg in w.inbox:  # never silently: the sender's router sees these as accepted
-            self._dead_letter(msg, f"undeliverable: {w.address} was deactivated on {self.node_id} ({why})")
+        # Accepted (the sender's router will not resend them): sent on to wherever the address
+        # is activated next, through this node's router; dead-lettered only if that fails or
+        # the node is stopping. Never silently.
+        msgs = [m for _, _, m in sorted(w.inbox, key=lambda e: e[:2])]
         w.inbox.clear()
+        if msgs and forward and self._router is not None:
+            self._forward(msgs, f"{w.address} was deactivated on {self.node_id} ({why})")
+        else:
+            for msg in msgs:
+                self._dead_letter(
+                    msg, f"undeliverable: {w.address} was deactivated on {self.node_id} ({why})"
+                )
+
+    def _forward(self, msgs: list[Message], why: str) -> None:
+        async def go() -> None:
+            for msg in msgs:
+                try:
+                    await self.router.send(msg)
+                    self.stats["forwarded"] += 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._dead_letter(msg, f"undeliverable: {why}; not sent on: {exc}")
+
+        t = asyncio.get_running_loop().create_task(go(), name=f"forward {len(msgs)} from {self.node_id}")
+        self._forwarding.add(t)
+        t.add_done_callback(self._forwarding.discard)
 
     # ---- one activation -----------------------------------------------------------------
 
@@ -539,7 +648,8 @@ class ActorHost:
         the activation goes on."""
         ctx, sends = self._context(w, None)
         try:
-            await hook(ctx)
+            async with _turn_limit(w.adef):
+                await hook(ctx)
             if not isinstance(ctx.state, dict):
                 raise InvalidArgument(f"ctx.state must stay a dict, not {type(ctx.state).__name__}")
             ops = dict(ctx.kv.ops)
@@ -621,6 +731,10 @@ class ActorHost:
             Fence(actor=w.address, token=w.epoch),
             trace_id=msg.trace_id if msg is not None else "",
             buffer=sends,
+            # What a turn sends is named by what it handles (an ``on_activate`` by its epoch), so
+            # a turn run again after a crash, a handler error or a redelivery sends the same ids.
+            id_seed=f"{w.address}\x00{msg.id}" if msg is not None else f"{w.address}\x00activate@{w.epoch}",
+            lease_problem=lambda: self._lease_problem(w),
         )
         ctx = ActorContext(
             w.address,
@@ -631,15 +745,29 @@ class ActorHost:
             ActorKv(self._reads, self._writer),
             messenger,
             self._logger(w.address, w.epoch),
+            ActorLocks(self._writer, self._clock, w.address, w.epoch),
         )
         return ctx, sends
+
+    def _lease_problem(self, w: _Worker) -> str:
+        """Why ``w`` must not send at once any more: its lease may have ended by the local clock
+        (a long turn on a node cut off from the leader), so another node may hold the address."""
+        if w.stopped:
+            return f"{w.address} (epoch {w.epoch}) no longer runs on node {self.node_id}"
+        if self._clock.monotonic() >= w.valid_until:
+            return (
+                f"{w.address}'s lease (epoch {w.epoch}) on node {self.node_id} may have ended: "
+                "not renewed in time; its turn sends nothing more"
+            )
+        return ""
 
     async def _turn(self, w: _Worker, msg: Message, seq: int, arrival: int) -> None:
         self.stats["turns"] += 1
         before = copy.deepcopy(w.state)
         ctx, sends = self._context(w, msg)
         try:
-            out = await w.instance.on_message(ctx, msg)
+            async with _turn_limit(w.adef) as limit:
+                out = await w.instance.on_message(ctx, msg)
             if ctx.replied:
                 out = ctx.reply_value
             state = ctx.state
@@ -662,10 +790,23 @@ class ActorHost:
             raise
         except Exception as exc:
             w.state = before
+            if isinstance(exc, TimeoutError) and limit.expired():
+                exc = DeadlineExceeded(
+                    f"on_message ran longer than timeout_s={w.adef.timeout_s:g} s: cancelled"
+                )
+            if self._lease_problem(w):
+                # Not the handler's fault: the turn runs again once the lease is renewed (or the
+                # next activation handles the message). A fast one goes back to the inbox.
+                log.info("actor %s: turn of %s ended: %s", w.address, msg.id, exc)
+                if seq == 0 and w.stopped:
+                    self._forward([msg], f"{w.address} stopped on {self.node_id} during its turn")
+                elif seq == 0:
+                    heapq.heappush(w.inbox, (-msg.priority, arrival, msg))
+                return
             await self._handler_failed(w, msg, seq, arrival, exc)
             return
-        w.failures.pop(msg.id, None)
         if seq == 0 and not ops and not sends and (reply is None or not msg.durable):
+            self._succeeded(w, msg)
             if reply is not None:
                 self.router.reply(reply)
             return
@@ -681,6 +822,7 @@ class ActorHost:
             reply=reply if msg.durable else None,
         )
         if seq and not ops and not sends and reply is None:
+            self._succeeded(w, msg)  # nothing of it can be rejected but a lost activation
             await self._ack_in_background(w, cmd)
             return
         res = await self._commit(w, cmd)
@@ -688,6 +830,7 @@ class ActorHost:
             return
         if isinstance(res, MessageAcked):
             self.stats["acks"] += 1
+            self._succeeded(w, msg)
             if seq:
                 w.handled[seq] = None
             if not res.applied:  # handled before (a redelivery): its first turn's effects stand
@@ -700,10 +843,35 @@ class ActorHost:
             if reply is not None and not msg.durable:
                 self.router.reply(reply)
             return
-        # Rejected, not fenced: the turn's effects are not acceptable (a full mailbox, a limit).
+        # Rejected, not fenced: the turn's effects are not acceptable. A full mailbox or KV is
+        # back-pressure: the turn is tried again later, until the message's TTL ends it. Any
+        # other rejection (an unknown target type, too many writes) will not pass on a retry:
+        # it counts as a handler failure, so the message is dead-lettered after the attempts.
         w.state = before
         assert isinstance(res, Rejected)
+        if res.code is Code.RESOURCE_EXHAUSTED:
+            await self._held_back(w, msg, seq, arrival, res)
+            return
         await self._handler_failed(w, msg, seq, arrival, res.error())
+
+    def _succeeded(self, w: _Worker, msg: Message) -> None:
+        """The turn of ``msg`` is done (its ack applied, or it needed none): forget its failures."""
+        w.failures.pop(msg.id, None)
+        w.held.pop(msg.id, None)
+
+    async def _held_back(self, w: _Worker, msg: Message, seq: int, arrival: int, res: Rejected) -> None:
+        """The turn's effects met a full mailbox or KV: try the message again after a backoff
+        that grows to ``MAX_HELD_BACKOFF_S``. Its TTL bounds the retries (an expired durable one
+        is the tick's to dead-letter; an expired fast one ``_next`` dead-letters)."""
+        n = w.held.get(msg.id, 0) + 1
+        if len(w.held) >= limits.MAX_INBOX_MESSAGES:  # ones that expired before their retry
+            w.held.clear()
+        w.held[msg.id] = n
+        self.stats["held_back"] += 1
+        log.info("actor %s: the turn of message %s is held back (%d): %s", w.address, msg.id, n, res.message)
+        if seq == 0:
+            heapq.heappush(w.inbox, (-msg.priority, arrival, msg))
+        await self._clock.sleep(min(RETRY_BACKOFF_S * 2 ** min(n, 8), MAX_HELD_BACKOFF_S))
 
     async def _ack_in_background(self, w: _Worker, cmd: AckMessage) -> None:
         """An ack that carries nothing but the mailbox seq does not hold the next turn up.
@@ -773,13 +941,15 @@ class ActorHost:
             return
         w.failures.pop(msg.id, None)
         reason = f"handler failed {MAX_HANDLER_ATTEMPTS} times: {error_payload(exc)['error']}"
-        self._dead_letter(msg, reason)
+        reason = reason[: limits.MAX_DEAD_LETTER_REASON_CHARS]
         reply = (
             reply_to(msg, w.address, w.epoch, error_payload(exc), self._clock.now_ms(), error=True)
             if msg.reply_to
             else None
         )
         if seq:
+            # Unqueued and dead-lettered by one command: a crash cannot lose the dead letter, and
+            # a fenced ack leaves the message queued for the next activation, not dead-lettered.
             cmd = AckMessage(
                 f"ack-{uuid.uuid4().hex}",
                 self._clock.now_ms(),
@@ -788,19 +958,30 @@ class ActorHost:
                 epoch=w.epoch,
                 seq=seq,
                 reply=reply if msg.durable else None,
+                dead_letter=reason,
             )
             res = await self._commit(w, cmd)
             if isinstance(res, MessageAcked):
                 w.handled[seq] = None
+                if res.applied:
+                    self.stats["dead_lettered"] += 1
+                    log.warning("message %s to %s dead-lettered: %s", msg.id, w.address, reason)
+        else:
+            self._dead_letter(msg, reason)
         if reply is not None and not msg.durable:
             self.router.reply(reply)
 
     async def _deactivate(self, w: _Worker) -> bool:
-        """Give an idle activation up (refused while durable messages wait for it)."""
-        if w.inflight:
-            await asyncio.wait(set(w.inflight))
+        """Give an idle activation up (refused while durable messages wait for it).
+
+        ``accept`` refuses (retryable) from the first line on: a fast message taken while the
+        last acks commit would otherwise be dead-lettered with the worker."""
         w.deactivating = True
         try:
+            if w.inflight:
+                await asyncio.wait(set(w.inflight))
+            if w.inbox:  # taken before this began (not by accept since): handle it first
+                return False
             try:
                 res = await self._writer.propose(
                     Deactivate(

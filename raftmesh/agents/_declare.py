@@ -294,6 +294,7 @@ def agent(
 
 
 MAX_ACTOR_IDLE_S = 7 * 24 * 3600.0
+MAX_ACTOR_TIMEOUT_S = 24 * 3600.0
 """``idle_s`` at most 7 days (an activation renews its lease meanwhile)."""
 
 
@@ -304,6 +305,7 @@ def actor(
     capabilities: Iterable[str] = (),
     idle_s: float = 300.0,
     max_activations: int = 0,
+    timeout_s: float = 60.0,
 ) -> Callable[[T], T]:
     """Declare actor type ``name`` (addresses ``name/KEY``) on a class with a no-argument
     constructor and ``async def on_message(self, ctx, msg)`` (optional ``async def
@@ -313,7 +315,8 @@ def actor(
     reaches ``name/S``, ``name/default`` without one). ``capabilities``: placement puts
     activations on nodes whose offer has them. ``idle_s``: an activation with no message for
     that long gives its lease up (0: never). ``max_activations``: per node (0: the node's
-    limit). The class is returned unchanged. See README "Messages".
+    limit). ``timeout_s``: a turn running longer is cancelled and counts as a handler
+    failure (0: no limit). The class is returned unchanged. See README "Messages".
     """
 
     def fail(why: str) -> AgentDefinitionError:
@@ -351,6 +354,14 @@ def actor(
         or not 0 <= max_activations <= limits.MAX_ACTIVATIONS_PER_NODE
     ):
         raise fail(f"max_activations must be an integer in 0..{limits.MAX_ACTIVATIONS_PER_NODE}")
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, (int, float))
+        or not 0 <= timeout_s <= MAX_ACTOR_TIMEOUT_S
+    ):
+        raise fail(
+            f"timeout_s must be a number of seconds in 0..{MAX_ACTOR_TIMEOUT_S:g} (0: none), not {timeout_s!r}"
+        )
 
     def deco(cls: T) -> T:
         frame = sys._getframe(1)
@@ -386,6 +397,7 @@ def actor(
             capabilities=caps,
             idle_s=float(idle_s),
             max_activations=max_activations,
+            timeout_s=float(timeout_s),
             source=source,
         )
         decl = Declaration(d, module, file, line, next(_seq))

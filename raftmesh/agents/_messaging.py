@@ -10,14 +10,17 @@ fenced by the sender's epoch or attempt token.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..clock import Clock
 from ..consensus import limits
 from ..consensus.commands import Fence, Message
 from ..consensus.messages import message_error
-from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError
+from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, StaleToken
 from ..messaging.api import Sent
 
 ERROR_REPLY_TYPE = "raftmesh.error"
@@ -45,6 +48,14 @@ def new_message_id() -> str:
     return uuid.uuid4().hex
 
 
+def derived_message_id(*parts: object) -> str:
+    """A message id that is the same whenever ``parts`` are: what a retried or redelivered turn
+    sends again carries the id its first try sent, so the receiver's dedup (fast) and the kept
+    reply (durable request) make it count once."""
+    h = hashlib.sha256("\x00".join(str(p) for p in parts).encode())
+    return h.hexdigest()[:32]
+
+
 def error_payload(exc: BaseException) -> dict[str, str]:
     return {"error": f"{type(exc).__name__}: {exc}"[: limits.MAX_ERROR_CHARS]}
 
@@ -69,6 +80,8 @@ class Messenger:
         fence: Fence | None,
         trace_id: str = "",
         buffer: list[Message] | None = None,
+        id_seed: str = "",
+        lease_problem: Callable[[], str] | None = None,
     ) -> None:
         self._router = router
         self._clock = clock
@@ -78,6 +91,18 @@ class Messenger:
         self.trace_id = trace_id
         self.buffer = buffer
         """Durable sends and publishes wait here for the turn's ack (None: committed at once)."""
+        self.id_seed = id_seed
+        """Set: the n-th message gets an id derived from (seed, n, target, topic), so a turn run
+        again for the same message sends the same ids (else each message gets a random one)."""
+        self._sent = 0
+        self.lease_problem = lease_problem
+        """Why the sender may no longer act ("" while it may): checked before anything leaves
+        at once. The state machine fences only what goes through the log."""
+
+    def _check_lease(self) -> None:
+        why = self.lease_problem() if self.lease_problem is not None else ""
+        if why:
+            raise StaleToken(why)
 
     def message(
         self,
@@ -92,8 +117,9 @@ class Messenger:
         source: str = "",
         reply_to: str = "",
     ) -> Message:
+        n, self._sent = self._sent, self._sent + 1
         msg = Message(
-            id=new_message_id(),
+            id=derived_message_id(self.id_seed, n, target, topic) if self.id_seed else new_message_id(),
             sender=self.sender,
             target=target,
             topic=topic,
@@ -120,6 +146,7 @@ class Messenger:
                 )
             self.buffer.append(msg)
             return Sent(msg.id)
+        self._check_lease()
         return await self._router.send(msg, self.fence)
 
     async def send(
@@ -163,6 +190,12 @@ class Messenger:
             ttl_ms=max(1, int(timeout_s * 1000)),
             reply_to=self.node_id,
         )
+        self._check_lease()
+        if not durable:
+            # A fast request asked again must reach the handler again: the receiver would drop a
+            # repeated id as a duplicate and the retried turn would wait for no answer. A durable
+            # one keeps its derived id: asked again, it finds the reply the log kept.
+            msg = dataclasses.replace(msg, id=new_message_id())
         try:
             # The router has its own deadline; this one guards against a router that never answers.
             async with asyncio.timeout(timeout_s + 5.0):

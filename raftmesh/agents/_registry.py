@@ -69,6 +69,9 @@ class ActorDef:
     """An activation with no message for this long gives its lease up (0: never)."""
     max_activations: int = 0
     """Activations of this type one node hosts at once (0: ``limits.MAX_ACTIVATIONS_PER_NODE``)."""
+    timeout_s: float = 60.0
+    """A turn (``on_message``, ``on_activate``) cancelled after this long counts as a handler
+    failure (0: no limit), so a hung handler does not hold its activation forever."""
     source: str = ""
 
 

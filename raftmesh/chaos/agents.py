@@ -23,6 +23,18 @@ so the checker knows every output:
 - ``undo_once`` is the compensating agent: it records the compensation under
   ``chaos/comp/<run>/<task>`` with a fenced create-if-absent, so the side effect is applied
   once whatever attempts ran, and the key shows which attempt applied it.
+
+The message workload's actor (``raftmesh.chaos.message_workload``): ``chaos_log`` records each
+turn it handles as one KV record written in the turn's ack (``ctx.kv``), keyed by the turn's
+ordinal ``n``, which it keeps in ``ctx.state`` (saved in the same ack): the records are then
+exactly the committed turns (their mod_revision the commit order), each with the message's
+sender, path and sequence number, the activation's epoch and node, when the turn started and
+when the message expired (``raftmesh.chaos.message_check`` judges them). A request's reply
+is ``{"n", "epoch", "node"}``: the checker finds the turn that answered. ``chaos_relay`` does the
+same and, in the same turn, sends the message on durably (``ctx.send``, committed with the ack)
+to the ``chaos_log`` actor named in its payload, as ``<id>.r`` from its own address with its
+turn's ``n`` as the sequence number: the forward must take effect once for each committed relay
+turn, and in the relay's order.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from typing import Any
 import raftmesh
 from raftmesh.agents import SyncTaskContext, TaskContext
 from raftmesh.agents._builtin import AgentInputError, fail
+from raftmesh.clock import SYSTEM_CLOCK
 
 BREAKER_COOLDOWN_MS = 500
 
@@ -145,3 +158,64 @@ async def undo_once(ctx: TaskContext) -> Any:
         return {"undone": task, "by_attempt": ctx.attempt}
     done = await ctx.kv.get(key)  # an earlier attempt applied it (its node was lost before it reported)
     return {"undone": task, "by_attempt": done["attempt"] if isinstance(done, dict) else None}
+
+
+ACTOR_TYPE = "chaos_log"
+RELAY_TYPE = "chaos_relay"
+EFFECT_PREFIX = "chaos-msg/eff/"
+"""``<prefix><address>/<n:09d>/<id>``: one record per committed turn of a chaos actor."""
+
+
+def effect_key(address: str, n: int, mid: str) -> str:
+    return f"{EFFECT_PREFIX}{address}/{n:09d}/{mid}"
+
+
+def relayed_id(mid: str) -> str:
+    """The logical id of what a relay sends on for message ``mid``."""
+    return f"{mid}.r"
+
+
+def effect_record(
+    payload: Any, mid: str, epoch: int, node: str, n: int, start_ms: int, expires_ms: int
+) -> dict[str, Any]:
+    """What a chaos actor's turn writes, from the message it handled."""
+    p = payload if isinstance(payload, dict) else {}
+    return {
+        "id": p.get("id", mid),
+        "s": p.get("s", ""),
+        "p": p.get("p", ""),
+        "q": p.get("q", 0),
+        "mid": mid,
+        "epoch": epoch,
+        "node": node,
+        "n": n,
+        "start_ms": start_ms,
+        "expires_ms": expires_ms,
+    }
+
+
+@raftmesh.actor(ACTOR_TYPE)
+class ChaosLog:
+    async def on_message(self, ctx: Any, msg: raftmesh.Message) -> Any:
+        start_ms = SYSTEM_CLOCK.now_ms()  # first: the turn's start, compared with the expiry
+        n = int(ctx.state.get("n", 0)) + 1
+        ctx.state["n"] = n
+        rec = effect_record(msg.payload, msg.id, ctx.epoch, ctx.node_id, n, start_ms, msg.expires_ms)
+        ctx.kv.put(effect_key(ctx.address, n, rec["id"]), rec)
+        return {"n": n, "epoch": ctx.epoch, "node": ctx.node_id}
+
+
+@raftmesh.actor(RELAY_TYPE)
+class ChaosRelay:
+    async def on_message(self, ctx: Any, msg: raftmesh.Message) -> Any:
+        start_ms = SYSTEM_CLOCK.now_ms()
+        n = int(ctx.state.get("n", 0)) + 1
+        ctx.state["n"] = n
+        rec = effect_record(msg.payload, msg.id, ctx.epoch, ctx.node_id, n, start_ms, msg.expires_ms)
+        to = msg.payload.get("to") if isinstance(msg.payload, dict) else None
+        if isinstance(to, str) and to:
+            rec["to"] = to
+            forward = {"id": relayed_id(rec["id"]), "s": ctx.address, "p": "durable", "q": n}
+            await ctx.send(to, forward, durable=True)
+        ctx.kv.put(effect_key(ctx.address, n, rec["id"]), rec)
+        return {"n": n, "epoch": ctx.epoch, "node": ctx.node_id}

@@ -15,6 +15,7 @@ from typing import Any
 
 from .checker import CheckResult, Invariant, Phases, ReplayCheck, Stall
 from .coord_check import KvCheck, LockCheck
+from .message_check import MessageCheck
 from .nemesis import FaultRecord
 
 
@@ -50,6 +51,8 @@ class Report:
     kv_stall: Stall | None = None
     kv_history: list[dict[str, Any]] = field(default_factory=list)
     lock_history: list[dict[str, Any]] = field(default_factory=list)
+    messages: MessageCheck | None = None
+    message_history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def violations(self) -> int:
@@ -57,6 +60,7 @@ class Report:
             self.check.violations
             + (self.kv.violations if self.kv else 0)
             + (self.locks.violations if self.locks else 0)
+            + (self.messages.violations if self.messages else 0)
         )
 
     @property
@@ -117,11 +121,13 @@ class Report:
                 "largest_stall": vars(self.kv_stall) if self.kv_stall else None,
             },
             "locks": None if self.locks is None else self.locks.to_json(),
+            "messages": None if self.messages is None else self.messages.to_json(),
             "notes": self.notes,
             "data_dir": self.data_dir,
             "history": self.operations,
             "kv_history": self.kv_history,
             "lock_history": self.lock_history,
+            "message_history": self.message_history,
         }
 
 
@@ -247,6 +253,47 @@ def _lock_lines(lc: LockCheck, w: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _message_lines(mc: MessageCheck, w: dict[str, Any]) -> list[str]:
+    s = mc.stats
+    calls: dict[str, int] = s.get("calls", {})
+
+    def n(path: str, outcome: str) -> int:
+        return sum(v for k, v in calls.items() if k.startswith(path) and k.endswith(outcome))
+
+    lines = [
+        f"messages: {sum(calls.values())} calls by {w.get('message_clients', 0)} senders to"
+        f" {w.get('message_targets', 0)} chaos_log and as many chaos_relay actors: durable {n('durable', 'ok')} ok, {n('durable', 'unknown')} unknown,"
+        f" {n('durable', 'failed')} refused; fast {n('fast', 'ok')} ok, {n('fast', 'unknown')} unknown,"
+        f" {n('fast', 'failed')} refused",
+        f"  by kind: {_counts(calls)}",
+        f"  committed turns {s.get('effects', 0)} on {s.get('addresses', 0)} actors over {s.get('epochs', 0)}"
+        f" activations (epochs), {s.get('relayed', 0)} of them a relay's durable send on;"
+        f" unknown-outcome calls that took effect {s.get('unknown_with_effect', 0)},"
+        f" that did not {s.get('unknown_without_effect', 0)}",
+        f"  dead letters: {_counts(s.get('dead_letters', {}))}; acknowledged messages dead-lettered instead of"
+        f" handled: {_counts(s.get('dead_lettered_acknowledged', {}))}",
+        f"  fast-path losses explained by the death of the node holding them: {s.get('fast_lost_explained', 0)}",
+        *(f"    {x}" for x in s.get("fast_lost_explanations", [])),
+        f"  fast messages handled again after their target moved (at least once):"
+        f" {s.get('fast_redelivered_after_move', 0)}",
+        *(f"    {x}" for x in s.get("fast_redelivered_examples", [])),
+        f"  ordered pairs checked: {_counts(s.get('ordered_pairs_checked', {}))}; latest fast turn start after"
+        f" its expiry within the slack: {s.get('latest_fast_start_after_expiry_ms', 0)} ms",
+    ]
+    log = s.get("log")
+    if isinstance(log, dict):
+        lines.append(
+            f"  log: {log['activations']} activations (ended by {_counts(log['activations_ended_by'])});"
+            f" acks {log['acks_applied']} applied, {log['acks_rejected_stale']} rejected as stale,"
+            f" {log['acks_not_applied']} answered not-applied (redeliveries)"
+        )
+    elif log:
+        lines.append(f"  log: {log}")
+    lines.append("message invariants:")
+    lines += _invariant_lines(mc.invariants.values())
+    return lines
+
+
 def _counts(c: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "none"
 
@@ -321,6 +368,8 @@ def format_report(r: Report) -> str:
         lines += ["", *_kv_lines(r.kv, r.kv_throughput, r.kv_stall)]
     if r.locks is not None:
         lines += ["", *_lock_lines(r.locks, w)]
+    if r.messages is not None:
+        lines += ["", *_message_lines(r.messages, w)]
     lines.append("")
     digests = {d for _, d in r.digests.values()}
     lines.append(

@@ -40,8 +40,9 @@ from ..errors import InvalidArgument
 from ..localcluster import LocalCluster, wait_until
 from ..storage.archive import ArchiveContents, merge_archives, read_archive
 from ..verify.audit import Audit
+from ..verify.message_audit import logical_id
 from . import netns
-from .agents import COMPENSATION_PREFIX
+from .agents import COMPENSATION_PREFIX, relayed_id
 from .checker import (
     KvEntryRecord,
     Phases,
@@ -56,6 +57,8 @@ from .checker import (
 from .coord_check import LINEARIZABILITY_TIMEOUT_S, KvCheck, LockCheck, check_kv, check_locks
 from .kv_workload import HistoryClock, KvRecord, KvWorkload
 from .lock_workload import LockRecord, LockWorkload
+from .message_check import DeadRecord, Effect, MessageCall, MessageCheck, check_messages, kills_of
+from .message_workload import MessageWorkload, read_effects
 from .nemesis import Nemesis, NetMode, available_faults, plan_schedule
 from .proxy import TcpProxy
 from .report import Report
@@ -79,6 +82,8 @@ UNFINISHED_STATUSES = ("RUNNING", "COMPENSATING")
 """Run statuses the drain waits out (a PAUSED run would wait for a resume: no workload pauses one,
 and one left PAUSED is reported unfinished)."""
 PREEMPT_SLOTS = 2
+MESSAGE_DRAIN_S = 90.0
+"""How long the drain waits for the chaos actors' mailboxes to empty (a re-placement takes a lease)."""
 """Slots per node with ``--preempt-priority``: few enough that urgent runs find every slot busy."""
 
 
@@ -116,6 +121,9 @@ class ChaosConfig:
     preempt_priority: int | None = None
     """Nodes run with ``--preempt-priority`` and ``PREEMPT_SLOTS`` slots; a share of the DAG runs
     get this priority, so they preempt attempts of the others while the faults go on."""
+    message_clients: int = 0
+    """Message senders (``--message-clients``): durable and fast sends and requests to chaos actors."""
+    message_targets: int = 4
 
     def __post_init__(self) -> None:
         if self.nodes not in (3, 5, 7):
@@ -128,10 +136,14 @@ class ChaosConfig:
             raise InvalidArgument("--kv-clients and --lock-clients must be 0-64")
         if not 1 <= self.kv_keys <= 100 or not 1 <= self.lock_names <= 100:
             raise InvalidArgument("--kv-keys and --lock-names must be 1-100")
+        if not 0 <= self.message_clients <= 64 or not 1 <= self.message_targets <= 100:
+            raise InvalidArgument("--message-clients must be 0-64 and --message-targets 1-100")
         if self.unfenced_experiment and not self.lock_clients:
             raise InvalidArgument("--unfenced-experiment needs lock clients (--lock-clients >= 1)")
-        if not (self.dag or self.kv_clients or self.lock_clients):
-            raise InvalidArgument("no workload: --no-dag with --kv-clients 0 and --lock-clients 0")
+        if not (self.dag or self.kv_clients or self.lock_clients or self.message_clients):
+            raise InvalidArgument(
+                "no workload: --no-dag with --kv-clients 0, --lock-clients 0 and --message-clients 0"
+            )
         if self.lin_timeout_s <= 0:
             raise InvalidArgument("--lin-timeout must be > 0 seconds")
         if self.net not in ("netns", "proxy", "none"):
@@ -176,6 +188,8 @@ def replay_command(cfg: ChaosConfig) -> str:
         cmd += f" --snapshot-every {cfg.snapshot_entries}"
     if cfg.preempt_priority is not None:
         cmd += f" --preempt-priority {cfg.preempt_priority}"
+    if cfg.message_clients:
+        cmd += f" --message-clients {cfg.message_clients} --message-targets {cfg.message_targets}"
     for flag, on in (
         ("--no-dag", not cfg.dag),
         ("--no-faults", not cfg.faults),
@@ -244,6 +258,7 @@ class _Run:
         self.workload: Workload | None = None
         self.kv_workload: KvWorkload | None = None
         self.lock_workload: LockWorkload | None = None
+        self.message_workload: MessageWorkload | None = None
         self.stop = threading.Event()
         self.notes: list[str] = []
 
@@ -317,15 +332,20 @@ class _Run:
             clock=clock,
             unfenced=cfg.unfenced_experiment,
         )
+        message_workload = self.message_workload = MessageWorkload(
+            addresses, cfg.seed, cfg.message_clients, cfg.message_targets, clock=clock
+        )
 
         start_ms = now_ms()
         workload.start()
         kv_workload.start()
         lock_workload.start()
+        message_workload.start()
         self.log(
             f"workloads: DAG {workload.clients} clients, KV {cfg.kv_clients} clients on {cfg.kv_keys} keys,"
             f" locks {cfg.lock_clients} clients on {cfg.lock_names} names"
             + (" (+ unfenced experiment)" if cfg.unfenced_experiment else "")
+            + f", messages {cfg.message_clients} senders to {cfg.message_targets} actors"
         )
         self.log(f"warm-up {cfg.warmup:.0f} s")
         self.stop.wait(cfg.warmup)
@@ -344,9 +364,10 @@ class _Run:
         ops = workload.snapshot()
         kv_records = kv_workload.snapshot()
         lock_records, lock_kv_records = lock_workload.snapshot()
+        message_calls = message_workload.snapshot()
         self.log(
             f"workloads stopped after {len(ops)} submits, {len(kv_records) + len(lock_kv_records)} KV calls,"
-            f" {len(lock_records)} lock acquisitions; healing and draining"
+            f" {len(lock_records)} lock acquisitions, {len(message_calls)} message calls; healing and draining"
         )
 
         healed = nemesis.heal_all()
@@ -355,6 +376,10 @@ class _Run:
         if nemesis.wait_whole() is None:
             self.notes.append("the cluster was not whole (all up, one leader) 60 s after the final heal")
         runs = self._drain_and_read(cluster)
+        effects: list[Effect] = []
+        live_dead: list[DeadRecord] = []
+        if cfg.message_clients:
+            effects, live_dead = self._drain_messages(cluster, message_workload, message_calls)
         digests, statuses = self._converge(cluster)
         self._stop_nodes(cluster)
         archive_problems: list[str] = []
@@ -370,6 +395,11 @@ class _Run:
         kv_check, lock_check = self._check_coordination(
             kv_records + lock_kv_records, lock_records, lock_workload, audit, unaudited
         )
+        message_check = None
+        if cfg.message_clients:
+            message_check = self._check_messages(
+                message_calls, effects, live_dead, audit, unaudited, kills_of(nemesis.records)
+            )
         log_stats = {}
         if audit is not None:
             attempts = sum(audit.starts.values())
@@ -420,6 +450,8 @@ class _Run:
                 "faults": cfg.faults,
                 "snapshot_entries": cfg.snapshot_entries or 0,
                 "preempt_priority": cfg.preempt_priority,
+                "message_clients": cfg.message_clients,
+                "message_targets": cfg.message_targets,
             },
             kv=kv_check,
             locks=lock_check,
@@ -427,12 +459,16 @@ class _Run:
             kv_stall=largest_stall(kv_done, phases, nemesis.records) if kv_check else None,
             kv_history=[r.to_json() for r in kv_records + lock_kv_records],
             lock_history=[r.to_json() for r in lock_records],
+            messages=message_check,
+            message_history=[c.to_json() for c in message_calls],
         )
 
     def _stop_workloads(self) -> list[str]:
         """Stop every workload at once (each finishes its current call), then wait for them."""
-        loads: list[Workload | KvWorkload | LockWorkload] = [
-            w for w in (self.workload, self.kv_workload, self.lock_workload) if w is not None
+        loads: list[Workload | KvWorkload | LockWorkload | MessageWorkload] = [
+            w
+            for w in (self.workload, self.kv_workload, self.lock_workload, self.message_workload)
+            if w is not None
         ]
         for w in loads:
             w.request_stop()
@@ -467,6 +503,77 @@ class _Run:
                 list(lock_workload.unfenced_counters.values()),
             )
         return kv_check, lock_check
+
+    def _drain_messages(
+        self, cluster: LocalCluster, mw: MessageWorkload, calls: list[MessageCall]
+    ) -> tuple[list[Effect], list[DeadRecord]]:
+        """Wait until no chaos actor has a durable message queued, every acknowledged durable
+        message has its turn or a dead letter (an unplaced mailbox is not listed with the
+        activations) and the turns stopped growing; then read every turn and the listed dead
+        letters (the audit has them all)."""
+        client = cluster.client(retry_deadline_s=30)
+        targets = mw.addresses_used
+        durable = {c.mid for c in calls if c.path == "durable" and c.outcome == "ok"}
+        seen: list[int] = []
+
+        def dead_letters() -> list[DeadRecord]:
+            return [
+                DeadRecord(logical_id(d.message.payload, d.message.id), d.reason, d.node, d.recorded_ms)
+                for d in client.messages.dead_letters(limit=limits.MAX_MESSAGE_DEAD_LETTERS_LISTED)
+            ]
+
+        def settled() -> bool:
+            queued = sum(a.queued for a in client.messages.activations(prefix="chaos_", limit=1000))
+            effects, _ = read_effects(client, targets)
+            seen.append(len(effects))
+            pending = (durable | {relayed_id(e.mid) for e in effects if e.to}) - {e.mid for e in effects}
+            if pending:
+                pending -= {d.mid for d in dead_letters()}
+            return not queued and not pending and len(seen) >= 3 and seen[-1] == seen[-3]
+
+        try:
+            wait_until(settled, MESSAGE_DRAIN_S, "every chaos actor's mailbox to empty", interval_s=1.0)
+        except TimeoutError as exc:
+            self.notes.append(f"message drain: {exc}")
+        effects, problems = read_effects(client, targets)
+        self.notes += problems
+        dead = dead_letters()
+        self.log(f"read {len(effects)} message effects, {len(dead)} dead letters")
+        return effects, dead
+
+    def _check_messages(
+        self,
+        calls: list[MessageCall],
+        effects: list[Effect],
+        live_dead: list[DeadRecord],
+        audit: Audit | None,
+        unaudited: str,
+        kills: list[Any],
+    ) -> MessageCheck:
+        """The dead letters and the still-queued messages come from the audited log's final state
+        when there is one (every dead letter kept, not only the newest listed)."""
+        dead, queued = live_dead, []
+        if audit is not None:
+            store = audit.machine.state.messages
+            dead = [
+                DeadRecord(
+                    logical_id(d.letter.message.payload, d.letter.message.id),
+                    d.letter.reason,
+                    d.node,
+                    d.recorded_ms,
+                )
+                for d in store.dead_letters
+            ]
+            queued = [
+                logical_id(q.message.payload, q.message.id)
+                for box in store.mailboxes.values()
+                for q in box.queue.values()
+            ]
+        check = check_messages(
+            calls, effects, dead, kills, audit.messages if audit else None, unaudited, queued=queued
+        )
+        self.log(f"messages: {check.violations} violation(s)")
+        return check
 
     def _drain_and_read(self, cluster: LocalCluster) -> dict[str, RunRecord]:
         """Wait until no run is RUNNING or COMPENSATING, then read every run the cluster holds
@@ -666,10 +773,11 @@ class _Run:
 
     def _cleanup(self) -> None:
         self.stop.set()
-        for w in (self.workload, self.kv_workload, self.lock_workload):
+        loads = (self.workload, self.kv_workload, self.lock_workload, self.message_workload)
+        for w in loads:
             if w is not None:
                 w.request_stop()
-        for w in (self.workload, self.kv_workload, self.lock_workload):
+        for w in loads:
             if w is not None:
                 w.stop(timeout_s=5)
         for p in self.proxies.values():

@@ -150,6 +150,7 @@ class MessagesClient:
         return pb_grpc.MessagesStub(self._c._channel(addr))
 
     def _call(self, method: str, request: Any, timeout_s: float, retry_deadline: bool) -> Any:
+        """``request``: the request, or a function making the one each attempt sends."""
         deadline = time.monotonic() + max(self._c.retry_deadline_s, timeout_s)
         retryable = {grpc.StatusCode.UNAVAILABLE}
         if retry_deadline:
@@ -158,7 +159,8 @@ class MessagesClient:
         while True:
             addr = self._c.addresses[self._c._current]
             try:
-                return getattr(self._stub(addr), method)(request, timeout=timeout_s)
+                req = request() if callable(request) else request
+                return getattr(self._stub(addr), method)(req, timeout=timeout_s)
             except grpc.RpcError as exc:
                 if exc.code() not in retryable or time.monotonic() >= deadline:
                     raise _translate(exc) from None
@@ -228,16 +230,22 @@ class MessagesClient:
             )
         m = _message_pb(uuid.uuid4().hex, self.sender, payload, target=target, type=type, durable=durable)
         end = time.monotonic() + timeout_s
+
+        def attempt() -> pb.MessageRequest:
+            # A fast request is at least once: each attempt is a new message (a fresh id), else
+            # the node that took an earlier attempt drops it as a duplicate and never answers.
+            # A durable one keeps its id: the same command, and its kept reply answers it.
+            if not durable:
+                m.id = uuid.uuid4().hex
+            return pb.MessageRequest(message=m, timeout_s=max(0.001, end - time.monotonic()))
+
         while True:
             left = end - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded(f"no reply from {target} within {timeout_s:g} s")
             try:
                 resp: pb.MessageReply = self._call(
-                    "Request",
-                    pb.MessageRequest(message=m, timeout_s=left),
-                    left + REPLY_MARGIN_S,
-                    retry_deadline=False,
+                    "Request", attempt, left + REPLY_MARGIN_S, retry_deadline=False
                 )
                 return message_from_pb(resp.reply)
             except DeadlineExceeded:

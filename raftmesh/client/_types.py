@@ -687,6 +687,8 @@ class ClusterInfo:
     digest: str = ""
     snapshots_loaded: int = 0
     log_entries: int = 0
+    messaging: dict[str, int] = field(default_factory=dict)
+    """The answering node's fast-path message counters (README "Messages")."""
 
     @classmethod
     def from_pb(cls, s: pb.ClusterStatusResponse) -> ClusterInfo:
@@ -716,6 +718,7 @@ class ClusterInfo:
             s.digest,
             s.snapshots_loaded,
             s.log_entries,
+            dict(sorted(s.messaging.items())),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -761,4 +764,5 @@ class ClusterInfo:
                 }
                 for m in self.members
             ],
+            "messaging": dict(self.messaging),
         }

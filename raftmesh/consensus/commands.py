@@ -634,7 +634,11 @@ class NodeDown(Command):
 
 @dataclass(frozen=True, slots=True)
 class LockAcquire(Command):
-    """Acquire every lock in ``items`` at once, or wait up to ``wait_ms`` (0: try once)."""
+    """Acquire every lock in ``items`` at once, or wait up to ``wait_ms`` (0: try once).
+
+    ``fence`` (optional): the request is rejected (ABORTED) unless its holder is current when
+    it is applied, e.g. an actor activation's epoch (a waiting request is not checked again
+    when granted later)."""
 
     TAG: ClassVar[str] = "lock_acquire"
     owner: str = ""
@@ -642,29 +646,45 @@ class LockAcquire(Command):
     ttl_ms: int = 0
     priority: int = 0
     wait_ms: int = 0
+    fence: Fence | None = None
 
     def _fields(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "owner": self.owner,
             "items": [list(i) for i in self.items],
             "ttl_ms": self.ttl_ms,
             "priority": self.priority,
             "wait_ms": self.wait_ms,
         }
+        if self.fence is not None:  # only when set: entries written before the field decode the same
+            out["fence"] = self.fence.encode()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class LockRelease(Command):
-    """Release (``keep_alive=False``) or renew the lease of a held lock; a stale token is rejected."""
+    """Release (``keep_alive=False``) or renew the lease of a held lock; a stale token is rejected.
+
+    ``fence`` (optional) is checked for a renewal only: a holder that is no longer current
+    may still give its own grant up, never extend it."""
 
     TAG: ClassVar[str] = "lock_release"
     owner: str = ""
     name: str = ""
     token: int = 0
     keep_alive: bool = False
+    fence: Fence | None = None
 
     def _fields(self) -> dict[str, Any]:
-        return {"owner": self.owner, "name": self.name, "token": self.token, "keep_alive": self.keep_alive}
+        out: dict[str, Any] = {
+            "owner": self.owner,
+            "name": self.name,
+            "token": self.token,
+            "keep_alive": self.keep_alive,
+        }
+        if self.fence is not None:
+            out["fence"] = self.fence.encode()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -935,6 +955,7 @@ def _decode_map(m: Any) -> Command:
             ttl_ms=_get(m, "ttl_ms", int),
             priority=_get(m, "priority", int),
             wait_ms=_get(m, "wait_ms", int),
+            fence=_fence(m.get("fence")),
         )
     if tag == LockRelease.TAG:
         return LockRelease(
@@ -944,6 +965,7 @@ def _decode_map(m: Any) -> Command:
             name=_get(m, "name", str),
             token=_get(m, "token", int),
             keep_alive=_get(m, "keep_alive", bool),
+            fence=_fence(m.get("fence")),
         )
     if tag == LockCancel.TAG:
         return LockCancel(rid, ts, lock_request_id=_get(m, "lock_request_id", str))
@@ -1134,7 +1156,9 @@ class AckMessage(Command):
     Applied only if ``epoch`` is ``address``'s current activation (else ABORTED) and ``seq`` is
     still queued in its mailbox (any queued one: a handler takes the highest priority first); an
     ack of a message already acknowledged or expired changes nothing (effect-once). ``reply`` (a request's answer) is kept for ``limits.REPLY_RETENTION_MS``
-    so a requester that retries gets it.
+    so a requester that retries gets it. ``dead_letter`` (a reason; with a ``seq``) records the
+    message as a dead letter as it is unqueued: the handler gave up on it, in one command so
+    it is never both handled and dead-lettered, nor lost between the two.
     """
 
     TAG: ClassVar[str] = "ack_message"
@@ -1145,9 +1169,10 @@ class AckMessage(Command):
     kv: tuple[KvOp, ...] = ()
     sends: tuple[Message, ...] = ()
     reply: Message | None = None
+    dead_letter: str = ""
 
     def _fields(self) -> dict[str, Any]:
-        return {
+        out = {
             "node_id": self.node_id,
             "address": self.address,
             "epoch": self.epoch,
@@ -1156,6 +1181,9 @@ class AckMessage(Command):
             "sends": [x.encode() for x in self.sends],
             "reply": self.reply.encode() if self.reply else None,
         }
+        if self.dead_letter:  # only when set: entries written before the field decode the same
+            out["dead_letter"] = self.dead_letter
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -1248,6 +1276,7 @@ def _decode_ack(m: dict[str, Any], rid: str, ts: int) -> AckMessage:
         kv=_ops(_get(m, "kv", (list, tuple))),
         sends=_messages(_get(m, "sends", (list, tuple))),
         reply=Message.decode(reply) if reply is not None else None,
+        dead_letter=_get(m, "dead_letter", str) if "dead_letter" in m else "",
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 
-from . import limits
+from . import kv_commands, limits
 from .codes import Code
 from .commands import LockAcquire, LockCancel, LockRelease
 from .context import ApplyContext
@@ -52,9 +52,12 @@ def _validate_acquire(cmd: LockAcquire) -> str:
 
 def acquire(ctx: ApplyContext, cmd: LockAcquire) -> Result:
     lt = ctx.state.locks
-    why = _validate_acquire(cmd)
+    why = _validate_acquire(cmd) or kv_commands.fence_shape_error(cmd.fence)
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
+    fenced = kv_commands.fence_error(ctx, cmd.fence)
+    if fenced:
+        return Rejected(Code.ABORTED, fenced)
     for name, _ in cmd.items:
         lock = lt.locks.get(name)
         if lock is not None and cmd.owner in lock.holders:
@@ -95,6 +98,13 @@ def acquire(ctx: ApplyContext, cmd: LockAcquire) -> Result:
 def release(ctx: ApplyContext, cmd: LockRelease) -> Result:
     """Release, or (``keep_alive``) renew the lease of, a lock held under a lease."""
     lt = ctx.state.locks
+    if cmd.keep_alive:
+        why = kv_commands.fence_shape_error(cmd.fence)
+        if why:
+            return Rejected(Code.INVALID_ARGUMENT, why)
+        fenced = kv_commands.fence_error(ctx, cmd.fence)
+        if fenced:
+            return Rejected(Code.ABORTED, fenced)
     lock = lt.locks.get(cmd.name)
     h = lock.holders.get(cmd.owner) if lock else None
     if h is None:

@@ -123,18 +123,20 @@ def register(ctx: ApplyContext, cmd: RegisterNode) -> Result:
     # Breakers outlive a restart (they are the node's record, not its process's); a type no
     # longer offered drops its breaker.
     kept = {a: b for a, b in old.breakers.items() if a in offers} if old is not None else {}
-    st.members[cmd.node_id] = Member(
-        cmd.node_id,
-        cmd.grpc,
-        cmd.raft,
-        tuple(sorted(set(cmd.agents))),
-        cmd.slots,
-        cmd.incarnation,
-        True,
-        st.time_ms,
-        offers,
-        kept,
-        actors,
+    st.set_member(
+        Member(
+            cmd.node_id,
+            cmd.grpc,
+            cmd.raft,
+            tuple(sorted(set(cmd.agents))),
+            cmd.slots,
+            cmd.incarnation,
+            True,
+            st.time_ms,
+            offers,
+            kept,
+            actors,
+        )
     )
     room = {cmd.node_id}
     if old is not None and old.incarnation != cmd.incarnation:

@@ -47,6 +47,7 @@ from .messages import (
     message_error,
     publish_targets,
     reply_error,
+    reply_key,
     split_address,
 )
 from .results import (
@@ -85,7 +86,7 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
             Code.INVALID_ARGUMENT, f"at most {limits.MAX_MESSAGES_PER_SEND} messages are sent at once"
         ), plan
     now = ctx.now_ms
-    offered: set[str] | None = None
+    offered: dict[str, int] | None = None
     adds: dict[str, int] = {}
     for i, m in enumerate(msgs):
         why = message_error(m)
@@ -231,11 +232,12 @@ def _unqueue(store: MessageStore, box: Mailbox, seq: int) -> Queued:
     return q
 
 
-def _keep_reply(ctx: ApplyContext, reply: Message, rev: int) -> None:
+def _keep_reply(ctx: ApplyContext, reply: Message, requester: str, rev: int) -> None:
     store = ctx.state.messages
     now = ctx.state.time_ms
-    if reply.correlation_id not in store.replies:  # the first answer stands (a retried request reads it)
-        store.replies[reply.correlation_id] = (now, reply)
+    key = reply_key(requester, reply.correlation_id)
+    if key not in store.replies:  # the first answer stands (a retried request reads it)
+        store.replies[key] = (now, reply)
         ctx.emit(ReplyCommitted(rev, reply.correlation_id, reply.reply_to))
     trim_replies(store, now)
 
@@ -266,6 +268,10 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
         why = kv_commands.validate_txn(ctx, KvTxn(cmd.request_id, cmd.ts_ms, success=cmd.kv, fence=fence))
     if not why and cmd.reply is not None:
         why = reply_error(cmd.reply)
+    if not why and cmd.dead_letter:
+        why = _reason_error("dead_letter", cmd.dead_letter)
+        if not why and (not cmd.seq or cmd.kv or cmd.sends):
+            why = "dead_letter gives up a queued message (a seq): its turn writes and sends nothing"
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
     rejected, plan = _plan_sends(ctx, cmd.sends)
@@ -292,13 +298,18 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
             add_dead_letter(store, q.message, EXPIRED, "", st.time_ms)
             return MessageAcked(False, rev)
         _unqueue(store, box, cmd.seq)
-        box.acked += 1
+        if cmd.dead_letter:
+            add_dead_letter(store, q.message, cmd.dead_letter, cmd.node_id, st.time_ms)
+        else:
+            box.acked += 1
     kv_commands.write_ops(ctx, cmd.kv, rev)
     if plan.items:
         _commit_sends(ctx, plan, rev)
     if cmd.reply is not None:
         reply_to = cmd.reply.reply_to or (q.message.reply_to if q else "")
-        _keep_reply(ctx, replace(cmd.reply, epoch=cmd.epoch, reply_to=reply_to), rev)
+        # Keyed by who asked (the queued request's sender): ids are per sender.
+        requester = q.message.sender if q is not None else cmd.reply.target
+        _keep_reply(ctx, replace(cmd.reply, epoch=cmd.epoch, reply_to=reply_to), requester, rev)
     store.compact()
     return MessageAcked(True, rev)
 
@@ -417,6 +428,12 @@ def subscribe(ctx: ApplyContext, cmd: SubscribeTopic) -> Result:
     return ChangedResult(1)
 
 
+def _reason_error(what: str, reason: str) -> str:
+    if not reason or len(reason) > limits.MAX_DEAD_LETTER_REASON_CHARS or not limits.printable(reason):
+        return f"{what} must be printable text of 1 to {limits.MAX_DEAD_LETTER_REASON_CHARS} characters"
+    return ""
+
+
 def record_dead_letters(ctx: ApplyContext, cmd: RecordDeadLetters) -> Result:
     why = limits.id_error("node id", cmd.node_id)
     if not why and not 1 <= len(cmd.items) <= limits.MAX_DEAD_LETTERS_PER_RECORD:
@@ -425,14 +442,7 @@ def record_dead_letters(ctx: ApplyContext, cmd: RecordDeadLetters) -> Result:
         if why:
             break
         bad = dead_letter_error(d.message)
-        if bad:
-            why = f"dead letter {i}: {bad}"
-        elif (
-            not d.reason
-            or len(d.reason) > limits.MAX_DEAD_LETTER_REASON_CHARS
-            or not limits.printable(d.reason)
-        ):
-            why = f"dead letter {i}: the reason must be printable text of 1 to {limits.MAX_DEAD_LETTER_REASON_CHARS} characters"
+        why = f"dead letter {i}: {bad}" if bad else _reason_error(f"dead letter {i}: the reason", d.reason)
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
     ctx.advance()

@@ -136,7 +136,8 @@ class MessageStore:
     dead_letters_total: int = 0
     """Every dead letter ever recorded (those evicted from the list included)."""
     replies: OrderedDict[str, tuple[int, Message]] = field(default_factory=OrderedDict)
-    """correlation id -> (ms kept, reply) of durable requests, oldest first."""
+    """``reply_key(requester, correlation id)`` -> (ms kept, reply) of durable requests, oldest
+    first. Ids are per sender: another sender's request with the same id is not answered by it."""
 
     # Derived indexes: not encoded, rebuilt by ``rebuild_indexes``.
     by_node: dict[str, dict[str, None]] = field(default_factory=dict)
@@ -394,3 +395,8 @@ def _fields_error(m: Message) -> str:
     if size > limits.MAX_MESSAGE_PAYLOAD_BYTES:
         return f"payload is {size} bytes encoded; the limit is {limits.MAX_MESSAGE_PAYLOAD_BYTES}"
     return ""
+
+
+def reply_key(requester: str, correlation_id: str) -> str:
+    """Where the reply to ``requester``'s request ``correlation_id`` is kept in ``replies``."""
+    return f"{requester}\n{correlation_id}"

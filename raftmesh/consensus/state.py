@@ -455,6 +455,9 @@ class ClusterState:
     """(gate id, run_id, task_id) of every task WAITING_APPROVAL, sorted: oldest gate first."""
     gate_deadlines: list[tuple[int, str, str, int]] = field(default_factory=list)
     """Heap of (deadline_ms, run_id, task_id, gate id) of open gates with a timeout; stale lazily."""
+    actor_offers: dict[str, int] = field(default_factory=dict)
+    """Actor type -> how many members (up or down) offer it: a send checks its target type in
+    O(1) instead of scanning every member's offers. Kept by ``set_member``."""
 
     # ---- canonical encoding -------------------------------------------------
 
@@ -543,7 +546,24 @@ class ClusterState:
         self.dead_letters.sort()
         self.open_gates.sort()
         heapq.heapify(self.gate_deadlines)
+        self.actor_offers = {}
+        for m in self.members.values():
+            for kind in m.actors:
+                self.actor_offers[kind] = self.actor_offers.get(kind, 0) + 1
         self.messages.rebuild_indexes()
+
+    def set_member(self, m: Member) -> None:
+        """Add or replace member ``m`` (keeps ``actor_offers``)."""
+        old = self.members.get(m.node_id)
+        for kind in old.actors if old is not None else ():
+            n = self.actor_offers[kind] - 1
+            if n:
+                self.actor_offers[kind] = n
+            else:
+                del self.actor_offers[kind]
+        for kind in m.actors:
+            self.actor_offers[kind] = self.actor_offers.get(kind, 0) + 1
+        self.members[m.node_id] = m
 
     def index_snapshot(self) -> tuple[Any, ...]:
         """The derived indexes in a comparable form (tests check maintained == rebuilt)."""
@@ -562,6 +582,7 @@ class ClusterState:
             list(self.open_gates),
             sorted(e for e in self.gate_deadlines if self.gate_live(e)),
             self.messages.index_snapshot(),
+            dict(sorted(self.actor_offers.items())),
         )
 
     def add_dead_letter(self, entry: DeadLetter) -> None:

@@ -51,13 +51,18 @@ class Intake:
 
     def check(self, lane: LaneKey | None, seq: int, base: int, dedup_key: tuple[str, str]) -> Verdict:
         """Whether the message may be delivered now (``lane`` None: an unordered message)."""
-        if dedup_key in self._seen:
-            self.duplicates += 1
-            return DUPLICATE
         if lane is None or seq == 0:
+            if dedup_key in self._seen:
+                self.duplicates += 1
+                return DUPLICATE
             return DELIVER
         nxt = self._next.get(lane)
         expected = base if nxt is None else max(nxt, base)
+        if dedup_key in self._seen:
+            self.duplicates += 1
+            if seq == expected:  # the lane's next number: it moves past it, else the one after
+                self.moved_past(lane, seq)  # it would be refused as out of order for nothing
+            return DUPLICATE
         if seq < expected:
             self.duplicates += 1
             return DUPLICATE

@@ -51,6 +51,8 @@ class Out:
     waiting: bool = True
     link: Link | None = None
     encoded: pb.AgentMessage | None = None
+    transmitted: bool = False
+    """Sent on some stream at least once (its receiver may have taken it, unacknowledged)."""
 
     def to_pb(self) -> pb.AgentMessage:
         if self.encoded is None:
@@ -252,6 +254,7 @@ class Link:
     def _sent(self, o: Out) -> None:
         o.inflight += 1
         o.waiting = False
+        o.transmitted = True
         self.inflight[o.tag] = o
 
     def frame(self, node_id: str, incarnation: str, outs: list[Out], acks: list[pb.PeerAck]) -> pb.PeerFrame:

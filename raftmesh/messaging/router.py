@@ -24,11 +24,12 @@ import grpc
 from ..clock import Clock
 from ..consensus import activations, limits
 from ..consensus.commands import Activate, Fence, Message, MessageDeadLetter, RecordDeadLetters, SendMessages
-from ..consensus.messages import message_error, reply_error, split_address
+from ..consensus.messages import message_error, reply_error, reply_key, split_address
 from ..consensus.results import (
     ActivationChanged,
     ActivationResult,
     Event,
+    MemberChanged,
     MessagesSent,
     Rejected,
     ReplyCommitted,
@@ -53,7 +54,7 @@ from .intake import Intake
 from .links import BROADCAST, REPLY, TO_ACTOR, Lane, Link, Out
 from .streams import PeerStreams
 from .topics import TopicStreams
-from .wire import message_from_pb
+from .wire import message_from_pb, send_request_id
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,25 @@ RETRY_MIN_S = 0.005
 RETRY_MAX_S = 1.0
 """Backoff of a lane after a refusal with ``retry`` (moved, not activated yet, inbox full)."""
 ACTIVATE_TIMEOUT_S = 5.0
+NO_ROOM_RECHECK_S = (0.5, 4.0)
+"""While the replica says no node can take an address, it is checked again on every membership or
+activation change, and at least this often (doubling): no ``Activate`` goes to the log for it."""
+PUBLIC_COUNTERS = (
+    "sent",
+    "delivered",
+    "duplicates",
+    "out_of_order",
+    "late_replies",
+    "stale_replies",
+    "request_timeouts",
+    "dead_lettered",
+    "dead_letters_dropped",
+    "broadcasts_dropped",
+)
+"""``stats`` counters shown to users: messages this node sent and delivered to its actors,
+duplicates and out-of-order messages it dropped or refused, replies too late or from an older
+activation, requests that timed out, dead letters (and those dropped unrecorded), and topic
+broadcasts to other nodes' client streams that were dropped."""
 _FINAL_ACTIVATE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
 """``Activate`` rejections that do not change by retrying, unless some member offers the type
 (then no up node has room yet: the message waits, until its TTL, for one that does)."""
@@ -71,6 +91,7 @@ _FINAL_ACTIVATE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
 @dataclass(eq=False)
 class _Waiter:
     target: str
+    sender: str
     durable: bool
     future: asyncio.Future[Message]
     epoch: int = 0
@@ -163,9 +184,15 @@ class MessageRouter:
         self._topics = TopicStreams(reads, self._topics_changed)
         self._waiting: dict[str, _Waiter] = {}
         self._activating: dict[str, asyncio.Task[None]] = {}
+        self._room: dict[str, asyncio.Event] = {}
+        """actor type -> set (and replaced) when a member or an activation changes: the addresses
+        of that type waiting for room look at the placement again (one event per type)."""
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._dead: deque[MessageDeadLetter] = deque()
         self._dead_wake = asyncio.Event()
+        self._dead_idle = asyncio.Event()
+        """Set while no dead letter waits to be recorded (``drain`` waits for it)."""
+        self._dead_idle.set()
         self._tags = itertools.count(1)
         self._submitted = 0
         """Fast messages ever queued: a new lane starts numbering above it (see ``_lane``)."""
@@ -203,6 +230,34 @@ class MessageRouter:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._pumps.clear()
             await self._streams.stop()
+
+    async def drain(self, timeout_s: float) -> None:
+        """The node is stopping (its actor host already stopped): every message still waiting to
+        be sent or acknowledged is dead-lettered, and the dead letters are recorded, within
+        ``timeout_s``. Called while ``run`` and the proposer still run, before they stop."""
+        for lane in list(self._lanes.values()):
+            lane.held = False  # its backoff timer finds it empty
+            for o in list(lane.entries):
+                self._give_up(o, self._stopped_reason(o))
+        for link in list(self._links.values()):
+            for o in list(link.unordered):
+                link.unordered.remove(o)
+                self._give_up(o, self._stopped_reason(o))
+        if not self._running:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._dead_idle.wait()
+        except TimeoutError:
+            log.warning("node stopping: %d dead letters not recorded", len(self._dead))
+
+    def _stopped_reason(self, o: Out) -> str:
+        if o.transmitted and o.link is not None and not o.link.local:
+            return (
+                f"undeliverable: the sending node {self.node_id} stopped with it unacknowledged; "
+                f"node {o.link.peer} may have taken it"
+            )
+        return f"undeliverable: the sending node {self.node_id} stopped before it was sent"
 
     async def _maintain(self) -> None:
         """Dials every member with a larger id, drops stuck streams, expires waiting messages."""
@@ -316,9 +371,16 @@ class MessageRouter:
     async def _activation(self, address: str) -> None:
         """Until the address has an activation (or cannot have one), then routes its lanes there."""
         delay = 0.01
+        no_room = NO_ROOM_RECHECK_S[0]
         try:
             while self._by_target.get(address):
                 where = self._where(address)
+                if where is None and not self._placeable(address):
+                    # The replica's own placement says no node can take it: asking the log would
+                    # only add an entry (per address, per retry) that is rejected or waits.
+                    await self._room_for(address, no_room)
+                    no_room = min(no_room * 2, NO_ROOM_RECHECK_S[1])
+                    continue
                 if where is None:
                     try:
                         res = await self._writer.propose(
@@ -348,6 +410,27 @@ class MessageRouter:
         finally:
             self._activating.pop(address, None)
 
+    def _placeable(self, address: str) -> bool:
+        """Whether an ``Activate`` of ``address`` can be granted now, by the state machine's own
+        placement on this replica (a type no member offers is left for the log to refuse)."""
+        kind = split_address(address)[0]
+
+        def check(st: ClusterState) -> bool:
+            return kind not in activations.offered_types(st) or activations.place(st, address) is not None
+
+        return self._reads.read(check)
+
+    async def _room_for(self, address: str, timeout_s: float) -> None:
+        kind = split_address(address)[0]
+        room = self._room.get(kind)
+        if room is None:
+            room = self._room[kind] = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await room.wait()
+        except TimeoutError:
+            pass
+
     async def _publish(self, msg: Message) -> Sent:
         subs, nodes = self._reads.read(lambda st: _fanout(st, msg.topic, msg.source))
         futs = [self._submit(dataclasses.replace(msg, target=a)) for a in subs]
@@ -363,12 +446,14 @@ class MessageRouter:
                 continue
             o = Out(msg, BROADCAST, next(self._tags), None, 0, None)
             link.queue(o)
-        if futs:
-            await asyncio.gather(*futs, return_exceptions=True)
-        return Sent(msg.id, 0, tuple(subs))
+        done = await asyncio.gather(*futs, return_exceptions=True)
+        # Only the subscribers whose node took it (the others' copies are dead letters).
+        return Sent(
+            msg.id, 0, tuple(a for a, d in zip(subs, done, strict=True) if not isinstance(d, BaseException))
+        )
 
     async def _send_durable(self, msg: Message, fence: Fence | None, request_id: str) -> Sent:
-        rid = request_id or f"msg-{msg.id}"
+        rid = request_id or send_request_id(msg.sender, msg.id)
         res = await self._writer.propose(SendMessages(rid, self._clock.now_ms(), (msg,), fence))
         if isinstance(res, MessagesSent):
             return Sent(msg.id, res.seqs[0] if res.seqs else 0, res.targets[0] if res.targets else ())
@@ -392,12 +477,12 @@ class MessageRouter:
                 f"this node waits on {limits.MAX_PENDING_REQUESTS} requests already; retry with backoff"
             )
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        w = _Waiter(msg.target, msg.durable, fut)
+        w = _Waiter(msg.target, msg.sender, msg.durable, fut)
         self._waiting[msg.id] = w
         try:
             async with asyncio.timeout(timeout_s):
                 if msg.durable:
-                    done = self._reads.read(lambda st: _reply_of(st, msg.id))
+                    done = self._reads.read(lambda st: _reply_of(st, msg.sender, msg.id))
                     if done is not None:
                         return done
                     await self._send_durable(msg, fence, "")
@@ -536,11 +621,20 @@ class MessageRouter:
             lane.link = None
 
     def _expired(self, o: Out, now_ms: int) -> None:
+        head = f"expired: its TTL ({o.msg.ttl_ms} ms) passed on node {self.node_id}"
+        if o.link is None:
+            why = f"{head} before its target had an activation"
+        elif o.transmitted:  # its stream broke before the answer came: it may have been handled
+            why = f"{head} with it unacknowledged; node {o.link.peer} may have taken it"
+        else:
+            why = f"{head} before it was sent to node {o.link.peer}"
         self._give_up(
             o,
-            f"expired: its TTL ({o.msg.ttl_ms} ms) passed on node {self.node_id} before "
-            + (f"node {o.link.peer} took it" if o.link is not None else "its target had an activation"),
-            DeadlineExceeded(f"message {o.msg.id!r} to {o.msg.target or o.msg.topic} expired undelivered"),
+            why,
+            DeadlineExceeded(
+                f"message {o.msg.id!r} to {o.msg.target or o.msg.topic} expired "
+                + ("unacknowledged (it may have been delivered)" if o.transmitted else "undelivered")
+            ),
         )
 
     def _give_up(self, o: Out, reason: str, exc: RaftmeshError | None = None) -> None:
@@ -569,10 +663,13 @@ class MessageRouter:
             self._dead.popleft()
             self.stats["dead_letters_dropped"] += 1
         self._dead.append(MessageDeadLetter(msg, _reason(reason)))
+        self._dead_idle.clear()
         self._dead_wake.set()
 
     async def _flush_dead_letters(self) -> None:
         while True:
+            if not self._dead:
+                self._dead_idle.set()
             await self._dead_wake.wait()
             self._dead_wake.clear()
             while self._dead:
@@ -750,10 +847,21 @@ class MessageRouter:
 
     def applied(self, events: list[Event]) -> None:
         """Called on the loop after every applied batch (replies, publishes, activations moved)."""
+        if self._room and (
+            not events  # a snapshot was installed
+            or any(
+                isinstance(ev, MemberChanged) or (isinstance(ev, ActivationChanged) and not ev.active)
+                for ev in events
+            )
+        ):
+            for room in self._room.values():
+                room.set()
+            self._room.clear()
         for ev in events:
             if isinstance(ev, ReplyCommitted):
-                if ev.reply_to == self.node_id:
-                    self._durable_reply(ev.correlation_id)
+                # Not only reply_to: a request retried through this node (the SDK's failover)
+                # waits here on the same id while the committed copy names the first node.
+                self._durable_reply(ev.correlation_id)
             elif isinstance(ev, TopicPublished):
                 if self._topics.has(ev.topic):
                     self._topics.durable(ev.topic, ev.seq)
@@ -775,7 +883,7 @@ class MessageRouter:
         w = self._waiting.get(correlation_id)
         if w is None or not w.durable or w.future.done():
             return
-        reply = self._reads.read(lambda st: _reply_of(st, correlation_id))
+        reply = self._reads.read(lambda st: _reply_of(st, w.sender, correlation_id))
         if reply is not None:
             w.future.set_result(reply)
 
@@ -784,6 +892,10 @@ class MessageRouter:
         if why:
             raise InvalidArgument(why)
         return self._topics.subscribe(topic, from_start)
+
+    def counters(self) -> dict[str, int]:
+        """The counters a user sees (``raftmesh status --json`` ``messaging``)."""
+        return {k: self.stats[k] for k in PUBLIC_COUNTERS}
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.stats)
@@ -812,6 +924,6 @@ def _fanout(st: ClusterState, topic: str, source: str) -> tuple[list[str], list[
     return list(subs), [n for n, m in st.members.items() if m.up]
 
 
-def _reply_of(st: ClusterState, correlation_id: str) -> Message | None:
-    kept = st.messages.replies.get(correlation_id)
+def _reply_of(st: ClusterState, requester: str, correlation_id: str) -> Message | None:
+    kept = st.messages.replies.get(reply_key(requester, correlation_id))
     return kept[1] if kept is not None else None

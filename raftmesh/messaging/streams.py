@@ -19,7 +19,7 @@ import grpc
 
 from ..consensus import limits
 from ..consensus.state import ClusterState
-from ..errors import FailedPrecondition, InvalidArgument, RaftmeshError, Unavailable
+from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RaftmeshError, Unavailable
 from ..node.reads import ReadView
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
@@ -32,6 +32,9 @@ _EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009 (missing from grpc's type 
 ACK_SILENCE_S = 3.0
 """A stream with messages unanswered and nothing heard from the peer for this long is dropped
 and dialled again (the peer's loop or the network is stuck; HTTP/2 alone may not notice)."""
+HELLO_TIMEOUT_S = 5.0
+"""How long either end of a new stream waits for the other's greeting (a stranger that opens a
+stream and says nothing is not kept)."""
 DIAL_MIN_S = 0.05
 DIAL_MAX_S = 1.0
 CHANNEL_OPTIONS = [
@@ -150,7 +153,11 @@ class PeerStreams:
         call = pb_grpc.PeerStub(channel).Exchange()
         try:
             await call.write(pb.PeerFrame(node_id=self.node_id, incarnation=self.incarnation))
-            hello = await call.read()
+            try:
+                async with asyncio.timeout(HELLO_TIMEOUT_S):
+                    hello = await call.read()
+            except TimeoutError:
+                raise Unavailable(f"{link.peer} did not greet within {HELLO_TIMEOUT_S:g}s") from None
             if hello is _EOF:
                 return False
             assert isinstance(hello, pb.PeerFrame)
@@ -193,9 +200,14 @@ class PeerStreams:
         smaller id of the two."""
         frames = request_iterator.__aiter__()
         try:
-            first = await frames.__anext__()
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                first = await frames.__anext__()
         except StopAsyncIteration:
             return
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"peer stream: a stream opens with a frame naming the node within {HELLO_TIMEOUT_S:g}s"
+            ) from None
         peer = first.node_id
         why = limits.id_error("node_id", peer) or limits.id_error("incarnation", first.incarnation)
         if why:
@@ -238,6 +250,7 @@ class PeerStreams:
                 raise failed[0]
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             self._close(link, session)
 
 

@@ -6,6 +6,12 @@ registered before it reads the retained log and drops durable seqs it has alread
 so nothing is missed or repeated between the two. Each stream's backlog is bounded
 (``MAX_TOPIC_STREAM_BACKLOG``): a client that falls that far behind is ended with
 RESOURCE_EXHAUSTED instead of losing publishes silently.
+
+Fast publishes from another node are best effort: a broadcast is not sent while the link to
+this node is full, is dropped when it cannot be delivered before its TTL (both counted in the
+publishing router's ``broadcasts_dropped``), and a publishing node sends none until it has
+heard that this node streams the topic (about a round trip after the stream opened). The
+stream is not ended for those: use durable publishes for a stream that must see every one.
 """
 
 from __future__ import annotations

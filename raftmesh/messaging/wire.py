@@ -6,6 +6,7 @@ is parsed with the same rules as every value the cluster stores (``consensus.val
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from ..consensus import values
@@ -68,3 +69,10 @@ def message_to_pb(m: Message, seq: int = 0) -> pb.AgentMessage:
     else:
         out.payload_json = json.dumps(m.payload, ensure_ascii=False, separators=(",", ":"))
     return out
+
+
+def send_request_id(sender: str, message_id: str) -> str:
+    """The request id of a durable send: the same (sender, id) is the same command, whoever
+    retries; another sender's message with the same id is another command (ids are per sender)."""
+    digest = hashlib.sha256(f"{sender}\n{message_id}".encode()).hexdigest()[:40]
+    return f"msg-{digest}"

@@ -27,7 +27,7 @@ from ..consensus.results import ChangedResult, MessagesSent, expect
 from ..consensus.state import ClusterState
 from ..errors import InvalidArgument
 from ..messaging.api import Sent
-from ..messaging.wire import message_from_pb, message_to_pb
+from ..messaging.wire import message_from_pb, message_to_pb, send_request_id
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from . import rpc
@@ -56,12 +56,6 @@ def client_sender(peer: str) -> str:
     host = peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
     name = "client:" + "".join(c for c in host if c.isprintable() and not c.isspace())
     return name[: limits.MAX_ADDRESS_CHARS] if host else "client:unknown"
-
-
-def send_request_id(sender: str, message_id: str) -> str:
-    """The request id of a durable send: the same (sender, id) is the same command, whoever retries."""
-    digest = hashlib.sha256(f"{sender}\n{message_id}".encode()).hexdigest()[:40]
-    return f"msg-{digest}"
 
 
 def request_message_id(sender: str, message_id: str) -> str:

@@ -54,6 +54,9 @@ from .watch import WatchHub
 
 log = logging.getLogger(__name__)
 
+MESSAGES_DRAIN_S = 3.0
+"""How long a stopping node spends recording the fast-path dead letters it still holds."""
+
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -278,8 +281,8 @@ class NodeRuntime:
         self.host.attach_router(self.router)
         self.actors.attach_router(self.router)
         self.router.attach(self.actors)
+        actors = asyncio.create_task(self.actors.run(), name="actors")
         tasks = [
-            asyncio.create_task(self.actors.run(), name="actors"),
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.host.run(), name="host"),
             asyncio.create_task(self._register_loop(), name="register"),
@@ -293,6 +296,12 @@ class NodeRuntime:
             log.info("node %s stopping", cfg.node_id)
             await self.health.enter_graceful_shutdown()
             await server.stop(1.0)
+            # The actor host first (it dead-letters what its inboxes hold through the router),
+            # then the router gives up what it still sends and records the dead letters: both
+            # while the router and the proposer still run, so none is lost to the shutdown.
+            actors.cancel()
+            await asyncio.gather(actors, return_exceptions=True)
+            await self.router.drain(MESSAGES_DRAIN_S)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -445,4 +454,5 @@ class NodeRuntime:
             digest=digest,
             snapshots_loaded=self.raft.snapshots_loaded,
             log_entries=self.raft.log_entries,
+            messaging=self.router.counters(),
         )

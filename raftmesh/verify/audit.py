@@ -61,6 +61,7 @@ from ..consensus.results import (
     TaskChanged,
 )
 from ..consensus.state import TaskState, TaskStatus
+from .message_audit import MessageAudit
 
 TaskKey = tuple[str, str]
 
@@ -311,6 +312,7 @@ class Audit:
     """(run, task) -> times a ``retry_task`` requeued it from the dead letters."""
     preemptions: int = 0
     """Attempts preempted by ``preempt`` commands."""
+    messages: MessageAudit = field(default_factory=MessageAudit)
 
     def feed(self, payload: bytes) -> None:
         for cmd in decode_batch(payload):
@@ -318,10 +320,12 @@ class Audit:
                 continue
             self.commands += 1
             pre = self.locks.before(cmd, self.machine)
+            pre_messages = self.messages.before(cmd, self.machine)
             revision = self.machine.state.revision
             res, events = self.machine.apply(cmd)
             changed = self.machine.state.revision != revision
             self.locks.after(self.commands, cmd, res, events, self.machine, changed, pre)
+            self.messages.after(self.commands, cmd, res, self.machine, pre_messages)
             self._check_fencing(cmd, res, events)
             self._check(events)
             if changed and isinstance(cmd, RetryTask) and isinstance(res, RetryTaskResult) and res.requeued:

@@ -550,7 +550,14 @@ class AgentBreaker(_message.Message):
     def __init__(self, agent: _Optional[str] = ..., state: _Optional[str] = ..., failures: _Optional[int] = ..., open_until_ms: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("leader", "term", "members", "node_id", "commit_index", "last_applied", "revision", "has_quorum", "digest", "snapshots_loaded", "log_entries")
+    __slots__ = ("leader", "term", "members", "node_id", "commit_index", "last_applied", "revision", "has_quorum", "digest", "snapshots_loaded", "log_entries", "messaging")
+    class MessagingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     LEADER_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
@@ -562,6 +569,7 @@ class ClusterStatusResponse(_message.Message):
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTS_LOADED_FIELD_NUMBER: _ClassVar[int]
     LOG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGING_FIELD_NUMBER: _ClassVar[int]
     leader: str
     term: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
@@ -573,7 +581,8 @@ class ClusterStatusResponse(_message.Message):
     digest: str
     snapshots_loaded: int
     log_entries: int
-    def __init__(self, leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., node_id: _Optional[str] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., revision: _Optional[int] = ..., has_quorum: _Optional[bool] = ..., digest: _Optional[str] = ..., snapshots_loaded: _Optional[int] = ..., log_entries: _Optional[int] = ...) -> None: ...
+    messaging: _containers.ScalarMap[str, int]
+    def __init__(self, leader: _Optional[str] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., node_id: _Optional[str] = ..., commit_index: _Optional[int] = ..., last_applied: _Optional[int] = ..., revision: _Optional[int] = ..., has_quorum: _Optional[bool] = ..., digest: _Optional[str] = ..., snapshots_loaded: _Optional[int] = ..., log_entries: _Optional[int] = ..., messaging: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class PeerFrame(_message.Message):
     __slots__ = ("node_id", "incarnation", "messages", "acks", "tags", "lane_seqs", "lane_bases", "kinds", "topics", "topics_sent")
