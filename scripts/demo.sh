@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fresh machine to a real cluster doing real work: install, start 3 nodes, run a fan-out/fan-in DAG,
 # print the result, stop the nodes; then run the multi-agent example (examples/incident_triage) on a
-# local cluster against the fake OpenAI-compatible server, and the planner example (examples/planner).   scripts/demo.sh [DAG file, default examples/fanout.yaml]
+# local cluster against the fake OpenAI-compatible server, the planner example (examples/planner) and
+# the messaging example (examples/auction: actors that bid, a node killed between two lots).   scripts/demo.sh [DAG file, default examples/fanout.yaml]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -23,3 +24,5 @@ echo "   against the fake OpenAI-compatible server; README 'Built-in agents' sho
 "$VENV/bin/python" -m examples.incident_triage --nodes 3
 echo "== planner example: the model's plan is checked, repaired once and spawned into the run"
 "$VENV/bin/python" -m examples.planner --nodes 3
+echo "== messaging example: an auction between actors; the winner's node is killed between two lots"
+AUCTION_BASE_PORT=${DEMO_AUCTION_BASE_PORT:-7400} examples/auction/run.sh
