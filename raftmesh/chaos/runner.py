@@ -689,14 +689,18 @@ class _Run:
         replays = []
         for i, payloads in journals.items():
             machine = audit.machine if i == longest else StateMachine()
-            for p in payloads:
+            # Compared where the live digest was taken (its revision): the node's applied index is
+            # read a moment later, and a live cluster keeps committing (activation renewals).
+            seen: tuple[int, int, str] | None = None
+            for count, p in enumerate(payloads, 1):
                 if i == longest:
                     audit.feed(p)
                 else:
                     machine.apply_batch(p)
-            replays.append(
-                ReplayCheck(i, len(payloads), machine.state.revision, machine.digest(), statuses[i].digest)
-            )
+                if seen is None and machine.state.revision >= statuses[i].revision:
+                    seen = (count, machine.state.revision, machine.digest())
+            count, rev, dig = seen or (len(payloads), machine.state.revision, machine.digest())
+            replays.append(ReplayCheck(i, count, rev, dig, statuses[i].digest))
         self.log(f"audited {audit.commands} commands from {longest}'s journal")
         return audit, replays, ""
 
@@ -748,9 +752,12 @@ class _Run:
         batches = 0
 
         def settle(upto: int) -> None:
-            while pending and pending[0][1] <= upto:
-                node, _ = pending.pop(0)
-                at[node] = (batches, audit.machine.state.revision, audit.machine.digest())
+            # A node's live digest was taken at its revision, its applied index read a moment
+            # later: the replay is compared at that revision once it reaches it.
+            rev = audit.machine.state.revision
+            for entry in [e for e in pending if e[1] <= upto or rev >= statuses[e[0]].revision]:
+                pending.remove(entry)
+                at[entry[0]] = (batches, rev, audit.machine.digest())
 
         for index, entry in merged.entries:
             settle(index - 1)
