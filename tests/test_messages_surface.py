@@ -599,8 +599,9 @@ def test_a_fast_request_retried_after_unavailable_is_a_new_attempt_and_gets_its_
         router = MessageRouter("n1", "inc1", reads, writer, SYSTEM_CLOCK, lambda _n: None)
 
         class Host:
-            def accept(self, m: Message) -> None:
+            def accept(self, m: Message, done: Callable[[str, bool], None]) -> None:
                 taken.append(m)
+                done("", False)
                 answer = Message(
                     f"r-{m.id}", m.target, correlation_id=m.id, reply_to=m.reply_to, payload=len(taken)
                 )

@@ -44,7 +44,7 @@ from raftmesh.consensus.results import ActivationChanged, Event, Result, TopicPu
 from raftmesh.errors import DeadlineExceeded, FailedPrecondition
 from raftmesh.localcluster import free_ports
 from raftmesh.messaging import streams
-from raftmesh.messaging.api import Refused
+from raftmesh.messaging.api import Done, Refused
 from raftmesh.messaging.intake import Intake, Verdict
 from raftmesh.messaging.links import TO_ACTOR, Lane, Link, Out
 from raftmesh.messaging.router import MessageRouter
@@ -85,11 +85,12 @@ class Host:
     answer: bool = True
     epoch_of: Callable[[str], int] = lambda a: 0
 
-    def accept(self, msg: Message) -> Refused | None:
+    def accept(self, msg: Message, done: Done) -> Refused | None:
         why = self.refuse(msg)
         if why is not None:
             return why
         self.got.append(msg)
+        done("", False)  # handled at once (the actor host answers when its turn finished)
         if msg.reply_to and self.answer and self.router is not None:
             router = self.router
             reply = Message(
@@ -385,7 +386,7 @@ def test_ttl_expiry_on_either_side_is_a_dead_letter_never_silent() -> None:
         c = await start({"n3": OffsetClock(600_000)})
         try:
             c.activate("echo/late", "n3", 4)
-            with pytest.raises(FailedPrecondition, match="expired"):
+            with pytest.raises(DeadlineExceeded, match="expired"):  # README: a TTL is DeadlineExceeded
                 await c.routers["n1"].send(msg("client:x", "echo/late", 1))
             assert c.routers["n3"].stats["expired_received"] == 1 and not c.hosts["n3"].got
 
