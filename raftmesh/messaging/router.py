@@ -131,7 +131,8 @@ class MessageRouter:
     - ``send``: durable -> one ``SendMessages`` command (committed when it returns); fast ->
       resolve the target's activation from the local replica (``Activate`` through the log if
       it has none), then over the peer stream to that node (or straight to the local actor
-      host), returning once that node accepted it. Retries with backoff while the target
+      host), returning once the target's handler took it (its turn finished, its effects
+      committed: the receiving node acks only then). Retries with backoff while the target
       moves or its inbox is full; past the TTL the message is dead-lettered
       (``RecordDeadLetters``) and ``send`` raises ``DeadlineExceeded``.
     - ``request``: ``send`` with ``reply_to`` this node, then wait for the reply (fast: from the
@@ -676,7 +677,7 @@ class MessageRouter:
 
     def dead_letter(self, msg: Message, reason: str) -> None:
         """Record a fast-path message this node gave up on (batched into ``RecordDeadLetters``);
-        the actor host calls it too, for one that expired in an inbox."""
+        the actor host calls it too, for one whose handler failed for good."""
         self.stats["dead_lettered"] += 1
         if len(self._dead) >= limits.MAX_PENDING_DEAD_LETTERS:
             self._dead.popleft()
