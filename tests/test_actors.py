@@ -473,6 +473,24 @@ def test_a_newer_epoch_on_the_same_node_gives_the_fast_inbox_back_to_be_resent_i
     asyncio.run(go())
 
 
+def test_a_fast_send_to_the_actors_own_address_does_not_wait_for_its_own_turn() -> None:
+    """A fast send returns once handled; one to the sending actor itself is handled only after
+    the turn that sends it, so the turn does not wait for it (it would wait for itself)."""
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    w = _machine_worker(c, host, "counter/a")
+
+    async def go() -> None:
+        ctx, _ = host._context(w, _msg("m", sent_ms=clock.now_ms()))
+        async with asyncio.timeout(5):
+            sent = await ctx.send("counter/a", "later")
+        await asyncio.sleep(0)
+        lane = host.router._lanes[("counter/a", "counter/a", 0)]  # type: ignore[attr-defined]
+        assert [o.msg.id for o in lane.entries] == [sent.id]  # kept in its lane until handled
+
+    asyncio.run(go())
+
+
 def test_a_fast_message_that_expires_in_the_inbox_is_refused_for_good_to_its_sender() -> None:
     c, host, clock = _machine_host()
     c.ok(Activate(c.rid(), c.ts, address="counter/a"))
