@@ -5,7 +5,9 @@ activations of this node's incarnation in the local replica with the workers it 
 starts what is missing and stops what moved or expired. One worker per activation
 handles one message at a time (a turn): the highest priority first among its durable
 mailbox (in the replica, sequence order within a priority) and its fast inbox (what the
-router hands over through ``accept``, arrival order within a priority).
+router hands over through ``accept``, arrival order within a priority). A fast message is
+acknowledged to its sender only once handled (``done``); an activation that stops gives
+the ones it has not handled back to their senders (retryable), who resend them in order.
 
 A turn commits as ONE ``AckMessage`` carrying the mailbox ack (``seq``; 0 for a fast
 message), the KV writes (``ctx.kv``, and ``ctx.state`` saved under ``actors/TYPE/KEY``
@@ -969,7 +971,7 @@ class ActorHost:
         """Give an idle activation up (refused while durable messages wait for it).
 
         ``accept`` refuses (retryable) from the first line on: a fast message taken while the
-        last acks commit would otherwise be dead-lettered with the worker."""
+        last acks commit would otherwise only be given back when the worker stops."""
         w.deactivating = True
         try:
             if w.inflight:
