@@ -15,7 +15,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -27,7 +27,7 @@ from raftmesh.agents._loader import AgentLoadError
 from raftmesh.agents._registry import DuplicateAgentError
 from raftmesh.clock import ManualClock
 from raftmesh.consensus import limits
-from raftmesh.consensus.commands import AckMessage, Activate, Message, SendMessages
+from raftmesh.consensus.commands import AckMessage, Activate, Deactivate, Message, SendMessages
 from raftmesh.consensus.messages import Activation, Mailbox, Queued, reply_key
 from raftmesh.consensus.results import MessagesSent
 from raftmesh.consensus.state import ClusterState, Member
@@ -204,21 +204,21 @@ def test_accept_refuses_with_the_reason() -> None:
     st = _state(Activation("counter/a", "n1", "inc1", 5, 0, 6000))
     host = _host(st, clock)
     now = clock.now_ms()
-    r = host.accept(_msg("x", sent_ms=now - 120_000))
+    r = host.accept(_msg("x", sent_ms=now - 120_000), _answers.append_for())
     assert r is not None and not r.retry and "expired" in r.reason
-    r = host.accept(_msg("x", target="nosuch/a", sent_ms=now))
+    r = host.accept(_msg("x", target="nosuch/a", sent_ms=now), _answers.append_for())
     assert r is not None and not r.retry and "does not offer actor type 'nosuch'" in r.reason
-    r = host.accept(_msg("x", sent_ms=now))
+    r = host.accept(_msg("x", sent_ms=now), _answers.append_for())
     assert r is not None and r.retry and "not activated" in r.reason
     w = _Worker("counter/a", 5, host._actors["counter"], clock.monotonic() + 10)
     host._workers["counter/a"] = w
-    assert host.accept(_msg("ok", sent_ms=now)) is None and len(w.inbox) == 1
+    assert host.accept(_msg("ok", sent_ms=now), _answers.append_for()) is None and len(w.inbox) == 1
     w.valid_until = clock.monotonic() - 1  # the lease may have ended: stop taking messages
-    r = host.accept(_msg("y", sent_ms=now))
+    r = host.accept(_msg("y", sent_ms=now), _answers.append_for())
     assert r is not None and r.retry and "lease" in r.reason
     w.valid_until = clock.monotonic() + 10
     w.inbox = [(0, i, _msg(f"f{i}", sent_ms=now)) for i in range(limits.MAX_INBOX_MESSAGES)]
-    r = host.accept(_msg("z", sent_ms=now))
+    r = host.accept(_msg("z", sent_ms=now), _answers.append_for())
     assert r is not None and r.retry and "inbox is full" in r.reason
 
 
@@ -237,6 +237,8 @@ def test_next_takes_the_highest_priority_fifo_within_one_across_both_paths() -> 
     for i, prio in ((0, 5), (1, 7), (2, 0)):
         heapq.heappush(w.inbox, (-prio, 10 + i, _msg(f"f{i}", priority=prio, sent_ms=now)))
     heapq.heappush(w.inbox, (-8, 99, _msg("gone", priority=8, sent_ms=now - 120_000)))
+    answers = _Answers()
+    w.pending[99] = answers.append_for("gone")
     order = []
     while (item := host._next(w)) is not None:
         msg, seq, _ = item
@@ -246,8 +248,9 @@ def test_next_takes_the_highest_priority_fifo_within_one_across_both_paths() -> 
     # f1 (7); then priority 5: the durable path first on a tie, by seq, then the fast one;
     # then 1, then 0 (durable before fast on the tie again); expired ones never handled
     assert order == ["f1", "d4", "d7", "f0", "d8", "d3", "f2"]
-    dead = list(host.router._dead)  # type: ignore[attr-defined]
-    assert [d.message.id for d in dead] == ["gone"] and "expired" in dead[0].reason
+    # The expired one is refused for good to its sending node, which dead-letters it.
+    assert not host.router._dead  # type: ignore[attr-defined]
+    assert [(m, e.split(":")[0], r) for m, e, r in answers.got] == [("gone", "expired", False)]
 
 
 def test_next_skips_seqs_acked_here_until_the_replica_drops_them() -> None:
@@ -399,7 +402,7 @@ def test_a_fast_message_arriving_while_a_deactivation_waits_is_refused_retryable
         d = asyncio.get_running_loop().create_task(host._deactivate(w))
         for _ in range(3):
             await asyncio.sleep(0)
-        refused = host.accept(_msg("late", sent_ms=clock.now_ms()))
+        refused = host.accept(_msg("late", sent_ms=clock.now_ms()), _answers.append_for())
         assert refused is not None and refused.retry and "deactivated" in refused.reason
         gate.set()
         assert await d
@@ -408,25 +411,97 @@ def test_a_fast_message_arriving_while_a_deactivation_waits_is_refused_retryable
     asyncio.run(go())
 
 
-def test_a_newer_epoch_on_the_same_node_keeps_the_fast_inbox() -> None:
+class _Answers:
+    """What the host answered the senders of the fast messages it took: (id, error, retry)."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str, bool]] = []
+
+    def append_for(self, mid: str = "") -> Callable[[str, bool], None]:
+        return lambda error, retry: self.got.append((mid, error, retry))
+
+    def take(self, host: ActorHost, m: Message) -> None:
+        assert host.accept(m, self.append_for(m.id)) is None
+
+
+_answers = _Answers()
+
+
+def test_a_fast_message_is_acked_once_handled_and_given_back_in_order_when_its_activation_stops() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    w = _machine_worker(c, host, "counter/a")
+    answers = _Answers()
+
+    async def go() -> None:
+        for i in range(4):
+            answers.take(host, _msg(f"f{i}", sent_ms=clock.now_ms()))
+        assert answers.got == []  # taken into the inbox is not handled: nothing acked yet
+        assert await _turns(host, w, 2) == 2
+        assert answers.got == [("f0", "", False), ("f1", "", False)]  # acked as each turn ended
+        # The activation stops (its lease moved) while f2, f3 wait: neither forwarded nor
+        # dead-lettered, but given back to their sender (retry), oldest first.
+        host._stop(w, "the cluster no longer has it here")
+        assert [(m, retry) for m, _, retry in answers.got[2:]] == [("f2", True), ("f3", True)]
+        assert all("moved" in e for _, e, _ in answers.got[2:])
+        assert not host.router._dead and w.inbox == [] and not w.pending  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+
+
+def test_a_newer_epoch_on_the_same_node_gives_the_fast_inbox_back_to_be_resent_in_order() -> None:
     c, host, clock = _machine_host()
     c.ok(Activate(c.rid(), c.ts, address="counter/a"))
     epoch = c.act("counter/a").epoch
+    answers = _Answers()
 
     async def go() -> None:
         old = _Worker("counter/a", epoch - 1, host._actors["counter"], clock.monotonic() + 100)
         host._workers["counter/a"] = old
-        m = _msg("waiting", sent_ms=clock.now_ms())
-        heapq.heappush(old.inbox, (0, 1, m))
+        for i in range(3):
+            answers.take(host, _msg(f"w{i}", sent_ms=clock.now_ms()))
         host._ready = lambda: True
         host._reconcile()
         new = host._workers["counter/a"]
         assert new is not old and new.epoch == epoch and old.stopped
-        assert [x for _, _, x in new.inbox] == [m] and not host.router._dead  # type: ignore[attr-defined]
-        host._stop(new, "test over", forward=False)
+        # Given back: the sender resends them (after any it had not sent yet, never behind them).
+        assert [(m, r) for m, _, r in answers.got] == [("w0", True), ("w1", True), ("w2", True)]
+        assert new.inbox == [] and not host.router._dead  # type: ignore[attr-defined]
+        host._stop(new, "test over")
         await asyncio.sleep(0)
 
     asyncio.run(go())
+
+
+def test_a_fast_send_to_the_actors_own_address_does_not_wait_for_its_own_turn() -> None:
+    """A fast send returns once handled; one to the sending actor itself is handled only after
+    the turn that sends it, so the turn does not wait for it (it would wait for itself)."""
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    w = _machine_worker(c, host, "counter/a")
+
+    async def go() -> None:
+        ctx, _ = host._context(w, _msg("m", sent_ms=clock.now_ms()))
+        async with asyncio.timeout(5):
+            sent = await ctx.send("counter/a", "later")
+        await asyncio.sleep(0)
+        lane = host.router._lanes[("counter/a", "counter/a", 0)]  # type: ignore[attr-defined]
+        assert [o.msg.id for o in lane.entries] == [sent.id]  # kept in its lane until handled
+
+    asyncio.run(go())
+
+
+def test_a_fast_message_that_expires_in_the_inbox_is_refused_for_good_to_its_sender() -> None:
+    c, host, clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    w = _machine_worker(c, host, "counter/a")
+    answers = _Answers()
+    m = Message("short", "client:t", "counter/a", payload=1, ttl_ms=50, sent_ms=clock.now_ms())
+    answers.take(host, m)
+    clock.advance(0.1)
+    assert host._next(w) is None
+    assert answers.got and answers.got[0][0] == "short" and answers.got[0][1].startswith("expired")
+    assert not answers.got[0][2] and not w.pending
 
 
 def test_a_turn_sends_nothing_at_once_after_its_lease_may_have_ended() -> None:
@@ -653,6 +728,40 @@ def test_durable_and_fast_publishes_reach_the_declared_type_subscriber(node: Any
     _run(node, node.router.send(_out(node, "p2", topic="news", payload="fast", source="s1")))
     wait_until(
         lambda: (_kv(node, "actors/listener/s1") or {}).get("got") == ["extra", "fast"], 30.0, "the fast one"
+    )
+
+
+def test_fast_messages_waiting_when_their_activation_moves_are_all_handled_in_order(node: Any) -> None:
+    """The activation ends (its lease given up, the node alive) while fast messages wait in its
+    inbox: no send returns before its message was handled, each is handled (in the next
+    activation), in the sender's order; none is dead-lettered or lost."""
+    n = 40
+
+    async def scenario() -> tuple[int, list[int], int]:
+        sends = [
+            asyncio.ensure_future(node.router.send(_out(node, f"mv{i}", "counter/mv", i))) for i in range(n)
+        ]
+        async with asyncio.timeout(30):
+            while (_kv(node, "actors/counter/mv") or {}).get("n", 0) < 2:
+                await asyncio.sleep(0.005)
+            assert not all(t.done() for t in sends)
+            epoch = node.reads.read(lambda st: st.messages.activations["counter/mv"].epoch)
+            cmd = Deactivate(
+                f"d-{uuid.uuid4().hex}", node.clock.now_ms(), node_id="n1", address="counter/mv", epoch=epoch
+            )
+            assert (await node.proposer.propose(cmd)).ok
+            done = await asyncio.gather(*sends)
+        return epoch, done, node.actors.stats["given_back"]
+
+    epoch, done, given_back = _run(node, scenario(), 60.0)
+    assert len(done) == n and given_back >= 1  # some waited when it ended: given back, sent again
+    seen = _kv(node, "actors/counter/mv")["seen"]
+    # In order; one given back from its turn may have committed just before the end (handled
+    # again: at least once), never out of order.
+    assert list(dict.fromkeys(seen)) == list(range(n)) and seen == sorted(seen)
+    assert node.reads.read(lambda st: st.messages.activations["counter/mv"].epoch) > epoch
+    assert not node.reads.read(
+        lambda st: [d for d in st.messages.dead_letters if d.letter.message.target == "counter/mv"]
     )
 
 

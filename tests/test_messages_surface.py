@@ -17,6 +17,7 @@ import pathlib
 import re
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -500,8 +501,17 @@ def test_ttl_sends_what_expires_to_the_dead_letters_on_both_paths(actors3: Local
     m = c.messages
     m.send("slow/d", {"sleep_s": 4}, durable=True, id="d-busy")
     expiring = [m.send("slow/d", {"n": i}, durable=True, ttl_ms=500, id=f"d-exp-{i}").id for i in range(3)]
-    m.send("slow/f", {"sleep_s": 4}, id="f-busy")
-    fast = [m.send("slow/f", {"n": i}, ttl_ms=500, id=f"f-exp-{i}").id for i in range(3)]
+    # A fast send returns once its handler took it: f-busy's returns after its 4 s turn, and
+    # the ones waiting behind it in the inbox expire there: their sends raise, dead-lettered.
+    with ThreadPoolExecutor(4) as pool:
+        busy = pool.submit(m.send, "slow/f", {"sleep_s": 4}, id="f-busy")
+        wait_until(lambda: m.activations("slow/f"), 30, "f-busy to activate slow/f")
+        sends = [pool.submit(m.send, "slow/f", {"n": i}, ttl_ms=500, id=f"f-exp-{i}") for i in range(3)]
+        busy.result(60)
+        for f in sends:
+            with pytest.raises(DeadlineExceeded):
+                f.result(60)
+    fast = [f"f-exp-{i}" for i in range(3)]
 
     def dead() -> dict[str, str]:
         return {d.message.id: d.reason for d in m.dead_letters(limit=100)}
@@ -599,8 +609,9 @@ def test_a_fast_request_retried_after_unavailable_is_a_new_attempt_and_gets_its_
         router = MessageRouter("n1", "inc1", reads, writer, SYSTEM_CLOCK, lambda _n: None)
 
         class Host:
-            def accept(self, m: Message) -> None:
+            def accept(self, m: Message, done: Callable[[str, bool], None]) -> None:
                 taken.append(m)
+                done("", False)
                 answer = Message(
                     f"r-{m.id}", m.target, correlation_id=m.id, reply_to=m.reply_to, payload=len(taken)
                 )

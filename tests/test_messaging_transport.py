@@ -44,7 +44,7 @@ from raftmesh.consensus.results import ActivationChanged, Event, Result, TopicPu
 from raftmesh.errors import DeadlineExceeded, FailedPrecondition
 from raftmesh.localcluster import free_ports
 from raftmesh.messaging import streams
-from raftmesh.messaging.api import Refused
+from raftmesh.messaging.api import Done, Refused
 from raftmesh.messaging.intake import Intake, Verdict
 from raftmesh.messaging.links import TO_ACTOR, Lane, Link, Out
 from raftmesh.messaging.router import MessageRouter
@@ -84,12 +84,21 @@ class Host:
     router: MessageRouter | None = None
     answer: bool = True
     epoch_of: Callable[[str], int] = lambda a: 0
+    hold: bool = False
+    """Keep what it takes unhandled (``holding``) instead of handling it at once."""
+    holding: list[tuple[Message, Done]] = field(default_factory=list)
+    handled: list[Message] = field(default_factory=list)
 
-    def accept(self, msg: Message) -> Refused | None:
+    def accept(self, msg: Message, done: Done) -> Refused | None:
         why = self.refuse(msg)
         if why is not None:
             return why
         self.got.append(msg)
+        if self.hold:
+            self.holding.append((msg, done))
+            return None
+        self.handled.append(msg)
+        done("", False)  # handled at once (the actor host answers when its turn finished)
         if msg.reply_to and self.answer and self.router is not None:
             router = self.router
             reply = Message(
@@ -385,7 +394,7 @@ def test_ttl_expiry_on_either_side_is_a_dead_letter_never_silent() -> None:
         c = await start({"n3": OffsetClock(600_000)})
         try:
             c.activate("echo/late", "n3", 4)
-            with pytest.raises(FailedPrecondition, match="expired"):
+            with pytest.raises(DeadlineExceeded, match="expired"):  # README: a TTL is DeadlineExceeded
                 await c.routers["n1"].send(msg("client:x", "echo/late", 1))
             assert c.routers["n3"].stats["expired_received"] == 1 and not c.hosts["n3"].got
 
@@ -1011,6 +1020,106 @@ def test_a_stream_that_never_greets_is_ended(monkeypatch: pytest.MonkeyPatch) ->
                         async for _ in call:
                             pass
                 assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_an_activation_that_moves_with_messages_unhandled_gets_them_all_in_order() -> None:
+    """Both nodes live: n2 takes five messages and stops before handling them (its lease moved).
+    None of the sends returns before a handler took its message; n2 gives them back (retry),
+    n1 resends them where the target is now, and n3 handles all, once each, in the sender's
+    order, also after newer messages sent straight to n3. Nothing is dead-lettered."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/mv", "n2", 5)
+            c.hosts["n2"].hold = True
+            first = [msg("client:x", "echo/mv", i) for i in range(5)]
+            sends = [asyncio.create_task(c.routers["n1"].send(m)) for m in first]
+            await until(lambda: len(c.hosts["n2"].holding) == 5)
+            await asyncio.sleep(0.05)
+            assert not any(t.done() for t in sends)  # taken into the inbox is not handled
+            # n2's activation stops (by its local lease clock) before n1 learns it moved.
+            c.hosts["n2"].hold = False
+            c.hosts["n2"].refuse = lambda m: Refused("not activated here", retry=True)
+            for _, done in c.hosts["n2"].holding:
+                done("moved: echo/mv stopped on n2", True)
+            await until(lambda: c.routers["n1"].stats["refused_retry"] >= 1)
+            c.activate("echo/mv", "n3", 9)
+            later = [msg("client:x", "echo/mv", i) for i in range(5, 8)]
+            sends += [asyncio.create_task(c.routers["n1"].send(m)) for m in later]
+            async with asyncio.timeout(10):
+                await asyncio.gather(*sends)
+            assert [m.id for m in c.hosts["n3"].handled] == [m.id for m in first + later]
+            assert not c.hosts["n2"].handled
+            assert not any(isinstance(p, RecordDeadLetters) for p in c.proposed)
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_messages_given_back_to_a_newer_epoch_on_the_same_node_are_taken_again_in_order() -> None:
+    """A message given back unhandled is not a duplicate when it comes again (only handled ids
+    are remembered), and nothing of its lane sent since overtakes it."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/same", "n2", 5)
+            c.hosts["n2"].hold = True
+            first = [msg("client:x", "echo/same", i) for i in range(3)]
+            sends = [asyncio.create_task(c.routers["n1"].send(m)) for m in first]
+            await until(lambda: len(c.hosts["n2"].holding) == 3)
+            c.hosts["n2"].hold = False
+            held, c.hosts["n2"].holding = c.hosts["n2"].holding, []
+            held[0][1]("", False)  # the first one was handled before the activation stopped
+            for _, done in held[1:]:
+                done("moved: a newer epoch of echo/same started on n2", True)
+            c.activate("echo/same", "n2", 6)
+            sends.append(asyncio.create_task(c.routers["n1"].send(msg("client:x", "echo/same", 3))))
+            async with asyncio.timeout(10):
+                await asyncio.gather(*sends)
+            got = [m.payload for m in c.hosts["n2"].got]
+            assert got == [0, 1, 2, 1, 2, 3] and [m.payload for m in c.hosts["n2"].handled] == [1, 2, 3]
+            assert c.routers["n2"].stats["duplicates"] == 0
+            assert not any(isinstance(p, RecordDeadLetters) for p in c.proposed)
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_a_copy_of_a_message_held_unhandled_is_answered_once_it_is_handled() -> None:
+    """The stream breaks while n2 holds a message: n1 sends it again; n2 neither delivers the
+    copy nor acks it before the handler took the first (an ack means handled)."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/slow", "n2", 5)
+            c.hosts["n2"].hold = True
+            m = msg("client:x", "echo/slow", 1)
+            send = asyncio.create_task(c.routers["n1"].send(m))
+            await until(lambda: len(c.hosts["n2"].holding) == 1)
+            opened = c.routers["n1"].stats["sessions_opened"]
+            link = c.routers["n1"]._links["n2"]
+            c.routers["n1"]._streams._aborts["n2"]()  # cut the stream n1 dialled
+            await until(lambda: c.routers["n1"].stats["sessions_opened"] > opened and link.connected)
+            await until(
+                lambda: (
+                    c.routers["n2"].stats["duplicates"] + len(c.routers["n2"]._held[(m.id, m.target)]) >= 2
+                )
+            )
+            await asyncio.sleep(0.1)
+            assert not send.done() and len(c.hosts["n2"].got) == 1
+            c.hosts["n2"].holding[0][1]("", False)
+            async with asyncio.timeout(10):
+                await send
+            assert len(c.hosts["n2"].got) == 1 and not c.routers["n2"]._held
         finally:
             await c.stop()
 

@@ -5,7 +5,9 @@ activations of this node's incarnation in the local replica with the workers it 
 starts what is missing and stops what moved or expired. One worker per activation
 handles one message at a time (a turn): the highest priority first among its durable
 mailbox (in the replica, sequence order within a priority) and its fast inbox (what the
-router hands over through ``accept``, arrival order within a priority).
+router hands over through ``accept``, arrival order within a priority). A fast message is
+acknowledged to its sender only once handled (``done``); an activation that stops gives
+the ones it has not handled back to their senders (retryable), who resend them in order.
 
 A turn commits as ONE ``AckMessage`` carrying the mailbox ack (``seq``; 0 for a fast
 message), the KV writes (``ctx.kv``, and ``ctx.state`` saved under ``actors/TYPE/KEY``
@@ -72,7 +74,7 @@ from ..consensus.results import (
 )
 from ..consensus.state import ClusterState
 from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, StaleToken
-from ..messaging.api import Refused
+from ..messaging.api import Done, Refused
 from ._messaging import ERROR_REPLY_TYPE, Messenger, Router, derived_message_id, error_payload
 from ._registry import ActorDef, AgentRegistry
 from ._task_clients import Reader, Writer
@@ -319,6 +321,9 @@ class _Worker:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     inbox: list[tuple[int, int, Message]] = field(default_factory=list)
     """Heap of (-priority, arrival, message): the fast messages waiting for a turn."""
+    pending: dict[int, Done] = field(default_factory=dict)
+    """arrival -> how to answer a fast message's sender: those in the inbox and the one in its
+    turn. Acked once handled; given back (retry) if the activation stops first."""
     handled: dict[int, None] = field(default_factory=dict)
     """Durable seqs acked here that the replica may still show queued."""
     failures: dict[str, int] = field(default_factory=dict)
@@ -374,8 +379,6 @@ class ActorHost:
         self._wake = asyncio.Event()
         self._renew_now = asyncio.Event()
         self._arrivals = itertools.count()
-        self._forwarding: set[asyncio.Task[None]] = set()
-        """Fast messages of a stopped worker being sent on to the address's next activation."""
         self.stats: dict[str, int] = {
             "turns": 0,
             "acks": 0,
@@ -387,7 +390,7 @@ class ActorHost:
             "activated": 0,
             "deactivated": 0,
             "refused": 0,
-            "forwarded": 0,
+            "given_back": 0,
         }
 
     # ---- what the router and the runtime call --------------------------------------
@@ -430,8 +433,9 @@ class ActorHost:
         """address -> epoch of the workers running here."""
         return {a: w.epoch for a, w in self._workers.items()}
 
-    def accept(self, msg: Message) -> Refused | None:
-        """Take a fast message for an activation held here into its inbox, or say why not."""
+    def accept(self, msg: Message, done: Done) -> Refused | None:
+        """Take a fast message for an activation held here into its inbox, or say why not.
+        ``done`` answers its sender once it is handled (or given back: the activation stopped)."""
         if msg.expires_ms and msg.expires_ms <= self._clock.now_ms():
             return self._refuse("expired before it was handled", False)
         kind, _ = split_address(msg.target)
@@ -449,9 +453,17 @@ class ActorHost:
             return self._refuse(f"{msg.target}'s lease on node {self.node_id} is not renewed", True)
         if len(w.inbox) >= limits.MAX_INBOX_MESSAGES:
             return self._refuse(f"{msg.target}'s inbox is full ({limits.MAX_INBOX_MESSAGES})", True)
-        heapq.heappush(w.inbox, (-msg.priority, next(self._arrivals), msg))
+        arrival = next(self._arrivals)
+        heapq.heappush(w.inbox, (-msg.priority, arrival, msg))
+        w.pending[arrival] = done
         w.wake.set()
         return None
+
+    def _settle(self, w: _Worker, arrival: int, error: str = "", retry: bool = False) -> None:
+        """Answer the sender of fast message ``arrival`` ("" : handled)."""
+        done = w.pending.pop(arrival, None)
+        if done is not None:
+            done(error, retry)
 
     def _refuse(self, reason: str, retry: bool) -> Refused:
         self.stats["refused"] += 1
@@ -476,10 +488,10 @@ class ActorHost:
                 except Exception:
                     log.exception("actor host reconcile failed")
         finally:
-            for t in helpers + list(self._forwarding):
+            for t in helpers:
                 t.cancel()
             for w in list(self._workers.values()):
-                self._stop(w, "the node is stopping", forward=False)
+                self._stop(w, "the node is stopping")
 
     # ---- reconcile ----------------------------------------------------------------------
 
@@ -515,13 +527,9 @@ class ActorHost:
         if not self._ready():
             return
         plan = self._reads.read(self.decide)
-        restarted = {a.address for a in plan.start}
-        carried: dict[str, list[tuple[int, int, Message]]] = {}
         for address in plan.stop:
             w = self._workers.get(address)
             if w is not None:
-                if address in restarted:  # a newer epoch here: its fast messages stay here
-                    carried[address], w.inbox = w.inbox, []
                 self._stop(w, "the cluster no longer has it here")
         now_ms, mono = self._clock.now_ms(), self._clock.monotonic()
         for a in plan.start:
@@ -535,7 +543,6 @@ class ActorHost:
                 mono + left_ms / 1000 - LEASE_MARGIN_S,
             )
             w.last_active = mono
-            w.inbox = carried.pop(a.address, [])
             self._workers[a.address] = w
             w.task = asyncio.get_running_loop().create_task(self._work(w), name=f"actor {a.address}")
             self.stats["activated"] += 1
@@ -545,7 +552,7 @@ class ActorHost:
         for address in plan.wake:
             self._workers[address].wake.set()
 
-    def _stop(self, w: _Worker, why: str, forward: bool = True) -> None:
+    def _stop(self, w: _Worker, why: str) -> None:
         if self._workers.get(w.address) is w:
             del self._workers[w.address]
         if w.stopped:
@@ -556,33 +563,16 @@ class ActorHost:
             w.task.cancel()
         for t in list(w.inflight):  # fenced anyway: the activation is not ours any more
             t.cancel()
-        # Accepted (the sender's router will not resend them): sent on to wherever the address
-        # is activated next, through this node's router; dead-lettered only if that fails or
-        # the node is stopping. Never silently.
-        msgs = [m for _, _, m in sorted(w.inbox, key=lambda e: e[:2])]
+        # Its fast messages not handled yet (the inbox, the one in its turn) were never acked:
+        # given back, oldest first, so their senders resend them in their order to wherever
+        # the address is activated next (this node's newer epoch included).
         w.inbox.clear()
-        if msgs and forward and self._router is not None:
-            self._forward(msgs, f"{w.address} was deactivated on {self.node_id} ({why})")
-        else:
-            for msg in msgs:
-                self._dead_letter(
-                    msg, f"undeliverable: {w.address} was deactivated on {self.node_id} ({why})"
-                )
-
-    def _forward(self, msgs: list[Message], why: str) -> None:
-        async def go() -> None:
-            for msg in msgs:
-                try:
-                    await self.router.send(msg)
-                    self.stats["forwarded"] += 1
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._dead_letter(msg, f"undeliverable: {why}; not sent on: {exc}")
-
-        t = asyncio.get_running_loop().create_task(go(), name=f"forward {len(msgs)} from {self.node_id}")
-        self._forwarding.add(t)
-        t.add_done_callback(self._forwarding.discard)
+        pending, w.pending = w.pending, {}
+        self.stats["given_back"] += len(pending)
+        for arrival in sorted(pending):
+            pending[arrival](
+                f"moved: {w.address} (epoch {w.epoch}) stopped on node {self.node_id} ({why})", True
+            )
 
     # ---- one activation -----------------------------------------------------------------
 
@@ -714,8 +704,9 @@ class ActorHost:
 
         durable = self._reads.read(pick)
         while w.inbox and w.inbox[0][2].expires_ms <= now_ms:
-            _, _, late = heapq.heappop(w.inbox)
-            self._dead_letter(late, "expired before it was handled")
+            _, late, _ = heapq.heappop(w.inbox)
+            # Refused for good: its sender dead-letters it and its send raises.
+            self._settle(w, late, f"expired: its TTL passed in {w.address}'s inbox on node {self.node_id}")
         if w.inbox and (durable is None or -w.inbox[0][0] > durable[0].priority):
             _, arrival, msg = heapq.heappop(w.inbox)
             return msg, 0, arrival
@@ -798,9 +789,7 @@ class ActorHost:
                 # Not the handler's fault: the turn runs again once the lease is renewed (or the
                 # next activation handles the message). A fast one goes back to the inbox.
                 log.info("actor %s: turn of %s ended: %s", w.address, msg.id, exc)
-                if seq == 0 and w.stopped:
-                    self._forward([msg], f"{w.address} stopped on {self.node_id} during its turn")
-                elif seq == 0:
+                if seq == 0 and not w.stopped:  # (a stopped worker gave it back)
                     heapq.heappush(w.inbox, (-msg.priority, arrival, msg))
                 return
             await self._handler_failed(w, msg, seq, arrival, exc)
@@ -809,6 +798,7 @@ class ActorHost:
             self._succeeded(w, msg)
             if reply is not None:
                 self.router.reply(reply)
+            self._settle(w, arrival)
             return
         cmd = AckMessage(
             f"ack-{uuid.uuid4().hex}",
@@ -837,11 +827,15 @@ class ActorHost:
                 self.stats["acks_not_applied"] += 1
                 w.state = self._load_state(w.address)
                 w.saved = copy.deepcopy(w.state)
+                if seq == 0:
+                    self._settle(w, arrival)
                 return
             if state_key(w.address) in ops:
                 w.saved = copy.deepcopy(state)
             if reply is not None and not msg.durable:
                 self.router.reply(reply)
+            if seq == 0:
+                self._settle(w, arrival)
             return
         # Rejected, not fenced: the turn's effects are not acceptable. A full mailbox or KV is
         # back-pressure: the turn is tried again later, until the message's TTL ends it. Any
@@ -970,12 +964,14 @@ class ActorHost:
             self._dead_letter(msg, reason)
         if reply is not None and not msg.durable:
             self.router.reply(reply)
+        if seq == 0:  # given up on, recorded: handled as far as its sender is concerned
+            self._settle(w, arrival)
 
     async def _deactivate(self, w: _Worker) -> bool:
         """Give an idle activation up (refused while durable messages wait for it).
 
         ``accept`` refuses (retryable) from the first line on: a fast message taken while the
-        last acks commit would otherwise be dead-lettered with the worker."""
+        last acks commit would otherwise only be given back when the worker stops."""
         w.deactivating = True
         try:
             if w.inflight:

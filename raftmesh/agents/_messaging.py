@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -22,6 +23,8 @@ from ..consensus.commands import Fence, Message
 from ..consensus.messages import message_error
 from ..errors import DeadlineExceeded, InvalidArgument, RaftmeshError, StaleToken
 from ..messaging.api import Sent
+
+log = logging.getLogger(__name__)
 
 ERROR_REPLY_TYPE = "raftmesh.error"
 """The ``type`` of a reply telling the requester that the handler raised (payload
@@ -66,6 +69,11 @@ def reply_payload(reply: Message) -> Any:
         err = reply.payload.get("error") if isinstance(reply.payload, dict) else None
         raise HandlerError(f"{reply.sender or 'the handler'} failed: {err or reply.payload!r}")
     return reply.payload
+
+
+def _not_sent(f: asyncio.Future[Sent]) -> None:
+    if not f.cancelled() and f.exception() is not None:
+        log.warning("a fast message an actor sent itself was not delivered: %s", f.exception())
 
 
 class Messenger:
@@ -147,6 +155,13 @@ class Messenger:
             self.buffer.append(msg)
             return Sent(msg.id)
         self._check_lease()
+        if not msg.durable and self.fence is not None and msg.target == self.fence.actor:
+            # To the sending activation itself: a fast send returns once handled, and this one
+            # is handled after the turn that sends it, so it is not waited for (the router
+            # keeps it in its lane; it dead-letters it if it cannot be delivered).
+            sending = asyncio.ensure_future(self._router.send(msg, self.fence))
+            sending.add_done_callback(_not_sent)
+            return Sent(msg.id, 0, (msg.target,))
         return await self._router.send(msg, self.fence)
 
     async def send(

@@ -24,9 +24,10 @@ Invariants (each must be 0):
   of an older epoch that started after a newer epoch's turn and still committed (two
   activations handling at once), two committed turns from one state (the same ``n``), and
   from the log: an applied ack of a stale epoch, a grant while another lease still ran;
-- fast-path losses not explained: an acknowledged fast message with no effect and no dead
-  letter is explained only if the node that held its target's activation then was killed
-  (the promise holds "while sender and target nodes live"); those are counted;
+- acknowledged fast messages lost: a fast send or request is acknowledged only once its
+  handler took it (its turn's ack committed), so one acknowledged with no effect and no
+  dead letter is lost, whichever node died (a message whose sending node died is not
+  acknowledged: its call's outcome is unknown);
 - expired messages delivered: a turn that started after its message's expiry (fast: with
   ``FAST_EXPIRY_SLACK_MS`` for the steps between the host's check and the handler's first
   line; durable: none, the ack commits after the turn started), or a durable ack the log
@@ -42,13 +43,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..verify.message_audit import ActivationSpan, MessageAudit
+from ..verify.message_audit import MessageAudit
 from .agents import relayed_id
 from .checker import Invariant
 
@@ -60,7 +60,7 @@ MSG_TWICE = "handler effects applied twice"
 MSG_REORDERED_DURABLE = "per-sender reordering on the durable path"
 MSG_REORDERED_FAST = "per-sender reordering on the fast path"
 MSG_DOUBLE = "double activations"
-MSG_FAST_LOST = "fast-path losses not explained by a node's death"
+MSG_FAST_LOST = "acknowledged fast messages lost"
 MSG_EXPIRED = "expired messages delivered"
 MSG_REPLY = "replies to requests whose effect did not commit"
 MSG_PHANTOM = "effects of messages never sent or refused"
@@ -211,9 +211,6 @@ def check_messages(
     dead_by_mid: dict[str, list[DeadRecord]] = {}
     for d in dead:
         dead_by_mid.setdefault(d.mid, []).append(d)
-    spans: dict[str, list[ActivationSpan]] = {}
-    for s in audit.spans if audit is not None else ():
-        spans.setdefault(s.address, []).append(s)
     by_address: dict[str, list[Effect]] = {}
     for e in effects:
         by_address.setdefault(e.address, []).append(e)
@@ -231,14 +228,12 @@ def check_messages(
         "unknown_without_effect": 0,
         "fast_redelivered_after_move": 0,
         "fast_redelivered_examples": [],
-        "fast_lost_explained": 0,
-        "fast_lost_explanations": [],
         "latest_fast_start_after_expiry_ms": 0,
         "ordered_pairs_checked": Counter(),
         "relayed": len(relayed),
     }
     known = {c.mid: c for c in calls}
-    _check_calls(calls, by_mid, dead_by_mid, set(queued), spans, by_address, kills, inv, stats)
+    _check_calls(calls, by_mid, dead_by_mid, set(queued), kills, inv, stats)
     _check_order(calls, by_mid, inv, stats)
     _check_addresses(by_address, inv)
     expired: dict[str, str] = {}
@@ -288,8 +283,6 @@ def _check_calls(
     by_mid: Mapping[str, list[Effect]],
     dead_by_mid: Mapping[str, list[DeadRecord]],
     queued: set[str],
-    spans: Mapping[str, list[ActivationSpan]],
-    by_address: Mapping[str, list[Effect]],
     kills: Sequence[Kill],
     inv: dict[str, Invariant],
     stats: dict[str, Any],
@@ -326,16 +319,9 @@ def _check_calls(
                 f"{c.mid} to {c.target} ({c.kind}, acknowledged at {c.return_ms}): no effect, no dead letter"
             )
             continue
-        why = _explain_fast_loss(c, spans.get(c.target, []), by_address.get(c.target, []), kills)
-        if why:
-            stats["fast_lost_explained"] += 1
-            if len(stats["fast_lost_explanations"]) < 5:
-                stats["fast_lost_explanations"].append(f"{c.mid} to {c.target}: {why}")
-        else:
-            inv[MSG_FAST_LOST].add(
-                f"{c.mid} to {c.target} (acknowledged at {c.return_ms}): no effect, no dead letter,"
-                " and no node holding its target was killed"
-            )
+        inv[MSG_FAST_LOST].add(
+            f"{c.mid} to {c.target} (fast {c.kind}, acknowledged at {c.return_ms}): no effect, no dead letter"
+        )
 
 
 def _duplicates(
@@ -374,30 +360,6 @@ def _check_reply(c: MessageCall, effs: list[Effect], inv: dict[str, Invariant]) 
         )
     elif c.reply_epoch and c.reply_epoch != epoch:
         inv[MSG_REPLY].add(f"{c.mid}: the reply message says epoch {c.reply_epoch}, its turn ran at {epoch}")
-
-
-def _explain_fast_loss(
-    c: MessageCall, spans: Sequence[ActivationSpan], effs: Sequence[Effect], kills: Sequence[Kill]
-) -> str:
-    """Why an acknowledged fast message could be lost: the node that held its target's activation
-    when it was accepted was killed afterwards. From the log's activation spans if audited, else
-    from the nodes of the target's effects around it."""
-    nodes: dict[str, float]
-    if spans:
-        nodes = {}
-        for s in spans:
-            end = math.inf if s.end == math.inf else s.end_ms
-            if s.start_ms <= c.return_ms and end >= c.call_ms:
-                nodes[s.node] = max(nodes.get(s.node, 0), end)
-    else:
-        before = [e for e in effs if e.start_ms <= c.return_ms]
-        after = [e for e in effs if e.start_ms > c.call_ms]
-        nodes = {e.node: math.inf for e in before[-1:] + after[:1]}
-    for k in kills:
-        held_until = nodes.get(k.node)
-        if held_until is not None and c.call_ms <= k.at_ms <= held_until:
-            return f"{k.node}, which held it, was killed at {k.at_ms}"
-    return ""
 
 
 def _check_order(

@@ -272,8 +272,6 @@ def _message_lines(mc: MessageCheck, w: dict[str, Any]) -> list[str]:
         f" that did not {s.get('unknown_without_effect', 0)}",
         f"  dead letters: {_counts(s.get('dead_letters', {}))}; acknowledged messages dead-lettered instead of"
         f" handled: {_counts(s.get('dead_lettered_acknowledged', {}))}",
-        f"  fast-path losses explained by the death of the node holding them: {s.get('fast_lost_explained', 0)}",
-        *(f"    {x}" for x in s.get("fast_lost_explanations", [])),
         f"  fast messages handled again after their target moved (at least once):"
         f" {s.get('fast_redelivered_after_move', 0)}",
         *(f"    {x}" for x in s.get("fast_redelivered_examples", [])),

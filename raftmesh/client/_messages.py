@@ -171,7 +171,7 @@ class MessagesClient:
     def _send(self, m: pb.AgentMessage) -> Sent:
         if m.durable:
             timeout_s = self._c.timeout_s
-        else:  # a fast send is answered once the target's node took it, or when its TTL ran out
+        else:  # a fast send is answered once the target's handler took it, or when its TTL ran out
             timeout_s = (m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS) / 1000 + REPLY_MARGIN_S
         resp: pb.SendMessageResponse = self._call(
             "Send", pb.SendMessageRequest(message=m), timeout_s, retry_deadline=m.durable
@@ -191,7 +191,7 @@ class MessagesClient:
     ) -> Sent:
         """Send ``payload`` (bytes or a JSON value) to the actor ``target`` (``TYPE/KEY``).
 
-        Fast (default): returns once the target's node accepted it. ``durable``: once it is
+        Fast (default): returns once the target's handler took it (its turn done). ``durable``: once it is
         committed to the target's mailbox (``Sent.seq``); the same ``id`` sent again is the same
         message. Raises ``ResourceExhausted`` for a full mailbox, ``FailedPrecondition`` if no
         node ever offered the actor type, ``DeadlineExceeded`` if a fast message's TTL ran out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,10 +28,19 @@ class Refused:
     retry: bool
 
 
+Done = Callable[[str, bool], None]
+"""``done(error, retry)``: what became of a fast message the actor host took. ``("", False)``:
+handled (its turn finished, its ack committed if it had effects, a request's reply sent);
+``(reason, True)``: given back unhandled (its activation stopped: the sender resends it to
+wherever the target is then); ``(reason, False)``: refused for good (expired in the inbox)."""
+
+
 class Deliver(Protocol):
     """The node's actor host, as the router sees it (``raftmesh.agents._actors.ActorHost``)."""
 
-    def accept(self, msg: Message) -> Refused | None:
+    def accept(self, msg: Message, done: Done) -> Refused | None:
         """Take a fast-path message for an activation this node holds into its inbox (None),
-        or say why not. Called on the event loop; never blocks."""
+        or say why not. Called on the event loop; never blocks. A message taken is
+        acknowledged to its sender only when the host calls ``done`` (exactly once; on the
+        loop), so until its handler took it the sending node keeps it and resends it."""
         ...

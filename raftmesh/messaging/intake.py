@@ -10,6 +10,12 @@ know (new, or forgotten: ``limits.MAX_RECEIVE_LANES``) starts at ``base``. Messa
 seen recently (``limits.SEEN_MESSAGE_IDS``) are the second guard against duplicates
 (unordered messages: replies and topic broadcasts, and lanes that were forgotten).
 
+A message delivered to the actor host is PENDING until its handler took it (``handled``:
+its id is remembered, the sender is answered) or the host refuses it back (``refused``:
+its activation stopped; the lane goes back to it, so the sender's resend is taken again
+and nothing of that lane after it is taken before it). A copy that arrives while it is
+pending is answered neither way (``PENDING``): the answer comes when it is settled.
+
 No I/O and no clock of its own: the router passes ``now_ms``.
 """
 
@@ -31,11 +37,14 @@ class Verdict:
     deliver: bool
     error: str = ""
     retry: bool = False
+    pending: bool = False
+    """A copy of a message the actor host holds unhandled: answered once it is settled."""
 
 
 DELIVER = Verdict(True)
 DUPLICATE = Verdict(False)
 OUT_OF_ORDER = Verdict(False, "out of order: an earlier message of this lane is missing", True)
+PENDING = Verdict(False, pending=True)
 
 
 class Intake:
@@ -44,6 +53,8 @@ class Intake:
     ) -> None:
         self._next: OrderedDict[LaneKey, int] = OrderedDict()
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.pending: dict[tuple[str, str], None] = {}
+        """Delivered, not yet handled (bounded by the actor host's inboxes)."""
         self._max_lanes = max_lanes
         self._max_seen = max_seen
         self.duplicates = 0
@@ -51,6 +62,8 @@ class Intake:
 
     def check(self, lane: LaneKey | None, seq: int, base: int, dedup_key: tuple[str, str]) -> Verdict:
         """Whether the message may be delivered now (``lane`` None: an unordered message)."""
+        if dedup_key in self.pending:
+            return PENDING
         if lane is None or seq == 0:
             if dedup_key in self._seen:
                 self.duplicates += 1
@@ -81,6 +94,27 @@ class Intake:
             self._next.move_to_end(lane)
             if len(self._next) > self._max_lanes:
                 self._next.popitem(last=False)
+
+    def delivered(self, lane: LaneKey, seq: int, dedup_key: tuple[str, str]) -> None:
+        """Handed to the actor host, not handled yet: the lane moves past it, its id is pending."""
+        self.pending[dedup_key] = None
+        self.moved_past(lane, seq)
+
+    def handled(self, dedup_key: tuple[str, str]) -> None:
+        """The handler took it: a copy from now on is a duplicate."""
+        if self.pending.pop(dedup_key, 0) is None:
+            self._seen[dedup_key] = None
+            if len(self._seen) > self._max_seen:
+                self._seen.popitem(last=False)
+
+    def refused(self, lane: LaneKey, seq: int, dedup_key: tuple[str, str], retry: bool) -> None:
+        """The actor host gave it back unhandled: with ``retry`` the lane expects it again (the
+        sender resends from it), so no later message of the lane is taken before it."""
+        self.pending.pop(dedup_key, None)
+        if retry and seq:
+            nxt = self._next.get(lane)
+            if nxt is not None and nxt > seq:
+                self._next[lane] = seq
 
     def moved_past(self, lane: LaneKey | None, seq: int) -> None:
         """A message refused for good (expired, invalid): later ones of its lane may come in."""

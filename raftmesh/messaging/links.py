@@ -137,6 +137,8 @@ class Link:
         """This node's client stream topics, to tell the peer in the next frame (None: told)."""
         self.peer_topics: frozenset[str] = frozenset()
         """The topics the peer has client streams for (its fast publishes' broadcasts go there)."""
+        self.ping = False
+        """Send a frame even if empty (this node holds the peer's messages unhandled: unacked)."""
 
     @property
     def connected(self) -> bool:
@@ -259,6 +261,7 @@ class Link:
 
     def frame(self, node_id: str, incarnation: str, outs: list[Out], acks: list[pb.PeerAck]) -> pb.PeerFrame:
         f = pb.PeerFrame(node_id=node_id, incarnation=incarnation, acks=acks)
+        self.ping = False
         if self.topics_out is not None:
             f.topics.extend(self.topics_out)
             f.topics_sent = True

@@ -64,6 +64,9 @@ RETRY_MIN_S = 0.005
 RETRY_MAX_S = 1.0
 """Backoff of a lane after a refusal with ``retry`` (moved, not activated yet, inbox full)."""
 ACTIVATE_TIMEOUT_S = 5.0
+HOLD_PING_S = 1.0
+"""While the actor host holds fast messages unhandled (unacked), an empty frame goes to every
+peer this often, so a slow handler does not look like a dead stream (``ACK_SILENCE_S``)."""
 NO_ROOM_RECHECK_S = (0.5, 4.0)
 """While the replica says no node can take an address, it is checked again on every membership or
 activation change, and at least this often (doubling): no ``Activate`` goes to the log for it."""
@@ -128,7 +131,8 @@ class MessageRouter:
     - ``send``: durable -> one ``SendMessages`` command (committed when it returns); fast ->
       resolve the target's activation from the local replica (``Activate`` through the log if
       it has none), then over the peer stream to that node (or straight to the local actor
-      host), returning once that node accepted it. Retries with backoff while the target
+      host), returning once the target's handler took it (its turn finished, its effects
+      committed: the receiving node acks only then). Retries with backoff while the target
       moves or its inbox is full; past the TTL the message is dead-lettered
       (``RecordDeadLetters``) and ``send`` raises ``DeadlineExceeded``.
     - ``request``: ``send`` with ``reply_to`` this node, then wait for the reply (fast: from the
@@ -181,6 +185,9 @@ class MessageRouter:
         self._lanes: dict[tuple[str, str, int], Lane] = {}
         self._by_target: dict[str, dict[Lane, None]] = {}
         self._intake = Intake()
+        self._held: dict[tuple[str, str], list[Callable[[str, bool], None]]] = {}
+        """(message id, target) -> the answers owed for a message the actor host holds
+        unhandled (one per copy received while it is held)."""
         self._topics = TopicStreams(reads, self._topics_changed)
         self._waiting: dict[str, _Waiter] = {}
         self._activating: dict[str, asyncio.Task[None]] = {}
@@ -262,12 +269,22 @@ class MessageRouter:
     async def _maintain(self) -> None:
         """Dials every member with a larger id, drops stuck streams, expires waiting messages."""
         loop = asyncio.get_running_loop()
+        last_ping = 0.0
         while True:
             members = self._reads.read(lambda st: [m for m in st.members if m != self.node_id])
             for peer in members:
                 if peer > self.node_id:
                     self._link(peer)
-            self._streams.check_silence(list(self._links.values()), loop.time())
+            now = loop.time()
+            if self._held and now - last_ping >= HOLD_PING_S:
+                # Messages held unhandled are not acked yet: tell their senders this node lives
+                # (a sender hearing nothing for ACK_SILENCE_S drops the stream and resends).
+                last_ping = now
+                for link in self._links.values():
+                    if link.session:
+                        link.ping = True
+                        link.kick()
+            self._streams.check_silence(list(self._links.values()), now)
             self._expire(self._clock.now_ms())
             await asyncio.sleep(MAINTAIN_INTERVAL_S)
 
@@ -543,7 +560,10 @@ class MessageRouter:
         if not error:
             self._done(o)
         elif not retry:
-            self._give_up(o, error)
+            expired = error.startswith("expired")  # the receiver found its TTL passed
+            self._give_up(
+                o, error, DeadlineExceeded(f"message {o.msg.id!r}: {_reason(error)}") if expired else None
+            )
         elif o.inflight > 0 or o.waiting:
             pass  # a later transmission of it will be answered
         else:
@@ -657,7 +677,7 @@ class MessageRouter:
 
     def dead_letter(self, msg: Message, reason: str) -> None:
         """Record a fast-path message this node gave up on (batched into ``RecordDeadLetters``);
-        the actor host calls it too, for one that expired in an inbox."""
+        the actor host calls it too, for one whose handler failed for good."""
         self.stats["dead_lettered"] += 1
         if len(self._dead) >= limits.MAX_PENDING_DEAD_LETTERS:
             self._dead.popleft()
@@ -693,9 +713,18 @@ class MessageRouter:
     # ---- receiving ------------------------------------------------------------------
 
     def _receive(
-        self, node: str, incarnation: str, msg: Message, kind: int, seq: int, base: int
-    ) -> tuple[str, bool]:
-        """(error, retry) for one message from ``node`` ("" : taken, or a duplicate of one taken)."""
+        self,
+        node: str,
+        incarnation: str,
+        msg: Message,
+        kind: int,
+        seq: int,
+        base: int,
+        answer: Callable[[str, bool], None],
+    ) -> tuple[str, bool] | None:
+        """(error, retry) for one message from ``node`` ("" : handled, or a duplicate of one
+        handled); None: the actor host holds it (or a copy) unhandled, ``answer`` is called
+        once its handler took it or the host gave it back (an ack means handled)."""
         intake = self._intake
         if kind == REPLY:
             key = ("reply", msg.correlation_id)
@@ -713,6 +742,9 @@ class MessageRouter:
         dedup = (msg.id, msg.target)
         v = intake.check(lane, seq, base, dedup)
         if not v.deliver:
+            if v.pending:
+                self._held[dedup].append(answer)
+                return None
             if v.retry:
                 self.stats["out_of_order"] += 1
             else:
@@ -725,23 +757,44 @@ class MessageRouter:
         deliver = self._deliver
         if deliver is None:
             return f"node {self.node_id} has no actor host yet", True
+        answers = [answer]
+
+        def done(error: str, retry: bool) -> None:
+            if self._held.pop(dedup, None) is not answers:
+                return  # settled already
+            if dedup in intake.pending:
+                if error:
+                    intake.refused(lane, seq, dedup, retry)
+                else:
+                    intake.handled(dedup)
+            elif not error:  # settled within accept
+                intake.taken(lane, seq, dedup)
+            elif not retry:
+                intake.moved_past(lane, seq)
+            for a in answers:
+                a(error, retry)
+
+        self._held[dedup] = answers
         try:
-            refused = deliver.accept(msg)
+            refused = deliver.accept(msg, done)
         except Exception as exc:
             log.exception("actor host failed to take %s", msg.id)
+            self._held.pop(dedup, None)
             intake.moved_past(lane, seq)
             return f"undeliverable: the actor host on node {self.node_id} failed: {exc}", False
         if refused is None:
-            intake.taken(lane, seq, dedup)
             self.stats["delivered"] += 1
-            return "", False
+            if self._held.get(dedup) is answers:  # not settled within accept
+                intake.delivered(lane, seq, dedup)
+            return None
+        self._held.pop(dedup, None)
         if not refused.retry:
             intake.moved_past(lane, seq)
         return refused.reason, refused.retry
 
     def _take_remote(
-        self, link: Link, m: pb.AgentMessage, kind: int, seq: int, base: int
-    ) -> tuple[str, bool]:
+        self, link: Link, m: pb.AgentMessage, kind: int, seq: int, base: int, tag: int
+    ) -> tuple[str, bool] | None:
         try:
             msg = message_from_pb(m)
         except InvalidArgument as exc:
@@ -756,7 +809,9 @@ class MessageRouter:
             why = f"unknown message kind {kind}"
         if why:
             return f"invalid message: {why}", False
-        return self._receive(link.peer, link.peer_incarnation, msg, kind, seq, base)
+        return self._receive(
+            link.peer, link.peer_incarnation, msg, kind, seq, base, _later(link, msg.id, tag)
+        )
 
     def _on_frame(self, link: Link, f: pb.PeerFrame) -> None:
         if f.node_id != link.peer:
@@ -778,8 +833,10 @@ class MessageRouter:
             acks = link.acks
             for i in range(n):
                 m = f.messages[i]
-                error, retry = self._take_remote(link, m, f.kinds[i], f.lane_seqs[i], f.lane_bases[i])
-                acks.append(pb.PeerAck(id=m.id, error=error, retry=retry, tag=f.tags[i]))
+                tag = f.tags[i]
+                out = self._take_remote(link, m, f.kinds[i], f.lane_seqs[i], f.lane_bases[i], tag)
+                if out is not None:  # else answered once its handler took it (``_later``)
+                    acks.append(pb.PeerAck(id=m.id, error=out[0], retry=out[1], tag=tag))
             if len(acks) >= limits.MAX_PENDING_ACKS:
                 link.acks_room.clear()
             link.kick()
@@ -827,8 +884,20 @@ class MessageRouter:
             outs, _ = link.take(self._expiry_check())
             for o in outs:
                 base = o.lane.base() if o.lane is not None else 0
-                error, retry = self._receive(self.node_id, self.incarnation, o.msg, o.kind, o.seq, base)
-                self._on_ack(link, o.tag, error, retry)
+                out = self._receive(
+                    self.node_id,
+                    self.incarnation,
+                    o.msg,
+                    o.kind,
+                    o.seq,
+                    base,
+                    self._local_answer(link, o.tag),
+                )
+                if out is not None:
+                    self._on_ack(link, o.tag, *out)
+
+    def _local_answer(self, link: Link, tag: int) -> Callable[[str, bool], None]:
+        return lambda error, retry: self._on_ack(link, tag, error, retry)
 
     def _topics_changed(self) -> None:
         topics = self._topics.topics()
@@ -914,6 +983,18 @@ class MessageRouter:
             topic_streams=self._topics.count,
         )
         return out
+
+
+def _later(link: Link, message_id: str, tag: int) -> Callable[[str, bool], None]:
+    """The ack of a message the actor host holds, sent in the link's next frame once settled."""
+
+    def answer(error: str, retry: bool) -> None:
+        link.acks.append(pb.PeerAck(id=message_id, error=error, retry=retry, tag=tag))
+        if len(link.acks) >= limits.MAX_PENDING_ACKS:
+            link.acks_room.clear()
+        link.kick()
+
+    return answer
 
 
 def _fanout(st: ClusterState, topic: str, source: str) -> tuple[list[str], list[str]]:

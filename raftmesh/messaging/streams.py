@@ -113,7 +113,7 @@ class PeerStreams:
     async def _next_frame(self, link: Link, session: int) -> pb.PeerFrame | None:
         while link.session == session:
             outs, acks = self._take(link)
-            if outs or acks or link.topics_out is not None:
+            if outs or acks or link.topics_out is not None or link.ping:
                 if outs and link.waiting_since is None:
                     link.waiting_since = asyncio.get_running_loop().time()
                 return link.frame(self.node_id, self.incarnation, outs, acks)

@@ -296,8 +296,8 @@ class NodeRuntime:
             log.info("node %s stopping", cfg.node_id)
             await self.health.enter_graceful_shutdown()
             await server.stop(1.0)
-            # The actor host first (it dead-letters what its inboxes hold through the router),
-            # then the router gives up what it still sends and records the dead letters: both
+            # The actor host first (it gives what its inboxes hold back to their senders, which
+            # resend them), then the router gives up what it still sends and records the dead letters: both
             # while the router and the proposer still run, so none is lost to the shutdown.
             actors.cancel()
             await asyncio.gather(actors, return_exceptions=True)

@@ -1352,7 +1352,7 @@ class MessagesServicer:
 
     def Send(self, request, context):
         """Send to an actor (target TYPE/KEY) or publish (topic set, target empty).
-        Fast: answers once the target's node has accepted it; durable: once committed.
+        Fast: answers once the target's handler took it; durable: once committed.
         A full mailbox is RESOURCE_EXHAUSTED; an actor type no node offers FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
