@@ -280,9 +280,14 @@ def name_error(what: str, value: str, max_chars: int) -> str:
         return f"{what} must not be empty"
     if len(value) > max_chars:
         return f"{what} {value[:40]!r}... is longer than {max_chars} characters"
-    if not value.isprintable() or any(c.isspace() for c in value):
+    if not value.isprintable() or _SPACE_RE.search(value):
         return f"{what} {value[:40]!r} may not contain spaces or control characters"
     return ""
+
+
+_SPACE_RE = re.compile(r"\s")
+"""What ``str.isspace`` calls a space (sre's ``\\s`` on str is ``Py_UNICODE_ISSPACE``, as it is),
+found in C: every message's names are checked in ``apply`` on every replica."""
 
 
 def encoded_size(value: Any) -> int:

@@ -92,12 +92,13 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
         why = message_error(m)
         if why:
             return Rejected(Code.INVALID_ARGUMENT, f"message {i} ({m.id[:40]!r}): {why}"), plan
-        m = replace(
-            m,
-            durable=True,
-            sent_ms=m.sent_ms or now,
-            ttl_ms=m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS,
-        )
+        if not (m.durable and m.sent_ms and m.ttl_ms):  # the API fills these in: usually no copy
+            m = replace(
+                m,
+                durable=True,
+                sent_ms=m.sent_ms or now,
+                ttl_ms=m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS,
+            )
         if offered is None:
             offered = activations.offered_types(st)
         if m.expires_ms <= now:
