@@ -182,6 +182,8 @@ MAX_REQUEST_TIMEOUT_MS = 3600 * 1000
 """The longest a ``Messages.Request`` waits for its reply."""
 MAX_MESSAGES_PER_SEND = 256
 """Durable messages in one ``SendMessages`` (one API call, one handler turn's sends)."""
+MAX_ACKS_PER_COMMAND = 256
+"""Seqs one ``AckMessage`` acknowledges with its ``also`` (effect-free turns of one activation)."""
 MAX_MAILBOX_MESSAGES = 10_000
 """Durable messages waiting in one address's mailbox; a send to a full one is RESOURCE_EXHAUSTED."""
 MAX_QUEUED_MESSAGES = 200_000
