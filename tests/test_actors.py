@@ -270,6 +270,44 @@ def test_next_skips_seqs_acked_here_until_the_replica_drops_them() -> None:
     assert 1 not in w.handled  # forgotten once the replica no longer shows it
 
 
+def test_next_sees_what_is_queued_between_turns_and_a_failed_ack_s_message_again() -> None:
+    """The worker keeps the mailbox's seqs in a heap fed by what is new since its last pick: a
+    later higher-priority message still goes first, a seq whose ack failed comes back, and a
+    mailbox dropped (all acked) and made again by a new send is read afresh."""
+    clock = ManualClock()
+    now = clock.now_ms()
+    st = _state(Activation("counter/a", "n1", "inc1", 5, 0, 6000))
+    box = Mailbox("counter/a")
+    for seq in (1, 2):
+        box.queue[seq] = Queued(seq, _msg(f"d{seq}", sent_ms=now), 0)
+    st.messages.mailboxes["counter/a"] = box
+    host = _host(st, clock)
+    w = _Worker("counter/a", 5, host._actors["counter"], clock.monotonic() + 10)
+    item = host._next(w)
+    assert item is not None and item[1] == 1
+    w.handled[1] = None  # its ack is in flight
+    box.queue[5] = Queued(5, _msg("d5", priority=3, sent_ms=now), 0)
+    box.queue[6] = Queued(6, _msg("d6", sent_ms=now), 0)
+    order = []
+    for _ in range(2):
+        item = host._next(w)
+        assert item is not None
+        order.append(item[1])
+        del box.queue[item[1]]
+    assert order == [5, 2]
+    w.handled.pop(1)  # the ack was rejected: the message is handled again, before 6 (FIFO)
+    item = host._next(w)
+    assert item is not None and item[1] == 1
+    for seq in (1, 6):
+        del box.queue[seq]
+    del st.messages.mailboxes["counter/a"]
+    assert host._next(w) is None
+    box = st.messages.mailboxes["counter/a"] = Mailbox("counter/a")
+    box.queue[9] = Queued(9, _msg("d9", sent_ms=now), 0)
+    item = host._next(w)
+    assert item is not None and item[0].id == "d9"
+
+
 def test_applied_events_wake_the_worker_or_ask_for_a_reconcile() -> None:
     from raftmesh.consensus.results import ActivationChanged, MessageQueued
 

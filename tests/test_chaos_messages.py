@@ -440,6 +440,33 @@ def test_the_real_machine_refuses_a_moved_activations_turn_and_the_audit_agrees(
     assert counts(check_messages([], [], [], audit=audit.messages)) == {}
 
 
+def test_the_audit_counts_each_seq_of_a_batch_ack_that_the_machine_acknowledged() -> None:
+    audit = Audit()
+    _moved_activation_log(audit)
+    act = audit.machine.state.messages.activations[T]
+    [first] = list(audit.machine.state.messages.mailboxes[T].queue)
+    short = Message("m0-d2", "client:m0", T, payload={"id": "m0-d2"}, sent_ms=act.granted_ms, ttl_ms=10)
+    more = Message("m0-d3", "client:m0", T, payload={"id": "m0-d3"}, sent_ms=act.granted_ms, ttl_ms=60_000)
+    audit.feed(encode_batch([SendMessages("send-2", act.granted_ms, messages=(short, more))]))
+    seqs = list(audit.machine.state.messages.mailboxes[T].queue)
+    batch = AckMessage(
+        "batch",
+        act.granted_ms + 20,
+        node_id=act.node,
+        address=T,
+        epoch=act.epoch,
+        seq=seqs[0],
+        also=tuple(seqs[1:]),
+    )
+    audit.feed(encode_batch([batch]))
+    ma = audit.messages
+    # m0-d2 expired: dead-lettered by the machine, so not an ack; the other two were acknowledged.
+    assert sorted(a.logical_id for a in ma.acks) == ["m0-d1", "m0-d3"] and seqs[0] == first
+    assert not ma.stale_acks and not ma.expired_acks and not ma.unqueued_acks
+    assert T not in audit.machine.state.messages.mailboxes
+    assert audit.machine.state.messages.dead_letters[-1].letter.message.id == "m0-d2"
+
+
 def test_a_stale_turn_let_through_by_the_machine_is_a_double_activation() -> None:
     audit = Audit(machine=StateMachine(processors={**PROCESSORS, AckMessage: _unfenced_ack}))
     old, new = _moved_activation_log(audit)

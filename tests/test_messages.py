@@ -402,6 +402,31 @@ def test_an_ack_without_a_dead_letter_encodes_as_before() -> None:
     assert decode_command(encode_command(given_up)) == given_up
 
 
+def test_one_ack_acknowledges_many_effect_free_turns_each_once(c: Mesh) -> None:
+    ms = [c.msg("room/a", ttl_ms=1000 if i == 3 else 0) for i in range(5)]
+    seqs = c.sent(*ms).seqs
+    a = c.act("room/a")
+    for bad in (
+        c.ack("room/a", 0, also=(seqs[1],)),  # with a seq
+        c.ack("room/a", seqs[0], also=(seqs[1],), kv=(KvOp("put", "x", 1),)),  # effect-free only
+        c.ack("room/a", seqs[0], also=(seqs[1], seqs[1])),
+        c.ack("room/a", seqs[0], also=(seqs[0],)),
+        c.ack("room/a", seqs[0], also=(-1,)),
+        c.ack("room/a", seqs[0], also=tuple(range(10**6, 10**6 + limits.MAX_ACKS_PER_COMMAND))),
+    ):
+        assert c.unchanged(bad, Code.INVALID_ARGUMENT).message
+    c.unchanged(c.ack("room/a", seqs[0], also=(seqs[1],), epoch=a.epoch - 1), Code.ABORTED)
+    assert expect(c.ok(c.ack("room/a", seqs[1])), MessageAcked).applied  # acked alone before
+    # seqs[1] was acked already, seqs[3] expired (dead-lettered, not acked): the rest applies once.
+    batch = c.ack("room/a", seqs[0], also=(seqs[1], seqs[2], seqs[3]), ts=ms[3].expires_ms)
+    assert expect(c.ok(batch), MessageAcked).applied
+    assert c.queued("room/a") == [seqs[4]] and c.dead_reasons() == [(ms[3].id, "expired")]
+    again = c.ack("room/a", seqs[0], also=(seqs[2],))
+    assert expect(c.unchanged(again), MessageAcked).applied is False
+    assert decode_command(encode_command(batch)) == batch
+    assert "also" not in c.ack("room/a", seqs[4]).to_map()
+
+
 def test_recorded_dead_letters_are_bounded_and_counted(c: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "MAX_MESSAGE_DEAD_LETTERS", 3)
     items = tuple(MessageDeadLetter(c.msg("room/a"), "undeliverable: peer gone") for _ in range(5))

@@ -326,12 +326,23 @@ class _Worker:
     turn. Acked once handled; given back (retry) if the activation stops first."""
     handled: dict[int, None] = field(default_factory=dict)
     """Durable seqs acked here that the replica may still show queued."""
+    pending: list[tuple[int, int]] = field(default_factory=list)
+    """Heap of (-priority, seq) of the mailbox's messages seen so far (some since acked or
+    expired: dropped when they come to the top), so a turn finds the next one in O(log n)."""
+    seen_seq: int = 0
+    """The highest mailbox seq pushed onto ``pending`` (a mailbox is in seq order, seqs never reused)."""
     failures: dict[str, int] = field(default_factory=dict)
     """Message id -> handler attempts that failed (raised, or their ack was rejected)."""
     held: dict[str, int] = field(default_factory=dict)
     """Message id -> turns whose ack met back-pressure (RESOURCE_EXHAUSTED)."""
     inflight: set[asyncio.Task[None]] = field(default_factory=set)
     """Effect-free acks being committed while the next turns run."""
+    to_ack: list[int] = field(default_factory=list)
+    """Seqs of effect-free turns whose ack is not proposed yet (the next batch)."""
+    acking: int = 0
+    """Seqs in the batch being committed."""
+    ack_room: asyncio.Event = field(default_factory=asyncio.Event)
+    flusher: asyncio.Task[None] | None = None
     task: asyncio.Task[None] | None = None
     instance: Any = None
     state: dict[str, Any] = field(default_factory=dict)
@@ -691,15 +702,34 @@ class ActorHost:
             box: Mailbox | None = st.messages.mailboxes.get(w.address)
             if box is None:
                 w.handled.clear()
+                w.pending.clear()
                 return None
             w.handled = {s: None for s in w.handled if s in box.queue}
+            # Only what was queued since the last pick is new: the mailbox appends in seq order.
+            fresh = []
+            for s in reversed(box.queue):
+                if s <= w.seen_seq:
+                    break
+                fresh.append(s)
+            if fresh:
+                w.seen_seq = fresh[0]
+                for s in fresh:
+                    heapq.heappush(w.pending, (-box.queue[s].message.priority, s))
+            in_flight = []
             best = None
-            for q in box.queue.values():
+            while w.pending:
+                s = w.pending[0][1]
+                q = box.queue.get(s)
                 # An expired one is the tick's to dead-letter: handling it would deliver it late.
-                if q.seq in w.handled or q.message.expires_ms <= now_ms:
-                    continue
-                if best is None or q.message.priority > best.message.priority:
+                if q is None or q.message.expires_ms <= now_ms:
+                    heapq.heappop(w.pending)
+                elif s in w.handled:  # its ack is in flight: skipped now, picked again if it fails
+                    in_flight.append(heapq.heappop(w.pending))
+                else:
                     best = q
+                    break
+            for item in in_flight:
+                heapq.heappush(w.pending, item)
             return None if best is None else (best.message, best.seq, 0)
 
         durable = self._reads.read(pick)
@@ -813,7 +843,7 @@ class ActorHost:
         )
         if seq and not ops and not sends and reply is None:
             self._succeeded(w, msg)  # nothing of it can be rejected but a lost activation
-            await self._ack_in_background(w, cmd)
+            await self._ack_in_background(w, seq)
             return
         res = await self._commit(w, cmd)
         if res is None:
@@ -867,32 +897,54 @@ class ActorHost:
             heapq.heappush(w.inbox, (-msg.priority, arrival, msg))
         await self._clock.sleep(min(RETRY_BACKOFF_S * 2 ** min(n, 8), MAX_HELD_BACKOFF_S))
 
-    async def _ack_in_background(self, w: _Worker, cmd: AckMessage) -> None:
+    async def _ack_in_background(self, w: _Worker, seq: int) -> None:
         """An ack that carries nothing but the mailbox seq does not hold the next turn up.
 
         Its outcome cannot change what the next turn computes (no state, KV, sends or reply),
-        so up to ``MAX_INFLIGHT_ACKS`` of them are in flight at once and the proposer commits
-        them together: a consumer's throughput is then not one commit per message. A turn
-        with effects still waits for its own ack (its successor builds on its state).
+        so up to ``MAX_INFLIGHT_ACKS`` of them are pending at once, and those waiting while a
+        batch commits go out together as ONE ``AckMessage`` (``seq`` + ``also``): a consumer's
+        throughput is then not one command, task and commit per message. A turn with effects
+        still waits for its own ack (its successor builds on its state).
         """
-        w.handled[cmd.seq] = None  # picked no more while its ack is in flight
-        while len(w.inflight) >= MAX_INFLIGHT_ACKS:
-            await asyncio.wait(w.inflight, return_when=asyncio.FIRST_COMPLETED)
+        w.handled[seq] = None  # picked no more while its ack is pending
+        while len(w.to_ack) + w.acking >= MAX_INFLIGHT_ACKS:
+            w.ack_room.clear()
+            await w.ack_room.wait()
+        w.to_ack.append(seq)
+        if w.flusher is None or w.flusher.done():
+            t = asyncio.get_running_loop().create_task(self._flush_acks(w), name=f"acks {w.address}")
+            w.flusher = t
+            w.inflight.add(t)
+            t.add_done_callback(w.inflight.discard)
 
-        async def ack() -> None:
-            res = await self._commit(w, cmd)
+    async def _flush_acks(self, w: _Worker) -> None:
+        while w.to_ack:
+            seqs = w.to_ack[: limits.MAX_ACKS_PER_COMMAND]
+            del w.to_ack[: len(seqs)]
+            w.acking = len(seqs)
+            cmd = AckMessage(
+                f"ack-{uuid.uuid4().hex}",
+                self._clock.now_ms(),
+                node_id=self.node_id,
+                address=w.address,
+                epoch=w.epoch,
+                seq=seqs[0],
+                also=tuple(seqs[1:]),
+            )
+            try:
+                res = await self._commit(w, cmd)
+            finally:
+                w.acking = 0
+                w.ack_room.set()
             if isinstance(res, MessageAcked):
                 self.stats["acks"] += 1
                 if not res.applied:
                     self.stats["acks_not_applied"] += 1
             elif isinstance(res, Rejected):
-                log.warning("actor %s: ack of seq %d rejected: %s", w.address, cmd.seq, res.message)
-                w.handled.pop(cmd.seq, None)  # handled again (its turn had no effect to repeat)
+                log.warning("actor %s: ack of seqs %s rejected: %s", w.address, seqs, res.message)
+                for s in seqs:
+                    w.handled.pop(s, None)  # handled again (its turn had no effect to repeat)
                 w.wake.set()
-
-        t = asyncio.get_running_loop().create_task(ack(), name=f"ack {w.address}#{cmd.seq}")
-        w.inflight.add(t)
-        t.add_done_callback(w.inflight.discard)
 
     async def _commit(self, w: _Worker, cmd: Command) -> Result | None:
         """Propose ``cmd`` (the same request id until applied); None if the activation is lost."""

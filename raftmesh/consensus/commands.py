@@ -1170,6 +1170,10 @@ class AckMessage(Command):
     sends: tuple[Message, ...] = ()
     reply: Message | None = None
     dead_letter: str = ""
+    also: tuple[int, ...] = ()
+    """More queued seqs of the same activation whose turns had no effect (no KV, sends or
+    reply), acknowledged by this command with ``seq``: each is unqueued if still queued (an
+    expired one is dead-lettered), so a busy consumer commits one command per batch of turns."""
 
     def _fields(self) -> dict[str, Any]:
         out = {
@@ -1183,6 +1187,8 @@ class AckMessage(Command):
         }
         if self.dead_letter:  # only when set: entries written before the field decode the same
             out["dead_letter"] = self.dead_letter
+        if self.also:  # likewise
+            out["also"] = list(self.also)
         return out
 
 
@@ -1277,7 +1283,14 @@ def _decode_ack(m: dict[str, Any], rid: str, ts: int) -> AckMessage:
         sends=_messages(_get(m, "sends", (list, tuple))),
         reply=Message.decode(reply) if reply is not None else None,
         dead_letter=_get(m, "dead_letter", str) if "dead_letter" in m else "",
+        also=_seqs(_get(m, "also", (list, tuple))) if "also" in m else (),
     )
+
+
+def _seqs(v: list[Any] | tuple[Any, ...]) -> tuple[int, ...]:
+    if not all(_is_int(x) for x in v):
+        raise CommandDecodeError("also must be a list of integer seqs")
+    return tuple(v)
 
 
 def _decode_renew(m: dict[str, Any], rid: str, ts: int) -> RenewActivations:

@@ -182,6 +182,8 @@ MAX_REQUEST_TIMEOUT_MS = 3600 * 1000
 """The longest a ``Messages.Request`` waits for its reply."""
 MAX_MESSAGES_PER_SEND = 256
 """Durable messages in one ``SendMessages`` (one API call, one handler turn's sends)."""
+MAX_ACKS_PER_COMMAND = 256
+"""Seqs one ``AckMessage`` acknowledges with its ``also`` (effect-free turns of one activation)."""
 MAX_MAILBOX_MESSAGES = 10_000
 """Durable messages waiting in one address's mailbox; a send to a full one is RESOURCE_EXHAUSTED."""
 MAX_QUEUED_MESSAGES = 200_000
@@ -280,9 +282,14 @@ def name_error(what: str, value: str, max_chars: int) -> str:
         return f"{what} must not be empty"
     if len(value) > max_chars:
         return f"{what} {value[:40]!r}... is longer than {max_chars} characters"
-    if not value.isprintable() or any(c.isspace() for c in value):
+    if not value.isprintable() or _SPACE_RE.search(value):
         return f"{what} {value[:40]!r} may not contain spaces or control characters"
     return ""
+
+
+_SPACE_RE = re.compile(r"\s")
+"""What ``str.isspace`` calls a space (sre's ``\\s`` on str is ``Py_UNICODE_ISSPACE``, as it is),
+found in C: every message's names are checked in ``apply`` on every replica."""
 
 
 def encoded_size(value: Any) -> int:

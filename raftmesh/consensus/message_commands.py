@@ -92,12 +92,13 @@ def _plan_sends(ctx: ApplyContext, msgs: tuple[Message, ...]) -> tuple[Rejected 
         why = message_error(m)
         if why:
             return Rejected(Code.INVALID_ARGUMENT, f"message {i} ({m.id[:40]!r}): {why}"), plan
-        m = replace(
-            m,
-            durable=True,
-            sent_ms=m.sent_ms or now,
-            ttl_ms=m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS,
-        )
+        if not (m.durable and m.sent_ms and m.ttl_ms):  # the API fills these in: usually no copy
+            m = replace(
+                m,
+                durable=True,
+                sent_ms=m.sent_ms or now,
+                ttl_ms=m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS,
+            )
         if offered is None:
             offered = activations.offered_types(st)
         if m.expires_ms <= now:
@@ -272,6 +273,8 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
         why = _reason_error("dead_letter", cmd.dead_letter)
         if not why and (not cmd.seq or cmd.kv or cmd.sends):
             why = "dead_letter gives up a queued message (a seq): its turn writes and sends nothing"
+    if not why and cmd.also:
+        why = _also_error(cmd)
     if why:
         return Rejected(Code.INVALID_ARGUMENT, why)
     rejected, plan = _plan_sends(ctx, cmd.sends)
@@ -282,6 +285,8 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
         fenced = f"fenced: actor {cmd.address!r} is activated on {store.activations[cmd.address].node}"
     if fenced:
         return Rejected(Code.ABORTED, fenced)
+    if cmd.also:
+        return _ack_many(ctx, cmd)
     box = store.mailboxes.get(cmd.address)
     q = box.queue.get(cmd.seq) if box is not None and cmd.seq else None
     if cmd.seq and (box is None or q is None):
@@ -312,6 +317,42 @@ def ack(ctx: ApplyContext, cmd: AckMessage) -> Result:
         _keep_reply(ctx, replace(cmd.reply, epoch=cmd.epoch, reply_to=reply_to), requester, rev)
     store.compact()
     return MessageAcked(True, rev)
+
+
+def _also_error(cmd: AckMessage) -> str:
+    if len(cmd.also) >= limits.MAX_ACKS_PER_COMMAND:
+        return f"one ack acknowledges at most {limits.MAX_ACKS_PER_COMMAND} seqs (seq and also)"
+    if cmd.seq <= 0 or cmd.kv or cmd.sends or cmd.reply is not None or cmd.dead_letter:
+        return "also acknowledges effect-free turns: with a seq, and no KV, sends, reply or dead_letter"
+    if any(s <= 0 for s in cmd.also) or len(set(cmd.also) | {cmd.seq}) != len(cmd.also) + 1:
+        return "also must hold distinct positive seqs, not seq itself"
+    return ""
+
+
+def _ack_many(ctx: ApplyContext, cmd: AckMessage) -> Result:
+    """Effect-free turns of one (fenced) activation: each seq still queued is unqueued, an
+    expired one dead-lettered as the tick would; the rest were acknowledged before (effect-once).
+    ``applied`` says whether any was acknowledged by this command."""
+    st = ctx.state
+    store = st.messages
+    box = store.mailboxes.get(cmd.address)
+    seqs = (cmd.seq, *cmd.also)
+    if box is None or not any(s in box.queue for s in seqs):
+        return MessageAcked(False, st.revision)
+    rev = ctx.advance()
+    acked = False
+    for s in seqs:
+        q = box.queue.get(s)
+        if q is None:
+            continue
+        _unqueue(store, box, s)
+        if q.message.expires_ms <= st.time_ms:
+            add_dead_letter(store, q.message, EXPIRED, "", st.time_ms)
+        else:
+            box.acked += 1
+            acked = True
+    store.compact()
+    return MessageAcked(acked, rev)
 
 
 def activate(ctx: ApplyContext, cmd: Activate) -> Result:

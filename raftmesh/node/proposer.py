@@ -23,8 +23,10 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
+import msgpack
+
 from ..clock import SYSTEM_CLOCK, Clock
-from ..consensus.commands import Barrier, Command, encode_batch, encode_command
+from ..consensus.commands import Barrier, Command, encode_command
 from ..consensus.raft import RaftMember
 from ..consensus.results import Result
 from ..errors import NoLeader, OutcomeUnknown, ResourceExhausted
@@ -46,10 +48,19 @@ def new_request_id(prefix: str = "") -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
 
+def _batch_bytes(encoded: list[bytes]) -> bytes:
+    """``encode_batch`` of the commands, from their encodings: a msgpack array is its header
+    followed by its elements' encodings, so no command is encoded twice."""
+    header: bytes = msgpack.Packer().pack_array_header(len(encoded))
+    return header + b"".join(encoded)
+
+
 @dataclass(eq=False)
 class _Pending:
     cmd: Command
     size: int
+    encoded: bytes
+    """``encode_command(cmd)``: made once, it sizes the command and goes into every batch as is."""
     future: asyncio.Future[Result]
     deadline: float
     attempts: int = 0
@@ -103,10 +114,11 @@ class Proposer:
         """
         fut: asyncio.Future[Result] = self._loop.create_future()
         deadline = self._clock.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
-        size = len(encode_command(cmd))
+        encoded = encode_command(cmd)
+        size = len(encoded)
         await self._wait_for_room(size, deadline)
         self._queued_bytes += size
-        self._enqueue(_Pending(cmd, size, fut, deadline))
+        self._enqueue(_Pending(cmd, size, encoded, fut, deadline))
         return await fut
 
     def _full(self, size: int) -> bool:
@@ -143,8 +155,9 @@ class Proposer:
                 timeout_s if timeout_s is not None else self._default_timeout_s
             )
             # A barrier is 32 bytes and one per batch in flight: it does not wait for room.
+            b = Barrier(new_request_id("b-"), self._clock.now_ms())
             self._queued_bytes += 32
-            self._enqueue(_Pending(Barrier(new_request_id("b-"), self._clock.now_ms()), 32, fut, deadline))
+            self._enqueue(_Pending(b, 32, encode_command(b), fut, deadline))
         await asyncio.shield(fut)
 
     # ---- internals ------------------------------------------------------------
@@ -220,7 +233,7 @@ class Proposer:
             p.attempts += 1
             if p.future is self._barrier:
                 self._barrier = None  # later callers need a barrier proposed after them
-        payload = encode_batch([p.cmd for p in items])
+        payload = _batch_bytes([p.encoded for p in items])
         timeout_s = self._commit_timeout_s + COMMIT_TIMEOUT_S_PER_MIB * len(payload) / (1024 * 1024)
         batch.timer = self._loop.call_later(timeout_s, self._on_done, bid, None, "TIMEOUT")
 

@@ -99,7 +99,9 @@ class AppliedAck:
         )
 
 
-_Pre = tuple[dict[str, tuple[str, str, int, int]], tuple[str, str, int] | None, bool]
+_Queued = tuple[str, str, int]
+"""A queued message's (id, logical id, expires_ms)."""
+_Pre = tuple[dict[str, tuple[str, str, int, int]], dict[int, _Queued], bool]
 """(address -> (node, incarnation, epoch, deadline_ms)) before the command; for a durable ack,
 the queued message's (id, logical id, expires_ms) or None if the seq was not queued; and
 whether the command's request id was applied before (the machine then only echoes its result)."""
@@ -126,12 +128,17 @@ class MessageAudit:
         acts = {
             a.address: (a.node, a.incarnation, a.epoch, a.deadline_ms) for a in store.activations.values()
         }
-        queued = None
+        queued: dict[int, _Queued] = {}
         if isinstance(cmd, AckMessage) and cmd.seq > 0:
             box = store.mailboxes.get(cmd.address)
-            q = box.queue.get(cmd.seq) if box is not None else None
-            if q is not None:
-                queued = (q.message.id, logical_id(q.message.payload, q.message.id), q.message.expires_ms)
+            for seq in (cmd.seq, *cmd.also):
+                q = box.queue.get(seq) if box is not None else None
+                if q is not None:
+                    queued[seq] = (
+                        q.message.id,
+                        logical_id(q.message.payload, q.message.id),
+                        q.message.expires_ms,
+                    )
         repeat = bool(cmd.request_id) and cmd.request_id in machine.state.dedup
         return acts, queued, repeat
 
@@ -175,7 +182,7 @@ class MessageAudit:
             self.spans.append(span)
             self._open[address] = span
         if isinstance(cmd, AckMessage) and not repeat:  # a retried ack is judged where it applied
-            self._ack(index, now, cmd, res, before, queued)
+            self._ack(index, now, cmd, res, before, queued, machine)
 
     def _ack(
         self,
@@ -184,7 +191,8 @@ class MessageAudit:
         cmd: AckMessage,
         res: Result,
         before: dict[str, tuple[str, str, int, int]],
-        queued: tuple[str, str, int] | None,
+        queued: dict[int, _Queued],
+        machine: StateMachine,
     ) -> None:
         if isinstance(res, Rejected):
             self.acks_rejected += res.code is Code.ABORTED
@@ -195,7 +203,30 @@ class MessageAudit:
             self.acks_not_applied += 1
             return
         node, _inc, epoch, _deadline = before.get(cmd.address, ("", "", 0, 0))
-        mid, lid, expires = queued if queued is not None else ("", "", 0)
+        if cmd.also:
+            # Effect-free turns acked together: each seq queued before and gone after is acked,
+            # unless it had expired (the machine dead-letters those).
+            box = machine.state.messages.mailboxes.get(cmd.address)
+            for seq, (mid, lid, expires) in queued.items():
+                if (box is None or seq not in box.queue) and expires > now:
+                    self.acks.append(
+                        AppliedAck(
+                            index,
+                            now,
+                            cmd.node_id,
+                            cmd.address,
+                            cmd.epoch,
+                            seq,
+                            mid,
+                            lid,
+                            expires,
+                            True,
+                            node,
+                            epoch,
+                        )
+                    )
+            return
+        mid, lid, expires = queued.get(cmd.seq, ("", "", 0))
         self.acks.append(
             AppliedAck(
                 index,
@@ -207,7 +238,7 @@ class MessageAudit:
                 mid,
                 lid,
                 expires,
-                queued is not None,
+                cmd.seq in queued,
                 node,
                 epoch,
             )
