@@ -326,11 +326,11 @@ class _Worker:
     turn. Acked once handled; given back (retry) if the activation stops first."""
     handled: dict[int, None] = field(default_factory=dict)
     """Durable seqs acked here that the replica may still show queued."""
-    pending: list[tuple[int, int]] = field(default_factory=list)
+    queued: list[tuple[int, int]] = field(default_factory=list)
     """Heap of (-priority, seq) of the mailbox's messages seen so far (some since acked or
     expired: dropped when they come to the top), so a turn finds the next one in O(log n)."""
     seen_seq: int = 0
-    """The highest mailbox seq pushed onto ``pending`` (a mailbox is in seq order, seqs never reused)."""
+    """The highest mailbox seq pushed onto ``queued`` (a mailbox is in seq order, seqs never reused)."""
     failures: dict[str, int] = field(default_factory=dict)
     """Message id -> handler attempts that failed (raised, or their ack was rejected)."""
     held: dict[str, int] = field(default_factory=dict)
@@ -702,7 +702,7 @@ class ActorHost:
             box: Mailbox | None = st.messages.mailboxes.get(w.address)
             if box is None:
                 w.handled.clear()
-                w.pending.clear()
+                w.queued.clear()
                 return None
             w.handled = {s: None for s in w.handled if s in box.queue}
             # Only what was queued since the last pick is new: the mailbox appends in seq order.
@@ -714,22 +714,22 @@ class ActorHost:
             if fresh:
                 w.seen_seq = fresh[0]
                 for s in fresh:
-                    heapq.heappush(w.pending, (-box.queue[s].message.priority, s))
+                    heapq.heappush(w.queued, (-box.queue[s].message.priority, s))
             in_flight = []
             best = None
-            while w.pending:
-                s = w.pending[0][1]
+            while w.queued:
+                s = w.queued[0][1]
                 q = box.queue.get(s)
                 # An expired one is the tick's to dead-letter: handling it would deliver it late.
                 if q is None or q.message.expires_ms <= now_ms:
-                    heapq.heappop(w.pending)
+                    heapq.heappop(w.queued)
                 elif s in w.handled:  # its ack is in flight: skipped now, picked again if it fails
-                    in_flight.append(heapq.heappop(w.pending))
+                    in_flight.append(heapq.heappop(w.queued))
                 else:
                     best = q
                     break
             for item in in_flight:
-                heapq.heappush(w.pending, item)
+                heapq.heappush(w.queued, item)
             return None if best is None else (best.message, best.seq, 0)
 
         durable = self._reads.read(pick)
