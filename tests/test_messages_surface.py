@@ -330,7 +330,7 @@ def test_a_durable_send_commits_once_per_sender_and_id_and_says_why_not(served: 
 
 
 def test_cli_messaging_exit_codes_without_a_cluster(served: Served) -> None:
-    """2: bad input (said by the CLI or by the node); 4: no node reachable."""
+    """2: bad input (said by the CLI or by the node); 4: no node reachable (after the CLI's 30 s of retries)."""
     bad_json = cli("send", "counter/a", "{nope", addresses=served.address)
     assert bad_json.returncode == 2 and "payload must be JSON" in bad_json.stderr
     bad_target = cli("send", "counter", "1", "--json", addresses=served.address)
