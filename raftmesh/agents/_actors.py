@@ -670,12 +670,8 @@ class ActorHost:
         w.state = ctx.state
         if not ops and not sends:
             return
-        cmd = AckMessage(
-            f"ack-{uuid.uuid4().hex}",
-            self._clock.now_ms(),
-            node_id=self.node_id,
-            address=w.address,
-            epoch=w.epoch,
+        cmd = self._ack(
+            w,
             kv=tuple(ops.values()),
             sends=tuple(sends),
         )
@@ -685,6 +681,17 @@ class ActorHost:
         elif res is not None:
             log.warning("actor %s: what on_activate wrote was rejected: %s", w.address, res)
             w.state = copy.deepcopy(w.saved)
+
+    def _ack(self, w: _Worker, **fields: Any) -> AckMessage:
+        """An ``AckMessage`` of ``w``'s activation (its node, address and epoch) with ``fields``."""
+        return AckMessage(
+            f"ack-{uuid.uuid4().hex}",
+            self._clock.now_ms(),
+            node_id=self.node_id,
+            address=w.address,
+            epoch=w.epoch,
+            **fields,
+        )
 
     def _load_state(self, address: str) -> dict[str, Any]:
         def value(st: ClusterState) -> Any:
@@ -830,21 +837,17 @@ class ActorHost:
                 self.router.reply(reply)
             self._settle(w, arrival)
             return
-        cmd = AckMessage(
-            f"ack-{uuid.uuid4().hex}",
-            self._clock.now_ms(),
-            node_id=self.node_id,
-            address=w.address,
-            epoch=w.epoch,
+        if seq and not ops and not sends and reply is None:
+            self._succeeded(w, msg)  # nothing of it can be rejected but a lost activation
+            await self._ack_in_background(w, seq)
+            return
+        cmd = self._ack(
+            w,
             seq=seq,
             kv=tuple(ops.values()),
             sends=tuple(sends),
             reply=reply if msg.durable else None,
         )
-        if seq and not ops and not sends and reply is None:
-            self._succeeded(w, msg)  # nothing of it can be rejected but a lost activation
-            await self._ack_in_background(w, seq)
-            return
         res = await self._commit(w, cmd)
         if res is None:
             return
@@ -922,12 +925,8 @@ class ActorHost:
             seqs = w.to_ack[: limits.MAX_ACKS_PER_COMMAND]
             del w.to_ack[: len(seqs)]
             w.acking = len(seqs)
-            cmd = AckMessage(
-                f"ack-{uuid.uuid4().hex}",
-                self._clock.now_ms(),
-                node_id=self.node_id,
-                address=w.address,
-                epoch=w.epoch,
+            cmd = self._ack(
+                w,
                 seq=seqs[0],
                 also=tuple(seqs[1:]),
             )
@@ -996,12 +995,8 @@ class ActorHost:
         if seq:
             # Unqueued and dead-lettered by one command: a crash cannot lose the dead letter, and
             # a fenced ack leaves the message queued for the next activation, not dead-lettered.
-            cmd = AckMessage(
-                f"ack-{uuid.uuid4().hex}",
-                self._clock.now_ms(),
-                node_id=self.node_id,
-                address=w.address,
-                epoch=w.epoch,
+            cmd = self._ack(
+                w,
                 seq=seq,
                 reply=reply if msg.durable else None,
                 dead_letter=reason,
