@@ -349,6 +349,20 @@ def test_cli_messaging_exit_codes_without_a_cluster(served: Served) -> None:
     assert set(one["message"]) >= {"id", "sender", "target", "topic", "type", "payload", "ttl_ms", "durable"}
 
 
+def test_cli_subscribe_actor_changes_the_replicated_subscriptions(served: Served) -> None:
+    first = cli("subscribe-actor", "ticks", "counter", "--json", addresses=served.address)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"topic": "ticks", "subscriber": "counter", "changed": True}
+    assert list(served.sm.state.messages.subscriptions["ticks"]) == ["counter"]
+    again = cli("subscribe-actor", "ticks", "counter", "--json", addresses=served.address)
+    assert json.loads(again.stdout)["changed"] is False
+    off = cli("subscribe-actor", "ticks", "counter", "--unsubscribe", "--json", addresses=served.address)
+    assert json.loads(off.stdout)["changed"] is True
+    assert "counter" not in served.sm.state.messages.subscriptions.get("ticks", {})
+    bad = cli("subscribe-actor", "ticks", "no such", "--json", addresses=served.address)
+    assert bad.returncode == 2 and "subscriber" in bad.stderr
+
+
 def test_every_messaging_limit_has_a_row_in_the_readme_limits_table() -> None:
     root = pathlib.Path(__file__).resolve().parent.parent
     source = (root / "raftmesh/consensus/limits.py").read_text()

@@ -126,6 +126,17 @@ def cmd_actors(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_subscribe_actor(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        changed = c.messages.subscribe_actor(args.topic, args.subscriber, unsubscribe=args.unsubscribe)
+    if args.json:
+        print(json.dumps({"topic": args.topic, "subscriber": args.subscriber, "changed": changed}))
+    else:
+        verb = "unsubscribed from" if args.unsubscribe else "subscribed to"
+        print(f"{args.subscriber} {verb} {args.topic}" + ("" if changed else " (already)"))
+    return EXIT_OK
+
+
 def print_dead_letters(args: argparse.Namespace) -> int:
     """``raftmesh dead-letters --messages``."""
     with _client(args) as c:
@@ -188,3 +199,12 @@ def add_parsers(sub: Any) -> None:
     a.add_argument("--limit", type=int, default=100, help="at most this many (default 100, max 1000)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_actors)
+    sa = sub.add_parser(
+        "subscribe-actor",
+        help="subscribe an actor type (TYPE: a publish reaches TYPE/<source>) or key to a topic",
+    )
+    sa.add_argument("topic")
+    sa.add_argument("subscriber", help="TYPE or TYPE/KEY")
+    sa.add_argument("--unsubscribe", action="store_true")
+    sa.add_argument("--json", action="store_true")
+    sa.set_defaults(func=cmd_subscribe_actor)
