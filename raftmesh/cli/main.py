@@ -21,7 +21,9 @@ from ..errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     RaftmeshError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -34,6 +36,8 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_ERR
     5,
     6,
 )
+EXIT_DENIED = 7
+"""The credential was refused: UNAUTHENTICATED (no or bad token/certificate) or PERMISSION_DENIED."""
 
 
 def _print_json(obj: Any) -> None:
@@ -43,7 +47,15 @@ def _print_json(obj: Any) -> None:
 def _client(args: argparse.Namespace) -> Any:
     from ..client import Client
 
-    return Client(args.addresses, timeout_s=args.timeout, retry_deadline_s=max(args.timeout, 30.0))
+    return Client(
+        args.addresses,
+        timeout_s=args.timeout,
+        retry_deadline_s=max(args.timeout, 30.0),
+        token=args.cred_token,
+        ca=args.cred_ca,
+        cert=args.cred_cert,
+        key=args.cred_key,
+    )
 
 
 def _usage_text(u: Any) -> str:
@@ -473,6 +485,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="node gRPC addresses host:port,... (default: env RAFTMESH_ADDRESSES)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="per-call timeout in seconds (default 10)")
+    p.add_argument(
+        "--token", dest="cred_token", default=None, help="bearer token (default: env RAFTMESH_TOKEN)"
+    )
+    p.add_argument(
+        "--ca",
+        dest="cred_ca",
+        default=None,
+        help="CA certificate (PEM) of the nodes: use TLS (default: env RAFTMESH_CA)",
+    )
+    p.add_argument(
+        "--cert",
+        dest="cred_cert",
+        default=None,
+        help="client certificate (PEM) for mutual TLS (default: env RAFTMESH_CERT)",
+    )
+    p.add_argument(
+        "--key",
+        dest="cred_key",
+        default=None,
+        help="the client certificate's key (default: env RAFTMESH_KEY)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     n = sub.add_parser("node", help="run one node in the foreground")
@@ -782,6 +815,9 @@ def _run(args: argparse.Namespace) -> int:
     except InvalidArgument as exc:
         print(f"raftmesh: invalid argument: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except (Unauthenticated, PermissionDenied) as exc:
+        print(f"raftmesh: refused: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_DENIED
     except Aborted as exc:
         print(f"raftmesh: aborted: {exc.message}", file=sys.stderr)
         return EXIT_ABORTED

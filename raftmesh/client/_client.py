@@ -29,6 +29,7 @@ from ..errors import (
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ._dag import DAG, Task, check_budget
+from ._security import Credentials
 from ._types import (
     TERMINAL,
     ApprovalInfo,
@@ -162,8 +163,16 @@ class Client:
         *,
         timeout_s: float = 10.0,
         retry_deadline_s: float = 30.0,
+        token: str | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        """``token``/``ca``/``cert``/``key`` (or a ``Credentials``) secure the calls; each one not
+        given is read from ``RAFTMESH_TOKEN`` / ``RAFTMESH_CA`` / ``RAFTMESH_CERT`` / ``RAFTMESH_KEY``."""
         self.addresses = parse_addresses(addresses)
+        self.credentials = credentials or Credentials.resolve(token, ca, cert, key)
         self.timeout_s = timeout_s
         self.retry_deadline_s = retry_deadline_s
         self._channels: dict[str, grpc.Channel] = {}
@@ -195,7 +204,7 @@ class Client:
     def _channel(self, addr: str) -> grpc.Channel:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = grpc.insecure_channel(
+            ch = self.credentials.channel(
                 addr,
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -243,18 +243,56 @@ def _is_number(v: Any) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Who caused a command, for the audit timeline and traces (never for a decision in apply).
+
+    Stamped by the proposer from the gRPC call it serves (``raftmesh.calls``): the
+    authenticated ``principal`` (``token:SUBJECT``, ``node:ID``, ``anonymous``), the
+    API ``request`` id and the W3C ``trace`` id (32 hex digits, "" when none). A command a
+    node makes on its own (assign, complete, tick) carries ``node:ID`` and the trace of
+    the run or message it serves.
+    """
+
+    principal: str = ""
+    request: str = ""
+    trace: str = ""
+
+    def encode(self) -> list[str]:
+        return [self.principal, self.request, self.trace]
+
+    @classmethod
+    def decode(cls, v: Any) -> Origin:
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, str) for x in v)):
+            raise CommandDecodeError("origin must be [principal, request, trace] strings")
+        if any(len(x) > MAX_ORIGIN_FIELD for x in v):
+            raise CommandDecodeError(f"an origin field is over {MAX_ORIGIN_FIELD} characters")
+        return cls(v[0], v[1], v[2])
+
+
+MAX_ORIGIN_FIELD = 256
+"""Characters in one ``Origin`` field (the proposer clips; a longer one does not decode)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
-    """Base of all commands. ``request_id`` makes retries apply once."""
+    """Base of all commands. ``request_id`` makes retries apply once.
+
+    ``origin`` (wire key ``"o"``, absent when None) says who caused it; the proposer
+    stamps it (``raftmesh.node.proposer``), so services and agents build commands without it.
+    """
 
     TAG: ClassVar[str] = ""
     request_id: str
     ts_ms: int
+    origin: Origin | None = field(default=None, kw_only=True, compare=False)
 
     def _fields(self) -> dict[str, Any]:
         return {}
 
     def to_map(self) -> dict[str, Any]:
         m: dict[str, Any] = {"t": self.TAG, "v": VERSION, "rid": self.request_id, "ts": self.ts_ms}
+        if self.origin is not None:
+            m["o"] = self.origin.encode()
         m.update(self._fields())
         return m
 
@@ -348,9 +386,13 @@ class SubmitRun(Command):
     name: str = ""
     submitter: str = ""
     budget: Budget | None = None
+    namespace: str = ""
+    """The namespace the run belongs to ("" the default one); tokens are granted namespaces."""
 
     def _fields(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"budget": self.budget.encode()} if self.budget else {}
+        if self.namespace:
+            extra["ns"] = self.namespace
         return extra | {
             "run_id": self.run_id,
             "key": self.idempotency_key,
@@ -891,6 +933,15 @@ def _decode_fail(m: dict[str, Any], rid: str, ts: int) -> Fail:
 
 
 def _decode_map(m: Any) -> Command:
+    cmd = _decode_body(m)
+    o = m.get("o")
+    if o is not None:
+        # Set on the freshly decoded (frozen) command: one place for every tag.
+        object.__setattr__(cmd, "origin", Origin.decode(o))
+    return cmd
+
+
+def _decode_body(m: Any) -> Command:
     if not isinstance(m, dict):
         raise CommandDecodeError("a command must be a map")
     tag = _get(m, "t", str)
@@ -927,6 +978,7 @@ def _decode_map(m: Any) -> Command:
             name=_get(m, "name", str),
             submitter=_get(m, "submitter", str),
             budget=Budget.decode(m["budget"]) if "budget" in m else None,
+            namespace=_get(m, "ns", str) if "ns" in m else "",
         )
     if tag == Tick.TAG:
         return Tick(rid, ts)

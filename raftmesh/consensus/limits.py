@@ -330,3 +330,25 @@ def address_error(what: str, value: str) -> str:
     if len(value) > MAX_ADDRESS_CHARS:
         return f"{what} {value[:40]!r}... is longer than {MAX_ADDRESS_CHARS} characters"
     return id_error(f"{what}'s type", kind) or name_error(f"{what}'s key", key, MAX_ADDRESS_CHARS)
+
+
+# ---- operations and security (issue 11) -------------------------------------------------
+
+MAX_NAMESPACE_CHARS = 64
+"""A namespace name: a letter or digit, then letters, digits, ``_ . -`` ("" is the default one)."""
+
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+def namespace_error(value: str) -> str:
+    """ "" if ``value`` is a namespace ("" the default one), else what is wrong with it."""
+    if not value:
+        return ""
+    if len(value) > MAX_NAMESPACE_CHARS:
+        return f"namespace {value[:40]!r}... is longer than {MAX_NAMESPACE_CHARS} characters"
+    if not _NAMESPACE_RE.fullmatch(value):
+        return (
+            f"namespace {value[:40]!r} may contain only letters, digits and _ . - "
+            "(and must start with a letter or digit)"
+        )
+    return ""

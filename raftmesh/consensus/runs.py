@@ -60,6 +60,9 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
             raise DagError("invalid", f"name {cmd.name[:40]!r} may not contain control characters")
         if abs(cmd.priority) > limits.MAX_PRIORITY:
             raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
+        why = limits.namespace_error(cmd.namespace)
+        if why:
+            raise DagError("invalid", why)
         validate(cmd.tasks, st.offered_capabilities())
         why = budgets.problem(cmd.budget, budgets.fixed_tasks(cmd.tasks)) if cmd.budget is not None else ""
         if why:
@@ -85,6 +88,8 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         created_ms=st.time_ms,
         revision=rev,
         budget=budgets.normal(cmd.budget),
+        trace_id=cmd.origin.trace if cmd.origin is not None else "",
+        namespace=cmd.namespace,
     )
     st.runs[cmd.run_id] = run
     budgets.track(st, run)

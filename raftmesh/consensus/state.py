@@ -363,6 +363,10 @@ class RunState:
     """Why it ended as it did, as a code: "" (succeeded), TASK_FAILED, CANCELLED, BUDGET_EXCEEDED, ..."""
     spawned_bytes: int = 0
     """Encoded size of the task specs its attempts spawned (bounded by ``MAX_SPAWNED_BYTES_PER_RUN``)."""
+    trace_id: str = ""
+    """The W3C trace id the run was submitted under (32 hex digits; "" none): its attempts carry it."""
+    namespace: str = ""
+    """The namespace it was submitted into ("" the default one)."""
 
     def budget_deadline_ms(self) -> int:
         """When its ``max_seconds`` runs out, in state time (0: no such limit)."""
@@ -387,6 +391,8 @@ class RunState:
             self.budget.encode() if self.budget else None,
             self.reason,
             self.spawned_bytes,
+            self.trace_id,
+            self.namespace,
         ]
 
     @classmethod
@@ -409,6 +415,8 @@ class RunState:
             Budget.decode(v[13]) if len(v) > 13 and v[13] is not None else None,
             v[14] if len(v) > 14 else "",
             v[15] if len(v) > 15 else 0,
+            v[16] if len(v) > 16 else "",
+            v[17] if len(v) > 17 else "",
         )
 
 

@@ -21,12 +21,13 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgpack
 
+from .. import calls
 from ..clock import SYSTEM_CLOCK, Clock
-from ..consensus.commands import Barrier, Command, encode_command
+from ..consensus.commands import Barrier, Command, Origin, encode_command
 from ..consensus.raft import RaftMember
 from ..consensus.results import Result
 from ..errors import NoLeader, OutcomeUnknown, ResourceExhausted
@@ -81,7 +82,10 @@ class Proposer:
         commit_timeout_s: float = 3.0,
         default_timeout_s: float = 10.0,
         clock: Clock = SYSTEM_CLOCK,
+        node_id: str = "",
     ) -> None:
+        self._own_origin = Origin(f"node:{node_id}" if node_id else "node")
+        """The origin of a command this node makes on its own (no call bound)."""
         self._raft = raft
         self._loop = loop
         self._clock = clock
@@ -114,6 +118,10 @@ class Proposer:
         """
         fut: asyncio.Future[Result] = self._loop.create_future()
         deadline = self._clock.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
+        if cmd.origin is None:
+            # Who caused it: the gRPC call being served (or the agent turn), else this node itself.
+            call = calls.current()
+            cmd = replace(cmd, origin=call.origin() if call is not None else self._own_origin)
         encoded = encode_command(cmd)
         size = len(encoded)
         await self._wait_for_room(size, deadline)

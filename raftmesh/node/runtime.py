@@ -42,6 +42,7 @@ from .access import NodeAccess
 from .config import NodeConfig
 from .coordination_service import KvService, LocksService
 from .decoding import guarded
+from .interceptor import CallInterceptor
 from .liveness import Liveness
 from .lock_waits import LockWaits
 from .messages_service import MessagesService
@@ -206,7 +207,9 @@ class NodeRuntime:
         raft = self.raft
         self.reads = ReadView(raft.lock, lambda: raft.machine.state)
         clock = self.clock
-        self.proposer = Proposer(raft, self.loop, cfg.commit_timeout_s, cfg.propose_timeout_s, clock)
+        self.proposer = Proposer(
+            raft, self.loop, cfg.commit_timeout_s, cfg.propose_timeout_s, clock, node_id=cfg.node_id
+        )
         self.scheduler = Scheduler(
             self.reads,
             self.proposer,
@@ -248,7 +251,9 @@ class NodeRuntime:
         peer_access = PeerAccess(
             cfg.node_id, self.reads, lambda: raft.is_leader, lambda: raft.term, self.scheduler.heard_from
         )
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        # Every call: request and trace ids, authentication, the role check, metrics.
+        self.interceptor = CallInterceptor()
+        server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[self.interceptor])
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
         pb_grpc.add_ClusterServicer_to_server(ClusterService(access, self.hub, self.status_pb), ours)
         pb_grpc.add_PeerServicer_to_server(PeerService(peer_access, router=self.router), ours)

@@ -192,18 +192,20 @@ class TaskAttempt(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., node: _Optional[str] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., output_json: _Optional[str] = ...) -> None: ...
 
 class SubmitRunRequest(_message.Message):
-    __slots__ = ("tasks", "idempotency_key", "priority", "name", "budget")
+    __slots__ = ("tasks", "idempotency_key", "priority", "name", "budget", "namespace")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     idempotency_key: str
     priority: int
     name: str
     budget: Budget
-    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., name: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., name: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class SubmitRunResponse(_message.Message):
     __slots__ = ("run_id", "created")
@@ -356,7 +358,7 @@ class Preemption(_message.Message):
     def __init__(self, by_run_id: _Optional[str] = ..., by_task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., at_ms: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "status", "tasks", "error", "created_ms", "finished_ms", "idempotency_key", "name", "priority", "revision", "usage", "spawned_bytes", "budget", "reason", "compensations", "budget_deadline_ms")
+    __slots__ = ("run_id", "status", "tasks", "error", "created_ms", "finished_ms", "idempotency_key", "name", "priority", "revision", "usage", "spawned_bytes", "budget", "reason", "compensations", "budget_deadline_ms", "trace_id", "namespace", "submitter")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -373,6 +375,9 @@ class Run(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     COMPENSATIONS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: RunStatus
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
@@ -389,10 +394,13 @@ class Run(_message.Message):
     reason: str
     compensations: _containers.RepeatedCompositeFieldContainer[CompensationStep]
     budget_deadline_ms: int
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., spawned_bytes: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., reason: _Optional[str] = ..., compensations: _Optional[_Iterable[_Union[CompensationStep, _Mapping]]] = ..., budget_deadline_ms: _Optional[int] = ...) -> None: ...
+    trace_id: str
+    namespace: str
+    submitter: str
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., error: _Optional[str] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., revision: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., spawned_bytes: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., reason: _Optional[str] = ..., compensations: _Optional[_Iterable[_Union[CompensationStep, _Mapping]]] = ..., budget_deadline_ms: _Optional[int] = ..., trace_id: _Optional[str] = ..., namespace: _Optional[str] = ..., submitter: _Optional[str] = ...) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("run_id", "status", "name", "tasks", "unfinished", "created_ms", "finished_ms", "error", "idempotency_key", "reason")
+    __slots__ = ("run_id", "status", "name", "tasks", "unfinished", "created_ms", "finished_ms", "error", "idempotency_key", "reason", "namespace")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -403,6 +411,7 @@ class RunSummary(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: RunStatus
     name: str
@@ -413,17 +422,20 @@ class RunSummary(_message.Message):
     error: str
     idempotency_key: str
     reason: str
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., name: _Optional[str] = ..., tasks: _Optional[int] = ..., unfinished: _Optional[int] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., error: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., name: _Optional[str] = ..., tasks: _Optional[int] = ..., unfinished: _Optional[int] = ..., created_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., error: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., reason: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("limit", "status", "offset")
+    __slots__ = ("limit", "status", "offset", "namespace")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     limit: int
     status: RunStatus
     offset: int
-    def __init__(self, limit: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., offset: _Optional[int] = ...) -> None: ...
+    namespace: str
+    def __init__(self, limit: _Optional[int] = ..., status: _Optional[_Union[RunStatus, str]] = ..., offset: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs",)
@@ -859,28 +871,32 @@ class LockAcquireRequest(_message.Message):
     def __init__(self, owner: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockItem, _Mapping]]] = ..., ttl_ms: _Optional[int] = ..., priority: _Optional[int] = ..., wait_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LockAcquireResponse(_message.Message):
-    __slots__ = ("granted", "token", "request_id", "deadline_ms")
+    __slots__ = ("granted", "token", "request_id", "deadline_ms", "lease")
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     granted: bool
     token: int
     request_id: str
     deadline_ms: int
-    def __init__(self, granted: _Optional[bool] = ..., token: _Optional[int] = ..., request_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    lease: str
+    def __init__(self, granted: _Optional[bool] = ..., token: _Optional[int] = ..., request_id: _Optional[str] = ..., deadline_ms: _Optional[int] = ..., lease: _Optional[str] = ...) -> None: ...
 
 class LockReleaseRequest(_message.Message):
-    __slots__ = ("owner", "name", "token", "request_id")
+    __slots__ = ("owner", "name", "token", "request_id", "lease")
     OWNER_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     owner: str
     name: str
     token: int
     request_id: str
-    def __init__(self, owner: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    lease: str
+    def __init__(self, owner: _Optional[str] = ..., name: _Optional[str] = ..., token: _Optional[int] = ..., request_id: _Optional[str] = ..., lease: _Optional[str] = ...) -> None: ...
 
 class LockReleaseResponse(_message.Message):
     __slots__ = ("token", "deadline_ms")
@@ -1261,3 +1277,45 @@ class ListActivationsResponse(_message.Message):
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     activations: _containers.RepeatedCompositeFieldContainer[ActivationInfo]
     def __init__(self, activations: _Optional[_Iterable[_Union[ActivationInfo, _Mapping]]] = ...) -> None: ...
+
+class GetAuditRequest(_message.Message):
+    __slots__ = ("run_id", "limit")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    limit: int
+    def __init__(self, run_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("revision", "time_ms", "kind", "task_id", "attempt", "node", "principal", "request_id", "trace_id", "detail_json")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    time_ms: int
+    kind: str
+    task_id: str
+    attempt: int
+    node: str
+    principal: str
+    request_id: str
+    trace_id: str
+    detail_json: str
+    def __init__(self, revision: _Optional[int] = ..., time_ms: _Optional[int] = ..., kind: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., principal: _Optional[str] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., detail_json: _Optional[str] = ...) -> None: ...
+
+class GetAuditResponse(_message.Message):
+    __slots__ = ("events", "complete", "node_id")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    complete: bool
+    node_id: str
+    def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., complete: _Optional[bool] = ..., node_id: _Optional[str] = ...) -> None: ...
