@@ -16,6 +16,7 @@ from ..errors import InvalidArgument
 from ..log_format import JsonFormatter
 from .config import build_config, load_config_file, parse_peers, read_secret_file
 from .runtime import NodeRuntime
+from .tls import load_tls
 
 
 def _setting(args: argparse.Namespace, file_cfg: dict[str, Any], name: str, default: Any = None) -> Any:
@@ -104,6 +105,12 @@ def run_node(args: argparse.Namespace) -> int:
         ),
         agents_modules=modules,
         preempt_priority=_optional_int("preempt-priority", _setting(args, file_cfg, "preempt-priority")),
+        tls=load_tls(
+            _setting(args, file_cfg, "tls-cert"),
+            _setting(args, file_cfg, "tls-key"),
+            _setting(args, file_cfg, "tls-ca"),
+            _setting(args, file_cfg, "tls-client-auth"),
+        ),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))
