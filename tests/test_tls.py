@@ -3,6 +3,7 @@ gRPC port and node-to-node channel (peer message streams, heartbeats) is TLS."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -18,6 +19,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from raftmesh.agents import AgentNode
 from raftmesh.cli.main import main as cli_main
 from raftmesh.client import Client
 from raftmesh.client._security import Credentials
@@ -338,3 +340,18 @@ def test_cluster_script_up_secure_and_a_cli_submit_from_its_env(tmp_path: pathli
     finally:
         down = sh("down")
         assert down.returncode == 0, down.stderr
+
+
+def test_an_agent_reaches_its_tls_node_with_the_node_certificate(
+    issued: certs.Issued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("RAFTMESH_CA", "RAFTMESH_CERT", "RAFTMESH_KEY", "RAFTMESH_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    cert, key = issued.nodes["n2"]
+    node = AgentNode("n2", "a", "/tmp", "127.0.0.1:1", (), issued.ca, cert, key)
+    creds = node.credentials()
+    assert (creds.ca, creds.cert, creds.key, creds.tls) == (issued.ca, cert, key, True)
+    # a process worker rebuilds its AgentNode from this dict (agents/_worker.py)
+    assert {"tls_ca", "tls_cert", "tls_key"} <= set(dataclasses.asdict(node))
+    plain = AgentNode("n2", "a", "/tmp", "127.0.0.1:1", ()).credentials()
+    assert not plain.tls

@@ -171,6 +171,7 @@ class NodeRuntime:
             os.path.join(cfg.data_dir, "agents", agent),
             cfg.grpc,
             tuple(p.grpc for p in cfg.peers),
+            *((cfg.tls.ca, cfg.tls.cert, cfg.tls.key) if cfg.tls else ()),
         )
 
     async def run(self) -> None:

@@ -17,6 +17,7 @@ no ``optional``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +117,9 @@ def load_tls(cert: str | None, key: str | None, ca: str | None, client_auth: str
         0
     ].public_key().public_bytes(serialization.Encoding.DER, pub):
         raise InvalidArgument(f"--tls-key {key!r} is not the key of the certificate in --tls-cert {cert!r}")
-    return NodeTls(cert, key, ca, client_auth or "require", cert_pem, key_pem, ca_pem)
+    # Absolute: agents get these paths (``AgentNode.credentials``) and may change directory.
+    paths = (os.path.abspath(cert), os.path.abspath(key), os.path.abspath(ca))
+    return NodeTls(*paths, client_auth or "require", cert_pem, key_pem, ca_pem)
 
 
 class NodeChannels:
