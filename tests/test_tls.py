@@ -355,3 +355,16 @@ def test_an_agent_reaches_its_tls_node_with_the_node_certificate(
     assert {"tls_ca", "tls_cert", "tls_key"} <= set(dataclasses.asdict(node))
     plain = AgentNode("n2", "a", "/tmp", "127.0.0.1:1", ()).credentials()
     assert not plain.tls
+
+
+def test_the_node_certificate_names_the_hosts_it_was_made_for(
+    issued: certs.Issued, tmp_path: pathlib.Path
+) -> None:
+    tls = load_tls(*issued.nodes["n1"], issued.ca, "none")
+    assert tls is not None
+    assert tls.covers("127.0.0.1") and tls.covers("localhost") and tls.covers("n1")
+    assert not tls.covers("10.0.0.1") and not tls.covers("n2") and not tls.covers("::1")
+    wild = certs.init(str(tmp_path / "w"), ["n1"], hosts=["*.mesh.example", "::1"])
+    tls = load_tls(*wild.nodes["n1"], wild.ca, None)
+    assert tls is not None and tls.covers("a.mesh.example") and tls.covers("[::1]")
+    assert not tls.covers("a.b.mesh.example") and not tls.covers("mesh.example")

@@ -119,6 +119,14 @@ def run_node(args: argparse.Namespace) -> int:
     log = logging.getLogger("raftmesh.node")
     if not cfg.raft_password:
         log.warning("no cluster secret: Raft traffic on %s is unauthenticated (loopback only)", cfg.raft)
+    host = cfg.grpc.rsplit(":", 1)[0]
+    if cfg.tls is not None and not cfg.tls.covers(host):
+        log.warning(
+            "the certificate in --tls-cert does not name %s (the host of --grpc): peers and clients "
+            "dialling %s will fail its hostname check (raftmesh certs init --hosts)",
+            host,
+            cfg.grpc,
+        )
     if not cfg.fsync:
         log.warning("--unsafe-no-fsync: a power cut on every node can lose acknowledged writes")
 

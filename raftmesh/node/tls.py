@@ -17,6 +17,7 @@ no ``optional``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,25 @@ class NodeTls:
             root_certificates=self.ca_pem,
             require_client_auth=self.client_auth == "require",
         )
+
+    def covers(self, host: str) -> bool:
+        """Whether the certificate's SANs name ``host`` (what a peer dialling HOST:PORT checks)."""
+        host = host.strip("[]").lower()
+        cert = x509.load_pem_x509_certificates(self.cert_pem)[0]
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            return ip in san.get_values_for_type(x509.IPAddress)
+        for name in (n.lower() for n in san.get_values_for_type(x509.DNSName)):
+            if name == host or (name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]):
+                return True
+        return False
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """Verify the peer against the CA; present this node's certificate (mutual TLS)."""
