@@ -203,14 +203,14 @@ def health(addr: str, channel: grpc.Channel) -> Any:
 
 @pytest.fixture
 def secure3(make_cluster: Callable[..., LocalCluster], issued: certs.Issued) -> Iterator[LocalCluster]:
-    from tests import messaging_actors
+    from tests import messaging_actors, tls_agents
 
     yield tls_cluster(
         make_cluster,
         issued,
         3,
         "require",
-        agents_modules=[messaging_actors.SOURCE],
+        agents_modules=[messaging_actors.SOURCE, tls_agents.SOURCE],
         env={"PYTHONPATH": str(ROOT)},
     )
 
@@ -233,6 +233,12 @@ def test_a_mutual_tls_cluster_runs_dags_fast_messages_and_heartbeats_and_refuses
         timeout_s=60,
     )
     assert run.status == "SUCCEEDED", run
+    # agents reach their own node over mutual TLS with the node's certificate (AgentNode.credentials)
+    tasks = [{"id": m, "agent": f"selfcall_{m}", "input": {}} for m in ("thread", "process")]
+    selfcalls = c.run({"tasks": tasks}, timeout_s=90)
+    assert selfcalls.status == "SUCCEEDED", selfcalls
+    for t in selfcalls.tasks.values():
+        assert t.output["tls"] and t.output["leader"] in secure3.nodes and t.output["node"] == t.node, t
 
     # The fast path crosses nodes on Peer.Exchange streams (TLS): send through a node that does not
     # host the actor, and a fast request's reply comes back the same way.
