@@ -571,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="READY tasks of at least this priority preempt lower-priority running attempts when no "
         "slot is free (default: off)",
     )
+    n.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; README Metrics)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 

@@ -104,6 +104,7 @@ def run_node(args: argparse.Namespace) -> int:
         ),
         agents_modules=modules,
         preempt_priority=_optional_int("preempt-priority", _setting(args, file_cfg, "preempt-priority")),
+        metrics=str(_setting(args, file_cfg, "metrics", "") or ""),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))

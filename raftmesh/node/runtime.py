@@ -46,6 +46,7 @@ from .interceptor import CallInterceptor
 from .liveness import Liveness
 from .lock_waits import LockWaits
 from .messages_service import MessagesService
+from .metrics import MetricsServer, NodeMetrics, NodeSources
 from .peers import HeartbeatSender, PeerAccess, PeerService
 from .proposer import Proposer
 from .reads import ReadView
@@ -136,6 +137,9 @@ class NodeRuntime:
         self.lock_waits = LockWaits()
         self._stopping = asyncio.Event()
         self._registered = False
+        self.metrics = NodeMetrics(config.node_id)
+        """Always kept (cheap); served over HTTP only with ``config.metrics``."""
+        self.metrics_server: MetricsServer | None = None
 
     # ---- wiring ---------------------------------------------------------------
 
@@ -153,6 +157,7 @@ class NodeRuntime:
         if events:
             self.hub.publish(events)
             self.lock_waits.applied(events)
+            self.metrics.applied(events)
 
     def _on_restored(self) -> None:
         self.reads.restored()
@@ -253,6 +258,7 @@ class NodeRuntime:
         )
         # Every call: request and trace ids, authentication, the role check, metrics.
         self.interceptor = CallInterceptor()
+        self.interceptor.observer = self.metrics
         server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[self.interceptor])
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
         pb_grpc.add_ClusterServicer_to_server(ClusterService(access, self.hub, self.status_pb), ours)
@@ -279,6 +285,7 @@ class NodeRuntime:
             raise RaftmeshError(f"cannot listen on {cfg.grpc} (address in use?)")
         await server.start()
         log.info("node %s serving gRPC on %s, Raft on %s", cfg.node_id, cfg.grpc, cfg.raft)
+        self._start_metrics()
         self.heartbeats = HeartbeatSender(
             cfg.node_id, self.incarnation, self._leader_grpc, lambda: self.host.running, clock
         )
@@ -294,6 +301,7 @@ class NodeRuntime:
             asyncio.create_task(self._health_loop(), name="health"),
             asyncio.create_task(self.heartbeats.run(), name="heartbeat"),
             asyncio.create_task(self.router.run(), name="messages"),
+            asyncio.create_task(self.metrics.sample_leader(self.leader_id), name="metrics"),
         ]
         try:
             await self._stopping.wait()
@@ -301,6 +309,9 @@ class NodeRuntime:
             log.info("node %s stopping", cfg.node_id)
             await self.health.enter_graceful_shutdown()
             await server.stop(1.0)
+            if self.metrics_server is not None:
+                await asyncio.to_thread(self.metrics_server.close)
+                self.metrics_server = None
             # The actor host first (it gives what its inboxes hold back to their senders, which
             # resend them), then the router gives up what it still sends and records the dead letters: both
             # while the router and the proposer still run, so none is lost to the shutdown.
@@ -317,6 +328,32 @@ class NodeRuntime:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _start_metrics(self) -> None:
+        """Feed the metrics from the parts made above; serve them if ``--metrics`` asks."""
+        self.proposer.on_batch = self.metrics.proposed
+        self.host.on_attempt = self.metrics.attempt
+        self.metrics.attach(
+            NodeSources(
+                node_id=self.config.node_id,
+                raft=self.raft,
+                read=self.reads.read,
+                leader_id=self.leader_id,
+                peer_ids=frozenset(p.id for p in self.config.peers),
+                proposer=self.proposer,
+                host=self.host,
+                router=self.router,
+                scheduler=self.scheduler,
+                lock_waits=self.lock_waits,
+            )
+        )
+        if self.config.metrics:
+            self.metrics_server = self.metrics.serve(self.config.metrics)
+            log.info(
+                "node %s serving Prometheus metrics on http://%s/metrics",
+                self.config.node_id,
+                self.config.metrics,
+            )
 
     def _member_ok(self) -> bool:
         return self.reads.read(lambda st: st.up_member(self.config.node_id, self.incarnation))
