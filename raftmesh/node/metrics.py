@@ -271,8 +271,10 @@ class NodeMetrics:
     async def sample_leader(
         self, leader: Callable[[], str | None], period_s: float = LEADER_SAMPLE_S
     ) -> None:
-        """Counts leader changes by looking every ``period_s`` (pysyncobj has no election hook)."""
-        last = leader()
+        """Counts leader changes by looking every ``period_s`` (pysyncobj has no election hook).
+
+        A node starts knowing no leader, so the first leader it learns of counts as a change."""
+        last: str | None = ""
         while True:
             await asyncio.sleep(period_s)
             now = leader()
