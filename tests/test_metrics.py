@@ -347,9 +347,20 @@ def _exported(types: dict[str, str]) -> set[str]:
     return out
 
 
-def test_dashboard_queries_name_only_exported_metrics(node: tuple[NodeRuntime, Client, str]) -> None:
+def test_dashboard_and_readme_name_exactly_the_exported_metrics(
+    node: tuple[NodeRuntime, Client, str],
+) -> None:
     _, _, url = node
-    exported = _exported(_types(_scrape(url)))
+    types = _types(_scrape(url))
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Metrics\n") : readme.index("\n## Limits\n")]
+    undocumented = sorted(n for n in types if f"`{n}`" not in section)
+    assert not undocumented, f"README ## Metrics does not list {undocumented}"
+    documented = set(re.findall(r"`(raftmesh_[a-z0-9_]+)`", section))
+    assert documented <= set(types), (
+        f"README lists metrics no node exports: {sorted(documented - set(types))}"
+    )
+    exported = _exported(types)
     used = _dashboard_metric_names()
     assert len(used) >= 20
     assert used <= exported, f"the dashboard queries metrics no node exports: {sorted(used - exported)}"
