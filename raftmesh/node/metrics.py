@@ -45,7 +45,7 @@ from ..consensus.results import (
     TaskChanged,
     TopicPublished,
 )
-from ..consensus.state import ClusterState, TaskStatus
+from ..consensus.state import ClusterState, RunStatus, TaskStatus
 from ..errors import InvalidArgument
 from ..security.roles import METHOD_ROLES
 
@@ -219,6 +219,9 @@ class NodeMetrics:
             registry=r,
         )
         self._sources: NodeSources | None = None
+        # Label children by status, looked up once: every applied task change increments one.
+        self._task_children: dict[TaskStatus, Any] = {}
+        self._run_children: dict[RunStatus, Any] = {}
 
     # ---- feeding ----------------------------------------------------------------------
 
@@ -230,13 +233,20 @@ class NodeMetrics:
 
     def applied(self, events: Iterable[Event]) -> None:
         """Applied events, on the node's loop: O(events), no state reads."""
+        tasks, runs = self._task_children, self._run_children
         for ev in events:
             if isinstance(ev, TaskChanged):
-                self.task_transitions.labels(ev.status.value).inc()
+                child = tasks.get(ev.status)
+                if child is None:
+                    child = tasks[ev.status] = self.task_transitions.labels(ev.status.value)
+                child.inc()
                 if ev.status is TaskStatus.RUNNING and ev.attempt > 1:
                     self.task_retries.inc()
             elif isinstance(ev, RunChanged):
-                self.run_transitions.labels(ev.status.value).inc()
+                child = runs.get(ev.status)
+                if child is None:
+                    child = runs[ev.status] = self.run_transitions.labels(ev.status.value)
+                child.inc()
             elif isinstance(ev, KvChanged):
                 self.kv_ops.labels(ev.event.kind).inc()
             elif isinstance(ev, LockChanged):
