@@ -11,7 +11,9 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import urllib.parse
 import urllib.request
@@ -471,3 +473,34 @@ def test_a_real_prometheus_scrapes_the_cluster(worked_cluster: LocalCluster, tmp
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
         shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+def test_a_node_whose_metrics_port_is_taken_stops_with_a_usage_error(tmp_path: pathlib.Path) -> None:
+    raft_port, grpc_port = free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "raftmesh.cli.main",
+                "node",
+                "--id",
+                "n1",
+                "--raft",
+                f"127.0.0.1:{raft_port}",
+                "--grpc",
+                f"127.0.0.1:{grpc_port}",
+                "--data-dir",
+                str(tmp_path / "n1"),
+                "--metrics",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"--metrics 127.0.0.1:{port}: cannot listen" in res.stderr

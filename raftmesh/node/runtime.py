@@ -138,7 +138,7 @@ class NodeRuntime:
         self._stopping = asyncio.Event()
         self._registered = False
         self.metrics = NodeMetrics(config.node_id)
-        """Always kept (cheap); served over HTTP only with ``config.metrics``."""
+        """Fed and served only with ``config.metrics`` (off: not one counter is touched)."""
         self.metrics_server: MetricsServer | None = None
 
     # ---- wiring ---------------------------------------------------------------
@@ -157,7 +157,8 @@ class NodeRuntime:
         if events:
             self.hub.publish(events)
             self.lock_waits.applied(events)
-            self.metrics.applied(events)
+            if self.metrics_server is not None:
+                self.metrics.applied(events)
 
     def _on_restored(self) -> None:
         self.reads.restored()
@@ -258,7 +259,6 @@ class NodeRuntime:
         )
         # Every call: request and trace ids, authentication, the role check, metrics.
         self.interceptor = CallInterceptor()
-        self.interceptor.observer = self.metrics
         server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[self.interceptor])
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
         pb_grpc.add_ClusterServicer_to_server(ClusterService(access, self.hub, self.status_pb), ours)
@@ -280,12 +280,14 @@ class NodeRuntime:
             ),
             server,
         )
+        self._start_metrics()  # before the gRPC port: a metrics port in use leaves nothing serving
         port = server.add_insecure_port(cfg.grpc)
         if port == 0:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             raise RaftmeshError(f"cannot listen on {cfg.grpc} (address in use?)")
         await server.start()
         log.info("node %s serving gRPC on %s, Raft on %s", cfg.node_id, cfg.grpc, cfg.raft)
-        self._start_metrics()
         self.heartbeats = HeartbeatSender(
             cfg.node_id, self.incarnation, self._leader_grpc, lambda: self.host.running, clock
         )
@@ -301,8 +303,9 @@ class NodeRuntime:
             asyncio.create_task(self._health_loop(), name="health"),
             asyncio.create_task(self.heartbeats.run(), name="heartbeat"),
             asyncio.create_task(self.router.run(), name="messages"),
-            asyncio.create_task(self.metrics.sample_leader(self.leader_id), name="metrics"),
         ]
+        if self.metrics_server is not None:
+            tasks.append(asyncio.create_task(self.metrics.sample_leader(self.leader_id), name="metrics"))
         try:
             await self._stopping.wait()
         finally:
@@ -330,7 +333,10 @@ class NodeRuntime:
         self._stopping.set()
 
     def _start_metrics(self) -> None:
-        """Feed the metrics from the parts made above; serve them if ``--metrics`` asks."""
+        """With ``--metrics``: feed the metrics from the parts made above and serve them."""
+        if not self.config.metrics:
+            return
+        self.interceptor.observer = self.metrics
         self.proposer.on_batch = self.metrics.proposed
         self.host.on_attempt = self.metrics.attempt
         self.metrics.attach(
@@ -347,13 +353,12 @@ class NodeRuntime:
                 lock_waits=self.lock_waits,
             )
         )
-        if self.config.metrics:
-            self.metrics_server = self.metrics.serve(self.config.metrics)
-            log.info(
-                "node %s serving Prometheus metrics on http://%s/metrics",
-                self.config.node_id,
-                self.config.metrics,
-            )
+        self.metrics_server = self.metrics.serve(self.config.metrics)
+        log.info(
+            "node %s serving Prometheus metrics on http://%s/metrics",
+            self.config.node_id,
+            self.config.metrics,
+        )
 
     def _member_ok(self) -> bool:
         return self.reads.read(lambda st: st.up_member(self.config.node_id, self.incarnation))
