@@ -33,7 +33,14 @@ from raftmesh.consensus.state import RunStatus, TaskStatus
 from raftmesh.errors import InvalidArgument, NotFound, RaftmeshError
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.node.config import Peer, build_config
-from raftmesh.node.metrics import OTHER, AgentLabels, NodeMetrics, parse_address, split_method
+from raftmesh.node.metrics import (
+    MAX_SCRAPES_IN_FLIGHT,
+    OTHER,
+    AgentLabels,
+    NodeMetrics,
+    parse_address,
+    split_method,
+)
 from raftmesh.node.runtime import NodeRuntime
 from raftmesh.security.roles import METHOD_ROLES
 
@@ -262,6 +269,42 @@ def test_node_serves_its_metrics_over_http(node: tuple[NodeRuntime, Client, str]
     assert (_value(text, "raftmesh_state_revision") or 0) <= revision
 
 
+def test_idle_connections_to_the_metrics_port_are_bounded(node: tuple[NodeRuntime, Client, str]) -> None:
+    """A stranger holding connections open takes at most MAX_SCRAPES_IN_FLIGHT threads; gRPC serves on."""
+    _, client, url = node
+    host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(MAX_SCRAPES_IN_FLIGHT + 12)]
+    try:
+
+        def handlers() -> int:
+            return sum(1 for t in threading.enumerate() if "process_request" in t.name)
+
+        wait_until(
+            lambda: handlers() == MAX_SCRAPES_IN_FLIGHT, 10.0, "the idle connections to fill the slots"
+        )
+        closed: set[int] = set()
+
+        def refused() -> bool:
+            for k, sock in enumerate(idle):
+                if k not in closed:
+                    sock.setblocking(False)
+                    try:
+                        if sock.recv(1) == b"":
+                            closed.add(k)
+                    except BlockingIOError:
+                        pass
+            return len(closed) == 12
+
+        # the server closed every connection beyond the bound at accept, and started no thread for it
+        wait_until(refused, 10.0, "the connections beyond the bound to be closed")
+        assert handlers() == MAX_SCRAPES_IN_FLIGHT
+        assert client.status().leader == "n1"
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "raftmesh_raft_term" in wait_until(lambda: _scrape(url), 15.0, "the endpoint to serve again")
+
+
 def test_metrics_flag_is_checked_and_off_by_default(tmp_path: pathlib.Path) -> None:
     raft, grpc_addr = "127.0.0.1:7001", "127.0.0.1:7002"
     peers = [Peer("n1", raft, grpc_addr)]
@@ -305,7 +348,14 @@ def test_promtool_accepts_every_nodes_metrics(worked_cluster: LocalCluster) -> N
     promtool = _promtool()
     leaders = 0.0
     for url in worked_cluster.metrics_urls:
-        text = _scrape(url)
+
+        def caught_up(url: str = url) -> str | None:
+            """The node's figures once it has applied all the work (a follower may lag a little)."""
+            t = _scrape(url)
+            done = _value(t, "raftmesh_run_transitions_total", status="SUCCEEDED") == 3
+            return t if done and _value(t, "raftmesh_kv_operations_total", op="put") == 1 else None
+
+        text = wait_until(caught_up, 15.0, f"{url} to count the applied work")
         check_conventions(text)
         res = subprocess.run(
             [promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
@@ -313,9 +363,8 @@ def test_promtool_accepts_every_nodes_metrics(worked_cluster: LocalCluster) -> N
         assert res.returncode == 0, (url, res.stdout.decode(), res.stderr.decode())
         assert res.stdout.strip() == b"" and res.stderr.strip() == b"", (url, res.stdout, res.stderr)
         leaders += _value(text, "raftmesh_raft_is_leader") or 0
-        # every node applied the same work: the cluster-wide counters agree
-        assert _value(text, "raftmesh_run_transitions_total", status="SUCCEEDED") == 3
-        assert _value(text, "raftmesh_kv_operations_total", op="put") == 1
+        # every node applied the same work: the cluster-wide counters agree (caught_up waited for them)
+        assert _value(text, "raftmesh_task_transitions_total", status="SUCCEEDED") == 6
     assert leaders == 1
 
 

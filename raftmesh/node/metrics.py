@@ -23,15 +23,17 @@ node; any further type reports as ``"other"``). Never a run id, task id, key or 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from prometheus_client.registry import Collector
 
 from ..consensus import breakers
@@ -53,6 +55,10 @@ MAX_AGENT_TYPE_LABELS = 512
 """Distinct ``agent`` label values one node's metrics keep; later types report as ``other``."""
 
 OTHER = "other"
+MAX_SCRAPES_IN_FLIGHT = 8
+"""HTTP requests one node's metrics endpoint serves at once; connections beyond are closed at accept."""
+SCRAPE_IO_TIMEOUT_S = 10.0
+"""A metrics client that sends or reads nothing for this long is disconnected (its slot freed)."""
 LEADER_SAMPLE_S = 0.25
 """How often the leader-change sampler looks at Raft (changes faster than this count once)."""
 
@@ -274,9 +280,10 @@ class NodeMetrics:
 
     def attach(self, sources: NodeSources) -> None:
         """The node's parts the scrape-time collector reads (once the runtime has made them)."""
-        if self._sources is None:
-            self.registry.register(_StateCollector(self, sources))
+        if self._sources is not None:
+            raise RuntimeError("NodeMetrics.attach: already attached")
         self._sources = sources
+        self.registry.register(_StateCollector(self, sources))
 
     async def sample_leader(
         self, leader: Callable[[], str | None], period_s: float = LEADER_SAMPLE_S
@@ -299,11 +306,51 @@ class NodeMetrics:
     def serve(self, addr: str) -> MetricsServer:
         """Serve ``/metrics`` on ``addr`` from a thread of this process (never a fork)."""
         host, port = parse_address(addr)
+
+        class Server(_BoundedServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
         try:
-            server, thread = start_http_server(port, host, registry=self.registry)
+            server = make_server(
+                host, port, make_wsgi_app(self.registry), Server, handler_class=_QuietHandler
+            )
         except OSError as exc:
             raise InvalidArgument(f"--metrics {addr}: cannot listen ({exc.strerror or exc})") from exc
+        thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
         return MetricsServer(server, thread)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = SCRAPE_IO_TIMEOUT_S  # a client that stalls mid-request gives its thread back
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds are not worth a log line each."""
+
+
+class _BoundedServer(ThreadingWSGIServer):
+    """prometheus_client's thread-per-request server, with at most ``MAX_SCRAPES_IN_FLIGHT``
+    requests at once (anyone who reaches the port could otherwise start unbounded threads)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES_IN_FLIGHT)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class MetricsServer:

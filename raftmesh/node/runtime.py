@@ -138,7 +138,7 @@ class NodeRuntime:
         self._stopping = asyncio.Event()
         self._registered = False
         self.metrics = NodeMetrics(config.node_id)
-        """Fed and served only with ``config.metrics`` (off: not one counter is touched)."""
+        """Fed and served only with ``config.metrics`` (off: no observer, hook or sampler is wired)."""
         self.metrics_server: MetricsServer | None = None
 
     # ---- wiring ---------------------------------------------------------------
