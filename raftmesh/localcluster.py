@@ -52,6 +52,8 @@ class NodeProc:
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    metrics: str = ""
+    """``HOST:PORT`` of the node's Prometheus endpoint ("" when the cluster runs without)."""
 
     @property
     def pid(self) -> int | None:
@@ -103,6 +105,8 @@ class LocalCluster:
     """Agent modules every node loads (``--agents-module``: ``.py`` paths, made absolute, or module names)."""
     credentials: Credentials | None = None
     """How this harness's own clients and health checks reach the nodes (TLS, token); None: plaintext."""
+    metrics: bool = False
+    """Serve Prometheus metrics from every node (``--metrics`` on a free port: ``NodeProc.metrics``)."""
     secret_path: str | None = field(default=None, init=False)
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     _clients: list[Client] = field(default_factory=list, init=False, repr=False)
@@ -110,7 +114,7 @@ class LocalCluster:
     def __post_init__(self) -> None:
         self._own_dir = self.base_dir is None
         self.base_dir = self.base_dir or tempfile.mkdtemp(prefix="raftmesh-")
-        ports = free_ports(2 * self.size)
+        ports = free_ports((3 if self.metrics else 2) * self.size)
         ids = [f"n{i + 1}" for i in range(self.size)]
         addr = {i: self.hosts.get(i, self.host) for i in ids}
         peers = ",".join(
@@ -131,6 +135,7 @@ class LocalCluster:
         for k, i in enumerate(ids):
             d = os.path.join(self.base_dir, i)
             os.makedirs(d, exist_ok=True)
+            metrics = f"{addr[i]}:{ports[2 * self.size + k]}" if self.metrics else ""
             argv = [
                 sys.executable,
                 "-m",
@@ -149,6 +154,7 @@ class LocalCluster:
                 "--slots",
                 str(self.slots),
                 *node_flags,
+                *(["--metrics", metrics] if metrics else []),
                 *self.extra_args,
             ]
             self.nodes[i] = NodeProc(
@@ -158,6 +164,7 @@ class LocalCluster:
                 os.path.join(d, "data"),
                 os.path.join(d, "node.log"),
                 argv,
+                metrics=metrics,
             )
 
     # ---- lifecycle -------------------------------------------------------------
@@ -165,6 +172,11 @@ class LocalCluster:
     @property
     def addresses(self) -> list[str]:
         return [n.grpc for n in self.nodes.values()]
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        """Every node's ``http://HOST:PORT/metrics`` (empty unless ``metrics=True``)."""
+        return [f"http://{n.metrics}/metrics" for n in self.nodes.values() if n.metrics]
 
     def start(self, wait: bool = True, timeout_s: float = 60.0) -> LocalCluster:
         for i in self.nodes:

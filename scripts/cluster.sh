@@ -2,13 +2,14 @@
 # Start, stop and poke a local raftmesh cluster.
 #
 #   scripts/cluster.sh up N [--base-port P] [--dir DIR] [--unsafe-no-fsync] [--agents-module PATH|MODULE]...
-#                       [--secure]                        start nodes n1..nN, wait for a leader
+#                       [--secure] [--no-metrics]         start nodes n1..nN, wait for a leader
 #   scripts/cluster.sh down [--dir DIR]                   stop every node (TERM, then KILL after 10 s)
 #   scripts/cluster.sh status [--dir DIR]                 pids and cluster status
 #   scripts/cluster.sh kill ID [--dir DIR]                kill -9 one node
 #   scripts/cluster.sh restart ID [--wait] [--dir DIR]    start a stopped/killed node again
 #
-# Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100).
+# Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100), and serves
+# Prometheus metrics on http://127.0.0.1:P+100+I/metrics (DIR/env: RAFTMESH_METRICS) unless --no-metrics.
 # Data and logs live in DIR/nI (DIR defaults to ./.cluster); DIR/env holds RAFTMESH_ADDRESSES.
 # `up` makes DIR/raft.secret (mode 0600, kept across runs): every node authenticates and
 # encrypts Raft traffic with it. --unsafe-no-fsync and each --agents-module (a .py path is
@@ -21,7 +22,7 @@
 # restarted node by node; --wait waits for a ready cluster (every node serving) instead.
 set -euo pipefail
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -32,6 +33,7 @@ BASE=7100
 NODE_FLAGS=()
 WAIT=0
 SECURE=0
+METRICS=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) DIR=$2; shift 2 ;;
@@ -39,6 +41,7 @@ while [[ $# -gt 0 ]]; do
     --base-port) BASE=$2; shift 2 ;;
     --unsafe-no-fsync) NODE_FLAGS+=(--unsafe-no-fsync); shift ;;
     --secure) SECURE=1; shift ;;
+    --no-metrics) METRICS=0; shift ;;
     --agents-module)
       [[ $# -ge 2 && -n $2 ]] || die "--agents-module needs a PATH or MODULE"
       m=$2
@@ -113,6 +116,7 @@ wait_node() {  # wait_node ID ADDR STATES...: until the node's health is one of 
 [[ $SECURE == 0 || $CMD == up ]] || die "--secure is a flag of up (restart keeps what up was given)"
 [[ $CMD == up || " ${NODE_FLAGS[*]-} " != *" --agents-module "* ]] ||
   die "--agents-module is a flag of up (restart keeps what up was given)"
+[[ $CMD == up || $METRICS == 1 ]] || die "--no-metrics is a flag of up (restart keeps what up was given)"
 
 case $CMD in
   up)
@@ -120,10 +124,11 @@ case $CMD in
     [[ $N =~ ^[0-9]+$ && $N -ge 1 && $N -le 49 ]] || die "N must be 1..49"
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
-    peers=() addrs=()
+    peers=() addrs=() metrics=()
     for i in $(seq 1 "$N"); do
       peers+=("n$i=127.0.0.1:$((BASE + 50 + i))/127.0.0.1:$((BASE + i))")
       addrs+=("127.0.0.1:$((BASE + i))")
+      metrics+=("http://127.0.0.1:$((BASE + 100 + i))/metrics")
     done
     if [[ ! -s $DIR/raft.secret ]]; then
       (umask 077; od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/raft.secret")
@@ -150,9 +155,11 @@ case $CMD in
         --grpc "127.0.0.1:$((BASE + i))" --peers "$PEERS" --data-dir "$d/data" \
         --raft-secret-file "$DIR/raft.secret" ${NODE_FLAGS[@]+"${NODE_FLAGS[@]}"} \
         ${tls_flags[@]+"${tls_flags[@]}"} >"$d/cmd"
+      (( METRICS )) && printf '%s\n' --metrics "127.0.0.1:$((BASE + 100 + i))" >>"$d/cmd"
       start_node "n$i"
     done
     echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env"
+    (( METRICS )) && echo "RAFTMESH_METRICS=$(IFS=,; echo "${metrics[*]}")" >>"$DIR/env"
     if (( SECURE )); then
       printf 'RAFTMESH_CA=%q\nRAFTMESH_CERT=%q\nRAFTMESH_KEY=%q\n' \
         "$TLS/ca.pem" "$TLS/client.pem" "$TLS/client-key.pem" >>"$DIR/env"
@@ -160,6 +167,7 @@ case $CMD in
     load_env
     wait_ready "$ADDRS" $(seq -f 'n%g' 1 "$N")
     echo "RAFTMESH_ADDRESSES=$ADDRS"
+    if (( METRICS )); then echo "RAFTMESH_METRICS=$(IFS=,; echo "${metrics[*]}")"; fi
     ;;
   down)
     [[ -d $DIR ]] || exit 0

@@ -37,6 +37,7 @@ import inspect
 import logging
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,9 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     ctx: TaskContext | None = None
     reported: bool = False
+    agent: str = ""
+    started: float = 0.0
+    """``time.perf_counter()`` when the attempt started here (its duration metric)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,8 @@ class AgentHost:
         """What a process worker passes a class agent's ``setup(node)`` (the runtime's ``agent_node``)."""
         self.threads = ThreadPool(thread_pool_size)
         self.processes = ProcessPool(node_id, process_pool_size)
+        self.on_attempt: Callable[[str, bool, float, Usage], None] | None = None
+        """Told (agent, ok, seconds, usage) of every attempt reported (the node's metrics)."""
         self._semaphores: dict[str, asyncio.Semaphore] = {
             d.name: asyncio.Semaphore(d.concurrency) for d in registry.agents.values() if d.concurrency > 0
         }
@@ -285,7 +291,7 @@ class AgentHost:
         loop = asyncio.get_running_loop()
         for s in plan.start:
             log.info("attempt %d of %s/%s started (token %d)", s.attempt, *s.key, s.token)
-            a = _Attempt(s.key, s.attempt, s.token)
+            a = _Attempt(s.key, s.attempt, s.token, agent=s.agent, started=time.perf_counter())
             self._active[s.key] = a
             a.task = loop.create_task(
                 self._execute(a, s.agent, s.input, s.upstream, s.timeout_ms, item=s.item, index=s.index)
@@ -467,6 +473,8 @@ class AgentHost:
     async def _report(self, r: _Report) -> None:
         if r.attempt.ctx is not None:
             r.usage = r.attempt.ctx.usage
+        if self.on_attempt is not None:
+            self.on_attempt(r.attempt.agent, r.ok, time.perf_counter() - r.attempt.started, r.usage)
         while len(self._reports) >= MAX_PENDING_REPORTS:
             self._report_room.clear()
             await self._report_room.wait()

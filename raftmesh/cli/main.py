@@ -583,6 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "require"),
         help="require (default with TLS): clients need a certificate signed by --tls-ca; none: they do not",
     )
+    n.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; README Metrics)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 

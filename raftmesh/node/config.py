@@ -59,6 +59,8 @@ class NodeConfig:
     """READY tasks of at least this priority preempt lower running ones when no slot is free (None: off)."""
     tls: NodeTls | None = None
     """TLS of the gRPC port and of every channel to a peer (``--tls-cert``/``--tls-key``/``--tls-ca``)."""
+    metrics: str = ""
+    """``HOST:PORT`` this node serves Prometheus metrics on (``--metrics``; "" = off)."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -133,6 +135,7 @@ def build_config(
     agents_modules: tuple[str, ...] = (),
     preempt_priority: int | None = None,
     tls: NodeTls | None = None,
+    metrics: str = "",
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -177,6 +180,8 @@ def build_config(
         raise InvalidArgument("--agents-module must be a file path or a module name (not empty)")
     if preempt_priority is not None and abs(preempt_priority) > limits.MAX_PRIORITY:
         raise InvalidArgument(f"--preempt-priority must be within +-{limits.MAX_PRIORITY}")
+    if metrics:
+        _check_addr("--metrics", metrics)
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -195,6 +200,7 @@ def build_config(
         agents_modules=tuple(m.strip() for m in agents_modules),
         preempt_priority=preempt_priority,
         tls=tls,
+        metrics=metrics,
     )
 
 

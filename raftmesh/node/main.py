@@ -111,6 +111,7 @@ def run_node(args: argparse.Namespace) -> int:
             _setting(args, file_cfg, "tls-ca"),
             _setting(args, file_cfg, "tls-client-auth"),
         ),
+        metrics=str(_setting(args, file_cfg, "metrics", "") or ""),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))
