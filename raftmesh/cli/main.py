@@ -426,20 +426,22 @@ def cmd_lock(args: argparse.Namespace) -> int:
                 wait_s=args.wait,
                 priority=args.priority,
             )
+            lease = c.locks.lease_of(args.owner, token) if granted else ""
             out: Any = {
                 "granted": granted,
                 "token": token,
                 "request_id": rid,
                 "owner": args.owner,
                 "names": args.names.split(","),
+                "lease": lease,
             }
-            text = f"granted token={token} owner={args.owner}" if granted else "not granted"
+            text = f"granted token={token} owner={args.owner} lease={lease}" if granted else "not granted"
             code = EXIT_OK if granted else EXIT_UNAVAILABLE
         elif args.lock_cmd == "release":
-            c.locks.release(args.owner, args.name, args.token)
+            c.locks.release(args.owner, args.name, args.token, lease=args.lease)
             out, text, code = {"released": True, "name": args.name}, "released", EXIT_OK
         elif args.lock_cmd == "keepalive":
-            deadline = c.locks.keep_alive(args.owner, args.name, args.token)
+            deadline = c.locks.keep_alive(args.owner, args.name, args.token, lease=args.lease)
             out, text, code = (
                 {"name": args.name, "deadline_ms": deadline},
                 f"renewed until {deadline}",
@@ -571,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="READY tasks of at least this priority preempt lower-priority running attempts when no "
         "slot is free (default: off)",
     )
+    n.add_argument(
+        "--tokens-file",
+        help="YAML/JSON file of bearer tokens and their roles (`raftmesh tokens add` makes it); turns "
+        "authentication on (needs the cluster secret); reloaded on SIGHUP",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 
@@ -666,6 +673,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("name")
         sp.add_argument("--owner", required=True)
         sp.add_argument("--token", type=int, required=True)
+        sp.add_argument(
+            "--lease",
+            required=True,
+            help="the lease handle `lock acquire` printed (it proves the grant is yours)",
+        )
     li3 = lks.add_parser("list")
     li3.add_argument("prefix", nargs="?", default="")
     for sp in (a3, r3, k3, li3):
@@ -764,6 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .messages import add_parsers
 
     add_parsers(sub)
+    from .tokens import add_parsers as add_token_parsers
+
+    add_token_parsers(sub)
     return p
 
 

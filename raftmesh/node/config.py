@@ -56,6 +56,8 @@ class NodeConfig:
     """Worker processes that run ``process`` agents' attempts (``--agent-processes``)."""
     preempt_priority: int | None = None
     """READY tasks of at least this priority preempt lower running ones when no slot is free (None: off)."""
+    tokens_file: str | None = None
+    """Bearer tokens and roles (``raftmesh.security.tokens``); None: an open cluster."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -129,6 +131,7 @@ def build_config(
     agent_processes: int = PROCESS_POOL_SIZE,
     agents_modules: tuple[str, ...] = (),
     preempt_priority: int | None = None,
+    tokens_file: str | None = None,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -173,6 +176,11 @@ def build_config(
         raise InvalidArgument("--agents-module must be a file path or a module name (not empty)")
     if preempt_priority is not None and abs(preempt_priority) > limits.MAX_PRIORITY:
         raise InvalidArgument(f"--preempt-priority must be within +-{limits.MAX_PRIORITY}")
+    if tokens_file and not raft_password:
+        raise InvalidArgument(
+            "--tokens-file needs the cluster secret (--raft-secret-file PATH or RAFTMESH_RAFT_SECRET, "
+            "the same on every node): nodes prove who they are to each other with it"
+        )
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -190,6 +198,7 @@ def build_config(
         agent_processes=agent_processes,
         agents_modules=tuple(m.strip() for m in agents_modules),
         preempt_priority=preempt_priority,
+        tokens_file=os.path.abspath(tokens_file) if tokens_file else None,
     )
 
 

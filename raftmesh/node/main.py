@@ -104,6 +104,7 @@ def run_node(args: argparse.Namespace) -> int:
         ),
         agents_modules=modules,
         preempt_priority=_optional_int("preempt-priority", _setting(args, file_cfg, "preempt-priority")),
+        tokens_file=_setting(args, file_cfg, "tokens-file"),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))
@@ -123,6 +124,8 @@ def run_node(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, node.stop)
+        if node.authenticator is not None:
+            loop.add_signal_handler(signal.SIGHUP, node.authenticator.reload)
         await node.run()
 
     uvloop.run(main())
