@@ -2,7 +2,7 @@
 # Start, stop and poke a local raftmesh cluster.
 #
 #   scripts/cluster.sh up N [--base-port P] [--dir DIR] [--unsafe-no-fsync] [--agents-module PATH|MODULE]...
-#                                                         start nodes n1..nN, wait for a leader
+#                       [--secure]                        start nodes n1..nN, wait for a leader
 #   scripts/cluster.sh down [--dir DIR]                   stop every node (TERM, then KILL after 10 s)
 #   scripts/cluster.sh status [--dir DIR]                 pids and cluster status
 #   scripts/cluster.sh kill ID [--dir DIR]                kill -9 one node
@@ -14,12 +14,14 @@
 # encrypts Raft traffic with it. --unsafe-no-fsync and each --agents-module (a .py path is
 # made absolute) are passed to every node, and kept by restart; a node that exits at start
 # (e.g. a module that fails to import) fails `up` at once with its message.
+# --secure: DIR/tokens.yaml with an admin token (kept in DIR/admin.token, 0600), every node
+# started with --tokens-file, and RAFTMESH_TOKEN in DIR/env (mode 0600).
 # restart returns once that node serves, or, while fewer than a majority of the nodes
 # run, once it answers (saying the cluster has no quorum yet), so a crashed cluster can be
 # restarted node by node; --wait waits for a ready cluster (every node serving) instead.
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -29,12 +31,14 @@ DIR=./.cluster
 BASE=7100
 NODE_FLAGS=()
 WAIT=0
+SECURE=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) DIR=$2; shift 2 ;;
     --wait) WAIT=1; shift ;;
     --base-port) BASE=$2; shift 2 ;;
     --unsafe-no-fsync) NODE_FLAGS+=(--unsafe-no-fsync); shift ;;
+    --secure) SECURE=1; shift ;;
     --agents-module)
       [[ $# -ge 2 && -n $2 ]] || die "--agents-module needs a PATH or MODULE"
       m=$2
@@ -120,6 +124,13 @@ case $CMD in
     if [[ ! -s $DIR/raft.secret ]]; then
       (umask 077; od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/raft.secret")
     fi
+    # --secure, tokens: an admin token made once (its hash in tokens.yaml), given to every node.
+    if (( SECURE )); then
+      if [[ ! -s $DIR/admin.token ]]; then
+        (umask 077; "${RM[@]}" tokens add --file "$DIR/tokens.yaml" --subject admin --role admin >"$DIR/admin.token")
+      fi
+      NODE_FLAGS+=(--tokens-file "$DIR/tokens.yaml")
+    fi
     PEERS=$(IFS=,; echo "${peers[*]}")
     ADDRS=$(IFS=,; echo "${addrs[*]}")
     for i in $(seq 1 "$N"); do
@@ -131,7 +142,8 @@ case $CMD in
         --raft-secret-file "$DIR/raft.secret" ${NODE_FLAGS[@]+"${NODE_FLAGS[@]}"} >"$d/cmd"
       start_node "n$i"
     done
-    echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env"
+    (umask 077; echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env")
+    if (( SECURE )); then echo "RAFTMESH_TOKEN=$(cat "$DIR/admin.token")" >>"$DIR/env"; fi
     wait_ready "$ADDRS" $(seq -f 'n%g' 1 "$N")
     echo "RAFTMESH_ADDRESSES=$ADDRS"
     ;;
@@ -155,7 +167,7 @@ case $CMD in
       d=${d%/}; id=$(basename "$d")
       if alive "$d"; then echo "$id running (pid $(cat "$d/pid"))"; else echo "$id stopped"; fi
     done
-    [[ -f $DIR/env ]] && { source "$DIR/env"; export RAFTMESH_ADDRESSES; "${RM[@]}" status || true; }
+    [[ -f $DIR/env ]] && { source "$DIR/env"; export RAFTMESH_ADDRESSES ${RAFTMESH_TOKEN:+RAFTMESH_TOKEN}; "${RM[@]}" status || true; }
     ;;
   kill)
     [[ -n $ARG ]] || die "usage: $0 kill ID"

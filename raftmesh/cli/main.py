@@ -162,7 +162,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("max_tasks", "max_seconds", "max_cost", "max_tokens")}
     budget = {k: v for k, v in flags.items() if v is not None}  # each replaces the file's figure
     with _client(args) as c:
-        run_id = c.submit(dag, idempotency_key=args.idempotency_key, budget=budget or None)
+        run_id = c.submit(
+            dag, idempotency_key=args.idempotency_key, budget=budget or None, namespace=args.namespace
+        )
         if not args.wait:
             if args.json:
                 _print_json({"run_id": run_id})
@@ -220,7 +222,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        runs = c.list_runs(limit=args.limit, status=args.status)
+        runs = c.list_runs(limit=args.limit, status=args.status, namespace=args.namespace)
     if args.json:
         _print_json({"runs": runs})
     else:
@@ -593,6 +595,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait (default: forever)")
     sb.add_argument("--idempotency-key", default=None, help="the same key always yields the same run")
+    sb.add_argument(
+        "--namespace",
+        default="",
+        help="the run's namespace (default: the default one); tokens may be limited",
+    )
     sb.add_argument("--json", action="store_true")
     budget = sb.add_argument_group(
         "run budget (replaces the spec file's budget: figure by figure; 0: no limit)"
@@ -674,9 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--owner", required=True)
         sp.add_argument("--token", type=int, required=True)
         sp.add_argument(
-            "--lease",
-            required=True,
-            help="the lease handle `lock acquire` printed (it proves the grant is yours)",
+            "--lease", help="the lease handle `lock acquire` printed (required: it proves the grant is yours)"
         )
     li3 = lks.add_parser("list")
     li3.add_argument("prefix", nargs="?", default="")
@@ -770,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
             "COMPENSATION_FAILED",
         ],
     )
+    r.add_argument("--namespace", default="", help="only runs in this namespace")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_runs)
 
