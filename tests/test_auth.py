@@ -439,7 +439,9 @@ def test_a_token_limited_to_namespaces_sees_and_touches_only_them(secured: Secur
     for ns in ("", "b"):
         with pytest.raises(PermissionDenied):
             team.submit(dag, namespace=ns)
-    other = admin.submit(dag, namespace="b")
+    other = admin.submit(dag, namespace="b", idempotency_key="admins-key")
+    with pytest.raises(PermissionDenied):  # a key names a run cluster-wide: not a way to see it
+        team.submit(dag, namespace="a", idempotency_key="admins-key")
     default = admin.submit(dag)
     assert admin.get(ours).namespace == "a"
     team.wait(ours, timeout_s=60)
@@ -472,7 +474,44 @@ def test_a_token_limited_to_namespaces_sees_and_touches_only_them(secured: Secur
     team.locks.release("team-1", "a/lock", token)
     with pytest.raises(PermissionDenied):
         team.locks.acquire("b/lock", owner="team-1", wait_s=0)
+    # A lease's revoke deletes its keys: refused while it holds a key outside the namespaces.
+    lease = team.kv.lease_grant(30)
+    team.kv.put("a/leased", 1, lease=lease)
+    admin.kv.put("b/leased", 1, lease=lease)
+    with pytest.raises(PermissionDenied):
+        team.kv.lease_revoke(lease)
+    admin.kv.delete("b/leased")
+    assert team.kv.lease_revoke(lease) == ["a/leased"]
     with pytest.raises(NotFound):
         admin.get("r-nope")
     team.close()
     admin.close()
+
+
+@pytest.mark.e2e
+def test_cluster_script_secure_makes_an_admin_token(tmp_path: pathlib.Path) -> None:
+    from tests.test_cli import _free_base
+
+    script, d = str(ROOT / "scripts" / "cluster.sh"), str(tmp_path / "c")
+    env = {**os.environ, "RAFTMESH_BIN": f"{sys.executable} -m raftmesh.cli.main"}
+    env.pop("RAFTMESH_TOKEN", None)
+
+    def sh(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [script, *args, "--dir", d], capture_output=True, text=True, timeout=120, env=env
+        )
+
+    try:
+        up = sh("up", "3", "--secure", "--base-port", str(_free_base()))
+        assert up.returncode == 0, up.stderr
+        lines = dict(ln.split("=", 1) for ln in pathlib.Path(d, "env").read_text().split())
+        assert set(lines) >= {"RAFTMESH_ADDRESSES", "RAFTMESH_TOKEN"}
+        assert stat.S_IMODE(os.stat(pathlib.Path(d, "env")).st_mode) == 0o600
+        [admin] = read_tokens_file(str(pathlib.Path(d, "tokens.yaml")))
+        assert (admin.subject, admin.role) == ("admin", Role.ADMIN)
+        assert admin.sha256 == hash_token(lines["RAFTMESH_TOKEN"])
+        with_token = _cli("status", "--json", env=lines)
+        assert with_token.returncode == 0, with_token.stderr
+        assert _cli("status", env={"RAFTMESH_ADDRESSES": lines["RAFTMESH_ADDRESSES"]}).returncode == 7
+    finally:
+        sh("down")

@@ -40,7 +40,7 @@ from ..consensus.state import ClusterState
 from ..errors import Aborted, InvalidArgument, OutOfRange
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
-from ..security.ownership import check_key
+from ..security.ownership import check_key, restricted
 from . import convert, rpc
 from .access import NodeAccess
 from .lock_waits import LockWaits
@@ -206,6 +206,12 @@ class KvService(pb_grpc.KvServicer):
     async def Lease(
         self, request: pb.KvLeaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.KvLeaseResponse:
+        if request.action == "revoke" and restricted():
+            # A revoke deletes the lease's keys: a token limited to namespaces may revoke only a
+            # lease whose keys (now) are all in them. O(keys of the lease).
+            keys = self.node.reads.read(lambda st: sorted(_lease_keys(st, request.lease)))
+            for key in keys:
+                check_key(key)
         cmd = KvLease(
             _request_id(request.request_id, "kl-"),
             self.node.clock.now_ms(),
@@ -268,6 +274,11 @@ class KvService(pb_grpc.KvServicer):
                         last = ev.revision
         finally:
             self._hub.unsubscribe_kv(q)
+
+
+def _lease_keys(st: ClusterState, lease_id: int) -> set[str]:
+    lease = st.kv.leases.get(lease_id)
+    return set(lease.keys) if lease is not None else set()
 
 
 def _watch_event(ev: KvEvent) -> pb.KvWatchEvent:

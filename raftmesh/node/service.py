@@ -113,8 +113,13 @@ class ClusterService(pb_grpc.ClusterServicer):
             defaults = task_defaults(st, {t.agent for t in request.tasks})
             return (st.idempotency.get(key) if key else None), st.offered_capabilities(), defaults
 
+        ownership.check_namespace(request.namespace, "submitting a run")
         existing, known, defaults = node.reads.read(lookup)
         if existing is not None:
+            # The key's run, only to a caller that may see it (keys are cluster-wide).
+            found = node.reads.read(functools.partial(_run_owner, run_id=existing))
+            if found is not None:
+                ownership.check_run(found[0], found[1], existing)
             return pb.SubmitRunResponse(run_id=existing, created=False)
         # Unset retries/timeout_ms take the agent type's defaults here, before the command is
         # logged: the logged spec is explicit, so apply never depends on who offers what.
@@ -136,7 +141,6 @@ class ClusterService(pb_grpc.ClusterServicer):
         why = limits.request_id_error("idempotency_key", key) or limits.namespace_error(request.namespace)
         if why:
             raise InvalidArgument(why)
-        ownership.check_namespace(request.namespace, "submitting a run")
         cmd = SubmitRun(
             request_id=f"s-{key}" if key else new_request_id("s-"),
             ts_ms=node.clock.now_ms(),
