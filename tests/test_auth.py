@@ -175,7 +175,7 @@ def test_ownership_rules() -> None:
         with pytest.raises(PermissionDenied, match="only its own runs"):
             ownership.check_run("", "token:b", "r1", cancel=True)
         ownership.check_run("", "token:b", "r1")  # seeing it is fine
-        assert ownership.submitter("ipv4:1.2.3.4:5") == "token:a"
+        assert ownership.principal_or("ipv4:1.2.3.4:5") == "token:a"
     with calls.bound(_call("token:op", "operator")):
         ownership.check_run("", "token:b", "r1", cancel=True)
     with calls.bound(_call("token:t", "submitter", "a", "b")):
@@ -191,7 +191,7 @@ def test_ownership_rules() -> None:
             ownership.check_run("c", "token:t", "r1")
         assert ownership.restricted() and ownership.may_see("b") and not ownership.may_see("c")
     with calls.bound(_call(calls.ANONYMOUS, "admin")):
-        assert ownership.submitter("ipv4:1.2.3.4:5") == "ipv4:1.2.3.4:5"
+        assert ownership.principal_or("ipv4:1.2.3.4:5") == "ipv4:1.2.3.4:5"
         ownership.check_key("anything")
     ownership.check_key("no call bound: the node acting on its own")
 
@@ -425,6 +425,13 @@ def test_a_submitter_cancels_only_its_own_runs(secured: Secured) -> None:
     assert alice.get(mine).status == "RUNNING"
     theirs = bob.submit(slow)
     op.cancel(theirs)  # an operator may cancel any run
+    gated = DAG("gated")
+    gated.task("g", "echo", input=1, approval={"prompt": "ok?"})
+    run_id = alice.submit(gated)
+    wait_until(lambda: alice.get(run_id).tasks["g"].status == "WAITING_APPROVAL", 60, "the gate open")
+    with pytest.raises(PermissionDenied):
+        alice.approve(run_id, "g")  # approving is an operator's
+    assert op.approve(run_id, "g", by="someone else").by == "token:op"  # the principal, not the claim
     assert alice.cancel(mine) == "CANCELLED"
     for c in (alice, bob, op):
         c.close()

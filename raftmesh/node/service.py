@@ -149,7 +149,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             tasks=specs,
             priority=request.priority,
             name=request.name,
-            submitter=ownership.submitter(context.peer() or ""),
+            submitter=ownership.principal_or(context.peer() or ""),
             budget=budget,
             namespace=request.namespace,
         )
@@ -332,7 +332,8 @@ class ClusterService(pb_grpc.ClusterServicer):
         self, request: pb.ApproveTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.ApproveTaskResponse:
         _check_run_id(request.run_id)
-        by = request.by or context.peer() or "anonymous"
+        # With tokens the decider is the authenticated principal, not what the caller claims.
+        by = ownership.principal_or(request.by or context.peer() or "anonymous")
         why = (
             approvals.task_id_error(request.task_id)
             or limits.request_id_error("request_id", request.request_id)

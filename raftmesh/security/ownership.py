@@ -26,8 +26,9 @@ def _call() -> calls.Call | None:
     return None if c is None or ("*" in c.namespaces and c.role != Role.SUBMITTER.label) else c
 
 
-def submitter(fallback: str) -> str:
-    """Who a new run belongs to: the authenticated principal (``fallback``, the peer address,
+def principal_or(fallback: str) -> str:
+    """Who the caller is, for what it makes (a run's submitter, an approval's decider): the
+    authenticated principal (``fallback``, e.g. the peer address,
     on an open cluster where everyone is ``anonymous``)."""
     c = calls.current()
     return c.principal if c is not None and c.principal != calls.ANONYMOUS else fallback
