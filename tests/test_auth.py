@@ -157,6 +157,10 @@ def test_a_node_refuses_to_start_with_a_bad_tokens_file_or_without_the_secret(tm
     node += ["--data-dir", str(tmp_path / "d"), "--tokens-file", str(tokens)]
     bad = _cli(*node, "--raft-secret-file", str(secret))
     assert bad.returncode == 2 and "token entry 1 ('alice')" in bad.stderr and "wizard" in bad.stderr
+    config = tmp_path / "node.json"  # the --config key is the same setting
+    config.write_text(json.dumps({"tokens_file": str(tokens), "raft-secret-file": str(secret)}))
+    bad = _cli(*node[:-2], "--config", str(config))
+    assert bad.returncode == 2 and "token entry 1 ('alice')" in bad.stderr
     tokens.write_text("tokens: []\n")
     no_secret = _cli(*node)
     assert no_secret.returncode == 2 and "cluster secret" in no_secret.stderr

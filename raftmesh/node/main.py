@@ -124,8 +124,9 @@ def run_node(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, node.stop)
-        if node.authenticator is not None:
-            loop.add_signal_handler(signal.SIGHUP, node.authenticator.reload)
+        auth = node.authenticator
+        if auth is not None:  # read and parsed off the loop: the file may be megabytes of YAML
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, auth.reload))
         await node.run()
 
     uvloop.run(main())

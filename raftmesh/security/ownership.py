@@ -22,6 +22,7 @@ from .roles import Role
 
 
 def _call() -> calls.Call | None:
+    """The call whose access to a run needs checking (None: it may touch every run)."""
     c = calls.current()
     return None if c is None or ("*" in c.namespaces and c.role != Role.SUBMITTER.label) else c
 
