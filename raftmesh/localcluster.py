@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .client import Client
+from .client._security import Credentials
 from .errors import RaftmeshError
 
 
@@ -100,6 +101,8 @@ class LocalCluster:
     """Run every node with ``--unsafe-no-fsync``."""
     agents_modules: Sequence[str] = ()
     """Agent modules every node loads (``--agents-module``: ``.py`` paths, made absolute, or module names)."""
+    credentials: Credentials | None = None
+    """How this harness's own clients and health checks reach the nodes (TLS, token); None: plaintext."""
     secret_path: str | None = field(default=None, init=False)
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     _clients: list[Client] = field(default_factory=list, init=False, repr=False)
@@ -253,12 +256,13 @@ class LocalCluster:
     # ---- observation ---------------------------------------------------------------
 
     def client(self, addresses: list[str] | None = None, **kw: Any) -> Client:
+        kw.setdefault("credentials", self.credentials)
         c = Client(addresses or self.addresses, **kw)
         self._clients.append(c)
         return c
 
     def status_of(self, node_id: str, include_digest: bool = False) -> Any:
-        with Client([self.nodes[node_id].grpc], retry_deadline_s=0) as c:
+        with Client([self.nodes[node_id].grpc], retry_deadline_s=0, credentials=self.credentials) as c:
             return c.status_of(self.nodes[node_id].grpc, include_digest=include_digest)
 
     def leader(self, among: Sequence[str] | None = None) -> str | None:
@@ -278,7 +282,7 @@ class LocalCluster:
     def serving(self, node_id: str, timeout_s: float = 2.0) -> bool:
         """The node answers the gRPC health check with SERVING: it knows a leader and its
         current incarnation is registered and up in the state it has applied."""
-        with grpc.insecure_channel(self.nodes[node_id].grpc) as ch:
+        with (self.credentials or Credentials()).channel(self.nodes[node_id].grpc) as ch:
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=timeout_s

@@ -14,14 +14,16 @@
 # encrypts Raft traffic with it. --unsafe-no-fsync and each --agents-module (a .py path is
 # made absolute) are passed to every node, and kept by restart; a node that exits at start
 # (e.g. a module that fails to import) fails `up` at once with its message.
-# --secure: DIR/tokens.yaml with an admin token (kept in DIR/admin.token, 0600), every node
-# started with --tokens-file, and RAFTMESH_TOKEN in DIR/env (mode 0600).
+# --secure, TLS: DIR/tls from `raftmesh certs init` (made once, kept across runs), every node
+# serving and dialling its peers over mutual TLS, and RAFTMESH_CA/_CERT/_KEY in DIR/env.
+# --secure, tokens: DIR/tokens.yaml with an admin token (kept in DIR/admin.token, 0600), every
+# node started with --tokens-file, and RAFTMESH_TOKEN in DIR/env (mode 0600).
 # restart returns once that node serves, or, while fewer than a majority of the nodes
 # run, once it answers (saying the cluster has no quorum yet), so a crashed cluster can be
 # restarted node by node; --wait waits for a ready cluster (every node serving) instead.
 set -euo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -53,6 +55,9 @@ done
 
 if command -v raftmesh >/dev/null 2>&1; then RM=(raftmesh); else RM=(python3 -m raftmesh.cli.main); fi
 [[ -n ${RAFTMESH_BIN:-} ]] && read -r -a RM <<<"$RAFTMESH_BIN"
+
+# The CLI calls below (health waits, status) reach the nodes with DIR/env's addresses and credentials.
+load_env() { set -a; source "$DIR/env"; set +a; }
 
 alive() { [[ -f $1/pid ]] && kill -0 "$(cat "$1/pid")" 2>/dev/null; }
 
@@ -107,6 +112,7 @@ wait_node() {  # wait_node ID ADDR STATES...: until the node's health is one of 
 }
 
 [[ $WAIT == 0 || $CMD == restart ]] || die "--wait is a flag of restart only"
+[[ $SECURE == 0 || $CMD == up ]] || die "--secure is a flag of up (restart keeps what up was given)"
 [[ $CMD == up || " ${NODE_FLAGS[*]-} " != *" --agents-module "* ]] ||
   die "--agents-module is a flag of up (restart keeps what up was given)"
 
@@ -124,6 +130,15 @@ case $CMD in
     if [[ ! -s $DIR/raft.secret ]]; then
       (umask 077; od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/raft.secret")
     fi
+    TLS=$DIR/tls
+    if (( SECURE )); then  # --secure, TLS: the CA and certificates, made once like raft.secret
+      if [[ ! -s $TLS/ca.pem ]]; then
+        "${RM[@]}" certs init "$TLS" --nodes "$(seq -s, -f 'n%g' 1 "$N")" >/dev/null
+      fi
+      for i in $(seq 1 "$N"); do
+        [[ -s $TLS/n$i.pem ]] || die "$TLS has no certificate for n$i (remove $TLS to make new ones)"
+      done
+    fi
     # --secure, tokens: an admin token made once (its hash in tokens.yaml), given to every node.
     if (( SECURE )); then
       if [[ ! -s $DIR/admin.token ]]; then
@@ -137,13 +152,21 @@ case $CMD in
       d=$DIR/n$i
       mkdir -p "$d"
       alive "$d" && die "n$i is already running in $DIR (run: $0 down --dir $DIR)"
+      tls_flags=()
+      if (( SECURE )); then tls_flags=(--tls-cert "$TLS/n$i.pem" --tls-key "$TLS/n$i-key.pem" --tls-ca "$TLS/ca.pem"); fi
       printf '%s\n' "${RM[@]}" node --id "n$i" --raft "127.0.0.1:$((BASE + 50 + i))" \
         --grpc "127.0.0.1:$((BASE + i))" --peers "$PEERS" --data-dir "$d/data" \
-        --raft-secret-file "$DIR/raft.secret" ${NODE_FLAGS[@]+"${NODE_FLAGS[@]}"} >"$d/cmd"
+        --raft-secret-file "$DIR/raft.secret" ${NODE_FLAGS[@]+"${NODE_FLAGS[@]}"} \
+        ${tls_flags[@]+"${tls_flags[@]}"} >"$d/cmd"
       start_node "n$i"
     done
     (umask 077; echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env")
-    if (( SECURE )); then echo "RAFTMESH_TOKEN=$(cat "$DIR/admin.token")" >>"$DIR/env"; fi
+    if (( SECURE )); then
+      printf 'RAFTMESH_CA=%q\nRAFTMESH_CERT=%q\nRAFTMESH_KEY=%q\n' \
+        "$TLS/ca.pem" "$TLS/client.pem" "$TLS/client-key.pem" >>"$DIR/env"
+      echo "RAFTMESH_TOKEN=$(cat "$DIR/admin.token")" >>"$DIR/env"
+    fi
+    load_env
     wait_ready "$ADDRS" $(seq -f 'n%g' 1 "$N")
     echo "RAFTMESH_ADDRESSES=$ADDRS"
     ;;
@@ -167,7 +190,7 @@ case $CMD in
       d=${d%/}; id=$(basename "$d")
       if alive "$d"; then echo "$id running (pid $(cat "$d/pid"))"; else echo "$id stopped"; fi
     done
-    [[ -f $DIR/env ]] && { source "$DIR/env"; export RAFTMESH_ADDRESSES ${RAFTMESH_TOKEN:+RAFTMESH_TOKEN}; "${RM[@]}" status || true; }
+    [[ -f $DIR/env ]] && { load_env; "${RM[@]}" status || true; }
     ;;
   kill)
     [[ -n $ARG ]] || die "usage: $0 kill ID"
@@ -189,7 +212,7 @@ case $CMD in
       while alive "$d"; do sleep 0.05; done  # start_node refuses a node that still runs
     fi
     start_node "$ARG"
-    source "$DIR/env"
+    load_env
     if (( WAIT )); then
       wait_ready "$RAFTMESH_ADDRESSES"
       echo "restarted $ARG (pid $(cat "$d/pid")); the cluster is ready"

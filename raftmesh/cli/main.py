@@ -341,10 +341,12 @@ def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from ..client import parse_addresses
+    from ..client._security import Credentials
 
+    creds = Credentials.resolve(args.cred_token, args.cred_ca, args.cred_cert, args.cred_key)
     results = {}
     for addr in parse_addresses(args.addresses):
-        with grpc.insecure_channel(addr) as ch:
+        with creds.channel(addr) as ch:
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
@@ -580,6 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML/JSON file of bearer tokens and their roles (`raftmesh tokens add` makes it); turns "
         "authentication on (needs the cluster secret); reloaded on SIGHUP",
     )
+    n.add_argument("--tls-cert", help="this node's certificate (PEM): TLS on its gRPC port and to its peers")
+    n.add_argument("--tls-key", help="the key of --tls-cert (PEM)")
+    n.add_argument(
+        "--tls-ca", help="the CA (PEM) that signed every node's certificate (and clients', for mTLS)"
+    )
+    n.add_argument(
+        "--tls-client-auth",
+        choices=("none", "require"),
+        help="require (default with TLS): clients need a certificate signed by --tls-ca; none: they do not",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 
@@ -785,6 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .tokens import add_parsers as add_token_parsers
 
     add_token_parsers(sub)
+    from .certs import add_parsers as add_certs_parsers
+
+    add_certs_parsers(sub)
     return p
 
 

@@ -13,6 +13,7 @@ from ..agents._pools import MAX_PROCESS_POOL_SIZE, MAX_THREAD_POOL_SIZE, PROCESS
 from ..consensus import limits
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
+from .tls import NodeTls
 
 _ADDR_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
@@ -58,6 +59,8 @@ class NodeConfig:
     """READY tasks of at least this priority preempt lower running ones when no slot is free (None: off)."""
     tokens_file: str | None = None
     """Bearer tokens and roles (``raftmesh.security.tokens``); None: an open cluster."""
+    tls: NodeTls | None = None
+    """TLS of the gRPC port and of every channel to a peer (``--tls-cert``/``--tls-key``/``--tls-ca``)."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -132,6 +135,7 @@ def build_config(
     agents_modules: tuple[str, ...] = (),
     preempt_priority: int | None = None,
     tokens_file: str | None = None,
+    tls: NodeTls | None = None,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -199,6 +203,7 @@ def build_config(
         agents_modules=tuple(m.strip() for m in agents_modules),
         preempt_priority=preempt_priority,
         tokens_file=os.path.abspath(tokens_file) if tokens_file else None,
+        tls=tls,
     )
 
 

@@ -52,6 +52,7 @@ from .proposer import Proposer
 from .reads import ReadView
 from .scheduler import Scheduler
 from .service import ClusterService
+from .tls import NodeChannels
 from .watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class NodeRuntime:
             os.path.join(cfg.data_dir, "agents", agent),
             cfg.grpc,
             tuple(p.grpc for p in cfg.peers),
+            *((cfg.tls.ca, cfg.tls.cert, cfg.tls.key) if cfg.tls else ()),
         )
 
     async def run(self) -> None:
@@ -250,8 +252,9 @@ class NodeRuntime:
             ready=lambda: raft.ready,
         )
         self.proposer.start()
+        channels = NodeChannels(cfg.tls)  # every node-to-node channel: TLS when this node has it
         self.router = MessageRouter(
-            cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of
+            cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of, dial=channels.dial
         )
         self.router.peer_metadata = self.node_metadata
 
@@ -284,13 +287,22 @@ class NodeRuntime:
             ),
             server,
         )
-        port = server.add_insecure_port(cfg.grpc)
+        port = (
+            server.add_secure_port(cfg.grpc, cfg.tls.server_credentials())
+            if cfg.tls is not None
+            else server.add_insecure_port(cfg.grpc)
+        )
         if port == 0:
             raise RaftmeshError(f"cannot listen on {cfg.grpc} (address in use?)")
         await server.start()
         log.info("node %s serving gRPC on %s, Raft on %s", cfg.node_id, cfg.grpc, cfg.raft)
         self.heartbeats = HeartbeatSender(
-            cfg.node_id, self.incarnation, self._leader_grpc, lambda: self.host.running, clock
+            cfg.node_id,
+            self.incarnation,
+            self._leader_grpc,
+            lambda: self.host.running,
+            clock,
+            dial=channels.dial,
         )
         self.heartbeats.metadata = self.node_metadata
         # ctx.send/request/publish of task agents and actors; actors take the router's fast messages
