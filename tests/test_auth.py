@@ -523,6 +523,13 @@ def test_cluster_script_secure_makes_an_admin_token(tmp_path: pathlib.Path) -> N
         assert admin.sha256 == hash_token(lines["RAFTMESH_TOKEN"])
         with_token = _cli("status", "--json", env=lines)
         assert with_token.returncode == 0, with_token.stderr
-        assert _cli("status", env={"RAFTMESH_ADDRESSES": lines["RAFTMESH_ADDRESSES"]}).returncode == 7
+        dag = tmp_path / "dag.json"  # TLS and tokens together: the nodes still run work
+        dag.write_text(
+            json.dumps({"tasks": [{"id": f"t{i}", "agent": "sum", "input": {"value": i}} for i in range(6)]})
+        )
+        sub = _cli("submit", str(dag), "--wait", "--json", env=lines)
+        assert sub.returncode == 0 and json.loads(sub.stdout)["submitter"] == "token:admin", sub.stderr
+        without_token = {k: v for k, v in lines.items() if k != "RAFTMESH_TOKEN"}  # TLS, no token
+        assert _cli("status", env=without_token).returncode == 7
     finally:
         sh("down")
