@@ -17,12 +17,14 @@
 # (e.g. a module that fails to import) fails `up` at once with its message.
 # --secure, TLS: DIR/tls from `raftmesh certs init` (made once, kept across runs), every node
 # serving and dialling its peers over mutual TLS, and RAFTMESH_CA/_CERT/_KEY in DIR/env.
+# --secure, tokens: DIR/tokens.yaml with an admin token (kept in DIR/admin.token, 0600), every
+# node started with --tokens-file, and RAFTMESH_TOKEN in DIR/env (mode 0600).
 # restart returns once that node serves, or, while fewer than a majority of the nodes
 # run, once it answers (saying the cluster has no quorum yet), so a crashed cluster can be
 # restarted node by node; --wait waits for a ready cluster (every node serving) instead.
 set -euo pipefail
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -142,7 +144,13 @@ case $CMD in
         [[ -s $TLS/n$i.pem ]] || die "$TLS has no certificate for n$i (remove $TLS to make new ones)"
       done
     fi
-    # --secure, tokens: (engineer "auth") the tokens file and --tokens-file go here.
+    # --secure, tokens: an admin token made once (its hash in tokens.yaml), given to every node.
+    if (( SECURE )); then
+      if [[ ! -s $DIR/admin.token ]]; then
+        (umask 077; "${RM[@]}" tokens add --file "$DIR/tokens.yaml" --subject admin --role admin >"$DIR/admin.token")
+      fi
+      NODE_FLAGS+=(--tokens-file "$DIR/tokens.yaml")
+    fi
     PEERS=$(IFS=,; echo "${peers[*]}")
     ADDRS=$(IFS=,; echo "${addrs[*]}")
     for i in $(seq 1 "$N"); do
@@ -158,11 +166,12 @@ case $CMD in
       (( METRICS )) && printf '%s\n' --metrics "127.0.0.1:$((BASE + 100 + i))" >>"$d/cmd"
       start_node "n$i"
     done
-    echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env"
+    (umask 077; echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env")
     (( METRICS )) && echo "RAFTMESH_METRICS=$(IFS=,; echo "${metrics[*]}")" >>"$DIR/env"
     if (( SECURE )); then
       printf 'RAFTMESH_CA=%q\nRAFTMESH_CERT=%q\nRAFTMESH_KEY=%q\n' \
         "$TLS/ca.pem" "$TLS/client.pem" "$TLS/client-key.pem" >>"$DIR/env"
+      echo "RAFTMESH_TOKEN=$(cat "$DIR/admin.token")" >>"$DIR/env"
     fi
     load_env
     wait_ready "$ADDRS" $(seq -f 'n%g' 1 "$N")

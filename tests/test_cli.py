@@ -114,19 +114,19 @@ def test_cli_kv_and_lock_contract(cluster3: LocalCluster) -> None:
     assert cli("kv", "get", "cfg/missing", addresses=addrs).returncode == 3
     acq = cli("lock", "acquire", "db:orders", "--owner", "me", "--json", addresses=addrs)
     assert acq.returncode == 0, acq.stderr
-    token = json.loads(acq.stdout)["token"]
+    token, lease = json.loads(acq.stdout)["token"], json.loads(acq.stdout)["lease"]
+    assert len(lease) == 32
     busy = cli("lock", "acquire", "db:orders", "--owner", "you", "--json", addresses=addrs)
     assert busy.returncode == 4 and json.loads(busy.stdout)["granted"] is False
     listed = json.loads(cli("lock", "list", "--json", addresses=addrs).stdout)["locks"]
     assert listed[0]["holders"][0]["owner"] == "me" and listed[0]["last_token"] == token
-    stale = cli("lock", "release", "db:orders", "--owner", "me", "--token", str(token - 1), addresses=addrs)
+    assert lease not in json.dumps(listed)  # the handle is the holder's secret
+    release = ["lock", "release", "db:orders", "--owner", "me"]
+    stale = cli(*release, "--token", str(token - 1), "--lease", lease, addresses=addrs)
     assert stale.returncode == 6 and "stale token" in stale.stderr
-    assert (
-        cli(
-            "lock", "release", "db:orders", "--owner", "me", "--token", str(token), addresses=addrs
-        ).returncode
-        == 0
-    )
+    wrong = cli(*release, "--token", str(token), "--lease", "0" * 32, addresses=addrs)
+    assert wrong.returncode == 7 and "lease handle" in wrong.stderr
+    assert cli(*release, "--token", str(token), "--lease", lease, addresses=addrs).returncode == 0
     fenced = cli(
         "kv", "put", "cfg/a", "2", "--fence-lock", "db:orders", "--fence-token", "1", addresses=addrs
     )

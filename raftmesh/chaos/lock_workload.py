@@ -172,11 +172,13 @@ class LockRecord:
     """The fenced KV put: ``ok``, ``failed`` (Aborted: fenced), ``unknown`` ("" if not attempted)."""
     release: str = ""
     """``ok``, ``expired`` (Aborted: the lease had run out), ``unknown``."""
+    lease_handle: str = field(default="", repr=False)
+    """The grant's secret lease handle (kept out of reports: it is a credential)."""
     lease_lost: bool = False
     error: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: v for k, v in vars(self).items() if v is not None and v != ""}
+        d = {k: v for k, v in vars(self).items() if v is not None and v != "" and k != "lease_handle"}
         if self.return_s == math.inf:
             d["return_s"] = None
         return d
@@ -277,8 +279,10 @@ class LockWorkload(ClientThreads):
         rec.return_ms = self.clock.wall_ms()
         if rec.outcome != "granted":
             return
+        # The secret handle the node made at Acquire: the release and renewals must name it.
+        rec.lease_handle = sdk.locks.lease_of(rec.owner, token)
         lease = (
-            Lease(sdk, rec.owner, [rec.lock], token, int(self.ttl_s * 1000), rid)
+            Lease(sdk, rec.owner, [rec.lock], token, int(self.ttl_s * 1000), rid, rec.lease_handle)
             if rec.api == "lease"
             else None
         )
@@ -316,7 +320,7 @@ class LockWorkload(ClientThreads):
                 rec.lease_lost = lease.lost.is_set()
                 rec.release = "expired" if rec.lease_lost else "ok"
             else:
-                sdk.locks.release(rec.owner, rec.lock, rec.token)
+                sdk.locks.release(rec.owner, rec.lock, rec.token, lease=rec.lease_handle)
                 rec.release = "ok"
         except Aborted:
             rec.release = "expired"

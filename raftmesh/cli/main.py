@@ -162,7 +162,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("max_tasks", "max_seconds", "max_cost", "max_tokens")}
     budget = {k: v for k, v in flags.items() if v is not None}  # each replaces the file's figure
     with _client(args) as c:
-        run_id = c.submit(dag, idempotency_key=args.idempotency_key, budget=budget or None)
+        run_id = c.submit(
+            dag, idempotency_key=args.idempotency_key, budget=budget or None, namespace=args.namespace
+        )
         if not args.wait:
             if args.json:
                 _print_json({"run_id": run_id})
@@ -220,7 +222,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        runs = c.list_runs(limit=args.limit, status=args.status)
+        runs = c.list_runs(limit=args.limit, status=args.status, namespace=args.namespace)
     if args.json:
         _print_json({"runs": runs})
     else:
@@ -428,20 +430,22 @@ def cmd_lock(args: argparse.Namespace) -> int:
                 wait_s=args.wait,
                 priority=args.priority,
             )
+            lease = c.locks.lease_of(args.owner, token) if granted else ""
             out: Any = {
                 "granted": granted,
                 "token": token,
                 "request_id": rid,
                 "owner": args.owner,
                 "names": args.names.split(","),
+                "lease": lease,
             }
-            text = f"granted token={token} owner={args.owner}" if granted else "not granted"
+            text = f"granted token={token} owner={args.owner} lease={lease}" if granted else "not granted"
             code = EXIT_OK if granted else EXIT_UNAVAILABLE
         elif args.lock_cmd == "release":
-            c.locks.release(args.owner, args.name, args.token)
+            c.locks.release(args.owner, args.name, args.token, lease=args.lease)
             out, text, code = {"released": True, "name": args.name}, "released", EXIT_OK
         elif args.lock_cmd == "keepalive":
-            deadline = c.locks.keep_alive(args.owner, args.name, args.token)
+            deadline = c.locks.keep_alive(args.owner, args.name, args.token, lease=args.lease)
             out, text, code = (
                 {"name": args.name, "deadline_ms": deadline},
                 f"renewed until {deadline}",
@@ -573,6 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="READY tasks of at least this priority preempt lower-priority running attempts when no "
         "slot is free (default: off)",
     )
+    n.add_argument(
+        "--tokens-file",
+        help="YAML/JSON file of bearer tokens and their roles (`raftmesh tokens add` makes it); turns "
+        "authentication on (needs the cluster secret); reloaded on SIGHUP",
+    )
     n.add_argument("--tls-cert", help="this node's certificate (PEM): TLS on its gRPC port and to its peers")
     n.add_argument("--tls-key", help="the key of --tls-cert (PEM)")
     n.add_argument(
@@ -603,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait (default: forever)")
     sb.add_argument("--idempotency-key", default=None, help="the same key always yields the same run")
+    sb.add_argument(
+        "--namespace",
+        default="",
+        help="the run's namespace (default: the default one); tokens may be limited",
+    )
     sb.add_argument("--json", action="store_true")
     budget = sb.add_argument_group(
         "run budget (replaces the spec file's budget: figure by figure; 0: no limit)"
@@ -683,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("name")
         sp.add_argument("--owner", required=True)
         sp.add_argument("--token", type=int, required=True)
+        sp.add_argument(
+            "--lease", help="the lease handle `lock acquire` printed (required: it proves the grant is yours)"
+        )
     li3 = lks.add_parser("list")
     li3.add_argument("prefix", nargs="?", default="")
     for sp in (a3, r3, k3, li3):
@@ -775,12 +792,16 @@ def build_parser() -> argparse.ArgumentParser:
             "COMPENSATION_FAILED",
         ],
     )
+    r.add_argument("--namespace", default="", help="only runs in this namespace")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_runs)
 
     from .messages import add_parsers
 
     add_parsers(sub)
+    from .tokens import add_parsers as add_token_parsers
+
+    add_token_parsers(sub)
     from .certs import add_parsers as add_certs_parsers
 
     add_certs_parsers(sub)

@@ -271,11 +271,13 @@ class Client:
         idempotency_key: str | None = None,
         name: str | None = None,
         budget: dict[str, float] | None = None,
+        namespace: str = "",
     ) -> str:
         """Submit a run; returns its id. The same ``idempotency_key`` always returns the same id.
 
         ``budget`` (any of ``max_tasks``, ``max_seconds``, ``max_cost``, ``max_tokens``) replaces
-        the DAG's budget figure by figure."""
+        the DAG's budget figure by figure. ``namespace``: the run's ("" the default one); a token
+        limited to namespaces may submit only into its own."""
         if isinstance(dag, dict):
             dag = DAG.from_dict(dag)
         figures = (dag.budget or {}) | (check_budget(budget) or {})
@@ -286,6 +288,7 @@ class Client:
             priority=dag.priority,
             tasks=[task_pb(t) for t in dag.tasks.values()],
             budget=_budget_pb(figures),
+            namespace=namespace,
         )
         resp: pb.SubmitRunResponse = self._call("SubmitRun", req)
         return resp.run_id
@@ -293,11 +296,15 @@ class Client:
     def get(self, run_id: str, *, stale_ok: bool = False) -> RunInfo:
         return RunInfo.from_pb(self._call("GetRun", pb.GetRunRequest(run_id=run_id, stale_ok=stale_ok)))
 
-    def list_runs(self, limit: int = 100, status: str | None = None, offset: int = 0) -> list[dict[str, Any]]:
-        """Run summaries, newest first (``offset`` pages further back)."""
+    def list_runs(
+        self, limit: int = 100, status: str | None = None, offset: int = 0, namespace: str = ""
+    ) -> list[dict[str, Any]]:
+        """Run summaries, newest first (``offset`` pages further back); ``namespace``: only its runs
+        (a token limited to namespaces sees only runs in them either way)."""
         req = pb.ListRunsRequest(
             limit=limit,
             offset=offset,
+            namespace=namespace,
             status=pb.RunStatus.Name(pb.RunStatus.Value(f"RUN_STATUS_{status}")) if status else None,
         )
         resp: pb.ListRunsResponse = self._call("ListRuns", req)
@@ -313,6 +320,7 @@ class Client:
                 "error": r.error,
                 "reason": r.reason,
                 "idempotency_key": r.idempotency_key,
+                "namespace": r.namespace,
             }
             for r in resp.runs
         ]

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -224,11 +225,22 @@ class KvClient:
             time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)))
 
 
+MAX_REMEMBERED_LEASES = 10_000
+"""Lease handles a ``Client`` keeps for grants it got (``client.locks.release`` finds them)."""
+
+
 class Lease:
     """A held lock. Renewed in the background until released; ``token`` fences writes."""
 
     def __init__(
-        self, client: Client, owner: str, names: list[str], token: int, ttl_ms: int, request_id: str
+        self,
+        client: Client,
+        owner: str,
+        names: list[str],
+        token: int,
+        ttl_ms: int,
+        request_id: str,
+        handle: str = "",
     ) -> None:
         self._c = client
         self.owner = owner
@@ -236,6 +248,8 @@ class Lease:
         self.token = token
         self.ttl_ms = ttl_ms
         self.request_id = request_id
+        self.handle = handle or client.locks.lease_of(owner, token)
+        """The secret lease handle the node made at Acquire: renewals and the release name it."""
         self.lost = threading.Event()
         """Set if a renewal was rejected: the lease expired and the lock may have a new holder."""
         self._stop = threading.Event()
@@ -251,7 +265,7 @@ class Lease:
         while not self._stop.wait(interval):
             for name in self.names:
                 try:
-                    self._c.locks.keep_alive(self.owner, name, self.token)
+                    self._c.locks.keep_alive(self.owner, name, self.token, lease=self.handle)
                 except Aborted:
                     self.lost.set()
                     return
@@ -263,7 +277,7 @@ class Lease:
         self._thread.join(timeout=5)
         for name in self.names:
             try:
-                self._c.locks.release(self.owner, name, self.token)
+                self._c.locks.release(self.owner, name, self.token, lease=self.handle)
             except Aborted:
                 self.lost.set()  # it had expired; someone else may hold it now
 
@@ -273,9 +287,32 @@ class LockClient:
 
     def __init__(self, client: Client) -> None:
         self._c = client
+        self._leases: OrderedDict[tuple[str, int], str] = OrderedDict()
+        """(owner, token) -> lease handle of grants this client got (bounded; oldest dropped)."""
+        self._leases_lock = threading.Lock()
 
     def _stub(self, addr: str) -> pb_grpc.LocksStub:
         return pb_grpc.LocksStub(self._c._channel(addr))
+
+    def lease_of(self, owner: str, token: int) -> str:
+        """The lease handle this client was given for ``owner``'s grant ``token`` ("" if none)."""
+        with self._leases_lock:
+            return self._leases.get((owner, token), "")
+
+    def _remember(self, owner: str, token: int, lease: str) -> None:
+        with self._leases_lock:
+            self._leases[(owner, token)] = lease
+            while len(self._leases) > MAX_REMEMBERED_LEASES:
+                self._leases.popitem(last=False)
+
+    def _lease(self, owner: str, token: int, lease: str | None) -> str:
+        handle = lease if lease is not None else self.lease_of(owner, token)
+        if not handle:
+            raise InvalidArgument(
+                f"no lease handle for {owner!r}'s grant {token}: pass lease= (Acquire's lease; the CLI "
+                "prints it with `lock acquire --json` and takes it as --lease)"
+            )
+        return handle
 
     def acquire(
         self,
@@ -300,14 +337,29 @@ class LockClient:
             request_id=rid,
         )
         resp = self._c._call("Acquire", req, stub=self._stub, timeout_s=wait_s + self._c.timeout_s)
+        if resp.granted and resp.lease:
+            self._remember(owner, int(resp.token), resp.lease)
         return resp.granted, int(resp.token), rid
 
-    def release(self, owner: str, name: str, token: int) -> None:
-        req = pb.LockReleaseRequest(owner=owner, name=name, token=token, request_id=uuid.uuid4().hex)
+    def release(self, owner: str, name: str, token: int, *, lease: str | None = None) -> None:
+        """Release ``name``; ``lease``: the grant's handle (default: the one this client was given)."""
+        req = pb.LockReleaseRequest(
+            owner=owner,
+            name=name,
+            token=token,
+            request_id=uuid.uuid4().hex,
+            lease=self._lease(owner, token, lease),
+        )
         self._c._call("Release", req, stub=self._stub)
 
-    def keep_alive(self, owner: str, name: str, token: int) -> int:
-        req = pb.LockReleaseRequest(owner=owner, name=name, token=token, request_id=uuid.uuid4().hex)
+    def keep_alive(self, owner: str, name: str, token: int, *, lease: str | None = None) -> int:
+        req = pb.LockReleaseRequest(
+            owner=owner,
+            name=name,
+            token=token,
+            request_id=uuid.uuid4().hex,
+            lease=self._lease(owner, token, lease),
+        )
         return int(self._c._call("KeepAlive", req, stub=self._stub).deadline_ms)
 
     def list(self, prefix: str = "") -> builtins.list[dict[str, Any]]:

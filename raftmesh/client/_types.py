@@ -497,6 +497,10 @@ class RunInfo:
     budget_deadline_ms: int = 0
     """When ``max_seconds`` runs out (0: no such limit)."""
     compensations: tuple[CompensationInfo, ...] = ()
+    namespace: str = ""
+    """The namespace it was submitted into ("" the default one)."""
+    submitter: str = ""
+    """Who submitted it: ``token:SUBJECT`` on a cluster with tokens (the peer address on an open one)."""
 
     @property
     def done(self) -> bool:
@@ -526,6 +530,8 @@ class RunInfo:
             else None,
             r.budget_deadline_ms,
             tuple(CompensationInfo.from_pb(c) for c in r.compensations),
+            namespace=r.namespace,
+            submitter=r.submitter,
         )
 
     def budget_json(self) -> dict[str, Any] | None:
@@ -585,6 +591,8 @@ class RunInfo:
             "reason": self.reason,
             "budget": self.budget_json(),
             "compensations": [c.to_json() for c in self.compensations],
+            "namespace": self.namespace,
+            "submitter": self.submitter,
         }
 
 

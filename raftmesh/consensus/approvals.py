@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import limits, tasks
@@ -237,11 +238,16 @@ def _view(st: ClusterState, gate_id: int, run_id: str, task_id: str) -> Approval
 
 
 def list_approvals(
-    st: ClusterState, run_id: str = "", limit: int = 100, after: tuple[int, str, str] | None = None
+    st: ClusterState,
+    run_id: str = "",
+    limit: int = 100,
+    after: tuple[int, str, str] | None = None,
+    visible: Callable[[str], bool] | None = None,
 ) -> list[ApprovalView]:
     """Open gates, oldest first, after the cursor ``after`` (gate id, run id, task id).
 
     Cluster-wide: O(log n + limit) from the sorted index; for one run: O(its tasks).
+    ``visible(run_id)`` False skips a gate (a caller limited to namespaces): O(1) per skip.
     """
     out: list[ApprovalView] = []
     if run_id:
@@ -258,6 +264,8 @@ def list_approvals(
     for key in keys[start:]:
         if len(out) >= limit:
             break
+        if visible is not None and not visible(key[1]):
+            continue
         v = _view(st, *key)
         if v is not None:
             out.append(v)

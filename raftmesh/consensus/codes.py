@@ -24,6 +24,8 @@ class Code(StrEnum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     """A lock request's wait timed out."""
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    """The caller may not: a lock release or renewal without the grant's lease handle."""
     CANCELLED = "CANCELLED"
     """A lock request's waiter gave up."""
     INTERNAL = "INTERNAL"

@@ -689,6 +689,9 @@ class LockAcquire(Command):
     priority: int = 0
     wait_ms: int = 0
     fence: Fence | None = None
+    lease: str = ""
+    """The secret lease handle the node serving Acquire made ("" for the node's own holders:
+    task attempts, actor activations); its release and renewals must name it."""
 
     def _fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -700,6 +703,8 @@ class LockAcquire(Command):
         }
         if self.fence is not None:  # only when set: entries written before the field decode the same
             out["fence"] = self.fence.encode()
+        if self.lease:
+            out["lease"] = self.lease
         return out
 
 
@@ -716,6 +721,8 @@ class LockRelease(Command):
     token: int = 0
     keep_alive: bool = False
     fence: Fence | None = None
+    lease: str = ""
+    """Must equal the holder's lease handle (``LockAcquire.lease``)."""
 
     def _fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -726,6 +733,8 @@ class LockRelease(Command):
         }
         if self.fence is not None:
             out["fence"] = self.fence.encode()
+        if self.lease:
+            out["lease"] = self.lease
         return out
 
 
@@ -1008,6 +1017,7 @@ def _decode_body(m: Any) -> Command:
             priority=_get(m, "priority", int),
             wait_ms=_get(m, "wait_ms", int),
             fence=_fence(m.get("fence")),
+            lease=_get(m, "lease", str) if "lease" in m else "",
         )
     if tag == LockRelease.TAG:
         return LockRelease(
@@ -1018,6 +1028,7 @@ def _decode_body(m: Any) -> Command:
             token=_get(m, "token", int),
             keep_alive=_get(m, "keep_alive", bool),
             fence=_fence(m.get("fence")),
+            lease=_get(m, "lease", str) if "lease" in m else "",
         )
     if tag == LockCancel.TAG:
         return LockCancel(rid, ts, lock_request_id=_get(m, "lock_request_id", str))

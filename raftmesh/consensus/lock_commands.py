@@ -8,6 +8,7 @@ which grants the waiters that can now run and breaks any deadlock.
 from __future__ import annotations
 
 import heapq
+import hmac
 
 from . import kv_commands, limits
 from .codes import Code
@@ -47,6 +48,8 @@ def _validate_acquire(cmd: LockAcquire) -> str:
         return f"lock priority must be between 0 and {limits.MAX_LOCK_PRIORITY}"
     if not 0 <= cmd.wait_ms <= limits.MAX_LOCK_WAIT_MS:
         return f"wait_ms must be between 0 and {limits.MAX_LOCK_WAIT_MS}"
+    if len(cmd.lease) > limits.MAX_ID_CHARS:
+        return f"lease is longer than {limits.MAX_ID_CHARS} characters"
     return ""
 
 
@@ -70,10 +73,10 @@ def acquire(ctx: ApplyContext, cmd: LockAcquire) -> Result:
         return Rejected(Code.FAILED_PRECONDITION, f"lock request {cmd.request_id!r} was already used")
     now = ctx.now_ms
     items = tuple(sorted(cmd.items))
-    probe = Request(cmd.request_id, cmd.owner, items, cmd.ttl_ms, cmd.priority, now, 0, lt.seq + 1)
+    probe = Request(cmd.request_id, cmd.owner, items, cmd.ttl_ms, cmd.priority, now, 0, lt.seq + 1, cmd.lease)
     if lt.can_grant(cmd.owner, items, ahead_of=probe):
         rev = ctx.advance()
-        lt.grant(cmd.owner, items, rev, cmd.request_id, cmd.ttl_ms, now)
+        lt.grant(cmd.owner, items, rev, cmd.request_id, cmd.ttl_ms, now, cmd.lease)
         # A grant that overtook a waiter (priority) can close a wait-for cycle.
         settle(ctx)
         return LockAcquireResult(cmd.request_id, granted=True, waiting=False, token=rev)
@@ -112,6 +115,14 @@ def release(ctx: ApplyContext, cmd: LockRelease) -> Result:
     if h.token != cmd.token:
         return Rejected(
             Code.ABORTED, f"stale token {cmd.token} for lock {cmd.name!r}; the current grant is {h.token}"
+        )
+    if not hmac.compare_digest(h.lease.encode(), cmd.lease.encode()):
+        # Owner and token are not secret (List shows them): the lease handle proves the caller
+        # is the one the grant was made for. Nothing changes.
+        return Rejected(
+            Code.PERMISSION_DENIED,
+            f"wrong lease handle for lock {cmd.name!r}: pass the lease its Acquire returned "
+            "(--lease, or LockAcquireResponse.lease)",
         )
     if not h.ttl_ms:
         # Only the attempt's end frees a task's lock (else another task could run alongside).

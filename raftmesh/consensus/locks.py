@@ -48,13 +48,19 @@ class Holder:
     ttl_ms: int
     """0: no lease (held by a task attempt)."""
     deadline_ms: int
+    lease: str = ""
+    """The secret handle its release and renewals must name ("" the node's own holders);
+    never shown by any list or status answer."""
 
     def encode(self) -> list[Any]:
-        return [self.owner, self.mode, self.token, self.request_id, self.ttl_ms, self.deadline_ms]
+        out: list[Any] = [self.owner, self.mode, self.token, self.request_id, self.ttl_ms, self.deadline_ms]
+        if self.lease:  # only when set: a table without handles encodes (and digests) as before
+            out.append(self.lease)
+        return out
 
     @classmethod
     def decode(cls, v: list[Any]) -> Holder:
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5])
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6] if len(v) > 6 else "")
 
 
 @dataclass(slots=True)
@@ -87,6 +93,8 @@ class Request:
     wait_deadline_ms: int
     """0: wait forever."""
     seq: int
+    lease: str = ""
+    """Given to the holder it becomes (``Holder.lease``)."""
 
     @property
     def order(self) -> tuple[int, int]:
@@ -102,11 +110,21 @@ class Request:
             self.enqueued_ms,
             self.wait_deadline_ms,
             self.seq,
-        ]
+        ] + ([self.lease] if self.lease else [])
 
     @classmethod
     def decode(cls, v: list[Any]) -> Request:
-        return cls(v[0], v[1], tuple((i[0], i[1]) for i in v[2]), v[3], v[4], v[5], v[6], v[7])
+        return cls(
+            v[0],
+            v[1],
+            tuple((i[0], i[1]) for i in v[2]),
+            v[3],
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            v[8] if len(v) > 8 else "",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +269,7 @@ class LockTable:
         request_id: str,
         ttl_ms: int,
         now: int,
+        lease: str = "",
     ) -> None:
         deadline = now + ttl_ms if ttl_ms else 0
         for name, mode in items:
@@ -258,7 +277,7 @@ class LockTable:
             old = lock.holders.get(owner)
             if old is not None:
                 self._unindex(old.request_id, name)
-            lock.holders[owner] = Holder(owner, mode, token, request_id, ttl_ms, deadline)
+            lock.holders[owner] = Holder(owner, mode, token, request_id, ttl_ms, deadline, lease)
             self.by_request.setdefault(request_id, {})[name] = None
             lock.last_token = max(lock.last_token, token)
             if deadline:
@@ -331,7 +350,7 @@ class LockTable:
                     self.waiting.pop(r.request_id)
                     for name, _ in r.items:
                         self.locks[name].queue.remove(r.request_id)
-                    self.grant(r.owner, r.items, token, r.request_id, r.ttl_ms, now)
+                    self.grant(r.owner, r.items, token, r.request_id, r.ttl_ms, now, r.lease)
                     granted.append(LockOutcome(r.request_id, r.owner, True, token))
                     names.update(n for n, _ in r.items)
                     progress = True

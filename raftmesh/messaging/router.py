@@ -223,6 +223,15 @@ class MessageRouter:
     def attach(self, deliver: Deliver) -> None:
         self._deliver = deliver
 
+    @property
+    def peer_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata on the Peer.Exchange streams this node dials (its node credential when tokens are on)."""
+        return self._streams.metadata
+
+    @peer_metadata.setter
+    def peer_metadata(self, value: tuple[tuple[str, str], ...]) -> None:
+        self._streams.metadata = value
+
     # ---- running ------------------------------------------------------------------
 
     async def run(self) -> None:

@@ -73,6 +73,8 @@ class PeerStreams:
         self._dials: dict[str, asyncio.Task[None]] = {}
         self._aborts: dict[str, Callable[[], bool]] = {}
         """peer -> cancels the stream this node dialled to it."""
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        """Sent on every stream this node dials: its node credential when tokens are on."""
 
     def dial(self, link: Link) -> None:
         """Keep a stream open to ``link.peer`` if this node is the one to dial it."""
@@ -153,7 +155,7 @@ class PeerStreams:
 
     async def _dial_once(self, link: Link, channel: grpc.aio.Channel) -> bool:
         """One stream to ``link.peer``; True if it opened."""
-        call = pb_grpc.PeerStub(channel).Exchange()
+        call = pb_grpc.PeerStub(channel).Exchange(metadata=self.metadata)
         try:
             await call.write(pb.PeerFrame(node_id=self.node_id, incarnation=self.incarnation))
             try:

@@ -57,6 +57,8 @@ class NodeConfig:
     """Worker processes that run ``process`` agents' attempts (``--agent-processes``)."""
     preempt_priority: int | None = None
     """READY tasks of at least this priority preempt lower running ones when no slot is free (None: off)."""
+    tokens_file: str | None = None
+    """Bearer tokens and roles (``raftmesh.security.tokens``); None: an open cluster."""
     tls: NodeTls | None = None
     """TLS of the gRPC port and of every channel to a peer (``--tls-cert``/``--tls-key``/``--tls-ca``)."""
     metrics: str = ""
@@ -134,6 +136,7 @@ def build_config(
     agent_processes: int = PROCESS_POOL_SIZE,
     agents_modules: tuple[str, ...] = (),
     preempt_priority: int | None = None,
+    tokens_file: str | None = None,
     tls: NodeTls | None = None,
     metrics: str = "",
 ) -> NodeConfig:
@@ -182,6 +185,11 @@ def build_config(
         raise InvalidArgument(f"--preempt-priority must be within +-{limits.MAX_PRIORITY}")
     if metrics:
         _check_addr("--metrics", metrics)
+    if tokens_file and not raft_password:
+        raise InvalidArgument(
+            "--tokens-file needs the cluster secret (--raft-secret-file PATH or RAFTMESH_RAFT_SECRET, "
+            "the same on every node): nodes prove who they are to each other with it"
+        )
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -199,6 +207,7 @@ def build_config(
         agent_processes=agent_processes,
         agents_modules=tuple(m.strip() for m in agents_modules),
         preempt_priority=preempt_priority,
+        tokens_file=os.path.abspath(tokens_file) if tokens_file else None,
         tls=tls,
         metrics=metrics,
     )

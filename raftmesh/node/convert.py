@@ -290,6 +290,8 @@ def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
         reason=run.reason,
         compensations=compensations_to_pb(run) if with_tasks else [],
         budget_deadline_ms=run.budget_deadline_ms(),
+        namespace=run.namespace,
+        submitter=run.submitter,
     )
 
 
@@ -332,4 +334,5 @@ def run_summary_to_pb(run: RunState) -> pb.RunSummary:
         error=run.error,
         idempotency_key=run.idempotency_key,
         reason=run.reason,
+        namespace=run.namespace,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,6 +40,7 @@ from ..consensus.state import ClusterState
 from ..errors import Aborted, InvalidArgument, OutOfRange
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ..security.ownership import check_key, restricted
 from . import convert, rpc
 from .access import NodeAccess
 from .lock_waits import LockWaits
@@ -123,6 +125,7 @@ class KvService(pb_grpc.KvServicer):
         why = limits.name_error("key", key, limits.MAX_KV_KEY_CHARS)
         if why:
             raise InvalidArgument(why)
+        check_key(key)  # a token limited to namespaces: keys under NAMESPACE/ only
 
     @rpc.unary
     async def Get(self, request: pb.KvGetRequest, context: grpc.aio.ServicerContext) -> pb.KvGetResponse:
@@ -137,6 +140,7 @@ class KvService(pb_grpc.KvServicer):
         limit = request.limit or 1000
         if limit > limits.MAX_KV_LIST:
             raise InvalidArgument(f"limit must be at most {limits.MAX_KV_LIST}")
+        check_key(request.prefix)
         await self._read_barrier(request.stale_ok, context)
         items, revision = self.node.reads.read(
             lambda st: (st.kv.list_prefix(request.prefix, limit), st.revision)
@@ -186,6 +190,8 @@ class KvService(pb_grpc.KvServicer):
                 for o in items
             )
 
+        for key in [c.key for c in request.compares] + [o.key for o in (*request.success, *request.failure)]:
+            check_key(key)
         cmd = KvTxn(
             _request_id(request.request_id, "kv-"),
             self.node.clock.now_ms(),
@@ -200,6 +206,12 @@ class KvService(pb_grpc.KvServicer):
     async def Lease(
         self, request: pb.KvLeaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.KvLeaseResponse:
+        if request.action == "revoke" and restricted():
+            # A revoke deletes the lease's keys: a token limited to namespaces may revoke only a
+            # lease whose keys (now) are all in them. O(keys of the lease).
+            keys = self.node.reads.read(lambda st: sorted(_lease_keys(st, request.lease)))
+            for key in keys:
+                check_key(key)
         cmd = KvLease(
             _request_id(request.request_id, "kl-"),
             self.node.clock.now_ms(),
@@ -222,6 +234,7 @@ class KvService(pb_grpc.KvServicer):
         target = request.key or request.prefix
         if request.key and request.prefix:
             raise InvalidArgument("watch either a key or a prefix, not both")
+        check_key(target)
 
         def history(st: ClusterState, since: int) -> tuple[int, list[KvEvent] | None, int]:
             """(revision to watch from, the events after it, compacted); O(events returned)."""
@@ -263,6 +276,11 @@ class KvService(pb_grpc.KvServicer):
             self._hub.unsubscribe_kv(q)
 
 
+def _lease_keys(st: ClusterState, lease_id: int) -> set[str]:
+    lease = st.kv.leases.get(lease_id)
+    return set(lease.keys) if lease is not None else set()
+
+
 def _watch_event(ev: KvEvent) -> pb.KvWatchEvent:
     if ev.kind == DELETE:
         entry = pb.KvEntry(
@@ -292,6 +310,8 @@ class LocksService(pb_grpc.LocksServicer):
         node = self.node
         rid = _request_id(request.request_id, "lk-")
         items = tuple((i.name, i.mode or EXCLUSIVE) for i in request.locks)
+        for name, _ in items:
+            check_key(name)
         waiter = self._waits.waiter(rid)
         try:
             cmd = LockAcquire(
@@ -302,6 +322,7 @@ class LocksService(pb_grpc.LocksServicer):
                 ttl_ms=request.ttl_ms,
                 priority=request.priority,
                 wait_ms=request.wait_ms,
+                lease=secrets.token_hex(16),  # made here, so only this caller ever learns it
             )
             v = expect(await node.propose(cmd, context), LockAcquireResult)
             outcome = node.reads.read(lambda st: st.locks.status(rid))
@@ -322,10 +343,19 @@ class LocksService(pb_grpc.LocksServicer):
                         )
                         return pb.LockAcquireResponse(granted=False, request_id=rid)
             if outcome is None:
-                return pb.LockAcquireResponse(granted=v.granted, token=v.token, request_id=rid)
+                return pb.LockAcquireResponse(
+                    granted=v.granted,
+                    token=v.token,
+                    request_id=rid,
+                    lease=_lock_lease(node, rid, request.owner) if v.granted else "",
+                )
             if outcome.granted:
                 return pb.LockAcquireResponse(
-                    granted=True, token=outcome.token, request_id=rid, deadline_ms=_lock_deadline(node, rid)
+                    granted=True,
+                    token=outcome.token,
+                    request_id=rid,
+                    deadline_ms=_lock_deadline(node, rid),
+                    lease=_lock_lease(node, rid, request.owner),
                 )
             if outcome.code is Code.ABORTED:
                 raise Aborted(outcome.message)
@@ -338,6 +368,13 @@ class LocksService(pb_grpc.LocksServicer):
     ) -> pb.LockReleaseResponse:
         if not request.name or not request.owner:
             raise InvalidArgument("owner and name are required")
+        if not request.lease:
+            raise InvalidArgument(
+                "lease is required: the lease handle Acquire returned (LockAcquireResponse.lease)"
+            )
+        if len(request.lease) > limits.MAX_ID_CHARS:
+            raise InvalidArgument(f"lease is longer than {limits.MAX_ID_CHARS} characters")
+        check_key(request.name)
         cmd = LockRelease(
             _request_id(request.request_id, "lr-"),
             self.node.clock.now_ms(),
@@ -345,6 +382,7 @@ class LocksService(pb_grpc.LocksServicer):
             name=request.name,
             token=request.token,
             keep_alive=keep_alive,
+            lease=request.lease,
         )
         res = await self.node.propose(cmd, context)
         if isinstance(res, LockKeepAliveResult):
@@ -367,6 +405,7 @@ class LocksService(pb_grpc.LocksServicer):
     async def List(
         self, request: pb.LockListRequest, context: grpc.aio.ServicerContext
     ) -> pb.LockListResponse:
+        check_key(request.prefix)
         if not request.stale_ok:
             await self.node.barrier(context)
         return pb.LockListResponse(locks=self.node.reads.read(lambda st: _lock_infos(st, request.prefix)))
@@ -378,6 +417,17 @@ def _lock_deadline(node: NodeAccess, request_id: str) -> int:
         return held[1].deadline_ms if held is not None else 0
 
     return node.reads.read(deadline)
+
+
+def _lock_lease(node: NodeAccess, request_id: str, owner: str) -> str:
+    """The lease handle of the grant made under ``request_id`` (the first Acquire's, when a
+    retry repeats the request id), for its owner only."""
+
+    def lease(st: ClusterState) -> str:
+        held = st.locks.holder_of(request_id)
+        return held[1].lease if held is not None and held[1].owner == owner else ""
+
+    return node.reads.read(lease)
 
 
 def _lock_infos(st: ClusterState, prefix: str) -> list[pb.LockInfo]:

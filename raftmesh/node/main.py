@@ -105,6 +105,7 @@ def run_node(args: argparse.Namespace) -> int:
         ),
         agents_modules=modules,
         preempt_priority=_optional_int("preempt-priority", _setting(args, file_cfg, "preempt-priority")),
+        tokens_file=_setting(args, file_cfg, "tokens-file"),
         tls=load_tls(
             _setting(args, file_cfg, "tls-cert"),
             _setting(args, file_cfg, "tls-key"),
@@ -139,6 +140,9 @@ def run_node(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, node.stop)
+        auth = node.authenticator
+        if auth is not None:  # read and parsed off the loop: the file may be megabytes of YAML
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, auth.reload))
         await node.run()
 
     uvloop.run(main())

@@ -171,6 +171,8 @@ class HeartbeatSender:
         self.ack_times: collections.deque[float] = collections.deque(maxlen=MAX_ACK_TIMES)
         """When the latest answers arrived (loop time): the gaps between them are what the
         leader's liveness sees of this node (a stalled loop shows as a long gap)."""
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        """Sent on every heartbeat stream: this node's credential when tokens are on."""
 
     def _leader_grpc(self) -> str | None:
         """The leader's gRPC address, or None if there is none or it is this node."""
@@ -215,7 +217,7 @@ class HeartbeatSender:
                 await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
         async with self._dial(target, ()) as channel:
-            call = pb_grpc.PeerStub(channel).Heartbeat(beats())
+            call = pb_grpc.PeerStub(channel).Heartbeat(beats(), metadata=self.metadata)
 
             async def read() -> None:
                 nonlocal last_ack

@@ -35,6 +35,7 @@ from ..errors import InvalidArgument, RaftmeshError
 from ..messaging.router import MessageRouter
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ..security.tokens import TokenAuthenticator, node_metadata
 from ..storage.archive import AppliedArchive
 from ..storage.snapshots import LmdbSnapshotIO
 from . import convert
@@ -141,6 +142,14 @@ class NodeRuntime:
         self.metrics = NodeMetrics(config.node_id)
         """Fed and served only with ``config.metrics`` (off: no observer, hook or sampler is wired)."""
         self.metrics_server: MetricsServer | None = None
+        # Read here, before the node starts: a bad tokens file stops it (exit 2, naming the entry).
+        self.authenticator = (
+            TokenAuthenticator(config.tokens_file, config.raft_password or "") if config.tokens_file else None
+        )
+        self.node_metadata = (
+            node_metadata(config.node_id, config.raft_password or "") if config.tokens_file else ()
+        )
+        """What this node's own calls to other nodes carry (``authorization: Node ID:HMAC``)."""
 
     # ---- wiring ---------------------------------------------------------------
 
@@ -253,6 +262,7 @@ class NodeRuntime:
         self.router = MessageRouter(
             cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of, dial=channels.dial
         )
+        self.router.peer_metadata = self.node_metadata
 
         access = NodeAccess(
             self.proposer, self.reads, clock, lambda: raft.leader_addr is not None, cfg.propose_timeout_s
@@ -261,7 +271,7 @@ class NodeRuntime:
             cfg.node_id, self.reads, lambda: raft.is_leader, lambda: raft.term, self.scheduler.heard_from
         )
         # Every call: request and trace ids, authentication, the role check, metrics.
-        self.interceptor = CallInterceptor()
+        self.interceptor = CallInterceptor(authenticator=self.authenticator)
         server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[self.interceptor])
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
         pb_grpc.add_ClusterServicer_to_server(ClusterService(access, self.hub, self.status_pb), ours)
@@ -303,6 +313,7 @@ class NodeRuntime:
             clock,
             dial=channels.dial,
         )
+        self.heartbeats.metadata = self.node_metadata
         # ctx.send/request/publish of task agents and actors; actors take the router's fast messages
         self.host.attach_router(self.router)
         self.actors.attach_router(self.router)

@@ -55,6 +55,7 @@ from ..errors import (
 )
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ..security import ownership
 from . import convert, rpc
 from .access import NodeAccess
 from .proposer import new_request_id
@@ -112,8 +113,13 @@ class ClusterService(pb_grpc.ClusterServicer):
             defaults = task_defaults(st, {t.agent for t in request.tasks})
             return (st.idempotency.get(key) if key else None), st.offered_capabilities(), defaults
 
+        ownership.check_namespace(request.namespace, "submitting a run")
         existing, known, defaults = node.reads.read(lookup)
         if existing is not None:
+            # The key's run, only to a caller that may see it (keys are cluster-wide).
+            found = node.reads.read(functools.partial(_run_owner, run_id=existing))
+            if found is not None:
+                ownership.check_run(found[0], found[1], existing)
             return pb.SubmitRunResponse(run_id=existing, created=False)
         # Unset retries/timeout_ms take the agent type's defaults here, before the command is
         # logged: the logged spec is explicit, so apply never depends on who offers what.
@@ -132,7 +138,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             raise InvalidArgument(f"name is longer than {limits.MAX_RUN_NAME_CHARS} characters")
         if not limits.printable(request.name):
             raise InvalidArgument(f"name {request.name[:40]!r} may not contain control characters")
-        why = limits.request_id_error("idempotency_key", key)
+        why = limits.request_id_error("idempotency_key", key) or limits.namespace_error(request.namespace)
         if why:
             raise InvalidArgument(why)
         cmd = SubmitRun(
@@ -143,8 +149,9 @@ class ClusterService(pb_grpc.ClusterServicer):
             tasks=specs,
             priority=request.priority,
             name=request.name,
-            submitter=context.peer() or "",
+            submitter=ownership.principal_or(context.peer() or ""),
             budget=budget,
+            namespace=request.namespace,
         )
         res = await node.propose(cmd, context)
         out = expect(res, SubmitRunResult)
@@ -158,6 +165,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         read = await self.node.reads.run_async(request.run_id)
         if read is None:
             raise RunNotFound(f"run {request.run_id!r} not found")
+        ownership.check_run(read.run.namespace, read.run.submitter, request.run_id)
         return self._with_waiting_reasons(read.run)
 
     def _with_waiting_reasons(self, run: pb.Run) -> pb.Run:
@@ -186,7 +194,14 @@ class ClusterService(pb_grpc.ClusterServicer):
         want = convert.RUN_STATUS_FROM_PB.get(request.status) if request.status else None
         if request.status and want is None:  # a status this server does not know: not "any status"
             raise InvalidArgument(f"unknown run status {request.status}")
+        why = limits.namespace_error(request.namespace)
+        if why:
+            raise InvalidArgument(why)
+        if request.namespace:
+            ownership.check_namespace(request.namespace, "listing its runs")
         await self.node.barrier(context)
+        # Filtered while paging (offset counts the runs the caller may see): O(1) a run.
+        only, limited = request.namespace, ownership.restricted()
 
         def page(st: ClusterState) -> list[pb.RunSummary]:
             # Sorting references is O(runs log runs) with no encoding; only the page is encoded
@@ -196,6 +211,10 @@ class ClusterService(pb_grpc.ClusterServicer):
             )
             if want is not None:
                 runs = [r for r in runs if r.status is want]
+            if only:
+                runs = [r for r in runs if r.namespace == only]
+            elif limited:
+                runs = [r for r in runs if ownership.may_see(r.namespace)]
             return [convert.run_summary_to_pb(r) for r in runs[request.offset : request.offset + limit]]
 
         return pb.ListRunsResponse(runs=self.node.reads.read(page))
@@ -213,6 +232,7 @@ class ClusterService(pb_grpc.ClusterServicer):
                 read = await node.reads.run_async(request.run_id, with_tasks=not request.status_only)
                 if read is None:
                     raise RunNotFound(f"run {request.run_id!r} not found")
+                ownership.check_run(read.run.namespace, read.run.submitter, request.run_id)
                 seen, snap = read.revision, self._with_waiting_reasons(read.run)
                 done = convert.RUN_STATUS_FROM_PB[snap.status] in TERMINAL_RUN
                 yield pb.RunEvent(revision=seen, snapshot=snap)
@@ -256,6 +276,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         _check_run_id(request.run_id)
         if len(request.reason) > limits.MAX_CANCEL_REASON_CHARS:
             raise InvalidArgument(f"reason is longer than {limits.MAX_CANCEL_REASON_CHARS} characters")
+        await self._check_run(request.run_id, context, cancel=True)
         cmd = CancelRun(
             new_request_id("x-"), self.node.clock.now_ms(), run_id=request.run_id, reason=request.reason
         )
@@ -294,6 +315,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             attempt = self.node.reads.read(
                 functools.partial(_dead_attempt, run_id=request.run_id, task_id=request.task_id)
             )
+        await self._check_run(request.run_id, context)
         rid = request.request_id or new_request_id("rt-")  # as the Kv and Locks services take theirs
         cmd = RetryTask(
             rid, self.node.clock.now_ms(), run_id=request.run_id, task_id=request.task_id, attempt=attempt
@@ -310,7 +332,8 @@ class ClusterService(pb_grpc.ClusterServicer):
         self, request: pb.ApproveTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.ApproveTaskResponse:
         _check_run_id(request.run_id)
-        by = request.by or context.peer() or "anonymous"
+        # With tokens the decider is the authenticated principal, not what the caller claims.
+        by = ownership.principal_or(request.by or context.peer() or "anonymous")
         why = (
             approvals.task_id_error(request.task_id)
             or limits.request_id_error("request_id", request.request_id)
@@ -324,6 +347,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             raise InvalidArgument(
                 "gate is required: the id of the task's gate (GetRun's task.gate.id, or ListApprovals)"
             )
+        await self._check_run(request.run_id, context)
         cmd = ApproveTask(
             request.request_id or new_request_id("ap-"),
             self.node.clock.now_ms(),
@@ -369,14 +393,30 @@ class ClusterService(pb_grpc.ClusterServicer):
         def read(st: ClusterState) -> list[approvals.ApprovalView] | None:
             if request.run_id and request.run_id not in st.runs:
                 return None
-            return approvals.list_approvals(st, request.run_id, limit + 1, after)
+            # A caller limited to namespaces: gates of other runs are skipped while paging.
+            visible = (lambda rid: ownership.may_see(_run_namespace(st, rid))) if limited else None
+            return approvals.list_approvals(st, request.run_id, limit + 1, after, visible)
 
+        limited = ownership.restricted()
+        if limited and request.run_id:
+            await self._check_run(request.run_id, context)
         views = self.node.reads.read(read)
         if views is None:
             raise RunNotFound(f"run {request.run_id!r} not found")
         return pb.ListApprovalsResponse(
             approvals=[convert.approval_view_to_pb(v) for v in views[:limit]], more=len(views) > limit
         )
+
+    async def _check_run(self, run_id: str, context: grpc.aio.ServicerContext, cancel: bool = False) -> None:
+        """Ownership and namespace of ``run_id`` for this caller (``raftmesh.security.ownership``)."""
+        if not ownership.restricted() and not (cancel and ownership.may_cancel_only_own()):
+            return
+        found = self.node.reads.read(functools.partial(_run_owner, run_id=run_id))
+        if found is None:  # maybe not on this replica yet: a run's owner never changes, so one barrier
+            await self.node.barrier(context)
+            found = self.node.reads.read(functools.partial(_run_owner, run_id=run_id))
+        if found is not None:  # else the command answers "not found"
+            ownership.check_run(found[0], found[1], run_id, cancel=cancel)
 
     def _control_ids(self, request_id: str, run_id: str, task_id: str | None = None) -> None:
         _check_run_id(run_id)
@@ -391,6 +431,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         self, request: pb.PauseRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.RunControlResponse:
         self._control_ids(request.request_id, request.run_id)
+        await self._check_run(request.run_id, context)
         cmd = PauseRun(
             request.request_id or new_request_id("pa-"),
             self.node.clock.now_ms(),
@@ -404,6 +445,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         self, request: pb.ResumeRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.RunControlResponse:
         self._control_ids(request.request_id, request.run_id)
+        await self._check_run(request.run_id, context)
         cmd = ResumeRun(
             request.request_id or new_request_id("re-"), self.node.clock.now_ms(), run_id=request.run_id
         )
@@ -414,6 +456,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         self, request: pb.RerunTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.RerunTaskResponse:
         self._control_ids(request.request_id, request.run_id, request.task_id)
+        await self._check_run(request.run_id, context)
         cmd = RerunTask(
             request.request_id or new_request_id("rr-"),
             self.node.clock.now_ms(),
@@ -443,6 +486,16 @@ class ClusterService(pb_grpc.ClusterServicer):
 def _run_error(st: ClusterState, run_id: str) -> str:
     r = st.runs.get(run_id)
     return r.error if r is not None else ""
+
+
+def _run_owner(st: ClusterState, run_id: str) -> tuple[str, str] | None:
+    r = st.runs.get(run_id)
+    return (r.namespace, r.submitter) if r is not None else None
+
+
+def _run_namespace(st: ClusterState, run_id: str) -> str:
+    r = st.runs.get(run_id)
+    return r.namespace if r is not None else ""
 
 
 def _dead_attempt(st: ClusterState, run_id: str, task_id: str) -> int:
