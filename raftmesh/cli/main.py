@@ -162,7 +162,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("max_tasks", "max_seconds", "max_cost", "max_tokens")}
     budget = {k: v for k, v in flags.items() if v is not None}  # each replaces the file's figure
     with _client(args) as c:
-        run_id = c.submit(dag, idempotency_key=args.idempotency_key, budget=budget or None)
+        run_id = c.submit(
+            dag, idempotency_key=args.idempotency_key, budget=budget or None, trace_id=args.trace_id
+        )
         if not args.wait:
             if args.json:
                 _print_json({"run_id": run_id})
@@ -571,6 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="READY tasks of at least this priority preempt lower-priority running attempts when no "
         "slot is free (default: off)",
     )
+    n.add_argument(
+        "--otel-endpoint",
+        default=None,
+        help="export run and attempt spans over OTLP/HTTP to this collector URL (default: "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else none; needs the otel extra)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 
@@ -586,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("--wait-timeout", type=float, default=None, help="seconds to wait (default: forever)")
     sb.add_argument("--idempotency-key", default=None, help="the same key always yields the same run")
+    sb.add_argument(
+        "--trace-id", default=None, help="the run's W3C trace id (32 hex digits; default: a new one)"
+    )
     sb.add_argument("--json", action="store_true")
     budget = sb.add_argument_group(
         "run budget (replaces the spec file's budget: figure by figure; 0: no limit)"

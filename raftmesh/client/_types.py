@@ -497,6 +497,8 @@ class RunInfo:
     budget_deadline_ms: int = 0
     """When ``max_seconds`` runs out (0: no such limit)."""
     compensations: tuple[CompensationInfo, ...] = ()
+    trace_id: str = ""
+    """The W3C trace id the run was submitted under: its attempts, messages and log lines carry it."""
 
     @property
     def done(self) -> bool:
@@ -526,6 +528,7 @@ class RunInfo:
             else None,
             r.budget_deadline_ms,
             tuple(CompensationInfo.from_pb(c) for c in r.compensations),
+            trace_id=r.trace_id,
         )
 
     def budget_json(self) -> dict[str, Any] | None:
@@ -585,6 +588,7 @@ class RunInfo:
             "reason": self.reason,
             "budget": self.budget_json(),
             "compensations": [c.to_json() for c in self.compensations],
+            "trace_id": self.trace_id,
         }
 
 

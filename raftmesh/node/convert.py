@@ -290,6 +290,7 @@ def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
         reason=run.reason,
         compensations=compensations_to_pb(run) if with_tasks else [],
         budget_deadline_ms=run.budget_deadline_ms(),
+        trace_id=run.trace_id,
     )
 
 
