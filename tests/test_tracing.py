@@ -325,3 +325,13 @@ def test_a_clients_trace_reaches_attempts_messages_commands_log_lines_and_spans(
             seen[kind] = seen.get(kind, 0) + 1
     assert seen.keys() == {"submit", "complete", "kv", "send", "ack"}, seen
     assert seen["kv"] == 3
+
+
+def test_the_cli_refuses_a_bad_trace_id_as_a_usage_error(tmp_path: Any, capsys: Any) -> None:
+    from raftmesh.cli.main import main
+
+    dag = tmp_path / "dag.json"
+    dag.write_text(json.dumps({"name": "x", "tasks": [{"id": "a", "agent": "echo"}]}))
+    code = main(["--addresses", "127.0.0.1:1", "submit", str(dag), "--trace-id", "not-hex"])
+    assert code == 2
+    assert "32 lowercase hex digits" in capsys.readouterr().err

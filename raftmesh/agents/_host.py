@@ -532,18 +532,18 @@ class AgentHost:
             *(self._deliver_as(g[0].attempt, c) for g, c in zip(groups, cmds, strict=True))
         )
         for group, res in zip(groups, results, strict=True):
-            for r in group:
-                with calls.bound(self._call_of(r.attempt)):
-                    _log_outcomes([r], res)
-                if self.spans is not None:
+            outcomes = _log_outcomes(group, res, self._call_of)
+            if self.spans is not None:
+                for r, outcome in zip(group, outcomes, strict=True):
+                    a = r.attempt
                     self.spans.attempt_ended(
                         self.node_id,
-                        r.attempt.trace_id,
-                        *r.attempt.key,
-                        r.attempt.attempt,
-                        r.attempt.agent,
-                        r.attempt.started_ns,
-                        _outcome(r, res),
+                        a.trace_id,
+                        *a.key,
+                        a.attempt,
+                        a.agent,
+                        a.started_ns,
+                        outcome,
                         r.error,
                         r.usage,
                     )
@@ -599,54 +599,53 @@ class AgentHost:
                 await self._clock.sleep(0.5)
 
 
-def _outcome(r: _Report, res: Result | None) -> str:
-    """An attempt's outcome as its span says: succeeded, failed, fenced or undelivered."""
-    if res is None:
-        return "undelivered"
-    if isinstance(res, ReportResult) and any((it.run_id, it.task_id) == r.attempt.key for it in res.rejected):
-        return "fenced"
-    if isinstance(res, Rejected):
-        return "fenced" if res.code is Code.ABORTED else "rejected"
-    return "succeeded" if r.ok else "failed"
-
-
-def _log_outcomes(group: list[_Report], res: Result | None) -> None:
-    """Say at INFO how each reported attempt ended (the state machine decided; this only tells)."""
+def _log_outcomes(
+    group: list[_Report], res: Result | None, call_of: Callable[[_Attempt], calls.Call]
+) -> list[str]:
+    """Say at INFO how each reported attempt ended (the state machine decided; this only tells),
+    each line under its attempt's call (its trace); each one's outcome as its span says it."""
     fenced: dict[TaskKey, str] = {}
     if isinstance(res, ReportResult):
         fenced = {(it.run_id, it.task_id): it.reason for it in res.rejected}
     elif isinstance(res, Rejected) and res.code is Code.ABORTED:  # every item was fenced
         fenced = {r.attempt.key: res.message for r in group}
+    outcomes: list[str] = []
     for r in group:
         a = r.attempt
         how = "succeeded" if r.ok else f"failed: {r.error[:MAX_LOGGED_ERROR_CHARS]}"
-        if res is None:
-            log.info(
-                "attempt %d of %s/%s %s; its result was not delivered and the cluster no longer "
-                "runs it here (a newer attempt exists or the run ended)",
-                a.attempt,
-                *a.key,
-                how,
-            )
-        elif a.key in fenced:
-            log.info(
-                "attempt %d of %s/%s %s; its result was rejected as fenced: %s",
-                a.attempt,
-                *a.key,
-                how,
-                fenced[a.key],
-            )
-        elif isinstance(res, Rejected):
-            log.warning(
-                "attempt %d of %s/%s %s; its result was rejected: %s %s",
-                a.attempt,
-                *a.key,
-                how,
-                res.code.name,
-                res.message,
-            )
-        else:
-            log.info("attempt %d of %s/%s %s", a.attempt, *a.key, how)
+        with calls.bound(call_of(a)):
+            if res is None:
+                outcomes.append("undelivered")
+                log.info(
+                    "attempt %d of %s/%s %s; its result was not delivered and the cluster no longer "
+                    "runs it here (a newer attempt exists or the run ended)",
+                    a.attempt,
+                    *a.key,
+                    how,
+                )
+            elif a.key in fenced:
+                outcomes.append("fenced")
+                log.info(
+                    "attempt %d of %s/%s %s; its result was rejected as fenced: %s",
+                    a.attempt,
+                    *a.key,
+                    how,
+                    fenced[a.key],
+                )
+            elif isinstance(res, Rejected):
+                outcomes.append("rejected")
+                log.warning(
+                    "attempt %d of %s/%s %s; its result was rejected: %s %s",
+                    a.attempt,
+                    *a.key,
+                    how,
+                    res.code.name,
+                    res.message,
+                )
+            else:
+                outcomes.append("succeeded" if r.ok else "failed")
+                log.info("attempt %d of %s/%s %s", a.attempt, *a.key, how)
+    return outcomes
 
 
 def _still_mine(st: ClusterState, cmd: Complete | Fail) -> bool:
