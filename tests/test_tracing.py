@@ -256,15 +256,19 @@ def test_a_clients_trace_reaches_attempts_messages_commands_log_lines_and_spans(
     sink = wait_until(lambda: client.kv.list("sink/"), 30, "the trace_sink actor handles the message")
     assert [e.value for e in sink] == [{"message": trace, "turn": trace}]
 
-    # under the caller's active OpenTelemetry span, a submit without a trace id takes its trace
+    # under the caller's active OpenTelemetry span, a submit without a trace id takes its trace,
+    # and so does a message a client sends (the node takes it from the call's traceparent)
     from opentelemetry.sdk.trace import TracerProvider
 
     with TracerProvider().get_tracer("test").start_as_current_span("caller") as span:
         other = DAG("under-span")
         other.task("x", "traced_thread")
         run2 = client.submit(other)
+        client.messages.send("trace_sink/c", {"from": "client"}, durable=True)
     span_trace = format(span.get_span_context().trace_id, "032x")
     assert client.wait(run2, timeout_s=60).trace_id == span_trace
+    sink = wait_until(lambda: len(client.kv.list("sink/")) == 2, 30, "the client's message is handled")
+    assert {"message": span_trace, "turn": span_trace} in [e.value for e in client.kv.list("sink/")]
 
     # the spans: the run's (from the leader) and each attempt's, a child of the run's
     run_span = tracing.run_span_id(trace, run_id)
@@ -315,7 +319,9 @@ def test_a_clients_trace_reaches_attempts_messages_commands_log_lines_and_spans(
             elif isinstance(cmd, SendMessages) and any(m.target == "trace_sink/k" for m in cmd.messages):
                 kind = "send"
                 assert all(m.trace_id == trace for m in cmd.messages)
-            elif isinstance(cmd, AckMessage) and any(o.key.startswith("sink/") for o in cmd.kv):
+            elif isinstance(cmd, AckMessage) and any(
+                o.key.startswith("sink/") and o.value["message"] == trace for o in cmd.kv
+            ):
                 kind = "ack"
             else:
                 continue
