@@ -54,7 +54,7 @@ def _context(trace_id: str, span_id: str) -> SpanContext:
 class OtelSpans:
     """This node's spans (``tracing.SpanSink``), batched to an OTLP/HTTP collector."""
 
-    def __init__(self, node_id: str, endpoint: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, node_id: str, endpoint: str, timeout_s: float = 5.0) -> None:
         self.node_id = node_id
         self.url = traces_url(endpoint)
         self._resource = Resource.create({"service.name": "raftmesh", "service.instance.id": node_id})
