@@ -147,6 +147,102 @@ def test_the_agent_thread_pool_runs_a_function_in_the_callers_context() -> None:
         pool.close()
 
 
+class _RecordingWriter:
+    """Applies each command at once (a one-node log) and keeps the call it was proposed
+    under: what the node's proposer stamps as the command's origin."""
+
+    def __init__(self, sm: Any) -> None:
+        self.sm = sm
+        self.proposed: list[tuple[Any, calls.Call | None]] = []
+
+    async def propose(self, cmd: Any, timeout_s: float | None = None) -> Any:
+        self.proposed.append((cmd, calls.current()))
+        res, _ = self.sm.apply(cmd)
+        return res
+
+    async def barrier(self, timeout_s: float | None = None) -> None:
+        return None
+
+
+class _Spans:
+    """A ``tracing.SpanSink`` that keeps what the host reports."""
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[Any, ...]] = []
+
+    def attempt_ended(self, *args: Any) -> None:
+        self.attempts.append(args)
+
+    def run_ended(self, *args: Any) -> None:
+        raise AssertionError("the host reports attempts only")
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_attempts_of_two_traces_reported_in_one_flush_go_out_under_their_own_traces() -> None:
+    from raftmesh.agents import AgentHost, AgentRegistry
+    from raftmesh.clock import ManualClock
+    from raftmesh.consensus.commands import Assign, Assignment, Origin, TaskSpec
+    from raftmesh.consensus.machine import StateMachine
+    from raftmesh.consensus.state import TaskStatus
+    from tests.test_node_units import reads_of, register
+
+    sm = StateMachine()
+    register(sm, "n1")
+    traces = {"r1": calls.new_trace_id(), "r2": calls.new_trace_id()}
+    for i, (run_id, trace) in enumerate(traces.items()):
+        res, _ = sm.apply(
+            SubmitRun(
+                f"s{i}",
+                2,
+                run_id=run_id,
+                tasks=(TaskSpec("t0", "echo"),),
+                origin=Origin("token:alice", f"req-{i}", trace),
+            )
+        )
+        assert res.ok, res
+    assert sm.state.runs["r1"].trace_id == traces["r1"]
+
+    async def echo(ctx: Any) -> Any:
+        call = calls.current()
+        return [ctx.trace_id, call.trace_id if call else "", call.principal if call else ""]
+
+    async def scenario() -> None:
+        registry = AgentRegistry()
+        registry.register("echo", echo)
+        writer = _RecordingWriter(sm)
+        host = AgentHost("n1", "i1", registry, reads_of(sm), writer, ManualClock())
+        host.spans = spans
+        res, _ = sm.apply(Assign("a1", 3, (Assignment("r1", "t0", "n1", 1), Assignment("r2", "t0", "n1", 1))))
+        assert res.ok, res
+        host._reconcile()
+        for _ in range(100):  # both finish before the reporter runs: one flush for the two
+            if len(host._reports) == 2:
+                break
+            await asyncio.sleep(0)
+        assert len(host._reports) == 2
+        reporter = asyncio.get_running_loop().create_task(host._report_loop())
+        for _ in range(100):
+            done = all(sm.state.runs[r].tasks["t0"].status is TaskStatus.SUCCEEDED for r in traces)
+            if done and len(spans.attempts) == 2:  # the spans go once the commands are applied
+                break
+            await asyncio.sleep(0)
+        reporter.cancel()
+        completes = [(cmd, call) for cmd, call in writer.proposed if isinstance(cmd, Complete)]
+        assert len(completes) == 2
+        for cmd, call in completes:
+            (item,) = cmd.items
+            assert call is not None and call.trace_id == traces[item.run_id] and call.principal == "node:n1"
+            assert call.span_id == tracing.attempt_span_id(traces[item.run_id], item.run_id, "t0", 1)
+            assert item.output == [traces[item.run_id], traces[item.run_id], "node:n1"]
+
+    spans = _Spans()
+    asyncio.run(scenario())
+    got = {(a[1], a[2], a[7]) for a in spans.attempts}
+    assert got == {(traces["r1"], "r1", "succeeded"), (traces["r2"], "r2", "succeeded")}
+
+
 # ---- end to end: a real node, its archive, its log and its spans ---------------------------
 
 
