@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .client import Client
+from .client._security import Credentials
 from .errors import RaftmeshError
 
 
@@ -51,6 +52,8 @@ class NodeProc:
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    metrics: str = ""
+    """``HOST:PORT`` of the node's Prometheus endpoint ("" when the cluster runs without)."""
 
     @property
     def pid(self) -> int | None:
@@ -100,6 +103,10 @@ class LocalCluster:
     """Run every node with ``--unsafe-no-fsync``."""
     agents_modules: Sequence[str] = ()
     """Agent modules every node loads (``--agents-module``: ``.py`` paths, made absolute, or module names)."""
+    credentials: Credentials | None = None
+    """How this harness's own clients and health checks reach the nodes (TLS, token); None: plaintext."""
+    metrics: bool = False
+    """Serve Prometheus metrics from every node (``--metrics`` on a free port: ``NodeProc.metrics``)."""
     secret_path: str | None = field(default=None, init=False)
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     _clients: list[Client] = field(default_factory=list, init=False, repr=False)
@@ -107,7 +114,7 @@ class LocalCluster:
     def __post_init__(self) -> None:
         self._own_dir = self.base_dir is None
         self.base_dir = self.base_dir or tempfile.mkdtemp(prefix="raftmesh-")
-        ports = free_ports(2 * self.size)
+        ports = free_ports((3 if self.metrics else 2) * self.size)
         ids = [f"n{i + 1}" for i in range(self.size)]
         addr = {i: self.hosts.get(i, self.host) for i in ids}
         peers = ",".join(
@@ -128,6 +135,7 @@ class LocalCluster:
         for k, i in enumerate(ids):
             d = os.path.join(self.base_dir, i)
             os.makedirs(d, exist_ok=True)
+            metrics = f"{addr[i]}:{ports[2 * self.size + k]}" if self.metrics else ""
             argv = [
                 sys.executable,
                 "-m",
@@ -146,6 +154,7 @@ class LocalCluster:
                 "--slots",
                 str(self.slots),
                 *node_flags,
+                *(["--metrics", metrics] if metrics else []),
                 *self.extra_args,
             ]
             self.nodes[i] = NodeProc(
@@ -155,6 +164,7 @@ class LocalCluster:
                 os.path.join(d, "data"),
                 os.path.join(d, "node.log"),
                 argv,
+                metrics=metrics,
             )
 
     # ---- lifecycle -------------------------------------------------------------
@@ -162,6 +172,11 @@ class LocalCluster:
     @property
     def addresses(self) -> list[str]:
         return [n.grpc for n in self.nodes.values()]
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        """Every node's ``http://HOST:PORT/metrics`` (empty unless ``metrics=True``)."""
+        return [f"http://{n.metrics}/metrics" for n in self.nodes.values() if n.metrics]
 
     def start(self, wait: bool = True, timeout_s: float = 60.0) -> LocalCluster:
         for i in self.nodes:
@@ -253,12 +268,13 @@ class LocalCluster:
     # ---- observation ---------------------------------------------------------------
 
     def client(self, addresses: list[str] | None = None, **kw: Any) -> Client:
+        kw.setdefault("credentials", self.credentials)
         c = Client(addresses or self.addresses, **kw)
         self._clients.append(c)
         return c
 
     def status_of(self, node_id: str, include_digest: bool = False) -> Any:
-        with Client([self.nodes[node_id].grpc], retry_deadline_s=0) as c:
+        with Client([self.nodes[node_id].grpc], retry_deadline_s=0, credentials=self.credentials) as c:
             return c.status_of(self.nodes[node_id].grpc, include_digest=include_digest)
 
     def leader(self, among: Sequence[str] | None = None) -> str | None:
@@ -278,7 +294,7 @@ class LocalCluster:
     def serving(self, node_id: str, timeout_s: float = 2.0) -> bool:
         """The node answers the gRPC health check with SERVING: it knows a leader and its
         current incarnation is registered and up in the state it has applied."""
-        with grpc.insecure_channel(self.nodes[node_id].grpc) as ch:
+        with (self.credentials or Credentials()).channel(self.nodes[node_id].grpc) as ch:
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=timeout_s

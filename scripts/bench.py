@@ -99,7 +99,9 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -422,6 +424,43 @@ def render_table(report: dict[str, Any]) -> str:
             "   tasks/s < 1 = fsync slower; latency > 1 = fsync slower.",
             "",
         ]
+    mx = report.get("raftmesh_metrics")
+    if mx:
+        mr = report["ratios_metrics_over_no_metrics"]
+
+        def mrow(label: str, a: float, b: float, ratio_v: float | None, spec: str) -> str:
+            return f"   {label:<26}{_fmt(a, spec):>12}{_fmt(b, spec):>14}{_fmt(ratio_v, '.2f'):>18}"
+
+        lines += [
+            "4. The cost of metrics: the same workloads on a second cluster started with --metrics, every",
+            f"   node scraped each second ({mx['scrapes_ok']} scrapes, {mx['scrapes_failed']} failed)",
+            f"   {'':<26}{'metrics':>12}{'no metrics':>14}{'metrics/none':>18}",
+            mrow(
+                "fan-out tasks/s",
+                mx["fan_out"]["tasks_per_s_median"],
+                rm["fan_out"]["tasks_per_s_median"],
+                mr["fan_out_tasks_per_s"],
+                ",.0f",
+            ),
+            mrow("latency p50 ms", mx["latency"]["p50_ms"], r_lat["p50_ms"], mr["latency_p50"], ".2f"),
+            mrow("latency p99 ms", mx["latency"]["p99_ms"], r_lat["p99_ms"], mr["latency_p99"], ".2f"),
+            mrow(
+                "spaced p50 ms",
+                mx["latency_spaced"]["p50_ms"],
+                r_sp["p50_ms"],
+                mr["latency_spaced_p50"],
+                ".2f",
+            ),
+            mrow(
+                "spaced p99 ms",
+                mx["latency_spaced"]["p99_ms"],
+                r_sp["p99_ms"],
+                mr["latency_spaced_p99"],
+                ".2f",
+            ),
+            "   tasks/s < 1 = metrics slower; latency > 1 = metrics slower.",
+            "",
+        ]
     if dk:
         lines.append(
             "Ratios are raftmesh/Dask: tasks/s < 1 = raftmesh slower; latency > 1 = raftmesh slower.\n"
@@ -479,7 +518,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run a raftmesh cluster with --unsafe-no-fsync side by side and print the ratios",
     )
+    p.add_argument(
+        "--metrics-compare",
+        action="store_true",
+        help="also run a raftmesh cluster with --metrics (every node scraped each second) side by side "
+        "and print the ratios",
+    )
     return p.parse_args(argv)
+
+
+METRICS_SCRAPE_S = 1.0
+"""How often the --metrics-compare cluster's endpoints are scraped (a 1 s Prometheus interval)."""
+
+
+def scrape_loop(urls: list[str], stop: threading.Event, counts: list[int]) -> None:
+    """Scrape every node's /metrics each METRICS_SCRAPE_S until ``stop`` (the load Prometheus adds)."""
+    while not stop.wait(METRICS_SCRAPE_S):
+        for url in urls:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    resp.read()
+                counts[0] += 1
+            except OSError:
+                counts[1] += 1
 
 
 def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict[str, Any]:
@@ -532,6 +593,29 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         nf_leader = ncluster.wait_ready()
         rm_nf = RaftmeshBench(ncluster.client([ncluster.nodes[nf_leader].grpc]))
 
+    mx_name = "raftmesh --metrics"
+    rm_mx: RaftmeshBench | None = None
+    mx_startup = math.nan
+    scrapes = [0, 0]  # ok, failed
+    if args.metrics_compare:
+        log(f"starting a second raftmesh LocalCluster with --metrics, scraped every {METRICS_SCRAPE_S} s")
+        t0 = time.perf_counter()
+        mcluster = LocalCluster(
+            args.nodes, base_dir=os.path.join(tmp, "raftmesh-metrics"), slots=args.slots, metrics=True
+        )
+        stack.callback(mcluster.close)
+        mcluster.start(timeout_s=60)
+        mx_startup = time.perf_counter() - t0
+        mx_leader = mcluster.wait_ready()
+        rm_mx = RaftmeshBench(mcluster.client([mcluster.nodes[mx_leader].grpc]))
+        stop_scraping = threading.Event()
+        scraper = threading.Thread(
+            target=scrape_loop, args=(mcluster.metrics_urls, stop_scraping, scrapes), daemon=True
+        )
+        scraper.start()
+        stack.callback(scraper.join, 10)
+        stack.callback(stop_scraping.set)
+
     dk: DaskBench | None = None
     dk_startup = math.nan
     if dask_skipped is None:
@@ -543,6 +627,8 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     systems: list[tuple[str, RaftmeshBench | DaskBench]] = [("raftmesh", rm)]
     if rm_nf is not None:
         systems.append((nf_name, rm_nf))
+    if rm_mx is not None:
+        systems.append((mx_name, rm_mx))
     if dk is not None:
         systems.append(("Dask", dk))
 
@@ -569,7 +655,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     for name, sysb in measured:
         for k in range(WARMUP_RUNS):
             sysb.single(-1 - k, None)
-        spacings = (False, True) if name in ("raftmesh", "Dask", nf_name) else (False,)
+        spacings = (False, True) if name in ("raftmesh", "Dask", nf_name, mx_name) else (False,)
         for spaced in spacings:
             res = lat[(name, spaced)] = LatencyResult()
             for k in range(args.runs):
@@ -617,6 +703,8 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         },
         "raftmesh_unsafe_no_fsync": None,
         "ratios_fsync_over_no_fsync": None,
+        "raftmesh_metrics": None,
+        "ratios_metrics_over_no_metrics": None,
         "dask": None,
         "dask_skipped": dask_skipped,
         "ratios_raftmesh_over_dask": None,
@@ -645,6 +733,10 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     if rm_nf is not None:
         report["raftmesh_unsafe_no_fsync"] = nf = summary(nf_name, nf_startup)
         report["ratios_fsync_over_no_fsync"] = ratios(report["raftmesh"], nf)
+    if rm_mx is not None:
+        report["raftmesh_metrics"] = mx = summary(mx_name, mx_startup)
+        mx["scrapes_ok"], mx["scrapes_failed"] = scrapes
+        report["ratios_metrics_over_no_metrics"] = ratios(mx, report["raftmesh"])
     if dk is not None:
         report["dask"] = d = summary("Dask", dk_startup)
         report["ratios_raftmesh_over_dask"] = ratios(report["raftmesh"], d)

@@ -2,24 +2,27 @@
 # Start, stop and poke a local raftmesh cluster.
 #
 #   scripts/cluster.sh up N [--base-port P] [--dir DIR] [--unsafe-no-fsync] [--agents-module PATH|MODULE]...
-#                                                         start nodes n1..nN, wait for a leader
+#                       [--secure] [--no-metrics]         start nodes n1..nN, wait for a leader
 #   scripts/cluster.sh down [--dir DIR]                   stop every node (TERM, then KILL after 10 s)
 #   scripts/cluster.sh status [--dir DIR]                 pids and cluster status
 #   scripts/cluster.sh kill ID [--dir DIR]                kill -9 one node
 #   scripts/cluster.sh restart ID [--wait] [--dir DIR]    start a stopped/killed node again
 #
-# Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100).
+# Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100), and serves
+# Prometheus metrics on http://127.0.0.1:P+100+I/metrics (DIR/env: RAFTMESH_METRICS) unless --no-metrics.
 # Data and logs live in DIR/nI (DIR defaults to ./.cluster); DIR/env holds RAFTMESH_ADDRESSES.
 # `up` makes DIR/raft.secret (mode 0600, kept across runs): every node authenticates and
 # encrypts Raft traffic with it. --unsafe-no-fsync and each --agents-module (a .py path is
 # made absolute) are passed to every node, and kept by restart; a node that exits at start
 # (e.g. a module that fails to import) fails `up` at once with its message.
+# --secure, TLS: DIR/tls from `raftmesh certs init` (made once, kept across runs), every node
+# serving and dialling its peers over mutual TLS, and RAFTMESH_CA/_CERT/_KEY in DIR/env.
 # restart returns once that node serves, or, while fewer than a majority of the nodes
 # run, once it answers (saying the cluster has no quorum yet), so a crashed cluster can be
 # restarted node by node; --wait waits for a ready cluster (every node serving) instead.
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -29,12 +32,16 @@ DIR=./.cluster
 BASE=7100
 NODE_FLAGS=()
 WAIT=0
+SECURE=0
+METRICS=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) DIR=$2; shift 2 ;;
     --wait) WAIT=1; shift ;;
     --base-port) BASE=$2; shift 2 ;;
     --unsafe-no-fsync) NODE_FLAGS+=(--unsafe-no-fsync); shift ;;
+    --secure) SECURE=1; shift ;;
+    --no-metrics) METRICS=0; shift ;;
     --agents-module)
       [[ $# -ge 2 && -n $2 ]] || die "--agents-module needs a PATH or MODULE"
       m=$2
@@ -49,6 +56,9 @@ done
 
 if command -v raftmesh >/dev/null 2>&1; then RM=(raftmesh); else RM=(python3 -m raftmesh.cli.main); fi
 [[ -n ${RAFTMESH_BIN:-} ]] && read -r -a RM <<<"$RAFTMESH_BIN"
+
+# The CLI calls below (health waits, status) reach the nodes with DIR/env's addresses and credentials.
+load_env() { set -a; source "$DIR/env"; set +a; }
 
 alive() { [[ -f $1/pid ]] && kill -0 "$(cat "$1/pid")" 2>/dev/null; }
 
@@ -103,8 +113,10 @@ wait_node() {  # wait_node ID ADDR STATES...: until the node's health is one of 
 }
 
 [[ $WAIT == 0 || $CMD == restart ]] || die "--wait is a flag of restart only"
+[[ $SECURE == 0 || $CMD == up ]] || die "--secure is a flag of up (restart keeps what up was given)"
 [[ $CMD == up || " ${NODE_FLAGS[*]-} " != *" --agents-module "* ]] ||
   die "--agents-module is a flag of up (restart keeps what up was given)"
+[[ $CMD == up || $METRICS == 1 ]] || die "--no-metrics is a flag of up (restart keeps what up was given)"
 
 case $CMD in
   up)
@@ -112,28 +124,50 @@ case $CMD in
     [[ $N =~ ^[0-9]+$ && $N -ge 1 && $N -le 49 ]] || die "N must be 1..49"
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
-    peers=() addrs=()
+    peers=() addrs=() metrics=()
     for i in $(seq 1 "$N"); do
       peers+=("n$i=127.0.0.1:$((BASE + 50 + i))/127.0.0.1:$((BASE + i))")
       addrs+=("127.0.0.1:$((BASE + i))")
+      metrics+=("http://127.0.0.1:$((BASE + 100 + i))/metrics")
     done
     if [[ ! -s $DIR/raft.secret ]]; then
       (umask 077; od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/raft.secret")
     fi
+    TLS=$DIR/tls
+    if (( SECURE )); then  # --secure, TLS: the CA and certificates, made once like raft.secret
+      if [[ ! -s $TLS/ca.pem ]]; then
+        "${RM[@]}" certs init "$TLS" --nodes "$(seq -s, -f 'n%g' 1 "$N")" >/dev/null
+      fi
+      for i in $(seq 1 "$N"); do
+        [[ -s $TLS/n$i.pem ]] || die "$TLS has no certificate for n$i (remove $TLS to make new ones)"
+      done
+    fi
+    # --secure, tokens: (engineer "auth") the tokens file and --tokens-file go here.
     PEERS=$(IFS=,; echo "${peers[*]}")
     ADDRS=$(IFS=,; echo "${addrs[*]}")
     for i in $(seq 1 "$N"); do
       d=$DIR/n$i
       mkdir -p "$d"
       alive "$d" && die "n$i is already running in $DIR (run: $0 down --dir $DIR)"
+      tls_flags=()
+      if (( SECURE )); then tls_flags=(--tls-cert "$TLS/n$i.pem" --tls-key "$TLS/n$i-key.pem" --tls-ca "$TLS/ca.pem"); fi
       printf '%s\n' "${RM[@]}" node --id "n$i" --raft "127.0.0.1:$((BASE + 50 + i))" \
         --grpc "127.0.0.1:$((BASE + i))" --peers "$PEERS" --data-dir "$d/data" \
-        --raft-secret-file "$DIR/raft.secret" ${NODE_FLAGS[@]+"${NODE_FLAGS[@]}"} >"$d/cmd"
+        --raft-secret-file "$DIR/raft.secret" ${NODE_FLAGS[@]+"${NODE_FLAGS[@]}"} \
+        ${tls_flags[@]+"${tls_flags[@]}"} >"$d/cmd"
+      (( METRICS )) && printf '%s\n' --metrics "127.0.0.1:$((BASE + 100 + i))" >>"$d/cmd"
       start_node "n$i"
     done
     echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env"
+    (( METRICS )) && echo "RAFTMESH_METRICS=$(IFS=,; echo "${metrics[*]}")" >>"$DIR/env"
+    if (( SECURE )); then
+      printf 'RAFTMESH_CA=%q\nRAFTMESH_CERT=%q\nRAFTMESH_KEY=%q\n' \
+        "$TLS/ca.pem" "$TLS/client.pem" "$TLS/client-key.pem" >>"$DIR/env"
+    fi
+    load_env
     wait_ready "$ADDRS" $(seq -f 'n%g' 1 "$N")
     echo "RAFTMESH_ADDRESSES=$ADDRS"
+    if (( METRICS )); then echo "RAFTMESH_METRICS=$(IFS=,; echo "${metrics[*]}")"; fi
     ;;
   down)
     [[ -d $DIR ]] || exit 0
@@ -155,7 +189,7 @@ case $CMD in
       d=${d%/}; id=$(basename "$d")
       if alive "$d"; then echo "$id running (pid $(cat "$d/pid"))"; else echo "$id stopped"; fi
     done
-    [[ -f $DIR/env ]] && { source "$DIR/env"; export RAFTMESH_ADDRESSES; "${RM[@]}" status || true; }
+    [[ -f $DIR/env ]] && { load_env; "${RM[@]}" status || true; }
     ;;
   kill)
     [[ -n $ARG ]] || die "usage: $0 kill ID"
@@ -177,7 +211,7 @@ case $CMD in
       while alive "$d"; do sleep 0.05; done  # start_node refuses a node that still runs
     fi
     start_node "$ARG"
-    source "$DIR/env"
+    load_env
     if (( WAIT )); then
       wait_ready "$RAFTMESH_ADDRESSES"
       echo "restarted $ARG (pid $(cat "$d/pid")); the cluster is ready"

@@ -10,6 +10,18 @@ if [[ $(id -u) == 0 ]] && ! command -v nft >/dev/null 2>&1 && command -v apt-get
   echo "== installing nftables (for the network-partition tests)"
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2 >/dev/null
 fi
+# The metrics tests run promtool and a real Prometheus (Debian's prometheus package). The package
+# must not start a system-wide prometheus: policy-rc.d (exit 101) forbids starting services while
+# it installs, and is removed afterwards unless it was there already.
+if [[ $(id -u) == 0 ]] && ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing prometheus (promtool and a server for the metrics tests; its service is not started)"
+  own_policy=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+  fi
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || true
+  if (( own_policy )); then rm -f /usr/sbin/policy-rc.d; fi
+fi
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[test]'

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -136,7 +137,7 @@ def _free_base() -> int:
     for _ in range(50):
         base = random.randrange(20000, 40000, 100)
         ok = True
-        for p in [base + 1, base + 2, base + 3, base + 51, base + 52, base + 53]:
+        for p in [base + k for k in (1, 2, 3, 51, 52, 53, 101, 102, 103)]:
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", p))
@@ -162,7 +163,16 @@ def test_cluster_script(tmp_path: pathlib.Path) -> None:
         assert up.returncode == 0, up.stderr
         line = [ln for ln in up.stdout.splitlines() if ln.startswith("RAFTMESH_ADDRESSES=")][-1]
         addrs = line.split("=", 1)[1]
-        assert pathlib.Path(d, "env").read_text().strip() == line
+        env_lines = pathlib.Path(d, "env").read_text().splitlines()
+        assert env_lines[0] == line
+        # metrics are on by default: RAFTMESH_METRICS in DIR/env and printed, one URL a node, serving
+        metrics_line = [ln for ln in up.stdout.splitlines() if ln.startswith("RAFTMESH_METRICS=")][-1]
+        assert metrics_line in env_lines
+        urls = metrics_line.split("=", 1)[1].split(",")
+        assert len(urls) == 3
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                assert b"raftmesh_raft_term " in resp.read()
         status = json.loads(cli("status", "--json", addresses=addrs).stdout)
         ids = sorted(m["id"] for m in status["members"])
         assert ids == ["n1", "n2", "n3"]
@@ -206,8 +216,9 @@ def test_cluster_script_restarts_a_crashed_cluster_node_by_node(tmp_path: pathli
         return res, time.monotonic() - t0
 
     try:
-        up, _ = sh("up", "3", "--base-port", str(_free_base()))
+        up, _ = sh("up", "3", "--base-port", str(_free_base()), "--no-metrics")
         assert up.returncode == 0, up.stderr
+        assert "RAFTMESH_METRICS" not in up.stdout + pathlib.Path(d, "env").read_text()
         addrs = [ln for ln in up.stdout.splitlines() if ln.startswith("RAFTMESH_ADDRESSES=")][-1].split(
             "=", 1
         )[1]

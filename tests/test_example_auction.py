@@ -22,11 +22,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _free_base() -> int:
-    """A base port P for scripts/cluster.sh (it uses P+1..P+3 and P+51..P+53)."""
+    """A base port P for scripts/cluster.sh (it uses P+1..P+3, P+51..P+53 and, for metrics, P+101..P+103)."""
     for _ in range(50):
         base = random.randrange(20000, 40000, 100)
         ok = True
-        for p in [base + 1, base + 2, base + 3, base + 51, base + 52, base + 53]:
+        for p in [base + k for k in (1, 2, 3, 51, 52, 53, 101, 102, 103)]:
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", p))

@@ -79,10 +79,12 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     ctx: TaskContext | None = None
     reported: bool = False
+    agent: str = ""
+    started: float = 0.0
+    """``time.perf_counter()`` when the attempt started here (its duration metric)."""
     trace_id: str = ""
     """The run's trace: the attempt runs under ``tracing.node_call`` with it (its commands'
     origin, its messages, its log lines)."""
-    agent: str = ""
     started_ns: int = 0
     """Wall clock when it started here (its span's start)."""
 
@@ -182,6 +184,8 @@ class AgentHost:
         """What a process worker passes a class agent's ``setup(node)`` (the runtime's ``agent_node``)."""
         self.threads = ThreadPool(thread_pool_size)
         self.processes = ProcessPool(node_id, process_pool_size)
+        self.on_attempt: Callable[[str, bool, float, Usage], None] | None = None
+        """Told (agent, ok, seconds, usage) of every attempt reported (the node's metrics)."""
         self.spans: tracing.SpanSink | None = None
         """Where each attempt's span goes when it ends (``raftmesh.node.otel``); None: nowhere."""
         self._semaphores: dict[str, asyncio.Semaphore] = {
@@ -296,8 +300,8 @@ class AgentHost:
             self._cancel(a)
         loop = asyncio.get_running_loop()
         for s in plan.start:
-            a = _Attempt(s.key, s.attempt, s.token, trace_id=s.trace_id, agent=s.agent)
-            a.started_ns = time.time_ns()
+            a = _Attempt(s.key, s.attempt, s.token, agent=s.agent, started=time.perf_counter())
+            a.trace_id, a.started_ns = s.trace_id, time.time_ns()
             self._active[s.key] = a
             # The task copies the context: all the attempt causes runs under its trace.
             with calls.bound(self._call_of(a)):
@@ -499,6 +503,8 @@ class AgentHost:
     async def _report(self, r: _Report) -> None:
         if r.attempt.ctx is not None:
             r.usage = r.attempt.ctx.usage
+        if self.on_attempt is not None:
+            self.on_attempt(r.attempt.agent, r.ok, time.perf_counter() - r.attempt.started, r.usage)
         while len(self._reports) >= MAX_PENDING_REPORTS:
             self._report_room.clear()
             await self._report_room.wait()

@@ -15,10 +15,13 @@ import os
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FailedPrecondition
 from ._registry import AgentDef, AgentRegistry
+
+if TYPE_CHECKING:
+    from ..client._security import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,20 @@ class AgentNode:
     """This node's gRPC address (``raftmesh.Client([node.grpc])`` reaches the cluster)."""
     addresses: tuple[str, ...]
     """Every member's gRPC address."""
+    tls_ca: str | None = None
+    """On a TLS node: its ``--tls-ca``, ``--tls-cert`` and ``--tls-key`` (None without TLS)."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def credentials(self) -> Credentials:
+        """How to reach the cluster from here: ``raftmesh.Client([node.grpc], credentials=node.credentials())``.
+
+        On a TLS node, its CA and its own certificate as the client certificate (what a node with
+        ``--tls-client-auth require`` asks for); anything not set comes from the environment.
+        """
+        from ..client._security import Credentials
+
+        return Credentials.resolve(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key)
 
 
 async def set_up(registry: AgentRegistry, node_for: Callable[[str], AgentNode]) -> list[AgentDef]:

@@ -122,6 +122,7 @@ def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDe
                     str(node.get("data_dir", "")),
                     str(node.get("grpc", "")),
                     tuple(str(a) for a in node.get("addresses", ())),
+                    *(node.get(k) or None for k in ("tls_ca", "tls_cert", "tls_key")),
                 ),
             )
             loaded[(source, name)] = adef

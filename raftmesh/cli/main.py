@@ -341,10 +341,12 @@ def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from ..client import parse_addresses
+    from ..client._security import Credentials
 
+    creds = Credentials.resolve(args.cred_token, args.cred_ca, args.cred_cert, args.cred_key)
     results = {}
     for addr in parse_addresses(args.addresses):
-        with grpc.insecure_channel(addr) as ch:
+        with creds.channel(addr) as ch:
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
@@ -573,6 +575,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="READY tasks of at least this priority preempt lower-priority running attempts when no "
         "slot is free (default: off)",
     )
+    n.add_argument("--tls-cert", help="this node's certificate (PEM): TLS on its gRPC port and to its peers")
+    n.add_argument("--tls-key", help="the key of --tls-cert (PEM)")
+    n.add_argument(
+        "--tls-ca", help="the CA (PEM) that signed every node's certificate (and clients', for mTLS)"
+    )
+    n.add_argument(
+        "--tls-client-auth",
+        choices=("none", "require"),
+        help="require (default with TLS): clients need a certificate signed by --tls-ca; none: they do not",
+    )
+    n.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; README Metrics)",
+    )
     n.add_argument(
         "--otel-endpoint",
         default=None,
@@ -775,6 +792,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .messages import add_parsers
 
     add_parsers(sub)
+    from .certs import add_parsers as add_certs_parsers
+
+    add_certs_parsers(sub)
     return p
 
 

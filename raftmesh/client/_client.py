@@ -150,9 +150,19 @@ def parse_addresses(addresses: str | list[str] | tuple[str, ...] | None) -> list
     return out
 
 
+_TLS_FAILURES = ("handshake failed", "CERTIFICATE_VERIFY_FAILED", "Hostname Verification")
+"""What grpc's connection errors say when the TLS handshake, not the node, failed."""
+
+
 def _translate(exc: grpc.RpcError) -> RaftmeshError:
     code = exc.code()
-    return error_for_code(code.name if code else "UNKNOWN", exc.details() or str(code))
+    details = exc.details() or str(code)
+    if code == grpc.StatusCode.UNAVAILABLE and any(s in details for s in _TLS_FAILURES):
+        details += (
+            " (TLS: --ca / RAFTMESH_CA must be the CA that signed the nodes' certificates, and they "
+            "must cover the address's host, or set RAFTMESH_SERVER_NAME)"
+        )
+    return error_for_code(code.name if code else "UNKNOWN", details)
 
 
 class Client:

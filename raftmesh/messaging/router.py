@@ -48,6 +48,7 @@ from ..errors import (
 from ..node.access import Writer
 from ..node.proposer import new_request_id
 from ..node.reads import ReadView
+from ..node.tls import Dial, plaintext
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from .api import Deliver, Sent
 from .intake import Intake
@@ -151,6 +152,7 @@ class MessageRouter:
         writer: Writer,
         clock: Clock,
         grpc_of: Callable[[str], str | None],
+        dial: Dial = plaintext,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
@@ -212,6 +214,7 @@ class MessageRouter:
             self._on_frame,
             self.stats,
             self._topics.topics,
+            dial,
         )
         self._stalled: dict[Lane, None] = {}
         """Lanes with no activation to go to yet, or in a backoff (``_expire`` looks at them)."""

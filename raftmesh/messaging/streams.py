@@ -21,6 +21,7 @@ from ..consensus import limits
 from ..consensus.state import ClusterState
 from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RaftmeshError, Unavailable
 from ..node.reads import ReadView
+from ..node.tls import Dial, plaintext
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from .links import Link, Out
@@ -57,7 +58,9 @@ class PeerStreams:
         on_frame: Callable[[Link, pb.PeerFrame], None],
         stats: dict[str, int],
         topics: Callable[[], list[str]],
+        dial: Dial = plaintext,
     ) -> None:
+        self._dial = dial
         self.node_id = node_id
         self.incarnation = incarnation
         self._reads = reads
@@ -132,7 +135,7 @@ class PeerStreams:
                     if target != address:
                         if channel is not None:
                             await channel.close(None)
-                        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+                        channel = self._dial(target, CHANNEL_OPTIONS)
                         address = target
                     assert channel is not None
                     try:

@@ -13,6 +13,7 @@ from ..agents._pools import MAX_PROCESS_POOL_SIZE, MAX_THREAD_POOL_SIZE, PROCESS
 from ..consensus import limits
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
+from .tls import NodeTls
 
 _ADDR_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
@@ -56,6 +57,10 @@ class NodeConfig:
     """Worker processes that run ``process`` agents' attempts (``--agent-processes``)."""
     preempt_priority: int | None = None
     """READY tasks of at least this priority preempt lower running ones when no slot is free (None: off)."""
+    tls: NodeTls | None = None
+    """TLS of the gRPC port and of every channel to a peer (``--tls-cert``/``--tls-key``/``--tls-ca``)."""
+    metrics: str = ""
+    """``HOST:PORT`` this node serves Prometheus metrics on (``--metrics``; "" = off)."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -129,6 +134,8 @@ def build_config(
     agent_processes: int = PROCESS_POOL_SIZE,
     agents_modules: tuple[str, ...] = (),
     preempt_priority: int | None = None,
+    tls: NodeTls | None = None,
+    metrics: str = "",
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -173,6 +180,8 @@ def build_config(
         raise InvalidArgument("--agents-module must be a file path or a module name (not empty)")
     if preempt_priority is not None and abs(preempt_priority) > limits.MAX_PRIORITY:
         raise InvalidArgument(f"--preempt-priority must be within +-{limits.MAX_PRIORITY}")
+    if metrics:
+        _check_addr("--metrics", metrics)
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -190,6 +199,8 @@ def build_config(
         agent_processes=agent_processes,
         agents_modules=tuple(m.strip() for m in agents_modules),
         preempt_priority=preempt_priority,
+        tls=tls,
+        metrics=metrics,
     )
 
 

@@ -17,6 +17,10 @@ class LockWaits:
     def __init__(self) -> None:
         self._waiters: dict[str, asyncio.Future[LockOutcome]] = {}
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
     def waiter(self, request_id: str) -> asyncio.Future[LockOutcome]:
         fut = self._waiters.get(request_id)
         if fut is None:

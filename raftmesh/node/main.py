@@ -16,6 +16,7 @@ from ..errors import InvalidArgument
 from ..log_format import JsonFormatter
 from .config import build_config, load_config_file, parse_peers, read_secret_file
 from .runtime import NodeRuntime
+from .tls import load_tls
 
 
 def _setting(args: argparse.Namespace, file_cfg: dict[str, Any], name: str, default: Any = None) -> Any:
@@ -119,6 +120,13 @@ def run_node(args: argparse.Namespace) -> int:
         ),
         agents_modules=modules,
         preempt_priority=_optional_int("preempt-priority", _setting(args, file_cfg, "preempt-priority")),
+        tls=load_tls(
+            _setting(args, file_cfg, "tls-cert"),
+            _setting(args, file_cfg, "tls-key"),
+            _setting(args, file_cfg, "tls-ca"),
+            _setting(args, file_cfg, "tls-client-auth"),
+        ),
+        metrics=str(_setting(args, file_cfg, "metrics", "") or ""),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))
@@ -127,6 +135,14 @@ def run_node(args: argparse.Namespace) -> int:
     log = logging.getLogger("raftmesh.node")
     if not cfg.raft_password:
         log.warning("no cluster secret: Raft traffic on %s is unauthenticated (loopback only)", cfg.raft)
+    host = cfg.grpc.rsplit(":", 1)[0]
+    if cfg.tls is not None and not cfg.tls.covers(host):
+        log.warning(
+            "the certificate in --tls-cert does not name %s (the host of --grpc): peers and clients "
+            "dialling %s will fail its hostname check (raftmesh certs init --hosts)",
+            host,
+            cfg.grpc,
+        )
     if not cfg.fsync:
         log.warning("--unsafe-no-fsync: a power cut on every node can lose acknowledged writes")
 

@@ -27,6 +27,7 @@ from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from . import rpc
 from .reads import ReadView
+from .tls import Dial, plaintext
 
 if TYPE_CHECKING:
     from ..messaging.router import MessageRouter
@@ -153,7 +154,9 @@ class HeartbeatSender:
         leader_grpc: Callable[[], str | None],
         running: Callable[[], int],
         clock: Clock,
+        dial: Dial = plaintext,
     ) -> None:
+        self._dial = dial
         self._node_id = node_id
         self._incarnation = incarnation
         self._leader = leader_grpc
@@ -211,7 +214,7 @@ class HeartbeatSender:
                 )
                 await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with self._dial(target, ()) as channel:
             call = pb_grpc.PeerStub(channel).Heartbeat(beats())
 
             async def read() -> None:

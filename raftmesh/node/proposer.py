@@ -21,6 +21,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import msgpack
@@ -99,6 +100,22 @@ class Proposer:
         self._ids = itertools.count()
         self._barrier: asyncio.Future[Result] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.retried = 0
+        """Commands sent again after their batch failed (a metric)."""
+        self.on_batch: Callable[[int, int], None] | None = None
+        """Told (commands, payload bytes) of every log entry proposed (the node's metrics)."""
+
+    @property
+    def queued_commands(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def inflight_batches(self) -> int:
+        return len(self._inflight)
 
     def start(self) -> None:
         self._task = self._loop.create_task(self._run(), name="proposer")
@@ -242,6 +259,8 @@ class Proposer:
             if p.future is self._barrier:
                 self._barrier = None  # later callers need a barrier proposed after them
         payload = _batch_bytes([p.encoded for p in items])
+        if self.on_batch is not None:
+            self.on_batch(len(items), len(payload))
         timeout_s = self._commit_timeout_s + COMMIT_TIMEOUT_S_PER_MIB * len(payload) / (1024 * 1024)
         batch.timer = self._loop.call_later(timeout_s, self._on_done, bid, None, "TIMEOUT")
 
@@ -276,6 +295,7 @@ class Proposer:
                 else:
                     retry.append(p)
             if retry:
+                self.retried += len(retry)
                 log.debug("batch %d: %s; retrying %d commands", bid, err, len(retry))
                 delay = min(0.05 * (2 ** min(retry[0].attempts, 5)), 1.0)
                 self._loop.call_later(delay, self._requeue, retry)

@@ -47,11 +47,13 @@ from .interceptor import CallInterceptor
 from .liveness import Liveness
 from .lock_waits import LockWaits
 from .messages_service import MessagesService
+from .metrics import MetricsServer, NodeMetrics, NodeSources
 from .peers import HeartbeatSender, PeerAccess, PeerService
 from .proposer import Proposer
 from .reads import ReadView
 from .scheduler import Scheduler
 from .service import ClusterService
+from .tls import NodeChannels
 from .watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,9 @@ class NodeRuntime:
         self.lock_waits = LockWaits()
         self._stopping = asyncio.Event()
         self._registered = False
+        self.metrics = NodeMetrics(config.node_id)
+        """Fed and served only with ``config.metrics`` (off: no observer, hook or sampler is wired)."""
+        self.metrics_server: MetricsServer | None = None
         self.spans: SpanSink | None = None
         """Where run and attempt spans go (``raftmesh.node.otel``; set before ``run``); None: nowhere."""
 
@@ -156,6 +161,8 @@ class NodeRuntime:
         if events:
             self.hub.publish(events)
             self.lock_waits.applied(events)
+            if self.metrics_server is not None:
+                self.metrics.applied(events)
             if self.spans is not None:
                 self._run_spans(events)
 
@@ -201,6 +208,7 @@ class NodeRuntime:
             os.path.join(cfg.data_dir, "agents", agent),
             cfg.grpc,
             tuple(p.grpc for p in cfg.peers),
+            *((cfg.tls.ca, cfg.tls.cert, cfg.tls.key) if cfg.tls else ()),
         )
 
     async def run(self) -> None:
@@ -273,8 +281,9 @@ class NodeRuntime:
             ready=lambda: raft.ready,
         )
         self.proposer.start()
+        channels = NodeChannels(cfg.tls)  # every node-to-node channel: TLS when this node has it
         self.router = MessageRouter(
-            cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of
+            cfg.node_id, self.incarnation, self.reads, self.proposer, clock, self._grpc_of, dial=channels.dial
         )
 
         access = NodeAccess(
@@ -306,13 +315,25 @@ class NodeRuntime:
             ),
             server,
         )
-        port = server.add_insecure_port(cfg.grpc)
+        self._start_metrics()  # before the gRPC port: a metrics port in use leaves nothing serving
+        port = (
+            server.add_secure_port(cfg.grpc, cfg.tls.server_credentials())
+            if cfg.tls is not None
+            else server.add_insecure_port(cfg.grpc)
+        )
         if port == 0:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             raise RaftmeshError(f"cannot listen on {cfg.grpc} (address in use?)")
         await server.start()
         log.info("node %s serving gRPC on %s, Raft on %s", cfg.node_id, cfg.grpc, cfg.raft)
         self.heartbeats = HeartbeatSender(
-            cfg.node_id, self.incarnation, self._leader_grpc, lambda: self.host.running, clock
+            cfg.node_id,
+            self.incarnation,
+            self._leader_grpc,
+            lambda: self.host.running,
+            clock,
+            dial=channels.dial,
         )
         # ctx.send/request/publish of task agents and actors; actors take the router's fast messages
         self.host.attach_router(self.router)
@@ -327,12 +348,17 @@ class NodeRuntime:
             asyncio.create_task(self.heartbeats.run(), name="heartbeat"),
             asyncio.create_task(self.router.run(), name="messages"),
         ]
+        if self.metrics_server is not None:
+            tasks.append(asyncio.create_task(self.metrics.sample_leader(self.leader_id), name="metrics"))
         try:
             await self._stopping.wait()
         finally:
             log.info("node %s stopping", cfg.node_id)
             await self.health.enter_graceful_shutdown()
             await server.stop(1.0)
+            if self.metrics_server is not None:
+                await asyncio.to_thread(self.metrics_server.close)
+                self.metrics_server = None
             # The actor host first (it gives what its inboxes hold back to their senders, which
             # resend them), then the router gives up what it still sends and records the dead letters: both
             # while the router and the proposer still run, so none is lost to the shutdown.
@@ -351,6 +377,34 @@ class NodeRuntime:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _start_metrics(self) -> None:
+        """With ``--metrics``: feed the metrics from the parts made above and serve them."""
+        if not self.config.metrics:
+            return
+        self.interceptor.observer = self.metrics
+        self.proposer.on_batch = self.metrics.proposed
+        self.host.on_attempt = self.metrics.attempt
+        self.metrics.attach(
+            NodeSources(
+                node_id=self.config.node_id,
+                raft=self.raft,
+                read=self.reads.read,
+                leader_id=self.leader_id,
+                peer_ids=frozenset(p.id for p in self.config.peers),
+                proposer=self.proposer,
+                host=self.host,
+                router=self.router,
+                scheduler=self.scheduler,
+                lock_waits=self.lock_waits,
+            )
+        )
+        self.metrics_server = self.metrics.serve(self.config.metrics)
+        log.info(
+            "node %s serving Prometheus metrics on http://%s/metrics",
+            self.config.node_id,
+            self.config.metrics,
+        )
 
     def _member_ok(self) -> bool:
         return self.reads.read(lambda st: st.up_member(self.config.node_id, self.incarnation))

@@ -63,6 +63,8 @@ class Scheduler:
         self._tick_inflight = False
         self._preempt_priority = preempt_priority
         self._preempting: dict[TaskKey, TaskKey] = {}
+        self.preempted = 0
+        """Attempts this node preempted while it led (a metric)."""
         """Waiting task -> the victim of its preemption in flight."""
 
     def poke(self) -> None:
@@ -187,6 +189,7 @@ class Scheduler:
         try:
             res = await self._writer.propose(cmd, timeout_s=5.0)
             if res.ok:
+                self.preempted += getattr(res, "accepted", 0)
                 log.info(
                     "preempted %d attempt(s): %s", len(cmd.items), [(p.run_id, p.task_id) for p in cmd.items]
                 )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -232,6 +233,12 @@ class RaftMember:
         self._snapshot_io = snapshot_io
         self._ready = threading.Event()
         self.snapshots_loaded = 0
+        # O(1) counters for the node's metrics (read from other threads without the lock).
+        self.applied_entries = 0
+        self.applied_bytes = 0
+        self.snapshots_written = 0
+        self.snapshot_write_seconds = 0.0
+        self.snapshot_bytes = 0
         t = config.timings
         conf = SyncObjConf(
             autoTick=True,
@@ -265,6 +272,8 @@ class RaftMember:
     def _apply(self, payload: bytes) -> list[Result]:
         with self.lock:
             results, events = self.machine.apply_batch(payload)
+        self.applied_entries += 1
+        self.applied_bytes += len(payload)
         try:
             self._on_applied(events)
         except Exception:  # the node's bookkeeping must never stall the log
@@ -272,9 +281,13 @@ class RaftMember:
         return results
 
     def _serialize(self, path: str, raft_data: Any) -> None:
+        start = time.perf_counter()
         with self.lock:
             state = self.machine.snapshot()
         self._snapshot_io.write(path, _so_pickle.dumps(raft_data), state)
+        self.snapshots_written += 1
+        self.snapshot_bytes = len(state)
+        self.snapshot_write_seconds += time.perf_counter() - start
 
     def _deserialize(self, path: str) -> Any:
         if self.config.fsync:
