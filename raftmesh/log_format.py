@@ -1,4 +1,10 @@
-"""How raftmesh processes log: one JSON object per line on stderr (nodes and their agent workers)."""
+"""How raftmesh processes log: one JSON object per line on stderr (nodes and their agent workers).
+
+A line written while a call is served (``raftmesh.calls``: a gRPC call, an attempt, an actor
+turn) carries its ``trace_id``, ``request_id`` and ``principal``, so every line a run causes
+can be found by its trace id. A record's own attributes win (an agent logger binds its
+attempt's trace: it holds on threads and in workers that see no call).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import json
 import logging
 import time
 from typing import Any
+
+from . import calls
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,6 +35,17 @@ class JsonFormatter(logging.Formatter):
         for k in ("run_id", "task_id", "attempt"):
             if hasattr(record, k):
                 d[k] = getattr(record, k)
+        call = calls.current()
+        if call is not None:
+            if call.trace_id:
+                d["trace_id"] = call.trace_id
+            if call.request_id:
+                d["request_id"] = call.request_id
+            d["principal"] = call.principal
+        for k in ("trace_id", "request_id", "principal"):
+            v = getattr(record, k, None)
+            if v:
+                d[k] = v
         if record.exc_info:
             d["exc"] = self.formatException(record.exc_info)
         return json.dumps(d)

@@ -32,6 +32,7 @@ until the message's TTL ends it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import hashlib
 import heapq
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import calls, tracing
 from ..clock import Clock
 from ..consensus import limits, values
 from ..consensus.codes import Code
@@ -612,7 +614,9 @@ class ActorHost:
                     await self._sleep_on(w, max(0.05, idle - quiet) if idle else 5.0)
                     continue
                 msg, seq, arrival = item
-                await self._turn(w, msg, seq, arrival)
+                # The turn runs under the message's trace: its ack, KV writes and sends carry it.
+                with calls.bound(tracing.node_call(self.node_id, msg.trace_id)):
+                    await self._turn(w, msg, seq, arrival)
                 w.last_active = self._clock.monotonic()
         except asyncio.CancelledError:
             raise
@@ -915,7 +919,10 @@ class ActorHost:
             await w.ack_room.wait()
         w.to_ack.append(seq)
         if w.flusher is None or w.flusher.done():
-            t = asyncio.get_running_loop().create_task(self._flush_acks(w), name=f"acks {w.address}")
+            # Not under this turn's call: the batch acks the turns of many messages (many traces).
+            t = asyncio.get_running_loop().create_task(
+                self._flush_acks(w), name=f"acks {w.address}", context=contextvars.Context()
+            )
             w.flusher = t
             w.inflight.add(t)
             t.add_done_callback(w.inflight.discard)

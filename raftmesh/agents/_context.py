@@ -30,6 +30,8 @@ class TaskContext:
     upstream: dict[str, Any]
     """Outputs of the task's dependencies, by task id."""
     trace_id: str
+    """The run's W3C trace id (README Tracing): the attempt's commands, messages and log lines
+    carry it ("" a run submitted before trace ids)."""
     logger: logging.LoggerAdapter[logging.Logger]
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     kv: Any = None

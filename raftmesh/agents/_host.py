@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import calls, tracing
 from ..clock import Clock
 from ..consensus import limits, values
 from ..consensus.codes import Code
@@ -81,6 +82,11 @@ class _Attempt:
     agent: str = ""
     started: float = 0.0
     """``time.perf_counter()`` when the attempt started here (its duration metric)."""
+    trace_id: str = ""
+    """The run's trace: the attempt runs under ``tracing.node_call`` with it (its commands'
+    origin, its messages, its log lines)."""
+    started_ns: int = 0
+    """Wall clock when it started here (its span's start)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class Start:
     item: Any = None
     """A map instance's item (``ctx.item``) and its position (``ctx.index``)."""
     index: int = 0
+    trace_id: str = ""
 
 
 @dataclass
@@ -179,6 +186,8 @@ class AgentHost:
         self.processes = ProcessPool(node_id, process_pool_size)
         self.on_attempt: Callable[[str, bool, float, Usage], None] | None = None
         """Told (agent, ok, seconds, usage) of every attempt reported (the node's metrics)."""
+        self.spans: tracing.SpanSink | None = None
+        """Where each attempt's span goes when it ends (``raftmesh.node.otel``); None: nowhere."""
         self._semaphores: dict[str, asyncio.Semaphore] = {
             d.name: asyncio.Semaphore(d.concurrency) for d in registry.agents.values() if d.concurrency > 0
         }
@@ -260,6 +269,7 @@ class AgentHost:
                     t.spec.timeout_ms,
                     t.item,
                     t.index,
+                    run.trace_id,
                 )
             )
         for key, a in self._active.items():
@@ -290,16 +300,35 @@ class AgentHost:
             self._cancel(a)
         loop = asyncio.get_running_loop()
         for s in plan.start:
-            log.info("attempt %d of %s/%s started (token %d)", s.attempt, *s.key, s.token)
             a = _Attempt(s.key, s.attempt, s.token, agent=s.agent, started=time.perf_counter())
+            a.trace_id, a.started_ns = s.trace_id, time.time_ns()
             self._active[s.key] = a
-            a.task = loop.create_task(
-                self._execute(a, s.agent, s.input, s.upstream, s.timeout_ms, item=s.item, index=s.index)
-            )
+            # The task copies the context: all the attempt causes runs under its trace.
+            with calls.bound(self._call_of(a)):
+                log.info("attempt %d of %s/%s started (token %d)", s.attempt, *s.key, s.token)
+                a.task = loop.create_task(
+                    self._execute(a, s.agent, s.input, s.upstream, s.timeout_ms, item=s.item, index=s.index)
+                )
+
+    def _call_of(self, a: _Attempt) -> calls.Call:
+        span = tracing.attempt_span_id(a.trace_id, *a.key, a.attempt) if a.trace_id else ""
+        return tracing.node_call(self.node_id, a.trace_id, span)
 
     def _cancel(self, a: _Attempt) -> None:
         if self._active.get(a.key) is a:
             del self._active[a.key]
+            if self.spans is not None and a.task is not None and not a.task.done():  # (done: reported)
+                self.spans.attempt_ended(
+                    self.node_id,
+                    a.trace_id,
+                    *a.key,
+                    a.attempt,
+                    a.agent,
+                    a.started_ns,
+                    "stopped",
+                    "",
+                    NO_USAGE,
+                )
         if a.ctx is not None:
             a.ctx.cancelled.set()
         if a.task is not None and not a.task.done():
@@ -326,7 +355,7 @@ class AgentHost:
         mode = isolation_of(adef)
         logger = logging.LoggerAdapter(
             logging.getLogger(f"raftmesh.agent.{agent}"),
-            {"run_id": run_id, "task_id": task_id, "attempt": a.attempt},
+            {"run_id": run_id, "task_id": task_id, "attempt": a.attempt, "trace_id": a.trace_id},
         )
         kv = TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token)
         locks = TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt)
@@ -338,7 +367,7 @@ class AgentHost:
             node_id=self.node_id,
             input=inp,
             upstream=upstream,
-            trace_id=run_id,
+            trace_id=a.trace_id,
             logger=logger,
             agents=self._registry,
             item=item,
@@ -351,7 +380,7 @@ class AgentHost:
                 self.node_id,
                 f"task:{run_id}/{task_id}",
                 Fence(run_id=run_id, task_id=task_id, token=a.token),
-                trace_id=run_id,
+                trace_id=a.trace_id,
             )
         ctx: TaskContext
         if mode == "async":
@@ -458,6 +487,7 @@ class AgentHost:
             "upstream": ctx.upstream,
             "item": ctx.item,
             "index": ctx.index,
+            "trace_id": ctx.trace_id,
             "node": dataclasses.asdict(self._agent_node(adef.name)),
         }
         res = await self.processes.run(
@@ -493,15 +523,36 @@ class AgentHost:
 
     async def _flush(self, batch: list[_Report]) -> None:
         ts = self._clock.now_ms()
-        plain = ([r for r in batch if r.ok and not r.spawn], [r for r in batch if not r.ok])
+        # One command per trace and outcome: a command has one origin, and each attempt's
+        # Complete or Fail must carry its run's trace.
+        plain: dict[tuple[str, bool], list[_Report]] = {}
+        for r in batch:
+            if not (r.ok and r.spawn):
+                plain.setdefault((r.attempt.trace_id, r.ok), []).append(r)
         # A completion that spawns (up to MAX_SPAWNED_BYTES_PER_RUN of specs) goes in a command
         # of its own, so several large spawns never add up to one oversized command.
-        groups = [g for g in plain if g] + [[r] for r in batch if r.ok and r.spawn]
+        groups = list(plain.values()) + [[r] for r in batch if r.ok and r.spawn]
         cmds = [self._command(g, ts) for g in groups]
         # The commands are proposed together so the proposer puts them in as few log entries as fit.
-        results = await asyncio.gather(*(self._deliver(c) for c in cmds))
+        results = await asyncio.gather(
+            *(self._deliver_as(g[0].attempt, c) for g, c in zip(groups, cmds, strict=True))
+        )
         for group, res in zip(groups, results, strict=True):
-            _log_outcomes(group, res)
+            outcomes = _log_outcomes(group, res, self._call_of)
+            if self.spans is not None:
+                for r, outcome in zip(group, outcomes, strict=True):
+                    a = r.attempt
+                    self.spans.attempt_ended(
+                        self.node_id,
+                        a.trace_id,
+                        *a.key,
+                        a.attempt,
+                        a.agent,
+                        a.started_ns,
+                        outcome,
+                        r.error,
+                        r.usage,
+                    )
         for r in batch:
             if self._active.get(r.attempt.key) is r.attempt:
                 del self._active[r.attempt.key]
@@ -536,6 +587,11 @@ class AgentHost:
             ),
         )
 
+    async def _deliver_as(self, a: _Attempt, cmd: Complete | Fail) -> Result | None:
+        """``_deliver`` under the attempt's trace (the command's origin)."""
+        with calls.bound(self._call_of(a)):
+            return await self._deliver(cmd)
+
     async def _deliver(self, cmd: Complete | Fail) -> Result | None:
         """Propose until applied (same request id every time): its result, or None once no
         item is this node's to report any more (the cluster has requeued or finished them)."""
@@ -549,43 +605,53 @@ class AgentHost:
                 await self._clock.sleep(0.5)
 
 
-def _log_outcomes(group: list[_Report], res: Result | None) -> None:
-    """Say at INFO how each reported attempt ended (the state machine decided; this only tells)."""
+def _log_outcomes(
+    group: list[_Report], res: Result | None, call_of: Callable[[_Attempt], calls.Call]
+) -> list[str]:
+    """Say at INFO how each reported attempt ended (the state machine decided; this only tells),
+    each line under its attempt's call (its trace); each one's outcome as its span says it."""
     fenced: dict[TaskKey, str] = {}
     if isinstance(res, ReportResult):
         fenced = {(it.run_id, it.task_id): it.reason for it in res.rejected}
     elif isinstance(res, Rejected) and res.code is Code.ABORTED:  # every item was fenced
         fenced = {r.attempt.key: res.message for r in group}
+    outcomes: list[str] = []
     for r in group:
         a = r.attempt
         how = "succeeded" if r.ok else f"failed: {r.error[:MAX_LOGGED_ERROR_CHARS]}"
-        if res is None:
-            log.info(
-                "attempt %d of %s/%s %s; its result was not delivered and the cluster no longer "
-                "runs it here (a newer attempt exists or the run ended)",
-                a.attempt,
-                *a.key,
-                how,
-            )
-        elif a.key in fenced:
-            log.info(
-                "attempt %d of %s/%s %s; its result was rejected as fenced: %s",
-                a.attempt,
-                *a.key,
-                how,
-                fenced[a.key],
-            )
-        elif isinstance(res, Rejected):
-            log.warning(
-                "attempt %d of %s/%s %s; its result was rejected: %s %s",
-                a.attempt,
-                *a.key,
-                how,
-                res.code.name,
-                res.message,
-            )
-        else:
-            log.info("attempt %d of %s/%s %s", a.attempt, *a.key, how)
+        with calls.bound(call_of(a)):
+            if res is None:
+                outcomes.append("undelivered")
+                log.info(
+                    "attempt %d of %s/%s %s; its result was not delivered and the cluster no longer "
+                    "runs it here (a newer attempt exists or the run ended)",
+                    a.attempt,
+                    *a.key,
+                    how,
+                )
+            elif a.key in fenced:
+                outcomes.append("fenced")
+                log.info(
+                    "attempt %d of %s/%s %s; its result was rejected as fenced: %s",
+                    a.attempt,
+                    *a.key,
+                    how,
+                    fenced[a.key],
+                )
+            elif isinstance(res, Rejected):
+                outcomes.append("rejected")
+                log.warning(
+                    "attempt %d of %s/%s %s; its result was rejected: %s %s",
+                    a.attempt,
+                    *a.key,
+                    how,
+                    res.code.name,
+                    res.message,
+                )
+            else:
+                outcomes.append("succeeded" if r.ok else "failed")
+                log.info("attempt %d of %s/%s %s", a.attempt, *a.key, how)
+    return outcomes
 
 
 def _still_mine(st: ClusterState, cmd: Complete | Fail) -> bool:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import functools
 import json
 import logging
 import os
@@ -93,7 +95,8 @@ class ThreadPool:
         if not self._threads:
             self._start()
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put((fn, fut))
+        # In the caller's context (its ``calls.Call``: the attempt's trace, its commands' origin).
+        self._queue.put((functools.partial(contextvars.copy_context().run, fn), fut))
         return await asyncio.wrap_future(fut)
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import msgpack
 
+from .. import calls, tracing
 from ..log_format import JsonFormatter
 from ._context import SyncTaskContext
 from ._loader import load_agent
@@ -127,6 +128,7 @@ def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDe
             loaded[(source, name)] = adef
         is_async = inspect.iscoroutinefunction(adef.fn)
         kv, locks = SyncKv(pipe.call), SyncLocks(pipe.call)
+        trace_id = str(msg.get("trace_id") or "")  # the run's (the host sends it; no call crosses)
         ctx = SyncTaskContext(
             run_id=msg["run_id"],
             task_id=msg["task_id"],
@@ -135,10 +137,15 @@ def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDe
             node_id=node_id,
             input=msg["input"],
             upstream=msg["upstream"],
-            trace_id=msg["run_id"],
+            trace_id=trace_id,
             logger=logging.LoggerAdapter(
                 logging.getLogger(f"raftmesh.agent.{name}"),
-                {"run_id": msg["run_id"], "task_id": msg["task_id"], "attempt": msg["attempt"]},
+                {
+                    "run_id": msg["run_id"],
+                    "task_id": msg["task_id"],
+                    "attempt": msg["attempt"],
+                    "trace_id": trace_id,
+                },
             ),
             kv=AsyncKv(kv) if is_async else kv,
             locks=AsyncLocks(locks) if is_async else locks,
@@ -147,7 +154,10 @@ def _run(pipe: _Pipe, msg: dict[str, Any], loaded: dict[tuple[str, str], AgentDe
         )
         saved = _set_limits(memory_mb, cpu_seconds)
         try:
-            out = finish_in_worker(adef.fn(ctx))
+            # Bound so the agent's own log lines and SDK calls carry the attempt's trace here too.
+            span = tracing.attempt_span_id(trace_id, ctx.run_id, ctx.task_id, ctx.attempt) if trace_id else ""
+            with calls.bound(tracing.node_call(node_id, trace_id, span)):
+                out = finish_in_worker(adef.fn(ctx))
         finally:
             for which, old in saved:
                 resource.setrlimit(which, old)

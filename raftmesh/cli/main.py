@@ -163,7 +163,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     budget = {k: v for k, v in flags.items() if v is not None}  # each replaces the file's figure
     with _client(args) as c:
         run_id = c.submit(
-            dag, idempotency_key=args.idempotency_key, budget=budget or None, namespace=args.namespace
+            dag,
+            idempotency_key=args.idempotency_key,
+            budget=budget or None,
+            namespace=args.namespace,
+            trace_id=args.trace_id,
         )
         if not args.wait:
             if args.json:
@@ -597,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; README Metrics)",
     )
+    n.add_argument(
+        "--otel-endpoint",
+        default=None,
+        help="export run and attempt spans over OTLP/HTTP to this collector URL (default: "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else none; needs the otel extra)",
+    )
     n.add_argument("--log-level", default="INFO")
     n.set_defaults(func=cmd_node)
 
@@ -616,6 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace",
         default="",
         help="the run's namespace (default: the default one); tokens may be limited",
+    )
+    sb.add_argument(
+        "--trace-id", default=None, help="the run's W3C trace id (32 hex digits; default: a new one)"
     )
     sb.add_argument("--json", action="store_true")
     budget = sb.add_argument_group(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from .. import calls, tracing
 from ..errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -229,6 +230,7 @@ class Client:
                     ("grpc.http2.max_pings_without_data", 0),
                     ("grpc.http2.min_time_between_pings_ms", 1000),
                 ],
+                extra=tracing.client_metadata,  # every call carries its trace (raftmesh.tracing)
             )
             self._channels[addr] = ch
         return ch
@@ -272,12 +274,19 @@ class Client:
         name: str | None = None,
         budget: dict[str, float] | None = None,
         namespace: str = "",
+        trace_id: str | None = None,
     ) -> str:
         """Submit a run; returns its id. The same ``idempotency_key`` always returns the same id.
 
         ``budget`` (any of ``max_tasks``, ``max_seconds``, ``max_cost``, ``max_tokens``) replaces
         the DAG's budget figure by figure. ``namespace``: the run's ("" the default one); a token
-        limited to namespaces may submit only into its own."""
+        limited to namespaces may submit only into its own. ``trace_id`` (32 hex digits) is the run's trace
+        (``RunInfo.trace_id``); without it the caller's active OpenTelemetry span's trace, else
+        a new one (README Tracing)."""
+        if trace_id is not None and not calls.valid_trace_id(trace_id):
+            raise InvalidArgument(
+                f"trace_id {trace_id[:40]!r}: a W3C trace id is 32 lowercase hex digits, not all 0"
+            )
         if isinstance(dag, dict):
             dag = DAG.from_dict(dag)
         figures = (dag.budget or {}) | (check_budget(budget) or {})
@@ -290,7 +299,8 @@ class Client:
             budget=_budget_pb(figures),
             namespace=namespace,
         )
-        resp: pb.SubmitRunResponse = self._call("SubmitRun", req)
+        with tracing.pinned(trace_id or ""):
+            resp: pb.SubmitRunResponse = self._call("SubmitRun", req)
         return resp.run_id
 
     def get(self, run_id: str, *, stale_ok: bool = False) -> RunInfo:

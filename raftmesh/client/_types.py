@@ -501,6 +501,8 @@ class RunInfo:
     """The namespace it was submitted into ("" the default one)."""
     submitter: str = ""
     """Who submitted it: ``token:SUBJECT`` on a cluster with tokens (the peer address on an open one)."""
+    trace_id: str = ""
+    """The W3C trace id the run was submitted under: its attempts, messages and log lines carry it."""
 
     @property
     def done(self) -> bool:
@@ -532,6 +534,7 @@ class RunInfo:
             tuple(CompensationInfo.from_pb(c) for c in r.compensations),
             namespace=r.namespace,
             submitter=r.submitter,
+            trace_id=r.trace_id,
         )
 
     def budget_json(self) -> dict[str, Any] | None:
@@ -593,6 +596,7 @@ class RunInfo:
             "compensations": [c.to_json() for c in self.compensations],
             "namespace": self.namespace,
             "submitter": self.submitter,
+            "trace_id": self.trace_id,
         }
 
 

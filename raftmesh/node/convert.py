@@ -292,6 +292,7 @@ def run_to_pb(run: RunState, with_tasks: bool = True) -> pb.Run:
         budget_deadline_ms=run.budget_deadline_ms(),
         namespace=run.namespace,
         submitter=run.submitter,
+        trace_id=run.trace_id,
     )
 
 

@@ -58,6 +58,21 @@ def _optional_int(name: str, v: Any) -> int | None:
     return None if v is None else int(_number(name, v, int))
 
 
+def _otel_spans(node_id: str, endpoint: str) -> Any:
+    """The OTLP exporter, imported only when asked for (the ``otel`` extra)."""
+    if not endpoint.startswith(("http://", "https://")):
+        raise InvalidArgument(
+            f"--otel-endpoint {endpoint[:80]!r}: give the collector's http:// or https:// URL"
+        )
+    try:
+        from .otel import OtelSpans
+    except ImportError as exc:
+        raise InvalidArgument(
+            f"--otel-endpoint needs OpenTelemetry ({exc.name} is not installed): pip install 'raftmesh[otel]'"
+        ) from None
+    return OtelSpans(node_id, endpoint)
+
+
 def run_node(args: argparse.Namespace) -> int:
     file_cfg = load_config_file(args.config) if args.config else {}
     node_id = _setting(args, file_cfg, "id")
@@ -135,6 +150,11 @@ def run_node(args: argparse.Namespace) -> int:
     import uvloop
 
     node = NodeRuntime(cfg)
+    endpoint = _setting(args, file_cfg, "otel-endpoint") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint:
+        spans = _otel_spans(cfg.node_id, str(endpoint))
+        node.spans = spans
+        log.info("exporting run and attempt spans to %s", spans.url)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import grpc
 
+from .. import calls
 from ..consensus import limits
 from ..consensus.commands import Fence, Message, SendMessages, SubscribeTopic
 from ..consensus.messages import DeadMessage, MessageStore, message_error
@@ -70,6 +71,11 @@ def _bad(why: str) -> None:
         raise InvalidArgument(why)
 
 
+def _call_trace() -> str:
+    call = calls.current()
+    return call.trace_id if call is not None else ""
+
+
 class MessagesService(pb_grpc.MessagesServicer):
     def __init__(self, node: NodeAccess, router: Router) -> None:
         self.node = node
@@ -93,6 +99,8 @@ class MessagesService(pb_grpc.MessagesServicer):
             sent_ms=self.node.clock.now_ms(),
             reply_to="",
             epoch=0,
+            # The client's trace (its traceparent) unless the message names one itself.
+            trace_id=msg.trace_id or _call_trace(),
         )
         _bad(message_error(msg))
         return msg

@@ -29,8 +29,8 @@ from ..consensus.commands import ActorOffer, AgentOffer, RegisterNode
 from ..consensus.machine import StateMachine
 from ..consensus.members import offer_error
 from ..consensus.raft import RaftConfig, RaftMember
-from ..consensus.results import Event
-from ..consensus.state import ClusterState
+from ..consensus.results import Event, RunChanged
+from ..consensus.state import TERMINAL_RUN, ClusterState
 from ..errors import InvalidArgument, RaftmeshError
 from ..messaging.router import MessageRouter
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
@@ -38,6 +38,7 @@ from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security.tokens import TokenAuthenticator, node_metadata
 from ..storage.archive import AppliedArchive
 from ..storage.snapshots import LmdbSnapshotIO
+from ..tracing import SpanSink
 from . import convert
 from .access import NodeAccess
 from .config import NodeConfig
@@ -150,6 +151,8 @@ class NodeRuntime:
             node_metadata(config.node_id, config.raft_password or "") if config.tokens_file else ()
         )
         """What this node's own calls to other nodes carry (``authorization: Node ID:HMAC``)."""
+        self.spans: SpanSink | None = None
+        """Where run and attempt spans go (``raftmesh.node.otel``; set before ``run``); None: nowhere."""
 
     # ---- wiring ---------------------------------------------------------------
 
@@ -169,6 +172,34 @@ class NodeRuntime:
             self.lock_waits.applied(events)
             if self.metrics_server is not None:
                 self.metrics.applied(events)
+            if self.spans is not None:
+                self._run_spans(events)
+
+    def _run_spans(self, events: list[Event]) -> None:
+        """The span of each run that ended in this batch, from the leader only (one per run)."""
+        ended = [e.run_id for e in events if isinstance(e, RunChanged) and e.status in TERMINAL_RUN]
+        if not ended or not self.raft.is_leader or self.spans is None:
+            return
+        spans = self.spans
+
+        def emit(st: ClusterState) -> None:
+            for run_id in ended:
+                r = st.runs.get(run_id)
+                if r is not None and r.status in TERMINAL_RUN:
+                    spans.run_ended(
+                        r.trace_id,
+                        r.run_id,
+                        r.name,
+                        r.status.value,
+                        r.reason,
+                        r.error,
+                        r.created_ms,
+                        r.finished_ms,
+                        len(r.tasks),
+                        r.usage,
+                    )
+
+        self.reads.read(emit)
 
     def _on_restored(self) -> None:
         self.reads.restored()
@@ -248,6 +279,7 @@ class NodeRuntime:
             process_pool_size=cfg.agent_processes,
             agent_node=self.agent_node,
         )
+        self.host.spans = self.spans
         self.actors = ActorHost(
             cfg.node_id,
             self.incarnation,
@@ -349,6 +381,8 @@ class NodeRuntime:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.proposer.stop()
             await asyncio.to_thread(self.raft.destroy)
+            if self.spans is not None:
+                await asyncio.to_thread(self.spans.shutdown)
             if archive is not None:
                 archive.close()
 
