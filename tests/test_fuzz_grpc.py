@@ -81,7 +81,9 @@ def test_every_rpc_is_fuzzed() -> None:
     ms = gf.methods()
     services = {m.service for m in ms}
     assert {"Cluster", "Peer", "Kv", "Locks", "Messages"} <= services
-    assert any(m.client_streaming for m in ms) and any(m.server_streaming and not m.client_streaming for m in ms)
+    assert any(m.client_streaming for m in ms) and any(
+        m.server_streaming and not m.client_streaming for m in ms
+    )
 
 
 @pytest.mark.parametrize("case", list(gf.fixed_cases()), ids=repr)
@@ -98,7 +100,11 @@ def test_random_inputs_to_every_rpc(live: tuple[grpc.Channel, list[BaseException
         max_examples=EXAMPLES,
         deadline=None,
         database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
     )
     @given(gf.cases())
     def fuzz(case: gf.Case) -> None:

@@ -126,15 +126,21 @@ def _text() -> st.SearchStrategy[str]:
     return st.one_of(st.text(max_size=40), edge, shaped)
 
 
-def _scalar(f: _d.FieldDescriptor) -> st.SearchStrategy[Any]:
+def _scalar(f: Any) -> st.SearchStrategy[Any]:
     t = f.type
     if t in _INT_EDGES:
         lo, hi = _INT_EDGES[t][0], _INT_EDGES[t][-1]
-        return st.one_of(st.sampled_from(_INT_EDGES[t]), st.integers(lo, hi), st.integers(-5, 100).filter(lambda v: lo <= v <= hi))
+        return st.one_of(
+            st.sampled_from(_INT_EDGES[t]),
+            st.integers(lo, hi),
+            st.integers(-5, 100).filter(lambda v: lo <= v <= hi),
+        )
     if t in (_d.FieldDescriptor.TYPE_DOUBLE, _d.FieldDescriptor.TYPE_FLOAT):
         return st.one_of(
             st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e308, -1e-308]),
-            st.floats(allow_nan=True, allow_infinity=True, width=32 if t == _d.FieldDescriptor.TYPE_FLOAT else 64),
+            st.floats(
+                allow_nan=True, allow_infinity=True, width=32 if t == _d.FieldDescriptor.TYPE_FLOAT else 64
+            ),
         )
     if t == _d.FieldDescriptor.TYPE_BOOL:
         return st.booleans()
@@ -147,12 +153,14 @@ def _scalar(f: _d.FieldDescriptor) -> st.SearchStrategy[Any]:
         )
     if t == _d.FieldDescriptor.TYPE_ENUM:
         # proto3 enums are open: unknown numbers decode and reach the service.
-        return st.one_of(st.sampled_from([v.number for v in f.enum_type.values]), st.integers(-(2**31), 2**31 - 1))
+        return st.one_of(
+            st.sampled_from([v.number for v in f.enum_type.values]), st.integers(-(2**31), 2**31 - 1)
+        )
     raise AssertionError(f"unhandled field type {t} of {f.full_name}")
 
 
 def _fill(msg: Message, draw: Any, depth: int) -> None:
-    for f in msg.DESCRIPTOR.fields:
+    for f in list[Any](msg.DESCRIPTOR.fields):
         if not draw(st.booleans()):
             continue
         repeated = f.is_repeated
@@ -280,12 +288,18 @@ def call(channel: grpc.Channel, case: Case) -> Outcome:
     responses = 0
     try:
         if not m.client_streaming and not m.server_streaming:
-            channel.unary_unary(m.path)(case.payloads[0], timeout=deadline)
+            channel.unary_unary(m.path, request_serializer=None, response_deserializer=None)(
+                case.payloads[0], timeout=deadline
+            )
             return Outcome(grpc.StatusCode.OK, "", time.monotonic() - start, 1)
         if m.client_streaming:
-            it: Any = channel.stream_stream(m.path)(iter(case.payloads), timeout=deadline)
+            it: Any = channel.stream_stream(m.path, request_serializer=None, response_deserializer=None)(
+                iter(case.payloads), timeout=deadline
+            )
         else:
-            it = channel.unary_stream(m.path)(case.payloads[0], timeout=deadline)
+            it = channel.unary_stream(m.path, request_serializer=None, response_deserializer=None)(
+                case.payloads[0], timeout=deadline
+            )
         try:
             for _ in it:
                 responses += 1
@@ -295,7 +309,9 @@ def call(channel: grpc.Channel, case: Case) -> Outcome:
                 return Outcome(grpc.StatusCode.OK, "", time.monotonic() - start, responses)
         finally:
             it.cancel()
-        return Outcome(grpc.StatusCode.CANCELLED, "cancelled by the fuzzer", time.monotonic() - start, responses)
+        return Outcome(
+            grpc.StatusCode.CANCELLED, "cancelled by the fuzzer", time.monotonic() - start, responses
+        )
     except grpc.RpcError as e:
         return Outcome(e.code(), e.details() or "", time.monotonic() - start, responses)
 
@@ -332,7 +348,9 @@ def check(case: Case, o: Outcome) -> None:
     if o.code == grpc.StatusCode.UNIMPLEMENTED and str(m) in unserved():
         return
     assert o.code in DOCUMENTED_CODES, f"{case!r} answered {o.code.name}: {o.details}"
-    assert o.seconds <= deadline + STUCK_SLACK_S, f"{case!r} took {o.seconds:.1f}s past a {deadline}s deadline"
+    assert o.seconds <= deadline + STUCK_SLACK_S, (
+        f"{case!r} took {o.seconds:.1f}s past a {deadline}s deadline"
+    )
 
 
 def fixed_cases() -> Iterator[Case]:
