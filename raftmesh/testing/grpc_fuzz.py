@@ -366,8 +366,9 @@ def fixed_cases() -> Iterator[Case]:
             yield Case(m, (payload,), kind)
 
 
-def serves(channel: grpc.Channel) -> bool:
-    """Does the node still answer ``ClusterStatus`` with a leader?"""
+def serves(channel: grpc.Channel, registered: bool = False) -> bool:
+    """Does the node still answer ``ClusterStatus`` with a leader (and, with ``registered``,
+    list every member up with its agents)?"""
     stub = channel.unary_unary(
         "/raftmesh.v1.Cluster/ClusterStatus",
         request_serializer=cluster_pb2.ClusterStatusRequest.SerializeToString,
@@ -376,6 +377,8 @@ def serves(channel: grpc.Channel) -> bool:
     try:
         st_ = stub(cluster_pb2.ClusterStatusRequest(), timeout=5.0)
     except grpc.RpcError:
+        return False
+    if registered and not (st_.members and all(m.up and m.agents for m in st_.members)):
         return False
     return bool(st_.leader)
 
