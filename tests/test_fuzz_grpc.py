@@ -48,7 +48,9 @@ def inprocess_node(base_dir: str) -> Iterator[tuple[str, list[BaseException]]]:
     thread.start()
     channel = gf.open_channel(addr)
     try:
-        wait_until(lambda: failure or gf.serves(channel, registered=True), 30.0, "the in-process node to lead")
+        wait_until(
+            lambda: failure or gf.serves(channel, registered=True), 30.0, "the in-process node to lead"
+        )
         assert not failure, failure
         yield addr, failure
     finally:
