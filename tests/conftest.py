@@ -61,3 +61,21 @@ def make_cluster(
 @pytest.fixture
 def cluster3(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
     return make_cluster(3)
+
+
+@pytest.fixture(scope="module")
+def module_cluster3(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    """One 3-node cluster shared by the tests of a module that do not kill, pause or restart its
+    nodes (a module overrides ``cluster3`` with it where isolation is not what a test proves:
+    starting and stopping three processes per test was most of those tests' time)."""
+    failed_before = request.session.testsfailed
+    c = LocalCluster(3, base_dir=str(tmp_path_factory.mktemp("module-cluster")))
+    try:
+        c.start()
+        yield c
+    finally:
+        if request.session.testsfailed > failed_before:
+            dump_logs(c)
+        c.close()

@@ -1105,7 +1105,8 @@ def test_chaos_with_frequent_snapshots(tmp_path: Path) -> None:
     (the replay audit on the union of the nodes' archives of applied entries)."""
     data, _ = _run_chaos(
         tmp_path,
-        *("--net", "none", "--nodes", "3", "--duration", "0.3", "--seed", "23", "--snapshot-every", "100"),
+        # Seed 23 plans one leader kill (4.4 s) for any phase of 12 s or more: 12 s is enough.
+        *("--net", "none", "--nodes", "3", "--duration", "0.2", "--seed", "23", "--snapshot-every", "100"),
         timeout_s=240,
     )
     stats = data["log_stats"]
@@ -1141,7 +1142,9 @@ def test_chaos_messages_under_process_faults(tmp_path: Path) -> None:
     acknowledged message taking effect once and in order, activations moving between nodes."""
     data, _ = _run_chaos(
         tmp_path,
-        *("--net", "none", "--nodes", "3", "--duration", "0.4", "--seed", "31", "--no-dag"),
+        # Seed 7's 12 s schedule kills the leader first (activations must move), then pauses one.
+        *("--net", "none", "--nodes", "3", "--duration", "0.2", "--seed", "7", "--no-dag"),
+        *("--warmup", "4", "--cooldown", "4"),
         *("--kv-clients", "0", "--lock-clients", "0", "--message-clients", "3"),
         timeout_s=300,
     )

@@ -17,6 +17,14 @@ import pytest
 from raftmesh.localcluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def cluster3(module_cluster3: LocalCluster) -> LocalCluster:
+    """The module's shared cluster: the two contract tests touch different runs, keys and locks."""
+    return module_cluster3
+
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -12,6 +13,12 @@ from raftmesh.errors import Aborted, DeadlineExceeded
 from raftmesh.localcluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def cluster3(module_cluster3: LocalCluster) -> LocalCluster:
+    """The module's shared cluster: the tests that take it leave its nodes running."""
+    return module_cluster3
 
 
 def test_kv_is_linearizable_across_nodes(cluster3: LocalCluster) -> None:
@@ -35,7 +42,8 @@ def test_kv_is_linearizable_across_nodes(cluster3: LocalCluster) -> None:
     assert b.kv.delete("cfg/y") is True and b.kv.get("cfg/y") is None
 
 
-def test_kv_watch_resumes_without_gaps_after_its_node_dies(cluster3: LocalCluster) -> None:
+def test_kv_watch_resumes_without_gaps_after_its_node_dies(make_cluster: Callable[..., LocalCluster]) -> None:
+    cluster3 = make_cluster(3)  # its nodes die: not the shared cluster
     leader = cluster3.wait_ready()
     victim = next(i for i in cluster3.nodes if i != leader)
     others = [cluster3.nodes[i].grpc for i in cluster3.nodes if i != victim]

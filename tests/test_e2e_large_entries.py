@@ -23,6 +23,12 @@ from raftmesh.localcluster import LocalCluster, wait_until
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture
+def cluster3(module_cluster3: LocalCluster) -> LocalCluster:
+    """The module's shared cluster: no test here stops a node."""
+    return module_cluster3
+
+
 def cjk_text(rng: random.Random, chars: int) -> str:
     """Non-ASCII text (3 bytes a character in UTF-8), random so that it compresses poorly."""
     return "".join(chr(rng.randrange(0x4E00, 0x9FA0)) for _ in range(chars))

@@ -20,6 +20,12 @@ from .test_e2e_durability import audit_through
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture
+def cluster3(module_cluster3: LocalCluster) -> LocalCluster:
+    """The module's shared cluster: the tests that take it leave its nodes running."""
+    return module_cluster3
+
+
 def build_sum_dag(width: int, depth: int) -> tuple[DAG, dict[str, float]]:
     """Layers of sum tasks with fan-out and fan-in, and the outputs computed independently."""
     dag = DAG("sum-layers")
@@ -120,7 +126,8 @@ def test_same_idempotency_key_yields_one_run(cluster3: LocalCluster) -> None:
     assert len([r for r in client.list_runs() if r["run_id"] in ids]) == 1
 
 
-def test_kill_leader_mid_run(cluster3: LocalCluster) -> None:
+def test_kill_leader_mid_run(make_cluster: Callable[..., LocalCluster]) -> None:
+    cluster3 = make_cluster(3)  # its nodes die: not the shared cluster
     leader = cluster3.wait_ready()
     client = cluster3.client(retry_deadline_s=60)
     dag = DAG("sleepers")

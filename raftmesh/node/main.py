@@ -73,6 +73,23 @@ def _otel_spans(node_id: str, endpoint: str) -> Any:
     return OtelSpans(node_id, endpoint)
 
 
+OPEN_FILES_WANTED = 65_536
+
+
+def _raise_open_files_limit(log: logging.Logger) -> None:
+    """Every client connection is a descriptor: a soft limit of 1,024 (a common default) would let a
+    thousand idle connections stop a node accepting, so take up to the hard limit the OS allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, want, exc)
+
+
 def run_node(args: argparse.Namespace) -> int:
     file_cfg = load_config_file(args.config) if args.config else {}
     node_id = _setting(args, file_cfg, "id")
@@ -146,6 +163,8 @@ def run_node(args: argparse.Namespace) -> int:
         )
     if not cfg.fsync:
         log.warning("--unsafe-no-fsync: a power cut on every node can lose acknowledged writes")
+
+    _raise_open_files_limit(log)
 
     import uvloop
 
