@@ -141,6 +141,19 @@ def _describe(cmd: Command, target: tuple[str, ...]) -> str:
     return f"{cmd.TAG} of " + ", ".join(f"{n} {v!r}" for n, v in zip(names, target, strict=False))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Applied:
+    """One command that changed the state, as the audit archive receives it: the command (its
+    ``origin``), its result and events, its audit notes, and the revision and state time after it."""
+
+    cmd: Command
+    result: Result
+    events: list[Event]
+    notes: list[tuple[str, str, str, str]]
+    revision: int
+    time_ms: int
+
+
 class StateMachine:
     """Owns a ``ClusterState`` and applies commands to it."""
 
@@ -150,18 +163,29 @@ class StateMachine:
         self.state = state if state is not None else ClusterState()
         # Replaceable so that a test can run a machine with one broken transition (the audit's tests).
         self.processors = processors
+        self._notes: list[tuple[str, str, str, str]] = []
+        """The last applied command's audit notes (``ApplyContext.notes``)."""
 
-    def apply_batch(self, payload: bytes) -> tuple[list[Result], list[Event]]:
-        """Apply one log entry (a batch of commands). Never raises."""
+    def apply_batch(
+        self, payload: bytes, trail: list[Applied] | None = None
+    ) -> tuple[list[Result], list[Event]]:
+        """Apply one log entry (a batch of commands). Never raises.
+
+        ``trail``: if given, one ``Applied`` per command that changed the state is appended
+        (what the node's audit archive records, off this thread)."""
         results: list[Result] = []
         events: list[Event] = []
+        st = self.state
         for cmd in decode_batch(payload):
             if isinstance(cmd, Undecodable):
                 results.append(Rejected(Code.INVALID_ARGUMENT, f"undecodable command: {cmd.reason}"))
                 continue
+            before = st.revision if trail is not None else 0
             res, evs = self.apply(cmd)
             results.append(res)
             events.extend(evs)
+            if trail is not None and self.state.revision != before:
+                trail.append(Applied(cmd, res, evs, self._notes, self.state.revision, self.state.time_ms))
         return results, events
 
     def apply(self, cmd: Command) -> tuple[Result, list[Event]]:
@@ -194,6 +218,7 @@ class StateMachine:
         if processor is None:
             return Rejected(Code.INVALID_ARGUMENT, f"unsupported command {type(cmd).__name__}"), []
         ctx = ApplyContext(st, cmd.ts_ms)
+        self._notes = ctx.notes
         try:
             res = processor(ctx, cmd)
             if ctx.changed and ctx.released:

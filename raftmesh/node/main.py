@@ -14,6 +14,8 @@ from ..agents._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
 from ..log_format import JsonFormatter
+from ..storage.audit import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_BYTES
+from ..storage.audit import DEFAULT_MAX_RUNS as DEFAULT_AUDIT_RUNS
 from .config import build_config, load_config_file, parse_peers, read_secret_file
 from .runtime import NodeRuntime
 from .tls import load_tls
@@ -136,6 +138,12 @@ def run_node(args: argparse.Namespace) -> int:
             "agent-processes", _setting(args, file_cfg, "agent-processes", PROCESS_POOL_SIZE), int
         ),
         agents_modules=modules,
+        audit_max_runs=_number(
+            "audit-max-runs", _setting(args, file_cfg, "audit-max-runs", DEFAULT_AUDIT_RUNS), int
+        ),
+        audit_max_bytes=_number(
+            "audit-max-bytes", _setting(args, file_cfg, "audit-max-bytes", DEFAULT_AUDIT_BYTES), int
+        ),
         preempt_priority=_optional_int("preempt-priority", _setting(args, file_cfg, "preempt-priority")),
         tokens_file=_setting(args, file_cfg, "tokens-file"),
         tls=load_tls(

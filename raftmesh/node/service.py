@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -56,12 +57,15 @@ from ..errors import (
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security import ownership
+from ..storage.audit import AuditArchive, AuditRow
 from . import convert, rpc
 from .access import NodeAccess
 from .proposer import new_request_id
 from .watch import RESYNC, WatchHub
 
 MAX_LIST_RUNS = 1000
+DEFAULT_AUDIT_EVENTS = 1000
+MAX_AUDIT_EVENTS = 10_000
 STREAM_HEARTBEAT_S = 1.0
 """Idle server streams send an empty event this often; clients treat 5 s of silence as a dead node."""
 _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
@@ -70,6 +74,21 @@ _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
     "unknown_agent": UnknownAgentError,
     "unknown_dep": UnknownDependencyError,
 }
+
+
+def audit_event_to_pb(r: AuditRow) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        revision=r.revision,
+        time_ms=r.time_ms,
+        kind=r.kind,
+        task_id=r.task_id,
+        attempt=r.attempt,
+        node=r.node,
+        principal=r.principal,
+        request_id=r.request_id,
+        trace_id=r.trace_id,
+        detail_json=json.dumps(r.detail, separators=(",", ":"), sort_keys=True),
+    )
 
 
 def _check_run_id(run_id: str) -> None:
@@ -86,10 +105,45 @@ StatusFn = Callable[[bool], pb.ClusterStatusResponse]
 
 
 class ClusterService(pb_grpc.ClusterServicer):
-    def __init__(self, node: NodeAccess, hub: WatchHub, status: StatusFn) -> None:
+    def __init__(
+        self,
+        node: NodeAccess,
+        hub: WatchHub,
+        status: StatusFn,
+        audit: AuditArchive | None = None,
+        node_id: str = "",
+    ) -> None:
         self.node = node
         self._hub = hub
         self._status = status
+        self._audit = audit
+        self._node_id = node_id
+
+    # ---- audit ------------------------------------------------------------
+
+    @rpc.unary
+    async def GetAudit(
+        self, request: pb.GetAuditRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAuditResponse:
+        _check_run_id(request.run_id)
+        limit = request.limit or DEFAULT_AUDIT_EVENTS
+        if limit > MAX_AUDIT_EVENTS:
+            raise InvalidArgument(f"limit must be at most {MAX_AUDIT_EVENTS}")
+        audit = self._audit
+        if audit is None:
+            raise FailedPrecondition(
+                "this node keeps no audit archive (--audit-max-runs 0); ask another node"
+            )
+        if self.node.has_leader():
+            # What was committed before the call is in this replica, then in the archive.
+            await self.node.barrier(context)
+            await asyncio.to_thread(audit.flush, 2.0)
+        tl = await asyncio.to_thread(audit.timeline, request.run_id, limit)
+        if not tl.known and not self.node.reads.read(lambda st: request.run_id in st.runs):
+            raise RunNotFound(f"run {request.run_id!r} has no audit timeline on node {self._node_id}")
+        return pb.GetAuditResponse(
+            events=[audit_event_to_pb(r) for r in tl.rows], complete=tl.complete, node_id=self._node_id
+        )
 
     # ---- runs -------------------------------------------------------------
 
