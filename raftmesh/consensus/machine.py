@@ -152,6 +152,8 @@ class Applied:
     notes: list[tuple[str, str, str, str]]
     revision: int
     time_ms: int
+    changed: bool = True
+    """False: a report whose every item was fenced (stale token); ``revision`` is the current one."""
 
 
 class StateMachine:
@@ -184,8 +186,13 @@ class StateMachine:
             res, evs = self.apply(cmd)
             results.append(res)
             events.extend(evs)
-            if trail is not None and self.state.revision != before:
-                trail.append(Applied(cmd, res, evs, self._notes, self.state.revision, self.state.time_ms))
+            if trail is None:
+                continue
+            if st.revision != before:
+                trail.append(Applied(cmd, res, evs, self._notes, st.revision, st.time_ms))
+            elif isinstance(cmd, Complete | Fail) and res.code is Code.ABORTED:
+                # Every item fenced out: nothing changed, but a node's stale work is worth recording.
+                trail.append(Applied(cmd, res, [], [], st.revision, st.time_ms, changed=False))
         return results, events
 
     def apply(self, cmd: Command) -> tuple[Result, list[Event]]:

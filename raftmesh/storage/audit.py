@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +139,17 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
         add(cmd.run_id, "retried", cmd.task_id, cmd.attempt)
     elif isinstance(cmd, RerunTask):
         add(cmd.run_id, "rerun", cmd.task_id)
+    if not a.changed and isinstance(cmd, Complete | Fail):
+        for it in cmd.items:
+            add(
+                it.run_id,
+                "fenced",
+                it.task_id,
+                it.attempt,
+                cmd.node_id,
+                reason=f"stale attempt {it.attempt} (token {it.token})",
+            )
+        return out
     if isinstance(res, ReportResult | PreemptResult | AssignResult):
         for item in res.rejected:  # a stale token or a refused placement: the node's work was fenced out
             add(
@@ -205,8 +217,11 @@ def _run_kind(cmd: Command, status: RunStatus) -> str:
     return "resumed" if isinstance(cmd, ResumeRun | PauseRun) else "reopened"
 
 
-def _ekey(run_id: str, revision: int, i: int) -> bytes:
-    return run_id.encode() + b"\0" + revision.to_bytes(8, "big") + i.to_bytes(4, "big")
+def _ekey(run_id: str, a: Applied, i: int) -> bytes:
+    """Ordered by revision; a fenced report that changed nothing sorts after its revision's change
+    (keyed by its request id: re-applying it writes the same row)."""
+    tail = b"\0" if a.changed else b"\1" + zlib.crc32(a.cmd.request_id.encode()).to_bytes(4, "big")
+    return run_id.encode() + b"\0" + a.revision.to_bytes(8, "big") + tail + i.to_bytes(4, "big")
 
 
 def _prefix(run_id: str) -> bytes:
@@ -354,14 +369,14 @@ class AuditArchive:
     def _write(self, txn: Any, trail: list[Applied]) -> None:
         metas: dict[str, _Meta] = {}
         for a in trail:
-            if a.revision <= self._last_revision:
-                continue  # re-applied after a restart: already archived (same keys, same rows)
+            if a.revision < self._last_revision:
+                continue  # re-applied after a restart: already archived (at the last revision: same keys)
             for i, (run_id, row) in enumerate(rows_for(a)):
                 meta = metas.get(run_id)
                 if meta is None:
                     meta = metas[run_id] = self._meta(txn, run_id)
                 data = row.encode()
-                key = _ekey(run_id, row.revision, i)
+                key = _ekey(run_id, a, i)
                 if txn.get(key, db=self._rows) is None:
                     meta.size += len(data) + len(key)
                     self._total += len(data) + len(key)
@@ -372,7 +387,7 @@ class AuditArchive:
                     meta.ended = True
                 elif row.kind in ("reopened", "rerun", "retried"):
                     meta.ended = False
-            self._last_revision = a.revision
+            self._last_revision = max(self._last_revision, a.revision)
         for run_id, meta in metas.items():
             txn.put(run_id.encode(), meta.encode(), db=self._runs)
 

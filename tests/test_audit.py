@@ -1,0 +1,239 @@
+"""The audit timeline (``raftmesh.storage.audit``): rows made from applied commands, the LMDB
+archive (order, idempotent re-apply, snapshot gaps, the bound), and GetAudit / SDK / CLI end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import pytest
+
+from raftmesh.consensus import ClusterState, TaskStatus, encode_batch
+from raftmesh.consensus.commands import (
+    Approval,
+    ApproveTask,
+    Budget,
+    CancelRun,
+    Command,
+    Origin,
+    PauseRun,
+    ResumeRun,
+)
+from raftmesh.consensus.machine import Applied
+from raftmesh.storage.audit import AuditArchive, rows_for
+
+from .test_machine import Cluster, spec
+
+ALICE = Origin("token:alice", "req-a", "0af7651916cd43dd8448eb211c80319c")
+
+
+class Audited(Cluster):
+    """The machine test cluster, fed through ``apply_batch`` with a trail into a real archive."""
+
+    def __init__(self, archive: AuditArchive | None = None) -> None:
+        super().__init__()
+        self.archive = archive
+        self.trail: list[Applied] = []
+
+    def apply(self, cmd: Command, origin: Origin | None = None) -> Any:
+        if origin is not None:
+            object.__setattr__(cmd, "origin", origin)
+        trail: list[Applied] = []
+        results, events = self.sm.apply_batch(encode_batch([cmd]), trail)
+        self.events.extend(events)
+        self.trail.extend(trail)
+        if self.archive is not None and trail:
+            self.archive.applied(trail)
+        return results[0]
+
+    def ok(self, cmd: Command, origin: Origin | None = None) -> Any:
+        res = self.apply(cmd, origin)
+        assert res.ok, res
+        return res
+
+
+def kinds(rows: list[Any]) -> list[tuple[str, str]]:
+    return [(r.kind, r.task_id) for r in rows]
+
+
+@pytest.fixture
+def archive(tmp_path: Any) -> Any:
+    a = AuditArchive(str(tmp_path))
+    yield a
+    a.close()
+
+
+def test_trail_has_one_entry_per_changing_command_and_apply_results_are_unchanged() -> None:
+    plain, audited = Cluster(), Audited()
+    for c in (plain, audited):
+        c.ok(c.register("n1"))
+        c.ok(c.submit("r1", [spec("a"), spec("b", "a")], key="k1"))
+        c.run_task("r1", "a")
+        c.unchanged(c.submit("r1", [spec("a")], key="k1"))  # a known key changes nothing
+    assert plain.sm.digest() == audited.sm.digest()
+    assert [a.revision for a in audited.trail] == [1, 2, 3, 4]
+    assert all(a.time_ms == 1_000_000 for a in audited.trail)
+
+
+def test_a_runs_life_in_order_with_who_did_it(archive: AuditArchive) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a"), spec("b", "a", retries=1)], key="idem-1"), ALICE)
+    c.ok(c.assign(("r1", "a", "n1")))
+    assert not c.apply(c.complete("r1", "a", token=999)).ok  # fenced out: nothing changes
+    c.ok(c.complete("r1", "a"))
+    c.ok(c.assign(("r1", "b", "n1")))
+    c.ok(c.fail("r1", "b", error="secret-ish error text"))  # retried
+    c.ok(c.assign(("r1", "b", "n1")))
+    c.ok(c.complete("r1", "b"))
+    assert archive.flush()
+    tl = archive.timeline("r1")
+    assert tl.known and tl.complete
+    ks = kinds(tl.rows)
+    assert ks[0] == ("submitted", "")
+    sub = tl.rows[0]
+    assert (sub.principal, sub.request_id, sub.trace_id) == (ALICE.principal, ALICE.request, ALICE.trace)
+    assert sub.detail["idempotency_key"] == "idem-1" and sub.detail["tasks"] == 2
+    assert ("placed", "a") in ks and ("completed", "a") in ks and ("fenced", "a") in ks
+    assert ks.index(("placed", "a")) < ks.index(("completed", "a"))
+    assert ("retry_scheduled", "b") in ks
+    assert ks[-1] == ("run_finished", "") and tl.rows[-1].detail["status"] == "SUCCEEDED"
+    revs = [r.revision for r in tl.rows]
+    assert revs == sorted(revs)
+    placed = next(r for r in tl.rows if r.kind == "placed")
+    assert placed.node == "n1" and placed.attempt == 1
+    assert "secret-ish" not in json.dumps([dataclasses.asdict(r) for r in tl.rows])  # no error texts
+
+
+def test_approvals_pause_resume_cancel_name_who(archive: AuditArchive) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a", approval=Approval("ok?", 0, "reject")), spec("b", "a")]))
+    gate = c.task("r1", "a").gate
+    assert c.task("r1", "a").status is TaskStatus.WAITING_APPROVAL and gate is not None
+    bob = Origin("token:bob", "req-b", "")
+    c.ok(ApproveTask(c.rid(), c.ts, "r1", "a", gate.id, True, "bob"), bob)
+    c.ok(PauseRun(c.rid(), c.ts, "r1"), bob)
+    c.ok(ResumeRun(c.rid(), c.ts, "r1"), bob)
+    c.ok(CancelRun(c.rid(), c.ts, "r1", "enough"), ALICE)
+    assert archive.flush()
+    rows = archive.timeline("r1").rows
+    by_kind = {r.kind: r for r in rows}
+    assert by_kind["approved"].detail["by"] == "bob" and by_kind["approved"].principal == "token:bob"
+    assert by_kind["paused"].principal == "token:bob" and by_kind["resumed"].principal == "token:bob"
+    assert by_kind["cancel_requested"].principal == "token:alice"
+    assert rows[-1].kind == "run_finished" and rows[-1].detail["status"] == "CANCELLED"
+
+
+def test_reapplying_after_a_restart_writes_no_duplicates(tmp_path: Any) -> None:
+    a = AuditArchive(str(tmp_path))
+    c = Audited(a)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    c.run_task("r1", "a")
+    assert a.flush()
+    first = a.timeline("r1").rows
+    a.close()
+    again = AuditArchive(str(tmp_path))  # the journal is replayed into a fresh machine
+    try:
+        again.applied(c.trail)
+        assert again.flush()
+        assert again.timeline("r1").rows == first
+    finally:
+        again.close()
+
+
+def test_a_snapshot_over_a_gap_marks_open_runs_incomplete(archive: AuditArchive) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("open", [spec("a")]))
+    c.ok(c.submit("done", [spec("a")]))
+    c.run_task("done", "a")
+    assert archive.flush()
+    # This node misses entries: the leader's snapshot is ahead of what it archived.
+    other = Cluster()
+    other.ok(other.register("n1"))
+    other.ok(other.submit("open", [spec("a")]))
+    other.ok(other.submit("later", [spec("a")]))
+    for _ in range(10):
+        other.ok(other.register("n1", slots=5 + _))
+    archive.restored(other.st)
+    c.sm.state = ClusterState.decode(other.st.encode())  # as pysyncobj installs it
+    c._n = 1000  # fresh request ids past the other cluster's
+    assert archive.flush()
+    assert archive.timeline("done").complete  # it ended before the gap
+    assert not archive.timeline("open").complete
+    assert not archive.timeline("later").complete  # never saw it submitted
+    # A snapshot this archive already covers (the node's own, at restart) marks nothing.
+    archive.restored(c.st)
+    c.ok(c.submit("fresh", [spec("a")]))
+    assert archive.flush() and archive.timeline("fresh").complete
+
+
+def test_the_bound_drops_the_oldest_runs_whole(tmp_path: Any) -> None:
+    a = AuditArchive(str(tmp_path), max_runs=3)
+    try:
+        c = Audited(a)
+        c.ok(c.register("n1"))
+        for i in range(5):
+            c.ok(c.submit(f"r{i}", [spec("a")]))
+            c.run_task(f"r{i}", "a")
+        assert a.flush()
+        assert [a.timeline(f"r{i}").known for i in range(5)] == [False, False, True, True, True]
+        assert a.timeline("r0").rows == []
+    finally:
+        a.close()
+    b = AuditArchive(str(tmp_path / "bytes"), max_bytes=3000)
+    try:
+        c = Audited(b)
+        c.ok(c.register("n1"))
+        for i in range(20):
+            c.ok(c.submit(f"r{i}", [spec("a")]))
+            c.run_task(f"r{i}", "a")
+        assert b.flush()
+        known = [i for i in range(20) if b.timeline(f"r{i}").known]
+        assert known and known == list(range(known[0], 20)) and known[0] > 0
+        size = sum(len(r.encode()) for i in known for r in b.timeline(f"r{i}").rows)
+        assert size <= 3000
+    finally:
+        b.close()
+
+
+def test_spawned_tasks_and_budget_exceeded_are_recorded(archive: AuditArchive) -> None:
+    from raftmesh.consensus.commands import Complete, Completion
+
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    c.ok(c.assign(("r1", "a", "n1")))
+    t = c.task("r1", "a")
+    c.ok(
+        Complete(c.rid(), c.ts, "n1", (Completion("r1", "a", t.attempt, t.token, "x", spawn=(spec("kid"),)),))
+    )
+    assert archive.flush()
+    rows = archive.timeline("r1").rows
+    kid = next(r for r in rows if r.kind == "spawned")
+    assert kid.task_id == "kid" and kid.detail == {"origin": "spawn", "parent": "a"}
+    capped = dataclasses.replace(c.submit("r2", [spec("a")]), budget=Budget(max_tasks=1))
+    c.ok(capped)
+    c.ok(c.assign(("r2", "a", "n1")))
+    t = c.task("r2", "a")
+    c.ok(
+        Complete(c.rid(), c.ts, "n1", (Completion("r2", "a", t.attempt, t.token, "x", spawn=(spec("kid"),)),))
+    )
+    assert archive.flush()
+    rows = archive.timeline("r2").rows
+    over = next(r for r in rows if r.kind == "budget_exceeded")
+    assert "max_tasks" in over.detail["why"]
+    assert rows[-1].kind == "run_finished" and rows[-1].detail["status"] == "FAILED"
+
+
+def test_rows_never_raise_into_apply_when_the_archive_is_closed(tmp_path: Any) -> None:
+    a = AuditArchive(str(tmp_path))
+    a.close()
+    c = Audited(a)
+    c.ok(c.register("n1"))  # handing a batch to a closed archive must not fail the command
+    assert c.trail and rows_for(c.trail[0]) == []
+    assert not os.path.exists(os.path.join(str(tmp_path), "nothing"))
