@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from .. import calls, redaction
 from ..agents._llm import input_secret_error
 from ..consensus import approvals, limits
 from ..consensus.commands import (
@@ -57,6 +58,7 @@ from ..errors import (
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security import ownership
+from ..security.roles import Role
 from ..storage.audit import AuditArchive, AuditRow
 from . import convert, rpc
 from .access import NodeAccess
@@ -74,6 +76,17 @@ _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
     "unknown_agent": UnknownAgentError,
     "unknown_dep": UnknownDependencyError,
 }
+
+
+def _for_caller(run: pb.Run) -> pb.Run:
+    """``run`` as the calling principal may see it: a ``reader`` sees secrets in inputs as "***"."""
+    call = calls.current()
+    if call is not None and call.role != Role.READER.label:
+        return run
+    if call is None:
+        return run  # no call bound: a node-internal read
+    out: pb.Run = redaction.redact_message(run)
+    return out
 
 
 def audit_event_to_pb(r: AuditRow) -> pb.AuditEvent:
@@ -220,7 +233,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         if read is None:
             raise RunNotFound(f"run {request.run_id!r} not found")
         ownership.check_run(read.run.namespace, read.run.submitter, request.run_id)
-        return self._with_waiting_reasons(read.run)
+        return _for_caller(self._with_waiting_reasons(read.run))
 
     def _with_waiting_reasons(self, run: pb.Run) -> pb.Run:
         """``run`` with each READY task's ``waiting_reason``: derived now from this replica and
@@ -287,7 +300,7 @@ class ClusterService(pb_grpc.ClusterServicer):
                 if read is None:
                     raise RunNotFound(f"run {request.run_id!r} not found")
                 ownership.check_run(read.run.namespace, read.run.submitter, request.run_id)
-                seen, snap = read.revision, self._with_waiting_reasons(read.run)
+                seen, snap = read.revision, _for_caller(self._with_waiting_reasons(read.run))
                 done = convert.RUN_STATUS_FROM_PB[snap.status] in TERMINAL_RUN
                 yield pb.RunEvent(revision=seen, snapshot=snap)
                 if done:
