@@ -140,13 +140,22 @@ def redact_message(msg: Any) -> Any:
 
 
 def _redact_fields(msg: Any) -> None:
+    # A task that echoes its input returns the revealed values: mask them in its output too.
+    shown = getattr(msg, "input_json", "") if hasattr(msg, "output_json") else ""
+    if shown and SECRET_KEY in shown:
+        try:
+            values = secret_values(json.loads(shown))
+        except ValueError:
+            values = []
+        if values and msg.output_json:
+            msg.output_json = scrub(msg.output_json, values)
     for fd, value in msg.ListFields():
         if fd.type == fd.TYPE_MESSAGE:
             if fd.message_type.GetOptions().map_entry:
                 continue
-            for m in value if fd.label == fd.LABEL_REPEATED else (value,):
+            for m in (value,) if hasattr(value, "ListFields") else value:
                 _redact_fields(m)
-        elif fd.type == fd.TYPE_STRING and fd.label != fd.LABEL_REPEATED and fd.name.endswith("_json"):
+        elif isinstance(value, str) and fd.name.endswith("_json"):
             setattr(msg, fd.name, redact_json(value))
 
 
@@ -158,3 +167,21 @@ def filter_for_env(raft_secret: str | None = None) -> SecretsFilter:
 def secret(value: Any) -> dict[str, Any]:
     """Mark a task input value secret: ``dag.task("t", "http", input={"token": secret(tok)})``."""
     return {SECRET_KEY: value}
+
+
+class ScrubbingAdapter(logging.LoggerAdapter[logging.Logger]):
+    """An attempt's ``ctx.logger``: its input's secret values are masked in every line it logs."""
+
+    def __init__(self, logger: logging.Logger, extra: dict[str, Any], secrets: Iterable[str]) -> None:
+        super().__init__(logger, extra)
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except Exception:
+            text = f"{msg} {args!r}"
+        line, kw = self.process(scrub(text, self.secrets), kwargs)
+        self.logger.log(level, line, **kw)

@@ -4,6 +4,7 @@ archive (order, idempotent re-apply, snapshot gaps, the bound), and GetAudit / S
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any
@@ -22,6 +23,7 @@ from raftmesh.consensus.commands import (
     ResumeRun,
 )
 from raftmesh.consensus.machine import Applied
+from raftmesh.redaction import SecretsFilter, env_secrets, redact, reveal, scrub, secret, secret_values
 from raftmesh.storage.audit import AuditArchive, rows_for
 
 from .test_machine import Cluster, spec
@@ -237,3 +239,139 @@ def test_rows_never_raise_into_apply_when_the_archive_is_closed(tmp_path: Any) -
     c.ok(c.register("n1"))  # handing a batch to a closed archive must not fail the command
     assert c.trail and rows_for(c.trail[0]) == []
     assert not os.path.exists(os.path.join(str(tmp_path), "nothing"))
+
+
+# ---- redaction (pure) -------------------------------------------------------------
+
+
+def test_reveal_redact_scrub() -> None:
+    inp = {"user": "ana", "password": secret("hunter22"), "more": [secret(123456), {"$secret": "x", "y": 1}]}
+    assert reveal(inp) == {"user": "ana", "password": "hunter22", "more": [123456, {"$secret": "x", "y": 1}]}
+    assert redact(inp) == {"user": "ana", "password": "***", "more": ["***", {"$secret": "x", "y": 1}]}
+    assert sorted(secret_values(inp)) == ["123456", "hunter22"]
+    assert scrub("bad hunter22 / 123456", secret_values(inp)) == "bad *** / ***"
+
+
+def test_a_reader_sees_stars_and_an_operator_the_marker() -> None:
+    from raftmesh import calls
+    from raftmesh.node.service import _for_caller
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+
+    run = pb.Run(
+        run_id="r1",
+        tasks=[
+            pb.Task(
+                id="t",
+                input_json=json.dumps({"password": secret("hunter22")}),
+                output_json=json.dumps({"echo": "hunter22"}),
+            )
+        ],
+    )
+    with calls.bound(calls.Call(principal="token:rita", role="reader")):
+        seen = _for_caller(run)
+    assert "hunter22" not in seen.SerializeToString().decode(errors="replace")
+    assert json.loads(seen.tasks[0].input_json) == {"password": "***"}
+    assert json.loads(run.tasks[0].input_json) == {"password": secret("hunter22")}  # never changed in place
+    with calls.bound(calls.Call(principal="token:olga", role="operator")):
+        assert _for_caller(run) is run
+
+
+def test_node_log_filter_masks_env_keys_and_tracebacks() -> None:
+    import io
+    import logging
+
+    from raftmesh.log_format import JsonFormatter
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter("n1"))
+    handler.addFilter(SecretsFilter(env_secrets({"OPENAI_API_KEY": "sk-abcdef123456", "HOME": "/home/x"})))
+    lg = logging.getLogger("test.audit.filter")
+    lg.addHandler(handler)
+    lg.propagate = False
+    try:
+        lg.warning("key is %s", "sk-abcdef123456")
+        try:
+            raise ValueError("sk-abcdef123456 refused")
+        except ValueError:
+            lg.exception("call failed")
+    finally:
+        lg.removeHandler(handler)
+    out = buf.getvalue()
+    assert "sk-abcdef123456" not in out and out.count("***") >= 2 and "/home/x" not in out
+
+
+# ---- end to end ----------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_audit_and_secrets_on_a_cluster(make_cluster: Any) -> None:
+    from raftmesh import DAG
+    from raftmesh.localcluster import wait_until
+
+    from .test_cli import cli
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cluster = make_cluster(
+        3,
+        agents_modules=["tests.secret_agents:register_agents"],
+        env={"PYTHONPATH": repo, "RAFTMESH_TEST_API_KEY": "sk-node-key-0123456789"},
+    )
+    c = cluster.client()
+    dag = DAG("secrets")
+    dag.task("d", "digest", input={"password": secret("hunter22")})
+    run_id = c.submit(dag, idempotency_key="audit-e2e")
+    info = c.wait(run_id, timeout_s=60)
+    assert info.status == "SUCCEEDED"
+    # The agent received the value itself, not the marker.
+    assert info.tasks["d"].output == {"sha256": hashlib.sha256(b"hunter22").hexdigest()}
+
+    trail = c.audit(run_id)
+    assert trail.complete and trail.node
+    ks = [e.kind for e in trail]
+    assert ks[0] == "submitted" and ks[-1] == "run_finished" and "placed" in ks and "completed" in ks
+    assert trail.events[0].detail["idempotency_key"] == "audit-e2e"
+    assert trail.events[0].principal == "anonymous" and len(trail.events[0].trace_id) == 32
+    assert [e.revision for e in trail] == sorted(e.revision for e in trail)
+    # Every node's archive holds the same complete timeline.
+    for addr in cluster.addresses:
+        resp = cluster.client([addr]).audit(run_id)
+        assert resp.complete and [e.kind for e in resp] == ks
+
+    addrs = ",".join(cluster.addresses)
+    res = cli("audit", run_id, "--json", addresses=addrs)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["run_id"] == run_id and doc["complete"] is True and doc["node"]
+    assert [e["kind"] for e in doc["events"]] == ks
+    assert set(doc["events"][0]) == {
+        "revision",
+        "time_ms",
+        "kind",
+        "task_id",
+        "attempt",
+        "node",
+        "principal",
+        "request_id",
+        "trace_id",
+        "detail",
+    }
+    table = cli("audit", run_id, "--limit", "2", addresses=addrs)
+    assert table.returncode == 0 and "submitted" in table.stdout and "run_finished" not in table.stdout
+    assert cli("audit", "r-nosuchrun", addresses=addrs).returncode == 3
+
+    leak = DAG("leak")
+    leak.task("l", "leaky", input={"password": secret("hunter22")}, retries=0)
+    bad = c.wait(c.submit(leak), timeout_s=60)
+    assert bad.status == "FAILED"
+    err = bad.tasks["l"].error
+    assert "login refused" in err and "hunter22" not in err and "***" in err
+
+    def logs() -> str:
+        return "".join(open(n.log_path, errors="replace").read() for n in cluster.nodes.values())
+
+    wait_until(
+        lambda: "calling out with key" in logs() and "logging in with" in logs(), 30, "the agent log lines"
+    )
+    text = logs()
+    assert "sk-node-key-0123456789" not in text and "hunter22" not in text

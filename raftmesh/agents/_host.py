@@ -358,9 +358,10 @@ class AgentHost:
             )
             return
         mode = isolation_of(adef)
-        logger = logging.LoggerAdapter(
+        logger = redaction.ScrubbingAdapter(
             logging.getLogger(f"raftmesh.agent.{agent}"),
             {"run_id": run_id, "task_id": task_id, "attempt": a.attempt, "trace_id": a.trace_id},
+            a.secrets,
         )
         kv = TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token)
         locks = TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt)
