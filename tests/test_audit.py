@@ -375,3 +375,44 @@ def test_audit_and_secrets_on_a_cluster(make_cluster: Any) -> None:
     )
     text = logs()
     assert "sk-node-key-0123456789" not in text and "hunter22" not in text
+
+
+# ---- the chaos runner's check --------------------------------------------------------
+
+
+def _ev(rev: int, kind: str, task: str = "", attempt: int = 0) -> Any:
+    from raftmesh.client._audit import AuditEventInfo
+
+    return AuditEventInfo(rev, 0, kind, task, attempt, "", "", "", "", {})
+
+
+def test_the_chaos_check_accepts_a_coherent_timeline_and_names_each_problem() -> None:
+    from raftmesh.chaos.audit_check import timeline_problems
+
+    good = [
+        _ev(1, "submitted"),
+        _ev(2, "placed", "a", 1),
+        _ev(3, "fenced", "a", 0),
+        _ev(4, "completed", "a", 1),
+        _ev(4, "completed", "map", 0),  # a group parent ends through its children
+        _ev(4, "run_finished"),
+        _ev(9, "fenced", "a", 1),  # a stale report after the end changes nothing
+        _ev(10, "rerun", "a"),
+        _ev(11, "placed", "a", 2),
+        _ev(12, "completed", "a", 2),
+        _ev(12, "run_finished"),
+    ]
+    assert timeline_problems(good) == []
+    assert timeline_problems([]) == ["empty timeline"]
+    bad = [
+        _ev(2, "placed", "a", 1),
+        _ev(1, "completed", "b", 1),
+        _ev(3, "run_finished"),
+        _ev(4, "completed", "a", 1),
+    ]
+    problems = timeline_problems(bad)
+    assert any("first event is placed" in p for p in problems)
+    assert any("last event is completed" in p for p in problems)
+    assert any("revision 1" in p for p in problems)
+    assert any("b#1 completed" in p and "never placed" in p for p in problems)
+    assert any("after the run's end" in p for p in problems)
