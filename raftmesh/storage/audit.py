@@ -167,7 +167,7 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
             add(run_id, "budget_exceeded", why=note[:300])
     for ev in a.events:
         if isinstance(ev, TaskChanged):
-            kind = _task_kind(cmd, ev)
+            kind = _task_kind(cmd, ev)  # "" for a transition the timeline leaves out
             if kind:
                 extra = {"compensation": True} if ev.task_id.endswith(COMPENSATION_SUFFIX) else {}
                 add(ev.run_id, kind, ev.task_id, ev.attempt, ev.node, status=ev.status.value, **extra)
@@ -192,13 +192,13 @@ def _task_kind(cmd: Command, ev: TaskChanged) -> str:
         return "timed_out" if isinstance(cmd, Tick) else "lost"
     if s is TaskStatus.FAILED:
         return "failed"
+    # READY / PENDING of a task no command named (a dependency ended, a rerun reset it) are left
+    # out: they follow from the rows around them, and a wide fan-out would triple the timeline.
     return {
-        TaskStatus.READY: "ready",
-        TaskStatus.PENDING: "pending",
         TaskStatus.CANCELLED: "cancelled",
         TaskStatus.SKIPPED: "skipped",
         TaskStatus.WAITING_APPROVAL: "awaiting_approval",
-    }.get(s, s.value.lower())
+    }.get(s, "")
 
 
 def _names(cmd: Fail, ev: TaskChanged) -> bool:
