@@ -150,7 +150,8 @@ class ClusterService(pb_grpc.ClusterServicer):
         if self.node.has_leader():
             # What was committed before the call is in this replica, then in the archive.
             await self.node.barrier(context)
-            await asyncio.to_thread(audit.flush, 2.0)
+            applied = self.node.reads.read(lambda st: st.revision)
+            await asyncio.to_thread(audit.flush, 2.0, applied)
         tl = await asyncio.to_thread(audit.timeline, request.run_id, limit)
         if not tl.known and not self.node.reads.read(lambda st: request.run_id in st.runs):
             raise RunNotFound(f"run {request.run_id!r} has no audit timeline on node {self._node_id}")

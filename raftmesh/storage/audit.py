@@ -286,6 +286,8 @@ class AuditArchive:
             self._last_revision = int(txn.get(b"revision", b"0", db=self._info))
             self._next_seq = int(txn.get(b"seq", b"0", db=self._info))
             self._count = txn.stat(self._runs)["entries"]
+        self._committed_revision = self._last_revision
+        """The last revision whose rows are committed (readers see them)."""
         self._queue: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
         self._overflowed = False
         self.failures = 0
@@ -351,6 +353,7 @@ class AuditArchive:
                     txn.put(b"revision", str(self._last_revision).encode(), db=self._info)
                     txn.put(b"seq", str(self._next_seq).encode(), db=self._info)
                 self.written += len(items)
+                self._committed_revision = self._last_revision
             except Exception:
                 self.failures += 1
                 self._overflowed = True  # the next write marks the open runs incomplete
@@ -447,10 +450,14 @@ class AuditArchive:
 
     # ---- readers (any thread) -------------------------------------------------
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every batch handed over so far is written (tests, shutdown)."""
+    def flush(self, timeout: float = 10.0, revision: int | None = None) -> bool:
+        """Wait until every batch handed over so far is written, or (``revision``) every change up
+        to that revision: a reader that saw it applied then finds it here, even under steady load."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+            return self._idle.wait_for(
+                lambda: self._pending == 0 or (revision is not None and self._committed_revision >= revision),
+                timeout,
+            )
 
     def timeline(self, run_id: str, limit: int = 1000) -> Timeline:
         with self._env.begin() as txn:
