@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -72,7 +73,9 @@ QUEUE_BATCHES = 10_000
 MAP_SLACK = 4
 """The LMDB map is ``MAP_SLACK x max_bytes`` (+64 MiB): room for keys, metadata and free pages."""
 COMPENSATION_SUFFIX = "~compensate"
-WRITE_COALESCE = 1024
+WRITE_DELAY_S = 0.05
+"""How long the writer lets applied batches gather before it writes them (one transaction)."""
+WRITE_COALESCE = 4096
 """Queued batches the writer puts in one LMDB transaction at most."""
 
 
@@ -324,6 +327,10 @@ class AuditArchive:
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
+            if items[0] is not None:
+                # Wake at most every WRITE_DELAY_S: a thread that woke for every applied batch would
+                # take the GIL from the Raft thread and the event loop at each commit (convoys).
+                time.sleep(WRITE_DELAY_S)
             # What queued up meanwhile goes in the same transaction: under load the writer makes
             # few large transactions instead of one per applied batch (~100 us each).
             while len(items) < WRITE_COALESCE:
