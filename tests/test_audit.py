@@ -417,3 +417,37 @@ def test_the_chaos_check_accepts_a_coherent_timeline_and_names_each_problem() ->
     assert any("revision 1" in p for p in problems)
     assert any("b#1 completed" in p and "never placed" in p for p in problems)
     assert any("after the run's end" in p for p in problems)
+
+
+@pytest.mark.e2e
+def test_with_tokens_a_reader_sees_secrets_masked_and_the_audit_names_the_token(
+    make_cluster: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raftmesh import DAG
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+    from raftmesh.security.tokens import add_token
+
+    path = str(tmp_path / "tokens.yaml")
+    admin = add_token(path, "root", "admin")[1]
+    reader = add_token(path, "rita", "reader")[1]
+    monkeypatch.setenv("RAFTMESH_TOKEN", admin)  # the harness's own status calls
+    cluster = make_cluster(3, extra_args=["--tokens-file", path])
+    c = cluster.client(token=admin)
+    dag = DAG("masked")
+    dag.task("e", "echo", input={"user": "ana", "password": secret("hunter22")})
+    run_id = c.submit(dag)
+    assert c.wait(run_id, timeout_s=60).status == "SUCCEEDED"
+
+    def get_as(token: str) -> Any:
+        client = cluster.client(token=token)
+        return client._stub(cluster.addresses[0]).GetRun(pb.GetRunRequest(run_id=run_id), timeout=10)
+
+    seen_by_admin, seen_by_reader = get_as(admin), get_as(reader)
+    assert json.loads(seen_by_admin.tasks[0].input_json)["password"] == secret("hunter22")
+    assert json.loads(seen_by_reader.tasks[0].input_json) == {"user": "ana", "password": "***"}
+    assert "hunter22" not in seen_by_reader.SerializeToString().decode(errors="replace")  # the echo too
+
+    trail = cluster.client(token=reader).audit(run_id)  # GetAudit is a reader's call
+    assert trail.complete and trail.events[0].kind == "submitted"
+    assert trail.events[0].principal == "token:root"
+    assert any(e.kind == "placed" and e.principal.startswith("node:") for e in trail)

@@ -153,8 +153,16 @@ class ClusterService(pb_grpc.ClusterServicer):
             applied = self.node.reads.read(lambda st: st.revision)
             await asyncio.to_thread(audit.flush, 2.0, applied)
         tl = await asyncio.to_thread(audit.timeline, request.run_id, limit)
-        if not tl.known and not self.node.reads.read(lambda st: request.run_id in st.runs):
+        live = self.node.reads.read(
+            lambda st: (r.namespace, r.submitter) if (r := st.runs.get(request.run_id)) else None
+        )
+        if not tl.known and live is None:
             raise RunNotFound(f"run {request.run_id!r} has no audit timeline on node {self._node_id}")
+        # The run's namespace from the state, or (evicted) from its archived submission: a token
+        # limited to namespaces sees only theirs (unknown: refused, as for any other namespace).
+        first = tl.rows[0] if tl.rows and tl.rows[0].kind == "submitted" else None
+        namespace = live[0] if live else str(first.detail.get("namespace", "")) if first else ""
+        ownership.check_run(namespace, live[1] if live else "", request.run_id)
         return pb.GetAuditResponse(
             events=[audit_event_to_pb(r) for r in tl.rows], complete=tl.complete, node_id=self._node_id
         )
