@@ -35,6 +35,8 @@ def test_client_exports() -> None:
             "DAG",
             "ApprovalInfo",
             "AttemptInfo",
+            "AuditEventInfo",
+            "AuditTrail",
             "BreakerInfo",
             "Client",
             "ClusterInfo",

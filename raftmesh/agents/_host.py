@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import calls, tracing
+from .. import calls, redaction, tracing
 from ..clock import Clock
 from ..consensus import limits, values
 from ..consensus.codes import Code
@@ -87,6 +87,8 @@ class _Attempt:
     origin, its messages, its log lines)."""
     started_ns: int = 0
     """Wall clock when it started here (its span's start)."""
+    secrets: tuple[str, ...] = ()
+    """The input's secret values (``raftmesh.redaction``): masked in the attempt's error text."""
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,9 @@ class AgentHost:
         index: int = 0,
     ) -> None:
         run_id, task_id = a.key
+        # The agent gets the secrets' values; they never come back in an error (replicated, shown).
+        a.secrets = tuple(redaction.secret_values(inp)) + tuple(redaction.secret_values(upstream))
+        inp, upstream = redaction.reveal(inp), redaction.reveal(upstream)
         adef = self._registry.get(agent)
         if adef is None:
             await self._report(
@@ -353,9 +358,10 @@ class AgentHost:
             )
             return
         mode = isolation_of(adef)
-        logger = logging.LoggerAdapter(
+        logger = redaction.ScrubbingAdapter(
             logging.getLogger(f"raftmesh.agent.{agent}"),
             {"run_id": run_id, "task_id": task_id, "attempt": a.attempt, "trace_id": a.trace_id},
+            a.secrets,
         )
         kv = TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token)
         locks = TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt)
@@ -501,6 +507,8 @@ class AgentHost:
         return res.output
 
     async def _report(self, r: _Report) -> None:
+        if r.attempt.secrets and r.error:
+            r.error = redaction.scrub(r.error, r.attempt.secrets)
         if r.attempt.ctx is not None:
             r.usage = r.attempt.ctx.usage
         if self.on_attempt is not None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .audit_check import AuditCheck
 from .checker import CheckResult, Invariant, Phases, ReplayCheck, Stall
 from .coord_check import KvCheck, LockCheck
 from .message_check import MessageCheck
@@ -53,6 +54,8 @@ class Report:
     lock_history: list[dict[str, Any]] = field(default_factory=list)
     messages: MessageCheck | None = None
     message_history: list[dict[str, Any]] = field(default_factory=list)
+    audit_timelines: AuditCheck | None = None
+    """Every finished run's GetAudit timeline: complete on some node and coherent."""
 
     @property
     def violations(self) -> int:
@@ -61,6 +64,7 @@ class Report:
             + (self.kv.violations if self.kv else 0)
             + (self.locks.violations if self.locks else 0)
             + (self.messages.violations if self.messages else 0)
+            + (self.audit_timelines.violations if self.audit_timelines else 0)
         )
 
     @property
@@ -122,6 +126,7 @@ class Report:
             },
             "locks": None if self.locks is None else self.locks.to_json(),
             "messages": None if self.messages is None else self.messages.to_json(),
+            "audit_timelines": None if self.audit_timelines is None else self.audit_timelines.to_json(),
             "notes": self.notes,
             "data_dir": self.data_dir,
             "history": self.operations,
@@ -368,6 +373,8 @@ def format_report(r: Report) -> str:
         lines += ["", *_lock_lines(r.locks, w)]
     if r.messages is not None:
         lines += ["", *_message_lines(r.messages, w)]
+    if r.audit_timelines is not None:
+        lines += ["", *r.audit_timelines.lines()]
     lines.append("")
     digests = {d for _, d in r.digests.values()}
     lines.append(

@@ -43,6 +43,7 @@ from ..verify.audit import Audit
 from ..verify.message_audit import logical_id
 from . import netns
 from .agents import COMPENSATION_PREFIX, relayed_id
+from .audit_check import AuditCheck, check_audit
 from .checker import (
     KvEntryRecord,
     Phases,
@@ -376,6 +377,7 @@ class _Run:
         if nemesis.wait_whole() is None:
             self.notes.append("the cluster was not whole (all up, one leader) 60 s after the final heal")
         runs = self._drain_and_read(cluster)
+        audit_timelines = self._check_audit_timelines(cluster, runs, {op.key for op in ops})
         effects: list[Effect] = []
         live_dead: list[DeadRecord] = []
         if cfg.message_clients:
@@ -461,7 +463,17 @@ class _Run:
             lock_history=[r.to_json() for r in lock_records],
             messages=message_check,
             message_history=[c.to_json() for c in message_calls],
+            audit_timelines=audit_timelines,
         )
+
+    def _check_audit_timelines(
+        self, cluster: LocalCluster, runs: dict[str, RunRecord], keys: set[str]
+    ) -> AuditCheck:
+        """Every run the workload submitted and saw finish: a complete, coherent GetAudit timeline."""
+        finished = [r.run_id for r in runs.values() if r.key in keys and r.status not in UNFINISHED_STATUSES]
+        check = check_audit(cluster.client(retry_deadline_s=30), finished)
+        self.log(check.lines()[0])
+        return check
 
     def _stop_workloads(self) -> list[str]:
         """Stop every workload at once (each finishes its current call), then wait for them."""

@@ -193,6 +193,28 @@ def cmd_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise InvalidArgument("--limit must be at least 1")
+    with _client(args) as c:
+        trail = c.audit(args.run_id, limit=args.limit)
+    if args.json:
+        _print_json(trail.to_dict())
+        return EXIT_OK
+    flag = "" if trail.complete else "  (INCOMPLETE: no node holds the whole history; the longest shown)"
+    print(f"run {trail.run_id}: {len(trail)} events from node {trail.node}{flag}")
+    print(
+        f"{'REV':>8}  {'TIME_MS':>14}  {'KIND':<18} {'TASK':<20} {'ATT':>3}  {'NODE':<10} {'PRINCIPAL':<20} DETAIL"
+    )
+    for e in trail:
+        detail = json.dumps(e.detail, separators=(",", ":")) if e.detail else ""
+        print(
+            f"{e.revision:>8}  {e.time_ms:>14}  {e.kind:<18} {e.task_id[:20]:<20} {e.attempt:>3}  "
+            f"{e.node[:10]:<10} {e.principal[:20]:<20} {detail}"
+        )
+    return EXIT_OK
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as c:
         for ev in c.watch(args.run_id, timeout_s=args.wait_timeout):
@@ -576,6 +598,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also record every applied log entry in DATA_DIR/applied.lmdb, for audits (off by default)",
     )
     n.add_argument(
+        "--audit-max-runs",
+        type=int,
+        help="keep the audit timelines of at most this many runs in DATA_DIR/audit.lmdb, the oldest "
+        "dropped first (default 10000; 0 turns the audit archive off)",
+    )
+    n.add_argument(
+        "--audit-max-bytes",
+        type=int,
+        help="keep about this many bytes of audit timelines, the oldest runs dropped first "
+        "(default 268435456)",
+    )
+    n.add_argument(
         "--preempt-priority",
         type=int,
         help="READY tasks of at least this priority preempt lower-priority running attempts when no "
@@ -649,6 +683,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_get)
+
+    au = sub.add_parser(
+        "audit", help="show a run's audit timeline (who did what, when), also for finished runs"
+    )
+    au.add_argument("run_id")
+    au.add_argument(
+        "--limit", type=int, default=1000, help="at most this many events, oldest first (<= 10000)"
+    )
+    au.add_argument("--json", action="store_true")
+    au.set_defaults(func=cmd_audit)
 
     w = sub.add_parser("watch", help="stream a run's events until it ends")
     w.add_argument("run_id")

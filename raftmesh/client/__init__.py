@@ -1,5 +1,6 @@
 """The raftmesh Python SDK."""
 
+from ._audit import AuditEventInfo, AuditTrail
 from ._client import Client, parse_addresses
 from ._dag import DAG, Task
 from ._types import (
@@ -28,6 +29,8 @@ __all__ = [
     "DAG",
     "ApprovalInfo",
     "AttemptInfo",
+    "AuditEventInfo",
+    "AuditTrail",
     "BreakerInfo",
     "Client",
     "ClusterInfo",

@@ -45,6 +45,7 @@ from ._types import (
 )
 
 if TYPE_CHECKING:
+    from ._audit import AuditTrail
     from ._messages import MessagesClient
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -334,6 +335,14 @@ class Client:
             }
             for r in resp.runs
         ]
+
+    def audit(self, run_id: str, limit: int = 1000) -> AuditTrail:
+        """The run's audit timeline (also for finished and evicted runs), oldest first, at most
+        ``limit`` events: the first node whose archive holds the whole history answers; if none
+        does, the longest answer with ``complete`` False. Raises ``RunNotFound`` if no node knows it."""
+        from ._audit import fetch_audit
+
+        return fetch_audit(self, run_id, limit)
 
     def cancel(self, run_id: str, reason: str = "") -> str:
         """Cancel a run; returns its status afterwards (idempotent)."""

@@ -111,6 +111,7 @@ def spent(run: RunState, now_ms: int = 0) -> str:
 
 def exceed(ctx: ApplyContext, run: RunState, why: str, rev: int) -> None:
     """End the run FAILED for its budget (``why`` gives the figures)."""
+    ctx.note("budget_exceeded", run.run_id, "", why)
     tasks.finish_run(ctx, run, RunStatus.FAILED, rev, why, reason=BUDGET_EXCEEDED)
 
 

@@ -23,6 +23,9 @@ class ApplyContext:
     events: list[Event] = field(default_factory=list)
     released: set[str] = field(default_factory=set)
     """Locks freed by this command; their waiters are granted before it returns."""
+    notes: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """Audit-only facts no event carries (``(kind, run_id, task_id, detail)``): a task spawned, a
+    budget exceeded. Like events they are never part of the state; the node's audit archive reads them."""
     start_revision: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,3 +50,6 @@ class ApplyContext:
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
+
+    def note(self, kind: str, run_id: str, task_id: str = "", detail: str = "") -> None:
+        self.notes.append((kind, run_id, task_id, detail))

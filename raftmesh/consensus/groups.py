@@ -102,4 +102,5 @@ def add_child(
     if waited:
         parent.children_waiting += 1
     run.unfinished += 1
+    ctx.note("child", run.run_id, spec.id, f"{origin}:{parent.spec.id}")
     return child

@@ -141,6 +141,21 @@ def _describe(cmd: Command, target: tuple[str, ...]) -> str:
     return f"{cmd.TAG} of " + ", ".join(f"{n} {v!r}" for n, v in zip(names, target, strict=False))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Applied:
+    """One command that changed the state, as the audit archive receives it: the command (its
+    ``origin``), its result and events, its audit notes, and the revision and state time after it."""
+
+    cmd: Command
+    result: Result
+    events: list[Event]
+    notes: list[tuple[str, str, str, str]]
+    revision: int
+    time_ms: int
+    changed: bool = True
+    """False: a report whose every item was fenced (stale token); ``revision`` is the current one."""
+
+
 class StateMachine:
     """Owns a ``ClusterState`` and applies commands to it."""
 
@@ -150,18 +165,34 @@ class StateMachine:
         self.state = state if state is not None else ClusterState()
         # Replaceable so that a test can run a machine with one broken transition (the audit's tests).
         self.processors = processors
+        self._notes: list[tuple[str, str, str, str]] = []
+        """The last applied command's audit notes (``ApplyContext.notes``)."""
 
-    def apply_batch(self, payload: bytes) -> tuple[list[Result], list[Event]]:
-        """Apply one log entry (a batch of commands). Never raises."""
+    def apply_batch(
+        self, payload: bytes, trail: list[Applied] | None = None
+    ) -> tuple[list[Result], list[Event]]:
+        """Apply one log entry (a batch of commands). Never raises.
+
+        ``trail``: if given, one ``Applied`` per command that changed the state is appended
+        (what the node's audit archive records, off this thread)."""
         results: list[Result] = []
         events: list[Event] = []
+        st = self.state
         for cmd in decode_batch(payload):
             if isinstance(cmd, Undecodable):
                 results.append(Rejected(Code.INVALID_ARGUMENT, f"undecodable command: {cmd.reason}"))
                 continue
+            before = st.revision if trail is not None else 0
             res, evs = self.apply(cmd)
             results.append(res)
             events.extend(evs)
+            if trail is None:
+                continue
+            if st.revision != before:
+                trail.append(Applied(cmd, res, evs, self._notes, st.revision, st.time_ms))
+            elif isinstance(cmd, Complete | Fail) and res.code is Code.ABORTED:
+                # Every item fenced out: nothing changed, but a node's stale work is worth recording.
+                trail.append(Applied(cmd, res, [], [], st.revision, st.time_ms, changed=False))
         return results, events
 
     def apply(self, cmd: Command) -> tuple[Result, list[Event]]:
@@ -194,6 +225,7 @@ class StateMachine:
         if processor is None:
             return Rejected(Code.INVALID_ARGUMENT, f"unsupported command {type(cmd).__name__}"), []
         ctx = ApplyContext(st, cmd.ts_ms)
+        self._notes = ctx.notes
         try:
             res = processor(ctx, cmd)
             if ctx.changed and ctx.released:

@@ -51,6 +51,10 @@ class NodeConfig:
     """The leader marks a member down after this long without a Raft connection to it."""
     archive_applied: bool = False
     """Record every applied log entry in ``archive_path`` (audits across snapshots)."""
+    audit_max_runs: int = 10_000
+    """Runs whose audit timeline the node keeps (``--audit-max-runs``; 0: no audit archive)."""
+    audit_max_bytes: int = 256 * 1024**2
+    """About how many bytes of audit timelines the node keeps (``--audit-max-bytes``)."""
     agent_threads: int = THREAD_POOL_SIZE
     """Threads that run ``thread`` agents' attempts (``--agent-threads``)."""
     agent_processes: int = PROCESS_POOL_SIZE
@@ -139,6 +143,8 @@ def build_config(
     tokens_file: str | None = None,
     tls: NodeTls | None = None,
     metrics: str = "",
+    audit_max_runs: int = 10_000,
+    audit_max_bytes: int = 256 * 1024**2,
 ) -> NodeConfig:
     """Validate and build a config; errors say what to fix."""
     why = limits.id_error("node id", node_id)  # the rule RegisterNode is checked against
@@ -190,6 +196,8 @@ def build_config(
             "--tokens-file needs the cluster secret (--raft-secret-file PATH or RAFTMESH_RAFT_SECRET, "
             "the same on every node): nodes prove who they are to each other with it"
         )
+    if audit_max_runs < 0 or audit_max_bytes < 1:
+        raise InvalidArgument("--audit-max-runs must be >= 0 and --audit-max-bytes >= 1")
     return NodeConfig(
         node_id=node_id,
         raft=raft,
@@ -210,6 +218,8 @@ def build_config(
         tokens_file=os.path.abspath(tokens_file) if tokens_file else None,
         tls=tls,
         metrics=metrics,
+        audit_max_runs=audit_max_runs,
+        audit_max_bytes=audit_max_bytes,
     )
 
 

@@ -14,6 +14,9 @@ from ..agents._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
 from ..log_format import JsonFormatter
+from ..redaction import filter_for_env
+from ..storage.audit import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_BYTES
+from ..storage.audit import DEFAULT_MAX_RUNS as DEFAULT_AUDIT_RUNS
 from .config import build_config, load_config_file, parse_peers, read_secret_file
 from .runtime import NodeRuntime
 from .tls import load_tls
@@ -136,6 +139,12 @@ def run_node(args: argparse.Namespace) -> int:
             "agent-processes", _setting(args, file_cfg, "agent-processes", PROCESS_POOL_SIZE), int
         ),
         agents_modules=modules,
+        audit_max_runs=_number(
+            "audit-max-runs", _setting(args, file_cfg, "audit-max-runs", DEFAULT_AUDIT_RUNS), int
+        ),
+        audit_max_bytes=_number(
+            "audit-max-bytes", _setting(args, file_cfg, "audit-max-bytes", DEFAULT_AUDIT_BYTES), int
+        ),
         preempt_priority=_optional_int("preempt-priority", _setting(args, file_cfg, "preempt-priority")),
         tokens_file=_setting(args, file_cfg, "tokens-file"),
         tls=load_tls(
@@ -148,6 +157,7 @@ def run_node(args: argparse.Namespace) -> int:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))
+    handler.addFilter(filter_for_env(cfg.raft_password))  # keys and tokens never reach the log
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), handlers=[handler])
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
     log = logging.getLogger("raftmesh.node")

@@ -37,6 +37,7 @@ from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security.tokens import TokenAuthenticator, node_metadata
 from ..storage.archive import AppliedArchive
+from ..storage.audit import AuditArchive
 from ..storage.snapshots import LmdbSnapshotIO
 from ..tracing import SpanSink
 from . import convert
@@ -251,7 +252,14 @@ class NodeRuntime:
             if archive
             else LmdbSnapshotIO()
         )
-        self.raft = RaftMember(raft_cfg, machine, self._on_applied, snapshot_io, self._on_restored, archive)
+        self.audit = (
+            AuditArchive(cfg.data_dir, cfg.audit_max_runs, cfg.audit_max_bytes)
+            if cfg.audit_max_runs
+            else None
+        )
+        self.raft = RaftMember(
+            raft_cfg, machine, self._on_applied, snapshot_io, self._on_restored, archive, self.audit
+        )
         raft = self.raft
         self.reads = ReadView(raft.lock, lambda: raft.machine.state)
         clock = self.clock
@@ -306,7 +314,9 @@ class NodeRuntime:
         self.interceptor = CallInterceptor(authenticator=self.authenticator)
         server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[self.interceptor])
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
-        pb_grpc.add_ClusterServicer_to_server(ClusterService(access, self.hub, self.status_pb), ours)
+        pb_grpc.add_ClusterServicer_to_server(
+            ClusterService(access, self.hub, self.status_pb, self.audit, cfg.node_id), ours
+        )
         pb_grpc.add_PeerServicer_to_server(PeerService(peer_access, router=self.router), ours)
         pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
         pb_grpc.add_LocksServicer_to_server(LocksService(access, self.lock_waits), ours)
@@ -385,6 +395,8 @@ class NodeRuntime:
                 await asyncio.to_thread(self.spans.shutdown)
             if archive is not None:
                 archive.close()
+            if self.audit is not None:
+                self.audit.close()
 
     def stop(self) -> None:
         self._stopping.set()

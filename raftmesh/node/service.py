@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from .. import calls, redaction
 from ..agents._llm import input_secret_error
 from ..consensus import approvals, limits
 from ..consensus.commands import (
@@ -56,12 +58,16 @@ from ..errors import (
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security import ownership
+from ..security.roles import Role
+from ..storage.audit import AuditArchive, AuditRow
 from . import convert, rpc
 from .access import NodeAccess
 from .proposer import new_request_id
 from .watch import RESYNC, WatchHub
 
 MAX_LIST_RUNS = 1000
+DEFAULT_AUDIT_EVENTS = 1000
+MAX_AUDIT_EVENTS = 10_000
 STREAM_HEARTBEAT_S = 1.0
 """Idle server streams send an empty event this often; clients treat 5 s of silence as a dead node."""
 _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
@@ -70,6 +76,32 @@ _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
     "unknown_agent": UnknownAgentError,
     "unknown_dep": UnknownDependencyError,
 }
+
+
+def _for_caller(run: pb.Run) -> pb.Run:
+    """``run`` as the calling principal may see it: a ``reader`` sees secrets in inputs as "***"."""
+    call = calls.current()
+    if call is not None and call.role != Role.READER.label:
+        return run
+    if call is None:
+        return run  # no call bound: a node-internal read
+    out: pb.Run = redaction.redact_message(run)
+    return out
+
+
+def audit_event_to_pb(r: AuditRow) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        revision=r.revision,
+        time_ms=r.time_ms,
+        kind=r.kind,
+        task_id=r.task_id,
+        attempt=r.attempt,
+        node=r.node,
+        principal=r.principal,
+        request_id=r.request_id,
+        trace_id=r.trace_id,
+        detail_json=json.dumps(r.detail, separators=(",", ":"), sort_keys=True),
+    )
 
 
 def _check_run_id(run_id: str) -> None:
@@ -86,10 +118,54 @@ StatusFn = Callable[[bool], pb.ClusterStatusResponse]
 
 
 class ClusterService(pb_grpc.ClusterServicer):
-    def __init__(self, node: NodeAccess, hub: WatchHub, status: StatusFn) -> None:
+    def __init__(
+        self,
+        node: NodeAccess,
+        hub: WatchHub,
+        status: StatusFn,
+        audit: AuditArchive | None = None,
+        node_id: str = "",
+    ) -> None:
         self.node = node
         self._hub = hub
         self._status = status
+        self._audit = audit
+        self._node_id = node_id
+
+    # ---- audit ------------------------------------------------------------
+
+    @rpc.unary
+    async def GetAudit(
+        self, request: pb.GetAuditRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAuditResponse:
+        _check_run_id(request.run_id)
+        limit = request.limit or DEFAULT_AUDIT_EVENTS
+        if limit > MAX_AUDIT_EVENTS:
+            raise InvalidArgument(f"limit must be at most {MAX_AUDIT_EVENTS}")
+        audit = self._audit
+        if audit is None:
+            raise FailedPrecondition(
+                "this node keeps no audit archive (--audit-max-runs 0); ask another node"
+            )
+        if self.node.has_leader():
+            # What was committed before the call is in this replica, then in the archive.
+            await self.node.barrier(context)
+            applied = self.node.reads.read(lambda st: st.revision)
+            await asyncio.to_thread(audit.flush, 2.0, applied)
+        tl = await asyncio.to_thread(audit.timeline, request.run_id, limit)
+        live = self.node.reads.read(
+            lambda st: (r.namespace, r.submitter) if (r := st.runs.get(request.run_id)) else None
+        )
+        if not tl.known and live is None:
+            raise RunNotFound(f"run {request.run_id!r} has no audit timeline on node {self._node_id}")
+        # The run's namespace from the state, or (evicted) from its archived submission: a token
+        # limited to namespaces sees only theirs (unknown: refused, as for any other namespace).
+        first = tl.rows[0] if tl.rows and tl.rows[0].kind == "submitted" else None
+        namespace = live[0] if live else str(first.detail.get("namespace", "")) if first else ""
+        ownership.check_run(namespace, live[1] if live else "", request.run_id)
+        return pb.GetAuditResponse(
+            events=[audit_event_to_pb(r) for r in tl.rows], complete=tl.complete, node_id=self._node_id
+        )
 
     # ---- runs -------------------------------------------------------------
 
@@ -166,7 +242,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         if read is None:
             raise RunNotFound(f"run {request.run_id!r} not found")
         ownership.check_run(read.run.namespace, read.run.submitter, request.run_id)
-        return self._with_waiting_reasons(read.run)
+        return _for_caller(self._with_waiting_reasons(read.run))
 
     def _with_waiting_reasons(self, run: pb.Run) -> pb.Run:
         """``run`` with each READY task's ``waiting_reason``: derived now from this replica and
@@ -233,7 +309,7 @@ class ClusterService(pb_grpc.ClusterServicer):
                 if read is None:
                     raise RunNotFound(f"run {request.run_id!r} not found")
                 ownership.check_run(read.run.namespace, read.run.submitter, request.run_id)
-                seen, snap = read.revision, self._with_waiting_reasons(read.run)
+                seen, snap = read.revision, _for_caller(self._with_waiting_reasons(read.run))
                 done = convert.RUN_STATUS_FROM_PB[snap.status] in TERMINAL_RUN
                 yield pb.RunEvent(revision=seen, snapshot=snap)
                 if done:

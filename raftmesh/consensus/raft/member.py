@@ -35,8 +35,9 @@ from pysyncobj import pickle as _so_pickle
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import FileJournal
 
-from ..machine import StateMachine
+from ..machine import Applied, StateMachine
 from ..results import Event, Result
+from ..state import ClusterState
 from . import wire
 from .compaction import SizeCompaction
 from .durable_journal import DurableJournal, fsync_path
@@ -63,6 +64,18 @@ class AppliedArchive(Protocol):
     """
 
     def record(self, index: int, entry: bytes) -> None: ...
+
+
+class AuditSink(Protocol):
+    """Takes what each applied batch changed (``raftmesh.storage.audit``), off the apply lock.
+
+    Both run on pysyncobj's thread and must be quick (hand off to a writer) and never raise.
+    """
+
+    def applied(self, trail: list[Applied]) -> None: ...
+
+    def restored(self, state: ClusterState) -> None:
+        """The state was replaced by a snapshot (called with the apply lock held)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,9 +235,11 @@ class RaftMember:
         snapshot_io: SnapshotIO,
         on_restored: Callable[[], None] | None = None,
         archive: AppliedArchive | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.config = config
         self.archive = archive
+        self.audit = audit
         self.machine = machine
         self.lock = threading.RLock()
         """Held while applying; hold it to read ``machine.state`` from another thread."""
@@ -270,10 +285,14 @@ class RaftMember:
     # ---- called on pysyncobj's thread --------------------------------------
 
     def _apply(self, payload: bytes) -> list[Result]:
+        audit = self.audit
+        trail: list[Applied] | None = [] if audit is not None else None
         with self.lock:
-            results, events = self.machine.apply_batch(payload)
+            results, events = self.machine.apply_batch(payload, trail)
         self.applied_entries += 1
         self.applied_bytes += len(payload)
+        if audit is not None and trail:
+            audit.applied(trail)
         try:
             self._on_applied(events)
         except Exception:  # the node's bookkeeping must never stall the log
@@ -299,6 +318,8 @@ class RaftMember:
         raft_meta = wire.loads(meta)  # refused before anything is restored
         with self.lock:
             self.machine.restore(state)
+            if self.audit is not None:
+                self.audit.restored(self.machine.state)
         self.snapshots_loaded += 1
         if self._on_restored is not None:
             try:

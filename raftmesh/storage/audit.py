@@ -1,0 +1,498 @@
+"""The audit timeline: per run, who changed what and when, in an LMDB environment per node.
+
+The Raft thread hands each applied batch's ``Applied`` list (command with its ``origin``,
+result, events, notes, revision, state time) to ``AuditArchive.applied``, which only queues
+it; a writer thread turns it into timeline rows and writes them in one LMDB write
+transaction per batch (``sync=False``: an audit aid, not durability). Nothing here raises
+into apply: a failure is logged and counted, and the runs it touched are marked incomplete.
+
+A run's timeline is *complete* on this node when the node saw it submitted and saw every
+change since: a snapshot installed over a revision gap (or a queue overflow, or a failed
+write) marks the runs that were open then incomplete. Rows are keyed by (run, revision,
+index), so a log re-applied after a restart rewrites the same rows.
+
+Bounded: at most ``max_runs`` runs and about ``max_bytes`` of rows; past either the oldest
+runs (by first sight) are dropped whole, so another node may still answer for them.
+
+Redaction: a row's ``detail`` never holds task inputs, outputs or error texts (they may
+carry secrets); only ids, counts, statuses and principals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import msgpack
+
+from ..consensus.commands import (
+    ApproveTask,
+    Assign,
+    CancelRun,
+    Command,
+    Complete,
+    Fail,
+    NodeDown,
+    PauseRun,
+    Preempt,
+    RerunTask,
+    ResumeRun,
+    RetryTask,
+    SubmitRun,
+    Tick,
+)
+from ..consensus.machine import Applied
+from ..consensus.results import (
+    ApproveTaskResult,
+    AssignResult,
+    CancelRunResult,
+    PreemptResult,
+    ReportResult,
+    RunChanged,
+    SubmitRunResult,
+    TaskChanged,
+)
+from ..consensus.state import TERMINAL_RUN, ClusterState, RunStatus, TaskStatus
+
+log = logging.getLogger(__name__)
+
+AUDIT_DIR = "audit.lmdb"
+DEFAULT_MAX_RUNS = 10_000
+DEFAULT_MAX_BYTES = 256 * 1024**2
+QUEUE_BATCHES = 10_000
+"""Applied batches waiting for the writer; past it a batch is dropped and open runs marked incomplete."""
+MAP_SLACK = 4
+"""The LMDB map is ``MAP_SLACK x max_bytes`` (+64 MiB): room for keys, metadata and free pages."""
+COMPENSATION_SUFFIX = "~compensate"
+WRITE_DELAY_S = 0.05
+"""How long the writer lets applied batches gather before it writes them (one transaction)."""
+WRITE_COALESCE = 4096
+"""Queued batches the writer puts in one LMDB transaction at most."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One timeline entry (``GetAudit``'s ``AuditEvent``)."""
+
+    revision: int
+    time_ms: int
+    kind: str
+    task_id: str = ""
+    attempt: int = 0
+    node: str = ""
+    principal: str = ""
+    request_id: str = ""
+    trace_id: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        data: bytes = msgpack.packb(
+            [
+                self.revision,
+                self.time_ms,
+                self.kind,
+                self.task_id,
+                self.attempt,
+                self.node,
+                self.principal,
+                self.request_id,
+                self.trace_id,
+                self.detail,
+            ],
+            use_bin_type=True,
+        )
+        return data
+
+    @classmethod
+    def decode(cls, b: bytes) -> AuditRow:
+        v = msgpack.unpackb(b, raw=False)
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
+
+
+def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
+    """The timeline rows one applied command makes: ``(run_id, row)`` in the order they happened."""
+    cmd, res, rev, now = a.cmd, a.result, a.revision, a.time_ms
+    o = cmd.origin
+    who = {"principal": o.principal, "request_id": o.request, "trace_id": o.trace} if o is not None else {}
+    out: list[tuple[str, AuditRow]] = []
+
+    def add(run_id: str, kind: str, task: str = "", attempt: int = 0, node: str = "", **detail: Any) -> None:
+        out.append((run_id, AuditRow(rev, now, kind, task, attempt, node, detail=detail, **who)))
+
+    if isinstance(cmd, SubmitRun) and isinstance(res, SubmitRunResult) and res.created:
+        add(
+            res.run_id,
+            "submitted",
+            namespace=cmd.namespace,
+            idempotency_key=cmd.idempotency_key,
+            tasks=len(cmd.tasks),
+            name=cmd.name,
+            submitter=cmd.submitter,
+        )
+    elif isinstance(cmd, CancelRun) and isinstance(res, CancelRunResult) and res.cancelled:
+        add(cmd.run_id, "cancel_requested", reason=cmd.reason)
+    elif isinstance(cmd, ApproveTask) and isinstance(res, ApproveTaskResult) and res.applied:
+        add(cmd.run_id, res.decision, cmd.task_id, by=res.by, gate=res.gate, comment=res.comment)
+    elif isinstance(cmd, RetryTask):
+        add(cmd.run_id, "retried", cmd.task_id, cmd.attempt)
+    elif isinstance(cmd, RerunTask):
+        add(cmd.run_id, "rerun", cmd.task_id)
+    if not a.changed and isinstance(cmd, Complete | Fail):
+        for it in cmd.items:
+            add(
+                it.run_id,
+                "fenced",
+                it.task_id,
+                it.attempt,
+                cmd.node_id,
+                reason=f"stale attempt {it.attempt} (token {it.token})",
+            )
+        return out
+    if isinstance(res, ReportResult | PreemptResult | AssignResult):
+        for item in res.rejected:  # a stale token or a refused placement: the node's work was fenced out
+            add(
+                item.run_id,
+                "fenced",
+                item.task_id,
+                node=getattr(cmd, "node_id", ""),
+                reason=item.reason[:200],
+            )
+    for kind, run_id, task_id, note in a.notes:
+        if kind == "child":
+            origin, _, parent = note.partition(":")
+            add(run_id, "spawned", task_id, origin=origin, parent=parent)
+        elif kind == "budget_exceeded":
+            add(run_id, "budget_exceeded", why=note[:300])
+    for ev in a.events:
+        if isinstance(ev, TaskChanged):
+            kind = _task_kind(cmd, ev)  # "" for a transition the timeline leaves out
+            if kind:
+                extra = {"compensation": True} if ev.task_id.endswith(COMPENSATION_SUFFIX) else {}
+                add(ev.run_id, kind, ev.task_id, ev.attempt, ev.node, status=ev.status.value, **extra)
+        elif isinstance(ev, RunChanged):
+            add(ev.run_id, _run_kind(cmd, ev.status), status=ev.status.value)
+    return out
+
+
+def _task_kind(cmd: Command, ev: TaskChanged) -> str:
+    s = ev.status
+    if s is TaskStatus.RUNNING:
+        return "placed" if isinstance(cmd, Assign) else "running"
+    if s is TaskStatus.SUCCEEDED:
+        return "completed"
+    if s is TaskStatus.WAITING_CHILDREN:
+        return "completed" if isinstance(cmd, Complete) else "waiting_children"
+    if isinstance(cmd, Preempt) and s in (TaskStatus.READY, TaskStatus.PENDING):
+        return "preempted"
+    if isinstance(cmd, Fail) and s in (TaskStatus.READY, TaskStatus.PENDING) and _names(cmd, ev):
+        return "retry_scheduled"
+    if isinstance(cmd, Tick | NodeDown) and s in (TaskStatus.READY, TaskStatus.FAILED):
+        return "timed_out" if isinstance(cmd, Tick) else "lost"
+    if s is TaskStatus.FAILED:
+        return "failed"
+    # READY / PENDING of a task no command named (a dependency ended, a rerun reset it) are left
+    # out: they follow from the rows around them, and a wide fan-out would triple the timeline.
+    return {
+        TaskStatus.CANCELLED: "cancelled",
+        TaskStatus.SKIPPED: "skipped",
+        TaskStatus.WAITING_APPROVAL: "awaiting_approval",
+    }.get(s, "")
+
+
+def _names(cmd: Fail, ev: TaskChanged) -> bool:
+    return any(i.run_id == ev.run_id and i.task_id == ev.task_id for i in cmd.items)
+
+
+def _run_kind(cmd: Command, status: RunStatus) -> str:
+    if status in TERMINAL_RUN:
+        return "run_finished"
+    if status is RunStatus.PAUSED:
+        return "paused"
+    if status is RunStatus.COMPENSATING:
+        return "compensating"
+    if isinstance(cmd, SubmitRun):
+        return "run_started"
+    return "resumed" if isinstance(cmd, ResumeRun | PauseRun) else "reopened"
+
+
+def _ekey(run_id: str, a: Applied, i: int) -> bytes:
+    """Ordered by revision; a fenced report that changed nothing sorts after its revision's change
+    (keyed by its request id: re-applying it writes the same row)."""
+    tail = b"\0" if a.changed else b"\1" + zlib.crc32(a.cmd.request_id.encode()).to_bytes(4, "big")
+    return run_id.encode() + b"\0" + a.revision.to_bytes(8, "big") + tail + i.to_bytes(4, "big")
+
+
+def _prefix(run_id: str) -> bytes:
+    return run_id.encode() + b"\0"
+
+
+@dataclass(slots=True)
+class _Meta:
+    seq: int
+    """Order of first sight (the eviction order)."""
+    size: int = 0
+    submitted: bool = False
+    gap: bool = False
+    ended: bool = False
+
+    def encode(self) -> bytes:
+        return json.dumps([self.seq, self.size, self.submitted, self.gap, self.ended]).encode()
+
+    @classmethod
+    def decode(cls, b: bytes) -> _Meta:
+        v = json.loads(b)
+        return cls(v[0], v[1], v[2], v[3], v[4])
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    run_id: str
+    rows: list[AuditRow]
+    complete: bool
+    known: bool
+    """False: this archive holds nothing of the run (never seen here, or dropped by the bound)."""
+
+
+_RESTORED = object()
+
+
+class AuditArchive:
+    """Implements ``raftmesh.consensus.raft.member.AuditSink`` (one per node process)."""
+
+    def __init__(
+        self, data_dir: str, max_runs: int = DEFAULT_MAX_RUNS, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        if max_runs < 1 or max_bytes < 1:
+            raise ValueError("audit bounds must be positive")
+        self.path = os.path.join(data_dir, AUDIT_DIR)
+        os.makedirs(self.path, exist_ok=True)
+        self.max_runs = max_runs
+        self.max_bytes = max_bytes
+        self._env = lmdb.open(
+            self.path, map_size=MAP_SLACK * max_bytes + 64 * 1024**2, max_dbs=4, sync=False, metasync=False
+        )
+        self._rows = self._env.open_db(b"rows")
+        self._runs = self._env.open_db(b"runs")
+        self._order = self._env.open_db(b"order")
+        self._info = self._env.open_db(b"info")
+        with self._env.begin() as txn:
+            self._total = int(txn.get(b"bytes", b"0", db=self._info))
+            self._last_revision = int(txn.get(b"revision", b"0", db=self._info))
+            self._next_seq = int(txn.get(b"seq", b"0", db=self._info))
+            self._count = txn.stat(self._runs)["entries"]
+        self._committed_revision = self._last_revision
+        """The last revision whose rows are committed (readers see them)."""
+        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
+        self._overflowed = False
+        self.failures = 0
+        self.written = 0
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    # ---- pysyncobj's thread -------------------------------------------------
+
+    def applied(self, trail: list[Applied]) -> None:
+        self._put(trail)
+
+    def restored(self, state: ClusterState) -> None:
+        """A snapshot replaced the state: runs open in it may have missed changes here."""
+        open_runs = [r for r, run in state.runs.items() if run.status not in TERMINAL_RUN]
+        self._put((_RESTORED, state.revision, open_runs))
+
+    def _put(self, item: Any) -> None:
+        with self._idle:
+            self._pending += 1
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            with self._idle:
+                self._pending -= 1
+                self._overflowed = True
+            log.error("audit queue full: a batch was dropped, open runs are marked incomplete")
+
+    # ---- the writer -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            if items[0] is not None:
+                # Wake at most every WRITE_DELAY_S: a thread that woke for every applied batch would
+                # take the GIL from the Raft thread and the event loop at each commit (convoys).
+                time.sleep(WRITE_DELAY_S)
+            # What queued up meanwhile goes in the same transaction: under load the writer makes
+            # few large transactions instead of one per applied batch (~100 us each).
+            while len(items) < WRITE_COALESCE:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(i is None for i in items)
+            items = [i for i in items if i is not None]
+            try:
+                with self._env.begin(write=True) as txn:
+                    if self._overflowed:
+                        self._overflowed = False
+                        self._mark_open(txn, None, [])
+                    metas: dict[str, _Meta] = {}  # decoded once per transaction, put back at its end
+                    for item in items:
+                        if isinstance(item, tuple) and item and item[0] is _RESTORED:
+                            self._put_metas(txn, metas)
+                            _, revision, open_runs = item
+                            if revision > self._last_revision:  # entries this node never applied
+                                self._mark_open(txn, revision, open_runs)
+                        else:
+                            self._write(txn, item, metas)
+                    self._put_metas(txn, metas)
+                    self._evict(txn)
+                    txn.put(b"bytes", str(self._total).encode(), db=self._info)
+                    txn.put(b"revision", str(self._last_revision).encode(), db=self._info)
+                    txn.put(b"seq", str(self._next_seq).encode(), db=self._info)
+                self.written += len(items)
+                self._committed_revision = self._last_revision
+            except Exception:
+                self.failures += 1
+                self._overflowed = True  # the next write marks the open runs incomplete
+                log.exception("could not write the audit timeline")
+                self._reload()
+            finally:
+                with self._idle:
+                    self._pending -= len(items)
+                    self._idle.notify_all()
+            if stop:
+                return
+
+    def _reload(self) -> None:
+        try:
+            with self._env.begin() as txn:
+                self._total = int(txn.get(b"bytes", b"0", db=self._info))
+                self._last_revision = int(txn.get(b"revision", b"0", db=self._info))
+                self._next_seq = int(txn.get(b"seq", b"0", db=self._info))
+                self._count = txn.stat(self._runs)["entries"]
+        except Exception:
+            log.exception("could not reload the audit archive's counters")
+
+    def _meta(self, txn: Any, run_id: str) -> _Meta:
+        raw = txn.get(run_id.encode(), db=self._runs)
+        if raw is not None:
+            return _Meta.decode(raw)
+        meta = _Meta(self._next_seq)
+        self._next_seq += 1
+        self._count += 1
+        txn.put(meta.seq.to_bytes(8, "big"), run_id.encode(), db=self._order)
+        return meta
+
+    def _put_metas(self, txn: Any, metas: dict[str, _Meta]) -> None:
+        for run_id, meta in metas.items():
+            txn.put(run_id.encode(), meta.encode(), db=self._runs)
+        metas.clear()
+
+    def _write(self, txn: Any, trail: list[Applied], metas: dict[str, _Meta]) -> None:
+        for a in trail:
+            if a.revision < self._last_revision:
+                continue  # re-applied after a restart: already archived (at the last revision: same keys)
+            for i, (run_id, row) in enumerate(rows_for(a)):
+                meta = metas.get(run_id)
+                if meta is None:
+                    meta = metas[run_id] = self._meta(txn, run_id)
+                data = row.encode()
+                key = _ekey(run_id, a, i)
+                if txn.get(key, db=self._rows) is None:
+                    meta.size += len(data) + len(key)
+                    self._total += len(data) + len(key)
+                txn.put(key, data, db=self._rows)
+                if row.kind == "submitted":
+                    meta.submitted = True
+                elif row.kind == "run_finished":
+                    meta.ended = True
+                elif row.kind in ("reopened", "rerun", "retried"):
+                    meta.ended = False
+            self._last_revision = max(self._last_revision, a.revision)
+
+    def _mark_open(self, txn: Any, revision: int | None, open_runs: list[str]) -> None:
+        """Runs open now (archived and not ended, or open in a restored state) missed changes."""
+        marked = set(open_runs)
+        with txn.cursor(db=self._runs) as cur:
+            for k, v in cur.iternext(keys=True, values=True):
+                meta = _Meta.decode(v)
+                if not meta.ended:
+                    marked.add(bytes(k).decode())
+        for run_id in marked:
+            meta = self._meta(txn, run_id)
+            meta.gap = True
+            txn.put(run_id.encode(), meta.encode(), db=self._runs)
+        if revision is not None:
+            self._last_revision = revision
+
+    def _evict(self, txn: Any) -> None:
+        while self._count > self.max_runs or (self._total > self.max_bytes and self._count > 1):
+            with txn.cursor(db=self._order) as cur:
+                if not cur.first():
+                    return
+                seq_key, run_b = bytes(cur.key()), bytes(cur.value())
+            txn.delete(seq_key, db=self._order)
+            raw = txn.get(run_b, db=self._runs)
+            if raw is not None:
+                self._total -= _Meta.decode(raw).size
+                txn.delete(run_b, db=self._runs)
+                self._count -= 1
+            prefix = run_b + b"\0"
+            with txn.cursor(db=self._rows) as cur:
+                if cur.set_range(prefix):
+                    while bytes(cur.key()).startswith(prefix):
+                        if not cur.delete():
+                            break
+            log.info("audit: dropped the timeline of run %s (bound)", run_b.decode(errors="replace"))
+
+    # ---- readers (any thread) -------------------------------------------------
+
+    def flush(self, timeout: float = 10.0, revision: int | None = None) -> bool:
+        """Wait until every batch handed over so far is written, or (``revision``) every change up
+        to that revision: a reader that saw it applied then finds it here, even under steady load."""
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: self._pending == 0 or (revision is not None and self._committed_revision >= revision),
+                timeout,
+            )
+
+    def timeline(self, run_id: str, limit: int = 1000) -> Timeline:
+        with self._env.begin() as txn:
+            raw = txn.get(run_id.encode(), db=self._runs)
+            if raw is None:
+                return Timeline(run_id, [], False, False)
+            meta = _Meta.decode(raw)
+            rows: list[AuditRow] = []
+            prefix = _prefix(run_id)
+            with txn.cursor(db=self._rows) as cur:
+                if cur.set_range(prefix):
+                    for k, v in _iter(cur):
+                        if not k.startswith(prefix) or len(rows) >= limit:
+                            break
+                        rows.append(AuditRow.decode(v))
+        return Timeline(run_id, rows, meta.submitted and not meta.gap, True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._env.close()
+
+
+def _iter(cur: Any) -> Iterator[tuple[bytes, bytes]]:
+    while True:
+        yield bytes(cur.key()), bytes(cur.value())
+        if not cur.next():
+            return

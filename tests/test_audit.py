@@ -1,0 +1,453 @@
+"""The audit timeline (``raftmesh.storage.audit``): rows made from applied commands, the LMDB
+archive (order, idempotent re-apply, snapshot gaps, the bound), and GetAudit / SDK / CLI end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import pytest
+
+from raftmesh.consensus import ClusterState, TaskStatus, encode_batch
+from raftmesh.consensus.commands import (
+    Approval,
+    ApproveTask,
+    Budget,
+    CancelRun,
+    Command,
+    Origin,
+    PauseRun,
+    ResumeRun,
+)
+from raftmesh.consensus.machine import Applied
+from raftmesh.redaction import SecretsFilter, env_secrets, redact, reveal, scrub, secret, secret_values
+from raftmesh.storage.audit import AuditArchive, rows_for
+
+from .test_machine import Cluster, spec
+
+ALICE = Origin("token:alice", "req-a", "0af7651916cd43dd8448eb211c80319c")
+
+
+class Audited(Cluster):
+    """The machine test cluster, fed through ``apply_batch`` with a trail into a real archive."""
+
+    def __init__(self, archive: AuditArchive | None = None) -> None:
+        super().__init__()
+        self.archive = archive
+        self.trail: list[Applied] = []
+
+    def apply(self, cmd: Command, origin: Origin | None = None) -> Any:
+        if origin is not None:
+            object.__setattr__(cmd, "origin", origin)
+        trail: list[Applied] = []
+        results, events = self.sm.apply_batch(encode_batch([cmd]), trail)
+        self.events.extend(events)
+        self.trail.extend(trail)
+        if self.archive is not None and trail:
+            self.archive.applied(trail)
+        return results[0]
+
+    def ok(self, cmd: Command, origin: Origin | None = None) -> Any:
+        res = self.apply(cmd, origin)
+        assert res.ok, res
+        return res
+
+
+def kinds(rows: list[Any]) -> list[tuple[str, str]]:
+    return [(r.kind, r.task_id) for r in rows]
+
+
+@pytest.fixture
+def archive(tmp_path: Any) -> Any:
+    a = AuditArchive(str(tmp_path))
+    yield a
+    a.close()
+
+
+def test_trail_has_one_entry_per_changing_command_and_apply_results_are_unchanged() -> None:
+    plain, audited = Cluster(), Audited()
+    for c in (plain, audited):
+        c.ok(c.register("n1"))
+        c.ok(c.submit("r1", [spec("a"), spec("b", "a")], key="k1"))
+        c.run_task("r1", "a")
+        c.unchanged(c.submit("r1", [spec("a")], key="k1"))  # a known key changes nothing
+    assert plain.sm.digest() == audited.sm.digest()
+    assert [a.revision for a in audited.trail] == [1, 2, 3, 4]
+    assert all(a.time_ms == 1_000_000 for a in audited.trail)
+
+
+def test_a_runs_life_in_order_with_who_did_it(archive: AuditArchive) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a"), spec("b", "a", retries=1)], key="idem-1"), ALICE)
+    c.ok(c.assign(("r1", "a", "n1")))
+    assert not c.apply(c.complete("r1", "a", token=999)).ok  # fenced out: nothing changes
+    c.ok(c.complete("r1", "a"))
+    c.ok(c.assign(("r1", "b", "n1")))
+    c.ok(c.fail("r1", "b", error="secret-ish error text"))  # retried
+    c.ok(c.assign(("r1", "b", "n1")))
+    c.ok(c.complete("r1", "b"))
+    assert archive.flush()
+    tl = archive.timeline("r1")
+    assert tl.known and tl.complete
+    ks = kinds(tl.rows)
+    assert ks[0] == ("submitted", "")
+    sub = tl.rows[0]
+    assert (sub.principal, sub.request_id, sub.trace_id) == (ALICE.principal, ALICE.request, ALICE.trace)
+    assert sub.detail["idempotency_key"] == "idem-1" and sub.detail["tasks"] == 2
+    assert ("placed", "a") in ks and ("completed", "a") in ks and ("fenced", "a") in ks
+    assert ks.index(("placed", "a")) < ks.index(("completed", "a"))
+    assert ("retry_scheduled", "b") in ks
+    assert ks[-1] == ("run_finished", "") and tl.rows[-1].detail["status"] == "SUCCEEDED"
+    revs = [r.revision for r in tl.rows]
+    assert revs == sorted(revs)
+    placed = next(r for r in tl.rows if r.kind == "placed")
+    assert placed.node == "n1" and placed.attempt == 1
+    assert "secret-ish" not in json.dumps([dataclasses.asdict(r) for r in tl.rows])  # no error texts
+
+
+def test_approvals_pause_resume_cancel_name_who(archive: AuditArchive) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a", approval=Approval("ok?", 0, "reject")), spec("b", "a")]))
+    gate = c.task("r1", "a").gate
+    assert c.task("r1", "a").status is TaskStatus.WAITING_APPROVAL and gate is not None
+    bob = Origin("token:bob", "req-b", "")
+    c.ok(ApproveTask(c.rid(), c.ts, "r1", "a", gate.id, True, "bob"), bob)
+    c.ok(PauseRun(c.rid(), c.ts, "r1"), bob)
+    c.ok(ResumeRun(c.rid(), c.ts, "r1"), bob)
+    c.ok(CancelRun(c.rid(), c.ts, "r1", "enough"), ALICE)
+    assert archive.flush()
+    rows = archive.timeline("r1").rows
+    by_kind = {r.kind: r for r in rows}
+    assert by_kind["approved"].detail["by"] == "bob" and by_kind["approved"].principal == "token:bob"
+    assert by_kind["paused"].principal == "token:bob" and by_kind["resumed"].principal == "token:bob"
+    assert by_kind["cancel_requested"].principal == "token:alice"
+    assert rows[-1].kind == "run_finished" and rows[-1].detail["status"] == "CANCELLED"
+
+
+def test_reapplying_after_a_restart_writes_no_duplicates(tmp_path: Any) -> None:
+    a = AuditArchive(str(tmp_path))
+    c = Audited(a)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    c.run_task("r1", "a")
+    assert a.flush()
+    first = a.timeline("r1").rows
+    a.close()
+    again = AuditArchive(str(tmp_path))  # the journal is replayed into a fresh machine
+    try:
+        again.applied(c.trail)
+        assert again.flush()
+        assert again.timeline("r1").rows == first
+    finally:
+        again.close()
+
+
+def test_a_snapshot_over_a_gap_marks_open_runs_incomplete(archive: AuditArchive) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("open", [spec("a")]))
+    c.ok(c.submit("done", [spec("a")]))
+    c.run_task("done", "a")
+    assert archive.flush()
+    # This node misses entries: the leader's snapshot is ahead of what it archived.
+    other = Cluster()
+    other.ok(other.register("n1"))
+    other.ok(other.submit("open", [spec("a")]))
+    other.ok(other.submit("later", [spec("a")]))
+    for _ in range(10):
+        other.ok(other.register("n1", slots=5 + _))
+    archive.restored(other.st)
+    c.sm.state = ClusterState.decode(other.st.encode())  # as pysyncobj installs it
+    c._n = 1000  # fresh request ids past the other cluster's
+    assert archive.flush()
+    assert archive.timeline("done").complete  # it ended before the gap
+    assert not archive.timeline("open").complete
+    assert not archive.timeline("later").complete  # never saw it submitted
+    # A snapshot this archive already covers (the node's own, at restart) marks nothing.
+    archive.restored(c.st)
+    c.ok(c.submit("fresh", [spec("a")]))
+    assert archive.flush() and archive.timeline("fresh").complete
+
+
+def test_the_bound_drops_the_oldest_runs_whole(tmp_path: Any) -> None:
+    a = AuditArchive(str(tmp_path), max_runs=3)
+    try:
+        c = Audited(a)
+        c.ok(c.register("n1"))
+        for i in range(5):
+            c.ok(c.submit(f"r{i}", [spec("a")]))
+            c.run_task(f"r{i}", "a")
+        assert a.flush()
+        assert [a.timeline(f"r{i}").known for i in range(5)] == [False, False, True, True, True]
+        assert a.timeline("r0").rows == []
+    finally:
+        a.close()
+    b = AuditArchive(str(tmp_path / "bytes"), max_bytes=3000)
+    try:
+        c = Audited(b)
+        c.ok(c.register("n1"))
+        for i in range(20):
+            c.ok(c.submit(f"r{i}", [spec("a")]))
+            c.run_task(f"r{i}", "a")
+        assert b.flush()
+        known = [i for i in range(20) if b.timeline(f"r{i}").known]
+        assert known and known == list(range(known[0], 20)) and known[0] > 0
+        size = sum(len(r.encode()) for i in known for r in b.timeline(f"r{i}").rows)
+        assert size <= 3000
+    finally:
+        b.close()
+
+
+def test_spawned_tasks_and_budget_exceeded_are_recorded(archive: AuditArchive) -> None:
+    from raftmesh.consensus.commands import Complete, Completion
+
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    c.ok(c.assign(("r1", "a", "n1")))
+    t = c.task("r1", "a")
+    c.ok(
+        Complete(c.rid(), c.ts, "n1", (Completion("r1", "a", t.attempt, t.token, "x", spawn=(spec("kid"),)),))
+    )
+    assert archive.flush()
+    rows = archive.timeline("r1").rows
+    kid = next(r for r in rows if r.kind == "spawned")
+    assert kid.task_id == "kid" and kid.detail == {"origin": "spawn", "parent": "a"}
+    capped = dataclasses.replace(c.submit("r2", [spec("a")]), budget=Budget(max_tasks=1))
+    c.ok(capped)
+    c.ok(c.assign(("r2", "a", "n1")))
+    t = c.task("r2", "a")
+    c.ok(
+        Complete(c.rid(), c.ts, "n1", (Completion("r2", "a", t.attempt, t.token, "x", spawn=(spec("kid"),)),))
+    )
+    assert archive.flush()
+    rows = archive.timeline("r2").rows
+    over = next(r for r in rows if r.kind == "budget_exceeded")
+    assert "max_tasks" in over.detail["why"]
+    assert rows[-1].kind == "run_finished" and rows[-1].detail["status"] == "FAILED"
+
+
+def test_rows_never_raise_into_apply_when_the_archive_is_closed(tmp_path: Any) -> None:
+    a = AuditArchive(str(tmp_path))
+    a.close()
+    c = Audited(a)
+    c.ok(c.register("n1"))  # handing a batch to a closed archive must not fail the command
+    assert c.trail and rows_for(c.trail[0]) == []
+    assert not os.path.exists(os.path.join(str(tmp_path), "nothing"))
+
+
+# ---- redaction (pure) -------------------------------------------------------------
+
+
+def test_reveal_redact_scrub() -> None:
+    inp = {"user": "ana", "password": secret("hunter22"), "more": [secret(123456), {"$secret": "x", "y": 1}]}
+    assert reveal(inp) == {"user": "ana", "password": "hunter22", "more": [123456, {"$secret": "x", "y": 1}]}
+    assert redact(inp) == {"user": "ana", "password": "***", "more": ["***", {"$secret": "x", "y": 1}]}
+    assert sorted(secret_values(inp)) == ["123456", "hunter22"]
+    assert scrub("bad hunter22 / 123456", secret_values(inp)) == "bad *** / ***"
+
+
+def test_a_reader_sees_stars_and_an_operator_the_marker() -> None:
+    from raftmesh import calls
+    from raftmesh.node.service import _for_caller
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+
+    run = pb.Run(
+        run_id="r1",
+        tasks=[
+            pb.Task(
+                id="t",
+                input_json=json.dumps({"password": secret("hunter22")}),
+                output_json=json.dumps({"echo": "hunter22"}),
+            )
+        ],
+    )
+    with calls.bound(calls.Call(principal="token:rita", role="reader")):
+        seen = _for_caller(run)
+    assert "hunter22" not in seen.SerializeToString().decode(errors="replace")
+    assert json.loads(seen.tasks[0].input_json) == {"password": "***"}
+    assert json.loads(run.tasks[0].input_json) == {"password": secret("hunter22")}  # never changed in place
+    with calls.bound(calls.Call(principal="token:olga", role="operator")):
+        assert _for_caller(run) is run
+
+
+def test_node_log_filter_masks_env_keys_and_tracebacks() -> None:
+    import io
+    import logging
+
+    from raftmesh.log_format import JsonFormatter
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter("n1"))
+    handler.addFilter(SecretsFilter(env_secrets({"OPENAI_API_KEY": "sk-abcdef123456", "HOME": "/home/x"})))
+    lg = logging.getLogger("test.audit.filter")
+    lg.addHandler(handler)
+    lg.propagate = False
+    try:
+        lg.warning("key is %s", "sk-abcdef123456")
+        try:
+            raise ValueError("sk-abcdef123456 refused")
+        except ValueError:
+            lg.exception("call failed")
+    finally:
+        lg.removeHandler(handler)
+    out = buf.getvalue()
+    assert "sk-abcdef123456" not in out and out.count("***") >= 2 and "/home/x" not in out
+
+
+# ---- end to end ----------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_audit_and_secrets_on_a_cluster(make_cluster: Any) -> None:
+    from raftmesh import DAG
+    from raftmesh.localcluster import wait_until
+
+    from .test_cli import cli
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cluster = make_cluster(
+        3,
+        agents_modules=["tests.secret_agents:register_agents"],
+        env={"PYTHONPATH": repo, "RAFTMESH_TEST_API_KEY": "sk-node-key-0123456789"},
+    )
+    c = cluster.client()
+    dag = DAG("secrets")
+    dag.task("d", "digest", input={"password": secret("hunter22")})
+    run_id = c.submit(dag, idempotency_key="audit-e2e")
+    info = c.wait(run_id, timeout_s=60)
+    assert info.status == "SUCCEEDED"
+    # The agent received the value itself, not the marker.
+    assert info.tasks["d"].output == {"sha256": hashlib.sha256(b"hunter22").hexdigest()}
+
+    trail = c.audit(run_id)
+    assert trail.complete and trail.node
+    ks = [e.kind for e in trail]
+    assert ks[0] == "submitted" and ks[-1] == "run_finished" and "placed" in ks and "completed" in ks
+    assert trail.events[0].detail["idempotency_key"] == "audit-e2e"
+    assert trail.events[0].principal == "anonymous" and len(trail.events[0].trace_id) == 32
+    assert [e.revision for e in trail] == sorted(e.revision for e in trail)
+    # Every node's archive holds the same complete timeline.
+    for addr in cluster.addresses:
+        resp = cluster.client([addr]).audit(run_id)
+        assert resp.complete and [e.kind for e in resp] == ks
+
+    addrs = ",".join(cluster.addresses)
+    res = cli("audit", run_id, "--json", addresses=addrs)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["run_id"] == run_id and doc["complete"] is True and doc["node"]
+    assert [e["kind"] for e in doc["events"]] == ks
+    assert set(doc["events"][0]) == {
+        "revision",
+        "time_ms",
+        "kind",
+        "task_id",
+        "attempt",
+        "node",
+        "principal",
+        "request_id",
+        "trace_id",
+        "detail",
+    }
+    table = cli("audit", run_id, "--limit", "2", addresses=addrs)
+    assert table.returncode == 0 and "submitted" in table.stdout and "run_finished" not in table.stdout
+    assert cli("audit", "r-nosuchrun", addresses=addrs).returncode == 3
+
+    leak = DAG("leak")
+    leak.task("l", "leaky", input={"password": secret("hunter22")}, retries=0)
+    bad = c.wait(c.submit(leak), timeout_s=60)
+    assert bad.status == "FAILED"
+    err = bad.tasks["l"].error
+    assert "login refused" in err and "hunter22" not in err and "***" in err
+
+    def logs() -> str:
+        return "".join(open(n.log_path, errors="replace").read() for n in cluster.nodes.values())
+
+    wait_until(
+        lambda: "calling out with key" in logs() and "logging in with" in logs(), 30, "the agent log lines"
+    )
+    text = logs()
+    assert "sk-node-key-0123456789" not in text and "hunter22" not in text
+
+
+# ---- the chaos runner's check --------------------------------------------------------
+
+
+def _ev(rev: int, kind: str, task: str = "", attempt: int = 0) -> Any:
+    from raftmesh.client._audit import AuditEventInfo
+
+    return AuditEventInfo(rev, 0, kind, task, attempt, "", "", "", "", {})
+
+
+def test_the_chaos_check_accepts_a_coherent_timeline_and_names_each_problem() -> None:
+    from raftmesh.chaos.audit_check import timeline_problems
+
+    good = [
+        _ev(1, "submitted"),
+        _ev(2, "placed", "a", 1),
+        _ev(3, "fenced", "a", 0),
+        _ev(4, "completed", "a", 1),
+        _ev(4, "completed", "map", 0),  # a group parent ends through its children
+        _ev(4, "run_finished"),
+        _ev(9, "fenced", "a", 1),  # a stale report after the end changes nothing
+        _ev(10, "rerun", "a"),
+        _ev(11, "placed", "a", 2),
+        _ev(12, "completed", "a", 2),
+        _ev(12, "run_finished"),
+        _ev(13, "fenced", "a", 1),  # the chaos run saw these: a zombie's report after the end
+    ]
+    assert timeline_problems(good) == []
+    assert timeline_problems([]) == ["empty timeline"]
+    bad = [
+        _ev(2, "placed", "a", 1),
+        _ev(1, "completed", "b", 1),
+        _ev(3, "run_finished"),
+        _ev(4, "completed", "a", 1),
+    ]
+    problems = timeline_problems(bad)
+    assert any("first event is placed" in p for p in problems)
+    assert any("last change is completed" in p for p in problems)
+    assert any("revision 1" in p for p in problems)
+    assert any("b#1 completed" in p and "never placed" in p for p in problems)
+    assert any("after the run's end" in p for p in problems)
+
+
+@pytest.mark.e2e
+def test_with_tokens_a_reader_sees_secrets_masked_and_the_audit_names_the_token(
+    make_cluster: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raftmesh import DAG
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+    from raftmesh.security.tokens import add_token
+
+    path = str(tmp_path / "tokens.yaml")
+    admin = add_token(path, "root", "admin")[1]
+    reader = add_token(path, "rita", "reader")[1]
+    monkeypatch.setenv("RAFTMESH_TOKEN", admin)  # the harness's own status calls
+    cluster = make_cluster(3, extra_args=["--tokens-file", path])
+    c = cluster.client(token=admin)
+    dag = DAG("masked")
+    dag.task("e", "echo", input={"user": "ana", "password": secret("hunter22")})
+    run_id = c.submit(dag)
+    assert c.wait(run_id, timeout_s=60).status == "SUCCEEDED"
+
+    def get_as(token: str) -> Any:
+        client = cluster.client(token=token)
+        return client._stub(cluster.addresses[0]).GetRun(pb.GetRunRequest(run_id=run_id), timeout=10)
+
+    seen_by_admin, seen_by_reader = get_as(admin), get_as(reader)
+    assert json.loads(seen_by_admin.tasks[0].input_json)["password"] == secret("hunter22")
+    assert json.loads(seen_by_reader.tasks[0].input_json) == {"user": "ana", "password": "***"}
+    assert "hunter22" not in seen_by_reader.SerializeToString().decode(errors="replace")  # the echo too
+
+    trail = cluster.client(token=reader).audit(run_id)  # GetAudit is a reader's call
+    assert trail.complete and trail.events[0].kind == "submitted"
+    assert trail.events[0].principal == "token:root"
+    assert any(e.kind == "placed" and e.principal.startswith("node:") for e in trail)
