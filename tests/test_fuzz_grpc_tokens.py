@@ -24,7 +24,7 @@ from raftmesh.security.tokens import add_token
 from raftmesh.testing import grpc_fuzz as gf
 from tests.test_fuzz_grpc import inprocess_node
 
-EXAMPLES = int(os.environ.get("RAFTMESH_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("RAFTMESH_FUZZ_EXAMPLES", "250"))
 SECRET = "fuzz-cluster-secret-" + "0" * 24
 
 
