@@ -57,9 +57,11 @@ def test_secure_chaos_under_a_client_link_cut_and_a_leader_kill(tmp_path: Path) 
     )
     assert data["workloads"]["secure"] is True
     assert "--secure" in data["replay_command"]
-    assert "secure: mutual TLS" in log
+    assert "secure: mutual TLS" in log and "every node refuses a call without a token" in log
     assert data["operations"]["ok"] > 0 and data["kv"]["ops"]["ok"] > 0
-    assert data["messages"]["stats"]["effects"] > 0
+    msgs = data["messages"]["stats"]
+    # Fast sends to an actor on another node ride the Peer.Exchange streams (node identity over TLS).
+    assert msgs["effects"] > 0 and msgs["calls"].get("fast send ok", 0) > 0, msgs["calls"]
     assert {f["kind"] for f in data["faults"]} == {"kill-leader", "client-cut"}, data["faults"]
     wf = data["operations"]["workflows"]
     assert wf.get("gates approved", 0) + wf.get("gates rejected", 0) > 0, wf  # decided by token:chaos

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from ..client import Client
 from ..client._security import Credentials
 from ..consensus import limits
 from ..consensus.machine import StateMachine
 from ..consensus.raft import batch_payload, read_journal
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, RaftmeshError, Unauthenticated, Unavailable
 from ..localcluster import LocalCluster, wait_until
 from ..security import certs
 from ..security.tokens import add_token
@@ -317,6 +318,8 @@ class _Run:
             cluster.nodes[node_id].argv += args
         cluster.start(wait=True, timeout_s=START_TIMEOUT_S)
         self.log(f"cluster up: {', '.join(f'{n.id}={n.grpc}' for n in cluster.nodes.values())}")
+        if creds is not None:
+            self._check_secured(cluster, creds)
         addresses = cluster.addresses
         if cfg.net == "proxy":
             for node_id, n in cluster.nodes.items():
@@ -525,6 +528,26 @@ class _Run:
             f"secure: mutual TLS (CA {issued.ca}), tokens in {tokens_path} (admin token:{SECURE_SUBJECT})"
         )
         return creds, args
+
+    def _check_secured(self, cluster: LocalCluster, creds: Credentials) -> None:
+        """The nodes really are secured (a run whose flags were silently dropped must not pass as
+        one): over TLS without the token a call is refused, and a plaintext one cannot connect."""
+        for node_id, n in cluster.nodes.items():
+            for what, c in (
+                ("over TLS without a token", Credentials(ca=creds.ca, cert=creds.cert, key=creds.key)),
+                ("in plaintext", None),
+            ):
+                with Client([n.grpc], timeout_s=5, retry_deadline_s=0, credentials=c) as sdk:
+                    try:
+                        sdk.status()
+                    except (Unauthenticated, Unavailable):
+                        continue
+                    except RaftmeshError as exc:
+                        raise RaftmeshError(
+                            f"--secure: {node_id} answered a call {what} with {exc!r}"
+                        ) from exc
+                raise RaftmeshError(f"--secure: {node_id} served a call {what}: the cluster is not secured")
+        self.log("secure: every node refuses a call without a token and a plaintext connection")
 
     def _check_audit_timelines(
         self, cluster: LocalCluster, runs: dict[str, RunRecord], keys: set[str]
