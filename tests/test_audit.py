@@ -7,8 +7,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from typing import Any
 
+import lmdb
 import pytest
 
 from raftmesh.consensus import ClusterState, TaskStatus, encode_batch
@@ -24,6 +26,7 @@ from raftmesh.consensus.commands import (
 )
 from raftmesh.consensus.machine import Applied
 from raftmesh.redaction import SecretsFilter, env_secrets, redact, reveal, scrub, secret, secret_values
+from raftmesh.storage import audit as audit_mod
 from raftmesh.storage.audit import AuditArchive, rows_for
 
 from .test_machine import Cluster, spec
@@ -172,6 +175,69 @@ def test_a_snapshot_over_a_gap_marks_open_runs_incomplete(archive: AuditArchive)
     archive.restored(c.st)
     c.ok(c.submit("fresh", [spec("a")]))
     assert archive.flush() and archive.timeline("fresh").complete
+
+
+def _until(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_dropped_batch_marks_runs_submitted_in_batches_queued_before_it(
+    archive: AuditArchive, monkeypatch: Any
+) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("before", [spec("a")]))
+    c.run_task("before", "a")
+    assert archive.flush()
+    monkeypatch.setattr(audit_mod, "QUEUE_BATCHES", 3)
+    txn = archive._env.begin(write=True)  # a slow disk: the writer blocks in its next transaction
+    try:
+        c.ok(c.register("n2"))
+        _until(lambda: archive._queue.qsize() == 0)  # the writer holds it, waiting for the lock
+        c.ok(c.submit("r1", [spec("a")]))  # these three fill the queue
+        c.ok(c.assign(("r1", "a", "n1")))
+        c.ok(c.register("n3"))
+        c.ok(c.complete("r1", "a"))  # the run finishes: dropped
+    finally:
+        txn.abort()
+    assert archive.flush()
+    tl = archive.timeline("r1")
+    assert tl.known and "run_finished" not in [r.kind for r in tl.rows]
+    assert not tl.complete  # it missed its end: not complete, though its submission is here
+    assert archive.timeline("before").complete  # it ended before the drop
+    monkeypatch.setattr(audit_mod, "QUEUE_BATCHES", 100)
+    c.ok(c.submit("after", [spec("a")]))
+    c.run_task("after", "a")
+    assert archive.flush() and archive.timeline("after").complete
+
+
+def test_a_failed_write_marks_the_runs_open_then_incomplete(archive: AuditArchive, monkeypatch: Any) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    c.ok(c.submit("done", [spec("a")]))
+    c.run_task("done", "a")
+    assert archive.flush()
+    write = archive._write
+
+    def failing(txn: Any, trail: Any, metas: Any) -> None:
+        raise lmdb.MapFullError("the disk is full")
+
+    monkeypatch.setattr(archive, "_write", failing)
+    c.ok(c.assign(("r1", "a", "n1")))
+    c.ok(c.complete("r1", "a"))  # the run's end is lost with the failed transaction
+    assert archive.flush()
+    assert archive.failures == 1
+    monkeypatch.setattr(archive, "_write", write)
+    tl = archive.timeline("r1")
+    assert tl.known and not tl.complete and "run_finished" not in [r.kind for r in tl.rows]
+    assert archive.timeline("done").complete
+    c.ok(c.submit("after", [spec("a")]))
+    c.run_task("after", "a")
+    assert archive.flush() and archive.timeline("after").complete
 
 
 def test_the_bound_drops_the_oldest_runs_whole(tmp_path: Any) -> None:

@@ -263,6 +263,8 @@ class Timeline:
 
 
 _RESTORED = object()
+_GAP = object()
+"""Queued in place of dropped batches: the writer marks the runs open at that point in the order."""
 
 
 class AuditArchive:
@@ -291,8 +293,14 @@ class AuditArchive:
             self._count = txn.stat(self._runs)["entries"]
         self._committed_revision = self._last_revision
         """The last revision whose rows are committed (readers see them)."""
-        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
-        self._overflowed = False
+        # Unbounded as a queue.Queue: ``_put`` bounds the batches itself so that a gap marker always
+        # finds room right after the batches it follows (guarded by ``_idle``).
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queued = 0
+        self._gap_queued = False
+        """The queue's last item is a gap marker: further drops need no other."""
+        self._failed = False
+        """A write transaction failed (its batches are lost): the writer marks open runs. Writer-only."""
         self.failures = 0
         self.written = 0
         self._idle = threading.Condition()
@@ -313,14 +321,23 @@ class AuditArchive:
 
     def _put(self, item: Any) -> None:
         with self._idle:
-            self._pending += 1
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            with self._idle:
-                self._pending -= 1
-                self._overflowed = True
-            log.error("audit queue full: a batch was dropped, open runs are marked incomplete")
+            if self._queued >= QUEUE_BATCHES:
+                # Dropped: the runs open after the batches queued before it missed a change. The
+                # marker goes after those batches (not before: a run submitted in one of them
+                # and finished in the dropped batch must be marked too).
+                first = not self._gap_queued
+                if first:
+                    self._gap_queued = True
+                    self._pending += 1
+                    self._queue.put_nowait(_GAP)
+            else:
+                first = False
+                self._gap_queued = False
+                self._queued += 1
+                self._pending += 1
+                self._queue.put_nowait(item)
+        if first:
+            log.error("audit queue full: batches are dropped, the runs open then are marked incomplete")
 
     # ---- the writer -------------------------------------------------------------
 
@@ -341,37 +358,55 @@ class AuditArchive:
             stop = any(i is None for i in items)
             items = [i for i in items if i is not None]
             try:
-                with self._env.begin(write=True) as txn:
-                    if self._overflowed:
-                        self._overflowed = False
-                        self._mark_open(txn, None, [])
-                    metas: dict[str, _Meta] = {}  # decoded once per transaction, put back at its end
-                    for item in items:
-                        if isinstance(item, tuple) and item and item[0] is _RESTORED:
-                            self._put_metas(txn, metas)
-                            _, revision, open_runs = item
-                            if revision > self._last_revision:  # entries this node never applied
-                                self._mark_open(txn, revision, open_runs)
-                        else:
-                            self._write(txn, item, metas)
-                    self._put_metas(txn, metas)
-                    self._evict(txn)
-                    txn.put(b"bytes", str(self._total).encode(), db=self._info)
-                    txn.put(b"revision", str(self._last_revision).encode(), db=self._info)
-                    txn.put(b"seq", str(self._next_seq).encode(), db=self._info)
-                self.written += len(items)
+                self._transaction(items)
+                self.written += sum(1 for i in items if i is not _GAP)
                 self._committed_revision = self._last_revision
             except Exception:
                 self.failures += 1
-                self._overflowed = True  # the next write marks the open runs incomplete
                 log.exception("could not write the audit timeline")
                 self._reload()
+                self._failed = True
+                self._mark_after_failure()
             finally:
                 with self._idle:
                     self._pending -= len(items)
+                    self._queued -= sum(1 for i in items if i is not _GAP)
                     self._idle.notify_all()
             if stop:
                 return
+
+    def _transaction(self, items: list[Any]) -> None:
+        with self._env.begin(write=True) as txn:
+            if self._failed:  # the lost batches came before these
+                self._mark_open(txn, None, [])
+            metas: dict[str, _Meta] = {}  # decoded once per transaction, put back at its end
+            for item in items:
+                if item is _GAP:
+                    self._put_metas(txn, metas)
+                    self._mark_open(txn, None, [])
+                elif isinstance(item, tuple) and item and item[0] is _RESTORED:
+                    self._put_metas(txn, metas)
+                    _, revision, open_runs = item
+                    if revision > self._last_revision:  # entries this node never applied
+                        self._mark_open(txn, revision, open_runs)
+                else:
+                    self._write(txn, item, metas)
+            self._put_metas(txn, metas)
+            self._evict(txn)
+            txn.put(b"bytes", str(self._total).encode(), db=self._info)
+            txn.put(b"revision", str(self._last_revision).encode(), db=self._info)
+            txn.put(b"seq", str(self._next_seq).encode(), db=self._info)
+        self._failed = False
+
+    def _mark_after_failure(self) -> None:
+        """Mark now rather than at the next batch: a reader must not take a run for complete
+        while its lost rows are missing (if this fails too, the next transaction marks first)."""
+        try:
+            with self._env.begin(write=True) as txn:
+                self._mark_open(txn, None, [])
+            self._failed = False
+        except Exception:
+            log.exception("could not mark the audit timelines incomplete after a failed write")
 
     def _reload(self) -> None:
         try:
