@@ -68,6 +68,9 @@ from .watch import RESYNC, WatchHub
 MAX_LIST_RUNS = 1000
 DEFAULT_AUDIT_EVENTS = 1000
 MAX_AUDIT_EVENTS = 10_000
+AUDIT_FLUSH_WAITS = 4
+"""GetAudit calls waiting at once for the audit writer (each holds a default-executor thread)."""
+AUDIT_FLUSH_S = 2.0
 STREAM_HEARTBEAT_S = 1.0
 """Idle server streams send an empty event this often; clients treat 5 s of silence as a dead node."""
 _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
@@ -131,6 +134,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         self._status = status
         self._audit = audit
         self._node_id = node_id
+        self._flush_waits = asyncio.Semaphore(AUDIT_FLUSH_WAITS)
 
     # ---- audit ------------------------------------------------------------
 
@@ -150,8 +154,10 @@ class ClusterService(pb_grpc.ClusterServicer):
         if self.node.has_leader():
             # What was committed before the call is in this replica, then in the archive.
             await self.node.barrier(context)
-            applied = self.node.reads.read(lambda st: st.revision)
-            await asyncio.to_thread(audit.flush, 2.0, applied)
+        # Without a leader: what this replica applied, so the answer is as fresh as its state.
+        applied = self.node.reads.read(lambda st: st.revision)
+        async with self._flush_waits:
+            flushed = await asyncio.to_thread(audit.flush, AUDIT_FLUSH_S, applied)
         tl = await asyncio.to_thread(audit.timeline, request.run_id, limit)
         live = self.node.reads.read(
             lambda st: (r.namespace, r.submitter) if (r := st.runs.get(request.run_id)) else None
@@ -164,7 +170,10 @@ class ClusterService(pb_grpc.ClusterServicer):
         namespace = live[0] if live else str(first.detail.get("namespace", "")) if first else ""
         ownership.check_run(namespace, live[1] if live else "", request.run_id)
         return pb.GetAuditResponse(
-            events=[audit_event_to_pb(r) for r in tl.rows], complete=tl.complete, node_id=self._node_id
+            events=[audit_event_to_pb(r) for r in tl.rows],
+            # Rows applied here but not yet written may be missing: not complete (the SDK asks on).
+            complete=tl.complete and flushed,
+            node_id=self._node_id,
         )
 
     # ---- runs -------------------------------------------------------------
