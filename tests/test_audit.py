@@ -240,6 +240,39 @@ def test_a_failed_write_marks_the_runs_open_then_incomplete(archive: AuditArchiv
     assert archive.flush() and archive.timeline("after").complete
 
 
+def test_the_nodes_own_rows_carry_the_runs_trace_and_the_archive_keeps_its_namespace(
+    archive: AuditArchive,
+) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(dataclasses.replace(c.submit("r1", [spec("a")]), namespace="team-a"), ALICE)
+    c.ok(c.assign(("r1", "a", "n1")))  # the scheduler's placement: no call bound, no trace
+    c.ok(c.complete("r1", "a"), Origin("node:n1"))
+    assert archive.flush()
+    tl = archive.timeline("r1")
+    assert tl.namespace == "team-a"
+    assert {r.kind for r in tl.rows} >= {"submitted", "placed", "completed", "run_finished"}
+    assert all(r.trace_id == ALICE.trace for r in tl.rows), [(r.kind, r.trace_id) for r in tl.rows]
+    assert next(r for r in tl.rows if r.kind == "placed").principal == ""  # still the node's own
+    # A run this node never saw submitted (a snapshot over a gap): its trace and namespace come
+    # from the restored state.
+    other = Cluster()
+    other.ok(other.register("n1"))
+    sub = dataclasses.replace(other.submit("r2", [spec("a")]), namespace="team-b")
+    object.__setattr__(sub, "origin", ALICE)
+    other.ok(sub)
+    for i in range(5):
+        other.ok(other.register("n1", slots=5 + i))
+    archive.restored(other.st)
+    c.sm.state = ClusterState.decode(other.st.encode())
+    c._n = 1000
+    c.ok(c.assign(("r2", "a", "n1")))
+    assert archive.flush()
+    tl = archive.timeline("r2")
+    assert tl.namespace == "team-b" and not tl.complete
+    assert [(r.kind, r.trace_id) for r in tl.rows] == [("placed", ALICE.trace)]
+
+
 def test_the_bound_drops_the_oldest_runs_whole(tmp_path: Any) -> None:
     a = AuditArchive(str(tmp_path), max_runs=3)
     try:

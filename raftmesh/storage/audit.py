@@ -20,6 +20,7 @@ carry secrets); only ids, counts, statuses and principals.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -243,14 +244,31 @@ class _Meta:
     submitted: bool = False
     gap: bool = False
     ended: bool = False
+    trace: str = ""
+    """The run's trace (its submission's): rows of the node's own commands (placements, ticks,
+    a node declared down) carry no trace of their own and are filed under it."""
+    namespace: str = ""
+    """The run's namespace, kept for GetAudit's check when the run has left the state."""
+    known_namespace: bool = False
 
     def encode(self) -> bytes:
-        return json.dumps([self.seq, self.size, self.submitted, self.gap, self.ended]).encode()
+        return json.dumps(
+            [
+                self.seq,
+                self.size,
+                self.submitted,
+                self.gap,
+                self.ended,
+                self.trace,
+                self.namespace,
+                self.known_namespace,
+            ]
+        ).encode()
 
     @classmethod
     def decode(cls, b: bytes) -> _Meta:
         v = json.loads(b)
-        return cls(v[0], v[1], v[2], v[3], v[4])
+        return cls(*v[:8])  # an archive written before trace/namespace has five fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +278,8 @@ class Timeline:
     complete: bool
     known: bool
     """False: this archive holds nothing of the run (never seen here, or dropped by the bound)."""
+    namespace: str | None = None
+    """The run's namespace if this archive knows it (its submission, or the state it restored)."""
 
 
 _RESTORED = object()
@@ -316,7 +336,11 @@ class AuditArchive:
 
     def restored(self, state: ClusterState) -> None:
         """A snapshot replaced the state: runs open in it may have missed changes here."""
-        open_runs = [r for r, run in state.runs.items() if run.status not in TERMINAL_RUN]
+        open_runs = [
+            (r, run.trace_id, run.namespace)
+            for r, run in state.runs.items()
+            if run.status not in TERMINAL_RUN
+        ]
         self._put((_RESTORED, state.revision, open_runs))
 
     def _put(self, item: Any) -> None:
@@ -441,6 +465,11 @@ class AuditArchive:
                 meta = metas.get(run_id)
                 if meta is None:
                     meta = metas[run_id] = self._meta(txn, run_id)
+                if row.kind == "submitted":
+                    meta.trace = row.trace_id
+                    meta.namespace, meta.known_namespace = str(row.detail.get("namespace", "")), True
+                elif not row.trace_id and meta.trace:
+                    row = dataclasses.replace(row, trace_id=meta.trace)
                 data = row.encode()
                 key = _ekey(run_id, a, i)
                 if txn.get(key, db=self._rows) is None:
@@ -455,9 +484,10 @@ class AuditArchive:
                     meta.ended = False
             self._last_revision = max(self._last_revision, a.revision)
 
-    def _mark_open(self, txn: Any, revision: int | None, open_runs: list[str]) -> None:
+    def _mark_open(self, txn: Any, revision: int | None, open_runs: list[tuple[str, str, str]]) -> None:
         """Runs open now (archived and not ended, or open in a restored state) missed changes."""
-        marked = set(open_runs)
+        restored = {run_id: (trace, ns) for run_id, trace, ns in open_runs}
+        marked = set(restored)
         with txn.cursor(db=self._runs) as cur:
             for k, v in cur.iternext(keys=True, values=True):
                 meta = _Meta.decode(v)
@@ -466,6 +496,9 @@ class AuditArchive:
         for run_id in marked:
             meta = self._meta(txn, run_id)
             meta.gap = True
+            if run_id in restored and not meta.known_namespace:  # a run this node never saw submitted
+                meta.trace, meta.namespace = restored[run_id]
+                meta.known_namespace = True
             txn.put(run_id.encode(), meta.encode(), db=self._runs)
         if revision is not None:
             self._last_revision = revision
@@ -515,7 +548,8 @@ class AuditArchive:
                         if not k.startswith(prefix) or len(rows) >= limit:
                             break
                         rows.append(AuditRow.decode(v))
-        return Timeline(run_id, rows, meta.submitted and not meta.gap, True)
+        namespace = meta.namespace if meta.known_namespace else None
+        return Timeline(run_id, rows, meta.submitted and not meta.gap, True, namespace)
 
     def close(self) -> None:
         if self._closed:
