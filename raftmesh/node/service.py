@@ -164,10 +164,20 @@ class ClusterService(pb_grpc.ClusterServicer):
         )
         if not tl.known and live is None:
             raise RunNotFound(f"run {request.run_id!r} has no audit timeline on node {self._node_id}")
-        # The run's namespace from the state, or (evicted) from its archived submission: a token
-        # limited to namespaces sees only theirs (unknown: refused, as for any other namespace).
+        # The run's namespace from the state, or (it left the state) as the archive kept it: a token
+        # limited to namespaces sees only theirs.
         first = tl.rows[0] if tl.rows and tl.rows[0].kind == "submitted" else None
-        namespace = live[0] if live else str(first.detail.get("namespace", "")) if first else ""
+        namespace = live[0] if live else tl.namespace
+        if namespace is None and first is not None:  # an archive written before it kept the namespace
+            namespace = str(first.detail.get("namespace", ""))
+        if namespace is None:
+            if ownership.restricted():
+                # Not PERMISSION_DENIED: the SDK stops at that, and another node may hold the submission.
+                raise FailedPrecondition(
+                    f"node {self._node_id} lacks the submission of run {request.run_id!r}, so cannot "
+                    "tell its namespace; ask another node"
+                )
+            namespace = ""
         ownership.check_run(namespace, live[1] if live else "", request.run_id)
         return pb.GetAuditResponse(
             events=[audit_event_to_pb(r) for r in tl.rows],
