@@ -553,3 +553,11 @@ def test_a_node_whose_metrics_port_is_taken_stops_with_a_usage_error(tmp_path: p
         )
     assert res.returncode == 2, res.stderr[-2000:]
     assert f"--metrics 127.0.0.1:{port}: cannot listen" in res.stderr
+
+
+def test_leader_changes_count_a_new_leader_once_through_an_election() -> None:
+    from raftmesh.node.metrics import LeaderChanges
+
+    seen = LeaderChanges()
+    samples = [None, "", "n1", "n1", None, "n2", "", None, "n2", "n1", None, "n1"]
+    assert [s for s in samples if seen.see(s)] == ["n1", "n2", "n1"]
