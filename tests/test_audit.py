@@ -23,6 +23,7 @@ from raftmesh.consensus.commands import (
     Origin,
     PauseRun,
     ResumeRun,
+    Usage,
 )
 from raftmesh.consensus.machine import Applied
 from raftmesh.redaction import SecretsFilter, env_secrets, redact, reveal, scrub, secret, secret_values
@@ -271,6 +272,78 @@ def test_the_nodes_own_rows_carry_the_runs_trace_and_the_archive_keeps_its_names
     tl = archive.timeline("r2")
     assert tl.namespace == "team-b" and not tl.complete
     assert [(r.kind, r.trace_id) for r in tl.rows] == [("placed", ALICE.trace)]
+
+
+def test_attempt_ends_carry_usage_seconds_and_the_node(archive: AuditArchive) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.register("n2"))
+    c.ok(c.submit("r1", [spec("a", retries=1)]))
+    c.ok(c.assign(("r1", "a", "n1")))
+    c.ts += 1500
+    f = c.fail("r1", "a")
+    c.ok(dataclasses.replace(f, items=(dataclasses.replace(f.items[0], usage=Usage(10, 2, 0.01)),)))
+    c.ok(c.assign(("r1", "a", "n2")))
+    c.ts += 2500
+    done = c.complete("r1", "a", node="n2")
+    c.ok(dataclasses.replace(done, items=(dataclasses.replace(done.items[0], usage=Usage(900, 100, 1.5)),)))
+    assert archive.flush()
+    rows = {r.kind: r for r in archive.timeline("r1").rows}
+    retry, completed = rows["retry_scheduled"], rows["completed"]
+    assert retry.node == "n1" and retry.attempt == 1
+    assert (retry.detail["tokens_in"], retry.detail["tokens_out"], retry.detail["cost"]) == (10, 2, 0.01)
+    assert retry.detail["seconds"] == 1.5
+    assert completed.node == "n2" and completed.attempt == 2
+    assert (completed.detail["tokens_in"], completed.detail["cost"], completed.detail["seconds"]) == (
+        900,
+        1.5,
+        2.5,
+    )
+
+
+def test_one_huge_run_is_cut_at_its_share_and_said_incomplete(tmp_path: Any) -> None:
+    a = AuditArchive(str(tmp_path), max_bytes=8000)
+    try:
+        c = Audited(a)
+        c.ok(c.register("n1"))
+        c.ok(c.submit("huge", [spec(f"t{i}") for i in range(60)]))
+        for i in range(60):
+            c.run_task("huge", f"t{i}")
+        c.ok(c.submit("small", [spec("a")]))
+        c.run_task("small", "a")
+        assert a.flush()
+        tl = a.timeline("huge")
+        assert tl.known and not tl.complete
+        assert tl.rows[-1].kind == "truncated" and tl.rows[-1].detail["limit_bytes"] == a.max_run_bytes
+        assert sum(len(r.encode()) for r in tl.rows) <= a.max_run_bytes
+        assert a.timeline("small").complete  # the rest keep their timelines
+    finally:
+        a.close()
+
+
+def test_the_writer_queue_is_bounded_by_bytes_too(archive: AuditArchive, monkeypatch: Any) -> None:
+    monkeypatch.setattr(audit_mod, "QUEUE_BYTES", 1000)
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    assert archive.flush()
+    txn = archive._env.begin(write=True)
+    try:
+        c.ok(c.register("n2"))
+        _until(lambda: archive._queue.qsize() == 0)
+        trail: list[Applied] = []
+        c.sm.apply_batch(encode_batch([c.assign(("r1", "a", "n1"))]), trail)
+        archive.applied(trail, 800)
+        trail = []
+        c.sm.apply_batch(encode_batch([c.complete("r1", "a")]), trail)
+        archive.applied(trail, 800)  # 1600 bytes waiting: dropped
+        assert archive._queued == 2 and archive._queued_bytes == 800  # n2's registration (0) and the first
+    finally:
+        txn.abort()
+    assert archive.flush()
+    assert archive._queued == 0 and archive._queued_bytes == 0
+    tl = archive.timeline("r1")
+    assert "placed" in [r.kind for r in tl.rows] and not tl.complete
 
 
 def test_the_bound_drops_the_oldest_runs_whole(tmp_path: Any) -> None:
