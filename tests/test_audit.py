@@ -623,3 +623,38 @@ def test_with_tokens_a_reader_sees_secrets_masked_and_the_audit_names_the_token(
     assert trail.complete and trail.events[0].kind == "submitted"
     assert trail.events[0].principal == "token:root"
     assert any(e.kind == "placed" and e.principal.startswith("node:") for e in trail)
+
+
+def test_the_chaos_check_cross_checks_completed_rows_with_the_log_audit(archive: AuditArchive) -> None:
+    from raftmesh.chaos.audit_check import AuditCheck
+    from raftmesh.verify.audit import Audit
+
+    c = Audited(archive)
+    log: list[Command] = []
+
+    def ok(cmd: Command) -> None:
+        log.append(cmd)
+        c.ok(cmd)
+
+    ok(c.register("n1"))
+    ok(c.submit("r1", [spec("a", retries=1), spec("b", "a")]))
+    ok(c.assign(("r1", "a", "n1")))
+    ok(c.fail("r1", "a"))
+    ok(c.assign(("r1", "a", "n1")))
+    ok(c.complete("r1", "a"))
+    ok(c.assign(("r1", "b", "n1")))
+    ok(c.complete("r1", "b"))
+    assert archive.flush()
+    audit = Audit()
+    for cmd in log:
+        audit.feed(encode_batch([cmd]))
+    assert audit.succeeded == {("r1", "a"): 2, ("r1", "b"): 1}
+    rows = archive.timeline("r1").rows
+    whole = AuditCheck(completed={"r1": {(r.task_id, r.attempt) for r in rows if r.kind == "completed"}})
+    whole.cross_check(audit.succeeded)
+    assert whole.cross_checked == 2 and whole.problems == []
+    # A timeline that lost a's final completion (its first attempt's row is no stand-in).
+    lost = AuditCheck(completed={"r1": {("a", 1), ("b", 1)}})
+    lost.cross_check(audit.succeeded)
+    assert lost.problems == ["r1: a#2 succeeded in the log but its timeline has no completed row"]
+    assert lost.to_json()["cross_checked"] == 2

@@ -393,6 +393,11 @@ class _Run:
         else:
             audit, replays, unaudited = self._audit_journals(cluster, statuses)
 
+        if audit is not None:
+            audit_timelines.cross_check(audit.succeeded)
+            self.log(
+                f"audit timelines: {audit_timelines.cross_checked} succeeded tasks cross-checked with the log"
+            )
         check = check_history(ops, runs, audit, digests, replays, unaudited, archive_problems)
         kv_check, lock_check = self._check_coordination(
             kv_records + lock_kv_records, lock_records, lock_workload, audit, unaudited
