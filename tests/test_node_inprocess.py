@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -277,3 +278,28 @@ def test_get_audit_is_not_complete_while_the_writer_lags_the_applied_state(node:
         service.AUDIT_FLUSH_S = old
     trail = node.client.audit(run_id)
     assert trail.complete and trail.events[-1].kind == "paused"
+
+
+def test_run_spans_are_built_outside_the_apply_lock(node: InProcessNode) -> None:
+    """The leader reports each ended run's span: fields are copied under the apply lock, the span
+    is built and queued after it (the Raft thread must not wait for an exporter's queue)."""
+    lock = node.runtime.reads._lock
+    held: list[tuple[str, bool]] = []
+
+    class Spans:
+        def run_ended(self, trace_id: str, run_id: str, *rest: Any) -> None:
+            held.append((run_id, lock._is_owned()))  # type: ignore[attr-defined]
+
+        def attempt_ended(self, *args: Any) -> None:
+            pass
+
+        def shutdown(self) -> None:
+            pass
+
+    node.runtime.spans = Spans()  # type: ignore[assignment]
+    try:
+        run_id = node.client.submit(fan_out(2))
+        wait_until(lambda: bool(held), 30.0, "the run's span")
+    finally:
+        node.runtime.spans = None
+    assert held == [(run_id, False)]
