@@ -658,3 +658,51 @@ def test_the_chaos_check_cross_checks_completed_rows_with_the_log_audit(archive:
     lost.cross_check(audit.succeeded)
     assert lost.problems == ["r1: a#2 succeeded in the log but its timeline has no completed row"]
     assert lost.to_json()["cross_checked"] == 2
+
+
+def test_get_audit_checks_a_gone_runs_namespace_from_the_archive_or_sends_the_caller_on(
+    archive: AuditArchive,
+) -> None:
+    """The run has left the state (retention): the namespace the archive kept decides; a node that
+    never saw the submission cannot tell, and a limited token is sent on (FAILED_PRECONDITION:
+    the SDK asks the next node), not refused."""
+    import asyncio
+    import threading
+
+    from raftmesh import calls
+    from raftmesh.clock import SYSTEM_CLOCK
+    from raftmesh.errors import FailedPrecondition, PermissionDenied
+    from raftmesh.node.access import NodeAccess
+    from raftmesh.node.reads import ReadView
+    from raftmesh.node.service import ClusterService
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(dataclasses.replace(c.submit("r1", [spec("a")]), namespace="team-a"))
+    c.run_task("r1", "a")
+    c.archive = None  # this node's archive misses r2's submission (a lost batch) ...
+    c.ok(dataclasses.replace(c.submit("r2", [spec("a")]), namespace="team-a"))
+    c.archive = archive
+    c.run_task("r2", "a")  # ... and sees the rest
+    assert archive.flush()
+    gone = ClusterState()  # neither run is in the state any more
+    access = NodeAccess(None, ReadView(threading.RLock(), lambda: gone), SYSTEM_CLOCK, lambda: False, 5.0)  # type: ignore[arg-type]
+    svc = ClusterService(access, None, None, archive, "n1")  # type: ignore[arg-type]
+    get_audit = ClusterService.GetAudit.__wrapped__  # type: ignore[attr-defined]
+
+    def ask(run_id: str, *namespaces: str) -> Any:
+        async def go() -> Any:
+            with calls.bound(calls.Call("token:t", "reader", namespaces=namespaces)):
+                return await get_audit(svc, pb.GetAuditRequest(run_id=run_id), None)
+
+        return asyncio.run(go())
+
+    resp = ask("r1", "team-a")
+    assert resp.complete and resp.events[0].kind == "submitted"
+    with pytest.raises(PermissionDenied):
+        ask("r1", "team-b")
+    with pytest.raises(FailedPrecondition, match="lacks the submission"):
+        ask("r2", "team-a")
+    resp = ask("r2", "*")  # a token for every namespace needs no namespace
+    assert not resp.complete and resp.events[0].kind == "placed"
