@@ -415,6 +415,11 @@ class _Run:
         else:
             audit, replays, unaudited = self._audit_journals(cluster, statuses)
 
+        if audit is not None:
+            audit_timelines.cross_check(audit.succeeded)
+            self.log(
+                f"audit timelines: {audit_timelines.cross_checked} succeeded tasks cross-checked with the log"
+            )
         check = check_history(
             ops,
             runs,
