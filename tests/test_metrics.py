@@ -243,8 +243,12 @@ def test_node_serves_its_metrics_over_http(node: tuple[NodeRuntime, Client, str]
         client.get("no-such-run")
 
     def counted() -> str | None:
+        # A call is counted once its handler has returned, which may be just after the client
+        # has its answer: wait for the failed GetRun as well as for the applied completions.
         t = _scrape(url)
-        return t if _value(t, "raftmesh_task_transitions_total", status="SUCCEEDED") == 2 else None
+        done = _value(t, "raftmesh_task_transitions_total", status="SUCCEEDED") == 2
+        seen = _value(t, "raftmesh_grpc_server_handled_total", grpc_method="GetRun", grpc_code="NOT_FOUND")
+        return t if done and seen else None
 
     text = wait_until(counted, 10.0, "the applied completions to be counted")
     check_conventions(text)
