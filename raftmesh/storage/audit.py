@@ -408,10 +408,13 @@ class AuditArchive:
                     meta = metas[run_id] = self._meta(txn, run_id)
                 data = row.encode()
                 key = _ekey(run_id, a, i)
-                if txn.get(key, db=self._rows) is None:
+                # One B-tree descent for a new row (nearly always); a key already there is a log
+                # re-applied after a restart: rewritten in place, its bytes counted once.
+                if txn.put(key, data, overwrite=False, db=self._rows):
                     meta.size += len(data) + len(key)
                     self._total += len(data) + len(key)
-                txn.put(key, data, db=self._rows)
+                else:
+                    txn.put(key, data, db=self._rows)
                 if row.kind == "submitted":
                     meta.submitted = True
                 elif row.kind == "run_finished":
