@@ -98,6 +98,7 @@ import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -120,6 +121,7 @@ from _benchkit import (
     ratio,
 )
 
+import raftmesh
 from raftmesh.client import DAG, Client, Task
 from raftmesh.localcluster import LocalCluster
 
@@ -614,6 +616,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         )
 
     load_start = os.getloadavg()
+    log(f"raftmesh from {os.path.dirname(os.path.dirname(raftmesh.__file__))}")
     log(f"starting raftmesh LocalCluster ({args.nodes} nodes, data in {tmp})")
     t0 = time.perf_counter()
     rcluster = LocalCluster(args.nodes, base_dir=os.path.join(tmp, "raftmesh"), slots=args.slots)
@@ -676,7 +679,19 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     rm_bl: RaftmeshBench | None = None
     bl_startup = math.nan
     if args.baseline_tree or args.baseline_args:
-        env = {"PYTHONPATH": os.path.abspath(args.baseline_tree)} if args.baseline_tree else {}
+        env: dict[str, str] = {}
+        if args.baseline_tree:
+            # PYTHONSAFEPATH: `python -m` would put the working directory (maybe another checkout) first.
+            env = {"PYTHONPATH": os.path.abspath(args.baseline_tree), "PYTHONSAFEPATH": "1"}
+            got = subprocess.run(
+                [sys.executable, "-c", "import raftmesh; print(raftmesh.__file__)"],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            if not got.startswith(os.path.abspath(args.baseline_tree) + os.sep):
+                raise SystemExit(f"bench: --baseline-tree {args.baseline_tree}: the nodes would import {got}")
         log(
             f"starting a baseline raftmesh LocalCluster: tree {args.baseline_tree or '(this one)'}, "
             f"extra node flags {args.baseline_args!r}"
