@@ -122,11 +122,11 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
     """The timeline rows one applied command makes: ``(run_id, row)`` in the order they happened."""
     cmd, res, rev, now = a.cmd, a.result, a.revision, a.time_ms
     o = cmd.origin
-    who = {"principal": o.principal, "request_id": o.request, "trace_id": o.trace} if o is not None else {}
+    who, request, trace = (o.principal, o.request, o.trace) if o is not None else ("", "", "")
     out: list[tuple[str, AuditRow]] = []
 
     def add(run_id: str, kind: str, task: str = "", attempt: int = 0, node: str = "", **detail: Any) -> None:
-        out.append((run_id, AuditRow(rev, now, kind, task, attempt, node, detail=detail, **who)))
+        out.append((run_id, AuditRow(rev, now, kind, task, attempt, node, who, request, trace, detail)))
 
     if isinstance(cmd, SubmitRun) and isinstance(res, SubmitRunResult) and res.created:
         add(
@@ -172,18 +172,38 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
             add(run_id, "spawned", task_id, origin=origin, parent=parent)
         elif kind == "budget_exceeded":
             add(run_id, "budget_exceeded", why=note[:300])
-    for ev in a.events:
+    for ev in a.events:  # a fan-out's batch has thousands: built here without add()'s keywords
         if isinstance(ev, TaskChanged):
             kind = _task_kind(cmd, ev)  # "" for a transition the timeline leaves out
             if kind:
-                extra = {"compensation": True} if ev.task_id.endswith(COMPENSATION_SUFFIX) else {}
-                add(ev.run_id, kind, ev.task_id, ev.attempt, ev.node, status=ev.status.value, **extra)
+                detail: dict[str, Any] = {"status": _STATUS_VALUE[ev.status]}
+                if ev.task_id.endswith(COMPENSATION_SUFFIX):
+                    detail["compensation"] = True
+                row = AuditRow(rev, now, kind, ev.task_id, ev.attempt, ev.node, who, request, trace, detail)
+                out.append((ev.run_id, row))
         elif isinstance(ev, RunChanged):
             add(ev.run_id, _run_kind(cmd, ev.status), status=ev.status.value)
     return out
 
 
+_STATUS_VALUE = {s: s.value for s in TaskStatus}
+"""``.value`` of an enum member is a descriptor call; this is a dict lookup."""
+_KINDS: dict[tuple[type[Command], TaskStatus], str] = {}
+"""``_task_kind`` by (command type, status): for every command but ``Fail`` it depends on nothing
+else. At most (command types x statuses) entries."""
+
+
 def _task_kind(cmd: Command, ev: TaskChanged) -> str:
+    if isinstance(cmd, Fail):
+        return _task_kind_of(cmd, ev)
+    key = (type(cmd), ev.status)
+    kind = _KINDS.get(key)
+    if kind is None:
+        kind = _KINDS[key] = _task_kind_of(cmd, ev)
+    return kind
+
+
+def _task_kind_of(cmd: Command, ev: TaskChanged) -> str:
     s = ev.status
     if s is TaskStatus.RUNNING:
         return "placed" if isinstance(cmd, Assign) else "running"
