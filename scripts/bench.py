@@ -736,7 +736,8 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         sysb.fan_out(FanOut(WARMUP_FANOUT_TASKS, root_value=7), None)
     for rep in range(args.repeat):
         w = FanOut(args.tasks, root_value=rep + 1)  # a different answer every repeat
-        for name, sysb in systems:
+        # With a baseline, every other repeat runs in reverse order: neither side always goes first.
+        for name, sysb in systems if rm_bl is None or rep % 2 == 0 else systems[::-1]:
             sysb.fan_out(w, fan[name])
             wall = fan[name].wall_s[-1]
             log(
@@ -749,8 +750,9 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     measured: list[tuple[str, RaftmeshBench | DaskBench]] = list(systems)
     if rm_follower is not None:
         measured.append((f"raftmesh via follower {follower}", rm_follower))
-    # The baseline is compared with this tree run by run (alternating), so load that comes and goes on
-    # the machine falls on both sides alike; every other system is measured on its own, as before.
+    # The baseline is compared with this tree run by run (alternating, each side first every other
+    # run), so load that comes and goes on the machine falls on both sides alike; every other
+    # system is measured on its own, as before.
     groups: list[list[tuple[str, RaftmeshBench | DaskBench]]] = []
     for name, sysb in measured:
         if name == bl_name:
@@ -766,7 +768,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
             for name, _ in group:
                 lat[(name, spaced)] = LatencyResult()
             for k in range(args.runs):
-                for name, sysb in group:
+                for name, sysb in group if k % 2 == 0 else group[::-1]:
                     if spaced:
                         time.sleep(LATENCY_SPACING_S)
                     sysb.single(k * 7919 + 13, lat[(name, spaced)])
