@@ -6,7 +6,7 @@
                      [--kv-clients N] [--kv-keys K] [--lock-clients N] [--lock-names L]
                      [--no-dag] [--no-faults] [--unfenced-experiment] [--lin-timeout S]
                      [--snapshot-every ENTRIES] [--preempt-priority N]
-                     [--message-clients N] [--message-targets T]
+                     [--message-clients N] [--message-targets T] [--secure]
 
 Starts --nodes node processes and runs three workloads side by side: --clients
 closed-loop clients submitting DAGs with unique idempotency keys (--no-dag: none),
@@ -65,6 +65,12 @@ reordering per sender on each path, double activations (stale epochs committing,
 overlapping, a grant while another lease ran, from the effects and the audited log), expired
 messages delivered, replies without their committed turn (each must be 0), and the fast-path
 losses explained by the death of the node holding them.
+
+--secure runs the cluster as production would: a CA and node certificates in the run's
+directory (``raftmesh certs init``, every node address in the SANs), nodes with --tls-cert,
+--tls-key, --tls-ca and --tls-client-auth require, a tokens file with one admin token and the
+cluster secret (node identity between nodes); every workload and checker call goes over TLS
+with the client certificate and the admin token. The same checks must hold.
 """
 
 from __future__ import annotations
@@ -146,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--message-targets", type=int, default=4, help="chaos actors the senders share (default 4)"
     )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="nodes with mutual TLS and a tokens file; every client call carries the admin token",
+    )
     return p
 
 
@@ -182,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             preempt_priority=args.preempt_priority,
             message_clients=args.message_clients,
             message_targets=args.message_targets,
+            secure=args.secure,
         )
         report = run_chaos(cfg, log=log)
     except KeyboardInterrupt:

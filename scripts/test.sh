@@ -19,8 +19,17 @@ if [[ $(id -u) == 0 ]] && ! command -v promtool >/dev/null 2>&1 && command -v ap
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
   fi
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || true
+  installed=0
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null && installed=1
   if (( own_policy )); then rm -f /usr/sbin/policy-rc.d; fi
+  if (( ! installed )) && [[ -n ${RAFTMESH_REQUIRE_PROMETHEUS:-} ]]; then
+    echo "could not install prometheus, and RAFTMESH_REQUIRE_PROMETHEUS is set" >&2
+    exit 1
+  fi
+fi
+if [[ -n ${RAFTMESH_REQUIRE_PROMETHEUS:-} ]] && ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1; then
+  echo "RAFTMESH_REQUIRE_PROMETHEUS is set but promtool or prometheus is missing (Debian: apt-get install prometheus)" >&2
+  exit 1
 fi
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -941,3 +941,34 @@ def test_an_activation_moves_after_its_node_is_killed_and_keeps_its_state(make_c
     assert second["n"] == 4
     entry = client.kv.get("actors/counter/k")
     assert entry is not None and entry.value["seen"] == ["one", "ask", "two", "ask"]
+
+
+def test_a_worker_started_inside_a_peers_call_does_not_carry_that_call() -> None:
+    """A delivery from a peer (its Exchange handler, its call bound) can start a worker through
+    reconcile: the worker, its Deactivate proposal and its log lines must not be the peer's."""
+    from raftmesh import calls
+
+    c, host, _clock = _machine_host()
+    c.ok(Activate(c.rid(), c.ts, address="counter/a"))
+    seen: list[calls.Call | None] = []
+    work = host._work
+
+    async def watched(w: _Worker) -> None:
+        seen.append(calls.current())
+        await work(w)
+
+    host._work = watched  # type: ignore[method-assign]
+
+    async def go() -> None:
+        host._ready = lambda: True
+        peer = calls.Call("node:n2", "node", request_id="rq", trace_id="ab" * 16, method="Exchange")
+        with calls.bound(peer):
+            host._reconcile()
+        w = host._workers["counter/a"]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert seen == [None]
+        host._stop(w, "test over")
+        await asyncio.sleep(0)
+
+    asyncio.run(go())

@@ -7,8 +7,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from typing import Any
 
+import lmdb
 import pytest
 
 from raftmesh.consensus import ClusterState, TaskStatus, encode_batch
@@ -21,9 +23,11 @@ from raftmesh.consensus.commands import (
     Origin,
     PauseRun,
     ResumeRun,
+    Usage,
 )
 from raftmesh.consensus.machine import Applied
 from raftmesh.redaction import SecretsFilter, env_secrets, redact, reveal, scrub, secret, secret_values
+from raftmesh.storage import audit as audit_mod
 from raftmesh.storage.audit import AuditArchive, rows_for
 
 from .test_machine import Cluster, spec
@@ -172,6 +176,185 @@ def test_a_snapshot_over_a_gap_marks_open_runs_incomplete(archive: AuditArchive)
     archive.restored(c.st)
     c.ok(c.submit("fresh", [spec("a")]))
     assert archive.flush() and archive.timeline("fresh").complete
+
+
+def _until(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_dropped_batch_marks_runs_submitted_in_batches_queued_before_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_mod, "QUEUE_BATCHES", 3)
+    archive = AuditArchive(str(tmp_path))
+    try:
+        _dropped_batch(archive, monkeypatch)
+    finally:
+        archive.close()
+
+
+def _dropped_batch(archive: AuditArchive, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("before", [spec("a")]))
+    assert archive.flush()
+    c.ok(c.assign(("before", "a", "n1")))
+    assert archive.flush()
+    c.ok(c.complete("before", "a"))
+    assert archive.flush()
+    txn = archive._env.begin(write=True)  # a slow disk: the writer blocks in its next transaction
+    try:
+        c.ok(c.register("n2"))
+        _until(lambda: archive._queue.qsize() == 0)  # the writer holds it, waiting for the lock
+        c.ok(c.submit("r1", [spec("a")]))  # these three fill the queue
+        c.ok(c.assign(("r1", "a", "n1")))
+        c.ok(c.register("n3"))
+        c.ok(c.complete("r1", "a"))  # the run finishes: dropped
+    finally:
+        txn.abort()
+    assert archive.flush()
+    tl = archive.timeline("r1")
+    assert tl.known and "run_finished" not in [r.kind for r in tl.rows]
+    assert not tl.complete  # it missed its end: not complete, though its submission is here
+    assert archive.timeline("before").complete  # it ended before the drop
+    monkeypatch.setattr(audit_mod, "QUEUE_BATCHES", 100)
+    c.ok(c.submit("after", [spec("a")]))
+    c.run_task("after", "a")
+    assert archive.flush() and archive.timeline("after").complete
+
+
+def test_a_failed_write_marks_the_runs_open_then_incomplete(archive: AuditArchive, monkeypatch: Any) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    c.ok(c.submit("done", [spec("a")]))
+    c.run_task("done", "a")
+    assert archive.flush()
+    write = archive._write
+
+    def failing(txn: Any, trail: Any, metas: Any) -> None:
+        raise lmdb.MapFullError("the disk is full")
+
+    monkeypatch.setattr(archive, "_write", failing)
+    c.ok(c.assign(("r1", "a", "n1")))
+    c.ok(c.complete("r1", "a"))  # the run's end is lost with the failed transaction
+    assert archive.flush()
+    assert archive.failures == 1
+    monkeypatch.setattr(archive, "_write", write)
+    tl = archive.timeline("r1")
+    assert tl.known and not tl.complete and "run_finished" not in [r.kind for r in tl.rows]
+    assert archive.timeline("done").complete
+    c.ok(c.submit("after", [spec("a")]))
+    c.run_task("after", "a")
+    assert archive.flush() and archive.timeline("after").complete
+
+
+def test_the_nodes_own_rows_carry_the_runs_trace_and_the_archive_keeps_its_namespace(
+    archive: AuditArchive,
+) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(dataclasses.replace(c.submit("r1", [spec("a")]), namespace="team-a"), ALICE)
+    c.ok(c.assign(("r1", "a", "n1")))  # the scheduler's placement: no call bound, no trace
+    c.ok(c.complete("r1", "a"), Origin("node:n1"))
+    assert archive.flush()
+    tl = archive.timeline("r1")
+    assert tl.namespace == "team-a"
+    assert {r.kind for r in tl.rows} >= {"submitted", "placed", "completed", "run_finished"}
+    assert all(r.trace_id == ALICE.trace for r in tl.rows), [(r.kind, r.trace_id) for r in tl.rows]
+    assert next(r for r in tl.rows if r.kind == "placed").principal == ""  # still the node's own
+    # A run this node never saw submitted (a snapshot over a gap): its trace and namespace come
+    # from the restored state.
+    other = Cluster()
+    other.ok(other.register("n1"))
+    sub = dataclasses.replace(other.submit("r2", [spec("a")]), namespace="team-b")
+    object.__setattr__(sub, "origin", ALICE)
+    other.ok(sub)
+    for i in range(5):
+        other.ok(other.register("n1", slots=5 + i))
+    archive.restored(other.st)
+    c.sm.state = ClusterState.decode(other.st.encode())
+    c._n = 1000
+    c.ok(c.assign(("r2", "a", "n1")))
+    assert archive.flush()
+    tl = archive.timeline("r2")
+    assert tl.namespace == "team-b" and not tl.complete
+    assert [(r.kind, r.trace_id) for r in tl.rows] == [("placed", ALICE.trace)]
+
+
+def test_attempt_ends_carry_usage_seconds_and_the_node(archive: AuditArchive) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.register("n2"))
+    c.ok(c.submit("r1", [spec("a", retries=1)]))
+    c.ok(c.assign(("r1", "a", "n1")))
+    c.ts += 1500
+    f = c.fail("r1", "a")
+    c.ok(dataclasses.replace(f, items=(dataclasses.replace(f.items[0], usage=Usage(10, 2, 0.01)),)))
+    c.ok(c.assign(("r1", "a", "n2")))
+    c.ts += 2500
+    done = c.complete("r1", "a", node="n2")
+    c.ok(dataclasses.replace(done, items=(dataclasses.replace(done.items[0], usage=Usage(900, 100, 1.5)),)))
+    assert archive.flush()
+    rows = {r.kind: r for r in archive.timeline("r1").rows}
+    retry, completed = rows["retry_scheduled"], rows["completed"]
+    assert retry.node == "n1" and retry.attempt == 1
+    assert (retry.detail["tokens_in"], retry.detail["tokens_out"], retry.detail["cost"]) == (10, 2, 0.01)
+    assert retry.detail["seconds"] == 1.5
+    assert completed.node == "n2" and completed.attempt == 2
+    assert (completed.detail["tokens_in"], completed.detail["cost"], completed.detail["seconds"]) == (
+        900,
+        1.5,
+        2.5,
+    )
+
+
+def test_one_huge_run_is_cut_at_its_share_and_said_incomplete(tmp_path: Any) -> None:
+    a = AuditArchive(str(tmp_path), max_bytes=8000)
+    try:
+        c = Audited(a)
+        c.ok(c.register("n1"))
+        c.ok(c.submit("huge", [spec(f"t{i}") for i in range(60)]))
+        for i in range(60):
+            c.run_task("huge", f"t{i}")
+        c.ok(c.submit("small", [spec("a")]))
+        c.run_task("small", "a")
+        assert a.flush()
+        tl = a.timeline("huge")
+        assert tl.known and not tl.complete
+        assert tl.rows[-1].kind == "truncated" and tl.rows[-1].detail["limit_bytes"] == a.max_run_bytes
+        assert sum(len(r.encode()) for r in tl.rows) <= a.max_run_bytes
+        assert a.timeline("small").complete  # the rest keep their timelines
+    finally:
+        a.close()
+
+
+def test_the_writer_queue_is_bounded_by_bytes_too(archive: AuditArchive, monkeypatch: Any) -> None:
+    monkeypatch.setattr(audit_mod, "QUEUE_BYTES", 1000)
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    assert archive.flush()
+    txn = archive._env.begin(write=True)
+    try:
+        c.ok(c.register("n2"))
+        _until(lambda: archive._queue.qsize() == 0)
+        trail: list[Applied] = []
+        c.sm.apply_batch(encode_batch([c.assign(("r1", "a", "n1"))]), trail)
+        archive.applied(trail, 800)
+        trail = []
+        c.sm.apply_batch(encode_batch([c.complete("r1", "a")]), trail)
+        archive.applied(trail, 800)  # 1600 bytes waiting: dropped
+        assert archive._queued == 2 and archive._queued_bytes == 800  # n2's registration (0) and the first
+    finally:
+        txn.abort()
+    assert archive.flush()
+    assert archive._queued == 0 and archive._queued_bytes == 0
+    tl = archive.timeline("r1")
+    assert "placed" in [r.kind for r in tl.rows] and not tl.complete
 
 
 def test_the_bound_drops_the_oldest_runs_whole(tmp_path: Any) -> None:
@@ -451,3 +634,86 @@ def test_with_tokens_a_reader_sees_secrets_masked_and_the_audit_names_the_token(
     assert trail.complete and trail.events[0].kind == "submitted"
     assert trail.events[0].principal == "token:root"
     assert any(e.kind == "placed" and e.principal.startswith("node:") for e in trail)
+
+
+def test_the_chaos_check_cross_checks_completed_rows_with_the_log_audit(archive: AuditArchive) -> None:
+    from raftmesh.chaos.audit_check import AuditCheck
+    from raftmesh.verify.audit import Audit
+
+    c = Audited(archive)
+    log: list[Command] = []
+
+    def ok(cmd: Command) -> None:
+        log.append(cmd)
+        c.ok(cmd)
+
+    ok(c.register("n1"))
+    ok(c.submit("r1", [spec("a", retries=1), spec("b", "a")]))
+    ok(c.assign(("r1", "a", "n1")))
+    ok(c.fail("r1", "a"))
+    ok(c.assign(("r1", "a", "n1")))
+    ok(c.complete("r1", "a"))
+    ok(c.assign(("r1", "b", "n1")))
+    ok(c.complete("r1", "b"))
+    assert archive.flush()
+    audit = Audit()
+    for cmd in log:
+        audit.feed(encode_batch([cmd]))
+    assert audit.succeeded == {("r1", "a"): 2, ("r1", "b"): 1}
+    rows = archive.timeline("r1").rows
+    whole = AuditCheck(completed={"r1": {(r.task_id, r.attempt) for r in rows if r.kind == "completed"}})
+    whole.cross_check(audit.succeeded)
+    assert whole.cross_checked == 2 and whole.problems == []
+    # A timeline that lost a's final completion (its first attempt's row is no stand-in).
+    lost = AuditCheck(completed={"r1": {("a", 1), ("b", 1)}})
+    lost.cross_check(audit.succeeded)
+    assert lost.problems == ["r1: a#2 succeeded in the log but its timeline has no completed row"]
+    assert lost.to_json()["cross_checked"] == 2
+
+
+def test_get_audit_checks_a_gone_runs_namespace_from_the_archive_or_sends_the_caller_on(
+    archive: AuditArchive,
+) -> None:
+    """The run has left the state (retention): the namespace the archive kept decides; a node that
+    never saw the submission cannot tell, and a limited token is sent on (FAILED_PRECONDITION:
+    the SDK asks the next node), not refused."""
+    import asyncio
+    import threading
+
+    from raftmesh import calls
+    from raftmesh.clock import SYSTEM_CLOCK
+    from raftmesh.errors import FailedPrecondition, PermissionDenied
+    from raftmesh.node.access import NodeAccess
+    from raftmesh.node.reads import ReadView
+    from raftmesh.node.service import ClusterService
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(dataclasses.replace(c.submit("r1", [spec("a")]), namespace="team-a"))
+    c.run_task("r1", "a")
+    c.archive = None  # this node's archive misses r2's submission (a lost batch) ...
+    c.ok(dataclasses.replace(c.submit("r2", [spec("a")]), namespace="team-a"))
+    c.archive = archive
+    c.run_task("r2", "a")  # ... and sees the rest
+    assert archive.flush()
+    gone = ClusterState()  # neither run is in the state any more
+    access = NodeAccess(None, ReadView(threading.RLock(), lambda: gone), SYSTEM_CLOCK, lambda: False, 5.0)  # type: ignore[arg-type]
+    svc = ClusterService(access, None, None, archive, "n1")  # type: ignore[arg-type]
+    get_audit = ClusterService.GetAudit.__wrapped__  # type: ignore[attr-defined]
+
+    def ask(run_id: str, *namespaces: str) -> Any:
+        async def go() -> Any:
+            with calls.bound(calls.Call("token:t", "reader", namespaces=namespaces)):
+                return await get_audit(svc, pb.GetAuditRequest(run_id=run_id), None)
+
+        return asyncio.run(go())
+
+    resp = ask("r1", "team-a")
+    assert resp.complete and resp.events[0].kind == "submitted"
+    with pytest.raises(PermissionDenied):
+        ask("r1", "team-b")
+    with pytest.raises(FailedPrecondition, match="lacks the submission"):
+        ask("r2", "team-a")
+    resp = ask("r2", "*")  # a token for every namespace needs no namespace
+    assert not resp.complete and resp.events[0].kind == "placed"

@@ -16,6 +16,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -30,12 +31,17 @@ EXAMPLES = int(os.environ.get("RAFTMESH_FUZZ_EXAMPLES", "250"))
 
 
 @contextlib.contextmanager
-def inprocess_node(base_dir: str) -> Iterator[tuple[str, list[BaseException]]]:
+def inprocess_node(
+    base_dir: str, metadata: tuple[tuple[str, str], ...] | None = None, **config: Any
+) -> Iterator[tuple[str, list[BaseException]]]:
     """A one-node cluster served from a thread of this process; yields its address and the
-    exceptions its event loop died with (none, while it lives)."""
+    exceptions its event loop died with (none, while it lives). ``config``: more
+    ``build_config`` arguments (a tokens file); ``metadata``: the credential that checks it serves."""
     raft_port, grpc_port = free_ports(2)
     raft, addr = f"127.0.0.1:{raft_port}", f"127.0.0.1:{grpc_port}"
-    runtime = NodeRuntime(build_config("n1", raft, addr, [Peer("n1", raft, addr)], base_dir, slots=8))
+    runtime = NodeRuntime(
+        build_config("n1", raft, addr, [Peer("n1", raft, addr)], base_dir, slots=8, **config)
+    )
     failure: list[BaseException] = []
 
     def serve() -> None:
@@ -49,7 +55,9 @@ def inprocess_node(base_dir: str) -> Iterator[tuple[str, list[BaseException]]]:
     channel = gf.open_channel(addr)
     try:
         wait_until(
-            lambda: failure or gf.serves(channel, registered=True), 30.0, "the in-process node to lead"
+            lambda: failure or gf.serves(channel, registered=True, metadata=metadata),
+            30.0,
+            "the in-process node to lead",
         )
         assert not failure, failure
         yield addr, failure

@@ -102,7 +102,7 @@ def test_the_log_filter_masks_the_longest_secret_whole_in_messages_and_arguments
     assert f.filter(plain) and plain.args == ("here",)  # untouched when nothing matched
 
 
-def test_a_re_applied_trail_rewrites_its_rows_and_counts_their_bytes_once(tmp_path: Any) -> None:
+def test_a_re_applied_trail_leaves_its_rows_and_counts_their_bytes_once(tmp_path: Any) -> None:
     arch = AuditArchive(str(tmp_path))
     try:
         c = Audited(arch)

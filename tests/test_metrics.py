@@ -243,8 +243,12 @@ def test_node_serves_its_metrics_over_http(node: tuple[NodeRuntime, Client, str]
         client.get("no-such-run")
 
     def counted() -> str | None:
+        # A call is counted once its handler has returned, which may be just after the client
+        # has its answer: wait for the failed GetRun as well as for the applied completions.
         t = _scrape(url)
-        return t if _value(t, "raftmesh_task_transitions_total", status="SUCCEEDED") == 2 else None
+        done = _value(t, "raftmesh_task_transitions_total", status="SUCCEEDED") == 2
+        seen = _value(t, "raftmesh_grpc_server_handled_total", grpc_method="GetRun", grpc_code="NOT_FOUND")
+        return t if done and seen else None
 
     text = wait_until(counted, 10.0, "the applied completions to be counted")
     check_conventions(text)
@@ -334,13 +338,22 @@ def worked_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
         c.close()
 
 
-def _promtool() -> str:
-    path = shutil.which("promtool")
+REQUIRE_PROMETHEUS = "RAFTMESH_REQUIRE_PROMETHEUS"
+"""Set (CI sets it): a missing promtool or prometheus fails these tests instead of skipping them."""
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
     if path is None:
-        pytest.skip(
-            "promtool is not installed (Debian: apt-get install prometheus; scripts/test.sh does as root)"
-        )
+        why = f"{name} is not installed (Debian: apt-get install prometheus; scripts/test.sh does as root)"
+        if os.environ.get(REQUIRE_PROMETHEUS):
+            pytest.fail(f"{why}, and {REQUIRE_PROMETHEUS} is set")
+        pytest.skip(why)
     return path
+
+
+def _promtool() -> str:
+    return _binary("promtool")
 
 
 @pytest.mark.e2e
@@ -456,11 +469,7 @@ def _prom_query(base: str, query: str) -> list[dict[str, Any]]:
 
 @pytest.mark.e2e
 def test_a_real_prometheus_scrapes_the_cluster(worked_cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip(
-            "prometheus is not installed (Debian: apt-get install prometheus; scripts/test.sh does as root)"
-        )
+    prometheus = _binary("prometheus")
     (port,) = free_ports(1)
     targets = [n.metrics for n in worked_cluster.nodes.values()]
     config = tmp_path / "prometheus.yml"
@@ -553,3 +562,23 @@ def test_a_node_whose_metrics_port_is_taken_stops_with_a_usage_error(tmp_path: p
         )
     assert res.returncode == 2, res.stderr[-2000:]
     assert f"--metrics 127.0.0.1:{port}: cannot listen" in res.stderr
+
+
+def test_leader_changes_count_a_new_leader_once_through_an_election() -> None:
+    from raftmesh.node.metrics import LeaderChanges
+
+    seen = LeaderChanges()
+    samples = [None, "", "n1", "n1", None, "n2", "", None, "n2", "n1", None, "n1"]
+    assert [s for s in samples if seen.see(s)] == ["n1", "n2", "n1"]
+
+
+def test_ci_fails_rather_than_skips_the_prometheus_tests_without_the_binaries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(REQUIRE_PROMETHEUS, "1")
+    with pytest.raises(pytest.fail.Exception, match=REQUIRE_PROMETHEUS):
+        _binary("raftmesh-no-such-binary")
+    monkeypatch.delenv(REQUIRE_PROMETHEUS)
+    with pytest.raises(pytest.skip.Exception):
+        _binary("raftmesh-no-such-binary")
+    assert f"export {REQUIRE_PROMETHEUS}=1" in (ROOT / ".ci" / "run").read_text()

@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -248,3 +249,57 @@ def test_approval_and_run_control_requests_are_checked_at_the_boundary(node: InP
             with pytest.raises(grpc.RpcError) as err:
                 getattr(stub, method)(req, timeout=10)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND, (method, err.value)
+
+
+def test_get_audit_is_not_complete_while_the_writer_lags_the_applied_state(node: InProcessNode) -> None:
+    """GetAudit waits (bounded) for the audit writer to reach the revision this replica applied;
+    if it does not, the answer is flagged incomplete rather than missing the latest rows."""
+    from raftmesh.node import service
+
+    audit = node.runtime.audit
+    assert audit is not None
+    dag = DAG("gated")
+    dag.task("g", "echo", approval={"prompt": "ok?"})
+    run_id = node.client.submit(dag)
+    wait_until(lambda: node.client.get(run_id).tasks["g"].status == "WAITING_APPROVAL", 30.0, "the gate")
+    trail = node.client.audit(run_id)
+    assert trail.complete and trail.events[-1].kind == "awaiting_approval"
+    old = service.AUDIT_FLUSH_S
+    service.AUDIT_FLUSH_S = 0.3
+    txn = audit._env.begin(write=True)  # a stalled disk: the writer cannot commit
+    try:
+        node.client.pause(run_id)
+        assert node.state(lambda st: st.runs[run_id].status.value) == "PAUSED"
+        trail = node.client.audit(run_id)
+        assert "paused" not in [e.kind for e in trail]
+        assert not trail.complete
+    finally:
+        txn.abort()
+        service.AUDIT_FLUSH_S = old
+    trail = node.client.audit(run_id)
+    assert trail.complete and trail.events[-1].kind == "paused"
+
+
+def test_run_spans_are_built_outside_the_apply_lock(node: InProcessNode) -> None:
+    """The leader reports each ended run's span: fields are copied under the apply lock, the span
+    is built and queued after it (the Raft thread must not wait for an exporter's queue)."""
+    lock = node.runtime.reads._lock
+    held: list[tuple[str, bool]] = []
+
+    class Spans:
+        def run_ended(self, trace_id: str, run_id: str, *rest: Any) -> None:
+            held.append((run_id, lock._is_owned()))  # type: ignore[attr-defined]
+
+        def attempt_ended(self, *args: Any) -> None:
+            pass
+
+        def shutdown(self) -> None:
+            pass
+
+    node.runtime.spans = Spans()  # type: ignore[assignment]
+    try:
+        run_id = node.client.submit(fan_out(2))
+        wait_until(lambda: bool(held), 30.0, "the run's span")
+    finally:
+        node.runtime.spans = None
+    assert held == [(run_id, False)]

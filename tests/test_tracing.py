@@ -437,3 +437,25 @@ def test_the_cli_refuses_a_bad_trace_id_as_a_usage_error(tmp_path: Any, capsys: 
     code = main(["--addresses", "127.0.0.1:1", "submit", str(dag), "--trace-id", "not-hex"])
     assert code == 2
     assert "32 lowercase hex digits" in capsys.readouterr().err
+
+
+def test_an_ambient_otlp_endpoint_without_the_extra_warns_and_the_flag_refuses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    from raftmesh.node.main import otel_spans_for
+
+    log = logging.getLogger("raftmesh.test.otel")
+    monkeypatch.setitem(sys.modules, "raftmesh.node.otel", None)  # the otel extra is not installed
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        assert otel_spans_for("n1", None, "http://collector:4318", log) is None
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in caplog.text and "raftmesh[otel]" in caplog.text
+    with pytest.raises(InvalidArgument, match="raftmesh\\[otel\\]"):
+        otel_spans_for("n1", "http://collector:4318", None, log)
+    assert otel_spans_for("n1", None, None, log) is None
+    # Not a URL: the same (the flag refuses, the environment warns).
+    monkeypatch.delitem(sys.modules, "raftmesh.node.otel")
+    assert otel_spans_for("n1", None, "collector:4318", log) is None
+    with pytest.raises(InvalidArgument, match="http://"):
+        otel_spans_for("n1", "collector:4318", None, log)

@@ -557,7 +557,11 @@ class ActorHost:
             )
             w.last_active = mono
             self._workers[a.address] = w
-            w.task = asyncio.get_running_loop().create_task(self._work(w), name=f"actor {a.address}")
+            # A fresh context: reconcile may run inside a Peer.Exchange handler (a delivery woke it);
+            # the worker must not carry that peer's call (its trace, node:PEER) for its whole life.
+            w.task = asyncio.get_running_loop().create_task(
+                self._work(w), name=f"actor {a.address}", context=contextvars.Context()
+            )
             self.stats["activated"] += 1
             log.info("actor %s activated here (epoch %d)", a.address, a.epoch)
         if plan.start:

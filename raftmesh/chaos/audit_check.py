@@ -5,12 +5,14 @@ Coherent: it starts with ``submitted`` and its last change is ``run_finished`` (
 reports may follow); revisions never go down;
 every attempt that completed was placed before (an attempt with a number: a map or group parent
 ends through its children, never placed); nothing is placed or completed after the run's end
-unless a rerun or retry reopened it first.
+unless a rerun or retry reopened it first. Where the committed log was audited too
+(``raftmesh.verify.audit``), each task that succeeded there has a ``completed`` row for its final
+attempt (``AuditCheck.cross_check``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,24 @@ class AuditCheck:
     truncated: int = 0
     """Runs with more than ``AUDIT_LIMIT`` events: the end is not checked."""
     problems: list[str] = field(default_factory=list)
+    cross_checked: int | None = None
+    """Succeeded tasks compared with the log audit (None: no log audit to compare with)."""
+    completed: dict[str, set[tuple[str, int]]] = field(default_factory=dict, repr=False)
+    """Run -> (task, attempt) of its ``completed`` rows, for runs with a whole, complete timeline."""
+
+    def cross_check(self, succeeded: Mapping[tuple[str, str], int]) -> None:
+        """Each task the log audit saw succeed, in a run checked here: its final attempt has a
+        ``completed`` row (``succeeded``: (run, task) -> that attempt)."""
+        self.cross_checked = 0
+        for (run_id, task_id), attempt in sorted(succeeded.items()):
+            rows = self.completed.get(run_id)
+            if rows is None:
+                continue
+            self.cross_checked += 1
+            if (task_id, attempt) not in rows:
+                self.problems.append(
+                    f"{run_id}: {task_id}#{attempt} succeeded in the log but its timeline has no completed row"
+                )
 
     @property
     def violations(self) -> int:
@@ -40,6 +60,7 @@ class AuditCheck:
             "runs_checked": self.checked,
             "complete": self.complete,
             "truncated": self.truncated,
+            "cross_checked": self.cross_checked,
             "violations": self.violations,
             "examples": self.problems[:EXAMPLES],
         }
@@ -100,4 +121,6 @@ def check_audit(client: Client, run_ids: Iterable[str]) -> AuditCheck:
         truncated = len(trail) >= AUDIT_LIMIT
         res.truncated += truncated
         res.problems += [f"{run_id}: {p}" for p in timeline_problems(trail.events, truncated)]
+        if not truncated:
+            res.completed[run_id] = {(e.task_id, e.attempt) for e in trail.events if e.kind == "completed"}
     return res

@@ -204,6 +204,7 @@ def check_history(
     replays: Sequence[ReplayCheck] = (),
     audit_unavailable: str = "",
     archive_problems: Sequence[str] = (),
+    approver: str = APPROVER,
 ) -> CheckResult:
     """Every invariant of the chaos run; ``runs`` are all the runs the cluster holds.
 
@@ -211,6 +212,8 @@ def check_history(
     unless ``audit_unavailable`` says why they could not be checked; they are then
     reported as unchecked, not as passed. ``archive_problems``: what the merge of the nodes'
     archives of applied entries found (gaps, disagreements); each is a violation.
+    ``approver``: who a gate applied by the workload's approve calls must name as its decider
+    (the ``by`` they send on an open cluster; the authenticated principal on a secured one).
     """
     inv = {name: Invariant(name) for name in INVARIANTS}
     out = Outcomes()
@@ -259,7 +262,7 @@ def check_history(
             if run.status in TERMINAL:
                 _check_usage(op, run, inv)
                 if op.workflow:
-                    _check_workflow(op, run, inv, out)
+                    _check_workflow(op, run, inv, out, approver)
         _check_retries(op, run, audit, inv, out)
     if audit is not None:
         for (run_id, task_id), n in sorted(audit.requeues.items()):
@@ -388,7 +391,9 @@ def _spawned_attempt(task_id: str) -> int | None:
     return None
 
 
-def _check_workflow(op: Operation, run: RunRecord, inv: dict[str, Invariant], out: Outcomes) -> None:
+def _check_workflow(
+    op: Operation, run: RunRecord, inv: dict[str, Invariant], out: Outcomes, approver: str = APPROVER
+) -> None:
     wf = op.workflow
     out.count(f"{wf['kind']} runs")
     where = f"{op.key} ({run.run_id})"
@@ -404,11 +409,11 @@ def _check_workflow(op: Operation, run: RunRecord, inv: dict[str, Invariant], ou
             )
     if "map" in wf and run.status == "SUCCEEDED":  # its instances are in op.expected (BAD_OUTPUT)
         out.count("map instances checked", wf["map"]["items"])
-    if "approval" in wf and (problems := _check_approval(op, run, out)):
+    if "approval" in wf and (problems := _check_approval(op, run, out, approver)):
         inv[APPROVAL].add(f"{where}: {'; '.join(problems)}")
 
 
-def _check_approval(op: Operation, run: RunRecord, out: Outcomes) -> list[str]:
+def _check_approval(op: Operation, run: RunRecord, out: Outcomes, approver: str = APPROVER) -> list[str]:
     """The gate's decision is the client's first acknowledged one and every answer agrees; one
     call applied it; the task ran only after an approval, succeeding at most once."""
     w = op.workflow["approval"]
@@ -442,7 +447,7 @@ def _check_approval(op: Operation, run: RunRecord, out: Outcomes) -> list[str]:
             problems.append(f"the client asked reject={w['reject']}, its first answer was {first!r}")
     if len(applied) > 1:
         problems.append(f"applied by {len(applied)} request ids: {sorted(applied)}")
-    if applied and by != APPROVER:
+    if applied and by != approver:
         problems.append(f"a call was answered applied but gate {gid} was decided by {by!r}")
     starts = [s for _, _outcome, s in t.history] + ([t.started_ms] if t.started_ms else [])
     succeeded = sum(1 for _, outcome, _ in t.history if outcome == "SUCCEEDED")

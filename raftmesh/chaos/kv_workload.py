@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from ..client import Client
 from ..client._coord import fence_pb
+from ..client._security import Credentials
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import Aborted, FailedPrecondition, InvalidArgument, RaftmeshError
 from ..verify.linearizability import Operation as LinOp
@@ -57,10 +58,12 @@ CALL_TIMEOUT_S = 2.0
 """Per attempt (at most the budget): a call stuck on a paused or cut-off node moves on soon."""
 
 
-def sdk_client(addresses: list[str], client: int) -> Client:
+def sdk_client(addresses: list[str], client: int, credentials: Credentials | None = None) -> Client:
     """The SDK client of workload client ``client``, with its retry budget."""
     budget = RETRY_BUDGETS_S[client % len(RETRY_BUDGETS_S)]
-    return Client(addresses, timeout_s=min(CALL_TIMEOUT_S, budget), retry_deadline_s=budget)
+    return Client(
+        addresses, timeout_s=min(CALL_TIMEOUT_S, budget), retry_deadline_s=budget, credentials=credentials
+    )
 
 
 PAUSE_S = (0.005, 0.03)
@@ -251,6 +254,7 @@ class KvWorkload(ClientThreads):
     keys: int = 4
     clock: HistoryClock = field(default_factory=HistoryClock)
     records: list[KvRecord] = field(default_factory=list)
+    credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         self._init_threads()
@@ -271,7 +275,7 @@ class KvWorkload(ClientThreads):
         keys = self.key_names
         last_read: dict[str, tuple[Any, int]] = {}
         rec = self.recorder
-        with sdk_client(self.addresses, c) as sdk:
+        with sdk_client(self.addresses, c, self.credentials) as sdk:
             i = 0
             while not self._stop.is_set():
                 # Every draw happens whatever the outcomes, so a seed gives the same plan.

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from ..client import Client
 from ..client._coord import Lease
+from ..client._security import Credentials
 from ..errors import Aborted, RaftmeshError
 from .kv_workload import HistoryClock, KvRecord, KvRecorder, sdk_client
 from .workload import ClientThreads
@@ -213,6 +214,7 @@ class LockWorkload(ClientThreads):
     stall_p: float = STALL_P
     records: list[LockRecord] = field(default_factory=list)
     kv_records: list[KvRecord] = field(default_factory=list)
+    credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         self._init_threads()
@@ -234,7 +236,7 @@ class LockWorkload(ClientThreads):
 
     def _client_loop(self, c: int) -> None:
         rng = random.Random(f"{self.seed}-lock-{c}")
-        with sdk_client(self.addresses, c) as sdk:
+        with sdk_client(self.addresses, c, self.credentials) as sdk:
             i = 0
             while not self._stop.is_set():
                 # Every draw happens whatever the outcomes, so a seed gives the same plan.

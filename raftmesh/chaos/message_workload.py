@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..client import Client
+from ..client._security import Credentials
 from ..consensus import limits
 from ..errors import FailedPrecondition, InvalidArgument, RaftmeshError, ResourceExhausted
 from .agents import ACTOR_TYPE, EFFECT_PREFIX, RELAY_TYPE
@@ -108,6 +109,7 @@ class MessageWorkload(ClientThreads):
     targets: int = 4
     clock: HistoryClock = field(default_factory=HistoryClock)
     records: list[MessageCall] = field(default_factory=list)
+    credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         self._init_threads()
@@ -132,7 +134,12 @@ class MessageWorkload(ClientThreads):
         targets = self.target_names
         relays = relay_names(self.targets)
         seqs = {"durable": 0, "fast": 0}
-        with Client(self.addresses, timeout_s=CALL_TIMEOUT_S, retry_deadline_s=RETRY_DEADLINE_S) as sdk:
+        with Client(
+            self.addresses,
+            timeout_s=CALL_TIMEOUT_S,
+            retry_deadline_s=RETRY_DEADLINE_S,
+            credentials=self.credentials,
+        ) as sdk:
             while not self._stop.is_set():
                 # Every draw happens whatever the outcomes, so a seed gives the same plan.
                 path = "durable" if rng.random() < DURABLE_SHARE else "fast"

@@ -33,11 +33,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from ..client import Client
+from ..client._security import Credentials
 from ..consensus import limits
 from ..consensus.machine import StateMachine
 from ..consensus.raft import batch_payload, read_journal
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, RaftmeshError, Unauthenticated, Unavailable
 from ..localcluster import LocalCluster, wait_until
+from ..security import certs
+from ..security.tokens import add_token
 from ..storage.archive import ArchiveContents, merge_archives, read_archive
 from ..verify.audit import Audit
 from ..verify.message_audit import logical_id
@@ -63,8 +67,10 @@ from .message_workload import MessageWorkload, read_effects
 from .nemesis import Nemesis, NetMode, available_faults, plan_schedule
 from .proxy import TcpProxy
 from .report import Report
-from .workload import AGENTS_MODULE, Workload, now_ms
+from .workload import AGENTS_MODULE, APPROVER, Workload, now_ms
 
+SECURE_SUBJECT = "chaos"
+"""``--secure``: the subject of the admin token every workload and checker call carries."""
 SNAPSHOT_ENTRIES = 10_000_000
 """Node log compaction threshold: high, so each journal holds the whole log to audit.
 
@@ -125,6 +131,9 @@ class ChaosConfig:
     message_clients: int = 0
     """Message senders (``--message-clients``): durable and fast sends and requests to chaos actors."""
     message_targets: int = 4
+    secure: bool = False
+    """``--secure``: nodes with TLS (mutual: the harness presents the client certificate) and a
+    tokens file; every workload and checker call carries the admin token over TLS."""
 
     def __post_init__(self) -> None:
         if self.nodes not in (3, 5, 7):
@@ -192,6 +201,7 @@ def replay_command(cfg: ChaosConfig) -> str:
     if cfg.message_clients:
         cmd += f" --message-clients {cfg.message_clients} --message-targets {cfg.message_targets}"
     for flag, on in (
+        ("--secure", cfg.secure),
         ("--no-dag", not cfg.dag),
         ("--no-faults", not cfg.faults),
         ("--unfenced-experiment", cfg.unfenced_experiment),
@@ -283,10 +293,12 @@ class _Run:
             self.lab = netns.NetnsLab(ids).start()
             self.log(f"netns lab {self.lab.run_name} on {self.lab.subnet}")
         lab = self.lab
+        hosts = {i: lab.ip_of(i) for i in ids} if lab else {}
+        creds, secure_args = self._secure(ids, hosts) if cfg.secure else (None, {})
         cluster = self.cluster = LocalCluster(
             cfg.nodes,
             base_dir=self.base,
-            hosts={i: lab.ip_of(i) for i in ids} if lab else {},
+            hosts=hosts,
             exec_prefix=lab.exec_prefix if lab else None,
             extra_args=[
                 "--node-down-after",
@@ -300,9 +312,14 @@ class _Run:
             ],
             slots=PREEMPT_SLOTS if cfg.preempt_priority else LocalCluster.slots,
             agents_modules=[AGENTS_MODULE],
+            credentials=creds,
         )
+        for node_id, args in secure_args.items():
+            cluster.nodes[node_id].argv += args
         cluster.start(wait=True, timeout_s=START_TIMEOUT_S)
         self.log(f"cluster up: {', '.join(f'{n.id}={n.grpc}' for n in cluster.nodes.values())}")
+        if creds is not None:
+            self._check_secured(cluster, creds)
         addresses = cluster.addresses
         if cfg.net == "proxy":
             for node_id, n in cluster.nodes.items():
@@ -320,10 +337,14 @@ class _Run:
         nemesis = Nemesis(cluster, lab, self.proxies, log=self.log)
         clock = HistoryClock()
         workload = self.workload = Workload(
-            addresses, cfg.seed, cfg.clients if cfg.dag else 0, urgent_priority=cfg.preempt_priority
+            addresses,
+            cfg.seed,
+            cfg.clients if cfg.dag else 0,
+            urgent_priority=cfg.preempt_priority,
+            credentials=creds,
         )
         kv_workload = self.kv_workload = KvWorkload(
-            addresses, cfg.seed, cfg.kv_clients, cfg.kv_keys, clock=clock
+            addresses, cfg.seed, cfg.kv_clients, cfg.kv_keys, clock=clock, credentials=creds
         )
         lock_workload = self.lock_workload = LockWorkload(
             addresses,
@@ -332,9 +353,10 @@ class _Run:
             cfg.lock_names,
             clock=clock,
             unfenced=cfg.unfenced_experiment,
+            credentials=creds,
         )
         message_workload = self.message_workload = MessageWorkload(
-            addresses, cfg.seed, cfg.message_clients, cfg.message_targets, clock=clock
+            addresses, cfg.seed, cfg.message_clients, cfg.message_targets, clock=clock, credentials=creds
         )
 
         start_ms = now_ms()
@@ -393,7 +415,22 @@ class _Run:
         else:
             audit, replays, unaudited = self._audit_journals(cluster, statuses)
 
-        check = check_history(ops, runs, audit, digests, replays, unaudited, archive_problems)
+        if audit is not None:
+            audit_timelines.cross_check(audit.succeeded)
+            self.log(
+                f"audit timelines: {audit_timelines.cross_checked} succeeded tasks cross-checked with the log"
+            )
+        check = check_history(
+            ops,
+            runs,
+            audit,
+            digests,
+            replays,
+            unaudited,
+            archive_problems,
+            # Secured, a gate's decider is the caller's principal, not the ``by`` it sends.
+            approver=f"token:{SECURE_SUBJECT}" if cfg.secure else APPROVER,
+        )
         kv_check, lock_check = self._check_coordination(
             kv_records + lock_kv_records, lock_records, lock_workload, audit, unaudited
         )
@@ -454,6 +491,7 @@ class _Run:
                 "preempt_priority": cfg.preempt_priority,
                 "message_clients": cfg.message_clients,
                 "message_targets": cfg.message_targets,
+                "secure": cfg.secure,
             },
             kv=kv_check,
             locks=lock_check,
@@ -465,6 +503,56 @@ class _Run:
             message_history=[c.to_json() for c in message_calls],
             audit_timelines=audit_timelines,
         )
+
+    def _secure(self, ids: list[str], hosts: dict[str, str]) -> tuple[Credentials, dict[str, list[str]]]:
+        """``--secure``: a CA and certificates in the run's dir (every node's address in the SANs:
+        netns nodes are not on loopback), a tokens file with an admin token; the harness's
+        credentials and each node's extra flags. The cluster secret that proves node identity
+        is ``LocalCluster``'s (``--raft-secret-file``)."""
+        tls_dir = os.path.join(self.base, "tls")
+        issued = certs.init(tls_dir, ids, hosts=[*certs.DEFAULT_HOSTS, *sorted(set(hosts.values()))])
+        tokens_path = os.path.join(self.base, "tokens.yaml")
+        _entry, token = add_token(tokens_path, SECURE_SUBJECT, "admin")
+        creds = Credentials(token=token, ca=issued.ca, cert=issued.client[0], key=issued.client[1])
+        args = {
+            i: [
+                "--tls-cert",
+                issued.nodes[i][0],
+                "--tls-key",
+                issued.nodes[i][1],
+                "--tls-ca",
+                issued.ca,
+                "--tls-client-auth",
+                "require",
+                "--tokens-file",
+                tokens_path,
+            ]
+            for i in ids
+        }
+        self.log(
+            f"secure: mutual TLS (CA {issued.ca}), tokens in {tokens_path} (admin token:{SECURE_SUBJECT})"
+        )
+        return creds, args
+
+    def _check_secured(self, cluster: LocalCluster, creds: Credentials) -> None:
+        """The nodes really are secured (a run whose flags were silently dropped must not pass as
+        one): over TLS without the token a call is refused, and a plaintext one cannot connect."""
+        for node_id, n in cluster.nodes.items():
+            for what, c in (
+                ("over TLS without a token", Credentials(ca=creds.ca, cert=creds.cert, key=creds.key)),
+                ("in plaintext", None),
+            ):
+                with Client([n.grpc], timeout_s=5, retry_deadline_s=0, credentials=c) as sdk:
+                    try:
+                        sdk.status()
+                    except (Unauthenticated, Unavailable):
+                        continue
+                    except RaftmeshError as exc:
+                        raise RaftmeshError(
+                            f"--secure: {node_id} answered a call {what} with {exc!r}"
+                        ) from exc
+                raise RaftmeshError(f"--secure: {node_id} served a call {what}: the cluster is not secured")
+        self.log("secure: every node refuses a call without a token and a plaintext connection")
 
     def _check_audit_timelines(
         self, cluster: LocalCluster, runs: dict[str, RunRecord], keys: set[str]

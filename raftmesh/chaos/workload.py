@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..client import DAG, Client
+from ..client._security import Credentials
 from ..clock import SYSTEM_CLOCK
 from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RaftmeshError
 
@@ -458,6 +459,8 @@ class Workload(ClientThreads):
     operations: list[Operation] = field(default_factory=list)
     urgent_priority: int | None = None
     """A share of the runs get this priority (``URGENT_SHARE``); None: every run at 0."""
+    credentials: Credentials | None = None
+    """TLS and token of every call (``--secure``); None: plaintext, no token."""
 
     def __post_init__(self) -> None:
         self._init_threads()
@@ -470,7 +473,9 @@ class Workload(ClientThreads):
     def _client_loop(self, client: int) -> None:
         rng = random.Random(f"{self.seed}-client-{client}")
         # Each thread has its own Client: failover state is per client, as with real users.
-        with Client(self.addresses, retry_deadline_s=self.retry_deadline_s) as sdk:
+        with Client(
+            self.addresses, retry_deadline_s=self.retry_deadline_s, credentials=self.credentials
+        ) as sdk:
             i = 0
             while not self._stop.is_set():
                 job = next_job(rng, f"chaos-{self.seed}-{client}-{i}", self.urgent_priority)

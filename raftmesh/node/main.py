@@ -76,6 +76,20 @@ def _otel_spans(node_id: str, endpoint: str) -> Any:
     return OtelSpans(node_id, endpoint)
 
 
+def otel_spans_for(node_id: str, flag: Any, ambient: str | None, log: logging.Logger) -> Any:
+    """The span exporter, or None. ``--otel-endpoint`` (``flag``) that cannot work stops the node;
+    an ambient ``OTEL_EXPORTER_OTLP_ENDPOINT`` (set for some other program, perhaps) only warns."""
+    if flag:
+        return _otel_spans(node_id, str(flag))
+    if not ambient:
+        return None
+    try:
+        return _otel_spans(node_id, ambient)
+    except InvalidArgument as exc:
+        log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set, but no spans are exported: %s", exc)
+        return None
+
+
 OPEN_FILES_WANTED = 65_536
 
 
@@ -179,9 +193,13 @@ def run_node(args: argparse.Namespace) -> int:
     import uvloop
 
     node = NodeRuntime(cfg)
-    endpoint = _setting(args, file_cfg, "otel-endpoint") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if endpoint:
-        spans = _otel_spans(cfg.node_id, str(endpoint))
+    spans = otel_spans_for(
+        cfg.node_id,
+        _setting(args, file_cfg, "otel-endpoint"),
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        log,
+    )
+    if spans is not None:
         node.spans = spans
         log.info("exporting run and attempt spans to %s", spans.url)
 

@@ -125,6 +125,20 @@ class NodeSources:
     lock_waits: Any = None
 
 
+class LeaderChanges:
+    """Leader changes among samples: a sample with no leader (an election under way) is no
+    change by itself, so X -> none -> Y counts once and X -> none -> X (X re-elected) not at all."""
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def see(self, leader: str | None) -> bool:
+        if not leader or leader == self._last:
+            return False
+        self._last = leader
+        return True
+
+
 class NodeMetrics:
     """One node's registry and the instruments the node feeds (a ``CallObserver``)."""
 
@@ -291,13 +305,11 @@ class NodeMetrics:
         """Counts leader changes by looking every ``period_s`` (pysyncobj has no election hook).
 
         A node starts knowing no leader, so the first leader it learns of counts as a change."""
-        last: str | None = ""
+        seen = LeaderChanges()
         while True:
             await asyncio.sleep(period_s)
-            now = leader()
-            if now != last:
+            if seen.see(leader()):
                 self.leader_changes.inc()
-                last = now
 
     def exposition(self) -> bytes:
         """The text format, as the HTTP endpoint serves it."""

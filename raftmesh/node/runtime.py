@@ -11,6 +11,7 @@ get a reader, a writer and the clock, never the runtime itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -183,24 +184,31 @@ class NodeRuntime:
             return
         spans = self.spans
 
-        def emit(st: ClusterState) -> None:
+        def copy(st: ClusterState) -> list[functools.partial[None]]:
+            # Only the fields, under the apply lock: building and queueing spans happens after it.
+            out = []
             for run_id in ended:
                 r = st.runs.get(run_id)
                 if r is not None and r.status in TERMINAL_RUN:
-                    spans.run_ended(
-                        r.trace_id,
-                        r.run_id,
-                        r.name,
-                        r.status.value,
-                        r.reason,
-                        r.error,
-                        r.created_ms,
-                        r.finished_ms,
-                        len(r.tasks),
-                        r.usage,
+                    out.append(
+                        functools.partial(
+                            spans.run_ended,
+                            r.trace_id,
+                            r.run_id,
+                            r.name,
+                            r.status.value,
+                            r.reason,
+                            r.error,
+                            r.created_ms,
+                            r.finished_ms,
+                            len(r.tasks),
+                            r.usage,
+                        )
                     )
+            return out
 
-        self.reads.read(emit)
+        for emit in self.reads.read(copy):
+            emit()
 
     def _on_restored(self) -> None:
         self.reads.restored()

@@ -68,6 +68,9 @@ from .watch import RESYNC, WatchHub
 MAX_LIST_RUNS = 1000
 DEFAULT_AUDIT_EVENTS = 1000
 MAX_AUDIT_EVENTS = 10_000
+AUDIT_FLUSH_WAITS = 4
+"""GetAudit calls waiting at once for the audit writer (each holds a default-executor thread)."""
+AUDIT_FLUSH_S = 2.0
 STREAM_HEARTBEAT_S = 1.0
 """Idle server streams send an empty event this often; clients treat 5 s of silence as a dead node."""
 _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
@@ -131,6 +134,7 @@ class ClusterService(pb_grpc.ClusterServicer):
         self._status = status
         self._audit = audit
         self._node_id = node_id
+        self._flush_waits = asyncio.Semaphore(AUDIT_FLUSH_WAITS)
 
     # ---- audit ------------------------------------------------------------
 
@@ -150,21 +154,36 @@ class ClusterService(pb_grpc.ClusterServicer):
         if self.node.has_leader():
             # What was committed before the call is in this replica, then in the archive.
             await self.node.barrier(context)
-            applied = self.node.reads.read(lambda st: st.revision)
-            await asyncio.to_thread(audit.flush, 2.0, applied)
+        # Without a leader: what this replica applied, so the answer is as fresh as its state.
+        applied = self.node.reads.read(lambda st: st.revision)
+        async with self._flush_waits:
+            flushed = await asyncio.to_thread(audit.flush, AUDIT_FLUSH_S, applied)
         tl = await asyncio.to_thread(audit.timeline, request.run_id, limit)
         live = self.node.reads.read(
             lambda st: (r.namespace, r.submitter) if (r := st.runs.get(request.run_id)) else None
         )
         if not tl.known and live is None:
             raise RunNotFound(f"run {request.run_id!r} has no audit timeline on node {self._node_id}")
-        # The run's namespace from the state, or (evicted) from its archived submission: a token
-        # limited to namespaces sees only theirs (unknown: refused, as for any other namespace).
+        # The run's namespace from the state, or (it left the state) as the archive kept it: a token
+        # limited to namespaces sees only theirs.
         first = tl.rows[0] if tl.rows and tl.rows[0].kind == "submitted" else None
-        namespace = live[0] if live else str(first.detail.get("namespace", "")) if first else ""
+        namespace = live[0] if live else tl.namespace
+        if namespace is None and first is not None:  # an archive written before it kept the namespace
+            namespace = str(first.detail.get("namespace", ""))
+        if namespace is None:
+            if ownership.restricted():
+                # Not PERMISSION_DENIED: the SDK stops at that, and another node may hold the submission.
+                raise FailedPrecondition(
+                    f"node {self._node_id} lacks the submission of run {request.run_id!r}, so cannot "
+                    "tell its namespace; ask another node"
+                )
+            namespace = ""
         ownership.check_run(namespace, live[1] if live else "", request.run_id)
         return pb.GetAuditResponse(
-            events=[audit_event_to_pb(r) for r in tl.rows], complete=tl.complete, node_id=self._node_id
+            events=[audit_event_to_pb(r) for r in tl.rows],
+            # Rows applied here but not yet written may be missing: not complete (the SDK asks on).
+            complete=tl.complete and flushed,
+            node_id=self._node_id,
         )
 
     # ---- runs -------------------------------------------------------------

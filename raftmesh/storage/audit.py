@@ -20,6 +20,8 @@ carry secrets); only ids, counts, statuses and principals.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import logging
 import os
@@ -49,6 +51,7 @@ from ..consensus.commands import (
     RetryTask,
     SubmitRun,
     Tick,
+    Usage,
 )
 from ..consensus.machine import Applied
 from ..consensus.results import (
@@ -70,6 +73,11 @@ DEFAULT_MAX_RUNS = 10_000
 DEFAULT_MAX_BYTES = 256 * 1024**2
 QUEUE_BATCHES = 10_000
 """Applied batches waiting for the writer; past it a batch is dropped and open runs marked incomplete."""
+QUEUE_BYTES = 64 * 1024**2
+"""Their log entries' bytes waiting for the writer (the decoded batches take a few times that)."""
+RUN_SHARE = 4
+"""One run's rows take at most ``max_bytes / RUN_SHARE``: past it the run's timeline is cut (a
+``truncated`` row, then incomplete), so one huge run cannot crowd out the rest or fill the map."""
 MAP_SLACK = 4
 """The LMDB map is ``MAP_SLACK x max_bytes`` (+64 MiB): room for keys, metadata and free pages."""
 COMPENSATION_SUFFIX = "~compensate"
@@ -172,6 +180,9 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
             add(run_id, "spawned", task_id, origin=origin, parent=parent)
         elif kind == "budget_exceeded":
             add(run_id, "budget_exceeded", why=note[:300])
+    reported: dict[tuple[str, str], Usage] = (
+        {(it.run_id, it.task_id): it.usage for it in cmd.items} if isinstance(cmd, Complete | Fail) else {}
+    )
     for ev in a.events:  # a fan-out's batch has thousands: built here without add()'s keywords
         if isinstance(ev, TaskChanged):
             kind = _task_kind(cmd, ev)  # "" for a transition the timeline leaves out
@@ -179,13 +190,23 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
                 detail: dict[str, Any] = {"status": _STATUS_VALUE[ev.status]}
                 if ev.task_id.endswith(COMPENSATION_SUFFIX):
                     detail["compensation"] = True
-                row = AuditRow(rev, now, kind, ev.task_id, ev.attempt, ev.node, who, request, trace, detail)
+                usage = reported.get((ev.run_id, ev.task_id))
+                if usage is not None and kind in _ATTEMPT_ENDS:
+                    # What the attempt consumed, as its agent reported it: "why did it cost so much".
+                    detail.update(tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost=usage.cost)
+                node = ev.node
+                if not node and kind in _ATTEMPT_ENDS:
+                    node = getattr(cmd, "node_id", "")  # a retry's task is READY: name who ran it
+                row = AuditRow(rev, now, kind, ev.task_id, ev.attempt, node, who, request, trace, detail)
                 out.append((ev.run_id, row))
         elif isinstance(ev, RunChanged):
             add(ev.run_id, _run_kind(cmd, ev.status), status=ev.status.value)
     return out
 
 
+_ATTEMPT_ENDS = frozenset({"completed", "failed", "retry_scheduled"})
+_STARTS = frozenset({"placed", "running"})
+_ENDS = frozenset({"completed", "failed", "retry_scheduled", "timed_out", "lost", "preempted", "cancelled"})
 _STATUS_VALUE = {s: s.value for s in TaskStatus}
 """``.value`` of an enum member is a descriptor call; this is a dict lookup."""
 _KINDS: dict[tuple[type[Command], TaskStatus], str] = {}
@@ -263,14 +284,34 @@ class _Meta:
     submitted: bool = False
     gap: bool = False
     ended: bool = False
+    trace: str = ""
+    """The run's trace (its submission's): rows of the node's own commands (placements, ticks,
+    a node declared down) carry no trace of their own and are filed under it."""
+    namespace: str = ""
+    """The run's namespace, kept for GetAudit's check when the run has left the state."""
+    known_namespace: bool = False
+    truncated: bool = False
+    """Rows past ``max_run_bytes`` were not kept: the timeline is incomplete."""
 
     def encode(self) -> bytes:
-        return json.dumps([self.seq, self.size, self.submitted, self.gap, self.ended]).encode()
+        return json.dumps(
+            [
+                self.seq,
+                self.size,
+                self.submitted,
+                self.gap,
+                self.ended,
+                self.trace,
+                self.namespace,
+                self.known_namespace,
+                self.truncated,
+            ]
+        ).encode()
 
     @classmethod
     def decode(cls, b: bytes) -> _Meta:
         v = json.loads(b)
-        return cls(v[0], v[1], v[2], v[3], v[4])
+        return cls(*v[:9])  # an archive written before trace/namespace has five fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,9 +321,13 @@ class Timeline:
     complete: bool
     known: bool
     """False: this archive holds nothing of the run (never seen here, or dropped by the bound)."""
+    namespace: str | None = None
+    """The run's namespace if this archive knows it (its submission, or the state it restored)."""
 
 
 _RESTORED = object()
+_GAP = object()
+"""Queued in place of dropped batches: the writer marks the runs open at that point in the order."""
 
 
 class AuditArchive:
@@ -298,12 +343,15 @@ class AuditArchive:
         self.max_runs = max_runs
         self.max_bytes = max_bytes
         self._env = lmdb.open(
-            self.path, map_size=MAP_SLACK * max_bytes + 64 * 1024**2, max_dbs=4, sync=False, metasync=False
+            self.path, map_size=MAP_SLACK * max_bytes + 64 * 1024**2, max_dbs=5, sync=False, metasync=False
         )
         self._rows = self._env.open_db(b"rows")
         self._runs = self._env.open_db(b"runs")
         self._order = self._env.open_db(b"order")
         self._info = self._env.open_db(b"info")
+        self._started = self._env.open_db(b"started")
+        """``run\0task`` -> the state time its current attempt started (for ``seconds`` at its end)."""
+        self.max_run_bytes = max(max_bytes // RUN_SHARE, 1)
         with self._env.begin() as txn:
             self._total = int(txn.get(b"bytes", b"0", db=self._info))
             self._last_revision = int(txn.get(b"revision", b"0", db=self._info))
@@ -311,8 +359,17 @@ class AuditArchive:
             self._count = txn.stat(self._runs)["entries"]
         self._committed_revision = self._last_revision
         """The last revision whose rows are committed (readers see them)."""
-        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
-        self._overflowed = False
+        # Unbounded as a queue.Queue: ``_put`` bounds the batches itself so that a gap marker always
+        # finds room right after the batches it follows (guarded by ``_idle``).
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queued = 0
+        self._sizes: collections.deque[int] = collections.deque()
+        """Each queued batch's log entry bytes, in queue order (``_queued_bytes`` is their sum)."""
+        self._queued_bytes = 0
+        self._gap_queued = False
+        """The queue's last item is a gap marker: further drops need no other."""
+        self._failed = False
+        """A write transaction failed (its batches are lost): the writer marks open runs. Writer-only."""
         self.failures = 0
         self.written = 0
         self._idle = threading.Condition()
@@ -323,24 +380,40 @@ class AuditArchive:
 
     # ---- pysyncobj's thread -------------------------------------------------
 
-    def applied(self, trail: list[Applied]) -> None:
-        self._put(trail)
+    def applied(self, trail: list[Applied], size: int = 0) -> None:
+        """``size``: the applied log entry's bytes (the queue is bounded by them too)."""
+        self._put(trail, size)
 
     def restored(self, state: ClusterState) -> None:
         """A snapshot replaced the state: runs open in it may have missed changes here."""
-        open_runs = [r for r, run in state.runs.items() if run.status not in TERMINAL_RUN]
+        open_runs = [
+            (r, run.trace_id, run.namespace)
+            for r, run in state.runs.items()
+            if run.status not in TERMINAL_RUN
+        ]
         self._put((_RESTORED, state.revision, open_runs))
 
-    def _put(self, item: Any) -> None:
+    def _put(self, item: Any, size: int = 0) -> None:
         with self._idle:
-            self._pending += 1
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            with self._idle:
-                self._pending -= 1
-                self._overflowed = True
-            log.error("audit queue full: a batch was dropped, open runs are marked incomplete")
+            if self._queued >= QUEUE_BATCHES or (self._queued and self._queued_bytes + size > QUEUE_BYTES):
+                # Dropped: the runs open after the batches queued before it missed a change. The
+                # marker goes after those batches (not before: a run submitted in one of them
+                # and finished in the dropped batch must be marked too).
+                first = not self._gap_queued
+                if first:
+                    self._gap_queued = True
+                    self._pending += 1
+                    self._queue.put_nowait(_GAP)
+            else:
+                first = False
+                self._gap_queued = False
+                self._queued += 1
+                self._sizes.append(size)
+                self._queued_bytes += size
+                self._pending += 1
+                self._queue.put_nowait(item)
+        if first:
+            log.error("audit queue full: batches are dropped, the runs open then are marked incomplete")
 
     # ---- the writer -------------------------------------------------------------
 
@@ -361,37 +434,57 @@ class AuditArchive:
             stop = any(i is None for i in items)
             items = [i for i in items if i is not None]
             try:
-                with self._env.begin(write=True) as txn:
-                    if self._overflowed:
-                        self._overflowed = False
-                        self._mark_open(txn, None, [])
-                    metas: dict[str, _Meta] = {}  # decoded once per transaction, put back at its end
-                    for item in items:
-                        if isinstance(item, tuple) and item and item[0] is _RESTORED:
-                            self._put_metas(txn, metas)
-                            _, revision, open_runs = item
-                            if revision > self._last_revision:  # entries this node never applied
-                                self._mark_open(txn, revision, open_runs)
-                        else:
-                            self._write(txn, item, metas)
-                    self._put_metas(txn, metas)
-                    self._evict(txn)
-                    txn.put(b"bytes", str(self._total).encode(), db=self._info)
-                    txn.put(b"revision", str(self._last_revision).encode(), db=self._info)
-                    txn.put(b"seq", str(self._next_seq).encode(), db=self._info)
-                self.written += len(items)
+                self._transaction(items)
+                self.written += sum(1 for i in items if i is not _GAP)
                 self._committed_revision = self._last_revision
             except Exception:
                 self.failures += 1
-                self._overflowed = True  # the next write marks the open runs incomplete
                 log.exception("could not write the audit timeline")
                 self._reload()
+                self._failed = True
+                self._mark_after_failure()
             finally:
                 with self._idle:
                     self._pending -= len(items)
+                    for _ in range(sum(1 for i in items if i is not _GAP)):
+                        self._queued -= 1
+                        self._queued_bytes -= self._sizes.popleft()
                     self._idle.notify_all()
             if stop:
                 return
+
+    def _transaction(self, items: list[Any]) -> None:
+        with self._env.begin(write=True) as txn:
+            if self._failed:  # the lost batches came before these
+                self._mark_open(txn, None, [])
+            metas: dict[str, _Meta] = {}  # decoded once per transaction, put back at its end
+            for item in items:
+                if item is _GAP:
+                    self._put_metas(txn, metas)
+                    self._mark_open(txn, None, [])
+                elif isinstance(item, tuple) and item and item[0] is _RESTORED:
+                    self._put_metas(txn, metas)
+                    _, revision, open_runs = item
+                    if revision > self._last_revision:  # entries this node never applied
+                        self._mark_open(txn, revision, open_runs)
+                else:
+                    self._write(txn, item, metas)
+            self._put_metas(txn, metas)
+            self._evict(txn)
+            txn.put(b"bytes", str(self._total).encode(), db=self._info)
+            txn.put(b"revision", str(self._last_revision).encode(), db=self._info)
+            txn.put(b"seq", str(self._next_seq).encode(), db=self._info)
+        self._failed = False
+
+    def _mark_after_failure(self) -> None:
+        """Mark now rather than at the next batch: a reader must not take a run for complete
+        while its lost rows are missing (if this fails too, the next transaction marks first)."""
+        try:
+            with self._env.begin(write=True) as txn:
+                self._mark_open(txn, None, [])
+            self._failed = False
+        except Exception:
+            log.exception("could not mark the audit timelines incomplete after a failed write")
 
     def _reload(self) -> None:
         try:
@@ -426,15 +519,26 @@ class AuditArchive:
                 meta = metas.get(run_id)
                 if meta is None:
                     meta = metas[run_id] = self._meta(txn, run_id)
-                data = row.encode()
+                if row.kind == "submitted":
+                    meta.trace = row.trace_id
+                    meta.namespace, meta.known_namespace = str(row.detail.get("namespace", "")), True
+                elif not row.trace_id and meta.trace:
+                    row = dataclasses.replace(row, trace_id=meta.trace)
                 key = _ekey(run_id, a, i)
-                # One B-tree descent for a new row (nearly always); a key already there is a log
-                # re-applied after a restart: rewritten in place, its bytes counted once.
-                if txn.put(key, data, overwrite=False, db=self._rows):
-                    meta.size += len(data) + len(key)
-                    self._total += len(data) + len(key)
-                else:
-                    txn.put(key, data, db=self._rows)
+                # Already there: re-applied after a restart at the last archived revision (the
+                # same row; kept as written, with the figures derived when it was first written).
+                if txn.get(key, db=self._rows) is None:
+                    if row.task_id:
+                        row = self._timed(txn, run_id, row)
+                    data = row.encode()
+                    if meta.size + len(data) + len(key) > self.max_run_bytes:
+                        if not meta.truncated:
+                            meta.truncated = True
+                            self._cut(txn, run_id, meta, a)
+                    else:
+                        meta.size += len(data) + len(key)
+                        self._total += len(data) + len(key)
+                        txn.put(key, data, db=self._rows)
                 if row.kind == "submitted":
                     meta.submitted = True
                 elif row.kind == "run_finished":
@@ -443,9 +547,37 @@ class AuditArchive:
                     meta.ended = False
             self._last_revision = max(self._last_revision, a.revision)
 
-    def _mark_open(self, txn: Any, revision: int | None, open_runs: list[str]) -> None:
+    def _timed(self, txn: Any, run_id: str, row: AuditRow) -> AuditRow:
+        """An attempt's end row gets ``seconds`` since its start (state time)."""
+        skey = run_id.encode() + b"\0" + row.task_id.encode()
+        if row.kind in _STARTS:
+            txn.put(skey, row.time_ms.to_bytes(8, "big", signed=True), db=self._started)
+        elif row.kind in _ENDS:
+            raw = txn.pop(skey, db=self._started)
+            if raw is not None:
+                seconds = max(0, row.time_ms - int.from_bytes(raw, "big", signed=True)) / 1000
+                return dataclasses.replace(row, detail={**row.detail, "seconds": seconds})
+        return row
+
+    def _cut(self, txn: Any, run_id: str, meta: _Meta, a: Applied) -> None:
+        """The run reached its share: one last ``truncated`` row says so (the rest are not kept)."""
+        cut = AuditRow(
+            a.revision,
+            a.time_ms,
+            "truncated",
+            trace_id=meta.trace,
+            detail={"limit_bytes": self.max_run_bytes},
+        )
+        data, key = cut.encode(), _ekey(run_id, a, 0xFFFFFFFF)
+        txn.put(key, data, db=self._rows)
+        meta.size += len(data) + len(key)
+        self._total += len(data) + len(key)
+        log.warning("audit: run %s reached its %d bytes; later rows are not kept", run_id, self.max_run_bytes)
+
+    def _mark_open(self, txn: Any, revision: int | None, open_runs: list[tuple[str, str, str]]) -> None:
         """Runs open now (archived and not ended, or open in a restored state) missed changes."""
-        marked = set(open_runs)
+        restored = {run_id: (trace, ns) for run_id, trace, ns in open_runs}
+        marked = set(restored)
         with txn.cursor(db=self._runs) as cur:
             for k, v in cur.iternext(keys=True, values=True):
                 meta = _Meta.decode(v)
@@ -454,6 +586,9 @@ class AuditArchive:
         for run_id in marked:
             meta = self._meta(txn, run_id)
             meta.gap = True
+            if run_id in restored and not meta.known_namespace:  # a run this node never saw submitted
+                meta.trace, meta.namespace = restored[run_id]
+                meta.known_namespace = True
             txn.put(run_id.encode(), meta.encode(), db=self._runs)
         if revision is not None:
             self._last_revision = revision
@@ -471,11 +606,12 @@ class AuditArchive:
                 txn.delete(run_b, db=self._runs)
                 self._count -= 1
             prefix = run_b + b"\0"
-            with txn.cursor(db=self._rows) as cur:
-                if cur.set_range(prefix):
-                    while bytes(cur.key()).startswith(prefix):
-                        if not cur.delete():
-                            break
+            for db in (self._rows, self._started):
+                with txn.cursor(db=db) as cur:
+                    if cur.set_range(prefix):
+                        while bytes(cur.key()).startswith(prefix):
+                            if not cur.delete():
+                                break
             log.info("audit: dropped the timeline of run %s (bound)", run_b.decode(errors="replace"))
 
     # ---- readers (any thread) -------------------------------------------------
@@ -503,7 +639,9 @@ class AuditArchive:
                         if not k.startswith(prefix) or len(rows) >= limit:
                             break
                         rows.append(AuditRow.decode(v))
-        return Timeline(run_id, rows, meta.submitted and not meta.gap, True)
+        namespace = meta.namespace if meta.known_namespace else None
+        complete = meta.submitted and not meta.gap and not meta.truncated
+        return Timeline(run_id, rows, complete, True, namespace)
 
     def close(self) -> None:
         if self._closed:

@@ -280,8 +280,11 @@ class Tally:
         self.by_code[o.code.name] = self.by_code.get(o.code.name, 0) + 1
 
 
-def call(channel: grpc.Channel, case: Case) -> Outcome:
-    """Send ``case`` as raw bytes; read at most ``STREAM_READS`` responses of a stream, then cancel."""
+def call(
+    channel: grpc.Channel, case: Case, metadata: tuple[tuple[str, str | bytes], ...] | None = None
+) -> Outcome:
+    """Send ``case`` as raw bytes (with ``metadata``, e.g. a credential); read at most
+    ``STREAM_READS`` responses of a stream, then cancel."""
     m = case.method
     deadline = STREAM_DEADLINE_S if m.server_streaming else UNARY_DEADLINE_S
     start = time.monotonic()
@@ -289,16 +292,16 @@ def call(channel: grpc.Channel, case: Case) -> Outcome:
     try:
         if not m.client_streaming and not m.server_streaming:
             channel.unary_unary(m.path, request_serializer=None, response_deserializer=None)(
-                case.payloads[0], timeout=deadline
+                case.payloads[0], timeout=deadline, metadata=metadata
             )
             return Outcome(grpc.StatusCode.OK, "", time.monotonic() - start, 1)
         if m.client_streaming:
             it: Any = channel.stream_stream(m.path, request_serializer=None, response_deserializer=None)(
-                iter(case.payloads), timeout=deadline
+                iter(case.payloads), timeout=deadline, metadata=metadata
             )
         else:
             it = channel.unary_stream(m.path, request_serializer=None, response_deserializer=None)(
-                case.payloads[0], timeout=deadline
+                case.payloads[0], timeout=deadline, metadata=metadata
             )
         try:
             for _ in it:
@@ -366,16 +369,18 @@ def fixed_cases() -> Iterator[Case]:
             yield Case(m, (payload,), kind)
 
 
-def serves(channel: grpc.Channel, registered: bool = False) -> bool:
+def serves(
+    channel: grpc.Channel, registered: bool = False, metadata: tuple[tuple[str, str], ...] | None = None
+) -> bool:
     """Does the node still answer ``ClusterStatus`` with a leader (and, with ``registered``,
-    list every member up with its agents)?"""
+    list every member up with its agents)? ``metadata``: a credential, on a secured node."""
     stub = channel.unary_unary(
         "/raftmesh.v1.Cluster/ClusterStatus",
         request_serializer=cluster_pb2.ClusterStatusRequest.SerializeToString,
         response_deserializer=cluster_pb2.ClusterStatusResponse.FromString,
     )
     try:
-        st_ = stub(cluster_pb2.ClusterStatusRequest(), timeout=5.0)
+        st_ = stub(cluster_pb2.ClusterStatusRequest(), timeout=5.0, metadata=metadata)
     except grpc.RpcError:
         return False
     if registered and not (st_.members and all(m.up and m.agents for m in st_.members)):
@@ -389,3 +394,217 @@ def open_channel(address: str) -> grpc.Channel:
         address,
         options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)],
     )
+
+
+# ---- a node with a tokens file: credentials nobody should get past --------------------------------
+
+#: What a fuzzed call presents (``auth_cases``): nothing, a garbage ``authorization`` header (junk,
+#: an unknown scheme, an overlong or binary value), a reader's token, a forged node credential.
+AUTH_KINDS = ("none", "garbage", "reader", "forged-node")
+
+#: Past this many bytes, gRPC itself refuses a request's headers (its default 8 KiB header list
+#: limit) before the node sees them: the transport answers, with a code of its own.
+HEADER_LIST_LIMIT = 8 * 1024
+
+
+@dataclass(frozen=True)
+class AuthCase:
+    case: Case
+    kind: str
+    metadata: tuple[tuple[str, str | bytes], ...]
+
+    def __repr__(self) -> str:
+        shown = [(k, v if len(v) <= 80 else f"{v[:40]!r}...({len(v)} chars)") for k, v in self.metadata]
+        return f"AuthCase({self.case!r}, {self.kind}, {shown})"
+
+    @property
+    def header_bytes(self) -> int:
+        return sum(len(k) + len(v) for k, v in self.metadata)
+
+
+def _garbage_header() -> st.SearchStrategy[tuple[tuple[str, str | bytes], ...]]:
+    printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=64)
+    value = st.one_of(
+        printable,
+        st.sampled_from(["Bearer", "Bearer ", "bearer  ", "Node", "Node ", "Node :", "Basic dXNlcjpwYXNz"]),
+        printable.map(lambda s: "Bearer " + s),
+        printable.map(lambda s: "Node " + s),
+        # Overlong: past the tokens file's 512-char limit, and past gRPC's header list limit.
+        st.sampled_from([513, 4096, 20_000]).map(lambda n: "Bearer " + "x" * n),
+        st.sampled_from(["Bearer ", "Node n1:"]).flatmap(
+            lambda p: st.integers(1, 600).map(lambda n: p + "a" * n)
+        ),
+    )
+    binary = st.binary(max_size=64).map(lambda b: (("authorization-bin", b),))
+    twice = st.tuples(printable, printable).map(
+        lambda ab: (("authorization", "Bearer " + ab[0]), ("authorization", ab[1]))
+    )
+    return st.one_of(value.map(lambda v: (("authorization", v),)), binary, twice)
+
+
+def _forged_node(secret: str) -> st.SearchStrategy[tuple[tuple[str, str | bytes], ...]]:
+    """``Node ID:HMAC`` that is not the cluster's: a random MAC, one made with another secret, the
+    right MAC for another id, a truncated or case-changed right one."""
+    from ..security.tokens import node_hmac
+
+    ids = st.sampled_from(["n1", "n2", "n9", "node", "a" * 128, "a" * 129, "n1:n1", ""])
+    hexes = st.text("0123456789abcdef", min_size=0, max_size=70)
+
+    def forge(draw_id: str, how: str, junk: str) -> str:
+        right = node_hmac(secret, draw_id)
+        mac = {
+            "random": junk,
+            "other-secret": node_hmac(secret + "x", draw_id),
+            "other-id": node_hmac(secret, draw_id + "x"),
+            "truncated": right[:-1],
+            "upper": right.upper(),
+            "extended": right + "0",
+        }[how]
+        return f"Node {draw_id}:{mac}"
+
+    how = st.sampled_from(["random", "other-secret", "other-id", "truncated", "upper", "extended"])
+    return st.builds(forge, ids, how, hexes).map(lambda v: (("authorization", v),))
+
+
+def auth_cases(
+    reader_token: str, secret: str, methods_: list[Method] | None = None
+) -> st.SearchStrategy[AuthCase]:
+    """A fuzzed request (``cases``) with one of ``AUTH_KINDS`` as its credential."""
+    metadata = {
+        "none": st.just(()),
+        "garbage": _garbage_header(),
+        "reader": st.just((("authorization", f"Bearer {reader_token}"),)),
+        "forged-node": _forged_node(secret),
+    }
+
+    @st.composite
+    def one(draw: Any) -> AuthCase:
+        case = draw(cases(methods_))
+        kind = draw(st.sampled_from(AUTH_KINDS))
+        return AuthCase(case, kind, draw(metadata[kind]))
+
+    return one()
+
+
+def check_auth(ac: AuthCase, o: Outcome) -> None:
+    """On a node with a tokens file: a call without a valid credential is refused UNAUTHENTICATED
+    (whatever its method and body: credentials are checked first); a reader's call to a method
+    that needs more is refused PERMISSION_DENIED; everything else as ``check``."""
+    from ..security.roles import OPEN, Role, allows, required_role
+
+    check(ac.case, o)
+    path = ac.case.method.path
+    if ac.header_bytes > HEADER_LIST_LIMIT:
+        # gRPC refuses the headers before the node's interceptor runs; the code is the transport's.
+        assert o.code != grpc.StatusCode.OK, f"{ac!r} was answered OK"
+        return
+    if ac.kind == "reader":
+        if not allows(Role.READER, path):
+            assert o.code == grpc.StatusCode.PERMISSION_DENIED, f"{ac!r} answered {o.code.name}: {o.details}"
+        else:
+            assert o.code != grpc.StatusCode.UNAUTHENTICATED, f"{ac!r} answered {o.code.name}: {o.details}"
+    elif required_role(path) != OPEN:
+        assert o.code == grpc.StatusCode.UNAUTHENTICATED, f"{ac!r} answered {o.code.name}: {o.details}"
+
+
+# ---- raw HTTP/2: header bytes no gRPC client sends --------------------------------------------------
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
+_END_STREAM, _END_HEADERS, _ACK = 0x1, 0x4, 0x1
+
+
+@dataclass
+class RawAnswer:
+    ended: bool = False
+    """The stream was closed: trailers (END_STREAM), RST_STREAM, GOAWAY or the connection closed."""
+    data: bool = False
+    """A response message (a DATA frame with bytes) came back on the stream."""
+    frames: list[tuple[int, int, int]] = field(default_factory=list)
+    """(type, flags, stream id) of every frame read."""
+
+
+def _hpack_int(n: int) -> bytes:
+    """An HPACK integer with a 7-bit prefix (the string-length form, Huffman bit clear)."""
+    if n < 127:
+        return bytes([n])
+    out, n = bytearray([127]), n - 127
+    while n >= 128:
+        out.append(n % 128 + 128)
+        n //= 128
+    out.append(n)
+    return bytes(out)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    # Literal header field without indexing, new name (RFC 7541 6.2.2): the bytes go as they are.
+    return b"\x00" + _hpack_int(len(name)) + name + _hpack_int(len(value)) + value
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def raw_http2_call(
+    address: str, path: str, body: bytes, authorization: bytes, timeout_s: float = 5.0
+) -> RawAnswer:
+    """One unary gRPC call on a hand-made HTTP/2 connection whose ``authorization`` header is any
+    bytes (gRPC clients refuse to send a non-printable header value); what came back."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    block = b"".join(
+        _literal(k, v)
+        for k, v in (
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", path.encode()),
+            (b":authority", address.encode()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"authorization", authorization),
+        )
+    )
+    message = b"\x00" + len(body).to_bytes(4, "big") + body
+    answer = RawAnswer()
+    deadline = time.monotonic() + timeout_s
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        sock.sendall(
+            _PREFACE
+            + _frame(_SETTINGS, 0, 0, b"")
+            + _frame(_HEADERS, _END_HEADERS, 1, block)
+            + _frame(_DATA, _END_STREAM, 1, message)
+        )
+        buf = b""
+        while not answer.ended and time.monotonic() < deadline:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            except ConnectionError:  # reset by the node: the stream ended with the connection
+                answer.ended = True
+                break
+            if not chunk:
+                answer.ended = True
+                break
+            buf += chunk
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                n = int.from_bytes(buf[:3], "big")
+                kind, flags = buf[3], buf[4]
+                stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                payload, buf = buf[9 : 9 + n], buf[9 + n :]
+                answer.frames.append((kind, flags, stream))
+                if kind == _SETTINGS and not flags & _ACK:
+                    sock.sendall(_frame(_SETTINGS, _ACK, 0, b""))
+                elif kind == _PING and not flags & _ACK:
+                    sock.sendall(_frame(_PING, _ACK, 0, payload))
+                elif stream == 1 and kind == _DATA and payload:
+                    answer.data = True
+                if (
+                    (stream == 1 and kind in (_DATA, _HEADERS) and flags & _END_STREAM)
+                    or (stream == 1 and kind == _RST_STREAM)
+                    or kind == _GOAWAY
+                ):
+                    answer.ended = True
+    return answer

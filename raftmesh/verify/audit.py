@@ -292,6 +292,9 @@ class Audit:
     machine: StateMachine = field(default_factory=StateMachine)
     results: Counter[TaskKey] = field(default_factory=Counter)
     """(run, task) -> number of committed results (SUCCEEDED transitions)."""
+    succeeded: dict[TaskKey, int] = field(default_factory=dict)
+    """(run, task) -> the attempt of its latest SUCCEEDED transition (the audit timeline check
+    finds a ``completed`` row for it)."""
     starts: Counter[TaskKey] = field(default_factory=Counter)
     """(run, task) -> attempts started (RUNNING transitions)."""
     early_starts: list[TaskKey] = field(default_factory=list)
@@ -375,6 +378,7 @@ class Audit:
             key = (ev.run_id, ev.task_id)
             if ev.status is TaskStatus.SUCCEEDED:
                 self.results[key] += 1
+                self.succeeded[key] = ev.attempt
             elif ev.status is TaskStatus.RUNNING:
                 self.starts[key] += 1
                 self.latest_start[key] = Start(ev.attempt, ev.node, ev.revision)

@@ -72,7 +72,8 @@ class AuditSink(Protocol):
     Both run on pysyncobj's thread and must be quick (hand off to a writer) and never raise.
     """
 
-    def applied(self, trail: list[Applied]) -> None: ...
+    def applied(self, trail: list[Applied], size: int = 0) -> None:
+        """``size``: the log entry's bytes (the sink bounds what it queues by them)."""
 
     def restored(self, state: ClusterState) -> None:
         """The state was replaced by a snapshot (called with the apply lock held)."""
@@ -292,7 +293,7 @@ class RaftMember:
         self.applied_entries += 1
         self.applied_bytes += len(payload)
         if audit is not None and trail:
-            audit.applied(trail)
+            audit.applied(trail, len(payload))
         try:
             self._on_applied(events)
         except Exception:  # the node's bookkeeping must never stall the log
