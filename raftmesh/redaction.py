@@ -116,7 +116,10 @@ class SecretsFilter(logging.Filter):
             msg = record.getMessage()
         except Exception:
             return True
-        clean = scrub(msg, self.secrets)
+        clean = msg
+        for secret in self.secrets:  # sorted once, longest first (as scrub does on every call)
+            if secret in clean:
+                clean = clean.replace(secret, MASK)
         if record.exc_info:
             tb = logging.Formatter().formatException(record.exc_info)
             masked = scrub(tb, self.secrets)

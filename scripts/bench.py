@@ -94,9 +94,11 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -119,6 +121,7 @@ from _benchkit import (
     ratio,
 )
 
+import raftmesh
 from raftmesh.client import DAG, Client, Task
 from raftmesh.localcluster import LocalCluster
 
@@ -461,6 +464,48 @@ def render_table(report: dict[str, Any]) -> str:
             "   tasks/s < 1 = metrics slower; latency > 1 = metrics slower.",
             "",
         ]
+    bl = report.get("raftmesh_baseline")
+    if bl:
+        br = report["ratios_raftmesh_over_baseline"]
+
+        def brow(label: str, a: float, b: float, ratio_v: float | None, spec: str) -> str:
+            return f"   {label:<26}{_fmt(a, spec):>12}{_fmt(b, spec):>14}{_fmt(ratio_v, '.2f'):>18}"
+
+        lines += [
+            f"5. This tree vs a baseline cluster: nodes running {bl['tree'] or 'this tree'}"
+            + (f" with {bl['extra_node_flags']}" if bl["extra_node_flags"] else "")
+            + " (latency runs alternate between the two)",
+            f"   {'':<26}{'this':>12}{'baseline':>14}{'this/baseline':>18}",
+            brow(
+                "fan-out tasks/s",
+                rm["fan_out"]["tasks_per_s_median"],
+                bl["fan_out"]["tasks_per_s_median"],
+                br["fan_out_tasks_per_s"],
+                ",.0f",
+            ),
+            f"   {'tasks/s, each run':<26}this "
+            + ", ".join(f"{v:,.0f}" for v in rm["fan_out"]["tasks_per_s"])
+            + "; baseline "
+            + ", ".join(f"{v:,.0f}" for v in bl["fan_out"]["tasks_per_s"]),
+            brow("latency p50 ms", r_lat["p50_ms"], bl["latency"]["p50_ms"], br["latency_p50"], ".2f"),
+            brow("latency p99 ms", r_lat["p99_ms"], bl["latency"]["p99_ms"], br["latency_p99"], ".2f"),
+            brow(
+                "spaced p50 ms",
+                r_sp["p50_ms"],
+                bl["latency_spaced"]["p50_ms"],
+                br["latency_spaced_p50"],
+                ".2f",
+            ),
+            brow(
+                "spaced p99 ms",
+                r_sp["p99_ms"],
+                bl["latency_spaced"]["p99_ms"],
+                br["latency_spaced_p99"],
+                ".2f",
+            ),
+            "   tasks/s < 1 = this tree slower; latency > 1 = this tree slower.",
+            "",
+        ]
     if dk:
         lines.append(
             "Ratios are raftmesh/Dask: tasks/s < 1 = raftmesh slower; latency > 1 = raftmesh slower.\n"
@@ -524,6 +569,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also run a raftmesh cluster with --metrics (every node scraped each second) side by side "
         "and print the ratios",
     )
+    p.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        help="also run a raftmesh cluster whose nodes run the code in DIR (a checkout of another commit, "
+        "put first on the nodes' PYTHONPATH; the client is this tree's) side by side and print the ratios",
+    )
+    p.add_argument(
+        "--baseline-args",
+        metavar="ARGS",
+        default="",
+        help="extra node flags for the baseline cluster (e.g. '--audit-max-runs 0'); alone, without "
+        "--baseline-tree, it compares this tree with and without those flags",
+    )
     return p.parse_args(argv)
 
 
@@ -558,6 +616,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         )
 
     load_start = os.getloadavg()
+    log(f"raftmesh from {os.path.dirname(os.path.dirname(raftmesh.__file__))}")
     log(f"starting raftmesh LocalCluster ({args.nodes} nodes, data in {tmp})")
     t0 = time.perf_counter()
     rcluster = LocalCluster(args.nodes, base_dir=os.path.join(tmp, "raftmesh"), slots=args.slots)
@@ -616,6 +675,42 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         stack.callback(scraper.join, 10)
         stack.callback(stop_scraping.set)
 
+    bl_name = "raftmesh baseline"
+    rm_bl: RaftmeshBench | None = None
+    bl_startup = math.nan
+    if args.baseline_tree or args.baseline_args:
+        env: dict[str, str] = {}
+        if args.baseline_tree:
+            # PYTHONSAFEPATH: `python -m` would put the working directory (maybe another checkout) first.
+            env = {"PYTHONPATH": os.path.abspath(args.baseline_tree), "PYTHONSAFEPATH": "1"}
+            got = subprocess.run(
+                [sys.executable, "-c", "import raftmesh; print(raftmesh.__file__)"],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            if not got.startswith(os.path.abspath(args.baseline_tree) + os.sep):
+                raise SystemExit(f"bench: --baseline-tree {args.baseline_tree}: the nodes would import {got}")
+        log(
+            f"starting a baseline raftmesh LocalCluster: tree {args.baseline_tree or '(this one)'}, "
+            f"extra node flags {args.baseline_args!r}"
+        )
+        t0 = time.perf_counter()
+        bcluster = LocalCluster(
+            args.nodes,
+            base_dir=os.path.join(tmp, "raftmesh-baseline"),
+            slots=args.slots,
+            extra_args=shlex.split(args.baseline_args),
+            env=env,
+        )
+        stack.callback(bcluster.close)
+        bcluster.start(timeout_s=60)
+        bl_startup = time.perf_counter() - t0
+        bl_leader = bcluster.wait_ready()
+        rm_bl = RaftmeshBench(bcluster.client([bcluster.nodes[bl_leader].grpc]))
+        log(f"baseline ready; leader {bl_leader}; node pids {[n.pid for n in bcluster.nodes.values()]}")
+
     dk: DaskBench | None = None
     dk_startup = math.nan
     if dask_skipped is None:
@@ -629,6 +724,8 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         systems.append((nf_name, rm_nf))
     if rm_mx is not None:
         systems.append((mx_name, rm_mx))
+    if rm_bl is not None:
+        systems.append((bl_name, rm_bl))
     if dk is not None:
         systems.append(("Dask", dk))
 
@@ -639,7 +736,8 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         sysb.fan_out(FanOut(WARMUP_FANOUT_TASKS, root_value=7), None)
     for rep in range(args.repeat):
         w = FanOut(args.tasks, root_value=rep + 1)  # a different answer every repeat
-        for name, sysb in systems:
+        # With a baseline, every other repeat runs in reverse order: neither side always goes first.
+        for name, sysb in systems if rm_bl is None or rep % 2 == 0 else systems[::-1]:
             sysb.fan_out(w, fan[name])
             wall = fan[name].wall_s[-1]
             log(
@@ -652,21 +750,34 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     measured: list[tuple[str, RaftmeshBench | DaskBench]] = list(systems)
     if rm_follower is not None:
         measured.append((f"raftmesh via follower {follower}", rm_follower))
+    # The baseline is compared with this tree run by run (alternating, each side first every other
+    # run), so load that comes and goes on the machine falls on both sides alike; every other
+    # system is measured on its own, as before.
+    groups: list[list[tuple[str, RaftmeshBench | DaskBench]]] = []
     for name, sysb in measured:
-        for k in range(WARMUP_RUNS):
-            sysb.single(-1 - k, None)
-        spacings = (False, True) if name in ("raftmesh", "Dask", nf_name, mx_name) else (False,)
+        if name == bl_name:
+            continue
+        groups.append([(name, sysb)] + ([(bl_name, rm_bl)] if name == "raftmesh" and rm_bl else []))
+    for group in groups:
+        for _, sysb in group:
+            for k in range(WARMUP_RUNS):
+                sysb.single(-1 - k, None)
+        name0 = group[0][0]
+        spacings = (False, True) if name0 in ("raftmesh", "Dask", nf_name, mx_name) else (False,)
         for spaced in spacings:
-            res = lat[(name, spaced)] = LatencyResult()
+            for name, _ in group:
+                lat[(name, spaced)] = LatencyResult()
             for k in range(args.runs):
-                if spaced:
-                    time.sleep(LATENCY_SPACING_S)
-                sysb.single(k * 7919 + 13, res)
-            s = res.summary()
-            log(
-                f"{name}: latency over {args.runs} runs, {'spaced' if spaced else 'back to back'}: "
-                f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms"
-            )
+                for name, sysb in group if k % 2 == 0 else group[::-1]:
+                    if spaced:
+                        time.sleep(LATENCY_SPACING_S)
+                    sysb.single(k * 7919 + 13, lat[(name, spaced)])
+            for name, _ in group:
+                s = lat[(name, spaced)].summary()
+                log(
+                    f"{name}: latency over {args.runs} runs, {'spaced' if spaced else 'back to back'}: "
+                    f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms"
+                )
 
     total = args.tasks + 2
     report: dict[str, Any] = {
@@ -705,6 +816,8 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         "ratios_fsync_over_no_fsync": None,
         "raftmesh_metrics": None,
         "ratios_metrics_over_no_metrics": None,
+        "raftmesh_baseline": None,
+        "ratios_raftmesh_over_baseline": None,
         "dask": None,
         "dask_skipped": dask_skipped,
         "ratios_raftmesh_over_dask": None,
@@ -737,6 +850,11 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         report["raftmesh_metrics"] = mx = summary(mx_name, mx_startup)
         mx["scrapes_ok"], mx["scrapes_failed"] = scrapes
         report["ratios_metrics_over_no_metrics"] = ratios(mx, report["raftmesh"])
+    if rm_bl is not None:
+        report["raftmesh_baseline"] = bl = summary(bl_name, bl_startup)
+        bl["tree"] = os.path.abspath(args.baseline_tree) if args.baseline_tree else None
+        bl["extra_node_flags"] = args.baseline_args
+        report["ratios_raftmesh_over_baseline"] = ratios(report["raftmesh"], bl)
     if dk is not None:
         report["dask"] = d = summary("Dask", dk_startup)
         report["ratios_raftmesh_over_dask"] = ratios(report["raftmesh"], d)

@@ -89,6 +89,9 @@ class _Attempt:
     """Wall clock when it started here (its span's start)."""
     secrets: tuple[str, ...] = ()
     """The input's secret values (``raftmesh.redaction``): masked in the attempt's error text."""
+    call: calls.Call | None = None
+    """Its ``tracing.node_call`` (``AgentHost._call_of``), made once: it is bound when the attempt
+    starts, when its report is proposed and when its outcome is logged."""
 
 
 @dataclass(frozen=True)
@@ -313,8 +316,10 @@ class AgentHost:
                 )
 
     def _call_of(self, a: _Attempt) -> calls.Call:
-        span = tracing.attempt_span_id(a.trace_id, *a.key, a.attempt) if a.trace_id else ""
-        return tracing.node_call(self.node_id, a.trace_id, span)
+        if a.call is None:  # a sha256 span id and a Call: three times per attempt otherwise
+            span = tracing.attempt_span_id(a.trace_id, *a.key, a.attempt) if a.trace_id else ""
+            a.call = tracing.node_call(self.node_id, a.trace_id, span)
+        return a.call
 
     def _cancel(self, a: _Attempt) -> None:
         if self._active.get(a.key) is a:

@@ -130,11 +130,11 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
     """The timeline rows one applied command makes: ``(run_id, row)`` in the order they happened."""
     cmd, res, rev, now = a.cmd, a.result, a.revision, a.time_ms
     o = cmd.origin
-    who = {"principal": o.principal, "request_id": o.request, "trace_id": o.trace} if o is not None else {}
+    who, request, trace = (o.principal, o.request, o.trace) if o is not None else ("", "", "")
     out: list[tuple[str, AuditRow]] = []
 
     def add(run_id: str, kind: str, task: str = "", attempt: int = 0, node: str = "", **detail: Any) -> None:
-        out.append((run_id, AuditRow(rev, now, kind, task, attempt, node, detail=detail, **who)))
+        out.append((run_id, AuditRow(rev, now, kind, task, attempt, node, who, request, trace, detail)))
 
     if isinstance(cmd, SubmitRun) and isinstance(res, SubmitRunResult) and res.created:
         add(
@@ -183,21 +183,22 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
     reported: dict[tuple[str, str], Usage] = (
         {(it.run_id, it.task_id): it.usage for it in cmd.items} if isinstance(cmd, Complete | Fail) else {}
     )
-    for ev in a.events:
+    for ev in a.events:  # a fan-out's batch has thousands: built here without add()'s keywords
         if isinstance(ev, TaskChanged):
             kind = _task_kind(cmd, ev)  # "" for a transition the timeline leaves out
             if kind:
-                extra: dict[str, Any] = {}
+                detail: dict[str, Any] = {"status": _STATUS_VALUE[ev.status]}
                 if ev.task_id.endswith(COMPENSATION_SUFFIX):
-                    extra["compensation"] = True
+                    detail["compensation"] = True
                 usage = reported.get((ev.run_id, ev.task_id))
                 if usage is not None and kind in _ATTEMPT_ENDS:
                     # What the attempt consumed, as its agent reported it: "why did it cost so much".
-                    extra.update(tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost=usage.cost)
+                    detail.update(tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost=usage.cost)
                 node = ev.node
                 if not node and kind in _ATTEMPT_ENDS:
                     node = getattr(cmd, "node_id", "")  # a retry's task is READY: name who ran it
-                add(ev.run_id, kind, ev.task_id, ev.attempt, node, status=ev.status.value, **extra)
+                row = AuditRow(rev, now, kind, ev.task_id, ev.attempt, node, who, request, trace, detail)
+                out.append((ev.run_id, row))
         elif isinstance(ev, RunChanged):
             add(ev.run_id, _run_kind(cmd, ev.status), status=ev.status.value)
     return out
@@ -206,9 +207,24 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
 _ATTEMPT_ENDS = frozenset({"completed", "failed", "retry_scheduled"})
 _STARTS = frozenset({"placed", "running"})
 _ENDS = frozenset({"completed", "failed", "retry_scheduled", "timed_out", "lost", "preempted", "cancelled"})
+_STATUS_VALUE = {s: s.value for s in TaskStatus}
+"""``.value`` of an enum member is a descriptor call; this is a dict lookup."""
+_KINDS: dict[tuple[type[Command], TaskStatus], str] = {}
+"""``_task_kind`` by (command type, status): for every command but ``Fail`` it depends on nothing
+else. At most (command types x statuses) entries."""
 
 
 def _task_kind(cmd: Command, ev: TaskChanged) -> str:
+    if isinstance(cmd, Fail):
+        return _task_kind_of(cmd, ev)
+    key = (type(cmd), ev.status)
+    kind = _KINDS.get(key)
+    if kind is None:
+        kind = _KINDS[key] = _task_kind_of(cmd, ev)
+    return kind
+
+
+def _task_kind_of(cmd: Command, ev: TaskChanged) -> str:
     s = ev.status
     if s is TaskStatus.RUNNING:
         return "placed" if isinstance(cmd, Assign) else "running"
