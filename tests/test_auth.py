@@ -418,6 +418,53 @@ def test_a_lock_is_released_only_with_its_lease_handle(secured: Secured) -> None
 
 
 @pytest.mark.e2e
+def test_a_replayed_lock_request_id_gives_another_caller_neither_the_lease_nor_the_wait(
+    secured: Secured,
+) -> None:
+    t = secured.tokens
+    with grpc.insecure_channel(secured.c.addresses[0]) as ch:
+        locks = pb_grpc.LocksStub(ch)
+        item = [pb.LockItem(name="replayed", mode="exclusive")]
+        req = pb.LockAcquireRequest(owner="alice-w", locks=item, ttl_ms=60000, request_id="job-42-lock")
+        first = locks.Acquire(req, metadata=_md(t["alice"]), timeout=30)
+        assert first.granted and first.lease
+        with pytest.raises(grpc.RpcError) as refused:
+            locks.Acquire(req, metadata=_md(t["bob"]), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        again = locks.Acquire(req, metadata=_md(t["alice"]), timeout=30)  # alice's own retry
+        assert again.lease == first.lease
+        # A replay of a waiting request neither learns the grant nor cancels alice's wait.
+        wait = pb.LockAcquireRequest(
+            owner="alice-2", locks=item, ttl_ms=60000, wait_ms=30000, request_id="job-43-lock"
+        )
+        waiting = locks.Acquire.future(wait, metadata=_md(t["alice"]), timeout=60)
+        listing = pb.LockListRequest(prefix="replayed")
+        wait_until(
+            lambda: "alice-2" in locks.List(listing, metadata=_md(t["admin"]), timeout=30).locks[0].waiters,
+            30,
+            "alice's second request waiting",
+        )
+        replay = pb.LockAcquireRequest(
+            owner="alice-2", locks=item, ttl_ms=60000, wait_ms=100, request_id="job-43-lock"
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            locks.Acquire(replay, metadata=_md(t["bob"]), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        locks.Release(
+            pb.LockReleaseRequest(owner="alice-w", name="replayed", token=first.token, lease=first.lease),
+            metadata=_md(t["alice"]),
+            timeout=30,
+        )
+        second = waiting.result()
+        assert second.granted and second.lease
+        locks.Release(
+            pb.LockReleaseRequest(owner="alice-2", name="replayed", token=second.token, lease=second.lease),
+            metadata=_md(t["alice"]),
+            timeout=30,
+        )
+
+
+@pytest.mark.e2e
 def test_a_submitter_cancels_only_its_own_runs(secured: Secured) -> None:
     alice, bob, op = secured.client("alice"), secured.client("bob"), secured.client("op")
     slow = DAG("slow")

@@ -692,6 +692,9 @@ class LockAcquire(Command):
     lease: str = ""
     """The secret lease handle the node serving Acquire made ("" for the node's own holders:
     task attempts, actor activations); its release and renewals must name it."""
+    principal: str = ""
+    """Who asked (the serving call's principal; "" for the node's own holders): a retry
+    under the same request id gets the lease back only from the same principal."""
 
     def _fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -705,6 +708,8 @@ class LockAcquire(Command):
             out["fence"] = self.fence.encode()
         if self.lease:
             out["lease"] = self.lease
+        if self.principal:  # only when set, like lease
+            out["principal"] = self.principal
         return out
 
 
@@ -1018,6 +1023,7 @@ def _decode_body(m: Any) -> Command:
             wait_ms=_get(m, "wait_ms", int),
             fence=_fence(m.get("fence")),
             lease=_get(m, "lease", str) if "lease" in m else "",
+            principal=_get(m, "principal", str) if "principal" in m else "",
         )
     if tag == LockRelease.TAG:
         return LockRelease(

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from .. import calls
 from ..consensus import limits
 from ..consensus.codes import Code
 from ..consensus.commands import Compare, Fence, KvLease, KvOp, KvTxn, LockAcquire, LockCancel, LockRelease
@@ -37,7 +38,7 @@ from ..consensus.results import (
     expect,
 )
 from ..consensus.state import ClusterState
-from ..errors import Aborted, InvalidArgument, OutOfRange
+from ..errors import Aborted, InvalidArgument, OutOfRange, PermissionDenied
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security.ownership import check_key, restricted
@@ -323,8 +324,15 @@ class LocksService(pb_grpc.LocksServicer):
                 priority=request.priority,
                 wait_ms=request.wait_ms,
                 lease=secrets.token_hex(16),  # made here, so only this caller ever learns it
+                principal=_acquirer(),
             )
             v = expect(await node.propose(cmd, context), LockAcquireResult)
+            # A replayed request id gets the first Acquire's answer from the dedup table: only
+            # its own principal may have that grant's lease, or wait on (and cancel) it.
+            if not node.reads.read(lambda st: _acquired_by(st, rid, cmd.principal)):
+                raise PermissionDenied(
+                    f"lock request id {rid!r} was used by another caller; use a new request id"
+                )
             outcome = node.reads.read(lambda st: st.locks.status(rid))
             if outcome is None and v.waiting:
                 budget = request.wait_ms / 1000
@@ -417,6 +425,26 @@ def _lock_deadline(node: NodeAccess, request_id: str) -> int:
         return held[1].deadline_ms if held is not None else 0
 
     return node.reads.read(deadline)
+
+
+def _acquirer() -> str:
+    """The principal recorded on a lock request ("" on an open cluster: everyone is anonymous,
+    and a table without principals encodes as before)."""
+    call = calls.current()
+    if call is None or call.principal == calls.ANONYMOUS:
+        return ""
+    return call.principal
+
+
+def _acquired_by(st: ClusterState, request_id: str, principal: str) -> bool:
+    """Whether the lock request ``request_id`` (waiting or holding) was made by ``principal``;
+    True when it recorded none (an open cluster's, or older) or holds nothing any more."""
+    lt = st.locks
+    req = lt.waiting.get(request_id)
+    if req is not None:
+        return not req.principal or req.principal == principal
+    held = lt.holder_of(request_id)
+    return held is None or not held[1].principal or held[1].principal == principal
 
 
 def _lock_lease(node: NodeAccess, request_id: str, owner: str) -> str:
