@@ -547,6 +547,25 @@ def test_a_token_limited_to_namespaces_sees_and_touches_only_them(secured: Secur
 
 
 @pytest.mark.e2e
+def test_a_runs_tasks_reach_only_its_namespace(secured: Secured) -> None:
+    team, admin = secured.client("team"), secured.client("admin")
+    grab = DAG("grab")
+    grab.task("hold", "kv_put", input={"key": "a/q", "value": 1}, locks=["b/db"])
+    with pytest.raises(PermissionDenied, match="b/db"):  # a declared lock outside the token's namespaces
+        team.submit(grab, namespace="a")
+    out, fine = DAG("out"), DAG("in")
+    out.task("out", "kv_put", input={"key": "b/pwned", "value": 1}, retries=0)
+    fine.task("in", "kv_put", input={"key": "a/fine", "value": 1}, retries=0)
+    run = team.wait(team.submit(out, namespace="a"), timeout_s=60)
+    assert run.tasks["out"].status == "FAILED" and "outside this run's namespace" in run.tasks["out"].error
+    assert team.wait(team.submit(fine, namespace="a"), timeout_s=60).tasks["in"].status == "SUCCEEDED"
+    assert team.kv.get("a/fine").value["value"] == 1
+    assert admin.kv.get("b/pwned") is None
+    team.close()
+    admin.close()
+
+
+@pytest.mark.e2e
 def test_cluster_script_secure_makes_an_admin_token(tmp_path: pathlib.Path) -> None:
     from tests.test_cli import _free_base
 

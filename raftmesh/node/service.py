@@ -209,6 +209,9 @@ class ClusterService(pb_grpc.ClusterServicer):
             return (st.idempotency.get(key) if key else None), st.offered_capabilities(), defaults
 
         ownership.check_namespace(request.namespace, "submitting a run")
+        for t in specs:  # a task's declared locks are held by the node, for the caller
+            for name, _ in t.locks:
+                ownership.check_key(name)
         existing, known, defaults = node.reads.read(lookup)
         if existing is not None:
             # The key's run, only to a caller that may see it (keys are cluster-wide).
