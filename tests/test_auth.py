@@ -566,6 +566,25 @@ def test_a_runs_tasks_reach_only_its_namespace(secured: Secured) -> None:
 
 
 @pytest.mark.e2e
+def test_dead_letters_are_listed_only_for_the_callers_namespaces(secured: Secured) -> None:
+    team, admin = secured.client("team"), secured.client("admin")
+    boom = DAG("boom")
+    boom.task("boom", "fail", input={"times": 99}, retries=0)
+    theirs = admin.submit(boom, namespace="b")
+    ours = team.submit(boom, namespace="a")
+    for c, run_id in ((admin, theirs), (team, ours)):
+        c.wait(run_id, timeout_s=60)
+    assert {theirs, ours} <= {d.run_id for d in admin.dead_letters(limit=1000)}
+    seen = {d.run_id for d in team.dead_letters(limit=1000)}
+    assert ours in seen and theirs not in seen
+    with pytest.raises(PermissionDenied, match="not namespace-scoped"):
+        team.messages.dead_letters()
+    admin.messages.dead_letters()
+    team.close()
+    admin.close()
+
+
+@pytest.mark.e2e
 def test_cluster_script_secure_makes_an_admin_token(tmp_path: pathlib.Path) -> None:
     from tests.test_cli import _free_base
 

@@ -26,11 +26,12 @@ from ..consensus.commands import Fence, Message, SendMessages, SubscribeTopic
 from ..consensus.messages import DeadMessage, MessageStore, message_error
 from ..consensus.results import ChangedResult, MessagesSent, expect
 from ..consensus.state import ClusterState
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, PermissionDenied
 from ..messaging.api import Sent
 from ..messaging.wire import message_from_pb, message_to_pb, send_request_id
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ..security import ownership
 from . import rpc
 from .access import NodeAccess
 from .proposer import new_request_id
@@ -188,6 +189,12 @@ class MessagesService(pb_grpc.MessagesServicer):
         limit = request.limit or 100
         if limit > limits.MAX_MESSAGE_DEAD_LETTERS_LISTED:
             raise InvalidArgument(f"limit must be at most {limits.MAX_MESSAGE_DEAD_LETTERS_LISTED}")
+        if ownership.restricted():
+            # Messages carry no namespace: their dead letters are every sender's payloads.
+            raise PermissionDenied(
+                "message dead letters are not namespace-scoped: a token limited to namespaces may "
+                "not list them (use one with namespaces ['*'])"
+            )
         await self.node.barrier(context)
         dead, total = self.node.reads.read(functools.partial(_newest_dead, limit=limit))
         return pb.MessageDeadLettersResponse(

@@ -393,7 +393,9 @@ class ClusterService(pb_grpc.ClusterServicer):
             raise InvalidArgument(f"limit must be at most {limits.MAX_DEAD_LETTERS_LISTED}")
         await self.node.barrier(context)
         # O(limit) under the lock: the state keeps the dead letters sorted (consensus.dead_letters).
-        dead = self.node.reads.read(functools.partial(list_dead_letters, limit=limit))
+        # A caller limited to namespaces: other runs' dead letters are skipped while paging.
+        visible = ownership.may_see if ownership.restricted() else None
+        dead = self.node.reads.read(functools.partial(list_dead_letters, limit=limit, visible=visible))
         return pb.ListDeadLettersResponse(dead_letters=[convert.dead_letter_to_pb(d) for d in dead])
 
     @rpc.unary
