@@ -536,8 +536,9 @@ def test_a_token_limited_to_namespaces_sees_and_touches_only_them(secured: Secur
     lease = team.kv.lease_grant(30)
     team.kv.put("a/leased", 1, lease=lease)
     admin.kv.put("b/leased", 1, lease=lease)
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(PermissionDenied) as refused:
         team.kv.lease_revoke(lease)
+    assert "b/leased" not in str(refused.value)  # another namespace's key names stay unseen
     admin.kv.delete("b/leased")
     assert team.kv.lease_revoke(lease) == ["a/leased"]
     with pytest.raises(NotFound):
@@ -582,6 +583,25 @@ def test_dead_letters_are_listed_only_for_the_callers_namespaces(secured: Secure
     admin.messages.dead_letters()
     team.close()
     admin.close()
+
+
+@pytest.mark.e2e
+def test_a_kv_lease_is_attached_renewed_and_revoked_only_by_its_grantee(secured: Secured) -> None:
+    alice, bob, op = secured.client("alice"), secured.client("bob"), secured.client("op")
+    lease = alice.kv.lease_grant(60)
+    alice.kv.put("alices/k", 1, lease=lease)
+    with pytest.raises(PermissionDenied, match="another principal"):
+        bob.kv.put("bobs/k", 1, lease=lease)
+    with pytest.raises(PermissionDenied, match="another principal"):
+        bob.kv.lease_keep_alive(lease)
+    with pytest.raises(PermissionDenied, match="another principal"):
+        bob.kv.lease_revoke(lease)
+    assert bob.kv.get("bobs/k") is None and alice.kv.get("alices/k") is not None
+    alice.kv.lease_keep_alive(lease)
+    op.kv.lease_keep_alive(lease)  # an operator or admin may manage any lease
+    assert alice.kv.lease_revoke(lease) == ["alices/k"]
+    for c in (alice, bob, op):
+        c.close()
 
 
 @pytest.mark.e2e

@@ -851,9 +851,15 @@ class KvLease(Command):
     ttl_ms: int = 0
     action: str = "grant"
     """"grant", "keep_alive" or "revoke"."""
+    principal: str = ""
+    """Who asks for a grant ("" on an open cluster): recorded on the lease, so another
+    principal's attach, renewal or revoke can be refused by the Kv service."""
 
     def _fields(self) -> dict[str, Any]:
-        return {"lease": self.lease, "ttl_ms": self.ttl_ms, "action": self.action}
+        out: dict[str, Any] = {"lease": self.lease, "ttl_ms": self.ttl_ms, "action": self.action}
+        if self.principal:  # only when set: entries written before the field encode the same
+            out["principal"] = self.principal
+        return out
 
 
 def _compares(v: Any) -> tuple[Compare, ...]:
@@ -1049,7 +1055,12 @@ def _decode_body(m: Any) -> Command:
         )
     if tag == KvLease.TAG:
         return KvLease(
-            rid, ts, lease=_get(m, "lease", int), ttl_ms=_get(m, "ttl_ms", int), action=_get(m, "action", str)
+            rid,
+            ts,
+            lease=_get(m, "lease", int),
+            ttl_ms=_get(m, "ttl_ms", int),
+            action=_get(m, "action", str),
+            principal=_get(m, "principal", str) if "principal" in m else "",
         )
     if tag == RetryTask.TAG:
         return RetryTask(
