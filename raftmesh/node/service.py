@@ -253,6 +253,13 @@ class ClusterService(pb_grpc.ClusterServicer):
         )
         res = await node.propose(cmd, context)
         out = expect(res, SubmitRunResult)
+        if key:
+            # The key's run may have been made elsewhere after the lookup above (this node had not
+            # applied it yet; the dedup table then answers the first submit's result, created
+            # or not): the same check, or a limited token would learn another namespace's run.
+            found = node.reads.read(functools.partial(_run_owner, run_id=out.run_id))
+            if found is not None:
+                ownership.check_run(found[0], found[1], out.run_id)
         return pb.SubmitRunResponse(run_id=out.run_id, created=out.created)
 
     @rpc.unary
