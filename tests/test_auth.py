@@ -605,6 +605,23 @@ def test_a_kv_lease_is_attached_renewed_and_revoked_only_by_its_grantee(secured:
 
 
 @pytest.mark.e2e
+def test_a_clients_messages_carry_its_tokens_subject_as_sender(secured: Secured) -> None:
+    t = secured.tokens
+    alice = secured.client("alice")
+    with grpc.insecure_channel(secured.c.addresses[0]) as ch:
+        msgs = pb_grpc.MessagesStub(ch)
+        for claimed in ("client:bob", ""):
+            spoof = pb.AgentMessage(
+                sender=claimed, target="tally/spoof", payload_json=json.dumps({"seq": 1 if claimed else 2})
+            )
+            msgs.Send(pb.SendMessageRequest(message=spoof), metadata=_md(t["alice"]), timeout=30)
+    alice.messages.send("tally/spoof", {"seq": 3})  # the SDK's client:<client id> too
+    state = alice.messages.request("tally/spoof", {"get": True}, timeout_s=20).payload["state"]
+    assert state["n"] == 3 and set(state["last"]) == {"client:alice"}
+    alice.close()
+
+
+@pytest.mark.e2e
 def test_cluster_script_secure_makes_an_admin_token(tmp_path: pathlib.Path) -> None:
     from tests.test_cli import _free_base
 

@@ -52,6 +52,10 @@ class Router(Protocol):
     def subscribe(self, topic: str, from_start: bool) -> AsyncIterator[Message]: ...
 
 
+TOKEN_PREFIX = "token:"
+"""A bearer token's principal (``token:SUBJECT``): its messages' sender is ``client:SUBJECT``."""
+
+
 def client_sender(peer: str) -> str:
     """``client:HOST`` for a caller that names no sender: the peer's address without its port, so
     a client that retries over a new connection is the same sender (and its retry the same send)."""
@@ -86,6 +90,11 @@ class MessagesService(pb_grpc.MessagesServicer):
         """The client's message with the node's fields set and the defaults filled in, checked."""
         msg = message_from_pb(m)
         sender = msg.sender or client_sender(context.peer() or "")
+        call = calls.current()
+        if call is not None and call.principal.startswith(TOKEN_PREFIX):
+            # With tokens on, a client speaks as its token's subject: a claimed client:NAME
+            # (the SDK's random client id, or another's name) would let it pose as another.
+            sender = ("client:" + call.principal[len(TOKEN_PREFIX) :])[: limits.MAX_ADDRESS_CHARS]
         # Clients speak as clients: an actor address or task:... sender would let any caller
         # pose as an agent (and receive the replies meant for it).
         if not sender.startswith("client:"):
