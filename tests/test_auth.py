@@ -148,6 +148,59 @@ def test_authenticator_bearer_node_expiry_and_reload(tmp_path: pathlib.Path) -> 
         TokenAuthenticator(path, "")
 
 
+def test_with_mutual_tls_a_node_credential_needs_that_nodes_certificate(tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / "tokens.yaml")
+    add_token(path, "alice", "admin", None)
+    [(_, n1)] = node_metadata("n1", SECRET)
+    md = {"authorization": n1}
+    mtls = TokenAuthenticator(path, SECRET, peer_cn=True)
+    assert mtls.authenticate(md, {"x509_common_name": [b"n1"]}).name == "node:n1"
+    for ctx, says in (({"x509_common_name": [b"n2"]}, "'n2'"), ({}, "missing")):
+        with pytest.raises(Unauthenticated, match=says):
+            mtls.authenticate(md, ctx)
+    plain = TokenAuthenticator(path, SECRET)  # no client certificates asked for: the HMAC is the proof
+    assert plain.authenticate(md, {}).name == "node:n1"
+    with pytest.raises(Unauthenticated):  # but a certificate presented must be the node's own
+        plain.authenticate(md, {"x509_common_name": [b"client"]})
+
+
+def test_plaintext_tokens_off_loopback_are_warned_about(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import warnings
+
+    from raftmesh.client import _security
+    from raftmesh.node.config import Peer, build_config
+    from raftmesh.node.runtime import NodeRuntime
+
+    monkeypatch.setattr(_security, "_warned_plaintext", False)
+    creds = _security.Credentials(token="rmt_x")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        creds.channel("127.0.0.1:1").close()
+        creds.channel("localhost:1").close()
+        assert not seen
+        creds.channel("10.255.255.1:1").close()
+        creds.channel("10.255.255.2:1").close()
+    assert len(seen) == 1 and "without TLS" in str(seen[0].message)
+    path = str(tmp_path / "tokens.yaml")
+    add_token(path, "alice", "admin", None)
+    for grpc_addr, warned in (("127.0.0.1:1", False), ("0.0.0.0:1", True)):
+        caplog.clear()
+        cfg = build_config(
+            "n1",
+            "127.0.0.1:2",
+            grpc_addr,
+            [Peer("n1", "127.0.0.1:2", grpc_addr)],
+            str(tmp_path / "d"),
+            raft_password=SECRET,
+            tokens_file=path,
+        )
+        with caplog.at_level("WARNING", logger="raftmesh.node.runtime"):
+            NodeRuntime(cfg)
+        assert ("TLS is off" in caplog.text) == warned
+
+
 def test_a_node_refuses_to_start_with_a_bad_tokens_file_or_without_the_secret(tmp_path: pathlib.Path) -> None:
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text("tokens:\n  - {subject: alice, role: wizard, sha256: " + "a" * 64 + "}\n")

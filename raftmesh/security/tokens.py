@@ -275,13 +275,19 @@ class TokenAuthenticator:
         path: str,
         node_secret: str,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        *,
+        peer_cn: bool = False,
     ) -> None:
+        """``peer_cn``: mutual TLS is required, so a node credential must come over a connection
+        whose client certificate's CN is the node id it claims (a stolen credential alone, or
+        another node's certificate, is not enough)."""
         if not node_secret:
             raise InvalidArgument(
                 "--tokens-file needs the cluster secret (--raft-secret-file or RAFTMESH_RAFT_SECRET): "
                 "nodes prove who they are to each other with it"
             )
         self.path = path
+        self._peer_cn = peer_cn
         self._secret = node_secret
         self._now_ms = now_ms
         self._lock = threading.Lock()
@@ -318,7 +324,7 @@ class TokenAuthenticator:
         if scheme == "bearer":
             return self._bearer(value)
         if scheme == "node":
-            return self._node(value)
+            return self._node(value, auth_context)
         raise Unauthenticated(
             f"authorization scheme {scheme[:20]!r} is not one this node takes: send 'Bearer TOKEN' "
             "(--token or RAFTMESH_TOKEN)"
@@ -341,7 +347,7 @@ class TokenAuthenticator:
             )
         return Principal(f"token:{entry.subject}", entry.role, entry.namespaces)
 
-    def _node(self, value: str) -> Principal:
+    def _node(self, value: str, auth_context: Mapping[str, Any]) -> Principal:
         node_id, _, mac = value.rpartition(":")
         if (
             not node_id
@@ -352,5 +358,16 @@ class TokenAuthenticator:
         ):
             raise Unauthenticated(
                 "node credential refused: nodes must share the same cluster secret (--raft-secret-file)"
+            )
+        names = [
+            n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
+            for n in auth_context.get("x509_common_name", ()) or ()
+        ]
+        # A certificate presented must be the node's own; with mutual TLS required, one must be.
+        if (names or self._peer_cn) and node_id not in names:
+            raise Unauthenticated(
+                f"node credential for {node_id!r} refused: the connection's client certificate is "
+                f"{'for ' + repr(names[0][:64]) if names else 'missing'}; a node calls its peers with "
+                "its own certificate (CN = node id, raftmesh certs init)"
             )
         return Principal(f"node:{node_id}", Role.NODE)
