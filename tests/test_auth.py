@@ -148,6 +148,38 @@ def test_authenticator_bearer_node_expiry_and_reload(tmp_path: pathlib.Path) -> 
         TokenAuthenticator(path, "")
 
 
+def test_a_reload_reads_an_emptied_file_twice_and_warns_of_a_writable_one(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    path = str(tmp_path / "tokens.yaml")
+    _, alice = add_token(path, "alice", "admin", None)
+    full = pathlib.Path(path).read_text()
+    auth = TokenAuthenticator(path, SECRET)
+    # Truncated by a writer that has not written yet: the second read sees the written file.
+    pathlib.Path(path).write_text("")
+    done: list[str] = []
+    with auth._reloading:  # the reload waits for the one in progress (serialised)
+        t = threading.Thread(target=lambda: done.append(auth.reload(settle_s=5)))
+        t.start()
+    wait_until(lambda: auth._reloading.locked(), 10, "the reload reading")
+    pathlib.Path(path).write_text(full)  # written during the settle time (or before the first read)
+    t.join(60)
+    assert done == [""] and auth.authenticate({"authorization": f"Bearer {alice}"}, {}).name == "token:alice"
+    # Really empty on both reads: installed, and said loudly.
+    pathlib.Path(path).write_text("")
+    with caplog.at_level("WARNING", logger="raftmesh.security.tokens"):
+        assert auth.reload(settle_s=0) == ""
+    assert "no tokens" in caplog.text and auth.size == 0
+    pathlib.Path(path).write_text(full)
+    os.chmod(path, 0o664)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="raftmesh.security.tokens"):
+        assert auth.reload() == ""
+    assert "writable by its group" in caplog.text and auth.size == 1
+
+
 def test_with_mutual_tls_a_node_credential_needs_that_nodes_certificate(tmp_path: pathlib.Path) -> None:
     path = str(tmp_path / "tokens.yaml")
     add_token(path, "alice", "admin", None)

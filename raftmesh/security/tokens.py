@@ -263,6 +263,24 @@ def add_token(
     return entry, token
 
 
+RELOAD_SETTLE_S = 0.5
+"""How long a reload that found no tokens (while some are in use) waits before reading again."""
+
+
+def _warn_if_writable(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # reading it says what is wrong
+    if mode & 0o022:
+        log.warning(
+            "tokens file %s is writable by its group or by everyone (mode %o): whoever can write it can "
+            "make an admin token; chmod 600 it",
+            path,
+            mode & 0o777,
+        )
+
+
 class TokenAuthenticator:
     """``raftmesh.node.interceptor.Authenticator`` for a node with a tokens file.
 
@@ -291,7 +309,11 @@ class TokenAuthenticator:
         self._secret = node_secret
         self._now_ms = now_ms
         self._lock = threading.Lock()
+        self._reloading = threading.Lock()
+        """Held across a reload's read and install: two SIGHUPs close together cannot install an
+        older read after a newer one."""
         self._table: dict[str, TokenEntry] = {}
+        _warn_if_writable(path)
         self._install(read_tokens_file(path))
 
     def _install(self, entries: list[TokenEntry]) -> None:
@@ -303,15 +325,26 @@ class TokenAuthenticator:
     def size(self) -> int:
         return len(self._table)
 
-    def reload(self) -> str:
-        """Read the file again; "" if the new table is in use, else why the old one was kept."""
-        try:
-            entries = read_tokens_file(self.path)
-        except InvalidArgument as exc:
-            log.error("tokens file not reloaded, the previous tokens stay in use: %s", exc.message)
-            return exc.message
-        self._install(entries)
-        log.info("tokens file %s reloaded: %d token(s)", self.path, len(entries))
+    def reload(self, settle_s: float = RELOAD_SETTLE_S) -> str:
+        """Read the file again; "" if the new table is in use, else why the old one was kept.
+
+        A file read with no tokens while some are in use is read again after ``settle_s``: an
+        editor or script that truncates before writing must not revoke every token for good."""
+        with self._reloading:
+            try:
+                _warn_if_writable(self.path)
+                entries = read_tokens_file(self.path)
+                if not entries and self._table:
+                    time.sleep(settle_s)
+                    entries = read_tokens_file(self.path)
+            except InvalidArgument as exc:
+                log.error("tokens file not reloaded, the previous tokens stay in use: %s", exc.message)
+                return exc.message
+            self._install(entries)
+        if entries:
+            log.info("tokens file %s reloaded: %d token(s)", self.path, len(entries))
+        else:
+            log.warning("tokens file %s reloaded with no tokens: every token is refused now", self.path)
         return ""
 
     def authenticate(self, metadata: Mapping[str, str], auth_context: Mapping[str, Any]) -> Principal:
