@@ -719,9 +719,14 @@ def test_cluster_script_secure_makes_an_admin_token(tmp_path: pathlib.Path) -> N
             [script, *args, "--dir", d], capture_output=True, text=True, timeout=120, env=env
         )
 
+    os.makedirs(d)
+    loose = pathlib.Path(d, "raft.secret")
+    loose.write_text("")  # left empty and world-readable (say, by an earlier failed run)
+    os.chmod(loose, 0o644)
     try:
         up = sh("up", "3", "--secure", "--base-port", str(_free_base()))
         assert up.returncode == 0, up.stderr
+        assert stat.S_IMODE(os.stat(loose).st_mode) == 0o600 and loose.read_text()
         lines = dict(ln.split("=", 1) for ln in pathlib.Path(d, "env").read_text().split())
         assert set(lines) >= {"RAFTMESH_ADDRESSES", "RAFTMESH_TOKEN"}
         assert stat.S_IMODE(os.stat(pathlib.Path(d, "env")).st_mode) == 0o600
