@@ -146,7 +146,8 @@ class SecretsFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # With their JSON-escaped forms (a value logged inside JSON text), as ``scrub`` masks.
+        self.secrets = sorted({f for s in secrets if s for f in _forms(s)}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:

@@ -496,12 +496,19 @@ def test_node_log_filter_masks_env_keys_and_tracebacks() -> None:
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     handler.setFormatter(JsonFormatter("n1"))
-    handler.addFilter(SecretsFilter(env_secrets({"OPENAI_API_KEY": "sk-abcdef123456", "HOME": "/home/x"})))
+    handler.addFilter(
+        SecretsFilter(
+            env_secrets(
+                {"OPENAI_API_KEY": "sk-abcdef123456", "OTHER_TOKEN": 'sk-ä"bcdef123456', "HOME": "/home/x"}
+            )
+        )
+    )
     lg = logging.getLogger("test.audit.filter")
     lg.addHandler(handler)
     lg.propagate = False
     try:
         lg.warning("key is %s", "sk-abcdef123456")
+        lg.warning("body %s", json.dumps({"k": 'sk-ä"bcdef123456'}))
         try:
             raise ValueError("sk-abcdef123456 refused")
         except ValueError:
@@ -509,7 +516,8 @@ def test_node_log_filter_masks_env_keys_and_tracebacks() -> None:
     finally:
         lg.removeHandler(handler)
     out = buf.getvalue()
-    assert "sk-abcdef123456" not in out and out.count("***") >= 2 and "/home/x" not in out
+    assert "sk-abcdef123456" not in out and out.count("***") >= 3 and "/home/x" not in out
+    assert "bcdef123456" not in out  # the JSON-escaped form too
 
 
 # ---- end to end ----------------------------------------------------------------------
