@@ -78,12 +78,51 @@ def secret_values(v: Any) -> list[str]:
     return out
 
 
+def _forms(secret: str) -> set[str]:
+    """``secret`` as written, and as it appears inside a JSON string (escaped quotes and
+    backslashes, non-ASCII as ``\\uXXXX`` or kept): a value echoed in JSON text is masked too."""
+    return {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+
+
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """``text`` with each secret value masked (longest first, so one inside another goes whole)."""
-    for s in sorted(set(secrets), key=len, reverse=True):
-        if s and s in text:
-            text = text.replace(s, MASK)
+    for form in sorted({f for s in secrets if s for f in _forms(s)}, key=len, reverse=True):
+        if form in text:
+            text = text.replace(form, MASK)
     return text
+
+
+def scrub_value(v: Any, secrets: Iterable[str]) -> Any:
+    """A decoded JSON value with every string that contains a secret masked (keys too), and a
+    number written as a secret replaced by ``"***"``."""
+    values = set(secrets)
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, str):
+            return scrub(x, values)
+        if isinstance(x, dict):
+            return {scrub(str(k), values): walk(y) for k, y in x.items()}
+        if isinstance(x, list):
+            return [walk(y) for y in x]
+        if isinstance(x, int | float) and not isinstance(x, bool) and str(x) in values:
+            return MASK
+        return x
+
+    return walk(v)
+
+
+def scrub_json(text: str, secrets: Iterable[str]) -> str:
+    """A JSON document with the secret values masked by value (parsed: escaped forms match);
+    ``text`` itself when nothing matched. Text that does not parse is scrubbed as text."""
+    values = [s for s in secrets if s]
+    if not values:
+        return text
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return scrub(text, values)
+    clean = scrub_value(doc, values)
+    return text if clean == doc else json.dumps(clean)
 
 
 def redact_json(text: str) -> str:
@@ -107,7 +146,8 @@ class SecretsFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # With their JSON-escaped forms (a value logged inside JSON text), as ``scrub`` masks.
+        self.secrets = sorted({f for s in secrets if s for f in _forms(s)}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
@@ -133,32 +173,42 @@ class SecretsFilter(logging.Filter):
 def redact_message(msg: Any) -> Any:
     """A protobuf message (a ``Run``, a ``RunEvent``) with every secret in its ``*_json`` fields,
     at any depth, shown as ``"***"``: a copy if anything changed, else ``msg`` itself (which may be
-    a shared cached encoding and is never changed in place)."""
+    a shared cached encoding and is never changed in place). An output that echoes a secret of
+    any input in ``msg`` (a run: every task's, so a downstream echo is masked too) is masked."""
     if SECRET_KEY.encode() not in msg.SerializeToString():
         return msg
     out = type(msg)()
     out.CopyFrom(msg)
-    _redact_fields(out)
+    values: set[str] = set()
+    _input_secrets(out, values)
+    _redact_fields(out, sorted(values, key=len, reverse=True))
     return out
 
 
-def _redact_fields(msg: Any) -> None:
-    # A task that echoes its input returns the revealed values: mask them in its output too.
-    shown = getattr(msg, "input_json", "") if hasattr(msg, "output_json") else ""
-    if shown and SECRET_KEY in shown:
-        try:
-            values = secret_values(json.loads(shown))
-        except ValueError:
-            values = []
-        if values and msg.output_json:
-            msg.output_json = scrub(msg.output_json, values)
+def _input_secrets(msg: Any, into: set[str]) -> None:
     for fd, value in msg.ListFields():
         if fd.type == fd.TYPE_MESSAGE:
             if fd.message_type.GetOptions().map_entry:
                 continue
             for m in (value,) if hasattr(value, "ListFields") else value:
-                _redact_fields(m)
+                _input_secrets(m, into)
+        elif fd.name == "input_json" and isinstance(value, str) and SECRET_KEY in value:
+            try:
+                into.update(secret_values(json.loads(value)))
+            except ValueError:
+                pass
+
+
+def _redact_fields(msg: Any, values: list[str]) -> None:
+    for fd, value in msg.ListFields():
+        if fd.type == fd.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                continue
+            for m in (value,) if hasattr(value, "ListFields") else value:
+                _redact_fields(m, values)
         elif isinstance(value, str) and fd.name.endswith("_json"):
+            if fd.name == "output_json" and values:  # an agent that echoes its input returns the values
+                value = scrub_json(value, values)
             setattr(msg, fd.name, redact_json(value))
 
 

@@ -135,6 +135,7 @@ case $CMD in
     if [[ ! -s $DIR/raft.secret ]]; then
       (umask 077; od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/raft.secret")
     fi
+    chmod 600 "$DIR/raft.secret"  # umask 077 covers a new file only, not one that was already there
     TLS=$DIR/tls
     if (( SECURE )); then  # --secure, TLS: the CA and certificates, made once like raft.secret
       if [[ ! -s $TLS/ca.pem ]]; then

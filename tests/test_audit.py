@@ -459,6 +459,34 @@ def test_a_reader_sees_stars_and_an_operator_the_marker() -> None:
         assert _for_caller(run) is run
 
 
+def test_an_echoed_secret_is_masked_in_its_escaped_json_forms_and_downstream() -> None:
+    from raftmesh import calls
+    from raftmesh.node.service import _for_caller
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+
+    pw, quoted, num = "pässwörd-1", 'say "hi" \\ there', 98765
+    inp = {"pw": secret(pw), "q": secret(quoted), "n": secret(num)}
+    echoed = json.dumps({"pw": pw, "q": quoted, "n": num, "note": f"was {pw}!"})  # ASCII: \u00e4...
+    assert pw not in echoed and json.dumps(pw)[1:-1] in echoed
+    run = pb.Run(
+        run_id="r1",
+        tasks=[
+            pb.Task(id="up", input_json=json.dumps(inp), output_json=echoed),
+            # A downstream task whose own input has no marker echoes what upstream gave it.
+            pb.Task(id="down", input_json="{}", output_json=json.dumps({"got": pw}, ensure_ascii=False)),
+        ],
+    )
+    with calls.bound(calls.Call(principal="token:rita", role="reader")):
+        seen = _for_caller(run)
+    assert json.loads(seen.tasks[0].output_json) == {"pw": "***", "q": "***", "n": "***", "note": "was ***!"}
+    assert json.loads(seen.tasks[1].output_json) == {"got": "***"}
+    # Free text (an error, a log line) holding a JSON-escaped copy is scrubbed too.
+    assert scrub(f"bad input {echoed}", secret_values(inp)).count("***") == 4
+    assert pw not in scrub(f"{pw} {json.dumps(quoted)}", [pw, quoted]) and "hi" not in scrub(
+        json.dumps(quoted), [quoted]
+    )
+
+
 def test_node_log_filter_masks_env_keys_and_tracebacks() -> None:
     import io
     import logging
@@ -468,12 +496,19 @@ def test_node_log_filter_masks_env_keys_and_tracebacks() -> None:
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     handler.setFormatter(JsonFormatter("n1"))
-    handler.addFilter(SecretsFilter(env_secrets({"OPENAI_API_KEY": "sk-abcdef123456", "HOME": "/home/x"})))
+    handler.addFilter(
+        SecretsFilter(
+            env_secrets(
+                {"OPENAI_API_KEY": "sk-abcdef123456", "OTHER_TOKEN": 'sk-ä"bcdef123456', "HOME": "/home/x"}
+            )
+        )
+    )
     lg = logging.getLogger("test.audit.filter")
     lg.addHandler(handler)
     lg.propagate = False
     try:
         lg.warning("key is %s", "sk-abcdef123456")
+        lg.warning("body %s", json.dumps({"k": 'sk-ä"bcdef123456'}))
         try:
             raise ValueError("sk-abcdef123456 refused")
         except ValueError:
@@ -481,7 +516,8 @@ def test_node_log_filter_masks_env_keys_and_tracebacks() -> None:
     finally:
         lg.removeHandler(handler)
     out = buf.getvalue()
-    assert "sk-abcdef123456" not in out and out.count("***") >= 2 and "/home/x" not in out
+    assert "sk-abcdef123456" not in out and out.count("***") >= 3 and "/home/x" not in out
+    assert "bcdef123456" not in out  # the JSON-escaped form too
 
 
 # ---- end to end ----------------------------------------------------------------------

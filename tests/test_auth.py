@@ -148,6 +148,91 @@ def test_authenticator_bearer_node_expiry_and_reload(tmp_path: pathlib.Path) -> 
         TokenAuthenticator(path, "")
 
 
+def test_a_reload_reads_an_emptied_file_twice_and_warns_of_a_writable_one(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    path = str(tmp_path / "tokens.yaml")
+    _, alice = add_token(path, "alice", "admin", None)
+    full = pathlib.Path(path).read_text()
+    auth = TokenAuthenticator(path, SECRET)
+    # Truncated by a writer that has not written yet: the second read sees the written file.
+    pathlib.Path(path).write_text("")
+    done: list[str] = []
+    with auth._reloading:  # the reload waits for the one in progress (serialised)
+        t = threading.Thread(target=lambda: done.append(auth.reload(settle_s=5)))
+        t.start()
+    wait_until(lambda: auth._reloading.locked(), 10, "the reload reading")
+    pathlib.Path(path).write_text(full)  # written during the settle time (or before the first read)
+    t.join(60)
+    assert done == [""] and auth.authenticate({"authorization": f"Bearer {alice}"}, {}).name == "token:alice"
+    # Really empty on both reads: installed, and said loudly.
+    pathlib.Path(path).write_text("")
+    with caplog.at_level("WARNING", logger="raftmesh.security.tokens"):
+        assert auth.reload(settle_s=0) == ""
+    assert "no tokens" in caplog.text and auth.size == 0
+    pathlib.Path(path).write_text(full)
+    os.chmod(path, 0o664)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="raftmesh.security.tokens"):
+        assert auth.reload() == ""
+    assert "writable by its group" in caplog.text and auth.size == 1
+
+
+def test_with_mutual_tls_a_node_credential_needs_that_nodes_certificate(tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / "tokens.yaml")
+    add_token(path, "alice", "admin", None)
+    [(_, n1)] = node_metadata("n1", SECRET)
+    md = {"authorization": n1}
+    mtls = TokenAuthenticator(path, SECRET, peer_cn=True)
+    assert mtls.authenticate(md, {"x509_common_name": [b"n1"]}).name == "node:n1"
+    for ctx, says in (({"x509_common_name": [b"n2"]}, "'n2'"), ({}, "missing")):
+        with pytest.raises(Unauthenticated, match=says):
+            mtls.authenticate(md, ctx)
+    plain = TokenAuthenticator(path, SECRET)  # no client certificates asked for: the HMAC is the proof
+    assert plain.authenticate(md, {}).name == "node:n1"
+    with pytest.raises(Unauthenticated):  # but a certificate presented must be the node's own
+        plain.authenticate(md, {"x509_common_name": [b"client"]})
+
+
+def test_plaintext_tokens_off_loopback_are_warned_about(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import warnings
+
+    from raftmesh.client import _security
+    from raftmesh.node.config import Peer, build_config
+    from raftmesh.node.runtime import NodeRuntime
+
+    monkeypatch.setattr(_security, "_warned_plaintext", False)
+    creds = _security.Credentials(token="rmt_x")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        creds.channel("127.0.0.1:1").close()
+        creds.channel("localhost:1").close()
+        assert not seen
+        creds.channel("10.255.255.1:1").close()
+        creds.channel("10.255.255.2:1").close()
+    assert len(seen) == 1 and "without TLS" in str(seen[0].message)
+    path = str(tmp_path / "tokens.yaml")
+    add_token(path, "alice", "admin", None)
+    for grpc_addr, warned in (("127.0.0.1:1", False), ("0.0.0.0:1", True)):
+        caplog.clear()
+        cfg = build_config(
+            "n1",
+            "127.0.0.1:2",
+            grpc_addr,
+            [Peer("n1", "127.0.0.1:2", grpc_addr)],
+            str(tmp_path / "d"),
+            raft_password=SECRET,
+            tokens_file=path,
+        )
+        with caplog.at_level("WARNING", logger="raftmesh.node.runtime"):
+            NodeRuntime(cfg)
+        assert ("TLS is off" in caplog.text) == warned
+
+
 def test_a_node_refuses_to_start_with_a_bad_tokens_file_or_without_the_secret(tmp_path: pathlib.Path) -> None:
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text("tokens:\n  - {subject: alice, role: wizard, sha256: " + "a" * 64 + "}\n")
@@ -418,6 +503,53 @@ def test_a_lock_is_released_only_with_its_lease_handle(secured: Secured) -> None
 
 
 @pytest.mark.e2e
+def test_a_replayed_lock_request_id_gives_another_caller_neither_the_lease_nor_the_wait(
+    secured: Secured,
+) -> None:
+    t = secured.tokens
+    with grpc.insecure_channel(secured.c.addresses[0]) as ch:
+        locks = pb_grpc.LocksStub(ch)
+        item = [pb.LockItem(name="replayed", mode="exclusive")]
+        req = pb.LockAcquireRequest(owner="alice-w", locks=item, ttl_ms=60000, request_id="job-42-lock")
+        first = locks.Acquire(req, metadata=_md(t["alice"]), timeout=30)
+        assert first.granted and first.lease
+        with pytest.raises(grpc.RpcError) as refused:
+            locks.Acquire(req, metadata=_md(t["bob"]), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        again = locks.Acquire(req, metadata=_md(t["alice"]), timeout=30)  # alice's own retry
+        assert again.lease == first.lease
+        # A replay of a waiting request neither learns the grant nor cancels alice's wait.
+        wait = pb.LockAcquireRequest(
+            owner="alice-2", locks=item, ttl_ms=60000, wait_ms=30000, request_id="job-43-lock"
+        )
+        waiting = locks.Acquire.future(wait, metadata=_md(t["alice"]), timeout=60)
+        listing = pb.LockListRequest(prefix="replayed")
+        wait_until(
+            lambda: "alice-2" in locks.List(listing, metadata=_md(t["admin"]), timeout=30).locks[0].waiters,
+            30,
+            "alice's second request waiting",
+        )
+        replay = pb.LockAcquireRequest(
+            owner="alice-2", locks=item, ttl_ms=60000, wait_ms=100, request_id="job-43-lock"
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            locks.Acquire(replay, metadata=_md(t["bob"]), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        locks.Release(
+            pb.LockReleaseRequest(owner="alice-w", name="replayed", token=first.token, lease=first.lease),
+            metadata=_md(t["alice"]),
+            timeout=30,
+        )
+        second = waiting.result()
+        assert second.granted and second.lease
+        locks.Release(
+            pb.LockReleaseRequest(owner="alice-2", name="replayed", token=second.token, lease=second.lease),
+            metadata=_md(t["alice"]),
+            timeout=30,
+        )
+
+
+@pytest.mark.e2e
 def test_a_submitter_cancels_only_its_own_runs(secured: Secured) -> None:
     alice, bob, op = secured.client("alice"), secured.client("bob"), secured.client("op")
     slow = DAG("slow")
@@ -489,14 +621,89 @@ def test_a_token_limited_to_namespaces_sees_and_touches_only_them(secured: Secur
     lease = team.kv.lease_grant(30)
     team.kv.put("a/leased", 1, lease=lease)
     admin.kv.put("b/leased", 1, lease=lease)
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(PermissionDenied) as refused:
         team.kv.lease_revoke(lease)
+    assert "b/leased" not in str(refused.value)  # another namespace's key names stay unseen
     admin.kv.delete("b/leased")
     assert team.kv.lease_revoke(lease) == ["a/leased"]
     with pytest.raises(NotFound):
         admin.get("r-nope")
     team.close()
     admin.close()
+
+
+@pytest.mark.e2e
+def test_a_runs_tasks_reach_only_its_namespace(secured: Secured) -> None:
+    team, admin = secured.client("team"), secured.client("admin")
+    grab = DAG("grab")
+    grab.task("hold", "kv_put", input={"key": "a/q", "value": 1}, locks=["b/db"])
+    with pytest.raises(PermissionDenied, match="b/db"):  # a declared lock outside the token's namespaces
+        team.submit(grab, namespace="a")
+    out, fine = DAG("out"), DAG("in")
+    out.task("out", "kv_put", input={"key": "b/pwned", "value": 1}, retries=0)
+    fine.task("in", "kv_put", input={"key": "a/fine", "value": 1}, retries=0)
+    run = team.wait(team.submit(out, namespace="a"), timeout_s=60)
+    assert run.tasks["out"].status == "FAILED" and "outside this run's namespace" in run.tasks["out"].error
+    assert team.wait(team.submit(fine, namespace="a"), timeout_s=60).tasks["in"].status == "SUCCEEDED"
+    assert team.kv.get("a/fine").value["value"] == 1
+    assert admin.kv.get("b/pwned") is None
+    team.close()
+    admin.close()
+
+
+@pytest.mark.e2e
+def test_dead_letters_are_listed_only_for_the_callers_namespaces(secured: Secured) -> None:
+    team, admin = secured.client("team"), secured.client("admin")
+    boom = DAG("boom")
+    boom.task("boom", "fail", input={"times": 99}, retries=0)
+    theirs = admin.submit(boom, namespace="b")
+    ours = team.submit(boom, namespace="a")
+    for c, run_id in ((admin, theirs), (team, ours)):
+        c.wait(run_id, timeout_s=60)
+    assert {theirs, ours} <= {d.run_id for d in admin.dead_letters(limit=1000)}
+    seen = {d.run_id for d in team.dead_letters(limit=1000)}
+    assert ours in seen and theirs not in seen
+    with pytest.raises(PermissionDenied, match="not namespace-scoped"):
+        team.messages.dead_letters()
+    admin.messages.dead_letters()
+    team.close()
+    admin.close()
+
+
+@pytest.mark.e2e
+def test_a_kv_lease_is_attached_renewed_and_revoked_only_by_its_grantee(secured: Secured) -> None:
+    alice, bob, op = secured.client("alice"), secured.client("bob"), secured.client("op")
+    lease = alice.kv.lease_grant(60)
+    alice.kv.put("alices/k", 1, lease=lease)
+    with pytest.raises(PermissionDenied, match="another principal"):
+        bob.kv.put("bobs/k", 1, lease=lease)
+    with pytest.raises(PermissionDenied, match="another principal"):
+        bob.kv.lease_keep_alive(lease)
+    with pytest.raises(PermissionDenied, match="another principal"):
+        bob.kv.lease_revoke(lease)
+    assert bob.kv.get("bobs/k") is None and alice.kv.get("alices/k") is not None
+    alice.kv.lease_keep_alive(lease)
+    op.kv.lease_keep_alive(lease)  # an operator or admin may manage any lease
+    assert alice.kv.lease_revoke(lease) == ["alices/k"]
+    for c in (alice, bob, op):
+        c.close()
+
+
+@pytest.mark.e2e
+def test_a_clients_messages_carry_its_tokens_subject_as_sender(secured: Secured) -> None:
+    t = secured.tokens
+    alice = secured.client("alice")
+    with grpc.insecure_channel(secured.c.addresses[0]) as ch:
+        msgs = pb_grpc.MessagesStub(ch)
+        for claimed in ("client:bob", ""):
+            spoof = pb.AgentMessage(
+                sender=claimed, target="tally/spoof", payload_json=json.dumps({"seq": 1 if claimed else 2})
+            )
+            msgs.Send(pb.SendMessageRequest(message=spoof), metadata=_md(t["alice"]), timeout=30)
+    alice.messages.send("tally/spoof", {"seq": 3})  # the SDK's client:<client id> too
+    state = alice.messages.request("tally/spoof", {"get": True}, timeout_s=20).payload["state"]
+    assert state["n"] == 3 and set(state["last"]) == {"client:alice"}
+    alice.close()
 
 
 @pytest.mark.e2e
@@ -512,9 +719,14 @@ def test_cluster_script_secure_makes_an_admin_token(tmp_path: pathlib.Path) -> N
             [script, *args, "--dir", d], capture_output=True, text=True, timeout=120, env=env
         )
 
+    os.makedirs(d)
+    loose = pathlib.Path(d, "raft.secret")
+    loose.write_text("")  # left empty and world-readable (say, by an earlier failed run)
+    os.chmod(loose, 0o644)
     try:
         up = sh("up", "3", "--secure", "--base-port", str(_free_base()))
         assert up.returncode == 0, up.stderr
+        assert stat.S_IMODE(os.stat(loose).st_mode) == 0o600 and loose.read_text()
         lines = dict(ln.split("=", 1) for ln in pathlib.Path(d, "env").read_text().split())
         assert set(lines) >= {"RAFTMESH_ADDRESSES", "RAFTMESH_TOKEN"}
         assert stat.S_IMODE(os.stat(pathlib.Path(d, "env")).st_mode) == 0o600

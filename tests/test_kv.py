@@ -7,11 +7,13 @@ Every applied command is also checked for index and encoding round-trip equality
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from raftmesh.consensus import ClusterState, Code, TaskStatus, limits
-from raftmesh.consensus.commands import Compare, Fence, KvOp, NodeDown
-from raftmesh.consensus.kv import DELETE, PUT, KvEvent
+from raftmesh.consensus.commands import Compare, Fence, KvOp, NodeDown, decode_command, encode_command
+from raftmesh.consensus.kv import DELETE, PUT, KvEvent, Lease
 from raftmesh.consensus.results import (
     DeleteResponse,
     GetResponse,
@@ -351,6 +353,21 @@ def test_lease_validation(c: Coord) -> None:
     lease = grant(c, limits.MIN_KV_LEASE_TTL_MS)
     c.unchanged(c.lease("renew", lease), Code.INVALID_ARGUMENT)
     c.unchanged(c.lease("keep_alive", lease + 1), Code.NOT_FOUND)
+
+
+def test_a_lease_keeps_its_grantees_principal_and_older_leases_encode_as_before(c: Coord) -> None:
+    res = c.ok(replace(c.lease("grant", ttl=10_000), principal="token:alice"))
+    assert isinstance(res, KvLeaseResult) and c.st.kv.leases[res.lease].principal == "token:alice"
+    plain = grant(c, 10_000)
+    assert c.st.kv.leases[plain].principal == ""
+    assert c.st.kv.leases[plain].encode() == [plain, 10_000, c.st.kv.leases[plain].deadline_ms, []]
+    assert Lease.decode(c.st.kv.leases[res.lease].encode()) == c.st.kv.leases[res.lease]
+    copy = ClusterState.decode(c.st.encode())
+    assert copy.kv.leases[res.lease].principal == "token:alice" and copy.encode() == c.st.encode()
+    cmd = replace(c.lease("grant", ttl=10_000), principal="token:bob")
+    assert decode_command(encode_command(cmd)) == cmd
+    assert "principal" not in encode_command(c.lease("grant", ttl=10_000)).decode("latin-1")
+    c.unchanged(replace(c.lease("grant", ttl=10_000), principal="p" * 1000), Code.INVALID_ARGUMENT)
 
 
 # ---- fenced writes ------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ copy has the same digest.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import pytest
 
@@ -145,6 +147,19 @@ def test_a_task_that_exhausted_its_retries_is_a_dead_letter_newest_first(c: Clus
     ]
     assert dl[0].finished_ms > dl[1].finished_ms and dl[1].agent == "echo"
     assert [d.run_id for d in list_dead_letters(c.st, 1)] == ["r2"]
+
+
+def test_dead_letters_listed_for_a_namespace_skip_other_runs_while_paging(c: Cluster) -> None:
+    for run_id, ns in (("ra", "a"), ("rb", "b"), ("ra2", "a")):
+        c.ts += 10
+        c.ok(replace(c.submit(run_id, [spec("x")]), namespace=ns))
+        c.ok(c.assign((run_id, "x", "n1")))
+        c.ok(c.fail(run_id, "x", error="bad input", retryable=False))
+    assert [d.run_id for d in list_dead_letters(c.st, 10)] == ["ra2", "rb", "ra"]
+    only_a = list_dead_letters(c.st, 10, visible=lambda ns: ns == "a")
+    assert [d.run_id for d in only_a] == ["ra2", "ra"]
+    assert [d.run_id for d in list_dead_letters(c.st, 2, visible=lambda ns: ns == "a")] == ["ra2", "ra"]
+    assert list_dead_letters(c.st, 10, visible=lambda ns: False) == []
 
 
 def test_evicted_runs_leave_the_dead_letters(c: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:

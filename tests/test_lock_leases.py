@@ -89,3 +89,26 @@ def test_a_snapshot_keeps_the_handles() -> None:
     assert copy.locks.locks["L"].holders["alice"].lease == H
     assert copy.locks.waiting[next(iter(copy.locks.waiting))].lease == "9" * 32
     assert copy.encode() == c.st.encode()
+
+
+def test_the_acquiring_principal_is_kept_through_a_wait_and_a_snapshot() -> None:
+    # The Locks service hands a replayed request id's lease only to this principal.
+    c = Coord()
+    t1 = c.granted(replace(_acquire(c, "a", "L", lease="1" * 32), principal="token:alice"))
+    assert c.holder("L", "a").principal == "token:alice"
+    c.waits(replace(_acquire(c, "b", "L", lease="2" * 32, wait=60_000), principal="token:bob"))
+    assert next(iter(c.st.locks.waiting.values())).principal == "token:bob"
+    copy = ClusterState.decode(c.st.encode())
+    assert next(iter(copy.locks.waiting.values())).principal == "token:bob"
+    assert copy.encode() == c.st.encode()
+    c.ok(_release(c, "a", "L", t1, "1" * 32))
+    assert c.holder("L", "b").principal == "token:bob" and c.holder("L", "b").lease == "2" * 32
+    # A principal without a lease handle keeps its place in the record.
+    h = Holder("o", "exclusive", 3, "rid", 0, 0, "", "node:n1")
+    assert Holder.decode(h.encode()) == h
+    r = Request("rid", "o", (("L", "exclusive"),), 1000, 0, T0, 0, 1, "", "token:x")
+    assert Request.decode(r.encode()) == r
+    cmd = replace(c.acquire("a", "M"), principal="token:alice")
+    assert decode_command(encode_command(cmd)) == cmd
+    assert "principal" not in encode_command(c.acquire("a", "M")).decode("latin-1")
+    c.unchanged(replace(c.acquire("z", "M"), principal="p" * 1000), Code.INVALID_ARGUMENT)

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import pytest
 
+from raftmesh import calls
 from raftmesh.chaos.proxy import TcpProxy
 from raftmesh.clock import SYSTEM_CLOCK, Clock
 from raftmesh.consensus import machine as machine_mod
@@ -123,9 +124,12 @@ class Cluster:
     addrs: dict[str, str] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     proposed: list[Command] = field(default_factory=list)
+    callers: list[calls.Call | None] = field(default_factory=list)
+    """The call bound when each command was proposed (the node's proposer stamps its origin)."""
 
     async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
         self.proposed.append(cmd)
+        self.callers.append(calls.current())
         with self.lock:
             res, events = self.machine.apply(cmd)
         self.applied(events)
@@ -691,6 +695,25 @@ def test_a_target_with_no_activation_is_activated_through_the_log_then_delivered
             a = c.machine.state.messages.activations["echo/new"]
             assert [m.payload for m in c.hosts[a.node].got] == [1]
             assert sum(isinstance(p, Activate) for p in c.proposed) == 1
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+@applies(Activate)
+def test_work_a_clients_send_starts_runs_as_the_node_not_as_that_client() -> None:
+    # The activation (and a new link's dial or pump) outlives the call that needed it: its
+    # proposals must carry origin node:ID, not the client's principal and request id.
+    async def main() -> None:
+        c = await start()
+        try:
+            with calls.bound(calls.Call(principal="token:alice", request_id="req-1")):
+                await c.routers["n3"].send(msg("client:alice", "echo/ctx", 1))
+            activations = [
+                who for cmd, who in zip(c.proposed, c.callers, strict=True) if isinstance(cmd, Activate)
+            ]
+            assert len(activations) == 1 and activations == [None]
         finally:
             await c.stop()
 

@@ -51,7 +51,7 @@ from ..consensus.commands import NO_USAGE, Complete, Completion, Fail, Failure, 
 from ..consensus.members import task_defaults
 from ..consensus.results import Rejected, ReportResult, Result
 from ..consensus.state import ClusterState, TaskKey, TaskStatus
-from ..errors import RaftmeshError
+from ..errors import PermissionDenied, RaftmeshError
 from ._context import SyncTaskContext, TaskContext
 from ._messaging import Messenger, Router
 from ._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE, ProcessPool, ThreadPool
@@ -59,7 +59,7 @@ from ._registry import AgentDef, AgentRegistry, default_registry
 from ._setup import AgentNode
 from ._spawn import SpawnError, task_specs
 from ._sync_clients import SyncKv, SyncLocks, dispatch, loop_call
-from ._task_clients import Reader, TaskKv, TaskLocks, Writer
+from ._task_clients import Reader, TaskKv, TaskLocks, Writer, check_run_key
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class _Attempt:
     call: calls.Call | None = None
     """Its ``tracing.node_call`` (``AgentHost._call_of``), made once: it is bound when the attempt
     starts, when its report is proposed and when its outcome is logged."""
+    namespace: str = ""
+    """The run's namespace: its ``ctx.kv``, ``ctx.locks`` and spawned locks stay under ``NAMESPACE/``."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Start:
     """A map instance's item (``ctx.item``) and its position (``ctx.index``)."""
     index: int = 0
     trace_id: str = ""
+    namespace: str = ""
 
 
 @dataclass
@@ -275,6 +278,7 @@ class AgentHost:
                     t.item,
                     t.index,
                     run.trace_id,
+                    run.namespace,
                 )
             )
         for key, a in self._active.items():
@@ -306,7 +310,7 @@ class AgentHost:
         loop = asyncio.get_running_loop()
         for s in plan.start:
             a = _Attempt(s.key, s.attempt, s.token, agent=s.agent, started=time.perf_counter())
-            a.trace_id, a.started_ns = s.trace_id, time.time_ns()
+            a.trace_id, a.started_ns, a.namespace = s.trace_id, time.time_ns(), s.namespace
             self._active[s.key] = a
             # The task copies the context: all the attempt causes runs under its trace.
             with calls.bound(self._call_of(a)):
@@ -368,8 +372,8 @@ class AgentHost:
             {"run_id": run_id, "task_id": task_id, "attempt": a.attempt, "trace_id": a.trace_id},
             a.secrets,
         )
-        kv = TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token)
-        locks = TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt)
+        kv = TaskKv(self._reads, self._writer, self._clock, run_id, task_id, a.attempt, a.token, a.namespace)
+        locks = TaskLocks(self._writer, self._clock, run_id, task_id, a.attempt, a.namespace)
         fields: dict[str, Any] = dict(
             run_id=run_id,
             task_id=task_id,
@@ -447,7 +451,10 @@ class AgentHost:
         if ctx.spawns.tasks:
             try:
                 spawn = self._spawn_specs(run_id, ctx.spawns.tasks)
-            except SpawnError as exc:
+                for t in spawn:  # declared locks are taken by the node: the run's namespace only
+                    for name, _ in t.locks:
+                        check_run_key(a.namespace, name, f"ctx.spawn: task {t.id!r}: lock")
+            except (SpawnError, PermissionDenied) as exc:
                 await self._report(
                     _Report(a, False, error=str(exc)[: limits.MAX_ERROR_CHARS], retryable=False)
                 )

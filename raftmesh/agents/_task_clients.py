@@ -26,9 +26,19 @@ from ..consensus.results import (
     expect,
 )
 from ..consensus.state import ClusterState
-from ..errors import StaleToken
+from ..errors import PermissionDenied, StaleToken
 
 T = TypeVar("T")
+
+
+def check_run_key(namespace: str, key: str, what: str = "key") -> None:
+    """A run in a namespace (``RunState.namespace``) reaches only KV keys and lock names under
+    ``NAMESPACE/``: its submitter's token may be limited to it, and the node writes for it."""
+    if namespace and not key.startswith(namespace + "/"):
+        raise PermissionDenied(
+            f"{what} {key[:80]!r} is outside this run's namespace: a task of a run in namespace "
+            f"{namespace!r} may use only keys and locks under {namespace + '/'!r}"
+        )
 
 
 class Writer(Protocol):
@@ -49,8 +59,17 @@ class TaskKv:
     """The KV store as an attempt sees it; a write after the attempt was fenced raises ``StaleToken``."""
 
     def __init__(
-        self, reads: Reader, writer: Writer, clock: Clock, run_id: str, task_id: str, attempt: int, token: int
+        self,
+        reads: Reader,
+        writer: Writer,
+        clock: Clock,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        token: int,
+        namespace: str = "",
     ) -> None:
+        self._namespace = namespace
         self._reads = reads
         self._writer = writer
         self._clock = clock
@@ -58,6 +77,7 @@ class TaskKv:
 
     async def get(self, key: str) -> Any:
         """The current value (linearizable), or None."""
+        check_run_key(self._namespace, key)
         await self._writer.barrier()
 
         def value(st: ClusterState) -> Any:
@@ -67,6 +87,8 @@ class TaskKv:
         return self._reads.read(value)
 
     async def _txn(self, cmd: KvTxn) -> KvTxnResult:
+        for key in [c.key for c in cmd.compares] + [op.key for op in cmd.success + cmd.failure]:
+            check_run_key(self._namespace, key)
         res = await self._writer.propose(cmd)
         if isinstance(res, Rejected) and res.code is Code.ABORTED:
             raise StaleToken(res.message)  # the only way a fenced write aborts: a newer attempt exists
@@ -105,13 +127,17 @@ class TaskKv:
 class TaskLocks:
     """Locks held by this attempt (owner ``task:<run>/<task>#<attempt>``); released by TTL or explicitly."""
 
-    def __init__(self, writer: Writer, clock: Clock, run_id: str, task_id: str, attempt: int) -> None:
+    def __init__(
+        self, writer: Writer, clock: Clock, run_id: str, task_id: str, attempt: int, namespace: str = ""
+    ) -> None:
+        self._namespace = namespace
         self._writer = writer
         self._clock = clock
         self.owner = task_owner(run_id, task_id, attempt) + ":agent"
 
     async def try_acquire(self, name: str, *, ttl_s: float = 30.0, mode: str = "exclusive") -> int | None:
         """The fencing token, or None if the lock is not free now."""
+        check_run_key(self._namespace, name, "lock")
         cmd = LockAcquire(
             uuid.uuid4().hex,
             self._clock.now_ms(),

@@ -11,7 +11,9 @@ trace context, ``raftmesh.calls``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,33 @@ import grpc
 from ..errors import InvalidArgument
 
 Metadata = list[tuple[str, str]]
+
+_warned_plaintext = False
+"""A token sent without TLS to a non-loopback address is warned about once per process."""
+
+
+def _loopback(addr: str) -> bool:
+    host = addr.rsplit(":", 1)[0].strip("[]") if ":" in addr else addr
+    host = host.removeprefix("ipv4:").removeprefix("ipv6:").removeprefix("dns:").strip("/[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_plaintext(addr: str) -> None:
+    global _warned_plaintext
+    if _warned_plaintext:
+        return
+    _warned_plaintext = True
+    warnings.warn(
+        f"raftmesh: sending a bearer token to {addr} without TLS: anyone on the network path can read "
+        "and replay it; pass ca= (--ca / RAFTMESH_CA) for a node started with TLS",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _read(path: str, what: str, flag: str) -> bytes:
@@ -107,6 +136,8 @@ class Credentials:
             else grpc.insecure_channel(addr, options=opts)
         )
         fixed = self.metadata()
+        if self.token and not self.tls and not _loopback(addr):
+            _warn_plaintext(addr)
         if not fixed and extra is None:
             return ch
         return grpc.intercept_channel(ch, _MetadataInterceptor(fixed, extra))

@@ -692,6 +692,9 @@ class LockAcquire(Command):
     lease: str = ""
     """The secret lease handle the node serving Acquire made ("" for the node's own holders:
     task attempts, actor activations); its release and renewals must name it."""
+    principal: str = ""
+    """Who asked (the serving call's principal; "" for the node's own holders): a retry
+    under the same request id gets the lease back only from the same principal."""
 
     def _fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -705,6 +708,8 @@ class LockAcquire(Command):
             out["fence"] = self.fence.encode()
         if self.lease:
             out["lease"] = self.lease
+        if self.principal:  # only when set, like lease
+            out["principal"] = self.principal
         return out
 
 
@@ -846,9 +851,15 @@ class KvLease(Command):
     ttl_ms: int = 0
     action: str = "grant"
     """"grant", "keep_alive" or "revoke"."""
+    principal: str = ""
+    """Who asks for a grant ("" on an open cluster): recorded on the lease, so another
+    principal's attach, renewal or revoke can be refused by the Kv service."""
 
     def _fields(self) -> dict[str, Any]:
-        return {"lease": self.lease, "ttl_ms": self.ttl_ms, "action": self.action}
+        out: dict[str, Any] = {"lease": self.lease, "ttl_ms": self.ttl_ms, "action": self.action}
+        if self.principal:  # only when set: entries written before the field encode the same
+            out["principal"] = self.principal
+        return out
 
 
 def _compares(v: Any) -> tuple[Compare, ...]:
@@ -1018,6 +1029,7 @@ def _decode_body(m: Any) -> Command:
             wait_ms=_get(m, "wait_ms", int),
             fence=_fence(m.get("fence")),
             lease=_get(m, "lease", str) if "lease" in m else "",
+            principal=_get(m, "principal", str) if "principal" in m else "",
         )
     if tag == LockRelease.TAG:
         return LockRelease(
@@ -1043,7 +1055,12 @@ def _decode_body(m: Any) -> Command:
         )
     if tag == KvLease.TAG:
         return KvLease(
-            rid, ts, lease=_get(m, "lease", int), ttl_ms=_get(m, "ttl_ms", int), action=_get(m, "action", str)
+            rid,
+            ts,
+            lease=_get(m, "lease", int),
+            ttl_ms=_get(m, "ttl_ms", int),
+            action=_get(m, "action", str),
+            principal=_get(m, "principal", str) if "principal" in m else "",
         )
     if tag == RetryTask.TAG:
         return RetryTask(

@@ -15,6 +15,7 @@ is no longer dead at that attempt and it answers "already requeued", changing no
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import approvals, budgets, limits
@@ -39,12 +40,19 @@ class DeadLetterView:
     finished_ms: int
 
 
-def list_dead_letters(st: ClusterState, limit: int) -> list[DeadLetterView]:
-    """The newest ``limit`` dead letters, newest first: O(limit)."""
+def list_dead_letters(
+    st: ClusterState, limit: int, visible: Callable[[str], bool] | None = None
+) -> list[DeadLetterView]:
+    """The newest ``limit`` dead letters, newest first: O(limit), or O(dead letters skipped)
+    with ``visible`` (run namespace -> may the caller see it), filtered while paging."""
     out: list[DeadLetterView] = []
     for finished_ms, run_id, task_id in reversed(st.dead_letters):
         if len(out) >= limit:
             break
+        if visible is not None:
+            run = st.runs.get(run_id)
+            if run is None or not visible(run.namespace):
+                continue
         t = st.task(run_id, task_id)
         if t is None or t.status is not TaskStatus.FAILED:  # the index is kept exact; this is a guard
             continue

@@ -45,13 +45,18 @@ class Lease:
     ttl_ms: int
     deadline_ms: int
     keys: set[str] = field(default_factory=set)
+    principal: str = ""
+    """Who was granted it ("" on an open cluster, and for leases granted before the field)."""
 
     def encode(self) -> list[Any]:
-        return [self.id, self.ttl_ms, self.deadline_ms, sorted(self.keys)]
+        out = [self.id, self.ttl_ms, self.deadline_ms, sorted(self.keys)]
+        if self.principal:  # only when set: older leases encode (and digest) as before
+            out.append(self.principal)
+        return out
 
     @classmethod
     def decode(cls, v: list[Any]) -> Lease:
-        return cls(v[0], v[1], v[2], set(v[3]))
+        return cls(v[0], v[1], v[2], set(v[3]), v[4] if len(v) > 4 else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +198,8 @@ class KvStore:
             self.history_bytes -= old.size
             self.compacted = old.revision
 
-    def grant_lease(self, lease_id: int, ttl_ms: int, now: int) -> Lease:
-        lease = Lease(lease_id, ttl_ms, now + ttl_ms)
+    def grant_lease(self, lease_id: int, ttl_ms: int, now: int, principal: str = "") -> Lease:
+        lease = Lease(lease_id, ttl_ms, now + ttl_ms, principal=principal)
         self.leases[lease_id] = lease
         heapq.heappush(self.lease_deadlines, (lease.deadline_ms, lease_id))
         return lease

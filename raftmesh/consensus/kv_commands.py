@@ -10,7 +10,7 @@ from typing import Any
 
 from . import limits, messages, values
 from .codes import Code
-from .commands import Compare, Fence, KvLease, KvOp, KvTxn
+from .commands import MAX_ORIGIN_FIELD, Compare, Fence, KvLease, KvOp, KvTxn
 from .context import ApplyContext
 from .kv import Entry
 from .results import (
@@ -193,8 +193,10 @@ def lease(ctx: ApplyContext, cmd: KvLease) -> Result:
                 Code.INVALID_ARGUMENT,
                 f"ttl_ms must be between {limits.MIN_KV_LEASE_TTL_MS} and {limits.MAX_KV_LEASE_TTL_MS}",
             )
+        if len(cmd.principal) > MAX_ORIGIN_FIELD:
+            return Rejected(Code.INVALID_ARGUMENT, f"principal is longer than {MAX_ORIGIN_FIELD} characters")
         rev = ctx.advance()
-        granted = kv.grant_lease(rev, cmd.ttl_ms, ctx.state.time_ms)
+        granted = kv.grant_lease(rev, cmd.ttl_ms, ctx.state.time_ms, cmd.principal)
         return KvLeaseResult(granted.id, granted.ttl_ms, granted.deadline_ms)
     if cmd.lease not in kv.leases:
         return Rejected(Code.NOT_FOUND, f"lease {cmd.lease} does not exist (expired or revoked)")

@@ -12,7 +12,7 @@ import hmac
 
 from . import kv_commands, limits
 from .codes import Code
-from .commands import LockAcquire, LockCancel, LockRelease
+from .commands import MAX_ORIGIN_FIELD, LockAcquire, LockCancel, LockRelease
 from .context import ApplyContext
 from .locks import EXCLUSIVE, MODES, Request, task_owner
 from .results import (
@@ -50,6 +50,8 @@ def _validate_acquire(cmd: LockAcquire) -> str:
         return f"wait_ms must be between 0 and {limits.MAX_LOCK_WAIT_MS}"
     if len(cmd.lease) > limits.MAX_ID_CHARS:
         return f"lease is longer than {limits.MAX_ID_CHARS} characters"
+    if len(cmd.principal) > MAX_ORIGIN_FIELD:
+        return f"principal is longer than {MAX_ORIGIN_FIELD} characters"
     return ""
 
 
@@ -73,10 +75,21 @@ def acquire(ctx: ApplyContext, cmd: LockAcquire) -> Result:
         return Rejected(Code.FAILED_PRECONDITION, f"lock request {cmd.request_id!r} was already used")
     now = ctx.now_ms
     items = tuple(sorted(cmd.items))
-    probe = Request(cmd.request_id, cmd.owner, items, cmd.ttl_ms, cmd.priority, now, 0, lt.seq + 1, cmd.lease)
+    probe = Request(
+        cmd.request_id,
+        cmd.owner,
+        items,
+        cmd.ttl_ms,
+        cmd.priority,
+        now,
+        0,
+        lt.seq + 1,
+        cmd.lease,
+        cmd.principal,
+    )
     if lt.can_grant(cmd.owner, items, ahead_of=probe):
         rev = ctx.advance()
-        lt.grant(cmd.owner, items, rev, cmd.request_id, cmd.ttl_ms, now, cmd.lease)
+        lt.grant(cmd.owner, items, rev, cmd.request_id, cmd.ttl_ms, now, cmd.lease, cmd.principal)
         # A grant that overtook a waiter (priority) can close a wait-for cycle.
         settle(ctx)
         return LockAcquireResult(cmd.request_id, granted=True, waiting=False, token=rev)

@@ -51,16 +51,21 @@ class Holder:
     lease: str = ""
     """The secret handle its release and renewals must name ("" the node's own holders);
     never shown by any list or status answer."""
+    principal: str = ""
+    """Who acquired it (``LockAcquire.principal``); "" for the node's own and older holders."""
 
     def encode(self) -> list[Any]:
         out: list[Any] = [self.owner, self.mode, self.token, self.request_id, self.ttl_ms, self.deadline_ms]
-        if self.lease:  # only when set: a table without handles encodes (and digests) as before
+        # Each only when set: a table without handles or principals encodes (and digests) as before.
+        if self.lease or self.principal:
             out.append(self.lease)
+        if self.principal:
+            out.append(self.principal)
         return out
 
     @classmethod
     def decode(cls, v: list[Any]) -> Holder:
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6] if len(v) > 6 else "")
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6] if len(v) > 6 else "", v[7] if len(v) > 7 else "")
 
 
 @dataclass(slots=True)
@@ -95,22 +100,28 @@ class Request:
     seq: int
     lease: str = ""
     """Given to the holder it becomes (``Holder.lease``)."""
+    principal: str = ""
+    """Who asked (``LockAcquire.principal``), passed on to the holder."""
 
     @property
     def order(self) -> tuple[int, int]:
         return (self.enqueued_ms - self.priority * limits.LOCK_AGING_MS, self.seq)
 
     def encode(self) -> list[Any]:
-        return [
-            self.request_id,
-            self.owner,
-            [list(i) for i in self.items],
-            self.ttl_ms,
-            self.priority,
-            self.enqueued_ms,
-            self.wait_deadline_ms,
-            self.seq,
-        ] + ([self.lease] if self.lease else [])
+        return (
+            [
+                self.request_id,
+                self.owner,
+                [list(i) for i in self.items],
+                self.ttl_ms,
+                self.priority,
+                self.enqueued_ms,
+                self.wait_deadline_ms,
+                self.seq,
+            ]
+            + ([self.lease] if self.lease or self.principal else [])
+            + ([self.principal] if self.principal else [])
+        )
 
     @classmethod
     def decode(cls, v: list[Any]) -> Request:
@@ -124,6 +135,7 @@ class Request:
             v[6],
             v[7],
             v[8] if len(v) > 8 else "",
+            v[9] if len(v) > 9 else "",
         )
 
 
@@ -270,6 +282,7 @@ class LockTable:
         ttl_ms: int,
         now: int,
         lease: str = "",
+        principal: str = "",
     ) -> None:
         deadline = now + ttl_ms if ttl_ms else 0
         for name, mode in items:
@@ -277,7 +290,7 @@ class LockTable:
             old = lock.holders.get(owner)
             if old is not None:
                 self._unindex(old.request_id, name)
-            lock.holders[owner] = Holder(owner, mode, token, request_id, ttl_ms, deadline, lease)
+            lock.holders[owner] = Holder(owner, mode, token, request_id, ttl_ms, deadline, lease, principal)
             self.by_request.setdefault(request_id, {})[name] = None
             lock.last_token = max(lock.last_token, token)
             if deadline:
@@ -350,7 +363,7 @@ class LockTable:
                     self.waiting.pop(r.request_id)
                     for name, _ in r.items:
                         self.locks[name].queue.remove(r.request_id)
-                    self.grant(r.owner, r.items, token, r.request_id, r.ttl_ms, now, r.lease)
+                    self.grant(r.owner, r.items, token, r.request_id, r.ttl_ms, now, r.lease, r.principal)
                     granted.append(LockOutcome(r.request_id, r.owner, True, token))
                     names.update(n for n, _ in r.items)
                     progress = True

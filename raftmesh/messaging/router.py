@@ -11,6 +11,7 @@ dead letters (``RecordDeadLetters``, batched); durable sends are one ``SendMessa
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import itertools
 import logging
@@ -393,8 +394,9 @@ class MessageRouter:
 
     def _activate(self, address: str) -> None:
         if address not in self._activating:
+            # Outlives the send that asked for it: the node's own work, under no client's call.
             self._activating[address] = asyncio.get_running_loop().create_task(
-                self._activation(address), name=f"activate {address}"
+                self._activation(address), name=f"activate {address}", context=contextvars.Context()
             )
 
     async def _activation(self, address: str) -> None:
@@ -870,7 +872,9 @@ class MessageRouter:
         loop = asyncio.get_running_loop()
         if link.local:
             if peer not in self._pumps:
-                self._pumps[peer] = loop.create_task(self._pump_local(link), name="local messages")
+                self._pumps[peer] = loop.create_task(
+                    self._pump_local(link), name="local messages", context=contextvars.Context()
+                )
         else:
             self._streams.dial(link)
 

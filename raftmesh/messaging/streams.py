@@ -11,6 +11,7 @@ messages wait is cancelled and dialled again.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -79,8 +80,9 @@ class PeerStreams:
     def dial(self, link: Link) -> None:
         """Keep a stream open to ``link.peer`` if this node is the one to dial it."""
         if self.node_id < link.peer and link.peer not in self._dials:
+            # Lives as long as the link, not the call that first needed it: under no client's call.
             self._dials[link.peer] = asyncio.get_running_loop().create_task(
-                self._dial_loop(link), name=f"peer stream {link.peer}"
+                self._dial_loop(link), name=f"peer stream {link.peer}", context=contextvars.Context()
             )
 
     async def stop(self) -> None:

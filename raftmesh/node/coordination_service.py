@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from .. import calls
 from ..consensus import limits
 from ..consensus.codes import Code
 from ..consensus.commands import Compare, Fence, KvLease, KvOp, KvTxn, LockAcquire, LockCancel, LockRelease
@@ -37,10 +38,11 @@ from ..consensus.results import (
     expect,
 )
 from ..consensus.state import ClusterState
-from ..errors import Aborted, InvalidArgument, OutOfRange
+from ..errors import Aborted, InvalidArgument, OutOfRange, PermissionDenied
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security.ownership import check_key, restricted
+from ..security.roles import Role
 from . import convert, rpc
 from .access import NodeAccess
 from .lock_waits import LockWaits
@@ -120,6 +122,19 @@ class KvService(pb_grpc.KvServicer):
     async def _txn(self, cmd: KvTxn, context: grpc.aio.ServicerContext) -> pb.KvTxnResponse:
         return _txn_response(await self.node.propose(cmd, context))
 
+    def _check_lease(self, lease_id: int) -> None:
+        """A lease granted to a principal is attached to, renewed and revoked by it only (an
+        operator or admin: any); an open cluster's, or older, leases by anyone."""
+        call = calls.current()
+        if not lease_id or call is None or call.role in _ANY_LEASE:
+            return
+        holder = self.node.reads.read(lambda st: le.principal if (le := st.kv.leases.get(lease_id)) else "")
+        if holder and holder != call.principal:
+            raise PermissionDenied(
+                f"lease {lease_id} was granted to another principal: {call.principal} may attach keys "
+                "to, renew and revoke only its own leases"
+            )
+
     @staticmethod
     def _check_key(key: str) -> None:
         why = limits.name_error("key", key, limits.MAX_KV_KEY_CHARS)
@@ -151,6 +166,7 @@ class KvService(pb_grpc.KvServicer):
     async def Put(self, request: pb.KvPutRequest, context: grpc.aio.ServicerContext) -> pb.KvTxnResponse:
         self._check_key(request.key)
         value = convert.load_json("value_json", request.value_json)
+        self._check_lease(request.lease)
         op = KvOp("put", request.key, value, request.lease)
         cmd = KvTxn(
             _request_id(request.request_id, "kv-"),
@@ -192,6 +208,8 @@ class KvService(pb_grpc.KvServicer):
 
         for key in [c.key for c in request.compares] + [o.key for o in (*request.success, *request.failure)]:
             check_key(key)
+        for o in (*request.success, *request.failure):
+            self._check_lease(o.lease)
         cmd = KvTxn(
             _request_id(request.request_id, "kv-"),
             self.node.clock.now_ms(),
@@ -206,18 +224,29 @@ class KvService(pb_grpc.KvServicer):
     async def Lease(
         self, request: pb.KvLeaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.KvLeaseResponse:
-        if request.action == "revoke" and restricted():
+        action = request.action or "grant"
+        if action != "grant":
+            self._check_lease(request.lease)
+        if action == "revoke" and restricted():
             # A revoke deletes the lease's keys: a token limited to namespaces may revoke only a
-            # lease whose keys (now) are all in them. O(keys of the lease).
+            # lease whose keys (now) are all in them. O(keys of the lease). The refusal names no
+            # key: another namespace's key names are not this caller's to learn.
             keys = self.node.reads.read(lambda st: sorted(_lease_keys(st, request.lease)))
-            for key in keys:
-                check_key(key)
+            try:
+                for key in keys:
+                    check_key(key)
+            except PermissionDenied:
+                raise PermissionDenied(
+                    f"lease {request.lease} holds keys outside the namespaces this token may use; "
+                    "revoking it would delete them (an operator or admin may)"
+                ) from None
         cmd = KvLease(
             _request_id(request.request_id, "kl-"),
             self.node.clock.now_ms(),
             lease=request.lease,
             ttl_ms=request.ttl_ms,
-            action=request.action or "grant",
+            action=action,
+            principal=_acquirer() if action == "grant" else "",
         )
         res = await self.node.propose(cmd, context)
         if isinstance(res, KvLeaseRevoked):
@@ -323,8 +352,15 @@ class LocksService(pb_grpc.LocksServicer):
                 priority=request.priority,
                 wait_ms=request.wait_ms,
                 lease=secrets.token_hex(16),  # made here, so only this caller ever learns it
+                principal=_acquirer(),
             )
             v = expect(await node.propose(cmd, context), LockAcquireResult)
+            # A replayed request id gets the first Acquire's answer from the dedup table: only
+            # its own principal may have that grant's lease, or wait on (and cancel) it.
+            if not node.reads.read(lambda st: _acquired_by(st, rid, cmd.principal)):
+                raise PermissionDenied(
+                    f"lock request id {rid!r} was used by another caller; use a new request id"
+                )
             outcome = node.reads.read(lambda st: st.locks.status(rid))
             if outcome is None and v.waiting:
                 budget = request.wait_ms / 1000
@@ -417,6 +453,30 @@ def _lock_deadline(node: NodeAccess, request_id: str) -> int:
         return held[1].deadline_ms if held is not None else 0
 
     return node.reads.read(deadline)
+
+
+_ANY_LEASE = frozenset({Role.OPERATOR.label, Role.ADMIN.label, Role.NODE.label})
+"""Roles that may attach to, renew and revoke any principal's KV lease."""
+
+
+def _acquirer() -> str:
+    """The principal recorded on a lock request ("" on an open cluster: everyone is anonymous,
+    and a table without principals encodes as before)."""
+    call = calls.current()
+    if call is None or call.principal == calls.ANONYMOUS:
+        return ""
+    return call.principal
+
+
+def _acquired_by(st: ClusterState, request_id: str, principal: str) -> bool:
+    """Whether the lock request ``request_id`` (waiting or holding) was made by ``principal``;
+    True when it recorded none (an open cluster's, or older) or holds nothing any more."""
+    lt = st.locks
+    req = lt.waiting.get(request_id)
+    if req is not None:
+        return not req.principal or req.principal == principal
+    held = lt.holder_of(request_id)
+    return held is None or not held[1].principal or held[1].principal == principal
 
 
 def _lock_lease(node: NodeAccess, request_id: str, owner: str) -> str:

@@ -16,6 +16,9 @@ from ..consensus.results import Event, LockChanged
 class LockWaits:
     def __init__(self) -> None:
         self._waiters: dict[str, asyncio.Future[LockOutcome]] = {}
+        self._users: dict[str, int] = {}
+        """Calls sharing a waiter (a retry, or a replay refused afterwards, under the same
+        request id): the last one to leave drops it, so one leaving cannot deafen another."""
 
     @property
     def waiting(self) -> int:
@@ -26,10 +29,15 @@ class LockWaits:
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
             self._waiters[request_id] = fut
+        self._users[request_id] = self._users.get(request_id, 0) + 1
         return fut
 
     def drop(self, request_id: str) -> None:
-        self._waiters.pop(request_id, None)
+        users = self._users.pop(request_id, 0) - 1
+        if users > 0:
+            self._users[request_id] = users
+        else:
+            self._waiters.pop(request_id, None)
 
     def applied(self, events: Iterable[Event]) -> None:
         if not self._waiters:

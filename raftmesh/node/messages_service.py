@@ -26,11 +26,12 @@ from ..consensus.commands import Fence, Message, SendMessages, SubscribeTopic
 from ..consensus.messages import DeadMessage, MessageStore, message_error
 from ..consensus.results import ChangedResult, MessagesSent, expect
 from ..consensus.state import ClusterState
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, PermissionDenied
 from ..messaging.api import Sent
 from ..messaging.wire import message_from_pb, message_to_pb, send_request_id
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from ..security import ownership
 from . import rpc
 from .access import NodeAccess
 from .proposer import new_request_id
@@ -49,6 +50,10 @@ class Router(Protocol):
     async def request(self, msg: Message, timeout_s: float, fence: Fence | None = None) -> Message: ...
 
     def subscribe(self, topic: str, from_start: bool) -> AsyncIterator[Message]: ...
+
+
+TOKEN_PREFIX = "token:"
+"""A bearer token's principal (``token:SUBJECT``): its messages' sender is ``client:SUBJECT``."""
 
 
 def client_sender(peer: str) -> str:
@@ -85,6 +90,11 @@ class MessagesService(pb_grpc.MessagesServicer):
         """The client's message with the node's fields set and the defaults filled in, checked."""
         msg = message_from_pb(m)
         sender = msg.sender or client_sender(context.peer() or "")
+        call = calls.current()
+        if call is not None and call.principal.startswith(TOKEN_PREFIX):
+            # With tokens on, a client speaks as its token's subject: a claimed client:NAME
+            # (the SDK's random client id, or another's name) would let it pose as another.
+            sender = ("client:" + call.principal[len(TOKEN_PREFIX) :])[: limits.MAX_ADDRESS_CHARS]
         # Clients speak as clients: an actor address or task:... sender would let any caller
         # pose as an agent (and receive the replies meant for it).
         if not sender.startswith("client:"):
@@ -188,6 +198,12 @@ class MessagesService(pb_grpc.MessagesServicer):
         limit = request.limit or 100
         if limit > limits.MAX_MESSAGE_DEAD_LETTERS_LISTED:
             raise InvalidArgument(f"limit must be at most {limits.MAX_MESSAGE_DEAD_LETTERS_LISTED}")
+        if ownership.restricted():
+            # Messages carry no namespace: their dead letters are every sender's payloads.
+            raise PermissionDenied(
+                "message dead letters are not namespace-scoped: a token limited to namespaces may "
+                "not list them (use one with namespaces ['*'])"
+            )
         await self.node.barrier(context)
         dead, total = self.node.reads.read(functools.partial(_newest_dead, limit=limit))
         return pb.MessageDeadLettersResponse(

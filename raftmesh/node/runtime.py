@@ -43,7 +43,7 @@ from ..storage.snapshots import LmdbSnapshotIO
 from ..tracing import SpanSink
 from . import convert
 from .access import NodeAccess
-from .config import NodeConfig
+from .config import NodeConfig, is_loopback_host
 from .coordination_service import KvService, LocksService
 from .decoding import guarded
 from .interceptor import CallInterceptor
@@ -147,8 +147,21 @@ class NodeRuntime:
         self.metrics_server: MetricsServer | None = None
         # Read here, before the node starts: a bad tokens file stops it (exit 2, naming the entry).
         self.authenticator = (
-            TokenAuthenticator(config.tokens_file, config.raft_password or "") if config.tokens_file else None
+            TokenAuthenticator(
+                config.tokens_file,
+                config.raft_password or "",
+                peer_cn=config.tls is not None and config.tls.client_auth == "require",
+            )
+            if config.tokens_file
+            else None
         )
+        if config.tokens_file and config.tls is None and not is_loopback_host(config.grpc.rsplit(":", 1)[0]):
+            log.warning(
+                "tokens are on but TLS is off and --grpc %s is not a loopback address: bearer tokens and "
+                "the node credential cross the network in clear text (anyone on the path can replay "
+                "them); give the node --tls-cert/--tls-key/--tls-ca (raftmesh certs init)",
+                config.grpc,
+            )
         self.node_metadata = (
             node_metadata(config.node_id, config.raft_password or "") if config.tokens_file else ()
         )

@@ -209,6 +209,9 @@ class ClusterService(pb_grpc.ClusterServicer):
             return (st.idempotency.get(key) if key else None), st.offered_capabilities(), defaults
 
         ownership.check_namespace(request.namespace, "submitting a run")
+        for t in specs:  # a task's declared locks are held by the node, for the caller
+            for name, _ in t.locks:
+                ownership.check_key(name)
         existing, known, defaults = node.reads.read(lookup)
         if existing is not None:
             # The key's run, only to a caller that may see it (keys are cluster-wide).
@@ -250,6 +253,13 @@ class ClusterService(pb_grpc.ClusterServicer):
         )
         res = await node.propose(cmd, context)
         out = expect(res, SubmitRunResult)
+        if key:
+            # The key's run may have been made elsewhere after the lookup above (this node had not
+            # applied it yet; the dedup table then answers the first submit's result, created
+            # or not): the same check, or a limited token would learn another namespace's run.
+            found = node.reads.read(functools.partial(_run_owner, run_id=out.run_id))
+            if found is not None:
+                ownership.check_run(found[0], found[1], out.run_id)
         return pb.SubmitRunResponse(run_id=out.run_id, created=out.created)
 
     @rpc.unary
@@ -390,7 +400,9 @@ class ClusterService(pb_grpc.ClusterServicer):
             raise InvalidArgument(f"limit must be at most {limits.MAX_DEAD_LETTERS_LISTED}")
         await self.node.barrier(context)
         # O(limit) under the lock: the state keeps the dead letters sorted (consensus.dead_letters).
-        dead = self.node.reads.read(functools.partial(list_dead_letters, limit=limit))
+        # A caller limited to namespaces: other runs' dead letters are skipped while paging.
+        visible = ownership.may_see if ownership.restricted() else None
+        dead = self.node.reads.read(functools.partial(list_dead_letters, limit=limit, visible=visible))
         return pb.ListDeadLettersResponse(dead_letters=[convert.dead_letter_to_pb(d) for d in dead])
 
     @rpc.unary

@@ -263,6 +263,24 @@ def add_token(
     return entry, token
 
 
+RELOAD_SETTLE_S = 0.5
+"""How long a reload that found no tokens (while some are in use) waits before reading again."""
+
+
+def _warn_if_writable(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # reading it says what is wrong
+    if mode & 0o022:
+        log.warning(
+            "tokens file %s is writable by its group or by everyone (mode %o): whoever can write it can "
+            "make an admin token; chmod 600 it",
+            path,
+            mode & 0o777,
+        )
+
+
 class TokenAuthenticator:
     """``raftmesh.node.interceptor.Authenticator`` for a node with a tokens file.
 
@@ -275,17 +293,27 @@ class TokenAuthenticator:
         path: str,
         node_secret: str,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        *,
+        peer_cn: bool = False,
     ) -> None:
+        """``peer_cn``: mutual TLS is required, so a node credential must come over a connection
+        whose client certificate's CN is the node id it claims (a stolen credential alone, or
+        another node's certificate, is not enough)."""
         if not node_secret:
             raise InvalidArgument(
                 "--tokens-file needs the cluster secret (--raft-secret-file or RAFTMESH_RAFT_SECRET): "
                 "nodes prove who they are to each other with it"
             )
         self.path = path
+        self._peer_cn = peer_cn
         self._secret = node_secret
         self._now_ms = now_ms
         self._lock = threading.Lock()
+        self._reloading = threading.Lock()
+        """Held across a reload's read and install: two SIGHUPs close together cannot install an
+        older read after a newer one."""
         self._table: dict[str, TokenEntry] = {}
+        _warn_if_writable(path)
         self._install(read_tokens_file(path))
 
     def _install(self, entries: list[TokenEntry]) -> None:
@@ -297,15 +325,26 @@ class TokenAuthenticator:
     def size(self) -> int:
         return len(self._table)
 
-    def reload(self) -> str:
-        """Read the file again; "" if the new table is in use, else why the old one was kept."""
-        try:
-            entries = read_tokens_file(self.path)
-        except InvalidArgument as exc:
-            log.error("tokens file not reloaded, the previous tokens stay in use: %s", exc.message)
-            return exc.message
-        self._install(entries)
-        log.info("tokens file %s reloaded: %d token(s)", self.path, len(entries))
+    def reload(self, settle_s: float = RELOAD_SETTLE_S) -> str:
+        """Read the file again; "" if the new table is in use, else why the old one was kept.
+
+        A file read with no tokens while some are in use is read again after ``settle_s``: an
+        editor or script that truncates before writing must not revoke every token for good."""
+        with self._reloading:
+            try:
+                _warn_if_writable(self.path)
+                entries = read_tokens_file(self.path)
+                if not entries and self._table:
+                    time.sleep(settle_s)
+                    entries = read_tokens_file(self.path)
+            except InvalidArgument as exc:
+                log.error("tokens file not reloaded, the previous tokens stay in use: %s", exc.message)
+                return exc.message
+            self._install(entries)
+        if entries:
+            log.info("tokens file %s reloaded: %d token(s)", self.path, len(entries))
+        else:
+            log.warning("tokens file %s reloaded with no tokens: every token is refused now", self.path)
         return ""
 
     def authenticate(self, metadata: Mapping[str, str], auth_context: Mapping[str, Any]) -> Principal:
@@ -318,7 +357,7 @@ class TokenAuthenticator:
         if scheme == "bearer":
             return self._bearer(value)
         if scheme == "node":
-            return self._node(value)
+            return self._node(value, auth_context)
         raise Unauthenticated(
             f"authorization scheme {scheme[:20]!r} is not one this node takes: send 'Bearer TOKEN' "
             "(--token or RAFTMESH_TOKEN)"
@@ -341,7 +380,7 @@ class TokenAuthenticator:
             )
         return Principal(f"token:{entry.subject}", entry.role, entry.namespaces)
 
-    def _node(self, value: str) -> Principal:
+    def _node(self, value: str, auth_context: Mapping[str, Any]) -> Principal:
         node_id, _, mac = value.rpartition(":")
         if (
             not node_id
@@ -352,5 +391,16 @@ class TokenAuthenticator:
         ):
             raise Unauthenticated(
                 "node credential refused: nodes must share the same cluster secret (--raft-secret-file)"
+            )
+        names = [
+            n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
+            for n in auth_context.get("x509_common_name", ()) or ()
+        ]
+        # A certificate presented must be the node's own; with mutual TLS required, one must be.
+        if (names or self._peer_cn) and node_id not in names:
+            raise Unauthenticated(
+                f"node credential for {node_id!r} refused: the connection's client certificate is "
+                f"{'for ' + repr(names[0][:64]) if names else 'missing'}; a node calls its peers with "
+                "its own certificate (CN = node id, raftmesh certs init)"
             )
         return Principal(f"node:{node_id}", Role.NODE)
