@@ -177,6 +177,7 @@ class MessageRouter:
                 "stale_replies",
                 "request_timeouts",
                 "replies_undelivered",
+                "requests_answered_again",
                 "broadcasts_dropped",
                 "sessions_opened",
                 "dead_letters_dropped",
@@ -589,6 +590,7 @@ class MessageRouter:
         node that asked once its handler replies."""
         kept = self._kept.get(dedup)
         if kept is not None and kept[0].expires_ms > self._clock.now_ms():
+            self.stats["requests_answered_again"] += 1
             self._send_reply(dataclasses.replace(kept[0], reply_to=node))
         elif pending:
             self._askers.setdefault(dedup, {})[node] = None
