@@ -1147,3 +1147,69 @@ def test_a_copy_of_a_message_held_unhandled_is_answered_once_it_is_handled() -> 
             await c.stop()
 
     asyncio.run(main())
+
+
+def test_a_fast_request_asked_again_through_any_node_gets_the_kept_reply_not_a_second_turn() -> None:
+    """The chaos run's double handling: a client's fast request went through n1 to echo/k on n3,
+    was handled, and n1 died before the client had the reply; the client asked again (the same
+    id) through n2, and through n1 again. n3 answers each with the reply it kept: one turn."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/k", "n3", 15)
+            c.hosts["n3"].epoch_of = lambda a: 15
+            m = msg("client:m1", "echo/k", 20)
+            first = await c.routers["n1"].request(m, timeout_s=5)
+            assert first.payload == {"echo": 20, "by": "n3"}
+            again = await c.routers["n2"].request(m, timeout_s=5)
+            assert again.payload == first.payload and again.correlation_id == m.id and again.epoch == 15
+            # Through the node that had the reply already (it drops a reply it saw, unless asked again).
+            once_more = await c.routers["n1"].request(m, timeout_s=5)
+            assert once_more.payload == first.payload
+            assert [x.id for x in c.hosts["n3"].handled] == [m.id]
+            assert (
+                c.routers["n3"].stats["duplicates"] == c.routers["n3"].stats["requests_answered_again"] == 2
+            )
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_a_fast_request_asked_again_while_its_handler_holds_it_answers_every_node_that_asked() -> None:
+    """The copy through n2 arrives while n3's handler still holds the first (through n1): the
+    copy is not delivered, and the one reply goes to both n1 and n2."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/k", "n3", 15)
+            host = c.hosts["n3"]
+            host.hold = True
+            m = msg("client:m1", "echo/k", 7)
+            first = asyncio.create_task(c.routers["n1"].request(m, timeout_s=5))
+            await until(lambda: len(host.holding) == 1)
+            again = asyncio.create_task(c.routers["n2"].request(m, timeout_s=5))
+            await until(lambda: len(c.routers["n3"]._held.get((m.id, m.target), ())) == 2)
+            held, done = host.holding[0]
+            # As the actor host does: the reply goes out with the turn's end, then its sender is acked.
+            c.routers["n3"].reply(
+                Message(
+                    id=f"r-{m.id}",
+                    sender=m.target,
+                    correlation_id=m.id,
+                    reply_to=held.reply_to,
+                    payload="handled once",
+                    epoch=15,
+                )
+            )
+            done("", False)
+            async with asyncio.timeout(10):
+                replies = await asyncio.gather(first, again)
+            assert [r.payload for r in replies] == ["handled once", "handled once"]
+            assert len(host.got) == 1 and not c.routers["n3"]._askers
+        finally:
+            await c.stop()
+
+    asyncio.run(main())

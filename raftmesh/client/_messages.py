@@ -232,11 +232,9 @@ class MessagesClient:
         end = time.monotonic() + timeout_s
 
         def attempt() -> pb.MessageRequest:
-            # A fast request is at least once: each attempt is a new message (a fresh id), else
-            # the node that took an earlier attempt drops it as a duplicate and never answers.
-            # A durable one keeps its id: the same command, and its kept reply answers it.
-            if not durable:
-                m.id = uuid.uuid4().hex
+            # Every attempt keeps the id: a durable one is the same command (its kept reply answers
+            # it); a fast one is the same message, which the node that handled it answers with the
+            # reply it kept instead of handling it again (a fresh id ran the handler once more).
             return pb.MessageRequest(message=m, timeout_s=max(0.001, end - time.monotonic()))
 
         while True:

@@ -224,6 +224,10 @@ MAX_UNACKED_PER_PEER = 10_000
 waits (backpressure)."""
 SEEN_MESSAGE_IDS = 100_000
 """Message ids a node remembers to drop duplicates of fast-path messages (oldest forgotten)."""
+KEPT_FAST_REPLIES = 10_000
+KEPT_FAST_REPLY_BYTES = 32 * 1024 * 1024
+"""Replies to fast requests a node's handlers answered, kept (each until its TTL) to answer a
+copy of the request (its requester asked again) without handling it again (oldest dropped)."""
 MAX_PENDING_REQUESTS = 10_000
 """Requests one node waits on at once (RESOURCE_EXHAUSTED beyond)."""
 MAX_PEER_FRAME_MESSAGES = 1_024

@@ -15,7 +15,7 @@ import contextvars
 import dataclasses
 import itertools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -177,6 +177,7 @@ class MessageRouter:
                 "stale_replies",
                 "request_timeouts",
                 "replies_undelivered",
+                "requests_answered_again",
                 "broadcasts_dropped",
                 "sessions_opened",
                 "dead_letters_dropped",
@@ -191,6 +192,14 @@ class MessageRouter:
         self._held: dict[tuple[str, str], list[Callable[[str, bool], None]]] = {}
         """(message id, target) -> the answers owed for a message the actor host holds
         unhandled (one per copy received while it is held)."""
+        self._kept: OrderedDict[tuple[str, str], tuple[Message, int]] = OrderedDict()
+        """(request id, target) -> (the reply a handler here gave that fast request, its size):
+        a copy of the request (its requester asked again, through any node) is answered with
+        it, never handled again by this node (``KEPT_FAST_REPLIES``, each until its TTL)."""
+        self._kept_bytes = 0
+        self._askers: OrderedDict[tuple[str, str], dict[str, None]] = OrderedDict()
+        """(request id, target) -> the nodes that sent copies of a fast request held unhandled
+        here: its reply goes to each of them."""
         self._topics = TopicStreams(reads, self._topics_changed)
         self._waiting: dict[str, _Waiter] = {}
         self._activating: dict[str, asyncio.Task[None]] = {}
@@ -544,11 +553,50 @@ class MessageRouter:
         why = reply_error(reply)
         if why:
             raise InvalidArgument(f"reply: {why}")
-        if node == self.node_id:
+        dedup = (reply.correlation_id, reply.sender)
+        self._keep_reply(dedup, reply)
+        self._send_reply(reply)
+        for asker in self._askers.pop(dedup, {}):
+            if asker != node:
+                self._send_reply(dataclasses.replace(reply, reply_to=asker))
+
+    def _send_reply(self, reply: Message) -> None:
+        if reply.reply_to == self.node_id:
             self._on_reply(reply)
             return
         o = Out(reply, REPLY, next(self._tags), None, 0, None)
-        self._link(node).queue(o)
+        self._link(reply.reply_to).queue(o)
+
+    def _keep_reply(self, dedup: tuple[str, str], reply: Message) -> None:
+        """Keep a fast request's reply until its TTL (the newest ``KEPT_FAST_REPLIES``, bytes bounded)."""
+        old = self._kept.pop(dedup, None)
+        if old is not None:
+            self._kept_bytes -= old[1]
+        size = limits.encoded_size(reply.payload) + len(reply.id) + len(reply.correlation_id)
+        self._kept[dedup] = (reply, size)
+        self._kept_bytes += size
+        now_ms = self._clock.now_ms()
+        kept = self._kept
+        while kept and (
+            len(kept) > limits.KEPT_FAST_REPLIES
+            or self._kept_bytes > limits.KEPT_FAST_REPLY_BYTES
+            or next(iter(kept.values()))[0].expires_ms <= now_ms
+        ):
+            self._kept_bytes -= kept.popitem(last=False)[1][1]
+
+    def _answer_again(self, dedup: tuple[str, str], node: str, pending: bool) -> None:
+        """A copy of a fast request handled (or held) here: its requester asked again, maybe
+        through another node. Answered with the kept reply; one held unhandled answers every
+        node that asked once its handler replies."""
+        kept = self._kept.get(dedup)
+        if kept is not None and kept[0].expires_ms > self._clock.now_ms():
+            self.stats["requests_answered_again"] += 1
+            self._send_reply(dataclasses.replace(kept[0], reply_to=node))
+        elif pending:
+            self._askers.setdefault(dedup, {})[node] = None
+            self._askers.move_to_end(dedup)
+            if len(self._askers) > limits.MAX_PENDING_REQUESTS:
+                self._askers.popitem(last=False)
 
     def _on_reply(self, msg: Message) -> None:
         w = self._waiting.get(msg.correlation_id)
@@ -742,7 +790,9 @@ class MessageRouter:
         intake = self._intake
         if kind == REPLY:
             key = ("reply", msg.correlation_id)
-            if intake.check(None, 0, 0, key).deliver:
+            w = self._waiting.get(msg.correlation_id)
+            # A reply seen before still answers a request of that id waiting now (asked again).
+            if intake.check(None, 0, 0, key).deliver or (w is not None and not w.future.done()):
                 intake.taken(None, 0, key)
                 self._on_reply(msg)
             return "", False
@@ -756,6 +806,8 @@ class MessageRouter:
         dedup = (msg.id, msg.target)
         v = intake.check(lane, seq, base, dedup)
         if not v.deliver:
+            if msg.reply_to and not v.retry:  # its requester asked again: answer, never handle again
+                self._answer_again(dedup, msg.reply_to, v.pending)
             if v.pending:
                 self._held[dedup].append(answer)
                 return None
@@ -776,6 +828,8 @@ class MessageRouter:
         def done(error: str, retry: bool) -> None:
             if self._held.pop(dedup, None) is not answers:
                 return  # settled already
+            if error:  # given back: every copy's sender is refused and resends it
+                self._askers.pop(dedup, None)
             if dedup in intake.pending:
                 if error:
                     intake.refused(lane, seq, dedup, retry)
