@@ -248,7 +248,9 @@ def test_node_serves_its_metrics_over_http(node: tuple[NodeRuntime, Client, str]
         t = _scrape(url)
         done = _value(t, "raftmesh_task_transitions_total", status="SUCCEEDED") == 2
         seen = _value(t, "raftmesh_grpc_server_handled_total", grpc_method="GetRun", grpc_code="NOT_FOUND")
-        return t if done and seen else None
+        # The leader-change sampler looks every LEADER_SAMPLE_S: the first leader may not be counted yet.
+        elected = _value(t, "raftmesh_raft_leader_changes_total")
+        return t if done and seen and elected else None
 
     text = wait_until(counted, 10.0, "the applied completions to be counted")
     check_conventions(text)

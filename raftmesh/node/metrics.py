@@ -307,9 +307,9 @@ class NodeMetrics:
         A node starts knowing no leader, so the first leader it learns of counts as a change."""
         seen = LeaderChanges()
         while True:
-            await asyncio.sleep(period_s)
             if seen.see(leader()):
                 self.leader_changes.inc()
+            await asyncio.sleep(period_s)
 
     def exposition(self) -> bytes:
         """The text format, as the HTTP endpoint serves it."""
