@@ -1177,6 +1177,39 @@ def test_a_fast_request_asked_again_through_any_node_gets_the_kept_reply_not_a_s
     asyncio.run(main())
 
 
+def test_a_fast_request_asked_again_after_its_reply_is_gone_fails_at_once_not_at_its_deadline() -> None:
+    """The handling node keeps a reply only so long (its TTL, a count and a byte bound) and only
+    for the activation that gave it: a copy asked after that is not handled again (the id was
+    handled), and its requester is told so at once instead of waiting out its deadline."""
+
+    async def main() -> None:
+        c = await start()
+        try:
+            c.activate("echo/k", "n3", 15)
+            c.hosts["n3"].epoch_of = lambda a: 15
+            m = msg("client:m1", "echo/k", 20)
+            first = await c.routers["n1"].request(m, timeout_s=5)
+            assert first.payload == {"echo": 20, "by": "n3"}
+            c.routers["n3"]._kept.clear()  # as the bounds evict it
+            c.routers["n3"]._kept_bytes = 0
+            loop = asyncio.get_running_loop()
+            start_s = loop.time()
+            with pytest.raises(FailedPrecondition, match="no longer kept"):
+                await c.routers["n2"].request(m, timeout_s=20)
+            assert loop.time() - start_s < 10, "the requester waited for its deadline"
+            # A kept reply of an activation that has ended is not given either (its epoch is stale).
+            m2 = msg("client:m1", "echo/k", 21)
+            await c.routers["n1"].request(m2, timeout_s=5)
+            c.activate("echo/k", "n3", 16)
+            with pytest.raises(FailedPrecondition, match="no longer kept"):
+                await c.routers["n2"].request(m2, timeout_s=20)
+            assert [x.id for x in c.hosts["n3"].handled] == [m.id, m2.id]
+        finally:
+            await c.stop()
+
+    asyncio.run(main())
+
+
 def test_a_fast_request_asked_again_while_its_handler_holds_it_answers_every_node_that_asked() -> None:
     """The copy through n2 arrives while n3's handler still holds the first (through n1): the
     copy is not delivered, and the one reply goes to both n1 and n2."""

@@ -93,6 +93,11 @@ _FINAL_ACTIVATE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND")
 (then no up node has room yet: the message waits, until its TTL, for one that does)."""
 
 
+HANDLED_NO_REPLY = "handled, no reply kept"
+"""How a receiving node's answer to a copy of a fast request it handled, but whose reply it no
+longer keeps, begins (the requester fails the request at once instead of waiting out its deadline)."""
+
+
 @dataclass(eq=False)
 class _Waiter:
     target: str
@@ -584,19 +589,27 @@ class MessageRouter:
         ):
             self._kept_bytes -= kept.popitem(last=False)[1][1]
 
-    def _answer_again(self, dedup: tuple[str, str], node: str, pending: bool) -> None:
+    def _answer_again(self, dedup: tuple[str, str], node: str, pending: bool) -> bool:
         """A copy of a fast request handled (or held) here: its requester asked again, maybe
-        through another node. Answered with the kept reply; one held unhandled answers every
-        node that asked once its handler replies."""
+        through another node. Answered with the kept reply while the activation that gave it
+        still lives here (a requester drops a reply of an older epoch); one held unhandled
+        answers every node that asked once its handler replies. False: neither (no reply to give)."""
         kept = self._kept.get(dedup)
-        if kept is not None and kept[0].expires_ms > self._clock.now_ms():
+        if (
+            kept is not None
+            and kept[0].expires_ms > self._clock.now_ms()
+            and self._where(dedup[1]) == (self.node_id, kept[0].epoch)
+        ):
             self.stats["requests_answered_again"] += 1
             self._send_reply(dataclasses.replace(kept[0], reply_to=node))
-        elif pending:
+            return True
+        if pending:
             self._askers.setdefault(dedup, {})[node] = None
             self._askers.move_to_end(dedup)
             if len(self._askers) > limits.MAX_PENDING_REQUESTS:
                 self._askers.popitem(last=False)
+            return True
+        return False
 
     def _on_reply(self, msg: Message) -> None:
         w = self._waiting.get(msg.correlation_id)
@@ -619,6 +632,13 @@ class MessageRouter:
         o.inflight -= 1
         if o.inflight <= 0:
             link.inflight.pop(tag, None)
+        if error.startswith(HANDLED_NO_REPLY):
+            # Delivered and handled once (no dead letter), but no reply will come: fail the waiter.
+            self._done(o)
+            w = self._waiting.get(o.msg.id)
+            if w is not None and not w.future.done():
+                w.future.set_exception(FailedPrecondition(_reason(error)))
+            return
         if not error:
             self._done(o)
         elif not retry:
@@ -806,8 +826,17 @@ class MessageRouter:
         dedup = (msg.id, msg.target)
         v = intake.check(lane, seq, base, dedup)
         if not v.deliver:
-            if msg.reply_to and not v.retry:  # its requester asked again: answer, never handle again
-                self._answer_again(dedup, msg.reply_to, v.pending)
+            # Its requester asked again: answer, never handle again. Handled here but its reply
+            # gone (evicted, or from an activation that has since ended): fail the request at
+            # once rather than leave it to its deadline.
+            if msg.reply_to and not v.retry and not self._answer_again(dedup, msg.reply_to, v.pending):
+                self.stats["duplicates"] += 1
+                return (
+                    f"{HANDLED_NO_REPLY}: request {msg.id!r} was handled by {msg.target} on node "
+                    f"{self.node_id}, but its reply is no longer kept there (replies are kept until "
+                    "their TTL, for the activation that answered, and at most "
+                    f"{limits.KEPT_FAST_REPLIES}); its effects committed once"
+                ), False
             if v.pending:
                 self._held[dedup].append(answer)
                 return None
