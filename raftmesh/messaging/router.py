@@ -598,7 +598,8 @@ class MessageRouter:
         if (
             kept is not None
             and kept[0].expires_ms > self._clock.now_ms()
-            and self._where(dedup[1]) == (self.node_id, kept[0].epoch)
+            # An epoch of 0 is unknown, as the requester's stale check treats it (``_on_reply``).
+            and (not kept[0].epoch or self._where(dedup[1]) == (self.node_id, kept[0].epoch))
         ):
             self.stats["requests_answered_again"] += 1
             self._send_reply(dataclasses.replace(kept[0], reply_to=node))
