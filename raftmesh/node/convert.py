@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..consensus import budgets, fusion, sagas, values
 from ..consensus.approvals import ApprovalView
@@ -15,6 +15,9 @@ from ..consensus.dead_letters import DeadLetterView
 from ..consensus.state import ClusterState, Member, RunState, RunStatus, TaskState, TaskStatus
 from ..errors import InvalidArgument
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
+
+if TYPE_CHECKING:
+    from ..storage.audit import AuditRow
 
 TASK_STATUS = {s: getattr(pb, f"TASK_STATUS_{s.value}") for s in TaskStatus}
 RUN_STATUS = {s: getattr(pb, f"RUN_STATUS_{s.value}") for s in RunStatus}
@@ -336,4 +339,19 @@ def run_summary_to_pb(run: RunState) -> pb.RunSummary:
         idempotency_key=run.idempotency_key,
         reason=run.reason,
         namespace=run.namespace,
+    )
+
+
+def audit_event_to_pb(r: AuditRow) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        revision=r.revision,
+        time_ms=r.time_ms,
+        kind=r.kind,
+        task_id=r.task_id,
+        attempt=r.attempt,
+        node=r.node,
+        principal=r.principal,
+        request_id=r.request_id,
+        trace_id=r.trace_id,
+        detail_json=json.dumps(r.detail, separators=(",", ":"), sort_keys=True),
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -59,7 +58,7 @@ from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security import ownership
 from ..security.roles import Role
-from ..storage.audit import AuditArchive, AuditRow
+from ..storage.audit import AuditArchive
 from . import convert, rpc
 from .access import NodeAccess
 from .proposer import new_request_id
@@ -90,21 +89,6 @@ def _for_caller(run: pb.Run) -> pb.Run:
         return run  # no call bound: a node-internal read
     out: pb.Run = redaction.redact_message(run)
     return out
-
-
-def audit_event_to_pb(r: AuditRow) -> pb.AuditEvent:
-    return pb.AuditEvent(
-        revision=r.revision,
-        time_ms=r.time_ms,
-        kind=r.kind,
-        task_id=r.task_id,
-        attempt=r.attempt,
-        node=r.node,
-        principal=r.principal,
-        request_id=r.request_id,
-        trace_id=r.trace_id,
-        detail_json=json.dumps(r.detail, separators=(",", ":"), sort_keys=True),
-    )
 
 
 def _check_run_id(run_id: str) -> None:
@@ -180,7 +164,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             namespace = ""
         ownership.check_run(namespace, live[1] if live else "", request.run_id)
         return pb.GetAuditResponse(
-            events=[audit_event_to_pb(r) for r in tl.rows],
+            events=[convert.audit_event_to_pb(r) for r in tl.rows],
             # Rows applied here but not yet written may be missing: not complete (the SDK asks on).
             complete=tl.complete and flushed,
             node_id=self._node_id,
