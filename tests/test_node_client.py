@@ -21,7 +21,7 @@ import pytest
 
 from raftmesh.client import Client
 from raftmesh.client._security import Credentials
-from raftmesh.localcluster import LocalCluster, free_ports
+from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.security import certs
 from raftmesh.security.tokens import add_token
 
@@ -165,6 +165,55 @@ def test_plain_cluster_with_failover_and_a_failed_run(
 
     r = run_client(example, {"RAFTMESH_ADDRESSES": addresses}, "--dag", str(tmp_path / "missing.json"))
     assert r.returncode == 2 and "cannot read the DAG file" in r.stderr
+
+
+@pytest.mark.e2e
+def test_a_watch_moves_to_another_node_when_its_node_dies(
+    example: tuple[str, pathlib.Path], cluster3: LocalCluster, tmp_path: pathlib.Path
+) -> None:
+    dag = tmp_path / "slow.json"
+    sleep = {"agent": "sleep", "input": {"seconds": 3}}
+    dag.write_text(
+        json.dumps(
+            {
+                "tasks": [
+                    {"id": "a", **sleep},
+                    {"id": "b", **sleep, "deps": ["a"]},
+                    {"id": "c", "agent": "sum", "deps": ["b"]},
+                ]
+            }
+        )
+    )
+    first = cluster3.nodes["n1"].grpc  # the client starts at the first address
+    node, work = example
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAFTMESH_")}
+    env = {**clean, "PYTHON": sys.executable, "RAFTMESH_ADDRESSES": ",".join(cluster3.addresses)}
+    stderr_path = tmp_path / "stderr"
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen(
+            [node, "main.js", "--json", "--dag", str(dag)],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        wait_until(lambda: "snapshot:" in stderr_path.read_text(), 60, "the client's first snapshot")
+        cluster3.kill("n1")
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    progress = stderr_path.read_text()
+    assert proc.returncode == 0, progress
+    before, after = progress.split(f"failover: {first}: UNAVAILABLE", 1)
+    assert "snapshot:" in before and "snapshot:" in after  # the stream reopened on another node
+    assert "run SUCCEEDED" in after
+    run_id = json.loads(stdout)["run_id"]
+    with cluster3.client(cluster3.addresses[1:]) as client:
+        assert client.get(run_id).status == "SUCCEEDED"
 
 
 @pytest.mark.e2e
