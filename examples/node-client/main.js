@@ -12,7 +12,7 @@ import { Client, RaftmeshError, UsageError, credentialsFromEnv, parseAddresses, 
 process.removeAllListeners('warning');
 process.on('warning', (w) => w.code === 'DEP0123' || console.error(`${w.name}: ${w.message}`));
 
-const USAGE = `usage: node main.js [--dag FILE.json] [--key IDEMPOTENCY_KEY] [--kv-key KEY] [--addresses H:P,...] [--json]
+const USAGE = `usage: node main.js [--dag FILE.json] [--key KEY] [--kv-key KEY] [--addresses H:P,...] [--json]
 Environment: RAFTMESH_ADDRESSES, RAFTMESH_TOKEN, RAFTMESH_CA, RAFTMESH_CERT, RAFTMESH_KEY, RAFTMESH_SERVER_NAME`;
 
 // The raftmesh CLI's exit codes, so scripts can treat both alike.
@@ -43,7 +43,8 @@ const TASK_KEYS = new Set(['id', 'agent', 'input', 'deps', 'retries', 'priority'
 function taskSpec(task) {
   const unknown = Object.keys(task).filter((k) => !TASK_KEYS.has(k));
   if (unknown.length) {
-    throw new UsageError(`task ${task.id}: this example sends only ${[...TASK_KEYS].join(', ')}, not ${unknown.join(', ')}`);
+    const keys = [...TASK_KEYS].join(', ');
+    throw new UsageError(`task ${task.id}: this example sends only ${keys}, not ${unknown.join(', ')}`);
   }
   if (typeof task.id !== 'string' || typeof task.agent !== 'string') {
     throw new UsageError(`every task needs a string "id" and "agent": ${JSON.stringify(task).slice(0, 200)}`);

@@ -19,7 +19,7 @@ const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDE
 // Nodes send a heartbeat each second on an idle stream: this much silence means a stalled node.
 const STREAM_SILENCE_MS = 5000;
 const CALL_TIMEOUT_MS = 10000;
-const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+const MAX_MESSAGE_BYTES = 16 * 1024 * 1024; // as the nodes and the Python SDK
 
 /** A status from a node (or from failing to reach any): `code` is the gRPC status name. */
 export class RaftmeshError extends Error {
@@ -34,8 +34,11 @@ export class UsageError extends Error {}
 
 const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 
+// grpc-js ends a connection failure's details with an empty "Resolution note:".
+const detailsOf = (err) => (err.details || err.message || '').replace(/\s*Resolution note:\s*$/, '');
+
 function translate(err, tls) {
-  let details = (err.details || err.message).replace(/\s*Resolution note:\s*$/, '');
+  let details = detailsOf(err);
   // grpc-js reports a failed handshake as a bare "Failed to connect": say what to check.
   if (err.code === grpc.status.UNAVAILABLE && tls) {
     details +=
@@ -79,7 +82,9 @@ function loadApi(protoPath) {
 /** Host:port list from a comma-separated string (else `RAFTMESH_ADDRESSES`). */
 export function parseAddresses(addresses = process.env.RAFTMESH_ADDRESSES ?? '') {
   const out = addresses.split(',').map((a) => a.trim()).filter(Boolean);
-  if (out.length === 0) throw new UsageError('no node addresses: pass --addresses host:port,... or set RAFTMESH_ADDRESSES');
+  if (out.length === 0) {
+    throw new UsageError('no node addresses: pass --addresses host:port,... or set RAFTMESH_ADDRESSES');
+  }
   return out;
 }
 
@@ -96,7 +101,9 @@ export function credentialsFromEnv(env = process.env) {
   const token = env.RAFTMESH_TOKEN || undefined;
   const { RAFTMESH_CA: ca, RAFTMESH_CERT: cert, RAFTMESH_KEY: key, RAFTMESH_SERVER_NAME: serverName } = env;
   if (!cert !== !key) {
-    throw new UsageError('a client certificate needs its key and the other way round: set both RAFTMESH_CERT and RAFTMESH_KEY');
+    throw new UsageError(
+      'a client certificate needs its key and the other way round: set both RAFTMESH_CERT and RAFTMESH_KEY',
+    );
   }
   if (cert && !ca) throw new UsageError('RAFTMESH_CERT needs RAFTMESH_CA: mutual TLS is TLS first');
   if (token !== undefined && !/^[\x20-\x7e]+$/.test(token)) {
@@ -156,7 +163,7 @@ export class Client {
   failover(addr, err) {
     this.current = (this.current + 1) % this.addresses.length;
     const code = STATUS_NAMES[err.code] ?? err.code;
-    this.log(`${addr}: ${code} (${err.details.replace(/\s*Resolution note:\s*$/, '')}); trying ${this.addresses[this.current]}`);
+    this.log(`${addr}: ${code} (${detailsOf(err)}); trying ${this.addresses[this.current]}`);
   }
 
   /** A unary call, e.g. `call('Cluster', 'SubmitRun', {...})`, failing over until the retry deadline. */
@@ -211,8 +218,11 @@ export class Client {
       } catch (err) {
         failingSince ??= Date.now();
         const retryable = RETRYABLE.has(err.code) || (err.code === grpc.status.CANCELLED && stalled);
-        if (!retryable || Date.now() - failingSince >= this.retryDeadlineMs) throw translate(err, this.credentials.tls);
-        this.failover(addr, stalled ? { code: 'STALLED', details: `no message for ${STREAM_SILENCE_MS} ms` } : err);
+        if (!retryable || Date.now() - failingSince >= this.retryDeadlineMs) {
+          throw translate(err, this.credentials.tls);
+        }
+        const silence = { code: 'STALLED', details: `no message for ${STREAM_SILENCE_MS} ms` };
+        this.failover(addr, stalled ? silence : err);
       } finally {
         clearTimeout(timer);
         call.on('error', () => {}); // the cancel below (of a stream we leave) reports CANCELLED
