@@ -44,7 +44,7 @@ ENDED_TASK = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "SKIPPED"})
 ENDED_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "COMPENSATED", "COMPENSATION_FAILED"})
 SNIPPET = 160
 """At most this many characters of an error or output in a table cell (``raftmesh get --json``
-has all); a narrower terminal cuts the cell to the line rather than wrapping it."""
+has all)."""
 
 
 def console_for(args: argparse.Namespace, stream: TextIO) -> Console | None:
@@ -78,7 +78,7 @@ def clean(text: Any, limit: int = 0) -> str:
 
 
 def cell(text: Any, style: str = "", limit: int = 0) -> Text:
-    return Text(clean(text, limit), style=style, no_wrap=False)
+    return Text(clean(text, limit), style=style)
 
 
 def status_cell(status: str) -> Text:
@@ -86,18 +86,25 @@ def status_cell(status: str) -> Text:
 
 
 def _table(*columns: str, right: Iterable[str] = ()) -> Table:
-    """Columns left-aligned (``right``: numbers); the last one, the free text, is cut to the line."""
+    """Columns left-aligned (``right``: numbers), one line per row (``_print_table`` fits it)."""
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     right = set(right)
-    for i, c in enumerate(columns):
-        last = i == len(columns) - 1
-        t.add_column(
-            Text(c),
-            justify="right" if c in right else "left",
-            overflow="ellipsis" if last else "fold",
-            no_wrap=last,
-        )
+    for c in columns:
+        t.add_column(Text(c), justify="right" if c in right else "left", overflow="ellipsis", no_wrap=True)
     return t
+
+
+def _print_table(console: Console, t: Table) -> None:
+    """Print ``t`` with its last column, the free text, cut to what the terminal has left: ids,
+    statuses and numbers stay whole and every row stays one line."""
+    *others, last = t.columns
+
+    def width(r: Any) -> int:
+        return r.cell_len if isinstance(r, Text) else len(str(r))
+
+    used = sum(max([width(c.header), *(width(x) for x in c.cells)]) for c in others)
+    last.max_width = max(12, console.width - used - 3 * len(others))  # 3: padding and separator
+    console.print(t)
 
 
 def _duration(ms: int) -> str:
@@ -267,7 +274,7 @@ def run_summary(console: Console, run: Any) -> None:
             result,
         )
     console.print(head)
-    console.print(t)
+    _print_table(console, t)
 
 
 # ---- listings ---------------------------------------------------------------------------------
@@ -292,14 +299,14 @@ def runs_table(console: Console, runs: list[dict[str, Any]]) -> None:
             cell(r["name"], limit=40),
             cell(r["error"], "red", SNIPPET),
         )
-    console.print(t)
+    _print_table(console, t)
 
 
 def status_tables(console: Console, info: Any) -> None:
     head = Text("leader: ")
     head.append(clean(info.leader) if info.leader else "(none)", style="bold" if info.leader else "bold red")
     head.append(f"  term: {info.term}  answered by: {clean(info.node_id)}")
-    t = _table("NODE", "GRPC", "UP", "RUNNING", "AGENTS", "BREAKERS", right=("RUNNING",))
+    t = _table("NODE", "GRPC", "UP", "RUNNING", "BREAKERS", "AGENTS", right=("RUNNING",))
     for m in info.members:
         agents = []
         for o in m.offers:
@@ -312,24 +319,24 @@ def status_tables(console: Console, info: Any) -> None:
         breakers = [f"{b.agent}:{b.state}" for b in m.breakers if b.state != "closed"]
         t.add_row(
             Text(
-                ("★ " if m.id == info.leader else "") + clean(m.id),
+                ("* " if m.id == info.leader else "") + clean(m.id),
                 style="bold" if m.id == info.leader else "",
             ),
             cell(m.grpc),
             Text("up" if m.up else "DOWN", style="green" if m.up else "bold red"),
             Text(f"{m.running}/{m.slots}"),
-            cell(" ".join(agents) if agents else ",".join(m.agents)),
             cell(" ".join(breakers), "red"),
+            cell(" ".join(agents) if agents else ",".join(m.agents)),
         )
     console.print(head)
-    console.print(t)
+    _print_table(console, t)
 
 
 def approvals_table(console: Console, gates: list[Any]) -> None:
     t = _table("RUN", "TASK", "GATE", "PROMPT")
     for g in gates:
         t.add_row(cell(g.run_id), cell(g.task_id), cell(g.gate), cell(g.prompt, limit=120))
-    console.print(t)
+    _print_table(console, t)
 
 
 def dead_letters_table(console: Console, dead: list[Any]) -> None:
@@ -338,14 +345,14 @@ def dead_letters_table(console: Console, dead: list[Any]) -> None:
         t.add_row(
             cell(d.run_id), cell(d.task_id), cell(d.agent), Text(str(d.attempt)), cell(d.error, "red", 100)
         )
-    console.print(t)
+    _print_table(console, t)
 
 
 def kv_table(console: Console, entries: list[Any]) -> None:
     t = _table("KEY", "VALUE", "REV", right=("REV",))
     for e in entries:
         t.add_row(cell(e.key), cell(json.dumps(e.value), limit=100), Text(str(e.mod_revision)))
-    console.print(t)
+    _print_table(console, t)
 
 
 def locks_table(console: Console, locks: list[dict[str, Any]]) -> None:
@@ -357,4 +364,4 @@ def locks_table(console: Console, locks: list[dict[str, Any]]) -> None:
             cell(", ".join(str(w) for w in lk["waiters"])),
             Text(str(lk["last_token"])),
         )
-    console.print(t)
+    _print_table(console, t)
