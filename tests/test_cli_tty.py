@@ -17,6 +17,7 @@ import sys
 import termios
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -40,9 +41,12 @@ def _env(addresses: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def on_pty(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, bytes]:
+def on_pty(
+    *args: str, env: dict[str, str], timeout: float = 60, react: Callable[[bytes], bool] | None = None
+) -> tuple[int, bytes]:
     """Run the CLI with a pseudo-terminal as its stdin/stdout/stderr; everything it wrote, raw
-    (output post-processing off, so the bytes are exactly the CLI's)."""
+    (output post-processing off, so the bytes are exactly the CLI's). ``react(output so far)`` is
+    called as output arrives until it returns True (to act on the cluster while the CLI draws)."""
     master, slave = pty.openpty()
     try:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, COLUMNS, 0, 0))
@@ -72,6 +76,8 @@ def on_pty(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, b
                 if not chunk:
                     break
                 out += chunk
+                if react is not None and react(bytes(out)):
+                    react = None
             elif proc.poll() is not None:
                 break
         else:
@@ -123,18 +129,35 @@ def finished_run(module_cluster3: LocalCluster, tmp_path_factory: pytest.TempPat
                     {"id": "after", "agent": "sum", "input": {"value": 3}, "deps": ["slow"]},
                     {"id": "flaky", "agent": "fail", "input": {"times": 1}, "retries": 1},
                     {"id": "loud", "agent": "echo", "input": {"say": HOSTILE}},
+                    {"id": "gate", "agent": "sum", "input": {"value": 1}, "approval": {"prompt": "go?"}},
                     {
                         "id": "hostile",
                         "agent": "llm",
                         "input": {"model": "m", "api_key_env": "RAFTMESH_LLM_" + HOSTILE},
-                        "deps": ["slow"],
+                        "deps": ["slow", "gate"],  # the run fails only once the gate was approved
                     },
                 ],
             }
         )
     )
     key = uuid.uuid4().hex
-    rc, raw = on_pty("submit", str(dag), "--wait", "--idempotency-key", key, env=_env(addrs))
+
+    def approve_once_shown_waiting(out: bytes) -> bool:
+        # the gate is approved only after the progress line counted it: the run cannot end before
+        m = re.search(r"run (r-[0-9a-f]+) RUNNING .* 1 waiting approval", visible(out))
+        if m:
+            assert on_pipe("approve", m.group(1), "gate", env=_env(addrs)).returncode == 0
+        return m is not None
+
+    rc, raw = on_pty(
+        "submit",
+        str(dag),
+        "--wait",
+        "--idempotency-key",
+        key,
+        env=_env(addrs),
+        react=approve_once_shown_waiting,
+    )
     # the same run through a pipe: what --json prints on a terminal too
     piped = on_pipe("submit", str(dag), "--wait", "--idempotency-key", key, "--json", env=_env(addrs))
     run_id = json.loads(piped.stdout)["run_id"]
@@ -157,10 +180,16 @@ def test_submit_wait_shows_progress_then_a_summary_without_hostile_controls(
     # The hostile task failed, so the run did: the same exit code as without a terminal.
     assert finished_run["rc"] == "1", raw
     text = visible(raw)
-    assert re.search(r"\d+/5 done\s+\d+ running\s+\d+ waiting approval\s+\d+ failed", text), text
-    ids = ("slow", "after", "flaky", "loud", "hostile")
+    # progress as the stream told it: the gate counted while open (the fixture approved it only
+    # then), every task ended at the last frame
+    assert re.search(r"\d/6 done\s+\d running\s+1 waiting approval\s+0 failed", text), text
+    assert re.search(
+        r"FAILED\s+[━#-]+\s+6/6 done\s+0 running\s+0 waiting approval\s+1 failed\s+\d+\.\ds", text
+    ), text
+    ids = ("slow", "after", "flaky", "loud", "gate", "hostile")
     rows = {ln.split()[0]: ln for ln in text.splitlines() if ln.strip() and ln.split()[0] in ids}
-    assert set(rows) == {"slow", "after", "flaky", "loud", "hostile"}, text
+    assert set(rows) == set(ids), text
+    assert re.search(r"gate\s+sum\s+SUCCEEDED", rows["gate"]), rows["gate"]
     assert "SUCCEEDED" in rows["slow"] and "sleep" in rows["slow"]
     assert re.search(r"flaky\s+fail\s+SUCCEEDED\s+2\s", rows["flaky"]), rows["flaky"]
     assert "FAILED" in rows["hostile"] and "llm" in rows["hostile"]
