@@ -144,7 +144,10 @@ def finished_run(module_cluster3: LocalCluster, tmp_path_factory: pytest.TempPat
 
     def approve_once_shown_waiting(out: bytes) -> bool:
         # the gate is approved only after the progress line counted it: the run cannot end before
-        m = re.search(r"run (r-[0-9a-f]+) RUNNING .* 1 waiting approval", visible(out))
+        m = re.search(
+            r"run (r-[0-9a-f]+) \(tty-run \[bold\]not markup\[/bold\]\) RUNNING .* 1 waiting approval",
+            visible(out),
+        )
         if m:
             assert on_pipe("approve", m.group(1), "gate", env=_env(addrs)).returncode == 0
         return m is not None

@@ -81,6 +81,12 @@ def cell(text: Any, style: str = "", limit: int = 0) -> Text:
     return Text(clean(text, limit), style=style)
 
 
+def json_cell(value: Any, style: str = "", limit: int = 0) -> Text:
+    """A JSON value on one line: json.dumps already escaped its controls, so backslashes stay single."""
+    s = escape_control(json.dumps(value))
+    return Text(s if not limit or len(s) <= limit else s[: limit - 3] + "...", style=style)
+
+
 def status_cell(status: str) -> Text:
     return Text(clean(status), style=STATUS_STYLES.get(status, ""))
 
@@ -168,6 +174,8 @@ class RunProgress:
         filled = width * n["done"] // n["total"] if n["total"] else 0
         line = Text()
         line.append(f"run {clean(self.run_id)} ")
+        if self.name:
+            line.append(f"({clean(self.name, 40)}) ")
         line.append(clean(self.status or "..."), style=STATUS_STYLES.get(self.status, ""))
         line.append("  ")
         line.append(("━" if self.unicode else "#") * filled, style="green")
@@ -181,7 +189,8 @@ class RunProgress:
 
 
 def _event_line(ev: Any) -> Text:
-    line = Text(f"[{ev.revision}] ", style="dim")
+    line = Text()
+    line.append(f"[{ev.revision}] ", style="dim")
     if ev.kind == "snapshot" and ev.run is not None:
         line.append(f"run {clean(ev.run.run_id)} is ")
         line.append_text(status_cell(ev.run.status))
@@ -261,7 +270,7 @@ def run_summary(console: Console, run: Any) -> None:
         if task.error:
             result = cell(task.error, "red" if task.status == "FAILED" else "", SNIPPET)
         elif task.output is not None:
-            result = cell(json.dumps(task.output), "dim", SNIPPET)
+            result = json_cell(task.output, "dim", SNIPPET)
         else:
             result = cell(task.waiting_reason, "dim", SNIPPET)
         t.add_row(
@@ -351,7 +360,7 @@ def dead_letters_table(console: Console, dead: list[Any]) -> None:
 def kv_table(console: Console, entries: list[Any]) -> None:
     t = _table("KEY", "VALUE", "REV", right=("REV",))
     for e in entries:
-        t.add_row(cell(e.key), cell(json.dumps(e.value), limit=100), Text(str(e.mod_revision)))
+        t.add_row(cell(e.key), json_cell(e.value, limit=100), Text(str(e.mod_revision)))
     _print_table(console, t)
 
 
