@@ -92,14 +92,14 @@ class Kv:
 
     @staticmethod
     def get(c: Conn, key: str, *, stale_ok: bool = False) -> Op[KvEntry | None]:
-        resp = yield from c.call("Kv", "Get", pb.KvGetRequest(key=key, stale_ok=stale_ok))
+        resp = yield from c._failover("Kv", "Get", pb.KvGetRequest(key=key, stale_ok=stale_ok))
         return KvEntry.from_pb(resp.entry)
 
     @staticmethod
     def list(
         c: Conn, prefix: str = "", *, limit: int = 1000, stale_ok: bool = False
     ) -> Op[builtins.list[KvEntry]]:
-        resp = yield from c.call(
+        resp = yield from c._failover(
             "Kv", "List", pb.KvListRequest(prefix=prefix, limit=limit, stale_ok=stale_ok)
         )
         return [e for e in (KvEntry.from_pb(x) for x in resp.entries) if e is not None]
@@ -110,14 +110,14 @@ class Kv:
         req = pb.KvPutRequest(key=key, value_json=_dumps(value), lease=lease, request_id=uuid.uuid4().hex)
         if fence is not None:
             req.fence.CopyFrom(fence)
-        return int((yield from c.call("Kv", "Put", req)).results[0].mod_revision)
+        return int((yield from c._failover("Kv", "Put", req)).results[0].mod_revision)
 
     @staticmethod
     def delete(c: Conn, key: str, *, fence: pb.Fence | None = None) -> Op[bool]:
         req = pb.KvDeleteRequest(key=key, request_id=uuid.uuid4().hex)
         if fence is not None:
             req.fence.CopyFrom(fence)
-        return bool((yield from c.call("Kv", "Delete", req)).results[0].deleted)
+        return bool((yield from c._failover("Kv", "Delete", req)).results[0].deleted)
 
     @staticmethod
     def cas(
@@ -158,7 +158,7 @@ class Kv:
         )
         if fence is not None:
             req.fence.CopyFrom(fence)
-        resp = yield from c.call("Kv", "Txn", req)
+        resp = yield from c._failover("Kv", "Txn", req)
         results = []
         for r in resp.results:
             d: dict[str, Any] = {"kind": r.kind}
@@ -175,17 +175,17 @@ class Kv:
     @staticmethod
     def lease_grant(c: Conn, ttl_s: float) -> Op[int]:
         req = pb.KvLeaseRequest(action="grant", ttl_ms=int(ttl_s * 1000), request_id=uuid.uuid4().hex)
-        return int((yield from c.call("Kv", "Lease", req)).lease)
+        return int((yield from c._failover("Kv", "Lease", req)).lease)
 
     @staticmethod
     def lease_keep_alive(c: Conn, lease: int) -> Op[None]:
         req = pb.KvLeaseRequest(action="keep_alive", lease=lease, request_id=uuid.uuid4().hex)
-        yield from c.call("Kv", "Lease", req)
+        yield from c._failover("Kv", "Lease", req)
 
     @staticmethod
     def lease_revoke(c: Conn, lease: int) -> Op[builtins.list[str]]:
         req = pb.KvLeaseRequest(action="revoke", lease=lease, request_id=uuid.uuid4().hex)
-        return list((yield from c.call("Kv", "Lease", req)).deleted)
+        return list((yield from c._failover("Kv", "Lease", req)).deleted)
 
 
 class KvWatch(StreamPlan):
@@ -316,7 +316,7 @@ class Locks:
             priority=priority,
             request_id=rid,
         )
-        resp = yield from c.call("Locks", "Acquire", req, wait_s + c.timeout_s)
+        resp = yield from c._failover("Locks", "Acquire", req, wait_s + c.timeout_s)
         if resp.granted and resp.lease:
             lease_book(c).remember(owner, int(resp.token), resp.lease)
         return resp.granted, int(resp.token), rid
@@ -331,7 +331,7 @@ class Locks:
             request_id=uuid.uuid4().hex,
             lease=lease_book(c).handle(owner, token, lease),
         )
-        yield from c.call("Locks", "Release", req)
+        yield from c._failover("Locks", "Release", req)
 
     @staticmethod
     def keep_alive(c: Conn, owner: str, name: str, token: int, *, lease: str | None = None) -> Op[int]:
@@ -342,11 +342,11 @@ class Locks:
             request_id=uuid.uuid4().hex,
             lease=lease_book(c).handle(owner, token, lease),
         )
-        return int((yield from c.call("Locks", "KeepAlive", req)).deadline_ms)
+        return int((yield from c._failover("Locks", "KeepAlive", req)).deadline_ms)
 
     @staticmethod
     def list(c: Conn, prefix: str = "") -> Op[builtins.list[dict[str, Any]]]:
-        resp = yield from c.call("Locks", "List", pb.LockListRequest(prefix=prefix))
+        resp = yield from c._failover("Locks", "List", pb.LockListRequest(prefix=prefix))
         return [
             {
                 "name": lk.name,

@@ -137,7 +137,7 @@ class Conn:
     def _rotate(self) -> None:
         self._current = (self._current + 1) % len(self.addresses)
 
-    def call(
+    def _failover(
         self,
         service: str,
         method: str,
@@ -165,7 +165,7 @@ class Conn:
             attempt += 1
             yield Sleep(backoff(attempt))
 
-    def at(self, addr: str, service: str, method: str, request: Any, timeout_s: float) -> Op[Any]:
+    def _once(self, addr: str, service: str, method: str, request: Any, timeout_s: float) -> Op[Any]:
         """One attempt at one node (no failover); its error translated."""
         reply = yield Rpc(service, method, request, timeout_s, addr)
         if isinstance(reply, grpc.RpcError):

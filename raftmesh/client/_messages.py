@@ -141,7 +141,7 @@ def _call(c: Conn, method: str, request: Any, timeout_s: float, retry_deadline: 
     duplicate id) and answer DEADLINE_EXCEEDED as final (the TTL or timeout passed)."""
     retryable = RETRYABLE if retry_deadline else frozenset({grpc.StatusCode.UNAVAILABLE})
     return (
-        yield from c.call(
+        yield from c._failover(
             "Messages",
             method,
             request,

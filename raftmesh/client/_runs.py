@@ -1,7 +1,7 @@
 """The run operations of both clients (submit, get, watch, approve, ...), as ``_core.Op``s.
 
 Each function builds its request (idempotency key and request id made once, so every
-attempt of the call carries the same one), runs it through ``Conn.call`` (failover and
+attempt of the call carries the same one), runs it through ``Conn._failover`` (failover and
 retries) and parses the answer into the SDK's info types; ``raftmesh.Client`` and
 ``raftmesh.aio.Client`` expose them as methods (``_core.sync_op`` and its async twin).
 """
@@ -123,12 +123,12 @@ def submit(
         namespace=namespace,
     )
     with tracing.pinned(trace_id or ""):
-        resp: pb.SubmitRunResponse = yield from c.call("Cluster", "SubmitRun", req)
+        resp: pb.SubmitRunResponse = yield from c._failover("Cluster", "SubmitRun", req)
     return resp.run_id
 
 
 def get(c: Conn, run_id: str, *, stale_ok: bool = False) -> Op[RunInfo]:
-    resp = yield from c.call("Cluster", "GetRun", pb.GetRunRequest(run_id=run_id, stale_ok=stale_ok))
+    resp = yield from c._failover("Cluster", "GetRun", pb.GetRunRequest(run_id=run_id, stale_ok=stale_ok))
     return RunInfo.from_pb(resp)
 
 
@@ -143,7 +143,7 @@ def list_runs(
         namespace=namespace,
         status=pb.RunStatus.Name(pb.RunStatus.Value(f"RUN_STATUS_{status}")) if status else None,
     )
-    resp: pb.ListRunsResponse = yield from c.call("Cluster", "ListRuns", req)
+    resp: pb.ListRunsResponse = yield from c._failover("Cluster", "ListRuns", req)
     return [
         {
             "run_id": r.run_id,
@@ -165,7 +165,7 @@ def list_runs(
 def cancel(c: Conn, run_id: str, reason: str = "") -> Op[str]:
     """Cancel a run; returns its status afterwards (idempotent)."""
     req = pb.CancelRunRequest(run_id=run_id, reason=reason)
-    resp: pb.CancelRunResponse = yield from c.call("Cluster", "CancelRun", req)
+    resp: pb.CancelRunResponse = yield from c._failover("Cluster", "CancelRun", req)
     return pb.RunStatus.Name(resp.status).removeprefix("RUN_STATUS_")
 
 
@@ -174,7 +174,7 @@ def dead_letters(c: Conn, limit: int = 100) -> Op[list[DeadLetterInfo]]:
     if limit < 0:
         raise InvalidArgument(f"limit must be >= 0 (0: the default 100), got {limit}")
     req = pb.ListDeadLettersRequest(limit=limit)
-    resp: pb.ListDeadLettersResponse = yield from c.call("Cluster", "ListDeadLetters", req)
+    resp: pb.ListDeadLettersResponse = yield from c._failover("Cluster", "ListDeadLetters", req)
     return [
         DeadLetterInfo(d.run_id, d.task_id, d.agent, d.attempt, d.error, d.finished_ms)
         for d in resp.dead_letters
@@ -196,7 +196,7 @@ def retry(
     req = pb.RetryTaskRequest(
         run_id=run_id, task_id=task_id, attempt=attempt, request_id=request_id or uuid.uuid4().hex
     )
-    resp: pb.RetryTaskResponse = yield from c.call("Cluster", "RetryTask", req)
+    resp: pb.RetryTaskResponse = yield from c._failover("Cluster", "RetryTask", req)
     return RetryInfo(
         run_id,
         task_id,
@@ -241,7 +241,7 @@ def approve(
         comment=comment,
         request_id=request_id or uuid.uuid4().hex,
     )
-    resp: pb.ApproveTaskResponse = yield from c.call("Cluster", "ApproveTask", req)
+    resp: pb.ApproveTaskResponse = yield from c._failover("Cluster", "ApproveTask", req)
     if resp.gate != req.gate:  # a node answering for another gate (a reused request id)
         raise InvalidArgument(
             f"request id {req.request_id!r} was answered for gate {resp.gate}, not gate {req.gate} "
@@ -270,7 +270,7 @@ def approvals(
     req = pb.ListApprovalsRequest(run_id=run_id or "", limit=limit)
     if after is not None:
         req.after_gate, req.after_run_id, req.after_task_id = after.gate, after.run_id, after.task_id
-    resp: pb.ListApprovalsResponse = yield from c.call("Cluster", "ListApprovals", req)
+    resp: pb.ListApprovalsResponse = yield from c._failover("Cluster", "ListApprovals", req)
     return [
         ApprovalInfo(a.run_id, a.task_id, a.gate, a.agent, a.prompt, a.opened_ms, a.deadline_ms, a.on_timeout)
         for a in resp.approvals
@@ -285,20 +285,20 @@ def pause(
     req = pb.PauseRunRequest(
         run_id=run_id, cancel_running=cancel_running, request_id=request_id or uuid.uuid4().hex
     )
-    return _control_info(run_id, (yield from c.call("Cluster", "PauseRun", req)))
+    return _control_info(run_id, (yield from c._failover("Cluster", "PauseRun", req)))
 
 
 def resume(c: Conn, run_id: str, *, request_id: str | None = None) -> Op[RunControlInfo]:
     """Resume a paused run (its READY tasks queue again). Idempotent."""
     req = pb.ResumeRunRequest(run_id=run_id, request_id=request_id or uuid.uuid4().hex)
-    return _control_info(run_id, (yield from c.call("Cluster", "ResumeRun", req)))
+    return _control_info(run_id, (yield from c._failover("Cluster", "ResumeRun", req)))
 
 
 def rerun(c: Conn, run_id: str, task_id: str, *, request_id: str | None = None) -> Op[RerunInfo]:
     """Run an ended task and everything downstream of it again (new attempts; upstream outputs
     kept; earlier attempts stay in each task's ``history``). A finished run reopens."""
     req = pb.RerunTaskRequest(run_id=run_id, task_id=task_id, request_id=request_id or uuid.uuid4().hex)
-    resp: pb.RerunTaskResponse = yield from c.call("Cluster", "RerunTask", req)
+    resp: pb.RerunTaskResponse = yield from c._failover("Cluster", "RerunTask", req)
     return RerunInfo(
         run_id,
         task_id,
@@ -323,7 +323,7 @@ def ended(c: Conn, run_id: str) -> Op[RunInfo]:
 
 def status(c: Conn, *, include_digest: bool = False) -> Op[ClusterInfo]:
     req = pb.ClusterStatusRequest(include_digest=include_digest)
-    return ClusterInfo.from_pb((yield from c.call("Cluster", "ClusterStatus", req)))
+    return ClusterInfo.from_pb((yield from c._failover("Cluster", "ClusterStatus", req)))
 
 
 def status_of(
@@ -331,7 +331,7 @@ def status_of(
 ) -> Op[ClusterInfo]:
     """Status as one specific node sees it (no failover)."""
     req = pb.ClusterStatusRequest(include_digest=include_digest)
-    return ClusterInfo.from_pb((yield from c.at(address, "Cluster", "ClusterStatus", req, timeout_s)))
+    return ClusterInfo.from_pb((yield from c._once(address, "Cluster", "ClusterStatus", req, timeout_s)))
 
 
 class RunWatch(StreamPlan):
