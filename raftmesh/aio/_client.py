@@ -37,11 +37,11 @@ from ..client._core import (
     Op,
     Sleep,
     StreamPlan,
+    SubClient,
     bound_signature,
 )
 from ..client._dag import DAG
-from ..client._messages import Messages, TopicStream, check_topic, sender_of
-from ..client._security import Credentials
+from ..client._messages import Messages, MessagesBase, SubscriptionBase, check_topic
 from ..client._types import RunEvent, RunInfo
 from ..consensus.commands import Message
 
@@ -127,24 +127,10 @@ class AsyncDriver:
 
 
 class Client(Conn, AsyncDriver):
-    """``async with raftmesh.aio.Client([...]) as client:`` (or ``RAFTMESH_ADDRESSES``)."""
+    """``async with raftmesh.aio.Client([...]) as client:`` (or ``RAFTMESH_ADDRESSES``); the
+    constructor is ``raftmesh.Client``'s. Channels open on first use, on the running loop."""
 
-    def __init__(
-        self,
-        addresses: str | list[str] | tuple[str, ...] | None = None,
-        *,
-        timeout_s: float = 10.0,
-        retry_deadline_s: float = 30.0,
-        token: str | None = None,
-        ca: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        credentials: Credentials | None = None,
-    ) -> None:
-        """As ``raftmesh.Client``: ``token``/``ca``/``cert``/``key`` (or a ``Credentials``), each one
-        not given read from ``RAFTMESH_TOKEN`` / ``_CA`` / ``_CERT`` / ``_KEY``. Channels open on
-        first use, on the running loop."""
-        super().__init__(addresses, timeout_s, retry_deadline_s, token, ca, cert, key, credentials)
+    def _open(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.kv = KvClient(self)
         """Versioned KV store: get/put/delete/cas/txn/list/watch/leases."""
@@ -235,11 +221,8 @@ class Client(Conn, AsyncDriver):
         )
 
 
-class KvClient(AsyncDriver):
+class KvClient(SubClient, AsyncDriver):
     """``client.kv``: as ``raftmesh.Client.kv``, every call a coroutine."""
-
-    def __init__(self, client: Client) -> None:
-        self._c = self._conn = client
 
     get = async_op(Kv.get)
     list = async_op(Kv.list)
@@ -271,21 +254,11 @@ class LockClient(LockClientBase, AsyncDriver):
 class Lease(LeaseBase):
     """A held lock, renewed by an asyncio task until ``await release()``; ``token`` fences writes."""
 
-    def __init__(
-        self,
-        client: Client,
-        owner: str,
-        names: list[str],
-        token: int,
-        ttl_ms: int,
-        request_id: str,
-        handle: str = "",
-    ) -> None:
-        super().__init__(client, owner, names, token, ttl_ms, request_id, handle)
+    def _start(self) -> None:
         self.lost = asyncio.Event()
         """Set if a renewal was rejected: the lease expired and the lock may have a new holder."""
         self._renewer = asyncio.get_running_loop().create_task(
-            self._renew(), name=f"lock-keepalive-{names[0]}"
+            self._renew(), name=f"lock-keepalive-{self.names[0]}"
         )
 
     async def _renew(self) -> None:
@@ -326,12 +299,8 @@ class LockContext:
             await self.lease.release()
 
 
-class MessagesClient(AsyncDriver):
+class MessagesClient(MessagesBase, AsyncDriver):
     """``client.messages``: as ``raftmesh.Client.messages``, every call a coroutine."""
-
-    def __init__(self, client: Client) -> None:
-        self._c = self._conn = client
-        self.sender = sender_of(client)
 
     send = async_op(Messages.send)
     publish = async_op(Messages.publish)
@@ -348,16 +317,8 @@ class MessagesClient(AsyncDriver):
         return Subscription(self, topic, from_start)
 
 
-class Subscription:
+class Subscription(SubscriptionBase):
     """An open ``subscribe``: ``async for`` its messages; ``close()`` ends it."""
-
-    def __init__(self, messages: MessagesClient, topic: str, from_start: bool) -> None:
-        self._m = messages
-        self.topic = topic
-        self._plan = TopicStream(messages._c, topic, from_start)
-
-    def close(self) -> None:
-        self._plan.close()
 
     async def __aenter__(self) -> Subscription:
         return self

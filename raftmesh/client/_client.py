@@ -35,7 +35,6 @@ from ._core import (
 )
 from ._dag import DAG
 from ._runs import task_pb
-from ._security import Credentials
 from ._types import RunEvent, RunInfo
 
 if TYPE_CHECKING:
@@ -139,21 +138,7 @@ class Driver:
 class Client(Conn, Driver):
     """``Client(["127.0.0.1:7001", ...])`` or ``Client()`` with ``RAFTMESH_ADDRESSES`` set."""
 
-    def __init__(
-        self,
-        addresses: str | list[str] | tuple[str, ...] | None = None,
-        *,
-        timeout_s: float = 10.0,
-        retry_deadline_s: float = 30.0,
-        token: str | None = None,
-        ca: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        credentials: Credentials | None = None,
-    ) -> None:
-        """``token``/``ca``/``cert``/``key`` (or a ``Credentials``) secure the calls; each one not
-        given is read from ``RAFTMESH_TOKEN`` / ``RAFTMESH_CA`` / ``RAFTMESH_CERT`` / ``RAFTMESH_KEY``."""
-        super().__init__(addresses, timeout_s, retry_deadline_s, token, ca, cert, key, credentials)
+    def _open(self) -> None:
         self._channels: dict[str, grpc.Channel] = {}
         from ._coord import KvClient, LockClient
 

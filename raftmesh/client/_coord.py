@@ -22,7 +22,7 @@ import grpc
 from ..errors import Aborted, DeadlineExceeded, InvalidArgument, RaftmeshError
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ._client import Driver
-from ._core import SKIP, Conn, Op, StreamPlan, sync_op
+from ._core import SKIP, Conn, Op, StreamPlan, SubClient, sync_op
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -227,11 +227,8 @@ class KvWatch(StreamPlan):
         super().check(code, exc, silent or code == grpc.StatusCode.CANCELLED)
 
 
-class KvClient(Driver):
+class KvClient(SubClient, Driver):
     """``client.kv``: linearizable reads by default, every write retried safely with one request id."""
-
-    def __init__(self, client: Client) -> None:
-        self._c = self._conn = client
 
     get = sync_op(Kv.get)
     list = sync_op(Kv.list)
@@ -361,11 +358,8 @@ class Locks:
         ]
 
 
-class LockClientBase:
+class LockClientBase(SubClient):
     """What both lock clients are beside their ops: the lease handles this client was given."""
-
-    def __init__(self, client: Any) -> None:
-        self._c = self._conn = client
 
     def lease_of(self, owner: str, token: int) -> str:
         """The lease handle this client was given for ``owner``'s grant ``token`` ("" if none)."""
@@ -402,6 +396,10 @@ class LeaseBase:
         self.request_id = request_id
         self.handle = handle or lease_book(client).get(owner, token)
         """The secret lease handle the node made at Acquire: renewals and the release name it."""
+        self._start()
+
+    def _start(self) -> None:
+        """Start renewing it (the driver's way)."""
 
     @property
     def interval_s(self) -> float:
@@ -437,21 +435,13 @@ class LeaseBase:
 class Lease(LeaseBase):
     """A held lock. Renewed in the background until released; ``token`` fences writes."""
 
-    def __init__(
-        self,
-        client: Client,
-        owner: str,
-        names: list[str],
-        token: int,
-        ttl_ms: int,
-        request_id: str,
-        handle: str = "",
-    ) -> None:
-        super().__init__(client, owner, names, token, ttl_ms, request_id, handle)
+    def _start(self) -> None:
         self.lost = threading.Event()
         """Set if a renewal was rejected: the lease expired and the lock may have a new holder."""
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name=f"lock-keepalive-{names[0]}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._renew, name=f"lock-keepalive-{self.names[0]}", daemon=True
+        )
         self._thread.start()
 
     def _renew(self) -> None:

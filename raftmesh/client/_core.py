@@ -117,15 +117,18 @@ class Conn:
 
     def __init__(
         self,
-        addresses: str | list[str] | tuple[str, ...] | None,
-        timeout_s: float,
-        retry_deadline_s: float,
-        token: str | None,
-        ca: str | None,
-        cert: str | None,
-        key: str | None,
-        credentials: Credentials | None,
+        addresses: str | list[str] | tuple[str, ...] | None = None,
+        *,
+        timeout_s: float = 10.0,
+        retry_deadline_s: float = 30.0,
+        token: str | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        """``token``/``ca``/``cert``/``key`` (or a ``Credentials``) secure the calls; each one not
+        given is read from ``RAFTMESH_TOKEN`` / ``RAFTMESH_CA`` / ``RAFTMESH_CERT`` / ``RAFTMESH_KEY``."""
         self.addresses = parse_addresses(addresses)
         self.credentials = credentials or Credentials.resolve(token, ca, cert, key)
         self.timeout_s = timeout_s
@@ -133,6 +136,10 @@ class Conn:
         self._current = random.randrange(len(self.addresses))
         self.client_id = uuid.uuid4().hex[:12]
         self._last_watch_addr = self.addresses[self._current]
+        self._open()
+
+    def _open(self) -> None:
+        """The driver's own state (its channels, sub-clients); channels open on first use."""
 
     def _rotate(self) -> None:
         self._current = (self._current + 1) % len(self.addresses)
@@ -175,6 +182,13 @@ class Conn:
 
 SKIP: Any = object()
 """What ``StreamPlan.accept`` returns for a message that is no item (a heartbeat, a duplicate)."""
+
+
+class SubClient:
+    """``client.kv``, ``client.locks``, ``client.messages``: ops driven with their client's driver."""
+
+    def __init__(self, client: Any) -> None:
+        self._c = self._conn = client
 
 
 class StreamPlan:

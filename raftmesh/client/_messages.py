@@ -25,10 +25,10 @@ from ..messaging.api import Sent
 from ..messaging.wire import message_from_pb
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ._client import Driver
-from ._core import RETRYABLE, SKIP, Conn, Op, StreamPlan, stream_error, sync_op
+from ._core import RETRYABLE, SKIP, Conn, Op, StreamPlan, SubClient, stream_error, sync_op
 
 if TYPE_CHECKING:
-    from ._client import Client
+    pass
 
 REPLY_MARGIN_S = 5.0
 """How much longer than its own timeout a call waits for the node to answer."""
@@ -316,14 +316,28 @@ class TopicStream(StreamPlan):
             raise stream_error(code, exc)
 
 
-class MessagesClient(Driver):
+class MessagesBase(SubClient):
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.sender = sender_of(client)
+
+
+class SubscriptionBase:
+    """An open ``subscribe`` (its driver's iteration aside); ``close()`` ends it."""
+
+    def __init__(self, messages: Any, topic: str, from_start: bool) -> None:
+        self._m = messages
+        self.topic = topic
+        self._plan = TopicStream(messages._c, topic, from_start)
+
+    def close(self) -> None:
+        self._plan.close()
+
+
+class MessagesClient(MessagesBase, Driver):
     """``client.messages``. Durable calls fail over and retry UNAVAILABLE and DEADLINE_EXCEEDED
     (idempotent by message id); fast ones retry UNAVAILABLE (at least once: the receiving node
     drops a duplicate id) and answer DEADLINE_EXCEEDED as final (the TTL or timeout passed)."""
-
-    def __init__(self, client: Client) -> None:
-        self._c = self._conn = client
-        self.sender = sender_of(client)
 
     send = sync_op(Messages.send)
     publish = sync_op(Messages.publish)
@@ -342,16 +356,8 @@ class MessagesClient(Driver):
         return Subscription(self, topic, from_start)
 
 
-class Subscription:
+class Subscription(SubscriptionBase):
     """An open ``subscribe``: iterate for messages; ``close()`` ends it (from any thread)."""
-
-    def __init__(self, messages: MessagesClient, topic: str, from_start: bool) -> None:
-        self._m = messages
-        self.topic = topic
-        self._plan = TopicStream(messages._c, topic, from_start)
-
-    def close(self) -> None:
-        self._plan.close()
 
     def __enter__(self) -> Subscription:
         return self
