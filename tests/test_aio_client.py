@@ -336,6 +336,12 @@ def test_messages_send_request_publish_subscribe(mesh: LocalCluster, flavor: str
                 await m.publish(topic, {"hello": flavor})
                 await asyncio.wait({got}, timeout=0.3)
             assert got.result().payload == {"hello": flavor} and got.result().topic == topic
+            # close() from elsewhere ends an iteration that is waiting for the next publish
+            rest = asyncio.ensure_future(anext(aiter(sub), None))
+            await asyncio.wait({rest}, timeout=0.3)  # it is reading meanwhile
+            sub.close()
+            async with asyncio.timeout(20):
+                assert await rest is None
 
     run_both(flavor, scenario, mesh.addresses)
 
