@@ -287,6 +287,17 @@ def lease_book(c: Conn) -> LeaseBook:
     return book
 
 
+def _lease_request(c: Conn, owner: str, name: str, token: int, lease: str | None) -> pb.LockReleaseRequest:
+    """A release or keepalive of one grant (one request id for every attempt of the call)."""
+    return pb.LockReleaseRequest(
+        owner=owner,
+        name=name,
+        token=token,
+        request_id=uuid.uuid4().hex,
+        lease=lease_book(c).handle(owner, token, lease),
+    )
+
+
 class Locks:
     """The lock operations (``client.locks``)."""
 
@@ -321,24 +332,11 @@ class Locks:
     @staticmethod
     def release(c: Conn, owner: str, name: str, token: int, *, lease: str | None = None) -> Op[None]:
         """Release ``name``; ``lease``: the grant's handle (default: the one this client was given)."""
-        req = pb.LockReleaseRequest(
-            owner=owner,
-            name=name,
-            token=token,
-            request_id=uuid.uuid4().hex,
-            lease=lease_book(c).handle(owner, token, lease),
-        )
-        yield from c._failover("Locks", "Release", req)
+        yield from c._failover("Locks", "Release", _lease_request(c, owner, name, token, lease))
 
     @staticmethod
     def keep_alive(c: Conn, owner: str, name: str, token: int, *, lease: str | None = None) -> Op[int]:
-        req = pb.LockReleaseRequest(
-            owner=owner,
-            name=name,
-            token=token,
-            request_id=uuid.uuid4().hex,
-            lease=lease_book(c).handle(owner, token, lease),
-        )
+        req = _lease_request(c, owner, name, token, lease)
         return int((yield from c._failover("Locks", "KeepAlive", req)).deadline_ms)
 
     @staticmethod
