@@ -173,3 +173,13 @@ def test_one_replicated_entry_point() -> None:
 
     replicated = [n for n, v in vars(raft._SyncObj).items() if getattr(v, "replicated", False)]
     assert replicated == ["apply_batch"] or sorted(replicated) == ["apply_batch", "apply_batch_v0"]
+
+
+def test_aio_exports() -> None:
+    import raftmesh.aio
+
+    assert sorted(raftmesh.aio.__all__) == sorted(
+        ["Client", "KvClient", "Lease", "LockClient", "LockContext", "MessagesClient", "Subscription"]
+    )
+    for name in raftmesh.aio.__all__:
+        assert hasattr(raftmesh.aio, name)

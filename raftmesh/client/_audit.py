@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from ..errors import RaftmeshError, RunNotFound
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
-
-if TYPE_CHECKING:
-    from ._client import Client
+from ._core import Conn, Op, Rpc, translate
 
 
 @dataclass(frozen=True)
@@ -93,27 +91,29 @@ class AuditTrail:
         }
 
 
-def fetch_audit(client: Client, run_id: str, limit: int) -> AuditTrail:
-    """Ask the nodes in turn (the current one first); the first complete answer wins, else the
-    longest. A node that does not know the run, or cannot answer, is skipped."""
+def audit(c: Conn, run_id: str, limit: int = 1000) -> Op[AuditTrail]:
+    """The run's audit timeline (also for finished and evicted runs), oldest first, at most
+    ``limit`` events: the first node whose archive holds the whole history answers; if none
+    does, the longest answer with ``complete`` False. Raises ``RunNotFound`` if no node knows it."""
+    # The nodes in turn (the current one first); a node that does not know the run, or cannot
+    # answer, is skipped.
     req = pb.GetAuditRequest(run_id=run_id, limit=limit)
     best: AuditTrail | None = None
     error: RaftmeshError | None = None
-    n = len(client.addresses)
+    n = len(c.addresses)
     for i in range(n):
-        addr = client.addresses[(client._current + i) % n]
-        try:
-            resp = client._stub(addr).GetAudit(req, timeout=client.timeout_s)
-        except grpc.RpcError as exc:
-            code = exc.code()
+        addr = c.addresses[(c._current + i) % n]
+        resp = yield Rpc("Cluster", "GetAudit", req, c.timeout_s, addr)
+        if isinstance(resp, grpc.RpcError):
+            code = resp.code()
             if code in (
                 grpc.StatusCode.INVALID_ARGUMENT,
                 grpc.StatusCode.PERMISSION_DENIED,
                 grpc.StatusCode.UNAUTHENTICATED,
             ):
-                raise _translate(exc) from None
+                raise translate(resp) from None
             if error is None or code is grpc.StatusCode.NOT_FOUND:
-                error = _translate(exc)
+                error = translate(resp)
             continue
         trail = AuditTrail(
             run_id, resp.complete, resp.node_id, [AuditEventInfo.from_pb(e) for e in resp.events]
@@ -125,9 +125,3 @@ def fetch_audit(client: Client, run_id: str, limit: int) -> AuditTrail:
     if best is not None:
         return best
     raise error if error is not None else RunNotFound(f"run {run_id!r} not found")
-
-
-def _translate(exc: grpc.RpcError) -> RaftmeshError:
-    from ._client import _translate as translate
-
-    return translate(exc)

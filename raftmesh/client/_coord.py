@@ -1,4 +1,9 @@
-"""The SDK's KV and lock clients (``client.kv``, ``client.lock(...)``)."""
+"""The SDK's KV and lock clients (``client.kv``, ``client.lock(...)``).
+
+``Kv`` and ``Locks`` hold the operations (``_core.Op``s) both clients run; ``KvWatch`` is the
+KV watch's reconnect plan (it resumes after the last revision it delivered); ``LeaseBase``
+and ``lock_enter`` are what a held lock is, whichever driver renews it (a thread here, an
+asyncio task in ``raftmesh.aio``)."""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import builtins
 import json
 import os
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -17,8 +21,8 @@ import grpc
 
 from ..errors import Aborted, DeadlineExceeded, InvalidArgument, RaftmeshError
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
-from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
-from ._client import Watchdog
+from ._client import Driver
+from ._core import SKIP, Conn, Op, StreamPlan, SubClient, sync_op
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -83,41 +87,45 @@ def fence_pb(lock: str = "", token: int = 0, run_id: str = "", task_id: str = ""
     return pb.Fence(lock=lock, token=token, run_id=run_id, task_id=task_id)
 
 
-class KvClient:
-    """``client.kv``: linearizable reads by default, every write retried safely with one request id."""
+class Kv:
+    """The KV operations: linearizable reads by default, every write retried safely with one request id."""
 
-    def __init__(self, client: Client) -> None:
-        self._c = client
+    @staticmethod
+    def get(c: Conn, key: str, *, stale_ok: bool = False) -> Op[KvEntry | None]:
+        resp = yield from c._failover("Kv", "Get", pb.KvGetRequest(key=key, stale_ok=stale_ok))
+        return KvEntry.from_pb(resp.entry)
 
-    def _stub(self, addr: str) -> pb_grpc.KvStub:
-        return pb_grpc.KvStub(self._c._channel(addr))
-
-    def _call(self, method: str, request: Any) -> Any:
-        return self._c._call(method, request, stub=self._stub)
-
-    def get(self, key: str, *, stale_ok: bool = False) -> KvEntry | None:
-        return KvEntry.from_pb(self._call("Get", pb.KvGetRequest(key=key, stale_ok=stale_ok)).entry)
-
-    def list(self, prefix: str = "", *, limit: int = 1000, stale_ok: bool = False) -> builtins.list[KvEntry]:
-        resp = self._call("List", pb.KvListRequest(prefix=prefix, limit=limit, stale_ok=stale_ok))
+    @staticmethod
+    def list(
+        c: Conn, prefix: str = "", *, limit: int = 1000, stale_ok: bool = False
+    ) -> Op[builtins.list[KvEntry]]:
+        resp = yield from c._failover(
+            "Kv", "List", pb.KvListRequest(prefix=prefix, limit=limit, stale_ok=stale_ok)
+        )
         return [e for e in (KvEntry.from_pb(x) for x in resp.entries) if e is not None]
 
-    def put(self, key: str, value: Any, *, lease: int = 0, fence: pb.Fence | None = None) -> int:
+    @staticmethod
+    def put(c: Conn, key: str, value: Any, *, lease: int = 0, fence: pb.Fence | None = None) -> Op[int]:
         """Write ``value``; returns the new mod_revision. ``fence`` rejects the write (Aborted) if stale."""
         req = pb.KvPutRequest(key=key, value_json=_dumps(value), lease=lease, request_id=uuid.uuid4().hex)
         if fence is not None:
             req.fence.CopyFrom(fence)
-        return int(self._call("Put", req).results[0].mod_revision)
+        return int((yield from c._failover("Kv", "Put", req)).results[0].mod_revision)
 
-    def delete(self, key: str, *, fence: pb.Fence | None = None) -> bool:
+    @staticmethod
+    def delete(c: Conn, key: str, *, fence: pb.Fence | None = None) -> Op[bool]:
         req = pb.KvDeleteRequest(key=key, request_id=uuid.uuid4().hex)
         if fence is not None:
             req.fence.CopyFrom(fence)
-        return bool(self._call("Delete", req).results[0].deleted)
+        return bool((yield from c._failover("Kv", "Delete", req)).results[0].deleted)
 
-    def cas(self, key: str, expected_revision: int, value: Any, *, fence: pb.Fence | None = None) -> bool:
+    @staticmethod
+    def cas(
+        c: Conn, key: str, expected_revision: int, value: Any, *, fence: pb.Fence | None = None
+    ) -> Op[bool]:
         """Write only if the key's mod_revision is ``expected_revision`` (0: the key must not exist)."""
-        res = self.txn(
+        res = yield from Kv.txn(
+            c,
             compares=[(key, "mod", "=", expected_revision)],
             success=[("put", key, value)],
             failure=[],
@@ -125,14 +133,15 @@ class KvClient:
         )
         return res.succeeded
 
+    @staticmethod
     def txn(
-        self,
+        c: Conn,
         compares: builtins.list[tuple[str, str, str, Any]],
         success: builtins.list[tuple[Any, ...]],
         failure: builtins.list[tuple[Any, ...]] | None = None,
         *,
         fence: pb.Fence | None = None,
-    ) -> TxnResult:
+    ) -> Op[TxnResult]:
         """etcd-style: ``compares`` = [(key, "value"|"version"|"mod"|"create", "="|"!="|"<"|">", operand)];
         ops = [("put", key, value[, lease]) | ("delete", key) | ("get", key)]."""
 
@@ -149,7 +158,7 @@ class KvClient:
         )
         if fence is not None:
             req.fence.CopyFrom(fence)
-        resp = self._call("Txn", req)
+        resp = yield from c._failover("Kv", "Txn", req)
         results = []
         for r in resp.results:
             d: dict[str, Any] = {"kind": r.kind}
@@ -163,78 +172,213 @@ class KvClient:
             results.append(d)
         return TxnResult(resp.succeeded, resp.revision, results)
 
-    def lease_grant(self, ttl_s: float) -> int:
+    @staticmethod
+    def lease_grant(c: Conn, ttl_s: float) -> Op[int]:
         req = pb.KvLeaseRequest(action="grant", ttl_ms=int(ttl_s * 1000), request_id=uuid.uuid4().hex)
-        return int(self._call("Lease", req).lease)
+        return int((yield from c._failover("Kv", "Lease", req)).lease)
 
-    def lease_keep_alive(self, lease: int) -> None:
-        self._call("Lease", pb.KvLeaseRequest(action="keep_alive", lease=lease, request_id=uuid.uuid4().hex))
+    @staticmethod
+    def lease_keep_alive(c: Conn, lease: int) -> Op[None]:
+        req = pb.KvLeaseRequest(action="keep_alive", lease=lease, request_id=uuid.uuid4().hex)
+        yield from c._failover("Kv", "Lease", req)
 
-    def lease_revoke(self, lease: int) -> builtins.list[str]:
-        resp = self._call(
-            "Lease", pb.KvLeaseRequest(action="revoke", lease=lease, request_id=uuid.uuid4().hex)
-        )
-        return list(resp.deleted)
+    @staticmethod
+    def lease_revoke(c: Conn, lease: int) -> Op[builtins.list[str]]:
+        req = pb.KvLeaseRequest(action="revoke", lease=lease, request_id=uuid.uuid4().hex)
+        return list((yield from c._failover("Kv", "Lease", req)).deleted)
+
+
+class KvWatch(StreamPlan):
+    """``kv.watch``: changes after ``from_revision`` (0: from now); reconnects to other nodes
+    without gaps (each reconnection asks from the last revision delivered); ends quietly at
+    ``timeout_s``."""
+
+    service = "Kv"
+    method = "Watch"
+
+    def __init__(self, c: Conn, key: str, prefix: str, from_revision: int, timeout_s: float | None) -> None:
+        super().__init__(c, timeout_s)
+        self.key = key
+        self.prefix = prefix
+        self.last = from_revision
+
+    def start(self) -> tuple[str, Any, float | None] | None:
+        opened = super().start()
+        if opened is not None and opened[2] == 0:
+            return None  # timeout_s passed: the watch ends quietly
+        return opened
+
+    def request(self) -> pb.KvWatchRequest:
+        return pb.KvWatchRequest(key=self.key, prefix=self.prefix, from_revision=self.last)
+
+    def parse(self, ev: pb.KvWatchEvent) -> Any:
+        if not ev.kind:
+            return SKIP  # heartbeat
+        self.last = ev.revision
+        return WatchEvent(ev.revision, ev.kind, ev.entry.key, KvEntry.from_pb(ev.entry))
+
+    def failed(self, code: grpc.StatusCode, exc: grpc.RpcError | None, silent: bool) -> float | None:
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and self.deadline is not None and self.remaining() == 0:
+            return None
+        return super().failed(code, exc, silent)
+
+    def check(self, code: grpc.StatusCode, exc: grpc.RpcError | None, silent: bool) -> None:
+        # Any cancellation reconnects: the watch resumes from its last revision, so nothing is lost.
+        super().check(code, exc, silent or code == grpc.StatusCode.CANCELLED)
+
+
+class KvClient(SubClient, Driver):
+    """``client.kv``: linearizable reads by default, every write retried safely with one request id."""
+
+    get = sync_op(Kv.get)
+    list = sync_op(Kv.list)
+    put = sync_op(Kv.put)
+    delete = sync_op(Kv.delete)
+    cas = sync_op(Kv.cas)
+    txn = sync_op(Kv.txn)
+    lease_grant = sync_op(Kv.lease_grant)
+    lease_keep_alive = sync_op(Kv.lease_keep_alive)
+    lease_revoke = sync_op(Kv.lease_revoke)
 
     def watch(
         self, key: str = "", *, prefix: str = "", from_revision: int = 0, timeout_s: float | None = None
     ) -> Iterator[WatchEvent]:
         """Changes after ``from_revision`` (0: from now); reconnects to other nodes without gaps."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        last = from_revision
-        attempt = 0
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return
-            addr = self._c.addresses[self._c._current]
-            try:
-                stream = self._stub(addr).Watch(
-                    pb.KvWatchRequest(key=key, prefix=prefix, from_revision=last), timeout=remaining
-                )
-                dog = Watchdog(stream)
-                try:
-                    for ev in stream:
-                        dog.feed()
-                        attempt = 0
-                        if not ev.kind:
-                            continue  # heartbeat
-                        last = ev.revision
-                        yield WatchEvent(ev.revision, ev.kind, ev.entry.key, KvEntry.from_pb(ev.entry))
-                    return
-                finally:
-                    dog.close()
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if (
-                    code == grpc.StatusCode.DEADLINE_EXCEEDED
-                    and deadline is not None
-                    and time.monotonic() >= deadline
-                ):
-                    return
-                if code not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.CANCELLED,
-                ):
-                    from ._client import _translate
-
-                    raise _translate(exc) from None
-            self._c._rotate()
-            attempt += 1
-            time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)))
+        return self._stream(KvWatch(self._c, key, prefix, from_revision, timeout_s))
 
 
 MAX_REMEMBERED_LEASES = 10_000
 """Lease handles a ``Client`` keeps for grants it got (``client.locks.release`` finds them)."""
 
 
-class Lease:
-    """A held lock. Renewed in the background until released; ``token`` fences writes."""
+class LeaseBook:
+    """(owner, token) -> lease handle of grants a client got (bounded; oldest dropped)."""
+
+    def __init__(self) -> None:
+        self._leases: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, owner: str, token: int) -> str:
+        with self._lock:
+            return self._leases.get((owner, token), "")
+
+    def remember(self, owner: str, token: int, lease: str) -> None:
+        with self._lock:
+            self._leases[(owner, token)] = lease
+            while len(self._leases) > MAX_REMEMBERED_LEASES:
+                self._leases.popitem(last=False)
+
+    def handle(self, owner: str, token: int, lease: str | None) -> str:
+        handle = lease if lease is not None else self.get(owner, token)
+        if not handle:
+            raise InvalidArgument(
+                f"no lease handle for {owner!r}'s grant {token}: pass lease= (Acquire's lease; the CLI "
+                "prints it with `lock acquire --json` and takes it as --lease)"
+            )
+        return handle
+
+
+def lease_book(c: Conn) -> LeaseBook:
+    """The client's book of lease handles (made on first use)."""
+    book: LeaseBook | None = getattr(c, "_lease_book", None)
+    if book is None:
+        book = LeaseBook()
+        c._lease_book = book  # type: ignore[attr-defined]
+    return book
+
+
+def _lease_request(c: Conn, owner: str, name: str, token: int, lease: str | None) -> pb.LockReleaseRequest:
+    """A release or keepalive of one grant (one request id for every attempt of the call)."""
+    return pb.LockReleaseRequest(
+        owner=owner,
+        name=name,
+        token=token,
+        request_id=uuid.uuid4().hex,
+        lease=lease_book(c).handle(owner, token, lease),
+    )
+
+
+class Locks:
+    """The lock operations (``client.locks``)."""
+
+    @staticmethod
+    def acquire(
+        c: Conn,
+        names: builtins.list[str] | str,
+        *,
+        owner: str,
+        ttl_s: float = 10.0,
+        mode: str = "exclusive",
+        wait_s: float = 30.0,
+        priority: int = 0,
+        request_id: str | None = None,
+    ) -> Op[tuple[bool, int, str]]:
+        """(granted, token, request_id). Raises Aborted if chosen as a deadlock victim."""
+        names = [names] if isinstance(names, str) else names
+        rid = request_id or uuid.uuid4().hex
+        req = pb.LockAcquireRequest(
+            owner=owner,
+            locks=[pb.LockItem(name=n, mode=mode) for n in names],
+            ttl_ms=int(ttl_s * 1000),
+            wait_ms=int(wait_s * 1000),
+            priority=priority,
+            request_id=rid,
+        )
+        resp = yield from c._failover("Locks", "Acquire", req, wait_s + c.timeout_s)
+        if resp.granted and resp.lease:
+            lease_book(c).remember(owner, int(resp.token), resp.lease)
+        return resp.granted, int(resp.token), rid
+
+    @staticmethod
+    def release(c: Conn, owner: str, name: str, token: int, *, lease: str | None = None) -> Op[None]:
+        """Release ``name``; ``lease``: the grant's handle (default: the one this client was given)."""
+        yield from c._failover("Locks", "Release", _lease_request(c, owner, name, token, lease))
+
+    @staticmethod
+    def keep_alive(c: Conn, owner: str, name: str, token: int, *, lease: str | None = None) -> Op[int]:
+        req = _lease_request(c, owner, name, token, lease)
+        return int((yield from c._failover("Locks", "KeepAlive", req)).deadline_ms)
+
+    @staticmethod
+    def list(c: Conn, prefix: str = "") -> Op[builtins.list[dict[str, Any]]]:
+        resp = yield from c._failover("Locks", "List", pb.LockListRequest(prefix=prefix))
+        return [
+            {
+                "name": lk.name,
+                "holders": [
+                    {"owner": h.owner, "mode": h.mode, "token": h.token, "deadline_ms": h.deadline_ms}
+                    for h in lk.holders
+                ],
+                "waiters": builtins.list(lk.waiters),
+                "last_token": lk.last_token,
+            }
+            for lk in resp.locks
+        ]
+
+
+class LockClientBase(SubClient):
+    """What both lock clients are beside their ops: the lease handles this client was given."""
+
+    def lease_of(self, owner: str, token: int) -> str:
+        """The lease handle this client was given for ``owner``'s grant ``token`` ("" if none)."""
+        return lease_book(self._c).get(owner, token)
+
+
+class LockClient(LockClientBase, Driver):
+    """``client.locks``: the raw lock API (``client.lock(...)`` is the context manager)."""
+
+    acquire = sync_op(Locks.acquire)
+    release = sync_op(Locks.release)
+    keep_alive = sync_op(Locks.keep_alive)
+    list = sync_op(Locks.list)
+
+
+class LeaseBase:
+    """A held lock: ``token`` fences writes; renewed until released (by the driver's renewer)."""
 
     def __init__(
         self,
-        client: Client,
+        client: Any,
         owner: str,
         names: list[str],
         token: int,
@@ -248,134 +392,80 @@ class Lease:
         self.token = token
         self.ttl_ms = ttl_ms
         self.request_id = request_id
-        self.handle = handle or client.locks.lease_of(owner, token)
+        self.handle = handle or lease_book(client).get(owner, token)
         """The secret lease handle the node made at Acquire: renewals and the release name it."""
-        self.lost = threading.Event()
-        """Set if a renewal was rejected: the lease expired and the lock may have a new holder."""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name=f"lock-keepalive-{names[0]}", daemon=True)
-        self._thread.start()
+        self._start()
+
+    def _start(self) -> None:
+        """Start renewing it (the driver's way)."""
+
+    @property
+    def interval_s(self) -> float:
+        """How often it is renewed: a third of its TTL, so two renewals may fail before it expires."""
+        return max(0.1, self.ttl_ms / 3000)
 
     def fence(self, name: str | None = None) -> pb.Fence:
         """A fence for KV writes guarded by this lock."""
         return fence_pb(lock=name or self.names[0], token=self.token)
 
+    def renew(self) -> Op[bool]:
+        """One round of renewals; True if one was rejected (the lease expired: lost)."""
+        for name in self.names:
+            try:
+                yield from Locks.keep_alive(self._c, self.owner, name, self.token, lease=self.handle)
+            except Aborted:
+                return True
+            except RaftmeshError:
+                continue  # transient; the next round retries before the TTL runs out
+        return False
+
+    def unlock(self) -> Op[bool]:
+        """Release every name; True if one had expired (someone else may hold it now)."""
+        lost = False
+        for name in self.names:
+            try:
+                yield from Locks.release(self._c, self.owner, name, self.token, lease=self.handle)
+            except Aborted:
+                lost = True
+        return lost
+
+
+class Lease(LeaseBase):
+    """A held lock. Renewed in the background until released; ``token`` fences writes."""
+
+    def _start(self) -> None:
+        self.lost = threading.Event()
+        """Set if a renewal was rejected: the lease expired and the lock may have a new holder."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew, name=f"lock-keepalive-{self.names[0]}", daemon=True
+        )
+        self._thread.start()
+
     def _renew(self) -> None:
-        interval = max(0.1, self.ttl_ms / 3000)
-        while not self._stop.wait(interval):
-            for name in self.names:
-                try:
-                    self._c.locks.keep_alive(self.owner, name, self.token, lease=self.handle)
-                except Aborted:
-                    self.lost.set()
-                    return
-                except RaftmeshError:
-                    continue  # transient; the next round retries before the TTL runs out
+        while not self._stop.wait(self.interval_s):
+            if self._c._drive(self.renew()):
+                self.lost.set()
+                return
 
     def release(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        for name in self.names:
-            try:
-                self._c.locks.release(self.owner, name, self.token, lease=self.handle)
-            except Aborted:
-                self.lost.set()  # it had expired; someone else may hold it now
+        if self._c._drive(self.unlock()):
+            self.lost.set()
 
 
-class LockClient:
-    """``client.locks``: the raw lock API (``client.lock(...)`` is the context manager)."""
+def lock_enter(c: Conn, names: list[str], owner: str, kw: dict[str, Any]) -> Op[tuple[str, int, str]]:
+    """Acquire for ``client.lock(...)``: (owner, token, request id), or DeadlineExceeded."""
+    granted, token, rid = yield from Locks.acquire(c, names, owner=owner, **kw)
+    if not granted:
+        raise DeadlineExceeded(f"lock(s) {names} not granted within {kw.get('wait_s', 30.0)} s")
+    return owner, token, rid
 
-    def __init__(self, client: Client) -> None:
-        self._c = client
-        self._leases: OrderedDict[tuple[str, int], str] = OrderedDict()
-        """(owner, token) -> lease handle of grants this client got (bounded; oldest dropped)."""
-        self._leases_lock = threading.Lock()
 
-    def _stub(self, addr: str) -> pb_grpc.LocksStub:
-        return pb_grpc.LocksStub(self._c._channel(addr))
-
-    def lease_of(self, owner: str, token: int) -> str:
-        """The lease handle this client was given for ``owner``'s grant ``token`` ("" if none)."""
-        with self._leases_lock:
-            return self._leases.get((owner, token), "")
-
-    def _remember(self, owner: str, token: int, lease: str) -> None:
-        with self._leases_lock:
-            self._leases[(owner, token)] = lease
-            while len(self._leases) > MAX_REMEMBERED_LEASES:
-                self._leases.popitem(last=False)
-
-    def _lease(self, owner: str, token: int, lease: str | None) -> str:
-        handle = lease if lease is not None else self.lease_of(owner, token)
-        if not handle:
-            raise InvalidArgument(
-                f"no lease handle for {owner!r}'s grant {token}: pass lease= (Acquire's lease; the CLI "
-                "prints it with `lock acquire --json` and takes it as --lease)"
-            )
-        return handle
-
-    def acquire(
-        self,
-        names: builtins.list[str] | str,
-        *,
-        owner: str,
-        ttl_s: float = 10.0,
-        mode: str = "exclusive",
-        wait_s: float = 30.0,
-        priority: int = 0,
-        request_id: str | None = None,
-    ) -> tuple[bool, int, str]:
-        """(granted, token, request_id). Raises Aborted if chosen as a deadlock victim."""
-        names = [names] if isinstance(names, str) else names
-        rid = request_id or uuid.uuid4().hex
-        req = pb.LockAcquireRequest(
-            owner=owner,
-            locks=[pb.LockItem(name=n, mode=mode) for n in names],
-            ttl_ms=int(ttl_s * 1000),
-            wait_ms=int(wait_s * 1000),
-            priority=priority,
-            request_id=rid,
-        )
-        resp = self._c._call("Acquire", req, stub=self._stub, timeout_s=wait_s + self._c.timeout_s)
-        if resp.granted and resp.lease:
-            self._remember(owner, int(resp.token), resp.lease)
-        return resp.granted, int(resp.token), rid
-
-    def release(self, owner: str, name: str, token: int, *, lease: str | None = None) -> None:
-        """Release ``name``; ``lease``: the grant's handle (default: the one this client was given)."""
-        req = pb.LockReleaseRequest(
-            owner=owner,
-            name=name,
-            token=token,
-            request_id=uuid.uuid4().hex,
-            lease=self._lease(owner, token, lease),
-        )
-        self._c._call("Release", req, stub=self._stub)
-
-    def keep_alive(self, owner: str, name: str, token: int, *, lease: str | None = None) -> int:
-        req = pb.LockReleaseRequest(
-            owner=owner,
-            name=name,
-            token=token,
-            request_id=uuid.uuid4().hex,
-            lease=self._lease(owner, token, lease),
-        )
-        return int(self._c._call("KeepAlive", req, stub=self._stub).deadline_ms)
-
-    def list(self, prefix: str = "") -> builtins.list[dict[str, Any]]:
-        resp = self._c._call("List", pb.LockListRequest(prefix=prefix), stub=self._stub)
-        return [
-            {
-                "name": lk.name,
-                "holders": [
-                    {"owner": h.owner, "mode": h.mode, "token": h.token, "deadline_ms": h.deadline_ms}
-                    for h in lk.holders
-                ],
-                "waiters": list(lk.waiters),
-                "last_token": lk.last_token,
-            }
-            for lk in resp.locks
-        ]
+def default_owner(c: Conn, holder: int) -> str:
+    """A lock owner for this client and process, per ``holder`` (a thread, an asyncio task)."""
+    return f"{c.client_id}:{os.getpid()}:{holder}"
 
 
 class LockContext:
@@ -388,13 +478,9 @@ class LockContext:
         self.lease: Lease | None = None
 
     def __enter__(self) -> Lease:
-        owner = self._kw.pop("owner", None) or f"{self._c.client_id}:{os.getpid()}:{threading.get_ident()}"
+        owner = self._kw.pop("owner", None) or default_owner(self._c, threading.get_ident())
         ttl_s = float(self._kw.get("ttl_s", 10.0))
-        granted, token, rid = self._c.locks.acquire(self._names, owner=owner, **self._kw)
-        if not granted:
-            raise DeadlineExceeded(
-                f"lock(s) {self._names} not granted within {self._kw.get('wait_s', 30.0)} s"
-            )
+        owner, token, rid = self._c._drive(lock_enter(self._c, self._names, owner, self._kw))
         self.lease = Lease(self._c, owner, self._names, token, int(ttl_s * 1000), rid)
         return self.lease
 

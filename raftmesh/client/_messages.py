@@ -9,8 +9,6 @@ by the receiving node, a durable request finds the reply already committed.
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -26,11 +24,11 @@ from ..errors import DeadlineExceeded, InvalidArgument
 from ..messaging.api import Sent
 from ..messaging.wire import message_from_pb
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
-from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
-from ._client import Watchdog, _translate
+from ._client import Driver
+from ._core import RETRYABLE, SKIP, Conn, Op, StreamPlan, SubClient, stream_error, sync_op
 
 if TYPE_CHECKING:
-    from ._client import Client
+    pass
 
 REPLY_MARGIN_S = 5.0
 """How much longer than its own timeout a call waits for the node to answer."""
@@ -137,49 +135,44 @@ def _message_pb(
     return m
 
 
-class MessagesClient:
-    """``client.messages``. Durable calls fail over and retry UNAVAILABLE and DEADLINE_EXCEEDED
-    (idempotent by message id); fast ones retry UNAVAILABLE (at least once: the receiving node
-    drops a duplicate id) and answer DEADLINE_EXCEEDED as final (the TTL or timeout passed)."""
-
-    def __init__(self, client: Client) -> None:
-        self._c = client
-        self.sender = f"client:{client.client_id}"
-
-    def _stub(self, addr: str) -> pb_grpc.MessagesStub:
-        return pb_grpc.MessagesStub(self._c._channel(addr))
-
-    def _call(self, method: str, request: Any, timeout_s: float, retry_deadline: bool) -> Any:
-        """``request``: the request, or a function making the one each attempt sends."""
-        deadline = time.monotonic() + max(self._c.retry_deadline_s, timeout_s)
-        retryable = {grpc.StatusCode.UNAVAILABLE}
-        if retry_deadline:
-            retryable.add(grpc.StatusCode.DEADLINE_EXCEEDED)
-        attempt = 0
-        while True:
-            addr = self._c.addresses[self._c._current]
-            try:
-                req = request() if callable(request) else request
-                return getattr(self._stub(addr), method)(req, timeout=timeout_s)
-            except grpc.RpcError as exc:
-                if exc.code() not in retryable or time.monotonic() >= deadline:
-                    raise _translate(exc) from None
-            self._c._rotate()
-            attempt += 1
-            time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
-
-    def _send(self, m: pb.AgentMessage) -> Sent:
-        if m.durable:
-            timeout_s = self._c.timeout_s
-        else:  # a fast send is answered once the target's handler took it, or when its TTL ran out
-            timeout_s = (m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS) / 1000 + REPLY_MARGIN_S
-        resp: pb.SendMessageResponse = self._call(
-            "Send", pb.SendMessageRequest(message=m), timeout_s, retry_deadline=m.durable
+def _call(c: Conn, method: str, request: Any, timeout_s: float, retry_deadline: bool) -> Op[Any]:
+    """Durable calls fail over and retry UNAVAILABLE and DEADLINE_EXCEEDED (idempotent by
+    message id); fast ones retry UNAVAILABLE only (at least once: the receiving node drops a
+    duplicate id) and answer DEADLINE_EXCEEDED as final (the TTL or timeout passed)."""
+    retryable = RETRYABLE if retry_deadline else frozenset({grpc.StatusCode.UNAVAILABLE})
+    return (
+        yield from c._failover(
+            "Messages",
+            method,
+            request,
+            timeout_s,
+            retryable=retryable,
+            deadline_s=max(c.retry_deadline_s, timeout_s),
         )
-        return Sent(resp.id, resp.seq, tuple(resp.targets))
+    )
 
+
+def sender_of(c: Conn) -> str:
+    return f"client:{c.client_id}"
+
+
+def _send(c: Conn, m: pb.AgentMessage) -> Op[Sent]:
+    if m.durable:
+        timeout_s = c.timeout_s
+    else:  # a fast send is answered once the target's handler took it, or when its TTL ran out
+        timeout_s = (m.ttl_ms or limits.DEFAULT_MESSAGE_TTL_MS) / 1000 + REPLY_MARGIN_S
+    resp: pb.SendMessageResponse = yield from _call(
+        c, "Send", pb.SendMessageRequest(message=m), timeout_s, retry_deadline=m.durable
+    )
+    return Sent(resp.id, resp.seq, tuple(resp.targets))
+
+
+class Messages:
+    """The message operations (``client.messages``)."""
+
+    @staticmethod
     def send(
-        self,
+        c: Conn,
         target: str,
         payload: Any,
         *,
@@ -188,7 +181,7 @@ class MessagesClient:
         ttl_ms: int = 0,
         priority: int = 0,
         id: str | None = None,
-    ) -> Sent:
+    ) -> Op[Sent]:
         """Send ``payload`` (bytes or a JSON value) to the actor ``target`` (``TYPE/KEY``).
 
         Fast (default): returns once the target's handler took it (its turn done). ``durable``: once it is
@@ -198,7 +191,7 @@ class MessagesClient:
         (it is then in the dead letters)."""
         m = _message_pb(
             id or uuid.uuid4().hex,
-            self.sender,
+            sender_of(c),
             payload,
             target=target,
             type=type,
@@ -206,21 +199,23 @@ class MessagesClient:
             ttl_ms=ttl_ms,
             priority=priority,
         )
-        return self._send(m)
+        return (yield from _send(c, m))
 
+    @staticmethod
     def publish(
-        self, topic: str, payload: Any, *, durable: bool = False, source: str = "", type: str = ""
-    ) -> Sent:
+        c: Conn, topic: str, payload: Any, *, durable: bool = False, source: str = "", type: str = ""
+    ) -> Op[Sent]:
         """Publish to every subscriber of ``topic`` (``Sent.targets``: the actors it reached;
         durable: also kept in the topic's retained log, ``Sent.seq``)."""
         m = _message_pb(
-            uuid.uuid4().hex, self.sender, payload, topic=topic, type=type, durable=durable, source=source
+            uuid.uuid4().hex, sender_of(c), payload, topic=topic, type=type, durable=durable, source=source
         )
-        return self._send(m)
+        return (yield from _send(c, m))
 
+    @staticmethod
     def request(
-        self, target: str, payload: Any, *, timeout_s: float = 30.0, durable: bool = False, type: str = ""
-    ) -> Message:
+        c: Conn, target: str, payload: Any, *, timeout_s: float = 30.0, durable: bool = False, type: str = ""
+    ) -> Op[Message]:
         """Send a request and return the reply (a ``raftmesh.Message``: ``reply.payload``).
 
         Raises ``DeadlineExceeded`` if no reply came within ``timeout_s``."""
@@ -228,7 +223,7 @@ class MessagesClient:
             raise InvalidArgument(
                 f"timeout_s {timeout_s:g} is outside (0, {limits.MAX_REQUEST_TIMEOUT_MS // 1000}]"
             )
-        m = _message_pb(uuid.uuid4().hex, self.sender, payload, target=target, type=type, durable=durable)
+        m = _message_pb(uuid.uuid4().hex, sender_of(c), payload, target=target, type=type, durable=durable)
         end = time.monotonic() + timeout_s
 
         def attempt() -> pb.MessageRequest:
@@ -242,8 +237,8 @@ class MessagesClient:
             if left <= 0:
                 raise DeadlineExceeded(f"no reply from {target} within {timeout_s:g} s")
             try:
-                resp: pb.MessageReply = self._call(
-                    "Request", attempt, left + REPLY_MARGIN_S, retry_deadline=False
+                resp: pb.MessageReply = yield from _call(
+                    c, "Request", attempt, left + REPLY_MARGIN_S, retry_deadline=False
                 )
                 return message_from_pb(resp.reply)
             except DeadlineExceeded:
@@ -251,66 +246,118 @@ class MessagesClient:
                     raise
                 # A durable request asked again (same id) finds its committed reply, if any.
 
-    def subscribe(self, topic: str, *, from_start: bool = False) -> Subscription:
-        """The topic's publishes as they come (``from_start``: its retained durable ones first).
-
-        Iterate it; ``close()`` (or ``with``) ends it. Reconnects to another node if its node
-        fails; what was published while it reconnected may be missed (fast publishes) unless
-        ``from_start`` (durable ones are read again from the retained log, duplicates dropped)."""
-        if len(topic) > limits.MAX_TOPIC_CHARS or not topic:
-            raise InvalidArgument(f"topic must be 1..{limits.MAX_TOPIC_CHARS} characters")
-        return Subscription(self, topic, from_start)
-
-    def dead_letters(self, limit: int = 100) -> list[MessageDeadLetterInfo]:
+    @staticmethod
+    def dead_letters(c: Conn, limit: int = 100) -> Op[list[MessageDeadLetterInfo]]:
         """Messages that were not delivered (expired, undeliverable), newest first."""
         if limit < 0:
             raise InvalidArgument(f"limit must be >= 0 (0: the default 100), got {limit}")
-        resp: pb.MessageDeadLettersResponse = self._call(
-            "DeadLetters", pb.MessageDeadLettersRequest(limit=limit), self._c.timeout_s, True
-        )
+        req = pb.MessageDeadLettersRequest(limit=limit)
+        resp: pb.MessageDeadLettersResponse = yield from _call(c, "DeadLetters", req, c.timeout_s, True)
         return [
             MessageDeadLetterInfo(message_from_pb(d.message), d.reason, d.node, d.recorded_ms, d.seq)
             for d in resp.dead_letters
         ]
 
-    def subscribe_actor(self, topic: str, subscriber: str, unsubscribe: bool = False) -> bool:
+    @staticmethod
+    def subscribe_actor(c: Conn, topic: str, subscriber: str, unsubscribe: bool = False) -> Op[bool]:
         """Subscribe an actor type (``TYPE``: a publish reaches ``TYPE/<source>``) or key
         (``TYPE/KEY``) to ``topic``; whether anything changed. Idempotent."""
         req = pb.SubscribeActorRequest(
             topic=topic, subscriber=subscriber, unsubscribe=unsubscribe, request_id=uuid.uuid4().hex
         )
-        resp: pb.SubscribeActorResponse = self._call("SubscribeActor", req, self._c.timeout_s, True)
+        resp: pb.SubscribeActorResponse = yield from _call(c, "SubscribeActor", req, c.timeout_s, True)
         return resp.changed
 
-    def activations(self, prefix: str = "", limit: int = 100) -> list[ActivationInfo]:
+    @staticmethod
+    def activations(c: Conn, prefix: str = "", limit: int = 100) -> Op[list[ActivationInfo]]:
         """Current activations by address (which node hosts each actor key, its epoch)."""
         if limit < 0:
             raise InvalidArgument(f"limit must be >= 0 (0: the default 100), got {limit}")
-        resp: pb.ListActivationsResponse = self._call(
-            "ListActivations", pb.ListActivationsRequest(prefix=prefix, limit=limit), self._c.timeout_s, True
-        )
+        req = pb.ListActivationsRequest(prefix=prefix, limit=limit)
+        resp: pb.ListActivationsResponse = yield from _call(c, "ListActivations", req, c.timeout_s, True)
         return [
             ActivationInfo(a.address, a.node, a.epoch, a.granted_ms, a.lease_deadline_ms, a.queued)
             for a in resp.activations
         ]
 
 
-class Subscription:
-    """An open ``subscribe``: iterate for messages; ``close()`` ends it (from any thread)."""
+def check_topic(topic: str) -> None:
+    if len(topic) > limits.MAX_TOPIC_CHARS or not topic:
+        raise InvalidArgument(f"topic must be 1..{limits.MAX_TOPIC_CHARS} characters")
 
-    def __init__(self, messages: MessagesClient, topic: str, from_start: bool) -> None:
-        self._m = messages
+
+class TopicStream(StreamPlan):
+    """A subscription's reconnect plan: another node when its node fails; ids seen before a
+    reconnection are dropped (a ``from_start`` one reads the retained log again)."""
+
+    service = "Messages"
+    method = "Subscribe"
+
+    def __init__(self, c: Conn, topic: str, from_start: bool) -> None:
+        super().__init__(c, None)
         self.topic = topic
-        self._from_start = from_start
-        self._closed = threading.Event()
-        self._call: Any = None
+        self.from_start = from_start
         self._seen: OrderedDict[str, None] = OrderedDict()
 
+    def request(self) -> pb.SubscribeRequest:
+        return pb.SubscribeRequest(topic=self.topic, from_start=self.from_start)
+
+    def parse(self, m: pb.AgentMessage) -> Any:
+        if not m.id or m.id in self._seen:
+            return SKIP  # a heartbeat, or delivered before a reconnection
+        self._seen[m.id] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+        return message_from_pb(m)
+
+    def check(self, code: grpc.StatusCode, exc: grpc.RpcError | None, silent: bool) -> None:
+        # Not DEADLINE_EXCEEDED: a subscription has no deadline of its own to outlive.
+        if code != grpc.StatusCode.UNAVAILABLE and not (code == grpc.StatusCode.CANCELLED and silent):
+            raise stream_error(code, exc)
+
+
+class MessagesBase(SubClient):
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.sender = sender_of(client)
+
+
+class SubscriptionBase:
+    """An open ``subscribe`` (its driver's iteration aside); ``close()`` ends it."""
+
+    def __init__(self, messages: Any, topic: str, from_start: bool) -> None:
+        self._m = messages
+        self.topic = topic
+        self._plan = TopicStream(messages._c, topic, from_start)
+
     def close(self) -> None:
-        self._closed.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
+        self._plan.close()
+
+
+class MessagesClient(MessagesBase, Driver):
+    """``client.messages``. Durable calls fail over and retry UNAVAILABLE and DEADLINE_EXCEEDED
+    (idempotent by message id); fast ones retry UNAVAILABLE (at least once: the receiving node
+    drops a duplicate id) and answer DEADLINE_EXCEEDED as final (the TTL or timeout passed)."""
+
+    send = sync_op(Messages.send)
+    publish = sync_op(Messages.publish)
+    request = sync_op(Messages.request)
+    dead_letters = sync_op(Messages.dead_letters)
+    subscribe_actor = sync_op(Messages.subscribe_actor)
+    activations = sync_op(Messages.activations)
+
+    def subscribe(self, topic: str, *, from_start: bool = False) -> Subscription:
+        """The topic's publishes as they come (``from_start``: its retained durable ones first).
+
+        Iterate it; ``close()`` (or ``with``) ends it. Reconnects to another node if its node
+        fails; what was published while it reconnected may be missed (fast publishes) unless
+        ``from_start`` (durable ones are read again from the retained log, duplicates dropped)."""
+        check_topic(topic)
+        return Subscription(self, topic, from_start)
+
+
+class Subscription(SubscriptionBase):
+    """An open ``subscribe``: iterate for messages; ``close()`` ends it (from any thread)."""
 
     def __enter__(self) -> Subscription:
         return self
@@ -319,43 +366,4 @@ class Subscription:
         self.close()
 
     def __iter__(self) -> Iterator[Message]:
-        c = self._m._c
-        attempt = 0
-        while not self._closed.is_set():
-            addr = c.addresses[c._current]
-            dog: Watchdog | None = None
-            try:
-                call = self._m._stub(addr).Subscribe(
-                    pb.SubscribeRequest(topic=self.topic, from_start=self._from_start)
-                )
-                self._call = call
-                if self._closed.is_set():
-                    call.cancel()
-                dog = Watchdog(call)
-                for m in call:
-                    dog.feed()
-                    attempt = 0
-                    if not m.id:
-                        continue  # heartbeat
-                    if m.id in self._seen:
-                        continue  # delivered before a reconnection
-                    self._seen[m.id] = None
-                    if len(self._seen) > SEEN_IDS:
-                        self._seen.popitem(last=False)
-                    yield message_from_pb(m)
-                return
-            except grpc.RpcError as exc:
-                if self._closed.is_set():
-                    return
-                code = exc.code()
-                fired = dog is not None and dog.fired
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or (
-                    code == grpc.StatusCode.CANCELLED and not fired
-                ):
-                    raise _translate(exc) from None
-            finally:
-                if dog is not None:
-                    dog.close()
-            c._rotate()
-            attempt += 1
-            time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+        return self._m._stream(self._plan)

@@ -48,7 +48,7 @@ def _warn_plaintext(addr: str) -> None:
         f"raftmesh: sending a bearer token to {addr} without TLS: anyone on the network path can read "
         "and replay it; pass ca= (--ca / RAFTMESH_CA) for a node started with TLS",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
@@ -120,6 +120,22 @@ class Credentials:
     def metadata(self) -> Metadata:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
 
+    def _options(self, addr: str, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        opts = list(options)
+        if self.server_name:
+            opts.append(("grpc.ssl_target_name_override", self.server_name))
+        if self.token and not self.tls and not _loopback(addr):
+            _warn_plaintext(addr)
+        return opts
+
+    def aio_channel(self, addr: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        """A ``grpc.aio`` channel to ``addr`` with this TLS (``raftmesh.aio`` sends ``metadata()``
+        and the trace with each call itself: aio interceptors cannot read the caller's context)."""
+        opts = self._options(addr, options)
+        if self.tls:
+            return grpc.aio.secure_channel(addr, self.channel_credentials(), options=opts)
+        return grpc.aio.insecure_channel(addr, options=opts)
+
     def channel(
         self,
         addr: str,
@@ -127,17 +143,13 @@ class Credentials:
         extra: Callable[[], Metadata] | None = None,
     ) -> grpc.Channel:
         """A channel to ``addr`` with this TLS and token (and ``extra()`` metadata per call)."""
-        opts = list(options)
-        if self.server_name:
-            opts.append(("grpc.ssl_target_name_override", self.server_name))
+        opts = self._options(addr, options)
         ch = (
             grpc.secure_channel(addr, self.channel_credentials(), options=opts)
             if self.tls
             else grpc.insecure_channel(addr, options=opts)
         )
         fixed = self.metadata()
-        if self.token and not self.tls and not _loopback(addr):
-            _warn_plaintext(addr)
         if not fixed and extra is None:
             return ch
         return grpc.intercept_channel(ch, _MetadataInterceptor(fixed, extra))
