@@ -42,7 +42,6 @@ from ._types import (
     RunControlInfo,
     RunEvent,
     RunInfo,
-    run_summary_json,
 )
 
 if TYPE_CHECKING:
@@ -320,7 +319,22 @@ class Client:
             status=pb.RunStatus.Name(pb.RunStatus.Value(f"RUN_STATUS_{status}")) if status else None,
         )
         resp: pb.ListRunsResponse = self._call("ListRuns", req)
-        return [run_summary_json(r) for r in resp.runs]
+        return [
+            {
+                "run_id": r.run_id,
+                "status": pb.RunStatus.Name(r.status).removeprefix("RUN_STATUS_"),
+                "name": r.name,
+                "tasks": r.tasks,
+                "unfinished": r.unfinished,
+                "created_ms": r.created_ms,
+                "finished_ms": r.finished_ms,
+                "error": r.error,
+                "reason": r.reason,
+                "idempotency_key": r.idempotency_key,
+                "namespace": r.namespace,
+            }
+            for r in resp.runs
+        ]
 
     def audit(self, run_id: str, limit: int = 1000) -> AuditTrail:
         """The run's audit timeline (also for finished and evicted runs), oldest first, at most
