@@ -30,6 +30,7 @@ import grpc
 from aiohttp import web
 
 from ..client._audit import AuditEventInfo, AuditTrail
+from ..client._types import TERMINAL
 from ..consensus import limits
 from ..node.config import is_loopback_host
 from ..node.tls import NodeChannels, NodeTls
@@ -552,7 +553,7 @@ class Dashboard:
             if which == "snapshot":
                 await sse.send("snapshot", shapes.run(e.snapshot))
                 status = shapes.run_status(e.snapshot.status)
-                if status in shapes.TERMINAL:
+                if status in TERMINAL:
                     await sse.send("end", {"status": status})
                     return
             elif which == "task":
@@ -560,7 +561,7 @@ class Dashboard:
             elif which == "run":
                 ev = shapes.run_event(e.run)
                 await sse.send("run", ev)
-                if ev["status"] in shapes.TERMINAL:
+                if ev["status"] in TERMINAL:
                     await sse.send("end", {"status": ev["status"]})
                     return
             elif time.monotonic() - quiet_since >= PING_S:
