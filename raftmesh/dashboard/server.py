@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from aiohttp import web
@@ -235,6 +235,13 @@ class Dashboard:
             if exc.status < 400 or not request.path.startswith("/api/"):
                 raise
             resp = _error_response(ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason))
+        except (asyncio.CancelledError, ConnectionError):
+            raise  # the client went away
+        except Exception:
+            log.exception("dashboard request %s %s failed", request.method, request.path)
+            resp = _error_response(
+                ApiError(500, "INTERNAL", "the dashboard failed to answer; see the node's log")
+            )
         if not resp.prepared:
             resp.headers.setdefault("X-Content-Type-Options", "nosniff")
             resp.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -711,7 +718,7 @@ def _status(q: dict[str, str]) -> pb.RunStatus:
     name = raw.upper()
     if name not in _RUN_STATUSES:
         raise _bad(f"status must be one of {', '.join(sorted(_RUN_STATUSES))}, got {raw[:40]!r}")
-    return pb.RunStatus(pb.RunStatus.Value(f"RUN_STATUS_{name}"))
+    return cast(pb.RunStatus, pb.RunStatus.Value(f"RUN_STATUS_{name}"))
 
 
 def _namespace(q: dict[str, str]) -> str:
