@@ -223,6 +223,9 @@ def test_bad_requests_are_refused_with_a_message(board: LocalCluster, http: http
     refused(http.get(f"{api}/kv", params={"prefix": "a\x01"}), 400, "printable")
     refused(http.get(f"{api}/events", params={"limit": "5000"}), 400, "limit")
     refused(http.get(f"{api}/runs", headers={"Authorization": "Basic eDp5"}), 401, "Bearer")
+    # DNS rebinding: a page whose own name now points here is refused on an open cluster.
+    refused(http.get(f"{api}/runs", headers={"Host": "evil.example"}), 403, "not this dashboard's address")
+    assert http.get(f"{api}/runs", headers={"Host": "localhost"}).status_code == 200
 
     cancel = f"{api}/runs/{run_id}/cancel"
     refused(

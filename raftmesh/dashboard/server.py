@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -132,6 +133,7 @@ class Dashboard:
         self._runner: web.AppRunner | None = None
         self._sampler: asyncio.Task[None] | None = None
         self.url = ""
+        self.http_host = ""
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -163,11 +165,17 @@ class Dashboard:
     async def start(self, addr: str) -> None:
         host, _, port = addr.rpartition(":")
         host = host.strip("[]")
+        self.http_host = host
         tls = self.node.tls
         ctx: ssl.SSLContext | None = None
         if tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(tls.cert, tls.key)
+            if tls.client_auth == "require" and not self.node.auth:
+                # Client certificates are this cluster's only credential: the dashboard, which calls
+                # the API with the node's own certificate, must ask its callers for one too.
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(cafile=tls.ca)
         elif self.node.auth and not is_loopback_host(host):
             log.warning(
                 "tokens are on but TLS is off and --http %s is not a loopback address: bearer tokens "
@@ -222,6 +230,14 @@ class Dashboard:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
+            if request.path.startswith("/api/") and not self.node.auth and not self._host_ok(request.host):
+                raise ApiError(
+                    403,
+                    "PERMISSION_DENIED",
+                    f"Host {request.host[:80]!r} is not this dashboard's address: an open cluster's dashboard "
+                    "answers only requests to an IP address, localhost or its --http host (so a page "
+                    "that re-points its own name at this node cannot use it); or turn tokens on",
+                )
             resp = await handler(request)
         except ApiError as err:
             resp = _error_response(err)
@@ -249,6 +265,19 @@ class Dashboard:
             if request.path.startswith("/api/"):
                 resp.headers.setdefault("Cache-Control", "no-store")
         return resp
+
+    def _host_ok(self, host: str) -> bool:
+        """Whether ``host`` (the request's Host header) names this node (DNS rebinding guard)."""
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]").lower()
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            pass
+        if name in ("localhost", self.http_host.lower()):
+            return True
+        return self.node.tls is not None and self.node.tls.covers(name)
 
     def _metadata(self, request: web.Request) -> tuple[tuple[str, str], ...]:
         """The caller's bearer token for the gRPC call (none: anonymous, as on an open cluster)."""
