@@ -4,6 +4,10 @@ origin, parameters), serving from a follower, and streams that live through a le
 
 from __future__ import annotations
 
+import pathlib
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -14,7 +18,9 @@ import httpx
 import pytest
 
 from raftmesh import DAG
-from raftmesh.localcluster import LocalCluster, wait_until
+from raftmesh.errors import InvalidArgument
+from raftmesh.localcluster import LocalCluster, free_ports, wait_until
+from raftmesh.node.config import Peer, build_config
 
 from .dashboard_http import EventStream
 
@@ -350,3 +356,44 @@ def test_streams_live_through_a_leader_kill(board: LocalCluster, http: httpx.Cli
                 {"tasks": [{"id": "a", "agent": "echo", "input": 3}]}
             )  # wakes the watcher to stop
             watcher.join(timeout=1)
+
+
+def test_http_flags_are_checked(tmp_path: pathlib.Path) -> None:
+    raft, grpc_addr = "127.0.0.1:1", "127.0.0.1:2"
+    peers = [Peer("n1", raft, grpc_addr)]
+    cfg = build_config("n1", raft, grpc_addr, peers, str(tmp_path))
+    assert cfg.http == "" and cfg.http_max_streams == 64
+    with pytest.raises(InvalidArgument, match="--http 'nowhere' must look like HOST:PORT"):
+        build_config("n1", raft, grpc_addr, peers, str(tmp_path), http="nowhere")
+    with pytest.raises(InvalidArgument, match="already the node's gRPC"):
+        build_config("n1", raft, grpc_addr, peers, str(tmp_path), http=grpc_addr)
+    for bad in (0, 10_001):
+        with pytest.raises(InvalidArgument, match="--http-max-streams must be between 1 and 10000"):
+            build_config(
+                "n1", raft, grpc_addr, peers, str(tmp_path), http="127.0.0.1:3", http_max_streams=bad
+            )
+
+
+def test_a_node_whose_dashboard_port_is_taken_stops_at_start_saying_so(tmp_path: pathlib.Path) -> None:
+    raft_port, grpc_port = free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http_addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        raft, grpc_addr = f"127.0.0.1:{raft_port}", f"127.0.0.1:{grpc_port}"
+        argv = [
+            sys.executable,
+            "-m",
+            "raftmesh.cli.main",
+            "node",
+            "--id",
+            "n1",
+            "--raft",
+            raft,
+            "--grpc",
+            grpc_addr,
+        ]
+        argv += ["--peers", f"n1={raft}/{grpc_addr}", "--data-dir", str(tmp_path / "d"), "--http", http_addr]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert f"cannot serve the dashboard on --http {http_addr}" in out.stderr, out.stderr[-2000:]
