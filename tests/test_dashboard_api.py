@@ -279,6 +279,29 @@ def test_streams_are_bounded_and_freed_when_the_client_goes(board: LocalCluster)
     streams[0].close()
 
 
+def test_connections_are_bounded(board: LocalCluster) -> None:
+    """Beyond the streams' connections and 128 more, a new connection is closed as it is accepted."""
+    f = follower(board)
+    host, port = board.nodes[f].http.rsplit(":", 1)
+    request = f"GET /api/v1/whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+    def answer() -> bytes:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(request)
+            try:
+                return s.recv(64)
+            except ConnectionResetError:
+                return b""
+
+    held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(MAX_STREAMS + 128)]
+    try:
+        wait_until(lambda: answer() == b"", 15, "a connection over the bound to be closed")
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: answer().startswith(b"HTTP/1.1 200"), 15, "connections to be served again")
+
+
 def test_sdk_and_cli_watch_runs_and_whoami(board: LocalCluster) -> None:
     client = board.client()
     me = client.whoami()

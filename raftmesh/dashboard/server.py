@@ -47,6 +47,8 @@ DEFAULT_MAX_STREAMS = 64
 CALL_TIMEOUT_S = 10.0
 MEMBER_STATUS_TIMEOUT_S = 1.0
 """/cluster asks every member at once; one that does not answer within this is unreachable."""
+MAX_OTHER_CONNECTIONS = 128
+"""Connections beyond the event streams' (``max_streams``); more are closed as they are accepted."""
 PING_S = 5.0
 """An idle event stream sends ``event: ping`` this often (and so notices a client that left)."""
 CLUSTER_SAMPLE_S = 1.0
@@ -185,7 +187,7 @@ class Dashboard:
         # handler_cancellation: a client that goes away cancels its handler (and so its gRPC stream).
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, int(port), ssl_context=ctx, reuse_address=True)
+        site = _BoundedSite(self._runner, host, int(port), ctx, self.max_streams + MAX_OTHER_CONNECTIONS)
         await site.start()
         self.url = f"{'https' if ctx else 'http'}://{addr}"
         self._sampler = asyncio.create_task(self._sample_leader(), name="dashboard-leader")
@@ -679,6 +681,41 @@ class Dashboard:
             self._cluster_cache.clear()
         self._cluster_cache[key] = (now, out)
         return out
+
+
+class _BoundedSite(web.TCPSite):
+    """A TCP site that closes connections beyond ``max_connections`` as they are accepted (each
+    holds a socket and, busy, a gRPC call: a stranger opening thousands must not exhaust the node)."""
+
+    def __init__(
+        self, runner: web.AppRunner, host: str, port: int, ctx: ssl.SSLContext | None, max_connections: int
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ctx, reuse_address=True)
+        self._max_connections = max_connections
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+
+        def accept() -> asyncio.BaseProtocol:
+            if len(server.connections) >= self._max_connections:
+                return _Refused()
+            return server()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            accept,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
 
 
 class _Sse:
