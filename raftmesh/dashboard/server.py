@@ -47,6 +47,8 @@ DEFAULT_MAX_STREAMS = 64
 CALL_TIMEOUT_S = 10.0
 MEMBER_STATUS_TIMEOUT_S = 1.0
 """/cluster asks every member at once; one that does not answer within this is unreachable."""
+OFFLOAD_TASKS = 100
+"""Runs with more tasks than this are turned into JSON in a thread, not on the node's loop."""
 MAX_OTHER_CONNECTIONS = 128
 """Connections beyond the event streams' (``max_streams``); more are closed as they are accepted."""
 PING_S = 5.0
@@ -376,9 +378,8 @@ class Dashboard:
     async def _run(self, request: web.Request) -> web.Response:
         _params(request)
         run_id = _run_id(request)
-        return web.json_response(
-            shapes.run(await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id)))
-        )
+        run = await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id))
+        return web.Response(text=await _run_text(run), content_type="application/json")
 
     async def _audit(self, request: web.Request) -> web.Response:
         q = _params(request, "limit")
@@ -589,7 +590,7 @@ class Dashboard:
         async for e in _chain(first, call):
             which = e.WhichOneof("event")
             if which == "snapshot":
-                await sse.send("snapshot", shapes.run(e.snapshot))
+                await sse.send_text("snapshot", await _run_text(e.snapshot))
                 status = shapes.run_status(e.snapshot.status)
                 if status in TERMINAL:
                     await sse.send("end", {"status": status})
@@ -723,12 +724,21 @@ class _Sse:
         self.resp = resp
 
     async def send(self, event: str, data: Any) -> None:
-        payload = json.dumps(data, separators=(",", ":"))
+        await self.send_text(event, json.dumps(data, separators=(",", ":")))
+
+    async def send_text(self, event: str, payload: str) -> None:
         await self.resp.write(f"event: {event}\ndata: {payload}\n\n".encode())
 
     async def error(self, err: ApiError) -> None:
         """The stream's last event: the page reconnects (with backoff) after it."""
         await self.send("error", {"error": {"code": err.code, "message": err.message}})
+
+
+async def _run_text(run: pb.Run) -> str:
+    """A run as JSON text; a large one is converted off the node's loop (its Raft and gRPC work go on)."""
+    if len(run.tasks) <= OFFLOAD_TASKS:
+        return json.dumps(shapes.run(run), separators=(",", ":"))
+    return await asyncio.to_thread(lambda: json.dumps(shapes.run(run), separators=(",", ":")))
 
 
 async def _first(call: Any) -> Any:
