@@ -138,6 +138,7 @@ class Dashboard:
         self._sampler: asyncio.Task[None] | None = None
         self.url = ""
         self.http_host = ""
+        self._last_leader: tuple[str, int] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -207,15 +208,17 @@ class Dashboard:
 
     async def _sample_leader(self) -> None:
         """The leader changes this node sees (polled: Raft reports no event on this loop)."""
-        last: tuple[str, int] | None = None
         while True:
-            now = self.node.leader()
-            if now != last:
-                self.leader_changes.appendleft(
-                    {"time_ms": int(time.time() * 1000), "leader": now[0] or None, "term": now[1]}
-                )
-                last = now
+            self._note_leader()
             await asyncio.sleep(0.25)
+
+    def _note_leader(self) -> None:
+        now = self.node.leader()
+        if now != self._last_leader:
+            self._last_leader = now
+            self.leader_changes.appendleft(
+                {"time_ms": int(time.time() * 1000), "leader": now[0] or None, "term": now[1]}
+            )
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -342,6 +345,7 @@ class Dashboard:
                 return None
 
         answers = await asyncio.gather(*(ask(m) for m in own.members))
+        self._note_leader()  # so the ring's newest entry is never older than the answer's leader
         base = shapes.cluster(own)
         members = []
         for m, a in zip(base["members"], answers, strict=True):
