@@ -553,12 +553,7 @@ class Dashboard:
     @contextlib.asynccontextmanager
     async def _stream(self, request: web.Request) -> AsyncIterator[_Sse]:
         """An open ``text/event-stream`` response, counted against ``max_streams``."""
-        if self.streams >= self.max_streams:
-            raise ApiError(
-                503,
-                "UNAVAILABLE",
-                f"this node serves at most {self.max_streams} event streams at once; retry later",
-            )
+        self._check_room()
         self.streams += 1
         try:
             resp = web.StreamResponse(
@@ -574,9 +569,18 @@ class Dashboard:
         finally:
             self.streams -= 1
 
+    def _check_room(self) -> None:
+        if self.streams >= self.max_streams:
+            raise ApiError(
+                503,
+                "UNAVAILABLE",
+                f"this node serves at most {self.max_streams} event streams at once; retry later",
+            )
+
     async def _run_events(self, request: web.Request) -> web.StreamResponse:
         _params(request)
         run_id = _run_id(request)
+        self._check_room()  # before the gRPC stream is opened (checked again once it answered)
         call = self._stub().WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=self._metadata(request))
         try:
             first = await _first(call)  # an error before any byte is sent is an HTTP status
@@ -619,6 +623,7 @@ class Dashboard:
         req = pb.WatchRunsRequest(
             limit=_int(q, "limit", 1, 1000, 100), namespace=_namespace(q), status=_status(q)
         )
+        self._check_room()
         call = self._stub().WatchRuns(req, metadata=self._metadata(request))
         try:
             first = await _first(call)
