@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from raftmesh import DAG
+from raftmesh.dashboard.server import plaintext_warning
 from raftmesh.errors import InvalidArgument
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.node.config import Peer, build_config
@@ -420,3 +421,12 @@ def test_a_node_whose_dashboard_port_is_taken_stops_at_start_saying_so(tmp_path:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert f"cannot serve the dashboard on --http {http_addr}" in out.stderr, out.stderr[-2000:]
+
+
+def test_tokens_over_plain_http_off_loopback_are_warned_about() -> None:
+    assert "clear text" in plaintext_warning("10.0.0.5:7301", tls=False, auth=True)
+    assert "clear text" in plaintext_warning("0.0.0.0:7301", tls=False, auth=True)
+    assert plaintext_warning("127.0.0.1:7301", tls=False, auth=True) == ""
+    assert plaintext_warning("[::1]:7301", tls=False, auth=True) == ""
+    assert plaintext_warning("10.0.0.5:7301", tls=True, auth=True) == ""
+    assert plaintext_warning("10.0.0.5:7301", tls=False, auth=False) == ""

@@ -116,6 +116,17 @@ class DashboardNode:
     """(leader id, term) as this node sees them now."""
 
 
+def plaintext_warning(addr: str, tls: bool, auth: bool) -> str:
+    """What to warn of when bearer tokens would reach the dashboard in clear text ("" if nothing)."""
+    host = addr.rpartition(":")[0].strip("[]")
+    if tls or not auth or is_loopback_host(host):
+        return ""
+    return (
+        f"tokens are on but TLS is off and --http {addr} is not a loopback address: bearer tokens "
+        "cross the network in clear text to the dashboard; give the node --tls-cert/--tls-key/--tls-ca"
+    )
+
+
 def _self_target(addr: str) -> str:
     host, _, port = addr.rpartition(":")
     if host.strip("[]") in ("0.0.0.0", "::", ""):
@@ -181,12 +192,9 @@ class Dashboard:
                 # the API with the node's own certificate, must ask its callers for one too.
                 ctx.verify_mode = ssl.CERT_REQUIRED
                 ctx.load_verify_locations(cafile=tls.ca)
-        elif self.node.auth and not is_loopback_host(host):
-            log.warning(
-                "tokens are on but TLS is off and --http %s is not a loopback address: bearer tokens "
-                "cross the network in clear text to the dashboard; give the node --tls-cert/--tls-key/--tls-ca",
-                addr,
-            )
+        warning = plaintext_warning(addr, tls is not None, self.node.auth)
+        if warning:
+            log.warning("%s", warning)
         # handler_cancellation: a client that goes away cancels its handler (and so its gRPC stream).
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
