@@ -382,6 +382,29 @@ def test_streams_live_through_a_leader_kill(board: LocalCluster, http: httpx.Cli
             watcher.join(timeout=1)
 
 
+def test_a_node_with_streams_open_stops_gracefully(board: LocalCluster, http: httpx.Client) -> None:
+    """SIGTERM with the page's streams open: they are cut (not waited on) and the node exits by itself."""
+    f = follower(board)
+    gated = board.client().submit(gated_dag("held"))  # a run that does not end on its own
+    try:
+        with (
+            EventStream(http, url(board, f, "/api/v1/events")) as all_events,
+            EventStream(http, url(board, f, f"/api/v1/runs/{gated}/events")) as one,
+        ):
+            assert one.next()[0] == "snapshot" and all_events.next()[0] == "cluster"
+            board.stop_node(f, timeout_s=30)  # SIGKILL only after 30 s
+            proc = board.nodes[f].proc
+            assert proc is not None and proc.returncode == 0, proc.returncode
+            for s in (all_events, one):
+                with pytest.raises((EOFError, httpx.HTTPError)):
+                    while True:
+                        s.next()
+    finally:
+        board.restart(f)
+        board.wait_ready()
+        board.client().cancel(gated)
+
+
 def test_http_flags_are_checked(tmp_path: pathlib.Path) -> None:
     raft, grpc_addr = "127.0.0.1:1", "127.0.0.1:2"
     peers = [Peer("n1", raft, grpc_addr)]
