@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from raftmesh import DAG
-from raftmesh.dashboard.server import plaintext_warning
+from raftmesh.dashboard.listener import plaintext_warning
 from raftmesh.errors import InvalidArgument
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.node.config import Peer, build_config
