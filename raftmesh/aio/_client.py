@@ -105,7 +105,8 @@ class AsyncDriver:
                         delay = plan.failed(grpc.StatusCode.CANCELLED, None, True)
                         break
                     if msg is None:
-                        return
+                        delay = plan.ended()
+                        break
                     item = plan.accept(msg)
                     if item is not SKIP:
                         yield item
@@ -180,6 +181,7 @@ class Client(Conn, AsyncDriver):
     resume = async_op(_runs.resume)
     rerun = async_op(_runs.rerun)
     status = async_op(_runs.status)
+    whoami = async_op(_runs.whoami)
     status_of = async_op(_runs.status_of)
 
     def watch(
@@ -188,6 +190,19 @@ class Client(Conn, AsyncDriver):
         """``async for event in client.watch(run_id)``: a snapshot first (again after any
         reconnect), then changes, until the run ends (``status_only``: just the run's status)."""
         return self._stream(_runs.RunWatch(self, run_id, timeout_s, status_only))
+
+    def watch_runs(
+        self,
+        *,
+        limit: int = 100,
+        status: str | None = None,
+        namespace: str = "",
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``async for change in client.watch_runs()``: ``{"snapshot": [summary, ...]}`` first
+        (again after any reconnect or resync), then ``{"run": summary}`` per changed run;
+        endless, ``timeout_s`` ends it quietly (as ``raftmesh.Client.watch_runs``)."""
+        return self._stream(_runs.RunsWatch(self, limit, status, namespace, timeout_s))
 
     async def wait(self, run_id: str, *, timeout_s: float | None = None) -> RunInfo:
         """Until the run ends; returns it with every task's output."""

@@ -124,7 +124,9 @@ class Driver:
                         yield item
                     if plan.done:
                         return
-                return
+                delay = plan.ended()
+                if delay is None:
+                    return
             except grpc.RpcError as exc:
                 delay = plan.failed(exc.code(), exc, dog is not None and dog.fired)
                 if delay is None:
@@ -203,6 +205,7 @@ class Client(Conn, Driver):
     resume = sync_op(_runs.resume)
     rerun = sync_op(_runs.rerun)
     status = sync_op(_runs.status)
+    whoami = sync_op(_runs.whoami)
     status_of = sync_op(_runs.status_of)
 
     def watch(
@@ -213,6 +216,21 @@ class Client(Conn, Driver):
         ``status_only`` streams just the run's status (a snapshot without tasks, then run events).
         """
         return self._stream(_runs.RunWatch(self, run_id, timeout_s, status_only))
+
+    def watch_runs(
+        self,
+        *,
+        limit: int = 100,
+        status: str | None = None,
+        namespace: str = "",
+        timeout_s: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every run the caller may see, live: ``{"snapshot": [summary, ...]}`` first (the ``limit``
+        newest, again after any reconnect or resync), then ``{"run": summary}`` for each run whose
+        status or progress changed (a new run too; at most one per run per ~200 ms). Summaries
+        are ``list_runs`` dicts. Endless: ``timeout_s`` ends the iteration quietly after that long;
+        a node that fails, stalls or stops is left for the next one, as ``watch`` does."""
+        return self._stream(_runs.RunsWatch(self, limit, status, namespace, timeout_s))
 
     def wait(self, run_id: str, *, timeout_s: float | None = None) -> RunInfo:
         """Block until the run ends; returns it with every task's output."""

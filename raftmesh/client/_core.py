@@ -252,6 +252,11 @@ class StreamPlan:
         self._attempt += 1
         return backoff(self._attempt)
 
+    def ended(self) -> float | None:
+        """The node ended the stream normally: None ends it here too (a finite stream), a delay
+        reconnects to the next node after it (an endless one the node stopped serving)."""
+        return None
+
     def check(self, code: grpc.StatusCode, exc: grpc.RpcError | None, silent: bool) -> None:
         """Raises unless ``code`` is worth a reconnection."""
         if code not in RETRYABLE and not (code == grpc.StatusCode.CANCELLED and silent):

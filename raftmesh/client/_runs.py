@@ -31,6 +31,8 @@ from ._types import (
     RunControlInfo,
     RunEvent,
     RunInfo,
+    run_summary_json,
+    whoami_json,
 )
 
 
@@ -144,22 +146,7 @@ def list_runs(
         status=pb.RunStatus.Name(pb.RunStatus.Value(f"RUN_STATUS_{status}")) if status else None,
     )
     resp: pb.ListRunsResponse = yield from c._failover("Cluster", "ListRuns", req)
-    return [
-        {
-            "run_id": r.run_id,
-            "status": pb.RunStatus.Name(r.status).removeprefix("RUN_STATUS_"),
-            "name": r.name,
-            "tasks": r.tasks,
-            "unfinished": r.unfinished,
-            "created_ms": r.created_ms,
-            "finished_ms": r.finished_ms,
-            "error": r.error,
-            "reason": r.reason,
-            "idempotency_key": r.idempotency_key,
-            "namespace": r.namespace,
-        }
-        for r in resp.runs
-    ]
+    return [run_summary_json(r) for r in resp.runs]
 
 
 def cancel(c: Conn, run_id: str, reason: str = "") -> Op[str]:
@@ -326,6 +313,13 @@ def status(c: Conn, *, include_digest: bool = False) -> Op[ClusterInfo]:
     return ClusterInfo.from_pb((yield from c._failover("Cluster", "ClusterStatus", req)))
 
 
+def whoami(c: Conn) -> Op[dict[str, Any]]:
+    """Who this client is to the cluster: ``principal``, ``role``, ``namespaces``, ``auth``
+    (whether the nodes check tokens), ``node_id`` (the node that answered) and ``methods``
+    (the full gRPC method names the role may call)."""
+    return whoami_json((yield from c._failover("Cluster", "WhoAmI", pb.WhoAmIRequest())))
+
+
 def status_of(
     c: Conn, address: str, *, include_digest: bool = False, timeout_s: float = 2.0
 ) -> Op[ClusterInfo]:
@@ -367,6 +361,45 @@ class RunWatch(StreamPlan):
         if self.deadline is not None and self.remaining() == 0:
             raise DeadlineExceeded(f"run {self.run_id} did not finish within {self.timeout_s} s") from None
         super().check(code, exc, silent)
+
+
+class RunsWatch(StreamPlan):
+    """``watch_runs``: a snapshot of the newest runs (again after any reconnect or resync), then
+    changed summaries. Endless: a node that ends the stream (it is stopping) is left for the
+    next one like a failed one; ``timeout_s`` ends it quietly."""
+
+    service = "Cluster"
+    method = "WatchRuns"
+
+    def __init__(
+        self, c: Conn, limit: int, status: str | None, namespace: str, timeout_s: float | None
+    ) -> None:
+        if limit < 0:
+            raise InvalidArgument(f"limit must be >= 0 (0: the default 100), got {limit}")
+        super().__init__(c, timeout_s)
+        self.req = pb.WatchRunsRequest(
+            limit=limit,
+            namespace=namespace,
+            status=pb.RunStatus.Name(pb.RunStatus.Value(f"RUN_STATUS_{status}")) if status else None,
+        )
+
+    def request(self) -> pb.WatchRunsRequest:
+        return self.req
+
+    def parse(self, msg: pb.RunsEvent) -> Any:
+        if msg.is_snapshot:
+            return {"snapshot": [run_summary_json(r) for r in msg.snapshot]}
+        if msg.HasField("changed"):
+            return {"run": run_summary_json(msg.changed)}
+        return SKIP  # a heartbeat
+
+    def failed(self, code: grpc.StatusCode, exc: grpc.RpcError | None, silent: bool) -> float | None:
+        if self.deadline is not None and self.remaining() == 0:
+            return None  # timeout_s passed: the watch ends quietly
+        return super().failed(code, exc, silent)
+
+    def ended(self) -> float | None:
+        return self.failed(grpc.StatusCode.UNAVAILABLE, None, False)
 
 
 def _dumps(value: Any) -> str:
