@@ -2,14 +2,16 @@
 # Start, stop and poke a local raftmesh cluster.
 #
 #   scripts/cluster.sh up N [--base-port P] [--dir DIR] [--unsafe-no-fsync] [--agents-module PATH|MODULE]...
-#                       [--secure] [--no-metrics]         start nodes n1..nN, wait for a leader
+#                       [--secure] [--no-metrics] [--no-dashboard]  start nodes n1..nN, wait for a leader
 #   scripts/cluster.sh down [--dir DIR]                   stop every node (TERM, then KILL after 10 s)
 #   scripts/cluster.sh status [--dir DIR]                 pids and cluster status
 #   scripts/cluster.sh kill ID [--dir DIR]                kill -9 one node
 #   scripts/cluster.sh restart ID [--wait] [--dir DIR]    start a stopped/killed node again
 #
 # Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100), and serves
-# Prometheus metrics on http://127.0.0.1:P+100+I/metrics (DIR/env: RAFTMESH_METRICS) unless --no-metrics.
+# Prometheus metrics on http://127.0.0.1:P+100+I/metrics (DIR/env: RAFTMESH_METRICS) unless --no-metrics,
+# and the web dashboard on http://127.0.0.1:P+200+I/ (https with --secure; DIR/env: RAFTMESH_DASHBOARD)
+# unless --no-dashboard.
 # Data and logs live in DIR/nI (DIR defaults to ./.cluster); DIR/env holds RAFTMESH_ADDRESSES.
 # `up` makes DIR/raft.secret (mode 0600, kept across runs): every node authenticates and
 # encrypts Raft traffic with it. --unsafe-no-fsync and each --agents-module (a .py path is
@@ -24,7 +26,7 @@
 # restarted node by node; --wait waits for a ready cluster (every node serving) instead.
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
@@ -36,6 +38,7 @@ NODE_FLAGS=()
 WAIT=0
 SECURE=0
 METRICS=1
+DASHBOARD=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) DIR=$2; shift 2 ;;
@@ -44,6 +47,7 @@ while [[ $# -gt 0 ]]; do
     --unsafe-no-fsync) NODE_FLAGS+=(--unsafe-no-fsync); shift ;;
     --secure) SECURE=1; shift ;;
     --no-metrics) METRICS=0; shift ;;
+    --no-dashboard) DASHBOARD=0; shift ;;
     --agents-module)
       [[ $# -ge 2 && -n $2 ]] || die "--agents-module needs a PATH or MODULE"
       m=$2
@@ -119,6 +123,7 @@ wait_node() {  # wait_node ID ADDR STATES...: until the node's health is one of 
 [[ $CMD == up || " ${NODE_FLAGS[*]-} " != *" --agents-module "* ]] ||
   die "--agents-module is a flag of up (restart keeps what up was given)"
 [[ $CMD == up || $METRICS == 1 ]] || die "--no-metrics is a flag of up (restart keeps what up was given)"
+[[ $CMD == up || $DASHBOARD == 1 ]] || die "--no-dashboard is a flag of up (restart keeps what up was given)"
 
 case $CMD in
   up)
@@ -126,11 +131,13 @@ case $CMD in
     [[ $N =~ ^[0-9]+$ && $N -ge 1 && $N -le 49 ]] || die "N must be 1..49"
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
-    peers=() addrs=() metrics=()
+    peers=() addrs=() metrics=() boards=()
+    scheme=http; (( SECURE )) && scheme=https
     for i in $(seq 1 "$N"); do
       peers+=("n$i=127.0.0.1:$((BASE + 50 + i))/127.0.0.1:$((BASE + i))")
       addrs+=("127.0.0.1:$((BASE + i))")
       metrics+=("http://127.0.0.1:$((BASE + 100 + i))/metrics")
+      boards+=("$scheme://127.0.0.1:$((BASE + 200 + i))")
     done
     if [[ ! -s $DIR/raft.secret ]]; then
       (umask 077; od -An -vtx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/raft.secret")
@@ -165,10 +172,12 @@ case $CMD in
         --raft-secret-file "$DIR/raft.secret" ${NODE_FLAGS[@]+"${NODE_FLAGS[@]}"} \
         ${tls_flags[@]+"${tls_flags[@]}"} >"$d/cmd"
       (( METRICS )) && printf '%s\n' --metrics "127.0.0.1:$((BASE + 100 + i))" >>"$d/cmd"
+      (( DASHBOARD )) && printf '%s\n' --http "127.0.0.1:$((BASE + 200 + i))" >>"$d/cmd"
       start_node "n$i"
     done
     (umask 077; echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env")
     (( METRICS )) && echo "RAFTMESH_METRICS=$(IFS=,; echo "${metrics[*]}")" >>"$DIR/env"
+    (( DASHBOARD )) && echo "RAFTMESH_DASHBOARD=$(IFS=,; echo "${boards[*]}")" >>"$DIR/env"
     if (( SECURE )); then
       printf 'RAFTMESH_CA=%q\nRAFTMESH_CERT=%q\nRAFTMESH_KEY=%q\n' \
         "$TLS/ca.pem" "$TLS/client.pem" "$TLS/client-key.pem" >>"$DIR/env"
@@ -178,6 +187,7 @@ case $CMD in
     wait_ready "$ADDRS" $(seq -f 'n%g' 1 "$N")
     echo "RAFTMESH_ADDRESSES=$ADDRS"
     if (( METRICS )); then echo "RAFTMESH_METRICS=$(IFS=,; echo "${metrics[*]}")"; fi
+    if (( DASHBOARD )); then echo "RAFTMESH_DASHBOARD=$(IFS=,; echo "${boards[*]}")"; fi
     ;;
   down)
     [[ -d $DIR ]] || exit 0

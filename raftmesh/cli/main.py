@@ -636,6 +636,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; README Metrics)",
     )
     n.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the web dashboard and its HTTP API at http://HOST:PORT/ (https with --tls-cert; "
+        "default: off; README Dashboard)",
+    )
+    n.add_argument(
+        "--http-max-streams",
+        type=int,
+        help="event streams the dashboard serves at once, 503 beyond (default 64)",
+    )
+    n.add_argument(
         "--otel-endpoint",
         default=None,
         help="export run and attempt spans over OTLP/HTTP to this collector URL (default: "

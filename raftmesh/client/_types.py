@@ -778,3 +778,20 @@ class ClusterInfo:
             ],
             "messaging": dict(self.messaging),
         }
+
+
+def run_summary_json(r: pb.RunSummary) -> dict[str, Any]:
+    """A run summary as ``Client.list_runs`` and ``raftmesh runs --json`` give it (a stable contract)."""
+    return {
+        "run_id": r.run_id,
+        "status": _run_status(r.status),
+        "name": r.name,
+        "tasks": r.tasks,
+        "unfinished": r.unfinished,
+        "created_ms": r.created_ms,
+        "finished_ms": r.finished_ms,
+        "error": r.error,
+        "reason": r.reason,
+        "idempotency_key": r.idempotency_key,
+        "namespace": r.namespace,
+    }

@@ -16,6 +16,8 @@ from ..errors import InvalidArgument
 from .tls import NodeTls
 
 _ADDR_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+MAX_HTTP_STREAMS = 10_000
+"""Upper bound of ``--http-max-streams`` (each open stream holds a gRPC stream and a socket)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,10 @@ class NodeConfig:
     """TLS of the gRPC port and of every channel to a peer (``--tls-cert``/``--tls-key``/``--tls-ca``)."""
     metrics: str = ""
     """``HOST:PORT`` this node serves Prometheus metrics on (``--metrics``; "" = off)."""
+    http: str = ""
+    """``HOST:PORT`` this node serves its web dashboard on (``--http``; "" = off)."""
+    http_max_streams: int = 64
+    """Event streams the dashboard serves at once (``--http-max-streams``; 503 beyond)."""
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -143,6 +149,8 @@ def build_config(
     tokens_file: str | None = None,
     tls: NodeTls | None = None,
     metrics: str = "",
+    http: str = "",
+    http_max_streams: int = 64,
     audit_max_runs: int = 10_000,
     audit_max_bytes: int = 256 * 1024**2,
 ) -> NodeConfig:
@@ -191,6 +199,12 @@ def build_config(
         raise InvalidArgument(f"--preempt-priority must be within +-{limits.MAX_PRIORITY}")
     if metrics:
         _check_addr("--metrics", metrics)
+    if http:
+        _check_addr("--http", http)
+        if http in (grpc_addr, raft, metrics):
+            raise InvalidArgument(f"--http {http} is already the node's gRPC, Raft or metrics address")
+    if not 1 <= http_max_streams <= MAX_HTTP_STREAMS:
+        raise InvalidArgument(f"--http-max-streams must be between 1 and {MAX_HTTP_STREAMS}")
     if tokens_file and not raft_password:
         raise InvalidArgument(
             "--tokens-file needs the cluster secret (--raft-secret-file PATH or RAFTMESH_RAFT_SECRET, "
@@ -218,6 +232,8 @@ def build_config(
         tokens_file=os.path.abspath(tokens_file) if tokens_file else None,
         tls=tls,
         metrics=metrics,
+        http=http,
+        http_max_streams=http_max_streams,
         audit_max_runs=audit_max_runs,
         audit_max_bytes=audit_max_bytes,
     )

@@ -168,6 +168,8 @@ def run_node(args: argparse.Namespace) -> int:
             _setting(args, file_cfg, "tls-client-auth"),
         ),
         metrics=str(_setting(args, file_cfg, "metrics", "") or ""),
+        http=str(_setting(args, file_cfg, "http", "") or ""),
+        http_max_streams=_number("http-max-streams", _setting(args, file_cfg, "http-max-streams", 64), int),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))

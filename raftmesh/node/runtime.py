@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import uuid
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer (also exported as health.aio)
@@ -58,6 +59,9 @@ from .scheduler import Scheduler
 from .service import ClusterService
 from .tls import NodeChannels
 from .watch import WatchHub
+
+if TYPE_CHECKING:
+    from ..dashboard.server import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,8 @@ class NodeRuntime:
         self.metrics = NodeMetrics(config.node_id)
         """Fed and served only with ``config.metrics`` (off: no observer, hook or sampler is wired)."""
         self.metrics_server: MetricsServer | None = None
+        self.dashboard: Dashboard | None = None
+        """The web dashboard with ``--http`` (None: off)."""
         # Read here, before the node starts: a bad tokens file stops it (exit 2, naming the entry).
         self.authenticator = (
             TokenAuthenticator(
@@ -336,7 +342,10 @@ class NodeRuntime:
         server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[self.interceptor])
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
         pb_grpc.add_ClusterServicer_to_server(
-            ClusterService(access, self.hub, self.status_pb, self.audit, cfg.node_id), ours
+            ClusterService(
+                access, self.hub, self.status_pb, self.audit, cfg.node_id, auth=self.authenticator is not None
+            ),
+            ours,
         )
         pb_grpc.add_PeerServicer_to_server(PeerService(peer_access, router=self.router), ours)
         pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
@@ -368,6 +377,13 @@ class NodeRuntime:
             raise RaftmeshError(f"cannot listen on {cfg.grpc} (address in use?)")
         await server.start()
         log.info("node %s serving gRPC on %s, Raft on %s", cfg.node_id, cfg.grpc, cfg.raft)
+        try:
+            await self._start_dashboard()
+        except BaseException:
+            await server.stop(None)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+            raise
         self.heartbeats = HeartbeatSender(
             cfg.node_id,
             self.incarnation,
@@ -397,6 +413,9 @@ class NodeRuntime:
         finally:
             log.info("node %s stopping", cfg.node_id)
             await self.health.enter_graceful_shutdown()
+            if self.dashboard is not None:  # first: its streams are calls to the gRPC server
+                await self.dashboard.close()
+                self.dashboard = None
             await server.stop(1.0)
             if self.metrics_server is not None:
                 await asyncio.to_thread(self.metrics_server.close)
@@ -421,6 +440,30 @@ class NodeRuntime:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _start_dashboard(self) -> None:
+        """With ``--http``: the web dashboard, a gateway to this node's own gRPC API (same loop)."""
+        cfg = self.config
+        if not cfg.http:
+            return
+        from ..dashboard.server import Dashboard, DashboardNode  # aiohttp only when it is on
+
+        board = Dashboard(
+            DashboardNode(
+                cfg.node_id,
+                cfg.grpc,
+                cfg.tls,
+                auth=self.authenticator is not None,
+                leader=lambda: (self.leader_id(), self.raft.term),
+            ),
+            max_streams=cfg.http_max_streams,
+        )
+        try:
+            await board.start(cfg.http)
+        except OSError as exc:
+            await board.close()
+            raise RaftmeshError(f"cannot serve the dashboard on --http {cfg.http}: {exc.strerror}") from exc
+        self.dashboard = board
 
     def _start_metrics(self) -> None:
         """With ``--metrics``: feed the metrics from the parts made above and serve them."""

@@ -42,7 +42,7 @@ from ..consensus.results import (
     TaskChanged,
     expect,
 )
-from ..consensus.state import TERMINAL_RUN, ClusterState, RunState, TaskStatus
+from ..consensus.state import TERMINAL_RUN, ClusterState, RunState, RunStatus, TaskStatus
 from ..errors import (
     DagCycleError,
     FailedPrecondition,
@@ -57,7 +57,7 @@ from ..errors import (
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security import ownership
-from ..security.roles import Role
+from ..security.roles import METHOD_ROLES, Role, allows
 from ..storage.audit import AuditArchive
 from . import convert, rpc
 from .access import NodeAccess
@@ -72,6 +72,8 @@ AUDIT_FLUSH_WAITS = 4
 AUDIT_FLUSH_S = 2.0
 STREAM_HEARTBEAT_S = 1.0
 """Idle server streams send an empty event this often; clients treat 5 s of silence as a dead node."""
+RUNS_COALESCE_S = 0.2
+"""WatchRuns sends at most one summary a run per this long (a busy run's task events coalesce)."""
 _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
     "limit": LimitExceeded,
     "cycle": DagCycleError,
@@ -112,12 +114,14 @@ class ClusterService(pb_grpc.ClusterServicer):
         status: StatusFn,
         audit: AuditArchive | None = None,
         node_id: str = "",
+        auth: bool = False,
     ) -> None:
         self.node = node
         self._hub = hub
         self._status = status
         self._audit = audit
         self._node_id = node_id
+        self._auth = auth
         self._flush_waits = asyncio.Semaphore(AUDIT_FLUSH_WAITS)
 
     # ---- audit ------------------------------------------------------------
@@ -290,23 +294,93 @@ class ClusterService(pb_grpc.ClusterServicer):
             ownership.check_namespace(request.namespace, "listing its runs")
         await self.node.barrier(context)
         # Filtered while paging (offset counts the runs the caller may see): O(1) a run.
-        only, limited = request.namespace, ownership.restricted()
-
-        def page(st: ClusterState) -> list[pb.RunSummary]:
-            # Sorting references is O(runs log runs) with no encoding; only the page is encoded
-            # (a summary is a few scalars).
-            runs: list[RunState] = sorted(
-                st.runs.values(), key=lambda r: (r.created_ms, r.run_id), reverse=True
-            )
-            if want is not None:
-                runs = [r for r in runs if r.status is want]
-            if only:
-                runs = [r for r in runs if r.namespace == only]
-            elif limited:
-                runs = [r for r in runs if ownership.may_see(r.namespace)]
-            return [convert.run_summary_to_pb(r) for r in runs[request.offset : request.offset + limit]]
-
+        page = functools.partial(
+            _runs_page,
+            want=want,
+            only=request.namespace,
+            limited=ownership.restricted(),
+            offset=request.offset,
+            limit=limit,
+        )
         return pb.ListRunsResponse(runs=self.node.reads.read(page))
+
+    @rpc.stream
+    async def WatchRuns(
+        self, request: pb.WatchRunsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RunsEvent]:
+        limit = request.limit or 100
+        if limit > MAX_LIST_RUNS:
+            raise InvalidArgument(f"limit must be at most {MAX_LIST_RUNS}")
+        want = convert.RUN_STATUS_FROM_PB.get(request.status) if request.status else None
+        if request.status and want is None:
+            raise InvalidArgument(f"unknown run status {request.status}")
+        why = limits.namespace_error(request.namespace)
+        if why:
+            raise InvalidArgument(why)
+        only, limited = request.namespace, ownership.restricted()
+        if only:
+            ownership.check_namespace(only, "watching its runs")
+        await self.node.barrier(context)
+        page = functools.partial(_runs_page, want=want, only=only, limited=limited, offset=0, limit=limit)
+
+        def visible(r: RunState, status_changed: bool) -> bool:
+            if only and r.namespace != only:
+                return False
+            if not only and limited and not ownership.may_see(r.namespace):
+                return False
+            # With a status filter, a run leaving that status is still sent (once: its status change).
+            return want is None or r.status is want or status_changed
+
+        def changed(
+            st: ClusterState, runs: dict[str, tuple[int, bool]], seen: int
+        ) -> tuple[int, list[pb.RunSummary]]:
+            # O(runs changed): only their summaries are read and encoded, never a sort of every run.
+            out = []
+            for run_id, (rev, status_changed) in runs.items():
+                r = st.runs.get(run_id)
+                if r is not None and rev > seen and visible(r, status_changed):
+                    out.append(convert.run_summary_to_pb(r))
+            return st.revision, out
+
+        w = self._hub.subscribe_runs()  # before the snapshot: no change is missed between them
+        try:
+            while True:
+                seen, snap = self.node.reads.read(lambda st: (st.revision, page(st)))
+                yield pb.RunsEvent(revision=seen, snapshot=snap, is_snapshot=True)
+                while True:
+                    try:
+                        async with asyncio.timeout(STREAM_HEARTBEAT_S):
+                            await w.wake.wait()
+                    except TimeoutError:
+                        yield pb.RunsEvent(revision=seen)
+                        continue
+                    resync, runs = w.take()
+                    if resync:
+                        break
+                    rev, summaries = self.node.reads.read(functools.partial(changed, runs=runs, seen=seen))
+                    seen = max(seen, rev)
+                    for summary in summaries:
+                        yield pb.RunsEvent(revision=seen, changed=summary)
+                    if summaries:
+                        await asyncio.sleep(RUNS_COALESCE_S)  # what changes meanwhile is one entry a run
+        finally:
+            self._hub.unsubscribe_runs(w)
+
+    @rpc.unary
+    async def WhoAmI(self, request: pb.WhoAmIRequest, context: grpc.aio.ServicerContext) -> pb.WhoAmIResponse:
+        call = calls.current()
+        principal = call.principal if call is not None else calls.ANONYMOUS
+        label = call.role if call is not None else Role.ADMIN.label
+        namespaces = call.namespaces if call is not None else ("*",)
+        role = Role.parse(label)
+        return pb.WhoAmIResponse(
+            principal=principal,
+            role=role.label,
+            namespaces=list(namespaces),
+            auth=self._auth,
+            node_id=self._node_id,
+            methods=sorted(m for m in METHOD_ROLES if allows(role, m)),
+        )
 
     @rpc.stream
     async def WatchRun(
@@ -572,6 +646,22 @@ class ClusterService(pb_grpc.ClusterServicer):
         if request.include_digest:  # O(state) hashing: off the event loop
             return await asyncio.to_thread(self._status, True)
         return self._status(False)
+
+
+def _runs_page(
+    st: ClusterState, want: RunStatus | None, only: str, limited: bool, offset: int, limit: int
+) -> list[pb.RunSummary]:
+    """Run summaries newest first, filtered while paging (``offset`` counts the runs the caller may see)."""
+    # Sorting references is O(runs log runs) with no encoding; only the page is encoded
+    # (a summary is a few scalars).
+    runs: list[RunState] = sorted(st.runs.values(), key=lambda r: (r.created_ms, r.run_id), reverse=True)
+    if want is not None:
+        runs = [r for r in runs if r.status is want]
+    if only:
+        runs = [r for r in runs if r.namespace == only]
+    elif limited:
+        runs = [r for r in runs if ownership.may_see(r.namespace)]
+    return [convert.run_summary_to_pb(r) for r in runs[offset : offset + limit]]
 
 
 def _run_error(st: ClusterState, run_id: str) -> str:

@@ -58,6 +58,8 @@ METHOD_ROLES: dict[str, int] = {
     "/raftmesh.v1.Cluster/ResumeRun": OP,
     "/raftmesh.v1.Cluster/RerunTask": OP,
     "/raftmesh.v1.Cluster/GetAudit": R,
+    "/raftmesh.v1.Cluster/WhoAmI": R,
+    "/raftmesh.v1.Cluster/WatchRuns": R,
     # Kv
     "/raftmesh.v1.Kv/Get": R,
     "/raftmesh.v1.Kv/List": R,

@@ -483,6 +483,48 @@ class RunEvent(_message.Message):
     run: RunStatusEvent
     def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[_Union[Run, _Mapping]] = ..., task: _Optional[_Union[TaskEvent, _Mapping]] = ..., run: _Optional[_Union[RunStatusEvent, _Mapping]] = ...) -> None: ...
 
+class WatchRunsRequest(_message.Message):
+    __slots__ = ("limit", "namespace", "status")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    namespace: str
+    status: RunStatus
+    def __init__(self, limit: _Optional[int] = ..., namespace: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ...) -> None: ...
+
+class RunsEvent(_message.Message):
+    __slots__ = ("revision", "snapshot", "is_snapshot", "changed")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    IS_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    snapshot: _containers.RepeatedCompositeFieldContainer[RunSummary]
+    is_snapshot: bool
+    changed: RunSummary
+    def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ..., is_snapshot: _Optional[bool] = ..., changed: _Optional[_Union[RunSummary, _Mapping]] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("principal", "role", "namespaces", "auth", "node_id", "methods")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    role: str
+    namespaces: _containers.RepeatedScalarFieldContainer[str]
+    auth: bool
+    node_id: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, principal: _Optional[str] = ..., role: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ..., auth: _Optional[bool] = ..., node_id: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class CancelRunRequest(_message.Message):
     __slots__ = ("run_id", "reason")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -104,6 +104,16 @@ class ClusterStub:
                 request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.GetAuditRequest.SerializeToString,
                 response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.GetAuditResponse.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/raftmesh.v1.Cluster/WhoAmI',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
+        self.WatchRuns = channel.unary_stream(
+                '/raftmesh.v1.Cluster/WatchRuns',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WatchRunsRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunsEvent.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -206,6 +216,21 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Who the caller is to this node: principal, role, namespaces and the methods it may call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRuns(self, request, context):
+        """Run summaries the caller may see (filtered like ListRuns): a snapshot first (again after a
+        resync), then each run whose status or progress changed, at most one per run per ~200 ms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -278,6 +303,16 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.GetAudit,
                     request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.GetAuditRequest.FromString,
                     response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.GetAuditResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WhoAmIRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'WatchRuns': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRuns,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WatchRunsRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunsEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -658,6 +693,60 @@ class Cluster:
             '/raftmesh.v1.Cluster/GetAudit',
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.GetAuditRequest.SerializeToString,
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.GetAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Cluster/WhoAmI',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WhoAmIRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftmesh.v1.Cluster/WatchRuns',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WatchRunsRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunsEvent.FromString,
             options,
             channel_credentials,
             insecure,

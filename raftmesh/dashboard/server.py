@@ -1,0 +1,746 @@
+"""The node's web dashboard: the page's static files and a JSON + server-sent-events gateway.
+
+It runs on the node's own asyncio loop (aiohttp) and is only a gateway: every ``/api/v1``
+call goes to the node's own gRPC API (``grpc.aio``, dialled like a peer: TLS when the node
+has it) carrying the caller's ``Authorization`` header, so roles, namespaces, ownership and
+reader redaction stay the gRPC API's. Nothing here reads the replicated state directly.
+
+Bounds: at most ``max_streams`` open event streams (503 beyond), POST bodies of at most
+``MAX_BODY_BYTES``, every query parameter validated. A POST needs ``application/json`` and,
+when the browser sends an ``Origin``, this server's own (so a foreign page cannot act with
+a visitor's token: tokens never travel in URLs or cookies, only in the header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from ..client._audit import AuditEventInfo, AuditTrail
+from ..consensus import limits
+from ..node.config import is_loopback_host
+from ..node.tls import NodeChannels, NodeTls
+from ..proto.raftmesh.v1 import cluster_pb2 as pb
+from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+from . import shapes
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_STREAMS = 64
+CALL_TIMEOUT_S = 10.0
+MEMBER_STATUS_TIMEOUT_S = 1.0
+"""/cluster asks every member at once; one that does not answer within this is unreachable."""
+PING_S = 5.0
+"""An idle event stream sends ``event: ping`` this often (and so notices a client that left)."""
+CLUSTER_SAMPLE_S = 1.0
+LEADER_CHANGES = 20
+MAX_OFFSET = 1_000_000
+MAX_PREFIX_CHARS = 1024
+
+_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+_RUN_STATUSES = {n.removeprefix("RUN_STATUS_") for n in pb.RunStatus.DESCRIPTOR.values_by_name} - {
+    "UNSPECIFIED"
+}
+
+_PLACEHOLDER = (
+    "<!doctype html><meta charset=utf-8><title>raftmesh</title>"
+    "<p>raftmesh dashboard: the page is not installed (raftmesh/dashboard/static/index.html); "
+    'the API is at <a href="/api/v1/cluster">/api/v1/cluster</a>.</p>'
+)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "INVALID_ARGUMENT", message)
+
+
+def _error_response(err: ApiError) -> web.Response:
+    return web.json_response({"error": {"code": err.code, "message": err.message}}, status=err.status)
+
+
+def _from_rpc(exc: grpc.RpcError) -> ApiError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else ""
+    return ApiError(_HTTP_STATUS.get(code, 500), code.name, details or code.name)
+
+
+@dataclass(frozen=True)
+class DashboardNode:
+    """What the dashboard needs of its node (``NodeRuntime`` fills it)."""
+
+    node_id: str
+    grpc: str
+    """The node's own gRPC address (what the gateway dials)."""
+    tls: NodeTls | None
+    auth: bool
+    """Whether the node checks tokens."""
+    leader: Callable[[], tuple[str, int]]
+    """(leader id, term) as this node sees them now."""
+
+
+def _self_target(addr: str) -> str:
+    host, _, port = addr.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        return f"127.0.0.1:{port}"
+    return addr
+
+
+class Dashboard:
+    """``await Dashboard(...).start(HOST:PORT)``; ``await close()``."""
+
+    def __init__(self, node: DashboardNode, max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+        self.node = node
+        self.max_streams = max_streams
+        self.streams = 0
+        self._channels = NodeChannels(node.tls)
+        self._open: dict[str, grpc.aio.Channel] = {}
+        self.leader_changes: collections.deque[dict[str, Any]] = collections.deque(maxlen=LEADER_CHANGES)
+        self._cluster_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._runner: web.AppRunner | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self.url = ""
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])
+        r = app.router
+        r.add_get("/", self._index)
+        r.add_get("/api/v1/whoami", self._whoami)
+        r.add_get("/api/v1/cluster", self._cluster)
+        r.add_get("/api/v1/runs", self._runs)
+        r.add_get("/api/v1/runs/{run_id}", self._run)
+        r.add_get("/api/v1/runs/{run_id}/audit", self._audit)
+        r.add_get("/api/v1/runs/{run_id}/events", self._run_events)
+        r.add_post("/api/v1/runs/{run_id}/cancel", self._cancel)
+        r.add_post("/api/v1/runs/{run_id}/pause", self._pause)
+        r.add_post("/api/v1/runs/{run_id}/resume", self._resume)
+        r.add_post("/api/v1/runs/{run_id}/tasks/{task_id}/rerun", self._rerun)
+        r.add_post("/api/v1/runs/{run_id}/tasks/{task_id}/approve", self._approve)
+        r.add_post("/api/v1/runs/{run_id}/tasks/{task_id}/reject", self._reject)
+        r.add_get("/api/v1/approvals", self._approvals)
+        r.add_get("/api/v1/locks", self._locks)
+        r.add_get("/api/v1/kv", self._kv)
+        r.add_get("/api/v1/dead-letters", self._dead_letters)
+        r.add_get("/api/v1/events", self._events)
+        if os.path.isdir(STATIC_DIR):
+            r.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+        return app
+
+    async def start(self, addr: str) -> None:
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]")
+        tls = self.node.tls
+        ctx: ssl.SSLContext | None = None
+        if tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(tls.cert, tls.key)
+        elif self.node.auth and not is_loopback_host(host):
+            log.warning(
+                "tokens are on but TLS is off and --http %s is not a loopback address: bearer tokens "
+                "cross the network in clear text to the dashboard; give the node --tls-cert/--tls-key/--tls-ca",
+                addr,
+            )
+        # handler_cancellation: a client that goes away cancels its handler (and so its gRPC stream).
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, int(port), ssl_context=ctx, reuse_address=True)
+        await site.start()
+        self.url = f"{'https' if ctx else 'http'}://{addr}"
+        self._sampler = asyncio.create_task(self._sample_leader(), name="dashboard-leader")
+        log.info("node %s serving the dashboard on %s", self.node.node_id, self.url)
+
+    async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for ch in self._open.values():
+            await ch.close(None)
+        self._open.clear()
+
+    async def _sample_leader(self) -> None:
+        """The leader changes this node sees (polled: Raft reports no event on this loop)."""
+        last: tuple[str, int] | None = None
+        while True:
+            now = self.node.leader()
+            if now != last:
+                self.leader_changes.appendleft(
+                    {"time_ms": int(time.time() * 1000), "leader": now[0], "term": now[1]}
+                )
+                last = now
+            await asyncio.sleep(0.25)
+
+    # ---- plumbing -------------------------------------------------------------------
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        ch = self._open.get(target)
+        if ch is None:
+            ch = self._channels.dial(target)
+            self._open[target] = ch
+        return ch
+
+    def _stub(self, target: str | None = None) -> pb_grpc.ClusterStub:
+        return pb_grpc.ClusterStub(self._channel(target or _self_target(self.node.grpc)))
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except ApiError as err:
+            resp = _error_response(err)
+        except grpc.RpcError as exc:
+            resp = _error_response(_from_rpc(exc))
+        except web.HTTPRequestEntityTooLarge:
+            resp = _error_response(
+                ApiError(413, "RESOURCE_EXHAUSTED", f"the body is larger than {MAX_BODY_BYTES} bytes")
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400 or not request.path.startswith("/api/"):
+                raise
+            resp = _error_response(ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason))
+        if not resp.prepared:
+            resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+            resp.headers.setdefault("Referrer-Policy", "no-referrer")
+            resp.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+            if request.path.startswith("/api/"):
+                resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    def _metadata(self, request: web.Request) -> tuple[tuple[str, str], ...]:
+        """The caller's bearer token for the gRPC call (none: anonymous, as on an open cluster)."""
+        header = request.headers.get("Authorization", "").strip()
+        if not header:
+            return ()
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise ApiError(401, "UNAUTHENTICATED", "send 'Authorization: Bearer TOKEN'")
+        if len(header) > 4096:
+            raise ApiError(401, "UNAUTHENTICATED", "the Authorization header is too long")
+        return (("authorization", f"Bearer {value.strip()}"),)
+
+    async def _unary(
+        self,
+        request: web.Request,
+        method: str,
+        req: Any,
+        target: str | None = None,
+        timeout: float = CALL_TIMEOUT_S,
+    ) -> Any:
+        return await getattr(self._stub(target), method)(
+            req, metadata=self._metadata(request), timeout=timeout
+        )
+
+    # ---- pages ----------------------------------------------------------------------
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        _params(request)
+        path = os.path.join(STATIC_DIR, "index.html")
+        if os.path.isfile(path):
+            return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        return web.Response(text=_PLACEHOLDER, content_type="text/html")
+
+    # ---- reads ----------------------------------------------------------------------
+
+    async def _whoami(self, request: web.Request) -> web.Response:
+        _params(request)
+        return web.json_response(shapes.whoami(await self._unary(request, "WhoAmI", pb.WhoAmIRequest())))
+
+    async def _cluster(self, request: web.Request) -> web.Response:
+        _params(request)
+        return web.json_response(await self._cluster_json(request))
+
+    async def _cluster_json(self, request: web.Request) -> dict[str, Any]:
+        own: pb.ClusterStatusResponse = await self._unary(request, "ClusterStatus", pb.ClusterStatusRequest())
+        md = self._metadata(request)
+
+        async def ask(m: pb.Member) -> pb.ClusterStatusResponse | None:
+            if m.id == own.node_id:
+                return own
+            try:
+                out: pb.ClusterStatusResponse = await self._stub(m.grpc).ClusterStatus(
+                    pb.ClusterStatusRequest(), metadata=md, timeout=MEMBER_STATUS_TIMEOUT_S
+                )
+                return out
+            except grpc.RpcError:
+                return None
+
+        answers = await asyncio.gather(*(ask(m) for m in own.members))
+        base = shapes.cluster(own)
+        members = []
+        for m, a in zip(base["members"], answers, strict=True):
+            m = dict(m)
+            m["reachable"] = a is not None
+            m["term"] = a.term if a is not None else None
+            m["leader"] = (a.leader or None) if a is not None else None
+            m["commit_index"] = a.commit_index if a is not None else None
+            m["last_applied"] = a.last_applied if a is not None else None
+            m["apply_lag"] = max(0, a.commit_index - a.last_applied) if a is not None else None
+            members.append(m)
+        return {
+            "node_id": own.node_id,
+            "leader": own.leader or None,
+            "term": own.term,
+            "has_quorum": own.has_quorum,
+            "commit_index": own.commit_index,
+            "revision": own.revision,
+            "members": members,
+            "leader_changes": list(self.leader_changes),
+        }
+
+    async def _runs(self, request: web.Request) -> web.Response:
+        q = _params(request, "status", "namespace", "limit", "offset")
+        req = pb.ListRunsRequest(
+            limit=_int(q, "limit", 1, 1000, 100),
+            offset=_int(q, "offset", 0, MAX_OFFSET, 0),
+            namespace=_namespace(q),
+            status=_status(q),
+        )
+        resp: pb.ListRunsResponse = await self._unary(request, "ListRuns", req)
+        return web.json_response({"runs": [shapes.summary(r) for r in resp.runs]})
+
+    async def _run(self, request: web.Request) -> web.Response:
+        _params(request)
+        run_id = _run_id(request)
+        return web.json_response(
+            shapes.run(await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id)))
+        )
+
+    async def _audit(self, request: web.Request) -> web.Response:
+        q = _params(request, "limit")
+        run_id = _run_id(request)
+        req = pb.GetAuditRequest(run_id=run_id, limit=_int(q, "limit", 1, 10_000, 1000))
+        # As ``Client.audit``: this node first; the first whole history wins, else the longest.
+        own: pb.ClusterStatusResponse = await self._unary(request, "ClusterStatus", pb.ClusterStatusRequest())
+        targets = [None] + [m.grpc for m in own.members if m.id != own.node_id]
+        best: AuditTrail | None = None
+        error: ApiError | None = None
+        for target in targets:
+            try:
+                resp: pb.GetAuditResponse = await self._unary(request, "GetAudit", req, target)
+            except grpc.RpcError as exc:
+                err = _from_rpc(exc)
+                if err.status in (400, 401, 403):
+                    raise err from None
+                if error is None or err.status == 404:
+                    error = err
+                continue
+            trail = AuditTrail(
+                run_id, resp.complete, resp.node_id, [AuditEventInfo.from_pb(e) for e in resp.events]
+            )
+            if trail.complete:
+                return web.json_response(trail.to_dict())
+            if best is None or len(trail.events) > len(best.events):
+                best = trail
+        if best is not None:
+            return web.json_response(best.to_dict())
+        raise error or ApiError(404, "NOT_FOUND", f"run {run_id!r} not found")
+
+    async def _approvals(self, request: web.Request) -> web.Response:
+        q = _params(request, "run", "limit")
+        run = q.get("run", "")
+        if run:
+            _check_id("run", run)
+        req = pb.ListApprovalsRequest(run_id=run, limit=_int(q, "limit", 1, 1000, 100))
+        resp = await self._unary(request, "ListApprovals", req)
+        return web.json_response(
+            {"approvals": [shapes.approval(a) for a in resp.approvals], "more": resp.more}
+        )
+
+    async def _locks(self, request: web.Request) -> web.Response:
+        q = _params(request, "prefix")
+        stub = pb_grpc.LocksStub(self._channel(_self_target(self.node.grpc)))
+        resp = await stub.List(
+            pb.LockListRequest(prefix=_prefix(q)), metadata=self._metadata(request), timeout=CALL_TIMEOUT_S
+        )
+        return web.json_response({"locks": [shapes.lock(lk) for lk in resp.locks]})
+
+    async def _kv(self, request: web.Request) -> web.Response:
+        q = _params(request, "prefix", "limit")
+        stub = pb_grpc.KvStub(self._channel(_self_target(self.node.grpc)))
+        resp = await stub.List(
+            pb.KvListRequest(prefix=_prefix(q), limit=_int(q, "limit", 1, 1000, 100)),
+            metadata=self._metadata(request),
+            timeout=CALL_TIMEOUT_S,
+        )
+        entries = [e for e in (shapes.kv_entry(x) for x in resp.entries) if e is not None]
+        return web.json_response({"entries": entries, "revision": resp.revision})
+
+    async def _dead_letters(self, request: web.Request) -> web.Response:
+        q = _params(request, "limit")
+        limit = _int(q, "limit", 1, 1000, 100)
+        md = self._metadata(request)
+        tasks_call = self._stub().ListDeadLetters(
+            pb.ListDeadLettersRequest(limit=limit), metadata=md, timeout=CALL_TIMEOUT_S
+        )
+        msgs = pb_grpc.MessagesStub(self._channel(_self_target(self.node.grpc)))
+        msgs_call = msgs.DeadLetters(
+            pb.MessageDeadLettersRequest(limit=limit), metadata=md, timeout=CALL_TIMEOUT_S
+        )
+        tasks, messages = await asyncio.gather(tasks_call, msgs_call)
+        return web.json_response(
+            {
+                "tasks": [shapes.dead_letter(d) for d in tasks.dead_letters],
+                "messages": [shapes.dead_message(d) for d in messages.dead_letters],
+            }
+        )
+
+    # ---- actions --------------------------------------------------------------------
+
+    async def _body(self, request: web.Request, allowed: dict[str, type]) -> dict[str, Any]:
+        _params(request)
+        ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as Content-Type: application/json")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
+            raise ApiError(403, "PERMISSION_DENIED", f"Origin {origin[:80]!r} is not this dashboard's")
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            raise ApiError(413, "RESOURCE_EXHAUSTED", f"the body is larger than {MAX_BODY_BYTES} bytes")
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise _bad("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise _bad("the body must be a JSON object")
+        for k, v in body.items():
+            want = allowed.get(k)
+            if want is None:
+                raise _bad(f"unknown field {k[:40]!r}; this action takes {sorted(allowed) or 'no fields'}")
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise _bad(f"{k} must be a {want.__name__}")
+        return body
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        body = await self._body(request, {"reason": str})
+        run_id = _run_id(request)
+        req = pb.CancelRunRequest(run_id=run_id, reason=body.get("reason", ""))
+        return web.json_response(shapes.cancel(run_id, await self._unary(request, "CancelRun", req)))
+
+    async def _pause(self, request: web.Request) -> web.Response:
+        body = await self._body(request, {"cancel_running": bool})
+        run_id = _run_id(request)
+        req = pb.PauseRunRequest(
+            run_id=run_id, cancel_running=body.get("cancel_running", False), request_id=uuid.uuid4().hex
+        )
+        return web.json_response(shapes.control(run_id, await self._unary(request, "PauseRun", req)))
+
+    async def _resume(self, request: web.Request) -> web.Response:
+        await self._body(request, {})
+        run_id = _run_id(request)
+        req = pb.ResumeRunRequest(run_id=run_id, request_id=uuid.uuid4().hex)
+        return web.json_response(shapes.control(run_id, await self._unary(request, "ResumeRun", req)))
+
+    async def _rerun(self, request: web.Request) -> web.Response:
+        await self._body(request, {})
+        run_id, task_id = _run_id(request), _task_id(request)
+        req = pb.RerunTaskRequest(run_id=run_id, task_id=task_id, request_id=uuid.uuid4().hex)
+        return web.json_response(shapes.rerun(run_id, task_id, await self._unary(request, "RerunTask", req)))
+
+    async def _approve(self, request: web.Request) -> web.Response:
+        return await self._decide(request, reject=False)
+
+    async def _reject(self, request: web.Request) -> web.Response:
+        return await self._decide(request, reject=True)
+
+    async def _decide(self, request: web.Request, reject: bool) -> web.Response:
+        body = await self._body(request, {"comment": str})
+        run_id, task_id = _run_id(request), _task_id(request)
+        # As ``Client.approve``: the open gate's id goes with the decision, so it decides that gate only.
+        run: pb.Run = await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id))
+        task = next((t for t in run.tasks if t.id == task_id), None)
+        if task is None:
+            raise ApiError(404, "NOT_FOUND", f"run {run_id!r} has no task {task_id!r}")
+        if not task.HasField("gate") or not task.gate.id:
+            raise ApiError(
+                409, "FAILED_PRECONDITION", f"task {task_id!r} of run {run_id!r} has no approval gate open"
+            )
+        req = pb.ApproveTaskRequest(
+            run_id=run_id,
+            task_id=task_id,
+            gate=task.gate.id,
+            reject=reject,
+            by="dashboard",  # with tokens the node records the token's principal instead
+            comment=body.get("comment", ""),
+            request_id=uuid.uuid4().hex,
+        )
+        return web.json_response(
+            shapes.decision(run_id, task_id, await self._unary(request, "ApproveTask", req))
+        )
+
+    # ---- event streams --------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, request: web.Request) -> AsyncIterator[_Sse]:
+        """An open ``text/event-stream`` response, counted against ``max_streams``."""
+        if self.streams >= self.max_streams:
+            raise ApiError(
+                503,
+                "UNAVAILABLE",
+                f"this node serves at most {self.max_streams} event streams at once; retry later",
+            )
+        self.streams += 1
+        try:
+            resp = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-store",
+                    "X-Accel-Buffering": "no",
+                    "X-Content-Type-Options": "nosniff",
+                }
+            )
+            await resp.prepare(request)
+            yield _Sse(resp)
+        finally:
+            self.streams -= 1
+
+    async def _run_events(self, request: web.Request) -> web.StreamResponse:
+        _params(request)
+        run_id = _run_id(request)
+        call = self._stub().WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=self._metadata(request))
+        try:
+            first = await _first(call)  # an error before any byte is sent is an HTTP status
+            async with self._stream(request) as sse:
+                try:
+                    await self._pump_run(sse, first, call)
+                except grpc.RpcError as exc:
+                    await sse.error(_from_rpc(exc))
+            return sse.resp
+        finally:
+            call.cancel()
+
+    async def _pump_run(self, sse: _Sse, first: Any, call: Any) -> None:
+        quiet_since = time.monotonic()
+        async for e in _chain(first, call):
+            which = e.WhichOneof("event")
+            if which == "snapshot":
+                await sse.send("snapshot", shapes.run(e.snapshot))
+                status = shapes.run_status(e.snapshot.status)
+                if status in shapes.TERMINAL:
+                    await sse.send("end", {"status": status})
+                    return
+            elif which == "task":
+                await sse.send("task", shapes.task_event(e.revision, e.task))
+            elif which == "run":
+                ev = shapes.run_event(e.run)
+                await sse.send("run", ev)
+                if ev["status"] in shapes.TERMINAL:
+                    await sse.send("end", {"status": ev["status"]})
+                    return
+            elif time.monotonic() - quiet_since >= PING_S:
+                await sse.send("ping", {})
+            else:
+                continue  # a heartbeat: pings go out only every PING_S
+            quiet_since = time.monotonic()
+        await sse.error(ApiError(503, "UNAVAILABLE", "the node ended the run's stream"))
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        q = _params(request, "namespace", "limit", "status")
+        req = pb.WatchRunsRequest(
+            limit=_int(q, "limit", 1, 1000, 100), namespace=_namespace(q), status=_status(q)
+        )
+        call = self._stub().WatchRuns(req, metadata=self._metadata(request))
+        try:
+            first = await _first(call)
+            cluster = await self._cluster_cached(request)
+            async with self._stream(request) as sse:
+                out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1000)
+                await out.put(("cluster", cluster))
+
+                async def runs() -> None:
+                    try:
+                        async for e in _chain(first, call):
+                            if e.is_snapshot:
+                                await out.put(("runs", {"snapshot": [shapes.summary(r) for r in e.snapshot]}))
+                            elif e.HasField("changed"):
+                                await out.put(("runs", {"run": shapes.summary(e.changed)}))
+                        raise ApiError(503, "UNAVAILABLE", "the node ended the runs stream")
+                    except grpc.RpcError as exc:
+                        await out.put(("error", _from_rpc(exc)))
+                    except ApiError as err:
+                        await out.put(("error", err))
+
+                async def clusters() -> None:
+                    last = cluster
+                    while True:
+                        await asyncio.sleep(CLUSTER_SAMPLE_S)
+                        try:
+                            now = await self._cluster_cached(request)
+                        except grpc.RpcError as exc:
+                            await out.put(("error", _from_rpc(exc)))
+                            return
+                        if now != last:
+                            await out.put(("cluster", now))
+                            last = now
+
+                workers = [asyncio.create_task(runs()), asyncio.create_task(clusters())]
+                try:
+                    while True:
+                        try:
+                            async with asyncio.timeout(PING_S):
+                                event, data = await out.get()
+                        except TimeoutError:
+                            await sse.send("ping", {})
+                            continue
+                        if isinstance(data, ApiError):
+                            await sse.error(data)
+                            break
+                        await sse.send(event, data)
+                finally:
+                    for w in workers:
+                        w.cancel()
+                    await asyncio.gather(*workers, return_exceptions=True)
+            return sse.resp
+        finally:
+            call.cancel()
+
+    async def _cluster_cached(self, request: web.Request) -> dict[str, Any]:
+        """/cluster for this caller, shared by its streams for a sample period (one member query a second)."""
+        key = request.headers.get("Authorization", "")
+        hit = self._cluster_cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < CLUSTER_SAMPLE_S * 0.9:
+            return hit[1]
+        out = await self._cluster_json(request)
+        if len(self._cluster_cache) >= self.max_streams:  # bounded: one entry per distinct caller at most
+            self._cluster_cache.clear()
+        self._cluster_cache[key] = (now, out)
+        return out
+
+
+class _Sse:
+    def __init__(self, resp: web.StreamResponse) -> None:
+        self.resp = resp
+
+    async def send(self, event: str, data: Any) -> None:
+        payload = json.dumps(data, separators=(",", ":"))
+        await self.resp.write(f"event: {event}\ndata: {payload}\n\n".encode())
+
+    async def error(self, err: ApiError) -> None:
+        """The stream's last event: the page reconnects (with backoff) after it."""
+        await self.send("error", {"error": {"code": err.code, "message": err.message}})
+
+
+async def _first(call: Any) -> Any:
+    """The stream's first message (None when it ends at once), raising its error before any byte is sent."""
+    it = call.__aiter__()
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _chain(first: Any, call: Any) -> AsyncIterator[Any]:
+    if first is None:
+        return
+    yield first
+    async for e in call:
+        yield e
+
+
+# ---- parameter validation -------------------------------------------------------------
+
+
+def _params(request: web.Request, *allowed: str) -> dict[str, str]:
+    q = request.query
+    for k in q:
+        if k in ("token", "access_token"):
+            raise _bad("tokens never go in URLs: send 'Authorization: Bearer TOKEN'")
+        if k not in allowed:
+            raise _bad(
+                f"unknown query parameter {k[:40]!r}" + (f"; use {', '.join(allowed)}" if allowed else "")
+            )
+        if len(q.getall(k)) > 1:
+            raise _bad(f"query parameter {k!r} is given more than once")
+    return {k: q[k] for k in q}
+
+
+def _int(q: dict[str, str], name: str, lo: int, hi: int, default: int) -> int:
+    raw = q.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or len(raw) > 9:
+        raise _bad(f"{name} must be a whole number between {lo} and {hi}, got {raw[:40]!r}")
+    v = int(raw)
+    if not lo <= v <= hi:
+        raise _bad(f"{name} must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def _status(q: dict[str, str]) -> pb.RunStatus:
+    raw = q.get("status", "")
+    if not raw:
+        return pb.RUN_STATUS_UNSPECIFIED
+    name = raw.upper()
+    if name not in _RUN_STATUSES:
+        raise _bad(f"status must be one of {', '.join(sorted(_RUN_STATUSES))}, got {raw[:40]!r}")
+    return pb.RunStatus(pb.RunStatus.Value(f"RUN_STATUS_{name}"))
+
+
+def _namespace(q: dict[str, str]) -> str:
+    ns = q.get("namespace", "")
+    why = limits.namespace_error(ns) if ns else ""
+    if why:
+        raise _bad(why)
+    return ns
+
+
+def _prefix(q: dict[str, str]) -> str:
+    p = q.get("prefix", "")
+    if len(p) > MAX_PREFIX_CHARS or not limits.printable(p):
+        raise _bad(f"prefix must be at most {MAX_PREFIX_CHARS} printable characters")
+    return p
+
+
+def _check_id(what: str, value: str) -> None:
+    if not value or len(value) > limits.MAX_ID_CHARS or not limits.printable(value):
+        raise _bad(f"{what} must be 1-{limits.MAX_ID_CHARS} printable characters")
+
+
+def _run_id(request: web.Request) -> str:
+    v = request.match_info["run_id"]
+    _check_id("run id", v)
+    return v
+
+
+def _task_id(request: web.Request) -> str:
+    v = request.match_info["task_id"]
+    if not v or len(v) > 2 * limits.MAX_ID_CHARS or not limits.printable(v):
+        raise _bad(f"task id must be 1-{2 * limits.MAX_ID_CHARS} printable characters")
+    return v
