@@ -23,6 +23,10 @@ const MAX_RUNS = 2000;
 // A task event naming a task the drawing does not have (a map instance, a spawned task) makes
 // the page fetch the run again, at most this often (and never twice at once).
 const REFETCH_MIN_MS = 1000;
+// The audit timeline is read again after task events at most this often, for drawn runs only
+// (a summarised run's timeline is read when the run opens and when it ends).
+const AUDIT_MIN_MS = 3000;
+const AUDIT_ROWS = 1000;
 
 const state = {
   whoami: null,
@@ -169,16 +173,17 @@ function renderCluster() {
   $("quorum").className = c.has_quorum ? "ok" : "bad";
   const rows = [];
   for (const m of c.members || []) {
+    // each agent type: its capabilities, and running/concurrency where it sets a limit
     const offers = (m.offers || []).map((o) =>
       el(
-        "div",
-        { class: "offer" },
+        "span",
+        { class: "offer", title: `timeout ${o.timeout_ms || 0} ms, retries ${o.retries ?? ""}` },
         el("b", {}, String(o.agent)),
         o.capabilities && o.capabilities.length ? ` [${o.capabilities.join(", ")}]` : "",
-        ` ${o.running ?? 0}/${o.concurrency || "∞"}`,
+        o.concurrency ? ` ${o.running ?? 0}/${o.concurrency}` : o.running ? ` ${o.running} running` : "",
       ),
     );
-    if (!offers.length) for (const a of m.agents || []) offers.push(el("div", { class: "offer" }, String(a)));
+    if (!offers.length) for (const a of m.agents || []) offers.push(el("span", { class: "offer" }, String(a)));
     const breakers = (m.breakers || []).map((b) =>
       el(
         "div",
@@ -286,7 +291,7 @@ class RunView {
 
   close() {
     closeStream("run");
-    if (this.refetchTimer) clearTimeout(this.refetchTimer);
+    for (const t of [this.refetchTimer, this.auditTimer, this.panelTimer]) if (t) clearTimeout(t);
   }
 
   onEvent(name, data) {
@@ -303,6 +308,7 @@ class RunView {
       const known = this.drawing.updateTask(id, String(data.status), Number(data.attempt || 0), String(data.node || ""));
       if (!known) this.refetch();
       if (id === this.selected) this.refreshSelectedSoon();
+      if (this.drawing.mode === "graph") this.auditSoon();
       this.renderHeadSoon();
     } else if (name === "run" && data && this.run) {
       this.run.status = String(data.status);
@@ -348,6 +354,14 @@ class RunView {
         }
       }
     }, wait);
+  }
+
+  auditSoon() {
+    if (this.auditTimer) return;
+    this.auditTimer = setTimeout(() => {
+      this.auditTimer = null;
+      if (state.run === this) this.loadAudit();
+    }, AUDIT_MIN_MS);
   }
 
   refreshSelectedSoon() {
@@ -549,9 +563,13 @@ RunView.prototype.loadAudit = async function loadAudit() {
     const a = await api(`/runs/${encodeURIComponent(this.id)}/audit`);
     if (state.run !== this) return;
     const events = Array.isArray(a.events) ? a.events : [];
-    $("audit-note").textContent = `${events.length} events from ${a.node || "?"}${a.complete === false ? " (incomplete)" : ""}`;
+    // the API answers a run's first events (up to its limit), oldest first: a timeline
+    const shown = events.slice(0, AUDIT_ROWS);
+    $("audit-note").textContent =
+      `${events.length} events from ${a.node || "?"}${a.complete === false ? " (incomplete)" : ""}` +
+      (events.length >= AUDIT_ROWS ? ` (the run's first ${shown.length})` : "");
     clear(body).append(
-      ...events.slice(-2000).map((e) =>
+      ...shown.map((e) =>
         el(
           "tr",
           {},

@@ -98,6 +98,7 @@ export class EventStream {
     const reader = body.getReader();
     const decoder = new TextDecoder();
     let buf = "";
+    let scanned = 0;
     let name = "message";
     let data = [];
     let idle = setTimeout(() => ctrl.abort(), IDLE_MS);
@@ -108,10 +109,29 @@ export class EventStream {
         clearTimeout(idle);
         idle = setTimeout(() => ctrl.abort(), IDLE_MS);
         buf += decoder.decode(value, { stream: true });
-        let nl;
-        while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
-          const line = buf.slice(0, nl);
-          buf = buf.slice(buf[nl] === "\r" && buf[nl + 1] === "\n" ? nl + 2 : nl + 1);
+        // scan only what arrived since the last newline search: a multi-megabyte snapshot comes
+        // in many chunks, and searching it from its start each time would be quadratic
+        let start = 0;
+        for (;;) {
+          let nl = -1;
+          for (let i = scanned; i < buf.length; i++) {
+            const c = buf.charCodeAt(i);
+            if (c === 10 || c === 13) {
+              nl = i;
+              break;
+            }
+          }
+          if (nl < 0) {
+            scanned = buf.length;
+            break;
+          }
+          if (buf.charCodeAt(nl) === 13 && nl + 1 >= buf.length) {
+            scanned = nl; // a CR at the end: wait to see whether an LF follows
+            break;
+          }
+          const line = buf.slice(start, nl);
+          start = buf.charCodeAt(nl) === 13 && buf.charCodeAt(nl + 1) === 10 ? nl + 2 : nl + 1;
+          scanned = start;
           if (line === "") {
             if (data.length) {
               let parsed = null;
@@ -142,6 +162,10 @@ export class EventStream {
           if (val.startsWith(" ")) val = val.slice(1);
           if (field === "event") name = val;
           else if (field === "data") data.push(val);
+        }
+        if (start) {
+          buf = buf.slice(start);
+          scanned -= start;
         }
         if (buf.length > MAX_BUFFER_CHARS) throw new Error("an event too large to buffer");
       }
