@@ -268,6 +268,32 @@ def test_a_reader_sees_the_buttons_disabled_and_the_api_refuses_it(dash: Dash) -
         dash.admin.cancel(run_id, "test over")
 
 
+def test_the_coordination_view_lists_locks_keys_and_dead_letters(dash: Dash) -> None:
+    dash.admin.kv.put("dash/key", {"markup": "<i>text</i>"})
+    granted, token, _ = dash.admin.locks.acquire("dash/lock", owner="dash-test", ttl_s=60)
+    assert granted
+    dag = DAG("dead")
+    dag.task("doomed", "fail", input={"times": 5}, retries=0)
+    run_id = dash.admin.submit(dag)
+    wait_until(lambda: dash.admin.get(run_id).status == "FAILED", 30, "the run to fail")
+    ctx, page = dash.open(dash.follower(), dash.tokens["admin"], "#/coord")
+    try:
+        expect(page.locator('tr[data-lock="dash/lock"]')).to_contain_text(
+            f"dash-test (exclusive, token {token})"
+        )
+        page.get_by_test_id("kv-prefix").fill("dash/")
+        page.get_by_test_id("kv-load").click()
+        expect(page.locator('tr[data-key="dash/key"]')).to_contain_text('"<i>text</i>"', timeout=TIMEOUT_MS)
+        assert page.locator("#kv-body i").count() == 0
+        expect(page.get_by_test_id("dead-tasks")).to_contain_text(run_id, timeout=TIMEOUT_MS)
+        expect(page.get_by_test_id("dead-tasks")).to_contain_text("doomed")
+        dash.shot(page, "08-coordination")
+        assert dash.page_errors(page) == []
+    finally:
+        ctx.close()
+        dash.admin.locks.release("dash-test", "dash/lock", token)
+
+
 def _responsive(page: Page, within_ms: int = 5000) -> None:
     """The page's main thread answers within ``within_ms`` (a hung tab would time out)."""
     page.wait_for_function("() => document.readyState === 'complete'", polling="raf", timeout=within_ms)
@@ -285,7 +311,7 @@ def test_a_10000_task_run_renders_a_summary_without_hanging_the_page(dash: Dash)
         expect(page.get_by_test_id("summary")).to_be_visible(timeout=60_000)
         expect(page.get_by_test_id("count-total")).to_have_text("10000 tasks", timeout=TIMEOUT_MS)
         assert page.locator("#dag").count() == 0
-        dash.shot(page, "08-large-run-summary")
+        dash.shot(page, "09-large-run-summary")
         # While task events stream in, the page keeps answering and its counts move. The
         # predicate runs in the page at each animation frame: a hung tab would time out.
         first = int(page.get_by_test_id("progress").get_attribute("data-ended") or 0)
@@ -297,11 +323,11 @@ def test_a_10000_task_run_renders_a_summary_without_hanging_the_page(dash: Dash)
                 timeout=60_000,
             )
             _responsive(page)
-        dash.shot(page, "09-large-run-progress")
+        dash.shot(page, "10-large-run-progress")
         dash.admin.cancel(run_id, "enough")
         expect(page.get_by_test_id("run-status")).not_to_have_text("RUNNING", timeout=60_000)
         _responsive(page)
-        dash.shot(page, "10-large-run-ended")
+        dash.shot(page, "11-large-run-ended")
     finally:
         ctx.close()
 
@@ -343,13 +369,13 @@ def test_the_page_recovers_when_the_leader_is_killed(dash: Dash) -> None:
             f"page showed the new leader {new} {recovered_s:.1f} s after {old} was killed; "
             f"connection states seen: {json.dumps(page.evaluate('window.__conn'))}"
         )
-        dash.shot(page, "11-after-leader-killed")
+        dash.shot(page, "12-after-leader-killed")
         # The run's stream carries on (reconnecting if it must) and shows the run finished.
         expect(run_page.get_by_test_id("run-status")).to_have_text("SUCCEEDED", timeout=60_000)
         expect(run_page.locator('#dag g.task[data-task-id="next"]')).to_have_attribute(
             "data-status", "SUCCEEDED", timeout=TIMEOUT_MS
         )
-        dash.shot(run_page, "12-run-after-failover")
+        dash.shot(run_page, "13-run-after-failover")
         assert dash.page_errors(page) == []
     finally:
         ctx.close()

@@ -690,7 +690,7 @@ function parseRoute() {
   return { view: "cluster" };
 }
 
-function route() {
+function route(fresh = false) {
   const r = parseRoute();
   const prev = state.route;
   state.route = r;
@@ -705,7 +705,7 @@ function route() {
     state.run.open();
   }
   if (r.view === "runs") renderRuns();
-  if (r.view === "coord" && prev.view !== "coord") {
+  if (r.view === "coord" && (fresh || prev.view !== "coord")) {
     loadLocks();
     loadKv();
     loadDeadLetters();
@@ -721,7 +721,7 @@ function restart() {
     state.run.close();
     state.run = null;
   }
-  route();
+  route(true);
 }
 
 function main() {
@@ -732,7 +732,7 @@ function main() {
   statusSel.append(el("option", { value: "" }, "any status"), ...RUN_STATUSES.map((s) => el("option", { value: s }, s)));
   statusSel.onchange = renderRuns;
   $("filter-namespace").oninput = renderRuns;
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => route());
   setInterval(tickAges, 5000);
   restart();
 }
