@@ -54,6 +54,8 @@ class NodeProc:
     paused: bool = False
     metrics: str = ""
     """``HOST:PORT`` of the node's Prometheus endpoint ("" when the cluster runs without)."""
+    http: str = ""
+    """``HOST:PORT`` of the node's web dashboard ("" when the cluster runs without)."""
 
     @property
     def pid(self) -> int | None:
@@ -107,6 +109,8 @@ class LocalCluster:
     """How this harness's own clients and health checks reach the nodes (TLS, token); None: plaintext."""
     metrics: bool = False
     """Serve Prometheus metrics from every node (``--metrics`` on a free port: ``NodeProc.metrics``)."""
+    http: bool = False
+    """Serve the web dashboard from every node (``--http`` on a free port: ``NodeProc.http``)."""
     secret_path: str | None = field(default=None, init=False)
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     _clients: list[Client] = field(default_factory=list, init=False, repr=False)
@@ -114,7 +118,7 @@ class LocalCluster:
     def __post_init__(self) -> None:
         self._own_dir = self.base_dir is None
         self.base_dir = self.base_dir or tempfile.mkdtemp(prefix="raftmesh-")
-        ports = free_ports((3 if self.metrics else 2) * self.size)
+        ports = free_ports((2 + self.metrics + self.http) * self.size)
         ids = [f"n{i + 1}" for i in range(self.size)]
         addr = {i: self.hosts.get(i, self.host) for i in ids}
         peers = ",".join(
@@ -136,6 +140,7 @@ class LocalCluster:
             d = os.path.join(self.base_dir, i)
             os.makedirs(d, exist_ok=True)
             metrics = f"{addr[i]}:{ports[2 * self.size + k]}" if self.metrics else ""
+            http = f"{addr[i]}:{ports[(2 + self.metrics) * self.size + k]}" if self.http else ""
             argv = [
                 sys.executable,
                 "-m",
@@ -155,6 +160,7 @@ class LocalCluster:
                 str(self.slots),
                 *node_flags,
                 *(["--metrics", metrics] if metrics else []),
+                *(["--http", http] if http else []),
                 *self.extra_args,
             ]
             self.nodes[i] = NodeProc(
@@ -165,6 +171,7 @@ class LocalCluster:
                 os.path.join(d, "node.log"),
                 argv,
                 metrics=metrics,
+                http=http,
             )
 
     # ---- lifecycle -------------------------------------------------------------

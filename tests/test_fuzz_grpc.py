@@ -91,6 +91,7 @@ def test_every_rpc_is_fuzzed() -> None:
     ms = gf.methods()
     services = {m.service for m in ms}
     assert {"Cluster", "Peer", "Kv", "Locks", "Messages"} <= services
+    assert {"WhoAmI", "WatchRuns"} <= {m.name for m in ms if m.service == "Cluster"}
     assert any(m.client_streaming for m in ms) and any(
         m.server_streaming and not m.client_streaming for m in ms
     )

@@ -247,6 +247,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch_runs(args)
     with _client(args) as c:
         runs = c.list_runs(limit=args.limit, status=args.status, namespace=args.namespace)
     if args.json:
@@ -256,6 +258,36 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print(
                 f"{r['run_id']}  {r['status']:<10} tasks={r['tasks']} unfinished={r['unfinished']} {r['name']}"
             )
+    return EXIT_OK
+
+
+def _watch_runs(args: argparse.Namespace) -> int:
+    """``runs --watch``: the snapshot, then each change, until interrupted (--json: JSON lines)."""
+    with _client(args) as c:
+        for ev in c.watch_runs(limit=args.limit, status=args.status, namespace=args.namespace):
+            if args.json:
+                print(json.dumps(ev, separators=(",", ":")), flush=True)
+                continue
+            for r in ev.get("snapshot", [ev["run"]] if "run" in ev else []):
+                print(
+                    f"{r['run_id']}  {r['status']:<10} tasks={r['tasks']} unfinished={r['unfinished']} "
+                    f"{r['name']}",
+                    flush=True,
+                )
+    return EXIT_OK
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        me = c.whoami()
+    if args.json:
+        _print_json(me)
+    else:
+        print(f"principal  {me['principal']}")
+        print(f"role       {me['role']}")
+        print(f"namespaces {', '.join(me['namespaces'])}")
+        print(f"auth       {'on (tokens checked)' if me['auth'] else 'off (an open cluster)'}")
+        print(f"node       {me['node_id']}")
     return EXIT_OK
 
 
@@ -861,8 +893,18 @@ def build_parser() -> argparse.ArgumentParser:
         ],
     )
     r.add_argument("--namespace", default="", help="only runs in this namespace")
+    r.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep watching: the runs, then each run whose status or progress changes (--json: one "
+        'JSON object a line, {"snapshot": [...]} or {"run": {...}}); until interrupted',
+    )
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_runs)
+
+    w = sub.add_parser("whoami", help="who the cluster takes you for: principal, role, namespaces")
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=cmd_whoami)
 
     from .messages import add_parsers
 

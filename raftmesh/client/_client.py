@@ -42,6 +42,8 @@ from ._types import (
     RunControlInfo,
     RunEvent,
     RunInfo,
+    run_summary_json,
+    whoami_json,
 )
 
 if TYPE_CHECKING:
@@ -531,6 +533,59 @@ class Client:
             attempt += 1
             time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
 
+    def watch_runs(
+        self,
+        *,
+        limit: int = 100,
+        status: str | None = None,
+        namespace: str = "",
+        timeout_s: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every run the caller may see, live: ``{"snapshot": [summary, ...]}`` first (the ``limit``
+        newest, again after any reconnect or resync), then ``{"run": summary}`` for each run whose
+        status or progress changed (a new run too; at most one per run per ~200 ms). Summaries
+        are ``list_runs`` dicts. Endless: ``timeout_s`` ends the iteration quietly after that long;
+        a node that fails or stalls is left for the next one, as ``watch`` does."""
+        if limit < 0:
+            raise InvalidArgument(f"limit must be >= 0 (0: the default 100), got {limit}")
+        req = pb.WatchRunsRequest(
+            limit=limit,
+            namespace=namespace,
+            status=pb.RunStatus.Name(pb.RunStatus.Value(f"RUN_STATUS_{status}")) if status else None,
+        )
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            addr = self.addresses[self._current]
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            dog: Watchdog | None = None
+            try:
+                stream = self._stub(addr).WatchRuns(req, timeout=remaining)
+                dog = Watchdog(stream)
+                try:
+                    for e in stream:
+                        dog.feed()
+                        attempt = 0
+                        if e.is_snapshot:
+                            yield {"snapshot": [run_summary_json(r) for r in e.snapshot]}
+                        elif e.HasField("changed"):
+                            yield {"run": run_summary_json(e.changed)}
+                finally:
+                    dog.close()
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                fired = dog is not None and dog.fired
+                if code not in _RETRYABLE and not (code == grpc.StatusCode.CANCELLED and fired):
+                    raise _translate(exc) from None
+            # A stream the node ended (it is stopping) is reconnected like a failed one.
+            self._rotate()
+            attempt += 1
+            time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+
     def wait(self, run_id: str, *, timeout_s: float | None = None) -> RunInfo:
         """Block until the run ends; returns it with every task's output."""
         for _ in self.watch(run_id, timeout_s=timeout_s, status_only=True):
@@ -585,6 +640,12 @@ class Client:
         return ClusterInfo.from_pb(
             self._call("ClusterStatus", pb.ClusterStatusRequest(include_digest=include_digest))
         )
+
+    def whoami(self) -> dict[str, Any]:
+        """Who this client is to the cluster: ``principal``, ``role``, ``namespaces``, ``auth``
+        (whether the nodes check tokens), ``node_id`` (the node that answered) and ``methods``
+        (the full gRPC method names the role may call)."""
+        return whoami_json(self._call("WhoAmI", pb.WhoAmIRequest()))
 
     def status_of(self, address: str, *, include_digest: bool = False, timeout_s: float = 2.0) -> ClusterInfo:
         """Status as one specific node sees it (no failover)."""

@@ -795,3 +795,15 @@ def run_summary_json(r: pb.RunSummary) -> dict[str, Any]:
         "idempotency_key": r.idempotency_key,
         "namespace": r.namespace,
     }
+
+
+def whoami_json(w: pb.WhoAmIResponse) -> dict[str, Any]:
+    """``Client.whoami`` and ``raftmesh whoami --json``."""
+    return {
+        "principal": w.principal,
+        "role": w.role,
+        "namespaces": list(w.namespaces),
+        "auth": w.auth,
+        "node_id": w.node_id,
+        "methods": list(w.methods),
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -24,12 +25,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from aiohttp import web
 
 from ..client._audit import AuditEventInfo, AuditTrail
+from ..client._types import TERMINAL
 from ..consensus import limits
 from ..node.config import is_loopback_host
 from ..node.tls import NodeChannels, NodeTls
@@ -131,6 +133,7 @@ class Dashboard:
         self._runner: web.AppRunner | None = None
         self._sampler: asyncio.Task[None] | None = None
         self.url = ""
+        self.http_host = ""
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -162,11 +165,17 @@ class Dashboard:
     async def start(self, addr: str) -> None:
         host, _, port = addr.rpartition(":")
         host = host.strip("[]")
+        self.http_host = host
         tls = self.node.tls
         ctx: ssl.SSLContext | None = None
         if tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(tls.cert, tls.key)
+            if tls.client_auth == "require" and not self.node.auth:
+                # Client certificates are this cluster's only credential: the dashboard, which calls
+                # the API with the node's own certificate, must ask its callers for one too.
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(cafile=tls.ca)
         elif self.node.auth and not is_loopback_host(host):
             log.warning(
                 "tokens are on but TLS is off and --http %s is not a loopback address: bearer tokens "
@@ -221,6 +230,14 @@ class Dashboard:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
+            if request.path.startswith("/api/") and not self.node.auth and not self._host_ok(request.host):
+                raise ApiError(
+                    403,
+                    "PERMISSION_DENIED",
+                    f"Host {request.host[:80]!r} is not this dashboard's address: an open cluster's dashboard "
+                    "answers only requests to an IP address, localhost or its --http host (so a page "
+                    "that re-points its own name at this node cannot use it); or turn tokens on",
+                )
             resp = await handler(request)
         except ApiError as err:
             resp = _error_response(err)
@@ -234,6 +251,13 @@ class Dashboard:
             if exc.status < 400 or not request.path.startswith("/api/"):
                 raise
             resp = _error_response(ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason))
+        except (asyncio.CancelledError, ConnectionError):
+            raise  # the client went away
+        except Exception:
+            log.exception("dashboard request %s %s failed", request.method, request.path)
+            resp = _error_response(
+                ApiError(500, "INTERNAL", "the dashboard failed to answer; see the node's log")
+            )
         if not resp.prepared:
             resp.headers.setdefault("X-Content-Type-Options", "nosniff")
             resp.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -241,6 +265,19 @@ class Dashboard:
             if request.path.startswith("/api/"):
                 resp.headers.setdefault("Cache-Control", "no-store")
         return resp
+
+    def _host_ok(self, host: str) -> bool:
+        """Whether ``host`` (the request's Host header) names this node (DNS rebinding guard)."""
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]").lower()
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            pass
+        if name in ("localhost", self.http_host.lower()):
+            return True
+        return self.node.tls is not None and self.node.tls.covers(name)
 
     def _metadata(self, request: web.Request) -> tuple[tuple[str, str], ...]:
         """The caller's bearer token for the gRPC call (none: anonymous, as on an open cluster)."""
@@ -552,7 +589,7 @@ class Dashboard:
             if which == "snapshot":
                 await sse.send("snapshot", shapes.run(e.snapshot))
                 status = shapes.run_status(e.snapshot.status)
-                if status in shapes.TERMINAL:
+                if status in TERMINAL:
                     await sse.send("end", {"status": status})
                     return
             elif which == "task":
@@ -560,7 +597,7 @@ class Dashboard:
             elif which == "run":
                 ev = shapes.run_event(e.run)
                 await sse.send("run", ev)
-                if ev["status"] in shapes.TERMINAL:
+                if ev["status"] in TERMINAL:
                     await sse.send("end", {"status": ev["status"]})
                     return
             elif time.monotonic() - quiet_since >= PING_S:
@@ -710,7 +747,7 @@ def _status(q: dict[str, str]) -> pb.RunStatus:
     name = raw.upper()
     if name not in _RUN_STATUSES:
         raise _bad(f"status must be one of {', '.join(sorted(_RUN_STATUSES))}, got {raw[:40]!r}")
-    return pb.RunStatus(pb.RunStatus.Value(f"RUN_STATUS_{name}"))
+    return cast(pb.RunStatus, pb.RunStatus.Value(f"RUN_STATUS_{name}"))
 
 
 def _namespace(q: dict[str, str]) -> str:

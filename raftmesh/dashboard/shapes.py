@@ -16,6 +16,7 @@ from ..client._types import (
     RunControlInfo,
     RunInfo,
     run_summary_json,
+    whoami_json,
 )
 from ..messaging.wire import message_from_pb
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
@@ -30,7 +31,6 @@ def run_status(v: int) -> str:
 
 
 _run_status = run_status
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 
 def run(r: pb.Run) -> dict[str, Any]:
@@ -60,14 +60,7 @@ def run_event(e: pb.RunStatusEvent) -> dict[str, Any]:
 
 
 def whoami(w: pb.WhoAmIResponse) -> dict[str, Any]:
-    return {
-        "principal": w.principal,
-        "role": w.role,
-        "namespaces": list(w.namespaces),
-        "auth": w.auth,
-        "node_id": w.node_id,
-        "methods": list(w.methods),
-    }
+    return whoami_json(w)
 
 
 def cancel(run_id: str, r: pb.CancelRunResponse) -> dict[str, Any]:

@@ -1,0 +1,155 @@
+"""Cluster.WatchRuns and WhoAmI: the hub's all-runs subscription (coalescing, bounds, resync) and
+the stream through the SDK and CLI against one in-process node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from raftmesh.consensus.results import RunChanged, TaskChanged
+from raftmesh.consensus.state import RunStatus, TaskStatus
+from raftmesh.errors import InvalidArgument
+from raftmesh.localcluster import wait_until
+from raftmesh.node import watch
+from raftmesh.node.watch import RunsWatch, WatchHub
+
+from .test_node_inprocess import InProcessNode, fan_out, node  # noqa: F401  (node: the fixture)
+
+
+def test_a_runs_watch_keeps_one_entry_a_run() -> None:
+    hub = WatchHub()
+    w = hub.subscribe_runs()
+    hub.publish(
+        [
+            TaskChanged(5, "r1", "a", TaskStatus.RUNNING, 1, "n1"),
+            TaskChanged(6, "r1", "b", TaskStatus.RUNNING, 1, "n1"),
+            RunChanged(7, "r2", RunStatus.RUNNING),
+            TaskChanged(8, "r2", "a", TaskStatus.READY, 0, ""),
+        ]
+    )
+    assert w.wake.is_set()
+    assert w.take() == (False, {"r1": (6, False), "r2": (8, True)})  # a status change stays marked
+    assert not w.wake.is_set() and w.take() == (False, {})
+    hub.unsubscribe_runs(w)
+    hub.publish([RunChanged(10, "r3", RunStatus.RUNNING)])
+    assert w.take() == (False, {})
+
+
+def test_a_runs_watch_that_falls_behind_resyncs_instead_of_growing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watch, "MAX_QUEUED", 3)
+    w = RunsWatch()
+    for i in range(3):
+        w.mark(f"r{i}", i, False)
+    w.mark("r0", 10, False)  # a run already marked costs nothing more
+    assert len(w.changed) == 3 and not w.resync
+    w.mark("r9", 11, False)
+    assert w.resync and w.changed == {}
+    w.mark("r10", 12, True)  # nothing is kept until it has re-read its snapshot
+    assert w.take() == (True, {})
+    hub = WatchHub()
+    w2 = hub.subscribe_runs()
+    hub.resync_all()  # a snapshot installed
+    assert w2.take() == (True, {})
+
+
+def test_watch_runs_streams_coalesced_changes_and_resyncs(node: InProcessNode) -> None:  # noqa: F811
+    c = node.client
+    assert c.whoami() == {
+        "principal": "anonymous",
+        "role": "node",
+        "namespaces": ["*"],
+        "auth": False,
+        "node_id": "n1",
+        "methods": c.whoami()["methods"],
+    }
+    before = c.submit(fan_out(1))
+    c.wait(before, timeout_s=30)
+    events: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        for ev in c.watch_runs(limit=10, timeout_s=60):
+            events.append(ev)
+            if stop.is_set():
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_until(lambda: events, 10, "the snapshot")
+    assert [r["run_id"] for r in events[0]["snapshot"]] == [before]
+    run_id = c.submit(fan_out(30))
+    task_events = sum(1 for e in c.watch(run_id) if e.kind == "task")
+    final = wait_until(
+        lambda: [
+            e
+            for e in events
+            if e.get("run", {}).get("run_id") == run_id and e["run"]["status"] == "SUCCEEDED"
+        ],
+        30,
+        "the run's final summary",
+    )
+    assert final[0]["run"]["unfinished"] == 0 and final[0]["run"]["tasks"] == 32
+    mine = [e["run"] for e in events if e.get("run", {}).get("run_id") == run_id]
+    # One summary per run per coalescing period, not one per task event.
+    assert len(mine) < task_events, (len(mine), task_events)
+    assert [r["unfinished"] for r in mine] == sorted((r["unfinished"] for r in mine), reverse=True)
+
+    loop = node.runtime.loop
+    assert loop is not None
+    loop.call_soon_threadsafe(node.runtime.hub.resync_all)  # as after a snapshot install
+    again = wait_until(lambda: [e for e in events[1:] if "snapshot" in e], 10, "a new snapshot")
+    assert [r["run_id"] for r in again[0]["snapshot"]] == [run_id, before]
+    stop.set()
+    c.submit(fan_out(1))  # one more change lets the reader see the stop
+    reader.join(timeout=30)
+    assert not reader.is_alive()
+
+    with pytest.raises(InvalidArgument, match="limit must be at most 1000"):
+        next(iter(c.watch_runs(limit=5000)))
+    failed = next(iter(c.watch_runs(status="FAILED", timeout_s=10)))
+    assert failed == {"snapshot": []}
+
+
+def test_cli_whoami_and_runs_watch(node: InProcessNode) -> None:  # noqa: F811
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAFTMESH_")}
+    env["RAFTMESH_ADDRESSES"] = node.address
+    me = subprocess.run(
+        [sys.executable, "-m", "raftmesh.cli.main", "whoami", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert me.returncode == 0, me.stderr
+    assert json.loads(me.stdout)["node_id"] == "n1"
+    plain = subprocess.run(
+        [sys.executable, "-m", "raftmesh.cli.main", "whoami"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert "principal  anonymous" in plain.stdout and "auth       off" in plain.stdout
+    run_id = node.client.submit(fan_out(1))
+    node.client.wait(run_id, timeout_s=30)
+    with subprocess.Popen(
+        [sys.executable, "-m", "raftmesh.cli.main", "runs", "--watch", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as watcher:
+        try:
+            assert watcher.stdout is not None
+            first = json.loads(watcher.stdout.readline())
+            assert [r["run_id"] for r in first["snapshot"]] == [run_id]
+            second = node.client.submit(fan_out(1))
+            line = json.loads(watcher.stdout.readline())
+            assert line["run"]["run_id"] == second
+        finally:
+            watcher.kill()
