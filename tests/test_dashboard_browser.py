@@ -24,7 +24,7 @@ import pytest
 
 from raftmesh.client import DAG, Client
 from raftmesh.client._security import Credentials
-from raftmesh.localcluster import LocalCluster, free_ports, wait_until
+from raftmesh.localcluster import LocalCluster, wait_until
 from raftmesh.security.tokens import add_token
 
 pytestmark = pytest.mark.e2e
@@ -115,12 +115,8 @@ def dash(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     print(f"dashboard browser test artifacts (screenshots): {artifacts}")
     path = str(base / "tokens.yaml")
     tokens = {who: add_token(path, who, role)[1] for who, role in (("admin", "admin"), ("reader", "reader"))}
-    cluster = LocalCluster(3, base_dir=str(base / "cluster"), extra_args=["--tokens-file", path])
-    ports = free_ports(len(cluster.nodes))
-    urls = {}
-    for (nid, node), port in zip(cluster.nodes.items(), ports, strict=True):
-        node.argv += ["--http", f"127.0.0.1:{port}"]
-        urls[nid] = f"http://127.0.0.1:{port}"
+    cluster = LocalCluster(3, base_dir=str(base / "cluster"), extra_args=["--tokens-file", path], http=True)
+    urls = {nid: f"http://{node.http}" for nid, node in cluster.nodes.items()}
     failed_before = request.session.testsfailed
     with pytest.MonkeyPatch.context() as mp:
         # LocalCluster's own status calls (leader, readiness) read RAFTMESH_TOKEN
@@ -202,6 +198,14 @@ def test_a_submitted_run_is_drawn_and_its_tasks_turn_green(dash: Dash) -> None:
         expect(page.get_by_test_id("attempts")).to_contain_text("SUCCEEDED", timeout=TIMEOUT_MS)
         expect(page.get_by_test_id("audit")).to_contain_text("left", timeout=TIMEOUT_MS)
         dash.shot(page, "04-run-succeeded")
+        # The runs list's status filter.
+        page.get_by_test_id("nav-runs").click()
+        row = page.locator(f'tr[data-run-id="{run_id}"]')
+        expect(row).to_contain_text("SUCCEEDED", timeout=TIMEOUT_MS)
+        page.get_by_test_id("filter-status").select_option("FAILED")
+        expect(row).to_have_count(0)
+        page.get_by_test_id("filter-status").select_option("SUCCEEDED")
+        expect(row).to_have_count(1)
         assert dash.page_errors(page) == []
     finally:
         ctx.close()
@@ -224,6 +228,12 @@ def test_an_approval_clicked_in_the_page_resumes_the_run(dash: Dash) -> None:
         expect(page.get_by_test_id("run-approvals")).to_contain_text("deploy", timeout=TIMEOUT_MS)
         _task(page, "deploy").click()
         expect(page.get_by_test_id("gate")).to_contain_text("Deploy to prod?", timeout=TIMEOUT_MS)
+        # Pause and resume from the page while the gate is open.
+        page.get_by_test_id("btn-pause").click()
+        expect(page.get_by_test_id("run-status")).to_have_text("PAUSED", timeout=TIMEOUT_MS)
+        expect(page.get_by_test_id("btn-resume")).to_be_enabled(timeout=TIMEOUT_MS)
+        page.get_by_test_id("btn-resume").click()
+        expect(page.get_by_test_id("run-status")).to_have_text("RUNNING", timeout=TIMEOUT_MS)
         page.get_by_test_id("approve-comment").fill("ship it")
         expect(page.get_by_test_id("btn-approve")).to_be_enabled(timeout=TIMEOUT_MS)
         dash.shot(page, "05-approval-waiting")
@@ -234,6 +244,14 @@ def test_an_approval_clicked_in_the_page_resumes_the_run(dash: Dash) -> None:
         gate = dash.admin.get(run_id).tasks["deploy"].gate
         assert gate is not None
         assert (gate.decision, gate.by, gate.comment) == ("approved", "token:admin", "ship it")
+        # Rerun an ended task: the finished run reopens, the page listens again and shows the
+        # task's second attempt.
+        _task(page, "after").click()
+        expect(page.get_by_test_id("attempts").locator("tr")).to_have_count(2, timeout=TIMEOUT_MS)
+        page.get_by_test_id("btn-rerun").click()
+        expect(page.get_by_test_id("attempts").locator("tr")).to_have_count(3, timeout=TIMEOUT_MS)
+        expect(page.get_by_test_id("run-status")).to_have_text("SUCCEEDED", timeout=TIMEOUT_MS)
+        assert [a.attempt for a in dash.admin.get(run_id).tasks["after"].history] == [1, 2]
     finally:
         ctx.close()
 
