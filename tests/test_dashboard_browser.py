@@ -211,6 +211,32 @@ def test_a_submitted_run_is_drawn_and_its_tasks_turn_green(dash: Dash) -> None:
         ctx.close()
 
 
+def test_map_instances_and_replicas_appear_in_the_drawing_as_they_are_made(dash: Dash) -> None:
+    dag = DAG("fan")
+    items = dag.task("items", "sleep", input={"seconds": 1, "list": [1, 2, 3]})
+    pick = dag.task("pick", "echo", input=["a", "b", "c"], deps=[items])
+    dag.task("each", "echo", map=pick)
+    dag.task("vote", "echo", input="same", replicas=3, fusion="vote", deps=[items])
+    run_id = dash.admin.submit(dag)
+    ctx, page = dash.open(dash.follower(), dash.tokens["admin"])
+    try:
+        _goto_run(page, run_id)
+        expect(_task(page, "items")).to_be_visible(timeout=TIMEOUT_MS)
+        for tid in ("each[0]", "each[1]", "each[2]", "vote#0", "vote#1", "vote#2"):
+            expect(_task(page, tid)).to_be_visible(timeout=TIMEOUT_MS)
+        expect(page.get_by_test_id("run-status")).to_have_text("SUCCEEDED", timeout=TIMEOUT_MS)
+        for tid in ("each", "each[2]", "vote"):
+            expect(_task(page, tid)).to_have_attribute("data-status", "SUCCEEDED", timeout=TIMEOUT_MS)
+        assert _task(page, "each[1]").get_attribute("data-origin") == "map"
+        assert _task(page, "vote#1").get_attribute("data-origin") == "replica"
+        # each instance and replica hangs from its parent by a dashed edge
+        assert page.locator("#dag path.edge.child").count() >= 6
+        dash.shot(page, "05-map-and-replicas")
+        assert dash.page_errors(page) == []
+    finally:
+        ctx.close()
+
+
 def _approval_dag(name: str) -> DAG:
     dag = DAG(name)
     plan = dag.task("plan", "echo", input="rollout plan")
@@ -236,11 +262,11 @@ def test_an_approval_clicked_in_the_page_resumes_the_run(dash: Dash) -> None:
         expect(page.get_by_test_id("run-status")).to_have_text("RUNNING", timeout=TIMEOUT_MS)
         page.get_by_test_id("approve-comment").fill("ship it")
         expect(page.get_by_test_id("btn-approve")).to_be_enabled(timeout=TIMEOUT_MS)
-        dash.shot(page, "05-approval-waiting")
+        dash.shot(page, "06-approval-waiting")
         page.get_by_test_id("btn-approve").click()
         expect(_task(page, "after")).to_have_attribute("data-status", "SUCCEEDED", timeout=TIMEOUT_MS)
         expect(page.get_by_test_id("run-status")).to_have_text("SUCCEEDED", timeout=TIMEOUT_MS)
-        dash.shot(page, "06-approval-approved")
+        dash.shot(page, "07-approval-approved")
         gate = dash.admin.get(run_id).tasks["deploy"].gate
         assert gate is not None
         assert (gate.decision, gate.by, gate.comment) == ("approved", "token:admin", "ship it")
@@ -267,7 +293,7 @@ def test_a_reader_sees_the_buttons_disabled_and_the_api_refuses_it(dash: Dash) -
         for button in ("btn-cancel", "btn-pause", "btn-approve", "btn-reject"):
             expect(page.get_by_test_id(button)).to_be_disabled(timeout=TIMEOUT_MS)
             expect(page.get_by_test_id(button)).to_have_attribute("data-allowed", "false")
-        dash.shot(page, "07-reader-disabled")
+        dash.shot(page, "08-reader-disabled")
         # The API refuses the reader whatever the page shows (the gRPC API's own role check).
         answer = page.evaluate(
             """async (path) => {
@@ -305,7 +331,7 @@ def test_the_coordination_view_lists_locks_keys_and_dead_letters(dash: Dash) -> 
         assert page.locator("#kv-body i").count() == 0
         expect(page.get_by_test_id("dead-tasks")).to_contain_text(run_id, timeout=TIMEOUT_MS)
         expect(page.get_by_test_id("dead-tasks")).to_contain_text("doomed")
-        dash.shot(page, "08-coordination")
+        dash.shot(page, "09-coordination")
         assert dash.page_errors(page) == []
     finally:
         ctx.close()
@@ -329,7 +355,7 @@ def test_a_10000_task_run_renders_a_summary_without_hanging_the_page(dash: Dash)
         expect(page.get_by_test_id("summary")).to_be_visible(timeout=60_000)
         expect(page.get_by_test_id("count-total")).to_have_text("10000 tasks", timeout=TIMEOUT_MS)
         assert page.locator("#dag").count() == 0
-        dash.shot(page, "09-large-run-summary")
+        dash.shot(page, "10-large-run-summary")
         # While task events stream in, the page keeps answering and its counts move. The
         # predicate runs in the page at each animation frame: a hung tab would time out.
         first = int(page.get_by_test_id("progress").get_attribute("data-ended") or 0)
@@ -341,11 +367,11 @@ def test_a_10000_task_run_renders_a_summary_without_hanging_the_page(dash: Dash)
                 timeout=60_000,
             )
             _responsive(page)
-        dash.shot(page, "10-large-run-progress")
+        dash.shot(page, "11-large-run-progress")
         dash.admin.cancel(run_id, "enough")
         expect(page.get_by_test_id("run-status")).not_to_have_text("RUNNING", timeout=60_000)
         _responsive(page)
-        dash.shot(page, "11-large-run-ended")
+        dash.shot(page, "12-large-run-ended")
     finally:
         ctx.close()
 
@@ -387,13 +413,13 @@ def test_the_page_recovers_when_the_leader_is_killed(dash: Dash) -> None:
             f"page showed the new leader {new} {recovered_s:.1f} s after {old} was killed; "
             f"connection states seen: {json.dumps(page.evaluate('window.__conn'))}"
         )
-        dash.shot(page, "12-after-leader-killed")
+        dash.shot(page, "13-after-leader-killed")
         # The run's stream carries on (reconnecting if it must) and shows the run finished.
         expect(run_page.get_by_test_id("run-status")).to_have_text("SUCCEEDED", timeout=60_000)
         expect(run_page.locator('#dag g.task[data-task-id="next"]')).to_have_attribute(
             "data-status", "SUCCEEDED", timeout=TIMEOUT_MS
         )
-        dash.shot(run_page, "13-run-after-failover")
+        dash.shot(run_page, "14-run-after-failover")
         assert dash.page_errors(page) == []
     finally:
         ctx.close()

@@ -159,7 +159,7 @@ export class RunDrawing {
     }
     for (const t of this.tasks.values()) {
       const n = g.node(t.id);
-      const sub = t.origin ? `${t.origin} · ${t.agent}` : t.agent;
+      const sub = [t.origin, t.agent].filter(Boolean).join(" · ");
       const node = svg(
         "g",
         {
