@@ -3,6 +3,7 @@ the stream through the SDK and CLI against one in-process node."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -99,6 +100,7 @@ def test_watch_runs_streams_coalesced_changes_and_resyncs(node: InProcessNode) -
     # One summary per run per coalescing period, not one per task event.
     assert len(mine) < task_events, (len(mine), task_events)
     assert [r["unfinished"] for r in mine] == sorted((r["unfinished"] for r in mine), reverse=True)
+    assert all(a != b for a, b in itertools.pairwise(mine)), mine  # no summary said twice
 
     loop = node.runtime.loop
     assert loop is not None

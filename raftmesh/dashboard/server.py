@@ -208,7 +208,7 @@ class Dashboard:
             now = self.node.leader()
             if now != last:
                 self.leader_changes.appendleft(
-                    {"time_ms": int(time.time() * 1000), "leader": now[0], "term": now[1]}
+                    {"time_ms": int(time.time() * 1000), "leader": now[0] or None, "term": now[1]}
                 )
                 last = now
             await asyncio.sleep(0.25)

@@ -347,6 +347,9 @@ class ClusterService(pb_grpc.ClusterServicer):
             while True:
                 seen, snap = self.node.reads.read(lambda st: (st.revision, page(st)))
                 yield pb.RunsEvent(revision=seen, snapshot=snap, is_snapshot=True)
+                # What this stream last said of each run: a task event that leaves the summary as it
+                # was (a task started) sends nothing. Bounded: forgetting only costs a repeat.
+                said = {r.run_id: r.SerializeToString(deterministic=True) for r in snap}
                 while True:
                     try:
                         async with asyncio.timeout(STREAM_HEARTBEAT_S):
@@ -359,9 +362,17 @@ class ClusterService(pb_grpc.ClusterServicer):
                         break
                     rev, summaries = self.node.reads.read(functools.partial(changed, runs=runs, seen=seen))
                     seen = max(seen, rev)
+                    sent = False
                     for summary in summaries:
+                        encoded = summary.SerializeToString(deterministic=True)
+                        if said.get(summary.run_id) == encoded:
+                            continue
+                        if len(said) >= MAX_LIST_RUNS * 10:
+                            said.clear()
+                        said[summary.run_id] = encoded
+                        sent = True
                         yield pb.RunsEvent(revision=seen, changed=summary)
-                    if summaries:
+                    if sent:
                         await asyncio.sleep(RUNS_COALESCE_S)  # what changes meanwhile is one entry a run
         finally:
             self._hub.unsubscribe_runs(w)
