@@ -18,7 +18,9 @@ const RUN_STATUSES = [
   "COMPENSATION_FAILED",
 ];
 const RUN_TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED", "COMPENSATED", "COMPENSATION_FAILED"]);
-// The runs list keeps at most this many runs (the server's snapshot is bounded likewise).
+// The runs stream's snapshot holds the newest RUNS_LISTED runs (the API's most); the list keeps
+// at most MAX_RUNS as changed runs come in.
+const RUNS_LISTED = 1000;
 const MAX_RUNS = 2000;
 // A task event naming a task the drawing does not have (a map instance, a spawned task) makes
 // the page fetch the run again, at most this often (and never twice at once).
@@ -61,12 +63,15 @@ function renderConn() {
   } else if (states.some((s) => s.st === "reconnecting")) {
     text = "reconnecting…";
     cls = "warn";
+    const why = states.find((s) => s.st === "reconnecting").detail;
+    box.title = why ? String(why.message || why) : "";
   } else if (states.some((s) => s.st === "connecting")) {
     text = "connecting…";
     cls = "warn";
   } else if (!states.length) {
     text = "idle";
   }
+  if (cls !== "warn") box.title = "";
   box.textContent = text;
   box.className = `conn ${cls}`;
   box.setAttribute("data-state", refused ? "refused" : cls === "ok" ? "live" : text.replace("…", ""));
@@ -716,7 +721,7 @@ function route(fresh = false) {
 /** (Re)start everything that depends on the token: whoami, the streams, the current view. */
 function restart() {
   loadWhoami();
-  openStream("events", "/api/v1/events", onGlobalEvent);
+  openStream("events", `/api/v1/events${qs({ limit: RUNS_LISTED })}`, onGlobalEvent);
   if (state.run) {
     state.run.close();
     state.run = null;

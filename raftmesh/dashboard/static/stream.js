@@ -26,6 +26,7 @@ export class EventStream {
     this.ended = false;
     this.ctrl = null;
     this.wake = null;
+    this.serverError = null;
   }
 
   start() {
@@ -75,7 +76,9 @@ export class EventStream {
           this.onState("ended");
           return;
         }
-        failure = new Error("the server closed the stream");
+        const e = this.serverError;
+        this.serverError = null;
+        failure = e ? new Error(`${e.code}: ${e.message}`) : new Error("the server closed the stream");
       } catch (exc) {
         failure = exc;
       }
@@ -143,7 +146,9 @@ export class EventStream {
               onAlive();
               if (parsed !== undefined && !this.closed) {
                 if (name === "end") this.ended = true;
-                this.onEvent(name, parsed);
+                // the server's last word before it closes a stream it cannot go on with
+                if (name === "error" && parsed && parsed.error) this.serverError = parsed.error;
+                else this.onEvent(name, parsed);
               }
             } else if (name !== "message") {
               onAlive();
