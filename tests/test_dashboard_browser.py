@@ -383,7 +383,8 @@ def test_the_page_recovers_when_the_leader_is_killed(dash: Dash) -> None:
     ctx, page = dash.open(follower, dash.tokens["admin"])
     try:
         expect(page.get_by_test_id("leader")).to_have_text(old, timeout=TIMEOUT_MS)
-        # A run in flight across the failover, watched in a second tab of the same context.
+        # A run in flight across the failover, watched in a second tab, and a third tab served
+        # by the leader itself: its streams break with it and must come back when it does.
         dag = DAG("failover")
         slow = dag.task("slow", "sleep", input={"seconds": 2}, retries=3)
         dag.task("next", "echo", deps=[slow], retries=3)
@@ -391,6 +392,8 @@ def test_the_page_recovers_when_the_leader_is_killed(dash: Dash) -> None:
         run_page = dash.tab(ctx, follower, dash.tokens["admin"], "#/runs/" + run_id)
         expect(run_page.get_by_test_id("run-id")).to_have_text(run_id, timeout=TIMEOUT_MS)
         expect(run_page.locator('#dag g.task[data-task-id="slow"]')).to_be_visible(timeout=TIMEOUT_MS)
+        on_leader = dash.tab(ctx, old, dash.tokens["admin"], "#/cluster")
+        expect(on_leader.get_by_test_id("served-by")).to_have_text(old, timeout=TIMEOUT_MS)
         page.evaluate(
             """() => {
                 window.__conn = [];
@@ -399,27 +402,40 @@ def test_the_page_recovers_when_the_leader_is_killed(dash: Dash) -> None:
                     box, {attributes: true, childList: true, characterData: true, subtree: true});
             }"""
         )
-        pid = dash.cluster.nodes[old].pid
-        assert pid is not None
         started = time.monotonic()
         dash.cluster.kill(old)  # SIGKILL by the leader's own pid
         survivors = [i for i in dash.cluster.nodes if i != old]
         new = wait_until(lambda: dash.cluster.leader(survivors), 30, "a new leader among the survivors")
         expect(page.get_by_test_id("leader")).to_have_text(str(new), timeout=TIMEOUT_MS)
         expect(page.get_by_test_id("conn-state")).to_have_attribute("data-state", "live", timeout=TIMEOUT_MS)
-        expect(page.get_by_test_id(f"member-up-{old}")).to_have_text("down", timeout=60_000)
         recovered_s = time.monotonic() - started
         print(
             f"page showed the new leader {new} {recovered_s:.1f} s after {old} was killed; "
-            f"connection states seen: {json.dumps(page.evaluate('window.__conn'))}"
+            f"its connection states meanwhile: {json.dumps(page.evaluate('window.__conn'))}"
         )
+        expect(page.get_by_test_id(f"member-up-{old}")).to_have_text("down", timeout=60_000)
         dash.shot(page, "13-after-leader-killed")
-        # The run's stream carries on (reconnecting if it must) and shows the run finished.
+        # The run's stream carries on and shows the run finished.
         expect(run_page.get_by_test_id("run-status")).to_have_text("SUCCEEDED", timeout=60_000)
         expect(run_page.locator('#dag g.task[data-task-id="next"]')).to_have_attribute(
             "data-status", "SUCCEEDED", timeout=TIMEOUT_MS
         )
         dash.shot(run_page, "14-run-after-failover")
-        assert dash.page_errors(page) == []
+        # The tab whose node died says so, and reconnects once the node is back (same address).
+        expect(on_leader.get_by_test_id("conn-state")).to_have_attribute(
+            "data-state", "reconnecting", timeout=TIMEOUT_MS
+        )
+        dash.shot(on_leader, "15-served-by-the-killed-node")
+        restarted = time.monotonic()
+        dash.cluster.start_node(old)
+        expect(on_leader.get_by_test_id("conn-state")).to_have_attribute("data-state", "live", timeout=60_000)
+        expect(on_leader.get_by_test_id("leader")).to_have_text(str(new), timeout=TIMEOUT_MS)
+        expect(on_leader.get_by_test_id(f"member-up-{old}")).to_have_text("up", timeout=60_000)
+        print(
+            f"the tab served by {old} was live again {time.monotonic() - restarted:.1f} s after its restart"
+        )
+        dash.shot(on_leader, "16-reconnected-after-restart")
+        for p in (page, run_page, on_leader):
+            assert dash.page_errors(p) == []
     finally:
         ctx.close()
