@@ -3,7 +3,7 @@
 // actions are enabled only for what whoami's `methods` allow (the API refuses the rest anyway).
 
 import { ApiError, METHODS, api, getToken, qs, setToken } from "./api.js";
-import { $, brief, clear, coalesce, el, fmtAge, fmtDuration, fmtTime, pretty } from "./dom.js";
+import { $, brief, clear, coalesce, el, fmtAge, fmtClock, fmtDuration, fmtTime, pretty } from "./dom.js";
 import { ENDED, RunDrawing } from "./graph.js";
 import { EventStream } from "./stream.js";
 
@@ -472,26 +472,22 @@ class RunView {
     const hist = t.history || [];
     kids.push(el("h4", {}, `Attempts (${hist.length})`));
     if (hist.length) {
-      kids.push(
+      const head = ["#", "node", "started", "took", "outcome", "error", "output"].map((h) => el("th", {}, h));
+      const rows = hist.map((a) =>
         el(
-          "table",
-          { class: "grid", "data-testid": "attempts" },
-          el("tr", {}, ...["#", "node", "started", "took", "outcome", "error", "output"].map((h) => el("th", {}, h))),
-          ...hist.map((a) =>
-            el(
-              "tr",
-              {},
-              el("td", {}, String(a.attempt)),
-              el("td", {}, String(a.node || "")),
-              el("td", {}, fmtTime(a.started_ms)),
-              el("td", {}, fmtDuration(a.started_ms, a.finished_ms)),
-              el("td", {}, String(a.outcome || "")),
-              el("td", { class: "err" }, brief(a.error, 300)),
-              el("td", {}, brief(a.output, 300)),
-            ),
-          ),
+          "tr",
+          {},
+          el("td", {}, String(a.attempt)),
+          el("td", {}, String(a.node || "")),
+          el("td", { title: fmtTime(a.started_ms) }, fmtClock(a.started_ms)),
+          el("td", {}, fmtDuration(a.started_ms, a.finished_ms)),
+          el("td", {}, String(a.outcome || "")),
+          el("td", { class: "err" }, brief(a.error, 300)),
+          el("td", {}, brief(a.output, 300)),
         ),
       );
+      const table = el("table", { class: "grid", "data-testid": "attempts" }, el("tr", {}, ...head), ...rows);
+      kids.push(el("div", { class: "scroll-x" }, table));
     } else {
       kids.push(el("p", { class: "note" }, "No attempt has ended yet."));
     }

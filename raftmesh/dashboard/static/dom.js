@@ -64,6 +64,12 @@ export function fmtTime(ms) {
   return d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
 }
 
+/** The time of day with milliseconds (UTC): attempts of one task are seconds apart. */
+export function fmtClock(ms) {
+  if (!ms) return "";
+  return new Date(ms).toISOString().slice(11, 23);
+}
+
 export function fmtAge(ms, now = Date.now()) {
   if (!ms) return "";
   let s = Math.max(0, Math.round((now - ms) / 1000));
