@@ -72,6 +72,8 @@ function renderConn() {
     text = "idle";
   }
   if (cls !== "warn") box.title = "";
+  // what is on screen may be out of date while a stream is down: say so by fading it
+  document.body.classList.toggle("stale", text.startsWith("reconnecting"));
   box.textContent = text;
   box.className = `conn ${cls}`;
   box.setAttribute("data-state", refused ? "refused" : cls === "ok" ? "live" : text.replace("…", ""));
