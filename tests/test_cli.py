@@ -145,7 +145,7 @@ def _free_base() -> int:
     for _ in range(50):
         base = random.randrange(20000, 40000, 100)
         ok = True
-        for p in [base + k for k in (1, 2, 3, 51, 52, 53, 101, 102, 103)]:
+        for p in [base + k for k in (1, 2, 3, 51, 52, 53, 101, 102, 103, 201, 202, 203)]:
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", p))
@@ -181,6 +181,17 @@ def test_cluster_script(tmp_path: pathlib.Path) -> None:
         for url in urls:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 assert b"raftmesh_raft_term " in resp.read()
+        # the dashboard too: RAFTMESH_DASHBOARD, node nI on P+200+I, each answering its API
+        board_line = [ln for ln in up.stdout.splitlines() if ln.startswith("RAFTMESH_DASHBOARD=")][-1]
+        assert board_line in env_lines
+        boards = board_line.split("=", 1)[1].split(",")
+        assert [
+            int(u.rsplit(":", 1)[1]) - int(a.rsplit(":", 1)[1])
+            for u, a in zip(boards, line.split("=", 1)[1].split(","), strict=True)
+        ] == [200] * 3
+        for i, url in enumerate(boards, 1):
+            with urllib.request.urlopen(f"{url}/api/v1/whoami", timeout=5) as resp:
+                assert json.loads(resp.read())["node_id"] == f"n{i}"
         status = json.loads(cli("status", "--json", addresses=addrs).stdout)
         ids = sorted(m["id"] for m in status["members"])
         assert ids == ["n1", "n2", "n3"]
@@ -224,9 +235,11 @@ def test_cluster_script_restarts_a_crashed_cluster_node_by_node(tmp_path: pathli
         return res, time.monotonic() - t0
 
     try:
-        up, _ = sh("up", "3", "--base-port", str(_free_base()), "--no-metrics")
+        up, _ = sh("up", "3", "--base-port", str(_free_base()), "--no-metrics", "--no-dashboard")
         assert up.returncode == 0, up.stderr
         assert "RAFTMESH_METRICS" not in up.stdout + pathlib.Path(d, "env").read_text()
+        assert "RAFTMESH_DASHBOARD" not in up.stdout + pathlib.Path(d, "env").read_text()
+        assert "--http" not in pathlib.Path(d, "n1", "cmd").read_text()
         addrs = [ln for ln in up.stdout.splitlines() if ln.startswith("RAFTMESH_ADDRESSES=")][-1].split(
             "=", 1
         )[1]

@@ -4,6 +4,10 @@ origin, parameters), serving from a follower, and streams that live through a le
 
 from __future__ import annotations
 
+import pathlib
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -14,7 +18,10 @@ import httpx
 import pytest
 
 from raftmesh import DAG
-from raftmesh.localcluster import LocalCluster, wait_until
+from raftmesh.dashboard.server import plaintext_warning
+from raftmesh.errors import InvalidArgument
+from raftmesh.localcluster import LocalCluster, free_ports, wait_until
+from raftmesh.node.config import Peer, build_config
 
 from .dashboard_http import EventStream
 
@@ -273,6 +280,29 @@ def test_streams_are_bounded_and_freed_when_the_client_goes(board: LocalCluster)
     streams[0].close()
 
 
+def test_connections_are_bounded(board: LocalCluster) -> None:
+    """Beyond the streams' connections and 128 more, a new connection is closed as it is accepted."""
+    f = follower(board)
+    host, port = board.nodes[f].http.rsplit(":", 1)
+    request = f"GET /api/v1/whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+    def answer() -> bytes:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(request)
+            try:
+                return s.recv(64)
+            except ConnectionResetError:
+                return b""
+
+    held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(MAX_STREAMS + 128)]
+    try:
+        wait_until(lambda: answer() == b"", 15, "a connection over the bound to be closed")
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: answer().startswith(b"HTTP/1.1 200"), 15, "connections to be served again")
+
+
 def test_sdk_and_cli_watch_runs_and_whoami(board: LocalCluster) -> None:
     client = board.client()
     me = client.whoami()
@@ -350,3 +380,53 @@ def test_streams_live_through_a_leader_kill(board: LocalCluster, http: httpx.Cli
                 {"tasks": [{"id": "a", "agent": "echo", "input": 3}]}
             )  # wakes the watcher to stop
             watcher.join(timeout=1)
+
+
+def test_http_flags_are_checked(tmp_path: pathlib.Path) -> None:
+    raft, grpc_addr = "127.0.0.1:1", "127.0.0.1:2"
+    peers = [Peer("n1", raft, grpc_addr)]
+    cfg = build_config("n1", raft, grpc_addr, peers, str(tmp_path))
+    assert cfg.http == "" and cfg.http_max_streams == 64
+    with pytest.raises(InvalidArgument, match="--http 'nowhere' must look like HOST:PORT"):
+        build_config("n1", raft, grpc_addr, peers, str(tmp_path), http="nowhere")
+    with pytest.raises(InvalidArgument, match="already the node's gRPC"):
+        build_config("n1", raft, grpc_addr, peers, str(tmp_path), http=grpc_addr)
+    for bad in (0, 10_001):
+        with pytest.raises(InvalidArgument, match="--http-max-streams must be between 1 and 10000"):
+            build_config(
+                "n1", raft, grpc_addr, peers, str(tmp_path), http="127.0.0.1:3", http_max_streams=bad
+            )
+
+
+def test_a_node_whose_dashboard_port_is_taken_stops_at_start_saying_so(tmp_path: pathlib.Path) -> None:
+    raft_port, grpc_port = free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http_addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        raft, grpc_addr = f"127.0.0.1:{raft_port}", f"127.0.0.1:{grpc_port}"
+        argv = [
+            sys.executable,
+            "-m",
+            "raftmesh.cli.main",
+            "node",
+            "--id",
+            "n1",
+            "--raft",
+            raft,
+            "--grpc",
+            grpc_addr,
+        ]
+        argv += ["--peers", f"n1={raft}/{grpc_addr}", "--data-dir", str(tmp_path / "d"), "--http", http_addr]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert f"cannot serve the dashboard on --http {http_addr}" in out.stderr, out.stderr[-2000:]
+
+
+def test_tokens_over_plain_http_off_loopback_are_warned_about() -> None:
+    assert "clear text" in plaintext_warning("10.0.0.5:7301", tls=False, auth=True)
+    assert "clear text" in plaintext_warning("0.0.0.0:7301", tls=False, auth=True)
+    assert plaintext_warning("127.0.0.1:7301", tls=False, auth=True) == ""
+    assert plaintext_warning("[::1]:7301", tls=False, auth=True) == ""
+    assert plaintext_warning("10.0.0.5:7301", tls=True, auth=True) == ""
+    assert plaintext_warning("10.0.0.5:7301", tls=False, auth=False) == ""

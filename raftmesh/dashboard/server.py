@@ -47,6 +47,10 @@ DEFAULT_MAX_STREAMS = 64
 CALL_TIMEOUT_S = 10.0
 MEMBER_STATUS_TIMEOUT_S = 1.0
 """/cluster asks every member at once; one that does not answer within this is unreachable."""
+OFFLOAD_TASKS = 100
+"""Runs with more tasks than this are turned into JSON in a thread, not on the node's loop."""
+MAX_OTHER_CONNECTIONS = 128
+"""Connections beyond the event streams' (``max_streams``); more are closed as they are accepted."""
 PING_S = 5.0
 """An idle event stream sends ``event: ping`` this often (and so notices a client that left)."""
 CLUSTER_SAMPLE_S = 1.0
@@ -112,6 +116,17 @@ class DashboardNode:
     """(leader id, term) as this node sees them now."""
 
 
+def plaintext_warning(addr: str, tls: bool, auth: bool) -> str:
+    """What to warn of when bearer tokens would reach the dashboard in clear text ("" if nothing)."""
+    host = addr.rpartition(":")[0].strip("[]")
+    if tls or not auth or is_loopback_host(host):
+        return ""
+    return (
+        f"tokens are on but TLS is off and --http {addr} is not a loopback address: bearer tokens "
+        "cross the network in clear text to the dashboard; give the node --tls-cert/--tls-key/--tls-ca"
+    )
+
+
 def _self_target(addr: str) -> str:
     host, _, port = addr.rpartition(":")
     if host.strip("[]") in ("0.0.0.0", "::", ""):
@@ -134,6 +149,7 @@ class Dashboard:
         self._sampler: asyncio.Task[None] | None = None
         self.url = ""
         self.http_host = ""
+        self._last_leader: tuple[str, int] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -176,16 +192,13 @@ class Dashboard:
                 # the API with the node's own certificate, must ask its callers for one too.
                 ctx.verify_mode = ssl.CERT_REQUIRED
                 ctx.load_verify_locations(cafile=tls.ca)
-        elif self.node.auth and not is_loopback_host(host):
-            log.warning(
-                "tokens are on but TLS is off and --http %s is not a loopback address: bearer tokens "
-                "cross the network in clear text to the dashboard; give the node --tls-cert/--tls-key/--tls-ca",
-                addr,
-            )
+        warning = plaintext_warning(addr, tls is not None, self.node.auth)
+        if warning:
+            log.warning("%s", warning)
         # handler_cancellation: a client that goes away cancels its handler (and so its gRPC stream).
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, int(port), ssl_context=ctx, reuse_address=True)
+        site = _BoundedSite(self._runner, host, int(port), ctx, self.max_streams + MAX_OTHER_CONNECTIONS)
         await site.start()
         self.url = f"{'https' if ctx else 'http'}://{addr}"
         self._sampler = asyncio.create_task(self._sample_leader(), name="dashboard-leader")
@@ -203,15 +216,17 @@ class Dashboard:
 
     async def _sample_leader(self) -> None:
         """The leader changes this node sees (polled: Raft reports no event on this loop)."""
-        last: tuple[str, int] | None = None
         while True:
-            now = self.node.leader()
-            if now != last:
-                self.leader_changes.appendleft(
-                    {"time_ms": int(time.time() * 1000), "leader": now[0] or None, "term": now[1]}
-                )
-                last = now
+            self._note_leader()
             await asyncio.sleep(0.25)
+
+    def _note_leader(self) -> None:
+        now = self.node.leader()
+        if now != self._last_leader:
+            self._last_leader = now
+            self.leader_changes.appendleft(
+                {"time_ms": int(time.time() * 1000), "leader": now[0] or None, "term": now[1]}
+            )
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -338,6 +353,7 @@ class Dashboard:
                 return None
 
         answers = await asyncio.gather(*(ask(m) for m in own.members))
+        self._note_leader()  # so the ring's newest entry is never older than the answer's leader
         base = shapes.cluster(own)
         members = []
         for m, a in zip(base["members"], answers, strict=True):
@@ -374,9 +390,8 @@ class Dashboard:
     async def _run(self, request: web.Request) -> web.Response:
         _params(request)
         run_id = _run_id(request)
-        return web.json_response(
-            shapes.run(await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id)))
-        )
+        run = await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id))
+        return web.Response(text=await _run_text(run), content_type="application/json")
 
     async def _audit(self, request: web.Request) -> web.Response:
         q = _params(request, "limit")
@@ -546,12 +561,7 @@ class Dashboard:
     @contextlib.asynccontextmanager
     async def _stream(self, request: web.Request) -> AsyncIterator[_Sse]:
         """An open ``text/event-stream`` response, counted against ``max_streams``."""
-        if self.streams >= self.max_streams:
-            raise ApiError(
-                503,
-                "UNAVAILABLE",
-                f"this node serves at most {self.max_streams} event streams at once; retry later",
-            )
+        self._check_room()
         self.streams += 1
         try:
             resp = web.StreamResponse(
@@ -567,9 +577,18 @@ class Dashboard:
         finally:
             self.streams -= 1
 
+    def _check_room(self) -> None:
+        if self.streams >= self.max_streams:
+            raise ApiError(
+                503,
+                "UNAVAILABLE",
+                f"this node serves at most {self.max_streams} event streams at once; retry later",
+            )
+
     async def _run_events(self, request: web.Request) -> web.StreamResponse:
         _params(request)
         run_id = _run_id(request)
+        self._check_room()  # before the gRPC stream is opened (checked again once it answered)
         call = self._stub().WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=self._metadata(request))
         try:
             first = await _first(call)  # an error before any byte is sent is an HTTP status
@@ -587,7 +606,7 @@ class Dashboard:
         async for e in _chain(first, call):
             which = e.WhichOneof("event")
             if which == "snapshot":
-                await sse.send("snapshot", shapes.run(e.snapshot))
+                await sse.send_text("snapshot", await _run_text(e.snapshot))
                 status = shapes.run_status(e.snapshot.status)
                 if status in TERMINAL:
                     await sse.send("end", {"status": status})
@@ -612,6 +631,7 @@ class Dashboard:
         req = pb.WatchRunsRequest(
             limit=_int(q, "limit", 1, 1000, 100), namespace=_namespace(q), status=_status(q)
         )
+        self._check_room()
         call = self._stub().WatchRuns(req, metadata=self._metadata(request))
         try:
             first = await _first(call)
@@ -681,17 +701,61 @@ class Dashboard:
         return out
 
 
+class _BoundedSite(web.TCPSite):
+    """A TCP site that closes connections beyond ``max_connections`` as they are accepted (each
+    holds a socket and, busy, a gRPC call: a stranger opening thousands must not exhaust the node)."""
+
+    def __init__(
+        self, runner: web.AppRunner, host: str, port: int, ctx: ssl.SSLContext | None, max_connections: int
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ctx, reuse_address=True)
+        self._max_connections = max_connections
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+
+        def accept() -> asyncio.BaseProtocol:
+            if len(server.connections) >= self._max_connections:
+                return _Refused()
+            return server()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            accept,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
 class _Sse:
     def __init__(self, resp: web.StreamResponse) -> None:
         self.resp = resp
 
     async def send(self, event: str, data: Any) -> None:
-        payload = json.dumps(data, separators=(",", ":"))
+        await self.send_text(event, json.dumps(data, separators=(",", ":")))
+
+    async def send_text(self, event: str, payload: str) -> None:
         await self.resp.write(f"event: {event}\ndata: {payload}\n\n".encode())
 
     async def error(self, err: ApiError) -> None:
         """The stream's last event: the page reconnects (with backoff) after it."""
         await self.send("error", {"error": {"code": err.code, "message": err.message}})
+
+
+async def _run_text(run: pb.Run) -> str:
+    """A run as JSON text; a large one is converted off the node's loop (its Raft and gRPC work go on)."""
+    if len(run.tasks) <= OFFLOAD_TASKS:
+        return json.dumps(shapes.run(run), separators=(",", ":"))
+    return await asyncio.to_thread(lambda: json.dumps(shapes.run(run), separators=(",", ":")))
 
 
 async def _first(call: Any) -> Any:

@@ -366,6 +366,12 @@ class NodeRuntime:
             server,
         )
         self._start_metrics()  # before the gRPC port: a metrics port in use leaves nothing serving
+        try:
+            await self._start_dashboard()  # the same for the dashboard's (its calls wait for the port)
+        except BaseException:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+            raise
         port = (
             server.add_secure_port(cfg.grpc, cfg.tls.server_credentials())
             if cfg.tls is not None
@@ -374,16 +380,12 @@ class NodeRuntime:
         if port == 0:
             if self.metrics_server is not None:
                 self.metrics_server.close()
+            if self.dashboard is not None:
+                await self.dashboard.close()
+                self.dashboard = None
             raise RaftmeshError(f"cannot listen on {cfg.grpc} (address in use?)")
         await server.start()
         log.info("node %s serving gRPC on %s, Raft on %s", cfg.node_id, cfg.grpc, cfg.raft)
-        try:
-            await self._start_dashboard()
-        except BaseException:
-            await server.stop(None)
-            if self.metrics_server is not None:
-                self.metrics_server.close()
-            raise
         self.heartbeats = HeartbeatSender(
             cfg.node_id,
             self.incarnation,
