@@ -112,7 +112,14 @@ def dash(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     base = tmp_path_factory.mktemp("dashboard")
     artifacts = pathlib.Path(os.environ.get("RAFTMESH_TEST_ARTIFACTS") or base / "artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
-    print(f"dashboard browser test artifacts (screenshots): {artifacts}")
+    where = f"dashboard browser test artifacts (screenshots): {artifacts}"
+    print(where)
+    # shown even when pytest captures output (a passing run prints no captured output)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(where)
     path = str(base / "tokens.yaml")
     tokens = {who: add_token(path, who, role)[1] for who, role in (("admin", "admin"), ("reader", "reader"))}
     cluster = LocalCluster(3, base_dir=str(base / "cluster"), extra_args=["--tokens-file", path], http=True)
