@@ -514,6 +514,37 @@ class RunView {
     }
   }
 
+  async loadAudit() {
+    const body = $("audit-body");
+    try {
+      const a = await api(`/runs/${encodeURIComponent(this.id)}/audit`);
+      if (state.run !== this) return;
+      const events = Array.isArray(a.events) ? a.events : [];
+      // the API answers a run's first events (up to its limit), oldest first: a timeline
+      const shown = events.slice(0, AUDIT_ROWS);
+      $("audit-note").textContent =
+        `${events.length} events from ${a.node || "?"}${a.complete === false ? " (incomplete)" : ""}` +
+        (events.length >= AUDIT_ROWS ? ` (the run's first ${shown.length})` : "");
+      clear(body).append(
+        ...shown.map((e) =>
+          el(
+            "tr",
+            {},
+            el("td", {}, fmtTime(e.time_ms)),
+            el("td", {}, String(e.kind || "")),
+            el("td", {}, String(e.task_id || "")),
+            el("td", {}, e.attempt ? String(e.attempt) : ""),
+            el("td", {}, String(e.node || "")),
+            el("td", {}, String(e.principal || "")),
+            el("td", {}, brief(e.detail, 300)),
+          ),
+        ),
+      );
+    } catch (exc) {
+      if (state.run === this) $("audit-note").textContent = exc instanceof ApiError ? `${exc.code}: ${exc.message}` : String(exc);
+    }
+  }
+
   decide(tid, how) {
     const c = $("approve-comment");
     const base = `/runs/${encodeURIComponent(this.id)}/tasks/${encodeURIComponent(tid)}`;
@@ -559,37 +590,6 @@ function setupRunButtons() {
   };
   $("btn-audit").onclick = () => state.run && state.run.loadAudit();
 }
-
-RunView.prototype.loadAudit = async function loadAudit() {
-  const body = $("audit-body");
-  try {
-    const a = await api(`/runs/${encodeURIComponent(this.id)}/audit`);
-    if (state.run !== this) return;
-    const events = Array.isArray(a.events) ? a.events : [];
-    // the API answers a run's first events (up to its limit), oldest first: a timeline
-    const shown = events.slice(0, AUDIT_ROWS);
-    $("audit-note").textContent =
-      `${events.length} events from ${a.node || "?"}${a.complete === false ? " (incomplete)" : ""}` +
-      (events.length >= AUDIT_ROWS ? ` (the run's first ${shown.length})` : "");
-    clear(body).append(
-      ...shown.map((e) =>
-        el(
-          "tr",
-          {},
-          el("td", {}, fmtTime(e.time_ms)),
-          el("td", {}, String(e.kind || "")),
-          el("td", {}, String(e.task_id || "")),
-          el("td", {}, e.attempt ? String(e.attempt) : ""),
-          el("td", {}, String(e.node || "")),
-          el("td", {}, String(e.principal || "")),
-          el("td", {}, brief(e.detail, 300)),
-        ),
-      ),
-    );
-  } catch (exc) {
-    if (state.run === this) $("audit-note").textContent = exc instanceof ApiError ? `${exc.code}: ${exc.message}` : String(exc);
-  }
-};
 
 // ---- coordination -----------------------------------------------------------------------------
 
