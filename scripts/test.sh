@@ -31,6 +31,18 @@ if [[ -n ${RAFTMESH_REQUIRE_PROMETHEUS:-} ]] && ! { command -v promtool && comma
   echo "RAFTMESH_REQUIRE_PROMETHEUS is set but promtool or prometheus is missing (Debian: apt-get install prometheus)" >&2
   exit 1
 fi
+# The Node.js client's e2e test (examples/node-client) runs node and npm. Only a missing node is
+# installed (Debian's nodejs and npm): a node already here (e.g. NodeSource's, which bundles npm)
+# is left as it is.
+if [[ $(id -u) == 0 ]] && ! command -v node >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing nodejs and npm (for the Node.js client example's test)"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null \
+    || echo "could not install nodejs and npm" >&2
+fi
+if [[ -n ${RAFTMESH_REQUIRE_NODE:-} ]] && ! { command -v node && command -v npm; } >/dev/null 2>&1; then
+  echo "RAFTMESH_REQUIRE_NODE is set but node or npm is missing (Debian: apt-get install nodejs npm)" >&2
+  exit 1
+fi
 # The dashboard's browser tests drive Debian's chromium with Playwright (no browser download).
 if [[ $(id -u) == 0 ]] && ! [[ -x /usr/bin/chromium ]] && command -v apt-get >/dev/null 2>&1; then
   echo "== installing chromium (for the dashboard's browser tests)"

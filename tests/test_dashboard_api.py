@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from raftmesh import DAG
-from raftmesh.dashboard.server import plaintext_warning
+from raftmesh.dashboard.listener import plaintext_warning
 from raftmesh.errors import InvalidArgument
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.node.config import Peer, build_config
@@ -380,6 +380,29 @@ def test_streams_live_through_a_leader_kill(board: LocalCluster, http: httpx.Cli
                 {"tasks": [{"id": "a", "agent": "echo", "input": 3}]}
             )  # wakes the watcher to stop
             watcher.join(timeout=1)
+
+
+def test_a_node_with_streams_open_stops_gracefully(board: LocalCluster, http: httpx.Client) -> None:
+    """SIGTERM with the page's streams open: they are cut (not waited on) and the node exits by itself."""
+    f = follower(board)
+    gated = board.client().submit(gated_dag("held"))  # a run that does not end on its own
+    try:
+        with (
+            EventStream(http, url(board, f, "/api/v1/events")) as all_events,
+            EventStream(http, url(board, f, f"/api/v1/runs/{gated}/events")) as one,
+        ):
+            assert one.next()[0] == "snapshot" and all_events.next()[0] == "cluster"
+            board.stop_node(f, timeout_s=30)  # SIGKILL only after 30 s
+            proc = board.nodes[f].proc
+            assert proc is not None and proc.returncode == 0, proc.returncode
+            for s in (all_events, one):
+                with pytest.raises((EOFError, httpx.HTTPError)):
+                    while True:
+                        s.next()
+    finally:
+        board.restart(f)
+        board.wait_ready()
+        board.client().cancel(gated)
 
 
 def test_http_flags_are_checked(tmp_path: pathlib.Path) -> None:

@@ -44,6 +44,18 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))
 
 
+def _tty(args: argparse.Namespace) -> Any:
+    """A rich console when stdout is a terminal a person reads (render.py), else None: --json,
+    --plain, pipes and TERM=dumb keep the plain output scripts parse (rich is not even imported)."""
+    if getattr(args, "json", False) or getattr(args, "plain", False) or not sys.stdout.isatty():
+        return None
+    from .render import console_for
+
+    # main() wraps stdout in an escaping writer (this module's class: `python -m` loads it as __main__)
+    out = sys.stdout
+    return console_for(args, out.inner if isinstance(out, _EscapingWriter) else out)
+
+
 def _client(args: argparse.Namespace) -> Any:
     from ..client import Client
 
@@ -136,6 +148,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.digest:
             data["digest"] = info.digest
         _print_json(data)
+    elif (con := _tty(args)) is not None:
+        from .render import status_tables
+
+        status_tables(con, info)
     else:
         print(f"leader: {info.leader or '(none)'}  term: {info.term}  answered by: {info.node_id}")
         for m in info.members:
@@ -175,6 +191,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
             else:
                 print(run_id)
             return EXIT_OK
+        if (con := _tty(args)) is not None:
+            from .render import follow, run_summary
+
+            follow(con, c.watch(run_id, timeout_s=args.wait_timeout), run_id, show_events=False)
+            run = c.get(run_id)
+            run_summary(con, run)
+            return EXIT_OK if run.status == "SUCCEEDED" else EXIT_RUN_FAILED
         run = c.wait(run_id, timeout_s=args.wait_timeout)
     if args.json:
         _print_json(run.to_json())
@@ -217,6 +240,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as c:
+        if (con := _tty(args)) is not None:
+            from .render import follow, run_summary
+
+            follow(con, c.watch(args.run_id, timeout_s=args.wait_timeout), args.run_id, show_events=True)
+            run_summary(con, c.get(args.run_id))
+            return EXIT_OK
         for ev in c.watch(args.run_id, timeout_s=args.wait_timeout):
             if args.json:
                 d: dict[str, Any] = {"revision": ev.revision, "kind": ev.kind, "status": ev.status}
@@ -253,6 +282,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
         runs = c.list_runs(limit=args.limit, status=args.status, namespace=args.namespace)
     if args.json:
         _print_json({"runs": runs})
+    elif (con := _tty(args)) is not None:
+        from .render import runs_table
+
+        runs_table(con, runs)
     else:
         for r in runs:
             print(
@@ -300,6 +333,10 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         dead = c.dead_letters(limit=args.limit)
     if args.json:
         _print_json({"dead_letters": [d.to_json() for d in dead]})
+    elif (con := _tty(args)) is not None:
+        from .render import dead_letters_table
+
+        dead_letters_table(con, dead)
     else:
         for d in dead:
             print(f"{d.run_id}  {d.task_id:<24} agent={d.agent} attempt={d.attempt} error={d.error}")
@@ -349,6 +386,10 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         gates = c.approvals(run_id=args.run, limit=args.limit)
     if args.json:
         _print_json({"approvals": [g.to_json() for g in gates]})
+    elif (con := _tty(args)) is not None:
+        from .render import approvals_table
+
+        approvals_table(con, gates)
     else:
         for g in gates:
             print(f"{g.run_id}  {g.task_id:<24} gate={g.gate} {_one_line(g.prompt)}")
@@ -472,6 +513,10 @@ def cmd_kv(args: argparse.Namespace) -> int:
             return EXIT_OK
     if args.json:
         _print_json(out)
+    elif args.kv_cmd == "list" and (con := _tty(args)) is not None:
+        from .render import kv_table
+
+        kv_table(con, entries)
     else:
         print(text)
     return EXIT_OK
@@ -520,6 +565,10 @@ def cmd_lock(args: argparse.Namespace) -> int:
             code = EXIT_OK
     if args.json:
         _print_json(out)
+    elif args.lock_cmd == "list" and (con := _tty(args)) is not None:
+        from .render import locks_table
+
+        locks_table(con, locks)
     else:
         print(text)
     return code
@@ -569,6 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cred_key",
         default=None,
         help="the client certificate's key (default: env RAFTMESH_KEY)",
+    )
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="on a terminal too, print the plain lines of a pipe (no live progress, tables or colour)",
     )
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -939,6 +993,11 @@ class _EscapingWriter:
 
     def __init__(self, inner: TextIO) -> None:
         self._inner = inner
+
+    @property
+    def inner(self) -> TextIO:
+        """The stream underneath: render.py draws rich's own codes on it (escaping cluster text itself)."""
+        return self._inner
 
     def write(self, text: str) -> int:
         return self._inner.write(escape_control(text))

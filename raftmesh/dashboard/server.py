@@ -25,19 +25,19 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from aiohttp import web
 
 from ..client._audit import AuditEventInfo, AuditTrail
 from ..client._types import TERMINAL
-from ..consensus import limits
-from ..node.config import is_loopback_host
 from ..node.tls import NodeChannels, NodeTls
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
-from . import shapes
+from . import params, shapes
+from .errors import ApiError, bad, error_response, from_rpc
+from .listener import BoundedSite, plaintext_warning
 
 log = logging.getLogger(__name__)
 
@@ -51,55 +51,18 @@ OFFLOAD_TASKS = 100
 """Runs with more tasks than this are turned into JSON in a thread, not on the node's loop."""
 MAX_OTHER_CONNECTIONS = 128
 """Connections beyond the event streams' (``max_streams``); more are closed as they are accepted."""
+STOP_S = 1.0
+"""A stopping node waits this long for requests in flight; open event streams are cut then."""
 PING_S = 5.0
 """An idle event stream sends ``event: ping`` this often (and so notices a client that left)."""
 CLUSTER_SAMPLE_S = 1.0
 LEADER_CHANGES = 20
-MAX_OFFSET = 1_000_000
-MAX_PREFIX_CHARS = 1024
-
-_HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-_RUN_STATUSES = {n.removeprefix("RUN_STATUS_") for n in pb.RunStatus.DESCRIPTOR.values_by_name} - {
-    "UNSPECIFIED"
-}
 
 _PLACEHOLDER = (
     "<!doctype html><meta charset=utf-8><title>raftmesh</title>"
     "<p>raftmesh dashboard: the page is not installed (raftmesh/dashboard/static/index.html); "
     'the API is at <a href="/api/v1/cluster">/api/v1/cluster</a>.</p>'
 )
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _bad(message: str) -> ApiError:
-    return ApiError(400, "INVALID_ARGUMENT", message)
-
-
-def _error_response(err: ApiError) -> web.Response:
-    return web.json_response({"error": {"code": err.code, "message": err.message}}, status=err.status)
-
-
-def _from_rpc(exc: grpc.RpcError) -> ApiError:
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = exc.details() if hasattr(exc, "details") else ""
-    return ApiError(_HTTP_STATUS.get(code, 500), code.name, details or code.name)
 
 
 @dataclass(frozen=True)
@@ -114,17 +77,6 @@ class DashboardNode:
     """Whether the node checks tokens."""
     leader: Callable[[], tuple[str, int]]
     """(leader id, term) as this node sees them now."""
-
-
-def plaintext_warning(addr: str, tls: bool, auth: bool) -> str:
-    """What to warn of when bearer tokens would reach the dashboard in clear text ("" if nothing)."""
-    host = addr.rpartition(":")[0].strip("[]")
-    if tls or not auth or is_loopback_host(host):
-        return ""
-    return (
-        f"tokens are on but TLS is off and --http {addr} is not a loopback address: bearer tokens "
-        "cross the network in clear text to the dashboard; give the node --tls-cert/--tls-key/--tls-ca"
-    )
 
 
 def _self_target(addr: str) -> str:
@@ -196,9 +148,11 @@ class Dashboard:
         if warning:
             log.warning("%s", warning)
         # handler_cancellation: a client that goes away cancels its handler (and so its gRPC stream).
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=STOP_S
+        )
         await self._runner.setup()
-        site = _BoundedSite(self._runner, host, int(port), ctx, self.max_streams + MAX_OTHER_CONNECTIONS)
+        site = BoundedSite(self._runner, host, int(port), ctx, self.max_streams + MAX_OTHER_CONNECTIONS)
         await site.start()
         self.url = f"{'https' if ctx else 'http'}://{addr}"
         self._sampler = asyncio.create_task(self._sample_leader(), name="dashboard-leader")
@@ -255,22 +209,22 @@ class Dashboard:
                 )
             resp = await handler(request)
         except ApiError as err:
-            resp = _error_response(err)
+            resp = error_response(err)
         except grpc.RpcError as exc:
-            resp = _error_response(_from_rpc(exc))
+            resp = error_response(from_rpc(exc))
         except web.HTTPRequestEntityTooLarge:
-            resp = _error_response(
+            resp = error_response(
                 ApiError(413, "RESOURCE_EXHAUSTED", f"the body is larger than {MAX_BODY_BYTES} bytes")
             )
         except web.HTTPException as exc:
             if exc.status < 400 or not request.path.startswith("/api/"):
                 raise
-            resp = _error_response(ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason))
+            resp = error_response(ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason))
         except (asyncio.CancelledError, ConnectionError):
             raise  # the client went away
         except Exception:
             log.exception("dashboard request %s %s failed", request.method, request.path)
-            resp = _error_response(
+            resp = error_response(
                 ApiError(500, "INTERNAL", "the dashboard failed to answer; see the node's log")
             )
         if not resp.prepared:
@@ -321,7 +275,7 @@ class Dashboard:
     # ---- pages ----------------------------------------------------------------------
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
-        _params(request)
+        params.query(request)
         path = os.path.join(STATIC_DIR, "index.html")
         if os.path.isfile(path):
             return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
@@ -330,11 +284,11 @@ class Dashboard:
     # ---- reads ----------------------------------------------------------------------
 
     async def _whoami(self, request: web.Request) -> web.Response:
-        _params(request)
+        params.query(request)
         return web.json_response(shapes.whoami(await self._unary(request, "WhoAmI", pb.WhoAmIRequest())))
 
     async def _cluster(self, request: web.Request) -> web.Response:
-        _params(request)
+        params.query(request)
         return web.json_response(await self._cluster_json(request))
 
     async def _cluster_json(self, request: web.Request) -> dict[str, Any]:
@@ -377,26 +331,26 @@ class Dashboard:
         }
 
     async def _runs(self, request: web.Request) -> web.Response:
-        q = _params(request, "status", "namespace", "limit", "offset")
+        q = params.query(request, "status", "namespace", "limit", "offset")
         req = pb.ListRunsRequest(
-            limit=_int(q, "limit", 1, 1000, 100),
-            offset=_int(q, "offset", 0, MAX_OFFSET, 0),
-            namespace=_namespace(q),
-            status=_status(q),
+            limit=params.whole(q, "limit", 1, 1000, 100),
+            offset=params.whole(q, "offset", 0, params.MAX_OFFSET, 0),
+            namespace=params.namespace(q),
+            status=params.run_status(q),
         )
         resp: pb.ListRunsResponse = await self._unary(request, "ListRuns", req)
         return web.json_response({"runs": [shapes.summary(r) for r in resp.runs]})
 
     async def _run(self, request: web.Request) -> web.Response:
-        _params(request)
-        run_id = _run_id(request)
+        params.query(request)
+        run_id = params.run_id(request)
         run = await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id))
         return web.Response(text=await _run_text(run), content_type="application/json")
 
     async def _audit(self, request: web.Request) -> web.Response:
-        q = _params(request, "limit")
-        run_id = _run_id(request)
-        req = pb.GetAuditRequest(run_id=run_id, limit=_int(q, "limit", 1, 10_000, 1000))
+        q = params.query(request, "limit")
+        run_id = params.run_id(request)
+        req = pb.GetAuditRequest(run_id=run_id, limit=params.whole(q, "limit", 1, 10_000, 1000))
         # As ``Client.audit``: this node first; the first whole history wins, else the longest.
         own: pb.ClusterStatusResponse = await self._unary(request, "ClusterStatus", pb.ClusterStatusRequest())
         targets = [None] + [m.grpc for m in own.members if m.id != own.node_id]
@@ -406,7 +360,7 @@ class Dashboard:
             try:
                 resp: pb.GetAuditResponse = await self._unary(request, "GetAudit", req, target)
             except grpc.RpcError as exc:
-                err = _from_rpc(exc)
+                err = from_rpc(exc)
                 if err.status in (400, 401, 403):
                     raise err from None
                 if error is None or err.status == 404:
@@ -424,29 +378,31 @@ class Dashboard:
         raise error or ApiError(404, "NOT_FOUND", f"run {run_id!r} not found")
 
     async def _approvals(self, request: web.Request) -> web.Response:
-        q = _params(request, "run", "limit")
+        q = params.query(request, "run", "limit")
         run = q.get("run", "")
         if run:
-            _check_id("run", run)
-        req = pb.ListApprovalsRequest(run_id=run, limit=_int(q, "limit", 1, 1000, 100))
+            params.check_id("run", run)
+        req = pb.ListApprovalsRequest(run_id=run, limit=params.whole(q, "limit", 1, 1000, 100))
         resp = await self._unary(request, "ListApprovals", req)
         return web.json_response(
             {"approvals": [shapes.approval(a) for a in resp.approvals], "more": resp.more}
         )
 
     async def _locks(self, request: web.Request) -> web.Response:
-        q = _params(request, "prefix")
+        q = params.query(request, "prefix")
         stub = pb_grpc.LocksStub(self._channel(_self_target(self.node.grpc)))
         resp = await stub.List(
-            pb.LockListRequest(prefix=_prefix(q)), metadata=self._metadata(request), timeout=CALL_TIMEOUT_S
+            pb.LockListRequest(prefix=params.prefix(q)),
+            metadata=self._metadata(request),
+            timeout=CALL_TIMEOUT_S,
         )
         return web.json_response({"locks": [shapes.lock(lk) for lk in resp.locks]})
 
     async def _kv(self, request: web.Request) -> web.Response:
-        q = _params(request, "prefix", "limit")
+        q = params.query(request, "prefix", "limit")
         stub = pb_grpc.KvStub(self._channel(_self_target(self.node.grpc)))
         resp = await stub.List(
-            pb.KvListRequest(prefix=_prefix(q), limit=_int(q, "limit", 1, 1000, 100)),
+            pb.KvListRequest(prefix=params.prefix(q), limit=params.whole(q, "limit", 1, 1000, 100)),
             metadata=self._metadata(request),
             timeout=CALL_TIMEOUT_S,
         )
@@ -454,8 +410,8 @@ class Dashboard:
         return web.json_response({"entries": entries, "revision": resp.revision})
 
     async def _dead_letters(self, request: web.Request) -> web.Response:
-        q = _params(request, "limit")
-        limit = _int(q, "limit", 1, 1000, 100)
+        q = params.query(request, "limit")
+        limit = params.whole(q, "limit", 1, 1000, 100)
         md = self._metadata(request)
         tasks_call = self._stub().ListDeadLetters(
             pb.ListDeadLettersRequest(limit=limit), metadata=md, timeout=CALL_TIMEOUT_S
@@ -475,7 +431,7 @@ class Dashboard:
     # ---- actions --------------------------------------------------------------------
 
     async def _body(self, request: web.Request, allowed: dict[str, type]) -> dict[str, Any]:
-        _params(request)
+        params.query(request)
         ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
             raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as Content-Type: application/json")
@@ -488,26 +444,26 @@ class Dashboard:
         try:
             body = json.loads(raw) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError):
-            raise _bad("the body is not JSON") from None
+            raise bad("the body is not JSON") from None
         if not isinstance(body, dict):
-            raise _bad("the body must be a JSON object")
+            raise bad("the body must be a JSON object")
         for k, v in body.items():
             want = allowed.get(k)
             if want is None:
-                raise _bad(f"unknown field {k[:40]!r}; this action takes {sorted(allowed) or 'no fields'}")
+                raise bad(f"unknown field {k[:40]!r}; this action takes {sorted(allowed) or 'no fields'}")
             if not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                raise _bad(f"{k} must be a {want.__name__}")
+                raise bad(f"{k} must be a {want.__name__}")
         return body
 
     async def _cancel(self, request: web.Request) -> web.Response:
         body = await self._body(request, {"reason": str})
-        run_id = _run_id(request)
+        run_id = params.run_id(request)
         req = pb.CancelRunRequest(run_id=run_id, reason=body.get("reason", ""))
         return web.json_response(shapes.cancel(run_id, await self._unary(request, "CancelRun", req)))
 
     async def _pause(self, request: web.Request) -> web.Response:
         body = await self._body(request, {"cancel_running": bool})
-        run_id = _run_id(request)
+        run_id = params.run_id(request)
         req = pb.PauseRunRequest(
             run_id=run_id, cancel_running=body.get("cancel_running", False), request_id=uuid.uuid4().hex
         )
@@ -515,13 +471,13 @@ class Dashboard:
 
     async def _resume(self, request: web.Request) -> web.Response:
         await self._body(request, {})
-        run_id = _run_id(request)
+        run_id = params.run_id(request)
         req = pb.ResumeRunRequest(run_id=run_id, request_id=uuid.uuid4().hex)
         return web.json_response(shapes.control(run_id, await self._unary(request, "ResumeRun", req)))
 
     async def _rerun(self, request: web.Request) -> web.Response:
         await self._body(request, {})
-        run_id, task_id = _run_id(request), _task_id(request)
+        run_id, task_id = params.run_id(request), params.task_id(request)
         req = pb.RerunTaskRequest(run_id=run_id, task_id=task_id, request_id=uuid.uuid4().hex)
         return web.json_response(shapes.rerun(run_id, task_id, await self._unary(request, "RerunTask", req)))
 
@@ -533,7 +489,7 @@ class Dashboard:
 
     async def _decide(self, request: web.Request, reject: bool) -> web.Response:
         body = await self._body(request, {"comment": str})
-        run_id, task_id = _run_id(request), _task_id(request)
+        run_id, task_id = params.run_id(request), params.task_id(request)
         # As ``Client.approve``: the open gate's id goes with the decision, so it decides that gate only.
         run: pb.Run = await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id))
         task = next((t for t in run.tasks if t.id == task_id), None)
@@ -586,8 +542,8 @@ class Dashboard:
             )
 
     async def _run_events(self, request: web.Request) -> web.StreamResponse:
-        _params(request)
-        run_id = _run_id(request)
+        params.query(request)
+        run_id = params.run_id(request)
         self._check_room()  # before the gRPC stream is opened (checked again once it answered)
         call = self._stub().WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=self._metadata(request))
         try:
@@ -596,7 +552,7 @@ class Dashboard:
                 try:
                     await self._pump_run(sse, first, call)
                 except grpc.RpcError as exc:
-                    await sse.error(_from_rpc(exc))
+                    await sse.error(from_rpc(exc))
             return sse.resp
         finally:
             call.cancel()
@@ -627,9 +583,11 @@ class Dashboard:
         await sse.error(ApiError(503, "UNAVAILABLE", "the node ended the run's stream"))
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        q = _params(request, "namespace", "limit", "status")
+        q = params.query(request, "namespace", "limit", "status")
         req = pb.WatchRunsRequest(
-            limit=_int(q, "limit", 1, 1000, 100), namespace=_namespace(q), status=_status(q)
+            limit=params.whole(q, "limit", 1, 1000, 100),
+            namespace=params.namespace(q),
+            status=params.run_status(q),
         )
         self._check_room()
         call = self._stub().WatchRuns(req, metadata=self._metadata(request))
@@ -649,7 +607,7 @@ class Dashboard:
                                 await out.put(("runs", {"run": shapes.summary(e.changed)}))
                         raise ApiError(503, "UNAVAILABLE", "the node ended the runs stream")
                     except grpc.RpcError as exc:
-                        await out.put(("error", _from_rpc(exc)))
+                        await out.put(("error", from_rpc(exc)))
                     except ApiError as err:
                         await out.put(("error", err))
 
@@ -660,7 +618,7 @@ class Dashboard:
                         try:
                             now = await self._cluster_cached(request)
                         except grpc.RpcError as exc:
-                            await out.put(("error", _from_rpc(exc)))
+                            await out.put(("error", from_rpc(exc)))
                             return
                         if now != last:
                             await out.put(("cluster", now))
@@ -701,41 +659,6 @@ class Dashboard:
         return out
 
 
-class _BoundedSite(web.TCPSite):
-    """A TCP site that closes connections beyond ``max_connections`` as they are accepted (each
-    holds a socket and, busy, a gRPC call: a stranger opening thousands must not exhaust the node)."""
-
-    def __init__(
-        self, runner: web.AppRunner, host: str, port: int, ctx: ssl.SSLContext | None, max_connections: int
-    ) -> None:
-        super().__init__(runner, host, port, ssl_context=ctx, reuse_address=True)
-        self._max_connections = max_connections
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-
-        def accept() -> asyncio.BaseProtocol:
-            if len(server.connections) >= self._max_connections:
-                return _Refused()
-            return server()
-
-        self._server = await asyncio.get_running_loop().create_server(
-            accept,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=True,
-        )
-
-
-class _Refused(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()  # type: ignore[attr-defined]
-
-
 class _Sse:
     def __init__(self, resp: web.StreamResponse) -> None:
         self.resp = resp
@@ -773,75 +696,3 @@ async def _chain(first: Any, call: Any) -> AsyncIterator[Any]:
     yield first
     async for e in call:
         yield e
-
-
-# ---- parameter validation -------------------------------------------------------------
-
-
-def _params(request: web.Request, *allowed: str) -> dict[str, str]:
-    q = request.query
-    for k in q:
-        if k in ("token", "access_token"):
-            raise _bad("tokens never go in URLs: send 'Authorization: Bearer TOKEN'")
-        if k not in allowed:
-            raise _bad(
-                f"unknown query parameter {k[:40]!r}" + (f"; use {', '.join(allowed)}" if allowed else "")
-            )
-        if len(q.getall(k)) > 1:
-            raise _bad(f"query parameter {k!r} is given more than once")
-    return {k: q[k] for k in q}
-
-
-def _int(q: dict[str, str], name: str, lo: int, hi: int, default: int) -> int:
-    raw = q.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or len(raw) > 9:
-        raise _bad(f"{name} must be a whole number between {lo} and {hi}, got {raw[:40]!r}")
-    v = int(raw)
-    if not lo <= v <= hi:
-        raise _bad(f"{name} must be between {lo} and {hi}, got {v}")
-    return v
-
-
-def _status(q: dict[str, str]) -> pb.RunStatus:
-    raw = q.get("status", "")
-    if not raw:
-        return pb.RUN_STATUS_UNSPECIFIED
-    name = raw.upper()
-    if name not in _RUN_STATUSES:
-        raise _bad(f"status must be one of {', '.join(sorted(_RUN_STATUSES))}, got {raw[:40]!r}")
-    return cast(pb.RunStatus, pb.RunStatus.Value(f"RUN_STATUS_{name}"))
-
-
-def _namespace(q: dict[str, str]) -> str:
-    ns = q.get("namespace", "")
-    why = limits.namespace_error(ns) if ns else ""
-    if why:
-        raise _bad(why)
-    return ns
-
-
-def _prefix(q: dict[str, str]) -> str:
-    p = q.get("prefix", "")
-    if len(p) > MAX_PREFIX_CHARS or not limits.printable(p):
-        raise _bad(f"prefix must be at most {MAX_PREFIX_CHARS} printable characters")
-    return p
-
-
-def _check_id(what: str, value: str) -> None:
-    if not value or len(value) > limits.MAX_ID_CHARS or not limits.printable(value):
-        raise _bad(f"{what} must be 1-{limits.MAX_ID_CHARS} printable characters")
-
-
-def _run_id(request: web.Request) -> str:
-    v = request.match_info["run_id"]
-    _check_id("run id", v)
-    return v
-
-
-def _task_id(request: web.Request) -> str:
-    v = request.match_info["task_id"]
-    if not v or len(v) > 2 * limits.MAX_ID_CHARS or not limits.printable(v):
-        raise _bad(f"task id must be 1-{2 * limits.MAX_ID_CHARS} printable characters")
-    return v

@@ -1,0 +1,376 @@
+"""What the CLI draws on a terminal: live run progress and aligned, coloured tables (rich).
+
+Only used when stdout is a TTY a person reads (``console_for``); ``--json``, ``--plain``, a pipe
+or ``TERM=dumb`` keep main.py's plain output, which scripts parse. Every string that came from
+the cluster (run names, task ids, outputs, errors, prompts, keys) is escaped
+(``escape_control``) and wrapped in ``Text``: never parsed as rich markup, so a hostile task
+output can neither move the cursor, retitle the window nor inject styles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .main import escape_control
+
+STATUS_STYLES = {
+    "SUCCEEDED": "green",
+    "FAILED": "bold red",
+    "COMPENSATION_FAILED": "bold red",
+    "CANCELLED": "yellow",
+    "COMPENSATED": "yellow",
+    "COMPENSATING": "yellow",
+    "PAUSED": "yellow",
+    "SKIPPED": "dim",
+    "RUNNING": "cyan",
+    "WAITING_APPROVAL": "magenta",
+    "WAITING_CHILDREN": "blue",
+    "READY": "",
+    "PENDING": "dim",
+}
+ENDED_TASK = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "SKIPPED"})
+ENDED_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "COMPENSATED", "COMPENSATION_FAILED"})
+SNIPPET = 160
+"""At most this many characters of an error or output in a table cell (``raftmesh get --json``
+has all)."""
+
+
+def console_for(args: argparse.Namespace, stream: TextIO) -> Console | None:
+    """A console drawing on ``stream`` (the real stdout, not main()'s escaping writer, which would
+    escape rich's own codes) if it is a terminal a person reads, else None (plain output)."""
+    if getattr(args, "json", False) or getattr(args, "plain", False):
+        return None
+    try:
+        if not stream.isatty():
+            return None
+    except (AttributeError, ValueError):  # a closed or file-less stream
+        return None
+    if os.environ.get("TERM", "") == "dumb":
+        return None
+    return Console(
+        file=stream,
+        # https://no-color.org: set and not empty means no colour (styles like bold stay).
+        no_color=os.environ.get("NO_COLOR", "") != "",
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
+
+
+def clean(text: Any, limit: int = 0) -> str:
+    """One line of cluster text fit for a cell: controls escaped, newlines shown as ``\\n``."""
+    s = escape_control(str(text).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n"))
+    if limit and len(s) > limit:
+        s = s[: limit - 3] + "..."
+    return s
+
+
+def cell(text: Any, style: str = "", limit: int = 0) -> Text:
+    return Text(clean(text, limit), style=style)
+
+
+def json_cell(value: Any, style: str = "", limit: int = 0) -> Text:
+    """A JSON value on one line: json.dumps already escaped its controls, so backslashes stay single."""
+    s = escape_control(json.dumps(value))
+    return Text(s if not limit or len(s) <= limit else s[: limit - 3] + "...", style=style)
+
+
+def status_cell(status: str) -> Text:
+    return Text(clean(status), style=STATUS_STYLES.get(status, ""))
+
+
+def _table(*columns: str, right: Iterable[str] = ()) -> Table:
+    """Columns left-aligned (``right``: numbers), one line per row (``_print_table`` fits it)."""
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    right = set(right)
+    for c in columns:
+        t.add_column(Text(c), justify="right" if c in right else "left", overflow="ellipsis", no_wrap=True)
+    return t
+
+
+def _print_table(console: Console, t: Table) -> None:
+    """Print ``t`` with its last column, the free text, cut to what the terminal has left: ids,
+    statuses and numbers stay whole and every row stays one line."""
+    *others, last = t.columns
+
+    def width(r: Any) -> int:
+        return r.cell_len if isinstance(r, Text) else len(str(r))
+
+    used = sum(max([width(c.header), *(width(x) for x in c.cells)]) for c in others)
+    last.max_width = max(12, console.width - used - 3 * len(others))  # 3: padding and separator
+    console.print(t)
+
+
+def _duration(ms: int) -> str:
+    s = ms / 1000
+    if s < 60:
+        return f"{s:.1f}s"
+    m, s = divmod(int(s), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
+
+
+# ---- live progress of one run ---------------------------------------------------------------
+
+
+class RunProgress:
+    """A run's task states as the watch stream reports them; drawn by rich's refresh thread."""
+
+    def __init__(self, run_id: str, unicode: bool = True) -> None:
+        self.run_id = run_id
+        self.unicode = unicode
+        self.status = ""
+        self.name = ""
+        self.created_ms = 0
+        self.finished_ms = 0
+        self.started = time.time()
+        self._tasks: dict[str, str] = {}
+        self._lock = threading.Lock()  # the refresh thread reads while the stream thread writes
+
+    def apply(self, ev: Any) -> None:
+        with self._lock:
+            if ev.kind == "snapshot" and ev.run is not None:
+                # A snapshot (first, and again after a reconnect) replaces what was known.
+                self._tasks = {t.id: t.status for t in ev.run.tasks.values()}
+                self.status, self.name = ev.run.status, ev.run.name
+                self.created_ms, self.finished_ms = ev.run.created_ms, ev.run.finished_ms
+            elif ev.kind == "task":
+                self._tasks[ev.task_id] = ev.status  # children (map instances, spawns) arrive here
+            elif ev.kind == "run":
+                self.status = ev.status
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            states = list(self._tasks.values())
+        return {
+            "total": len(states),
+            "done": sum(1 for s in states if s in ENDED_TASK),
+            "running": states.count("RUNNING"),
+            "approval": states.count("WAITING_APPROVAL"),
+            "failed": states.count("FAILED"),
+        }
+
+    def elapsed_s(self) -> float:
+        """Since the run was created (this process started watching, if unknown); a run that had
+        already finished when the watch began shows how long it took."""
+        since = self.created_ms / 1000 if self.created_ms else self.started
+        until = self.finished_ms / 1000 if self.finished_ms and self.status in ENDED_RUN else time.time()
+        return max(0.0, until - since)
+
+    def __rich__(self) -> RenderableType:
+        n = self.counts()
+        width = 24
+        filled = width * n["done"] // n["total"] if n["total"] else 0
+        line = Text()
+        line.append(f"run {clean(self.run_id)} ")
+        if self.name:
+            line.append(f"({clean(self.name, 40)}) ")
+        line.append(clean(self.status or "..."), style=STATUS_STYLES.get(self.status, ""))
+        line.append("  ")
+        line.append(("━" if self.unicode else "#") * filled, style="green")
+        line.append(("━" if self.unicode else "-") * (width - filled), style="dim")
+        line.append(f"  {n['done']}/{n['total']} done")
+        line.append(f"  {n['running']} running", style="cyan" if n["running"] else "")
+        line.append(f"  {n['approval']} waiting approval", style="magenta" if n["approval"] else "")
+        line.append(f"  {n['failed']} failed", style="bold red" if n["failed"] else "")
+        line.append(f"  {_duration(int(self.elapsed_s() * 1000))}")
+        return line
+
+
+def _event_line(ev: Any) -> Text:
+    line = Text()
+    line.append(f"[{ev.revision}] ", style="dim")
+    if ev.kind == "snapshot" and ev.run is not None:
+        line.append(f"run {clean(ev.run.run_id)} is ")
+        line.append_text(status_cell(ev.run.status))
+    elif ev.kind == "task":
+        line.append(f"{clean(ev.task_id)} ")
+        line.append_text(status_cell(ev.status))
+        line.append(f" attempt={ev.attempt} {clean(ev.node)}")
+    else:
+        line.append("run ")
+        line.append_text(status_cell(ev.status))
+        if ev.error:
+            line.append(f" {clean(ev.error, 200)}")
+    return line
+
+
+def follow(console: Console, events: Iterator[Any], run_id: str, *, show_events: bool) -> RunProgress:
+    """Draw ``events`` (``Client.watch``) as a live progress line until the stream ends.
+
+    ``show_events``: also print each event above the line (``raftmesh watch``). The line is
+    transient: the summary table printed afterwards replaces it.
+    """
+    progress = RunProgress(run_id, unicode=console.encoding.lower().startswith("utf"))
+    # No redirection of sys.stdout/stderr: rich would decode ANSI codes in what is written there.
+    live = Live(
+        progress,
+        console=console,
+        refresh_per_second=4,
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    with live:
+        for ev in events:
+            progress.apply(ev)
+            if show_events:
+                live.console.print(_event_line(ev))
+            live.refresh()
+    return progress
+
+
+def _tree(run: Any) -> Iterator[tuple[Any, int]]:
+    """Tasks in submission order, children under their parent (as ``raftmesh get`` lists them)."""
+    todo = [(t, 0) for t in reversed(run.tasks.values()) if not t.parent or t.parent not in run.tasks]
+    while todo:
+        t, level = todo.pop()
+        yield t, level
+        todo.extend((run.tasks[c], level + 1) for c in reversed(t.children) if c in run.tasks)
+
+
+def run_summary(console: Console, run: Any) -> None:
+    """The run's outcome and one row per task: id, agent, status, attempt, node, duration, result."""
+    head = Text(f"run {clean(run.run_id)}")
+    if run.name:
+        head.append(f" ({clean(run.name, 80)})")
+    head.append(": ")
+    head.append_text(status_cell(run.status))
+    if run.error:
+        head.append(f"  {clean(run.error, 200)}", style="red")
+    if run.created_ms and run.finished_ms:
+        head.append(f"  in {_duration(run.finished_ms - run.created_ms)}", style="dim")
+    u = run.usage
+    if u.tokens_in or u.tokens_out or u.cost:
+        head.append(f"  tokens_in={u.tokens_in} tokens_out={u.tokens_out} cost={u.cost:g}", style="dim")
+    t = _table(
+        "TASK",
+        "AGENT",
+        "STATUS",
+        "ATTEMPT",
+        "NODE",
+        "DURATION",
+        "ERROR / OUTPUT",
+        right=("ATTEMPT", "DURATION"),
+    )
+    now_ms = int(time.time() * 1000)
+    for task, level in _tree(run):
+        took = _duration((task.finished_ms or now_ms) - task.started_ms) if task.started_ms else ""
+        if task.error:
+            result = cell(task.error, "red" if task.status == "FAILED" else "", SNIPPET)
+        elif task.output is not None:
+            result = json_cell(task.output, "dim", SNIPPET)
+        else:
+            result = cell(task.waiting_reason, "dim", SNIPPET)
+        t.add_row(
+            Text("  " * level + clean(task.id)),
+            cell(task.agent),
+            status_cell(task.status),
+            Text(str(task.attempt)),
+            cell(task.node),
+            Text(took),
+            result,
+        )
+    console.print(head)
+    _print_table(console, t)
+
+
+# ---- listings ---------------------------------------------------------------------------------
+
+
+def runs_table(console: Console, runs: list[dict[str, Any]]) -> None:
+    t = _table(
+        "RUN", "STATUS", "TASKS", "UNFINISHED", "CREATED", "NAME", "ERROR", right=("TASKS", "UNFINISHED")
+    )
+    for r in runs:
+        created = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_ms"] / 1000))
+            if r["created_ms"]
+            else ""
+        )
+        t.add_row(
+            cell(r["run_id"]),
+            status_cell(r["status"]),
+            Text(str(r["tasks"])),
+            Text(str(r["unfinished"])),
+            Text(created, style="dim"),
+            cell(r["name"], limit=40),
+            cell(r["error"], "red", SNIPPET),
+        )
+    _print_table(console, t)
+
+
+def status_tables(console: Console, info: Any) -> None:
+    head = Text("leader: ")
+    head.append(clean(info.leader) if info.leader else "(none)", style="bold" if info.leader else "bold red")
+    head.append(f"  term: {info.term}  answered by: {clean(info.node_id)}")
+    t = _table("NODE", "GRPC", "UP", "RUNNING", "BREAKERS", "AGENTS", right=("RUNNING",))
+    for m in info.members:
+        agents = []
+        for o in m.offers:
+            extra = []
+            if o.concurrency:
+                extra.append(f"{o.running}/{o.concurrency}")
+            if o.capabilities:
+                extra.append(",".join(o.capabilities))
+            agents.append(o.agent + (f"[{' '.join(extra)}]" if extra else ""))
+        breakers = [f"{b.agent}:{b.state}" for b in m.breakers if b.state != "closed"]
+        t.add_row(
+            Text(
+                ("* " if m.id == info.leader else "") + clean(m.id),
+                style="bold" if m.id == info.leader else "",
+            ),
+            cell(m.grpc),
+            Text("up" if m.up else "DOWN", style="green" if m.up else "bold red"),
+            Text(f"{m.running}/{m.slots}"),
+            cell(" ".join(breakers), "red"),
+            cell(" ".join(agents) if agents else ",".join(m.agents)),
+        )
+    console.print(head)
+    _print_table(console, t)
+
+
+def approvals_table(console: Console, gates: list[Any]) -> None:
+    t = _table("RUN", "TASK", "GATE", "PROMPT")
+    for g in gates:
+        t.add_row(cell(g.run_id), cell(g.task_id), cell(g.gate), cell(g.prompt, limit=120))
+    _print_table(console, t)
+
+
+def dead_letters_table(console: Console, dead: list[Any]) -> None:
+    t = _table("RUN", "TASK", "AGENT", "ATTEMPT", "ERROR", right=("ATTEMPT",))
+    for d in dead:
+        t.add_row(
+            cell(d.run_id), cell(d.task_id), cell(d.agent), Text(str(d.attempt)), cell(d.error, "red", 100)
+        )
+    _print_table(console, t)
+
+
+def kv_table(console: Console, entries: list[Any]) -> None:
+    t = _table("KEY", "VALUE", "REV", right=("REV",))
+    for e in entries:
+        t.add_row(cell(e.key), json_cell(e.value, limit=100), Text(str(e.mod_revision)))
+    _print_table(console, t)
+
+
+def locks_table(console: Console, locks: list[dict[str, Any]]) -> None:
+    t = _table("LOCK", "HOLDERS", "WAITERS", "LAST TOKEN", right=("LAST TOKEN",))
+    for lk in locks:
+        t.add_row(
+            cell(lk["name"]),
+            cell(", ".join(str(h["owner"]) for h in lk["holders"])),
+            cell(", ".join(str(w) for w in lk["waiters"])),
+            Text(str(lk["last_token"])),
+        )
+    _print_table(console, t)
