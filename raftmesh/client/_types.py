@@ -560,6 +560,10 @@ class RunInfo:
             "error": self.error,
             "tasks": {
                 t.id: {
+                    "agent": t.agent,
+                    "deps": list(t.deps),
+                    "started_ms": t.started_ms,
+                    "finished_ms": t.finished_ms,
                     "status": t.status,
                     "output": t.output,
                     "node": t.node,
