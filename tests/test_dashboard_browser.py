@@ -217,12 +217,6 @@ def test_a_submitted_run_is_drawn_and_its_tasks_turn_green(dash: Dash) -> None:
         ctx.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the run JSON (RunInfo.to_json, the CLI's get --json shape) carries no per-task `deps`, "
-    "so the page cannot draw dependency edges until /api/v1/runs/{id} and the snapshot event add them "
-    "(asked of dashsrv); strict: it fails as soon as they are there, to drop this mark",
-)
 def test_the_drawing_has_the_dags_dependency_edges(dash: Dash) -> None:
     dag = DAG("edges")
     a = dag.task("a", "echo", input=1)
