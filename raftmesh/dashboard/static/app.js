@@ -276,6 +276,8 @@ class RunView {
     this.id = runId;
     this.run = null;
     this.selected = "";
+    this.comment = "";
+    this.commentFor = "";
     this.fetching = false;
     this.fetchAgain = false;
     this.lastFetch = 0;
@@ -421,6 +423,7 @@ class RunView {
 
   renderPanel() {
     const panel = $("task-panel");
+    const hadFocus = document.activeElement && document.activeElement.id === "approve-comment";
     const t = this.run && this.run.tasks ? this.run.tasks[this.selected] : null;
     if (!t) {
       clear(panel).append(el("p", { class: "note" }, `${this.selected}: not in this run (yet).`));
@@ -459,7 +462,17 @@ class RunView {
     }
     const actions = el("div", { class: "task-actions" });
     if (t.status === "WAITING_APPROVAL") {
-      const comment = el("input", { id: "approve-comment", "data-testid": "approve-comment", placeholder: "comment", maxlength: 2000 });
+      // the panel is redrawn as events arrive: what is typed lives on the view, not the input
+      const comment = el("input", {
+        id: "approve-comment",
+        "data-testid": "approve-comment",
+        placeholder: "comment",
+        maxlength: 2000,
+        oninput: (ev) => (this.comment = ev.target.value),
+      });
+      comment.value = this.commentFor === tid ? this.comment : "";
+      this.commentFor = tid;
+      if (hadFocus) requestAnimationFrame(() => comment.focus());
       actions.append(
         comment,
         el("button", { id: "btn-approve", "data-testid": "btn-approve", onclick: () => this.decide(tid, "approve") }, "Approve"),
@@ -546,9 +559,9 @@ class RunView {
   }
 
   decide(tid, how) {
-    const c = $("approve-comment");
     const base = `/runs/${encodeURIComponent(this.id)}/tasks/${encodeURIComponent(tid)}`;
-    this.act(how === "approve" ? `approve ${tid}` : `reject ${tid}`, `${base}/${how}`, { comment: c ? c.value : "" });
+    const comment = this.commentFor === tid ? this.comment : "";
+    this.act(how === "approve" ? `approve ${tid}` : `reject ${tid}`, `${base}/${how}`, { comment });
   }
 
   rerun(tid) {
