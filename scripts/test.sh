@@ -43,6 +43,15 @@ if [[ -n ${RAFTMESH_REQUIRE_NODE:-} ]] && ! { command -v node && command -v npm;
   echo "RAFTMESH_REQUIRE_NODE is set but node or npm is missing (Debian: apt-get install nodejs npm)" >&2
   exit 1
 fi
+# The dashboard's browser tests drive Debian's chromium with Playwright (no browser download).
+if [[ $(id -u) == 0 ]] && ! [[ -x /usr/bin/chromium ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing chromium (for the dashboard's browser tests)"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null || true
+fi
+if [[ ${RAFTMESH_REQUIRE_BROWSER:-} == 1 ]] && ! [[ -x /usr/bin/chromium ]]; then
+  echo "RAFTMESH_REQUIRE_BROWSER=1 but /usr/bin/chromium is missing (Debian: apt-get install chromium)" >&2
+  exit 1
+fi
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[test]'
