@@ -62,7 +62,7 @@ def test_every_public_name_of_the_sync_client_is_on_the_aio_one_with_the_same_pa
             assert hasattr(a, name), f"raftmesh.aio {where}.{name} is missing (raftmesh.Client has it)"
             if callable(value) and not isinstance(value, type):
                 assert _params(value) == _params(getattr(a, name)), f"{where}.{name}: parameters differ"
-                want_async = name not in ("watch", "lock", "subscribe", "lease_of")
+                want_async = name not in ("watch", "watch_runs", "lock", "subscribe", "lease_of")
                 assert inspect.iscoroutinefunction(getattr(a, name)) == want_async, f"{where}.{name}"
                 checked += 1
         assert not set(_public(a)) - set(_public(s)), f"{where}: aio-only names"
@@ -96,7 +96,7 @@ class Blocking:
             return value
         if name == "lease_of":
             return value
-        if name in ("watch", "subscribe"):
+        if name in ("watch", "watch_runs", "subscribe"):
             return lambda *a, **kw: Pulled(value(*a, **kw))
         if name == "lock":
             return lambda *a, **kw: Held(value(*a, **kw))
@@ -244,6 +244,35 @@ def test_submit_twice_with_a_key_is_one_run_watched_to_its_end(mesh: LocalCluste
         assert (await c.status_of(mesh.addresses[0])).node_id == "n1"
         with pytest.raises(DeadlineExceeded):
             async for _ in c.watch(await c.submit(one("slow", "sleep", {"seconds": 30})), timeout_s=0.5):
+                pass
+
+    run_both(flavor, scenario, mesh.addresses)
+
+
+@pytest.mark.e2e
+def test_whoami_and_watch_runs_see_a_run_to_its_end(mesh: LocalCluster, flavor: str) -> None:
+    async def scenario(make: Callable[..., Any]) -> None:
+        c = make()
+        me = await c.whoami()
+        assert me["node_id"] in {"n1", "n2", "n3"} and not me["auth"]
+        assert "/raftmesh.v1.Cluster/SubmitRun" in me["methods"]
+        stream = c.watch_runs(limit=5, timeout_s=30)
+        first = await anext(aiter(stream))  # the snapshot comes first
+        assert set(first) == {"snapshot"} and len(first["snapshot"]) <= 5
+        run_id = await c.submit(one("watched", "sleep", {"seconds": 0.3}))
+        seen: list[str] = []
+        async for change in stream:
+            run = change.get("run") or next(
+                (r for r in change.get("snapshot", []) if r["run_id"] == run_id), None
+            )
+            if run is not None and run["run_id"] == run_id:
+                seen.append(run["status"])
+                if run["status"] == "SUCCEEDED":
+                    break
+        assert seen and seen[-1] == "SUCCEEDED", f"watch_runs ended without the run's end: {seen}"
+        await stream.aclose()
+        with pytest.raises(InvalidArgument):
+            async for _ in c.watch_runs(limit=-1):
                 pass
 
     run_both(flavor, scenario, mesh.addresses)
