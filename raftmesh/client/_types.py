@@ -556,6 +556,9 @@ class RunInfo:
         """The CLI's ``--json`` shape (a stable contract)."""
         return {
             "run_id": self.run_id,
+            "name": self.name,
+            "created_ms": self.created_ms,
+            "finished_ms": self.finished_ms,
             "status": self.status,
             "error": self.error,
             "tasks": {
