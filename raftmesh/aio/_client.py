@@ -8,7 +8,6 @@ after how long and with which request ids is decided there, once for both client
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
@@ -285,8 +284,10 @@ class Lease(LeaseBase):
 
     async def release(self) -> None:
         self._renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._renewer
+        # The renewer's own end (cancelled, or an error it died of) must not skip the unlock,
+        # while a cancellation aimed at the caller (an enclosing timeout) still propagates:
+        # gather returns the renewer's outcome, and raises only if this task is cancelled.
+        await asyncio.gather(self._renewer, return_exceptions=True)
         if await self._c._drive(self.unlock()):
             self.lost.set()
 

@@ -556,17 +556,10 @@ class RunInfo:
         """The CLI's ``--json`` shape (a stable contract)."""
         return {
             "run_id": self.run_id,
-            "name": self.name,
-            "created_ms": self.created_ms,
-            "finished_ms": self.finished_ms,
             "status": self.status,
             "error": self.error,
             "tasks": {
                 t.id: {
-                    "agent": t.agent,
-                    "deps": list(t.deps),
-                    "started_ms": t.started_ms,
-                    "finished_ms": t.finished_ms,
                     "status": t.status,
                     "output": t.output,
                     "node": t.node,
@@ -593,6 +586,10 @@ class RunInfo:
                     "trigger": t.trigger,
                     "map": t.map,
                     "max_parallel": t.max_parallel,
+                    "agent": t.agent,
+                    "deps": list(t.deps),
+                    "started_ms": t.started_ms,
+                    "finished_ms": t.finished_ms,
                 }
                 for t in self.tasks.values()
             },
@@ -604,6 +601,9 @@ class RunInfo:
             "namespace": self.namespace,
             "submitter": self.submitter,
             "trace_id": self.trace_id,
+            "name": self.name,
+            "created_ms": self.created_ms,
+            "finished_ms": self.finished_ms,
         }
 
 
