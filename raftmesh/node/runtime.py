@@ -501,6 +501,7 @@ class NodeRuntime:
             log.info("node %s registered (incarnation %s)", self.config.node_id, self.incarnation)
             self.host.poke()
             self.actors.poke()
+            self.heartbeats.poke()
             # Stay here while the state says we are up; a node_down sends us round again.
             while self.raft.ready is False or self._member_ok():
                 await asyncio.sleep(0.5)
@@ -536,7 +537,7 @@ class NodeRuntime:
                 await self.health.set("", status)
                 await self.health.set("raftmesh.v1.Cluster", status)
                 serving = ok
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)  # a few attribute reads: checked often, so readiness shows at once
 
     # ---- status -----------------------------------------------------------------
 
