@@ -87,6 +87,13 @@ class PeerService(pb_grpc.PeerServicer):
         self.node = node
         self._identify = identify
         self._router = router
+        self._heartbeat_streams: set[asyncio.Task[object]] = set()
+
+    def end_heartbeat_streams(self) -> None:
+        """The node is stopping: end the heartbeat streams peers hold open to it. They never end
+        by themselves, so the server's graceful stop would wait out its whole grace for them."""
+        for task in self._heartbeat_streams:
+            task.cancel()
 
     @rpc.stream
     async def Exchange(
@@ -102,6 +109,19 @@ class PeerService(pb_grpc.PeerServicer):
 
     @rpc.stream
     async def Heartbeat(
+        self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.HeartbeatResponse]:
+        task = asyncio.current_task()
+        if task is not None:
+            self._heartbeat_streams.add(task)
+        try:
+            async for hb in self._heartbeats(request_iterator, context):
+                yield hb
+        finally:
+            if task is not None:
+                self._heartbeat_streams.discard(task)
+
+    async def _heartbeats(
         self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.HeartbeatResponse]:
         node = self.node

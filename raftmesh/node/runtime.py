@@ -338,7 +338,8 @@ class NodeRuntime:
         pb_grpc.add_ClusterServicer_to_server(
             ClusterService(access, self.hub, self.status_pb, self.audit, cfg.node_id), ours
         )
-        pb_grpc.add_PeerServicer_to_server(PeerService(peer_access, router=self.router), ours)
+        self.peer_service = PeerService(peer_access, router=self.router)
+        pb_grpc.add_PeerServicer_to_server(self.peer_service, ours)
         pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
         pb_grpc.add_LocksServicer_to_server(LocksService(access, self.lock_waits), ours)
         pb_grpc.add_MessagesServicer_to_server(MessagesService(access, self.router), ours)
@@ -397,6 +398,7 @@ class NodeRuntime:
         finally:
             log.info("node %s stopping", cfg.node_id)
             await self.health.enter_graceful_shutdown()
+            self.peer_service.end_heartbeat_streams()
             await server.stop(1.0)
             if self.metrics_server is not None:
                 await asyncio.to_thread(self.metrics_server.close)
