@@ -256,11 +256,28 @@ class LocalCluster:
         shutil.rmtree(n.data_dir, ignore_errors=True)
 
     def close(self) -> None:
-        for i in list(self.nodes):
+        """Stop every node: all are sent SIGTERM first, then each is waited for (a node's graceful
+        stop takes about a second, mostly its gRPC server's grace; one after another that was
+        seconds of every test's teardown), with SIGKILL for any still running after 5 s."""
+        stopping = []
+        for i, n in self.nodes.items():
+            if n.proc is None or n.proc.poll() is not None:
+                continue
             try:
-                self.stop_node(i, timeout_s=5.0)
-            except Exception:
+                if n.paused:
+                    os.kill(n.proc.pid, signal.SIGCONT)
+                os.kill(n.proc.pid, signal.SIGTERM)
+                stopping.append(i)
+            except OSError:
                 self.kill(i)
+        deadline = time.monotonic() + 5.0
+        for i in stopping:
+            n = self.nodes[i]
+            try:
+                n.proc.wait(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                self.kill(i)
+            n.paused = False
         for c in self._clients:
             c.close()
         if self._own_dir and self.base_dir:

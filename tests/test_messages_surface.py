@@ -330,14 +330,17 @@ def test_a_durable_send_commits_once_per_sender_and_id_and_says_why_not(served: 
 
 
 def test_cli_messaging_exit_codes_without_a_cluster(served: Served) -> None:
-    """2: bad input (said by the CLI or by the node); 4: no node reachable (after the CLI's 30 s of retries)."""
+    """2: bad input (said by the CLI or by the node); 4: no node reachable (after --retry-deadline)."""
     bad_json = cli("send", "counter/a", "{nope", addresses=served.address)
     assert bad_json.returncode == 2 and "payload must be JSON" in bad_json.stderr
     bad_target = cli("send", "counter", "1", "--json", addresses=served.address)
     assert bad_target.returncode == 2 and "TYPE/KEY" in bad_target.stderr
     assert cli("subscribe", "t", "--count", "0", addresses=served.address).returncode == 2
     assert cli("publish", "t", "1", addresses=None).returncode == 2
-    assert cli("--timeout", "1", "actors", "--json", addresses="127.0.0.1:1", timeout=120).returncode == 4
+    unreachable = cli("--timeout", "1", "--retry-deadline", "1", "actors", "--json", addresses="127.0.0.1:1")
+    assert unreachable.returncode == 4, unreachable.stderr
+    negative = cli("--retry-deadline", "-1", "actors", addresses=served.address)
+    assert negative.returncode == 2 and "--retry-deadline" in negative.stderr
     _fill(served.sm)
     acts = cli("actors", "--json", "--prefix", "counter/", addresses=served.address)
     assert acts.returncode == 0, acts.stderr

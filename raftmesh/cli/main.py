@@ -62,7 +62,7 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(
         args.addresses,
         timeout_s=args.timeout,
-        retry_deadline_s=max(args.timeout, 30.0),
+        retry_deadline_s=max(args.timeout, 30.0) if args.retry_deadline is None else args.retry_deadline,
         token=args.cred_token,
         ca=args.cred_ca,
         cert=args.cred_cert,
@@ -580,6 +580,16 @@ def cmd_node(args: argparse.Namespace) -> int:
     return run_node(args)
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number), got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {text}")
+    return value
+
+
 def _request_id_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--request-id",
@@ -598,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="node gRPC addresses host:port,... (default: env RAFTMESH_ADDRESSES)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="per-call timeout in seconds (default 10)")
+    p.add_argument(
+        "--retry-deadline",
+        type=_non_negative_seconds,
+        default=None,
+        help="seconds to keep failing over and retrying UNAVAILABLE (default: max(--timeout, 30); 0: a single try)",
+    )
     p.add_argument(
         "--token", dest="cred_token", default=None, help="bearer token (default: env RAFTMESH_TOKEN)"
     )

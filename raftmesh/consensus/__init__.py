@@ -16,6 +16,8 @@ package is pure and testable without Raft, threads or a clock:
   ``limits`` (every limit and the checks that apply them).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .codes import Code
 from .commands import (
     Assign,
@@ -34,7 +36,6 @@ from .commands import (
     decode_batch,
     encode_batch,
 )
-from .machine import StateMachine
 from .results import (
     Event,
     KvChanged,
@@ -79,3 +80,17 @@ __all__ = [
     "encode_batch",
     "expect",
 ]
+
+
+if TYPE_CHECKING:
+    from .machine import StateMachine
+
+
+def __getattr__(name: str) -> Any:
+    # The machine (and every processor it dispatches to) loads on first use: the client and the
+    # CLI import the commands through this package and never apply one.
+    if name == "StateMachine":
+        from .machine import StateMachine
+
+        return StateMachine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

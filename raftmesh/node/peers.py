@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -86,6 +87,13 @@ class PeerService(pb_grpc.PeerServicer):
         self.node = node
         self._identify = identify
         self._router = router
+        self._heartbeat_streams: set[asyncio.Task[object]] = set()
+
+    def end_heartbeat_streams(self) -> None:
+        """The node is stopping: end the heartbeat streams peers hold open to it. They never end
+        by themselves, so the server's graceful stop would wait out its whole grace for them."""
+        for task in self._heartbeat_streams:
+            task.cancel()
 
     @rpc.stream
     async def Exchange(
@@ -101,6 +109,19 @@ class PeerService(pb_grpc.PeerServicer):
 
     @rpc.stream
     async def Heartbeat(
+        self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.HeartbeatResponse]:
+        task = asyncio.current_task()
+        if task is not None:
+            self._heartbeat_streams.add(task)
+        try:
+            async for hb in self._heartbeats(request_iterator, context):
+                yield hb
+        finally:
+            if task is not None:
+                self._heartbeat_streams.discard(task)
+
+    async def _heartbeats(
         self, request_iterator: AsyncIterator[pb.HeartbeatRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.HeartbeatResponse]:
         node = self.node
@@ -173,6 +194,12 @@ class HeartbeatSender:
         leader's liveness sees of this node (a stalled loop shows as a long gap)."""
         self.metadata: tuple[tuple[str, str], ...] = ()
         """Sent on every heartbeat stream: this node's credential when tokens are on."""
+        self._poked = asyncio.Event()
+
+    def poke(self) -> None:
+        """Send the next heartbeat now (this node just registered: the leader's answer to it
+        is what makes the node counted, hence SERVING, without waiting out the interval)."""
+        self._poked.set()
 
     def _leader_grpc(self) -> str | None:
         """The leader's gRPC address, or None if there is none or it is this node."""
@@ -208,13 +235,16 @@ class HeartbeatSender:
 
         async def beats() -> AsyncIterator[pb.HeartbeatRequest]:
             while True:
+                self._poked.clear()
                 yield pb.HeartbeatRequest(
                     node_id=self._node_id,
                     incarnation=self._incarnation,
                     running=self._running(),
                     ts_ms=self._clock.now_ms(),
                 )
-                await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HEARTBEAT_INTERVAL_S):
+                        await self._poked.wait()
 
         async with self._dial(target, ()) as channel:
             call = pb_grpc.PeerStub(channel).Heartbeat(beats(), metadata=self.metadata)

@@ -347,7 +347,8 @@ class NodeRuntime:
             ),
             ours,
         )
-        pb_grpc.add_PeerServicer_to_server(PeerService(peer_access, router=self.router), ours)
+        self.peer_service = PeerService(peer_access, router=self.router)
+        pb_grpc.add_PeerServicer_to_server(self.peer_service, ours)
         pb_grpc.add_KvServicer_to_server(KvService(access, self.hub), ours)
         pb_grpc.add_LocksServicer_to_server(LocksService(access, self.lock_waits), ours)
         pb_grpc.add_MessagesServicer_to_server(MessagesService(access, self.router), ours)
@@ -418,6 +419,7 @@ class NodeRuntime:
             if self.dashboard is not None:  # first: its streams are calls to the gRPC server
                 await self.dashboard.close()
                 self.dashboard = None
+            self.peer_service.end_heartbeat_streams()
             await server.stop(1.0)
             if self.metrics_server is not None:
                 await asyncio.to_thread(self.metrics_server.close)
@@ -546,6 +548,7 @@ class NodeRuntime:
             log.info("node %s registered (incarnation %s)", self.config.node_id, self.incarnation)
             self.host.poke()
             self.actors.poke()
+            self.heartbeats.poke()
             # Stay here while the state says we are up; a node_down sends us round again.
             while self.raft.ready is False or self._member_ok():
                 await asyncio.sleep(0.5)
@@ -581,7 +584,7 @@ class NodeRuntime:
                 await self.health.set("", status)
                 await self.health.set("raftmesh.v1.Cluster", status)
                 serving = ok
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)  # a few attribute reads: checked often, so readiness shows at once
 
     # ---- status -----------------------------------------------------------------
 
