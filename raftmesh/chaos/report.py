@@ -57,8 +57,9 @@ class Report:
     message_history: list[dict[str, Any]] = field(default_factory=list)
     audit_timelines: AuditCheck | None = None
     """Every finished run's GetAudit timeline: complete on some node and coherent."""
-    runs_watch: WatchCheck | None = None
-    """What the ``watch_runs`` watcher saw, judged against the final state."""
+    watches: list[WatchCheck] = field(default_factory=list)
+    """What the ``watch_runs`` watcher and the dashboard's event-stream consumer saw, each judged
+    against the final state."""
 
     @property
     def violations(self) -> int:
@@ -68,7 +69,7 @@ class Report:
             + (self.locks.violations if self.locks else 0)
             + (self.messages.violations if self.messages else 0)
             + (self.audit_timelines.violations if self.audit_timelines else 0)
-            + (self.runs_watch.violations if self.runs_watch else 0)
+            + sum(w.violations for w in self.watches)
         )
 
     @property
@@ -132,7 +133,7 @@ class Report:
             "locks": None if self.locks is None else self.locks.to_json(),
             "messages": None if self.messages is None else self.messages.to_json(),
             "audit_timelines": None if self.audit_timelines is None else self.audit_timelines.to_json(),
-            "runs_watch": None if self.runs_watch is None else self.runs_watch.to_json(),
+            "watches": [w.to_json() for w in self.watches],
             "notes": self.notes,
             "data_dir": self.data_dir,
             "history": self.operations,
@@ -337,7 +338,7 @@ def format_report(r: Report) -> str:
     lines += [
         "",
         f"workloads: DAG {w.get('dag_clients', r.clients)} clients ({w.get('aio_clients', 0)} on raftmesh.aio)"
-        + (", a runs watcher" if w.get("runs_watcher") else "")
+        + (f", {len(w['runs_watchers'])} runs watchers" if w.get("runs_watchers") else "")
         + f", KV {w.get('kv_clients', 0)} clients on"
         f" {w.get('kv_keys', 0)} keys, locks {w.get('lock_clients', 0)} clients on {w.get('lock_names', 0)}"
         f" names (ttl {w.get('lock_ttl_s', 0):g} s)"
@@ -390,8 +391,8 @@ def format_report(r: Report) -> str:
         lines += ["", *_message_lines(r.messages, w)]
     if r.audit_timelines is not None:
         lines += ["", *r.audit_timelines.lines()]
-    if r.runs_watch is not None:
-        lines += ["", *r.runs_watch.lines()]
+    for watch in r.watches:
+        lines += ["", *watch.lines()]
     lines.append("")
     digests = {d for _, d in r.digests.values()}
     lines.append(

@@ -67,7 +67,7 @@ from .message_workload import MessageWorkload, read_effects
 from .nemesis import Nemesis, NetMode, available_faults, plan_schedule
 from .proxy import TcpProxy
 from .report import Report
-from .runs_watch import SETTLE_S, WATCH_LIMIT, RunsWatcher, WatchCheck, check_runs_watch
+from .runs_watch import SETTLE_S, WATCH_LIMIT, RunsWatcher, SseWatcher, WatchCheck, check_runs_watch
 from .workload import AGENTS_MODULE, APPROVER, Operation, Workload, now_ms
 
 SECURE_SUBJECT = "chaos"
@@ -284,7 +284,8 @@ class _Run:
         self.kv_workload: KvWorkload | None = None
         self.lock_workload: LockWorkload | None = None
         self.message_workload: MessageWorkload | None = None
-        self.watcher: RunsWatcher | None = None
+        self.watchers: list[RunsWatcher | SseWatcher] = []
+        """The ``watch_runs`` watcher, then the dashboard's event-stream consumer (with the DAG workload)."""
         self.stop = threading.Event()
         self.notes: list[str] = []
 
@@ -328,6 +329,7 @@ class _Run:
             slots=PREEMPT_SLOTS if cfg.preempt_priority else LocalCluster.slots,
             agents_modules=[AGENTS_MODULE],
             credentials=creds,
+            http=cfg.dag,  # the dashboard, for its event-stream consumer (``SseWatcher``)
         )
         for node_id, args in secure_args.items():
             cluster.nodes[node_id].argv += args
@@ -360,7 +362,12 @@ class _Run:
             aio_clients=cfg.aio if cfg.dag else 0,
         )
         if cfg.dag:
-            self.watcher = RunsWatcher(addresses, creds, WATCH_LIMIT)
+            # The dashboard consumer reads one node's page API straight (not through a proxy).
+            dash = cluster.nodes[ids[-1]]
+            self.watchers = [
+                RunsWatcher(addresses, creds, WATCH_LIMIT),
+                SseWatcher(dash.id, dash.http, creds, WATCH_LIMIT),
+            ]
         kv_workload = self.kv_workload = KvWorkload(
             addresses, cfg.seed, cfg.kv_clients, cfg.kv_keys, clock=clock, credentials=creds
         )
@@ -378,15 +385,15 @@ class _Run:
         )
 
         start_ms = now_ms()
-        if self.watcher is not None:
-            self.watcher.start()
+        for w in self.watchers:
+            w.start()
         workload.start()
         kv_workload.start()
         lock_workload.start()
         message_workload.start()
         self.log(
             f"workloads: DAG {workload.clients} clients ({workload.aio_clients} on raftmesh.aio)"
-            + (", a runs watcher" if self.watcher else "")
+            + (f", runs watchers: {'; '.join(w.source for w in self.watchers)}" if self.watchers else "")
             + f", KV {cfg.kv_clients} clients on {cfg.kv_keys} keys,"
             f" locks {cfg.lock_clients} clients on {cfg.lock_names} names"
             + (" (+ unfenced experiment)" if cfg.unfenced_experiment else "")
@@ -421,7 +428,7 @@ class _Run:
         if nemesis.wait_whole() is None:
             self.notes.append("the cluster was not whole (all up, one leader) 60 s after the final heal")
         runs = self._drain_and_read(cluster)
-        runs_watch = self._check_runs_watch(runs, ops) if self.watcher is not None else None
+        watches = self._check_watches(runs, ops) if self.watchers else []
         audit_timelines = self._check_audit_timelines(cluster, runs, {op.key for op in ops})
         effects: list[Effect] = []
         live_dead: list[DeadRecord] = []
@@ -504,7 +511,7 @@ class _Run:
             workloads={
                 "dag_clients": workload.clients,
                 "aio_clients": workload.aio_clients,
-                "runs_watcher": self.watcher is not None,
+                "runs_watchers": [w.source for w in self.watchers],
                 "kv_clients": cfg.kv_clients,
                 "kv_keys": cfg.kv_keys,
                 "lock_clients": cfg.lock_clients,
@@ -527,7 +534,7 @@ class _Run:
             messages=message_check,
             message_history=[c.to_json() for c in message_calls],
             audit_timelines=audit_timelines,
-            runs_watch=runs_watch,
+            watches=watches,
         )
 
     def _secure(self, ids: list[str], hosts: dict[str, str]) -> tuple[Credentials, dict[str, list[str]]]:
@@ -589,32 +596,39 @@ class _Run:
         self.log(check.lines()[0])
         return check
 
-    def _check_runs_watch(self, runs: dict[str, RunRecord], ops: list[Operation]) -> WatchCheck:
-        """Once every run ended: wait until the watcher shows each run of its window (the newest
+    def _check_watches(self, runs: dict[str, RunRecord], ops: list[Operation]) -> list[WatchCheck]:
+        """Once every run ended: wait until each watcher shows every run of its window (the newest
         ``WATCH_LIMIT``: ``runs`` is in ListRuns order, newest first) in its final status, stop it
         and judge what it saw."""
-        watcher = self.watcher
-        assert watcher is not None
         final = {run_id: r.status for run_id, r in runs.items()}
         covered = list(runs)[:WATCH_LIMIT]
         t0 = time.monotonic()
         try:
             wait_until(
-                lambda: not watcher.missing(final, covered),
+                lambda: not any(w.missing(final, covered) for w in self.watchers),
                 SETTLE_S,
-                "the runs watcher to show every run's final status",
+                "the runs watchers to show every run's final status",
                 interval_s=0.2,
             )
         except TimeoutError:
-            pass  # the check names each run it missed
+            pass  # the checks name each run a watcher missed
         settle_s = round(time.monotonic() - t0, 1)
-        if not watcher.stop():
-            self.notes.append("the runs watcher thread did not end when its watch was closed")
-        check = check_runs_watch(watcher.snapshot(), runs, covered, ops)
-        check.stats.update(limit=watcher.limit, settle_s=settle_s, sdk_errors=len(watcher.errors))
-        check.stats["sdk_error_examples"] = watcher.errors[:5]
-        self.log(check.lines()[0])
-        return check
+        checks = []
+        for w, title in zip(self.watchers, ("runs watch", "dashboard events"), strict=False):
+            if not w.stop():
+                self.notes.append(f"the {title} thread did not end when its watch was closed")
+            check = check_runs_watch(w.snapshot(), runs, covered, ops)
+            check.title = title
+            check.stats.update(
+                source=w.source,
+                limit=w.limit,
+                settle_s=settle_s,
+                errors=w.errors,
+                error_examples=w.error_examples,
+            )
+            self.log(check.lines()[0])
+            checks.append(check)
+        return checks
 
     def _stop_workloads(self) -> list[str]:
         """Stop every workload at once (each finishes its current call), then wait for them."""
@@ -933,8 +947,8 @@ class _Run:
 
     def _cleanup(self) -> None:
         self.stop.set()
-        if self.watcher is not None:
-            self.watcher.stop(timeout_s=5)
+        for watcher in self.watchers:
+            watcher.stop(timeout_s=5)
         loads = (self.workload, self.kv_workload, self.lock_workload, self.message_workload)
         for w in loads:
             if w is not None:

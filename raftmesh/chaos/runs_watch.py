@@ -22,6 +22,11 @@ starts behind a read barrier, so a later node is never behind what an earlier on
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
+import socket
+import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +43,9 @@ WATCH_LIMIT = 1000
 SETTLE_S = 30.0
 """After the drain, how long the watcher may take to show every run's final status."""
 REOPEN_PAUSE_S = 0.5
+SSE_SILENCE_S = 15.0
+"""An event stream silent this long (three missed pings) is from a stalled node: reconnect."""
+SSE_BACKOFF_MAX_S = 2.0
 
 MISSED = "runs whose final status never reached the runs watcher"
 REOPENED = "runs the watcher saw leave a terminal status unexplained"
@@ -58,43 +66,38 @@ class WatchEvent:
         return {"at_ms": self.at_ms, "snapshot": self.snapshot, "runs": [list(r) for r in self.runs]}
 
 
-class RunsWatcher:
-    """One thread iterating ``watch_runs`` as a dashboard would, until ``stop``."""
+class _Recorder:
+    """What a watcher saw (``events``), its latest view of each run and its thread."""
 
-    def __init__(
-        self, addresses: list[str], credentials: Credentials | None = None, limit: int = WATCH_LIMIT
-    ) -> None:
-        self.addresses = addresses
-        self.credentials = credentials
+    source = ""
+    """What it watches, for the report."""
+
+    def __init__(self, limit: int, name: str) -> None:
         self.limit = limit
         self.events: list[WatchEvent] = []
-        self.errors: list[str] = []
-        """Errors the SDK raised instead of reconnecting (the watcher then opened a new watch)."""
+        self.errors = 0
+        """Errors that ended a watch (the watcher then opened a new one); the first few in ``error_examples``."""
+        self.error_examples: list[str] = []
         self._view: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._plan: _runs.RunsWatch | None = None
-        self._thread = threading.Thread(target=self._loop, name="chaos-runs-watcher", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _loop(self) -> None:
-        with Client(self.addresses, credentials=self.credentials) as sdk:
-            while True:
-                with self._lock:
-                    if self._stop.is_set():
-                        return
-                    # What ``sdk.watch_runs(limit=...)`` iterates, with its plan at hand so that
-                    # ``stop`` can close it from another thread (an idle watch yields nothing).
-                    plan = self._plan = _runs.RunsWatch(sdk, self.limit, None, "", None)
-                try:
-                    for item in sdk._stream(plan):
-                        self._record(item)
-                except RaftmeshError as exc:
-                    if not self._stop.is_set():
-                        self.errors.append(f"{type(exc).__name__}: {exc.message}")
-                self._stop.wait(REOPEN_PAUSE_S)
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Unblock the watch in progress (called with the lock held, ``_stop`` set)."""
+        raise NotImplementedError
+
+    def _error(self, what: str) -> None:
+        if not self._stop.is_set():
+            self.errors += 1
+            if len(self.error_examples) < EXAMPLES_MAX:
+                self.error_examples.append(what)
 
     def _record(self, item: dict[str, Any]) -> None:
         snapshot = "snapshot" in item
@@ -114,8 +117,7 @@ class RunsWatcher:
         """Close the watch; whether the thread ended."""
         with self._lock:
             self._stop.set()
-            if self._plan is not None:
-                self._plan.close()
+            self._close()
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
 
@@ -124,10 +126,115 @@ class RunsWatcher:
             return list(self.events)
 
 
+class RunsWatcher(_Recorder):
+    """One thread iterating ``Client.watch_runs`` as a dashboard would, until ``stop``; the SDK
+    reconnects it across the faults."""
+
+    def __init__(
+        self, addresses: list[str], credentials: Credentials | None = None, limit: int = WATCH_LIMIT
+    ) -> None:
+        super().__init__(limit, "chaos-runs-watcher")
+        self.source = f"Client.watch_runs, limit {limit}"
+        self.addresses = addresses
+        self.credentials = credentials
+        self._plan: _runs.RunsWatch | None = None
+
+    def _loop(self) -> None:
+        with Client(self.addresses, credentials=self.credentials) as sdk:
+            while True:
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    # What ``sdk.watch_runs(limit=...)`` iterates, with its plan at hand so that
+                    # ``stop`` can close it from another thread (an idle watch yields nothing).
+                    plan = self._plan = _runs.RunsWatch(sdk, self.limit, None, "", None)
+                try:
+                    for item in sdk._stream(plan):
+                        self._record(item)
+                except RaftmeshError as exc:  # the SDK gave up: a consumer opens a new watch
+                    self._error(f"{type(exc).__name__}: {exc.message}")
+                self._stop.wait(REOPEN_PAUSE_S)
+
+    def _close(self) -> None:
+        if self._plan is not None:
+            self._plan.close()
+
+
+class SseWatcher(_Recorder):
+    """One ``GET /api/v1/events?limit=...`` on one node's dashboard, read as the page reads it:
+    ``event: runs`` items (a snapshot, then changed runs); on an error event, a dropped
+    connection or ``SSE_SILENCE_S`` without a byte (pings come every 5 s), it reconnects to
+    the same node with backoff."""
+
+    def __init__(
+        self, node: str, address: str, credentials: Credentials | None = None, limit: int = WATCH_LIMIT
+    ) -> None:
+        super().__init__(limit, "chaos-sse-watcher")
+        scheme = "https" if credentials is not None and credentials.ca else "http"
+        self.source = f"dashboard {scheme}://{address}/api/v1/events?limit={limit} on {node}"
+        self.host, port = address.rsplit(":", 1)
+        self.port = int(port)
+        self.headers = {"Accept": "text/event-stream"}
+        self.tls: ssl.SSLContext | None = None
+        if credentials is not None and credentials.token:
+            self.headers["Authorization"] = f"Bearer {credentials.token}"
+        if scheme == "https" and credentials is not None:
+            self.tls = ssl.create_default_context(cafile=credentials.ca)
+            if credentials.cert and credentials.key:
+                self.tls.load_cert_chain(credentials.cert, credentials.key)
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=SSE_SILENCE_S, context=self.tls)
+        return http.client.HTTPConnection(self.host, self.port, timeout=SSE_SILENCE_S)
+
+    def _loop(self) -> None:
+        attempt = 0
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                conn = self._conn = self._connect()
+            try:
+                conn.request("GET", f"/api/v1/events?limit={self.limit}", headers=self.headers)
+                resp = conn.getresponse()
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status}: {resp.read(500).decode(errors='replace')}")
+                event, data = "", ""
+                for raw in resp:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event: "):
+                        event = line[len("event: ") :]
+                    elif line.startswith("data: "):
+                        data = line[len("data: ") :]
+                    elif not line:
+                        if event == "runs":
+                            self._record(json.loads(data))
+                            attempt = 0
+                        elif event == "error":
+                            self._error(f"event: error {data[:300]}")
+                        event, data = "", ""
+                self._error("the dashboard ended the stream")
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self._error(f"{type(exc).__name__}: {exc}")
+            finally:
+                conn.close()
+            attempt += 1
+            self._stop.wait(min(SSE_BACKOFF_MAX_S, 0.1 * 2**attempt))
+
+    def _close(self) -> None:
+        sock = self._conn.sock if self._conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 @dataclass
 class WatchCheck:
     invariants: dict[str, Invariant]
     stats: dict[str, Any] = field(default_factory=dict)
+    title: str = "runs watch"
 
     @property
     def violations(self) -> int:
@@ -135,6 +242,7 @@ class WatchCheck:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "title": self.title,
             "invariants": {
                 i.name: {"count": i.count, "examples": i.examples, "unchecked": i.unchecked}
                 for i in self.invariants.values()
@@ -145,14 +253,14 @@ class WatchCheck:
     def lines(self) -> list[str]:
         s = self.stats
         out = [
-            f"runs watch (Client.watch_runs, limit {s.get('limit', 0)}): {s.get('connections', 0)} snapshots"
-            f" (a connection each), {s.get('changes', 0)} changes, {s.get('sdk_errors', 0)} errors the SDK"
-            f" raised; {s.get('covered', 0)} runs in its window, {s.get('outside_window', 0)} older ones"
+            f"{self.title} ({s.get('source', '')}): {s.get('connections', 0)} snapshots"
+            f" (a connection each), {s.get('changes', 0)} changes, {s.get('errors', 0)} errors that ended a"
+            f" watch; {s.get('covered', 0)} runs in its window, {s.get('outside_window', 0)} older ones"
             f" outside it; final statuses shown {s.get('settle_s', 0)} s after the drain",
             f"  allowed: {s.get('reopened_by_a_retry', 0)} terminal runs seen reopened by a dead letter's retry,"
             f" {s.get('grew_in_workflows_or_retried_runs', 0)} unfinished counts seen growing in workflow"
             " or retried runs",
-            "runs watch invariants:",
+            f"{self.title} invariants:",
         ]
         for inv in self.invariants.values():
             if inv.unchecked:
@@ -224,6 +332,7 @@ __all__ = [
     "REOPENED",
     "WATCH_LIMIT",
     "RunsWatcher",
+    "SseWatcher",
     "WatchCheck",
     "WatchEvent",
     "check_runs_watch",
