@@ -6,13 +6,18 @@ pass the same history without it. The real runs are scripts/chaos.py (tests/test
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from raftmesh.chaos.checker import RunRecord, TaskRecord, check_history
 from raftmesh.chaos.runner import ChaosConfig, replay_command
-from raftmesh.chaos.runs_watch import GREW, MISSED, REOPENED, WatchEvent, check_runs_watch
+from raftmesh.chaos.runs_watch import GREW, MISSED, REOPENED, SseWatcher, WatchEvent, check_runs_watch
 from raftmesh.chaos.workload import ApproveCall, Operation, RetryCall, Workload
 from raftmesh.errors import InvalidArgument
 from raftmesh.verify.audit import Audit
@@ -164,3 +169,61 @@ def test_half_the_dag_clients_drive_the_asyncio_sdk_by_default() -> None:
     assert replay_command(ChaosConfig(seed=3, aio_clients=4)).endswith("--aio-clients 4")
     with pytest.raises(InvalidArgument, match="--aio-clients must be 0-4"):
         ChaosConfig(aio_clients=5)
+
+
+class _EventStream(BaseHTTPRequestHandler):
+    """A dashboard's ``/api/v1/events`` as the chaos consumer reads it: the first connection
+    sends a snapshot and a change, then ends; the next sends a newer snapshot, then only pings."""
+
+    connections: list[str] = []
+
+    def do_GET(self) -> None:
+        self.connections.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+
+        def send(event: str, data: Any) -> None:
+            self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+            self.wfile.flush()
+
+        def summary(status: str, unfinished: int) -> dict[str, Any]:
+            return {"run_id": "r-k1", "status": status, "unfinished": unfinished}
+
+        send("cluster", {"leader": "n1"})
+        if len(self.connections) == 1:
+            send("runs", {"snapshot": [summary("RUNNING", 2)]})
+            send("runs", {"run": summary("RUNNING", 1)})
+            return
+        send("runs", {"snapshot": [summary("SUCCEEDED", 0)]})
+        with contextlib.suppress(OSError):
+            while True:
+                send("ping", {})
+                time.sleep(0.05)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_the_event_stream_consumer_records_runs_reconnects_and_stops() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EventStream)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    watcher = SseWatcher("n1", f"127.0.0.1:{server.server_address[1]}", limit=7)
+    try:
+        watcher.start()
+        deadline = time.monotonic() + 10
+        while watcher.missing({"r-k1": "SUCCEEDED"}, ["r-k1"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not watcher.missing({"r-k1": "SUCCEEDED"}, ["r-k1"])
+        assert watcher.stop(timeout_s=5), "closing the connection did not end the consumer"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _EventStream.connections[:2] == ["/api/v1/events?limit=7"] * 2
+    assert [(e.snapshot, e.runs) for e in watcher.snapshot()] == [
+        (True, (("r-k1", "RUNNING", 2),)),
+        (False, (("r-k1", "RUNNING", 1),)),
+        (True, (("r-k1", "SUCCEEDED", 0),)),
+    ]
+    assert watcher.errors == 1 and watcher.error_examples == ["the dashboard ended the stream"]

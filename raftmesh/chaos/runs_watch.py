@@ -182,7 +182,8 @@ class SseWatcher(_Recorder):
             self.tls = ssl.create_default_context(cafile=credentials.ca)
             if credentials.cert and credentials.key:
                 self.tls.load_cert_chain(credentials.cert, credentials.key)
-        self._conn: http.client.HTTPConnection | None = None
+        self._sock: socket.socket | None = None
+        """The open stream's socket (the response keeps it after the connection lets it go)."""
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.tls is not None:
@@ -191,13 +192,15 @@ class SseWatcher(_Recorder):
 
     def _loop(self) -> None:
         attempt = 0
-        while True:
-            with self._lock:
-                if self._stop.is_set():
-                    return
-                conn = self._conn = self._connect()
+        while not self._stop.is_set():
+            conn = self._connect()
+            resp: http.client.HTTPResponse | None = None
             try:
                 conn.request("GET", f"/api/v1/events?limit={self.limit}", headers=self.headers)
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    self._sock = conn.sock
                 resp = conn.getresponse()
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}: {resp.read(500).decode(errors='replace')}")
@@ -219,12 +222,14 @@ class SseWatcher(_Recorder):
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 self._error(f"{type(exc).__name__}: {exc}")
             finally:
+                if resp is not None:
+                    resp.close()
                 conn.close()
             attempt += 1
             self._stop.wait(min(SSE_BACKOFF_MAX_S, 0.1 * 2**attempt))
 
     def _close(self) -> None:
-        sock = self._conn.sock if self._conn is not None else None
+        sock = self._sock
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
