@@ -59,9 +59,10 @@ The DAG clients come in two kinds: --aio-clients of them (default half) drive th
 (raftmesh.aio.Client, each on an event loop of its own thread), the others raftmesh.Client; every
 invariant holds for both, and the report counts each kind's submits and outcomes. A runs watcher
 holds Client.watch_runs(limit=1000) open throughout, reconnecting across the faults as the SDK
-does; after the drain every run of its window (the 1,000 newest) must have reached it in its final
-status, none seen leaving a terminal status (but a retried dead letter's run), and no plain run's
-unfinished count seen growing (workflows and retried runs add tasks).
+does, and one consumer reads the last node's dashboard /api/v1/events (the nodes run with --http)
+as the page does; after the drain every run of their window (the 1,000 newest) must have reached
+each in its final status, none seen leaving a terminal status (but a retried dead letter's run),
+and no plain run's unfinished count seen growing (workflows and retried runs add tasks).
 
 --message-clients N adds N message senders (default 0): each sends closed-loop, one call at a
 time, durable and fast sends and requests, with its own id and a sequence number per path, to

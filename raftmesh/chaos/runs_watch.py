@@ -2,8 +2,10 @@
 
 ``RunsWatcher`` is one thread holding ``Client.watch_runs(limit=WATCH_LIMIT)`` for the whole
 experiment; the SDK reconnects it across kills, pauses and partitions (a snapshot again after
-each reconnect). It keeps every item it got, compactly (``WatchEvent``), so the check is a pure
-function of that record and the cluster's final state:
+each reconnect). ``SseWatcher`` reads one node's dashboard ``/api/v1/events`` the same way the
+page does (the same items, over HTTP; it reconnects to that node). Each keeps every item it got,
+compactly (``WatchEvent``), so the check is a pure function of that record and the cluster's
+final state:
 
 - every run in the watcher's window reached it in its final status (as a change, or in a
   snapshot after a reconnect). The window: the ``limit`` newest runs of the final state. A run
