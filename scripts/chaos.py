@@ -2,7 +2,7 @@
 """Chaos test of a real raftmesh cluster: a seeded workload and nemesis, then a checked history.
 
     scripts/chaos.py [--nodes 3|5] [--duration MINUTES] [--seed N] [--net netns|proxy|none]
-                     [--clients C] [--node-down-after S] [--keep-dir] [--json PATH]
+                     [--clients C] [--aio-clients A] [--node-down-after S] [--keep-dir] [--json PATH]
                      [--kv-clients N] [--kv-keys K] [--lock-clients N] [--lock-names L]
                      [--no-dag] [--no-faults] [--unfenced-experiment] [--lin-timeout S]
                      [--snapshot-every ENTRIES] [--preempt-priority N]
@@ -54,6 +54,15 @@ holds them to: no spawned task lost or duplicated, votes fused from committed re
 each approval applied once (as first acknowledged, never flipped, the task run only after it),
 each compensation applied once (its fenced KV record written once, in reverse order), no
 budget overspent by more than the attempts that could be running when it was reached.
+
+The DAG clients come in two kinds: --aio-clients of them (default half) drive the asyncio SDK
+(raftmesh.aio.Client, each on an event loop of its own thread), the others raftmesh.Client; every
+invariant holds for both, and the report counts each kind's submits and outcomes. A runs watcher
+holds Client.watch_runs(limit=1000) open throughout, reconnecting across the faults as the SDK
+does, and one consumer reads the last node's dashboard /api/v1/events (the nodes run with --http)
+as the page does; after the drain every run of their window (the 1,000 newest) must have reached
+each in its final status, none seen leaving a terminal status (but a retried dead letter's run),
+and no plain run's unfinished count seen growing (workflows and retried runs add tasks).
 
 --message-clients N adds N message senders (default 0): each sends closed-loop, one call at a
 time, durable and fast sends and requests, with its own id and a sequence number per path, to
@@ -107,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: netns if supported, else proxy",
     )
     p.add_argument("--clients", type=int, default=4, help="concurrent closed-loop clients (default 4)")
+    p.add_argument(
+        "--aio-clients",
+        type=int,
+        default=None,
+        help="of --clients, how many drive raftmesh.aio.Client (default: half)",
+    )
     p.add_argument("--node-down-after", type=float, default=5.0, help="node flag, seconds (default 5)")
     p.add_argument("--warmup", type=float, default=None, help="seconds before the first fault")
     p.add_argument("--cooldown", type=float, default=None, help="seconds after the last fault")
@@ -177,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             net=net,
             net_reason=reason,
             clients=args.clients,
+            aio_clients=args.aio_clients,
             node_down_after_s=args.node_down_after,
             keep_dir=args.keep_dir,
             warmup_s=args.warmup,

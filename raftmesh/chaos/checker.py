@@ -177,6 +177,9 @@ class Outcomes:
     compensations (and how many were run again after a lost attempt), budgets reached."""
     budget_overspend_max: float = 0.0
     """The largest ``usage.cost - max_cost`` of a run stopped by its budget."""
+    by_driver: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per client kind (``sync``: ``raftmesh.Client``, ``aio``: ``raftmesh.aio.Client``): its
+    clients, submits by outcome, acknowledged runs that SUCCEEDED, approve and retry calls."""
 
     def count(self, what: str, n: int = 1) -> None:
         self.workflows[what] = self.workflows.get(what, 0) + n
@@ -264,6 +267,7 @@ def check_history(
                 if op.workflow:
                     _check_workflow(op, run, inv, out, approver)
         _check_retries(op, run, audit, inv, out)
+    out.by_driver = by_driver(ops, by_key)
     if audit is not None:
         for (run_id, task_id), n in sorted(audit.requeues.items()):
             if n > 1:
@@ -297,6 +301,38 @@ def check_history(
     for problem in archive_problems:
         inv[ARCHIVE].add(problem)
     return CheckResult(inv, out)
+
+
+def by_driver(ops: Sequence[Operation], by_key: Mapping[str, list[RunRecord]]) -> dict[str, dict[str, int]]:
+    """``Outcomes.by_driver``: what each client kind did and saw."""
+    out: dict[str, dict[str, int]] = {}
+    clients: dict[str, set[int]] = {}
+    for op in ops:
+        d = out.setdefault(
+            op.driver,
+            dict.fromkeys(
+                (
+                    "clients",
+                    "submits",
+                    "ok",
+                    "failed",
+                    "unknown",
+                    "ok_succeeded",
+                    "approve_calls",
+                    "retry_calls",
+                ),
+                0,
+            ),
+        )
+        clients.setdefault(op.driver, set()).add(op.client)
+        d["clients"] = len(clients[op.driver])
+        d["submits"] += 1
+        d[op.outcome] += 1
+        runs = by_key.get(op.key, [])
+        d["ok_succeeded"] += op.outcome == "ok" and bool(runs) and runs[0].status == "SUCCEEDED"
+        d["approve_calls"] += len(op.approvals)
+        d["retry_calls"] += len(op.retries)
+    return dict(sorted(out.items()))
 
 
 def _check_acknowledged(

@@ -18,6 +18,7 @@ from .checker import CheckResult, Invariant, Phases, ReplayCheck, Stall
 from .coord_check import KvCheck, LockCheck
 from .message_check import MessageCheck
 from .nemesis import FaultRecord
+from .runs_watch import WatchCheck
 
 
 @dataclass
@@ -56,6 +57,9 @@ class Report:
     message_history: list[dict[str, Any]] = field(default_factory=list)
     audit_timelines: AuditCheck | None = None
     """Every finished run's GetAudit timeline: complete on some node and coherent."""
+    watches: list[WatchCheck] = field(default_factory=list)
+    """What the ``watch_runs`` watcher and the dashboard's event-stream consumer saw, each judged
+    against the final state."""
 
     @property
     def violations(self) -> int:
@@ -65,6 +69,7 @@ class Report:
             + (self.locks.violations if self.locks else 0)
             + (self.messages.violations if self.messages else 0)
             + (self.audit_timelines.violations if self.audit_timelines else 0)
+            + sum(w.violations for w in self.watches)
         )
 
     @property
@@ -106,6 +111,7 @@ class Report:
                 "retry_unknown": o.retry_unknown,
                 "workflows": o.workflows,
                 "budget_overspend_max": o.budget_overspend_max,
+                "by_client_kind": o.by_driver,
             },
             "throughput_tasks_per_s": self.throughput,
             "largest_stall": vars(self.stall),
@@ -127,6 +133,7 @@ class Report:
             "locks": None if self.locks is None else self.locks.to_json(),
             "messages": None if self.messages is None else self.messages.to_json(),
             "audit_timelines": None if self.audit_timelines is None else self.audit_timelines.to_json(),
+            "watches": [w.to_json() for w in self.watches],
             "notes": self.notes,
             "data_dir": self.data_dir,
             "history": self.operations,
@@ -330,7 +337,9 @@ def format_report(r: Report) -> str:
     w = r.workloads
     lines += [
         "",
-        f"workloads: DAG {w.get('dag_clients', r.clients)} clients, KV {w.get('kv_clients', 0)} clients on"
+        f"workloads: DAG {w.get('dag_clients', r.clients)} clients ({w.get('aio_clients', 0)} on raftmesh.aio)"
+        + (f", {len(w['runs_watchers'])} runs watchers" if w.get("runs_watchers") else "")
+        + f", KV {w.get('kv_clients', 0)} clients on"
         f" {w.get('kv_keys', 0)} keys, locks {w.get('lock_clients', 0)} clients on {w.get('lock_names', 0)}"
         f" names (ttl {w.get('lock_ttl_s', 0):g} s)"
         + (", unfenced experiment" if w.get("unfenced_experiment") else ""),
@@ -350,6 +359,13 @@ def format_report(r: Report) -> str:
             f"  dead letters retried: {o.dead_letters} ({o.retry_calls} retry calls: {o.retry_requeued}"
             f" requeued, {o.retry_already} already requeued, {o.retry_unknown} unknown or refused)"
         )
+        lines += [
+            f"  {kind} clients ({'raftmesh.aio.Client' if kind == 'aio' else 'raftmesh.Client'}):"
+            f" {d['clients']}, {d['submits']} submits ({d['ok']} ok, {d['failed']} failed,"
+            f" {d['unknown']} unknown), {d['ok_succeeded']} acknowledged runs SUCCEEDED,"
+            f" {d['approve_calls']} approve and {d['retry_calls']} retry calls"
+            for kind, d in o.by_driver.items()
+        ]
         if o.workflows:
             lines.append(
                 f"  workflows: {_counts(o.workflows)}; largest budget overspend {o.budget_overspend_max:g}"
@@ -375,6 +391,8 @@ def format_report(r: Report) -> str:
         lines += ["", *_message_lines(r.messages, w)]
     if r.audit_timelines is not None:
         lines += ["", *r.audit_timelines.lines()]
+    for watch in r.watches:
+        lines += ["", *watch.lines()]
     lines.append("")
     digests = {d for _, d in r.digests.values()}
     lines.append(

@@ -67,7 +67,8 @@ from .message_workload import MessageWorkload, read_effects
 from .nemesis import Nemesis, NetMode, available_faults, plan_schedule
 from .proxy import TcpProxy
 from .report import Report
-from .workload import AGENTS_MODULE, APPROVER, Workload, now_ms
+from .runs_watch import SETTLE_S, WATCH_LIMIT, RunsWatcher, SseWatcher, WatchCheck, check_runs_watch
+from .workload import AGENTS_MODULE, APPROVER, Operation, Workload, now_ms
 
 SECURE_SUBJECT = "chaos"
 """``--secure``: the subject of the admin token every workload and checker call carries."""
@@ -103,6 +104,8 @@ class ChaosConfig:
     net: NetMode = "none"
     net_reason: str = ""
     clients: int = 4
+    aio_clients: int | None = None
+    """DAG clients driving ``raftmesh.aio.Client`` (the last ones); None: half of ``clients``."""
     node_down_after_s: float = 5.0
     keep_dir: bool = False
     warmup_s: float | None = None
@@ -142,6 +145,10 @@ class ChaosConfig:
             raise InvalidArgument(f"--duration must be > 0 minutes (at most a day), got {self.duration_min}")
         if not 1 <= self.clients <= 64:
             raise InvalidArgument(f"--clients must be 1-64, got {self.clients}")
+        if self.aio_clients is not None and not 0 <= self.aio_clients <= self.clients:
+            raise InvalidArgument(
+                f"--aio-clients must be 0-{self.clients} (--clients), got {self.aio_clients}"
+            )
         if not 0 <= self.kv_clients <= 64 or not 0 <= self.lock_clients <= 64:
             raise InvalidArgument("--kv-clients and --lock-clients must be 0-64")
         if not 1 <= self.kv_keys <= 100 or not 1 <= self.lock_names <= 100:
@@ -171,6 +178,11 @@ class ChaosConfig:
             )
 
     @property
+    def aio(self) -> int:
+        """How many DAG clients drive ``raftmesh.aio.Client``."""
+        return self.clients // 2 if self.aio_clients is None else self.aio_clients
+
+    @property
     def phase_s(self) -> float:
         return self.duration_min * 60
 
@@ -190,6 +202,8 @@ def replay_command(cfg: ChaosConfig) -> str:
         f" --kv-clients {cfg.kv_clients} --kv-keys {cfg.kv_keys}"
         f" --lock-clients {cfg.lock_clients} --lock-names {cfg.lock_names}"
     )
+    if cfg.aio_clients is not None:
+        cmd += f" --aio-clients {cfg.aio_clients}"
     if cfg.warmup_s is not None:
         cmd += f" --warmup {cfg.warmup_s:g}"
     if cfg.cooldown_s is not None:
@@ -270,6 +284,8 @@ class _Run:
         self.kv_workload: KvWorkload | None = None
         self.lock_workload: LockWorkload | None = None
         self.message_workload: MessageWorkload | None = None
+        self.watchers: list[RunsWatcher | SseWatcher] = []
+        """The ``watch_runs`` watcher, then the dashboard's event-stream consumer (with the DAG workload)."""
         self.stop = threading.Event()
         self.notes: list[str] = []
 
@@ -313,6 +329,7 @@ class _Run:
             slots=PREEMPT_SLOTS if cfg.preempt_priority else LocalCluster.slots,
             agents_modules=[AGENTS_MODULE],
             credentials=creds,
+            http=cfg.dag,  # the dashboard, for its event-stream consumer (``SseWatcher``)
         )
         for node_id, args in secure_args.items():
             cluster.nodes[node_id].argv += args
@@ -342,7 +359,15 @@ class _Run:
             cfg.clients if cfg.dag else 0,
             urgent_priority=cfg.preempt_priority,
             credentials=creds,
+            aio_clients=cfg.aio if cfg.dag else 0,
         )
+        if cfg.dag:
+            # The dashboard consumer reads one node's page API straight (not through a proxy).
+            dash = cluster.nodes[ids[-1]]
+            self.watchers = [
+                RunsWatcher(addresses, creds, WATCH_LIMIT),
+                SseWatcher(dash.id, dash.http, creds, WATCH_LIMIT),
+            ]
         kv_workload = self.kv_workload = KvWorkload(
             addresses, cfg.seed, cfg.kv_clients, cfg.kv_keys, clock=clock, credentials=creds
         )
@@ -360,12 +385,16 @@ class _Run:
         )
 
         start_ms = now_ms()
+        for w in self.watchers:
+            w.start()
         workload.start()
         kv_workload.start()
         lock_workload.start()
         message_workload.start()
         self.log(
-            f"workloads: DAG {workload.clients} clients, KV {cfg.kv_clients} clients on {cfg.kv_keys} keys,"
+            f"workloads: DAG {workload.clients} clients ({workload.aio_clients} on raftmesh.aio)"
+            + (f", runs watchers: {'; '.join(w.source for w in self.watchers)}" if self.watchers else "")
+            + f", KV {cfg.kv_clients} clients on {cfg.kv_keys} keys,"
             f" locks {cfg.lock_clients} clients on {cfg.lock_names} names"
             + (" (+ unfenced experiment)" if cfg.unfenced_experiment else "")
             + f", messages {cfg.message_clients} senders to {cfg.message_targets} actors"
@@ -399,6 +428,7 @@ class _Run:
         if nemesis.wait_whole() is None:
             self.notes.append("the cluster was not whole (all up, one leader) 60 s after the final heal")
         runs = self._drain_and_read(cluster)
+        watches = self._check_watches(runs, ops) if self.watchers else []
         audit_timelines = self._check_audit_timelines(cluster, runs, {op.key for op in ops})
         effects: list[Effect] = []
         live_dead: list[DeadRecord] = []
@@ -480,6 +510,8 @@ class _Run:
             data_dir=self.base if cfg.keep_dir else "",
             workloads={
                 "dag_clients": workload.clients,
+                "aio_clients": workload.aio_clients,
+                "runs_watchers": [w.source for w in self.watchers],
                 "kv_clients": cfg.kv_clients,
                 "kv_keys": cfg.kv_keys,
                 "lock_clients": cfg.lock_clients,
@@ -502,6 +534,7 @@ class _Run:
             messages=message_check,
             message_history=[c.to_json() for c in message_calls],
             audit_timelines=audit_timelines,
+            watches=watches,
         )
 
     def _secure(self, ids: list[str], hosts: dict[str, str]) -> tuple[Credentials, dict[str, list[str]]]:
@@ -562,6 +595,40 @@ class _Run:
         check = check_audit(cluster.client(retry_deadline_s=30), finished)
         self.log(check.lines()[0])
         return check
+
+    def _check_watches(self, runs: dict[str, RunRecord], ops: list[Operation]) -> list[WatchCheck]:
+        """Once every run ended: wait until each watcher shows every run of its window (the newest
+        ``WATCH_LIMIT``: ``runs`` is in ListRuns order, newest first) in its final status, stop it
+        and judge what it saw."""
+        final = {run_id: r.status for run_id, r in runs.items()}
+        covered = list(runs)[:WATCH_LIMIT]
+        t0 = time.monotonic()
+        try:
+            wait_until(
+                lambda: not any(w.missing(final, covered) for w in self.watchers),
+                SETTLE_S,
+                "the runs watchers to show every run's final status",
+                interval_s=0.2,
+            )
+        except TimeoutError:
+            pass  # the checks name each run a watcher missed
+        settle_s = round(time.monotonic() - t0, 1)
+        checks = []
+        for w, title in zip(self.watchers, ("runs watch", "dashboard events"), strict=False):
+            if not w.stop():
+                self.notes.append(f"the {title} thread did not end when its watch was closed")
+            check = check_runs_watch(w.snapshot(), runs, covered, ops)
+            check.title = title
+            check.stats.update(
+                source=w.source,
+                limit=w.limit,
+                settle_s=settle_s,
+                errors=w.errors,
+                error_examples=w.error_examples,
+            )
+            self.log(check.lines()[0])
+            checks.append(check)
+        return checks
 
     def _stop_workloads(self) -> list[str]:
         """Stop every workload at once (each finishes its current call), then wait for them."""
@@ -880,6 +947,8 @@ class _Run:
 
     def _cleanup(self) -> None:
         self.stop.set()
+        for watcher in self.watchers:
+            watcher.stop(timeout_s=5)
         loads = (self.workload, self.kv_workload, self.lock_workload, self.message_workload)
         for w in loads:
             if w is not None:

@@ -24,24 +24,35 @@ RNG still draws the plain job it replaces, so a seed's other jobs are unchanged)
 over a list and waits for an approval its client gives (or refuses), a saga whose third step
 fails for good after two compensable ones, or a run whose fan-out reaches its ``max_cost``
 budget. Their agents are in ``raftmesh.chaos.agents``.
+
+Client kinds: the last ``aio_clients`` clients drive ``raftmesh.aio.Client`` instead of
+``raftmesh.Client`` (``AioCalls``: each such thread awaits every call on an event loop of its
+own), through the same loop, so the checker holds the async driver's failover, idempotency and
+request ids to the same invariants. Each operation records its ``driver``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import TracebackType
+from typing import Any, Literal, TypeVar
 
+from .. import aio
 from ..client import DAG, Client
 from ..client._security import Credentials
+from ..client._types import DecisionInfo, RetryInfo, RunInfo
 from ..clock import SYSTEM_CLOCK
 from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RaftmeshError
 
 Outcome = Literal["ok", "failed", "unknown"]
+Driver = Literal["sync", "aio"]
+T = TypeVar("T")
 
 SUM_VALUE_MAX = 1000
 SLEEP_S_MIN, SLEEP_S_MAX = 0.2, 1.0
@@ -378,6 +389,8 @@ class Operation:
     expect_status: str = "SUCCEEDED"
     workflow: dict[str, Any] = field(default_factory=dict)
     approvals: list[ApproveCall] = field(default_factory=list)
+    driver: Driver = "sync"
+    """The client kind that made every call of this operation: ``raftmesh.Client`` or ``raftmesh.aio.Client``."""
 
     @property
     def retry_acknowledged(self) -> bool:
@@ -386,6 +399,7 @@ class Operation:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "driver": self.driver,
             "doomed": self.doomed,
             "workflow": self.workflow,
             "approvals": [a.to_json() for a in self.approvals],
@@ -404,6 +418,51 @@ class Operation:
             "wait_status": self.wait_status,
             "wait_error": self.wait_error,
         }
+
+
+class AioCalls:
+    """The calls a DAG client makes, each awaited by a ``raftmesh.aio.Client`` on this thread's
+    own event loop (a blocking face, so both client kinds go through one client loop: the
+    checker then holds them to the same invariants). Its channels live on that loop."""
+
+    def __init__(
+        self, addresses: list[str], retry_deadline_s: float, credentials: Credentials | None
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._sdk = aio.Client(addresses, retry_deadline_s=retry_deadline_s, credentials=credentials)
+
+    def _await(self, call: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(call)
+
+    def submit(self, dag: DAG, *, idempotency_key: str) -> str:
+        return self._await(self._sdk.submit(dag, idempotency_key=idempotency_key))
+
+    def get(self, run_id: str) -> RunInfo:
+        return self._await(self._sdk.get(run_id))
+
+    def wait(self, run_id: str, *, timeout_s: float) -> RunInfo:
+        return self._await(self._sdk.wait(run_id, timeout_s=timeout_s))
+
+    def approve(
+        self, run_id: str, task_id: str, *, reject: bool, by: str, comment: str, request_id: str
+    ) -> DecisionInfo:
+        return self._await(
+            self._sdk.approve(run_id, task_id, reject=reject, by=by, comment=comment, request_id=request_id)
+        )
+
+    def retry(self, run_id: str, task_id: str, *, attempt: int, request_id: str) -> RetryInfo:
+        return self._await(self._sdk.retry(run_id, task_id, attempt=attempt, request_id=request_id))
+
+    def __enter__(self) -> AioCalls:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self._await(self._sdk.close())
+        finally:
+            self._loop.close()
 
 
 class ClientThreads:
@@ -461,10 +520,15 @@ class Workload(ClientThreads):
     """A share of the runs get this priority (``URGENT_SHARE``); None: every run at 0."""
     credentials: Credentials | None = None
     """TLS and token of every call (``--secure``); None: plaintext, no token."""
+    aio_clients: int = 0
+    """The last this many clients drive ``raftmesh.aio.Client`` (``AioCalls``), the others ``raftmesh.Client``."""
 
     def __post_init__(self) -> None:
         self._init_threads()
         self._lock = threading.Lock()
+
+    def driver_of(self, client: int) -> Driver:
+        return "aio" if client >= self.clients - self.aio_clients else "sync"
 
     def snapshot(self) -> list[Operation]:
         with self._lock:
@@ -472,10 +536,14 @@ class Workload(ClientThreads):
 
     def _client_loop(self, client: int) -> None:
         rng = random.Random(f"{self.seed}-client-{client}")
-        # Each thread has its own Client: failover state is per client, as with real users.
-        with Client(
-            self.addresses, retry_deadline_s=self.retry_deadline_s, credentials=self.credentials
-        ) as sdk:
+        driver = self.driver_of(client)
+        # Each thread has its own client: failover state is per client, as with real users.
+        sdk: Client | AioCalls
+        if driver == "aio":
+            sdk = AioCalls(self.addresses, self.retry_deadline_s, self.credentials)
+        else:
+            sdk = Client(self.addresses, retry_deadline_s=self.retry_deadline_s, credentials=self.credentials)
+        with sdk:
             i = 0
             while not self._stop.is_set():
                 job = next_job(rng, f"chaos-{self.seed}-{client}-{i}", self.urgent_priority)
@@ -483,7 +551,7 @@ class Workload(ClientThreads):
                     client, i, job.key, job.shape, len(job.dag.tasks), job.expected, self.clock_ms()
                 )
                 op.usage, op.doomed = job.usage, job.doomed
-                op.expect_status, op.workflow = job.expect_status, job.workflow
+                op.expect_status, op.workflow, op.driver = job.expect_status, job.workflow, driver
                 with self._lock:
                     self.operations.append(op)
                 self._submit(sdk, job, op)
@@ -497,7 +565,7 @@ class Workload(ClientThreads):
                     self._stop.wait(PAUSE_AFTER_ERROR_S)  # back off a little, as a real client would
                 i += 1
 
-    def _submit(self, sdk: Client, job: Job, op: Operation) -> None:
+    def _submit(self, sdk: Client | AioCalls, job: Job, op: Operation) -> None:
         try:
             op.run_id = sdk.submit(job.dag, idempotency_key=job.key)
             op.outcome = "ok"
@@ -510,7 +578,7 @@ class Workload(ClientThreads):
         finally:
             op.return_ms = self.clock_ms()
 
-    def _wait(self, sdk: Client, op: Operation) -> None:
+    def _wait(self, sdk: Client | AioCalls, op: Operation) -> None:
         try:
             op.wait_status = sdk.wait(op.run_id, timeout_s=self.wait_timeout_s).status
         except DeadlineExceeded as exc:
@@ -520,7 +588,7 @@ class Workload(ClientThreads):
         except Exception as exc:
             op.wait_error = f"{type(exc).__name__}: {exc}"
 
-    def _decide(self, sdk: Client, op: Operation) -> None:
+    def _decide(self, sdk: Client | AioCalls, op: Operation) -> None:
         """Once the gate is open, decide it as the job says: a call, the same call again (one
         request id), a fresh call; each answer is recorded (``ApproveCall``)."""
         w = op.workflow["approval"]
@@ -560,7 +628,7 @@ class Workload(ClientThreads):
             finally:
                 call.return_ms = self.clock_ms()
 
-    def _retry_dead_letter(self, sdk: Client, op: Operation) -> None:
+    def _retry_dead_letter(self, sdk: Client | AioCalls, op: Operation) -> None:
         """Retry the doomed task: a call, the same call again (one request id), a fresh call."""
         try:
             t = sdk.get(op.run_id).tasks.get(DOOMED)
