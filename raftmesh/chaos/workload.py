@@ -590,10 +590,13 @@ class Workload(ClientThreads):
 
     def _decide(self, sdk: Client | AioCalls, op: Operation) -> None:
         """Once the gate is open, decide it as the job says: a call, the same call again (one
-        request id), a fresh call; each answer is recorded (``ApproveCall``)."""
+        request id), a fresh call; each answer is recorded (``ApproveCall``).
+
+        A stop does not end the wait for the gate: an undecided gate would hold its run (and
+        the drain after the workloads) until the gate's own timeout, ``APPROVAL_TIMEOUT_MS``."""
         w = op.workflow["approval"]
         deadline = time.monotonic() + self.wait_timeout_s
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             try:
                 t = sdk.get(op.run_id).tasks.get(w["task"])
             except RaftmeshError:
@@ -602,7 +605,7 @@ class Workload(ClientThreads):
                 break
             if t is not None and t.status not in ("PENDING", "WAITING_APPROVAL"):
                 return  # the run failed before the gate opened, or its timeout decided it
-            self._stop.wait(POLL_S)
+            time.sleep(POLL_S)  # the poll interval (a stop must not end this wait: see above)
         else:
             return
         rid = f"{op.key}-approve"
