@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from raftmesh.consensus.results import RunChanged, TaskChanged
 from raftmesh.clock import SYSTEM_CLOCK
+from raftmesh.consensus import limits
+from raftmesh.consensus.results import RunChanged, TaskChanged
 from raftmesh.consensus.state import ClusterState, RunState, RunStatus, TaskStatus
-from raftmesh.errors import InvalidArgument
+from raftmesh.errors import InvalidArgument, ResourceExhausted
 from raftmesh.localcluster import wait_until
 from raftmesh.node import service, watch
 from raftmesh.node.access import NodeAccess
@@ -226,3 +227,30 @@ def test_watch_runs_sends_a_change_its_read_saw_before_the_change_event_arrived(
 
     got = asyncio.run(main())
     assert got == [("A", "RUN_STATUS_SUCCEEDED"), ("B", "RUN_STATUS_FAILED")]
+
+
+def test_watch_runs_streams_are_capped_per_node(
+    node: InProcessNode,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "MAX_WATCH_RUNS_STREAMS", 2)
+    c = node.client
+    open_ = [iter(c.watch_runs(limit=5, timeout_s=30)) for _ in range(2)]
+    for it in open_:
+        assert "snapshot" in next(it)
+    with pytest.raises(ResourceExhausted, match="serves 2 WatchRuns streams already"):
+        next(iter(c.watch_runs(limit=5, timeout_s=30)))
+    for it in open_:
+        it.close()  # type: ignore[attr-defined]
+    # A closed stream frees its place (the server notices the cancelled call).
+    wait_until(lambda: _watch_opens(c), 10, "a WatchRuns stream after two closed")
+
+
+def _watch_opens(c: Any) -> bool:
+    it = iter(c.watch_runs(limit=5, timeout_s=30))
+    try:
+        return "snapshot" in next(it)
+    except ResourceExhausted:
+        return False
+    finally:
+        it.close()
