@@ -51,6 +51,8 @@ OFFLOAD_TASKS = 100
 """Runs with more tasks than this are turned into JSON in a thread, not on the node's loop."""
 MAX_OTHER_CONNECTIONS = 128
 """Connections beyond the event streams' (``max_streams``); more are closed as they are accepted."""
+KEEPALIVE_S = 15.0
+"""An idle keep-alive connection is closed after this (aiohttp's default holds it about an hour)."""
 STOP_S = 1.0
 """A stopping node waits this long for requests in flight; open event streams are cut then."""
 PING_S = 5.0
@@ -149,7 +151,11 @@ class Dashboard:
             log.warning("%s", warning)
         # handler_cancellation: a client that goes away cancels its handler (and so its gRPC stream).
         self._runner = web.AppRunner(
-            self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=STOP_S
+            self.app(),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=STOP_S,
+            keepalive_timeout=KEEPALIVE_S,
         )
         await self._runner.setup()
         site = BoundedSite(self._runner, host, int(port), ctx, self.max_streams + MAX_OTHER_CONNECTIONS)

@@ -1,0 +1,144 @@
+"""The dashboard's defences against a stranger on its port, in process (no cluster): connections
+counted from their accept under TLS, idle keep-alive and stalled handshakes closed, a client that
+stops reading losing its event stream, bearer tokens gRPC cannot carry refused, large answers
+converted off the loop (bounded), the leader sampler surviving an error, the page's CSP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from raftmesh.dashboard import listener, server, shapes
+from raftmesh.dashboard.errors import ApiError
+from raftmesh.dashboard.listener import BoundedSite
+from raftmesh.dashboard.server import Dashboard, DashboardNode
+from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+from raftmesh.security import certs
+
+
+async def _poll(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout_s} s")
+        await asyncio.sleep(0.02)
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, timeout_s: float) -> bool:
+    """Whether the server closes the connection within ``timeout_s`` (reading what it sends)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while await reader.read(65536):
+                pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def _node(leader: Callable[[], tuple[str, int]] = lambda: ("n1", 1), auth: bool = False) -> DashboardNode:
+    # Port 1: nothing listens there; these tests never reach a gRPC call they expect to succeed.
+    return DashboardNode("n1", "127.0.0.1:1", None, auth=auth, leader=leader)
+
+
+@asynccontextmanager
+async def _dashboard(node: DashboardNode) -> AsyncIterator[tuple[Dashboard, int]]:
+    board = Dashboard(node)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    await board.start(f"127.0.0.1:{port}")
+    try:
+        yield board, port
+    finally:
+        await board.close()
+
+
+async def _get(port: int, path: str, headers: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + headers + b"Connection: close\r\n\r\n"
+        )
+        raw = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, hdrs, body
+
+
+def test_tls_connections_count_from_accept_and_slow_handshakes_are_closed(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raw TCP connections that never start TLS count against the bound (aiohttp hears of a TLS
+    connection only after its handshake) and are closed after the handshake timeout."""
+    monkeypatch.setattr(listener, "HANDSHAKE_S", 1.0)
+    issued = certs.init(str(tmp_path / "tls"), ["n1"])
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*issued.nodes["n1"])
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/", hello)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = BoundedSite(runner, "127.0.0.1", 0, ctx, 5)
+        await site.start()
+        assert site._server is not None
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+            closed = await asyncio.gather(*(_closed_by_server(r, 0.5) for r, _ in conns))
+            assert sum(closed) == 15 and site.connections == 5, (sum(closed), site.connections)
+            # The 5 held never finish a handshake: closed after HANDSHAKE_S, their places freed.
+            assert all(await asyncio.gather(*(_closed_by_server(r, 5.0) for r, _ in conns)))
+            await _poll(lambda: site.connections == 0, 5.0, "the places freed")
+            for _, w in conns:
+                w.close()
+            client = ssl.create_default_context(cafile=issued.ca)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client, server_hostname="localhost"
+            )
+            writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert (await reader.read()).startswith(b"HTTP/1.1 200")
+            writer.close()
+            await _poll(lambda: site.connections == 0, 5.0, "the served connection's place freed")
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_an_idle_keep_alive_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "KEEPALIVE_S", 0.5)
+
+    async def main() -> None:
+        async with _dashboard(_node()) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /static/style.css HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            assert await _closed_by_server(reader, 5.0)
+            writer.close()
+
+    asyncio.run(main())
