@@ -142,3 +142,44 @@ def test_an_idle_keep_alive_connection_is_closed(monkeypatch: pytest.MonkeyPatch
             writer.close()
 
     asyncio.run(main())
+
+
+def test_a_client_that_stops_reading_loses_its_event_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "SSE_WRITE_S", 0.5)
+    board = Dashboard(_node())
+    ended = asyncio.Event()
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        try:
+            async with board._stream(request) as sse:
+                while True:
+                    await sse.send_text("x", "y" * 65536)
+            return sse.resp
+        finally:
+            ended.set()
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/", flood)
+        runner = web.AppRunner(app, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # and never read
+        try:
+            await _poll(lambda: board.streams == 1, 5.0, "the stream open")
+            async with asyncio.timeout(10):
+                await ended.wait()
+            assert board.streams == 0
+        finally:
+            sock.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+# (aiohttp itself refuses other control characters with a 400; a tab and UTF-8 pass its parser.)

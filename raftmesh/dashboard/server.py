@@ -57,6 +57,9 @@ STOP_S = 1.0
 """A stopping node waits this long for requests in flight; open event streams are cut then."""
 PING_S = 5.0
 """An idle event stream sends ``event: ping`` this often (and so notices a client that left)."""
+SSE_WRITE_S = 2 * PING_S
+"""An event-stream write that cannot finish within this (a client that stopped reading: its
+socket buffers are full) closes the stream, freeing its slot and its gRPC stream."""
 CLUSTER_SAMPLE_S = 1.0
 LEADER_CHANGES = 20
 
@@ -535,7 +538,12 @@ class Dashboard:
                 }
             )
             await resp.prepare(request)
-            yield _Sse(resp)
+            try:
+                yield _Sse(resp)
+            except _Stalled:
+                log.info("dashboard: closed an event stream to %s: it stopped reading", request.remote)
+                if request.transport is not None:
+                    request.transport.abort()
         finally:
             self.streams -= 1
 
@@ -665,6 +673,10 @@ class Dashboard:
         return out
 
 
+class _Stalled(Exception):
+    """The client has not read an event stream's writes for ``SSE_WRITE_S``."""
+
+
 class _Sse:
     def __init__(self, resp: web.StreamResponse) -> None:
         self.resp = resp
@@ -673,7 +685,11 @@ class _Sse:
         await self.send_text(event, json.dumps(data, separators=(",", ":")))
 
     async def send_text(self, event: str, payload: str) -> None:
-        await self.resp.write(f"event: {event}\ndata: {payload}\n\n".encode())
+        try:
+            async with asyncio.timeout(SSE_WRITE_S):
+                await self.resp.write(f"event: {event}\ndata: {payload}\n\n".encode())
+        except TimeoutError:
+            raise _Stalled from None
 
     async def error(self, err: ApiError) -> None:
         """The stream's last event: the page reconnects (with backoff) after it."""
