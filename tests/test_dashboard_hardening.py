@@ -183,3 +183,13 @@ def test_a_client_that_stops_reading_loses_its_event_stream(monkeypatch: pytest.
 
 
 # (aiohttp itself refuses other control characters with a 400; a tab and UTF-8 pass its parser.)
+@pytest.mark.parametrize("token", [b"Bearer a\tb", b"Bearer \xc3\xa9t\xc3\xa9"])
+def test_a_bearer_token_grpc_cannot_carry_is_401_not_500(token: bytes) -> None:
+    async def main() -> None:
+        async with _dashboard(_node(auth=True)) as (_, port):
+            status, _, body = await _get(port, "/api/v1/whoami", b"Authorization: " + token + b"\r\n")
+            assert status == 401, body
+            assert json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
+            assert "printable ASCII" in json.loads(body)["error"]["message"]
+
+    asyncio.run(main())

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import ssl
 import time
 import uuid
@@ -62,6 +63,16 @@ SSE_WRITE_S = 2 * PING_S
 socket buffers are full) closes the stream, freeing its slot and its gRPC stream."""
 CLUSTER_SAMPLE_S = 1.0
 LEADER_CHANGES = 20
+MAX_AUTH_HEADER = 4096
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+"""What a bearer token may hold: printable ASCII, no spaces (gRPC metadata takes nothing else)."""
+
+CSP = (
+    "default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+"""The page loads only its own files and talks only to this node (an injected script cannot run)."""
 
 _PLACEHOLDER = (
     "<!doctype html><meta charset=utf-8><title>raftmesh</title>"
@@ -265,9 +276,17 @@ class Dashboard:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise ApiError(401, "UNAUTHENTICATED", "send 'Authorization: Bearer TOKEN'")
-        if len(header) > 4096:
+        if len(header) > MAX_AUTH_HEADER:
             raise ApiError(401, "UNAUTHENTICATED", "the Authorization header is too long")
-        return (("authorization", f"Bearer {value.strip()}"),)
+        token = value.strip()
+        if not _TOKEN_CHARS.fullmatch(token):
+            # grpc.aio fails such metadata with an error that is not an RpcError: refuse it here.
+            raise ApiError(
+                401,
+                "UNAUTHENTICATED",
+                "a bearer token is printable ASCII with no spaces, tabs or other controls",
+            )
+        return (("authorization", f"Bearer {token}"),)
 
     async def _unary(
         self,
