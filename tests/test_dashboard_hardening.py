@@ -193,3 +193,21 @@ def test_a_bearer_token_grpc_cannot_carry_is_401_not_500(token: bytes) -> None:
             assert "printable ASCII" in json.loads(body)["error"]["message"]
 
     asyncio.run(main())
+
+
+def test_the_leader_sampler_survives_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "LEADER_SAMPLE_S", 0.01)
+    calls = {"n": 0}
+
+    def leader() -> tuple[str, int]:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise RuntimeError("the Raft member is not up yet")
+        return ("n2", 7)
+
+    async def main() -> None:
+        async with _dashboard(_node(leader=leader)) as (board, _):
+            await _poll(lambda: list(board.leader_changes), 5.0, "a leader change sampled after errors")
+            assert board.leader_changes[0]["leader"] == "n2" and board.leader_changes[0]["term"] == 7
+
+    asyncio.run(main())

@@ -62,6 +62,7 @@ SSE_WRITE_S = 2 * PING_S
 """An event-stream write that cannot finish within this (a client that stopped reading: its
 socket buffers are full) closes the stream, freeing its slot and its gRPC stream."""
 CLUSTER_SAMPLE_S = 1.0
+LEADER_SAMPLE_S = 0.25
 LEADER_CHANGES = 20
 MAX_AUTH_HEADER = 4096
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -191,8 +192,12 @@ class Dashboard:
     async def _sample_leader(self) -> None:
         """The leader changes this node sees (polled: Raft reports no event on this loop)."""
         while True:
-            self._note_leader()
-            await asyncio.sleep(0.25)
+            try:
+                self._note_leader()
+            except Exception:
+                # One failed look must not end the sampling for good (/cluster reads its ring).
+                log.exception("dashboard: reading the node's leader failed; sampling goes on")
+            await asyncio.sleep(LEADER_SAMPLE_S)
 
     def _note_leader(self) -> None:
         now = self.node.leader()
