@@ -211,3 +211,22 @@ def test_the_leader_sampler_survives_an_error(monkeypatch: pytest.MonkeyPatch) -
             assert board.leader_changes[0]["leader"] == "n2" and board.leader_changes[0]["term"] == 7
 
     asyncio.run(main())
+
+
+def test_the_page_has_a_strict_content_security_policy() -> None:
+    async def main() -> None:
+        async with _dashboard(_node()) as (_, port):
+            for path in ("/", "/static/app.js"):
+                status, hdrs, _ = await _get(port, path)
+                assert status == 200
+                csp = hdrs["content-security-policy"]
+                assert csp == server.CSP
+                for part in (
+                    "script-src 'self'",
+                    "connect-src 'self'",
+                    "object-src 'none'",
+                    "frame-ancestors 'none'",
+                ):
+                    assert part in csp
+
+    asyncio.run(main())

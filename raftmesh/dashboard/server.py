@@ -255,7 +255,7 @@ class Dashboard:
         if not resp.prepared:
             resp.headers.setdefault("X-Content-Type-Options", "nosniff")
             resp.headers.setdefault("Referrer-Policy", "no-referrer")
-            resp.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+            resp.headers.setdefault("Content-Security-Policy", CSP)
             if request.path.startswith("/api/"):
                 resp.headers.setdefault("Cache-Control", "no-store")
         return resp
