@@ -230,3 +230,54 @@ def test_the_page_has_a_strict_content_security_policy() -> None:
                     assert part in csp
 
     asyncio.run(main())
+
+
+def _big_run(tasks: int = 15, output_bytes: int = 1_000_000) -> pb.Run:
+    out = json.dumps({"text": "x" * output_bytes})
+    return pb.Run(run_id="r-big", tasks=[pb.Task(id=f"t{i}", output_json=out) for i in range(tasks)])
+
+
+def test_large_answers_are_converted_in_a_thread_at_most_a_few_at_once() -> None:
+    """A few tasks can hold megabytes of outputs: the size, not the task count, sends the
+    conversion off the node's loop; beyond MAX_LARGE_CONVERSIONS at once the caller gets a 503."""
+    board = Dashboard(_node())
+    big, small = _big_run(), _big_run(3, 100)
+    assert len(big.tasks) < 100 and big.ByteSize() > server.OFFLOAD_BYTES > small.ByteSize()
+
+    async def main() -> None:
+        loop_thread = threading.current_thread()
+        where: list[threading.Thread] = []
+
+        def build(run: pb.Run) -> Callable[[], Any]:
+            def go() -> Any:
+                where.append(threading.current_thread())
+                return shapes.run(run)
+
+            return go
+
+        text = await board._json_text(big.ByteSize(), build(big))
+        assert json.loads(text)["tasks"]["t0"]["output"] == {"text": "x" * 1_000_000}
+        assert where[-1] is not loop_thread
+        await board._json_text(small.ByteSize(), build(small))
+        assert where[-1] is loop_thread
+
+        release = threading.Event()
+
+        def blocked() -> Any:
+            release.wait(10)
+            return {}
+
+        busy = [
+            asyncio.create_task(board._json_text(server.OFFLOAD_BYTES + 1, blocked))
+            for _ in range(server.MAX_LARGE_CONVERSIONS)
+        ]
+        await asyncio.sleep(0)
+        await _poll(lambda: board._large.locked(), 5.0, "the conversions under way")
+        with pytest.raises(ApiError) as refused:
+            await board._json_text(big.ByteSize(), build(big))
+        assert refused.value.status == 503 and "retry" in refused.value.message
+        release.set()
+        assert await asyncio.gather(*busy) == ["{}"] * server.MAX_LARGE_CONVERSIONS
+        await board._json_text(big.ByteSize(), build(big))  # room again
+
+    asyncio.run(main())

@@ -48,8 +48,11 @@ DEFAULT_MAX_STREAMS = 64
 CALL_TIMEOUT_S = 10.0
 MEMBER_STATUS_TIMEOUT_S = 1.0
 """/cluster asks every member at once; one that does not answer within this is unreachable."""
-OFFLOAD_TASKS = 100
-"""Runs with more tasks than this are turned into JSON in a thread, not on the node's loop."""
+OFFLOAD_BYTES = 256 * 1024
+"""Answers whose protobuf is larger than this are turned into JSON in a thread, not on the node's
+loop (a run of a few tasks can hold megabytes of outputs: seconds of the loop's Raft and gRPC work)."""
+MAX_LARGE_CONVERSIONS = 2
+"""Large answers converted at once per node; a request for another one is answered 503 (retry)."""
 MAX_OTHER_CONNECTIONS = 128
 """Connections beyond the event streams' (``max_streams``); more are closed as they are accepted."""
 KEEPALIVE_S = 15.0
@@ -119,6 +122,7 @@ class Dashboard:
         self.url = ""
         self.http_host = ""
         self._last_leader: tuple[str, int] | None = None
+        self._large = asyncio.Semaphore(MAX_LARGE_CONVERSIONS)
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -305,6 +309,25 @@ class Dashboard:
             req, metadata=self._metadata(request), timeout=timeout
         )
 
+    async def _json_text(self, size: int, build: Callable[[], Any], compact: bool = True) -> str:
+        """``build()`` as JSON text; when the answer is over ``OFFLOAD_BYTES`` (``size``: its protobuf's),
+        in a thread, at most ``MAX_LARGE_CONVERSIONS`` at once (503 beyond: the caller retries)."""
+        seps = (",", ":") if compact else None
+        if size <= OFFLOAD_BYTES:
+            return json.dumps(build(), separators=seps)
+        if self._large.locked():
+            raise ApiError(
+                503,
+                "UNAVAILABLE",
+                f"this node is converting {MAX_LARGE_CONVERSIONS} large answers already (busy); retry shortly",
+            )
+        async with self._large:
+            return await asyncio.to_thread(lambda: json.dumps(build(), separators=seps))
+
+    async def _json_response(self, size: int, build: Callable[[], Any]) -> web.Response:
+        text = await self._json_text(size, build, compact=False)  # as web.json_response writes it
+        return web.Response(text=text, content_type="application/json")
+
     # ---- pages ----------------------------------------------------------------------
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
@@ -377,8 +400,8 @@ class Dashboard:
     async def _run(self, request: web.Request) -> web.Response:
         params.query(request)
         run_id = params.run_id(request)
-        run = await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id))
-        return web.Response(text=await _run_text(run), content_type="application/json")
+        run: pb.Run = await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id))
+        return await self._json_response(run.ByteSize(), lambda: shapes.run(run))
 
     async def _audit(self, request: web.Request) -> web.Response:
         q = params.query(request, "limit")
@@ -439,8 +462,12 @@ class Dashboard:
             metadata=self._metadata(request),
             timeout=CALL_TIMEOUT_S,
         )
-        entries = [e for e in (shapes.kv_entry(x) for x in resp.entries) if e is not None]
-        return web.json_response({"entries": entries, "revision": resp.revision})
+
+        def build() -> dict[str, Any]:
+            entries = [e for e in (shapes.kv_entry(x) for x in resp.entries) if e is not None]
+            return {"entries": entries, "revision": resp.revision}
+
+        return await self._json_response(resp.ByteSize(), build)
 
     async def _dead_letters(self, request: web.Request) -> web.Response:
         q = params.query(request, "limit")
@@ -454,11 +481,12 @@ class Dashboard:
             pb.MessageDeadLettersRequest(limit=limit), metadata=md, timeout=CALL_TIMEOUT_S
         )
         tasks, messages = await asyncio.gather(tasks_call, msgs_call)
-        return web.json_response(
-            {
+        return await self._json_response(
+            tasks.ByteSize() + messages.ByteSize(),
+            lambda: {
                 "tasks": [shapes.dead_letter(d) for d in tasks.dead_letters],
                 "messages": [shapes.dead_message(d) for d in messages.dead_letters],
-            }
+            },
         )
 
     # ---- actions --------------------------------------------------------------------
@@ -591,6 +619,8 @@ class Dashboard:
                     await self._pump_run(sse, first, call)
                 except grpc.RpcError as exc:
                     await sse.error(from_rpc(exc))
+                except ApiError as err:  # too busy to convert a large snapshot: the page retries
+                    await sse.error(err)
             return sse.resp
         finally:
             call.cancel()
@@ -600,7 +630,9 @@ class Dashboard:
         async for e in _chain(first, call):
             which = e.WhichOneof("event")
             if which == "snapshot":
-                await sse.send_text("snapshot", await _run_text(e.snapshot))
+                await sse.send_text(
+                    "snapshot", await self._json_text(e.snapshot.ByteSize(), _run_json(e.snapshot))
+                )
                 status = shapes.run_status(e.snapshot.status)
                 if status in TERMINAL:
                     await sse.send("end", {"status": status})
@@ -720,11 +752,14 @@ class _Sse:
         await self.send("error", {"error": {"code": err.code, "message": err.message}})
 
 
-async def _run_text(run: pb.Run) -> str:
-    """A run as JSON text; a large one is converted off the node's loop (its Raft and gRPC work go on)."""
-    if len(run.tasks) <= OFFLOAD_TASKS:
-        return json.dumps(shapes.run(run), separators=(",", ":"))
-    return await asyncio.to_thread(lambda: json.dumps(shapes.run(run), separators=(",", ":")))
+def _run_json(run: pb.Run) -> Callable[[], dict[str, Any]]:
+    return lambda: shapes.run(run)
+
+
+def _request_id(body: dict[str, Any]) -> str:
+    """The caller's id for this action (a retry with it applies once), else a fresh one."""
+    rid = body.get("request_id")
+    return rid if isinstance(rid, str) and rid else uuid.uuid4().hex
 
 
 async def _first(call: Any) -> Any:
