@@ -419,6 +419,11 @@ def test_http_flags_are_checked(tmp_path: pathlib.Path) -> None:
             build_config(
                 "n1", raft, grpc_addr, peers, str(tmp_path), http="127.0.0.1:3", http_max_streams=bad
             )
+    assert cfg.dashboard_client_auth == "none"  # no TLS: nothing to ask for
+    with pytest.raises(InvalidArgument, match="--http-client-auth must be require or none"):
+        build_config("n1", raft, grpc_addr, peers, str(tmp_path), http_client_auth="optional")
+    with pytest.raises(InvalidArgument, match="--http-client-auth require needs TLS"):
+        build_config("n1", raft, grpc_addr, peers, str(tmp_path), http_client_auth="require")
 
 
 def test_a_node_whose_dashboard_port_is_taken_stops_at_start_saying_so(tmp_path: pathlib.Path) -> None:

@@ -97,6 +97,9 @@ class DashboardNode:
     """Whether the node checks tokens."""
     leader: Callable[[], tuple[str, int]]
     """(leader id, term) as this node sees them now."""
+    client_auth: str = "none"
+    """With TLS, "require": callers need a client certificate signed by the node's CA (the
+    default follows ``--tls-client-auth``; ``--http-client-auth`` overrides it)."""
 
 
 def _self_target(addr: str) -> str:
@@ -160,9 +163,10 @@ class Dashboard:
         if tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(tls.cert, tls.key)
-            if tls.client_auth == "require" and not self.node.auth:
-                # Client certificates are this cluster's only credential: the dashboard, which calls
-                # the API with the node's own certificate, must ask its callers for one too.
+            if self.node.client_auth == "require":
+                # The dashboard calls the API with the node's own certificate: unless told otherwise
+                # (--http-client-auth none, a token-only dashboard) it asks its callers for one, as
+                # the gRPC port does.
                 ctx.verify_mode = ssl.CERT_REQUIRED
                 ctx.load_verify_locations(cafile=tls.ca)
         warning = plaintext_warning(addr, tls is not None, self.node.auth)
