@@ -512,15 +512,23 @@ class Dashboard:
             raise bad("the body is not JSON") from None
         if not isinstance(body, dict):
             raise bad("the body must be a JSON object")
+        allowed = {**allowed, "request_id": str}
         for k, v in body.items():
             want = allowed.get(k)
             if want is None:
                 raise bad(f"unknown field {k[:40]!r}; this action takes {sorted(allowed) or 'no fields'}")
             if not isinstance(v, want) or (want is int and isinstance(v, bool)):
                 raise bad(f"{k} must be a {want.__name__}")
+        rid = body.get("request_id")
+        if rid is not None and not _REQUEST_ID.fullmatch(rid):
+            raise bad(
+                "request_id must be 8 to 64 letters, digits, '-' or '_' (one per action, reused on its retry)"
+            )
         return body
 
     async def _cancel(self, request: web.Request) -> web.Response:
+        # A request_id is accepted and checked like the other actions', but CancelRun takes none:
+        # a cancel is idempotent by itself (asked again it answers cancelled=false).
         body = await self._body(request, {"reason": str})
         run_id = params.run_id(request)
         req = pb.CancelRunRequest(run_id=run_id, reason=body.get("reason", ""))
@@ -530,20 +538,20 @@ class Dashboard:
         body = await self._body(request, {"cancel_running": bool})
         run_id = params.run_id(request)
         req = pb.PauseRunRequest(
-            run_id=run_id, cancel_running=body.get("cancel_running", False), request_id=uuid.uuid4().hex
+            run_id=run_id, cancel_running=body.get("cancel_running", False), request_id=_request_id(body)
         )
         return web.json_response(shapes.control(run_id, await self._unary(request, "PauseRun", req)))
 
     async def _resume(self, request: web.Request) -> web.Response:
-        await self._body(request, {})
+        body = await self._body(request, {})
         run_id = params.run_id(request)
-        req = pb.ResumeRunRequest(run_id=run_id, request_id=uuid.uuid4().hex)
+        req = pb.ResumeRunRequest(run_id=run_id, request_id=_request_id(body))
         return web.json_response(shapes.control(run_id, await self._unary(request, "ResumeRun", req)))
 
     async def _rerun(self, request: web.Request) -> web.Response:
-        await self._body(request, {})
+        body = await self._body(request, {})
         run_id, task_id = params.run_id(request), params.task_id(request)
-        req = pb.RerunTaskRequest(run_id=run_id, task_id=task_id, request_id=uuid.uuid4().hex)
+        req = pb.RerunTaskRequest(run_id=run_id, task_id=task_id, request_id=_request_id(body))
         return web.json_response(shapes.rerun(run_id, task_id, await self._unary(request, "RerunTask", req)))
 
     async def _approve(self, request: web.Request) -> web.Response:
@@ -571,7 +579,7 @@ class Dashboard:
             reject=reject,
             by="dashboard",  # with tokens the node records the token's principal instead
             comment=body.get("comment", ""),
-            request_id=uuid.uuid4().hex,
+            request_id=_request_id(body),
         )
         return web.json_response(
             shapes.decision(run_id, task_id, await self._unary(request, "ApproveTask", req))
