@@ -282,3 +282,17 @@ def test_large_answers_are_converted_in_a_thread_at_most_a_few_at_once() -> None
         await board._json_text(big.ByteSize(), build(big))  # room again
 
     asyncio.run(main())
+
+
+def test_large_answers_are_written_in_pieces_with_the_same_text() -> None:
+    """A large answer's JSON is made piece by piece (each call holds the GIL only for its piece);
+    the text is exactly json.dumps's, compact (event streams) or not (as web.json_response)."""
+    samples: list[Any] = [
+        shapes.run(_big_run(3, 1000)),
+        {"entries": [{"key": "a", "value": [1, 2.5, None, True]}, {}], "revision": 7, "e": []},
+        [{"é": "ü\n"}, [[[1]]], "x"],
+        {"1": {2: "non-str keys are dumped whole"}},
+    ]
+    for obj in samples:
+        for seps in ((",", ":"), None):
+            assert server.dumps_in_pieces(obj, seps) == json.dumps(obj, separators=seps)
