@@ -10,8 +10,8 @@
 #
 # Node nI listens for gRPC on P+I and for Raft on P+50+I (P defaults to 7100), and serves
 # Prometheus metrics on http://127.0.0.1:P+100+I/metrics (DIR/env: RAFTMESH_METRICS) unless --no-metrics,
-# and the web dashboard on http://127.0.0.1:P+200+I/ (https with --secure; DIR/env: RAFTMESH_DASHBOARD)
-# unless --no-dashboard.
+# and the web dashboard on http://127.0.0.1:P+200+I/ (DIR/env: RAFTMESH_DASHBOARD) unless --no-dashboard;
+# with --secure it is https and token-only (--http-client-auth none: browsers need no client certificate).
 # Data and logs live in DIR/nI (DIR defaults to ./.cluster); DIR/env holds RAFTMESH_ADDRESSES.
 # `up` makes DIR/raft.secret (mode 0600, kept across runs): every node authenticates and
 # encrypts Raft traffic with it. --unsafe-no-fsync and each --agents-module (a .py path is
@@ -173,6 +173,8 @@ case $CMD in
         ${tls_flags[@]+"${tls_flags[@]}"} >"$d/cmd"
       (( METRICS )) && printf '%s\n' --metrics "127.0.0.1:$((BASE + 100 + i))" >>"$d/cmd"
       (( DASHBOARD )) && printf '%s\n' --http "127.0.0.1:$((BASE + 200 + i))" >>"$d/cmd"
+      # --secure: tokens are on, so the dashboard asks browsers for the token, not a client certificate.
+      (( DASHBOARD && SECURE )) && printf '%s\n' --http-client-auth none >>"$d/cmd"
       start_node "n$i"
     done
     (umask 077; echo "RAFTMESH_ADDRESSES=$ADDRS" >"$DIR/env")
@@ -188,6 +190,9 @@ case $CMD in
     echo "RAFTMESH_ADDRESSES=$ADDRS"
     if (( METRICS )); then echo "RAFTMESH_METRICS=$(IFS=,; echo "${metrics[*]}")"; fi
     if (( DASHBOARD )); then echo "RAFTMESH_DASHBOARD=$(IFS=,; echo "${boards[*]}")"; fi
+    if (( DASHBOARD && SECURE )); then
+      echo "the dashboards run with --http-client-auth none: a browser signs in with the token ($DIR/admin.token), no client certificate"
+    fi
     ;;
   down)
     [[ -d $DIR ]] || exit 0

@@ -150,6 +150,35 @@ def test_actions_and_approvals(board: LocalCluster, http: httpx.Client) -> None:
     assert again.status_code == 409 and again.json()["error"]["code"] == "FAILED_PRECONDITION"
 
 
+def test_an_action_retried_with_its_request_id_applies_once(board: LocalCluster, http: httpx.Client) -> None:
+    """The page sends one request_id per click and reuses it when it retries after a 503/504."""
+    f = follower(board)
+    client = board.client()
+    slow = client.submit({"tasks": [{"id": "s", "agent": "sleep", "input": {"seconds": 30}}]})
+    base = url(board, f, f"/api/v1/runs/{slow}")
+    click = uuid.uuid4().hex
+    first = http.post(f"{base}/pause", json={"request_id": click})
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "PAUSED" and first.json()["changed"] is True
+    assert http.post(f"{base}/resume", json={"request_id": uuid.uuid4().hex}).json()["status"] == "RUNNING"
+    late = http.post(f"{base}/pause", json={"request_id": click})  # the first pause, retried late
+    assert late.status_code == 200 and late.json() == first.json()
+    assert client.get(slow).status == "RUNNING"  # answered from the first, not paused again
+    bad = http.post(f"{base}/pause", json={"request_id": "x y"})
+    assert bad.status_code == 400 and "request_id must be" in bad.json()["error"]["message"]
+    http.post(f"{base}/cancel", json={"request_id": uuid.uuid4().hex})
+
+    gated = client.submit(gated_dag("gated-retry"))
+    wait_until(lambda: client.approvals(gated), 30, "the gate to open")
+    approve = url(board, f, f"/api/v1/runs/{gated}/tasks/g/approve")
+    click = uuid.uuid4().hex
+    once = http.post(approve, json={"comment": "ok", "request_id": click})
+    twice = http.post(approve, json={"comment": "ok", "request_id": click})
+    assert once.status_code == twice.status_code == 200, twice.text
+    assert once.json() == twice.json() and once.json()["applied"] is True
+    assert client.wait(gated, timeout_s=30).status == "SUCCEEDED"
+
+
 def test_run_events_stream_a_snapshot_task_events_and_the_end(
     board: LocalCluster, http: httpx.Client
 ) -> None:
@@ -419,6 +448,11 @@ def test_http_flags_are_checked(tmp_path: pathlib.Path) -> None:
             build_config(
                 "n1", raft, grpc_addr, peers, str(tmp_path), http="127.0.0.1:3", http_max_streams=bad
             )
+    assert cfg.dashboard_client_auth == "none"  # no TLS: nothing to ask for
+    with pytest.raises(InvalidArgument, match="--http-client-auth must be require or none"):
+        build_config("n1", raft, grpc_addr, peers, str(tmp_path), http_client_auth="optional")
+    with pytest.raises(InvalidArgument, match="--http-client-auth require needs TLS"):
+        build_config("n1", raft, grpc_addr, peers, str(tmp_path), http_client_auth="require")
 
 
 def test_a_node_whose_dashboard_port_is_taken_stops_at_start_saying_so(tmp_path: pathlib.Path) -> None:

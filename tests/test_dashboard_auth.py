@@ -23,12 +23,19 @@ from .dashboard_http import EventStream
 pytestmark = pytest.mark.e2e
 
 
+TOKEN_ONLY = "n3"
+"""The node of the secure cluster whose dashboard asks for no client certificate."""
+
+
 class Secure:
     def __init__(self, c: LocalCluster, tokens: dict[str, str], issued: certs.Issued) -> None:
         self.c = c
         self.tokens = tokens
         self.issued = issued
         self.ssl = ssl.create_default_context(cafile=issued.ca)
+        # --tls-client-auth require (the default with TLS): the dashboard asks for a client certificate too.
+        self.ssl.load_cert_chain(*issued.client)
+        self.no_cert = ssl.create_default_context(cafile=issued.ca)
 
     def url(self, node: str, path: str) -> str:
         return f"https://{self.c.nodes[node].http}{path}"
@@ -75,6 +82,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
         extra_args=["--tokens-file", path],
     )
     _tls_args(c, issued)
+    c.nodes[TOKEN_ONLY].argv += ["--http-client-auth", "none"]  # a token-only dashboard (browsers)
     ok = False
     try:
         with pytest.MonkeyPatch.context() as mp:
@@ -120,6 +128,29 @@ def test_https_and_roles(secure: Secure) -> None:
             assert event == "snapshot" and snap["status"] == "CANCELLED"
             assert s.next()[0] == "end"
         assert http.get(secure.url(n, "/api/v1/events")).status_code == 401
+
+
+def test_the_dashboard_asks_for_a_client_certificate_as_the_grpc_port_does(secure: Secure) -> None:
+    """Tokens + --tls-client-auth require: the dashboard is no way around mutual TLS, unless the
+    node opts out with --http-client-auth none (a token-only dashboard)."""
+    c = secure.c
+    c.wait_ready()
+    strict = next(n for n in c.nodes if n != TOKEN_ONLY)
+    with (
+        httpx.Client(verify=secure.no_cert, timeout=10.0) as http,
+        pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
+    ):
+        http.get(secure.url(strict, "/api/v1/whoami"), headers=secure.auth("reader"))
+    with httpx.Client(verify=secure.ssl, timeout=10.0) as http:
+        assert (
+            http.get(secure.url(strict, "/api/v1/whoami"), headers=secure.auth("reader")).status_code == 200
+        )
+    with httpx.Client(verify=secure.no_cert, timeout=10.0) as http:
+        me = http.get(secure.url(TOKEN_ONLY, "/api/v1/whoami"), headers=secure.auth("reader"))
+        assert me.status_code == 200 and me.json()["principal"] == "token:reader"
+        assert (
+            http.get(secure.url(TOKEN_ONLY, "/api/v1/whoami")).status_code == 401
+        )  # the token is the credential
 
 
 def test_a_namespace_token_sees_only_its_runs(secure: Secure) -> None:

@@ -3,6 +3,7 @@ the stream through the SDK and CLI against one in-process node."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -13,12 +14,17 @@ from typing import Any
 
 import pytest
 
+from raftmesh.clock import SYSTEM_CLOCK
+from raftmesh.consensus import limits
 from raftmesh.consensus.results import RunChanged, TaskChanged
-from raftmesh.consensus.state import RunStatus, TaskStatus
-from raftmesh.errors import InvalidArgument
+from raftmesh.consensus.state import ClusterState, RunState, RunStatus, TaskStatus
+from raftmesh.errors import InvalidArgument, ResourceExhausted
 from raftmesh.localcluster import wait_until
-from raftmesh.node import watch
+from raftmesh.node import service, watch
+from raftmesh.node.access import NodeAccess
+from raftmesh.node.reads import ReadView
 from raftmesh.node.watch import RunsWatch, WatchHub
+from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
 
 from .test_node_inprocess import InProcessNode, fan_out, node  # noqa: F401  (node: the fixture)
 
@@ -155,3 +161,96 @@ def test_cli_whoami_and_runs_watch(node: InProcessNode) -> None:  # noqa: F811
             assert line["run"]["run_id"] == second
         finally:
             watcher.kill()
+
+
+class _Writer:
+    """The replica is already current: nothing to wait for (this test drives the state itself)."""
+
+    async def propose(self, cmd: object, timeout_s: float | None = None) -> object:
+        raise AssertionError("WatchRuns proposes nothing")
+
+    async def barrier(self, timeout_s: float | None = None) -> None:
+        return None
+
+
+class _Context:
+    def time_remaining(self) -> float | None:
+        return None
+
+
+def _run_state(run_id: str, created_ms: int) -> RunState:
+    return RunState(
+        run_id=run_id,
+        status=RunStatus.RUNNING,
+        tasks={},
+        unfinished=0,
+        priority=0,
+        idempotency_key="",
+        name=run_id,
+        submitter="",
+        created_ms=created_ms,
+    )
+
+
+def test_watch_runs_sends_a_change_its_read_saw_before_the_change_event_arrived(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Raft thread applies, then hands the event to the loop: a read after run A's event can
+    already see run B's later change. B's event, arriving next, must still be sent (it once was
+    dropped as "not newer than what was read")."""
+    monkeypatch.setattr(service, "RUNS_COALESCE_S", 0.0)
+    st = ClusterState(revision=10, runs={"A": _run_state("A", 1), "B": _run_state("B", 2)})
+    lock = threading.Lock()
+    hub = WatchHub()
+    access = NodeAccess(_Writer(), ReadView(lock, lambda: st), SYSTEM_CLOCK, lambda: True, 5.0)
+    svc = service.ClusterService(access, hub, lambda deep: pb.ClusterStatusResponse())
+
+    async def main() -> list[tuple[str, str]]:
+        gen = svc.WatchRuns(pb.WatchRunsRequest(limit=10), _Context())
+        snap = await gen.__anext__()
+        assert snap.is_snapshot and snap.revision == 10
+        with lock:  # two commands applied; only the first one's events have reached the loop
+            st.revision, st.runs["A"].status = 11, RunStatus.SUCCEEDED
+            st.revision, st.runs["B"].status = 12, RunStatus.FAILED
+        hub.publish([RunChanged(11, "A", RunStatus.SUCCEEDED)])
+        got: list[tuple[str, str]] = []
+        ev = await gen.__anext__()
+        got.append((ev.changed.run_id, pb.RunStatus.Name(ev.changed.status)))
+        hub.publish([RunChanged(12, "B", RunStatus.FAILED)])
+        async with asyncio.timeout(5):
+            while not any(run_id == "B" for run_id, _ in got):
+                ev = await gen.__anext__()
+                if ev.HasField("changed"):
+                    got.append((ev.changed.run_id, pb.RunStatus.Name(ev.changed.status)))
+        await gen.aclose()
+        return got
+
+    got = asyncio.run(main())
+    assert got == [("A", "RUN_STATUS_SUCCEEDED"), ("B", "RUN_STATUS_FAILED")]
+
+
+def test_watch_runs_streams_are_capped_per_node(
+    node: InProcessNode,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "MAX_WATCH_RUNS_STREAMS", 2)
+    c = node.client
+    open_ = [iter(c.watch_runs(limit=5, timeout_s=30)) for _ in range(2)]
+    for it in open_:
+        assert "snapshot" in next(it)
+    with pytest.raises(ResourceExhausted, match="serves 2 WatchRuns streams already"):
+        next(iter(c.watch_runs(limit=5, timeout_s=30)))
+    for it in open_:
+        it.close()  # type: ignore[attr-defined]
+    # A closed stream frees its place (the server notices the cancelled call).
+    wait_until(lambda: _watch_opens(c), 10, "a WatchRuns stream after two closed")
+
+
+def _watch_opens(c: Any) -> bool:
+    it = iter(c.watch_runs(limit=5, timeout_s=30))
+    try:
+        return "snapshot" in next(it)
+    except ResourceExhausted:
+        return False
+    finally:
+        it.close()

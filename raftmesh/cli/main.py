@@ -749,6 +749,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="event streams the dashboard serves at once, 503 beyond (default 64)",
     )
     n.add_argument(
+        "--http-client-auth",
+        choices=("require", "none"),
+        help="whether the dashboard's HTTPS asks callers for a client certificate signed by --tls-ca "
+        "(default: as --tls-client-auth; none: a token-only dashboard, for browsers without one)",
+    )
+    n.add_argument(
         "--otel-endpoint",
         default=None,
         help="export run and attempt spans over OTLP/HTTP to this collector URL (default: "

@@ -243,6 +243,9 @@ MAX_RECEIVE_LANES = 100_000
 forgotten: a forgotten lane restarts at the sender's oldest unacknowledged message)."""
 MAX_TOPIC_STREAMS = 1_000
 """Client ``Subscribe`` streams one node serves at once (RESOURCE_EXHAUSTED beyond)."""
+MAX_WATCH_RUNS_STREAMS = 256
+"""``WatchRuns`` streams one node serves at once (RESOURCE_EXHAUSTED beyond): every applied run or
+task event marks each of them, and a resync sorts the runs once per stream."""
 MAX_TOPIC_STREAM_BACKLOG = 10_000
 """Publishes waiting for one slow client stream; beyond it the stream ends RESOURCE_EXHAUSTED."""
 MAX_PENDING_DEAD_LETTERS = 10_000

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import ssl
 import time
 import uuid
@@ -47,16 +48,35 @@ DEFAULT_MAX_STREAMS = 64
 CALL_TIMEOUT_S = 10.0
 MEMBER_STATUS_TIMEOUT_S = 1.0
 """/cluster asks every member at once; one that does not answer within this is unreachable."""
-OFFLOAD_TASKS = 100
-"""Runs with more tasks than this are turned into JSON in a thread, not on the node's loop."""
+OFFLOAD_BYTES = 256 * 1024
+"""Answers whose protobuf is larger than this are turned into JSON in a thread, not on the node's
+loop (a run of a few tasks can hold megabytes of outputs: seconds of the loop's Raft and gRPC work)."""
+MAX_LARGE_CONVERSIONS = 2
+"""Large answers converted at once per node; a request for another one is answered 503 (retry)."""
 MAX_OTHER_CONNECTIONS = 128
 """Connections beyond the event streams' (``max_streams``); more are closed as they are accepted."""
+KEEPALIVE_S = 15.0
+"""An idle keep-alive connection is closed after this (aiohttp's default holds it about an hour)."""
 STOP_S = 1.0
 """A stopping node waits this long for requests in flight; open event streams are cut then."""
 PING_S = 5.0
 """An idle event stream sends ``event: ping`` this often (and so notices a client that left)."""
+SSE_WRITE_S = 2 * PING_S
+"""An event-stream write that cannot finish within this (a client that stopped reading: its
+socket buffers are full) closes the stream, freeing its slot and its gRPC stream."""
 CLUSTER_SAMPLE_S = 1.0
+LEADER_SAMPLE_S = 0.25
 LEADER_CHANGES = 20
+MAX_AUTH_HEADER = 4096
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+"""What a bearer token may hold: printable ASCII, no spaces (gRPC metadata takes nothing else)."""
+
+CSP = (
+    "default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+"""The page loads only its own files and talks only to this node (an injected script cannot run)."""
 
 _PLACEHOLDER = (
     "<!doctype html><meta charset=utf-8><title>raftmesh</title>"
@@ -77,6 +97,9 @@ class DashboardNode:
     """Whether the node checks tokens."""
     leader: Callable[[], tuple[str, int]]
     """(leader id, term) as this node sees them now."""
+    client_auth: str = "none"
+    """With TLS, "require": callers need a client certificate signed by the node's CA (the
+    default follows ``--tls-client-auth``; ``--http-client-auth`` overrides it)."""
 
 
 def _self_target(addr: str) -> str:
@@ -102,6 +125,7 @@ class Dashboard:
         self.url = ""
         self.http_host = ""
         self._last_leader: tuple[str, int] | None = None
+        self._large = asyncio.Semaphore(MAX_LARGE_CONVERSIONS)
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -139,9 +163,10 @@ class Dashboard:
         if tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(tls.cert, tls.key)
-            if tls.client_auth == "require" and not self.node.auth:
-                # Client certificates are this cluster's only credential: the dashboard, which calls
-                # the API with the node's own certificate, must ask its callers for one too.
+            if self.node.client_auth == "require":
+                # The dashboard calls the API with the node's own certificate: unless told otherwise
+                # (--http-client-auth none, a token-only dashboard) it asks its callers for one, as
+                # the gRPC port does.
                 ctx.verify_mode = ssl.CERT_REQUIRED
                 ctx.load_verify_locations(cafile=tls.ca)
         warning = plaintext_warning(addr, tls is not None, self.node.auth)
@@ -149,7 +174,11 @@ class Dashboard:
             log.warning("%s", warning)
         # handler_cancellation: a client that goes away cancels its handler (and so its gRPC stream).
         self._runner = web.AppRunner(
-            self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=STOP_S
+            self.app(),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=STOP_S,
+            keepalive_timeout=KEEPALIVE_S,
         )
         await self._runner.setup()
         site = BoundedSite(self._runner, host, int(port), ctx, self.max_streams + MAX_OTHER_CONNECTIONS)
@@ -171,8 +200,12 @@ class Dashboard:
     async def _sample_leader(self) -> None:
         """The leader changes this node sees (polled: Raft reports no event on this loop)."""
         while True:
-            self._note_leader()
-            await asyncio.sleep(0.25)
+            try:
+                self._note_leader()
+            except Exception:
+                # One failed look must not end the sampling for good (/cluster reads its ring).
+                log.exception("dashboard: reading the node's leader failed; sampling goes on")
+            await asyncio.sleep(LEADER_SAMPLE_S)
 
     def _note_leader(self) -> None:
         now = self.node.leader()
@@ -230,7 +263,7 @@ class Dashboard:
         if not resp.prepared:
             resp.headers.setdefault("X-Content-Type-Options", "nosniff")
             resp.headers.setdefault("Referrer-Policy", "no-referrer")
-            resp.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+            resp.headers.setdefault("Content-Security-Policy", CSP)
             if request.path.startswith("/api/"):
                 resp.headers.setdefault("Cache-Control", "no-store")
         return resp
@@ -256,9 +289,17 @@ class Dashboard:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise ApiError(401, "UNAUTHENTICATED", "send 'Authorization: Bearer TOKEN'")
-        if len(header) > 4096:
+        if len(header) > MAX_AUTH_HEADER:
             raise ApiError(401, "UNAUTHENTICATED", "the Authorization header is too long")
-        return (("authorization", f"Bearer {value.strip()}"),)
+        token = value.strip()
+        if not _TOKEN_CHARS.fullmatch(token):
+            # grpc.aio fails such metadata with an error that is not an RpcError: refuse it here.
+            raise ApiError(
+                401,
+                "UNAUTHENTICATED",
+                "a bearer token is printable ASCII with no spaces, tabs or other controls",
+            )
+        return (("authorization", f"Bearer {token}"),)
 
     async def _unary(
         self,
@@ -271,6 +312,25 @@ class Dashboard:
         return await getattr(self._stub(target), method)(
             req, metadata=self._metadata(request), timeout=timeout
         )
+
+    async def _json_text(self, size: int, build: Callable[[], Any], compact: bool = True) -> str:
+        """``build()`` as JSON text; when the answer is over ``OFFLOAD_BYTES`` (``size``: its protobuf's),
+        in a thread, at most ``MAX_LARGE_CONVERSIONS`` at once (503 beyond: the caller retries)."""
+        seps = (",", ":") if compact else None
+        if size <= OFFLOAD_BYTES:
+            return json.dumps(build(), separators=seps)
+        if self._large.locked():
+            raise ApiError(
+                503,
+                "UNAVAILABLE",
+                f"this node is converting {MAX_LARGE_CONVERSIONS} large answers already (busy); retry shortly",
+            )
+        async with self._large:
+            return await asyncio.to_thread(lambda: json.dumps(build(), separators=seps))
+
+    async def _json_response(self, size: int, build: Callable[[], Any]) -> web.Response:
+        text = await self._json_text(size, build, compact=False)  # as web.json_response writes it
+        return web.Response(text=text, content_type="application/json")
 
     # ---- pages ----------------------------------------------------------------------
 
@@ -344,8 +404,8 @@ class Dashboard:
     async def _run(self, request: web.Request) -> web.Response:
         params.query(request)
         run_id = params.run_id(request)
-        run = await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id))
-        return web.Response(text=await _run_text(run), content_type="application/json")
+        run: pb.Run = await self._unary(request, "GetRun", pb.GetRunRequest(run_id=run_id))
+        return await self._json_response(run.ByteSize(), lambda: shapes.run(run))
 
     async def _audit(self, request: web.Request) -> web.Response:
         q = params.query(request, "limit")
@@ -406,8 +466,12 @@ class Dashboard:
             metadata=self._metadata(request),
             timeout=CALL_TIMEOUT_S,
         )
-        entries = [e for e in (shapes.kv_entry(x) for x in resp.entries) if e is not None]
-        return web.json_response({"entries": entries, "revision": resp.revision})
+
+        def build() -> dict[str, Any]:
+            entries = [e for e in (shapes.kv_entry(x) for x in resp.entries) if e is not None]
+            return {"entries": entries, "revision": resp.revision}
+
+        return await self._json_response(resp.ByteSize(), build)
 
     async def _dead_letters(self, request: web.Request) -> web.Response:
         q = params.query(request, "limit")
@@ -421,11 +485,12 @@ class Dashboard:
             pb.MessageDeadLettersRequest(limit=limit), metadata=md, timeout=CALL_TIMEOUT_S
         )
         tasks, messages = await asyncio.gather(tasks_call, msgs_call)
-        return web.json_response(
-            {
+        return await self._json_response(
+            tasks.ByteSize() + messages.ByteSize(),
+            lambda: {
                 "tasks": [shapes.dead_letter(d) for d in tasks.dead_letters],
                 "messages": [shapes.dead_message(d) for d in messages.dead_letters],
-            }
+            },
         )
 
     # ---- actions --------------------------------------------------------------------
@@ -447,15 +512,23 @@ class Dashboard:
             raise bad("the body is not JSON") from None
         if not isinstance(body, dict):
             raise bad("the body must be a JSON object")
+        allowed = {**allowed, "request_id": str}
         for k, v in body.items():
             want = allowed.get(k)
             if want is None:
                 raise bad(f"unknown field {k[:40]!r}; this action takes {sorted(allowed) or 'no fields'}")
             if not isinstance(v, want) or (want is int and isinstance(v, bool)):
                 raise bad(f"{k} must be a {want.__name__}")
+        rid = body.get("request_id")
+        if rid is not None and not _REQUEST_ID.fullmatch(rid):
+            raise bad(
+                "request_id must be 8 to 64 letters, digits, '-' or '_' (one per action, reused on its retry)"
+            )
         return body
 
     async def _cancel(self, request: web.Request) -> web.Response:
+        # A request_id is accepted and checked like the other actions', but CancelRun takes none:
+        # a cancel is idempotent by itself (asked again it answers cancelled=false).
         body = await self._body(request, {"reason": str})
         run_id = params.run_id(request)
         req = pb.CancelRunRequest(run_id=run_id, reason=body.get("reason", ""))
@@ -465,20 +538,20 @@ class Dashboard:
         body = await self._body(request, {"cancel_running": bool})
         run_id = params.run_id(request)
         req = pb.PauseRunRequest(
-            run_id=run_id, cancel_running=body.get("cancel_running", False), request_id=uuid.uuid4().hex
+            run_id=run_id, cancel_running=body.get("cancel_running", False), request_id=_request_id(body)
         )
         return web.json_response(shapes.control(run_id, await self._unary(request, "PauseRun", req)))
 
     async def _resume(self, request: web.Request) -> web.Response:
-        await self._body(request, {})
+        body = await self._body(request, {})
         run_id = params.run_id(request)
-        req = pb.ResumeRunRequest(run_id=run_id, request_id=uuid.uuid4().hex)
+        req = pb.ResumeRunRequest(run_id=run_id, request_id=_request_id(body))
         return web.json_response(shapes.control(run_id, await self._unary(request, "ResumeRun", req)))
 
     async def _rerun(self, request: web.Request) -> web.Response:
-        await self._body(request, {})
+        body = await self._body(request, {})
         run_id, task_id = params.run_id(request), params.task_id(request)
-        req = pb.RerunTaskRequest(run_id=run_id, task_id=task_id, request_id=uuid.uuid4().hex)
+        req = pb.RerunTaskRequest(run_id=run_id, task_id=task_id, request_id=_request_id(body))
         return web.json_response(shapes.rerun(run_id, task_id, await self._unary(request, "RerunTask", req)))
 
     async def _approve(self, request: web.Request) -> web.Response:
@@ -506,7 +579,7 @@ class Dashboard:
             reject=reject,
             by="dashboard",  # with tokens the node records the token's principal instead
             comment=body.get("comment", ""),
-            request_id=uuid.uuid4().hex,
+            request_id=_request_id(body),
         )
         return web.json_response(
             shapes.decision(run_id, task_id, await self._unary(request, "ApproveTask", req))
@@ -529,7 +602,12 @@ class Dashboard:
                 }
             )
             await resp.prepare(request)
-            yield _Sse(resp)
+            try:
+                yield _Sse(resp)
+            except _Stalled:
+                log.info("dashboard: closed an event stream to %s: it stopped reading", request.remote)
+                if request.transport is not None:
+                    request.transport.abort()
         finally:
             self.streams -= 1
 
@@ -553,6 +631,8 @@ class Dashboard:
                     await self._pump_run(sse, first, call)
                 except grpc.RpcError as exc:
                     await sse.error(from_rpc(exc))
+                except ApiError as err:  # too busy to convert a large snapshot: the page retries
+                    await sse.error(err)
             return sse.resp
         finally:
             call.cancel()
@@ -562,7 +642,9 @@ class Dashboard:
         async for e in _chain(first, call):
             which = e.WhichOneof("event")
             if which == "snapshot":
-                await sse.send_text("snapshot", await _run_text(e.snapshot))
+                await sse.send_text(
+                    "snapshot", await self._json_text(e.snapshot.ByteSize(), _run_json(e.snapshot))
+                )
                 status = shapes.run_status(e.snapshot.status)
                 if status in TERMINAL:
                     await sse.send("end", {"status": status})
@@ -659,6 +741,10 @@ class Dashboard:
         return out
 
 
+class _Stalled(Exception):
+    """The client has not read an event stream's writes for ``SSE_WRITE_S``."""
+
+
 class _Sse:
     def __init__(self, resp: web.StreamResponse) -> None:
         self.resp = resp
@@ -667,18 +753,25 @@ class _Sse:
         await self.send_text(event, json.dumps(data, separators=(",", ":")))
 
     async def send_text(self, event: str, payload: str) -> None:
-        await self.resp.write(f"event: {event}\ndata: {payload}\n\n".encode())
+        try:
+            async with asyncio.timeout(SSE_WRITE_S):
+                await self.resp.write(f"event: {event}\ndata: {payload}\n\n".encode())
+        except TimeoutError:
+            raise _Stalled from None
 
     async def error(self, err: ApiError) -> None:
         """The stream's last event: the page reconnects (with backoff) after it."""
         await self.send("error", {"error": {"code": err.code, "message": err.message}})
 
 
-async def _run_text(run: pb.Run) -> str:
-    """A run as JSON text; a large one is converted off the node's loop (its Raft and gRPC work go on)."""
-    if len(run.tasks) <= OFFLOAD_TASKS:
-        return json.dumps(shapes.run(run), separators=(",", ":"))
-    return await asyncio.to_thread(lambda: json.dumps(shapes.run(run), separators=(",", ":")))
+def _run_json(run: pb.Run) -> Callable[[], dict[str, Any]]:
+    return lambda: shapes.run(run)
+
+
+def _request_id(body: dict[str, Any]) -> str:
+    """The caller's id for this action (a retry with it applies once), else a fresh one."""
+    rid = body.get("request_id")
+    return rid if isinstance(rid, str) and rid else uuid.uuid4().hex
 
 
 async def _first(call: Any) -> Any:

@@ -73,6 +73,16 @@ class NodeConfig:
     """``HOST:PORT`` this node serves its web dashboard on (``--http``; "" = off)."""
     http_max_streams: int = 64
     """Event streams the dashboard serves at once (``--http-max-streams``; 503 beyond)."""
+    http_client_auth: str = ""
+    """Whether the dashboard's HTTPS asks callers for a client certificate (``--http-client-auth``:
+    "require" or "none"; "" follows ``--tls-client-auth``)."""
+
+    @property
+    def dashboard_client_auth(self) -> str:
+        """What the dashboard asks of its callers: "require" (a client certificate) or "none"."""
+        if self.tls is None:
+            return "none"
+        return self.http_client_auth or self.tls.client_auth
 
     def peer_by_raft(self, addr: str) -> Peer | None:
         return next((p for p in self.peers if p.raft == addr), None)
@@ -151,6 +161,7 @@ def build_config(
     metrics: str = "",
     http: str = "",
     http_max_streams: int = 64,
+    http_client_auth: str = "",
     audit_max_runs: int = 10_000,
     audit_max_bytes: int = 256 * 1024**2,
 ) -> NodeConfig:
@@ -205,6 +216,12 @@ def build_config(
             raise InvalidArgument(f"--http {http} is already the node's gRPC, Raft or metrics address")
     if not 1 <= http_max_streams <= MAX_HTTP_STREAMS:
         raise InvalidArgument(f"--http-max-streams must be between 1 and {MAX_HTTP_STREAMS}")
+    if http_client_auth not in ("", "require", "none"):
+        raise InvalidArgument(
+            f"--http-client-auth must be require or none, got {str(http_client_auth)[:40]!r}"
+        )
+    if http_client_auth == "require" and tls is None:
+        raise InvalidArgument("--http-client-auth require needs TLS: pass --tls-cert, --tls-key and --tls-ca")
     if tokens_file and not raft_password:
         raise InvalidArgument(
             "--tokens-file needs the cluster secret (--raft-secret-file PATH or RAFTMESH_RAFT_SECRET, "
@@ -234,6 +251,7 @@ def build_config(
         metrics=metrics,
         http=http,
         http_max_streams=http_max_streams,
+        http_client_auth=http_client_auth,
         audit_max_runs=audit_max_runs,
         audit_max_bytes=audit_max_bytes,
     )

@@ -170,6 +170,7 @@ def run_node(args: argparse.Namespace) -> int:
         metrics=str(_setting(args, file_cfg, "metrics", "") or ""),
         http=str(_setting(args, file_cfg, "http", "") or ""),
         http_max_streams=_number("http-max-streams", _setting(args, file_cfg, "http-max-streams", 64), int),
+        http_client_auth=str(_setting(args, file_cfg, "http-client-auth", "") or ""),
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))

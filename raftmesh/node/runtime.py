@@ -459,6 +459,7 @@ class NodeRuntime:
                 cfg.tls,
                 auth=self.authenticator is not None,
                 leader=lambda: (self.leader_id(), self.raft.term),
+                client_auth=cfg.dashboard_client_auth,
             ),
             max_streams=cfg.http_max_streams,
         )

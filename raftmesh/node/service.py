@@ -350,18 +350,23 @@ class ClusterService(pb_grpc.ClusterServicer):
                 # What this stream last said of each run: a task event that leaves the summary as it
                 # was (a task started) sends nothing. Bounded: forgetting only costs a repeat.
                 said = {r.run_id: r.SerializeToString(deterministic=True) for r in snap}
+                last = seen  # the newest revision read: what events carry (never a filter)
                 while True:
                     try:
                         async with asyncio.timeout(STREAM_HEARTBEAT_S):
                             await w.wake.wait()
                     except TimeoutError:
-                        yield pb.RunsEvent(revision=seen)
+                        yield pb.RunsEvent(revision=last)
                         continue
                     resync, runs = w.take()
                     if resync:
                         break
+                    # ``seen`` stays the snapshot's revision: the state read here may already hold a
+                    # change whose event has not reached this loop yet (the Raft thread applies first,
+                    # then hands the event over), so raising ``seen`` to ``rev`` would drop that event
+                    # for good when it arrives. A summary sent early and again is removed by ``said``.
                     rev, summaries = self.node.reads.read(functools.partial(changed, runs=runs, seen=seen))
-                    seen = max(seen, rev)
+                    last = max(last, rev)
                     sent = False
                     for summary in summaries:
                         encoded = summary.SerializeToString(deterministic=True)
@@ -371,7 +376,7 @@ class ClusterService(pb_grpc.ClusterServicer):
                             said.clear()
                         said[summary.run_id] = encoded
                         sent = True
-                        yield pb.RunsEvent(revision=seen, changed=summary)
+                        yield pb.RunsEvent(revision=last, changed=summary)
                     if sent:
                         await asyncio.sleep(RUNS_COALESCE_S)  # what changes meanwhile is one entry a run
         finally:

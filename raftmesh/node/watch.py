@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+from ..consensus import limits
 from ..consensus.results import Event, KvChanged, RunChanged, TaskChanged
+from ..errors import ResourceExhausted
 
 MAX_QUEUED = 10_000
 
@@ -65,7 +67,13 @@ class WatchHub:
         self._runs_subs: set[RunsWatch] = set()
 
     def subscribe_runs(self) -> RunsWatch:
-        """Every run's task and status changes, coalesced per run (WatchRuns)."""
+        """Every run's task and status changes, coalesced per run (WatchRuns); at most
+        ``MAX_WATCH_RUNS_STREAMS`` at once (each applied event marks every one of them)."""
+        if len(self._runs_subs) >= limits.MAX_WATCH_RUNS_STREAMS:
+            raise ResourceExhausted(
+                f"this node serves {limits.MAX_WATCH_RUNS_STREAMS} WatchRuns streams already; "
+                "close one or retry later (or watch through another node)"
+            )
         w = RunsWatch()
         self._runs_subs.add(w)
         return w

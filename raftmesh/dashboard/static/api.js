@@ -73,6 +73,30 @@ export async function api(path, body, signal) {
 
 export { errorOf };
 
+/** A fresh id for one action: sent with it and reused on its retries, so it applies once. */
+export function newRequestId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes); // not randomUUID: that needs a secure context (plain http off-loopback is not)
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** POST an action; after a 503/504 or no answer it is sent again (same request_id) with backoff. */
+export async function postAction(path, body, onRetry) {
+  const sent = { ...body, request_id: newRequestId() };
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await api(path, sent);
+    } catch (exc) {
+      const transient = exc instanceof ApiError && [0, 503, 504].includes(exc.status);
+      if (!transient || attempt >= ACTION_RETRIES) throw exc;
+      if (onRetry) onRetry(exc);
+      await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** attempt));
+    }
+  }
+}
+
+const ACTION_RETRIES = 3;
+
 /** Full gRPC method names the page's actions need (whoami's `methods` lists the caller's). */
 export const METHODS = {
   cancel: "/raftmesh.v1.Cluster/CancelRun",

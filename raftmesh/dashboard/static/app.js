@@ -2,7 +2,7 @@
 // node's server-sent event streams. Every string from the API enters the page as text (dom.js);
 // actions are enabled only for what whoami's `methods` allow (the API refuses the rest anyway).
 
-import { ApiError, METHODS, api, getToken, qs, setToken } from "./api.js";
+import { ApiError, METHODS, api, getToken, postAction, qs, setToken } from "./api.js";
 import { $, brief, clear, coalesce, el, fmtAge, fmtClock, fmtDuration, fmtTime, pretty } from "./dom.js";
 import { ENDED, RunDrawing } from "./graph.js";
 import { EventStream } from "./stream.js";
@@ -514,7 +514,9 @@ class RunView {
     const out = $("action-result");
     out.textContent = `${label}…`;
     try {
-      const res = await api(path, body);
+      const res = await postAction(path, body, (exc) => {
+        out.textContent = `${label}… (${exc.code}: retrying)`;
+      });
       out.replaceChildren(el("span", { class: "ok" }, `${label}: done`), " ", el("code", {}, brief(res, 300)));
       this.refetch(true);
       if (this.ended) {
