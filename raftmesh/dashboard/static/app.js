@@ -57,8 +57,10 @@ function renderConn() {
   const states = [...streamStates.values()];
   const refused = states.find((s) => s.st === "refused");
   if (refused) {
+    // a short word here: what to do about it is said once, in the notice under the header
     const e = refused.detail;
-    text = `refused: ${e && e.code ? `${e.code}: ${e.message}` : "by the server"}`;
+    text = e && e.code === "UNAUTHENTICATED" ? (getToken() ? "token refused" : "no token") : "refused";
+    box.title = e && e.code ? `${e.code}: ${e.message}` : "refused by the server";
     cls = "bad";
   } else if (states.some((s) => s.st === "reconnecting")) {
     text = "reconnecting…";
@@ -71,7 +73,7 @@ function renderConn() {
   } else if (!states.length) {
     text = "idle";
   }
-  if (cls !== "warn") box.title = "";
+  if (cls === "ok") box.title = "";
   // what is on screen may be out of date while a stream is down: say so by fading it
   document.body.classList.toggle("stale", text.startsWith("reconnecting"));
   box.textContent = text;
@@ -95,11 +97,30 @@ function closeStream(name) {
   }
 }
 
+/** An API error as a line for a browser user: the node's UNAUTHENTICATED messages speak to the CLI
+ * (--token, RAFTMESH_TOKEN); here the fix is the token box. The node's words stay in `title`. */
+function errorText(exc) {
+  if (!(exc instanceof ApiError)) return String(exc);
+  if (exc.code === "UNAUTHENTICATED") {
+    return getToken()
+      ? "this token was refused (unknown to this cluster, revoked or expired): paste another in the box at the top right"
+      : "this cluster needs a token: paste one in the box at the top right";
+  }
+  return `${exc.code}: ${exc.message}`;
+}
+
+/** The one line under the header that says why the page shows nothing (no token, a refused one). */
+function setNotice(text, title = "") {
+  const box = $("notice");
+  box.textContent = text;
+  box.title = title;
+  box.hidden = !text;
+}
+
 function showError(where, exc) {
   const box = $(where);
   if (!box) return;
-  const text = exc instanceof ApiError ? `${exc.code}: ${exc.message}` : String(exc);
-  box.replaceChildren(el("span", { class: "error" }, text));
+  box.replaceChildren(el("span", { class: "error", title: exc instanceof ApiError ? exc.message : "" }, errorText(exc)));
 }
 
 // ---- who am I, the token -------------------------------------------------------------------
@@ -113,12 +134,14 @@ async function loadWhoami() {
     const who = w.auth ? `${w.principal || "?"} (${w.role || "?"})` : "open cluster (no tokens)";
     box.textContent = who;
     box.setAttribute("data-role", String(w.role || ""));
+    setNotice("");
     $("served-by").textContent = String(w.node_id || "");
   } catch (exc) {
     state.whoami = null;
     state.methods = new Set();
-    box.textContent = exc instanceof ApiError ? `${exc.code}: ${exc.message}` : String(exc);
+    box.textContent = "";
     box.setAttribute("data-role", "");
+    setNotice(errorText(exc), exc instanceof ApiError ? `${exc.code}: ${exc.message}` : "");
   }
   renderActions();
 }
