@@ -236,7 +236,7 @@ function renderCluster() {
         el("td", { class: "num" }, String(m.last_applied ?? "")),
         el("td", { class: "num" }, m.apply_lag === undefined || m.apply_lag === null ? "" : String(m.apply_lag)),
         el("td", { class: "num" }, `${m.running ?? 0}/${m.slots ?? 0}`),
-        el("td", {}, ...offers),
+        el("td", { class: "agents" }, ...offers),
         el("td", {}, ...breakers),
         el("td", { class: "addr" }, String(m.grpc || "")),
       ),
@@ -265,18 +265,21 @@ function renderRuns() {
     const total = Number(r.tasks || 0);
     const done = total - Number(r.unfinished || 0);
     const id = String(r.run_id);
+    // coloured by the run's status: a failed run's ended tasks are not a success
+    const fill = el("div", { class: `fill rs-${r.status}` });
+    fill.style.width = `${total ? ((100 * done) / total).toFixed(1) : 0}%`; // CSSOM, not a style attribute (CSP)
     return el(
       "tr",
       { "data-run-id": id, "data-status": String(r.status) },
-      el("td", {}, el("a", { href: `#/runs/${encodeURIComponent(id)}` }, id)),
+      el("td", { class: "nowrap" }, el("a", { href: `#/runs/${encodeURIComponent(id)}` }, id)),
       el("td", {}, String(r.name || "")),
       el("td", {}, String(r.namespace || "")),
       el("td", {}, el("span", { class: `status rs-${r.status}` }, String(r.status))),
       el("td", { class: "age", "data-created": String(r.created_ms || 0) }, fmtAge(r.created_ms, now)),
       el(
         "td",
-        {},
-        el("progress", { max: total || 1, value: done }),
+        { class: "nowrap" },
+        el("div", { class: "runbar", title: `${done} of ${total} tasks ended`, "data-status": String(r.status) }, fill),
         ` ${done}/${total}`,
       ),
       el("td", { class: "err" }, brief(r.error || r.reason || "", 160)),
@@ -533,14 +536,15 @@ class RunView {
     renderActions();
   }
 
-  async act(label, path, body) {
+  /** POST an action; `describe(answer)` turns the API's answer into a short line for people. */
+  async act(label, path, body, describe) {
     const out = $("action-result");
     out.textContent = `${label}…`;
     try {
       const res = await postAction(path, body, (exc) => {
         out.textContent = `${label}… (${exc.code}: retrying)`;
       });
-      out.replaceChildren(el("span", { class: "ok" }, `${label}: done`), " ", el("code", {}, brief(res, 300)));
+      out.replaceChildren(el("span", { class: "ok", title: brief(res, 2000) }, describe(res || {})));
       this.refetch(true);
       if (this.ended) {
         // a rerun or resume may reopen an ended run: listen again
@@ -568,13 +572,13 @@ class RunView {
           el(
             "tr",
             {},
-            el("td", {}, fmtTime(e.time_ms)),
+            el("td", { class: "nowrap" }, fmtTime(e.time_ms)),
             el("td", {}, String(e.kind || "")),
             el("td", {}, String(e.task_id || "")),
             el("td", {}, e.attempt ? String(e.attempt) : ""),
             el("td", {}, String(e.node || "")),
             el("td", {}, String(e.principal || "")),
-            el("td", {}, brief(e.detail, 300)),
+            el("td", { class: "detail" }, brief(e.detail, 300)),
           ),
         ),
       );
@@ -586,11 +590,24 @@ class RunView {
   decide(tid, how) {
     const base = `/runs/${encodeURIComponent(this.id)}/tasks/${encodeURIComponent(tid)}`;
     const comment = this.commentFor === tid ? this.comment : "";
-    this.act(how === "approve" ? `approve ${tid}` : `reject ${tid}`, `${base}/${how}`, { comment });
+    const gate = (res) => (res.gate ? ` (gate ${res.gate})` : "");
+    this.act(how === "approve" ? `approve ${tid}` : `reject ${tid}`, `${base}/${how}`, { comment }, (res) =>
+      res.applied
+        ? `${res.decision || `${how}d`} ${tid}${gate(res)}`
+        : `${tid} was already decided: ${res.decision || "?"}${res.by ? ` by ${res.by}` : ""}${gate(res)}`,
+    );
   }
 
   rerun(tid) {
-    this.act(`rerun ${tid}`, `/runs/${encodeURIComponent(this.id)}/tasks/${encodeURIComponent(tid)}/rerun`, {});
+    // the answer says how many tasks were reset, not the attempt: the attempt is the task's next one
+    const t = this.run && this.run.tasks ? this.run.tasks[tid] : null;
+    const next = t ? Math.max(Number(t.attempt || 0), (t.history || []).length) + 1 : 0;
+    this.act(`rerun ${tid}`, `/runs/${encodeURIComponent(this.id)}/tasks/${encodeURIComponent(tid)}/rerun`, {}, (res) => {
+      const bits = [next ? `rerun ${tid}: attempt ${next}` : `rerun ${tid}`];
+      if (Number(res.reset) > 1) bits.push(`${res.reset} tasks reset`);
+      if (res.reopened) bits.push("the run reopened");
+      return bits.join("; ");
+    });
   }
 }
 
@@ -616,15 +633,21 @@ function renderActions() {
 function setupRunButtons() {
   $("btn-cancel").onclick = () => {
     const v = state.run;
-    if (v) v.act("cancel", `/runs/${encodeURIComponent(v.id)}/cancel`, { reason: "cancelled from the dashboard" });
+    if (v)
+      v.act("cancel", `/runs/${encodeURIComponent(v.id)}/cancel`, { reason: "cancelled from the dashboard" }, (res) =>
+        res.cancelled ? "cancelled" : `not cancelled: the run is ${res.status || "already over"}`,
+      );
   };
   $("btn-pause").onclick = () => {
     const v = state.run;
-    if (v) v.act("pause", `/runs/${encodeURIComponent(v.id)}/pause`, { cancel_running: false });
+    if (v)
+      v.act("pause", `/runs/${encodeURIComponent(v.id)}/pause`, { cancel_running: false }, (res) =>
+        res.changed ? `paused${Number(res.stopped) ? `; ${res.stopped} running tasks stopped` : ""}` : `already ${res.status}`,
+      );
   };
   $("btn-resume").onclick = () => {
     const v = state.run;
-    if (v) v.act("resume", `/runs/${encodeURIComponent(v.id)}/resume`, {});
+    if (v) v.act("resume", `/runs/${encodeURIComponent(v.id)}/resume`, {}, (res) => (res.changed ? "resumed" : `already ${res.status}`));
   };
   $("btn-audit").onclick = () => state.run && state.run.loadAudit();
 }
