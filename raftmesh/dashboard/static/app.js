@@ -315,7 +315,8 @@ class RunView {
 
   open() {
     clear($("run-drawing"));
-    clear($("task-panel")).append(el("p", { class: "note" }, "Click a task for its attempts."));
+    clear($("task-panel"));
+    $("task-panel").hidden = true; // until the run is known: is there anything to click?
     clear($("audit-body"));
     $("action-result").textContent = "";
     $("run-id").textContent = this.id;
@@ -436,7 +437,24 @@ class RunView {
       ),
     );
     $("run-approvals-box").hidden = !waiting.length;
+    this.renderHint();
     renderActions();
+  }
+
+  /** The empty panel's hint, only where there is a task to click: every task of a drawn run, the
+   * listed (running, failed, waiting) ones of a summarised run; none listed, no panel. */
+  renderHint() {
+    if (this.selected || !this.run) return;
+    const panel = $("task-panel");
+    let hint = "Click a task for its attempts.";
+    if (this.drawing.mode === "summary") {
+      const listed = new Set(["RUNNING", "FAILED", "WAITING_APPROVAL"]);
+      // the drawing's model: it also has the tasks task events brought after the last snapshot
+      const any = [...this.drawing.tasks.values()].some((t) => listed.has(t.status));
+      hint = any ? "Click a task in the lists for its attempts." : "";
+    }
+    panel.hidden = !hint;
+    if (panel.textContent !== hint) clear(panel).append(...(hint ? [el("p", { class: "note", "data-testid": "task-hint" }, hint)] : []));
   }
 
   select(tid) {
@@ -449,6 +467,7 @@ class RunView {
 
   renderPanel() {
     const panel = $("task-panel");
+    panel.hidden = false;
     const hadFocus = document.activeElement && document.activeElement.id === "approve-comment";
     const t = this.run && this.run.tasks ? this.run.tasks[this.selected] : null;
     if (!t) {
