@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -31,10 +32,8 @@ class BoundedSite(web.TCPSite):
     """A TCP site that closes connections beyond ``max_connections`` as they are accepted (each
     holds a socket and, busy, a gRPC call: a stranger opening thousands must not exhaust the node).
 
-    A connection counts from its accept until it is lost. The TLS handshake is done here, after
-    the count, not by the loop's server: there aiohttp would hear of a connection only once its
-    handshake was over, so connections that never finished one would be neither counted nor
-    refused.
+    A connection counts from its accept, not from when aiohttp hears of it: under TLS that is only
+    after its handshake, so connections that never finished one were not counted at all.
     """
 
     def __init__(
@@ -42,11 +41,25 @@ class BoundedSite(web.TCPSite):
     ) -> None:
         super().__init__(runner, host, port, ssl_context=ctx, reuse_address=True)
         self._max_connections = max_connections
-        self.connections = 0
-        """Connections held now, handshakes included."""
+        self._accepted: dict[_Counted, float] = {}
+        """Every connection accepted and not yet lost -> when it was accepted."""
 
-    def _lost(self) -> None:
-        self.connections -= 1
+    @property
+    def connections(self) -> int:
+        """Connections held now, a TLS one from its accept (its handshake included)."""
+        self._forget_failed_handshakes()
+        return len(self._accepted)
+
+    def _forget_failed_handshakes(self) -> None:
+        # The loop closes a TLS connection whose handshake failed or timed out without a word to
+        # its protocol (neither connection_made nor connection_lost): one not made by the
+        # handshake timeout is gone. O(connections), which are bounded.
+        stale = time.monotonic() - HANDSHAKE_S - 1.0
+        for c in [c for c, at in self._accepted.items() if not c.made and at < stale]:
+            del self._accepted[c]
+
+    def _lost(self, c: _Counted) -> None:
+        self._accepted.pop(c, None)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -54,66 +67,39 @@ class BoundedSite(web.TCPSite):
         assert server is not None
 
         def accept() -> asyncio.BaseProtocol:
+            # Called as the connection is accepted, before any TLS handshake.
             if self.connections >= self._max_connections:
                 return _Refused()
-            self.connections += 1
-            return _Counted(server(), self._ssl_context, self._lost)
+            c = _Counted(server(), self._lost)
+            self._accepted[c] = time.monotonic()
+            return c
 
         self._server = await asyncio.get_running_loop().create_server(
-            accept, self._host, self._port, backlog=self._backlog, reuse_address=True
+            accept,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=HANDSHAKE_S if self._ssl_context is not None else None,
+            backlog=self._backlog,
+            reuse_address=True,
         )
 
 
 class _Counted(asyncio.Protocol):
-    """aiohttp's protocol for one connection: TLS is set up here (bounded in time), and the site
-    hears when the connection is lost, whether or not it ever reached aiohttp."""
+    """aiohttp's protocol for one connection, telling the site when the connection is lost."""
 
-    def __init__(
-        self, inner: asyncio.Protocol, ctx: ssl.SSLContext | None, on_lost: Callable[[], None]
-    ) -> None:
+    def __init__(self, inner: asyncio.Protocol, on_lost: Callable[[_Counted], None]) -> None:
         self._inner = inner
-        self._ctx = ctx
-        self._on_lost: Callable[[], None] | None = on_lost
-        self._handshake: asyncio.Task[None] | None = None
-        self._made = False
-
-    def _release(self) -> None:
-        if self._on_lost is not None:
-            self._on_lost()
-            self._on_lost = None
+        self._on_lost = on_lost
+        self.made = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._ctx is None:
-            self._made = True
-            self._inner.connection_made(transport)
-            return
-        transport.pause_reading()  # type: ignore[attr-defined]  # nothing reaches aiohttp before TLS is up
-        self._handshake = asyncio.get_running_loop().create_task(self._start_tls(transport))
-
-    async def _start_tls(self, raw: asyncio.BaseTransport) -> None:
-        assert self._ctx is not None
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw,  # type: ignore[arg-type]
-                self,
-                self._ctx,
-                server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_S,
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
-            raw.close()  # a failed or too slow handshake: the TLS layer never tells this protocol
-            self._release()
-            return
-        if tls is None:  # the connection closed during the handshake
-            self._release()
-            return
-        self._made = True
-        self._inner.connection_made(tls)
+        self.made = True
+        self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._release()
-        if self._made:
-            self._inner.connection_lost(exc)
+        self._on_lost(self)
+        self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)

@@ -326,7 +326,7 @@ class Dashboard:
                 f"this node is converting {MAX_LARGE_CONVERSIONS} large answers already (busy); retry shortly",
             )
         async with self._large:
-            return await asyncio.to_thread(lambda: json.dumps(build(), separators=seps))
+            return await asyncio.to_thread(lambda: dumps_in_pieces(build(), seps))
 
     async def _json_response(self, size: int, build: Callable[[], Any]) -> web.Response:
         text = await self._json_text(size, build, compact=False)  # as web.json_response writes it
@@ -762,6 +762,19 @@ class _Sse:
     async def error(self, err: ApiError) -> None:
         """The stream's last event: the page reconnects (with backoff) after it."""
         await self.send("error", {"error": {"code": err.code, "message": err.message}})
+
+
+def dumps_in_pieces(obj: Any, seps: tuple[str, str] | None, depth: int = 3) -> str:
+    """``json.dumps(obj, separators=seps)``'s text, made by one call per piece ``depth`` levels down
+    (a run's tasks, a list's entries): one call on a whole large answer holds the GIL, and so stalls
+    the node's loop, for all of it (0.1 s for 15 MB), a piece only for itself."""
+    item, key = seps if seps is not None else (", ", ": ")
+    if depth and isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        parts = (json.dumps(k) + key + dumps_in_pieces(v, seps, depth - 1) for k, v in obj.items())
+        return "{" + item.join(parts) + "}"
+    if depth and isinstance(obj, list):
+        return "[" + item.join(dumps_in_pieces(v, seps, depth - 1) for v in obj) + "]"
+    return json.dumps(obj, separators=seps)
 
 
 def _run_json(run: pb.Run) -> Callable[[], dict[str, Any]]:
