@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -173,6 +174,28 @@ def test_the_page_from_a_follower_shows_the_leader_and_the_members(dash: Dash) -
         ctx.close()
 
 
+def test_a_page_without_a_token_says_once_where_to_paste_one(dash: Dash) -> None:
+    ctx = dash.browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = ctx.new_page()
+        missing: list[str] = []  # e.g. /favicon.ico, which browsers ask for unless the page names one
+        page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+        page.goto(dash.urls[dash.follower()] + "/#/cluster")
+        expect(page.get_by_test_id("conn-state")).to_have_attribute(
+            "data-state", "refused", timeout=TIMEOUT_MS
+        )
+        expect(page.get_by_test_id("notice")).to_have_text(
+            "this cluster needs a token: paste one in the box at the top right", timeout=TIMEOUT_MS
+        )
+        assert page.evaluate("() => document.body.innerText.split('needs a token').length - 1") == 1
+        # the header stays one line (the leader/term/token row is ~41 px high)
+        assert page.locator("header").evaluate("e => e.getBoundingClientRect().height") < 60
+        dash.shot(page, "01b-no-token")
+        assert missing == []
+    finally:
+        ctx.close()
+
+
 def test_a_submitted_run_is_drawn_and_its_tasks_turn_green(dash: Dash) -> None:
     ctx, page = dash.open(dash.follower(), dash.tokens["admin"], "#/runs")
     try:
@@ -281,6 +304,7 @@ def test_an_approval_clicked_in_the_page_resumes_the_run(dash: Dash) -> None:
         # Pause and resume from the page while the gate is open.
         page.get_by_test_id("btn-pause").click()
         expect(page.get_by_test_id("run-status")).to_have_text("PAUSED", timeout=TIMEOUT_MS)
+        expect(page.get_by_test_id("action-result")).to_have_text("paused", timeout=TIMEOUT_MS)
         expect(page.get_by_test_id("btn-resume")).to_be_enabled(timeout=TIMEOUT_MS)
         page.get_by_test_id("btn-resume").click()
         expect(page.get_by_test_id("run-status")).to_have_text("RUNNING", timeout=TIMEOUT_MS)
@@ -290,6 +314,13 @@ def test_an_approval_clicked_in_the_page_resumes_the_run(dash: Dash) -> None:
         page.get_by_test_id("btn-approve").click()
         expect(_task(page, "after")).to_have_attribute("data-status", "SUCCEEDED", timeout=TIMEOUT_MS)
         expect(page.get_by_test_id("run-status")).to_have_text("SUCCEEDED", timeout=TIMEOUT_MS)
+        expect(page.get_by_test_id("action-result")).to_have_text(
+            re.compile(r"^approved deploy \(gate \d+\)$"), timeout=TIMEOUT_MS
+        )
+        # a message never widens the page
+        assert page.evaluate(
+            "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        )
         dash.shot(page, "07-approval-approved")
         gate = dash.admin.get(run_id).tasks["deploy"].gate
         assert gate is not None
@@ -300,6 +331,7 @@ def test_an_approval_clicked_in_the_page_resumes_the_run(dash: Dash) -> None:
         expect(page.get_by_test_id("attempts").locator("tr")).to_have_count(2, timeout=TIMEOUT_MS)
         page.get_by_test_id("btn-rerun").click()
         expect(page.get_by_test_id("attempts").locator("tr")).to_have_count(3, timeout=TIMEOUT_MS)
+        expect(page.get_by_test_id("action-result")).to_have_text(re.compile(r"^rerun after: attempt 2\b"))
         expect(page.get_by_test_id("run-status")).to_have_text("SUCCEEDED", timeout=TIMEOUT_MS)
         assert [a.attempt for a in dash.admin.get(run_id).tasks["after"].history] == [1, 2]
     finally:

@@ -57,8 +57,10 @@ function renderConn() {
   const states = [...streamStates.values()];
   const refused = states.find((s) => s.st === "refused");
   if (refused) {
+    // a short word here: what to do about it is said once, in the notice under the header
     const e = refused.detail;
-    text = `refused: ${e && e.code ? `${e.code}: ${e.message}` : "by the server"}`;
+    text = e && e.code === "UNAUTHENTICATED" ? (getToken() ? "token refused" : "no token") : "refused";
+    box.title = e && e.code ? `${e.code}: ${e.message}` : "refused by the server";
     cls = "bad";
   } else if (states.some((s) => s.st === "reconnecting")) {
     text = "reconnecting…";
@@ -71,7 +73,7 @@ function renderConn() {
   } else if (!states.length) {
     text = "idle";
   }
-  if (cls !== "warn") box.title = "";
+  if (cls === "ok") box.title = "";
   // what is on screen may be out of date while a stream is down: say so by fading it
   document.body.classList.toggle("stale", text.startsWith("reconnecting"));
   box.textContent = text;
@@ -95,11 +97,30 @@ function closeStream(name) {
   }
 }
 
+/** An API error as a line for a browser user: the node's UNAUTHENTICATED messages speak to the CLI
+ * (--token, RAFTMESH_TOKEN); here the fix is the token box. The node's words stay in `title`. */
+function errorText(exc) {
+  if (!(exc instanceof ApiError)) return String(exc);
+  if (exc.code === "UNAUTHENTICATED") {
+    return getToken()
+      ? "this token was refused (unknown to this cluster, revoked or expired): paste another in the box at the top right"
+      : "this cluster needs a token: paste one in the box at the top right";
+  }
+  return `${exc.code}: ${exc.message}`;
+}
+
+/** The one line under the header that says why the page shows nothing (no token, a refused one). */
+function setNotice(text, title = "") {
+  const box = $("notice");
+  box.textContent = text;
+  box.title = title;
+  box.hidden = !text;
+}
+
 function showError(where, exc) {
   const box = $(where);
   if (!box) return;
-  const text = exc instanceof ApiError ? `${exc.code}: ${exc.message}` : String(exc);
-  box.replaceChildren(el("span", { class: "error" }, text));
+  box.replaceChildren(el("span", { class: "error", title: exc instanceof ApiError ? exc.message : "" }, errorText(exc)));
 }
 
 // ---- who am I, the token -------------------------------------------------------------------
@@ -113,12 +134,14 @@ async function loadWhoami() {
     const who = w.auth ? `${w.principal || "?"} (${w.role || "?"})` : "open cluster (no tokens)";
     box.textContent = who;
     box.setAttribute("data-role", String(w.role || ""));
+    setNotice("");
     $("served-by").textContent = String(w.node_id || "");
   } catch (exc) {
     state.whoami = null;
     state.methods = new Set();
-    box.textContent = exc instanceof ApiError ? `${exc.code}: ${exc.message}` : String(exc);
+    box.textContent = "";
     box.setAttribute("data-role", "");
+    setNotice(errorText(exc), exc instanceof ApiError ? `${exc.code}: ${exc.message}` : "");
   }
   renderActions();
 }
@@ -213,7 +236,7 @@ function renderCluster() {
         el("td", { class: "num" }, String(m.last_applied ?? "")),
         el("td", { class: "num" }, m.apply_lag === undefined || m.apply_lag === null ? "" : String(m.apply_lag)),
         el("td", { class: "num" }, `${m.running ?? 0}/${m.slots ?? 0}`),
-        el("td", {}, ...offers),
+        el("td", { class: "agents" }, ...offers),
         el("td", {}, ...breakers),
         el("td", { class: "addr" }, String(m.grpc || "")),
       ),
@@ -242,18 +265,21 @@ function renderRuns() {
     const total = Number(r.tasks || 0);
     const done = total - Number(r.unfinished || 0);
     const id = String(r.run_id);
+    // coloured by the run's status: a failed run's ended tasks are not a success
+    const fill = el("div", { class: `fill rs-${r.status}` });
+    fill.style.width = `${total ? ((100 * done) / total).toFixed(1) : 0}%`; // CSSOM, not a style attribute (CSP)
     return el(
       "tr",
       { "data-run-id": id, "data-status": String(r.status) },
-      el("td", {}, el("a", { href: `#/runs/${encodeURIComponent(id)}` }, id)),
+      el("td", { class: "nowrap" }, el("a", { href: `#/runs/${encodeURIComponent(id)}` }, id)),
       el("td", {}, String(r.name || "")),
       el("td", {}, String(r.namespace || "")),
       el("td", {}, el("span", { class: `status rs-${r.status}` }, String(r.status))),
       el("td", { class: "age", "data-created": String(r.created_ms || 0) }, fmtAge(r.created_ms, now)),
       el(
         "td",
-        {},
-        el("progress", { max: total || 1, value: done }),
+        { class: "nowrap" },
+        el("div", { class: "runbar", title: `${done} of ${total} tasks ended`, "data-status": String(r.status) }, fill),
         ` ${done}/${total}`,
       ),
       el("td", { class: "err" }, brief(r.error || r.reason || "", 160)),
@@ -289,7 +315,8 @@ class RunView {
 
   open() {
     clear($("run-drawing"));
-    clear($("task-panel")).append(el("p", { class: "note" }, "Click a task for its attempts."));
+    clear($("task-panel"));
+    $("task-panel").hidden = true; // until the run is known: is there anything to click?
     clear($("audit-body"));
     $("action-result").textContent = "";
     $("run-id").textContent = this.id;
@@ -410,7 +437,24 @@ class RunView {
       ),
     );
     $("run-approvals-box").hidden = !waiting.length;
+    this.renderHint();
     renderActions();
+  }
+
+  /** The empty panel's hint, only where there is a task to click: every task of a drawn run, the
+   * listed (running, failed, waiting) ones of a summarised run; none listed, no panel. */
+  renderHint() {
+    if (this.selected || !this.run) return;
+    const panel = $("task-panel");
+    let hint = "Click a task for its attempts.";
+    if (this.drawing.mode === "summary") {
+      const listed = new Set(["RUNNING", "FAILED", "WAITING_APPROVAL"]);
+      // the drawing's model: it also has the tasks task events brought after the last snapshot
+      const any = [...this.drawing.tasks.values()].some((t) => listed.has(t.status));
+      hint = any ? "Click a task in the lists for its attempts." : "";
+    }
+    panel.hidden = !hint;
+    if (panel.textContent !== hint) clear(panel).append(...(hint ? [el("p", { class: "note", "data-testid": "task-hint" }, hint)] : []));
   }
 
   select(tid) {
@@ -423,6 +467,7 @@ class RunView {
 
   renderPanel() {
     const panel = $("task-panel");
+    panel.hidden = false;
     const hadFocus = document.activeElement && document.activeElement.id === "approve-comment";
     const t = this.run && this.run.tasks ? this.run.tasks[this.selected] : null;
     if (!t) {
@@ -510,14 +555,15 @@ class RunView {
     renderActions();
   }
 
-  async act(label, path, body) {
+  /** POST an action; `describe(answer)` turns the API's answer into a short line for people. */
+  async act(label, path, body, describe) {
     const out = $("action-result");
     out.textContent = `${label}…`;
     try {
       const res = await postAction(path, body, (exc) => {
         out.textContent = `${label}… (${exc.code}: retrying)`;
       });
-      out.replaceChildren(el("span", { class: "ok" }, `${label}: done`), " ", el("code", {}, brief(res, 300)));
+      out.replaceChildren(el("span", { class: "ok", title: brief(res, 2000) }, describe(res || {})));
       this.refetch(true);
       if (this.ended) {
         // a rerun or resume may reopen an ended run: listen again
@@ -545,13 +591,13 @@ class RunView {
           el(
             "tr",
             {},
-            el("td", {}, fmtTime(e.time_ms)),
+            el("td", { class: "nowrap" }, fmtTime(e.time_ms)),
             el("td", {}, String(e.kind || "")),
             el("td", {}, String(e.task_id || "")),
             el("td", {}, e.attempt ? String(e.attempt) : ""),
             el("td", {}, String(e.node || "")),
             el("td", {}, String(e.principal || "")),
-            el("td", {}, brief(e.detail, 300)),
+            el("td", { class: "detail" }, brief(e.detail, 300)),
           ),
         ),
       );
@@ -563,11 +609,24 @@ class RunView {
   decide(tid, how) {
     const base = `/runs/${encodeURIComponent(this.id)}/tasks/${encodeURIComponent(tid)}`;
     const comment = this.commentFor === tid ? this.comment : "";
-    this.act(how === "approve" ? `approve ${tid}` : `reject ${tid}`, `${base}/${how}`, { comment });
+    const gate = (res) => (res.gate ? ` (gate ${res.gate})` : "");
+    this.act(how === "approve" ? `approve ${tid}` : `reject ${tid}`, `${base}/${how}`, { comment }, (res) =>
+      res.applied
+        ? `${res.decision || `${how}d`} ${tid}${gate(res)}`
+        : `${tid} was already decided: ${res.decision || "?"}${res.by ? ` by ${res.by}` : ""}${gate(res)}`,
+    );
   }
 
   rerun(tid) {
-    this.act(`rerun ${tid}`, `/runs/${encodeURIComponent(this.id)}/tasks/${encodeURIComponent(tid)}/rerun`, {});
+    // the answer says how many tasks were reset, not the attempt: the attempt is the task's next one
+    const t = this.run && this.run.tasks ? this.run.tasks[tid] : null;
+    const next = t ? Math.max(Number(t.attempt || 0), (t.history || []).length) + 1 : 0;
+    this.act(`rerun ${tid}`, `/runs/${encodeURIComponent(this.id)}/tasks/${encodeURIComponent(tid)}/rerun`, {}, (res) => {
+      const bits = [next ? `rerun ${tid}: attempt ${next}` : `rerun ${tid}`];
+      if (Number(res.reset) > 1) bits.push(`${res.reset} tasks reset`);
+      if (res.reopened) bits.push("the run reopened");
+      return bits.join("; ");
+    });
   }
 }
 
@@ -593,15 +652,21 @@ function renderActions() {
 function setupRunButtons() {
   $("btn-cancel").onclick = () => {
     const v = state.run;
-    if (v) v.act("cancel", `/runs/${encodeURIComponent(v.id)}/cancel`, { reason: "cancelled from the dashboard" });
+    if (v)
+      v.act("cancel", `/runs/${encodeURIComponent(v.id)}/cancel`, { reason: "cancelled from the dashboard" }, (res) =>
+        res.cancelled ? "cancelled" : `not cancelled: the run is ${res.status || "already over"}`,
+      );
   };
   $("btn-pause").onclick = () => {
     const v = state.run;
-    if (v) v.act("pause", `/runs/${encodeURIComponent(v.id)}/pause`, { cancel_running: false });
+    if (v)
+      v.act("pause", `/runs/${encodeURIComponent(v.id)}/pause`, { cancel_running: false }, (res) =>
+        res.changed ? `paused${Number(res.stopped) ? `; ${res.stopped} running tasks stopped` : ""}` : `already ${res.status}`,
+      );
   };
   $("btn-resume").onclick = () => {
     const v = state.run;
-    if (v) v.act("resume", `/runs/${encodeURIComponent(v.id)}/resume`, {});
+    if (v) v.act("resume", `/runs/${encodeURIComponent(v.id)}/resume`, {}, (res) => (res.changed ? "resumed" : `already ${res.status}`));
   };
   $("btn-audit").onclick = () => state.run && state.run.loadAudit();
 }
