@@ -121,8 +121,9 @@ def _fit(
 
     Every column is shown whole (ids, statuses, numbers: never cut) except the free-text ones:
     the last column and ``shrink`` (header -> the narrowest it may get), which are cut with an
-    ellipsis to what is left. On a terminal too narrow even for that, the ``drop`` columns go
-    first, in that order, so an id is never what gets cut. Widths are set here, not by rich: rich
+    ellipsis to what is left. The ``drop`` columns that are empty in every row are left out, and
+    on a terminal too narrow even for that the others go, in that order, so an id is never what
+    gets cut. Widths are set here, not by rich: rich
     would shrink every column, ids included, to fit.
     """
     shrink = dict(shrink or {})
@@ -143,12 +144,15 @@ def _fit(
     def gaps() -> int:
         return 3 * (len(t.columns) - 1)  # padding and separator between two columns
 
-    for h in drop:
-        if sum(least(c) for c in t.columns) + gaps() <= max_width:
+    drop = tuple(drop)
+    # a droppable column empty in every row (no run has an error) goes first: it says nothing
+    empty = {_header(c) for c in t.columns if not any(width(x) for x in c.cells)}
+    for h in (*(h for h in drop if h in empty), *drop):
+        if h not in empty and sum(least(c) for c in t.columns) + gaps() <= max_width:
             break
         t.columns[:] = [c for c in t.columns if _header(c) != h]
-        for i, c in enumerate(t.columns):
-            c._index = i  # rich pads and styles a column by its index (as Table(*columns) sets it)
+    for i, c in enumerate(t.columns):
+        c._index = i  # rich pads and styles a column by its index (as Table(*columns) sets it)
     left = max_width - gaps() - sum(least(c) for c in t.columns)
     for c in t.columns:
         h = _header(c)
@@ -417,7 +421,8 @@ class RunsBoard:
             runs = sorted(self._runs.values(), key=lambda r: r["created_ms"], reverse=True)
         t = _fit(_runs_rows(runs), options.max_width, shrink={"NAME": 12}, drop=RUNS_DROP)
         yield t
-        yield Text(f"{len(runs)} runs, newest first; watching (Ctrl-C to stop)", style="dim")
+        n = len(runs)
+        yield Text(f"{n} run{'' if n == 1 else 's'}, newest first; watching (Ctrl-C to stop)", style="dim")
 
 
 def watch_runs(console: Console, events: Iterable[dict[str, Any]], limit: int) -> None:
