@@ -161,6 +161,31 @@ case $CMD in
     fi
     PEERS=$(IFS=,; echo "${peers[*]}")
     ADDRS=$(IFS=,; echo "${addrs[*]}")
+    # Every port free before any node starts: a node that cannot bind one would exit with a
+    # message only in its log, or (Raft) keep retrying; another cluster on this machine is the
+    # usual cause, so say how far apart base ports must be.
+    ports=()
+    for i in $(seq 1 "$N"); do
+      alive "$DIR/n$i" && die "n$i is already running in $DIR (run: $0 down --dir $DIR)"
+      ports+=("$((BASE + i)):n$i gRPC" "$((BASE + 50 + i)):n$i Raft")
+      (( METRICS )) && ports+=("$((BASE + 100 + i)):n$i metrics")
+      (( DASHBOARD )) && ports+=("$((BASE + 200 + i)):n$i dashboard")
+    done
+    taken=$(python3 - "${ports[@]}" <<'PY'
+import socket, sys
+for arg in sys.argv[1:]:
+    port = int(arg.split(":", 1)[0])
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the nodes bind: TIME_WAIT is no conflict
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        print(arg.replace(":", " (", 1) + ")")
+    finally:
+        s.close()
+PY
+)
+    [[ -z $taken ]] || die "port in use: $(echo "$taken" | paste -sd, - | sed 's/,/, /g'). Another cluster or program has it: stop it or pick --base-port P at least 250 away from other clusters' (a cluster uses P+I gRPC, P+50+I Raft, P+100+I metrics, P+200+I dashboard)"
     for i in $(seq 1 "$N"); do
       d=$DIR/n$i
       mkdir -p "$d"
@@ -187,6 +212,7 @@ case $CMD in
     fi
     load_env
     wait_ready "$ADDRS" $(seq -f 'n%g' 1 "$N")
+    if (( SECURE )); then echo "admin token: $DIR/admin.token (mode 0600); $DIR/env sets RAFTMESH_TOKEN to it" >&2; fi
     echo "RAFTMESH_ADDRESSES=$ADDRS"
     if (( METRICS )); then echo "RAFTMESH_METRICS=$(IFS=,; echo "${metrics[*]}")"; fi
     if (( DASHBOARD )); then echo "RAFTMESH_DASHBOARD=$(IFS=,; echo "${boards[*]}")"; fi

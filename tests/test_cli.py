@@ -156,6 +156,31 @@ def _free_base() -> int:
     raise RuntimeError("no free port range")
 
 
+def test_cluster_script_refuses_ports_in_use(tmp_path: pathlib.Path) -> None:
+    """A second cluster too close to a first (or any listener on one of its ports): `up` says which
+    ports and how far apart base ports must be, and starts no node."""
+    script = str(ROOT / "scripts" / "cluster.sh")
+    d = tmp_path / "c"
+    env = {**os.environ, "RAFTMESH_BIN": f"{sys.executable} -m raftmesh.cli.main"}
+    base = _free_base()
+    with socket.socket() as raft, socket.socket() as board:
+        raft.bind(("127.0.0.1", base + 52))
+        raft.listen()
+        board.bind(("0.0.0.0", base + 203))  # a wildcard listener takes the loopback port too
+        board.listen()
+        up = subprocess.run(
+            [script, "up", "3", "--base-port", str(base), "--dir", str(d)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert up.returncode == 1, up
+    assert f"port in use: {base + 52} (n2 Raft), {base + 203} (n3 dashboard)" in up.stderr, up.stderr
+    assert "at least 250 away" in up.stderr, up.stderr
+    assert not list(d.glob("n*/pid")) and not (d / "env").exists(), list(d.rglob("*"))
+
+
 def test_cluster_script(tmp_path: pathlib.Path) -> None:
     script = str(ROOT / "scripts" / "cluster.sh")
     d = str(tmp_path / "c")

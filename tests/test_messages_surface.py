@@ -508,6 +508,13 @@ def test_topics_reach_subscribed_actors_and_client_streams(actors3: LocalCluster
 
         wait_until(published, 30, "a live subscriber to see a fast publish")
         assert seen[0] == {"ask": 14}
+        # the CLI's line names the actor subscribers only, and says this stream is not counted
+        human = cli("publish", "bids", '{"ask": 15}', "--source", "lamp", addresses=addrs)
+        assert human.returncode == 0, human.stderr
+        assert set(human.stdout.rstrip().split(" -> ")[1].split(", ")) == {"board/lamp", "tally/bids"}, human
+    human = cli("publish", "quiet", '"hi"', addresses=addrs)
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.rstrip().endswith("-> (no actor subscriber; client streams are not counted)"), human
     timed_out = cli("subscribe", "quiet", "--count", "1", "--wait-timeout", "2", "--json", addresses=addrs)
     assert timed_out.returncode == 4
 

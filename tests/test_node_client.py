@@ -256,4 +256,5 @@ def test_tls_and_token_cluster_and_a_refused_token(
     r = run_client(example, {**env, "RAFTMESH_TOKEN": "rmt_not_a_token_of_this_cluster"})
     assert r.returncode == 7, r.stderr
     assert "node-client: refused: UNAUTHENTICATED: the token is not known" in r.stderr
+    assert "check RAFTMESH_TOKEN" in r.stderr and "--token" not in r.stderr, r.stderr  # it has no such flag
     assert r.stdout == ""

@@ -173,7 +173,9 @@ try {
 } catch (err) {
   if (err instanceof RaftmeshError) {
     const refused = EXIT_FOR_CODE[err.code] === EXIT.refused;
-    console.error(`node-client: ${refused ? 'refused: ' : ''}${err.message}`);
+    // the node's message names the raftmesh CLI's --token; this client has no such flag
+    const message = err.message.replace('check --token / RAFTMESH_TOKEN', 'check RAFTMESH_TOKEN');
+    console.error(`node-client: ${refused ? 'refused: ' : ''}${message}`);
     process.exitCode = EXIT_FOR_CODE[err.code] ?? EXIT.error;
   } else if (err instanceof UsageError || err.code?.startsWith?.('ERR_PARSE_ARGS')) {
     console.error(`node-client: ${err.message}\n${USAGE}`);

@@ -297,7 +297,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def _watch_runs(args: argparse.Namespace) -> int:
     """``runs --watch``: the snapshot, then each change, until interrupted (--json: JSON lines)."""
     with _client(args) as c:
-        for ev in c.watch_runs(limit=args.limit, status=args.status, namespace=args.namespace):
+        events = c.watch_runs(limit=args.limit, status=args.status, namespace=args.namespace)
+        if (con := _tty(args)) is not None:
+            from .render import watch_runs
+
+            watch_runs(con, events, args.limit)
+            return EXIT_OK
+        for ev in events:
             if args.json:
                 print(json.dumps(ev, separators=(",", ":")), flush=True)
                 continue
@@ -615,24 +621,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to keep failing over and retrying UNAVAILABLE (default: max(--timeout, 30); 0: a single try)",
     )
     p.add_argument(
-        "--token", dest="cred_token", default=None, help="bearer token (default: env RAFTMESH_TOKEN)"
+        "--token",
+        dest="cred_token",
+        default=None,
+        metavar="TOKEN",
+        help="bearer token (default: env RAFTMESH_TOKEN)",
     )
     p.add_argument(
         "--ca",
         dest="cred_ca",
         default=None,
+        metavar="PEM",
         help="CA certificate (PEM) of the nodes: use TLS (default: env RAFTMESH_CA)",
     )
     p.add_argument(
         "--cert",
         dest="cred_cert",
         default=None,
+        metavar="PEM",
         help="client certificate (PEM) for mutual TLS (default: env RAFTMESH_CERT)",
     )
     p.add_argument(
         "--key",
         dest="cred_key",
         default=None,
+        metavar="PEM",
         help="the client certificate's key (default: env RAFTMESH_KEY)",
     )
     p.add_argument(
@@ -954,9 +967,12 @@ def build_parser() -> argparse.ArgumentParser:
     rr.set_defaults(func=cmd_rerun)
 
     r = sub.add_parser("runs", help="list runs, newest first")
-    r.add_argument("--limit", type=int, default=100)
+    r.add_argument(
+        "--limit", type=int, default=100, help="at most this many runs, newest first (default 100)"
+    )
     r.add_argument(
         "--status",
+        help="only runs with this status (default: all)",
         choices=[
             "RUNNING",
             "SUCCEEDED",
@@ -975,11 +991,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep watching: the runs, then each run whose status or progress changes (--json: one "
         'JSON object a line, {"snapshot": [...]} or {"run": {...}}); until interrupted',
     )
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help='print {"runs": [...]}, the SDK list_runs shape')
     r.set_defaults(func=cmd_runs)
 
     w = sub.add_parser("whoami", help="who the cluster takes you for: principal, role, namespaces")
-    w.add_argument("--json", action="store_true")
+    w.add_argument("--json", action="store_true", help="print the WhoAmI answer as a JSON object")
     w.set_defaults(func=cmd_whoami)
 
     from .messages import add_parsers
@@ -991,7 +1007,23 @@ def build_parser() -> argparse.ArgumentParser:
     from .certs import add_parsers as add_certs_parsers
 
     add_certs_parsers(sub)
+    _plain_after_subcommand(sub)
     return p
+
+
+def _plain_after_subcommand(sub: Any) -> None:
+    """``raftmesh runs --plain`` as well as ``raftmesh --plain runs`` (like --json, people put it
+    last). Its default is SUPPRESS so a subcommand without it keeps what the global flag set."""
+    for name, sp in sub.choices.items():
+        if name == "node":
+            continue
+        if not any("--plain" in a.option_strings for a in sp._actions):
+            sp.add_argument(
+                "--plain", action="store_true", default=argparse.SUPPRESS, help="the same as raftmesh --plain"
+            )
+        for a in sp._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                _plain_after_subcommand(a)
 
 
 def escape_control(text: str) -> str:

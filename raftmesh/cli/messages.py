@@ -33,7 +33,14 @@ def _sent(args: argparse.Namespace, sent: Any, what: str) -> int:
         print(json.dumps(out, indent=2))
     else:
         seq = f" seq={sent.seq}" if sent.seq else ""
-        print(f"{what} {sent.id}{seq} -> {', '.join(sent.targets) or '(no subscriber)'}")
+        # targets are the actor subscribers (replicated subscriptions); a client stream
+        # (`raftmesh subscribe`) gets a publish too but is not among them
+        nobody = (
+            "(no actor subscriber; client streams are not counted)"
+            if what == "published"
+            else "(no subscriber)"
+        )
+        print(f"{what} {sent.id}{seq} -> {', '.join(sent.targets) or nobody}")
     return EXIT_OK
 
 

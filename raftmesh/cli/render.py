@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from rich import box
-from rich.console import Console, RenderableType
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -100,17 +100,87 @@ def _table(*columns: str, right: Iterable[str] = ()) -> Table:
     return t
 
 
-def _print_table(console: Console, t: Table) -> None:
-    """Print ``t`` with its last column, the free text, cut to what the terminal has left: ids,
-    statuses and numbers stay whole and every row stays one line."""
-    *others, last = t.columns
+def _print_table(
+    console: Console,
+    t: Table,
+    *,
+    shrink: dict[str, int] | None = None,
+    drop: Iterable[str] = (),
+) -> None:
+    console.print(_fit(t, console.width, shrink=shrink, drop=drop))
+
+
+def _fit(
+    t: Table,
+    max_width: int,
+    *,
+    shrink: dict[str, int] | None = None,
+    drop: Iterable[str] = (),
+) -> Table:
+    """``t`` set to print one line a row within ``max_width``.
+
+    Every column is shown whole (ids, statuses, numbers: never cut) except the free-text ones:
+    the last column and ``shrink`` (header -> the narrowest it may get), which are cut with an
+    ellipsis to what is left. The ``drop`` columns that are empty in every row are left out, and
+    on a terminal too narrow even for that the others go, in that order, so an id is never what
+    gets cut. Widths are set here, not by rich: rich
+    would shrink every column, ids included, to fit.
+    """
+    shrink = dict(shrink or {})
 
     def width(r: Any) -> int:
         return r.cell_len if isinstance(r, Text) else len(str(r))
 
-    used = sum(max([width(c.header), *(width(x) for x in c.cells)]) for c in others)
-    last.max_width = max(12, console.width - used - 3 * len(others))  # 3: padding and separator
-    console.print(t)
+    natural = {_header(c): max([width(c.header), *(width(x) for x in c.cells)]) for c in t.columns}
+
+    def floor(c: Any) -> int | None:
+        """How narrow a free-text column may get (the last one: 12), None for the others."""
+        return shrink.get(_header(c), 12 if c is t.columns[-1] else None)
+
+    def least(c: Any) -> int:
+        h, f = _header(c), floor(c)
+        return natural[h] if f is None else min(natural[h], max(f, width(c.header)))
+
+    def gaps() -> int:
+        return 3 * (len(t.columns) - 1)  # padding and separator between two columns
+
+    drop = tuple(drop)
+    # a droppable column empty in every row (no run has an error) goes first: it says nothing
+    empty = {_header(c) for c in t.columns if not any(width(x) for x in c.cells)}
+    for h in (*(h for h in drop if h in empty), *drop):
+        if h not in empty and sum(least(c) for c in t.columns) + gaps() <= max_width:
+            break
+        t.columns[:] = [c for c in t.columns if _header(c) != h]
+    for i, c in enumerate(t.columns):
+        c._index = i  # rich pads and styles a column by its index (as Table(*columns) sets it)
+    left = max_width - gaps() - sum(least(c) for c in t.columns)
+    for c in t.columns:
+        h = _header(c)
+        c.width = least(c)
+        if floor(c) is not None and left > 0:
+            extra = min(left, natural[h] - c.width)
+            c.width += extra
+            left -= extra
+    return t
+
+
+def _header(c: Any) -> str:
+    return c.header.plain if isinstance(c.header, Text) else str(c.header)
+
+
+def _age(ms: int, now_ms: int | None = None) -> str:
+    """When, shortly: ``42s ago``, ``3m ago``, ``5h ago`` within a day, else the date."""
+    if not ms:
+        return ""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    s = max(0, (now - ms) // 1000)
+    if s < 60:
+        return f"{s}s ago"
+    if s < 3600:
+        return f"{s // 60}m ago"
+    if s < 86400:
+        return f"{s // 3600}h ago"
+    return time.strftime("%Y-%m-%d", time.localtime(ms / 1000))
 
 
 def _duration(ms: int) -> str:
@@ -168,23 +238,44 @@ class RunProgress:
         until = self.finished_ms / 1000 if self.finished_ms and self.status in ENDED_RUN else time.time()
         return max(0.0, until - since)
 
-    def __rich__(self) -> RenderableType:
+    @property
+    def seen(self) -> bool:
+        """A snapshot arrived: until then there is nothing true to draw (not even ``0/0``)."""
+        with self._lock:
+            return bool(self.status)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.line(options.max_width)
+
+    def line(self, max_width: int) -> Text:
+        """One line, never wrapped: counts that are zero are left out, then the run's name when
+        the terminal is narrow, and what is still too long is cut with an ellipsis."""
         n = self.counts()
-        width = 24
-        filled = width * n["done"] // n["total"] if n["total"] else 0
-        line = Text()
-        line.append(f"run {clean(self.run_id)} ")
-        if self.name:
-            line.append(f"({clean(self.name, 40)}) ")
-        line.append(clean(self.status or "..."), style=STATUS_STYLES.get(self.status, ""))
+        tail = Text()
+        tail.append(f"  {n['done']}/{n['total']} done")
+        for key, label, style in (
+            ("running", "running", "cyan"),
+            ("approval", "waiting approval", "magenta"),
+            ("failed", "failed", "bold red"),
+        ):
+            if n[key]:
+                tail.append(f"  {n[key]} {label}", style=style)
+        tail.append(f"  {_duration(int(self.elapsed_s() * 1000))}")
+        head = Text(f"run {clean(self.run_id)} ")
+        name = Text(f"({clean(self.name, 32)}) ") if self.name else Text()
+        status = Text(clean(self.status or "..."), style=STATUS_STYLES.get(self.status, ""))
+        bar_width = 16
+        if head.cell_len + name.cell_len + status.cell_len + 4 + bar_width + tail.cell_len > max_width:
+            name = Text()
+        filled = bar_width * n["done"] // n["total"] if n["total"] else 0
+        line = Text(no_wrap=True, overflow="ellipsis", end="")
+        for part in (head, name, status):
+            line.append_text(part)
         line.append("  ")
         line.append(("━" if self.unicode else "#") * filled, style="green")
-        line.append(("━" if self.unicode else "-") * (width - filled), style="dim")
-        line.append(f"  {n['done']}/{n['total']} done")
-        line.append(f"  {n['running']} running", style="cyan" if n["running"] else "")
-        line.append(f"  {n['approval']} waiting approval", style="magenta" if n["approval"] else "")
-        line.append(f"  {n['failed']} failed", style="bold red" if n["failed"] else "")
-        line.append(f"  {_duration(int(self.elapsed_s() * 1000))}")
+        line.append(("━" if self.unicode else "-") * (bar_width - filled), style="dim")
+        line.append_text(tail)
+        line.truncate(max_width, overflow="ellipsis")
         return line
 
 
@@ -222,12 +313,17 @@ def follow(console: Console, events: Iterator[Any], run_id: str, *, show_events:
         redirect_stdout=False,
         redirect_stderr=False,
     )
-    with live:
+    try:
         for ev in events:
             progress.apply(ev)
             if show_events:
                 live.console.print(_event_line(ev))
-            live.refresh()
+            if not live.is_started and progress.seen:
+                live.start()  # drawn from the first snapshot on: nothing to show before it
+            if live.is_started:
+                live.refresh()
+    finally:
+        live.stop()
     return progress
 
 
@@ -289,33 +385,90 @@ def run_summary(console: Console, run: Any) -> None:
 # ---- listings ---------------------------------------------------------------------------------
 
 
+RUNS_DROP = ("UNFINISHED", "TASKS", "CREATED", "ERROR", "NAME")
+"""The runs table's columns a narrow terminal loses first (``raftmesh get RUN`` has them all)."""
+
+
 def runs_table(console: Console, runs: list[dict[str, Any]]) -> None:
+    """One row a run. Run ids and statuses stay whole; on a narrow terminal the counts and the age
+    go before the name and error are cut further (``raftmesh get RUN`` has the rest)."""
+    _print_table(console, _runs_rows(runs), shrink={"NAME": 12}, drop=RUNS_DROP)
+
+
+class RunsBoard:
+    """``runs --watch`` on a terminal: the newest ``limit`` runs as one table, redrawn in place
+    as the stream reports each change (a snapshot replaces them all)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()  # the refresh thread reads while the stream thread writes
+        self.seen = False
+
+    def apply(self, ev: dict[str, Any]) -> None:
+        with self._lock:
+            if "snapshot" in ev:
+                self._runs = {r["run_id"]: r for r in ev["snapshot"]}
+                self.seen = True
+            elif "run" in ev:
+                self._runs[ev["run"]["run_id"]] = ev["run"]
+            if len(self._runs) > self.limit > 0:
+                keep = sorted(self._runs.values(), key=lambda r: r["created_ms"], reverse=True)[: self.limit]
+                self._runs = {r["run_id"]: r for r in keep}
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        with self._lock:
+            runs = sorted(self._runs.values(), key=lambda r: r["created_ms"], reverse=True)
+        t = _fit(_runs_rows(runs), options.max_width, shrink={"NAME": 12}, drop=RUNS_DROP)
+        yield t
+        n = len(runs)
+        yield Text(f"{n} run{'' if n == 1 else 's'}, newest first; watching (Ctrl-C to stop)", style="dim")
+
+
+def watch_runs(console: Console, events: Iterable[dict[str, Any]], limit: int) -> None:
+    """Draw ``events`` (``Client.watch_runs``) as a live table until the stream ends or Ctrl-C;
+    the last table stays on the screen."""
+    board = RunsBoard(limit)
+    live = Live(board, console=console, refresh_per_second=4, redirect_stdout=False, redirect_stderr=False)
+    try:
+        for ev in events:
+            board.apply(ev)
+            if not live.is_started and board.seen:
+                live.start()
+            if live.is_started:
+                live.refresh()
+    finally:
+        live.stop()
+
+
+def _runs_rows(runs: list[dict[str, Any]]) -> Table:
     t = _table(
         "RUN", "STATUS", "TASKS", "UNFINISHED", "CREATED", "NAME", "ERROR", right=("TASKS", "UNFINISHED")
     )
+    now_ms = int(time.time() * 1000)
     for r in runs:
-        created = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_ms"] / 1000))
-            if r["created_ms"]
-            else ""
-        )
         t.add_row(
             cell(r["run_id"]),
             status_cell(r["status"]),
             Text(str(r["tasks"])),
             Text(str(r["unfinished"])),
-            Text(created, style="dim"),
+            Text(_age(r["created_ms"], now_ms), style="dim"),
             cell(r["name"], limit=40),
             cell(r["error"], "red", SNIPPET),
         )
-    _print_table(console, t)
+    return t
 
 
 def status_tables(console: Console, info: Any) -> None:
     head = Text("leader: ")
     head.append(clean(info.leader) if info.leader else "(none)", style="bold" if info.leader else "bold red")
     head.append(f"  term: {info.term}  answered by: {clean(info.node_id)}")
-    t = _table("NODE", "GRPC", "UP", "RUNNING", "BREAKERS", "AGENTS", right=("RUNNING",))
+    # BREAKERS only when one is not closed: an empty column costs the agents their room
+    show_breakers = any(b.state != "closed" for m in info.members for b in m.breakers)
+    columns = ["NODE", "GRPC", "UP", "RUNNING", *(["BREAKERS"] if show_breakers else []), "AGENTS"]
+    t = _table(*columns, right=("RUNNING",))
+    # the agents a node offers can be many: wrapped within their column, never cut
+    t.columns[-1].no_wrap, t.columns[-1].overflow = False, "fold"
     for m in info.members:
         agents = []
         for o in m.offers:
@@ -326,17 +479,19 @@ def status_tables(console: Console, info: Any) -> None:
                 extra.append(",".join(o.capabilities))
             agents.append(o.agent + (f"[{' '.join(extra)}]" if extra else ""))
         breakers = [f"{b.agent}:{b.state}" for b in m.breakers if b.state != "closed"]
-        t.add_row(
+        row = [
+            # followers indented as far as the leader's marker: the ids stay in one column
             Text(
-                ("* " if m.id == info.leader else "") + clean(m.id),
+                ("* " if m.id == info.leader else "  ") + clean(m.id),
                 style="bold" if m.id == info.leader else "",
             ),
             cell(m.grpc),
             Text("up" if m.up else "DOWN", style="green" if m.up else "bold red"),
             Text(f"{m.running}/{m.slots}"),
-            cell(" ".join(breakers), "red"),
+            *([cell(" ".join(breakers), "red")] if show_breakers else []),
             cell(" ".join(agents) if agents else ",".join(m.agents)),
-        )
+        ]
+        t.add_row(*row)
     console.print(head)
     _print_table(console, t)
 
