@@ -155,11 +155,16 @@ def test_a_task_timeout_kills_a_process_attempt_and_fails_it(mixed: MixedCluster
     c = mixed.client
     assert c is not None
     pid_file = os.path.join(str(tmp_path), "pid")
-    run_id = c.submit(one_task("slow", "wait_process", {"pid_file": pid_file}, timeout_ms=1500))
+    # A worker that is up already: the test before killed one, and starting a new interpreter on
+    # a loaded machine can take longer than the timeout, which would then expire before the
+    # attempt ever ran (and so before the pid file this test waits for is written).
+    warm = c.run(one_task("warm", "kv_usage_process", {"key": "warm-before-timeout"}), timeout_s=60)
+    assert warm.status == "SUCCEEDED", warm.error
+    run_id = c.submit(one_task("slow", "wait_process", {"pid_file": pid_file}, timeout_ms=3000))
     wait_until(lambda: read_text(pid_file), 30, "the worker to start the attempt")
     pid = int(read_text(pid_file))
     wait_until(lambda: c.get(run_id).status == "FAILED", 30, "the attempt to time out")
-    assert c.get(run_id).tasks["t"].error == "attempt 1 timed out after 1500 ms"
+    assert c.get(run_id).tasks["t"].error == "attempt 1 timed out after 3000 ms"
     wait_until(lambda: not os_pid_alive(pid), 5.0, f"worker {pid} to be killed")
 
 
