@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..client._audit import AuditEventInfo, AuditTrail
 from ..client._types import TERMINAL
@@ -102,6 +103,26 @@ class DashboardNode:
     default follows ``--tls-client-auth``; ``--http-client-auth`` overrides it)."""
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs every request its parser refuses (answered 400) as an ERROR with a traceback:
+    anyone reaching the port could fill the node's log so. Such a record becomes one DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.msg, record.args = "malformed HTTP request refused (400): %s", (str(exc)[:200],)
+            record.exc_info, record.exc_text = None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _quiet_malformed_requests() -> None:
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequests) for f in logger.filters):
+        logger.addFilter(_MalformedRequests())
+
+
 def _self_target(addr: str) -> str:
     host, _, port = addr.rpartition(":")
     if host.strip("[]") in ("0.0.0.0", "::", ""):
@@ -169,6 +190,7 @@ class Dashboard:
                 # the gRPC port does.
                 ctx.verify_mode = ssl.CERT_REQUIRED
                 ctx.load_verify_locations(cafile=tls.ca)
+        _quiet_malformed_requests()
         warning = plaintext_warning(addr, tls is not None, self.node.auth)
         if warning:
             log.warning("%s", warning)
