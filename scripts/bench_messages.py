@@ -811,9 +811,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--only: unknown scenario(s) {sorted(unknown)}; choose from rr,inflight,publish,kills")
     if a.quick:
         a.repeat = 1
+        # inflight: 3 windows of 64 still keep 64 in flight and queue behind them; the durable
+        # side commits each one on its key's lane (~50/s on a loaded 2-core machine), so 500 cost ~10 s
         a.requests, a.inflight_requests, a.publishes, a.stream, a.rate, a.settle = (
             100,
-            500,
+            3 * WINDOW,
             500,
             600,
             150.0,

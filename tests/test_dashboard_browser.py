@@ -123,7 +123,11 @@ def dash(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             reporter.write_line(where)
     path = str(base / "tokens.yaml")
     tokens = {who: add_token(path, who, role)[1] for who, role in (("admin", "admin"), ("reader", "reader"))}
-    cluster = LocalCluster(3, base_dir=str(base / "cluster"), extra_args=["--tokens-file", path], http=True)
+    # down after 3 s (default 5): the leader-kill test waits for the page to show its node down
+    down = ["--node-down-after", "3"]
+    cluster = LocalCluster(
+        3, base_dir=str(base / "cluster"), extra_args=["--tokens-file", path, *down], http=True
+    )
     urls = {nid: f"http://{node.http}" for nid, node in cluster.nodes.items()}
     failed_before = request.session.testsfailed
     with pytest.MonkeyPatch.context() as mp:

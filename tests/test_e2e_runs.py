@@ -127,7 +127,9 @@ def test_same_idempotency_key_yields_one_run(cluster3: LocalCluster) -> None:
 
 
 def test_kill_leader_mid_run(make_cluster: Callable[..., LocalCluster]) -> None:
-    cluster3 = make_cluster(3)  # its nodes die: not the shared cluster
+    # its nodes die: not the shared cluster. Down after 2 s (default 5): the dead leader's attempts
+    # are requeued sooner; exactly-once below does not depend on when that happens.
+    cluster3 = make_cluster(3, extra_args=["--node-down-after", "2"])
     leader = cluster3.wait_ready()
     client = cluster3.client(retry_deadline_s=60)
     dag = DAG("sleepers")
