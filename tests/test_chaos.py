@@ -1134,7 +1134,7 @@ def test_the_unfenced_experiment_loses_increments_and_the_fenced_counter_none(tm
     data, _ = _run_chaos(
         tmp_path,
         *("--net", "none", "--nodes", "3", "--seed", "5", "--no-faults", "--no-dag", "--kv-clients", "0"),
-        *("--duration", "0.2", "--warmup", "3", "--cooldown", "2", "--unfenced-experiment"),
+        *("--duration", "0.1", "--warmup", "2", "--cooldown", "2", "--unfenced-experiment"),
         timeout_s=60,
         faults=False,
     )
