@@ -1049,6 +1049,8 @@ def _run_chaos(
 
 
 SUPPORTED, REASON = is_supported()
+# The e2e runs below pass --warmup 2 --cooldown 2: every fault falls in the fault phase, and the
+# 6 s minimum of the defaults (sized for soaks) added 8 s per run that no check relies on.
 
 
 @pytest.mark.e2e
@@ -1059,7 +1061,10 @@ def test_chaos_netns_every_partition_kind(tmp_path: Path) -> None:
     # their recoveries, so every kind netns adds over --net none is injected (seed 7 needed 90 s to
     # reach its first partition, after the process faults the other runs inject).
     data, log = _run_chaos(
-        tmp_path, "--net", "netns", "--nodes", "3", "--duration", "0.7", "--seed", "2880", timeout_s=400
+        tmp_path,
+        *("--net", "netns", "--nodes", "3", "--duration", "0.7", "--seed", "2880"),
+        *("--warmup", "2", "--cooldown", "2"),
+        timeout_s=400,
     )
     kinds = {f["kind"] for f in data["faults"]}
     assert {"halves", "isolate-leader", "isolate-follower", "bridge"} <= kinds, kinds
@@ -1081,6 +1086,7 @@ def test_chaos_process_faults_without_root(tmp_path: Path) -> None:
     data, _ = _run_chaos(
         tmp_path,
         *("--net", "none", "--nodes", "3", "--duration", "0.3", "--seed", "11", "--preempt-priority", "5"),
+        *("--warmup", "2", "--cooldown", "2"),
         timeout_s=240,
     )
     assert {f["kind"] for f in data["faults"]} <= {"kill-node", "kill-leader", "pause-node", "pause-leader"}
@@ -1110,6 +1116,7 @@ def test_chaos_with_frequent_snapshots(tmp_path: Path) -> None:
         tmp_path,
         # Seed 23 plans one leader kill (4.4 s) for any phase of 12 s or more: 12 s is enough.
         *("--net", "none", "--nodes", "3", "--duration", "0.2", "--seed", "23", "--snapshot-every", "100"),
+        *("--warmup", "2", "--cooldown", "2"),
         timeout_s=240,
     )
     stats = data["log_stats"]
@@ -1127,7 +1134,7 @@ def test_the_unfenced_experiment_loses_increments_and_the_fenced_counter_none(tm
     data, _ = _run_chaos(
         tmp_path,
         *("--net", "none", "--nodes", "3", "--seed", "5", "--no-faults", "--no-dag", "--kv-clients", "0"),
-        *("--duration", "0.2", "--warmup", "3", "--cooldown", "2", "--unfenced-experiment"),
+        *("--duration", "0.1", "--warmup", "2", "--cooldown", "2", "--unfenced-experiment"),
         timeout_s=60,
         faults=False,
     )
@@ -1147,7 +1154,7 @@ def test_chaos_messages_under_process_faults(tmp_path: Path) -> None:
         tmp_path,
         # Seed 7's 12 s schedule kills the leader first (activations must move), then pauses one.
         *("--net", "none", "--nodes", "3", "--duration", "0.2", "--seed", "7", "--no-dag"),
-        *("--warmup", "4", "--cooldown", "4"),
+        *("--warmup", "2", "--cooldown", "2"),
         *("--kv-clients", "0", "--lock-clients", "0", "--message-clients", "3"),
         timeout_s=300,
     )
