@@ -19,8 +19,10 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .consensus.commands import MAX_ORIGIN_FIELD, Origin
+if TYPE_CHECKING:  # the client and the CLI bind calls too, and never need the command classes
+    from .consensus.commands import Origin
 
 ANONYMOUS = "anonymous"
 """The principal of a call on a cluster that checks no credentials."""
@@ -80,6 +82,8 @@ class Call:
     extra: dict[str, str] = field(default_factory=dict)
 
     def origin(self) -> Origin:
+        from .consensus.commands import MAX_ORIGIN_FIELD, Origin
+
         m = MAX_ORIGIN_FIELD
         return Origin(self.principal[:m], self.request_id[:m], self.trace_id[:m])
 

@@ -20,10 +20,12 @@ import hashlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import calls
-from .consensus.commands import Usage
+
+if TYPE_CHECKING:  # annotations only: clients import this module and never build a Usage
+    from .consensus.commands import Usage
 
 _PINNED: contextvars.ContextVar[str] = contextvars.ContextVar("raftmesh_trace_pinned", default="")
 
