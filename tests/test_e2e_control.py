@@ -110,7 +110,14 @@ def test_pause_resume_and_rerun_through_the_sdk(cluster3: LocalCluster) -> None:
     t = dag.task("t", "sum", input={"value": 1})
     dag.task("u", "sum", input={"value": 10}, deps=[t, s])
     run_id = client.submit(dag)
-    wait_until(lambda: client.get(run_id).tasks["s"].status == "RUNNING", 30, "s running")
+
+    def s_running_t_done() -> bool:
+        tasks = client.get(run_id).tasks
+        return tasks["s"].status == "RUNNING" and tasks["t"].status == "SUCCEEDED"
+
+    # t starts beside s and ends in milliseconds, but on a loaded machine the pause could land
+    # before its result: it would be paused too, and every attempt count below off by one.
+    wait_until(s_running_t_done, 30, "s running and t done")
 
     paused = client.pause(run_id, cancel_running=True)
     assert paused.status == "PAUSED" and paused.changed and paused.stopped >= 1
