@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from raftmesh.client import Client
-from raftmesh.client._security import Credentials
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.security import certs
 from raftmesh.security.tokens import add_token
+
+from .test_tls import tls_cluster
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "node-client"
@@ -224,22 +225,10 @@ def test_tls_and_token_cluster_and_a_refused_token(
     issued = certs.init(str(tmp_path / "tls"), ["n1", "n2", "n3"])
     tokens = str(tmp_path / "tokens.yaml")
     admin = add_token(tokens, "admin", "admin")[1]
-    creds = Credentials(token=admin, ca=issued.ca, cert=issued.client[0], key=issued.client[1])
-    cluster = make_cluster(3, start=False, credentials=creds, extra_args=["--tokens-file", tokens])
-    for node_id, n in cluster.nodes.items():
-        cert, key = issued.nodes[node_id]
-        # client auth "require": the client presents the certificate too (mutual TLS)
-        n.argv += [
-            "--tls-cert",
-            cert,
-            "--tls-key",
-            key,
-            "--tls-ca",
-            issued.ca,
-            "--tls-client-auth",
-            "require",
-        ]
-    cluster.start()
+    # client auth "require": the client presents the certificate too (mutual TLS)
+    cluster = tls_cluster(
+        make_cluster, issued, 3, "require", token=admin, extra_args=["--tokens-file", tokens]
+    )
     env = {
         "RAFTMESH_ADDRESSES": ",".join(cluster.addresses),
         "RAFTMESH_CA": issued.ca,
@@ -249,7 +238,7 @@ def test_tls_and_token_cluster_and_a_refused_token(
     }
     idem = f"node-{uuid.uuid4().hex}"
     r = run_client(example, env, "--json", "--key", idem)
-    with Client(cluster.addresses, credentials=creds) as client:
+    with cluster.client() as client:
         out = check_summary(r, client, idem)
         assert client.get(out["run_id"]).submitter == "token:admin"
 

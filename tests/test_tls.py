@@ -166,9 +166,16 @@ def test_bad_tls_flags_are_usage_errors_that_name_the_flag(
 
 
 def tls_cluster(
-    make_cluster: Callable[..., LocalCluster], issued: certs.Issued, size: int, client_auth: str, **kw: Any
+    make_cluster: Callable[..., LocalCluster],
+    issued: certs.Issued,
+    size: int,
+    client_auth: str,
+    token: str | None = None,
+    **kw: Any,
 ) -> LocalCluster:
-    creds = Credentials(ca=issued.ca, cert=issued.client[0], key=issued.client[1])
+    """A started cluster whose nodes serve ``issued``'s certificates; its client carries the
+    client certificate (and ``token``)."""
+    creds = Credentials(token=token, ca=issued.ca, cert=issued.client[0], key=issued.client[1])
     c = make_cluster(size, start=False, credentials=creds, **kw)
     for node_id, n in c.nodes.items():
         cert, key = issued.nodes[node_id]
