@@ -234,13 +234,27 @@ class Client(Conn, Driver):
 
     def wait(self, run_id: str, *, timeout_s: float | None = None) -> RunInfo:
         """Block until the run ends; returns it with every task's output."""
-        for _ in self.watch(run_id, timeout_s=timeout_s, status_only=True):
+        plan = _runs.RunWatch(self, run_id, timeout_s, status_only=True, final_run=True)
+        for _ in self._stream(plan):
             pass
+        if plan.final is not None:
+            return plan.final
         return self._drive(_runs.ended(self, run_id))
 
     def run(self, dag: DAG | dict[str, Any], *, timeout_s: float | None = None, **kw: Any) -> RunInfo:
-        """Submit and wait."""
-        return self.wait(self.submit(dag, **kw), timeout_s=timeout_s)
+        """Submit and wait, in one call to a node (``SubmitAndWatchRun``); ``kw`` as ``submit``'s."""
+        req = _runs.submit_request(dag, **kw)
+        plan = _runs.SubmitWatch(self, req, timeout_s)
+        with tracing.pinned(kw.get("trace_id") or ""):
+            for _ in self._stream(plan):
+                pass
+        if plan.final is not None:
+            return plan.final
+        if plan.unsupported:  # an older node: the same request (idempotency key) as two calls
+            return self.wait(
+                self.submit(dag, **{**kw, "idempotency_key": req.idempotency_key}), timeout_s=timeout_s
+            )
+        return self._drive(_runs.ended(self, plan.run_id))
 
     # ---- locks ---------------------------------------------------------------------------
 
