@@ -390,3 +390,30 @@ def _json(value: Any) -> str:
     import json
 
     return "" if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def test_stream_watchdogs_share_one_thread_and_cancel_only_silent_calls() -> None:
+    import time as _time
+
+    from raftmesh.client._client import Watchdog
+
+    class Call:
+        def __init__(self) -> None:
+            self.cancelled = threading.Event()
+
+        def cancel(self) -> None:
+            self.cancelled.set()
+
+    quiet, busy = Call(), Call()
+    dogs = [Watchdog(quiet, silence_s=0.3), Watchdog(busy, silence_s=0.3)]
+    try:
+        assert sum(t.name == "stream-watchdog" for t in threading.enumerate()) == 1
+        end = _time.monotonic() + 1.5
+        while _time.monotonic() < end:
+            dogs[1].feed()
+            _time.sleep(0.05)
+        assert quiet.cancelled.is_set() and dogs[0].fired
+        assert not busy.cancelled.is_set() and not dogs[1].fired
+    finally:
+        for d in dogs:
+            d.close()
