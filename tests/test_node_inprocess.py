@@ -303,3 +303,117 @@ def test_run_spans_are_built_outside_the_apply_lock(node: InProcessNode) -> None
     finally:
         node.runtime.spans = None
     assert held == [(run_id, False)]
+
+
+def test_wait_and_run_take_the_ended_run_from_the_stream(
+    node: InProcessNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wait`` and ``run`` read nothing after the stream: its last event carries the whole run
+    (a second read cost a round trip per run; timeline in the commit message)."""
+    from raftmesh.client import _runs
+
+    def no_read(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the ended run was read again after the stream")
+
+    monkeypatch.setattr(_runs, "ended", no_read)
+    c = node.client
+    run_id = c.submit(fan_out(5))
+    done = c.wait(run_id, timeout_s=30)
+    assert done.run_id == run_id and done.status == "SUCCEEDED"
+    assert done.tasks["total"].output == sum(range(5)) + 5 and len(done.tasks) == 7
+    ran = c.run(fan_out(3), idempotency_key="run-once", timeout_s=30)
+    assert ran.status == "SUCCEEDED" and ran.tasks["total"].output == sum(range(3)) + 3
+    again = c.run(fan_out(3), idempotency_key="run-once", timeout_s=30)  # the key's run, watched
+    assert again.run_id == ran.run_id and again.tasks["total"].output == ran.tasks["total"].output
+    assert [r["run_id"] for r in c.list_runs() if r["idempotency_key"] == "run-once"] == [ran.run_id]
+    assert c.wait(ran.run_id).tasks == ran.tasks  # an ended run: the snapshot carries it
+
+
+def test_watch_run_sends_the_final_run_only_when_asked(node: InProcessNode) -> None:
+    import grpc
+
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+    c = node.client
+    with grpc.insecure_channel(node.address) as ch:
+        stub = pb_grpc.ClusterStub(ch)
+        events = list(stub.SubmitAndWatchRun(pb.SubmitAndWatchRunRequest(submit=_submit_pb(fan_out(2)))))
+        run_id = events[0].snapshot.run_id
+        assert run_id and all(not e.HasField("final") for e in events[:-1])
+        last = events[-1]
+        assert last.final.run_id == run_id and last.final.status == pb.RUN_STATUS_SUCCEEDED
+        assert {t.id for t in last.final.tasks} == {"seed", "p0", "p1", "total"}
+        assert last.run.status == pb.RUN_STATUS_SUCCEEDED or last.HasField("snapshot")
+        got = c.get(run_id)
+        assert {t.id: t.output_json for t in last.final.tasks} == {
+            tid: _json(t.output) for tid, t in got.tasks.items()
+        }
+        # A client that does not ask (an older one) gets the stream it always got.
+        plain = list(stub.WatchRun(pb.WatchRunRequest(run_id=run_id, status_only=True)))
+        assert len(plain) == 1 and not plain[0].HasField("final")
+        asked = list(stub.WatchRun(pb.WatchRunRequest(run_id=run_id, status_only=True, final_run=True)))
+        assert len(asked) == 1 and asked[0].final.run_id == run_id and len(asked[0].final.tasks) == 4
+        assert len(asked[0].snapshot.tasks) == 0  # the snapshot is still status only
+
+
+def test_run_on_a_node_without_submit_and_watch_falls_back_before_submitting() -> None:
+    import grpc
+
+    from raftmesh.client import _runs
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+
+    c = Client(["127.0.0.1:1"])
+    try:
+        plan = _runs.SubmitWatch(c, pb.SubmitRunRequest(idempotency_key="k"), None)
+        assert plan.start() is not None and plan.method == "SubmitAndWatchRun"
+        assert plan.failed(grpc.StatusCode.UNIMPLEMENTED, None, False) is None and plan.unsupported
+        # Once the run's id is known a reconnect watches it, and UNIMPLEMENTED is an error.
+        plan = _runs.SubmitWatch(c, pb.SubmitRunRequest(idempotency_key="k"), None)
+        plan.accept(pb.RunEvent(revision=3, snapshot=pb.Run(run_id="r-1", status=pb.RUN_STATUS_RUNNING)))
+        opened = plan.start()
+        assert opened is not None and plan.method == "WatchRun" and opened[1].run_id == "r-1"
+        with pytest.raises(RaftmeshError):
+            plan.failed(grpc.StatusCode.UNIMPLEMENTED, None, False)
+        assert not plan.unsupported
+    finally:
+        c.close()
+
+
+def _submit_pb(dag: DAG) -> Any:
+    from raftmesh.client._runs import submit_request
+
+    return submit_request(dag)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return "" if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def test_stream_watchdogs_share_one_thread_and_cancel_only_silent_calls() -> None:
+    import time as _time
+
+    from raftmesh.client._client import Watchdog
+
+    class Call:
+        def __init__(self) -> None:
+            self.cancelled = threading.Event()
+
+        def cancel(self) -> None:
+            self.cancelled.set()
+
+    quiet, busy = Call(), Call()
+    dogs = [Watchdog(quiet, silence_s=0.2), Watchdog(busy, silence_s=1.0)]
+    try:
+        assert sum(t.name == "stream-watchdog" for t in threading.enumerate()) == 1
+        end = _time.monotonic() + 10.0
+        while not quiet.cancelled.is_set() and _time.monotonic() < end:
+            dogs[1].feed()
+            _time.sleep(0.05)
+        assert quiet.cancelled.is_set() and dogs[0].fired
+        assert not busy.cancelled.is_set() and not dogs[1].fired
+    finally:
+        for d in dogs:
+            d.close()

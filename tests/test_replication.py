@@ -21,7 +21,7 @@ from pysyncobj import pickle as so_pickle
 
 from raftmesh.consensus.commands import Barrier, encode_batch
 from raftmesh.consensus.machine import StateMachine
-from raftmesh.consensus.raft import RaftConfig, RaftMember, compaction
+from raftmesh.consensus.raft import RaftConfig, RaftMember, RaftTimings, compaction
 from raftmesh.consensus.raft import replication as rep
 from raftmesh.localcluster import free_ports, wait_until
 from raftmesh.storage.snapshots import LmdbSnapshotIO
@@ -287,3 +287,49 @@ def test_a_large_journal_is_compacted_before_its_offsets_overflow(
 
     wait_until(compacted, 20, "the follower to compact its journal")
     assert f.so._SyncObj__raftLog[-1][1] == 13  # nothing committed was lost: the snapshot covers it
+
+
+def test_followers_learn_a_commit_before_the_leader_applies_it(tmp_path: Path) -> None:
+    """Two real members on loopback: the leader's apply of an entry blocks until the follower
+    has applied it too, which happens only if the leader told it the commit index first
+    (pysyncobj sent it after applying: the follower waited one leader-apply per entry)."""
+    addrs = tuple(f"127.0.0.1:{p}" for p in free_ports(2))
+    members: dict[str, RaftMember] = {}
+    armed, follower_applied = threading.Event(), threading.Event()
+    leader_saw: list[bool] = []
+
+    def on_applied(addr: str) -> Any:
+        def applied(events: Any) -> None:
+            if not armed.is_set():
+                return
+            if members[addr].is_leader:  # blocks the leader's tick thread, as a slow apply would
+                leader_saw.append(follower_applied.wait(5.0))
+            else:
+                follower_applied.set()
+
+        return applied
+
+    try:
+        for i, a in enumerate(addrs):
+            cfg = RaftConfig(
+                self_addr=a,
+                peer_addrs=addrs,
+                journal_path=str(tmp_path / f"{i}.journal"),
+                snapshot_path=str(tmp_path / f"{i}.lmdb"),
+                timings=RaftTimings(election_min_s=0.5, election_max_s=1.0),
+            )
+            members[a] = RaftMember(cfg, StateMachine(), on_applied(a), LmdbSnapshotIO())
+        leader = wait_until(
+            lambda: next((m for m in members.values() if m.is_leader and m.ready), None), 30, "a leader"
+        )
+        wait_until(
+            lambda: all(m.last_applied == leader.commit_index for m in members.values()), 30, "catch-up"
+        )
+        armed.set()
+        leader.propose(encode_batch([Barrier("b-commit-first", 1000)]), lambda results, err: None)
+        wait_until(lambda: leader_saw, 30, "the leader to apply the entry")
+        assert leader_saw == [True], "the follower applied the entry only after the leader had"
+    finally:
+        armed.clear()
+        for m in members.values():
+            m.destroy()

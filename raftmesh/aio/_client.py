@@ -205,13 +205,26 @@ class Client(Conn, AsyncDriver):
 
     async def wait(self, run_id: str, *, timeout_s: float | None = None) -> RunInfo:
         """Until the run ends; returns it with every task's output."""
-        async for _ in self.watch(run_id, timeout_s=timeout_s, status_only=True):
+        plan = _runs.RunWatch(self, run_id, timeout_s, status_only=True, final_run=True)
+        async for _ in self._stream(plan):
             pass
+        if plan.final is not None:
+            return plan.final
         return await self._drive(_runs.ended(self, run_id))
 
     async def run(self, dag: DAG | dict[str, Any], *, timeout_s: float | None = None, **kw: Any) -> RunInfo:
-        """Submit and wait."""
-        return await self.wait(await self.submit(dag, **kw), timeout_s=timeout_s)
+        """Submit and wait, in one call to a node (``SubmitAndWatchRun``); ``kw`` as ``submit``'s."""
+        req = _runs.submit_request(dag, **kw)
+        plan = _runs.SubmitWatch(self, req, timeout_s)
+        with tracing.pinned(kw.get("trace_id") or ""):
+            async for _ in self._stream(plan):
+                pass
+        if plan.final is not None:
+            return plan.final
+        if plan.unsupported:  # an older node: the same request (idempotency key) as two calls
+            run_id = await self.submit(dag, **{**kw, "idempotency_key": req.idempotency_key})
+            return await self.wait(run_id, timeout_s=timeout_s)
+        return await self._drive(_runs.ended(self, plan.run_id))
 
     def lock(
         self,

@@ -55,29 +55,54 @@ STUBS: dict[str, Any] = {
 
 
 class Watchdog:
-    """Cancels a streaming call that receives nothing for ``silence_s`` (a paused or cut-off node)."""
+    """Cancels a streaming call that receives nothing for ``silence_s`` (a paused or cut-off node).
+
+    One thread per process checks every open stream each ``CHECK_S``: a thread of its own per
+    stream cost every ``wait`` and ``run`` a thread start (py-spy of a client running single
+    tasks back to back on a loaded machine: ``Thread.start`` ~3% of its time, waiting for the
+    new thread to be scheduled)."""
+
+    CHECK_S = 0.5
+    _open: set[Watchdog] = set()
+    _lock = threading.Lock()
+    _wake = threading.Condition(_lock)
+    _thread: threading.Thread | None = None
 
     def __init__(self, call: Any, silence_s: float = STREAM_SILENCE_S) -> None:
         self._call = call
         self._silence_s = silence_s
         self._last = time.monotonic()
-        self._stop = threading.Event()
         self.fired = False
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="stream-watchdog")
-        self._thread.start()
+        cls = type(self)
+        with cls._lock:
+            cls._open.add(self)
+            cls._wake.notify()
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(target=cls._watch_all, daemon=True, name="stream-watchdog")
+                cls._thread.start()
 
     def feed(self) -> None:
         self._last = time.monotonic()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(0.5):
-            if time.monotonic() - self._last > self._silence_s:
-                self.fired = True
-                self._call.cancel()
-                return
+    @classmethod
+    def _watch_all(cls) -> None:
+        while True:
+            with cls._lock:
+                while not cls._open:
+                    cls._wake.wait()
+                dogs = list(cls._open)
+            now = time.monotonic()
+            for dog in dogs:
+                if now - dog._last > dog._silence_s:
+                    dog.fired = True
+                    dog.close()
+                    dog._call.cancel()
+            time.sleep(cls.CHECK_S)
 
     def close(self) -> None:
-        self._stop.set()
+        cls = type(self)
+        with cls._lock:
+            cls._open.discard(self)
 
 
 class Driver:
@@ -234,13 +259,27 @@ class Client(Conn, Driver):
 
     def wait(self, run_id: str, *, timeout_s: float | None = None) -> RunInfo:
         """Block until the run ends; returns it with every task's output."""
-        for _ in self.watch(run_id, timeout_s=timeout_s, status_only=True):
+        plan = _runs.RunWatch(self, run_id, timeout_s, status_only=True, final_run=True)
+        for _ in self._stream(plan):
             pass
+        if plan.final is not None:
+            return plan.final
         return self._drive(_runs.ended(self, run_id))
 
     def run(self, dag: DAG | dict[str, Any], *, timeout_s: float | None = None, **kw: Any) -> RunInfo:
-        """Submit and wait."""
-        return self.wait(self.submit(dag, **kw), timeout_s=timeout_s)
+        """Submit and wait, in one call to a node (``SubmitAndWatchRun``); ``kw`` as ``submit``'s."""
+        req = _runs.submit_request(dag, **kw)
+        plan = _runs.SubmitWatch(self, req, timeout_s)
+        with tracing.pinned(kw.get("trace_id") or ""):
+            for _ in self._stream(plan):
+                pass
+        if plan.final is not None:
+            return plan.final
+        if plan.unsupported:  # an older node: the same request (idempotency key) as two calls
+            return self.wait(
+                self.submit(dag, **{**kw, "idempotency_key": req.idempotency_key}), timeout_s=timeout_s
+            )
+        return self._drive(_runs.ended(self, plan.run_id))
 
     # ---- locks ---------------------------------------------------------------------------
 

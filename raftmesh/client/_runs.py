@@ -108,6 +108,25 @@ def submit(
     limited to namespaces may submit only into its own. ``trace_id`` (32 hex digits) is the run's trace
     (``RunInfo.trace_id``); without it the caller's active OpenTelemetry span's trace, else
     a new one (README Tracing)."""
+    req = submit_request(
+        dag, idempotency_key=idempotency_key, name=name, budget=budget, namespace=namespace, trace_id=trace_id
+    )
+    with tracing.pinned(trace_id or ""):
+        resp: pb.SubmitRunResponse = yield from c._failover("Cluster", "SubmitRun", req)
+    return resp.run_id
+
+
+def submit_request(
+    dag: DAG | dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    name: str | None = None,
+    budget: dict[str, float] | None = None,
+    namespace: str = "",
+    trace_id: str | None = None,
+) -> pb.SubmitRunRequest:
+    """``submit``'s request (an idempotency key made here when none is given: every attempt,
+    and a fallback to ``submit`` after ``SubmitAndWatchRun``, is the same run)."""
     if trace_id is not None and not calls.valid_trace_id(trace_id):
         raise InvalidArgument(
             f"trace_id {trace_id[:40]!r}: a W3C trace id is 32 lowercase hex digits, not all 0"
@@ -116,7 +135,7 @@ def submit(
         dag = DAG.from_dict(dag)
     figures = (dag.budget or {}) | (check_budget(budget) or {})
     key = idempotency_key or uuid.uuid4().hex  # one key for every attempt: a retry is the same run
-    req = pb.SubmitRunRequest(
+    return pb.SubmitRunRequest(
         idempotency_key=key,
         name=name if name is not None else dag.name,
         priority=dag.priority,
@@ -124,9 +143,6 @@ def submit(
         budget=_budget_pb(figures),
         namespace=namespace,
     )
-    with tracing.pinned(trace_id or ""):
-        resp: pb.SubmitRunResponse = yield from c._failover("Cluster", "SubmitRun", req)
-    return resp.run_id
 
 
 def get(c: Conn, run_id: str, *, stale_ok: bool = False) -> Op[RunInfo]:
@@ -331,15 +347,21 @@ def status_of(
 class RunWatch(StreamPlan):
     """``watch``: a snapshot first (again after any reconnect), then changes, until the run ends.
 
-    ``status_only`` streams just the run's status (a snapshot without tasks, then run events)."""
+    ``status_only`` streams just the run's status (a snapshot without tasks, then run events).
+    ``final_run`` (``wait``): the node sends the whole ended run on the last event (``final``),
+    so no read follows; a node that does not (an older one) leaves ``final`` None."""
 
     service = "Cluster"
     method = "WatchRun"
 
-    def __init__(self, c: Conn, run_id: str, timeout_s: float | None, status_only: bool) -> None:
+    def __init__(
+        self, c: Conn, run_id: str, timeout_s: float | None, status_only: bool, final_run: bool = False
+    ) -> None:
         super().__init__(c, timeout_s)
         self.run_id = run_id
         self.status_only = status_only
+        self.final_run = final_run
+        self.final: RunInfo | None = None
 
     def start(self) -> tuple[str, Any, float | None] | None:
         opened = super().start()
@@ -347,20 +369,54 @@ class RunWatch(StreamPlan):
             self.conn._last_watch_addr = opened[0]
         return opened
 
-    def request(self) -> pb.WatchRunRequest:
-        return pb.WatchRunRequest(run_id=self.run_id, status_only=self.status_only)
+    def request(self) -> Any:
+        return pb.WatchRunRequest(run_id=self.run_id, status_only=self.status_only, final_run=self.final_run)
 
     def parse(self, msg: pb.RunEvent) -> Any:
         ev = RunEvent.from_pb(msg)
         if ev.kind == "heartbeat":
             return SKIP
         self.done = ev.status in TERMINAL and ev.kind in ("run", "snapshot")
+        if self.done and msg.HasField("final"):
+            self.final = RunInfo.from_pb(msg.final)
         return ev
 
     def check(self, code: grpc.StatusCode, exc: grpc.RpcError | None, silent: bool) -> None:
         if self.deadline is not None and self.remaining() == 0:
             raise DeadlineExceeded(f"run {self.run_id} did not finish within {self.timeout_s} s") from None
         super().check(code, exc, silent)
+
+
+class SubmitWatch(RunWatch):
+    """``run``: ``SubmitAndWatchRun`` (one call: the submit, then the run's status until it ends,
+    the last event with the whole run). A reconnect before the run's id is known submits again
+    (the same idempotency key: the same run); after, it watches that run (``WatchRun``).
+
+    A node without ``SubmitAndWatchRun`` (an older one) sets ``unsupported`` before anything was
+    submitted: the caller then submits and waits with the same request."""
+
+    def __init__(self, c: Conn, submit: pb.SubmitRunRequest, timeout_s: float | None) -> None:
+        super().__init__(c, "", timeout_s, status_only=True, final_run=True)
+        self.submit = submit
+        self.unsupported = False
+
+    def request(self) -> Any:
+        if self.run_id:
+            self.method = "WatchRun"
+            return super().request()
+        self.method = "SubmitAndWatchRun"
+        return pb.SubmitAndWatchRunRequest(submit=self.submit, status_only=True)
+
+    def parse(self, msg: pb.RunEvent) -> Any:
+        if msg.HasField("snapshot") and not self.run_id:
+            self.run_id = msg.snapshot.run_id
+        return super().parse(msg)
+
+    def failed(self, code: grpc.StatusCode, exc: grpc.RpcError | None, silent: bool) -> float | None:
+        if code == grpc.StatusCode.UNIMPLEMENTED and not self.run_id:
+            self.unsupported = True
+            return None
+        return super().failed(code, exc, silent)
 
 
 class RunsWatch(StreamPlan):

@@ -180,6 +180,11 @@ class ClusterService(pb_grpc.ClusterServicer):
     async def SubmitRun(
         self, request: pb.SubmitRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitRunResponse:
+        return await self._submit(request, context)
+
+    async def _submit(
+        self, request: pb.SubmitRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitRunResponse:
         node = self.node
         specs = convert.task_specs_from_pb(request)
         budget = convert.budget_from_pb(request)
@@ -404,17 +409,84 @@ class ClusterService(pb_grpc.ClusterServicer):
     ) -> AsyncIterator[pb.RunEvent]:
         _check_run_id(request.run_id)
         node = self.node
-        await node.barrier(context)
-        q = self._hub.subscribe(request.run_id)
+        if not request.final_run:
+            await node.barrier(context)
+            async for ev in self._watch(request.run_id, request.status_only, None):
+                yield ev
+            return
+        # The barrier commits while the stream starts: only the run's end must be read after it,
+        # and a task takes longer than a commit, so it is off the critical path (timeline: ~1
+        # commit, 2-12 ms, of a single task's submit -> result).
+        if not node.has_leader():
+            raise NoLeader("no Raft leader is elected yet; retry shortly")
+        barrier = asyncio.ensure_future(node.barrier(context))
+        try:
+            async for ev in self._watch(request.run_id, request.status_only, barrier):
+                yield ev
+        finally:
+            if not barrier.done():
+                barrier.cancel()
+            barrier.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    @rpc.stream
+    async def SubmitAndWatchRun(
+        self, request: pb.SubmitAndWatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RunEvent]:
+        """SubmitRun and WatchRun(final_run) in one call: one round trip and no read barrier
+        when this call created the run (this node has applied the submit, and the run's whole
+        life is inside the call); a run the idempotency key already named is read after one."""
+        resp = await self._submit(request.submit, context)
+        barrier = None if resp.created else asyncio.ensure_future(self.node.barrier(context))
+        try:
+            async for ev in self._watch(resp.run_id, request.status_only, barrier, final_run=True):
+                yield ev
+        finally:
+            if barrier is not None:
+                if not barrier.done():
+                    barrier.cancel()
+                barrier.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def _final(self, run_id: str, barrier: asyncio.Future[None] | None) -> pb.Run | None:
+        """The whole run once ``barrier`` (if any) is done, if it has ended then; else None."""
+        if barrier is not None:
+            await barrier
+        read = await self.node.reads.run_async(run_id)
+        if read is None:
+            raise RunNotFound(f"run {run_id!r} not found")
+        run = _for_caller(self._with_waiting_reasons(read.run))
+        return run if convert.RUN_STATUS_FROM_PB[run.status] in TERMINAL_RUN else None
+
+    async def _watch(
+        self,
+        run_id: str,
+        status_only: bool,
+        barrier: asyncio.Future[None] | None,
+        final_run: bool | None = None,
+    ) -> AsyncIterator[pb.RunEvent]:
+        """WatchRun's stream from this replica. ``final_run`` (default: ``barrier`` given): the
+        terminal event carries the whole run, read after ``barrier``; a run reopened meanwhile
+        (a rerun) is streamed on until it ends again."""
+        node = self.node
+        if final_run is None:
+            final_run = barrier is not None
+        q = self._hub.subscribe(run_id)
         try:
             while True:
-                read = await node.reads.run_async(request.run_id, with_tasks=not request.status_only)
+                read = await node.reads.run_async(run_id, with_tasks=not status_only)
                 if read is None:
-                    raise RunNotFound(f"run {request.run_id!r} not found")
-                ownership.check_run(read.run.namespace, read.run.submitter, request.run_id)
+                    if barrier is not None and not barrier.done():
+                        await barrier  # maybe not applied here yet
+                        continue
+                    raise RunNotFound(f"run {run_id!r} not found")
+                ownership.check_run(read.run.namespace, read.run.submitter, run_id)
                 seen, snap = read.revision, _for_caller(self._with_waiting_reasons(read.run))
                 done = convert.RUN_STATUS_FROM_PB[snap.status] in TERMINAL_RUN
-                yield pb.RunEvent(revision=seen, snapshot=snap)
+                final = None
+                if done and final_run:
+                    final = await self._final(run_id, barrier)
+                    if final is None:  # reopened before the barrier: read it again
+                        continue
+                yield pb.RunEvent(revision=seen, snapshot=snap, final=final)
                 if done:
                     return
                 while True:
@@ -427,7 +499,7 @@ class ClusterService(pb_grpc.ClusterServicer):
                         continue
                     if ev is RESYNC:
                         break
-                    if isinstance(ev, TaskChanged) and ev.revision > seen and not request.status_only:
+                    if isinstance(ev, TaskChanged) and ev.revision > seen and not status_only:
                         yield pb.RunEvent(
                             revision=ev.revision,
                             task=pb.TaskEvent(
@@ -438,15 +510,26 @@ class ClusterService(pb_grpc.ClusterServicer):
                             ),
                         )
                     elif isinstance(ev, RunChanged) and ev.revision > seen:
+                        ended = ev.status in TERMINAL_RUN
+                        if ended and final_run:
+                            final = await self._final(run_id, barrier)
+                            if final is None:
+                                continue  # reopened since: its events follow in the queue
+                            yield pb.RunEvent(
+                                revision=ev.revision,
+                                run=pb.RunStatusEvent(status=final.status, error=final.error),
+                                final=final,
+                            )
+                            return
                         err = node.reads.read(functools.partial(_run_error, run_id=ev.run_id))
                         yield pb.RunEvent(
                             revision=ev.revision,
                             run=pb.RunStatusEvent(status=convert.RUN_STATUS[ev.status], error=err),
                         )
-                        if ev.status in TERMINAL_RUN:
+                        if ended:
                             return
         finally:
-            self._hub.unsubscribe(request.run_id, q)
+            self._hub.unsubscribe(run_id, q)
 
     @rpc.unary
     async def CancelRun(

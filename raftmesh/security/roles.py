@@ -48,6 +48,7 @@ METHOD_ROLES: dict[str, int] = {
     "/raftmesh.v1.Cluster/GetRun": R,
     "/raftmesh.v1.Cluster/ListRuns": R,
     "/raftmesh.v1.Cluster/WatchRun": R,
+    "/raftmesh.v1.Cluster/SubmitAndWatchRun": S,
     "/raftmesh.v1.Cluster/CancelRun": S,  # a submitter: only its own runs (checked by the service)
     "/raftmesh.v1.Cluster/ClusterStatus": R,
     "/raftmesh.v1.Cluster/ListDeadLetters": R,

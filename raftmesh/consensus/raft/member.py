@@ -218,6 +218,9 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
     def _SyncObj__sendAppendEntries(self) -> None:
         self._replication.send_append_entries()
 
+    def _SyncObj__applyLogEntries(self) -> bool:
+        return self._replication.apply_committed(lambda: bool(SyncObj._SyncObj__applyLogEntries(self)))
+
     def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:
         if not self._replication.forward_if_large(command, callback, commandType):
             SyncObj._applyCommand(self, command, callback, commandType)

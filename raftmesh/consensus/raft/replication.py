@@ -349,6 +349,25 @@ class Replication:
                 if _monotonic() - start > conf.appendEntriesPeriod:
                     break
 
+    def apply_committed(self, apply: Callable[[], bool]) -> bool:
+        """pysyncobj's ``__applyLogEntries`` (``apply``), on a leader after telling the followers.
+
+        pysyncobj applied the newly committed entries on the leader first and only then sent
+        the followers the new commit index, so a follower (a task's node, a client's node)
+        applied every entry one leader-apply later (timeline: 0.2-0.6 ms an entry, more with
+        the GIL shared with the leader's gRPC loop). Sent first, the followers apply while the
+        leader does. Returns whether pysyncobj should still send AppendEntries (not again).
+        """
+        so = self._so
+        if (
+            so._SyncObj__raftState != _RAFT_STATE.LEADER
+            or so._SyncObj__raftCommitIndex <= so._SyncObj__raftLastApplied
+        ):
+            return apply()
+        self.send_append_entries()
+        apply()
+        return False
+
     def _send_append(self, node: Any, prev_idx: int, prev_term: int, entries: list[Entry]) -> None:
         so = self._so
         so._SyncObj__transport.send(

@@ -444,12 +444,22 @@ class ListRunsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("run_id", "status_only")
+    __slots__ = ("run_id", "status_only", "final_run")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    FINAL_RUN_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status_only: bool
-    def __init__(self, run_id: _Optional[str] = ..., status_only: _Optional[bool] = ...) -> None: ...
+    final_run: bool
+    def __init__(self, run_id: _Optional[str] = ..., status_only: _Optional[bool] = ..., final_run: _Optional[bool] = ...) -> None: ...
+
+class SubmitAndWatchRunRequest(_message.Message):
+    __slots__ = ("submit", "status_only")
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    submit: SubmitRunRequest
+    status_only: bool
+    def __init__(self, submit: _Optional[_Union[SubmitRunRequest, _Mapping]] = ..., status_only: _Optional[bool] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
     __slots__ = ("task_id", "status", "attempt", "node")
@@ -472,16 +482,18 @@ class RunStatusEvent(_message.Message):
     def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("revision", "snapshot", "task", "run")
+    __slots__ = ("revision", "snapshot", "task", "run", "final")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     revision: int
     snapshot: Run
     task: TaskEvent
     run: RunStatusEvent
-    def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[_Union[Run, _Mapping]] = ..., task: _Optional[_Union[TaskEvent, _Mapping]] = ..., run: _Optional[_Union[RunStatusEvent, _Mapping]] = ...) -> None: ...
+    final: Run
+    def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[_Union[Run, _Mapping]] = ..., task: _Optional[_Union[TaskEvent, _Mapping]] = ..., run: _Optional[_Union[RunStatusEvent, _Mapping]] = ..., final: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class WatchRunsRequest(_message.Message):
     __slots__ = ("limit", "namespace", "status")

@@ -54,6 +54,11 @@ class ClusterStub:
                 request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.SubmitAndWatchRun = channel.unary_stream(
+                '/raftmesh.v1.Cluster/SubmitAndWatchRun',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubmitAndWatchRunRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunEvent.FromString,
+                _registered_method=True)
         self.CancelRun = channel.unary_unary(
                 '/raftmesh.v1.Cluster/CancelRun',
                 request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.CancelRunRequest.SerializeToString,
@@ -142,6 +147,15 @@ class ClusterServicer:
 
     def WatchRun(self, request, context):
         """A snapshot of the run, then its task and run events until the run ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitAndWatchRun(self, request, context):
+        """SubmitRun, then WatchRun of that run on the same node, as one call: a snapshot (its id
+        is the run id), then events until the run ends; the last event carries the whole run.
+        Sent again with the same idempotency key, it watches the same run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -252,6 +266,11 @@ def add_ClusterServicer_to_server(servicer, server):
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
                     request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WatchRunRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunEvent.SerializeToString,
+            ),
+            'SubmitAndWatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubmitAndWatchRun,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubmitAndWatchRunRequest.FromString,
                     response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunEvent.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
@@ -422,6 +441,33 @@ class Cluster:
             target,
             '/raftmesh.v1.Cluster/WatchRun',
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.WatchRunRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitAndWatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftmesh.v1.Cluster/SubmitAndWatchRun',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubmitAndWatchRunRequest.SerializeToString,
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunEvent.FromString,
             options,
             channel_credentials,
