@@ -19,13 +19,15 @@ raftmesh ``Kv.Put`` / ``Kv.Get`` (``stale_ok=false``: linearizable), etcd ``KV.P
 ``KV.Range`` (``serializable=false``: linearizable, etcd's ReadIndex). etcd's stubs come from a
 minimal ``.proto`` (only the fields used) compiled at run time with ``grpcio-tools``. Values are
 100 bytes (raftmesh: a JSON string of 98 characters, i.e. 100 bytes of ``value_json``; etcd: 100
-raw bytes); each client writes and reads its own 100 keys in turn.
+raw bytes); each client writes and reads its own 20 keys in turn.
 
 Workloads, each ``--seconds`` long (default 3) after a 0.5 s untimed warm-up, for every client count
 in ``--clients`` (default ``1,16``): ``put`` (back-to-back puts per client) and ``get`` (back-to-back
 linearizable gets of keys written beforehand). The systems take turns per workload (the order
 alternates), so drift in the machine's load hits both. Reported per system and workload: ops/s
-(completed calls / wall time of the phase) and per-call latency p50 and p99 (ms), and the ratios
+(completed calls / wall time of the phase), per-call latency p50 and p99 (ms), the leader
+process's CPU time per call (user + system from ``/proc``, over the whole phase with its warm-up:
+less sensitive to other load on the machine than the rates), and the ratios
 raftmesh/etcd (ops/s: above 1 is raftmesh faster; p50: below 1 is raftmesh faster). With a
 baseline, the ratios this tree / baseline as well. Also the raftmesh leader's commit-index advance
 per get (0 when reads append nothing to the log). Every get's answer is checked (the value last
@@ -72,7 +74,7 @@ from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
 from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 
 VALUE_BYTES = 100
-KEYS_PER_CLIENT = 100
+KEYS_PER_CLIENT = 20
 
 ETCD_PROTO = """
 syntax = "proto3";
@@ -123,7 +125,22 @@ class Driver:
     def log_index(self) -> int | None:
         return None
 
+    def leader_pid(self) -> int | None:
+        return None
+
     def close(self) -> None: ...
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RaftmeshDriver(Driver):
@@ -156,6 +173,9 @@ class RaftmeshDriver(Driver):
 
         return get
 
+    def leader_pid(self) -> int | None:
+        return self.cluster.nodes[self.leader].pid
+
     def log_index(self) -> int | None:
         st = self.cluster.status_of(self.leader)
         return int(getattr(st, "commit_index", 0)) or None
@@ -169,9 +189,12 @@ class RaftmeshDriver(Driver):
 class EtcdDriver(Driver):
     name = "etcd"
 
-    def __init__(self, pb2: Any, pb2_grpc: Any, addr: str) -> None:
-        self.pb2, self.pb2_grpc, self.addr = pb2, pb2_grpc, addr
+    def __init__(self, pb2: Any, pb2_grpc: Any, addr: str, pid: int) -> None:
+        self.pb2, self.pb2_grpc, self.addr, self.pid = pb2, pb2_grpc, addr, pid
         self._channels: list[grpc.Channel] = []
+
+    def leader_pid(self) -> int | None:
+        return self.pid
 
     def _stub(self) -> Any:
         ch = grpc.insecure_channel(self.addr)
@@ -259,24 +282,25 @@ def etcd_cluster(binary: str, tmp: str, pb2: Any, pb2_grpc: Any) -> Iterator[tup
             )
         deadline = time.monotonic() + 60
         leader_addr = None
+        leader_pid = 0
         while leader_addr is None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench_kv: etcd did not elect a leader in 60 s (logs in {tmp})")
             for p in procs:
                 if p.poll() is not None:
                     raise SystemExit(f"bench_kv: an etcd member exited with {p.returncode}")
-            for n in names:
+            for k, n in enumerate(names):
                 addr = client[n].removeprefix("http://")
                 try:
                     with grpc.insecure_channel(addr) as ch:
                         st = pb2_grpc.MaintenanceStub(ch).Status(pb2.StatusRequest(), timeout=1)
                     if st.leader and st.leader == st.header.member_id:
-                        leader_addr = addr
+                        leader_addr, leader_pid = addr, procs[k].pid
                         break
                 except grpc.RpcError:
                     pass
             time.sleep(0.1)
-        yield EtcdDriver(pb2, pb2_grpc, leader_addr), [p.pid for p in procs]
+        yield EtcdDriver(pb2, pb2_grpc, leader_addr, leader_pid), [p.pid for p in procs]
     finally:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -299,6 +323,9 @@ class Phase:
     ops: int
     seconds: float
     latencies_s: list[float]
+    all_ops: int = 0
+    """Calls completed in the phase, the warm-up's included (what the leader's CPU time covers)."""
+    leader_cpu_s: float | None = None
 
     def summary(self) -> dict[str, Any]:
         ms = [x * 1000 for x in self.latencies_s]
@@ -308,6 +335,11 @@ class Phase:
             "ops_per_s": self.ops / self.seconds if self.seconds > 0 else float("nan"),
             "p50_ms": percentile(ms, 50),
             "p99_ms": percentile(ms, 99),
+            "leader_cpu_ms_per_op": (
+                1000 * self.leader_cpu_s / self.all_ops
+                if self.leader_cpu_s is not None and self.all_ops
+                else None
+            ),
         }
 
 
@@ -325,6 +357,7 @@ def run_phase(driver: Driver, kind: str, clients: int, seconds: float, warmup_s:
     stop_at = [0.0]
     measure_from = [0.0]
     lat: list[list[float]] = [[] for _ in range(clients)]
+    done = [0] * clients
     errors: list[BaseException] = []
 
     def loop(c: int) -> None:
@@ -349,22 +382,27 @@ def run_phase(driver: Driver, kind: str, clients: int, seconds: float, warmup_s:
                 if t0 >= measure_from[0] and t1 <= stop_at[0]:
                     mine.append(t1 - t0)
                 i += 1
+                done[c] = i
         except BaseException as exc:  # reported after the phase
             errors.append(exc)
 
     threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in range(clients)]
     for t in threads:
         t.start()
+    pid = driver.leader_pid()
+    cpu0 = cpu_seconds(pid)
     now = time.perf_counter()
     measure_from[0] = now + warmup_s
     stop_at[0] = measure_from[0] + seconds
     start_at.set()
     for t in threads:
         t.join()
+    cpu1 = cpu_seconds(pid)
     if errors:
         raise errors[0]
     flat = [x for xs in lat for x in xs]
-    return Phase(len(flat), seconds, flat)
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return Phase(len(flat), seconds, flat, sum(done), cpu)
 
 
 def preload(driver: Driver, clients: int) -> None:
@@ -391,27 +429,31 @@ def render(report: dict[str, Any]) -> str:
         "KV: puts and linearizable gets, 100-byte values, clients on the leader "
         f"(raftmesh fsync on; etcd default fsync). cpus {report['environment']['cpu_count']}, "
         f"load average {report['load_before']} before, {report['load_after']} after",
-        f"{'workload':<22}" + "".join(f"{s + ' ops/s':>20}{'p50 ms':>9}{'p99 ms':>9}" for s in systems),
+        f"{'workload':<22}"
+        + "".join(f"{s + ' ops/s':>20}{'p50 ms':>9}{'p99 ms':>9}{'cpu ms/op':>10}" for s in systems),
     ]
     for w in report["workloads"]:
         row = f"{w['label']:<22}"
         for s in systems:
             r = w["results"].get(s)
             if r is None:
-                row += f"{'-':>20}{'-':>9}{'-':>9}"
+                row += f"{'-':>20}{'-':>9}{'-':>9}{'-':>10}"
             else:
-                row += f"{r['ops_per_s']:>20.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                cpu = r["leader_cpu_ms_per_op"]
+                cpu_s = "-" if cpu is None else f"{cpu:.3f}"
+                row += f"{r['ops_per_s']:>20.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{cpu_s:>10}"
         lines.append(row)
     for key, title in (("vs_etcd", "raftmesh / etcd"), ("vs_baseline", "raftmesh / baseline")):
         if not any(w.get(key) for w in report["workloads"]):
             continue
-        lines.append(f"ratios {title}:{'':<3}{'ops/s':>10}{'p50':>10}")
+        lines.append(f"ratios {title}:{'':<3}{'ops/s':>10}{'p50':>10}{'cpu/op':>10}")
         for w in report["workloads"]:
             r = w.get(key)
             if r:
                 ops = "-" if r["ops_per_s"] is None else f"{r['ops_per_s']:.2f}"
                 p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
-                lines.append(f"  {w['label']:<22}{ops:>10}{p50:>10}")
+                cpu = "-" if r["leader_cpu_ms_per_op"] is None else f"{r['leader_cpu_ms_per_op']:.2f}"
+                lines.append(f"  {w['label']:<22}{ops:>10}{p50:>10}{cpu:>10}")
     for w in report["workloads"]:
         for s, per in w.get("log_entries_per_op", {}).items():
             if per is not None:
@@ -516,6 +558,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
                     w[key] = {
                         "ops_per_s": ratio(a["ops_per_s"], b["ops_per_s"]),
                         "p50_ms": ratio(a["p50_ms"], b["p50_ms"]),
+                        "leader_cpu_ms_per_op": ratio(a["leader_cpu_ms_per_op"], b["leader_cpu_ms_per_op"]),
                     }
             workloads.append(w)
     return {
