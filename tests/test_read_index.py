@@ -229,3 +229,29 @@ def test_a_deposed_leader_fails_its_pending_reads_and_serves_none(leader: Leader
     # Late acks of its old round change nothing.
     ld.receive(a, {"type": ri.ACK, "term": 5, "seq": seq})
     assert len(out) == 1
+
+
+def test_reads_arriving_during_a_round_share_the_next_one_and_are_not_served_by_the_earlier(
+    leader: Leader,
+) -> None:
+    ld = leader
+    a, _ = ld.peers
+    ld.matched(a, ld.noop)
+    first = ld.read()
+    wait_until(lambda: ld.read_heartbeats(), 5, "the first round")
+    seq1 = ld.read_heartbeats()[-1][2]
+    later = [ld.read(), ld.read()]
+    ld.run(lambda: None)
+    ld.run(lambda: None)
+    assert {s for _, _, s in ld.read_heartbeats()} == {seq1}, (
+        "a second round went out while one was in flight"
+    )
+    ld.receive(a, {"type": ri.ACK, "term": 5, "seq": seq1})
+    wait_until(lambda: first, 5, "the first read")
+    # The first round's heartbeat went out before the later reads began: it proves nothing for them.
+    assert later == [[], []]
+    wait_until(lambda: {s for _, _, s in ld.read_heartbeats()} - {seq1}, 5, "the next round")
+    (seq2,) = {s for _, _, s in ld.read_heartbeats()} - {seq1}
+    ld.receive(a, {"type": ri.ACK, "term": 5, "seq": seq2})
+    wait_until(lambda: all(later), 5, "the later reads")
+    assert later == [[None], [None]]

@@ -12,6 +12,8 @@ fsync on every member) per read. ReadIndex proves it with one heartbeat round in
   heartbeat sent *after* the read began proves no other leader had been elected by then
   (they would have rejected a stale term), so nothing committed before the read is missing
   from the read index. The read is served once this node has applied the read index.
+* One round is in flight at a time; the reads that arrive meanwhile go in the next one, sent
+  when it confirms (or times out), as etcd does.
 * Follower: asks the leader for a read index (``read_index_request``); the leader runs the
   round above and answers with the index (``read_index_reply``), after a heartbeat that
   carries its commit index to that follower; the follower serves once it has applied it.
@@ -188,6 +190,11 @@ class ReadIndex:
         """Send one heartbeat round for every read queued on this leader, if its term has a commit."""
         if not self._queued_local and not self._queued_remote:
             return
+        if self._rounds:
+            # One round in flight at a time (as etcd): the reads that arrive meanwhile share the
+            # next one, sent when it confirms, so a busy leader sends a round per round trip,
+            # not per read.
+            return
         so = self._so
         term = int(so._SyncObj__raftCurrentTerm)
         commit = int(so._SyncObj__raftCommitIndex)
@@ -244,6 +251,7 @@ class ReadIndex:
             for node, rid in r.remote:
                 self._answer(node, rid, r.index)
         self._release_applied()
+        self._start_round(_monotonic())
 
     def _answer(self, node: Any, rid: Any, index: int) -> None:
         """Reply to a follower's request: first a heartbeat carrying the commit index, then the index."""
