@@ -24,7 +24,7 @@ def cluster3(module_cluster3: LocalCluster) -> LocalCluster:
 def test_kv_is_linearizable_across_nodes(cluster3: LocalCluster) -> None:
     a, b, c = (cluster3.client([addr]) for addr in cluster3.addresses)
     rev = a.kv.put("cfg/x", {"v": 1})
-    # a read on another node right after the write sees it (read barrier through the log)
+    # a read on another node right after the write sees it (ReadIndex: the follower asks the leader)
     e = b.kv.get("cfg/x")
     assert e is not None and e.value == {"v": 1} and e.mod_revision == rev and e.version == 1
     assert c.kv.cas("cfg/x", rev, {"v": 2}) is True

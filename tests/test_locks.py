@@ -26,7 +26,7 @@ from raftmesh.consensus.commands import (
     decode_command,
     encode_command,
 )
-from raftmesh.consensus.locks import SHARED, task_owner
+from raftmesh.consensus.locks import SHARED, LockTable, task_owner
 from raftmesh.consensus.placement import plan_assignments
 from raftmesh.consensus.results import (
     AssignResult,
@@ -441,7 +441,7 @@ def test_deadlock_of_two_aborts_the_youngest_request(c: Coord) -> None:
     assert (ev.request_id, ev.owner, ev.message) == (rb.request_id, "B", msg)
     assert rb.request_id not in c.st.locks.waiting
     assert ra.request_id in c.st.locks.waiting  # the survivor still waits for B's lock
-    assert c.st.locks.find_cycle() is None
+    assert c.st.locks.find_cycle(whole=True) is None
     # B, told of the deadlock, releases L2: A's request completes.
     c.ok(c.release("B", "L2", tb))
     assert c.holders("L2") == {"A": c.st.revision}
@@ -477,7 +477,7 @@ def test_deadlock_of_three_is_broken_and_names_the_cycle(c: Coord) -> None:
     for part in ("A waits for B on lock 'L2'", "B waits for C on lock 'L3'", "C waits for A on lock 'L1'"):
         assert part in ev.message
     assert set(c.st.locks.waiting) == {ra.request_id, rc.request_id}
-    assert c.st.locks.find_cycle() is None
+    assert c.st.locks.find_cycle(whole=True) is None
 
 
 def test_deadlock_of_three_with_equal_priorities_aborts_the_youngest(c: Coord) -> None:
@@ -526,7 +526,7 @@ def test_deadlock_through_a_queued_writer_is_detected(c: Coord) -> None:
     assert ev.request_id == ra.request_id  # the youngest of the three
     for part in ("A waits for B on lock 'L2'", "B waits for W on lock 'L1'", "W waits for A on lock 'L1'"):
         assert part in ev.message
-    assert c.st.locks.find_cycle() is None
+    assert c.st.locks.find_cycle(whole=True) is None
 
 
 def test_deadlock_closed_by_an_immediate_grant_is_detected(c: Coord) -> None:
@@ -540,10 +540,42 @@ def test_deadlock_closed_by_an_immediate_grant_is_detected(c: Coord) -> None:
     c.waits(r)
     n = len(c.events)
     c.granted(c.acquire("o0", ("L1", S), prio=3, ts=T0 + 2000))
-    assert c.st.locks.find_cycle() is None
+    assert c.st.locks.find_cycle(whole=True) is None
     ev = _abort_event(c, n)
     assert ev.request_id == r.request_id  # equal priorities: the younger of the two waiters
     assert "o0 waits for o2 on lock 'L2'" in ev.message and "o2 waits for o0 on lock 'L1'" in ev.message
+
+
+def test_the_deadlock_search_follows_the_command_not_the_number_of_waiters(
+    c: Coord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 200 owners each hold one lock and 200 others wait on them: a graph with 200 edges that
+    # no command below touches. Each command's search reaches only the owners waiting on the
+    # locks it enqueued on or granted (the whole graph was rebuilt on every command before).
+    for i in range(200):
+        c.granted(c.acquire(f"h{i}", f"busy{i}"))
+        c.waits(c.acquire(f"w{i}", f"busy{i}", wait=60_000))
+    looked_at: list[str] = []
+    real = LockTable._edges
+
+    def counting(self: LockTable, owner: str) -> list[tuple[str, str]]:
+        looked_at.append(owner)
+        return real(self, owner)
+
+    monkeypatch.setattr(LockTable, "_edges", counting)
+    token = c.granted(c.acquire("A", "L"))
+    c.waits(c.acquire("B", "L", wait=60_000))
+    assert sorted(set(looked_at)) == ["A", "B"]
+    looked_at.clear()
+    c.ok(c.release("A", "L", token))  # hands L to B
+    assert c.holders("L") == {"B": c.st.revision}
+    assert len(looked_at) <= 2 and set(looked_at) <= {"A", "B"}
+    # The same search still finds a cycle made through the untouched part of the graph.
+    c.granted(c.acquire("C", "L3"))
+    c.waits(c.acquire("h0", "L3", wait=60_000))
+    rc = c.acquire("C", "busy0", wait=60_000, ts=T0 + 5)
+    assert expect(c.ok(rc), LockAcquireResult).end_code is Code.ABORTED
+    assert c.st.locks.find_cycle(whole=True) is None
 
 
 def test_deadlock_is_broken_identically_on_every_replica(c: Coord) -> None:

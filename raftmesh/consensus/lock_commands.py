@@ -91,6 +91,7 @@ def acquire(ctx: ApplyContext, cmd: LockAcquire) -> Result:
         rev = ctx.advance()
         lt.grant(cmd.owner, items, rev, cmd.request_id, cmd.ttl_ms, now, cmd.lease, cmd.principal)
         # A grant that overtook a waiter (priority) can close a wait-for cycle.
+        lt.touched.update(name for name, _ in items)
         settle(ctx)
         return LockAcquireResult(cmd.request_id, granted=True, waiting=False, token=rev)
     if cmd.wait_ms == 0:

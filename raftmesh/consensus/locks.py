@@ -14,7 +14,8 @@
   it (no starvation). A request of several locks is granted all at once or not at
   all, and only when no conflicting waiter is ahead of it on any of its locks.
 - Deadlocks: after every change the wait-for graph (waiting owner -> owners holding
-  what it waits for, or queued ahead of it with a conflicting mode) is searched; each
+  what it waits for, or queued ahead of it with a conflicting mode) is searched from the
+  owners waiting on the locks the change touched (a new cycle passes through one); each
   cycle is broken deterministically by aborting the lowest-priority, then youngest,
   waiting request in it, with a message naming the cycle.
 """
@@ -163,6 +164,11 @@ class LockTable:
     """Heap of (deadline_ms, kind 0=holder 1=waiter, lock name or request id, owner); stale lazily."""
     by_request: dict[str, dict[str, None]] = field(default_factory=dict)
     """request id -> names held under it (so a lookup by request id is not a scan of every lock)."""
+    waiting_by_owner: dict[str, dict[str, None]] = field(default_factory=dict)
+    """owner -> ids of its waiting requests (the wait-for graph's edges out of an owner)."""
+    touched: set[str] = field(default_factory=set)
+    """Locks enqueued on or granted from their queue since the last ``find_cycle`` (where a
+    new wait-for cycle can be); every command that adds one ends in ``settle``, which empties it."""
 
     # ---- encoding -----------------------------------------------------------
 
@@ -188,12 +194,15 @@ class LockTable:
     def rebuild(self) -> None:
         self.deadlines = []
         self.by_request = {}
+        self.waiting_by_owner = {}
+        self.touched = set()
         for lock in self.locks.values():
             for h in lock.holders.values():
                 self.by_request.setdefault(h.request_id, {})[lock.name] = None
                 if h.deadline_ms:
                     self.deadlines.append((h.deadline_ms, 0, lock.name, h.owner))
         for r in self.waiting.values():
+            self.waiting_by_owner.setdefault(r.owner, {})[r.request_id] = None
             if r.wait_deadline_ms:
                 self.deadlines.append((r.wait_deadline_ms, 1, r.request_id, r.owner))
         heapq.heapify(self.deadlines)
@@ -298,7 +307,9 @@ class LockTable:
 
     def enqueue(self, r: Request) -> None:
         self.waiting[r.request_id] = r
+        self.waiting_by_owner.setdefault(r.owner, {})[r.request_id] = None
         for name, _ in r.items:
+            self.touched.add(name)
             lock = self.locks.setdefault(name, Lock(name))
             lock.queue.append(r.request_id)
             lock.queue.sort(key=lambda rid: self.waiting[rid].order)
@@ -309,6 +320,7 @@ class LockTable:
         r = self.waiting.pop(request_id, None)
         if r is None:
             return None
+        self._unwait(r)
         for name, _ in r.items:
             lock = self.locks.get(name)
             if lock is not None and request_id in lock.queue:
@@ -318,6 +330,13 @@ class LockTable:
         while len(self.ended) > limits.LOCK_ENDED_RETAINED:
             self.ended.popitem(last=False)
         return r
+
+    def _unwait(self, r: Request) -> None:
+        ids = self.waiting_by_owner.get(r.owner)
+        if ids is not None:
+            ids.pop(r.request_id, None)
+            if not ids:
+                del self.waiting_by_owner[r.owner]
 
     def release(self, name: str, owner: str) -> Holder | None:
         lock = self.locks.get(name)
@@ -361,8 +380,10 @@ class LockTable:
                     continue
                 if self.can_grant(r.owner, r.items, ahead_of=r):
                     self.waiting.pop(r.request_id)
+                    self._unwait(r)
                     for name, _ in r.items:
                         self.locks[name].queue.remove(r.request_id)
+                        self.touched.add(name)
                     self.grant(r.owner, r.items, token, r.request_id, r.ttl_ms, now, r.lease, r.principal)
                     granted.append(LockOutcome(r.request_id, r.owner, True, token))
                     names.update(n for n, _ in r.items)
@@ -371,10 +392,10 @@ class LockTable:
 
     # ---- deadlocks ----------------------------------------------------------------
 
-    def wait_for_graph(self) -> dict[str, list[tuple[str, str]]]:
-        """owner -> [(owner it waits for, lock name)], deterministic order."""
-        g: dict[str, list[tuple[str, str]]] = {}
-        for rid in sorted(self.waiting, key=lambda k: self.waiting[k].order):
+    def _edges(self, owner: str) -> list[tuple[str, str]]:
+        """[(owner it waits for, lock name)] of every waiting request of ``owner``, deterministic order."""
+        out: list[tuple[str, str]] = []
+        for rid in sorted(self.waiting_by_owner.get(owner, ()), key=lambda k: self.waiting[k].order):
             r = self.waiting[rid]
             for name, mode in r.items:
                 lock = self.locks.get(name)
@@ -382,21 +403,50 @@ class LockTable:
                     continue
                 for h in lock.holders.values():
                     if h.owner != r.owner and (mode == EXCLUSIVE or h.mode == EXCLUSIVE):
-                        g.setdefault(r.owner, []).append((h.owner, name))
+                        out.append((h.owner, name))
                 # A conflicting waiter ahead blocks it too (FIFO, as in ``can_grant``).
                 for wid in lock.queue:
                     w = self.waiting[wid]
                     if w.order >= r.order:
                         break
                     if w.owner != r.owner and (mode == EXCLUSIVE or dict(w.items)[name] == EXCLUSIVE):
-                        g.setdefault(r.owner, []).append((w.owner, name))
+                        out.append((w.owner, name))
+        return out
+
+    def wait_for_graph(self) -> dict[str, list[tuple[str, str]]]:
+        """owner -> [(owner it waits for, lock name)] over every waiter (for inspection and tests)."""
+        g: dict[str, list[tuple[str, str]]] = {}
+        for rid in sorted(self.waiting, key=lambda k: self.waiting[k].order):
+            owner = self.waiting[rid].owner
+            if owner not in g:
+                edges = self._edges(owner)
+                if edges:
+                    g[owner] = edges
         return g
 
-    def find_cycle(self) -> list[tuple[str, str]] | None:
-        """A cycle as [(owner, lock it waits on)...], or None."""
-        g = self.wait_for_graph()
+    def find_cycle(self, whole: bool = False) -> list[tuple[str, str]] | None:
+        """A cycle as [(owner, lock it waits on)...] through a lock ``touched`` since the last call, or None.
+
+        ``whole``: search from every waiting owner instead (a check of the invariant, for tests).
+
+        The table has no cycle after every ``settle``, so a new one contains an edge added since:
+        an edge out of a request enqueued on a touched lock, or into an owner granted a touched
+        lock from its waiters. Both start at the owner of a request waiting on a touched lock, so
+        the search starts there and walks only what those owners reach, computing each owner's
+        edges once: the cost follows the command, not the number of waiters in the table.
+        """
+        touched, self.touched = self.touched, set()
+        roots: dict[str, None] = {}
+        if whole:
+            touched = set(self.locks)
+        for name in sorted(touched):
+            lock = self.locks.get(name)
+            if lock is not None:
+                for rid in lock.queue:
+                    roots[self.waiting[rid].owner] = None
+        edges: dict[str, list[tuple[str, str]]] = {}
         state: dict[str, int] = {}
-        for root in g:
+        for root in roots:
             if state.get(root):
                 continue
             stack: list[tuple[str, int]] = [(root, 0)]
@@ -404,18 +454,22 @@ class LockTable:
             state[root] = 1
             while stack:
                 node, i = stack[-1]
-                edges = g.get(node, [])
-                if i >= len(edges):
+                out = edges.get(node)
+                if out is None:
+                    out = edges[node] = self._edges(node)
+                if i >= len(out):
                     stack.pop()
                     state[node] = 2
                     if path:
                         path.pop()
                     continue
                 stack[-1] = (node, i + 1)
-                nxt, lock_name = edges[i]
+                nxt, lock_name = out[i]
                 if state.get(nxt) == 1:
                     cyc = [*path, (node, lock_name)]
                     start = next(k for k, (o, _) in enumerate(cyc) if o == nxt)
+                    # The rest is searched again after the victim is dequeued (settle loops).
+                    self.touched = touched
                     return cyc[start:]
                 if not state.get(nxt):
                     state[nxt] = 1
@@ -427,5 +481,10 @@ class LockTable:
         # Only the requests that make up the cycle's edges: another waiting request of one
         # of its owners would not break it.
         edges = set(cycle)
-        cands = [r for r in self.waiting.values() if any((r.owner, n) in edges for n, _ in r.items)]
+        cands = [
+            self.waiting[rid]
+            for owner in dict.fromkeys(o for o, _ in cycle)
+            for rid in self.waiting_by_owner.get(owner, ())
+            if any((owner, n) in edges for n, _ in self.waiting[rid].items)
+        ]
         return min(cands, key=lambda r: (r.priority, -r.seq))

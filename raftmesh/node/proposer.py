@@ -28,7 +28,7 @@ import msgpack
 
 from .. import calls
 from ..clock import SYSTEM_CLOCK, Clock
-from ..consensus.commands import Barrier, Command, Origin, encode_command
+from ..consensus.commands import Command, Origin, encode_command
 from ..consensus.raft import RaftMember
 from ..consensus.results import Result
 from ..errors import NoLeader, OutcomeUnknown, ResourceExhausted
@@ -44,6 +44,11 @@ MAX_QUEUED_BYTES = 64 * 1024 * 1024
 COMMIT_TIMEOUT_S_PER_MIB = 1.0
 """Added to ``commit_timeout_s`` per MiB of a batch: a large entry takes seconds to stream to the
 followers (consensus/raft/replication.py), and a retry before it commits appends it again."""
+
+
+def _settle(fut: asyncio.Future[str | None], err: str | None) -> None:
+    if not fut.done():
+        fut.set_result(err)
 
 
 def new_request_id(prefix: str = "") -> str:
@@ -98,7 +103,6 @@ class Proposer:
         self._wake = asyncio.Event()
         self._inflight: dict[int, _Batch] = {}
         self._ids = itertools.count()
-        self._barrier: asyncio.Future[Result] | None = None
         self._task: asyncio.Task[None] | None = None
         self.retried = 0
         """Commands sent again after their batch failed (a metric)."""
@@ -168,22 +172,39 @@ class Proposer:
                 pass
 
     async def barrier(self, timeout_s: float | None = None) -> None:
-        """Return once this replica has applied every entry committed before the call."""
-        fut = self._barrier
-        if fut is None or fut.done():
-            fut = self._loop.create_future()
-            # Waiters may leave (their RPC was cancelled); retrieve the outcome so asyncio does not
-            # log "Future exception was never retrieved".
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._barrier = fut
-            deadline = self._clock.monotonic() + (
-                timeout_s if timeout_s is not None else self._default_timeout_s
-            )
-            # A barrier is 32 bytes and one per batch in flight: it does not wait for room.
-            b = Barrier(new_request_id("b-"), self._clock.now_ms())
-            self._queued_bytes += 32
-            self._enqueue(_Pending(b, 32, encode_command(b), fut, deadline))
-        await asyncio.shield(fut)
+        """Return once this replica has applied every entry committed before the call.
+
+        Raft's ReadIndex (``consensus/raft/read_index.py``): one heartbeat round confirms the
+        leadership, no log entry is appended. A round that fails (leader change, no leader yet)
+        is retried until the deadline.
+        """
+        deadline = self._clock.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
+        delay = 0.01
+        while True:
+            fut: asyncio.Future[str | None] = self._loop.create_future()
+
+            def done(err: str | None, fut: asyncio.Future[str | None] = fut) -> None:
+                self._loop.call_soon_threadsafe(_settle, fut, err)
+
+            self._raft.read_index(done)
+            remaining = deadline - self._clock.monotonic()
+            try:
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    err = await fut
+            except TimeoutError:
+                err = "TIMEOUT"
+            if err is None:
+                return
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                if self._raft.leader_addr is None:
+                    raise NoLeader("no Raft leader is elected yet; retry shortly, or read with stale_ok")
+                raise OutcomeUnknown(
+                    f"a linearizable read could not be confirmed before the deadline ({err}); retry"
+                )
+            log.debug("read index: %s; retrying", err)
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.2)
 
     # ---- internals ------------------------------------------------------------
 
@@ -256,8 +277,6 @@ class Proposer:
         self._inflight[bid] = batch
         for p in items:
             p.attempts += 1
-            if p.future is self._barrier:
-                self._barrier = None  # later callers need a barrier proposed after them
         payload = _batch_bytes([p.encoded for p in items])
         if self.on_batch is not None:
             self.on_batch(len(items), len(payload))

@@ -41,6 +41,7 @@ from ..state import ClusterState
 from . import wire
 from .compaction import SizeCompaction
 from .durable_journal import DurableJournal, fsync_path
+from .read_index import ReadCallback, ReadIndex
 from .replication import Replication
 from .transport import WarmTransport
 
@@ -123,6 +124,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         self._member = member
         self._reset_floor: dict[Any, tuple[int, int]] = {}
         self._replication = Replication(self)
+        self.read_index = ReadIndex(self)
         self._fsync = fsync
         self.journal: DurableJournal | None = None
 
@@ -134,6 +136,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
             self.addOnTickCallback(self.journal.sync)  # the leader syncs what it appended before polling
         self._replication.check_config()
         self.addOnTickCallback(self._replication.on_tick)
+        self.addOnTickCallback(self.read_index.on_tick)
         self.addOnTickCallback(SizeCompaction(self).on_tick)
 
     # pysyncobj assigns its journal once, in __init__, before it makes the transport or reads
@@ -210,8 +213,12 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
                     message = dict(message, next_node_idx=floor[0])
                 else:
                     self._reset_floor[node] = (nxt, term)
+        if self.read_index.on_message(node, message):
+            return
         if not self._replication.on_message(node, message):
             SyncObj._SyncObj__onMessageReceived(self, node, message)
+        elif message.get("type") == "append_entries":
+            self.read_index.after_append_entries(node, message)
 
     # Replication (AppendEntries both ways, forwarding of large commands) is raftmesh's own:
     # pysyncobj truncated acknowledged entries and could not send a large entry (replication.py).
@@ -344,6 +351,19 @@ class RaftMember:
                 callback(None, _FAIL_NAMES.get(err, f"FAIL_{err}"))
 
         self._so.apply_batch(payload, callback=done)
+
+    def read_index(self, callback: ReadCallback) -> None:
+        """Start a linearizable read with no log entry (ReadIndex, ``read_index.py``).
+
+        ``callback(None)`` runs (on pysyncobj's thread) once this replica has applied every entry
+        committed before the call; ``callback(reason)`` if that could not be confirmed (retry).
+        """
+        self._so.read_index.request(callback)
+
+    @property
+    def read_rounds(self) -> int:
+        """Heartbeat rounds this node sent as leader to confirm reads (a metric)."""
+        return int(self._so.read_index.rounds_sent)
 
     @property
     def leader_addr(self) -> str | None:
