@@ -41,6 +41,7 @@ from ..state import ClusterState
 from . import wire
 from .compaction import SizeCompaction
 from .durable_journal import DurableJournal, fsync_path
+from .election import Election
 from .replication import Replication
 from .transport import WarmTransport
 
@@ -123,6 +124,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         self._member = member
         self._reset_floor: dict[Any, tuple[int, int]] = {}
         self._replication = Replication(self)
+        self._election = Election(self, conf.raftMinTimeout)
         self._fsync = fsync
         self.journal: DurableJournal | None = None
 
@@ -149,6 +151,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         self.__dict__["_raft_log"] = journal
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
+        self._election.before_tick()  # pre-vote before pysyncobj would start an election
         if self.journal is None:
             super()._onTick(timeToWait)
             return
@@ -210,8 +213,15 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
                     message = dict(message, next_node_idx=floor[0])
                 else:
                     self._reset_floor[node] = (nxt, term)
+        if self._election.on_message(node, message):
+            return
         if not self._replication.on_message(node, message):
             SyncObj._SyncObj__onMessageReceived(self, node, message)
+        self._election.after_message(node)
+
+    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:
+        SyncObj._SyncObj__onNodeDisconnected(self, node)
+        self._election.on_disconnected(node)
 
     # Replication (AppendEntries both ways, forwarding of large commands) is raftmesh's own:
     # pysyncobj truncated acknowledged entries and could not send a large entry (replication.py).
