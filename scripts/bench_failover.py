@@ -126,6 +126,7 @@ from _benchkit import Interrupted, finite, interrupt, percentile, positive_int
 
 from raftmesh.chaos.netns import NetnsLab, is_supported
 from raftmesh.client import DAG, Client, ClusterInfo, RunInfo
+from raftmesh.consensus.raft import RaftTimings
 from raftmesh.errors import InvalidArgument, NotFound, RaftmeshError
 from raftmesh.localcluster import LocalCluster, wait_until
 
@@ -150,8 +151,8 @@ QUIET_AFTER_HEALTHY_S = 0.5
 DRAIN_TIMEOUT_S = 120.0
 CONVERGE_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 90.0
-ELECTION_S = (1.0, 2.0)
-LEADER_FALLBACK_S = 3.0
+ELECTION_S = (RaftTimings().election_min_s, RaftTimings().election_max_s)
+LEADER_FALLBACK_S = RaftTimings().leader_fallback_s
 
 
 def log(msg: str) -> None:

@@ -207,11 +207,33 @@ class Election:
         if current > self._term():
             self._adopt_term(current)
         mine = self._log_position()
-        granted = term > self._term() and (log_term, log_index) >= mine and not self.leader_is_live()
+        theirs = (log_term, log_index)
+        granted = term > self._term() and theirs >= mine and not self.leader_is_live()
+        if granted:
+            self._defer_to(node, theirs > mine)
         self._send(
             node,
             {"type": PRE_VOTE_RESPONSE, "term": term, "current_term": self._term(), "granted": granted},
         )
+
+    def _defer_to(self, candidate: Any, better_log: bool) -> None:
+        """Having granted ``candidate`` a pre-vote, keep out of its way.
+
+        Two survivors that pre-vote at once both win and then split the real vote (each votes
+        for itself), which costs a whole election timeout. So a node that grants a pre-vote
+        restarts its own timer, as a real vote does, and drops a round of its own that has not
+        won yet if the candidate ranks first: a better log, or an equal one and the lower address
+        (the candidate, granted the same way, keeps its round, so exactly one of them goes on).
+        """
+        so = self._so
+        if self._won_term is not None:
+            return
+        if self._round_term is not None:
+            mine = str(getattr(so._SyncObj__selfNode, "address", ""))
+            if not (better_log or str(getattr(candidate, "address", "")) < mine):
+                return
+            self._round_term = None
+        so._SyncObj__raftElectionDeadline = _monotonic() + so._SyncObj__generateRaftTimeout()
 
     def _on_pre_vote_response(self, node: Any, message: dict[str, Any]) -> None:
         term, current = _count(message.get("term")), _count(message.get("current_term"))

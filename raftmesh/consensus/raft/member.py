@@ -85,10 +85,14 @@ class RaftTimings:
     """pysyncobj periods, tuned so an idle cluster commits in about a millisecond."""
 
     heartbeat_s: float = 0.1
-    election_min_s: float = 1.0
-    election_max_s: float = 2.0
-    leader_fallback_s: float = 3.0
-    """A leader that hears from no majority for this long steps down."""
+    election_min_s: float = 0.6
+    """Followers pre-vote (``election.py``) after a random election_min_s..election_max_s without
+    the leader, and refuse pre-votes while they heard it within election_min_s. Pre-vote is what
+    makes these shorter than pysyncobj's usual seconds safe: a follower whose timer fires late on a
+    loaded machine asks first and, while its peers still hear the leader, changes nothing."""
+    election_max_s: float = 1.2
+    leader_fallback_s: float = 2.0
+    """Check-quorum: a leader that hears from no majority for this long steps down."""
     connection_timeout_s: float = 3.0
     connection_retry_s: float = 0.5
     poll_s: float = 0.02
