@@ -37,8 +37,13 @@ from typing import Any
 from pysyncobj.monotonic import monotonic as _monotonic
 from pysyncobj.syncobj import _RAFT_STATE
 
+from .replication import ENTRY_CHUNK
+
 PRE_VOTE = "raftmesh_pre_vote"
 PRE_VOTE_RESPONSE = "raftmesh_pre_vote_response"
+
+LEADER_MESSAGES = frozenset({"append_entries", ENTRY_CHUNK})
+"""Messages only a leader sends (``replication.py`` streams large entries as chunks)."""
 
 LEADER_LOST_DELAY_S = (0.02, 0.2)
 """Random delay before pre-voting once the link to the leader closed (spreads the survivors,
@@ -192,10 +197,18 @@ class Election:
                 return True
         return False
 
-    def after_message(self, node: Any) -> None:
-        """Any message from the current leader renews this follower's trust in it."""
+    def after_message(self, node: Any, message: Any) -> None:
+        """An AppendEntries from the current leader renews this follower's trust in it.
+
+        Only what a leader sends as leader counts: a deposed leader still sends link pings.
+        """
         so = self._so
-        if node == so._SyncObj__raftLeader and self._state() == _RAFT_STATE.FOLLOWER:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if (
+            kind in LEADER_MESSAGES
+            and node == so._SyncObj__raftLeader
+            and self._state() == _RAFT_STATE.FOLLOWER
+        ):
             self._last_leader_contact = _monotonic()
             self._round_term = self._won_term = None
 

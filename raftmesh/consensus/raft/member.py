@@ -221,7 +221,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
             return
         if not self._replication.on_message(node, message):
             SyncObj._SyncObj__onMessageReceived(self, node, message)
-        self._election.after_message(node)
+        self._election.after_message(node, message)
 
     def _SyncObj__onNodeDisconnected(self, node: Any) -> None:
         SyncObj._SyncObj__onNodeDisconnected(self, node)
