@@ -87,3 +87,46 @@ def test_isolated_leader_commits_nothing_and_steps_down(tmp_path: pathlib.Path) 
             raise
         finally:
             c.close()
+
+
+@pytest.mark.skipif(not _OK, reason=f"network namespaces unavailable: {_WHY}")
+def test_rejoining_isolated_follower_does_not_raise_the_term(tmp_path: pathlib.Path) -> None:
+    """Pre-vote: a follower cut off for several election timeouts asks before campaigning.
+
+    Nobody answers it, so it never raises its term, and when the partition heals it rejoins the
+    leader it had instead of deposing it with a higher term (pysyncobj alone did: its term grew
+    with every timeout it spent alone, and the first vote request after the heal ended the term).
+    """
+    nodes = ["n1", "n2", "n3"]
+    with NetnsLab(nodes) as lab:
+        c = LocalCluster(
+            3,
+            base_dir=str(tmp_path),
+            hosts={n: lab.ip_of(n) for n in nodes},
+            exec_prefix=lab.exec_prefix,
+        )
+        try:
+            c.start()
+            leader = c.wait_ready()
+            term = c.status_of(leader).term
+            lonely = next(n for n in nodes if n != leader)
+            rest = {n for n in nodes if n != lonely}
+            wait_until(lambda: c.status_of(lonely).leader == leader, 15, "the follower to know its leader")
+            lab.partition([{lonely}, rest])
+            # Past several election timeouts (0.6-1.2 s) and the links' idle timeout (3 s).
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:  # observing a steady state for a while, not waiting for one
+                assert c.status_of(lonely).term == term, "the isolated follower raised its term"
+                time.sleep(0.3)
+            lab.heal()
+            c.wait_ready(timeout_s=30)
+            wait_until(lambda: c.status_of(lonely).leader == leader, 30, "the follower to rejoin its leader")
+            c.wait_converged(timeout_s=30)
+            for n in nodes:
+                st = c.status_of(n)
+                assert (st.leader, st.term) == (leader, term), f"{n}: the rejoin forced an election"
+        except Exception:
+            dump_logs(c)
+            raise
+        finally:
+            c.close()

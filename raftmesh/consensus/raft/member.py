@@ -41,6 +41,7 @@ from ..state import ClusterState
 from . import wire
 from .compaction import SizeCompaction
 from .durable_journal import DurableJournal, fsync_path
+from .election import Election
 from .read_index import ReadCallback, ReadIndex
 from .replication import Replication
 from .transport import WarmTransport
@@ -85,10 +86,14 @@ class RaftTimings:
     """pysyncobj periods, tuned so an idle cluster commits in about a millisecond."""
 
     heartbeat_s: float = 0.1
-    election_min_s: float = 1.0
-    election_max_s: float = 2.0
-    leader_fallback_s: float = 3.0
-    """A leader that hears from no majority for this long steps down."""
+    election_min_s: float = 0.6
+    """Followers pre-vote (``election.py``) after a random election_min_s..election_max_s without
+    the leader, and refuse pre-votes while they heard it within election_min_s. Pre-vote is what
+    makes these shorter than pysyncobj's usual seconds safe: a follower whose timer fires late on a
+    loaded machine asks first and, while its peers still hear the leader, changes nothing."""
+    election_max_s: float = 1.2
+    leader_fallback_s: float = 2.0
+    """Check-quorum: a leader that hears from no majority for this long steps down."""
     connection_timeout_s: float = 3.0
     connection_retry_s: float = 0.5
     poll_s: float = 0.02
@@ -125,6 +130,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         self._reset_floor: dict[Any, tuple[int, int]] = {}
         self._replication = Replication(self)
         self.read_index = ReadIndex(self)
+        self._election = Election(self, conf.raftMinTimeout)
         self._fsync = fsync
         self.journal: DurableJournal | None = None
 
@@ -152,6 +158,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         self.__dict__["_raft_log"] = journal
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
+        self._election.before_tick()  # pre-vote before pysyncobj would start an election
         if self.journal is None:
             super()._onTick(timeToWait)
             return
@@ -213,12 +220,19 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
                     message = dict(message, next_node_idx=floor[0])
                 else:
                     self._reset_floor[node] = (nxt, term)
+        if self._election.on_message(node, message):
+            return
         if self.read_index.on_message(node, message):
             return
         if not self._replication.on_message(node, message):
             SyncObj._SyncObj__onMessageReceived(self, node, message)
         elif message.get("type") == "append_entries":
             self.read_index.after_append_entries(node, message)
+        self._election.after_message(node, message)
+
+    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:
+        SyncObj._SyncObj__onNodeDisconnected(self, node)
+        self._election.on_disconnected(node)
 
     # Replication (AppendEntries both ways, forwarding of large commands) is raftmesh's own:
     # pysyncobj truncated acknowledged entries and could not send a large entry (replication.py).
