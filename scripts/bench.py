@@ -96,7 +96,7 @@ Usage::
     python scripts/bench.py                    # 3 nodes, 2,000 tasks, 50 runs, 3 repeats, 100 clients
     python scripts/bench.py --peers dask,ray   # the same, but fail if a peer is not installed
     python scripts/bench.py --json > out.json  # JSON on stdout, the table on stderr
-    python scripts/bench.py --peers none       # raftmesh only (also: --skip-dask, --peers ray)
+    python scripts/bench.py --peers none       # raftmesh only (so is --skip-dask alone)
     python scripts/bench.py --skip-dask --fsync-compare  # raftmesh with fsync vs --unsafe-no-fsync
 
 ``--fsync-compare`` starts a second raftmesh cluster with ``--unsafe-no-fsync`` next to the first
@@ -621,8 +621,17 @@ def render_table(report: dict[str, Any]) -> str:
             + "".join(
                 f"; {n} " + ", ".join(f"{v:,.0f}" for v in p["concurrent"]["tasks_per_s"]) for n, p in peers
             ),
-            "   raftmesh: one raftmesh.aio.Client each; Dask: one asynchronous distributed.Client each; Ray: "
-            "concurrent submitters on this process's one driver (Ray has one driver per process).",
+            "   "
+            + "; ".join(
+                [f"raftmesh: one raftmesh.aio.Client each (to {cfg['raftmesh_client_talks_to']})"]
+                + (["Dask: one asynchronous distributed.Client each"] if dk else [])
+                + (
+                    ["Ray: concurrent submitters on this process's one driver (one driver per process)"]
+                    if ry
+                    else []
+                )
+            )
+            + ".",
             "",
         ]
     section = 4
@@ -839,7 +848,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated peers to run side by side: dask, ray, or none (default: every one that is "
         "installed; a named one that is missing is an error)",
     )
-    p.add_argument("--skip-dask", action="store_true", help="leave Dask out (kept for older command lines)")
+    p.add_argument(
+        "--skip-dask",
+        action="store_true",
+        help="raftmesh only, as before --peers existed; with --peers it leaves Dask out of that list",
+    )
     p.add_argument(
         "--clients",
         type=non_negative_int,
@@ -924,7 +937,8 @@ def resolve_peers(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     run_these: list[str] = []
     skipped: dict[str, str] = {}
     for peer in PEERS:
-        if peer == "dask" and args.skip_dask:
+        # --skip-dask predates --peers and meant "raftmesh only": alone it still does
+        if args.skip_dask and (peer == "dask" or not explicit):
             skipped[peer] = "--skip-dask was given"
             continue
         if peer not in wanted:
