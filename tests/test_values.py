@@ -131,6 +131,34 @@ def test_the_fast_check_and_the_walk_agree(value: Any) -> None:
     assert (values.problem(value) == "") == (values._walk(value) == ""), values._walk(value)
 
 
+@settings(max_examples=300, deadline=None)
+@given(keyed_values)
+def test_the_plain_path_accepts_only_what_the_encodings_accept(value: Any) -> None:
+    """``problem`` decides small flat values without encoding them: never a value the
+    encodings (or the walk) would refuse, and the same answer as the walk for all."""
+    if values._plainly_storable(value):
+        readable(value)
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        assert values._walk(value) == ""
+    assert (values.problem(value) == "") == (values._walk(value) == "")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, 0, -(2**63), 2**64 - 1, 1.5, "", "é", [1, "a"], (1, 2), {"value": 3}, {"a": None, "b": [1]}],
+)
+def test_plain_values_take_the_plain_path(value: Any) -> None:
+    assert values.problem(value) == ""
+    assert values._plainly_storable(value) == (not isinstance(value, dict) or "b" not in value)
+
+
+@pytest.mark.parametrize(
+    "value", [2**64, math.nan, "\ud800", [math.inf], {"\udfff": 1}, {1: 2}, [[1]], list(range(17))]
+)
+def test_the_plain_path_leaves_the_rest_to_the_encodings(value: Any) -> None:
+    assert not values._plainly_storable(value)
+
+
 @pytest.mark.parametrize("depth", [1, 2, 63, 64, 65, 66, 200])
 @pytest.mark.parametrize("noise", ['"]]]]"', '"[[["', '"a\\\\"', '"\\"[{"', '{"k]": "{"}'])
 def test_depth_is_measured_on_structure_not_on_brackets_in_strings(depth: int, noise: str) -> None:
