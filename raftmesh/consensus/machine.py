@@ -36,6 +36,7 @@ from . import (
     message_commands,
     preemption,
     runs,
+    tasks,
     ticks,
 )
 from .codes import Code
@@ -160,7 +161,9 @@ class StateMachine:
     """Owns a ``ClusterState`` and applies commands to it."""
 
     def __init__(
-        self, state: ClusterState | None = None, processors: Mapping[type[Command], Processor] = PROCESSORS
+        self,
+        state: ClusterState | None = None,
+        processors: Mapping[type[Command], Processor] = PROCESSORS,
     ) -> None:
         self.state = state if state is not None else ClusterState()
         # Replaceable so that a test can run a machine with one broken transition (the audit's tests).
@@ -231,6 +234,10 @@ class StateMachine:
             if ctx.changed and ctx.released:
                 # Locks freed by a task's end (or a node's loss) go to their waiters now.
                 lock_commands.settle(ctx)
+            if ctx.readied:
+                # Tasks this command made READY start at once where a member takes placements
+                # from apply (``Member.places``): the scheduler's Assign commit is saved.
+                tasks.place_readied(ctx)
         except Exception as exc:  # a bug must not stall the log on every replica
             log.exception("apply failed for %s", type(cmd).__name__)
             return Rejected(Code.INTERNAL, f"apply failed: {type(exc).__name__}: {exc}"), []

@@ -102,17 +102,22 @@ def plan_assignments(
     inflight: Mapping[TaskKey, str],
     max_items: int = 1000,
     avoid: frozenset[str] = frozenset(),
+    queue: Iterable[tuple[int, Iterable[TaskKey]]] | None = None,
+    placing_only: bool = False,
 ) -> list[Assignment]:
     """Assignments for READY tasks not already in flight (``inflight``: task -> node).
 
     ``avoid``: up members the leader has not heard from lately; new work skips them
-    until they are heard from again or marked down.
+    until they are heard from again or marked down. ``queue``: the READY tasks to consider,
+    as (priority, tasks in FIFO order), highest priority first (default: the whole queue;
+    ``tasks.place_readied`` passes the tasks one command made READY). ``placing_only``: only
+    members that take placements from apply (``Member.places``).
     """
     live: list[Member] = []
     load: dict[str, int] = {}
     for node_id in sorted(state.members):
         m = state.members[node_id]
-        if not m.up or m.slots <= 0 or node_id in avoid:
+        if not m.up or m.slots <= 0 or node_id in avoid or (placing_only and not m.places):
             continue
         live.append(m)
         load[node_id] = len(state.running.get(node_id, ()))
@@ -132,8 +137,10 @@ def plan_assignments(
     full: set[tuple[str, tuple[str, ...]]] = set()
     planned_locks: dict[str, str] = {}
     planned: dict[TaskKey, str] = {}
-    for prio in sorted(state.ready, reverse=True):
-        for key in state.ready[prio]:
+    if queue is None:
+        queue = ((prio, state.ready[prio]) for prio in sorted(state.ready, reverse=True))
+    for _prio, keys in queue:
+        for key in keys:
             if key in inflight:
                 continue
             run_id, task_id = key

@@ -16,8 +16,18 @@ from . import approvals, conditions, fusion, groups, limits, maps, sagas
 from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
+from .placement import plan_assignments
 from .results import RunChanged, TaskChanged
-from .state import TERMINAL_RUN, TERMINAL_TASK, Attempt, RunState, RunStatus, TaskState, TaskStatus
+from .state import (
+    TERMINAL_RUN,
+    TERMINAL_TASK,
+    Attempt,
+    RunState,
+    RunStatus,
+    TaskKey,
+    TaskState,
+    TaskStatus,
+)
 
 
 def backoff_ms(spec_backoff_ms: int, failures: int, run_id: str, task_id: str) -> int:
@@ -39,7 +49,9 @@ def make_ready(ctx: ApplyContext, run: RunState, t: TaskState, rev: int, not_bef
     t.node = ""
     t.deadline_ms = 0
     if run.status is not RunStatus.PAUSED:  # a paused run's READY tasks wait outside the queue
-        st.ready.setdefault(t.spec.priority, {})[(run.run_id, t.spec.id)] = None
+        key = (run.run_id, t.spec.id)
+        st.ready.setdefault(t.spec.priority, {})[key] = None
+        ctx.readied.append((t.spec.priority, key))
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, ""))
 
@@ -49,6 +61,43 @@ def unready(ctx: ApplyContext, run_id: str, t: TaskState) -> None:
         q = ctx.state.ready.get(t.spec.priority)
         if q is not None:
             q.pop((run_id, t.spec.id), None)
+            if not q:  # the queue holds only priorities with waiting tasks (``place_readied`` walks them)
+                del ctx.state.ready[t.spec.priority]
+
+
+def place_readied(ctx: ApplyContext) -> int:
+    """Start the tasks this command made READY on nodes with a free slot, in the same apply:
+    the ``Assign`` commit the leader's scheduler would need is saved. How many it started.
+
+    The rule is the scheduler's (``placement.plan_assignments``: slots, per-type concurrency,
+    breakers, capabilities, locks, least loaded node), so a plan computed here is one the
+    scheduler could have made. Priority and FIFO stay honest: a task is placed here only
+    when no READY task that was waiting before this command has its priority or a higher one
+    (such a task goes first, so the scheduler places in queue order from there). Tasks this
+    leaves READY are the scheduler's, as before. O(priorities waiting + members + the tasks
+    this command made READY x members that offer their agent).
+    """
+    st = ctx.state
+    fresh: dict[int, dict[TaskKey, None]] = {}
+    for prio, key in ctx.readied:
+        q = st.ready.get(prio)
+        if q is not None and key in q:  # still queued (not started, cancelled, or paused since)
+            fresh.setdefault(prio, {})[key] = None
+    ctx.readied.clear()
+    if not fresh:
+        return 0
+    # The highest priority at which an older task waits: nothing at or below it is placed here.
+    older = max((p for p, q in st.ready.items() if len(q) > len(fresh.get(p, ()))), default=None)
+    queue = [(p, fresh[p]) for p in sorted(fresh, reverse=True) if older is None or p > older]
+    if not queue:
+        return 0
+    n = sum(len(keys) for _, keys in queue)
+    plan = plan_assignments(st, ctx.now_ms, {}, max_items=n, queue=queue, placing_only=True)
+    rev = st.revision
+    for a in plan:
+        run = st.runs[a.run_id]
+        start(ctx, run, run.tasks[a.task_id], a.node_id, rev)
+    return len(plan)
 
 
 def unrun(ctx: ApplyContext, run_id: str, t: TaskState, outcome: str = "CANCELLED", error: str = "") -> None:
