@@ -7,9 +7,18 @@ from __future__ import annotations
 import dataclasses
 
 from raftmesh.consensus import RunChanged, RunStatus, TaskChanged, TaskStatus
-from raftmesh.consensus.commands import LockAcquire, NodeDown, RegisterNode, decode_command, encode_command
+from raftmesh.consensus.commands import (
+    LockAcquire,
+    NodeDown,
+    Preempt,
+    Preemption,
+    RegisterNode,
+    decode_command,
+    encode_command,
+)
 from raftmesh.consensus.placement import plan_assignments
 from raftmesh.consensus.state import ClusterState
+from raftmesh.consensus.tasks import PLACE_SCAN_SLACK
 from tests.test_machine import Cluster, spec
 
 
@@ -72,17 +81,18 @@ def test_a_member_that_does_not_place_leaves_the_task_to_the_schedulers_assign()
     ]
 
 
-def test_a_new_task_never_jumps_over_an_older_ready_task_of_its_priority() -> None:
+def test_a_freed_slot_goes_to_the_oldest_ready_task_not_the_one_just_readied() -> None:
     c = Cluster()
     c.ok(placing(c, "n1", slots=1))
     c.ok(c.submit("r1", [spec("a"), spec("a2", "a")]))
     c.ok(c.submit("r2", [spec("b")]))  # waits: n1's only slot runs a
     assert c.task("r2", "b").status is TaskStatus.READY
-    # a's completion frees the slot and readies a2 in one apply: b waited first, so a2 waits too
+    # a's completion frees the slot and readies a2 in one apply: b waited first, so b starts
+    n = len(c.events)
     c.ok(c.complete("r1", "a"))
+    assert started(c, n) == [("r2", "b", 1, "n1")]
     assert c.task("r1", "a2").status is TaskStatus.READY
-    assert c.task("r2", "b").status is TaskStatus.READY
-    assert [(x.run_id, x.task_id) for x in plan_assignments(c.st, c.ts, {})] == [("r2", "b")]
+    assert plan_assignments(c.st, c.ts, {}) == []  # n1 is full: nothing left for the scheduler
 
 
 def test_a_new_task_of_a_higher_priority_goes_before_older_lower_ones() -> None:
@@ -93,10 +103,25 @@ def test_a_new_task_of_a_higher_priority_goes_before_older_lower_ones() -> None:
     c.ok(c.complete("r1", "a"))
     assert c.task("r1", "urgent").status is TaskStatus.RUNNING  # the scheduler would pick it first too
     assert c.task("r2", "b").status is TaskStatus.READY
-    # ... but an older task of its priority or above keeps it waiting
+    # ... and an older task of its priority goes before a newer one
     c.ok(c.submit("r3", [spec("c", priority=5)]))
-    c.ok(c.submit("r4", [spec("d"), spec("e", "d", priority=5)]))
-    assert c.task("r3", "c").status is TaskStatus.READY and c.task("r4", "d").status is TaskStatus.READY
+    c.ok(c.submit("r4", [spec("d", priority=5)]))
+    c.ok(c.complete("r1", "urgent"))
+    assert c.task("r3", "c").status is TaskStatus.RUNNING
+    assert c.task("r4", "d").status is TaskStatus.READY and c.task("r2", "b").status is TaskStatus.READY
+
+
+def test_the_walk_is_bounded_by_the_command_and_the_rest_is_the_schedulers() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(c.register("n2", agents=("llm",)))  # offers llm but takes placements only from Assign
+    c.ok(c.submit("r1", [spec("a")]))
+    stuck = [spec(f"l{i}", agent="llm") for i in range(PLACE_SCAN_SLACK + 1)]
+    c.ok(c.submit("r2", stuck))  # no member that places offers llm: they wait at the head
+    c.ok(c.submit("r3", [spec("b")]))
+    c.ok(c.complete("r1", "a"))  # frees one slot: the walk stops before it reaches b
+    assert c.task("r3", "b").status is TaskStatus.READY
+    assert ("r3", "b", "n1") in [(x.run_id, x.task_id, x.node_id) for x in plan_assignments(c.st, c.ts, {})]
 
 
 def test_fresh_tasks_are_placed_fifo_least_loaded_first_until_slots_run_out() -> None:
@@ -112,10 +137,10 @@ def test_fresh_tasks_are_placed_fifo_least_loaded_first_until_slots_run_out() ->
         "t3": (TaskStatus.READY, ""),
         "t4": (TaskStatus.READY, ""),
     }
-    # Once older tasks wait, the leader's scheduler takes them in queue order.
+    # A completion's freed slot goes to the head of the queue in the same apply.
     c.ok(c.complete("r1", "t0"))
-    assert c.task("r1", "t3").status is TaskStatus.READY
-    assert [x.task_id for x in plan_assignments(c.st, c.ts, {})] == ["t3"]
+    assert (c.task("r1", "t3").status, c.task("r1", "t3").node) == (TaskStatus.RUNNING, "n1")
+    assert c.task("r1", "t4").status is TaskStatus.READY
 
 
 def test_a_retry_starts_again_in_the_failures_apply_with_a_new_attempt_and_token() -> None:
@@ -180,3 +205,16 @@ def test_register_node_carries_places_and_old_encodings_do_not() -> None:
     )
     c.ok(plain)
     assert len(c.st.members["n2"].encode()) == 11  # a member that does not place encodes as before
+
+
+def test_a_preemption_starts_the_waiting_task_in_its_own_apply() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(c.submit("low", [spec("v")]))
+    c.ok(c.submit("high", [spec("h", priority=9)]))
+    v = c.task("low", "v")
+    assert c.task("high", "h").status is TaskStatus.READY
+    c.ok(Preempt(c.rid(), c.ts, (Preemption("low", "v", v.attempt, v.token, "high", "h"),)))
+    h = c.task("high", "h")
+    assert (h.status, h.node, h.token) == (TaskStatus.RUNNING, "n1", c.st.revision)
+    assert c.task("low", "v").status is TaskStatus.READY  # the victim waits for the next slot

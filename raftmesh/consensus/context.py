@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .results import Event
-from .state import ClusterState, TaskKey
+from .state import ClusterState
 
 
 @dataclass(slots=True)
@@ -26,9 +26,11 @@ class ApplyContext:
     notes: list[tuple[str, str, str, str]] = field(default_factory=list)
     """Audit-only facts no event carries (``(kind, run_id, task_id, detail)``): a task spawned, a
     budget exceeded. Like events they are never part of the state; the node's audit archive reads them."""
-    readied: list[tuple[int, TaskKey]] = field(default_factory=list)
-    """(priority, task) of each task this command put in the READY queue, in queue order: the
-    machine may place them before it returns (``tasks.place_readied``)."""
+    readied: int = 0
+    """Tasks this command put in the READY queue."""
+    freed: int = 0
+    """Attempts this command ended (slots it freed). With ``readied``, what bounds the walk of
+    the READY queue that places work before the command returns (``tasks.place_queued``)."""
     start_revision: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -102,16 +102,15 @@ def plan_assignments(
     inflight: Mapping[TaskKey, str],
     max_items: int = 1000,
     avoid: frozenset[str] = frozenset(),
-    queue: Iterable[tuple[int, Iterable[TaskKey]]] | None = None,
     placing_only: bool = False,
+    max_scan: int | None = None,
 ) -> list[Assignment]:
     """Assignments for READY tasks not already in flight (``inflight``: task -> node).
 
     ``avoid``: up members the leader has not heard from lately; new work skips them
-    until they are heard from again or marked down. ``queue``: the READY tasks to consider,
-    as (priority, tasks in FIFO order), highest priority first (default: the whole queue;
-    ``tasks.place_readied`` passes the tasks one command made READY). ``placing_only``: only
-    members that take placements from apply (``Member.places``).
+    until they are heard from again or marked down. ``placing_only``: only members that take
+    placements from apply (``Member.places``). ``max_scan``: look at no more than that many
+    READY tasks from the head of the queue (``tasks.place_queued``, inside apply).
     """
     live: list[Member] = []
     load: dict[str, int] = {}
@@ -137,10 +136,12 @@ def plan_assignments(
     full: set[tuple[str, tuple[str, ...]]] = set()
     planned_locks: dict[str, str] = {}
     planned: dict[TaskKey, str] = {}
-    if queue is None:
-        queue = ((prio, state.ready[prio]) for prio in sorted(state.ready, reverse=True))
-    for _prio, keys in queue:
-        for key in keys:
+    scan = max_scan if max_scan is not None else -1
+    for prio in sorted(state.ready, reverse=True):
+        for key in state.ready[prio]:
+            if scan == 0:
+                return out
+            scan -= 1
             if key in inflight:
                 continue
             run_id, task_id = key

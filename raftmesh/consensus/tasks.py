@@ -24,7 +24,6 @@ from .state import (
     Attempt,
     RunState,
     RunStatus,
-    TaskKey,
     TaskState,
     TaskStatus,
 )
@@ -49,9 +48,8 @@ def make_ready(ctx: ApplyContext, run: RunState, t: TaskState, rev: int, not_bef
     t.node = ""
     t.deadline_ms = 0
     if run.status is not RunStatus.PAUSED:  # a paused run's READY tasks wait outside the queue
-        key = (run.run_id, t.spec.id)
-        st.ready.setdefault(t.spec.priority, {})[key] = None
-        ctx.readied.append((t.spec.priority, key))
+        st.ready.setdefault(t.spec.priority, {})[(run.run_id, t.spec.id)] = None
+        ctx.readied += 1
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, ""))
 
@@ -61,38 +59,33 @@ def unready(ctx: ApplyContext, run_id: str, t: TaskState) -> None:
         q = ctx.state.ready.get(t.spec.priority)
         if q is not None:
             q.pop((run_id, t.spec.id), None)
-            if not q:  # the queue holds only priorities with waiting tasks (``place_readied`` walks them)
+            if not q:  # only priorities with waiting tasks: every plan sorts them
                 del ctx.state.ready[t.spec.priority]
 
 
-def place_readied(ctx: ApplyContext) -> int:
-    """Start the tasks this command made READY on nodes with a free slot, in the same apply:
-    the ``Assign`` commit the leader's scheduler would need is saved. How many it started.
+PLACE_SCAN_SLACK = 16
+"""READY tasks ``place_queued`` may look at beyond what the command readied and freed."""
 
-    The rule is the scheduler's (``placement.plan_assignments``: slots, per-type concurrency,
-    breakers, capabilities, locks, least loaded node), so a plan computed here is one the
-    scheduler could have made. Priority and FIFO stay honest: a task is placed here only
-    when no READY task that was waiting before this command has its priority or a higher one
-    (such a task goes first, so the scheduler places in queue order from there). Tasks this
-    leaves READY are the scheduler's, as before. O(priorities waiting + members + the tasks
-    this command made READY x members that offer their agent).
+
+def place_queued(ctx: ApplyContext) -> int:
+    """Start READY tasks on members with a free slot, in the apply of the command that made
+    them READY or freed the slot: the ``Assign`` commit the leader's scheduler would need is
+    saved. How many it started.
+
+    The walk and the rule are the scheduler's (``placement.plan_assignments``: highest priority
+    first, FIFO within one; slots, per-type concurrency, breakers, capabilities, locks, least
+    loaded member), from the head of the READY queue, so no task is placed over an older one
+    the scheduler would place first. Only members that take placements from apply
+    (``Member.places``). It looks at no more READY tasks than the command readied and freed
+    (plus ``PLACE_SCAN_SLACK``): O(the command), never O(the queue); what it leaves READY is
+    the scheduler's, as before.
     """
     st = ctx.state
-    fresh: dict[int, dict[TaskKey, None]] = {}
-    for prio, key in ctx.readied:
-        q = st.ready.get(prio)
-        if q is not None and key in q:  # still queued (not started, cancelled, or paused since)
-            fresh.setdefault(prio, {})[key] = None
-    ctx.readied.clear()
-    if not fresh:
+    budget = ctx.readied + ctx.freed + PLACE_SCAN_SLACK
+    ctx.readied = ctx.freed = 0
+    if not st.ready:
         return 0
-    # The highest priority at which an older task waits: nothing at or below it is placed here.
-    older = max((p for p, q in st.ready.items() if len(q) > len(fresh.get(p, ()))), default=None)
-    queue = [(p, fresh[p]) for p in sorted(fresh, reverse=True) if older is None or p > older]
-    if not queue:
-        return 0
-    n = sum(len(keys) for _, keys in queue)
-    plan = plan_assignments(st, ctx.now_ms, {}, max_items=n, queue=queue, placing_only=True)
+    plan = plan_assignments(st, ctx.now_ms, {}, max_items=budget, placing_only=True, max_scan=budget)
     rev = st.revision
     for a in plan:
         run = st.runs[a.run_id]
@@ -106,6 +99,7 @@ def unrun(ctx: ApplyContext, run_id: str, t: TaskState, outcome: str = "CANCELLE
     was stopped early: lost, preempted, paused, rerun)."""
     if t.status is TaskStatus.RUNNING:
         st = ctx.state
+        ctx.freed += 1
         ended = Attempt(t.attempt, t.node, t.started_ms, st.time_ms, outcome, error[: limits.MAX_ERROR_CHARS])
         t.history.append(ended)
         if len(t.history) > limits.MAX_ATTEMPT_HISTORY:
