@@ -31,6 +31,9 @@ class ApplyContext:
     freed: int = 0
     """Attempts this command ended (slots it freed). With ``readied``, what bounds the walk of
     the READY queue that places work before the command returns (``tasks.place_queued``)."""
+    reporter: str = ""
+    """The node whose report (``complete``, ``fail``) this command is: it proved alive by
+    proposing it, so what the command frees or readies is placed on it alone ("" any member)."""
     start_revision: int = field(init=False)
 
     def __post_init__(self) -> None:

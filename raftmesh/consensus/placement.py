@@ -104,19 +104,23 @@ def plan_assignments(
     avoid: frozenset[str] = frozenset(),
     placing_only: bool = False,
     max_scan: int | None = None,
+    only: str = "",
 ) -> list[Assignment]:
     """Assignments for READY tasks not already in flight (``inflight``: task -> node).
 
     ``avoid``: up members the leader has not heard from lately; new work skips them
     until they are heard from again or marked down. ``placing_only``: only members that take
     placements from apply (``Member.places``). ``max_scan``: look at no more than that many
-    READY tasks from the head of the queue (``tasks.place_queued``, inside apply).
+    READY tasks from the head of the queue (``tasks.place_queued``, inside apply). ``only``:
+    that member alone ("" any).
     """
     live: list[Member] = []
     load: dict[str, int] = {}
     for node_id in sorted(state.members):
         m = state.members[node_id]
         if not m.up or m.slots <= 0 or node_id in avoid or (placing_only and not m.places):
+            continue
+        if only and node_id != only:
             continue
         live.append(m)
         load[node_id] = len(state.running.get(node_id, ()))
