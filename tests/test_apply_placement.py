@@ -220,19 +220,21 @@ def test_a_preemption_starts_the_waiting_task_in_its_own_apply() -> None:
     assert c.task("low", "v").status is TaskStatus.READY  # the victim waits for the next slot
 
 
-def test_a_nodes_report_places_on_that_node_only() -> None:
+def test_a_nodes_report_starts_work_only_on_that_node_which_wins_ties() -> None:
     """A member that died (a killed leader) stays up in the state until node-down and looks idle;
-    the reporting node just proved it is alive."""
+    the reporting node just proved it is alive. The plan is still the least-loaded one."""
     c = Cluster()
     c.ok(placing(c, "n1", slots=2))
+    c.ok(placing(c, "n2", slots=2))
     c.ok(c.submit("r1", [spec("a"), spec("b"), spec("a2", "a"), spec("b2", "b")]))
-    assert (c.task("r1", "a").node, c.task("r1", "b").node) == ("n1", "n1")
-    c.ok(placing(c, "n2", slots=2))  # idle: the least loaded member
-    c.ok(c.complete("r1", "a"))
-    assert (c.task("r1", "a2").status, c.task("r1", "a2").node) == (TaskStatus.RUNNING, "n1")
-    c.ok(c.submit("r2", [spec("x")]))  # a submit has no reporter: the least loaded member
-    assert c.task("r2", "x").node == "n2"
-    c.ok(placing(c, "n1", slots=1))  # n1 now has no room left
+    assert (c.task("r1", "a").node, c.task("r1", "b").node) == ("n1", "n2")
+    # n2 reports: n1 and n2 tie on load (1 of 2 each) and the reporter wins the tie
     c.ok(c.complete("r1", "b"))
-    assert c.task("r1", "b2").status is TaskStatus.READY  # n2 has room: the scheduler's Assign
-    assert [(x.task_id, x.node_id) for x in plan_assignments(c.st, c.ts, {})] == [("b2", "n2")]
+    assert (c.task("r1", "b2").status, c.task("r1", "b2").node) == (TaskStatus.RUNNING, "n2")
+    c.ok(c.submit("r2", [spec("x")]))  # a submit has no reporter: the least loaded member (n1)
+    assert c.task("r2", "x").node == "n1"
+    c.ok(placing(c, "n3", slots=2))  # idle: the least loaded now
+    # n1 reports: the least-loaded plan picks n3, which is left to the leader's Assign
+    c.ok(c.complete("r1", "a"))
+    assert c.task("r1", "a2").status is TaskStatus.READY
+    assert [(x.task_id, x.node_id) for x in plan_assignments(c.st, c.ts, {})] == [("a2", "n3")]

@@ -78,19 +78,23 @@ def place_queued(ctx: ApplyContext) -> int:
     the scheduler would place first. Only members that take placements from apply
     (``Member.places``). It looks at no more READY tasks than the command readied and freed
     (plus ``PLACE_SCAN_SLACK``): O(the command), never O(the queue); what it leaves READY is
-    the scheduler's, as before. What a node's report (``complete``, ``fail``) frees or readies
-    goes to that node alone; the other members' free slots are the scheduler's to fill.
+    the scheduler's, as before. For a node's report (``complete``, ``fail``) only the plan's
+    choices of that node are started; the others are the scheduler's.
     """
     st = ctx.state
     budget = ctx.readied + ctx.freed + PLACE_SCAN_SLACK
     ctx.readied = ctx.freed = 0
     if not st.ready:
         return 0
-    # A node's report places on that node only: it just proved alive, while a member that died
-    # (a killed leader) stays up in the state until node-down and would look idle.
     plan = plan_assignments(
-        st, ctx.now_ms, {}, max_items=budget, placing_only=True, max_scan=budget, only=ctx.reporter
+        st, ctx.now_ms, {}, max_items=budget, placing_only=True, max_scan=budget, prefer=ctx.reporter
     )
+    if ctx.reporter:
+        # A node's report starts work on that node only (it wins ties on load): it just proved
+        # alive, while a member that died (a killed leader) stays up in the state until node-down
+        # and looks idle. The plan's other choices are left to the scheduler, which avoids members
+        # it has not heard from; they go to other nodes' slots, so nothing here jumps over them.
+        plan = [a for a in plan if a.node_id == ctx.reporter]
     rev = st.revision
     for a in plan:
         run = st.runs[a.run_id]
