@@ -161,9 +161,7 @@ class StateMachine:
     """Owns a ``ClusterState`` and applies commands to it."""
 
     def __init__(
-        self,
-        state: ClusterState | None = None,
-        processors: Mapping[type[Command], Processor] = PROCESSORS,
+        self, state: ClusterState | None = None, processors: Mapping[type[Command], Processor] = PROCESSORS
     ) -> None:
         self.state = state if state is not None else ClusterState()
         # Replaceable so that a test can run a machine with one broken transition (the audit's tests).

@@ -118,8 +118,8 @@ class Member:
     actors: dict[str, ActorOffer] = field(default_factory=dict)
     """actor type -> its offer (``@raftmesh.actor`` types this node can activate)."""
     places: bool = False
-    """It runs attempts that apply places on it when they become READY (``tasks.place_readied``),
-    learning of them from the applied state as of an ``Assign``'s. False (a registration that
+    """It runs attempts that apply places on it (``tasks.place_queued``), learning of them from
+    the applied state as of an ``Assign``'s. False (a registration that
     did not say so): only the leader's ``Assign`` places work there."""
 
     def encode(self) -> list[Any]:

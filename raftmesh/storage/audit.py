@@ -226,7 +226,7 @@ def _task_kind(cmd: Command, ev: TaskChanged) -> str:
 def _task_kind_of(cmd: Command, ev: TaskChanged) -> str:
     s = ev.status
     if s is TaskStatus.RUNNING:
-        return "placed"  # by an Assign, or by the apply that made the task READY
+        return "placed"  # by an Assign, or in the apply that readied it or freed a slot
     if s is TaskStatus.SUCCEEDED:
         return "completed"
     if s is TaskStatus.WAITING_CHILDREN:
