@@ -361,11 +361,15 @@ class RegisterNode(Command):
     default policy, as registrations from before offers existed)."""
     actors: tuple[ActorOffer, ...] = ()
     """Actor types (``@raftmesh.actor``) this node can activate (``messages``)."""
+    places: bool = False
+    """The node runs attempts that apply places on it (``Member.places``)."""
 
     def _fields(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"offers": [o.encode() for o in self.offers]} if self.offers else {}
         if self.actors:
             extra["actors"] = [a.encode() for a in self.actors]
+        if self.places:
+            extra["places"] = True
         return extra | {
             "node_id": self.node_id,
             "grpc": self.grpc,
@@ -986,6 +990,7 @@ def _decode_body(m: Any) -> Command:
             actors=tuple(ActorOffer.decode(a) for a in _get(m, "actors", (list, tuple)))
             if "actors" in m
             else (),
+            places=_get(m, "places", bool) if "places" in m else False,
         )
     if tag == SubmitRun.TAG:
         return SubmitRun(

@@ -26,6 +26,14 @@ class ApplyContext:
     notes: list[tuple[str, str, str, str]] = field(default_factory=list)
     """Audit-only facts no event carries (``(kind, run_id, task_id, detail)``): a task spawned, a
     budget exceeded. Like events they are never part of the state; the node's audit archive reads them."""
+    readied: int = 0
+    """Tasks this command put in the READY queue."""
+    freed: int = 0
+    """Attempts this command ended (slots it freed). With ``readied``, what bounds the walk of
+    the READY queue that places work before the command returns (``tasks.place_queued``)."""
+    reporter: str = ""
+    """The node whose report (``complete``, ``fail``) this command is: it proved alive by
+    proposing it, so what the command frees or readies is placed on it alone ("" any member)."""
     start_revision: int = field(init=False)
 
     def __post_init__(self) -> None:

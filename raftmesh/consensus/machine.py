@@ -36,6 +36,7 @@ from . import (
     message_commands,
     preemption,
     runs,
+    tasks,
     ticks,
 )
 from .codes import Code
@@ -231,6 +232,10 @@ class StateMachine:
             if ctx.changed and ctx.released:
                 # Locks freed by a task's end (or a node's loss) go to their waiters now.
                 lock_commands.settle(ctx)
+            if ctx.readied or ctx.freed:
+                # What this command made READY, or found a slot for, starts at once where a
+                # member takes placements from apply (``Member.places``): no Assign commit.
+                tasks.place_queued(ctx)
         except Exception as exc:  # a bug must not stall the log on every replica
             log.exception("apply failed for %s", type(cmd).__name__)
             return Rejected(Code.INTERNAL, f"apply failed: {type(exc).__name__}: {exc}"), []

@@ -136,6 +136,7 @@ def register(ctx: ApplyContext, cmd: RegisterNode) -> Result:
             offers,
             kept,
             actors,
+            cmd.places,
         )
     )
     room = {cmd.node_id}

@@ -102,17 +102,23 @@ def plan_assignments(
     inflight: Mapping[TaskKey, str],
     max_items: int = 1000,
     avoid: frozenset[str] = frozenset(),
+    placing_only: bool = False,
+    max_scan: int | None = None,
+    prefer: str = "",
 ) -> list[Assignment]:
     """Assignments for READY tasks not already in flight (``inflight``: task -> node).
 
     ``avoid``: up members the leader has not heard from lately; new work skips them
-    until they are heard from again or marked down.
+    until they are heard from again or marked down. ``placing_only``: only members that take
+    placements from apply (``Member.places``). ``max_scan``: look at no more than that many
+    READY tasks from the head of the queue (``tasks.place_queued``, inside apply). ``prefer``:
+    the member that wins a tie on load (else the lowest node id).
     """
     live: list[Member] = []
     load: dict[str, int] = {}
     for node_id in sorted(state.members):
         m = state.members[node_id]
-        if not m.up or m.slots <= 0 or node_id in avoid:
+        if not m.up or m.slots <= 0 or node_id in avoid or (placing_only and not m.places):
             continue
         live.append(m)
         load[node_id] = len(state.running.get(node_id, ()))
@@ -132,8 +138,12 @@ def plan_assignments(
     full: set[tuple[str, tuple[str, ...]]] = set()
     planned_locks: dict[str, str] = {}
     planned: dict[TaskKey, str] = {}
+    scan = max_scan if max_scan is not None else -1
     for prio in sorted(state.ready, reverse=True):
         for key in state.ready[prio]:
+            if scan == 0:
+                return out
+            scan -= 1
             if key in inflight:
                 continue
             run_id, task_id = key
@@ -162,14 +172,14 @@ def plan_assignments(
                 ]
             crowded = sibling_nodes(state, run_id, t, inflight, planned) if t.origin == "replica" else ()
             best: str | None = None
-            best_rank = (False, 0.0)
+            best_rank = (False, 0.0, False)
             for m, offer in group:
                 node_id = m.node_id
                 node_running = load[node_id]
                 if node_running >= m.slots:
                     continue
                 # a node without a sibling replica first (independent answers), then the least loaded
-                rank = (node_id in crowded, node_running / m.slots)
+                rank = (node_id in crowded, node_running / m.slots, node_id != prefer)
                 if best is not None and rank >= best_rank:
                     continue  # cheap filters first: ``room`` (the rule) only for a better node
                 type_running = state.running_agent.get((node_id, agent), 0) + type_load.get(

@@ -220,6 +220,7 @@ def complete(ctx: ApplyContext, cmd: Complete) -> Result:
     over_budget: list[tuple[RunState, TaskState, str, Completion]] = []
     claims: dict[str, spawn.Claims] = {}  # what earlier items spawn, per run
     offered = None  # the agent types and capabilities members offered, looked up once
+    ctx.reporter = cmd.node_id
     current, rejected = _current(ctx, cmd.node_id, cmd.items, "completed")
     for c, run, t in current:
         # An output no reader could encode, or too big, fails the attempt (not retried).
@@ -285,6 +286,7 @@ def _check_usage(ctx: ApplyContext, run: RunState, rev: int) -> None:
 
 
 def fail(ctx: ApplyContext, cmd: Fail) -> Result:
+    ctx.reporter = cmd.node_id
     current, rejected = _current(ctx, cmd.node_id, cmd.items, "failed")
     accepted = [(run, t, f.error[: limits.MAX_ERROR_CHARS], f.retryable) for f, run, t in current]
     if not accepted:

@@ -117,8 +117,13 @@ class Member:
     """agent type -> breaker, only for types with failures or an open breaker."""
     actors: dict[str, ActorOffer] = field(default_factory=dict)
     """actor type -> its offer (``@raftmesh.actor`` types this node can activate)."""
+    places: bool = False
+    """It runs attempts that apply places on it (``tasks.place_queued``), learning of them from
+    the applied state as of an ``Assign``'s. False (a registration that
+    did not say so): only the leader's ``Assign`` places work there."""
 
     def encode(self) -> list[Any]:
+        # ``places`` only when set: a member that does not place encodes as before.
         return [
             self.node_id,
             self.grpc,
@@ -131,7 +136,7 @@ class Member:
             [self.offers[k].encode() for k in sorted(self.offers)],
             [[k, *self.breakers[k].encode()] for k in sorted(self.breakers)],
             [self.actors[k].encode() for k in sorted(self.actors)],
-        ]
+        ] + ([True] if self.places else [])
 
     @classmethod
     def decode(cls, v: list[Any]) -> Member:
@@ -149,6 +154,7 @@ class Member:
             {o.name: o for o in offers},
             {b[0]: Breaker(b[1], b[2]) for b in (v[9] if len(v) > 9 else ())},
             {a[0]: ActorOffer.decode(a) for a in (v[10] if len(v) > 10 else ())},
+            len(v) > 11 and bool(v[11]),
         )
 
 

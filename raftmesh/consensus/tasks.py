@@ -16,8 +16,17 @@ from . import approvals, conditions, fusion, groups, limits, maps, sagas
 from .breakers import record_outcome
 from .context import ApplyContext
 from .lock_commands import grant_task_locks, release_task_locks
+from .placement import plan_assignments
 from .results import RunChanged, TaskChanged
-from .state import TERMINAL_RUN, TERMINAL_TASK, Attempt, RunState, RunStatus, TaskState, TaskStatus
+from .state import (
+    TERMINAL_RUN,
+    TERMINAL_TASK,
+    Attempt,
+    RunState,
+    RunStatus,
+    TaskState,
+    TaskStatus,
+)
 
 
 def backoff_ms(spec_backoff_ms: int, failures: int, run_id: str, task_id: str) -> int:
@@ -40,6 +49,7 @@ def make_ready(ctx: ApplyContext, run: RunState, t: TaskState, rev: int, not_bef
     t.deadline_ms = 0
     if run.status is not RunStatus.PAUSED:  # a paused run's READY tasks wait outside the queue
         st.ready.setdefault(t.spec.priority, {})[(run.run_id, t.spec.id)] = None
+        ctx.readied += 1
     run.revision = rev
     ctx.emit(TaskChanged(rev, run.run_id, t.spec.id, t.status, t.attempt, ""))
 
@@ -49,6 +59,47 @@ def unready(ctx: ApplyContext, run_id: str, t: TaskState) -> None:
         q = ctx.state.ready.get(t.spec.priority)
         if q is not None:
             q.pop((run_id, t.spec.id), None)
+            if not q:  # only priorities with waiting tasks: every plan sorts them
+                del ctx.state.ready[t.spec.priority]
+
+
+PLACE_SCAN_SLACK = 16
+"""READY tasks ``place_queued`` may look at beyond what the command readied and freed."""
+
+
+def place_queued(ctx: ApplyContext) -> int:
+    """Start READY tasks on members with a free slot, in the apply of the command that made
+    them READY or freed the slot: the ``Assign`` commit the leader's scheduler would need is
+    saved. How many it started.
+
+    The walk and the rule are the scheduler's (``placement.plan_assignments``: highest priority
+    first, FIFO within one; slots, per-type concurrency, breakers, capabilities, locks, least
+    loaded member), from the head of the READY queue, so no task is placed over an older one
+    the scheduler would place first. Only members that take placements from apply
+    (``Member.places``). It looks at no more READY tasks than the command readied and freed
+    (plus ``PLACE_SCAN_SLACK``): O(the command), never O(the queue); what it leaves READY is
+    the scheduler's, as before. For a node's report (``complete``, ``fail``) only the plan's
+    choices of that node are started; the others are the scheduler's.
+    """
+    st = ctx.state
+    budget = ctx.readied + ctx.freed + PLACE_SCAN_SLACK
+    ctx.readied = ctx.freed = 0
+    if not st.ready:
+        return 0
+    plan = plan_assignments(
+        st, ctx.now_ms, {}, max_items=budget, placing_only=True, max_scan=budget, prefer=ctx.reporter
+    )
+    if ctx.reporter:
+        # A node's report starts work on that node only (it wins ties on load): it just proved
+        # alive, while a member that died (a killed leader) stays up in the state until node-down
+        # and looks idle. The plan's other choices are left to the scheduler, which avoids members
+        # it has not heard from; they go to other nodes' slots, so nothing here jumps over them.
+        plan = [a for a in plan if a.node_id == ctx.reporter]
+    rev = st.revision
+    for a in plan:
+        run = st.runs[a.run_id]
+        start(ctx, run, run.tasks[a.task_id], a.node_id, rev)
+    return len(plan)
 
 
 def unrun(ctx: ApplyContext, run_id: str, t: TaskState, outcome: str = "CANCELLED", error: str = "") -> None:
@@ -57,6 +108,7 @@ def unrun(ctx: ApplyContext, run_id: str, t: TaskState, outcome: str = "CANCELLE
     was stopped early: lost, preempted, paused, rerun)."""
     if t.status is TaskStatus.RUNNING:
         st = ctx.state
+        ctx.freed += 1
         ended = Attempt(t.attempt, t.node, t.started_ms, st.time_ms, outcome, error[: limits.MAX_ERROR_CHARS])
         t.history.append(ended)
         if len(t.history) > limits.MAX_ATTEMPT_HISTORY:

@@ -535,6 +535,7 @@ class NodeRuntime:
                 incarnation=self.incarnation,
                 offers=self.offers,
                 actors=self.actor_offers,
+                places=True,  # the agent host starts whatever the state says runs here
             )
             while True:
                 try:

@@ -37,7 +37,6 @@ import msgpack
 
 from ..consensus.commands import (
     ApproveTask,
-    Assign,
     CancelRun,
     Command,
     Complete,
@@ -226,7 +225,7 @@ def _task_kind(cmd: Command, ev: TaskChanged) -> str:
 def _task_kind_of(cmd: Command, ev: TaskChanged) -> str:
     s = ev.status
     if s is TaskStatus.RUNNING:
-        return "placed" if isinstance(cmd, Assign) else "running"
+        return "placed"  # by an Assign, or in the apply that readied it or freed a slot
     if s is TaskStatus.SUCCEEDED:
         return "completed"
     if s is TaskStatus.WAITING_CHILDREN:

@@ -1,0 +1,240 @@
+"""Placement inside apply: a task that becomes READY starts in the same apply on a member that
+takes placements from apply (``Member.places``), by the scheduler's rule, without jumping over
+an older READY task; the leader's ``Assign`` stays the fallback."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from raftmesh.consensus import RunChanged, RunStatus, TaskChanged, TaskStatus
+from raftmesh.consensus.commands import (
+    LockAcquire,
+    NodeDown,
+    Preempt,
+    Preemption,
+    RegisterNode,
+    decode_command,
+    encode_command,
+)
+from raftmesh.consensus.placement import plan_assignments
+from raftmesh.consensus.state import ClusterState
+from raftmesh.consensus.tasks import PLACE_SCAN_SLACK
+from tests.test_machine import Cluster, spec
+
+
+def placing(c: Cluster, node: str, slots: int = 4, **kw: object) -> RegisterNode:
+    return dataclasses.replace(c.register(node, slots=slots, **kw), places=True)  # type: ignore[arg-type]
+
+
+def started(c: Cluster, since: int) -> list[tuple[str, str, int, str]]:
+    return [
+        (e.run_id, e.task_id, e.attempt, e.node)
+        for e in c.events[since:]
+        if isinstance(e, TaskChanged) and e.status is TaskStatus.RUNNING
+    ]
+
+
+def test_a_submitted_root_starts_in_the_submits_apply_with_an_assigns_records() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1"))
+    c.ok(c.submit("r1", [spec("a"), spec("b", "a")]))
+    rev = c.st.revision
+    a = c.task("r1", "a")
+    assert (a.status, a.attempt, a.node, a.token, a.started_ms) == (TaskStatus.RUNNING, 1, "n1", rev, c.ts)
+    assert c.st.running == {"n1": {("r1", "a"): None}} and c.st.ready == {}
+    assert c.task("r1", "b").status is TaskStatus.PENDING
+    # The node's result is fenced by that token, as an Assign's would be.
+    assert not c.apply(c.complete("r1", "a", token=rev - 1)).ok
+    # The completion starts the dependent in its own apply: no Assign anywhere in this run.
+    n = len(c.events)
+    c.ok(c.complete("r1", "a"))
+    assert started(c, n) == [("r1", "b", 1, "n1")]
+    assert c.task("r1", "b").token == c.st.revision
+
+
+def test_the_last_completion_ends_the_run_in_the_same_entry() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    n = len(c.events)
+    c.ok(c.complete("r1", "a", output=7))
+    rev = c.st.revision
+    assert c.events[n:] == [
+        TaskChanged(rev, "r1", "a", TaskStatus.SUCCEEDED, 1, "n1"),
+        RunChanged(rev, "r1", RunStatus.SUCCEEDED),
+    ]
+
+
+def test_a_member_that_does_not_place_leaves_the_task_to_the_schedulers_assign() -> None:
+    c = Cluster()
+    c.ok(c.register("n1"))  # a registration that does not say ``places``
+    c.ok(c.submit("r1", [spec("a")]))
+    assert c.task("r1", "a").status is TaskStatus.READY
+    assert [x.node_id for x in plan_assignments(c.st, c.ts, {})] == ["n1"]
+    c.ok(c.assign(("r1", "a", "n1")))
+    # Nor does apply place on it when another member places: that member is full.
+    c.ok(placing(c, "n2", slots=1))
+    c.ok(c.submit("r2", [spec("x"), spec("y")]))
+    assert [(t.status, t.node) for t in c.st.runs["r2"].tasks.values()] == [
+        (TaskStatus.RUNNING, "n2"),
+        (TaskStatus.READY, ""),
+    ]
+
+
+def test_a_freed_slot_goes_to_the_oldest_ready_task_not_the_one_just_readied() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(c.submit("r1", [spec("a"), spec("a2", "a")]))
+    c.ok(c.submit("r2", [spec("b")]))  # waits: n1's only slot runs a
+    assert c.task("r2", "b").status is TaskStatus.READY
+    # a's completion frees the slot and readies a2 in one apply: b waited first, so b starts
+    n = len(c.events)
+    c.ok(c.complete("r1", "a"))
+    assert started(c, n) == [("r2", "b", 1, "n1")]
+    assert c.task("r1", "a2").status is TaskStatus.READY
+    assert plan_assignments(c.st, c.ts, {}) == []  # n1 is full: nothing left for the scheduler
+
+
+def test_a_new_task_of_a_higher_priority_goes_before_older_lower_ones() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(c.submit("r1", [spec("a"), spec("urgent", "a", priority=5)]))
+    c.ok(c.submit("r2", [spec("b")]))
+    c.ok(c.complete("r1", "a"))
+    assert c.task("r1", "urgent").status is TaskStatus.RUNNING  # the scheduler would pick it first too
+    assert c.task("r2", "b").status is TaskStatus.READY
+    # ... and an older task of its priority goes before a newer one
+    c.ok(c.submit("r3", [spec("c", priority=5)]))
+    c.ok(c.submit("r4", [spec("d", priority=5)]))
+    c.ok(c.complete("r1", "urgent"))
+    assert c.task("r3", "c").status is TaskStatus.RUNNING
+    assert c.task("r4", "d").status is TaskStatus.READY and c.task("r2", "b").status is TaskStatus.READY
+
+
+def test_the_walk_is_bounded_by_the_command_and_the_rest_is_the_schedulers() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(c.register("n2", agents=("llm",)))  # offers llm but takes placements only from Assign
+    c.ok(c.submit("r1", [spec("a")]))
+    stuck = [spec(f"l{i}", agent="llm") for i in range(PLACE_SCAN_SLACK + 1)]
+    c.ok(c.submit("r2", stuck))  # no member that places offers llm: they wait at the head
+    c.ok(c.submit("r3", [spec("b")]))
+    c.ok(c.complete("r1", "a"))  # frees one slot: the walk stops before it reaches b
+    assert c.task("r3", "b").status is TaskStatus.READY
+    assert ("r3", "b", "n1") in [(x.run_id, x.task_id, x.node_id) for x in plan_assignments(c.st, c.ts, {})]
+
+
+def test_fresh_tasks_are_placed_fifo_least_loaded_first_until_slots_run_out() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=2))
+    c.ok(placing(c, "n2", slots=1))
+    c.ok(c.submit("r1", [spec(f"t{i}") for i in range(5)]))
+    nodes = {tid: (t.status, t.node) for tid, t in c.st.runs["r1"].tasks.items()}
+    assert nodes == {
+        "t0": (TaskStatus.RUNNING, "n1"),
+        "t1": (TaskStatus.RUNNING, "n2"),
+        "t2": (TaskStatus.RUNNING, "n1"),
+        "t3": (TaskStatus.READY, ""),
+        "t4": (TaskStatus.READY, ""),
+    }
+    # A completion's freed slot goes to the head of the queue in the same apply.
+    c.ok(c.complete("r1", "t0"))
+    assert (c.task("r1", "t3").status, c.task("r1", "t3").node) == (TaskStatus.RUNNING, "n1")
+    assert c.task("r1", "t4").status is TaskStatus.READY
+
+
+def test_a_retry_starts_again_in_the_failures_apply_with_a_new_attempt_and_token() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1"))
+    c.ok(c.submit("r1", [spec("a", retries=1)]))
+    first = c.task("r1", "a").token
+    c.ok(c.fail("r1", "a"))
+    a = c.task("r1", "a")
+    assert (a.status, a.attempt, a.token) == (TaskStatus.RUNNING, 2, c.st.revision)
+    assert a.token > first and a.history[-1].outcome == "FAILED"
+
+
+def test_a_retry_in_backoff_is_not_placed_until_the_scheduler_may() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1"))
+    c.ok(c.submit("r1", [spec("a", retries=1, retry_backoff_ms=1000)]))
+    c.ok(c.fail("r1", "a"))
+    assert c.task("r1", "a").status is TaskStatus.READY
+    assert plan_assignments(c.st, c.ts, {}) == []
+
+
+def test_a_lost_nodes_tasks_restart_on_another_member_in_the_node_downs_apply() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1"))
+    c.ok(c.submit("r1", [spec("a")]))
+    c.ok(placing(c, "n2"))
+    c.ok(NodeDown(c.rid(), c.ts, node_id="n1", incarnation="inc-1", reason="gone"))
+    a = c.task("r1", "a")
+    assert (a.status, a.attempt, a.node) == (TaskStatus.RUNNING, 2, "n2")
+
+
+def test_a_task_whose_lock_is_held_waits_for_the_scheduler() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1"))
+    c.ok(LockAcquire(c.rid(), c.ts, owner="someone", items=(("db", "exclusive"),), ttl_ms=60_000))
+    c.ok(c.submit("r1", [spec("a", locks=(("db", "exclusive"),)), spec("b")]))
+    assert c.task("r1", "a").status is TaskStatus.READY
+    assert c.task("r1", "b").status is TaskStatus.RUNNING  # another group: the plan skips, as the scheduler's
+
+
+def test_replicas_and_a_restored_copy_agree() -> None:
+    c, d = Cluster(), Cluster()
+    for x in (c, d):
+        x.ok(placing(x, "n1", slots=2))
+        x.ok(x.submit("r1", [spec("a"), spec("b"), spec("c", "a", "b")]))
+        x.ok(x.complete("r1", "a"))
+        x.ok(x.complete("r1", "b"))
+    assert c.task("r1", "c").status is TaskStatus.RUNNING
+    assert c.sm.digest() == d.sm.digest()
+    copy = ClusterState.decode(c.st.encode())  # ``Member.places`` survives a snapshot
+    assert copy.members["n1"].places and copy.digest() == c.sm.digest()
+
+
+def test_register_node_carries_places_and_old_encodings_do_not() -> None:
+    c = Cluster()
+    cmd = placing(c, "n1")
+    assert decode_command(encode_command(cmd)) == cmd
+    plain = c.register("n2")
+    assert (
+        "places" not in str(encode_command(plain)) and decode_command(encode_command(plain)).places is False
+    )
+    c.ok(plain)
+    assert len(c.st.members["n2"].encode()) == 11  # a member that does not place encodes as before
+
+
+def test_a_preemption_starts_the_waiting_task_in_its_own_apply() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(c.submit("low", [spec("v")]))
+    c.ok(c.submit("high", [spec("h", priority=9)]))
+    v = c.task("low", "v")
+    assert c.task("high", "h").status is TaskStatus.READY
+    c.ok(Preempt(c.rid(), c.ts, (Preemption("low", "v", v.attempt, v.token, "high", "h"),)))
+    h = c.task("high", "h")
+    assert (h.status, h.node, h.token) == (TaskStatus.RUNNING, "n1", c.st.revision)
+    assert c.task("low", "v").status is TaskStatus.READY  # the victim waits for the next slot
+
+
+def test_a_nodes_report_starts_work_only_on_that_node_which_wins_ties() -> None:
+    """A member that died (a killed leader) stays up in the state until node-down and looks idle;
+    the reporting node just proved it is alive. The plan is still the least-loaded one."""
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=2))
+    c.ok(placing(c, "n2", slots=2))
+    c.ok(c.submit("r1", [spec("a"), spec("b"), spec("a2", "a"), spec("b2", "b")]))
+    assert (c.task("r1", "a").node, c.task("r1", "b").node) == ("n1", "n2")
+    # n2 reports: n1 and n2 tie on load (1 of 2 each) and the reporter wins the tie
+    c.ok(c.complete("r1", "b"))
+    assert (c.task("r1", "b2").status, c.task("r1", "b2").node) == (TaskStatus.RUNNING, "n2")
+    c.ok(c.submit("r2", [spec("x")]))  # a submit has no reporter: the least loaded member (n1)
+    assert c.task("r2", "x").node == "n1"
+    c.ok(placing(c, "n3", slots=2))  # idle: the least loaded now
+    # n1 reports: the least-loaded plan picks n3, which is left to the leader's Assign
+    c.ok(c.complete("r1", "a"))
+    assert c.task("r1", "a2").status is TaskStatus.READY
+    assert [(x.task_id, x.node_id) for x in plan_assignments(c.st, c.ts, {})] == [("a2", "n3")]
