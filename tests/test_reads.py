@@ -54,6 +54,8 @@ def test_digest_equals_the_state_digest_after_every_command() -> None:
     def apply(cmd: object) -> None:
         sm.apply(cmd)  # type: ignore[arg-type]
         assert view.digest() == (sm.state.revision, sm.state.digest())
+        if rng.random() < 0.3:  # the snapshot shares the digest's cache, in either order
+            assert view.snapshot() == sm.state.encode()
 
     for node in ("n1", "n2"):
         apply(
@@ -127,7 +129,29 @@ def test_digest_equals_the_state_digest_after_every_command() -> None:
     restored.restore(sm.snapshot())
     sm.state = restored.state
     view.restored()
+    assert view.snapshot() == sm.state.encode()
     assert view.digest() == (sm.state.revision, sm.state.digest())
+
+
+def test_a_snapshot_encodes_an_unchanged_run_once_and_off_the_lock() -> None:
+    """A finished run is encoded under the lock by the first snapshot only; later snapshots
+    reuse its bytes, and a run that changed is encoded again."""
+    sm = StateMachine()
+    view = ReadView(Lock(), lambda: sm.state)
+    sm.apply(
+        RegisterNode("reg", 1, node_id="n1", grpc="g", raft="r", agents=("echo",), slots=8, incarnation="i")
+    )
+    sm.apply(SubmitRun("s1", 2, run_id="done", tasks=(TaskSpec("t", "echo"),)))
+    sm.apply(CancelRun("c1", 3, run_id="done", reason="test"))
+    sm.apply(SubmitRun("s2", 4, run_id="live", tasks=(TaskSpec("t", "echo"),)))
+    first = view.snapshot()
+    assert first == sm.state.encode()
+    sm.apply(Assign("a1", 5, (Assignment("live", "t", "n1", 1),)))
+    done = view._encoded["done"]
+    second = view.snapshot()
+    assert second == sm.state.encode() != first
+    assert view._encoded["done"] is done  # the finished run's bytes were reused
+    assert view._encoded["live"][0] == sm.state.runs["live"].revision
 
 
 def test_the_digest_covers_the_messaging_state() -> None:
