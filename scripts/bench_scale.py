@@ -58,7 +58,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _benchkit import Interrupted, environment, finite, interrupt, positive_int, ratio
 
+from raftmesh.errors import RaftmeshError
+
 RUN_TIMEOUT_S = 900.0
+CALL_TIMEOUT_S = 300.0
 PROBE_TAIL_S = 0.5
 """Probing goes on this long after every node applied the large submit (its events are handled)."""
 
@@ -125,7 +128,8 @@ class Side:
         self.name = name
         self.cluster = cluster
         self.leader = cluster.wait_ready()
-        self.client = cluster.client([cluster.nodes[self.leader].grpc])
+        # Calls wait long: on a loaded machine a 10,000-task submit can take many seconds.
+        self.client = cluster.client([cluster.nodes[self.leader].grpc], timeout_s=CALL_TIMEOUT_S)
         self.figures: dict[str, Any] = {"name": name}
 
     def stall(self, tasks: int) -> None:
@@ -133,14 +137,17 @@ class Side:
         probe_run = c.submit(fan_out("probe", 3))
         c.wait(probe_run, timeout_s=RUN_TIMEOUT_S)
         nodes = sorted(cl.nodes)
-        clients = {n: cl.client([cl.nodes[n].grpc]) for n in nodes}
+        clients = {n: cl.client([cl.nodes[n].grpc], timeout_s=CALL_TIMEOUT_S) for n in nodes}
         samples: dict[str, list[tuple[float, float]]] = {n: [] for n in nodes}
         stop = threading.Event()
 
         def probe(n: str) -> None:
             while not stop.is_set():
                 t0 = time.perf_counter()
-                clients[n].get(probe_run, stale_ok=True)
+                try:
+                    clients[n].get(probe_run, stale_ok=True)
+                except RaftmeshError as exc:  # counted as waited-for until it failed
+                    log(f"probe of {n} failed after {time.perf_counter() - t0:.1f} s: {exc}")
                 samples[n].append((t0, time.perf_counter() - t0))
 
         threads = [threading.Thread(target=probe, args=(n,), daemon=True) for n in nodes]
