@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
 from raftmesh.consensus.commands import (
     Assign,
     Assignment,
@@ -231,3 +233,62 @@ def test_a_large_run_is_encoded_off_the_event_loop_and_equals_the_state() -> Non
     assert off_loop and not small_off_loop
     assert big is not None and big.run == convert.run_to_pb(sm.state.runs["big"])  # type: ignore[attr-defined]
     assert small is not None and small.run == convert.run_to_pb(sm.state.runs["small"])  # type: ignore[attr-defined]
+
+
+class HeldLock(Lock):
+    """Also says whether it is held now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        self.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        super().__exit__(*exc)
+
+
+def test_a_large_run_is_copied_off_the_lock_unless_an_apply_changed_it_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from raftmesh.node import reads as reads_mod
+
+    sm = StateMachine()
+    lock = HeldLock()
+    view = ReadView(lock, lambda: sm.state)
+    n = reads_mod.COPY_OFF_LOCK_TASKS
+    sm.apply(
+        RegisterNode("reg", 1, node_id="n1", grpc="g", raft="r", agents=("echo",), slots=8, incarnation="i")
+    )
+    sm.apply(SubmitRun("s1", 2, run_id="big", tasks=tuple(TaskSpec(f"t{i}", "echo") for i in range(n))))
+    held: list[int] = []
+    real = reads_mod.take_run
+
+    def take(run: object, with_tasks: bool = True) -> object:
+        held.append(lock.depth)
+        return real(run, with_tasks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reads_mod, "take_run", take)
+    got = view.run("big")
+    assert got is not None and got.run == convert.run_to_pb(sm.state.runs["big"])
+    assert held == [0]  # copied with the lock free
+    # An apply between the copy and the check: the copy is discarded and taken again, locked.
+    assert sm.apply(Assign("a0", 3, (Assignment("big", "t1", "n1", 1),)))[0].ok  # not cached now
+    held.clear()
+
+    def take_then_apply(run: object, with_tasks: bool = True) -> object:
+        held.append(lock.depth)
+        out = real(run, with_tasks)  # type: ignore[arg-type]
+        if len(held) == 1:
+            assert sm.apply(Assign("a1", 3, (Assignment("big", "t0", "n1", 1),)))[0].ok
+        return out
+
+    monkeypatch.setattr(reads_mod, "take_run", take_then_apply)
+    got = view.run("big")
+    assert held == [0, 1]
+    assert got is not None and got.run == convert.run_to_pb(sm.state.runs["big"])
+    assert got.revision == sm.state.revision
+    assert got.run.tasks[0].status == convert.TASK_STATUS[TaskStatus.RUNNING]

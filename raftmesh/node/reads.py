@@ -7,8 +7,9 @@ work proportional to the answer and never for encoding:
 - ``read(fn)`` runs ``fn`` under the lock. ``fn`` must copy out the few records it
   needs (O(answer)) and return values that apply will not mutate afterwards.
 - ``run(run_id)`` copies the run's records (a shallow copy per task: spec, input
-  and output are never mutated once applied) and encodes the protobuf outside
-  the lock (``run_async``: a large run in a worker thread, off the event loop).
+  and output are never mutated once applied; a large run's off the lock, kept if
+  its revision did not move) and encodes the protobuf outside the lock
+  (``run_async``: a large run in a worker thread, off the event loop).
   The encoding is cached by the run's ``revision``, which every change to the
   run or any of its tasks raises, so polling an unchanged run costs O(1).
 - ``digest()`` is the state's canonical hash (``ClusterState.digest``) built from
@@ -41,6 +42,8 @@ T = TypeVar("T")
 
 RUN_CACHE_ENTRIES = 16
 """Encoded runs kept for repeated GetRun/WatchRun of the same run at the same revision."""
+COPY_OFF_LOCK_TASKS = 256
+"""Runs with at least this many tasks are copied off the apply lock first (``_take_run``)."""
 ENCODE_IN_THREAD_TASKS = 256
 """Runs with at least this many tasks are encoded off the event loop (``run_async``)."""
 
@@ -119,7 +122,12 @@ class ReadView:
     def _take_run(
         self, run_id: str, with_tasks: bool
     ) -> RunRead | tuple[tuple[str, bool], int, int, RunFields] | None:
-        """Under the lock: the cached encoding if the run has not changed, else a copy to encode."""
+        """The cached encoding if the run has not changed, else a copy to encode.
+
+        A large run is copied off the lock and kept only if its revision did not move meanwhile
+        (every change to a run or its tasks raises it, and apply holds the lock for a whole
+        entry, so an unchanged revision after the copy means no apply touched it during the
+        copy): the lock is held O(1). If it moved, the copy is taken again under the lock."""
         key = (run_id, with_tasks)
         with self._lock:
             st = self._state()
@@ -130,7 +138,21 @@ class ReadView:
                 hit = self._runs_pb.get(key)
             if hit is not None and hit[0] == run.revision:
                 return RunRead(st.revision, hit[1])
-            return key, st.revision, run.revision, take_run(run, with_tasks)
+            state_revision, revision = st.revision, run.revision
+            if not with_tasks or len(run.tasks) < COPY_OFF_LOCK_TASKS:
+                return key, state_revision, revision, take_run(run, with_tasks)
+        try:
+            fields: RunFields | None = take_run(run, with_tasks)
+        except RuntimeError:  # the tasks dict grew while being read (a spawn, a map)
+            fields = None
+        with self._lock:
+            st = self._state()
+            cur = st.runs.get(run_id)
+            if fields is not None and cur is run and run.revision == revision:
+                return key, state_revision, revision, fields
+            if cur is None:
+                return None
+            return key, st.revision, cur.revision, take_run(cur, with_tasks)
 
     def _encode_run(
         self, key: tuple[str, bool], state_revision: int, revision: int, fields: RunFields
