@@ -21,9 +21,13 @@ tree and, with ``--baseline-tree DIR``, side by side for a second cluster runnin
 3. Memory per finished run: each node's RSS (``/proc/PID/status`` VmRSS) before and after the
    large runs, divided by the runs (and by the tasks).
 
-In-process figure (no cluster; for each tree in a subprocess that imports that tree):
+In-process figures (no cluster; for each tree in a subprocess that imports that tree; CPU time of
+that process, which other load on the shared machine inflates far less than wall time):
 
-4. Snapshot after ``--snapshot-tasks`` finished tasks (runs of ``--snapshot-run-tasks``), built by
+4. Apply of a ``--stall-tasks`` submit: the CPU to decode the log entry and to apply it (median of
+   ``--repeat``; this tree decodes before taking the apply lock, the baseline under it), and how long
+   the first ``GetRun`` of that run (``ReadView.run``) holds the lock.
+5. Snapshot after ``--snapshot-tasks`` finished tasks (runs of ``--snapshot-run-tasks``), built by
    applying real SubmitRun/Assign/Complete commands to a ``StateMachine``: the snapshot's size, how
    long the apply lock is held to take it (a tree whose ``ReadView`` has ``snapshot`` encodes
    finished runs once and off the lock; the baseline encodes the whole state under it), the time to
@@ -270,7 +274,8 @@ def start_cluster(args: argparse.Namespace, base: str, tree: str | None, stack: 
 
 
 class TimedLock:
-    """An RLock that records the longest time it was held (the apply lock's stand-in)."""
+    """An RLock that records the longest time it was held (the apply lock's stand-in), in CPU
+    time of this (single-threaded) process: other load on the machine does not inflate it."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -279,11 +284,48 @@ class TimedLock:
 
     def __enter__(self) -> None:
         self._lock.acquire()
-        self._t = time.perf_counter()
+        self._t = time.process_time()
 
     def __exit__(self, *exc: object) -> None:
-        self.longest = max(self.longest, time.perf_counter() - self._t)
+        self.longest = max(self.longest, time.process_time() - self._t)
         self._lock.release()
+
+
+def apply_figures(tasks: int, repeat: int) -> dict[str, Any]:
+    """CPU time (median of ``repeat``) to decode and to apply one ``tasks``-task SubmitRun, and
+    how long a first GetRun of that run holds the lock (``ReadView.run``)."""
+    from raftmesh.consensus.commands import RegisterNode, SubmitRun, TaskSpec, decode_batch, encode_batch
+    from raftmesh.consensus.machine import StateMachine
+    from raftmesh.node.reads import ReadView
+
+    sm = StateMachine()
+    sm.apply(RegisterNode("reg", 1_000, "n1", "n1:1", "n1:2", ("sum", "sleep"), 8, "i1"))
+    lock = TimedLock()
+    view = ReadView(lock, lambda: sm.state)
+    decode, apply, read = [], [], []
+    for i in range(repeat):
+        width = tasks - 2
+        specs = [TaskSpec(id="root", agent="sleep", input={"seconds": 3600})]
+        specs += [TaskSpec(id=f"w{j}", agent="sum", input={"value": j}, deps=("root",)) for j in range(width)]
+        specs.append(TaskSpec(id="fan_in", agent="sum", deps=tuple(f"w{j}" for j in range(width))))
+        payload = encode_batch([SubmitRun(f"s{i}", 2_000, f"run{i}", "", tuple(specs), 0, "r", "bench")])
+        t0 = time.process_time()
+        commands = decode_batch(payload)
+        decode.append(time.process_time() - t0)
+        t0 = time.process_time()
+        res, _ = sm.apply(commands[0])  # type: ignore[arg-type]
+        apply.append(time.process_time() - t0)
+        assert res.ok, res
+        lock.longest = 0.0
+        got = view.run(f"run{i}")
+        assert got is not None and len(got.run.tasks) == tasks
+        read.append(lock.longest)
+    return {
+        "tasks": tasks,
+        "decode_ms": statistics.median(decode) * 1000,
+        "apply_ms": statistics.median(apply) * 1000,
+        "getrun_lock_held_ms": statistics.median(read) * 1000,
+    }
 
 
 def snapshot_figures(total: int, per_run: int, tmp: str) -> dict[str, Any]:
@@ -358,13 +400,13 @@ def snapshot_figures(total: int, per_run: int, tmp: str) -> dict[str, Any]:
         if label == "next":
             finish_run(f"snap-extra-{i}", 10)
         lock.longest = 0.0
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         if cached:
             state = reads.snapshot()
         else:
             with lock:  # what RaftMember._serialize does
                 state = sm.snapshot()
-        encode_s = time.perf_counter() - t0
+        encode_s = time.process_time() - t0
         assert state == sm.state.encode()
         path = os.path.join(tmp, f"snapshot-{label}")
         t0 = time.perf_counter()
@@ -393,6 +435,10 @@ def snapshot_in(tree: str | None, args: argparse.Namespace) -> dict[str, Any]:
         str(args.snapshot_tasks),
         "--snapshot-run-tasks",
         str(args.snapshot_run_tasks),
+        "--stall-tasks",
+        str(args.stall_tasks),
+        "--repeat",
+        str(args.repeat),
         "--json",
     ]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE)
@@ -431,12 +477,20 @@ ROWS = [
     ("tasks/s at {large} tasks", ("large", "tasks_per_s"), "{:.0f}"),
     ("large / small tasks/s (goal >= 0.8)", ("growth",), "{:.2f}"),
     ("RSS per finished run, MB (max over nodes)", ("large", "max_rss_per_finished_run_mb"), "{:.2f}"),
+    ("in-process: decode a {stall} submit, CPU ms", ("snapshot", "apply", "decode_ms"), "{:.0f}"),
+    ("in-process: apply it, CPU ms", ("snapshot", "apply", "apply_ms"), "{:.0f}"),
+    (
+        "in-process: first GetRun of it, apply lock held, CPU ms",
+        ("snapshot", "apply", "getrun_lock_held_ms"),
+        "{:.2f}",
+    ),
     ("snapshot bytes after {snap} finished tasks", ("snapshot", "first", "bytes"), "{:,.0f}"),
-    ("snapshot: apply lock held, ms (first)", ("snapshot", "first", "lock_held_ms"), "{:.0f}"),
-    ("snapshot: encode + write, ms (first)", ("snapshot", "first", "total_ms"), "{:.0f}"),
+    ("snapshot: finished tasks retained", ("snapshot", "tasks_retained"), "{:,.0f}"),
+    ("snapshot: apply lock held, CPU ms (first)", ("snapshot", "first", "lock_held_ms"), "{:.0f}"),
+    ("snapshot: encode (CPU) + write (wall), ms (first)", ("snapshot", "first", "total_ms"), "{:.0f}"),
     ("snapshot: write (LMDB, synced), ms (first)", ("snapshot", "first", "write_ms"), "{:.0f}"),
-    ("snapshot: apply lock held, ms (next)", ("snapshot", "next", "lock_held_ms"), "{:.1f}"),
-    ("snapshot: encode + write, ms (next)", ("snapshot", "next", "total_ms"), "{:.0f}"),
+    ("snapshot: apply lock held, CPU ms (next)", ("snapshot", "next", "lock_held_ms"), "{:.1f}"),
+    ("snapshot: encode (CPU) + write (wall), ms (next)", ("snapshot", "next", "total_ms"), "{:.0f}"),
 ]
 
 
@@ -539,7 +593,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, contextlib.ExitStack() as stack:
             if args.snapshot_only:
-                print(json.dumps(finite(snapshot_figures(args.snapshot_tasks, args.snapshot_run_tasks, tmp))))
+                out = {"apply": apply_figures(args.stall_tasks, args.repeat)}
+                out.update(snapshot_figures(args.snapshot_tasks, args.snapshot_run_tasks, tmp))
+                print(json.dumps(finite(out)))
                 return 0
             report = run(args, tmp, stack)
     except Interrupted as exc:
