@@ -292,3 +292,32 @@ def test_a_large_run_is_copied_off_the_lock_unless_an_apply_changed_it_meanwhile
     assert got is not None and got.run == convert.run_to_pb(sm.state.runs["big"])
     assert got.revision == sm.state.revision
     assert got.run.tasks[0].status == convert.TASK_STATUS[TaskStatus.RUNNING]
+
+
+def test_a_snapshot_encodes_runs_off_the_lock_and_again_under_it_if_one_changed_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from raftmesh.consensus.state import RunState
+
+    sm = StateMachine()
+    lock = HeldLock()
+    view = ReadView(lock, lambda: sm.state)
+    sm.apply(
+        RegisterNode("reg", 1, node_id="n1", grpc="g", raft="r", agents=("echo",), slots=8, incarnation="i")
+    )
+    for rid in ("a", "b"):
+        sm.apply(SubmitRun(f"s-{rid}", 2, run_id=rid, tasks=(TaskSpec("t", "echo"), TaskSpec("u", "echo"))))
+    held: list[tuple[str, int]] = []
+    real = RunState.encode
+
+    def encode(run: RunState) -> list[object]:
+        held.append((run.run_id, lock.depth))
+        if len(held) == 1:  # an apply lands while "a" is being encoded off the lock
+            assert sm.apply(Assign("x", 3, (Assignment("a", "t", "n1", 1),)))[0].ok
+        return real(run)
+
+    monkeypatch.setattr(RunState, "encode", encode)
+    assert view.snapshot() == sm.state.encode()
+    # Both off the lock first; "a" changed meanwhile, so it alone was encoded again under it.
+    assert [h for h in held if h[1] == 0][:2] == [("a", 0), ("b", 0)]
+    assert ("a", 1) in held and ("b", 1) not in held

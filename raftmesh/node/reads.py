@@ -188,6 +188,21 @@ class ReadView:
         """The revision, and msgpack pieces whose concatenation is ``ClusterState.encode()``."""
         with self._cache_lock:
             cached = dict(self._encoded)
+        # Runs not cached at their revision are encoded off the lock first, each labelled with
+        # the revision it had before (any apply that touches a run raises its revision and
+        # completes before the lock is taken again, so a torn encoding never matches below).
+        with self._lock:
+            st = self._state()
+            todo = [
+                (rid, run, run.revision)
+                for rid, run in st.runs.items()
+                if cached.get(rid, (-1,))[0] != run.revision
+            ]
+        for rid, run, rev in todo:
+            try:
+                cached[rid] = (rev, _packb(run.encode()))
+            except RuntimeError:  # its tasks changed while being read: encoded under the lock
+                pass
         fresh: dict[str, tuple[int, list[Any]]] = {}
         with self._lock:
             st = self._state()
@@ -222,6 +237,7 @@ class ReadView:
         locks = [locks_live, waiting, [[k, v] for k, v in ended], lock_seq]
         kv_body = [[[k, e.encode()] for k, e in entries], leases, [e.encode() for e in history], compacted]
         encoded = {rid: (rev, _packb(body)) for rid, (rev, body) in fresh.items()}
+        encoded.update((rid, cached[rid]) for rid, _, _ in todo if rid in cached and rid not in encoded)
         packer = msgpack.Packer(use_bin_type=True)
         # msgpack is compositional: an array is its header followed by its elements' encodings.
         pieces = [packer.pack_array_header(12)]
