@@ -236,3 +236,23 @@ def test_the_builder_keeps_compensate_and_approval_apart() -> None:
     assert t.approval == approval
     gated = dag.task("b", "sum", approval=approval)
     assert gated.compensate is None and gated.approval == approval
+
+
+def test_a_run_failing_the_whole_run_checks_reports_the_same_first_error_as_task_by_task() -> None:
+    """``validate`` checks inputs and sizes for the whole run at once and, when that fails, task
+    by task: the error is still the first task's first problem, in spec order."""
+    nan = float("nan")
+    msg = rejects([t("a", retries=limits.MAX_RETRIES + 1), t("b", input={"x": nan})], "limit")
+    assert "'a'" in msg and "retries" in msg
+    msg = rejects([t("a", input={"x": nan}), t("b", retries=limits.MAX_RETRIES + 1)], "invalid")
+    assert "'a'" in msg and "input" in msg
+    # Nested to the limit: the run's list of inputs is one level deeper, each input alone is not.
+    deep: object = 1
+    for _ in range(limits.MAX_JSON_DEPTH):
+        deep = [deep]
+    validate([t("a", input=deep), t("b", input=1)], AGENTS)
+    deep = [deep]
+    assert "nested" in rejects([t("a"), t("b", input=deep)], "invalid")
+    # Inputs together over the input limit, each under it: accepted.
+    half = "x" * (limits.MAX_TASK_INPUT_BYTES // 2)
+    validate([t("a", input=half), t("b", input=half), t("c", input=half)], AGENTS)

@@ -663,6 +663,25 @@ def test_finished_runs_are_retained_up_to_the_limit(c: Cluster, monkeypatch: pyt
     assert set(c.st.idempotency) == {"k0", "k2"}
 
 
+def test_finished_runs_are_retained_by_size_too(c: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over FINISHED_TASKS_RETAINED tasks in finished runs, the oldest finished go first (with
+    their keys); the run that just finished stays however large; a restored replica agrees."""
+    monkeypatch.setattr(limits, "FINISHED_TASKS_RETAINED", 5)
+    c.ok(c.submit("r0", [spec("a"), spec("b")], key="k0"))
+    c.ok(c.submit("r1", [spec("a"), spec("b"), spec("c")], key="k1"))
+    c.ok(c.submit("r2", [spec("a")], key="k2"))
+    c.ok(c.submit("big", [spec(f"t{i}") for i in range(7)], key="kb"))
+    for rid in ("r0", "r1"):
+        c.ok(CancelRun(c.rid(), c.ts, rid, ""))
+    assert list(c.st.finished.items()) == [("r0", 2), ("r1", 3)]  # 5 tasks: at the limit, kept
+    c.ok(CancelRun(c.rid(), c.ts, "r2", ""))  # 6: the oldest finished goes
+    assert list(c.st.finished.items()) == [("r1", 3), ("r2", 1)] and c.st.finished.tasks == 4
+    assert set(c.st.runs) == {"r1", "r2", "big"} and "k0" not in c.st.idempotency
+    c.ok(CancelRun(c.rid(), c.ts, "big", ""))  # 7 tasks alone: the others go, it stays
+    assert set(c.st.runs) == {"big"} and list(c.st.finished.items()) == [("big", 7)]
+    assert c.st.finished.tasks == 7 and set(c.st.idempotency) == {"kb"}
+
+
 # ---- time ----------------------------------------------------------------------
 
 

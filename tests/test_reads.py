@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
 from raftmesh.consensus.commands import (
     Assign,
     Assignment,
@@ -54,6 +56,8 @@ def test_digest_equals_the_state_digest_after_every_command() -> None:
     def apply(cmd: object) -> None:
         sm.apply(cmd)  # type: ignore[arg-type]
         assert view.digest() == (sm.state.revision, sm.state.digest())
+        if rng.random() < 0.3:  # the snapshot shares the digest's cache, in either order
+            assert view.snapshot() == sm.state.encode()
 
     for node in ("n1", "n2"):
         apply(
@@ -127,7 +131,29 @@ def test_digest_equals_the_state_digest_after_every_command() -> None:
     restored.restore(sm.snapshot())
     sm.state = restored.state
     view.restored()
+    assert view.snapshot() == sm.state.encode()
     assert view.digest() == (sm.state.revision, sm.state.digest())
+
+
+def test_a_snapshot_encodes_an_unchanged_run_once_and_off_the_lock() -> None:
+    """A finished run is encoded under the lock by the first snapshot only; later snapshots
+    reuse its bytes, and a run that changed is encoded again."""
+    sm = StateMachine()
+    view = ReadView(Lock(), lambda: sm.state)
+    sm.apply(
+        RegisterNode("reg", 1, node_id="n1", grpc="g", raft="r", agents=("echo",), slots=8, incarnation="i")
+    )
+    sm.apply(SubmitRun("s1", 2, run_id="done", tasks=(TaskSpec("t", "echo"),)))
+    sm.apply(CancelRun("c1", 3, run_id="done", reason="test"))
+    sm.apply(SubmitRun("s2", 4, run_id="live", tasks=(TaskSpec("t", "echo"),)))
+    first = view.snapshot()
+    assert first == sm.state.encode()
+    sm.apply(Assign("a1", 5, (Assignment("live", "t", "n1", 1),)))
+    done = view._encoded["done"]
+    second = view.snapshot()
+    assert second == sm.state.encode() != first
+    assert view._encoded["done"] is done  # the finished run's bytes were reused
+    assert view._encoded["live"][0] == sm.state.runs["live"].revision
 
 
 def test_the_digest_covers_the_messaging_state() -> None:
@@ -207,3 +233,91 @@ def test_a_large_run_is_encoded_off_the_event_loop_and_equals_the_state() -> Non
     assert off_loop and not small_off_loop
     assert big is not None and big.run == convert.run_to_pb(sm.state.runs["big"])  # type: ignore[attr-defined]
     assert small is not None and small.run == convert.run_to_pb(sm.state.runs["small"])  # type: ignore[attr-defined]
+
+
+class HeldLock(Lock):
+    """Also says whether it is held now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        self.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        super().__exit__(*exc)
+
+
+def test_a_large_run_is_copied_off_the_lock_unless_an_apply_changed_it_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from raftmesh.node import reads as reads_mod
+
+    sm = StateMachine()
+    lock = HeldLock()
+    view = ReadView(lock, lambda: sm.state)
+    n = reads_mod.COPY_OFF_LOCK_TASKS
+    sm.apply(
+        RegisterNode("reg", 1, node_id="n1", grpc="g", raft="r", agents=("echo",), slots=8, incarnation="i")
+    )
+    sm.apply(SubmitRun("s1", 2, run_id="big", tasks=tuple(TaskSpec(f"t{i}", "echo") for i in range(n))))
+    held: list[int] = []
+    real = reads_mod.take_run
+
+    def take(run: object, with_tasks: bool = True) -> object:
+        held.append(lock.depth)
+        return real(run, with_tasks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reads_mod, "take_run", take)
+    got = view.run("big")
+    assert got is not None and got.run == convert.run_to_pb(sm.state.runs["big"])
+    assert held == [0]  # copied with the lock free
+    # An apply between the copy and the check: the copy is discarded and taken again, locked.
+    assert sm.apply(Assign("a0", 3, (Assignment("big", "t1", "n1", 1),)))[0].ok  # not cached now
+    held.clear()
+
+    def take_then_apply(run: object, with_tasks: bool = True) -> object:
+        held.append(lock.depth)
+        out = real(run, with_tasks)  # type: ignore[arg-type]
+        if len(held) == 1:
+            assert sm.apply(Assign("a1", 3, (Assignment("big", "t0", "n1", 1),)))[0].ok
+        return out
+
+    monkeypatch.setattr(reads_mod, "take_run", take_then_apply)
+    got = view.run("big")
+    assert held == [0, 1]
+    assert got is not None and got.run == convert.run_to_pb(sm.state.runs["big"])
+    assert got.revision == sm.state.revision
+    assert got.run.tasks[0].status == convert.TASK_STATUS[TaskStatus.RUNNING]
+
+
+def test_a_snapshot_encodes_runs_off_the_lock_and_again_under_it_if_one_changed_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from raftmesh.consensus.state import RunState
+
+    sm = StateMachine()
+    lock = HeldLock()
+    view = ReadView(lock, lambda: sm.state)
+    sm.apply(
+        RegisterNode("reg", 1, node_id="n1", grpc="g", raft="r", agents=("echo",), slots=8, incarnation="i")
+    )
+    for rid in ("a", "b"):
+        sm.apply(SubmitRun(f"s-{rid}", 2, run_id=rid, tasks=(TaskSpec("t", "echo"), TaskSpec("u", "echo"))))
+    held: list[tuple[str, int]] = []
+    real = RunState.encode
+
+    def encode(run: RunState) -> list[object]:
+        held.append((run.run_id, lock.depth))
+        if len(held) == 1:  # an apply lands while "a" is being encoded off the lock
+            assert sm.apply(Assign("x", 3, (Assignment("a", "t", "n1", 1),)))[0].ok
+        return real(run)
+
+    monkeypatch.setattr(RunState, "encode", encode)
+    assert view.snapshot() == sm.state.encode()
+    # Both off the lock first; "a" changed meanwhile, so it alone was encoded again under it.
+    assert [h for h in held if h[1] == 0][:2] == [("a", 0), ("b", 0)]
+    assert ("a", 1) in held and ("b", 1) not in held

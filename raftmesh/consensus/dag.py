@@ -66,6 +66,9 @@ def validate(
             f"unknown agent type(s) {', '.join(map(repr, unknown_agents))}; the cluster offers: {offered}",
         )
     run_bytes = 0
+    # Checked for the whole run in a few C-level encodings; a run that fails them is checked
+    # task by task below, so which error is reported (and where) does not change.
+    sized = _sizes_within(tasks)
     for t in tasks:
         if t.requires:
             _check_requires(t)
@@ -99,9 +102,12 @@ def validate(
         if t.locks:
             _check_task_locks(t)
         _check_flow(t)
-        bad = fusion.problem(t, known_agents)
+        # fusion.problem of a task with none of the replica keys is None: skipped in O(1).
+        bad = fusion.problem(t, known_agents) if _replica_keys(t) else None
         if bad:
             raise DagError(*bad)
+        if sized:
+            continue
         if t.compensate is not None:
             _check_input(t, "compensate input", t.compensate.input)
         _check_input(t, "input", t.input)
@@ -117,6 +123,10 @@ def validate(
     cycle = find_cycle(tasks)
     if cycle:
         raise DagError("cycle", "the DAG has a cycle: " + describe_cycle(cycle))
+
+
+def _replica_keys(t: TaskSpec) -> bool:
+    return bool(t.replicas or t.fusion or t.quorum or t.weights or t.agents or t.judge)
 
 
 CYCLE_SHOWN = 8
@@ -196,6 +206,26 @@ def _check_flow(t: TaskSpec) -> None:
             conditions.check(t.when, t.deps, f"task {t.id!r}: when")
         except conditions.ConditionError as exc:
             raise DagError("invalid", str(exc)) from None
+
+
+def _sizes_within(tasks: Sequence[TaskSpec]) -> bool:
+    """Whether every input (and compensate input) is storable and within the input limit, and
+    the run's specs within the run limit: the per-task input and size checks would all pass.
+
+    The values in one list nest one level deeper and encode with one list header more than
+    each alone, so a pass here implies a pass for each; a run with replicas (whose specs count
+    once per replica), a large input or an input nested to the limit is left to the per-task
+    checks.
+    """
+    if any(t.replicas for t in tasks):
+        return False
+    inputs = [t.input for t in tasks]
+    inputs += [t.compensate.input for t in tasks if t.compensate is not None]
+    if values.problem(inputs):
+        return False
+    if limits.encoded_size(inputs) > limits.MAX_TASK_INPUT_BYTES:
+        return False
+    return limits.encoded_size([t.to_map() for t in tasks]) <= limits.MAX_RUN_SPEC_BYTES
 
 
 def _check_input(t: TaskSpec, what: str, value: object) -> None:

@@ -170,16 +170,16 @@ class StateMachine:
         """The last applied command's audit notes (``ApplyContext.notes``)."""
 
     def apply_batch(
-        self, payload: bytes, trail: list[Applied] | None = None
+        self, payload: bytes | list[Command | Undecodable], trail: list[Applied] | None = None
     ) -> tuple[list[Result], list[Event]]:
-        """Apply one log entry (a batch of commands). Never raises.
+        """Apply one log entry (a batch of commands, or its ``decode_batch``). Never raises.
 
         ``trail``: if given, one ``Applied`` per command that changed the state is appended
         (what the node's audit archive records, off this thread)."""
         results: list[Result] = []
         events: list[Event] = []
         st = self.state
-        for cmd in decode_batch(payload):
+        for cmd in decode_batch(payload) if isinstance(payload, bytes) else payload:
             if isinstance(cmd, Undecodable):
                 results.append(Rejected(Code.INVALID_ARGUMENT, f"undecodable command: {cmd.reason}"))
                 continue

@@ -13,6 +13,7 @@ import hashlib
 import heapq
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -426,6 +427,39 @@ class RunState:
         )
 
 
+class FinishedRuns(OrderedDict[str, int]):
+    """Finished run id -> its task count, oldest finished first, and ``tasks``, their sum, kept
+    by every insertion and removal so that retention by size costs O(1) per finished run.
+
+    Only the ids are encoded (the counts are ``len(run.tasks)``, rebuilt on decode): while a
+    run is finished its tasks do not change, and a command that makes it live again pops it.
+    """
+
+    def __init__(self, items: Iterable[tuple[str, int]] = ()) -> None:
+        super().__init__()
+        self.tasks = 0
+        for k, v in items:
+            self[k] = v
+
+    def __setitem__(self, key: str, tasks: int) -> None:
+        self.tasks += tasks - self.get(key, 0)
+        super().__setitem__(key, tasks)
+
+    def __delitem__(self, key: str) -> None:
+        self.tasks -= self[key]
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self.tasks -= self[key]
+        return super().pop(key, *default)
+
+    def popitem(self, last: bool = True) -> tuple[str, int]:
+        key, tasks = super().popitem(last)
+        self.tasks -= tasks
+        return key, tasks
+
+
 DeadLetter = tuple[int, str, str]
 """(finished_ms, run_id, task_id) of a FAILED task: the dead-letter index's sort key."""
 
@@ -445,8 +479,8 @@ class ClusterState:
     dedup: OrderedDict[str, tuple[int, str, list[Any]]] = field(default_factory=OrderedDict)
     """request id -> (ts_ms, command tag, encoded result), oldest first."""
     """Request id -> (ts_ms, encoded result), oldest first."""
-    finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    """Finished run ids, oldest finished first (for retention)."""
+    finished: FinishedRuns = field(default_factory=FinishedRuns)
+    """Finished run ids (-> task counts), oldest finished first (for retention)."""
     locks: LockTable = field(default_factory=LockTable)
     kv: KvStore = field(default_factory=KvStore)
     messages: MessageStore = field(default_factory=MessageStore)
@@ -501,15 +535,16 @@ class ClusterState:
             raise ValueError(
                 f"snapshot format {body[0]} is not supported (this node reads {SNAPSHOT_FORMAT})"
             )
+        runs = {r[0]: RunState.decode(r) for r in body[5]}
         state = cls(
             revision=body[1],
             time_ms=body[2],
             seq=body[3],
             members={m[0]: Member.decode(m) for m in body[4]},
-            runs={r[0]: RunState.decode(r) for r in body[5]},
+            runs=runs,
             idempotency={k: v for k, v in body[6]},
             dedup=OrderedDict((rid, (ts, tag, res)) for rid, ts, tag, res in body[7]),
-            finished=OrderedDict((r, None) for r in body[8]),
+            finished=FinishedRuns((r, len(runs[r].tasks) if r in runs else 0) for r in body[8]),
             locks=LockTable.decode(body[9]),
             kv=KvStore.decode(body[10]),
             messages=MessageStore.decode(body[11]) if len(body) > 11 else MessageStore(),
@@ -597,6 +632,7 @@ class ClusterState:
             sorted(e for e in self.gate_deadlines if self.gate_live(e)),
             self.messages.index_snapshot(),
             dict(sorted(self.actor_offers.items())),
+            (list(self.finished.items()), self.finished.tasks),
         )
 
     def add_dead_letter(self, entry: DeadLetter) -> None:

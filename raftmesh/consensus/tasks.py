@@ -345,8 +345,11 @@ def finish_run(
     run.reason = reason
     run.revision = rev
     ctx.emit(RunChanged(rev, run.run_id, status))
-    st.finished[run.run_id] = None
-    while len(st.finished) > limits.FINISHED_RUNS_RETAINED:
+    st.finished[run.run_id] = len(run.tasks)
+    # By count and by size (tasks); the run that just finished stays, however large.
+    while len(st.finished) > limits.FINISHED_RUNS_RETAINED or (
+        st.finished.tasks > limits.FINISHED_TASKS_RETAINED and len(st.finished) > 1
+    ):
         old_id, _ = st.finished.popitem(last=False)
         old = st.runs.pop(old_id, None)
         if old is not None and old.idempotency_key:

@@ -23,6 +23,7 @@ node; any further type reports as ``"other"``). Never a run id, task id, key or 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -32,12 +33,13 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from prometheus_client.registry import Collector
 
 from ..consensus import breakers
 from ..consensus.commands import Usage
+from ..consensus.raft.member import APPLY_BUCKETS
 from ..consensus.results import (
     Event,
     KvChanged,
@@ -499,6 +501,21 @@ class _StateCollector(Collector):
             "raftmesh_raft_snapshot_bytes",
             "Size of the state in this node's last snapshot.",
             raft.snapshot_bytes,
+        )
+        times = raft.apply_seconds
+        buckets = [
+            (str(b), n) for b, n in zip(APPLY_BUCKETS, itertools.accumulate(times.counts), strict=False)
+        ]
+        yield HistogramMetricFamily(
+            "raftmesh_raft_apply_entry_seconds",
+            "Per applied log entry: how long the apply thread spent on it (decode, apply lock wait, apply).",
+            buckets=[*buckets, ("+Inf", sum(times.counts))],
+            sum_value=times.sum,
+        )
+        yield _gauge(
+            "raftmesh_raft_apply_entry_seconds_max",
+            "The longest one log entry took to apply on this node since it started (lock wait included).",
+            times.max,
         )
         yield from self._state(node)
         yield from self._local()

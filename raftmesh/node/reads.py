@@ -7,8 +7,9 @@ work proportional to the answer and never for encoding:
 - ``read(fn)`` runs ``fn`` under the lock. ``fn`` must copy out the few records it
   needs (O(answer)) and return values that apply will not mutate afterwards.
 - ``run(run_id)`` copies the run's records (a shallow copy per task: spec, input
-  and output are never mutated once applied) and encodes the protobuf outside
-  the lock (``run_async``: a large run in a worker thread, off the event loop).
+  and output are never mutated once applied; a large run's off the lock, kept if
+  its revision did not move) and encodes the protobuf outside the lock
+  (``run_async``: a large run in a worker thread, off the event loop).
   The encoding is cached by the run's ``revision``, which every change to the
   run or any of its tasks raises, so polling an unchanged run costs O(1).
 - ``digest()`` is the state's canonical hash (``ClusterState.digest``) built from
@@ -41,6 +42,8 @@ T = TypeVar("T")
 
 RUN_CACHE_ENTRIES = 16
 """Encoded runs kept for repeated GetRun/WatchRun of the same run at the same revision."""
+COPY_OFF_LOCK_TASKS = 256
+"""Runs with at least this many tasks are copied off the apply lock first (``_take_run``)."""
 ENCODE_IN_THREAD_TASKS = 256
 """Runs with at least this many tasks are encoded off the event loop (``run_async``)."""
 
@@ -55,8 +58,24 @@ def _packb(value: Any) -> bytes:
 
 def copy_run(run: RunState, with_tasks: bool = True) -> RunState:
     """A copy that apply will not change: O(tasks) attribute reads, no encoding."""
-    tasks = {k: TaskState(*_TASK_FIELDS(t)) for k, t in run.tasks.items()} if with_tasks else {}
-    return RunState(**{n: getattr(run, n) for n in _RUN_FIELDS}, tasks=tasks)
+    return build_run(take_run(run, with_tasks))
+
+
+RunFields = tuple[dict[str, Any], tuple[list[str], list[tuple[Any, ...]]]]
+
+
+def take_run(run: RunState, with_tasks: bool = True) -> RunFields:
+    """The run's fields and each task's, as tuples: the part of a copy that needs the apply lock
+    (one C-level attribute fetch per task, a fifth of building the task records under it)."""
+    tasks = run.tasks if with_tasks else {}
+    # map() and list() iterate in C: no Python frame per task while apply waits.
+    return {n: getattr(run, n) for n in _RUN_FIELDS}, (list(tasks), list(map(_TASK_FIELDS, tasks.values())))
+
+
+def build_run(fields: RunFields) -> RunState:
+    """The ``RunState`` copy from ``take_run``'s tuples (no lock needed)."""
+    head, (keys, rows) = fields
+    return RunState(**head, tasks={k: TaskState(*row) for k, row in zip(keys, rows, strict=True)})
 
 
 @dataclass(frozen=True)
@@ -96,14 +115,19 @@ class ReadView:
         got = self._take_run(run_id, with_tasks)
         if got is None or isinstance(got, RunRead):
             return got
-        if len(got[3].tasks) >= ENCODE_IN_THREAD_TASKS:
+        if len(got[3][1][0]) >= ENCODE_IN_THREAD_TASKS:
             return await asyncio.to_thread(self._encode_run, *got)
         return self._encode_run(*got)
 
     def _take_run(
         self, run_id: str, with_tasks: bool
-    ) -> RunRead | tuple[tuple[str, bool], int, int, RunState] | None:
-        """Under the lock: the cached encoding if the run has not changed, else a copy to encode."""
+    ) -> RunRead | tuple[tuple[str, bool], int, int, RunFields] | None:
+        """The cached encoding if the run has not changed, else a copy to encode.
+
+        A large run is copied off the lock and kept only if its revision did not move meanwhile
+        (every change to a run or its tasks raises it, and apply holds the lock for a whole
+        entry, so an unchanged revision after the copy means no apply touched it during the
+        copy): the lock is held O(1). If it moved, the copy is taken again under the lock."""
         key = (run_id, with_tasks)
         with self._lock:
             st = self._state()
@@ -114,12 +138,26 @@ class ReadView:
                 hit = self._runs_pb.get(key)
             if hit is not None and hit[0] == run.revision:
                 return RunRead(st.revision, hit[1])
-            return key, st.revision, run.revision, copy_run(run, with_tasks)
+            state_revision, revision = st.revision, run.revision
+            if not with_tasks or len(run.tasks) < COPY_OFF_LOCK_TASKS:
+                return key, state_revision, revision, take_run(run, with_tasks)
+        try:
+            fields: RunFields | None = take_run(run, with_tasks)
+        except RuntimeError:  # the tasks dict grew while being read (a spawn, a map)
+            fields = None
+        with self._lock:
+            st = self._state()
+            cur = st.runs.get(run_id)
+            if fields is not None and cur is run and run.revision == revision:
+                return key, state_revision, revision, fields
+            if cur is None:
+                return None
+            return key, st.revision, cur.revision, take_run(cur, with_tasks)
 
     def _encode_run(
-        self, key: tuple[str, bool], state_revision: int, revision: int, copy: RunState
+        self, key: tuple[str, bool], state_revision: int, revision: int, fields: RunFields
     ) -> RunRead:
-        msg = convert.run_to_pb(copy, with_tasks=key[1])
+        msg = convert.run_to_pb(build_run(fields), with_tasks=key[1])
         with self._cache_lock:
             self._runs_pb[key] = (revision, msg)
             self._runs_pb.move_to_end(key)
@@ -132,8 +170,39 @@ class ReadView:
 
         O(state) work outside the lock: callers on the event loop run it in a worker thread.
         """
+        revision, pieces = self._pieces()
+        h = hashlib.sha256()
+        for piece in pieces:
+            h.update(piece)
+        return revision, h.hexdigest()
+
+    def snapshot(self) -> bytes:
+        """The state's canonical encoding (``ClusterState.encode``: what a snapshot stores).
+
+        The lock is held only to encode what changed since the last digest or snapshot (a
+        finished run is encoded once) and to copy the large tables: a node's snapshot of a
+        state with many retained runs no longer stops apply for an encoding of all of them."""
+        return b"".join(self._pieces()[1])
+
+    def _pieces(self) -> tuple[int, list[bytes]]:
+        """The revision, and msgpack pieces whose concatenation is ``ClusterState.encode()``."""
         with self._cache_lock:
             cached = dict(self._encoded)
+        # Runs not cached at their revision are encoded off the lock first, each labelled with
+        # the revision it had before (any apply that touches a run raises its revision and
+        # completes before the lock is taken again, so a torn encoding never matches below).
+        with self._lock:
+            st = self._state()
+            todo = [
+                (rid, run, run.revision)
+                for rid, run in st.runs.items()
+                if cached.get(rid, (-1,))[0] != run.revision
+            ]
+        for rid, run, rev in todo:
+            try:
+                cached[rid] = (rev, _packb(run.encode()))
+            except RuntimeError:  # its tasks changed while being read: encoded under the lock
+                pass
         fresh: dict[str, tuple[int, list[Any]]] = {}
         with self._lock:
             st = self._state()
@@ -168,20 +237,18 @@ class ReadView:
         locks = [locks_live, waiting, [[k, v] for k, v in ended], lock_seq]
         kv_body = [[[k, e.encode()] for k, e in entries], leases, [e.encode() for e in history], compacted]
         encoded = {rid: (rev, _packb(body)) for rid, (rev, body) in fresh.items()}
-        h = hashlib.sha256()
+        encoded.update((rid, cached[rid]) for rid, _, _ in todo if rid in cached and rid not in encoded)
         packer = msgpack.Packer(use_bin_type=True)
-        h.update(packer.pack_array_header(12))
-        for scalar in head:
-            h.update(_packb(scalar))
-        h.update(_packb(members))
-        h.update(packer.pack_array_header(len(run_ids)))
-        for rid in run_ids:
-            h.update(encoded[rid][1] if rid in encoded else cached[rid][1])
-        h.update(_packb(idempotency))
-        h.update(_packb([[rid, ts, tag, res] for rid, (ts, tag, res) in dedup]))
-        for part in (finished, locks, kv_body, messages):
-            h.update(_packb(part))
+        # msgpack is compositional: an array is its header followed by its elements' encodings.
+        pieces = [packer.pack_array_header(12)]
+        pieces += [_packb(scalar) for scalar in head]
+        pieces.append(_packb(members))
+        pieces.append(packer.pack_array_header(len(run_ids)))
+        pieces += [encoded[rid][1] if rid in encoded else cached[rid][1] for rid in run_ids]
+        pieces.append(_packb(idempotency))
+        pieces.append(_packb([[rid, ts, tag, res] for rid, (ts, tag, res) in dedup]))
+        pieces += [_packb(part) for part in (finished, locks, kv_body, messages)]
         with self._cache_lock:
             live = set(run_ids)
             self._encoded = {rid: e for rid, e in {**self._encoded, **encoded}.items() if rid in live}
-        return revision, h.hexdigest()
+        return revision, pieces

@@ -289,6 +289,7 @@ class NodeRuntime:
         )
         raft = self.raft
         self.reads = ReadView(raft.lock, lambda: raft.machine.state)
+        raft.encode_state = self.reads.snapshot
         clock = self.clock
         self.proposer = Proposer(
             raft, self.loop, cfg.commit_timeout_s, cfg.propose_timeout_s, clock, node_id=cfg.node_id
