@@ -13,6 +13,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import pytest
@@ -135,12 +136,16 @@ def test_transmission_guard_relabels_pysyncobjs_early_finish() -> None:
 # ---- the handshake ----------------------------------------------------------------------
 
 
-def _frame(payload: bytes, secret: str | None = None) -> bytes:
-    """A frame exactly as pysyncobj's TcpConnection.send builds one."""
-    data = zlib.compress(payload, 3)
-    if secret is not None:
-        data = getEncryptor(secret).encrypt_at_time(data, int(time.monotonic()))
-    return struct.pack("i", len(data)) + data
+_encryptor = cache(getEncryptor)  # PBKDF2 of 100,000 rounds: once per secret
+
+
+def _frame(payload: bytes, secret: str | None = None, link_key: bytes | None = None, seq: int = 0) -> bytes:
+    """A frame as ``BoundedConnection.send`` builds one: a link's first under the secret's
+    own key, later ones under the key of the receiver's random bytes, numbered."""
+    if secret is None:
+        return wire.seal(payload)
+    nonce = os.urandom(12) if link_key is None else wire.sequence_nonce(seq)
+    return wire.seal(payload, wire.link_cipher(_encryptor(secret), link_key), nonce)
 
 
 def _loopback_pair() -> tuple[socket.socket, socket.socket]:
@@ -238,8 +243,60 @@ def test_frames_of_the_handshake_keep_the_handshake_limit() -> None:
         sender.join(10)
 
 
-def _frames_available(sock: socket.socket, buf: bytearray, secret: str) -> list[Any]:
-    """Every whole frame the peer has sent so far (its sends on loopback are already here)."""
+def test_sealed_frames_are_authenticated_numbered_and_bound_to_their_link() -> None:
+    link = os.urandom(32)
+    cipher = wire.link_cipher(_encryptor("s"), link)
+    small, large = so_pickle.dumps("x" * 100), so_pickle.dumps("y" * (wire.COMPRESS_ABOVE_BYTES + 1))
+    frames = [_frame(p, "s", link, seq)[4:] for seq, p in enumerate((small, large))]
+    assert frames[0][0] == 0 and frames[1][0] == 1  # only the large pickle is compressed
+    assert len(frames[1]) < len(large) // 10
+    assert [wire.unseal(f, cipher, wire.sequence_nonce(i)) for i, f in enumerate(frames)] == [small, large]
+    refused = [
+        (frames[0], cipher, wire.sequence_nonce(1)),  # replayed
+        (frames[1], cipher, wire.sequence_nonce(0)),  # reordered
+        (frames[0], wire.link_cipher(_encryptor("s"), os.urandom(32)), wire.sequence_nonce(0)),  # other link
+        (frames[0], wire.link_cipher(_encryptor("s"), None), None),  # under the secret's own key
+        (frames[0], wire.link_cipher(_encryptor("other secret"), link), wire.sequence_nonce(0)),
+        (bytes([1]) + frames[0][1:], cipher, wire.sequence_nonce(0)),  # flags flipped
+        (bytes([2]) + frames[0][1:], cipher, wire.sequence_nonce(0)),  # unknown flag
+        (frames[0][:-1], cipher, wire.sequence_nonce(0)),  # truncated
+        (frames[0][:5], cipher, wire.sequence_nonce(0)),
+        (b"", cipher, wire.sequence_nonce(0)),
+        (wire.seal(small)[4:], cipher, wire.sequence_nonce(0)),  # plaintext
+    ]
+    for body, key, nonce in refused:
+        with pytest.raises(wire.FrameRefused):
+            wire.unseal(body, key, nonce)
+    bomb = zlib.compress(b"\0" * (wire.MAX_MESSAGE_BYTES + 1), 9)
+    with pytest.raises(wire.FrameRefused):
+        wire.unseal(bytes([1]) + bomb)
+
+
+def test_a_replayed_frame_closes_the_link() -> None:
+    """pysyncobj's Fernet check took any frame no older than the last one's second."""
+    poller = createPoller("auto")
+    theirs, ours = _loopback_pair()
+    conn, got = _incoming(poller, ours, names_itself=True)
+    conn.encryptor, conn.recvRandKey = _encryptor("s"), os.urandom(32)
+    first = _frame(so_pickle.dumps((conn.recvRandKey, "one")), "s", conn.recvRandKey, 0)
+    second = _frame(so_pickle.dumps((conn.recvRandKey, "two")), "s", conn.recvRandKey, 1)
+    try:
+        theirs.sendall(first + second)
+        _pump(poller, lambda: len(got) == 2, "both frames")
+        assert got == ["one", "two"] and conn.state == CONNECTION_STATE.CONNECTED
+        theirs.sendall(second)
+        _pump(poller, lambda: conn.state == CONNECTION_STATE.DISCONNECTED, "the refusal")
+        assert got == ["one", "two"]
+    finally:
+        conn.disconnect()
+        theirs.close()
+
+
+def _frames_available(sock: socket.socket, buf: bytearray, secret: str, link: dict[str, Any]) -> list[Any]:
+    """Every whole frame the peer has sent so far (its sends on loopback are already here).
+
+    ``link`` holds the random bytes we answered with (``key``, None before) and the next
+    frame's number (``seq``)."""
     sock.setblocking(False)
     while True:
         try:
@@ -254,8 +311,10 @@ def _frames_available(sock: socket.socket, buf: bytearray, secret: str) -> list[
         (length,) = struct.unpack_from("i", buf, 0)
         if len(buf) - 4 < length:
             break
-        payload = getEncryptor(secret).decrypt(bytes(buf[4 : 4 + length]))
-        out.append(so_pickle.loads(zlib.decompress(payload)))
+        cipher = wire.link_cipher(_encryptor(secret), link["key"])
+        nonce = None if link["key"] is None else wire.sequence_nonce(link["seq"])
+        out.append(so_pickle.loads(wire.unseal(bytes(buf[4 : 4 + length]), cipher, nonce)))
+        link["seq"] += link["key"] is not None
         del buf[: 4 + length]
     return out
 
@@ -300,14 +359,18 @@ def test_an_outgoing_link_sends_nothing_before_the_peer_answers_its_key(tmp_path
         listener.settimeout(10)
         sock, _ = listener.accept()
         buf = bytearray()
+        link: dict[str, Any] = {"key": None, "seq": 0}
         # Its Raft messages and link pings (one a second) go to this peer while the link is up.
         wait_until(lambda: len(tried_while_connected) >= 3, 10, "the member to try sending to the peer")
-        frames = _frames_available(sock, buf, secret)
+        frames = _frames_available(sock, buf, secret, link)
         assert len(frames) == 1 and isinstance(frames[0], bytes), frames  # its key, and nothing else
         ours = os.urandom(32)
-        sock.sendall(_frame(so_pickle.dumps((frames[0], ours)), secret))
+        sock.sendall(_frame(so_pickle.dumps((frames[0], ours)), secret, link_key=frames[0]))
+        link["key"] = ours
         got: list[Any] = []
-        wait_until(lambda: got.extend(_frames_available(sock, buf, secret)) or len(got) >= 2, 10, "messages")
+        wait_until(
+            lambda: got.extend(_frames_available(sock, buf, secret, link)) or len(got) >= 2, 10, "messages"
+        )
         assert all(isinstance(m, tuple) and len(m) == 2 and m[0] == ours for m in got), got
         assert got[0][1] == self_addr  # it names itself first
         sock.close()

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import queue
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pysyncobj import pickle as so_pickle
 
 from raftmesh.consensus.commands import Barrier, encode_batch
 from raftmesh.consensus.machine import StateMachine
-from raftmesh.consensus.raft import RaftConfig, RaftMember, RaftTimings, compaction
+from raftmesh.consensus.raft import RaftConfig, RaftMember, RaftTimings, compaction, wire
 from raftmesh.consensus.raft import replication as rep
 from raftmesh.localcluster import free_ports, wait_until
 from raftmesh.storage.snapshots import LmdbSnapshotIO
@@ -241,8 +241,8 @@ def test_a_large_entry_streamed_in_chunks_is_appended_once_complete(follower: Fo
 
 
 def wire_bytes(message: dict[str, Any]) -> int:
-    """The frame pysyncobj's TCP transport sends for ``message`` (pickle protocol 2, zlib level 3)."""
-    return len(zlib.compress(so_pickle.dumps(message), 3)) + 4
+    """The frame the Raft transport sends for ``message`` with a cluster secret (``wire.seal``)."""
+    return len(wire.seal(so_pickle.dumps(message), AESGCM(bytes(32)), wire.sequence_nonce(0)))
 
 
 def test_chunks_go_out_in_their_smaller_form_and_come_back_exact() -> None:

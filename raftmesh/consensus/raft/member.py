@@ -132,7 +132,7 @@ class RaftConfig:
     journal_path: str
     snapshot_path: str
     password: str | None = None
-    """Cluster secret: Raft frames are encrypted and authenticated (Fernet) when set."""
+    """Cluster secret: Raft frames are encrypted and authenticated (AES-GCM, wire.py) when set."""
     fsync: bool = True
     """fsync the journal before acknowledging entries; False is ``--unsafe-no-fsync``."""
     timings: RaftTimings = RaftTimings()
