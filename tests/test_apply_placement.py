@@ -13,6 +13,7 @@ from raftmesh.consensus.commands import (
     Preempt,
     Preemption,
     RegisterNode,
+    SuspectNode,
     decode_command,
     encode_command,
 )
@@ -238,3 +239,71 @@ def test_a_nodes_report_starts_work_only_on_that_node_which_wins_ties() -> None:
     c.ok(c.complete("r1", "a"))
     assert c.task("r1", "a2").status is TaskStatus.READY
     assert [(x.task_id, x.node_id) for x in plan_assignments(c.st, c.ts, {})] == [("a2", "n3")]
+
+
+def suspect(c: Cluster, node: str, flag: bool = True) -> SuspectNode:
+    return SuspectNode(c.rid(), c.ts, node_id=node, incarnation=c.st.members[node].incarnation, suspect=flag)
+
+
+def test_a_suspect_member_gets_no_new_work_from_apply_or_the_plan_until_cleared() -> None:
+    """A member the leader lost heartbeats from (a killed leader, a cut-off node) stays up until
+    node-down; apply cannot see heartbeats, so the leader's suspicion is replicated."""
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(placing(c, "n2", slots=4))
+    c.ok(suspect(c, "n2"))
+    assert c.st.members["n2"].suspect
+    c.ok(c.submit("r1", [spec("a"), spec("b")]))
+    assert (c.task("r1", "a").node, c.task("r1", "b").status) == ("n1", TaskStatus.READY)
+    assert plan_assignments(c.st, c.ts, {}) == []  # nor does the leader's own plan use n2
+    # Heard again: n2 takes new work once more (the oldest READY task first).
+    c.ok(suspect(c, "n2", False))
+    assert [(x.task_id, x.node_id) for x in plan_assignments(c.st, c.ts, {})] == [("b", "n2")]
+    c.ok(c.submit("r2", [spec("x")]))
+    assert (c.task("r1", "b").node, c.task("r2", "x").node) == ("n2", "n2")
+
+
+def test_a_suspect_members_own_report_still_starts_work_on_it() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(placing(c, "n2", slots=1))
+    c.ok(c.submit("r1", [spec("a"), spec("b"), spec("b2", "b")]))
+    assert c.task("r1", "b").node == "n2"
+    c.ok(suspect(c, "n2"))
+    c.ok(c.complete("r1", "b"))  # n2 reports: it just proved alive
+    assert (c.task("r1", "b2").status, c.task("r1", "b2").node) == (TaskStatus.RUNNING, "n2")
+    assert c.st.members["n2"].suspect  # the flag is the leader's to clear, from heartbeats
+
+
+def test_suspect_node_names_an_up_incarnation_and_changes_only_what_differs() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1"))
+    stale = SuspectNode(c.rid(), c.ts, node_id="n1", incarnation="an-old-one", suspect=True)
+    assert not c.apply(stale).ok and not c.st.members["n1"].suspect
+    assert not c.apply(SuspectNode(c.rid(), c.ts, node_id="nx", incarnation="i", suspect=True)).ok
+    rev = c.st.revision
+    c.ok(suspect(c, "n1", False))  # already clear: nothing changes
+    assert c.st.revision == rev
+    c.ok(suspect(c, "n1"))
+    assert c.st.revision == rev + 1
+    c.ok(placing(c, "n1"))  # a registration (the node itself, alive) starts clear
+    assert not c.st.members["n1"].suspect
+
+
+def test_the_suspect_flag_is_replicated_and_absent_from_encodings_while_false() -> None:
+    c, d = Cluster(), Cluster()
+    for x in (c, d):
+        x.ok(placing(x, "n1"))
+        x.ok(x.register("n2"))
+    before = c.sm.digest()
+    assert [len(c.st.members[n].encode()) for n in ("n1", "n2")] == [12, 11]  # as before the flag
+    cmd = suspect(c, "n2")
+    assert decode_command(encode_command(cmd)) == cmd
+    c.ok(cmd)
+    d.ok(suspect(d, "n2"))
+    assert c.sm.digest() == d.sm.digest() != before
+    assert c.st.members["n2"].encode()[11:] == [False, True]
+    copy = ClusterState.decode(c.st.encode())
+    assert copy.members["n2"].suspect and not copy.members["n2"].places and copy.digest() == c.sm.digest()
+    c.ok(suspect(c, "n2", False))
+    assert len(c.st.members["n2"].encode()) == 11

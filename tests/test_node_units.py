@@ -26,6 +26,7 @@ from raftmesh.consensus.commands import (
     NodeDown,
     RegisterNode,
     SubmitRun,
+    SuspectNode,
     TaskSpec,
     Tick,
 )
@@ -197,6 +198,46 @@ def test_scheduler_proposes_node_down_for_silent_members_once() -> None:
     cmds = s.decide(sm.state)
     assert [(type(c), c.node_id) for c in cmds if isinstance(c, NodeDown)] == [(NodeDown, "n3")]
     assert s.decide(sm.state) == []  # in flight: not proposed twice
+
+
+def test_scheduler_replicates_suspicion_only_on_changes_with_a_new_leaders_grace() -> None:
+    sm = cluster()
+    clock = ManualClock()
+    writer = MachineWriter(sm)
+    s = Scheduler(reads_of(sm), writer, lambda: True, "n1", Liveness(clock, "n1", 5.0), clock)
+
+    def flags(cmds: list[Command]) -> list[tuple[str, bool]]:
+        for c in cmds:
+            if isinstance(c, SuspectNode):
+                asyncio.run(s._propose(c))  # commits it, as the leader's loop does
+        return [(c.node_id, c.suspect) for c in cmds if isinstance(c, SuspectNode)]
+
+    # A new leader has heard nobody yet: no one is flagged during the grace.
+    assert flags(s.decide(sm.state)) == []
+    clock.advance(1.0)
+    s.heard_from("n2")
+    assert flags(s.decide(sm.state)) == []
+    clock.advance(0.6)  # n3 silent for 1.6 s, n2 for 0.6 s
+    assert flags(s.decide(sm.state)) == [("n3", True)]
+    assert sm.state.members["n3"].suspect
+    assert flags(s.decide(sm.state)) == []  # the state agrees: not again on later steps
+    s.heard_from("n3")
+    assert flags(s.decide(sm.state)) == [("n3", False)]
+    assert not sm.state.members["n3"].suspect
+    assert flags(s.decide(sm.state)) == []
+
+
+def test_scheduler_proposes_a_suspicion_once_while_it_is_in_flight() -> None:
+    sm = cluster()
+    clock = ManualClock()
+    s = scheduler(sm, clock, heard=("n2",))
+    assert s.decide(sm.state) == []  # this leader's first step: every member's grace starts
+    clock.advance(2.0)
+    s.heard_from("n2")
+    cmds = s.decide(sm.state)
+    assert [(c.node_id, c.suspect) for c in cmds if isinstance(c, SuspectNode)] == [("n3", True)]
+    assert len(cmds) == 1
+    assert s.decide(sm.state) == []  # not committed yet: not proposed twice
 
 
 def test_scheduler_ticks_when_a_task_timeout_is_due() -> None:

@@ -679,6 +679,22 @@ class NodeDown(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class SuspectNode(Command):
+    """The leader's liveness view of a node changed: it went silent (``suspect``), or was
+    heard again. Proposed only on such a change, never per tick, so placement inside apply
+    (which cannot see heartbeats) keeps new work off a member the leader has lost touch with
+    (``Member.suspect``). Only the incarnation named here is flagged."""
+
+    TAG: ClassVar[str] = "suspect_node"
+    node_id: str = ""
+    incarnation: str = ""
+    suspect: bool = False
+
+    def _fields(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "incarnation": self.incarnation, "suspect": self.suspect}
+
+
+@dataclass(frozen=True, slots=True)
 class LockAcquire(Command):
     """Acquire every lock in ``items`` at once, or wait up to ``wait_ms`` (0: try once).
 
@@ -1022,6 +1038,14 @@ def _decode_body(m: Any) -> Command:
             node_id=_get(m, "node_id", str),
             incarnation=_get(m, "incarnation", str),
             reason=_get(m, "reason", str),
+        )
+    if tag == SuspectNode.TAG:
+        return SuspectNode(
+            rid,
+            ts,
+            node_id=_get(m, "node_id", str),
+            incarnation=_get(m, "incarnation", str),
+            suspect=_get(m, "suspect", bool),
         )
     if tag == LockAcquire.TAG:
         return LockAcquire(

@@ -68,6 +68,7 @@ from .commands import (
     SendMessages,
     SubmitRun,
     SubscribeTopic,
+    SuspectNode,
     Tick,
     Undecodable,
     decode_batch,
@@ -90,6 +91,7 @@ Processor = Callable[[ApplyContext, Any], Result]
 PROCESSORS: dict[type[Command], Processor] = {
     RegisterNode: members.register,
     NodeDown: members.node_down,
+    SuspectNode: members.suspect_node,
     SubmitRun: runs.submit,
     CancelRun: runs.cancel,
     Assign: runs.assign,

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from . import activations, limits
 from .codes import Code
-from .commands import ActorOffer, AgentOffer, NodeDown, RegisterNode
+from .commands import ActorOffer, AgentOffer, NodeDown, RegisterNode, SuspectNode
 from .context import ApplyContext
 from .results import MemberChanged, MemberResult, Rejected, Result
 from .state import ClusterState, Member
@@ -159,6 +159,26 @@ def node_down(ctx: ApplyContext, cmd: NodeDown) -> Result:
     m.up = False
     requeue_node_tasks(ctx, cmd.node_id, rev, f"node {cmd.node_id} down: {cmd.reason or 'unreachable'}")
     ctx.emit(MemberChanged(rev, cmd.node_id, False))
+    return MemberResult(cmd.node_id)
+
+
+def suspect_node(ctx: ApplyContext, cmd: SuspectNode) -> Result:
+    """Flag (or clear) an up member as one the leader has not heard from lately.
+
+    O(1): it only changes what later placements consider (``placement.plan_assignments``);
+    what runs there stays until the node reports or is marked down. A flag already as asked
+    changes nothing (no revision, no dedup entry).
+    """
+    m = ctx.state.members.get(cmd.node_id)
+    if m is None:
+        return Rejected(Code.NOT_FOUND, f"node {cmd.node_id!r} is not a member")
+    if not m.up or m.incarnation != cmd.incarnation:
+        return Rejected(
+            Code.FAILED_PRECONDITION, f"node {cmd.node_id!r} incarnation {cmd.incarnation} is not up"
+        )
+    if m.suspect != cmd.suspect:
+        ctx.advance()
+        m.suspect = cmd.suspect
     return MemberResult(cmd.node_id)
 
 

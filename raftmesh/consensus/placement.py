@@ -105,11 +105,14 @@ def plan_assignments(
     placing_only: bool = False,
     max_scan: int | None = None,
     prefer: str = "",
+    alive: str = "",
 ) -> list[Assignment]:
     """Assignments for READY tasks not already in flight (``inflight``: task -> node).
 
     ``avoid``: up members the leader has not heard from lately; new work skips them
-    until they are heard from again or marked down. ``placing_only``: only members that take
+    until they are heard from again or marked down. So does a member the state flags
+    ``suspect`` (the leader's view, replicated), unless it is ``alive``: the node whose
+    report this apply is (it just proved alive). ``placing_only``: only members that take
     placements from apply (``Member.places``). ``max_scan``: look at no more than that many
     READY tasks from the head of the queue (``tasks.place_queued``, inside apply). ``prefer``:
     the member that wins a tie on load (else the lowest node id).
@@ -119,6 +122,8 @@ def plan_assignments(
     for node_id in sorted(state.members):
         m = state.members[node_id]
         if not m.up or m.slots <= 0 or node_id in avoid or (placing_only and not m.places):
+            continue
+        if m.suspect and node_id != alive:
             continue
         live.append(m)
         load[node_id] = len(state.running.get(node_id, ()))

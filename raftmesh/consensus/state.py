@@ -122,9 +122,12 @@ class Member:
     """It runs attempts that apply places on it (``tasks.place_queued``), learning of them from
     the applied state as of an ``Assign``'s. False (a registration that
     did not say so): only the leader's ``Assign`` places work there."""
+    suspect: bool = False
+    """The leader has not heard its heartbeats lately (``SuspectNode``): no new work goes there,
+    from apply or from the leader's plan, until the leader hears it again or marks it down."""
 
     def encode(self) -> list[Any]:
-        # ``places`` only when set: a member that does not place encodes as before.
+        # ``places`` and ``suspect`` only when set: such a member encodes as before.
         return [
             self.node_id,
             self.grpc,
@@ -137,7 +140,7 @@ class Member:
             [self.offers[k].encode() for k in sorted(self.offers)],
             [[k, *self.breakers[k].encode()] for k in sorted(self.breakers)],
             [self.actors[k].encode() for k in sorted(self.actors)],
-        ] + ([True] if self.places else [])
+        ] + ([self.places, True] if self.suspect else [True] if self.places else [])
 
     @classmethod
     def decode(cls, v: list[Any]) -> Member:
@@ -156,6 +159,7 @@ class Member:
             {b[0]: Breaker(b[1], b[2]) for b in (v[9] if len(v) > 9 else ())},
             {a[0]: ActorOffer.decode(a) for a in (v[10] if len(v) > 10 else ())},
             len(v) > 11 and bool(v[11]),
+            len(v) > 12 and bool(v[12]),
         )
 
 

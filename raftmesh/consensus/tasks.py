@@ -79,7 +79,8 @@ def place_queued(ctx: ApplyContext) -> int:
     (``Member.places``). It looks at no more READY tasks than the command readied and freed
     (plus ``PLACE_SCAN_SLACK``): O(the command), never O(the queue); what it leaves READY is
     the scheduler's, as before. For a node's report (``complete``, ``fail``) only the plan's
-    choices of that node are started; the others are the scheduler's.
+    choices of that node are started; the others are the scheduler's. Members flagged
+    ``suspect`` (the leader lost their heartbeats) get nothing, unless it is their own report.
     """
     st = ctx.state
     budget = ctx.readied + ctx.freed + PLACE_SCAN_SLACK
@@ -87,7 +88,14 @@ def place_queued(ctx: ApplyContext) -> int:
     if not st.ready:
         return 0
     plan = plan_assignments(
-        st, ctx.now_ms, {}, max_items=budget, placing_only=True, max_scan=budget, prefer=ctx.reporter
+        st,
+        ctx.now_ms,
+        {},
+        max_items=budget,
+        placing_only=True,
+        max_scan=budget,
+        prefer=ctx.reporter,
+        alive=ctx.reporter,
     )
     if ctx.reporter:
         # A node's report starts work on that node only (it wins ties on load): it just proved

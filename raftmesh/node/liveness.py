@@ -97,3 +97,19 @@ class Liveness:
                 or mono - self._last_seen.get(m.node_id, 0.0) > self._suspect_after_s
             )
         )
+
+    def silent(self, up: Iterable[Member]) -> frozenset[str]:
+        """Members silent for ``suspect_after_s``: what the replicated ``Member.suspect`` should say.
+
+        Unlike ``suspects`` (this leader's own plan), a member not heard from yet gets the grace
+        ``overdue`` gives: its clock starts when this node starts leading or sees it up, so a new
+        leader does not flag everyone before their first heartbeats arrive. Call after ``overdue``.
+        """
+        mono = self._clock.monotonic()
+        return frozenset(
+            m.node_id
+            for m in up
+            if m.up
+            and m.node_id != self._self_id
+            and mono - self._last_seen.get(m.node_id, mono) > self._suspect_after_s
+        )

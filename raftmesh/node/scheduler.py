@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from ..clock import Clock
 from ..consensus.codes import Code
-from ..consensus.commands import Assign, Command, NodeDown, Preempt, Tick
+from ..consensus.commands import Assign, Command, NodeDown, Preempt, SuspectNode, Tick
 from ..consensus.placement import plan_assignments
 from ..consensus.preemption import plan_preemptions
 from ..consensus.state import ClusterState, TaskKey
@@ -57,6 +57,8 @@ class Scheduler:
         self.liveness = liveness
         self._clock = clock
         self._down_inflight: set[str] = set()
+        self._suspect_inflight: set[str] = set()
+        """Members whose ``SuspectNode`` is proposed and not yet settled."""
         self._wake = asyncio.Event()
         self._inflight: dict[TaskKey, str] = {}
         self._assigns = 0
@@ -115,6 +117,23 @@ class Scheduler:
                     new_request_id("d-"), now, node_id=o.node_id, incarnation=o.incarnation, reason=reason
                 )
             )
+        # The replicated flag follows this leader's view: one command per change of it (and a
+        # new leader's first corrections), none while the two agree.
+        silent = self.liveness.silent(ups)
+        for m in ups:
+            node_id = m.node_id
+            if (node_id in silent) == m.suspect or node_id in self._down_inflight | self._suspect_inflight:
+                continue
+            self._suspect_inflight.add(node_id)
+            cmds.append(
+                SuspectNode(
+                    new_request_id("s-"),
+                    now,
+                    node_id=node_id,
+                    incarnation=m.incarnation,
+                    suspect=not m.suspect,
+                )
+            )
         due = st.next_deadline_ms()
         if due is not None and due <= now and not self._tick_inflight:
             self._tick_inflight = True
@@ -152,6 +171,8 @@ class Scheduler:
             await self._tick(cmd)
         elif isinstance(cmd, Preempt):
             await self._preempt(cmd)
+        elif isinstance(cmd, SuspectNode):
+            await self._suspect(cmd)
 
     async def _assign(self, cmd: Assign) -> None:
         try:
@@ -174,6 +195,16 @@ class Scheduler:
             log.info("node_down %s failed: %s", cmd.node_id, exc)
         finally:
             self._down_inflight.discard(cmd.node_id)
+            self._wake.set()
+
+    async def _suspect(self, cmd: SuspectNode) -> None:
+        try:
+            res = await self._writer.propose(cmd, timeout_s=5.0)
+            log.info("node %s suspect=%s: %s", cmd.node_id, cmd.suspect, res.code)
+        except RaftmeshError as exc:
+            log.info("suspect_node %s failed: %s", cmd.node_id, exc)
+        finally:
+            self._suspect_inflight.discard(cmd.node_id)
             self._wake.set()
 
     async def _tick(self, cmd: Tick) -> None:
