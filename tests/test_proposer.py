@@ -113,3 +113,28 @@ def test_concurrent_commands_share_log_entries() -> None:
     results = asyncio.run(_propose(raft, [register(), *cmds]))
     assert all(isinstance(r, Result) and r.ok for r in results)
     assert raft.proposals < 20, f"{raft.proposals} log entries for 201 commands: not batched"
+
+
+def test_a_new_leader_ends_the_retry_backoff() -> None:
+    """Commands that failed during an election are retried once a leader is known, not after
+    the rest of their backoff (the runtime calls ``leader_changed``)."""
+
+    async def go() -> tuple[Result, bool, int]:
+        raft = FakeRaft(["missing_leader", "ok"])
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
+        p.start()
+        try:
+            fut = asyncio.ensure_future(p.propose(register(), timeout_s=30.0))
+            async with asyncio.timeout(10):
+                while not p._backing_off:  # the first attempt failed: its retry waits out a backoff
+                    await asyncio.sleep(0.005)
+            ((timer, _),) = p._backing_off.values()
+            p.leader_changed()
+            res = await fut
+            return res, timer.cancelled(), raft.proposals
+        finally:
+            await p.stop()
+
+    res, cancelled, proposals = asyncio.run(go())
+    assert res.ok and proposals == 2
+    assert cancelled, "the retry waited for its backoff timer instead of going at once"

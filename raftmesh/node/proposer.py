@@ -102,6 +102,8 @@ class Proposer:
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._inflight: dict[int, _Batch] = {}
+        self._backing_off: dict[int, tuple[asyncio.TimerHandle, list[_Pending]]] = {}
+        """Failed commands waiting out their retry backoff (``leader_changed`` cuts it short)."""
         self._ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self.retried = 0
@@ -317,9 +319,25 @@ class Proposer:
                 self.retried += len(retry)
                 log.debug("batch %d: %s; retrying %d commands", bid, err, len(retry))
                 delay = min(0.05 * (2 ** min(retry[0].attempts, 5)), 1.0)
-                self._loop.call_later(delay, self._requeue, retry)
+                rid = next(self._ids)
+                self._backing_off[rid] = (self._loop.call_later(delay, self._requeue, rid), retry)
         self._wake.set()
 
-    def _requeue(self, items: list[_Pending]) -> None:
-        self._queue.extendleft(reversed([p for p in items if not p.future.done()]))
+    def _requeue(self, rid: int) -> None:
+        entry = self._backing_off.pop(rid, None)
+        if entry is None:
+            return
+        self._queue.extendleft(reversed([p for p in entry[1] if not p.future.done()]))
         self._wake.set()
+
+    def leader_changed(self) -> None:
+        """A new leader is known: retry every command backing off now.
+
+        The backoff spaces retries while no leader answers; once one is elected, waiting out
+        up to a second more would only delay the completions (and the tasks they ready) that
+        failed during the election.
+        """
+        for rid in list(self._backing_off):
+            timer, _ = self._backing_off[rid]
+            timer.cancel()
+            self._requeue(rid)

@@ -570,7 +570,16 @@ class NodeRuntime:
         the leader.
         """
         serving = None
+        leader = self.raft.leader_addr
         while True:
+            now_leader = self.raft.leader_addr
+            if now_leader != leader:
+                leader = now_leader
+                if now_leader is not None:
+                    # Retry what failed during the election now, and let a new leader's
+                    # scheduler start at once rather than at its next idle wake.
+                    self.proposer.leader_changed()
+                    self.scheduler.poke()
             ok = (
                 self._registered
                 and self.raft.ready
