@@ -1,6 +1,7 @@
-"""SubmitRun's conversion of the wire tasks (``convert.task_specs_from_pb``) and the JSON decode
-under it: the one-pass decode with the agent types' defaults gives exactly the specs (and the
-errors) the decode followed by ``with_defaults`` gives."""
+"""The node's conversions of tasks: SubmitRun's decode of the wire tasks
+(``convert.task_specs_from_pb``, and the JSON decode under it) gives exactly the specs (and the
+errors) the decode followed by ``with_defaults`` gives; ``task_to_pb`` encodes every field of a
+task, and a task that sets none as the message with only what it has."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import json
 import pytest
 
 from raftmesh.consensus import values
-from raftmesh.consensus.commands import AgentOffer, Approval, Compensation, TaskSpec
+from raftmesh.consensus.commands import AgentOffer, Approval, Compensation, TaskSpec, Usage
+from raftmesh.consensus.state import Attempt, Gate, TaskState, TaskStatus
 from raftmesh.errors import InvalidArgument
 from raftmesh.node import convert
 from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
@@ -139,3 +141,114 @@ def test_parse_decodes_as_json_loads_does() -> None:
         assert values.parse(text) == json.loads(text)
     with pytest.raises(values.BadValue, match="Infinity is not a JSON number"):
         values.parse("[1, Infinity]")
+
+
+def test_task_to_pb_encodes_every_field() -> None:
+    spec = TaskSpec(
+        id="t",
+        agent="llm",
+        input={"q": [1.5, None]},
+        deps=("a", "b"),
+        retries=2,
+        requires=("gpu",),
+        when={"==": [1, 1]},
+        trigger="all_done",
+        map="a",
+        max_parallel=3,
+        approval=Approval("ok?", 7, "approve"),
+        compensate=Compensation("undo", [1]),
+    )
+    t = TaskState(
+        spec=spec,
+        status=TaskStatus.RUNNING,
+        deps_waiting=0,
+        dependents=["z"],
+        retries_left=1,
+        attempt=2,
+        node="n2",
+        token=9,
+        output={"x": "é"},
+        error="e",
+        started_ms=5,
+        finished_ms=6,
+        usage=Usage(3, 4, 0.25),
+        preempted_by=(("r-2", "k", 1, 8),),
+        requeued_attempt=1,
+        parent="p",
+        origin="map",
+        children=["t[0]"],
+        children_waiting=1,
+        item=[2],
+        index=4,
+        gate=Gate(11, 12, 13, "approved", "me", "fine", 14),
+        history=[Attempt(1, "n1", 2, 3, "FAILED", "boom", {"o": 1})],
+        depth=2,
+    )
+    want = pb.Task(
+        id="t",
+        agent="llm",
+        status=pb.TASK_STATUS_RUNNING,
+        attempt=2,
+        node="n2",
+        output_json='{"x":"\\u00e9"}',
+        error="e",
+        deps=["a", "b"],
+        token=9,
+        retries_left=1,
+        started_ms=5,
+        finished_ms=6,
+        input_json='{"q":[1.5,null]}',
+        usage=pb.Usage(tokens_in=3, tokens_out=4, cost=0.25),
+        requires=["gpu"],
+        preempted_by=[pb.Preemption(by_run_id="r-2", by_task_id="k", attempt=1, at_ms=8)],
+        requeued_attempt=1,
+        compensate=pb.Compensation(agent="undo", input_json="[1]"),
+        history=[
+            pb.TaskAttempt(
+                attempt=1,
+                node="n1",
+                started_ms=2,
+                finished_ms=3,
+                outcome="FAILED",
+                error="boom",
+                output_json='{"o":1}',
+            )
+        ],
+        approval=pb.ApprovalSpec(prompt="ok?", timeout_ms=7, on_timeout="approve"),
+        gate=pb.ApprovalGate(
+            id=11, opened_ms=12, deadline_ms=13, decision="approved", by="me", comment="fine", decided_ms=14
+        ),
+        parent="p",
+        origin="map",
+        index=4,
+        item_json="[2]",
+        children=["t[0]"],
+        children_waiting=1,
+        depth=2,
+        when_json='{"==":[1,1]}',
+        trigger="all_done",
+        map="a",
+        max_parallel=3,
+    )
+    got = convert.task_to_pb(t)
+    assert got == want and got.SerializeToString(deterministic=True) == want.SerializeToString(
+        deterministic=True
+    )
+
+
+def test_task_to_pb_of_a_bare_task_has_only_its_usage_set() -> None:
+    t = TaskState(
+        spec=TaskSpec(id="a", agent="echo"),
+        status=TaskStatus.READY,
+        deps_waiting=0,
+        dependents=[],
+        retries_left=0,
+    )
+    got = convert.task_to_pb(t, None)
+    assert got == pb.Task(id="a", agent="echo", status=pb.TASK_STATUS_READY, usage=pb.Usage())
+    assert [f.name for f, _ in got.ListFields()] == ["id", "agent", "status", "usage"]
+    for absent in ("fusion", "compensate", "approval", "gate"):
+        assert not got.HasField(absent)
+    assert (got.output_json, got.input_json, got.item_json, got.when_json) == ("", "", "", "")
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        convert.dump_json(float("nan"))

@@ -24,8 +24,12 @@ RUN_STATUS = {s: getattr(pb, f"RUN_STATUS_{s.value}") for s in RunStatus}
 RUN_STATUS_FROM_PB = {v: k for k, v in RUN_STATUS.items()}
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+"""``json.dumps(value, separators=(",", ":"), allow_nan=False)`` without building an encoder a call."""
+
+
 def dump_json(value: Any) -> str:
-    return "" if value is None else json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return "" if value is None else _ENCODE(value)
 
 
 def load_json(what: str, text: str) -> Any:
@@ -216,46 +220,63 @@ def with_defaults(
 
 
 def task_to_pb(t: TaskState, run: RunState | None = None) -> pb.Task:
-    """``run``: the task's run, to show where a replicated task's replicas stand."""
-    return pb.Task(
-        fusion=fusion_to_pb(run, t) if run is not None and t.spec.replicas else None,
-        requires=list(t.spec.requires),
-        id=t.spec.id,
-        agent=t.spec.agent,
+    """``run``: the task's run, to show where a replicated task's replicas stand.
+
+    The fields most tasks leave at their default are set only when set (the same message: an
+    unset field and a default one encode alike): the leader encodes every task of a run it
+    serves whole (the final run of a wait), and passing every field cost 20 us a task.
+    """
+    spec = t.spec
+    msg = pb.Task(
+        id=spec.id,
+        agent=spec.agent,
         status=TASK_STATUS[t.status],
         attempt=t.attempt,
         node=t.node,
         output_json=dump_json(t.output),
         error=t.error,
-        deps=list(t.spec.deps),
+        deps=spec.deps,
         token=t.token,
         retries_left=t.retries_left,
         started_ms=t.started_ms,
         finished_ms=t.finished_ms,
-        input_json=dump_json(t.spec.input),
+        input_json=dump_json(spec.input),
         usage=usage_to_pb(t.usage),
-        preempted_by=[
-            pb.Preemption(by_run_id=r, by_task_id=k, attempt=a, at_ms=at) for r, k, a, at in t.preempted_by
-        ],
         requeued_attempt=t.requeued_attempt,
-        compensate=pb.Compensation(
-            agent=t.spec.compensate.agent, input_json=dump_json(t.spec.compensate.input)
-        )
-        if t.spec.compensate is not None
-        else None,
-        **control_fields(t),
         parent=t.parent,
         origin=t.origin,
         index=t.index,
-        item_json=dump_json(t.item),
-        children=t.children,
         children_waiting=t.children_waiting,
         depth=t.depth,
-        when_json=dump_json(t.spec.when),
-        trigger=t.spec.trigger,
-        map=t.spec.map,
-        max_parallel=t.spec.max_parallel,
+        trigger=spec.trigger,
+        map=spec.map,
+        max_parallel=spec.max_parallel,
     )
+    if run is not None and spec.replicas:
+        msg.fusion.CopyFrom(fusion_to_pb(run, t))
+    if spec.requires:
+        msg.requires.extend(spec.requires)
+    if t.preempted_by:
+        msg.preempted_by.extend(
+            pb.Preemption(by_run_id=r, by_task_id=k, attempt=a, at_ms=at) for r, k, a, at in t.preempted_by
+        )
+    if spec.compensate is not None:
+        msg.compensate.CopyFrom(
+            pb.Compensation(agent=spec.compensate.agent, input_json=dump_json(spec.compensate.input))
+        )
+    if t.history or spec.approval is not None or t.gate is not None:
+        for name, value in control_fields(t).items():
+            if name == "history":
+                getattr(msg, name).extend(value)
+            else:
+                getattr(msg, name).CopyFrom(value)
+    if t.item is not None:
+        msg.item_json = dump_json(t.item)
+    if t.children:
+        msg.children.extend(t.children)
+    if spec.when is not None:
+        msg.when_json = dump_json(spec.when)
+    return msg
 
 
 def fusion_to_pb(run: RunState, t: TaskState) -> pb.Fusion:
