@@ -417,3 +417,55 @@ def test_stream_watchdogs_share_one_thread_and_cancel_only_silent_calls() -> Non
     finally:
         for d in dogs:
             d.close()
+
+
+def test_watch_run_streams_every_task_change_in_order_then_heartbeats(node: InProcessNode) -> None:
+    """A stream whose events queue up (a fan-out) gets each of them once, in apply order, and
+    the run's end last; a stream with nothing to send still says it is alive (heartbeats)."""
+    import grpc
+
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+    c = node.client
+    with grpc.insecure_channel(node.address) as ch:
+        stub = pb_grpc.ClusterStub(ch)
+        events = list(stub.SubmitAndWatchRun(pb.SubmitAndWatchRunRequest(submit=_submit_pb(fan_out(40)))))
+        snap, changes, last = events[0], events[1:-1], events[-1]
+        assert snap.HasField("snapshot") and last.run.status == pb.RUN_STATUS_SUCCEEDED
+        revisions = [e.revision for e in events]
+        assert revisions == sorted(revisions) and revisions[1] > snap.revision
+        assert all(e.WhichOneof("event") == "task" for e in changes)
+        seen: dict[str, list[int]] = {t.id: [t.status] for t in snap.snapshot.tasks}
+        for e in changes:
+            seen[e.task.task_id].append(e.task.status)
+        order = [
+            pb.TASK_STATUS_PENDING,
+            pb.TASK_STATUS_READY,
+            pb.TASK_STATUS_RUNNING,
+            pb.TASK_STATUS_SUCCEEDED,
+        ]
+        for tid, statuses in seen.items():  # each task's changes, in order and never repeated
+            assert statuses[-1] == pb.TASK_STATUS_SUCCEEDED, (tid, statuses)
+            assert [order.index(s) for s in statuses] == sorted({order.index(s) for s in statuses}), (
+                tid,
+                statuses,
+            )
+        assert {t.id: t.output_json for t in last.final.tasks} == {
+            tid: _json(t.output) for tid, t in c.get(last.final.run_id).tasks.items()
+        }
+
+        gated = DAG("gated")
+        gated.task("g", "echo", input=1, approval={"prompt": "ok?"})
+        stream = stub.WatchRun(pb.WatchRunRequest(run_id=c.submit(gated), status_only=True))
+        first = next(stream)
+        beats = []
+        for e in stream:  # the gate holds the run: only heartbeats come (one a STREAM_HEARTBEAT_S)
+            assert e.WhichOneof("event") is None and e.revision >= first.revision, e
+            beats.append(e)
+            if len(beats) == 2:
+                break
+        c.cancel(first.snapshot.run_id)
+        rest = list(stream)
+        assert rest[-1].run.status == pb.RUN_STATUS_CANCELLED
+        assert all(e.WhichOneof("event") is None for e in rest[:-1])

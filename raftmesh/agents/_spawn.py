@@ -139,7 +139,7 @@ def task_specs(
     try:
         dag = DAG.from_dict({"tasks": maps}, source="ctx.spawn")
         req = pb.SubmitRunRequest(priority=run_priority, tasks=[task_pb(t) for t in dag.tasks.values()])
-        specs = convert.with_defaults(req, convert.task_specs_from_pb(req), defaults)
+        specs = convert.task_specs_from_pb(req, defaults)
     except InvalidArgument as exc:
         raise SpawnError(str(exc)) from None
     except (ValueError, TypeError) as exc:  # a value the checks above let through: still the fragment's fault
