@@ -49,7 +49,9 @@ Three workloads, each with its answer checked against a value computed independe
    usually waits for the window opened by the previous future's release message, which adds up to
    10 ms that has nothing to do with the work. Spaced runs measure the round trip alone (for every
    system, which also wakes up from idle each time). p50 and p99 are reported in ms (linear
-   interpolation between order statistics; with 50 runs p99 is close to the maximum).
+   interpolation between order statistics; with 50 runs p99 is close to the maximum). One more
+   raftmesh row (back to back, JSON ``latency_one_call``) times ``Client.run``: submit and result
+   in one call (``SubmitAndWatchRun``), the shape of Ray's ``ray.get(f.remote(x))``.
 3. Concurrent clients: ``--clients`` (default 100) clients each submit one run of ``--client-tasks``
    (default 50) tasks at the same moment (the fan-out/fan-in shape again: 1 root, ``--client-tasks`` -
    2 leaves, 1 fan-in; every client's root value differs, every answer is checked), and wait for it.
@@ -354,6 +356,24 @@ class RaftmeshBench:
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
+class RaftmeshOneCall(RaftmeshBench):
+    """Single tasks through ``Client.run``: submit and result in one call (``SubmitAndWatchRun``),
+    the analogue of Ray's ``ray.get(f.remote(x))``; everything else as ``RaftmeshBench``."""
+
+    def single(self, x: int, res: LatencyResult | None) -> None:
+        dag = DAG("bench-latency")
+        dag.task("a", "echo", input=x)
+        t0 = time.perf_counter()
+        run = self.client.run(dag, timeout_s=RUN_TIMEOUT_S)
+        t1 = time.perf_counter()
+        if run.status != "SUCCEEDED" or run.tasks["a"].output != x:
+            raise WrongAnswer(
+                f"raftmesh run(echo({x})) -> {run.status} {run.tasks['a'].output!r} {run.error}"
+            )
+        if res is not None:
+            res.total_s.append(t1 - t0)
+
+
 # ---- Dask ------------------------------------------------------------------------------------------------
 
 
@@ -597,8 +617,20 @@ def render_table(report: dict[str, Any]) -> str:
         row("  max ms", ("latency_spaced", "max_ms"), ".2f", with_ratio=False),
         f"   raftmesh, back to back: the SubmitRun call alone (run committed on a majority) p50 "
         f"{r_lat['submit_p50_ms']:.2f} ms, p99 {r_lat['submit_p99_ms']:.2f} ms;",
-        "   the rest is WatchRun until the run ends + GetRun.",
+        "   the rest is WatchRun until the run's end, whose last message carries the finished run.",
     ]
+    o_lat = rm.get("latency_one_call")
+    if o_lat:
+        lines.append(
+            f"   raftmesh Client.run (submit and result in one call, like ray.get(f.remote(x))), back to back: "
+            f"p50 {o_lat['p50_ms']:.2f} ms, p99 {o_lat['p99_ms']:.2f} ms "
+            f"({_fmt(ratio(o_lat['p50_ms'], r_lat['p50_ms']), '.2f')}x submit + wait"
+            + (
+                f"; {_fmt(ratio(o_lat['p50_ms'], ry_p50), '.2f')}x Ray's p50)"
+                if (ry_p50 := (report.get("ray") or {}).get("latency", {}).get("p50_ms"))
+                else ")"
+            )
+        )
     f_lat = rm.get("latency_via_follower")
     if f_lat:
         lines.append(
@@ -977,6 +1009,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     rm = bench_of(rcluster, leader, stack)
     follower = next((i for i in rcluster.nodes if i != leader), None)
     rm_follower = bench_of(rcluster, follower, stack) if follower else None
+    rm_one = RaftmeshOneCall(rm.client, rm.addresses, rm.credentials)
     log(
         f"raftmesh ready in {rm_startup:.2f} s; leader {leader}; "
         f"node pids {[n.pid for n in rcluster.nodes.values()]}"
@@ -1111,6 +1144,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     # 2. single-task latency, back to back and then spaced
     lat: dict[tuple[str, bool], LatencyResult] = {}
     measured: list[tuple[str, Bench]] = list(systems)
+    measured.append(("raftmesh Client.run", rm_one))
     if rm_follower is not None:
         measured.append((f"raftmesh via follower {follower}", rm_follower))
     # The baseline is compared with this tree run by run (alternating, each side first every other
@@ -1187,6 +1221,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
             "latency": lat[("raftmesh", False)].summary(),
             "latency_spaced": lat[("raftmesh", True)].summary(),
             "concurrent": conc["raftmesh"].summary(conc_total),
+            "latency_one_call": lat[("raftmesh Client.run", False)].summary(),
             "latency_via_follower": (
                 lat[(f"raftmesh via follower {follower}", False)].summary()
                 if rm_follower is not None
