@@ -26,6 +26,7 @@ from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from raftmesh import DAG
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.raft import RaftConfig, RaftMember, RaftTimings, wire
+from raftmesh.consensus.raft.transport import HANDSHAKE_TIMEOUT_S
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.storage.snapshots import LmdbSnapshotIO
 
@@ -495,6 +496,42 @@ def test_a_replayed_opening_frame_never_repeats_a_key_and_nonce(tmp_path: Any) -
     finally:
         for s in links:
             s.close()
+        member.destroy()
+
+
+def test_idle_connections_do_not_hold_the_handshake_slots(tmp_path: Any) -> None:
+    """pysyncobj checks a connection's timeout only when it reads or sends: a stranger's
+    ``MAX_UNKNOWN_CONNECTIONS`` idle connections held every handshake slot for good, and the
+    member then closed every peer's link as it was accepted."""
+    secret = "a-cluster-secret"
+    member, addr, peer_addr = _accepting_member(tmp_path, secret)
+    idle: list[socket.socket] = []
+    try:
+        transport = member._so._SyncObj__transport
+        # (pysyncobj listens with a backlog of 5 and accepts one per poll: these connects
+        # take a few SYN retries, so the first may already be closed when the last is made)
+        idle.extend(_connect(addr) for _ in range(wire.MAX_UNKNOWN_CONNECTIONS))
+        for sock in idle:
+            assert _closed_by_peer(sock, timeout_s=HANDSHAKE_TIMEOUT_S + 10), "an idle stranger kept its slot"
+        wait_until(lambda: not transport._unknownConnections, 10, "the slots to be freed")
+        # a peer links: its key exchange is answered and, named, it is the member's peer
+        ours = os.urandom(32)
+        sock, buf, link, got = _open_link(addr, secret, _frame(so_pickle.dumps(ours), secret))
+        idle.append(sock)
+        echo, theirs = got[0]
+        assert echo == ours
+        link["keys"] = (ours, theirs)
+        sock.sendall(_frame(so_pickle.dumps((theirs, peer_addr)), secret, (theirs, ours), 0))
+        wait_until(
+            lambda: got.extend(_frames_available(sock, buf, secret, link)) or len(got) >= 2,
+            10,
+            "a message on the peer's link",
+        )
+        (peer,) = member._so._SyncObj__otherNodes
+        assert transport._connections[peer].state == CONNECTION_STATE.CONNECTED
+    finally:
+        for sock in idle:
+            sock.close()
         member.destroy()
 
 
