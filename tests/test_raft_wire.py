@@ -26,6 +26,7 @@ from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from raftmesh import DAG
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.raft import RaftConfig, RaftMember, RaftTimings, wire
+from raftmesh.consensus.raft.transport import HANDSHAKE_TIMEOUT_S
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.storage.snapshots import LmdbSnapshotIO
 
@@ -139,13 +140,16 @@ def test_transmission_guard_relabels_pysyncobjs_early_finish() -> None:
 _encryptor = cache(getEncryptor)  # PBKDF2 of 100,000 rounds: once per secret
 
 
-def _frame(payload: bytes, secret: str | None = None, link_key: bytes | None = None, seq: int = 0) -> bytes:
-    """A frame as ``BoundedConnection.send`` builds one: a link's first under the secret's
-    own key, later ones under the key of the receiver's random bytes, numbered."""
+def _frame(
+    payload: bytes, secret: str | None = None, link: tuple[bytes, bytes] | None = None, seq: int = 0
+) -> bytes:
+    """A frame as ``BoundedConnection.send`` builds one: a direction's first under the secret's
+    own key with a random nonce, later ones under the key of ``link`` (the receiver's random
+    bytes, the sender's), numbered."""
     if secret is None:
         return wire.seal(payload)
-    nonce = os.urandom(12) if link_key is None else wire.sequence_nonce(seq)
-    return wire.seal(payload, wire.link_cipher(_encryptor(secret), link_key), nonce)
+    nonce = os.urandom(12) if link is None else wire.sequence_nonce(seq)
+    return wire.seal(payload, wire.link_cipher(_encryptor(secret), *(link or ())), nonce)
 
 
 def _loopback_pair() -> tuple[socket.socket, socket.socket]:
@@ -244,8 +248,9 @@ def test_frames_of_the_handshake_keep_the_handshake_limit() -> None:
 
 
 def test_sealed_frames_are_authenticated_numbered_and_bound_to_their_link() -> None:
-    link = os.urandom(32)
-    cipher = wire.link_cipher(_encryptor("s"), link)
+    receiver, sender = os.urandom(32), os.urandom(32)
+    link, enc = (receiver, sender), _encryptor("s")
+    cipher = wire.link_cipher(enc, *link)
     small, large = so_pickle.dumps("x" * 100), so_pickle.dumps("y" * (wire.COMPRESS_ABOVE_BYTES + 1))
     frames = [_frame(p, "s", link, seq)[4:] for seq, p in enumerate((small, large))]
     assert frames[0][0] == 0 and frames[1][0] == 1  # only the large pickle is compressed
@@ -254,9 +259,12 @@ def test_sealed_frames_are_authenticated_numbered_and_bound_to_their_link() -> N
     refused = [
         (frames[0], cipher, wire.sequence_nonce(1)),  # replayed
         (frames[1], cipher, wire.sequence_nonce(0)),  # reordered
-        (frames[0], wire.link_cipher(_encryptor("s"), os.urandom(32)), wire.sequence_nonce(0)),  # other link
-        (frames[0], wire.link_cipher(_encryptor("s"), None), None),  # under the secret's own key
-        (frames[0], wire.link_cipher(_encryptor("other secret"), link), wire.sequence_nonce(0)),
+        # other links (either side's bytes differ), the other direction, the secret's own key
+        (frames[0], wire.link_cipher(enc, os.urandom(32), sender), wire.sequence_nonce(0)),
+        (frames[0], wire.link_cipher(enc, receiver, os.urandom(32)), wire.sequence_nonce(0)),
+        (frames[0], wire.link_cipher(enc, sender, receiver), wire.sequence_nonce(0)),
+        (frames[0], wire.link_cipher(enc), None),
+        (frames[0], wire.link_cipher(_encryptor("other secret"), *link), wire.sequence_nonce(0)),
         (bytes([1]) + frames[0][1:], cipher, wire.sequence_nonce(0)),  # flags flipped
         (bytes([2]) + frames[0][1:], cipher, wire.sequence_nonce(0)),  # unknown flag
         (frames[0][:-1], cipher, wire.sequence_nonce(0)),  # truncated
@@ -272,21 +280,43 @@ def test_sealed_frames_are_authenticated_numbered_and_bound_to_their_link() -> N
         wire.unseal(bytes([1]) + bomb)
 
 
+def test_no_link_key_comes_from_one_sides_random_bytes() -> None:
+    """A stranger can replay the bytes a side sent; a key of those alone repeats on every replay."""
+    r = os.urandom(32)
+    for one_side in ((r, None), (None, r), (r, b""), (b"x", r)):
+        with pytest.raises(wire.FrameRefused):
+            wire.link_cipher(_encryptor("s"), *one_side)
+
+
 def test_a_replayed_frame_closes_the_link() -> None:
     """pysyncobj's Fernet check took any frame no older than the last one's second."""
     poller = createPoller("auto")
     theirs, ours = _loopback_pair()
     conn, got = _incoming(poller, ours, names_itself=True)
-    conn.encryptor, conn.recvRandKey = _encryptor("s"), os.urandom(32)
-    first = _frame(so_pickle.dumps((conn.recvRandKey, "one")), "s", conn.recvRandKey, 0)
-    second = _frame(so_pickle.dumps((conn.recvRandKey, "two")), "s", conn.recvRandKey, 1)
+    conn.encryptor, conn.recvRandKey, conn.sendRandKey = _encryptor("s"), os.urandom(32), os.urandom(32)
+    link = (conn.recvRandKey, conn.sendRandKey)
+    first = _frame(so_pickle.dumps((conn.recvRandKey, "one")), "s")  # a direction's first: the secret's key
+    second = _frame(so_pickle.dumps((conn.recvRandKey, "two")), "s", link, 0)
+    third = _frame(so_pickle.dumps((conn.recvRandKey, "three")), "s", link, 1)
     try:
-        theirs.sendall(first + second)
-        _pump(poller, lambda: len(got) == 2, "both frames")
-        assert got == ["one", "two"] and conn.state == CONNECTION_STATE.CONNECTED
+        theirs.sendall(first + second + third)
+        _pump(poller, lambda: len(got) == 3, "the frames")
+        assert got == ["one", "two", "three"] and conn.state == CONNECTION_STATE.CONNECTED
         theirs.sendall(second)
         _pump(poller, lambda: conn.state == CONNECTION_STATE.DISCONNECTED, "the refusal")
-        assert got == ["one", "two"]
+        assert got == ["one", "two", "three"]
+    finally:
+        conn.disconnect()
+        theirs.close()
+    # a second frame under the secret's own key (a first frame replayed, or a stranger's): refused
+    theirs, ours = _loopback_pair()
+    conn, got = _incoming(poller, ours, names_itself=True)
+    conn.encryptor, conn.recvRandKey, conn.sendRandKey = _encryptor("s"), os.urandom(32), os.urandom(32)
+    try:
+        again = _frame(so_pickle.dumps((conn.recvRandKey, "one")), "s")
+        theirs.sendall(again + _frame(so_pickle.dumps((conn.recvRandKey, "two")), "s"))
+        _pump(poller, lambda: conn.state == CONNECTION_STATE.DISCONNECTED, "the refusal")
+        assert got == ["one"]
     finally:
         conn.disconnect()
         theirs.close()
@@ -295,8 +325,9 @@ def test_a_replayed_frame_closes_the_link() -> None:
 def _frames_available(sock: socket.socket, buf: bytearray, secret: str, link: dict[str, Any]) -> list[Any]:
     """Every whole frame the peer has sent so far (its sends on loopback are already here).
 
-    ``link`` holds the random bytes we answered with (``key``, None before) and the next
-    frame's number (``seq``)."""
+    ``link`` holds the random bytes of the link's key once known (``keys``: ours, then the
+    peer's; None before), the frames read (``read``; the first is under the secret's own key)
+    and their nonces and bodies (``nonces``, ``bodies``)."""
     sock.setblocking(False)
     while True:
         try:
@@ -311,10 +342,16 @@ def _frames_available(sock: socket.socket, buf: bytearray, secret: str, link: di
         (length,) = struct.unpack_from("i", buf, 0)
         if len(buf) - 4 < length:
             break
-        cipher = wire.link_cipher(_encryptor(secret), link["key"])
-        nonce = None if link["key"] is None else wire.sequence_nonce(link["seq"])
-        out.append(so_pickle.loads(wire.unseal(bytes(buf[4 : 4 + length]), cipher, nonce)))
-        link["seq"] += link["key"] is not None
+        body = bytes(buf[4 : 4 + length])
+        if link["read"]:
+            cipher = wire.link_cipher(_encryptor(secret), *link["keys"])
+            nonce = wire.sequence_nonce(link["read"] - 1)
+        else:
+            cipher, nonce = wire.link_cipher(_encryptor(secret)), None
+        out.append(so_pickle.loads(wire.unseal(body, cipher, nonce)))
+        link["read"] += 1
+        link.setdefault("nonces", []).append(body[1:13])
+        link.setdefault("bodies", []).append(body)
         del buf[: 4 + length]
     return out
 
@@ -359,14 +396,14 @@ def test_an_outgoing_link_sends_nothing_before_the_peer_answers_its_key(tmp_path
         listener.settimeout(10)
         sock, _ = listener.accept()
         buf = bytearray()
-        link: dict[str, Any] = {"key": None, "seq": 0}
+        link: dict[str, Any] = {"keys": None, "read": 0}
         # Its Raft messages and link pings (one a second) go to this peer while the link is up.
         wait_until(lambda: len(tried_while_connected) >= 3, 10, "the member to try sending to the peer")
         frames = _frames_available(sock, buf, secret, link)
         assert len(frames) == 1 and isinstance(frames[0], bytes), frames  # its key, and nothing else
         ours = os.urandom(32)
-        sock.sendall(_frame(so_pickle.dumps((frames[0], ours)), secret, link_key=frames[0]))
-        link["key"] = ours
+        sock.sendall(_frame(so_pickle.dumps((frames[0], ours)), secret))  # our first: the secret's key
+        link["keys"] = (ours, frames[0])
         got: list[Any] = []
         wait_until(
             lambda: got.extend(_frames_available(sock, buf, secret, link)) or len(got) >= 2, 10, "messages"
@@ -377,6 +414,125 @@ def test_an_outgoing_link_sends_nothing_before_the_peer_answers_its_key(tmp_path
     finally:
         member.destroy()
         listener.close()
+
+
+def _accepting_member(tmp_path: Any, secret: str) -> tuple[RaftMember, str, str]:
+    """A member whose one peer (this test, the higher address) opens the link to it."""
+    self_addr, peer_addr = sorted(f"127.0.0.1:{p}" for p in free_ports(2))
+    member = RaftMember(
+        RaftConfig(
+            self_addr=self_addr,
+            peer_addrs=(self_addr, peer_addr),
+            journal_path=str(tmp_path / "raft.journal"),
+            snapshot_path=str(tmp_path / "snapshot.lmdb"),
+            password=secret,
+            timings=RaftTimings(connection_timeout_s=60.0),  # only the handshake bound closes links
+        ),
+        StateMachine(),
+        lambda events: None,
+        LmdbSnapshotIO(),
+    )
+    return member, self_addr, peer_addr
+
+
+def _open_link(
+    addr: str, secret: str, opening: bytes
+) -> tuple[socket.socket, bytearray, dict[str, Any], list[Any]]:
+    """Send a link's first frame to ``addr`` and read the answer (our bytes, the member's)."""
+    sock = _connect(addr)
+    sock.sendall(opening)
+    buf, link, got = bytearray(), {"keys": None, "read": 0}, []
+    wait_until(lambda: got.extend(_frames_available(sock, buf, secret, link)) or got, 10, "the answer")
+    return sock, buf, link, got
+
+
+def test_a_replayed_opening_frame_never_repeats_a_key_and_nonce(tmp_path: Any) -> None:
+    """A stranger records a link's opening frame (the opener's random bytes) and replays it.
+
+    Keyed by the opener's bytes alone, the member answered every replay under the same key at
+    nonce 0: GCM nonce reuse (the keystream and the authentication key, so forged acks and
+    votes). Now the answer is under the secret's key with a random nonce, and the link's later
+    frames under a key of both sides' bytes, which the replay does not share.
+    """
+    secret = "a-cluster-secret"
+    member, addr, peer_addr = _accepting_member(tmp_path, secret)
+    links: list[socket.socket] = []
+    try:
+        ours = os.urandom(32)
+        opening = _frame(so_pickle.dumps(ours), secret)
+        sock, buf, link, got = _open_link(addr, secret, opening)
+        links.append(sock)
+        echo, theirs = got[0]
+        assert echo == ours and isinstance(theirs, bytes) and len(theirs) == 32
+        link["keys"] = (ours, theirs)
+        naming = _frame(so_pickle.dumps((theirs, peer_addr)), secret, (theirs, ours), 0)
+        sock.sendall(naming)
+        wait_until(
+            lambda: got.extend(_frames_available(sock, buf, secret, link)) or len(got) >= 2,
+            10,
+            "a message on the link (a link ping or a vote request)",
+        )
+        assert all(m[0] == ours for m in got), got
+        assert link["nonces"][1] == wire.sequence_nonce(0)
+
+        replayed, _, rlink, rgot = _open_link(addr, secret, opening)  # the stranger
+        links.append(replayed)
+        r_echo, r_theirs = rgot[0]
+        assert r_echo == ours and r_theirs != theirs
+        # The two answers under the secret's key: random nonces, never the same one.
+        assert rlink["nonces"][0] != link["nonces"][0]
+        assert wire.sequence_nonce(0) not in (rlink["nonces"][0], link["nonces"][0])
+        # The member's second frame on the recorded link (nonce 0) is under a key that none of
+        # the replayed link's frames is under: not the secret's, not the replayed link's.
+        second = link["bodies"][1]
+        enc = _encryptor(secret)
+        assert wire.unseal(second, wire.link_cipher(enc, ours, theirs), wire.sequence_nonce(0))
+        for other in (wire.link_cipher(enc, ours, r_theirs), wire.link_cipher(enc)):
+            with pytest.raises(wire.FrameRefused):
+                wire.unseal(second, other, wire.sequence_nonce(0))
+        # nor can the stranger go on: the recorded naming frame is refused on the replayed link
+        replayed.sendall(naming)
+        assert _closed_by_peer(replayed)
+    finally:
+        for s in links:
+            s.close()
+        member.destroy()
+
+
+def test_idle_connections_do_not_hold_the_handshake_slots(tmp_path: Any) -> None:
+    """pysyncobj checks a connection's timeout only when it reads or sends: a stranger's
+    ``MAX_UNKNOWN_CONNECTIONS`` idle connections held every handshake slot for good, and the
+    member then closed every peer's link as it was accepted."""
+    secret = "a-cluster-secret"
+    member, addr, peer_addr = _accepting_member(tmp_path, secret)
+    idle: list[socket.socket] = []
+    try:
+        transport = member._so._SyncObj__transport
+        # (pysyncobj listens with a backlog of 5 and accepts one per poll: these connects
+        # take a few SYN retries, so the first may already be closed when the last is made)
+        idle.extend(_connect(addr) for _ in range(wire.MAX_UNKNOWN_CONNECTIONS))
+        for sock in idle:
+            assert _closed_by_peer(sock, timeout_s=HANDSHAKE_TIMEOUT_S + 10), "an idle stranger kept its slot"
+        wait_until(lambda: not transport._unknownConnections, 10, "the slots to be freed")
+        # a peer links: its key exchange is answered and, named, it is the member's peer
+        ours = os.urandom(32)
+        sock, buf, link, got = _open_link(addr, secret, _frame(so_pickle.dumps(ours), secret))
+        idle.append(sock)
+        echo, theirs = got[0]
+        assert echo == ours
+        link["keys"] = (ours, theirs)
+        sock.sendall(_frame(so_pickle.dumps((theirs, peer_addr)), secret, (theirs, ours), 0))
+        wait_until(
+            lambda: got.extend(_frames_available(sock, buf, secret, link)) or len(got) >= 2,
+            10,
+            "a message on the peer's link",
+        )
+        (peer,) = member._so._SyncObj__otherNodes
+        assert transport._connections[peer].state == CONNECTION_STATE.CONNECTED
+    finally:
+        for sock in idle:
+            sock.close()
+        member.destroy()
 
 
 # ---- a live node ---------------------------------------------------------------------

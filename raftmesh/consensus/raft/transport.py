@@ -25,6 +25,12 @@ LINK_PING_S = 1.0
 CONNECT_TIMEOUT_S = 2.0
 """A connect attempt that has not completed in this long is abandoned and retried."""
 
+HANDSHAKE_TIMEOUT_S = 3.0
+"""An incoming connection that has not named itself as a member this long after its accept
+is closed. A member's handshake takes a few round trips; pysyncobj checks a connection's
+timeout only when it reads or sends, so idle strangers held the ``MAX_UNKNOWN_CONNECTIONS``
+handshake slots forever and every peer's link was then refused."""
+
 SENT_BEFORE_SYNC = frozenset(
     {
         "append_entries",
@@ -57,10 +63,11 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
       SYN retries (1, 3, 7, 15, 31, 63 s), so after a long partition a link could stay
       down for a minute after the heal.
 
-    And three for safety: every connection reads through ``wire.BoundedConnection``
+    And four for safety: every connection reads through ``wire.BoundedConnection``
     (bounded frames, restricted unpickling, checked reassembly); messages that
     acknowledge log entries wait for the fsync that covers them (``SENT_BEFORE_SYNC``);
-    and with a cluster secret nothing goes out on a link before its key exchange ends.
+    with a cluster secret nothing goes out on a link before its key exchange ends; and an
+    incoming connection that has not named itself within ``HANDSHAKE_TIMEOUT_S`` is closed.
     """
 
     def __init__(
@@ -68,6 +75,8 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
     ) -> None:
         self._next_ping = 0.0
         self._connecting_since: dict[Any, float] = {}
+        self._accepted_at: dict[Any, float] = {}
+        """When each connection still in the handshake was accepted."""
         self._guard = TransmissionGuard()
         self._journal = journal
         self._held: list[tuple[Any, Any]] = []
@@ -89,6 +98,7 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
         if len(self._unknownConnections) >= MAX_UNKNOWN_CONNECTIONS:
             conn.disconnect()
             return
+        self._accepted_at[conn] = time.monotonic()
         super()._onNewIncomingConnection(conn)
 
     def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
@@ -158,6 +168,14 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
                     conn.disconnect()  # the transport reconnects after connection_retry_s
             else:
                 self._connecting_since.pop(node, None)
+        unknown = self._unknownConnections
+        for conn, accepted in list(self._accepted_at.items()):
+            if conn not in unknown:
+                del self._accepted_at[conn]
+            elif now - accepted > HANDSHAKE_TIMEOUT_S:
+                del self._accepted_at[conn]
+                unknown.discard(conn)
+                conn.disconnect()
         if now >= self._next_ping:
             self._next_ping = now + LINK_PING_S
             for node in list(self._nodes):

@@ -12,13 +12,17 @@ before any check. This module closes both, and replaces the frame (``seal``/``un
   py-spy on a leader under 16 KV clients: sending AppendEntries (pickle, zlib, Fernet)
   was the largest cost of the Raft thread (~660 of 10 s x 200 Hz samples); Fernet is
   HMAC + AES-CBC + base64 in several calls, AES-GCM is one.
-- Each direction of a link has its own key, derived (HKDF) from the secret and the
-  32 random bytes the receiver chose in pysyncobj's key exchange, and numbers its frames:
-  the nonce is the frame's sequence number, and a receiver accepts only the next one, so
-  a frame cannot be replayed, reordered or moved to another link (pysyncobj's Fernet
-  check allowed replays within the same second). Only the first frame of a link, the
-  sender's random bytes, is under the secret's own key, with a random nonce; a receiver
-  that already chose its bytes accepts no frame under that key.
+- In pysyncobj's key exchange the side that opens a link sends 32 random bytes, the
+  other answers with its own. The first frame in each direction (those random bytes) is
+  under the secret's own key with a random nonce; every later frame is under a key of its
+  direction, derived (HKDF) from the secret and BOTH sides' random bytes (receiver's, then
+  sender's), and numbers its frames: the nonce is the frame's sequence number, and a
+  receiver accepts only the next one, so a frame cannot be replayed, reordered or moved to
+  another link (pysyncobj's Fernet check allowed replays within the same second). A key
+  never depends only on bytes a stranger can replay: keyed by the opener's bytes alone, a
+  replayed opening frame made the acceptor encrypt a new answer under the same key and
+  nonce (GCM nonce reuse: keystream and authentication key recoverable, tags forgeable).
+  A receiver takes exactly its first frame under the secret's key.
 
 - ``loads`` resolves only the globals pysyncobj's messages, commands and snapshot meta
   use (``ALLOWED_GLOBALS``); anything else raises ``RefusedPickle``. Even a peer with
@@ -85,6 +89,7 @@ than sending it on loopback or a LAN saves.
 _COMPRESSED = 0x01
 _NONCE_BYTES = 12
 _FRAME_INFO = b"raftmesh raft frame v1"
+_RANDOM_BYTES = 32  # what pysyncobj's key exchange sends (os.urandom(32))
 
 
 class RefusedPickle(pickle.UnpicklingError):
@@ -155,13 +160,25 @@ def _secret_key(encryptor: Any) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=_FRAME_INFO).derive(material)
 
 
-def link_cipher(encryptor: Any, link_key: bytes | None) -> AESGCM:
-    """The cipher of one direction of a link: keyed by the receiver's random bytes, or
-    (``link_key`` None: the link's first frame) by the secret alone."""
+def link_cipher(
+    encryptor: Any, receiver_random: bytes | None = None, sender_random: bytes | None = None
+) -> AESGCM:
+    """The cipher of one direction of a link: after its first frame keyed by both sides'
+    random bytes (receiver's, then sender's), or (neither given: a direction's first frame,
+    sealed with a random nonce) by the secret alone."""
     key = _secret_key(encryptor)
-    if link_key is not None:
-        key = HKDF(hashes.SHA256(), 32, salt=link_key, info=_FRAME_INFO + b" link").derive(key)
-    return AESGCM(key)
+    if receiver_random is None and sender_random is None:
+        return AESGCM(key)
+    if not (_is_random(receiver_random) and _is_random(sender_random)):
+        # one side's bytes alone can be replayed by a stranger: never a key of their own
+        raise FrameRefused("a link key needs both sides' random bytes")
+    assert receiver_random is not None and sender_random is not None
+    salt = receiver_random + sender_random
+    return AESGCM(HKDF(hashes.SHA256(), 32, salt=salt, info=_FRAME_INFO + b" link").derive(key))
+
+
+def _is_random(value: Any) -> bool:
+    return isinstance(value, bytes) and len(value) == _RANDOM_BYTES
 
 
 def sequence_nonce(seq: int) -> bytes:
@@ -209,11 +226,13 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
     _rx: bytearray
     _scan: int
     """Offset of the next frame header not yet checked against ``frame_limit``."""
-    _tx: tuple[Any, AESGCM] | None
-    """(the random bytes it is keyed by, the cipher) of the frames sent."""
-    _rx_cipher: tuple[Any, AESGCM] | None
-    _tx_seq: int
-    _rx_seq: int
+    _tx_cipher: AESGCM | None
+    """The cipher of the frames sent after the first (once both random bytes are known)."""
+    _rx_cipher: AESGCM | None
+    _tx_frames: int
+    """Frames sent on this connection: the first is under the secret's key, the n-th
+    (n >= 1) under ``_tx_cipher`` with sequence number n - 1."""
+    _rx_frames: int
 
     @classmethod
     def adopt(cls, conn: TcpConnection, frame_limit: int = MAX_FRAME_BYTES) -> BoundedConnection:
@@ -231,8 +250,8 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
     def _reset(self) -> None:
         self._rx = bytearray()
         self._scan = 0
-        self._tx = self._rx_cipher = None
-        self._tx_seq = self._rx_seq = 0
+        self._tx_cipher = self._rx_cipher = None
+        self._tx_frames = self._rx_frames = 0
 
     def connect(self, host: str, port: int) -> bool:
         self._reset()
@@ -243,31 +262,35 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
         super().disconnect()
 
     def send(self, message: Any) -> None:
-        key = self.sendRandKey
-        if key:
-            message = (key, message)
+        # own random bytes: recvRandKey (the peer echoes them); the peer's: sendRandKey
+        if self.sendRandKey:
+            message = (self.sendRandKey, message)
         cipher, nonce = None, b""
         if self.encryptor:
-            if not key:
-                cipher, nonce = link_cipher(self.encryptor, None), os.urandom(_NONCE_BYTES)
+            if not self._tx_frames:
+                cipher, nonce = link_cipher(self.encryptor), os.urandom(_NONCE_BYTES)
             else:
-                if self._tx is None or self._tx[0] is not key:
-                    self._tx, self._tx_seq = (key, link_cipher(self.encryptor, key)), 0
-                cipher, nonce = self._tx[1], sequence_nonce(self._tx_seq)
-                self._tx_seq += 1
+                if self._tx_cipher is None:
+                    try:
+                        self._tx_cipher = link_cipher(self.encryptor, self.sendRandKey, self.recvRandKey)
+                    except FrameRefused as exc:  # the peer's bytes are not known (or not bytes)
+                        self._refuse(f"nothing to key a second frame with: {exc}")
+                        return
+                cipher, nonce = self._tx_cipher, sequence_nonce(self._tx_frames - 1)
+            self._tx_frames += 1
         self._TcpConnection__writeBuffer += seal(so_pickle.dumps(message), cipher, nonce)
         self._TcpConnection__trySendBuffer()
 
     def _unseal(self, body: bytes) -> bytes:
         if not self.encryptor:
             return unseal(body)
-        key = self.recvRandKey
-        if not key:
-            return unseal(body, link_cipher(self.encryptor, None))
-        if self._rx_cipher is None or self._rx_cipher[0] is not key:
-            self._rx_cipher, self._rx_seq = (key, link_cipher(self.encryptor, key)), 0
-        payload = unseal(body, self._rx_cipher[1], sequence_nonce(self._rx_seq))
-        self._rx_seq += 1
+        if not self._rx_frames:
+            payload = unseal(body, link_cipher(self.encryptor))
+        else:
+            if self._rx_cipher is None:
+                self._rx_cipher = link_cipher(self.encryptor, self.recvRandKey, self.sendRandKey)
+            payload = unseal(body, self._rx_cipher, sequence_nonce(self._rx_frames - 1))
+        self._rx_frames += 1
         return payload
 
     def _refuse(self, why: str) -> None:
