@@ -14,13 +14,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftmesh import DAG, Client
 from raftmesh.consensus import limits
 from raftmesh.errors import InvalidArgument, NotFound, OutOfRange, RaftmeshError
 from raftmesh.localcluster import free_ports, wait_until
 from raftmesh.node.config import Peer, build_config
+from raftmesh.node.proposer import Proposer
 from raftmesh.node.runtime import NodeRuntime
 
 
@@ -469,3 +472,33 @@ def test_watch_run_streams_every_task_change_in_order_then_heartbeats(node: InPr
         rest = list(stream)
         assert rest[-1].run.status == pb.RUN_STATUS_CANCELLED
         assert all(e.WhichOneof("event") is None for e in rest[:-1])
+
+
+@pytest.fixture
+def failing_leader_changed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every ``Proposer.leader_changed`` raises (the node's health loop calls it when it learns
+    of a leader); the list counts the calls."""
+    calls: list[int] = []
+
+    def fail(self: Proposer) -> None:
+        calls.append(1)
+        raise RuntimeError("injected: leader_changed failed")
+
+    monkeypatch.setattr(Proposer, "leader_changed", fail)
+    return calls
+
+
+def test_the_health_loop_survives_a_failing_reaction_to_a_new_leader(
+    failing_leader_changed: list[int], node: InProcessNode
+) -> None:
+    """The leader-change hooks are a speed-up: one that raises must not end the health loop
+    (readiness would stay NOT_SERVING for good)."""
+    assert failing_leader_changed, "the health loop never saw the leader change (elected before it ran)"
+    with grpc.insecure_channel(node.address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+
+        def serving() -> bool:
+            resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+        wait_until(serving, 20.0, "the node to report SERVING")

@@ -138,3 +138,45 @@ def test_a_new_leader_ends_the_retry_backoff() -> None:
     res, cancelled, proposals = asyncio.run(go())
     assert res.ok and proposals == 2
     assert cancelled, "the retry waited for its backoff timer instead of going at once"
+
+
+class HeldRaft(FakeRaft):
+    """Holds every proposal's callback until the test answers it."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.held: list[Callable[[list[Result] | None, str | None], None]] = []
+
+    def propose(self, payload: bytes, callback: Callable[[list[Result] | None, str | None], None]) -> None:
+        self.proposals += 1
+        self.held.append(callback)
+
+
+def test_a_new_leader_retries_the_oldest_backed_off_commands_first() -> None:
+    """Commands that failed in separate batches during an election go out oldest first."""
+
+    async def go() -> list[str]:
+        raft = HeldRaft()
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=30.0)  # type: ignore[arg-type]
+        p.start()
+        futs = []
+        try:
+            for key in ("old", "mid", "new"):  # one batch each: every batch is in flight alone
+                futs.append(asyncio.ensure_future(p.propose(submit(key), timeout_s=30.0)))
+                async with asyncio.timeout(10):
+                    while len(raft.held) < len(futs):
+                        await asyncio.sleep(0.005)
+            # The election fails all three, oldest batch first, in one go (so none's backoff ends first).
+            held = list(raft.held)
+            threading.Thread(target=lambda: [cb(None, "LEADER_CHANGED") for cb in held]).start()
+            async with asyncio.timeout(10):
+                while len(p._backing_off) < 3:
+                    await asyncio.sleep(0.001)
+            p.leader_changed()
+            return [q.cmd.request_id for q in p._queue]
+        finally:
+            for f in futs:
+                f.cancel()
+            await p.stop()
+
+    assert asyncio.run(go()) == ["s-old", "s-mid", "s-new"]

@@ -66,9 +66,10 @@ def test_a_follower_acks_a_read_heartbeat_of_its_leaders_term_only(follower: Fol
 
 
 class Leader:
-    """A real member made leader of term 5 of a 3-member cluster whose followers the test plays."""
+    """A real member made leader of term 5 of a 3-member cluster whose followers the test plays
+    (with ``lead=False``: a real member of a 3-member cluster whose two peers the test plays)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, lead: bool = True) -> None:
         me, p1, p2 = free_ports(3)
         self.member = RaftMember(
             RaftConfig(
@@ -84,7 +85,9 @@ class Leader:
         self.so: Any = self.member._so
         self.peers = sorted(self.so._SyncObj__otherNodes, key=lambda n: str(n.address))
         self.sent: list[tuple[Any, dict[str, Any]]] = []
-        self._inbox: queue.Queue[tuple[Callable[[], None], threading.Event]] = queue.Queue()
+        self._inbox: queue.Queue[tuple[Callable[[], None], threading.Event, list[BaseException]]] = (
+            queue.Queue()
+        )
         transport = self.so._SyncObj__transport
         real_send = transport.send
 
@@ -111,6 +114,9 @@ class Leader:
             self.so._SyncObj__setCurrentTerm(5, None)
             self.so._SyncObj__onBecomeLeader()  # appends this term's no-op
 
+        if not lead:
+            self.run(lambda: setattr(self.so, "_SyncObj__connectedNodes", Connected(peers)))
+            return
         self.run(become_leader)
         assert self.member.is_leader and self.member.term == 5
         self.noop = int(self.so._SyncObj__raftLog[-1][1])
@@ -118,18 +124,23 @@ class Leader:
     def _deliver(self) -> None:  # on the leader's tick thread
         while True:
             try:
-                fn, done = self._inbox.get_nowait()
+                fn, done, raised = self._inbox.get_nowait()
             except queue.Empty:
                 return
             try:
                 fn()
+            except BaseException as exc:  # raised on the tick thread: the test sees it
+                raised.append(exc)
             finally:
                 done.set()
 
     def run(self, fn: Callable[[], None]) -> None:
         done = threading.Event()
-        self._inbox.put((fn, done))
+        raised: list[BaseException] = []
+        self._inbox.put((fn, done, raised))
         assert done.wait(10), "the leader's tick thread did not run it"
+        if raised:
+            raise raised[0]
 
     def receive(self, node: Any, message: dict[str, Any]) -> None:
         self.run(lambda: self.so._SyncObj__onMessageReceived(node, message))
@@ -255,3 +266,120 @@ def test_reads_arriving_during_a_round_share_the_next_one_and_are_not_served_by_
     ld.receive(a, {"type": ri.ACK, "term": 5, "seq": seq2})
     wait_until(lambda: all(later), 5, "the later reads")
     assert later == [[None], [None]]
+
+
+# ---- a follower's reads: the test plays the leader (and the third member) -------------------
+
+
+def _follow(tmp: Path, term: int = 5) -> tuple[Leader, Any, Any]:
+    """A real member following played peer ``a`` in ``term``; returns it, ``a`` and ``b``."""
+    f = Leader(tmp, lead=False)
+    a, b = f.peers
+    f.receive(a, append(term, 1, 0, [], commit=1))
+    assert f.so._SyncObj__raftLeader == a and not f.member.is_leader
+    return f, a, b
+
+
+def _asked_rid(f: Leader, a: Any, before: int = 0) -> Any:
+    """The request id of the read index request ``f`` sent ``a`` (after the first ``before``)."""
+
+    def asked() -> list[Any]:
+        return [m["rid"] for n, m in f.sent if n == a and m.get("type") == ri.REQUEST][before:]
+
+    wait_until(asked, 5, "the follower to ask the leader")
+    return asked()[0]
+
+
+@pytest.fixture
+def follower_of(tmp_path: Path) -> Iterator[Callable[[str], tuple[Leader, Any, Any]]]:
+    made: list[Leader] = []
+
+    def make(name: str) -> tuple[Leader, Any, Any]:
+        d = tmp_path / name
+        d.mkdir()
+        out = _follow(d)
+        made.append(out[0])
+        return out
+
+    try:
+        yield make
+    finally:
+        for f in made:
+            f.close()
+
+
+def test_a_restarted_follower_never_takes_the_answer_owed_to_its_previous_run(
+    follower_of: Callable[[str], tuple[Leader, Any, Any]],
+) -> None:
+    """Request ids restarting at 1 let a leader's late answer to the crashed run (an index from
+    before a write the cluster has since acknowledged) serve the new run's read: stale."""
+    first, _, _ = follower_of("run1")
+    first.read()
+    old_rid = _asked_rid(first, first.peers[0])
+    f, a, b = follower_of("run2")  # the same follower after a restart (a new process run)
+    out = f.read()
+    rid = _asked_rid(f, a)
+    assert rid != old_rid, "a new run reuses its previous run's request ids"
+    f.receive(a, {"type": ri.REPLY, "rid": old_rid, "index": 1})
+    f.run(lambda: None)
+    assert out == [], "the answer owed to the previous run served this run's read"
+    # Only the leader asked may answer, and a malformed id must not raise on the tick thread.
+    f.receive(b, {"type": ri.REPLY, "rid": rid, "index": 1})
+    f.receive(a, {"type": ri.REPLY, "rid": [rid], "index": 1})
+    f.receive(a, {"type": ri.REPLY, "rid": {"x": 1}, "index": 1})
+    f.run(lambda: None)
+    assert out == [], "a reply from a member that was not asked served the read"
+    f.receive(a, {"type": ri.REPLY, "rid": rid, "index": 1})
+    wait_until(lambda: out, 5, "the leader's answer to serve the read")
+    assert out == [None]
+
+
+def test_a_follower_fails_its_asked_reads_when_the_leader_changes(
+    follower_of: Callable[[str], tuple[Leader, Any, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller retries with the new leader at once, not after the round timeout."""
+    monkeypatch.setattr(ri, "ROUND_TIMEOUT_S", 600.0)  # only the leader change can end the read
+    f, a, b = follower_of("f")
+    out = f.read()
+    rid = _asked_rid(f, a)
+    f.receive(b, append(6, 1, 0, [], commit=1))  # b won term 6
+    assert f.so._SyncObj__raftLeader == b
+    wait_until(lambda: out, 5, "the read asked of the old leader to fail")
+    assert out[0] is not None
+    f.receive(a, {"type": ri.REPLY, "rid": rid, "index": 1})  # the old leader's late answer
+    f.run(lambda: None)
+    assert len(out) == 1
+    again = f.read()
+    _asked_rid(f, b)  # the retry goes to the new leader
+    assert again == []
+
+
+def test_a_follower_behind_its_read_index_fails_the_read_after_the_timeout(
+    follower_of: Callable[[str], tuple[Leader, Any, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower that does not apply the read index in time fails the read (the caller
+    retries) rather than keeping it until MAX_PENDING_READS refuses every read."""
+    monkeypatch.setattr(ri, "ROUND_TIMEOUT_S", 0.3)
+    f, a, _ = follower_of("f")
+    out = f.read()
+    rid = _asked_rid(f, a)
+    f.receive(a, {"type": ri.REPLY, "rid": rid, "index": 10_000})  # far beyond what it holds
+    wait_until(lambda: out, 5, "the read waiting for apply to time out")
+    assert out == ["READ_TIMEOUT"]
+    assert f.so.read_index._pending == 0
+
+
+def test_a_read_is_queued_even_when_waking_the_tick_thread_fails(
+    follower_of: Callable[[str], tuple[Leader, Any, Any]],
+) -> None:
+    f, a, _ = follower_of("f")
+
+    def full() -> None:
+        raise BlockingIOError("the notify pipe is full")
+
+    f.so._SyncObj__pipeNotifier.notify = full
+    out = f.read()  # must not raise: the tick takes the read in its next poll period anyway
+    rid = _asked_rid(f, a)
+    f.receive(a, {"type": ri.REPLY, "rid": rid, "index": 1})
+    wait_until(lambda: out, 5, "the read to be served")
+    assert out == [None]

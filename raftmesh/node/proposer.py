@@ -337,7 +337,9 @@ class Proposer:
         up to a second more would only delay the completions (and the tasks they ready) that
         failed during the election.
         """
-        for rid in list(self._backing_off):
+        # Newest group first: each _requeue puts its group in front of the queue, so the oldest
+        # commands (those waiting longest, whose completions other tasks wait for) go out first.
+        for rid in reversed(list(self._backing_off)):
             timer, _ = self._backing_off[rid]
             timer.cancel()
             self._requeue(rid)

@@ -577,9 +577,13 @@ class NodeRuntime:
                 leader = now_leader
                 if now_leader is not None:
                     # Retry what failed during the election now, and let a new leader's
-                    # scheduler start at once rather than at its next idle wake.
-                    self.proposer.leader_changed()
-                    self.scheduler.poke()
+                    # scheduler start at once rather than at its next idle wake. Only a speed-up:
+                    # a failure must not end this loop (readiness would freeze).
+                    try:
+                        self.proposer.leader_changed()
+                        self.scheduler.poke()
+                    except Exception:
+                        log.exception("reacting to the new leader %s failed", now_leader)
             ok = (
                 self._registered
                 and self.raft.ready

@@ -21,7 +21,7 @@ fsync on every member) per read. ReadIndex proves it with one heartbeat round in
   its term, so its reads never confirm: they fail when it steps down or time out.
 
 Every round or wait that cannot complete fails its callback (leader change, no leader, not
-confirmed within ``ROUND_TIMEOUT_S``); the caller retries within its own deadline.
+confirmed, answered or applied within ``ROUND_TIMEOUT_S``); the caller retries within its own deadline.
 Everything but ``request`` runs on pysyncobj's tick thread.
 """
 
@@ -31,6 +31,7 @@ import collections
 import heapq
 import itertools
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ ROUND_TIMEOUT_S = 2.0
 MAX_PENDING_READS = 100_000
 """Reads waiting on this node (local and forwarded ones together); beyond this a read fails at once."""
 
+_MAX_RID_CHARS = 64
+"""A forwarded read's request id is echoed back as is: bounded (an int, or a str this long)."""
+
 
 @dataclass(eq=False, slots=True)
 class _Round:
@@ -66,6 +70,22 @@ class _Round:
     """(follower node, its request id)."""
 
 
+@dataclass(eq=False, slots=True)
+class _Asked:
+    deadline: float
+    leader: Any
+    term: int
+    callback: ReadCallback
+
+
+@dataclass(eq=False, slots=True)
+class _Wait:
+    """A read confirmed at some index, waiting for this replica to apply it (or its deadline)."""
+
+    callback: ReadCallback | None
+    """None once finished (served, or expired)."""
+
+
 class ReadIndex:
     """The ReadIndex protocol of one pysyncobj ``SyncObj`` (reached through its private names)."""
 
@@ -74,6 +94,9 @@ class ReadIndex:
         self._lock = threading.Lock()
         self._incoming: collections.deque[ReadCallback] = collections.deque()
         self._seq = itertools.count(1)
+        # Unique per process run: a restarted follower must never take the answer the leader
+        # owed its previous run (a read index from before a write it has since acknowledged).
+        self._rid_prefix = secrets.token_hex(8)
         self._rids = itertools.count(1)
         self._rounds: collections.deque[_Round] = collections.deque()
         """Leader: rounds sent, oldest first (sequence numbers increase along it)."""
@@ -83,10 +106,13 @@ class ReadIndex:
         self._queued_deadline = 0.0
         self._acks: dict[Any, int] = {}
         self._acks_term = -1
-        self._asked: dict[int, tuple[float, ReadCallback]] = {}
-        """Follower: request id -> (deadline, callback) of reads asked of the leader."""
-        self._applied_waits: list[tuple[int, int, ReadCallback]] = []
-        """(read index, tie-breaker, callback): a heap of reads confirmed, waiting for apply."""
+        self._asked: dict[str, _Asked] = {}
+        """Follower: request id -> the read asked of the leader (which one, in which term)."""
+        self._applied_waits: list[tuple[int, int, _Wait]] = []
+        """(read index, tie-breaker, wait): a heap of reads confirmed, waiting for apply."""
+        self._wait_deadlines: collections.deque[tuple[float, _Wait]] = collections.deque()
+        """The same waits by deadline (each is now + ROUND_TIMEOUT_S, so appended in order): a
+        follower that fell behind fails them rather than piling up to ``MAX_PENDING_READS``."""
         self._tie = itertools.count()
         self._pending = 0
         self.rounds_sent = 0
@@ -108,7 +134,12 @@ class ReadIndex:
             return
         notifier = getattr(self._so, "_SyncObj__pipeNotifier", None)
         if notifier is not None:
-            notifier.notify()
+            try:
+                notifier.notify()
+            except Exception:
+                # Pipe full (BlockingIOError) means a wake-up is already pending; the read is
+                # queued either way and the tick, which runs every poll period, takes it.
+                pass
 
     # ---- tick thread ------------------------------------------------------------------
 
@@ -129,6 +160,8 @@ class ReadIndex:
         is_leader = so._SyncObj__raftState == _RAFT_STATE.LEADER
         if not is_leader:
             self._fail_rounds("NOT_LEADER")
+        if self._asked:
+            self._fail_asked_of_old_leader()
         self._expire(now)
         if fresh:
             if is_leader:
@@ -140,15 +173,31 @@ class ReadIndex:
                     for cb in fresh:
                         self._finish(cb, "MISSING_LEADER")
                 else:
-                    rid = next(self._rids)
+                    rid = f"{self._rid_prefix}:{next(self._rids)}"
                     # One request for every read that arrived this tick: they share the answer.
-                    self._asked[rid] = (now + ROUND_TIMEOUT_S, _fan_out(fresh))
+                    term = int(so._SyncObj__raftCurrentTerm)
+                    self._asked[rid] = _Asked(now + ROUND_TIMEOUT_S, leader, term, _fan_out(fresh))
                     with self._lock:
                         self._pending -= len(fresh) - 1
                     so._SyncObj__transport.send(leader, {"type": REQUEST, "rid": rid})
         if is_leader:
             self._start_round(now)
         self._release_applied()
+
+    def _fail_asked_of_old_leader(self) -> None:
+        """Fail (the caller retries) the reads asked of a leader this follower no longer follows:
+        its answer may never come, and waiting ``ROUND_TIMEOUT_S`` would stall every read."""
+        so = self._so
+        leader = so._SyncObj__raftLeader
+        term = so._SyncObj__raftCurrentTerm
+        stale = [rid for rid, a in self._asked.items() if a.leader != leader or a.term != term]
+        for rid in stale:
+            self._finish(self._asked.pop(rid).callback, "LEADER_CHANGED")
+
+    def _wait_applied(self, index: int, callback: ReadCallback, now: float) -> None:
+        w = _Wait(callback)
+        heapq.heappush(self._applied_waits, (index, next(self._tie), w))
+        self._wait_deadlines.append((now + ROUND_TIMEOUT_S, w))
 
     def _fail_rounds(self, err: str) -> None:
         rounds, self._rounds = self._rounds, collections.deque()
@@ -182,9 +231,20 @@ class ReadIndex:
             for node, rid in r.remote:
                 self._so._SyncObj__transport.send(node, {"type": REPLY, "rid": rid, "error": "READ_TIMEOUT"})
         if self._asked:
-            for rid in [rid for rid, (deadline, _) in self._asked.items() if deadline <= now]:
-                _, cb = self._asked.pop(rid)
-                self._finish(cb, "READ_TIMEOUT")
+            for rid in [rid for rid, a in self._asked.items() if a.deadline <= now]:
+                self._finish(self._asked.pop(rid).callback, "READ_TIMEOUT")
+        deadlines = self._wait_deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1].callback is None):
+            _, w = deadlines.popleft()
+            if w.callback is not None:
+                cb, w.callback = w.callback, None
+                self._finish(cb, "READ_TIMEOUT")  # this replica did not apply the read index in time
+        if not deadlines:
+            self._applied_waits.clear()  # only finished waits remain in the heap
+        elif len(self._applied_waits) > 2 * len(deadlines) + 1024:
+            # Expired waits for an index not yet applied stay in the heap: drop them in bulk.
+            self._applied_waits = [e for e in self._applied_waits if e[2].callback is not None]
+            heapq.heapify(self._applied_waits)
 
     def _start_round(self, now: float) -> None:
         """Send one heartbeat round for every read queued on this leader, if its term has a commit."""
@@ -246,8 +306,9 @@ class ReadIndex:
             if votes < need:
                 return
             self._rounds.popleft()
+            now = _monotonic()
             for cb in r.local:
-                heapq.heappush(self._applied_waits, (r.index, next(self._tie), cb))
+                self._wait_applied(r.index, cb, now)
             for node, rid in r.remote:
                 self._answer(node, rid, r.index)
         self._release_applied()
@@ -278,8 +339,10 @@ class ReadIndex:
             return
         applied = int(self._so._SyncObj__raftLastApplied)
         while waits and waits[0][0] <= applied:
-            _, _, cb = heapq.heappop(waits)
-            self._finish(cb, None)
+            _, _, w = heapq.heappop(waits)
+            if w.callback is not None:
+                cb, w.callback = w.callback, None
+                self._finish(cb, None)
 
     def on_message(self, node: Any, message: Any) -> bool:
         """Handle ``message`` if it is one of ReadIndex's; False leaves it to the others."""
@@ -291,7 +354,7 @@ class ReadIndex:
         elif kind == REQUEST:
             self._on_request(node, message)
         elif kind == REPLY:
-            self._on_reply(message)
+            self._on_reply(node, message)
         else:
             return False
         return True
@@ -322,6 +385,11 @@ class ReadIndex:
     def _on_request(self, node: Any, m: dict[str, Any]) -> None:
         so = self._so
         rid = m.get("rid")
+        if not (
+            (isinstance(rid, int) and not isinstance(rid, bool))
+            or (isinstance(rid, str) and len(rid) <= _MAX_RID_CHARS)
+        ):
+            return  # not a request id a follower makes: nothing to echo it back to
         if so._SyncObj__raftState != _RAFT_STATE.LEADER:
             so._SyncObj__transport.send(node, {"type": REPLY, "rid": rid, "error": "NOT_LEADER"})
             return
@@ -332,16 +400,20 @@ class ReadIndex:
         self._queued_remote.append((node, rid))
         self._start_round(_monotonic())
 
-    def _on_reply(self, m: dict[str, Any]) -> None:
-        entry = self._asked.pop(m.get("rid"), None)  # type: ignore[arg-type]
-        if entry is None:
-            return  # expired, or not ours
-        cb = entry[1]
+    def _on_reply(self, node: Any, m: dict[str, Any]) -> None:
+        rid = m.get("rid")
+        if not isinstance(rid, str):
+            return  # not an id this run made (an unhashable one must not raise on the tick thread)
+        asked = self._asked.get(rid)
+        if asked is None or asked.leader != node:
+            return  # expired, or not ours: only the leader asked may answer
+        del self._asked[rid]
+        cb = asked.callback
         index = m.get("index")
-        if not isinstance(index, int):
-            self._finish(cb, str(m.get("error") or "READ_FAILED"))
+        if not isinstance(index, int) or isinstance(index, bool):
+            self._finish(cb, str(m.get("error") or "READ_FAILED")[:200])
             return
-        heapq.heappush(self._applied_waits, (index, next(self._tie), cb))
+        self._wait_applied(index, cb, _monotonic())
         self._release_applied()
 
 
