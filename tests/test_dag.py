@@ -256,3 +256,21 @@ def test_a_run_failing_the_whole_run_checks_reports_the_same_first_error_as_task
     # Inputs together over the input limit, each under it: accepted.
     half = "x" * (limits.MAX_TASK_INPUT_BYTES // 2)
     validate([t("a", input=half), t("b", input=half), t("c", input=half)], AGENTS)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"priority": 2**70},
+        {"retries": 2**70},
+        {"requires": ("\ud800",)},
+        {"locks": (("\ud800", "exclusive"),)},
+    ],
+    ids=["priority-out-of-range", "retries-out-of-range", "capability-lone-surrogate", "lock-lone-surrogate"],
+)
+def test_a_field_the_whole_run_check_cannot_encode_is_a_dag_error_naming_it(bad: dict[str, object]) -> None:
+    """The whole-run size check encodes fields not validated yet; one that cannot be encoded must
+    still come out as the per-task check's error (INVALID_ARGUMENT), never as an exception."""
+    with pytest.raises(DagError) as info:
+        validate([t("a"), t("b", **bad)], AGENTS)
+    assert "'b'" in str(info.value)

@@ -223,9 +223,14 @@ def _sizes_within(tasks: Sequence[TaskSpec]) -> bool:
     inputs += [t.compensate.input for t in tasks if t.compensate is not None]
     if values.problem(inputs):
         return False
-    if limits.encoded_size(inputs) > limits.MAX_TASK_INPUT_BYTES:
+    try:
+        if limits.encoded_size(inputs) > limits.MAX_TASK_INPUT_BYTES:
+            return False
+        # The specs' other fields are not validated yet: one that cannot be encoded (an integer
+        # out of range, a lone surrogate) is left to the per-task checks, which name it.
+        return limits.encoded_size([t.to_map() for t in tasks]) <= limits.MAX_RUN_SPEC_BYTES
+    except (ValueError, TypeError, OverflowError, RecursionError):
         return False
-    return limits.encoded_size([t.to_map() for t in tasks]) <= limits.MAX_RUN_SPEC_BYTES
 
 
 def _check_input(t: TaskSpec, what: str, value: object) -> None:
