@@ -321,3 +321,30 @@ def test_a_snapshot_encodes_runs_off_the_lock_and_again_under_it_if_one_changed_
     # Both off the lock first; "a" changed meanwhile, so it alone was encoded again under it.
     assert [h for h in held if h[1] == 0][:2] == [("a", 0), ("b", 0)]
     assert ("a", 1) in held and ("b", 1) not in held
+
+
+def test_a_copy_keeps_the_lists_apply_changes_in_place() -> None:
+    """A task's history, children, dependents and gate are changed in place by apply: the copy
+    taken under the lock must not see a later apply (an encoding made from it happens later,
+    off the lock or in a worker thread)."""
+    from raftmesh.node import reads as reads_mod
+
+    sm = StateMachine()
+    sm.apply(
+        RegisterNode("reg", 1, node_id="n1", grpc="g", raft="r", agents=("echo",), slots=8, incarnation="i")
+    )
+    sm.apply(
+        SubmitRun("s1", 2, run_id="r", tasks=(TaskSpec("a", "echo"), TaskSpec("b", "echo", deps=("a",))))
+    )
+    assert sm.apply(Assign("a0", 3, (Assignment("r", "a", "n1", 1),)))[0].ok
+    a = sm.state.runs["r"].tasks["a"]
+    assert a.status is TaskStatus.RUNNING
+    fields = reads_mod.take_run(sm.state.runs["r"])
+    done = Complete("c1", 4, node_id="n1", items=(Completion("r", "a", a.attempt, a.token, 1),))
+    assert sm.apply(done)[0].ok
+    assert len(sm.state.runs["r"].tasks["a"].history) == 1  # the attempt's end, appended in place
+    copy = reads_mod.build_run(fields)
+    assert copy.tasks["a"].status is TaskStatus.RUNNING and copy.tasks["a"].history == []
+    assert copy.tasks["a"].history is not sm.state.runs["r"].tasks["a"].history
+    assert copy.tasks["a"].dependents is not sm.state.runs["r"].tasks["a"].dependents
+    assert copy.tasks["b"].children is not sm.state.runs["r"].tasks["b"].children

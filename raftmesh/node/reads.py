@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from ..consensus.state import SNAPSHOT_FORMAT, ClusterState, RunState, TaskState
+from ..consensus.state import SNAPSHOT_FORMAT, ClusterState, Gate, RunState, TaskState
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
 from . import convert
 
@@ -49,6 +49,15 @@ ENCODE_IN_THREAD_TASKS = 256
 
 _TASK_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(TaskState)))
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunState) if f.name != "tasks")
+_HISTORY = operator.attrgetter("history")
+_CHILDREN = operator.attrgetter("children")
+_DEPENDENTS = operator.attrgetter("dependents")
+_GATE = operator.attrgetter("gate")
+_GATE_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Gate)))
+
+
+def _copy_gate(g: Gate | None) -> Gate | None:
+    return None if g is None else Gate(*_GATE_FIELDS(g))
 
 
 def _packb(value: Any) -> bytes:
@@ -61,21 +70,38 @@ def copy_run(run: RunState, with_tasks: bool = True) -> RunState:
     return build_run(take_run(run, with_tasks))
 
 
-RunFields = tuple[dict[str, Any], tuple[list[str], list[tuple[Any, ...]]]]
+RunFields = tuple[dict[str, Any], tuple[list[str], list[tuple[Any, ...]], tuple[list[Any], ...]]]
 
 
 def take_run(run: RunState, with_tasks: bool = True) -> RunFields:
     """The run's fields and each task's, as tuples: the part of a copy that needs the apply lock
-    (one C-level attribute fetch per task, a fifth of building the task records under it)."""
+    (C-level attribute fetches per task, a fifth of building the task records under it).
+
+    Apply changes a task's ``history``, ``children``, ``dependents`` and ``gate`` in place, so
+    those are copied here too, where the lock (or the revision check of an off-lock copy) covers
+    them: an encoding made later from shared ones could see a half-applied task (review found a
+    replicated task's new children missing from the copied run's tasks)."""
     tasks = run.tasks if with_tasks else {}
-    # map() and list() iterate in C: no Python frame per task while apply waits.
-    return {n: getattr(run, n) for n in _RUN_FIELDS}, (list(tasks), list(map(_TASK_FIELDS, tasks.values())))
+    vals = tasks.values()
+    # map() and list() iterate in C: no Python frame per task while apply waits (but the gates').
+    mutable = (
+        list(map(list, map(_HISTORY, vals))),
+        list(map(list, map(_CHILDREN, vals))),
+        list(map(list, map(_DEPENDENTS, vals))),
+        list(map(_copy_gate, map(_GATE, vals))),
+    )
+    return {n: getattr(run, n) for n in _RUN_FIELDS}, (list(tasks), list(map(_TASK_FIELDS, vals)), mutable)
 
 
 def build_run(fields: RunFields) -> RunState:
     """The ``RunState`` copy from ``take_run``'s tuples (no lock needed)."""
-    head, (keys, rows) = fields
-    return RunState(**head, tasks={k: TaskState(*row) for k, row in zip(keys, rows, strict=True)})
+    head, (keys, rows, (histories, children, dependents, gates)) = fields
+    tasks: dict[str, TaskState] = {}
+    for k, row, h, c, d, g in zip(keys, rows, histories, children, dependents, gates, strict=True):
+        t = TaskState(*row)
+        t.history, t.children, t.dependents, t.gate = h, c, d, g
+        tasks[k] = t
+    return RunState(**head, tasks=tasks)
 
 
 @dataclass(frozen=True)
