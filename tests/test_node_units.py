@@ -227,6 +227,27 @@ def test_scheduler_replicates_suspicion_only_on_changes_with_a_new_leaders_grace
     assert flags(s.decide(sm.state)) == []
 
 
+def test_a_new_leader_keeps_an_earlier_leaders_flag_until_it_hears_the_member() -> None:
+    sm = cluster()
+    clock = ManualClock()
+    old = Scheduler(reads_of(sm), MachineWriter(sm), lambda: True, "n1", Liveness(clock, "n1", 5.0), clock)
+    old.decide(sm.state)
+    clock.advance(2.0)
+    old.heard_from("n2")
+    for c in old.decide(sm.state):
+        if isinstance(c, SuspectNode):
+            asyncio.run(old._propose(c))
+    assert sm.state.members["n3"].suspect
+    # n2 leads now: n3 is within its grace there, but that proves nothing about n3.
+    new = Scheduler(reads_of(sm), MachineWriter(sm), lambda: True, "n2", Liveness(clock, "n2", 5.0), clock)
+    assert [c for c in new.decide(sm.state) if isinstance(c, SuspectNode)] == []
+    clock.advance(0.5)
+    assert [c for c in new.decide(sm.state) if isinstance(c, SuspectNode)] == []
+    new.heard_from("n3")
+    cmds = [c for c in new.decide(sm.state) if isinstance(c, SuspectNode)]
+    assert [(c.node_id, c.suspect) for c in cmds] == [("n3", False)]
+
+
 def test_scheduler_proposes_a_suspicion_once_while_it_is_in_flight() -> None:
     sm = cluster()
     clock = ManualClock()

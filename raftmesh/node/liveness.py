@@ -98,6 +98,10 @@ class Liveness:
             )
         )
 
+    def heard(self, node_id: str) -> bool:
+        """Whether this node heard ``node_id`` since it started leading."""
+        return node_id in self._heard
+
     def silent(self, up: Iterable[Member]) -> frozenset[str]:
         """Members silent for ``suspect_after_s``: what the replicated ``Member.suspect`` should say.
 

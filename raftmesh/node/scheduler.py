@@ -124,6 +124,10 @@ class Scheduler:
             node_id = m.node_id
             if (node_id in silent) == m.suspect or node_id in self._down_inflight | self._suspect_inflight:
                 continue
+            if m.suspect and node_id != self._self_id and not self.liveness.heard(node_id):
+                # Flagged by an earlier leader: its grace here says nothing about it (it may be
+                # the dead one); the flag stays until this leader hears it.
+                continue
             self._suspect_inflight.add(node_id)
             cmds.append(
                 SuspectNode(
