@@ -1030,6 +1030,8 @@ def _run_chaos(
     assert bool(data["faults"]) == faults
     if data["workloads"]["dag_clients"]:
         assert data["operations"]["ok"] > 0
+        # Client.run (SubmitAndWatchRun) under the faults too, held to the same invariants.
+        assert sum(d["one_call"] for d in data["operations"]["by_client_kind"].values()) > 0
     assert "--seed" in data["replay_command"]
     if data["workloads"]["kv_clients"] or data["workloads"]["lock_clients"]:
         kv = data["kv"]

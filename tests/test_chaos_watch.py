@@ -134,6 +134,7 @@ def test_the_report_counts_each_client_kind() -> None:
         op("k3", 1, "aio", approvals=[ApproveCall("a", 1, 2, "ok", True, "approved", 1)]),
         op("k4", 2, "aio", outcome="failed"),
     ]
+    ops[1].one_call = True  # Client.run: counted with its client kind
     result = check_history(ops, {r.run_id: r for r in (run("k1"), run("k3"))}, Audit(), {})
     assert result.outcomes.by_driver == {
         "aio": {
@@ -145,6 +146,7 @@ def test_the_report_counts_each_client_kind() -> None:
             "ok_succeeded": 1,
             "approve_calls": 1,
             "retry_calls": 0,
+            "one_call": 0,
         },
         "sync": {
             "clients": 1,
@@ -155,6 +157,7 @@ def test_the_report_counts_each_client_kind() -> None:
             "ok_succeeded": 1,
             "approve_calls": 0,
             "retry_calls": 0,
+            "one_call": 1,
         },
     }
 

@@ -320,6 +320,7 @@ def by_driver(ops: Sequence[Operation], by_key: Mapping[str, list[RunRecord]]) -
                     "ok_succeeded",
                     "approve_calls",
                     "retry_calls",
+                    "one_call",
                 ),
                 0,
             ),
@@ -332,6 +333,7 @@ def by_driver(ops: Sequence[Operation], by_key: Mapping[str, list[RunRecord]]) -
         d["ok_succeeded"] += op.outcome == "ok" and bool(runs) and runs[0].status == "SUCCEEDED"
         d["approve_calls"] += len(op.approvals)
         d["retry_calls"] += len(op.retries)
+        d["one_call"] += op.one_call
     return dict(sorted(out.items()))
 
 

@@ -363,7 +363,8 @@ def format_report(r: Report) -> str:
             f"  {kind} clients ({'raftmesh.aio.Client' if kind == 'aio' else 'raftmesh.Client'}):"
             f" {d['clients']}, {d['submits']} submits ({d['ok']} ok, {d['failed']} failed,"
             f" {d['unknown']} unknown), {d['ok_succeeded']} acknowledged runs SUCCEEDED,"
-            f" {d['approve_calls']} approve and {d['retry_calls']} retry calls"
+            f" {d['approve_calls']} approve and {d['retry_calls']} retry calls,"
+            f" {d.get('one_call', 0)} submitted and waited for in one call (Client.run)"
             for kind, d in o.by_driver.items()
         ]
         if o.workflows:
