@@ -10,13 +10,17 @@ import argparse
 import contextlib
 import ctypes
 import importlib.metadata
+import json
 import logging
 import math
 import os
 import platform
+import shutil
 import signal
+import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -291,6 +295,43 @@ class Interrupted(BaseException):
 
 def interrupt(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
+
+
+def run_bench(
+    prefix: str,
+    measure: Callable[[str, contextlib.ExitStack], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    as_json: bool,
+    log: Callable[[str], None],
+    fatal: tuple[type[Exception], ...] = (),
+) -> int:
+    """A benchmark's main: ``measure(tmp, stack)`` in a fresh temporary directory with SIGINT and
+    SIGTERM unwinding it (everything entered on ``stack`` is stopped, the directory removed, also
+    on errors), then the table (on stderr with ``as_json``, the JSON on stdout). The exit code:
+    0, 128 + the signal, or 1 for an exception of ``fatal`` (a wrong answer)."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.ExitStack() as stack:
+            report = measure(tmp, stack)
+            log("stopping the clusters")
+    except Interrupted as exc:
+        log(f"{exc}: stopped the clusters, removed {tmp}")
+        return 128 + exc.signum
+    except fatal as exc:
+        log(f"WRONG ANSWER: {exc}")
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    table = render(report)
+    if as_json:
+        print(table, file=sys.stderr)
+        print(json.dumps(finite(report), indent=2, allow_nan=False))
+    else:
+        print(table)
+    return 0
 
 
 def finite(o: Any) -> Any:

@@ -53,11 +53,8 @@ import contextlib
 import importlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -67,7 +64,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import grpc
-from _benchkit import Interrupted, environment, finite, interrupt, percentile, positive_int, ratio
+from _benchkit import environment, percentile, positive_int, ratio, run_bench
 
 from raftmesh.localcluster import LocalCluster, free_ports
 from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
@@ -580,29 +577,9 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="raftmesh-bench-kv-")
-    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with contextlib.ExitStack() as stack:
-            report = run(args, tmp, stack)
-            log("stopping the clusters")
-    except Interrupted as exc:
-        log(f"{exc}: stopped the clusters, removed {tmp}")
-        return 128 + exc.signum
-    except WrongAnswer as exc:
-        log(f"WRONG ANSWER: {exc}")
-        return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    table = render(report)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(finite(report), indent=2, allow_nan=False))
-    else:
-        print(table)
-    return 0
+    return run_bench(
+        "raftmesh-bench-kv-", lambda tmp, stack: run(args, tmp, stack), render, args.json, log, (WrongAnswer,)
+    )
 
 
 if __name__ == "__main__":

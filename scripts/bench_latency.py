@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from _benchkit import Interrupted, environment, finite, interrupt, percentile, positive_int, ratio
+from _benchkit import environment, percentile, positive_int, ratio, run_bench
 
 from raftmesh import DAG, Client
 from raftmesh.localcluster import LocalCluster
@@ -138,26 +134,9 @@ def render(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="raftmesh-bench-latency-")
-    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with contextlib.ExitStack() as stack:
-            report = measure(args, tmp, stack)
-            log("stopping the clusters")
-    except Interrupted as exc:
-        log(f"{exc}: stopped the clusters, removed {tmp}")
-        return 128 + exc.signum
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    table = render(report)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(finite(report), indent=2, allow_nan=False))
-    else:
-        print(table)
-    return 0
+    return run_bench(
+        "raftmesh-bench-latency-", lambda tmp, stack: measure(args, tmp, stack), render, args.json, log, ()
+    )
 
 
 if __name__ == "__main__":
