@@ -307,3 +307,43 @@ def test_the_suspect_flag_is_replicated_and_absent_from_encodings_while_false() 
     assert copy.members["n2"].suspect and not copy.members["n2"].places and copy.digest() == c.sm.digest()
     c.ok(suspect(c, "n2", False))
     assert len(c.st.members["n2"].encode()) == 11
+
+
+def test_a_requeue_moves_an_unreachable_members_attempts_elsewhere_and_fences_them() -> None:
+    """``SuspectNode.requeue``: the leader has had no Raft answer from n2 for a while, so n2's
+    attempts start again on n1 in the same apply (the flag is set first), n2 stays up, and a
+    late result of the old attempt is refused by its token."""
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(placing(c, "n2", slots=1))
+    c.ok(c.submit("r1", [spec("a"), spec("b")]))
+    assert (c.task("r1", "a").node, c.task("r1", "b").node) == ("n1", "n2")
+    old_token = c.task("r1", "b").token
+    c.ok(c.complete("r1", "a"))  # n1 is free again
+    cmd = dataclasses.replace(suspect(c, "n2"), requeue=True)
+    assert decode_command(encode_command(cmd)) == cmd
+    n = len(c.events)
+    c.ok(cmd)
+    b = c.task("r1", "b")
+    assert (b.status, b.node, b.attempt) == (TaskStatus.RUNNING, "n1", 2)
+    assert b.history[-1].outcome == "lost" and "unreachable" in b.history[-1].error
+    assert started(c, n) == [("r1", "b", 2, "n1")]
+    m = c.st.members["n2"]
+    assert m.up and m.suspect and not c.st.running.get("n2")
+    assert not c.apply(c.complete("r1", "b", node="n2", attempt=1, token=old_token)).ok  # fenced
+    c.ok(c.complete("r1", "b"))
+    assert c.st.runs["r1"].status is RunStatus.SUCCEEDED
+
+
+def test_a_requeue_needs_the_flag_and_an_empty_one_changes_nothing() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1"))
+    c.ok(placing(c, "n2"))
+    no_flag = dataclasses.replace(suspect(c, "n2", False), requeue=True)
+    assert not c.apply(no_flag).ok and not c.st.members["n2"].suspect
+    c.ok(suspect(c, "n2"))
+    rev = c.st.revision
+    c.ok(dataclasses.replace(suspect(c, "n2"), requeue=True))  # flagged, nothing running: no-op
+    assert c.st.revision == rev
+    # A plain flag encodes as before the field existed (old journals decode and re-encode alike).
+    assert b"requeue" not in encode_command(suspect(c, "n2"))

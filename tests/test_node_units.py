@@ -23,6 +23,8 @@ from raftmesh.consensus.commands import (
     Assign,
     Assignment,
     Command,
+    Complete,
+    Completion,
     NodeDown,
     RegisterNode,
     SubmitRun,
@@ -165,6 +167,69 @@ def test_suspects_are_members_not_heard_since_leading_or_silent_lately() -> None
     assert live.suspects(ups) == {"n2", "n3"}
 
 
+def test_raft_silence_flags_a_member_sooner_than_heartbeats_and_then_moves_its_work() -> None:
+    sm = cluster()
+    clock = ManualClock()
+    ages = {"n2": 0.0, "n3": 0.0}
+    live = Liveness(clock, "n1", node_down_after_s=5.0, raft_ages=lambda: ages)
+    ups = list(sm.state.members.values())
+
+    def step() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        live.overdue(ups)
+        live.observe_raft()
+        return live.silent(ups), live.lost(ups), live.suspects(ups)
+
+    live.heard_from("n2")
+    live.heard_from("n3")
+    assert step() == (frozenset(), frozenset(), frozenset())
+    clock.advance(0.6)  # heartbeats are fine (0.6 s < 1.5 s); n3's Raft answers stopped 0.6 s ago
+    ages["n3"] = 0.6
+    assert step() == ({"n3"}, frozenset(), {"n3"})
+    clock.advance(0.4)
+    ages["n3"] = 1.0
+    assert step() == ({"n3"}, {"n3"}, {"n3"})
+    assert live.overdue(ups) == []  # node-down stays the heartbeats' call
+    live.reset()  # not leading: no Raft ages are read and every clock starts afresh
+    ages.clear()
+    assert step()[:2] == (frozenset(), frozenset())
+
+
+def test_a_flag_clears_only_after_the_member_was_heard_for_clear_after_s() -> None:
+    """Hysteresis: a member whose Raft answers flap is flagged once and kept flagged, not
+    flagged and cleared on every beat (each change is a log entry)."""
+    sm = cluster()
+    clock = ManualClock()
+    ages = {"n2": 0.0, "n3": 0.0}
+    live = Liveness(clock, "n1", node_down_after_s=5.0, raft_ages=lambda: ages)
+
+    def flagged() -> frozenset[str]:
+        ups = list(sm.state.members.values())
+        for n in ("n2", "n3"):
+            live.heard_from(n)
+        live.overdue(ups)
+        live.observe_raft()
+        return live.silent(ups)
+
+    assert flagged() == frozenset()
+    ages["n3"] = 0.7
+    assert flagged() == {"n3"}
+    sm.state.members["n3"].suspect = True  # as the SuspectNode it leads to sets it
+    for _ in range(3):  # answers again, then silent again, within a second each time
+        ages["n3"] = 0.0
+        clock.advance(0.4)
+        assert flagged() == {"n3"}
+        ages["n3"] = 0.6
+        clock.advance(0.4)
+        assert flagged() == {"n3"}
+    ages["n3"] = 0.0
+    clock.advance(0.1)
+    assert flagged() == {"n3"}
+    clock.advance(0.9)
+    assert flagged() == {"n3"}
+    clock.advance(0.1)  # heard on both signals for 1.0 s
+    assert flagged() == frozenset()
+
+
 # ---- the scheduler's step --------------------------------------------------------------
 
 
@@ -222,6 +287,14 @@ def test_scheduler_replicates_suspicion_only_on_changes_with_a_new_leaders_grace
     assert sm.state.members["n3"].suspect
     assert flags(s.decide(sm.state)) == []  # the state agrees: not again on later steps
     s.heard_from("n3")
+    assert flags(s.decide(sm.state)) == []  # hysteresis: heard for CLEAR_AFTER_S first
+    clock.advance(0.5)
+    s.heard_from("n2")
+    s.heard_from("n3")
+    assert flags(s.decide(sm.state)) == []
+    clock.advance(0.5)
+    s.heard_from("n2")
+    s.heard_from("n3")
     assert flags(s.decide(sm.state)) == [("n3", False)]
     assert not sm.state.members["n3"].suspect
     assert flags(s.decide(sm.state)) == []
@@ -243,6 +316,9 @@ def test_a_new_leader_keeps_an_earlier_leaders_flag_until_it_hears_the_member() 
     assert [c for c in new.decide(sm.state) if isinstance(c, SuspectNode)] == []
     clock.advance(0.5)
     assert [c for c in new.decide(sm.state) if isinstance(c, SuspectNode)] == []
+    new.heard_from("n3")
+    clock.advance(0.5)  # heard, and for CLEAR_AFTER_S (its clock started with this leader's grace)
+    new.heard_from("n1")
     new.heard_from("n3")
     cmds = [c for c in new.decide(sm.state) if isinstance(c, SuspectNode)]
     assert [(c.node_id, c.suspect) for c in cmds] == [("n3", False)]
@@ -539,3 +615,38 @@ def test_numeric_config_values_are_whole_numbers_where_a_count_is_meant() -> Non
     for bad in (2.9, True):
         with pytest.raises(InvalidArgument, match="slots must be a whole number"):
             _number("slots", bad, int)
+
+
+def test_scheduler_requeues_a_member_without_raft_answers_once_and_work_moves() -> None:
+    sm = cluster(tasks=12)
+    clock = ManualClock(start_ms=10_000)
+    ages = {"n2": 0.0, "n3": 0.0}
+    live = Liveness(clock, "n1", node_down_after_s=5.0, raft_ages=lambda: ages)
+    live.heard_from("n2")
+    live.heard_from("n3")
+    s = Scheduler(reads_of(sm), MachineWriter(sm), lambda: True, "n1", live, clock)
+    (assign,) = s.decide(sm.state)
+    asyncio.run(s._propose(assign))
+    on_n3 = set(sm.state.running["n3"])
+    assert len(on_n3) == 4
+    for n in ("n1", "n2"):  # n1 and n2 finish their work, n3 is cut off mid-attempt
+        for run_id, task_id in list(sm.state.running[n]):
+            t = sm.state.runs[run_id].tasks[task_id]
+            res, _ = sm.apply(
+                Complete(f"c-{task_id}", 10_001, n, (Completion(run_id, task_id, t.attempt, t.token, 1),))
+            )
+            assert res.ok, res
+    clock.advance(1.0)
+    s.heard_from("n2")
+    s.heard_from("n3")  # its heartbeats still arrive: only the Raft answers say it is gone
+    ages["n3"] = 1.0
+    cmds = [c for c in s.decide(sm.state) if isinstance(c, SuspectNode)]
+    assert [(c.node_id, c.suspect, c.requeue) for c in cmds] == [("n3", True, True)]
+    assert [c for c in s.decide(sm.state) if isinstance(c, SuspectNode)] == []  # in flight
+    asyncio.run(s._propose(cmds[0]))
+    assert sm.state.members["n3"].suspect and sm.state.members["n3"].up
+    assert not sm.state.running.get("n3")
+    for run_id, task_id in on_n3:  # ready again, none of it planned back onto n3
+        assert sm.state.runs[run_id].tasks[task_id].status is TaskStatus.READY
+    plan = [c for c in s.decide(sm.state) if isinstance(c, Assign)]
+    assert {a.node_id for c in plan for a in c.items} == {"n1", "n2"}

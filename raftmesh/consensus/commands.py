@@ -683,15 +683,28 @@ class SuspectNode(Command):
     """The leader's liveness view of a node changed: it went silent (``suspect``), or was
     heard again. Proposed only on such a change, never per tick, so placement inside apply
     (which cannot see heartbeats) keeps new work off a member the leader has lost touch with
-    (``Member.suspect``). Only the incarnation named here is flagged."""
+    (``Member.suspect``). Only the incarnation named here is flagged.
+
+    ``requeue`` (with ``suspect``): the leader has had no Raft answer from the member for a while
+    (``raftmesh.node.liveness.REQUEUE_AFTER_S``), so its running attempts go back to READY now,
+    fenced as a node-down would, without marking it down. Encoded only when true, so every
+    entry from before it decodes and re-encodes as it was."""
 
     TAG: ClassVar[str] = "suspect_node"
     node_id: str = ""
     incarnation: str = ""
     suspect: bool = False
+    requeue: bool = False
 
     def _fields(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "incarnation": self.incarnation, "suspect": self.suspect}
+        out: dict[str, Any] = {
+            "node_id": self.node_id,
+            "incarnation": self.incarnation,
+            "suspect": self.suspect,
+        }
+        if self.requeue:
+            out["requeue"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -1046,6 +1059,7 @@ def _decode_body(m: Any) -> Command:
             node_id=_get(m, "node_id", str),
             incarnation=_get(m, "incarnation", str),
             suspect=_get(m, "suspect", bool),
+            requeue=_get(m, "requeue", bool) if "requeue" in m else False,
         )
     if tag == LockAcquire.TAG:
         return LockAcquire(

@@ -168,6 +168,11 @@ def suspect_node(ctx: ApplyContext, cmd: SuspectNode) -> Result:
     O(1): it only changes what later placements consider (``placement.plan_assignments``);
     what runs there stays until the node reports or is marked down. A flag already as asked
     changes nothing (no revision, no dedup entry).
+
+    With ``requeue`` (only with ``suspect``), the member's running attempts go back to READY as
+    ``NodeDown`` sends them (O(the member's slots)), and the member stays up: the new attempts'
+    tokens fence the old ones' late results, and this apply places them elsewhere (the flag is
+    set first). Its actor activations are left to their leases, as ``NodeDown`` leaves them.
     """
     m = ctx.state.members.get(cmd.node_id)
     if m is None:
@@ -176,9 +181,16 @@ def suspect_node(ctx: ApplyContext, cmd: SuspectNode) -> Result:
         return Rejected(
             Code.FAILED_PRECONDITION, f"node {cmd.node_id!r} incarnation {cmd.incarnation} is not up"
         )
+    if cmd.requeue and not cmd.suspect:
+        return Rejected(Code.INVALID_ARGUMENT, "requeue only goes with suspect")
+    rev = 0
     if m.suspect != cmd.suspect:
-        ctx.advance()
+        rev = ctx.advance()
         m.suspect = cmd.suspect
+    if cmd.requeue and ctx.state.running.get(cmd.node_id):
+        requeue_node_tasks(
+            ctx, cmd.node_id, rev or ctx.advance(), f"node {cmd.node_id} unreachable from the leader"
+        )
     return MemberResult(cmd.node_id)
 
 

@@ -1,14 +1,24 @@
-"""The leader's view of which members are alive, from their heartbeats and a clock.
+"""The leader's view of which members are alive, from their heartbeats, Raft answers and a clock.
 
-A function of (heartbeats heard, the members the state says are up, the clock):
-no I/O, so ``tests/test_node_units.py`` checks each decision by moving a
-``ManualClock``. The scheduler asks it which members to mark down and which to
-give no new work; ``raftmesh.node.peers`` reports each heartbeat.
+A function of (heartbeats heard, Raft answer ages, the members the state says are up, the
+clock): no I/O, so ``tests/test_node_units.py`` checks each decision by moving a
+``ManualClock``. The scheduler asks it which members to mark down, which to give no new work,
+and whose attempts to move; ``raftmesh.node.peers`` reports each heartbeat, and the Raft
+layer's ``response_ages`` (read by the scheduler's step) each member's last AppendEntries answer.
+
+Two signals, because they prove different things. A gRPC heartbeat (every 0.5 s) proves the
+member's event loop, hence its agent host, runs: only its absence for ``node_down_after_s``
+marks a member down. A Raft answer (every 0.1 s) only proves the Raft thread, but its absence
+is the sharper sign that the leader cannot reach the member: a member silent there for
+``RAFT_SUSPECT_AFTER_S`` is flagged (no new work), and after ``REQUEUE_AFTER_S`` its running
+attempts are moved (``SuspectNode.requeue``). A flag is cleared only after the member has been
+heard on both for ``CLEAR_AFTER_S`` (hysteresis: a flapping member costs a flag and a clear per
+second at most, not one per beat).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..clock import Clock
@@ -16,6 +26,14 @@ from ..consensus.state import Member
 
 SUSPECT_AFTER_S = 1.5
 """No heartbeat for this long (3 missed beats): place no new work there until it is heard from again."""
+RAFT_SUSPECT_AFTER_S = 0.5
+"""No Raft answer for this long (5 heartbeat periods, under the 0.6 s election timeout): the
+leader has lost the member, as its followers would lose a leader; place no new work there."""
+REQUEUE_AFTER_S = 1.0
+"""No Raft answer for this long: the member's running attempts go back to READY (fenced: a
+late result of theirs is refused as stale), instead of waiting ``node_down_after_s`` for them."""
+CLEAR_AFTER_S = 1.0
+"""A flagged member must be heard on both signals for this long before the flag is cleared."""
 
 
 @dataclass(frozen=True)
@@ -32,11 +50,24 @@ class Liveness:
         self_id: str,
         node_down_after_s: float,
         suspect_after_s: float = SUSPECT_AFTER_S,
+        raft_ages: Callable[[], Mapping[str, float]] = dict,
+        raft_suspect_after_s: float = RAFT_SUSPECT_AFTER_S,
+        requeue_after_s: float = REQUEUE_AFTER_S,
+        clear_after_s: float = CLEAR_AFTER_S,
     ) -> None:
         self._clock = clock
         self._self_id = self_id
         self._node_down_after_s = node_down_after_s
         self._suspect_after_s = suspect_after_s
+        self._raft_ages = raft_ages
+        """node id -> seconds since this leader had a Raft answer from it (empty unless leading)."""
+        self._raft_suspect_after_s = raft_suspect_after_s
+        self._requeue_after_s = requeue_after_s
+        self._clear_after_s = clear_after_s
+        self._raft_silent: dict[str, float] = {}
+        """node id -> its Raft silence at the last ``observe_raft`` (bounded by the Raft peers)."""
+        self._fresh_since: dict[str, float] = {}
+        """node id -> since when it has been heard on both signals without a gap (clock.monotonic)."""
         self._last_seen: dict[str, float] = {}
         """node id -> when this leader last heard a heartbeat from it (clock.monotonic)."""
         self._heard: set[str] = set()
@@ -49,6 +80,12 @@ class Liveness:
         self._last_seen.clear()
         self._heard.clear()
         self._was_up.clear()
+        self._raft_silent.clear()
+        self._fresh_since.clear()
+
+    def observe_raft(self) -> None:
+        """Take the Raft layer's current answer ages (the scheduler does, once per step)."""
+        self._raft_silent = dict(self._raft_ages())
 
     def heard_from(self, node_id: str) -> None:
         self._last_seen[node_id] = self._clock.monotonic()
@@ -95,6 +132,7 @@ class Liveness:
             and (
                 m.node_id not in self._heard
                 or mono - self._last_seen.get(m.node_id, 0.0) > self._suspect_after_s
+                or self._raft_silent.get(m.node_id, 0.0) > self._raft_suspect_after_s
             )
         )
 
@@ -102,18 +140,47 @@ class Liveness:
         """Whether this node heard ``node_id`` since it started leading."""
         return node_id in self._heard
 
-    def silent(self, up: Iterable[Member]) -> frozenset[str]:
-        """Members silent for ``suspect_after_s``: what the replicated ``Member.suspect`` should say.
+    def _quiet(self, node_id: str, mono: float) -> bool:
+        """Silent now on either signal: heartbeats for ``suspect_after_s``, Raft answers for
+        ``raft_suspect_after_s``."""
+        return (
+            mono - self._last_seen.get(node_id, mono) > self._suspect_after_s
+            or self._raft_silent.get(node_id, 0.0) > self._raft_suspect_after_s
+        )
 
-        Unlike ``suspects`` (this leader's own plan), a member not heard from yet gets the grace
-        ``overdue`` gives: its clock starts when this node starts leading or sees it up, so a new
-        leader does not flag everyone before their first heartbeats arrive. Call after ``overdue``.
+    def silent(self, up: Iterable[Member]) -> frozenset[str]:
+        """The members the replicated ``Member.suspect`` should flag now.
+
+        A member is flagged once it is quiet (``_quiet``), and stays flagged until it has been
+        heard on both signals for ``clear_after_s`` (its current ``Member.suspect`` is what is
+        kept). Unlike ``suspects`` (this leader's own plan), a member not heard from yet gets
+        the grace ``overdue`` gives: its clock starts when this node starts leading or sees it
+        up (pysyncobj's Raft answer clock too), so a new leader does not flag everyone before
+        their first answers arrive. Call after ``overdue`` and ``observe_raft``.
         """
         mono = self._clock.monotonic()
+        out = set()
+        for m in up:
+            node_id = m.node_id
+            if not m.up or node_id == self._self_id:
+                continue
+            if self._quiet(node_id, mono):
+                self._fresh_since.pop(node_id, None)
+                out.add(node_id)
+            elif m.suspect and mono - self._fresh_since.setdefault(node_id, mono) < self._clear_after_s:
+                out.add(node_id)
+            else:
+                self._fresh_since.setdefault(node_id, mono)
+        for gone in [n for n in self._fresh_since if n not in self._last_seen]:  # up members only
+            del self._fresh_since[gone]
+        return frozenset(out)
+
+    def lost(self, up: Iterable[Member]) -> frozenset[str]:
+        """Up members whose Raft answers stopped for ``requeue_after_s``: their attempts move."""
         return frozenset(
             m.node_id
             for m in up
             if m.up
             and m.node_id != self._self_id
-            and mono - self._last_seen.get(m.node_id, mono) > self._suspect_after_s
+            and self._raft_silent.get(m.node_id, 0.0) >= self._requeue_after_s
         )

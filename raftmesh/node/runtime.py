@@ -299,7 +299,7 @@ class NodeRuntime:
             self.proposer,
             lambda: raft.is_leader,
             cfg.node_id,
-            Liveness(clock, cfg.node_id, cfg.node_down_after_s),
+            Liveness(clock, cfg.node_id, cfg.node_down_after_s, raft_ages=self._raft_ages),
             clock,
             preempt_priority=cfg.preempt_priority,
         )
@@ -603,6 +603,15 @@ class NodeRuntime:
             await asyncio.sleep(0.05)  # a few attribute reads: checked often, so readiness shows at once
 
     # ---- status -----------------------------------------------------------------
+
+    def _raft_ages(self) -> dict[str, float]:
+        """Member id -> seconds since this leader's last Raft answer from it (``Liveness``)."""
+        out = {}
+        for addr, age in self.raft.response_ages().items():
+            peer = self.config.peer_by_raft(addr)
+            if peer is not None:
+                out[peer.id] = age
+        return out
 
     def leader_id(self) -> str:
         addr = self.raft.leader_addr

@@ -107,6 +107,7 @@ class Scheduler:
         now = self._clock.now_ms()
         ups = [m for m in st.members.values() if m.up]
         cmds: list[Command] = []
+        self.liveness.observe_raft()
         for o in self.liveness.overdue(ups):
             if o.node_id in self._down_inflight:
                 continue
@@ -120,9 +121,27 @@ class Scheduler:
         # The replicated flag follows this leader's view: one command per change of it (and a
         # new leader's first corrections), none while the two agree.
         silent = self.liveness.silent(ups)
+        lost = self.liveness.lost(ups)
         for m in ups:
             node_id = m.node_id
-            if (node_id in silent) == m.suspect or node_id in self._down_inflight | self._suspect_inflight:
+            if node_id in self._down_inflight | self._suspect_inflight:
+                continue
+            if node_id in lost and st.running.get(node_id):
+                # Unreachable for REQUEUE_AFTER_S: move its attempts now (flagging it too) rather
+                # than after node_down_after_s; the requeue fences the old attempts.
+                self._suspect_inflight.add(node_id)
+                cmds.append(
+                    SuspectNode(
+                        new_request_id("s-"),
+                        now,
+                        node_id=node_id,
+                        incarnation=m.incarnation,
+                        suspect=True,
+                        requeue=True,
+                    )
+                )
+                continue
+            if (node_id in silent) == m.suspect:
                 continue
             if m.suspect and node_id != self._self_id and not self.liveness.heard(node_id):
                 # Flagged by an earlier leader: its grace here says nothing about it (it may be
@@ -204,7 +223,14 @@ class Scheduler:
     async def _suspect(self, cmd: SuspectNode) -> None:
         try:
             res = await self._writer.propose(cmd, timeout_s=5.0)
-            log.info("node %s suspect=%s: %s", cmd.node_id, cmd.suspect, res.code)
+            log.log(
+                logging.WARNING if cmd.requeue else logging.INFO,
+                "node %s suspect=%s%s: %s",
+                cmd.node_id,
+                cmd.suspect,
+                ", its attempts requeued (no Raft answer)" if cmd.requeue else "",
+                res.code,
+            )
         except RaftmeshError as exc:
             log.info("suspect_node %s failed: %s", cmd.node_id, exc)
         finally:

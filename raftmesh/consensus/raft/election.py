@@ -121,6 +121,25 @@ class Election:
             return False  # its link closed: do not vouch for it
         return bool(now - self._last_leader_contact < self._lease_s)
 
+    def response_ages(self) -> dict[str, float]:
+        """Raft address -> seconds since this leader last had an AppendEntries answer from that
+        peer (since it started leading, if none yet); empty unless this node leads.
+
+        The node's liveness reads it (``raftmesh.node.liveness``): Raft answers arrive every
+        heartbeat period (0.1 s), so a cut-off member shows here well before its gRPC heartbeats
+        (every 0.5 s) are missed. Called from another thread: pysyncobj's dict is copied first
+        (a C-level copy under the GIL; a resize racing it only costs this reading).
+        """
+        so = self._so
+        if self._state() != _RAFT_STATE.LEADER:
+            return {}
+        try:
+            seen = dict(so._SyncObj__lastResponseTime)
+        except RuntimeError:
+            return {}
+        now = _monotonic()
+        return {str(getattr(node, "address", node)): max(0.0, now - t) for node, t in seen.items()}
+
     # ---- hooks called by _SyncObj -----------------------------------------------------
 
     def before_tick(self) -> None:

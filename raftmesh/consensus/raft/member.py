@@ -451,6 +451,10 @@ class RaftMember:
     def log_entries(self) -> int:
         return int(self._so._getRaftLogSize())
 
+    def response_ages(self) -> dict[str, float]:
+        """Raft address -> seconds since this leader last heard that peer answer (``Election``)."""
+        return self._so._election.response_ages()
+
     def connected_addrs(self) -> set[str]:
         return {str(n.address) for n in self._so.otherNodes if self._so.isNodeConnected(n)}
 
