@@ -9,13 +9,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.raft import RaftConfig, RaftMember
+from raftmesh.consensus.raft.election import PRE_VOTE, PRE_VOTE_RESPONSE
 from raftmesh.localcluster import free_ports, wait_until
 from raftmesh.storage.snapshots import LmdbSnapshotIO
+
+from .test_read_index import Leader
 
 Members = dict[str, RaftMember]
 
@@ -78,3 +83,43 @@ def test_a_follower_whose_timer_fires_under_a_live_leader_changes_nothing(
     assert election.pre_votes_started >= 1, "the follower's timer did not fire"
     assert election.pre_votes_won == 0
     assert _one_leader(ms) == leader
+
+
+def test_a_late_pre_vote_grant_from_an_earlier_round_does_not_count(tmp_path: Path) -> None:
+    """Rounds repeat for the same term (a failed round raises none): a grant that arrives after
+    the next round started was given to the earlier one, maybe before the granter heard a
+    leader again, so it must not make the new round win."""
+    ld = Leader(tmp_path, lead=False)  # a real member of 3 whose two peers the test plays
+    try:
+        election = ld.so._election
+        p1 = ld.peers[0]
+
+        def rounds() -> list[dict[str, Any]]:
+            return [m for n, m in ld.sent if n == p1 and m.get("type") == PRE_VOTE]
+
+        first = wait_until(lambda: rounds()[:1], 10, "a first pre-vote round")[0]
+        ld.run(lambda: setattr(ld.so, "_SyncObj__raftElectionDeadline", 0.0))
+        second = wait_until(lambda: rounds()[1:2], 10, "a second pre-vote round")[0]
+        assert second["term"] == first["term"] and second["round"] != first["round"]
+
+        def grant(round_id: int) -> dict[str, Any]:
+            return {
+                "type": PRE_VOTE_RESPONSE,
+                "term": second["term"],
+                "current_term": second["current_term"],
+                "granted": True,
+                "round": round_id,
+            }
+
+        # Delivered with the check in the same tick-thread turn, so no third round can start
+        # in between.
+        def late_then_current() -> None:
+            newest = rounds()[-1]["round"]
+            ld.so._SyncObj__onMessageReceived(p1, grant(first["round"]))
+            assert election.pre_votes_won == 0, "the earlier round's grant counted"
+            ld.so._SyncObj__onMessageReceived(p1, grant(newest))
+            assert election.pre_votes_won == 1
+
+        ld.run(late_then_current)
+    finally:
+        ld.close()

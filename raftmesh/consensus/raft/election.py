@@ -11,6 +11,8 @@ could not hear the leader kept deposing it (a 6.1 s stall in ``scripts/chaos.py`
 - Pre-vote (Raft thesis §9.6). When the timer fires, a follower first asks every peer whether
   it *would* vote for it at ``term + 1``, without raising its term. Only once a majority
   (itself included) says yes does it let pysyncobj run the real election.
+- Each round carries an id that its answers echo: rounds repeat for the same term, and a late
+  grant from an earlier round (given before the granter heard a leader again) does not count.
 - A node grants a pre-vote only if the candidate's log is at least as up-to-date as its own
   and it has not heard from a live leader within ``election_min_s`` (a leader counts itself
   live while a majority acknowledged it within that time). For the same reason a real
@@ -65,6 +67,10 @@ class Election:
         """When this follower last heard from its leader (monotonic)."""
         self._round_term: int | None = None
         """The term this node's current pre-vote round is for, or None."""
+        self._round_id = random.getrandbits(48)
+        """Names this node's current pre-vote round: rounds repeat for the same term (a round
+        that failed raises no term), so only an answer echoing this id counts. Random at start,
+        so a restarted process does not take an answer meant for its predecessor's round."""
         self._granted: set[Any] = set()
         self._won_term: int | None = None
         """A pre-vote round for this term reached a majority: pysyncobj's next timer check runs
@@ -166,6 +172,7 @@ class Election:
             so._SyncObj__onLeaderChanged()
         term = self._term() + 1
         self._round_term = term
+        self._round_id += 1
         self._granted = set()
         self.pre_votes_started += 1
         log_term, log_index = self._log_position()
@@ -181,6 +188,7 @@ class Election:
                     "current_term": term - 1,
                     "last_log_index": log_index,
                     "last_log_term": log_term,
+                    "round": self._round_id,
                 },
             )
 
@@ -243,10 +251,11 @@ class Election:
         granted = term > self._term() and theirs >= mine and not self.leader_is_live()
         if granted:
             self._defer_to(node, theirs > mine)
-        self._send(
-            node,
-            {"type": PRE_VOTE_RESPONSE, "term": term, "current_term": self._term(), "granted": granted},
-        )
+        answer = {"type": PRE_VOTE_RESPONSE, "term": term, "current_term": self._term(), "granted": granted}
+        round_id = _count(message.get("round"))
+        if round_id is not None:
+            answer["round"] = round_id
+        self._send(node, answer)
 
     def _defer_to(self, candidate: Any, better_log: bool) -> None:
         """Having granted ``candidate`` a pre-vote, keep out of its way.
@@ -278,6 +287,7 @@ class Election:
         if (
             not granted
             or term != self._round_term
+            or _count(message.get("round")) != self._round_id  # an earlier round's answer
             or self._won_term is not None
             or self._state() == _RAFT_STATE.LEADER
             or term != self._term() + 1
