@@ -51,6 +51,7 @@ def test_cli_contract(cluster3: LocalCluster, tmp_path: pathlib.Path) -> None:
     assert isinstance(status["term"], int)
     assert {m["id"] for m in status["members"]} == {"n1", "n2", "n3"}
     assert all({"id", "grpc", "up"} <= set(m) and m["up"] for m in status["members"])
+    assert [m["suspect"] for m in status["members"]] == [False] * 3  # a healthy cluster flags none
 
     # --addresses wins over the environment
     st2 = cli("--addresses", cluster3.addresses[1], "status", "--json", addresses="127.0.0.1:1")
@@ -100,6 +101,20 @@ def test_cli_contract(cluster3: LocalCluster, tmp_path: pathlib.Path) -> None:
 
     # unknown run exits 3
     assert cli("get", "r-nope", "--json", addresses=addrs).returncode == 3
+
+
+def test_status_json_shows_the_leaders_suspect_flag() -> None:
+    """``Member.suspect`` (proto field 9) reaches ``status --json``."""
+    from raftmesh.client._types import ClusterInfo
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+
+    info = ClusterInfo.from_pb(
+        pb.ClusterStatusResponse(
+            leader="n1",
+            members=[pb.Member(id="n1", up=True), pb.Member(id="n2", up=True, suspect=True)],
+        )
+    )
+    assert [(m["id"], m["suspect"]) for m in info.to_json()["members"]] == [("n1", False), ("n2", True)]
 
 
 def test_cli_kv_and_lock_contract(cluster3: LocalCluster) -> None:

@@ -157,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for m in info.members:
             print(
                 f"  {m.id:<8} grpc={m.grpc:<22} up={str(m.up).lower():<5} running={m.running}/{m.slots} "
-                f"agents={','.join(m.agents)}"
+                f"agents={','.join(m.agents)}" + (" suspect" if m.suspect else "")
             )
             # one line per offer that placement treats specially; plain ones are in agents=
             for o in m.offers:

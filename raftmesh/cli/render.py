@@ -486,7 +486,10 @@ def status_tables(console: Console, info: Any) -> None:
                 style="bold" if m.id == info.leader else "",
             ),
             cell(m.grpc),
-            Text("up" if m.up else "DOWN", style="green" if m.up else "bold red"),
+            Text(
+                "DOWN" if not m.up else "suspect" if m.suspect else "up",
+                style="bold red" if not m.up else "yellow" if m.suspect else "green",
+            ),
             Text(f"{m.running}/{m.slots}"),
             *([cell(" ".join(breakers), "red")] if show_breakers else []),
             cell(" ".join(agents) if agents else ",".join(m.agents)),

@@ -714,6 +714,10 @@ class MemberInfo:
     running: int
     offers: tuple[OfferInfo, ...] = ()
     breakers: tuple[BreakerInfo, ...] = ()
+    suspect: bool = False
+    """The leader lost touch with it lately (no Raft answers or heartbeats): no new work goes
+    there until it is heard again for a second; a member silent on Raft for a second also has
+    its running attempts moved (README "Failure handling")."""
 
 
 @dataclass(frozen=True)
@@ -749,6 +753,7 @@ class ClusterInfo:
                     m.running,
                     tuple(OfferInfo.from_pb(o) for o in m.offers),
                     tuple(BreakerInfo(b.agent, b.state, b.failures, b.open_until_ms) for b in m.breakers),
+                    m.suspect,
                 )
                 for m in s.members
             ],
@@ -778,6 +783,7 @@ class ClusterInfo:
                     "raft": m.raft,
                     "up": m.up,
                     "connected": m.connected,
+                    "suspect": m.suspect,
                     "agents": list(m.agents),
                     "slots": m.slots,
                     "running": m.running,

@@ -639,6 +639,7 @@ class NodeRuntime:
                         slots=m.slots if m else 0,
                         running=len(st.running.get(p.id, ())),
                         connected=p.raft in connected or p.id == self.config.node_id,
+                        suspect=bool(m and m.up and m.suspect),
                         **(convert.member_extras_to_pb(st, m, now_ms) if m else {}),
                     )
                 )

@@ -560,7 +560,7 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self, include_digest: _Optional[bool] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("id", "grpc", "raft", "up", "agents", "slots", "running", "connected", "offers", "breakers")
+    __slots__ = ("id", "grpc", "raft", "up", "agents", "slots", "running", "connected", "suspect", "offers", "breakers")
     ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_FIELD_NUMBER: _ClassVar[int]
     RAFT_FIELD_NUMBER: _ClassVar[int]
@@ -569,6 +569,7 @@ class Member(_message.Message):
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    SUSPECT_FIELD_NUMBER: _ClassVar[int]
     OFFERS_FIELD_NUMBER: _ClassVar[int]
     BREAKERS_FIELD_NUMBER: _ClassVar[int]
     id: str
@@ -579,9 +580,10 @@ class Member(_message.Message):
     slots: int
     running: int
     connected: bool
+    suspect: bool
     offers: _containers.RepeatedCompositeFieldContainer[AgentOffer]
     breakers: _containers.RepeatedCompositeFieldContainer[AgentBreaker]
-    def __init__(self, id: _Optional[str] = ..., grpc: _Optional[str] = ..., raft: _Optional[str] = ..., up: _Optional[bool] = ..., agents: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., connected: _Optional[bool] = ..., offers: _Optional[_Iterable[_Union[AgentOffer, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[AgentBreaker, _Mapping]]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., grpc: _Optional[str] = ..., raft: _Optional[str] = ..., up: _Optional[bool] = ..., agents: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., connected: _Optional[bool] = ..., suspect: _Optional[bool] = ..., offers: _Optional[_Iterable[_Union[AgentOffer, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[AgentBreaker, _Mapping]]] = ...) -> None: ...
 
 class AgentOffer(_message.Message):
     __slots__ = ("agent", "capabilities", "concurrency", "breaker_failures", "breaker_cooldown_ms", "timeout_ms", "retries", "running")
