@@ -21,6 +21,7 @@ from raftmesh.localcluster import free_ports, wait_until
 from raftmesh.storage.snapshots import LmdbSnapshotIO
 
 from .test_read_index import Leader
+from .test_replication import append
 
 Members = dict[str, RaftMember]
 
@@ -121,5 +122,37 @@ def test_a_late_pre_vote_grant_from_an_earlier_round_does_not_count(tmp_path: Pa
             assert election.pre_votes_won == 1
 
         ld.run(late_then_current)
+    finally:
+        ld.close()
+
+
+def test_a_new_leader_counts_its_previous_leaders_silence_from_when_it_last_heard_it(
+    tmp_path: Path,
+) -> None:
+    """``response_ages`` (what the node's liveness flags and requeues members by): pysyncobj
+    starts every peer's clock afresh when a node starts leading, but the leader it followed
+    has been silent since this node last heard it, so its attempts need not wait a new second."""
+    ld = Leader(tmp_path, lead=False)
+    try:
+        p1, p2 = ld.peers
+        ld.receive(p1, append(2, 1, 0, [], commit=1))  # p1 leads term 2; this member follows it
+        contact = time.monotonic()
+        assert ld.member.leader_addr == str(p1.address)
+        wait_until(lambda: time.monotonic() - contact >= 0.5, 5, "half a second without p1")
+
+        def become_leader() -> None:
+            ld.so._SyncObj__setCurrentTerm(3, None)
+            ld.so._SyncObj__onBecomeLeader()
+
+        ld.run(become_leader)
+        answer = {"type": "next_node_idx", "next_node_idx": 2, "reset": False, "success": True}
+        ld.receive(p2, answer)
+        a1, a2 = str(p1.address), str(p2.address)
+        ages = wait_until(
+            lambda: (a := ld.member.response_ages()) and a[a1] >= 0.5 + 0.2 and a, 5, "the grace to pass"
+        )
+        assert ages[a1] >= 0.7 and ages[a2] < ages[a1] - 0.4  # p2's clock started with this term
+        ld.receive(p1, answer)  # the previous leader answers: its clock is the usual one again
+        assert ld.member.response_ages()[a1] < 0.5
     finally:
         ld.close()

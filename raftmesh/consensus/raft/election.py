@@ -52,6 +52,11 @@ LEADER_LOST_DELAY_S = (0.02, 0.2)
 so one of them usually asks first and wins at once instead of splitting the vote)."""
 
 
+PREVIOUS_LEADER_GRACE_S = 0.2
+"""How long a new leader waits for its previous leader's first answer before counting that
+member's silence from when it last heard it (a live one, now following, answers in ms)."""
+
+
 def _count(value: Any) -> int | None:
     """``value`` if it is a non-negative int (a term or log index from a peer), else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
@@ -65,6 +70,10 @@ class Election:
         self._lease_s = election_min_s
         self._last_leader_contact = float("-inf")
         """When this follower last heard from its leader (monotonic)."""
+        self._last_leader: Any = None
+        """The leader that ``_last_leader_contact`` is about (kept once this node leads itself)."""
+        self._answered: dict[Any, int] = {}
+        """Peer -> the term in which it last answered this node's AppendEntries as leader."""
         self._round_term: int | None = None
         """The term this node's current pre-vote round is for, or None."""
         self._round_id = random.getrandbits(48)
@@ -141,10 +150,21 @@ class Election:
             return {}
         try:
             seen = dict(so._SyncObj__lastResponseTime)
+            answered = dict(self._answered)
         except RuntimeError:
             return {}
         now = _monotonic()
-        return {str(getattr(node, "address", node)): max(0.0, now - t) for node, t in seen.items()}
+        term, before = self._term(), self._last_leader
+        out = {}
+        for node, t in seen.items():
+            age = now - t
+            if node == before and answered.get(node) != term and age >= PREVIOUS_LEADER_GRACE_S:
+                # The leader this node followed, silent since this node last heard it and not
+                # answering since: its silence began before this term (a deposed or isolated
+                # leader), so its attempts need not wait out a fresh clock.
+                age = max(age, now - self._last_leader_contact)
+            out[str(getattr(node, "address", node))] = max(0.0, age)
+        return out
 
     # ---- hooks called by _SyncObj -----------------------------------------------------
 
@@ -237,7 +257,10 @@ class Election:
             and self._state() == _RAFT_STATE.FOLLOWER
         ):
             self._last_leader_contact = _monotonic()
+            self._last_leader = node
             self._round_term = self._won_term = None
+        elif kind == "next_node_idx" and self._state() == _RAFT_STATE.LEADER:
+            self._answered[node] = self._term()  # bounded by the peers
 
     def _on_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
         term, current = _count(message.get("term")), _count(message.get("current_term"))
