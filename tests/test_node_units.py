@@ -650,3 +650,28 @@ def test_scheduler_requeues_a_member_without_raft_answers_once_and_work_moves() 
         assert sm.state.runs[run_id].tasks[task_id].status is TaskStatus.READY
     plan = [c for c in s.decide(sm.state) if isinstance(c, Assign)]
     assert {a.node_id for c in plan for a in c.items} == {"n1", "n2"}
+
+
+def test_a_leader_that_hears_no_majority_decides_nobodys_liveness() -> None:
+    """A SIGSTOPped leader resumes with every Raft answer and heartbeat a pause old, and its
+    scheduler may step before Raft deposes it: it must not flag, requeue or mark down the
+    members that went on without it (its proposals would be retried on the new leader)."""
+    sm = cluster(tasks=4)
+    clock = ManualClock()
+    ages = {"n2": 0.0, "n3": 0.0}
+    live = Liveness(clock, "n1", node_down_after_s=5.0, raft_ages=lambda: ages)
+    live.heard_from("n2")
+    live.heard_from("n3")
+    s = Scheduler(reads_of(sm), MachineWriter(sm), lambda: True, "n1", live, clock)
+    (assign,) = s.decide(sm.state)
+    asyncio.run(s._propose(assign))
+    clock.advance(7.5)  # paused: nothing heard from anyone
+    ages.update(n2=7.5, n3=7.5)
+    assert s.decide(sm.state) == [] and live.cut_off
+    ages["n2"] = 0.05  # n2 answers again: with this node, a majority; n3 is the silent one
+    s.heard_from("n2")
+    cmds = s.decide(sm.state)
+    assert not live.cut_off
+    assert sorted((type(c).__name__, c.node_id) for c in cmds if isinstance(c, NodeDown | SuspectNode)) == [
+        ("NodeDown", "n3")
+    ]

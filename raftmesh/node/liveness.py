@@ -68,6 +68,9 @@ class Liveness:
         """node id -> its Raft silence at the last ``observe_raft`` (bounded by the Raft peers)."""
         self._fresh_since: dict[str, float] = {}
         """node id -> since when it has been heard on both signals without a gap (clock.monotonic)."""
+        self.cut_off = False
+        """At the last ``observe_raft``, no majority answered this leader lately: it decides
+        nobody's liveness (no flag, requeue or node-down) until one does again."""
         self._last_seen: dict[str, float] = {}
         """node id -> when this leader last heard a heartbeat from it (clock.monotonic)."""
         self._heard: set[str] = set()
@@ -82,10 +85,20 @@ class Liveness:
         self._was_up.clear()
         self._raft_silent.clear()
         self._fresh_since.clear()
+        self.cut_off = False
 
     def observe_raft(self) -> None:
-        """Take the Raft layer's current answer ages (the scheduler does, once per step)."""
-        self._raft_silent = dict(self._raft_ages())
+        """Take the Raft layer's current answer ages (the scheduler does, once per step).
+
+        Only while a majority (this node included) answered lately: a leader that hears from
+        no majority is itself the one cut off or stalled (a SIGSTOPped leader resumes with every
+        answer a pause old, and its step may run before Raft deposes it), so its silence says
+        nothing about the others and must not flag or requeue them.
+        """
+        ages = dict(self._raft_ages())
+        fresh = 1 + sum(1 for age in ages.values() if age <= self._raft_suspect_after_s)
+        self.cut_off = fresh < (len(ages) + 1) // 2 + 1
+        self._raft_silent = {} if self.cut_off else ages
 
     def heard_from(self, node_id: str) -> None:
         self._last_seen[node_id] = self._clock.monotonic()

@@ -109,7 +109,7 @@ class Scheduler:
         cmds: list[Command] = []
         self.liveness.observe_raft()
         for o in self.liveness.overdue(ups):
-            if o.node_id in self._down_inflight:
+            if o.node_id in self._down_inflight or self.liveness.cut_off:
                 continue
             self._down_inflight.add(o.node_id)
             reason = f"no heartbeat reached the leader for {o.silent_s:.1f} s"
@@ -124,7 +124,7 @@ class Scheduler:
         lost = self.liveness.lost(ups)
         for m in ups:
             node_id = m.node_id
-            if node_id in self._down_inflight | self._suspect_inflight:
+            if node_id in self._down_inflight | self._suspect_inflight or self.liveness.cut_off:
                 continue
             if node_id in lost and st.running.get(node_id):
                 # Unreachable for REQUEUE_AFTER_S: move its attempts now (flagging it too) rather
