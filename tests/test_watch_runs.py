@@ -18,7 +18,7 @@ from raftmesh.clock import SYSTEM_CLOCK
 from raftmesh.consensus import limits
 from raftmesh.consensus.results import RunChanged, TaskChanged
 from raftmesh.consensus.state import ClusterState, RunState, RunStatus, TaskStatus
-from raftmesh.errors import InvalidArgument, ResourceExhausted
+from raftmesh.errors import InvalidArgument, NoLeader, ResourceExhausted
 from raftmesh.localcluster import wait_until
 from raftmesh.node import service, watch
 from raftmesh.node.access import NodeAccess
@@ -227,6 +227,33 @@ def test_watch_runs_sends_a_change_its_read_saw_before_the_change_event_arrived(
 
     got = asyncio.run(main())
     assert got == [("A", "RUN_STATUS_SUCCEEDED"), ("B", "RUN_STATUS_FAILED")]
+
+
+def test_a_run_watch_on_a_node_that_lost_its_leader_ends_so_the_client_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node cut off from the leader never sees the run move again: at its next idle heartbeat
+    it ends the stream with UNAVAILABLE (NoLeader), which the SDK retries on another node."""
+    monkeypatch.setattr(service, "STREAM_HEARTBEAT_S", 0.01)
+    st = ClusterState(revision=10, runs={"A": _run_state("A", 1)})
+    leader = [True]
+    access = NodeAccess(
+        _Writer(), ReadView(threading.Lock(), lambda: st), SYSTEM_CLOCK, lambda: leader[0], 5.0
+    )
+    svc = service.ClusterService(access, WatchHub(), lambda deep: pb.ClusterStatusResponse())
+
+    async def main() -> None:
+        gen = svc._watch("A", True, None)
+        snap = await gen.__anext__()
+        assert snap.revision == 10 and snap.snapshot.run_id == "A"
+        heartbeat = await gen.__anext__()  # idle, with a leader: "alive"
+        assert not heartbeat.HasField("snapshot") and not heartbeat.HasField("task")
+        leader[0] = False
+        with pytest.raises(NoLeader):
+            async with asyncio.timeout(5):
+                await gen.__anext__()
+
+    asyncio.run(main())
 
 
 def test_watch_runs_streams_are_capped_per_node(

@@ -501,6 +501,13 @@ class ClusterService(pb_grpc.ClusterServicer):
                             async with asyncio.timeout(STREAM_HEARTBEAT_S):
                                 ev = await q.get()
                         except TimeoutError:
+                            if not node.has_leader():
+                                # Cut off from the leader (chaos: a client on a node outside the
+                                # majority waited out the whole partition): the client resumes the
+                                # watch on another node, whose replica moves on.
+                                raise NoLeader(
+                                    "this node lost its Raft leader; watch from another node"
+                                ) from None
                             # An idle stream still says "alive" so clients can tell a stalled node.
                             yield pb.RunEvent(revision=seen)
                             continue
