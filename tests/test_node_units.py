@@ -675,3 +675,15 @@ def test_a_leader_that_hears_no_majority_decides_nobodys_liveness() -> None:
     assert sorted((type(c).__name__, c.node_id) for c in cmds if isinstance(c, NodeDown | SuspectNode)) == [
         ("NodeDown", "n3")
     ]
+
+
+def test_a_late_but_live_majority_still_lets_the_leader_judge_the_silent_member() -> None:
+    sm = cluster()
+    clock = ManualClock()
+    ages = {"n2": 0.7, "n3": 1.2}  # n2 answers late (a loaded machine), n3 not at all
+    live = Liveness(clock, "n1", node_down_after_s=5.0, raft_ages=lambda: ages)
+    ups = list(sm.state.members.values())
+    live.overdue(ups)
+    live.observe_raft()
+    assert not live.cut_off
+    assert live.lost(ups) == {"n3"} and live.silent(ups) == {"n2", "n3"}
