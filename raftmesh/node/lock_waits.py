@@ -7,7 +7,7 @@ every applied ``LockChanged`` event in, which resolves the matching waiter.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..consensus.locks import LockOutcome
 from ..consensus.results import Event, LockChanged
@@ -19,6 +19,10 @@ class LockWaits:
         self._users: dict[str, int] = {}
         """Calls sharing a waiter (a retry, or a replay refused afterwards, under the same
         request id): the last one to leave drops it, so one leaving cannot deafen another."""
+        self.on_change: Callable[[], None] | None = None
+        """Told after an applied batch changed a lock's waiters (while ``watching``): the Locks
+        service's held-back acquires."""
+        self.watching = False
 
     @property
     def waiting(self) -> int:
@@ -40,12 +44,16 @@ class LockWaits:
             self._waiters.pop(request_id, None)
 
     def applied(self, events: Iterable[Event]) -> None:
-        if not self._waiters:
+        if not self._waiters and not self.watching:
             return
+        changed = False
         for ev in events:
             if isinstance(ev, LockChanged):
+                changed = True
                 fut = self._waiters.get(ev.request_id)
                 if fut is not None and not fut.done():
                     fut.set_result(
                         LockOutcome(ev.request_id, ev.owner, ev.granted, ev.token, ev.code, ev.message)
                     )
+        if changed and self.watching and self.on_change is not None:
+            self.on_change()
