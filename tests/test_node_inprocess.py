@@ -232,6 +232,42 @@ def test_an_acquire_that_must_wait_goes_out_with_the_holders_release(
         bob.close()
 
 
+def test_a_held_back_acquire_goes_out_when_an_applied_change_empties_its_queue(
+    node: InProcessNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held behind a waiter, an acquire is let go when the applied log grants that waiter (here a
+    lease expiry: no lock command on this node to carry it), not only at the end of its hold."""
+    from raftmesh.node import coordination_service
+
+    def queue() -> Any:
+        return node.state(lambda st: list(st.locks.locks["q"].queue))
+
+    got: dict[str, tuple[bool, int, str]] = {}
+
+    def acquire(owner: str, c: Client) -> threading.Thread:
+        t = threading.Thread(target=lambda: got.update({owner: c.locks.acquire("q", owner=owner, wait_s=20)}))
+        t.start()
+        return t
+
+    locks = node.client.locks
+    assert locks.acquire("q", owner="alice", ttl_s=1.0, wait_s=1)[0]  # never released: it expires
+    carol = acquire("carol", node.client)
+    wait_until(lambda: len(queue()) == 1, 10.0, "carol's acquire to be queued")
+    dave_client = Client([node.address], timeout_s=10.0)
+    try:
+        monkeypatch.setattr(coordination_service, "LOCK_COALESCE_QUEUED_S", 60.0)
+        dave = acquire("dave", dave_client)
+        wait_until(lambda: node.runtime.lock_waits.waiting == 2, 10.0, "dave's acquire to reach the node")
+        carol.join(timeout=20)
+        assert got["carol"][0]
+        wait_until(lambda: len(queue()) == 1, 10.0, "dave's acquire to be let go and queued behind carol")
+        locks.release("carol", "q", got["carol"][1])
+        dave.join(timeout=20)
+        assert got["dave"][0] and got["dave"][1] > got["carol"][1]
+    finally:
+        dave_client.close()
+
+
 def test_dead_letter_and_retry_requests_are_checked_at_the_boundary(node: InProcessNode) -> None:
     """Bad ListDeadLetters / RetryTask requests are INVALID_ARGUMENT with a short message."""
     import grpc
