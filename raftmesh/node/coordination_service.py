@@ -457,12 +457,10 @@ class LocksService(pb_grpc.LocksServicer):
                 remaining = context.time_remaining()
                 if remaining is not None:
                     budget = min(budget, float(remaining) - 0.2)
-                # Not cancelled at the timeout (a retry under the same request id shares it), and
-                # resumed by the applied grant itself: no shield, one loop turn fewer.
-                await asyncio.wait((waiter,), timeout=max(0.0, budget))
-                if waiter.done():
-                    outcome = waiter.result()
-                else:
+                try:
+                    async with asyncio.timeout(max(0.0, budget)):
+                        outcome = await waiter  # this call's own future: the applied grant resumes it
+                except TimeoutError:
                     outcome = node.reads.read(lambda st: st.locks.status(rid))
                     if outcome is None:
                         # Give up through the log, so a grant cannot land on a caller that left.
@@ -487,7 +485,7 @@ class LocksService(pb_grpc.LocksServicer):
                 raise Aborted(outcome.message)
             return pb.LockAcquireResponse(granted=False, request_id=rid)
         finally:
-            self._waits.drop(rid)
+            self._waits.drop(rid, waiter)
 
     async def _release(
         self, request: pb.LockReleaseRequest, keep_alive: bool, context: Any
