@@ -105,6 +105,25 @@ def test_held_against_says_whether_only_a_release_can_let_the_owner_in(c: Coord)
     assert "y" in c.holders("Q") and not lt.held_against("y", (("Q", X),))
 
 
+def test_an_acquire_is_held_back_long_only_behind_a_waiter_that_stays_ahead_of_it(c: Coord) -> None:
+    """The Locks service's hold (node/coordination_service.py): none for a lock it could get now,
+    short with nobody queued ahead, long behind a queued waiter its priority does not overtake."""
+    from raftmesh.node.coordination_service import LOCK_COALESCE_QUEUED_S, LOCK_COALESCE_S, _hold_for
+
+    X = "exclusive"
+    assert _hold_for(c.st, "x", (("L", X),), 0, c.ts) == 0.0  # free
+    t = c.granted(c.acquire("a", "L"))
+    assert _hold_for(c.st, "x", (("L", X),), 0, c.ts) == LOCK_COALESCE_S  # held, nobody queued
+    c.waits(c.acquire("b", "L", wait=60_000, prio=1))
+    now = c.ts
+    assert _hold_for(c.st, "x", (("L", X),), 0, now) == LOCK_COALESCE_QUEUED_S
+    assert _hold_for(c.st, "x", (("L", X),), 1, now) == LOCK_COALESCE_QUEUED_S  # same priority, later
+    assert _hold_for(c.st, "x", (("L", X),), 2, now) == LOCK_COALESCE_S  # would overtake b
+    assert _hold_for(c.st, "a", (("L", X),), 0, now) == 0.0  # its own grant: answered at once
+    c.ok(c.release("a", "L", t))  # b is granted: nobody queued
+    assert _hold_for(c.st, "x", (("L", X),), 0, now) == LOCK_COALESCE_S
+
+
 def test_try_lock_does_not_enqueue_and_changes_nothing(c: Coord) -> None:
     t = c.granted(c.acquire("a", "L"))
     try_cmd = c.acquire("b", "L", "M", wait=0)

@@ -332,7 +332,7 @@ LOCK_COALESCE_S = 0.003
 """How long an acquire that has to wait anyway is held back at most before it is proposed (see
 ``LocksService._hold_back``)..."""
 LOCK_COALESCE_QUEUED_S = 0.05
-"""... and one that others already wait ahead of (let go earlier when the queue empties)."""
+"""... and one that a waiter already queued will be ahead of (let go earlier when none is)."""
 MAX_HELD_BACK = 4096
 """Acquires held back at once on one node; more are proposed at once (the hold is an optimisation)."""
 
@@ -341,6 +341,7 @@ MAX_HELD_BACK = 4096
 class _Held:
     future: asyncio.Future[None]
     items: tuple[tuple[str, str], ...]
+    priority: int
     due: float
 
 
@@ -352,7 +353,7 @@ class LocksService(pb_grpc.LocksServicer):
         self._held_timer: asyncio.TimerHandle | None = None
         waits.on_change = self._recheck
 
-    async def _hold_back(self, items: tuple[tuple[str, str], ...], hold_s: float) -> None:
+    async def _hold_back(self, items: tuple[tuple[str, str], ...], priority: int, hold_s: float) -> None:
         """Hold an acquire that has to wait anyway until the next lock command is proposed on this
         node (or ``hold_s``): both then go out in one log entry (the proposer batches what is
         queued in the same turn).
@@ -360,17 +361,17 @@ class LocksService(pb_grpc.LocksServicer):
         Under contention a holder's release and the previous holder's next acquire reach the node
         a moment apart and went out as two entries, two fsyncs on each node per cycle; the release
         is the one the next waiter's grant waits for. Only an acquire that another owner's grant
-        blocks now is held (no priority gets it the lock before a release). With nobody queued it
-        is held briefly: the release it waits for may be proposed on another node. Queued behind
-        other waiters, it cannot be granted before the holder's and the first waiter's releases
-        apply, so it is held until the next lock command here (the next holder's release, when
-        the acquire arrived just after the previous one), or until an applied change leaves its
-        locks with nobody queued, or ``hold_s``.
+        blocks now is held (no priority gets it the lock before a release). With nobody ahead of
+        it in the queue it is held briefly: the release it waits for may be proposed on another
+        node. Behind a queued waiter (by the queue's order, priority and age), it cannot be granted
+        before the holder's and that waiter's releases apply, so it is held until the next lock
+        command here (the next holder's release, when the acquire arrived just after the previous
+        one), or until an applied change leaves no waiter ahead of it, or ``hold_s``.
         """
         if len(self._held) >= MAX_HELD_BACK:
             return
         loop = asyncio.get_running_loop()
-        held = _Held(loop.create_future(), items, loop.time() + hold_s)
+        held = _Held(loop.create_future(), items, priority, loop.time() + hold_s)
         self._held.append(held)
         self._waits.watching = True
         if self._held_timer is None or held.due < self._held_timer.when():
@@ -406,12 +407,13 @@ class LocksService(pb_grpc.LocksServicer):
         self._let_go(lambda h: h.due - now > 0.0005 and not h.future.done())
 
     def _recheck(self) -> None:
-        """An applied entry changed a lock (a grant, an abort): let go of the held acquires whose
-        locks nobody is queued for any more (they may be next)."""
+        """An applied entry changed a lock (a grant, an abort): let go of the held acquires that no
+        queued waiter is ahead of any more (they may be next)."""
         if not self._held:
             return
         held = self._held
-        queued = self.node.reads.read(lambda st: [_queued(st, h.items) for h in held])
+        now = self.node.clock.now_ms()
+        queued = self.node.reads.read(lambda st: [_queued_ahead(st, h.items, h.priority, now) for h in held])
         keep = {id(h) for h, q in zip(held, queued, strict=True) if q}
         self._let_go(lambda h: id(h) in keep)
 
@@ -426,9 +428,14 @@ class LocksService(pb_grpc.LocksServicer):
             check_key(name)
         waiter = self._waits.waiter(rid)
         try:
-            hold = node.reads.read(lambda st: _hold_for(st, request.owner, items)) if request.wait_ms else 0.0
+            now = node.clock.now_ms()
+            hold = (
+                node.reads.read(lambda st: _hold_for(st, request.owner, items, request.priority, now))
+                if request.wait_ms
+                else 0.0
+            )
             if hold:
-                await self._hold_back(items, hold)
+                await self._hold_back(items, request.priority, hold)
             else:
                 self._let_go()
             cmd = LockAcquire(
@@ -536,17 +543,30 @@ class LocksService(pb_grpc.LocksServicer):
         return pb.LockListResponse(locks=self.node.reads.read(lambda st: _lock_infos(st, request.prefix)))
 
 
-def _hold_for(st: ClusterState, owner: str, items: tuple[tuple[str, str], ...]) -> float:
+def _hold_for(
+    st: ClusterState, owner: str, items: tuple[tuple[str, str], ...], priority: int, now_ms: int
+) -> float:
     """How long an acquire of ``items`` may be held back on this node (0: propose it now)."""
     if not st.locks.held_against(owner, items):
         return 0.0
-    return LOCK_COALESCE_QUEUED_S if _queued(st, items) else LOCK_COALESCE_S
+    return LOCK_COALESCE_QUEUED_S if _queued_ahead(st, items, priority, now_ms) else LOCK_COALESCE_S
 
 
-def _queued(st: ClusterState, items: tuple[tuple[str, str], ...]) -> bool:
-    """Whether one of the locks has waiters queued."""
-    locks = st.locks.locks
-    return any((lk := locks.get(name)) is not None and bool(lk.queue) for name, _ in items)
+def _queued_ahead(st: ClusterState, items: tuple[tuple[str, str], ...], priority: int, now_ms: int) -> bool:
+    """Whether the first waiter queued for one of the locks would stay ahead of a request of
+    ``priority`` enqueued now (the queue's order: age, less LOCK_AGING_MS per point of priority)."""
+    lt = st.locks
+    key = now_ms - priority * limits.LOCK_AGING_MS
+    for name, _ in items:
+        lk = lt.locks.get(name)
+        if (
+            lk is not None
+            and lk.queue
+            and (r := lt.waiting.get(lk.queue[0])) is not None
+            and r.order[0] <= key
+        ):
+            return True
+    return False
 
 
 def _grant_info(st: ClusterState, request_id: str, owner: str) -> tuple[int, str]:
