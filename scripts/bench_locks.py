@@ -103,6 +103,11 @@ Usage::
     python scripts/bench_locks.py --duration 5         # 5 s per scenario instead of a cycle count
     python scripts/bench_locks.py --json > out.json    # JSON on stdout, the table on stderr
     python scripts/bench_locks.py --skip-dask          # raftmesh only
+    python scripts/bench_locks.py --baseline-tree /work/wt/base   # also this tree / that tree
+
+``--baseline-tree DIR`` starts a second 3-node cluster whose nodes run the code in DIR (put first
+on their ``PYTHONPATH``) and runs every scenario on it too, in the same run, turn about with this
+tree's; the table adds this tree / baseline ratios. The lock clients are this tree's SDK for both.
 
 Dask is an optional dependency: ``pip install -e '.[bench]'``. Everything started is stopped, and the
 temporary directory removed, also on errors, Ctrl-C and SIGTERM.
@@ -114,14 +119,12 @@ import argparse
 import atexit
 import contextlib
 import itertools
-import json
 import math
 import os
 import shutil
-import signal
 import statistics
+import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -131,15 +134,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from _benchkit import (
-    Interrupted,
     dask_cluster,
     dask_importable,
     environment,
-    finite,
-    interrupt,
     percentile,
     positive_int,
     ratio,
+    run_bench,
 )
 
 from raftmesh.client import Client
@@ -537,8 +538,12 @@ def render_table(report: dict[str, Any]) -> str:
         "  clients : one thread of this process per client, each with its own Client (raftmesh) / its own",
         "            distributed.Client + Lock (Dask); all contend for one lock; "
         f"{amount} per scenario after {cfg['warmup_cycles_per_client']} warm-up cycles per client",
-        "",
     ]
+    if cfg.get("baseline_tree"):
+        lines.append(
+            f"  baseline: the same scenarios on a cluster running {cfg['baseline_tree']} (turn about)"
+        )
+    lines.append("")
 
     def row(label: str, key: str, spec: str, rm: dict[str, Any], dk: dict[str, Any] | None) -> str:
         a = rm.get(key)
@@ -573,6 +578,14 @@ def render_table(report: dict[str, Any]) -> str:
             f"   raftmesh: {rm['raft_entries']} Raft log entries committed = "
             f"{rm['raft_entries_per_cycle']:.2f} per cycle; tokens {rm['first_token']} .. {rm['last_token']}"
         )
+        bl, br = sc.get("baseline"), sc.get("ratios_raftmesh_over_baseline")
+        if bl and br:
+            lines.append(
+                f"   baseline tree: {bl['cycles_per_s']:,.0f} cycles/s, acquire p50 {bl['acquire_p50_ms']:.2f} ms, "
+                f"release p50 {bl['release_p50_ms']:.2f} ms, {bl['raft_entries_per_cycle']:.2f} entries/cycle; "
+                f"this tree / baseline: cycles/s {_fmt(br['cycles_per_s'], '.2f')}, acquire p50 "
+                f"{_fmt(br['acquire_p50_ms'], '.2f')}, entries/cycle {_fmt(br['raft_entries_per_cycle'], '.2f')}"
+            )
         sp = sc.get("raftmesh_spread")
         if sp:
             lines.append(
@@ -642,6 +655,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     p.add_argument("--skip-dask", action="store_true", help="measure raftmesh only")
+    p.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        help="also run every scenario on a 3-node cluster running the code in DIR (this tree / DIR ratios)",
+    )
     return p.parse_args(argv)
 
 
@@ -650,6 +668,38 @@ def _brief(s: dict[str, Any]) -> str:
         f"{s['cycles']} cycles in {s['wall_s']:.2f} s = {s['cycles_per_s']:,.0f} cycles/s, acquire p50 "
         f"{s['acquire_p50_ms']:.2f} ms p99 {s['acquire_p99_ms']:.2f} ms ({s['checked']})"
     )
+
+
+def baseline_env(tree: str) -> dict[str, str]:
+    """The environment that makes a node import raftmesh from ``tree`` (checked here)."""
+    tree = os.path.abspath(tree)
+    env = {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
+    got = subprocess.run(
+        [sys.executable, "-c", "import raftmesh; print(raftmesh.__file__)"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not got.startswith(tree + os.sep):
+        raise SystemExit(f"bench_locks: --baseline-tree {tree}: the nodes would import {got}")
+    return env
+
+
+def start_raftmesh(
+    name: str, tmp: str, env: dict[str, str], stack: contextlib.ExitStack
+) -> tuple[RaftmeshSystem, float]:
+    log(f"starting {name}: a raftmesh LocalCluster ({NODES} nodes, data in {tmp})")
+    t0 = time.perf_counter()
+    cluster = LocalCluster(NODES, base_dir=os.path.join(tmp, name), env=env)
+    stack.callback(cluster.close)  # registered before start: a half-started cluster is stopped too
+    cluster.start(timeout_s=60)
+    leader = cluster.wait_ready()
+    startup = time.perf_counter() - t0
+    log(
+        f"{name} ready in {startup:.2f} s; leader {leader}; node pids {[n.pid for n in cluster.nodes.values()]}"
+    )
+    return RaftmeshSystem(cluster, leader, cluster.client([cluster.nodes[leader].grpc])), startup
 
 
 def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict[str, Any]:
@@ -667,17 +717,11 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
         )
 
     load_start = os.getloadavg()
-    log(f"starting raftmesh LocalCluster ({NODES} nodes, data in {tmp})")
-    t0 = time.perf_counter()
-    rcluster = LocalCluster(NODES, base_dir=os.path.join(tmp, "raftmesh"))
-    stack.callback(rcluster.close)  # registered before start: a half-started cluster is stopped too
-    rcluster.start(timeout_s=60)
-    leader = rcluster.wait_ready()
-    rm_startup = time.perf_counter() - t0
-    rm = RaftmeshSystem(rcluster, leader, rcluster.client([rcluster.nodes[leader].grpc]))
-    log(
-        f"raftmesh ready in {rm_startup:.2f} s; leader {leader}; node pids {[n.pid for n in rcluster.nodes.values()]}"
-    )
+    rm, rm_startup = start_raftmesh("raftmesh", tmp, {}, stack)
+    leader = rm.leader
+    base: RaftmeshSystem | None = None
+    if args.baseline_tree:
+        base, _ = start_raftmesh("baseline", tmp, baseline_env(args.baseline_tree), stack)
 
     dk: DaskSystem | None = None
     dk_startup = math.nan
@@ -695,9 +739,13 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     scenarios: list[dict[str, Any]] = []
     for n in args.clients:
         sc: dict[str, Any] = {"clients": n}
-        res = rm.run(n, quota_for, spread=False, label=f"rm-{n}")
-        sc["raftmesh"] = s = res.summary()
-        log(f"raftmesh, {n} client(s): {_brief(s)}; {s['raft_entries_per_cycle']:.2f} Raft entries/cycle")
+        # The baseline's turn alternates with this tree's (the machine's load drifts).
+        order = [("raftmesh", rm), ("baseline", base)]
+        for key, system in order if len(scenarios) % 2 == 0 else order[::-1]:
+            if system is None:
+                continue
+            sc[key] = s = system.run(n, quota_for, spread=False, label=f"{key}-{n}").summary()
+            log(f"{key}, {n} client(s): {_brief(s)}; {s['raft_entries_per_cycle']:.2f} Raft entries/cycle")
         if dk is not None:
             sc["dask"] = s = dk.run(n, quota_for, label=f"dask-{n}").summary()
             log(f"Dask, {n} client(s): {_brief(s)}")
@@ -715,6 +763,12 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
                     "release_p50_ms",
                     "release_p99_ms",
                 )
+            }
+        if base is not None:
+            r, b = sc["raftmesh"], sc["baseline"]
+            sc["ratios_raftmesh_over_baseline"] = {
+                k: ratio(r[k], b[k])
+                for k in ("cycles_per_s", "acquire_p50_ms", "release_p50_ms", "raft_entries_per_cycle")
             }
         scenarios.append(sc)
 
@@ -737,8 +791,10 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
             "ttl_s": LOCK_TTL_S,
             "wait_s": WAIT_S,
             "client_layout": "one thread of the benchmark process per client, each with its own client object",
+            "baseline_tree": os.path.abspath(args.baseline_tree) if args.baseline_tree else None,
         },
         "startup_s": {"raftmesh": rm_startup, "dask": dk_startup if dk else None},
+        "baseline_skipped": None if base else "no --baseline-tree",
         "scenarios": scenarios,
         "dask_skipped": dask_skipped,
     }
@@ -746,34 +802,17 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="raftmesh-bench-locks-")
-    # Registered before Dask is imported, so it runs after Dask's own exit handlers (atexit is LIFO).
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    # Explicit handlers: Ctrl-C works even when started with SIGINT ignored (e.g. `cmd &` in a script).
-    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     t_start = time.perf_counter()
-    try:
-        with contextlib.ExitStack() as stack:
-            report = run(args, tmp, stack)
-            log("stopping the clusters")
-    except Interrupted as exc:
-        log(f"{exc}: stopped the clusters, removed {tmp}")
-        return 128 + exc.signum
-    except WrongAnswer as exc:
-        log(f"WRONG ANSWER: {exc}")
-        return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    report["elapsed_s"] = time.perf_counter() - t_start
-    table = render_table(report)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(finite(report), indent=2, allow_nan=False))
-    else:
-        print(table)
-    return 0
+
+    def measure(tmp: str, stack: contextlib.ExitStack) -> dict[str, Any]:
+        # Registered before Dask is imported, so it runs after Dask's own exit handlers (atexit is
+        # LIFO): they may write to its scratch space in the directory as the process exits.
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        report = run(args, tmp, stack)
+        report["elapsed_s"] = time.perf_counter() - t_start
+        return report
+
+    return run_bench("raftmesh-bench-locks-", measure, render_table, args.json, log, (WrongAnswer,))
 
 
 if __name__ == "__main__":

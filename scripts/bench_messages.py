@@ -88,11 +88,9 @@ import itertools
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -100,7 +98,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from _benchkit import Interrupted, environment, finite, interrupt, percentile, positive_int, ratio
+from _benchkit import environment, finite, percentile, positive_int, ratio, run_bench
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AUTOGEN_SCRIPT = os.path.join(HERE, "bench_messages_autogen.py")
@@ -940,31 +938,14 @@ def run(a: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="raftmesh-bench-messages-")
-    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     t0 = time.perf_counter()
-    try:
-        with contextlib.ExitStack() as stack:
-            report = run(a, tmp, stack)
-            log("stopping everything")
-    except Interrupted as exc:
-        log(f"{exc}: stopped everything, removed {tmp}")
-        return 128 + exc.signum
-    except WrongAnswer as exc:
-        log(f"WRONG ANSWER: {exc}")
-        return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for sig, h in old.items():
-            signal.signal(sig, h)
-    report["elapsed_s"] = time.perf_counter() - t0
-    table = render(report)
-    if a.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(finite(report), indent=2, allow_nan=False))
-    else:
-        print(table)
-    return 0
+
+    def measure(tmp: str, stack: contextlib.ExitStack) -> dict[str, Any]:
+        report = run(a, tmp, stack)
+        report["elapsed_s"] = time.perf_counter() - t0
+        return report
+
+    return run_bench("raftmesh-bench-messages-", measure, render, a.json, log, (WrongAnswer,))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,51 @@ def test_exclusive_holder_excludes_shared_and_exclusive(c: Coord) -> None:
     assert c.holders("L") == {"a": t}
 
 
+def test_held_against_says_whether_only_a_release_can_let_the_owner_in(c: Coord) -> None:
+    """What the Locks service asks before holding an acquire back (it must not hold one that a
+    priority or a free lock would grant at once)."""
+    lt = c.st.locks
+    X = "exclusive"
+    assert not lt.held_against("b", (("L", X),))  # no such lock
+    t = c.granted(c.acquire("a", "L"))
+    assert lt.held_against("b", (("L", X),)) and lt.held_against("b", (("L", S),))
+    assert lt.held_against("b", (("M", X), ("L", S)))  # one of several
+    assert not lt.held_against("a", (("L", X),))  # its own grant: the command answers at once
+    c.ok(c.release("a", "L", t))
+    assert not lt.held_against("b", (("L", X),))  # free (its last_token record stays)
+    c.granted(c.acquire("a", ("L", S)))
+    assert not lt.held_against("b", (("L", S),))  # shared with shared
+    assert lt.held_against("b", (("L", X),))
+    assert not lt.held_against("a", (("L", X),))  # an upgrade by the only holder
+    c.granted(c.acquire("b", ("L", S)))
+    assert lt.held_against("a", (("L", X),))  # another shared holder
+    # A waiter's own hold on nothing does not count: only the holder's release lets y in.
+    tx = c.granted(c.acquire("x", "Q"))
+    c.waits(c.acquire("y", "Q", wait=5000))
+    assert lt.held_against("y", (("Q", X),))
+    c.ok(c.release("x", "Q", tx))
+    assert "y" in c.holders("Q") and not lt.held_against("y", (("Q", X),))
+
+
+def test_an_acquire_is_held_back_long_only_behind_a_waiter_that_stays_ahead_of_it(c: Coord) -> None:
+    """The Locks service's hold (node/coordination_service.py): none for a lock it could get now,
+    short with nobody queued ahead, long behind a queued waiter its priority does not overtake."""
+    from raftmesh.node.coordination_service import LOCK_COALESCE_QUEUED_S, LOCK_COALESCE_S, _hold_for
+
+    X = "exclusive"
+    assert _hold_for(c.st, "x", (("L", X),), 0, c.ts) == 0.0  # free
+    t = c.granted(c.acquire("a", "L"))
+    assert _hold_for(c.st, "x", (("L", X),), 0, c.ts) == LOCK_COALESCE_S  # held, nobody queued
+    c.waits(c.acquire("b", "L", wait=60_000, prio=1))
+    now = c.ts
+    assert _hold_for(c.st, "x", (("L", X),), 0, now) == LOCK_COALESCE_QUEUED_S
+    assert _hold_for(c.st, "x", (("L", X),), 1, now) == LOCK_COALESCE_QUEUED_S  # same priority, later
+    assert _hold_for(c.st, "x", (("L", X),), 2, now) == LOCK_COALESCE_S  # would overtake b
+    assert _hold_for(c.st, "a", (("L", X),), 0, now) == 0.0  # its own grant: answered at once
+    c.ok(c.release("a", "L", t))  # b is granted: nobody queued
+    assert _hold_for(c.st, "x", (("L", X),), 0, now) == LOCK_COALESCE_S
+
+
 def test_try_lock_does_not_enqueue_and_changes_nothing(c: Coord) -> None:
     t = c.granted(c.acquire("a", "L"))
     try_cmd = c.acquire("b", "L", "M", wait=0)

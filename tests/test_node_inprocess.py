@@ -176,6 +176,98 @@ def test_locks_acquire_release_and_fencing(node: InProcessNode) -> None:
     assert granted_b and token_b > token
 
 
+def test_an_acquire_that_must_wait_goes_out_with_the_holders_release(
+    node: InProcessNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A contended acquire is held back on the node until the next lock command proposed there
+    (here the holder's release), and both are one log entry; the waiter is granted by it. With
+    no lock command coming, the hold ends on its own and the acquire waits in the queue."""
+    from raftmesh.node import coordination_service
+
+    runtime = node.runtime
+    batches: list[int] = []
+    metrics_hook = runtime.proposer.on_batch
+
+    def seen(commands: int, size: int) -> None:
+        batches.append(commands)
+        if metrics_hook is not None:
+            metrics_hook(commands, size)
+
+    def queue() -> Any:
+        return node.state(lambda st: list(st.locks.locks["hot"].queue))
+
+    locks = node.client.locks
+    granted, token, _ = locks.acquire("hot", owner="alice", ttl_s=30, wait_s=1)
+    assert granted
+    bob = Client([node.address], timeout_s=10.0)
+    got: dict[str, tuple[bool, int, str]] = {}
+
+    def acquire(c: Client, owner: str) -> threading.Thread:
+        t = threading.Thread(
+            target=lambda: got.update({owner: c.locks.acquire("hot", owner=owner, wait_s=20)})
+        )
+        t.start()
+        return t
+
+    try:
+        # Long enough that only the release can let it go (the defaults are a few milliseconds).
+        with monkeypatch.context() as m:
+            m.setattr(coordination_service, "LOCK_COALESCE_S", 60.0)
+            m.setattr(coordination_service, "LOCK_COALESCE_QUEUED_S", 60.0)
+            m.setattr(runtime.proposer, "on_batch", seen)
+            t = acquire(bob, "bob")
+            wait_until(lambda: runtime.lock_waits.waiting == 1, 10.0, "bob's acquire to reach the node")
+            assert queue() == []  # held back, not proposed
+            locks.release("alice", "hot", token)
+            t.join(timeout=20)
+        assert got["bob"][0] and got["bob"][1] > token
+        assert 2 in batches, batches  # the release and bob's acquire in one entry
+        # The default hold: carol's acquire is proposed by its timer and queued behind bob.
+        t = acquire(node.client, "carol")
+        wait_until(lambda: len(queue()) == 1, 10.0, "carol's acquire to be queued")
+        bob.locks.release("bob", "hot", got["bob"][1])
+        t.join(timeout=20)
+        assert got["carol"][0] and got["carol"][1] > got["bob"][1]
+    finally:
+        bob.close()
+
+
+def test_a_held_back_acquire_goes_out_when_an_applied_change_empties_its_queue(
+    node: InProcessNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held behind a waiter, an acquire is let go when the applied log grants that waiter (here a
+    lease expiry: no lock command on this node to carry it), not only at the end of its hold."""
+    from raftmesh.node import coordination_service
+
+    def queue() -> Any:
+        return node.state(lambda st: list(st.locks.locks["q"].queue))
+
+    got: dict[str, tuple[bool, int, str]] = {}
+
+    def acquire(owner: str, c: Client) -> threading.Thread:
+        t = threading.Thread(target=lambda: got.update({owner: c.locks.acquire("q", owner=owner, wait_s=20)}))
+        t.start()
+        return t
+
+    locks = node.client.locks
+    assert locks.acquire("q", owner="alice", ttl_s=1.0, wait_s=1)[0]  # never released: it expires
+    carol = acquire("carol", node.client)
+    wait_until(lambda: len(queue()) == 1, 10.0, "carol's acquire to be queued")
+    dave_client = Client([node.address], timeout_s=10.0)
+    try:
+        monkeypatch.setattr(coordination_service, "LOCK_COALESCE_QUEUED_S", 60.0)
+        dave = acquire("dave", dave_client)
+        wait_until(lambda: node.runtime.lock_waits.waiting == 2, 10.0, "dave's acquire to reach the node")
+        carol.join(timeout=20)
+        assert got["carol"][0]
+        wait_until(lambda: len(queue()) == 1, 10.0, "dave's acquire to be let go and queued behind carol")
+        locks.release("carol", "q", got["carol"][1])
+        dave.join(timeout=20)
+        assert got["dave"][0] and got["dave"][1] > got["carol"][1]
+    finally:
+        dave_client.close()
+
+
 def test_dead_letter_and_retry_requests_are_checked_at_the_boundary(node: InProcessNode) -> None:
     """Bad ListDeadLetters / RetryTask requests are INVALID_ARGUMENT with a short message."""
     import grpc

@@ -221,6 +221,21 @@ class LockTable:
             return LockOutcome(request_id, "", False, 0, Code(ended[0]), ended[1])
         return None
 
+    def held_against(self, owner: str, items: tuple[tuple[str, str], ...]) -> bool:
+        """Whether another owner holds one of ``items`` in a conflicting mode now: no priority
+        lets ``owner`` have it before a release. O(len(items)): an exclusive holder is the only one."""
+        for name, mode in items:
+            lock = self.locks.get(name)
+            if lock is None or not lock.holders:
+                continue
+            first = next(iter(lock.holders.values()))
+            if first.mode == EXCLUSIVE:
+                if first.owner != owner:
+                    return True
+            elif mode == EXCLUSIVE and (len(lock.holders) > 1 or first.owner != owner):
+                return True
+        return False
+
     def holder_of(self, request_id: str) -> tuple[str, Holder] | None:
         """(a lock name, the holder) granted under ``request_id``, if it still holds anything."""
         names = self.by_request.get(request_id)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -327,10 +328,94 @@ def _watch_event(ev: KvEvent) -> pb.KvWatchEvent:
     return pb.KvWatchEvent(revision=ev.revision, kind=ev.kind, entry=entry)
 
 
+LOCK_COALESCE_S = 0.003
+"""How long an acquire that has to wait anyway is held back at most before it is proposed (see
+``LocksService._hold_back``)..."""
+LOCK_COALESCE_QUEUED_S = 0.05
+"""... and one that a waiter already queued will be ahead of (let go earlier when none is)."""
+MAX_HELD_BACK = 4096
+"""Acquires held back at once on one node; more are proposed at once (the hold is an optimisation)."""
+
+
+@dataclass(eq=False)
+class _Held:
+    future: asyncio.Future[None]
+    items: tuple[tuple[str, str], ...]
+    priority: int
+    due: float
+
+
 class LocksService(pb_grpc.LocksServicer):
     def __init__(self, node: NodeAccess, waits: LockWaits) -> None:
         self.node = node
         self._waits = waits
+        self._held: list[_Held] = []
+        self._held_timer: asyncio.TimerHandle | None = None
+        waits.on_change = self._recheck
+
+    async def _hold_back(self, items: tuple[tuple[str, str], ...], priority: int, hold_s: float) -> None:
+        """Hold an acquire that has to wait anyway until the next lock command is proposed on this
+        node (or ``hold_s``): both then go out in one log entry (the proposer batches what is
+        queued in the same turn).
+
+        Under contention a holder's release and the previous holder's next acquire reach the node
+        a moment apart and went out as two entries, two fsyncs on each node per cycle; the release
+        is the one the next waiter's grant waits for. Only an acquire that another owner's grant
+        blocks now is held (no priority gets it the lock before a release). With nobody ahead of
+        it in the queue it is held briefly: the release it waits for may be proposed on another
+        node. Behind a queued waiter (by the queue's order, priority and age), it cannot be granted
+        before the holder's and that waiter's releases apply, so it is held until the next lock
+        command here (the next holder's release, when the acquire arrived just after the previous
+        one), or until an applied change leaves no waiter ahead of it, or ``hold_s``.
+        """
+        if len(self._held) >= MAX_HELD_BACK:
+            return
+        loop = asyncio.get_running_loop()
+        held = _Held(loop.create_future(), items, priority, loop.time() + hold_s)
+        self._held.append(held)
+        self._waits.watching = True
+        if self._held_timer is None or held.due < self._held_timer.when():
+            self._arm(held.due)
+        await held.future
+
+    def _arm(self, due: float) -> None:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+        self._held_timer = asyncio.get_running_loop().call_at(due, self._expire)
+
+    def _let_go(self, keep: Callable[[_Held], bool] | None = None) -> None:
+        """Propose the held-back acquires (those ``keep`` refuses; default all) now. Called just
+        before a lock command is proposed here: they resume in the next loop turn, before the
+        proposer takes its batch."""
+        if not self._held:
+            return
+        go = self._held if keep is None else [h for h in self._held if not keep(h)]
+        self._held = [] if keep is None else [h for h in self._held if keep(h)]
+        for h in go:
+            if not h.future.done():
+                h.future.set_result(None)
+        self._waits.watching = bool(self._held)
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        if self._held:
+            self._arm(min(h.due for h in self._held))
+
+    def _expire(self) -> None:
+        self._held_timer = None
+        now = asyncio.get_running_loop().time()
+        self._let_go(lambda h: h.due - now > 0.0005 and not h.future.done())
+
+    def _recheck(self) -> None:
+        """An applied entry changed a lock (a grant, an abort): let go of the held acquires that no
+        queued waiter is ahead of any more (they may be next)."""
+        if not self._held:
+            return
+        held = self._held
+        now = self.node.clock.now_ms()
+        queued = self.node.reads.read(lambda st: [_queued_ahead(st, h.items, h.priority, now) for h in held])
+        keep = {id(h) for h, q in zip(held, queued, strict=True) if q}
+        self._let_go(lambda h: id(h) in keep)
 
     @rpc.unary
     async def Acquire(
@@ -343,6 +428,16 @@ class LocksService(pb_grpc.LocksServicer):
             check_key(name)
         waiter = self._waits.waiter(rid)
         try:
+            now = node.clock.now_ms()
+            hold = (
+                node.reads.read(lambda st: _hold_for(st, request.owner, items, request.priority, now))
+                if request.wait_ms
+                else 0.0
+            )
+            if hold:
+                await self._hold_back(items, request.priority, hold)
+            else:
+                self._let_go()
             cmd = LockAcquire(
                 rid,
                 self.node.clock.now_ms(),
@@ -357,11 +452,13 @@ class LocksService(pb_grpc.LocksServicer):
             v = expect(await node.propose(cmd, context), LockAcquireResult)
             # A replayed request id gets the first Acquire's answer from the dedup table: only
             # its own principal may have that grant's lease, or wait on (and cancel) it.
-            if not node.reads.read(lambda st: _acquired_by(st, rid, cmd.principal)):
+            mine, outcome = node.reads.read(
+                lambda st: (_acquired_by(st, rid, cmd.principal), st.locks.status(rid))
+            )
+            if not mine:
                 raise PermissionDenied(
                     f"lock request id {rid!r} was used by another caller; use a new request id"
                 )
-            outcome = node.reads.read(lambda st: st.locks.status(rid))
             if outcome is None and v.waiting:
                 budget = request.wait_ms / 1000
                 remaining = context.time_remaining()
@@ -369,11 +466,12 @@ class LocksService(pb_grpc.LocksServicer):
                     budget = min(budget, float(remaining) - 0.2)
                 try:
                     async with asyncio.timeout(max(0.0, budget)):
-                        outcome = await asyncio.shield(waiter)
+                        outcome = await waiter  # this call's own future: the applied grant resumes it
                 except TimeoutError:
                     outcome = node.reads.read(lambda st: st.locks.status(rid))
                     if outcome is None:
                         # Give up through the log, so a grant cannot land on a caller that left.
+                        self._let_go()
                         await node.writer.propose(
                             LockCancel(new_request_id("lc-"), node.clock.now_ms(), lock_request_id=rid)
                         )
@@ -386,18 +484,15 @@ class LocksService(pb_grpc.LocksServicer):
                     lease=_lock_lease(node, rid, request.owner) if v.granted else "",
                 )
             if outcome.granted:
+                deadline_ms, lease = node.reads.read(lambda st: _grant_info(st, rid, request.owner))
                 return pb.LockAcquireResponse(
-                    granted=True,
-                    token=outcome.token,
-                    request_id=rid,
-                    deadline_ms=_lock_deadline(node, rid),
-                    lease=_lock_lease(node, rid, request.owner),
+                    granted=True, token=outcome.token, request_id=rid, deadline_ms=deadline_ms, lease=lease
                 )
             if outcome.code is Code.ABORTED:
                 raise Aborted(outcome.message)
             return pb.LockAcquireResponse(granted=False, request_id=rid)
         finally:
-            self._waits.drop(rid)
+            self._waits.drop(rid, waiter)
 
     async def _release(
         self, request: pb.LockReleaseRequest, keep_alive: bool, context: Any
@@ -411,6 +506,7 @@ class LocksService(pb_grpc.LocksServicer):
         if len(request.lease) > limits.MAX_ID_CHARS:
             raise InvalidArgument(f"lease is longer than {limits.MAX_ID_CHARS} characters")
         check_key(request.name)
+        self._let_go()  # held-back acquires go in the same log entry
         cmd = LockRelease(
             _request_id(request.request_id, "lr-"),
             self.node.clock.now_ms(),
@@ -447,12 +543,39 @@ class LocksService(pb_grpc.LocksServicer):
         return pb.LockListResponse(locks=self.node.reads.read(lambda st: _lock_infos(st, request.prefix)))
 
 
-def _lock_deadline(node: NodeAccess, request_id: str) -> int:
-    def deadline(st: ClusterState) -> int:
-        held = st.locks.holder_of(request_id)
-        return held[1].deadline_ms if held is not None else 0
+def _hold_for(
+    st: ClusterState, owner: str, items: tuple[tuple[str, str], ...], priority: int, now_ms: int
+) -> float:
+    """How long an acquire of ``items`` may be held back on this node (0: propose it now)."""
+    if not st.locks.held_against(owner, items):
+        return 0.0
+    return LOCK_COALESCE_QUEUED_S if _queued_ahead(st, items, priority, now_ms) else LOCK_COALESCE_S
 
-    return node.reads.read(deadline)
+
+def _queued_ahead(st: ClusterState, items: tuple[tuple[str, str], ...], priority: int, now_ms: int) -> bool:
+    """Whether the first waiter queued for one of the locks would stay ahead of a request of
+    ``priority`` enqueued now (the queue's order: age, less LOCK_AGING_MS per point of priority)."""
+    lt = st.locks
+    key = now_ms - priority * limits.LOCK_AGING_MS
+    for name, _ in items:
+        lk = lt.locks.get(name)
+        if (
+            lk is not None
+            and lk.queue
+            and (r := lt.waiting.get(lk.queue[0])) is not None
+            and r.order[0] <= key
+        ):
+            return True
+    return False
+
+
+def _grant_info(st: ClusterState, request_id: str, owner: str) -> tuple[int, str]:
+    """(lease deadline, lease handle) of the grant made under ``request_id``; the handle for its
+    owner only (a retry repeating the request id gets the first Acquire's)."""
+    held = st.locks.holder_of(request_id)
+    if held is None:
+        return 0, ""
+    return held[1].deadline_ms, held[1].lease if held[1].owner == owner else ""
 
 
 _ANY_LEASE = frozenset({Role.OPERATOR.label, Role.ADMIN.label, Role.NODE.label})
