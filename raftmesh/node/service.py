@@ -115,8 +115,12 @@ class ClusterService(pb_grpc.ClusterServicer):
         audit: AuditArchive | None = None,
         node_id: str = "",
         auth: bool = False,
+        leader_id: Callable[[], str] | None = None,
     ) -> None:
         self.node = node
+        self._leader_id = leader_id
+        """The leader's node id as this node sees it ("" none known): a submit names it as the
+        place its ready tasks prefer (``SubmitRun.prefer``)."""
         self._hub = hub
         self._status = status
         self._audit = audit
@@ -244,6 +248,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             submitter=ownership.principal_or(context.peer() or ""),
             budget=budget,
             namespace=request.namespace,
+            prefer=self._leader_id() if self._leader_id is not None else "",
         )
         res = await node.propose(cmd, context)
         out = expect(res, SubmitRunResult)
