@@ -347,3 +347,30 @@ def test_a_requeue_needs_the_flag_and_an_empty_one_changes_nothing() -> None:
     assert c.st.revision == rev
     # A plain flag encodes as before the field existed (old journals decode and re-encode alike).
     assert b"requeue" not in encode_command(suspect(c, "n2"))
+
+
+def test_a_submit_places_its_ready_tasks_on_the_member_it_prefers_on_a_tie_only() -> None:
+    """``SubmitRun.prefer`` (the leader the serving node saw): a single task goes there and skips
+    the follower's apply and the forward of its completion; it never beats a less loaded member."""
+    c = Cluster()
+    for n in ("n1", "n2", "n3"):
+        c.ok(placing(c, n, slots=2))
+    c.ok(dataclasses.replace(c.submit("r1", [spec("a")]), prefer="n2"))
+    assert c.task("r1", "a").node == "n2"
+    c.ok(c.submit("r2", [spec("a")]))  # no preference: the lowest node id wins the tie
+    assert c.task("r2", "a").node == "n1"
+    # n1 and n2 each run one task now: n3 is less loaded, so the preference does not count.
+    c.ok(dataclasses.replace(c.submit("r3", [spec("a")]), prefer="n2"))
+    assert c.task("r3", "a").node == "n3"
+    # A name that is no member changes nothing.
+    c.ok(dataclasses.replace(c.submit("r4", [spec("a")]), prefer="nobody"))
+    assert c.task("r4", "a").node == "n1"
+
+
+def test_the_submit_preference_round_trips_and_is_absent_from_the_encoding_when_unset() -> None:
+    c = Cluster()
+    plain = c.submit("r1", [spec("a")])
+    assert b"prefer" not in encode_command(plain)  # a submit without it encodes as before
+    assert decode_command(encode_command(plain)) == plain
+    named = dataclasses.replace(plain, prefer="n2")
+    assert decode_command(encode_command(named)) == named

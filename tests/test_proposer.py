@@ -80,7 +80,10 @@ async def _propose(
 @pytest.mark.parametrize("trap", ["applied_then_leader_changed", "applied_then_lost", "missing_leader"])
 def test_unknown_outcomes_are_retried_and_apply_once(trap: str) -> None:
     raft = FakeRaft([trap, trap, "ok"])
-    reg_result, sub_result = asyncio.run(_propose(raft, [register(), submit("k1")]))
+    # The node is registered already: an idle proposer sends a command at once, so a register
+    # proposed with the submit would take an entry of its own and the trap script would split.
+    ((reg_result,), _) = raft.machine.apply_batch([register()])
+    (sub_result,) = asyncio.run(_propose(raft, [submit("k1")]))
     assert isinstance(reg_result, Result) and reg_result.ok
     assert isinstance(sub_result, Result) and sub_result.ok
     assert sub_result == SubmitRunResult("r-k1", created=True)
@@ -180,3 +183,33 @@ def test_a_new_leader_retries_the_oldest_backed_off_commands_first() -> None:
             await p.stop()
 
     assert asyncio.run(go()) == ["s-old", "s-mid", "s-new"]
+
+
+def test_an_idle_proposer_hands_a_command_to_raft_at_once_and_batches_the_rest() -> None:
+    """Nothing in flight: the command goes to Raft in the caller's own step, not loop iterations
+    later; commands that come while it is in flight still share the next log entry."""
+
+    async def go() -> tuple[int, int, int]:
+        raft = HeldRaft()
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=30.0)  # type: ignore[arg-type]
+        p.start()
+        futs = []
+        try:
+            futs.append(asyncio.ensure_future(p.propose(submit("first"), timeout_s=30.0)))
+            await asyncio.sleep(0)  # the propose call's first step runs, nothing else of the proposer's
+            at_once = raft.proposals
+            futs += [asyncio.ensure_future(p.propose(submit(f"k{i}"), timeout_s=30.0)) for i in range(5)]
+            async with asyncio.timeout(10):
+                while raft.proposals < 2:
+                    await asyncio.sleep(0.001)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            return at_once, raft.proposals, len(p._queue)
+        finally:
+            for f in futs:
+                f.cancel()
+            await p.stop()
+
+    at_once, proposals, queued = asyncio.run(go())
+    assert at_once == 1, "the idle proposer waited for its loop before proposing"
+    assert (proposals, queued) == (2, 0), "the commands proposed while one was in flight were not batched"

@@ -392,11 +392,17 @@ class SubmitRun(Command):
     budget: Budget | None = None
     namespace: str = ""
     """The namespace the run belongs to ("" the default one); tokens are granted namespaces."""
+    prefer: str = ""
+    """The member that wins a tie on load for the tasks this submit readies (the leader, as the
+    node that served the call saw it; "" none): its apply starts them first and its completion
+    is appended without a forward, so a task there skips two hops. A hint, never a rule."""
 
     def _fields(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"budget": self.budget.encode()} if self.budget else {}
         if self.namespace:
             extra["ns"] = self.namespace
+        if self.prefer:  # encoded only when set: a submit without it is the same bytes as before
+            extra["prefer"] = self.prefer
         return extra | {
             "run_id": self.run_id,
             "key": self.idempotency_key,
@@ -1033,6 +1039,7 @@ def _decode_body(m: Any) -> Command:
             submitter=_get(m, "submitter", str),
             budget=Budget.decode(m["budget"]) if "budget" in m else None,
             namespace=_get(m, "ns", str) if "ns" in m else "",
+            prefer=_get(m, "prefer", str) if "prefer" in m else "",
         )
     if tag == Tick.TAG:
         return Tick(rid, ts)

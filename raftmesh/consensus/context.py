@@ -34,6 +34,8 @@ class ApplyContext:
     reporter: str = ""
     """The node whose report (``complete``, ``fail``) this command is: it proved alive by
     proposing it, so what the command frees or readies is placed on it alone ("" any member)."""
+    prefer: str = ""
+    """The member that wins a tie on load for what this command readies (``SubmitRun.prefer``)."""
     start_revision: int = field(init=False)
 
     def __post_init__(self) -> None:

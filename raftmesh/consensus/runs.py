@@ -105,6 +105,7 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
         )
         run.tasks[spec.id] = task
     ctx.emit(RunChanged(rev, cmd.run_id, RunStatus.RUNNING))
+    ctx.prefer = cmd.prefer
     for spec in cmd.tasks:
         if not spec.deps:
             task = run.tasks[spec.id]

@@ -94,7 +94,7 @@ def place_queued(ctx: ApplyContext) -> int:
         max_items=budget,
         placing_only=True,
         max_scan=budget,
-        prefer=ctx.reporter,
+        prefer=ctx.reporter or ctx.prefer,
         alive=ctx.reporter,
     )
     if ctx.reporter:

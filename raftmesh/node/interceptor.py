@@ -91,6 +91,17 @@ def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> gr
     return grpc.StatusCode.UNKNOWN
 
 
+async def _responses(out: Any) -> AsyncIterator[Any]:
+    """A streaming handler's responses: what an async generator yields, or nothing from a
+    coroutine that streams with ``context.write`` (grpc's health ``Watch``: iterating it
+    failed every such call with UNKNOWN, "'async for' requires an object with __aiter__")."""
+    if hasattr(out, "__aiter__"):
+        async for response in out:
+            yield response
+    else:
+        await out
+
+
 class CallInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -205,7 +216,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     except (Unauthenticated, PermissionDenied) as refused:
                         await self._refuse(context, refused)
                     calls.bind(call)  # grpc.aio serves each call in its own task: no reset needed
-                    async for response in inner_us(request, context):
+                    async for response in _responses(inner_us(request, context)):
                         yield response
                 except BaseException as e:
                     exc = e
@@ -248,7 +259,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     except (Unauthenticated, PermissionDenied) as refused:
                         await self._refuse(context, refused)
                     calls.bind(call)
-                    async for response in inner_ss(requests, context):
+                    async for response in _responses(inner_ss(requests, context)):
                         yield response
                 except BaseException as e:
                     exc = e

@@ -211,6 +211,13 @@ class Proposer:
     # ---- internals ------------------------------------------------------------
 
     def _enqueue(self, p: _Pending) -> None:
+        if not self._queue and not self._inflight and self._raft.leader_addr is not None:
+            # Idle: nothing to batch it with. Handed to Raft now rather than two loop iterations
+            # later (the wake, then the gathering sleep); commands that come while it is in
+            # flight batch as before.
+            self._dequeued(p)
+            self._send([p])
+            return
         self._queue.append(p)
         self._wake.set()
 

@@ -344,7 +344,13 @@ class NodeRuntime:
         ours = guarded(server)  # undecodable request bytes answer INVALID_ARGUMENT
         pb_grpc.add_ClusterServicer_to_server(
             ClusterService(
-                access, self.hub, self.status_pb, self.audit, cfg.node_id, auth=self.authenticator is not None
+                access,
+                self.hub,
+                self.status_pb,
+                self.audit,
+                cfg.node_id,
+                auth=self.authenticator is not None,
+                leader_id=self.leader_id,
             ),
             ours,
         )

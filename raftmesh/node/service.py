@@ -74,6 +74,11 @@ STREAM_HEARTBEAT_S = 1.0
 """Idle server streams send an empty event this often; clients treat 5 s of silence as a dead node."""
 RUNS_COALESCE_S = 0.2
 """WatchRuns sends at most one summary a run per this long (a busy run's task events coalesce)."""
+PREFER_LEADER_MAX_TASKS = 4
+"""A submit of at most this many tasks names the leader for its roots (``SubmitRun.prefer``): a
+small run's tasks skip the follower's apply and the forward of their completion. A larger one
+names nobody: its root's node places the fan-out it readies there first (the reporter's rule),
+and the leader already spends the most CPU per task (bench.py fan-out, leader-placed root)."""
 _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
     "limit": LimitExceeded,
     "cycle": DagCycleError,
@@ -115,8 +120,12 @@ class ClusterService(pb_grpc.ClusterServicer):
         audit: AuditArchive | None = None,
         node_id: str = "",
         auth: bool = False,
+        leader_id: Callable[[], str] | None = None,
     ) -> None:
         self.node = node
+        self._leader_id = leader_id
+        """The leader's node id as this node sees it ("" none known): a submit names it as the
+        place its ready tasks prefer (``SubmitRun.prefer``)."""
         self._hub = hub
         self._status = status
         self._audit = audit
@@ -244,6 +253,9 @@ class ClusterService(pb_grpc.ClusterServicer):
             submitter=ownership.principal_or(context.peer() or ""),
             budget=budget,
             namespace=request.namespace,
+            prefer=self._leader_id()
+            if self._leader_id is not None and len(specs) <= PREFER_LEADER_MAX_TASKS
+            else "",
         )
         res = await node.propose(cmd, context)
         out = expect(res, SubmitRunResult)
