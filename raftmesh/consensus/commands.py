@@ -392,11 +392,16 @@ class SubmitRun(Command):
     budget: Budget | None = None
     namespace: str = ""
     """The namespace the run belongs to ("" the default one); tokens are granted namespaces."""
+    staged: int = 0
+    """Tasks that ``StageRun`` entries of this run id staged before this one (0: not staged);
+    ``tasks`` are the rest. Apply checks the count, so a lost part cannot go unnoticed."""
 
     def _fields(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"budget": self.budget.encode()} if self.budget else {}
         if self.namespace:
             extra["ns"] = self.namespace
+        if self.staged:  # absent when 0: an unstaged submit encodes as before
+            extra["staged"] = self.staged
         return extra | {
             "run_id": self.run_id,
             "key": self.idempotency_key,
@@ -404,6 +409,36 @@ class SubmitRun(Command):
             "priority": self.priority,
             "name": self.name,
             "submitter": self.submitter,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StageRun(Command):
+    """One part of a large run's tasks, applied before the run's ``SubmitRun`` (``runs.stage``).
+
+    A run too large for one entry (``limits.STAGE_PART_TASKS``) is proposed as parts of
+    bounded size, ``seq`` 0, 1, ..., then a ``SubmitRun`` with ``staged`` set and the last
+    part: no entry holds apply for the whole run. The parts are invisible (no run, no event)
+    until that ``SubmitRun`` applies; an abandoned stage expires (``limits.STAGE_TTL_MS``).
+    A task may depend only on tasks of its own or an earlier part.
+    """
+
+    TAG: ClassVar[str] = "stage_run"
+    run_id: str = ""
+    seq: int = 0
+    tasks: tuple[TaskSpec, ...] = ()
+    idempotency_key: str = ""
+    """The run's key: a part that finds it taken answers the existing run (the stage stops)."""
+    node_id: str = ""
+    """The node staging it (stages are bounded per node too)."""
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "tasks": [t.to_map() for t in self.tasks],
+            "key": self.idempotency_key,
+            "node_id": self.node_id,
         }
 
 
@@ -1020,6 +1055,17 @@ def _decode_body(m: Any) -> Command:
             submitter=_get(m, "submitter", str),
             budget=Budget.decode(m["budget"]) if "budget" in m else None,
             namespace=_get(m, "ns", str) if "ns" in m else "",
+            staged=_get(m, "staged", int) if "staged" in m else 0,
+        )
+    if tag == StageRun.TAG:
+        return StageRun(
+            rid,
+            ts,
+            run_id=_get(m, "run_id", str),
+            seq=_get(m, "seq", int),
+            tasks=tuple(TaskSpec.from_map(t) for t in _get(m, "tasks", (list, tuple))),
+            idempotency_key=_get(m, "key", str),
+            node_id=_get(m, "node_id", str),
         )
     if tag == Tick.TAG:
         return Tick(rid, ts)

@@ -311,3 +311,49 @@ def find_cycle(tasks: Sequence[TaskSpec]) -> list[str] | None:
                 path.append(nxt)
                 iters.append(iter(deps[nxt]))
     return None
+
+
+def dependency_order(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
+    """``tasks`` with every task after the tasks it depends on: spec order where it already is
+    (the SDK's and the loaders' order), else a depth-first order over deps in spec order.
+    Deps on unknown ids, and cycles, are left for ``validate`` to refuse."""
+    seen: set[str] = set()
+    for t in tasks:
+        if not all(d in seen for d in t.deps):
+            break
+        seen.add(t.id)
+    else:
+        return list(tasks)
+    by_id = {t.id: t for t in tasks}
+    out: list[TaskSpec] = []
+    state: dict[str, bool] = {}  # id -> done (False: on the current path)
+    for t in tasks:
+        if t.id in state:
+            continue
+        state[t.id] = False
+        stack = [(t, iter(t.deps))]
+        while stack:
+            node, deps = stack[-1]
+            nxt = next(deps, None)
+            if nxt is None:
+                stack.pop()
+                state[node.id] = True
+                out.append(node)
+            elif nxt in by_id and nxt not in state:
+                state[nxt] = False
+                stack.append((by_id[nxt], iter(by_id[nxt].deps)))
+    return out
+
+
+def stage_parts(tasks: Sequence[TaskSpec], input_bytes: int) -> list[list[TaskSpec]]:
+    """A large run's tasks cut into the parts of a staged submit (``StageRun``), in dependency
+    order; one part when the run fits one entry. ``input_bytes``: the encoded size of all
+    inputs, which sets how many tasks a part holds (apply checks the real sizes)."""
+    per_task = input_bytes / len(tasks) + 128 if tasks else 0  # + ids, agent, deps (typical)
+    n = limits.STAGE_PART_TASKS
+    if per_task * n > limits.STAGE_PART_BYTES:
+        n = max(1, int(limits.STAGE_PART_BYTES // per_task))
+    if len(tasks) <= n:
+        return [list(tasks)]
+    ordered = dependency_order(tasks)
+    return [ordered[i : i + n] for i in range(0, len(ordered), n)]
