@@ -242,3 +242,74 @@ def test_parts_follow_dependencies_and_bytes() -> None:
     assert len(parts) > 1 and all(
         limits.encoded_size([t.to_map() for t in p]) <= limits.STAGE_PART_BYTES for p in parts
     )
+
+
+class LogWriter:
+    """The proposer as a service sees it, over a real state machine: each command is one log
+    entry, applied through the log's encoding (no Raft: the commit order is the call order).
+    ``between`` runs before each entry (what other nodes commit meanwhile)."""
+
+    def __init__(self, sm: StateMachine, between: Any = None) -> None:
+        self.sm = sm
+        self.between = between
+        self.entries: list[Command] = []
+
+    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
+        if self.between is not None:
+            self.between(self.sm, cmd)
+        self.entries.append(cmd)
+        return apply(self.sm, cmd)[0]
+
+    async def barrier(self, timeout_s: float | None = None) -> None:
+        return None
+
+
+class NoDeadline:
+    def time_remaining(self) -> float | None:
+        return None
+
+
+def access(writer: LogWriter) -> Any:
+    from raftmesh.clock import SYSTEM_CLOCK
+    from raftmesh.node.access import NodeAccess
+
+    return NodeAccess(writer, None, SYSTEM_CLOCK, lambda: True, 5.0)  # type: ignore[arg-type]
+
+
+def test_the_node_stages_a_large_submit_and_a_stage_cut_short_is_retryable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from raftmesh.errors import Unavailable
+    from raftmesh.node import staging
+
+    monkeypatch.setattr(limits, "STAGE_ABOVE_TASKS", 8)
+    monkeypatch.setattr(limits, "STAGE_PART_TASKS", 5)
+    specs = tuple(fan(14))  # 16 tasks: parts of 5, 5, 5, then the submit with the last one
+
+    def cmd(run_id: str) -> SubmitRun:
+        return SubmitRun("s-k", T0, run_id, "k", specs, 0, "", "alice")
+
+    def stall_past_expiry(sm: StateMachine, c: Command) -> None:
+        if isinstance(c, StageRun) and c.seq == 2:  # e.g. a leader change that took too long
+            sm.apply(Tick("t", sm.state.time_ms + limits.STAGE_TTL_MS))
+
+    cut = LogWriter(machine(), stall_past_expiry)
+    with pytest.raises(Unavailable, match="again"):
+        asyncio.run(staging.propose_submit(access(cut), cmd("r1"), "n1", NoDeadline()))  # type: ignore[arg-type]
+    assert [type(e).__name__ for e in cut.entries] == ["StageRun"] * 3
+    assert "r1" not in cut.sm.state.runs and not cut.sm.state.stages
+    # The client's retry (same key, the node picks a new run id) goes through.
+    cut.between = None
+    res = asyncio.run(staging.propose_submit(access(cut), cmd("r2"), "n1", NoDeadline()))  # type: ignore[arg-type]
+    assert res == SubmitRunResult("r2", created=True)
+    assert len(cut.sm.state.runs["r2"].tasks) == 16
+    # Once the key's run exists, a retry stops at its first part with that run.
+    res = asyncio.run(staging.propose_submit(access(cut), cmd("r3"), "n1", NoDeadline()))  # type: ignore[arg-type]
+    assert res == SubmitRunResult("r2", created=False) and not cut.sm.state.stages
+    # A small run is one entry, as before.
+    small = LogWriter(machine())
+    one = replace(cmd("r4"), tasks=specs[:3])
+    asyncio.run(staging.propose_submit(access(small), one, "n1", NoDeadline()))  # type: ignore[arg-type]
+    assert [type(e).__name__ for e in small.entries] == ["SubmitRun"]
