@@ -13,7 +13,9 @@ tree and, with ``--baseline-tree DIR``, side by side for a second cluster runnin
    has applied it, plus 0.5 s) is the longest time that node's apply lock or event loop was held, as a
    reader sees it. The run's root is a ``sleep`` task, so no other task runs in that window; the run is
    cancelled afterwards. A tree that exports ``raftmesh_raft_apply_entry_seconds_max`` (this one) also
-   reports the longest time one log entry held the apply thread, exactly.
+   reports the longest time one log entry held the apply thread, exactly, and from the histogram
+   of the same metric how many entries in that window took over 50 ms (wall time: on a loaded
+   machine CPU contention inflates an entry's time several-fold).
 2. Throughput at 1,000 vs 100,000 tasks: a fan-out + fan-in run of ``--small-tasks`` tasks (built-in
    ``sum`` agent; median of ``--repeat``), then ``--large-runs`` runs of ``--large-tasks`` tasks
    submitted together and waited for; tasks/s = tasks / wall time from the first submit until the
@@ -127,6 +129,30 @@ def scrape(url: str, name: str) -> float | None:
     return None
 
 
+HIST = "raftmesh_raft_apply_entry_seconds"
+
+
+def scrape_entries(url: str) -> tuple[float, float, float] | None:
+    """(entries applied, entries that took over 50 ms, their summed seconds) from the node's
+    apply-time histogram; None where the tree does not export it."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    total = within = summed = None
+    for line in text.splitlines():
+        if line.startswith(HIST + '_bucket{le="+Inf"}'):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(HIST + '_bucket{le="0.05"}'):
+            within = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(HIST + "_sum "):
+            summed = float(line.rsplit(" ", 1)[1])
+    if total is None or within is None or summed is None:
+        return None
+    return total, total - within, summed
+
+
 class Side:
     """One cluster (this tree or the baseline) and the figures measured on it."""
 
@@ -162,6 +188,7 @@ class Side:
         time.sleep(0.5)  # the probes' quiet latency, before the submit
         dag = fan_out("stall", tasks, root={"agent": "sleep", "input": {"seconds": 3600}})
         before = {n: scrape(f"http://{cl.nodes[n].metrics}/metrics", MAX_METRIC) for n in nodes}
+        hist0 = {n: scrape_entries(f"http://{cl.nodes[n].metrics}/metrics") for n in nodes}
         t0 = time.perf_counter()
         run_id = c.submit(dag)
         submit_s = time.perf_counter() - t0
@@ -183,6 +210,10 @@ class Side:
             quiet = [s for t, s in samples[n] if t < t0]
             window = [s for t, s in samples[n] if t0 <= t <= t1] or [math.nan]
             after = scrape(f"http://{cl.nodes[n].metrics}/metrics", MAX_METRIC)
+            h0, h1 = hist0[n], scrape_entries(f"http://{cl.nodes[n].metrics}/metrics")
+            # Entries applied in the window (the submit's, and ticks and probes' neighbours), how many
+            # of them held the apply thread over 50 ms (wall: lock wait and CPU contention included).
+            entries = None if h0 is None or h1 is None else [b - a for a, b in zip(h0, h1, strict=True)]
             per_node[n] = {
                 "probe_max_ms": max(window) * 1000,
                 "probe_quiet_p50_ms": statistics.median(quiet) * 1000 if quiet else math.nan,
@@ -190,6 +221,9 @@ class Side:
                 # The largest entry since the node started; it is the submit's if it grew in the window.
                 "apply_entry_max_ms": None if after is None else after * 1000,
                 "apply_entry_max_before_ms": None if before[n] is None else before[n] * 1000,
+                "entries": None if entries is None else int(entries[0]),
+                "entries_over_50ms": None if entries is None else int(entries[1]),
+                "apply_s": None if entries is None else entries[2],
             }
         self.figures["stall"] = {
             "tasks": tasks,
@@ -198,6 +232,10 @@ class Side:
             "probe_max_ms": max(v["probe_max_ms"] for v in per_node.values()),
             "apply_entry_max_ms": max(
                 (v["apply_entry_max_ms"] for v in per_node.values() if v["apply_entry_max_ms"] is not None),
+                default=None,
+            ),
+            "entries_over_50ms": max(
+                (v["entries_over_50ms"] for v in per_node.values() if v["entries_over_50ms"] is not None),
                 default=None,
             ),
         }
@@ -516,6 +554,7 @@ ROWS = [
         "{:.1f}",
     ),
     ("stall: longest apply entry, ms (exact; max over nodes)", ("stall", "apply_entry_max_ms"), "{:.1f}"),
+    ("stall: entries over 50 ms during it (exact; max over nodes)", ("stall", "entries_over_50ms"), "{:.0f}"),
     ("stall: submit call, ms", ("stall", "submit_ms"), "{:.1f}"),
     ("tasks/s at {small} tasks (median)", ("small", "tasks_per_s"), "{:.0f}"),
     ("tasks/s at {large} tasks", ("large", "tasks_per_s"), "{:.0f}"),

@@ -31,8 +31,9 @@ def validate(
     tasks: Sequence[TaskSpec],
     known_agents: Collection[str] | Mapping[str, Collection[tuple[str, ...]]],
     outside: Container[str] = (),
-) -> None:
-    """Raise ``DagError`` if the DAG cannot be accepted.
+) -> int:
+    """Raise ``DagError`` if the DAG cannot be accepted; else return the encoded size of its
+    task specs (as the run limit counts them: a replica's spec once per replica).
 
     ``known_agents``: the agent types any member (up or down) has offered; as a map
     (``ClusterState.offered_capabilities``) also the capability sets each was offered with,
@@ -68,7 +69,8 @@ def validate(
     run_bytes = 0
     # Checked for the whole run in a few C-level encodings; a run that fails them is checked
     # task by task below, so which error is reported (and where) does not change.
-    sized = _sizes_within(tasks)
+    known_size = _sizes_within(tasks)
+    sized = known_size >= 0
     for t in tasks:
         if t.requires:
             _check_requires(t)
@@ -123,6 +125,7 @@ def validate(
     cycle = find_cycle(tasks)
     if cycle:
         raise DagError("cycle", "the DAG has a cycle: " + describe_cycle(cycle))
+    return known_size if sized else run_bytes
 
 
 def _replica_keys(t: TaskSpec) -> bool:
@@ -208,9 +211,10 @@ def _check_flow(t: TaskSpec) -> None:
             raise DagError("invalid", str(exc)) from None
 
 
-def _sizes_within(tasks: Sequence[TaskSpec]) -> bool:
-    """Whether every input (and compensate input) is storable and within the input limit, and
-    the run's specs within the run limit: the per-task input and size checks would all pass.
+def _sizes_within(tasks: Sequence[TaskSpec]) -> int:
+    """The encoded size of the run's specs if every input (and compensate input) is storable and
+    within the input limit, and the specs within the run limit: the per-task input and size
+    checks would all pass. -1 if not (or not known here).
 
     The values in one list nest one level deeper and encode with one list header more than
     each alone, so a pass here implies a pass for each; a run with replicas (whose specs count
@@ -218,19 +222,20 @@ def _sizes_within(tasks: Sequence[TaskSpec]) -> bool:
     checks.
     """
     if any(t.replicas for t in tasks):
-        return False
+        return -1
     inputs = [t.input for t in tasks]
     inputs += [t.compensate.input for t in tasks if t.compensate is not None]
     if values.problem(inputs):
-        return False
+        return -1
     try:
         if limits.encoded_size(inputs) > limits.MAX_TASK_INPUT_BYTES:
-            return False
+            return -1
         # The specs' other fields are not validated yet: one that cannot be encoded (an integer
         # out of range, a lone surrogate) is left to the per-task checks, which name it.
-        return limits.encoded_size([t.to_map() for t in tasks]) <= limits.MAX_RUN_SPEC_BYTES
+        size = limits.encoded_size([t.to_map() for t in tasks])
     except (ValueError, TypeError, OverflowError, RecursionError):
-        return False
+        return -1
+    return size if size <= limits.MAX_RUN_SPEC_BYTES else -1
 
 
 def _check_input(t: TaskSpec, what: str, value: object) -> None:

@@ -105,7 +105,7 @@ def _check_part(st: ClusterState, stage: Stage | None, tasks: Sequence[TaskSpec]
     part's own cycles), never on a later one, so the whole run is acyclic without looking at
     it whole. Returns the run's fixed task count and spec bytes with this part."""
     before = stage.tasks if stage is not None else {}
-    validate(tasks, st.offered_capabilities(), outside=before)
+    size = validate(tasks, st.offered_capabilities(), outside=before)
     again = next((t.id for t in tasks if t.id in before), None)
     if again is not None:
         raise DagError("invalid", f"task id {again!r} is used twice; task ids must be unique in a run")
@@ -115,9 +115,6 @@ def _check_part(st: ClusterState, stage: Stage | None, tasks: Sequence[TaskSpec]
             "limit",
             f"a run has {fixed} tasks (replicas and judges included); the limit is {limits.MAX_TASKS_PER_RUN}",
         )
-    size = limits.encoded_size([t.to_map() for t in tasks]) + sum(
-        limits.encoded_size(t.to_map()) * t.replicas for t in tasks if t.replicas
-    )
     spec_bytes = (stage.spec_bytes if stage is not None else 0) + size
     if spec_bytes > limits.MAX_RUN_SPEC_BYTES:
         raise DagError(
