@@ -204,13 +204,17 @@ class Side:
         stop.set()
         for t in threads:
             t.join(30)
+        # Read before the run is cancelled: cancelling its 10,000 tasks is one entry of its own,
+        # O(tasks), that the submit's figures must not include.
+        afters = {n: scrape(f"http://{cl.nodes[n].metrics}/metrics", MAX_METRIC) for n in nodes}
+        hist1 = {n: scrape_entries(f"http://{cl.nodes[n].metrics}/metrics") for n in nodes}
         c.cancel(run_id, "benchmark")
         per_node = {}
         for n in nodes:
             quiet = [s for t, s in samples[n] if t < t0]
             window = [s for t, s in samples[n] if t0 <= t <= t1] or [math.nan]
-            after = scrape(f"http://{cl.nodes[n].metrics}/metrics", MAX_METRIC)
-            h0, h1 = hist0[n], scrape_entries(f"http://{cl.nodes[n].metrics}/metrics")
+            after = afters[n]
+            h0, h1 = hist0[n], hist1[n]
             # Entries applied in the window (the submit's, and ticks and probes' neighbours), how many
             # of them held the apply thread over 50 ms (wall: lock wait and CPU contention included).
             entries = None if h0 is None or h1 is None else [b - a for a, b in zip(h0, h1, strict=True)]
