@@ -210,6 +210,14 @@ def test_stages_are_bounded_per_node_per_cluster_and_in_bytes(monkeypatch: pytes
     big = [TaskSpec(id="b", agent="sum", input={"text": "x" * 100})]
     over = apply(sm, part("r1", 1, big))[0]
     assert isinstance(over, Rejected) and over.code is Code.RESOURCE_EXHAUSTED
+    monkeypatch.setattr(limits, "MAX_STAGED_BYTES", 2**30)
+    here = sum(s.spec_bytes for s in sm.state.stages.values() if s.node_id == "n1")
+    monkeypatch.setattr(limits, "MAX_STAGED_BYTES_PER_NODE", here + 10)
+    over = apply(sm, part("r1", 1, big))[0]  # over node n1's bound
+    assert isinstance(over, Rejected) and over.code is Code.RESOURCE_EXHAUSTED and "'n1'" in over.message
+    small = [TaskSpec(id="c", agent="sum")]
+    assert apply(sm, part("r3", 1, small, node="n2"))[0].ok  # another node's stage still grows
+    assert not apply(sm, part("r1", 1, small))[0].ok  # n1's does not
     assert len(sm.state.runs) == 0
 
 

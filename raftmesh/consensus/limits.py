@@ -42,6 +42,8 @@ MAX_STAGES_PER_NODE = 8
 """Runs being staged at once through one node."""
 MAX_STAGED_BYTES = 64 * 1024 * 1024
 """Encoded task specs held by all stages together."""
+MAX_STAGED_BYTES_PER_NODE = 24 * 1024 * 1024
+"""Encoded task specs held by the stages of one node (three runs at the run limit)."""
 
 MAX_TASK_OUTPUT_BYTES = 1024 * 1024
 """Encoded (msgpack) size of one task's output; a larger output fails the attempt."""

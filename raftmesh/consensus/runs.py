@@ -172,12 +172,14 @@ def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
                 f"limits {limits.MAX_STAGES} and {limits.MAX_STAGES_PER_NODE}): retry shortly",
             )
     held = sum(s.spec_bytes for s in st.stages.values())  # at most MAX_STAGES stages
+    held_here = sum(s.spec_bytes for s in st.stages.values() if s.node_id == cmd.node_id)
     added = spec_bytes - (current.spec_bytes if current is not None else 0)
-    if held + added > limits.MAX_STAGED_BYTES:
+    if held + added > limits.MAX_STAGED_BYTES or held_here + added > limits.MAX_STAGED_BYTES_PER_NODE:
         return Rejected(
             Code.RESOURCE_EXHAUSTED,
-            f"large runs being submitted hold {held} bytes of tasks; the limit is "
-            f"{limits.MAX_STAGED_BYTES}: retry shortly",
+            f"large runs being submitted hold {held} bytes of tasks ({held_here} through node "
+            f"{cmd.node_id!r}); the limits are {limits.MAX_STAGED_BYTES} and "
+            f"{limits.MAX_STAGED_BYTES_PER_NODE}: retry shortly",
         )
     ctx.advance()
     if current is None:
