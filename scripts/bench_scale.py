@@ -13,7 +13,9 @@ tree and, with ``--baseline-tree DIR``, side by side for a second cluster runnin
    has applied it, plus 0.5 s) is the longest time that node's apply lock or event loop was held, as a
    reader sees it. The run's root is a ``sleep`` task, so no other task runs in that window; the run is
    cancelled afterwards. A tree that exports ``raftmesh_raft_apply_entry_seconds_max`` (this one) also
-   reports the longest time one log entry held the apply thread, exactly.
+   reports the longest time one log entry held the apply thread, exactly, and from the histogram
+   of the same metric how many entries in that window took over 50 ms (wall time: on a loaded
+   machine CPU contention inflates an entry's time several-fold).
 2. Throughput at 1,000 vs 100,000 tasks: a fan-out + fan-in run of ``--small-tasks`` tasks (built-in
    ``sum`` agent; median of ``--repeat``), then ``--large-runs`` runs of ``--large-tasks`` tasks
    submitted together and waited for; tasks/s = tasks / wall time from the first submit until the
@@ -26,7 +28,9 @@ that process, which other load on the shared machine inflates far less than wall
 
 4. Apply of a ``--stall-tasks`` submit: the CPU to decode the log entry and to apply it (median of
    ``--repeat``; this tree decodes before taking the apply lock, the baseline under it), and how long
-   the first ``GetRun`` of that run (``ReadView.run``) holds the lock.
+   the first ``GetRun`` of that run (``ReadView.run``) holds the lock. A tree that stages large
+   submits (``StageRun``) also reports the same run as its node proposes it: the number of log
+   entries and the longest decode + apply CPU of one of them.
 5. Snapshot after ``--snapshot-tasks`` finished tasks (runs of ``--snapshot-run-tasks``), built by
    applying real SubmitRun/Assign/Complete commands to a ``StateMachine``: the snapshot's size, how
    long the apply lock is held to take it (a tree whose ``ReadView`` has ``snapshot`` encodes
@@ -125,6 +129,30 @@ def scrape(url: str, name: str) -> float | None:
     return None
 
 
+HIST = "raftmesh_raft_apply_entry_seconds"
+
+
+def scrape_entries(url: str) -> tuple[float, float, float] | None:
+    """(entries applied, entries that took over 50 ms, their summed seconds) from the node's
+    apply-time histogram; None where the tree does not export it."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    total = within = summed = None
+    for line in text.splitlines():
+        if line.startswith(HIST + '_bucket{le="+Inf"}'):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(HIST + '_bucket{le="0.05"}'):
+            within = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(HIST + "_sum "):
+            summed = float(line.rsplit(" ", 1)[1])
+    if total is None or within is None or summed is None:
+        return None
+    return total, total - within, summed
+
+
 class Side:
     """One cluster (this tree or the baseline) and the figures measured on it."""
 
@@ -160,6 +188,7 @@ class Side:
         time.sleep(0.5)  # the probes' quiet latency, before the submit
         dag = fan_out("stall", tasks, root={"agent": "sleep", "input": {"seconds": 3600}})
         before = {n: scrape(f"http://{cl.nodes[n].metrics}/metrics", MAX_METRIC) for n in nodes}
+        hist0 = {n: scrape_entries(f"http://{cl.nodes[n].metrics}/metrics") for n in nodes}
         t0 = time.perf_counter()
         run_id = c.submit(dag)
         submit_s = time.perf_counter() - t0
@@ -175,12 +204,20 @@ class Side:
         stop.set()
         for t in threads:
             t.join(30)
+        # Read before the run is cancelled: cancelling its 10,000 tasks is one entry of its own,
+        # O(tasks), that the submit's figures must not include.
+        afters = {n: scrape(f"http://{cl.nodes[n].metrics}/metrics", MAX_METRIC) for n in nodes}
+        hist1 = {n: scrape_entries(f"http://{cl.nodes[n].metrics}/metrics") for n in nodes}
         c.cancel(run_id, "benchmark")
         per_node = {}
         for n in nodes:
             quiet = [s for t, s in samples[n] if t < t0]
             window = [s for t, s in samples[n] if t0 <= t <= t1] or [math.nan]
-            after = scrape(f"http://{cl.nodes[n].metrics}/metrics", MAX_METRIC)
+            after = afters[n]
+            h0, h1 = hist0[n], hist1[n]
+            # Entries applied in the window (the submit's, and ticks and probes' neighbours), how many
+            # of them held the apply thread over 50 ms (wall: lock wait and CPU contention included).
+            entries = None if h0 is None or h1 is None else [b - a for a, b in zip(h0, h1, strict=True)]
             per_node[n] = {
                 "probe_max_ms": max(window) * 1000,
                 "probe_quiet_p50_ms": statistics.median(quiet) * 1000 if quiet else math.nan,
@@ -188,6 +225,9 @@ class Side:
                 # The largest entry since the node started; it is the submit's if it grew in the window.
                 "apply_entry_max_ms": None if after is None else after * 1000,
                 "apply_entry_max_before_ms": None if before[n] is None else before[n] * 1000,
+                "entries": None if entries is None else int(entries[0]),
+                "entries_over_50ms": None if entries is None else int(entries[1]),
+                "apply_s": None if entries is None else entries[2],
             }
         self.figures["stall"] = {
             "tasks": tasks,
@@ -196,6 +236,10 @@ class Side:
             "probe_max_ms": max(v["probe_max_ms"] for v in per_node.values()),
             "apply_entry_max_ms": max(
                 (v["apply_entry_max_ms"] for v in per_node.values() if v["apply_entry_max_ms"] is not None),
+                default=None,
+            ),
+            "entries_over_50ms": max(
+                (v["entries_over_50ms"] for v in per_node.values() if v["entries_over_50ms"] is not None),
                 default=None,
             ),
         }
@@ -320,11 +364,53 @@ def apply_figures(tasks: int, repeat: int) -> dict[str, Any]:
         got = view.run(f"run{i}")
         assert got is not None and len(got.run.tasks) == tasks
         read.append(lock.longest)
-    return {
+    out = {
         "tasks": tasks,
         "decode_ms": statistics.median(decode) * 1000,
         "apply_ms": statistics.median(apply) * 1000,
         "getrun_lock_held_ms": statistics.median(read) * 1000,
+    }
+    out.update(staged_apply_figures(sm, specs, repeat))
+    return out
+
+
+def staged_apply_figures(sm: Any, specs: list[Any], repeat: int) -> dict[str, Any]:
+    """A tree that stages large submits (``StageRun``): the same run as its node proposes it, in
+    parts; the longest apply CPU of one of its entries (decode included) and their count."""
+    try:
+        from raftmesh.consensus import limits
+        from raftmesh.consensus.commands import StageRun, SubmitRun, decode_batch, encode_batch
+        from raftmesh.consensus.dag import stage_parts
+    except ImportError:
+        return {}
+    import dataclasses
+
+    longest, each, entries = [], [], 0
+    for i in range(repeat):
+        parts = stage_parts(specs, limits.encoded_size([t.input for t in specs]))
+        run_id = f"staged{i}"
+        cmds: list[Any] = [
+            StageRun(f"g{i}-{seq}", 2_000, run_id=run_id, seq=seq, tasks=tuple(p), node_id="n1")
+            for seq, p in enumerate(parts[:-1])
+        ]
+        whole = SubmitRun(f"ss{i}", 2_000, run_id, "", tuple(parts[-1]), 0, "r", "bench")
+        cmds.append(dataclasses.replace(whole, staged=len(specs) - len(parts[-1])))
+        worst = 0.0
+        for cmd in cmds:
+            payload = encode_batch([cmd])
+            t0 = time.process_time()
+            res, _ = sm.apply(decode_batch(payload)[0])
+            worst = max(worst, time.process_time() - t0)
+            each.append(time.process_time() - t0)
+            assert res.ok, res
+        longest.append(worst)
+        entries = len(cmds)
+    # The longest entry includes any full garbage collection that fell into it (with several
+    # 10,000-task runs alive, ~0.1 s here): the median entry shows the part itself.
+    return {
+        "staged_entries": entries,
+        "staged_entry_max_ms": statistics.median(longest) * 1000,
+        "staged_entry_p50_ms": statistics.median(each) * 1000,
     }
 
 
@@ -472,6 +558,7 @@ ROWS = [
         "{:.1f}",
     ),
     ("stall: longest apply entry, ms (exact; max over nodes)", ("stall", "apply_entry_max_ms"), "{:.1f}"),
+    ("stall: entries over 50 ms during it (exact; max over nodes)", ("stall", "entries_over_50ms"), "{:.0f}"),
     ("stall: submit call, ms", ("stall", "submit_ms"), "{:.1f}"),
     ("tasks/s at {small} tasks (median)", ("small", "tasks_per_s"), "{:.0f}"),
     ("tasks/s at {large} tasks", ("large", "tasks_per_s"), "{:.0f}"),
@@ -479,6 +566,17 @@ ROWS = [
     ("RSS per finished run, MB (max over nodes)", ("large", "max_rss_per_finished_run_mb"), "{:.2f}"),
     ("in-process: decode a {stall} submit, CPU ms", ("snapshot", "apply", "decode_ms"), "{:.0f}"),
     ("in-process: apply it, CPU ms", ("snapshot", "apply", "apply_ms"), "{:.0f}"),
+    ("in-process: staged, log entries", ("snapshot", "apply", "staged_entries"), "{:.0f}"),
+    (
+        "in-process: staged, longest entry's decode + apply, CPU ms",
+        ("snapshot", "apply", "staged_entry_max_ms"),
+        "{:.1f}",
+    ),
+    (
+        "in-process: staged, median entry's decode + apply, CPU ms",
+        ("snapshot", "apply", "staged_entry_p50_ms"),
+        "{:.1f}",
+    ),
     (
         "in-process: first GetRun of it, apply lock held, CPU ms",
         ("snapshot", "apply", "getrun_lock_held_ms"),

@@ -594,3 +594,20 @@ def test_the_health_loop_survives_a_failing_reaction_to_a_new_leader(
             return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
         wait_until(serving, 20.0, "the node to report SERVING")
+
+
+def test_a_large_run_is_submitted_in_parts_and_appears_whole(
+    node: InProcessNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small stage sizes (read at each submit), so that a run of 30 tasks goes in parts of 7.
+    monkeypatch.setattr(limits, "STAGE_ABOVE_TASKS", 10)
+    monkeypatch.setattr(limits, "STAGE_PART_TASKS", 7)
+    c = node.client
+    run_id = c.submit(fan_out(28), idempotency_key="big")
+    parts = node.state(lambda st: sorted(k for k in st.dedup if k.startswith(f"g-{run_id}-")))
+    assert parts == [f"g-{run_id}-{i}" for i in range(4)]  # 28 + 2 tasks: 4 parts of 7, then the submit
+    assert c.submit(fan_out(28), idempotency_key="big") == run_id  # a retry answers the same run
+    run = c.wait(run_id, timeout_s=30)
+    assert run.status == "SUCCEEDED" and len(run.tasks) == 30
+    assert run.tasks["total"].output == sum(range(28)) + 28
+    assert node.state(lambda st: dict(st.stages)) == {}

@@ -396,6 +396,9 @@ class SubmitRun(Command):
     """The member that wins a tie on load for the tasks this submit readies (the leader, as the
     node that served the call saw it; "" none): its apply starts them first and its completion
     is appended without a forward, so a task there skips two hops. A hint, never a rule."""
+    staged: int = 0
+    """Tasks that ``StageRun`` entries of this run id staged before this one (0: not staged);
+    ``tasks`` are the rest. Apply checks the count, so a lost part cannot go unnoticed."""
 
     def _fields(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"budget": self.budget.encode()} if self.budget else {}
@@ -403,6 +406,8 @@ class SubmitRun(Command):
             extra["ns"] = self.namespace
         if self.prefer:  # encoded only when set: a submit without it is the same bytes as before
             extra["prefer"] = self.prefer
+        if self.staged:  # absent when 0: an unstaged submit encodes as before
+            extra["staged"] = self.staged
         return extra | {
             "run_id": self.run_id,
             "key": self.idempotency_key,
@@ -410,6 +415,36 @@ class SubmitRun(Command):
             "priority": self.priority,
             "name": self.name,
             "submitter": self.submitter,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StageRun(Command):
+    """One part of a large run's tasks, applied before the run's ``SubmitRun`` (``runs.stage``).
+
+    A run too large for one entry (``limits.STAGE_PART_TASKS``) is proposed as parts of
+    bounded size, ``seq`` 0, 1, ..., then a ``SubmitRun`` with ``staged`` set and the last
+    part: no entry holds apply for the whole run. The parts are invisible (no run, no event)
+    until that ``SubmitRun`` applies; an abandoned stage expires (``limits.STAGE_TTL_MS``).
+    A task may depend only on tasks of its own or an earlier part.
+    """
+
+    TAG: ClassVar[str] = "stage_run"
+    run_id: str = ""
+    seq: int = 0
+    tasks: tuple[TaskSpec, ...] = ()
+    idempotency_key: str = ""
+    """The run's key: a part that finds it taken answers the existing run (the stage stops)."""
+    node_id: str = ""
+    """The node staging it (stages are bounded per node too)."""
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "tasks": [t.to_map() for t in self.tasks],
+            "key": self.idempotency_key,
+            "node_id": self.node_id,
         }
 
 
@@ -1040,6 +1075,17 @@ def _decode_body(m: Any) -> Command:
             budget=Budget.decode(m["budget"]) if "budget" in m else None,
             namespace=_get(m, "ns", str) if "ns" in m else "",
             prefer=_get(m, "prefer", str) if "prefer" in m else "",
+            staged=_get(m, "staged", int) if "staged" in m else 0,
+        )
+    if tag == StageRun.TAG:
+        return StageRun(
+            rid,
+            ts,
+            run_id=_get(m, "run_id", str),
+            seq=_get(m, "seq", int),
+            tasks=tuple(TaskSpec.from_map(t) for t in _get(m, "tasks", (list, tuple))),
+            idempotency_key=_get(m, "key", str),
+            node_id=_get(m, "node_id", str),
         )
     if tag == Tick.TAG:
         return Tick(rid, ts)

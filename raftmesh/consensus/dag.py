@@ -31,8 +31,9 @@ def validate(
     tasks: Sequence[TaskSpec],
     known_agents: Collection[str] | Mapping[str, Collection[tuple[str, ...]]],
     outside: Container[str] = (),
-) -> None:
-    """Raise ``DagError`` if the DAG cannot be accepted.
+) -> int:
+    """Raise ``DagError`` if the DAG cannot be accepted; else return the encoded size of its
+    task specs (as the run limit counts them: a replica's spec once per replica).
 
     ``known_agents``: the agent types any member (up or down) has offered; as a map
     (``ClusterState.offered_capabilities``) also the capability sets each was offered with,
@@ -68,7 +69,8 @@ def validate(
     run_bytes = 0
     # Checked for the whole run in a few C-level encodings; a run that fails them is checked
     # task by task below, so which error is reported (and where) does not change.
-    sized = _sizes_within(tasks)
+    known_size = _sizes_within(tasks)
+    sized = known_size >= 0
     for t in tasks:
         if t.requires:
             _check_requires(t)
@@ -123,6 +125,7 @@ def validate(
     cycle = find_cycle(tasks)
     if cycle:
         raise DagError("cycle", "the DAG has a cycle: " + describe_cycle(cycle))
+    return known_size if sized else run_bytes
 
 
 def _replica_keys(t: TaskSpec) -> bool:
@@ -208,9 +211,10 @@ def _check_flow(t: TaskSpec) -> None:
             raise DagError("invalid", str(exc)) from None
 
 
-def _sizes_within(tasks: Sequence[TaskSpec]) -> bool:
-    """Whether every input (and compensate input) is storable and within the input limit, and
-    the run's specs within the run limit: the per-task input and size checks would all pass.
+def _sizes_within(tasks: Sequence[TaskSpec]) -> int:
+    """The encoded size of the run's specs if every input (and compensate input) is storable and
+    within the input limit, and the specs within the run limit: the per-task input and size
+    checks would all pass. -1 if not (or not known here).
 
     The values in one list nest one level deeper and encode with one list header more than
     each alone, so a pass here implies a pass for each; a run with replicas (whose specs count
@@ -218,19 +222,20 @@ def _sizes_within(tasks: Sequence[TaskSpec]) -> bool:
     checks.
     """
     if any(t.replicas for t in tasks):
-        return False
+        return -1
     inputs = [t.input for t in tasks]
     inputs += [t.compensate.input for t in tasks if t.compensate is not None]
     if values.problem(inputs):
-        return False
+        return -1
     try:
         if limits.encoded_size(inputs) > limits.MAX_TASK_INPUT_BYTES:
-            return False
+            return -1
         # The specs' other fields are not validated yet: one that cannot be encoded (an integer
         # out of range, a lone surrogate) is left to the per-task checks, which name it.
-        return limits.encoded_size([t.to_map() for t in tasks]) <= limits.MAX_RUN_SPEC_BYTES
+        size = limits.encoded_size([t.to_map() for t in tasks])
     except (ValueError, TypeError, OverflowError, RecursionError):
-        return False
+        return -1
+    return size if size <= limits.MAX_RUN_SPEC_BYTES else -1
 
 
 def _check_input(t: TaskSpec, what: str, value: object) -> None:
@@ -311,3 +316,49 @@ def find_cycle(tasks: Sequence[TaskSpec]) -> list[str] | None:
                 path.append(nxt)
                 iters.append(iter(deps[nxt]))
     return None
+
+
+def dependency_order(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
+    """``tasks`` with every task after the tasks it depends on: spec order where it already is
+    (the SDK's and the loaders' order), else a depth-first order over deps in spec order.
+    Deps on unknown ids, and cycles, are left for ``validate`` to refuse."""
+    seen: set[str] = set()
+    for t in tasks:
+        if not all(d in seen for d in t.deps):
+            break
+        seen.add(t.id)
+    else:
+        return list(tasks)
+    by_id = {t.id: t for t in tasks}
+    out: list[TaskSpec] = []
+    state: dict[str, bool] = {}  # id -> done (False: on the current path)
+    for t in tasks:
+        if t.id in state:
+            continue
+        state[t.id] = False
+        stack = [(t, iter(t.deps))]
+        while stack:
+            node, deps = stack[-1]
+            nxt = next(deps, None)
+            if nxt is None:
+                stack.pop()
+                state[node.id] = True
+                out.append(node)
+            elif nxt in by_id and nxt not in state:
+                state[nxt] = False
+                stack.append((by_id[nxt], iter(by_id[nxt].deps)))
+    return out
+
+
+def stage_parts(tasks: Sequence[TaskSpec], input_bytes: int) -> list[list[TaskSpec]]:
+    """A large run's tasks cut into the parts of a staged submit (``StageRun``), in dependency
+    order; one part when the run fits one entry. ``input_bytes``: the encoded size of all
+    inputs, which sets how many tasks a part holds (apply checks the real sizes)."""
+    per_task = input_bytes / len(tasks) + 128 if tasks else 0  # + ids, agent, deps (typical)
+    n = limits.STAGE_PART_TASKS
+    if per_task * n > limits.STAGE_PART_BYTES:
+        n = max(1, int(limits.STAGE_PART_BYTES // per_task))
+    if len(tasks) <= n:
+        return [list(tasks)]
+    ordered = dependency_order(tasks)
+    return [ordered[i : i + n] for i in range(0, len(ordered), n)]

@@ -13,7 +13,18 @@ from typing import TypeVar
 
 from . import budgets, limits, spawn, usage, values
 from .codes import Code
-from .commands import Assign, CancelRun, Complete, Completion, Fail, Failure, SubmitRun, Usage
+from .commands import (
+    Assign,
+    CancelRun,
+    Complete,
+    Completion,
+    Fail,
+    Failure,
+    StageRun,
+    SubmitRun,
+    TaskSpec,
+    Usage,
+)
 from .context import ApplyContext
 from .dag import DagError, check_id, validate
 from .lock_commands import task_locks_free
@@ -22,6 +33,7 @@ from .placement import unfit
 from .results import (
     AssignResult,
     CancelRunResult,
+    ChangedResult,
     ItemRejected,
     Rejected,
     ReportResult,
@@ -29,7 +41,17 @@ from .results import (
     RunChanged,
     SubmitRunResult,
 )
-from .state import SCHEDULABLE_RUN, TERMINAL_RUN, RunState, RunStatus, TaskKey, TaskState, TaskStatus
+from .state import (
+    SCHEDULABLE_RUN,
+    TERMINAL_RUN,
+    ClusterState,
+    RunState,
+    RunStatus,
+    Stage,
+    TaskKey,
+    TaskState,
+    TaskStatus,
+)
 from .tasks import activate, cascade, fail_attempt, finish_run, start, succeed
 
 MAX_REJECTIONS_SHOWN = 5
@@ -40,31 +62,168 @@ def _quote(rejected: list[ItemRejected]) -> str:
     return str([[r.run_id, r.task_id, r.reason] for r in rejected[:MAX_REJECTIONS_SHOWN]])
 
 
+def _check_header(cmd: SubmitRun) -> None:
+    """The run-level fields of a submit (raises ``DagError``)."""
+    check_id("run id", cmd.run_id)
+    if cmd.idempotency_key and len(cmd.idempotency_key) > limits.MAX_ID_CHARS:
+        raise DagError("limit", f"idempotency key is longer than {limits.MAX_ID_CHARS} characters")
+    # The boundary checks these too; apply checks them so nothing a client sends bypasses them.
+    why = limits.request_id_error("idempotency key", cmd.idempotency_key)
+    if why:
+        raise DagError("invalid", why)
+    if len(cmd.name) > limits.MAX_RUN_NAME_CHARS:
+        raise DagError("limit", f"name is longer than {limits.MAX_RUN_NAME_CHARS} characters")
+    if not limits.printable(cmd.name):
+        raise DagError("invalid", f"name {cmd.name[:40]!r} may not contain control characters")
+    if abs(cmd.priority) > limits.MAX_PRIORITY:
+        raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
+    why = limits.namespace_error(cmd.namespace)
+    if why:
+        raise DagError("invalid", why)
+
+
+def _add_tasks(into: dict[str, TaskState], specs: Sequence[TaskSpec]) -> None:
+    """PENDING tasks for ``specs``, appended to ``into``; each dependency (in ``into`` already or
+    among ``specs``) learns its dependents in spec order."""
+    for spec in specs:
+        into[spec.id] = TaskState(
+            spec=spec,
+            status=TaskStatus.PENDING,
+            deps_waiting=len(spec.deps),
+            dependents=[],
+            retries_left=spec.retries,
+        )
+    for spec in specs:
+        for d in spec.deps:
+            into[d].dependents.append(spec.id)
+
+
+def _check_part(st: ClusterState, stage: Stage | None, tasks: Sequence[TaskSpec]) -> tuple[int, int]:
+    """Validate one part of a staged run against what is staged before it (raises ``DagError``).
+
+    A task may depend on a task of an earlier part or of its own part (``validate`` checks the
+    part's own cycles), never on a later one, so the whole run is acyclic without looking at
+    it whole. Returns the run's fixed task count and spec bytes with this part."""
+    before = stage.tasks if stage is not None else {}
+    size = validate(tasks, st.offered_capabilities(), outside=before)
+    again = next((t.id for t in tasks if t.id in before), None)
+    if again is not None:
+        raise DagError("invalid", f"task id {again!r} is used twice; task ids must be unique in a run")
+    fixed = (stage.fixed if stage is not None else 0) + budgets.fixed_tasks(tasks)
+    if fixed > limits.MAX_TASKS_PER_RUN:
+        raise DagError(
+            "limit",
+            f"a run has {fixed} tasks (replicas and judges included); the limit is {limits.MAX_TASKS_PER_RUN}",
+        )
+    spec_bytes = (stage.spec_bytes if stage is not None else 0) + size
+    if spec_bytes > limits.MAX_RUN_SPEC_BYTES:
+        raise DagError(
+            "limit",
+            f"the run's tasks are over {limits.MAX_RUN_SPEC_BYTES} bytes encoded; "
+            "store large inputs elsewhere and pass references",
+        )
+    return fixed, spec_bytes
+
+
+def _expired(run_id: str, seq: int) -> Rejected:
+    return Rejected(
+        Code.ABORTED,
+        f"the staged submit of run {run_id!r} is gone before part {seq} (it expired after "
+        f"{limits.STAGE_TTL_MS // 1000} s without a part, e.g. across a leader change): "
+        "submit the run again (with the same idempotency key)",
+    )
+
+
+def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
+    """One part of a large run (``StageRun``): validated and built, invisible until its submit."""
+    st = ctx.state
+    if cmd.idempotency_key:
+        existing = st.idempotency.get(cmd.idempotency_key)
+        if existing is not None:  # the key's run exists: the stage stops, the caller gets the run
+            return SubmitRunResult(existing, created=False)
+    current = st.stages.get(cmd.run_id)
+    if current is None and cmd.seq != 0:
+        return _expired(cmd.run_id, cmd.seq)
+    if current is not None and cmd.seq < current.next_seq:
+        return ChangedResult(0)  # a part applied already (a retry under a new request id)
+    if current is not None and cmd.seq != current.next_seq:
+        return Rejected(
+            Code.FAILED_PRECONDITION, f"part {cmd.seq} of run {cmd.run_id!r} before part {current.next_seq}"
+        )
+    try:
+        if current is None:
+            check_id("run id", cmd.run_id)
+            if len(cmd.node_id) > limits.MAX_ID_CHARS:
+                raise DagError("limit", f"node id is longer than {limits.MAX_ID_CHARS} characters")
+            why = limits.request_id_error("idempotency key", cmd.idempotency_key)
+            if why:
+                raise DagError("invalid", why)
+        fixed, spec_bytes = _check_part(st, current, cmd.tasks)
+    except DagError as exc:
+        return Rejected(Code.INVALID_ARGUMENT, str(exc))
+    if current is None:
+        if cmd.run_id in st.runs:
+            return Rejected(Code.ALREADY_EXISTS, f"run id {cmd.run_id!r} already exists")
+        mine = sum(1 for s in st.stages.values() if s.node_id == cmd.node_id)
+        if len(st.stages) >= limits.MAX_STAGES or mine >= limits.MAX_STAGES_PER_NODE:
+            return Rejected(
+                Code.RESOURCE_EXHAUSTED,
+                f"{len(st.stages)} large runs are being submitted ({mine} through node {cmd.node_id!r}; "
+                f"limits {limits.MAX_STAGES} and {limits.MAX_STAGES_PER_NODE}): retry shortly",
+            )
+    held = sum(s.spec_bytes for s in st.stages.values())  # at most MAX_STAGES stages
+    held_here = sum(s.spec_bytes for s in st.stages.values() if s.node_id == cmd.node_id)
+    added = spec_bytes - (current.spec_bytes if current is not None else 0)
+    if held + added > limits.MAX_STAGED_BYTES or held_here + added > limits.MAX_STAGED_BYTES_PER_NODE:
+        return Rejected(
+            Code.RESOURCE_EXHAUSTED,
+            f"large runs being submitted hold {held} bytes of tasks ({held_here} through node "
+            f"{cmd.node_id!r}); the limits are {limits.MAX_STAGED_BYTES} and "
+            f"{limits.MAX_STAGED_BYTES_PER_NODE}: retry shortly",
+        )
+    ctx.advance()
+    if current is None:
+        current = Stage(cmd.run_id, cmd.node_id, cmd.idempotency_key, 0, 0, {}, [], 0, 0)
+        st.stages[cmd.run_id] = current
+    _add_tasks(current.tasks, cmd.tasks)
+    current.roots.extend(t.id for t in cmd.tasks if not t.deps)
+    current.next_seq += 1
+    current.expires_ms = st.time_ms + limits.STAGE_TTL_MS
+    current.fixed, current.spec_bytes = fixed, spec_bytes
+    return ChangedResult(len(current.tasks))
+
+
+def expire_stages(ctx: ApplyContext, now: int) -> int:
+    """Drop the stages whose next part is overdue (a tick); how many."""
+    st = ctx.state
+    gone = [rid for rid, s in st.stages.items() if s.expires_ms <= now]
+    for rid in gone:
+        del st.stages[rid]
+    return len(gone)
+
+
 def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
     st = ctx.state
     if cmd.idempotency_key:
         existing = st.idempotency.get(cmd.idempotency_key)
         if existing is not None:
             return SubmitRunResult(existing, created=False)
+    staged = st.stages.get(cmd.run_id) if cmd.staged else None
+    if cmd.staged and staged is None:
+        return _expired(cmd.run_id, -1)
+    if staged is not None and len(staged.tasks) != cmd.staged:
+        return Rejected(
+            Code.FAILED_PRECONDITION,
+            f"run {cmd.run_id!r}: the submit follows {cmd.staged} staged tasks, the stage has {len(staged.tasks)}",
+        )
     try:
-        check_id("run id", cmd.run_id)
-        if cmd.idempotency_key and len(cmd.idempotency_key) > limits.MAX_ID_CHARS:
-            raise DagError("limit", f"idempotency key is longer than {limits.MAX_ID_CHARS} characters")
-        # The boundary checks these too; apply checks them so nothing a client sends bypasses them.
-        why = limits.request_id_error("idempotency key", cmd.idempotency_key)
-        if why:
-            raise DagError("invalid", why)
-        if len(cmd.name) > limits.MAX_RUN_NAME_CHARS:
-            raise DagError("limit", f"name is longer than {limits.MAX_RUN_NAME_CHARS} characters")
-        if not limits.printable(cmd.name):
-            raise DagError("invalid", f"name {cmd.name[:40]!r} may not contain control characters")
-        if abs(cmd.priority) > limits.MAX_PRIORITY:
-            raise DagError("limit", f"run priority must be within +-{limits.MAX_PRIORITY}")
-        why = limits.namespace_error(cmd.namespace)
-        if why:
-            raise DagError("invalid", why)
-        validate(cmd.tasks, st.offered_capabilities())
-        why = budgets.problem(cmd.budget, budgets.fixed_tasks(cmd.tasks)) if cmd.budget is not None else ""
+        _check_header(cmd)
+        if staged is not None:
+            fixed, _ = _check_part(st, staged, cmd.tasks)
+        else:
+            validate(cmd.tasks, st.offered_capabilities())
+            fixed = budgets.fixed_tasks(cmd.tasks)
+        why = budgets.problem(cmd.budget, fixed) if cmd.budget is not None else ""
         if why:
             raise DagError("limit", why)
     except DagError as exc:
@@ -72,15 +231,18 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
     if cmd.run_id in st.runs:
         return Rejected(Code.ALREADY_EXISTS, f"run id {cmd.run_id!r} already exists")
     rev = ctx.advance()
-    dependents: dict[str, list[str]] = {t.id: [] for t in cmd.tasks}
-    for t in cmd.tasks:
-        for d in t.deps:
-            dependents[d].append(t.id)
+    tasks: dict[str, TaskState] = {}
+    roots: list[str] = []
+    if staged is not None:  # the stage becomes the run: its parts were built as they came
+        del st.stages[cmd.run_id]
+        tasks, roots = staged.tasks, staged.roots
+    _add_tasks(tasks, cmd.tasks)
+    roots.extend(t.id for t in cmd.tasks if not t.deps)
     run = RunState(
         run_id=cmd.run_id,
         status=RunStatus.RUNNING,
-        tasks={},
-        unfinished=len(cmd.tasks),
+        tasks=tasks,
+        unfinished=len(tasks),
         priority=cmd.priority,
         idempotency_key=cmd.idempotency_key,
         name=cmd.name,
@@ -95,22 +257,12 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
     budgets.track(st, run)
     if cmd.idempotency_key:
         st.idempotency[cmd.idempotency_key] = cmd.run_id
-    for spec in cmd.tasks:
-        task = TaskState(
-            spec=spec,
-            status=TaskStatus.PENDING,
-            deps_waiting=len(spec.deps),
-            dependents=dependents[spec.id],
-            retries_left=spec.retries,
-        )
-        run.tasks[spec.id] = task
     ctx.emit(RunChanged(rev, cmd.run_id, RunStatus.RUNNING))
     ctx.prefer = cmd.prefer
-    for spec in cmd.tasks:
-        if not spec.deps:
-            task = run.tasks[spec.id]
-            if activate(ctx, run, task, rev):
-                cascade(ctx, run, task, rev)
+    for task_id in roots:
+        task = run.tasks[task_id]
+        if activate(ctx, run, task, rev):
+            cascade(ctx, run, task, rev)
     return SubmitRunResult(cmd.run_id, created=True)
 
 

@@ -464,6 +464,47 @@ class FinishedRuns(OrderedDict[str, int]):
         return key, tasks
 
 
+@dataclass(slots=True)
+class Stage:
+    """A large run's tasks staged by ``StageRun`` parts, not yet a run (``runs.stage``): no
+    reader, scheduler or watch sees them until the run's ``SubmitRun`` adopts them."""
+
+    run_id: str
+    node_id: str
+    """The node staging it (``limits.MAX_STAGES_PER_NODE``)."""
+    idempotency_key: str
+    next_seq: int
+    """The ``seq`` of the part expected next."""
+    expires_ms: int
+    """State time after which a tick drops it (renewed by every part)."""
+    tasks: dict[str, TaskState]
+    """Built as a submit builds them (PENDING, ``dependents`` filled), in part order."""
+    roots: list[str]
+    """Its tasks with no dependencies, in order: what the ``SubmitRun`` activates."""
+    fixed: int
+    """``budgets.fixed_tasks`` of its tasks (replicas and judges counted)."""
+    spec_bytes: int
+    """Encoded size of its task specs (``limits.MAX_RUN_SPEC_BYTES``, ``MAX_STAGED_BYTES``)."""
+
+    def encode(self) -> list[Any]:
+        return [
+            self.run_id,
+            self.node_id,
+            self.idempotency_key,
+            self.next_seq,
+            self.expires_ms,
+            [t.encode() for t in self.tasks.values()],
+            self.fixed,
+            self.spec_bytes,
+        ]
+
+    @classmethod
+    def decode(cls, v: list[Any]) -> Stage:
+        tasks = [TaskState.decode(t) for t in v[5]]
+        roots = [t.spec.id for t in tasks if not t.spec.deps]
+        return cls(v[0], v[1], v[2], v[3], v[4], {t.spec.id: t for t in tasks}, roots, v[6], v[7])
+
+
 DeadLetter = tuple[int, str, str]
 """(finished_ms, run_id, task_id) of a FAILED task: the dead-letter index's sort key."""
 
@@ -489,6 +530,9 @@ class ClusterState:
     kv: KvStore = field(default_factory=KvStore)
     messages: MessageStore = field(default_factory=MessageStore)
     """Actor activations, durable mailboxes, topics, message dead letters (``messages``)."""
+    stages: dict[str, Stage] = field(default_factory=dict)
+    """Run id -> the run's staged parts (``StageRun``), oldest stage first. Encoded only when
+    not empty, so a state with no stage encodes (and digests) as before staging existed."""
 
     # Derived indexes: not encoded, rebuilt by ``rebuild_indexes``.
     ready: dict[int, dict[TaskKey, None]] = field(default_factory=dict)
@@ -529,6 +573,8 @@ class ClusterState:
             self.kv.encode(),
             self.messages.encode(),
         ]
+        if self.stages:
+            body.append(self.encode_stages())
         data: bytes = msgpack.packb(body, use_bin_type=True)
         return data
 
@@ -552,9 +598,13 @@ class ClusterState:
             locks=LockTable.decode(body[9]),
             kv=KvStore.decode(body[10]),
             messages=MessageStore.decode(body[11]) if len(body) > 11 else MessageStore(),
+            stages={v[0]: Stage.decode(v) for v in body[12]} if len(body) > 12 else {},
         )
         state.rebuild_indexes()
         return state
+
+    def encode_stages(self) -> list[Any]:
+        return [self.stages[k].encode() for k in sorted(self.stages)]
 
     def digest(self) -> str:
         return hashlib.sha256(self.encode()).hexdigest()
@@ -701,8 +751,8 @@ class ClusterState:
         return self.timeouts[0][0] if self.timeouts else None
 
     def next_deadline_ms(self) -> int | None:
-        """The earliest task timeout, lock lease or wait, KV lease, run budget or approval timeout:
-        when a tick is due."""
+        """The earliest task timeout, lock lease or wait, KV lease, run budget, approval timeout or
+        stage expiry: when a tick is due."""
         ds = [
             d
             for d in (
@@ -712,6 +762,8 @@ class ClusterState:
                 self.next_budget_deadline_ms(),
                 self.next_gate_deadline_ms(),
                 self.messages.next_deadline_ms(),
+                # At most MAX_STAGES: scanned, not kept in a heap.
+                min((s.expires_ms for s in self.stages.values()), default=None),
             )
             if d
         ]

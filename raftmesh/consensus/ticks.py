@@ -2,13 +2,14 @@
 
 It carries the leader's clock; applying it ends what that time has passed: lock
 leases and waits, KV leases (deleting their keys), task attempts' timeouts, runs'
-``max_seconds`` budgets, approval gates' timeouts (decided as their ``on_timeout`` says), and
-messaging's: queued messages' TTLs, activation leases, old replies (``message_commands.expire``).
+``max_seconds`` budgets, approval gates' timeouts (decided as their ``on_timeout`` says),
+messaging's: queued messages' TTLs, activation leases, old replies (``message_commands.expire``),
+and abandoned stages of large submits (``runs.expire_stages``).
 """
 
 from __future__ import annotations
 
-from . import approvals, budgets, kv_commands, lock_commands, message_commands
+from . import approvals, budgets, kv_commands, lock_commands, message_commands, runs
 from .commands import Tick
 from .context import ApplyContext
 from .results import Result, TickResult
@@ -23,4 +24,5 @@ def tick(ctx: ApplyContext, cmd: Tick) -> Result:
     expired += budgets.expire(ctx, now, rev)
     expired += approvals.expire_gates(ctx, now, rev)
     expired += message_commands.expire(ctx, now, rev)
+    expired += runs.expire_stages(ctx, now)
     return TickResult(expired, ctx.state.time_ms)

@@ -260,13 +260,15 @@ class ReadView:
             compacted = kv.compacted
             # Mailboxes change in place (queued, acknowledged): encoded under the lock.
             messages = st.messages.encode()
+            # Stages are few and short-lived, and their tasks change in place: under the lock.
+            stages = st.encode_stages() if st.stages else None
         locks = [locks_live, waiting, [[k, v] for k, v in ended], lock_seq]
         kv_body = [[[k, e.encode()] for k, e in entries], leases, [e.encode() for e in history], compacted]
         encoded = {rid: (rev, _packb(body)) for rid, (rev, body) in fresh.items()}
         encoded.update((rid, cached[rid]) for rid, _, _ in todo if rid in cached and rid not in encoded)
         packer = msgpack.Packer(use_bin_type=True)
         # msgpack is compositional: an array is its header followed by its elements' encodings.
-        pieces = [packer.pack_array_header(12)]
+        pieces = [packer.pack_array_header(12 if stages is None else 13)]
         pieces += [_packb(scalar) for scalar in head]
         pieces.append(_packb(members))
         pieces.append(packer.pack_array_header(len(run_ids)))
@@ -274,6 +276,8 @@ class ReadView:
         pieces.append(_packb(idempotency))
         pieces.append(_packb([[rid, ts, tag, res] for rid, (ts, tag, res) in dedup]))
         pieces += [_packb(part) for part in (finished, locks, kv_body, messages)]
+        if stages is not None:
+            pieces.append(_packb(stages))
         with self._cache_lock:
             live = set(run_ids)
             self._encoded = {rid: e for rid, e in {**self._encoded, **encoded}.items() if rid in live}

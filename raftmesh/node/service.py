@@ -59,7 +59,7 @@ from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from ..security import ownership
 from ..security.roles import METHOD_ROLES, Role, allows
 from ..storage.audit import AuditArchive
-from . import convert, rpc
+from . import convert, rpc, staging
 from .access import NodeAccess
 from .proposer import new_request_id
 from .watch import RESYNC, WatchHub
@@ -257,7 +257,7 @@ class ClusterService(pb_grpc.ClusterServicer):
             if self._leader_id is not None and len(specs) <= PREFER_LEADER_MAX_TASKS
             else "",
         )
-        res = await node.propose(cmd, context)
+        res = await staging.propose_submit(node, cmd, self._node_id, context)  # large runs: in parts
         out = expect(res, SubmitRunResult)
         if key:
             # The key's run may have been made elsewhere after the lookup above (this node had not

@@ -140,7 +140,7 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
             "submitted",
             namespace=cmd.namespace,
             idempotency_key=cmd.idempotency_key,
-            tasks=len(cmd.tasks),
+            tasks=len(cmd.tasks) + cmd.staged,  # a staged run's other tasks came in StageRun parts
             name=cmd.name,
             submitter=cmd.submitter,
         )
