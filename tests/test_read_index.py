@@ -65,6 +65,27 @@ def test_a_follower_acks_a_read_heartbeat_of_its_leaders_term_only(follower: Fol
     assert len(sent) == 2
 
 
+def test_a_read_ack_is_not_held_behind_the_fsync_of_unrelated_entries(follower: Follower) -> None:
+    """The ack claims the leader's term, nothing about the log: it goes out while the entries that
+    arrived with the heartbeat are still unsynced; their own ack still waits for the fsync."""
+    f = follower
+    transport = f.so._SyncObj__transport
+    journal = f.so.journal
+    out: list[tuple[str, bool]] = []
+    real_send_now = transport._send_now
+
+    def send_now(node: Any, message: Any) -> Any:
+        if isinstance(message, dict):
+            out.append((str(message.get("type")), journal.dirty))
+        return real_send_now(node, message)
+
+    transport._send_now = send_now
+    f.send(append(2, 1, 0, entries(2, 4, term=2), commit=1) | {"read_seq": 4})
+    wait_until(lambda: ("next_node_idx", False) in out, 5, "the entries' ack after their fsync")
+    assert (ri.ACK, True) in out, out
+    assert ("next_node_idx", True) not in out, out
+
+
 class Leader:
     """A real member made leader of term 5 of a 3-member cluster whose followers the test plays
     (with ``lead=False``: a real member of a 3-member cluster whose two peers the test plays)."""

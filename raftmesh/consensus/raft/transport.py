@@ -9,6 +9,9 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from .durable_journal import DurableJournal
+from .read_index import ACK as READ_ACK
+from .read_index import REPLY as READ_REPLY
+from .read_index import REQUEST as READ_REQUEST
 from .replication import COMMAND_CHUNK, ENTRY_CHUNK
 from .wire import (
     MAX_FRAME_BYTES,
@@ -47,6 +50,13 @@ Every other outgoing message (a follower's ``next_node_idx`` ack, a vote) waits 
 the journal has unsynced entries; the leader's ``append_entries`` go out at once, so
 its fsync overlaps the followers' (Raft thesis 10.2.1).
 """
+
+NEVER_HELD = frozenset({READ_ACK, READ_REQUEST, READ_REPLY})
+"""ReadIndex's messages: they say which leader a member follows in which term, and which index
+is committed (already on a majority's disk), nothing about this member's log. They go out at
+once, never queued behind held acknowledgements: a read waited for a follower's fsync of writes
+it has nothing to do with (review: "read acks wait behind an unsynced journal"), and a leader's
+answer held while its own journal is unsynced would hold up the AppendEntries queued behind it."""
 
 
 class WarmTransport(TCPTransport):  # type: ignore[misc]
@@ -132,8 +142,10 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
     def send(self, node: Any, message: Any) -> bool:
         journal = self._journal
         kind = message.get("type") if isinstance(message, dict) else None
-        if journal is not None and (
-            node in self._held_nodes or (journal.dirty and kind not in SENT_BEFORE_SYNC)
+        if (
+            journal is not None
+            and kind not in NEVER_HELD
+            and (node in self._held_nodes or (journal.dirty and kind not in SENT_BEFORE_SYNC))
         ):
             self._held.append((node, message))  # per-node order is kept: later ones queue behind
             self._held_nodes.add(node)
