@@ -24,7 +24,9 @@ raw bytes); each client writes and reads its own 20 keys in turn.
 Workloads, each ``--seconds`` long (default 3) after a 0.5 s untimed warm-up, for every client count
 in ``--clients`` (default ``1,16``): ``put`` (back-to-back puts per client) and ``get`` (back-to-back
 linearizable gets of keys written beforehand). The systems take turns per workload (the order
-alternates), so drift in the machine's load hits both. Reported per system and workload: ops/s
+alternates), so drift in the machine's load hits both; ``--rounds N`` runs every workload N times
+per system (the order alternating each time) and reports each figure's median over the rounds.
+Reported per system and workload: ops/s
 (completed calls / wall time of the phase), per-call latency p50 and p99 (ms), the leader
 process's CPU time per call (user + system from ``/proc``, over the whole phase with its warm-up:
 less sensitive to other load on the machine than the rates), and the ratios
@@ -53,6 +55,7 @@ import contextlib
 import importlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -340,6 +343,15 @@ class Phase:
         }
 
 
+def median_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds of one system's workload (one round: that round)."""
+    out: dict[str, Any] = {}
+    for key in rounds[0]:
+        values = [r[key] for r in rounds if r[key] is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
+
+
 def value_for(client: int, i: int) -> bytes:
     """100 bytes that are also a JSON string (raftmesh stores JSON), distinct per client and key."""
     body = f"c{client}k{i}-".ljust(VALUE_BYTES - 2, "x")
@@ -468,6 +480,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-etcd", action="store_true", help="raftmesh only")
     p.add_argument("--baseline-tree", help="also run a raftmesh cluster on the code in this directory")
     p.add_argument("--workloads", default="put,get", help="comma-separated: put,get (default both)")
+    p.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="run each workload this many times per system, the order alternating, and report each "
+        "figure's median over the rounds (default 1); on a loaded machine 3-5 steady the ratios",
+    )
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     args = p.parse_args(argv)
     args.client_counts = [positive_int(x) for x in args.clients.split(",") if x]
@@ -530,23 +549,27 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
                 for d in drivers:
                     preload(d, n)
             label = f"{n} client{'s' if n > 1 else ''}, {kind}s"
-            results: dict[str, Any] = {}
+            rounds: dict[str, list[dict[str, Any]]] = {d.name: [] for d in drivers}
             per_op: dict[str, float | None] = {}
-            order = drivers if turn % 2 == 0 else list(reversed(drivers))
-            turn += 1
-            for d in order:
-                before = d.log_index()
-                ph = run_phase(d, kind, n, args.seconds)
-                after = d.log_index()
-                results[d.name] = ph.summary()
-                if before is not None and after is not None and ph.ops:
-                    # counts warm-up calls too: per op of the whole phase, approximately
-                    total_ops = ph.ops * (args.seconds + 0.5) / args.seconds
-                    per_op[d.name] = (after - before) / total_ops
-                log(
-                    f"{label}: {d.name}: {results[d.name]['ops_per_s']:.0f} ops/s, p50 {results[d.name]['p50_ms']:.2f} ms"
-                )
+            for _ in range(args.rounds):
+                order = drivers if turn % 2 == 0 else list(reversed(drivers))
+                turn += 1
+                for d in order:
+                    before = d.log_index()
+                    ph = run_phase(d, kind, n, args.seconds)
+                    after = d.log_index()
+                    rounds[d.name].append(ph.summary())
+                    if before is not None and after is not None and ph.ops:
+                        # counts warm-up calls too: per op of the whole phase, approximately
+                        total_ops = ph.ops * (args.seconds + 0.5) / args.seconds
+                        per_op[d.name] = (after - before) / total_ops
+                    log(
+                        f"{label}: {d.name}: {ph.summary()['ops_per_s']:.0f} ops/s, p50 {ph.summary()['p50_ms']:.2f} ms"
+                    )
+            results = {name: median_summary(rs) for name, rs in rounds.items()}
             w: dict[str, Any] = {"label": label, "kind": kind, "clients": n, "results": results}
+            if args.rounds > 1:
+                w["rounds"] = rounds
             if kind == "get":
                 w["log_entries_per_op"] = per_op
             for key, other in (("vs_etcd", "etcd"), ("vs_baseline", "baseline")):
@@ -565,6 +588,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
             "raftmesh": "3 nodes, fsync on (default)",
             "etcd": "3 members, default (WAL fsync on)",
             "seconds": args.seconds,
+            "rounds": args.rounds,
             "value_bytes": VALUE_BYTES,
         },
         "etcd_pids": etcd_pids,
