@@ -89,7 +89,8 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
         """When each connection still in the handshake was accepted."""
         self._guard = TransmissionGuard()
         self._journal = journal
-        self._held: list[tuple[Any, Any]] = []
+        self._held: list[tuple[Any, Any, int]] = []
+        """(peer, message, the journal's mutation count an fsync must cover before it goes)."""
         self._held_nodes: set[Any] = set()
         if journal is not None:
             journal.on_synced.append(self._release_held)
@@ -147,7 +148,8 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
             and kind not in NEVER_HELD
             and (node in self._held_nodes or (journal.dirty and kind not in SENT_BEFORE_SYNC))
         ):
-            self._held.append((node, message))  # per-node order is kept: later ones queue behind
+            # per-node order is kept: later ones queue behind
+            self._held.append((node, message, 0 if kind in SENT_BEFORE_SYNC else journal.mutations))
             self._held_nodes.add(node)
             return True
         return self._send_now(node, message)
@@ -164,10 +166,19 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
         return bool(super().send(node, message))
 
     def _release_held(self) -> None:
+        """Send what the fsyncs done so far cover (the journal's fsync runs on its own thread, so
+        entries appended after one began are not covered by it), in order per peer."""
+        assert self._journal is not None
+        synced = self._journal.synced_mutations
         held, self._held = self._held, []
-        self._held_nodes.clear()
-        for node, message in held:
-            self._send_now(node, message)
+        blocked: set[Any] = set()
+        for node, message, need in held:
+            if node in blocked or need > synced:
+                blocked.add(node)
+                self._held.append((node, message, need))
+            else:
+                self._send_now(node, message)
+        self._held_nodes = blocked
 
     def _onTick(self) -> None:
         super()._onTick()
