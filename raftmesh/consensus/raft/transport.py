@@ -10,6 +10,7 @@ from pysyncobj.transport import TCPTransport
 
 from .durable_journal import DurableJournal
 from .read_index import ACK as READ_ACK
+from .read_index import PROBE as READ_PROBE
 from .read_index import REPLY as READ_REPLY
 from .read_index import REQUEST as READ_REQUEST
 from .replication import COMMAND_CHUNK, ENTRY_CHUNK
@@ -51,7 +52,7 @@ the journal has unsynced entries; the leader's ``append_entries`` go out at once
 its fsync overlaps the followers' (Raft thesis 10.2.1).
 """
 
-NEVER_HELD = frozenset({READ_ACK, READ_REQUEST, READ_REPLY})
+NEVER_HELD = frozenset({READ_ACK, READ_PROBE, READ_REQUEST, READ_REPLY})
 """ReadIndex's messages: they say which leader a member follows in which term, and which index
 is committed (already on a majority's disk), nothing about this member's log. They go out at
 once, never queued behind held acknowledgements: a read waited for a follower's fsync of writes
