@@ -328,12 +328,13 @@ class CommitGate:
         if synced >= last:
             return  # everything it would count itself for is on disk: pysyncobj's rule holds
         match = so._SyncObj__raftMatchIndex
-        held = sorted([synced, *(min(int(match[n]), last) for n in others)], reverse=True)
+        held = sorted([synced, *(min(int(match.get(n, 0)), last) for n in others)], reverse=True)
         quorum = (len(others) + 1) // 2 + 1
         allowed = max(int(so._SyncObj__raftCommitIndex), held[quorum - 1])
         for n in others:
-            if match[n] > allowed:
-                self._saved[n] = match[n]
+            value = match.get(n, 0)
+            if value > allowed:
+                self._saved[n] = value
                 match[n] = allowed
 
     def restore(self) -> None:
