@@ -24,10 +24,13 @@ raw bytes); each client writes and reads its own 20 keys in turn.
 Workloads, each ``--seconds`` long (default 3) after a 0.5 s untimed warm-up, for every client count
 in ``--clients`` (default ``1,16``): ``put`` (back-to-back puts per client) and ``get`` (back-to-back
 linearizable gets of keys written beforehand). The systems take turns per workload (the order
-alternates), so drift in the machine's load hits both. Reported per system and workload: ops/s
+alternates), so drift in the machine's load hits both; ``--rounds N`` runs every workload N times
+per system (the order alternating each time) and reports each figure's median over the rounds.
+Reported per system and workload: ops/s
 (completed calls / wall time of the phase), per-call latency p50 and p99 (ms), the leader
 process's CPU time per call (user + system from ``/proc``, over the whole phase with its warm-up:
-less sensitive to other load on the machine than the rates), and the ratios
+less sensitive to other load on the machine than the rates), the same for all three member
+processes together ("all cpu": the followers' work too), and the ratios
 raftmesh/etcd (ops/s: above 1 is raftmesh faster; p50: below 1 is raftmesh faster). With a
 baseline, the ratios this tree / baseline as well. Also the raftmesh leader's commit-index advance
 per get (0 when reads append nothing to the log). Every get's answer is checked (the value last
@@ -53,6 +56,7 @@ import contextlib
 import importlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -125,6 +129,9 @@ class Driver:
     def leader_pid(self) -> int | None:
         return None
 
+    def member_pids(self) -> list[int]:
+        return []
+
     def close(self) -> None: ...
 
 
@@ -173,6 +180,9 @@ class RaftmeshDriver(Driver):
     def leader_pid(self) -> int | None:
         return self.cluster.nodes[self.leader].pid
 
+    def member_pids(self) -> list[int]:
+        return [n.pid for n in self.cluster.nodes.values() if n.pid is not None]
+
     def log_index(self) -> int | None:
         st = self.cluster.status_of(self.leader)
         return int(getattr(st, "commit_index", 0)) or None
@@ -186,12 +196,15 @@ class RaftmeshDriver(Driver):
 class EtcdDriver(Driver):
     name = "etcd"
 
-    def __init__(self, pb2: Any, pb2_grpc: Any, addr: str, pid: int) -> None:
-        self.pb2, self.pb2_grpc, self.addr, self.pid = pb2, pb2_grpc, addr, pid
+    def __init__(self, pb2: Any, pb2_grpc: Any, addr: str, pid: int, pids: list[int]) -> None:
+        self.pb2, self.pb2_grpc, self.addr, self.pid, self.pids = pb2, pb2_grpc, addr, pid, pids
         self._channels: list[grpc.Channel] = []
 
     def leader_pid(self) -> int | None:
         return self.pid
+
+    def member_pids(self) -> list[int]:
+        return self.pids
 
     def _stub(self) -> Any:
         ch = grpc.insecure_channel(self.addr)
@@ -297,7 +310,8 @@ def etcd_cluster(binary: str, tmp: str, pb2: Any, pb2_grpc: Any) -> Iterator[tup
                 except grpc.RpcError:
                     pass
             time.sleep(0.1)
-        yield EtcdDriver(pb2, pb2_grpc, leader_addr, leader_pid), [p.pid for p in procs]
+        pids = [p.pid for p in procs]
+        yield EtcdDriver(pb2, pb2_grpc, leader_addr, leader_pid, pids), pids
     finally:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -323,6 +337,8 @@ class Phase:
     all_ops: int = 0
     """Calls completed in the phase, the warm-up's included (what the leader's CPU time covers)."""
     leader_cpu_s: float | None = None
+    cluster_cpu_s: float | None = None
+    """CPU time of every member process together (followers' work too)."""
 
     def summary(self) -> dict[str, Any]:
         ms = [x * 1000 for x in self.latencies_s]
@@ -337,7 +353,21 @@ class Phase:
                 if self.leader_cpu_s is not None and self.all_ops
                 else None
             ),
+            "cluster_cpu_ms_per_op": (
+                1000 * self.cluster_cpu_s / self.all_ops
+                if self.cluster_cpu_s is not None and self.all_ops
+                else None
+            ),
         }
+
+
+def median_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds of one system's workload (one round: that round)."""
+    out: dict[str, Any] = {}
+    for key in rounds[0]:
+        values = [r[key] for r in rounds if r[key] is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
 
 
 def value_for(client: int, i: int) -> bytes:
@@ -387,7 +417,9 @@ def run_phase(driver: Driver, kind: str, clients: int, seconds: float, warmup_s:
     for t in threads:
         t.start()
     pid = driver.leader_pid()
+    members = driver.member_pids()
     cpu0 = cpu_seconds(pid)
+    all0 = [cpu_seconds(p) for p in members]
     now = time.perf_counter()
     measure_from[0] = now + warmup_s
     stop_at[0] = measure_from[0] + seconds
@@ -395,11 +427,14 @@ def run_phase(driver: Driver, kind: str, clients: int, seconds: float, warmup_s:
     for t in threads:
         t.join()
     cpu1 = cpu_seconds(pid)
+    all1 = [cpu_seconds(p) for p in members]
     if errors:
         raise errors[0]
     flat = [x for xs in lat for x in xs]
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-    return Phase(len(flat), seconds, flat, sum(done), cpu)
+    spent = [b - a for a, b in zip(all0, all1, strict=True) if a is not None and b is not None]
+    cluster_cpu = sum(spent) if members and len(spent) == len(members) else None
+    return Phase(len(flat), seconds, flat, sum(done), cpu, cluster_cpu)
 
 
 def preload(driver: Driver, clients: int) -> None:
@@ -427,30 +462,35 @@ def render(report: dict[str, Any]) -> str:
         f"(raftmesh fsync on; etcd default fsync). cpus {report['environment']['cpu_count']}, "
         f"load average {report['load_before']} before, {report['load_after']} after",
         f"{'workload':<22}"
-        + "".join(f"{s + ' ops/s':>20}{'p50 ms':>9}{'p99 ms':>9}{'cpu ms/op':>10}" for s in systems),
+        + "".join(
+            f"{s + ' ops/s':>20}{'p50 ms':>9}{'p99 ms':>9}{'cpu ms/op':>10}{'all cpu':>9}" for s in systems
+        ),
     ]
     for w in report["workloads"]:
         row = f"{w['label']:<22}"
         for s in systems:
             r = w["results"].get(s)
             if r is None:
-                row += f"{'-':>20}{'-':>9}{'-':>9}{'-':>10}"
+                row += f"{'-':>20}{'-':>9}{'-':>9}{'-':>10}{'-':>9}"
             else:
-                cpu = r["leader_cpu_ms_per_op"]
+                cpu, everyone = r["leader_cpu_ms_per_op"], r.get("cluster_cpu_ms_per_op")
                 cpu_s = "-" if cpu is None else f"{cpu:.3f}"
-                row += f"{r['ops_per_s']:>20.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{cpu_s:>10}"
+                all_s = "-" if everyone is None else f"{everyone:.3f}"
+                row += f"{r['ops_per_s']:>20.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{cpu_s:>10}{all_s:>9}"
         lines.append(row)
     for key, title in (("vs_etcd", "raftmesh / etcd"), ("vs_baseline", "raftmesh / baseline")):
         if not any(w.get(key) for w in report["workloads"]):
             continue
-        lines.append(f"ratios {title}:{'':<3}{'ops/s':>10}{'p50':>10}{'cpu/op':>10}")
+        lines.append(f"ratios {title}:{'':<3}{'ops/s':>10}{'p50':>10}{'cpu/op':>10}{'all cpu/op':>12}")
         for w in report["workloads"]:
             r = w.get(key)
             if r:
                 ops = "-" if r["ops_per_s"] is None else f"{r['ops_per_s']:.2f}"
                 p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
                 cpu = "-" if r["leader_cpu_ms_per_op"] is None else f"{r['leader_cpu_ms_per_op']:.2f}"
-                lines.append(f"  {w['label']:<22}{ops:>10}{p50:>10}{cpu:>10}")
+                everyone = r.get("cluster_cpu_ms_per_op")
+                all_s = "-" if everyone is None else f"{everyone:.2f}"
+                lines.append(f"  {w['label']:<22}{ops:>10}{p50:>10}{cpu:>10}{all_s:>12}")
     for w in report["workloads"]:
         for s, per in w.get("log_entries_per_op", {}).items():
             if per is not None:
@@ -468,6 +508,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-etcd", action="store_true", help="raftmesh only")
     p.add_argument("--baseline-tree", help="also run a raftmesh cluster on the code in this directory")
     p.add_argument("--workloads", default="put,get", help="comma-separated: put,get (default both)")
+    p.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="run each workload this many times per system, the order alternating, and report each "
+        "figure's median over the rounds (default 1); on a loaded machine 3-5 steady the ratios",
+    )
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     args = p.parse_args(argv)
     args.client_counts = [positive_int(x) for x in args.clients.split(",") if x]
@@ -530,23 +577,27 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
                 for d in drivers:
                     preload(d, n)
             label = f"{n} client{'s' if n > 1 else ''}, {kind}s"
-            results: dict[str, Any] = {}
+            rounds: dict[str, list[dict[str, Any]]] = {d.name: [] for d in drivers}
             per_op: dict[str, float | None] = {}
-            order = drivers if turn % 2 == 0 else list(reversed(drivers))
-            turn += 1
-            for d in order:
-                before = d.log_index()
-                ph = run_phase(d, kind, n, args.seconds)
-                after = d.log_index()
-                results[d.name] = ph.summary()
-                if before is not None and after is not None and ph.ops:
-                    # counts warm-up calls too: per op of the whole phase, approximately
-                    total_ops = ph.ops * (args.seconds + 0.5) / args.seconds
-                    per_op[d.name] = (after - before) / total_ops
-                log(
-                    f"{label}: {d.name}: {results[d.name]['ops_per_s']:.0f} ops/s, p50 {results[d.name]['p50_ms']:.2f} ms"
-                )
+            for _ in range(args.rounds):
+                order = drivers if turn % 2 == 0 else list(reversed(drivers))
+                turn += 1
+                for d in order:
+                    before = d.log_index()
+                    ph = run_phase(d, kind, n, args.seconds)
+                    after = d.log_index()
+                    rounds[d.name].append(ph.summary())
+                    if before is not None and after is not None and ph.ops:
+                        # counts warm-up calls too: per op of the whole phase, approximately
+                        total_ops = ph.ops * (args.seconds + 0.5) / args.seconds
+                        per_op[d.name] = (after - before) / total_ops
+                    log(
+                        f"{label}: {d.name}: {ph.summary()['ops_per_s']:.0f} ops/s, p50 {ph.summary()['p50_ms']:.2f} ms"
+                    )
+            results = {name: median_summary(rs) for name, rs in rounds.items()}
             w: dict[str, Any] = {"label": label, "kind": kind, "clients": n, "results": results}
+            if args.rounds > 1:
+                w["rounds"] = rounds
             if kind == "get":
                 w["log_entries_per_op"] = per_op
             for key, other in (("vs_etcd", "etcd"), ("vs_baseline", "baseline")):
@@ -556,6 +607,9 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
                         "ops_per_s": ratio(a["ops_per_s"], b["ops_per_s"]),
                         "p50_ms": ratio(a["p50_ms"], b["p50_ms"]),
                         "leader_cpu_ms_per_op": ratio(a["leader_cpu_ms_per_op"], b["leader_cpu_ms_per_op"]),
+                        "cluster_cpu_ms_per_op": ratio(
+                            a["cluster_cpu_ms_per_op"], b["cluster_cpu_ms_per_op"]
+                        ),
                     }
             workloads.append(w)
     return {
@@ -565,6 +619,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
             "raftmesh": "3 nodes, fsync on (default)",
             "etcd": "3 members, default (WAL fsync on)",
             "seconds": args.seconds,
+            "rounds": args.rounds,
             "value_bytes": VALUE_BYTES,
         },
         "etcd_pids": etcd_pids,

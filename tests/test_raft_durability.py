@@ -6,9 +6,10 @@ every ``os.fsync``/``os.fdatasync`` (by the file it syncs), every journal append
 every leader commit-index advance, and every frame handed to a Raft socket. Then:
 
 - a follower's success ack for index i is sent only after an fsync of its journal that
-  was issued after entry i was appended;
-- the leader advances its commit index to c only after an fsync of its journal that
-  covers every entry up to c it appended itself (it counts itself toward the quorum);
+  was issued after entry i was appended, and had returned (the fsync runs on its own thread);
+- the leader advances its commit index to c only when a majority has c on disk: itself only
+  after an fsync of its journal that began after it appended every entry up to c and had
+  returned, a follower once it had sent its (checked) ack for c;
 - a vote is sent only after the ``.meta`` file holding it was fsynced;
 - there are fewer fsyncs than appended entries (group commit).
 
@@ -68,11 +69,14 @@ def _instrument(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     def traced(real: Any) -> Any:
         def sync(fd: int) -> None:
             path = os.readlink(f"/proc/self/fd/{fd}")
-            real(fd)
             node = h.node_of_path(path)
+            kind = "meta" if path.endswith((".meta", ".meta.tmp")) else "journal"
+            thread = threading.get_ident()
             if node is not None:
-                kind = "meta" if path.endswith((".meta", ".meta.tmp")) else "journal"
-                trace.add("fsync", node, kind)
+                trace.add("fsync_start", node, kind, thread)
+            real(fd)
+            if node is not None:
+                trace.add("fsync", node, kind, thread)
 
         return sync
 
@@ -185,23 +189,40 @@ def _drive(h: Harness, batches: int = 400, threads: int = 4, sequential: int = 3
     wait_until(lambda: all(m.last_applied >= target for m in h.members.values()), 30, "followers to apply")
 
 
+def _journal_syncs(events: list[tuple[Any, ...]]) -> dict[str, list[tuple[int, int]]]:
+    """Per node, each fsync of its journal as (position it began, position it had returned)."""
+    began: dict[tuple[str, int], int] = {}
+    out: dict[str, list[tuple[int, int]]] = {}
+    for pos, ev in enumerate(events):
+        if ev[0] in ("fsync_start", "fsync") and ev[2] == "journal":
+            key = (ev[1], ev[3])  # node, thread
+            if ev[0] == "fsync_start":
+                began[key] = pos
+            else:
+                out.setdefault(ev[1], []).append((began.pop(key), pos))
+    return out
+
+
+def _covered(syncs: dict[str, list[tuple[int, int]]], node: str, appended: int, by: int) -> bool:
+    """An fsync of ``node``'s journal began after position ``appended`` and returned before ``by``."""
+    return any(appended < start and end < by for start, end in syncs.get(node, []))
+
+
 def _ack_violations(events: list[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
     """(acks checked, acks with no fsync of that node's journal between the append and the ack)."""
+    syncs = _journal_syncs(events)
     appended_at: dict[tuple[str, int], int] = {}
-    last_fsync: dict[str, int] = {}
     checked, bad = 0, []
     for pos, ev in enumerate(events):
         kind, node = ev[0], ev[1]
         if kind == "append":
             appended_at[(node, ev[2])] = pos
-        elif kind == "fsync" and ev[2] == "journal":
-            last_fsync[node] = pos
         elif kind == "ack":
             idx = ev[2]
             if (node, idx) not in appended_at:
                 continue  # acked an entry appended before tracing began (none in these runs)
             checked += 1
-            if last_fsync.get(node, -1) < appended_at[(node, idx)]:
+            if not _covered(syncs, node, appended_at[(node, idx)], pos):
                 bad.append(ev)
     return checked, bad
 
@@ -215,23 +236,27 @@ def test_acks_commits_and_votes_wait_for_fsync(harness_factory: Any) -> None:
     assert checked >= 300, f"only {checked} acks traced"
     assert not bad, f"acks sent before the fsync covering them: {bad[:5]}"
 
-    # The leader counts itself toward the quorum: a commit index c is stored only after an
-    # fsync of the leader's journal that followed the append of every entry up to c.
+    # A commit index c is stored only once a majority holds c on disk: the leader counts itself
+    # only after an fsync that began after it appended every entry up to c had returned; a
+    # follower, once it sent its ack for c (each checked above to follow its own fsync).
+    syncs = _journal_syncs(events)
     appended_at: dict[tuple[str, int], int] = {}
-    last_fsync: dict[str, int] = {}
+    acked: dict[str, int] = {}
     commits = 0
     for pos, ev in enumerate(events):
         kind, node = ev[0], ev[1]
         if kind == "append":
             appended_at[(node, ev[2])] = pos
-        elif kind == "fsync" and ev[2] == "journal":
-            last_fsync[node] = pos
+        elif kind == "ack":
+            acked[node] = max(acked.get(node, 0), ev[2])
         elif kind == "commit":
             commits += 1
             latest_append = max(
                 (p for (n, i), p in appended_at.items() if n == node and i <= ev[2]), default=-1
             )
-            assert last_fsync.get(node, -1) > latest_append, f"leader committed {ev} before syncing it"
+            leader_synced = _covered(syncs, node, latest_append, pos)
+            followers = sum(1 for n, a in acked.items() if n != node and a >= ev[2])
+            assert leader_synced + followers >= 2, f"leader committed {ev} with fewer than 2 of 3 on disk"
     assert commits >= 30, f"only {commits} leader commit advances traced"
 
     # Votes: between storing the term/vote and sending the grant, the .meta file was fsynced.
@@ -249,8 +274,8 @@ def test_acks_commits_and_votes_wait_for_fsync(harness_factory: Any) -> None:
     # Group commit: the leader appended ~400 entries with far fewer fsyncs.
     leader = h.leader()
     appends = sum(1 for ev in events if ev[0] == "append" and ev[1] == leader)
-    syncs = sum(1 for ev in events if ev[:3] == ("fsync", leader, "journal"))
-    assert 0 < syncs < appends, (syncs, appends)
+    leader_syncs = sum(1 for ev in events if ev[:3] == ("fsync", leader, "journal"))
+    assert 0 < leader_syncs < appends, (leader_syncs, appends)
 
 
 def test_without_fsync_acks_precede_any_sync(harness_factory: Any) -> None:
@@ -261,3 +286,33 @@ def test_without_fsync_acks_precede_any_sync(harness_factory: Any) -> None:
     assert checked >= 50
     assert len(bad) == checked, "without fsync no ack can be covered by one"
     assert all(m.journal_syncs == 0 for m in h.members.values())
+
+
+def test_an_fsync_begun_before_a_truncation_covers_none_of_the_replaced_entries(tmp_path: Any) -> None:
+    """The fsync thread covers the journal as it was when the fsync began: entries a conflict
+    replaced meanwhile (same index, new term) are not counted as synced by it."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    path = str(tmp_path / "raft.journal")
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        for idx in (1, 2, 3):
+            journal.add(b"old", idx, 1)
+        assert journal.dirty and journal.synced_index == 0
+        journal.start_sync()  # covers 1..3 of term 1
+        wait_until(lambda: journal._done, 10, "the background fsync")
+        journal.deleteEntriesFrom(2)  # a new leader's entry 3 conflicts
+        journal.add(b"new", 3, 2)
+        released: list[int] = []
+        journal.on_synced.append(lambda: released.append(journal.synced_mutations))
+        journal.collect()
+        assert journal.synced_index < 3, "the replaced entry 3 was counted as on disk"
+        assert released == [3]  # the three appends it covered, not the truncation or the new entry
+        assert journal.dirty  # and collect() already started the fsync that covers them
+        wait_until(lambda: journal._done, 10, "the next background fsync")
+        journal.collect()
+        assert journal.synced_index == 3 and not journal.dirty
+    finally:
+        journal._destroy()

@@ -65,6 +65,51 @@ def test_a_follower_acks_a_read_heartbeat_of_its_leaders_term_only(follower: Fol
     assert len(sent) == 2
 
 
+def test_a_follower_echoes_a_read_probe_of_its_leader_in_its_term_only(follower: Follower) -> None:
+    f = follower
+    sent: list[dict[str, Any]] = []
+    transport = f.so._SyncObj__transport
+    real_send = transport.send
+
+    def record(node: Any, message: Any) -> Any:
+        if isinstance(message, dict) and message.get("type") == ri.ACK:
+            sent.append(message)
+        return real_send(node, message)
+
+    transport.send = record
+    f.send({"type": ri.PROBE, "term": 2, "seq": 3})
+    assert sent == [], "a probe echoed before the follower accepted that leader in that term"
+    f.send(append(2, 1, 0, [], commit=1))  # now it follows the leader of term 2
+    f.send({"type": ri.PROBE, "term": 2, "seq": 4})
+    assert sent == [{"type": ri.ACK, "term": 2, "seq": 4}]
+    # A deposed leader of term 1, or a term this follower has not reached: no echo.
+    f.send({"type": ri.PROBE, "term": 1, "seq": 5})
+    f.send({"type": ri.PROBE, "term": 3, "seq": 6})
+    f.send({"type": ri.PROBE, "term": 2, "seq": "7"})  # not a sequence number a leader makes
+    assert len(sent) == 1
+
+
+def test_a_read_ack_is_not_held_behind_the_fsync_of_unrelated_entries(follower: Follower) -> None:
+    """The ack claims the leader's term, nothing about the log: it goes out while the entries that
+    arrived with the heartbeat are still unsynced; their own ack still waits for the fsync."""
+    f = follower
+    transport = f.so._SyncObj__transport
+    journal = f.so.journal
+    out: list[tuple[str, bool]] = []
+    real_send_now = transport._send_now
+
+    def send_now(node: Any, message: Any) -> Any:
+        if isinstance(message, dict):
+            out.append((str(message.get("type")), journal.dirty))
+        return real_send_now(node, message)
+
+    transport._send_now = send_now
+    f.send(append(2, 1, 0, entries(2, 4, term=2), commit=1) | {"read_seq": 4})
+    wait_until(lambda: ("next_node_idx", False) in out, 5, "the entries' ack after their fsync")
+    assert (ri.ACK, True) in out, out
+    assert ("next_node_idx", True) not in out, out
+
+
 class Leader:
     """A real member made leader of term 5 of a 3-member cluster whose followers the test plays
     (with ``lead=False``: a real member of a 3-member cluster whose two peers the test plays)."""
@@ -158,11 +203,8 @@ class Leader:
         return out
 
     def read_heartbeats(self) -> list[tuple[Any, int, int]]:
-        return [
-            (n, m["term"], m["read_seq"])
-            for n, m in self.sent
-            if m.get("type") == "append_entries" and "read_seq" in m
-        ]
+        """The read rounds' probes sent: (peer, term, sequence number)."""
+        return [(n, m["term"], m["seq"]) for n, m in self.sent if m.get("type") == ri.PROBE]
 
     def close(self) -> None:
         self.member.destroy()

@@ -1,12 +1,18 @@
-"""The Raft journal made durable: group-commit fsync, and term/vote synced before use.
+"""The Raft journal made durable: group-commit fsync off the Raft thread, term/vote synced before use.
 
 pysyncobj's ``FileJournal`` writes entries into an mmap and its ``.meta`` file (term,
 vote, commit index) with a rename; nothing is ever fsynced, so a power cut on every
 node can lose acknowledged writes and let a node vote twice in one term.
 ``DurableJournal`` wraps it:
 
-- Appends and truncations mark the journal dirty; ``sync`` fsyncs it once for all of
-  them (group commit) and then releases what waited for it (``on_synced``).
+- Appends and truncations are numbered (``mutations``); one fdatasync covers all of them
+  (group commit). On the leader ``start_sync`` hands it to the fsync thread and returns at
+  once, so pysyncobj's thread goes on taking acks and commands and sending while the disk works
+  (it blocked in the fsync: ~22% of the leader's Raft-thread samples under puts); one fsync is
+  in flight at a time and the next covers everything appended meanwhile. When it is done that
+  thread wakes the tick, whose ``collect`` advances ``synced_mutations`` / ``synced_index`` to
+  what the fsync covered and then releases what waited for it (``on_synced``). ``sync`` fsyncs
+  inline (followers, whose ack waits for it anyway, and term/vote).
 - ``setCurrentTerm`` (term and vote) and the once-a-second commit index go through
   ``DurableMetaStore``: write a temp file, fsync it, rename, fsync the directory, so the
   vote is on disk before pysyncobj sends the grant (it stores before it sends). Both sync
@@ -17,10 +23,12 @@ node can lose acknowledged writes and let a node vote twice in one term.
 
 The ordering contract, kept by ``member._SyncObj`` and ``transport.WarmTransport``:
 
-- A follower's success ack (any outgoing message but ``append_entries``) is held while
-  the journal is dirty and sent only after the ``sync`` that covers the entries.
-- The leader counts its own log toward the commit quorum at the start of a tick, and
-  every tick starts with ``sync``: an entry counts for the leader only once it is synced.
+- A message that acknowledges log entries (any outgoing message but ``append_entries`` and
+  the others in ``transport.SENT_BEFORE_SYNC``/``NEVER_HELD``) is held, tagged with the
+  journal's mutation count when it was sent, until an fsync *started* after that count is done.
+- The leader counts its own log toward the commit quorum only up to ``synced_index``
+  (``hold_back_commit``): with the fsync off its thread, pysyncobj's rule (the leader always
+  counts) would commit an entry one follower holds and the leader has not yet synced.
 
 ``fsync=False`` (``--unsafe-no-fsync``) keeps pysyncobj's old behaviour: nothing is
 synced and nothing waits.
@@ -30,12 +38,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pysyncobj import pickle as _so_pickle
 from pysyncobj.journal import FileJournal
+from pysyncobj.syncobj import _RAFT_STATE
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +101,11 @@ class DurableJournal:
         self.fsync = fsync
         # pysyncobj's MetaStorer is private to FileJournal; this is the one place it is replaced.
         inner._FileJournal__metaStorer = DurableMetaStore(path + ".meta", fsync)
-        self._dirty = False
+        self.mutations = 0
+        """Appends and truncations so far (with ``fsync=False`` nothing is counted)."""
+        self.synced_mutations = 0
+        """Every append and truncation up to this count is on disk."""
+        self._truncations = 0
         self.synced_index = self._last_index() if fsync else 0
         """Log index of the last entry known to be on disk (0 with ``fsync=False``).
 
@@ -101,7 +115,18 @@ class DurableJournal:
         """fsyncs of the journal file so far (for tests and the status page)."""
         self.sync_s_total = 0.0
         self.on_synced: list[Callable[[], None]] = []
-        """Run after every ``sync`` (held messages are released here)."""
+        """Run on pysyncobj's thread after ``synced_mutations`` advanced (held messages are released here)."""
+        self.wake: Callable[[], None] | None = None
+        """Called from the fsync thread when a background fsync is done (wakes pysyncobj's poll)."""
+        self._lock = threading.Lock()
+        self._request = threading.Condition(self._lock)
+        self._asked: tuple[int, int, int] | None = None
+        """(mutations, last index, truncations) the fsync thread is to cover next."""
+        self._done: list[tuple[int, int, int, float]] = []
+        """Background fsyncs finished and not yet collected: (mutations, last index, truncations, seconds)."""
+        self._in_flight = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
         if fsync:
             # Whatever a previous run left unsynced is made durable before it is relied on.
             fsync_path(path)
@@ -114,14 +139,10 @@ class DurableJournal:
 
     @property
     def dirty(self) -> bool:
-        """Entries appended or removed since the last ``sync`` (always False without fsync)."""
-        return self._dirty
+        """Entries appended or removed and not yet on disk (always False without fsync)."""
+        return self.synced_mutations < self.mutations
 
-    def sync(self) -> None:
-        """One fsync for everything appended since the last; then release waiters."""
-        if not self._dirty:
-            return
-        covered = self._last_index()
+    def _fdatasync(self) -> float:
         started = time.perf_counter()
         try:
             # fdatasync: the journal's records and its size are what a restart reads; the mtime
@@ -132,16 +153,86 @@ class DurableJournal:
             # "succeed" without the data: the only safe answer is to stop (as etcd does).
             log.critical("fsync of the Raft journal %s failed (%s): stopping the node", self._path, exc)
             os._exit(FSYNC_FAILED_EXIT)
-        self.sync_s_total += time.perf_counter() - started
+        return time.perf_counter() - started
+
+    def _synced(self, mutations: int, covered: int, truncations: int, seconds: float) -> bool:
+        """Record an fsync that covered the journal as it was at ``mutations``; True if that is news."""
+        self.sync_s_total += seconds
         self.syncs += 1
-        self.synced_index = covered
-        self._dirty = False
+        if truncations == self._truncations:
+            # A truncation since the fsync began may have replaced entries up to ``covered``.
+            self.synced_index = max(self.synced_index, min(covered, self._last_index()))
+        if mutations <= self.synced_mutations:
+            return False
+        self.synced_mutations = mutations
+        return True
+
+    def _released(self) -> None:
         for release in self.on_synced:
             release()
 
-    def _touch(self) -> None:
+    def sync(self) -> None:
+        """One fsync, inline, for everything appended since the last; then release waiters."""
+        if not self.dirty:
+            return
+        if self._synced(self.mutations, self._last_index(), self._truncations, self._fdatasync()):
+            self._released()
+
+    def start_sync(self) -> None:
+        """Hand one fsync covering everything so far to the fsync thread, unless one is in flight
+        (``collect`` starts the next when it is done). Returns at once. pysyncobj's thread."""
+        if not self.dirty or self._in_flight:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._asked = (self.mutations, self._last_index(), self._truncations)
+            self._in_flight = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._fsync_loop, name="raft-fsync", daemon=True)
+                self._thread.start()
+            self._request.notify()
+
+    def collect(self) -> None:
+        """Take the background fsyncs that finished, release what they cover, start the next one.
+
+        pysyncobj's thread (every tick, and ``member`` wakes the tick when an fsync is done).
+        """
+        if not self._done:
+            return
+        with self._lock:
+            done, self._done = self._done, []
+            self._in_flight = False  # one at a time: the one asked is among these
+        news = False
+        for mutations, covered, truncations, seconds in done:
+            news = self._synced(mutations, covered, truncations, seconds) or news
+        if news:
+            self._released()
+        self.start_sync()
+
+    def _fsync_loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._asked is None and not self._closed:
+                    self._request.wait()
+                if self._asked is None:
+                    return
+                asked, self._asked = self._asked, None
+            seconds = self._fdatasync()  # outside the lock: appends go on meanwhile
+            with self._lock:
+                self._done.append((*asked, seconds))
+            wake = self.wake
+            if wake is not None:
+                try:
+                    wake()
+                except Exception:  # a full wake-up pipe: the tick collects within its poll period
+                    pass
+
+    def _touch(self, truncated: bool = False) -> None:
         if self.fsync:
-            self._dirty = True
+            self.mutations += 1
+            if truncated:
+                self._truncations += 1
             # a truncation (conflict, compaction, snapshot) may remove synced entries
             self.synced_index = min(self.synced_index, self._last_index())
 
@@ -158,16 +249,16 @@ class DurableJournal:
     def clear(self) -> None:
         self._sync_directory()
         self._inner.clear()
-        self._touch()
+        self._touch(truncated=True)
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         self._inner.deleteEntriesFrom(entryFrom)
-        self._touch()
+        self._touch(truncated=True)
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         self._sync_directory()
         self._inner.deleteEntriesTo(entryTo)
-        self._touch()
+        self._touch(truncated=True)  # pysyncobj rewrites the whole file for it
 
     def __getitem__(self, item: Any) -> Any:
         return self._inner[item]
@@ -177,6 +268,9 @@ class DurableJournal:
 
     def _destroy(self) -> None:
         self.sync()
+        with self._lock:
+            self._closed = True
+            self._request.notify()
         self._inner._destroy()
 
     def flush(self) -> None:
@@ -202,3 +296,52 @@ class DurableJournal:
         # The commit index stored here must never cover entries not yet on disk.
         self.sync()
         self._inner.onOneSecondTimer()
+
+
+class CommitGate:
+    """A leader counts its own log toward a commit only for entries its fsync covered.
+
+    pysyncobj's leader counts itself for every entry it appended (``SyncObj._onTick``: ``count =
+    1``), which was right while each tick began with an inline fsync. With the fsync on its own
+    thread, an entry one follower acknowledged and the leader has not synced yet must wait for a
+    second follower or for the leader's fsync. ``hold_back`` (before pysyncobj's tick) lowers, for
+    pysyncobj's commit count only, every follower's match index above the highest index a
+    majority holds on disk, the leader counted only up to ``synced_index``; ``restore`` (as soon
+    as the count is done, before any message is handled) puts the real values back.
+    """
+
+    def __init__(self, so: Any) -> None:
+        self._so = so
+        self._saved: dict[Any, int] = {}
+
+    def hold_back(self) -> None:
+        so = self._so
+        journal: DurableJournal | None = so.journal
+        if journal is None or not journal.fsync or so._SyncObj__raftState != _RAFT_STATE.LEADER:
+            return
+        others = so._SyncObj__otherNodes
+        if not others:
+            journal.sync()  # a single member is its own quorum: it counts once on disk, as before
+            return
+        last = int(so._SyncObj__getCurrentLogIndex())
+        synced = min(journal.synced_index, last)
+        if synced >= last:
+            return  # everything it would count itself for is on disk: pysyncobj's rule holds
+        match = so._SyncObj__raftMatchIndex
+        held = sorted([synced, *(min(int(match.get(n, 0)), last) for n in others)], reverse=True)
+        quorum = (len(others) + 1) // 2 + 1
+        allowed = max(int(so._SyncObj__raftCommitIndex), held[quorum - 1])
+        for n in others:
+            value = match.get(n, 0)
+            if value > allowed:
+                self._saved[n] = value
+                match[n] = allowed
+
+    def restore(self) -> None:
+        if not self._saved:
+            return
+        match = self._so._SyncObj__raftMatchIndex
+        for n, value in self._saved.items():
+            if match.get(n, 0) < value:
+                match[n] = value
+        self._saved = {}

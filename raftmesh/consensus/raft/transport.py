@@ -9,6 +9,10 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from .durable_journal import DurableJournal
+from .read_index import ACK as READ_ACK
+from .read_index import PROBE as READ_PROBE
+from .read_index import REPLY as READ_REPLY
+from .read_index import REQUEST as READ_REQUEST
 from .replication import COMMAND_CHUNK, ENTRY_CHUNK
 from .wire import (
     MAX_FRAME_BYTES,
@@ -48,6 +52,13 @@ the journal has unsynced entries; the leader's ``append_entries`` go out at once
 its fsync overlaps the followers' (Raft thesis 10.2.1).
 """
 
+NEVER_HELD = frozenset({READ_ACK, READ_PROBE, READ_REQUEST, READ_REPLY})
+"""ReadIndex's messages: they say which leader a member follows in which term, and which index
+is committed (already on a majority's disk), nothing about this member's log. They go out at
+once, never queued behind held acknowledgements: a read waited for a follower's fsync of writes
+it has nothing to do with (review: "read acks wait behind an unsynced journal"), and a leader's
+answer held while its own journal is unsynced would hold up the AppendEntries queued behind it."""
+
 
 class WarmTransport(TCPTransport):  # type: ignore[misc]
     """pysyncobj's TCP transport with two repairs, both seen under real partitions.
@@ -79,7 +90,8 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
         """When each connection still in the handshake was accepted."""
         self._guard = TransmissionGuard()
         self._journal = journal
-        self._held: list[tuple[Any, Any]] = []
+        self._held: list[tuple[Any, Any, int]] = []
+        """(peer, message, the journal's mutation count an fsync must cover before it goes)."""
         self._held_nodes: set[Any] = set()
         if journal is not None:
             journal.on_synced.append(self._release_held)
@@ -132,10 +144,13 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
     def send(self, node: Any, message: Any) -> bool:
         journal = self._journal
         kind = message.get("type") if isinstance(message, dict) else None
-        if journal is not None and (
-            node in self._held_nodes or (journal.dirty and kind not in SENT_BEFORE_SYNC)
+        if (
+            journal is not None
+            and kind not in NEVER_HELD
+            and (node in self._held_nodes or (journal.dirty and kind not in SENT_BEFORE_SYNC))
         ):
-            self._held.append((node, message))  # per-node order is kept: later ones queue behind
+            # per-node order is kept: later ones queue behind
+            self._held.append((node, message, 0 if kind in SENT_BEFORE_SYNC else journal.mutations))
             self._held_nodes.add(node)
             return True
         return self._send_now(node, message)
@@ -152,10 +167,19 @@ class WarmTransport(TCPTransport):  # type: ignore[misc]
         return bool(super().send(node, message))
 
     def _release_held(self) -> None:
+        """Send what the fsyncs done so far cover (the journal's fsync runs on its own thread, so
+        entries appended after one began are not covered by it), in order per peer."""
+        assert self._journal is not None
+        synced = self._journal.synced_mutations
         held, self._held = self._held, []
-        self._held_nodes.clear()
-        for node, message in held:
-            self._send_now(node, message)
+        blocked: set[Any] = set()
+        for node, message, need in held:
+            if node in blocked or need > synced:
+                blocked.add(node)
+                self._held.append((node, message, need))
+            else:
+                self._send_now(node, message)
+        self._held_nodes = blocked
 
     def _onTick(self) -> None:
         super()._onTick()
