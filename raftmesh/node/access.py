@@ -30,6 +30,8 @@ class Writer(Protocol):
 
     async def barrier(self, timeout_s: float | None = None) -> None: ...
 
+    def gather_this_turn(self) -> None: ...
+
 
 def call_timeout(context: grpc.aio.ServicerContext, default_s: float) -> float:
     """The caller's remaining deadline (less a margin to answer in), capped at ``default_s``."""

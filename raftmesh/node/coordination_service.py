@@ -391,9 +391,14 @@ class LocksService(pb_grpc.LocksServicer):
             return
         go = self._held if keep is None else [h for h in self._held if not keep(h)]
         self._held = [] if keep is None else [h for h in self._held if keep(h)]
+        resumed = False
         for h in go:
             if not h.future.done():
                 h.future.set_result(None)
+                resumed = True
+        if resumed:
+            # The command proposed next here waits for them, rather than going out alone at once.
+            self.node.writer.gather_this_turn()
         self._waits.watching = bool(self._held)
         if self._held_timer is not None:
             self._held_timer.cancel()

@@ -101,6 +101,7 @@ class Proposer:
         self._default_timeout_s = default_timeout_s
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
+        self._gather = False  # see gather_this_turn
         self._inflight: dict[int, _Batch] = {}
         self._backing_off: dict[int, tuple[asyncio.TimerHandle, list[_Pending]]] = {}
         """Failed commands waiting out their retry backoff (``leader_changed`` cuts it short)."""
@@ -210,8 +211,15 @@ class Proposer:
 
     # ---- internals ------------------------------------------------------------
 
+    def gather_this_turn(self) -> None:
+        """Make the next command wait for this loop turn's gathering instead of going to Raft
+        alone at once: a caller that has just resumed coroutines whose commands belong in the
+        same entry (held-back lock acquires before a release) calls it before proposing."""
+        self._gather = True
+        self._wake.set()
+
     def _enqueue(self, p: _Pending) -> None:
-        if not self._queue and not self._inflight and self._raft.leader_addr is not None:
+        if not self._gather and not self._queue and not self._inflight and self._raft.leader_addr is not None:
             # Idle: nothing to batch it with. Handed to Raft now rather than two loop iterations
             # later (the wake, then the gathering sleep); commands that come while it is in
             # flight batch as before.
@@ -227,6 +235,7 @@ class Proposer:
             self._wake.clear()
             # Let every coroutine that is ready this loop iteration add its command first.
             await asyncio.sleep(0)
+            self._gather = False
             while self._queue and len(self._inflight) < MAX_INFLIGHT_BATCHES:
                 if self._raft.leader_addr is None:
                     self._expire_waiting()
