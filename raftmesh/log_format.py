@@ -49,3 +49,17 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             d["exc"] = self.formatException(record.exc_info)
         return json.dumps(d)
+
+
+def skip_unused_record_fields() -> None:
+    """Have ``logging`` skip what ``JsonFormatter`` never writes: the caller's file, line and
+    function (a walk up the stack per line), and the thread and process names.
+
+    Per line 0.019 -> 0.013 ms of CPU; every attempt logs two (started, ended): py-spy showed the
+    agent host's two lines at ~12% of a node's GIL-holding samples during a 2,002-task fan-out.
+    Process-wide: call it only where ``JsonFormatter`` is the one formatter (a node, a worker).
+    """
+    logging._srcfile = None  # the documented switch (logging HOWTO, "Optimization")
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
