@@ -47,6 +47,7 @@ from .access import NodeAccess
 from .config import NodeConfig, is_loopback_host
 from .coordination_service import KvService, LocksService
 from .decoding import guarded
+from .gc_policy import GcPolicy
 from .interceptor import CallInterceptor
 from .liveness import Liveness
 from .lock_waits import LockWaits
@@ -409,6 +410,7 @@ class NodeRuntime:
             asyncio.create_task(self._health_loop(), name="health"),
             asyncio.create_task(self.heartbeats.run(), name="heartbeat"),
             asyncio.create_task(self.router.run(), name="messages"),
+            asyncio.create_task(self._gc_loop(), name="gc"),
         ]
         if self.metrics_server is not None:
             tasks.append(asyncio.create_task(self.metrics.sample_leader(self.leader_id), name="metrics"))
@@ -557,6 +559,17 @@ class NodeRuntime:
                 await asyncio.sleep(0.5)
             log.warning("node %s is marked down in the cluster state; rejoining", self.config.node_id)
             generation += 1
+
+    async def _gc_loop(self) -> None:
+        """Full garbage collections walk only what is new (``raftmesh.node.gc_policy``)."""
+        policy = GcPolicy()
+        policy.install()
+        try:
+            while True:
+                policy.tick()
+                await asyncio.sleep(0.5)
+        finally:
+            policy.uninstall()
 
     async def _health_loop(self) -> None:
         """SERVING iff this incarnation is registered and up in this node's applied state, and
