@@ -22,11 +22,18 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, node_id: str) -> None:
         super().__init__()
         self.node_id = node_id
+        self._second: tuple[int, str] = (-1, "")
+        """The last second seen and its text up to the seconds: one tuple, read and replaced whole
+        (strftime of every line's time was ~20% of its format)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
         d: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{text}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "node": self.node_id,
             "logger": record.name,

@@ -127,6 +127,19 @@ def test_node_log_records_skip_the_caller_walk_and_keep_every_json_field(monkeyp
     )
 
 
+def test_a_json_lines_time_is_its_records_own_across_seconds_and_back() -> None:
+    f = JsonFormatter("n1")  # it keeps the last second's text: each line still gets its own
+    for created, ts in (
+        (1_700_000_000.25, "2023-11-14T22:13:20.250Z"),
+        (1_700_000_000.75, "2023-11-14T22:13:20.750Z"),
+        (1_700_000_001.5, "2023-11-14T22:13:21.500Z"),
+        (1_700_000_000.125, "2023-11-14T22:13:20.125Z"),
+    ):
+        rec = logging.LogRecord("n", logging.INFO, "f", 1, "m", (), None)
+        rec.created, rec.msecs = created, (created - int(created)) * 1000
+        assert json.loads(f.format(rec))["ts"] == ts
+
+
 def test_the_log_filter_masks_the_longest_secret_whole_in_messages_and_arguments() -> None:
     f = SecretsFilter(["tok", "tok-secret-value", ""])
     rec = logging.LogRecord("n", logging.INFO, "f", 1, "a=%s b=%s", ("tok-secret-value", "tok"), None)
