@@ -18,7 +18,7 @@ from raftmesh import calls
 from raftmesh.consensus.commands import Origin
 from raftmesh.log_format import JsonFormatter, skip_unused_record_fields
 from raftmesh.node import interceptor as icp
-from raftmesh.redaction import MASK, SecretsFilter
+from raftmesh.redaction import MASK, SecretsFilter, contains_secret, secret
 from raftmesh.storage.audit import AuditArchive
 
 from .test_audit import Audited
@@ -138,6 +138,14 @@ def test_a_json_lines_time_is_its_records_own_across_seconds_and_back() -> None:
         rec = logging.LogRecord("n", logging.INFO, "f", 1, "m", (), None)
         rec.created, rec.msecs = created, (created - int(created)) * 1000
         assert json.loads(f.format(rec))["ts"] == ts
+
+
+def test_contains_secret_finds_one_at_any_depth_and_nothing_else() -> None:
+    assert not contains_secret({"value": 1, "l": [1, "a", {"x": None}], "s": "$secret"})
+    assert not contains_secret(None) and not contains_secret("$secret")
+    assert contains_secret(secret("tok"))
+    assert contains_secret({"a": [{"b": secret(12345)}]})
+    assert contains_secret([1, [2, [secret("x")]]])
 
 
 def test_the_log_filter_masks_the_longest_secret_whole_in_messages_and_arguments() -> None:
