@@ -1,6 +1,7 @@
 """The node's garbage-collection policy (``raftmesh.node.gc_policy``): what a full collection
-left is frozen (later collections skip it), cyclic garbage made since is still collected, and
-after the refresh period a frozen object that became cyclic garbage is collected too."""
+left is frozen (later collections skip it), cyclic garbage made since is still collected, after
+the refresh period a frozen object that became cyclic garbage is collected too, and young
+collections run less often only while the policy is installed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from raftmesh.node.gc_policy import GcPolicy
+from raftmesh.node.gc_policy import YOUNG_THRESHOLD, GcPolicy
 
 
 class _Cycle:
@@ -24,6 +25,17 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_young_collections_run_less_often_while_installed_and_as_before_after() -> None:
+    before = gc.get_threshold()
+    p = GcPolicy()
+    p.install()
+    try:
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:]) and before[0] < YOUNG_THRESHOLD
+    finally:
+        p.uninstall()
+    assert gc.get_threshold() == before
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ skip it, and only objects allocated since are walked. Objects freed by reference
 all of them) are freed at once, frozen or not. A frozen object that later becomes part of cyclic
 garbage is found only once it is unfrozen again: every ``REFRESH_S`` everything is unfrozen, and
 the next full collection walks the whole heap (one full walk per ``REFRESH_S`` instead of one per
-25% of growth).
+25% of growth). Young collections run less often too (``YOUNG_THRESHOLD``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from typing import Any
 
 REFRESH_S = 300.0
 """How often everything frozen is unfrozen, so the next full collection looks at the whole heap."""
+YOUNG_THRESHOLD = 20_000
+"""Allocations between young collections (CPython's default is 700). Most of a node's objects
+die young by reference count (commands, events, protobuf messages): collected less often, fewer
+of them are still alive to be walked. One node's agent host and apply replaying a 2,002-task
+fan-out beside 300k retained objects: GC CPU 0.0045-0.0053 -> 0.0011-0.0014 ms per task."""
 
 
 class GcPolicy:
@@ -39,14 +44,21 @@ class GcPolicy:
         self._full_done = False
         self.freezes = 0
         """Freezes made (a metric for tests and operators)."""
+        self._thresholds: tuple[int, int, int] | None = None
+        """The collector's thresholds before ``install`` (put back by ``uninstall``)."""
 
     def install(self) -> None:
         if self._on_gc not in gc.callbacks:
             gc.callbacks.append(self._on_gc)
+            self._thresholds = gc.get_threshold()
+            gc.set_threshold(YOUNG_THRESHOLD, *self._thresholds[1:])
 
     def uninstall(self) -> None:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        if self._thresholds is not None:
+            gc.set_threshold(*self._thresholds)
+            self._thresholds = None
         gc.unfreeze()
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
