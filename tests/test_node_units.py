@@ -31,15 +31,14 @@ from raftmesh.consensus.commands import (
     Tick,
 )
 from raftmesh.consensus.machine import StateMachine
-from raftmesh.consensus.results import LockChanged, MemberChanged, Result, RunChanged, TaskChanged
-from raftmesh.consensus.state import RunStatus, TaskStatus
+from raftmesh.consensus.results import Result
+from raftmesh.consensus.state import TaskStatus
 from raftmesh.errors import Internal, InvalidArgument, OutcomeUnknown, RaftmeshError, ResourceExhausted
 from raftmesh.node import proposer as proposer_mod
 from raftmesh.node import rpc
 from raftmesh.node.liveness import Liveness
 from raftmesh.node.proposer import Proposer
 from raftmesh.node.reads import ReadView
-from raftmesh.node.runtime import other_events
 from raftmesh.node.scheduler import Scheduler
 
 NODES = ("n1", "n2", "n3")
@@ -540,13 +539,3 @@ def test_numeric_config_values_are_whole_numbers_where_a_count_is_meant() -> Non
     for bad in (2.9, True):
         with pytest.raises(InvalidArgument, match="slots must be a whole number"):
             _number("slots", bad, int)
-
-
-def test_the_actor_host_router_and_lock_waits_get_no_task_or_run_events_and_no_empty_batch() -> None:
-    task = TaskChanged(5, "r1", "a", TaskStatus.SUCCEEDED, 1, "n1")
-    run = RunChanged(5, "r1", RunStatus.SUCCEEDED)
-    member = MemberChanged(6, "n2", False)
-    lock = LockChanged(6, "req-1", "owner", True, 6)
-    assert other_events([]) == []  # a replaced state: they reconcile
-    assert other_events([task, run, task]) is None  # nothing for them (not "a replaced state")
-    assert other_events([task, member, run, lock]) == [member, lock]
