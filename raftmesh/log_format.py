@@ -22,11 +22,18 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, node_id: str) -> None:
         super().__init__()
         self.node_id = node_id
+        self._second: tuple[int, str] = (-1, "")
+        """The last second seen and its text up to the seconds: one tuple, read and replaced whole
+        (strftime of every line's time was ~20% of its format)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
         d: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{text}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "node": self.node_id,
             "logger": record.name,
@@ -49,3 +56,17 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             d["exc"] = self.formatException(record.exc_info)
         return json.dumps(d)
+
+
+def skip_unused_record_fields() -> None:
+    """Have ``logging`` skip what ``JsonFormatter`` never writes: the caller's file, line and
+    function (a walk up the stack per line), and the thread and process names.
+
+    Per line 0.019 -> 0.013 ms of CPU; every attempt logs two (started, ended): py-spy showed the
+    agent host's two lines at ~12% of a node's GIL-holding samples during a 2,002-task fan-out.
+    Process-wide: call it only where ``JsonFormatter`` is the one formatter (a node, a worker).
+    """
+    logging._srcfile = None  # the documented switch (logging HOWTO, "Optimization")
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

@@ -45,6 +45,16 @@ def reveal(v: Any) -> Any:
     return v
 
 
+def contains_secret(v: Any) -> bool:
+    """Whether ``v`` holds a ``{"$secret": x}`` anywhere (one walk, no copies: an attempt's
+    input and upstream need ``reveal`` and ``secret_values`` only then)."""
+    if isinstance(v, dict):
+        return SECRET_KEY in v or any(contains_secret(x) for x in v.values())
+    if isinstance(v, list):
+        return any(contains_secret(x) for x in v)
+    return False
+
+
 def redact(v: Any) -> Any:
     """``v`` with every ``{"$secret": x}`` replaced by ``"***"`` (what a reader sees)."""
     if _is_secret(v):

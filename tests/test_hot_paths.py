@@ -1,10 +1,13 @@
 """What the hot-path changes keep: the interceptor wraps a method's handler once yet gives every
 call its own ids, a generated request id is unique and uuid-shaped, the node log filter masks
-the longest secret whole, and the audit archive counts a re-applied row's bytes once."""
+the longest secret whole, the audit archive counts a re-applied row's bytes once, and a node's
+log records skip the caller lookup yet keep every field the JSON line carries."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 import re
 from typing import Any
@@ -13,8 +16,9 @@ import grpc
 
 from raftmesh import calls
 from raftmesh.consensus.commands import Origin
+from raftmesh.log_format import JsonFormatter, skip_unused_record_fields
 from raftmesh.node import interceptor as icp
-from raftmesh.redaction import MASK, SecretsFilter
+from raftmesh.redaction import MASK, SecretsFilter, contains_secret, secret
 from raftmesh.storage.audit import AuditArchive
 
 from .test_audit import Audited
@@ -91,6 +95,57 @@ def test_generated_request_ids_are_uuid_shaped_and_unique_and_a_callers_valid_id
     assert icp._request_id("abc-1") == "abc-1"
     assert icp._request_id("x" * (icp.MAX_REQUEST_ID_CHARS + 1)) != "x" * (icp.MAX_REQUEST_ID_CHARS + 1)
     assert icp._request_id("bad\nid") != "bad\nid"
+
+
+def test_node_log_records_skip_the_caller_walk_and_keep_every_json_field(monkeypatch: Any) -> None:
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored after the test
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter("n1"))
+    logger = logging.getLogger("raftmesh.test.lean")
+    logger.addHandler(handler)
+    logger.propagate = False
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    records: list[logging.LogRecord] = []
+    handler.addFilter(lambda r: records.append(r) or True)
+    try:
+        skip_unused_record_fields()
+        with calls.bound(calls.Call(trace_id="t" * 32, request_id="req-1", principal="node:n1")):
+            logger.info("attempt %d of %s/%s started", 1, "r1", "a", extra={"run_id": "r1", "task_id": "a"})
+    finally:
+        logger.removeHandler(handler)
+    rec = records[0]
+    assert rec.funcName == "(unknown function)" and rec.threadName is None and rec.processName is None
+    line = json.loads(out.getvalue())
+    assert line["msg"] == "attempt 1 of r1/a started" and line["node"] == "n1"
+    assert (line["run_id"], line["task_id"], line["trace_id"], line["request_id"]) == (
+        "r1",
+        "a",
+        "t" * 32,
+        "req-1",
+    )
+
+
+def test_a_json_lines_time_is_its_records_own_across_seconds_and_back() -> None:
+    f = JsonFormatter("n1")  # it keeps the last second's text: each line still gets its own
+    for created, ts in (
+        (1_700_000_000.25, "2023-11-14T22:13:20.250Z"),
+        (1_700_000_000.75, "2023-11-14T22:13:20.750Z"),
+        (1_700_000_001.5, "2023-11-14T22:13:21.500Z"),
+        (1_700_000_000.125, "2023-11-14T22:13:20.125Z"),
+    ):
+        rec = logging.LogRecord("n", logging.INFO, "f", 1, "m", (), None)
+        rec.created, rec.msecs = created, (created - int(created)) * 1000
+        assert json.loads(f.format(rec))["ts"] == ts
+
+
+def test_contains_secret_finds_one_at_any_depth_and_nothing_else() -> None:
+    assert not contains_secret({"value": 1, "l": [1, "a", {"x": None}], "s": "$secret"})
+    assert not contains_secret(None) and not contains_secret("$secret")
+    assert contains_secret(secret("tok"))
+    assert contains_secret({"a": [{"b": secret(12345)}]})
+    assert contains_secret([1, [2, [secret("x")]]])
 
 
 def test_the_log_filter_masks_the_longest_secret_whole_in_messages_and_arguments() -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import msgpack
 
 from .. import calls, tracing
-from ..log_format import JsonFormatter
+from ..log_format import JsonFormatter, skip_unused_record_fields
 from ._context import SyncTaskContext
 from ._loader import load_agent
 from ._registry import AgentDef
@@ -208,6 +208,7 @@ def worker_main(conn: Connection, node_id: str) -> None:
     """Entry point of a spawned worker: serve attempts until told to stop or the pipe closes."""
     # The node stops its workers itself: a Ctrl-C on its terminal must not kill one mid-attempt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    skip_unused_record_fields()
     handler = logging.StreamHandler(sys.stderr)  # the node's stderr: the same JSON lines as the node's
     handler.setFormatter(JsonFormatter(node_id))
     logging.basicConfig(level=logging.INFO, handlers=[handler])

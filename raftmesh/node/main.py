@@ -13,7 +13,7 @@ from typing import Any
 from ..agents._pools import PROCESS_POOL_SIZE, THREAD_POOL_SIZE
 from ..consensus.raft import RaftTimings
 from ..errors import InvalidArgument
-from ..log_format import JsonFormatter
+from ..log_format import JsonFormatter, skip_unused_record_fields
 from ..redaction import filter_for_env
 from ..storage.audit import DEFAULT_MAX_BYTES as DEFAULT_AUDIT_BYTES
 from ..storage.audit import DEFAULT_MAX_RUNS as DEFAULT_AUDIT_RUNS
@@ -183,6 +183,7 @@ def run_node(args: argparse.Namespace) -> int:
         http_max_streams=_number("http-max-streams", _setting(args, file_cfg, "http-max-streams", 64), int),
         http_client_auth=str(_setting(args, file_cfg, "http-client-auth", "") or ""),
     )
+    skip_unused_record_fields()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(cfg.node_id))
     handler.addFilter(filter_for_env(cfg.raft_password))  # keys and tokens never reach the log

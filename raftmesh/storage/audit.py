@@ -85,9 +85,14 @@ WRITE_COALESCE = 4096
 """Queued batches the writer puts in one LMDB transaction at most."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuditRow:
-    """One timeline entry (``GetAudit``'s ``AuditEvent``)."""
+    """One timeline entry (``GetAudit``'s ``AuditEvent``).
+
+    Not frozen: the writer fills in a row's trace and duration in place before encoding it
+    (a frozen dataclass's ``__init__`` sets each of its 10 fields through ``object.__setattr__``,
+    and the copies the writer made cost as much again: the largest item of the audit writer's
+    samples in a fan-out's profile). Nothing changes a row once it is written or read back."""
 
     revision: int
     time_ms: int
@@ -261,23 +266,6 @@ def _run_kind(cmd: Command, status: RunStatus) -> str:
     if isinstance(cmd, SubmitRun):
         return "run_started"
     return "resumed" if isinstance(cmd, ResumeRun | PauseRun) else "reopened"
-
-
-def _remade(row: AuditRow, trace_id: str, detail: dict[str, Any]) -> AuditRow:
-    """``row`` with another trace and detail: ``dataclasses.replace`` costs several times this
-    (it was ~15% of the audit writer's samples in the fan-out's profile, once or twice a task)."""
-    return AuditRow(
-        row.revision,
-        row.time_ms,
-        row.kind,
-        row.task_id,
-        row.attempt,
-        row.node,
-        row.principal,
-        row.request_id,
-        trace_id,
-        detail,
-    )
 
 
 def _ekey(run_id: str, a: Applied, i: int) -> bytes:
@@ -542,13 +530,13 @@ class AuditArchive:
                     meta.trace = row.trace_id
                     meta.namespace, meta.known_namespace = str(row.detail.get("namespace", "")), True
                 elif not row.trace_id and meta.trace:
-                    row = _remade(row, meta.trace, row.detail)
+                    row.trace_id = meta.trace  # the row is this writer's own (rows_for made it)
                 key = _ekey(run_id, a, i)
                 # Already there: re-applied after a restart at the last archived revision (the
                 # same row; kept as written, with the figures derived when it was first written).
                 if fresh or txn.get(key, db=self._rows) is None:
                     if row.task_id:
-                        row = self._timed(txn, run_id, row)
+                        self._timed(txn, run_id, row)
                     data = row.encode()
                     if meta.size + len(data) + len(key) > self.max_run_bytes:
                         if not meta.truncated:
@@ -566,17 +554,16 @@ class AuditArchive:
                     meta.ended = False
             self._last_revision = max(self._last_revision, a.revision)
 
-    def _timed(self, txn: Any, run_id: str, row: AuditRow) -> AuditRow:
-        """An attempt's end row gets ``seconds`` since its start (state time)."""
+    def _timed(self, txn: Any, run_id: str, row: AuditRow) -> None:
+        """An attempt's end row gets ``seconds`` since its start (state time), in its own detail
+        (``rows_for`` makes a fresh one per row)."""
         skey = run_id.encode() + b"\0" + row.task_id.encode()
         if row.kind in _STARTS:
             txn.put(skey, row.time_ms.to_bytes(8, "big", signed=True), db=self._started)
         elif row.kind in _ENDS:
             raw = txn.pop(skey, db=self._started)
             if raw is not None:
-                seconds = max(0, row.time_ms - int.from_bytes(raw, "big", signed=True)) / 1000
-                return _remade(row, row.trace_id, {**row.detail, "seconds": seconds})
-        return row
+                row.detail["seconds"] = max(0, row.time_ms - int.from_bytes(raw, "big", signed=True)) / 1000
 
     def _cut(self, txn: Any, run_id: str, meta: _Meta, a: Applied) -> None:
         """The run reached its share: one last ``truncated`` row says so (the rest are not kept)."""
