@@ -12,6 +12,9 @@ process, two ways:
   ``RunToEnd`` (``_runs.SubmitWatch`` through the client's stream driver and its watchdog);
 * ``unary``: ``RunToEnd`` (one unary call answering the ended run), as ``Client.run`` calls it.
 
+``--client aio`` does the same with one ``raftmesh.aio.Client`` on an event loop of this process
+(each call run to completion on it, both ways alike).
+
 ``--rounds`` rounds of ``--runs`` calls per way (after 5 untimed warm-up calls each), the two ways
 alternating call by call and the first way alternating round by round, so both see the same load.
 Per round and overall: p50 and mean wall time per call (ms), the client's CPU time per call (ms,
@@ -24,17 +27,19 @@ comparable within one run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from _benchkit import environment, percentile, positive_int, ratio, run_bench
 
 from raftmesh import DAG, Client, RunInfo
+from raftmesh.aio import Client as AioClient
 from raftmesh.client import _runs
 from raftmesh.localcluster import LocalCluster
 
@@ -51,6 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=positive_int, default=60, help="timed calls per way per round (default 60)")
     p.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
+    p.add_argument(
+        "--client", choices=("sync", "aio"), default="sync", help="the SDK client measured (default sync)"
+    )
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     return p.parse_args(argv)
 
@@ -70,14 +78,45 @@ def via_unary(client: Client, dag: DAG) -> RunInfo:
     return run
 
 
+async def via_stream_aio(client: AioClient, dag: DAG) -> RunInfo:
+    plan = _runs.SubmitWatch(client, _runs.submit_request(dag), RUN_TIMEOUT_S)
+    async for _ in client._stream(plan):
+        pass
+    if plan.final is None:
+        raise RuntimeError("SubmitAndWatchRun ended without the final run")
+    return plan.final
+
+
+async def via_unary_aio(client: AioClient, dag: DAG) -> RunInfo:
+    run: RunInfo = await client._drive(_runs.run_to_end(client, _runs.submit_request(dag), RUN_TIMEOUT_S))
+    return run
+
+
 CALLS: dict[str, Callable[[Client, DAG], RunInfo]] = {"stream": via_stream, "unary": via_unary}
+AIO_CALLS: dict[str, Callable[[AioClient, DAG], Coroutine[Any, Any, RunInfo]]] = {
+    "stream": via_stream_aio,
+    "unary": via_unary_aio,
+}
 
 
-def one(client: Client, way: str, x: int) -> tuple[float, float]:
+class Caller:
+    """One client of either kind, called the same way (an aio call runs to completion on ``loop``)."""
+
+    def __init__(self, sync: Client | None, aio: AioClient | None, loop: asyncio.AbstractEventLoop | None):
+        self.sync, self.aio, self.loop = sync, aio, loop
+
+    def __call__(self, way: str, dag: DAG) -> RunInfo:
+        if self.sync is not None:
+            return CALLS[way](self.sync, dag)
+        assert self.aio is not None and self.loop is not None
+        return self.loop.run_until_complete(AIO_CALLS[way](self.aio, dag))
+
+
+def one(client: Caller, way: str, x: int) -> tuple[float, float]:
     dag = DAG("bench-run-to-end")
     dag.task("a", "echo", input=x)
     c0, t0 = time.process_time(), time.perf_counter()
-    run = CALLS[way](client, dag)
+    run = client(way, dag)
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
     if run.status != "SUCCEEDED" or run.tasks["a"].output != x:
         raise RuntimeError(f"echo({x}) -> {run.status} {run.tasks['a'].output!r} {run.error}")
@@ -99,7 +138,15 @@ def measure(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> 
     stack.callback(cluster.close)  # registered before start: a half-started cluster is stopped too
     cluster.start(timeout_s=60)
     leader = cluster.wait_ready()
-    client = cluster.client([cluster.nodes[leader].grpc])
+    addr = cluster.nodes[leader].grpc
+    if args.client == "aio":
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)
+        aio = AioClient([addr], credentials=cluster.credentials)
+        stack.callback(lambda: loop.run_until_complete(aio.close()))
+        client = Caller(None, aio, loop)
+    else:
+        client = Caller(cluster.client([addr]), None, None)
     x = 0
     for way in WAYS:
         for _ in range(WARMUP):
@@ -132,6 +179,7 @@ def measure(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> 
         log(f"round {r + 1}: unary/stream p50 {rounds[-1]['unary/stream']['p50_ms']:.2f}")
     total = {w: stats(*every[w]) for w in WAYS}
     return {
+        "client": args.client,
         "runs": args.runs,
         "rounds": rounds,
         "overall": total,
@@ -150,7 +198,7 @@ def _ratios(v: dict[str, float | None]) -> str:
 
 def render(report: dict[str, Any]) -> str:
     lines = [
-        f"single task through the leader, {report['runs']} calls per way per round (ms)",
+        f"single task through the leader, {report['client']} client, {report['runs']} calls per way per round (ms)",
         f"{'':22} {'p50':>8} {'p90':>8} {'mean':>8} {'clientCPU':>9}",
     ]
     for i, rd in enumerate(report["rounds"], 1):
