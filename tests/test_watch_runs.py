@@ -323,6 +323,10 @@ def test_run_to_end_answers_the_ended_run_or_names_the_run_still_going(
         assert f"run {run_id} is still going" in err.value.details()
         assert f"WatchRun {run_id}" in err.value.details()
         assert c.get(run_id).status not in ("SUCCEEDED", "FAILED", "CANCELLED")
+        with pytest.raises(grpc.RpcError) as err:  # a call without a deadline: wait_ms alone
+            stub.RunToEnd(pb.RunToEndRequest(submit=slow, wait_ms=300))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert dict(err.value.trailing_metadata())[service.RUN_ID_METADATA] == run_id
         with pytest.raises(grpc.RpcError) as err:
             stub.RunToEnd(pb.RunToEndRequest(submit=slow), timeout=1.5)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
