@@ -435,6 +435,10 @@ def test_run_to_end_resends_the_same_submit_after_a_dropped_connection() -> None
         with pytest.raises(StopIteration) as done:
             op.send(_Failed(grpc.StatusCode.UNIMPLEMENTED))
         assert done.value.value is None
+        with pytest.raises(StopIteration) as done:  # remembered: that node is not asked again
+            next(_runs.run_to_end(c, req, None))
+        assert done.value.value is None
+        c._rotate()  # the other node has it
         op = _runs.run_to_end(c, req, None)
         next(op)
         with pytest.raises(InvalidArgument):

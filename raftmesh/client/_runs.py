@@ -361,7 +361,8 @@ def run_to_end(c: Conn, submit: pb.SubmitRunRequest, timeout_s: float | None) ->
     reads no stream: grpc starts a channel spin thread per server stream). Asked again while the run
     goes on (each call waits ``RUN_WAIT_SLICE_S`` at most) and after a dropped connection, on the
     next node after a backoff, with the same request: its idempotency key names the same run. None
-    if the node does not have ``RunToEnd`` (UNIMPLEMENTED): the caller falls back to the stream."""
+    if the node does not have ``RunToEnd`` (UNIMPLEMENTED, remembered per address): the caller
+    falls back to the stream."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     run_id = ""
     attempt = 0
@@ -375,12 +376,15 @@ def run_to_end(c: Conn, submit: pb.SubmitRunRequest, timeout_s: float | None) ->
             )
         req = pb.RunToEndRequest(submit=submit, wait_ms=max(1, math.ceil(left * 1000)))
         addr = c.addresses[c._current]
+        if addr in c._without_run_to_end:
+            return None
         reply = yield Rpc("Cluster", "RunToEnd", req, left + RUN_RPC_MARGIN_S, addr)
         if not isinstance(reply, grpc.RpcError):
             c._last_watch_addr = addr
             return RunInfo.from_pb(reply)
         code = reply.code()
         if code == grpc.StatusCode.UNIMPLEMENTED:
+            c._without_run_to_end.add(addr)
             return None
         going = _run_going(reply)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and going:
