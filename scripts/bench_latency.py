@@ -10,8 +10,8 @@ their PYTHONPATH; the client is always this tree's). Modes, alternated run by ru
 see the same machine load:
 
 * ``run``: ``Client.run(dag)`` (one ``RunToEnd`` call where the node has it, else one
-  ``SubmitAndWatchRun`` stream, else submit + wait with the same idempotency key: a baseline
-  cluster without ``RunToEnd`` costs this tree's client one UNIMPLEMENTED round trip more);
+  ``SubmitAndWatchRun`` stream, else submit + wait with the same idempotency key: on a baseline
+  cluster without ``RunToEnd`` this tree's client streams after one UNIMPLEMENTED per node);
 * ``submit+wait``: ``Client.submit`` then ``Client.wait`` (what ``scripts/bench.py`` measures);
 
 each through the leader and through a follower (a follower forwards every write to the leader).
