@@ -9,8 +9,9 @@ after 5 untimed warm-up runs, on a 3-node cluster whose nodes run this tree and,
 their PYTHONPATH; the client is always this tree's). Modes, alternated run by run so both clusters
 see the same machine load:
 
-* ``run``: ``Client.run(dag)`` (one ``SubmitAndWatchRun`` call where the node has it, else submit +
-  wait with the same idempotency key);
+* ``run``: ``Client.run(dag)`` (one ``RunToEnd`` call where the node has it, else one
+  ``SubmitAndWatchRun`` stream, else submit + wait with the same idempotency key: on a baseline
+  cluster without ``RunToEnd`` this tree's client streams after one UNIMPLEMENTED per node);
 * ``submit+wait``: ``Client.submit`` then ``Client.wait`` (what ``scripts/bench.py`` measures);
 
 each through the leader and through a follower (a follower forwards every write to the leader).

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from raftmesh import DAG
+from raftmesh import DAG, Client
 from raftmesh.consensus.raft import read_journal
 from raftmesh.errors import InvalidArgument
 from raftmesh.localcluster import LocalCluster, wait_until
@@ -143,11 +145,25 @@ def test_kill_leader_mid_run(make_cluster: Callable[..., LocalCluster]) -> None:
         return any(t.status == "RUNNING" for t in run.tasks.values())
 
     wait_until(some_running, 30, "sleep tasks to start")
-    cluster3.kill(leader)
+    # A Client.run waiting on the leader (one RunToEnd call) when it dies: sent again to the next
+    # node with the same idempotency key, it answers the same run, ended.
     survivors = [i for i in cluster3.nodes if i != leader]
+    runner = cluster3.client([cluster3.nodes[i].grpc for i in [leader, *survivors]], retry_deadline_s=60)
+    runner._current = 0  # the call goes to the leader
+    one = DAG("through-the-kill")
+    one.task("a", "sleep", input={"seconds": 2})
+    ran: dict[str, Any] = {}
+    waiter = threading.Thread(
+        target=lambda: ran.update(run=runner.run(one, idempotency_key="through-kill", timeout_s=90))
+    )
+    waiter.start()
+    wait_until(lambda: _runs_keyed(client, "through-kill"), 30, "the run's submit to apply")
+    cluster3.kill(leader)
     new_leader = cluster3.wait_ready(timeout_s=30, among=survivors)
     assert new_leader != leader
     run = client.wait(run_id, timeout_s=90)
+    waiter.join(timeout=90)
+    assert ran["run"].status == "SUCCEEDED" and _runs_keyed(client, "through-kill") == [ran["run"].run_id]
     assert run.status == "SUCCEEDED", run.error
     assert all(t.status == "SUCCEEDED" for t in run.tasks.values())
     # Every task has exactly one committed result: replay the committed log of a survivor.
@@ -160,6 +176,10 @@ def test_kill_leader_mid_run(make_cluster: Callable[..., LocalCluster]) -> None:
     keys = {(run_id, t) for t in run.tasks}
     assert {k: audit.results[k] for k in keys} == dict.fromkeys(keys, 1)
     assert audit.early_starts == []
+
+
+def _runs_keyed(client: Client, key: str) -> list[str]:
+    return [r["run_id"] for r in client.list_runs() if r["idempotency_key"] == key]
 
 
 def test_no_leader_is_unavailable(make_cluster: Callable[..., LocalCluster]) -> None:

@@ -248,7 +248,7 @@ def test_node_serves_its_metrics_over_http(node: tuple[NodeRuntime, Client, str]
         t = _scrape(url)
         done = _value(t, "raftmesh_task_transitions_total", status="SUCCEEDED") == 2
         seen = _value(t, "raftmesh_grpc_server_handled_total", grpc_method="GetRun", grpc_code="NOT_FOUND")
-        seen = seen and _value(t, "raftmesh_grpc_server_handled_total", grpc_method="SubmitAndWatchRun")
+        seen = seen and _value(t, "raftmesh_grpc_server_handled_total", grpc_method="RunToEnd")
         # The leader-change sampler looks every LEADER_SAMPLE_S: the first leader may not be counted yet.
         elected = _value(t, "raftmesh_raft_leader_changes_total")
         return t if done and seen and elected else None
@@ -266,11 +266,8 @@ def test_node_serves_its_metrics_over_http(node: tuple[NodeRuntime, Client, str]
     assert _value(text, "raftmesh_runs", state="finished") == 1
     assert _value(text, "raftmesh_attempt_duration_seconds_count", agent="echo", outcome="succeeded") == 2
     assert (_value(text, "raftmesh_raft_applied_entries_total") or 0) >= 3
-    # client.run is one SubmitAndWatchRun call
-    assert (
-        _value(text, "raftmesh_grpc_server_handled_total", grpc_method="SubmitAndWatchRun", grpc_code="OK")
-        == 1
-    )
+    # client.run is one RunToEnd call
+    assert _value(text, "raftmesh_grpc_server_handled_total", grpc_method="RunToEnd", grpc_code="OK") == 1
     assert (
         _value(text, "raftmesh_grpc_server_handled_total", grpc_method="GetRun", grpc_code="NOT_FOUND") == 1
     )

@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Any
 
+import grpc
 import pytest
 
 from raftmesh.clock import SYSTEM_CLOCK
@@ -281,3 +282,166 @@ def _watch_opens(c: Any) -> bool:
         return False
     finally:
         it.close()
+
+
+def _slow(seconds: float) -> Any:
+    from raftmesh import DAG
+
+    dag = DAG("slow")
+    dag.task("s", "sleep", input={"seconds": seconds})
+    return dag
+
+
+def test_run_to_end_answers_the_ended_run_or_names_the_run_still_going(
+    node: InProcessNode,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import grpc
+
+    from raftmesh.client._runs import submit_request
+    from raftmesh.errors import DeadlineExceeded
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+    c = node.client
+    with grpc.insecure_channel(node.address) as ch:
+        stub = pb_grpc.ClusterStub(ch)
+        req = submit_request(fan_out(2))
+        run = stub.RunToEnd(pb.RunToEndRequest(submit=req), timeout=30)
+        assert run.status == pb.RUN_STATUS_SUCCEEDED and len(run.tasks) == 4
+        assert {t.id: t.output_json for t in run.tasks} == {
+            tid: json.dumps(t.output) for tid, t in c.get(run.run_id).tasks.items()
+        }
+        again = stub.RunToEnd(pb.RunToEndRequest(submit=req), timeout=30)  # the key's run, read again
+        assert again.run_id == run.run_id and again.status == pb.RUN_STATUS_SUCCEEDED
+
+        # Not ended within wait_ms, or before the call's own deadline: DEADLINE_EXCEEDED naming it.
+        slow = submit_request(_slow(3.0))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RunToEnd(pb.RunToEndRequest(submit=slow, wait_ms=200), timeout=30)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        run_id = dict(err.value.trailing_metadata())[service.RUN_ID_METADATA]
+        assert f"run {run_id} is still going" in err.value.details()
+        assert f"WatchRun {run_id}" in err.value.details()
+        assert c.get(run_id).status not in ("SUCCEEDED", "FAILED", "CANCELLED")
+        with pytest.raises(grpc.RpcError) as err:  # a call without a deadline: wait_ms alone
+            stub.RunToEnd(pb.RunToEndRequest(submit=slow, wait_ms=300))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert dict(err.value.trailing_metadata())[service.RUN_ID_METADATA] == run_id
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RunToEnd(pb.RunToEndRequest(submit=slow), timeout=1.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert dict(err.value.trailing_metadata())[service.RUN_ID_METADATA] == run_id
+        ended = stub.RunToEnd(pb.RunToEndRequest(submit=slow), timeout=30)
+        assert ended.run_id == run_id and ended.status == pb.RUN_STATUS_SUCCEEDED
+
+        cycle = pb.SubmitRunRequest(
+            tasks=[
+                pb.TaskSpec(id="a", agent="echo", deps=["b"]),
+                pb.TaskSpec(id="b", agent="echo", deps=["a"]),
+            ]
+        )
+        too_long = pb.RunToEndRequest(submit=req, wait_ms=limits.MAX_RUN_WAIT_MS + 1)
+        for bad, says in ((pb.RunToEndRequest(submit=cycle), "cycle"), (too_long, "wait_ms")):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.RunToEnd(bad, timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in err.value.details()
+
+        # Bounded: past MAX_RUN_WAITS waiting calls a node refuses another.
+        monkeypatch.setattr(limits, "MAX_RUN_WAITS", 0)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RunToEnd(pb.RunToEndRequest(submit=req), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        monkeypatch.undo()
+
+    # The SDK's run is RunToEnd; its timeout names the run still going.
+    with pytest.raises(DeadlineExceeded, match=r"run r-\S+ did not finish within 0.3 s; it is still going"):
+        c.run(_slow(2.0), timeout_s=0.3)
+    assert c.run(fan_out(1), timeout_s=30).tasks["total"].output == 1  # seed 1 -> p0 1 -> total 1
+
+
+@pytest.fixture
+def without_run_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node started after this has no RunToEnd (an older one): the servicer's base answers
+    UNIMPLEMENTED. Name it before ``node`` in a test's arguments."""
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+    monkeypatch.setattr(service.ClusterService, "RunToEnd", pb_grpc.ClusterServicer.RunToEnd)
+
+
+def test_run_on_a_node_without_run_to_end_falls_back_to_the_stream(
+    without_run_to_end: None,
+    node: InProcessNode,  # noqa: F811
+) -> None:
+    import grpc
+
+    from raftmesh.client._runs import submit_request
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(node.address) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.ClusterStub(ch).RunToEnd(
+                pb.RunToEndRequest(submit=submit_request(fan_out(1))), timeout=30
+            )
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    ran = node.client.run(fan_out(2), idempotency_key="old-node", timeout_s=30)
+    assert ran.status == "SUCCEEDED" and ran.tasks["total"].output == 1 + 2
+    assert [r["run_id"] for r in node.client.list_runs() if r["idempotency_key"] == "old-node"] == [
+        ran.run_id
+    ]
+
+
+class _Failed(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, trailing: tuple[tuple[str, str], ...] = ()) -> None:
+        self._code, self._trailing = code, trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._code.name
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailing
+
+
+def test_run_to_end_resends_the_same_submit_after_a_dropped_connection() -> None:
+    """What ``Client.run`` does with each answer of RunToEnd: a dropped connection resends the
+    same request (its idempotency key: the same run) to the next node after a backoff; a run
+    still going is asked for again; UNIMPLEMENTED hands over to the stream (None)."""
+    from raftmesh import Client
+    from raftmesh.client import _runs
+    from raftmesh.client._core import Rpc, Sleep
+    from raftmesh.client._types import RunInfo
+
+    c = Client(["127.0.0.1:1", "127.0.0.1:2"])
+    try:
+        req = pb.SubmitRunRequest(idempotency_key="k")
+        op = _runs.run_to_end(c, req, None)
+        first = next(op)
+        assert isinstance(first, Rpc) and first.method == "RunToEnd" and first.request.submit == req
+        assert first.request.wait_ms == _runs.RUN_WAIT_SLICE_S * 1000
+        assert isinstance(op.send(_Failed(grpc.StatusCode.UNAVAILABLE)), Sleep)
+        second = op.send(None)
+        assert isinstance(second, Rpc) and second.addr != first.addr and second.request.submit == req
+        going = _Failed(grpc.StatusCode.DEADLINE_EXCEEDED, ((service.RUN_ID_METADATA, "r-1"),))
+        third = op.send(going)  # still going: asked again at once, same node
+        assert isinstance(third, Rpc) and third.addr == second.addr and third.request.submit == req
+        with pytest.raises(StopIteration) as done:
+            op.send(pb.Run(run_id="r-1", status=pb.RUN_STATUS_SUCCEEDED))
+        assert isinstance(done.value.value, RunInfo) and done.value.value.run_id == "r-1"
+
+        op = _runs.run_to_end(c, req, None)
+        next(op)
+        with pytest.raises(StopIteration) as done:
+            op.send(_Failed(grpc.StatusCode.UNIMPLEMENTED))
+        assert done.value.value is None
+        with pytest.raises(StopIteration) as done:  # remembered: that node is not asked again
+            next(_runs.run_to_end(c, req, None))
+        assert done.value.value is None
+        c._rotate()  # the other node has it
+        op = _runs.run_to_end(c, req, None)
+        next(op)
+        with pytest.raises(InvalidArgument):
+            op.send(_Failed(grpc.StatusCode.INVALID_ARGUMENT))
+    finally:
+        c.close()

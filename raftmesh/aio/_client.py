@@ -213,10 +213,14 @@ class Client(Conn, AsyncDriver):
         return await self._drive(_runs.ended(self, run_id))
 
     async def run(self, dag: DAG | dict[str, Any], *, timeout_s: float | None = None, **kw: Any) -> RunInfo:
-        """Submit and wait, in one call to a node (``SubmitAndWatchRun``); ``kw`` as ``submit``'s."""
+        """Submit and wait, in one call to a node (``RunToEnd``; a node without it: the stream
+        ``SubmitAndWatchRun``, then submit + wait); ``kw`` as ``submit``'s."""
         req = _runs.submit_request(dag, **kw)
         plan = _runs.SubmitWatch(self, req, timeout_s)
         with tracing.pinned(kw.get("trace_id") or ""):
+            run: RunInfo | None = await self._drive(_runs.run_to_end(self, req, timeout_s))
+            if run is not None:
+                return run
             async for _ in self._stream(plan):
                 pass
         if plan.final is not None:

@@ -136,6 +136,8 @@ class Conn:
         self._current = random.randrange(len(self.addresses))
         self.client_id = uuid.uuid4().hex[:12]
         self._last_watch_addr = self.addresses[self._current]
+        self._without_run_to_end: set[str] = set()
+        """Addresses that answered ``RunToEnd`` UNIMPLEMENTED: ``run`` streams there at once."""
         self._open()
 
     def _open(self) -> None:

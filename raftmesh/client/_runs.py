@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import math
+import time
 import uuid
 from typing import Any
 
@@ -18,7 +20,7 @@ import grpc
 from .. import calls, tracing
 from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from ..proto.raftmesh.v1 import cluster_pb2 as pb
-from ._core import SKIP, Conn, Op, Rpc, StreamPlan
+from ._core import RETRYABLE, SKIP, Conn, Op, Rpc, Sleep, StreamPlan, backoff, translate
 from ._dag import DAG, Task, check_budget
 from ._types import (
     TERMINAL,
@@ -342,6 +344,64 @@ def status_of(
     """Status as one specific node sees it (no failover)."""
     req = pb.ClusterStatusRequest(include_digest=include_digest)
     return ClusterInfo.from_pb((yield from c._once(address, "Cluster", "ClusterStatus", req, timeout_s)))
+
+
+RUN_WAIT_SLICE_S = 30.0
+"""The longest one ``RunToEnd`` call waits: a node that hangs without breaking the connection (its
+keepalive answered, its event loop stuck) holds ``run`` at most this long before it asks again
+(the same idempotency key: the same run). A stream's watchdog caught that after 5 s of silence."""
+RUN_RPC_MARGIN_S = 2.0
+"""The call's deadline past its ``wait_ms``: the node answers a run still going before it."""
+RUN_ID_METADATA = "raftmesh-run-id"
+"""The trailing metadata key naming the run of a ``RunToEnd`` that answered DEADLINE_EXCEEDED."""
+
+
+def run_to_end(c: Conn, submit: pb.SubmitRunRequest, timeout_s: float | None) -> Op[RunInfo | None]:
+    """``run``: ``RunToEnd``, one unary call that submits and answers the ended run (a sync client
+    reads no stream: grpc starts a channel spin thread per server stream). Asked again while the run
+    goes on (each call waits ``RUN_WAIT_SLICE_S`` at most) and after a dropped connection, on the
+    next node after a backoff, with the same request: its idempotency key names the same run. None
+    if the node does not have ``RunToEnd`` (UNIMPLEMENTED, remembered per address): the caller
+    falls back to the stream."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    run_id = ""
+    attempt = 0
+    while True:
+        left = RUN_WAIT_SLICE_S if deadline is None else min(RUN_WAIT_SLICE_S, deadline - time.monotonic())
+        if left <= 0:
+            named = f"run {run_id}" if run_id else "the run"
+            raise DeadlineExceeded(
+                f"{named} did not finish within {timeout_s} s"
+                + (f"; it is still going: client.wait({run_id!r})" if run_id else "")
+            )
+        req = pb.RunToEndRequest(submit=submit, wait_ms=max(1, math.ceil(left * 1000)))
+        addr = c.addresses[c._current]
+        if addr in c._without_run_to_end:
+            return None
+        reply = yield Rpc("Cluster", "RunToEnd", req, left + RUN_RPC_MARGIN_S, addr)
+        if not isinstance(reply, grpc.RpcError):
+            c._last_watch_addr = addr
+            return RunInfo.from_pb(reply)
+        code = reply.code()
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            c._without_run_to_end.add(addr)
+            return None
+        going = _run_going(reply)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and going:
+            run_id, attempt = str(going), 0  # the node answered in time: the run is still going
+            continue
+        if code not in RETRYABLE:
+            raise translate(reply) from None
+        c._rotate()
+        attempt += 1
+        yield Sleep(backoff(attempt))
+
+
+def _run_going(exc: grpc.RpcError) -> str:
+    """The run a RunToEnd that answered DEADLINE_EXCEEDED names ("" none): (key, value) pairs
+    from either driver (sync: ``_Metadatum`` tuples, aio: ``grpc.aio.Metadata``)."""
+    pairs: Any = exc.trailing_metadata() or ()
+    return next((str(v) for k, v in pairs if k == RUN_ID_METADATA), "")
 
 
 class RunWatch(StreamPlan):

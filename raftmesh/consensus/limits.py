@@ -267,6 +267,11 @@ MAX_RECEIVE_LANES = 100_000
 forgotten: a forgotten lane restarts at the sender's oldest unacknowledged message)."""
 MAX_TOPIC_STREAMS = 1_000
 """Client ``Subscribe`` streams one node serves at once (RESOURCE_EXHAUSTED beyond)."""
+MAX_RUN_WAITS = 10_000
+"""``RunToEnd`` calls one node keeps waiting at once (RESOURCE_EXHAUSTED beyond): each holds one
+run watch (its queue bounded like a ``WatchRun`` stream's, ``node/watch.py`` ``MAX_QUEUED``)."""
+MAX_RUN_WAIT_MS = 600_000
+"""The longest a ``RunToEnd`` call waits for its run's end (also its default)."""
 MAX_WATCH_RUNS_STREAMS = 256
 """``WatchRuns`` streams one node serves at once (RESOURCE_EXHAUSTED beyond): every applied run or
 task event marks each of them, and a resync sorts the runs once per stream."""

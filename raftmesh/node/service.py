@@ -9,8 +9,9 @@ and read the replica through ``NodeAccess.reads`` (O(answer) under the apply loc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import grpc
 
@@ -45,11 +46,13 @@ from ..consensus.results import (
 from ..consensus.state import TERMINAL_RUN, ClusterState, RunState, RunStatus, TaskStatus
 from ..errors import (
     DagCycleError,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     LimitExceeded,
     NoLeader,
     NotFound,
+    ResourceExhausted,
     RunNotFound,
     UnknownAgentError,
     UnknownDependencyError,
@@ -79,6 +82,10 @@ PREFER_LEADER_MAX_TASKS = 4
 small run's tasks skip the follower's apply and the forward of their completion. A larger one
 names nobody: its root's node places the fan-out it readies there first (the reporter's rule),
 and the leader already spends the most CPU per task (bench.py fan-out, leader-placed root)."""
+RUN_WAIT_MARGIN_S = 0.05
+"""RunToEnd answers this long before the caller's deadline, so its answer (naming the run) arrives."""
+RUN_ID_METADATA = "raftmesh-run-id"
+"""The trailing metadata key of a RunToEnd that answered DEADLINE_EXCEEDED: the run still going."""
 _DAG_ERRORS: dict[str, type[InvalidArgument]] = {
     "limit": LimitExceeded,
     "cycle": DagCycleError,
@@ -132,6 +139,8 @@ class ClusterService(pb_grpc.ClusterServicer):
         self._node_id = node_id
         self._auth = auth
         self._flush_waits = asyncio.Semaphore(AUDIT_FLUSH_WAITS)
+        self._run_waits = 0
+        """RunToEnd calls waiting on this node (at most ``limits.MAX_RUN_WAITS``)."""
 
     # ---- audit ------------------------------------------------------------
 
@@ -448,16 +457,66 @@ class ClusterService(pb_grpc.ClusterServicer):
         """SubmitRun and WatchRun(final_run) in one call: one round trip and no read barrier
         when this call created the run (this node has applied the submit, and the run's whole
         life is inside the call); a run the idempotency key already named is read after one."""
-        resp = await self._submit(request.submit, context)
+        async for ev in self._submit_and_watch(request.submit, request.status_only, context):
+            yield ev
+
+    async def _submit_and_watch(
+        self, submit: pb.SubmitRunRequest, status_only: bool, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[pb.RunEvent, None]:
+        resp = await self._submit(submit, context)
         barrier = None if resp.created else asyncio.ensure_future(self.node.barrier(context))
         try:
-            async for ev in self._watch(resp.run_id, request.status_only, barrier, final_run=True):
+            async for ev in self._watch(resp.run_id, status_only, barrier, final_run=True):
                 yield ev
         finally:
             if barrier is not None:
                 if not barrier.done():
                     barrier.cancel()
                 barrier.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    @rpc.unary
+    async def RunToEnd(self, request: pb.RunToEndRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+        """SubmitAndWatchRun's submit and wait as one unary call, answering the ended run: a sync
+        client's unary call costs less than reading a stream (grpc starts a channel spin thread
+        per server stream; scripts/bench_run_to_end.py). A run still going at the wait's end
+        answers DEADLINE_EXCEEDED with its id (message and trailing metadata)."""
+        if request.wait_ms > limits.MAX_RUN_WAIT_MS:
+            raise InvalidArgument(
+                f"wait_ms is {request.wait_ms}; a call waits at most {limits.MAX_RUN_WAIT_MS} ms "
+                "(0: that long): send it again, or WatchRun the run, to wait longer"
+            )
+        wait_s = (request.wait_ms or limits.MAX_RUN_WAIT_MS) / 1000
+        left = context.time_remaining()
+        if left is not None:  # answer before the caller's own deadline cuts the call off unanswered
+            wait_s = min(wait_s, max(0.0, left - RUN_WAIT_MARGIN_S))
+        if self._run_waits >= limits.MAX_RUN_WAITS:
+            raise ResourceExhausted(
+                f"this node has {limits.MAX_RUN_WAITS} RunToEnd calls waiting already; "
+                "retry later with the same idempotency key (or through another node)"
+            )
+        self._run_waits += 1
+        run_id = ""
+        try:
+            async with contextlib.aclosing(self._submit_and_watch(request.submit, True, context)) as events:
+                async with asyncio.timeout(wait_s):
+                    async for ev in events:
+                        run_id = run_id or ev.snapshot.run_id
+                        if ev.HasField("final"):
+                            return ev.final
+        except TimeoutError:
+            if not run_id:  # the submit itself did not commit in time: retry it (same key)
+                raise DeadlineExceeded(
+                    f"the submit did not commit within {wait_s:.3f} s; send it again with the "
+                    "same idempotency key"
+                ) from None
+            context.set_trailing_metadata(((RUN_ID_METADATA, run_id),))
+            raise DeadlineExceeded(
+                f"run {run_id} is still going after {wait_s:.3f} s: watch it (WatchRun "
+                f"{run_id}, raftmesh watch {run_id}) or send the same request again"
+            ) from None
+        finally:
+            self._run_waits -= 1
+        raise RuntimeError(f"the watch of run {run_id!r} ended without the ended run")  # a bug: INTERNAL
 
     async def _final(self, run_id: str, barrier: asyncio.Future[None] | None) -> pb.Run | None:
         """The whole run once ``barrier`` (if any) is done, if it has ended then; else None."""

@@ -49,6 +49,7 @@ METHOD_ROLES: dict[str, int] = {
     "/raftmesh.v1.Cluster/ListRuns": R,
     "/raftmesh.v1.Cluster/WatchRun": R,
     "/raftmesh.v1.Cluster/SubmitAndWatchRun": S,
+    "/raftmesh.v1.Cluster/RunToEnd": S,
     "/raftmesh.v1.Cluster/CancelRun": S,  # a submitter: only its own runs (checked by the service)
     "/raftmesh.v1.Cluster/ClusterStatus": R,
     "/raftmesh.v1.Cluster/ListDeadLetters": R,

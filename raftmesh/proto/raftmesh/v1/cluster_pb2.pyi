@@ -461,6 +461,14 @@ class SubmitAndWatchRunRequest(_message.Message):
     status_only: bool
     def __init__(self, submit: _Optional[_Union[SubmitRunRequest, _Mapping]] = ..., status_only: _Optional[bool] = ...) -> None: ...
 
+class RunToEndRequest(_message.Message):
+    __slots__ = ("submit", "wait_ms")
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    submit: SubmitRunRequest
+    wait_ms: int
+    def __init__(self, submit: _Optional[_Union[SubmitRunRequest, _Mapping]] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
 class TaskEvent(_message.Message):
     __slots__ = ("task_id", "status", "attempt", "node")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class ClusterStub:
                 request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubmitAndWatchRunRequest.SerializeToString,
                 response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.RunToEnd = channel.unary_unary(
+                '/raftmesh.v1.Cluster/RunToEnd',
+                request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunToEndRequest.SerializeToString,
+                response_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.Run.FromString,
+                _registered_method=True)
         self.CancelRun = channel.unary_unary(
                 '/raftmesh.v1.Cluster/CancelRun',
                 request_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.CancelRunRequest.SerializeToString,
@@ -156,6 +161,16 @@ class ClusterServicer:
         """SubmitRun, then WatchRun of that run on the same node, as one call: a snapshot (its id
         is the run id), then events until the run ends; the last event carries the whole run.
         Sent again with the same idempotency key, it watches the same run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunToEnd(self, request, context):
+        """SubmitAndWatchRun as one unary call: the submit, then the ended run as GetRun answers it.
+        A run not ended within wait_ms answers DEADLINE_EXCEEDED naming the run (also in the
+        trailing metadata raftmesh-run-id): it is still going; WatchRun it, or send the same
+        request again (the same idempotency key waits for the same run).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -272,6 +287,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.SubmitAndWatchRun,
                     request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubmitAndWatchRunRequest.FromString,
                     response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunEvent.SerializeToString,
+            ),
+            'RunToEnd': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunToEnd,
+                    request_deserializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunToEndRequest.FromString,
+                    response_serializer=raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.Run.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRun,
@@ -469,6 +489,33 @@ class Cluster:
             '/raftmesh.v1.Cluster/SubmitAndWatchRun',
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.SubmitAndWatchRunRequest.SerializeToString,
             raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunToEnd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftmesh.v1.Cluster/RunToEnd',
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.RunToEndRequest.SerializeToString,
+            raftmesh_dot_proto_dot_raftmesh_dot_v1_dot_cluster__pb2.Run.FromString,
             options,
             channel_credentials,
             insecure,
