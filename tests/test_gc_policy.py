@@ -80,3 +80,32 @@ def test_a_frozen_object_that_became_cyclic_garbage_is_collected_after_the_refre
     assert gc.get_freeze_count() == 0
     gc.collect()
     assert gone() is None
+
+
+def test_cycles_that_died_between_the_full_collection_and_the_freeze_are_not_frozen(
+    policy: tuple[GcPolicy, _Clock],
+) -> None:
+    p, _ = policy
+    gc.collect()
+    died = _Cycle()
+    gone = weakref.ref(died)
+    del died  # cyclic garbage made after the full collection, before the node's tick
+    p.tick()
+    assert p.freezes == 1
+    gc.collect()
+    assert gone() is None
+
+
+def test_two_policies_in_one_process_restore_the_collector_only_at_the_last_uninstall() -> None:
+    before = gc.get_threshold()
+    a, b = GcPolicy(), GcPolicy()
+    a.install()
+    b.install()
+    a.install()  # idempotent
+    try:
+        a.uninstall()
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])  # b still runs
+    finally:
+        b.uninstall()
+        a.uninstall()  # idempotent
+    assert gc.get_threshold() == before
