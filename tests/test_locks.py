@@ -111,17 +111,20 @@ def test_an_acquire_is_held_back_long_only_behind_a_waiter_that_stays_ahead_of_i
     from raftmesh.node.coordination_service import LOCK_COALESCE_QUEUED_S, LOCK_COALESCE_S, _hold_for
 
     X = "exclusive"
-    assert _hold_for(c.st, "x", (("L", X),), 0, c.ts) == 0.0  # free
+    assert _hold_for(c.st, "new", "x", (("L", X),), 0, c.ts) == 0.0  # free
     t = c.granted(c.acquire("a", "L"))
-    assert _hold_for(c.st, "x", (("L", X),), 0, c.ts) == LOCK_COALESCE_S  # held, nobody queued
-    c.waits(c.acquire("b", "L", wait=60_000, prio=1))
+    assert _hold_for(c.st, "new", "x", (("L", X),), 0, c.ts) == LOCK_COALESCE_S  # held, nobody queued
+    b_cmd = c.acquire("b", "L", wait=60_000, prio=1)
+    c.waits(b_cmd)
     now = c.ts
-    assert _hold_for(c.st, "x", (("L", X),), 0, now) == LOCK_COALESCE_QUEUED_S
-    assert _hold_for(c.st, "x", (("L", X),), 1, now) == LOCK_COALESCE_QUEUED_S  # same priority, later
-    assert _hold_for(c.st, "x", (("L", X),), 2, now) == LOCK_COALESCE_S  # would overtake b
-    assert _hold_for(c.st, "a", (("L", X),), 0, now) == 0.0  # its own grant: answered at once
+    # b's own retry (same request id) is queued already: its place is not a waiter ahead of it.
+    assert _hold_for(c.st, b_cmd.request_id, "b", (("L", X),), 1, now) == 0.0
+    assert _hold_for(c.st, "new", "x", (("L", X),), 0, now) == LOCK_COALESCE_QUEUED_S
+    assert _hold_for(c.st, "new", "x", (("L", X),), 1, now) == LOCK_COALESCE_QUEUED_S  # same priority, later
+    assert _hold_for(c.st, "new", "x", (("L", X),), 2, now) == LOCK_COALESCE_S  # would overtake b
+    assert _hold_for(c.st, "new", "a", (("L", X),), 0, now) == 0.0  # its own grant: answered at once
     c.ok(c.release("a", "L", t))  # b is granted: nobody queued
-    assert _hold_for(c.st, "x", (("L", X),), 0, now) == LOCK_COALESCE_S
+    assert _hold_for(c.st, "new", "x", (("L", X),), 0, now) == LOCK_COALESCE_S
 
 
 def test_try_lock_does_not_enqueue_and_changes_nothing(c: Coord) -> None:

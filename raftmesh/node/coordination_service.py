@@ -435,7 +435,7 @@ class LocksService(pb_grpc.LocksServicer):
         try:
             now = node.clock.now_ms()
             hold = (
-                node.reads.read(lambda st: _hold_for(st, request.owner, items, request.priority, now))
+                node.reads.read(lambda st: _hold_for(st, rid, request.owner, items, request.priority, now))
                 if request.wait_ms
                 else 0.0
             )
@@ -549,9 +549,13 @@ class LocksService(pb_grpc.LocksServicer):
 
 
 def _hold_for(
-    st: ClusterState, owner: str, items: tuple[tuple[str, str], ...], priority: int, now_ms: int
+    st: ClusterState, rid: str, owner: str, items: tuple[tuple[str, str], ...], priority: int, now_ms: int
 ) -> float:
-    """How long an acquire of ``items`` may be held back on this node (0: propose it now)."""
+    """How long an acquire of ``items`` may be held back on this node (0: propose it now). A retry
+    of a request already in the table is never held: it is queued already (its own place would
+    count as a waiter ahead of it)."""
+    if rid in st.locks.waiting or st.locks.holder_of(rid) is not None:
+        return 0.0
     if not st.locks.held_against(owner, items):
         return 0.0
     return LOCK_COALESCE_QUEUED_S if _queued_ahead(st, items, priority, now_ms) else LOCK_COALESCE_S
