@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -28,6 +29,20 @@ def dump_logs(cluster: LocalCluster, lines: int = 40) -> None:
             continue
         print(f"----- {n.id} (pid {n.pid}) {n.log_path}")
         print("".join(tail))
+
+
+@contextmanager
+def shared_cluster(request: pytest.FixtureRequest, cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """Start ``cluster`` for a fixture wider than one test; stop it (by its processes' pids) at
+    the end, first printing each node's log tail if a test failed while it ran."""
+    failed_before = request.session.testsfailed
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        if request.session.testsfailed > failed_before:
+            dump_logs(cluster)
+        cluster.close()
 
 
 @pytest.fixture
@@ -70,12 +85,7 @@ def module_cluster3(
     """One 3-node cluster shared by the tests of a module that do not kill, pause or restart its
     nodes (a module overrides ``cluster3`` with it where isolation is not what a test proves:
     starting and stopping three processes per test was most of those tests' time)."""
-    failed_before = request.session.testsfailed
-    c = LocalCluster(3, base_dir=str(tmp_path_factory.mktemp("module-cluster")))
-    try:
-        c.start()
+    with shared_cluster(
+        request, LocalCluster(3, base_dir=str(tmp_path_factory.mktemp("module-cluster")))
+    ) as c:
         yield c
-    finally:
-        if request.session.testsfailed > failed_before:
-            dump_logs(c)
-        c.close()

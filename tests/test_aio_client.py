@@ -192,22 +192,16 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 30.
 @pytest.fixture(scope="module")
 def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     from tests import messaging_actors
-    from tests.conftest import dump_logs
+    from tests.conftest import shared_cluster
 
-    failed_before = request.session.testsfailed
     c = LocalCluster(
         3,
         base_dir=str(tmp_path_factory.mktemp("aio-mesh")),
         agents_modules=[messaging_actors.SOURCE],
         env={"PYTHONPATH": str(ROOT)},
     )
-    try:
-        c.start()
+    with shared_cluster(request, c):
         yield c
-    finally:
-        if request.session.testsfailed > failed_before:
-            dump_logs(c)
-        c.close()
 
 
 def one(name: str, agent: str = "echo", inp: Any = None, **kw: Any) -> DAG:

@@ -5,6 +5,8 @@ an older READY task; the leader's ``Assign`` stays the fallback."""
 from __future__ import annotations
 
 import dataclasses
+import random
+from typing import Any
 
 from raftmesh.consensus import RunChanged, RunStatus, TaskChanged, TaskStatus
 from raftmesh.consensus.commands import (
@@ -374,3 +376,54 @@ def test_the_submit_preference_round_trips_and_is_absent_from_the_encoding_when_
     assert decode_command(encode_command(plain)) == plain
     named = dataclasses.replace(plain, prefer="n2")
     assert decode_command(encode_command(named)) == named
+
+
+def test_a_reports_plan_for_the_reporter_alone_equals_the_whole_plans_choices_of_it() -> None:
+    """``only`` plans a node's report for that node alone and stops once it is full; the answer
+    must be exactly the whole plan's choices of it (other members still fill first, count
+    toward the bound and reserve locks). Seeded random states: a READY backlog, slots, loads,
+    members that do not place, suspects, priorities, agents, shared and exclusive locks."""
+    rng = random.Random(20261202)
+    compared = nonempty = 0
+    for case in range(40):
+        c = Cluster()
+        c.ok(c.register("n0", agents=("echo", "llm")))  # does not place: the backlog stays READY
+        if rng.random() < 0.3:
+            c.ok(LockAcquire(c.rid(), c.ts, owner="outsider", items=(("L0", "exclusive"),), ttl_ms=60_000))
+        for r in range(rng.randint(1, 4)):
+            specs = [
+                spec(
+                    f"t{i}",
+                    agent=rng.choice(["echo", "echo", "llm"]),
+                    priority=rng.choice([0, 0, 5]),
+                    locks=tuple(
+                        (f"L{k}", rng.choice(["shared", "exclusive"])) for k in range(rng.randint(0, 2))
+                    ),
+                )
+                for i in range(rng.randint(1, 10))
+            ]
+            c.ok(c.submit(f"r{r}", specs))
+        nodes = [f"n{i}" for i in range(1, rng.randint(2, 5))]
+        for n in nodes:
+            offers = rng.choice([("echo",), ("echo", "llm"), ("llm",)])
+            c.ok(
+                dataclasses.replace(
+                    c.register(n, agents=offers, slots=rng.randint(1, 4)), places=rng.random() < 0.8
+                )
+            )
+        ready = sorted(k for q in c.st.ready.values() for k in q)
+        for run, tid in rng.sample(ready, rng.randint(0, len(ready))):  # uneven loads (some refused)
+            c.apply(c.assign((run, tid, rng.choice(nodes))))
+        for n in nodes:
+            if rng.random() < 0.2:
+                c.ok(suspect(c, n))
+        for n in nodes:
+            for items, scan in ((1, 1), (5, 5), (40, 40), (1, 40), (2, 9), (3, None)):
+                kw: dict[str, Any] = dict(
+                    max_items=items, placing_only=True, max_scan=scan, prefer=n, alive=n
+                )
+                whole = [a for a in plan_assignments(c.st, c.ts, {}, **kw) if a.node_id == n]
+                assert plan_assignments(c.st, c.ts, {}, only=n, **kw) == whole, (case, n, items, scan)
+                compared += 1
+                nonempty += bool(whole)
+    assert compared > 400 and nonempty > 100, (compared, nonempty)  # the cases place something

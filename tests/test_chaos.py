@@ -12,6 +12,7 @@ faults and must show lost increments on the unfenced counter and none on the fen
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -92,12 +93,14 @@ from raftmesh.chaos.workload import (
     COST_UNIT,
     DOOMED,
     DOOMED_AGENT,
+    EARLY_JOBS,
     SLEEP_AGENTS,
     WORKFLOW_SHARE,
     ApproveCall,
     Job,
     Operation,
     RetryCall,
+    Workload,
     make_job,
     make_workflow_job,
     next_job,
@@ -705,6 +708,37 @@ def test_workflow_jobs_are_a_seeded_share_and_leave_the_other_draws_unchanged() 
             assert p.dag.to_dict() == m.dag.to_dict()
     again = [next_job(random.Random("s"), "k-same") for _ in range(2)]
     assert again[0].dag.to_dict() == again[1].dag.to_dict()
+
+
+def test_the_workloads_first_jobs_are_one_of_each_kind_whatever_the_seed() -> None:
+    """A short run on a loaded machine submits few jobs (once 47 with no budget job): the first
+    jobs, dealt to the clients in turn, are one workflow of each kind (the flow's gate approved),
+    a dead letter and an urgent run, each replacing its plain job only; the same seed gives the
+    same jobs."""
+    assert EARLY_JOBS == ("flow", "saga", "budget", "dead", "urgent")
+    n = len(EARLY_JOBS)
+    for seed in (11, 20261201, 3, 7):
+        for clients in (1, 2, 4):
+            w = Workload(["127.0.0.1:1"], seed, clients=clients, urgent_priority=5)
+            firsts = {c: list(itertools.islice(w.jobs(c), 5)) for c in range(clients)}
+            early = [firsts[k % clients][k // clients] for k in range(n)]
+            assert [j.key for j in early] == [f"chaos-{seed}-{k % clients}-{k // clients}" for k in range(n)]
+            flow, saga, budget, dead, urgent = early
+            assert [j.workflow.get("kind") for j in early] == ["flow", "saga", "budget", None, None], seed
+            assert flow.expect_status == "SUCCEEDED" and not flow.workflow["approval"]["reject"]
+            assert (saga.expect_status, budget.expect_status) == ("COMPENSATED", "FAILED")
+            assert dead.doomed and DOOMED in dead.dag.tasks and dead.expect_status == "SUCCEEDED"
+            assert urgent.dag.priority == 5 and urgent.shape.endswith("+urgent")
+            for c, jobs in firsts.items():  # the client's RNG drew what it always draws
+                rng = random.Random(f"{seed}-client-{c}")
+                plain = [next_job(rng, f"chaos-{seed}-{c}-{i}", 5) for i in range(5)]
+                for i, (p, j) in enumerate(zip(plain, jobs, strict=True)):
+                    if c + clients * i >= n:
+                        assert p.dag.to_dict() == j.dag.to_dict()
+            again = {c: list(itertools.islice(w.jobs(c), 5)) for c in range(clients)}
+            assert {c: [j.dag.to_dict() for j in js] for c, js in again.items()} == {
+                c: [j.dag.to_dict() for j in js] for c, js in firsts.items()
+            }
 
 
 def _workflow_jobs(kind: str, n: int = 30) -> list[Job]:

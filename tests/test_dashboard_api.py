@@ -33,9 +33,8 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def board(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    from .conftest import dump_logs
+    from .conftest import shared_cluster
 
-    failed_before = request.session.testsfailed
     c = LocalCluster(
         3,
         base_dir=str(tmp_path_factory.mktemp("dashboard")),
@@ -43,13 +42,8 @@ def board(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         unsafe_no_fsync=True,
         extra_args=["--http-max-streams", str(MAX_STREAMS)],
     )
-    try:
-        c.start()
+    with shared_cluster(request, c):
         yield c
-    finally:
-        if request.session.testsfailed > failed_before:
-            dump_logs(c)
-        c.close()
 
 
 @pytest.fixture

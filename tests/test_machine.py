@@ -6,6 +6,8 @@ No Raft, no threads, no clock: time enters only as ``ts_ms`` in the commands.
 from __future__ import annotations
 
 import ast
+import copy
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ from raftmesh.consensus.results import (
     TickResult,
     expect,
 )
-from raftmesh.consensus.state import TaskState
+from raftmesh.consensus.state import FinishedRuns, TaskState
 from raftmesh.consensus.tasks import backoff_ms
 
 T0 = 1_000_000
@@ -680,6 +682,39 @@ def test_finished_runs_are_retained_by_size_too(c: Cluster, monkeypatch: pytest.
     c.ok(CancelRun(c.rid(), c.ts, "big", ""))  # 7 tasks alone: the others go, it stays
     assert set(c.st.runs) == {"big"} and list(c.st.finished.items()) == [("big", 7)]
     assert c.st.finished.tasks == 7 and set(c.st.idempotency) == {"kb"}
+
+
+def test_finished_runs_keep_their_task_sum_through_every_mapping_operation_and_copy(c: Cluster) -> None:
+    """``FinishedRuns.tasks`` is the sum of its counts after any operation and copy: it once
+    subclassed ``OrderedDict``, whose ``clear`` skipped it and whose ``copy.deepcopy``/pickle
+    restored the sum and then re-added every entry (twice the sum)."""
+
+    def consistent(f: FinishedRuns) -> list[tuple[str, int]]:
+        assert f.tasks == sum(f.values()), f
+        return list(f.items())
+
+    f = FinishedRuns([("r0", 2), ("r1", 3)])
+    for twin in (copy.deepcopy(f), copy.copy(f), f.copy(), pickle.loads(pickle.dumps(f))):
+        assert consistent(twin) == [("r0", 2), ("r1", 3)] and twin == f
+        twin["r2"] = 4  # a copy is its own: the original does not move
+        assert consistent(f) == [("r0", 2), ("r1", 3)] and twin != f
+    f.update({"r2": 1, "r0": 5})  # an update keeps r0's place (retention order)
+    assert consistent(f) == [("r0", 5), ("r1", 3), ("r2", 1)]
+    assert f.setdefault("r3", 7) == 7 and f.setdefault("r3", 9) == 7
+    del f["r1"]
+    assert f.pop("r9", None) is None and f.pop("r2") == 1
+    assert f.popitem(last=False) == ("r0", 5) and consistent(f) == [("r3", 7)]
+    assert f != FinishedRuns([("r3", 6)])
+    assert FinishedRuns([("a", 1), ("b", 1)]) != FinishedRuns([("b", 1), ("a", 1)])  # order is state
+    f.clear()
+    assert consistent(f) == [] and not f
+    # A whole state copied keeps the index it would rebuild (the machine tests' check).
+    c.ok(c.submit("r1", [spec("a"), spec("b")]))
+    c.ok(CancelRun(c.rid(), c.ts, "r1", ""))
+    twin = copy.deepcopy(c.st)
+    assert twin.finished.tasks == 2 and twin.index_snapshot() == c.st.index_snapshot()
+    twin.rebuild_indexes()
+    assert twin.index_snapshot() == c.st.index_snapshot() and twin.encode() == c.st.encode()
 
 
 # ---- time ----------------------------------------------------------------------

@@ -4,7 +4,6 @@ one, and the Grafana dashboard's PromQL naming only metrics the nodes export."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pathlib
@@ -30,7 +29,7 @@ from raftmesh.consensus.commands import Usage
 from raftmesh.consensus.kv import KvEvent
 from raftmesh.consensus.results import KvChanged, LockChanged, RunChanged, TaskChanged
 from raftmesh.consensus.state import RunStatus, TaskStatus
-from raftmesh.errors import InvalidArgument, NotFound, RaftmeshError
+from raftmesh.errors import InvalidArgument, NotFound
 from raftmesh.localcluster import LocalCluster, free_ports, wait_until
 from raftmesh.node.config import Peer, build_config
 from raftmesh.node.metrics import (
@@ -43,6 +42,8 @@ from raftmesh.node.metrics import (
 )
 from raftmesh.node.runtime import NodeRuntime
 from raftmesh.security.roles import METHOD_ROLES
+
+from .inprocess import in_process_node
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^raftmesh_[a-z][a-z0-9_]*$")
@@ -182,47 +183,8 @@ def test_two_nodes_in_one_process_keep_separate_registries() -> None:
 
 @pytest.fixture
 def node(tmp_path: pathlib.Path) -> Iterator[tuple[NodeRuntime, Client, str]]:
-    raft_port, grpc_port, metrics_port = free_ports(3)
-    raft, grpc_addr = f"127.0.0.1:{raft_port}", f"127.0.0.1:{grpc_port}"
-    metrics = f"127.0.0.1:{metrics_port}"
-    cfg = build_config(
-        "n1", raft, grpc_addr, [Peer("n1", raft, grpc_addr)], str(tmp_path / "n1"), slots=8, metrics=metrics
-    )
-    runtime = NodeRuntime(cfg)
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            asyncio.run(runtime.run())
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=serve, name="node-n1", daemon=True)
-    thread.start()
-    client = Client([grpc_addr], timeout_s=10.0)
-    try:
-
-        def ready() -> bool:
-            if failure:
-                return True
-            try:
-                st = client.status()
-            except RaftmeshError:
-                return False
-            return st.leader == "n1" and any(m.id == "n1" and m.up for m in st.members)
-
-        wait_until(ready, 30.0, "the in-process node to lead and register")
-        if failure:
-            raise failure[0]
-        yield runtime, client, f"http://{metrics}/metrics"
-    finally:
-        client.close()
-        loop = runtime.loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(runtime.stop)
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the node did not stop"
-        assert not failure, failure
+    with in_process_node(tmp_path / "n1", metrics=True) as n:
+        yield n.runtime, n.client, f"http://{n.metrics}/metrics"
 
 
 def _scrape(url: str) -> str:

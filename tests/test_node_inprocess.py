@@ -7,11 +7,9 @@ test can look at the node's own state to check what the wire said.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -21,64 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from raftmesh import DAG, Client
 from raftmesh.consensus import limits
 from raftmesh.errors import InvalidArgument, NotFound, OutOfRange, RaftmeshError
-from raftmesh.localcluster import free_ports, wait_until
-from raftmesh.node.config import Peer, build_config
+from raftmesh.localcluster import wait_until
 from raftmesh.node.proposer import Proposer
-from raftmesh.node.runtime import NodeRuntime
 
-
-@dataclass
-class InProcessNode:
-    runtime: NodeRuntime
-    address: str
-    client: Client
-
-    def state(self, fn: object) -> object:
-        return self.runtime.reads.read(fn)
+from .inprocess import InProcessNode, in_process_node
 
 
 @pytest.fixture
 def node(tmp_path: os.PathLike[str]) -> Iterator[InProcessNode]:
-    raft_port, grpc_port = free_ports(2)
-    raft, grpc_addr = f"127.0.0.1:{raft_port}", f"127.0.0.1:{grpc_port}"
-    cfg = build_config(
-        "n1", raft, grpc_addr, [Peer("n1", raft, grpc_addr)], os.path.join(str(tmp_path), "n1"), slots=8
-    )
-    runtime = NodeRuntime(cfg)
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            asyncio.run(runtime.run())
-        except BaseException as exc:  # surfaced by the fixture, not lost in the thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=serve, name="node-n1", daemon=True)
-    thread.start()
-    client = Client([grpc_addr], timeout_s=10.0)
-    try:
-
-        def ready() -> bool:
-            if failure:  # a node that died at start: stop waiting (wait_until would retry an exception)
-                return True
-            try:
-                st = client.status()
-            except RaftmeshError:
-                return False
-            return st.leader == "n1" and any(m.id == "n1" and m.up for m in st.members)
-
-        wait_until(ready, 30.0, "the in-process node to lead and register")
-        if failure:
-            raise failure[0]
-        yield InProcessNode(runtime, grpc_addr, client)
-    finally:
-        client.close()
-        loop = runtime.loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(runtime.stop)
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the node did not stop"
-        assert not failure, failure
+    with in_process_node(os.path.join(str(tmp_path), "n1")) as n:
+        yield n
 
 
 def fan_out(n: int) -> DAG:

@@ -23,7 +23,8 @@ RNG still draws the plain job it replaces, so a seed's other jobs are unchanged)
 ``make_workflow_job``'s shapes: a run that spawns a sub-DAG, votes among 3 replicas, maps
 over a list and waits for an approval its client gives (or refuses), a saga whose third step
 fails for good after two compensable ones, or a run whose fan-out reaches its ``max_cost``
-budget. Their agents are in ``raftmesh.chaos.agents``.
+budget. The workload's first jobs are one of each shape (``EARLY_JOBS``). Their agents are
+in ``raftmesh.chaos.agents``.
 
 Client kinds: the last ``aio_clients`` clients drive ``raftmesh.aio.Client`` instead of
 ``raftmesh.Client`` (``AioCalls``: each such thread awaits every call on an event loop of its
@@ -35,10 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -80,6 +82,15 @@ COST_UNIT = 0.125
 WORKFLOW_SHARE = 0.3
 """Share of jobs that are a workflow shape (``make_workflow_job``) instead of a plain DAG."""
 WORKFLOW_KINDS = (("flow", 0.5), ("saga", 0.25), ("budget", 0.25))
+WorkflowKind = Literal["flow", "saga", "budget"]
+EarlyJob = Literal["flow", "saga", "budget", "dead", "urgent"]
+EARLY_JOBS: tuple[EarlyJob, ...] = ("flow", "saga", "budget", "dead", "urgent")
+"""The workload's first jobs, dealt to the clients in turn (client 0's first job, client 1's,
+...): one workflow of each kind (the flow's gate approved), a plain job with a dead letter and
+one at the urgent priority (with ``urgent_priority``). A short run on a loaded machine submits
+few jobs, and the seeded shares alone once drew no budget job in 47: every kind is still
+checked. Fixed by position, so the same seed gives the same jobs."""
+_EARLY_WORKFLOWS: dict[EarlyJob, WorkflowKind] = {"flow": "flow", "saga": "saga", "budget": "budget"}
 REPLICAS = 3
 VOTE_AGENTS = ("slow_sum", "slow_sum", "slow_sum_off")
 """Two replicas give the answer, one a different one: the vote needs the majority."""
@@ -129,8 +140,13 @@ def sum_usage(value: int) -> tuple[int, int, float]:
     return value, 1 + value % 7, COST_UNIT * (value % 5)
 
 
-def make_job(rng: random.Random, key: str, urgent_priority: int | None = None) -> Job:
+def make_job(
+    rng: random.Random, key: str, urgent_priority: int | None = None, early: EarlyJob | None = None
+) -> Job:
     """A DAG of a mixed shape, with expected outputs computed from the agents' semantics.
+
+    ``early``: ``dead`` or ``urgent`` (``EARLY_JOBS``) gives the job a dead letter, or the urgent
+    priority, whatever its draw says; every RNG draws the same either way.
 
     Shapes: a chain of 3-6 ``sum`` tasks, or a 1 -> k -> 1 fan-out/fan-in of ``sum`` with
     k in 3-8. Each may get 1-2 ``sleep`` tasks (0.2-1.0 s, so attempts are in flight when
@@ -194,21 +210,27 @@ def make_job(rng: random.Random, key: str, urgent_priority: int | None = None) -
         host = rng.choice(sums[1:])
         dag.tasks[host] = dataclasses.replace(dag.tasks[host], deps=(*dag.tasks[host].deps, tid))
     dead = random.Random(f"{key}-dead")  # its own RNG: the draws above stay what they were
-    doomed = dead.random() < DEAD_LETTER_SHARE
+    doomed = dead.random() < DEAD_LETTER_SHARE or early == "dead"
     if doomed:
         dag.task(DOOMED, DOOMED_AGENT, input={"times": 2}, retries=1)
         expected[DOOMED] = {"times": 2}
         host = dead.choice(sums[1:])
         dag.tasks[host] = dataclasses.replace(dag.tasks[host], deps=(*dag.tasks[host].deps, DOOMED))
         shape += "+dead"
-    if urgent_priority is not None and random.Random(f"{key}-urgent").random() < URGENT_SHARE:
+    urgent = random.Random(f"{key}-urgent").random() < URGENT_SHARE or early == "urgent"
+    if urgent_priority is not None and urgent:
         dag.priority = urgent_priority  # every task's default: it preempts the others' attempts
         shape += "+urgent"
     return Job(key, shape, dag, expected, usage, doomed)
 
 
-def make_workflow_job(rng: random.Random, key: str) -> Job:
+def make_workflow_job(
+    rng: random.Random, key: str, kind: WorkflowKind | None = None, approve: bool = False
+) -> Job:
     """A workflow shape, with what the checker must find (``Job.workflow``).
+
+    ``kind``: that shape instead of the drawn one; ``approve``: a flow's gate is approved
+    whatever its draw says (``EARLY_JOBS``). The RNG draws the same either way.
 
     - ``flow``: ``w0`` -> ``spawn`` (a ``spawner`` that spawns 2-4 ``sum`` tasks with wait=True)
       -> ``after``; ``w0`` -> ``vote`` (3 replicas, fusion vote, one of them the dissenting
@@ -223,21 +245,22 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
       FAILED with reason BUDGET_EXCEEDED and ``sink`` never starts.
     """
     r = rng.random()
-    kind = WORKFLOW_KINDS[-1][0]
+    drawn = WORKFLOW_KINDS[-1][0]
     for name, share in WORKFLOW_KINDS:
         if r < share:
-            kind = name
+            drawn = name
             break
         r -= share
-    dag = DAG(f"chaos {key} {kind}")
+    which = kind or drawn
+    dag = DAG(f"chaos {key} {which}")
     expected: dict[str, Any] = {}
     usage: dict[str, tuple[int, int, float]] = {}
-    wf: dict[str, Any] = {"kind": kind}
+    wf: dict[str, Any] = {"kind": which}
 
     def seconds() -> float:
         return round(rng.uniform(*FLOW_SLEEP_S), 2)
 
-    if kind == "flow":
+    if which == "flow":
         v0 = rng.randint(0, SUM_VALUE_MAX)
         dag.task("w0", "sum", input={"value": v0})
         expected["w0"] = v0
@@ -273,7 +296,7 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
         expected["each"] = [vm + it for it in items]
         expected.update({f"each[{i}]": vm + it for i, it in enumerate(items)})
         vg = rng.randint(0, SUM_VALUE_MAX)
-        reject = rng.random() < APPROVAL_REJECT_SHARE
+        reject = rng.random() < APPROVAL_REJECT_SHARE and not approve
         approval = {"prompt": f"chaos {key}", "timeout_ms": APPROVAL_TIMEOUT_MS, "on_timeout": "reject"}
         dag.task("gate", "sum", input={"value": vg}, deps=["w0"], approval=approval)
         ve = rng.randint(0, SUM_VALUE_MAX)
@@ -289,7 +312,7 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
         shape = "workflow:flow" + ("+rejected" if reject else "")
         status = "FAILED" if reject else "SUCCEEDED"
         return Job(key, shape, dag, expected, usage, expect_status=status, workflow=wf)
-    if kind == "saga":
+    if which == "saga":
         v1, v2 = rng.randint(0, SUM_VALUE_MAX), rng.randint(0, SUM_VALUE_MAX)
         undo = {"agent": "undo_once", "input": {"key": key}}
         dag.task("s1", "sum", input={"value": v1}, retries=2, compensate=undo)
@@ -324,12 +347,17 @@ def make_workflow_job(rng: random.Random, key: str) -> Job:
     return Job(key, "workflow:budget", dag, expected, usage, expect_status="FAILED", workflow=wf)
 
 
-def next_job(rng: random.Random, key: str, urgent_priority: int | None = None) -> Job:
-    """The client's next job: the plain one its RNG draws, or (a seeded share) a workflow."""
-    job = make_job(rng, key, urgent_priority)
+def next_job(
+    rng: random.Random, key: str, urgent_priority: int | None = None, early: EarlyJob | None = None
+) -> Job:
+    """The client's next job: the plain one its RNG draws, or (a seeded share) a workflow;
+    ``early``: that kind of job (``EARLY_JOBS``), a flow approved."""
+    job = make_job(rng, key, urgent_priority, early)
     wf = random.Random(f"{key}-workflow")  # its own RNG: the client's draws stay what they were
-    if wf.random() < WORKFLOW_SHARE:
-        return make_workflow_job(wf, key)
+    drawn = wf.random() < WORKFLOW_SHARE
+    forced = _EARLY_WORKFLOWS.get(early) if early is not None else None
+    if forced is not None or (drawn and early is None):
+        return make_workflow_job(wf, key, forced, approve=forced is not None)
     return job
 
 
@@ -542,8 +570,16 @@ class Workload(ClientThreads):
         with self._lock:
             return list(self.operations)
 
-    def _client_loop(self, client: int) -> None:
+    def jobs(self, client: int) -> Iterator[Job]:
+        """Client ``client``'s jobs in order, from its seeded RNG (``EARLY_JOBS`` dealt first)."""
         rng = random.Random(f"{self.seed}-client-{client}")
+        for i in itertools.count():
+            turn = client + self.clients * i
+            early = EARLY_JOBS[turn] if turn < len(EARLY_JOBS) else None
+            yield next_job(rng, f"chaos-{self.seed}-{client}-{i}", self.urgent_priority, early)
+
+    def _client_loop(self, client: int) -> None:
+        jobs = self.jobs(client)
         driver = self.driver_of(client)
         # Each thread has its own client: failover state is per client, as with real users.
         sdk: Client | AioCalls
@@ -554,7 +590,7 @@ class Workload(ClientThreads):
         with sdk:
             i = 0
             while not self._stop.is_set():
-                job = next_job(rng, f"chaos-{self.seed}-{client}-{i}", self.urgent_priority)
+                job = next(jobs)
                 op = Operation(
                     client, i, job.key, job.shape, len(job.dag.tasks), job.expected, self.clock_ms()
                 )

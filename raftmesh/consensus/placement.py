@@ -106,6 +106,7 @@ def plan_assignments(
     max_scan: int | None = None,
     prefer: str = "",
     alive: str = "",
+    only: str = "",
 ) -> list[Assignment]:
     """Assignments for READY tasks not already in flight (``inflight``: task -> node).
 
@@ -115,7 +116,10 @@ def plan_assignments(
     report this apply is (it just proved alive). ``placing_only``: only members that take
     placements from apply (``Member.places``). ``max_scan``: look at no more than that many
     READY tasks from the head of the queue (``tasks.place_queued``, inside apply). ``prefer``:
-    the member that wins a tie on load (else the lowest node id).
+    the member that wins a tie on load (else the lowest node id). ``only``: that member's
+    choices alone (a node's report, inside apply), the same list as the whole plan's choices of
+    it: the others are still planned, uncollected (they fill other members first, count toward
+    ``max_items`` and reserve locks), and the plan stops once that member is full.
     """
     live: list[Member] = []
     load: dict[str, int] = {}
@@ -136,8 +140,10 @@ def plan_assignments(
             type_load[na] = type_load.get(na, 0) + 1
     free_total = sum(max(0, m.slots - load[m.node_id]) for m in live)
     out: list[Assignment] = []
-    if free_total <= 0:
-        return out
+    only_slots = state.members[only].slots if only in load else 0
+    if free_total <= 0 or (only and load.get(only, 0) >= only_slots):
+        return out  # nothing to place, or nothing ``only`` may take
+    chosen = 0
     # (agent, requires) -> the live members whose offer matches, with the offer
     groups: dict[tuple[str, tuple[str, ...]], list[tuple[Member, AgentOffer]]] = {}
     full: set[tuple[str, tuple[str, ...]]] = set()
@@ -203,10 +209,14 @@ def plan_assignments(
                 planned_locks[lock_name] = (
                     EXCLUSIVE if EXCLUSIVE in (mode, planned_locks.get(lock_name)) else mode
                 )
-            out.append(Assignment(run_id, task_id, best, t.attempt + 1))
+            chosen += 1
+            if not only or best == only:
+                out.append(Assignment(run_id, task_id, best, t.attempt + 1))
             planned[key] = best
-            if free_total <= 0 or len(out) >= max_items:
+            if free_total <= 0 or chosen >= max_items:
                 return out
+            if only and load[only] >= only_slots:
+                return out  # loads only grow: the member has all its choices
     return out
 
 

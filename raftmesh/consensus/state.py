@@ -13,7 +13,7 @@ import hashlib
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import ItemsView, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -431,37 +431,80 @@ class RunState:
         )
 
 
-class FinishedRuns(OrderedDict[str, int]):
+class FinishedRuns(MutableMapping[str, int]):
     """Finished run id -> its task count, oldest finished first, and ``tasks``, their sum, kept
     by every insertion and removal so that retention by size costs O(1) per finished run.
 
     Only the ids are encoded (the counts are ``len(run.tasks)``, rebuilt on decode): while a
     run is finished its tasks do not change, and a command that makes it live again pops it.
+
+    It wraps an ``OrderedDict`` rather than subclassing one: a subclass inherits C methods that
+    change the entries without ``__setitem__``/``__delitem__`` (``clear``), and ``copy.deepcopy``
+    or pickling restored ``tasks`` and then re-added every entry, doubling it. Here every change
+    goes through the methods below, and copies copy both.
     """
 
+    __slots__ = ("_runs", "tasks")
+
     def __init__(self, items: Iterable[tuple[str, int]] = ()) -> None:
-        super().__init__()
+        self._runs: OrderedDict[str, int] = OrderedDict()
         self.tasks = 0
         for k, v in items:
             self[k] = v
 
+    def __getitem__(self, key: str) -> int:
+        return self._runs[key]
+
     def __setitem__(self, key: str, tasks: int) -> None:
-        self.tasks += tasks - self.get(key, 0)
-        super().__setitem__(key, tasks)
+        self.tasks += tasks - self._runs.get(key, 0)
+        self._runs[key] = tasks
 
     def __delitem__(self, key: str) -> None:
-        self.tasks -= self[key]
-        super().__delitem__(key)
+        self.tasks -= self._runs.pop(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._runs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._runs)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def __eq__(self, other: object) -> bool:
+        # Order matters: it is the retention order, and part of the encoded state.
+        return isinstance(other, FinishedRuns) and self._runs == other._runs
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"FinishedRuns({list(self._runs.items())!r})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._runs.get(key, default)
+
+    def items(self) -> ItemsView[str, int]:
+        return self._runs.items()
 
     def pop(self, key: str, *default: Any) -> Any:
-        if key in self:
-            self.tasks -= self[key]
-        return super().pop(key, *default)
+        if key in self._runs:
+            self.tasks -= self._runs[key]
+        return self._runs.pop(key, *default)
 
     def popitem(self, last: bool = True) -> tuple[str, int]:
-        key, tasks = super().popitem(last)
+        """The newest entry (``last``), else the oldest."""
+        key, tasks = self._runs.popitem(last)
         self.tasks -= tasks
         return key, tasks
+
+    def clear(self) -> None:
+        self._runs.clear()
+        self.tasks = 0
+
+    def copy(self) -> FinishedRuns:
+        return FinishedRuns(self._runs.items())
+
+    __copy__ = copy
 
 
 @dataclass(slots=True)

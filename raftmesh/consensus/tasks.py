@@ -96,13 +96,12 @@ def place_queued(ctx: ApplyContext) -> int:
         max_scan=budget,
         prefer=ctx.reporter or ctx.prefer,
         alive=ctx.reporter,
-    )
-    if ctx.reporter:
         # A node's report starts work on that node only (it wins ties on load): it just proved
         # alive, while a member that died (a killed leader) stays up in the state until node-down
         # and looks idle. The plan's other choices are left to the scheduler, which avoids members
         # it has not heard from; they go to other nodes' slots, so nothing here jumps over them.
-        plan = [a for a in plan if a.node_id == ctx.reporter]
+        only=ctx.reporter,
+    )
     rev = st.revision
     for a in plan:
         run = st.runs[a.run_id]

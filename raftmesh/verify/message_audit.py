@@ -203,46 +203,22 @@ class MessageAudit:
             self.acks_not_applied += 1
             return
         node, _inc, epoch, _deadline = before.get(cmd.address, ("", "", 0, 0))
+
+        def applied(seq: int, item: _Queued, queued_before: bool) -> AppliedAck:
+            mid, lid, expires = item
+            at = (index, now, cmd.node_id, cmd.address, cmd.epoch)
+            return AppliedAck(*at, seq, mid, lid, expires, queued_before, node, epoch)
+
         if cmd.also:
             # Effect-free turns acked together: each seq queued before and gone after is acked,
             # unless it had expired (the machine dead-letters those).
             box = machine.state.messages.mailboxes.get(cmd.address)
-            for seq, (mid, lid, expires) in queued.items():
+            for seq, item in queued.items():
+                _mid, _lid, expires = item
                 if (box is None or seq not in box.queue) and expires > now:
-                    self.acks.append(
-                        AppliedAck(
-                            index,
-                            now,
-                            cmd.node_id,
-                            cmd.address,
-                            cmd.epoch,
-                            seq,
-                            mid,
-                            lid,
-                            expires,
-                            True,
-                            node,
-                            epoch,
-                        )
-                    )
+                    self.acks.append(applied(seq, item, True))
             return
-        mid, lid, expires = queued.get(cmd.seq, ("", "", 0))
-        self.acks.append(
-            AppliedAck(
-                index,
-                now,
-                cmd.node_id,
-                cmd.address,
-                cmd.epoch,
-                cmd.seq,
-                mid,
-                lid,
-                expires,
-                cmd.seq in queued,
-                node,
-                epoch,
-            )
-        )
+        self.acks.append(applied(cmd.seq, queued.get(cmd.seq, ("", "", 0)), cmd.seq in queued))
 
     @property
     def stale_acks(self) -> list[AppliedAck]:
