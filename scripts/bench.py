@@ -51,7 +51,7 @@ Three workloads, each with its answer checked against a value computed independe
    system, which also wakes up from idle each time). p50 and p99 are reported in ms (linear
    interpolation between order statistics; with 50 runs p99 is close to the maximum). One more
    raftmesh row (back to back, JSON ``latency_one_call``) times ``Client.run``: submit and result
-   in one call (``SubmitAndWatchRun``), the shape of Ray's ``ray.get(f.remote(x))``.
+   in one call (``RunToEnd``), the shape of Ray's ``ray.get(f.remote(x))``.
 3. Concurrent clients: ``--clients`` (default 100) clients each submit one run of ``--client-tasks``
    (default 50) tasks at the same moment (the fan-out/fan-in shape again: 1 root, ``--client-tasks`` -
    2 leaves, 1 fan-in; every client's root value differs, every answer is checked), and wait for it.
@@ -357,7 +357,7 @@ class RaftmeshBench:
 
 
 class RaftmeshOneCall(RaftmeshBench):
-    """Single tasks through ``Client.run``: submit and result in one call (``SubmitAndWatchRun``),
+    """Single tasks through ``Client.run``: submit and result in one call (``RunToEnd``),
     the analogue of Ray's ``ray.get(f.remote(x))``; everything else as ``RaftmeshBench``."""
 
     def single(self, x: int, res: LatencyResult | None) -> None:

@@ -109,7 +109,7 @@ LARGE_INPUT_CHARS = (40_000, 85_000)
 # error after the SDK's retries may follow an attempt that was applied: its outcome is unknown.
 ONE_CALL_EVERY = 4
 """Every fourth job of a client without an approval gate goes through ``Client.run`` (submit
-and result in one ``SubmitAndWatchRun`` call) instead of ``submit`` then ``wait``."""
+and result in one ``RunToEnd`` call, or ``SubmitAndWatchRun`` where a node lacks it) instead of ``submit`` then ``wait``."""
 _DEFINITE_FAILURES: tuple[type[RaftmeshError], ...] = (InvalidArgument,)
 _REFUSED: tuple[type[RaftmeshError], ...] = (*_DEFINITE_FAILURES, FailedPrecondition)
 """An approve call the cluster refused (decided the other way, no gate): applied nothing."""
@@ -422,7 +422,7 @@ class Operation:
     approvals: list[ApproveCall] = field(default_factory=list)
     driver: Driver = "sync"
     one_call: bool = False
-    """Submitted and waited for in one call (``Client.run``: ``SubmitAndWatchRun``)."""
+    """Submitted and waited for in one call (``Client.run``: ``RunToEnd``)."""
     """The client kind that made every call of this operation: ``raftmesh.Client`` or ``raftmesh.aio.Client``."""
 
     @property
