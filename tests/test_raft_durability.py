@@ -316,3 +316,50 @@ def test_an_fsync_begun_before_a_truncation_covers_none_of_the_replaced_entries(
         assert journal.synced_index == 3 and not journal.dirty
     finally:
         journal._destroy()
+
+
+def test_after_compaction_the_leader_counts_itself_only_once_the_rewrite_is_synced(tmp_path: Any) -> None:
+    """pysyncobj compacts by clearing the journal and re-adding every kept entry at new offsets:
+    until an fsync that began after that, the leader's copy of them is only in the page cache, so
+    an entry one follower holds (the other lags) must not commit on the leader's vote."""
+    from types import SimpleNamespace
+
+    from pysyncobj.journal import FileJournal
+    from pysyncobj.syncobj import _RAFT_STATE
+
+    from raftmesh.consensus.raft.durable_journal import CommitGate, DurableJournal
+
+    path = str(tmp_path / "raft.journal")
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        for idx in range(1, 11):
+            journal.add(b"x%d" % idx, idx, 1)
+        journal.sync()
+        assert journal.synced_index == 10
+        journal.deleteEntriesTo(5)  # a compaction: raft entries 6..10 kept, rewritten
+        assert journal[0][1] == 6 and journal.dirty
+        assert journal.synced_index <= 5
+        match = {"F1": 10, "F2": 5}  # F1 acked 10 on disk, F2 only 5
+        so = SimpleNamespace(
+            journal=journal,
+            _SyncObj__raftState=_RAFT_STATE.LEADER,
+            _SyncObj__otherNodes={"F1", "F2"},
+            _SyncObj__getCurrentLogIndex=journal._last_index,
+            _SyncObj__raftMatchIndex=match,
+            _SyncObj__raftCommitIndex=5,
+        )
+        gate = CommitGate(so)
+        gate.hold_back()
+        # pysyncobj counts 1 (the leader) + each follower whose match index reaches the entry
+        assert all(1 + sum(m >= i for m in match.values()) < 2 for i in range(6, 11)), match
+        gate.restore()
+        assert match == {"F1": 10, "F2": 5}
+        journal.start_sync()  # begins after the rewrite: it covers the kept entries
+        wait_until(lambda: journal._done, 10, "the background fsync")
+        journal.collect()
+        assert journal.synced_index == 10 and not journal.dirty
+        gate.hold_back()
+        assert match == {"F1": 10, "F2": 5}  # now the leader's copy counts: 6..10 commit with F1
+        gate.restore()
+    finally:
+        journal._destroy()

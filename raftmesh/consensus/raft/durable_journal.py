@@ -246,10 +246,20 @@ class DurableJournal:
         if self.fsync:
             fsync_path(os.path.dirname(os.path.abspath(self._path)) or ".", directory=True)
 
+    def _rewritten(self) -> None:
+        """Every kept record was written again at a new offset (``clear``, ``deleteEntriesTo``):
+        none of them is on disk until an fsync that begins after this, so ``synced_index`` drops
+        below the first kept entry (``_touch`` alone would keep it at the last index, which a
+        compaction does not change, and the leader would count itself for page-cache entries)."""
+        self._touch(truncated=True)
+        if self.fsync:
+            first = int(self._inner[0][1]) if len(self._inner) else 1
+            self.synced_index = min(self.synced_index, first - 1)
+
     def clear(self) -> None:
         self._sync_directory()
         self._inner.clear()
-        self._touch(truncated=True)
+        self._rewritten()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         self._inner.deleteEntriesFrom(entryFrom)
@@ -257,8 +267,8 @@ class DurableJournal:
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         self._sync_directory()
-        self._inner.deleteEntriesTo(entryTo)
-        self._touch(truncated=True)  # pysyncobj rewrites the whole file for it
+        self._inner.deleteEntriesTo(entryTo)  # pysyncobj clears the file and re-adds the kept entries
+        self._rewritten()
 
     def __getitem__(self, item: Any) -> Any:
         return self._inner[item]
