@@ -363,3 +363,40 @@ def test_after_compaction_the_leader_counts_itself_only_once_the_rewrite_is_sync
         gate.restore()
     finally:
         journal._destroy()
+
+
+def test_closing_the_journal_waits_for_the_fsync_in_flight(tmp_path: Any, monkeypatch: Any) -> None:
+    """An fsync still running on the fsync thread after ``_destroy`` would find the journal
+    closed (a test's temp dir removed: the node stops with status 74): close waits for it."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft import durable_journal
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    real = durable_journal.fsync_path
+    release = threading.Event()
+    entered = threading.Event()
+
+    def held_on_the_thread(path: str, directory: bool = False, data_only: bool = False) -> None:
+        if threading.current_thread().name == "raft-fsync":
+            entered.set()
+            release.wait(10)
+        real(path, directory=directory, data_only=data_only)
+
+    path = str(tmp_path / "raft.journal")
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    monkeypatch.setattr(durable_journal, "fsync_path", held_on_the_thread)
+    journal.add(b"x", 1, 1)
+    journal.start_sync()
+    wait_until(entered.is_set, 10, "the background fsync to start")
+    closed = threading.Event()
+    closer = threading.Thread(target=lambda: (journal._destroy(), closed.set()))
+    closer.start()
+    try:
+        assert not closed.wait(0.3), "the journal closed while its fsync was still running"
+    finally:
+        release.set()
+        closer.join(10)
+    assert closed.is_set()
+    assert journal._thread is not None and not journal._thread.is_alive()
+    assert not journal.dirty

@@ -277,10 +277,15 @@ class DurableJournal:
         return len(self._inner)
 
     def _destroy(self) -> None:
-        self.sync()
         with self._lock:
             self._closed = True
             self._request.notify()
+        # An fsync still running on the thread after the journal is closed (and perhaps removed,
+        # as a test's temp dir is) would fail and stop the process: wait for it first.
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self.sync()
         self._inner._destroy()
 
     def flush(self) -> None:
