@@ -194,8 +194,8 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         # Group commit (durable_journal): take the fsyncs done, release what they cover; the tick
         # starts with the leader counting its own log only as far as it is synced.
         self.journal.collect()
-        self._commit_gate.hold_back()
         try:
+            self._commit_gate.hold_back()
             super()._onTick(timeToWait)
         finally:
             self._commit_gate.restore()
