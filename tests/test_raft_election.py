@@ -156,3 +156,40 @@ def test_a_new_leader_counts_its_previous_leaders_silence_from_when_it_last_hear
         assert ld.member.response_ages()[a1] < 0.5
     finally:
         ld.close()
+
+
+def test_a_re_elected_leader_times_its_previous_leader_from_its_answers_not_the_old_contact(
+    tmp_path: Path,
+) -> None:
+    """Once the previous leader answered this node as leader, its silence no longer dates from
+    when this node followed it: a re-election (a later term, no answer yet) starts its clock
+    afresh like every other peer's, instead of reporting a live member silent since then."""
+    ld = Leader(tmp_path, lead=False)
+    try:
+        p1, p2 = ld.peers
+        ld.receive(p1, append(2, 1, 0, [], commit=1))  # p1 leads term 2; this member follows it
+        contact = time.monotonic()
+        wait_until(lambda: time.monotonic() - contact >= 0.5, 5, "half a second without p1")
+
+        def become_leader(term: int) -> Callable[[], None]:
+            def run() -> None:
+                ld.so._SyncObj__setCurrentTerm(term, None)
+                ld.so._SyncObj__onBecomeLeader()
+
+            return run
+
+        ld.run(become_leader(3))
+        answer = {"type": "next_node_idx", "next_node_idx": 2, "reset": False, "success": True}
+        ld.receive(p1, answer)  # the previous leader answers in term 3: it is alive
+        ld.receive(p2, answer)
+        started = time.monotonic()
+        ld.run(become_leader(4))  # re-elected (e.g. after a check-quorum step-down); no answer yet
+        a1 = str(p1.address)
+        ages = wait_until(
+            lambda: (a := ld.member.response_ages()) and a[a1] >= 0.2 + 0.05 and a, 5, "the grace to pass"
+        )
+        assert ages[a1] <= time.monotonic() - started, (
+            f"p1 reported silent for {ages[a1]:.2f}s, since the term-2 contact {time.monotonic() - contact:.2f}s ago"
+        )
+    finally:
+        ld.close()
