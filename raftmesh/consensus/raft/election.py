@@ -73,6 +73,8 @@ class Election:
         self._last_leader: Any = None
         """The leader that ``_last_leader_contact`` is about, kept once this node leads until it
         first answers this node as leader (its silence then no longer dates from that contact)."""
+        self._polled_at: float | None = None
+        """When pysyncobj's thread last finished reading its sockets (``after_poll``), or None."""
         self._round_term: int | None = None
         """The term this node's current pre-vote round is for, or None."""
         self._round_id = random.getrandbits(48)
@@ -143,6 +145,11 @@ class Election:
         heartbeat period (0.1 s), so a cut-off member shows here well before its gRPC heartbeats
         (every 0.5 s) are missed. Called from another thread: pysyncobj's dict is copied first
         (a C-level copy under the GIL; a resize racing it only costs this reading).
+
+        Ages are taken as of when this node's Raft thread last read its sockets, not now: while
+        that thread is busy (a long apply, a compaction, GIL starvation) the answers wait unread in
+        the kernel, and counting that stall would flag every follower at once for this node's own
+        lag. A thread that keeps polling makes the two differ by at most one poll period.
         """
         so = self._so
         if self._state() != _RAFT_STATE.LEADER:
@@ -152,6 +159,9 @@ class Election:
         except RuntimeError:
             return {}
         now = _monotonic()
+        polled = self._polled_at
+        if polled is not None and polled < now:
+            now = polled
         before = self._last_leader
         out = {}
         for node, t in seen.items():
@@ -165,6 +175,10 @@ class Election:
         return out
 
     # ---- hooks called by _SyncObj -----------------------------------------------------
+
+    def after_poll(self) -> None:
+        """pysyncobj's tick (which ends in its socket poll) returned: answers up to now are read."""
+        self._polled_at = _monotonic()
 
     def before_tick(self) -> None:
         """Turn pysyncobj's due election into a pre-vote round, unless a round was just won.
