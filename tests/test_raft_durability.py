@@ -400,3 +400,47 @@ def test_closing_the_journal_waits_for_the_fsync_in_flight(tmp_path: Any, monkey
     assert closed.is_set()
     assert journal._thread is not None and not journal._thread.is_alive()
     assert not journal.dirty
+
+
+def test_compaction_replaces_the_journal_file_instead_of_rewriting_it_in_place(tmp_path: Any) -> None:
+    """pysyncobj compacts by rewriting the kept entries from the start of the same file: a crash
+    mid-way could leave neither the old journal nor the new one. The durable journal writes a new
+    file and renames it over: the old file is never touched, so a crash leaves one or the other."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    path = str(tmp_path / "raft.journal")
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        for idx in range(1, 11):
+            journal.add(b"x%d" % idx, idx, 1)
+        journal.setCurrentTerm(3, "me")
+        journal.setRaftCommitIndex(9)  # in memory only until the one-second timer stores it
+        journal.sync()
+        with open(path, "rb") as f:
+            before = f.read()
+        old_inode = os.stat(path).st_ino
+        fd = os.open(path, os.O_RDONLY)  # the old file as it stays on disk
+        try:
+            journal.deleteEntriesTo(5)
+            assert os.stat(path).st_ino != old_inode, "the journal file was rewritten in place"
+            assert os.pread(fd, len(before) + 1, 0) == before, "the old journal changed before the rename"
+        finally:
+            os.close(fd)
+        assert not os.path.exists(path + ".compact")
+        assert [journal[i][1] for i in range(len(journal))] == [6, 7, 8, 9, 10]
+        assert journal.getRaftCommitIndex() == 9 and journal.getCurrentTerm() == 3
+        journal.add(b"x11", 11, 3)  # appends go on in the new file
+        journal.onOneSecondTimer()
+    finally:
+        journal._destroy()
+    reopened = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        assert [(reopened[i][0], reopened[i][1]) for i in range(len(reopened))] == [
+            (b"x%d" % i, i) for i in range(6, 12)
+        ]
+        assert reopened.getRaftCommitIndex() == 9 and reopened.getCurrentTerm() == 3
+        assert reopened.getVotedForNodeId() == "me"
+    finally:
+        reopened._destroy()

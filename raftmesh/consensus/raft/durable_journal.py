@@ -19,7 +19,10 @@ node can lose acknowledged writes and let a node vote twice in one term.
   the entries first: a stored commit index never covers entries that are not on disk.
 - Before the journal drops entries a snapshot now holds (compaction, snapshot install),
   the directory is fsynced: pysyncobj renamed the snapshot into place (it lives next to
-  the journal) and that rename must not be lost while the truncation survives.
+  the journal) and that rename must not be lost while the truncation survives. Compaction
+  writes the kept entries to a new file renamed over the journal (pysyncobj rewrote them in
+  place: a crash mid-way lost them), and the leader counts itself for them only once an fsync
+  begun after it is done.
 
 The ordering contract, kept by ``member._SyncObj`` and ``transport.WarmTransport``:
 
@@ -267,8 +270,41 @@ class DurableJournal:
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         self._sync_directory()
-        self._inner.deleteEntriesTo(entryTo)  # pysyncobj clears the file and re-adds the kept entries
+        if self.fsync:
+            self._replace_file(self._inner[entryTo:])
+        else:
+            self._inner.deleteEntriesTo(entryTo)  # pysyncobj clears the file and re-adds the kept entries
         self._rewritten()
+
+    def _replace_file(self, kept: list[Any]) -> None:
+        """Compaction made crash-atomic: the kept entries go to a new file, fsynced, renamed over the
+        journal, directory fsynced. pysyncobj rewrites them in place, from the start of the file,
+        and a crash mid-way (the kernel writes the pages back in any order) could leave a header
+        past the records written or records half old, half new: acknowledged entries lost."""
+        tmp = self._path + ".compact"
+        try:
+            if os.path.exists(tmp):
+                os.unlink(tmp)  # left by a crash mid-compaction: the journal itself is whole
+            fresh = FileJournal(tmp)
+            for entry in kept:
+                fresh.add(*entry)
+            fresh._destroy()
+            fsync_path(tmp, data_only=True)
+            os.replace(tmp, self._path)  # the old file stays mapped (and whole) until closed below
+            self._sync_directory()
+        except OSError as exc:
+            # As for a failed journal fsync: the old journal is whole on disk, a restart resumes.
+            log.critical("compacting the Raft journal %s failed (%s): stopping the node", self._path, exc)
+            os._exit(FSYNC_FAILED_EXIT)
+        old = self._inner
+        # the in-memory meta (commit index not yet stored) and its DurableMetaStore carry over
+        meta, saved = old._FileJournal__meta, old._FileJournal__metaSaved
+        store = old._FileJournal__metaStorer
+        old._destroy()
+        inner = FileJournal(self._path)
+        inner._FileJournal__meta, inner._FileJournal__metaSaved = meta, saved
+        inner._FileJournal__metaStorer = store
+        self._inner = inner
 
     def __getitem__(self, item: Any) -> Any:
         return self._inner[item]
