@@ -316,3 +316,131 @@ def test_an_fsync_begun_before_a_truncation_covers_none_of_the_replaced_entries(
         assert journal.synced_index == 3 and not journal.dirty
     finally:
         journal._destroy()
+
+
+def test_after_compaction_the_leader_counts_itself_only_once_the_rewrite_is_synced(tmp_path: Any) -> None:
+    """pysyncobj compacts by clearing the journal and re-adding every kept entry at new offsets:
+    until an fsync that began after that, the leader's copy of them is only in the page cache, so
+    an entry one follower holds (the other lags) must not commit on the leader's vote."""
+    from types import SimpleNamespace
+
+    from pysyncobj.journal import FileJournal
+    from pysyncobj.syncobj import _RAFT_STATE
+
+    from raftmesh.consensus.raft.durable_journal import CommitGate, DurableJournal
+
+    path = str(tmp_path / "raft.journal")
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        for idx in range(1, 11):
+            journal.add(b"x%d" % idx, idx, 1)
+        journal.sync()
+        assert journal.synced_index == 10
+        journal.deleteEntriesTo(5)  # a compaction: raft entries 6..10 kept, rewritten
+        assert journal[0][1] == 6 and journal.dirty
+        assert journal.synced_index <= 5
+        match = {"F1": 10, "F2": 5}  # F1 acked 10 on disk, F2 only 5
+        so = SimpleNamespace(
+            journal=journal,
+            _SyncObj__raftState=_RAFT_STATE.LEADER,
+            _SyncObj__otherNodes={"F1", "F2"},
+            _SyncObj__getCurrentLogIndex=journal._last_index,
+            _SyncObj__raftMatchIndex=match,
+            _SyncObj__raftCommitIndex=5,
+        )
+        gate = CommitGate(so)
+        gate.hold_back()
+        # pysyncobj counts 1 (the leader) + each follower whose match index reaches the entry
+        assert all(1 + sum(m >= i for m in match.values()) < 2 for i in range(6, 11)), match
+        gate.restore()
+        assert match == {"F1": 10, "F2": 5}
+        journal.start_sync()  # begins after the rewrite: it covers the kept entries
+        wait_until(lambda: journal._done, 10, "the background fsync")
+        journal.collect()
+        assert journal.synced_index == 10 and not journal.dirty
+        gate.hold_back()
+        assert match == {"F1": 10, "F2": 5}  # now the leader's copy counts: 6..10 commit with F1
+        gate.restore()
+    finally:
+        journal._destroy()
+
+
+def test_closing_the_journal_waits_for_the_fsync_in_flight(tmp_path: Any, monkeypatch: Any) -> None:
+    """An fsync still running on the fsync thread after ``_destroy`` would find the journal
+    closed (a test's temp dir removed: the node stops with status 74): close waits for it."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft import durable_journal
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    real = durable_journal.fsync_path
+    release = threading.Event()
+    entered = threading.Event()
+
+    def held_on_the_thread(path: str, directory: bool = False, data_only: bool = False) -> None:
+        if threading.current_thread().name == "raft-fsync":
+            entered.set()
+            release.wait(10)
+        real(path, directory=directory, data_only=data_only)
+
+    path = str(tmp_path / "raft.journal")
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    monkeypatch.setattr(durable_journal, "fsync_path", held_on_the_thread)
+    journal.add(b"x", 1, 1)
+    journal.start_sync()
+    wait_until(entered.is_set, 10, "the background fsync to start")
+    closed = threading.Event()
+    closer = threading.Thread(target=lambda: (journal._destroy(), closed.set()))
+    closer.start()
+    try:
+        assert not closed.wait(0.3), "the journal closed while its fsync was still running"
+    finally:
+        release.set()
+        closer.join(10)
+    assert closed.is_set()
+    assert journal._thread is not None and not journal._thread.is_alive()
+    assert not journal.dirty
+
+
+def test_compaction_replaces_the_journal_file_instead_of_rewriting_it_in_place(tmp_path: Any) -> None:
+    """pysyncobj compacts by rewriting the kept entries from the start of the same file: a crash
+    mid-way could leave neither the old journal nor the new one. The durable journal writes a new
+    file and renames it over: the old file is never touched, so a crash leaves one or the other."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    path = str(tmp_path / "raft.journal")
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        for idx in range(1, 11):
+            journal.add(b"x%d" % idx, idx, 1)
+        journal.setCurrentTerm(3, "me")
+        journal.setRaftCommitIndex(9)  # in memory only until the one-second timer stores it
+        journal.sync()
+        with open(path, "rb") as f:
+            before = f.read()
+        old_inode = os.stat(path).st_ino
+        fd = os.open(path, os.O_RDONLY)  # the old file as it stays on disk
+        try:
+            journal.deleteEntriesTo(5)
+            assert os.stat(path).st_ino != old_inode, "the journal file was rewritten in place"
+            assert os.pread(fd, len(before) + 1, 0) == before, "the old journal changed before the rename"
+        finally:
+            os.close(fd)
+        assert not os.path.exists(path + ".compact")
+        assert [journal[i][1] for i in range(len(journal))] == [6, 7, 8, 9, 10]
+        assert journal.getRaftCommitIndex() == 9 and journal.getCurrentTerm() == 3
+        journal.add(b"x11", 11, 3)  # appends go on in the new file
+        journal.onOneSecondTimer()
+    finally:
+        journal._destroy()
+    reopened = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        assert [(reopened[i][0], reopened[i][1]) for i in range(len(reopened))] == [
+            (b"x%d" % i, i) for i in range(6, 12)
+        ]
+        assert reopened.getRaftCommitIndex() == 9 and reopened.getCurrentTerm() == 3
+        assert reopened.getVotedForNodeId() == "me"
+    finally:
+        reopened._destroy()

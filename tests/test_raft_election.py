@@ -7,6 +7,7 @@ decisions (who raises the term, how many rounds), never how fast they are.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -154,5 +155,75 @@ def test_a_new_leader_counts_its_previous_leaders_silence_from_when_it_last_hear
         assert ages[a1] >= 0.7 and ages[a2] < ages[a1] - 0.4  # p2's clock started with this term
         ld.receive(p1, answer)  # the previous leader answers: its clock is the usual one again
         assert ld.member.response_ages()[a1] < 0.5
+    finally:
+        ld.close()
+
+
+def test_a_re_elected_leader_times_its_previous_leader_from_its_answers_not_the_old_contact(
+    tmp_path: Path,
+) -> None:
+    """Once the previous leader answered this node as leader, its silence no longer dates from
+    when this node followed it: a re-election (a later term, no answer yet) starts its clock
+    afresh like every other peer's, instead of reporting a live member silent since then."""
+    ld = Leader(tmp_path, lead=False)
+    try:
+        p1, p2 = ld.peers
+        ld.receive(p1, append(2, 1, 0, [], commit=1))  # p1 leads term 2; this member follows it
+        contact = time.monotonic()
+        wait_until(lambda: time.monotonic() - contact >= 0.5, 5, "half a second without p1")
+
+        def become_leader(term: int) -> Callable[[], None]:
+            def run() -> None:
+                ld.so._SyncObj__setCurrentTerm(term, None)
+                ld.so._SyncObj__onBecomeLeader()
+
+            return run
+
+        ld.run(become_leader(3))
+        answer = {"type": "next_node_idx", "next_node_idx": 2, "reset": False, "success": True}
+        ld.receive(p1, answer)  # the previous leader answers in term 3: it is alive
+        ld.receive(p2, answer)
+        started = time.monotonic()
+        ld.run(become_leader(4))  # re-elected (e.g. after a check-quorum step-down); no answer yet
+        a1 = str(p1.address)
+        ages = wait_until(
+            lambda: (a := ld.member.response_ages()) and a[a1] >= 0.2 + 0.05 and a, 5, "the grace to pass"
+        )
+        assert ages[a1] <= time.monotonic() - started, (
+            f"p1 reported silent for {ages[a1]:.2f}s, since the term-2 contact {time.monotonic() - contact:.2f}s ago"
+        )
+    finally:
+        ld.close()
+
+
+def test_a_stall_of_the_leaders_own_raft_thread_does_not_age_its_followers(tmp_path: Path) -> None:
+    """While the leader's Raft thread is busy its followers' answers wait unread in the kernel:
+    ``response_ages`` counts up to when that thread last read its sockets, so the node's liveness
+    does not flag every follower at once for the leader's own lag; once it polls again, a follower
+    that really stays silent ages as before."""
+    ld = Leader(tmp_path)
+    try:
+        answer = {"type": "next_node_idx", "next_node_idx": ld.noop + 1, "reset": False, "success": True}
+        for p in ld.peers:
+            ld.receive(p, answer)
+        stalled, release = threading.Event(), threading.Event()
+
+        def busy() -> None:  # e.g. a long apply on the Raft thread
+            stalled.set()
+            release.wait(10)
+
+        runner = threading.Thread(target=ld.run, args=(busy,))
+        runner.start()
+        try:
+            assert stalled.wait(10)
+            since = time.monotonic()
+            wait_until(lambda: time.monotonic() - since >= 0.7, 5, "the stall to pass 0.7 s")
+            ages = ld.member.response_ages()
+            assert ages and max(ages.values()) < 0.5, ages
+        finally:
+            release.set()
+            runner.join(10)
+        a1 = str(ld.peers[0].address)
+        wait_until(lambda: ld.member.response_ages().get(a1, 0.0) >= 0.7, 5, "p1's silence to show again")
     finally:
         ld.close()

@@ -19,7 +19,10 @@ node can lose acknowledged writes and let a node vote twice in one term.
   the entries first: a stored commit index never covers entries that are not on disk.
 - Before the journal drops entries a snapshot now holds (compaction, snapshot install),
   the directory is fsynced: pysyncobj renamed the snapshot into place (it lives next to
-  the journal) and that rename must not be lost while the truncation survives.
+  the journal) and that rename must not be lost while the truncation survives. Compaction
+  writes the kept entries to a new file renamed over the journal (pysyncobj rewrote them in
+  place: a crash mid-way lost them), and the leader counts itself for them only once an fsync
+  begun after it is done.
 
 The ordering contract, kept by ``member._SyncObj`` and ``transport.WarmTransport``:
 
@@ -246,10 +249,20 @@ class DurableJournal:
         if self.fsync:
             fsync_path(os.path.dirname(os.path.abspath(self._path)) or ".", directory=True)
 
+    def _rewritten(self) -> None:
+        """Every kept record was written again at a new offset (``clear``, ``deleteEntriesTo``):
+        none of them is on disk until an fsync that begins after this, so ``synced_index`` drops
+        below the first kept entry (``_touch`` alone would keep it at the last index, which a
+        compaction does not change, and the leader would count itself for page-cache entries)."""
+        self._touch(truncated=True)
+        if self.fsync:
+            first = int(self._inner[0][1]) if len(self._inner) else 1
+            self.synced_index = min(self.synced_index, first - 1)
+
     def clear(self) -> None:
         self._sync_directory()
         self._inner.clear()
-        self._touch(truncated=True)
+        self._rewritten()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         self._inner.deleteEntriesFrom(entryFrom)
@@ -257,8 +270,41 @@ class DurableJournal:
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         self._sync_directory()
-        self._inner.deleteEntriesTo(entryTo)
-        self._touch(truncated=True)  # pysyncobj rewrites the whole file for it
+        if self.fsync:
+            self._replace_file(self._inner[entryTo:])
+        else:
+            self._inner.deleteEntriesTo(entryTo)  # pysyncobj clears the file and re-adds the kept entries
+        self._rewritten()
+
+    def _replace_file(self, kept: list[Any]) -> None:
+        """Compaction made crash-atomic: the kept entries go to a new file, fsynced, renamed over the
+        journal, directory fsynced. pysyncobj rewrites them in place, from the start of the file,
+        and a crash mid-way (the kernel writes the pages back in any order) could leave a header
+        past the records written or records half old, half new: acknowledged entries lost."""
+        tmp = self._path + ".compact"
+        try:
+            if os.path.exists(tmp):
+                os.unlink(tmp)  # left by a crash mid-compaction: the journal itself is whole
+            fresh = FileJournal(tmp)
+            for entry in kept:
+                fresh.add(*entry)
+            fresh._destroy()
+            fsync_path(tmp, data_only=True)
+            os.replace(tmp, self._path)  # the old file stays mapped (and whole) until closed below
+            self._sync_directory()
+        except OSError as exc:
+            # As for a failed journal fsync: the old journal is whole on disk, a restart resumes.
+            log.critical("compacting the Raft journal %s failed (%s): stopping the node", self._path, exc)
+            os._exit(FSYNC_FAILED_EXIT)
+        old = self._inner
+        # the in-memory meta (commit index not yet stored) and its DurableMetaStore carry over
+        meta, saved = old._FileJournal__meta, old._FileJournal__metaSaved
+        store = old._FileJournal__metaStorer
+        old._destroy()
+        inner = FileJournal(self._path)
+        inner._FileJournal__meta, inner._FileJournal__metaSaved = meta, saved
+        inner._FileJournal__metaStorer = store
+        self._inner = inner
 
     def __getitem__(self, item: Any) -> Any:
         return self._inner[item]
@@ -267,10 +313,15 @@ class DurableJournal:
         return len(self._inner)
 
     def _destroy(self) -> None:
-        self.sync()
         with self._lock:
             self._closed = True
             self._request.notify()
+        # An fsync still running on the thread after the journal is closed (and perhaps removed,
+        # as a test's temp dir is) would fail and stop the process: wait for it first.
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self.sync()
         self._inner._destroy()
 
     def flush(self) -> None:

@@ -71,9 +71,10 @@ class Election:
         self._last_leader_contact = float("-inf")
         """When this follower last heard from its leader (monotonic)."""
         self._last_leader: Any = None
-        """The leader that ``_last_leader_contact`` is about (kept once this node leads itself)."""
-        self._answered: dict[Any, int] = {}
-        """Peer -> the term in which it last answered this node's AppendEntries as leader."""
+        """The leader that ``_last_leader_contact`` is about, kept once this node leads until it
+        first answers this node as leader (its silence then no longer dates from that contact)."""
+        self._polled_at: float | None = None
+        """When pysyncobj's thread last finished reading its sockets (``after_poll``), or None."""
         self._round_term: int | None = None
         """The term this node's current pre-vote round is for, or None."""
         self._round_id = random.getrandbits(48)
@@ -144,29 +145,40 @@ class Election:
         heartbeat period (0.1 s), so a cut-off member shows here well before its gRPC heartbeats
         (every 0.5 s) are missed. Called from another thread: pysyncobj's dict is copied first
         (a C-level copy under the GIL; a resize racing it only costs this reading).
+
+        Ages are taken as of when this node's Raft thread last read its sockets, not now: while
+        that thread is busy (a long apply, a compaction, GIL starvation) the answers wait unread in
+        the kernel, and counting that stall would flag every follower at once for this node's own
+        lag. A thread that keeps polling makes the two differ by at most one poll period.
         """
         so = self._so
         if self._state() != _RAFT_STATE.LEADER:
             return {}
         try:
             seen = dict(so._SyncObj__lastResponseTime)
-            answered = dict(self._answered)
         except RuntimeError:
             return {}
         now = _monotonic()
-        term, before = self._term(), self._last_leader
+        polled = self._polled_at
+        if polled is not None and polled < now:
+            now = polled
+        before = self._last_leader
         out = {}
         for node, t in seen.items():
             age = now - t
-            if node == before and answered.get(node) != term and age >= PREVIOUS_LEADER_GRACE_S:
+            if node == before and age >= PREVIOUS_LEADER_GRACE_S:
                 # The leader this node followed, silent since this node last heard it and not
-                # answering since: its silence began before this term (a deposed or isolated
-                # leader), so its attempts need not wait out a fresh clock.
+                # answering since (in any term it led): its silence began before this term (a
+                # deposed or isolated leader), so its attempts need not wait out a fresh clock.
                 age = max(age, now - self._last_leader_contact)
             out[str(getattr(node, "address", node))] = max(0.0, age)
         return out
 
     # ---- hooks called by _SyncObj -----------------------------------------------------
+
+    def after_poll(self) -> None:
+        """pysyncobj's tick (which ends in its socket poll) returned: answers up to now are read."""
+        self._polled_at = _monotonic()
 
     def before_tick(self) -> None:
         """Turn pysyncobj's due election into a pre-vote round, unless a round was just won.
@@ -259,8 +271,10 @@ class Election:
             self._last_leader_contact = _monotonic()
             self._last_leader = node
             self._round_term = self._won_term = None
-        elif kind == "next_node_idx" and self._state() == _RAFT_STATE.LEADER:
-            self._answered[node] = self._term()  # bounded by the peers
+        elif kind == "next_node_idx" and self._state() == _RAFT_STATE.LEADER and node == self._last_leader:
+            # It is alive and follows: from now on pysyncobj's clock of its answers tells its
+            # silence, in this term and any later one this node leads (a re-election).
+            self._last_leader = None
 
     def _on_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
         term, current = _count(message.get("term")), _count(message.get("current_term"))

@@ -190,15 +190,17 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         self._election.before_tick()  # pre-vote before pysyncobj would start an election
         if self.journal is None:
             super()._onTick(timeToWait)
+            self._election.after_poll()
             return
         # Group commit (durable_journal): take the fsyncs done, release what they cover; the tick
         # starts with the leader counting its own log only as far as it is synced.
         self.journal.collect()
-        self._commit_gate.hold_back()
         try:
+            self._commit_gate.hold_back()
             super()._onTick(timeToWait)
         finally:
             self._commit_gate.restore()
+        self._election.after_poll()  # pysyncobj's tick ends in its socket poll
         self.journal.collect()
         self._sync_appended()  # the entries appended while polling
 
