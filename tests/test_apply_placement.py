@@ -8,7 +8,7 @@ import dataclasses
 import random
 from typing import Any
 
-from raftmesh.consensus import RunChanged, RunStatus, TaskChanged, TaskStatus
+from raftmesh.consensus import RunChanged, RunStatus, TaskChanged, TaskStatus, limits
 from raftmesh.consensus.commands import (
     LockAcquire,
     NodeDown,
@@ -19,6 +19,7 @@ from raftmesh.consensus.commands import (
     decode_command,
     encode_command,
 )
+from raftmesh.consensus.lock_commands import task_owner
 from raftmesh.consensus.placement import plan_assignments
 from raftmesh.consensus.state import ClusterState
 from raftmesh.consensus.tasks import PLACE_SCAN_SLACK
@@ -427,3 +428,80 @@ def test_a_reports_plan_for_the_reporter_alone_equals_the_whole_plans_choices_of
                 compared += 1
                 nonempty += bool(whole)
     assert compared > 400 and nonempty > 100, (compared, nonempty)  # the cases place something
+
+
+def requeue(c: Cluster, node: str) -> SuspectNode:
+    return dataclasses.replace(suspect(c, node), requeue=True)
+
+
+def test_suspicion_moves_a_task_at_most_max_suspect_moves_times_then_node_down_does() -> None:
+    """A slow, flapping member (suspected, cleared, suspected again) must not have the same
+    retries=0 task re-run without bound: each move by suspicion is counted in the replicated
+    task, and past ``MAX_SUSPECT_MOVES`` the task stays where it runs until node-down."""
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(placing(c, "n2", slots=1))
+    c.ok(c.submit("r1", [spec("a", retries=0)]))
+    moves = 0
+    while True:
+        t = c.task("r1", "a")
+        node, attempt = t.node, t.attempt
+        other = "n2" if node == "n1" else "n1"
+        c.ok(suspect(c, other, False))  # the other member is heard again (flag cleared)
+        rev = c.st.revision
+        c.ok(requeue(c, node))
+        t = c.task("r1", "a")
+        if t.attempt == attempt:
+            break
+        moves += 1
+        assert (t.node, t.attempt, t.suspect_moves) == (other, attempt + 1, moves)
+        assert t.history[-1].outcome == "lost"
+        assert moves <= limits.MAX_SUSPECT_MOVES
+    assert moves == limits.MAX_SUSPECT_MOVES
+    # The last requeue moved nothing: only the flag changed (its own revision), the attempt runs on.
+    assert c.st.revision == rev + 1 and (t.status, t.node) == (TaskStatus.RUNNING, node)
+    assert t.retries_left == 0 and [h.outcome for h in t.history] == ["lost"] * moves
+    # The count is state: replicas and snapshots agree on it, and node-down still moves the task.
+    copy = ClusterState.decode(c.st.encode())
+    assert copy.digest() == c.st.digest() and copy.task("r1", "a").suspect_moves == moves
+    c.ok(NodeDown(c.rid(), c.ts, node_id=node, incarnation=c.st.members[node].incarnation))
+    assert (c.task("r1", "a").node, c.task("r1", "a").attempt) == (other, attempt + 1)
+
+
+def test_suspicion_leaves_a_task_holding_declared_locks_to_node_down() -> None:
+    """The suspected member may still run the old attempt: its locks must not be granted to a
+    new attempt. A requeue leaves that task (and moves the node's other work); node-down moves it."""
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=2))
+    c.ok(c.submit("r1", [spec("locked", locks=(("L", "exclusive"),)), spec("free")]))
+    c.ok(placing(c, "n2", slots=2))  # room for what moves
+    holder = task_owner("r1", "locked", 1)
+    assert c.st.locks.locks["L"].holders.keys() == {holder}
+    c.ok(requeue(c, "n1"))
+    locked, free = c.task("r1", "locked"), c.task("r1", "free")
+    assert (locked.status, locked.node, locked.attempt, locked.suspect_moves) == (
+        TaskStatus.RUNNING,
+        "n1",
+        1,
+        0,
+    )
+    assert c.st.locks.locks["L"].holders.keys() == {holder}  # still the old attempt's
+    assert (free.status, free.node, free.attempt, free.suspect_moves) == (TaskStatus.RUNNING, "n2", 2, 1)
+    c.ok(NodeDown(c.rid(), c.ts, node_id="n1", incarnation=c.st.members["n1"].incarnation))
+    locked = c.task("r1", "locked")
+    assert (locked.status, locked.node, locked.attempt) == (TaskStatus.RUNNING, "n2", 2)
+    assert c.st.locks.locks["L"].holders.keys() == {task_owner("r1", "locked", 2)}
+
+
+def test_a_task_never_moved_by_suspicion_encodes_as_before() -> None:
+    """``suspect_moves`` is appended to a task's encoding only once non-zero: snapshots of tasks
+    without it are the same bytes as before the field, and an old encoding decodes to 0."""
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(placing(c, "n2", slots=1))
+    c.ok(c.submit("r1", [spec("a")]))
+    t = c.task("r1", "a")
+    assert len(t.encode()) == 28 and type(t).decode(t.encode()).suspect_moves == 0
+    c.ok(requeue(c, t.node))
+    t = c.task("r1", "a")
+    assert len(t.encode()) == 29 and type(t).decode(t.encode()).suspect_moves == 1

@@ -76,7 +76,9 @@ def cluster(tasks: int = 0, timeout_ms: int = 0) -> StateMachine:
 class Unused:
     """A writer for code under test that must decide, not propose: any call fails the test."""
 
-    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
+    async def propose(
+        self, cmd: Command, timeout_s: float | None = None, *, leader_only: bool = False
+    ) -> Result:
         raise AssertionError(f"proposed {cmd.TAG} while only deciding")
 
     async def barrier(self, timeout_s: float | None = None) -> None:
@@ -167,7 +169,10 @@ def test_suspects_are_members_not_heard_since_leading_or_silent_lately() -> None
     assert live.suspects(ups) == {"n2", "n3"}
 
 
-def test_raft_silence_flags_a_member_sooner_than_heartbeats_and_then_moves_its_work() -> None:
+def test_raft_silence_flags_a_member_sooner_than_heartbeats_and_moves_its_work_once_both_stop() -> None:
+    """Raft silence alone flags (no new work); moving the member's attempts also needs its
+    heartbeats (its agent host) to stop for ``requeue_heartbeat_s``: a slow follower whose
+    Raft answers lag keeps its work, a cut-off one loses it well before node-down."""
     sm = cluster()
     clock = ManualClock()
     ages = {"n2": 0.0, "n3": 0.0}
@@ -187,7 +192,16 @@ def test_raft_silence_flags_a_member_sooner_than_heartbeats_and_then_moves_its_w
     assert step() == ({"n3"}, frozenset(), {"n3"})
     clock.advance(0.4)
     ages["n3"] = 1.0
-    assert step() == ({"n3"}, {"n3"}, {"n3"})
+    live.heard_from("n3")  # its agent host still heartbeats: slow, not cut off
+    assert step() == ({"n3"}, frozenset(), {"n3"})
+    clock.advance(1.0)
+    ages["n3"] = 2.0
+    live.heard_from("n2")
+    assert step() == ({"n3"}, frozenset(), {"n3"})  # 1.0 s without a heartbeat: not yet
+    clock.advance(0.5)
+    ages["n3"] = 2.5
+    live.heard_from("n2")
+    assert step() == ({"n3"}, {"n3"}, {"n3"})  # silent on both: 2.5 s and 1.5 s
     assert live.overdue(ups) == []  # node-down stays the heartbeats' call
     live.reset()  # not leading: no Raft ages are read and every clock starts afresh
     ages.clear()
@@ -435,8 +449,13 @@ class MachineWriter:
     def __init__(self, sm: StateMachine) -> None:
         self.sm = sm
         self.fail_with: RaftmeshError | None = None
+        self.leader_only: list[tuple[str, bool]] = []
+        """(tag, leader_only) of every proposal, in order."""
 
-    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
+    async def propose(
+        self, cmd: Command, timeout_s: float | None = None, *, leader_only: bool = False
+    ) -> Result:
+        self.leader_only.append((cmd.TAG, leader_only))
         if self.fail_with is not None:
             raise self.fail_with
         res, _ = self.sm.apply(cmd)
@@ -638,8 +657,15 @@ def test_scheduler_requeues_a_member_without_raft_answers_once_and_work_moves() 
             assert res.ok, res
     clock.advance(1.0)
     s.heard_from("n2")
-    s.heard_from("n3")  # its heartbeats still arrive: only the Raft answers say it is gone
+    s.heard_from("n3")  # its heartbeats still arrive: only the Raft answers lag
     ages["n3"] = 1.0
+    cmds = [c for c in s.decide(sm.state) if isinstance(c, SuspectNode)]
+    assert [(c.node_id, c.suspect, c.requeue) for c in cmds] == [("n3", True, False)]  # a flag only
+    asyncio.run(s._propose(cmds[0]))
+    assert len(sm.state.running["n3"]) == 4
+    clock.advance(1.5)  # now its heartbeats stopped too
+    s.heard_from("n2")
+    ages["n3"] = 2.5
     cmds = [c for c in s.decide(sm.state) if isinstance(c, SuspectNode)]
     assert [(c.node_id, c.suspect, c.requeue) for c in cmds] == [("n3", True, True)]
     assert [c for c in s.decide(sm.state) if isinstance(c, SuspectNode)] == []  # in flight
@@ -650,6 +676,49 @@ def test_scheduler_requeues_a_member_without_raft_answers_once_and_work_moves() 
         assert sm.state.runs[run_id].tasks[task_id].status is TaskStatus.READY
     plan = [c for c in s.decide(sm.state) if isinstance(c, Assign)]
     assert {a.node_id for c in plan for a in c.items} == {"n1", "n2"}
+
+
+def test_scheduler_proposes_no_requeue_that_would_move_nothing_and_liveness_is_leader_only() -> None:
+    """A lost member whose attempts all hold declared locks (or were moved by suspicion
+    ``MAX_SUSPECT_MOVES`` times already) is flagged, not requeued: a requeue there would change
+    nothing and be proposed again every step. Every liveness proposal is ``leader_only``."""
+    sm = cluster()
+    specs = tuple(TaskSpec(f"t{i}", "echo", locks=((f"L{i}", "exclusive"),)) for i in range(12))
+    res, _ = sm.apply(SubmitRun("s1", 2, run_id="r1", tasks=specs))
+    assert res.ok, res
+    clock = ManualClock(start_ms=10_000)
+    ages = {"n2": 0.0, "n3": 0.0}
+    live = Liveness(clock, "n1", node_down_after_s=5.0, raft_ages=lambda: ages)
+    live.heard_from("n2")
+    live.heard_from("n3")
+    writer = MachineWriter(sm)
+    s = Scheduler(reads_of(sm), writer, lambda: True, "n1", live, clock)
+    (assign,) = s.decide(sm.state)
+    asyncio.run(s._propose(assign))
+    assert len(sm.state.running["n3"]) == 4
+    clock.advance(1.5)  # n3 silent on both signals
+    s.heard_from("n2")
+    ages["n3"] = 1.5
+    cmds = [c for c in s.decide(sm.state) if isinstance(c, SuspectNode)]
+    assert [(c.node_id, c.suspect, c.requeue) for c in cmds] == [("n3", True, False)]
+    asyncio.run(s._propose(cmds[0]))
+    assert [c for c in s.decide(sm.state) if isinstance(c, SuspectNode)] == []  # flagged: nothing more
+    assert len(sm.state.running["n3"]) == 4  # lock holders wait for node-down
+    clock.advance(3.5)  # node-down
+    s.heard_from("n2")
+    downs = [c for c in s.decide(sm.state) if isinstance(c, NodeDown)]
+    assert [c.node_id for c in downs] == ["n3"]
+    asyncio.run(s._propose(downs[0]))
+    assert not sm.state.running.get("n3")
+    assert [tag for tag, only in writer.leader_only if only] == ["suspect_node", "node_down"]
+    assert [tag for tag, only in writer.leader_only if not only] == ["assign"]
+
+
+def test_the_heartbeat_silence_a_requeue_needs_is_three_beats_or_half_of_node_down() -> None:
+    clock = ManualClock()
+    assert Liveness(clock, "n1", node_down_after_s=5.0)._requeue_heartbeat_s == 1.5  # 3 beats
+    assert Liveness(clock, "n1", node_down_after_s=2.0)._requeue_heartbeat_s == 1.0  # half of it
+    assert Liveness(clock, "n1", node_down_after_s=1.0)._requeue_heartbeat_s == 1.0  # 2 beats at least
 
 
 def test_a_leader_that_hears_no_majority_decides_nobodys_liveness() -> None:
@@ -683,6 +752,9 @@ def test_a_late_but_live_majority_still_lets_the_leader_judge_the_silent_member(
     ages = {"n2": 0.7, "n3": 1.2}  # n2 answers late (a loaded machine), n3 not at all
     live = Liveness(clock, "n1", node_down_after_s=5.0, raft_ages=lambda: ages)
     ups = list(sm.state.members.values())
+    live.overdue(ups)
+    clock.advance(1.5)  # and n3's heartbeats stopped too
+    live.heard_from("n2")
     live.overdue(ups)
     live.observe_raft()
     assert not live.cut_off

@@ -9,13 +9,14 @@ request ids; the state machine's dedup makes the retry apply once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from raftmesh.consensus.commands import RegisterNode, SubmitRun, TaskSpec
+from raftmesh.consensus.commands import RegisterNode, SubmitRun, TaskSpec, decode_batch
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.results import Result, SubmitRunResult
 from raftmesh.errors import NoLeader, OutcomeUnknown
@@ -213,3 +214,74 @@ def test_an_idle_proposer_hands_a_command_to_raft_at_once_and_batches_the_rest()
     at_once, proposals, queued = asyncio.run(go())
     assert at_once == 1, "the idle proposer waited for its loop before proposing"
     assert (proposals, queued) == (2, 0), "the commands proposed while one was in flight were not batched"
+
+
+class DeposedRaft(FakeRaft):
+    """Leads in term 1; the first proposal fails with LEADER_CHANGED unapplied, as the node is
+    deposed (term 2, another leader), and pysyncobj would forward every later one to that leader."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.is_leader = True
+        self.term = 1
+        self.payloads: list[bytes] = []
+
+    def propose(self, payload: bytes, callback: Callable[[list[Result] | None, str | None], None]) -> None:
+        self.payloads.append(payload)
+        if len(self.payloads) > 1:
+            super().propose(payload, callback)
+            return
+        self.proposals += 1
+
+        def deposed() -> None:
+            self.is_leader, self.term, self.leader_addr = False, 2, "127.0.0.1:2"
+            callback(None, "LEADER_CHANGED")
+
+        threading.Thread(target=deposed).start()
+
+
+def test_a_leader_only_command_is_not_retried_through_the_next_leader() -> None:
+    """The scheduler's liveness decisions (``leader_only``): once the proposing leadership is
+    over, the next leader must not commit them (it may even be the node they name)."""
+
+    async def go(leader_only: bool) -> tuple[Any, DeposedRaft]:
+        raft = DeposedRaft()
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
+        p.start()
+        try:
+            got = await asyncio.gather(
+                p.propose(register(), timeout_s=5.0, leader_only=leader_only), return_exceptions=True
+            )
+            after = await asyncio.gather(
+                p.propose(register("reg-2"), leader_only=True), return_exceptions=True
+            )
+            assert isinstance(after[0], NoLeader)  # no longer leading: never handed to Raft
+            return got[0], raft
+        finally:
+            await p.stop()
+
+    res, raft = asyncio.run(go(True))
+    assert isinstance(res, OutcomeUnknown) and "not retried" in str(res)
+    assert len(raft.payloads) == 1 and raft.machine.state.members == {}
+    res, raft = asyncio.run(go(False))  # any other command is retried, as before
+    assert res.ok and len(raft.payloads) == 2 and "n1" in raft.machine.state.members
+
+
+def test_a_submits_prefer_is_dropped_when_it_goes_to_another_leader() -> None:
+    """``SubmitRun.prefer`` names the leader the call saw; retried after an election, it would
+    favour the old, possibly dead, leader, so the retry goes without it (same request id)."""
+
+    async def go() -> tuple[Result, DeposedRaft]:
+        raft = DeposedRaft()
+        raft.machine.apply(register())
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
+        p.start()
+        try:
+            return await p.propose(dataclasses.replace(submit("k"), prefer="n1"), timeout_s=5.0), raft
+        finally:
+            await p.stop()
+
+    res, raft = asyncio.run(go())
+    assert res.ok, res
+    sent = [decode_batch(b)[0] for b in raft.payloads]
+    assert [(c.request_id, getattr(c, "prefer", None)) for c in sent] == [("s-k", "n1"), ("s-k", "")]

@@ -726,10 +726,11 @@ class SuspectNode(Command):
     (which cannot see heartbeats) keeps new work off a member the leader has lost touch with
     (``Member.suspect``). Only the incarnation named here is flagged.
 
-    ``requeue`` (with ``suspect``): the leader has had no Raft answer from the member for a while
-    (``raftmesh.node.liveness.REQUEUE_AFTER_S``), so its running attempts go back to READY now,
-    fenced as a node-down would, without marking it down. Encoded only when true, so every
-    entry from before it decodes and re-encodes as it was."""
+    ``requeue`` (with ``suspect``): the leader has heard the member on neither signal for a while
+    (``raftmesh.node.liveness.Liveness.lost``), so its running attempts that may move
+    (``members.moves_on_suspicion``: no declared locks, fewer than ``MAX_SUSPECT_MOVES`` such
+    moves) go back to READY now, fenced as a node-down would, without marking it down. Encoded
+    only when true, so every entry from before it decodes and re-encodes as it was."""
 
     TAG: ClassVar[str] = "suspect_node"
     node_id: str = ""

@@ -123,6 +123,10 @@ MAX_CONDITION_BYTES = 64 * 1024
 MAX_ATTEMPT_HISTORY = 16
 """Ended attempts remembered per task (``TaskState.history``; the oldest are dropped)."""
 
+MAX_SUSPECT_MOVES = 2
+"""Attempts of one task the leader may move off a suspected (not down) member
+(``SuspectNode.requeue``); past it the task waits for node-down, as the node's other work does."""
+
 MAX_MAP_ITEMS = 1000
 """Instances one ``map`` may expand to (a longer output list fails the map)."""
 MAX_MAP_SPEC_BYTES = MAX_RUN_SPEC_BYTES

@@ -18,8 +18,8 @@ from .codes import Code
 from .commands import ActorOffer, AgentOffer, NodeDown, RegisterNode, SuspectNode
 from .context import ApplyContext
 from .results import MemberChanged, MemberResult, Rejected, Result
-from .state import ClusterState, Member
-from .tasks import requeue_node_tasks
+from .state import ClusterState, Member, TaskState
+from .tasks import make_ready, requeue_node_tasks, unrun
 
 
 def offer_error(o: AgentOffer) -> str:
@@ -162,6 +162,19 @@ def node_down(ctx: ApplyContext, cmd: NodeDown) -> Result:
     return MemberResult(cmd.node_id)
 
 
+def moves_on_suspicion(t: TaskState) -> bool:
+    """Whether ``SuspectNode.requeue`` may move this running attempt off its member.
+
+    Not a task that declares locks: the suspected member may still run the old attempt, and
+    granting its locks to a new one would let two hold them; node-down moves it. Not a task
+    already moved ``limits.MAX_SUSPECT_MOVES`` times: suspicion is a guess (a slow member is
+    not a dead one), and past that bound the task waits for node-down, which the member's
+    heartbeats settle. O(1); the scheduler asks it too, so it proposes no requeue that would
+    move nothing.
+    """
+    return not t.spec.locks and t.suspect_moves < limits.MAX_SUSPECT_MOVES
+
+
 def suspect_node(ctx: ApplyContext, cmd: SuspectNode) -> Result:
     """Flag (or clear) an up member as one the leader has not heard from lately.
 
@@ -169,12 +182,15 @@ def suspect_node(ctx: ApplyContext, cmd: SuspectNode) -> Result:
     what runs there stays until the node reports or is marked down. A flag already as asked
     changes nothing (no revision, no dedup entry).
 
-    With ``requeue`` (only with ``suspect``), the member's running attempts go back to READY as
-    ``NodeDown`` sends them (O(the member's slots)), and the member stays up: the new attempts'
-    tokens fence the old ones' late results, and this apply places them elsewhere (the flag is
-    set first). Its actor activations are left to their leases, as ``NodeDown`` leaves them.
+    With ``requeue`` (only with ``suspect``), the member's running attempts that
+    ``moves_on_suspicion`` allows go back to READY as ``NodeDown`` sends them (O(the member's
+    slots)), each counting one ``suspect_moves``; the member stays up and its other attempts
+    stay until it reports or node-down. The new attempts' tokens fence the old ones' late
+    results, and this apply places them elsewhere (the flag is set first). Its actor
+    activations are left to their leases, as ``NodeDown`` leaves them.
     """
-    m = ctx.state.members.get(cmd.node_id)
+    st = ctx.state
+    m = st.members.get(cmd.node_id)
     if m is None:
         return Rejected(Code.NOT_FOUND, f"node {cmd.node_id!r} is not a member")
     if not m.up or m.incarnation != cmd.incarnation:
@@ -187,10 +203,19 @@ def suspect_node(ctx: ApplyContext, cmd: SuspectNode) -> Result:
     if m.suspect != cmd.suspect:
         rev = ctx.advance()
         m.suspect = cmd.suspect
-    if cmd.requeue and ctx.state.running.get(cmd.node_id):
-        requeue_node_tasks(
-            ctx, cmd.node_id, rev or ctx.advance(), f"node {cmd.node_id} unreachable from the leader"
-        )
+    if cmd.requeue:
+        why = f"node {cmd.node_id} unreachable from the leader"
+        # Sorted, as requeue_node_tasks does: the order decides each task's ready_seq.
+        for run_id, task_id in sorted(st.running.get(cmd.node_id, {})):
+            run = st.runs[run_id]
+            t = run.tasks[task_id]
+            if not moves_on_suspicion(t):
+                continue
+            rev = rev or ctx.advance()
+            unrun(ctx, run_id, t, "lost", why)
+            t.error = f"attempt {t.attempt} lost: {why}"
+            t.suspect_moves += 1
+            make_ready(ctx, run, t, rev, not_before_ms=0)
     return MemberResult(cmd.node_id)
 
 

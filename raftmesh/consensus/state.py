@@ -292,9 +292,12 @@ class TaskState:
     """Its ended attempts, oldest first (bounded by ``limits.MAX_ATTEMPT_HISTORY``)."""
     depth: int = 0
     """Spawn depth: 0 for submitted tasks, the spawner's depth + 1 for spawned ones."""
+    suspect_moves: int = 0
+    """Attempts of this task moved off a member the leader suspected (``SuspectNode.requeue``),
+    bounded by ``limits.MAX_SUSPECT_MOVES``; encoded only once non-zero."""
 
     def encode(self) -> list[Any]:
-        return [
+        out = [
             self.spec.to_map(),
             self.status.value,
             self.deps_waiting,
@@ -324,10 +327,13 @@ class TaskState:
             [a.encode() for a in self.history],
             self.depth,
         ]
+        if self.suspect_moves:
+            out.append(self.suspect_moves)
+        return out
 
     @classmethod
     def decode(cls, v: list[Any]) -> TaskState:
-        return cls(
+        t = cls(
             TaskSpec.from_map(v[0]),
             TaskStatus(v[1]),
             v[2],
@@ -348,6 +354,9 @@ class TaskState:
             v[17] if len(v) > 17 else 0,
             *_task_flow(v),
         )
+        if len(v) > 28:
+            t.suspect_moves = v[28]
+        return t
 
 
 @dataclass(slots=True)

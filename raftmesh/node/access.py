@@ -26,7 +26,9 @@ BARRIER_TIMEOUT_S = 5.0
 class Writer(Protocol):
     """The proposer, as services see it."""
 
-    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result: ...
+    async def propose(
+        self, cmd: Command, timeout_s: float | None = None, *, leader_only: bool = False
+    ) -> Result: ...
 
     async def barrier(self, timeout_s: float | None = None) -> None: ...
 

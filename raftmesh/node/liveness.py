@@ -10,8 +10,12 @@ Two signals, because they prove different things. A gRPC heartbeat (every 0.5 s)
 member's event loop, hence its agent host, runs: only its absence for ``node_down_after_s``
 marks a member down. A Raft answer (every 0.1 s) only proves the Raft thread, but its absence
 is the sharper sign that the leader cannot reach the member: a member silent there for
-``RAFT_SUSPECT_AFTER_S`` is flagged (no new work), and after ``REQUEUE_AFTER_S`` its running
-attempts are moved (``SuspectNode.requeue``). A flag is cleared only after the member has been
+``RAFT_SUSPECT_AFTER_S`` is flagged (no new work). Its running attempts are moved
+(``SuspectNode.requeue``) only once it is silent on BOTH: no Raft answer for
+``REQUEUE_AFTER_S`` and no heartbeat for ``requeue_heartbeat_s`` (a slow follower whose Raft
+answers lag while its agent host still heartbeats keeps its work; moving it would run it twice,
+again and again while it flaps). Apply bounds the moves per task and leaves lock holders to
+node-down (``consensus.members.moves_on_suspicion``). A flag is cleared only after the member has been
 heard on both for ``CLEAR_AFTER_S`` (hysteresis: a flapping member costs a flag and a clear per
 second at most, not one per beat).
 """
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 
 from ..clock import Clock
 from ..consensus.state import Member
+from .peers import HEARTBEAT_INTERVAL_S
 
 SUSPECT_AFTER_S = 1.5
 """No heartbeat for this long (3 missed beats): place no new work there until it is heard from again."""
@@ -54,6 +59,7 @@ class Liveness:
         raft_suspect_after_s: float = RAFT_SUSPECT_AFTER_S,
         requeue_after_s: float = REQUEUE_AFTER_S,
         clear_after_s: float = CLEAR_AFTER_S,
+        requeue_heartbeat_s: float | None = None,
     ) -> None:
         self._clock = clock
         self._self_id = self_id
@@ -64,6 +70,14 @@ class Liveness:
         self._raft_suspect_after_s = raft_suspect_after_s
         self._requeue_after_s = requeue_after_s
         self._clear_after_s = clear_after_s
+        self._requeue_heartbeat_s = (
+            requeue_heartbeat_s
+            if requeue_heartbeat_s is not None
+            else min(suspect_after_s, max(2 * HEARTBEAT_INTERVAL_S, node_down_after_s / 2))
+        )
+        """Heartbeat silence a requeue also needs: by default the flag's (3 missed beats), but
+        at most half of ``node_down_after_s`` (and at least 2 beats) so a real cut-off still
+        moves its attempts well before node-down."""
         self._raft_silent: dict[str, float] = {}
         """node id -> its Raft silence at the last ``observe_raft`` (bounded by the Raft peers)."""
         self._fresh_since: dict[str, float] = {}
@@ -192,11 +206,16 @@ class Liveness:
         return frozenset(out)
 
     def lost(self, up: Iterable[Member]) -> frozenset[str]:
-        """Up members whose Raft answers stopped for ``requeue_after_s``: their attempts move."""
+        """Up members silent on both signals: no Raft answer for ``requeue_after_s`` and no
+        heartbeat for ``requeue_heartbeat_s``. Their movable attempts move (the scheduler
+        proposes ``SuspectNode.requeue``); a member whose heartbeats still arrive is slow, not
+        cut off, and keeps its work. Call after ``overdue`` and ``observe_raft``."""
+        mono = self._clock.monotonic()
         return frozenset(
             m.node_id
             for m in up
             if m.up
             and m.node_id != self._self_id
             and self._raft_silent.get(m.node_id, 0.0) >= self._requeue_after_s
+            and mono - self._last_seen.get(m.node_id, mono) >= self._requeue_heartbeat_s
         )

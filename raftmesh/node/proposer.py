@@ -5,7 +5,9 @@ one log entry (group commit), so an idle cluster commits one command at once
 and a busy one amortises Raft over many. Every failure pysyncobj reports, and
 every batch with no answer within ``commit_timeout_s``, is an *unknown outcome*:
 the same commands (same request ids) are proposed again until ``deadline``;
-the state machine applies each request id once.
+the state machine applies each request id once. A ``leader_only`` command (the leader's
+liveness decisions) is the exception: it goes to Raft only while this node leads in the term it
+was proposed in, and is never retried through another leader.
 
 The queue of commands not yet handed to Raft is bounded (``MAX_QUEUED_COMMANDS``,
 ``MAX_QUEUED_BYTES``): a caller that finds it full waits for room until its own
@@ -28,7 +30,7 @@ import msgpack
 
 from .. import calls
 from ..clock import SYSTEM_CLOCK, Clock
-from ..consensus.commands import Command, Origin, encode_command
+from ..consensus.commands import Command, Origin, SubmitRun, encode_command
 from ..consensus.raft import RaftMember
 from ..consensus.results import Result
 from ..errors import NoLeader, OutcomeUnknown, ResourceExhausted
@@ -71,6 +73,11 @@ class _Pending:
     future: asyncio.Future[Result]
     deadline: float
     attempts: int = 0
+    term: int | None = None
+    """For a ``leader_only`` command, the term in which this node led when it was proposed."""
+    hinted_leader: str | None = None
+    """For a ``SubmitRun`` naming a ``prefer``: the Raft leader known when it was proposed (the
+    one ``prefer`` names); sent to another, it goes without the hint (``_send``)."""
 
 
 @dataclass(eq=False)
@@ -132,13 +139,22 @@ class Proposer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
+    async def propose(
+        self, cmd: Command, timeout_s: float | None = None, *, leader_only: bool = False
+    ) -> Result:
         """Apply ``cmd`` through the log; its ``Result`` once applied on this node.
 
         Raises ``NoLeader`` if no leader was known for the whole deadline and the
         command was never handed to Raft, ``ResourceExhausted`` if the queue stayed
         full for the whole deadline (never proposed), ``OutcomeUnknown`` if it may
         have been applied.
+
+        ``leader_only``: a decision this node made as leader (a member's liveness). It is
+        handed to Raft only while this node still leads in the term it led in at the call, and
+        once that no longer holds (a new term, another leader, ``leader_changed``) it is not
+        retried: it fails with ``NoLeader`` if it never reached Raft, else ``OutcomeUnknown``.
+        Otherwise a deposed leader's retry is forwarded to the next leader, which commits a
+        view it did not form (it may even name itself).
         """
         fut: asyncio.Future[Result] = self._loop.create_future()
         deadline = self._clock.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
@@ -146,12 +162,39 @@ class Proposer:
             # Who caused it: the gRPC call being served (or the agent turn), else this node itself.
             call = calls.current()
             cmd = replace(cmd, origin=call.origin() if call is not None else self._own_origin)
+        term = None
+        if leader_only:
+            if not self._raft.is_leader:
+                raise NoLeader(f"{cmd.TAG} {cmd.request_id}: this node no longer leads; not proposed")
+            term = self._raft.term
         encoded = encode_command(cmd)
         size = len(encoded)
         await self._wait_for_room(size, deadline)
         self._queued_bytes += size
-        self._enqueue(_Pending(cmd, size, encoded, fut, deadline))
+        pending = _Pending(cmd, size, encoded, fut, deadline, term=term)
+        if isinstance(cmd, SubmitRun) and cmd.prefer:
+            pending.hinted_leader = self._raft.leader_addr or ""
+        self._enqueue(pending)
         return await fut
+
+    def _deposed(self, p: _Pending) -> bool:
+        """A ``leader_only`` command whose proposing leadership is over (see ``propose``)."""
+        return p.term is not None and (not self._raft.is_leader or self._raft.term != p.term)
+
+    def _fail_deposed(self, p: _Pending) -> None:
+        if p.future.done():
+            return
+        if p.attempts == 0:
+            p.future.set_exception(
+                NoLeader(f"{p.cmd.TAG} {p.cmd.request_id}: this node no longer leads; not proposed")
+            )
+        else:
+            p.future.set_exception(
+                OutcomeUnknown(
+                    f"{p.cmd.TAG} {p.cmd.request_id}: this node's leadership changed before its commit "
+                    "was confirmed; it is not retried through another leader"
+                )
+            )
 
     def _full(self, size: int) -> bool:
         return bool(self._queue) and (
@@ -219,6 +262,10 @@ class Proposer:
         self._wake.set()
 
     def _enqueue(self, p: _Pending) -> None:
+        if self._deposed(p):
+            self._dequeued(p)
+            self._fail_deposed(p)
+            return
         if not self._gather and not self._queue and not self._inflight and self._raft.leader_addr is not None:
             # Idle: nothing to batch it with. Handed to Raft now rather than two loop iterations
             # later (the wake, then the gathering sleep); commands that come while it is in
@@ -253,6 +300,9 @@ class Proposer:
             self._queue.popleft()
             self._dequeued(p)
             if p.future.done():
+                continue
+            if self._deposed(p):
+                self._fail_deposed(p)
                 continue
             batch.append(p)
             size += p.size
@@ -293,8 +343,16 @@ class Proposer:
         bid = next(self._ids)
         batch = _Batch(items)
         self._inflight[bid] = batch
+        leader = self._raft.leader_addr
         for p in items:
             p.attempts += 1
+            if isinstance(p.cmd, SubmitRun) and p.hinted_leader not in (None, leader):
+                # ``prefer`` names the leader the call saw, and this goes to another (an election
+                # since): the hint would favour an old, possibly dead, leader. Same request id, so
+                # a copy the old leader did commit still applies once.
+                p.cmd = replace(p.cmd, prefer="")
+                p.encoded = encode_command(p.cmd)
+                p.hinted_leader = None
         payload = _batch_bytes([p.encoded for p in items])
         if self.on_batch is not None:
             self.on_batch(len(items), len(payload))
@@ -329,6 +387,9 @@ class Proposer:
                     continue
                 if now >= p.deadline:
                     p.future.set_exception(self._unknown(p))
+                elif self._deposed(p):
+                    # Its leadership is over: a retry would go to whoever leads next.
+                    self._fail_deposed(p)
                 else:
                     retry.append(p)
             if retry:
@@ -353,6 +414,11 @@ class Proposer:
         up to a second more would only delay the completions (and the tasks they ready) that
         failed during the election.
         """
+        # Leader-only commands of an earlier leadership end here (those backing off, at their
+        # requeue below: ``_take_batch`` checks each before it goes out); none is retried.
+        for p in self._queue:
+            if self._deposed(p):
+                self._fail_deposed(p)
         # Newest group first: each _requeue puts its group in front of the queue, so the oldest
         # commands (those waiting longest, whose completions other tasks wait for) go out first.
         for rid in reversed(list(self._backing_off)):

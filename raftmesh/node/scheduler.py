@@ -22,6 +22,7 @@ from collections.abc import Callable
 from ..clock import Clock
 from ..consensus.codes import Code
 from ..consensus.commands import Assign, Command, NodeDown, Preempt, SuspectNode, Tick
+from ..consensus.members import moves_on_suspicion
 from ..consensus.placement import plan_assignments
 from ..consensus.preemption import plan_preemptions
 from ..consensus.state import ClusterState, TaskKey
@@ -126,9 +127,13 @@ class Scheduler:
             node_id = m.node_id
             if node_id in self._down_inflight | self._suspect_inflight or self.liveness.cut_off:
                 continue
-            if node_id in lost and st.running.get(node_id):
-                # Unreachable for REQUEUE_AFTER_S: move its attempts now (flagging it too) rather
-                # than after node_down_after_s; the requeue fences the old attempts.
+            if node_id in lost and any(
+                moves_on_suspicion(st.runs[r].tasks[t]) for r, t in st.running.get(node_id, ())
+            ):
+                # Silent on both signals: move its movable attempts now (flagging it too) rather
+                # than after node_down_after_s; the requeue fences the old attempts. Only while
+                # one would move (O(its slots)), so a member whose work is all lock holders or
+                # already moved costs no entry per step.
                 self._suspect_inflight.add(node_id)
                 cmds.append(
                     SuspectNode(
@@ -212,7 +217,8 @@ class Scheduler:
 
     async def _node_down(self, cmd: NodeDown) -> None:
         try:
-            res = await self._writer.propose(cmd, timeout_s=5.0)
+            # leader_only: this leader's liveness view, never committed through a later leader.
+            res = await self._writer.propose(cmd, timeout_s=5.0, leader_only=True)
             log.warning("node %s marked down (%s): %s", cmd.node_id, cmd.reason, res.code)
         except RaftmeshError as exc:
             log.info("node_down %s failed: %s", cmd.node_id, exc)
@@ -222,7 +228,7 @@ class Scheduler:
 
     async def _suspect(self, cmd: SuspectNode) -> None:
         try:
-            res = await self._writer.propose(cmd, timeout_s=5.0)
+            res = await self._writer.propose(cmd, timeout_s=5.0, leader_only=True)
             log.log(
                 logging.WARNING if cmd.requeue else logging.INFO,
                 "node %s suspect=%s%s: %s",
