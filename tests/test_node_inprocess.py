@@ -620,6 +620,8 @@ def test_a_staged_submit_slower_than_the_client_timeout_completes_through_its_re
 ) -> None:
     """The SDK retries DEADLINE_EXCEEDED with the same idempotency key: each attempt goes on
     where the last stopped, so a staged submit longer than one call's deadline completes."""
+    import asyncio
+
     from raftmesh.consensus.commands import StageRun
 
     monkeypatch.setattr(limits, "STAGE_ABOVE_TASKS", 10)
