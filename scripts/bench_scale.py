@@ -378,7 +378,6 @@ def staged_apply_figures(sm: Any, specs: list[Any], repeat: int) -> dict[str, An
     """A tree that stages large submits (``StageRun``): the same run as its node proposes it, in
     parts; the longest apply CPU of one of its entries (decode included) and their count."""
     try:
-        from raftmesh.consensus import limits
         from raftmesh.consensus.commands import StageRun, SubmitRun, decode_batch, encode_batch
         from raftmesh.consensus.dag import stage_parts
     except ImportError:
@@ -387,7 +386,7 @@ def staged_apply_figures(sm: Any, specs: list[Any], repeat: int) -> dict[str, An
 
     longest, each, entries = [], [], 0
     for i in range(repeat):
-        parts = stage_parts(specs, limits.encoded_size([t.input for t in specs]))
+        parts = stage_parts(specs)
         run_id = f"staged{i}"
         cmds: list[Any] = [
             StageRun(f"g{i}-{seq}", 2_000, run_id=run_id, seq=seq, tasks=tuple(p), node_id="n1")

@@ -554,10 +554,47 @@ def test_a_large_run_is_submitted_in_parts_and_appears_whole(
     monkeypatch.setattr(limits, "STAGE_PART_TASKS", 7)
     c = node.client
     run_id = c.submit(fan_out(28), idempotency_key="big")
-    parts = node.state(lambda st: sorted(k for k in st.dedup if k.startswith(f"g-{run_id}-")))
+    parts = node.state(
+        lambda st: sorted(k.rsplit("-", 1)[0] for k in st.dedup if k.startswith(f"g-{run_id}-"))
+    )
     assert parts == [f"g-{run_id}-{i}" for i in range(4)]  # 28 + 2 tasks: 4 parts of 7, then the submit
     assert c.submit(fan_out(28), idempotency_key="big") == run_id  # a retry answers the same run
     run = c.wait(run_id, timeout_s=30)
     assert run.status == "SUCCEEDED" and len(run.tasks) == 30
     assert run.tasks["total"].output == sum(range(28)) + 28
     assert node.state(lambda st: dict(st.stages)) == {}
+
+
+def test_a_staged_submit_slower_than_the_client_timeout_completes_through_its_retries(
+    node: InProcessNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK retries DEADLINE_EXCEEDED with the same idempotency key: each attempt goes on
+    where the last stopped, so a staged submit longer than one call's deadline completes."""
+    import asyncio
+
+    from raftmesh.consensus.commands import StageRun
+
+    monkeypatch.setattr(limits, "STAGE_ABOVE_TASKS", 10)
+    monkeypatch.setattr(limits, "STAGE_PART_TASKS", 3)
+    real = Proposer.propose
+
+    async def slow_stage_commits(self: Proposer, cmd: Any, timeout_s: float | None = None) -> Any:
+        res = await real(self, cmd, timeout_s)
+        if isinstance(cmd, StageRun):  # committed; its proposer learns so later (a loaded cluster)
+            await asyncio.sleep(0.2)
+        return res
+
+    monkeypatch.setattr(Proposer, "propose", slow_stage_commits)
+    # 32 tasks: 10 parts of 3, then the submit: over 2 s of parts against a 0.5 s call deadline.
+    with Client([node.address], timeout_s=0.5, retry_deadline_s=30.0) as c:
+        run_id = c.submit(fan_out(30), idempotency_key="slow-big")
+    monkeypatch.setattr(Proposer, "propose", real)
+    assert run_id.startswith("rk-")
+    run = node.client.wait(run_id, timeout_s=30)
+    assert run.status == "SUCCEEDED" and len(run.tasks) == 32
+    assert node.state(lambda st: dict(st.stages)) == {}
+    # No part was applied twice: each seq once in the dedup table (one attempt's id each).
+    seqs = node.state(
+        lambda st: sorted(int(k.split("-")[-2]) for k in st.dedup if k.startswith(f"g-{run_id}-"))
+    )
+    assert seqs == list(range(10))

@@ -151,15 +151,18 @@ def test_a_retried_submit_with_the_same_key_answers_the_run_the_first_made() -> 
     # A retry (another run id) stops at its first part, which answers the key's run.
     assert apply(sm, part("r2", 0, list(cmd.tasks[:4]), key="k"))[0] == SubmitRunResult("r1", created=False)
     assert not sm.state.stages
-    # Two attempts staging at once: the first submit wins, the second answers its run.
+    # Two requests under one key staging at once (two run ids): the later first part drops the
+    # earlier stage, whose submit is then answered retryably; its retry answers the key's run.
     sm2 = machine()
     assert apply(sm2, part("a", 0, list(cmd.tasks[:4]), key="k"))[0].ok
     assert apply(sm2, part("b", 0, list(cmd.tasks[:4]), key="k"))[0].ok
-    assert apply(sm2, replace(cmd, run_id="a", tasks=cmd.tasks[4:], staged=4))[0] == SubmitRunResult(
-        "a", True
-    )
+    assert list(sm2.state.stages) == ["b"]
+    first = apply(sm2, replace(cmd, run_id="a", tasks=cmd.tasks[4:], staged=4))[0]
+    assert isinstance(first, Rejected) and first.code is Code.ABORTED and "replaced" in first.message
     second = apply(sm2, replace(cmd, request_id="s-other", run_id="b", tasks=cmd.tasks[4:], staged=4))[0]
-    assert second == SubmitRunResult("a", created=False) and "b" not in sm2.state.runs
+    assert second == SubmitRunResult("b", created=True) and "a" not in sm2.state.runs
+    retry = replace(part("a", 0, list(cmd.tasks[:4]), key="k"), request_id="g-a-0-again")
+    assert apply(sm2, retry)[0] == SubmitRunResult("b", created=False)
 
 
 def test_parts_in_the_wrong_order_or_count_change_nothing() -> None:
@@ -243,10 +246,10 @@ def test_parts_follow_dependencies_and_bytes() -> None:
     in_order = fan(3)
     assert dependency_order(in_order) == in_order  # spec order kept where it already holds
     many = fan(limits.STAGE_PART_TASKS * 2)
-    parts = stage_parts(many, limits.encoded_size([t.input for t in many]))
+    parts = stage_parts(many)
     assert [len(p) for p in parts] == [limits.STAGE_PART_TASKS] * 2 + [2]
     heavy = [TaskSpec(id=f"h{i}", agent="sum", input={"v": "x" * 100_000}) for i in range(12)]
-    parts = stage_parts(heavy, limits.encoded_size([t.input for t in heavy]))
+    parts = stage_parts(heavy)
     assert len(parts) > 1 and all(
         limits.encoded_size([t.to_map() for t in p]) <= limits.STAGE_PART_BYTES for p in parts
     )
@@ -278,10 +281,13 @@ class NoDeadline:
 
 
 def access(writer: LogWriter) -> Any:
+    import threading
+
     from raftmesh.clock import SYSTEM_CLOCK
     from raftmesh.node.access import NodeAccess
 
-    return NodeAccess(writer, None, SYSTEM_CLOCK, lambda: True, 5.0)  # type: ignore[arg-type]
+    reads = ReadView(threading.Lock(), lambda: writer.sm.state)
+    return NodeAccess(writer, reads, SYSTEM_CLOCK, lambda: True, 5.0)  # type: ignore[arg-type]
 
 
 def test_the_node_stages_a_large_submit_and_a_stage_cut_short_is_retryable(
@@ -308,16 +314,174 @@ def test_the_node_stages_a_large_submit_and_a_stage_cut_short_is_retryable(
         asyncio.run(staging.propose_submit(access(cut), cmd("r1"), "n1", NoDeadline()))  # type: ignore[arg-type]
     assert [type(e).__name__ for e in cut.entries] == ["StageRun"] * 3
     assert "r1" not in cut.sm.state.runs and not cut.sm.state.stages
-    # The client's retry (same key, the node picks a new run id) goes through.
+    # The client's retry (same key; the run id is the key's request's, whatever the node
+    # picked) goes through: the expired stage's parts are proposed again, under new ids.
     cut.between = None
     res = asyncio.run(staging.propose_submit(access(cut), cmd("r2"), "n1", NoDeadline()))  # type: ignore[arg-type]
-    assert res == SubmitRunResult("r2", created=True)
-    assert len(cut.sm.state.runs["r2"].tasks) == 16
+    assert isinstance(res, SubmitRunResult) and res.created and res.run_id.startswith("rk-")
+    assert len(cut.sm.state.runs[res.run_id].tasks) == 16
     # Once the key's run exists, a retry stops at its first part with that run.
-    res = asyncio.run(staging.propose_submit(access(cut), cmd("r3"), "n1", NoDeadline()))  # type: ignore[arg-type]
-    assert res == SubmitRunResult("r2", created=False) and not cut.sm.state.stages
+    again = asyncio.run(staging.propose_submit(access(cut), cmd("r3"), "n1", NoDeadline()))  # type: ignore[arg-type]
+    assert again == SubmitRunResult(res.run_id, created=False) and not cut.sm.state.stages
     # A small run is one entry, as before.
     small = LogWriter(machine())
     one = replace(cmd("r4"), tasks=specs[:3])
     asyncio.run(staging.propose_submit(access(small), one, "n1", NoDeadline()))  # type: ignore[arg-type]
     assert [type(e).__name__ for e in small.entries] == ["SubmitRun"]
+
+
+class SlowCommits(LogWriter):
+    """Each entry is in the log once proposed, but its proposer learns so ``commit_s`` later (a
+    loaded cluster): a caller's deadline can cut an attempt short after its part applied."""
+
+    def __init__(self, sm: StateMachine, commit_s: float) -> None:
+        super().__init__(sm)
+        self.commit_s = commit_s
+
+    async def propose(self, cmd: Command, timeout_s: float | None = None) -> Result:
+        import asyncio
+
+        res = await super().propose(cmd, timeout_s)
+        await asyncio.sleep(self.commit_s)
+        return res
+
+
+def _attempts(writer: LogWriter, cmds: list[tuple[SubmitRun, str]], deadline_s: float) -> Result | None:
+    """The client's attempts of one submit, each cut at ``deadline_s`` (DEADLINE_EXCEEDED, then
+    the SDK's retry); the first answer, or None if every attempt was cut."""
+    import asyncio
+
+    from raftmesh.node import staging
+
+    async def go() -> Result | None:
+        for cmd, node_id in cmds:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    return await staging.propose_submit(access(writer), cmd, node_id, NoDeadline())  # type: ignore[arg-type]
+            except TimeoutError:
+                continue
+        return None
+
+    return asyncio.run(go())
+
+
+def test_a_staged_submit_slower_than_the_callers_deadline_completes_over_its_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "STAGE_ABOVE_TASKS", 8)
+    monkeypatch.setattr(limits, "STAGE_PART_TASKS", 5)
+    specs = tuple(fan(24))  # 26 tasks: 5 parts of 5, then the submit with the last task
+    w = SlowCommits(machine(), 0.05)  # 6 entries take 0.3 s; each attempt has 0.12 s
+    # Each attempt is a new call: the node picks a new run id each time (the SDK keeps the key).
+    tries = [(SubmitRun("s-K", T0, f"r{i}", "K", specs, 0, "", "alice"), "n1") for i in range(12)]
+    res = _attempts(w, tries, 0.12)
+    # (created or not: the attempt that made the run may have been cut short before its answer)
+    assert isinstance(res, SubmitRunResult) and list(w.sm.state.runs) == [res.run_id], res
+    assert len(w.sm.state.runs[res.run_id].tasks) == 26 and not w.sm.state.stages
+    # Every attempt went on where the last stopped: no part was proposed twice before the
+    # submit (a later attempt's first part then answers the key's run, as the service would).
+    upto = next(i for i, e in enumerate(w.entries) if isinstance(e, SubmitRun))
+    assert [e.seq for e in w.entries[:upto] if isinstance(e, StageRun)] == [0, 1, 2, 3, 4]
+    # The run id is the request's: the same for every attempt, another for another request.
+    from raftmesh.node.staging import keyed_run_id
+
+    def rid(c: SubmitRun) -> str:
+        return keyed_run_id(c, [msgpack.packb(t.to_map(), use_bin_type=True) for t in c.tasks])
+
+    first = tries[0][0]
+    assert rid(replace(first, run_id="other", ts_ms=5, prefer="n2")) == rid(first) == res.run_id
+    assert rid(replace(first, submitter="bob")) != rid(first)
+    assert rid(replace(first, tasks=specs[1:])) != rid(first)
+
+
+def test_a_retry_through_another_node_continues_the_stage_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "STAGE_ABOVE_TASKS", 8)
+    monkeypatch.setattr(limits, "STAGE_PART_TASKS", 5)
+    specs = tuple(fan(24))
+    w = SlowCommits(machine(), 0.05)
+    cmd = SubmitRun("s-K", T0, "r0", "K", specs, 0, "", "alice")
+    assert _attempts(w, [(cmd, "n1")], 0.08) is None  # cut short after part 0 or 1
+    (stage,) = w.sm.state.stages.values()
+    applied = stage.next_seq
+    assert stage.node_id == "n1" and 1 <= applied < 5
+    w.commit_s = 0.0
+    res = _attempts(w, [(replace(cmd, run_id="r1"), "n2")], 5.0)  # the SDK's retry, on the next node
+    assert isinstance(res, SubmitRunResult) and res.created
+    again = [e.seq for e in w.entries if isinstance(e, StageRun)][applied:]
+    assert again == [0, *range(applied, 5)]  # part 0 moves the stage to n2; then the rest
+    # The first attempt's handler, had it gone on, is refused from the move on.
+    w2 = machine()
+    assert apply(w2, part("r", 0, list(specs[:5]), key="K", node="n1"))[0].ok
+    assert apply(w2, replace(part("r", 0, list(specs[:5]), key="K", node="n2"), request_id="g2"))[0].ok
+    late = apply(w2, part("r", 1, list(specs[5:10]), key="K", node="n1"))[0]
+    assert isinstance(late, Rejected) and late.code is Code.FAILED_PRECONDITION and "'n2'" in late.message
+    assert apply(w2, part("r", 1, list(specs[5:10]), key="K", node="n2"))[0] == ChangedResult(10)
+
+
+def test_a_keys_abandoned_stages_do_not_hold_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    specs = fan(20)
+    sm = machine()
+    # Attempts of one key under other run ids (another request under the key, or a node that
+    # picked random run ids): each first part drops the key's stage before it.
+    for i in range(limits.MAX_STAGES_PER_NODE + 2):
+        assert apply(sm, part(f"x{i}", 0, specs[:5], key="K"))[0].ok
+        assert apply(sm, part(f"x{i}", 1, specs[5:10], key="K"))[0].ok
+        assert list(sm.state.stages) == [f"x{i}"]
+    assert apply(sm, part("other", 0, specs[:5], key="Z"))[0].ok  # the node still stages others
+    # The key's run made by a submit in one entry: the key's stage can never finish, it goes.
+    res = apply(sm, SubmitRun("s-K", T0, "whole", "K", tuple(specs), 0, "", "alice"))[0]
+    assert res == SubmitRunResult("whole", created=True)
+    assert list(sm.state.stages) == ["other"]
+    # A refused first part drops nothing.
+    assert apply(sm, part("y", 0, specs[:5], key="Z2"))[0].ok
+    bad = apply(sm, part("z", 0, [TaskSpec(id="q", agent="nobody")], key="Z2"))[0]
+    assert isinstance(bad, Rejected) and list(sm.state.stages) == ["other", "y"]
+    # A replica decoding the snapshot agrees.
+    assert StateMachine(ClusterState.decode(sm.snapshot())).digest() == sm.digest()
+
+
+def test_a_part_or_submit_for_another_key_or_node_is_refused_and_changes_nothing() -> None:
+    specs = fan(12)
+    sm = machine()
+    assert apply(sm, part("r1", 0, specs[:5], key="k", node="n1"))[0].ok
+    assert apply(sm, part("u1", 0, specs[:5], node="n1"))[0].ok  # no key
+    before = sm.digest()
+    refused = [
+        part("r1", 1, specs[5:10], key="other"),
+        part("r1", 1, specs[5:10], key=""),
+        part("r1", 0, specs[:5], key="other", node="n2"),
+        part("r1", 1, specs[5:10], key="k", node="n2"),  # a later part from another node
+        part("u1", 0, specs[:5], node="n2"),  # only a keyed attempt moves a stage
+        part("u1", 1, specs[5:10], key="k"),
+    ]
+    for i, cmd in enumerate(refused):
+        res = apply(sm, replace(cmd, request_id=f"other-{i}"))[0]
+        assert isinstance(res, Rejected) and res.code is Code.FAILED_PRECONDITION, (cmd, res)
+    for key, rid in (("other", "r1"), ("", "r1"), ("k", "u1")):
+        res = apply(
+            sm, SubmitRun(f"s-{rid}-{key}", T0, rid, key, tuple(specs[5:]), 0, "", "alice", staged=5)
+        )[0]
+        assert isinstance(res, Rejected) and res.code is Code.FAILED_PRECONDITION and "key" in res.message
+    assert sm.digest() == before and not sm.state.runs
+    end = SubmitRun("s-k", T0, "r1", "k", tuple(specs[5:]), 0, "", "alice", staged=5)
+    assert apply(sm, end)[0] == SubmitRunResult("r1", created=True)
+
+
+def test_parts_are_cut_at_their_bytes_with_skewed_inputs() -> None:
+    import asyncio
+
+    from raftmesh.node import staging
+
+    small = [TaskSpec(id=f"s{i}", agent="sum", input={"value": i}) for i in range(2_000)]
+    heavy = [TaskSpec(id=f"h{i}", agent="sum", input={"v": "x" * 200_000}) for i in range(4)]
+    specs = tuple(heavy + small)  # the average input is small; the first 1,000 tasks hold 800 KB
+    w = LogWriter(machine())
+    cmd = SubmitRun("s-k", T0, "r1", "k", specs, 0, "", "alice")
+    res = asyncio.run(staging.propose_submit(access(w), cmd, "n1", NoDeadline()))  # type: ignore[arg-type]
+    assert isinstance(res, SubmitRunResult) and res.created
+    assert len(w.entries) > 2
+    for e in w.entries:
+        assert isinstance(e, StageRun | SubmitRun)
+        assert len(e.tasks) <= limits.STAGE_PART_TASKS
+        assert limits.encoded_size([t.to_map() for t in e.tasks]) <= limits.STAGE_PART_BYTES, len(e.tasks)
+    assert [t.id for e in w.entries for t in e.tasks] == [t.id for t in specs]  # in dependency order

@@ -350,15 +350,25 @@ def dependency_order(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
     return out
 
 
-def stage_parts(tasks: Sequence[TaskSpec], input_bytes: int) -> list[list[TaskSpec]]:
+def stage_parts(tasks: Sequence[TaskSpec], sizes: Mapping[str, int] | None = None) -> list[list[TaskSpec]]:
     """A large run's tasks cut into the parts of a staged submit (``StageRun``), in dependency
-    order; one part when the run fits one entry. ``input_bytes``: the encoded size of all
-    inputs, which sets how many tasks a part holds (apply checks the real sizes)."""
-    per_task = input_bytes / len(tasks) + 128 if tasks else 0  # + ids, agent, deps (typical)
-    n = limits.STAGE_PART_TASKS
-    if per_task * n > limits.STAGE_PART_BYTES:
-        n = max(1, int(limits.STAGE_PART_BYTES // per_task))
-    if len(tasks) <= n:
+    order; one part when the run fits one entry. A part holds at most ``STAGE_PART_TASKS``
+    tasks and ends before the task that would take its specs over ``STAGE_PART_BYTES`` encoded
+    (counted per replica, as apply counts them), so skewed inputs cannot put several MiB in
+    one part; a task larger than that alone is a part of its own. ``sizes``: each task's
+    encoded spec (``limits.encoded_size(t.to_map())``) by id, when the caller has them."""
+    if sizes is None:
+        sizes = {t.id: limits.encoded_size(t.to_map()) for t in tasks}
+    cost = [sizes[t.id] * (1 + t.replicas) for t in tasks]
+    if len(tasks) <= limits.STAGE_PART_TASKS and sum(cost) <= limits.STAGE_PART_BYTES:
         return [list(tasks)]
-    ordered = dependency_order(tasks)
-    return [ordered[i : i + n] for i in range(0, len(ordered), n)]
+    parts: list[list[TaskSpec]] = [[]]
+    held = 5  # the part's list header, at most (apply sizes the part as one list)
+    for t in dependency_order(tasks):
+        size = sizes[t.id] * (1 + t.replicas)
+        if parts[-1] and (len(parts[-1]) >= limits.STAGE_PART_TASKS or held + size > limits.STAGE_PART_BYTES):
+            parts.append([])
+            held = 5
+        parts[-1].append(t)
+        held += size
+    return parts

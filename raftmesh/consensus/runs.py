@@ -129,13 +129,20 @@ def _expired(run_id: str, seq: int) -> Rejected:
     return Rejected(
         Code.ABORTED,
         f"the staged submit of run {run_id!r} is gone before part {seq} (it expired after "
-        f"{limits.STAGE_TTL_MS // 1000} s without a part, e.g. across a leader change): "
+        f"{limits.STAGE_TTL_MS // 1000} s without a part, e.g. across a leader change, or a later "
+        "submit with its idempotency key replaced it): "
         "submit the run again (with the same idempotency key)",
     )
 
 
 def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
-    """One part of a large run (``StageRun``): validated and built, invisible until its submit."""
+    """One part of a large run (``StageRun``): validated and built, invisible until its submit.
+
+    A part continues the stage of its run id only when it carries the stage's idempotency key.
+    A seq-0 part with a key is a new attempt of a submit: if the stage of its run id is another
+    node's, the stage moves to this node (that attempt's later parts are refused from then on);
+    a stage of the same key under another run id (another request under the key, or one from
+    before keyed run ids) is dropped, so an abandoned attempt does not hold the limits."""
     st = ctx.state
     if cmd.idempotency_key:
         existing = st.idempotency.get(cmd.idempotency_key)
@@ -144,9 +151,24 @@ def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
     current = st.stages.get(cmd.run_id)
     if current is None and cmd.seq != 0:
         return _expired(cmd.run_id, cmd.seq)
-    if current is not None and cmd.seq < current.next_seq:
-        return ChangedResult(0)  # a part applied already (a retry under a new request id)
-    if current is not None and cmd.seq != current.next_seq:
+    rehome = False
+    if current is not None:
+        if current.idempotency_key != cmd.idempotency_key:
+            return Rejected(
+                Code.FAILED_PRECONDITION,
+                f"run {cmd.run_id!r} is being staged under another idempotency key",
+            )
+        if current.node_id != cmd.node_id:
+            if cmd.seq != 0 or not cmd.idempotency_key:
+                return Rejected(
+                    Code.FAILED_PRECONDITION,
+                    f"the staged submit of run {cmd.run_id!r} goes on through node {current.node_id!r} "
+                    f"now (a later attempt): this attempt stops",
+                )
+            rehome = True
+        if cmd.seq < current.next_seq and not rehome:
+            return ChangedResult(0)  # a part applied already (a retry, or an earlier attempt's)
+    if current is not None and not rehome and cmd.seq != current.next_seq:
         return Rejected(
             Code.FAILED_PRECONDITION, f"part {cmd.seq} of run {cmd.run_id!r} before part {current.next_seq}"
         )
@@ -158,23 +180,42 @@ def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
             why = limits.request_id_error("idempotency key", cmd.idempotency_key)
             if why:
                 raise DagError("invalid", why)
-        fixed, spec_bytes = _check_part(st, current, cmd.tasks)
+        if rehome and current is not None:
+            if len(cmd.node_id) > limits.MAX_ID_CHARS:
+                raise DagError("limit", f"node id is longer than {limits.MAX_ID_CHARS} characters")
+            fixed, spec_bytes = current.fixed, current.spec_bytes  # the part is applied already
+        else:
+            fixed, spec_bytes = _check_part(st, current, cmd.tasks)
     except DagError as exc:
         return Rejected(Code.INVALID_ARGUMENT, str(exc))
-    if current is None:
-        if cmd.run_id in st.runs:
+    # An older attempt of the key's submit (seq 0 only, so a request's own parts never evict
+    # each other): dropped once this part is known to apply. At most MAX_STAGES to look at.
+    evict = (
+        [
+            rid
+            for rid, s in st.stages.items()
+            if s.idempotency_key == cmd.idempotency_key and rid != cmd.run_id
+        ]
+        if cmd.idempotency_key and cmd.seq == 0
+        else []
+    )
+    others = [s for rid, s in st.stages.items() if rid not in evict and rid != cmd.run_id]
+    if current is None or rehome:
+        if current is None and cmd.run_id in st.runs:
             return Rejected(Code.ALREADY_EXISTS, f"run id {cmd.run_id!r} already exists")
-        mine = sum(1 for s in st.stages.values() if s.node_id == cmd.node_id)
-        if len(st.stages) >= limits.MAX_STAGES or mine >= limits.MAX_STAGES_PER_NODE:
+        mine = sum(1 for s in others if s.node_id == cmd.node_id)
+        if len(others) + 1 > limits.MAX_STAGES or mine >= limits.MAX_STAGES_PER_NODE:
             return Rejected(
                 Code.RESOURCE_EXHAUSTED,
-                f"{len(st.stages)} large runs are being submitted ({mine} through node {cmd.node_id!r}; "
+                f"{len(others)} large runs are being submitted ({mine} through node {cmd.node_id!r}; "
                 f"limits {limits.MAX_STAGES} and {limits.MAX_STAGES_PER_NODE}): retry shortly",
             )
-    held = sum(s.spec_bytes for s in st.stages.values())  # at most MAX_STAGES stages
-    held_here = sum(s.spec_bytes for s in st.stages.values() if s.node_id == cmd.node_id)
-    added = spec_bytes - (current.spec_bytes if current is not None else 0)
-    if held + added > limits.MAX_STAGED_BYTES or held_here + added > limits.MAX_STAGED_BYTES_PER_NODE:
+    held = sum(s.spec_bytes for s in others)  # at most MAX_STAGES stages
+    held_here = sum(s.spec_bytes for s in others if s.node_id == cmd.node_id)
+    if (
+        held + spec_bytes > limits.MAX_STAGED_BYTES
+        or held_here + spec_bytes > limits.MAX_STAGED_BYTES_PER_NODE
+    ):
         return Rejected(
             Code.RESOURCE_EXHAUSTED,
             f"large runs being submitted hold {held} bytes of tasks ({held_here} through node "
@@ -182,9 +223,15 @@ def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
             f"{limits.MAX_STAGED_BYTES_PER_NODE}: retry shortly",
         )
     ctx.advance()
+    for rid in evict:
+        del st.stages[rid]
     if current is None:
         current = Stage(cmd.run_id, cmd.node_id, cmd.idempotency_key, 0, 0, {}, [], 0, 0)
         st.stages[cmd.run_id] = current
+    if rehome:
+        current.node_id = cmd.node_id
+        current.expires_ms = st.time_ms + limits.STAGE_TTL_MS
+        return ChangedResult(len(current.tasks))
     _add_tasks(current.tasks, cmd.tasks)
     current.roots.extend(t.id for t in cmd.tasks if not t.deps)
     current.next_seq += 1
@@ -211,6 +258,11 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
     staged = st.stages.get(cmd.run_id) if cmd.staged else None
     if cmd.staged and staged is None:
         return _expired(cmd.run_id, -1)
+    if staged is not None and staged.idempotency_key != cmd.idempotency_key:
+        return Rejected(
+            Code.FAILED_PRECONDITION,
+            f"run {cmd.run_id!r} was staged under another idempotency key than its submit's",
+        )
     if staged is not None and len(staged.tasks) != cmd.staged:
         return Rejected(
             Code.FAILED_PRECONDITION,
@@ -257,6 +309,9 @@ def submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
     budgets.track(st, run)
     if cmd.idempotency_key:
         st.idempotency[cmd.idempotency_key] = cmd.run_id
+        if st.stages:  # other attempts' stages of the key can only stop now: free their room
+            for rid in [rid for rid, s in st.stages.items() if s.idempotency_key == cmd.idempotency_key]:
+                del st.stages[rid]
     ctx.emit(RunChanged(rev, cmd.run_id, RunStatus.RUNNING))
     ctx.prefer = cmd.prefer
     for task_id in roots:

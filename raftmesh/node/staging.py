@@ -7,41 +7,67 @@ entry each and one after the other (proposed together, the proposer would batch 
 into one entry), then its ``SubmitRun`` with the last part: each entry's apply is bounded by
 its part. The run appears whole, or not at all, when that ``SubmitRun`` applies.
 
-A retry is safe: each part has its own request id, and a part that finds the idempotency key
-taken answers the existing run. A stage cut short (a leader change past the deadline, a
+A retry is safe: apply makes a part proposed again a no-op (by its ``seq``), a retry of a keyed
+submit goes on from the parts already applied (``keyed_run_id``), and a part that finds the
+idempotency key taken answers the existing run. A stage cut short (a leader change past the deadline, a
 tick dropping an abandoned stage) is answered UNAVAILABLE: the client retries the whole
 submit with the same idempotency key, as after any unknown outcome.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import replace
 
 import grpc
+import msgpack
 
 from ..consensus import limits
 from ..consensus.codes import Code
 from ..consensus.commands import StageRun, SubmitRun
 from ..consensus.dag import stage_parts
 from ..consensus.results import Rejected, Result, SubmitRunResult
+from ..consensus.state import ClusterState
 from ..errors import Unavailable
 from .access import NodeAccess
+from .proposer import new_request_id
+
+_PACK = functools.partial(msgpack.packb, use_bin_type=True)
+"""msgpack as the log encodes (``limits.encoded_size``)."""
 
 
 async def propose_submit(
     node: NodeAccess, cmd: SubmitRun, node_id: str, context: grpc.aio.ServicerContext
 ) -> Result:
-    """Propose ``cmd`` as one entry, or staged in parts when it is large; its result."""
+    """Propose ``cmd`` as one entry, or staged in parts when it is large; its result.
+
+    A staged submit with an idempotency key takes the run id ``keyed_run_id`` names, not the
+    caller's: a retry of the same request (the SDK retries DEADLINE_EXCEEDED and UNAVAILABLE,
+    on any node) stages the same parts under the same id, so it skips the parts the log has
+    already applied and goes on from there, rather than starting over and being cut short by
+    the same deadline again."""
     if len(cmd.tasks) <= limits.STAGE_ABOVE_TASKS and not _heavy(cmd):
         return await node.propose(cmd, context)
-    parts = stage_parts(cmd.tasks, limits.encoded_size([t.input for t in cmd.tasks]))
+    encoded = [_PACK(t.to_map()) for t in cmd.tasks]
+    parts = stage_parts(cmd.tasks, {t.id: len(b) for t, b in zip(cmd.tasks, encoded, strict=True)})
     if len(parts) == 1:
         return await node.propose(cmd, context)
+    if cmd.idempotency_key:
+        cmd = replace(cmd, run_id=keyed_run_id(cmd, encoded))
+    done = node.reads.read(functools.partial(_applied_parts, cmd=cmd, node_id=node_id))
+    # Request ids of this attempt's own: an applied part is recorded under its id, so an id
+    # reused by a later attempt (after the stage expired) would be answered, not applied. Apply
+    # makes a part proposed twice a no-op by its seq.
+    attempt = new_request_id()[:8]
     staged = 0
     for seq, part in enumerate(parts[:-1]):
+        if seq < done:  # applied by an earlier attempt of this request: nothing to propose
+            staged += len(part)
+            continue
         res = await node.propose(
             StageRun(
-                request_id=f"g-{cmd.run_id}-{seq}",
+                request_id=f"g-{cmd.run_id}-{seq}-{attempt}",
                 ts_ms=node.clock.now_ms(),
                 run_id=cmd.run_id,
                 seq=seq,
@@ -54,8 +80,33 @@ async def propose_submit(
         if isinstance(res, SubmitRunResult) or not res.ok:  # the key's run exists, or refused
             return _retryable(res)
         staged += len(part)
+        if seq == 0 and done == 0:  # the stage may be an earlier attempt's, now continued here
+            done = node.reads.read(functools.partial(_applied_parts, cmd=cmd, node_id=node_id))
     res = await node.propose(replace(cmd, tasks=tuple(parts[-1]), staged=staged), context)
     return _retryable(res)
+
+
+def keyed_run_id(cmd: SubmitRun, encoded: list[bytes]) -> str:
+    """The run id of a staged submit with an idempotency key: a digest of the request as it is
+    logged (key, namespace, submitter, name, priority, budget, every task; ``encoded``: each
+    task's spec encoded), so every attempt of one request names the same stage, and another
+    request under the same key (other tasks, another caller) names another one, never mixing
+    its parts into this one. "rk-" keeps it apart from the random "r-<hex>" ids."""
+    head = replace(cmd, request_id="", ts_ms=0, run_id="", tasks=(), prefer="", staged=0, origin=None)
+    digest = hashlib.sha256(_PACK(head.to_map()))
+    for b in encoded:
+        digest.update(b)
+    return "rk-" + digest.hexdigest()[:32]
+
+
+def _applied_parts(st: ClusterState, cmd: SubmitRun, node_id: str) -> int:
+    """How many parts of ``cmd``'s stage this replica has applied (0: none, or not this
+    request's): an attempt goes on after them. Read locally: a lagging replica only answers
+    fewer, and re-proposing an applied part is a no-op."""
+    stage = st.stages.get(cmd.run_id)
+    if stage is None or stage.idempotency_key != cmd.idempotency_key or not cmd.idempotency_key:
+        return 0
+    return stage.next_seq if stage.node_id == node_id else 0
 
 
 def _heavy(cmd: SubmitRun) -> bool:
