@@ -333,3 +333,79 @@ def test_followers_learn_a_commit_before_the_leader_applies_it(tmp_path: Path) -
         armed.clear()
         for m in members.values():
             m.destroy()
+
+
+def _snapshot_without_compaction(tmp_path: Path) -> list[Entry]:
+    """A follower holds 2..10 (acknowledged), applies up to 6, writes its snapshot and then stops
+    before compacting the journal (the crash window: the snapshot renamed into place, the journal
+    whole). Returns what it held."""
+    f = Follower(tmp_path)
+    try:
+        f.send(append(1, 1, 0, entries(2, 10, term=1), commit=6))
+        assert f.acknowledged() == 10
+        wait_until(lambda: f.member.last_applied == 6, 10, "the follower to apply index 6")
+        journal = f.so._SyncObj__raftLog
+        compactions: list[int] = []
+        journal.deleteEntriesTo = compactions.append  # the process dies before the compaction
+        f.member.force_snapshot()
+        wait_until(lambda: compactions, 10, "the snapshot to be written and the compaction to begin")
+        assert f.member.snapshots_written == 1
+        held = f.entries()
+    finally:
+        f.close()
+    assert [i for _, i, _ in held] == list(range(1, 11))
+    return held
+
+
+def _wait_loaded(f: Follower) -> None:
+    """pysyncobj loads the snapshot on the restarted member's first tick (then sets last applied)."""
+
+    def loaded() -> bool:
+        return f.member.snapshots_loaded == 1 and f.member.last_applied >= 6
+
+    wait_until(loaded, 10, "the restarted follower to load its snapshot")
+
+
+def test_a_restart_between_snapshot_and_compaction_keeps_the_entries_after_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    """pysyncobj's dump load cleared the whole journal unless it began with the snapshot's two
+    boundary entries, so a crash after the snapshot was written and before the journal was
+    compacted dropped 7..10, which this follower had acknowledged (a leader counted them)."""
+    held = _snapshot_without_compaction(tmp_path)
+    f = Follower(tmp_path)
+    try:
+        _wait_loaded(f)
+        assert f.entries() == held[4:], "entries after the snapshot were dropped from the journal"
+        f.send(append(1, 10, 1, [], commit=10))  # the leader's next heartbeat finds the log whole
+        assert f.acks[-1]["success"] and f.acks[-1]["next_node_idx"] == 11
+        wait_until(lambda: f.member.last_applied == 10, 10, "the follower to apply index 10")
+    finally:
+        f.close()
+    reopened = Follower(tmp_path)  # the trimmed journal loads as a compacted one does
+    try:
+        _wait_loaded(reopened)
+        assert [i for _, i, _ in reopened.entries()] == list(range(5, 11))
+    finally:
+        reopened.close()
+
+
+def test_a_restart_keeps_no_journal_entries_that_contradict_the_snapshot(tmp_path: Path) -> None:
+    """A journal whose entries at the snapshot's boundary have another term (a follower that
+    crashed while installing a leader's snapshot over a diverged log) is replaced as before."""
+    from pysyncobj.journal import FileJournal
+
+    held = _snapshot_without_compaction(tmp_path)
+    journal = FileJournal(str(tmp_path / "raft.journal"))
+    try:
+        journal.deleteEntriesFrom(4)  # keep 1..4; 5..10 now come from a term-2 leader
+        for entry in entries(5, 10, term=2):
+            journal.add(*entry)
+    finally:
+        journal._destroy()
+    f = Follower(tmp_path)
+    try:
+        _wait_loaded(f)
+        assert f.entries() == held[4:6]
+    finally:
+        f.close()

@@ -37,3 +37,35 @@ class SizeCompaction:
         if size is not None and size > JOURNAL_COMPACT_BYTES:
             # pysyncobj runs it when no snapshot is being written, once the applied entries allow.
             self._so.forceLogCompaction()
+
+
+def keep_entries_after_snapshot(journal: Any, raft_meta: Any) -> None:
+    """Compact ``journal`` to the snapshot pysyncobj is loading at start, keeping later entries.
+
+    pysyncobj writes the snapshot (renamed into place) and compacts the journal a tick later;
+    at start it keeps the journal only if it *begins* with the snapshot's two boundary entries,
+    else it clears it. A crash between the two steps therefore dropped every entry after the
+    snapshot, entries this node had acknowledged and a leader had counted toward commits (a
+    whole-cluster power cut in that window could lose committed entries). Raft's rule (§7):
+    a log holding the snapshot's last entry (same index and term) keeps what follows it. So
+    when the journal holds both boundary entries with their index and term, it is compacted
+    here as that tick would have done, and pysyncobj then finds it beginning with them. A
+    journal that contradicts the snapshot is left for pysyncobj to replace.
+
+    ``raft_meta`` is what the snapshot stores for pysyncobj: (last applied entry, the entry
+    before it, cluster), each entry (command, index, term).
+    """
+    try:
+        last, prev = raft_meta[0], raft_meta[1]
+        first = int(journal[0][1])
+        pos = int(prev[1]) - first
+        if pos <= 0 or pos + 1 >= len(journal):
+            return  # already compacted to it (pos 0), or not both boundary entries held
+        held_prev, held_last = journal[pos], journal[pos + 1]
+        if (int(held_prev[1]), int(held_prev[2])) != (int(prev[1]), int(prev[2])):
+            return
+        if (int(held_last[1]), int(held_last[2])) != (int(last[1]), int(last[2])):
+            return
+    except (IndexError, TypeError, ValueError):
+        return  # not a shape this knows: pysyncobj's own check decides
+    journal.deleteEntriesTo(pos)  # DurableJournal: a new file renamed over, after a directory fsync

@@ -42,7 +42,7 @@ from ..machine import Applied, StateMachine
 from ..results import Event, Result
 from ..state import ClusterState
 from . import wire
-from .compaction import SizeCompaction
+from .compaction import SizeCompaction, keep_entries_after_snapshot
 from .durable_journal import CommitGate, DurableJournal, fsync_path
 from .election import Election
 from .read_index import ReadCallback, ReadIndex
@@ -163,6 +163,18 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         def transport(so: Any, me: Any, others: Any) -> WarmTransport:
             return WarmTransport(so, me, others, journal=so.journal)  # set by the journal setter below
 
+        self._loading_own_snapshot = False
+        read_snapshot = conf.deserializer
+        if read_snapshot is not None:
+
+            def deserialize(path: str) -> Any:
+                raft_meta = read_snapshot(path)
+                if self._loading_own_snapshot:  # at start: keep what follows it (compaction.py)
+                    keep_entries_after_snapshot(self._SyncObj__raftLog, raft_meta)
+                return raft_meta
+
+            conf.deserializer = deserialize
+
         super().__init__(self_addr, peers, conf, transportClass=transport)
         if self.journal is not None:
             notifier = getattr(self, "_SyncObj__pipeNotifier", None)  # made with autoTick
@@ -275,6 +287,14 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         elif message.get("type") == "append_entries":
             self.read_index.after_append_entries(node, message)
         self._election.after_message(node, message)
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
+        # clearJournal=False: this node's own snapshot, read at start (a leader's install clears).
+        self._loading_own_snapshot = not clearJournal
+        try:
+            SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        finally:
+            self._loading_own_snapshot = False
 
     def _SyncObj__onNodeDisconnected(self, node: Any) -> None:
         SyncObj._SyncObj__onNodeDisconnected(self, node)
