@@ -177,15 +177,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     dag = DAG.from_file(args.file)
     flags = {k: getattr(args, k) for k in ("max_tasks", "max_seconds", "max_cost", "max_tokens")}
     budget = {k: v for k, v in flags.items() if v is not None}  # each replaces the file's figure
+    kw: dict[str, Any] = {
+        "idempotency_key": args.idempotency_key,
+        "budget": budget or None,
+        "namespace": args.namespace,
+        "trace_id": args.trace_id,
+    }
     with _client(args) as c:
-        run_id = c.submit(
-            dag,
-            idempotency_key=args.idempotency_key,
-            budget=budget or None,
-            namespace=args.namespace,
-            trace_id=args.trace_id,
-        )
         if not args.wait:
+            run_id = c.submit(dag, **kw)
             if args.json:
                 _print_json({"run_id": run_id})
             else:
@@ -194,11 +194,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if (con := _tty(args)) is not None:
             from .render import follow, run_summary
 
+            run_id = c.submit(dag, **kw)
             follow(con, c.watch(run_id, timeout_s=args.wait_timeout), run_id, show_events=False)
             run = c.get(run_id)
             run_summary(con, run)
             return EXIT_OK if run.status == "SUCCEEDED" else EXIT_RUN_FAILED
-        run = c.wait(run_id, timeout_s=args.wait_timeout)
+        # Not following on a terminal: the submit and the ended run in one call (RunToEnd).
+        run = c.run(dag, timeout_s=args.wait_timeout, **kw)
     if args.json:
         _print_json(run.to_json())
     else:
