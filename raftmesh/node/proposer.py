@@ -12,6 +12,10 @@ The queue of commands not yet handed to Raft is bounded (``MAX_QUEUED_COMMANDS``
 deadline, and then gets ``ResourceExhausted`` (its command was never proposed,
 so retrying later is safe). A gRPC caller sees RESOURCE_EXHAUSTED only after
 its deadline's worth of waiting, which is what a deadline promises.
+
+A node that has known no leader for ``LEADERLESS_FAIL_S`` answers at once instead of holding
+commands until their deadline (a node cut off from its leader held a client's submit for the
+whole 10 s): the client's SDK moves on to another node on the UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ MAX_QUEUED_BYTES = 64 * 1024 * 1024
 COMMIT_TIMEOUT_S_PER_MIB = 1.0
 """Added to ``commit_timeout_s`` per MiB of a batch: a large entry takes seconds to stream to the
 followers (consensus/raft/replication.py), and a retry before it commits appends it again."""
+LEADERLESS_FAIL_S = 1.0
+"""How long this node may know no Raft leader before its queued and new commands fail at once:
+``NoLeader`` for one never handed to Raft, ``OutcomeUnknown`` for one that was (it may still be
+applied; a retry with the same request id / idempotency key is safe). Counted from when the
+proposer first saw no leader: a follower forgets a silent leader after its election timeout
+(0.6-1.2 s, ``election.py``), so this answers 1.6-2.2 s after the last word from the leader;
+an ordinary election elects one well within it."""
 
 
 def _settle(fut: asyncio.Future[str | None], err: str | None) -> None:
@@ -106,6 +117,8 @@ class Proposer:
         self._backing_off: dict[int, tuple[asyncio.TimerHandle, list[_Pending]]] = {}
         """Failed commands waiting out their retry backoff (``leader_changed`` cuts it short)."""
         self._ids = itertools.count()
+        self._leaderless_since: float | None = None
+        """When this proposer first saw no leader (None while it knows one)."""
         self._task: asyncio.Task[None] | None = None
         self.retried = 0
         """Commands sent again after their batch failed (a metric)."""
@@ -146,6 +159,8 @@ class Proposer:
             # Who caused it: the gRPC call being served (or the agent turn), else this node itself.
             call = calls.current()
             cmd = replace(cmd, origin=call.origin() if call is not None else self._own_origin)
+        if self._leaderless_for() >= LEADERLESS_FAIL_S:
+            raise NoLeader(self._NO_LEADER)
         encoded = encode_command(cmd)
         size = len(encoded)
         await self._wait_for_room(size, deadline)
@@ -218,6 +233,18 @@ class Proposer:
         self._gather = True
         self._wake.set()
 
+    _NO_LEADER = "this node knows no Raft leader (cut off, or an election is on); nothing was proposed, retry on another node"
+
+    def _leaderless_for(self) -> float:
+        """Seconds since this proposer first saw no leader; 0 while it knows one."""
+        if self._raft.leader_addr is not None:
+            self._leaderless_since = None
+            return 0.0
+        now = self._clock.monotonic()
+        if self._leaderless_since is None:
+            self._leaderless_since = now
+        return now - self._leaderless_since
+
     def _enqueue(self, p: _Pending) -> None:
         if not self._gather and not self._queue and not self._inflight and self._raft.leader_addr is not None:
             # Idle: nothing to batch it with. Handed to Raft now rather than two loop iterations
@@ -264,16 +291,19 @@ class Proposer:
             self._room.set()
 
     def _expire_waiting(self) -> None:
+        """Fail the queued commands whose deadline passed, or all of them once this node has
+        known no leader for ``LEADERLESS_FAIL_S``."""
         now = self._clock.monotonic()
+        cut_off = self._leaderless_for() >= LEADERLESS_FAIL_S
         keep: deque[_Pending] = deque()
         for p in self._queue:
             if p.future.done():
                 self._dequeued(p)
                 continue
-            if now >= p.deadline:
+            if cut_off or now >= p.deadline:
                 self._dequeued(p)
                 if p.attempts == 0:
-                    p.future.set_exception(NoLeader("no Raft leader is elected yet; retry shortly"))
+                    p.future.set_exception(NoLeader(self._NO_LEADER))
                 else:
                     p.future.set_exception(self._unknown(p))
             else:
@@ -323,11 +353,12 @@ class Proposer:
                     p.future.set_result(r)
         else:
             now = self._clock.monotonic()
+            cut_off = self._leaderless_for() >= LEADERLESS_FAIL_S
             retry = []
             for p in batch.items:
                 if p.future.done():
                     continue
-                if now >= p.deadline:
+                if cut_off or now >= p.deadline:
                     p.future.set_exception(self._unknown(p))
                 else:
                     retry.append(p)
@@ -353,6 +384,7 @@ class Proposer:
         up to a second more would only delay the completions (and the tasks they ready) that
         failed during the election.
         """
+        self._leaderless_since = None
         # Newest group first: each _requeue puts its group in front of the queue, so the oldest
         # commands (those waiting longest, whose completions other tasks wait for) go out first.
         for rid in reversed(list(self._backing_off)):
