@@ -52,7 +52,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pysyncobj.node import Node, TCPNode
-from pysyncobj.tcp_connection import TcpConnection
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,21 @@ class BoundedConnection(TcpConnection):  # type: ignore[misc]  # pysyncobj ships
             self._tx_frames += 1
         self._TcpConnection__writeBuffer += seal(pickle.dumps(message, SEND_PICKLE_PROTOCOL), cipher, nonce)
         self._TcpConnection__trySendBuffer()
+        fileno = self._TcpConnection__fileno
+        if (
+            self._TcpConnection__writeBuffer
+            and fileno is not None
+            and self.state == CONNECTION_STATE.CONNECTED
+        ):
+            # pysyncobj watches a connected socket for writability only after a write event found
+            # bytes left, so what the socket did not take waited for this link's next send: a
+            # follower catching up got ~128 KB per leader message (the socket buffers), once a
+            # second when only link pings went. Watched, it drains as fast as the peer reads.
+            self._TcpConnection__poller.subscribe(
+                fileno,
+                self._TcpConnection__processConnection,
+                POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR,
+            )
 
     def _unseal(self, body: bytes) -> bytes:
         if not self.encryptor:
