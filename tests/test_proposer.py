@@ -20,6 +20,7 @@ from raftmesh.consensus.commands import RegisterNode, SubmitRun, TaskSpec, decod
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.results import Result, SubmitRunResult
 from raftmesh.errors import NoLeader, OutcomeUnknown
+from raftmesh.node import proposer as proposer_mod
 from raftmesh.node.proposer import Proposer
 
 
@@ -109,6 +110,45 @@ def test_no_leader_fails_fast_without_touching_the_log() -> None:
     (res,) = asyncio.run(_propose(raft, [register()], timeout_s=0.3))
     assert isinstance(res, NoLeader)
     assert raft.proposals == 0
+
+
+def test_a_node_cut_off_from_its_leader_answers_before_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the node has known no leader for LEADERLESS_FAIL_S, a command already handed to Raft
+    fails OutcomeUnknown and a new one NoLeader at once, long before their 30 s deadline (the
+    SDK then tries another node); a leader known again makes proposals go through."""
+    monkeypatch.setattr(proposer_mod, "LEADERLESS_FAIL_S", 0.3)
+
+    async def go() -> tuple[Any, Any, int, Any]:
+        raft = HeldRaft()
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=60.0)  # type: ignore[arg-type]
+        p.start()
+        try:
+            async with asyncio.timeout(5):  # without the limit, each waits its 30 s deadline
+                first = asyncio.ensure_future(p.propose(register(), timeout_s=30.0))
+                while not raft.held:
+                    await asyncio.sleep(0.005)
+                raft.leader_addr = None  # the follower forgot its silent leader (election.py)
+                raft.held.pop()(None, "LEADER_CHANGED")
+                handed = (await asyncio.gather(first, return_exceptions=True))[0]
+                new = (await asyncio.gather(p.propose(submit("k1"), timeout_s=30.0), return_exceptions=True))[
+                    0
+                ]
+            proposals = raft.proposals
+            raft.leader_addr = "127.0.0.1:2"
+            again = asyncio.ensure_future(p.propose(submit("k2"), timeout_s=30.0))
+            async with asyncio.timeout(5):
+                while not raft.held:
+                    await asyncio.sleep(0.005)
+            raft.held.pop()([SubmitRunResult("r-k2", created=True)], None)
+            return handed, new, proposals, await again
+        finally:
+            await p.stop()
+
+    handed, new, proposals, again = asyncio.run(go())
+    assert isinstance(handed, OutcomeUnknown), handed  # it was handed to Raft: it may be applied
+    assert isinstance(new, NoLeader), new
+    assert proposals == 1, "the new command must not reach the log"
+    assert again == SubmitRunResult("r-k2", created=True)
 
 
 def test_concurrent_commands_share_log_entries() -> None:

@@ -14,6 +14,10 @@ The queue of commands not yet handed to Raft is bounded (``MAX_QUEUED_COMMANDS``
 deadline, and then gets ``ResourceExhausted`` (its command was never proposed,
 so retrying later is safe). A gRPC caller sees RESOURCE_EXHAUSTED only after
 its deadline's worth of waiting, which is what a deadline promises.
+
+A node that has known no leader for ``LEADERLESS_FAIL_S`` answers at once instead of holding
+commands until their deadline (a node cut off from its leader held a client's submit for the
+whole 10 s): the client's SDK moves on to another node on the UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ MAX_QUEUED_BYTES = 64 * 1024 * 1024
 COMMIT_TIMEOUT_S_PER_MIB = 1.0
 """Added to ``commit_timeout_s`` per MiB of a batch: a large entry takes seconds to stream to the
 followers (consensus/raft/replication.py), and a retry before it commits appends it again."""
+LEADERLESS_FAIL_S = 1.0
+"""How long this node may know no Raft leader before its queued and new commands fail at once:
+``NoLeader`` for one never handed to Raft, ``OutcomeUnknown`` for one that was (it may still be
+applied; a retry with the same request id / idempotency key is safe). Counted from when the
+proposer first saw no leader: a follower forgets a silent leader after its election timeout
+(0.6-1.2 s, ``election.py``), so this answers 1.6-2.2 s after the last word from the leader;
+an ordinary election elects one well within it."""
 
 
 def _settle(fut: asyncio.Future[str | None], err: str | None) -> None:
@@ -113,6 +124,8 @@ class Proposer:
         self._backing_off: dict[int, tuple[asyncio.TimerHandle, list[_Pending]]] = {}
         """Failed commands waiting out their retry backoff (``leader_changed`` cuts it short)."""
         self._ids = itertools.count()
+        self._leaderless_since: float | None = None
+        """When this proposer first saw no leader (None while it knows one)."""
         self._task: asyncio.Task[None] | None = None
         self.retried = 0
         """Commands sent again after their batch failed (a metric)."""
@@ -162,6 +175,8 @@ class Proposer:
             # Who caused it: the gRPC call being served (or the agent turn), else this node itself.
             call = calls.current()
             cmd = replace(cmd, origin=call.origin() if call is not None else self._own_origin)
+        if self._leaderless_for() >= LEADERLESS_FAIL_S:
+            raise NoLeader(self._NO_LEADER)
         term = None
         if leader_only:
             if not self._raft.is_leader:
@@ -261,6 +276,18 @@ class Proposer:
         self._gather = True
         self._wake.set()
 
+    _NO_LEADER = "this node knows no Raft leader (cut off, or an election is on); nothing was proposed, retry on another node"
+
+    def _leaderless_for(self) -> float:
+        """Seconds since this proposer first saw no leader; 0 while it knows one."""
+        if self._raft.leader_addr is not None:
+            self._leaderless_since = None
+            return 0.0
+        now = self._clock.monotonic()
+        if self._leaderless_since is None:
+            self._leaderless_since = now
+        return now - self._leaderless_since
+
     def _enqueue(self, p: _Pending) -> None:
         if self._deposed(p):
             self._dequeued(p)
@@ -314,16 +341,19 @@ class Proposer:
             self._room.set()
 
     def _expire_waiting(self) -> None:
+        """Fail the queued commands whose deadline passed, or all of them once this node has
+        known no leader for ``LEADERLESS_FAIL_S``."""
         now = self._clock.monotonic()
+        cut_off = self._leaderless_for() >= LEADERLESS_FAIL_S
         keep: deque[_Pending] = deque()
         for p in self._queue:
             if p.future.done():
                 self._dequeued(p)
                 continue
-            if now >= p.deadline:
+            if cut_off or now >= p.deadline:
                 self._dequeued(p)
                 if p.attempts == 0:
-                    p.future.set_exception(NoLeader("no Raft leader is elected yet; retry shortly"))
+                    p.future.set_exception(NoLeader(self._NO_LEADER))
                 else:
                     p.future.set_exception(self._unknown(p))
             else:
@@ -381,11 +411,12 @@ class Proposer:
                     p.future.set_result(r)
         else:
             now = self._clock.monotonic()
+            cut_off = self._leaderless_for() >= LEADERLESS_FAIL_S
             retry = []
             for p in batch.items:
                 if p.future.done():
                     continue
-                if now >= p.deadline:
+                if cut_off or now >= p.deadline:
                     p.future.set_exception(self._unknown(p))
                 elif self._deposed(p):
                     # Its leadership is over: a retry would go to whoever leads next.
@@ -414,6 +445,7 @@ class Proposer:
         up to a second more would only delay the completions (and the tasks they ready) that
         failed during the election.
         """
+        self._leaderless_since = None
         # Leader-only commands of an earlier leadership end here (those backing off, at their
         # requeue below: ``_take_batch`` checks each before it goes out); none is retried.
         for p in self._queue:

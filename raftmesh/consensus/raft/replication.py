@@ -307,6 +307,12 @@ class Replication:
                 so._SyncObj__serializer.cancelTransmisstion(node)
                 self._entry_streams.pop(node, None)
                 continue
+            if _unsent_bytes(transport, node) >= STREAM_WINDOW_BYTES:
+                # A follower catching up after a partition reads slower than a leader compresses
+                # its batches: py-spy showed the leader's Raft thread busy for seconds queueing
+                # catch-up (commits to the followers it shares a majority with waited). What is
+                # queued keeps the link busy; more goes once it drains.
+                continue
             send_single = True
             sending_serialized = False
             nxt = next_index[node]
@@ -324,7 +330,7 @@ class Replication:
                         if entries:
                             next_index[node] = entries[-1][1] + 1
                         self._send_append(node, prev_idx, prev_term, entries)
-                        if node not in connected:
+                        if node not in connected or _unsent_bytes(transport, node) >= STREAM_WINDOW_BYTES:
                             break
                 else:  # the follower needs the snapshot: pysyncobj's transfer, unchanged
                     data = so._SyncObj__serializer.getTransmissionData(node)
