@@ -392,6 +392,15 @@ def test_a_staged_submit_slower_than_the_callers_deadline_completes_over_its_ret
     assert rid(replace(first, run_id="other", ts_ms=5, prefer="n2")) == rid(first) == res.run_id
     assert rid(replace(first, submitter="bob")) != rid(first)
     assert rid(replace(first, tasks=specs[1:])) != rid(first)
+    # On an open cluster the submitter is the caller's peer address, another port on every
+    # connection: a retry through another channel (the SDK's next address) names the same stage.
+    from raftmesh import calls
+
+    with calls.bound(calls.Call()):
+        a = rid(replace(first, submitter="ipv4:127.0.0.1:54530"))
+        assert a == rid(replace(first, submitter="ipv4:127.0.0.1:54540"))
+    with calls.bound(calls.Call(principal="token:bob")):
+        assert rid(replace(first, submitter="token:bob")) != rid(first) != a
 
 
 def test_a_retry_through_another_node_continues_the_stage_there(monkeypatch: pytest.MonkeyPatch) -> None:

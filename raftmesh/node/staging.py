@@ -23,6 +23,7 @@ from dataclasses import replace
 import grpc
 import msgpack
 
+from .. import calls
 from ..consensus import limits
 from ..consensus.codes import Code
 from ..consensus.commands import StageRun, SubmitRun
@@ -88,11 +89,25 @@ async def propose_submit(
 
 def keyed_run_id(cmd: SubmitRun, encoded: list[bytes]) -> str:
     """The run id of a staged submit with an idempotency key: a digest of the request as it is
-    logged (key, namespace, submitter, name, priority, budget, every task; ``encoded``: each
+    logged (key, namespace, submitter when authenticated, name, priority, budget, every task; ``encoded``: each
     task's spec encoded), so every attempt of one request names the same stage, and another
     request under the same key (other tasks, another caller) names another one, never mixing
     its parts into this one. "rk-" keeps it apart from the random "r-<hex>" ids."""
-    head = replace(cmd, request_id="", ts_ms=0, run_id="", tasks=(), prefer="", staged=0, origin=None)
+    # An anonymous caller's submitter is its peer address, whose port changes with every
+    # connection: a retry on another channel must name the same stage, so it does not count.
+    call = calls.current()
+    submitter = "" if call is not None and call.principal == calls.ANONYMOUS else cmd.submitter
+    head = replace(
+        cmd,
+        request_id="",
+        ts_ms=0,
+        run_id="",
+        tasks=(),
+        prefer="",
+        staged=0,
+        origin=None,
+        submitter=submitter,
+    )
     digest = hashlib.sha256(_PACK(head.to_map()))
     for b in encoded:
         digest.update(b)
