@@ -409,3 +409,25 @@ def test_a_restart_keeps_no_journal_entries_that_contradict_the_snapshot(tmp_pat
         assert f.entries() == held[4:6]
     finally:
         f.close()
+
+
+def test_a_failure_keeping_the_entries_after_the_snapshot_stops_the_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pysyncobj's loader swallows every error; a failed keep must not leave a node running with
+    its state restored but its applied index unset (it would apply entries twice)."""
+    from raftmesh.consensus.raft import compaction
+
+    class Journal(list):  # type: ignore[type-arg]
+        def deleteEntriesTo(self, pos: int) -> None:
+            raise RuntimeError("reopen failed")
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+
+    monkeypatch.setattr(compaction.os, "_exit", fake_exit)
+    journal = Journal([(b"", i, 1) for i in range(3, 11)])
+    compaction.keep_entries_after_snapshot(journal, ((b"", 6, 1), (b"", 5, 1), None))
+    assert exits == [compaction.FSYNC_FAILED_EXIT]

@@ -11,9 +11,15 @@ compacted at once.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from pysyncobj import SyncObj
+
+from .durable_journal import FSYNC_FAILED_EXIT
+
+log = logging.getLogger(__name__)
 
 JOURNAL_COMPACT_BYTES = 1024 * 1024 * 1024
 """Compact once the journal holds this much (a quarter of what its format can address)."""
@@ -68,4 +74,13 @@ def keep_entries_after_snapshot(journal: Any, raft_meta: Any) -> None:
             return
     except (IndexError, TypeError, ValueError):
         return  # not a shape this knows: pysyncobj's own check decides
-    journal.deleteEntriesTo(pos)  # DurableJournal: a new file renamed over, after a directory fsync
+    try:
+        journal.deleteEntriesTo(pos)  # DurableJournal: a new file renamed over, after a directory fsync
+    except Exception:
+        # pysyncobj's loader swallows every error (a bare except) and would go on with the state
+        # restored but its applied index unset, applying entries twice: stop instead; the old
+        # journal is whole on disk and the next start tries again.
+        log.critical(
+            "keeping the journal entries after the snapshot failed: stopping the node", exc_info=True
+        )
+        os._exit(FSYNC_FAILED_EXIT)
