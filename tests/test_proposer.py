@@ -151,6 +151,32 @@ def test_a_node_cut_off_from_its_leader_answers_before_the_deadline(monkeypatch:
     assert again == SubmitRunResult("r-k2", created=True)
 
 
+def test_a_leaderless_spell_counts_from_its_own_start_once_a_leader_was_seen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A short gap that no proposal saw end must not make the next spell fail at once: the health
+    loop's ``leader_seen`` ends the old one."""
+    monkeypatch.setattr(proposer_mod, "LEADERLESS_FAIL_S", 0.3)
+    clock = [100.0]
+
+    async def go() -> tuple[float, float]:
+        raft = HeldRaft()
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=60.0)  # type: ignore[arg-type]
+        monkeypatch.setattr(p._clock, "monotonic", lambda: clock[0])
+        raft.leader_addr = None
+        p._leaderless_for()  # a proposal noticed a short gap...
+        raft.leader_addr = "127.0.0.1:2"
+        p.leader_seen()  # ...whose end only the health loop saw
+        clock[0] += 60.0
+        raft.leader_addr = None
+        fresh = p._leaderless_for()
+        clock[0] += 0.5
+        return fresh, p._leaderless_for()
+
+    fresh, later = asyncio.run(go())
+    assert fresh == 0.0 and later == 0.5
+
+
 def test_concurrent_commands_share_log_entries() -> None:
     raft = FakeRaft([])
     cmds = [submit(f"k{i}") for i in range(200)]

@@ -278,6 +278,11 @@ class Proposer:
 
     _NO_LEADER = "this node knows no Raft leader (cut off, or an election is on); nothing was proposed, retry on another node"
 
+    def leader_seen(self) -> None:
+        """A leader is known now (the health loop's pass): a later leaderless spell counts from
+        its own start, not from an earlier gap too short for any proposal to notice its end."""
+        self._leaderless_since = None
+
     def _leaderless_for(self) -> float:
         """Seconds since this proposer first saw no leader; 0 while it knows one."""
         if self._raft.leader_addr is not None:

@@ -612,6 +612,8 @@ class NodeRuntime:
         leader = self.raft.leader_addr
         while True:
             now_leader = self.raft.leader_addr
+            if now_leader is not None:
+                self.proposer.leader_seen()
             if now_leader != leader:
                 leader = now_leader
                 if now_leader is not None:
