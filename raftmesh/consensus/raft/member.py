@@ -147,6 +147,16 @@ _PICKLED_COMMANDS = (b"\x00", b"\x02", b"\x03")
 """pysyncobj command kinds whose payload it unpickles: REGULAR, MEMBERSHIP, VERSION."""
 
 
+LEADER_FSYNC_THREAD = False
+"""Whether the leader's journal fsync runs on the fsync thread (``_SyncObj._sync_appended``). Off:
+on this 2-CPU machine the leader is CPU-bound, and the thread made its Raft thread tick ~56% more
+often per put and commit sooner, so the proposer sent smaller batches (16-22% more entries per
+put), with two thread hand-offs per fsync on top (futex calls per put 1.9x): 16 clients' puts
+0.80x and leader CPU per put 1.27x against inline (py-spy, strace; bench_kv side by side). With
+it off, ``CommitGate`` finds the leader synced at every tick and changes nothing. Worth measuring
+again on machines with more cores."""
+
+
 class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type information
     def __init__(
         self, member: RaftMember, self_addr: str, peers: list[str], conf: SyncObjConf, fsync: bool
@@ -217,12 +227,12 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         self._sync_appended()  # the entries appended while polling
 
     def _sync_appended(self) -> None:
-        """The leader's fsync goes to the fsync thread: it keeps taking acks and commands meanwhile.
-        A follower's runs inline: its ack, the next thing it sends, waits for it either way, and a
-        hand-off to the fsync thread and back cost more CPU than it saved (bench_kv: 16 clients'
-        puts 0.70-0.86x main with every member's fsync on the thread, 1.2-1.5x with only the leader's)."""
+        """Fsync what was appended: inline by default, on every member. With
+        ``LEADER_FSYNC_THREAD`` the leader's goes to the fsync thread instead (group commit: it keeps
+        taking acks and commands meanwhile; ``CommitGate`` counts it only once synced). A
+        follower's always runs inline: its ack, the next thing it sends, waits for it either way."""
         assert self.journal is not None
-        if self._isLeader():
+        if LEADER_FSYNC_THREAD and self._isLeader():
             self.journal.start_sync()
         else:
             self.journal.sync()
