@@ -134,24 +134,15 @@ class Scheduler:
                 # than after node_down_after_s; the requeue fences the old attempts. Only while
                 # one would move (O(its slots)), so a member whose work is all lock holders or
                 # already moved costs no entry per step.
-                self._suspect_inflight.add(node_id)
-                cmds.append(
-                    SuspectNode(
-                        new_request_id("s-"),
-                        now,
-                        node_id=node_id,
-                        incarnation=m.incarnation,
-                        suspect=True,
-                        requeue=True,
-                    )
-                )
+                suspect, requeue = True, True
+            elif (node_id in silent) == m.suspect:
                 continue
-            if (node_id in silent) == m.suspect:
-                continue
-            if m.suspect and node_id != self._self_id and not self.liveness.heard(node_id):
+            elif m.suspect and node_id != self._self_id and not self.liveness.heard(node_id):
                 # Flagged by an earlier leader: its grace here says nothing about it (it may be
                 # the dead one); the flag stays until this leader hears it.
                 continue
+            else:
+                suspect, requeue = not m.suspect, False
             self._suspect_inflight.add(node_id)
             cmds.append(
                 SuspectNode(
@@ -159,7 +150,8 @@ class Scheduler:
                     now,
                     node_id=node_id,
                     incarnation=m.incarnation,
-                    suspect=not m.suspect,
+                    suspect=suspect,
+                    requeue=requeue,
                 )
             )
         due = st.next_deadline_ms()
