@@ -40,8 +40,8 @@ def follower(tmp_path: Path) -> Iterator[Follower]:
         f.close()
 
 
-def test_a_follower_acks_a_read_heartbeat_of_its_leaders_term_only(follower: Follower) -> None:
-    f = follower
+def _record_acks(f: Follower) -> list[dict[str, Any]]:
+    """The read acks ``f`` sends from now on (its transport's sends are wrapped)."""
     sent: list[dict[str, Any]] = []
     transport = f.so._SyncObj__transport
     real_send = transport.send
@@ -52,6 +52,12 @@ def test_a_follower_acks_a_read_heartbeat_of_its_leaders_term_only(follower: Fol
         return real_send(node, message)
 
     transport.send = record
+    return sent
+
+
+def test_a_follower_acks_a_read_heartbeat_of_its_leaders_term_only(follower: Follower) -> None:
+    f = follower
+    sent = _record_acks(f)
     f.send(append(2, 1, 0, entries(2, 3, term=2), commit=1) | {"read_seq": 7})
     assert sent == [{"type": ri.ACK, "term": 2, "seq": 7}]
     # A heartbeat that fails the log check still proves the follower accepted the leader's term.
@@ -67,16 +73,7 @@ def test_a_follower_acks_a_read_heartbeat_of_its_leaders_term_only(follower: Fol
 
 def test_a_follower_echoes_a_read_probe_of_its_leader_in_its_term_only(follower: Follower) -> None:
     f = follower
-    sent: list[dict[str, Any]] = []
-    transport = f.so._SyncObj__transport
-    real_send = transport.send
-
-    def record(node: Any, message: Any) -> Any:
-        if isinstance(message, dict) and message.get("type") == ri.ACK:
-            sent.append(message)
-        return real_send(node, message)
-
-    transport.send = record
+    sent = _record_acks(f)
     f.send({"type": ri.PROBE, "term": 2, "seq": 3})
     assert sent == [], "a probe echoed before the follower accepted that leader in that term"
     f.send(append(2, 1, 0, [], commit=1))  # now it follows the leader of term 2
