@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -343,3 +344,20 @@ def finite(o: Any) -> Any:
     if isinstance(o, (list, tuple)):
         return [finite(v) for v in o]
     return o
+
+
+def baseline_env(tree: str, script: str) -> dict[str, str]:
+    """The environment that makes a node import raftmesh from ``tree`` (``--baseline-tree``),
+    checked by importing it once; ``script`` names the bench in the error."""
+    tree = os.path.abspath(tree)
+    env = {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
+    got = subprocess.run(
+        [sys.executable, "-c", "import raftmesh; print(raftmesh.__file__)"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not got.startswith(tree + os.sep):
+        raise SystemExit(f"{script}: --baseline-tree {tree}: the nodes would import {got}")
+    return env

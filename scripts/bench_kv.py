@@ -68,7 +68,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import grpc
-from _benchkit import environment, percentile, positive_int, ratio, run_bench
+from _benchkit import baseline_env, environment, percentile, positive_int, ratio, run_bench
 
 from raftmesh.localcluster import LocalCluster, free_ports
 from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
@@ -538,17 +538,7 @@ def start_raftmesh(name: str, tmp: str, env: dict[str, str], stack: contextlib.E
 def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict[str, Any]:
     drivers: list[Driver] = [start_raftmesh("raftmesh", tmp, {}, stack)]
     if args.baseline_tree:
-        tree = os.path.abspath(args.baseline_tree)
-        env = {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
-        got = subprocess.run(
-            [sys.executable, "-c", "import raftmesh; print(raftmesh.__file__)"],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        if not got.startswith(tree + os.sep):
-            raise SystemExit(f"bench_kv: --baseline-tree {tree}: the nodes would import {got}")
+        env = baseline_env(args.baseline_tree, "bench_kv")
         drivers.append(start_raftmesh("baseline", tmp, env, stack))
     etcd_skipped = None
     etcd_pids: list[int] = []

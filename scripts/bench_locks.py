@@ -123,7 +123,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -134,6 +133,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from _benchkit import (
+    baseline_env,
     dask_cluster,
     dask_importable,
     environment,
@@ -670,22 +670,6 @@ def _brief(s: dict[str, Any]) -> str:
     )
 
 
-def baseline_env(tree: str) -> dict[str, str]:
-    """The environment that makes a node import raftmesh from ``tree`` (checked here)."""
-    tree = os.path.abspath(tree)
-    env = {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"}
-    got = subprocess.run(
-        [sys.executable, "-c", "import raftmesh; print(raftmesh.__file__)"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    if not got.startswith(tree + os.sep):
-        raise SystemExit(f"bench_locks: --baseline-tree {tree}: the nodes would import {got}")
-    return env
-
-
 def start_raftmesh(
     name: str, tmp: str, env: dict[str, str], stack: contextlib.ExitStack
 ) -> tuple[RaftmeshSystem, float]:
@@ -721,7 +705,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     leader = rm.leader
     base: RaftmeshSystem | None = None
     if args.baseline_tree:
-        base, _ = start_raftmesh("baseline", tmp, baseline_env(args.baseline_tree), stack)
+        base, _ = start_raftmesh("baseline", tmp, baseline_env(args.baseline_tree, "bench_locks"), stack)
 
     dk: DaskSystem | None = None
     dk_startup = math.nan
