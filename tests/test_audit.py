@@ -178,6 +178,116 @@ def test_a_snapshot_over_a_gap_marks_open_runs_incomplete(archive: AuditArchive)
     assert archive.flush() and archive.timeline("fresh").complete
 
 
+def test_a_snapshot_over_a_gap_marks_a_run_reopened_and_ended_again_within_it(archive: AuditArchive) -> None:
+    """The chaos run's find (seed 23, snapshots every 100 entries): a node archived a run's end,
+    missed a retry that reopened it and its second end (a snapshot covered them), and answered
+    GetAudit with a timeline it called complete but without the rerun's completed rows."""
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("again", [spec("a"), spec("b", "a")]))
+    c.run_task("again", "a")
+    c.run_task("again", "b")
+    c.ok(c.submit("quiet", [spec("a")]))
+    c.run_task("quiet", "a")
+    assert archive.flush()
+    assert archive.timeline("again").complete and archive.timeline("quiet").complete
+    # The leader went on: "again" was rerun and ended again, "quiet" did not change.
+    other = Audited()
+    other.sm.state = ClusterState.decode(c.st.encode())
+    other._n = 1000
+    other.ok(other.rerun("again", "a"))
+    other.run_task("again", "a")
+    other.run_task("again", "b")
+    assert other.st.runs["again"].status is c.st.runs["quiet"].status
+    archive.restored(other.st)
+    c.sm.state = ClusterState.decode(other.st.encode())
+    c._n = 2000
+    assert archive.flush()
+    tl = archive.timeline("again")
+    assert not tl.complete, [(r.kind, r.task_id, r.attempt) for r in tl.rows]
+    assert archive.timeline("quiet").complete  # it did not change in the gap
+
+
+def test_a_dropped_batch_marks_a_run_it_reopened_and_ended_again(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = AuditArchive(str(tmp_path))
+    try:
+        c = Audited(archive)
+        c.ok(c.register("n1"))
+        c.ok(c.submit("again", [spec("a")]))
+        c.run_task("again", "a")
+        c.ok(c.submit("quiet", [spec("a")]))
+        c.run_task("quiet", "a")
+        assert archive.flush()
+        assert archive.timeline("again").complete and archive.timeline("quiet").complete
+        monkeypatch.setattr(audit_mod, "QUEUE_BATCHES", 2)
+        txn = archive._env.begin(write=True)  # a slow disk: the writer blocks in its next transaction
+        try:
+            c.ok(c.register("n2"))
+            _until(lambda: archive._queue.qsize() == 0)  # the writer holds it, waiting for the lock
+            c.ok(c.register("n3"))  # these two fill the queue
+            c.ok(c.register("n4"))
+            c.ok(c.rerun("again", "a"))  # dropped, and so are its run's placement and second end
+            c.run_task("again", "a")
+        finally:
+            txn.abort()
+        assert archive.flush()
+        assert c.st.runs["again"].status is c.st.runs["quiet"].status  # ended again
+        assert not archive.timeline("again").complete
+        assert archive.timeline("quiet").complete  # nothing of it was dropped
+    finally:
+        archive.close()
+
+
+def test_a_failed_write_marks_a_run_its_batches_reopened_and_ended_again(
+    archive: AuditArchive, monkeypatch: Any
+) -> None:
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.submit("again", [spec("a")]))
+    c.run_task("again", "a")
+    c.ok(c.submit("quiet", [spec("a")]))
+    c.run_task("quiet", "a")
+    assert archive.flush()
+    write = archive._write
+
+    def failing(txn: Any, trail: Any, metas: Any) -> None:
+        raise lmdb.MapFullError("the disk is full")
+
+    monkeypatch.setattr(archive, "_write", failing)
+    c.ok(c.rerun("again", "a"))
+    c.run_task("again", "a")  # reopened and ended again, all in lost transactions
+    assert archive.flush()
+    monkeypatch.setattr(archive, "_write", write)
+    assert archive.failures >= 1
+    assert not archive.timeline("again").complete
+    assert archive.timeline("quiet").complete
+
+
+def test_runs_touched_covers_every_run_rows_for_writes(archive: AuditArchive) -> None:
+    """What a dropped batch marks (``runs_touched``, no rows built) includes every run it had rows for."""
+    c = Audited(archive)
+    c.ok(c.register("n1"))
+    c.ok(c.register("n2"))
+    c.ok(c.submit("r1", [spec("a", retries=1), spec("b", "a")]), ALICE)
+    c.ok(c.submit("r2", [spec("a")]))
+    c.ok(c.assign(("r1", "a", "n1"), ("r2", "a", "n2")))
+    first = c.task("r1", "a")
+    stale = c.complete("r1", "a", node="n1", attempt=first.attempt, token=first.token)
+    c.ok(c.fail("r1", "a"))
+    c.ok(c.assign(("r1", "a", "n2")))
+    c.ok(c.complete("r1", "a", node="n2"))
+    c.apply(stale)  # the first attempt's late report: fenced
+    c.run_task("r1", "b")
+    c.ok(c.rerun("r1", "b"))
+    c.ok(CancelRun(c.rid(), c.ts, "r2", "enough"))
+    c.ok(c.tick(c.ts + 60_000))
+    assert len(c.trail) > 8
+    for a in c.trail:
+        assert {run_id for run_id, _ in rows_for(a)} <= audit_mod.runs_touched(a), a.cmd
+
+
 def _until(cond: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():

@@ -7,8 +7,11 @@ transaction per batch (``sync=False``: an audit aid, not durability). Nothing he
 into apply: a failure is logged and counted, and the runs it touched are marked incomplete.
 
 A run's timeline is *complete* on this node when the node saw it submitted and saw every
-change since: a snapshot installed over a revision gap (or a queue overflow, or a failed
-write) marks the runs that were open then incomplete. Rows are keyed by (run, revision,
+change since. Rows can be missed three ways, and each marks the runs that may have missed some
+incomplete: a snapshot installed (or loaded at a restart) over a revision gap marks the runs
+open in it or changed in the gap (``RunState.revision``: a run that ended, was reopened by a
+retry and ended again within the gap is one); a queue overflow and a failed write mark the runs
+their lost batches touched. Runs open on this node at the gap are marked too. Rows are keyed by (run, revision,
 index), so a log re-applied after a restart rewrites the same rows.
 
 Bounded: at most ``max_runs`` runs and about ``max_bytes`` of rows; past either the oldest
@@ -83,6 +86,8 @@ WRITE_DELAY_S = 0.05
 """How long the writer lets applied batches gather before it writes them (one transaction)."""
 WRITE_COALESCE = 4096
 """Queued batches the writer puts in one LMDB transaction at most."""
+MAX_GAP_RUNS = 100_000
+"""Run ids remembered for one overflow or failed write; past it every archived run is marked."""
 
 
 @dataclass(slots=True)
@@ -329,8 +334,54 @@ class Timeline:
 
 
 _RESTORED = object()
-_GAP = object()
-"""Queued in place of dropped batches: the writer marks the runs open at that point in the order."""
+
+
+@dataclass(slots=True)
+class _Gap:
+    """Queued in place of dropped batches: the writer marks the runs open at that point in the
+    order and the runs the dropped batches touched (filled in under ``_idle`` until the writer
+    takes it or a batch is queued after it)."""
+
+    runs: set[str] = field(default_factory=set)
+    everything: bool = False
+    """Too many runs to name: every archived run is marked."""
+
+    def add(self, runs: set[str]) -> None:
+        if not self.everything:
+            self.runs |= runs
+            if len(self.runs) > MAX_GAP_RUNS:
+                self.everything, self.runs = True, set()
+
+
+def runs_touched(a: Applied) -> set[str]:
+    """The runs ``rows_for(a)`` makes rows for, or more, read from the command, its result, events
+    and notes without building the rows (it runs on the Raft thread when a batch is dropped)."""
+    out = {ev.run_id for ev in a.events if isinstance(ev, TaskChanged | RunChanged)}
+    out.update(note[1] for note in a.notes)
+    for obj in (a.cmd, a.result):
+        run_id = getattr(obj, "run_id", "")
+        if isinstance(run_id, str) and run_id:
+            out.add(run_id)
+    for items in (getattr(a.cmd, "items", ()), getattr(a.result, "rejected", ())):
+        for it in items or ():
+            run_id = getattr(it, "run_id", "")
+            if isinstance(run_id, str) and run_id:
+                out.add(run_id)
+    return out
+
+
+def _lost_runs(items: list[Any], gap: _Gap) -> None:
+    """What the runs of queued items a failed transaction lost were (into ``gap``)."""
+    for item in items:
+        if isinstance(item, _Gap):
+            if item.everything:
+                gap.everything = True
+            gap.add(item.runs)
+        elif isinstance(item, tuple) and item and item[0] is _RESTORED:
+            gap.add({r[0] for r in item[2]})
+        elif isinstance(item, list):
+            for a in item:
+                gap.add(runs_touched(a))
 
 
 class AuditArchive:
@@ -369,10 +420,12 @@ class AuditArchive:
         self._sizes: collections.deque[int] = collections.deque()
         """Each queued batch's log entry bytes, in queue order (``_queued_bytes`` is their sum)."""
         self._queued_bytes = 0
-        self._gap_queued = False
-        """The queue's last item is a gap marker: further drops need no other."""
+        self._gap: _Gap | None = None
+        """The queue's last item is this gap marker, still open: further drops add to it (``_idle``)."""
         self._failed = False
-        """A write transaction failed (its batches are lost): the writer marks open runs. Writer-only."""
+        """A write transaction failed (its batches are lost): the writer marks open runs and the runs
+        the lost batches touched (``_failed_runs``). Writer-only."""
+        self._failed_runs = _Gap()
         self.failures = 0
         self.written = 0
         self._idle = threading.Condition()
@@ -388,28 +441,38 @@ class AuditArchive:
         self._put(trail, size)
 
     def restored(self, state: ClusterState) -> None:
-        """A snapshot replaced the state: runs open in it may have missed changes here."""
-        open_runs = [
-            (r, run.trace_id, run.namespace)
+        """A snapshot replaced the state: runs open in it, or changed past what this archive holds,
+        may have missed changes here (the writer compares each run's revision with the last one
+        it archived; ``_committed_revision`` is at most that, so nothing it needs is left out)."""
+        since = self._committed_revision
+        runs = [
+            (r, run.trace_id, run.namespace, run.revision, run.status not in TERMINAL_RUN)
             for r, run in state.runs.items()
-            if run.status not in TERMINAL_RUN
+            if run.status not in TERMINAL_RUN or run.revision > since
         ]
-        self._put((_RESTORED, state.revision, open_runs))
+        self._put((_RESTORED, state.revision, runs))
 
     def _put(self, item: Any, size: int = 0) -> None:
         with self._idle:
             if self._queued >= QUEUE_BATCHES or (self._queued and self._queued_bytes + size > QUEUE_BYTES):
-                # Dropped: the runs open after the batches queued before it missed a change. The
-                # marker goes after those batches (not before: a run submitted in one of them
-                # and finished in the dropped batch must be marked too).
-                first = not self._gap_queued
-                if first:
-                    self._gap_queued = True
+                # Dropped: the runs open after the batches queued before it missed a change, and so
+                # did the runs it touched (an ended run a retry reopened and ended again, within the
+                # dropped batches, has no open moment to be marked at). The marker goes after those
+                # batches (not before: a run submitted in one of them and finished in the dropped
+                # batch must be marked too).
+                first = self._gap is None
+                if self._gap is None:
+                    self._gap = _Gap()
                     self._pending += 1
-                    self._queue.put_nowait(_GAP)
+                    self._queue.put_nowait(self._gap)
+                if isinstance(item, list):
+                    for a in item:
+                        self._gap.add(runs_touched(a))
+                elif isinstance(item, tuple) and item and item[0] is _RESTORED:
+                    self._gap.add({r[0] for r in item[2]})
             else:
                 first = False
-                self._gap_queued = False
+                self._gap = None  # the marker queued before this batch is complete
                 self._queued += 1
                 self._sizes.append(size)
                 self._queued_bytes += size
@@ -436,20 +499,24 @@ class AuditArchive:
                     break
             stop = any(i is None for i in items)
             items = [i for i in items if i is not None]
+            with self._idle:  # drops after this point go to a new marker
+                if any(i is self._gap for i in items):
+                    self._gap = None
             try:
                 self._transaction(items)
-                self.written += sum(1 for i in items if i is not _GAP)
+                self.written += sum(1 for i in items if not isinstance(i, _Gap))
                 self._committed_revision = self._last_revision
             except Exception:
                 self.failures += 1
                 log.exception("could not write the audit timeline")
                 self._reload()
                 self._failed = True
+                _lost_runs(items, self._failed_runs)
                 self._mark_after_failure()
             finally:
                 with self._idle:
                     self._pending -= len(items)
-                    for _ in range(sum(1 for i in items if i is not _GAP)):
+                    for _ in range(sum(1 for i in items if not isinstance(i, _Gap))):
                         self._queued -= 1
                         self._queued_bytes -= self._sizes.popleft()
                     self._idle.notify_all()
@@ -459,17 +526,17 @@ class AuditArchive:
     def _transaction(self, items: list[Any]) -> None:
         with self._env.begin(write=True) as txn:
             if self._failed:  # the lost batches came before these
-                self._mark_open(txn, None, [])
+                self._mark_open(txn, None, [], self._failed_runs)
             metas: dict[str, _Meta] = {}  # decoded once per transaction, put back at its end
             for item in items:
-                if item is _GAP:
+                if isinstance(item, _Gap):
                     self._put_metas(txn, metas)
-                    self._mark_open(txn, None, [])
+                    self._mark_open(txn, None, [], item)  # complete: ``_run`` detached it from ``_put``
                 elif isinstance(item, tuple) and item and item[0] is _RESTORED:
                     self._put_metas(txn, metas)
-                    _, revision, open_runs = item
+                    _, revision, runs = item
                     if revision > self._last_revision:  # entries this node never applied
-                        self._mark_open(txn, revision, open_runs)
+                        self._mark_open(txn, revision, runs)
                 else:
                     self._write(txn, item, metas)
             self._put_metas(txn, metas)
@@ -478,14 +545,16 @@ class AuditArchive:
             txn.put(b"revision", str(self._last_revision).encode(), db=self._info)
             txn.put(b"seq", str(self._next_seq).encode(), db=self._info)
         self._failed = False
+        self._failed_runs = _Gap()
 
     def _mark_after_failure(self) -> None:
         """Mark now rather than at the next batch: a reader must not take a run for complete
         while its lost rows are missing (if this fails too, the next transaction marks first)."""
         try:
             with self._env.begin(write=True) as txn:
-                self._mark_open(txn, None, [])
+                self._mark_open(txn, None, [], self._failed_runs)
             self._failed = False
+            self._failed_runs = _Gap()
         except Exception:
             log.exception("could not mark the audit timelines incomplete after a failed write")
 
@@ -580,14 +649,27 @@ class AuditArchive:
         self._total += len(data) + len(key)
         log.warning("audit: run %s reached its %d bytes; later rows are not kept", run_id, self.max_run_bytes)
 
-    def _mark_open(self, txn: Any, revision: int | None, open_runs: list[tuple[str, str, str]]) -> None:
-        """Runs open now (archived and not ended, or open in a restored state) missed changes."""
-        restored = {run_id: (trace, ns) for run_id, trace, ns in open_runs}
+    def _mark_open(
+        self,
+        txn: Any,
+        revision: int | None,
+        restored_runs: list[tuple[str, str, str, int, bool]],
+        touched: _Gap | None = None,
+    ) -> None:
+        """Runs that missed changes: archived and not ended; in a restored state, open or changed
+        past the last archived revision; touched by lost batches (``touched``)."""
+        restored = {
+            run_id: (trace, ns)
+            for run_id, trace, ns, run_revision, is_open in restored_runs
+            if is_open or run_revision > self._last_revision
+        }
         marked = set(restored)
+        if touched is not None:
+            marked |= touched.runs
+        everything = touched is not None and touched.everything
         with txn.cursor(db=self._runs) as cur:
             for k, v in cur.iternext(keys=True, values=True):
-                meta = _Meta.decode(v)
-                if not meta.ended:
+                if everything or not _Meta.decode(v).ended:
                     marked.add(bytes(k).decode())
         for run_id in marked:
             meta = self._meta(txn, run_id)
