@@ -444,3 +444,218 @@ def test_compaction_replaces_the_journal_file_instead_of_rewriting_it_in_place(t
         assert reopened.getVotedForNodeId() == "me"
     finally:
         reopened._destroy()
+
+
+# ---- snapshot install: pysyncobj's ``clear`` then two ``add``s, made crash-atomic ----------------
+
+_OLD = [(b"x%d" % i, i, 1) for i in range(1, 11)]
+_INSTALLED = [(b"prev", 19, 2), (b"last", 20, 2)]  # the snapshot's boundary entries
+
+_INSTALL_CHILD = """
+import os, sys
+from pysyncobj.journal import FileJournal
+from raftmesh.consensus.raft import durable_journal as dj
+
+path, step = sys.argv[1], sys.argv[2]
+journal = dj.DurableJournal(FileJournal(path), path, fsync=True)
+
+def crash_at(point):
+    if point == step:
+        os._exit(9)  # no cleanup, as a kill -9: what the process wrote is what the file holds
+
+real_replace, real_fsync_path = os.replace, dj.fsync_path
+
+def replace(src, dst):
+    crash_at("before-rename")
+    real_replace(src, dst)
+    crash_at("after-rename")
+
+def fsync_path(p, directory=False, data_only=False):
+    real_fsync_path(p, directory=directory, data_only=data_only)
+    if p.endswith(".compact"):  # the new file
+        crash_at("new-file-synced")
+
+os.replace, dj.fsync_path = replace, fsync_path
+# the order pysyncobj's __loadDumpFile(clearJournal=True) calls them in
+journal.clear()
+crash_at("cleared")
+journal.add(b"prev", 19, 2)
+crash_at("first-add")
+journal.add(b"last", 20, 2)
+crash_at("second-add")
+journal.sync()  # the tick's fsync, before the install's ack is released
+crash_at("synced")
+"""
+
+
+def _old_journal(path: str) -> None:
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        for entry in _OLD:
+            journal.add(*entry)
+        journal.setCurrentTerm(2, "leader")
+        journal.setRaftCommitIndex(10)
+        journal.onOneSecondTimer()
+    finally:
+        journal._destroy()
+
+
+def _loaded(path: str) -> tuple[list[tuple[bytes, int, int]], int, Any, int]:
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    journal = DurableJournal(FileJournal(path), path, fsync=True)  # raises if it does not load
+    try:
+        held = [(bytes(c), int(i), int(t)) for c, i, t in journal[:]]
+        return held, journal.getCurrentTerm(), journal.getVotedForNodeId(), journal.getRaftCommitIndex()
+    finally:
+        journal._destroy()
+
+
+@pytest.mark.parametrize(
+    ("step", "installed"),
+    [
+        ("cleared", False),
+        ("first-add", False),
+        ("second-add", False),
+        ("new-file-synced", False),
+        ("before-rename", False),
+        ("after-rename", True),
+        ("synced", True),
+    ],
+)
+def test_a_crash_at_any_step_of_a_snapshot_install_leaves_the_old_or_the_new_journal(
+    tmp_path: Any, step: str, installed: bool
+) -> None:
+    """pysyncobj installs a leader's snapshot by clearing the journal in place and adding the
+    snapshot's two boundary entries: a crash in between left an empty or half-written journal
+    (on a power cut, with its pages written back in any order, one that does not load). The
+    durable journal writes them to a new file renamed over the old one: a process killed at each
+    step leaves the old journal or the new one, whole, with term, vote and commit index."""
+    import subprocess
+    import sys
+
+    import raftmesh
+
+    path = str(tmp_path / "raft.journal")
+    _old_journal(path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(raftmesh.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.run(
+        [sys.executable, "-c", _INSTALL_CHILD, path, step], env=env, capture_output=True, timeout=60
+    )
+    assert child.returncode == 9, f"never reached {step!r}: {child.stderr.decode()[-2000:]}"
+    held, term, vote, _ = _loaded(path)
+    assert held == (_INSTALLED if installed else _OLD), f"after a crash at {step!r}"
+    assert (term, vote) == (2, "leader")
+    assert not os.path.exists(path + ".compact"), "the unfinished new file was left behind"
+
+
+def test_a_snapshot_install_leaves_the_journal_file_untouched_until_the_sync_renames_the_new_one(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a power cut only what a rename made durable counts: the old journal's bytes must not
+    change before the new file replaces it. The rename comes before the fsync that releases the
+    install's ack, and the entries are counted as on disk only by an fsync begun after it."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    path = str(tmp_path / "raft.journal")
+    _old_journal(path)
+    with open(path, "rb") as f:
+        before = f.read()
+    old_inode = os.stat(path).st_ino
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    events: list[str] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        events.append("renamed")
+        real_replace(src, dst)
+
+    journal.on_synced.append(lambda: events.append("released"))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert journal.synced_index == 10
+        monkeypatch.setattr(os, "replace", replace)
+        journal.clear()
+        for entry in _INSTALLED:
+            journal.add(*entry)
+        assert [journal[i][1] for i in range(len(journal))] == [19, 20]
+        assert journal.dirty and journal.synced_index == 0, "entries only in the page cache counted"
+        assert os.stat(path).st_ino == old_inode, "the journal file was rewritten in place"
+        assert os.pread(fd, len(before) + 1, 0) == before, "the old journal changed before the rename"
+        assert events == []
+        journal.setRaftCommitIndex(20)
+        journal.sync()
+        assert events == ["renamed", "released"]
+        assert os.stat(path).st_ino != old_inode and os.pread(fd, len(before) + 1, 0) == before
+        assert not os.path.exists(path + ".compact")
+        assert journal.synced_index == 20 and not journal.dirty
+        journal.add(b"next", 21, 2)  # appends go on in the new file
+        journal.onOneSecondTimer()  # stores the commit index, after the entries it covers
+    finally:
+        os.close(fd)
+        journal._destroy()
+    held, term, vote, commit = _loaded(path)
+    assert held == [*_INSTALLED, (b"next", 21, 2)]
+    assert (term, vote, commit) == (2, "leader", 20)
+
+
+def test_a_leader_start_sync_renames_an_installed_journal_before_the_fsync_thread_covers_it(
+    tmp_path: Any,
+) -> None:
+    """The fsync thread syncs the journal file by its name: a pending install is renamed into
+    place first (inline), so the fsync it then runs covers the new entries."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    path = str(tmp_path / "raft.journal")
+    _old_journal(path)
+    old_inode = os.stat(path).st_ino
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        journal.clear()
+        for entry in _INSTALLED:
+            journal.add(*entry)
+        journal.start_sync()
+        assert os.stat(path).st_ino != old_inode
+        wait_until(lambda: journal._done, 10, "the background fsync")
+        journal.collect()
+        assert journal.synced_index == 20 and not journal.dirty
+    finally:
+        journal._destroy()
+    assert _loaded(path)[0] == _INSTALLED
+
+
+def test_a_compaction_or_a_second_install_before_the_sync_replaces_the_pending_new_file(
+    tmp_path: Any,
+) -> None:
+    """A rewrite that comes while an install's new file awaits its rename starts a new file
+    from what the journal holds; one rename then makes the last one the journal."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    path = str(tmp_path / "raft.journal")
+    _old_journal(path)
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        journal.clear()
+        journal.add(b"a", 15, 2)
+        journal.clear()
+        for entry in [*_INSTALLED, (b"next", 21, 2)]:
+            journal.add(*entry)
+        journal.deleteEntriesTo(1)  # a compaction to 20
+        assert _loaded(path)[0] == [_INSTALLED[1], (b"next", 21, 2)], "the compaction renamed at once"
+        journal.sync()
+    finally:
+        journal._destroy()
+    assert _loaded(path)[0] == [_INSTALLED[1], (b"next", 21, 2)]

@@ -431,3 +431,61 @@ def test_a_failure_keeping_the_entries_after_the_snapshot_stops_the_node(
     journal = Journal([(b"", i, 1) for i in range(3, 11)])
     compaction.keep_entries_after_snapshot(journal, ((b"", 6, 1), (b"", 5, 1), None))
     assert exits == [compaction.FSYNC_FAILED_EXIT]
+
+
+def _leader_snapshot(tmp: Path, last: int) -> bytes:
+    """The snapshot file a leader would ship: another member holding 1..``last``, all applied,
+    snapshotted and compacted."""
+    tmp.mkdir()
+    leader = Follower(tmp)
+    try:
+        leader.send(append(1, 1, 0, entries(2, last, term=1), commit=last))
+        wait_until(lambda: leader.member.last_applied == last, 10, "the snapshotting member to apply")
+        leader.member.force_snapshot()
+        wait_until(lambda: leader.entries()[0][1] == last - 1, 10, "the snapshot and its compaction")
+        return (tmp / "snapshot.lmdb").read_bytes()
+    finally:
+        leader.close()
+
+
+def test_a_restart_with_the_old_journal_and_an_installed_snapshot_newer_than_all_of_it(
+    tmp_path: Path,
+) -> None:
+    """A crash after an installed snapshot was renamed into place and before the journal's new
+    file was: the restart finds a journal that ends before the snapshot begins. It loads: the
+    snapshot's state, the journal replaced by its boundary entries (atomically too), the log
+    continuing after it, and a second restart finds that journal."""
+    snapshot = _leader_snapshot(tmp_path / "leader", 20)
+    (tmp_path / "f").mkdir()
+    f = Follower(tmp_path / "f")
+    journal_file = tmp_path / "f" / "raft.journal"
+    try:
+        f.send(append(1, 1, 0, entries(2, 5, term=1), commit=5))
+        assert f.acknowledged() == 5
+        wait_until(lambda: f.member.last_applied == 5, 10, "the follower to apply index 5")
+        f.so._SyncObj__raftLog.sync()
+        old_journal = journal_file.read_bytes()
+        f.send(
+            {"type": "append_entries", "term": 1, "commit_index": 20, "serialized": (snapshot, True, True)}
+        )
+        assert f.acknowledged() == 20 and f.member.last_applied == 20
+        assert [(i, t) for _, i, t in f.entries()] == [(19, 1), (20, 1)]
+    finally:
+        f.close()
+    journal_file.write_bytes(old_journal)  # the journal's rename was lost: 1..5 on disk
+    f = Follower(tmp_path / "f")
+    try:
+        _wait_loaded(f)
+        wait_until(lambda: f.member.last_applied == 20, 10, "the restarted follower to load the snapshot")
+        assert [(i, t) for _, i, t in f.entries()] == [(19, 1), (20, 1)]
+        f.send(append(1, 20, 1, entries(21, 21, term=1), commit=21))
+        assert f.acks[-1]["success"] and f.acks[-1]["next_node_idx"] == 22
+        wait_until(lambda: f.member.last_applied == 21, 10, "the follower to apply index 21")
+    finally:
+        f.close()
+    f = Follower(tmp_path / "f")
+    try:
+        _wait_loaded(f)
+        assert [(i, t) for _, i, t in f.entries()] == [(19, 1), (20, 1), (21, 1)]
+    finally:
+        f.close()

@@ -56,7 +56,9 @@ def keep_entries_after_snapshot(journal: Any, raft_meta: Any) -> None:
     a log holding the snapshot's last entry (same index and term) keeps what follows it. So
     when the journal holds both boundary entries with their index and term, it is compacted
     here as that tick would have done, and pysyncobj then finds it beginning with them. A
-    journal that contradicts the snapshot is left for pysyncobj to replace.
+    journal that contradicts the snapshot, or ends before it (a crash during a snapshot install,
+    between the snapshot's rename and the journal's), is left for pysyncobj to replace: its
+    ``clear`` and two ``add``s, which ``DurableJournal`` writes to a new file renamed over it.
 
     ``raft_meta`` is what the snapshot stores for pysyncobj: (last applied entry, the entry
     before it, cluster), each entry (command, index, term).

@@ -20,9 +20,11 @@ node can lose acknowledged writes and let a node vote twice in one term.
 - Before the journal drops entries a snapshot now holds (compaction, snapshot install),
   the directory is fsynced: pysyncobj renamed the snapshot into place (it lives next to
   the journal) and that rename must not be lost while the truncation survives. Compaction
-  writes the kept entries to a new file renamed over the journal (pysyncobj rewrote them in
-  place: a crash mid-way lost them), and the leader counts itself for them only once an fsync
-  begun after it is done.
+  and snapshot install write the journal's new content to a new file renamed over the journal
+  (pysyncobj rewrote it in place: a crash mid-way lost entries or left a journal that does not
+  load); an install's rename waits for the next sync (its ``clear`` and ``add``s arrive as
+  separate calls), so the journal file is always the old one or the new one, whole. The leader
+  counts itself for the rewritten entries only once an fsync begun after the rewrite is done.
 
 The ordering contract, kept by ``member._SyncObj`` and ``transport.WarmTransport``:
 
@@ -44,7 +46,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from pysyncobj import pickle as _so_pickle
 from pysyncobj.journal import FileJournal
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 
 FSYNC_FAILED_EXIT = 74
 """Process exit status when the journal cannot be fsynced (EX_IOERR)."""
+
+REWRITE_SUFFIX = ".compact"
+"""The journal's new file during a compaction or snapshot install, renamed over the journal."""
 
 
 def fsync_path(path: str, directory: bool = False, data_only: bool = False) -> None:
@@ -130,7 +135,11 @@ class DurableJournal:
         self._in_flight = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._rewriting = False
+        """A compaction or snapshot install wrote the journal's new file, not yet renamed over it."""
         if fsync:
+            if os.path.exists(path + REWRITE_SUFFIX):
+                os.unlink(path + REWRITE_SUFFIX)  # a rewrite a crash cut short: the journal is whole
             # Whatever a previous run left unsynced is made durable before it is relied on.
             fsync_path(path)
             if os.path.exists(path + ".meta"):
@@ -176,6 +185,7 @@ class DurableJournal:
 
     def sync(self) -> None:
         """One fsync, inline, for everything appended since the last; then release waiters."""
+        self._finish_rewrite()
         if not self.dirty:
             return
         if self._synced(self.mutations, self._last_index(), self._truncations, self._fdatasync()):
@@ -184,6 +194,7 @@ class DurableJournal:
     def start_sync(self) -> None:
         """Hand one fsync covering everything so far to the fsync thread, unless one is in flight
         (``collect`` starts the next when it is done). Returns at once. pysyncobj's thread."""
+        self._finish_rewrite()  # inline: the fsync thread syncs the journal file, not the new one
         if not self.dirty or self._in_flight:
             return
         with self._lock:
@@ -260,8 +271,14 @@ class DurableJournal:
             self.synced_index = min(self.synced_index, first - 1)
 
     def clear(self) -> None:
+        """A snapshot install (pysyncobj's ``__loadDumpFile``: ``clear`` then ``add`` of the
+        snapshot's two boundary entries). With fsync the journal file is left whole: the entries
+        go to a new file, renamed over it before anything is synced (``_finish_rewrite``)."""
         self._sync_directory()
-        self._inner.clear()
+        if self.fsync:
+            self._begin_rewrite([])
+        else:
+            self._inner.clear()  # pysyncobj rewrites the file in place
         self._rewritten()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
@@ -271,39 +288,67 @@ class DurableJournal:
     def deleteEntriesTo(self, entryTo: int) -> None:
         self._sync_directory()
         if self.fsync:
-            self._replace_file(self._inner[entryTo:])
+            self._begin_rewrite(self._inner[entryTo:])
+            self._finish_rewrite()
         else:
             self._inner.deleteEntriesTo(entryTo)  # pysyncobj clears the file and re-adds the kept entries
         self._rewritten()
 
-    def _replace_file(self, kept: list[Any]) -> None:
-        """Compaction made crash-atomic: the kept entries go to a new file, fsynced, renamed over the
-        journal, directory fsynced. pysyncobj rewrites them in place, from the start of the file,
-        and a crash mid-way (the kernel writes the pages back in any order) could leave a header
-        past the records written or records half old, half new: acknowledged entries lost."""
-        tmp = self._path + ".compact"
+    def _begin_rewrite(self, kept: list[Any]) -> None:
+        """Compaction and snapshot install made crash-atomic, first half: ``kept`` goes to a new
+        file, which becomes the journal pysyncobj reads and appends to, and ``_finish_rewrite``
+        renames it over the journal file (the directory fsynced) before any fsync counts.
+
+        pysyncobj rewrites in place, from the start of the file, and a crash mid-way (the kernel
+        writes the pages back in any order) could leave a header past the records written or
+        records half old, half new: a journal that loses acknowledged entries or does not load.
+        Until the rename the journal file is the old one, untouched; after it, the new one."""
+        tmp = self._path + REWRITE_SUFFIX
         try:
             if os.path.exists(tmp):
-                os.unlink(tmp)  # left by a crash mid-compaction: the journal itself is whole
+                os.unlink(tmp)  # left by a crash mid-rewrite (the journal itself is whole), or
+                # a rewrite not yet finished (a second clear): its file is replaced as a whole
             fresh = FileJournal(tmp)
             for entry in kept:
                 fresh.add(*entry)
-            fresh._destroy()
-            fsync_path(tmp, data_only=True)
-            os.replace(tmp, self._path)  # the old file stays mapped (and whole) until closed below
-            self._sync_directory()
         except OSError as exc:
-            # As for a failed journal fsync: the old journal is whole on disk, a restart resumes.
-            log.critical("compacting the Raft journal %s failed (%s): stopping the node", self._path, exc)
-            os._exit(FSYNC_FAILED_EXIT)
+            self._rewrite_failed(exc)
+        self._swap_inner(fresh)
+        self._rewriting = True
+
+    def _finish_rewrite(self) -> None:
+        """Second half: fdatasync the new file, rename it over the journal, fsync the directory,
+        reopen it by its name (pysyncobj's file grows by reopening its path). A no-op unless a
+        rewrite is pending. Before every fsync and meta store, so nothing is counted as on disk,
+        acknowledged or covered by a stored commit index while it is only in the new file."""
+        if not self._rewriting:
+            return
+        self._rewriting = False
+        tmp = self._path + REWRITE_SUFFIX
+        try:
+            fsync_path(tmp, data_only=True)
+            os.replace(tmp, self._path)  # the new file stays mapped until reopened below
+            self._sync_directory()
+            reopened = FileJournal(self._path)
+        except OSError as exc:
+            self._rewrite_failed(exc)
+        self._swap_inner(reopened)
+
+    def _rewrite_failed(self, exc: OSError) -> NoReturn:
+        # As for a failed journal fsync: the journal file is whole (old or new), a restart resumes.
+        log.critical("rewriting the Raft journal %s failed (%s): stopping the node", self._path, exc)
+        os._exit(FSYNC_FAILED_EXIT)
+
+    def _swap_inner(self, inner: FileJournal) -> None:
+        """``inner`` replaces the open journal; the in-memory meta (commit index not yet stored)
+        and its ``DurableMetaStore`` carry over."""
         old = self._inner
-        # the in-memory meta (commit index not yet stored) and its DurableMetaStore carry over
-        meta, saved = old._FileJournal__meta, old._FileJournal__metaSaved
-        store = old._FileJournal__metaStorer
+        inner._FileJournal__meta, inner._FileJournal__metaSaved = (
+            old._FileJournal__meta,
+            old._FileJournal__metaSaved,
+        )
+        inner._FileJournal__metaStorer = old._FileJournal__metaStorer
         old._destroy()
-        inner = FileJournal(self._path)
-        inner._FileJournal__meta, inner._FileJournal__metaSaved = meta, saved
-        inner._FileJournal__metaStorer = store
         self._inner = inner
 
     def __getitem__(self, item: Any) -> Any:
