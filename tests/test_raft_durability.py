@@ -659,3 +659,226 @@ def test_a_compaction_or_a_second_install_before_the_sync_replaces_the_pending_n
     finally:
         journal._destroy()
     assert _loaded(path)[0] == [_INSTALLED[1], (b"next", 21, 2)]
+
+
+# ---- a power cut's torn journal tail (load path) -------------------------------------------
+
+_TORN_HEAD = 40  # pysyncobj's journal header; its end offset (the last 4 bytes) says where records end
+_TORN = [(b"\x00" + bytes([i]) * (300 if i != 5 else 9000), i, 1 + i // 4) for i in range(1, 9)]
+"""Whole entries (command, index, term); one record spans pages."""
+
+
+def _torn_journal(path: str) -> list[int]:
+    """``_TORN`` written and synced through the durable journal; the offset where each record starts,
+    and where the last ends."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        for entry in _TORN:
+            journal.add(*entry)
+        journal.setCurrentTerm(2, "leader")
+    finally:
+        journal._destroy()
+    offsets = [_TORN_HEAD]
+    for command, _, _ in _TORN:
+        offsets.append(offsets[-1] + 4 + 16 + len(command) + 4)
+    return offsets
+
+
+def _patch(path: str, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def _record(command: bytes, index: int, term: int) -> bytes:
+    import struct
+
+    size = struct.pack("<I", 16 + len(command))
+    return size + struct.pack("<QQ", index, term) + command + size
+
+
+def _set_end(path: str, end: int) -> None:
+    import struct
+
+    _patch(path, _TORN_HEAD - 4, struct.pack("<I", end))
+
+
+def _past_the_end_with_zeros(path: str, offsets: list[int]) -> None:
+    _set_end(path, offsets[-1] + 2 * 324)  # two more records counted, their pages never written
+
+
+def _torn_last_record(path: str, offsets: list[int]) -> None:
+    record = _record(b"\x00" + b"\x09" * 9000, 9, 3)  # the head's page written, the rest not
+    _patch(path, offsets[-1], record[:5000] + bytes(len(record) - 5000))
+    _set_end(path, offsets[-1] + len(record))
+
+
+def _garbage_size(path: str, offsets: list[int]) -> None:
+    record = _record(b"\x00" + b"\x09" * 300, 9, 3)
+    _patch(path, offsets[-1], b"\xef\xbe\xad\xde" + record[4:])  # a page of old bytes under the size
+    _set_end(path, offsets[-1] + len(record))
+
+
+def _wrong_size_that_fits(path: str, offsets: list[int]) -> None:
+    record = _record(b"\x00" + b"\x09" * 300, 9, 3)
+    _patch(path, offsets[-1], record[:-4] + bytes(4))  # the record's trailing size never written
+    _patch(path, offsets[-1] + len(record), _record(b"\x00", 10, 3))
+    _set_end(path, offsets[-1] + len(record) + 4 + 17 + 4)
+
+
+def _old_record_under_new_ones(path: str, offsets: list[int]) -> None:
+    first = _record(b"\x00" + b"\x09" * 300, 9, 3)
+    _patch(path, offsets[-1], first)
+    _patch(path, offsets[-1] + len(first), _record(b"\x00" + b"\x0a" * 300, 4, 1))  # a stale one
+    _set_end(path, offsets[-1] + 2 * len(first))
+
+
+def _end_inside_a_record(path: str, offsets: list[int]) -> None:
+    record = _record(b"\x00" + b"\x09" * 300, 9, 3)  # written, and the header's end not yet past it
+    _patch(path, offsets[-1], record)
+    _set_end(path, offsets[-1] + 100)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kept"),
+    [
+        (_past_the_end_with_zeros, 8),
+        (_torn_last_record, 8),
+        (_garbage_size, 8),
+        (_wrong_size_that_fits, 8),
+        (_old_record_under_new_ones, 9),
+        (_end_inside_a_record, 8),
+        (lambda path, offsets: _patch(path, offsets[5], bytes(offsets[6] - offsets[5])), 5),  # 7, 8 whole
+    ],
+    ids=[
+        "past-end-zeros",
+        "torn-last",
+        "garbage-size",
+        "wrong-size",
+        "stale-index",
+        "end-mid-record",
+        "torn-middle",
+    ],
+)
+def test_a_journal_a_power_cut_tore_loads_its_whole_records_and_cuts_the_rest(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture, shape: Any, kept: int
+) -> None:
+    """Appends write the journal in place; after a power cut its header (the records' end offset)
+    can be on disk without a record it counts. pysyncobj's load then fails (``struct.error``) or
+    takes garbage for an entry, and the node cannot restart. The whole records before the first
+    one that is not load, the rest (never synced, never acknowledged) is cut with a warning, and
+    the journal appends and reloads as before."""
+    import logging
+
+    path = str(tmp_path / "raft.journal")
+    offsets = _torn_journal(path)
+    shape(path, offsets)
+    with caplog.at_level(logging.WARNING, logger="raftmesh.consensus.raft.durable_journal"):
+        from raftmesh.consensus.raft.durable_journal import repair_journal
+
+        repair_journal(path)
+    held, term, vote, _ = _loaded(path)
+    whole = [*_TORN, (b"\x00" + b"\x09" * 300, 9, 3)]
+    assert held == whole[:kept]
+    assert (term, vote) == (2, "leader")
+    assert any("cut" in r.getMessage() and f"first {kept} entries" in r.getMessage() for r in caplog.records)
+    assert not os.path.exists(path + ".compact")
+
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        journal.add(b"\x00next", kept + 1, 3)
+    finally:
+        journal._destroy()
+    caplog.clear()
+    repair_journal(path)
+    assert not caplog.records, "a whole journal is left as it is"
+    assert _loaded(path)[0] == [*whole[:kept], (b"\x00next", kept + 1, 3)]
+
+
+def test_a_header_short_of_the_records_written_drops_them_as_pysyncobj_does(tmp_path: Any) -> None:
+    """Records on disk past the header's end offset (the header's page not written back) are
+    ignored: never synced (an fsync covers the header with them), so never acknowledged."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import repair_journal
+
+    path = str(tmp_path / "raft.journal")
+    offsets = _torn_journal(path)
+    _set_end(path, offsets[6])
+    plain = FileJournal(path)
+    try:
+        assert [(bytes(c), i, t) for c, i, t in plain[:]] == _TORN[:6]
+    finally:
+        plain._destroy()
+    repair_journal(path)
+    assert _loaded(path)[0] == _TORN[:6]
+
+
+def test_an_empty_journal_file_loads_empty(tmp_path: Any) -> None:
+    """Created and never synced (a power cut right after): pysyncobj cannot mmap an empty file."""
+    from raftmesh.consensus.raft.durable_journal import repair_journal
+
+    path = str(tmp_path / "raft.journal")
+    open(path, "wb").close()
+    repair_journal(path)
+    assert _loaded(path)[0] == []
+
+
+@pytest.mark.parametrize("written", [0, 4096], ids=["record-unwritten", "second-page-unwritten"])
+def test_a_node_restarts_on_a_journal_a_power_cut_tore(tmp_path: Any, written: int) -> None:
+    """A member's journal whose header counts an appended record not (or not all) on disk: the
+    header's page written back, none or only the first page of the record. pysyncobj's load
+    failed (``struct.error``: the member could not start) or took the torn record for an entry
+    (here of term 99, which the member then adopted and committed). It starts with the whole
+    entries, applies them, and commits again in its own term."""
+    import struct
+
+    addr = f"127.0.0.1:{free_ports(1)[0]}"
+    cfg = RaftConfig(
+        self_addr=addr,
+        peer_addrs=(addr,),
+        journal_path=str(tmp_path / "raft.journal"),
+        snapshot_path=str(tmp_path / "snapshot.lmdb"),
+        timings=RaftTimings(election_min_s=0.5, election_max_s=1.0),
+    )
+
+    def committed(member: RaftMember, count: int) -> None:
+        done = threading.Semaphore(0)
+        errors: list[Any] = []
+        for _ in range(count):
+            member.propose(encode_batch([]), lambda res, err: (errors.append(err), done.release()))
+            assert done.acquire(timeout=30), "a proposal never finished"
+        assert errors == [None] * count
+
+    member = RaftMember(cfg, StateMachine(), lambda events: None, LmdbSnapshotIO())
+    try:
+        wait_until(lambda: member.is_leader, 30, "the member to lead")
+        committed(member, 5)
+        last = member.commit_index
+    finally:
+        member.destroy()
+    with open(cfg.journal_path, "rb") as f:
+        end = struct.unpack("<I", f.read(_TORN_HEAD)[-4:])[0]
+    record = _record(b"\x00" + b"\x07" * 6000, last + 1, 99)
+    _patch(cfg.journal_path, end, record[:written] + bytes(len(record) - written))
+    _set_end(cfg.journal_path, end + len(record))
+    from raftmesh.consensus.raft import read_journal
+
+    assert max(index for index, _, _ in read_journal(cfg.journal_path)[0]) == last  # an audit reads it
+
+    member = RaftMember(cfg, StateMachine(), lambda events: None, LmdbSnapshotIO())
+    try:
+        wait_until(lambda: member.is_leader and member.last_applied >= last, 30, "the member to lead again")
+        committed(member, 2)
+        assert member.commit_index >= last + 2
+        assert member.term < 99, "the torn record's term was taken for the log's"
+    finally:
+        member.destroy()

@@ -25,6 +25,10 @@ node can lose acknowledged writes and let a node vote twice in one term.
   load); an install's rename waits for the next sync (its ``clear`` and ``add``s arrive as
   separate calls), so the journal file is always the old one or the new one, whole. The leader
   counts itself for the rewritten entries only once an fsync begun after the rewrite is done.
+- Appends still write in place, and a power cut can leave the journal's tail torn (the header's
+  end offset on disk, a record's pages not). ``repair_journal``, run before pysyncobj opens the
+  file, keeps the whole records before the first one that is not and cuts the rest: entries past
+  the last fsync, none of them acknowledged.
 
 The ordering contract, kept by ``member._SyncObj`` and ``transport.WarmTransport``:
 
@@ -42,14 +46,16 @@ synced and nothing waits.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from pysyncobj import pickle as _so_pickle
-from pysyncobj.journal import FileJournal
+from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal
 from pysyncobj.syncobj import _RAFT_STATE
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,99 @@ def fsync_path(path: str, directory: bool = False, data_only: bool = False) -> N
         (os.fdatasync if data_only else os.fsync)(fd)
     finally:
         os.close(fd)
+
+
+_RECORD_HEAD = struct.Struct("<IQQ")
+"""A record of pysyncobj's ``FileJournal`` starts with its size (what follows, before the size
+repeated at its end), then the entry's log index and term; the command's bytes fill the rest."""
+_RECORD_SIZE = struct.Struct("<I")
+
+
+def repair_journal(path: str) -> None:
+    """Cut a journal a power cut left torn at its first record that is not whole (load path).
+
+    Appends write the journal in place through an mmap, and the kernel writes dirty pages back in
+    any order: after a power cut the header, with its end offset, can be on disk without a record
+    it counts (zeros or old bytes there), and pysyncobj's load then fails (``struct.error``) or
+    reads garbage as an entry. A record is whole when its size fits before the header's end, the
+    size repeated at its end matches, and its index follows the previous one with a term no
+    lower. Everything from the first record that is not is dropped: it was written after the last
+    fsync (an fsync covers the header and every record before it), so no entry there was ever
+    acknowledged. The whole prefix goes to a new file renamed over the journal, as a compaction
+    does. A header whose end offset falls short of records written drops them as well (pysyncobj
+    ignores them too, but kept a record the offset cuts through). A whole journal is only read:
+    the records' heads and trailing sizes, not their commands. The format has no checksum: a
+    record whose first and last pages reached the disk and a middle one did not passes.
+    """
+    if not os.path.exists(path):
+        return  # pysyncobj creates it
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < FIRST_RECORD_OFFSET:  # created, never synced: pysyncobj cannot mmap an empty file
+            header = FileJournal._FileJournal__getDefaultHeader(None)[:LAST_RECORD_OFFSET_OFFSET]
+            kept, end, claimed, why = 0, FIRST_RECORD_OFFSET, 0, f"it is {size} bytes, less than a header"
+        else:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                kept, end, claimed, why = _whole_records(data)
+                header = data[:LAST_RECORD_OFFSET_OFFSET]
+        if not why:
+            return
+        tmp = path + REWRITE_SUFFIX
+        with open(tmp, "wb") as out:  # truncates one a crashed rewrite left
+            out.write(header + _RECORD_SIZE.pack(end))
+            f.seek(FIRST_RECORD_OFFSET)
+            left = end - FIRST_RECORD_OFFSET
+            while left > 0:
+                chunk = f.read(min(left, 1 << 20))
+                out.write(chunk)
+                left -= len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    os.replace(tmp, path)
+    fsync_path(os.path.dirname(os.path.abspath(path)) or ".", directory=True)
+    log.warning(
+        "Raft journal %s: %s; kept its first %d entries (to byte %d) and cut the %d bytes its header "
+        "counted after them: written after the last fsync (a power cut), never acknowledged",
+        path,
+        why,
+        kept,
+        end,
+        max(claimed - end, 0),
+    )
+
+
+def _whole_records(data: mmap.mmap) -> tuple[int, int, int, str]:
+    """(whole records, offset where they end, the header's end offset, why the file is not whole or "")."""
+    claimed = _RECORD_SIZE.unpack_from(data, LAST_RECORD_OFFSET_OFFSET)[0]
+    end = min(claimed, len(data))
+    offset = FIRST_RECORD_OFFSET
+    count = last_index = last_term = 0
+    head, trailer = _RECORD_HEAD.unpack_from, _RECORD_SIZE.unpack_from
+    why = ""
+    while offset < end:
+        if offset + _RECORD_HEAD.size > end:
+            why = "is cut off by the end"
+            break
+        size, index, term = head(data, offset)
+        after = offset + size + 8
+        if size < 16 or after > end:
+            why = f"has size {size}, past the end"
+        elif trailer(data, after - 4)[0] != size:
+            why = f"does not end with its size {size}"
+        elif (index != last_index + 1) if count else (index < 1):
+            why = f"holds index {index} after {last_index}"
+        elif term < last_term:
+            why = f"holds term {term} after {last_term}"
+        if why:
+            break
+        count, last_index, last_term, offset = count + 1, index, term, after
+    if why:
+        why = (
+            f"the record at offset {offset} {why} (the file is {len(data)} bytes, its header's end {claimed})"
+        )
+    elif offset != claimed:
+        why = f"its header's end offset {claimed} is not where its records end ({offset})"
+    return count, offset, claimed, why
 
 
 class DurableMetaStore:

@@ -7,6 +7,7 @@ import tempfile
 
 from pysyncobj.journal import FileJournal
 
+from .durable_journal import repair_journal
 from .wire import loads
 
 
@@ -23,6 +24,7 @@ def read_journal(path: str) -> tuple[list[tuple[int, int, bytes]], int]:
             shutil.copyfile(path + ".meta", copy + ".meta")
         except FileNotFoundError:
             pass
+        repair_journal(copy)  # a torn tail (power cut) is cut as a restart would
         journal = FileJournal(copy)
         try:
             commit = int(journal.getRaftCommitIndex())

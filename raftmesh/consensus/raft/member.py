@@ -43,7 +43,7 @@ from ..results import Event, Result
 from ..state import ClusterState
 from . import wire
 from .compaction import SizeCompaction, keep_entries_after_snapshot
-from .durable_journal import CommitGate, DurableJournal, fsync_path
+from .durable_journal import CommitGate, DurableJournal, fsync_path, repair_journal
 from .election import Election
 from .read_index import ReadCallback, ReadIndex
 from .replication import Replication
@@ -185,6 +185,8 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
 
             conf.deserializer = deserialize
 
+        if conf.journalFile:
+            repair_journal(conf.journalFile)  # a tail a power cut tore, cut before pysyncobj loads it
         super().__init__(self_addr, peers, conf, transportClass=transport)
         if self.journal is not None:
             notifier = getattr(self, "_SyncObj__pipeNotifier", None)  # made with autoTick
