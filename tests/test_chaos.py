@@ -693,6 +693,10 @@ def test_a_staged_run_with_a_task_lost_or_an_input_cut_or_made_twice_is_reported
     for tasks_, why in ((cut, "outputs of ['e1']"), (lost, "has 3 tasks")):
         result = check_history([o], {"rk-1": replace(whole, tasks=tasks_)}, audit, {})
         assert result.invariants[STAGED].count == 1 and why in result.invariants[STAGED].examples[0]
+    # A valid staged job refused as invalid: the staged path broke it.
+    refused = replace(o, outcome="failed", error_code="INVALID_ARGUMENT", error="unknown dependency")
+    result = check_history([refused], {}, Audit(), {})
+    assert "refused: INVALID_ARGUMENT" in result.invariants[STAGED].examples[0]
     # A retry under another run id after the run was made: answered the key's run, nothing made.
     _staged_log(audit, run_id="rk-2")
     assert audit.runs_by_key == {"K": ["rk-1"]} and audit.stages.runs["rk-2"].answered == 2

@@ -375,7 +375,9 @@ def _check_acknowledged(
 
 def _check_outputs(op: Operation, run: RunRecord, inv: dict[str, Invariant]) -> None:
     wrong = [
-        f"{tid}={run.tasks[tid].output!r} (expected {want!r})" if tid in run.tasks else f"{tid} missing"
+        f"{tid}={_clip(run.tasks[tid].output)} (expected {_clip(want)})"
+        if tid in run.tasks
+        else f"{tid} missing"
         for tid, want in sorted(op.expected.items())
         if tid not in run.tasks or run.tasks[tid].output != want or run.tasks[tid].status != "SUCCEEDED"
     ]
@@ -384,6 +386,12 @@ def _check_outputs(op: Operation, run: RunRecord, inv: dict[str, Invariant]) -> 
         inv[BAD_OUTPUT].add(
             f"{op.key} ({run.run_id}): {', '.join(wrong + [f'{t} unexpected' for t in extra])}"
         )
+
+
+def _clip(value: Any, chars: int = 120) -> str:
+    """``repr(value)``, cut to ``chars`` (a staged or ``+large`` job's output is ~200 KB)."""
+    r = repr(value)
+    return r if len(r) <= chars else f"{r[:chars]}... ({len(r)} chars)"
 
 
 def _check_retries(
@@ -440,7 +448,8 @@ def _check_staged(
 ) -> None:
     """A staged submit's run is made once (in the state and in the log), from its stage, with
     every task; acknowledged, it ends SUCCEEDED with every echo's output its input (so every
-    input arrived whole); of unknown outcome, it exists whole or not at all. From the log:
+    input arrived whole); of unknown outcome, it exists whole or not at all; it is never refused
+    as invalid (the job is valid: a refusal is the staged path's). From the log:
     no part made its run visible, no stage was adopted twice or with a task missing."""
     staged = [op for op in ops if op.staged]
     counts = out.staged
@@ -450,6 +459,8 @@ def _check_staged(
         rs = by_key.get(op.key, [])
         logged = audit.runs_by_key.get(op.key, []) if audit is not None else None
         wrong: list[str] = []
+        if op.outcome == "failed":  # a valid job by construction: the staged path refused it
+            wrong.append(f"refused: {op.error_code}: {op.error[:200]}")
         if op.outcome == "ok" and len(rs) != 1:
             wrong.append(f"acknowledged as {op.run_id}, {len(rs)} runs hold the key")
         if (logged is not None and len(logged) > 1) or (op.outcome == "ok" and logged == []):
