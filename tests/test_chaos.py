@@ -44,6 +44,8 @@ from raftmesh.chaos.checker import (
     REQUEUED_TWICE,
     RETRY_LOST,
     SPAWN,
+    STAGED,
+    STAGES_LEFT,
     UNEXPECTED,
     UNFINISHED,
     USAGE,
@@ -95,6 +97,7 @@ from raftmesh.chaos.workload import (
     DOOMED_AGENT,
     EARLY_JOBS,
     SLEEP_AGENTS,
+    STAGED_SHARE,
     WORKFLOW_SHARE,
     ApproveCall,
     Job,
@@ -102,11 +105,12 @@ from raftmesh.chaos.workload import (
     RetryCall,
     Workload,
     make_job,
+    make_staged_job,
     make_workflow_job,
     next_job,
 )
 from raftmesh.client._client import task_pb
-from raftmesh.consensus import kv_commands, runs, tasks
+from raftmesh.consensus import kv_commands, limits, runs, tasks
 from raftmesh.consensus.codes import Code
 from raftmesh.consensus.commands import (
     Assign,
@@ -121,6 +125,7 @@ from raftmesh.consensus.commands import (
     LockRelease,
     NodeDown,
     RegisterNode,
+    StageRun,
     SubmitRun,
     TaskSpec,
     Tick,
@@ -638,6 +643,150 @@ def test_invariant_examples_are_bounded() -> None:
     assert inv.count == 20 and len(inv.examples) == 5
 
 
+# ---- staged submits ---------------------------------------------------------------------
+
+STAGE_T0 = 1_000
+
+
+def _staged_log(audit: Audit, key: str = "K", run_id: str = "rk-1") -> Operation:
+    """A staged submit as the node proposes it, fed to ``audit``: part 0 (``e0``, ``e1``), the
+    same part again from a retry (a leader change), then the submit with the last part (``e2``,
+    ``total`` on ``e2``). Returns the client's operation, acknowledged."""
+    cmds: list[Command] = [RegisterNode("reg", STAGE_T0, "n1", "n1:1", "n1:2", ("echo", "sum"), 4, "i1")]
+    echoes = [TaskSpec(id=f"e{i}", agent="echo", input={"text": f"t{i}" * 50}) for i in range(3)]
+    total = TaskSpec(id="total", agent="sum", input={"value": 7}, deps=("e2",))
+    part0 = StageRun(f"g-{run_id}-0-a", STAGE_T0, run_id=run_id, seq=0, tasks=tuple(echoes[:2]),
+                     idempotency_key=key, node_id="n1")  # fmt: skip
+    cmds += [part0, replace(part0, request_id=f"g-{run_id}-0-b", node_id="n2")]
+    cmds.append(SubmitRun(f"s-{key}", STAGE_T0, run_id, key, (echoes[2], total), 0, "", "alice", staged=2))
+    audit.feed(encode_batch(cmds))
+    expected: dict[str, Any] = {t.id: t.input for t in echoes} | {"total": 7}
+    o = Operation(0, 0, key, "staged3", 4, expected, call_ms=1, outcome="ok", run_id=run_id, staged=True)
+    return o
+
+
+def _ran(audit: Audit, run_id: str, key: str, expected: dict[str, Any]) -> RunRecord:
+    """The run as the drain reads it, its tasks those the log made, each ended with its output."""
+    tasks = {
+        tid: TaskRecord("SUCCEEDED", expected.get(tid)) for tid in audit.machine.state.runs[run_id].tasks
+    }
+    return RunRecord(run_id, key, "SUCCEEDED", "", tasks)
+
+
+def test_a_staged_submit_made_once_whole_from_its_stage_passes() -> None:
+    audit = Audit()
+    o = _staged_log(audit)
+    result = check_history([o], {"rk-1": _ran(audit, "rk-1", "K", o.expected)}, audit, {})
+    assert result.ok, {n: i.examples for n, i in result.invariants.items() if i.count}
+    assert result.outcomes.staged == {
+        "submits": 1, "ok": 1, "stages": 1, "adopted": 1, "expired": 0, "dropped": 0,
+        "parts_applied": 1, "parts_resumed": 1, "parts_answered_with_run": 0, "parts_refused": 0,
+    }  # fmt: skip
+
+
+def test_a_staged_run_with_a_task_lost_or_an_input_cut_or_made_twice_is_reported() -> None:
+    audit = Audit()
+    o = _staged_log(audit)
+    whole = _ran(audit, "rk-1", "K", o.expected)
+    cut = dict(whole.tasks) | {"e1": TaskRecord("SUCCEEDED", {"text": o.expected["e1"]["text"][:-1]})}
+    lost = {tid: t for tid, t in whole.tasks.items() if tid != "e0"}
+    for tasks_, why in ((cut, "outputs of ['e1']"), (lost, "has 3 tasks")):
+        result = check_history([o], {"rk-1": replace(whole, tasks=tasks_)}, audit, {})
+        assert result.invariants[STAGED].count == 1 and why in result.invariants[STAGED].examples[0]
+    # A valid staged job refused as invalid: the staged path broke it.
+    refused = replace(o, outcome="failed", error_code="INVALID_ARGUMENT", error="unknown dependency")
+    result = check_history([refused], {}, Audit(), {})
+    assert "refused: INVALID_ARGUMENT" in result.invariants[STAGED].examples[0]
+    # A retry under another run id after the run was made: answered the key's run, nothing made.
+    _staged_log(audit, run_id="rk-2")
+    assert audit.runs_by_key == {"K": ["rk-1"]} and audit.stages.runs["rk-2"].answered == 2
+    assert check_history([o], {"rk-1": whole}, audit, {}).ok
+    # Had the log made a second run under the key, the staged check says so too.
+    audit.runs_by_key["K"].append("rk-2")
+    result = check_history([o], {"rk-1": whole}, audit, {})
+    assert "the log created 2 runs" in result.invariants[STAGED].examples[0]
+    # A run of the key that no stage made (e.g. submitted in one entry) is not a staged submit.
+    plain = Audit()
+    plain.runs_by_key["K"] = ["rk-1"]
+    result = check_history([o], {"rk-1": whole}, plain, {})
+    assert "not made from a stage" in result.invariants[STAGED].examples[0]
+
+
+def test_a_machine_that_adopts_a_stage_without_all_its_tasks_is_reported() -> None:
+    """A deliberately broken staged path: the submit drops the stage's last task (and fixes the
+    count, so the machine's own check lets it through)."""
+
+    def lossy_submit(ctx: ApplyContext, cmd: SubmitRun) -> Result:
+        stage = ctx.state.stages.get(cmd.run_id)
+        if stage is not None and cmd.staged:
+            stage.tasks.pop(next(reversed(stage.tasks)))
+            cmd = replace(cmd, staged=cmd.staged - 1)
+        return runs.submit(ctx, cmd)
+
+    audit = Audit(machine=StateMachine(processors={**PROCESSORS, SubmitRun: lossy_submit}))
+    o = _staged_log(audit)
+    result = check_history([o], {"rk-1": _ran(audit, "rk-1", "K", o.expected)}, audit, {})
+    examples = result.invariants[STAGED].examples
+    assert result.invariants[STAGED].count == 2, examples
+    assert "has 3 tasks, the job 4" in examples[0] and "without all its tasks" in examples[1]
+
+
+def test_a_stage_left_past_its_expiry_is_reported_and_one_still_due_is_proven_to_go() -> None:
+    def abandoned(audit: Audit, tick_ms: int) -> Operation:
+        o = _staged_log(Audit())  # (the operation only)
+        part0 = StageRun("g-x-0", STAGE_T0, run_id="rk-x", seq=0, tasks=(TaskSpec(id="a", agent="echo"),),
+                         idempotency_key="X", node_id="n1")  # fmt: skip
+        reg = RegisterNode("reg", STAGE_T0, "n1", "n1:1", "n1:2", ("echo", "sum"), 4, "i1")
+        audit.feed(encode_batch([reg, part0, Tick("t", tick_ms)]))
+        return replace(o, key="X", run_id="", outcome="unknown", expected={})
+
+    expiry = STAGE_T0 + limits.STAGE_TTL_MS
+    real = Audit()
+    o = abandoned(real, expiry + 20_000)
+    result = check_history([o], {}, real, {})
+    assert result.ok and result.outcomes.staged["expired"] == 1
+
+    # A machine whose ticks never drop a stage: left 20 s past its expiry.
+    def sticky(ctx: ApplyContext, cmd: Tick) -> Result:
+        kept = dict(ctx.state.stages)
+        res = PROCESSORS[Tick](ctx, cmd)
+        ctx.state.stages.update(kept)
+        return res
+
+    broken = Audit(machine=StateMachine(processors={**PROCESSORS, Tick: sticky}))
+    o = abandoned(broken, expiry + 20_000)
+    result = check_history([o], {}, broken, {})
+    assert result.invariants[STAGES_LEFT].count == 1
+    assert "20.0 s past its expiry" in result.invariants[STAGES_LEFT].examples[0]
+    # Still within its time at the end (a client gave up shortly before): a tick drops it.
+    due = Audit()
+    o = abandoned(due, expiry - 5_000)
+    result = check_history([o], {}, due, {})
+    assert result.ok and result.outcomes.staged["left_expired_at_a_tick"] == 1
+    assert list(due.machine.state.stages) == ["rk-x"]  # the audit's own state is left as it was
+    # Without an audit it is not checked (and not passed).
+    unaudited = check_history([o], {}, None, {}, (), "every journal was compacted")
+    assert unaudited.invariants[STAGES_LEFT].unchecked
+
+
+def test_staged_jobs_are_a_small_seeded_share_staged_by_the_node_in_parts() -> None:
+    from raftmesh.consensus.dag import stage_parts
+    from raftmesh.node.staging import _heavy
+
+    mixed = [next_job(random.Random("s"), f"k{i}") for i in range(1000)]
+    staged = [j for j in mixed if j.staged]
+    assert 0.3 * STAGED_SHARE * 1000 <= len(staged) <= 1.5 * STAGED_SHARE * 1000
+    for job in staged[:5] + [make_staged_job(random.Random(f"x{i}"), f"x{i}") for i in range(5)]:
+        specs = task_specs_from_pb(pb.SubmitRunRequest(tasks=[task_pb(t) for t in job.dag.tasks.values()]))
+        validate(specs, CHAOS_AGENTS)
+        assert all(len(t.input["text"]) <= limits.MAX_TASK_INPUT_BYTES for t in specs if t.agent == "echo")
+        cmd = SubmitRun("s", 0, "r", job.key, specs, 0, "", "")
+        assert _heavy(cmd) and len(stage_parts(specs)) >= 2  # the node stages it
+        assert set(job.expected) == set(job.dag.tasks) and 4 <= len(specs) <= 5
+        assert all(job.expected[t.id] == t.input for t in specs if t.agent == "echo")
+        assert job.expected["total"] == job.dag.tasks["total"].input["value"]
+
+
 # ---- workload, schedule and measures ---------------------------------------------------
 
 
@@ -704,7 +853,7 @@ def test_workflow_jobs_are_a_seeded_share_and_leave_the_other_draws_unchanged() 
     assert 0.5 * WORKFLOW_SHARE * 200 <= len(workflows) <= 1.5 * WORKFLOW_SHARE * 200
     assert {j.workflow["kind"] for j in workflows} == {"flow", "saga", "budget"}
     for p, m in zip(plain, mixed, strict=True):  # a workflow replaces its plain job, nothing else moves
-        if not m.workflow:
+        if not m.workflow and not m.staged:
             assert p.dag.to_dict() == m.dag.to_dict()
     again = [next_job(random.Random("s"), "k-same") for _ in range(2)]
     assert again[0].dag.to_dict() == again[1].dag.to_dict()
@@ -715,27 +864,29 @@ def test_the_workloads_first_jobs_are_one_of_each_kind_whatever_the_seed() -> No
     jobs, dealt to the clients in turn, are one workflow of each kind (the flow's gate approved),
     a dead letter and an urgent run, each replacing its plain job only; the same seed gives the
     same jobs."""
-    assert EARLY_JOBS == ("flow", "saga", "budget", "dead", "urgent")
+    assert EARLY_JOBS == ("flow", "saga", "budget", "dead", "urgent", "staged")
     n = len(EARLY_JOBS)
     for seed in (11, 20261201, 3, 7):
         for clients in (1, 2, 4):
             w = Workload(["127.0.0.1:1"], seed, clients=clients, urgent_priority=5)
-            firsts = {c: list(itertools.islice(w.jobs(c), 5)) for c in range(clients)}
+            firsts = {c: list(itertools.islice(w.jobs(c), n)) for c in range(clients)}
             early = [firsts[k % clients][k // clients] for k in range(n)]
             assert [j.key for j in early] == [f"chaos-{seed}-{k % clients}-{k // clients}" for k in range(n)]
-            flow, saga, budget, dead, urgent = early
-            assert [j.workflow.get("kind") for j in early] == ["flow", "saga", "budget", None, None], seed
+            flow, saga, budget, dead, urgent, staged = early
+            kinds = [j.workflow.get("kind") for j in early]
+            assert kinds == ["flow", "saga", "budget", None, None, None], seed
+            assert staged.staged and [j.staged for j in early[:-1]] == [False] * 5
             assert flow.expect_status == "SUCCEEDED" and not flow.workflow["approval"]["reject"]
             assert (saga.expect_status, budget.expect_status) == ("COMPENSATED", "FAILED")
             assert dead.doomed and DOOMED in dead.dag.tasks and dead.expect_status == "SUCCEEDED"
             assert urgent.dag.priority == 5 and urgent.shape.endswith("+urgent")
             for c, jobs in firsts.items():  # the client's RNG drew what it always draws
                 rng = random.Random(f"{seed}-client-{c}")
-                plain = [next_job(rng, f"chaos-{seed}-{c}-{i}", 5) for i in range(5)]
+                plain = [next_job(rng, f"chaos-{seed}-{c}-{i}", 5) for i in range(n)]
                 for i, (p, j) in enumerate(zip(plain, jobs, strict=True)):
                     if c + clients * i >= n:
                         assert p.dag.to_dict() == j.dag.to_dict()
-            again = {c: list(itertools.islice(w.jobs(c), 5)) for c in range(clients)}
+            again = {c: list(itertools.islice(w.jobs(c), n)) for c in range(clients)}
             assert {c: [j.dag.to_dict() for j in js] for c, js in again.items()} == {
                 c: [j.dag.to_dict() for j in js] for c, js in firsts.items()
             }
@@ -1162,6 +1313,10 @@ def test_chaos_with_frequent_snapshots(tmp_path: Path) -> None:
     assert len(data["journal_replays"]) == 3
     assert all(r["ok"] and r["source"] == "archives" for r in data["journal_replays"])
     assert data["workloads"]["snapshot_entries"] == 100
+    # The staged submit (the workload's early one at least) went through the log in parts.
+    staged = data["operations"]["staged"]
+    assert staged.get("submits", 0) >= 1 and staged.get("adopted", 0) >= 1, staged
+    assert staged["parts_applied"] >= staged["adopted"], staged
 
 
 @pytest.mark.e2e

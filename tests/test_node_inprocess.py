@@ -598,3 +598,36 @@ def test_a_staged_submit_slower_than_the_client_timeout_completes_through_its_re
         lambda st: sorted(int(k.split("-")[-2]) for k in st.dedup if k.startswith(f"g-{run_id}-"))
     )
     assert seqs == list(range(10))
+
+
+def test_another_request_under_a_key_being_staged_is_failed_precondition(
+    node: InProcessNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two different requests under one key: the second is refused (FAILED_PRECONDITION over
+    gRPC, naming the key) while the first's stage is live, instead of dropping it; the first's
+    retry then resumes and makes the run, which the second is then answered."""
+    from raftmesh.consensus.commands import StageRun
+    from raftmesh.errors import FailedPrecondition, Unavailable
+
+    monkeypatch.setattr(limits, "STAGE_ABOVE_TASKS", 10)
+    monkeypatch.setattr(limits, "STAGE_PART_TASKS", 7)
+    real = Proposer.propose
+
+    async def stop_after_part_0(self: Proposer, cmd: Any, timeout_s: float | None = None) -> Any:
+        if isinstance(cmd, StageRun) and cmd.seq > 0:  # e.g. the leader lost mid-stage
+            raise Unavailable("no leader (test)")
+        return await real(self, cmd, timeout_s)
+
+    monkeypatch.setattr(Proposer, "propose", stop_after_part_0)
+    with Client([node.address], retry_deadline_s=0.5) as c:
+        with pytest.raises(RaftmeshError):
+            c.submit(fan_out(28), idempotency_key="shared")
+        with pytest.raises(FailedPrecondition, match="idempotency key 'shared' is in use") as err:
+            c.submit(fan_out(27), idempotency_key="shared")
+    assert "expires at state time" in err.value.message
+    assert [s.idempotency_key for s in node.state(lambda st: list(st.stages.values()))] == ["shared"]
+    monkeypatch.setattr(Proposer, "propose", real)
+    run_id = node.client.submit(fan_out(28), idempotency_key="shared")  # the first one's retry
+    assert node.client.wait(run_id, timeout_s=30).status == "SUCCEEDED"
+    assert node.client.submit(fan_out(27), idempotency_key="shared") == run_id
+    assert node.state(lambda st: dict(st.stages)) == {}

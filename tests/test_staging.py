@@ -151,18 +151,77 @@ def test_a_retried_submit_with_the_same_key_answers_the_run_the_first_made() -> 
     # A retry (another run id) stops at its first part, which answers the key's run.
     assert apply(sm, part("r2", 0, list(cmd.tasks[:4]), key="k"))[0] == SubmitRunResult("r1", created=False)
     assert not sm.state.stages
-    # Two requests under one key staging at once (two run ids): the later first part drops the
-    # earlier stage, whose submit is then answered retryably; its retry answers the key's run.
+
+
+def test_another_request_under_a_staging_key_is_refused_and_the_first_goes_on() -> None:
+    """Two different requests under one key (two keyed run ids): the second's first part is
+    refused while the first's stage is live, naming the key and when that stage expires; the
+    first's retries still resume. Before, each first part dropped the other's stage, so two
+    clients retrying them dropped each other's stage without end."""
+    sm = machine()
+    specs = fan(10)
+    assert apply(sm, part("a", 0, specs[:4], key="k", ts=T0))[0].ok
+    before = sm.digest()
+    other = apply(sm, part("b", 0, specs[:4], key="k", ts=T0 + 1_500))[0]
+    assert isinstance(other, Rejected) and other.code is Code.FAILED_PRECONDITION, other
+    assert "'k'" in other.message and "'a'" in other.message
+    assert f"{T0 + limits.STAGE_TTL_MS} ms" in other.message and "in 59 s" in other.message
+    assert sm.digest() == before and list(sm.state.stages) == ["a"]
+    # Its retries (new request ids, any node) are refused alike, and never drop the first stage.
+    for i, node in enumerate(("n1", "n2", "n1")):
+        res = apply(sm, replace(part("b", 0, specs[:4], key="k", node=node), request_id=f"g-b-{i}"))[0]
+        assert isinstance(res, Rejected) and res.code is Code.FAILED_PRECONDITION
+    assert sm.digest() == before
+    # The first request's own retry (same run id, another node) still resumes its stage.
+    again = apply(sm, replace(part("a", 0, specs[:4], key="k", node="n2"), request_id="g-a-again"))[0]
+    assert again == ChangedResult(4) and sm.state.stages["a"].node_id == "n2"
+    assert apply(sm, part("a", 1, specs[4:8], key="k", node="n2"))[0].ok
+    end = SubmitRun("s-k", T0, "a", "k", tuple(specs[8:]), 0, "", "alice", staged=8)
+    assert apply(sm, end)[0] == SubmitRunResult("a", created=True)
+    # Once the key's run exists, the other request is answered that run, as an unstaged submit is.
+    late = replace(part("b", 0, specs[:4], key="k"), request_id="g-b-late")
+    assert apply(sm, late)[0] == SubmitRunResult("a", created=False) and not sm.state.stages
+    # A stage of the key past its expiry (no tick yet) holds nothing: the other request starts.
     sm2 = machine()
-    assert apply(sm2, part("a", 0, list(cmd.tasks[:4]), key="k"))[0].ok
-    assert apply(sm2, part("b", 0, list(cmd.tasks[:4]), key="k"))[0].ok
-    assert list(sm2.state.stages) == ["b"]
-    first = apply(sm2, replace(cmd, run_id="a", tasks=cmd.tasks[4:], staged=4))[0]
-    assert isinstance(first, Rejected) and first.code is Code.ABORTED and "replaced" in first.message
-    second = apply(sm2, replace(cmd, request_id="s-other", run_id="b", tasks=cmd.tasks[4:], staged=4))[0]
-    assert second == SubmitRunResult("b", created=True) and "a" not in sm2.state.runs
-    retry = replace(part("a", 0, list(cmd.tasks[:4]), key="k"), request_id="g-a-0-again")
-    assert apply(sm2, retry)[0] == SubmitRunResult("b", created=False)
+    assert apply(sm2, part("a", 0, specs[:4], key="k"))[0].ok
+    res = apply(sm2, part("b", 0, specs[:4], key="k", ts=T0 + limits.STAGE_TTL_MS))[0]
+    assert res == ChangedResult(4) and list(sm2.state.stages) == ["b"]
+    # Unkeyed stages never refuse each other; another key is another request.
+    assert apply(sm2, part("u1", 0, specs[:4]))[0].ok and apply(sm2, part("u2", 0, specs[:4]))[0].ok
+    assert apply(sm2, part("c", 0, specs[:4], key="k2"))[0].ok
+    assert StateMachine(ClusterState.decode(sm2.snapshot())).digest() == sm2.digest()
+
+
+def test_the_node_answers_another_request_under_a_staging_key_failed_precondition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from raftmesh.consensus.results import expect
+    from raftmesh.errors import FailedPrecondition
+    from raftmesh.node import staging
+
+    monkeypatch.setattr(limits, "STAGE_ABOVE_TASKS", 8)
+    monkeypatch.setattr(limits, "STAGE_PART_TASKS", 5)
+
+    def stop_after_part_0(sm: StateMachine, c: Command) -> None:
+        if isinstance(c, StageRun) and c.seq == 1:  # the first request's client gives up here
+            raise TimeoutError
+
+    w = LogWriter(machine(), stop_after_part_0)
+    first = SubmitRun("s-k", T0, "r1", "k", tuple(fan(14)), 0, "", "alice")
+    with pytest.raises(TimeoutError):
+        asyncio.run(staging.propose_submit(access(w), first, "n1", NoDeadline()))  # type: ignore[arg-type]
+    w.between = None
+    second = replace(first, tasks=tuple(fan(15)))  # other tasks, same key
+    res = asyncio.run(staging.propose_submit(access(w), second, "n1", NoDeadline()))  # type: ignore[arg-type]
+    with pytest.raises(FailedPrecondition, match="idempotency key 'k' is in use") as err:
+        expect(res, SubmitRunResult)
+    assert err.value.code == "FAILED_PRECONDITION" and "expires at state time" in err.value.message
+    # The first request's retry resumes after its applied part and makes the run.
+    done = asyncio.run(staging.propose_submit(access(w), first, "n1", NoDeadline()))  # type: ignore[arg-type]
+    assert isinstance(done, SubmitRunResult) and done.created
+    assert len(w.sm.state.runs[done.run_id].tasks) == 16
 
 
 def test_parts_in_the_wrong_order_or_count_change_nothing() -> None:
@@ -430,21 +489,24 @@ def test_a_retry_through_another_node_continues_the_stage_there(monkeypatch: pyt
 def test_a_keys_abandoned_stages_do_not_hold_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     specs = fan(20)
     sm = machine()
-    # Attempts of one key under other run ids (another request under the key, or a node that
-    # picked random run ids): each first part drops the key's stage before it.
+    # Requests of one key under other run ids, each after the last one's stage expired (no tick
+    # came): each first part drops the key's stage before it, so a key holds one stage at most.
     for i in range(limits.MAX_STAGES_PER_NODE + 2):
-        assert apply(sm, part(f"x{i}", 0, specs[:5], key="K"))[0].ok
-        assert apply(sm, part(f"x{i}", 1, specs[5:10], key="K"))[0].ok
+        ts = T0 + i * limits.STAGE_TTL_MS
+        assert apply(sm, part(f"x{i}", 0, specs[:5], key="K", ts=ts))[0].ok
+        assert apply(sm, part(f"x{i}", 1, specs[5:10], key="K", ts=ts))[0].ok
         assert list(sm.state.stages) == [f"x{i}"]
     assert apply(sm, part("other", 0, specs[:5], key="Z"))[0].ok  # the node still stages others
     # The key's run made by a submit in one entry: the key's stage can never finish, it goes.
     res = apply(sm, SubmitRun("s-K", T0, "whole", "K", tuple(specs), 0, "", "alice"))[0]
     assert res == SubmitRunResult("whole", created=True)
     assert list(sm.state.stages) == ["other"]
-    # A refused first part drops nothing.
+    # A refused first part drops nothing, not even the key's expired stage.
     assert apply(sm, part("y", 0, specs[:5], key="Z2"))[0].ok
-    bad = apply(sm, part("z", 0, [TaskSpec(id="q", agent="nobody")], key="Z2"))[0]
-    assert isinstance(bad, Rejected) and list(sm.state.stages) == ["other", "y"]
+    later = sm.state.stages["y"].expires_ms
+    bad = apply(sm, part("z", 0, [TaskSpec(id="q", agent="nobody")], key="Z2", ts=later))[0]
+    assert isinstance(bad, Rejected) and bad.code is Code.INVALID_ARGUMENT
+    assert list(sm.state.stages) == ["other", "y"]
     # A replica decoding the snapshot agrees.
     assert StateMachine(ClusterState.decode(sm.snapshot())).digest() == sm.digest()
 

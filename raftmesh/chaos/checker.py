@@ -14,12 +14,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..consensus.commands import Tick
+from ..consensus.machine import StateMachine
+from ..consensus.state import ClusterState
 from ..verify.audit import Audit
+from ..verify.stage_audit import ADOPTED, DROPPED, EXPIRED
 from .agents import compensation_key, spawned_id
 from .nemesis import FaultRecord
 from .workload import APPROVER, DOOMED, Operation
 
 EXAMPLES_MAX = 5
+STAGE_EXPIRY_SLACK_MS = 10_000
+"""How far the final state's clock may be past a stage's expiry before the leader's tick drops it
+(a tick is proposed as soon as a deadline is due; the slack covers an election)."""
 
 # Invariant names, in report order. Each must have a count of 0.
 LOST = "acknowledged runs lost"
@@ -44,6 +51,8 @@ COMPENSATION = "compensations not applied exactly once"
 BUDGET = "budgets overspent by more than the attempts running when reached"
 VOTE = "votes not fused from committed results"
 APPROVAL = "approvals not applied exactly once"
+STAGED = "staged submits not created exactly once, whole, invisible until their last entry"
+STAGES_LEFT = "stages left behind past their expiry"
 
 INVARIANTS = (
     LOST,
@@ -68,6 +77,8 @@ INVARIANTS = (
     BUDGET,
     VOTE,
     APPROVAL,
+    STAGED,
+    STAGES_LEFT,
 )
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "COMPENSATED", "COMPENSATION_FAILED"})
@@ -177,6 +188,11 @@ class Outcomes:
     compensations (and how many were run again after a lost attempt), budgets reached."""
     budget_overspend_max: float = 0.0
     """The largest ``usage.cost - max_cost`` of a run stopped by its budget."""
+    staged: dict[str, int] = field(default_factory=dict)
+    """The staged submits (``STAGED``): the staged jobs' submits by outcome; from the log (every
+    run staged, a ``+large`` job over 512 KiB of inputs too): stages adopted, expired or
+    dropped, parts applied, resumed by a retry, answered with the key's run or refused; and the
+    stages pending expiry at the end, each proven to go at a tick at its expiry."""
     by_driver: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per client kind (``sync``: ``raftmesh.Client``, ``aio``: ``raftmesh.aio.Client``): its
     clients, submits by outcome, acknowledged runs that SUCCEEDED, approve and retry calls."""
@@ -268,6 +284,8 @@ def check_history(
                     _check_workflow(op, run, inv, out, approver)
         _check_retries(op, run, audit, inv, out)
     out.by_driver = by_driver(ops, by_key)
+    _check_staged(ops, by_key, audit, inv, out)
+    _check_stages_left(audit, audit_unavailable, inv, out)
     if audit is not None:
         for (run_id, task_id), n in sorted(audit.requeues.items()):
             if n > 1:
@@ -357,7 +375,9 @@ def _check_acknowledged(
 
 def _check_outputs(op: Operation, run: RunRecord, inv: dict[str, Invariant]) -> None:
     wrong = [
-        f"{tid}={run.tasks[tid].output!r} (expected {want!r})" if tid in run.tasks else f"{tid} missing"
+        f"{tid}={_clip(run.tasks[tid].output)} (expected {_clip(want)})"
+        if tid in run.tasks
+        else f"{tid} missing"
         for tid, want in sorted(op.expected.items())
         if tid not in run.tasks or run.tasks[tid].output != want or run.tasks[tid].status != "SUCCEEDED"
     ]
@@ -366,6 +386,12 @@ def _check_outputs(op: Operation, run: RunRecord, inv: dict[str, Invariant]) -> 
         inv[BAD_OUTPUT].add(
             f"{op.key} ({run.run_id}): {', '.join(wrong + [f'{t} unexpected' for t in extra])}"
         )
+
+
+def _clip(value: Any, chars: int = 120) -> str:
+    """``repr(value)``, cut to ``chars`` (a staged or ``+large`` job's output is ~200 KB)."""
+    r = repr(value)
+    return r if len(r) <= chars else f"{r[:chars]}... ({len(r)} chars)"
 
 
 def _check_retries(
@@ -408,6 +434,116 @@ def _check_usage(op: Operation, run: RunRecord, inv: dict[str, Invariant]) -> No
             wrong.append(f"{tid} {t.status} {t.usage}: more than one accepted report {want}")
     if wrong:
         inv[USAGE].add(f"{op.key} ({run.run_id}): {'; '.join(wrong)}")
+
+
+# ---- staged submits --------------------------------------------------------------------------
+
+
+def _check_staged(
+    ops: Sequence[Operation],
+    by_key: Mapping[str, list[RunRecord]],
+    audit: Audit | None,
+    inv: dict[str, Invariant],
+    out: Outcomes,
+) -> None:
+    """A staged submit's run is made once (in the state and in the log), from its stage, with
+    every task; acknowledged, it ends SUCCEEDED with every echo's output its input (so every
+    input arrived whole); of unknown outcome, it exists whole or not at all; it is never refused
+    as invalid (the job is valid: a refusal is the staged path's). From the log:
+    no part made its run visible, no stage was adopted twice or with a task missing."""
+    staged = [op for op in ops if op.staged]
+    counts = out.staged
+    for op in staged:
+        counts["submits"] = counts.get("submits", 0) + 1
+        counts[op.outcome] = counts.get(op.outcome, 0) + 1
+        rs = by_key.get(op.key, [])
+        logged = audit.runs_by_key.get(op.key, []) if audit is not None else None
+        wrong: list[str] = []
+        if op.outcome == "failed":  # a valid job by construction: the staged path refused it
+            wrong.append(f"refused: {op.error_code}: {op.error[:200]}")
+        if op.outcome == "ok" and len(rs) != 1:
+            wrong.append(f"acknowledged as {op.run_id}, {len(rs)} runs hold the key")
+        if (logged is not None and len(logged) > 1) or (op.outcome == "ok" and logged == []):
+            wrong.append(f"the log created {len(logged or [])} runs under the key")
+        for run in rs:
+            if op.outcome == "ok" and run.run_id != op.run_id:
+                wrong.append(f"acknowledged as {op.run_id}, the key's run is {run.run_id}")
+            adopted = audit.stages.runs.get(run.run_id) if audit is not None else None
+            if audit is not None and (adopted is None or adopted.ended != ADOPTED):
+                wrong.append(f"run {run.run_id} was not made from a stage")
+            if len(run.tasks) != op.tasks:
+                wrong.append(f"run {run.run_id} has {len(run.tasks)} tasks, the job {op.tasks}")
+            if op.outcome == "ok" and run.status in TERMINAL and run.status != "SUCCEEDED":
+                wrong.append(f"run {run.run_id} ended {run.status} ({run.error})")
+            if run.status == "SUCCEEDED":
+                bad = [tid for tid, want in sorted(op.expected.items()) if _output(run, tid) != want]
+                if bad:
+                    wrong.append(f"run {run.run_id}: outputs of {bad} are not the job's inputs")
+        if wrong:
+            inv[STAGED].add(f"{op.key}: {'; '.join(wrong)}")
+    if audit is None:
+        return
+    trail = audit.stages
+    for what in trail.visible:
+        inv[STAGED].add(f"a part made its run visible before the last entry: {what}")
+    for what in trail.miscounted:
+        inv[STAGED].add(f"a stage adopted without all its tasks: {what}")
+    for rid, n in sorted(trail.adoptions.items()):
+        if n > 1:
+            inv[STAGED].add(f"run {rid}: {n} stages adopted into it")
+    if not trail.runs:
+        return
+    ended = [r.ended for r in trail.runs.values()]
+    counts.update(
+        stages=sum(1 for r in trail.runs.values() if r.parts),
+        adopted=ended.count(ADOPTED),
+        expired=ended.count(EXPIRED),
+        dropped=ended.count(DROPPED),
+        parts_applied=sum(r.parts for r in trail.runs.values()),
+        parts_resumed=sum(r.resumed for r in trail.runs.values()),
+        parts_answered_with_run=sum(r.answered for r in trail.runs.values()),
+        parts_refused=sum(r.refused for r in trail.runs.values()),
+    )
+
+
+def _output(run: RunRecord, task_id: str) -> Any:
+    t = run.tasks.get(task_id)
+    return t.output if t is not None and t.status == "SUCCEEDED" else None
+
+
+def _check_stages_left(
+    audit: Audit | None, unavailable: str, inv: dict[str, Invariant], out: Outcomes
+) -> None:
+    """No stage is left in the final state (the replayed log's) past its expiry, nor after its
+    key's run was made. One still within its time (a client gave up mid-stage shortly before
+    the end) is counted, once a tick at its expiry, applied to a copy, drops it."""
+    if audit is None:
+        inv[STAGES_LEFT].unchecked = unavailable or "no log was audited"
+        return
+    st = audit.machine.state
+    pending = []
+    for rid, s in sorted(st.stages.items()):
+        made = audit.runs_by_key.get(s.idempotency_key, []) if s.idempotency_key else []
+        if made:
+            inv[STAGES_LEFT].add(
+                f"stage {rid} (key {s.idempotency_key!r}) left after the key's run {made[0]}"
+            )
+        elif st.time_ms - s.expires_ms > STAGE_EXPIRY_SLACK_MS:
+            inv[STAGES_LEFT].add(
+                f"stage {rid} (key {s.idempotency_key!r}, part {s.next_seq} next) left "
+                f"{(st.time_ms - s.expires_ms) / 1000:.1f} s past its expiry"
+            )
+        else:
+            pending.append(rid)
+    if not pending:
+        return
+    probe = StateMachine(ClusterState.decode(audit.machine.snapshot()))
+    due = max(st.stages[rid].expires_ms for rid in pending)
+    probe.apply(Tick("chaos-stage-expiry", max(due, st.time_ms)))
+    for rid in pending:
+        if rid in probe.state.stages:
+            inv[STAGES_LEFT].add(f"stage {rid} not dropped by a tick at its expiry")
+    out.staged["left_expired_at_a_tick"] = sum(rid not in probe.state.stages for rid in pending)
 
 
 # ---- workflows ----------------------------------------------------------------------------

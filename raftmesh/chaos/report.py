@@ -110,6 +110,7 @@ class Report:
                 "retry_already_requeued": o.retry_already,
                 "retry_unknown": o.retry_unknown,
                 "workflows": o.workflows,
+                "staged": o.staged,
                 "budget_overspend_max": o.budget_overspend_max,
                 "by_client_kind": o.by_driver,
             },
@@ -371,6 +372,8 @@ def format_report(r: Report) -> str:
             lines.append(
                 f"  workflows: {_counts(o.workflows)}; largest budget overspend {o.budget_overspend_max:g}"
             )
+        if o.staged:
+            lines.append(f"  staged submits: {_counts(o.staged)}")
         lines += [f"    {x}" for x in o.ok_failed_with_reason[:5]]
         lines += [f"    unknown {k}: {v}" for k, v in list(o.unknown_runs.items())[:10]]
         lines += [

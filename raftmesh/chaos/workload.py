@@ -26,6 +26,14 @@ fails for good after two compensable ones, or a run whose fan-out reaches its ``
 budget. The workload's first jobs are one of each shape (``EARLY_JOBS``). Their agents are
 in ``raftmesh.chaos.agents``.
 
+Staged submits: a seeded ``STAGED_SHARE`` of the other jobs (an RNG of their own again) are
+``make_staged_job``'s: 3-4 ``echo`` tasks whose inputs hold over 512 KiB together, so the node
+proposes the run as ``StageRun`` parts and a final ``SubmitRun(staged=N)``, and a ``sum`` that
+depends on them all (from a later part). A leader killed or cut off mid-stage makes the SDK
+retry with the same key, which must resume from the parts applied; the echoes' outputs show
+every input arrived whole, and the checker holds the log's stages to being adopted once,
+invisible until then, or expired.
+
 Client kinds: the last ``aio_clients`` clients drive ``raftmesh.aio.Client`` instead of
 ``raftmesh.Client`` (``AioCalls``: each such thread awaits every call on an event loop of its
 own), through the same loop, so the checker holds the async driver's failover, idempotency and
@@ -83,11 +91,11 @@ WORKFLOW_SHARE = 0.3
 """Share of jobs that are a workflow shape (``make_workflow_job``) instead of a plain DAG."""
 WORKFLOW_KINDS = (("flow", 0.5), ("saga", 0.25), ("budget", 0.25))
 WorkflowKind = Literal["flow", "saga", "budget"]
-EarlyJob = Literal["flow", "saga", "budget", "dead", "urgent"]
-EARLY_JOBS: tuple[EarlyJob, ...] = ("flow", "saga", "budget", "dead", "urgent")
+EarlyJob = Literal["flow", "saga", "budget", "dead", "urgent", "staged"]
+EARLY_JOBS: tuple[EarlyJob, ...] = ("flow", "saga", "budget", "dead", "urgent", "staged")
 """The workload's first jobs, dealt to the clients in turn (client 0's first job, client 1's,
-...): one workflow of each kind (the flow's gate approved), a plain job with a dead letter and
-one at the urgent priority (with ``urgent_priority``). A short run on a loaded machine submits
+...): one workflow of each kind (the flow's gate approved), a plain job with a dead letter,
+one at the urgent priority (with ``urgent_priority``) and a staged submit. A short run on a loaded machine submits
 few jobs, and the seeded shares alone once drew no budget job in 47: every kind is still
 checked. Fixed by position, so the same seed gives the same jobs."""
 _EARLY_WORKFLOWS: dict[EarlyJob, WorkflowKind] = {"flow": "flow", "saga": "saga", "budget": "budget"}
@@ -102,6 +110,14 @@ APPROVAL_TIMEOUT_MS = 45_000
 timeout, so the run still ends before the drain gives up."""
 APPROVER = "chaos-approver"
 POLL_S = 0.2
+STAGED_SHARE = 0.03
+"""Share of jobs that are a staged submit (``make_staged_job``): few, as each puts ~0.7 MB of
+inputs and as much output through the log (the ``+large`` jobs put ~0.4 MB on average)."""
+STAGED_ECHOES = (3, 4)
+STAGED_TEXT_CHARS = (150_000, 250_000)
+"""ASCII characters in one staged echo's input (under the 256 KiB input limit)."""
+STAGED_TOTAL_CHARS = 600_000
+"""At least this many in all: over the 512 KiB of inputs that make a submit staged, in 2+ parts."""
 LARGE_INPUT_CHARS = (40_000, 85_000)
 """Characters of CJK text (3 bytes each in UTF-8) in one large input: up to ~250 KB, near the limit."""
 
@@ -133,6 +149,8 @@ class Job:
     expect_status: str = "SUCCEEDED"
     workflow: dict[str, Any] = field(default_factory=dict)
     """What the workflow checks need (``make_workflow_job``); empty for a plain job."""
+    staged: bool = False
+    """Large enough that the node submits it staged (``make_staged_job``)."""
 
 
 def sum_usage(value: int) -> tuple[int, int, float]:
@@ -347,17 +365,44 @@ def make_workflow_job(
     return Job(key, "workflow:budget", dag, expected, usage, expect_status="FAILED", workflow=wf)
 
 
+def make_staged_job(rng: random.Random, key: str) -> Job:
+    """A run the node submits staged, cheap enough for the chaos machine: ``e0``.. (3-4 ``echo``
+    tasks, each input 150-250 K ASCII characters, 600 K at least in all: over the 512 KiB that
+    make a submit staged, so it takes 2+ entries) and ``total``, a ``sum`` depending on every
+    echo (their outputs are maps, which it ignores), which goes in the last part. Each echo's
+    output is its input: the run ends SUCCEEDED with every input whole."""
+    dag = DAG(f"chaos {key} staged")
+    expected: dict[str, Any] = {}
+    n = rng.randint(*STAGED_ECHOES)
+    least = -(-STAGED_TOTAL_CHARS // n)
+    echoes = [f"e{i}" for i in range(n)]
+    for tid in echoes:
+        chars = max(rng.randint(*STAGED_TEXT_CHARS), least)
+        text = rng.randbytes(chars // 2).hex()
+        dag.task(tid, "echo", input={"text": text})
+        expected[tid] = {"text": text}
+    value = rng.randint(0, SUM_VALUE_MAX)
+    u = sum_usage(value)
+    report = {"tokens_in": u[0], "tokens_out": u[1], "cost": u[2]}
+    dag.task("total", "sum", input={"value": value, "usage": report}, deps=echoes)
+    expected["total"] = value
+    return Job(key, f"staged{n}", dag, expected, {"total": u}, staged=True)
+
+
 def next_job(
     rng: random.Random, key: str, urgent_priority: int | None = None, early: EarlyJob | None = None
 ) -> Job:
-    """The client's next job: the plain one its RNG draws, or (a seeded share) a workflow;
-    ``early``: that kind of job (``EARLY_JOBS``), a flow approved."""
+    """The client's next job: the plain one its RNG draws, or (a seeded share) a workflow or a
+    staged submit; ``early``: that kind of job (``EARLY_JOBS``), a flow approved."""
     job = make_job(rng, key, urgent_priority, early)
     wf = random.Random(f"{key}-workflow")  # its own RNG: the client's draws stay what they were
     drawn = wf.random() < WORKFLOW_SHARE
     forced = _EARLY_WORKFLOWS.get(early) if early is not None else None
     if forced is not None or (drawn and early is None):
         return make_workflow_job(wf, key, forced, approve=forced is not None)
+    staged = random.Random(f"{key}-staged")  # its own RNG too
+    if early == "staged" or (staged.random() < STAGED_SHARE and early is None):
+        return make_staged_job(staged, key)
     return job
 
 
@@ -424,6 +469,8 @@ class Operation:
     one_call: bool = False
     """Submitted and waited for in one call (``Client.run``: ``RunToEnd``)."""
     """The client kind that made every call of this operation: ``raftmesh.Client`` or ``raftmesh.aio.Client``."""
+    staged: bool = False
+    """A staged submit's job (``Job.staged``): the checker's ``STAGED`` invariant judges it."""
 
     @property
     def retry_acknowledged(self) -> bool:
@@ -434,6 +481,7 @@ class Operation:
         return {
             "driver": self.driver,
             "doomed": self.doomed,
+            "staged": self.staged,
             "workflow": self.workflow,
             "approvals": [a.to_json() for a in self.approvals],
             "retries": [r.to_json() for r in self.retries],
@@ -596,6 +644,7 @@ class Workload(ClientThreads):
                 )
                 op.usage, op.doomed = job.usage, job.doomed
                 op.expect_status, op.workflow, op.driver = job.expect_status, job.workflow, driver
+                op.staged = job.staged
                 with self._lock:
                     self.operations.append(op)
                 if i % ONE_CALL_EVERY == ONE_CALL_EVERY - 1 and "approval" not in op.workflow:

@@ -129,8 +129,7 @@ def _expired(run_id: str, seq: int) -> Rejected:
     return Rejected(
         Code.ABORTED,
         f"the staged submit of run {run_id!r} is gone before part {seq} (it expired after "
-        f"{limits.STAGE_TTL_MS // 1000} s without a part, e.g. across a leader change, or a later "
-        "submit with its idempotency key replaced it): "
+        f"{limits.STAGE_TTL_MS // 1000} s without a part, e.g. across a leader change): "
         "submit the run again (with the same idempotency key)",
     )
 
@@ -140,9 +139,12 @@ def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
 
     A part continues the stage of its run id only when it carries the stage's idempotency key.
     A seq-0 part with a key is a new attempt of a submit: if the stage of its run id is another
-    node's, the stage moves to this node (that attempt's later parts are refused from then on);
-    a stage of the same key under another run id (another request under the key, or one from
-    before keyed run ids) is dropped, so an abandoned attempt does not hold the limits."""
+    node's, the stage moves to this node (that attempt's later parts are refused from then on).
+    A keyed run id names its request (``staging.keyed_run_id``), so a live stage of the same key
+    under another run id is another request misusing the key: the new one is refused (first
+    come, first served, as Temporal refuses a second start of a running workflow id) rather than
+    dropping it, which let two such requests drop each other's stage without end. A stage of
+    the key past its expiry (not yet dropped by a tick) is dropped instead."""
     st = ctx.state
     if cmd.idempotency_key:
         existing = st.idempotency.get(cmd.idempotency_key)
@@ -151,6 +153,10 @@ def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
     current = st.stages.get(cmd.run_id)
     if current is None and cmd.seq != 0:
         return _expired(cmd.run_id, cmd.seq)
+    if current is None and cmd.idempotency_key:
+        rival = _live_stage_of_key(st, cmd.idempotency_key, ctx.now_ms)  # at most MAX_STAGES
+        if rival is not None:
+            return _key_in_use(cmd, rival, ctx.now_ms)
     rehome = False
     if current is not None:
         if current.idempotency_key != cmd.idempotency_key:
@@ -188,8 +194,9 @@ def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
             fixed, spec_bytes = _check_part(st, current, cmd.tasks)
     except DagError as exc:
         return Rejected(Code.INVALID_ARGUMENT, str(exc))
-    # An older attempt of the key's submit (seq 0 only, so a request's own parts never evict
-    # each other): dropped once this part is known to apply. At most MAX_STAGES to look at.
+    # The key's other stages (seq 0 only, so a request's own parts never evict each other): past
+    # their expiry when this part opens a stage (a live one refused it above), or left from
+    # before keyed run ids; dropped once this part is known to apply. At most MAX_STAGES.
     evict = (
         [
             rid
@@ -238,6 +245,22 @@ def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
     current.expires_ms = st.time_ms + limits.STAGE_TTL_MS
     current.fixed, current.spec_bytes = fixed, spec_bytes
     return ChangedResult(len(current.tasks))
+
+
+def _live_stage_of_key(st: ClusterState, key: str, now_ms: int) -> Stage | None:
+    """The oldest stage of ``key`` not past its expiry, or None."""
+    return next((s for s in st.stages.values() if s.idempotency_key == key and s.expires_ms > now_ms), None)
+
+
+def _key_in_use(cmd: StageRun, rival: Stage, now_ms: int) -> Rejected:
+    return Rejected(
+        Code.FAILED_PRECONDITION,
+        f"idempotency key {cmd.idempotency_key!r} is in use by another request's staged submit "
+        f"(run {rival.run_id!r}, other tasks or fields): it expires at state time "
+        f"{rival.expires_ms} ms, in {(rival.expires_ms - now_ms + 999) // 1000} s unless its next "
+        "part comes; once its run is created, a submit with this key answers that run. "
+        "Use a new idempotency key for a different request",
+    )
 
 
 def expire_stages(ctx: ApplyContext, now: int) -> int:

@@ -11,7 +11,9 @@ A retry is safe: apply makes a part proposed again a no-op (by its ``seq``), a r
 submit goes on from the parts already applied (``keyed_run_id``), and a part that finds the
 idempotency key taken answers the existing run. A stage cut short (a leader change past the deadline, a
 tick dropping an abandoned stage) is answered UNAVAILABLE: the client retries the whole
-submit with the same idempotency key, as after any unknown outcome.
+submit with the same idempotency key, as after any unknown outcome. Another request under a key
+whose stage is live (other tasks or fields: another keyed run id) is refused at its first part,
+FAILED_PRECONDITION (``runs.stage``), rather than dropping that stage.
 """
 
 from __future__ import annotations

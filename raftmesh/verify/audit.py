@@ -62,6 +62,7 @@ from ..consensus.results import (
 )
 from ..consensus.state import TaskState, TaskStatus
 from .message_audit import MessageAudit
+from .stage_audit import StageAudit
 
 TaskKey = tuple[str, str]
 
@@ -316,6 +317,7 @@ class Audit:
     preemptions: int = 0
     """Attempts preempted by ``preempt`` commands."""
     messages: MessageAudit = field(default_factory=MessageAudit)
+    stages: StageAudit = field(default_factory=StageAudit)
 
     def feed(self, payload: bytes) -> None:
         for cmd in decode_batch(payload):
@@ -324,11 +326,13 @@ class Audit:
             self.commands += 1
             pre = self.locks.before(cmd, self.machine)
             pre_messages = self.messages.before(cmd, self.machine)
+            pre_stages = self.stages.before(cmd, self.machine)
             revision = self.machine.state.revision
             res, events = self.machine.apply(cmd)
             changed = self.machine.state.revision != revision
             self.locks.after(self.commands, cmd, res, events, self.machine, changed, pre)
             self.messages.after(self.commands, cmd, res, self.machine, pre_messages)
+            self.stages.after(cmd, res, events, self.machine, pre_stages)
             self._check_fencing(cmd, res, events)
             self._check(events)
             if changed and isinstance(cmd, RetryTask) and isinstance(res, RetryTaskResult) and res.requeued:
