@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from raftmesh.consensus.codes import Code
+from raftmesh.consensus.commands import NodeDown, RegisterNode, SuspectNode, encode_batch
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.raft import RaftConfig, RaftMember
 from raftmesh.consensus.raft.election import PRE_VOTE, PRE_VOTE_RESPONSE
@@ -227,3 +229,53 @@ def test_a_stall_of_the_leaders_own_raft_thread_does_not_age_its_followers(tmp_p
         wait_until(lambda: ld.member.response_ages().get(a1, 0.0) >= 0.7, 5, "p1's silence to show again")
     finally:
         ld.close()
+
+
+def test_a_liveness_decision_applies_only_from_a_log_entry_of_its_term(tmp_path: Path) -> None:
+    """pysyncobj passes apply only an entry's bytes; the member reads the entry's term from the log
+    (``_SyncObj._entry_term``), so a ``leader_term`` of another term is refused, and the journal's
+    replay after a restart decides alike."""
+    (port,) = free_ports(1)
+    addr = f"127.0.0.1:{port}"
+    cfg = RaftConfig(addr, (addr,), str(tmp_path / "raft.journal"), str(tmp_path / "snapshot.lmdb"))
+
+    def start() -> RaftMember:
+        m = RaftMember(cfg, StateMachine(), lambda events: None, LmdbSnapshotIO())
+        wait_until(lambda: m.is_leader and m.last_applied >= m.commit_index, 30, "the lone member to lead")
+        return m
+
+    def propose(m: RaftMember, *cmds: Any) -> list[Any]:
+        done = threading.Event()
+        out: list[Any] = []
+
+        def callback(results: Any, err: Any) -> None:
+            out.append(results if err is None else err)
+            done.set()
+
+        m.propose(encode_batch(list(cmds)), callback)
+        assert done.wait(10)
+        return list(out[0])
+
+    m = start()
+    try:
+        term = m.term
+        reg = RegisterNode("reg", 1, "n1", "h:1", "h:2", ("echo",), 1, "inc")
+        flag = SuspectNode("s1", 2, node_id="n1", incarnation="inc", suspect=True, leader_term=term + 1)
+        down = NodeDown("d1", 3, node_id="n1", incarnation="inc", reason="gone", leader_term=term)
+        res = propose(m, reg, flag)
+        assert res[0].ok and res[1].code is Code.ABORTED, res
+        with m.lock:
+            assert not m.machine.state.members["n1"].suspect
+        (res_down,) = propose(m, down)
+        assert res_down.ok
+        with m.lock:
+            digest = m.machine.digest()
+    finally:
+        m.destroy()
+    m = start()  # replays the journal: each entry with its own term again
+    try:
+        assert m.term > term
+        with m.lock:
+            assert m.machine.digest() == digest and not m.machine.state.members["n1"].up
+    finally:
+        m.destroy()

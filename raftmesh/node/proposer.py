@@ -34,7 +34,7 @@ import msgpack
 
 from .. import calls
 from ..clock import SYSTEM_CLOCK, Clock
-from ..consensus.commands import Command, Origin, SubmitRun, encode_command
+from ..consensus.commands import Command, NodeDown, Origin, SubmitRun, SuspectNode, encode_command
 from ..consensus.raft import RaftMember
 from ..consensus.results import Result
 from ..errors import NoLeader, OutcomeUnknown, ResourceExhausted
@@ -167,7 +167,10 @@ class Proposer:
         once that no longer holds (a new term, another leader, ``leader_changed``) it is not
         retried: it fails with ``NoLeader`` if it never reached Raft, else ``OutcomeUnknown``.
         Otherwise a deposed leader's retry is forwarded to the next leader, which commits a
-        view it did not form (it may even name itself).
+        view it did not form (it may even name itself). A ``NodeDown``/``SuspectNode`` also
+        carries that term (``leader_term``), and apply refuses it from a log entry of any other
+        term: pysyncobj itself forwards a command it has queued if the node steps down before
+        its next tick, which no check here can see.
         """
         fut: asyncio.Future[Result] = self._loop.create_future()
         deadline = self._clock.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
@@ -182,6 +185,10 @@ class Proposer:
             if not self._raft.is_leader:
                 raise NoLeader(f"{cmd.TAG} {cmd.request_id}: this node no longer leads; not proposed")
             term = self._raft.term
+            if isinstance(cmd, NodeDown | SuspectNode):
+                # Apply refuses it from an entry of any other term (``members.leader_term_error``):
+                # pysyncobj forwards a queued command if this node stops leading before its tick.
+                cmd = replace(cmd, leader_term=term)
         encoded = encode_command(cmd)
         size = len(encoded)
         await self._wait_for_room(size, deadline)
