@@ -33,7 +33,13 @@ class FakeRaft:
         self.lock = threading.RLock()
         self.script = list(script)
         self.leader_addr: str | None = "127.0.0.1:1"
+        self.unheard = False
+        """The leader is still named but not heard (every link closed with a reset)."""
         self.proposals = 0
+
+    @property
+    def leader_known(self) -> bool:
+        return self.leader_addr is not None and not self.unheard
 
     def propose(self, payload: bytes, callback: Callable[[list[Result] | None, str | None], None]) -> None:
         self.proposals += 1
@@ -149,6 +155,47 @@ def test_a_node_cut_off_from_its_leader_answers_before_the_deadline(monkeypatch:
     assert isinstance(handed, OutcomeUnknown), handed  # it was handed to Raft: it may be applied
     assert isinstance(new, NoLeader), new
     assert proposals == 1, "the new command must not reach the log"
+    assert again == SubmitRunResult("r-k2", created=True)
+
+
+def test_a_leader_named_but_no_longer_heard_is_no_leader_for_the_fail_fast(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pysyncobj keeps naming a leader whose every link closed with a reset (no election starts
+    without a connected peer), so ``leader_addr`` stays set and the health loop keeps calling
+    ``leader_seen``. The fail-fast reads ``leader_known``: the command is held (not sent where no
+    leader hears it) and fails NoLeader after LEADERLESS_FAIL_S, not at its 30 s deadline."""
+    monkeypatch.setattr(proposer_mod, "LEADERLESS_FAIL_S", 0.3)
+
+    async def go() -> tuple[Any, Any, int, Any]:
+        raft = HeldRaft()
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=60.0)  # type: ignore[arg-type]
+        p.start()
+        try:
+            raft.unheard = True  # leader_addr unchanged
+            async with asyncio.timeout(5):  # without the fix, each waits its 30 s deadline
+                queued = asyncio.ensure_future(p.propose(register(), timeout_s=30.0))
+                while not queued.done():
+                    p.leader_seen()  # the health loop's pass: it sees leader_addr set
+                    await asyncio.sleep(0.01)
+                new = (await asyncio.gather(p.propose(submit("k1"), timeout_s=30.0), return_exceptions=True))[
+                    0
+                ]
+            proposals = raft.proposals
+            raft.unheard = False  # heard again
+            p.leader_seen()
+            again = asyncio.ensure_future(p.propose(submit("k2"), timeout_s=30.0))
+            async with asyncio.timeout(5):
+                while not raft.held:
+                    await asyncio.sleep(0.005)
+            raft.held.pop()([SubmitRunResult("r-k2", created=True)], None)
+            return queued.exception(), new, proposals, await again
+        finally:
+            await p.stop()
+
+    queued, new, proposals, again = asyncio.run(go())
+    assert isinstance(queued, NoLeader) and isinstance(new, NoLeader), (queued, new)
+    assert proposals == 0, "nothing may be handed to Raft while no leader hears it"
     assert again == SubmitRunResult("r-k2", created=True)
 
 

@@ -17,7 +17,9 @@ its deadline's worth of waiting, which is what a deadline promises.
 
 A node that has known no leader for ``LEADERLESS_FAIL_S`` answers at once instead of holding
 commands until their deadline (a node cut off from its leader held a client's submit for the
-whole 10 s): the client's SDK moves on to another node on the UNAVAILABLE.
+whole 10 s): the client's SDK moves on to another node on the UNAVAILABLE. "Knows a leader" is
+``RaftMember.leader_known``: one it can still hear, not merely the last one pysyncobj named
+(which it keeps when every link closes with a reset).
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ LEADERLESS_FAIL_S = 1.0
 applied; a retry with the same request id / idempotency key is safe). Counted from when the
 proposer first saw no leader: a follower forgets a silent leader after its election timeout
 (0.6-1.2 s, ``election.py``), so this answers 1.6-2.2 s after the last word from the leader;
-an ordinary election elects one well within it."""
+an ordinary election elects one well within it. A follower whose every link closed (a reset) elects
+nobody, but stops knowing its leader once it has not heard it for the longest election timeout
+(``RaftMember.leader_known``): the same 2.2 s."""
 
 
 def _settle(fut: asyncio.Future[str | None], err: str | None) -> None:
@@ -286,13 +290,15 @@ class Proposer:
     _NO_LEADER = "this node knows no Raft leader (cut off, or an election is on); nothing was proposed, retry on another node"
 
     def leader_seen(self) -> None:
-        """A leader is known now (the health loop's pass): a later leaderless spell counts from
-        its own start, not from an earlier gap too short for any proposal to notice its end."""
-        self._leaderless_since = None
+        """The health loop's pass saw a leader: if this node can still hear one
+        (``RaftMember.leader_known``), a later leaderless spell counts from its own start, not from
+        an earlier gap too short for any proposal to notice its end."""
+        if self._raft.leader_known:
+            self._leaderless_since = None
 
     def _leaderless_for(self) -> float:
         """Seconds since this proposer first saw no leader; 0 while it knows one."""
-        if self._raft.leader_addr is not None:
+        if self._raft.leader_known:
             self._leaderless_since = None
             return 0.0
         now = self._clock.monotonic()
@@ -305,7 +311,7 @@ class Proposer:
             self._dequeued(p)
             self._fail_deposed(p)
             return
-        if not self._gather and not self._queue and not self._inflight and self._raft.leader_addr is not None:
+        if not self._gather and not self._queue and not self._inflight and self._raft.leader_known:
             # Idle: nothing to batch it with. Handed to Raft now rather than two loop iterations
             # later (the wake, then the gathering sleep); commands that come while it is in
             # flight batch as before.
@@ -323,7 +329,7 @@ class Proposer:
             await asyncio.sleep(0)
             self._gather = False
             while self._queue and len(self._inflight) < MAX_INFLIGHT_BATCHES:
-                if self._raft.leader_addr is None:
+                if not self._raft.leader_known:  # held here, not sent where no leader hears it
                     self._expire_waiting()
                     self._loop.call_later(0.05, self._wake.set)
                     break

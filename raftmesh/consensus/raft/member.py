@@ -495,6 +495,13 @@ class RaftMember:
         return None if leader is None else str(leader.address)
 
     @property
+    def leader_known(self) -> bool:
+        """Whether this node knows a leader it can still hear (``Election.leader_known``): one it
+        leads as, or follows with the link up or heard within the longest election timeout.
+        ``leader_addr`` keeps naming a leader whose every link closed with a reset."""
+        return self._so._election.leader_known(self.config.timings.election_max_s)
+
+    @property
     def is_leader(self) -> bool:
         return bool(self._so._isLeader())
 
