@@ -8,8 +8,13 @@ import dataclasses
 import random
 from typing import Any
 
+import msgpack
+import pytest
+
 from raftmesh.consensus import RunChanged, RunStatus, TaskChanged, TaskStatus, limits
+from raftmesh.consensus.codes import Code
 from raftmesh.consensus.commands import (
+    CommandDecodeError,
     LockAcquire,
     NodeDown,
     Preempt,
@@ -350,6 +355,52 @@ def test_a_requeue_needs_the_flag_and_an_empty_one_changes_nothing() -> None:
     assert c.st.revision == rev
     # A plain flag encodes as before the field existed (old journals decode and re-encode alike).
     assert b"requeue" not in encode_command(suspect(c, "n2"))
+
+
+def test_a_leaders_liveness_decision_applies_only_from_an_entry_of_its_own_term() -> None:
+    """pysyncobj hands a command queued on a leader that stepped down before its next tick to the
+    next leader, which logs it in its own term. Its ``leader_term`` no longer matches the entry's
+    term there, so it changes nothing (ABORTED, never recorded) on every replica."""
+    c = Cluster()
+    c.ok(placing(c, "n1", slots=1))
+    c.ok(placing(c, "n2", slots=1))
+    c.ok(c.submit("r1", [spec("a"), spec("b")]))
+    assert {c.task("r1", "a").node, c.task("r1", "b").node} == {"n1", "n2"}
+    inc = c.st.members["n2"].incarnation
+    decided = [
+        dataclasses.replace(suspect(c, "n2"), leader_term=5),
+        dataclasses.replace(suspect(c, "n2"), requeue=True, leader_term=5),
+        NodeDown(c.rid(), c.ts, node_id="n2", incarnation=inc, reason="gone", leader_term=5),
+    ]
+    for cmd in decided:
+        before = (c.sm.digest(), c.st.revision, c.st.index_snapshot())
+        (res,), events = c.sm.apply_batch([cmd], term=6)
+        assert res.code is Code.ABORTED and "term 5" in res.message and "term 6" in res.message, res
+        assert (c.sm.digest(), c.st.revision, c.st.index_snapshot()) == before and events == []
+        assert cmd.request_id not in c.st.dedup
+    m = c.st.members["n2"]
+    assert m.up and not m.suspect and c.st.running.get("n2")
+    # From an entry of the term that decided it, it applies as ever.
+    (res,), _ = c.sm.apply_batch([decided[2]], term=5)
+    assert res.ok and not c.st.members["n2"].up
+
+
+def test_leader_term_is_encoded_only_when_set() -> None:
+    c = Cluster()
+    c.ok(placing(c, "n1"))
+    plain = [suspect(c, "n1"), NodeDown(c.rid(), c.ts, node_id="n1", incarnation="i", reason="r")]
+    for cmd in plain:
+        # Entries from before the field decode and re-encode byte for byte, and apply unchecked.
+        assert b"leader_term" not in encode_command(cmd)
+        assert encode_command(decode_command(encode_command(cmd))) == encode_command(cmd)
+        termed = dataclasses.replace(cmd, leader_term=7)
+        assert decode_command(encode_command(termed)) == termed
+        for bad in (0, -1, True, "7"):
+            m = dataclasses.replace(cmd, leader_term=7).to_map() | {"leader_term": bad}
+            with pytest.raises(CommandDecodeError, match="leader_term"):
+                decode_command(msgpack.packb(m, use_bin_type=True))
+    (res,), _ = c.sm.apply_batch([plain[0]], term=9)
+    assert res.ok and c.st.members["n1"].suspect
 
 
 def test_a_submit_places_its_ready_tasks_on_the_member_it_prefers_on_a_tie_only() -> None:

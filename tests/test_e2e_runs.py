@@ -201,3 +201,37 @@ def test_no_leader_is_unavailable(make_cluster: Callable[..., LocalCluster]) -> 
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "no Raft leader" in (err.value.details() or "")
     channel.close()
+
+
+def test_a_node_whose_every_peer_died_answers_no_leader_at_once(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """Its peers killed, every Raft link of the survivor closed and reconnects are refused: it
+    starts no election (no link is up), and pysyncobj keeps naming the dead leader. A write must
+    still be answered UNAVAILABLE "knows no Raft leader" at once, as in a silent partition, and not
+    held to its deadline (``RaftMember.leader_known``, ``LEADERLESS_FAIL_S``)."""
+    c = make_cluster(3)
+    leader = c.wait_ready()
+    survivor = next(n for n in c.nodes if n != leader)
+    for n in [n for n in c.nodes if n != survivor]:
+        c.kill(n)
+    channel = grpc.insecure_channel(c.nodes[survivor].grpc)
+    stub = pb_grpc.ClusterStub(channel)
+    req = pb.SubmitRunRequest(tasks=[pb.TaskSpec(id="a", agent="echo")], idempotency_key="alone")
+    answers: list[tuple[grpc.StatusCode, str]] = []
+
+    def no_leader() -> bool:
+        # Each try is bounded by its own 5 s deadline; without the fix every one of them ran out
+        # (the command went to pysyncobj, to be forwarded to the dead leader).
+        try:
+            stub.SubmitRun(req, timeout=5)
+        except grpc.RpcError as err:
+            answers.append((err.code(), err.details() or ""))
+            return err.code() == grpc.StatusCode.UNAVAILABLE and "knows no Raft leader" in answers[-1][1]
+        raise AssertionError("a write committed without a majority")
+
+    try:
+        wait_until(no_leader, 30, "the survivor to answer that it knows no leader")
+    finally:
+        channel.close()
+    assert c.status_of(survivor).leader == leader, "pysyncobj still names the dead leader"

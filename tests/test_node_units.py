@@ -537,6 +537,7 @@ class NoLeaderRaft:
     """A Raft member that never has a leader, so commands stay queued until their deadlines."""
 
     leader_addr = None
+    leader_known = False
 
     def propose(self, payload: bytes, callback: Any) -> None:
         raise AssertionError("nothing may be proposed without a leader")

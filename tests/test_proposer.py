@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from raftmesh.consensus.commands import RegisterNode, SubmitRun, TaskSpec, decode_batch
+from raftmesh.consensus.codes import Code
+from raftmesh.consensus.commands import NodeDown, RegisterNode, SubmitRun, SuspectNode, TaskSpec, decode_batch
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.results import Result, SubmitRunResult
 from raftmesh.errors import NoLeader, OutcomeUnknown
@@ -32,7 +33,13 @@ class FakeRaft:
         self.lock = threading.RLock()
         self.script = list(script)
         self.leader_addr: str | None = "127.0.0.1:1"
+        self.unheard = False
+        """The leader is still named but not heard (every link closed with a reset)."""
         self.proposals = 0
+
+    @property
+    def leader_known(self) -> bool:
+        return self.leader_addr is not None and not self.unheard
 
     def propose(self, payload: bytes, callback: Callable[[list[Result] | None, str | None], None]) -> None:
         self.proposals += 1
@@ -148,6 +155,47 @@ def test_a_node_cut_off_from_its_leader_answers_before_the_deadline(monkeypatch:
     assert isinstance(handed, OutcomeUnknown), handed  # it was handed to Raft: it may be applied
     assert isinstance(new, NoLeader), new
     assert proposals == 1, "the new command must not reach the log"
+    assert again == SubmitRunResult("r-k2", created=True)
+
+
+def test_a_leader_named_but_no_longer_heard_is_no_leader_for_the_fail_fast(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pysyncobj keeps naming a leader whose every link closed with a reset (no election starts
+    without a connected peer), so ``leader_addr`` stays set and the health loop keeps calling
+    ``leader_seen``. The fail-fast reads ``leader_known``: the command is held (not sent where no
+    leader hears it) and fails NoLeader after LEADERLESS_FAIL_S, not at its 30 s deadline."""
+    monkeypatch.setattr(proposer_mod, "LEADERLESS_FAIL_S", 0.3)
+
+    async def go() -> tuple[Any, Any, int, Any]:
+        raft = HeldRaft()
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=60.0)  # type: ignore[arg-type]
+        p.start()
+        try:
+            raft.unheard = True  # leader_addr unchanged
+            async with asyncio.timeout(5):  # without the fix, each waits its 30 s deadline
+                queued = asyncio.ensure_future(p.propose(register(), timeout_s=30.0))
+                while not queued.done():
+                    p.leader_seen()  # the health loop's pass: it sees leader_addr set
+                    await asyncio.sleep(0.01)
+                new = (await asyncio.gather(p.propose(submit("k1"), timeout_s=30.0), return_exceptions=True))[
+                    0
+                ]
+            proposals = raft.proposals
+            raft.unheard = False  # heard again
+            p.leader_seen()
+            again = asyncio.ensure_future(p.propose(submit("k2"), timeout_s=30.0))
+            async with asyncio.timeout(5):
+                while not raft.held:
+                    await asyncio.sleep(0.005)
+            raft.held.pop()([SubmitRunResult("r-k2", created=True)], None)
+            return queued.exception(), new, proposals, await again
+        finally:
+            await p.stop()
+
+    queued, new, proposals, again = asyncio.run(go())
+    assert isinstance(queued, NoLeader) and isinstance(new, NoLeader), (queued, new)
+    assert proposals == 0, "nothing may be handed to Raft while no leader hears it"
     assert again == SubmitRunResult("r-k2", created=True)
 
 
@@ -331,6 +379,51 @@ def test_a_leader_only_command_is_not_retried_through_the_next_leader() -> None:
     assert len(raft.payloads) == 1 and raft.machine.state.members == {}
     res, raft = asyncio.run(go(False))  # any other command is retried, as before
     assert res.ok and len(raft.payloads) == 2 and "n1" in raft.machine.state.members
+
+
+class ForwardingRaft(FakeRaft):
+    """Leads in ``term``; what it is handed is logged in ``entry_term``: as pysyncobj does when this
+    node stepped down between the proposer's check and its next tick, and forwarded the queued
+    command to the next leader, which appended it in its own term and answered success."""
+
+    def __init__(self, term: int, entry_term: int) -> None:
+        super().__init__([])
+        self.is_leader = True
+        self.term = term
+        self.entry_term = entry_term
+
+    def propose(self, payload: bytes, callback: Callable[[list[Result] | None, str | None], None]) -> None:
+        def later() -> None:
+            with self.lock:
+                results, _ = self.machine.apply_batch(payload, term=self.entry_term)
+            callback(results, None)
+
+        threading.Thread(target=later).start()
+
+
+def test_a_liveness_decision_forwarded_to_the_next_leader_changes_nothing() -> None:
+    """The proposer stamps a ``leader_only`` ``NodeDown``/``SuspectNode`` with its term; committed in
+    another leader's term, apply refuses it (ABORTED), so the later leader's log holds no view it
+    did not form."""
+
+    async def go(entry_term: int) -> tuple[list[Result], FakeRaft]:
+        raft = ForwardingRaft(term=3, entry_term=entry_term)
+        raft.machine.apply(register())
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
+        p.start()
+        try:
+            flag = SuspectNode("s-1", 3000, node_id="n1", incarnation="i1", suspect=True)
+            down = NodeDown("d-1", 3000, node_id="n1", incarnation="i1", reason="gone")
+            return [await p.propose(c, leader_only=True) for c in (flag, down)], raft
+        finally:
+            await p.stop()
+
+    results, raft = asyncio.run(go(entry_term=4))
+    assert [r.code for r in results] == [Code.ABORTED, Code.ABORTED], results
+    m = raft.machine.state.members["n1"]
+    assert m.up and not m.suspect
+    results, raft = asyncio.run(go(entry_term=3))  # logged in the term that decided it: applied
+    assert all(r.ok for r in results) and not raft.machine.state.members["n1"].up
 
 
 def test_a_submits_prefer_is_dropped_when_it_goes_to_another_leader() -> None:

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pysyncobj.syncobj import _RAFT_STATE
 
+from raftmesh.consensus.codes import Code
+from raftmesh.consensus.commands import NodeDown, RegisterNode, SuspectNode, encode_batch
 from raftmesh.consensus.machine import StateMachine
 from raftmesh.consensus.raft import RaftConfig, RaftMember
-from raftmesh.consensus.raft.election import PRE_VOTE, PRE_VOTE_RESPONSE
+from raftmesh.consensus.raft.election import PRE_VOTE, PRE_VOTE_RESPONSE, Election
 from raftmesh.localcluster import free_ports, wait_until
 from raftmesh.storage.snapshots import LmdbSnapshotIO
 
@@ -227,3 +230,109 @@ def test_a_stall_of_the_leaders_own_raft_thread_does_not_age_its_followers(tmp_p
         wait_until(lambda: ld.member.response_ages().get(a1, 0.0) >= 0.7, 5, "p1's silence to show again")
     finally:
         ld.close()
+
+
+# ---- knowing a leader one can hear (the proposer's leaderless fail-fast) --------------------
+
+
+class _FollowerSo:
+    """The pysyncobj fields ``Election.leader_known`` reads, of a follower of ``"L"``."""
+
+    def __init__(self) -> None:
+        self._SyncObj__raftState = _RAFT_STATE.FOLLOWER
+        self._SyncObj__raftLeader: str | None = "L"
+        self.connected = {"L"}
+
+    def isNodeConnected(self, node: Any) -> bool:  # pysyncobj's name
+        return node in self.connected
+
+
+def test_a_leader_whose_link_closed_is_known_only_while_recently_heard() -> None:
+    """pysyncobj keeps ``raftLeader`` when every link closes with a reset (it forgets a leader only
+    when an election starts, and starts none with no link up); ``leader_known`` does not."""
+    so = _FollowerSo()
+    e = Election(so, 0.6)
+    e._last_leader_contact = time.monotonic() - 60.0
+    assert e.leader_known(1.2), "a connected leader is known, however long since it spoke"
+    so.connected.clear()  # the link to it closed
+    assert not e.leader_known(1.2)
+    e._last_leader_contact = time.monotonic()  # ...but it was heard a moment ago (a flap)
+    assert e.leader_known(1.2)
+    so._SyncObj__raftLeader = None
+    assert not e.leader_known(1.2)
+    so._SyncObj__raftState = _RAFT_STATE.LEADER
+    assert e.leader_known(1.2)  # a leader knows itself (check-quorum ends a lone one)
+
+
+def test_a_follower_whose_every_link_closed_stops_knowing_its_leader(tmp_path: Path) -> None:
+    """Both peers' processes gone (their kernels reset every link, and refuse reconnects): the
+    follower starts no election, so pysyncobj names the old leader for good; ``leader_known``
+    turns false within the longest election timeout (1.2 s) of its last word."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    ms: Members = {}
+    try:
+        for i, a in enumerate(addrs):
+            d = tmp_path / f"m{i}"
+            d.mkdir()
+            cfg = RaftConfig(a, tuple(addrs), str(d / "raft.journal"), str(d / "snapshot.lmdb"))
+            ms[a] = RaftMember(cfg, StateMachine(), lambda events: None, LmdbSnapshotIO())
+        leader = _one_leader(ms)
+        follower = next(a for a in ms if a != leader)
+        assert ms[follower].leader_known
+        for a in [a for a in ms if a != follower]:
+            ms.pop(a).destroy()
+        wait_until(lambda: not ms[follower].leader_known, 10, "the follower to stop knowing its leader")
+        assert ms[follower].leader_addr == leader, "pysyncobj still names it (what the fix reads past)"
+    finally:
+        for m in ms.values():
+            m.destroy()
+
+
+def test_a_liveness_decision_applies_only_from_a_log_entry_of_its_term(tmp_path: Path) -> None:
+    """pysyncobj passes apply only an entry's bytes; the member reads the entry's term from the log
+    (``_SyncObj._entry_term``), so a ``leader_term`` of another term is refused, and the journal's
+    replay after a restart decides alike."""
+    (port,) = free_ports(1)
+    addr = f"127.0.0.1:{port}"
+    cfg = RaftConfig(addr, (addr,), str(tmp_path / "raft.journal"), str(tmp_path / "snapshot.lmdb"))
+
+    def start() -> RaftMember:
+        m = RaftMember(cfg, StateMachine(), lambda events: None, LmdbSnapshotIO())
+        wait_until(lambda: m.is_leader and m.last_applied >= m.commit_index, 30, "the lone member to lead")
+        return m
+
+    def propose(m: RaftMember, *cmds: Any) -> list[Any]:
+        done = threading.Event()
+        out: list[Any] = []
+
+        def callback(results: Any, err: Any) -> None:
+            out.append(results if err is None else err)
+            done.set()
+
+        m.propose(encode_batch(list(cmds)), callback)
+        assert done.wait(10)
+        return list(out[0])
+
+    m = start()
+    try:
+        term = m.term
+        reg = RegisterNode("reg", 1, "n1", "h:1", "h:2", ("echo",), 1, "inc")
+        flag = SuspectNode("s1", 2, node_id="n1", incarnation="inc", suspect=True, leader_term=term + 1)
+        down = NodeDown("d1", 3, node_id="n1", incarnation="inc", reason="gone", leader_term=term)
+        res = propose(m, reg, flag)
+        assert res[0].ok and res[1].code is Code.ABORTED, res
+        with m.lock:
+            assert not m.machine.state.members["n1"].suspect
+        (res_down,) = propose(m, down)
+        assert res_down.ok
+        with m.lock:
+            digest = m.machine.digest()
+    finally:
+        m.destroy()
+    m = start()  # replays the journal: each entry with its own term again
+    try:
+        assert m.term > term
+        with m.lock:
+            assert m.machine.digest() == digest and not m.machine.state.members["n1"].up
+    finally:
+        m.destroy()

@@ -830,7 +830,7 @@ class _Run:
         A journal that lost its prefix to a snapshot is left out (it cannot reproduce the
         state from an empty one); the third value says why nothing was audited, if so.
         """
-        journals: dict[str, list[bytes]] = {}
+        journals: dict[str, list[tuple[int, bytes]]] = {}
         compacted = []
         for i, n in cluster.nodes.items():
             if os.path.exists(os.path.join(n.data_dir, "snapshot.lmdb")):
@@ -841,7 +841,8 @@ class _Run:
             except Exception as exc:
                 self.notes.append(f"journal of {i} unreadable: {type(exc).__name__}: {exc}")
                 continue
-            journals[i] = [p for idx, _term, p in entries if idx <= statuses[i].last_applied]
+            # With each entry's term: apply refuses a leader's decision logged in another term.
+            journals[i] = [(term, p) for idx, term, p in entries if idx <= statuses[i].last_applied]
         if compacted:
             self.notes.append(
                 f"{', '.join(compacted)} took or installed a snapshot, so their journals miss a prefix of "
@@ -859,11 +860,11 @@ class _Run:
             # Compared where the live digest was taken (its revision): the node's applied index is
             # read a moment later, and a live cluster keeps committing (activation renewals).
             seen: tuple[int, int, str] | None = None
-            for count, p in enumerate(payloads, 1):
+            for count, (term, p) in enumerate(payloads, 1):
                 if i == longest:
-                    audit.feed(p)
+                    audit.feed(p, term)
                 else:
-                    machine.apply_batch(p)
+                    machine.apply_batch(p, term=term)
                 if seen is None and machine.state.revision >= statuses[i].revision:
                     seen = (count, machine.state.revision, machine.digest())
             count, rev, dig = seen or (len(payloads), machine.state.revision, machine.digest())

@@ -508,6 +508,15 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _leader_term(m: dict[str, Any]) -> int:
+    """``leader_term`` of a ``NodeDown``/``SuspectNode`` map: absent is 0; present, a positive int
+    (0 is never encoded, so an encoded 0 would not re-encode as it was)."""
+    term = _opt(m, "leader_term", int, 0)
+    if "leader_term" in m and term <= 0:
+        raise CommandDecodeError("field 'leader_term' must be positive")
+    return int(term)
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     run_id: str
@@ -708,15 +717,28 @@ class NodeDown(Command):
 
     Only the incarnation named here is marked down, so a node that already
     restarted and re-registered is not knocked out by a late ``node_down``.
+
+    ``leader_term``: the Raft term of the leadership that decided it (the proposer stamps it);
+    applied only from a log entry of that term (``members.leader_term_error``), so a copy
+    pysyncobj forwarded to the next leader changes nothing. Encoded only when set (not 0), so
+    every entry from before it decodes and re-encodes as it was.
     """
 
     TAG: ClassVar[str] = "node_down"
     node_id: str = ""
     incarnation: str = ""
     reason: str = ""
+    leader_term: int = 0
 
     def _fields(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "incarnation": self.incarnation, "reason": self.reason}
+        out: dict[str, Any] = {
+            "node_id": self.node_id,
+            "incarnation": self.incarnation,
+            "reason": self.reason,
+        }
+        if self.leader_term:
+            out["leader_term"] = self.leader_term
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -730,13 +752,16 @@ class SuspectNode(Command):
     (``raftmesh.node.liveness.Liveness.lost``), so its running attempts that may move
     (``members.moves_on_suspicion``: no declared locks, fewer than ``MAX_SUSPECT_MOVES`` such
     moves) go back to READY now, fenced as a node-down would, without marking it down. Encoded
-    only when true, so every entry from before it decodes and re-encodes as it was."""
+    only when true, so every entry from before it decodes and re-encodes as it was.
+
+    ``leader_term``: as ``NodeDown.leader_term`` (encoded only when set)."""
 
     TAG: ClassVar[str] = "suspect_node"
     node_id: str = ""
     incarnation: str = ""
     suspect: bool = False
     requeue: bool = False
+    leader_term: int = 0
 
     def _fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -746,6 +771,8 @@ class SuspectNode(Command):
         }
         if self.requeue:
             out["requeue"] = True
+        if self.leader_term:
+            out["leader_term"] = self.leader_term
         return out
 
 
@@ -1105,6 +1132,7 @@ def _decode_body(m: Any) -> Command:
             node_id=_get(m, "node_id", str),
             incarnation=_get(m, "incarnation", str),
             reason=_get(m, "reason", str),
+            leader_term=_leader_term(m),
         )
     if tag == SuspectNode.TAG:
         return SuspectNode(
@@ -1114,6 +1142,7 @@ def _decode_body(m: Any) -> Command:
             incarnation=_get(m, "incarnation", str),
             suspect=_get(m, "suspect", bool),
             requeue=_get(m, "requeue", bool) if "requeue" in m else False,
+            leader_term=_leader_term(m),
         )
     if tag == LockAcquire.TAG:
         return LockAcquire(

@@ -36,6 +36,9 @@ class ApplyContext:
     proposing it, so what the command frees or readies is placed on it alone ("" any member)."""
     prefer: str = ""
     """The member that wins a tie on load for what this command readies (``SubmitRun.prefer``)."""
+    entry_term: int | None = None
+    """The Raft term of the log entry this command came in (``StateMachine.entry_term``), the same
+    on every replica; None when unknown (a replay of bare payloads)."""
     start_revision: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -172,17 +172,25 @@ class StateMachine:
         self.processors = processors
         self._notes: list[tuple[str, str, str, str]] = []
         """The last applied command's audit notes (``ApplyContext.notes``)."""
+        self.entry_term: int | None = None
+        """The Raft term of the log entry being applied (``ApplyContext.entry_term``); None when
+        unknown (a replay of bare payloads)."""
 
     def apply_batch(
-        self, payload: bytes | list[Command | Undecodable], trail: list[Applied] | None = None
+        self,
+        payload: bytes | list[Command | Undecodable],
+        trail: list[Applied] | None = None,
+        term: int | None = None,
     ) -> tuple[list[Result], list[Event]]:
         """Apply one log entry (a batch of commands, or its ``decode_batch``). Never raises.
 
         ``trail``: if given, one ``Applied`` per command that changed the state is appended
-        (what the node's audit archive records, off this thread)."""
+        (what the node's audit archive records, off this thread). ``term``: the entry's Raft
+        term (``entry_term``), which every replica applying the entry knows alike."""
         results: list[Result] = []
         events: list[Event] = []
         st = self.state
+        self.entry_term = term
         for cmd in decode_batch(payload) if isinstance(payload, bytes) else payload:
             if isinstance(cmd, Undecodable):
                 results.append(Rejected(Code.INVALID_ARGUMENT, f"undecodable command: {cmd.reason}"))
@@ -229,7 +237,7 @@ class StateMachine:
         processor = self.processors.get(type(cmd))
         if processor is None:
             return Rejected(Code.INVALID_ARGUMENT, f"unsupported command {type(cmd).__name__}"), []
-        ctx = ApplyContext(st, cmd.ts_ms)
+        ctx = ApplyContext(st, cmd.ts_ms, entry_term=self.entry_term)
         self._notes = ctx.notes
         try:
             res = processor(ctx, cmd)

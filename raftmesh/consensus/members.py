@@ -147,7 +147,29 @@ def register(ctx: ApplyContext, cmd: RegisterNode) -> Result:
     return MemberResult(cmd.node_id)
 
 
+def leader_term_error(ctx: ApplyContext, cmd: NodeDown | SuspectNode) -> Rejected | None:
+    """ABORTED if ``cmd`` is a leader's decision arriving in a log entry of another term.
+
+    The leader's liveness view holds only in its own term: pysyncobj hands a queued command to
+    the next leader when this one stepped down meanwhile, and that leader would commit a view
+    it did not form (it may even name itself). Every replica applies the entry with the same
+    term, so every one refuses alike. A command without ``leader_term`` (entries from before
+    it) or an entry whose term is unknown (``ApplyContext.entry_term``) is not checked. O(1).
+    """
+    if not cmd.leader_term or ctx.entry_term is None or ctx.entry_term == cmd.leader_term:
+        return None
+    return Rejected(
+        Code.ABORTED,
+        f"{cmd.TAG} for node {cmd.node_id!r} was decided by the leader of term {cmd.leader_term} but "
+        f"reached the log in term {ctx.entry_term}; a leader's liveness view is applied only in its "
+        "own term, so nothing was changed",
+    )
+
+
 def node_down(ctx: ApplyContext, cmd: NodeDown) -> Result:
+    stale = leader_term_error(ctx, cmd)
+    if stale is not None:
+        return stale
     m = ctx.state.members.get(cmd.node_id)
     if m is None:
         return Rejected(Code.NOT_FOUND, f"node {cmd.node_id!r} is not a member")
@@ -189,6 +211,9 @@ def suspect_node(ctx: ApplyContext, cmd: SuspectNode) -> Result:
     results, and this apply places them elsewhere (the flag is set first). Its actor
     activations are left to their leases, as ``NodeDown`` leaves them.
     """
+    stale = leader_term_error(ctx, cmd)
+    if stale is not None:
+        return stale
     st = ctx.state
     m = st.members.get(cmd.node_id)
     if m is None:

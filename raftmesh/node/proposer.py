@@ -17,7 +17,9 @@ its deadline's worth of waiting, which is what a deadline promises.
 
 A node that has known no leader for ``LEADERLESS_FAIL_S`` answers at once instead of holding
 commands until their deadline (a node cut off from its leader held a client's submit for the
-whole 10 s): the client's SDK moves on to another node on the UNAVAILABLE.
+whole 10 s): the client's SDK moves on to another node on the UNAVAILABLE. "Knows a leader" is
+``RaftMember.leader_known``: one it can still hear, not merely the last one pysyncobj named
+(which it keeps when every link closes with a reset).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import msgpack
 
 from .. import calls
 from ..clock import SYSTEM_CLOCK, Clock
-from ..consensus.commands import Command, Origin, SubmitRun, encode_command
+from ..consensus.commands import Command, NodeDown, Origin, SubmitRun, SuspectNode, encode_command
 from ..consensus.raft import RaftMember
 from ..consensus.results import Result
 from ..errors import NoLeader, OutcomeUnknown, ResourceExhausted
@@ -56,7 +58,9 @@ LEADERLESS_FAIL_S = 1.0
 applied; a retry with the same request id / idempotency key is safe). Counted from when the
 proposer first saw no leader: a follower forgets a silent leader after its election timeout
 (0.6-1.2 s, ``election.py``), so this answers 1.6-2.2 s after the last word from the leader;
-an ordinary election elects one well within it."""
+an ordinary election elects one well within it. A follower whose every link closed (a reset) elects
+nobody, but stops knowing its leader once it has not heard it for the longest election timeout
+(``RaftMember.leader_known``): the same 2.2 s."""
 
 
 def _settle(fut: asyncio.Future[str | None], err: str | None) -> None:
@@ -167,7 +171,10 @@ class Proposer:
         once that no longer holds (a new term, another leader, ``leader_changed``) it is not
         retried: it fails with ``NoLeader`` if it never reached Raft, else ``OutcomeUnknown``.
         Otherwise a deposed leader's retry is forwarded to the next leader, which commits a
-        view it did not form (it may even name itself).
+        view it did not form (it may even name itself). A ``NodeDown``/``SuspectNode`` also
+        carries that term (``leader_term``), and apply refuses it from a log entry of any other
+        term: pysyncobj itself forwards a command it has queued if the node steps down before
+        its next tick, which no check here can see.
         """
         fut: asyncio.Future[Result] = self._loop.create_future()
         deadline = self._clock.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
@@ -182,6 +189,10 @@ class Proposer:
             if not self._raft.is_leader:
                 raise NoLeader(f"{cmd.TAG} {cmd.request_id}: this node no longer leads; not proposed")
             term = self._raft.term
+            if isinstance(cmd, NodeDown | SuspectNode):
+                # Apply refuses it from an entry of any other term (``members.leader_term_error``):
+                # pysyncobj forwards a queued command if this node stops leading before its tick.
+                cmd = replace(cmd, leader_term=term)
         encoded = encode_command(cmd)
         size = len(encoded)
         await self._wait_for_room(size, deadline)
@@ -279,13 +290,15 @@ class Proposer:
     _NO_LEADER = "this node knows no Raft leader (cut off, or an election is on); nothing was proposed, retry on another node"
 
     def leader_seen(self) -> None:
-        """A leader is known now (the health loop's pass): a later leaderless spell counts from
-        its own start, not from an earlier gap too short for any proposal to notice its end."""
-        self._leaderless_since = None
+        """The health loop's pass saw a leader: if this node can still hear one
+        (``RaftMember.leader_known``), a later leaderless spell counts from its own start, not from
+        an earlier gap too short for any proposal to notice its end."""
+        if self._raft.leader_known:
+            self._leaderless_since = None
 
     def _leaderless_for(self) -> float:
         """Seconds since this proposer first saw no leader; 0 while it knows one."""
-        if self._raft.leader_addr is not None:
+        if self._raft.leader_known:
             self._leaderless_since = None
             return 0.0
         now = self._clock.monotonic()
@@ -298,7 +311,7 @@ class Proposer:
             self._dequeued(p)
             self._fail_deposed(p)
             return
-        if not self._gather and not self._queue and not self._inflight and self._raft.leader_addr is not None:
+        if not self._gather and not self._queue and not self._inflight and self._raft.leader_known:
             # Idle: nothing to batch it with. Handed to Raft now rather than two loop iterations
             # later (the wake, then the gathering sleep); commands that come while it is in
             # flight batch as before.
@@ -316,7 +329,7 @@ class Proposer:
             await asyncio.sleep(0)
             self._gather = False
             while self._queue and len(self._inflight) < MAX_INFLIGHT_BATCHES:
-                if self._raft.leader_addr is None:
+                if not self._raft.leader_known:  # held here, not sent where no leader hears it
                     self._expire_waiting()
                     self._loop.call_later(0.05, self._wake.set)
                     break

@@ -319,7 +319,10 @@ class Audit:
     messages: MessageAudit = field(default_factory=MessageAudit)
     stages: StageAudit = field(default_factory=StageAudit)
 
-    def feed(self, payload: bytes) -> None:
+    def feed(self, payload: bytes, term: int | None = None) -> None:
+        """Apply one log entry; ``term``: its Raft term, when the source has it (a journal does, an
+        archive does not: a leader's decision logged in another term then applies unchecked)."""
+        self.machine.entry_term = term
         for cmd in decode_batch(payload):
             if isinstance(cmd, Undecodable):
                 continue

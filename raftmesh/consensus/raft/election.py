@@ -137,6 +137,25 @@ class Election:
             return False  # its link closed: do not vouch for it
         return bool(now - self._last_leader_contact < self._lease_s)
 
+    def leader_known(self, within_s: float) -> bool:
+        """Whether this node knows a leader it can still hear: itself while it leads, or the leader
+        it follows while the link to it is up or it heard it within ``within_s``. Any thread.
+
+        pysyncobj forgets a leader only when an election starts, and ``before_tick`` starts none
+        while no link is up: a follower whose every link closed with a reset kept naming a leader
+        it could not reach (the proposer's leaderless fail-fast reads this instead).
+        """
+        so = self._so
+        state = self._state()
+        if state == _RAFT_STATE.LEADER:
+            return True  # check-quorum (``leader_fallback_s``) ends a leader that hears no majority
+        leader = so._SyncObj__raftLeader
+        if state != _RAFT_STATE.FOLLOWER or leader is None:
+            return False
+        if so.isNodeConnected(leader):
+            return True
+        return bool(_monotonic() - self._last_leader_contact < within_s)
+
     def response_ages(self) -> dict[str, float]:
         """Raft address -> seconds since this leader last had an AppendEntries answer from that
         peer (since it started leading, if none yet); empty unless this node leads.

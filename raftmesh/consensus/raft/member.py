@@ -249,11 +249,16 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         Every entry pysyncobj applies (its own too, so the archive has no gaps) is recorded
         in the applied archive first, when there is one; pysyncobj applies entry
         ``raftLastApplied + 1`` and advances the counter after this call.
+
+        The entry's term, read from the log at that index, goes with it to ``_apply``
+        (``StateMachine.entry_term``): pysyncobj passes only the command's bytes.
         """
+        index = int(self.raftLastApplied) + 1
+        self._member._entry_term = self._entry_term(index)
         archive = self._member.archive
         if archive is not None:
             try:
-                archive.record(int(self.raftLastApplied) + 1, bytes(command))
+                archive.record(index, bytes(command))
             except Exception:  # an archive must not stall the log (the audit then sees a gap)
                 log.exception("archive failed")
         if command[:1] in _PICKLED_COMMANDS:
@@ -263,6 +268,18 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
                 log.error("refusing log entry: %s", exc)
                 return None
         return SyncObj._SyncObj__doApplyCommand(self, command)
+
+    def _entry_term(self, index: int) -> int | None:
+        """The term of log entry ``index`` (pysyncobj's entries are (command, index, term)); None
+        if the log does not hold it (never while pysyncobj applies it: it read it from there). O(1)."""
+        try:
+            raft_log = self._SyncObj__raftLog
+            entry = raft_log[index - int(raft_log[0][1])]
+            if int(entry[1]) == index:
+                return int(entry[2])
+        except Exception:  # a lookup must never stall the log
+            log.exception("could not read the term of log entry %d", index)
+        return None
 
     # pysyncobj registers its (name-mangled) message handler with the transport in __init__;
     # defining the same mangled name here puts this filter in front of it.
@@ -351,6 +368,8 @@ class RaftMember:
         self._on_restored = on_restored
         self._snapshot_io = snapshot_io
         self._ready = threading.Event()
+        self._entry_term: int | None = None
+        """The term of the log entry pysyncobj is applying (``_SyncObj__doApplyCommand``)."""
         self.snapshots_loaded = 0
         # O(1) counters for the node's metrics (read from other threads without the lock).
         self.applied_entries = 0
@@ -402,7 +421,7 @@ class RaftMember:
         # and readers need not wait for it.
         commands = decode_batch(payload)
         with self.lock:
-            results, events = self.machine.apply_batch(commands, trail)
+            results, events = self.machine.apply_batch(commands, trail, self._entry_term)
         self.apply_seconds.observe(time.perf_counter() - start)
         self.applied_entries += 1
         self.applied_bytes += len(payload)
@@ -476,6 +495,13 @@ class RaftMember:
     def leader_addr(self) -> str | None:
         leader = self._so._getLeader()
         return None if leader is None else str(leader.address)
+
+    @property
+    def leader_known(self) -> bool:
+        """Whether this node knows a leader it can still hear (``Election.leader_known``): one it
+        leads as, or follows with the link up or heard within the longest election timeout.
+        ``leader_addr`` keeps naming a leader whose every link closed with a reset."""
+        return self._so._election.leader_known(self.config.timings.election_max_s)
 
     @property
     def is_leader(self) -> bool:
