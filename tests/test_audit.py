@@ -20,9 +20,11 @@ from raftmesh.consensus.commands import (
     Budget,
     CancelRun,
     Command,
+    NodeDown,
     Origin,
     PauseRun,
     ResumeRun,
+    SuspectNode,
     Usage,
 )
 from raftmesh.consensus.machine import Applied
@@ -865,3 +867,23 @@ def test_get_audit_checks_a_gone_runs_namespace_from_the_archive_or_sends_the_ca
         ask("r2", "team-a")
     resp = ask("r2", "*")  # a token for every namespace needs no namespace
     assert not resp.complete and resp.events[0].kind == "placed"
+
+
+def test_a_move_by_suspicion_has_its_own_row_not_a_node_down_lost(archive: AuditArchive) -> None:
+    """``SuspectNode.requeue`` moves an attempt off a member that is still up: its timeline says
+    so (``suspect_moved``), where node-down's move reads ``lost``, and the move's row was missing."""
+    c = Audited(archive)
+    c.ok(dataclasses.replace(c.register("n1", slots=1), places=True))
+    c.ok(c.submit("r1", [spec("a"), spec("b")]))
+    c.ok(c.register("n2", slots=1))
+    c.ok(c.assign(("r1", "b", "n2")))
+    a, b = c.task("r1", "a"), c.task("r1", "b")
+    assert (a.node, b.node) == ("n1", "n2")
+    inc = c.st.members["n1"].incarnation
+    c.ok(SuspectNode(c.rid(), c.ts, node_id="n1", incarnation=inc, suspect=True, requeue=True))
+    assert c.task("r1", "a").suspect_moves == 1
+    c.ok(NodeDown(c.rid(), c.ts, node_id="n2", incarnation=c.st.members["n2"].incarnation))
+    assert archive.flush()
+    rows = archive.timeline("r1").rows
+    ends = [(r.kind, r.task_id, r.attempt, r.node) for r in rows if r.kind in ("suspect_moved", "lost")]
+    assert ends == [("suspect_moved", "a", 1, "n1"), ("lost", "b", 1, "n2")], kinds(rows)

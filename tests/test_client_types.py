@@ -38,6 +38,7 @@ FULL = pb.Task(
     usage=pb.Usage(tokens_in=1, tokens_out=2, cost=0.5),
     preempted_by=[pb.Preemption(by_run_id="r-2", by_task_id="k", attempt=2, at_ms=7)],
     requeued_attempt=2,
+    suspect_moves=1,
     fusion=pb.Fusion(rule="vote", replicas=3, quorum=2, agents=["llm"], tally_json="[]"),
     compensate=pb.Compensation(agent="undo", input_json="[2]"),
     approval=pb.ApprovalSpec(prompt="ok?", timeout_ms=8, on_timeout="approve"),
@@ -76,6 +77,7 @@ def test_every_field_of_a_task_is_parsed() -> None:
         waiting_reason="no slot",
         requires=("gpu",),
         requeued_attempt=2,
+        suspect_moves=1,
         fusion=FusionInfo.from_pb(FULL.fusion),
         compensate={"agent": "undo", "input": [2]},
         gate=GateInfo.from_pb(FULL.gate),
@@ -124,3 +126,22 @@ def test_a_run_parses_its_tasks_by_id() -> None:
     )
     assert run.done and list(run.tasks) == ["t", "b"] and run.tasks["t"] == TaskInfo.from_pb(FULL)
     assert run.tasks["b"].status == "SUCCEEDED" and run.tasks["b"].usage == UsageInfo()
+
+
+def test_suspect_moves_reaches_the_cli_text_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """How often suspicion moved a task's attempt shows wherever a user reads the task."""
+    from rich.console import Console
+
+    from raftmesh.cli import main, render
+
+    run = RunInfo.from_pb(pb.Run(run_id="r-1", status=pb.RUN_STATUS_RUNNING, tasks=[FULL]))
+    assert run.to_json()["tasks"]["t"]["suspect_moves"] == 1
+    main._print_task(run.tasks["t"], 0, run.tasks)
+    assert " suspect_moves=1" in capsys.readouterr().out
+    console = Console(record=True, width=200)
+    render.run_summary(console, run)
+    assert "3 (1 moved)" in console.export_text()
+    bare = RunInfo.from_pb(pb.Run(run_id="r-2", status=pb.RUN_STATUS_RUNNING, tasks=[pb.Task(id="b")]))
+    assert bare.to_json()["tasks"]["b"]["suspect_moves"] == 0
+    main._print_task(bare.tasks["b"], 0, bare.tasks)
+    assert "suspect_moves" not in capsys.readouterr().out

@@ -174,6 +174,7 @@ def test_task_to_pb_encodes_every_field() -> None:
         usage=Usage(3, 4, 0.25),
         preempted_by=(("r-2", "k", 1, 8),),
         requeued_attempt=1,
+        suspect_moves=2,
         parent="p",
         origin="map",
         children=["t[0]"],
@@ -202,6 +203,7 @@ def test_task_to_pb_encodes_every_field() -> None:
         requires=["gpu"],
         preempted_by=[pb.Preemption(by_run_id="r-2", by_task_id="k", attempt=1, at_ms=8)],
         requeued_attempt=1,
+        suspect_moves=2,
         compensate=pb.Compensation(agent="undo", input_json="[1]"),
         history=[
             pb.TaskAttempt(

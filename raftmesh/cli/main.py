@@ -119,6 +119,8 @@ def _print_task(t: Any, level: int, tasks: dict[str, Any]) -> None:
         extra = f" error={t.error}" if t.error and t.status != "SUCCEEDED" else ""
     if t.waiting_reason:
         extra += f" waiting: {t.waiting_reason}"
+    if t.suspect_moves:
+        extra += f" suspect_moves={t.suspect_moves}"
     if t.children:
         ended = sum(1 for c in t.children if c in tasks and tasks[c].status in _ENDED_TASK)
         extra += f" children={ended}/{len(t.children)} ended"

@@ -373,13 +373,21 @@ def run_summary(console: Console, run: Any) -> None:
             Text("  " * level + clean(task.id)),
             cell(task.agent),
             status_cell(task.status),
-            Text(str(task.attempt)),
+            _attempt_cell(task),
             cell(task.node),
             Text(took),
             result,
         )
     console.print(head)
     _print_table(console, t)
+
+
+def _attempt_cell(task: Any) -> Text:
+    """The attempt number, and how many attempts suspicion moved off their member (if any)."""
+    out = Text(str(task.attempt))
+    if task.suspect_moves:
+        out.append(f" ({task.suspect_moves} moved)", style="yellow")
+    return out
 
 
 # ---- listings ---------------------------------------------------------------------------------

@@ -414,6 +414,8 @@ class TaskInfo:
     requires: tuple[str, ...] = ()
     requeued_attempt: int = 0
     """The last dead attempt ``retry`` requeued (0: never)."""
+    suspect_moves: int = 0
+    """Attempts moved off a member the leader suspected (not down); at most ``MAX_SUSPECT_MOVES`` (2)."""
     fusion: FusionInfo | None = None
     """Set for a task submitted with ``replicas``: its rule and its replicas' standing."""
     compensate: dict[str, Any] | None = None
@@ -444,7 +446,7 @@ class TaskInfo:
     @classmethod
     def from_pb(cls, t: pb.Task) -> TaskInfo:
         # The fields are set in one step rather than by the generated __init__, which sets each
-        # of the 32 through object.__setattr__ (frozen): half the parse of a run's final state,
+        # of the 33 through object.__setattr__ (frozen): half the parse of a run's final state,
         # 9 of 19 us a task. The same fields, in the same order, as ``cls(...)`` would set.
         info = object.__new__(cls)
         object.__setattr__(
@@ -471,6 +473,7 @@ class TaskInfo:
                 "waiting_reason": t.waiting_reason,
                 "requires": tuple(t.requires) if t.requires else (),
                 "requeued_attempt": t.requeued_attempt,
+                "suspect_moves": t.suspect_moves,
                 "fusion": FusionInfo.from_pb(t.fusion) if t.HasField("fusion") else None,
                 "compensate": {"agent": t.compensate.agent, "input": _json(t.compensate.input_json)}
                 if t.HasField("compensate")
@@ -593,6 +596,7 @@ class RunInfo:
                     "waiting_reason": t.waiting_reason,
                     "requires": list(t.requires),
                     "requeued_attempt": t.requeued_attempt,
+                    "suspect_moves": t.suspect_moves,
                     "fusion": t.fusion.to_json() if t.fusion is not None else None,
                     "compensate": t.compensate,
                     "approval": t.approval,

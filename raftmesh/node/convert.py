@@ -243,6 +243,7 @@ def task_to_pb(t: TaskState, run: RunState | None = None) -> pb.Task:
         input_json=dump_json(spec.input),
         usage=usage_to_pb(t.usage),
         requeued_attempt=t.requeued_attempt,
+        suspect_moves=t.suspect_moves,
         parent=t.parent,
         origin=t.origin,
         index=t.index,

@@ -51,6 +51,7 @@ from ..consensus.commands import (
     ResumeRun,
     RetryTask,
     SubmitRun,
+    SuspectNode,
     Tick,
     Usage,
 )
@@ -203,7 +204,7 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
                     # What the attempt consumed, as its agent reported it: "why did it cost so much".
                     detail.update(tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost=usage.cost)
                 node = ev.node
-                if not node and kind in _ATTEMPT_ENDS:
+                if not node and (kind in _ATTEMPT_ENDS or kind in _MOVES):
                     node = getattr(cmd, "node_id", "")  # a retry's task is READY: name who ran it
                 row = AuditRow(rev, now, kind, ev.task_id, ev.attempt, node, who, request, trace, detail)
                 out.append((ev.run_id, row))
@@ -214,7 +215,11 @@ def rows_for(a: Applied) -> list[tuple[str, AuditRow]]:
 
 _ATTEMPT_ENDS = frozenset({"completed", "failed", "retry_scheduled"})
 _STARTS = frozenset({"placed", "running"})
-_ENDS = frozenset({"completed", "failed", "retry_scheduled", "timed_out", "lost", "preempted", "cancelled"})
+_MOVES = frozenset({"lost", "suspect_moved"})
+"""An attempt moved off its member: node-down, or the leader's suspicion (the member still up)."""
+_ENDS = frozenset(
+    {"completed", "failed", "retry_scheduled", "timed_out", "lost", "suspect_moved", "preempted", "cancelled"}
+)
 _STATUS_VALUE = {s: s.value for s in TaskStatus}
 """``.value`` of an enum member is a descriptor call; this is a dict lookup."""
 _KINDS: dict[tuple[type[Command], TaskStatus], str] = {}
@@ -246,6 +251,8 @@ def _task_kind_of(cmd: Command, ev: TaskChanged) -> str:
         return "retry_scheduled"
     if isinstance(cmd, Tick | NodeDown) and s in (TaskStatus.READY, TaskStatus.FAILED):
         return "timed_out" if isinstance(cmd, Tick) else "lost"
+    if isinstance(cmd, SuspectNode) and s is TaskStatus.READY:
+        return "suspect_moved"  # SuspectNode.requeue: only readies the attempts it moves
     if s is TaskStatus.FAILED:
         return "failed"
     # READY / PENDING of a task no command named (a dependency ended, a rerun reset it) are left

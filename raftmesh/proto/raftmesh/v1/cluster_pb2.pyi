@@ -224,7 +224,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., stale_ok: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt", "parent", "origin", "index", "item_json", "children", "children_waiting", "depth", "when_json", "trigger", "map", "max_parallel", "fusion", "compensate", "approval", "gate", "history")
+    __slots__ = ("id", "agent", "status", "attempt", "node", "output_json", "error", "deps", "token", "retries_left", "started_ms", "finished_ms", "input_json", "waiting_reason", "requires", "usage", "preempted_by", "requeued_attempt", "suspect_moves", "parent", "origin", "index", "item_json", "children", "children_waiting", "depth", "when_json", "trigger", "map", "max_parallel", "fusion", "compensate", "approval", "gate", "history")
     ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +243,7 @@ class Task(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     PREEMPTED_BY_FIELD_NUMBER: _ClassVar[int]
     REQUEUED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SUSPECT_MOVES_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +278,7 @@ class Task(_message.Message):
     usage: Usage
     preempted_by: _containers.RepeatedCompositeFieldContainer[Preemption]
     requeued_attempt: int
+    suspect_moves: int
     parent: str
     origin: str
     index: int
@@ -293,7 +295,7 @@ class Task(_message.Message):
     approval: ApprovalSpec
     gate: ApprovalGate
     history: _containers.RepeatedCompositeFieldContainer[TaskAttempt]
-    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ..., parent: _Optional[str] = ..., origin: _Optional[str] = ..., index: _Optional[int] = ..., item_json: _Optional[str] = ..., children: _Optional[_Iterable[str]] = ..., children_waiting: _Optional[int] = ..., depth: _Optional[int] = ..., when_json: _Optional[str] = ..., trigger: _Optional[str] = ..., map: _Optional[str] = ..., max_parallel: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ..., gate: _Optional[_Union[ApprovalGate, _Mapping]] = ..., history: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., output_json: _Optional[str] = ..., error: _Optional[str] = ..., deps: _Optional[_Iterable[str]] = ..., token: _Optional[int] = ..., retries_left: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., input_json: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., requires: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., preempted_by: _Optional[_Iterable[_Union[Preemption, _Mapping]]] = ..., requeued_attempt: _Optional[int] = ..., suspect_moves: _Optional[int] = ..., parent: _Optional[str] = ..., origin: _Optional[str] = ..., index: _Optional[int] = ..., item_json: _Optional[str] = ..., children: _Optional[_Iterable[str]] = ..., children_waiting: _Optional[int] = ..., depth: _Optional[int] = ..., when_json: _Optional[str] = ..., trigger: _Optional[str] = ..., map: _Optional[str] = ..., max_parallel: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., compensate: _Optional[_Union[Compensation, _Mapping]] = ..., approval: _Optional[_Union[ApprovalSpec, _Mapping]] = ..., gate: _Optional[_Union[ApprovalGate, _Mapping]] = ..., history: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ...) -> None: ...
 
 class Fusion(_message.Message):
     __slots__ = ("rule", "replicas", "quorum", "weights", "agents", "judge", "standings", "tally_json")
