@@ -145,3 +145,23 @@ def test_the_union_of_archives_is_the_whole_log_across_snapshot_installs(
         a.entries.pop(last // 2, None)
     assert merge_archives(archives, 2, last).gaps == [(last // 2, last // 2)]
     assert os.path.isdir(os.path.join(c.nodes[victim].data_dir, "applied.lmdb"))
+
+
+def test_terms_are_recorded_merged_from_the_chosen_entry_and_optional(tmp_path: Path) -> None:
+    """A replay of the archives refuses a leader's decision from another term as the live nodes
+    did (``members.leader_term_error``), so each entry keeps its Raft term; an archive from
+    before terms were recorded reads with none."""
+    a = AppliedArchive(str(tmp_path / "a"))
+    a.record(1, b"one", 3)
+    a.record(2, b"two", 4)
+    a.record(2, b"other", 5)  # a conflict keeps the first entry's term
+    a.record(3, b"three")  # term unknown
+    a.close()
+    got = read_archive(str(tmp_path / "a"))
+    assert got.terms == {1: 3, 2: 4}
+    minority = ArchiveContents(entries={2: b"stray"}, terms={2: 9})
+    merged = merge_archives({"n1": got, "n2": ArchiveContents(entries={2: b"two"}), "n3": minority}, 1, 3)
+    assert [e for _, e in merged.entries] == [b"one", b"two", b"three"]
+    assert merged.terms == {1: 3, 2: 4}  # from a holder of the chosen entry, never the stray's
+    old = ArchiveContents(entries={1: b"one"})
+    assert merge_archives({"n1": old}, 1, 1).terms == {}

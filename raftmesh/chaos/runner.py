@@ -931,7 +931,7 @@ class _Run:
             settle(index - 1)
             payload = batch_payload(entry)
             if payload is not None:
-                audit.feed(payload)
+                audit.feed(payload, merged.terms.get(index))
                 batches += 1
         settle(max(targets.values()))
         replays = [

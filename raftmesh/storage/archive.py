@@ -18,7 +18,9 @@ Layout: ``entries`` (8-byte big-endian log index -> the raw pysyncobj entry),
 ``conflicts`` (index + sequence -> a *different* entry seen at an archived index:
 on one node the same committed index must always hold the same entry, so any row
 here is a safety violation), ``events`` (sequence -> JSON: snapshots written,
-loaded at start, installed while running).
+loaded at start, installed while running), ``terms`` (log index -> the entry's Raft term, 8
+bytes: a replay applies a leader's liveness decision only in its own term, as the live nodes
+did; an archive from before it has none, and its entries replay unchecked).
 """
 
 from __future__ import annotations
@@ -57,24 +59,28 @@ class AppliedArchive:
     def __init__(self, data_dir: str) -> None:
         self.path = os.path.join(data_dir, ARCHIVE_DIR)
         os.makedirs(self.path, exist_ok=True)
-        self._env = lmdb.open(self.path, map_size=MAP_SIZE, max_dbs=3, sync=False, metasync=False)
+        self._env = lmdb.open(self.path, map_size=MAP_SIZE, max_dbs=4, sync=False, metasync=False)
         self._entries = self._env.open_db(b"entries")
         self._conflicts = self._env.open_db(b"conflicts")
         self._events = self._env.open_db(b"events")
+        self._terms = self._env.open_db(b"terms")
         self._lock = threading.Lock()
         self._last_index = 0
         """Last index recorded by this process (noted with each event)."""
         self.failures = 0
         self.recorded = 0
 
-    def record(self, index: int, entry: bytes) -> None:
-        """Archive the entry at ``index`` (again after a restart: the same bytes are a no-op)."""
+    def record(self, index: int, entry: bytes, term: int | None = None) -> None:
+        """Archive the entry at ``index`` with its Raft ``term`` if known (again after a restart:
+        the same bytes are a no-op)."""
         try:
             key = _key(index)
             with self._lock, self._env.begin(write=True) as txn:
                 old = txn.get(key, db=self._entries)
                 if old is None:
                     txn.put(key, entry, db=self._entries)
+                    if term is not None:
+                        txn.put(key, _key(term), db=self._terms)
                 elif old != entry:
                     n = txn.stat(self._conflicts)["entries"]
                     txn.put(key + _key(n), entry, db=self._conflicts)
@@ -133,6 +139,8 @@ class ArchiveContents:
     """What one stopped node's archive holds."""
 
     entries: dict[int, bytes] = field(default_factory=dict)
+    terms: dict[int, int] = field(default_factory=dict)
+    """Log index -> the entry's Raft term, where recorded."""
     conflicts: list[tuple[int, bytes]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -145,14 +153,22 @@ def read_archive(data_dir: str) -> ArchiveContents:
     path = os.path.join(data_dir, ARCHIVE_DIR)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no archive in {data_dir} (was the node run with --archive-applied?)")
-    env = lmdb.open(path, readonly=True, lock=False, map_size=MAP_SIZE, max_dbs=3)
+    env = lmdb.open(path, readonly=True, lock=False, map_size=MAP_SIZE, max_dbs=4)
     out = ArchiveContents()
     try:
         entries, conflicts, events = (
             env.open_db(n, create=False) for n in (b"entries", b"conflicts", b"events")
         )
+        try:
+            terms = env.open_db(b"terms", create=False)
+        except lmdb.NotFoundError:  # an archive written before terms were recorded
+            terms = None
         with env.begin() as txn:
             out.entries = {int.from_bytes(k, "big"): bytes(v) for k, v in _items(txn, entries)}
+            if terms is not None:
+                out.terms = {
+                    int.from_bytes(k, "big"): int.from_bytes(v, "big") for k, v in _items(txn, terms)
+                }
             out.conflicts = [(int.from_bytes(k[:8], "big"), bytes(v)) for k, v in _items(txn, conflicts)]
             out.events = [json.loads(bytes(v)) for _k, v in _items(txn, events)]
     finally:
@@ -175,11 +191,14 @@ class MergedLog:
     """Index -> the nodes holding each version, most held first (any is a safety violation)."""
     conflicts: dict[str, list[int]]
     """Per node, indexes where it applied two different entries over time (a safety violation)."""
+    terms: dict[int, int] = field(default_factory=dict)
+    """Index -> the Raft term a holder of the chosen entry recorded (absent: none recorded)."""
 
 
 def merge_archives(archives: dict[str, ArchiveContents], first: int, last: int) -> MergedLog:
     """Merge archives into one log from ``first`` to ``last`` and say what does not add up."""
     entries: list[tuple[int, bytes]] = []
+    terms: dict[int, int] = {}
     gaps: list[tuple[int, int]] = []
     disagreements: dict[int, list[list[str]]] = {}
     gap_start: int | None = None
@@ -199,10 +218,13 @@ def merge_archives(archives: dict[str, ArchiveContents], first: int, last: int) 
         if len(versions) > 1:
             disagreements[index] = [nodes for _, nodes in versions]
         entries.append((index, versions[0][0]))
+        term = next((t for n in versions[0][1] if (t := archives[n].terms.get(index)) is not None), None)
+        if term is not None:
+            terms[index] = term
     if gap_start is not None:
         gaps.append((gap_start, last))
     conflicts = {n: sorted({i for i, _ in a.conflicts}) for n, a in archives.items() if a.conflicts}
-    return MergedLog(first, last, entries, gaps, disagreements, conflicts)
+    return MergedLog(first, last, entries, gaps, disagreements, conflicts, terms)
 
 
 def _items(txn: Any, db: Any) -> Iterator[tuple[bytes, bytes]]:

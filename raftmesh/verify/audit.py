@@ -320,8 +320,9 @@ class Audit:
     stages: StageAudit = field(default_factory=StageAudit)
 
     def feed(self, payload: bytes, term: int | None = None) -> None:
-        """Apply one log entry; ``term``: its Raft term, when the source has it (a journal does, an
-        archive does not: a leader's decision logged in another term then applies unchecked)."""
+        """Apply one log entry; ``term``: its Raft term, when the source has it (a journal does, and
+        an archive that recorded it; without it a leader's decision logged in another term applies
+        unchecked)."""
         self.machine.entry_term = term
         for cmd in decode_batch(payload):
             if isinstance(cmd, Undecodable):

@@ -68,7 +68,7 @@ class AppliedArchive(Protocol):
     ``record`` runs on pysyncobj's thread before the entry is applied and must never raise.
     """
 
-    def record(self, index: int, entry: bytes) -> None: ...
+    def record(self, index: int, entry: bytes, term: int | None = None) -> None: ...
 
 
 class AuditSink(Protocol):
@@ -258,7 +258,7 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         archive = self._member.archive
         if archive is not None:
             try:
-                archive.record(index, bytes(command))
+                archive.record(index, bytes(command), self._member._entry_term)
             except Exception:  # an archive must not stall the log (the audit then sees a gap)
                 log.exception("archive failed")
         if command[:1] in _PICKLED_COMMANDS:
