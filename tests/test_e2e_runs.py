@@ -230,8 +230,25 @@ def test_a_node_whose_every_peer_died_answers_no_leader_at_once(
             return err.code() == grpc.StatusCode.UNAVAILABLE and "knows no Raft leader" in answers[-1][1]
         raise AssertionError("a write committed without a majority")
 
+    kv = pb_grpc.KvStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+
+    def read_refused() -> bool:
+        # A linearizable read needs the leader too: refused at once, not held to its deadline.
+        try:
+            kv.Get(pb.KvGetRequest(key="k"), timeout=5)
+        except grpc.RpcError as err:
+            return err.code() == grpc.StatusCode.UNAVAILABLE
+        raise AssertionError("a linearizable read answered without a majority")
+
+    def not_serving() -> bool:
+        resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        return resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
     try:
         wait_until(no_leader, 30, "the survivor to answer that it knows no leader")
+        wait_until(read_refused, 15, "the survivor to refuse a linearizable read with UNAVAILABLE")
+        wait_until(not_serving, 15, "the survivor's health to say NOT_SERVING")
     finally:
         channel.close()
     assert c.status_of(survivor).leader == leader, "pysyncobj still names the dead leader"

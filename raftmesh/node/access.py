@@ -58,5 +58,7 @@ class NodeAccess:
     async def barrier(self, context: grpc.aio.ServicerContext) -> None:
         """Make the local replica reflect every write committed before the call (linearizable reads)."""
         if not self.has_leader():
-            raise NoLeader("no Raft leader is elected yet; retry shortly, or read with stale_ok")
+            raise NoLeader(
+                "this node knows no Raft leader (an election is on, or it is cut off); retry shortly or on another node, or read with stale_ok"
+            )
         await self.writer.barrier(timeout_s=call_timeout(context, BARRIER_TIMEOUT_S))

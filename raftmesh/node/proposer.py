@@ -270,7 +270,9 @@ class Proposer:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 if self._raft.leader_addr is None:
-                    raise NoLeader("no Raft leader is elected yet; retry shortly, or read with stale_ok")
+                    raise NoLeader(
+                        "this node knows no Raft leader (an election is on, or it is cut off); retry shortly or on another node, or read with stale_ok"
+                    )
                 raise OutcomeUnknown(
                     f"a linearizable read could not be confirmed before the deadline ({err}); retry"
                 )

@@ -354,7 +354,13 @@ class NodeRuntime:
         self.router.peer_metadata = self.node_metadata
 
         access = NodeAccess(
-            self.proposer, self.reads, clock, lambda: raft.leader_addr is not None, cfg.propose_timeout_s
+            # A leader this node can still hear (``leader_known``): pysyncobj keeps naming one whose
+            # every link closed with a reset, and a read would wait out its deadline.
+            self.proposer,
+            self.reads,
+            clock,
+            lambda: raft.leader_known,
+            cfg.propose_timeout_s,
         )
         peer_access = PeerAccess(
             cfg.node_id, self.reads, lambda: raft.is_leader, lambda: raft.term, self.scheduler.heard_from
@@ -628,7 +634,7 @@ class NodeRuntime:
             ok = (
                 self._registered
                 and self.raft.ready
-                and self.raft.leader_addr is not None
+                and self.raft.leader_known
                 and self._member_ok()
                 and (self.raft.is_leader or self.heartbeats.counted)
             )

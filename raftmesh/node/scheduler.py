@@ -211,7 +211,10 @@ class Scheduler:
         try:
             # leader_only: this leader's liveness view, never committed through a later leader.
             res = await self._writer.propose(cmd, timeout_s=5.0, leader_only=True)
-            log.warning("node %s marked down (%s): %s", cmd.node_id, cmd.reason, res.code)
+            if res.ok:
+                log.warning("node %s marked down (%s)", cmd.node_id, cmd.reason)
+            else:  # e.g. ABORTED: decided in a term that ended before it reached the log
+                log.info("node %s not marked down (%s): %s %s", cmd.node_id, cmd.reason, res.code, res)
         except RaftmeshError as exc:
             log.info("node_down %s failed: %s", cmd.node_id, exc)
         finally:

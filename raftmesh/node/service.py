@@ -221,7 +221,9 @@ class ClusterService(pb_grpc.ClusterServicer):
         if not node.has_leader():
             # Known agent types come from the replicated state: without a leader there is no
             # state to validate against, so say what is wrong (no leader), not "unknown agent".
-            raise NoLeader("no Raft leader is elected yet; retry shortly (with the same idempotency key)")
+            raise NoLeader(
+                "this node knows no Raft leader (an election is on, or it is cut off); retry shortly or on another node (with the same idempotency key)"
+            )
         ownership.check_namespace(request.namespace, "submitting a run")
         for t in specs:  # a task's declared locks are held by the node, for the caller
             for name, _ in t.locks:
@@ -440,7 +442,9 @@ class ClusterService(pb_grpc.ClusterServicer):
         # and a task takes longer than a commit, so it is off the critical path (timeline: ~1
         # commit, 2-12 ms, of a single task's submit -> result).
         if not node.has_leader():
-            raise NoLeader("no Raft leader is elected yet; retry shortly")
+            raise NoLeader(
+                "this node knows no Raft leader (an election is on, or it is cut off); retry shortly or on another node"
+            )
         barrier = asyncio.ensure_future(node.barrier(context))
         try:
             async for ev in self._watch(request.run_id, request.status_only, barrier):
