@@ -882,3 +882,97 @@ def test_a_node_restarts_on_a_journal_a_power_cut_tore(tmp_path: Any, written: i
         assert member.term < 99, "the torn record's term was taken for the log's"
     finally:
         member.destroy()
+
+
+# ---- a follower's conflict truncation (Raft §5.3): no dropped record's bytes stay in the file ----
+
+_KEPT = [(b"kept-%02d" % i + b"." * 1000, i, 2) for i in range(1, 11)]
+_DROPPED = [(b"dropped-%02d" % i + b"." * 997, i, 2) for i in (11, 12)]
+_NEW = [(b"new-%02d" % i + b"." * 1001, i, 3) for i in (11, 12)]
+"""Records of one size: a new record starts exactly where a dropped one did (the worst case)."""
+
+
+def _conflicting_journal(path: str, fsync: bool = True) -> Any:
+    """A follower's journal holding ``_KEPT`` and the uncommitted ``_DROPPED`` of an old leader,
+    synced; a new leader (term 3) is about to replace entries 11 and 12."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    journal = DurableJournal(FileJournal(path), path, fsync=fsync)
+    for entry in [*_KEPT, *_DROPPED]:
+        journal.add(*entry)
+    journal.setCurrentTerm(3, "new-leader")
+    journal.setRaftCommitIndex(8)
+    journal.onOneSecondTimer()
+    journal.sync()
+    return journal
+
+
+def test_a_power_cut_after_a_conflict_truncation_never_brings_a_dropped_entry_back(tmp_path: Any) -> None:
+    """pysyncobj's ``deleteEntriesFrom`` only moved the header's end offset back: the dropped
+    records stayed in the file past it and the new ones were written over them in place. After a
+    power cut that wrote the header back and not the new record's page, the old record (11, term 2)
+    showed through, whole, and ``repair_journal`` kept it: the node's log held an entry it had
+    deleted. The kept entries now go to a new file renamed over the journal: no byte of a dropped
+    record is left to show through."""
+    from raftmesh.consensus.raft.durable_journal import repair_journal
+
+    path = str(tmp_path / "raft.journal")
+    journal = _conflicting_journal(path)
+    try:
+        journal.deleteEntriesFrom(10)  # the new leader's entry 11 (term 3) conflicts
+        with open(path, "rb") as f:
+            on_disk = f.read()  # the journal as the truncation left it (all of it synced)
+        journal.add(*_NEW[0])  # written in place where entry 11 (term 2) was
+        journal.sync()
+    finally:
+        journal._destroy()
+    start = _TORN_HEAD + sum(4 + 16 + len(command) + 4 for command, _, _ in _KEPT)
+    end = start + 4 + 16 + len(_NEW[0][0]) + 4
+    page = 4096
+    assert end <= len(on_disk) and start >= page  # the header's page is another one
+    first, last = start // page * page, -(-end // page) * page
+    # The power cut: the header's page (its end offset counting the new entry 11) reached the
+    # disk, the pages of the new record did not: they hold what they held before the append.
+    _patch(path, first, on_disk[first:last])
+    repair_journal(path)
+    held, term, vote, commit = _loaded(path)
+    assert not set(held) & set(_DROPPED), "a deleted entry is back in the log"
+    assert held == _KEPT  # the new entry 11 was never synced, so never acknowledged
+    assert (term, vote, commit) == (3, "new-leader", 8)
+    assert not any(command[:10] in on_disk for command, _, _ in _DROPPED), "dropped records left in the file"
+
+
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "unsafe-no-fsync"])
+def test_a_conflict_truncation_keeps_every_entry_before_and_after_it(tmp_path: Any, fsync: bool) -> None:
+    """The normal path: drop the conflicting suffix, append the new leader's entries, reload: every
+    kept and new entry is there, and the term, vote and commit index with them. With fsync the
+    journal is a new file and the new entries count as synced only once an fsync begun after them
+    is done (the fsync thread here, as on a leader); ``--unsafe-no-fsync`` keeps pysyncobj's
+    in-place truncation."""
+    from raftmesh.consensus.raft.durable_journal import repair_journal
+
+    path = str(tmp_path / "raft.journal")
+    journal = _conflicting_journal(path, fsync)
+    inode = os.stat(path).st_ino
+    try:
+        journal.deleteEntriesFrom(10)
+        assert (os.stat(path).st_ino != inode) == fsync
+        assert not os.path.exists(path + ".compact")
+        assert [journal[i] for i in range(len(journal))] == _KEPT
+        for entry in _NEW:
+            journal.add(*entry)
+        assert journal.synced_index <= 10 and journal.dirty == fsync
+        journal.start_sync()
+        if fsync:
+            wait_until(lambda: journal._done, 10, "the background fsync")
+            journal.collect()
+            assert journal.synced_index == 12 and not journal.dirty
+        assert journal.getCurrentTerm() == 3 and journal.getRaftCommitIndex() == 8
+    finally:
+        journal._destroy()
+    repair_journal(path)
+    held, term, vote, commit = _loaded(path)
+    assert held == [*_KEPT, *_NEW]
+    assert (term, vote, commit) == (3, "new-leader", 8)
