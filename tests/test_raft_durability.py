@@ -909,6 +909,17 @@ def _conflicting_journal(path: str, fsync: bool = True) -> Any:
     return journal
 
 
+def _new_record_pages_lost(path: str, on_disk: bytes) -> None:
+    """The power cut: the header's page (its end offset counting the new entry 11) reached the
+    disk, the pages of the new record did not: they hold what they held (``on_disk``) before it."""
+    start = _TORN_HEAD + sum(4 + 16 + len(command) + 4 for command, _, _ in _KEPT)
+    end = start + 4 + 16 + len(_NEW[0][0]) + 4
+    page = 4096
+    assert end <= len(on_disk) and start >= page  # the header's page is another one
+    first, last = start // page * page, -(-end // page) * page
+    _patch(path, first, on_disk[first:last])
+
+
 def test_a_power_cut_after_a_conflict_truncation_never_brings_a_dropped_entry_back(tmp_path: Any) -> None:
     """pysyncobj's ``deleteEntriesFrom`` only moved the header's end offset back: the dropped
     records stayed in the file past it and the new ones were written over them in place. After a
@@ -928,14 +939,7 @@ def test_a_power_cut_after_a_conflict_truncation_never_brings_a_dropped_entry_ba
         journal.sync()
     finally:
         journal._destroy()
-    start = _TORN_HEAD + sum(4 + 16 + len(command) + 4 for command, _, _ in _KEPT)
-    end = start + 4 + 16 + len(_NEW[0][0]) + 4
-    page = 4096
-    assert end <= len(on_disk) and start >= page  # the header's page is another one
-    first, last = start // page * page, -(-end // page) * page
-    # The power cut: the header's page (its end offset counting the new entry 11) reached the
-    # disk, the pages of the new record did not: they hold what they held before the append.
-    _patch(path, first, on_disk[first:last])
+    _new_record_pages_lost(path, on_disk)
     repair_journal(path)
     held, term, vote, commit = _loaded(path)
     assert not set(held) & set(_DROPPED), "a deleted entry is back in the log"
@@ -976,3 +980,61 @@ def test_a_conflict_truncation_keeps_every_entry_before_and_after_it(tmp_path: A
     held, term, vote, commit = _loaded(path)
     assert held == [*_KEPT, *_NEW]
     assert (term, vote, commit) == (3, "new-leader", 8)
+
+
+def _truncated_in_place(path: str) -> None:
+    from pysyncobj.journal import FileJournal
+
+    plain = FileJournal(path)  # an older raftmesh, or --unsafe-no-fsync: pysyncobj's truncation
+    try:
+        for entry in [*_KEPT, *_DROPPED]:
+            plain.add(*entry)
+        plain.deleteEntriesFrom(10)
+    finally:
+        plain._destroy()
+
+
+def _header_short(path: str) -> None:
+    _conflicting_journal(path)._destroy()  # 11 and 12 (term 2) appended, and the header's page
+    _set_end(path, _TORN_HEAD + sum(4 + 16 + len(command) + 4 for command, _, _ in _KEPT))  # lost
+
+
+@pytest.mark.parametrize(
+    "left", [_truncated_in_place, _header_short], ids=["truncated-in-place", "header-short"]
+)
+def test_records_past_the_end_of_a_journal_at_start_never_show_through_a_new_one(
+    tmp_path: Any, left: Any
+) -> None:
+    """A journal can start with records past its end: dropped in place by pysyncobj (a journal an
+    older raftmesh truncated) or appended and not counted (the header's page lost in a power
+    cut). New entries are appended over them in place, so the same power cut as above showed the
+    old entry 11 (term 2) where the new one was. They are dropped from the file before any append."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal, repair_journal
+
+    path = str(tmp_path / "raft.journal")
+    left(path)
+    repair_journal(path)  # the restart: the journal is whole, up to its end
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        assert [journal[i] for i in range(len(journal))] == _KEPT
+        with open(path, "rb") as f:
+            on_disk = f.read()  # synced when the journal opened
+        journal.add(*_NEW[0])  # the new leader's entry 11
+        journal.sync()
+    finally:
+        journal._destroy()
+    _new_record_pages_lost(path, on_disk)
+    repair_journal(path)
+    held = _loaded(path)[0]
+    assert not set(held) & set(_DROPPED), "an entry past the journal's end is back in the log"
+    assert held == _KEPT
+    assert not any(command[:10] in on_disk for command, _, _ in _DROPPED), "records left past the end"
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        for entry in _NEW:
+            journal.add(*entry)
+    finally:
+        journal._destroy()
+    assert _loaded(path)[0] == [*_KEPT, *_NEW]

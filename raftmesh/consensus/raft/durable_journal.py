@@ -29,7 +29,9 @@ node can lose acknowledged writes and let a node vote twice in one term.
 - Appends still write in place, and a power cut can leave the journal's tail torn (the header's
   end offset on disk, a record's pages not). ``repair_journal``, run before pysyncobj opens the
   file, keeps the whole records before the first one that is not and cuts the rest: entries past
-  the last fsync, none of them acknowledged.
+  the last fsync, none of them acknowledged. So that what shows through a record's lost page is
+  never an old whole record, appends write only over zeros: every truncation rewrites the file,
+  and a journal that opens with bytes past its end is rewritten before anything is appended.
 
 The ordering contract, kept by ``member._SyncObj`` and ``transport.WarmTransport``:
 
@@ -170,6 +172,17 @@ def _whole_records(data: mmap.mmap) -> tuple[int, int, int, str]:
     return count, offset, claimed, why
 
 
+def _bytes_past_end(path: str, end: int) -> bool:
+    """Whether the journal file holds anything but zeros after its records' end ``end``."""
+    zeros = bytes(1 << 20)
+    with open(path, "rb") as f:
+        f.seek(end)
+        while chunk := f.read(len(zeros)):
+            if chunk != zeros[: len(chunk)]:
+                return True
+    return False
+
+
 class DurableMetaStore:
     """pysyncobj's ``MetaStorer`` with the fsyncs an atomic replace needs."""
 
@@ -245,6 +258,15 @@ class DurableJournal:
             if os.path.exists(path + ".meta"):
                 fsync_path(path + ".meta")
             fsync_path(os.path.dirname(os.path.abspath(path)) or ".", directory=True)
+            if _bytes_past_end(path, int(inner._FileJournal__currentOffset)):
+                # Records dropped in place (a truncation by pysyncobj: an older raftmesh or
+                # --unsafe-no-fsync) or appended and not counted (the header's page lost in a
+                # power cut) lie past the end, where the next appends write in place: one of
+                # them could show through after a power cut (see deleteEntriesFrom). The
+                # entries go to a new file, with nothing past its end, before any append.
+                log.info("Raft journal %s: bytes past its end; rewriting its entries to a new file", path)
+                self._begin_rewrite(inner[:])
+                self._finish_rewrite()
 
     def _last_index(self) -> int:
         return int(self._inner[-1][1]) if len(self._inner) else 0
