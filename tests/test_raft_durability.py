@@ -1038,3 +1038,45 @@ def test_records_past_the_end_of_a_journal_at_start_never_show_through_a_new_one
     finally:
         journal._destroy()
     assert _loaded(path)[0] == [*_KEPT, *_NEW]
+
+
+_TRUNCATE_CHILD = (
+    _INSTALL_CHILD.split("# the order pysyncobj")[0]
+    + """
+journal.deleteEntriesFrom(7)  # a new leader's entry 8 conflicts
+crash_at("truncated")
+journal.add(b"new8", 8, 3)
+journal.sync()
+crash_at("synced")
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("step", "kept"),
+    [("new-file-synced", 10), ("before-rename", 10), ("after-rename", 7), ("truncated", 7), ("synced", 8)],
+)
+def test_a_crash_at_any_step_of_a_conflict_truncation_leaves_the_old_or_the_new_journal(
+    tmp_path: Any, step: str, kept: int
+) -> None:
+    """The truncation's new file is renamed over the journal: a process killed at each step leaves
+    the old journal or the new one, whole, with term and vote."""
+    import subprocess
+    import sys
+
+    import raftmesh
+
+    path = str(tmp_path / "raft.journal")
+    _old_journal(path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(raftmesh.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.run(
+        [sys.executable, "-c", _TRUNCATE_CHILD, path, step], env=env, capture_output=True, timeout=60
+    )
+    assert child.returncode == 9, f"never reached {step!r}: {child.stderr.decode()[-2000:]}"
+    held, term, vote, _ = _loaded(path)
+    assert held == (_OLD if kept == 10 else _OLD[:7] + [(b"new8", 8, 3)][: kept - 7]), (
+        f"after a crash at {step!r}"
+    )
+    assert (term, vote) == (2, "leader")
+    assert not os.path.exists(path + ".compact"), "the unfinished new file was left behind"
