@@ -882,3 +882,201 @@ def test_a_node_restarts_on_a_journal_a_power_cut_tore(tmp_path: Any, written: i
         assert member.term < 99, "the torn record's term was taken for the log's"
     finally:
         member.destroy()
+
+
+# ---- a follower's conflict truncation (Raft §5.3): no dropped record's bytes stay in the file ----
+
+_KEPT = [(b"kept-%02d" % i + b"." * 1000, i, 2) for i in range(1, 11)]
+_DROPPED = [(b"dropped-%02d" % i + b"." * 997, i, 2) for i in (11, 12)]
+_NEW = [(b"new-%02d" % i + b"." * 1001, i, 3) for i in (11, 12)]
+"""Records of one size: a new record starts exactly where a dropped one did (the worst case)."""
+
+
+def _conflicting_journal(path: str, fsync: bool = True) -> Any:
+    """A follower's journal holding ``_KEPT`` and the uncommitted ``_DROPPED`` of an old leader,
+    synced; a new leader (term 3) is about to replace entries 11 and 12."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal
+
+    journal = DurableJournal(FileJournal(path), path, fsync=fsync)
+    for entry in [*_KEPT, *_DROPPED]:
+        journal.add(*entry)
+    journal.setCurrentTerm(3, "new-leader")
+    journal.setRaftCommitIndex(8)
+    journal.onOneSecondTimer()
+    journal.sync()
+    return journal
+
+
+def _new_record_pages_lost(path: str, on_disk: bytes) -> None:
+    """The power cut: the header's page (its end offset counting the new entry 11) reached the
+    disk, the pages of the new record did not: they hold what they held (``on_disk``) before it."""
+    start = _TORN_HEAD + sum(4 + 16 + len(command) + 4 for command, _, _ in _KEPT)
+    end = start + 4 + 16 + len(_NEW[0][0]) + 4
+    page = 4096
+    assert end <= len(on_disk) and start >= page  # the header's page is another one
+    first, last = start // page * page, -(-end // page) * page
+    _patch(path, first, on_disk[first:last])
+
+
+def test_a_power_cut_after_a_conflict_truncation_never_brings_a_dropped_entry_back(tmp_path: Any) -> None:
+    """pysyncobj's ``deleteEntriesFrom`` only moved the header's end offset back: the dropped
+    records stayed in the file past it and the new ones were written over them in place. After a
+    power cut that wrote the header back and not the new record's page, the old record (11, term 2)
+    showed through, whole, and ``repair_journal`` kept it: the node's log held an entry it had
+    deleted. The kept entries now go to a new file renamed over the journal: no byte of a dropped
+    record is left to show through."""
+    from raftmesh.consensus.raft.durable_journal import repair_journal
+
+    path = str(tmp_path / "raft.journal")
+    journal = _conflicting_journal(path)
+    try:
+        journal.deleteEntriesFrom(10)  # the new leader's entry 11 (term 3) conflicts
+        with open(path, "rb") as f:
+            on_disk = f.read()  # the journal as the truncation left it (all of it synced)
+        journal.add(*_NEW[0])  # written in place where entry 11 (term 2) was
+        journal.sync()
+    finally:
+        journal._destroy()
+    _new_record_pages_lost(path, on_disk)
+    repair_journal(path)
+    held, term, vote, commit = _loaded(path)
+    assert not set(held) & set(_DROPPED), "a deleted entry is back in the log"
+    assert held == _KEPT  # the new entry 11 was never synced, so never acknowledged
+    assert (term, vote, commit) == (3, "new-leader", 8)
+    assert not any(command[:10] in on_disk for command, _, _ in _DROPPED), "dropped records left in the file"
+
+
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "unsafe-no-fsync"])
+def test_a_conflict_truncation_keeps_every_entry_before_and_after_it(tmp_path: Any, fsync: bool) -> None:
+    """The normal path: drop the conflicting suffix, append the new leader's entries, reload: every
+    kept and new entry is there, and the term, vote and commit index with them. With fsync the
+    journal is a new file and the new entries count as synced only once an fsync begun after them
+    is done (the fsync thread here, as on a leader); ``--unsafe-no-fsync`` keeps pysyncobj's
+    in-place truncation."""
+    from raftmesh.consensus.raft.durable_journal import repair_journal
+
+    path = str(tmp_path / "raft.journal")
+    journal = _conflicting_journal(path, fsync)
+    inode = os.stat(path).st_ino
+    try:
+        journal.deleteEntriesFrom(10)
+        assert (os.stat(path).st_ino != inode) == fsync
+        assert not os.path.exists(path + ".compact")
+        assert [journal[i] for i in range(len(journal))] == _KEPT
+        for entry in _NEW:
+            journal.add(*entry)
+        assert journal.synced_index <= 10 and journal.dirty == fsync
+        journal.start_sync()
+        if fsync:
+            wait_until(lambda: journal._done, 10, "the background fsync")
+            journal.collect()
+            assert journal.synced_index == 12 and not journal.dirty
+        assert journal.getCurrentTerm() == 3 and journal.getRaftCommitIndex() == 8
+    finally:
+        journal._destroy()
+    repair_journal(path)
+    held, term, vote, commit = _loaded(path)
+    assert held == [*_KEPT, *_NEW]
+    assert (term, vote, commit) == (3, "new-leader", 8)
+
+
+def _truncated_in_place(path: str) -> None:
+    from pysyncobj.journal import FileJournal
+
+    plain = FileJournal(path)  # an older raftmesh, or --unsafe-no-fsync: pysyncobj's truncation
+    try:
+        for entry in [*_KEPT, *_DROPPED]:
+            plain.add(*entry)
+        plain.deleteEntriesFrom(10)
+    finally:
+        plain._destroy()
+
+
+def _header_short(path: str) -> None:
+    _conflicting_journal(path)._destroy()  # 11 and 12 (term 2) appended, and the header's page
+    _set_end(path, _TORN_HEAD + sum(4 + 16 + len(command) + 4 for command, _, _ in _KEPT))  # lost
+
+
+@pytest.mark.parametrize(
+    "left", [_truncated_in_place, _header_short], ids=["truncated-in-place", "header-short"]
+)
+def test_records_past_the_end_of_a_journal_at_start_never_show_through_a_new_one(
+    tmp_path: Any, left: Any
+) -> None:
+    """A journal can start with records past its end: dropped in place by pysyncobj (a journal an
+    older raftmesh truncated) or appended and not counted (the header's page lost in a power
+    cut). New entries are appended over them in place, so the same power cut as above showed the
+    old entry 11 (term 2) where the new one was. They are dropped from the file before any append."""
+    from pysyncobj.journal import FileJournal
+
+    from raftmesh.consensus.raft.durable_journal import DurableJournal, repair_journal
+
+    path = str(tmp_path / "raft.journal")
+    left(path)
+    repair_journal(path)  # the restart: the journal is whole, up to its end
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        assert [journal[i] for i in range(len(journal))] == _KEPT
+        with open(path, "rb") as f:
+            on_disk = f.read()  # synced when the journal opened
+        journal.add(*_NEW[0])  # the new leader's entry 11
+        journal.sync()
+    finally:
+        journal._destroy()
+    _new_record_pages_lost(path, on_disk)
+    repair_journal(path)
+    held = _loaded(path)[0]
+    assert not set(held) & set(_DROPPED), "an entry past the journal's end is back in the log"
+    assert held == _KEPT
+    assert not any(command[:10] in on_disk for command, _, _ in _DROPPED), "records left past the end"
+    journal = DurableJournal(FileJournal(path), path, fsync=True)
+    try:
+        for entry in _NEW:
+            journal.add(*entry)
+    finally:
+        journal._destroy()
+    assert _loaded(path)[0] == [*_KEPT, *_NEW]
+
+
+_TRUNCATE_CHILD = (
+    _INSTALL_CHILD.split("# the order pysyncobj")[0]
+    + """
+journal.deleteEntriesFrom(7)  # a new leader's entry 8 conflicts
+crash_at("truncated")
+journal.add(b"new8", 8, 3)
+journal.sync()
+crash_at("synced")
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("step", "kept"),
+    [("new-file-synced", 10), ("before-rename", 10), ("after-rename", 7), ("truncated", 7), ("synced", 8)],
+)
+def test_a_crash_at_any_step_of_a_conflict_truncation_leaves_the_old_or_the_new_journal(
+    tmp_path: Any, step: str, kept: int
+) -> None:
+    """The truncation's new file is renamed over the journal: a process killed at each step leaves
+    the old journal or the new one, whole, with term and vote."""
+    import subprocess
+    import sys
+
+    import raftmesh
+
+    path = str(tmp_path / "raft.journal")
+    _old_journal(path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(raftmesh.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.run(
+        [sys.executable, "-c", _TRUNCATE_CHILD, path, step], env=env, capture_output=True, timeout=60
+    )
+    assert child.returncode == 9, f"never reached {step!r}: {child.stderr.decode()[-2000:]}"
+    held, term, vote, _ = _loaded(path)
+    assert held == (_OLD if kept == 10 else _OLD[:7] + [(b"new8", 8, 3)][: kept - 7]), (
+        f"after a crash at {step!r}"
+    )
+    assert (term, vote) == (2, "leader")
+    assert not os.path.exists(path + ".compact"), "the unfinished new file was left behind"

@@ -19,16 +19,19 @@ node can lose acknowledged writes and let a node vote twice in one term.
   the entries first: a stored commit index never covers entries that are not on disk.
 - Before the journal drops entries a snapshot now holds (compaction, snapshot install),
   the directory is fsynced: pysyncobj renamed the snapshot into place (it lives next to
-  the journal) and that rename must not be lost while the truncation survives. Compaction
-  and snapshot install write the journal's new content to a new file renamed over the journal
-  (pysyncobj rewrote it in place: a crash mid-way lost entries or left a journal that does not
-  load); an install's rename waits for the next sync (its ``clear`` and ``add``s arrive as
-  separate calls), so the journal file is always the old one or the new one, whole. The leader
+  the journal) and that rename must not be lost while the truncation survives. Compaction,
+  snapshot install and a follower's conflict truncation write the journal's new content to a new
+  file renamed over the journal (pysyncobj rewrote it in place: a crash mid-way lost entries or
+  left a journal that does not load, and records it dropped stayed past the end); an install's
+  rename waits for the next sync (its ``clear`` and ``add``s arrive as separate calls), so the
+  journal file is always the old one or the new one, whole. The leader
   counts itself for the rewritten entries only once an fsync begun after the rewrite is done.
 - Appends still write in place, and a power cut can leave the journal's tail torn (the header's
   end offset on disk, a record's pages not). ``repair_journal``, run before pysyncobj opens the
   file, keeps the whole records before the first one that is not and cuts the rest: entries past
-  the last fsync, none of them acknowledged.
+  the last fsync, none of them acknowledged. So that what shows through a record's lost page is
+  never an old whole record, appends write only over zeros: every truncation rewrites the file,
+  and a journal that opens with bytes past its end is rewritten before anything is appended.
 
 The ordering contract, kept by ``member._SyncObj`` and ``transport.WarmTransport``:
 
@@ -169,6 +172,17 @@ def _whole_records(data: mmap.mmap) -> tuple[int, int, int, str]:
     return count, offset, claimed, why
 
 
+def _bytes_past_end(path: str, end: int) -> bool:
+    """Whether the journal file holds anything but zeros after its records' end ``end``."""
+    zeros = bytes(1 << 20)
+    with open(path, "rb") as f:
+        f.seek(end)
+        while chunk := f.read(len(zeros)):
+            if chunk != zeros[: len(chunk)]:
+                return True
+    return False
+
+
 class DurableMetaStore:
     """pysyncobj's ``MetaStorer`` with the fsyncs an atomic replace needs."""
 
@@ -244,6 +258,15 @@ class DurableJournal:
             if os.path.exists(path + ".meta"):
                 fsync_path(path + ".meta")
             fsync_path(os.path.dirname(os.path.abspath(path)) or ".", directory=True)
+            if _bytes_past_end(path, int(inner._FileJournal__currentOffset)):
+                # Records dropped in place (a truncation by pysyncobj: an older raftmesh or
+                # --unsafe-no-fsync) or appended and not counted (the header's page lost in a
+                # power cut) lie past the end, where the next appends write in place: one of
+                # them could show through after a power cut (see deleteEntriesFrom). The
+                # entries go to a new file, with nothing past its end, before any append.
+                log.info("Raft journal %s: bytes past its end; rewriting its entries to a new file", path)
+                self._begin_rewrite(inner[:])
+                self._finish_rewrite()
 
     def _last_index(self) -> int:
         return int(self._inner[-1][1]) if len(self._inner) else 0
@@ -360,10 +383,11 @@ class DurableJournal:
             fsync_path(os.path.dirname(os.path.abspath(self._path)) or ".", directory=True)
 
     def _rewritten(self) -> None:
-        """Every kept record was written again at a new offset (``clear``, ``deleteEntriesTo``):
-        none of them is on disk until an fsync that begins after this, so ``synced_index`` drops
-        below the first kept entry (``_touch`` alone would keep it at the last index, which a
-        compaction does not change, and the leader would count itself for page-cache entries)."""
+        """Every kept record was written again at a new offset (``clear``, ``deleteEntriesTo``,
+        ``deleteEntriesFrom``): none of them is on disk until an fsync that begins after this, so
+        ``synced_index`` drops below the first kept entry (``_touch`` alone would keep it at the
+        last index, which a compaction does not change, and the leader would count itself for
+        page-cache entries)."""
         self._touch(truncated=True)
         if self.fsync:
             first = int(self._inner[0][1]) if len(self._inner) else 1
@@ -381,8 +405,23 @@ class DurableJournal:
         self._rewritten()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
-        self._inner.deleteEntriesFrom(entryFrom)
-        self._touch(truncated=True)
+        """A follower drops the suffix a new leader's entries conflict with (Raft §5.3).
+
+        pysyncobj only moves the header's end offset back: the dropped records' bytes stayed in the
+        file past it and new records were written over them in place. A power cut that wrote the
+        header back and not a new record's page could then show an old record, whole, where the
+        new one was, with an index that follows and a term no lower: ``repair_journal`` kept it
+        and the log held an entry the node had deleted (log matching broken). With fsync the kept
+        entries go to a new file renamed over the journal, as a compaction does: the journal file
+        never holds a dropped record's bytes again (past its end there are only zeros), and a
+        crash before the rename leaves the old journal, whose suffix no ack had yet dropped. Rare
+        (a leader change with uncommitted entries), and the journal is size-compacted."""
+        if self.fsync:
+            self._begin_rewrite(self._inner[:entryFrom])
+            self._finish_rewrite()
+        else:
+            self._inner.deleteEntriesFrom(entryFrom)  # pysyncobj moves the end offset back
+        self._rewritten()
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         self._sync_directory()
