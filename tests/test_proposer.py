@@ -41,6 +41,11 @@ class FakeRaft:
     def leader_known(self) -> bool:
         return self.leader_addr is not None and not self.unheard
 
+    @property
+    def leader_term(self) -> int | None:
+        """As ``RaftMember.leader_term``: the term it leads in (subclasses set ``is_leader``/``term``)."""
+        return int(getattr(self, "term", 1)) if getattr(self, "is_leader", False) else None
+
     def propose(self, payload: bytes, callback: Callable[[list[Result] | None, str | None], None]) -> None:
         self.proposals += 1
         action = self.script.pop(0) if self.script else "ok"
@@ -424,6 +429,40 @@ def test_a_liveness_decision_forwarded_to_the_next_leader_changes_nothing() -> N
     assert m.up and not m.suspect
     results, raft = asyncio.run(go(entry_term=3))  # logged in the term that decided it: applied
     assert all(r.ok for r in results) and not raft.machine.state.members["n1"].up
+
+
+class SteppingDownRaft(ForwardingRaft):
+    """Mid step-down as pysyncobj does it: the later term (4) is already stored, the state is still
+    LEADER; ``leader_term`` (recorded with the state change) still says 3."""
+
+    @property
+    def leader_term(self) -> int | None:
+        return 3
+
+
+def test_a_decision_proposed_mid_step_down_carries_the_term_it_led_in() -> None:
+    """``is_leader`` and ``term`` read together name leadership of term 4, which never was: stamped
+    4, a decision forwarded to term 4's leader would apply. Stamped with ``leader_term`` (3), the
+    entry of term 4 refuses it; one the proposer is handed already stamped with an earlier term is
+    not proposed at all."""
+
+    async def go() -> tuple[Result, Any]:
+        raft = SteppingDownRaft(term=4, entry_term=4)
+        raft.machine.apply(register())
+        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
+        p.start()
+        try:
+            down = NodeDown("d-1", 3000, node_id="n1", incarnation="i1", reason="gone")
+            res = await p.propose(down, leader_only=True)
+            old = dataclasses.replace(down, request_id="d-2", leader_term=2)
+            refused = await asyncio.gather(p.propose(old, leader_only=True), return_exceptions=True)
+            return res, refused[0]
+        finally:
+            await p.stop()
+
+    res, refused = asyncio.run(go())
+    assert res.code is Code.ABORTED, res
+    assert isinstance(refused, NoLeader) and "term 2" in str(refused)
 
 
 def test_a_submits_prefer_is_dropped_when_it_goes_to_another_leader() -> None:

@@ -186,10 +186,17 @@ class Proposer:
             raise NoLeader(self._NO_LEADER)
         term = None
         if leader_only:
-            if not self._raft.is_leader:
+            # The term this node leads in, recorded with the Raft state change (``leader_term``):
+            # not ``term`` read beside ``is_leader``, which a step-down updates one after the other.
+            term = self._raft.leader_term
+            if term is None:
                 raise NoLeader(f"{cmd.TAG} {cmd.request_id}: this node no longer leads; not proposed")
-            term = self._raft.term
             if isinstance(cmd, NodeDown | SuspectNode):
+                if cmd.leader_term and cmd.leader_term != term:  # decided under an earlier leadership
+                    raise NoLeader(
+                        f"{cmd.TAG} {cmd.request_id}: decided as the leader of term {cmd.leader_term}, "
+                        f"and this node now leads term {term}; not proposed"
+                    )
                 # Apply refuses it from an entry of any other term (``members.leader_term_error``):
                 # pysyncobj forwards a queued command if this node stops leading before its tick.
                 cmd = replace(cmd, leader_term=term)
@@ -205,7 +212,7 @@ class Proposer:
 
     def _deposed(self, p: _Pending) -> bool:
         """A ``leader_only`` command whose proposing leadership is over (see ``propose``)."""
-        return p.term is not None and (not self._raft.is_leader or self._raft.term != p.term)
+        return p.term is not None and self._raft.leader_term != p.term
 
     def _fail_deposed(self, p: _Pending) -> None:
         if p.future.done():
@@ -269,7 +276,7 @@ class Proposer:
                 return
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
-                if self._raft.leader_addr is None:
+                if not self._raft.leader_known:
                     raise NoLeader(
                         "this node knows no Raft leader (an election is on, or it is cut off); retry shortly or on another node, or read with stale_ok"
                     )

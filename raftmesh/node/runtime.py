@@ -323,6 +323,7 @@ class NodeRuntime:
             Liveness(clock, cfg.node_id, cfg.node_down_after_s, raft_ages=self._raft_ages),
             clock,
             preempt_priority=cfg.preempt_priority,
+            leader_term=lambda: raft.leader_term,
         )
         self.host = AgentHost(
             cfg.node_id,

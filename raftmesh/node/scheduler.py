@@ -50,10 +50,14 @@ class Scheduler:
         liveness: Liveness,
         clock: Clock,
         preempt_priority: int | None = None,
+        leader_term: Callable[[], int | None] | None = None,
     ) -> None:
         self._reads = reads
         self._writer = writer
         self._is_leader = is_leader
+        self._leader_term = leader_term
+        """The term this node leads in (``RaftMember.leader_term``): read when a liveness decision
+        is made and carried by it, so a decision is never stamped with a later leadership's term."""
         self._self_id = self_id
         self.liveness = liveness
         self._clock = clock
@@ -108,6 +112,8 @@ class Scheduler:
         now = self._clock.now_ms()
         ups = [m for m in st.members.values() if m.up]
         cmds: list[Command] = []
+        term = self._leader_term() if self._leader_term is not None else 0
+        term = term or 0  # 0: unstamped (the proposer stamps its own); None: no longer leading
         self.liveness.observe_raft()
         for o in self.liveness.overdue(ups):
             if o.node_id in self._down_inflight or self.liveness.cut_off:
@@ -116,7 +122,12 @@ class Scheduler:
             reason = f"no heartbeat reached the leader for {o.silent_s:.1f} s"
             cmds.append(
                 NodeDown(
-                    new_request_id("d-"), now, node_id=o.node_id, incarnation=o.incarnation, reason=reason
+                    new_request_id("d-"),
+                    now,
+                    node_id=o.node_id,
+                    incarnation=o.incarnation,
+                    reason=reason,
+                    leader_term=term,
                 )
             )
         # The replicated flag follows this leader's view: one command per change of it (and a
@@ -152,6 +163,7 @@ class Scheduler:
                     incarnation=m.incarnation,
                     suspect=suspect,
                     requeue=requeue,
+                    leader_term=term,
                 )
             )
         due = st.next_deadline_ms()

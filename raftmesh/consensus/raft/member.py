@@ -36,6 +36,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import pickle as _so_pickle
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import FileJournal
+from pysyncobj.syncobj import _RAFT_STATE
 
 from ..commands import decode_batch
 from ..machine import Applied, StateMachine
@@ -43,7 +44,7 @@ from ..results import Event, Result
 from ..state import ClusterState
 from . import wire
 from .compaction import SizeCompaction, keep_entries_after_snapshot
-from .durable_journal import CommitGate, DurableJournal, fsync_path, repair_journal
+from .durable_journal import FSYNC_FAILED_EXIT, CommitGate, DurableJournal, fsync_path, repair_journal
 from .election import Election
 from .read_index import ReadCallback, ReadIndex
 from .replication import Replication
@@ -169,6 +170,9 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         self._fsync = fsync
         self.journal: DurableJournal | None = None
         self._commit_gate = CommitGate(self)
+        self.leader_term: int | None = None
+        """The term this node leads in, None while it does not: set on the Raft thread at the
+        state change (``_SyncObj__setState``), one attribute, so any thread reads it whole."""
 
         def transport(so: Any, me: Any, others: Any) -> WarmTransport:
             return WarmTransport(so, me, others, journal=so.journal)  # set by the journal setter below
@@ -268,6 +272,15 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
                 log.error("refusing log entry: %s", exc)
                 return None
         return SyncObj._SyncObj__doApplyCommand(self, command)
+
+    def _SyncObj__setState(self, newState: Any) -> None:
+        """pysyncobj's state change, recording ``leader_term`` with it. The term cannot be read
+        beside ``is_leader`` instead: a leader that hears a later term stores the new term (a
+        journal sync and a meta fsync, GIL released) before it leaves the LEADER state, so for
+        those milliseconds ``is_leader`` and ``term`` together name a leadership that never was.
+        A candidate raises its term before it becomes leader, so the term read here is its own."""
+        SyncObj._SyncObj__setState(self, newState)
+        self.leader_term = int(self.raftCurrentTerm) if newState == _RAFT_STATE.LEADER else None
 
     def _entry_term(self, index: int) -> int | None:
         """The term of log entry ``index`` (pysyncobj's entries are (command, index, term)); None
@@ -449,8 +462,14 @@ class RaftMember:
         if self.config.fsync:
             # A snapshot received from the leader was renamed into place unsynced; it must be on
             # disk before pysyncobj clears the journal and acknowledges the install.
-            fsync_path(path)
-            fsync_path(os.path.dirname(os.path.abspath(path)), directory=True)
+            try:
+                fsync_path(path)
+                fsync_path(os.path.dirname(os.path.abspath(path)), directory=True)
+            except OSError as exc:
+                # pysyncobj's install swallows an exception and acknowledges: stop instead, as for
+                # a failed journal fsync (a retry could "succeed" for lost data).
+                log.critical("fsync of the snapshot %s failed (%s): stopping the node", path, exc)
+                os._exit(FSYNC_FAILED_EXIT)
         meta, state = self._snapshot_io.read(path)
         raft_meta = wire.loads(meta)  # refused before anything is restored
         with self.lock:
@@ -510,6 +529,13 @@ class RaftMember:
     @property
     def term(self) -> int:
         return int(self._so.raftCurrentTerm)
+
+    @property
+    def leader_term(self) -> int | None:
+        """The term this node leads in, None while it does not lead (``_SyncObj.leader_term``): a
+        leader-only decision is stamped with it, never with ``term`` read beside ``is_leader``."""
+        value: int | None = self._so.leader_term
+        return value
 
     @property
     def commit_index(self) -> int:
