@@ -48,6 +48,7 @@ synced and nothing waits.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -173,13 +174,30 @@ def _whole_records(data: mmap.mmap) -> tuple[int, int, int, str]:
 
 
 def _bytes_past_end(path: str, end: int) -> bool:
-    """Whether the journal file holds anything but zeros after its records' end ``end``."""
+    """Whether the journal file holds anything but zeros after its records' end ``end``.
+
+    pysyncobj grows the file by doubling, so the tail can be as large as the records: only its
+    data extents are read (``SEEK_DATA``/``SEEK_HOLE``; holes read as zeros), where the
+    filesystem can say where they are."""
     zeros = bytes(1 << 20)
     with open(path, "rb") as f:
-        f.seek(end)
-        while chunk := f.read(len(zeros)):
-            if chunk != zeros[: len(chunk)]:
-                return True
+        fd, size, pos = f.fileno(), os.fstat(f.fileno()).st_size, end
+        while pos < size:
+            try:
+                pos = os.lseek(fd, pos, os.SEEK_DATA)
+                stop = os.lseek(fd, pos, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return False  # nothing but a hole from here to the end
+                stop = size  # no extent map: read it all
+            f.seek(pos)
+            while pos < stop:
+                chunk = f.read(min(len(zeros), stop - pos))
+                if not chunk:
+                    return False
+                if chunk != zeros[: len(chunk)]:
+                    return True
+                pos += len(chunk)
     return False
 
 
@@ -380,7 +398,13 @@ class DurableJournal:
 
     def _sync_directory(self) -> None:
         if self.fsync:
-            fsync_path(os.path.dirname(os.path.abspath(self._path)) or ".", directory=True)
+            try:
+                fsync_path(os.path.dirname(os.path.abspath(self._path)) or ".", directory=True)
+            except OSError as exc:
+                # As for a journal fsync: a retry could "succeed" for lost data, and an exception
+                # here would reach pysyncobj's install, which swallows it and acknowledges.
+                log.critical("fsync of the Raft journal's directory failed (%s): stopping the node", exc)
+                os._exit(FSYNC_FAILED_EXIT)
 
     def _rewritten(self) -> None:
         """Every kept record was written again at a new offset (``clear``, ``deleteEntriesTo``,
@@ -472,7 +496,7 @@ class DurableJournal:
             self._rewrite_failed(exc)
         self._swap_inner(reopened)
 
-    def _rewrite_failed(self, exc: OSError) -> NoReturn:
+    def _rewrite_failed(self, exc: OSError | ValueError) -> NoReturn:
         # As for a failed journal fsync: the journal file is whole (old or new), a restart resumes.
         log.critical("rewriting the Raft journal %s failed (%s): stopping the node", self._path, exc)
         os._exit(FSYNC_FAILED_EXIT)
@@ -486,8 +510,11 @@ class DurableJournal:
             old._FileJournal__metaSaved,
         )
         inner._FileJournal__metaStorer = old._FileJournal__metaStorer
-        old._destroy()
-        self._inner = inner
+        self._inner = inner  # first: a failed close below must not leave a destroyed journal open
+        try:
+            old._destroy()  # an msync: a write-back error it reports would be lost to a later fsync
+        except (OSError, ValueError) as exc:
+            self._rewrite_failed(exc)
 
     def __getitem__(self, item: Any) -> Any:
         return self._inner[item]
