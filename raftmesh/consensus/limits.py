@@ -34,6 +34,9 @@ STAGE_PART_TASKS = 1_000
 CPU. Parts go one after the other (each a commit), so fewer, larger parts submit sooner."""
 STAGE_PART_BYTES = 512 * 1024
 """Encoded size of one part's task specs (a part ends early at this size)."""
+KEYED_RUN_ID_PREFIX = "rk-"
+"""A keyed staged submit's run id (``node.staging.keyed_run_id``: a digest of its request) starts
+with it, apart from the random "r-<hex>" ids; only such a stage speaks for its request."""
 STAGE_TTL_MS = 60_000
 """A stage whose next part does not arrive within this state time is dropped by a tick."""
 MAX_STAGES = 32

@@ -206,6 +206,7 @@ class StateMachine:
             elif isinstance(cmd, Complete | Fail) and res.code is Code.ABORTED:
                 # Every item fenced out: nothing changed, but a node's stale work is worth recording.
                 trail.append(Applied(cmd, res, [], [], st.revision, st.time_ms, changed=False))
+        self.entry_term = None  # a later direct ``apply`` is of no log entry
         return results, events
 
     def apply(self, cmd: Command) -> tuple[Result, list[Event]]:

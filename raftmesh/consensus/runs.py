@@ -248,8 +248,19 @@ def stage(ctx: ApplyContext, cmd: StageRun) -> Result:
 
 
 def _live_stage_of_key(st: ClusterState, key: str, now_ms: int) -> Stage | None:
-    """The oldest stage of ``key`` not past its expiry, or None."""
-    return next((s for s in st.stages.values() if s.idempotency_key == key and s.expires_ms > now_ms), None)
+    """The oldest stage of ``key`` not past its expiry under a keyed run id, or None. A stage of the
+    key under a random id (from before keyed run ids) may be this very request's earlier attempt:
+    it is dropped below, as before, rather than refusing its own retry for up to the expiry."""
+    return next(
+        (
+            s
+            for s in st.stages.values()
+            if s.idempotency_key == key
+            and s.expires_ms > now_ms
+            and s.run_id.startswith(limits.KEYED_RUN_ID_PREFIX)
+        ),
+        None,
+    )
 
 
 def _key_in_use(cmd: StageRun, rival: Stage, now_ms: int) -> Rejected:

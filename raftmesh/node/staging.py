@@ -113,7 +113,7 @@ def keyed_run_id(cmd: SubmitRun, encoded: list[bytes]) -> str:
     digest = hashlib.sha256(_PACK(head.to_map()))
     for b in encoded:
         digest.update(b)
-    return "rk-" + digest.hexdigest()[:32]
+    return limits.KEYED_RUN_ID_PREFIX + digest.hexdigest()[:32]
 
 
 def _applied_parts(st: ClusterState, cmd: SubmitRun, node_id: str) -> int:

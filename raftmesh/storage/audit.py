@@ -671,8 +671,8 @@ class AuditArchive:
             if is_open or run_revision > self._last_revision
         }
         marked = set(restored)
-        if touched is not None:
-            marked |= touched.runs
+        if touched is not None:  # only runs this archive holds: one it never saw is incomplete anyway
+            marked |= {r for r in touched.runs if txn.get(r.encode(), db=self._runs) is not None}
         everything = touched is not None and touched.everything
         with txn.cursor(db=self._runs) as cur:
             for k, v in cur.iternext(keys=True, values=True):
