@@ -165,3 +165,12 @@ def test_terms_are_recorded_merged_from_the_chosen_entry_and_optional(tmp_path: 
     assert merged.terms == {1: 3, 2: 4}  # from a holder of the chosen entry, never the stray's
     old = ArchiveContents(entries={1: b"one"})
     assert merge_archives({"n1": old}, 1, 1).terms == {}
+
+
+def test_an_entry_archived_before_terms_gets_its_term_when_applied_again(tmp_path: Path) -> None:
+    a = AppliedArchive(str(tmp_path))
+    a.record(1, b"one")  # archived by a node from before terms were recorded
+    a.record(1, b"one", 3)  # applied again after a restart, with its term
+    a.record(1, b"one", 5)  # a later replay never changes a recorded term
+    a.close()
+    assert read_archive(str(tmp_path)).terms == {1: 3}

@@ -1080,3 +1080,43 @@ def test_a_crash_at_any_step_of_a_conflict_truncation_leaves_the_old_or_the_new_
     )
     assert (term, vote) == (2, "leader")
     assert not os.path.exists(path + ".compact"), "the unfinished new file was left behind"
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        ("all hole", False),
+        ("data in the last byte", True),
+        ("zeros written after the end", False),
+        ("data past a hole", True),
+        ("end inside data, zeros after it", False),
+        ("end past the file", False),
+    ],
+)
+def test_bytes_past_the_end_are_found_in_data_extents_and_holes_read_as_zeros(
+    tmp_path: Any, layout: str, expected: bool
+) -> None:
+    """``_bytes_past_end`` reads only the data extents past the records' end (pysyncobj's file
+    doubles as it grows, so the tail can be as large as the records), and finds any non-zero byte."""
+    from raftmesh.consensus.raft.durable_journal import _bytes_past_end
+
+    path = tmp_path / "j"
+    size, end = 4 << 20, 4096
+    with open(path, "wb") as f:
+        f.write(b"\1" * end)  # the records
+        f.truncate(size)  # a sparse tail
+        if layout == "data in the last byte":
+            f.seek(size - 1)
+            f.write(b"\7")
+        elif layout == "zeros written after the end":
+            f.seek(end)
+            f.write(bytes(1 << 20))
+        elif layout == "data past a hole":
+            f.seek(2 << 20)
+            f.write(b"\0" * 100 + b"\1")
+    at = {"end inside data, zeros after it": 100, "end past the file": size + 10}.get(layout, end)
+    if layout == "end inside data, zeros after it":
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(bytes(end - at))
+    assert _bytes_past_end(str(path), at) is expected

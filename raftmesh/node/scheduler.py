@@ -112,10 +112,13 @@ class Scheduler:
         now = self._clock.now_ms()
         ups = [m for m in st.members.values() if m.up]
         cmds: list[Command] = []
-        term = self._leader_term() if self._leader_term is not None else 0
-        term = term or 0  # 0: unstamped (the proposer stamps its own); None: no longer leading
+        # The term this step decides in; None: this node no longer leads (or is only just becoming
+        # leader), so it decides nobody's liveness this step. Without a callback (tests), 0: the
+        # proposer stamps its own term.
+        led = self._leader_term() if self._leader_term is not None else 0
+        term = led or 0
         self.liveness.observe_raft()
-        for o in self.liveness.overdue(ups):
+        for o in self.liveness.overdue(ups) if led is not None else ():
             if o.node_id in self._down_inflight or self.liveness.cut_off:
                 continue
             self._down_inflight.add(o.node_id)
@@ -134,7 +137,7 @@ class Scheduler:
         # new leader's first corrections), none while the two agree.
         silent = self.liveness.silent(ups)
         lost = self.liveness.lost(ups)
-        for m in ups:
+        for m in ups if led is not None else ():
             node_id = m.node_id
             if node_id in self._down_inflight | self._suspect_inflight or self.liveness.cut_off:
                 continue

@@ -77,11 +77,12 @@ class AppliedArchive:
             key = _key(index)
             with self._lock, self._env.begin(write=True) as txn:
                 old = txn.get(key, db=self._entries)
-                if old is None:
-                    txn.put(key, entry, db=self._entries)
-                    if term is not None:
-                        txn.put(key, _key(term), db=self._terms)
-                elif old != entry:
+                if old is None or old == entry:
+                    if old is None:
+                        txn.put(key, entry, db=self._entries)
+                    if term is not None:  # also for an entry archived before terms were recorded
+                        txn.put(key, _key(term), db=self._terms, overwrite=old is None)
+                else:
                     n = txn.stat(self._conflicts)["entries"]
                     txn.put(key + _key(n), entry, db=self._conflicts)
                     log.error("applied entry %d differs from the one archived before at that index", index)

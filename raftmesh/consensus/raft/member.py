@@ -279,6 +279,9 @@ class _SyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj ships no type inform
         journal sync and a meta fsync, GIL released) before it leaves the LEADER state, so for
         those milliseconds ``is_leader`` and ``term`` together name a leadership that never was.
         A candidate raises its term before it becomes leader, so the term read here is its own."""
+        # After pysyncobj's own (it runs ``conf.onStateChanged``, which raftmesh does not set: a
+        # callback would still see the previous value). Readers may briefly see LEADER with no
+        # ``leader_term`` yet: they treat it as not leading (the scheduler decides nothing then).
         SyncObj._SyncObj__setState(self, newState)
         self.leader_term = int(self.raftCurrentTerm) if newState == _RAFT_STATE.LEADER else None
 
