@@ -537,19 +537,7 @@ def test_a_crash_at_any_step_of_a_snapshot_install_leaves_the_old_or_the_new_jou
     (on a power cut, with its pages written back in any order, one that does not load). The
     durable journal writes them to a new file renamed over the old one: a process killed at each
     step leaves the old journal or the new one, whole, with term, vote and commit index."""
-    import subprocess
-    import sys
-
-    import raftmesh
-
-    path = str(tmp_path / "raft.journal")
-    _old_journal(path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(raftmesh.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    child = subprocess.run(
-        [sys.executable, "-c", _INSTALL_CHILD, path, step], env=env, capture_output=True, timeout=60
-    )
-    assert child.returncode == 9, f"never reached {step!r}: {child.stderr.decode()[-2000:]}"
+    path = _crashed_at(tmp_path, _INSTALL_CHILD, step)
     held, term, vote, _ = _loaded(path)
     assert held == (_INSTALLED if installed else _OLD), f"after a crash at {step!r}"
     assert (term, vote) == (2, "leader")
@@ -1061,19 +1049,7 @@ def test_a_crash_at_any_step_of_a_conflict_truncation_leaves_the_old_or_the_new_
 ) -> None:
     """The truncation's new file is renamed over the journal: a process killed at each step leaves
     the old journal or the new one, whole, with term and vote."""
-    import subprocess
-    import sys
-
-    import raftmesh
-
-    path = str(tmp_path / "raft.journal")
-    _old_journal(path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(raftmesh.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    child = subprocess.run(
-        [sys.executable, "-c", _TRUNCATE_CHILD, path, step], env=env, capture_output=True, timeout=60
-    )
-    assert child.returncode == 9, f"never reached {step!r}: {child.stderr.decode()[-2000:]}"
+    path = _crashed_at(tmp_path, _TRUNCATE_CHILD, step)
     held, term, vote, _ = _loaded(path)
     assert held == (_OLD if kept == 10 else _OLD[:7] + [(b"new8", 8, 3)][: kept - 7]), (
         f"after a crash at {step!r}"
@@ -1120,3 +1096,22 @@ def test_bytes_past_the_end_are_found_in_data_extents_and_holes_read_as_zeros(
             f.seek(at)
             f.write(bytes(end - at))
     assert _bytes_past_end(str(path), at) is expected
+
+
+def _crashed_at(tmp_path: Any, child_script: str, step: str) -> str:
+    """A child process runs ``child_script`` on a journal holding ``_OLD`` and exits (status 9,
+    ``os._exit``: no cleanup) at ``step``; the journal's path."""
+    import subprocess
+    import sys
+
+    import raftmesh
+
+    path = str(tmp_path / "raft.journal")
+    _old_journal(path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(raftmesh.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.run(
+        [sys.executable, "-c", child_script, path, step], env=env, capture_output=True, timeout=60
+    )
+    assert child.returncode == 9, f"never reached {step!r}: {child.stderr.decode()[-2000:]}"
+    return path
