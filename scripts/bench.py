@@ -125,7 +125,6 @@ import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -139,6 +138,7 @@ from typing import Any
 from _benchkit import (
     RAY_EXIT_WAIT_S,
     Interrupted,
+    baseline_env,
     dask_cluster,
     dask_importable,
     environment,
@@ -1060,19 +1060,7 @@ def run(args: argparse.Namespace, tmp: str, stack: contextlib.ExitStack) -> dict
     rm_bl: RaftmeshBench | None = None
     bl_startup = math.nan
     if args.baseline_tree or args.baseline_args:
-        env: dict[str, str] = {}
-        if args.baseline_tree:
-            # PYTHONSAFEPATH: `python -m` would put the working directory (maybe another checkout) first.
-            env = {"PYTHONPATH": os.path.abspath(args.baseline_tree), "PYTHONSAFEPATH": "1"}
-            got = subprocess.run(
-                [sys.executable, "-c", "import raftmesh; print(raftmesh.__file__)"],
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-            if not got.startswith(os.path.abspath(args.baseline_tree) + os.sep):
-                raise SystemExit(f"bench: --baseline-tree {args.baseline_tree}: the nodes would import {got}")
+        env = baseline_env(args.baseline_tree, "bench") if args.baseline_tree else {}
         log(
             f"starting a baseline raftmesh LocalCluster: tree {args.baseline_tree or '(this one)'}, "
             f"extra node flags {args.baseline_args!r}"

@@ -64,7 +64,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _benchkit import Interrupted, environment, finite, interrupt, positive_int, ratio
+from _benchkit import Interrupted, baseline_env, environment, finite, interrupt, positive_int, ratio
 
 from raftmesh.errors import RaftmeshError
 
@@ -289,18 +289,7 @@ MAX_METRIC = "raftmesh_raft_apply_entry_seconds_max"
 def start_cluster(args: argparse.Namespace, base: str, tree: str | None, stack: contextlib.ExitStack) -> Any:
     from raftmesh.localcluster import LocalCluster
 
-    env: dict[str, str] = {}
-    if tree:
-        env = {"PYTHONPATH": os.path.abspath(tree), "PYTHONSAFEPATH": "1"}
-        got = subprocess.run(
-            [sys.executable, "-c", "import raftmesh; print(raftmesh.__file__)"],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        if not got.startswith(os.path.abspath(tree) + os.sep):
-            raise SystemExit(f"bench_scale: --baseline-tree {tree}: the nodes would import {got}")
+    env = baseline_env(tree, "bench_scale") if tree else {}
     cluster = LocalCluster(
         args.nodes,
         base_dir=base,
