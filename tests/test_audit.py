@@ -3,11 +3,13 @@ archive (order, idempotent re-apply, snapshot gaps, the bound), and GetAudit / S
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import lmdb
@@ -180,19 +182,55 @@ def test_a_snapshot_over_a_gap_marks_open_runs_incomplete(archive: AuditArchive)
     assert archive.flush() and archive.timeline("fresh").complete
 
 
-def test_a_snapshot_over_a_gap_marks_a_run_reopened_and_ended_again_within_it(archive: AuditArchive) -> None:
-    """The chaos run's find (seed 23, snapshots every 100 entries): a node archived a run's end,
-    missed a retry that reopened it and its second end (a snapshot covered them), and answered
-    GetAudit with a timeline it called complete but without the rerun's completed rows."""
+def _ended_and_quiet(archive: AuditArchive, again_tasks: list[Any] | None = None) -> Audited:
+    """Two runs ended and archived whole: "again" (to be reopened and ended again in a gap) and
+    "quiet" (left alone)."""
     c = Audited(archive)
     c.ok(c.register("n1"))
-    c.ok(c.submit("again", [spec("a"), spec("b", "a")]))
-    c.run_task("again", "a")
-    c.run_task("again", "b")
+    tasks = again_tasks or [spec("a")]
+    c.ok(c.submit("again", tasks))
+    for t in tasks:
+        c.run_task("again", t.id)
     c.ok(c.submit("quiet", [spec("a")]))
     c.run_task("quiet", "a")
     assert archive.flush()
     assert archive.timeline("again").complete and archive.timeline("quiet").complete
+    return c
+
+
+@contextlib.contextmanager
+def _writer_blocked(archive: AuditArchive, c: Audited) -> Iterator[None]:
+    """A slow disk: the writer blocks in its next transaction (one ``register`` hands it a batch),
+    so what is applied meanwhile queues up; released at exit."""
+    txn = archive._env.begin(write=True)
+    try:
+        c.ok(c.register("n2"))
+        _until(lambda: archive._queue.qsize() == 0)  # the writer holds it, waiting for the lock
+        yield
+    finally:
+        txn.abort()
+
+
+@contextlib.contextmanager
+def _writes_fail(archive: AuditArchive, monkeypatch: Any) -> Iterator[None]:
+    """Every write transaction fails (a full disk) until exit."""
+
+    def failing(txn: Any, trail: Any, metas: Any) -> None:
+        raise lmdb.MapFullError("the disk is full")
+
+    write = archive._write
+    monkeypatch.setattr(archive, "_write", failing)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(archive, "_write", write)
+
+
+def test_a_snapshot_over_a_gap_marks_a_run_reopened_and_ended_again_within_it(archive: AuditArchive) -> None:
+    """The chaos run's find (seed 23, snapshots every 100 entries): a node archived a run's end,
+    missed a retry that reopened it and its second end (a snapshot covered them), and answered
+    GetAudit with a timeline it called complete but without the rerun's completed rows."""
+    c = _ended_and_quiet(archive, [spec("a"), spec("b", "a")])
     # The leader went on: "again" was rerun and ended again, "quiet" did not change.
     other = Audited()
     other.sm.state = ClusterState.decode(c.st.encode())
@@ -215,25 +253,13 @@ def test_a_dropped_batch_marks_a_run_it_reopened_and_ended_again(
 ) -> None:
     archive = AuditArchive(str(tmp_path))
     try:
-        c = Audited(archive)
-        c.ok(c.register("n1"))
-        c.ok(c.submit("again", [spec("a")]))
-        c.run_task("again", "a")
-        c.ok(c.submit("quiet", [spec("a")]))
-        c.run_task("quiet", "a")
-        assert archive.flush()
-        assert archive.timeline("again").complete and archive.timeline("quiet").complete
+        c = _ended_and_quiet(archive)
         monkeypatch.setattr(audit_mod, "QUEUE_BATCHES", 2)
-        txn = archive._env.begin(write=True)  # a slow disk: the writer blocks in its next transaction
-        try:
-            c.ok(c.register("n2"))
-            _until(lambda: archive._queue.qsize() == 0)  # the writer holds it, waiting for the lock
+        with _writer_blocked(archive, c):
             c.ok(c.register("n3"))  # these two fill the queue
             c.ok(c.register("n4"))
             c.ok(c.rerun("again", "a"))  # dropped, and so are its run's placement and second end
             c.run_task("again", "a")
-        finally:
-            txn.abort()
         assert archive.flush()
         assert c.st.runs["again"].status is c.st.runs["quiet"].status  # ended again
         assert not archive.timeline("again").complete
@@ -245,23 +271,11 @@ def test_a_dropped_batch_marks_a_run_it_reopened_and_ended_again(
 def test_a_failed_write_marks_a_run_its_batches_reopened_and_ended_again(
     archive: AuditArchive, monkeypatch: Any
 ) -> None:
-    c = Audited(archive)
-    c.ok(c.register("n1"))
-    c.ok(c.submit("again", [spec("a")]))
-    c.run_task("again", "a")
-    c.ok(c.submit("quiet", [spec("a")]))
-    c.run_task("quiet", "a")
-    assert archive.flush()
-    write = archive._write
-
-    def failing(txn: Any, trail: Any, metas: Any) -> None:
-        raise lmdb.MapFullError("the disk is full")
-
-    monkeypatch.setattr(archive, "_write", failing)
-    c.ok(c.rerun("again", "a"))
-    c.run_task("again", "a")  # reopened and ended again, all in lost transactions
-    assert archive.flush()
-    monkeypatch.setattr(archive, "_write", write)
+    c = _ended_and_quiet(archive)
+    with _writes_fail(archive, monkeypatch):
+        c.ok(c.rerun("again", "a"))
+        c.run_task("again", "a")  # reopened and ended again, all in lost transactions
+        assert archive.flush()
     assert archive.failures >= 1
     assert not archive.timeline("again").complete
     assert archive.timeline("quiet").complete
@@ -317,16 +331,11 @@ def _dropped_batch(archive: AuditArchive, monkeypatch: pytest.MonkeyPatch) -> No
     assert archive.flush()
     c.ok(c.complete("before", "a"))
     assert archive.flush()
-    txn = archive._env.begin(write=True)  # a slow disk: the writer blocks in its next transaction
-    try:
-        c.ok(c.register("n2"))
-        _until(lambda: archive._queue.qsize() == 0)  # the writer holds it, waiting for the lock
+    with _writer_blocked(archive, c):
         c.ok(c.submit("r1", [spec("a")]))  # these three fill the queue
         c.ok(c.assign(("r1", "a", "n1")))
         c.ok(c.register("n3"))
         c.ok(c.complete("r1", "a"))  # the run finishes: dropped
-    finally:
-        txn.abort()
     assert archive.flush()
     tl = archive.timeline("r1")
     assert tl.known and "run_finished" not in [r.kind for r in tl.rows]
@@ -345,17 +354,11 @@ def test_a_failed_write_marks_the_runs_open_then_incomplete(archive: AuditArchiv
     c.ok(c.submit("done", [spec("a")]))
     c.run_task("done", "a")
     assert archive.flush()
-    write = archive._write
-
-    def failing(txn: Any, trail: Any, metas: Any) -> None:
-        raise lmdb.MapFullError("the disk is full")
-
-    monkeypatch.setattr(archive, "_write", failing)
-    c.ok(c.assign(("r1", "a", "n1")))
-    c.ok(c.complete("r1", "a"))  # the run's end is lost with the failed transaction
-    assert archive.flush()
-    assert archive.failures == 1
-    monkeypatch.setattr(archive, "_write", write)
+    with _writes_fail(archive, monkeypatch):
+        c.ok(c.assign(("r1", "a", "n1")))
+        c.ok(c.complete("r1", "a"))  # the run's end is lost with the failed transaction
+        assert archive.flush()
+        assert archive.failures == 1
     tl = archive.timeline("r1")
     assert tl.known and not tl.complete and "run_finished" not in [r.kind for r in tl.rows]
     assert archive.timeline("done").complete
