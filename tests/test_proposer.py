@@ -9,9 +9,10 @@ request ids; the state machine's dedup makes the retry apply once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -78,17 +79,24 @@ def submit(key: str) -> SubmitRun:
     return SubmitRun(f"s-{key}", 2000, run_id=f"r-{key}", idempotency_key=key, tasks=(TaskSpec("a", "echo"),))
 
 
-async def _propose(
-    raft: FakeRaft, cmds: list[Any], timeout_s: float = 5.0, commit_timeout_s: float = 0.2
-) -> list[Any]:
+@contextlib.asynccontextmanager
+async def _running(raft: FakeRaft, commit_timeout_s: float) -> AsyncIterator[Proposer]:
+    """A started proposer over ``raft``, stopped at exit."""
     p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=commit_timeout_s)  # type: ignore[arg-type]
     p.start()
     try:
+        yield p
+    finally:
+        await p.stop()
+
+
+async def _propose(
+    raft: FakeRaft, cmds: list[Any], timeout_s: float = 5.0, commit_timeout_s: float = 0.2
+) -> list[Any]:
+    async with _running(raft, commit_timeout_s=commit_timeout_s) as p:
         return await asyncio.gather(
             *(p.propose(c, timeout_s=timeout_s) for c in cmds), return_exceptions=True
         )
-    finally:
-        await p.stop()
 
 
 @pytest.mark.parametrize("trap", ["applied_then_leader_changed", "applied_then_lost", "missing_leader"])
@@ -132,9 +140,7 @@ def test_a_node_cut_off_from_its_leader_answers_before_the_deadline(monkeypatch:
 
     async def go() -> tuple[Any, Any, int, Any]:
         raft = HeldRaft()
-        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=60.0)  # type: ignore[arg-type]
-        p.start()
-        try:
+        async with _running(raft, commit_timeout_s=60.0) as p:
             async with asyncio.timeout(5):  # without the limit, each waits its 30 s deadline
                 first = asyncio.ensure_future(p.propose(register(), timeout_s=30.0))
                 while not raft.held:
@@ -153,8 +159,6 @@ def test_a_node_cut_off_from_its_leader_answers_before_the_deadline(monkeypatch:
                     await asyncio.sleep(0.005)
             raft.held.pop()([SubmitRunResult("r-k2", created=True)], None)
             return handed, new, proposals, await again
-        finally:
-            await p.stop()
 
     handed, new, proposals, again = asyncio.run(go())
     assert isinstance(handed, OutcomeUnknown), handed  # it was handed to Raft: it may be applied
@@ -174,9 +178,7 @@ def test_a_leader_named_but_no_longer_heard_is_no_leader_for_the_fail_fast(
 
     async def go() -> tuple[Any, Any, int, Any]:
         raft = HeldRaft()
-        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=60.0)  # type: ignore[arg-type]
-        p.start()
-        try:
+        async with _running(raft, commit_timeout_s=60.0) as p:
             raft.unheard = True  # leader_addr unchanged
             async with asyncio.timeout(5):  # without the fix, each waits its 30 s deadline
                 queued = asyncio.ensure_future(p.propose(register(), timeout_s=30.0))
@@ -195,8 +197,6 @@ def test_a_leader_named_but_no_longer_heard_is_no_leader_for_the_fail_fast(
                     await asyncio.sleep(0.005)
             raft.held.pop()([SubmitRunResult("r-k2", created=True)], None)
             return queued.exception(), new, proposals, await again
-        finally:
-            await p.stop()
 
     queued, new, proposals, again = asyncio.run(go())
     assert isinstance(queued, NoLeader) and isinstance(new, NoLeader), (queued, new)
@@ -244,9 +244,7 @@ def test_a_new_leader_ends_the_retry_backoff() -> None:
 
     async def go() -> tuple[Result, bool, int]:
         raft = FakeRaft(["missing_leader", "ok"])
-        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
-        p.start()
-        try:
+        async with _running(raft, commit_timeout_s=5.0) as p:
             fut = asyncio.ensure_future(p.propose(register(), timeout_s=30.0))
             async with asyncio.timeout(10):
                 while not p._backing_off:  # the first attempt failed: its retry waits out a backoff
@@ -255,8 +253,6 @@ def test_a_new_leader_ends_the_retry_backoff() -> None:
             p.leader_changed()
             res = await fut
             return res, timer.cancelled(), raft.proposals
-        finally:
-            await p.stop()
 
     res, cancelled, proposals = asyncio.run(go())
     assert res.ok and proposals == 2
@@ -365,9 +361,7 @@ def test_a_leader_only_command_is_not_retried_through_the_next_leader() -> None:
 
     async def go(leader_only: bool) -> tuple[Any, DeposedRaft]:
         raft = DeposedRaft()
-        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
-        p.start()
-        try:
+        async with _running(raft, commit_timeout_s=5.0) as p:
             got = await asyncio.gather(
                 p.propose(register(), timeout_s=5.0, leader_only=leader_only), return_exceptions=True
             )
@@ -376,8 +370,6 @@ def test_a_leader_only_command_is_not_retried_through_the_next_leader() -> None:
             )
             assert isinstance(after[0], NoLeader)  # no longer leading: never handed to Raft
             return got[0], raft
-        finally:
-            await p.stop()
 
     res, raft = asyncio.run(go(True))
     assert isinstance(res, OutcomeUnknown) and "not retried" in str(res)
@@ -414,14 +406,10 @@ def test_a_liveness_decision_forwarded_to_the_next_leader_changes_nothing() -> N
     async def go(entry_term: int) -> tuple[list[Result], FakeRaft]:
         raft = ForwardingRaft(term=3, entry_term=entry_term)
         raft.machine.apply(register())
-        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
-        p.start()
-        try:
+        async with _running(raft, commit_timeout_s=5.0) as p:
             flag = SuspectNode("s-1", 3000, node_id="n1", incarnation="i1", suspect=True)
             down = NodeDown("d-1", 3000, node_id="n1", incarnation="i1", reason="gone")
             return [await p.propose(c, leader_only=True) for c in (flag, down)], raft
-        finally:
-            await p.stop()
 
     results, raft = asyncio.run(go(entry_term=4))
     assert [r.code for r in results] == [Code.ABORTED, Code.ABORTED], results
@@ -449,16 +437,12 @@ def test_a_decision_proposed_mid_step_down_carries_the_term_it_led_in() -> None:
     async def go() -> tuple[Result, Any]:
         raft = SteppingDownRaft(term=4, entry_term=4)
         raft.machine.apply(register())
-        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
-        p.start()
-        try:
+        async with _running(raft, commit_timeout_s=5.0) as p:
             down = NodeDown("d-1", 3000, node_id="n1", incarnation="i1", reason="gone")
             res = await p.propose(down, leader_only=True)
             old = dataclasses.replace(down, request_id="d-2", leader_term=2)
             refused = await asyncio.gather(p.propose(old, leader_only=True), return_exceptions=True)
             return res, refused[0]
-        finally:
-            await p.stop()
 
     res, refused = asyncio.run(go())
     assert res.code is Code.ABORTED, res
@@ -472,12 +456,8 @@ def test_a_submits_prefer_is_dropped_when_it_goes_to_another_leader() -> None:
     async def go() -> tuple[Result, DeposedRaft]:
         raft = DeposedRaft()
         raft.machine.apply(register())
-        p = Proposer(raft, asyncio.get_running_loop(), commit_timeout_s=5.0)  # type: ignore[arg-type]
-        p.start()
-        try:
+        async with _running(raft, commit_timeout_s=5.0) as p:
             return await p.propose(dataclasses.replace(submit("k"), prefer="n1"), timeout_s=5.0), raft
-        finally:
-            await p.stop()
 
     res, raft = asyncio.run(go())
     assert res.ok, res
