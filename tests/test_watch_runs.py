@@ -359,6 +359,32 @@ def test_run_to_end_answers_the_ended_run_or_names_the_run_still_going(
     assert c.run(fan_out(1), timeout_s=30).tasks["total"].output == 1  # seed 1 -> p0 1 -> total 1
 
 
+def test_run_to_end_waits_without_the_watch_stream(
+    node: InProcessNode,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RunToEnd reads only the run's status until it ends: the watch's snapshot and events, built
+    while the agent waited to start, are a stream's. A run reopened, or one the key named, still
+    answers once ended."""
+    from raftmesh.client._runs import submit_request
+    from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+    def no_watch(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("RunToEnd streamed the watch")
+
+    monkeypatch.setattr(service.ClusterService, "_watch", no_watch)
+    with grpc.insecure_channel(node.address) as ch:
+        stub = pb_grpc.ClusterStub(ch)
+        req = submit_request(fan_out(2))
+        run = stub.RunToEnd(pb.RunToEndRequest(submit=req), timeout=30)
+        assert run.status == pb.RUN_STATUS_SUCCEEDED and len(run.tasks) == 4
+        again = stub.RunToEnd(pb.RunToEndRequest(submit=req), timeout=30)  # the key's run: a barrier
+        assert again.run_id == run.run_id and again.status == pb.RUN_STATUS_SUCCEEDED
+        slow = stub.RunToEnd(pb.RunToEndRequest(submit=submit_request(_slow(0.3))), timeout=30)
+        assert slow.status == pb.RUN_STATUS_SUCCEEDED
+    assert node.client.run(fan_out(1), timeout_s=30).tasks["total"].output == 1
+
+
 @pytest.fixture
 def without_run_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     """A node started after this has no RunToEnd (an older one): the servicer's base answers

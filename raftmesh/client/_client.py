@@ -119,9 +119,9 @@ class Driver:
                 if isinstance(effect, Sleep):
                     time.sleep(effect.seconds)
                 else:
-                    stub = STUBS[effect.service](c._channel(effect.addr))
+                    unary = c._method(effect.service, effect.method, effect.addr)
                     try:
-                        reply = getattr(stub, effect.method)(effect.request, timeout=effect.timeout_s)
+                        reply = unary(effect.request, timeout=effect.timeout_s, metadata=c._metadata())
                     except grpc.RpcError as exc:
                         reply = exc
                 effect = op.send(reply)
@@ -139,7 +139,8 @@ class Driver:
             addr, request, timeout = opened
             dog: Watchdog | None = None
             try:
-                call = getattr(STUBS[plan.service](c._channel(addr)), plan.method)(request, timeout=timeout)
+                streaming = c._method(plan.service, plan.method, addr)
+                call = streaming(request, timeout=timeout, metadata=c._metadata())
                 plan.attach(call)
                 dog = Watchdog(call)
                 for msg in call:
@@ -167,6 +168,12 @@ class Client(Conn, Driver):
 
     def _open(self) -> None:
         self._channels: dict[str, grpc.Channel] = {}
+        """Per address, the channel that adds the token and trace itself (``_channel``)."""
+        self._plain: dict[str, grpc.Channel] = {}
+        """Per address, the channel the driver's calls go on, passing ``_metadata()`` themselves."""
+        self._methods: dict[tuple[str, str, str], Any] = {}
+        """(service, method, address) -> grpc's callable, made once: a stub per call built every
+        method's callable (~0.05 ms), and the channel's Python interceptor cost ~0.15 ms a call."""
         from ._coord import KvClient, LockClient
 
         self.kv = KvClient(self)
@@ -193,21 +200,39 @@ class Client(Conn, Driver):
     def _stub(self, addr: str) -> pb_grpc.ClusterStub:
         return pb_grpc.ClusterStub(self._channel(addr))
 
+    def _plain_channel(self, addr: str) -> grpc.Channel:
+        ch = self._plain.get(addr)
+        if ch is None:
+            ch = self._plain[addr] = self.credentials.plain_channel(addr, options=CHANNEL_OPTIONS)
+        return ch
+
     def _channel(self, addr: str) -> grpc.Channel:
+        """A channel whose every call carries the token and its trace (``_stub``'s callers)."""
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self.credentials.channel(
-                addr,
-                options=CHANNEL_OPTIONS,
-                extra=tracing.client_metadata,  # every call carries its trace (raftmesh.tracing)
-            )
+            # every call carries its trace (raftmesh.tracing)
+            ch = self.credentials.with_metadata(self._plain_channel(addr), tracing.client_metadata)
             self._channels[addr] = ch
         return ch
 
+    def _method(self, service: str, method: str, addr: str) -> Any:
+        """grpc's callable for ``service.method`` at ``addr``; its calls pass ``_metadata()``."""
+        key = (service, method, addr)
+        call = self._methods.get(key)
+        if call is None:
+            call = self._methods[key] = getattr(STUBS[service](self._plain_channel(addr)), method)
+        return call
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        """The token and the trace of a call made now (raftmesh.tracing)."""
+        return self.credentials.metadata() + tracing.client_metadata()
+
     def close(self) -> None:
-        for ch in self._channels.values():
+        for ch in self._plain.values():  # the intercepted channels share these
             ch.close()
+        self._plain.clear()
         self._channels.clear()
+        self._methods.clear()
 
     def __enter__(self) -> Client:
         return self

@@ -143,12 +143,19 @@ class Credentials:
         extra: Callable[[], Metadata] | None = None,
     ) -> grpc.Channel:
         """A channel to ``addr`` with this TLS and token (and ``extra()`` metadata per call)."""
+        return self.with_metadata(self.plain_channel(addr, options), extra)
+
+    def plain_channel(self, addr: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A channel to ``addr`` with this TLS and no metadata of its own: each call passes
+        ``metadata()`` itself (``raftmesh.Client``'s calls: grpc's Python interceptor costs ~0.15 ms
+        a call)."""
         opts = self._options(addr, options)
-        ch = (
-            grpc.secure_channel(addr, self.channel_credentials(), options=opts)
-            if self.tls
-            else grpc.insecure_channel(addr, options=opts)
-        )
+        if self.tls:
+            return grpc.secure_channel(addr, self.channel_credentials(), options=opts)
+        return grpc.insecure_channel(addr, options=opts)
+
+    def with_metadata(self, ch: grpc.Channel, extra: Callable[[], Metadata] | None = None) -> grpc.Channel:
+        """``ch`` sending the token (and ``extra()`` metadata) with every call."""
         fixed = self.metadata()
         if not fixed and extra is None:
             return ch

@@ -1,0 +1,78 @@
+"""How the synchronous client makes its calls: grpc's callables made once per method and node, the
+token and the trace sent with every call (no grpc Python interceptor on the call path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+
+from raftmesh import calls
+from raftmesh.client import Client
+from raftmesh.client import _client as client_module
+from raftmesh.localcluster import free_ports
+from raftmesh.proto.raftmesh.v1 import cluster_pb2 as pb
+from raftmesh.proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
+
+
+class _Recorder(pb_grpc.ClusterServicer):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    def WhoAmI(self, request: pb.WhoAmIRequest, context: grpc.ServicerContext) -> pb.WhoAmIResponse:
+        self.seen.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
+        return pb.WhoAmIResponse(principal="anonymous", node_id="n1")
+
+
+@pytest.fixture
+def node() -> Iterator[tuple[str, _Recorder]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    recorder = _Recorder()
+    pb_grpc.add_ClusterServicer_to_server(recorder, server)
+    addr = f"127.0.0.1:{free_ports(1)[0]}"
+    server.add_insecure_port(addr)
+    server.start()
+    try:
+        yield addr, recorder
+    finally:
+        server.stop(None)
+
+
+def test_calls_to_one_node_reuse_one_callable_and_carry_token_and_trace(
+    node: tuple[str, _Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addr, recorder = node
+    built: list[Any] = []
+    stub = client_module.STUBS["Cluster"]
+
+    def counting(channel: grpc.Channel) -> Any:
+        built.append(channel)
+        return stub(channel)
+
+    monkeypatch.setitem(client_module.STUBS, "Cluster", counting)
+    with Client([addr], token="t0ken") as c:
+        for _ in range(3):
+            assert c.whoami()["node_id"] == "n1"
+    # A stub builds a callable for each of the service's methods: once per node, not per call.
+    assert len(built) == 1
+    assert len(recorder.seen) == 3
+    traces = set()
+    for md in recorder.seen:
+        assert md.get("authorization") == "Bearer t0ken"
+        parsed = calls.parse_traceparent(md.get("traceparent", ""))
+        assert parsed is not None
+        traces.add(parsed[0])
+    assert len(traces) == 3  # a new trace per call (nothing pinned)
+
+
+def test_the_stub_of_a_client_still_sends_token_and_trace(node: tuple[str, _Recorder]) -> None:
+    """``Client._stub`` (tests and tools call a method the SDK does not wrap) keeps its metadata."""
+    addr, recorder = node
+    with Client([addr], token="t0ken") as c:
+        c._stub(addr).WhoAmI(pb.WhoAmIRequest(), timeout=5)
+    (md,) = recorder.seen
+    assert md.get("authorization") == "Bearer t0ken"
+    assert calls.parse_traceparent(md.get("traceparent", "")) is not None
