@@ -170,28 +170,6 @@ def test_a_conflict_truncates_from_the_first_conflicting_entry_only(follower: Fo
     assert f.acknowledged() == 6
 
 
-def test_a_deposed_leaders_uncommitted_tail_is_skipped_in_one_round_trip(follower: Follower) -> None:
-    """A follower back from a partition with 40 uncommitted entries of an old term: the leader used
-    to step back one entry per refused AppendEntries (a full batch each), 40 round trips."""
-    f = follower
-    f.send(append(1, 1, 0, [*entries(2, 20, term=1), *entries(21, 43, term=3)], commit=3))
-    assert f.commit_index == 3
-    leader = [*f.entries()[:3], *entries(4, 60, term=4)]  # 1..3 committed, then the new leader's
-    term_at = {i: t for _, i, t in leader}
-    nxt, trips = 61, 0
-    while trips < 100:  # the leader's side as pysyncobj does it: retry from the index answered
-        trips += 1
-        f.send(append(4, nxt - 1, term_at[nxt - 1], [e for e in leader if e[1] >= nxt], commit=3))
-        if f.acks[-1]["success"]:
-            break
-        nxt = f.acks[-1]["next_node_idx"]
-        assert nxt >= 4, "stepped back below the commit index"
-    # past the end (44), over term 3's entries (21), over term 1's (4), then it matches at 3
-    assert trips == 4, f"{trips} round trips"
-    assert [(i, t) for _, i, t in f.entries()] == [(i, t) for _, i, t in leader]
-    assert f.deleted_from == [4]
-
-
 def test_the_commit_index_never_covers_entries_the_leader_has_not_verified(follower: Follower) -> None:
     f = follower
     f.send(append(1, 1, 0, entries(2, 5, term=1), commit=2))  # 3..5 from a leader that then died

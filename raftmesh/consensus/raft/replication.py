@@ -208,44 +208,9 @@ class Replication:
             so._SyncObj__sendNextNodeIdx(node, success=False, reset=True)
             return False
         if prev[0][2] != prev_term:
-            retry = self._conflict_start(prev_idx, prev[0][2])
-            if retry < prev_idx:
-                log.info(
-                    "log conflict at index %d (term %d here, %d at the leader): the leader retries from %d",
-                    prev_idx,
-                    prev[0][2],
-                    prev_term,
-                    retry,
-                )
-            so._SyncObj__sendNextNodeIdx(node, nextNodeIdx=retry, success=False, reset=True)
+            so._SyncObj__sendNextNodeIdx(node, nextNodeIdx=prev_idx, success=False, reset=True)
             return False
         return True
-
-    def _conflict_start(self, prev_idx: int, term: int) -> int:
-        """Where the leader should retry from: the first index of this follower's entries of
-        ``term`` (the one that conflicts at ``prev_idx``), not below its commit index + 1.
-
-        pysyncobj answered ``prev_idx``, so the leader stepped back one entry per round trip: a
-        deposed leader's uncommitted tail (what it appended before it stepped down, dozens of
-        entries under load) took that many round trips after a partition healed, each carrying
-        a full batch the follower refused. Raft §5.3's optimisation, on the follower's side only
-        (the leader just takes the index): one round trip per conflicting term. Committed entries
-        (up to the commit index) are the leader's too, and terms only grow along a log, so a
-        binary search over (commit index, prev_idx] finds it in O(log n) entry reads.
-        """
-        so = self._so
-        lo = int(so._SyncObj__raftCommitIndex) + 1
-        hi = prev_idx
-        if lo >= hi:
-            return prev_idx
-        while lo < hi:  # the first index in [lo, hi] whose entry has ``term``; hi has it
-            mid = (lo + hi) // 2
-            entry = so._SyncObj__getEntries(mid, 1)
-            if entry and entry[0][2] == term:
-                hi = mid
-            else:
-                lo = mid + 1
-        return hi
 
     def _append(
         self, node: Any, prev_idx: int, prev_term: int, entries: list[Entry], leader_commit: int
