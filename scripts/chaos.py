@@ -2,7 +2,8 @@
 """Chaos test of a real raftmesh cluster: a seeded workload and nemesis, then a checked history.
 
     scripts/chaos.py [--nodes 3|5] [--duration MINUTES] [--seed N] [--net netns|proxy|none]
-                     [--clients C] [--aio-clients A] [--node-down-after S] [--keep-dir] [--json PATH]
+                     [--clients C] [--aio-clients A] [--node-down-after S] [--keep-dir] [--keep-on-window S]
+                     [--json PATH]
                      [--kv-clients N] [--kv-keys K] [--lock-clients N] [--lock-names L]
                      [--no-dag] [--no-faults] [--unfenced-experiment] [--lin-timeout S]
                      [--snapshot-every ENTRIES] [--preempt-priority N]
@@ -38,6 +39,12 @@ nodes then run with --archive-applied and the replay audit reads the union of th
 archives of applied entries (a gap or a disagreement in it is a violation), and the
 report counts the snapshots written, installed and loaded. A failing seed replays
 with --seed (the report prints the command).
+
+The report gives the largest window with no task completing while a majority could form (time
+when no majority could form is not counted) and every window over 1 s, each with the faults
+active during it. --keep-dir keeps the run's directory (each node's data and node.log);
+--keep-on-window S keeps it only when the largest window exceeds S seconds and says where, so a
+rare slow window can be diagnosed from the node logs and journals without keeping every run.
 
 Every run also exercises dead letters and usage: a share of the DAGs carry a task
 that fails for good, and their clients retry it during the faults (a call, the same
@@ -126,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=None, help="seconds before the first fault")
     p.add_argument("--cooldown", type=float, default=None, help="seconds after the last fault")
     p.add_argument("--keep-dir", action="store_true", help="keep node data and logs for debugging")
+    p.add_argument(
+        "--keep-on-window",
+        type=float,
+        default=None,
+        metavar="S",
+        help="keep node data and logs (and print where) only if the largest window with no task"
+        " completing while a majority could form exceeds S seconds",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.add_argument("--kv-clients", type=int, default=3, help="KV workload clients (default 3; 0: none)")
     p.add_argument("--kv-keys", type=int, default=4, help="keys the KV clients share (default 4)")
@@ -195,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             aio_clients=args.aio_clients,
             node_down_after_s=args.node_down_after,
             keep_dir=args.keep_dir,
+            keep_on_window_s=args.keep_on_window,
             warmup_s=args.warmup,
             cooldown_s=args.cooldown,
             dag=not args.no_dag,

@@ -219,6 +219,83 @@ def test_cancelling_an_attempt_kills_its_worker(pool: ProcessPool, tmp_path: Any
     assert pid not in pool.pids
 
 
+def test_a_killed_workers_replacement_starts_before_the_next_attempt_asks(
+    pool: ProcessPool, tmp_path: Any
+) -> None:
+    """A cancelled attempt kills its worker; a spare starts at once, and the next attempt runs in it
+    (it does not pay an interpreter's start and imports: 6-23 s under chaos load)."""
+    pid_file = os.path.join(str(tmp_path), "pid")
+
+    async def main() -> None:
+        attempt = asyncio.ensure_future(pool.run(request("wait_process", pid_file=pid_file), Calls()))
+        async with asyncio.timeout(30):
+            while not read_text(pid_file):
+                await asyncio.sleep(0.02)
+        killed = int(read_text(pid_file))
+        attempt.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        async with asyncio.timeout(10):  # no attempt asks for it: the replacement starts anyway
+            while pool.spawned < 2 or not [p for p in pool.pids if p != killed]:
+                await asyncio.sleep(0.01)
+        (spare,) = [p for p in pool.pids if p != killed]
+        res = await pool.run(request("counter_process"), Calls())
+        assert res.ok and res.output["pid"] == spare and pool.spawned == 2
+
+    asyncio.run(main())
+
+
+def test_a_spare_started_ahead_is_the_first_attempts_worker(pool: ProcessPool) -> None:
+    async def main() -> None:
+        pool.keep_spare()
+        pool.keep_spare()  # one spare at a time
+        res = await pool.run(request("counter_process"), Calls())
+        assert res.ok and pool.spawned == 1 and pool.pids == [res.output["pid"]]
+        pool.keep_spare()  # a started worker is idle: no spare needed
+        assert pool.spawned == 1
+
+    asyncio.run(main())
+
+
+def test_a_spare_still_starting_when_the_pool_closes_is_stopped() -> None:
+    p = ProcessPool("n-test", size=2)
+    p.keep_spare()
+    p.close()
+    wait_until(lambda: p.spawned == 1, 10.0, "the spare to start")
+    wait_until(lambda: not worker_children(), 10.0, "the spare started after close to be stopped")
+
+
+def test_the_host_starts_a_spare_worker_when_it_offers_a_process_agent() -> None:
+    from raftmesh.agents import AgentHost
+    from raftmesh.clock import ManualClock
+    from raftmesh.consensus.state import ClusterState
+    from raftmesh.node.reads import ReadView
+
+    async def main(offers_process: bool) -> int:
+        reg = AgentRegistry()
+        if offers_process:
+            isolation_agents.register_agents(reg)
+        else:
+            reg.register("echo_only", lambda ctx: None)
+        state = ClusterState()
+        host = AgentHost("n1", "i1", reg, ReadView(threading.RLock(), lambda: state), None, ManualClock())  # type: ignore[arg-type]
+        task = asyncio.ensure_future(host.run())
+        try:
+            async with asyncio.timeout(10):
+                while offers_process and host.processes.spawned == 0:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            return host.processes.spawned
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    assert asyncio.run(main(True)) == 1
+    assert asyncio.run(main(False)) == 0
+    wait_until(lambda: not worker_children(), 10.0, "the host's spare to be stopped with the host")
+
+
 def test_a_worker_that_cannot_load_its_agent_fails_the_attempt_and_says_why(pool: ProcessPool) -> None:
     async def main() -> None:
         res = await pool.run(request("nope"), Calls())

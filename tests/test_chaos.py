@@ -58,6 +58,7 @@ from raftmesh.chaos.checker import (
     TaskRecord,
     check_history,
     largest_stall,
+    stalls,
     throughput,
 )
 from raftmesh.chaos.coord_check import (
@@ -1190,6 +1191,20 @@ def test_throughput_and_the_largest_stall_skip_time_without_quorum() -> None:
     assert stall.seconds == 4.0 and stall.start_ms == 1_000
 
 
+def test_every_stall_over_a_bound_is_listed_in_time_order_with_its_faults() -> None:
+    phases = Phases(0, 10_000, 20_000, 30_000)
+    done = [1_000, 9_000, 19_000, 21_000, 29_000]
+    pause = FaultRecord("pause-leader", ["n2"], "", 3.0, 10_000, 13_000, recovery_s=1.0)
+    out = stalls(done, phases, [pause], over_s=3.5)
+    assert [(x.start_ms, x.end_ms, x.seconds, x.faults) for x in out] == [
+        (1_000, 9_000, 8.0, ()),
+        (9_000, 19_000, 10.0, ("pause-leader n2",)),
+        (21_000, 29_000, 8.0, ()),
+    ]
+    assert stalls(done, phases, [pause], over_s=10.0) == []
+    assert largest_stall(done, phases, [pause]) == out[1]
+
+
 # ---- real runs -------------------------------------------------------------------------
 
 
@@ -1335,6 +1350,32 @@ def test_the_unfenced_experiment_loses_increments_and_the_fenced_counter_none(tm
     assert fenced["lost_increments"] == 0 and fenced["stale_accepted"] == 0 and fenced["rejected"] > 0, exp
     assert fenced["writes"] == unfenced["writes"]  # the same holders wrote both
     assert data["locks"]["stats"]["log"]["fenced_writes_rejected"] > 0
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("keep_on_window_s", [0.5, 3600.0])
+def test_keep_on_window_keeps_the_data_dir_only_past_the_bound(
+    tmp_path: Path, keep_on_window_s: float
+) -> None:
+    """No DAG workload: no task completes, so the whole run is one window (over 0.5 s, not 3600 s)."""
+    data, log = _run_chaos(
+        tmp_path,
+        *("--net", "none", "--nodes", "3", "--seed", "5", "--no-faults", "--no-dag", "--lock-clients", "0"),
+        *("--kv-clients", "1", "--duration", "0.05", "--warmup", "1", "--cooldown", "1"),
+        *("--keep-on-window", str(keep_on_window_s)),
+        timeout_s=60,
+        faults=False,
+    )
+    assert data["largest_stall"]["seconds"] > 3
+    assert [s["seconds"] for s in data["stalls"]] == [data["largest_stall"]["seconds"]]
+    left = list((tmp_path / "tmp").glob("raftmesh-chaos-*"))
+    if keep_on_window_s < 1:
+        assert [str(p) for p in left] == [data["data_dir"]]
+        assert (left[0] / "n1" / "node.log").stat().st_size > 0
+        assert f"keeping {data['data_dir']}" in log
+        assert any(data["data_dir"] in n and "--keep-on-window" in n for n in data["notes"])
+    else:
+        assert not left and not data["data_dir"], "the data directory was left behind"
 
 
 @pytest.mark.e2e

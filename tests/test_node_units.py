@@ -771,6 +771,27 @@ def test_a_leader_that_hears_no_majority_decides_nobodys_liveness() -> None:
     ]
 
 
+def test_a_new_leader_moves_its_previous_leaders_attempts_once_its_raft_silence_says_so() -> None:
+    """The previous leader heartbeated no one, and ``response_ages`` dates its silence from this
+    node's last contact with it: its attempts move at once, not a fresh heartbeat wait after the
+    election. A member heard since this node leads still needs its heartbeats to stop too."""
+    sm = cluster()
+    clock = ManualClock()
+    ages = {"n2": 0.05, "n3": 1.1}  # n3 led until it went silent 1.1 s ago; n2 answers
+    live = Liveness(clock, "n1", node_down_after_s=5.0, raft_ages=lambda: ages)
+    ups = list(sm.state.members.values())
+    live.reset()  # this node has just started leading
+    live.overdue(ups)
+    live.observe_raft()
+    assert live.lost(ups) == {"n3"}
+    live.heard_from("n3")  # had it heartbeated this leader, its Raft lag alone would not do
+    assert live.lost(ups) == frozenset()
+    clock.advance(1.5)
+    live.heard_from("n2")
+    live.observe_raft()
+    assert live.lost(ups) == {"n3"}
+
+
 def test_a_late_but_live_majority_still_lets_the_leader_judge_the_silent_member() -> None:
     sm = cluster()
     clock = ManualClock()

@@ -225,6 +225,9 @@ class AgentHost:
 
     async def run(self) -> None:
         reporter = asyncio.get_running_loop().create_task(self._report_loop(), name="host-reports")
+        if any(isolation_of(d) == "process" for d in self._registry.agents.values()):
+            # The first process attempt finds a started worker (a restarted node's too).
+            self.processes.keep_spare()
         try:
             while True:
                 try:

@@ -7,9 +7,12 @@ thread keeps its pool slot until the function returns; the host discards its res
 Process pool: at most ``PROCESS_POOL_SIZE`` workers, spawned on demand (never forked:
 the node has grpcio loaded) and reused across attempts. A worker that is killed
 (timeout, cancellation) or dies (signal, limit, MemoryError) fails only that attempt
-and is replaced by a fresh spawn on the next attempt that needs one. Its pipe carries
-one attempt at a time; blocking pipe reads run on a small thread pool of their own,
-never on the node's loop.
+and is replaced at once by a *spare*: a worker started ahead of need (``keep_spare``; the
+host also starts one when the node starts, if it offers a ``process`` agent), which the next
+attempt takes instead of spawning. A worker's start is an interpreter plus the node's imports
+(~0.7 s of CPU; 6-23 s on a loaded 2-core machine in chaos runs), which an attempt waiting for a
+cold spawn paid in full. Its pipe carries one attempt at a time; blocking pipe reads run on a
+small thread pool of their own, never on the node's loop.
 """
 
 from __future__ import annotations
@@ -177,10 +180,39 @@ class ProcessPool:
         self.spawned = 0
         """Workers started since the pool was made (a replaced worker counts again)."""
         self._closed = False
+        self._spare: concurrent.futures.Future[_Worker] | None = None
+        """A worker started ahead of need (``keep_spare``), not yet taken by an attempt."""
+        self._spare_lock = threading.Lock()
+        """Orders a spare's start (I/O thread) against ``close`` (the spare is killed either way)."""
 
     @property
     def pids(self) -> list[int]:
-        return sorted(w.pid for w in self._workers)
+        spare = self._spare
+        extra = [spare.result().pid] if spare is not None and spare.done() and not spare.exception() else []
+        return sorted([*(w.pid for w in self._workers), *extra])
+
+    def keep_spare(self) -> None:
+        """Start a worker ahead of need, unless one is idle or starting or the pool is full or closed.
+
+        Called on the node's loop: when the node starts (it offers a ``process`` agent) and when a
+        worker was killed or died, so the next attempt finds a started worker instead of paying
+        the interpreter's start and imports itself.
+        """
+        if self._closed or self._spare is not None or self._idle or len(self._workers) >= self.size:
+            return
+        spare = self._io.submit(self._spawn)
+        self._spare = spare
+        spare.add_done_callback(self._spare_started)
+
+    def _spare_started(self, spare: concurrent.futures.Future[_Worker]) -> None:
+        """(I/O thread) A spare that finished starting after ``close`` is stopped at once."""
+        if spare.cancelled() or spare.exception() is not None:
+            return
+        with self._spare_lock:
+            if self._closed:
+                w = spare.result()
+                w.kill()
+                _reap(w)
 
     def _spawn(self) -> _Worker:
         """A new worker (``raftmesh.agents._worker.main``) over a socket pair.
@@ -215,6 +247,11 @@ class ProcessPool:
             if w.alive():
                 return w
             self._discard(w)
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            started = await self._started(spare)
+            if started is not None:
+                return started
         spawn = asyncio.get_running_loop().run_in_executor(self._io, self._spawn)
         try:
             w = await asyncio.shield(spawn)
@@ -224,6 +261,23 @@ class ProcessPool:
             raise
         self._workers.add(w)
         return w
+
+    async def _started(self, spare: concurrent.futures.Future[_Worker]) -> _Worker | None:
+        """The spare once started (now this attempt's), or None if it failed to start or died."""
+        started = asyncio.wrap_future(spare)
+        try:
+            w = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            started.add_done_callback(self._drop_spawned)
+            raise
+        except Exception as exc:
+            log.warning("a spare agent worker failed to start: %s", exc)
+            return None
+        self._workers.add(w)
+        if w.alive():
+            return w
+        self._discard(w)
+        return None
 
     def _drop_spawned(self, spawn: asyncio.Future[_Worker]) -> None:
         if not spawn.cancelled() and spawn.exception() is None:
@@ -277,10 +331,16 @@ class ProcessPool:
                     self._idle.append(w)
                 else:
                     self._discard(w)  # killed here if the attempt was cancelled or timed out
+                    self.keep_spare()  # its replacement starts now, not when an attempt needs it
 
     def close(self) -> None:
-        """Stop every worker: idle ones are asked to tear down, the rest (and stragglers) killed."""
-        self._closed = True
+        """Stop every worker: idle ones are asked to tear down, the rest (and stragglers) killed;
+        a spare is killed (once started, if it is still starting)."""
+        with self._spare_lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.done() and spare.exception() is None:
+            self._workers.add(spare.result())  # killed with the busy ones below
         for w in self._idle:
             try:
                 w.conn.send_bytes(encode({"t": "stop"}))

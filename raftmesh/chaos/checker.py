@@ -861,23 +861,36 @@ class Stall:
     """The faults active during the window."""
 
 
-def largest_stall(done_ms: Sequence[int], phases: Phases, faults: Sequence[FaultRecord]) -> Stall:
-    """The longest time with no task completing while a majority could form.
+def stalls(
+    done_ms: Sequence[int], phases: Phases, faults: Sequence[FaultRecord], over_s: float = 0.0
+) -> list[Stall]:
+    """Every time with no task completing, counted while a majority could form, over ``over_s``
+    seconds, in time order (each with the faults active during it).
 
     Measured from the start of the warm-up to the end of the cool-down (the workload
     runs throughout), so a stall at either end counts too.
     """
     no_quorum = [(f.start_ms, f.end_ms or phases.end_ms) for f in faults if not f.quorum]
     points = [phases.start_ms, *(t for t in done_ms if phases.start_ms <= t <= phases.end_ms), phases.end_ms]
-    best = Stall(phases.start_ms, phases.start_ms, 0.0, ())
+    out = []
     for a, b in itertools.pairwise(points):
         lost = sum(max(0, min(b, y) - max(a, x)) for x, y in no_quorum)
         seconds = round((b - a - lost) / 1000, 3)
-        if seconds > best.seconds:
+        if seconds > over_s:
             active = tuple(
                 f"{f.kind} {','.join(f.targets)}" for f in faults if f.start_ms < b and _until(f, b) > a
             )
-            best = Stall(a, b, seconds, active)
+            out.append(Stall(a, b, seconds, active))
+    return out
+
+
+def largest_stall(done_ms: Sequence[int], phases: Phases, faults: Sequence[FaultRecord]) -> Stall:
+    """The longest time with no task completing while a majority could form (``stalls``); the
+    earliest of equal ones."""
+    best = Stall(phases.start_ms, phases.start_ms, 0.0, ())
+    for s in stalls(done_ms, phases, faults):
+        if s.seconds > best.seconds:
+            best = s
     return best
 
 

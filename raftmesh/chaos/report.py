@@ -20,6 +20,9 @@ from .message_check import MessageCheck
 from .nemesis import FaultRecord
 from .runs_watch import WatchCheck
 
+STALLS_OVER_S = 1.0
+"""The report lists every window with no task completing longer than this (seconds)."""
+
 
 @dataclass
 class Report:
@@ -60,6 +63,8 @@ class Report:
     watches: list[WatchCheck] = field(default_factory=list)
     """What the ``watch_runs`` watcher and the dashboard's event-stream consumer saw, each judged
     against the final state."""
+    stalls: list[Stall] = field(default_factory=list)
+    """Every window with no task completing while a majority could form over ``STALLS_OVER_S``."""
 
     @property
     def violations(self) -> int:
@@ -116,6 +121,8 @@ class Report:
             },
             "throughput_tasks_per_s": self.throughput,
             "largest_stall": vars(self.stall),
+            "stalls_over_s": STALLS_OVER_S,
+            "stalls": [vars(x) for x in self.stalls],
             "invariants": {
                 i.name: {"count": i.count, "examples": i.examples, "unchecked": i.unchecked}
                 for i in self.check.invariants.values()
@@ -382,6 +389,12 @@ def format_report(r: Report) -> str:
             f" ({_clock(r.stall.start_ms)} - {_clock(r.stall.end_ms)}"
             + (f", during {'; '.join(r.stall.faults)}" if r.stall.faults else "")
             + ")",
+            f"windows over {STALLS_OVER_S:g} s: {len(r.stalls)}"
+            + (
+                f" ({', '.join(f'{x.seconds:g}' for x in sorted(r.stalls, key=lambda x: -x.seconds))} s)"
+                if r.stalls
+                else ""
+            ),
         ]
     else:
         lines.append("DAG workload: not run (--no-dag)")

@@ -16,7 +16,8 @@ for linearizability once the nodes are stopped (the search is CPU-bound and must
 not compete with them).
 
 Everything is cleaned up on the way out, also on Ctrl-C and SIGTERM: node processes
-by pid, the netns lab, proxies, and the data directory (unless ``keep_dir``).
+by pid, the netns lab, proxies, and the data directory (unless ``keep_dir``, or
+``keep_on_window_s`` and the largest window exceeded it).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from .checker import (
     check_history,
     completions_ms,
     largest_stall,
+    stalls,
     throughput,
 )
 from .coord_check import LINEARIZABILITY_TIMEOUT_S, KvCheck, LockCheck, check_kv, check_locks
@@ -66,7 +68,7 @@ from .message_check import DeadRecord, Effect, MessageCall, MessageCheck, check_
 from .message_workload import MessageWorkload, read_effects
 from .nemesis import Nemesis, NetMode, available_faults, plan_schedule
 from .proxy import TcpProxy
-from .report import Report
+from .report import STALLS_OVER_S, Report
 from .runs_watch import SETTLE_S, WATCH_LIMIT, RunsWatcher, SseWatcher, WatchCheck, check_runs_watch
 from .workload import AGENTS_MODULE, APPROVER, Operation, Workload, now_ms
 
@@ -108,6 +110,10 @@ class ChaosConfig:
     """DAG clients driving ``raftmesh.aio.Client`` (the last ones); None: half of ``clients``."""
     node_down_after_s: float = 5.0
     keep_dir: bool = False
+    keep_on_window_s: float | None = None
+    """``--keep-on-window S``: keep the data dir and node logs only if the largest window with no
+    task completing while a majority could form exceeds S seconds (a rare slow one can then be
+    diagnosed from the node logs and journals); None: only ``keep_dir`` keeps them."""
     warmup_s: float | None = None
     """Workload alone before the first fault (default: 10% of the fault phase, 6-20 s)."""
     cooldown_s: float | None = None
@@ -163,6 +169,8 @@ class ChaosConfig:
             )
         if self.lin_timeout_s <= 0:
             raise InvalidArgument("--lin-timeout must be > 0 seconds")
+        if self.keep_on_window_s is not None and not self.keep_on_window_s >= 0:
+            raise InvalidArgument(f"--keep-on-window must be >= 0 seconds, got {self.keep_on_window_s}")
         if self.net not in ("netns", "proxy", "none"):
             raise InvalidArgument(f"--net must be netns, proxy or none, got {self.net!r}")
         if self.preempt_priority is not None and not 1 <= self.preempt_priority <= limits.MAX_PRIORITY:
@@ -288,6 +296,8 @@ class _Run:
         """The ``watch_runs`` watcher, then the dashboard's event-stream consumer (with the DAG workload)."""
         self.stop = threading.Event()
         self.notes: list[str] = []
+        self.keep = cfg.keep_dir
+        """Whether cleanup keeps the data dir: ``keep_dir``, or a window over ``keep_on_window_s``."""
 
     def log(self, msg: str) -> None:
         self._log(f"[chaos +{time.monotonic() - self.t0:6.1f}s] {msg}")
@@ -485,8 +495,16 @@ class _Run:
         phases = Phases(start_ms, faults_start_ms, faults_end_ms, end_ms)
         done = completions_ms(runs, {op.key for op in ops})
         kv_done = sorted(r.return_ms for r in kv_records + lock_kv_records if r.outcome == "ok")
+        stall = largest_stall(done, phases, nemesis.records)
         if cfg.keep_dir:
             self.notes.append("--keep-dir: node data and logs were kept")
+        elif cfg.keep_on_window_s is not None and stall.seconds > cfg.keep_on_window_s:
+            self.keep = True
+            self.notes.append(
+                f"--keep-on-window {cfg.keep_on_window_s:g}: the largest window ({stall.seconds} s) exceeds it,"
+                f" so node data and logs were kept in {self.base} (node logs: <node>/node.log)"
+            )
+            self.log(f"largest window {stall.seconds} s > {cfg.keep_on_window_s:g} s: keeping {self.base}")
         return Report(
             seed=cfg.seed,
             nodes=cfg.nodes,
@@ -501,13 +519,14 @@ class _Run:
             faults=nemesis.records,
             check=check,
             throughput=throughput(done, phases),
-            stall=largest_stall(done, phases, nemesis.records),
+            stall=stall,
+            stalls=stalls(done, phases, nemesis.records, STALLS_OVER_S),
             digests=digests,
             replays=replays,
             log_stats=log_stats,
             operations=[op.to_json() for op in ops],
             notes=self.notes,
-            data_dir=self.base if cfg.keep_dir else "",
+            data_dir=self.base if self.keep else "",
             workloads={
                 "dag_clients": workload.clients,
                 "aio_clients": workload.aio_clients,
@@ -973,7 +992,7 @@ class _Run:
             self.cluster.close()
         if self.lab is not None:
             self.lab.cleanup()
-        if not self.cfg.keep_dir:
+        if not self.keep:
             shutil.rmtree(self.base, ignore_errors=True)
 
 

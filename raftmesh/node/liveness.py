@@ -218,7 +218,17 @@ class Liveness:
         """Up members silent on both signals: no Raft answer for ``requeue_after_s`` and no
         heartbeat for ``requeue_heartbeat_s``. Their movable attempts move (the scheduler
         proposes ``SuspectNode.requeue``); a member whose heartbeats still arrive is slow, not
-        cut off, and keeps its work. Call after ``overdue`` and ``observe_raft``."""
+        cut off, and keeps its work. Call after ``overdue`` and ``observe_raft``.
+
+        A member not heard since this node started leading is judged by its Raft silence alone.
+        That is the leader this node followed (a leader heartbeats no one, and ``response_ages``
+        dates its silence from this node's last contact with it): its attempts waited a fresh
+        ``requeue_heartbeat_s`` from the election, on top of the election timeout its silence
+        had already lasted. In chaos runs every leader fault (kill, pause, isolation) moved the
+        old leader's attempts 1.5-2.0 s after the election, over 2-3 s of its silence. A live
+        member answers Raft within a heartbeat period of the election and heartbeats within a
+        beat, so it is never lost before it is heard.
+        """
         mono = self._clock.monotonic()
         return frozenset(
             m.node_id
@@ -226,5 +236,8 @@ class Liveness:
             if m.up
             and m.node_id != self._self_id
             and self._raft_silent.get(m.node_id, 0.0) >= self._requeue_after_s
-            and mono - self._last_seen.get(m.node_id, mono) >= self._requeue_heartbeat_s
+            and (
+                m.node_id not in self._heard
+                or mono - self._last_seen.get(m.node_id, mono) >= self._requeue_heartbeat_s
+            )
         )

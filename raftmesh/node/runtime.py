@@ -622,6 +622,11 @@ class NodeRuntime:
             if now_leader is not None:
                 self.proposer.leader_seen()
             if now_leader != leader:
+                # One line per change (a 0.05 s poll): the node logs then tell a chaos window's
+                # elections (``scripts/chaos.py --keep-on-window``) without Raft debug logging.
+                log.info(
+                    "leader %s -> %s (term %d)", self._name(leader), self._name(now_leader), self.raft.term
+                )
                 leader = now_leader
                 if now_leader is not None:
                     # Retry what failed during the election now, and let a new leader's
@@ -651,6 +656,15 @@ class NodeRuntime:
             await asyncio.sleep(0.05)  # a few attribute reads: checked often, so readiness shows at once
 
     # ---- status -----------------------------------------------------------------
+
+    def _name(self, raft_addr: str | None) -> str:
+        """The node id of a Raft address (the address itself if unknown, "none" for None)."""
+        if raft_addr is None:
+            return "none"
+        if raft_addr == self.config.raft:
+            return self.config.node_id
+        peer = self.config.peer_by_raft(raft_addr)
+        return peer.id if peer is not None else raft_addr
 
     def _raft_ages(self) -> dict[str, float]:
         """Member id -> seconds since this leader's last Raft answer from it (``Liveness``)."""
