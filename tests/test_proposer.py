@@ -463,3 +463,43 @@ def test_a_submits_prefer_is_dropped_when_it_goes_to_another_leader() -> None:
     assert res.ok, res
     sent = [decode_batch(b)[0] for b in raft.payloads]
     assert [(c.request_id, getattr(c, "prefer", None)) for c in sent] == [("s-k", "n1"), ("s-k", "")]
+
+
+class ReadRaft(FakeRaft):
+    """Records each ReadIndex request's callback; the test answers them from another thread."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.reads: list[Callable[[str | None], None]] = []
+
+    def read_index(self, callback: Callable[[str | None], None]) -> None:
+        self.reads.append(callback)
+
+
+def test_barriers_of_one_loop_turn_share_one_read_index_request_and_later_ones_do_not() -> None:
+    """One request (one wake-up of the Raft thread, one hand-back) per loop turn, not per read;
+    a barrier that starts after that request was sent must not take its answer (its read index
+    may predate a write committed before that barrier began)."""
+
+    async def go() -> tuple[int, int, bool]:
+        raft = ReadRaft()
+        p = Proposer(raft, asyncio.get_running_loop())  # type: ignore[arg-type]
+        first = [asyncio.create_task(p.barrier(timeout_s=5.0)) for _ in range(5)]
+        while not raft.reads:
+            await asyncio.sleep(0)
+        late = asyncio.create_task(p.barrier(timeout_s=5.0))
+        while len(raft.reads) < 2:
+            await asyncio.sleep(0)
+        shared = len(raft.reads)
+        threading.Thread(target=raft.reads[0], args=(None,)).start()  # answered on another thread
+        await asyncio.wait_for(asyncio.gather(*first), 5)
+        await asyncio.sleep(0.05)
+        late_done = late.done()
+        raft.reads[1](None)
+        await asyncio.wait_for(late, 5)
+        return shared, len(raft.reads), late_done
+
+    shared, total, late_done = asyncio.run(go())
+    assert shared == 2, "the five barriers of one turn and the late one: two requests"
+    assert total == 2
+    assert not late_done, "a barrier took the answer to a request sent before it began"
