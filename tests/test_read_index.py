@@ -459,3 +459,34 @@ def test_only_the_read_that_finds_the_queue_empty_wakes_the_tick_thread() -> Non
     assert out == ["MISSING_LEADER"] * 3 and reads._pending == 0
     reads.request(out.append)
     assert notifier.calls == 2
+
+
+def test_reads_during_a_round_wake_no_tick_and_go_in_the_next_round_when_it_ends(leader: Leader) -> None:
+    """The round's end (the ack) takes the reads that came meanwhile: waking the tick thread
+    for them (a pipe write and a GIL hand-off each) bought nothing, they could go in no round
+    before that one ends."""
+    ld = leader
+    a, _ = ld.peers
+    ld.matched(a, ld.noop)
+    first = ld.read()
+    wait_until(lambda: ld.read_heartbeats(), 5, "the first round")
+    seq1 = ld.read_heartbeats()[-1][2]
+    notifier = ld.so._SyncObj__pipeNotifier
+    wakes: list[int] = []
+    real_notify = notifier.notify
+
+    def counted() -> None:
+        wakes.append(1)
+        real_notify()
+
+    notifier.notify = counted
+    later = [ld.read(), ld.read()]
+    assert wakes == [], "a read woke the tick thread while a round was in flight"
+    ld.receive(a, {"type": ri.ACK, "term": 5, "seq": seq1})
+    wait_until(lambda: first, 5, "the first read")
+    assert first == [None] and later == [[], []], "a later read was served by the earlier round"
+    wait_until(lambda: len({s for _, _, s in ld.read_heartbeats()}) == 2, 5, "the next round")
+    seq2 = max(s for _, _, s in ld.read_heartbeats())
+    ld.receive(a, {"type": ri.ACK, "term": 5, "seq": seq2})
+    wait_until(lambda: all(later), 5, "the later reads")
+    assert later == [[None], [None]]
