@@ -139,6 +139,8 @@ class Proposer:
         self._task: asyncio.Task[None] | None = None
         self._read_group: list[asyncio.Future[str | None]] = []
         """Barriers started this loop turn, waiting for ``_send_reads`` (``barrier``)."""
+        self._reads_in_flight = 0
+        """ReadIndex requests sent and not answered yet."""
         self.retried = 0
         """Commands sent again after their batch failed (a metric)."""
         self.on_batch: Callable[[int, int], None] | None = None
@@ -266,8 +268,9 @@ class Proposer:
         is retried until the deadline.
 
         The barriers that start in one turn of the event loop share one ReadIndex request
-        (``_join_read``), sent at the end of that turn: after every one of them began, so its
-        read index (taken later, on the Raft thread) covers each. One request, one wake-up of
+        (``_join_read``), sent at the end of that turn (at once when no request is in flight):
+        after every one of them began, so its read index (taken later, on the Raft thread)
+        covers each. One request, one wake-up of
         the Raft thread and one hand-back to the loop per turn instead of per read.
         """
         deadline = self._clock.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
@@ -298,23 +301,35 @@ class Proposer:
             delay = min(delay * 2, 0.2)
 
     def _join_read(self, fut: asyncio.Future[str | None]) -> None:
-        """Add a barrier to this loop turn's ReadIndex request (sent by ``_send_reads``)."""
+        """Add a barrier to this loop turn's ReadIndex request (sent by ``_send_reads``); with no
+        request of this proposer's in flight, it goes at once, alone (a lone reader does not wait
+        for the end of the turn)."""
         self._read_group.append(fut)
         if len(self._read_group) == 1:
-            self._loop.call_soon(self._send_reads)
+            if self._reads_in_flight:
+                self._loop.call_soon(self._send_reads)
+            else:
+                self._send_reads()
 
     def _send_reads(self) -> None:
         group, self._read_group = self._read_group, []
+        if not group:
+            return
         loop = self._loop
+        self._reads_in_flight += 1
+
+        def settle(err: str | None) -> None:
+            self._reads_in_flight -= 1
+            _settle_all(group, err)
 
         def done(err: str | None) -> None:  # on the Raft thread
-            loop.call_soon_threadsafe(_settle_all, group, err)
+            loop.call_soon_threadsafe(settle, err)
 
         try:
             self._raft.read_index(done)
         except Exception as exc:  # a bug, but never leave the readers waiting for their deadline
             log.exception("read_index failed")
-            _settle_all(group, f"EXCEPTION:{exc}")
+            settle(f"EXCEPTION:{exc}")
 
     # ---- internals ------------------------------------------------------------
 
