@@ -525,3 +525,23 @@ def test_kv_event_size_survives_decoding(c: Coord) -> None:
     assert [e.kind for e in c.st.kv.history] == [PUT, DELETE]
     for recorded in c.st.kv.history:
         assert KvEvent.decode(recorded.encode()).size == recorded.size
+
+
+def test_the_kv_service_makes_request_ids_without_a_getrandom_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Put/Delete/Txn without the caller's request id gets a fresh one (it goes into the
+    replicated dedup table, so unique); uuid4 made a getrandom() call per write, letting go of
+    the GIL mid-call."""
+    import os
+
+    from raftmesh.node.coordination_service import _request_id
+
+    def no_urandom(n: int) -> bytes:
+        raise AssertionError("os.urandom per request id")
+
+    monkeypatch.setattr(os, "urandom", no_urandom)
+    ids = {_request_id("", "kv-") for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(
+        i.startswith("kv-") and len(i) == 35 and not limits.request_id_error("request_id", i) for i in ids
+    )
+    assert _request_id("mine", "kv-") == "mine"

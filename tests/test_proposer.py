@@ -463,3 +463,50 @@ def test_a_submits_prefer_is_dropped_when_it_goes_to_another_leader() -> None:
     assert res.ok, res
     sent = [decode_batch(b)[0] for b in raft.payloads]
     assert [(c.request_id, getattr(c, "prefer", None)) for c in sent] == [("s-k", "n1"), ("s-k", "")]
+
+
+class ReadRaft(FakeRaft):
+    """Records each ReadIndex request's callback; the test answers them from another thread."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.reads: list[Callable[[str | None], None]] = []
+
+    def read_index(self, callback: Callable[[str | None], None]) -> None:
+        self.reads.append(callback)
+
+
+def test_barriers_of_one_loop_turn_share_one_read_index_request_and_later_ones_do_not() -> None:
+    """One request (one wake-up of the Raft thread, one hand-back) per loop turn, not per read
+    (a barrier with no request in flight goes at once, alone); a barrier that starts after a
+    request was sent must not take its answer (its read index may predate a write committed
+    before that barrier began)."""
+
+    async def go() -> tuple[list[int], bool]:
+        raft = ReadRaft()
+        p = Proposer(raft, asyncio.get_running_loop())  # type: ignore[arg-type]
+        sizes: list[int] = []
+        first = [asyncio.create_task(p.barrier(timeout_s=5.0)) for _ in range(5)]
+        while len(raft.reads) < 2:
+            await asyncio.sleep(0)
+        sizes.append(len(raft.reads))
+        late = asyncio.create_task(p.barrier(timeout_s=5.0))
+        while len(raft.reads) < 3:
+            await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        sizes.append(len(raft.reads))
+        for answer in raft.reads[:2]:
+            threading.Thread(target=answer, args=(None,)).start()  # answered on another thread
+        await asyncio.wait_for(asyncio.gather(*first), 5)
+        await asyncio.sleep(0.05)
+        late_done = late.done()
+        raft.reads[2](None)
+        await asyncio.wait_for(late, 5)
+        return sizes, late_done
+
+    sizes, late_done = asyncio.run(go())
+    assert sizes == [2, 3], (
+        "five barriers of one turn: the first alone, the other four together; the late one alone"
+    )
+    assert not late_done, "a barrier took the answer to a request sent before it began"

@@ -422,3 +422,71 @@ def test_a_read_is_queued_even_when_waking_the_tick_thread_fails(
     f.receive(a, {"type": ri.REPLY, "rid": rid, "index": 1})
     wait_until(lambda: out, 5, "the read to be served")
     assert out == [None]
+
+
+class _CountingNotifier:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def notify(self) -> None:
+        self.calls += 1
+
+
+def test_only_the_read_that_finds_the_queue_empty_wakes_the_tick_thread() -> None:
+    """A wake-up is a pipe write that hands the GIL to the tick thread: the reads that join a
+    queue not yet taken share the first one's; once the tick has taken the queue, the next read
+    wakes it again (else it would wait a whole poll period)."""
+    from types import SimpleNamespace
+
+    from pysyncobj.syncobj import _RAFT_STATE
+
+    notifier = _CountingNotifier()
+    me = object()
+    so = SimpleNamespace(
+        _SyncObj__pipeNotifier=notifier,
+        _SyncObj__raftState=_RAFT_STATE.FOLLOWER,
+        _SyncObj__raftLeader=None,  # the tick fails the reads it takes: enough to empty the queue
+        _SyncObj__selfNode=me,
+        _SyncObj__raftCurrentTerm=1,
+        _SyncObj__raftLastApplied=0,
+    )
+    reads = ri.ReadIndex(so)
+    out: list[str | None] = []
+    for _ in range(3):
+        reads.request(out.append)
+    assert notifier.calls == 1
+    reads.on_tick()
+    assert out == ["MISSING_LEADER"] * 3 and reads._pending == 0
+    reads.request(out.append)
+    assert notifier.calls == 2
+
+
+def test_reads_during_a_round_wake_no_tick_and_go_in_the_next_round_when_it_ends(leader: Leader) -> None:
+    """The round's end (the ack) takes the reads that came meanwhile: waking the tick thread
+    for them (a pipe write and a GIL hand-off each) bought nothing, they could go in no round
+    before that one ends."""
+    ld = leader
+    a, _ = ld.peers
+    ld.matched(a, ld.noop)
+    first = ld.read()
+    wait_until(lambda: ld.read_heartbeats(), 5, "the first round")
+    seq1 = ld.read_heartbeats()[-1][2]
+    notifier = ld.so._SyncObj__pipeNotifier
+    wakes: list[int] = []
+    real_notify = notifier.notify
+
+    def counted() -> None:
+        wakes.append(1)
+        real_notify()
+
+    notifier.notify = counted
+    later = [ld.read(), ld.read()]
+    assert wakes == [], "a read woke the tick thread while a round was in flight"
+    ld.receive(a, {"type": ri.ACK, "term": 5, "seq": seq1})
+    wait_until(lambda: first, 5, "the first read")
+    assert first == [None] and later == [[], []], "a later read was served by the earlier round"
+    wait_until(lambda: len({s for _, _, s in ld.read_heartbeats()}) == 2, 5, "the next round")
+    seq2 = max(s for _, _, s in ld.read_heartbeats())
+    ld.receive(a, {"type": ri.ACK, "term": 5, "seq": seq2})
+    wait_until(lambda: all(later), 5, "the later reads")
+    assert later == [[None], [None]]

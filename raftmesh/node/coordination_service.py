@@ -85,7 +85,9 @@ def _request_id(given: str, prefix: str) -> str:
     why = limits.request_id_error("request_id", given)
     if why:
         raise InvalidArgument(why)
-    return given or new_request_id(prefix)
+    # 128 random bits like new_request_id's uuid4, without its getrandom() call (which lets go of
+    # the GIL mid-call; see calls.new_trace_id) and its UUID object: 1.5 us instead of 8.3 us.
+    return given or f"{prefix}{calls.new_trace_id()}"
 
 
 def _fence(f: pb.Fence, present: bool) -> Fence | None:

@@ -68,6 +68,12 @@ def _settle(fut: asyncio.Future[str | None], err: str | None) -> None:
         fut.set_result(err)
 
 
+def _settle_all(futs: list[asyncio.Future[str | None]], err: str | None) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_result(err)
+
+
 def new_request_id(prefix: str = "") -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
@@ -131,6 +137,10 @@ class Proposer:
         self._leaderless_since: float | None = None
         """When this proposer first saw no leader (None while it knows one)."""
         self._task: asyncio.Task[None] | None = None
+        self._read_group: list[asyncio.Future[str | None]] = []
+        """Barriers started this loop turn, waiting for ``_send_reads`` (``barrier``)."""
+        self._reads_in_flight = 0
+        """ReadIndex requests sent and not answered yet."""
         self.retried = 0
         """Commands sent again after their batch failed (a metric)."""
         self.on_batch: Callable[[int, int], None] | None = None
@@ -256,22 +266,25 @@ class Proposer:
         Raft's ReadIndex (``consensus/raft/read_index.py``): one heartbeat round confirms the
         leadership, no log entry is appended. A round that fails (leader change, no leader yet)
         is retried until the deadline.
+
+        The barriers that start in one turn of the event loop share one ReadIndex request
+        (``_join_read``), sent at the end of that turn (at once when no request is in flight):
+        after every one of them began, so its read index (taken later, on the Raft thread)
+        covers each. One request, one wake-up of
+        the Raft thread and one hand-back to the loop per turn instead of per read.
         """
         deadline = self._clock.monotonic() + (timeout_s if timeout_s is not None else self._default_timeout_s)
         delay = 0.01
+        loop = self._loop
         while True:
-            fut: asyncio.Future[str | None] = self._loop.create_future()
-
-            def done(err: str | None, fut: asyncio.Future[str | None] = fut) -> None:
-                self._loop.call_soon_threadsafe(_settle, fut, err)
-
-            self._raft.read_index(done)
+            fut: asyncio.Future[str | None] = loop.create_future()
+            self._join_read(fut)
             remaining = deadline - self._clock.monotonic()
+            timer = loop.call_later(max(remaining, 0.001), _settle, fut, "TIMEOUT")
             try:
-                async with asyncio.timeout(max(remaining, 0.001)):
-                    err = await fut
-            except TimeoutError:
-                err = "TIMEOUT"
+                err = await fut
+            finally:
+                timer.cancel()
             if err is None:
                 return
             remaining = deadline - self._clock.monotonic()
@@ -286,6 +299,37 @@ class Proposer:
             log.debug("read index: %s; retrying", err)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.2)
+
+    def _join_read(self, fut: asyncio.Future[str | None]) -> None:
+        """Add a barrier to this loop turn's ReadIndex request (sent by ``_send_reads``); with no
+        request of this proposer's in flight, it goes at once, alone (a lone reader does not wait
+        for the end of the turn)."""
+        self._read_group.append(fut)
+        if len(self._read_group) == 1:
+            if self._reads_in_flight:
+                self._loop.call_soon(self._send_reads)
+            else:
+                self._send_reads()
+
+    def _send_reads(self) -> None:
+        group, self._read_group = self._read_group, []
+        if not group:
+            return
+        loop = self._loop
+        self._reads_in_flight += 1
+
+        def settle(err: str | None) -> None:
+            self._reads_in_flight -= 1
+            _settle_all(group, err)
+
+        def done(err: str | None) -> None:  # on the Raft thread
+            loop.call_soon_threadsafe(settle, err)
+
+        try:
+            self._raft.read_index(done)
+        except Exception as exc:  # a bug, but never leave the readers waiting for their deadline
+            log.exception("read_index failed")
+            settle(f"EXCEPTION:{exc}")
 
     # ---- internals ------------------------------------------------------------
 
