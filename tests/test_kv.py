@@ -527,7 +527,9 @@ def test_kv_event_size_survives_decoding(c: Coord) -> None:
         assert KvEvent.decode(recorded.encode()).size == recorded.size
 
 
-def test_the_kv_service_makes_request_ids_without_a_getrandom_call(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_kv_service_makes_request_ids_without_a_getrandom_call_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A Put/Delete/Txn without the caller's request id gets a fresh one (it goes into the
     replicated dedup table, so unique); uuid4 made a getrandom() call per write, letting go of
     the GIL mid-call."""
@@ -535,12 +537,16 @@ def test_the_kv_service_makes_request_ids_without_a_getrandom_call(monkeypatch: 
 
     from raftmesh.node.coordination_service import _request_id
 
-    def no_urandom(n: int) -> bytes:
-        raise AssertionError("os.urandom per request id")
+    real, drawn = os.urandom, []
 
-    monkeypatch.setattr(os, "urandom", no_urandom)
+    def counted(n: int) -> bytes:
+        drawn.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", counted)
     ids = {_request_id("", "kv-") for _ in range(1000)}
     assert len(ids) == 1000
+    assert len(drawn) <= 1000 * 16 // 4096 + 2, drawn  # from the OS's CSPRNG, 4 KiB at a time
     assert all(
         i.startswith("kv-") and len(i) == 35 and not limits.request_id_error("request_id", i) for i in ids
     )

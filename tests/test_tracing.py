@@ -64,19 +64,25 @@ def test_a_call_gets_a_new_trace_each_time_when_nothing_gives_one() -> None:
     assert calls.valid_trace_id(a) and calls.valid_trace_id(b) and a != b
 
 
-def test_new_trace_and_span_ids_are_w3c_and_make_no_getrandom_call(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_new_trace_and_span_ids_are_w3c_and_make_no_getrandom_call_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Every gRPC call a node serves without a traceparent gets a new trace id: ``os.urandom``
-    there let go of the GIL mid-call (the Raft thread took it on a busy node)."""
+    per id let go of the GIL mid-call (the Raft thread took it on a busy node). The ids still
+    come from the OS's CSPRNG, drawn 4 KiB at a time."""
+    real, drawn = os.urandom, []
 
-    def no_urandom(n: int) -> bytes:
-        raise AssertionError("os.urandom per id")
+    def counted(n: int) -> bytes:
+        drawn.append(n)
+        return real(n)
 
-    monkeypatch.setattr(os, "urandom", no_urandom)
+    monkeypatch.setattr(os, "urandom", counted)
     traces = {calls.new_trace_id() for _ in range(1000)}
     spans = {calls.new_span_id() for _ in range(1000)}
     assert len(traces) == 1000 and all(calls.valid_trace_id(t) for t in traces)
     assert len(spans) == 1000 and all(len(s) == 16 and int(s, 16) for s in spans)
     assert calls.parse_traceparent(calls.traceparent(calls.new_trace_id())) is not None
+    assert len(drawn) <= 1000 * (16 + 8) // 4096 + 2 and all(n >= 4096 for n in drawn), drawn
 
 
 def test_a_pinned_trace_wins_over_the_bound_call_and_ends_with_its_block() -> None:
