@@ -12,6 +12,8 @@ creates the command), never read from a clock during ``apply``.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -36,11 +38,44 @@ def _get(m: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
     return value
 
 
+def fast_constructor(cls: type, names: tuple[str, ...]) -> Callable[..., Any]:
+    """A function ``f(*values)`` that builds ``cls`` (a slotted dataclass) from ``values`` for
+    the fields ``names`` and every other field's default, as ``cls(**dict(zip(names, values)))``
+    would, without the generated ``__init__``: a frozen dataclass's sets each field through
+    ``object.__setattr__`` (~0.4 us a field; TaskSpec has 22). Here each slot is set by its
+    descriptor. No validation, no ``__post_init__``: only for classes without one, and only for
+    defaults that are immutable (shared by every instance). Used where apply decodes thousands
+    of specs per log entry."""
+    fields = dataclasses.fields(cls)
+    if hasattr(cls, "__post_init__") or any(f.default_factory is not dataclasses.MISSING for f in fields):
+        raise TypeError(f"{cls.__name__} needs its own __init__")
+    missing = [f.name for f in fields if f.name not in names and f.default is dataclasses.MISSING]
+    if missing or not set(names) <= {f.name for f in fields}:
+        raise TypeError(f"{cls.__name__}: fields {names} leave {missing} unset")
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = [f"def build({', '.join(names)}):", "    s = _new(_cls)"]
+    for i, f in enumerate(fields):
+        ns[f"_set{i}"] = cls.__dict__[f.name].__set__  # the slot's member descriptor
+        if f.name in names:
+            lines.append(f"    _set{i}(s, {f.name})")
+        else:
+            ns[f"_default{i}"] = f.default
+            lines.append(f"    _set{i}(s, _default{i})")
+    lines.append("    return s")
+    exec("\n".join(lines), ns)  # source built from the dataclass's own field names
+    build: Callable[..., Any] = ns["build"]
+    return build
+
+
 def _str_tuple(m: dict[str, Any], key: str) -> tuple[str, ...]:
     values = _get(m, key, (list, tuple))
-    if not all(isinstance(v, str) for v in values):
+    # ``map(type, ...)`` runs in C: a fan-in's 10,000 deps are checked in ~0.1 ms, not ~1 ms.
+    if not _STR_ONLY.issuperset(map(type, values)) and not all(isinstance(v, str) for v in values):
         raise CommandDecodeError(f"field {key!r} must be a list of strings")
     return tuple(values)
+
+
+_STR_ONLY = frozenset((str,))
 
 
 def _lock_items(v: Any) -> tuple[tuple[str, str], ...]:
@@ -127,6 +162,36 @@ class TaskSpec:
 
     @classmethod
     def from_map(cls, m: Any) -> TaskSpec:
+        # Fast path: a plain task (the 8 keys ``to_map`` always writes, none of the optional
+        # ones) whose fields have exactly the types msgpack decodes them to. It builds the same
+        # spec as the checks below would; anything else takes them (and their error messages).
+        if type(m) is dict and len(m) == len(_PLAIN_KEYS) and m.keys() == _PLAIN_KEYS:
+            tid, agent, deps = m["id"], m["agent"], m["deps"]
+            retries, priority, timeout_ms, backoff = (
+                m["retries"],
+                m["priority"],
+                m["timeout_ms"],
+                m["retry_backoff_ms"],
+            )
+            if (
+                type(tid) is str
+                and type(agent) is str
+                and type(deps) is list
+                and type(retries) is int
+                and type(priority) is int
+                and type(timeout_ms) is int
+                and type(backoff) is int
+                and _STR_ONLY.issuperset(map(type, deps))
+            ):
+                spec: TaskSpec = _plain_spec(
+                    tid, agent, m["input"], tuple(deps), retries, priority, timeout_ms, backoff
+                )
+                return spec
+        return cls.from_map_checked(m)
+
+    @classmethod
+    def from_map_checked(cls, m: Any) -> TaskSpec:
+        """``from_map`` field by field, for every form (raises ``CommandDecodeError``)."""
         if not isinstance(m, dict):
             raise CommandDecodeError("a task spec must be a map")
         return cls(
@@ -154,6 +219,16 @@ class TaskSpec:
             compensate=Compensation.decode(m["compensate"]) if "compensate" in m else None,
         )
 
+
+_PLAIN_KEYS = frozenset(
+    ("id", "agent", "input", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms")
+)
+"""The keys of a task spec with no optional field set (``TaskSpec.to_map``)."""
+
+_plain_spec = fast_constructor(
+    TaskSpec, ("id", "agent", "input", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms")
+)
+"""``TaskSpec(id, agent, input, deps, retries, priority, timeout_ms, retry_backoff_ms)``, fast."""
 
 _FLOW_SCALARS = ("trigger", "map", "max_parallel", "replicas", "fusion", "quorum", "judge")
 """TaskSpec keys written to the map only when set (not 0 / "")."""

@@ -1,0 +1,121 @@
+"""The fast decode paths of apply (issue 13) build exactly what the field-by-field checks build,
+and refuse exactly what they refuse, with the same message."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgpack
+import pytest
+
+from raftmesh.consensus.commands import (
+    Approval,
+    CommandDecodeError,
+    TaskSpec,
+    decode_batch,
+    encode_batch,
+    fast_constructor,
+)
+
+
+class _Str(str):
+    pass
+
+
+def _plain(**over: Any) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "id": "w1",
+        "agent": "sum",
+        "input": {"value": 1},
+        "deps": ["root"],
+        "retries": 2,
+        "priority": -3,
+        "timeout_ms": 5,
+        "retry_backoff_ms": 7,
+    }
+    m.update(over)
+    return m
+
+
+MAPS: list[Any] = [
+    _plain(),
+    _plain(deps=[]),
+    _plain(deps=("a", "b")),  # a tuple (not what msgpack gives): the checked path, same spec
+    _plain(deps=["a", 1]),
+    _plain(deps=["a", _Str("b")]),
+    _plain(deps="ab"),
+    _plain(id=_Str("w2")),
+    _plain(id=1),
+    _plain(agent=None),
+    _plain(retries=True),
+    _plain(retries=1.0),
+    _plain(priority=False),
+    _plain(timeout_ms="5"),
+    _plain(retry_backoff_ms=None),
+    _plain(input=None),
+    _plain(input=[1, "x", {"y": 2.5}]),
+    _plain(locks=[]),
+    _plain(locks=[["L", "shared"]]),
+    _plain(trigger=""),
+    _plain(replicas=0),
+    _plain(extra="ignored"),
+    {k: v for k, v in _plain().items() if k != "deps"},
+    {k: v for k, v in _plain().items() if k != "input"},
+    "not a map",
+    [],
+]
+
+
+def _outcome(f: Any, m: Any) -> Any:
+    try:
+        return ("ok", f(m))
+    except CommandDecodeError as exc:
+        return ("error", str(exc))
+
+
+@pytest.mark.parametrize("m", MAPS, ids=range(len(MAPS)))
+def test_task_spec_fast_decode_equals_the_checked_one(m: Any) -> None:
+    fast, checked = _outcome(TaskSpec.from_map, m), _outcome(TaskSpec.from_map_checked, m)
+    assert fast == checked
+    if fast[0] == "ok":
+        spec = fast[1]
+        assert [getattr(spec, f.name) for f in dataclasses.fields(spec)] == [
+            getattr(checked[1], f.name) for f in dataclasses.fields(spec)
+        ]
+        assert type(spec.deps) is tuple
+
+
+def test_a_plain_spec_round_trips_through_a_log_entry() -> None:
+    from raftmesh.consensus.commands import StageRun
+
+    specs = tuple(TaskSpec(id=f"w{i}", agent="sum", input={"value": i}, deps=("root",)) for i in range(50))
+    (cmd,) = decode_batch(encode_batch([StageRun("g", 1, run_id="r", seq=0, tasks=specs, node_id="n")]))
+    assert isinstance(cmd, StageRun) and cmd.tasks == specs
+    # and the bytes of the decoded specs are the submitted ones (what apply sizes and stores)
+    assert [msgpack.packb(t.to_map()) for t in cmd.tasks] == [msgpack.packb(t.to_map()) for t in specs]
+
+
+def test_fast_constructor_sets_every_field_as_the_dataclass_init_does() -> None:
+    build = fast_constructor(TaskSpec, ("id", "agent", "deps"))
+    made = build("a", "sum", ("x",))
+    assert made == TaskSpec("a", "sum", deps=("x",))
+    assert [getattr(made, f.name) for f in dataclasses.fields(TaskSpec)] == [
+        getattr(TaskSpec("a", "sum", deps=("x",)), f.name) for f in dataclasses.fields(TaskSpec)
+    ]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.id = "b"  # type: ignore[misc]
+
+
+def test_fast_constructor_refuses_what_it_cannot_build() -> None:
+    with pytest.raises(TypeError):
+        fast_constructor(TaskSpec, ("agent",))  # ``id`` has no default
+    with pytest.raises(TypeError):
+        fast_constructor(Approval, ("nope",))
+
+    @dataclasses.dataclass(slots=True)
+    class WithFactory:
+        items: list[int] = dataclasses.field(default_factory=list)
+
+    with pytest.raises(TypeError):
+        fast_constructor(WithFactory, ())
