@@ -10,13 +10,18 @@ import msgpack
 import pytest
 
 from raftmesh.consensus.commands import (
-    Approval,
+    Assignment,
     CommandDecodeError,
+    Complete,
+    Completion,
     TaskSpec,
+    Usage,
     decode_batch,
     encode_batch,
-    fast_constructor,
 )
+from raftmesh.consensus.fast import fast_init
+from raftmesh.consensus.results import RunChanged, TaskChanged
+from raftmesh.consensus.state import RunStatus, TaskStatus
 
 
 class _Str(str):
@@ -96,26 +101,59 @@ def test_a_plain_spec_round_trips_through_a_log_entry() -> None:
     assert [msgpack.packb(t.to_map()) for t in cmd.tasks] == [msgpack.packb(t.to_map()) for t in specs]
 
 
-def test_fast_constructor_sets_every_field_as_the_dataclass_init_does() -> None:
-    build = fast_constructor(TaskSpec, ("id", "agent", "deps"))
-    made = build("a", "sum", ("x",))
-    assert made == TaskSpec("a", "sum", deps=("x",))
-    assert [getattr(made, f.name) for f in dataclasses.fields(TaskSpec)] == [
-        getattr(TaskSpec("a", "sum", deps=("x",)), f.name) for f in dataclasses.fields(TaskSpec)
-    ]
+@pytest.mark.parametrize("cls", [TaskSpec, Completion, Assignment, Usage, TaskChanged, RunChanged, Complete])
+def test_fast_init_sets_every_field_as_the_dataclass_init_does(cls: Any) -> None:
+    assert getattr(cls.__init__, "fast_init", False) is (cls is not Complete)
+    # the generated __init__ and the dataclass one agree on every field, positional and keyword
+    names = [f.name for f in dataclasses.fields(cls)]
+    sample = {
+        TaskSpec: dict(id="a", agent="sum", deps=("x",), priority=3),
+        Completion: dict(run_id="r", task_id="t", attempt=1, token=2, output={"v": 1}),
+        Assignment: dict(run_id="r", task_id="t", node_id="n", attempt=1),
+        Usage: dict(tokens_in=1, cost=0.5),
+        TaskChanged: dict(revision=1, run_id="r", task_id="t", status=TaskStatus.READY, attempt=0, node=""),
+        RunChanged: dict(revision=1, run_id="r", status=RunStatus.RUNNING),
+        Complete: dict(request_id="c", ts_ms=1, node_id="n", items=()),
+    }[cls]
+    made = cls(**sample)
+    # every field positionally (defaults spelled out), keyword-only ones by name
+    positional = [sample.get(n, _default(cls, n)) for n in names if not _kw_only(cls, n)]
+    keywords = {n: sample.get(n, _default(cls, n)) for n in names if _kw_only(cls, n)}
+    assert cls(*positional, **keywords) == made
+    for n in names:
+        want = sample.get(n, _default(cls, n))
+        assert getattr(made, n) == want, n
     with pytest.raises(dataclasses.FrozenInstanceError):
-        made.id = "b"  # type: ignore[misc]
-
-
-def test_fast_constructor_refuses_what_it_cannot_build() -> None:
+        setattr(made, names[0], None)
     with pytest.raises(TypeError):
-        fast_constructor(TaskSpec, ("agent",))  # ``id`` has no default
-    with pytest.raises(TypeError):
-        fast_constructor(Approval, ("nope",))
+        cls(**sample, no_such_field=1)
+    assert dataclasses.replace(made) == made
 
-    @dataclasses.dataclass(slots=True)
+
+def _kw_only(cls: Any, name: str) -> bool:
+    return next(f for f in dataclasses.fields(cls) if f.name == name).kw_only
+
+
+def _default(cls: Any, name: str) -> Any:
+    return next(f for f in dataclasses.fields(cls) if f.name == name).default
+
+
+def test_fast_init_refuses_what_it_cannot_build() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
     class WithFactory:
         items: list[int] = dataclasses.field(default_factory=list)
 
-    with pytest.raises(TypeError):
-        fast_constructor(WithFactory, ())
+    @dataclasses.dataclass(slots=True)
+    class NotFrozen:
+        x: int = 0
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithPostInit:
+        x: int = 0
+
+        def __post_init__(self) -> None:
+            pass
+
+    for cls in (WithFactory, NotFrozen, WithPostInit):
+        with pytest.raises(TypeError):
+            fast_init(cls)

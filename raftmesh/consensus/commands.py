@@ -12,12 +12,12 @@ creates the command), never read from a clock during ``apply``.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
+
+from .fast import fast_init
 
 VERSION = 1
 
@@ -36,35 +36,6 @@ def _get(m: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise CommandDecodeError(f"field {key!r} has type {type(value).__name__}")
     return value
-
-
-def fast_constructor(cls: type, names: tuple[str, ...]) -> Callable[..., Any]:
-    """A function ``f(*values)`` that builds ``cls`` (a slotted dataclass) from ``values`` for
-    the fields ``names`` and every other field's default, as ``cls(**dict(zip(names, values)))``
-    would, without the generated ``__init__``: a frozen dataclass's sets each field through
-    ``object.__setattr__`` (~0.4 us a field; TaskSpec has 22). Here each slot is set by its
-    descriptor. No validation, no ``__post_init__``: only for classes without one, and only for
-    defaults that are immutable (shared by every instance). Used where apply decodes thousands
-    of specs per log entry."""
-    fields = dataclasses.fields(cls)
-    if hasattr(cls, "__post_init__") or any(f.default_factory is not dataclasses.MISSING for f in fields):
-        raise TypeError(f"{cls.__name__} needs its own __init__")
-    missing = [f.name for f in fields if f.name not in names and f.default is dataclasses.MISSING]
-    if missing or not set(names) <= {f.name for f in fields}:
-        raise TypeError(f"{cls.__name__}: fields {names} leave {missing} unset")
-    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = [f"def build({', '.join(names)}):", "    s = _new(_cls)"]
-    for i, f in enumerate(fields):
-        ns[f"_set{i}"] = cls.__dict__[f.name].__set__  # the slot's member descriptor
-        if f.name in names:
-            lines.append(f"    _set{i}(s, {f.name})")
-        else:
-            ns[f"_default{i}"] = f.default
-            lines.append(f"    _set{i}(s, _default{i})")
-    lines.append("    return s")
-    exec("\n".join(lines), ns)  # source built from the dataclass's own field names
-    build: Callable[..., Any] = ns["build"]
-    return build
 
 
 def _str_tuple(m: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -89,6 +60,7 @@ def _lock_items(v: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One task of a submitted DAG."""
@@ -183,10 +155,7 @@ class TaskSpec:
                 and type(backoff) is int
                 and _STR_ONLY.issuperset(map(type, deps))
             ):
-                spec: TaskSpec = _plain_spec(
-                    tid, agent, m["input"], tuple(deps), retries, priority, timeout_ms, backoff
-                )
-                return spec
+                return cls(tid, agent, m["input"], tuple(deps), retries, priority, timeout_ms, backoff)
         return cls.from_map_checked(m)
 
     @classmethod
@@ -224,11 +193,6 @@ _PLAIN_KEYS = frozenset(
     ("id", "agent", "input", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms")
 )
 """The keys of a task spec with no optional field set (``TaskSpec.to_map``)."""
-
-_plain_spec = fast_constructor(
-    TaskSpec, ("id", "agent", "input", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms")
-)
-"""``TaskSpec(id, agent, input, deps, retries, priority, timeout_ms, retry_backoff_ms)``, fast."""
 
 _FLOW_SCALARS = ("trigger", "map", "max_parallel", "replicas", "fusion", "quorum", "judge")
 """TaskSpec keys written to the map only when set (not 0 / "")."""
@@ -530,6 +494,7 @@ class Tick(Command):
     TAG: ClassVar[str] = "tick"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Assignment:
     run_id: str
@@ -548,6 +513,7 @@ class Assign(Command):
         return {"items": [[a.run_id, a.task_id, a.node_id, a.attempt] for a in self.items]}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Usage:
     """What an attempt consumed, as its agent reported it (``TaskContext.report_usage``)."""
@@ -592,6 +558,7 @@ def _leader_term(m: dict[str, Any]) -> int:
     return int(term)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Completion:
     run_id: str
