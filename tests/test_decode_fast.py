@@ -10,8 +10,10 @@ import msgpack
 import pytest
 
 from raftmesh.consensus.commands import (
+    Approval,
     Assignment,
     CommandDecodeError,
+    Compensation,
     Complete,
     Completion,
     TaskSpec,
@@ -157,3 +159,41 @@ def test_fast_init_refuses_what_it_cannot_build() -> None:
     for cls in (WithFactory, NotFrozen, WithPostInit):
         with pytest.raises(TypeError):
             fast_init(cls)
+
+
+def test_to_map_of_a_spec_with_any_optional_field_set_writes_that_field() -> None:
+    # to_map's fast path (no optional field set) must know every optional field: one it missed
+    # would be dropped from the log entry. Each field here gets a value that is "set".
+    base = {"id", "agent", "input", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms"}
+    values: dict[str, Any] = {
+        "locks": (("L", "shared"),),
+        "requires": ("gpu",),
+        "when": {"eq": [1, 1]},
+        "trigger": "all_done",
+        "map": "root",
+        "max_parallel": 2,
+        "replicas": 2,
+        "fusion": "vote",
+        "quorum": 1,
+        "weights": (1.0,),
+        "agents": ("sum",),
+        "judge": "sum",
+        "approval": Approval(),
+        "compensate": Compensation("sum"),
+    }
+    optional = [f.name for f in dataclasses.fields(TaskSpec) if f.name not in base]
+    assert sorted(optional) == sorted(values), "a new TaskSpec field: add it here and to to_map's fast path"
+    plain = TaskSpec(id="a", agent="sum", deps=("root",))
+    assert list(plain.to_map()) == [
+        "id",
+        "agent",
+        "input",
+        "deps",
+        "retries",
+        "priority",
+        "timeout_ms",
+        "retry_backoff_ms",
+    ]
+    for name, value in values.items():
+        spec = dataclasses.replace(plain, **{name: value})
+        assert name in spec.to_map(), name

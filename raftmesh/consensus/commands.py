@@ -104,6 +104,32 @@ class TaskSpec:
 
     def to_map(self) -> dict[str, Any]:
         # Optional keys are written only when set: specs without them keep their old form.
+        if not (
+            self.locks
+            or self.requires
+            or self.trigger
+            or self.map
+            or self.max_parallel
+            or self.replicas
+            or self.fusion
+            or self.quorum
+            or self.judge
+            or self.when is not None
+            or self.weights
+            or self.agents
+            or self.approval is not None
+            or self.compensate is not None
+        ):  # a plain task (most of a large run): the base keys alone, in the order below
+            return {
+                "id": self.id,
+                "agent": self.agent,
+                "input": self.input,
+                "deps": list(self.deps),
+                "retries": self.retries,
+                "priority": self.priority,
+                "timeout_ms": self.timeout_ms,
+                "retry_backoff_ms": self.retry_backoff_ms,
+            }
         extra: dict[str, Any] = {"locks": [list(lk) for lk in self.locks]} if self.locks else {}
         if self.requires:
             extra["requires"] = list(self.requires)
