@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from .fast import fast_init
+
 VERSION = 1
 
 JsonValue = Any
@@ -38,9 +40,13 @@ def _get(m: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
 
 def _str_tuple(m: dict[str, Any], key: str) -> tuple[str, ...]:
     values = _get(m, key, (list, tuple))
-    if not all(isinstance(v, str) for v in values):
+    # ``map(type, ...)`` runs in C: a fan-in's 10,000 deps are checked in ~0.1 ms, not ~1 ms.
+    if not _STR_ONLY.issuperset(map(type, values)) and not all(isinstance(v, str) for v in values):
         raise CommandDecodeError(f"field {key!r} must be a list of strings")
     return tuple(values)
+
+
+_STR_ONLY = frozenset((str,))
 
 
 def _lock_items(v: Any) -> tuple[tuple[str, str], ...]:
@@ -54,6 +60,7 @@ def _lock_items(v: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One task of a submitted DAG."""
@@ -97,6 +104,32 @@ class TaskSpec:
 
     def to_map(self) -> dict[str, Any]:
         # Optional keys are written only when set: specs without them keep their old form.
+        if not (
+            self.locks
+            or self.requires
+            or self.trigger
+            or self.map
+            or self.max_parallel
+            or self.replicas
+            or self.fusion
+            or self.quorum
+            or self.judge
+            or self.when is not None
+            or self.weights
+            or self.agents
+            or self.approval is not None
+            or self.compensate is not None
+        ):  # a plain task (most of a large run): the base keys alone, in the order below
+            return {
+                "id": self.id,
+                "agent": self.agent,
+                "input": self.input,
+                "deps": list(self.deps),
+                "retries": self.retries,
+                "priority": self.priority,
+                "timeout_ms": self.timeout_ms,
+                "retry_backoff_ms": self.retry_backoff_ms,
+            }
         extra: dict[str, Any] = {"locks": [list(lk) for lk in self.locks]} if self.locks else {}
         if self.requires:
             extra["requires"] = list(self.requires)
@@ -127,6 +160,33 @@ class TaskSpec:
 
     @classmethod
     def from_map(cls, m: Any) -> TaskSpec:
+        # Fast path: a plain task (the 8 keys ``to_map`` always writes, none of the optional
+        # ones) whose fields have exactly the types msgpack decodes them to. It builds the same
+        # spec as the checks below would; anything else takes them (and their error messages).
+        if type(m) is dict and len(m) == len(_PLAIN_KEYS) and m.keys() == _PLAIN_KEYS:
+            tid, agent, deps = m["id"], m["agent"], m["deps"]
+            retries, priority, timeout_ms, backoff = (
+                m["retries"],
+                m["priority"],
+                m["timeout_ms"],
+                m["retry_backoff_ms"],
+            )
+            if (
+                type(tid) is str
+                and type(agent) is str
+                and type(deps) is list
+                and type(retries) is int
+                and type(priority) is int
+                and type(timeout_ms) is int
+                and type(backoff) is int
+                and _STR_ONLY.issuperset(map(type, deps))
+            ):
+                return cls(tid, agent, m["input"], tuple(deps), retries, priority, timeout_ms, backoff)
+        return cls.from_map_checked(m)
+
+    @classmethod
+    def from_map_checked(cls, m: Any) -> TaskSpec:
+        """``from_map`` field by field, for every form (raises ``CommandDecodeError``)."""
         if not isinstance(m, dict):
             raise CommandDecodeError("a task spec must be a map")
         return cls(
@@ -154,6 +214,11 @@ class TaskSpec:
             compensate=Compensation.decode(m["compensate"]) if "compensate" in m else None,
         )
 
+
+_PLAIN_KEYS = frozenset(
+    ("id", "agent", "input", "deps", "retries", "priority", "timeout_ms", "retry_backoff_ms")
+)
+"""The keys of a task spec with no optional field set (``TaskSpec.to_map``)."""
 
 _FLOW_SCALARS = ("trigger", "map", "max_parallel", "replicas", "fusion", "quorum", "judge")
 """TaskSpec keys written to the map only when set (not 0 / "")."""
@@ -455,6 +520,7 @@ class Tick(Command):
     TAG: ClassVar[str] = "tick"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Assignment:
     run_id: str
@@ -473,6 +539,7 @@ class Assign(Command):
         return {"items": [[a.run_id, a.task_id, a.node_id, a.attempt] for a in self.items]}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Usage:
     """What an attempt consumed, as its agent reported it (``TaskContext.report_usage``)."""
@@ -517,6 +584,7 @@ def _leader_term(m: dict[str, Any]) -> int:
     return int(term)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Completion:
     run_id: str

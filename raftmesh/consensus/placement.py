@@ -144,8 +144,10 @@ def plan_assignments(
     if free_total <= 0 or (only and load.get(only, 0) >= only_slots):
         return out  # nothing to place, or nothing ``only`` may take
     chosen = 0
-    # (agent, requires) -> the live members whose offer matches, with the offer
-    groups: dict[tuple[str, tuple[str, ...]], list[tuple[Member, AgentOffer]]] = {}
+    # (agent, requires) -> the live members whose offer matches: the member, its offer, its id,
+    # its slots, and whether ``room`` reduces to the slot check there (no per-type concurrency,
+    # no breaker for the type; neither changes during a plan), so the common case calls nothing.
+    groups: dict[tuple[str, tuple[str, ...]], list[tuple[Member, AgentOffer, str, int, bool]]] = {}
     full: set[tuple[str, tuple[str, ...]]] = set()
     planned_locks: dict[str, str] = {}
     planned: dict[TaskKey, str] = {}
@@ -179,20 +181,24 @@ def plan_assignments(
             group = groups.get(gkey)
             if group is None:
                 group = groups[gkey] = [
-                    (m, o) for m in live if (o := offer_fits(m, agent, t.spec.requires)) is not None
+                    (m, o, m.node_id, m.slots, not o.concurrency and o.name not in m.breakers)
+                    for m in live
+                    if (o := offer_fits(m, agent, t.spec.requires)) is not None
                 ]
             crowded = sibling_nodes(state, run_id, t, inflight, planned) if t.origin == "replica" else ()
             best: str | None = None
             best_rank = (False, 0.0, False)
-            for m, offer in group:
-                node_id = m.node_id
+            for m, offer, node_id, slots, slots_only in group:
                 node_running = load[node_id]
-                if node_running >= m.slots:
+                if node_running >= slots:
                     continue
                 # a node without a sibling replica first (independent answers), then the least loaded
-                rank = (node_id in crowded, node_running / m.slots, node_id != prefer)
+                rank = (node_id in crowded, node_running / slots, node_id != prefer)
                 if best is not None and rank >= best_rank:
                     continue  # cheap filters first: ``room`` (the rule) only for a better node
+                if slots_only:  # ``room`` would return "": a free slot, no concurrency, no breaker
+                    best, best_rank = node_id, rank
+                    continue
                 type_running = state.running_agent.get((node_id, agent), 0) + type_load.get(
                     (node_id, agent), 0
                 )

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, TypeVar
 from ..errors import RaftmeshError, error_for_code
 from .codes import Code
 from .commands import JsonValue
+from .fast import fast_init
 from .kv import KvEvent
 from .state import RunStatus, TaskStatus
 
@@ -663,6 +664,7 @@ def expect(res: Result, kind: type[R]) -> R:
 # ---- events ------------------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskChanged:
     revision: int
@@ -673,6 +675,7 @@ class TaskChanged:
     node: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RunChanged:
     revision: int
