@@ -490,14 +490,18 @@ class MachineWriter:
 
 
 def test_host_says_how_each_attempt_ends(caplog: pytest.LogCaptureFixture) -> None:
-    """Accepted, fenced, undeliverable or stopped: every attempt's end is a line at INFO."""
-    caplog.set_level(logging.INFO, logger="raftmesh.agents._host")
+    """Accepted, fenced, undeliverable or stopped: every attempt's end is a line, at INFO but for
+    the start and a success (DEBUG: two INFO lines per attempt were 12-19% of a node's CPU in a
+    fan-out)."""
+    caplog.set_level(logging.DEBUG, logger="raftmesh.agents._host")
     sm = cluster(tasks=4)
     writer = MachineWriter(sm)
 
     def said(how: str) -> str | None:
         for r in caplog.records:
-            if r.levelno == logging.INFO and r.getMessage().startswith(how):
+            if r.getMessage().startswith(how):
+                quiet = how.endswith((" started", " succeeded"))
+                assert r.levelno == (logging.DEBUG if quiet else logging.INFO), (how, r.levelname)
                 return r.getMessage()
         return None
 

@@ -350,7 +350,7 @@ def test_a_clients_trace_reaches_attempts_messages_commands_log_lines_and_spans(
     c = make_cluster(
         1,
         agents_modules=[AGENTS],
-        extra_args=["--archive-applied", "--otel-endpoint", receiver.url],
+        extra_args=["--archive-applied", "--otel-endpoint", receiver.url, "--log-level", "debug"],
         env={"OTEL_BSP_SCHEDULE_DELAY": "100", "PYTHONPATH": repo},
     )
     c.wait_ready()
