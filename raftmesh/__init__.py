@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from .client import DAG, Client, ClusterInfo, RunEvent, RunInfo, TaskInfo
 from .errors import RaftmeshError
 
 if TYPE_CHECKING:
     from .agents import ActorContext, actor, agent
     from .agents._tools import tool
+    from .client import DAG, Client, ClusterInfo, RunEvent, RunInfo, TaskInfo
     from .consensus.commands import Message
 
 __version__ = "0.1.0"
@@ -30,24 +31,32 @@ __all__ = [
     "tool",
 ]
 
+_LAZY = {
+    "DAG": ".client",
+    "Client": ".client",
+    "ClusterInfo": ".client",
+    "RunEvent": ".client",
+    "RunInfo": ".client",
+    "TaskInfo": ".client",
+    "agent": ".agents",
+    "actor": ".agents",
+    "ActorContext": ".agents",
+    "tool": ".agents._tools",
+    "Message": ".consensus.commands",
+}
+"""Public names loaded on first use (PEP 562). The client loads grpcio and the agents package
+what a node needs: a spawned ``process`` worker runs ``import raftmesh; @raftmesh.agent(...)``
+and must not pay for either (nor a client-only program for the agents)."""
+
 
 def __getattr__(name: str) -> Any:
-    # ``raftmesh.agent``, ``raftmesh.actor`` and ``raftmesh.tool`` load the agents package (and the state machine it
-    # uses) on first use: a program that only uses the client does not pay for importing it.
-    if name == "agent":
-        from .agents import agent
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'raftmesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
 
-        return agent
-    if name in ("actor", "ActorContext"):
-        from . import agents
 
-        return getattr(agents, name)
-    if name == "Message":
-        from .consensus.commands import Message
-
-        return Message
-    if name == "tool":
-        from .agents._tools import tool
-
-        return tool
-    raise AttributeError(f"module 'raftmesh' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

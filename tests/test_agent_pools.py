@@ -138,6 +138,46 @@ def test_worker_runs_agents_reuses_itself_and_sets_up_class_agents_once(pool: Pr
     asyncio.run(main())
 
 
+NODE_ONLY_MODULES = (
+    "grpc",
+    "httpx",
+    "raftmesh.client",
+    "raftmesh.consensus.raft",
+    "raftmesh.consensus.state",
+    "raftmesh.node",
+    "raftmesh.messaging",
+    "raftmesh.agents._host",
+    "raftmesh.agents._actors",
+)
+
+WORKER_IMPORTS_AGENT = f"""
+import sys
+
+import raftmesh
+
+
+@raftmesh.agent("what_loaded", isolation="process")
+def what_loaded(ctx):
+    return sorted(m for m in {NODE_ONLY_MODULES!r} if m in sys.modules)
+"""
+
+
+def test_a_worker_starts_without_loading_grpc_the_client_or_the_node(
+    pool: ProcessPool, tmp_path: Any
+) -> None:
+    # A worker's start is paid by the attempt waiting for it: ``import raftmesh`` and
+    # ``@raftmesh.agent`` in a spawned worker load neither grpcio nor what only a node uses.
+    path = tmp_path / "worker_imports_agents.py"
+    path.write_text(WORKER_IMPORTS_AGENT)
+
+    async def main() -> None:
+        out = await pool.run(request("what_loaded", source=str(path)), Calls())
+        assert out.ok, out.error
+        assert out.output == []
+
+    asyncio.run(main())
+
+
 def test_an_async_setup_and_the_attempts_share_the_workers_loop(pool: ProcessPool) -> None:
     """What an async ``setup`` builds (bound to its loop) stays usable in every attempt."""
 

@@ -71,9 +71,17 @@ def load_agents(sources: Sequence[str], *, entry_points: bool = True) -> AgentRe
 def load_agent(source: str, name: str) -> AgentDef:
     """Agent ``name`` as loaded from ``source`` alone ("" : a built-in), in this process.
 
-    What a spawned process worker calls with the ``AgentDef.source`` the node gave it.
+    What a spawned process worker calls with the ``AgentDef.source`` the node gave it. A
+    source is loaded into an empty registry: the built-ins (``http``, ``llm``, ``planner``
+    import httpx and the client, hence grpcio) would cost every worker's start, and the node
+    already refused a source whose names clash with them.
     """
-    reg = load_agents([source] if source else [], entry_points=False)
+    if source:
+        reg = AgentRegistry()
+        with _lock:
+            _load(reg, source, f"agents module {source!r}")
+    else:
+        reg = load_agents([], entry_points=False)
     d = reg.get(name)
     if d is None:
         raise AgentLoadError(f"agents module {source!r} declares no agent {name!r}; it has {reg.names()}")

@@ -21,7 +21,6 @@ from typing import Any
 
 from ..consensus import limits, values
 from ..consensus.commands import AgentOffer, TaskSpec
-from ..consensus.dag import describe_cycle, find_cycle
 from ..errors import InvalidArgument
 
 
@@ -115,6 +114,8 @@ class Spawns:
                     "bytes encoded (a run's limit); store large inputs elsewhere and pass references"
                 )
         shapes = [TaskSpec(str(m["id"]), str(m["agent"]), deps=tuple(m["deps"])) for m in self.tasks + maps]
+        from ..consensus.dag import describe_cycle, find_cycle  # its processors: only when spawning
+
         cycle = find_cycle(shapes)
         if cycle:
             raise SpawnError("ctx.spawn: the spawned tasks have a cycle: " + describe_cycle(cycle))

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
-from ._task_clients import TaskKv, TaskLocks
+
+if TYPE_CHECKING:  # annotations only: a worker imports this module and never builds one
+    from ._task_clients import TaskKv, TaskLocks
 
 Call = Callable[[str, str, list[Any], dict[str, Any]], Any]
 """(target "kv" | "locks", method, args, kwargs) -> the method's result; raises what it raises."""

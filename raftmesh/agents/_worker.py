@@ -14,7 +14,9 @@ plus ``memory_mb``, ``RLIMIT_CPU`` at its CPU time so far plus ``cpu_seconds``.
 Exceeding the CPU limit kills the worker (SIGXCPU); the node reports it. A MemoryError
 is reported by the worker, which then exits: its heap may be in any state.
 
-This module must import nothing that loads grpc: it is what a spawned worker imports first.
+This module must import nothing that loads grpc: it is what a spawned worker imports first
+(with ``import raftmesh`` and ``@raftmesh.agent`` of the agent's module, both lazy in the
+package ``__init__``s; ``tests/test_agent_pools.py`` checks what a worker has loaded).
 """
 
 from __future__ import annotations
