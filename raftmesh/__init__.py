@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from .errors import RaftmeshError
@@ -52,6 +53,9 @@ and must not pay for either (nor a client-only program for the agents)."""
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            # ``import raftmesh`` then ``raftmesh.client.X``: the subpackage loads on first use too
+            return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module 'raftmesh' has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # the next lookup is a plain attribute

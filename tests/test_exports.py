@@ -183,3 +183,20 @@ def test_aio_exports() -> None:
     )
     for name in raftmesh.aio.__all__:
         assert hasattr(raftmesh.aio, name)
+
+
+def test_a_subpackage_loads_on_first_use_after_a_bare_import() -> None:
+    """``import raftmesh`` loads neither the client nor grpcio (a process worker's start), yet
+    ``raftmesh.client.X`` after it works as before."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, raftmesh\n"
+        "assert 'grpc' not in sys.modules and 'raftmesh.client' not in sys.modules\n"
+        "assert raftmesh.client.Client is raftmesh.Client\n"
+        "try:\n    raftmesh.no_such_name\nexcept AttributeError:\n    pass\n"
+        "else:\n    raise SystemExit('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

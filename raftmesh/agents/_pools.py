@@ -9,9 +9,9 @@ the node has grpcio loaded) and reused across attempts. A worker that is killed
 (timeout, cancellation) or dies (signal, limit, MemoryError) fails only that attempt
 and is replaced at once by a *spare*: a worker started ahead of need (``keep_spare``; the
 host also starts one when the node starts, if it offers a ``process`` agent), which the next
-attempt takes instead of spawning. A worker's start is an interpreter plus the node's imports
-(~0.7 s of CPU; 6-23 s on a loaded 2-core machine in chaos runs), which an attempt waiting for a
-cold spawn paid in full. Its pipe carries one attempt at a time; blocking pipe reads run on a
+attempt takes instead of spawning. A worker's start is an interpreter plus the agents' imports
+(~0.2 s of CPU: it loads neither grpcio nor the node; it was ~0.8 s, and 6-23 s on a loaded
+2-core machine in chaos runs), which an attempt waiting for a cold spawn paid in full. Its pipe carries one attempt at a time; blocking pipe reads run on a
 small thread pool of their own, never on the node's loop.
 """
 
