@@ -487,6 +487,61 @@ def test_a_submit_in_flight_when_its_node_dies_fails_over_and_is_not_duplicated(
             _revive(mesh, node_id)
 
 
+PAUSED_NODE_BUDGET_S = 3.5
+"""How long a call may take when the node it goes to is frozen (SIGSTOP: its kernel still accepts
+and keeps connections, nothing answers); ~0.6 s (a new connection) to ~1.6 s (an open one), and
+the call's whole deadline (10 s) before ``channel_options``."""
+
+
+@pytest.mark.e2e
+def test_a_paused_node_costs_a_call_about_a_second_not_its_deadline(mesh: LocalCluster, flavor: str) -> None:
+    """A follower is SIGSTOPped under a client connected to it and a client about to connect to it:
+    each call fails over to another node within ``PAUSED_NODE_BUDGET_S`` (keepalive pings, the
+    connect timeout), not after its 10 s deadline; a long ``wait`` on a live node is not cut short."""
+    paused: list[str] = []
+
+    async def scenario(make: Callable[..., Any]) -> None:
+        leader = await asyncio.to_thread(mesh.wait_ready)
+        victim = next(i for i in mesh.nodes if i != leader)
+        at = mesh.addresses.index(mesh.nodes[victim].grpc)
+        key = f"paused-{uuid.uuid4().hex}"
+        connected = make(timeout_s=10.0)
+        raw(connected)._current = at
+        await connected.kv.put(key, 0)  # its connection to the victim is open
+        assert raw(connected)._current == at
+        fresh = make(timeout_s=10.0)
+        raw(fresh)._current = at
+        # a connection of its own, not one shared with ``connected`` (grpc shares subchannels)
+        opts = getattr(raw(fresh), "channel_options", [])
+        raw(fresh).channel_options = [*opts, ("grpc.use_local_subchannel_pool", 1)]
+        long = make(timeout_s=10.0)
+        raw(long)._current = (at + 1) % len(mesh.addresses)
+        run_id = await long.submit(one("paused-long", "sleep", {"seconds": 4}))
+        waiting = asyncio.ensure_future(long.wait(run_id, timeout_s=60))
+
+        await asyncio.to_thread(mesh.pause, victim)
+        paused.append(victim)
+        t0 = time.monotonic()
+        assert await connected.kv.put(key, 1) > 0
+        t_put = time.monotonic() - t0
+        t0 = time.monotonic()
+        got = await fresh.kv.get(key)
+        t_get = time.monotonic() - t0
+        assert got is not None and got.value == 1
+        assert t_put < PAUSED_NODE_BUDGET_S and t_get < PAUSED_NODE_BUDGET_S, (t_put, t_get)
+        assert raw(connected)._current != at and raw(fresh)._current != at
+        # the long wait on a live node, across the pings, ends with its run, not a reconnection
+        assert (await waiting).status == "SUCCEEDED"
+        assert raw(long)._current == (at + 1) % len(mesh.addresses)
+
+    try:
+        run_both(flavor, scenario, mesh.addresses)
+    finally:
+        for node_id in paused:
+            mesh.resume(node_id)
+            mesh.wait_ready()
+
+
 # ---- TLS and tokens ---------------------------------------------------------------------------------
 
 

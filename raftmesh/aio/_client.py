@@ -29,7 +29,6 @@ from ..client._coord import (
     lock_enter,
 )
 from ..client._core import (
-    CHANNEL_OPTIONS,
     SKIP,
     STREAM_SILENCE_S,
     Conn,
@@ -146,7 +145,7 @@ class Client(Conn, AsyncDriver):
     def _channel(self, addr: str) -> grpc.aio.Channel:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = self.credentials.aio_channel(addr, CHANNEL_OPTIONS)
+            ch = self._channels[addr] = self.credentials.aio_channel(addr, self.channel_options)
         return ch
 
     def _metadata(self) -> list[tuple[str, str]]:

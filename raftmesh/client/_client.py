@@ -20,7 +20,6 @@ from .. import tracing
 from ..proto.raftmesh.v1 import cluster_pb2_grpc as pb_grpc
 from . import _audit, _runs
 from ._core import (
-    CHANNEL_OPTIONS,
     MAX_MESSAGE_BYTES,
     RETRYABLE,
     SKIP,
@@ -203,7 +202,7 @@ class Client(Conn, Driver):
     def _plain_channel(self, addr: str) -> grpc.Channel:
         ch = self._plain.get(addr)
         if ch is None:
-            ch = self._plain[addr] = self.credentials.plain_channel(addr, options=CHANNEL_OPTIONS)
+            ch = self._plain[addr] = self.credentials.plain_channel(addr, options=self.channel_options)
         return ch
 
     def _channel(self, addr: str) -> grpc.Channel:

@@ -38,20 +38,57 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 STREAM_SILENCE_S = 5.0
 """Servers send a heartbeat every second on idle streams; this much silence means the node stalled."""
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CONNECT_TIMEOUT_S = 0.5
+"""A connection attempt to a node (TCP, TLS, HTTP/2 settings) fails after this (``Client(
+connect_timeout_s=)``): a paused node's kernel accepts the TCP connection, and grpc's default
+attempt waits 20 s for an answer."""
+PING_TIMEOUT_S = 0.5
+"""A keepalive ping unanswered this long breaks the connection (``Client(ping_timeout_s=)``):
+its calls fail UNAVAILABLE and are retried on the next node."""
+KEEPALIVE_TIME_MS = 250
+"""How often each connection asks to ping its node; grpc (1.85) clients send pings 1 s apart at
+the most, whatever this says (its ping rate policy: "minimum wait: 1000ms")."""
 
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # A node that stops answering (paused, partitioned) breaks the connection within
-    # ~4 s instead of leaving a stream hanging until its deadline.
-    ("grpc.keepalive_time_ms", 2000),
-    ("grpc.keepalive_timeout_ms", 2000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.http2.min_time_between_pings_ms", 1000),
-]
+
+def channel_options(
+    connect_timeout_s: float = CONNECT_TIMEOUT_S, ping_timeout_s: float = PING_TIMEOUT_S
+) -> list[tuple[str, Any]]:
+    """The options of every channel a client opens to a node.
+
+    A frozen node (SIGSTOP, a partition: TCP still accepts, nothing answers) holds a call about
+    ``ping_timeout_s`` + up to 1 s, not its whole deadline (``timeout_s``, 10 s: every call
+    waited that long before, measured with 3 local nodes and one SIGSTOPped): the call fails
+    UNAVAILABLE and the op moves to the next node with the same request id or idempotency key.
+
+    - connecting: an attempt (TCP + TLS + HTTP/2 settings) longer than ``connect_timeout_s``
+      fails (grpc's default: 20 s);
+    - connected: keepalive pings on every connection, busy or idle, about one a second (grpc's
+      floor). grpc 1.85 times a keepalive ping out after ``grpc.http2.ping_timeout_ms``
+      (default 60 s), older ones after ``keepalive_timeout_ms``: both are set. A long call
+      (``wait``, ``RunToEnd``, a lock wait, a big submit) is not cut short: a live node answers
+      pings from grpc's own threads, whatever its Python is doing.
+
+    The nodes accept pings this often (``raftmesh.node.runtime.GRPC_OPTIONS``).
+    """
+    connect_ms = max(1, int(connect_timeout_s * 1000))
+    ping_ms = max(1, int(ping_timeout_s * 1000))
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.min_reconnect_backoff_ms", connect_ms),  # grpc's minimum connect timeout
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", ping_ms),
+        ("grpc.http2.ping_timeout_ms", ping_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_time_between_pings_ms", KEEPALIVE_TIME_MS),
+    ]
+
+
+CHANNEL_OPTIONS: list[tuple[str, Any]] = channel_options()
+"""The default ``channel_options()``."""
 
 
 @dataclass(frozen=True)
@@ -126,13 +163,18 @@ class Conn:
         cert: str | None = None,
         key: str | None = None,
         credentials: Credentials | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        ping_timeout_s: float = PING_TIMEOUT_S,
     ) -> None:
         """``token``/``ca``/``cert``/``key`` (or a ``Credentials``) secure the calls; each one not
-        given is read from ``RAFTMESH_TOKEN`` / ``RAFTMESH_CA`` / ``RAFTMESH_CERT`` / ``RAFTMESH_KEY``."""
+        given is read from ``RAFTMESH_TOKEN`` / ``RAFTMESH_CA`` / ``RAFTMESH_CERT`` / ``RAFTMESH_KEY``.
+        ``connect_timeout_s`` and ``ping_timeout_s`` bound how long a frozen node holds a call
+        before it moves on to the next node (``channel_options``)."""
         self.addresses = parse_addresses(addresses)
         self.credentials = credentials or Credentials.resolve(token, ca, cert, key)
         self.timeout_s = timeout_s
         self.retry_deadline_s = retry_deadline_s
+        self.channel_options = channel_options(connect_timeout_s, ping_timeout_s)
         self._current = random.randrange(len(self.addresses))
         self.client_id = uuid.uuid4().hex[:12]
         self._last_watch_addr = self.addresses[self._current]
