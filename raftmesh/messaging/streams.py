@@ -44,6 +44,9 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # grpc 1.85 times an unanswered keepalive ping out after this, not keepalive_timeout_ms
+    # (default 60 s: a frozen peer's stream would hang that long; see raftmesh.client._core)
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 
