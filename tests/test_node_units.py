@@ -38,7 +38,7 @@ from raftmesh.consensus.state import TaskStatus
 from raftmesh.errors import Internal, InvalidArgument, OutcomeUnknown, RaftmeshError, ResourceExhausted
 from raftmesh.node import proposer as proposer_mod
 from raftmesh.node import rpc
-from raftmesh.node.liveness import Liveness
+from raftmesh.node.liveness import NEVER_HEARD_REQUEUE_S, Liveness
 from raftmesh.node.proposer import Proposer
 from raftmesh.node.reads import ReadView
 from raftmesh.node.scheduler import Scheduler
@@ -775,10 +775,12 @@ def test_a_leader_that_hears_no_majority_decides_nobodys_liveness() -> None:
     ]
 
 
-def test_a_new_leader_moves_its_previous_leaders_attempts_once_its_raft_silence_says_so() -> None:
+def test_a_new_leader_moves_its_previous_leaders_attempts_after_two_beats_not_a_fresh_wait() -> None:
     """The previous leader heartbeated no one, and ``response_ages`` dates its silence from this
-    node's last contact with it: its attempts move at once, not a fresh heartbeat wait after the
-    election. A member heard since this node leads still needs its heartbeats to stop too."""
+    node's last contact with it: its attempts move two heartbeat periods after this node leads,
+    not a fresh ``requeue_heartbeat_s`` (nor at once: a previous leader whose Raft thread stalled
+    while its host ran on heartbeats this leader once that thread resumes). A member heard since
+    this node leads still needs its heartbeats to stop for ``requeue_heartbeat_s``."""
     sm = cluster()
     clock = ManualClock()
     ages = {"n2": 0.05, "n3": 1.1}  # n3 led until it went silent 1.1 s ago; n2 answers
@@ -787,6 +789,12 @@ def test_a_new_leader_moves_its_previous_leaders_attempts_once_its_raft_silence_
     live.reset()  # this node has just started leading
     live.overdue(ups)
     live.observe_raft()
+    assert live.lost(ups) == frozenset()  # Raft silence alone is not enough
+    clock.advance(NEVER_HEARD_REQUEUE_S - 0.01)
+    live.heard_from("n2")
+    live.observe_raft()
+    assert live.lost(ups) == frozenset()
+    clock.advance(0.01)
     assert live.lost(ups) == {"n3"}
     live.heard_from("n3")  # had it heartbeated this leader, its Raft lag alone would not do
     assert live.lost(ups) == frozenset()

@@ -46,6 +46,10 @@ leader has lost the member, as its followers would lose a leader; place no new w
 REQUEUE_AFTER_S = 1.0
 """No Raft answer for this long: the member's running attempts go back to READY (fenced: a
 late result of theirs is refused as stale), instead of waiting ``node_down_after_s`` for them."""
+NEVER_HEARD_REQUEUE_S = 2 * HEARTBEAT_INTERVAL_S
+"""A member this leader never heard since it started leading (its previous leader, usually) is
+lost after this long of it (two beats), with ``REQUEUE_AFTER_S`` of Raft silence (``lost``)."""
+
 CLEAR_AFTER_S = 1.0
 """A flagged member must be heard on both signals for this long before the flag is cleared."""
 
@@ -220,14 +224,16 @@ class Liveness:
         proposes ``SuspectNode.requeue``); a member whose heartbeats still arrive is slow, not
         cut off, and keeps its work. Call after ``overdue`` and ``observe_raft``.
 
-        A member not heard since this node started leading is judged by its Raft silence alone.
+        A member not heard since this node started leading needs less heartbeat silence:
+        ``NEVER_HEARD_REQUEUE_S`` (two beats) since this node leads, not ``requeue_heartbeat_s``.
         That is the leader this node followed (a leader heartbeats no one, and ``response_ages``
         dates its silence from this node's last contact with it): its attempts waited a fresh
         ``requeue_heartbeat_s`` from the election, on top of the election timeout its silence
-        had already lasted. In chaos runs every leader fault (kill, pause, isolation) moved the
-        old leader's attempts 1.5-2.0 s after the election, over 2-3 s of its silence. A live
-        member answers Raft within a heartbeat period of the election and heartbeats within a
-        beat, so it is never lost before it is heard.
+        had already lasted (in chaos runs every leader fault moved them 1.5-2.0 s after the
+        election, over 2-3 s of its silence). Not Raft silence alone: a previous leader whose
+        Raft thread stalled (a slow fsync, a long apply) while its agent host ran on was voted
+        out for the stall and heartbeats this leader only once that thread resumes; two beats'
+        grace lets a stall that ends within a second keep its attempts rather than run them twice.
         """
         mono = self._clock.monotonic()
         return frozenset(
@@ -236,8 +242,10 @@ class Liveness:
             if m.up
             and m.node_id != self._self_id
             and self._raft_silent.get(m.node_id, 0.0) >= self._requeue_after_s
-            and (
-                m.node_id not in self._heard
-                or mono - self._last_seen.get(m.node_id, mono) >= self._requeue_heartbeat_s
+            and mono - self._last_seen.get(m.node_id, mono)
+            >= (
+                self._requeue_heartbeat_s
+                if m.node_id in self._heard
+                else min(self._requeue_heartbeat_s, NEVER_HEARD_REQUEUE_S)
             )
         )
