@@ -53,9 +53,13 @@ and must not pay for either (nor a client-only program for the agents)."""
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        if name.isidentifier() and not name.startswith("_"):
             # ``import raftmesh`` then ``raftmesh.client.X``: the subpackage loads on first use too
-            return importlib.import_module(f".{name}", __name__)
+            try:
+                if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+                    return importlib.import_module(f".{name}", __name__)
+            except ImportError:
+                pass
         raise AttributeError(f"module 'raftmesh' has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # the next lookup is a plain attribute

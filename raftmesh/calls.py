@@ -54,8 +54,9 @@ def _random_bytes(n: int) -> bytes:
 
 
 def _forget_pool() -> None:
-    global _pool
+    global _pool, _pool_lock
     _pool = bytearray()  # a forked child must not hand out its parent's next ids
+    _pool_lock = threading.Lock()  # nor wait for a lock another thread of its parent held
 
 
 os.register_at_fork(after_in_child=_forget_pool)

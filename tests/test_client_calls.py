@@ -76,3 +76,49 @@ def test_the_stub_of_a_client_still_sends_token_and_trace(node: tuple[str, _Reco
     (md,) = recorder.seen
     assert md.get("authorization") == "Bearer t0ken"
     assert calls.parse_traceparent(md.get("traceparent", "")) is not None
+
+
+def test_threads_first_calls_to_a_node_make_one_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads' first calls to one address make one channel, which ``close`` closes (a second,
+    made in the race, stayed open and pinging until garbage collection)."""
+    import threading
+
+    made: list[Any] = []
+    gate = threading.Barrier(8)
+    client = Client(["127.0.0.1:1"])
+    real = client.credentials.plain_channel
+
+    second = threading.Event()
+
+    def plain_channel(addr: str, options: Any = ()) -> grpc.Channel:
+        ch = real(addr, options)
+        made.append(ch)
+        if len(made) == 1:
+            second.wait(0.3)  # hold the first creation open: does another thread make one too?
+        else:
+            second.set()
+        return ch
+
+    monkeypatch.setattr(client, "credentials", _Creds(client.credentials, plain_channel))
+
+    def first_call() -> None:
+        gate.wait(5)
+        client._method("Cluster", "WhoAmI", "127.0.0.1:1")
+
+    threads = [threading.Thread(target=first_call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    client.close()
+    assert len(made) == 1, made
+
+
+class _Creds:
+    """``Credentials`` with its ``plain_channel`` replaced (the dataclass is frozen)."""
+
+    def __init__(self, real: Any, plain_channel: Any) -> None:
+        self._real, self.plain_channel = real, plain_channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)

@@ -197,6 +197,7 @@ def test_a_subpackage_loads_on_first_use_after_a_bare_import() -> None:
         "assert raftmesh.client.Client is raftmesh.Client\n"
         "try:\n    raftmesh.no_such_name\nexcept AttributeError:\n    pass\n"
         "else:\n    raise SystemExit('no AttributeError')\n"
+        "assert not hasattr(raftmesh, 'client.x') and not hasattr(raftmesh, 'no_such_module')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

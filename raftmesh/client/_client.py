@@ -168,6 +168,7 @@ class Client(Conn, Driver):
     def _open(self) -> None:
         self._channels: dict[str, grpc.Channel] = {}
         """Per address, the channel that adds the token and trace itself (``_channel``)."""
+        self._open_lock = threading.Lock()
         self._plain: dict[str, grpc.Channel] = {}
         """Per address, the channel the driver's calls go on, passing ``_metadata()`` themselves."""
         self._methods: dict[tuple[str, str, str], Any] = {}
@@ -202,7 +203,12 @@ class Client(Conn, Driver):
     def _plain_channel(self, addr: str) -> grpc.Channel:
         ch = self._plain.get(addr)
         if ch is None:
-            ch = self._plain[addr] = self.credentials.plain_channel(addr, options=self.channel_options)
+            with self._open_lock:  # two threads' first calls to a node make one channel, not two
+                ch = self._plain.get(addr)
+                if ch is None:
+                    ch = self._plain[addr] = self.credentials.plain_channel(
+                        addr, options=self.channel_options
+                    )
         return ch
 
     def _channel(self, addr: str) -> grpc.Channel:

@@ -83,7 +83,10 @@ GRPC_OPTIONS = [
     # a second, idle connections too), so they notice a paused or cut-off node within ~1.5 s.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 100),
-    ("grpc.http2.max_ping_strikes", 0),
+    # A peer that pings more often than that (raftmesh's clients cannot: grpc sends at most one a
+    # second) is sent GOAWAY after 2 strikes, grpc's default: each ping is answered on the node's
+    # C threads, so unlimited strikes let a stranger flood a 2-core node before authenticating.
+    ("grpc.http2.max_ping_strikes", 2),
 ]
 
 
