@@ -65,7 +65,7 @@ def test_zombie_attempt_kv_write_is_fenced(make_cluster: Callable[..., LocalClus
     """A paused attempt is replaced; when it wakes, its fenced KV write is rejected."""
     from raftmesh import DAG
 
-    c = make_cluster(3, extra_args=["--node-down-after", "2"])
+    c = make_cluster(3, extra_args=["--node-down-after", "2", "--log-level", "debug"])  # sees "started"
     leader = c.wait_ready()
     client = c.client([c.nodes[leader].grpc], retry_deadline_s=60)
     # One writer per node (placement spreads least-loaded first), so one runs on a follower:

@@ -498,8 +498,8 @@ class _Run:
         stall = largest_stall(done, phases, nemesis.records)
         if cfg.keep_dir:
             self.notes.append("--keep-dir: node data and logs were kept")
-        elif cfg.keep_on_window_s is not None and cfg.dag and stall.seconds > cfg.keep_on_window_s:
-            # (with --no-dag nothing completes: the window is the whole run, and says nothing)
+        elif cfg.keep_on_window_s is not None and stall.seconds > cfg.keep_on_window_s:
+            # (with --no-dag nothing completes: the window is the whole run, so it keeps the dir)
             self.keep = True
             self.notes.append(
                 f"--keep-on-window {cfg.keep_on_window_s:g}: the largest window ({stall.seconds} s) exceeds it,"
