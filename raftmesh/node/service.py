@@ -576,23 +576,31 @@ class ClusterService(pb_grpc.ClusterServicer):
                         return final
                     continue  # reopened before the barrier: read it again
                 while True:  # until its status changes (or the queue overflowed: RESYNC)
-                    if not q.empty():
-                        ev = q.get_nowait()
-                    else:
-                        try:
-                            async with asyncio.timeout(STREAM_HEARTBEAT_S):
-                                ev = await q.get()
-                        except TimeoutError:
-                            if not node.has_leader():
-                                # As WatchRun: the client asks another node, whose replica moves on.
-                                raise NoLeader(
-                                    "this node lost its Raft leader; send the same request to another node"
-                                ) from None
-                            continue
+                    ev = await self._next_event(
+                        q, "this node lost its Raft leader; send the same request to another node"
+                    )
                     if ev is RESYNC or isinstance(ev, RunChanged):
                         break
         finally:
             self._hub.unsubscribe(run_id, q)
+
+    async def _next_event(self, q: asyncio.Queue[object], no_leader: str) -> object | None:
+        """A run's next queued event, or None after ``STREAM_HEARTBEAT_S`` of quiet. NoLeader
+        (``no_leader``) if this node lost its leader meanwhile: cut off from it (chaos: a client
+        on a node outside the majority waited out the whole partition), the client asks another
+        node, whose replica moves on."""
+        if not q.empty():
+            # Queued events are taken without arming the heartbeat's timer: the timer cost ~6 us
+            # an event, the stream's largest cost after the message itself (py-spy on the leader
+            # during a 2,002-task fan-out).
+            return q.get_nowait()
+        try:
+            async with asyncio.timeout(STREAM_HEARTBEAT_S):
+                return await q.get()
+        except TimeoutError:
+            if not self.node.has_leader():
+                raise NoLeader(no_leader) from None
+            return None
 
     async def _final(self, run_id: str, barrier: asyncio.Future[None] | None) -> pb.Run | None:
         """The whole run once ``barrier`` (if any) is done, if it has ended then; else None."""
@@ -638,26 +646,11 @@ class ClusterService(pb_grpc.ClusterServicer):
                 if done:
                     return
                 while True:
-                    if not q.empty():
-                        # Queued events are taken without arming the heartbeat's timer: the timer
-                        # cost ~6 us an event, the stream's largest cost after the message itself
-                        # (py-spy on the leader during a 2,002-task fan-out).
-                        ev = q.get_nowait()
-                    else:
-                        try:
-                            async with asyncio.timeout(STREAM_HEARTBEAT_S):
-                                ev = await q.get()
-                        except TimeoutError:
-                            if not node.has_leader():
-                                # Cut off from the leader (chaos: a client on a node outside the
-                                # majority waited out the whole partition): the client resumes the
-                                # watch on another node, whose replica moves on.
-                                raise NoLeader(
-                                    "this node lost its Raft leader; watch from another node"
-                                ) from None
-                            # An idle stream still says "alive" so clients can tell a stalled node.
-                            yield pb.RunEvent(revision=seen)
-                            continue
+                    ev = await self._next_event(q, "this node lost its Raft leader; watch from another node")
+                    if ev is None:
+                        # An idle stream still says "alive" so clients can tell a stalled node.
+                        yield pb.RunEvent(revision=seen)
+                        continue
                     if ev is RESYNC:
                         break
                     if isinstance(ev, TaskChanged) and ev.revision > seen and not status_only:
