@@ -104,6 +104,16 @@ class TaskSpec:
 
     def to_map(self) -> dict[str, Any]:
         # Optional keys are written only when set: specs without them keep their old form.
+        base = {
+            "id": self.id,
+            "agent": self.agent,
+            "input": self.input,
+            "deps": list(self.deps),
+            "retries": self.retries,
+            "priority": self.priority,
+            "timeout_ms": self.timeout_ms,
+            "retry_backoff_ms": self.retry_backoff_ms,
+        }
         if not (
             self.locks
             or self.requires
@@ -119,17 +129,8 @@ class TaskSpec:
             or self.agents
             or self.approval is not None
             or self.compensate is not None
-        ):  # a plain task (most of a large run): the base keys alone, in the order below
-            return {
-                "id": self.id,
-                "agent": self.agent,
-                "input": self.input,
-                "deps": list(self.deps),
-                "retries": self.retries,
-                "priority": self.priority,
-                "timeout_ms": self.timeout_ms,
-                "retry_backoff_ms": self.retry_backoff_ms,
-            }
+        ):  # a plain task (most of a large run): the base keys alone
+            return base
         extra: dict[str, Any] = {"locks": [list(lk) for lk in self.locks]} if self.locks else {}
         if self.requires:
             extra["requires"] = list(self.requires)
@@ -147,16 +148,7 @@ class TaskSpec:
             extra["approval"] = self.approval.encode()
         if self.compensate is not None:
             extra["compensate"] = self.compensate.encode()
-        return extra | {
-            "id": self.id,
-            "agent": self.agent,
-            "input": self.input,
-            "deps": list(self.deps),
-            "retries": self.retries,
-            "priority": self.priority,
-            "timeout_ms": self.timeout_ms,
-            "retry_backoff_ms": self.retry_backoff_ms,
-        }
+        return extra | base  # the optional keys first, then the base keys (the bytes snapshots hold)
 
     @classmethod
     def from_map(cls, m: Any) -> TaskSpec:
