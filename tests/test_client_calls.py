@@ -122,3 +122,25 @@ class _Creds:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
+
+
+def test_connect_and_ping_timeouts_are_bounded_and_reach_the_cli() -> None:
+    """``Client(connect_timeout_s=, ping_timeout_s=)`` refuses 0 and past an hour; the CLI's
+    ``--connect-timeout`` / ``--ping-timeout`` refuse the same as a usage error and reach the client."""
+    from raftmesh.cli import main as cli
+
+    for bad in (0.0, -1.0, 3601.0):
+        with pytest.raises(ValueError, match="connect_timeout_s"):
+            Client(["127.0.0.1:1"], connect_timeout_s=bad)
+        with pytest.raises(ValueError, match="ping_timeout_s"):
+            Client(["127.0.0.1:1"], ping_timeout_s=bad)
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(["--connect-timeout", "0", "status"])
+    assert exited.value.code == 2
+    args = cli.build_parser().parse_args(["--connect-timeout", "5", "--ping-timeout", "4", "status"])
+    args.addresses, args.cred_token, args.cred_ca, args.cred_cert, args.cred_key = ("127.0.0.1:1",) + (
+        None,
+    ) * 4
+    with cli._client(args) as c:
+        opts = dict(c.channel_options)
+    assert opts["grpc.min_reconnect_backoff_ms"] == 5000 and opts["grpc.http2.ping_timeout_ms"] == 4000

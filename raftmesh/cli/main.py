@@ -67,6 +67,8 @@ def _client(args: argparse.Namespace) -> Any:
         ca=args.cred_ca,
         cert=args.cred_cert,
         key=args.cred_key,
+        connect_timeout_s=args.connect_timeout,
+        ping_timeout_s=args.ping_timeout,
     )
 
 
@@ -590,6 +592,13 @@ def cmd_node(args: argparse.Namespace) -> int:
     return run_node(args)
 
 
+def _positive_seconds(text: str) -> float:
+    value = _non_negative_seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
 def _non_negative_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -623,6 +632,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_seconds,
         default=None,
         help="seconds to keep failing over and retrying UNAVAILABLE (default: max(--timeout, 30); 0: a single try)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_positive_seconds,
+        default=0.5,
+        metavar="S",
+        help="a connection attempt to a node fails after S seconds (default 0.5, a LAN's; raise it over a slow link)",
+    )
+    p.add_argument(
+        "--ping-timeout",
+        type=_positive_seconds,
+        default=0.5,
+        metavar="S",
+        help="an open connection whose keepalive ping goes unanswered S seconds breaks (default 0.5; raise it over a slow link)",
     )
     p.add_argument(
         "--token",

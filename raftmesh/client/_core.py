@@ -174,6 +174,9 @@ class Conn:
         self.credentials = credentials or Credentials.resolve(token, ca, cert, key)
         self.timeout_s = timeout_s
         self.retry_deadline_s = retry_deadline_s
+        for name, v in (("connect_timeout_s", connect_timeout_s), ("ping_timeout_s", ping_timeout_s)):
+            if not 0 < v <= 3600:
+                raise ValueError(f"{name} must be between 0 (exclusive) and 3600 seconds, got {v!r}")
         self.channel_options = channel_options(connect_timeout_s, ping_timeout_s)
         self._current = random.randrange(len(self.addresses))
         self.client_id = uuid.uuid4().hex[:12]
